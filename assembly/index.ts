@@ -1,0 +1,423 @@
+// subprune's hot loops. Every array argument is a byte offset into the imported memory; the host (src/kernels)
+// allocates and views it. Matrices are row-major. f32 for activations, f64 for everything the greedy touches.
+// src/kernels/plain.ts holds the same functions in plain TypeScript: keep the two in step.
+
+// ---------------------------------------------------------------------------------------------------------------
+// Gram accumulation: G += Xᵀ X (upper triangle) and C += Xᵀ Y from a batch of f32 rows.
+// Rows are taken RB at a time and packed into 8-column panels, P[panel][row][0..8], so that a 4×8 register tile
+// streams two small contiguous panels. The tile sums RB products in f32, then adds them into the f64 matrix:
+// the f32 part of the error stays at RB·ε relative however many rows are streamed.
+
+const RB: i32 = 128;
+
+/** Floats of scratch that gram/gramCross need for packing one operand of d columns. */
+export function gramPackFloats(d: i32): i32 {
+  return RB * (((d + 7) >> 3) << 3);
+}
+
+function pack(X: usize, ld: i32, r0: i32, rb: i32, d: i32, P: usize): void {
+  const np = (d + 7) >> 3;
+  for (let r = 0; r < rb; r++) {
+    const src = X + ((<usize>(r0 + r)) * ld << 2);
+    let dst = P + ((<usize>r) << 5);
+    const step = (<usize>rb) << 5;
+    const full = d >> 3;
+    for (let p = 0; p < full; p++) {
+      const s = src + ((<usize>p) << 5);
+      v128.store(dst, v128.load(s));
+      v128.store(dst, v128.load(s, 16), 16);
+      dst += step;
+    }
+    if (full < np) {
+      for (let c = 0; c < 8; c++) {
+        const j = (full << 3) + c;
+        store<f32>(dst + (<usize>c << 2), j < d ? load<f32>(src + (<usize>j << 2)) : 0);
+      }
+    }
+  }
+}
+
+// Adds four f32 lanes into four f64 entries.
+@inline function addLanes(dst: usize, v: v128): void {
+  v128.store(dst, f64x2.add(v128.load(dst), f64x2.promote_low_f32x4(v)));
+  v128.store(dst, f64x2.add(v128.load(dst, 16), f64x2.promote_low_f32x4(v128.shuffle<f32>(v, v, 2, 3, 0, 1))), 16);
+}
+
+// One 4×8 tile: out[ii][jj] += Σ_r A[r][ii] B[r][jj]; A and B point into packed panels (8 floats per row).
+// ni/nj < 4/8 only at the matrix edge, where the sums go through `tmp`.
+function tile(a: usize, b: usize, rb: i32, out: usize, ldc: i32, ni: i32, nj: i32, tmp: usize): void {
+  let c00 = f32x4.splat(0), c01 = f32x4.splat(0), c10 = f32x4.splat(0), c11 = f32x4.splat(0);
+  let c20 = f32x4.splat(0), c21 = f32x4.splat(0), c30 = f32x4.splat(0), c31 = f32x4.splat(0);
+  for (let r = 0; r < rb; r++) {
+    const b0 = v128.load(b), b1 = v128.load(b, 16);
+    let s = v128.load32_splat(a);
+    c00 = f32x4.add(c00, f32x4.mul(s, b0)); c01 = f32x4.add(c01, f32x4.mul(s, b1));
+    s = v128.load32_splat(a, 4);
+    c10 = f32x4.add(c10, f32x4.mul(s, b0)); c11 = f32x4.add(c11, f32x4.mul(s, b1));
+    s = v128.load32_splat(a, 8);
+    c20 = f32x4.add(c20, f32x4.mul(s, b0)); c21 = f32x4.add(c21, f32x4.mul(s, b1));
+    s = v128.load32_splat(a, 12);
+    c30 = f32x4.add(c30, f32x4.mul(s, b0)); c31 = f32x4.add(c31, f32x4.mul(s, b1));
+    a += 32; b += 32;
+  }
+  const row = (<usize>ldc) << 3;
+  if (ni == 4 && nj == 8) {
+    addLanes(out, c00); addLanes(out + 32, c01); out += row;
+    addLanes(out, c10); addLanes(out + 32, c11); out += row;
+    addLanes(out, c20); addLanes(out + 32, c21); out += row;
+    addLanes(out, c30); addLanes(out + 32, c31);
+    return;
+  }
+  v128.store(tmp, c00); v128.store(tmp, c01, 16); v128.store(tmp, c10, 32); v128.store(tmp, c11, 48);
+  v128.store(tmp, c20, 64); v128.store(tmp, c21, 80); v128.store(tmp, c30, 96); v128.store(tmp, c31, 112);
+  for (let i = 0; i < ni; i++) {
+    for (let j = 0; j < nj; j++) {
+      const o = out + (<usize>i) * row + (<usize>j << 3);
+      store<f64>(o, load<f64>(o) + <f64>load<f32>(tmp + (<usize>(i * 8 + j) << 2)));
+    }
+  }
+}
+
+// Tiles over packed panels: rows of the result from PA (da columns), columns from PB (db columns).
+// upper: only tiles that reach the upper triangle (PA == PB).
+function tiles(PA: usize, da: i32, PB: usize, db: i32, rb: i32, C: usize, ldc: i32, upper: bool, tmp: usize): void {
+  const panel = (<usize>rb) << 5;
+  for (let i0 = 0; i0 < da; i0 += 4) {
+    const a = PA + (<usize>(i0 >> 3)) * panel + ((<usize>(i0 & 7)) << 2);
+    const ni = min(4, da - i0);
+    for (let j0 = upper ? (i0 >> 3) << 3 : 0; j0 < db; j0 += 8) {
+      const b = PB + (<usize>(j0 >> 3)) * panel;
+      tile(a, b, rb, C + ((<usize>i0 * ldc + j0) << 3), ldc, ni, min(8, db - j0), tmp);
+    }
+  }
+}
+
+/** G (d×d, f64) += Xᵀ X for X (rows×d, f32); upper triangle only (see symmetrize). P: gramPackFloats(d) + 32. */
+export function gram(X: usize, rows: i32, d: i32, G: usize, P: usize): void {
+  const tmp = P + ((<usize>gramPackFloats(d)) << 2);
+  for (let r0 = 0; r0 < rows; r0 += RB) {
+    const rb = min(RB, rows - r0);
+    pack(X, d, r0, rb, d, P);
+    tiles(P, d, P, d, rb, G, d, true, tmp);
+  }
+}
+
+/** C (dx×dy, f64) += Xᵀ Y for X (rows×dx) and Y (rows×dy), f32. PX: gramPackFloats(dx) + 32, PY: gramPackFloats(dy). */
+export function gramCross(X: usize, dx: i32, Y: usize, dy: i32, rows: i32, C: usize, PX: usize, PY: usize): void {
+  const tmp = PX + ((<usize>gramPackFloats(dx)) << 2);
+  for (let r0 = 0; r0 < rows; r0 += RB) {
+    const rb = min(RB, rows - r0);
+    pack(X, dx, r0, rb, dx, PX);
+    pack(Y, dy, r0, rb, dy, PY);
+    tiles(PX, dx, PY, dy, rb, C, dy, false, tmp);
+  }
+}
+
+/** Copies the upper triangle of G (d×d) onto the lower one. */
+export function symmetrize(G: usize, d: i32): void {
+  for (let i = 1; i < d; i++) {
+    for (let j = 0; j < i; j++) {
+      store<f64>(G + ((<usize>i * d + j) << 3), load<f64>(G + ((<usize>j * d + i) << 3)));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// f64 matrix product C = A B (A: M×K, B: K×N), for Q = C W and the objective's normaliser.
+// B is packed KC rows at a time into 4-column panels; a 4×4 tile (8 f64x2 registers) runs over each.
+
+const KC: i32 = 256;
+
+/** Floats (f64) of scratch that gemm needs for N columns. */
+export function gemmPackDoubles(N: i32): i32 {
+  return KC * (((N + 3) >> 2) << 2) + 16;
+}
+
+export function gemm(A: usize, B: usize, C: usize, M: i32, K: i32, N: i32, P: usize): void {
+  memory.fill(C, 0, (<usize>M * N) << 3);
+  const np = (N + 3) >> 2;
+  const tmp = P + ((<usize>(KC * (np << 2))) << 3);
+  for (let k0 = 0; k0 < K; k0 += KC) {
+    const kc = min(KC, K - k0);
+    const panel = (<usize>kc) << 5;
+    for (let k = 0; k < kc; k++) {
+      const src = B + ((<usize>(k0 + k) * N) << 3);
+      for (let p = 0; p < np; p++) {
+        const dst = P + (<usize>p) * panel + ((<usize>k) << 5);
+        for (let c = 0; c < 4; c++) {
+          const j = (p << 2) + c;
+          store<f64>(dst + (<usize>c << 3), j < N ? load<f64>(src + (<usize>j << 3)) : 0);
+        }
+      }
+    }
+    for (let i0 = 0; i0 < M; i0 += 64) {
+      const i1 = min(M, i0 + 64);
+      for (let p = 0; p < np; p++) {
+        const b = P + (<usize>p) * panel;
+        const j0 = p << 2, nj = min(4, N - j0);
+        for (let i = i0; i < i1; i += 4) {
+          gemmTile(A + ((<usize>i * K + k0) << 3), K, b, kc, C + ((<usize>i * N + j0) << 3), N, min(4, i1 - i), nj, tmp);
+        }
+      }
+    }
+  }
+}
+
+function gemmTile(a: usize, lda: i32, b: usize, kc: i32, out: usize, ldc: i32, ni: i32, nj: i32, tmp: usize): void {
+  const ra = (<usize>lda) << 3;
+  const a0 = a, a1 = a + (ni > 1 ? ra : 0), a2 = a + (ni > 2 ? 2 * ra : 0), a3 = a + (ni > 3 ? 3 * ra : 0);
+  let c00 = f64x2.splat(0), c01 = f64x2.splat(0), c10 = f64x2.splat(0), c11 = f64x2.splat(0);
+  let c20 = f64x2.splat(0), c21 = f64x2.splat(0), c30 = f64x2.splat(0), c31 = f64x2.splat(0);
+  for (let k = 0; k < kc; k++) {
+    const o = (<usize>k) << 3;
+    const b0 = v128.load(b), b1 = v128.load(b, 16);
+    let s = v128.load64_splat(a0 + o);
+    c00 = f64x2.add(c00, f64x2.mul(s, b0)); c01 = f64x2.add(c01, f64x2.mul(s, b1));
+    s = v128.load64_splat(a1 + o);
+    c10 = f64x2.add(c10, f64x2.mul(s, b0)); c11 = f64x2.add(c11, f64x2.mul(s, b1));
+    s = v128.load64_splat(a2 + o);
+    c20 = f64x2.add(c20, f64x2.mul(s, b0)); c21 = f64x2.add(c21, f64x2.mul(s, b1));
+    s = v128.load64_splat(a3 + o);
+    c30 = f64x2.add(c30, f64x2.mul(s, b0)); c31 = f64x2.add(c31, f64x2.mul(s, b1));
+    b += 32;
+  }
+  v128.store(tmp, c00); v128.store(tmp, c01, 16); v128.store(tmp, c10, 32); v128.store(tmp, c11, 48);
+  v128.store(tmp, c20, 64); v128.store(tmp, c21, 80); v128.store(tmp, c30, 96); v128.store(tmp, c31, 112);
+  const row = (<usize>ldc) << 3;
+  for (let i = 0; i < ni; i++) {
+    for (let j = 0; j < nj; j++) {
+      const o = out + (<usize>i) * row + (<usize>j << 3);
+      store<f64>(o, load<f64>(o) + load<f64>(tmp + (<usize>(i * 4 + j) << 3)));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The greedy: a pivoted Cholesky of G that carries Q = C W along. Rows are "positions": the host keeps the
+// remaining candidates in rows [0, n) so that every loop below is a contiguous sweep.
+
+@inline function dot(x: usize, y: usize, n: i32): f64 {
+  let s0 = f64x2.splat(0), s1 = f64x2.splat(0);
+  let i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const o = (<usize>i) << 3;
+    s0 = f64x2.add(s0, f64x2.mul(v128.load(x + o), v128.load(y + o)));
+    s1 = f64x2.add(s1, f64x2.mul(v128.load(x + o, 16), v128.load(y + o, 16)));
+  }
+  s0 = f64x2.add(s0, s1);
+  let s = f64x2.extract_lane(s0, 0) + f64x2.extract_lane(s0, 1);
+  for (; i < n; i++) s += load<f64>(x + (<usize>i << 3)) * load<f64>(y + (<usize>i << 3));
+  return s;
+}
+
+/** gcol[p] = G[j][orig[p]] for p < n: column j of G in position order. */
+export function gather(G: usize, d: i32, j: i32, orig: usize, n: i32, gcol: usize): void {
+  const row = G + ((<usize>j * d) << 3);
+  for (let p = 0; p < n; p++) {
+    store<f64>(gcol + (<usize>p << 3), load<f64>(row + ((<usize>load<i32>(orig + (<usize>p << 2))) << 3)));
+  }
+}
+
+/**
+ * New Cholesky column for pivot row jrow: u[p] = (gcol[p] − L[p,0:t]·L[jrow,0:t]) · inv, for p < n; also L[p,t] = u[p].
+ * L is n×ldl row-major (a row per position).
+ */
+export function extend(L: usize, ldl: i32, t: i32, n: i32, jrow: i32, gcol: usize, inv: f64, u: usize): void {
+  const rowBytes = (<usize>ldl) << 3;
+  const lj = L + (<usize>jrow) * rowBytes;
+  for (let p = 0; p < n; p++) {
+    const lp = L + (<usize>p) * rowBytes;
+    const v = (load<f64>(gcol + (<usize>p << 3)) - dot(lp, lj, t)) * inv;
+    store<f64>(u + (<usize>p << 3), v);
+    store<f64>(lp + ((<usize>t) << 3), v);
+  }
+}
+
+// Q[p] −= u[p]·q over m columns; returns ‖Q[p]‖² after the update.
+@inline function updateRow(row: usize, m: i32, up: f64, q: usize): f64 {
+  let n0 = f64x2.splat(0), n1 = f64x2.splat(0);
+  let j = 0;
+  if (up != 0) {
+    const us = f64x2.splat(up);
+    for (; j + 4 <= m; j += 4) {
+      const o = (<usize>j) << 3;
+      const v0 = f64x2.sub(v128.load(row + o), f64x2.mul(us, v128.load(q + o)));
+      const v1 = f64x2.sub(v128.load(row + o, 16), f64x2.mul(us, v128.load(q + o, 16)));
+      v128.store(row + o, v0); v128.store(row + o, v1, 16);
+      n0 = f64x2.add(n0, f64x2.mul(v0, v0)); n1 = f64x2.add(n1, f64x2.mul(v1, v1));
+    }
+    n0 = f64x2.add(n0, n1);
+    let s = f64x2.extract_lane(n0, 0) + f64x2.extract_lane(n0, 1);
+    for (; j < m; j++) {
+      const o = row + (<usize>j << 3);
+      const v = load<f64>(o) - up * load<f64>(q + (<usize>j << 3));
+      store<f64>(o, v);
+      s += v * v;
+    }
+    return s;
+  }
+  return dot(row, row, m);  // orthogonal to the pivot: the row does not change
+}
+
+/** Q[p] −= u[p]·q for p < n (Q is n×m). */
+export function updateRows(Q: usize, m: i32, u: usize, q: usize, n: i32): void {
+  const rowBytes = (<usize>m) << 3;
+  for (let p = 0; p < n; p++) {
+    const up = load<f64>(u + (<usize>p << 3));
+    if (up != 0) updateRow(Q + (<usize>p) * rowBytes, m, up, q);
+  }
+}
+
+/**
+ * Single columns (g = 1), fused: Q[p] −= u[p]·q, e[p] −= u[p]², gain[p] = ‖Q[p]‖²/e[p], for p < n.
+ * A residual e[p] ≤ tol·diag0[p] marks a column in the span of the chosen ones: its gain is 0, never NaN.
+ */
+export function updateScan(Q: usize, m: i32, u: usize, q: usize, n: i32, e: usize, diag0: usize, tol: f64, gains: usize): void {
+  const rowBytes = (<usize>m) << 3;
+  for (let p = 0; p < n; p++) {
+    const o = (<usize>p) << 3;
+    const up = load<f64>(u + o);
+    const norm = updateRow(Q + (<usize>p) * rowBytes, m, up, q);
+    const ep = load<f64>(e + o) - up * up;
+    store<f64>(e + o, ep);
+    store<f64>(gains + o, ep > tol * load<f64>(diag0 + o) && ep > 0 ? norm / ep : 0);
+  }
+}
+
+/** E[b] −= u_b u_bᵀ for each g×g residual block b < nblk (u_b = u[b·g .. b·g+g)). */
+export function downdateBlocks(E: usize, u: usize, nblk: i32, g: i32): void {
+  const gg = g * g;
+  for (let b = 0; b < nblk; b++) {
+    const eb = E + ((<usize>(b * gg)) << 3);
+    const ub = u + ((<usize>(b * g)) << 3);
+    for (let i = 0; i < g; i++) {
+      const ui = load<f64>(ub + (<usize>i << 3));
+      if (ui == 0) continue;
+      for (let j = 0; j < g; j++) {
+        const o = eb + ((<usize>(i * g + j)) << 3);
+        store<f64>(o, load<f64>(o) - ui * load<f64>(ub + (<usize>j << 3)));
+      }
+    }
+  }
+}
+
+/**
+ * Channel gains: gain[b] = tr(Q_Iᵀ E_II⁺ Q_I) for the g rows I of block b < nblk, with E_II the block's residual
+ * Gram. E_II is factored column by column (E = RᵀR), skipping columns whose residual is ≤ tol·diag0: those lie in
+ * the span already chosen and add nothing. S: scratch of 3·g·g + g doubles.
+ */
+export function groupGains(Q: usize, m: i32, E: usize, diag0: usize, nblk: i32, g: i32, tol: f64, gains: usize, S: usize): void {
+  const gg = <usize>(g * g);
+  const M = S, R = S + (gg << 3), Y = S + (gg << 4), x = S + (gg * 24);
+  const rowBytes = (<usize>m) << 3;
+  for (let b = 0; b < nblk; b++) {
+    const q0 = Q + (<usize>(b * g)) * rowBytes;
+    const eb = E + ((<usize>b * gg) << 3);
+    const d0 = diag0 + ((<usize>(b * g)) << 3);
+    // M = Q_I Q_Iᵀ
+    for (let i = 0; i < g; i++) {
+      for (let j = i; j < g; j++) {
+        const v = dot(q0 + (<usize>i) * rowBytes, q0 + (<usize>j) * rowBytes, m);
+        store<f64>(M + ((<usize>(i * g + j)) << 3), v);
+        store<f64>(M + ((<usize>(j * g + i)) << 3), v);
+      }
+    }
+    // R: upper Cholesky factor of E_II over the accepted columns (R[i][i] = 0 marks a skipped one)
+    for (let i = 0; i < g; i++) {
+      let r = load<f64>(eb + ((<usize>(i * g + i)) << 3));
+      for (let k = 0; k < i; k++) { const v = load<f64>(R + ((<usize>(k * g + i)) << 3)); r -= v * v; }
+      const ok = r > tol * load<f64>(d0 + (<usize>i << 3)) && r > 0;
+      const rii = ok ? Math.sqrt(r) : 0;
+      store<f64>(R + ((<usize>(i * g + i)) << 3), rii);
+      for (let j = i + 1; j < g; j++) {
+        let v: f64 = 0;
+        if (ok) {
+          v = load<f64>(eb + ((<usize>(i * g + j)) << 3));
+          for (let k = 0; k < i; k++) v -= load<f64>(R + ((<usize>(k * g + i)) << 3)) * load<f64>(R + ((<usize>(k * g + j)) << 3));
+          v /= rii;
+        }
+        store<f64>(R + ((<usize>(i * g + j)) << 3), v);
+      }
+    }
+    // Y = R⁻ᵀ M column by column, then gain = Σ_i (R⁻ᵀ Y[i,:]ᵀ)[i] = tr(R⁻ᵀ M R⁻¹)
+    for (let c = 0; c < g; c++) {
+      forward(R, g, M + ((<usize>c) << 3), g, x);
+      for (let i = 0; i < g; i++) store<f64>(Y + ((<usize>(i * g + c)) << 3), load<f64>(x + (<usize>i << 3)));
+    }
+    let gain: f64 = 0;
+    for (let i = 0; i < g; i++) {
+      if (load<f64>(R + ((<usize>(i * g + i)) << 3)) == 0) continue;
+      forward(R, g, Y + ((<usize>(i * g)) << 3), 1, x);
+      gain += load<f64>(x + (<usize>i << 3));
+    }
+    store<f64>(gains + ((<usize>b) << 3), gain);
+  }
+}
+
+// Solves Rᵀ x = rhs (rhs read with a stride), skipping columns with R[i][i] = 0 (x[i] = 0 there).
+function forward(R: usize, g: i32, rhs: usize, stride: i32, x: usize): void {
+  for (let i = 0; i < g; i++) {
+    const rii = load<f64>(R + ((<usize>(i * g + i)) << 3));
+    let v: f64 = 0;
+    if (rii != 0) {
+      v = load<f64>(rhs + ((<usize>(i * stride)) << 3));
+      for (let k = 0; k < i; k++) v -= load<f64>(R + ((<usize>(k * g + i)) << 3)) * load<f64>(x + (<usize>k << 3));
+      v /= rii;
+    }
+    store<f64>(x + (<usize>i << 3), v);
+  }
+}
+
+/** The position p < n of the largest gain; ties go to the lowest channel id chan[p]. */
+export function argmax(gains: usize, chan: usize, n: i32): i32 {
+  let best = -1, bestGain = -Infinity, bestChan = 0x7fffffff;
+  for (let p = 0; p < n; p++) {
+    const v = load<f64>(gains + (<usize>p << 3));
+    const c = load<i32>(chan + (<usize>p << 2));
+    if (v > bestGain || (v == bestGain && c < bestChan)) { best = p; bestGain = v; bestChan = c; }
+  }
+  return best;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Re-fit: solve Lᵀ X = Z in place, L lower triangular (t×t, row stride ldl), X t×m. Z holds the greedy's q rows
+// (Z = L⁻¹ (C W)_S), so this back substitution is all that is left of G_SS⁻¹ (C W)_S. Columns go CW at a time
+// so that the block of X being solved stays in cache.
+
+const CW: i32 = 64;
+
+export function solveUpperT(L: usize, ldl: i32, t: i32, X: usize, m: i32): void {
+  const rowL = (<usize>ldl) << 3, rowX = (<usize>m) << 3;
+  for (let c0 = 0; c0 < m; c0 += CW) {
+    const w = min(CW, m - c0);
+    for (let b = t - 1; b >= 0; b--) {
+      const lb = L + (<usize>b) * rowL;
+      const xb = X + (<usize>b) * rowX + ((<usize>c0) << 3);
+      const inv = 1.0 / load<f64>(lb + ((<usize>b) << 3));
+      scale(xb, w, inv);
+      for (let a = 0; a < b; a++) {
+        const l = load<f64>(lb + ((<usize>a) << 3));
+        if (l != 0) axpy(X + (<usize>a) * rowX + ((<usize>c0) << 3), xb, w, -l);
+      }
+    }
+  }
+}
+
+@inline function scale(x: usize, n: i32, s: f64): void {
+  const sv = f64x2.splat(s);
+  let i = 0;
+  for (; i + 2 <= n; i += 2) { const o = (<usize>i) << 3; v128.store(x + o, f64x2.mul(v128.load(x + o), sv)); }
+  for (; i < n; i++) { const o = x + (<usize>i << 3); store<f64>(o, load<f64>(o) * s); }
+}
+
+// y += a·x
+@inline function axpy(y: usize, x: usize, n: i32, a: f64): void {
+  const av = f64x2.splat(a);
+  let i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const o = (<usize>i) << 3;
+    v128.store(y + o, f64x2.add(v128.load(y + o), f64x2.mul(av, v128.load(x + o))));
+    v128.store(y + o, f64x2.add(v128.load(y + o, 16), f64x2.mul(av, v128.load(x + o, 16))), 16);
+  }
+  for (; i < n; i++) { const o = (<usize>i) << 3; store<f64>(y + o, load<f64>(y + o) + a * load<f64>(x + o)); }
+}

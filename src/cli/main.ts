@@ -1,0 +1,56 @@
+import { SubpruneError } from '../errors.js';
+import { runSelect, selectHelp } from './select.js';
+
+// Exit codes: 0 done, 2 bad input (the message says what to fix), 1 internal error (a bug: please report).
+const EXIT_BAD_INPUT = 2, EXIT_INTERNAL = 1;
+
+const commands: Record<string, { run: (argv: string[]) => void | Promise<void>; help: string; summary: string }> = {
+  select: { run: runSelect, help: selectHelp, summary: 'greedy channel selection for one layer given as .npy files' },
+};
+
+const usage = `subprune: structured pruning of ONNX models with a few hundred unlabeled samples
+(El Halabi, Srinivas, Lacoste-Julien, "Data-Efficient Structured Pruning via Submodular Optimization", NeurIPS 2022)
+
+Usage: subprune <command> [options]      subprune <command> --help for its options
+
+Commands:
+${Object.entries(commands).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`).join('\n')}
+
+Global options:
+  --debug    show the stack trace of an error
+  -h, --help this help`;
+
+async function main(argv: string[]): Promise<number> {
+  const debug = argv.includes('--debug');
+  const args = argv.filter((a) => a !== '--debug');
+  const [name, ...rest] = args;
+  if (!name || name === '-h' || name === '--help' || name === 'help') {
+    const c = commands[rest[0]];
+    console.log(c ? c.help : usage);
+    return 0;
+  }
+  const cmd = commands[name];
+  if (!cmd) {
+    console.error(`subprune: unknown command '${name}'; commands: ${Object.keys(commands).join(', ')} (subprune --help)`);
+    return EXIT_BAD_INPUT;
+  }
+  try {
+    await cmd.run(rest);
+    return 0;
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    if (debug) console.error(err.stack ?? err);
+    if (e instanceof SubpruneError) {
+      if (!debug) console.error(`subprune ${name}: ${e.message}`);
+      return e.code === 'bad-input' ? EXIT_BAD_INPUT : EXIT_INTERNAL;
+    }
+    if (err.code?.startsWith?.('ERR_PARSE_ARGS')) {
+      console.error(`subprune ${name}: ${err.message} (subprune ${name} --help)`);
+      return EXIT_BAD_INPUT;
+    }
+    if (!debug) console.error(`subprune ${name}: internal error: ${err.message} (run with --debug for the stack trace and please report it)`);
+    return EXIT_INTERNAL;
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));

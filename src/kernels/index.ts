@@ -1,0 +1,5 @@
+export type { Kernels } from './types.js';
+export { Arena, fmtBytes } from './memory.js';
+export { wasmKernels } from './wasm.js';
+export { plainKernels } from './plain.js';
+export { GramAccumulator, type Gram } from './gram.js';

@@ -1,0 +1,40 @@
+// Allocation inside the kernels' linear memory. Kernels take byte offsets; the host views them with typed arrays.
+// A stack allocator is enough: a selection allocates its arrays, runs, copies results out and releases them.
+
+const PAGE = 65536;
+const MAX_PAGES = 65536; // 4 GiB, wasm32's limit
+
+export class Arena {
+  readonly memory: WebAssembly.Memory;
+  private top = 1024; // offset 0 stays null
+
+  constructor(memory?: WebAssembly.Memory) {
+    this.memory = memory ?? new WebAssembly.Memory({ initial: 16, maximum: MAX_PAGES });
+  }
+
+  /** Reserves `bytes` (16-byte aligned, zero-filled) and returns the offset; grows the memory when needed. */
+  alloc(bytes: number): number {
+    const ptr = (this.top + 15) & ~15;
+    const end = ptr + bytes;
+    if (end > MAX_PAGES * PAGE) {
+      throw new RangeError(`kernel memory: ${fmtBytes(end)} needed, WebAssembly allows at most 4 GiB`);
+    }
+    const have = this.memory.buffer.byteLength;
+    if (end > have) this.memory.grow(Math.ceil((end - have) / PAGE));
+    new Uint8Array(this.memory.buffer, ptr, bytes).fill(0);
+    this.top = end;
+    return ptr;
+  }
+
+  f64(ptr: number, length: number): Float64Array { return new Float64Array(this.memory.buffer, ptr, length); }
+  f32(ptr: number, length: number): Float32Array { return new Float32Array(this.memory.buffer, ptr, length); }
+  i32(ptr: number, length: number): Int32Array { return new Int32Array(this.memory.buffer, ptr, length); }
+
+  /** Everything allocated after `mark()` is freed by `release(mark)`. */
+  mark(): number { return this.top; }
+  release(mark: number): void { this.top = mark; }
+}
+
+export function fmtBytes(n: number): string {
+  return n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GiB` : `${(n / 2 ** 20).toFixed(1)} MiB`;
+}

@@ -1,0 +1,177 @@
+import { Arena } from './memory.js';
+import type { Kernels } from './types.js';
+
+// The kernels of assembly/index.ts in plain TypeScript: straightforward loops, f64 accumulation throughout.
+// Same arguments (byte offsets into the arena), same results up to rounding; tests hold the two together and the
+// benchmark reports the speed ratio.
+
+/** A plain-TypeScript kernel set with its own memory. */
+export function plainKernels(): Kernels {
+  const arena = new Arena();
+  const F = () => new Float64Array(arena.memory.buffer);
+  const S = () => new Float32Array(arena.memory.buffer);
+  const I = () => new Int32Array(arena.memory.buffer);
+  const dot = (f: Float64Array, x: number, y: number, n: number) => {
+    let s = 0;
+    for (let i = 0; i < n; i++) s += f[x + i] * f[y + i];
+    return s;
+  };
+  const updateRow = (f: Float64Array, r: number, m: number, up: number, q: number) => {
+    let s = 0;
+    for (let j = 0; j < m; j++) { const v = f[r + j] - up * f[q + j]; f[r + j] = v; s += v * v; }
+    return s;
+  };
+  const forward = (f: Float64Array, R: number, g: number, rhs: number, stride: number, x: number) => {
+    for (let i = 0; i < g; i++) {
+      const rii = f[R + i * g + i];
+      let v = 0;
+      if (rii !== 0) {
+        v = f[rhs + i * stride];
+        for (let k = 0; k < i; k++) v -= f[R + k * g + i] * f[x + k];
+        v /= rii;
+      }
+      f[x + i] = v;
+    }
+  };
+
+  return {
+    name: 'plain', arena,
+    gramPackFloats: () => 0,
+    gram(X, rows, d, G) {
+      const x = S(), f = F(), X4 = X >> 2, G8 = G >> 3;
+      for (let r = 0; r < rows; r++) {
+        const xr = X4 + r * d;
+        for (let i = 0; i < d; i++) {
+          const xi = x[xr + i];
+          if (xi === 0) continue;
+          const gi = G8 + i * d;
+          for (let j = i; j < d; j++) f[gi + j] += xi * x[xr + j];
+        }
+      }
+    },
+    gramCross(X, dx, Y, dy, rows, C) {
+      const x = S(), f = F(), X4 = X >> 2, Y4 = Y >> 2, C8 = C >> 3;
+      for (let r = 0; r < rows; r++) {
+        for (let i = 0; i < dx; i++) {
+          const xi = x[X4 + r * dx + i];
+          if (xi === 0) continue;
+          const ci = C8 + i * dy, yr = Y4 + r * dy;
+          for (let j = 0; j < dy; j++) f[ci + j] += xi * x[yr + j];
+        }
+      }
+    },
+    symmetrize(G, d) {
+      const f = F(), G8 = G >> 3;
+      for (let i = 1; i < d; i++) for (let j = 0; j < i; j++) f[G8 + i * d + j] = f[G8 + j * d + i];
+    },
+    gemmPackDoubles: () => 0,
+    gemm(A, B, C, M, K, N) {
+      const f = F(), A8 = A >> 3, B8 = B >> 3, C8 = C >> 3;
+      f.fill(0, C8, C8 + M * N);
+      for (let i = 0; i < M; i++) {
+        for (let k = 0; k < K; k++) {
+          const a = f[A8 + i * K + k];
+          if (a === 0) continue;
+          const b = B8 + k * N, c = C8 + i * N;
+          for (let j = 0; j < N; j++) f[c + j] += a * f[b + j];
+        }
+      }
+    },
+    gather(G, d, j, orig, n, gcol) {
+      const f = F(), o = I(), row = (G >> 3) + j * d;
+      for (let p = 0; p < n; p++) f[(gcol >> 3) + p] = f[row + o[(orig >> 2) + p]];
+    },
+    extend(L, ldl, t, n, jrow, gcol, inv, u) {
+      const f = F(), L8 = L >> 3, lj = L8 + jrow * ldl;
+      for (let p = 0; p < n; p++) {
+        const lp = L8 + p * ldl;
+        const v = (f[(gcol >> 3) + p] - dot(f, lp, lj, t)) * inv;
+        f[(u >> 3) + p] = v;
+        f[lp + t] = v;
+      }
+    },
+    updateRows(Q, m, u, q, n) {
+      const f = F();
+      for (let p = 0; p < n; p++) {
+        const up = f[(u >> 3) + p];
+        if (up !== 0) updateRow(f, (Q >> 3) + p * m, m, up, q >> 3);
+      }
+    },
+    updateScan(Q, m, u, q, n, e, diag0, tol, gains) {
+      const f = F();
+      for (let p = 0; p < n; p++) {
+        const up = f[(u >> 3) + p];
+        const norm = updateRow(f, (Q >> 3) + p * m, m, up, q >> 3);
+        const ep = f[(e >> 3) + p] - up * up;
+        f[(e >> 3) + p] = ep;
+        f[(gains >> 3) + p] = ep > tol * f[(diag0 >> 3) + p] && ep > 0 ? norm / ep : 0;
+      }
+    },
+    downdateBlocks(E, u, nblk, g) {
+      const f = F();
+      for (let b = 0; b < nblk; b++) {
+        const eb = (E >> 3) + b * g * g, ub = (u >> 3) + b * g;
+        for (let i = 0; i < g; i++) for (let j = 0; j < g; j++) f[eb + i * g + j] -= f[ub + i] * f[ub + j];
+      }
+    },
+    groupGains(Q, m, E, diag0, nblk, g, tol, gains, Sc) {
+      const f = F(), gg = g * g;
+      const M = Sc >> 3, R = M + gg, Y = R + gg, x = Y + gg;
+      for (let b = 0; b < nblk; b++) {
+        const q0 = (Q >> 3) + b * g * m, eb = (E >> 3) + b * gg, d0 = (diag0 >> 3) + b * g;
+        for (let i = 0; i < g; i++) {
+          for (let j = i; j < g; j++) f[M + i * g + j] = f[M + j * g + i] = dot(f, q0 + i * m, q0 + j * m, m);
+        }
+        for (let i = 0; i < g; i++) {
+          let r = f[eb + i * g + i];
+          for (let k = 0; k < i; k++) r -= f[R + k * g + i] ** 2;
+          const ok = r > tol * f[d0 + i] && r > 0;
+          const rii = ok ? Math.sqrt(r) : 0;
+          f[R + i * g + i] = rii;
+          for (let j = i + 1; j < g; j++) {
+            let v = 0;
+            if (ok) {
+              v = f[eb + i * g + j];
+              for (let k = 0; k < i; k++) v -= f[R + k * g + i] * f[R + k * g + j];
+              v /= rii;
+            }
+            f[R + i * g + j] = v;
+          }
+        }
+        for (let c = 0; c < g; c++) {
+          forward(f, R, g, M + c, g, x);
+          for (let i = 0; i < g; i++) f[Y + i * g + c] = f[x + i];
+        }
+        let gain = 0;
+        for (let i = 0; i < g; i++) {
+          if (f[R + i * g + i] === 0) continue;
+          forward(f, R, g, Y + i * g, 1, x);
+          gain += f[x + i];
+        }
+        f[(gains >> 3) + b] = gain;
+      }
+    },
+    argmax(gains, chan, n) {
+      const f = F(), c = I();
+      let best = -1, bestGain = -Infinity, bestChan = 0x7fffffff;
+      for (let p = 0; p < n; p++) {
+        const v = f[(gains >> 3) + p], ch = c[(chan >> 2) + p];
+        if (v > bestGain || (v === bestGain && ch < bestChan)) { best = p; bestGain = v; bestChan = ch; }
+      }
+      return best;
+    },
+    solveUpperT(L, ldl, t, X, m) {
+      const f = F(), L8 = L >> 3, X8 = X >> 3;
+      for (let b = t - 1; b >= 0; b--) {
+        const inv = 1 / f[L8 + b * ldl + b], xb = X8 + b * m;
+        for (let j = 0; j < m; j++) f[xb + j] *= inv;
+        for (let a = 0; a < b; a++) {
+          const l = f[L8 + b * ldl + a];
+          if (l === 0) continue;
+          const xa = X8 + a * m;
+          for (let j = 0; j < m; j++) f[xa + j] -= l * f[xb + j];
+        }
+      }
+    },
+  };
+}

@@ -1,0 +1,37 @@
+// Public API of the ONNX layer: read/write models, tensor conversions, small graph helpers.
+// The generated protobuf types (ModelProto, NodeProto, TensorProto, ... and their Schemas for
+// @bufbuild/protobuf's create/clone/equals) are re-exported as they are.
+export * from './gen/onnx_pb.js';
+export { TensorProto_DataType as DataType, AttributeProto_AttributeType as AttributeType } from './gen/onnx_pb.js';
+export { type Model, parseModel, readModel, serializeModel, writeModel, opsetVersion, forEachTensor, inlineExternalData } from './model.js';
+export {
+  tensorToFloat32,
+  tensorToInt64,
+  float32Tensor,
+  int64Tensor,
+  setTensorData,
+  encodeFloat32,
+  tensorDims,
+  numel,
+  dataTypeName,
+  float16BitsToFloat32,
+  float32ToFloat16Bits,
+} from './tensor.js';
+export { isExternal, readExternalData, MAX_INLINE_BYTES } from './external.js';
+export {
+  attrInt,
+  attrInts,
+  attrFloat,
+  attrString,
+  initializerMap,
+  replaceInitializerData,
+  intAttr,
+  intsAttr,
+  floatAttr,
+  stringAttr,
+  tensorAttr,
+  makeNode,
+  makeTensorValueInfo,
+  makeGraph,
+  makeModel,
+} from './nodes.js';

@@ -1,0 +1,145 @@
+// Reading and writing whole models. A model is the generated ModelProto itself: no wrapper, so
+// every stage sees the plain ONNX structure. External data is inlined when the model is loaded
+// from its folder, so the in-memory model is self-contained and can be written anywhere.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { fromBinary, toBinary } from '@bufbuild/protobuf';
+import { badInput, SubpruneError } from '../errors.js';
+import { isExternal, MAX_INLINE_BYTES, externalDataLocation, readExternalData } from './external.js';
+import { setTensorData } from './tensor.js';
+import {
+  ModelProtoSchema,
+  type GraphProto,
+  type ModelProto,
+  type NodeProto,
+  type SparseTensorProto,
+  type TensorProto,
+} from './gen/onnx_pb.js';
+
+export type Model = ModelProto;
+
+/** Visit every TensorProto in the model: initializers, Constant values, subgraphs, functions. */
+export function forEachTensor(model: Model, fn: (t: TensorProto) => void): void {
+  const sparse = (s: SparseTensorProto) => {
+    if (s.values) fn(s.values);
+    if (s.indices) fn(s.indices);
+  };
+  const nodes = (ns: NodeProto[]) => {
+    for (const n of ns) {
+      for (const a of n.attribute) {
+        if (a.t) fn(a.t);
+        a.tensors.forEach(fn);
+        if (a.sparseTensor) sparse(a.sparseTensor);
+        a.sparseTensors.forEach(sparse);
+        if (a.g) graph(a.g);
+        a.graphs.forEach(graph);
+      }
+    }
+  };
+  const graph = (g: GraphProto) => {
+    g.initializer.forEach(fn);
+    g.sparseInitializer.forEach(sparse);
+    nodes(g.node);
+  };
+  if (model.graph) graph(model.graph);
+  for (const f of model.functions) nodes(f.node);
+  for (const ti of model.trainingInfo) {
+    if (ti.initialization) graph(ti.initialization);
+    if (ti.algorithm) graph(ti.algorithm);
+  }
+}
+
+/** Replace every external-data reference by raw_data read from files inside baseDir. */
+export function inlineExternalData(model: Model, baseDir: string): void {
+  let total = 0;
+  forEachTensor(model, (t) => {
+    if (!isExternal(t)) return;
+    total += externalDataLocation(t, baseDir).length;
+    if (total > MAX_INLINE_BYTES) {
+      throw badInput(`the model's external data exceeds ${MAX_INLINE_BYTES / 2 ** 30} GB; subprune stores weights inside the .onnx file, which protobuf limits to 2 GB, so models this large are not supported.`);
+    }
+    const dims = t.dims.map(Number);
+    setTensorData(t, dims, t.dataType, readExternalData(t, baseDir));
+  });
+}
+
+/**
+ * Decode an ONNX model. With baseDir (the model's folder) external data is inlined; without it
+ * external tensors stay references and tensor helpers then need the folder.
+ */
+export function parseModel(bytes: Uint8Array, baseDir?: string): Model {
+  let model: Model;
+  try {
+    model = fromBinary(ModelProtoSchema, bytes);
+  } catch (e) {
+    throw badInput(`not a valid ONNX model: protobuf decoding failed (${(e as Error).message}). The file is truncated, corrupted or not an .onnx file; re-export or re-download it.`, e);
+  }
+  // Arbitrary bytes sometimes decode as a protobuf with only unknown fields, and a file cut at a
+  // field boundary decodes cleanly: require what every real ONNX model has.
+  const broken = 'The file is not an ONNX model, or it is truncated or corrupted; re-export or re-download it.';
+  if (!model.graph) throw badInput(`the model has no graph. ${broken}`);
+  if (model.irVersion <= 0n) throw badInput(`the model has no valid ir_version. ${broken}`);
+  if (model.opsetImport.length === 0) throw badInput(`the model declares no operator set (opset_import is empty). ${broken}`);
+  if (baseDir !== undefined) inlineExternalData(model, baseDir);
+  return model;
+}
+
+/** Read an .onnx file; external data files are looked up (only) in the model's folder. */
+export function readModel(file: string): Model {
+  let bytes: Uint8Array;
+  try {
+    bytes = fs.readFileSync(file);
+  } catch (e) {
+    throw badInput(`cannot read model file ${file}: ${(e as Error).message}`, e);
+  }
+  try {
+    return parseModel(bytes, path.dirname(path.resolve(file)));
+  } catch (e) {
+    if (e instanceof SubpruneError) e.message = `${file}: ${e.message}`;
+    throw e;
+  }
+}
+
+/** Encode a model. Every tensor must hold its data inline (see inlineExternalData). */
+export function serializeModel(model: Model): Uint8Array {
+  forEachTensor(model, (t) => {
+    if (isExternal(t)) {
+      throw badInput(`tensor "${t.name}" still refers to external data; load the model with readModel(path) or parseModel(bytes, modelFolder) so its data is inlined before writing.`);
+    }
+  });
+  const bytes = toBinary(ModelProtoSchema, model);
+  if (bytes.length >= 2 ** 31) {
+    throw badInput(`the model serializes to ${bytes.length} bytes, over protobuf's 2 GB limit for an .onnx file.`);
+  }
+  return bytes;
+}
+
+/**
+ * Write a model so that readers never see a half-written file: write a temporary file in the
+ * same folder (same filesystem, so rename is atomic), flush it, then rename it over the target.
+ */
+export function writeModel(model: Model, file: string): void {
+  const bytes = serializeModel(model);
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  try {
+    const fd = fs.openSync(tmp, 'wx');
+    try {
+      fs.writeFileSync(fd, bytes);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw badInput(`cannot write model file ${file}: ${(e as Error).message}`, e);
+  }
+}
+
+/** The opset version the model imports for a domain ('' and 'ai.onnx' are the same), if any. */
+export function opsetVersion(model: Model, domain = ''): number | undefined {
+  const norm = (d: string) => (d === 'ai.onnx' ? '' : d);
+  const op = model.opsetImport.find((o) => norm(o.domain) === norm(domain));
+  return op === undefined ? undefined : Number(op.version);
+}

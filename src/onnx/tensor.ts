@@ -1,0 +1,201 @@
+// TensorProto <-> typed arrays. Weights are handled as float32 in subprune (the kernels work in f32);
+// FLOAT16 and DOUBLE initializers are converted on read and converted back on write so a rewritten
+// model keeps its original element types.
+import { clearField, create } from '@bufbuild/protobuf';
+import { badInput, SubpruneError } from '../errors.js';
+import { isExternal, readExternalData } from './external.js';
+import { TensorProto_DataType as DataType, TensorProtoSchema, type TensorProto } from './gen/onnx_pb.js';
+
+export function dataTypeName(dt: number): string {
+  return DataType[dt] ?? `#${dt}`;
+}
+
+function label(t: TensorProto): string {
+  return t.name ? `tensor "${t.name}"` : 'an unnamed tensor';
+}
+
+/** The tensor's dims as numbers (ONNX stores int64). */
+export function tensorDims(t: TensorProto): number[] {
+  return t.dims.map((d) => {
+    if (d < 0n || d > BigInt(Number.MAX_SAFE_INTEGER)) {
+      throw badInput(`${label(t)} has an invalid dimension ${d}; the model is corrupted, re-export it.`);
+    }
+    return Number(d);
+  });
+}
+
+export function numel(dims: readonly number[]): number {
+  return dims.reduce((a, b) => a * b, 1);
+}
+
+/**
+ * The tensor's bytes when they are stored as bytes (raw_data or an external file), else undefined
+ * (the values are in a typed field such as float_data). External data needs the model folder.
+ */
+function storedBytes(t: TensorProto, baseDir: string | undefined): Uint8Array | undefined {
+  if (t.segment !== undefined) {
+    throw badInput(`${label(t)} is stored in segments, which subprune does not support; re-export the model without segmented tensors.`);
+  }
+  if (isExternal(t)) {
+    if (baseDir === undefined) {
+      throw badInput(`${label(t)} keeps its data in an external file; load the model with readModel(path) (or pass the model's folder) so the file can be found.`);
+    }
+    return readExternalData(t, baseDir);
+  }
+  return t.rawData.length > 0 ? t.rawData : undefined;
+}
+
+function checkCount(t: TensorProto, got: number, want: number, what: string): void {
+  if (got !== want) {
+    throw badInput(`${label(t)} has ${got} ${what} but its dims [${t.dims.join(', ')}] need ${want}; the model is corrupted or truncated, re-export it.`);
+  }
+}
+
+// Float16 <-> float32, exact decode and round-to-nearest-even encode (Node 20 has no Float16Array).
+export function float16BitsToFloat32(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >>> 10) & 0x1f;
+  const mant = h & 0x3ff;
+  if (exp === 0) return sign * mant * 2 ** -24; // zero or subnormal
+  if (exp === 0x1f) return mant ? NaN : sign * Infinity;
+  return sign * (1024 + mant) * 2 ** (exp - 25);
+}
+
+const f32 = new Float32Array(1);
+const f32Bits = new Uint32Array(f32.buffer);
+
+export function float32ToFloat16Bits(v: number): number {
+  f32[0] = v;
+  const x = f32Bits[0]!;
+  const sign = (x >>> 16) & 0x8000;
+  const exp = (x >>> 23) & 0xff;
+  const mant = x & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0); // Inf / NaN
+  const e = exp - 112; // re-biased exponent (127 -> 15)
+  if (e >= 0x1f) return sign | 0x7c00; // too large: Inf
+  // Normal: keep 10 of 23 mantissa bits. Subnormal: shift the full 24-bit significand further.
+  const sig = e > 0 ? mant : mant | 0x800000;
+  const shift = e > 0 ? 13 : 14 - e;
+  if (shift > 24) return sign; // below half the smallest subnormal: zero
+  let h = (e > 0 ? e << 10 : 0) | (sig >>> shift);
+  const rem = sig & ((1 << shift) - 1);
+  const half = 1 << (shift - 1);
+  if (rem > half || (rem === half && (h & 1))) h++; // a carry correctly moves into the exponent
+  return sign | h;
+}
+
+/**
+ * Read a FLOAT, FLOAT16 or DOUBLE tensor as float32, from raw_data (little-endian), the typed
+ * fields (float_data, int32_data holding float16 bits, double_data) or external data.
+ */
+export function tensorToFloat32(t: TensorProto, baseDir?: string): { dims: number[]; data: Float32Array } {
+  const dims = tensorDims(t);
+  const n = numel(dims);
+  const dt = t.dataType;
+  if (dt !== DataType.FLOAT && dt !== DataType.FLOAT16 && dt !== DataType.DOUBLE) {
+    throw badInput(`${label(t)} has data type ${dataTypeName(dt)}; subprune reads weights only as FLOAT, FLOAT16 or DOUBLE. Convert the model's weights to float32.`);
+  }
+  const raw = storedBytes(t, baseDir);
+  const data = new Float32Array(n);
+  if (raw !== undefined) {
+    const size = dt === DataType.FLOAT ? 4 : dt === DataType.FLOAT16 ? 2 : 8;
+    checkCount(t, raw.length, n * size, 'bytes of data');
+    const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+    for (let i = 0; i < n; i++) {
+      data[i] =
+        dt === DataType.FLOAT ? view.getFloat32(4 * i, true)
+        : dt === DataType.FLOAT16 ? float16BitsToFloat32(view.getUint16(2 * i, true))
+        : view.getFloat64(8 * i, true);
+    }
+  } else if (dt === DataType.FLOAT) {
+    checkCount(t, t.floatData.length, n, 'float_data values');
+    data.set(t.floatData);
+  } else if (dt === DataType.FLOAT16) {
+    // ONNX stores float16 bit patterns in int32_data, one per entry.
+    checkCount(t, t.int32Data.length, n, 'int32_data values');
+    for (let i = 0; i < n; i++) data[i] = float16BitsToFloat32(t.int32Data[i]! & 0xffff);
+  } else {
+    checkCount(t, t.doubleData.length, n, 'double_data values');
+    data.set(t.doubleData);
+  }
+  return { dims, data };
+}
+
+/** Read an INT64 tensor (shape constants, axes, ...) from raw_data, int64_data or external data. */
+export function tensorToInt64(t: TensorProto, baseDir?: string): { dims: number[]; data: BigInt64Array } {
+  const dims = tensorDims(t);
+  const n = numel(dims);
+  if (t.dataType !== DataType.INT64) {
+    throw badInput(`${label(t)} has data type ${dataTypeName(t.dataType)} where INT64 was expected; the model does not follow the ONNX spec for this input.`);
+  }
+  const raw = storedBytes(t, baseDir);
+  const data = new BigInt64Array(n);
+  if (raw !== undefined) {
+    checkCount(t, raw.length, n * 8, 'bytes of data');
+    const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+    for (let i = 0; i < n; i++) data[i] = view.getBigInt64(8 * i, true);
+  } else {
+    checkCount(t, t.int64Data.length, n, 'int64_data values');
+    data.set(t.int64Data);
+  }
+  return { dims, data };
+}
+
+/**
+ * Store new contents in an existing tensor, in raw_data, and drop every other storage field,
+ * so nothing stale (typed fields, external references) survives. Keeps name and doc_string.
+ */
+export function setTensorData(t: TensorProto, dims: readonly number[], dataType: number, raw: Uint8Array): void {
+  t.dims = dims.map((d) => BigInt(d));
+  t.dataType = dataType;
+  t.rawData = raw;
+  t.floatData = [];
+  t.int32Data = [];
+  t.int64Data = [];
+  t.doubleData = [];
+  t.uint64Data = [];
+  t.stringData = [];
+  t.externalData = [];
+  clearField(t, TensorProtoSchema.field.dataLocation);
+  clearField(t, TensorProtoSchema.field.segment);
+}
+
+/** Encode float32 values as FLOAT, FLOAT16 or DOUBLE little-endian bytes. */
+export function encodeFloat32(data: ArrayLike<number>, dataType: number): Uint8Array {
+  const size = dataType === DataType.FLOAT ? 4 : dataType === DataType.FLOAT16 ? 2 : dataType === DataType.DOUBLE ? 8 : 0;
+  if (size === 0) throw new SubpruneError('internal', `cannot encode float data as ${dataTypeName(dataType)}`);
+  const raw = new Uint8Array(data.length * size);
+  const view = new DataView(raw.buffer);
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i]!;
+    if (size === 4) view.setFloat32(4 * i, v, true);
+    else if (size === 2) view.setUint16(2 * i, float32ToFloat16Bits(v), true);
+    else view.setFloat64(8 * i, v, true);
+  }
+  return raw;
+}
+
+function checkLength(name: string, dims: readonly number[], length: number): void {
+  if (numel(dims) !== length) {
+    throw new SubpruneError('internal', `tensor "${name}": ${length} values do not fill dims [${dims.join(', ')}]`);
+  }
+}
+
+/** A new tensor holding float32 values, stored as dataType (FLOAT, FLOAT16 or DOUBLE) in raw_data. */
+export function float32Tensor(name: string, dims: readonly number[], data: Float32Array, dataType: number = DataType.FLOAT): TensorProto {
+  checkLength(name, dims, data.length);
+  const t = create(TensorProtoSchema, { name });
+  setTensorData(t, dims, dataType, encodeFloat32(data, dataType));
+  return t;
+}
+
+/** A new INT64 tensor in raw_data. */
+export function int64Tensor(name: string, dims: readonly number[], values: ArrayLike<number | bigint>): TensorProto {
+  checkLength(name, dims, values.length);
+  const raw = new Uint8Array(values.length * 8);
+  const view = new DataView(raw.buffer);
+  for (let i = 0; i < values.length; i++) view.setBigInt64(8 * i, BigInt(values[i]!), true);
+  const t = create(TensorProtoSchema, { name });
+  setTensorData(t, dims, DataType.INT64, raw);
+  return t;
+}

@@ -1,0 +1,189 @@
+import { describe, it, expect } from 'vitest';
+import { selectChannels, type LayerProblem } from '../src/select/greedy.js';
+import { GramAccumulator } from '../src/kernels/gram.js';
+import { plainKernels } from '../src/kernels/plain.js';
+import { wasmKernels } from '../src/kernels/wasm.js';
+import { rng, randMat, matmul, gramOf, objective, oracleGreedy, leastSquares, basis, type Mat } from './oracle.js';
+
+// Float64 inputs: G, C, H are formed in float64 here, so the greedy must match the oracle to 1e-9 relative.
+
+interface Case { B: Mat; A: Mat; W: Mat; g: number; asym: boolean }
+
+/** Correlated activations (B = Z M) so that gains are spread out; A = B + noise for the asymmetric objective. */
+function makeCase(seed: number, N: number, d: number, m: number, g: number, asym: boolean): Case {
+  const r = rng(seed);
+  const B = matmul(randMat(N, d, r), randMat(d, d, r));
+  const A: Mat = asym ? { ...B, a: B.a.map((v) => v + 0.5 * randMat(1, 1, r).a[0]) } : B;
+  return { B, A, W: randMat(d, m, r), g, asym };
+}
+
+function problem(c: Case): LayerProblem {
+  const { B, A, W, g, asym } = c;
+  return { d: B.cols, m: W.cols, g, G: gramOf(B), W: W.a, ...(asym ? { C: gramOf(B, A), H: gramOf(A) } : {}) };
+}
+
+function setCols(X: Mat, dst: number, src: number | null) {
+  for (let i = 0; i < X.rows; i++) X.a[i * X.cols + dst] = src === null ? 0 : X.a[i * X.cols + src];
+}
+
+/** Checks the selection against the oracle step by step: each choice is optimal (ties aside) and each objective exact. */
+function checkAgainstOracle(c: Case, k: number, backend: 'wasm' | 'plain', sameOrder: boolean) {
+  const T = matmul(c.A, c.W);
+  const sel = selectChannels(problem(c), k, { backend });
+  expect(sel.order.length).toBe(k);
+  expect(new Set(sel.order).size).toBe(k);
+  for (let s = 0; s < k; s++) {
+    const prefix = sel.order.slice(0, s);
+    const mine = objective(c.B, T, [...prefix, sel.order[s]], c.g);
+    let best = -Infinity;
+    for (let ch = 0; ch < c.B.cols / c.g; ch++) if (!prefix.includes(ch)) best = Math.max(best, objective(c.B, T, [...prefix, ch], c.g));
+    expect(mine).toBeGreaterThanOrEqual(best - 1e-9 * Math.max(1, best));
+    expect(Math.abs(sel.objective[s] - mine)).toBeLessThanOrEqual(1e-9 * Math.max(1, mine));
+    for (const v of sel.objective) expect(Number.isFinite(v)).toBe(true);
+  }
+  if (sameOrder) expect(sel.order).toEqual(oracleGreedy(c.B, T, c.g, k).order);
+  return { sel, T };
+}
+
+/** Re-fitted weights: the least-squares solution where the kept columns are independent; else the same fit B_S W'. */
+function checkRefit(c: Case, T: Mat, sel: ReturnType<typeof selectChannels>, p: number) {
+  const { keep, W } = sel.refit(p);
+  expect(keep).toEqual([...sel.order.slice(0, p)].sort((x, y) => x - y));
+  const cols = keep.flatMap((ch) => Array.from({ length: c.g }, (_, a) => ch * c.g + a));
+  const m = c.W.cols;
+  expect(W.length).toBe(cols.length * m);
+  const indep = basis(c.B, cols).used.length === cols.length;
+  if (indep && cols.length) {
+    const ref = leastSquares(c.B, T, cols);
+    const scale = Math.max(...ref.map(Math.abs));
+    for (let i = 0; i < ref.length; i++) expect(Math.abs(W[i] - ref[i])).toBeLessThanOrEqual(1e-7 * scale);
+  }
+  // The fit itself: ‖B_S W' − T‖² equals the oracle's least-squares error.
+  const Bs: Mat = { rows: c.B.rows, cols: cols.length, a: new Float64Array(c.B.rows * cols.length) };
+  for (let i = 0; i < c.B.rows; i++) cols.forEach((j, l) => (Bs.a[i * cols.length + l] = c.B.a[i * c.B.cols + j]));
+  const fit = cols.length ? matmul(Bs, { rows: cols.length, cols: m, a: W }) : { a: new Float64Array(T.a.length) };
+  const err = T.a.reduce((s, v, i) => s + (v - fit.a[i]) ** 2, 0), tot = T.a.reduce((s, v) => s + v * v, 0);
+  expect(Math.abs(1 - err / tot - objective(c.B, T, keep, c.g))).toBeLessThanOrEqual(1e-8);
+}
+
+describe.each(['wasm', 'plain'] as const)('greedy selection (%s kernels) against the float64 oracle', (backend) => {
+  it('symmetric, g = 1: same order, objective and re-fit at every prefix', () => {
+    const c = makeCase(1, 120, 24, 7, 1, false);
+    const { sel, T } = checkAgainstOracle(c, 24, backend, true);
+    expect(sel.objective[23]).toBeCloseTo(1, 9);
+    for (const p of [0, 1, 5, 12, 24]) checkRefit(c, T, sel, p);
+  });
+
+  it('asymmetric, g = 1', () => {
+    const c = makeCase(2, 100, 20, 5, 1, true);
+    const { sel, T } = checkAgainstOracle(c, 14, backend, true);
+    for (const p of [3, 14]) checkRefit(c, T, sel, p);
+  });
+
+  it('symmetric and asymmetric, g = 9 (3×3 conv consumer)', () => {
+    for (const asym of [false, true]) {
+      const c = makeCase(3, 200, 54, 6, 9, asym);
+      const { sel, T } = checkAgainstOracle(c, 6, backend, true);
+      for (const p of [1, 3, 6]) checkRefit(c, T, sel, p);
+    }
+  });
+
+  it('fewer rows than columns (N < d): gains of dependent channels are exactly 0, never NaN', () => {
+    for (const g of [1, 3]) {
+      const c = makeCase(4, 10, 24, 4, g, false);
+      const { sel, T } = checkAgainstOracle(c, 24 / g, backend, false);
+      expect(sel.objective[sel.objective.length - 1]).toBeCloseTo(1, 9);
+      const full = sel.objective.findIndex((v) => v > 1 - 1e-9);
+      // once the span is full, the rest follow in channel order (all gains 0, ties to the lowest id)
+      const rest = sel.order.slice(full + 1);
+      expect(rest).toEqual([...rest].sort((a, b) => a - b));
+      checkRefit(c, T, sel, sel.order.length);
+    }
+  });
+
+  it('duplicate and all-zero columns and channels (g = 1 and g = 9)', () => {
+    const c1 = makeCase(5, 80, 16, 5, 1, false);
+    setCols(c1.B, 3, 5); setCols(c1.B, 7, null); setCols(c1.B, 11, 2);
+    const { sel: s1, T: T1 } = checkAgainstOracle(c1, 16, backend, false);
+    // the zero column and one of each duplicate pair add nothing: they are the last three, in channel order
+    expect(s1.order.slice(13)).toEqual([...s1.order.slice(13)].sort((a, b) => a - b));
+    expect(s1.order.slice(13)).toContain(7);
+    expect(s1.objective[12]).toBeCloseTo(1, 9);
+    checkRefit(c1, T1, s1, 16);
+
+    const c9 = makeCase(6, 150, 45, 4, 9, true);
+    for (let a = 0; a < 9; a++) { setCols(c9.B, 18 + a, a); setCols(c9.B, 36 + a, null); } // channel 2 = channel 0, channel 4 = 0
+    setCols(c9.B, 9 + 4, 9 + 1); // a duplicate column inside channel 1
+    c9.A = { ...c9.B, a: c9.B.a.map((v, i) => v + 0.1 * Math.sin(i)) };
+    const { sel: s9, T: T9 } = checkAgainstOracle(c9, 5, backend, false);
+    expect(s9.order[4]).toBe(4);
+    for (const p of [2, 5]) checkRefit(c9, T9, s9, p);
+  });
+
+  it('k = 0 and the nested order: a shorter run is a prefix of a longer one', () => {
+    const c = makeCase(7, 60, 12, 3, 1, false);
+    const none = selectChannels(problem(c), 0, { backend });
+    expect(none.order).toEqual([]);
+    expect(none.refit(0).W.length).toBe(0);
+    const long = selectChannels(problem(c), 12, { backend });
+    expect(selectChannels(problem(c), 5, { backend }).order).toEqual(long.order.slice(0, 5));
+    expect(() => selectChannels(problem(c), 13, { backend })).toThrow(/k = 13/);
+    expect(() => long.refit(13)).toThrow(RangeError);
+  });
+});
+
+describe('wasm and plain kernels agree', () => {
+  it('on selections, objectives and re-fits (g = 1, g = 25, asymmetric)', () => {
+    for (const [seed, N, d, m, g, asym] of [[11, 300, 40, 33, 1, false], [12, 300, 100, 10, 25, true], [13, 100, 64, 17, 1, true]] as const) {
+      const pr = problem(makeCase(seed, N, d, m, g, asym));
+      const k = d / g - 1;
+      const a = selectChannels(pr, k, { backend: 'wasm' }), b = selectChannels(pr, k, { backend: 'plain' });
+      expect(a.order).toEqual(b.order);
+      a.objective.forEach((v, i) => expect(Math.abs(v - b.objective[i])).toBeLessThan(1e-12));
+      const wa = a.refit(k).W, wb = b.refit(k).W, s = Math.max(...wb.map(Math.abs));
+      wa.forEach((v, i) => expect(Math.abs(v - wb[i])).toBeLessThan(1e-9 * s));
+    }
+  });
+
+  it('on Gram kernels for odd sizes and several row blocks', () => {
+    const r = rng(21);
+    for (const [rows, dx, dy] of [[300, 13, 13], [129, 8, 21], [5, 1, 3], [260, 37, 9]]) {
+      const X = Float32Array.from({ length: rows * dx }, () => r() - 0.5);
+      const Y = Float32Array.from({ length: rows * dy }, () => r() - 0.5);
+      const out = [wasmKernels(), plainKernels()].map((k) => {
+        const a = k.arena, P = a.alloc((k.gramPackFloats(Math.max(dx, dy)) + 32) * 4), PY = a.alloc(k.gramPackFloats(dy) * 4 + 16);
+        const Xp = a.alloc(X.length * 4), Yp = a.alloc(Y.length * 4), G = a.alloc(dx * dx * 8), C = a.alloc(dx * dy * 8);
+        a.f32(Xp, X.length).set(X); a.f32(Yp, Y.length).set(Y);
+        k.gram(Xp, rows, dx, G, P); k.symmetrize(G, dx);
+        k.gramCross(Xp, dx, Yp, dy, rows, C, P, PY);
+        return [a.f64(G, dx * dx).slice(), a.f64(C, dx * dy).slice()];
+      });
+      for (let t = 0; t < 2; t++) out[0][t].forEach((v, i) => expect(Math.abs(v - out[1][t][i])).toBeLessThan(1e-4));
+    }
+  });
+});
+
+describe('f32 activations through the wasm Gram accumulator', () => {
+  // f32 products are summed in f32 over blocks of 128 rows, then in f64: G is accurate to ~1e-6 relative,
+  // so the objective matches the float64 oracle to ~1e-6 (not 1e-9), and the order where gains are not near-ties.
+  it('matches float64 Gram matrices and the oracle greedy', () => {
+    const r = rng(31), N = 1000, d = 36, m = 9;
+    const B32 = Float32Array.from(matmul(randMat(N, d, r), randMat(d, d, r)).a);
+    const A32 = B32.map((v) => v + 0.3 * (r() - 0.5));
+    const B: Mat = { rows: N, cols: d, a: Float64Array.from(B32) }, A: Mat = { rows: N, cols: d, a: Float64Array.from(A32) };
+    const acc = new GramAccumulator(d, { asymmetric: true });
+    for (let r0 = 0; r0 < N; r0 += 300) acc.add(B32.subarray(r0 * d, Math.min(N, r0 + 300) * d), A32.subarray(r0 * d, Math.min(N, r0 + 300) * d));
+    const gm = acc.result();
+    expect(gm.rows).toBe(N);
+    const refs = [gramOf(B), gramOf(B, A), gramOf(A)];
+    [gm.G, gm.C!, gm.H!].forEach((X, t) => {
+      const s = Math.max(...refs[t].map(Math.abs));
+      X.forEach((v, i) => expect(Math.abs(v - refs[t][i])).toBeLessThanOrEqual(2e-6 * s));
+    });
+    const W = randMat(d, m, r), T = matmul(A, W);
+    const sel = selectChannels({ d, m, g: 1, G: gm.G, C: gm.C, H: gm.H, W: W.a }, 20);
+    const ref = oracleGreedy(B, T, 1, 20);
+    expect(sel.order).toEqual(ref.order);
+    sel.objective.forEach((v, i) => expect(Math.abs(v - ref.objective[i])).toBeLessThan(1e-5));
+  });
+});
