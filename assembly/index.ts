@@ -421,3 +421,35 @@ export function solveUpperT(L: usize, ldl: i32, t: i32, X: usize, m: i32): void 
   }
   for (; i < n; i++) { const o = (<usize>i) << 3; store<f64>(y + o, load<f64>(y + o) + a * load<f64>(x + o)); }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// im2col for a Conv consumer: one sample X (C×H×W, f32) to its patches, out[(oy·OW + ox)][c·kh·kw + i·kw + j]
+// = X[c][oy·sh − pt + i·dh][ox·sw − pl + j·dw], 0 outside (the padding). Column order matches the Conv weight
+// [m][C][kh][kw], so channel c owns the g = kh·kw columns c·g .. c·g+g−1.
+
+export function im2col(X: usize, C: i32, H: i32, W: i32, kh: i32, kw: i32, sh: i32, sw: i32, pt: i32, pl: i32,
+  dh: i32, dw: i32, OH: i32, OW: i32, out: usize): void {
+  const d = C * kh * kw;
+  for (let c = 0; c < C; c++) {
+    for (let i = 0; i < kh; i++) {
+      for (let j = 0; j < kw; j++) {
+        const col = (c * kh + i) * kw + j;
+        for (let oy = 0; oy < OH; oy++) {
+          const iy = oy * sh - pt + i * dh;
+          let o = out + ((<usize>(oy * OW) * d + col) << 2);
+          const step = (<usize>d) << 2;
+          if (iy < 0 || iy >= H) {
+            for (let ox = 0; ox < OW; ox++) { store<f32>(o, 0); o += step; }
+            continue;
+          }
+          const row = X + ((<usize>((c * H + iy) * W)) << 2);
+          for (let ox = 0; ox < OW; ox++) {
+            const ix = ox * sw - pl + j * dw;
+            store<f32>(o, ix >= 0 && ix < W ? load<f32>(row + ((<usize>ix) << 2)) : 0);
+            o += step;
+          }
+        }
+      }
+    }
+  }
+}

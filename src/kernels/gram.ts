@@ -10,18 +10,27 @@ export interface Gram {
   H?: Float64Array;
 }
 
-const CHUNK_BYTES = 16 << 20;
+/** A Conv consumer's geometry: B's rows are its input patches. */
+export interface ConvGeometry {
+  kernel: [number, number];
+  strides: [number, number];
+  /** [top, left, bottom, right] */
+  pads: [number, number, number, number];
+  dilations: [number, number];
+}
+
+const CHUNK_BYTES = 4 << 20;
 
 /**
  * Streams batches of f32 rows (B, and the target A for the asymmetric objective) into Gram matrices held in the
- * kernels' memory. Only one chunk of rows is in kernel memory at a time.
+ * kernels' memory. Only one chunk of rows (and one sample, for conv patches) is in kernel memory at a time.
  */
 export class GramAccumulator {
   readonly d: number;
   readonly asymmetric: boolean;
   private readonly k: Kernels;
-  private readonly cap: number;
-  private readonly p: { G: number; C: number; H: number; B: number; A: number; PB: number; PA: number };
+  private readonly p: { G: number; C: number; H: number; PB: number; PA: number };
+  private buf?: { cap: number; B: number; A: number; sample: number; XB: number; XA: number };
   private rows = 0;
 
   constructor(d: number, opts: { asymmetric?: boolean; kernels?: Kernels } = {}) {
@@ -29,33 +38,81 @@ export class GramAccumulator {
     this.asymmetric = opts.asymmetric ?? false;
     const k = (this.k = opts.kernels ?? wasmKernels());
     const a = k.arena, dd = d * d * 8, asym = this.asymmetric;
-    this.cap = Math.max(1, Math.floor(CHUNK_BYTES / (4 * d)));
     const pack = (k.gramPackFloats(d) + 32) * 4;
     this.p = {
       G: a.alloc(dd), C: asym ? a.alloc(dd) : 0, H: asym ? a.alloc(dd) : 0,
-      B: a.alloc(this.cap * d * 4), A: asym ? a.alloc(this.cap * d * 4) : 0,
       PB: a.alloc(pack), PA: asym ? a.alloc(pack) : 0,
     };
   }
 
+  // Row buffers, sized on first use (a conv sample's patches must fit in one chunk).
+  private buffers(minRows: number, sample = 0) {
+    if (!this.buf) {
+      const a = this.k.arena, d = this.d, asym = this.asymmetric;
+      const cap = Math.max(minRows, Math.floor(CHUNK_BYTES / (4 * d)), 1);
+      this.buf = {
+        cap, B: a.alloc(cap * d * 4), A: asym ? a.alloc(cap * d * 4) : 0,
+        sample, XB: sample ? a.alloc(sample * 4) : 0, XA: sample && asym ? a.alloc(sample * 4) : 0,
+      };
+    }
+    if (this.buf.cap < minRows || this.buf.sample < sample) throw new Error('GramAccumulator: use either rows or conv patches of one geometry');
+    return this.buf;
+  }
+
+  private check(len: number, A?: Float32Array) {
+    if (this.asymmetric !== (A !== undefined)) throw new Error(this.asymmetric ? 'asymmetric Gram needs the target rows A' : 'symmetric Gram takes no target rows');
+    if (A && A.length !== len) throw new RangeError(`target batch has ${A.length} values, activations ${len}`);
+  }
+
+  // Adds the nr rows now in the row buffers.
+  private flush(nr: number) {
+    const { d, k, p } = this, b = this.buf!;
+    k.gram(b.B, nr, d, p.G, p.PB);
+    if (this.asymmetric) {
+      k.gramCross(b.B, d, b.A, d, nr, p.C, p.PB, p.PA);
+      k.gram(b.A, nr, d, p.H, p.PA);
+    }
+    this.rows += nr;
+  }
+
   /** Adds rows: B (rows×d, row-major) and, asymmetric only, A of the same shape. */
   add(B: Float32Array, A?: Float32Array): void {
-    const { d, k, p } = this;
+    const { d, k } = this;
     if (B.length % d !== 0) throw new RangeError(`activation batch of ${B.length} values is not a whole number of rows of ${d}`);
-    if (this.asymmetric !== (A !== undefined)) throw new Error(this.asymmetric ? 'asymmetric Gram needs the target rows A' : 'symmetric Gram takes no target rows');
-    if (A && A.length !== B.length) throw new RangeError(`target batch has ${A.length} values, activations ${B.length}`);
-    const rows = B.length / d;
-    for (let r0 = 0; r0 < rows; r0 += this.cap) {
-      const r1 = Math.min(rows, r0 + this.cap), nr = r1 - r0;
-      k.arena.f32(p.B, nr * d).set(B.subarray(r0 * d, r1 * d));
-      k.gram(p.B, nr, d, p.G, p.PB);
-      if (A) {
-        k.arena.f32(p.A, nr * d).set(A.subarray(r0 * d, r1 * d));
-        k.gramCross(p.B, d, p.A, d, nr, p.C, p.PB, p.PA);
-        k.gram(p.A, nr, d, p.H, p.PA);
-      }
+    this.check(B.length, A);
+    const buf = this.buffers(1), rows = B.length / d;
+    for (let r0 = 0; r0 < rows; r0 += buf.cap) {
+      const r1 = Math.min(rows, r0 + buf.cap);
+      k.arena.f32(buf.B, (r1 - r0) * d).set(B.subarray(r0 * d, r1 * d));
+      if (A) k.arena.f32(buf.A, (r1 - r0) * d).set(A.subarray(r0 * d, r1 * d));
+      this.flush(r1 - r0);
     }
-    this.rows += rows;
+  }
+
+  /** Adds the im2col patches of a batch of Conv inputs B (dims [b, C, H, W]; A likewise): one row per output position. */
+  addConv(B: Float32Array, dims: number[], conv: ConvGeometry, A?: Float32Array): void {
+    const { d, k } = this;
+    const [b, C, H, W] = dims;
+    const { kernel: [kh, kw], strides: [sh, sw], pads: [pt, pl, pb, pr], dilations: [dh, dw] } = conv;
+    if (dims.length !== 4 || C * kh * kw !== d || B.length !== b * C * H * W) {
+      throw new RangeError(`conv input [${dims}] with a ${kh}×${kw} kernel does not make patches of ${d} columns`);
+    }
+    this.check(B.length, A);
+    const OH = Math.floor((H + pt + pb - dh * (kh - 1) - 1) / sh) + 1, OW = Math.floor((W + pl + pr - dw * (kw - 1) - 1) / sw) + 1;
+    const per = OH * OW, size = C * H * W, buf = this.buffers(per, size);
+    let filled = 0;
+    for (let s = 0; s < b; s++) {
+      if (filled + per > buf.cap) { this.flush(filled); filled = 0; }
+      const off = filled * d * 4;
+      k.arena.f32(buf.XB, size).set(B.subarray(s * size, (s + 1) * size));
+      k.im2col(buf.XB, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, buf.B + off);
+      if (A) {
+        k.arena.f32(buf.XA, size).set(A.subarray(s * size, (s + 1) * size));
+        k.im2col(buf.XA, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, buf.A + off);
+      }
+      filled += per;
+    }
+    if (filled) this.flush(filled);
   }
 
   /** The accumulated matrices, copied out of kernel memory. */

@@ -2,4 +2,4 @@ export type { Kernels } from './types.js';
 export { Arena, fmtBytes } from './memory.js';
 export { wasmKernels } from './wasm.js';
 export { plainKernels } from './plain.js';
-export { GramAccumulator, type Gram } from './gram.js';
+export { GramAccumulator, type Gram, type ConvGeometry } from './gram.js';

@@ -173,5 +173,16 @@ export function plainKernels(): Kernels {
         }
       }
     },
+    im2col(X, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, out) {
+      const x = S(), X4 = X >> 2, o4 = out >> 2, d = C * kh * kw;
+      for (let oy = 0; oy < OH; oy++)
+        for (let ox = 0; ox < OW; ox++)
+          for (let c = 0; c < C; c++)
+            for (let i = 0; i < kh; i++)
+              for (let j = 0; j < kw; j++) {
+                const iy = oy * sh - pt + i * dh, ix = ox * sw - pl + j * dw;
+                x[o4 + (oy * OW + ox) * d + (c * kh + i) * kw + j] = iy >= 0 && iy < H && ix >= 0 && ix < W ? x[X4 + (c * H + iy) * W + ix] : 0;
+              }
+    },
   };
 }

@@ -21,4 +21,6 @@ export interface Kernels {
   groupGains(Q: number, m: number, E: number, diag0: number, nblk: number, g: number, tol: number, gains: number, S: number): void;
   argmax(gains: number, chan: number, n: number): number;
   solveUpperT(L: number, ldl: number, t: number, X: number, m: number): void;
+  im2col(X: number, C: number, H: number, W: number, kh: number, kw: number, sh: number, sw: number, pt: number, pl: number,
+    dh: number, dw: number, OH: number, OW: number, out: number): void;
 }

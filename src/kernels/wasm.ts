@@ -27,6 +27,6 @@ export function wasmKernels(): Kernels {
     gramPackFloats: x.gramPackFloats, gram: x.gram, gramCross: x.gramCross, symmetrize: x.symmetrize,
     gemmPackDoubles: x.gemmPackDoubles, gemm: x.gemm, gather: x.gather, extend: x.extend,
     updateRows: x.updateRows, updateScan: x.updateScan, downdateBlocks: x.downdateBlocks,
-    groupGains: x.groupGains, argmax: x.argmax, solveUpperT: x.solveUpperT,
+    groupGains: x.groupGains, argmax: x.argmax, solveUpperT: x.solveUpperT, im2col: x.im2col,
   };
 }

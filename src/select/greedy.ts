@@ -45,6 +45,8 @@ export interface Selection {
   objective: number[];
   /** Least-squares weights for the first p channels of `order` (any p ≤ order.length), without re-running the greedy. */
   refit(p: number): Refit;
+  /** ‖AW‖², the normaliser of the objective. */
+  norm2: number;
   seconds: { setup: number; greedy: number };
 }
 
@@ -169,7 +171,7 @@ export function selectChannels(pr: LayerProblem, k: number, opts: SelectOptions 
   // Keep what the re-fit needs (the pivots' rows of L and the q rows) and free the kernel memory with K.
   const LpOut = Lp.slice(0, t * tmax), ZOut = Z.slice(0, t * m);
   return {
-    order, objective,
+    order, objective, norm2,
     seconds: { setup: t1 - t0, greedy: t2 - t1 },
     refit: (prefix: number) => refit(prefix),
   };

@@ -1,0 +1,52 @@
+import { badInput } from '../errors.js';
+import type { Unit } from '../graph/types.js';
+
+/** How many channels to keep: a compression ratio, a keep fraction, or explicit counts per unit. */
+export type Budget =
+  | { compression: number; target?: 'params' | 'flops' }
+  | { keepRatio: number }
+  | { keep: Record<string, number> };
+
+/** Model size (params or FLOPs) after keeping keeps.get(id) channels of each unit. */
+export type SizeOf = (keeps: Map<string, number>) => number;
+
+/** Channels kept in each unit for a fraction f of its channels (at least one). */
+export function uniformKeeps(units: Unit[], f: number): Map<string, number> {
+  return new Map(units.map((u) => [u.id, Math.min(u.channels, Math.max(1, Math.round(f * u.channels)))]));
+}
+
+/**
+ * Per-unit channel counts for a budget. Compression c means size ÷ c for the whole model (every initializer, or
+ * FLOPs); the keep fraction is the same for every unit, the largest one that meets the target.
+ */
+export function resolveBudget(units: Unit[], budget: Budget, sizeOf: SizeOf): Map<string, number> {
+  if ('keep' in budget) {
+    const out = new Map(units.map((u) => [u.id, u.channels]));
+    for (const [key, k] of Object.entries(budget.keep)) {
+      const u = units.find((x) => x.id === key || x.weight === key);
+      if (!u) throw badInput(`budget names "${key}", which is no prunable unit (ids: ${units.map((x) => x.id).join(', ')}); see subprune inspect`);
+      if (!Number.isInteger(k) || k < 1 || k > u.channels) throw badInput(`budget for ${u.id}: ${k} channels; it has ${u.channels}, keep between 1 and ${u.channels}`);
+      out.set(u.id, k);
+    }
+    return out;
+  }
+  if ('keepRatio' in budget) {
+    const r = budget.keepRatio;
+    if (!(r > 0 && r <= 1)) throw badInput(`keep ratio ${r}: must be in (0, 1]`);
+    return uniformKeeps(units, r);
+  }
+  const c = budget.compression;
+  if (!(c >= 1)) throw badInput(`compression ${c}: must be at least 1 (1 keeps everything)`);
+  const full = sizeOf(uniformKeeps(units, 1)), goal = full / c;
+  const least = sizeOf(uniformKeeps(units, 0));
+  if (least > goal) {
+    throw badInput(`compression ${c} is out of reach: pruning every unit to one channel leaves ${least} of ${full} (${(full / least).toFixed(2)}×); the rest is in layers subprune cannot prune (see subprune inspect)`);
+  }
+  let lo = 0, hi = 1; // sizeOf(lo) ≤ goal < sizeOf(hi) unless c = 1
+  if (sizeOf(uniformKeeps(units, hi)) <= goal) return uniformKeeps(units, hi);
+  for (let i = 0; i < 40; i++) {
+    const mid = (lo + hi) / 2;
+    if (sizeOf(uniformKeeps(units, mid)) <= goal) lo = mid; else hi = mid;
+  }
+  return uniformKeeps(units, lo);
+}

@@ -1,0 +1,111 @@
+import { parseArgs } from 'node:util';
+import { readFileSync } from 'node:fs';
+import { readModel, writeModel } from '../onnx/index.js';
+import { openNpy, writeFileAtomic } from '../npy.js';
+import { badInput } from '../errors.js';
+import { prune, type Mode } from '../prune/index.js';
+import type { Budget } from '../budget/index.js';
+import { Progress } from './progress.js';
+import { num, sameFile, table, pct, big } from './util.js';
+
+export const pruneHelp = `subprune prune: remove channels from an ONNX model with unlabeled calibration data
+
+Usage: subprune prune MODEL.onnx --calib X.npy -o OUT.onnx [options]
+
+  --calib FILE        calibration inputs, .npy float32 with the model's input shape (first axis = samples);
+                      a few hundred samples are enough, no labels needed
+  -o, --output FILE   where to write the pruned model (written atomically; never the input model)
+Budget (one of; default --compression 2):
+  --compression c     make the model c times smaller: total parameter count ÷ c (every initializer),
+                      the same fraction of channels kept in every unit
+  --target WHAT       with --compression: params (default) or flops
+  --keep-ratio r      keep the fraction r of the channels of every unit (0 < r ≤ 1)
+  --budget FILE       JSON {"<unit id or weight name>": channels to keep, ...}; units not named keep all
+Method:
+  --mode M            layerwise (default): every unit from the original model's activations;
+                      sequential: unit by unit, from the model whose earlier units are already pruned;
+                      asymmetric: as sequential, but fit the original model's activations
+  --no-refit          keep the consumers' weights (only slice them) instead of the least-squares re-fit
+Other:
+  --report FILE       write a JSON report: per unit the kept channels in greedy order and the objective,
+                      params and FLOPs before/after, seconds per stage, fidelity on the calibration data
+  --batch n           calibration batch size (default 64; a model with a fixed batch size uses its own)
+  --backend NAME      kernels: wasm (SIMD WebAssembly, default) or plain (TypeScript)
+  --quiet             no summary table
+  -h, --help          this help
+
+The objective of a unit is 1 − the relative error of its consumer's input (‖B_S W' − A W‖²/‖A W‖²)
+on the calibration data. Units are listed by 'subprune inspect MODEL'.`;
+
+export async function runPrune(argv: string[]): Promise<void> {
+  const { values: o, positionals } = parseArgs({
+    args: argv, allowPositionals: true,
+    options: {
+      calib: { type: 'string' }, output: { type: 'string', short: 'o' },
+      compression: { type: 'string' }, target: { type: 'string' }, 'keep-ratio': { type: 'string' }, budget: { type: 'string' },
+      mode: { type: 'string', default: 'layerwise' }, 'no-refit': { type: 'boolean', default: false },
+      report: { type: 'string' }, batch: { type: 'string' }, backend: { type: 'string', default: 'wasm' },
+      quiet: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (o.help) { console.log(pruneHelp); return; }
+  if (positionals.length !== 1) throw badInput('prune takes one model: subprune prune MODEL.onnx --calib X.npy -o OUT.onnx');
+  const input = positionals[0];
+  if (!o.calib) throw badInput('prune needs --calib X.npy (calibration inputs)');
+  if (!o.output) throw badInput('prune needs -o OUT.onnx');
+  if (sameFile(input, o.output)) throw badInput(`-o ${o.output} is the input model; subprune never overwrites its input, choose another file`);
+  if (o.report && (sameFile(o.report, input) || sameFile(o.report, o.output))) throw badInput('--report must be another file than the models');
+  if (!['layerwise', 'sequential', 'asymmetric'].includes(o.mode!)) throw badInput(`--mode ${o.mode}: use layerwise, sequential or asymmetric`);
+  if (o.backend !== 'wasm' && o.backend !== 'plain') throw badInput(`--backend ${o.backend}: use wasm or plain`);
+  if (o.target !== undefined && o.target !== 'params' && o.target !== 'flops') throw badInput(`--target ${o.target}: use params or flops`);
+  const given = [o.compression, o['keep-ratio'], o.budget].filter((x) => x !== undefined).length;
+  if (given > 1) throw badInput('give one of --compression, --keep-ratio, --budget');
+  let budget: Budget;
+  if (o['keep-ratio'] !== undefined) budget = { keepRatio: num(o['keep-ratio'], '--keep-ratio', (v) => v > 0 && v <= 1, 'a fraction in (0, 1]')! };
+  else if (o.budget !== undefined) budget = { keep: readBudget(o.budget) };
+  else budget = { compression: num(o.compression ?? '2', '--compression', (v) => v >= 1, 'a ratio ≥ 1')!, target: (o.target ?? 'params') as 'params' | 'flops' };
+  const batch = num(o.batch, '--batch', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1');
+
+  const model = readModel(input);
+  const calib = openNpy(o.calib);
+  const bars = new Map<string, Progress>();
+  const labels: Record<string, string> = { capture: 'capture', select: 'select', unit: 'units', verify: 'verify' };
+  let result;
+  try {
+    result = await prune(model, calib, {
+      mode: o.mode as Mode, refit: !o['no-refit'], budget, batch, backend: o.backend,
+      onProgress: (stage, done, total) => {
+        let bar = bars.get(stage);
+        if (!bar) { bars.set(stage, (bar = new Progress(labels[stage] ?? stage, total))); }
+        bar.update(done);
+        if (done >= total) bar.done();
+      },
+    });
+  } finally {
+    calib.close();
+  }
+  const { model: pruned, report } = result;
+  writeModel(pruned, o.output);
+  if (o.report) writeFileAtomic(o.report, Buffer.from(JSON.stringify({ model: input, output: o.output, budget, ...report }, null, 1) + '\n'));
+  if (o.quiet) return;
+
+  if (!report.units.length) {
+    console.log(`${input}: no prunable units (${report.refused.length} candidates refused; see subprune inspect). Wrote an unchanged copy to ${o.output}.`);
+    return;
+  }
+  console.log(table(['unit', 'weight', 'channels', 'kept', 'objective', 'seconds'],
+    report.units.map((u) => [u.id, u.weight, u.channels, u.kept, u.objective.toFixed(4), u.seconds.toFixed(3)])));
+  const r = report, s = r.seconds;
+  console.log(`\nparams ${big(r.params.before)} → ${big(r.params.after)} (${(r.params.before / r.params.after).toFixed(2)}× smaller), FLOPs ${big(r.flops.before)} → ${big(r.flops.after)} (${(r.flops.before / r.flops.after).toFixed(2)}×)`);
+  console.log(`on the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ${pct(r.fidelity.agreement)}, relative output error ${r.fidelity.relError!.toFixed(4)}`);
+  console.log(`mode ${r.mode}, ${r.refit ? 're-fit' : 'no re-fit'}; seconds: analyze ${s.analyze.toFixed(2)}, capture ${s.capture.toFixed(2)}, select ${s.select.toFixed(2)}, rewrite ${s.rewrite.toFixed(2)}, verify ${s.verify.toFixed(2)}, total ${s.total.toFixed(2)}`);
+  console.log(`wrote ${o.output}${o.report ? ` and ${o.report}` : ''}`);
+}
+
+function readBudget(path: string): Record<string, number> {
+  let v: unknown;
+  try { v = JSON.parse(readFileSync(path, 'utf8')); } catch (e) { throw badInput(`--budget ${path}: ${(e as Error).message}`); }
+  if (!v || typeof v !== 'object' || Array.isArray(v)) throw badInput(`--budget ${path}: expected a JSON object {"unit id": channels, ...}`);
+  for (const [k, x] of Object.entries(v)) if (typeof x !== 'number') throw badInput(`--budget ${path}: "${k}" must map to a number of channels`);
+  return v as Record<string, number>;
+}

@@ -1,0 +1,259 @@
+// Finding prunable units: walk from every Conv/Gemm/MatMul through ops the table (ops.ts) knows to act per channel
+// until the next Conv/Gemm/MatMul. Anything the table cannot vouch for is refused with a reason, never guessed.
+import { badInput } from '../errors.js';
+import { opsetVersion, tensorDims, tensorToFloat32, numel, type GraphProto, type Model, type NodeProto, type TensorProto } from '../onnx/index.js';
+import { biasSlice, CHAIN, LAYER_OPS, layerInfo, type ChannelLayout, type ParamSlice, type ShapeEdit } from './ops.js';
+import { constantTensors, dataInputs, inferShapes, nodeMacs, windowGeometry, type Shapes } from './shapes.js';
+import type { Analysis, Refused, Unit } from './types.js';
+
+/**
+ * Give every node a unique name, in place: unnamed nodes become `${opType}_${index}`, later duplicates get a suffix.
+ * Unit ids are node names, so they must be unique and stable across runs on the same file.
+ */
+export function nameNodes(graph: GraphProto): void {
+  const all = new Set(graph.node.map((n) => n.name).filter((n) => n !== ''));
+  const seen = new Set<string>();
+  graph.node.forEach((n, i) => {
+    if (n.name && !seen.has(n.name)) {
+      seen.add(n.name);
+      return;
+    }
+    const base = n.name || `${n.opType}_${i}`;
+    let name = base;
+    for (let k = 1; all.has(name) || seen.has(name); k++) name = `${base}_${k}`;
+    n.name = name;
+    seen.add(name);
+    all.add(name);
+  });
+}
+
+interface Use {
+  node: NodeProto;
+  slot: number;
+}
+
+/** Every place a tensor name is read: node inputs of the graph, and (as a use without a slot) names read inside subgraphs. */
+function usesOf(graph: GraphProto): Map<string, Use[]> {
+  const uses = new Map<string, Use[]>();
+  const add = (name: string, use: Use) => {
+    if (!name) return;
+    const list = uses.get(name);
+    if (list) list.push(use);
+    else uses.set(name, [use]);
+  };
+  const inner = (g: GraphProto, owner: NodeProto) => {
+    for (const n of g.node) {
+      n.input.forEach((name) => add(name, { node: owner, slot: -1 }));
+      for (const a of n.attribute) [a.g, ...a.graphs].forEach((sub) => sub && inner(sub, owner));
+    }
+  };
+  for (const n of graph.node) {
+    n.input.forEach((name, slot) => add(name, { node: n, slot }));
+    for (const a of n.attribute) [a.g, ...a.graphs].forEach((sub) => sub && inner(sub, n));
+  }
+  return uses;
+}
+
+const label = (n: NodeProto) => `${n.opType} "${n.name}"`;
+
+/** The analysis state shared by all candidate producers. */
+class Graph {
+  readonly consts: Map<string, TensorProto>;
+  readonly uses: Map<string, Use[]>;
+  readonly outputs: Set<string>;
+  readonly opset: number;
+  readonly batch: number;
+  constructor(
+    readonly graph: GraphProto,
+    readonly shapes: Shapes,
+    opset: number,
+  ) {
+    this.consts = constantTensors(graph);
+    this.uses = usesOf(graph);
+    this.outputs = new Set(graph.output.map((o) => o.name));
+    this.opset = opset;
+    this.batch = shapes.get(dataInputs(graph)[0]?.name ?? '')?.[0] || 1;
+  }
+  constant = (name: string): TensorProto | undefined => this.consts.get(name);
+  /** Why a constant cannot be changed for this unit alone, if it is read by more than one place. */
+  shared(name: string): string | undefined {
+    const uses = this.uses.get(name) ?? [];
+    if (uses.length <= 1 && !this.outputs.has(name)) return undefined;
+    const by = [...new Set(uses.map((u) => u.node.name))].join(', ');
+    return `constant "${name}" is shared (used by ${by}${this.outputs.has(name) ? ' and as a graph output' : ''}); changing it for one unit would change the others`;
+  }
+  flops(node: NodeProto): number | undefined {
+    const macs = nodeMacs(node, this.shapes);
+    return macs === undefined ? undefined : (2 * macs) / this.batch;
+  }
+}
+
+function findUnit(G: Graph, P: NodeProto): Unit | string {
+  const info = layerInfo(P, G.constant);
+  if ('refuse' in info) return info.refuse;
+  const n = info.weightDims[info.outAxis]!;
+  const y = P.output[0] ?? '';
+  const yShape = G.shapes.get(y);
+  if (!yShape) return `the shape of "${y}" is unknown (an op before it has no shape rule in subprune)`;
+  let layout: ChannelLayout = { axis: P.opType === 'MatMul' ? yShape.length - 1 : 1, group: 1 };
+  if (yShape[layout.axis] !== n) return `output "${y}" has shape [${yShape.join(', ')}], expected ${n} channels on axis ${layout.axis}`;
+  const slices: ParamSlice[] = [{ tensor: info.weight, axis: info.outAxis, group: 1 }];
+  if (info.bias) slices.push(...biasSlice(G.constant(info.bias)!, info.bias, n));
+  const shapeEdits: ShapeEdit[] = [];
+  const chain: NodeProto[] = [];
+  for (const s of slices) {
+    const why = G.shared(s.tensor);
+    if (why) return why;
+  }
+
+  for (let t = y; ; ) {
+    const uses = G.uses.get(t) ?? [];
+    if (uses.length === 0) return 'output layer: no consumer';
+    if (G.outputs.has(t)) return `tensor "${t}" is a graph output, so its channels cannot change`;
+    if (uses.length > 1) {
+      return `tensor "${t}" feeds ${uses.length} inputs (${uses.map((u) => u.node.name).join(', ')}); with fan-out the channels of every consumer are coupled`;
+    }
+    const { node: U, slot } = uses[0]!;
+    if (slot < 0) return `tensor "${t}" is read inside a subgraph of ${label(U)}`;
+    const inShape = G.shapes.get(t)!;
+
+    if (LAYER_OPS.has(U.opType)) {
+      const ci = layerInfo(U, G.constant);
+      if ('refuse' in ci) return `consumer ${ci.refuse}`;
+      if (slot !== 0) return `consumer ${label(U)} takes the channels as its ${slot === 1 ? 'weight' : 'bias'} input`;
+      const why = G.shared(ci.weight);
+      if (why) return why;
+      const w = ci.weightDims;
+      let g: number, d: number, conv: Unit['conv'];
+      if (U.opType === 'Conv') {
+        if (w.length !== 4) return `consumer ${label(U)} is not a 2-D convolution`;
+        if (layout.axis !== 1 || layout.group !== 1 || inShape.length !== 4) return `consumer ${label(U)} receives the channels on axis ${layout.axis} (group ${layout.group}), not as its input channels`;
+        if (w[1] !== n) return `consumer ${label(U)} expects ${w[1]} input channels, the producer makes ${n}`;
+        const kernel: [number, number] = [w[2]!, w[3]!];
+        const geo = windowGeometry(U, inShape.slice(2), kernel);
+        g = kernel[0] * kernel[1];
+        d = n * g;
+        conv = {
+          kernel,
+          strides: [geo.strides[0]!, geo.strides[1]!],
+          pads: [geo.pads[0]!, geo.pads[1]!, geo.pads[2]!, geo.pads[3]!],
+          dilations: [geo.dilations[0]!, geo.dilations[1]!],
+        };
+      } else {
+        if (layout.axis !== inShape.length - 1) return `consumer ${label(U)} multiplies along the last axis, but the channels are on axis ${layout.axis}`;
+        g = layout.group;
+        d = inShape[layout.axis]!;
+        if (w[ci.inAxis] !== d) return `consumer ${label(U)} weight has ${w[ci.inAxis]} input features, its input has ${d}`;
+      }
+      const m = w[ci.outAxis]!;
+      const chainParams = new Set(slices.slice(1).map((s) => s.tensor));
+      const params = [info.weight, ...chainParams, ci.weight].reduce((a, name) => a + numel(tensorDims(G.constant(name)!)), 0);
+      return {
+        id: P.name,
+        producer: P,
+        weight: info.weight,
+        ...(info.bias ? { bias: info.bias } : {}),
+        channels: n,
+        g,
+        chain,
+        consumer: U,
+        consumerWeight: ci.weight,
+        consumerInput: t,
+        consumerKind: U.opType === 'Conv' ? 'conv' : 'dense',
+        ...(conv ? { conv } : {}),
+        d,
+        m,
+        params,
+        flops: (G.flops(P) ?? 0) + (G.flops(U) ?? 0),
+        consumerLayout: ci.layout,
+        slices,
+        shapeEdits,
+      };
+    }
+
+    const rule = CHAIN[U.opType];
+    if (!rule) return `${label(U)} is not known to act per channel (it may mix channels); subprune stops at it`;
+    const step = rule({ node: U, input: slot, channels: n, layout, inShape, outShape: G.shapes.get(U.output[0] ?? ''), opset: G.opset, constant: G.constant });
+    if ('refuse' in step) return step.refuse;
+    for (const o of U.output.slice(1)) {
+      if (o && (G.uses.has(o) || G.outputs.has(o))) return `${label(U)}: its extra output "${o}" is used`;
+    }
+    for (const name of [...step.slices.map((s) => s.tensor), ...step.shapeEdits.map((e) => e.tensor)]) {
+      const why = G.shared(name);
+      if (why) return why;
+    }
+    slices.push(...step.slices);
+    shapeEdits.push(...step.shapeEdits);
+    chain.push(U);
+    layout = step.layout;
+    t = U.output[0] ?? '';
+    if (!G.shapes.has(t)) return `the shape of "${t}" is unknown (no shape rule for ${label(U)} or an op before it)`;
+  }
+}
+
+function prepare(model: Model, inputShape?: readonly number[]): Graph {
+  const graph = model.graph;
+  if (!graph) throw badInput('the model has no graph.');
+  nameNodes(graph);
+  return new Graph(graph, inferShapes(model, inputShape), opsetVersion(model) ?? 1);
+}
+
+/**
+ * Find the prunable units of a model and the Conv/Gemm/MatMul nodes that cannot be pruned, with reasons.
+ * Names unnamed nodes in place (see nameNodes). inputShape: the first input's shape (default: declared, symbolic dims 1).
+ */
+export function analyze(model: Model, inputShape?: number[]): Analysis {
+  const G = prepare(model, inputShape);
+  const units: Unit[] = [];
+  const refused: Refused[] = [];
+  for (const node of G.graph.node) {
+    if (!LAYER_OPS.has(node.opType)) continue;
+    const r = findUnit(G, node);
+    if (typeof r === 'string') refused.push({ node: node.name, reason: r });
+    else units.push(r);
+  }
+  return { units, refused };
+}
+
+/**
+ * params: element count of every initializer and Constant-node tensor; flops: 2 × multiply-accumulates of all
+ * Conv/Gemm/MatMul nodes per sample. Nodes whose shapes cannot be inferred are listed in `unknown` (their FLOPs are not counted).
+ */
+export function modelStats(model: Model, inputShape?: number[]): { params: number; flops: number; unknown: string[] } {
+  const G = prepare(model, inputShape);
+  let params = 0;
+  for (const t of G.graph.initializer) params += numel(tensorDims(t));
+  for (const n of G.graph.node) {
+    if (n.opType !== 'Constant') continue;
+    for (const a of n.attribute) {
+      if (a.t) params += numel(tensorDims(a.t));
+      params += a.floats.length + a.ints.length + (a.name === 'value_float' || a.name === 'value_int' ? 1 : 0);
+    }
+  }
+  let flops = 0;
+  const unknown: string[] = [];
+  for (const n of G.graph.node) {
+    if (!LAYER_OPS.has(n.opType)) continue;
+    const f = G.flops(n);
+    if (f === undefined) unknown.push(n.name);
+    else flops += f;
+  }
+  return { params, flops, unknown };
+}
+
+/**
+ * The consumer's weights as the d×m matrix W (row-major) with consumer output = B·W (bias aside), B's columns ordered
+ * channel-major (column c·g + j). Conv [m, n, kh, kw]: W[c·kh·kw + i·kw + j][o] = w[o][c][i][j]; Gemm transB=1 [m, d]:
+ * the transpose; Gemm transB=0 and MatMul [d, m]: as stored.
+ */
+export function consumerWeightMatrix(model: Model, unit: Unit): Float64Array {
+  const t = model.graph && constantTensors(model.graph).get(unit.consumerWeight);
+  if (!t) throw badInput(`the model has no constant "${unit.consumerWeight}" (consumer weight of unit "${unit.id}").`);
+  const { data } = tensorToFloat32(t);
+  const { d, m } = unit;
+  if (data.length !== d * m) throw badInput(`consumer weight "${unit.consumerWeight}" has ${data.length} values, unit "${unit.id}" expects ${d}×${m}; was the model changed after analysis?`);
+  if (unit.consumerLayout === 'in-out') return Float64Array.from(data);
+  const W = new Float64Array(d * m); // 'conv' and 'out-in' are both [m, d] row-major
+  for (let o = 0; o < m; o++) for (let r = 0; r < d; r++) W[r * m + o] = data[o * d + r]!;
+  return W;
+}

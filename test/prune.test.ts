@@ -1,0 +1,115 @@
+import { describe, it, expect } from 'vitest';
+import { existsSync } from 'node:fs';
+import { readModel, tensorToFloat32, initializerMap, replaceInitializerData, type Model } from '../src/onnx/index.js';
+import { openNpy, type NpyFile } from '../src/npy.js';
+import { prune, type Mode } from '../src/prune/index.js';
+import { analyze, modelStats } from '../src/graph/analyze.js';
+import { Runner, batches } from '../src/capture/index.js';
+import type { Unit } from '../src/graph/types.js';
+import { serializeModel } from '../src/onnx/index.js';
+import * as ort from 'onnxruntime-node';
+
+// End to end on the bundled models, checked with onnxruntime: the pruned model runs, its parameter count is the
+// report's, and each unit's reported objective is the relative error of its consumer's input measured by running
+// the original and the pruned model (the consumer's output minus its bias is B·W).
+
+const MODELS = ['lenet', 'vgg', 'resnet20'].filter((m) => existsSync(`models/${m}.onnx`));
+const calibPath = 'models/calib.npy';
+
+/** Σ‖Y′ − Y‖² / Σ‖Y − bias‖² over the calibration data, Y = the consumer's output. */
+async function measuredObjective(orig: Model, pruned: Model, unit: Unit, calib: NpyFile): Promise<number> {
+  const out = unit.consumer.output[0];
+  const bName = unit.consumer.input[2];
+  const bias = bName ? tensorToFloat32(initializerMap(orig.graph!).get(bName)!).data : undefined;
+  const a = await Runner.open(orig, [out]), b = await Runner.open(pruned, [out]);
+  let err = 0, norm = 0;
+  for (const batch of batches(calib, 128)) {
+    const y = (await a.run(batch.data, batch.dims, [out])).get(out)!, z = (await b.run(batch.data, batch.dims, [out])).get(out)!;
+    expect(z.dims).toEqual(y.dims);
+    const m = y.dims[1], per = y.data.length / (y.dims[0] * m);
+    for (let i = 0; i < y.data.length; i++) {
+      const yb = y.data[i] - (bias ? bias[Math.floor(i / per) % m] : 0);
+      err += (z.data[i] - y.data[i]) ** 2;
+      norm += yb * yb;
+    }
+  }
+  await a.release(); await b.release();
+  return 1 - err / norm;
+}
+
+async function outputs(model: Model, calib: NpyFile): Promise<Float32Array> {
+  const s = await ort.InferenceSession.create(serializeModel(model));
+  const x = calib.readF32(0, 256);
+  const r = await s.run({ [s.inputNames[0]]: new ort.Tensor('float32', x, [256, ...calib.shape.slice(1)]) });
+  const y = r[s.outputNames[0]].data as Float32Array;
+  await s.release();
+  return y;
+}
+
+const relDiff = (a: Float32Array, b: Float32Array) => Math.sqrt(a.reduce((s, v, i) => s + (v - b[i]) ** 2, 0) / b.reduce((s, v) => s + v * v, 0));
+
+describe.each(MODELS)('%s end to end', (name) => {
+  const model = readModel(`models/${name}.onnx`);
+  const shape = [1, 1, 28, 28];
+
+  it('keeping every channel reproduces the original outputs', async () => {
+    const calib = openNpy(calibPath);
+    for (const mode of ['layerwise', 'asymmetric'] as Mode[]) {
+      const { model: pruned, report } = await prune(model, calib, { budget: { keepRatio: 1 }, mode });
+      expect(report.params.after).toBe(report.params.before);
+      expect(relDiff(await outputs(pruned, calib), await outputs(model, calib))).toBeLessThan(1e-4);
+    }
+    calib.close();
+  });
+
+  it.each([2, 4, 8])('compression %i: every mode runs, params match the report, objectives match onnxruntime', async (c) => {
+    const calib = openNpy(calibPath);
+    const { units } = analyze(model, shape);
+    for (const mode of ['layerwise', 'sequential', 'asymmetric'] as Mode[]) {
+      const { model: pruned, report } = await prune(model, calib, { budget: { compression: c }, mode });
+      expect(modelStats(pruned, shape).params).toBe(report.params.after);
+      expect(report.params.after).toBeLessThanOrEqual(report.params.before / c);
+      const y = await outputs(pruned, calib);
+      expect(y.every(Number.isFinite)).toBe(true);
+      expect(report.fidelity.agreement).toBeGreaterThan(0.1);
+      // Objective of a unit, measured: prune that unit (and, sequential modes, the units before it) only,
+      // so that the consumer's input and output are exactly what the selection saw.
+      const check = mode === 'layerwise' ? [units.length - 1] : name === 'lenet' ? units.map((_, i) => i) : [0, units.length >> 1, units.length - 1];
+      for (const i of check) {
+        const keep: Record<string, number> = {};
+        units.forEach((u, j) => { if (j === i || (mode !== 'layerwise' && j < i)) keep[u.id] = report.units[j].kept; });
+        const part = await prune(model, calib, { budget: { keep }, mode });
+        // the target: the original model's consumer output, or for sequential the one of the model pruned before unit i
+        let ref = model;
+        if (mode === 'sequential' && i > 0) {
+          const before = Object.fromEntries(Object.entries(keep).filter(([id]) => id !== units[i].id));
+          ref = (await prune(model, calib, { budget: { keep: before }, mode })).model;
+        }
+        const measured = await measuredObjective(ref, part.model, units[i], calib);
+        expect(part.report.units[i].order.slice(0, report.units[i].kept)).toEqual(report.units[i].order.slice(0, report.units[i].kept));
+        expect(Math.abs(part.report.units[i].objective - measured)).toBeLessThan(1e-3);
+      }
+    }
+    calib.close();
+  });
+});
+
+describe('lenet: a channel that is always zero', () => {
+  it('is pruned first and changes nothing', async () => {
+    const model = readModel('models/lenet.onnx');
+    const { units } = analyze(model, [1, 1, 28, 28]);
+    const u = units[0]; // conv1 → conv2
+    const inits = initializerMap(model.graph!);
+    const w = tensorToFloat32(inits.get(u.weight)!), b = tensorToFloat32(inits.get(u.bias!)!);
+    const per = w.data.length / u.channels, dead = 3;
+    w.data.fill(0, dead * per, (dead + 1) * per);
+    b.data[dead] = -1; // ReLU(−1) = 0 everywhere
+    replaceInitializerData(model.graph!, u.weight, w.dims, w.data);
+    replaceInitializerData(model.graph!, u.bias!, b.dims, b.data);
+    const calib = openNpy(calibPath);
+    const { model: pruned, report } = await prune(model, calib, { budget: { keep: { [u.id]: u.channels - 1 } } });
+    expect(report.units[0].order.indexOf(dead)).toBe(-1);
+    expect(relDiff(await outputs(pruned, calib), await outputs(model, calib))).toBeLessThan(1e-4);
+    calib.close();
+  });
+});
