@@ -59,7 +59,7 @@ for (const [d, m, k] of sizes) {
     log(`greedy d=${d} m=${m} k=${k} ${backend} …`);
     let loop = 0, setup = 0, n = 0;
     time(`greedy ${backend}`, () => {
-      const s = selectChannels(pr, k, { backend });
+      const s = selectChannels(pr, k, { kernels: backend });
       loop += s.seconds.greedy; setup += s.seconds.setup; n++;
     }, long || backend === 'plain');
     const size = `d=${d}, m=${m}, k=${k}`;

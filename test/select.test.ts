@@ -29,7 +29,7 @@ function setCols(X: Mat, dst: number, src: number | null) {
 /** Checks the selection against the oracle step by step: each choice is optimal (ties aside) and each objective exact. */
 function checkAgainstOracle(c: Case, k: number, backend: 'wasm' | 'plain', sameOrder: boolean) {
   const T = matmul(c.A, c.W);
-  const sel = selectChannels(problem(c), k, { backend });
+  const sel = selectChannels(problem(c), k, { kernels: backend });
   expect(sel.order.length).toBe(k);
   expect(new Set(sel.order).size).toBe(k);
   for (let s = 0; s < k; s++) {
@@ -122,12 +122,12 @@ describe.each(['wasm', 'plain'] as const)('greedy selection (%s kernels) against
 
   it('k = 0 and the nested order: a shorter run is a prefix of a longer one', () => {
     const c = makeCase(7, 60, 12, 3, 1, false);
-    const none = selectChannels(problem(c), 0, { backend });
+    const none = selectChannels(problem(c), 0, { kernels: backend });
     expect(none.order).toEqual([]);
     expect(none.refit(0).W.length).toBe(0);
-    const long = selectChannels(problem(c), 12, { backend });
-    expect(selectChannels(problem(c), 5, { backend }).order).toEqual(long.order.slice(0, 5));
-    expect(() => selectChannels(problem(c), 13, { backend })).toThrow(/k = 13/);
+    const long = selectChannels(problem(c), 12, { kernels: backend });
+    expect(selectChannels(problem(c), 5, { kernels: backend }).order).toEqual(long.order.slice(0, 5));
+    expect(() => selectChannels(problem(c), 13, { kernels: backend })).toThrow(/k = 13/);
     expect(() => long.refit(13)).toThrow(RangeError);
   });
 });
@@ -137,7 +137,7 @@ describe('wasm and plain kernels agree', () => {
     for (const [seed, N, d, m, g, asym] of [[11, 300, 40, 33, 1, false], [12, 300, 100, 10, 25, true], [13, 100, 64, 17, 1, true]] as const) {
       const pr = problem(makeCase(seed, N, d, m, g, asym));
       const k = d / g - 1;
-      const a = selectChannels(pr, k, { backend: 'wasm' }), b = selectChannels(pr, k, { backend: 'plain' });
+      const a = selectChannels(pr, k, { kernels: 'wasm' }), b = selectChannels(pr, k, { kernels: 'plain' });
       expect(a.order).toEqual(b.order);
       a.objective.forEach((v, i) => expect(Math.abs(v - b.objective[i])).toBeLessThan(1e-12));
       const wa = a.refit(k).W, wb = b.refit(k).W, s = Math.max(...wb.map(Math.abs));

@@ -30,7 +30,7 @@ Other:
   --report FILE       write a JSON report: per unit the kept channels in greedy order and the objective,
                       params and FLOPs before/after, seconds per stage, fidelity on the calibration data
   --batch n           calibration batch size (default 64; a model with a fixed batch size uses its own)
-  --backend NAME      kernels: wasm (SIMD WebAssembly, default) or plain (TypeScript)
+  --kernels NAME      selection kernels: wasm (SIMD WebAssembly, default) or plain (TypeScript)
   --quiet             no summary table
   -h, --help          this help
 
@@ -44,7 +44,7 @@ export async function runPrune(argv: string[]): Promise<void> {
       calib: { type: 'string' }, output: { type: 'string', short: 'o' },
       compression: { type: 'string' }, target: { type: 'string' }, 'keep-ratio': { type: 'string' }, budget: { type: 'string' },
       mode: { type: 'string', default: 'layerwise' }, 'no-refit': { type: 'boolean', default: false },
-      report: { type: 'string' }, batch: { type: 'string' }, backend: { type: 'string', default: 'wasm' },
+      report: { type: 'string' }, batch: { type: 'string' }, kernels: { type: 'string', default: 'wasm' },
       quiet: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' },
     },
   });
@@ -56,7 +56,7 @@ export async function runPrune(argv: string[]): Promise<void> {
   if (sameFile(input, o.output)) throw badInput(`-o ${o.output} is the input model; subprune never overwrites its input, choose another file`);
   if (o.report && (sameFile(o.report, input) || sameFile(o.report, o.output))) throw badInput('--report must be another file than the models');
   if (!['layerwise', 'sequential', 'asymmetric'].includes(o.mode!)) throw badInput(`--mode ${o.mode}: use layerwise, sequential or asymmetric`);
-  if (o.backend !== 'wasm' && o.backend !== 'plain') throw badInput(`--backend ${o.backend}: use wasm or plain`);
+  if (o.kernels !== 'wasm' && o.kernels !== 'plain') throw badInput(`--kernels ${o.kernels}: use wasm or plain`);
   if (o.target !== undefined && o.target !== 'params' && o.target !== 'flops') throw badInput(`--target ${o.target}: use params or flops`);
   const given = [o.compression, o['keep-ratio'], o.budget].filter((x) => x !== undefined).length;
   if (given > 1) throw badInput('give one of --compression, --keep-ratio, --budget');
@@ -73,7 +73,7 @@ export async function runPrune(argv: string[]): Promise<void> {
   let result;
   try {
     result = await prune(model, calib, {
-      mode: o.mode as Mode, refit: !o['no-refit'], budget, batch, backend: o.backend,
+      mode: o.mode as Mode, refit: !o['no-refit'], budget, batch, kernels: o.kernels,
       onProgress: (stage, done, total) => {
         let bar = bars.get(stage);
         if (!bar) { bars.set(stage, (bar = new Progress(labels[stage] ?? stage, total))); }

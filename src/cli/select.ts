@@ -18,7 +18,7 @@ Usage: subprune select --acts B.npy --weights W.npy [options]
   -k, --keep K       channels to keep. Default: half of them (rounded up).
   --refit-out FILE   write the re-fitted weights of the kept channels (K·g×m, float32, kept channels
                      in ascending order) to FILE as .npy
-  --backend NAME     wasm (SIMD WebAssembly, default) or plain (plain TypeScript, for comparison)
+  --kernels NAME     wasm (SIMD WebAssembly, default) or plain (plain TypeScript, for comparison)
   --json             print the result as JSON: order, objective (per step), keep, seconds
                      {gram, setup, greedy, refit, total}
   -h, --help         this help
@@ -32,13 +32,13 @@ export function runSelect(argv: string[]): void {
     options: {
       acts: { type: 'string' }, weights: { type: 'string' }, target: { type: 'string' },
       group: { type: 'string', default: '1' }, keep: { type: 'string', short: 'k' },
-      'refit-out': { type: 'string' }, backend: { type: 'string', default: 'wasm' },
+      'refit-out': { type: 'string' }, kernels: { type: 'string', default: 'wasm' },
       json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' },
     },
   });
   if (o.help) { console.log(selectHelp); return; }
   if (!o.acts || !o.weights) throw badInput('select needs --acts B.npy and --weights W.npy (see subprune select --help)');
-  if (o.backend !== 'wasm' && o.backend !== 'plain') throw badInput(`--backend ${o.backend}: use wasm or plain`);
+  if (o.kernels !== 'wasm' && o.kernels !== 'plain') throw badInput(`--kernels ${o.kernels}: use wasm or plain`);
   const g = wholeNumber(o.group!, '--group', 1);
 
   const t0 = performance.now();
@@ -73,7 +73,7 @@ export function runSelect(argv: string[]): void {
 
     const sbar = new Progress('greedy', k, !o.json && process.stderr.isTTY === true);
     const sel = selectChannels({ d, m, g, G: gm.G, C: gm.C, H: gm.H, W }, k, {
-      backend: o.backend, onStep: (i) => sbar.update(i),
+      kernels: o.kernels, onStep: (i) => sbar.update(i),
     });
     sbar.done();
     const t2 = performance.now();

@@ -18,7 +18,8 @@ export interface PruneOptions {
   budget: Budget;
   /** Calibration batch size (a model with a fixed batch size uses its own). */
   batch?: number;
-  backend?: 'wasm' | 'plain';
+  /** Selection kernels: SIMD WebAssembly (default) or plain TypeScript. */
+  kernels?: 'wasm' | 'plain';
   /** Progress: stage name, work done, work total. */
   onProgress?: (stage: string, done: number, total: number) => void;
 }
@@ -72,7 +73,7 @@ export async function prune(model: Model, calib: NpyFile, opts: PruneOptions): P
   const choose = (unit: Unit, gram: Gram, current: Model) => {
     const t = now(), k = keeps.get(unit.id)!;
     const W = consumerWeightMatrix(current, unit);
-    const sel = selectChannels({ d: unit.d, m: unit.m, g: unit.g, G: gram.G, C: gram.C, H: gram.H, W }, k, { backend: opts.backend });
+    const sel = selectChannels({ d: unit.d, m: unit.m, g: unit.g, G: gram.G, C: gram.C, H: gram.H, W }, k, { kernels: opts.kernels });
     const fit = sel.refit(k);
     const objective = refit ? (k ? sel.objective[k - 1] : 0) : slicedObjective(unit, gram, W, fit.keep, sel.norm2);
     tSelect += now() - t;

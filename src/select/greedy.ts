@@ -24,7 +24,8 @@ export interface LayerProblem {
 }
 
 export interface SelectOptions {
-  backend?: 'wasm' | 'plain';
+  /** The kernels: SIMD WebAssembly (default) or plain TypeScript. */
+  kernels?: 'wasm' | 'plain';
   /** A column whose residual falls to tol × its original norm² is taken as dependent (gain 0). */
   tol?: number;
   /** Called after each chosen channel (for progress bars). */
@@ -54,8 +55,8 @@ export const DEFAULT_TOL = 1e-9;
 
 const now = () => performance.now() / 1000;
 
-export function kernelsFor(backend: 'wasm' | 'plain' = 'wasm'): Kernels {
-  return backend === 'plain' ? plainKernels() : wasmKernels();
+export function kernelsFor(kind: 'wasm' | 'plain' = 'wasm'): Kernels {
+  return kind === 'plain' ? plainKernels() : wasmKernels();
 }
 
 /** Greedy selection of k channels (the paper's Algorithm 1 in Gram space: a pivoted Cholesky of G carrying Q = C W). */
@@ -67,7 +68,7 @@ export function selectChannels(pr: LayerProblem, k: number, opts: SelectOptions 
   if (pr.G.length !== d * d || pr.W.length !== d * m || (pr.C && pr.C.length !== d * d) || (pr.H && pr.H.length !== d * d)) {
     throw new RangeError(`layer problem sizes do not match d = ${d}, m = ${m}`);
   }
-  const K = kernelsFor(opts.backend), A = K.arena;
+  const K = kernelsFor(opts.kernels), A = K.arena;
   const t0 = now();
   const gg = g * g, tmax = Math.max(1, k * g);
 
@@ -179,7 +180,7 @@ export function selectChannels(pr: LayerProblem, k: number, opts: SelectOptions 
   function refit(prefix: number): Refit {
     if (!Number.isInteger(prefix) || prefix < 0 || prefix > order.length) throw new RangeError(`refit: prefix ${prefix} is not in 0..${order.length}`);
     const tp = prefix ? tAfter[prefix - 1] : 0;
-    const R = kernelsFor(opts.backend);
+    const R = kernelsFor(opts.kernels);
     const Lr = R.arena.alloc(Math.max(1, tp * tmax) * 8), X = R.arena.alloc(Math.max(1, tp * m) * 8);
     R.arena.f64(Lr, tp * tmax).set(LpOut.subarray(0, tp * tmax));
     R.arena.f64(X, tp * m).set(ZOut.subarray(0, tp * m));
