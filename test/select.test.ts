@@ -187,3 +187,15 @@ describe('f32 activations through the wasm Gram accumulator', () => {
     sel.objective.forEach((v, i) => expect(Math.abs(v - ref.objective[i])).toBeLessThan(1e-5));
   });
 });
+
+describe('a given order (baselines) goes through the same factorisation', () => {
+  it('objective per step and re-fit equal the oracle least squares for that order', () => {
+    const c = makeCase(51, 90, 18, 4, 1, true), T = matmul(c.A, c.W);
+    const order = [17, 3, 9, 0, 12, 5];
+    const sel = selectChannels(problem(c), 6, { order });
+    expect(sel.order).toEqual(order);
+    order.forEach((_, s) => expect(Math.abs(sel.objective[s] - objective(c.B, T, order.slice(0, s + 1), 1))).toBeLessThan(1e-9));
+    checkRefit(c, T, sel, 6);
+    expect(() => selectChannels(problem(c), 3, { order: [1, 1, 2] })).toThrow(/distinct/);
+  });
+});

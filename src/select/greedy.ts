@@ -28,6 +28,11 @@ export interface SelectOptions {
   kernels?: 'wasm' | 'plain';
   /** A column whose residual falls to tol × its original norm² is taken as dependent (gain 0). */
   tol?: number;
+  /**
+   * Take the channels in this order instead of the greedy's choice (a baseline's ranking): the objective per step and
+   * the re-fit then come from the same factorisation.
+   */
+  order?: number[];
   /** Called after each chosen channel (for progress bars). */
   onStep?: (done: number, k: number) => void;
 }
@@ -65,6 +70,9 @@ export function selectChannels(pr: LayerProblem, k: number, opts: SelectOptions 
   const n = d / g, tol = opts.tol ?? DEFAULT_TOL;
   if (!Number.isInteger(n) || n < 1) throw new RangeError(`d = ${d} is not a multiple of the group size g = ${g}`);
   if (!Number.isInteger(k) || k < 0 || k > n) throw new RangeError(`k = ${k}: must be a whole number from 0 to ${n} channels`);
+  if (opts.order && (opts.order.length < k || new Set(opts.order.slice(0, k)).size !== k || opts.order.some((c) => !Number.isInteger(c) || c < 0 || c >= n))) {
+    throw new RangeError(`order must list at least k = ${k} distinct channels from 0 to ${n - 1}`);
+  }
   if (pr.G.length !== d * d || pr.W.length !== d * m || (pr.C && pr.C.length !== d * d) || (pr.H && pr.H.length !== d * d)) {
     throw new RangeError(`layer problem sizes do not match d = ${d}, m = ${m}`);
   }
@@ -127,7 +135,7 @@ export function selectChannels(pr: LayerProblem, k: number, opts: SelectOptions 
   };
   for (let step = 0; step < k; step++) {
     // Move the best channel's block to the end of the candidate rows; its g columns then join the factor.
-    const best = K.argmax(p.gains, p.chan, nrem);
+    const best = opts.order ? chan.subarray(0, nrem).indexOf(opts.order[step]) : K.argmax(p.gains, p.chan, nrem);
     const last = --nrem;
     if (best !== last) {
       for (let a = 0; a < g; a++) {
