@@ -10,7 +10,7 @@
 
 const RB: i32 = 128;
 
-/** Floats of scratch that gram/gramCross need for packing one operand of d columns. */
+/** Floats of scratch that gramPack needs for one operand of d columns (RB rows of 8-column panels). */
 export function gramPackFloats(d: i32): i32 {
   return RB * (((d + 7) >> 3) << 3);
 }
@@ -78,38 +78,25 @@ function tile(a: usize, b: usize, rb: i32, out: usize, ldc: i32, ni: i32, nj: i3
   }
 }
 
-// Tiles over packed panels: rows of the result from PA (da columns), columns from PB (db columns).
-// upper: only tiles that reach the upper triangle (PA == PB).
-function tiles(PA: usize, da: i32, PB: usize, db: i32, rb: i32, C: usize, ldc: i32, upper: bool, tmp: usize): void {
+/** Packs rows r0 .. r0+rb of X (row stride ld; columns 0 .. d) into 8-column panels at P (gramPackFloats(d) floats). */
+export function gramPack(X: usize, ld: i32, r0: i32, rb: i32, d: i32, P: usize): void {
+  pack(X, ld, r0, rb, d, P);
+}
+
+/**
+ * C[i][j] += Σ_r PA[r][i]·PB[r][j] over rb packed rows, for result rows i0 ≤ i < i1 (i0, i1 multiples of 4 or i1 = da).
+ * upper ≠ 0: only tiles that reach the upper triangle (PA = PB, the Gram G = XᵀX). tmp: 32 floats of scratch.
+ * Threads take disjoint row ranges: each entry is summed by one thread in row order, whatever the thread count.
+ */
+export function gramTiles(PA: usize, da: i32, PB: usize, db: i32, rb: i32, C: usize, ldc: i32, upper: i32, tmp: usize, i0: i32, i1: i32): void {
   const panel = (<usize>rb) << 5;
-  for (let i0 = 0; i0 < da; i0 += 4) {
-    const a = PA + (<usize>(i0 >> 3)) * panel + ((<usize>(i0 & 7)) << 2);
-    const ni = min(4, da - i0);
-    for (let j0 = upper ? (i0 >> 3) << 3 : 0; j0 < db; j0 += 8) {
+  for (let i = i0; i < i1; i += 4) {
+    const a = PA + (<usize>(i >> 3)) * panel + ((<usize>(i & 7)) << 2);
+    const ni = min(4, da - i);
+    for (let j0 = upper ? (i >> 3) << 3 : 0; j0 < db; j0 += 8) {
       const b = PB + (<usize>(j0 >> 3)) * panel;
-      tile(a, b, rb, C + ((<usize>i0 * ldc + j0) << 3), ldc, ni, min(8, db - j0), tmp);
+      tile(a, b, rb, C + ((<usize>i * ldc + j0) << 3), ldc, ni, min(8, db - j0), tmp);
     }
-  }
-}
-
-/** G (d×d, f64) += Xᵀ X for X (rows×d, f32); upper triangle only (see symmetrize). P: gramPackFloats(d) + 32. */
-export function gram(X: usize, rows: i32, d: i32, G: usize, P: usize): void {
-  const tmp = P + ((<usize>gramPackFloats(d)) << 2);
-  for (let r0 = 0; r0 < rows; r0 += RB) {
-    const rb = min(RB, rows - r0);
-    pack(X, d, r0, rb, d, P);
-    tiles(P, d, P, d, rb, G, d, true, tmp);
-  }
-}
-
-/** C (dx×dy, f64) += Xᵀ Y for X (rows×dx) and Y (rows×dy), f32. PX: gramPackFloats(dx) + 32, PY: gramPackFloats(dy). */
-export function gramCross(X: usize, dx: i32, Y: usize, dy: i32, rows: i32, C: usize, PX: usize, PY: usize): void {
-  const tmp = PX + ((<usize>gramPackFloats(dx)) << 2);
-  for (let r0 = 0; r0 < rows; r0 += RB) {
-    const rb = min(RB, rows - r0);
-    pack(X, dx, r0, rb, dx, PX);
-    pack(Y, dy, r0, rb, dy, PY);
-    tiles(PX, dx, PY, dy, rb, C, dy, false, tmp);
   }
 }
 
@@ -128,36 +115,41 @@ export function symmetrize(G: usize, d: i32): void {
 
 const KC: i32 = 256;
 
-/** Floats (f64) of scratch that gemm needs for N columns. */
-export function gemmPackDoubles(N: i32): i32 {
-  return KC * (((N + 3) >> 2) << 2) + 16;
+/** Rows of B packed at a time. */
+export function gemmChunk(): i32 {
+  return KC;
 }
 
-export function gemm(A: usize, B: usize, C: usize, M: i32, K: i32, N: i32, P: usize): void {
-  memory.fill(C, 0, (<usize>M * N) << 3);
-  const np = (N + 3) >> 2;
-  const tmp = P + ((<usize>(KC * (np << 2))) << 3);
-  for (let k0 = 0; k0 < K; k0 += KC) {
-    const kc = min(KC, K - k0);
-    const panel = (<usize>kc) << 5;
-    for (let k = 0; k < kc; k++) {
-      const src = B + ((<usize>(k0 + k) * N) << 3);
-      for (let p = 0; p < np; p++) {
-        const dst = P + (<usize>p) * panel + ((<usize>k) << 5);
-        for (let c = 0; c < 4; c++) {
-          const j = (p << 2) + c;
-          store<f64>(dst + (<usize>c << 3), j < N ? load<f64>(src + (<usize>j << 3)) : 0);
-        }
+/** Doubles of scratch that gemmPack needs for N columns. */
+export function gemmPackDoubles(N: i32): i32 {
+  return KC * (((N + 3) >> 2) << 2);
+}
+
+/** Packs rows k0 .. k0+kc of B (K×N, f64) into 4-column panels at P (gemmPackDoubles(N) doubles). */
+export function gemmPack(B: usize, N: i32, k0: i32, kc: i32, P: usize): void {
+  const np = (N + 3) >> 2, panel = (<usize>kc) << 5;
+  for (let k = 0; k < kc; k++) {
+    const src = B + ((<usize>(k0 + k) * N) << 3);
+    for (let p = 0; p < np; p++) {
+      const dst = P + (<usize>p) * panel + ((<usize>k) << 5);
+      for (let c = 0; c < 4; c++) {
+        const j = (p << 2) + c;
+        store<f64>(dst + (<usize>c << 3), j < N ? load<f64>(src + (<usize>j << 3)) : 0);
       }
     }
-    for (let i0 = 0; i0 < M; i0 += 64) {
-      const i1 = min(M, i0 + 64);
-      for (let p = 0; p < np; p++) {
-        const b = P + (<usize>p) * panel;
-        const j0 = p << 2, nj = min(4, N - j0);
-        for (let i = i0; i < i1; i += 4) {
-          gemmTile(A + ((<usize>i * K + k0) << 3), K, b, kc, C + ((<usize>i * N + j0) << 3), N, min(4, i1 - i), nj, tmp);
-        }
+  }
+}
+
+/** C[i][:] += A[i][k0 .. k0+kc] · (packed B rows), for rows i0 ≤ i < i1 of C (M×N; A is M×K). tmp: 16 doubles. */
+export function gemmRows(A: usize, K: i32, k0: i32, kc: i32, P: usize, C: usize, N: i32, tmp: usize, i0: i32, i1: i32): void {
+  const np = (N + 3) >> 2, panel = (<usize>kc) << 5;
+  for (let b0 = i0; b0 < i1; b0 += 64) {
+    const b1 = min(i1, b0 + 64);
+    for (let p = 0; p < np; p++) {
+      const b = P + (<usize>p) * panel;
+      const j0 = p << 2, nj = min(4, N - j0);
+      for (let i = b0; i < b1; i += 4) {
+        gemmTile(A + ((<usize>i * K + k0) << 3), K, b, kc, C + ((<usize>i * N + j0) << 3), N, min(4, b1 - i), nj, tmp);
       }
     }
   }
@@ -219,13 +211,13 @@ export function gather(G: usize, d: i32, j: i32, orig: usize, n: i32, gcol: usiz
 }
 
 /**
- * New Cholesky column for pivot row jrow: u[p] = (gcol[p] − L[p,0:t]·L[jrow,0:t]) · inv, for p < n; also L[p,t] = u[p].
+ * New Cholesky column for pivot row jrow: u[p] = (gcol[p] − L[p,0:t]·L[jrow,0:t]) · inv, for p0 ≤ p < p1; also L[p,t] = u[p].
  * L is n×ldl row-major (a row per position).
  */
-export function extend(L: usize, ldl: i32, t: i32, n: i32, jrow: i32, gcol: usize, inv: f64, u: usize): void {
+export function extend(L: usize, ldl: i32, t: i32, p0: i32, p1: i32, jrow: i32, gcol: usize, inv: f64, u: usize): void {
   const rowBytes = (<usize>ldl) << 3;
   const lj = L + (<usize>jrow) * rowBytes;
-  for (let p = 0; p < n; p++) {
+  for (let p = p0; p < p1; p++) {
     const lp = L + (<usize>p) * rowBytes;
     const v = (load<f64>(gcol + (<usize>p << 3)) - dot(lp, lj, t)) * inv;
     store<f64>(u + (<usize>p << 3), v);
@@ -259,22 +251,22 @@ export function extend(L: usize, ldl: i32, t: i32, n: i32, jrow: i32, gcol: usiz
   return dot(row, row, m);  // orthogonal to the pivot: the row does not change
 }
 
-/** Q[p] −= u[p]·q for p < n (Q is n×m). */
-export function updateRows(Q: usize, m: i32, u: usize, q: usize, n: i32): void {
+/** Q[p] −= u[p]·q for p0 ≤ p < p1 (Q has m columns). */
+export function updateRows(Q: usize, m: i32, u: usize, q: usize, p0: i32, p1: i32): void {
   const rowBytes = (<usize>m) << 3;
-  for (let p = 0; p < n; p++) {
+  for (let p = p0; p < p1; p++) {
     const up = load<f64>(u + (<usize>p << 3));
     if (up != 0) updateRow(Q + (<usize>p) * rowBytes, m, up, q);
   }
 }
 
 /**
- * Single columns (g = 1), fused: Q[p] −= u[p]·q, e[p] −= u[p]², gain[p] = ‖Q[p]‖²/e[p], for p < n.
+ * Single columns (g = 1), fused: Q[p] −= u[p]·q, e[p] −= u[p]², gain[p] = ‖Q[p]‖²/e[p], for p0 ≤ p < p1.
  * A residual e[p] ≤ tol·diag0[p] marks a column in the span of the chosen ones: its gain is 0, never NaN.
  */
-export function updateScan(Q: usize, m: i32, u: usize, q: usize, n: i32, e: usize, diag0: usize, tol: f64, gains: usize): void {
+export function updateScan(Q: usize, m: i32, u: usize, q: usize, p0: i32, p1: i32, e: usize, diag0: usize, tol: f64, gains: usize): void {
   const rowBytes = (<usize>m) << 3;
-  for (let p = 0; p < n; p++) {
+  for (let p = p0; p < p1; p++) {
     const o = (<usize>p) << 3;
     const up = load<f64>(u + o);
     const norm = updateRow(Q + (<usize>p) * rowBytes, m, up, q);
@@ -284,10 +276,10 @@ export function updateScan(Q: usize, m: i32, u: usize, q: usize, n: i32, e: usiz
   }
 }
 
-/** E[b] −= u_b u_bᵀ for each g×g residual block b < nblk (u_b = u[b·g .. b·g+g)). */
-export function downdateBlocks(E: usize, u: usize, nblk: i32, g: i32): void {
+/** E[b] −= u_b u_bᵀ for each g×g residual block b0 ≤ b < b1 (u_b = u[b·g .. b·g+g)). */
+export function downdateBlocks(E: usize, u: usize, b0: i32, b1: i32, g: i32): void {
   const gg = g * g;
-  for (let b = 0; b < nblk; b++) {
+  for (let b = b0; b < b1; b++) {
     const eb = E + ((<usize>(b * gg)) << 3);
     const ub = u + ((<usize>(b * g)) << 3);
     for (let i = 0; i < g; i++) {
@@ -302,15 +294,15 @@ export function downdateBlocks(E: usize, u: usize, nblk: i32, g: i32): void {
 }
 
 /**
- * Channel gains: gain[b] = tr(Q_Iᵀ E_II⁺ Q_I) for the g rows I of block b < nblk, with E_II the block's residual
+ * Channel gains: gain[b] = tr(Q_Iᵀ E_II⁺ Q_I) for the g rows I of block b0 ≤ b < b1, with E_II the block's residual
  * Gram. E_II is factored column by column (E = RᵀR), skipping columns whose residual is ≤ tol·diag0: those lie in
  * the span already chosen and add nothing. S: scratch of 3·g·g + g doubles.
  */
-export function groupGains(Q: usize, m: i32, E: usize, diag0: usize, nblk: i32, g: i32, tol: f64, gains: usize, S: usize): void {
+export function groupGains(Q: usize, m: i32, E: usize, diag0: usize, b0: i32, b1: i32, g: i32, tol: f64, gains: usize, S: usize): void {
   const gg = <usize>(g * g);
   const M = S, R = S + (gg << 3), Y = S + (gg << 4), x = S + (gg * 24);
   const rowBytes = (<usize>m) << 3;
-  for (let b = 0; b < nblk; b++) {
+  for (let b = b0; b < b1; b++) {
     const q0 = Q + (<usize>(b * g)) * rowBytes;
     const eb = E + ((<usize>b * gg) << 3);
     const d0 = diag0 + ((<usize>(b * g)) << 3);
@@ -386,10 +378,11 @@ export function argmax(gains: usize, chan: usize, n: i32): i32 {
 
 const CW: i32 = 64;
 
-export function solveUpperT(L: usize, ldl: i32, t: i32, X: usize, m: i32): void {
+/** For the columns j0 ≤ j < j1 of X (threads split the columns). */
+export function solveUpperT(L: usize, ldl: i32, t: i32, X: usize, m: i32, j0: i32, j1: i32): void {
   const rowL = (<usize>ldl) << 3, rowX = (<usize>m) << 3;
-  for (let c0 = 0; c0 < m; c0 += CW) {
-    const w = min(CW, m - c0);
+  for (let c0 = j0; c0 < j1; c0 += CW) {
+    const w = min(CW, j1 - c0);
     for (let b = t - 1; b >= 0; b--) {
       const lb = L + (<usize>b) * rowL;
       const xb = X + (<usize>b) * rowX + ((<usize>c0) << 3);
@@ -452,4 +445,9 @@ export function im2col(X: usize, C: i32, H: i32, W: i32, kh: i32, kw: i32, sh: i
       }
     }
   }
+}
+
+/** Rows of X that gramPack takes at a time. */
+export function gramRows(): i32 {
+  return RB;
 }

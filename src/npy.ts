@@ -3,7 +3,7 @@ import { dirname, basename, join } from 'node:path';
 import { SubpruneError } from './errors.js';
 
 // NumPy .npy files (format 1.0–3.0, little-endian, C order): the calibration data, labels and layer problems.
-// Read by rows, so a file larger than memory can be streamed.
+// Read by rows, so a file larger than memory can be streamed; or from bytes in memory (a browser has no files).
 
 export type NpyDtype = 'f4' | 'f8' | 'i8' | 'i4' | 'u1';
 const SIZE: Record<NpyDtype, number> = { f4: 4, f8: 8, i8: 8, i4: 4, u1: 1 };
@@ -26,64 +26,88 @@ function bad(path: string, what: string): never {
   throw new SubpruneError('bad-input', `${path}: ${what}`);
 }
 
+interface NpyHeader { shape: number[]; dtype: NpyDtype; rows: number; rowSize: number; dataStart: number }
+
+const latin1 = (b: Uint8Array) => String.fromCharCode(...b);
+
+/** Size of the header (magic, version, length and the text), from the file's first 12 bytes. */
+function headerSize(path: string, pre: Uint8Array): number {
+  if (pre.length < 12 || pre[0] !== 0x93 || latin1(pre.subarray(1, 6)) !== 'NUMPY') bad(path, 'not a .npy file (no \\x93NUMPY magic); save arrays with numpy.save');
+  const v = new DataView(pre.buffer, pre.byteOffset, pre.byteLength);
+  return pre[6] === 1 ? 10 + v.getUint16(8, true) : 12 + v.getUint32(8, true);
+}
+
+/** The header of a file of `size` bytes from its first headerSize(...) bytes. */
+function parseHeader(path: string, head: Uint8Array, size: number): NpyHeader {
+  const dataStart = headerSize(path, head);
+  if (dataStart > size || dataStart > head.length) bad(path, 'truncated .npy header');
+  const header = latin1(head.subarray(head[6] === 1 ? 10 : 12, dataStart));
+  const descr = /'descr':\s*'([<>|=])([a-z]\d+)'/.exec(header);
+  const fortran = /'fortran_order':\s*(True|False)/.exec(header);
+  const shapeM = /'shape':\s*\(([^)]*)\)/.exec(header);
+  if (!descr || !fortran || !shapeM) bad(path, 'unreadable .npy header');
+  const dtype = descr[2] as NpyDtype;
+  if (!(dtype in SIZE)) bad(path, `dtype ${descr[1]}${descr[2]} is not supported; use float32 (or float64, int64, int32, uint8)`);
+  if (descr[1] === '>' && SIZE[dtype] > 1) bad(path, 'big-endian data is not supported; save with a little-endian dtype');
+  if (fortran[1] === 'True') bad(path, 'Fortran-ordered array; save a C-ordered copy (numpy.ascontiguousarray)');
+  const shape = shapeM[1].split(',').map((s) => s.trim()).filter((s) => s).map(Number);
+  if (shape.some((v) => !Number.isInteger(v) || v < 0)) bad(path, `bad shape (${shapeM[1]})`);
+  const rows = shape.length ? shape[0] : 1;
+  const rowSize = shape.slice(1).reduce((a, b) => a * b, 1);
+  const bytes = rows * rowSize * SIZE[dtype];
+  if (dataStart + bytes > size) bad(path, `file holds ${size - dataStart} data bytes, the header promises ${bytes} (truncated?)`);
+  return { shape, dtype, rows, rowSize, dataStart };
+}
+
+/** An NpyFile over `read(offset, n)`, which returns a fresh copy of n bytes of the file. */
+function npyFile(path: string, h: NpyHeader, read: (offset: number, n: number) => Uint8Array, close: () => void): NpyFile {
+  const { shape, dtype, rows, rowSize, dataStart } = h, rowBytes = rowSize * SIZE[dtype];
+  const typed = (r0: number, r1: number) => {
+    if (r0 < 0 || r1 > rows || r0 > r1) throw new RangeError(`${path}: rows ${r0}..${r1} out of 0..${rows}`);
+    const ab = read(dataStart + r0 * rowBytes, (r1 - r0) * rowBytes).buffer as ArrayBuffer;
+    switch (dtype) {
+      case 'f4': return new Float32Array(ab);
+      case 'f8': return new Float64Array(ab);
+      case 'i8': return Float64Array.from(new BigInt64Array(ab), Number);
+      case 'i4': return new Int32Array(ab);
+      case 'u1': return new Uint8Array(ab);
+    }
+  };
+  return {
+    path, shape, dtype, rows, rowSize,
+    readF32: (r0 = 0, r1 = rows) => { const t = typed(r0, r1); return t instanceof Float32Array ? t : Float32Array.from(t); },
+    readF64: (r0 = 0, r1 = rows) => { const t = typed(r0, r1); return t instanceof Float64Array ? t : Float64Array.from(t); },
+    close,
+  };
+}
+
+/** Opens an .npy file for reading by rows (a file larger than memory can be streamed). */
 export function openNpy(path: string): NpyFile {
   let fd: number;
   try { fd = openSync(path, 'r'); } catch (e) { bad(path, `cannot open (${(e as NodeJS.ErrnoException).code}); check the path`); }
   try {
-    const size = fstatSync(fd).size;
-    const pre = Buffer.alloc(12);
-    readSync(fd, pre, 0, 12, 0);
-    if (pre.subarray(0, 6).toString('latin1') !== '\x93NUMPY') bad(path, 'not a .npy file (no \\x93NUMPY magic); save arrays with numpy.save');
-    const major = pre[6];
-    const hlen = major === 1 ? pre.readUInt16LE(8) : pre.readUInt32LE(8);
-    const start = major === 1 ? 10 : 12;
-    if (start + hlen > size) bad(path, 'truncated .npy header');
-    const hb = Buffer.alloc(hlen);
-    readSync(fd, hb, 0, hlen, start);
-    const header = hb.toString('latin1');
-    const descr = /'descr':\s*'([<>|=])([a-z]\d+)'/.exec(header);
-    const fortran = /'fortran_order':\s*(True|False)/.exec(header);
-    const shapeM = /'shape':\s*\(([^)]*)\)/.exec(header);
-    if (!descr || !fortran || !shapeM) bad(path, 'unreadable .npy header');
-    const dtype = descr[2] as NpyDtype;
-    if (!(dtype in SIZE)) bad(path, `dtype ${descr[1]}${descr[2]} is not supported; use float32 (or float64, int64, int32, uint8)`);
-    if (descr[1] === '>' && SIZE[dtype] > 1) bad(path, 'big-endian data is not supported; save with a little-endian dtype');
-    if (fortran[1] === 'True') bad(path, 'Fortran-ordered array; save a C-ordered copy (numpy.ascontiguousarray)');
-    const shape = shapeM[1].split(',').map((s) => s.trim()).filter((s) => s).map(Number);
-    if (shape.some((v) => !Number.isInteger(v) || v < 0)) bad(path, `bad shape (${shapeM[1]})`);
-    const rows = shape.length ? shape[0] : 1;
-    const rowSize = shape.slice(1).reduce((a, b) => a * b, 1);
-    const dataStart = start + hlen, bytes = rows * rowSize * SIZE[dtype];
-    if (dataStart + bytes > size) bad(path, `file holds ${size - dataStart} data bytes, the header promises ${bytes} (truncated?)`);
-
-    const read = (r0: number, r1: number): Buffer => {
-      if (r0 < 0 || r1 > rows || r0 > r1) throw new RangeError(`${path}: rows ${r0}..${r1} out of 0..${rows}`);
-      const n = (r1 - r0) * rowSize * SIZE[dtype];
-      const buf = Buffer.alloc(n);
-      let off = 0;
-      while (off < n) off += readSync(fd, buf, off, n - off, dataStart + r0 * rowSize * SIZE[dtype] + off);
+    const read = (offset: number, n: number) => {
+      const buf = new Uint8Array(n);
+      for (let off = 0; off < n;) {
+        const got = readSync(fd, buf, off, n - off, offset + off);
+        if (got === 0) break;
+        off += got;
+      }
       return buf;
     };
-    const typed = (buf: Buffer) => {
-      const ab = buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength);
-      switch (dtype) {
-        case 'f4': return new Float32Array(ab);
-        case 'f8': return new Float64Array(ab);
-        case 'i8': return Float64Array.from(new BigInt64Array(ab), Number);
-        case 'i4': return new Int32Array(ab);
-        case 'u1': return new Uint8Array(ab);
-      }
-    };
-    return {
-      path, shape, dtype, rows, rowSize,
-      readF32: (r0 = 0, r1 = rows) => { const t = typed(read(r0, r1)); return t instanceof Float32Array ? t : Float32Array.from(t); },
-      readF64: (r0 = 0, r1 = rows) => { const t = typed(read(r0, r1)); return t instanceof Float64Array ? t : Float64Array.from(t); },
-      close: () => closeSync(fd),
-    };
+    const size = fstatSync(fd).size;
+    const h = parseHeader(path, read(0, Math.min(size, headerSize(path, read(0, Math.min(size, 12))))), size);
+    return npyFile(path, h, read, () => closeSync(fd));
   } catch (e) {
     closeSync(fd);
     throw e;
   }
+}
+
+/** An .npy file held in memory (e.g. picked in a browser); `name` names it in messages. */
+export function npyFromBytes(bytes: Uint8Array, name: string): NpyFile {
+  const h = parseHeader(name, bytes.subarray(0, headerSize(name, bytes.subarray(0, 12))), bytes.length);
+  return npyFile(name, h, (offset, n) => new Uint8Array(bytes.subarray(offset, offset + n)), () => {}); // a copy, also of a Buffer
 }
 
 /** Reads a whole .npy file. */

@@ -1,8 +1,8 @@
 import { describe, it, expect } from 'vitest';
 import { selectChannels, type LayerProblem } from '../src/select/greedy.js';
 import { GramAccumulator } from '../src/kernels/gram.js';
-import { plainKernels } from '../src/kernels/plain.js';
-import { wasmKernels } from '../src/kernels/wasm.js';
+import { getKernels } from '../src/kernels/instances.js';
+import { gramAccumulate } from '../src/kernels/ops.js';
 import { rng, randMat, matmul, gramOf, objective, oracleGreedy, leastSquares, basis, type Mat } from './oracle.js';
 
 // Float64 inputs: G, C, H are formed in float64 here, so the greedy must match the oracle to 1e-9 relative.
@@ -150,16 +150,50 @@ describe('wasm and plain kernels agree', () => {
     for (const [rows, dx, dy] of [[300, 13, 13], [129, 8, 21], [5, 1, 3], [260, 37, 9]]) {
       const X = Float32Array.from({ length: rows * dx }, () => r() - 0.5);
       const Y = Float32Array.from({ length: rows * dy }, () => r() - 0.5);
-      const out = [wasmKernels(), plainKernels()].map((k) => {
-        const a = k.arena, P = a.alloc((k.gramPackFloats(Math.max(dx, dy)) + 32) * 4), PY = a.alloc(k.gramPackFloats(dy) * 4 + 16);
+      const out = [getKernels('wasm', 1), getKernels('wasm', 2), getKernels('plain')].map((k) => {
+        const a = k.arena, mark = a.mark();
+        const PX = a.alloc(k.gramPackFloats(dx) * 4), PY = a.alloc(k.gramPackFloats(dy) * 4), tmp = a.alloc(128 * k.threads);
         const Xp = a.alloc(X.length * 4), Yp = a.alloc(Y.length * 4), G = a.alloc(dx * dx * 8), C = a.alloc(dx * dy * 8);
         a.f32(Xp, X.length).set(X); a.f32(Yp, Y.length).set(Y);
-        k.gram(Xp, rows, dx, G, P); k.symmetrize(G, dx);
-        k.gramCross(Xp, dx, Yp, dy, rows, C, P, PY);
-        return [a.f64(G, dx * dx).slice(), a.f64(C, dx * dy).slice()];
+        gramAccumulate(k, Xp, dx, 0, 0, rows, G, PX, 0, tmp); k.symmetrize(G, dx);
+        gramAccumulate(k, Xp, dx, Yp, dy, rows, C, PX, PY, tmp);
+        const res = [a.f64(G, dx * dx).slice(), a.f64(C, dx * dy).slice()];
+        a.release(mark);
+        return res;
       });
-      for (let t = 0; t < 2; t++) out[0][t].forEach((v, i) => expect(Math.abs(v - out[1][t][i])).toBeLessThan(1e-4));
+      for (let t = 0; t < 2; t++) {
+        expect(out[1][t]).toEqual(out[0][t]); // 2 threads: bit for bit
+        out[0][t].forEach((v, i) => expect(Math.abs(v - out[2][t][i])).toBeLessThan(1e-4));
+      }
     }
+  });
+});
+
+describe('threads', () => {
+  it('give bit-identical selections, objectives and re-fits for 1 and 2 threads (g = 1 and g = 9, asymmetric)', () => {
+    for (const [seed, N, d, m, g, asym] of [[61, 400, 300, 200, 1, true], [62, 300, 270, 150, 9, false]] as const) {
+      const pr = problem(makeCase(seed, N, d, m, g, asym));
+      const k = d / g - 3;
+      const a = selectChannels(pr, k, { threads: 1 }), b = selectChannels(pr, k, { threads: 2 });
+      expect(b.order).toEqual(a.order);
+      expect(b.objective).toEqual(a.objective);
+      expect(b.refit(k).W).toEqual(a.refit(k).W);
+    }
+  });
+
+  it('give bit-identical Gram matrices from the accumulator', () => {
+    const r = rng(63), N = 700, d = 75;
+    const B = Float32Array.from({ length: N * d }, () => r() - 0.5), A = B.map((v) => v + 0.01 * (r() - 0.5));
+    const res = [1, 2].map((threads) => {
+      const acc = new GramAccumulator(d, { asymmetric: true, kernels: getKernels('wasm', threads) });
+      acc.add(B, A);
+      const g = acc.result();
+      acc.release();
+      return g;
+    });
+    expect(res[1].G).toEqual(res[0].G);
+    expect(res[1].C).toEqual(res[0].C);
+    expect(res[1].H).toEqual(res[0].H);
   });
 });
 

@@ -1,4 +1,3 @@
-import * as ort from 'onnxruntime-node';
 import { clone, create } from '@bufbuild/protobuf';
 import {
   ModelProtoSchema, TypeProtoSchema, TypeProto_TensorSchema, ValueInfoProtoSchema, DataType,
@@ -8,6 +7,13 @@ import { badInput } from '../errors.js';
 import type { NpyFile } from '../npy.js';
 import type { Unit } from '../graph/types.js';
 import { GramAccumulator, type Gram } from '../kernels/gram.js';
+import { consumerWeightMatrix } from '../graph/analyze.js';
+import { ChannelStatsAccumulator, type Captured, type StatsWanted } from './stats.js';
+import { getKernels } from '../kernels/instances.js';
+import { loadRuntime, type Backend, type Ort } from './runtime.js';
+import type { InferenceSession } from 'onnxruntime-web';
+
+export { loadRuntime, type Backend } from './runtime.js';
 
 // Activation capture: onnxruntime runs the model on calibration batches with the tensors we need added as graph
 // outputs; each batch streams into the Gram accumulators and is dropped.
@@ -43,9 +49,12 @@ export function checkData(model: Model, data: NpyFile, batch = 64): number {
 
 /** An onnxruntime session of `model` that also outputs the named intermediate tensors. */
 export class Runner {
-  private constructor(private readonly session: ort.InferenceSession, readonly input: ModelInput, readonly outputs: string[]) {}
+  private constructor(private readonly ort: Ort, private readonly session: InferenceSession,
+    readonly backend: Backend, readonly input: ModelInput, readonly outputs: string[]) {}
 
-  static async open(model: Model, extra: string[] = []): Promise<Runner> {
+  /** `backend`: see loadRuntime (default: onnxruntime-node if it loads, else onnxruntime-web). */
+  static async open(model: Model, extra: string[] = [], opts: { backend?: Backend } = {}): Promise<Runner> {
+    const { ort, backend } = await loadRuntime(opts.backend);
     const m = clone(ModelProtoSchema, model), g = m.graph!;
     const have = new Set(g.output.map((o) => o.name));
     const input = modelInput(model);
@@ -55,13 +64,13 @@ export class Runner {
       g.output.push(create(ValueInfoProtoSchema, { name, type: create(TypeProtoSchema, { value: { case: 'tensorType', value: tensor } }) }));
       have.add(name);
     }
-    let session: ort.InferenceSession;
+    let session;
     try {
       session = await ort.InferenceSession.create(serializeModel(m), { graphOptimizationLevel: 'basic' });
     } catch (e) {
       throw badInput(`onnxruntime cannot load the model: ${(e as Error).message.split('\n')[0]}`, e);
     }
-    return new Runner(session, input, [...g.output.map((o) => o.name)]);
+    return new Runner(ort, session, backend, input, [...g.output.map((o) => o.name)]);
   }
 
   /** Runs one batch (f32 data, dims with the batch first) and returns the requested tensors as f32. */
@@ -75,6 +84,7 @@ export class Runner {
       for (let i = 0; i < fixed; i++) feedData.set(data.subarray((i % n) * per, (i % n + 1) * per), i * per);
       feedDims = [fixed, ...dims.slice(1)];
     }
+    const ort = this.ort;
     const tensor = this.input.elemType === DataType.FLOAT16
       ? new ort.Tensor('float16', Uint16Array.from(feedData, float32ToFloat16Bits), feedDims)
       : new ort.Tensor('float32', feedData, feedDims);
@@ -112,26 +122,38 @@ export function* batches(data: NpyFile, batch: number): Generator<{ data: Float3
  * (and of `target`, for the asymmetric objective: its activations are A).
  */
 export async function captureGrams(model: Model, units: Unit[], data: NpyFile,
-  opts: { target?: Model; batch?: number; onBatch?: (done: number, total: number) => void } = {}): Promise<Map<string, Gram>> {
+  opts: { target?: Model; batch?: number; backend?: Backend; threads?: number; onBatch?: (done: number, total: number) => void;
+    /** Per-channel statistics of B to collect too (for the activation-norm and sampling baselines). */
+    stats?: StatsWanted } = {}): Promise<Map<string, Captured>> {
   const batch = checkData(model, data, opts.batch);
   const names = [...new Set(units.map((u) => u.consumerInput))];
-  const run = await Runner.open(model, names), tgt = opts.target ? await Runner.open(opts.target, names) : undefined;
-  const acc = new Map(units.map((u) => [u.id, new GramAccumulator(u.d, { asymmetric: !!tgt })]));
+  const run = await Runner.open(model, names, opts), tgt = opts.target ? await Runner.open(opts.target, names, opts) : undefined;
+  const kernels = getKernels('wasm', opts.threads), mark = kernels.arena.mark();
+  const acc = new Map(units.map((u) => [u.id, new GramAccumulator(u.d, { asymmetric: !!tgt, kernels })]));
+  const want = opts.stats, st = want && new Map(units.map((u) => [u.id, new ChannelStatsAccumulator(u, want, want.sensitivity ? consumerWeightMatrix(model, u) : undefined)]));
+  // onnxruntime computes batch i+1 while the kernels accumulate batch i.
+  const forward = (b: { data: Float32Array; dims: number[] }) => Promise.all([run.run(b.data, b.dims, names), tgt?.run(b.data, b.dims, names)]);
   try {
-    for (const b of batches(data, batch)) {
-      const got = await run.run(b.data, b.dims, names), want = tgt ? await tgt.run(b.data, b.dims, names) : undefined;
+    const it = batches(data, batch);
+    let cur = it.next(), pending = cur.done ? undefined : forward(cur.value);
+    while (!cur.done) {
+      const b = cur.value, [got, want] = await pending!;
+      cur = it.next();
+      pending = cur.done ? undefined : forward(cur.value);
       for (const u of units) {
         const B = got.get(u.consumerInput)!, A = want?.get(u.consumerInput);
         const a = acc.get(u.id)!;
         if (A && A.data.length !== B.data.length) throw new Error(`target activation ${u.consumerInput} has shape [${A.dims}], pruned model [${B.dims}]`);
         if (u.consumerKind === 'conv') a.addConv(B.data, B.dims, u.conv!, A?.data);
         else a.add(B.data, A?.data);
+        st?.get(u.id)!.add(B.data, B.dims);
       }
       opts.onBatch?.(b.start + b.dims[0], data.rows);
     }
+    return new Map([...acc].map(([id, a]) => [id, { ...a.result(), ...(st ? { stats: st.get(id)!.result() } : {}) }]));
   } finally {
+    kernels.arena.release(mark);
     await run.release();
     await tgt?.release();
   }
-  return new Map([...acc].map(([id, a]) => [id, a.result()]));
 }

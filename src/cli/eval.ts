@@ -4,7 +4,7 @@ import { openNpy } from '../npy.js';
 import { badInput } from '../errors.js';
 import { evaluate } from '../eval/index.js';
 import { Progress } from './progress.js';
-import { num, pct } from './util.js';
+import { num, pct, backendFlag } from './util.js';
 
 export const evalHelp = `subprune eval: accuracy of a model, and agreement with a reference model
 
@@ -15,6 +15,8 @@ Usage: subprune eval MODEL.onnx --data X.npy [--labels Y.npy] [--reference ORIG.
   --reference FILE   another model (e.g. the unpruned original): prints top-1 agreement and the
                      relative output error ‖y − y_ref‖/‖y_ref‖
   --batch n          batch size (default 256)
+  --backend NAME     model runtime: node (onnxruntime-node, the default where it loads) or web
+                     (onnxruntime-web's WebAssembly backend: no native addon needed)
   --json             print the result as JSON
   -h, --help         this help`;
 
@@ -23,12 +25,13 @@ export async function runEval(argv: string[]): Promise<void> {
     args: argv, allowPositionals: true,
     options: {
       data: { type: 'string' }, labels: { type: 'string' }, reference: { type: 'string' },
-      batch: { type: 'string' }, json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' },
+      batch: { type: 'string' }, backend: { type: 'string' }, json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' },
     },
   });
   if (o.help) { console.log(evalHelp); return; }
   if (positionals.length !== 1) throw badInput('eval takes one model: subprune eval MODEL.onnx --data X.npy');
   if (!o.data) throw badInput('eval needs --data X.npy');
+  const backend = backendFlag(o.backend);
   const model = readModel(positionals[0]);
   const reference = o.reference ? readModel(o.reference) : undefined;
   let labels: Float64Array | undefined;
@@ -42,7 +45,7 @@ export async function runEval(argv: string[]): Promise<void> {
   const data = openNpy(o.data);
   const bar = new Progress('eval', data.rows, !o.json && process.stderr.isTTY === true);
   try {
-    const r = await evaluate(model, data, { labels, reference, batch: num(o.batch, '--batch', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1'), onBatch: (d) => bar.update(d) });
+    const r = await evaluate(model, data, { labels, reference, batch: num(o.batch, '--batch', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1'), backend, onBatch: (d) => bar.update(d) });
     bar.done();
     if (o.json) { console.log(JSON.stringify(r)); return; }
     console.log(`${positionals[0]} on ${r.samples} samples of ${o.data}:`);

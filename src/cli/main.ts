@@ -3,6 +3,7 @@ import { runSelect, selectHelp } from './select.js';
 import { runPrune, pruneHelp } from './prune.js';
 import { runInspect, inspectHelp } from './inspect.js';
 import { runEval, evalHelp } from './eval.js';
+import { runStudyCommand, studyHelp } from './study.js';
 
 // Exit codes: 0 done, 2 bad input (the message says what to fix), 1 internal error (a bug: please report).
 const EXIT_BAD_INPUT = 2, EXIT_INTERNAL = 1;
@@ -12,6 +13,7 @@ const commands: Record<string, { run: (argv: string[]) => void | Promise<void>; 
   inspect: { run: runInspect, help: inspectHelp, summary: 'list the prunable units of a model and the candidates refused' },
   eval: { run: runEval, help: evalHelp, summary: 'accuracy of a model and its agreement with a reference model' },
   select: { run: runSelect, help: selectHelp, summary: 'greedy channel selection for one layer given as .npy files' },
+  study: { run: runStudyCommand, help: studyHelp, summary: 'accuracy against compression for every method, as in the paper (table, JSON, SVG)' },
 };
 
 const usage = `subprune: structured pruning of ONNX models with a few hundred unlabeled samples

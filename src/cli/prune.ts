@@ -6,7 +6,7 @@ import { badInput } from '../errors.js';
 import { prune, type Mode } from '../prune/index.js';
 import type { Budget } from '../budget/index.js';
 import { Progress } from './progress.js';
-import { num, sameFile, table, pct, big } from './util.js';
+import { num, sameFile, table, pct, big, backendFlag } from './util.js';
 
 export const pruneHelp = `subprune prune: remove channels from an ONNX model with unlabeled calibration data
 
@@ -31,6 +31,9 @@ Other:
                       params and FLOPs before/after, seconds per stage, fidelity on the calibration data
   --batch n           calibration batch size (default 64; a model with a fixed batch size uses its own)
   --kernels NAME      selection kernels: wasm (SIMD WebAssembly, default) or plain (TypeScript)
+  --threads n         threads for the wasm kernels (default: all cores; results are the same for any n)
+  --backend NAME      model runtime for capture and verification: node (onnxruntime-node, the default where it
+                      loads) or web (onnxruntime-web's WebAssembly backend: no native addon needed)
   --quiet             no summary table
   -h, --help          this help
 
@@ -44,7 +47,7 @@ export async function runPrune(argv: string[]): Promise<void> {
       calib: { type: 'string' }, output: { type: 'string', short: 'o' },
       compression: { type: 'string' }, target: { type: 'string' }, 'keep-ratio': { type: 'string' }, budget: { type: 'string' },
       mode: { type: 'string', default: 'layerwise' }, 'no-refit': { type: 'boolean', default: false },
-      report: { type: 'string' }, batch: { type: 'string' }, kernels: { type: 'string', default: 'wasm' },
+      report: { type: 'string' }, batch: { type: 'string' }, kernels: { type: 'string', default: 'wasm' }, threads: { type: 'string' }, backend: { type: 'string' },
       quiet: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' },
     },
   });
@@ -65,6 +68,7 @@ export async function runPrune(argv: string[]): Promise<void> {
   else if (o.budget !== undefined) budget = { keep: readBudget(o.budget) };
   else budget = { compression: num(o.compression ?? '2', '--compression', (v) => v >= 1, 'a ratio ≥ 1')!, target: (o.target ?? 'params') as 'params' | 'flops' };
   const batch = num(o.batch, '--batch', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1');
+  const backend = backendFlag(o.backend);
 
   const model = readModel(input);
   const calib = openNpy(o.calib);
@@ -73,7 +77,7 @@ export async function runPrune(argv: string[]): Promise<void> {
   let result;
   try {
     result = await prune(model, calib, {
-      mode: o.mode as Mode, refit: !o['no-refit'], budget, batch, kernels: o.kernels,
+      mode: o.mode as Mode, refit: !o['no-refit'], budget, batch, kernels: o.kernels, threads: num(o.threads, '--threads', (v) => Number.isInteger(v) && v >= 1 && v <= 60, 'a whole number from 1 to 60'), backend,
       onProgress: (stage, done, total) => {
         let bar = bars.get(stage);
         if (!bar) { bars.set(stage, (bar = new Progress(labels[stage] ?? stage, total))); }
@@ -98,7 +102,7 @@ export async function runPrune(argv: string[]): Promise<void> {
   const r = report, s = r.seconds;
   console.log(`\nparams ${big(r.params.before)} → ${big(r.params.after)} (${(r.params.before / r.params.after).toFixed(2)}× smaller), FLOPs ${big(r.flops.before)} → ${big(r.flops.after)} (${(r.flops.before / r.flops.after).toFixed(2)}×)`);
   console.log(`on the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ${pct(r.fidelity.agreement)}, relative output error ${r.fidelity.relError!.toFixed(4)}`);
-  console.log(`mode ${r.mode}, ${r.refit ? 're-fit' : 'no re-fit'}; seconds: analyze ${s.analyze.toFixed(2)}, capture ${s.capture.toFixed(2)}, select ${s.select.toFixed(2)}, rewrite ${s.rewrite.toFixed(2)}, verify ${s.verify.toFixed(2)}, total ${s.total.toFixed(2)}`);
+  console.log(`mode ${r.mode}, ${r.refit ? 're-fit' : 'no re-fit'}, onnxruntime-${r.backend}; seconds: analyze ${s.analyze.toFixed(2)}, capture ${s.capture.toFixed(2)}, select ${s.select.toFixed(2)}, rewrite ${s.rewrite.toFixed(2)}, verify ${s.verify.toFixed(2)}, total ${s.total.toFixed(2)}`);
   console.log(`wrote ${o.output}${o.report ? ` and ${o.report}` : ''}`);
 }
 

@@ -2,7 +2,10 @@ import { parseArgs } from 'node:util';
 import { openNpy, writeNpy } from '../npy.js';
 import { badInput } from '../errors.js';
 import { GramAccumulator } from '../kernels/gram.js';
-import { selectChannels } from '../select/greedy.js';
+import { selectChannels, selectionBytes } from '../select/greedy.js';
+import { getKernels, defaultThreads } from '../kernels/instances.js';
+import { fmtBytes } from '../kernels/memory.js';
+import { gramBytes } from '../kernels/gram.js';
 import { Progress } from './progress.js';
 
 export const selectHelp = `subprune select: greedy channel selection for one layer problem given as .npy files
@@ -19,6 +22,7 @@ Usage: subprune select --acts B.npy --weights W.npy [options]
   --refit-out FILE   write the re-fitted weights of the kept channels (K·g×m, float32, kept channels
                      in ascending order) to FILE as .npy
   --kernels NAME     wasm (SIMD WebAssembly, default) or plain (plain TypeScript, for comparison)
+  --threads n        threads for the wasm kernels (default: all cores; results are the same for any n)
   --json             print the result as JSON: order, objective (per step), keep, seconds
                      {gram, setup, greedy, refit, total}
   -h, --help         this help
@@ -32,7 +36,7 @@ export function runSelect(argv: string[]): void {
     options: {
       acts: { type: 'string' }, weights: { type: 'string' }, target: { type: 'string' },
       group: { type: 'string', default: '1' }, keep: { type: 'string', short: 'k' },
-      'refit-out': { type: 'string' }, kernels: { type: 'string', default: 'wasm' },
+      'refit-out': { type: 'string' }, kernels: { type: 'string', default: 'wasm' }, threads: { type: 'string' },
       json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' },
     },
   });
@@ -56,7 +60,9 @@ export function runSelect(argv: string[]): void {
     const W = Wf.readF64();
     checkFinite(W, o.weights, m);
 
-    const acc = new GramAccumulator(d, { asymmetric: !!A });
+    const threads = o.threads === undefined ? defaultThreads() : wholeNumber(o.threads, '--threads', 1);
+    console.error(`kernel memory: ${fmtBytes(gramBytes(d, !!A) + selectionBytes(d, m, g, k))} (d = ${d}, m = ${m}, k = ${k}, ${threads} thread${threads > 1 ? 's' : ''})`);
+    const acc = new GramAccumulator(d, { asymmetric: !!A, kernels: getKernels(o.kernels as 'wasm' | 'plain', threads) });
     const chunk = Math.max(1, Math.floor((8 << 20) / (4 * d)));
     const bar = new Progress('gram', B.rows, !o.json && process.stderr.isTTY === true);
     for (let r0 = 0; r0 < B.rows; r0 += chunk) {
@@ -73,7 +79,7 @@ export function runSelect(argv: string[]): void {
 
     const sbar = new Progress('greedy', k, !o.json && process.stderr.isTTY === true);
     const sel = selectChannels({ d, m, g, G: gm.G, C: gm.C, H: gm.H, W }, k, {
-      kernels: o.kernels, onStep: (i) => sbar.update(i),
+      kernels: o.kernels, threads, onStep: (i) => sbar.update(i),
     });
     sbar.done();
     const t2 = performance.now();

@@ -1,12 +1,18 @@
 import { existsSync, realpathSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { badInput } from '../errors.js';
+import type { Backend } from '../capture/runtime.js';
 
 export function num(s: string | undefined, flag: string, check: (v: number) => boolean, what: string): number | undefined {
   if (s === undefined) return undefined;
   const v = Number(s);
   if (!Number.isFinite(v) || !check(v)) throw badInput(`${flag} ${s}: expected ${what}`);
   return v;
+}
+
+export function backendFlag(s: string | undefined): Backend | undefined {
+  if (s !== undefined && s !== 'node' && s !== 'web') throw badInput(`--backend ${s}: use node (onnxruntime-node) or web (onnxruntime-web's WebAssembly backend)`);
+  return s;
 }
 
 /** Same file, also through links? */

@@ -1,6 +1,6 @@
 import type { Model } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
-import { Runner, batches, checkData } from '../capture/index.js';
+import { Runner, batches, checkData, type Backend } from '../capture/index.js';
 import { badInput } from '../errors.js';
 
 export interface Fidelity {
@@ -26,11 +26,11 @@ function argmaxRows(y: Float32Array, rows: number): Int32Array {
 }
 
 /** Runs `model` over the data (first output = class scores) against labels and/or a reference model. */
-export async function evaluate(model: Model, data: NpyFile, opts: { labels?: ArrayLike<number>; reference?: Model; batch?: number; onBatch?: (done: number, total: number) => void } = {}): Promise<Fidelity> {
+export async function evaluate(model: Model, data: NpyFile, opts: { labels?: ArrayLike<number>; reference?: Model; batch?: number; backend?: Backend; onBatch?: (done: number, total: number) => void } = {}): Promise<Fidelity> {
   const batch = checkData(model, data, opts.batch ?? 256);
   if (opts.labels && opts.labels.length !== data.rows) throw badInput(`${opts.labels.length} labels for ${data.rows} samples`);
   const out = model.graph!.output[0].name;
-  const run = await Runner.open(model), ref = opts.reference ? await Runner.open(opts.reference) : undefined;
+  const run = await Runner.open(model, [], opts), ref = opts.reference ? await Runner.open(opts.reference, [], opts) : undefined;
   let correct = 0, agree = 0, err = 0, norm = 0, dims: number[] = [];
   try {
     for (const b of batches(data, ref ? Math.min(batch, checkData(opts.reference!, data, batch)) : batch)) {

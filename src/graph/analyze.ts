@@ -1,7 +1,8 @@
 // Finding prunable units: walk from every Conv/Gemm/MatMul through ops the table (ops.ts) knows to act per channel
 // until the next Conv/Gemm/MatMul. Anything the table cannot vouch for is refused with a reason, never guessed.
+import { clone } from '@bufbuild/protobuf';
 import { badInput } from '../errors.js';
-import { opsetVersion, tensorDims, tensorToFloat32, numel, type GraphProto, type Model, type NodeProto, type TensorProto } from '../onnx/index.js';
+import { opsetVersion, TensorProtoSchema, tensorDims, tensorToFloat32, numel, type GraphProto, type Model, type NodeProto, type TensorProto } from '../onnx/index.js';
 import { biasSlice, CHAIN, LAYER_OPS, layerInfo, type ChannelLayout, type ParamSlice, type ShapeEdit } from './ops.js';
 import { constantTensors, dataInputs, inferShapes, nodeMacs, windowGeometry, type Shapes } from './shapes.js';
 import type { Analysis, Refused, Unit } from './types.js';
@@ -25,6 +26,32 @@ export function nameNodes(graph: GraphProto): void {
     seen.add(name);
     all.add(name);
   });
+}
+
+/**
+ * Replace Identity nodes that merely alias a constant by a copy of the constant under the Identity's output name,
+ * in place. The PyTorch exporter deduplicates equal initializers (e.g. the zero biases of an untrained BN-folded
+ * conv) this way; without folding, every such conv would look like it shares its bias with another.
+ */
+export function foldConstantIdentities(graph: GraphProto): void {
+  const consts = constantTensors(graph);
+  const outputs = new Set(graph.output.map((o) => o.name));
+  graph.node = graph.node.filter((n) => {
+    const t = n.opType === 'Identity' ? consts.get(n.input[0] ?? '') : undefined;
+    const y = n.output[0] ?? '';
+    if (!t || !y || outputs.has(y)) return true;
+    const copy = clone(TensorProtoSchema, t);
+    copy.name = y;
+    graph.initializer.push(copy);
+    consts.set(y, copy);
+    return false;
+  });
+}
+
+/** The normal form analysis and rewrite work on: unique node names, no Identity aliases of constants. Idempotent. */
+export function normalizeGraph(graph: GraphProto): void {
+  nameNodes(graph);
+  foldConstantIdentities(graph);
 }
 
 interface Use {
@@ -194,13 +221,13 @@ function findUnit(G: Graph, P: NodeProto): Unit | string {
 function prepare(model: Model, inputShape?: readonly number[]): Graph {
   const graph = model.graph;
   if (!graph) throw badInput('the model has no graph.');
-  nameNodes(graph);
+  normalizeGraph(graph);
   return new Graph(graph, inferShapes(model, inputShape), opsetVersion(model) ?? 1);
 }
 
 /**
  * Find the prunable units of a model and the Conv/Gemm/MatMul nodes that cannot be pruned, with reasons.
- * Names unnamed nodes in place (see nameNodes). inputShape: the first input's shape (default: declared, symbolic dims 1).
+ * Normalises the graph in place (see normalizeGraph: names unnamed nodes, folds Identity aliases of constants). inputShape: the first input's shape (default: declared, symbolic dims 1).
  */
 export function analyze(model: Model, inputShape?: number[]): Analysis {
   const G = prepare(model, inputShape);
@@ -217,10 +244,12 @@ export function analyze(model: Model, inputShape?: number[]): Analysis {
 
 /**
  * params: element count of every initializer and Constant-node tensor; flops: 2 × multiply-accumulates of all
- * Conv/Gemm/MatMul nodes per sample. Nodes whose shapes cannot be inferred are listed in `unknown` (their FLOPs are not counted).
+ * Conv/Gemm/MatMul nodes per sample. Nodes whose shapes cannot be inferred are listed in `unknown` (their FLOPs are not
+ * counted). Does not change the model. (After analyze has folded Identity aliases of constants, each copy counts.)
  */
 export function modelStats(model: Model, inputShape?: number[]): { params: number; flops: number; unknown: string[] } {
-  const G = prepare(model, inputShape);
+  if (!model.graph) throw badInput('the model has no graph.');
+  const G = new Graph(model.graph, inferShapes(model, inputShape), opsetVersion(model) ?? 1); // read-only: no normalising
   let params = 0;
   for (const t of G.graph.initializer) params += numel(tensorDims(t));
   for (const n of G.graph.node) {
@@ -235,7 +264,7 @@ export function modelStats(model: Model, inputShape?: number[]): { params: numbe
   for (const n of G.graph.node) {
     if (!LAYER_OPS.has(n.opType)) continue;
     const f = G.flops(n);
-    if (f === undefined) unknown.push(n.name);
+    if (f === undefined) unknown.push(n.name || `${n.opType} (unnamed)`);
     else flops += f;
   }
   return { params, flops, unknown };

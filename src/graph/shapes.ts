@@ -162,7 +162,7 @@ function nodeShapes(node: NodeProto, ins: (number[] | undefined)[], consts: Map<
     const allowZero = attrInt(node, 'allowzero', 0) === 1;
     const y = spec.map((d, i) => (d === 0 && !allowZero ? x[i]! : d));
     const free = y.indexOf(-1);
-    if (free >= 0) y[free] = numel(x) / numel(y.filter((d, i) => i !== free));
+    if (free >= 0) y[free] = numel(x) / numel(y.filter((_, i) => i !== free));
     return [y];
   }
   if (op === 'Transpose') {

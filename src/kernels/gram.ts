@@ -1,5 +1,6 @@
 import type { Kernels } from './types.js';
-import { wasmKernels } from './wasm.js';
+import { getKernels } from './instances.js';
+import { gramAccumulate } from './ops.js';
 
 /** What the greedy needs from the calibration activations: G = BᵀB, and for the asymmetric objective C = BᵀA, H = AᵀA. */
 export interface Gram {
@@ -21,6 +22,11 @@ export interface ConvGeometry {
 
 const CHUNK_BYTES = 4 << 20;
 
+/** Kernel memory of an accumulator for d columns (the row chunks and one conv sample aside, a few MiB). */
+export function gramBytes(d: number, asymmetric = false): number {
+  return (asymmetric ? 3 : 1) * 8 * d * d + (asymmetric ? 2 : 1) * CHUNK_BYTES;
+}
+
 /**
  * Streams batches of f32 rows (B, and the target A for the asymmetric objective) into Gram matrices held in the
  * kernels' memory. Only one chunk of rows (and one sample, for conv patches) is in kernel memory at a time.
@@ -29,19 +35,21 @@ export class GramAccumulator {
   readonly d: number;
   readonly asymmetric: boolean;
   private readonly k: Kernels;
-  private readonly p: { G: number; C: number; H: number; PB: number; PA: number };
+  private readonly p: { G: number; C: number; H: number; PB: number; PA: number; tmp: number };
+  private readonly mark: number;
   private buf?: { cap: number; B: number; A: number; sample: number; XB: number; XA: number };
   private rows = 0;
 
   constructor(d: number, opts: { asymmetric?: boolean; kernels?: Kernels } = {}) {
     this.d = d;
     this.asymmetric = opts.asymmetric ?? false;
-    const k = (this.k = opts.kernels ?? wasmKernels());
+    const k = (this.k = opts.kernels ?? getKernels());
     const a = k.arena, dd = d * d * 8, asym = this.asymmetric;
-    const pack = (k.gramPackFloats(d) + 32) * 4;
+    this.mark = a.mark();
+    const pack = k.gramPackFloats(d) * 4;
     this.p = {
       G: a.alloc(dd), C: asym ? a.alloc(dd) : 0, H: asym ? a.alloc(dd) : 0,
-      PB: a.alloc(pack), PA: asym ? a.alloc(pack) : 0,
+      PB: a.alloc(pack), PA: asym ? a.alloc(pack) : 0, tmp: a.alloc(128 * k.threads),
     };
   }
 
@@ -67,10 +75,10 @@ export class GramAccumulator {
   // Adds the nr rows now in the row buffers.
   private flush(nr: number) {
     const { d, k, p } = this, b = this.buf!;
-    k.gram(b.B, nr, d, p.G, p.PB);
+    gramAccumulate(k, b.B, d, 0, 0, nr, p.G, p.PB, 0, p.tmp);
     if (this.asymmetric) {
-      k.gramCross(b.B, d, b.A, d, nr, p.C, p.PB, p.PA);
-      k.gram(b.A, nr, d, p.H, p.PA);
+      gramAccumulate(k, b.B, d, b.A, d, nr, p.C, p.PB, p.PA, p.tmp);
+      gramAccumulate(k, b.A, d, 0, 0, nr, p.H, p.PA, 0, p.tmp);
     }
     this.rows += nr;
   }
@@ -113,6 +121,11 @@ export class GramAccumulator {
       filled += per;
     }
     if (filled) this.flush(filled);
+  }
+
+  /** Frees the kernel memory (with everything allocated after it). */
+  release(): void {
+    this.k.arena.release(this.mark);
   }
 
   /** The accumulated matrices, copied out of kernel memory. */

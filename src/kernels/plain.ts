@@ -35,28 +35,22 @@ export function plainKernels(): Kernels {
   };
 
   return {
-    name: 'plain', arena,
-    gramPackFloats: () => 0,
-    gram(X, rows, d, G) {
-      const x = S(), f = F(), X4 = X >> 2, G8 = G >> 3;
-      for (let r = 0; r < rows; r++) {
-        const xr = X4 + r * d;
-        for (let i = 0; i < d; i++) {
-          const xi = x[xr + i];
-          if (xi === 0) continue;
-          const gi = G8 + i * d;
-          for (let j = i; j < d; j++) f[gi + j] += xi * x[xr + j];
-        }
-      }
+    name: 'plain', arena, threads: 1,
+    par(name, args, _lo, _opts) { (this[name] as (...a: number[]) => void)(...(args as number[])); },
+    gramRows: () => 128,
+    gramPackFloats: (d) => 128 * d,
+    gramPack(X, ld, r0, rb, d, P) { // rows as they are
+      const x = S();
+      for (let r = 0; r < rb; r++) x.copyWithin((P >> 2) + r * d, (X >> 2) + (r0 + r) * ld, (X >> 2) + (r0 + r) * ld + d);
     },
-    gramCross(X, dx, Y, dy, rows, C) {
-      const x = S(), f = F(), X4 = X >> 2, Y4 = Y >> 2, C8 = C >> 3;
-      for (let r = 0; r < rows; r++) {
-        for (let i = 0; i < dx; i++) {
-          const xi = x[X4 + r * dx + i];
+    gramTiles(PA, da, PB, db, rb, C, ldc, upper, _tmp, i0, i1) {
+      const x = S(), f = F(), A4 = PA >> 2, B4 = PB >> 2, C8 = C >> 3;
+      for (let r = 0; r < rb; r++) {
+        for (let i = i0; i < i1; i++) {
+          const xi = x[A4 + r * da + i];
           if (xi === 0) continue;
-          const ci = C8 + i * dy, yr = Y4 + r * dy;
-          for (let j = 0; j < dy; j++) f[ci + j] += xi * x[yr + j];
+          const ci = C8 + i * ldc, br = B4 + r * db;
+          for (let j = upper ? i : 0; j < db; j++) f[ci + j] += xi * x[br + j];
         }
       }
     },
@@ -64,15 +58,19 @@ export function plainKernels(): Kernels {
       const f = F(), G8 = G >> 3;
       for (let i = 1; i < d; i++) for (let j = 0; j < i; j++) f[G8 + i * d + j] = f[G8 + j * d + i];
     },
-    gemmPackDoubles: () => 0,
-    gemm(A, B, C, M, K, N) {
-      const f = F(), A8 = A >> 3, B8 = B >> 3, C8 = C >> 3;
-      f.fill(0, C8, C8 + M * N);
-      for (let i = 0; i < M; i++) {
-        for (let k = 0; k < K; k++) {
-          const a = f[A8 + i * K + k];
+    gemmChunk: () => 256,
+    gemmPackDoubles: (N) => 256 * N,
+    gemmPack(B, N, k0, kc, P) { // rows as they are
+      const f = F();
+      f.copyWithin(P >> 3, (B >> 3) + k0 * N, (B >> 3) + (k0 + kc) * N);
+    },
+    gemmRows(A, K, k0, kc, P, C, N, _tmp, i0, i1) {
+      const f = F(), A8 = A >> 3, P8 = P >> 3, C8 = C >> 3;
+      for (let i = i0; i < i1; i++) {
+        for (let k = 0; k < kc; k++) {
+          const a = f[A8 + i * K + k0 + k];
           if (a === 0) continue;
-          const b = B8 + k * N, c = C8 + i * N;
+          const b = P8 + k * N, c = C8 + i * N;
           for (let j = 0; j < N; j++) f[c + j] += a * f[b + j];
         }
       }
@@ -81,25 +79,25 @@ export function plainKernels(): Kernels {
       const f = F(), o = I(), row = (G >> 3) + j * d;
       for (let p = 0; p < n; p++) f[(gcol >> 3) + p] = f[row + o[(orig >> 2) + p]];
     },
-    extend(L, ldl, t, n, jrow, gcol, inv, u) {
+    extend(L, ldl, t, p0, p1, jrow, gcol, inv, u) {
       const f = F(), L8 = L >> 3, lj = L8 + jrow * ldl;
-      for (let p = 0; p < n; p++) {
+      for (let p = p0; p < p1; p++) {
         const lp = L8 + p * ldl;
         const v = (f[(gcol >> 3) + p] - dot(f, lp, lj, t)) * inv;
         f[(u >> 3) + p] = v;
         f[lp + t] = v;
       }
     },
-    updateRows(Q, m, u, q, n) {
+    updateRows(Q, m, u, q, p0, p1) {
       const f = F();
-      for (let p = 0; p < n; p++) {
+      for (let p = p0; p < p1; p++) {
         const up = f[(u >> 3) + p];
         if (up !== 0) updateRow(f, (Q >> 3) + p * m, m, up, q >> 3);
       }
     },
-    updateScan(Q, m, u, q, n, e, diag0, tol, gains) {
+    updateScan(Q, m, u, q, p0, p1, e, diag0, tol, gains) {
       const f = F();
-      for (let p = 0; p < n; p++) {
+      for (let p = p0; p < p1; p++) {
         const up = f[(u >> 3) + p];
         const norm = updateRow(f, (Q >> 3) + p * m, m, up, q >> 3);
         const ep = f[(e >> 3) + p] - up * up;
@@ -107,17 +105,17 @@ export function plainKernels(): Kernels {
         f[(gains >> 3) + p] = ep > tol * f[(diag0 >> 3) + p] && ep > 0 ? norm / ep : 0;
       }
     },
-    downdateBlocks(E, u, nblk, g) {
+    downdateBlocks(E, u, b0, b1, g) {
       const f = F();
-      for (let b = 0; b < nblk; b++) {
+      for (let b = b0; b < b1; b++) {
         const eb = (E >> 3) + b * g * g, ub = (u >> 3) + b * g;
         for (let i = 0; i < g; i++) for (let j = 0; j < g; j++) f[eb + i * g + j] -= f[ub + i] * f[ub + j];
       }
     },
-    groupGains(Q, m, E, diag0, nblk, g, tol, gains, Sc) {
+    groupGains(Q, m, E, diag0, b0, b1, g, tol, gains, Sc) {
       const f = F(), gg = g * g;
       const M = Sc >> 3, R = M + gg, Y = R + gg, x = Y + gg;
-      for (let b = 0; b < nblk; b++) {
+      for (let b = b0; b < b1; b++) {
         const q0 = (Q >> 3) + b * g * m, eb = (E >> 3) + b * gg, d0 = (diag0 >> 3) + b * g;
         for (let i = 0; i < g; i++) {
           for (let j = i; j < g; j++) f[M + i * g + j] = f[M + j * g + i] = dot(f, q0 + i * m, q0 + j * m, m);
@@ -160,16 +158,16 @@ export function plainKernels(): Kernels {
       }
       return best;
     },
-    solveUpperT(L, ldl, t, X, m) {
+    solveUpperT(L, ldl, t, X, m, j0, j1) {
       const f = F(), L8 = L >> 3, X8 = X >> 3;
       for (let b = t - 1; b >= 0; b--) {
         const inv = 1 / f[L8 + b * ldl + b], xb = X8 + b * m;
-        for (let j = 0; j < m; j++) f[xb + j] *= inv;
+        for (let j = j0; j < j1; j++) f[xb + j] *= inv;
         for (let a = 0; a < b; a++) {
           const l = f[L8 + b * ldl + a];
           if (l === 0) continue;
           const xa = X8 + a * m;
-          for (let j = 0; j < m; j++) f[xa + j] -= l * f[xb + j];
+          for (let j = j0; j < j1; j++) f[xa + j] -= l * f[xb + j];
         }
       }
     },

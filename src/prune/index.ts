@@ -3,11 +3,17 @@ import type { NpyFile } from '../npy.js';
 import type { Unit } from '../graph/types.js';
 import { analyze, consumerWeightMatrix, modelStats } from '../graph/analyze.js';
 import { pruneUnits } from '../rewrite/index.js';
-import { captureGrams, checkData } from '../capture/index.js';
+import { captureGrams, checkData, loadRuntime, type Backend } from '../capture/index.js';
 import { selectChannels } from '../select/greedy.js';
 import { resolveBudget, type Budget } from '../budget/index.js';
 import { evaluate, type Fidelity } from '../eval/index.js';
 import type { Gram } from '../kernels/gram.js';
+import type { Captured } from '../capture/stats.js';
+import { sizeModel } from '../budget/size.js';
+import { rankChannels, statsFor, unitSeed, type Method } from '../select/baselines.js';
+import { allocateBudget, type Allocation } from './allocation.js';
+import type { VerifySet } from '../eval/alone.js';
+import { badInput } from '../errors.js';
 
 export type Mode = 'layerwise' | 'sequential' | 'asymmetric';
 
@@ -20,6 +26,19 @@ export interface PruneOptions {
   batch?: number;
   /** Selection kernels: SIMD WebAssembly (default) or plain TypeScript. */
   kernels?: 'wasm' | 'plain';
+  /** Threads for the wasm kernels (default: all cores); results do not depend on it. */
+  threads?: number;
+  /** Model runtime for capture and verification: onnxruntime-node or onnxruntime-web's WebAssembly backend
+   * (default: node if it loads, else web). */
+  backend?: Backend;
+  /** How channels are ranked: the paper's greedy (default) or a baseline's ranking (same objective and re-fit). */
+  method?: Method;
+  /** Seed of the random and sampling methods. */
+  seed?: number;
+  /** Per-unit budgets for a compression: uniform (default), sensitivity (each unit's measured curve) or global. */
+  allocation?: Allocation;
+  /** The sensitivity allocation's verification set (default: the calibration inputs, measuring agreement). */
+  verify?: VerifySet;
   /** Progress: stage name, work done, work total. */
   onProgress?: (stage: string, done: number, total: number) => void;
 }
@@ -39,6 +58,10 @@ export interface UnitReport {
 export interface PruneReport {
   mode: Mode;
   refit: boolean;
+  method: Method;
+  allocation: Allocation;
+  /** The onnxruntime that captured and verified. */
+  backend: Backend;
   calibration: { path: string; samples: number };
   units: UnitReport[];
   refused: { node: string; reason: string }[];
@@ -55,25 +78,30 @@ const now = () => performance.now() / 1000;
 export async function prune(model: Model, calib: NpyFile, opts: PruneOptions): Promise<{ model: Model; report: PruneReport }> {
   const mode = opts.mode ?? 'layerwise', refit = opts.refit ?? true;
   const progress = opts.onProgress ?? (() => {});
+  // resolved once, so every run below uses the same one; loading it is a per-process cost, not in the seconds
+  const backend = (await loadRuntime(opts.backend)).backend;
   const t0 = now();
   checkData(model, calib, opts.batch);
   const inputShape = [1, ...calib.shape.slice(1)];
   const { units, refused } = analyze(model, inputShape);
   const before = modelStats(model, inputShape);
-  const sizeOf = (keeps: Map<string, number>) => {
-    const plans = units.map((unit) => ({ unit, keep: Array.from({ length: keeps.get(unit.id)! }, (_, i) => i) }));
-    const s = modelStats(pruneUnits(model, plans), inputShape);
-    return 'compression' in opts.budget && opts.budget.target === 'flops' ? s.flops : s.params;
-  };
-  const keeps = resolveBudget(units, opts.budget, sizeOf);
+  const sizeOf = sizeModel(model, units, inputShape, 'compression' in opts.budget && opts.budget.target === 'flops' ? 'flops' : 'params');
+  const method = opts.method ?? 'greedy', seed = opts.seed ?? 0, allocation = opts.allocation ?? 'uniform';
+  if (allocation !== 'uniform' && !('compression' in opts.budget)) throw badInput(`--allocation ${allocation} needs a --compression budget`);
+  const alloc = allocation !== 'uniform' && 'compression' in opts.budget
+    ? await allocateBudget(model, units, calib, sizeOf, sizeOf(new Map(units.map((u) => [u.id, u.channels]))) / opts.budget.compression,
+      { ...opts, allocation, backend, onProgress: progress })
+    : undefined;
+  const keeps = alloc?.keeps ?? resolveBudget(units, opts.budget, sizeOf);
   const t1 = now();
 
   const reports: UnitReport[] = [];
   let tCapture = 0, tSelect = 0, tRewrite = 0;
-  const choose = (unit: Unit, gram: Gram, current: Model) => {
+  const choose = (unit: Unit, gram: Captured, current: Model) => {
     const t = now(), k = keeps.get(unit.id)!;
     const W = consumerWeightMatrix(current, unit);
-    const sel = selectChannels({ d: unit.d, m: unit.m, g: unit.g, G: gram.G, C: gram.C, H: gram.H, W }, k, { kernels: opts.kernels });
+    const order = rankChannels(method, { n: unit.channels, g: unit.g, m: unit.m, W, stats: gram.stats }, unitSeed(seed, unit.id));
+    const sel = selectChannels({ d: unit.d, m: unit.m, g: unit.g, G: gram.G, C: gram.C, H: gram.H, W }, k, { kernels: opts.kernels, threads: opts.threads, order });
     const fit = sel.refit(k);
     const objective = refit ? (k ? sel.objective[k - 1] : 0) : slicedObjective(unit, gram, W, fit.keep, sel.norm2);
     tSelect += now() - t;
@@ -84,7 +112,7 @@ export async function prune(model: Model, calib: NpyFile, opts: PruneOptions): P
   let pruned: Model;
   if (mode === 'layerwise') {
     let t = now();
-    const grams = await captureGrams(model, units, calib, { batch: opts.batch, onBatch: (d, n) => progress('capture', d, n) });
+    const grams = alloc?.grams ?? await captureGrams(model, units, calib, { batch: opts.batch, backend, threads: opts.threads, stats: statsFor(method), onBatch: (d, n) => progress('capture', d, n) });
     tCapture += now() - t;
     const plans = units.map((u, i) => { progress('select', i, units.length); return choose(u, grams.get(u.id)!, model); });
     progress('select', units.length, units.length);
@@ -99,7 +127,7 @@ export async function prune(model: Model, calib: NpyFile, opts: PruneOptions): P
       const unit = analyze(pruned, inputShape).units.find((u) => u.id === id);
       if (!unit) throw new Error(`unit ${id} is no longer prunable after pruning the units before it`);
       let t = now();
-      const grams = await captureGrams(pruned, [unit], calib, { batch: opts.batch, target: mode === 'asymmetric' ? model : undefined });
+      const grams = await captureGrams(pruned, [unit], calib, { batch: opts.batch, backend, threads: opts.threads, stats: statsFor(method), target: mode === 'asymmetric' ? model : undefined });
       tCapture += now() - t;
       const plan = choose(unit, grams.get(id)!, pruned);
       reports[reports.length - 1].seconds = now() - t; // capture + selection of this unit
@@ -111,13 +139,13 @@ export async function prune(model: Model, calib: NpyFile, opts: PruneOptions): P
   }
 
   const t2 = now();
-  const fidelity = await evaluate(pruned, calib, { reference: model, batch: opts.batch, onBatch: (d, n) => progress('verify', d, n) });
+  const fidelity = await evaluate(pruned, calib, { reference: model, batch: opts.batch, backend, onBatch: (d, n) => progress('verify', d, n) });
   const after = modelStats(pruned, inputShape);
   const t3 = now();
   return {
     model: pruned,
     report: {
-      mode, refit, calibration: { path: calib.path, samples: calib.rows },
+      mode, refit, method, allocation, backend, calibration: { path: calib.path, samples: calib.rows },
       units: reports, refused,
       params: { before: before.params, after: after.params },
       flops: { before: before.flops, after: after.flops },

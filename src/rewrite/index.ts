@@ -16,6 +16,7 @@ import {
 } from '../onnx/index.js';
 import type { ParamSlice } from '../graph/ops.js';
 import { constantTensors } from '../graph/shapes.js';
+import { normalizeGraph } from '../graph/analyze.js';
 import type { Unit } from '../graph/types.js';
 
 export interface PrunePlan {
@@ -97,6 +98,7 @@ export function pruneUnits(model: Model, plans: PrunePlan[]): Model {
   const out = clone(ModelProtoSchema, model);
   const graph = out.graph;
   if (!graph) throw badInput('the model has no graph.');
+  normalizeGraph(graph); // a no-op if `model` went through analyze; otherwise the same form the units were found in
   const consts = constantTensors(graph);
   const work = new Map<string, Work>();
   const get = (name: string, unit: Unit): Work => {

@@ -1,6 +1,8 @@
 import type { Kernels } from '../kernels/types.js';
-import { wasmKernels } from '../kernels/wasm.js';
-import { plainKernels } from '../kernels/plain.js';
+import { getKernels } from '../kernels/instances.js';
+import { gemm } from '../kernels/ops.js';
+import { badInput } from '../errors.js';
+import { fmtBytes } from '../kernels/memory.js';
 
 /**
  * One layer's selection problem in Gram space (DESIGN.md). d = n·g columns of the consumer input B, channel c owning
@@ -26,6 +28,8 @@ export interface LayerProblem {
 export interface SelectOptions {
   /** The kernels: SIMD WebAssembly (default) or plain TypeScript. */
   kernels?: 'wasm' | 'plain';
+  /** Threads for the wasm kernels (default: all cores). Results are the same for any count. */
+  threads?: number;
   /** A column whose residual falls to tol × its original norm² is taken as dependent (gain 0). */
   tol?: number;
   /**
@@ -60,8 +64,10 @@ export const DEFAULT_TOL = 1e-9;
 
 const now = () => performance.now() / 1000;
 
-export function kernelsFor(kind: 'wasm' | 'plain' = 'wasm'): Kernels {
-  return kind === 'plain' ? plainKernels() : wasmKernels();
+/** Bytes of kernel memory a selection needs (d columns, m outputs, group size g, k channels). */
+export function selectionBytes(d: number, m: number, g: number, k: number): number {
+  const t = Math.max(1, k * g), n = d / g;
+  return 8 * (d * d + d * m + n * g * g + 6 * d + m + n + d * t + t * t + t * m) + 4 * (n + d) + 8 * (d * m + d * d) + (1 << 20);
 }
 
 /** Greedy selection of k channels (the paper's Algorithm 1 in Gram space: a pivoted Cholesky of G carrying Q = C W). */
@@ -76,7 +82,21 @@ export function selectChannels(pr: LayerProblem, k: number, opts: SelectOptions 
   if (pr.G.length !== d * d || pr.W.length !== d * m || (pr.C && pr.C.length !== d * d) || (pr.H && pr.H.length !== d * d)) {
     throw new RangeError(`layer problem sizes do not match d = ${d}, m = ${m}`);
   }
-  const K = kernelsFor(opts.kernels), A = K.arena;
+  const need = selectionBytes(d, m, g, k);
+  if (need > 2 ** 32 - (64 << 20)) {
+    throw badInput(`this layer (d = ${d}, m = ${m}, k = ${k} channels) needs ${fmtBytes(need)} of kernel memory; WebAssembly allows 4 GiB. Prune it with fewer calibration columns or skip it in the budget.`);
+  }
+  const K = getKernels(opts.kernels, opts.threads), mark = K.arena.mark();
+  try {
+    return greedy(K, pr, k, opts);
+  } finally {
+    K.arena.release(mark); // results are copied out; the re-fit allocates its own
+  }
+}
+
+function greedy(K: Kernels, pr: LayerProblem, k: number, opts: SelectOptions): Selection {
+  const { d, m, g } = pr, n = d / g, tol = opts.tol ?? DEFAULT_TOL;
+  const A = K.arena;
   const t0 = now();
   const gg = g * g, tmax = Math.max(1, k * g);
 
@@ -85,26 +105,26 @@ export function selectChannels(pr: LayerProblem, k: number, opts: SelectOptions 
     G: A.alloc(d * d * 8), Q: A.alloc(d * m * 8), E: A.alloc(n * gg * 8), diag0: A.alloc(d * 8),
     gains: A.alloc(n * 8), u: A.alloc(d * 8), q: A.alloc(m * 8), gcol: A.alloc(d * 8),
     L: A.alloc(d * tmax * 8), Lp: A.alloc(tmax * tmax * 8), Z: A.alloc(tmax * m * 8),
-    chan: A.alloc(n * 4), orig: A.alloc(d * 4), S: A.alloc((3 * gg + g) * 8),
+    chan: A.alloc(n * 4), orig: A.alloc(d * 4), S: A.alloc((3 * gg + g) * 8 * K.threads),
   };
   const top = A.mark();
-  const Wp = A.alloc(d * m * 8), P = A.alloc(K.gemmPackDoubles(m) * 8);
+  const Wp = A.alloc(d * m * 8), P = A.alloc(K.gemmPackDoubles(m) * 8), tmp = A.alloc(128 * K.threads);
   A.f64(p.G, d * d).set(pr.G);
   A.f64(Wp, d * m).set(pr.W);
   let norm2: number;
   if (pr.C) {
     const Cp = A.alloc(d * d * 8);
     A.f64(Cp, d * d).set(pr.C);
-    K.gemm(Cp, Wp, p.Q, d, d, m, P);
+    gemm(K, Cp, Wp, p.Q, d, d, m, P, tmp);
     if (pr.targetNorm2 !== undefined) norm2 = pr.targetNorm2;
     else if (pr.H) {
       A.f64(Cp, d * d).set(pr.H);
       const HW = A.alloc(d * m * 8);
-      K.gemm(Cp, Wp, HW, d, d, m, P);
+      gemm(K, Cp, Wp, HW, d, d, m, P, tmp);
       norm2 = frobDot(A.f64(Wp, d * m), A.f64(HW, d * m));
     } else throw new Error('the asymmetric objective needs H = AᵀA or targetNorm2 = ‖AW‖²');
   } else {
-    K.gemm(p.G, Wp, p.Q, d, d, m, P);
+    gemm(K, p.G, Wp, p.Q, d, d, m, P, tmp);
     norm2 = pr.targetNorm2 ?? frobDot(A.f64(Wp, d * m), A.f64(p.Q, d * m));
   }
   A.release(top);
@@ -122,7 +142,10 @@ export function selectChannels(pr: LayerProblem, k: number, opts: SelectOptions 
       for (let b = 0; b < g; b++) E[c * gg + a * g + b] = G[i * d + c * g + b];
     }
   }
-  K.groupGains(p.Q, m, p.E, p.diag0, n, g, tol, p.gains, p.S);
+  const SS = (3 * gg + g) * 8; // groupGains scratch per thread
+  const groupGains = (nblk: number) =>
+    K.par('groupGains', [p.Q, m, p.E, p.diag0, 0, nblk, g, tol, p.gains, p.S], 4, { scratch: [9, SS], work: nblk * g * g * m });
+  groupGains(n);
   const t1 = now();
 
   const order: number[] = [], objective: number[] = [], pivots: number[] = [], tAfter: number[] = [];
@@ -155,21 +178,21 @@ export function selectChannels(pr: LayerProblem, k: number, opts: SelectOptions 
       if (!(ej > tol * diag0[pos] && ej > 0)) continue; // in the span already chosen: adds nothing
       const s = Math.sqrt(ej);
       K.gather(p.G, d, orig[pos], p.orig, base + g, p.gcol);
-      K.extend(p.L, tmax, t, base + g, pos, p.gcol, 1 / s, p.u);
+      K.par('extend', [p.L, tmax, t, 0, base + g, pos, p.gcol, 1 / s, p.u], 3, { work: (base + g) * t });
       L[pos * tmax + t] = s;
       Lp.set(L.subarray(pos * tmax, pos * tmax + t + 1), t * tmax);
       for (let j = 0; j < m; j++) q[j] = Q[pos * m + j] / s;
       Z.set(q, t * m);
       F += dotSelf(q);
-      if (g === 1) K.updateScan(p.Q, m, p.u, p.q, base, p.E, p.diag0, tol, p.gains);
+      if (g === 1) K.par('updateScan', [p.Q, m, p.u, p.q, 0, base, p.E, p.diag0, tol, p.gains], 4, { work: base * m });
       else {
-        K.updateRows(p.Q, m, p.u, p.q, base + g);
-        K.downdateBlocks(p.E, p.u, last + 1, g);
+        K.par('updateRows', [p.Q, m, p.u, p.q, 0, base + g], 4, { work: (base + g) * m });
+        K.par('downdateBlocks', [p.E, p.u, 0, last + 1, g], 2, { work: (last + 1) * g * g });
       }
       pivots.push(orig[pos]);
       t++;
     }
-    if (g > 1) K.groupGains(p.Q, m, p.E, p.diag0, nrem, g, tol, p.gains, p.S);
+    if (g > 1) groupGains(nrem);
     order.push(chan[last]);
     objective.push(norm2 > 0 ? Math.min(1, F / norm2) : 1);
     tAfter.push(t);
@@ -188,12 +211,13 @@ export function selectChannels(pr: LayerProblem, k: number, opts: SelectOptions 
   function refit(prefix: number): Refit {
     if (!Number.isInteger(prefix) || prefix < 0 || prefix > order.length) throw new RangeError(`refit: prefix ${prefix} is not in 0..${order.length}`);
     const tp = prefix ? tAfter[prefix - 1] : 0;
-    const R = kernelsFor(opts.kernels);
+    const R = getKernels(opts.kernels, opts.threads), mark = R.arena.mark();
     const Lr = R.arena.alloc(Math.max(1, tp * tmax) * 8), X = R.arena.alloc(Math.max(1, tp * m) * 8);
     R.arena.f64(Lr, tp * tmax).set(LpOut.subarray(0, tp * tmax));
     R.arena.f64(X, tp * m).set(ZOut.subarray(0, tp * m));
-    R.solveUpperT(Lr, tmax, tp, X, m);
-    const sol = R.arena.f64(X, tp * m);
+    R.par('solveUpperT', [Lr, tmax, tp, X, m, 0, m], 5, { align: 64, work: tp * tp * m });
+    const sol = R.arena.f64(X, tp * m).slice();
+    R.arena.release(mark);
     const keep = order.slice(0, prefix).sort((x, y) => x - y);
     const rowOf = new Map<number, number>();
     for (let τ = 0; τ < tp; τ++) rowOf.set(pivots[τ], τ);

@@ -1,0 +1,423 @@
+#!/usr/bin/python3
+"""Train the subprune test models on Fashion-MNIST and export them to ONNX.
+
+Development tool only: the subprune product never needs Python or torch.
+
+Usage (from the repository root):
+    /usr/bin/python3 models/train.py                 # data + all three models
+    /usr/bin/python3 models/train.py lenet           # data + one model
+    /usr/bin/python3 models/train.py data            # only calib.npy / test.npy / test-labels.npy
+    /usr/bin/python3 models/train.py --bench vgg     # time a few training steps, write nothing
+
+Needs Debian packages python3-torch, python3-onnx, python3-numpy, dataset-fashion-mnist.
+Reads the IDX files from /usr/share/datasets/fashion-mnist (override with FASHION_MNIST_DIR).
+Everything is seeded and torch runs with deterministic algorithms, single process, CPU.
+"""
+import argparse
+import collections
+import gzip
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA_DIR = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
+MEAN, STD = 0.2860, 0.3530
+SEED = 0
+N_CALIB = 512
+N_TEST_BUNDLED = 2000
+OPSET = 13
+
+# Per-model training recipe. Same seed for everything; see README.md.
+RECIPES = {
+    "lenet":    dict(epochs=10, opt="adam", lr=3e-3, weight_decay=0.0, batch=128),
+    "vgg":      dict(epochs=6,  opt="adam", lr=2e-3, weight_decay=0.0, batch=128),
+    "resnet20": dict(epochs=8,  opt="adam", lr=2e-3, weight_decay=0.0, batch=128),
+}
+
+
+# ----------------------------------------------------------------------------- data
+
+def _open(name):
+    path = os.path.join(DATA_DIR, name)
+    if os.path.exists(path):
+        return open(path, "rb")
+    if os.path.exists(path + ".gz"):
+        return gzip.open(path + ".gz", "rb")
+    raise FileNotFoundError(path + "[.gz]")
+
+
+def read_idx(name):
+    """Minimal IDX reader (unsigned byte data only, as used by (Fashion-)MNIST)."""
+    with _open(name) as f:
+        raw = f.read()
+    if raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{name}: not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{name}: size mismatch")
+    return data.reshape(dims)
+
+
+def normalise(u8):
+    """uint8 [N,28,28] -> float32 [N,1,28,28]: x/255, then (x - MEAN) / STD (in float32)."""
+    x = u8.astype(np.float32) / np.float32(255.0)
+    x = (x - np.float32(MEAN)) / np.float32(STD)
+    return np.ascontiguousarray(x[:, None, :, :], dtype=np.float32)
+
+
+def load_data():
+    xtr = normalise(read_idx("train-images-idx3-ubyte"))
+    ytr = read_idx("train-labels-idx1-ubyte").astype(np.int64)
+    xte = normalise(read_idx("t10k-images-idx3-ubyte"))
+    yte = read_idx("t10k-labels-idx1-ubyte").astype(np.int64)
+    assert xtr.shape == (60000, 1, 28, 28) and xte.shape == (10000, 1, 28, 28)
+    return xtr, ytr, xte, yte
+
+
+def calib_indices():
+    rng = np.random.RandomState(SEED)
+    return np.sort(rng.choice(60000, size=N_CALIB, replace=False))
+
+
+def write_npy(name, arr):
+    path = os.path.join(HERE, name)
+    arr = np.ascontiguousarray(arr)
+    assert arr.dtype.byteorder in ("<", "=", "|") and sys.byteorder == "little"
+    with open(path + ".tmp", "wb") as f:
+        np.lib.format.write_array(f, arr, version=(1, 0), allow_pickle=False)
+    os.replace(path + ".tmp", path)
+    print(f"wrote {path} {arr.dtype} {arr.shape}")
+
+
+def write_data(xtr, xte, yte):
+    idx = calib_indices()
+    write_npy("calib.npy", xtr[idx].astype(np.float32))
+    write_npy("test.npy", xte[:N_TEST_BUNDLED].astype(np.float32))
+    write_npy("test-labels.npy", yte[:N_TEST_BUNDLED].astype(np.int64))
+    np.savetxt(os.path.join(HERE, "calib-indices.txt"), idx, fmt="%d")
+
+
+# ----------------------------------------------------------------------------- models
+
+class LeNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3)
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(6, 16, 3)
+        self.pool2 = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = self.pool1(F.relu(self.conv1(x)))   # 6x26x26 -> 6x13x13
+        x = self.pool2(F.relu(self.conv2(x)))   # 16x11x11 -> 16x5x5
+        x = self.flatten(x)                      # 400
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+VGG_CFG = [32, 32, "M", 64, 64, "M", 128, 128, "M", 256, 256]
+
+
+class VGG(nn.Module):
+    """conv3x3(pad 1, no bias)+BN+ReLU blocks, 28->14->7->3, global average pool, fc 256->10."""
+
+    def __init__(self, cfg=VGG_CFG):
+        super().__init__()
+        layers, c = [], 1
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)       # exports as GlobalAveragePool
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Linear(c, 10)
+
+    def forward(self, x):
+        return self.classifier(self.flatten(self.pool(self.features(x))))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:   # option B: 1x1 conv + BN projection
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """CIFAR ResNet-20 (3 stages x 3 basic blocks, 16/32/64 channels), 1 input channel, 28x28 -> 14 -> 7."""
+
+    def __init__(self, n=3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        blocks, c = [], 16
+        for stage, width in enumerate([16, 32, 64]):
+            for i in range(n):
+                stride = 2 if (stage > 0 and i == 0) else 1
+                blocks.append(BasicBlock(c, width, stride))
+                c = width
+        self.layer1 = nn.Sequential(*blocks[0:n])
+        self.layer2 = nn.Sequential(*blocks[n:2 * n])
+        self.layer3 = nn.Sequential(*blocks[2 * n:3 * n])
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.flatten(self.pool(x)))
+
+
+MODELS = {"lenet": LeNet, "vgg": VGG, "resnet20": ResNet20}
+
+
+# ----------------------------------------------------------------------------- train / eval
+
+def seed_all(seed=SEED):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+@torch.no_grad()
+def predict(model, x, batch=1000):
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch):
+        out.append(model(torch.from_numpy(x[i:i + batch])))
+    return torch.cat(out).numpy()
+
+
+def accuracy(logits, y):
+    return float((logits.argmax(1) == y).mean())
+
+
+def make_model(name):
+    seed_all()
+    return MODELS[name]()
+
+
+def train(name, xtr, ytr, xte, yte, bench=False):
+    r = RECIPES[name]
+    model = make_model(name)
+    nparams = sum(p.numel() for p in model.parameters())
+    print(f"[{name}] params {nparams}  recipe {r}", flush=True)
+    if r["opt"] == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=0.9, weight_decay=r["weight_decay"], nesterov=True)
+    steps_per_epoch = (len(xtr) + r["batch"] - 1) // r["batch"]
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r["lr"], epochs=r["epochs"],
+                                                steps_per_epoch=steps_per_epoch)
+    gen = torch.Generator().manual_seed(SEED)
+    xt, yt = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    t0 = time.time()
+    for epoch in range(r["epochs"]):
+        model.train()
+        perm = torch.randperm(len(xt), generator=gen)
+        tot, n = 0.0, 0
+        for s in range(steps_per_epoch):
+            idx = perm[s * r["batch"]:(s + 1) * r["batch"]]
+            loss = F.cross_entropy(model(xt[idx]), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += float(loss) * len(idx)
+            n += len(idx)
+            if bench and s == 20:
+                dt = (time.time() - t0) / 21
+                print(f"[{name}] {dt*1000:.0f} ms/step -> {dt*steps_per_epoch/60:.1f} min/epoch", flush=True)
+                return None
+        acc = accuracy(predict(model, xte), yte)
+        print(f"[{name}] epoch {epoch+1}/{r['epochs']} loss {tot/n:.4f} test acc {acc:.4f} "
+              f"({time.time()-t0:.0f}s)", flush=True)
+    model.eval()
+    return model, nparams, time.time() - t0
+
+
+# ----------------------------------------------------------------------------- export / verify
+
+def export(model, name):
+    path = os.path.join(HERE, name + ".onnx")
+    model.eval()
+    dummy = torch.zeros(1, 1, 28, 28)
+    torch.onnx.export(
+        model, dummy, path + ".tmp",
+        export_params=True, opset_version=OPSET, do_constant_folding=True,
+        training=torch.onnx.TrainingMode.EVAL,
+        input_names=["input"], output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def graph_summary(path):
+    import onnx
+    m = onnx.load(path)
+    onnx.checker.check_model(m, full_check=True)
+    ops = collections.Counter(n.op_type for n in m.graph.node)
+    nodes = [(n.name, n.op_type) for n in m.graph.node]
+    return m, dict(sorted(ops.items())), nodes
+
+
+# A tiny numpy interpreter for the ops these graphs use, so the exported ONNX
+# can be checked against torch without onnxruntime (not packaged in Debian 12).
+def _np_run(model, x):
+    from onnx import numpy_helper
+    env = {t.name: numpy_helper.to_array(t).astype(np.float32) if t.data_type == 1 else numpy_helper.to_array(t)
+           for t in model.graph.initializer}
+    env[model.graph.input[0].name] = x.astype(np.float64)
+
+    def attrs(n):
+        import onnx
+        return {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+
+    def conv(x, w, b, a):
+        w = w.astype(np.float64)
+        st = a.get("strides", [1, 1]); pd = a.get("pads", [0, 0, 0, 0]); dl = a.get("dilations", [1, 1])
+        assert a.get("group", 1) == 1 and dl == [1, 1]
+        x = np.pad(x, ((0, 0), (0, 0), (pd[0], pd[2]), (pd[1], pd[3])))
+        N, C, H, W = x.shape; M, _, kh, kw = w.shape
+        oh = (H - kh) // st[0] + 1; ow = (W - kw) // st[1] + 1
+        y = np.zeros((N, M, oh, ow))
+        for i in range(kh):
+            for j in range(kw):
+                patch = x[:, :, i:i + st[0] * oh:st[0], j:j + st[1] * ow:st[1]]
+                y += np.einsum("nchw,mc->nmhw", patch, w[:, :, i, j])
+        if b is not None:
+            y += b.astype(np.float64)[None, :, None, None]
+        return y
+
+    for n in model.graph.node:
+        a = attrs(n)
+        ins = [env[i] if i else None for i in n.input]
+        op = n.op_type
+        if op == "Conv":
+            y = conv(ins[0], ins[1], ins[2] if len(ins) > 2 else None, a)
+        elif op == "BatchNormalization":
+            x, s, b, m, v = [t.astype(np.float64) for t in ins]
+            sh = (1, -1, 1, 1)
+            y = (x - m.reshape(sh)) / np.sqrt(v.reshape(sh) + a.get("epsilon", 1e-5)) * s.reshape(sh) + b.reshape(sh)
+        elif op == "Relu":
+            y = np.maximum(ins[0], 0)
+        elif op == "Add":
+            y = ins[0] + ins[1]
+        elif op == "MaxPool":
+            k = a["kernel_shape"]; st = a.get("strides", k)
+            assert k == [2, 2] and st == [2, 2] and not any(a.get("pads", [0]))
+            x = ins[0]; N, C, H, W = x.shape; h, w = H // 2, W // 2
+            y = x[:, :, :2 * h, :2 * w].reshape(N, C, h, 2, w, 2).max(axis=(3, 5))
+        elif op == "GlobalAveragePool":
+            y = ins[0].mean(axis=(2, 3), keepdims=True)
+        elif op == "Flatten":
+            ax = a.get("axis", 1); x = ins[0]
+            y = x.reshape(int(np.prod(x.shape[:ax])), -1)
+        elif op == "Reshape":
+            y = ins[0].reshape([d if d != 0 else ins[0].shape[i] for i, d in enumerate(ins[1])])
+        elif op == "Gemm":
+            A, B = ins[0], ins[1].astype(np.float64)
+            if a.get("transA", 0): A = A.T
+            if a.get("transB", 0): B = B.T
+            y = a.get("alpha", 1.0) * (A @ B)
+            if len(ins) > 2 and ins[2] is not None:
+                y = y + a.get("beta", 1.0) * ins[2].astype(np.float64)
+        else:
+            raise NotImplementedError(op)
+        env[n.output[0]] = y
+    return env[model.graph.output[0].name]
+
+
+def verify(model_onnx, torch_model, x):
+    ref = predict(torch_model, x).astype(np.float64)
+    got = _np_run(model_onnx, x)
+    return float(np.abs(got - ref).max()), bool((got.argmax(1) == ref.argmax(1)).all())
+
+
+# ----------------------------------------------------------------------------- main
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("which", nargs="*", default=["all"], help="lenet | vgg | resnet20 | data | all")
+    ap.add_argument("--bench", action="store_true", help="time a few training steps only")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    which = list(MODELS) if "all" in args.which else args.which
+    for w in which:
+        if w not in MODELS and w != "data":
+            ap.error(f"unknown target {w}")
+
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    seed_all()
+
+    xtr, ytr, xte, yte = load_data()
+    if not args.bench:
+        write_data(xtr, xte, yte)
+
+    info_path = os.path.join(HERE, "train-results.json")
+    results = {}
+    if os.path.exists(info_path) and not args.bench:
+        with open(info_path) as f:
+            results = json.load(f)
+
+    for name in which:
+        if name == "data":
+            continue
+        out = train(name, xtr, ytr, xte, yte, bench=args.bench)
+        if out is None:
+            continue
+        model, nparams, secs = out
+        acc10k = accuracy(predict(model, xte), yte)
+        acc2k = accuracy(predict(model, xte[:N_TEST_BUNDLED]), yte[:N_TEST_BUNDLED])
+        path = export(model, name)
+        m, ops, nodes = graph_summary(path)
+        maxdiff, same = verify(m, model, xte[:N_TEST_BUNDLED])
+        res = dict(
+            command=f"/usr/bin/python3 models/train.py {name}",
+            seed=SEED, **RECIPES[name], schedule="OneCycleLR (cosine), max_lr = lr",
+            params=nparams, train_seconds=round(secs),
+            test_acc_10k=acc10k, test_acc_2k=acc2k,
+            onnx_bytes=os.path.getsize(path), opset=OPSET, ops=ops,
+            conv_gemm_nodes=[nm for nm, op in nodes if op in ("Conv", "Gemm", "MatMul")],
+            onnx_vs_torch_max_abs_diff_2k=maxdiff, onnx_vs_torch_argmax_equal_2k=same,
+            torch=torch.__version__, onnx=__import__("onnx").__version__, numpy=np.__version__,
+        )
+        results[name] = res
+        print(json.dumps({name: res}, indent=1), flush=True)
+        with open(info_path + ".tmp", "w") as f:
+            json.dump(results, f, indent=1, sort_keys=True)
+        os.replace(info_path + ".tmp", info_path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+// Per-unit channel counts that meet a size goal, from per-unit curves: the paper's per-layer selection (a common
+// accuracy level across units, from each unit pruned alone) and a whole-network greedy (normalised objective gains).
+import { badInput } from '../errors.js';
+import type { SizeOf } from './index.js';
+
+/** A unit as the allocations see it. */
+export interface AllocUnit { id: string; channels: number }
+
+/** Quality of the model with only this unit pruned to ks[i] channels (ks ascending, from 1 to the unit's channels). */
+export interface Curve { ks: number[]; values: number[] }
+
+/**
+ * The channel counts a unit is measured at: k = round(f·n) for the fractions f = step, 2·step, …, 1, with k = 1 always
+ * included (the fewest a unit can keep, so the lowest level is every unit at one channel).
+ */
+export function gridKeeps(n: number, step = 0.01): number[] {
+  const ks = new Set([1]);
+  for (let i = 1; i * step <= 1 + 1e-9; i++) ks.add(Math.min(n, Math.max(1, Math.round(i * step * n))));
+  ks.add(n);
+  return [...ks].sort((a, b) => a - b);
+}
+
+/** Running maximum over growing k, capped at the value with every channel kept (more channels never hurt, by fiat). */
+export function monotone(values: readonly number[]): number[] {
+  const cap = values[values.length - 1]!;
+  let best = -Infinity;
+  return values.map((v) => Math.min(cap, (best = Math.max(best, v))));
+}
+
+const keepsOf = (units: AllocUnit[], k: (u: AllocUnit) => number) => new Map(units.map((u) => [u.id, k(u)]));
+
+function checkReachable(units: AllocUnit[], sizeOf: SizeOf, goal: number): void {
+  const least = sizeOf(keepsOf(units, () => 1));
+  if (least > goal) throw badInput(`the size goal ${goal} is out of reach: one channel per unit leaves ${least}; the rest is in layers subprune cannot prune (see subprune inspect)`);
+}
+
+/**
+ * The paper's per-layer budgets: the highest common level τ such that keeping, in every unit, the fewest channels whose
+ * (monotone) curve reaches τ meets the goal; then the leftover budget goes, one channel at a time, to the units with
+ * the largest kept fractions that can still grow within the goal.
+ */
+export function allocateByLevel(units: AllocUnit[], curves: Map<string, Curve>, sizeOf: SizeOf, goal: number): Map<string, number> {
+  checkReachable(units, sizeOf, goal);
+  const mono = new Map(units.map((u) => {
+    const c = curves.get(u.id);
+    if (!c || c.ks[0] !== 1 || c.ks[c.ks.length - 1] !== u.channels || c.ks.length !== c.values.length) throw new Error(`curve of ${u.id} must cover k = 1 … ${u.channels}`);
+    return [u.id, { ks: c.ks, values: monotone(c.values) }];
+  }));
+  const at = (tau: number) => keepsOf(units, (u) => {
+    const c = mono.get(u.id)!, i = c.values.findIndex((v) => v >= tau);
+    return i < 0 ? u.channels : c.ks[i]!;
+  });
+  // The feasible levels form a prefix of the sorted candidates (size grows with τ); the lowest one is all-ones.
+  const levels = [...new Set([...mono.values()].flatMap((c) => c.values))].sort((a, b) => a - b);
+  let lo = 0, hi = levels.length; // levels[lo] feasible; levels[hi] (if any) not
+  while (hi - lo > 1) {
+    const mid = (lo + hi) >> 1;
+    if (sizeOf(at(levels[mid]!)) <= goal) lo = mid; else hi = mid;
+  }
+  return spendLeftover(units, at(levels[lo]!), sizeOf, goal);
+}
+
+/** Adds channels, largest kept fraction first, while the goal still holds. */
+export function spendLeftover(units: AllocUnit[], keeps: Map<string, number>, sizeOf: SizeOf, goal: number): Map<string, number> {
+  const out = new Map(keeps);
+  for (;;) {
+    const grow = units.filter((u) => out.get(u.id)! < u.channels)
+      .sort((a, b) => out.get(b.id)! / b.channels - out.get(a.id)! / a.channels)
+      .find((u) => sizeOf(new Map(out).set(u.id, out.get(u.id)! + 1)) <= goal);
+    if (!grow) return out;
+    out.set(grow.id, out.get(grow.id)! + 1);
+  }
+}
+
+/**
+ * The whole-network greedy: objective[u][i] is unit u's normalised objective (1 − relative error of its consumer's input)
+ * with its first i+1 greedy channels. Starting from one channel per unit, add the channel with the largest objective
+ * gain over all units while the goal holds. Units are selected independently (layerwise), so this is the greedy on
+ * Σ_u F_u(S_u)/‖A_u W_u‖² over the union of all channels.
+ */
+export function allocateGlobal(units: AllocUnit[], objectives: Map<string, number[]>, sizeOf: SizeOf, goal: number): Map<string, number> {
+  checkReachable(units, sizeOf, goal);
+  const keeps = keepsOf(units, () => 1);
+  const active = new Set(units.filter((u) => u.channels > 1));
+  const gain = (u: AllocUnit) => { const o = objectives.get(u.id)!, k = keeps.get(u.id)!; return o[k]! - o[k - 1]!; };
+  while (active.size) {
+    let best: AllocUnit | undefined;
+    for (const u of active) if (!best || gain(u) > gain(best)) best = u;
+    const k = keeps.get(best!.id)! + 1;
+    if (sizeOf(new Map(keeps).set(best!.id, k)) > goal) { active.delete(best!); continue; } // grows only costlier
+    keeps.set(best!.id, k);
+    if (k === best!.channels) active.delete(best!);
+  }
+  return keeps;
+}

@@ -1,0 +1,23 @@
+import type { Kernels } from './types.js';
+import { wasmKernels } from './wasm.js';
+import { plainKernels } from './plain.js';
+
+/** All cores, where the platform says how many (in a browser: 1, as the thread pool needs Node's worker_threads). */
+export function defaultThreads(): number {
+  const os = globalThis.process?.getBuiltinModule?.('node:os') as typeof import('node:os') | undefined;
+  return os?.availableParallelism?.() ?? 1;
+}
+
+const cache = new Map<string, Kernels>();
+
+/**
+ * The kernel set for a kind and thread count, made once per process (worker threads start once). Users allocate
+ * from its arena between mark() and release(mark).
+ */
+export function getKernels(kind: 'wasm' | 'plain' = 'wasm', threads = defaultThreads()): Kernels {
+  const n = kind === 'plain' ? 1 : Math.max(1, Math.floor(threads));
+  const key = `${kind}:${n}`;
+  let k = cache.get(key);
+  if (!k) cache.set(key, (k = kind === 'plain' ? plainKernels() : wasmKernels(n)));
+  return k;
+}

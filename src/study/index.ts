@@ -1,0 +1,156 @@
+// The paper's study: every method × re-fit × mode × allocation at several compressions, test accuracy without
+// fine-tuning. Work is shared where the math allows: one capture of the original model serves every layerwise run,
+// one nested ranking per unit and method serves every compression, one set of curves per method and re-fit serves
+// every compression's sensitivity allocation. Sequential and asymmetric runs depend on the budget, so each is a
+// separate prune (with the budget the layerwise greedy's allocation chose).
+import type { Model } from '../onnx/index.js';
+import type { NpyFile } from '../npy.js';
+import { analyze, modelStats } from '../graph/analyze.js';
+import { pruneUnits } from '../rewrite/index.js';
+import { evaluate } from '../eval/index.js';
+import { verifyTargets, type VerifySet } from '../eval/alone.js';
+import { resolveBudget } from '../budget/index.js';
+import { sizeModel, type Target } from '../budget/size.js';
+import type { Curve } from '../budget/allocate.js';
+import { prune, type Mode } from '../prune/index.js';
+import { allocateRanked, captureOriginal, planOf, rankUnit, sensitivityCurves, type Allocation, type Ranked, type RunOptions } from '../prune/allocation.js';
+import type { Method } from '../select/baselines.js';
+
+export interface StudyConfig { method: Method; mode: Mode; refit: boolean; allocation: Allocation; seed: number }
+
+export interface StudyRow extends StudyConfig {
+  compression: number;
+  /** Test accuracy of the pruned model, no fine-tuning. */
+  accuracy: number;
+  params: number;
+  flops: number;
+  /**
+   * What `subprune prune` with this configuration spends (capture, ranking, allocation with its measurements,
+   * rewrite; not the test evaluation). Work the study shares between rows is counted in each row that uses it.
+   */
+  seconds: number;
+  keeps: Record<string, number>;
+}
+
+export interface StudyResult {
+  model: string;
+  target: Target;
+  compressions: number[];
+  calibration: { path: string; samples: number };
+  verify: { path: string; samples: number; measure: 'accuracy' | 'agreement' };
+  test: { path: string; samples: number };
+  original: { accuracy: number; params: number; flops: number };
+  units: { id: string; channels: number }[];
+  rows: StudyRow[];
+  seconds: number;
+}
+
+export interface StudyOptions extends RunOptions {
+  /** Shown in the outputs. */
+  name: string;
+  calib: NpyFile;
+  test: { data: NpyFile; labels: ArrayLike<number> };
+  /** Default: the calibration inputs, measuring top-1 agreement with the original (label-free). */
+  verify?: VerifySet;
+  compressions: number[];
+  target?: Target;
+  methods?: readonly Method[];
+  /** Seeds of the random and sampling methods (default 3). */
+  seeds?: number;
+  modes?: readonly Mode[];
+  allocations?: readonly Allocation[];
+  refits?: readonly boolean[];
+  onProgress?: (done: number, total: number) => void;
+}
+
+const now = () => performance.now() / 1000;
+const stochastic = (m: Method) => m === 'random' || m === 'sampling';
+
+export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResult> {
+  const t0 = now();
+  const methods = o.methods ?? ['greedy', 'random', 'weight-norm', 'activation-norm', 'sampling'];
+  const modes = o.modes ?? ['layerwise', 'sequential', 'asymmetric'];
+  const allocations = o.allocations ?? ['uniform', 'sensitivity', 'global'];
+  const refits = o.refits ?? [true, false];
+  const seeds = o.seeds ?? 3, target = o.target ?? 'params';
+  const verify = o.verify ?? { data: o.calib };
+  const run: RunOptions = { batch: o.batch, backend: o.backend, kernels: o.kernels, threads: o.threads };
+  const inputShape = [1, ...o.calib.shape.slice(1)];
+  const { units } = analyze(model, inputShape);
+  const sizeOf = sizeModel(model, units, inputShape, target);
+  const full = sizeOf(new Map(units.map((u) => [u.id, u.channels])));
+  const stats = modelStats(model, inputShape);
+  const original = { accuracy: (await evaluate(model, o.test.data, { labels: o.test.labels, ...run })).accuracy!, params: stats.params, flops: stats.flops };
+
+  // Which runs: global needs the greedy's objective gains; modes other than layerwise are the greedy's.
+  const configs: StudyConfig[] = [];
+  for (const method of methods) for (let seed = 0; seed < (stochastic(method) ? seeds : 1); seed++) {
+    for (const refit of refits) for (const allocation of allocations) for (const mode of modes) {
+      if ((allocation === 'global' || mode !== 'layerwise') && method !== 'greedy') continue;
+      configs.push({ method, mode, refit, allocation, seed });
+    }
+  }
+  const needsCurves = new Set(configs.filter((c) => c.allocation === 'sensitivity' && c.mode === 'layerwise').map((c) => `${c.method}/${c.seed}/${c.refit}`));
+  const total = configs.length * o.compressions.length + needsCurves.size;
+  let done = 0;
+  const tick = () => o.onProgress?.(++done, total);
+
+  let t = now();
+  const grams = await captureOriginal(model, units, o.calib, methods, run);
+  const tCapture = now() - t;
+  const targets = await verifyTargets(model, verify, run);
+
+  const rows: StudyRow[] = [];
+  const ranked = new Map<string, { ranked: Ranked[]; seconds: number }>();
+  const curves = new Map<string, { curves: Map<string, Curve>; seconds: number }>();
+  const rankedFor = (method: Method, seed: number) => {
+    const key = `${method}/${seed}`;
+    if (!ranked.has(key)) {
+      const t1 = now();
+      ranked.set(key, { ranked: units.map((u) => rankUnit(model, u, grams.get(u.id)!, method, seed, run)), seconds: now() - t1 });
+    }
+    return ranked.get(key)!;
+  };
+  const curvesFor = async (method: Method, seed: number, refit: boolean) => {
+    const key = `${method}/${seed}/${refit}`;
+    if (!curves.has(key)) {
+      const t1 = now();
+      curves.set(key, { curves: await sensitivityCurves(model, rankedFor(method, seed).ranked, refit, verify, { ...run, targets }), seconds: now() - t1 });
+      tick();
+    }
+    return curves.get(key)!;
+  };
+
+  for (const cfg of configs) {
+    const { method, seed, refit, allocation, mode } = cfg;
+    const r = rankedFor(method, seed);
+    const cv = allocation === 'sensitivity' ? await curvesFor(method, seed, refit) : undefined;
+    for (const c of o.compressions) {
+      t = now();
+      const keeps = allocation === 'uniform' ? resolveBudget(units, { compression: c }, sizeOf) : allocateRanked(allocation, r.ranked, sizeOf, full / c, cv?.curves);
+      // what prune would spend before selecting: the capture, and for a per-unit allocation its ranking and curves
+      let seconds = (allocation === 'uniform' ? 0 : tCapture + r.seconds + (cv?.seconds ?? 0)) + now() - t;
+      let pruned: Model;
+      if (mode === 'layerwise') {
+        t = now();
+        pruned = pruneUnits(model, r.ranked.map((x) => planOf(x, keeps.get(x.unit.id)!, refit)));
+        seconds += now() - t + (allocation === 'uniform' ? tCapture + r.seconds : 0);
+      } else {
+        const res = await prune(model, o.calib, { ...run, mode, refit, method, seed, budget: { keep: Object.fromEntries(keeps) } });
+        pruned = res.model;
+        seconds += res.report.seconds.total - res.report.seconds.verify;
+      }
+      const s = modelStats(pruned, inputShape);
+      const accuracy = (await evaluate(pruned, o.test.data, { labels: o.test.labels, ...run })).accuracy!;
+      rows.push({ ...cfg, compression: c, accuracy, params: s.params, flops: s.flops, seconds, keeps: Object.fromEntries(keeps) });
+      tick();
+    }
+  }
+  return {
+    model: o.name, target, compressions: o.compressions,
+    calibration: { path: o.calib.path, samples: o.calib.rows },
+    verify: { path: verify.data.path, samples: verify.data.rows, measure: verify.labels ? 'accuracy' : 'agreement' },
+    test: { path: o.test.data.path, samples: o.test.data.rows },
+    original, units: units.map((u) => ({ id: u.id, channels: u.channels })), rows, seconds: now() - t0,
+  };
+}

@@ -1,0 +1,102 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { Server } from 'node:http';
+import { chromium, type BrowserContext } from 'playwright-core';
+import * as ort from 'onnxruntime-node';
+import { readModel, serializeModel, tensorDims } from '../src/onnx/index.js';
+import { openNpy } from '../src/npy.js';
+import { prune } from '../src/prune/index.js';
+// @ts-expect-error: a plain .mjs script, no types
+import { serve } from '../scripts/serve-web.mjs';
+
+// The browser page end to end, in headless Chromium (Debian's package; no browser download): build it, serve it on
+// localhost, pick the bundled LeNet and its calibration data, prune, download the model and the report, and check
+// them against onnxruntime-node and the node-backend pipeline. The finished page is saved as a screenshot.
+
+const CHROMIUM = '/usr/bin/chromium';
+const SCREENSHOT = resolve('test-output/web-page.png');
+
+let server: Server | undefined, url = '', context: BrowserContext | undefined, profile = '';
+
+beforeAll(async () => {
+  execFileSync(process.execPath, ['scripts/build-web.mjs'], { stdio: 'pipe' });
+  ({ server, url } = await serve('dist/web'));
+});
+
+afterAll(async () => {
+  await context?.close();
+  server?.close();
+  if (profile) rmSync(profile, { recursive: true, force: true });
+});
+
+describe('the browser page', () => {
+  it('prunes LeNet in a worker and downloads a model that runs in onnxruntime-node', async () => {
+    if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: this test needs Debian's chromium (apt-get install -y chromium; .ci/run installs it)`);
+    profile = mkdtempSync(join(tmpdir(), 'subprune-chromium-'));
+    context = await chromium.launchPersistentContext(profile, {
+      executablePath: CHROMIUM, headless: true, acceptDownloads: true, viewport: { width: 1100, height: 900 },
+      // the machine may have no network: nothing may try to reach it
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+        '--disable-component-update', '--disable-sync'],
+    });
+    const page = context.pages()[0] ?? await context.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (e) => errors.push(e.message));
+    page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
+
+    await page.goto(url);
+    await page.setInputFiles('#model', 'models/lenet.onnx');
+    await page.setInputFiles('#calib', 'models/calib.npy');
+    await expect.poll(() => page.textContent('#calib-info')).toMatch(/calib\.npy/);
+    await page.fill('#compression', '4');
+    await page.selectOption('#mode', 'asymmetric');
+    await page.selectOption('#method', 'refit');
+    await page.click('#run');
+    await page.waitForFunction(() => !document.querySelector<HTMLElement>('#result')!.hidden || document.querySelector('#error')!.textContent,
+      null, { timeout: 100_000 });
+    mkdirSync(resolve(SCREENSHOT, '..'), { recursive: true });
+    await page.screenshot({ path: SCREENSHOT, fullPage: true });
+    expect(await page.textContent('#error')).toBe('');
+    expect(errors).toEqual([]);
+    // the pipeline ran in the page's worker, not on the page's thread
+    expect(page.workers().map((w) => new URL(w.url()).pathname)).toEqual(['/worker.js']);
+
+    const save = async (link: string, name: string) => {
+      const [download] = await Promise.all([page.waitForEvent('download'), page.click(link)]);
+      const path = join(profile, name);
+      await download.saveAs(path);
+      expect(download.suggestedFilename()).toBe(name);
+      return path;
+    };
+    const modelPath = await save('#dl-model', 'lenet-c4.onnx');
+    const report = JSON.parse(readFileSync(await save('#dl-report', 'lenet-c4.json'), 'utf8'));
+
+    // the same pruning in this process with onnxruntime-node: same channels, same parameter count
+    const lenet = readModel('models/lenet.onnx'), calib = openNpy('models/calib.npy');
+    const node = await prune(lenet, calib, { budget: { compression: 4 }, mode: 'asymmetric', backend: 'node' });
+    expect(report.backend).toBe('web');
+    expect(report.units.map((u: { order: number[] }) => u.order)).toEqual(node.report.units.map((u) => u.order));
+    const rows = await page.$$eval('#units tbody tr', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+    expect(rows.map((r) => [r[0], Number(r[3])])).toEqual(node.report.units.map((u) => [u.id, u.kept]));
+
+    // the downloaded model: its parameters (every initializer) counted here, and it runs in onnxruntime-node
+    const pruned = readModel(modelPath);
+    const params = pruned.graph!.initializer.reduce((s, t) => s + tensorDims(t).reduce((a, b) => a * b, 1), 0);
+    expect(params).toBe(node.report.params.after);
+    expect(report.params.after).toBe(params);
+    expect(params).toBeLessThanOrEqual(report.params.before / 4);
+    const run = async (bytes: Uint8Array) => {
+      const s = await ort.InferenceSession.create(bytes);
+      const y = (await s.run({ [s.inputNames[0]]: new ort.Tensor('float32', calib.readF32(0, 256), [256, 1, 28, 28]) }))[s.outputNames[0]];
+      await s.release();
+      return y.data as Float32Array;
+    };
+    const got = await run(readFileSync(modelPath)), want = await run(serializeModel(node.model));
+    const err = Math.sqrt(got.reduce((s, v, i) => s + (v - want[i]) ** 2, 0) / want.reduce((s, v) => s + v * v, 0));
+    expect(err).toBeLessThan(1e-4);
+    calib.close();
+  });
+});
