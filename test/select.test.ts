@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { selectChannels, type LayerProblem } from '../src/select/greedy.js';
+import { selectChannels, selectionBytes, type LayerProblem } from '../src/select/greedy.js';
 import { GramAccumulator } from '../src/kernels/gram.js';
 import { getKernels } from '../src/kernels/instances.js';
 import { gramAccumulate } from '../src/kernels/ops.js';
@@ -231,5 +231,13 @@ describe('a given order (baselines) goes through the same factorisation', () => 
     order.forEach((_, s) => expect(Math.abs(sel.objective[s] - objective(c.B, T, order.slice(0, s + 1), 1))).toBeLessThan(1e-9));
     checkRefit(c, T, sel, 6);
     expect(() => selectChannels(problem(c), 3, { order: [1, 1, 2] })).toThrow(/distinct/);
+  });
+});
+
+describe('layer size limits', () => {
+  it('refuses a layer whose selection needs more than 4 GiB of kernel memory, before allocating', () => {
+    const tiny = new Float64Array(1);
+    expect(() => selectChannels({ d: 16384, m: 4096, g: 1, G: tiny, W: tiny }, 8192)).toThrow(/needs \d+\.\d+ GiB of kernel memory; WebAssembly allows 4 GiB/);
+    expect(selectionBytes(8192, 4096, 1, 4096)).toBeLessThan(2 ** 32 - (64 << 20)); // d = 8192 fits
   });
 });

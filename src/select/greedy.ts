@@ -79,12 +79,12 @@ export function selectChannels(pr: LayerProblem, k: number, opts: SelectOptions 
   if (opts.order && (opts.order.length < k || new Set(opts.order.slice(0, k)).size !== k || opts.order.some((c) => !Number.isInteger(c) || c < 0 || c >= n))) {
     throw new RangeError(`order must list at least k = ${k} distinct channels from 0 to ${n - 1}`);
   }
-  if (pr.G.length !== d * d || pr.W.length !== d * m || (pr.C && pr.C.length !== d * d) || (pr.H && pr.H.length !== d * d)) {
-    throw new RangeError(`layer problem sizes do not match d = ${d}, m = ${m}`);
-  }
   const need = selectionBytes(d, m, g, k);
   if (need > 2 ** 32 - (64 << 20)) {
-    throw badInput(`this layer (d = ${d}, m = ${m}, k = ${k} channels) needs ${fmtBytes(need)} of kernel memory; WebAssembly allows 4 GiB. Prune it with fewer calibration columns or skip it in the budget.`);
+    throw badInput(`this layer (d = ${d}, m = ${m}, k = ${k} channels) needs ${fmtBytes(need)} of kernel memory; WebAssembly allows 4 GiB. Keep fewer channels in it, or leave it out of the budget (prune --budget).`);
+  }
+  if (pr.G.length !== d * d || pr.W.length !== d * m || (pr.C && pr.C.length !== d * d) || (pr.H && pr.H.length !== d * d)) {
+    throw new RangeError(`layer problem sizes do not match d = ${d}, m = ${m}`);
   }
   const K = getKernels(opts.kernels, opts.threads), mark = K.arena.mark();
   try {
