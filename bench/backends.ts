@@ -1,51 +1,60 @@
-// npm run bench:backends [-- --repeat 5]: what onnxruntime-web's WebAssembly backend costs against onnxruntime-node.
-// `subprune prune` (compression 4) and `subprune eval` on every bundled model, each run in its own process; the two
-// backends alternate so that load from other work on the machine hits both alike. Medians over the repeats.
+// npm run bench:backends [-- --repeat 5 --modes layerwise,asymmetric --models lenet,vgg]: what onnxruntime-web's
+// WebAssembly backend costs against onnxruntime-node (default: every bundled model, layerwise). Cold: `subprune prune`
+// (compression 4) in a fresh process, wall time (loading the runtime and compiling included). Warm: prune() and
+// evaluate() repeated in this process, after one run not counted. The two backends alternate so that load from other
+// work on the machine hits both alike; medians over the repeats.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { readModel } from '../src/onnx/index.js';
+import { openNpy } from '../src/npy.js';
+import { prune, type Mode } from '../src/prune/index.js';
+import { evaluate } from '../src/eval/index.js';
+import type { Backend } from '../src/capture/index.js';
 
 const args = process.argv.slice(2);
-const repeat = Number(args[args.indexOf('--repeat') + 1] || 5);
-const models = ['lenet', 'vgg', 'resnet20'].filter((m) => existsSync(`models/${m}.onnx`));
-const backends = ['node', 'web'] as const;
+const flag = (name: string, dflt: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
+const repeat = Number(flag('--repeat', '5')), modes = flag('--modes', 'layerwise').split(',') as Mode[];
+const models = flag('--models', 'lenet,vgg,resnet20').split(',').filter((m) => existsSync(`models/${m}.onnx`));
+const backends: Backend[] = ['node', 'web'];
 const dir = mkdtempSync(join(tmpdir(), 'subprune-bench-'));
-
-function cli(argv: string[]): number {
-  const t = performance.now();
-  const r = spawnSync(process.execPath, ['bin/subprune.js', ...argv], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`subprune ${argv.join(' ')}: ${r.stderr}`);
-  return (performance.now() - t) / 1000;
-}
 
 const median = (v: number[]) => [...v].sort((a, b) => a - b)[v.length >> 1];
 const f = (s: number) => s.toFixed(2);
 
-console.log(`${cpus().length} × ${cpus()[0].model}, Node ${process.version}, load average ${loadavg().map((l) => l.toFixed(1)).join(' ')}; median of ${repeat}`);
-console.log('| model | command | node: wall s | node: capture + verify s | web: wall s | web: capture + verify s | web / node (capture + verify) |');
-console.log('|---|---|---|---|---|---|---|');
-for (const model of models) {
-  for (const mode of ['layerwise', 'asymmetric']) {
-    const wall = { node: [] as number[], web: [] as number[] }, ort = { node: [] as number[], web: [] as number[] };
-    for (let i = 0; i < repeat; i++) {
-      for (const b of backends) {
-        const rep = join(dir, `${b}.json`);
-        wall[b].push(cli(['prune', `models/${model}.onnx`, '--calib', 'models/calib.npy', '--compression', '4', '--mode', mode,
-          '-o', join(dir, `${b}.onnx`), '--report', rep, '--backend', b, '--quiet']));
-        const s = JSON.parse(readFileSync(rep, 'utf8')).seconds;
-        ort[b].push(s.capture + s.verify);
-      }
-    }
-    const [wn, on, ww, ow] = [median(wall.node), median(ort.node), median(wall.web), median(ort.web)];
-    console.log(`| ${model} | prune --mode ${mode} | ${f(wn)} | ${f(on)} | ${f(ww)} | ${f(ow)} | ${(ow / on).toFixed(1)}× |`);
-  }
-  const wall = { node: [] as number[], web: [] as number[] };
-  for (let i = 0; i < repeat; i++) {
+/** Median seconds of fn per backend, alternating backends, after one uncounted run of each. */
+async function timed(fn: (b: Backend) => Promise<unknown>): Promise<Record<Backend, number>> {
+  const t: Record<Backend, number[]> = { node: [], web: [] };
+  for (let i = 0; i <= repeat; i++) {
     for (const b of backends) {
-      wall[b].push(cli(['eval', `models/${model}.onnx`, '--data', 'models/test.npy', '--reference', `models/${model}.onnx`, '--backend', b, '--json']));
+      const t0 = performance.now();
+      await fn(b);
+      if (i > 0) t[b].push((performance.now() - t0) / 1000);
     }
   }
-  const [wn, ww] = [median(wall.node), median(wall.web)];
-  console.log(`| ${model} | eval, 2000 samples, with a reference | ${f(wn)} | | ${f(ww)} | | ${(ww / wn).toFixed(1)}× (wall) |`);
+  return { node: median(t.node), web: median(t.web) };
+}
+
+let cliArgs: string[] = [];
+async function cold(b: Backend): Promise<void> {
+  const r = spawnSync(process.execPath, ['bin/subprune.js', ...cliArgs, '--backend', b], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`subprune ${cliArgs.join(' ')}: ${r.stderr}`);
+}
+
+console.log(`${cpus().length} × ${cpus()[0].model}, Node ${process.version}, load average ${loadavg().map((l) => l.toFixed(1)).join(' ')}; medians of ${repeat}`);
+console.log('| model | what | node s | web s | web / node |');
+console.log('|---|---|---:|---:|---:|');
+const row = (model: string, what: string, s: Record<Backend, number>) =>
+  console.log(`| ${model} | ${what} | ${f(s.node)} | ${f(s.web)} | ${(s.web / s.node).toFixed(1)}× |`);
+for (const name of models) {
+  const model = readModel(`models/${name}.onnx`), calib = openNpy('models/calib.npy'), test = openNpy('models/test.npy');
+  for (const mode of modes) {
+    cliArgs = ['prune', `models/${name}.onnx`, '--calib', 'models/calib.npy', '--compression', '4', '--mode', mode, '-o', join(dir, 'out.onnx'), '--quiet'];
+    row(name, `prune ${mode}, cold (CLI wall)`, await timed(cold));
+    row(name, `prune ${mode}, warm`, await timed((backend) => prune(model, calib, { budget: { compression: 4 }, mode, backend })));
+  }
+  row(name, `eval ${test.rows} samples, warm`, await timed((backend) => evaluate(model, test, { backend })));
+  calib.close();
+  test.close();
 }

@@ -27,6 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Trained state_dicts are kept outside the repository (they are not shipped).
+CKPT_DIR = os.environ.get("SUBPRUNE_CKPT_DIR", "/tmp/subprune-models-ckpt")
 DATA_DIR = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 MEAN, STD = 0.2860, 0.3530
 SEED = 0
@@ -38,7 +40,7 @@ OPSET = 13
 RECIPES = {
     "lenet":    dict(epochs=10, opt="adam", lr=3e-3, weight_decay=0.0, batch=128),
     "vgg":      dict(epochs=6,  opt="adam", lr=2e-3, weight_decay=0.0, batch=128),
-    "resnet20": dict(epochs=8,  opt="adam", lr=2e-3, weight_decay=0.0, batch=128),
+    "resnet20": dict(epochs=5,  opt="adam", lr=2e-3, weight_decay=0.0, batch=128),
 }
 
 
@@ -269,11 +271,16 @@ def train(name, xtr, ytr, xte, yte, bench=False):
 def export(model, name):
     path = os.path.join(HERE, name + ".onnx")
     model.eval()
+    assert not any(m.training for m in model.modules())
     dummy = torch.zeros(1, 1, 28, 28)
+    # TrainingMode.PRESERVE with the model in eval mode exports inference-mode
+    # BatchNormalization nodes (running statistics, one output). TrainingMode.EVAL
+    # would run torch's "eval peephole" pass, which folds every BN into the
+    # preceding Conv; we want the BN nodes kept so subprune sees and slices them.
     torch.onnx.export(
         model, dummy, path + ".tmp",
         export_params=True, opset_version=OPSET, do_constant_folding=True,
-        training=torch.onnx.TrainingMode.EVAL,
+        training=torch.onnx.TrainingMode.PRESERVE,
         input_names=["input"], output_names=["logits"],
         dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
     )
@@ -370,6 +377,8 @@ def main():
     ap.add_argument("which", nargs="*", default=["all"], help="lenet | vgg | resnet20 | data | all")
     ap.add_argument("--bench", action="store_true", help="time a few training steps only")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--from-checkpoint", action="store_true",
+                    help=f"skip training: load the state_dict saved by an earlier run from {CKPT_DIR}")
     args = ap.parse_args()
     which = list(MODELS) if "all" in args.which else args.which
     for w in which:
@@ -393,10 +402,20 @@ def main():
     for name in which:
         if name == "data":
             continue
-        out = train(name, xtr, ytr, xte, yte, bench=args.bench)
-        if out is None:
-            continue
-        model, nparams, secs = out
+        ckpt = os.path.join(CKPT_DIR, name + ".pt")
+        if args.from_checkpoint:
+            model = make_model(name)
+            model.load_state_dict(torch.load(ckpt))
+            model.eval()
+            nparams = sum(p.numel() for p in model.parameters())
+            secs = results.get(name, {}).get("train_seconds", -1)
+        else:
+            out = train(name, xtr, ytr, xte, yte, bench=args.bench)
+            if out is None:
+                continue
+            model, nparams, secs = out
+            os.makedirs(CKPT_DIR, exist_ok=True)
+            torch.save(model.state_dict(), ckpt)
         acc10k = accuracy(predict(model, xte), yte)
         acc2k = accuracy(predict(model, xte[:N_TEST_BUNDLED]), yte[:N_TEST_BUNDLED])
         path = export(model, name)

@@ -7,6 +7,11 @@ export { captureGrams, Runner, modelInput, loadRuntime, type Backend } from './c
 export { evaluate, type Fidelity } from './eval/index.js';
 export { resolveBudget, uniformKeeps, type Budget } from './budget/index.js';
 export { selectChannels, type LayerProblem, type Selection, type Refit, type SelectOptions } from './select/greedy.js';
+export { rankChannels, METHODS, type Method } from './select/baselines.js';
+export { sizeModel } from './budget/size.js';
+export { allocateByLevel, allocateGlobal, monotone, gridKeeps, type Curve } from './budget/allocate.js';
+export { sensitivityCurves, ALLOCATIONS, type Allocation } from './prune/allocation.js';
+export { runStudy, type StudyOptions, type StudyResult, type StudyRow } from './study/index.js';
 export { GramAccumulator, type Gram, type ConvGeometry } from './kernels/gram.js';
 export { wasmKernels, plainKernels, type Kernels } from './kernels/index.js';
 export { provideWasm } from './kernels/wasm.js';

@@ -1,5 +1,5 @@
-import { openSync, readSync, closeSync, fstatSync, writeFileSync, renameSync } from 'node:fs';
-import { dirname, basename, join } from 'node:path';
+import { openSync, readSync, closeSync, fstatSync } from 'node:fs';
+import { writeFileAtomic } from './atomic.js';
 import { SubpruneError } from './errors.js';
 
 // NumPy .npy files (format 1.0–3.0, little-endian, C order): the calibration data, labels and layer problems.
@@ -51,7 +51,7 @@ function parseHeader(path: string, head: Uint8Array, size: number): NpyHeader {
   if (descr[1] === '>' && SIZE[dtype] > 1) bad(path, 'big-endian data is not supported; save with a little-endian dtype');
   if (fortran[1] === 'True') bad(path, 'Fortran-ordered array; save a C-ordered copy (numpy.ascontiguousarray)');
   const shape = shapeM[1].split(',').map((s) => s.trim()).filter((s) => s).map(Number);
-  if (shape.some((v) => !Number.isInteger(v) || v < 0)) bad(path, `bad shape (${shapeM[1]})`);
+  if (shape.some((v) => !Number.isSafeInteger(v) || v < 0)) bad(path, `bad shape (${shapeM[1]})`);
   const rows = shape.length ? shape[0] : 1;
   const rowSize = shape.slice(1).reduce((a, b) => a * b, 1);
   const bytes = rows * rowSize * SIZE[dtype];
@@ -95,7 +95,9 @@ export function openNpy(path: string): NpyFile {
       }
       return buf;
     };
-    const size = fstatSync(fd).size;
+    const st = fstatSync(fd);
+    if (!st.isFile()) bad(path, 'not a regular file; give the path of a .npy file');
+    const size = st.size;
     const h = parseHeader(path, read(0, Math.min(size, headerSize(path, read(0, Math.min(size, 12))))), size);
     return npyFile(path, h, read, () => closeSync(fd));
   } catch (e) {
@@ -133,12 +135,7 @@ export function encodeNpy(data: Float32Array | Float64Array | BigInt64Array | In
   return Buffer.concat([pre, Buffer.from(header, 'latin1'), Buffer.from(data.buffer, data.byteOffset, data.byteLength)]);
 }
 
-/** Writes a file through a temporary file in the same folder, renamed into place: a reader never sees half a file. */
-export function writeFileAtomic(path: string, bytes: Uint8Array): void {
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
-  writeFileSync(tmp, bytes);
-  renameSync(tmp, path);
-}
+export { writeFileAtomic } from './atomic.js';
 
 export function writeNpy(path: string, data: Float32Array | Float64Array | BigInt64Array | Int32Array, shape: number[]): void {
   writeFileAtomic(path, encodeNpy(data, shape));

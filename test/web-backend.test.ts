@@ -43,17 +43,20 @@ describe.each(MODELS)('%s: web backend against node backend', (name) => {
     calib.close();
   });
 
-  it.each(['layerwise', 'sequential', 'asymmetric'] as Mode[])('%s, compression 4: same kept channels in the same order, same pruned outputs', async (mode) => {
+  // every mode on LeNet; the larger models in the one-pass mode (a sequential mode captures once per unit)
+  const modes: Mode[] = name === 'lenet' ? ['layerwise', 'sequential', 'asymmetric'] : ['layerwise'];
+  it.each(modes)('%s, compression 4: same kept channels in the same order, same pruned outputs', async (mode) => {
     const calib = openNpy(calibPath);
-    const node = await prune(model, calib, { budget: { compression: 4 }, mode, backend: 'node' });
-    const web = await prune(model, calib, { budget: { compression: 4 }, mode, backend: 'web' });
+    // one kernel thread: the comparison is about the model runtime (results do not depend on the kernel threads)
+    const node = await prune(model, calib, { budget: { compression: 4 }, mode, backend: 'node', threads: 1 });
+    const web = await prune(model, calib, { budget: { compression: 4 }, mode, backend: 'web', threads: 1 });
     expect([node.report.backend, web.report.backend]).toEqual(['node', 'web']);
     expect(web.report.units.length).toBeGreaterThan(0);
     expect(web.report.units.map((u) => u.order)).toEqual(node.report.units.map((u) => u.order));
     expect(web.report.params).toEqual(node.report.params);
     expect(relDiff(await outputs(web.model, calib), await outputs(node.model, calib))).toBeLessThan(1e-4);
     calib.close();
-  });
+  }, 600_000);
 });
 
 describe('the CLI under node --no-addons', () => {
@@ -77,13 +80,13 @@ describe('the CLI under node --no-addons', () => {
 
   it('prune --backend web: the kept channels and the model of the node backend', async () => {
     const out = join(dir, 'web.onnx'), rep = join(dir, 'web.json');
-    const r = cli('prune', 'models/lenet.onnx', '--calib', calibPath, '--compression', '4', '--mode', 'asymmetric', '-o', out, '--report', rep, '--backend', 'web');
+    const r = cli('prune', 'models/lenet.onnx', '--calib', calibPath, '--compression', '4', '--mode', 'asymmetric', '-o', out, '--report', rep, '--backend', 'web', '--threads', '1');
     expect(r.err).toBe('');
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/onnxruntime-web/);
     const report = JSON.parse(readFileSync(rep, 'utf8'));
     const calib = openNpy(calibPath);
-    const node = await prune(lenet, calib, { budget: { compression: 4 }, mode: 'asymmetric', backend: 'node' });
+    const node = await prune(lenet, calib, { budget: { compression: 4 }, mode: 'asymmetric', backend: 'node', threads: 1 });
     expect(report.backend).toBe('web');
     expect(report.units.map((u: { order: number[] }) => u.order)).toEqual(node.report.units.map((u) => u.order));
     expect(relDiff(await outputs(readModel(out), calib), await outputs(node.model, calib))).toBeLessThan(1e-4);
@@ -107,7 +110,7 @@ describe('the CLI under node --no-addons', () => {
 
   it('eval --backend web: accuracy, agreement and error of the node backend', async () => {
     const pruned = join(dir, 'web.onnx');
-    if (!existsSync(pruned)) cli('prune', 'models/lenet.onnx', '--calib', calibPath, '--compression', '4', '--mode', 'asymmetric', '-o', pruned, '--backend', 'web', '--quiet');
+    if (!existsSync(pruned)) cli('prune', 'models/lenet.onnx', '--calib', calibPath, '--compression', '4', '--mode', 'asymmetric', '-o', pruned, '--backend', 'web', '--threads', '1', '--quiet');
     const r = cli('eval', pruned, '--data', 'models/test.npy', '--labels', 'models/test-labels.npy', '--reference', 'models/lenet.onnx', '--backend', 'web', '--json');
     expect(r.code).toBe(0);
     const got = JSON.parse(r.out);

@@ -53,7 +53,7 @@ describe('the browser page', () => {
     await expect.poll(() => page.textContent('#calib-info')).toMatch(/calib\.npy/);
     await page.fill('#compression', '4');
     await page.selectOption('#mode', 'asymmetric');
-    await page.selectOption('#method', 'refit');
+    await page.selectOption('#method', 'greedy');
     await page.click('#run');
     await page.waitForFunction(() => !document.querySelector<HTMLElement>('#result')!.hidden || document.querySelector('#error')!.textContent,
       null, { timeout: 100_000 });
@@ -76,7 +76,7 @@ describe('the browser page', () => {
 
     // the same pruning in this process with onnxruntime-node: same channels, same parameter count
     const lenet = readModel('models/lenet.onnx'), calib = openNpy('models/calib.npy');
-    const node = await prune(lenet, calib, { budget: { compression: 4 }, mode: 'asymmetric', backend: 'node' });
+    const node = await prune(lenet, calib, { budget: { compression: 4 }, mode: 'asymmetric', backend: 'node', threads: 1 }); // as the page
     expect(report.backend).toBe('web');
     expect(report.units.map((u: { order: number[] }) => u.order)).toEqual(node.report.units.map((u) => u.order));
     const rows = await page.$$eval('#units tbody tr', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
@@ -98,5 +98,12 @@ describe('the browser page', () => {
     const err = Math.sqrt(got.reduce((s, v, i) => s + (v - want[i]) ** 2, 0) / want.reduce((s, v) => s + v * v, 0));
     expect(err).toBeLessThan(1e-4);
     calib.close();
+
+    // a wrong file: the worker's message reaches the page
+    await page.setInputFiles('#calib', 'models/lenet.onnx');
+    await expect.poll(() => page.textContent('#calib-info')).toMatch(/lenet\.onnx/);
+    await page.click('#run');
+    await expect.poll(() => page.textContent('#error')).toMatch(/lenet\.onnx: not a \.npy file/);
+    expect(await page.isEnabled('#run')).toBe(true);
   });
 });

@@ -7,7 +7,12 @@ import type { SizeOf } from './index.js';
 export interface AllocUnit { id: string; channels: number }
 
 /** Quality of the model with only this unit pruned to ks[i] channels (ks ascending, from 1 to the unit's channels). */
-export interface Curve { ks: number[]; values: number[] }
+export interface Curve {
+  ks: number[];
+  values: number[];
+  /** values[i] for i ≥ measured (and < ks.length − 1) were not measured: the value at ks.length − 1 stands in. */
+  measured?: number;
+}
 
 /**
  * The channel counts a unit is measured at: k = round(f·n) for the fractions f = step, 2·step, …, 1, with k = 1 always
@@ -40,6 +45,11 @@ function checkReachable(units: AllocUnit[], sizeOf: SizeOf, goal: number): void 
  * the largest kept fractions that can still grow within the goal.
  */
 export function allocateByLevel(units: AllocUnit[], curves: Map<string, Curve>, sizeOf: SizeOf, goal: number): Map<string, number> {
+  return spendLeftover(units, commonLevel(units, curves, sizeOf, goal).keeps, sizeOf, goal);
+}
+
+/** The highest common level τ that meets the goal, and its keeps (before the leftover is spent). */
+export function commonLevel(units: AllocUnit[], curves: Map<string, Curve>, sizeOf: SizeOf, goal: number): { level: number; keeps: Map<string, number> } {
   checkReachable(units, sizeOf, goal);
   const mono = new Map(units.map((u) => {
     const c = curves.get(u.id);
@@ -57,7 +67,7 @@ export function allocateByLevel(units: AllocUnit[], curves: Map<string, Curve>, 
     const mid = (lo + hi) >> 1;
     if (sizeOf(at(levels[mid]!)) <= goal) lo = mid; else hi = mid;
   }
-  return spendLeftover(units, at(levels[lo]!), sizeOf, goal);
+  return { level: levels[lo]!, keeps: at(levels[lo]!) };
 }
 
 /** Adds channels, largest kept fraction first, while the goal still holds. */

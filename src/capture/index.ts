@@ -12,6 +12,7 @@ import { ChannelStatsAccumulator, type Captured, type StatsWanted } from './stat
 import { getKernels } from '../kernels/instances.js';
 import { loadRuntime, type Backend, type Ort } from './runtime.js';
 import type { InferenceSession } from 'onnxruntime-web';
+import { checkCaptureMemory } from '../limits.js';
 
 export { loadRuntime, type Backend } from './runtime.js';
 
@@ -40,6 +41,7 @@ export function checkData(model: Model, data: NpyFile, batch = 64): number {
   const inp = modelInput(model);
   const shape = data.shape;
   if (data.rows === 0) throw badInput(`${data.path} holds no samples`);
+  if (data.dtype !== 'f4' && data.dtype !== 'f8') throw badInput(`${data.path} holds ${data.dtype === 'u1' ? 'uint8' : data.dtype === 'i4' ? 'int32' : 'int64'} values; model inputs must be float32 (numpy: x.astype('float32'), after the model's own preprocessing)`);
   if (shape.length !== inp.dims.length) throw badInput(`${data.path} has shape [${shape}] (rank ${shape.length}); the model input ${inp.name} has rank ${inp.dims.length} ([${inp.dims.map((d) => d ?? '?')}]), first axis = samples`);
   inp.dims.forEach((d, i) => {
     if (i > 0 && d !== null && d !== shape[i]) throw badInput(`${data.path} has shape [${shape}] but the model input ${inp.name} needs [${inp.dims.map((x) => x ?? '?')}]`);
@@ -66,7 +68,8 @@ export class Runner {
     }
     let session;
     try {
-      session = await ort.InferenceSession.create(serializeModel(m), { graphOptimizationLevel: 'basic' });
+      // logSeverityLevel 3: onnxruntime's warnings would break the CLI's one-line messages; its errors are thrown
+      session = await ort.InferenceSession.create(serializeModel(m), { graphOptimizationLevel: 'basic', logSeverityLevel: 3 });
     } catch (e) {
       throw badInput(`onnxruntime cannot load the model: ${(e as Error).message.split('\n')[0]}`, e);
     }
@@ -88,7 +91,12 @@ export class Runner {
     const tensor = this.input.elemType === DataType.FLOAT16
       ? new ort.Tensor('float16', Uint16Array.from(feedData, float32ToFloat16Bits), feedDims)
       : new ort.Tensor('float32', feedData, feedDims);
-    const out = await this.session.run({ [this.input.name]: tensor }, names);
+    let out;
+    try {
+      out = await this.session.run({ [this.input.name]: tensor }, names);
+    } catch (e) {
+      throw badInput(`onnxruntime cannot run the model on the data: ${(e as Error).message.split('\n')[0]}`, e);
+    }
     const res = new Map<string, Activation>();
     for (const name of names) {
       const t = out[name];
@@ -117,25 +125,39 @@ export function* batches(data: NpyFile, batch: number): Generator<{ data: Float3
   }
 }
 
+// A capture holds kernel memory (a stack allocator) across awaits, so two at once (concurrent prune() calls) would free
+// each other's Gram matrices: captures take turns.
+let captures: Promise<unknown> = Promise.resolve();
+
 /**
  * Gram matrices of each unit's consumer input over the calibration set, in one pass of `model`
  * (and of `target`, for the asymmetric objective: its activations are A).
  */
-export async function captureGrams(model: Model, units: Unit[], data: NpyFile,
+export function captureGrams(...args: Parameters<typeof captureOnce>): ReturnType<typeof captureOnce> {
+  const run = captures.then(() => captureOnce(...args));
+  captures = run.catch(() => undefined);
+  return run;
+}
+
+async function captureOnce(model: Model, units: Unit[], data: NpyFile,
   opts: { target?: Model; batch?: number; backend?: Backend; threads?: number; onBatch?: (done: number, total: number) => void;
     /** Per-channel statistics of B to collect too (for the activation-norm and sampling baselines). */
     stats?: StatsWanted } = {}): Promise<Map<string, Captured>> {
   const batch = checkData(model, data, opts.batch);
+  if (!units.length) return new Map();
   const names = [...new Set(units.map((u) => u.consumerInput))];
+  checkCaptureMemory(units, !!opts.target);
   const run = await Runner.open(model, names, opts), tgt = opts.target ? await Runner.open(opts.target, names, opts) : undefined;
   const kernels = getKernels('wasm', opts.threads), mark = kernels.arena.mark();
   const acc = new Map(units.map((u) => [u.id, new GramAccumulator(u.d, { asymmetric: !!tgt, kernels })]));
   const want = opts.stats, st = want && new Map(units.map((u) => [u.id, new ChannelStatsAccumulator(u, want, want.sensitivity ? consumerWeightMatrix(model, u) : undefined)]));
   // onnxruntime computes batch i+1 while the kernels accumulate batch i.
   const forward = (b: { data: Float32Array; dims: number[] }) => Promise.all([run.run(b.data, b.dims, names), tgt?.run(b.data, b.dims, names)]);
+  let pending: ReturnType<typeof forward> | undefined;
   try {
     const it = batches(data, batch);
-    let cur = it.next(), pending = cur.done ? undefined : forward(cur.value);
+    let cur = it.next();
+    pending = cur.done ? undefined : forward(cur.value);
     while (!cur.done) {
       const b = cur.value, [got, want] = await pending!;
       cur = it.next();
@@ -153,6 +175,7 @@ export async function captureGrams(model: Model, units: Unit[], data: NpyFile,
     return new Map([...acc].map(([id, a]) => [id, { ...a.result(), ...(st ? { stats: st.get(id)!.result() } : {}) }]));
   } finally {
     kernels.arena.release(mark);
+    await pending?.catch(() => {}); // after an error: a run still in flight must not outlive its session
     await run.release();
     await tgt?.release();
   }

@@ -1,6 +1,9 @@
-// Flag helpers shared by prune and study: labels files and choices from a fixed list.
-import { openNpy } from '../npy.js';
+// Flag helpers shared by prune and study: labels files, choices from a fixed list, the method and allocation flags.
+import { openNpy, type NpyFile } from '../npy.js';
 import { badInput } from '../errors.js';
+import { METHODS, type Method } from '../select/baselines.js';
+import { ALLOCATIONS, type Allocation } from '../prune/allocation.js';
+import type { VerifySet } from '../eval/alone.js';
 
 /** Integer class labels from a 1-D .npy file. */
 export function readLabels(path: string): Float64Array {
@@ -20,4 +23,48 @@ export function choice<T extends string>(s: string, flag: string, choices: reado
 /** A comma-separated list of choices (all of them when absent). */
 export function choices<T extends string>(s: string | undefined, flag: string, all: readonly T[]): T[] {
   return s === undefined ? [...all] : s.split(',').map((x) => choice(x.trim(), flag, all));
+}
+
+/** prune's flags for the ranking method and the per-unit allocation (parseArgs options, help, parsing). */
+export const methodOptions = {
+  method: { type: 'string', default: 'greedy' }, seed: { type: 'string', default: '0' }, allocation: { type: 'string', default: 'uniform' },
+  verify: { type: 'string' }, 'verify-labels': { type: 'string' }, grid: { type: 'string' },
+} as const;
+
+export const methodHelp = `  --method NAME       how channels are ranked: greedy (default, the paper's), or a baseline: random,
+                      weight-norm (L1 of the outgoing weights), activation-norm (mean |activation| on the
+                      calibration data), sampling (Liebenwein et al.'s sensitivity sampling); every method
+                      gets the same least-squares re-fit (unless --no-refit)
+  --seed n            seed of random and sampling (default 0)
+  --allocation A      how --compression is split over the units: uniform (default: one keep fraction for all),
+                      sensitivity (each unit pruned alone at fractions 0.01 … 1 and measured on --verify;
+                      a common accuracy level that meets the target), global (one greedy over all units,
+                      gains normalised per unit)
+  --verify FILE       inputs for --allocation sensitivity (default: the calibration inputs); it measures top-1
+                      agreement with the original model, or accuracy with --verify-labels FILE
+  --grid STEP         the sensitivity allocation's fractions: STEP, 2·STEP, …, 1 (default 0.01)`;
+
+export interface MethodFlags {
+  method: Method; seed: number; allocation: Allocation; verify?: VerifySet; grid?: number;
+  /** Files opened for the flags, to close when done. */
+  opened: NpyFile[];
+}
+
+export function methodFlags(o: { method?: string; seed?: string; allocation?: string; verify?: string; 'verify-labels'?: string; grid?: string }): MethodFlags {
+  const method = choice(o.method ?? 'greedy', '--method', METHODS), allocation = choice(o.allocation ?? 'uniform', '--allocation', ALLOCATIONS);
+  const seed = Number(o.seed ?? '0');
+  if (!Number.isInteger(seed) || seed < 0) throw badInput(`--seed ${o.seed}: expected a whole number ≥ 0`);
+  if (o['verify-labels'] && !o.verify) throw badInput('--verify-labels needs --verify');
+  if ((o.verify || o.grid) && allocation !== 'sensitivity') throw badInput(`--${o.verify ? 'verify' : 'grid'} is for --allocation sensitivity`);
+  const grid = gridFlag(o.grid);
+  const data = o.verify ? openNpy(o.verify) : undefined;
+  const verify = data && { data, ...(o['verify-labels'] ? { labels: readLabels(o['verify-labels']) } : {}) };
+  return { method, seed, allocation, ...(verify ? { verify } : {}), ...(grid ? { grid } : {}), opened: data ? [data] : [] };
+}
+
+export function gridFlag(s: string | undefined): number | undefined {
+  if (s === undefined) return undefined;
+  const v = Number(s);
+  if (!(v > 0 && v <= 1)) throw badInput(`--grid ${s}: expected a step in (0, 1], e.g. 0.01`);
+  return v;
 }

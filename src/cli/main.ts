@@ -1,4 +1,6 @@
 import { SubpruneError } from '../errors.js';
+import { removeTempFiles } from '../atomic.js';
+import { endProgressLine } from './progress.js';
 import { runSelect, selectHelp } from './select.js';
 import { runPrune, pruneHelp } from './prune.js';
 import { runInspect, inspectHelp } from './inspect.js';
@@ -28,7 +30,8 @@ Global options:
   --debug    show the stack trace of an error
   -h, --help this help`;
 
-async function main(argv: string[]): Promise<number> {
+/** Runs one command; returns the exit code (the CLI entry, `cli`, sets it; tests call this directly). */
+export async function main(argv: string[]): Promise<number> {
   const debug = argv.includes('--debug');
   const args = argv.filter((a) => a !== '--debug');
   const [name, ...rest] = args;
@@ -47,6 +50,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (e) {
     const err = e as Error & { code?: string };
+    endProgressLine();
     if (debug) console.error(err.stack ?? err);
     if (e instanceof SubpruneError) {
       if (!debug) console.error(`subprune ${name}: ${e.message}`);
@@ -61,4 +65,26 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-process.exitCode = await main(process.argv.slice(2));
+/**
+ * The process entry (bin/subprune.js). Ctrl-C or SIGTERM removes the temporary files of writes in progress and exits
+ * 130 or 143; output only ever appears by rename after verification, so an interrupted run leaves no partial file.
+ * Errors that escape main (a crashed worker thread) still end as one line and exit code 1.
+ */
+export async function cli(argv = process.argv.slice(2)): Promise<void> {
+  const stop = (signal: string, code: number) => () => {
+    removeTempFiles();
+    endProgressLine();
+    console.error(`subprune: interrupted (${signal}); no partial output was left`);
+    process.exit(code);
+  };
+  process.once('SIGINT', stop('SIGINT', 130));
+  process.once('SIGTERM', stop('SIGTERM', 143));
+  const crash = (e: unknown) => {
+    removeTempFiles();
+    console.error(argv.includes('--debug') ? (e as Error)?.stack ?? e : `subprune: internal error: ${(e as Error)?.message ?? e} (run with --debug for the stack trace and please report it)`);
+    process.exit(EXIT_INTERNAL);
+  };
+  process.on('uncaughtException', crash);
+  process.on('unhandledRejection', crash);
+  process.exitCode = await main(argv);
+}

@@ -1,12 +1,14 @@
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
 import { readModel, writeModel } from '../onnx/index.js';
-import { openNpy, writeFileAtomic } from '../npy.js';
+import { openNpy } from '../npy.js';
+import { checkWritable, writeFileAtomic } from '../atomic.js';
 import { badInput } from '../errors.js';
 import { prune, type Mode } from '../prune/index.js';
 import type { Budget } from '../budget/index.js';
 import { Progress } from './progress.js';
 import { num, sameFile, table, pct, big, backendFlag } from './util.js';
+import { methodFlags, methodHelp, methodOptions } from './args.js';
 
 export const pruneHelp = `subprune prune: remove channels from an ONNX model with unlabeled calibration data
 
@@ -14,10 +16,10 @@ Usage: subprune prune MODEL.onnx --calib X.npy -o OUT.onnx [options]
 
   --calib FILE        calibration inputs, .npy float32 with the model's input shape (first axis = samples);
                       a few hundred samples are enough, no labels needed
-  -o, --output FILE   where to write the pruned model (written atomically; never the input model)
+  -o, --output FILE   where to write the pruned model (after onnxruntime has run it; atomically; never the input)
 Budget (one of; default --compression 2):
   --compression c     make the model c times smaller: total parameter count ÷ c (every initializer),
-                      the same fraction of channels kept in every unit
+                      split over the units by --allocation
   --target WHAT       with --compression: params (default) or flops
   --keep-ratio r      keep the fraction r of the channels of every unit (0 < r ≤ 1)
   --budget FILE       JSON {"<unit id or weight name>": channels to keep, ...}; units not named keep all
@@ -26,6 +28,7 @@ Method:
                       sequential: unit by unit, from the model whose earlier units are already pruned;
                       asymmetric: as sequential, but fit the original model's activations
   --no-refit          keep the consumers' weights (only slice them) instead of the least-squares re-fit
+${methodHelp}
 Other:
   --report FILE       write a JSON report: per unit the kept channels in greedy order and the objective,
                       params and FLOPs before/after, seconds per stage, fidelity on the calibration data
@@ -48,7 +51,7 @@ export async function runPrune(argv: string[]): Promise<void> {
       compression: { type: 'string' }, target: { type: 'string' }, 'keep-ratio': { type: 'string' }, budget: { type: 'string' },
       mode: { type: 'string', default: 'layerwise' }, 'no-refit': { type: 'boolean', default: false },
       report: { type: 'string' }, batch: { type: 'string' }, kernels: { type: 'string', default: 'wasm' }, threads: { type: 'string' }, backend: { type: 'string' },
-      quiet: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' },
+      quiet: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' }, ...methodOptions,
     },
   });
   if (o.help) { console.log(pruneHelp); return; }
@@ -58,6 +61,11 @@ export async function runPrune(argv: string[]): Promise<void> {
   if (!o.output) throw badInput('prune needs -o OUT.onnx');
   if (sameFile(input, o.output)) throw badInput(`-o ${o.output} is the input model; subprune never overwrites its input, choose another file`);
   if (o.report && (sameFile(o.report, input) || sameFile(o.report, o.output))) throw badInput('--report must be another file than the models');
+  for (const given of [o.calib, o.budget]) {
+    if (given && [o.output, o.report].some((out) => out && sameFile(given, out))) throw badInput(`${given} is an input of this run; subprune never overwrites its inputs, choose other files for -o and --report`);
+  }
+  checkWritable(o.output); // before the work, not after it
+  if (o.report) checkWritable(o.report);
   if (!['layerwise', 'sequential', 'asymmetric'].includes(o.mode!)) throw badInput(`--mode ${o.mode}: use layerwise, sequential or asymmetric`);
   if (o.kernels !== 'wasm' && o.kernels !== 'plain') throw badInput(`--kernels ${o.kernels}: use wasm or plain`);
   if (o.target !== undefined && o.target !== 'params' && o.target !== 'flops') throw badInput(`--target ${o.target}: use params or flops`);
@@ -71,6 +79,7 @@ export async function runPrune(argv: string[]): Promise<void> {
   const backend = backendFlag(o.backend);
 
   const model = readModel(input);
+  const how = methodFlags(o);
   const calib = openNpy(o.calib);
   const bars = new Map<string, Progress>();
   const labels: Record<string, string> = { capture: 'capture', select: 'select', unit: 'units', verify: 'verify' };
@@ -78,6 +87,7 @@ export async function runPrune(argv: string[]): Promise<void> {
   try {
     result = await prune(model, calib, {
       mode: o.mode as Mode, refit: !o['no-refit'], budget, batch, kernels: o.kernels, threads: num(o.threads, '--threads', (v) => Number.isInteger(v) && v >= 1 && v <= 60, 'a whole number from 1 to 60'), backend,
+      method: how.method, seed: how.seed, allocation: how.allocation, verify: how.verify, grid: how.grid,
       onProgress: (stage, done, total) => {
         let bar = bars.get(stage);
         if (!bar) { bars.set(stage, (bar = new Progress(labels[stage] ?? stage, total))); }
@@ -87,22 +97,23 @@ export async function runPrune(argv: string[]): Promise<void> {
     });
   } finally {
     calib.close();
+    for (const f of how.opened) f.close();
   }
   const { model: pruned, report } = result;
-  writeModel(pruned, o.output);
+  const none = !report.units.length; // an unchanged copy of the input is no output worth writing: say so and exit 0
+  if (!none) writeModel(pruned, o.output);
   if (o.report) writeFileAtomic(o.report, Buffer.from(JSON.stringify({ model: input, output: o.output, budget, ...report }, null, 1) + '\n'));
-  if (o.quiet) return;
-
-  if (!report.units.length) {
-    console.log(`${input}: no prunable units (${report.refused.length} candidates refused; see subprune inspect). Wrote an unchanged copy to ${o.output}.`);
+  if (none) {
+    console.error(`subprune prune: ${input} has no prunable units (${report.refused.length} candidates refused; subprune inspect says why); nothing to prune, so ${o.output} was not written`);
     return;
   }
+  if (o.quiet) return;
   console.log(table(['unit', 'weight', 'channels', 'kept', 'objective', 'seconds'],
     report.units.map((u) => [u.id, u.weight, u.channels, u.kept, u.objective.toFixed(4), u.seconds.toFixed(3)])));
   const r = report, s = r.seconds;
   console.log(`\nparams ${big(r.params.before)} → ${big(r.params.after)} (${(r.params.before / r.params.after).toFixed(2)}× smaller), FLOPs ${big(r.flops.before)} → ${big(r.flops.after)} (${(r.flops.before / r.flops.after).toFixed(2)}×)`);
   console.log(`on the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ${pct(r.fidelity.agreement)}, relative output error ${r.fidelity.relError!.toFixed(4)}`);
-  console.log(`mode ${r.mode}, ${r.refit ? 're-fit' : 'no re-fit'}, onnxruntime-${r.backend}; seconds: analyze ${s.analyze.toFixed(2)}, capture ${s.capture.toFixed(2)}, select ${s.select.toFixed(2)}, rewrite ${s.rewrite.toFixed(2)}, verify ${s.verify.toFixed(2)}, total ${s.total.toFixed(2)}`);
+  console.log(`method ${r.method}, allocation ${r.allocation}, mode ${r.mode}, ${r.refit ? 're-fit' : 'no re-fit'}, onnxruntime-${r.backend}; seconds: analyze ${s.analyze.toFixed(2)}, allocate ${s.allocate.toFixed(2)}, capture ${s.capture.toFixed(2)}, select ${s.select.toFixed(2)}, rewrite ${s.rewrite.toFixed(2)}, verify ${s.verify.toFixed(2)}, total ${s.total.toFixed(2)}`);
   console.log(`wrote ${o.output}${o.report ? ` and ${o.report}` : ''}`);
 }
 

@@ -11,7 +11,7 @@ import { ALLOCATIONS } from '../prune/allocation.js';
 import type { Mode } from '../prune/index.js';
 import { Progress } from './progress.js';
 import { num, backendFlag } from './util.js';
-import { readLabels, choice, choices } from './args.js';
+import { readLabels, choice, choices, gridFlag } from './args.js';
 
 export const studyHelp = `subprune study: the paper's study on one model: accuracy against compression for every method
 
@@ -26,12 +26,14 @@ results.json (every run) and plot.svg (accuracy against compression, one line pe
   --verify FILE         the sensitivity allocation's verification inputs (default: the calibration inputs,
                         measuring top-1 agreement with the original model, so no labels are needed)
   --verify-labels FILE  labels of --verify: the allocation then measures accuracy
+  --grid STEP           the sensitivity allocation's fractions STEP, 2·STEP, …, 1 (default 0.01)
   --compressions LIST   comma-separated ratios (default 2,4,8,16,32)
   --target WHAT         params (default) or flops
   --methods LIST        of ${METHODS.join(', ')} (default all)
   --modes LIST          the greedy's modes: layerwise, sequential, asymmetric (default all; baselines run layerwise)
   --allocations LIST    uniform, sensitivity, global (default all; global is the greedy's)
-  --seeds n             seeds of the random and sampling methods (default 3)
+  --seeds n             seeds of the random and sampling methods (default 3; their sensitivity allocation
+                        is measured once, with seed 0)
   --out DIR             output folder (created)
   --batch n, --backend NAME   as for prune
   -h, --help            this help`;
@@ -40,7 +42,7 @@ export async function runStudyCommand(argv: string[]): Promise<void> {
   const { values: o, positionals } = parseArgs({
     args: argv, allowPositionals: true,
     options: {
-      calib: { type: 'string' }, data: { type: 'string' }, labels: { type: 'string' }, verify: { type: 'string' }, 'verify-labels': { type: 'string' },
+      calib: { type: 'string' }, data: { type: 'string' }, labels: { type: 'string' }, verify: { type: 'string' }, 'verify-labels': { type: 'string' }, grid: { type: 'string' },
       compressions: { type: 'string', default: '2,4,8,16,32' }, target: { type: 'string', default: 'params' },
       methods: { type: 'string' }, modes: { type: 'string' }, allocations: { type: 'string' }, seeds: { type: 'string', default: '3' },
       out: { type: 'string' }, batch: { type: 'string' }, backend: { type: 'string' }, help: { type: 'boolean', short: 'h' },
@@ -61,7 +63,7 @@ export async function runStudyCommand(argv: string[]): Promise<void> {
     const res = await runStudy(model, {
       name: basename(positionals[0]), calib: open(o.calib!), test: { data: open(o.data!), labels: readLabels(o.labels!) },
       ...(o.verify ? { verify: { data: open(o.verify), ...(o['verify-labels'] ? { labels: readLabels(o['verify-labels']) } : {}) } } : {}),
-      compressions, target, seeds,
+      compressions, target, seeds, grid: gridFlag(o.grid),
       methods: choices(o.methods, '--methods', METHODS),
       modes: choices(o.modes, '--modes', ['layerwise', 'sequential', 'asymmetric'] as Mode[]),
       allocations: choices(o.allocations, '--allocations', ALLOCATIONS),

@@ -1,4 +1,4 @@
-import { existsSync, realpathSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { badInput } from '../errors.js';
 import type { Backend } from '../capture/runtime.js';
@@ -15,10 +15,13 @@ export function backendFlag(s: string | undefined): Backend | undefined {
   return s;
 }
 
-/** Same file, also through links? */
+/** Same file, also through symbolic or hard links? */
 export function sameFile(a: string, b: string): boolean {
-  const real = (p: string) => (existsSync(p) ? realpathSync(p) : resolve(p));
-  return real(a) === real(b);
+  if (existsSync(a) && existsSync(b)) {
+    const [x, y] = [statSync(a), statSync(b)];
+    return x.dev === y.dev && x.ino === y.ino;
+  }
+  return resolve(a) === resolve(b);
 }
 
 /** A plain text table: columns right-aligned except the first. */

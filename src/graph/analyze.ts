@@ -6,6 +6,7 @@ import { opsetVersion, TensorProtoSchema, tensorDims, tensorToFloat32, numel, ty
 import { biasSlice, CHAIN, LAYER_OPS, layerInfo, type ChannelLayout, type ParamSlice, type ShapeEdit } from './ops.js';
 import { constantTensors, dataInputs, inferShapes, nodeMacs, windowGeometry, type Shapes } from './shapes.js';
 import type { Analysis, Refused, Unit } from './types.js';
+import { checkOpset, notRewritable, opOf, tooBig } from '../limits.js';
 
 /**
  * Give every node a unique name, in place: unnamed nodes become `${opType}_${index}`, later duplicates get a suffix.
@@ -133,7 +134,10 @@ function findUnit(G: Graph, P: NodeProto): Unit | string {
     if (why) return why;
   }
 
+  const seen = new Set<string>(); // a corrupted graph can loop back on itself
   for (let t = y; ; ) {
+    if (seen.has(t)) return `the graph has a cycle through "${t}"; the model is corrupted`;
+    seen.add(t);
     const uses = G.uses.get(t) ?? [];
     if (uses.length === 0) return 'output layer: no consumer';
     if (G.outputs.has(t)) return `tensor "${t}" is a graph output, so its channels cannot change`;
@@ -144,7 +148,7 @@ function findUnit(G: Graph, P: NodeProto): Unit | string {
     if (slot < 0) return `tensor "${t}" is read inside a subgraph of ${label(U)}`;
     const inShape = G.shapes.get(t)!;
 
-    if (LAYER_OPS.has(U.opType)) {
+    if (LAYER_OPS.has(opOf(U))) {
       const ci = layerInfo(U, G.constant);
       if ('refuse' in ci) return `consumer ${ci.refuse}`;
       if (slot !== 0) return `consumer ${label(U)} takes the channels as its ${slot === 1 ? 'weight' : 'bias'} input`;
@@ -173,6 +177,12 @@ function findUnit(G: Graph, P: NodeProto): Unit | string {
         if (w[ci.inAxis] !== d) return `consumer ${label(U)} weight has ${w[ci.inAxis]} input features, its input has ${d}`;
       }
       const m = w[ci.outAxis]!;
+      for (const name of [...slices.map((s) => s.tensor), ci.weight]) {
+        const why = notRewritable(G.constant(name)!);
+        if (why) return why;
+      }
+      const huge = tooBig({ d, m, g });
+      if (huge) return huge;
       const chainParams = new Set(slices.slice(1).map((s) => s.tensor));
       const params = [info.weight, ...chainParams, ci.weight].reduce((a, name) => a + numel(tensorDims(G.constant(name)!)), 0);
       return {
@@ -198,8 +208,8 @@ function findUnit(G: Graph, P: NodeProto): Unit | string {
       };
     }
 
-    const rule = CHAIN[U.opType];
-    if (!rule) return `${label(U)} is not known to act per channel (it may mix channels); subprune stops at it`;
+    const rule = CHAIN[opOf(U)];
+    if (!rule) return `${opOf(U)} "${U.name}" is not known to act per channel (it may mix channels); subprune stops at it`;
     const step = rule({ node: U, input: slot, channels: n, layout, inShape, outShape: G.shapes.get(U.output[0] ?? ''), opset: G.opset, constant: G.constant });
     if ('refuse' in step) return step.refuse;
     for (const o of U.output.slice(1)) {
@@ -221,6 +231,7 @@ function findUnit(G: Graph, P: NodeProto): Unit | string {
 function prepare(model: Model, inputShape?: readonly number[]): Graph {
   const graph = model.graph;
   if (!graph) throw badInput('the model has no graph.');
+  checkOpset(model);
   normalizeGraph(graph);
   return new Graph(graph, inferShapes(model, inputShape), opsetVersion(model) ?? 1);
 }
@@ -234,7 +245,7 @@ export function analyze(model: Model, inputShape?: number[]): Analysis {
   const units: Unit[] = [];
   const refused: Refused[] = [];
   for (const node of G.graph.node) {
-    if (!LAYER_OPS.has(node.opType)) continue;
+    if (!LAYER_OPS.has(opOf(node))) continue;
     const r = findUnit(G, node);
     if (typeof r === 'string') refused.push({ node: node.name, reason: r });
     else units.push(r);

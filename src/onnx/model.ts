@@ -3,11 +3,11 @@
 // from its folder, so the in-memory model is self-contained and can be written anywhere.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { fromBinary, toBinary } from '@bufbuild/protobuf';
 import { badInput, SubpruneError } from '../errors.js';
+import { writeFileAtomic } from '../atomic.js';
 import { isExternal, MAX_INLINE_BYTES, externalDataLocation, readExternalData } from './external.js';
-import { setTensorData } from './tensor.js';
+import { checkStoredSize, expectedBytes, setTensorData, tensorDims } from './tensor.js';
 import {
   ModelProtoSchema,
   type GraphProto,
@@ -55,12 +55,15 @@ export function inlineExternalData(model: Model, baseDir: string): void {
   let total = 0;
   forEachTensor(model, (t) => {
     if (!isExternal(t)) return;
-    total += externalDataLocation(t, baseDir).length;
+    const { length } = externalDataLocation(t, baseDir), want = expectedBytes(t);
+    if (want !== undefined && want !== length) {
+      throw badInput(`tensor "${t.name}": its external data has ${length} bytes but its dims [${t.dims.join(', ')}] need ${want}; the model is corrupted or the data file does not belong to it.`);
+    }
+    total += length;
     if (total > MAX_INLINE_BYTES) {
       throw badInput(`the model's external data exceeds ${MAX_INLINE_BYTES / 2 ** 30} GB; subprune stores weights inside the .onnx file, which protobuf limits to 2 GB, so models this large are not supported.`);
     }
-    const dims = t.dims.map(Number);
-    setTensorData(t, dims, t.dataType, readExternalData(t, baseDir));
+    setTensorData(t, tensorDims(t), t.dataType, readExternalData(t, baseDir));
   });
 }
 
@@ -82,6 +85,7 @@ export function parseModel(bytes: Uint8Array, baseDir?: string): Model {
   if (model.irVersion <= 0n) throw badInput(`the model has no valid ir_version. ${broken}`);
   if (model.opsetImport.length === 0) throw badInput(`the model declares no operator set (opset_import is empty). ${broken}`);
   if (baseDir !== undefined) inlineExternalData(model, baseDir);
+  forEachTensor(model, checkStoredSize);
   return model;
 }
 
@@ -115,26 +119,9 @@ export function serializeModel(model: Model): Uint8Array {
   return bytes;
 }
 
-/**
- * Write a model so that readers never see a half-written file: write a temporary file in the
- * same folder (same filesystem, so rename is atomic), flush it, then rename it over the target.
- */
+/** Write a model atomically (see writeFileAtomic): readers never see a half-written file. */
 export function writeModel(model: Model, file: string): void {
-  const bytes = serializeModel(model);
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  try {
-    const fd = fs.openSync(tmp, 'wx');
-    try {
-      fs.writeFileSync(fd, bytes);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw badInput(`cannot write model file ${file}: ${(e as Error).message}`, e);
-  }
+  writeFileAtomic(file, serializeModel(model));
 }
 
 /** The opset version the model imports for a domain ('' and 'ai.onnx' are the same), if any. */

@@ -28,6 +28,45 @@ export function numel(dims: readonly number[]): number {
   return dims.reduce((a, b) => a * b, 1);
 }
 
+const ELEMENT_BYTES: Partial<Record<number, number>> = {
+  [DataType.FLOAT]: 4, [DataType.UINT8]: 1, [DataType.INT8]: 1, [DataType.UINT16]: 2, [DataType.INT16]: 2, [DataType.INT32]: 4,
+  [DataType.INT64]: 8, [DataType.BOOL]: 1, [DataType.FLOAT16]: 2, [DataType.DOUBLE]: 8, [DataType.UINT32]: 4,
+  [DataType.UINT64]: 8, [DataType.COMPLEX64]: 8, [DataType.COMPLEX128]: 16, [DataType.BFLOAT16]: 2,
+};
+
+/** Bytes a tensor's data must have by its dims and data type (undefined for strings and packed or unknown types). */
+export function expectedBytes(t: TensorProto): number | undefined {
+  const size = ELEMENT_BYTES[t.dataType];
+  return size === undefined ? undefined : numel(tensorDims(t)) * size;
+}
+
+/** The typed field holding a tensor's values when not in raw_data, and how many entries one element takes. */
+function typedValues(t: TensorProto): [ArrayLike<unknown>, number] {
+  switch (t.dataType) {
+    case DataType.FLOAT: return [t.floatData, 1];
+    case DataType.COMPLEX64: return [t.floatData, 2];
+    case DataType.DOUBLE: return [t.doubleData, 1];
+    case DataType.COMPLEX128: return [t.doubleData, 2];
+    case DataType.INT64: return [t.int64Data, 1];
+    case DataType.UINT32: case DataType.UINT64: return [t.uint64Data, 1];
+    default: return [t.int32Data, 1]; // INT32, INT16, INT8, UINT16, UINT8, BOOL, FLOAT16, BFLOAT16
+  }
+}
+
+/**
+ * Checks, without decoding anything, that a tensor's stored data has the size its dims and data type promise: a
+ * corrupted model is refused when it is read, not when (or after) a wrong-sized buffer is allocated. External data is
+ * checked where it is inlined; tensors with no data at all are left to the code that needs their values.
+ */
+export function checkStoredSize(t: TensorProto): void {
+  const size = ELEMENT_BYTES[t.dataType];
+  if (isExternal(t) || t.segment !== undefined || size === undefined) return;
+  const n = numel(tensorDims(t));
+  if (t.rawData.length > 0) return checkCount(t, t.rawData.length, n * size, 'bytes of data');
+  const [values, per] = typedValues(t);
+  if (values.length > 0) checkCount(t, values.length, n * per, 'stored values');
+}
+
 /**
  * The tensor's bytes when they are stored as bytes (raw_data or an external file), else undefined
  * (the values are in a typed field such as float_data). External data needs the model folder.
@@ -90,16 +129,17 @@ export function float32ToFloat16Bits(v: number): number {
  */
 export function tensorToFloat32(t: TensorProto, baseDir?: string): { dims: number[]; data: Float32Array } {
   const dims = tensorDims(t);
-  const n = numel(dims);
   const dt = t.dataType;
   if (dt !== DataType.FLOAT && dt !== DataType.FLOAT16 && dt !== DataType.DOUBLE) {
     throw badInput(`${label(t)} has data type ${dataTypeName(dt)}; subprune reads weights only as FLOAT, FLOAT16 or DOUBLE. Convert the model's weights to float32.`);
   }
   const raw = storedBytes(t, baseDir);
+  const n = numel(dims), size = ELEMENT_BYTES[dt]!, typed = typedValues(t)[0];
+  // sizes first: corrupted dims must not turn into a huge allocation
+  if (raw !== undefined) checkCount(t, raw.length, n * size, 'bytes of data');
+  else checkCount(t, typed.length, n, 'stored values');
   const data = new Float32Array(n);
   if (raw !== undefined) {
-    const size = dt === DataType.FLOAT ? 4 : dt === DataType.FLOAT16 ? 2 : 8;
-    checkCount(t, raw.length, n * size, 'bytes of data');
     const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
     for (let i = 0; i < n; i++) {
       data[i] =
@@ -107,16 +147,11 @@ export function tensorToFloat32(t: TensorProto, baseDir?: string): { dims: numbe
         : dt === DataType.FLOAT16 ? float16BitsToFloat32(view.getUint16(2 * i, true))
         : view.getFloat64(8 * i, true);
     }
-  } else if (dt === DataType.FLOAT) {
-    checkCount(t, t.floatData.length, n, 'float_data values');
-    data.set(t.floatData);
   } else if (dt === DataType.FLOAT16) {
     // ONNX stores float16 bit patterns in int32_data, one per entry.
-    checkCount(t, t.int32Data.length, n, 'int32_data values');
     for (let i = 0; i < n; i++) data[i] = float16BitsToFloat32(t.int32Data[i]! & 0xffff);
   } else {
-    checkCount(t, t.doubleData.length, n, 'double_data values');
-    data.set(t.doubleData);
+    data.set(typed as number[]);
   }
   return { dims, data };
 }
@@ -124,18 +159,18 @@ export function tensorToFloat32(t: TensorProto, baseDir?: string): { dims: numbe
 /** Read an INT64 tensor (shape constants, axes, ...) from raw_data, int64_data or external data. */
 export function tensorToInt64(t: TensorProto, baseDir?: string): { dims: number[]; data: BigInt64Array } {
   const dims = tensorDims(t);
-  const n = numel(dims);
   if (t.dataType !== DataType.INT64) {
     throw badInput(`${label(t)} has data type ${dataTypeName(t.dataType)} where INT64 was expected; the model does not follow the ONNX spec for this input.`);
   }
   const raw = storedBytes(t, baseDir);
+  const n = numel(dims);
+  if (raw !== undefined) checkCount(t, raw.length, n * 8, 'bytes of data');
+  else checkCount(t, t.int64Data.length, n, 'int64_data values');
   const data = new BigInt64Array(n);
   if (raw !== undefined) {
-    checkCount(t, raw.length, n * 8, 'bytes of data');
     const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
     for (let i = 0; i < n; i++) data[i] = view.getBigInt64(8 * i, true);
   } else {
-    checkCount(t, t.int64Data.length, n, 'int64_data values');
     data.set(t.int64Data);
   }
   return { dims, data };

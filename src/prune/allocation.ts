@@ -30,10 +30,10 @@ export function captureOriginal(model: Model, units: Unit[], calib: NpyFile, met
 }
 
 /** The method's order of all channels of `unit`, run through selectChannels (a baseline's order is forced). */
-export function rankUnit(model: Model, unit: Unit, gram: Captured, method: Method, seed: number, opts: RunOptions = {}, k = unit.channels): Ranked {
+export function rankUnit(model: Model, unit: Unit, gram: Captured, method: Method, seed: number, opts: RunOptions = {}): Ranked {
   const W = consumerWeightMatrix(model, unit);
   const order = rankChannels(method, { n: unit.channels, g: unit.g, m: unit.m, W, stats: gram.stats }, unitSeed(seed, unit.id));
-  const sel = selectChannels({ d: unit.d, m: unit.m, g: unit.g, G: gram.G, C: gram.C, H: gram.H, W }, k, { kernels: opts.kernels, threads: opts.threads, order });
+  const sel = selectChannels({ d: unit.d, m: unit.m, g: unit.g, G: gram.G, C: gram.C, H: gram.H, W }, unit.channels, { kernels: opts.kernels, threads: opts.threads, order });
   return { unit, W, sel };
 }
 
@@ -53,9 +53,12 @@ export function paddedWeights(r: Ranked, k: number, refit: boolean): Float64Arra
 /**
  * Each unit pruned alone to every channel count of its grid, measured on the verification set (accuracy with labels,
  * top-1 agreement with the original model without). The nested order means one ranking serves every count.
+ * Counts are measured upwards from 1 until the quality reaches its value with every channel kept (measured first):
+ * from there on the monotone curve is that value whatever the rest measures, so the rest is filled with it, unmeasured
+ * (`full` measures every count).
  */
 export async function sensitivityCurves(model: Model, ranked: Ranked[], refit: boolean, verify: VerifySet, opts: RunOptions & {
-  targets?: Int32Array; step?: number; onStep?: (done: number, total: number) => void;
+  targets?: Int32Array; step?: number; full?: boolean; onStep?: (done: number, total: number) => void;
 } = {}): Promise<Map<string, Curve>> {
   const targets = opts.targets ?? await verifyTargets(model, verify, opts);
   const grids = ranked.map((r) => gridKeeps(r.unit.channels, opts.step));
@@ -63,14 +66,22 @@ export async function sensitivityCurves(model: Model, ranked: Ranked[], refit: b
   let done = 0;
   const curves = new Map<string, Curve>();
   for (const [i, r] of ranked.entries()) {
-    const probe = await openUnitProbe(model, r.unit, verify, targets, opts);
+    const probe = await openUnitProbe(model, r.unit, verify, targets, opts), ks = grids[i];
     try {
+      const cap = await probe.quality(paddedWeights(r, r.unit.channels, refit));
       const values: number[] = [];
-      for (const k of grids[i]) {
+      let best = -Infinity;
+      for (const k of ks.slice(0, -1)) {
+        if (best >= cap && !opts.full) break;
         values.push(await probe.quality(paddedWeights(r, k, refit)));
+        best = Math.max(best, values[values.length - 1]);
         opts.onStep?.(++done, total);
       }
-      curves.set(r.unit.id, { ks: grids[i], values });
+      const measured = values.length;
+      while (values.length < ks.length) values.push(cap);
+      done += ks.length - measured - 1;
+      opts.onStep?.(++done, total);
+      curves.set(r.unit.id, { ks, values, measured });
     } finally { await probe.release(); }
   }
   return curves;
@@ -90,14 +101,14 @@ export function allocateRanked(allocation: 'sensitivity' | 'global', ranked: Ran
  * sensitivity each unit's curve on the verification set (default: the calibration inputs, label-free).
  */
 export async function allocateBudget(model: Model, units: Unit[], calib: NpyFile, sizeOf: SizeOf, goal: number, opts: RunOptions & {
-  allocation: 'sensitivity' | 'global'; method?: Method; seed?: number; refit?: boolean; verify?: VerifySet;
+  allocation: 'sensitivity' | 'global'; method?: Method; seed?: number; refit?: boolean; verify?: VerifySet; grid?: number;
   onProgress?: (stage: string, done: number, total: number) => void;
 }): Promise<{ keeps: Map<string, number>; grams: Map<string, Captured> }> {
   const method = opts.method ?? 'greedy', progress = opts.onProgress ?? (() => {});
   const grams = await captureOriginal(model, units, calib, [method], { ...opts, onBatch: (d, n) => progress('capture', d, n) });
   const ranked = units.map((u) => rankUnit(model, u, grams.get(u.id)!, method, opts.seed ?? 0, opts));
   const curves = opts.allocation === 'sensitivity'
-    ? await sensitivityCurves(model, ranked, opts.refit ?? true, opts.verify ?? { data: calib }, { ...opts, onStep: (d, n) => progress('allocate', d, n) })
+    ? await sensitivityCurves(model, ranked, opts.refit ?? true, opts.verify ?? { data: calib }, { ...opts, step: opts.grid, onStep: (d, n) => progress('allocate', d, n) })
     : undefined;
   return { keeps: allocateRanked(opts.allocation, ranked, sizeOf, goal, curves), grams };
 }

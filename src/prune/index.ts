@@ -14,6 +14,8 @@ import { rankChannels, statsFor, unitSeed, type Method } from '../select/baselin
 import { allocateBudget, type Allocation } from './allocation.js';
 import type { VerifySet } from '../eval/alone.js';
 import { badInput } from '../errors.js';
+import { verifyPruned } from './verify.js';
+import { checkRefitRows, distinctSamples } from '../limits.js';
 
 export type Mode = 'layerwise' | 'sequential' | 'asymmetric';
 
@@ -39,6 +41,8 @@ export interface PruneOptions {
   allocation?: Allocation;
   /** The sensitivity allocation's verification set (default: the calibration inputs, measuring agreement). */
   verify?: VerifySet;
+  /** The sensitivity allocation's grid step of kept fractions (default 0.01). */
+  grid?: number;
   /** Progress: stage name, work done, work total. */
   onProgress?: (stage: string, done: number, total: number) => void;
 }
@@ -67,7 +71,8 @@ export interface PruneReport {
   refused: { node: string; reason: string }[];
   params: { before: number; after: number };
   flops: { before: number; after: number };
-  seconds: { analyze: number; capture: number; select: number; rewrite: number; verify: number; total: number };
+  /** allocate: the sensitivity or global allocation (its capture of the original model and its measurements). */
+  seconds: { analyze: number; allocate: number; capture: number; select: number; rewrite: number; verify: number; total: number };
   /** The pruned model against the original on the calibration inputs. */
   fidelity: Fidelity;
 }
@@ -88,17 +93,20 @@ export async function prune(model: Model, calib: NpyFile, opts: PruneOptions): P
   const sizeOf = sizeModel(model, units, inputShape, 'compression' in opts.budget && opts.budget.target === 'flops' ? 'flops' : 'params');
   const method = opts.method ?? 'greedy', seed = opts.seed ?? 0, allocation = opts.allocation ?? 'uniform';
   if (allocation !== 'uniform' && !('compression' in opts.budget)) throw badInput(`--allocation ${allocation} needs a --compression budget`);
-  const alloc = allocation !== 'uniform' && 'compression' in opts.budget
+  const tA = now();
+  const alloc = allocation !== 'uniform' && units.length > 0 && 'compression' in opts.budget
     ? await allocateBudget(model, units, calib, sizeOf, sizeOf(new Map(units.map((u) => [u.id, u.channels]))) / opts.budget.compression,
       { ...opts, allocation, backend, onProgress: progress })
     : undefined;
-  const keeps = alloc?.keeps ?? resolveBudget(units, opts.budget, sizeOf);
+  const keeps = alloc?.keeps ?? (units.length ? resolveBudget(units, opts.budget, sizeOf) : new Map<string, number>()); // no units: nothing to budget
   const t1 = now();
 
   const reports: UnitReport[] = [];
   let tCapture = 0, tSelect = 0, tRewrite = 0;
+  let distinct: number | undefined; // of the calibration samples, counted once if a re-fit needs it
   const choose = (unit: Unit, gram: Captured, current: Model) => {
     const t = now(), k = keeps.get(unit.id)!;
+    if (refit) checkRefitRows(unit, gram.rows, calib.rows, distinct ??= distinctSamples(calib));
     const W = consumerWeightMatrix(current, unit);
     const order = rankChannels(method, { n: unit.channels, g: unit.g, m: unit.m, W, stats: gram.stats }, unitSeed(seed, unit.id));
     const sel = selectChannels({ d: unit.d, m: unit.m, g: unit.g, G: gram.G, C: gram.C, H: gram.H, W }, k, { kernels: opts.kernels, threads: opts.threads, order });
@@ -139,6 +147,7 @@ export async function prune(model: Model, calib: NpyFile, opts: PruneOptions): P
   }
 
   const t2 = now();
+  await verifyPruned(model, pruned, calib, { batch: opts.batch, backend });
   const fidelity = await evaluate(pruned, calib, { reference: model, batch: opts.batch, backend, onBatch: (d, n) => progress('verify', d, n) });
   const after = modelStats(pruned, inputShape);
   const t3 = now();
@@ -149,7 +158,7 @@ export async function prune(model: Model, calib: NpyFile, opts: PruneOptions): P
       units: reports, refused,
       params: { before: before.params, after: after.params },
       flops: { before: before.flops, after: after.flops },
-      seconds: { analyze: t1 - t0, capture: tCapture, select: tSelect, rewrite: tRewrite, verify: t3 - t2, total: t3 - t0 },
+      seconds: { analyze: tA - t0, allocate: t1 - tA, capture: tCapture, select: tSelect, rewrite: tRewrite, verify: t3 - t2, total: t3 - t0 },
       fidelity,
     },
   };

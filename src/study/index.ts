@@ -36,6 +36,8 @@ export interface StudyResult {
   model: string;
   target: Target;
   compressions: number[];
+  /** The sensitivity allocation's grid step. */
+  grid: number;
   calibration: { path: string; samples: number };
   verify: { path: string; samples: number; measure: 'accuracy' | 'agreement' };
   test: { path: string; samples: number };
@@ -55,8 +57,10 @@ export interface StudyOptions extends RunOptions {
   compressions: number[];
   target?: Target;
   methods?: readonly Method[];
-  /** Seeds of the random and sampling methods (default 3). */
+  /** Seeds of the random and sampling methods (default 3). Their sensitivity allocation is measured with seed 0. */
   seeds?: number;
+  /** Step of the sensitivity allocation's grid of fractions (default 0.01). */
+  grid?: number;
   modes?: readonly Mode[];
   allocations?: readonly Allocation[];
   refits?: readonly boolean[];
@@ -90,7 +94,7 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
       configs.push({ method, mode, refit, allocation, seed });
     }
   }
-  const needsCurves = new Set(configs.filter((c) => c.allocation === 'sensitivity' && c.mode === 'layerwise').map((c) => `${c.method}/${c.seed}/${c.refit}`));
+  const needsCurves = new Set(configs.filter((c) => c.allocation === 'sensitivity' && c.mode === 'layerwise').map((c) => `${c.method}/${c.refit}`));
   const total = configs.length * o.compressions.length + needsCurves.size;
   let done = 0;
   const tick = () => o.onProgress?.(++done, total);
@@ -111,11 +115,12 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
     }
     return ranked.get(key)!;
   };
-  const curvesFor = async (method: Method, seed: number, refit: boolean) => {
-    const key = `${method}/${seed}/${refit}`;
+  // per method and re-fit, from seed 0's ranking: every seed of a stochastic method gets the same budgets
+  const curvesFor = async (method: Method, refit: boolean) => {
+    const key = `${method}/${refit}`;
     if (!curves.has(key)) {
       const t1 = now();
-      curves.set(key, { curves: await sensitivityCurves(model, rankedFor(method, seed).ranked, refit, verify, { ...run, targets }), seconds: now() - t1 });
+      curves.set(key, { curves: await sensitivityCurves(model, rankedFor(method, 0).ranked, refit, verify, { ...run, targets, step: o.grid }), seconds: now() - t1 });
       tick();
     }
     return curves.get(key)!;
@@ -124,7 +129,7 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
   for (const cfg of configs) {
     const { method, seed, refit, allocation, mode } = cfg;
     const r = rankedFor(method, seed);
-    const cv = allocation === 'sensitivity' ? await curvesFor(method, seed, refit) : undefined;
+    const cv = allocation === 'sensitivity' ? await curvesFor(method, refit) : undefined;
     for (const c of o.compressions) {
       t = now();
       const keeps = allocation === 'uniform' ? resolveBudget(units, { compression: c }, sizeOf) : allocateRanked(allocation, r.ranked, sizeOf, full / c, cv?.curves);
@@ -147,7 +152,7 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
     }
   }
   return {
-    model: o.name, target, compressions: o.compressions,
+    model: o.name, target, compressions: o.compressions, grid: o.grid ?? 0.01,
     calibration: { path: o.calib.path, samples: o.calib.rows },
     verify: { path: verify.data.path, samples: verify.data.rows, measure: verify.labels ? 'accuracy' : 'agreement' },
     test: { path: o.test.data.path, samples: o.test.data.rows },

@@ -54,37 +54,52 @@ export function detailTable(r: StudyResult): string {
   return [head, ...r.rows.map((x) => `| ${x.method} | ${x.mode} | ${x.refit ? 'yes' : 'no'} | ${x.allocation} | ${x.seed} | ${x.compression} | ${f3(x.accuracy)} | ${x.params} | ${x.flops} | ${x.seconds.toFixed(2)} | ${Object.values(x.keeps).join(' ')} |`)].join('\n');
 }
 
-export interface Claim { claim: string; held: number; total: number; exceptions: string[] }
+export interface Claim {
+  claim: string;
+  total: number;
+  held: number;
+  /** Lower, but by less than two standard errors of the difference (test-set sampling noise). */
+  withinNoise: string[];
+  /** Lower by two standard errors or more. */
+  violated: string[];
+}
+
+type Pair = [what: string, a: number | undefined, b: number | undefined];
 
 /**
- * The paper's claims, checked on every comparison the rows allow. A tie counts as held (the claims say "at least as").
- * Stochastic methods are compared by their mean over seeds.
+ * The paper's claims, checked on every comparison the rows allow: a ≥ b holds; a < b is within noise when the gap is
+ * under two standard errors of the difference of two accuracies measured on n test images (√(a(1−a)/n + b(1−b)/n)),
+ * and violated otherwise. Stochastic methods are compared by their mean over seeds.
  */
 export function checkClaims(r: StudyResult): Claim[] {
-  const L = lines(r), cs = r.compressions;
+  const L = lines(r), cs = r.compressions, n = r.test.samples;
   const acc = (l: Line, c: number) => L.get(lineKey(l))?.at.get(c)?.accuracy;
   const claims: Claim[] = [];
-  const check = (claim: string, pairs: [string, number | undefined, number | undefined][]) => {
-    const ok = pairs.filter(([, a, b]) => a !== undefined && b !== undefined);
-    const bad = ok.filter(([, a, b]) => a! < b!);
-    claims.push({ claim, held: ok.length - bad.length, total: ok.length, exceptions: bad.map(([w, a, b]) => `${w}: ${f3(a!)} < ${f3(b!)}`) });
+  const check = (claim: string, pairs: Pair[]) => {
+    const ok = pairs.filter(([, a, b]) => a !== undefined && b !== undefined) as [string, number, number][];
+    const lower = ok.filter(([, a, b]) => a < b), noisy = ([, a, b]: [string, number, number]) => b - a < 2 * Math.sqrt((a * (1 - a) + b * (1 - b)) / n);
+    const say = ([w, a, b]: [string, number, number]) => `${w}: ${f3(a)} < ${f3(b)}`;
+    claims.push({ claim, total: ok.length, held: ok.length - lower.length, withinNoise: lower.filter(noisy).map(say), violated: lower.filter((x) => !noisy(x)).map(say) });
   };
-  const all = [...L.values()].map((x) => x.line);
+  const all = [...L.values()].map((x) => x.line), high = cs.filter((c) => c >= 8);
   check('re-fitting helps every selection method (re-fit ≥ no re-fit)', all.filter((l) => l.refit).flatMap((l) =>
-    cs.map((c) => [`${lineLabel(l)} at ${c}×`, acc(l, c), acc({ ...l, refit: false }, c)] as [string, number | undefined, number | undefined])));
-  check('greedy with re-fit ≥ every baseline, at every compression ≥ 4 (same allocation)', all.filter((l) => l.method !== 'greedy').flatMap((l) =>
-    cs.filter((c) => c >= 4).map((c) => [`vs ${lineLabel(l)} at ${c}×`, acc({ method: 'greedy', mode: 'layerwise', refit: true, allocation: l.allocation }, c), acc(l, c)] as [string, number | undefined, number | undefined])));
-  const high = cs.filter((c) => c >= 8);
-  check(`asymmetric ≥ layerwise at high compression (${high.join(', ')}×)`, all.filter((l) => l.method === 'greedy' && l.mode === 'asymmetric').flatMap((l) =>
-    high.map((c) => [`${lineLabel(l)} at ${c}×`, acc(l, c), acc({ ...l, mode: 'layerwise' }, c)] as [string, number | undefined, number | undefined])));
+    cs.map((c): Pair => [`${lineLabel(l)} at ${c}×`, acc(l, c), acc({ ...l, refit: false }, c)])));
+  check('greedy with re-fit ≥ every baseline, at every compression ≥ 4 (layerwise, same allocation)', all.filter((l) => l.method !== 'greedy').flatMap((l) =>
+    cs.filter((c) => c >= 4).map((c): Pair => [`vs ${lineLabel(l)} at ${c}×`, acc({ method: 'greedy', mode: 'layerwise', refit: true, allocation: l.allocation }, c), acc(l, c)])));
+  for (const refit of [true, false]) {
+    check(`asymmetric ≥ layerwise at high compression (${high.join(', ')}×), ${refit ? 'with' : 'without'} re-fit`, all.filter((l) => l.method === 'greedy' && l.mode === 'asymmetric' && l.refit === refit).flatMap((l) =>
+      high.map((c): Pair => [`${lineLabel(l)} at ${c}×`, acc(l, c), acc({ ...l, mode: 'layerwise' }, c)])));
+  }
   check('sensitivity allocation ≥ uniform', all.filter((l) => l.allocation === 'sensitivity').flatMap((l) =>
-    cs.map((c) => [`${lineLabel(l)} at ${c}×`, acc(l, c), acc({ ...l, allocation: 'uniform' }, c)] as [string, number | undefined, number | undefined])));
+    cs.map((c): Pair => [`${lineLabel(l)} at ${c}×`, acc(l, c), acc({ ...l, allocation: 'uniform' }, c)])));
   return claims;
 }
 
 export function claimsMarkdown(r: StudyResult): string {
+  const list = (title: string, xs: string[]) => (xs.length ? `\n  ${title}:\n${xs.map((e) => `  - ${e}`).join('\n')}` : '');
   return checkClaims(r).map((c) => `- **${c.claim}**: held in ${c.held} of ${c.total} comparisons` +
-    (c.exceptions.length ? `; not in:\n${c.exceptions.map((e) => `  - ${e}`).join('\n')}` : '.')).join('\n');
+    (c.withinNoise.length || c.violated.length ? `; lower within test noise (< 2 standard errors) in ${c.withinNoise.length}, lower beyond it in ${c.violated.length}.` : '.') +
+    list('beyond noise', c.violated) + list('within noise', c.withinNoise)).join('\n');
 }
 
 export function studyMarkdown(r: StudyResult, plot = 'plot.svg'): string {
@@ -95,7 +110,8 @@ Test accuracy on ${r.test.samples} test images (${r.test.path}) without fine-tun
 ${r.target === 'flops' ? 'FLOPs' : 'parameters'} with ${r.calibration.samples} unlabeled calibration images (${r.calibration.path}).
 The original model: accuracy ${f3(r.original.accuracy)}, ${pct(r.original.params)} parameters, ${pct(r.original.flops)} FLOPs.
 The sensitivity allocation measured each unit pruned alone on ${r.verify.samples} images of ${r.verify.path}
-(${r.verify.measure === 'agreement' ? 'top-1 agreement with the original model: no labels' : 'top-1 accuracy'}).
+(${r.verify.measure === 'agreement' ? 'top-1 agreement with the original model: no labels' : 'top-1 accuracy'}) at kept fractions
+${r.grid}, ${2 * r.grid}, …, 1.
 Random and sampling: mean ± standard deviation over ${Math.max(...r.rows.map((x) => x.seed)) + 1} seeds. Best of each column in bold.
 
 ![accuracy against compression](${plot})
@@ -131,14 +147,16 @@ export function studySvg(r: StudyResult): string {
   const cs = r.compressions, lx = (c: number) => left + (cs.length > 1 ? (Math.log2(c) - Math.log2(cs[0])) / (Math.log2(cs[cs.length - 1]) - Math.log2(cs[0])) : 0.5) * pw;
   const shown = [...lines(r).values()].filter(({ line: l }) => (l.refit && l.allocation === 'sensitivity') || (!l.refit && l.allocation === 'uniform'));
   const values = [r.original.accuracy, ...shown.flatMap((s) => [...s.at.values()].map((p) => p.accuracy))];
-  const ymin = Math.max(0, Math.floor(Math.min(...values) * 10) / 10), ymax = Math.min(1, Math.ceil(Math.max(...values) * 20) / 20);
+  const lo = Math.min(...values), hi = Math.max(...values);
+  const step = [0.01, 0.02, 0.05, 0.1, 0.2].find((s) => (hi - lo) / s <= 8) ?? 0.2; // at most ~9 gridlines
+  const ymin = Math.max(0, Math.floor(lo / step) * step), ymax = Math.min(1, Math.ceil(hi / step) * step);
   const ly = (a: number) => top + (1 - (a - ymin) / (ymax - ymin || 1)) * ph;
   const out: string[] = [];
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`);
   out.push(`<rect width="${W}" height="${H}" fill="white"/>`);
   out.push(`<text x="${left + pw / 2}" y="22" text-anchor="middle" font-size="14">${esc(r.model)}: test accuracy without fine-tuning</text>`);
-  for (let i = 0; i <= 5; i++) {
-    const a = ymin + (i * (ymax - ymin)) / 5, y = ly(a);
+  for (let i = 0; ymin + i * step <= ymax + 1e-9; i++) {
+    const a = ymin + i * step, y = ly(a);
     out.push(`<line x1="${left}" x2="${left + pw}" y1="${y}" y2="${y}" stroke="#ddd"/><text x="${left - 6}" y="${y + 4}" text-anchor="end">${a.toFixed(2)}</text>`);
   }
   for (const c of cs) out.push(`<line x1="${lx(c)}" x2="${lx(c)}" y1="${top}" y2="${top + ph}" stroke="#eee"/><text x="${lx(c)}" y="${top + ph + 18}" text-anchor="middle">${c}×</text>`);

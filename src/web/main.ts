@@ -1,5 +1,6 @@
 // The page: picks the files and options, hands them to the worker, shows progress and the result.
 import type { PruneReport, Mode } from '../prune/index.js';
+import { METHODS, type Method } from '../select/baselines.js';
 import type { FromWorker, Job } from './protocol.js';
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -16,6 +17,8 @@ function pick(which: 'model' | 'calib', p: Picked): void {
   $(`${which}-info`).textContent = `${p.name}, ${kb(p.bytes.byteLength)}`;
   $<HTMLButtonElement>('run').disabled = !(model && calib);
 }
+
+select('method').append(...METHODS.map((m) => new Option(m, m)));
 
 for (const which of ['model', 'calib'] as const) {
   input(which).addEventListener('change', async () => {
@@ -67,7 +70,8 @@ $('run').addEventListener('click', () => {
   if (!(compression >= 1)) { showError('compression must be a number ≥ 1'); return; }
   job = {
     model: model.bytes, modelName: model.name, calib: calib.bytes, calibName: calib.name, compression,
-    target: select('target').value as Job['target'], mode: select('mode').value as Mode, refit: select('method').value === 'refit',
+    target: select('target').value as Job['target'], mode: select('mode').value as Mode, method: select('method').value as Method,
+    refit: input('refit').checked,
   };
   showError('');
   $('result').hidden = true;
@@ -113,7 +117,7 @@ function showResult(bytes: Uint8Array, report: PruneReport): void {
   $('summary').textContent = `Parameters ${big(r.params.before)} → ${big(r.params.after)} (${(r.params.before / r.params.after).toFixed(2)}× smaller), `
     + `FLOPs ${big(r.flops.before)} → ${big(r.flops.after)}. On the ${r.calibration.samples} calibration inputs: top-1 agreement with the original `
     + `${((f.agreement ?? 0) * 100).toFixed(2)}%, relative output error ${(f.relError ?? 0).toFixed(4)}. `
-    + `${r.units.length} units, ${r.refused.length} refused; mode ${r.mode}, ${r.refit ? 're-fit' : 'no re-fit'}, onnxruntime-${r.backend}; ${r.seconds.total.toFixed(2)} s.`;
+    + `${r.units.length} units, ${r.refused.length} refused; mode ${r.mode}, method ${r.method}, ${r.refit ? 're-fit' : 'no re-fit'}, onnxruntime-${r.backend}; ${r.seconds.total.toFixed(2)} s.`;
   const base = `${j.modelName.replace(/\.onnx$/i, '')}-c${j.compression}`;
   const link = (id: string, name: string, blob: Blob) => {
     const a = $<HTMLAnchorElement>(id);

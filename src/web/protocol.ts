@@ -1,5 +1,6 @@
 // Messages between the page (main.ts) and its worker (worker.ts).
 import type { Mode, PruneReport } from '../prune/index.js';
+import type { Method } from '../select/baselines.js';
 
 export interface Job {
   model: ArrayBuffer;
@@ -9,6 +10,7 @@ export interface Job {
   compression: number;
   target: 'params' | 'flops';
   mode: Mode;
+  method: Method;
   refit: boolean;
 }
 

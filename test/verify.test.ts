@@ -1,0 +1,91 @@
+import { describe, it, expect, vi, beforeAll, afterAll } from 'vitest';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { clone } from '@bufbuild/protobuf';
+import { SubpruneError } from '../src/errors.js';
+import { ModelProtoSchema, initializerMap, readModel, replaceInitializerData, tensorToFloat32, type Model } from '../src/onnx/index.js';
+import { openNpy } from '../src/npy.js';
+import { verifyPruned } from '../src/prune/verify.js';
+import { prune } from '../src/prune/index.js';
+import { expectFailure, runCli } from './cli-helpers.js';
+
+// The last gate before a pruned model is written: onnxruntime must load it and run it on a calibration batch with
+// finite outputs shaped like the original's. Broken models are made here by hand, and (to reach the gate through the
+// real pipeline and CLI) by a rewrite that is made to break its result.
+
+const broken = vi.hoisted(() => ({ on: false }));
+vi.mock('../src/rewrite/index.js', async (importOriginal) => {
+  const real = await importOriginal<typeof import('../src/rewrite/index.js')>();
+  return {
+    ...real,
+    pruneUnits: (...a: Parameters<typeof real.pruneUnits>) => {
+      const out = real.pruneUnits(...a);
+      if (broken.on) setFloat(out, 'fc3.bias', 0, NaN);
+      return out;
+    },
+  };
+});
+
+function setFloat(m: Model, name: string, i: number, v: number): void {
+  const { dims, data } = tensorToFloat32(initializerMap(m.graph!).get(name)!);
+  data[i] = v;
+  replaceInitializerData(m.graph!, name, dims, data);
+}
+
+const lenet = readModel('models/lenet.onnx');
+const calib = openNpy('models/calib.npy');
+afterAll(() => calib.close());
+
+async function internal(p: Promise<unknown>, message: RegExp): Promise<void> {
+  const e = await p.then(() => undefined, (x: unknown) => x);
+  expect(e).toBeInstanceOf(SubpruneError);
+  expect((e as SubpruneError).code).toBe('internal');
+  expect((e as Error).message).toMatch(message);
+}
+
+describe('verifyPruned', () => {
+  it('passes the original model and a correctly pruned one', async () => {
+    await verifyPruned(lenet, lenet, calib);
+    broken.on = false;
+    const { model } = await prune(lenet, calib, { budget: { compression: 2 } });
+    await verifyPruned(lenet, model, calib);
+  });
+
+  it('fails a model with non-finite outputs, other output shapes, or that onnxruntime cannot load: internal errors', async () => {
+    const nan = clone(ModelProtoSchema, lenet);
+    setFloat(nan, 'fc3.bias', 2, Infinity);
+    await internal(verifyPruned(lenet, nan, calib), /failed verification: tensor \S+ has Infinity on the calibration data/);
+    const narrow = clone(ModelProtoSchema, lenet); // fc3 with 9 outputs instead of 10
+    const map = initializerMap(narrow.graph!), w = tensorToFloat32(map.get('fc3.weight')!), b = tensorToFloat32(map.get('fc3.bias')!);
+    replaceInitializerData(narrow.graph!, 'fc3.weight', [9, 84], w.data.subarray(0, 9 * 84));
+    replaceInitializerData(narrow.graph!, 'fc3.bias', [9], b.data.subarray(0, 9));
+    await internal(verifyPruned(lenet, narrow, calib), /output \S+ has shape \[64,9\], the original's \[64,10\]/);
+    const unloadable = clone(ModelProtoSchema, lenet);
+    unloadable.graph!.initializer = unloadable.graph!.initializer.filter((t) => t.name !== 'fc2.weight');
+    await internal(verifyPruned(lenet, unloadable, calib), /failed verification: onnxruntime cannot load the model/);
+    const renamed = clone(ModelProtoSchema, lenet);
+    renamed.graph!.output[0]!.name = 'other';
+    await internal(verifyPruned(lenet, renamed, calib), /its outputs are \[other\]/);
+  });
+});
+
+describe('a pruned model that fails verification is never written', () => {
+  let dir: string;
+  beforeAll(() => { dir = mkdtempSync(join(tmpdir(), 'subprune-verify-')); });
+  afterAll(() => { broken.on = false; rmSync(dir, { recursive: true, force: true }); });
+
+  it('prune() rejects it with an internal error', async () => {
+    broken.on = true;
+    await internal(prune(lenet, calib, { budget: { compression: 2 } }), /the pruned model failed verification: .*NaN/);
+  });
+
+  it('the CLI exits 1 with one line, and writes neither the model nor the report', async () => {
+    broken.on = true;
+    const out = join(dir, 'out.onnx'), report = join(dir, 'out.json');
+    const r = await runCli('prune', 'models/lenet.onnx', '--calib', 'models/calib.npy', '-o', out, '--report', report);
+    expectFailure(r, 1, /^subprune prune: the pruned model failed verification: .*; nothing was written \(please report this\)$/);
+    expect(existsSync(out) || existsSync(report)).toBe(false);
+    expect(readdirSync(dir)).toEqual([]);
+  });
+});
