@@ -3,7 +3,7 @@
 import Benchmark from 'benchmark';
 import { cpus } from 'node:os';
 import { existsSync } from 'node:fs';
-import { getKernels, defaultThreads } from '../src/kernels/instances.js';
+import { getKernels, cores } from '../src/kernels/instances.js';
 import { gramAccumulate } from '../src/kernels/ops.js';
 import { GramAccumulator } from '../src/kernels/gram.js';
 import { selectChannels, type LayerProblem } from '../src/select/greedy.js';
@@ -14,7 +14,7 @@ import { openNpy } from '../src/npy.js';
 const args = process.argv.slice(2);
 const quick = args.includes('--quick'), json = args.includes('--json');
 const log = (s: string) => { if (!json) console.error(s); };
-const T = defaultThreads();
+const T = cores();
 
 function rand(n: number, seed: number): Float32Array {
   const x = new Float32Array(n);

@@ -2,5 +2,5 @@ export type { Kernels } from './types.js';
 export { Arena, fmtBytes } from './memory.js';
 export { wasmKernels } from './wasm.js';
 export { plainKernels } from './plain.js';
-export { getKernels, defaultThreads } from './instances.js';
+export { getKernels, defaultThreads, cores } from './instances.js';
 export { GramAccumulator, type Gram, type ConvGeometry } from './gram.js';

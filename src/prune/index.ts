@@ -28,7 +28,7 @@ export interface PruneOptions {
   batch?: number;
   /** Selection kernels: SIMD WebAssembly (default) or plain TypeScript. */
   kernels?: 'wasm' | 'plain';
-  /** Threads for the wasm kernels (default: all cores); results do not depend on it. */
+  /** Threads for the wasm kernels (default 1; more is experimental, see --threads); results do not depend on it. */
   threads?: number;
   /** Model runtime for capture and verification: onnxruntime-node or onnxruntime-web's WebAssembly backend
    * (default: node if it loads, else web). */

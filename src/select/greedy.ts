@@ -28,7 +28,7 @@ export interface LayerProblem {
 export interface SelectOptions {
   /** The kernels: SIMD WebAssembly (default) or plain TypeScript. */
   kernels?: 'wasm' | 'plain';
-  /** Threads for the wasm kernels (default: all cores). Results are the same for any count. */
+  /** Threads for the wasm kernels (default 1; more is experimental, see --threads). Results are the same for any count. */
   threads?: number;
   /** A column whose residual falls to tol × its original norm² is taken as dependent (gain 0). */
   tol?: number;
