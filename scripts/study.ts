@@ -24,7 +24,10 @@ async function studyOne(name: string): Promise<void> {
   try {
     const res = await runStudy(readModel(`models/${name}.onnx`), {
       name, calib, test: { data: test, labels: labels.readF64() }, compressions: COMPRESSIONS, grid: GRID,
-      onProgress: (d, n) => (bar ??= new Progress(name, n)).update(d),
+      onProgress: (d, n) => {
+        (bar ??= new Progress(name, n)).update(d);
+        if (!process.stderr.isTTY && d % 25 === 0) console.log(`${name}: ${d}/${n} (${((performance.now() - t0) / 60000).toFixed(1)} min)`); // a log line for non-terminals
+      },
     });
     bar?.done();
     const dir = join(OUT, name);

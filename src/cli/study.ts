@@ -56,6 +56,7 @@ export async function runStudyCommand(argv: string[]): Promise<void> {
   const target = choice(o.target!, '--target', ['params', 'flops'] as const);
   const seeds = num(o.seeds, '--seeds', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1')!;
   const model = readModel(positionals[0]);
+  try { mkdirSync(o.out!, { recursive: true }); } catch (e) { throw badInput(`--out ${o.out}: cannot create it (${(e as Error).message}); choose another folder`); } // before hours of work
   const opened: NpyFile[] = [];
   const open = (p: string) => { const f = openNpy(p); opened.push(f); return f; };
   let bar: Progress | undefined; // its total is known at the first report
@@ -71,7 +72,6 @@ export async function runStudyCommand(argv: string[]): Promise<void> {
       onProgress: (done, total) => (bar ??= new Progress('study', total)).update(done),
     });
     bar?.done();
-    mkdirSync(o.out!, { recursive: true });
     writeFileAtomic(join(o.out!, 'results.json'), Buffer.from(JSON.stringify(res, null, 1) + '\n'));
     writeFileAtomic(join(o.out!, 'table.md'), Buffer.from(studyMarkdown(res)));
     writeFileAtomic(join(o.out!, 'plot.svg'), Buffer.from(studySvg(res)));

@@ -114,7 +114,10 @@ export async function prune(model: Model, calib: NpyFile, opts: PruneOptions): P
     const objective = refit ? (k ? sel.objective[k - 1] : 0) : slicedObjective(unit, gram, W, fit.keep, sel.norm2);
     tSelect += now() - t;
     reports.push({ id: unit.id, weight: unit.weight, channels: unit.channels, kept: k, order: sel.order, objective, seconds: now() - t });
-    return { unit, keep: fit.keep, ...(refit ? { W: fit.W } : {}) };
+    // Every channel kept with the model's own input as target: W is already a minimiser (error 0), and re-fitting could
+    // only move it along the null space of a rank-deficient B (changing outputs off the calibration set).
+    const same = k === unit.channels && mode !== 'asymmetric';
+    return { unit, keep: fit.keep, ...(refit && !same ? { W: fit.W } : {}) };
   };
 
   let pruned: Model;
