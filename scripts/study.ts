@@ -35,8 +35,8 @@ async function studyOne(name: string): Promise<void> {
     writeFileAtomic(join(dir, 'results.json'), Buffer.from(JSON.stringify(res, null, 1) + '\n'));
     console.log(`${name}: ${res.rows.length} runs in ${(res.seconds / 60).toFixed(1)} min`);
     const t = performance.now();
-    const vs = await allocationVariants(readModel(`models/${name}.onnx`), { calib, test: { data: test, labels: labels.readF64() }, compressions: COMPRESSIONS });
-    writeFileAtomic(join(dir, 'variants.md'), Buffer.from(variantsMarkdown(name, COMPRESSIONS, vs)));
+    const vs = await allocationVariants(readModel(`models/${name}.onnx`), { calib, test: { data: test, labels: labels.readF64() }, compressions: res.compressions });
+    writeFileAtomic(join(dir, 'variants.md'), Buffer.from(variantsMarkdown(name, res.compressions, vs)));
     console.log(`${name}: allocation variants in ${((performance.now() - t) / 60000).toFixed(1)} min`);
   } finally {
     calib.close(); test.close(); labels.close();

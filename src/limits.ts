@@ -50,19 +50,26 @@ function available(): number {
 }
 
 /**
- * Checks, before any allocation, that capturing these units at once fits: their Gram matrices live in the kernels'
- * memory (≤ 4 GiB) and are then copied out to the host (so twice that must be available).
+ * Splits units into capture passes (forward passes over the calibration set) whose Gram matrices fit the kernels'
+ * memory together: one pass unless they do not. Checked before any allocation: every unit must fit alone, and all
+ * the Gram matrices together fit the host memory available (they are copied out after each pass and kept).
  */
-export function checkCaptureMemory(units: readonly { id: string; d: number }[], asymmetric: boolean): void {
-  const need = units.reduce((a, u) => a + gramBytes(u.d, asymmetric), 0);
+export function capturePasses<U extends { id: string; d: number }>(units: readonly U[], asymmetric: boolean, passBytes = KERNEL_BYTES): U[][] {
   const big = [...units].sort((a, b) => b.d - a.d).slice(0, 3).map((u) => `${u.id} (d = ${u.d})`).join(', ');
-  const hint = units.length > 1 ? '; --mode sequential captures one unit at a time' : '';
-  const what = units.length > 1 ? `${units.length} units at once` : `unit ${units[0]?.id}`;
-  if (need > KERNEL_BYTES) {
-    throw badInput(`capturing ${what} needs ${fmtBytes(need)} of kernel memory for their Gram matrices (largest: ${big}); WebAssembly allows 4 GiB${hint}`);
+  const passes: U[][] = [];
+  let cur: U[] = [], used = 0;
+  for (const u of units) {
+    const need = gramBytes(u.d, asymmetric);
+    if (need > KERNEL_BYTES) throw badInput(`capturing unit ${u.id} needs ${fmtBytes(need)} of kernel memory for its Gram matrices (d = ${u.d}); WebAssembly allows 4 GiB`);
+    if (cur.length && used + need > passBytes) { passes.push(cur); cur = []; used = 0; }
+    cur.push(u); used += need;
   }
-  const free = available();
-  if (2 * need > free) throw badInput(`capturing ${what} needs ${fmtBytes(2 * need)} of memory (largest: ${big}), ${fmtBytes(free)} is available${hint}`);
+  if (cur.length) passes.push(cur);
+  const total = units.reduce((a, u) => a + gramBytes(u.d, asymmetric), 0), free = available();
+  if (total + Math.min(total, KERNEL_BYTES) > free) {
+    throw badInput(`capturing ${units.length} unit${units.length > 1 ? 's' : ''} needs ${fmtBytes(total + Math.min(total, KERNEL_BYTES))} of memory (largest: ${big}), ${fmtBytes(free)} is available${units.length > 1 ? '; --mode sequential captures one unit at a time' : ''}`);
+  }
+  return passes;
 }
 
 /**

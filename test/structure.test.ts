@@ -6,7 +6,9 @@ import { DataType, ModelProtoSchema, TensorProtoSchema, intsAttr, makeNode, read
 import { encodeNpy, npyFromBytes, openNpy, type NpyFile } from '../src/npy.js';
 import { analyze } from '../src/graph/analyze.js';
 import { prune } from '../src/prune/index.js';
-import { OPSETS } from '../src/limits.js';
+import { OPSETS, capturePasses } from '../src/limits.js';
+import { gramBytes } from '../src/kernels/gram.js';
+import { captureGrams } from '../src/capture/index.js';
 import { chainModel, randInput, randTensor, rng, smallModel } from './graph-helpers.js';
 import { measuredObjective } from './objective.js';
 
@@ -124,5 +126,29 @@ describe('prune() calls at the same time', () => {
     a.close(); b.close();
     const summary = (r: Awaited<ReturnType<typeof prune>>) => [r.report.units.map((u) => [u.order, u.objective]), r.report.fidelity.relError];
     expect(together.map(summary)).toEqual(alone.map(summary));
+  });
+});
+
+describe('captures larger than the kernels\' 4 GiB', () => {
+  it('are split into passes that each fit, before anything is allocated; a unit that cannot fit alone is refused', () => {
+    const u = (id: string, d: number) => ({ id, d });
+    const five = ['a', 'b', 'c', 'd', 'e'].map((id) => u(id, 1000));
+    expect(capturePasses(five, false).map((p) => p.length)).toEqual([5]);
+    expect(capturePasses(five, false, 2.5 * gramBytes(1000)).map((p) => p.map((x) => x.id))).toEqual([['a', 'b'], ['c', 'd'], ['e']]);
+    expect(capturePasses(five, true, 2.5 * gramBytes(1000, true)).map((p) => p.length)).toEqual([2, 2, 1]);
+    // d = 14 000: G alone (1.6 GB) fits; G, C and H of the asymmetric objective (4.7 GB) do not
+    badInput(() => capturePasses([u('big', 14000)], true), /capturing unit big needs 4\.\d\d GiB of kernel memory for its Gram matrices \(d = 14000\); WebAssembly allows 4 GiB/);
+  });
+
+  it('in several passes give the Gram matrices of one pass', async () => {
+    const lenet = readModel('models/lenet.onnx'), calib = openNpy('models/calib.npy');
+    const { units } = analyze(lenet, [1, 1, 28, 28]);
+    const one = await captureGrams(lenet, units, calib);
+    let last: number[] = [];
+    const split = await captureGrams(lenet, units, calib, { passBytes: 1, onBatch: (d, n) => { last = [d, n]; } }); // a pass per unit
+    calib.close();
+    expect(last).toEqual([units.length * calib.rows, units.length * calib.rows]);
+    for (const x of units) expect(split.get(x.id)!.G).toEqual(one.get(x.id)!.G);
+    expect(units.length).toBeGreaterThan(1);
   });
 });

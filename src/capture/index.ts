@@ -12,7 +12,7 @@ import { ChannelStatsAccumulator, type Captured, type StatsWanted } from './stat
 import { getKernels } from '../kernels/instances.js';
 import { loadRuntime, type Backend, type Ort } from './runtime.js';
 import type { InferenceSession } from 'onnxruntime-web';
-import { checkCaptureMemory } from '../limits.js';
+import { capturePasses } from '../limits.js';
 
 export { loadRuntime, type Backend } from './runtime.js';
 
@@ -130,23 +130,34 @@ export function* batches(data: NpyFile, batch: number): Generator<{ data: Float3
 let captures: Promise<unknown> = Promise.resolve();
 
 /**
- * Gram matrices of each unit's consumer input over the calibration set, in one pass of `model`
- * (and of `target`, for the asymmetric objective: its activations are A).
+ * Gram matrices of each unit's consumer input over the calibration set, in one pass of `model` (and of `target`, for
+ * the asymmetric objective: its activations are A), or in as few passes as the kernels' 4 GiB allow.
  */
 export function captureGrams(...args: Parameters<typeof captureOnce>): ReturnType<typeof captureOnce> {
-  const run = captures.then(() => captureOnce(...args));
+  const run = captures.then(() => capturePassesOf(...args));
   captures = run.catch(() => undefined);
   return run;
+}
+
+async function capturePassesOf(...[model, units, data, opts = {}]: Parameters<typeof captureOnce>): ReturnType<typeof captureOnce> {
+  const passes = capturePasses(units, !!opts.target, opts.passBytes), out = new Map<string, Captured>();
+  if (!passes.length) return captureOnce(model, units, data, opts); // still checks the data
+  for (const [p, pass] of passes.entries()) {
+    const onBatch = opts.onBatch && ((d: number, n: number) => opts.onBatch!(p * n + d, passes.length * n));
+    for (const [id, g] of await captureOnce(model, pass, data, { ...opts, onBatch })) out.set(id, g);
+  }
+  return out;
 }
 
 async function captureOnce(model: Model, units: Unit[], data: NpyFile,
   opts: { target?: Model; batch?: number; backend?: Backend; threads?: number; onBatch?: (done: number, total: number) => void;
     /** Per-channel statistics of B to collect too (for the activation-norm and sampling baselines). */
-    stats?: StatsWanted } = {}): Promise<Map<string, Captured>> {
+    stats?: StatsWanted;
+    /** Kernel memory one pass may use for its Gram matrices (default: all of WebAssembly's 4 GiB there is). */
+    passBytes?: number } = {}): Promise<Map<string, Captured>> {
   const batch = checkData(model, data, opts.batch);
   if (!units.length) return new Map();
   const names = [...new Set(units.map((u) => u.consumerInput))];
-  checkCaptureMemory(units, !!opts.target);
   const run = await Runner.open(model, names, opts), tgt = opts.target ? await Runner.open(opts.target, names, opts) : undefined;
   const kernels = getKernels('wasm', opts.threads), mark = kernels.arena.mark();
   const acc = new Map(units.map((u) => [u.id, new GramAccumulator(u.d, { asymmetric: !!tgt, kernels })]));

@@ -7,6 +7,8 @@ import { badInput } from '../errors.js';
 import { prune, type Mode } from '../prune/index.js';
 import type { Budget } from '../budget/index.js';
 import { Progress } from './progress.js';
+import { fmtBytes } from '../kernels/memory.js';
+import { defaultThreads } from '../kernels/instances.js';
 import { num, sameFile, table, pct, big, backendFlag } from './util.js';
 import { methodFlags, methodHelp, methodOptions } from './args.js';
 
@@ -81,14 +83,18 @@ export async function runPrune(argv: string[]): Promise<void> {
 
   const model = readModel(input);
   const how = methodFlags(o);
+  const threads = num(o.threads, '--threads', (v) => Number.isInteger(v) && v >= 1 && v <= 60, 'a whole number from 1 to 60') ?? defaultThreads();
   const calib = openNpy(o.calib);
   const bars = new Map<string, Progress>();
   const labels: Record<string, string> = { capture: 'capture', select: 'select', unit: 'units', verify: 'verify' };
   let result;
   try {
     result = await prune(model, calib, {
-      mode: o.mode as Mode, refit: !o['no-refit'], budget, batch, kernels: o.kernels, threads: num(o.threads, '--threads', (v) => Number.isInteger(v) && v >= 1 && v <= 60, 'a whole number from 1 to 60'), backend,
+      mode: o.mode as Mode, refit: !o['no-refit'], budget, batch, kernels: o.kernels, threads, backend,
       method: how.method, seed: how.seed, allocation: how.allocation, verify: how.verify, grid: how.grid,
+      onPlan: (p) => {
+        if (p.units) console.error(`kernel memory: ${fmtBytes(p.capture)} to capture ${p.units} unit${p.units > 1 ? 's' : ''} in ${p.passes} pass${p.passes > 1 ? 'es' : ''}, at most ${fmtBytes(p.select)} to select (${threads} thread${threads > 1 ? 's' : ''})`);
+      },
       onProgress: (stage, done, total) => {
         let bar = bars.get(stage);
         if (!bar) { bars.set(stage, (bar = new Progress(labels[stage] ?? stage, total))); }

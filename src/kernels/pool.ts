@@ -1,24 +1,27 @@
 import { PAR_KERNELS, type ParKernel } from './types.js';
 
-// Worker threads that run kernels on shared wasm memory. A control block in that memory (bytes CTRL .. CTRL+768,
+// Worker threads that run kernels on shared wasm memory. A control block in that memory (bytes CTRL .. CTRL+896,
 // below the arena) carries each job; Atomics wait/notify hand it over, so a job costs microseconds, not a message.
-// Layout (int32): [0] job sequence, [1] workers done, [2] kernel index (−1: stop), [3] arg count, [4] range arg index,
-// [5] scratch arg index (−1: none), [6] scratch stride, [8 + 2t, 9 + 2t] thread t's range. f64 args from byte CTRL+512.
+// Layout (int32): [0] job sequence, [2] kernel index (−1: stop), [3] arg count, [4] range arg index, [5] scratch arg
+// index (−1: none), [6] scratch stride, [8 + 2t, 9 + 2t] thread t's range. f64 args from byte CTRL+512. From byte
+// CTRL+640, int32 slot t: the last job sequence thread t finished. A job is done when every slot holds its sequence:
+// a counter of finished workers (reset per job) was not enough, as a worker's late report of one job could then be
+// counted for the next (seen under load about once in 10,000 jobs: a worker's rows of a Gram update were wrong).
 
 export const CTRL = 128;
-const ARGS = CTRL + 512, MAX_ARGS = 16, MAX_THREADS = 60;
+const ARGS = CTRL + 512, DONE = CTRL + 640, MAX_ARGS = 16, MAX_THREADS = 60;
 
 // Runs inside each worker (eval'd as a CommonJS script: no imports, no closures).
 function workerMain(): void {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { workerData } = require('node:worker_threads') as typeof import('node:worker_threads');
-  const { module, memory, id, names, ctrl, args } = workerData;
+  const { module, memory, id, names, ctrl, args, done } = workerData;
   const x = new WebAssembly.Instance(module, { env: { memory, abort: () => { throw new Error('wasm kernel abort'); } } }).exports as Record<string, (...a: number[]) => void>;
-  const I = new Int32Array(memory.buffer, ctrl, 128), F = new Float64Array(memory.buffer, args, 16);
+  const I = new Int32Array(memory.buffer, ctrl, 128), F = new Float64Array(memory.buffer, args, 16), D = new Int32Array(memory.buffer, done, 64);
   let seen = 0;
   for (;;) {
-    for (let spin = 0; spin < 20000 && Atomics.load(I, 0) === seen; spin++); // the next job often follows at once
-    Atomics.wait(I, 0, seen);
+    // Each job exactly once: wait until the sequence moves on (the next job often follows at once, so spin first).
+    for (let spin = 0; Atomics.load(I, 0) === seen; spin++) if (spin > 20000) Atomics.wait(I, 0, seen);
     seen = Atomics.load(I, 0);
     const k = I[2];
     if (k < 0) return;
@@ -29,8 +32,8 @@ function workerMain(): void {
       if (I[5] >= 0) a[I[5]] += id * I[6];
       x[names[k]](...a);
     }
-    Atomics.add(I, 1, 1);
-    Atomics.notify(I, 1);
+    Atomics.store(D, id, seen);
+    Atomics.notify(D, id);
   }
 }
 
@@ -39,16 +42,18 @@ declare const require: (m: string) => unknown;
 export class Pool {
   private readonly I: Int32Array;
   private readonly F: Float64Array;
+  private readonly D: Int32Array;
 
   constructor(module: WebAssembly.Module, memory: WebAssembly.Memory, readonly threads: number) {
     if (threads > MAX_THREADS) throw new RangeError(`at most ${MAX_THREADS} threads`);
     this.I = new Int32Array(memory.buffer, CTRL, 128);
     this.F = new Float64Array(memory.buffer, ARGS, MAX_ARGS);
+    this.D = new Int32Array(memory.buffer, DONE, 64);
     const wt = process.getBuiltinModule?.('node:worker_threads') as typeof import('node:worker_threads') | undefined;
     if (!wt) throw new Error('threads need Node ≥ 20.16 (process.getBuiltinModule)');
     for (let id = 1; id < threads; id++) {
       const w = new wt.Worker(`(${workerMain.toString()})()`, {
-        eval: true, workerData: { module, memory, id, names: PAR_KERNELS, ctrl: CTRL, args: ARGS },
+        eval: true, workerData: { module, memory, id, names: PAR_KERNELS, ctrl: CTRL, args: ARGS, done: DONE },
       });
       w.unref(); // idle workers must not keep the process alive
     }
@@ -56,21 +61,20 @@ export class Pool {
 
   /** Runs kernel `name` with args on thread t's range ranges[t]; thread 0 (this one) runs `self`. */
   run(name: ParKernel, args: number[], lo: number, ranges: [number, number][], scratch: [number, number] | undefined, self: (a: number[]) => void): void {
-    const { I, F, threads } = this;
+    const { I, F, D, threads } = this;
     if (args.length > MAX_ARGS) throw new RangeError('too many kernel arguments');
     F.set(args);
     I[2] = PAR_KERNELS.indexOf(name); I[3] = args.length; I[4] = lo;
     I[5] = scratch ? scratch[0] : -1; I[6] = scratch ? scratch[1] : 0;
     for (let t = 1; t < threads; t++) { I[8 + 2 * t] = ranges[t][0]; I[9 + 2 * t] = ranges[t][1]; }
-    Atomics.store(I, 1, 0);
-    Atomics.add(I, 0, 1);
+    const seq = Atomics.add(I, 0, 1) + 1;
     Atomics.notify(I, 0);
     const a = args.slice();
     a[lo] = ranges[0][0]; a[lo + 1] = ranges[0][1];
     if (ranges[0][0] < ranges[0][1]) self(a);
     // Wait for the others: spin briefly (jobs are often short), then sleep.
-    for (let spin = 0; Atomics.load(I, 1) < threads - 1; spin++) {
-      if (spin > 4000) { const v = Atomics.load(I, 1); if (v < threads - 1) Atomics.wait(I, 1, v, 50); }
+    for (let t = 1; t < threads; t++) {
+      for (let spin = 0, v; (v = Atomics.load(D, t)) !== seq; spin++) if (spin > 4000) Atomics.wait(D, t, v, 50);
     }
   }
 }

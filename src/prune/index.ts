@@ -4,10 +4,10 @@ import type { Unit } from '../graph/types.js';
 import { analyze, consumerWeightMatrix, modelStats } from '../graph/analyze.js';
 import { pruneUnits } from '../rewrite/index.js';
 import { captureGrams, checkData, loadRuntime, type Backend } from '../capture/index.js';
-import { selectChannels } from '../select/greedy.js';
+import { selectChannels, selectionBytes } from '../select/greedy.js';
 import { resolveBudget, type Budget } from '../budget/index.js';
 import { evaluate, type Fidelity } from '../eval/index.js';
-import type { Gram } from '../kernels/gram.js';
+import { gramBytes, type Gram } from '../kernels/gram.js';
 import type { Captured } from '../capture/stats.js';
 import { sizeModel } from '../budget/size.js';
 import { rankChannels, statsFor, unitSeed, type Method } from '../select/baselines.js';
@@ -15,7 +15,7 @@ import { allocateBudget, type Allocation } from './allocation.js';
 import type { VerifySet } from '../eval/alone.js';
 import { badInput } from '../errors.js';
 import { verifyPruned } from './verify.js';
-import { checkRefitRows, distinctSamples } from '../limits.js';
+import { capturePasses, checkRefitRows, distinctSamples } from '../limits.js';
 
 export type Mode = 'layerwise' | 'sequential' | 'asymmetric';
 
@@ -45,6 +45,20 @@ export interface PruneOptions {
   grid?: number;
   /** Progress: stage name, work done, work total. */
   onProgress?: (stage: string, done: number, total: number) => void;
+  /** Called before any capture with the kernel memory the run will need. */
+  onPlan?: (plan: MemoryPlan) => void;
+}
+
+/** Kernel memory (WebAssembly, ≤ 4 GiB) a run needs: its largest capture pass and its largest selection (k = all). */
+export interface MemoryPlan { capture: number; passes: number; units: number; select: number }
+
+function memoryPlan(units: Unit[], mode: Mode): MemoryPlan {
+  const passes = mode === 'layerwise' ? capturePasses(units, false) : units.map((u) => [u]);
+  const asym = mode === 'asymmetric';
+  return {
+    capture: Math.max(0, ...passes.map((p) => p.reduce((a, u) => a + gramBytes(u.d, asym), 0))), passes: passes.length, units: units.length,
+    select: Math.max(0, ...units.map((u) => selectionBytes(u.d, u.m, u.g, u.channels))),
+  };
 }
 
 export interface UnitReport {
@@ -75,6 +89,8 @@ export interface PruneReport {
   seconds: { analyze: number; allocate: number; capture: number; select: number; rewrite: number; verify: number; total: number };
   /** The pruned model against the original on the calibration inputs. */
   fidelity: Fidelity;
+  /** Bytes of kernel memory planned before the run. */
+  memory: MemoryPlan;
 }
 
 const now = () => performance.now() / 1000;
@@ -92,6 +108,8 @@ export async function prune(model: Model, calib: NpyFile, opts: PruneOptions): P
   const before = modelStats(model, inputShape);
   const sizeOf = sizeModel(model, units, inputShape, 'compression' in opts.budget && opts.budget.target === 'flops' ? 'flops' : 'params');
   const method = opts.method ?? 'greedy', seed = opts.seed ?? 0, allocation = opts.allocation ?? 'uniform';
+  const memory = memoryPlan(units, mode);
+  opts.onPlan?.(memory);
   if (allocation !== 'uniform' && !('compression' in opts.budget)) throw badInput(`--allocation ${allocation} needs a --compression budget`);
   const tA = now();
   const alloc = allocation !== 'uniform' && units.length > 0 && 'compression' in opts.budget
@@ -162,7 +180,7 @@ export async function prune(model: Model, calib: NpyFile, opts: PruneOptions): P
       params: { before: before.params, after: after.params },
       flops: { before: before.flops, after: after.flops },
       seconds: { analyze: tA - t0, allocate: t1 - tA, capture: tCapture, select: tSelect, rewrite: tRewrite, verify: t3 - t2, total: t3 - t0 },
-      fidelity,
+      fidelity, memory,
     },
   };
 }

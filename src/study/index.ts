@@ -15,6 +15,7 @@ import type { Curve } from '../budget/allocate.js';
 import { prune, type Mode } from '../prune/index.js';
 import { allocateRanked, captureOriginal, planOf, rankUnit, sensitivityCurves, type Allocation, type Ranked, type RunOptions } from '../prune/allocation.js';
 import type { Method } from '../select/baselines.js';
+import { badInput } from '../errors.js';
 
 export interface StudyConfig { method: Method; mode: Mode; refit: boolean; allocation: Allocation; seed: number }
 
@@ -36,6 +37,8 @@ export interface StudyResult {
   model: string;
   target: Target;
   compressions: number[];
+  /** Asked-for compressions beyond the model's reach (every unit at one channel), left out with the largest reachable. */
+  unreachable: { compressions: number[]; max: number };
   /** The sensitivity allocation's grid step. */
   grid: number;
   calibration: { path: string; samples: number };
@@ -83,6 +86,9 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
   const { units } = analyze(model, inputShape);
   const sizeOf = sizeModel(model, units, inputShape, target);
   const full = sizeOf(new Map(units.map((u) => [u.id, u.channels])));
+  const max = full / sizeOf(new Map(units.map((u) => [u.id, 1])));
+  const compressions = o.compressions.filter((c) => c <= max);
+  if (!compressions.length) throw badInput(`every compression asked for is out of reach: pruning every unit to one channel gives ${max.toFixed(2)}×; ask for less`);
   const stats = modelStats(model, inputShape);
   const original = { accuracy: (await evaluate(model, o.test.data, { labels: o.test.labels, ...run })).accuracy!, params: stats.params, flops: stats.flops };
 
@@ -95,7 +101,7 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
     }
   }
   const needsCurves = new Set(configs.filter((c) => c.allocation === 'sensitivity' && c.mode === 'layerwise').map((c) => `${c.method}/${c.refit}`));
-  const total = configs.length * o.compressions.length + needsCurves.size;
+  const total = configs.length * compressions.length + needsCurves.size;
   let done = 0;
   const tick = () => o.onProgress?.(++done, total);
 
@@ -130,7 +136,7 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
     const { method, seed, refit, allocation, mode } = cfg;
     const r = rankedFor(method, seed);
     const cv = allocation === 'sensitivity' ? await curvesFor(method, refit) : undefined;
-    for (const c of o.compressions) {
+    for (const c of compressions) {
       t = now();
       const keeps = allocation === 'uniform' ? resolveBudget(units, { compression: c }, sizeOf) : allocateRanked(allocation, r.ranked, sizeOf, full / c, cv?.curves);
       // what prune would spend before selecting: the capture, and for a per-unit allocation its ranking and curves
@@ -152,7 +158,7 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
     }
   }
   return {
-    model: o.name, target, compressions: o.compressions, grid: o.grid ?? 0.01,
+    model: o.name, target, compressions, unreachable: { compressions: o.compressions.filter((c) => c > max), max }, grid: o.grid ?? 0.01,
     calibration: { path: o.calib.path, samples: o.calib.rows },
     verify: { path: verify.data.path, samples: verify.data.rows, measure: verify.labels ? 'accuracy' : 'agreement' },
     test: { path: o.test.data.path, samples: o.test.data.rows },

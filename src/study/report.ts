@@ -112,7 +112,7 @@ The original model: accuracy ${f3(r.original.accuracy)}, ${pct(r.original.params
 The sensitivity allocation measured each unit pruned alone on ${r.verify.samples} images of ${r.verify.path}
 (${r.verify.measure === 'agreement' ? 'top-1 agreement with the original model: no labels' : 'top-1 accuracy'}) at kept fractions
 ${r.grid}, ${2 * r.grid}, …, 1.
-Random and sampling: mean ± standard deviation over ${Math.max(...r.rows.map((x) => x.seed)) + 1} seeds. Best of each column in bold.
+${r.unreachable?.compressions.length ? `Not run: ${r.unreachable.compressions.map((c) => `${c}×`).join(', ')}, beyond this model's reach (every unit at one channel gives ${r.unreachable.max.toFixed(1)}×; the other layers cannot be pruned, see \`subprune inspect\`).\n` : ''}Random and sampling: mean ± standard deviation over ${Math.max(...r.rows.map((x) => x.seed)) + 1} seeds. Best of each column in bold.
 
 ![accuracy against compression](${plot})
 
