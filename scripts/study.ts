@@ -17,6 +17,9 @@ const COMPRESSIONS = [2, 4, 8, 16, 32];
 // within noise (models/study/NOTES.md), and 5 % measures 3.5 times fewer points than 1 %.
 const GRID = 0.05;
 const OUT = 'models/study';
+// The allocation variants measure every unit's curve on the 1 % grid: seconds on LeNet, hours on the larger models
+// on 2 cores, so they run where asked (`npm run study -- vgg --variants`) and always on LeNet.
+const VARIANTS = process.argv.includes('--variants') ? MODELS : ['lenet'];
 
 async function studyOne(name: string): Promise<void> {
   const calib = openNpy('models/calib.npy'), test = openNpy('models/test.npy'), labels = openNpy('models/test-labels.npy');
@@ -34,6 +37,7 @@ async function studyOne(name: string): Promise<void> {
     mkdirSync(dir, { recursive: true });
     writeFileAtomic(join(dir, 'results.json'), Buffer.from(JSON.stringify(res, null, 1) + '\n'));
     console.log(`${name}: ${res.rows.length} runs in ${(res.seconds / 60).toFixed(1)} min`);
+    if (!VARIANTS.includes(name)) return;
     const t = performance.now();
     const vs = await allocationVariants(readModel(`models/${name}.onnx`), { calib, test: { data: test, labels: labels.readF64() }, compressions: res.compressions });
     writeFileAtomic(join(dir, 'variants.md'), Buffer.from(variantsMarkdown(name, res.compressions, vs)));
@@ -75,17 +79,17 @@ ${accuracyTable(r)}
 
 ${claimsMarkdown(r)}
 
-### Allocation variants on ${r.model}
+${file(r.model, 'variants.md') && `### Allocation variants on ${r.model}
 
 The greedy (layerwise, re-fit) under variants of the allocation, all from one measurement of the sensitivity curves
 on the 1 % grid (coarser grids are subsets of it):
 
 ${file(r.model, 'variants.md')}
-${file(r.model, 'NOTES.md')}`).join('\n')}`;
+`}${file(r.model, 'NOTES.md')}`).join('\n')}`;
 }
 
 const t0 = performance.now();
-const args = process.argv.slice(2), only = args.filter((a) => a !== '--render');
+const args = process.argv.slice(2), only = args.filter((a) => !a.startsWith('--'));
 if (!args.includes('--render')) {
   for (const name of MODELS) {
     if (!existsSync(`models/${name}.onnx`) || (only.length && !only.includes(name))) continue;

@@ -181,6 +181,27 @@ describe('threads', () => {
     }
   });
 
+  it('hand over 50,000 short jobs in a row without losing or repeating one (Gram updates, bit-identical to 1 thread)', () => {
+    // Jobs of microseconds make hand-overs as frequent as they get: a worker that ran a job twice, or was counted done
+    // before it was, would add a row block twice or read the next one's packed rows. (The rare race of the old
+    // protocol needed heavy load and long jobs to show, about once per 30,000; this checks the protocol's contract.)
+    const r = rng(64), RB = 128, d = 16, blocks = 64, jobs = 50_000;
+    const X = Float32Array.from({ length: blocks * RB * d }, () => r() - 0.5);
+    const [one, two] = [1, 2].map((threads) => {
+      const k = getKernels('wasm', threads), a = k.arena, mark = a.mark();
+      const Xp = a.alloc(X.length * 4), P = a.alloc(k.gramPackFloats(d) * 4), G = a.alloc(d * d * 8), tmp = a.alloc(128 * k.threads);
+      a.f32(Xp, X.length).set(X);
+      for (let j = 0; j < jobs; j++) {
+        k.gramPack(Xp, d, (j % blocks) * RB, RB, d, P);
+        k.par('gramTiles', [P, d, P, d, RB, G, d, 1, tmp, 0, d], 9, { scratch: [8, 128], align: 4 }); // no work estimate: always handed over
+      }
+      const out = a.f64(G, d * d).slice();
+      a.release(mark);
+      return out;
+    });
+    expect(two).toEqual(one);
+  });
+
   it('give bit-identical Gram matrices from the accumulator', () => {
     const r = rng(63), N = 700, d = 75;
     const B = Float32Array.from({ length: N * d }, () => r() - 0.5), A = B.map((v) => v + 0.01 * (r() - 0.5));

@@ -36,8 +36,8 @@ Other:
                       params and FLOPs before/after, seconds per stage, fidelity on the calibration data
   --batch n           calibration batch size (default 64; a model with a fixed batch size uses its own)
   --kernels NAME      selection kernels: wasm (SIMD WebAssembly, default) or plain (TypeScript)
-  --threads n         threads for the wasm kernels (default 1). Experimental: results are meant to be
-                      identical for any n, but a rare race is not fixed yet
+  --threads n         threads for the wasm kernels (default: all cores). Results are bit-identical
+                      for any n
   --backend NAME      model runtime for capture and verification: node (onnxruntime-node, the default where it
                       loads) or web (onnxruntime-web's WebAssembly backend: no native addon needed)
   --quiet             no summary table

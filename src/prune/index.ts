@@ -28,7 +28,7 @@ export interface PruneOptions {
   batch?: number;
   /** Selection kernels: SIMD WebAssembly (default) or plain TypeScript. */
   kernels?: 'wasm' | 'plain';
-  /** Threads for the wasm kernels (default 1; more is experimental, see --threads); results do not depend on it. */
+  /** Threads for the wasm kernels (default: all cores); results do not depend on it. */
   threads?: number;
   /** Model runtime for capture and verification: onnxruntime-node or onnxruntime-web's WebAssembly backend
    * (default: node if it loads, else web). */
@@ -45,6 +45,8 @@ export interface PruneOptions {
   grid?: number;
   /** Progress: stage name, work done, work total. */
   onProgress?: (stage: string, done: number, total: number) => void;
+  /** Sequential and asymmetric modes: called with the model after each unit is pruned (lets tests measure each step). */
+  onUnitPruned?: (id: string, model: Model) => void;
   /** Called before any capture with the kernel memory the run will need. */
   onPlan?: (plan: MemoryPlan) => void;
 }
@@ -163,6 +165,7 @@ export async function prune(model: Model, calib: NpyFile, opts: PruneOptions): P
       t = now();
       pruned = pruneUnits(pruned, [plan]);
       tRewrite += now() - t;
+      opts.onUnitPruned?.(id, pruned);
     }
     progress('unit', units.length, units.length);
   }
