@@ -15,20 +15,19 @@ export function gramPackFloats(d: i32): i32 {
   return RB * (((d + 7) >> 3) << 3);
 }
 
-function pack(X: usize, ld: i32, r0: i32, rb: i32, d: i32, P: usize): void {
-  const np = (d + 7) >> 3;
+function pack(X: usize, ld: i32, r0: i32, rb: i32, d: i32, P: usize, p0: i32, p1: i32): void {
+  const step = (<usize>rb) << 5;
+  const full = min(d >> 3, p1);
   for (let r = 0; r < rb; r++) {
     const src = X + ((<usize>(r0 + r)) * ld << 2);
-    let dst = P + ((<usize>r) << 5);
-    const step = (<usize>rb) << 5;
-    const full = d >> 3;
-    for (let p = 0; p < full; p++) {
+    let dst = P + ((<usize>r) << 5) + (<usize>p0) * step;
+    for (let p = p0; p < full; p++) {
       const s = src + ((<usize>p) << 5);
       v128.store(dst, v128.load(s));
       v128.store(dst, v128.load(s, 16), 16);
       dst += step;
     }
-    if (full < np) {
+    if (full < p1) { // the last panel, part of it past column d
       for (let c = 0; c < 8; c++) {
         const j = (full << 3) + c;
         store<f32>(dst + (<usize>c << 2), j < d ? load<f32>(src + (<usize>j << 2)) : 0);
@@ -79,8 +78,9 @@ function tile(a: usize, b: usize, rb: i32, out: usize, ldc: i32, ni: i32, nj: i3
 }
 
 /** Packs rows r0 .. r0+rb of X (row stride ld; columns 0 .. d) into 8-column panels at P (gramPackFloats(d) floats). */
-export function gramPack(X: usize, ld: i32, r0: i32, rb: i32, d: i32, P: usize): void {
-  pack(X, ld, r0, rb, d, P);
+/** Packs rows r0 .. r0+rb of X (d columns, row stride ld) into panels p0 ≤ p < p1 of P (all: 0 .. ⌈d/8⌉). */
+export function gramPack(X: usize, ld: i32, r0: i32, rb: i32, d: i32, P: usize, p0: i32, p1: i32): void {
+  pack(X, ld, r0, rb, d, P, p0, p1);
 }
 
 /**

@@ -192,7 +192,7 @@ describe('threads', () => {
       const Xp = a.alloc(X.length * 4), P = a.alloc(k.gramPackFloats(d) * 4), G = a.alloc(d * d * 8), tmp = a.alloc(128 * k.threads);
       a.f32(Xp, X.length).set(X);
       for (let j = 0; j < jobs; j++) {
-        k.gramPack(Xp, d, (j % blocks) * RB, RB, d, P);
+        k.gramPack(Xp, d, (j % blocks) * RB, RB, d, P, 0, d >> 3);
         k.par('gramTiles', [P, d, P, d, RB, G, d, 1, tmp, 0, d], 9, { scratch: [8, 128], align: 4 }); // no work estimate: always handed over
       }
       const out = a.f64(G, d * d).slice();

@@ -2,9 +2,9 @@
 // until the next Conv/Gemm/MatMul. Anything the table cannot vouch for is refused with a reason, never guessed.
 import { clone } from '@bufbuild/protobuf';
 import { badInput } from '../errors.js';
-import { opsetVersion, TensorProtoSchema, tensorDims, tensorToFloat32, numel, type GraphProto, type Model, type NodeProto, type TensorProto } from '../onnx/index.js';
+import { attrInt, opsetVersion, TensorProtoSchema, tensorDims, tensorToFloat32, numel, type GraphProto, type Model, type NodeProto, type TensorProto } from '../onnx/index.js';
 import { biasSlice, CHAIN, LAYER_OPS, layerInfo, type ChannelLayout, type ParamSlice, type ShapeEdit } from './ops.js';
-import { constantTensors, dataInputs, inferShapes, nodeMacs, windowGeometry, type Shapes } from './shapes.js';
+import { constantTensors, dataInputs, gatherIndex, inferShapes, nodeMacs, windowGeometry, type Shapes } from './shapes.js';
 import type { Analysis, Refused, Unit } from './types.js';
 import { checkOpset, notRewritable, opOf, tooBig } from '../limits.js';
 
@@ -88,6 +88,7 @@ const label = (n: NodeProto) => `${n.opType} "${n.name}"`;
 class Graph {
   readonly consts: Map<string, TensorProto>;
   readonly uses: Map<string, Use[]>;
+  readonly producers: Map<string, NodeProto>;
   readonly outputs: Set<string>;
   readonly opset: number;
   readonly batch: number;
@@ -98,11 +99,13 @@ class Graph {
   ) {
     this.consts = constantTensors(graph);
     this.uses = usesOf(graph);
+    this.producers = new Map(graph.node.flatMap((n) => n.output.map((o) => [o, n] as [string, NodeProto])));
     this.outputs = new Set(graph.output.map((o) => o.name));
     this.opset = opset;
     this.batch = shapes.get(dataInputs(graph)[0]?.name ?? '')?.[0] || 1;
   }
   constant = (name: string): TensorProto | undefined => this.consts.get(name);
+  producer = (name: string): NodeProto | undefined => this.producers.get(name);
   /** Why a constant cannot be changed for this unit alone, if it is read by more than one place. */
   shared(name: string): string | undefined {
     const uses = this.uses.get(name) ?? [];
@@ -114,6 +117,27 @@ class Graph {
     const macs = nodeMacs(node, this.shapes);
     return macs === undefined ? undefined : (2 * macs) / this.batch;
   }
+}
+
+/**
+ * Why Shape node S, reading tensor t whose channels are on `axis`, may see the channel count; undefined if its output is
+ * only used to take dimension 0 (one Gather of index 0 on axis 0: torch's x.size(0), the batch size), which pruning
+ * leaves as it is. Such a Shape is not a consumer of the channels.
+ */
+function shapeSeesChannels(G: Graph, S: NodeProto, t: string, axis: number): string | undefined {
+  const out = S.output[0] ?? '';
+  const uses = G.uses.get(out) ?? [];
+  if (axis === 0) return `tensor "${t}" is read by ${label(S)} while its channels are on dimension 0, so the shape changes with them`;
+  const only = 'only taking dimension 0 of it (a Gather of index 0 on axis 0, as torch\'s x.size(0)) is known not to change with the channels';
+  const why = (what: string) => `tensor "${t}" is read by ${label(S)}, ${what}; ${only}`;
+  if (attrInt(S, 'start', 0) !== 0) return why(`which takes the shape from dimension ${attrInt(S, 'start', 0)} on`);
+  if (G.outputs.has(out)) return why('whose output is a graph output');
+  if (uses.length !== 1) return why(`whose output is read by ${uses.length} nodes (${uses.map((u) => u.node.name).join(', ')})`);
+  const { node: U, slot } = uses[0]!;
+  const g = slot === 0 ? gatherIndex(U, G.constant) : undefined;
+  if (!g) return why(`whose output is read by ${label(U)}`);
+  if (g.index !== 0) return why(`whose dimension ${g.index} is taken by ${label(U)}`);
+  return undefined;
 }
 
 function findUnit(G: Graph, P: NodeProto): Unit | string {
@@ -141,12 +165,20 @@ function findUnit(G: Graph, P: NodeProto): Unit | string {
     const uses = G.uses.get(t) ?? [];
     if (uses.length === 0) return 'output layer: no consumer';
     if (G.outputs.has(t)) return `tensor "${t}" is a graph output, so its channels cannot change`;
-    if (uses.length > 1) {
+    const inShape = G.shapes.get(t)!;
+    // A Shape that only takes the batch size (x.size(0) of torch's x.view(x.size(0), -1)) does not read the channels.
+    const shapes = uses.filter((u) => u.slot === 0 && opOf(u.node) === 'Shape');
+    for (const u of shapes) {
+      const why = shapeSeesChannels(G, u.node, t, layout.axis);
+      if (why) return why;
+    }
+    const readers = uses.filter((u) => !shapes.includes(u));
+    if (readers.length === 0) return `tensor "${t}" is read only by ${shapes.map((u) => label(u.node)).join(', ')}: no consumer`;
+    if (readers.length > 1) {
       return `tensor "${t}" feeds ${uses.length} inputs (${uses.map((u) => u.node.name).join(', ')}); with fan-out the channels of every consumer are coupled`;
     }
-    const { node: U, slot } = uses[0]!;
+    const { node: U, slot } = readers[0]!;
     if (slot < 0) return `tensor "${t}" is read inside a subgraph of ${label(U)}`;
-    const inShape = G.shapes.get(t)!;
 
     if (LAYER_OPS.has(opOf(U))) {
       const ci = layerInfo(U, G.constant);
@@ -210,7 +242,7 @@ function findUnit(G: Graph, P: NodeProto): Unit | string {
 
     const rule = CHAIN[opOf(U)];
     if (!rule) return `${opOf(U)} "${U.name}" is not known to act per channel (it may mix channels); subprune stops at it`;
-    const step = rule({ node: U, input: slot, channels: n, layout, inShape, outShape: G.shapes.get(U.output[0] ?? ''), opset: G.opset, constant: G.constant });
+    const step = rule({ node: U, input: slot, channels: n, layout, inShape, outShape: G.shapes.get(U.output[0] ?? ''), opset: G.opset, constant: G.constant, producer: G.producer });
     if ('refuse' in step) return step.refuse;
     for (const o of U.output.slice(1)) {
       if (o && (G.uses.has(o) || G.outputs.has(o))) return `${label(U)}: its extra output "${o}" is used`;

@@ -15,6 +15,7 @@ import {
   type NodeProto,
   type TensorProto,
 } from '../onnx/index.js';
+import { isViewFlatten } from './shapes.js';
 
 /** Where a unit's channels sit in a tensor: along `axis`, channel c owning the entries [c·group, (c+1)·group). */
 export interface ChannelLayout {
@@ -48,6 +49,8 @@ export interface ChainContext {
   opset: number;
   /** A constant tensor (initializer or Constant node) by name; undefined if computed at run time. */
   constant(name: string): TensorProto | undefined;
+  /** The node computing a tensor; undefined for graph inputs and initializers. */
+  producer(name: string): NodeProto | undefined;
 }
 
 export type ChainStep = { layout: ChannelLayout; slices: ParamSlice[]; shapeEdits: ShapeEdit[] } | { refuse: string };
@@ -128,10 +131,15 @@ const flatten: ChainRule = (ctx) => {
   if (axis !== 1 || ctx.layout.axis !== 1) {
     return { refuse: `${label(ctx.node)} (axis=${axis}) mixes the channels on axis ${ctx.layout.axis} with other axes; only Flatten(axis=1) of channel-first data keeps each channel's features together` };
   }
-  return { layout: { axis: 1, group: ctx.layout.group * prod(ctx.inShape.slice(2)) }, slices: [], shapeEdits: [] };
+  return flattenAt1(ctx);
 };
 
-/** Reshape to [batch, C·h·w] is a Flatten(axis=1); its constant shape entry C·h·w becomes kept·h·w. Anything else mixes channels. */
+const flattenAt1 = (ctx: ChainContext): ChainStep => ({ layout: { axis: 1, group: ctx.layout.group * prod(ctx.inShape.slice(2)) }, slices: [], shapeEdits: [] });
+
+/**
+ * Reshape to [batch, C·h·w] is a Flatten(axis=1); its constant shape entry C·h·w becomes kept·h·w. So is a Reshape to
+ * [x.size(0), -1] computed from its own input (isViewFlatten). Anything else mixes channels.
+ */
 const reshape: ChainRule = (ctx) => {
   const shapeName = ctx.node.input[1] ?? '';
   const t = ctx.constant(shapeName);
@@ -139,7 +147,11 @@ const reshape: ChainRule = (ctx) => {
   const y = ctx.outShape;
   const mixes = { refuse: `${label(ctx.node)} to [${y?.join(', ') ?? '?'}] mixes the channels with other axes; only a reshape to [batch, channels·features] (a flatten) is supported` };
   if (ctx.input !== 0) return mixes;
-  if (!t) return { refuse: `${label(ctx.node)}: its shape "${shapeName}" is not a constant` };
+  if (!t && isViewFlatten(ctx.node, ctx.producer, ctx.constant)) {
+    // torch's x.view(x.size(0), -1): a Flatten(axis=1) whose shape is computed from x at run time, so nothing to edit
+    return ctx.layout.axis === 1 ? flattenAt1(ctx) : mixes;
+  }
+  if (!t) return { refuse: `${label(ctx.node)}: its shape "${shapeName}" is neither a constant nor [x.size(0), -1] computed from its own input x (torch's x.view(x.size(0), -1))` };
   if (!y || y.length !== 2 || y[0] !== x[0] || ctx.layout.axis !== 1) return mixes;
   const group = ctx.layout.group * prod(x.slice(2));
   const spec = Array.from(tensorToInt64(t).data, Number);

@@ -2,10 +2,12 @@
 // Shapes are concrete numbers: the first graph input takes the given shape, symbolic dims elsewhere become 1.
 // An op without a rule here leaves its outputs unknown (absent from the map); callers refuse or report that.
 import { badInput } from '../errors.js';
+import { opOf } from '../limits.js';
 import {
   attrInt,
   attrInts,
   attrString,
+  DataType,
   tensorDims,
   tensorToInt64,
   type GraphProto,
@@ -98,6 +100,48 @@ function axesOf(node: NodeProto, consts: Map<string, TensorProto>): number[] | u
   return t ? Array.from(tensorToInt64(t).data, Number) : undefined;
 }
 
+/** An INT64 constant's values, or undefined if the tensor is computed or of another type. */
+function int64Values(t: TensorProto | undefined): number[] | undefined {
+  return t?.dataType === DataType.INT64 ? Array.from(tensorToInt64(t).data, Number) : undefined;
+}
+
+/** The index a Gather on axis 0 takes with a constant INT64 index, and whether that index is a scalar (else [i]). */
+export function gatherIndex(gather: NodeProto, constant: (name: string) => TensorProto | undefined): { index: number; scalar: boolean } | undefined {
+  const t = constant(gather.input[1] ?? '');
+  const v = int64Values(t);
+  const axis = attrInt(gather, 'axis', 0);
+  if (opOf(gather) !== 'Gather' || !v || v.length !== 1 || (axis !== 0 && axis !== -1)) return undefined; // -1 is 0 on a rank-1 shape
+  const rank = tensorDims(t!).length;
+  return rank <= 1 ? { index: v[0]!, scalar: rank === 0 } : undefined;
+}
+
+/**
+ * Whether Reshape `node` reshapes its data input x to [x.size(0), -1] with the shape computed at run time from x itself,
+ * as torch exports x.view(x.size(0), -1) with a dynamic batch: Concat(Unsqueeze(Gather(Shape(x), 0), axes [0]), [-1]) on
+ * axis 0 (Unsqueeze axes as attribute before opset 13, as input from 13; or Gather of index [0] without the Unsqueeze;
+ * [-1] an INT64 initializer or Constant). Such a Reshape is a Flatten(axis=1), and its shape follows x's channels by
+ * itself. Anything else (another index, another tensor's Shape, a Shape with start ≠ 0) is not recognised.
+ */
+export function isViewFlatten(node: NodeProto, producer: (name: string) => NodeProto | undefined, constant: (name: string) => TensorProto | undefined): boolean {
+  const is = (n: NodeProto | undefined, op: string) => (n && opOf(n) === op ? n : undefined);
+  const concat = is(producer(node.input[1] ?? ''), 'Concat');
+  if (opOf(node) !== 'Reshape' || !concat || concat.input.length !== 2) return false;
+  const axis = attrInt(concat, 'axis', 1); // axis is required; without it this is not the pattern
+  const rest = int64Values(constant(concat.input[1]!));
+  if ((axis !== 0 && axis !== -1) || rest?.length !== 1 || rest[0] !== -1 || tensorDims(constant(concat.input[1]!)!).length !== 1) return false;
+  let gather = is(producer(concat.input[0]!), 'Gather');
+  const unsqueeze = is(producer(concat.input[0]!), 'Unsqueeze');
+  if (unsqueeze) {
+    const axes = unsqueeze.attribute.some((a) => a.name === 'axes') ? attrInts(unsqueeze, 'axes') : int64Values(constant(unsqueeze.input[1] ?? ''));
+    if (axes?.length !== 1 || (axes[0] !== 0 && axes[0] !== -1)) return false;
+    gather = is(producer(unsqueeze.input[0]!), 'Gather');
+  }
+  const g = gather && gatherIndex(gather, constant);
+  if (!g || g.index !== 0 || g.scalar !== Boolean(unsqueeze)) return false; // a scalar is unsqueezed to [1], an [i] index is [1] already
+  const shape = is(producer(gather!.input[0]!), 'Shape');
+  return !!shape && shape.input[0] === node.input[0] && attrInt(shape, 'start', 0) === 0;
+}
+
 const SAME_SHAPE = new Set([
   'Relu', 'LeakyRelu', 'PRelu', 'Sigmoid', 'HardSigmoid', 'HardSwish', 'Tanh', 'Elu', 'Selu', 'Celu', 'Softplus', 'Softsign',
   'Mish', 'Gelu', 'ThresholdedRelu', 'Abs', 'Neg', 'Exp', 'Log', 'Sqrt', 'Reciprocal', 'Erf', 'Floor', 'Ceil', 'Round', 'Sign',
@@ -110,7 +154,7 @@ const POOL = new Set(['MaxPool', 'AveragePool', 'LpPool']);
 const GLOBAL_POOL = new Set(['GlobalAveragePool', 'GlobalMaxPool', 'GlobalLpPool']);
 
 /** Output shapes of one node (only the first output for most ops), or undefined if unknown. */
-function nodeShapes(node: NodeProto, ins: (number[] | undefined)[], consts: Map<string, TensorProto>): (number[] | undefined)[] | undefined {
+function nodeShapes(node: NodeProto, ins: (number[] | undefined)[], consts: Map<string, TensorProto>, producers: Map<string, NodeProto>): (number[] | undefined)[] | undefined {
   const x = ins[0];
   const op = node.opType;
   if (op === 'Constant') {
@@ -157,6 +201,7 @@ function nodeShapes(node: NodeProto, ins: (number[] | undefined)[], consts: Map<
   }
   if (op === 'Reshape') {
     const t = consts.get(node.input[1] ?? '');
+    if (!t && x.length >= 1 && isViewFlatten(node, (n) => producers.get(n), (n) => consts.get(n))) return [[x[0]!, numel(x.slice(1))]];
     if (!t) return undefined;
     const spec = Array.from(tensorToInt64(t).data, Number);
     const allowZero = attrInt(node, 'allowzero', 0) === 1;
@@ -211,6 +256,7 @@ export function inferShapes(model: Model, inputShape?: readonly number[]): Shape
   const graph = model.graph;
   if (!graph) throw badInput('the model has no graph.');
   const consts = constantTensors(graph);
+  const producers = new Map(graph.node.flatMap((n) => n.output.map((o) => [o, n] as [string, NodeProto])));
   const shapes: Shapes = new Map();
   for (const [name, t] of consts) shapes.set(name, tensorDims(t));
   dataInputs(graph).forEach((vi, i) => {
@@ -231,7 +277,7 @@ export function inferShapes(model: Model, inputShape?: readonly number[]): Shape
   });
   for (const node of graph.node) {
     const ins = node.input.map((n) => (n ? shapes.get(n) : undefined));
-    const outs = nodeShapes(node, ins, consts);
+    const outs = nodeShapes(node, ins, consts, producers);
     outs?.forEach((s, i) => {
       const name = node.output[i];
       if (s && name && !shapes.has(name)) shapes.set(name, s);

@@ -39,9 +39,9 @@ export function plainKernels(): Kernels {
     par(name, args, _lo, _opts) { (this[name] as (...a: number[]) => void)(...(args as number[])); },
     gramRows: () => 128,
     gramPackFloats: (d) => 128 * d,
-    gramPack(X, ld, r0, rb, d, P) { // rows as they are
-      const x = S();
-      for (let r = 0; r < rb; r++) x.copyWithin((P >> 2) + r * d, (X >> 2) + (r0 + r) * ld, (X >> 2) + (r0 + r) * ld + d);
+    gramPack(X, ld, r0, rb, d, P, p0, p1) { // rows as they are, columns 8·p0 .. 8·p1
+      const x = S(), c0 = 8 * p0, c1 = Math.min(d, 8 * p1);
+      for (let r = 0; r < rb; r++) x.copyWithin((P >> 2) + r * d + c0, (X >> 2) + (r0 + r) * ld + c0, (X >> 2) + (r0 + r) * ld + c1);
     },
     gramTiles(PA, da, PB, db, rb, C, ldc, upper, _tmp, i0, i1) {
       const x = S(), f = F(), A4 = PA >> 2, B4 = PB >> 2, C8 = C >> 3;

@@ -12,7 +12,8 @@ export interface Kernels {
   /** Rows packed per gramPack call, and the floats its panel buffer needs. */
   gramRows(): number;
   gramPackFloats(d: number): number;
-  gramPack(X: number, ld: number, r0: number, rb: number, d: number, P: number): void;
+  /** Packs panels p0 ≤ p < p1 (8 columns each; all: 0 .. ⌈d/8⌉). */
+  gramPack(X: number, ld: number, r0: number, rb: number, d: number, P: number, p0: number, p1: number): void;
   gramTiles(PA: number, da: number, PB: number, db: number, rb: number, C: number, ldc: number, upper: number, tmp: number, i0: number, i1: number): void;
   symmetrize(G: number, d: number): void;
   gemmChunk(): number;
@@ -37,9 +38,9 @@ export interface Kernels {
   par<N extends ParKernel>(name: N, args: Parameters<Kernels[N]>, lo: number, opts?: ParOptions): void;
 }
 
-export type ParKernel = 'gramTiles' | 'gemmRows' | 'extend' | 'updateRows' | 'updateScan' | 'downdateBlocks' | 'groupGains' | 'solveUpperT';
+export type ParKernel = 'gramPack' | 'gramTiles' | 'gemmRows' | 'extend' | 'updateRows' | 'updateScan' | 'downdateBlocks' | 'groupGains' | 'solveUpperT';
 export interface ParOptions { align?: number; ranges?: [number, number][]; scratch?: [number, number]; work?: number }
-export const PAR_KERNELS: ParKernel[] = ['gramTiles', 'gemmRows', 'extend', 'updateRows', 'updateScan', 'downdateBlocks', 'groupGains', 'solveUpperT'];
+export const PAR_KERNELS: ParKernel[] = ['gramPack', 'gramTiles', 'gemmRows', 'extend', 'updateRows', 'updateScan', 'downdateBlocks', 'groupGains', 'solveUpperT'];
 
 /** Equal parts of [lo, hi), boundaries on multiples of align (the last part takes the rest). */
 export function splitRange(lo: number, hi: number, parts: number, align = 1): [number, number][] {
