@@ -42,7 +42,7 @@ async function testAccuracy(path: string): Promise<number> {
   return hit / x.rows;
 }
 
-describe('subprune study on lenet, 2 compressions', () => {
+describe('subprune study on lenet, 2 compressions (and one out of reach)', () => {
   it('writes table.md, results.json and a valid plot.svg; a row is what subprune prune gives', async () => {
     const out = mkdtempSync(join(tmpdir(), 'subprune-study-'));
     try { await check(out); } finally { rmSync(out, { recursive: true, force: true }); }
@@ -51,13 +51,19 @@ describe('subprune study on lenet, 2 compressions', () => {
 
 async function check(out: string): Promise<void> {
   const log = cli('study', 'models/lenet.onnx', '--calib', 'models/calib.npy', '--data', 'models/test.npy', '--labels', 'models/test-labels.npy',
-    '--compressions', '4,16', '--methods', 'greedy,weight-norm', '--modes', 'layerwise,asymmetric', '--out', out);
+    '--compressions', '4,16,1000', '--methods', 'greedy,weight-norm', '--modes', 'layerwise,asymmetric', '--out', out);
   expect(log).toMatch(/re-fitting helps every selection method/);
   for (const f of ['table.md', 'results.json', 'plot.svg']) expect(existsSync(join(out, f))).toBe(true);
 
   const res = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as StudyResult;
   // greedy: 2 re-fit × 3 allocations × 2 modes; weight-norm: 2 re-fit × 2 allocations (uniform, sensitivity), layerwise
   expect(res.rows.length).toBe((12 + 4) * 2);
+  // 1000× is beyond LeNet's reach (every unit at one channel leaves the output layer and more): left out, and said
+  expect(res.compressions).toEqual([4, 16]);
+  expect(res.unreachable.compressions).toEqual([1000]);
+  expect(res.unreachable.max).toBeGreaterThan(16);
+  expect(res.unreachable.max).toBeLessThan(1000);
+  expect(readFileSync(join(out, 'table.md'), 'utf8')).toContain(`Not run: 1000×, beyond this model's reach (every unit at one channel gives ${res.unreachable.max.toFixed(1)}×`);
   const full = modelStats(readModel('models/lenet.onnx'), [1, 1, 28, 28]).params;
   for (const r of res.rows) expect(r.params).toBeLessThanOrEqual(full / r.compression);
 
