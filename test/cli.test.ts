@@ -11,6 +11,10 @@ import {
   readModel, replaceInitializerData, serializeModel, tensorToFloat32, type Model,
 } from '../src/onnx/index.js';
 import { encodeNpy, openNpy } from '../src/npy.js';
+import { analyze } from '../src/graph/analyze.js';
+import { gramBytes } from '../src/kernels/gram.js';
+import { fmtBytes } from '../src/kernels/memory.js';
+import { selectionBytes } from '../src/select/greedy.js';
 import { randTensor, rng, smallModel } from './graph-helpers.js';
 import { ensureBuilt, expectFailure, runCli, spawnCli } from './cli-helpers.js';
 
@@ -180,6 +184,17 @@ describe('nothing is lost or overwritten', () => {
     expectFailure(r, 2, /NaN in sample 3/);
     expect(readFileSync(out, 'utf8')).toBe('an earlier result');
     expect(temps()).toEqual([]);
+  });
+});
+
+describe('the kernel memory a run needs', () => {
+  it('is printed before the run and reported: every unit\'s Gram matrix in one pass, the largest selection', async () => {
+    const r = await runCli('prune', LENET, '--calib', at('calib.npy'), '-o', at('plan.onnx'), '--report', at('plan.json'), '--compression', '4', '--threads', '1');
+    expect(r.code).toBe(0);
+    const units = analyze(readModel(LENET), [1, 1, 28, 28]).units;
+    const capture = units.reduce((a, u) => a + gramBytes(u.d), 0), select = Math.max(...units.map((u) => selectionBytes(u.d, u.m, u.g, u.channels)));
+    expect(r.out.split('\n')[0]).toBe(`kernel memory: ${fmtBytes(capture)} to capture ${units.length} units in 1 pass, at most ${fmtBytes(select)} to select (1 thread)`);
+    expect(JSON.parse(readFileSync(at('plan.json'), 'utf8')).memory).toEqual({ capture, passes: 1, units: units.length, select });
   });
 });
 

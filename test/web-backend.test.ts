@@ -83,6 +83,7 @@ describe('the CLI under node --no-addons', () => {
     const r = cli('prune', 'models/lenet.onnx', '--calib', calibPath, '--compression', '4', '--mode', 'asymmetric', '-o', out, '--report', rep, '--backend', 'web', '--threads', '1');
     expect(r.err).toBe('');
     expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^kernel memory: .* \(1 thread\)\n/);
     expect(r.out).toMatch(/onnxruntime-web/);
     const report = JSON.parse(readFileSync(rep, 'utf8'));
     const calib = openNpy(calibPath);

@@ -40,7 +40,7 @@ Other:
                       for any n
   --backend NAME      model runtime for capture and verification: node (onnxruntime-node, the default where it
                       loads) or web (onnxruntime-web's WebAssembly backend: no native addon needed)
-  --quiet             no summary table
+  --quiet             no summary table (nor the kernel memory line printed before the run)
   -h, --help          this help
 
 The objective of a unit is 1 − the relative error of its consumer's input (‖B_S W' − A W‖²/‖A W‖²)
@@ -92,8 +92,8 @@ export async function runPrune(argv: string[]): Promise<void> {
     result = await prune(model, calib, {
       mode: o.mode as Mode, refit: !o['no-refit'], budget, batch, kernels: o.kernels, threads, backend,
       method: how.method, seed: how.seed, allocation: how.allocation, verify: how.verify, grid: how.grid,
-      onPlan: (p) => {
-        if (p.units) console.error(`kernel memory: ${fmtBytes(p.capture)} to capture ${p.units} unit${p.units > 1 ? 's' : ''} in ${p.passes} pass${p.passes > 1 ? 'es' : ''}, at most ${fmtBytes(p.select)} to select (${threads} thread${threads > 1 ? 's' : ''})`);
+      onPlan: (p) => { // on stdout: stderr carries only progress and, on failure, the one error line
+        if (p.units && !o.quiet) console.log(`kernel memory: ${fmtBytes(p.capture)} to capture ${p.units} unit${p.units > 1 ? 's' : ''} in ${p.passes} pass${p.passes > 1 ? 'es' : ''}, at most ${fmtBytes(p.select)} to select (${threads} thread${threads > 1 ? 's' : ''})`);
       },
       onProgress: (stage, done, total) => {
         let bar = bars.get(stage);
