@@ -193,7 +193,7 @@ describe('the kernel memory a run needs', () => {
     expect(r.code).toBe(0);
     const units = analyze(readModel(LENET), [1, 1, 28, 28]).units;
     const capture = units.reduce((a, u) => a + gramBytes(u.d), 0), select = Math.max(...units.map((u) => selectionBytes(u.d, u.m, u.g, u.channels)));
-    expect(r.out.split('\n')[0]).toBe(`kernel memory: ${fmtBytes(capture)} to capture ${units.length} units in 1 pass, at most ${fmtBytes(select)} to select (1 thread)`);
+    expect(r.out.split('\n')[0]).toBe(`kernel memory: at most ${fmtBytes(capture)} to capture (${units.length} units, 1 pass) and ${fmtBytes(select)} to select (1 thread)`);
     expect(JSON.parse(readFileSync(at('plan.json'), 'utf8')).memory).toEqual({ capture, passes: 1, units: units.length, select });
   });
 });

@@ -93,7 +93,7 @@ export async function runPrune(argv: string[]): Promise<void> {
       mode: o.mode as Mode, refit: !o['no-refit'], budget, batch, kernels: o.kernels, threads, backend,
       method: how.method, seed: how.seed, allocation: how.allocation, verify: how.verify, grid: how.grid,
       onPlan: (p) => { // on stdout: stderr carries only progress and, on failure, the one error line
-        if (p.units && !o.quiet) console.log(`kernel memory: ${fmtBytes(p.capture)} to capture ${p.units} unit${p.units > 1 ? 's' : ''} in ${p.passes} pass${p.passes > 1 ? 'es' : ''}, at most ${fmtBytes(p.select)} to select (${threads} thread${threads > 1 ? 's' : ''})`);
+        if (p.units && !o.quiet) console.log(`kernel memory: at most ${fmtBytes(p.capture)} to capture (${p.units} unit${p.units > 1 ? 's' : ''}, ${p.passes} pass${p.passes > 1 ? 'es' : ''}) and ${fmtBytes(p.select)} to select (${threads} thread${threads > 1 ? 's' : ''})`);
       },
       onProgress: (stage, done, total) => {
         let bar = bars.get(stage);
