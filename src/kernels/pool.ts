@@ -12,18 +12,22 @@ import { PAR_KERNELS, type ParKernel } from './types.js';
 
 export const CTRL = 128;
 const ARGS = CTRL + 512, DONE = CTRL + 640, MAX_ARGS = 16, MAX_THREADS = 60;
+// How long a waiting thread spins before it sleeps: waking a sleeping core costs far more in a VM than spinning.
+const SPIN_MS = 2;
 
 // Runs inside each worker (eval'd as a CommonJS script: no imports, no closures).
 function workerMain(): void {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { workerData } = require('node:worker_threads') as typeof import('node:worker_threads');
-  const { module, memory, id, names, ctrl, args, done } = workerData;
+  const { module, memory, id, names, ctrl, args, done, spinMs } = workerData;
   const x = new WebAssembly.Instance(module, { env: { memory, abort: () => { throw new Error('wasm kernel abort'); } } }).exports as Record<string, (...a: number[]) => void>;
   const I = new Int32Array(memory.buffer, ctrl, 128), F = new Float64Array(memory.buffer, args, 16), D = new Int32Array(memory.buffer, done, 64);
   let seen = 0;
   for (;;) {
     // Each job exactly once: wait until the sequence moves on (the next job often follows at once, so spin first).
-    for (let spin = 0; Atomics.load(I, 0) === seen; spin++) if (spin > 20000) Atomics.wait(I, 0, seen);
+    for (let spin = 0, t0 = 0; Atomics.load(I, 0) === seen; spin++) {
+      if ((spin & 1023) === 1023 && performance.now() - (t0 ||= performance.now()) > spinMs) Atomics.wait(I, 0, seen);
+    }
     seen = Atomics.load(I, 0);
     const k = I[2];
     if (k < 0) return;
@@ -55,7 +59,7 @@ export class Pool {
     if (!wt) throw new Error('threads need Node ≥ 20.16 (process.getBuiltinModule)');
     for (let id = 1; id < threads; id++) {
       const w = new wt.Worker(`(${workerMain.toString()})()`, {
-        eval: true, workerData: { module, memory, id, names: PAR_KERNELS, ctrl: CTRL, args: ARGS, done: DONE },
+        eval: true, workerData: { module, memory, id, names: PAR_KERNELS, ctrl: CTRL, args: ARGS, done: DONE, spinMs: SPIN_MS },
       });
       w.unref(); // idle workers must not keep the process alive
     }
@@ -76,7 +80,9 @@ export class Pool {
     if (ranges[0][0] < ranges[0][1]) self(a);
     // Wait for the others: spin briefly (jobs are often short), then sleep.
     for (let t = 1; t < threads; t++) {
-      for (let spin = 0, v; (v = Atomics.load(D, t)) !== seq; spin++) if (spin > 4000) Atomics.wait(D, t, v, 50);
+      for (let spin = 0, t0 = 0, v; (v = Atomics.load(D, t)) !== seq; spin++) {
+        if ((spin & 1023) === 1023 && performance.now() - (t0 ||= performance.now()) > SPIN_MS) Atomics.wait(D, t, v, 50);
+      }
     }
   }
 }
