@@ -28,7 +28,7 @@ export function gramAccumulate(K: Kernels, X: number, dx: number, Y: number, dy:
   const ranges = K.threads > 1 ? balancedRanges(0, dx, K.threads, 4, (i) => (upper ? db - ((i >> 3) << 3) : db)) : undefined;
   for (let r0 = 0; r0 < rows; r0 += RB) {
     const rb = Math.min(RB, rows - r0);
-    // packing is a tenth of the tiles' memory traffic: on one thread it would hold the others back
+    // every thread packs its share of the panels, so none waits on a serial pack (no measurable gain at d = 1024 here)
     K.par('gramPack', [X, dx, r0, rb, dx, PX, 0, (dx + 7) >> 3], 6, { work: rb * dx });
     if (Y) K.par('gramPack', [Y, dy, r0, rb, dy, PY, 0, (dy + 7) >> 3], 6, { work: rb * dy });
     K.par('gramTiles', [PX, dx, PB, db, rb, C, db, upper, tmp, 0, dx], 9, { ranges, scratch: [8, 128], work: (rb * dx * db) / (1 + upper) });
