@@ -55,7 +55,6 @@ function available(): number {
  * the Gram matrices together fit the host memory available (they are copied out after each pass and kept).
  */
 export function capturePasses<U extends { id: string; d: number }>(units: readonly U[], asymmetric: boolean, passBytes = KERNEL_BYTES): U[][] {
-  const big = [...units].sort((a, b) => b.d - a.d).slice(0, 3).map((u) => `${u.id} (d = ${u.d})`).join(', ');
   const passes: U[][] = [];
   let cur: U[] = [], used = 0;
   for (const u of units) {
@@ -67,6 +66,7 @@ export function capturePasses<U extends { id: string; d: number }>(units: readon
   if (cur.length) passes.push(cur);
   const total = units.reduce((a, u) => a + gramBytes(u.d, asymmetric), 0), free = available();
   if (total + Math.min(total, KERNEL_BYTES) > free) {
+    const big = [...units].sort((a, b) => b.d - a.d).slice(0, 3).map((u) => `${u.id} (d = ${u.d})`).join(', ');
     throw badInput(`capturing ${units.length} unit${units.length > 1 ? 's' : ''} needs ${fmtBytes(total + Math.min(total, KERNEL_BYTES))} of memory (largest: ${big}), ${fmtBytes(free)} is available${units.length > 1 ? '; --mode sequential captures one unit at a time' : ''}`);
   }
   return passes;

@@ -4,7 +4,7 @@ import { clone } from '@bufbuild/protobuf';
 import { badInput } from '../errors.js';
 import { attrInt, opsetVersion, TensorProtoSchema, tensorDims, tensorToFloat32, numel, type GraphProto, type Model, type NodeProto, type TensorProto } from '../onnx/index.js';
 import { biasSlice, CHAIN, LAYER_OPS, layerInfo, type ChannelLayout, type ParamSlice, type ShapeEdit } from './ops.js';
-import { constantTensors, dataInputs, gatherIndex, inferShapes, nodeMacs, windowGeometry, type Shapes } from './shapes.js';
+import { constantTensors, dataInputs, gatherIndex, producerMap, inferShapes, nodeMacs, windowGeometry, type Shapes } from './shapes.js';
 import type { Analysis, Refused, Unit } from './types.js';
 import { checkOpset, notRewritable, opOf, tooBig } from '../limits.js';
 
@@ -99,7 +99,7 @@ class Graph {
   ) {
     this.consts = constantTensors(graph);
     this.uses = usesOf(graph);
-    this.producers = new Map(graph.node.flatMap((n) => n.output.map((o) => [o, n] as [string, NodeProto])));
+    this.producers = producerMap(graph);
     this.outputs = new Set(graph.output.map((o) => o.name));
     this.opset = opset;
     this.batch = shapes.get(dataInputs(graph)[0]?.name ?? '')?.[0] || 1;

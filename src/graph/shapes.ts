@@ -20,6 +20,11 @@ import {
 export type Shapes = Map<string, number[]>;
 
 /** Constant tensors by name: initializers and outputs of Constant nodes holding a `value` tensor. */
+/** The node that computes each tensor (graph inputs and initializers have none). */
+export function producerMap(graph: GraphProto): Map<string, NodeProto> {
+  return new Map(graph.node.flatMap((n) => n.output.map((o) => [o, n] as [string, NodeProto])));
+}
+
 export function constantTensors(graph: GraphProto): Map<string, TensorProto> {
   const map = new Map(graph.initializer.map((t) => [t.name, t] as [string, TensorProto]));
   for (const n of graph.node) {
@@ -127,8 +132,8 @@ export function isViewFlatten(node: NodeProto, producer: (name: string) => NodeP
   const concat = is(producer(node.input[1] ?? ''), 'Concat');
   if (opOf(node) !== 'Reshape' || !concat || concat.input.length !== 2) return false;
   const axis = attrInt(concat, 'axis', 1); // axis is required; without it this is not the pattern
-  const rest = int64Values(constant(concat.input[1]!));
-  if ((axis !== 0 && axis !== -1) || rest?.length !== 1 || rest[0] !== -1 || tensorDims(constant(concat.input[1]!)!).length !== 1) return false;
+  const minus1 = constant(concat.input[1]!), rest = int64Values(minus1);
+  if ((axis !== 0 && axis !== -1) || rest?.length !== 1 || rest[0] !== -1 || tensorDims(minus1!).length !== 1) return false;
   let gather = is(producer(concat.input[0]!), 'Gather');
   const unsqueeze = is(producer(concat.input[0]!), 'Unsqueeze');
   if (unsqueeze) {
@@ -256,7 +261,7 @@ export function inferShapes(model: Model, inputShape?: readonly number[]): Shape
   const graph = model.graph;
   if (!graph) throw badInput('the model has no graph.');
   const consts = constantTensors(graph);
-  const producers = new Map(graph.node.flatMap((n) => n.output.map((o) => [o, n] as [string, NodeProto])));
+  const producers = producerMap(graph);
   const shapes: Shapes = new Map();
   for (const [name, t] of consts) shapes.set(name, tensorDims(t));
   dataInputs(graph).forEach((vi, i) => {
