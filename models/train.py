@@ -38,13 +38,13 @@ OPSET = 13
 
 # Per-model training recipe. Same seed for everything; see README.md.
 # bn: how BatchNorm is exported. "keep" = BatchNormalization nodes in the graph;
-# "fold" = folded into the preceding Conv by torch's exporter (the shipped vgg.onnx
-# was made that way; `--bn keep` gives the same network with BN nodes).
+# "fold" = folded into the preceding Conv by torch's exporter (`--bn fold`; every
+# bundled model keeps its BN nodes).
 # threads: torch.set_num_threads while training (results are reproducible for a fixed
 # thread count; resnet20 was trained with 1 thread because the 2-core machine was busy).
 RECIPES = {
     "lenet":    dict(epochs=10, opt="adam", lr=3e-3, weight_decay=0.0, batch=128, bn="keep", threads=2),
-    "vgg":      dict(epochs=6,  opt="adam", lr=2e-3, weight_decay=0.0, batch=128, bn="fold", threads=2),
+    "vgg":      dict(epochs=6,  opt="adam", lr=2e-3, weight_decay=0.0, batch=128, bn="keep", threads=2),
     "resnet20": dict(epochs=5,  opt="adam", lr=2e-3, weight_decay=0.0, batch=128, bn="keep", threads=1),
 }
 
