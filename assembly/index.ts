@@ -77,7 +77,6 @@ function tile(a: usize, b: usize, rb: i32, out: usize, ldc: i32, ni: i32, nj: i3
   }
 }
 
-/** Packs rows r0 .. r0+rb of X (row stride ld; columns 0 .. d) into 8-column panels at P (gramPackFloats(d) floats). */
 /** Packs rows r0 .. r0+rb of X (d columns, row stride ld) into panels p0 ≤ p < p1 of P (all: 0 .. ⌈d/8⌉). */
 export function gramPack(X: usize, ld: i32, r0: i32, rb: i32, d: i32, P: usize, p0: i32, p1: i32): void {
   pack(X, ld, r0, rb, d, P, p0, p1);

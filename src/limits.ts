@@ -56,18 +56,19 @@ function available(): number {
  */
 export function capturePasses<U extends { id: string; d: number }>(units: readonly U[], asymmetric: boolean, passBytes = KERNEL_BYTES): U[][] {
   const passes: U[][] = [];
-  let cur: U[] = [], used = 0;
+  let cur: U[] = [], used = 0, total = 0;
   for (const u of units) {
     const need = gramBytes(u.d, asymmetric);
     if (need > KERNEL_BYTES) throw badInput(`capturing unit ${u.id} needs ${fmtBytes(need)} of kernel memory for its Gram matrices (d = ${u.d}); WebAssembly allows 4 GiB`);
     if (cur.length && used + need > passBytes) { passes.push(cur); cur = []; used = 0; }
-    cur.push(u); used += need;
+    cur.push(u); used += need; total += need;
   }
   if (cur.length) passes.push(cur);
-  const total = units.reduce((a, u) => a + gramBytes(u.d, asymmetric), 0), free = available();
-  if (total + Math.min(total, KERNEL_BYTES) > free) {
+  // the kept Gram matrices on the host, plus one pass's worth in kernel memory
+  const needed = total + Math.min(total, KERNEL_BYTES), free = available();
+  if (needed > free) {
     const big = [...units].sort((a, b) => b.d - a.d).slice(0, 3).map((u) => `${u.id} (d = ${u.d})`).join(', ');
-    throw badInput(`capturing ${units.length} unit${units.length > 1 ? 's' : ''} needs ${fmtBytes(total + Math.min(total, KERNEL_BYTES))} of memory (largest: ${big}), ${fmtBytes(free)} is available${units.length > 1 ? '; --mode sequential captures one unit at a time' : ''}`);
+    throw badInput(`capturing ${units.length} unit${units.length > 1 ? 's' : ''} needs ${fmtBytes(needed)} of memory (largest: ${big}), ${fmtBytes(free)} is available${units.length > 1 ? '; --mode sequential captures one unit at a time' : ''}`);
   }
   return passes;
 }

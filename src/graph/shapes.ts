@@ -19,12 +19,12 @@ import {
 
 export type Shapes = Map<string, number[]>;
 
-/** Constant tensors by name: initializers and outputs of Constant nodes holding a `value` tensor. */
 /** The node that computes each tensor (graph inputs and initializers have none). */
 export function producerMap(graph: GraphProto): Map<string, NodeProto> {
   return new Map(graph.node.flatMap((n) => n.output.map((o) => [o, n] as [string, NodeProto])));
 }
 
+/** Constant tensors by name: initializers and outputs of Constant nodes holding a `value` tensor. */
 export function constantTensors(graph: GraphProto): Map<string, TensorProto> {
   const map = new Map(graph.initializer.map((t) => [t.name, t] as [string, TensorProto]));
   for (const n of graph.node) {
