@@ -15,8 +15,11 @@ import type { Backend } from '../src/capture/index.js';
 
 const args = process.argv.slice(2);
 const flag = (name: string, dflt: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : dflt);
-const repeat = Number(flag('--repeat', '5')), modes = flag('--modes', 'layerwise').split(',') as Mode[];
-const models = flag('--models', 'lenet,vgg,resnet20').split(',').filter((m) => existsSync(`models/${m}.onnx`));
+const repeat = Number(flag('--repeat', '5')),
+  modes = flag('--modes', 'layerwise').split(',') as Mode[];
+const models = flag('--models', 'lenet,vgg,resnet20')
+  .split(',')
+  .filter((m) => existsSync(`models/${m}.onnx`));
 const backends: Backend[] = ['node', 'web'];
 const dir = mkdtempSync(join(tmpdir(), 'subprune-bench-'));
 
@@ -42,17 +45,39 @@ async function cold(b: Backend): Promise<void> {
   if (r.status !== 0) throw new Error(`subprune ${cliArgs.join(' ')}: ${r.stderr}`);
 }
 
-console.log(`${cpus().length} × ${cpus()[0].model}, Node ${process.version}, load average ${loadavg().map((l) => l.toFixed(1)).join(' ')}; medians of ${repeat}`);
+console.log(
+  `${cpus().length} × ${cpus()[0].model}, Node ${process.version}, load average ${loadavg()
+    .map((l) => l.toFixed(1))
+    .join(' ')}; medians of ${repeat}`,
+);
 console.log('| model | what | node s | web s | web / node |');
 console.log('|---|---|---:|---:|---:|');
 const row = (model: string, what: string, s: Record<Backend, number>) =>
   console.log(`| ${model} | ${what} | ${f(s.node)} | ${f(s.web)} | ${(s.web / s.node).toFixed(1)}× |`);
 for (const name of models) {
-  const model = readModel(`models/${name}.onnx`), calib = openNpy('models/calib.npy'), test = openNpy('models/test.npy');
+  const model = readModel(`models/${name}.onnx`),
+    calib = openNpy('models/calib.npy'),
+    test = openNpy('models/test.npy');
   for (const mode of modes) {
-    cliArgs = ['prune', `models/${name}.onnx`, '--calib', 'models/calib.npy', '--compression', '4', '--mode', mode, '-o', join(dir, 'out.onnx'), '--quiet'];
+    cliArgs = [
+      'prune',
+      `models/${name}.onnx`,
+      '--calib',
+      'models/calib.npy',
+      '--compression',
+      '4',
+      '--mode',
+      mode,
+      '-o',
+      join(dir, 'out.onnx'),
+      '--quiet',
+    ];
     row(name, `prune ${mode}, cold (CLI wall)`, await timed(cold));
-    row(name, `prune ${mode}, warm`, await timed((backend) => prune(model, calib, { budget: { compression: 4 }, mode, backend })));
+    row(
+      name,
+      `prune ${mode}, warm`,
+      await timed((backend) => prune(model, calib, { budget: { compression: 4 }, mode, backend })),
+    );
   }
   row(name, `eval ${test.rows} samples, warm`, await timed((backend) => evaluate(model, test, { backend })));
   calib.close();

@@ -7,7 +7,8 @@ import { getKernels } from '../src/kernels/instances.js';
 
 const runs = Number(process.argv[2] ?? 30);
 let s = 1;
-const rnd = (n: number) => Float32Array.from({ length: n }, () => (s = (s * 1103515245 + 12345) % 2147483648) / 2147483648 - 0.5);
+const rnd = (n: number) =>
+  Float32Array.from({ length: n }, () => (s = (s * 1103515245 + 12345) % 2147483648) / 2147483648 - 0.5);
 const conv: ConvGeometry = { kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1] };
 const batches = Array.from({ length: 8 }, () => rnd(64 * 64 * 14 * 14));
 
@@ -24,7 +25,10 @@ let bad = 0;
 for (let r = 0; r < runs; r++) {
   const G = gram(2);
   const n = G.reduce((a, v, i) => a + (v !== ref[i] ? 1 : 0), 0);
-  if (n) { bad++; console.log(`run ${r}: ${n} of ${G.length} entries differ from 1 thread`); }
+  if (n) {
+    bad++;
+    console.log(`run ${r}: ${n} of ${G.length} entries differ from 1 thread`);
+  }
 }
 console.log(`${runs} runs, ${bad} with a difference`);
 process.exit(bad ? 1 : 0);

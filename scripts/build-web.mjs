@@ -21,12 +21,21 @@ const nodeStubs = {
 rmSync(out, { recursive: true, force: true });
 await build({
   entryPoints: { main: join(root, 'src/web/main.ts'), worker: join(root, 'src/web/worker.ts') },
-  outdir: out, bundle: true, format: 'esm', platform: 'browser', target: 'es2022', minify: true, logLevel: 'warning',
+  outdir: out,
+  bundle: true,
+  format: 'esm',
+  platform: 'browser',
+  target: 'es2022',
+  minify: true,
+  logLevel: 'warning',
   plugins: [nodeStubs],
   alias: { 'onnxruntime-web': 'onnxruntime-web/wasm' }, // the WebAssembly backend only (no WebGL/WebGPU code)
   external: ['onnxruntime-node'], // imported only for backend 'node', which the page never asks for
 });
-const copy = (from, to) => { mkdirSync(dirname(join(out, to)), { recursive: true }); copyFileSync(join(root, from), join(out, to)); };
+const copy = (from, to) => {
+  mkdirSync(dirname(join(out, to)), { recursive: true });
+  copyFileSync(join(root, from), join(out, to));
+};
 copy('src/web/index.html', 'index.html');
 copy('build/subprune.wasm', 'subprune.wasm');
 copy('node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm', 'ort-wasm-simd-threaded.wasm');

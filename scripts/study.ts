@@ -23,14 +23,21 @@ const OUT = 'models/study';
 const VARIANTS = process.argv.includes('--variants') ? MODELS : ['lenet'];
 
 async function studyOne(name: string): Promise<void> {
-  const calib = openNpy('models/calib.npy'), test = openNpy('models/test.npy'), labels = openNpy('models/test-labels.npy');
+  const calib = openNpy('models/calib.npy'),
+    test = openNpy('models/test.npy'),
+    labels = openNpy('models/test-labels.npy');
   let bar: Progress | undefined;
   try {
     const res = await runStudy(readModel(`models/${name}.onnx`), {
-      name, calib, test: { data: test, labels: labels.readF64() }, compressions: COMPRESSIONS, grid: GRID,
+      name,
+      calib,
+      test: { data: test, labels: labels.readF64() },
+      compressions: COMPRESSIONS,
+      grid: GRID,
       onProgress: (d, n) => {
         (bar ??= new Progress(name, n)).update(d);
-        if (!process.stderr.isTTY && d % 25 === 0) console.log(`${name}: ${d}/${n} (${((performance.now() - t0) / 60000).toFixed(1)} min)`); // a log line for non-terminals
+        if (!process.stderr.isTTY && d % 25 === 0)
+          console.log(`${name}: ${d}/${n} (${((performance.now() - t0) / 60000).toFixed(1)} min)`); // a log line for non-terminals
       },
     });
     bar?.done();
@@ -40,16 +47,25 @@ async function studyOne(name: string): Promise<void> {
     console.log(`${name}: ${res.rows.length} runs in ${(res.seconds / 60).toFixed(1)} min`);
     if (!VARIANTS.includes(name)) return;
     const t = performance.now();
-    const vs = await allocationVariants(readModel(`models/${name}.onnx`), { calib, test: { data: test, labels: labels.readF64() }, compressions: res.compressions });
+    const vs = await allocationVariants(readModel(`models/${name}.onnx`), {
+      calib,
+      test: { data: test, labels: labels.readF64() },
+      compressions: res.compressions,
+    });
     writeFileAtomic(join(dir, 'variants.md'), Buffer.from(variantsMarkdown(name, res.compressions, vs)));
     console.log(`${name}: allocation variants in ${((performance.now() - t) / 60000).toFixed(1)} min`);
   } finally {
-    calib.close(); test.close(); labels.close();
+    calib.close();
+    test.close();
+    labels.close();
   }
 }
 
 function summary(results: StudyResult[]): string {
-  const file = (name: string, f: string) => { const p = join(OUT, name, f); return existsSync(p) ? readFileSync(p, 'utf8').trim() + '\n' : ''; };
+  const file = (name: string, f: string) => {
+    const p = join(OUT, name, f);
+    return existsSync(p) ? readFileSync(p, 'utf8').trim() + '\n' : '';
+  };
   const total = results.reduce((a, r) => a + r.seconds, 0);
   return `# The paper's study on the bundled models
 
@@ -68,7 +84,9 @@ sensitivity sampling, 3 seeds; see README). Every method's ranking goes through 
 (the paper's per-layer selection: a common level of each unit's measured curve), **global** (one greedy over all
 units' normalised objective gains; the greedy's only).
 
-${results.map((r) => `## ${r.model}
+${results
+  .map(
+    (r) => `## ${r.model}
 
 Original: test accuracy ${r.original.accuracy.toFixed(3)}, ${r.original.params} parameters, ${r.original.flops} FLOPs; study ${(r.seconds / 60).toFixed(1)} min.
 
@@ -80,35 +98,47 @@ ${accuracyTable(r)}
 
 ${claimsMarkdown(r)}
 
-${file(r.model, 'variants.md') && `### Allocation variants on ${r.model}
+${
+  file(r.model, 'variants.md') &&
+  `### Allocation variants on ${r.model}
 
 The greedy (layerwise, re-fit) under variants of the allocation, all from one measurement of the sensitivity curves
 on the 1 % grid (coarser grids are subsets of it):
 
 ${file(r.model, 'variants.md')}
-`}${file(r.model, 'NOTES.md')}`).join('\n')}${missing(results)}`;
+`
+}${file(r.model, 'NOTES.md')}`,
+  )
+  .join('\n')}${missing(results)}`;
 }
 
 /** Bundled models without a results.json: say so, with the command that makes it. */
 function missing(results: StudyResult[]): string {
   const done = new Set(results.map((r) => r.model));
-  return MODELS.filter((m) => existsSync(`models/${m}.onnx`) && !done.has(m)).map((m) => `
+  return MODELS.filter((m) => existsSync(`models/${m}.onnx`) && !done.has(m))
+    .map(
+      (m) => `
 ## ${m}
 
 Not measured yet: \`npm run study -- ${m}\` runs it (hours on a 2-core machine; it did not fit in the session that
 made this file).
-`).join('');
+`,
+    )
+    .join('');
 }
 
 const t0 = performance.now();
-const args = process.argv.slice(2), only = args.filter((a) => !a.startsWith('--'));
+const args = process.argv.slice(2),
+  only = args.filter((a) => !a.startsWith('--'));
 if (!args.includes('--render')) {
   for (const name of MODELS) {
     if (!existsSync(`models/${name}.onnx`) || (only.length && !only.includes(name))) continue;
     await studyOne(name);
   }
 }
-const results = MODELS.map((m) => join(OUT, m, 'results.json')).filter(existsSync).map((p) => JSON.parse(readFileSync(p, 'utf8')) as StudyResult);
+const results = MODELS.map((m) => join(OUT, m, 'results.json'))
+  .filter(existsSync)
+  .map((p) => JSON.parse(readFileSync(p, 'utf8')) as StudyResult);
 for (const r of results) {
   writeFileAtomic(join(OUT, r.model, 'table.md'), Buffer.from(studyMarkdown(r)));
   writeFileAtomic(join(OUT, r.model, 'plot.svg'), Buffer.from(studySvg(r)));

@@ -9,7 +9,10 @@ import { badInput } from './errors.js';
 const inFlight = new Set<string>();
 
 export function writeFileAtomic(file: string, bytes: Uint8Array): void {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  const tmp = path.join(
+    path.dirname(file),
+    `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`,
+  );
   inFlight.add(tmp);
   try {
     const fd = fs.openSync(tmp, 'wx');

@@ -15,9 +15,12 @@ export const OPSETS = { min: 7, max: 26 } as const;
 
 export function checkOpset(model: Model): void {
   const v = opsetVersion(model);
-  if (v === undefined) throw badInput('the model imports no ai.onnx operator set (opset_import); it is not a model subprune can read.');
+  if (v === undefined)
+    throw badInput('the model imports no ai.onnx operator set (opset_import); it is not a model subprune can read.');
   if (v < OPSETS.min || v > OPSETS.max) {
-    throw badInput(`the model uses ai.onnx opset ${v}; subprune supports opsets ${OPSETS.min} to ${OPSETS.max}. Re-export the model with an opset in that range (e.g. torch.onnx.export(..., opset_version=17)).`);
+    throw badInput(
+      `the model uses ai.onnx opset ${v}; subprune supports opsets ${OPSETS.min} to ${OPSETS.max}. Re-export the model with an opset in that range (e.g. torch.onnx.export(..., opset_version=17)).`,
+    );
   }
 }
 
@@ -30,7 +33,9 @@ const FLOATS = new Set<number>([DataType.FLOAT, DataType.FLOAT16, DataType.DOUBL
 
 /** Why a constant cannot be sliced or replaced by the rewrite (it reads and writes FLOAT, FLOAT16 and DOUBLE only). */
 export function notRewritable(t: TensorProto): string | undefined {
-  return FLOATS.has(t.dataType) ? undefined : `constant "${t.name}" has data type ${dataTypeName(t.dataType)}; subprune rewrites FLOAT, FLOAT16 and DOUBLE constants only`;
+  return FLOATS.has(t.dataType)
+    ? undefined
+    : `constant "${t.name}" has data type ${dataTypeName(t.dataType)}; subprune rewrites FLOAT, FLOAT16 and DOUBLE constants only`;
 }
 
 /** WebAssembly's 4 GiB, less room for the kernels' other buffers (as selectChannels counts). */
@@ -54,21 +59,43 @@ function available(): number {
  * memory together: one pass unless they do not. Checked before any allocation: every unit must fit alone, and all
  * the Gram matrices together fit the host memory available (they are copied out after each pass and kept).
  */
-export function capturePasses<U extends { id: string; d: number }>(units: readonly U[], asymmetric: boolean, passBytes = KERNEL_BYTES): U[][] {
+export function capturePasses<U extends { id: string; d: number }>(
+  units: readonly U[],
+  asymmetric: boolean,
+  passBytes = KERNEL_BYTES,
+): U[][] {
   const passes: U[][] = [];
-  let cur: U[] = [], used = 0, total = 0;
+  let cur: U[] = [],
+    used = 0,
+    total = 0;
   for (const u of units) {
     const need = gramBytes(u.d, asymmetric);
-    if (need > KERNEL_BYTES) throw badInput(`capturing unit ${u.id} needs ${fmtBytes(need)} of kernel memory for its Gram matrices (d = ${u.d}); WebAssembly allows 4 GiB`);
-    if (cur.length && used + need > passBytes) { passes.push(cur); cur = []; used = 0; }
-    cur.push(u); used += need; total += need;
+    if (need > KERNEL_BYTES)
+      throw badInput(
+        `capturing unit ${u.id} needs ${fmtBytes(need)} of kernel memory for its Gram matrices (d = ${u.d}); WebAssembly allows 4 GiB`,
+      );
+    if (cur.length && used + need > passBytes) {
+      passes.push(cur);
+      cur = [];
+      used = 0;
+    }
+    cur.push(u);
+    used += need;
+    total += need;
   }
   if (cur.length) passes.push(cur);
   // the kept Gram matrices on the host, plus one pass's worth in kernel memory
-  const needed = total + Math.min(total, KERNEL_BYTES), free = available();
+  const needed = total + Math.min(total, KERNEL_BYTES),
+    free = available();
   if (needed > free) {
-    const big = [...units].sort((a, b) => b.d - a.d).slice(0, 3).map((u) => `${u.id} (d = ${u.d})`).join(', ');
-    throw badInput(`capturing ${units.length} unit${units.length > 1 ? 's' : ''} needs ${fmtBytes(needed)} of memory (largest: ${big}), ${fmtBytes(free)} is available${units.length > 1 ? '; --mode sequential captures one unit at a time' : ''}`);
+    const big = [...units]
+      .sort((a, b) => b.d - a.d)
+      .slice(0, 3)
+      .map((u) => `${u.id} (d = ${u.d})`)
+      .join(', ');
+    throw badInput(
+      `capturing ${units.length} unit${units.length > 1 ? 's' : ''} needs ${fmtBytes(needed)} of memory (largest: ${big}), ${fmtBytes(free)} is available${units.length > 1 ? '; --mode sequential captures one unit at a time' : ''}`,
+    );
   }
   return passes;
 }
@@ -79,21 +106,31 @@ export function capturePasses<U extends { id: string; d: number }>(units: readon
  * other data (LeNet re-fitted from 128 samples, every channel kept: relative output error 346 on the test set).
  * Repeated samples add no rows, so rows count in proportion to the distinct samples.
  */
-export function checkRefitRows(unit: { id: string; d: number }, rows: number, samples: number, distinct = samples): void {
+export function checkRefitRows(
+  unit: { id: string; d: number },
+  rows: number,
+  samples: number,
+  distinct = samples,
+): void {
   const effective = Math.floor((rows * distinct) / samples);
   if (effective >= unit.d) return;
   const need = Math.ceil((unit.d * samples) / Math.max(rows, 1));
-  const given = distinct < samples ? `${samples} calibration samples (${distinct} distinct)` : `${samples} calibration samples`;
-  throw badInput(`unit ${unit.id}: the ${given} give ${effective} rows of its consumer input, fewer than its d = ${unit.d} columns, so the least-squares re-fit is underdetermined (it would fit these samples and fail on others); give at least ${need} distinct samples, or use --no-refit`);
+  const given =
+    distinct < samples ? `${samples} calibration samples (${distinct} distinct)` : `${samples} calibration samples`;
+  throw badInput(
+    `unit ${unit.id}: the ${given} give ${effective} rows of its consumer input, fewer than its d = ${unit.d} columns, so the least-squares re-fit is underdetermined (it would fit these samples and fail on others); give at least ${need} distinct samples, or use --no-refit`,
+  );
 }
 
 /** How many different samples the data holds (exact repeats count once), by two 32-bit hashes of each sample. */
 export function distinctSamples(data: NpyFile, batch = 256): number {
   const seen = new Set<string>();
   for (let r0 = 0; r0 < data.rows; r0 += batch) {
-    const x = data.readF32(r0, Math.min(data.rows, r0 + batch)), bits = new Uint32Array(x.buffer, x.byteOffset, x.length);
+    const x = data.readF32(r0, Math.min(data.rows, r0 + batch)),
+      bits = new Uint32Array(x.buffer, x.byteOffset, x.length);
     for (let o = 0; o < bits.length; o += data.rowSize) {
-      let h1 = 0x811c9dc5, h2 = 0x9747b28c;
+      let h1 = 0x811c9dc5,
+        h2 = 0x9747b28c;
       for (let i = o; i < o + data.rowSize; i++) {
         h1 = Math.imul(h1 ^ bits[i]!, 0x01000193);
         h2 = Math.imul(h2 ^ bits[i]!, 0x5bd1e995) ^ (h2 >>> 15);

@@ -9,7 +9,15 @@ import { pruneUnits } from '../src/rewrite/index.js';
 import { evaluate } from '../src/eval/index.js';
 import { prune } from '../src/prune/index.js';
 import { sizeModel } from '../src/budget/size.js';
-import { monotone, commonLevel, spendLeftover, allocateGlobal, gridKeeps, type AllocUnit, type Curve } from '../src/budget/allocate.js';
+import {
+  monotone,
+  commonLevel,
+  spendLeftover,
+  allocateGlobal,
+  gridKeeps,
+  type AllocUnit,
+  type Curve,
+} from '../src/budget/allocate.js';
 import { captureOriginal, rankUnit, planOf, sensitivityCurves } from '../src/prune/allocation.js';
 import type { Unit } from '../src/graph/types.js';
 import { rng } from './oracle.js';
@@ -23,12 +31,18 @@ const shape = [1, 1, 28, 28];
 
 /** The model with the first keeps[id] channels of every unit, as the rewrite makes it. */
 const firstChannels = (model: Model, units: Unit[], keeps: Map<string, number>) =>
-  pruneUnits(model, units.map((unit) => ({ unit, keep: Array.from({ length: keeps.get(unit.id)! }, (_, i) => i) })));
+  pruneUnits(
+    model,
+    units.map((unit) => ({ unit, keep: Array.from({ length: keeps.get(unit.id)! }, (_, i) => i) })),
+  );
 
 describe.each(MODELS)('%s: the size model', (name) => {
   it('equals modelStats of the rewritten model, for params and FLOPs, at random channel counts', () => {
-    const model = readModel(`models/${name}.onnx`), { units } = analyze(model, shape), r = rng(7);
-    const fp = sizeModel(model, units, shape, 'params'), ff = sizeModel(model, units, shape, 'flops');
+    const model = readModel(`models/${name}.onnx`),
+      { units } = analyze(model, shape),
+      r = rng(7);
+    const fp = sizeModel(model, units, shape, 'params'),
+      ff = sizeModel(model, units, shape, 'flops');
     const full = modelStats(model, shape);
     expect(fp(new Map(units.map((u) => [u.id, u.channels])))).toBe(full.params);
     expect(ff(new Map(units.map((u) => [u.id, u.channels])))).toBe(full.flops);
@@ -42,14 +56,21 @@ describe.each(MODELS)('%s: the size model', (name) => {
 });
 
 describe('lenet: every allocation meets the target as modelStats counts it, and leaves no unit room to grow', () => {
-  const model = readModel('models/lenet.onnx'), { units } = analyze(model, shape), full = modelStats(model, shape);
+  const model = readModel('models/lenet.onnx'),
+    { units } = analyze(model, shape),
+    full = modelStats(model, shape);
   it.each([
-    ['sensitivity', 'params', 8], ['sensitivity', 'flops', 3], ['global', 'params', 32], ['global', 'flops', 2], ['uniform', 'params', 16],
+    ['sensitivity', 'params', 8],
+    ['sensitivity', 'flops', 3],
+    ['global', 'params', 32],
+    ['global', 'flops', 2],
+    ['uniform', 'params', 16],
   ] as const)('%s allocation, %s ÷ %i', async (allocation, target, c) => {
     const calib = openNpy('models/calib.npy');
     const { model: pruned, report } = await prune(model, calib, { budget: { compression: c, target }, allocation });
     calib.close();
-    const goal = full[target] / c, keeps = new Map(report.units.map((u) => [u.id, u.kept]));
+    const goal = full[target] / c,
+      keeps = new Map(report.units.map((u) => [u.id, u.kept]));
     expect(modelStats(pruned, shape)[target]).toBeLessThanOrEqual(goal);
     expect(modelStats(pruned, shape).params).toBe(report.params.after);
     if (allocation === 'uniform') return; // one fraction for all units: rounding leaves room by design
@@ -63,15 +84,25 @@ describe('lenet: every allocation meets the target as modelStats counts it, and 
 
 /** Synthetic units and a size that grows with every k: per-channel costs plus a coupling of neighbours (like a consumer weight). */
 function synthetic(seed: number) {
-  const r = rng(seed), U = 2 + Math.floor(r() * 3);
+  const r = rng(seed),
+    U = 2 + Math.floor(r() * 3);
   const units: AllocUnit[] = Array.from({ length: U }, (_, i) => ({ id: `u${i}`, channels: 1 + Math.floor(r() * 7) }));
-  const cost = units.map(() => 1 + Math.floor(r() * 9)), pair = units.map(() => Math.floor(r() * 4));
-  const sizeOf = (k: Map<string, number>) => units.reduce((s, u, i) => s + cost[i] * k.get(u.id)! + (i ? pair[i] * k.get(u.id)! * k.get(units[i - 1].id)! : 0), 5);
+  const cost = units.map(() => 1 + Math.floor(r() * 9)),
+    pair = units.map(() => Math.floor(r() * 4));
+  const sizeOf = (k: Map<string, number>) =>
+    units.reduce(
+      (s, u, i) => s + cost[i] * k.get(u.id)! + (i ? pair[i] * k.get(u.id)! * k.get(units[i - 1].id)! : 0),
+      5,
+    );
   // curves on a grid with gaps (like the 1 %-grid of a wide unit); values noisy, not monotone
-  const curves = new Map<string, Curve>(units.map((u) => {
-    const ks = [...new Set([1, ...Array.from({ length: u.channels }, (_, i) => i + 1).filter(() => r() < 0.7), u.channels])].sort((a, b) => a - b);
-    return [u.id, { ks, values: ks.map(() => Math.round(r() * 20) / 20) }];
-  }));
+  const curves = new Map<string, Curve>(
+    units.map((u) => {
+      const ks = [
+        ...new Set([1, ...Array.from({ length: u.channels }, (_, i) => i + 1).filter(() => r() < 0.7), u.channels]),
+      ].sort((a, b) => a - b);
+      return [u.id, { ks, values: ks.map(() => Math.round(r() * 20) / 20) }];
+    }),
+  );
   return { units, sizeOf, curves };
 }
 
@@ -84,18 +115,24 @@ describe('the sensitivity allocation on synthetic curves', () => {
   it('the common level is the highest level some allocation meets (brute force over every level)', () => {
     for (let seed = 1; seed <= 300; seed++) {
       const { units, sizeOf, curves } = synthetic(seed);
-      const least = sizeOf(new Map(units.map((u) => [u.id, 1]))), most = sizeOf(new Map(units.map((u) => [u.id, u.channels])));
+      const least = sizeOf(new Map(units.map((u) => [u.id, 1]))),
+        most = sizeOf(new Map(units.map((u) => [u.id, u.channels])));
       const goal = least + rng(seed + 1000)() * (most - least);
       // brute force: for every candidate level, the fewest channels whose running max (capped) reaches it
       const reach = (u: AllocUnit, tau: number) => {
         const { ks, values } = curves.get(u.id)!;
-        for (let i = 0; i < ks.length; i++) if (Math.min(values[values.length - 1], Math.max(...values.slice(0, i + 1))) >= tau) return ks[i];
+        for (let i = 0; i < ks.length; i++)
+          if (Math.min(values[values.length - 1], Math.max(...values.slice(0, i + 1))) >= tau) return ks[i];
         return u.channels;
       };
-      let best = -Infinity, bestKeeps: Map<string, number> | undefined;
+      let best = -Infinity,
+        bestKeeps: Map<string, number> | undefined;
       for (const tau of [...curves.values()].flatMap((c) => c.values)) {
         const keeps = new Map(units.map((u) => [u.id, reach(u, tau)]));
-        if (sizeOf(keeps) <= goal && tau > best) { best = tau; bestKeeps = keeps; }
+        if (sizeOf(keeps) <= goal && tau > best) {
+          best = tau;
+          bestKeeps = keeps;
+        }
       }
       const got = commonLevel(units, curves, sizeOf, goal);
       if (bestKeeps) {
@@ -110,19 +147,68 @@ describe('the sensitivity allocation on synthetic curves', () => {
 
   it('the leftover goes to the largest fractions first, until no unit can grow', () => {
     // a: 2 of 4 (0.5), b: 3 of 4 (0.75); each channel costs 1, goal leaves 1: b grows
-    const units = [{ id: 'a', channels: 4 }, { id: 'b', channels: 4 }];
+    const units = [
+      { id: 'a', channels: 4 },
+      { id: 'b', channels: 4 },
+    ];
     const sizeOf = (k: Map<string, number>) => k.get('a')! + k.get('b')!;
-    expect(spendLeftover(units, new Map([['a', 2], ['b', 3]]), sizeOf, 6)).toEqual(new Map([['a', 2], ['b', 4]]));
+    expect(
+      spendLeftover(
+        units,
+        new Map([
+          ['a', 2],
+          ['b', 3],
+        ]),
+        sizeOf,
+        6,
+      ),
+    ).toEqual(
+      new Map([
+        ['a', 2],
+        ['b', 4],
+      ]),
+    );
     // b is full: the rest goes to a
-    expect(spendLeftover(units, new Map([['a', 2], ['b', 3]]), sizeOf, 8)).toEqual(new Map([['a', 4], ['b', 4]]));
+    expect(
+      spendLeftover(
+        units,
+        new Map([
+          ['a', 2],
+          ['b', 3],
+        ]),
+        sizeOf,
+        8,
+      ),
+    ).toEqual(
+      new Map([
+        ['a', 4],
+        ['b', 4],
+      ]),
+    );
     // b's channel costs more than what is left: a grows instead
     const costly = (k: Map<string, number>) => k.get('a')! + 5 * k.get('b')!;
-    expect(spendLeftover(units, new Map([['a', 2], ['b', 3]]), costly, 20)).toEqual(new Map([['a', 4], ['b', 3]]));
+    expect(
+      spendLeftover(
+        units,
+        new Map([
+          ['a', 2],
+          ['b', 3],
+        ]),
+        costly,
+        20,
+      ),
+    ).toEqual(
+      new Map([
+        ['a', 4],
+        ['b', 3],
+      ]),
+    );
     for (let seed = 1; seed <= 100; seed++) {
       const { units: us, sizeOf: s, curves } = synthetic(seed);
       const goal = s(new Map(us.map((u) => [u.id, u.channels]))) * 0.6;
       if (s(new Map(us.map((u) => [u.id, 1]))) > goal) continue;
-      const start = commonLevel(us, curves, s, goal).keeps, out = spendLeftover(us, start, s, goal);
+      const start = commonLevel(us, curves, s, goal).keeps,
+        out = spendLeftover(us, start, s, goal);
       expect(s(out)).toBeLessThanOrEqual(goal);
       for (const u of us) {
         expect(out.get(u.id)!).toBeGreaterThanOrEqual(start.get(u.id)!);
@@ -143,19 +229,30 @@ describe('the sensitivity allocation on synthetic curves', () => {
 describe('the global allocation', () => {
   it('with concave objectives and one unit of size per channel, it reaches the brute-force optimum of Σ objectives', () => {
     for (let seed = 1; seed <= 200; seed++) {
-      const r = rng(seed), units: AllocUnit[] = Array.from({ length: 2 + Math.floor(r() * 2) }, (_, i) => ({ id: `u${i}`, channels: 1 + Math.floor(r() * 5) }));
+      const r = rng(seed),
+        units: AllocUnit[] = Array.from({ length: 2 + Math.floor(r() * 2) }, (_, i) => ({
+          id: `u${i}`,
+          channels: 1 + Math.floor(r() * 5),
+        }));
       // objective after k channels: partial sums of decreasing gains, normalised to end at 1
-      const objectives = new Map(units.map((u) => {
-        const gains = Array.from({ length: u.channels }, () => r()).sort((a, b) => b - a), tot = gains.reduce((a, b) => a + b, 0);
-        let s = 0;
-        return [u.id, gains.map((x) => (s += x) / tot)];
-      }));
+      const objectives = new Map(
+        units.map((u) => {
+          const gains = Array.from({ length: u.channels }, () => r()).sort((a, b) => b - a),
+            tot = gains.reduce((a, b) => a + b, 0);
+          let s = 0;
+          return [u.id, gains.map((x) => (s += x) / tot)];
+        }),
+      );
       const sizeOf = (k: Map<string, number>) => units.reduce((a, u) => a + k.get(u.id)!, 0);
-      const total = units.reduce((a, u) => a + u.channels, 0), goal = units.length + Math.floor(r() * (total - units.length + 1));
+      const total = units.reduce((a, u) => a + u.channels, 0),
+        goal = units.length + Math.floor(r() * (total - units.length + 1));
       const value = (k: Map<string, number>) => units.reduce((a, u) => a + objectives.get(u.id)![k.get(u.id)! - 1], 0);
       let best = -Infinity;
       const rec = (i: number, k: Map<string, number>) => {
-        if (i === units.length) { if (sizeOf(k) <= goal) best = Math.max(best, value(k)); return; }
+        if (i === units.length) {
+          if (sizeOf(k) <= goal) best = Math.max(best, value(k));
+          return;
+        }
         for (let c = 1; c <= units[i].channels; c++) rec(i + 1, new Map(k).set(units[i].id, c));
       };
       rec(0, new Map());
@@ -168,14 +265,17 @@ describe('the global allocation', () => {
 
 describe('lenet: the sensitivity curves measure the model with one unit pruned', () => {
   it('each measured point equals the top-1 agreement of that pruned model run whole in onnxruntime; stopping early changes no monotone curve', async () => {
-    const model = readModel('models/lenet.onnx'), { units } = analyze(model, shape), calib = openNpy('models/calib.npy');
+    const model = readModel('models/lenet.onnx'),
+      { units } = analyze(model, shape),
+      calib = openNpy('models/calib.npy');
     const grams = await captureOriginal(model, units, calib, ['greedy']);
     const ranked = units.map((u) => rankUnit(model, u, grams.get(u.id)!, 'greedy', 0));
     for (const refit of [true, false]) {
       const curves = await sensitivityCurves(model, ranked, refit, { data: calib });
       const full = await sensitivityCurves(model, ranked, refit, { data: calib }, { full: true });
       for (const r of ranked) {
-        const { ks, values, measured } = curves.get(r.unit.id)!, all = full.get(r.unit.id)!;
+        const { ks, values, measured } = curves.get(r.unit.id)!,
+          all = full.get(r.unit.id)!;
         expect(ks).toEqual(gridKeeps(r.unit.channels));
         expect(all.measured).toBe(ks.length - 1);
         expect(values[values.length - 1]).toBe(1); // every channel kept: the original model
@@ -197,26 +297,42 @@ describe('a residual block: the tail measured from the consumer on also reads th
     const r = rng(3);
     // x → conv0 → relu ─┬→ conv1 → relu → conv2 → add → relu → GAP → flatten → gemm
     //                   └──────────────────────────────↗   (conv1 is the only unit: conv0 fans out, conv2 feeds the add)
-    const model = smallModel([
-      makeNode('Conv', ['x', 'w0', 'b0'], ['a0'], [intsAttr('pads', [1, 1, 1, 1])], 'conv0'),
-      makeNode('Relu', ['a0'], ['r0'], [], 'relu0'),
-      makeNode('Conv', ['r0', 'w1', 'b1'], ['a1'], [intsAttr('pads', [1, 1, 1, 1])], 'conv1'),
-      makeNode('Relu', ['a1'], ['r1'], [], 'relu1'),
-      makeNode('Conv', ['r1', 'w2'], ['a2'], [intsAttr('pads', [1, 1, 1, 1])], 'conv2'),
-      makeNode('Add', ['a2', 'r0'], ['s'], [], 'add'),
-      makeNode('Relu', ['s'], ['rs'], [], 'relu2'),
-      makeNode('GlobalAveragePool', ['rs'], ['p'], [], 'gap'),
-      makeNode('Flatten', ['p'], ['f'], [intAttr('axis', 1)], 'flatten'),
-      makeNode('Gemm', ['f', 'wf', 'bf'], ['y'], [intAttr('transB', 1)], 'fc'),
-    ], [randTensor('w0', [4, 2, 3, 3], r), randTensor('b0', [4], r), randTensor('w1', [6, 4, 3, 3], r), randTensor('b1', [6], r),
-      randTensor('w2', [4, 6, 3, 3], r), randTensor('wf', [5, 4], r, 2), randTensor('bf', [5], r)], ['N', 2, 6, 6]);
-    const inShape = [1, 2, 6, 6], { units } = analyze(model, inShape);
+    const model = smallModel(
+      [
+        makeNode('Conv', ['x', 'w0', 'b0'], ['a0'], [intsAttr('pads', [1, 1, 1, 1])], 'conv0'),
+        makeNode('Relu', ['a0'], ['r0'], [], 'relu0'),
+        makeNode('Conv', ['r0', 'w1', 'b1'], ['a1'], [intsAttr('pads', [1, 1, 1, 1])], 'conv1'),
+        makeNode('Relu', ['a1'], ['r1'], [], 'relu1'),
+        makeNode('Conv', ['r1', 'w2'], ['a2'], [intsAttr('pads', [1, 1, 1, 1])], 'conv2'),
+        makeNode('Add', ['a2', 'r0'], ['s'], [], 'add'),
+        makeNode('Relu', ['s'], ['rs'], [], 'relu2'),
+        makeNode('GlobalAveragePool', ['rs'], ['p'], [], 'gap'),
+        makeNode('Flatten', ['p'], ['f'], [intAttr('axis', 1)], 'flatten'),
+        makeNode('Gemm', ['f', 'wf', 'bf'], ['y'], [intAttr('transB', 1)], 'fc'),
+      ],
+      [
+        randTensor('w0', [4, 2, 3, 3], r),
+        randTensor('b0', [4], r),
+        randTensor('w1', [6, 4, 3, 3], r),
+        randTensor('b1', [6], r),
+        randTensor('w2', [4, 6, 3, 3], r),
+        randTensor('wf', [5, 4], r, 2),
+        randTensor('bf', [5], r),
+      ],
+      ['N', 2, 6, 6],
+    );
+    const inShape = [1, 2, 6, 6],
+      { units } = analyze(model, inShape);
     expect(units.map((u) => u.id)).toEqual(['conv1']);
     const path = join(mkdtempSync(join(tmpdir(), 'subprune-')), 'x.npy');
     writeNpy(path, randn(200 * 72, r), [200, 2, 6, 6]);
     const data = openNpy(path);
-    const full = modelStats(model, inShape), size = sizeModel(model, units, inShape, 'params');
-    for (let k = 1; k <= 6; k++) expect(size(new Map([['conv1', k]]))).toBe(modelStats(firstChannels(model, units, new Map([['conv1', k]])), inShape).params);
+    const full = modelStats(model, inShape),
+      size = sizeModel(model, units, inShape, 'params');
+    for (let k = 1; k <= 6; k++)
+      expect(size(new Map([['conv1', k]]))).toBe(
+        modelStats(firstChannels(model, units, new Map([['conv1', k]])), inShape).params,
+      );
     expect(size(new Map([['conv1', 6]]))).toBe(full.params);
     const grams = await captureOriginal(model, units, data, ['greedy']);
     const ranked = units.map((u) => rankUnit(model, u, grams.get(u.id)!, 'greedy', 0));
@@ -224,7 +340,9 @@ describe('a residual block: the tail measured from the consumer on also reads th
       const c = (await sensitivityCurves(model, ranked, refit, { data }, { full: true })).get('conv1')!;
       expect(c.ks).toEqual([1, 2, 3, 4, 5, 6]);
       for (const [i, k] of c.ks.entries()) {
-        const { agreement } = await evaluate(pruneUnits(model, [planOf(ranked[0], k, refit)]), data, { reference: model });
+        const { agreement } = await evaluate(pruneUnits(model, [planOf(ranked[0], k, refit)]), data, {
+          reference: model,
+        });
         expect(Math.abs(c.values[i] - agreement!)).toBeLessThanOrEqual(1 / 200);
       }
       expect(new Set(c.values).size).toBeGreaterThan(1); // the points differ: the measurement sees the pruning

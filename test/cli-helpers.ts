@@ -6,15 +6,26 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { main } from '../src/cli/main.js';
 
-export interface CliResult { code: number | null; out: string; err: string }
+export interface CliResult {
+  code: number | null;
+  out: string;
+  err: string;
+}
 
 /** `subprune ...args` in this process: the exit code main() returns and what it printed. */
 export async function runCli(...args: string[]): Promise<CliResult> {
-  const out: string[] = [], err: string[] = [];
+  const out: string[] = [],
+    err: string[] = [];
   const spies = [
-    vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => { out.push(a.join(' ')); }),
-    vi.spyOn(console, 'error').mockImplementation((...a: unknown[]) => { err.push(a.join(' ')); }),
-    vi.spyOn(console, 'warn').mockImplementation((...a: unknown[]) => { err.push(a.join(' ')); }),
+    vi.spyOn(console, 'log').mockImplementation((...a: unknown[]) => {
+      out.push(a.join(' '));
+    }),
+    vi.spyOn(console, 'error').mockImplementation((...a: unknown[]) => {
+      err.push(a.join(' '));
+    }),
+    vi.spyOn(console, 'warn').mockImplementation((...a: unknown[]) => {
+      err.push(a.join(' '));
+    }),
   ];
   try {
     const code = await main(args);

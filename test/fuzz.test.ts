@@ -13,15 +13,26 @@ import { rng } from './oracle.js';
 // Each case must load or throw SubpruneError('bad-input'), never anything else, and take well under 2 s.
 // Deterministic: the seeds are fixed, so a failing case is reproduced by its name.
 
-const MODELS = readdirSync('models').filter((f) => f.endsWith('.onnx')).sort();
+const MODELS = readdirSync('models')
+  .filter((f) => f.endsWith('.onnx'))
+  .sort();
 const CASES = 320; // in all, split over the models
 const PER_CASE_MS = 2000;
 const FLOATS = new Set<number>([DataType.FLOAT, DataType.FLOAT16, DataType.DOUBLE]);
 
-interface Field { tag: number; at: number; lenAt?: number; lenBytes?: number; len?: number; start: number; end: number }
+interface Field {
+  tag: number;
+  at: number;
+  lenAt?: number;
+  lenBytes?: number;
+  len?: number;
+  start: number;
+  end: number;
+}
 
 function varint(b: Uint8Array, i: number): [number, number] | undefined {
-  let v = 0, mul = 1;
+  let v = 0,
+    mul = 1;
   for (let k = 0; k < 10; k++) {
     if (i + k >= b.length) return undefined;
     v += (b[i + k] & 0x7f) * mul;
@@ -37,10 +48,15 @@ function fields(b: Uint8Array, start: number, end: number, out: Field[], depth =
   for (let i = start; i < end;) {
     const tag = varint(b, i);
     if (!tag || tag[0] < 8) return false;
-    const at = i, type = tag[0] % 8;
+    const at = i,
+      type = tag[0] % 8;
     i += tag[1];
-    if (type === 0) { const v = varint(b, i); if (!v) return false; mine.push({ tag: tag[0], at, start: i, end: i + v[1] }); i += v[1]; }
-    else if (type === 1) i += 8;
+    if (type === 0) {
+      const v = varint(b, i);
+      if (!v) return false;
+      mine.push({ tag: tag[0], at, start: i, end: i + v[1] });
+      i += v[1];
+    } else if (type === 1) i += 8;
     else if (type === 5) i += 4;
     else if (type === 2) {
       const l = varint(b, i);
@@ -52,7 +68,8 @@ function fields(b: Uint8Array, start: number, end: number, out: Field[], depth =
   }
   out.push(...mine);
   // field 9 is raw_data (TensorProto) or strings (AttributeProto): never a message
-  for (const f of mine) if (f.len !== undefined && f.tag >> 3 !== 9 && depth < 8) fields(b, f.start, f.end, out, depth + 1);
+  for (const f of mine)
+    if (f.len !== undefined && f.tag >> 3 !== 9 && depth < 8) fields(b, f.start, f.end, out, depth + 1);
   return true;
 }
 
@@ -76,10 +93,12 @@ function splice(b: Uint8Array, from: number, to: number, bytes: number[]): Uint8
 
 /** The mutations of one model: [name, bytes] pairs, deterministic for a seed. */
 function mutations(bytes: Uint8Array, n: number, seed: number): [string, Uint8Array][] {
-  const r = rng(seed), pick = <T>(a: T[]) => a[Math.floor(r() * a.length)]!;
+  const r = rng(seed),
+    pick = <T>(a: T[]) => a[Math.floor(r() * a.length)]!;
   const all: Field[] = [];
   fields(bytes, 0, bytes.length, all);
-  const delimited = all.filter((f) => f.len !== undefined), varints = all.filter((f) => f.len === undefined);
+  const delimited = all.filter((f) => f.len !== undefined),
+    varints = all.filter((f) => f.len === undefined);
   // structure is what breaks readers: aim half of the bit flips outside the weights (raw_data payloads)
   const raw = delimited.filter((f) => f.tag >> 3 === 9 && f.len! > 64);
   const inRaw = (i: number) => raw.some((f) => i >= f.start && i < f.end);
@@ -87,7 +106,9 @@ function mutations(bytes: Uint8Array, n: number, seed: number): [string, Uint8Ar
   for (let c = 0; out.length < n; c++) {
     const kind = c % 4;
     if (kind === 0) {
-      const b = bytes.slice(), flips = 1 + Math.floor(r() * 4), where: number[] = [];
+      const b = bytes.slice(),
+        flips = 1 + Math.floor(r() * 4),
+        where: number[] = [];
       for (let k = 0; k < flips; k++) {
         let i = Math.floor(r() * b.length);
         for (let tries = 0; c % 8 === 0 && inRaw(i) && tries < 100; tries++) i = Math.floor(r() * b.length);
@@ -100,12 +121,26 @@ function mutations(bytes: Uint8Array, n: number, seed: number): [string, Uint8Ar
       out.push([`truncate to ${len} bytes`, bytes.subarray(0, len)]);
     } else if (kind === 2) {
       const f = pick(delimited);
-      const v = pick([0n, BigInt(f.len! - 1), BigInt(f.len! + 1), BigInt(f.len! + 1000), BigInt(2 ** 31 - 1), 2n ** 32n + 5n, 2n ** 62n]);
-      out.push([`length of field ${f.tag >> 3} at ${f.at}: ${f.len} → ${v}`, splice(bytes, f.lenAt!, f.lenAt! + f.lenBytes!, encodeVarint(v < 0n ? 0n : v, f.lenBytes!))]);
+      const v = pick([
+        0n,
+        BigInt(f.len! - 1),
+        BigInt(f.len! + 1),
+        BigInt(f.len! + 1000),
+        BigInt(2 ** 31 - 1),
+        2n ** 32n + 5n,
+        2n ** 62n,
+      ]);
+      out.push([
+        `length of field ${f.tag >> 3} at ${f.at}: ${f.len} → ${v}`,
+        splice(bytes, f.lenAt!, f.lenAt! + f.lenBytes!, encodeVarint(v < 0n ? 0n : v, f.lenBytes!)),
+      ]);
     } else {
       const f = pick(varints);
       const v = pick([0n, 1n, 2n ** 31n, 2n ** 40n, 2n ** 63n - 1n, 2n ** 64n - 1n, 1000n, 17n]);
-      out.push([`varint field ${f.tag >> 3} at ${f.at} → ${v}`, splice(bytes, f.start, f.end, encodeVarint(v, f.end - f.start))]);
+      out.push([
+        `varint field ${f.tag >> 3} at ${f.at} → ${v}`,
+        splice(bytes, f.start, f.end, encodeVarint(v, f.end - f.start)),
+      ]);
     }
   }
   return out;
@@ -113,32 +148,42 @@ function mutations(bytes: Uint8Array, n: number, seed: number): [string, Uint8Ar
 
 describe('fuzz: the model reader and the analysis on mutated bundled models', () => {
   let dir: string;
-  beforeAll(() => { dir = mkdtempSync(join(tmpdir(), 'subprune-fuzz-')); });
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'subprune-fuzz-'));
+  });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it.each(MODELS)('%s: every mutation loads or throws SubpruneError(bad-input), each within 2 s', (file) => {
-    const bytes = new Uint8Array(readFileSync(join('models', file)));
-    const cases = mutations(bytes, Math.ceil(CASES / MODELS.length), 1 + MODELS.indexOf(file));
-    const wrong: string[] = [];
-    let loaded = 0, refused = 0;
-    for (const [name, b] of cases) {
-      const t = performance.now();
-      try {
-        const model = parseModel(b, dir);
-        forEachTensor(model, (x) => { if (x.dataType === DataType.INT64) tensorToInt64(x); else if (FLOATS.has(x.dataType)) tensorToFloat32(x); });
-        analyze(model);
-        modelStats(model);
-        loaded++;
-      } catch (e) {
-        if (e instanceof SubpruneError && e.code === 'bad-input') refused++;
-        else wrong.push(`${name}: ${(e as Error)?.constructor?.name} ${(e as Error)?.message ?? e}`);
+  it.each(MODELS)(
+    '%s: every mutation loads or throws SubpruneError(bad-input), each within 2 s',
+    (file) => {
+      const bytes = new Uint8Array(readFileSync(join('models', file)));
+      const cases = mutations(bytes, Math.ceil(CASES / MODELS.length), 1 + MODELS.indexOf(file));
+      const wrong: string[] = [];
+      let loaded = 0,
+        refused = 0;
+      for (const [name, b] of cases) {
+        const t = performance.now();
+        try {
+          const model = parseModel(b, dir);
+          forEachTensor(model, (x) => {
+            if (x.dataType === DataType.INT64) tensorToInt64(x);
+            else if (FLOATS.has(x.dataType)) tensorToFloat32(x);
+          });
+          analyze(model);
+          modelStats(model);
+          loaded++;
+        } catch (e) {
+          if (e instanceof SubpruneError && e.code === 'bad-input') refused++;
+          else wrong.push(`${name}: ${(e as Error)?.constructor?.name} ${(e as Error)?.message ?? e}`);
+        }
+        const ms = performance.now() - t;
+        if (ms > PER_CASE_MS) wrong.push(`${name}: took ${ms.toFixed(0)} ms`);
       }
-      const ms = performance.now() - t;
-      if (ms > PER_CASE_MS) wrong.push(`${name}: took ${ms.toFixed(0)} ms`);
-    }
-    expect(wrong.slice(0, 10)).toEqual([]);
-    // not vacuous: the mutations both break the reader and get through it
-    expect(refused).toBeGreaterThan(cases.length / 5);
-    expect(loaded).toBeGreaterThan(cases.length / 10);
-  }, 60_000);
+      expect(wrong.slice(0, 10)).toEqual([]);
+      // not vacuous: the mutations both break the reader and get through it
+      expect(refused).toBeGreaterThan(cases.length / 5);
+      expect(loaded).toBeGreaterThan(cases.length / 10);
+    },
+    60_000,
+  );
 });

@@ -42,14 +42,21 @@ export async function run(model: Model, input: Out, extra: string[] = []): Promi
   const g = m.graph!;
   for (const name of extra) {
     const tensor = create(TypeProto_TensorSchema, { elemType: DataType.FLOAT });
-    g.output.push(create(ValueInfoProtoSchema, { name, type: create(TypeProtoSchema, { value: { case: 'tensorType', value: tensor } }) }));
+    g.output.push(
+      create(ValueInfoProtoSchema, {
+        name,
+        type: create(TypeProtoSchema, { value: { case: 'tensorType', value: tensor } }),
+      }),
+    );
   }
   const inits = new Set(g.initializer.map((t) => t.name));
   const inName = g.input.find((i) => !inits.has(i.name))!.name;
   const session = await ort.InferenceSession.create(serializeModel(m), { logSeverityLevel: 3 }); // no warnings for IR<4 style inputs
   try {
     const res = await session.run({ [inName]: new ort.Tensor('float32', input.data, input.dims) });
-    return new Map(Object.entries(res).map(([k, t]) => [k, { data: t.data as Float32Array, dims: t.dims.map(Number) }]));
+    return new Map(
+      Object.entries(res).map(([k, t]) => [k, { data: t.data as Float32Array, dims: t.dims.map(Number) }]),
+    );
   } finally {
     await session.release();
   }
@@ -67,12 +74,33 @@ export function randn(n: number, r: () => number, scale = 1): Float32Array {
   return a;
 }
 
-export function randTensor(name: string, dims: number[], r: () => number, scale = 0.5, dataType: number = DataType.FLOAT): TensorProto {
-  return float32Tensor(name, dims, randn(dims.reduce((a, b) => a * b, 1), r, scale), dataType);
+export function randTensor(
+  name: string,
+  dims: number[],
+  r: () => number,
+  scale = 0.5,
+  dataType: number = DataType.FLOAT,
+): TensorProto {
+  return float32Tensor(
+    name,
+    dims,
+    randn(
+      dims.reduce((a, b) => a * b, 1),
+      r,
+      scale,
+    ),
+    dataType,
+  );
 }
 
 export function randInput(dims: number[], seed: number): Out {
-  return { data: randn(dims.reduce((a, b) => a * b, 1), rng(seed)), dims };
+  return {
+    data: randn(
+      dims.reduce((a, b) => a * b, 1),
+      rng(seed),
+    ),
+    dims,
+  };
 }
 
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -116,12 +144,18 @@ export function randomKeep(n: number, k: number, r: () => number): number[] {
 /** A graph output without a declared shape (onnxruntime infers it). */
 export function outInfo(name: string): ValueInfoProto {
   const tensor = create(TypeProto_TensorSchema, { elemType: DataType.FLOAT });
-  return create(ValueInfoProtoSchema, { name, type: create(TypeProtoSchema, { value: { case: 'tensorType', value: tensor } }) });
+  return create(ValueInfoProtoSchema, {
+    name,
+    type: create(TypeProtoSchema, { value: { case: 'tensorType', value: tensor } }),
+  });
 }
 
 /** A one-input, one-output float model. */
 export function smallModel(nodes: NodeProto[], inits: TensorProto[], inDims: (number | string)[], opset = 13): Model {
-  return makeModel(makeGraph('test', nodes, [makeTensorValueInfo('x', DataType.FLOAT, inDims)], [outInfo('y')], inits), opset);
+  return makeModel(
+    makeGraph('test', nodes, [makeTensorValueInfo('x', DataType.FLOAT, inDims)], [outInfo('y')], inits),
+    opset,
+  );
 }
 
 /**
@@ -131,17 +165,34 @@ export function smallModel(nodes: NodeProto[], inits: TensorProto[], inDims: (nu
  */
 export function chainModel(seed = 7, named = true): Model {
   const r = rng(seed);
-  const pos = (name: string, n: number) => float32Tensor(name, [n], randn(n, r).map((v) => Math.abs(v) + 0.5));
+  const pos = (name: string, n: number) =>
+    float32Tensor(
+      name,
+      [n],
+      randn(n, r).map((v) => Math.abs(v) + 0.5),
+    );
   const nm = (s: string) => (named ? s : '');
   const nodes = [
     makeNode('Conv', ['x', 'c1w', 'c1b'], ['t1'], [intsAttr('pads', [1, 1, 1, 1])], nm('conv1')),
     makeNode('BatchNormalization', ['t1', 'bn_s', 'bn_b', 'bn_m', 'bn_v'], ['t2'], [], nm('bn')),
     makeNode('PRelu', ['t2', 'slope'], ['t3'], [], nm('prelu')),
-    makeNode('Constant', [], ['mc'], [tensorAttr('value', float32Tensor('mc', [6, 1, 1], randn(6, r)))], nm('mc_const')),
+    makeNode(
+      'Constant',
+      [],
+      ['mc'],
+      [tensorAttr('value', float32Tensor('mc', [6, 1, 1], randn(6, r)))],
+      nm('mc_const'),
+    ),
     makeNode('Mul', ['t3', 'mc'], ['t4'], [], nm('mul')),
     makeNode('Add', ['t4', 'ac'], ['t5'], [], nm('add_scalar')),
     makeNode('MaxPool', ['t5'], ['t6'], [intsAttr('kernel_shape', [2, 2]), intsAttr('strides', [2, 2])], nm('pool')),
-    makeNode('Conv', ['t6', 'c2w', 'c2b'], ['t7'], [stringAttr('auto_pad', 'SAME_UPPER'), intsAttr('strides', [2, 2])], nm('conv2')),
+    makeNode(
+      'Conv',
+      ['t6', 'c2w', 'c2b'],
+      ['t7'],
+      [stringAttr('auto_pad', 'SAME_UPPER'), intsAttr('strides', [2, 2])],
+      nm('conv2'),
+    ),
     makeNode('Relu', ['t7'], ['t8'], [], nm('relu2')),
     makeNode('Constant', [], ['shape'], [tensorAttr('value', int64Tensor('shape', [2], [-1, 20]))], nm('shape_const')),
     makeNode('Reshape', ['t8', 'shape'], ['t9'], [], nm('reshape')),
@@ -181,7 +232,10 @@ export function chainModel(seed = 7, named = true): Model {
  * a dropped channel set to 0 (the consumer's input axis is found from the node itself: Conv and Gemm transB=1 axis 1,
  * otherwise axis 0; each channel owns (input features / channels) consecutive entries).
  */
-export function zeroDroppedInputs(model: Model, plans: { unit: { consumer: NodeProto; consumerWeight: string; channels: number }; keep: number[] }[]): Model {
+export function zeroDroppedInputs(
+  model: Model,
+  plans: { unit: { consumer: NodeProto; consumerWeight: string; channels: number }; keep: number[] }[],
+): Model {
   const ref = clone(ModelProtoSchema, model);
   for (const { unit, keep } of plans) {
     const c = unit.consumer;

@@ -17,7 +17,20 @@ import {
 import { analyze, consumerWeightMatrix, modelStats } from '../src/graph/analyze.js';
 import type { Unit } from '../src/graph/types.js';
 import { pruneUnits } from '../src/rewrite/index.js';
-import { chainModel, initializer, maxAbsDiff, outInfo, randInput, randomKeep, randTensor, rng, run, run1, smallModel, zeroDroppedInputs } from './graph-helpers.js';
+import {
+  chainModel,
+  initializer,
+  maxAbsDiff,
+  outInfo,
+  randInput,
+  randomKeep,
+  randTensor,
+  rng,
+  run,
+  run1,
+  smallModel,
+  zeroDroppedInputs,
+} from './graph-helpers.js';
 
 const lenet = () => readModel('models/lenet.onnx');
 
@@ -38,9 +51,16 @@ async function checkConvMatrix(model: Model, unit: Unit, inDims: number[]): Prom
   const Y = acts.get(y)!;
   const [N, C, H, Wd] = X.dims as [number, number, number, number];
   const [, M, OH, OW] = Y.dims as [number, number, number, number];
-  const { kernel: [kh, kw], strides: [sh, sw], pads: [pt, pl], dilations: [dh, dw] } = unit.conv!;
+  const {
+    kernel: [kh, kw],
+    strides: [sh, sw],
+    pads: [pt, pl],
+    dilations: [dh, dw],
+  } = unit.conv!;
   const W = consumerWeightMatrix(model, unit);
-  const bias = unit.consumer.input[2] ? tensorToFloat32(initializer(model, unit.consumer.input[2])).data : new Float32Array(M);
+  const bias = unit.consumer.input[2]
+    ? tensorToFloat32(initializer(model, unit.consumer.input[2])).data
+    : new Float32Array(M);
   expect(W.length).toBe(C * kh * kw * M);
   let err = 0;
   const row = new Float64Array(C * kh * kw);
@@ -50,8 +70,10 @@ async function checkConvMatrix(model: Model, unit: Unit, inDims: number[]): Prom
         for (let c = 0; c < C; c++)
           for (let i = 0; i < kh; i++)
             for (let j = 0; j < kw; j++) {
-              const yy = oy * sh - pt + i * dh, xx = ox * sw - pl + j * dw;
-              row[c * kh * kw + i * kw + j] = yy >= 0 && yy < H && xx >= 0 && xx < Wd ? X.data[((n * C + c) * H + yy) * Wd + xx]! : 0;
+              const yy = oy * sh - pt + i * dh,
+                xx = ox * sw - pl + j * dw;
+              row[c * kh * kw + i * kw + j] =
+                yy >= 0 && yy < H && xx >= 0 && xx < Wd ? X.data[((n * C + c) * H + yy) * Wd + xx]! : 0;
             }
         for (let o = 0; o < M; o++) {
           let s = bias[o]!;
@@ -70,7 +92,9 @@ async function checkDenseMatrix(model: Model, unit: Unit, inDims: number[]): Pro
   const Y = acts.get(y)!;
   const { d, m } = unit;
   const W = consumerWeightMatrix(model, unit);
-  const bias = unit.consumer.input[2] ? tensorToFloat32(initializer(model, unit.consumer.input[2])).data : new Float32Array(m);
+  const bias = unit.consumer.input[2]
+    ? tensorToFloat32(initializer(model, unit.consumer.input[2])).data
+    : new Float32Array(m);
   let err = 0;
   for (let n = 0; n < X.data.length / d; n++)
     for (let o = 0; o < m; o++) {
@@ -94,7 +118,12 @@ describe('analyze: LeNet', () => {
     expect(refused).toEqual([{ node: '/fc3/Gemm', reason: 'output layer: no consumer' }]);
     const c1 = unitOf(units, '/conv1/Conv');
     expect(c1.conv).toEqual({ kernel: [3, 3], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1] });
-    expect([c1.weight, c1.bias, c1.consumerWeight, c1.consumerInput]).toEqual(['conv1.weight', 'conv1.bias', 'conv2.weight', '/pool1/MaxPool_output_0']);
+    expect([c1.weight, c1.bias, c1.consumerWeight, c1.consumerInput]).toEqual([
+      'conv1.weight',
+      'conv1.bias',
+      'conv2.weight',
+      '/pool1/MaxPool_output_0',
+    ]);
     expect(c1.chain.map((n) => n.opType)).toEqual(['Relu', 'MaxPool']);
     expect(unitOf(units, '/conv2/Conv').chain.map((n) => n.opType)).toEqual(['Relu', 'MaxPool', 'Flatten']);
     // params: producer weight + bias + consumer weight; FLOPs: 2 × MACs per sample of producer and consumer.
@@ -133,7 +162,16 @@ describe('analyze: the per-op table', () => {
     expect(refused).toEqual([{ node: 'gemm3', reason: 'output layer: no consumer' }]);
     const c1 = unitOf(units, 'conv1');
     expect(c1.chain.map((n) => n.name)).toEqual(['bn', 'prelu', 'mul', 'add_scalar', 'pool']);
-    expect(c1.slices.map((s) => s.tensor).sort()).toEqual(['bn_b', 'bn_m', 'bn_s', 'bn_v', 'c1b', 'c1w', 'mc', 'slope']);
+    expect(c1.slices.map((s) => s.tensor).sort()).toEqual([
+      'bn_b',
+      'bn_m',
+      'bn_s',
+      'bn_v',
+      'c1b',
+      'c1w',
+      'mc',
+      'slope',
+    ]);
     expect(c1.conv!.pads).toEqual([0, 0, 1, 1]); // SAME_UPPER, 4×4 input, stride 2, kernel 3: one pad row/col at the end
     expect(c1.conv!.strides).toEqual([2, 2]);
     expect(unitOf(units, 'conv2').shapeEdits).toEqual([{ tensor: 'shape', index: 1, perChannel: 4 }]);
@@ -165,11 +203,19 @@ describe('analyze: the per-op table', () => {
         makeNode('Relu', ['b'], ['rb'], [], 'relu_b'),
         makeNode('Conv', ['rb', 'wc'], ['y'], [], 'conv_c'),
       ],
-      [randTensor('wa', [4, 3, 3, 3], r), randTensor('ba', [4], r), randTensor('wb', [4, 4, 1, 1], r), randTensor('wc', [2, 4, 1, 1], r)],
+      [
+        randTensor('wa', [4, 3, 3, 3], r),
+        randTensor('ba', [4], r),
+        randTensor('wb', [4, 4, 1, 1], r),
+        randTensor('wc', [2, 4, 1, 1], r),
+      ],
       [1, 3, 6, 6],
     );
     await expectRefused(m, [1, 3, 6, 6], { conv_c: /output layer/ });
-    expect(analyze(m).units.map((u) => [u.id, u.bias])).toEqual([['conv_a', 'ba'], ['conv_b', 'bb']]);
+    expect(analyze(m).units.map((u) => [u.id, u.bias])).toEqual([
+      ['conv_a', 'ba'],
+      ['conv_b', 'bb'],
+    ]);
   });
 
   it('follows a spatial ReduceMean (keepdims=0) into a Gemm', () => {
@@ -190,7 +236,8 @@ describe('analyze: the per-op table', () => {
 
 // ---- refused patterns -------------------------------------------------------------------------------------------
 
-const conv = (x: string, w: string, y: string, name: string, attrs = [intsAttr('pads', [1, 1, 1, 1])]) => makeNode('Conv', [x, w], [y], attrs, name);
+const conv = (x: string, w: string, y: string, name: string, attrs = [intsAttr('pads', [1, 1, 1, 1])]) =>
+  makeNode('Conv', [x, w], [y], attrs, name);
 
 /** Analyse, check the expected refusals, and prune every unit that was found (keeping a random half): the result must match onnxruntime's reference. */
 async function expectRefused(m: Model, inDims: number[], want: Record<string, RegExp>): Promise<void> {
@@ -228,7 +275,11 @@ describe('analyze: refused patterns', () => {
       [w('wa', [4, 3, 3, 3]), w('wb', [4, 4, 3, 3]), w('wc', [2, 4, 1, 1])],
       [1, 3, 6, 6],
     );
-    await expectRefused(m, [1, 3, 6, 6], { conv_a: /feeds 2 inputs/, conv_b: /another branch/, conv_c: /output layer: no consumer/ });
+    await expectRefused(m, [1, 3, 6, 6], {
+      conv_a: /feeds 2 inputs/,
+      conv_b: /another branch/,
+      conv_c: /output layer: no consumer/,
+    });
   });
 
   it('Concat', async () => {
@@ -258,7 +309,11 @@ describe('analyze: refused patterns', () => {
       [w('wa', [4, 3, 3, 3]), w('wdw', [4, 1, 3, 3]), w('wg', [6, 2, 3, 3]), w('wd', [2, 6, 3, 3])],
       [1, 3, 6, 6],
     );
-    await expectRefused(m, [1, 3, 6, 6], { conv_a: /consumer Conv "dw" is a grouped or depthwise convolution \(group=4\)/, dw: /group=4/, grouped: /group=2/ });
+    await expectRefused(m, [1, 3, 6, 6], {
+      conv_a: /consumer Conv "dw" is a grouped or depthwise convolution \(group=4\)/,
+      dw: /group=4/,
+      grouped: /group=2/,
+    });
   });
 
   it('two consumers of one tensor', async () => {
@@ -273,7 +328,10 @@ describe('analyze: refused patterns', () => {
       [w('wa', [4, 3, 3, 3]), w('wb', [2, 4, 3, 3]), w('wc', [2, 4, 3, 3])],
       [1, 3, 6, 6],
     );
-    await expectRefused(m, [1, 3, 6, 6], { conv_a: /tensor "ra" feeds 2 inputs \(conv_b, conv_c\)/, conv_b: /another branch/ });
+    await expectRefused(m, [1, 3, 6, 6], {
+      conv_a: /tensor "ra" feeds 2 inputs \(conv_b, conv_c\)/,
+      conv_b: /another branch/,
+    });
   });
 
   it('mean/variance across channels (LayerNorm-like ReduceMean, Softmax over channels)', async () => {
@@ -288,7 +346,10 @@ describe('analyze: refused patterns', () => {
       [w('wa', [4, 3, 3, 3]), w('wb', [3, 1, 3, 3]), w('wc', [2, 3, 3, 3])],
       [1, 3, 6, 6],
     );
-    await expectRefused(m, [1, 3, 6, 6], { conv_a: /reduces over the channel axis/, conv_b: /normalises across the channels/ });
+    await expectRefused(m, [1, 3, 6, 6], {
+      conv_a: /reduces over the channel axis/,
+      conv_b: /normalises across the channels/,
+    });
     // The usual LayerNorm decomposition reads its input twice (mean, then x − mean): refused as fan-out.
     const ln = smallModel(
       [
@@ -314,10 +375,18 @@ describe('analyze: refused patterns', () => {
         makeNode('Reshape', ['rh', 'shp3'], ['rr'], [], 'reshape_mix'),
         makeNode('MatMul', ['rr', 'mw'], ['y'], [], 'mm'),
       ],
-      [w('wa', [4, 3, 3, 3]), w('g1', [144, 6]), float32Tensor('mw', [3, 2], new Float32Array(6).fill(0.5)), int64Tensor('shp3', [3], [1, 2, 3])],
+      [
+        w('wa', [4, 3, 3, 3]),
+        w('g1', [144, 6]),
+        float32Tensor('mw', [3, 2], new Float32Array(6).fill(0.5)),
+        int64Tensor('shp3', [3], [1, 2, 3]),
+      ],
       [1, 3, 6, 6],
     );
-    await expectRefused(m, [1, 3, 6, 6], { conv_a: /Flatten "flatten" \(axis=1\) mixes the channels on axis 3/, fc1: /Reshape "reshape_mix" to \[1, 2, 3\] mixes the channels/ });
+    await expectRefused(m, [1, 3, 6, 6], {
+      conv_a: /Flatten "flatten" \(axis=1\) mixes the channels on axis 3/,
+      fc1: /Reshape "reshape_mix" to \[1, 2, 3\] mixes the channels/,
+    });
   });
 
   it('a weight shared by two layers', async () => {
@@ -332,7 +401,10 @@ describe('analyze: refused patterns', () => {
       [w('ws', [6, 6]), w('wc', [2, 6])],
       [2, 6],
     );
-    await expectRefused(m, [2, 6], { fc_a: /constant "ws" is shared \(used by fc_a, fc_b\)/, fc_b: /constant "ws" is shared/ });
+    await expectRefused(m, [2, 6], {
+      fc_a: /constant "ws" is shared \(used by fc_a, fc_b\)/,
+      fc_b: /constant "ws" is shared/,
+    });
   });
 
   it('MatMul with the constant on the left, and a weight that is not a constant', async () => {
@@ -347,10 +419,18 @@ describe('analyze: refused patterns', () => {
     );
     await expectRefused(m, [6, 3], { left: /constant on the left/ });
     const two = makeModel(
-      makeGraph('t', [makeNode('MatMul', ['x', 'x2'], ['a'], [], 'act'), makeNode('Gemm', ['a', 'g'], ['y'], [], 'fc')],
-        [makeTensorValueInfo('x', DataType.FLOAT, [2, 4]), makeTensorValueInfo('x2', DataType.FLOAT, [4, 3])], [outInfo('y')], [w('g', [3, 2])]),
+      makeGraph(
+        't',
+        [makeNode('MatMul', ['x', 'x2'], ['a'], [], 'act'), makeNode('Gemm', ['a', 'g'], ['y'], [], 'fc')],
+        [makeTensorValueInfo('x', DataType.FLOAT, [2, 4]), makeTensorValueInfo('x2', DataType.FLOAT, [4, 3])],
+        [outInfo('y')],
+        [w('g', [3, 2])],
+      ),
     );
-    expect(analyze(two).refused).toContainEqual({ node: 'act', reason: 'MatMul "act": its weight "x2" is not a constant' });
+    expect(analyze(two).refused).toContainEqual({
+      node: 'act',
+      reason: 'MatMul "act": its weight "x2" is not a constant',
+    });
   });
 
   it('Gemm with alpha ≠ 1', () => {

@@ -17,7 +17,9 @@ const both = (bytes: Uint8Array, name: string): NpyFile[] => {
 describe('npy', () => {
   it('reads numpy-written float32 and int64 files, whole and by rows, from a file and from bytes', () => {
     const raw = readFileSync('models/calib.npy');
-    const tail = new Float32Array(raw.buffer.slice(raw.byteOffset + raw.length - 512 * 784 * 4, raw.byteOffset + raw.length));
+    const tail = new Float32Array(
+      raw.buffer.slice(raw.byteOffset + raw.length - 512 * 784 * 4, raw.byteOffset + raw.length),
+    );
     for (const f of both(raw, 'calib.npy')) {
       expect(f.shape).toEqual([512, 1, 28, 28]);
       expect([f.dtype, f.rows, f.rowSize]).toEqual(['f4', 512, 784]);
@@ -27,7 +29,12 @@ describe('npy', () => {
       f.close();
     }
     const labels = readFileSync('models/test-labels.npy');
-    const want = Float64Array.from(new BigInt64Array(labels.buffer.slice(labels.byteOffset + labels.length - 2000 * 8, labels.byteOffset + labels.length)), Number);
+    const want = Float64Array.from(
+      new BigInt64Array(
+        labels.buffer.slice(labels.byteOffset + labels.length - 2000 * 8, labels.byteOffset + labels.length),
+      ),
+      Number,
+    );
     for (const f of both(labels, 'labels.npy')) {
       expect([f.dtype, f.shape]).toEqual(['i8', [2000]]);
       expect(f.readF64()).toEqual(want);
@@ -37,7 +44,8 @@ describe('npy', () => {
 
   it('reads format 2.0 headers (4-byte length)', () => {
     const v1 = encodeNpy(Float64Array.from([1, 2, 3, 4, 5, 6]), [2, 3]);
-    const hlen = v1.readUInt16LE(8), v2 = Buffer.alloc(v1.length + 2);
+    const hlen = v1.readUInt16LE(8),
+      v2 = Buffer.alloc(v1.length + 2);
     v1.copy(v2, 0, 0, 8);
     v2[6] = 2;
     v2.writeUInt32LE(hlen, 8);
@@ -57,7 +65,10 @@ describe('npy', () => {
       [good.subarray(0, 40), /truncated \.npy header/],
       [good.subarray(0, good.length - 4), /header promises 48/],
       [Buffer.from(good.toString('latin1').replace('<f4', '>f4'), 'latin1'), /big-endian/],
-      [Buffer.from(good.toString('latin1').replace("'fortran_order': False", "'fortran_order': True "), 'latin1'), /Fortran/],
+      [
+        Buffer.from(good.toString('latin1').replace("'fortran_order': False", "'fortran_order': True "), 'latin1'),
+        /Fortran/,
+      ],
     ];
     for (const [bytes, msg] of cases) {
       const path = join(dir, 'broken.npy');

@@ -1,7 +1,14 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import { clone } from '@bufbuild/protobuf';
 import {
-  DataType, ModelProtoSchema, float32Tensor, initializerMap, readModel, replaceInitializerData, tensorToFloat32, type Model,
+  DataType,
+  ModelProtoSchema,
+  float32Tensor,
+  initializerMap,
+  readModel,
+  replaceInitializerData,
+  tensorToFloat32,
+  type Model,
 } from '../src/onnx/index.js';
 import { encodeNpy, npyFromBytes, openNpy, type NpyFile } from '../src/npy.js';
 import { prune, type Mode } from '../src/prune/index.js';
@@ -15,7 +22,8 @@ import { measuredObjective, relDiff } from './objective.js';
 
 const lenet = readModel('models/lenet.onnx');
 const full = openNpy('models/calib.npy');
-const calib = (rows: number, name = `first ${rows} samples`): NpyFile => npyFromBytes(encodeNpy(full.readF32(0, rows), [rows, 1, 28, 28]), name);
+const calib = (rows: number, name = `first ${rows} samples`): NpyFile =>
+  npyFromBytes(encodeNpy(full.readF32(0, rows), [rows, 1, 28, 28]), name);
 afterAll(() => full.close());
 
 async function outputs(model: Model, data: NpyFile): Promise<Float32Array> {
@@ -23,11 +31,15 @@ async function outputs(model: Model, data: NpyFile): Promise<Float32Array> {
   try {
     const out = model.graph!.output[0]!.name;
     return (await run.run(data.readF32(), data.shape, [out])).get(out)!.data;
-  } finally { await run.release(); }
+  } finally {
+    await run.release();
+  }
 }
 
 function setChannel(m: Model, weight: string, bias: string, c: number, w: (i: number) => number, b: number): void {
-  const map = initializerMap(m.graph!), W = tensorToFloat32(map.get(weight)!), B = tensorToFloat32(map.get(bias)!);
+  const map = initializerMap(m.graph!),
+    W = tensorToFloat32(map.get(weight)!),
+    B = tensorToFloat32(map.get(bias)!);
   const per = W.data.length / B.data.length;
   for (let i = 0; i < per; i++) W.data[c * per + i] = w(i);
   B.data[c] = b;
@@ -35,7 +47,8 @@ function setChannel(m: Model, weight: string, bias: string, c: number, w: (i: nu
   replaceInitializerData(m.graph!, bias, B.dims, B.data);
 }
 
-const finiteObjectives = (r: { units: { objective: number }[] }) => r.units.every((u) => Number.isFinite(u.objective) && u.objective >= -1e-9 && u.objective <= 1 + 1e-9);
+const finiteObjectives = (r: { units: { objective: number }[] }) =>
+  r.units.every((u) => Number.isFinite(u.objective) && u.objective >= -1e-9 && u.objective <= 1 + 1e-9);
 
 describe('awkward channels: always zero, duplicated, constant', () => {
   // conv1 (6 channels): channel 1 copies channel 0, channel 2 is a constant 0.7 after ReLU, channel 3 is always 0.
@@ -46,16 +59,19 @@ describe('awkward channels: always zero, duplicated, constant', () => {
   setChannel(m, 'conv1.weight', 'conv1.bias', 2, () => 0, 0.7);
   setChannel(m, 'conv1.weight', 'conv1.bias', 3, () => 0, -1);
 
-  it.each(['layerwise', 'asymmetric'] as Mode[])('%s: 4 of 6 channels reproduce the model; the greedy keeps one of the twins and never the zero channel', async (mode) => {
-    const data = calib(512);
-    const { model: pruned, report } = await prune(m, data, { budget: { keep: { '/conv1/Conv': 4 } }, mode });
-    const u = report.units[0]!;
-    expect(finiteObjectives(report)).toBe(true);
-    expect(u.order).not.toContain(3);
-    expect(u.order.filter((c) => c < 2)).toHaveLength(1);
-    expect(u.objective).toBeGreaterThan(1 - 1e-6);
-    expect(relDiff(await outputs(pruned, data), await outputs(m, data))).toBeLessThan(1e-4);
-  });
+  it.each(['layerwise', 'asymmetric'] as Mode[])(
+    '%s: 4 of 6 channels reproduce the model; the greedy keeps one of the twins and never the zero channel',
+    async (mode) => {
+      const data = calib(512);
+      const { model: pruned, report } = await prune(m, data, { budget: { keep: { '/conv1/Conv': 4 } }, mode });
+      const u = report.units[0]!;
+      expect(finiteObjectives(report)).toBe(true);
+      expect(u.order).not.toContain(3);
+      expect(u.order.filter((c) => c < 2)).toHaveLength(1);
+      expect(u.objective).toBeGreaterThan(1 - 1e-6);
+      expect(relDiff(await outputs(pruned, data), await outputs(m, data))).toBeLessThan(1e-4);
+    },
+  );
 
   it('all 6 channels: the objectives are finite and the twin and the zero channel come last, adding nothing', async () => {
     const data = calib(512);
@@ -71,7 +87,8 @@ describe('activations of low rank', () => {
   it('fewer samples than a unit has columns: a re-fit is refused (it would be underdetermined), --no-refit works', async () => {
     const few = calib(128);
     await expect(prune(lenet, few, { budget: { compression: 2 } })).rejects.toThrow(
-      /unit \/conv2\/Conv: the 128 calibration samples give 128 rows of its consumer input, fewer than its d = 400 columns, so the least-squares re-fit is underdetermined .* give at least 400 distinct samples, or use --no-refit/);
+      /unit \/conv2\/Conv: the 128 calibration samples give 128 rows of its consumer input, fewer than its d = 400 columns, so the least-squares re-fit is underdetermined .* give at least 400 distinct samples, or use --no-refit/,
+    );
     const { model: pruned, report } = await prune(lenet, few, { budget: { compression: 2 }, refit: false });
     expect(finiteObjectives(report)).toBe(true);
     expect(report.units.map((u) => u.id)).toEqual(['/conv1/Conv', '/conv2/Conv', '/fc1/Gemm', '/fc2/Gemm']);
@@ -79,10 +96,13 @@ describe('activations of low rank', () => {
   });
 
   it('repeated samples count once: 2 samples repeated 256 times are refused, not fitted', async () => {
-    const two = full.readF32(7, 9), x = new Float32Array(512 * 784);
+    const two = full.readF32(7, 9),
+      x = new Float32Array(512 * 784);
     for (let i = 0; i < 256; i++) x.set(two, i * 2 * 784);
     const data = npyFromBytes(encodeNpy(x, [512, 1, 28, 28]), 'repeated');
-    await expect(prune(lenet, data, { budget: { keepRatio: 1 } })).rejects.toThrow(/the 512 calibration samples \(2 distinct\) give 2 rows/);
+    await expect(prune(lenet, data, { budget: { keepRatio: 1 } })).rejects.toThrow(
+      /the 512 calibration samples \(2 distinct\) give 2 rows/,
+    );
     const { report } = await prune(lenet, data, { budget: { keepRatio: 0.5 }, refit: false });
     expect(finiteObjectives(report)).toBe(true);
   });
@@ -103,9 +123,14 @@ describe('k from one channel to all', () => {
 
 describe('a float16 model', () => {
   // LeNet with FLOAT16 weights, input and output: onnxruntime computes in float16 throughout.
-  const half = clone(ModelProtoSchema, lenet), g = half.graph!;
-  g.initializer = g.initializer.map((t) => { const { dims, data } = tensorToFloat32(t); return float32Tensor(t.name, dims, data, DataType.FLOAT16); });
-  for (const v of [...g.input, ...g.output]) if (v.type?.value.case === 'tensorType') v.type.value.value.elemType = DataType.FLOAT16;
+  const half = clone(ModelProtoSchema, lenet),
+    g = half.graph!;
+  g.initializer = g.initializer.map((t) => {
+    const { dims, data } = tensorToFloat32(t);
+    return float32Tensor(t.name, dims, data, DataType.FLOAT16);
+  });
+  for (const v of [...g.input, ...g.output])
+    if (v.type?.value.case === 'tensorType') v.type.value.value.elemType = DataType.FLOAT16;
 
   it('prunes end to end: stays float16, keeps the outputs at k = all, and each objective matches onnxruntime', async () => {
     const data = calib(512);
@@ -116,9 +141,12 @@ describe('a float16 model', () => {
     expect(report.params.after).toBeLessThanOrEqual(report.params.before / 2);
     expect(report.fidelity.agreement).toBeGreaterThan(0.8);
     const { units } = analyze(half, [1, 1, 28, 28]);
-    for (const i of [0, 2]) { // a Conv consumer (g = 9) and a Gemm consumer
-      const u = units[i]!, alone = await prune(half, data, { budget: { keep: { [u.id]: report.units[i]!.kept } } });
-      const claimed = alone.report.units[i]!.objective, measured = await measuredObjective(half, alone.model, u, data);
+    for (const i of [0, 2]) {
+      // a Conv consumer (g = 9) and a Gemm consumer
+      const u = units[i]!,
+        alone = await prune(half, data, { budget: { keep: { [u.id]: report.units[i]!.kept } } });
+      const claimed = alone.report.units[i]!.objective,
+        measured = await measuredObjective(half, alone.model, u, data);
       expect(Math.abs(claimed - measured), u.id).toBeLessThan(1e-2);
       expect(claimed, u.id).toBeGreaterThan(0.5);
     }

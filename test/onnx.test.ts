@@ -84,7 +84,12 @@ function externalRef(t: TensorProto, location: string, offset: number, length: n
 function testModel(): Model {
   const inits = [
     float32Tensor('W1h', [4, 3], Float32Array.from(W1), DataType.FLOAT16), // float16 in raw_data
-    create(TensorProtoSchema, { name: 'B1h', dims: [4n], dataType: DataType.FLOAT16, int32Data: B1.map(float32ToFloat16Bits) }),
+    create(TensorProtoSchema, {
+      name: 'B1h',
+      dims: [4n],
+      dataType: DataType.FLOAT16,
+      int32Data: B1.map(float32ToFloat16Bits),
+    }),
     create(TensorProtoSchema, { name: 'W2', dims: [2n, 4n], dataType: DataType.FLOAT, floatData: W2 }),
     create(TensorProtoSchema, { name: 'B2d', dims: [2n], dataType: DataType.DOUBLE, doubleData: B2 }),
     create(TensorProtoSchema, { name: 'S', dims: [1n], dataType: DataType.INT64, int64Data: [2n] }),
@@ -157,8 +162,18 @@ describe('float16', () => {
   it('reads FLOAT16 tensors from raw_data and from int32_data', () => {
     const raw = new Uint8Array(known.length * 2);
     known.forEach(([bits], i) => new DataView(raw.buffer).setUint16(2 * i, bits, true));
-    const fromRaw = create(TensorProtoSchema, { name: 'h', dims: [BigInt(known.length)], dataType: DataType.FLOAT16, rawData: raw });
-    const fromInt32 = create(TensorProtoSchema, { name: 'h', dims: [BigInt(known.length)], dataType: DataType.FLOAT16, int32Data: known.map(([b]) => b) });
+    const fromRaw = create(TensorProtoSchema, {
+      name: 'h',
+      dims: [BigInt(known.length)],
+      dataType: DataType.FLOAT16,
+      rawData: raw,
+    });
+    const fromInt32 = create(TensorProtoSchema, {
+      name: 'h',
+      dims: [BigInt(known.length)],
+      dataType: DataType.FLOAT16,
+      int32Data: known.map(([b]) => b),
+    });
     const want = Float32Array.from(known.map(([, v]) => v));
     expect(tensorToFloat32(fromRaw).data).toEqual(want);
     expect(tensorToFloat32(fromInt32).data).toEqual(want);
@@ -188,7 +203,12 @@ describe('tensors', () => {
     const ints = create(TensorProtoSchema, { name: 'idx', dims: [2n], dataType: DataType.INT32, int32Data: [1, 2] });
     expectBadInput(() => tensorToFloat32(ints), /tensor "idx" has data type INT32.*FLOAT, FLOAT16 or DOUBLE/);
     expectBadInput(() => tensorToInt64(ints), /INT32 where INT64 was expected/);
-    const short = create(TensorProtoSchema, { name: 'w', dims: [2n, 2n], dataType: DataType.FLOAT, rawData: new Uint8Array(12) });
+    const short = create(TensorProtoSchema, {
+      name: 'w',
+      dims: [2n, 2n],
+      dataType: DataType.FLOAT,
+      rawData: new Uint8Array(12),
+    });
     expectBadInput(() => tensorToFloat32(short), /tensor "w" has 12 bytes of data but its dims \[2, 2\] need 16/);
   });
 
@@ -201,7 +221,10 @@ describe('tensors', () => {
     expect(t.dataType).toBe(DataType.FLOAT16);
     expect(tensorToFloat32(t)).toEqual({ dims: [2, 3], data: Float32Array.of(1, 2, 3, 4, 5, 6) });
     const vi = g.input.find((v) => v.name === 'W1h')!;
-    expect(vi.type?.value.case === 'tensorType' && vi.type.value.value.shape?.dim.map((d) => d.value.value)).toEqual([2n, 3n]);
+    expect(vi.type?.value.case === 'tensorType' && vi.type.value.value.shape?.dim.map((d) => d.value.value)).toEqual([
+      2n,
+      3n,
+    ]);
     replaceInitializerData(g, 'B1h', [2], Float32Array.of(7, 8)); // from int32_data to raw_data
     expect(initializerMap(g).get('B1h')!.int32Data).toEqual([]);
     expect(tensorToFloat32(initializerMap(g).get('B1h')!).data).toEqual(Float32Array.of(7, 8));
@@ -212,7 +235,13 @@ describe('tensors', () => {
 });
 
 describe('attributes and opsets', () => {
-  const node = makeNode('Conv', ['x', 'w'], ['y'], [intAttr('group', 2), intsAttr('pads', [1, 1, 1, 1]), floatAttr('alpha', 0.25), stringAttr('auto_pad', 'NOTSET')], 'conv1');
+  const node = makeNode(
+    'Conv',
+    ['x', 'w'],
+    ['y'],
+    [intAttr('group', 2), intsAttr('pads', [1, 1, 1, 1]), floatAttr('alpha', 0.25), stringAttr('auto_pad', 'NOTSET')],
+    'conv1',
+  );
 
   it('reads attributes with defaults', () => {
     expect(attrInt(node, 'group')).toBe(2);
@@ -224,7 +253,10 @@ describe('attributes and opsets', () => {
   });
 
   it('refuses a missing required attribute or a wrong attribute type', () => {
-    expectBadInput(() => attrInts(node, 'kernel_shape'), /Conv node "conv1" lacks the required attribute "kernel_shape"/);
+    expectBadInput(
+      () => attrInts(node, 'kernel_shape'),
+      /Conv node "conv1" lacks the required attribute "kernel_shape"/,
+    );
     expectBadInput(() => attrInt(node, 'alpha'), /attribute "alpha" is FLOAT, expected INT/);
   });
 
@@ -271,9 +303,12 @@ describe('read and write', () => {
       expect(() => parseModel(bytes.subarray(0, n))).toThrow(SubpruneError);
     }
     let seed = 12345;
-    const garbage = Uint8Array.from({ length: 4096 }, () => ((seed = (seed * 1103515245 + 12345) >>> 0) >>> 24));
+    const garbage = Uint8Array.from({ length: 4096 }, () => (seed = (seed * 1103515245 + 12345) >>> 0) >>> 24);
     expectBadInput(() => parseModel(garbage), /ONNX model|protobuf decoding failed/);
-    expectBadInput(() => parseModel(new TextEncoder().encode('hello, this is not a model\n')), /ONNX model|protobuf decoding failed/);
+    expectBadInput(
+      () => parseModel(new TextEncoder().encode('hello, this is not a model\n')),
+      /ONNX model|protobuf decoding failed/,
+    );
     const file = path.join(tmp, 'truncated.onnx');
     fs.writeFileSync(file, bytes.subarray(0, bytes.length >> 1));
     expectBadInput(() => readModel(file), /truncated\.onnx: .*(truncated|decoding failed)/);
@@ -283,7 +318,12 @@ describe('read and write', () => {
 
 describe('external data', () => {
   /** A model folder with the test model's W2 stored in an external file. */
-  function externalModel(name: string, location: string, offset = 16, length = W2.length * 4): { dir: string; file: string } {
+  function externalModel(
+    name: string,
+    location: string,
+    offset = 16,
+    length = W2.length * 4,
+  ): { dir: string; file: string } {
     const dir = path.join(tmp, name);
     fs.mkdirSync(path.join(dir, 'data'), { recursive: true });
     const model = testModel();

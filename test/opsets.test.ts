@@ -30,9 +30,10 @@ const relDiff = (a: Float32Array, b: Float32Array) => {
 
 /** The outputs of the first N calibration samples, by onnxruntime-node from a file path (not through subprune) or a model. */
 async function outputs(model: string | Model): Promise<{ dims: readonly number[]; data: Float32Array }> {
-  const s = typeof model === 'string'
-    ? await ort.InferenceSession.create(model)
-    : await ort.InferenceSession.create(serializeModel(model));
+  const s =
+    typeof model === 'string'
+      ? await ort.InferenceSession.create(model)
+      : await ort.InferenceSession.create(serializeModel(model));
   try {
     const calib = openNpy('models/calib.npy');
     const x = calib.readF32(0, N);
@@ -48,8 +49,16 @@ async function outputs(model: string | Model): Promise<{ dims: readonly number[]
 
 /** What a unit is, without its id (node names are the exporter's). */
 const shapeOf = (u: Unit) => ({
-  producer: u.producer.opType, channels: u.channels, g: u.g, d: u.d, m: u.m,
-  chain: u.chain.map((n) => n.opType), consumer: u.consumer.opType, consumerKind: u.consumerKind, params: u.params, flops: u.flops,
+  producer: u.producer.opType,
+  channels: u.channels,
+  g: u.g,
+  d: u.d,
+  m: u.m,
+  chain: u.chain.map((n) => n.opType),
+  consumer: u.consumer.opType,
+  consumerKind: u.consumerKind,
+  params: u.params,
+  flops: u.flops,
 });
 
 async function prune4(path: string): Promise<{ model: Model; report: PruneReport }> {
@@ -61,7 +70,14 @@ async function prune4(path: string): Promise<{ model: Model; report: PruneReport
   }
 }
 
-const ref = {} as { y: Float32Array; units: Unit[]; refused: number; pruned: Model; report: PruneReport; yPruned: Float32Array };
+const ref = {} as {
+  y: Float32Array;
+  units: Unit[];
+  refused: number;
+  pruned: Model;
+  report: PruneReport;
+  yPruned: Float32Array;
+};
 
 beforeAll(async () => {
   ref.y = (await outputs('models/lenet.onnx')).data;
@@ -78,7 +94,7 @@ beforeAll(async () => {
 describe.each(FIXTURES)('lenet exported at opset $opset', ({ opset, ir }) => {
   const path = opset === 13 ? 'models/lenet.onnx' : `test/fixtures/lenet-opset${opset}.onnx`; // the bundled model is the opset-13 export
 
-  it('is the opset it claims; onnxruntime-node loads it and its outputs are lenet.onnx\'s', async () => {
+  it("is the opset it claims; onnxruntime-node loads it and its outputs are lenet.onnx's", async () => {
     const m = readModel(path);
     expect(opsetVersion(m)).toBe(opset);
     expect(m.opsetImport.length).toBe(1);
@@ -91,7 +107,12 @@ describe.each(FIXTURES)('lenet exported at opset $opset', ({ opset, ir }) => {
   it('analyze finds the units of lenet.onnx', () => {
     const { units, refused } = analyze(readModel(path), SHAPE);
     expect(units.map(shapeOf)).toEqual(ref.units.map(shapeOf));
-    expect(units.map((u) => [u.channels, u.g, u.consumer.opType])).toEqual([[6, 9, 'Conv'], [16, 25, 'Gemm'], [120, 1, 'Gemm'], [84, 1, 'Gemm']]);
+    expect(units.map((u) => [u.channels, u.g, u.consumer.opType])).toEqual([
+      [6, 9, 'Conv'],
+      [16, 25, 'Gemm'],
+      [120, 1, 'Gemm'],
+      [84, 1, 'Gemm'],
+    ]);
     expect(refused.length).toBe(ref.refused);
   });
 

@@ -54,11 +54,19 @@ const dot = (x: Float64Array, y: Float64Array) => x.reduce((s, v, i) => s + v * 
 
 /** Orthonormal basis of the given columns of B (twice-iterated MGS); a column whose residual is ≤ tol of its norm is dropped. */
 export function basis(B: Mat, cols: number[], tol = 1e-9): { Qs: Float64Array[]; used: number[]; R: number[][] } {
-  const Qs: Float64Array[] = [], used: number[] = [], R: number[][] = [];
+  const Qs: Float64Array[] = [],
+    used: number[] = [],
+    R: number[][] = [];
   for (const j of cols) {
-    const v = col(B, j), n0 = dot(v, v), coef = new Array(Qs.length).fill(0);
+    const v = col(B, j),
+      n0 = dot(v, v),
+      coef = new Array(Qs.length).fill(0);
     for (let pass = 0; pass < 2; pass++)
-      Qs.forEach((q, i) => { const c = dot(q, v); coef[i] += c; for (let r = 0; r < v.length; r++) v[r] -= c * q[r]; });
+      Qs.forEach((q, i) => {
+        const c = dot(q, v);
+        coef[i] += c;
+        for (let r = 0; r < v.length; r++) v[r] -= c * q[r];
+      });
     const n1 = dot(v, v);
     if (n1 <= tol * n0 || n1 === 0) continue;
     const s = Math.sqrt(n1);
@@ -73,7 +81,8 @@ export function basis(B: Mat, cols: number[], tol = 1e-9): { Qs: Float64Array[];
 export function objective(B: Mat, T: Mat, S: number[], g: number): number {
   const cols = S.flatMap((c) => Array.from({ length: g }, (_, a) => c * g + a));
   const { Qs } = basis(B, cols);
-  let proj = 0, total = 0;
+  let proj = 0,
+    total = 0;
   for (let j = 0; j < T.cols; j++) {
     const t = col(T, j);
     total += dot(t, t);
@@ -84,13 +93,19 @@ export function objective(B: Mat, T: Mat, S: number[], g: number): number {
 
 /** The greedy on B directly: at each step the channel whose addition leaves the smallest least-squares error. */
 export function oracleGreedy(B: Mat, T: Mat, g: number, k: number): { order: number[]; objective: number[] } {
-  const n = B.cols / g, order: number[] = [], obj: number[] = [];
+  const n = B.cols / g,
+    order: number[] = [],
+    obj: number[] = [];
   for (let s = 0; s < k; s++) {
-    let best = -1, bestV = -Infinity;
+    let best = -1,
+      bestV = -Infinity;
     for (let c = 0; c < n; c++) {
       if (order.includes(c)) continue;
       const v = objective(B, T, [...order, c], g);
-      if (v > bestV + 1e-12) { best = c; bestV = v; }
+      if (v > bestV + 1e-12) {
+        best = c;
+        bestV = v;
+      }
     }
     order.push(best);
     obj.push(bestV);
@@ -102,7 +117,9 @@ export function oracleGreedy(B: Mat, T: Mat, g: number, k: number): { order: num
 export function leastSquares(B: Mat, T: Mat, cols: number[]): Float64Array {
   const { Qs, used, R } = basis(B, cols, 0);
   if (used.length !== cols.length) throw new Error('oracle least squares: dependent columns');
-  const t = cols.length, m = T.cols, X = new Float64Array(t * m);
+  const t = cols.length,
+    m = T.cols,
+    X = new Float64Array(t * m);
   for (let j = 0; j < m; j++) {
     const y = Qs.map((q) => dot(q, col(T, j)));
     for (let i = t - 1; i >= 0; i--) {

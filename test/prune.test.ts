@@ -20,7 +20,8 @@ const MODELS = ['lenet', 'vgg', 'resnet20'].filter((m) => existsSync(`models/${m
 // consumer has d = 2304 columns and 9 rows per sample, so 256 is the fewest that keep its re-fit determined.
 const fullCalib = 'models/calib.npy';
 const firstCalib = (() => {
-  const f = openNpy(fullCalib), path = join(mkdtempSync(join(tmpdir(), 'subprune-prune-')), 'calib256.npy');
+  const f = openNpy(fullCalib),
+    path = join(mkdtempSync(join(tmpdir(), 'subprune-prune-')), 'calib256.npy');
   writeFileSync(path, encodeNpy(f.readF32(0, 256), [256, ...f.shape.slice(1)]));
   f.close();
   return path;
@@ -31,32 +32,39 @@ async function measuredObjective(orig: Model, pruned: Model, unit: Unit, calib: 
   const out = unit.consumer.output[0];
   const bName = unit.consumer.input[2];
   const bias = bName ? tensorToFloat32(initializerMap(orig.graph!).get(bName)!).data : undefined;
-  const a = await Runner.open(orig, [out]), b = await Runner.open(pruned, [out]);
-  let err = 0, norm = 0;
+  const a = await Runner.open(orig, [out]),
+    b = await Runner.open(pruned, [out]);
+  let err = 0,
+    norm = 0;
   for (const batch of batches(calib, 128)) {
-    const y = (await a.run(batch.data, batch.dims, [out])).get(out)!, z = (await b.run(batch.data, batch.dims, [out])).get(out)!;
+    const y = (await a.run(batch.data, batch.dims, [out])).get(out)!,
+      z = (await b.run(batch.data, batch.dims, [out])).get(out)!;
     expect(z.dims).toEqual(y.dims);
-    const m = y.dims[1], per = y.data.length / (y.dims[0] * m);
+    const m = y.dims[1],
+      per = y.data.length / (y.dims[0] * m);
     for (let i = 0; i < y.data.length; i++) {
       const yb = y.data[i] - (bias ? bias[Math.floor(i / per) % m] : 0);
       err += (z.data[i] - y.data[i]) ** 2;
       norm += yb * yb;
     }
   }
-  await a.release(); await b.release();
+  await a.release();
+  await b.release();
   return 1 - err / norm;
 }
 
 async function outputs(model: Model, calib: NpyFile): Promise<Float32Array> {
   const s = await ort.InferenceSession.create(serializeModel(model));
-  const n = Math.min(256, calib.rows), x = calib.readF32(0, n);
+  const n = Math.min(256, calib.rows),
+    x = calib.readF32(0, n);
   const r = await s.run({ [s.inputNames[0]]: new ort.Tensor('float32', x, [n, ...calib.shape.slice(1)]) });
   const y = r[s.outputNames[0]].data as Float32Array;
   await s.release();
   return y;
 }
 
-const relDiff = (a: Float32Array, b: Float32Array) => Math.sqrt(a.reduce((s, v, i) => s + (v - b[i]) ** 2, 0) / b.reduce((s, v) => s + v * v, 0));
+const relDiff = (a: Float32Array, b: Float32Array) =>
+  Math.sqrt(a.reduce((s, v, i) => s + (v - b[i]) ** 2, 0) / b.reduce((s, v) => s + v * v, 0));
 
 describe.each(MODELS)('%s end to end', (name) => {
   const model = readModel(`models/${name}.onnx`);
@@ -74,40 +82,57 @@ describe.each(MODELS)('%s end to end', (name) => {
     calib.close();
   });
 
-  it.each([2, 4, 8])('compression %i: every mode runs, params match the report, objectives match onnxruntime (and without re-fit)', { timeout: 900_000 }, async (c) => {
-    const calib = openNpy(calibPath);
-    const { units } = analyze(model, shape);
-    for (const mode of ['layerwise', 'sequential', 'asymmetric'] as Mode[]) {
-      const steps: Model[] = []; // sequential modes: the model after each unit
-      const { model: pruned, report } = await prune(model, calib, { budget: { compression: c }, mode, onUnitPruned: (_, m) => steps.push(m) });
-      expect(modelStats(pruned, shape).params).toBe(report.params.after);
-      expect(report.params.after).toBeLessThanOrEqual(report.params.before / c);
-      const y = await outputs(pruned, calib);
-      expect(y.every(Number.isFinite)).toBe(true);
-      expect(report.fidelity.agreement).toBeGreaterThan(0.1);
-      // Objective of a unit, measured by running two models in onnxruntime: the one that unit's selection saw, and the
-      // one with that unit pruned. Layerwise: the last unit pruned alone. Sequential modes: every unit, from the run's
-      // own steps; the target is the original model (asymmetric) or the model pruned up to the unit before (sequential).
-      if (mode === 'layerwise') {
-        const i = units.length - 1;
-        const part = await prune(model, calib, { budget: { keep: { [units[i].id]: report.units[i].kept } }, mode });
-        expect(part.report.units[i].order).toEqual(report.units[i].order);
-        expect(Math.abs(report.units[i].objective - await measuredObjective(model, part.model, units[i], calib))).toBeLessThan(1e-3);
-      } else {
-        expect(steps.length).toBe(units.length);
-        for (let i = 0; i < units.length; i++) {
-          const ref = mode === 'sequential' && i > 0 ? steps[i - 1] : model;
-          expect(Math.abs(report.units[i].objective - await measuredObjective(ref, steps[i], units[i], calib))).toBeLessThan(1e-3);
+  it.each([2, 4, 8])(
+    'compression %i: every mode runs, params match the report, objectives match onnxruntime (and without re-fit)',
+    { timeout: 900_000 },
+    async (c) => {
+      const calib = openNpy(calibPath);
+      const { units } = analyze(model, shape);
+      for (const mode of ['layerwise', 'sequential', 'asymmetric'] as Mode[]) {
+        const steps: Model[] = []; // sequential modes: the model after each unit
+        const { model: pruned, report } = await prune(model, calib, {
+          budget: { compression: c },
+          mode,
+          onUnitPruned: (_, m) => steps.push(m),
+        });
+        expect(modelStats(pruned, shape).params).toBe(report.params.after);
+        expect(report.params.after).toBeLessThanOrEqual(report.params.before / c);
+        const y = await outputs(pruned, calib);
+        expect(y.every(Number.isFinite)).toBe(true);
+        expect(report.fidelity.agreement).toBeGreaterThan(0.1);
+        // Objective of a unit, measured by running two models in onnxruntime: the one that unit's selection saw, and the
+        // one with that unit pruned. Layerwise: the last unit pruned alone. Sequential modes: every unit, from the run's
+        // own steps; the target is the original model (asymmetric) or the model pruned up to the unit before (sequential).
+        if (mode === 'layerwise') {
+          const i = units.length - 1;
+          const part = await prune(model, calib, { budget: { keep: { [units[i].id]: report.units[i].kept } }, mode });
+          expect(part.report.units[i].order).toEqual(report.units[i].order);
+          expect(
+            Math.abs(report.units[i].objective - (await measuredObjective(model, part.model, units[i], calib))),
+          ).toBeLessThan(1e-3);
+        } else {
+          expect(steps.length).toBe(units.length);
+          for (let i = 0; i < units.length; i++) {
+            const ref = mode === 'sequential' && i > 0 ? steps[i - 1] : model;
+            expect(
+              Math.abs(report.units[i].objective - (await measuredObjective(ref, steps[i], units[i], calib))),
+            ).toBeLessThan(1e-3);
+          }
         }
       }
-    }
-    // Without re-fit (the consumer's weights only sliced): the last unit's objective, measured the same way
-    const i = units.length - 1;
-    const { report } = await prune(model, calib, { budget: { compression: c }, refit: false });
-    const part = await prune(model, calib, { budget: { keep: { [units[i].id]: report.units[i].kept } }, refit: false });
-    expect(Math.abs(report.units[i].objective - await measuredObjective(model, part.model, units[i], calib))).toBeLessThan(1e-3);
-    calib.close();
-  });
+      // Without re-fit (the consumer's weights only sliced): the last unit's objective, measured the same way
+      const i = units.length - 1;
+      const { report } = await prune(model, calib, { budget: { compression: c }, refit: false });
+      const part = await prune(model, calib, {
+        budget: { keep: { [units[i].id]: report.units[i].kept } },
+        refit: false,
+      });
+      expect(
+        Math.abs(report.units[i].objective - (await measuredObjective(model, part.model, units[i], calib))),
+      ).toBeLessThan(1e-3);
+      calib.close();
+    },
+  );
 });
 
 describe('lenet: a channel that is always zero', () => {
@@ -116,8 +141,10 @@ describe('lenet: a channel that is always zero', () => {
     const { units } = analyze(model, [1, 1, 28, 28]);
     const u = units[0]; // conv1 → conv2
     const inits = initializerMap(model.graph!);
-    const w = tensorToFloat32(inits.get(u.weight)!), b = tensorToFloat32(inits.get(u.bias!)!);
-    const per = w.data.length / u.channels, dead = 3;
+    const w = tensorToFloat32(inits.get(u.weight)!),
+      b = tensorToFloat32(inits.get(u.bias!)!);
+    const per = w.data.length / u.channels,
+      dead = 3;
     w.data.fill(0, dead * per, (dead + 1) * per);
     b.data[dead] = -1; // ReLU(−1) = 0 everywhere
     replaceInitializerData(model.graph!, u.weight, w.dims, w.data);

@@ -66,7 +66,8 @@ function withConsumerMatrix(model: Model, unit: Unit, keep: number[], W: Float64
       for (let o = 0; o < m; o++) {
         const v = W[(k * g + j) * m + o]!;
         const r = c * g + j; // row of the original d×m matrix
-        if (unit.consumer.opType === 'Conv') full[o * dims[1]! * g + r] = v; // [m, n, kh, kw]: o-th block of n·kh·kw
+        if (unit.consumer.opType === 'Conv')
+          full[o * dims[1]! * g + r] = v; // [m, n, kh, kw]: o-th block of n·kh·kw
         else if (transB) full[o * unit.d + r] = v;
         else full[r * m + o] = v;
       }
@@ -80,7 +81,10 @@ describe('pruneUnits: LeNet', () => {
     const m = lenet();
     const { units } = analyze(m);
     const snapshot = clone(ModelProtoSchema, m);
-    const pruned = pruneUnits(m, units.map((unit) => ({ unit, keep: Array.from({ length: unit.channels }, (_, i) => i) })));
+    const pruned = pruneUnits(
+      m,
+      units.map((unit) => ({ unit, keep: Array.from({ length: unit.channels }, (_, i) => i) })),
+    );
     expect(equals(ModelProtoSchema, m, snapshot)).toBe(true); // input untouched
     const x = randInput(LENET_IN, 1);
     const [a, b] = [await run1(m, x), await run1(pruned, x)];
@@ -92,16 +96,24 @@ describe('pruneUnits: LeNet', () => {
     const m = lenet();
     const { units } = analyze(m);
     const r = rng(21);
-    const plans = units.map((unit) => ({ unit, keep: randomKeep(unit.channels, 1 + Math.floor(r() * unit.channels), r) }));
+    const plans = units.map((unit) => ({
+      unit,
+      keep: randomKeep(unit.channels, 1 + Math.floor(r() * unit.channels), r),
+    }));
     const [k1, k2, k3, k4] = plans.map((p) => p.keep.length) as [number, number, number, number];
     const pruned = pruneUnits(m, plans);
     const dims = Object.fromEntries(pruned.graph!.initializer.map((t) => [t.name, tensorDims(t)]));
     expect(dims).toEqual({
-      'conv1.weight': [k1, 1, 3, 3], 'conv1.bias': [k1],
-      'conv2.weight': [k2, k1, 3, 3], 'conv2.bias': [k2],
-      'fc1.weight': [k3, k2 * 25], 'fc1.bias': [k3],
-      'fc2.weight': [k4, k3], 'fc2.bias': [k4],
-      'fc3.weight': [10, k4], 'fc3.bias': [10],
+      'conv1.weight': [k1, 1, 3, 3],
+      'conv1.bias': [k1],
+      'conv2.weight': [k2, k1, 3, 3],
+      'conv2.bias': [k2],
+      'fc1.weight': [k3, k2 * 25],
+      'fc1.bias': [k3],
+      'fc2.weight': [k4, k3],
+      'fc2.bias': [k4],
+      'fc3.weight': [10, k4],
+      'fc3.bias': [10],
     });
     const params = k1 * 9 + k1 + k2 * k1 * 9 + k2 + k3 * k2 * 25 + k3 + k4 * k3 + k4 + 10 * k4 + 10;
     expect(modelStats(pruned, [1, 1, 28, 28]).params).toBe(params);
@@ -137,18 +149,30 @@ describe('pruneUnits: LeNet', () => {
     expect(maxAbsDiff(got1.data, ref1.data)).toBeLessThan(1e-5);
 
     // conv2 → fc1 with a new W (all 120 fc1 outputs), and fc1 → fc2 pruned in the same call: W's columns get sliced.
-    const c2 = u['/conv2/Conv']!, f1 = u['/fc1/Gemm']!;
-    const keep2 = randomKeep(16, 7, r), keep3 = randomKeep(120, 50, r);
+    const c2 = u['/conv2/Conv']!,
+      f1 = u['/fc1/Gemm']!;
+    const keep2 = randomKeep(16, 7, r),
+      keep3 = randomKeep(120, 50, r);
     const W2 = Float64Array.from(randn(keep2.length * 25 * 120, r, 0.05));
-    const plans = [{ unit: c2, keep: keep2, W: W2 }, { unit: f1, keep: keep3 }];
+    const plans = [
+      { unit: c2, keep: keep2, W: W2 },
+      { unit: f1, keep: keep3 },
+    ];
     const got2 = await run1(pruneUnits(m, plans), x);
     const ref2 = await run1(zeroDroppedInputs(withConsumerMatrix(m, c2, keep2, W2), [{ unit: f1, keep: keep3 }]), x);
     expect(maxAbsDiff(got2.data, ref2.data)).toBeLessThan(1e-5);
     expect(tensorDims(initializer(pruneUnits(m, plans), 'fc1.weight'))).toEqual([50, 7 * 25]);
     // The same W with only fc1's kept columns is accepted too.
     const W2cols = new Float64Array(keep2.length * 25 * keep3.length);
-    for (let row = 0; row < keep2.length * 25; row++) keep3.forEach((o, j) => (W2cols[row * keep3.length + j] = W2[row * 120 + o]!));
-    const got3 = await run1(pruneUnits(m, [{ unit: c2, keep: keep2, W: W2cols }, { unit: f1, keep: keep3 }]), x);
+    for (let row = 0; row < keep2.length * 25; row++)
+      keep3.forEach((o, j) => (W2cols[row * keep3.length + j] = W2[row * 120 + o]!));
+    const got3 = await run1(
+      pruneUnits(m, [
+        { unit: c2, keep: keep2, W: W2cols },
+        { unit: f1, keep: keep3 },
+      ]),
+      x,
+    );
     expect(maxAbsDiff(got3.data, got2.data)).toBeLessThan(1e-6);
   });
 
@@ -159,12 +183,18 @@ describe('pruneUnits: LeNet', () => {
       expect(() => pruneUnits(m, [{ unit: u!, keep }])).toThrow(SubpruneError);
     }
     expect(() => pruneUnits(m, [{ unit: u!, keep: [0, 1], W: new Float64Array(5) }])).toThrow(/W has 5 values/);
-    expect(() => pruneUnits(m, [{ unit: u!, keep: [0] }, { unit: u!, keep: [1] }])).toThrow(/twice/);
+    expect(() =>
+      pruneUnits(m, [
+        { unit: u!, keep: [0] },
+        { unit: u!, keep: [1] },
+      ]),
+    ).toThrow(/twice/);
   });
 
   it('keeps initializers listed as graph inputs (IR < 4 style) consistent', async () => {
     const m = lenet();
-    for (const t of m.graph!.initializer) m.graph!.input.push(makeTensorValueInfo(t.name, DataType.FLOAT, tensorDims(t)));
+    for (const t of m.graph!.initializer)
+      m.graph!.input.push(makeTensorValueInfo(t.name, DataType.FLOAT, tensorDims(t)));
     const { units } = analyze(m);
     const plans = units.map((unit) => ({ unit, keep: [0, 1, 2] }));
     const got = await run1(pruneUnits(m, plans), randInput(LENET_IN, 5));
@@ -185,12 +215,18 @@ describe('pruneUnits: the per-op table', () => {
     );
     const { units } = analyze(m);
     const x = randInput([3, 3, 8, 8], 6);
-    const all = pruneUnits(m, units.map((unit) => ({ unit, keep: Array.from({ length: unit.channels }, (_, i) => i) })));
+    const all = pruneUnits(
+      m,
+      units.map((unit) => ({ unit, keep: Array.from({ length: unit.channels }, (_, i) => i) })),
+    );
     expect(maxAbsDiff((await run1(all, x)).data, (await run1(m, x)).data)).toBeLessThan(1e-6);
 
     const r = rng(8);
     for (let trial = 0; trial < 5; trial++) {
-      const plans = units.map((unit) => ({ unit, keep: randomKeep(unit.channels, 1 + Math.floor(r() * unit.channels), r) }));
+      const plans = units.map((unit) => ({
+        unit,
+        keep: randomKeep(unit.channels, 1 + Math.floor(r() * unit.channels), r),
+      }));
       const pruned = pruneUnits(m, plans);
       const got = await run1(pruned, x);
       const ref = await run1(zeroDroppedInputs(m, plans), x);
@@ -223,7 +259,12 @@ describe('pruneUnits: the per-op table', () => {
         makeNode('Relu', ['a'], ['ra'], [], 'relu'),
         makeNode('Conv', ['ra', 'wb', 'bb'], ['y'], [], 'conv_b'),
       ],
-      [randTensor('wa', [4, 3, 3, 3], r), randTensor('ba', [4], r), randTensor('wb', [2, 4, 3, 3], r), randTensor('bb', [2], r)],
+      [
+        randTensor('wa', [4, 3, 3, 3], r),
+        randTensor('ba', [4], r),
+        randTensor('wb', [2, 4, 3, 3], r),
+        randTensor('bb', [2], r),
+      ],
       ['N', 3, 6, 6],
     );
     zeroAlong(convModel, 'wa', 0, (i) => i === 2);
@@ -239,7 +280,10 @@ describe('pruneUnits: the per-op table', () => {
     );
     zeroAlong(denseModel, 'wa', 0, (i) => i === 1 || i === 4);
     zeroAlong(denseModel, 'ba', 0, (i) => i === 1 || i === 4);
-    for (const [model, keep, dims] of [[convModel, [0, 1, 3], [2, 3, 6, 6]], [denseModel, [0, 2, 3], [3, 6]]] as const) {
+    for (const [model, keep, dims] of [
+      [convModel, [0, 1, 3], [2, 3, 6, 6]],
+      [denseModel, [0, 2, 3], [3, 6]],
+    ] as const) {
       const [unit] = analyze(model).units;
       const x = randInput([...dims], 13);
       const before = await run1(model, x);
@@ -271,7 +315,9 @@ describe('pruneUnits: the per-op table', () => {
     expect(tensorDims(initializer(pruned, 'w1'))).toEqual([4, 6]);
     // float16 → float32 → float16 is exact, so the kept weights are bit-identical.
     const w1 = tensorToFloat32(initializer(m, 'w1')).data;
-    expect(Array.from(tensorToFloat32(initializer(pruned, 'w1')).data)).toEqual(keep.flatMap((o) => Array.from(w1.subarray(o * 6, o * 6 + 6))));
+    expect(Array.from(tensorToFloat32(initializer(pruned, 'w1')).data)).toEqual(
+      keep.flatMap((o) => Array.from(w1.subarray(o * 6, o * 6 + 6))),
+    );
     const x = randInput([2, 6], 15);
     const got = await run1(pruned, x);
     const ref = await run1(zeroDroppedInputs(m, [{ unit: unit!, keep }]), x);

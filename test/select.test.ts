@@ -7,7 +7,13 @@ import { rng, randMat, matmul, gramOf, objective, oracleGreedy, leastSquares, ba
 
 // Float64 inputs: G, C, H are formed in float64 here, so the greedy must match the oracle to 1e-9 relative.
 
-interface Case { B: Mat; A: Mat; W: Mat; g: number; asym: boolean }
+interface Case {
+  B: Mat;
+  A: Mat;
+  W: Mat;
+  g: number;
+  asym: boolean;
+}
 
 /** Correlated activations (B = Z M) so that gains are spread out; A = B + noise for the asymmetric objective. */
 function makeCase(seed: number, N: number, d: number, m: number, g: number, asym: boolean): Case {
@@ -36,7 +42,8 @@ function checkAgainstOracle(c: Case, k: number, backend: 'wasm' | 'plain', sameO
     const prefix = sel.order.slice(0, s);
     const mine = objective(c.B, T, [...prefix, sel.order[s]], c.g);
     let best = -Infinity;
-    for (let ch = 0; ch < c.B.cols / c.g; ch++) if (!prefix.includes(ch)) best = Math.max(best, objective(c.B, T, [...prefix, ch], c.g));
+    for (let ch = 0; ch < c.B.cols / c.g; ch++)
+      if (!prefix.includes(ch)) best = Math.max(best, objective(c.B, T, [...prefix, ch], c.g));
     expect(mine).toBeGreaterThanOrEqual(best - 1e-9 * Math.max(1, best));
     expect(Math.abs(sel.objective[s] - mine)).toBeLessThanOrEqual(1e-9 * Math.max(1, mine));
     for (const v of sel.objective) expect(Number.isFinite(v)).toBe(true);
@@ -62,7 +69,8 @@ function checkRefit(c: Case, T: Mat, sel: ReturnType<typeof selectChannels>, p: 
   const Bs: Mat = { rows: c.B.rows, cols: cols.length, a: new Float64Array(c.B.rows * cols.length) };
   for (let i = 0; i < c.B.rows; i++) cols.forEach((j, l) => (Bs.a[i * cols.length + l] = c.B.a[i * c.B.cols + j]));
   const fit = cols.length ? matmul(Bs, { rows: cols.length, cols: m, a: W }) : { a: new Float64Array(T.a.length) };
-  const err = T.a.reduce((s, v, i) => s + (v - fit.a[i]) ** 2, 0), tot = T.a.reduce((s, v) => s + v * v, 0);
+  const err = T.a.reduce((s, v, i) => s + (v - fit.a[i]) ** 2, 0),
+    tot = T.a.reduce((s, v) => s + v * v, 0);
   expect(Math.abs(1 - err / tot - objective(c.B, T, keep, c.g))).toBeLessThanOrEqual(1e-8);
 }
 
@@ -103,7 +111,9 @@ describe.each(['wasm', 'plain'] as const)('greedy selection (%s kernels) against
 
   it('duplicate and all-zero columns and channels (g = 1 and g = 9)', () => {
     const c1 = makeCase(5, 80, 16, 5, 1, false);
-    setCols(c1.B, 3, 5); setCols(c1.B, 7, null); setCols(c1.B, 11, 2);
+    setCols(c1.B, 3, 5);
+    setCols(c1.B, 7, null);
+    setCols(c1.B, 11, 2);
     const { sel: s1, T: T1 } = checkAgainstOracle(c1, 16, backend, false);
     // the zero column and one of each duplicate pair add nothing: they are the last three, in channel order
     expect(s1.order.slice(13)).toEqual([...s1.order.slice(13)].sort((a, b) => a - b));
@@ -112,7 +122,10 @@ describe.each(['wasm', 'plain'] as const)('greedy selection (%s kernels) against
     checkRefit(c1, T1, s1, 16);
 
     const c9 = makeCase(6, 150, 45, 4, 9, true);
-    for (let a = 0; a < 9; a++) { setCols(c9.B, 18 + a, a); setCols(c9.B, 36 + a, null); } // channel 2 = channel 0, channel 4 = 0
+    for (let a = 0; a < 9; a++) {
+      setCols(c9.B, 18 + a, a);
+      setCols(c9.B, 36 + a, null);
+    } // channel 2 = channel 0, channel 4 = 0
     setCols(c9.B, 9 + 4, 9 + 1); // a duplicate column inside channel 1
     c9.A = { ...c9.B, a: c9.B.a.map((v, i) => v + 0.1 * Math.sin(i)) };
     const { sel: s9, T: T9 } = checkAgainstOracle(c9, 5, backend, false);
@@ -134,28 +147,48 @@ describe.each(['wasm', 'plain'] as const)('greedy selection (%s kernels) against
 
 describe('wasm and plain kernels agree', () => {
   it('on selections, objectives and re-fits (g = 1, g = 25, asymmetric)', () => {
-    for (const [seed, N, d, m, g, asym] of [[11, 300, 40, 33, 1, false], [12, 300, 100, 10, 25, true], [13, 100, 64, 17, 1, true]] as const) {
+    for (const [seed, N, d, m, g, asym] of [
+      [11, 300, 40, 33, 1, false],
+      [12, 300, 100, 10, 25, true],
+      [13, 100, 64, 17, 1, true],
+    ] as const) {
       const pr = problem(makeCase(seed, N, d, m, g, asym));
       const k = d / g - 1;
-      const a = selectChannels(pr, k, { kernels: 'wasm' }), b = selectChannels(pr, k, { kernels: 'plain' });
+      const a = selectChannels(pr, k, { kernels: 'wasm' }),
+        b = selectChannels(pr, k, { kernels: 'plain' });
       expect(a.order).toEqual(b.order);
       a.objective.forEach((v, i) => expect(Math.abs(v - b.objective[i])).toBeLessThan(1e-12));
-      const wa = a.refit(k).W, wb = b.refit(k).W, s = Math.max(...wb.map(Math.abs));
+      const wa = a.refit(k).W,
+        wb = b.refit(k).W,
+        s = Math.max(...wb.map(Math.abs));
       wa.forEach((v, i) => expect(Math.abs(v - wb[i])).toBeLessThan(1e-9 * s));
     }
   });
 
   it('on Gram kernels for odd sizes and several row blocks', () => {
     const r = rng(21);
-    for (const [rows, dx, dy] of [[300, 13, 13], [129, 8, 21], [5, 1, 3], [260, 37, 9]]) {
+    for (const [rows, dx, dy] of [
+      [300, 13, 13],
+      [129, 8, 21],
+      [5, 1, 3],
+      [260, 37, 9],
+    ]) {
       const X = Float32Array.from({ length: rows * dx }, () => r() - 0.5);
       const Y = Float32Array.from({ length: rows * dy }, () => r() - 0.5);
       const out = [getKernels('wasm', 1), getKernels('wasm', 2), getKernels('plain')].map((k) => {
-        const a = k.arena, mark = a.mark();
-        const PX = a.alloc(k.gramPackFloats(dx) * 4), PY = a.alloc(k.gramPackFloats(dy) * 4), tmp = a.alloc(128 * k.threads);
-        const Xp = a.alloc(X.length * 4), Yp = a.alloc(Y.length * 4), G = a.alloc(dx * dx * 8), C = a.alloc(dx * dy * 8);
-        a.f32(Xp, X.length).set(X); a.f32(Yp, Y.length).set(Y);
-        gramAccumulate(k, Xp, dx, 0, 0, rows, G, PX, 0, tmp); k.symmetrize(G, dx);
+        const a = k.arena,
+          mark = a.mark();
+        const PX = a.alloc(k.gramPackFloats(dx) * 4),
+          PY = a.alloc(k.gramPackFloats(dy) * 4),
+          tmp = a.alloc(128 * k.threads);
+        const Xp = a.alloc(X.length * 4),
+          Yp = a.alloc(Y.length * 4),
+          G = a.alloc(dx * dx * 8),
+          C = a.alloc(dx * dy * 8);
+        a.f32(Xp, X.length).set(X);
+        a.f32(Yp, Y.length).set(Y);
+        gramAccumulate(k, Xp, dx, 0, 0, rows, G, PX, 0, tmp);
+        k.symmetrize(G, dx);
         gramAccumulate(k, Xp, dx, Yp, dy, rows, C, PX, PY, tmp);
         const res = [a.f64(G, dx * dx).slice(), a.f64(C, dx * dy).slice()];
         a.release(mark);
@@ -171,10 +204,14 @@ describe('wasm and plain kernels agree', () => {
 
 describe('threads', () => {
   it('give bit-identical selections, objectives and re-fits for 1 and 2 threads (g = 1 and g = 9, asymmetric)', () => {
-    for (const [seed, N, d, m, g, asym] of [[61, 400, 300, 200, 1, true], [62, 300, 270, 150, 9, false]] as const) {
+    for (const [seed, N, d, m, g, asym] of [
+      [61, 400, 300, 200, 1, true],
+      [62, 300, 270, 150, 9, false],
+    ] as const) {
       const pr = problem(makeCase(seed, N, d, m, g, asym));
       const k = d / g - 3;
-      const a = selectChannels(pr, k, { threads: 1 }), b = selectChannels(pr, k, { threads: 2 });
+      const a = selectChannels(pr, k, { threads: 1 }),
+        b = selectChannels(pr, k, { threads: 2 });
       expect(b.order).toEqual(a.order);
       expect(b.objective).toEqual(a.objective);
       expect(b.refit(k).W).toEqual(a.refit(k).W);
@@ -185,11 +222,20 @@ describe('threads', () => {
     // Jobs of microseconds make hand-overs as frequent as they get: a worker that ran a job twice, or was counted done
     // before it was, would add a row block twice or read the next one's packed rows. (The rare race of the old
     // protocol needed heavy load and long jobs to show, about once per 30,000; this checks the protocol's contract.)
-    const r = rng(64), RB = 128, d = 16, blocks = 64, jobs = 50_000;
+    const r = rng(64),
+      RB = 128,
+      d = 16,
+      blocks = 64,
+      jobs = 50_000;
     const X = Float32Array.from({ length: blocks * RB * d }, () => r() - 0.5);
     const [one, two] = [1, 2].map((threads) => {
-      const k = getKernels('wasm', threads), a = k.arena, mark = a.mark();
-      const Xp = a.alloc(X.length * 4), P = a.alloc(k.gramPackFloats(d) * 4), G = a.alloc(d * d * 8), tmp = a.alloc(128 * k.threads);
+      const k = getKernels('wasm', threads),
+        a = k.arena,
+        mark = a.mark();
+      const Xp = a.alloc(X.length * 4),
+        P = a.alloc(k.gramPackFloats(d) * 4),
+        G = a.alloc(d * d * 8),
+        tmp = a.alloc(128 * k.threads);
       a.f32(Xp, X.length).set(X);
       for (let j = 0; j < jobs; j++) {
         k.gramPack(Xp, d, (j % blocks) * RB, RB, d, P, 0, d >> 3);
@@ -203,8 +249,11 @@ describe('threads', () => {
   });
 
   it('give bit-identical Gram matrices from the accumulator', () => {
-    const r = rng(63), N = 700, d = 75;
-    const B = Float32Array.from({ length: N * d }, () => r() - 0.5), A = B.map((v) => v + 0.01 * (r() - 0.5));
+    const r = rng(63),
+      N = 700,
+      d = 75;
+    const B = Float32Array.from({ length: N * d }, () => r() - 0.5),
+      A = B.map((v) => v + 0.01 * (r() - 0.5));
     const res = [1, 2].map((threads) => {
       const acc = new GramAccumulator(d, { asymmetric: true, kernels: getKernels('wasm', threads) });
       acc.add(B, A);
@@ -222,12 +271,17 @@ describe('f32 activations through the wasm Gram accumulator', () => {
   // f32 products are summed in f32 over blocks of 128 rows, then in f64: G is accurate to ~1e-6 relative,
   // so the objective matches the float64 oracle to ~1e-6 (not 1e-9), and the order where gains are not near-ties.
   it('matches float64 Gram matrices and the oracle greedy', () => {
-    const r = rng(31), N = 1000, d = 36, m = 9;
+    const r = rng(31),
+      N = 1000,
+      d = 36,
+      m = 9;
     const B32 = Float32Array.from(matmul(randMat(N, d, r), randMat(d, d, r)).a);
     const A32 = B32.map((v) => v + 0.3 * (r() - 0.5));
-    const B: Mat = { rows: N, cols: d, a: Float64Array.from(B32) }, A: Mat = { rows: N, cols: d, a: Float64Array.from(A32) };
+    const B: Mat = { rows: N, cols: d, a: Float64Array.from(B32) },
+      A: Mat = { rows: N, cols: d, a: Float64Array.from(A32) };
     const acc = new GramAccumulator(d, { asymmetric: true });
-    for (let r0 = 0; r0 < N; r0 += 300) acc.add(B32.subarray(r0 * d, Math.min(N, r0 + 300) * d), A32.subarray(r0 * d, Math.min(N, r0 + 300) * d));
+    for (let r0 = 0; r0 < N; r0 += 300)
+      acc.add(B32.subarray(r0 * d, Math.min(N, r0 + 300) * d), A32.subarray(r0 * d, Math.min(N, r0 + 300) * d));
     const gm = acc.result();
     expect(gm.rows).toBe(N);
     const refs = [gramOf(B), gramOf(B, A), gramOf(A)];
@@ -235,7 +289,8 @@ describe('f32 activations through the wasm Gram accumulator', () => {
       const s = Math.max(...refs[t].map(Math.abs));
       X.forEach((v, i) => expect(Math.abs(v - refs[t][i])).toBeLessThanOrEqual(2e-6 * s));
     });
-    const W = randMat(d, m, r), T = matmul(A, W);
+    const W = randMat(d, m, r),
+      T = matmul(A, W);
     const sel = selectChannels({ d, m, g: 1, G: gm.G, C: gm.C, H: gm.H, W: W.a }, 20);
     const ref = oracleGreedy(B, T, 1, 20);
     expect(sel.order).toEqual(ref.order);
@@ -245,11 +300,14 @@ describe('f32 activations through the wasm Gram accumulator', () => {
 
 describe('a given order (baselines) goes through the same factorisation', () => {
   it('objective per step and re-fit equal the oracle least squares for that order', () => {
-    const c = makeCase(51, 90, 18, 4, 1, true), T = matmul(c.A, c.W);
+    const c = makeCase(51, 90, 18, 4, 1, true),
+      T = matmul(c.A, c.W);
     const order = [17, 3, 9, 0, 12, 5];
     const sel = selectChannels(problem(c), 6, { order });
     expect(sel.order).toEqual(order);
-    order.forEach((_, s) => expect(Math.abs(sel.objective[s] - objective(c.B, T, order.slice(0, s + 1), 1))).toBeLessThan(1e-9));
+    order.forEach((_, s) =>
+      expect(Math.abs(sel.objective[s] - objective(c.B, T, order.slice(0, s + 1), 1))).toBeLessThan(1e-9),
+    );
     checkRefit(c, T, sel, 6);
     expect(() => selectChannels(problem(c), 3, { order: [1, 1, 2] })).toThrow(/distinct/);
   });
@@ -258,7 +316,9 @@ describe('a given order (baselines) goes through the same factorisation', () => 
 describe('layer size limits', () => {
   it('refuses a layer whose selection needs more than 4 GiB of kernel memory, before allocating', () => {
     const tiny = new Float64Array(1);
-    expect(() => selectChannels({ d: 16384, m: 4096, g: 1, G: tiny, W: tiny }, 8192)).toThrow(/needs \d+\.\d+ GiB of kernel memory; WebAssembly allows 4 GiB/);
+    expect(() => selectChannels({ d: 16384, m: 4096, g: 1, G: tiny, W: tiny }, 8192)).toThrow(
+      /needs \d+\.\d+ GiB of kernel memory; WebAssembly allows 4 GiB/,
+    );
     expect(selectionBytes(8192, 4096, 1, 4096)).toBeLessThan(2 ** 32 - (64 << 20)); // d = 8192 fits
   });
 });

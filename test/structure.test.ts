@@ -2,7 +2,17 @@ import { describe, it, expect } from 'vitest';
 import * as ort from 'onnxruntime-node';
 import { clone, create } from '@bufbuild/protobuf';
 import { SubpruneError } from '../src/errors.js';
-import { DataType, ModelProtoSchema, TensorProtoSchema, intsAttr, makeNode, readModel, serializeModel, type Model, type NodeProto } from '../src/onnx/index.js';
+import {
+  DataType,
+  ModelProtoSchema,
+  TensorProtoSchema,
+  intsAttr,
+  makeNode,
+  readModel,
+  serializeModel,
+  type Model,
+  type NodeProto,
+} from '../src/onnx/index.js';
 import { encodeNpy, npyFromBytes, openNpy, type NpyFile } from '../src/npy.js';
 import { analyze } from '../src/graph/analyze.js';
 import { prune } from '../src/prune/index.js';
@@ -20,14 +30,20 @@ import { measuredObjective } from './objective.js';
 
 const r = rng(21);
 const w = (name: string, dims: number[]) => randTensor(name, dims, r);
-const conv = (x: string, wt: string, y: string, name: string) => makeNode('Conv', [x, wt], [y], [intsAttr('pads', [1, 1, 1, 1])], name);
+const conv = (x: string, wt: string, y: string, name: string) =>
+  makeNode('Conv', [x, wt], [y], [intsAttr('pads', [1, 1, 1, 1])], name);
 const custom = (n: NodeProto) => Object.assign(n, { domain: 'com.example' });
 const reasonOf = (m: Model, node: string) => analyze(m).refused.find((x) => x.node === node)?.reason;
-const randomCalib = (dims: number[], seed: number): NpyFile => npyFromBytes(encodeNpy(randInput(dims, seed).data, dims), 'random');
+const randomCalib = (dims: number[], seed: number): NpyFile =>
+  npyFromBytes(encodeNpy(randInput(dims, seed).data, dims), 'random');
 
 function badInput(fn: () => unknown, message: RegExp): void {
   let err: unknown;
-  try { fn(); } catch (e) { err = e; }
+  try {
+    fn();
+  } catch (e) {
+    err = e;
+  }
   expect(err).toBeInstanceOf(SubpruneError);
   expect((err as SubpruneError).code).toBe('bad-input');
   expect((err as Error).message).toMatch(message);
@@ -37,55 +53,109 @@ describe('what the op table cannot see', () => {
   it(`opsets ${OPSETS.min} to ${OPSETS.max} are analysed, others refused; onnxruntime loads ${OPSETS.max} and not ${OPSETS.max + 1}`, async () => {
     const at = (opset: number) => smallModel([makeNode('Relu', ['x'], ['y'])], [], [1, 2], opset);
     for (const v of [OPSETS.min, 13, OPSETS.max]) expect(analyze(at(v)).units).toEqual([]);
-    badInput(() => analyze(at(OPSETS.max + 1)), new RegExp(`opset ${OPSETS.max + 1}; subprune supports opsets ${OPSETS.min} to ${OPSETS.max}`));
+    badInput(
+      () => analyze(at(OPSETS.max + 1)),
+      new RegExp(`opset ${OPSETS.max + 1}; subprune supports opsets ${OPSETS.min} to ${OPSETS.max}`),
+    );
     badInput(() => analyze(at(OPSETS.min - 1)), /opset 6;/);
-    const loads = async (v: number) => ort.InferenceSession.create(serializeModel(at(v)), { logSeverityLevel: 3 }).then((s) => s.release().then(() => true), () => false);
+    const loads = async (v: number) =>
+      ort.InferenceSession.create(serializeModel(at(v)), { logSeverityLevel: 3 }).then(
+        (s) => s.release().then(() => true),
+        () => false,
+      );
     expect([await loads(OPSETS.max), await loads(OPSETS.max + 1)]).toEqual([true, false]);
   });
 
   it('ops of another domain are never taken for ONNX ops of the same name', () => {
-    const m = smallModel([
-      conv('x', 'wa', 'a', 'conv_a'),
-      custom(makeNode('Relu', ['a'], ['ra'], [], 'custom_relu')),
-      conv('ra', 'wb', 'b', 'conv_b'),
-      custom(makeNode('Conv', ['b', 'wc'], ['y'], [], 'custom_conv')),
-    ], [w('wa', [4, 3, 3, 3]), w('wb', [4, 4, 3, 3]), w('wc', [2, 4, 1, 1])], [1, 3, 6, 6]);
+    const m = smallModel(
+      [
+        conv('x', 'wa', 'a', 'conv_a'),
+        custom(makeNode('Relu', ['a'], ['ra'], [], 'custom_relu')),
+        conv('ra', 'wb', 'b', 'conv_b'),
+        custom(makeNode('Conv', ['b', 'wc'], ['y'], [], 'custom_conv')),
+      ],
+      [w('wa', [4, 3, 3, 3]), w('wb', [4, 4, 3, 3]), w('wc', [2, 4, 1, 1])],
+      [1, 3, 6, 6],
+    );
     const { units, refused } = analyze(m);
     expect(units).toEqual([]);
     expect(refused).toEqual([
-      { node: 'conv_a', reason: 'com.example::Relu "custom_relu" is not known to act per channel (it may mix channels); subprune stops at it' },
-      { node: 'conv_b', reason: 'com.example::Conv "custom_conv" is not known to act per channel (it may mix channels); subprune stops at it' },
+      {
+        node: 'conv_a',
+        reason:
+          'com.example::Relu "custom_relu" is not known to act per channel (it may mix channels); subprune stops at it',
+      },
+      {
+        node: 'conv_b',
+        reason:
+          'com.example::Conv "custom_conv" is not known to act per channel (it may mix channels); subprune stops at it',
+      },
     ]);
   });
 
   it('constants the rewrite cannot write back (here BFLOAT16) refuse their unit', () => {
-    const m = smallModel([
-      makeNode('Gemm', ['x', 'w1', 'b1'], ['a'], [], 'fc1'), makeNode('Relu', ['a'], ['ra'], [], 'relu'), makeNode('Gemm', ['ra', 'w2'], ['y'], [], 'fc2'),
-    ], [w('w1', [4, 6]), create(TensorProtoSchema, { name: 'b1', dims: [6n], dataType: DataType.BFLOAT16, rawData: new Uint8Array(12) }), w('w2', [6, 2])], [2, 4]);
-    expect(reasonOf(m, 'fc1')).toBe('constant "b1" has data type BFLOAT16; subprune rewrites FLOAT, FLOAT16 and DOUBLE constants only');
+    const m = smallModel(
+      [
+        makeNode('Gemm', ['x', 'w1', 'b1'], ['a'], [], 'fc1'),
+        makeNode('Relu', ['a'], ['ra'], [], 'relu'),
+        makeNode('Gemm', ['ra', 'w2'], ['y'], [], 'fc2'),
+      ],
+      [
+        w('w1', [4, 6]),
+        create(TensorProtoSchema, { name: 'b1', dims: [6n], dataType: DataType.BFLOAT16, rawData: new Uint8Array(12) }),
+        w('w2', [6, 2]),
+      ],
+      [2, 4],
+    );
+    expect(reasonOf(m, 'fc1')).toBe(
+      'constant "b1" has data type BFLOAT16; subprune rewrites FLOAT, FLOAT16 and DOUBLE constants only',
+    );
   });
 
-  it('a unit too large for the kernels\' 4 GiB is refused with the reason, before anything is allocated', () => {
-    const m = smallModel([
-      makeNode('Gemm', ['x', 'w1'], ['a'], [], 'fc1'), makeNode('Relu', ['a'], ['ra'], [], 'relu'), makeNode('Gemm', ['ra', 'w2'], ['y'], [], 'fc2'),
-    ], [w('w1', [1, 30000]), w('w2', [30000, 1])], [2, 1]);
-    expect(reasonOf(m, 'fc1')).toMatch(/d = 30000 columns: the 30000×30000 Gram matrix and the selection need 13\.\d\d GiB of kernel memory, more than WebAssembly's 4 GiB/);
+  it("a unit too large for the kernels' 4 GiB is refused with the reason, before anything is allocated", () => {
+    const m = smallModel(
+      [
+        makeNode('Gemm', ['x', 'w1'], ['a'], [], 'fc1'),
+        makeNode('Relu', ['a'], ['ra'], [], 'relu'),
+        makeNode('Gemm', ['ra', 'w2'], ['y'], [], 'fc2'),
+      ],
+      [w('w1', [1, 30000]), w('w2', [30000, 1])],
+      [2, 1],
+    );
+    expect(reasonOf(m, 'fc1')).toMatch(
+      /d = 30000 columns: the 30000×30000 Gram matrix and the selection need 13\.\d\d GiB of kernel memory, more than WebAssembly's 4 GiB/,
+    );
   });
 
   it('a cycle in a corrupted graph is refused, not followed forever', () => {
-    const m = smallModel([
-      conv('x', 'wa', 'a', 'conv_a'), makeNode('Relu', ['a'], ['c'], [], 'relu1'), makeNode('Relu', ['c'], ['a'], [], 'relu2'),
-      conv('c', 'wb', 'y', 'conv_b'),
-    ], [w('wa', [4, 3, 3, 3]), w('wb', [2, 4, 3, 3])], [1, 3, 6, 6]);
+    const m = smallModel(
+      [
+        conv('x', 'wa', 'a', 'conv_a'),
+        makeNode('Relu', ['a'], ['c'], [], 'relu1'),
+        makeNode('Relu', ['c'], ['a'], [], 'relu2'),
+        conv('c', 'wb', 'y', 'conv_b'),
+      ],
+      [w('wa', [4, 3, 3, 3]), w('wb', [2, 4, 3, 3])],
+      [1, 3, 6, 6],
+    );
     expect(reasonOf(m, 'conv_a')).toMatch(/feeds 2 inputs|cycle/);
-    const loop = smallModel([conv('x', 'wa', 'a', 'conv_a'), makeNode('Relu', ['a'], ['c'], [], 'relu1'), makeNode('Relu', ['c'], ['a'], [], 'relu2')], [w('wa', [4, 3, 3, 3])], [1, 3, 6, 6]);
+    const loop = smallModel(
+      [
+        conv('x', 'wa', 'a', 'conv_a'),
+        makeNode('Relu', ['a'], ['c'], [], 'relu1'),
+        makeNode('Relu', ['c'], ['a'], [], 'relu2'),
+      ],
+      [w('wa', [4, 3, 3, 3])],
+      [1, 3, 6, 6],
+    );
     expect(reasonOf(loop, 'conv_a')).toBe('the graph has a cycle through "a"; the model is corrupted');
   });
 });
 
 describe('prune() on tricky models, against onnxruntime', () => {
-  it('the per-op chain (BN, PRelu, constants, pools, Reshape, Gemm transB 0 and 1, MatMul X·W): each unit\'s objective is what onnxruntime measures', async () => {
-    const m = chainModel(), calib = randomCalib([64, 3, 8, 8], 5);
+  it("the per-op chain (BN, PRelu, constants, pools, Reshape, Gemm transB 0 and 1, MatMul X·W): each unit's objective is what onnxruntime measures", async () => {
+    const m = chainModel(),
+      calib = randomCalib([64, 3, 8, 8], 5);
     const { units } = analyze(clone(ModelProtoSchema, m), [1, 3, 8, 8]);
     expect(units.map((u) => u.id)).toEqual(['conv1', 'conv2', 'gemm1', 'matmul', 'gemm2']);
     for (const mode of ['layerwise', 'asymmetric'] as const) {
@@ -94,18 +164,29 @@ describe('prune() on tricky models, against onnxruntime', () => {
         const { model: pruned, report } = await prune(m, calib, { budget: { keep: { [u.id]: k } }, mode });
         const claimed = report.units.find((x) => x.id === u.id)!;
         expect(claimed.kept).toBe(k);
-        expect(Math.abs(claimed.objective - await measuredObjective(m, pruned, u, calib)), `${mode} ${u.id}`).toBeLessThan(1e-4);
+        expect(
+          Math.abs(claimed.objective - (await measuredObjective(m, pruned, u, calib))),
+          `${mode} ${u.id}`,
+        ).toBeLessThan(1e-4);
       }
     }
   });
 
   it('a residual block: refused producers stay byte-identical, the unit after it is pruned and measured', async () => {
-    const m = smallModel([
-      conv('x', 'wa', 'a', 'conv_a'), makeNode('Relu', ['a'], ['ra'], [], 'relu_a'),
-      conv('ra', 'wb', 'b', 'conv_b'), makeNode('Add', ['b', 'ra'], ['s'], [], 'add'), makeNode('Relu', ['s'], ['rs'], [], 'relu_s'),
-      conv('rs', 'wc', 'c', 'conv_c'), makeNode('Relu', ['c'], ['rc'], [], 'relu_c'),
-      makeNode('Conv', ['rc', 'wd'], ['y'], [], 'conv_d'),
-    ], [w('wa', [4, 3, 3, 3]), w('wb', [4, 4, 3, 3]), w('wc', [6, 4, 3, 3]), w('wd', [2, 6, 1, 1])], ['N', 3, 6, 6]);
+    const m = smallModel(
+      [
+        conv('x', 'wa', 'a', 'conv_a'),
+        makeNode('Relu', ['a'], ['ra'], [], 'relu_a'),
+        conv('ra', 'wb', 'b', 'conv_b'),
+        makeNode('Add', ['b', 'ra'], ['s'], [], 'add'),
+        makeNode('Relu', ['s'], ['rs'], [], 'relu_s'),
+        conv('rs', 'wc', 'c', 'conv_c'),
+        makeNode('Relu', ['c'], ['rc'], [], 'relu_c'),
+        makeNode('Conv', ['rc', 'wd'], ['y'], [], 'conv_d'),
+      ],
+      [w('wa', [4, 3, 3, 3]), w('wb', [4, 4, 3, 3]), w('wc', [6, 4, 3, 3]), w('wd', [2, 6, 1, 1])],
+      ['N', 3, 6, 6],
+    );
     const calib = randomCalib([32, 3, 6, 6], 6);
     const { model: pruned, report } = await prune(m, calib, { budget: { keepRatio: 0.5 } });
     expect(report.refused.map((x) => x.node)).toEqual(['conv_a', 'conv_b', 'conv_d']);
@@ -113,39 +194,61 @@ describe('prune() on tricky models, against onnxruntime', () => {
     const bytes = (model: Model, name: string) => model.graph!.initializer.find((t) => t.name === name)!.rawData;
     for (const name of ['wa', 'wb']) expect(bytes(pruned, name)).toEqual(bytes(m, name));
     const unit = analyze(clone(ModelProtoSchema, m), [1, 3, 6, 6]).units[0]!;
-    expect(Math.abs(report.units[0]!.objective - await measuredObjective(m, pruned, unit, calib))).toBeLessThan(1e-4);
+    expect(Math.abs(report.units[0]!.objective - (await measuredObjective(m, pruned, unit, calib)))).toBeLessThan(1e-4);
   });
 });
 
 describe('prune() calls at the same time', () => {
-  it('give the results of running them one after the other (their captures share the kernels\' memory)', async () => {
-    const lenet = readModel('models/lenet.onnx'), a = openNpy('models/calib.npy'), b = openNpy('models/calib.npy');
-    const jobs = [() => prune(lenet, a, { budget: { compression: 4 }, mode: 'sequential' }), () => prune(lenet, b, { budget: { compression: 2 } })];
+  it("give the results of running them one after the other (their captures share the kernels' memory)", async () => {
+    const lenet = readModel('models/lenet.onnx'),
+      a = openNpy('models/calib.npy'),
+      b = openNpy('models/calib.npy');
+    const jobs = [
+      () => prune(lenet, a, { budget: { compression: 4 }, mode: 'sequential' }),
+      () => prune(lenet, b, { budget: { compression: 2 } }),
+    ];
     const alone = [await jobs[0]!(), await jobs[1]!()];
     const together = await Promise.all(jobs.map((j) => j()));
-    a.close(); b.close();
-    const summary = (r: Awaited<ReturnType<typeof prune>>) => [r.report.units.map((u) => [u.order, u.objective]), r.report.fidelity.relError];
+    a.close();
+    b.close();
+    const summary = (r: Awaited<ReturnType<typeof prune>>) => [
+      r.report.units.map((u) => [u.order, u.objective]),
+      r.report.fidelity.relError,
+    ];
     expect(together.map(summary)).toEqual(alone.map(summary));
   });
 });
 
-describe('captures larger than the kernels\' 4 GiB', () => {
+describe("captures larger than the kernels' 4 GiB", () => {
   it('are split into passes that each fit, before anything is allocated; a unit that cannot fit alone is refused', () => {
     const u = (id: string, d: number) => ({ id, d });
     const five = ['a', 'b', 'c', 'd', 'e'].map((id) => u(id, 1000));
     expect(capturePasses(five, false).map((p) => p.length)).toEqual([5]);
-    expect(capturePasses(five, false, 2.5 * gramBytes(1000)).map((p) => p.map((x) => x.id))).toEqual([['a', 'b'], ['c', 'd'], ['e']]);
+    expect(capturePasses(five, false, 2.5 * gramBytes(1000)).map((p) => p.map((x) => x.id))).toEqual([
+      ['a', 'b'],
+      ['c', 'd'],
+      ['e'],
+    ]);
     expect(capturePasses(five, true, 2.5 * gramBytes(1000, true)).map((p) => p.length)).toEqual([2, 2, 1]);
     // d = 14 000: G alone (1.6 GB) fits; G, C and H of the asymmetric objective (4.7 GB) do not
-    badInput(() => capturePasses([u('big', 14000)], true), /capturing unit big needs 4\.\d\d GiB of kernel memory for its Gram matrices \(d = 14000\); WebAssembly allows 4 GiB/);
+    badInput(
+      () => capturePasses([u('big', 14000)], true),
+      /capturing unit big needs 4\.\d\d GiB of kernel memory for its Gram matrices \(d = 14000\); WebAssembly allows 4 GiB/,
+    );
   });
 
   it('in several passes give the Gram matrices of one pass', async () => {
-    const lenet = readModel('models/lenet.onnx'), calib = openNpy('models/calib.npy');
+    const lenet = readModel('models/lenet.onnx'),
+      calib = openNpy('models/calib.npy');
     const { units } = analyze(lenet, [1, 1, 28, 28]);
     const one = await captureGrams(lenet, units, calib);
     let last: number[] = [];
-    const split = await captureGrams(lenet, units, calib, { passBytes: 1, onBatch: (d, n) => { last = [d, n]; } }); // a pass per unit
+    const split = await captureGrams(lenet, units, calib, {
+      passBytes: 1,
+      onBatch: (d, n) => {
+        last = [d, n];
+      },
+    }); // a pass per unit
     calib.close();
     expect(last).toEqual([units.length * calib.rows, units.length * calib.rows]);
     for (const x of units) expect(split.get(x.id)!.G).toEqual(one.get(x.id)!.G);

@@ -20,17 +20,23 @@ function wellFormed(xml: string): boolean {
   for (const m of xml.matchAll(/<(\/?)([a-zA-Z]+)([^>]*?)(\/?)>/g)) {
     const [, close, name, attrs, self] = m;
     if (!/^(\s+[a-zA-Z][a-zA-Z0-9:-]*="[^"<]*")*\s*$/.test(attrs)) return false;
-    if (close) { if (stack.pop() !== name) return false; } else if (!self) stack.push(name);
+    if (close) {
+      if (stack.pop() !== name) return false;
+    } else if (!self) stack.push(name);
   }
   return stack.length === 0 && !/&(?!amp;|lt;|gt;)/.test(xml);
 }
 
 async function testAccuracy(path: string): Promise<number> {
-  const s = await ort.InferenceSession.create(path), x = openNpy('models/test.npy'), y = openNpy('models/test-labels.npy').readF64();
+  const s = await ort.InferenceSession.create(path),
+    x = openNpy('models/test.npy'),
+    y = openNpy('models/test-labels.npy').readF64();
   let hit = 0;
   for (let r0 = 0; r0 < x.rows; r0 += 500) {
     const r1 = Math.min(x.rows, r0 + 500);
-    const out = (await s.run({ [s.inputNames[0]]: new ort.Tensor('float32', x.readF32(r0, r1), [r1 - r0, 1, 28, 28]) }))[s.outputNames[0]].data as Float32Array;
+    const out = (
+      await s.run({ [s.inputNames[0]]: new ort.Tensor('float32', x.readF32(r0, r1), [r1 - r0, 1, 28, 28]) })
+    )[s.outputNames[0]].data as Float32Array;
     for (let r = 0; r < r1 - r0; r++) {
       let b = 0;
       for (let j = 1; j < 10; j++) if (out[r * 10 + j] > out[r * 10 + b]) b = j;
@@ -45,13 +51,33 @@ async function testAccuracy(path: string): Promise<number> {
 describe('subprune study on lenet, 2 compressions (and one out of reach)', () => {
   it('writes table.md, results.json and a valid plot.svg; a row is what subprune prune gives', async () => {
     const out = mkdtempSync(join(tmpdir(), 'subprune-study-'));
-    try { await check(out); } finally { rmSync(out, { recursive: true, force: true }); }
+    try {
+      await check(out);
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
   });
 });
 
 async function check(out: string): Promise<void> {
-  const log = cli('study', 'models/lenet.onnx', '--calib', 'models/calib.npy', '--data', 'models/test.npy', '--labels', 'models/test-labels.npy',
-    '--compressions', '4,16,1000', '--methods', 'greedy,weight-norm', '--modes', 'layerwise,asymmetric', '--out', out);
+  const log = cli(
+    'study',
+    'models/lenet.onnx',
+    '--calib',
+    'models/calib.npy',
+    '--data',
+    'models/test.npy',
+    '--labels',
+    'models/test-labels.npy',
+    '--compressions',
+    '4,16,1000',
+    '--methods',
+    'greedy,weight-norm',
+    '--modes',
+    'layerwise,asymmetric',
+    '--out',
+    out,
+  );
   expect(log).toMatch(/re-fitting helps every selection method/);
   for (const f of ['table.md', 'results.json', 'plot.svg']) expect(existsSync(join(out, f))).toBe(true);
 
@@ -63,22 +89,49 @@ async function check(out: string): Promise<void> {
   expect(res.unreachable.compressions).toEqual([1000]);
   expect(res.unreachable.max).toBeGreaterThan(16);
   expect(res.unreachable.max).toBeLessThan(1000);
-  expect(readFileSync(join(out, 'table.md'), 'utf8')).toContain(`Not run: 1000×, beyond this model's reach (every unit at one channel gives ${res.unreachable.max.toFixed(1)}×`);
+  expect(readFileSync(join(out, 'table.md'), 'utf8')).toContain(
+    `Not run: 1000×, beyond this model's reach (every unit at one channel gives ${res.unreachable.max.toFixed(1)}×`,
+  );
   const full = modelStats(readModel('models/lenet.onnx'), [1, 1, 28, 28]).params;
   for (const r of res.rows) expect(r.params).toBeLessThanOrEqual(full / r.compression);
 
-  const row = res.rows.find((r) => r.method === 'greedy' && r.mode === 'layerwise' && r.refit && r.allocation === 'sensitivity' && r.compression === 16)!;
-  const wn = res.rows.find((r) => r.method === 'weight-norm' && !r.refit && r.allocation === 'uniform' && r.compression === 4)!;
-  for (const [r, flags] of [[row, ['--allocation', 'sensitivity']], [wn, ['--method', 'weight-norm', '--no-refit']]] as const) {
+  const row = res.rows.find(
+    (r) =>
+      r.method === 'greedy' &&
+      r.mode === 'layerwise' &&
+      r.refit &&
+      r.allocation === 'sensitivity' &&
+      r.compression === 16,
+  )!;
+  const wn = res.rows.find(
+    (r) => r.method === 'weight-norm' && !r.refit && r.allocation === 'uniform' && r.compression === 4,
+  )!;
+  for (const [r, flags] of [
+    [row, ['--allocation', 'sensitivity']],
+    [wn, ['--method', 'weight-norm', '--no-refit']],
+  ] as const) {
     const file = join(out, 'pruned.onnx');
-    cli('prune', 'models/lenet.onnx', '--calib', 'models/calib.npy', '--compression', String(r.compression), ...flags, '-o', file, '--quiet');
+    cli(
+      'prune',
+      'models/lenet.onnx',
+      '--calib',
+      'models/calib.npy',
+      '--compression',
+      String(r.compression),
+      ...flags,
+      '-o',
+      file,
+      '--quiet',
+    );
     expect(await testAccuracy(file)).toBe(r.accuracy);
     expect(modelStats(readModel(file), [1, 1, 28, 28]).params).toBe(r.params);
   }
 
   const table = readFileSync(join(out, 'table.md'), 'utf8');
   expect(table).toContain('| method | mode | re-fit | allocation | 4× | 16× |');
-  expect(table.split('\n').find((l) => l.startsWith('| greedy | layerwise | yes | sensitivity |'))).toContain(row.accuracy.toFixed(3));
+  expect(table.split('\n').find((l) => l.startsWith('| greedy | layerwise | yes | sensitivity |'))).toContain(
+    row.accuracy.toFixed(3),
+  );
   expect(table).toMatch(/## The paper's claims on this model/);
 
   const svg = readFileSync(join(out, 'plot.svg'), 'utf8');
@@ -88,7 +141,10 @@ async function check(out: string): Promise<void> {
   const polylines = [...svg.matchAll(/<polyline [^>]*points="([^"]*)"/g)];
   expect(polylines.length).toBe(2 * (2 + 1));
   for (const [, pts] of polylines) {
-    const xy = pts.trim().split(' ').map((p) => p.split(',').map(Number));
+    const xy = pts
+      .trim()
+      .split(' ')
+      .map((p) => p.split(',').map(Number));
     expect(xy.length).toBe(2);
     expect(xy.flat().every(Number.isFinite)).toBe(true);
     expect(xy[1][0]).toBeGreaterThan(xy[0][0]); // 16× right of 4×

@@ -4,7 +4,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { clone } from '@bufbuild/protobuf';
 import { SubpruneError } from '../src/errors.js';
-import { ModelProtoSchema, initializerMap, readModel, replaceInitializerData, tensorToFloat32, type Model } from '../src/onnx/index.js';
+import {
+  ModelProtoSchema,
+  initializerMap,
+  readModel,
+  replaceInitializerData,
+  tensorToFloat32,
+  type Model,
+} from '../src/onnx/index.js';
 import { openNpy } from '../src/npy.js';
 import { verifyPruned } from '../src/prune/verify.js';
 import { prune } from '../src/prune/index.js';
@@ -38,7 +45,10 @@ const calib = openNpy('models/calib.npy');
 afterAll(() => calib.close());
 
 async function internal(p: Promise<unknown>, message: RegExp): Promise<void> {
-  const e = await p.then(() => undefined, (x: unknown) => x);
+  const e = await p.then(
+    () => undefined,
+    (x: unknown) => x,
+  );
   expect(e).toBeInstanceOf(SubpruneError);
   expect((e as SubpruneError).code).toBe('internal');
   expect((e as Error).message).toMatch(message);
@@ -55,9 +65,14 @@ describe('verifyPruned', () => {
   it('fails a model with non-finite outputs, other output shapes, or that onnxruntime cannot load: internal errors', async () => {
     const nan = clone(ModelProtoSchema, lenet);
     setFloat(nan, 'fc3.bias', 2, Infinity);
-    await internal(verifyPruned(lenet, nan, calib), /failed verification: tensor \S+ has Infinity on the calibration data/);
+    await internal(
+      verifyPruned(lenet, nan, calib),
+      /failed verification: tensor \S+ has Infinity on the calibration data/,
+    );
     const narrow = clone(ModelProtoSchema, lenet); // fc3 with 9 outputs instead of 10
-    const map = initializerMap(narrow.graph!), w = tensorToFloat32(map.get('fc3.weight')!), b = tensorToFloat32(map.get('fc3.bias')!);
+    const map = initializerMap(narrow.graph!),
+      w = tensorToFloat32(map.get('fc3.weight')!),
+      b = tensorToFloat32(map.get('fc3.bias')!);
     replaceInitializerData(narrow.graph!, 'fc3.weight', [9, 84], w.data.subarray(0, 9 * 84));
     replaceInitializerData(narrow.graph!, 'fc3.bias', [9], b.data.subarray(0, 9));
     await internal(verifyPruned(lenet, narrow, calib), /output \S+ has shape \[64,9\], the original's \[64,10\]/);
@@ -72,8 +87,13 @@ describe('verifyPruned', () => {
 
 describe('a pruned model that fails verification is never written', () => {
   let dir: string;
-  beforeAll(() => { dir = mkdtempSync(join(tmpdir(), 'subprune-verify-')); });
-  afterAll(() => { broken.on = false; rmSync(dir, { recursive: true, force: true }); });
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'subprune-verify-'));
+  });
+  afterAll(() => {
+    broken.on = false;
+    rmSync(dir, { recursive: true, force: true });
+  });
 
   it('prune() rejects it with an internal error', async () => {
     broken.on = true;
@@ -82,9 +102,14 @@ describe('a pruned model that fails verification is never written', () => {
 
   it('the CLI exits 1 with one line, and writes neither the model nor the report', async () => {
     broken.on = true;
-    const out = join(dir, 'out.onnx'), report = join(dir, 'out.json');
+    const out = join(dir, 'out.onnx'),
+      report = join(dir, 'out.json');
     const r = await runCli('prune', 'models/lenet.onnx', '--calib', 'models/calib.npy', '-o', out, '--report', report);
-    expectFailure(r, 1, /^subprune prune: the pruned model failed verification: .*; nothing was written \(please report this\)$/);
+    expectFailure(
+      r,
+      1,
+      /^subprune prune: the pruned model failed verification: .*; nothing was written \(please report this\)$/,
+    );
     expect(existsSync(out) || existsSync(report)).toBe(false);
     expect(readdirSync(dir)).toEqual([]);
   });

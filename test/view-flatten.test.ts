@@ -1,7 +1,18 @@
 import { describe, it, expect } from 'vitest';
 import { clone, toBinary } from '@bufbuild/protobuf';
 import {
-  intAttr, intsAttr, int64Tensor, makeNode, ModelProtoSchema, NodeProtoSchema, opsetVersion, readModel, tensorAttr, TensorProtoSchema, type Model, type NodeProto,
+  intAttr,
+  intsAttr,
+  int64Tensor,
+  makeNode,
+  ModelProtoSchema,
+  NodeProtoSchema,
+  opsetVersion,
+  readModel,
+  tensorAttr,
+  TensorProtoSchema,
+  type Model,
+  type NodeProto,
 } from '../src/onnx/index.js';
 import { encodeNpy, npyFromBytes, openNpy, type NpyFile } from '../src/npy.js';
 import { analyze, modelStats } from '../src/graph/analyze.js';
@@ -17,7 +28,8 @@ import { runCli } from './cli-helpers.js';
 // as attribute, constants as initializers) and 13 (axes as input, constants as Constant nodes), the variants that must
 // still be refused, and a real torch export (test/fixtures/view-flatten.onnx, made by make-view-flatten.py).
 
-const randomCalib = (dims: number[], seed: number): NpyFile => npyFromBytes(encodeNpy(randInput(dims, seed).data, dims), 'random');
+const randomCalib = (dims: number[], seed: number): NpyFile =>
+  npyFromBytes(encodeNpy(randInput(dims, seed).data, dims), 'random');
 
 interface Variant {
   opset: 11 | 13;
@@ -34,20 +46,34 @@ interface Variant {
 /** Conv → Relu → x.view(x.size(0), -1) → Gemm → Relu → Gemm, input [N, 2, 4, 4]; the conv has 4 channels of 16 features. */
 function viewModel({ opset, dim = 0, direct = false, shapeOf = 'r', slice = false }: Variant): Model {
   const r = rng(3);
-  const inits = [randTensor('cw', [4, 2, 3, 3], r), randTensor('cb', [4], r), randTensor('g1w', [6, 64], r), randTensor('g1b', [6], r), randTensor('g2w', [6, 3], r)];
+  const inits = [
+    randTensor('cw', [4, 2, 3, 3], r),
+    randTensor('cb', [4], r),
+    randTensor('g1w', [6, 64], r),
+    randTensor('g1b', [6], r),
+    randTensor('g2w', [6, 3], r),
+  ];
   const constant = (name: string, dims: number[], v: number[]): NodeProto[] => {
-    if (opset === 13) return [makeNode('Constant', [], [name], [tensorAttr('value', int64Tensor(name, dims, v))], `${name}_const`)];
+    if (opset === 13)
+      return [makeNode('Constant', [], [name], [tensorAttr('value', int64Tensor(name, dims, v))], `${name}_const`)];
     inits.push(int64Tensor(name, dims, v));
     return [];
   };
-  const unsqueeze = opset === 13
-    ? [...constant('axes', [1], [0]), makeNode('Unsqueeze', ['n', 'axes'], ['nu'], [], 'unsqueeze')]
-    : [makeNode('Unsqueeze', ['n'], ['nu'], [intsAttr('axes', [0])], 'unsqueeze')];
+  const unsqueeze =
+    opset === 13
+      ? [...constant('axes', [1], [0]), makeNode('Unsqueeze', ['n', 'axes'], ['nu'], [], 'unsqueeze')]
+      : [makeNode('Unsqueeze', ['n'], ['nu'], [intsAttr('axes', [0])], 'unsqueeze')];
   const nodes = [
     makeNode('Conv', ['x', 'cw', 'cb'], ['a'], [intsAttr('pads', [1, 1, 1, 1])], 'conv'),
     makeNode('Relu', ['a'], ['r'], [], 'relu'),
     makeNode('Shape', [shapeOf], ['s'], [], 'shape'),
-    ...(slice ? [...constant('one', [1], [1]), ...constant('two', [1], [2]), makeNode('Slice', ['s', 'one', 'two'], ['s1'], [], 'slice')] : []),
+    ...(slice
+      ? [
+          ...constant('one', [1], [1]),
+          ...constant('two', [1], [2]),
+          makeNode('Slice', ['s', 'one', 'two'], ['s1'], [], 'slice'),
+        ]
+      : []),
     ...constant('idx', direct ? [1] : [], [dim]),
     makeNode('Gather', ['s', 'idx'], [direct ? 'nu' : 'n'], [intAttr('axis', 0)], 'gather'),
     ...(direct ? [] : unsqueeze),
@@ -81,7 +107,11 @@ async function checkPrune(m: Model, calib: NpyFile, alone: string, shape: number
   const out: Model[] = [];
   for (const mode of ['layerwise', 'asymmetric'] as Mode[]) {
     const steps: Model[] = [];
-    const { model: pruned, report } = await prune(m, calib, { budget: { keepRatio: 0.5 }, mode, onUnitPruned: (_, s) => steps.push(s) });
+    const { model: pruned, report } = await prune(m, calib, {
+      budget: { keepRatio: 0.5 },
+      mode,
+      onUnitPruned: (_, s) => steps.push(s),
+    });
     expect(report.units.map((u) => [u.id, u.kept])).toEqual(units.map((u) => [u.id, Math.round(u.channels / 2)]));
     expect(modelStats(pruned, shape).params).toBe(report.params.after);
     expect(report.params.after).toBeLessThan(report.params.before);
@@ -95,11 +125,17 @@ async function checkPrune(m: Model, calib: NpyFile, alone: string, shape: number
       const i = units.findIndex((u) => u.id === alone);
       const part = await prune(m, calib, { budget: { keep: { [alone]: report.units[i]!.kept } }, mode });
       expect(part.report.units[i]!.order).toEqual(report.units[i]!.order);
-      expect(Math.abs(report.units[i]!.objective - await measuredObjective(m, part.model, units[i]!, calib)), alone).toBeLessThan(tol);
+      expect(
+        Math.abs(report.units[i]!.objective - (await measuredObjective(m, part.model, units[i]!, calib))),
+        alone,
+      ).toBeLessThan(tol);
     } else {
       expect(steps.length).toBe(units.length);
       for (let i = 0; i < units.length; i++) {
-        expect(Math.abs(report.units[i]!.objective - await measuredObjective(m, steps[i]!, units[i]!, calib)), `asymmetric ${units[i]!.id}`).toBeLessThan(tol);
+        expect(
+          Math.abs(report.units[i]!.objective - (await measuredObjective(m, steps[i]!, units[i]!, calib))),
+          `asymmetric ${units[i]!.id}`,
+        ).toBeLessThan(tol);
       }
     }
     out.push(pruned);
@@ -134,27 +170,34 @@ describe.each([11, 13] as const)('x.view(x.size(0), -1) at opset %i', (opset) =>
 describe('x.view(x.size(0), -1): another form of it, and what is still refused', () => {
   it('Gather of index [0] without the Unsqueeze is the same pattern', async () => {
     const m = viewModel({ opset: 13, direct: true });
-    expect(analyze(m, [1, 2, 4, 4]).units.map((u) => [u.id, u.g])).toEqual([['conv', 16], ['fc1', 1]]);
+    expect(analyze(m, [1, 2, 4, 4]).units.map((u) => [u.id, u.g])).toEqual([
+      ['conv', 16],
+      ['fc1', 1],
+    ]);
     expect((await run1(m, randInput([2, 2, 4, 4], 1))).dims).toEqual([2, 3]);
   });
 
-  it('the Shape\'s dimension 1 (the channels) instead of 0', () => {
+  it("the Shape's dimension 1 (the channels) instead of 0", () => {
     const { units, refused } = analyze(viewModel({ opset: 13, dim: 1 }), [1, 2, 4, 4]);
     expect(units).toEqual([]);
     expect(refused.find((x) => x.node === 'conv')!.reason).toBe(
-      'tensor "r" is read by Shape "shape", whose dimension 1 is taken by Gather "gather"; only taking dimension 0 of it (a Gather of index 0 on axis 0, as torch\'s x.size(0)) is known not to change with the channels');
+      'tensor "r" is read by Shape "shape", whose dimension 1 is taken by Gather "gather"; only taking dimension 0 of it (a Gather of index 0 on axis 0, as torch\'s x.size(0)) is known not to change with the channels',
+    );
     expect(refused.find((x) => x.node === 'fc1')!.reason).toMatch(/the shape of "h" is unknown/);
   });
 
-  it('another node reading the Shape\'s output', () => {
+  it("another node reading the Shape's output", () => {
     const { refused } = analyze(viewModel({ opset: 11, slice: true }), [1, 2, 4, 4]);
-    expect(refused.find((x) => x.node === 'conv')!.reason).toMatch(/^tensor "r" is read by Shape "shape", whose output is read by 2 nodes \(slice, gather\); only taking dimension 0/);
+    expect(refused.find((x) => x.node === 'conv')!.reason).toMatch(
+      /^tensor "r" is read by Shape "shape", whose output is read by 2 nodes \(slice, gather\); only taking dimension 0/,
+    );
   });
 
-  it('a Reshape whose [x.size(0), -1] comes from another tensor\'s Shape', () => {
+  it("a Reshape whose [x.size(0), -1] comes from another tensor's Shape", () => {
     const { refused } = analyze(viewModel({ opset: 13, shapeOf: 'a' }), [1, 2, 4, 4]);
     expect(refused.find((x) => x.node === 'conv')!.reason).toBe(
-      'Reshape "view": its shape "shp" is neither a constant nor [x.size(0), -1] computed from its own input x (torch\'s x.view(x.size(0), -1))');
+      'Reshape "view": its shape "shp" is neither a constant nor [x.size(0), -1] computed from its own input x (torch\'s x.view(x.size(0), -1))',
+    );
   });
 });
 

@@ -19,7 +19,10 @@ import { serve } from '../scripts/serve-web.mjs';
 const CHROMIUM = '/usr/bin/chromium';
 const SCREENSHOT = resolve('test-output/web-page.png');
 
-let server: Server | undefined, url = '', context: BrowserContext | undefined, profile = '';
+let server: Server | undefined,
+  url = '',
+  context: BrowserContext | undefined,
+  profile = '';
 
 beforeAll(async () => {
   execFileSync(process.execPath, ['scripts/build-web.mjs'], { stdio: 'pipe' });
@@ -34,18 +37,34 @@ afterAll(async () => {
 
 describe('the browser page', () => {
   it('prunes LeNet in a worker and downloads a model that runs in onnxruntime-node', async () => {
-    if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: this test needs Debian's chromium (apt-get install -y chromium; .ci/run installs it)`);
+    if (!existsSync(CHROMIUM))
+      throw new Error(
+        `${CHROMIUM} is missing: this test needs Debian's chromium (apt-get install -y chromium; .ci/run installs it)`,
+      );
     profile = mkdtempSync(join(tmpdir(), 'subprune-chromium-'));
     context = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM, headless: true, acceptDownloads: true, viewport: { width: 1100, height: 900 },
+      executablePath: CHROMIUM,
+      headless: true,
+      acceptDownloads: true,
+      viewport: { width: 1100, height: 900 },
       // the machine may have no network: nothing may try to reach it
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-        '--disable-component-update', '--disable-sync'],
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
     });
-    const page = context.pages()[0] ?? await context.newPage();
+    const page = context.pages()[0] ?? (await context.newPage());
     const errors: string[] = [];
     page.on('pageerror', (e) => errors.push(e.message));
-    page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
+    page.on('console', (m) => {
+      if (m.type() === 'error') errors.push(m.text());
+    });
 
     await page.goto(url);
     await page.setInputFiles('#model', 'models/lenet.onnx');
@@ -55,8 +74,11 @@ describe('the browser page', () => {
     await page.selectOption('#mode', 'asymmetric');
     await page.selectOption('#method', 'greedy');
     await page.click('#run');
-    await page.waitForFunction(() => !document.querySelector<HTMLElement>('#result')!.hidden || document.querySelector('#error')!.textContent,
-      null, { timeout: 100_000 });
+    await page.waitForFunction(
+      () => !document.querySelector<HTMLElement>('#result')!.hidden || document.querySelector('#error')!.textContent,
+      null,
+      { timeout: 100_000 },
+    );
     mkdirSync(resolve(SCREENSHOT, '..'), { recursive: true });
     await page.screenshot({ path: SCREENSHOT, fullPage: true });
     expect(await page.textContent('#error')).toBe('');
@@ -75,11 +97,19 @@ describe('the browser page', () => {
     const report = JSON.parse(readFileSync(await save('#dl-report', 'lenet-c4.json'), 'utf8'));
 
     // the same pruning in this process with onnxruntime-node: same channels, same parameter count
-    const lenet = readModel('models/lenet.onnx'), calib = openNpy('models/calib.npy');
-    const node = await prune(lenet, calib, { budget: { compression: 4 }, mode: 'asymmetric', backend: 'node', threads: 1 }); // as the page
+    const lenet = readModel('models/lenet.onnx'),
+      calib = openNpy('models/calib.npy');
+    const node = await prune(lenet, calib, {
+      budget: { compression: 4 },
+      mode: 'asymmetric',
+      backend: 'node',
+      threads: 1,
+    }); // as the page
     expect(report.backend).toBe('web');
     expect(report.units.map((u: { order: number[] }) => u.order)).toEqual(node.report.units.map((u) => u.order));
-    const rows = await page.$$eval('#units tbody tr', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+    const rows = await page.$$eval('#units tbody tr', (trs) =>
+      trs.map((tr) => [...tr.children].map((td) => td.textContent)),
+    );
     expect(rows.map((r) => [r[0], Number(r[3])])).toEqual(node.report.units.map((u) => [u.id, u.kept]));
 
     // the downloaded model: its parameters (every initializer) counted here, and it runs in onnxruntime-node
@@ -90,11 +120,14 @@ describe('the browser page', () => {
     expect(params).toBeLessThanOrEqual(report.params.before / 4);
     const run = async (bytes: Uint8Array) => {
       const s = await ort.InferenceSession.create(bytes);
-      const y = (await s.run({ [s.inputNames[0]]: new ort.Tensor('float32', calib.readF32(0, 256), [256, 1, 28, 28]) }))[s.outputNames[0]];
+      const y = (
+        await s.run({ [s.inputNames[0]]: new ort.Tensor('float32', calib.readF32(0, 256), [256, 1, 28, 28]) })
+      )[s.outputNames[0]];
       await s.release();
       return y.data as Float32Array;
     };
-    const got = await run(readFileSync(modelPath)), want = await run(serializeModel(node.model));
+    const got = await run(readFileSync(modelPath)),
+      want = await run(serializeModel(node.model));
     const err = Math.sqrt(got.reduce((s, v, i) => s + (v - want[i]) ** 2, 0) / want.reduce((s, v) => s + v * v, 0));
     expect(err).toBeLessThan(1e-4);
     calib.close();

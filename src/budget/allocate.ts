@@ -4,7 +4,10 @@ import { badInput } from '../errors.js';
 import type { SizeOf } from './index.js';
 
 /** A unit as the allocations see it. */
-export interface AllocUnit { id: string; channels: number }
+export interface AllocUnit {
+  id: string;
+  channels: number;
+}
 
 /** Quality of the model with only this unit pruned to ks[i] channels (ks ascending, from 1 to the unit's channels). */
 export interface Curve {
@@ -36,7 +39,10 @@ const keepsOf = (units: AllocUnit[], k: (u: AllocUnit) => number) => new Map(uni
 
 function checkReachable(units: AllocUnit[], sizeOf: SizeOf, goal: number): void {
   const least = sizeOf(keepsOf(units, () => 1));
-  if (least > goal) throw badInput(`the size goal ${goal} is out of reach: one channel per unit leaves ${least}; the rest is in layers subprune cannot prune (see subprune inspect)`);
+  if (least > goal)
+    throw badInput(
+      `the size goal ${goal} is out of reach: one channel per unit leaves ${least}; the rest is in layers subprune cannot prune (see subprune inspect)`,
+    );
 }
 
 /**
@@ -44,37 +50,60 @@ function checkReachable(units: AllocUnit[], sizeOf: SizeOf, goal: number): void 
  * (monotone) curve reaches τ meets the goal; then the leftover budget goes, one channel at a time, to the units with
  * the largest kept fractions that can still grow within the goal.
  */
-export function allocateByLevel(units: AllocUnit[], curves: Map<string, Curve>, sizeOf: SizeOf, goal: number): Map<string, number> {
+export function allocateByLevel(
+  units: AllocUnit[],
+  curves: Map<string, Curve>,
+  sizeOf: SizeOf,
+  goal: number,
+): Map<string, number> {
   return spendLeftover(units, commonLevel(units, curves, sizeOf, goal).keeps, sizeOf, goal);
 }
 
 /** The highest common level τ that meets the goal, and its keeps (before the leftover is spent). */
-export function commonLevel(units: AllocUnit[], curves: Map<string, Curve>, sizeOf: SizeOf, goal: number): { level: number; keeps: Map<string, number> } {
+export function commonLevel(
+  units: AllocUnit[],
+  curves: Map<string, Curve>,
+  sizeOf: SizeOf,
+  goal: number,
+): { level: number; keeps: Map<string, number> } {
   checkReachable(units, sizeOf, goal);
-  const mono = new Map(units.map((u) => {
-    const c = curves.get(u.id);
-    if (!c || c.ks[0] !== 1 || c.ks[c.ks.length - 1] !== u.channels || c.ks.length !== c.values.length) throw new Error(`curve of ${u.id} must cover k = 1 … ${u.channels}`);
-    return [u.id, { ks: c.ks, values: monotone(c.values) }];
-  }));
-  const at = (tau: number) => keepsOf(units, (u) => {
-    const c = mono.get(u.id)!, i = c.values.findIndex((v) => v >= tau);
-    return i < 0 ? u.channels : c.ks[i]!;
-  });
+  const mono = new Map(
+    units.map((u) => {
+      const c = curves.get(u.id);
+      if (!c || c.ks[0] !== 1 || c.ks[c.ks.length - 1] !== u.channels || c.ks.length !== c.values.length)
+        throw new Error(`curve of ${u.id} must cover k = 1 … ${u.channels}`);
+      return [u.id, { ks: c.ks, values: monotone(c.values) }];
+    }),
+  );
+  const at = (tau: number) =>
+    keepsOf(units, (u) => {
+      const c = mono.get(u.id)!,
+        i = c.values.findIndex((v) => v >= tau);
+      return i < 0 ? u.channels : c.ks[i]!;
+    });
   // The feasible levels form a prefix of the sorted candidates (size grows with τ); the lowest one is all-ones.
   const levels = [...new Set([...mono.values()].flatMap((c) => c.values))].sort((a, b) => a - b);
-  let lo = 0, hi = levels.length; // levels[lo] feasible; levels[hi] (if any) not
+  let lo = 0,
+    hi = levels.length; // levels[lo] feasible; levels[hi] (if any) not
   while (hi - lo > 1) {
     const mid = (lo + hi) >> 1;
-    if (sizeOf(at(levels[mid]!)) <= goal) lo = mid; else hi = mid;
+    if (sizeOf(at(levels[mid]!)) <= goal) lo = mid;
+    else hi = mid;
   }
   return { level: levels[lo]!, keeps: at(levels[lo]!) };
 }
 
 /** Adds channels, largest kept fraction first, while the goal still holds. */
-export function spendLeftover(units: AllocUnit[], keeps: Map<string, number>, sizeOf: SizeOf, goal: number): Map<string, number> {
+export function spendLeftover(
+  units: AllocUnit[],
+  keeps: Map<string, number>,
+  sizeOf: SizeOf,
+  goal: number,
+): Map<string, number> {
   const out = new Map(keeps);
   for (;;) {
-    const grow = units.filter((u) => out.get(u.id)! < u.channels)
+    const grow = units
+      .filter((u) => out.get(u.id)! < u.channels)
       .sort((a, b) => out.get(b.id)! / b.channels - out.get(a.id)! / a.channels)
       .find((u) => sizeOf(new Map(out).set(u.id, out.get(u.id)! + 1)) <= goal);
     if (!grow) return out;
@@ -88,16 +117,28 @@ export function spendLeftover(units: AllocUnit[], keeps: Map<string, number>, si
  * gain over all units while the goal holds. Units are selected independently (layerwise), so this is the greedy on
  * Σ_u F_u(S_u)/‖A_u W_u‖² over the union of all channels.
  */
-export function allocateGlobal(units: AllocUnit[], objectives: Map<string, number[]>, sizeOf: SizeOf, goal: number): Map<string, number> {
+export function allocateGlobal(
+  units: AllocUnit[],
+  objectives: Map<string, number[]>,
+  sizeOf: SizeOf,
+  goal: number,
+): Map<string, number> {
   checkReachable(units, sizeOf, goal);
   const keeps = keepsOf(units, () => 1);
   const active = new Set(units.filter((u) => u.channels > 1));
-  const gain = (u: AllocUnit) => { const o = objectives.get(u.id)!, k = keeps.get(u.id)!; return o[k]! - o[k - 1]!; };
+  const gain = (u: AllocUnit) => {
+    const o = objectives.get(u.id)!,
+      k = keeps.get(u.id)!;
+    return o[k]! - o[k - 1]!;
+  };
   while (active.size) {
     let best: AllocUnit | undefined;
     for (const u of active) if (!best || gain(u) > gain(best)) best = u;
     const k = keeps.get(best!.id)! + 1;
-    if (sizeOf(new Map(keeps).set(best!.id, k)) > goal) { active.delete(best!); continue; } // grows only costlier
+    if (sizeOf(new Map(keeps).set(best!.id, k)) > goal) {
+      active.delete(best!);
+      continue;
+    } // grows only costlier
     keeps.set(best!.id, k);
     if (k === best!.channels) active.delete(best!);
   }

@@ -3,9 +3,7 @@ import type { Unit } from '../graph/types.js';
 
 /** How many channels to keep: a compression ratio, a keep fraction, or explicit counts per unit. */
 export type Budget =
-  | { compression: number; target?: 'params' | 'flops' }
-  | { keepRatio: number }
-  | { keep: Record<string, number> };
+  { compression: number; target?: 'params' | 'flops' } | { keepRatio: number } | { keep: Record<string, number> };
 
 /** Model size (params or FLOPs) after keeping keeps.get(id) channels of each unit. */
 export type SizeOf = (keeps: Map<string, number>) => number;
@@ -24,8 +22,12 @@ export function resolveBudget(units: Unit[], budget: Budget, sizeOf: SizeOf): Ma
     const out = new Map(units.map((u) => [u.id, u.channels]));
     for (const [key, k] of Object.entries(budget.keep)) {
       const u = units.find((x) => x.id === key || x.weight === key);
-      if (!u) throw badInput(`budget names "${key}", which is no prunable unit (ids: ${units.map((x) => x.id).join(', ')}); see subprune inspect`);
-      if (!Number.isInteger(k) || k < 1 || k > u.channels) throw badInput(`budget for ${u.id}: ${k} channels; it has ${u.channels}, keep between 1 and ${u.channels}`);
+      if (!u)
+        throw badInput(
+          `budget names "${key}", which is no prunable unit (ids: ${units.map((x) => x.id).join(', ')}); see subprune inspect`,
+        );
+      if (!Number.isInteger(k) || k < 1 || k > u.channels)
+        throw badInput(`budget for ${u.id}: ${k} channels; it has ${u.channels}, keep between 1 and ${u.channels}`);
       out.set(u.id, k);
     }
     return out;
@@ -37,16 +39,21 @@ export function resolveBudget(units: Unit[], budget: Budget, sizeOf: SizeOf): Ma
   }
   const c = budget.compression;
   if (!(c >= 1)) throw badInput(`compression ${c}: must be at least 1 (1 keeps everything)`);
-  const full = sizeOf(uniformKeeps(units, 1)), goal = full / c;
+  const full = sizeOf(uniformKeeps(units, 1)),
+    goal = full / c;
   const least = sizeOf(uniformKeeps(units, 0));
   if (least > goal) {
-    throw badInput(`compression ${c} is out of reach: pruning every unit to one channel leaves ${least} of ${full} (${(full / least).toFixed(2)}×); the rest is in layers subprune cannot prune (see subprune inspect)`);
+    throw badInput(
+      `compression ${c} is out of reach: pruning every unit to one channel leaves ${least} of ${full} (${(full / least).toFixed(2)}×); the rest is in layers subprune cannot prune (see subprune inspect)`,
+    );
   }
-  let lo = 0, hi = 1; // sizeOf(lo) ≤ goal < sizeOf(hi) unless c = 1
+  let lo = 0,
+    hi = 1; // sizeOf(lo) ≤ goal < sizeOf(hi) unless c = 1
   if (sizeOf(uniformKeeps(units, hi)) <= goal) return uniformKeeps(units, hi);
   for (let i = 0; i < 40; i++) {
     const mid = (lo + hi) / 2;
-    if (sizeOf(uniformKeeps(units, mid)) <= goal) lo = mid; else hi = mid;
+    if (sizeOf(uniformKeeps(units, mid)) <= goal) lo = mid;
+    else hi = mid;
   }
   return uniformKeeps(units, lo);
 }

@@ -35,13 +35,21 @@ export async function loadRuntime(backend?: Backend): Promise<{ ort: Ort; backen
     try {
       return { ort: await load('node'), backend };
     } catch (e) {
-      throw badInput(`onnxruntime-node cannot be loaded (${reason(e)}); use onnxruntime-web's WebAssembly backend instead: ${CHOOSE_WEB}`, e);
+      throw badInput(
+        `onnxruntime-node cannot be loaded (${reason(e)}); use onnxruntime-web's WebAssembly backend instead: ${CHOOSE_WEB}`,
+        e,
+      );
     }
   }
-  fallback ??= load('node').then((ort) => ({ ort, backend: 'node' as Backend }), async (e) => {
-    console.warn(`subprune: onnxruntime-node cannot be loaded (${reason(e)}); using onnxruntime-web's WebAssembly backend, which is slower. Choose it with ${CHOOSE_WEB} to skip this attempt.`);
-    return { ort: await load('web'), backend: 'web' as Backend };
-  });
+  fallback ??= load('node').then(
+    (ort) => ({ ort, backend: 'node' as Backend }),
+    async (e) => {
+      console.warn(
+        `subprune: onnxruntime-node cannot be loaded (${reason(e)}); using onnxruntime-web's WebAssembly backend, which is slower. Choose it with ${CHOOSE_WEB} to skip this attempt.`,
+      );
+      return { ort: await load('web'), backend: 'web' as Backend };
+    },
+  );
   return fallback;
 }
 

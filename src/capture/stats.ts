@@ -14,7 +14,10 @@ export interface ChannelStats {
   sensitivity?: Float64Array;
 }
 
-export interface StatsWanted { absMean?: boolean; sensitivity?: boolean }
+export interface StatsWanted {
+  absMean?: boolean;
+  sensitivity?: boolean;
+}
 
 /** What captureGrams returns per unit: the Gram matrices, and the channel statistics when asked for. */
 export type Captured = Gram & { stats?: ChannelStats };
@@ -30,11 +33,16 @@ export class ChannelStatsAccumulator {
   private readonly Wn?: Float64Array;
 
   /** W: the consumer's d×m weights (consumerWeightMatrix), needed for the sensitivity only. */
-  constructor(private readonly unit: Unit, private readonly want: StatsWanted, W?: Float64Array) {
+  constructor(
+    private readonly unit: Unit,
+    private readonly want: StatsWanted,
+    W?: Float64Array,
+  ) {
     this.n = unit.channels;
     this.abs = new Float64Array(this.n);
     if (want.sensitivity) {
-      if (!W || W.length !== unit.d * unit.m) throw new Error(`sensitivity of ${unit.id} needs its ${unit.d}×${unit.m} consumer weights`);
+      if (!W || W.length !== unit.d * unit.m)
+        throw new Error(`sensitivity of ${unit.id} needs its ${unit.d}×${unit.m} consumer weights`);
       this.sens = new Float64Array(this.n);
       this.Wp = W.map((w) => Math.max(w, 0));
       this.Wn = W.map((w) => Math.max(-w, 0));
@@ -45,27 +53,35 @@ export class ChannelStatsAccumulator {
   add(x: Float32Array, dims: number[]): void {
     const { unit, n } = this;
     if (unit.consumerKind === 'conv') {
-      const [b, C, H, W] = dims, hw = H * W;
-      for (let s = 0; s < b; s++) for (let c = 0; c < C; c++) {
-        let t = 0;
-        const o = (s * C + c) * hw;
-        for (let i = 0; i < hw; i++) t += Math.abs(x[o + i]);
-        this.abs[c] += t / hw;
-      }
+      const [b, C, H, W] = dims,
+        hw = H * W;
+      for (let s = 0; s < b; s++)
+        for (let c = 0; c < C; c++) {
+          let t = 0;
+          const o = (s * C + c) * hw;
+          for (let i = 0; i < hw; i++) t += Math.abs(x[o + i]);
+          this.abs[c] += t / hw;
+        }
       this.count += b;
       if (this.sens) {
         const row = new Float64Array(unit.d);
-        for (let s = 0; s < b; s++) forEachPatch(x.subarray(s * C * hw, (s + 1) * C * hw), C, H, W, unit.conv!, row, () => this.addRow(row));
+        for (let s = 0; s < b; s++)
+          forEachPatch(x.subarray(s * C * hw, (s + 1) * C * hw), C, H, W, unit.conv!, row, () => this.addRow(row));
       }
     } else {
-      const { d, g } = unit, rows = x.length / d, row = new Float64Array(d);
+      const { d, g } = unit,
+        rows = x.length / d,
+        row = new Float64Array(d);
       for (let r = 0; r < rows; r++) {
         for (let c = 0; c < n; c++) {
           let t = 0;
           for (let a = 0; a < g; a++) t += Math.abs(x[r * d + c * g + a]);
           this.abs[c] += t / g;
         }
-        if (this.sens) { for (let i = 0; i < d; i++) row[i] = x[r * d + i]; this.addRow(row); }
+        if (this.sens) {
+          for (let i = 0; i < d; i++) row[i] = x[r * d + i];
+          this.addRow(row);
+        }
       }
       this.count += rows;
     }
@@ -74,23 +90,40 @@ export class ChannelStatsAccumulator {
   // PFP treats the positive and negative parts of a signed input as two points, so every share is non-negative.
   private addRow(row: Float64Array): void {
     let neg = false;
-    for (let i = 0; i < row.length; i++) if (row[i] < 0) { neg = true; break; }
-    if (!neg) { this.addPart(row); return; }
+    for (let i = 0; i < row.length; i++)
+      if (row[i] < 0) {
+        neg = true;
+        break;
+      }
+    if (!neg) {
+      this.addPart(row);
+      return;
+    }
     this.addPart(row.map((v) => Math.max(v, 0)));
     this.addPart(row.map((v) => Math.max(-v, 0)));
   }
 
   /** Shares of one non-negative input a: a_f·W±[f,i] / Σ_f' a_f'·W±[f',i], maxed over outputs i into the channel of f. */
   private addPart(a: Float64Array): void {
-    const { d, m, g } = this.unit, Wp = this.Wp!, Wn = this.Wn!, sens = this.sens!;
-    const zp = new Float64Array(m), zn = new Float64Array(m);
+    const { d, m, g } = this.unit,
+      Wp = this.Wp!,
+      Wn = this.Wn!,
+      sens = this.sens!;
+    const zp = new Float64Array(m),
+      zn = new Float64Array(m);
     for (let f = 0; f < d; f++) {
       const v = a[f];
       if (v === 0) continue;
-      for (let i = 0, o = f * m; i < m; i++) { zp[i] += v * Wp[o + i]; zn[i] += v * Wn[o + i]; }
+      for (let i = 0, o = f * m; i < m; i++) {
+        zp[i] += v * Wp[o + i];
+        zn[i] += v * Wn[o + i];
+      }
     }
     const eps = 1.1920929e-7; // float32 epsilon, as in PFP: a vanishing pre-activation has no shares
-    for (let i = 0; i < m; i++) { zp[i] = zp[i] > eps ? 1 / zp[i] : 0; zn[i] = zn[i] > eps ? 1 / zn[i] : 0; }
+    for (let i = 0; i < m; i++) {
+      zp[i] = zp[i] > eps ? 1 / zp[i] : 0;
+      zn[i] = zn[i] > eps ? 1 / zn[i] : 0;
+    }
     for (let f = 0; f < d; f++) {
       const v = a[f];
       if (v === 0) continue;
@@ -110,15 +143,33 @@ export class ChannelStatsAccumulator {
 }
 
 /** Calls `visit` once per output position of a Conv consumer, with that position's patch in `row` (channel-major, zero padding). */
-function forEachPatch(x: Float32Array, C: number, H: number, W: number, conv: Geometry, row: Float64Array, visit: () => void): void {
-  const { kernel: [kh, kw], strides: [sh, sw], pads: [pt, pl, pb, pr], dilations: [dh, dw] } = conv;
-  const OH = Math.floor((H + pt + pb - dh * (kh - 1) - 1) / sh) + 1, OW = Math.floor((W + pl + pr - dw * (kw - 1) - 1) / sw) + 1;
-  for (let oh = 0; oh < OH; oh++) for (let ow = 0; ow < OW; ow++) {
-    let f = 0;
-    for (let c = 0; c < C; c++) for (let i = 0; i < kh; i++) for (let j = 0; j < kw; j++) {
-      const y = oh * sh - pt + i * dh, z = ow * sw - pl + j * dw;
-      row[f++] = y >= 0 && y < H && z >= 0 && z < W ? x[(c * H + y) * W + z] : 0;
+function forEachPatch(
+  x: Float32Array,
+  C: number,
+  H: number,
+  W: number,
+  conv: Geometry,
+  row: Float64Array,
+  visit: () => void,
+): void {
+  const {
+    kernel: [kh, kw],
+    strides: [sh, sw],
+    pads: [pt, pl, pb, pr],
+    dilations: [dh, dw],
+  } = conv;
+  const OH = Math.floor((H + pt + pb - dh * (kh - 1) - 1) / sh) + 1,
+    OW = Math.floor((W + pl + pr - dw * (kw - 1) - 1) / sw) + 1;
+  for (let oh = 0; oh < OH; oh++)
+    for (let ow = 0; ow < OW; ow++) {
+      let f = 0;
+      for (let c = 0; c < C; c++)
+        for (let i = 0; i < kh; i++)
+          for (let j = 0; j < kw; j++) {
+            const y = oh * sh - pt + i * dh,
+              z = ow * sw - pl + j * dw;
+            row[f++] = y >= 0 && y < H && z >= 0 && z < W ? x[(c * H + y) * W + z] : 0;
+          }
+      visit();
     }
-    visit();
-  }
 }

@@ -9,9 +9,12 @@ import type { VerifySet } from '../eval/alone.js';
 export function readLabels(path: string): Float64Array {
   const f = openNpy(path);
   try {
-    if (f.shape.length !== 1 || !['i8', 'i4', 'u1'].includes(f.dtype)) throw badInput(`${path}: labels must be a 1-D integer array, got ${f.dtype} [${f.shape}]`);
+    if (f.shape.length !== 1 || !['i8', 'i4', 'u1'].includes(f.dtype))
+      throw badInput(`${path}: labels must be a 1-D integer array, got ${f.dtype} [${f.shape}]`);
     return f.readF64();
-  } finally { f.close(); }
+  } finally {
+    f.close();
+  }
 }
 
 /** One value of a flag with a fixed set of choices. */
@@ -27,8 +30,12 @@ export function choices<T extends string>(s: string | undefined, flag: string, a
 
 /** prune's flags for the ranking method and the per-unit allocation (parseArgs options, help, parsing). */
 export const methodOptions = {
-  method: { type: 'string', default: 'greedy' }, seed: { type: 'string', default: '0' }, allocation: { type: 'string', default: 'uniform' },
-  verify: { type: 'string' }, 'verify-labels': { type: 'string' }, grid: { type: 'string' },
+  method: { type: 'string', default: 'greedy' },
+  seed: { type: 'string', default: '0' },
+  allocation: { type: 'string', default: 'uniform' },
+  verify: { type: 'string' },
+  'verify-labels': { type: 'string' },
+  grid: { type: 'string' },
 } as const;
 
 export const methodHelp = `  --method NAME       how channels are ranked: greedy (default, the paper's), or a baseline: random,
@@ -45,21 +52,41 @@ export const methodHelp = `  --method NAME       how channels are ranked: greedy
   --grid STEP         the sensitivity allocation's fractions: STEP, 2·STEP, …, 1 (default 0.01)`;
 
 export interface MethodFlags {
-  method: Method; seed: number; allocation: Allocation; verify?: VerifySet; grid?: number;
+  method: Method;
+  seed: number;
+  allocation: Allocation;
+  verify?: VerifySet;
+  grid?: number;
   /** Files opened for the flags, to close when done. */
   opened: NpyFile[];
 }
 
-export function methodFlags(o: { method?: string; seed?: string; allocation?: string; verify?: string; 'verify-labels'?: string; grid?: string }): MethodFlags {
-  const method = choice(o.method ?? 'greedy', '--method', METHODS), allocation = choice(o.allocation ?? 'uniform', '--allocation', ALLOCATIONS);
+export function methodFlags(o: {
+  method?: string;
+  seed?: string;
+  allocation?: string;
+  verify?: string;
+  'verify-labels'?: string;
+  grid?: string;
+}): MethodFlags {
+  const method = choice(o.method ?? 'greedy', '--method', METHODS),
+    allocation = choice(o.allocation ?? 'uniform', '--allocation', ALLOCATIONS);
   const seed = Number(o.seed ?? '0');
   if (!Number.isInteger(seed) || seed < 0) throw badInput(`--seed ${o.seed}: expected a whole number ≥ 0`);
   if (o['verify-labels'] && !o.verify) throw badInput('--verify-labels needs --verify');
-  if ((o.verify || o.grid) && allocation !== 'sensitivity') throw badInput(`--${o.verify ? 'verify' : 'grid'} is for --allocation sensitivity`);
+  if ((o.verify || o.grid) && allocation !== 'sensitivity')
+    throw badInput(`--${o.verify ? 'verify' : 'grid'} is for --allocation sensitivity`);
   const grid = gridFlag(o.grid);
   const data = o.verify ? openNpy(o.verify) : undefined;
   const verify = data && { data, ...(o['verify-labels'] ? { labels: readLabels(o['verify-labels']) } : {}) };
-  return { method, seed, allocation, ...(verify ? { verify } : {}), ...(grid ? { grid } : {}), opened: data ? [data] : [] };
+  return {
+    method,
+    seed,
+    allocation,
+    ...(verify ? { verify } : {}),
+    ...(grid ? { grid } : {}),
+    opened: data ? [data] : [],
+  };
 }
 
 export function gridFlag(s: string | undefined): number | undefined {

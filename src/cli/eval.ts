@@ -22,13 +22,22 @@ Usage: subprune eval MODEL.onnx --data X.npy [--labels Y.npy] [--reference ORIG.
 
 export async function runEval(argv: string[]): Promise<void> {
   const { values: o, positionals } = parseArgs({
-    args: argv, allowPositionals: true,
+    args: argv,
+    allowPositionals: true,
     options: {
-      data: { type: 'string' }, labels: { type: 'string' }, reference: { type: 'string' },
-      batch: { type: 'string' }, backend: { type: 'string' }, json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' },
+      data: { type: 'string' },
+      labels: { type: 'string' },
+      reference: { type: 'string' },
+      batch: { type: 'string' },
+      backend: { type: 'string' },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h' },
     },
   });
-  if (o.help) { console.log(evalHelp); return; }
+  if (o.help) {
+    console.log(evalHelp);
+    return;
+  }
   if (positionals.length !== 1) throw badInput('eval takes one model: subprune eval MODEL.onnx --data X.npy');
   if (!o.data) throw badInput('eval needs --data X.npy');
   const backend = backendFlag(o.backend);
@@ -38,20 +47,36 @@ export async function runEval(argv: string[]): Promise<void> {
   if (o.labels) {
     const f = openNpy(o.labels);
     try {
-      if (f.shape.length !== 1 || !['i8', 'i4', 'u1'].includes(f.dtype)) throw badInput(`${o.labels}: labels must be a 1-D integer array, got ${f.dtype} [${f.shape}]`);
+      if (f.shape.length !== 1 || !['i8', 'i4', 'u1'].includes(f.dtype))
+        throw badInput(`${o.labels}: labels must be a 1-D integer array, got ${f.dtype} [${f.shape}]`);
       labels = f.readF64();
-    } finally { f.close(); }
+    } finally {
+      f.close();
+    }
   }
   const data = openNpy(o.data);
   const bar = new Progress('eval', data.rows, !o.json && process.stderr.isTTY === true);
   try {
-    const r = await evaluate(model, data, { labels, reference, batch: num(o.batch, '--batch', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1'), backend, onBatch: (d) => bar.update(d) });
+    const r = await evaluate(model, data, {
+      labels,
+      reference,
+      batch: num(o.batch, '--batch', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1'),
+      backend,
+      onBatch: (d) => bar.update(d),
+    });
     bar.done();
-    if (o.json) { console.log(JSON.stringify(r)); return; }
+    if (o.json) {
+      console.log(JSON.stringify(r));
+      return;
+    }
     console.log(`${positionals[0]} on ${r.samples} samples of ${o.data}:`);
     if (r.accuracy !== undefined) console.log(`  top-1 accuracy        ${pct(r.accuracy)}`);
-    if (r.agreement !== undefined) console.log(`  agreement with ${o.reference}  ${pct(r.agreement)}\n  relative output error ${r.relError!.toFixed(5)}`);
-    if (r.accuracy === undefined && r.agreement === undefined) console.log('  (give --labels and/or --reference to measure something)');
+    if (r.agreement !== undefined)
+      console.log(
+        `  agreement with ${o.reference}  ${pct(r.agreement)}\n  relative output error ${r.relError!.toFixed(5)}`,
+      );
+    if (r.accuracy === undefined && r.agreement === undefined)
+      console.log('  (give --labels and/or --reference to measure something)');
   } finally {
     data.close();
   }

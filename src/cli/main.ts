@@ -8,14 +8,27 @@ import { runEval, evalHelp } from './eval.js';
 import { runStudyCommand, studyHelp } from './study.js';
 
 // Exit codes: 0 done, 2 bad input (the message says what to fix), 1 internal error (a bug: please report).
-const EXIT_BAD_INPUT = 2, EXIT_INTERNAL = 1;
+const EXIT_BAD_INPUT = 2,
+  EXIT_INTERNAL = 1;
 
 const commands: Record<string, { run: (argv: string[]) => void | Promise<void>; help: string; summary: string }> = {
-  prune: { run: runPrune, help: pruneHelp, summary: 'remove channels from an ONNX model using unlabeled calibration data' },
-  inspect: { run: runInspect, help: inspectHelp, summary: 'list the prunable units of a model and the candidates refused' },
+  prune: {
+    run: runPrune,
+    help: pruneHelp,
+    summary: 'remove channels from an ONNX model using unlabeled calibration data',
+  },
+  inspect: {
+    run: runInspect,
+    help: inspectHelp,
+    summary: 'list the prunable units of a model and the candidates refused',
+  },
   eval: { run: runEval, help: evalHelp, summary: 'accuracy of a model and its agreement with a reference model' },
   select: { run: runSelect, help: selectHelp, summary: 'greedy channel selection for one layer given as .npy files' },
-  study: { run: runStudyCommand, help: studyHelp, summary: 'accuracy against compression for every method, as in the paper (table, JSON, SVG)' },
+  study: {
+    run: runStudyCommand,
+    help: studyHelp,
+    summary: 'accuracy against compression for every method, as in the paper (table, JSON, SVG)',
+  },
 };
 
 const usage = `subprune: structured pruning of ONNX models with a few hundred unlabeled samples
@@ -24,7 +37,9 @@ const usage = `subprune: structured pruning of ONNX models with a few hundred un
 Usage: subprune <command> [options]      subprune <command> --help for its options
 
 Commands:
-${Object.entries(commands).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`).join('\n')}
+${Object.entries(commands)
+  .map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`)
+  .join('\n')}
 
 Global options:
   --debug    show the stack trace of an error
@@ -42,7 +57,9 @@ export async function main(argv: string[]): Promise<number> {
   }
   const cmd = commands[name];
   if (!cmd) {
-    console.error(`subprune: unknown command '${name}'; commands: ${Object.keys(commands).join(', ')} (subprune --help)`);
+    console.error(
+      `subprune: unknown command '${name}'; commands: ${Object.keys(commands).join(', ')} (subprune --help)`,
+    );
     return EXIT_BAD_INPUT;
   }
   try {
@@ -60,7 +77,10 @@ export async function main(argv: string[]): Promise<number> {
       console.error(`subprune ${name}: ${err.message} (subprune ${name} --help)`);
       return EXIT_BAD_INPUT;
     }
-    if (!debug) console.error(`subprune ${name}: internal error: ${err.message} (run with --debug for the stack trace and please report it)`);
+    if (!debug)
+      console.error(
+        `subprune ${name}: internal error: ${err.message} (run with --debug for the stack trace and please report it)`,
+      );
     return EXIT_INTERNAL;
   }
 }
@@ -81,7 +101,11 @@ export async function cli(argv = process.argv.slice(2)): Promise<void> {
   process.once('SIGTERM', stop('SIGTERM', 143));
   const crash = (e: unknown) => {
     removeTempFiles();
-    console.error(argv.includes('--debug') ? (e as Error)?.stack ?? e : `subprune: internal error: ${(e as Error)?.message ?? e} (run with --debug for the stack trace and please report it)`);
+    console.error(
+      argv.includes('--debug')
+        ? ((e as Error)?.stack ?? e)
+        : `subprune: internal error: ${(e as Error)?.message ?? e} (run with --debug for the stack trace and please report it)`,
+    );
     process.exit(EXIT_INTERNAL);
   };
   process.on('uncaughtException', crash);

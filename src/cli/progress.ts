@@ -13,7 +13,11 @@ export class Progress {
   private readonly start = performance.now();
   private readonly on: boolean;
 
-  constructor(private readonly label: string, private readonly total: number, enabled = process.stderr.isTTY === true) {
+  constructor(
+    private readonly label: string,
+    private readonly total: number,
+    enabled = process.stderr.isTTY === true,
+  ) {
     this.on = enabled && total > 0;
   }
 
@@ -22,10 +26,14 @@ export class Progress {
     const t = performance.now();
     if (t - this.last < 80 && done < this.total) return;
     this.last = t;
-    const w = 28, f = Math.min(1, done / this.total), bar = '█'.repeat(Math.round(f * w)).padEnd(w, '░');
+    const w = 28,
+      f = Math.min(1, done / this.total),
+      bar = '█'.repeat(Math.round(f * w)).padEnd(w, '░');
     const secs = ((t - this.start) / 1000).toFixed(1);
     drawing = true;
-    process.stderr.write(`\r${this.label.padEnd(10)} ${bar} ${String(Math.round(f * 100)).padStart(3)}%  ${done}/${this.total}  ${secs}s `);
+    process.stderr.write(
+      `\r${this.label.padEnd(10)} ${bar} ${String(Math.round(f * 100)).padStart(3)}%  ${done}/${this.total}  ${secs}s `,
+    );
   }
 
   done(): void {

@@ -48,56 +48,102 @@ on the calibration data. Units are listed by 'subprune inspect MODEL'.`;
 
 export async function runPrune(argv: string[]): Promise<void> {
   const { values: o, positionals } = parseArgs({
-    args: argv, allowPositionals: true,
+    args: argv,
+    allowPositionals: true,
     options: {
-      calib: { type: 'string' }, output: { type: 'string', short: 'o' },
-      compression: { type: 'string' }, target: { type: 'string' }, 'keep-ratio': { type: 'string' }, budget: { type: 'string' },
-      mode: { type: 'string', default: 'layerwise' }, 'no-refit': { type: 'boolean', default: false },
-      report: { type: 'string' }, batch: { type: 'string' }, kernels: { type: 'string', default: 'wasm' }, threads: { type: 'string' }, backend: { type: 'string' },
-      quiet: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' }, ...methodOptions,
+      calib: { type: 'string' },
+      output: { type: 'string', short: 'o' },
+      compression: { type: 'string' },
+      target: { type: 'string' },
+      'keep-ratio': { type: 'string' },
+      budget: { type: 'string' },
+      mode: { type: 'string', default: 'layerwise' },
+      'no-refit': { type: 'boolean', default: false },
+      report: { type: 'string' },
+      batch: { type: 'string' },
+      kernels: { type: 'string', default: 'wasm' },
+      threads: { type: 'string' },
+      backend: { type: 'string' },
+      quiet: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h' },
+      ...methodOptions,
     },
   });
-  if (o.help) { console.log(pruneHelp); return; }
-  if (positionals.length !== 1) throw badInput('prune takes one model: subprune prune MODEL.onnx --calib X.npy -o OUT.onnx');
+  if (o.help) {
+    console.log(pruneHelp);
+    return;
+  }
+  if (positionals.length !== 1)
+    throw badInput('prune takes one model: subprune prune MODEL.onnx --calib X.npy -o OUT.onnx');
   const input = positionals[0];
   if (!o.calib) throw badInput('prune needs --calib X.npy (calibration inputs)');
   if (!o.output) throw badInput('prune needs -o OUT.onnx');
-  if (sameFile(input, o.output)) throw badInput(`-o ${o.output} is the input model; subprune never overwrites its input, choose another file`);
-  if (o.report && (sameFile(o.report, input) || sameFile(o.report, o.output))) throw badInput('--report must be another file than the models');
+  if (sameFile(input, o.output))
+    throw badInput(`-o ${o.output} is the input model; subprune never overwrites its input, choose another file`);
+  if (o.report && (sameFile(o.report, input) || sameFile(o.report, o.output)))
+    throw badInput('--report must be another file than the models');
   for (const given of [o.calib, o.budget]) {
-    if (given && [o.output, o.report].some((out) => out && sameFile(given, out))) throw badInput(`${given} is an input of this run; subprune never overwrites its inputs, choose other files for -o and --report`);
+    if (given && [o.output, o.report].some((out) => out && sameFile(given, out)))
+      throw badInput(
+        `${given} is an input of this run; subprune never overwrites its inputs, choose other files for -o and --report`,
+      );
   }
   checkWritable(o.output); // before the work, not after it
   if (o.report) checkWritable(o.report);
-  if (!['layerwise', 'sequential', 'asymmetric'].includes(o.mode!)) throw badInput(`--mode ${o.mode}: use layerwise, sequential or asymmetric`);
+  if (!['layerwise', 'sequential', 'asymmetric'].includes(o.mode!))
+    throw badInput(`--mode ${o.mode}: use layerwise, sequential or asymmetric`);
   if (o.kernels !== 'wasm' && o.kernels !== 'plain') throw badInput(`--kernels ${o.kernels}: use wasm or plain`);
-  if (o.target !== undefined && o.target !== 'params' && o.target !== 'flops') throw badInput(`--target ${o.target}: use params or flops`);
+  if (o.target !== undefined && o.target !== 'params' && o.target !== 'flops')
+    throw badInput(`--target ${o.target}: use params or flops`);
   const given = [o.compression, o['keep-ratio'], o.budget].filter((x) => x !== undefined).length;
   if (given > 1) throw badInput('give one of --compression, --keep-ratio, --budget');
   let budget: Budget;
-  if (o['keep-ratio'] !== undefined) budget = { keepRatio: num(o['keep-ratio'], '--keep-ratio', (v) => v > 0 && v <= 1, 'a fraction in (0, 1]')! };
+  if (o['keep-ratio'] !== undefined)
+    budget = { keepRatio: num(o['keep-ratio'], '--keep-ratio', (v) => v > 0 && v <= 1, 'a fraction in (0, 1]')! };
   else if (o.budget !== undefined) budget = { keep: readBudget(o.budget) };
-  else budget = { compression: num(o.compression ?? '2', '--compression', (v) => v >= 1, 'a ratio ≥ 1')!, target: (o.target ?? 'params') as 'params' | 'flops' };
+  else
+    budget = {
+      compression: num(o.compression ?? '2', '--compression', (v) => v >= 1, 'a ratio ≥ 1')!,
+      target: (o.target ?? 'params') as 'params' | 'flops',
+    };
   const batch = num(o.batch, '--batch', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1');
   const backend = backendFlag(o.backend);
 
   const model = readModel(input);
   const how = methodFlags(o);
-  const threads = num(o.threads, '--threads', (v) => Number.isInteger(v) && v >= 1 && v <= 60, 'a whole number from 1 to 60') ?? defaultThreads();
+  const threads =
+    num(o.threads, '--threads', (v) => Number.isInteger(v) && v >= 1 && v <= 60, 'a whole number from 1 to 60') ??
+    defaultThreads();
   const calib = openNpy(o.calib);
   const bars = new Map<string, Progress>();
   const labels: Record<string, string> = { capture: 'capture', select: 'select', unit: 'units', verify: 'verify' };
   let result;
   try {
     result = await prune(model, calib, {
-      mode: o.mode as Mode, refit: !o['no-refit'], budget, batch, kernels: o.kernels, threads, backend,
-      method: how.method, seed: how.seed, allocation: how.allocation, verify: how.verify, grid: how.grid,
-      onPlan: (p) => { // on stdout: stderr carries only progress and, on failure, the one error line
-        if (p.units && !o.quiet) console.log(`kernel memory: at most ${fmtBytes(p.capture)} to capture (${p.units} unit${p.units > 1 ? 's' : ''}, ${p.passes} pass${p.passes > 1 ? 'es' : ''}) and ${fmtBytes(p.select)} to select (${threads} thread${threads > 1 ? 's' : ''})`);
+      mode: o.mode as Mode,
+      refit: !o['no-refit'],
+      budget,
+      batch,
+      kernels: o.kernels,
+      threads,
+      backend,
+      method: how.method,
+      seed: how.seed,
+      allocation: how.allocation,
+      verify: how.verify,
+      grid: how.grid,
+      onPlan: (p) => {
+        // on stdout: stderr carries only progress and, on failure, the one error line
+        if (p.units && !o.quiet)
+          console.log(
+            `kernel memory: at most ${fmtBytes(p.capture)} to capture (${p.units} unit${p.units > 1 ? 's' : ''}, ${p.passes} pass${p.passes > 1 ? 'es' : ''}) and ${fmtBytes(p.select)} to select (${threads} thread${threads > 1 ? 's' : ''})`,
+          );
       },
       onProgress: (stage, done, total) => {
         let bar = bars.get(stage);
-        if (!bar) { bars.set(stage, (bar = new Progress(labels[stage] ?? stage, total))); }
+        if (!bar) {
+          bars.set(stage, (bar = new Progress(labels[stage] ?? stage, total)));
+        }
         bar.update(done);
         if (done >= total) bar.done();
       },
@@ -109,25 +155,48 @@ export async function runPrune(argv: string[]): Promise<void> {
   const { model: pruned, report } = result;
   const none = !report.units.length; // an unchanged copy of the input is no output worth writing: say so and exit 0
   if (!none) writeModel(pruned, o.output);
-  if (o.report) writeFileAtomic(o.report, Buffer.from(JSON.stringify({ model: input, output: o.output, budget, ...report }, null, 1) + '\n'));
+  if (o.report)
+    writeFileAtomic(
+      o.report,
+      Buffer.from(JSON.stringify({ model: input, output: o.output, budget, ...report }, null, 1) + '\n'),
+    );
   if (none) {
-    console.error(`subprune prune: ${input} has no prunable units (${report.refused.length} candidates refused; subprune inspect says why); nothing to prune, so ${o.output} was not written`);
+    console.error(
+      `subprune prune: ${input} has no prunable units (${report.refused.length} candidates refused; subprune inspect says why); nothing to prune, so ${o.output} was not written`,
+    );
     return;
   }
   if (o.quiet) return;
-  console.log(table(['unit', 'weight', 'channels', 'kept', 'objective', 'seconds'],
-    report.units.map((u) => [u.id, u.weight, u.channels, u.kept, u.objective.toFixed(4), u.seconds.toFixed(3)])));
-  const r = report, s = r.seconds;
-  console.log(`\nparams ${big(r.params.before)} → ${big(r.params.after)} (${(r.params.before / r.params.after).toFixed(2)}× smaller), FLOPs ${big(r.flops.before)} → ${big(r.flops.after)} (${(r.flops.before / r.flops.after).toFixed(2)}×)`);
-  console.log(`on the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ${pct(r.fidelity.agreement)}, relative output error ${r.fidelity.relError!.toFixed(4)}`);
-  console.log(`method ${r.method}, allocation ${r.allocation}, mode ${r.mode}, ${r.refit ? 're-fit' : 'no re-fit'}, onnxruntime-${r.backend}; seconds: analyze ${s.analyze.toFixed(2)}, allocate ${s.allocate.toFixed(2)}, capture ${s.capture.toFixed(2)}, select ${s.select.toFixed(2)}, rewrite ${s.rewrite.toFixed(2)}, verify ${s.verify.toFixed(2)}, total ${s.total.toFixed(2)}`);
+  console.log(
+    table(
+      ['unit', 'weight', 'channels', 'kept', 'objective', 'seconds'],
+      report.units.map((u) => [u.id, u.weight, u.channels, u.kept, u.objective.toFixed(4), u.seconds.toFixed(3)]),
+    ),
+  );
+  const r = report,
+    s = r.seconds;
+  console.log(
+    `\nparams ${big(r.params.before)} → ${big(r.params.after)} (${(r.params.before / r.params.after).toFixed(2)}× smaller), FLOPs ${big(r.flops.before)} → ${big(r.flops.after)} (${(r.flops.before / r.flops.after).toFixed(2)}×)`,
+  );
+  console.log(
+    `on the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ${pct(r.fidelity.agreement)}, relative output error ${r.fidelity.relError!.toFixed(4)}`,
+  );
+  console.log(
+    `method ${r.method}, allocation ${r.allocation}, mode ${r.mode}, ${r.refit ? 're-fit' : 'no re-fit'}, onnxruntime-${r.backend}; seconds: analyze ${s.analyze.toFixed(2)}, allocate ${s.allocate.toFixed(2)}, capture ${s.capture.toFixed(2)}, select ${s.select.toFixed(2)}, rewrite ${s.rewrite.toFixed(2)}, verify ${s.verify.toFixed(2)}, total ${s.total.toFixed(2)}`,
+  );
   console.log(`wrote ${o.output}${o.report ? ` and ${o.report}` : ''}`);
 }
 
 function readBudget(path: string): Record<string, number> {
   let v: unknown;
-  try { v = JSON.parse(readFileSync(path, 'utf8')); } catch (e) { throw badInput(`--budget ${path}: ${(e as Error).message}`); }
-  if (!v || typeof v !== 'object' || Array.isArray(v)) throw badInput(`--budget ${path}: expected a JSON object {"unit id": channels, ...}`);
-  for (const [k, x] of Object.entries(v)) if (typeof x !== 'number') throw badInput(`--budget ${path}: "${k}" must map to a number of channels`);
+  try {
+    v = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw badInput(`--budget ${path}: ${(e as Error).message}`);
+  }
+  if (!v || typeof v !== 'object' || Array.isArray(v))
+    throw badInput(`--budget ${path}: expected a JSON object {"unit id": channels, ...}`);
+  for (const [k, x] of Object.entries(v))
+    if (typeof x !== 'number') throw badInput(`--budget ${path}: "${k}" must map to a number of channels`);
   return v as Record<string, number>;
 }

@@ -40,42 +40,83 @@ results.json (every run) and plot.svg (accuracy against compression, one line pe
 
 export async function runStudyCommand(argv: string[]): Promise<void> {
   const { values: o, positionals } = parseArgs({
-    args: argv, allowPositionals: true,
+    args: argv,
+    allowPositionals: true,
     options: {
-      calib: { type: 'string' }, data: { type: 'string' }, labels: { type: 'string' }, verify: { type: 'string' }, 'verify-labels': { type: 'string' }, grid: { type: 'string' },
-      compressions: { type: 'string', default: '2,4,8,16,32' }, target: { type: 'string', default: 'params' },
-      methods: { type: 'string' }, modes: { type: 'string' }, allocations: { type: 'string' }, seeds: { type: 'string', default: '3' },
-      out: { type: 'string' }, batch: { type: 'string' }, backend: { type: 'string' }, help: { type: 'boolean', short: 'h' },
+      calib: { type: 'string' },
+      data: { type: 'string' },
+      labels: { type: 'string' },
+      verify: { type: 'string' },
+      'verify-labels': { type: 'string' },
+      grid: { type: 'string' },
+      compressions: { type: 'string', default: '2,4,8,16,32' },
+      target: { type: 'string', default: 'params' },
+      methods: { type: 'string' },
+      modes: { type: 'string' },
+      allocations: { type: 'string' },
+      seeds: { type: 'string', default: '3' },
+      out: { type: 'string' },
+      batch: { type: 'string' },
+      backend: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
     },
   });
-  if (o.help) { console.log(studyHelp); return; }
-  if (positionals.length !== 1) throw badInput('study takes one model: subprune study MODEL.onnx --calib X.npy --data T.npy --labels L.npy --out DIR');
+  if (o.help) {
+    console.log(studyHelp);
+    return;
+  }
+  if (positionals.length !== 1)
+    throw badInput(
+      'study takes one model: subprune study MODEL.onnx --calib X.npy --data T.npy --labels L.npy --out DIR',
+    );
   for (const f of ['calib', 'data', 'labels', 'out'] as const) if (!o[f]) throw badInput(`study needs --${f}`);
   if (o['verify-labels'] && !o.verify) throw badInput('--verify-labels needs --verify');
-  const compressions = o.compressions!.split(',').map((s) => num(s.trim(), '--compressions', (v) => v >= 1, 'ratios ≥ 1, comma-separated')!);
+  const compressions = o
+    .compressions!.split(',')
+    .map((s) => num(s.trim(), '--compressions', (v) => v >= 1, 'ratios ≥ 1, comma-separated')!);
   const target = choice(o.target!, '--target', ['params', 'flops'] as const);
   const seeds = num(o.seeds, '--seeds', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1')!;
   const model = readModel(positionals[0]);
-  try { mkdirSync(o.out!, { recursive: true }); } catch (e) { throw badInput(`--out ${o.out}: cannot create it (${(e as Error).message}); choose another folder`); } // before hours of work
+  try {
+    mkdirSync(o.out!, { recursive: true });
+  } catch (e) {
+    throw badInput(`--out ${o.out}: cannot create it (${(e as Error).message}); choose another folder`);
+  } // before hours of work
   const opened: NpyFile[] = [];
-  const open = (p: string) => { const f = openNpy(p); opened.push(f); return f; };
+  const open = (p: string) => {
+    const f = openNpy(p);
+    opened.push(f);
+    return f;
+  };
   let bar: Progress | undefined; // its total is known at the first report
   try {
     const res = await runStudy(model, {
-      name: basename(positionals[0]), calib: open(o.calib!), test: { data: open(o.data!), labels: readLabels(o.labels!) },
-      ...(o.verify ? { verify: { data: open(o.verify), ...(o['verify-labels'] ? { labels: readLabels(o['verify-labels']) } : {}) } } : {}),
-      compressions, target, seeds, grid: gridFlag(o.grid),
+      name: basename(positionals[0]),
+      calib: open(o.calib!),
+      test: { data: open(o.data!), labels: readLabels(o.labels!) },
+      ...(o.verify
+        ? {
+            verify: { data: open(o.verify), ...(o['verify-labels'] ? { labels: readLabels(o['verify-labels']) } : {}) },
+          }
+        : {}),
+      compressions,
+      target,
+      seeds,
+      grid: gridFlag(o.grid),
       methods: choices(o.methods, '--methods', METHODS),
       modes: choices(o.modes, '--modes', ['layerwise', 'sequential', 'asymmetric'] as Mode[]),
       allocations: choices(o.allocations, '--allocations', ALLOCATIONS),
-      batch: num(o.batch, '--batch', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1'), backend: backendFlag(o.backend),
+      batch: num(o.batch, '--batch', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1'),
+      backend: backendFlag(o.backend),
       onProgress: (done, total) => (bar ??= new Progress('study', total)).update(done),
     });
     bar?.done();
     writeFileAtomic(join(o.out!, 'results.json'), Buffer.from(JSON.stringify(res, null, 1) + '\n'));
     writeFileAtomic(join(o.out!, 'table.md'), Buffer.from(studyMarkdown(res)));
     writeFileAtomic(join(o.out!, 'plot.svg'), Buffer.from(studySvg(res)));
-    console.log(`${res.model}: ${res.rows.length} runs in ${res.seconds.toFixed(1)} s; wrote ${join(o.out!, 'table.md')}, results.json, plot.svg\n\n${claimsMarkdown(res)}`);
+    console.log(
+      `${res.model}: ${res.rows.length} runs in ${res.seconds.toFixed(1)} s; wrote ${join(o.out!, 'table.md')}, results.json, plot.svg\n\n${claimsMarkdown(res)}`,
+    );
   } finally {
     for (const f of opened) f.close();
   }

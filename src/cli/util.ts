@@ -3,7 +3,12 @@ import { resolve } from 'node:path';
 import { badInput } from '../errors.js';
 import type { Backend } from '../capture/runtime.js';
 
-export function num(s: string | undefined, flag: string, check: (v: number) => boolean, what: string): number | undefined {
+export function num(
+  s: string | undefined,
+  flag: string,
+  check: (v: number) => boolean,
+  what: string,
+): number | undefined {
   if (s === undefined) return undefined;
   const v = Number(s);
   if (!Number.isFinite(v) || !check(v)) throw badInput(`${flag} ${s}: expected ${what}`);
@@ -11,7 +16,8 @@ export function num(s: string | undefined, flag: string, check: (v: number) => b
 }
 
 export function backendFlag(s: string | undefined): Backend | undefined {
-  if (s !== undefined && s !== 'node' && s !== 'web') throw badInput(`--backend ${s}: use node (onnxruntime-node) or web (onnxruntime-web's WebAssembly backend)`);
+  if (s !== undefined && s !== 'node' && s !== 'web')
+    throw badInput(`--backend ${s}: use node (onnxruntime-node) or web (onnxruntime-web's WebAssembly backend)`);
   return s;
 }
 
@@ -33,4 +39,11 @@ export function table(head: string[], rows: (string | number)[][]): string {
 }
 
 export const pct = (v: number | undefined) => (v === undefined ? '—' : `${(100 * v).toFixed(2)}%`);
-export const big = (v: number) => (v >= 1e9 ? `${(v / 1e9).toFixed(2)}G` : v >= 1e6 ? `${(v / 1e6).toFixed(2)}M` : v >= 1e3 ? `${(v / 1e3).toFixed(1)}k` : String(v));
+export const big = (v: number) =>
+  v >= 1e9
+    ? `${(v / 1e9).toFixed(2)}G`
+    : v >= 1e6
+      ? `${(v / 1e6).toFixed(2)}M`
+      : v >= 1e3
+        ? `${(v / 1e3).toFixed(1)}k`
+        : String(v);

@@ -5,7 +5,14 @@
 // activations at the cut, cached once, measures any k: a run of the tail per measurement, no model rewrite.
 import { clone, create } from '@bufbuild/protobuf';
 import {
-  DataType, ModelProtoSchema, TypeProtoSchema, TypeProto_TensorSchema, ValueInfoProtoSchema, serializeModel, tensorDims, type Model,
+  DataType,
+  ModelProtoSchema,
+  TypeProtoSchema,
+  TypeProto_TensorSchema,
+  ValueInfoProtoSchema,
+  serializeModel,
+  tensorDims,
+  type Model,
 } from '../onnx/index.js';
 import { badInput } from '../errors.js';
 import type { NpyFile } from '../npy.js';
@@ -24,43 +31,69 @@ export interface UnitProbe {
   release(): Promise<void>;
 }
 
-const argmax = (y: Float32Array, r: number, c: number) => { let b = 0; for (let j = 1; j < c; j++) if (y[r * c + j] > y[r * c + b]) b = j; return b; };
+const argmax = (y: Float32Array, r: number, c: number) => {
+  let b = 0;
+  for (let j = 1; j < c; j++) if (y[r * c + j] > y[r * c + b]) b = j;
+  return b;
+};
 
 /** The class each verification sample should get: its label, or the original model's top-1. */
-export async function verifyTargets(model: Model, v: VerifySet, opts: { batch?: number; backend?: Backend } = {}): Promise<Int32Array> {
+export async function verifyTargets(
+  model: Model,
+  v: VerifySet,
+  opts: { batch?: number; backend?: Backend } = {},
+): Promise<Int32Array> {
   if (v.labels) {
-    if (v.labels.length !== v.data.rows) throw badInput(`${v.labels.length} verification labels for ${v.data.rows} samples`);
+    if (v.labels.length !== v.data.rows)
+      throw badInput(`${v.labels.length} verification labels for ${v.data.rows} samples`);
     return Int32Array.from(v.labels, Number);
   }
-  const out = model.graph!.output[0].name, run = await Runner.open(model, [], opts), top = new Int32Array(v.data.rows);
+  const out = model.graph!.output[0].name,
+    run = await Runner.open(model, [], opts),
+    top = new Int32Array(v.data.rows);
   try {
     for (const b of batches(v.data, checkData(model, v.data, opts.batch ?? 256))) {
-      const y = (await run.run(b.data, b.dims, [out])).get(out)!, c = y.data.length / b.dims[0];
+      const y = (await run.run(b.data, b.dims, [out])).get(out)!,
+        c = y.data.length / b.dims[0];
       for (let r = 0; r < b.dims[0]; r++) top[b.start + r] = argmax(y.data, r, c);
     }
-  } finally { await run.release(); }
+  } finally {
+    await run.release();
+  }
   return top;
 }
 
 /** The model from `unit`'s consumer on: inputs are the tensors computed before it (the cut) and the consumer's weight. */
 export function tailModel(model: Model, unit: Unit): { tail: Model; cut: string[] } {
-  const m = clone(ModelProtoSchema, model), g = m.graph!;
+  const m = clone(ModelProtoSchema, model),
+    g = m.graph!;
   const at = g.node.findIndex((n) => n.name === unit.consumer.name);
   if (at < 0) throw new Error(`consumer ${unit.consumer.name} of ${unit.id} is not in the model`);
   const head = g.node.slice(0, at).filter((n) => n.opType !== 'Constant'); // constants move to the tail
   const tailNodes = g.node.filter((n, i) => i >= at || n.opType === 'Constant');
-  if (g.node.some((n) => n.attribute.some((a) => a.g || a.graphs.length))) throw badInput('measuring units alone needs a model without subgraphs (If/Loop/Scan)');
+  if (g.node.some((n) => n.attribute.some((a) => a.g || a.graphs.length)))
+    throw badInput('measuring units alone needs a model without subgraphs (If/Loop/Scan)');
   const made = new Set([modelInput(model).name, ...head.flatMap((n) => n.output)]);
   const cut = [...new Set(tailNodes.flatMap((n) => n.input).filter((x) => made.has(x)))];
   const wi = g.initializer.findIndex((t) => t.name === unit.consumerWeight);
   if (wi < 0) throw badInput(`consumer weight ${unit.consumerWeight} of ${unit.id} is not an initializer`);
   const wdims = tensorDims(g.initializer[wi]);
   g.initializer.splice(wi, 1);
-  const input = (name: string, dims?: number[]) => create(ValueInfoProtoSchema, {
-    name, type: create(TypeProtoSchema, { value: { case: 'tensorType', value: create(TypeProto_TensorSchema, {
-      elemType: DataType.FLOAT, ...(dims ? { shape: { dim: dims.map((d) => ({ value: { case: 'dimValue' as const, value: BigInt(d) } })) } } : {}),
-    }) } }),
-  });
+  const input = (name: string, dims?: number[]) =>
+    create(ValueInfoProtoSchema, {
+      name,
+      type: create(TypeProtoSchema, {
+        value: {
+          case: 'tensorType',
+          value: create(TypeProto_TensorSchema, {
+            elemType: DataType.FLOAT,
+            ...(dims
+              ? { shape: { dim: dims.map((d) => ({ value: { case: 'dimValue' as const, value: BigInt(d) } })) } }
+              : {}),
+          }),
+        },
+      }),
+    });
   g.node = tailNodes;
   const used = new Set(tailNodes.flatMap((n) => n.input));
   g.initializer = g.initializer.filter((t) => used.has(t.name)); // the head's weights are not needed
@@ -71,9 +104,15 @@ export function tailModel(model: Model, unit: Unit): { tail: Model; cut: string[
 }
 
 /** Opens the tail session of `unit` and caches the verification set's activations at its cut. */
-export async function openUnitProbe(model: Model, unit: Unit, v: VerifySet, targets: Int32Array,
-  opts: { batch?: number; backend?: Backend } = {}): Promise<UnitProbe> {
-  if (modelInput(model).elemType !== DataType.FLOAT) throw badInput('measuring units alone (--allocation sensitivity) needs a float32 model');
+export async function openUnitProbe(
+  model: Model,
+  unit: Unit,
+  v: VerifySet,
+  targets: Int32Array,
+  opts: { batch?: number; backend?: Backend } = {},
+): Promise<UnitProbe> {
+  if (modelInput(model).elemType !== DataType.FLOAT)
+    throw badInput('measuring units alone (--allocation sensitivity) needs a float32 model');
   const { tail, cut } = tailModel(model, unit);
   const { ort } = await loadRuntime(opts.backend);
   const feeds: { n: number; start: number; x: Record<string, InstanceType<typeof ort.Tensor>> }[] = [];
@@ -81,11 +120,23 @@ export async function openUnitProbe(model: Model, unit: Unit, v: VerifySet, targ
   try {
     for (const b of batches(v.data, checkData(model, v.data, opts.batch ?? 256))) {
       const got = await run.run(b.data, b.dims, cut);
-      feeds.push({ n: b.dims[0], start: b.start, x: Object.fromEntries(cut.map((c) => { const a = got.get(c)!; return [c, new ort.Tensor('float32', a.data, a.dims)]; })) });
+      feeds.push({
+        n: b.dims[0],
+        start: b.start,
+        x: Object.fromEntries(
+          cut.map((c) => {
+            const a = got.get(c)!;
+            return [c, new ort.Tensor('float32', a.data, a.dims)];
+          }),
+        ),
+      });
     }
-  } finally { await run.release(); }
+  } finally {
+    await run.release();
+  }
   const session = await ort.InferenceSession.create(serializeModel(tail), { graphOptimizationLevel: 'basic' });
-  const out = tail.graph!.output[0].name, { d, m } = unit;
+  const out = tail.graph!.output[0].name,
+    { d, m } = unit;
   const wdims = tensorDims(model.graph!.initializer.find((t) => t.name === unit.consumerWeight)!);
   return {
     async quality(W: Float64Array) {
@@ -97,7 +148,8 @@ export async function openUnitProbe(model: Model, unit: Unit, v: VerifySet, targ
       const wt = new ort.Tensor('float32', w, wdims);
       let hit = 0;
       for (const f of feeds) {
-        const y = (await session.run({ ...f.x, [unit.consumerWeight]: wt }, [out]))[out].data as Float32Array, c = y.length / f.n;
+        const y = (await session.run({ ...f.x, [unit.consumerWeight]: wt }, [out]))[out].data as Float32Array,
+          c = y.length / f.n;
         for (let r = 0; r < f.n; r++) if (argmax(y, r, c) === targets[f.start + r]) hit++;
       }
       return hit / v.data.rows;

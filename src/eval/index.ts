@@ -16,7 +16,8 @@ export interface Fidelity {
 }
 
 function argmaxRows(y: Float32Array, rows: number): Int32Array {
-  const c = y.length / rows, out = new Int32Array(rows);
+  const c = y.length / rows,
+    out = new Int32Array(rows);
   for (let r = 0; r < rows; r++) {
     let best = 0;
     for (let j = 1; j < c; j++) if (y[r * c + j] > y[r * c + best]) best = j;
@@ -26,24 +27,45 @@ function argmaxRows(y: Float32Array, rows: number): Int32Array {
 }
 
 /** Runs `model` over the data (first output = class scores) against labels and/or a reference model. */
-export async function evaluate(model: Model, data: NpyFile, opts: { labels?: ArrayLike<number>; reference?: Model; batch?: number; backend?: Backend; onBatch?: (done: number, total: number) => void } = {}): Promise<Fidelity> {
+export async function evaluate(
+  model: Model,
+  data: NpyFile,
+  opts: {
+    labels?: ArrayLike<number>;
+    reference?: Model;
+    batch?: number;
+    backend?: Backend;
+    onBatch?: (done: number, total: number) => void;
+  } = {},
+): Promise<Fidelity> {
   const batch = checkData(model, data, opts.batch ?? 256);
-  if (opts.labels && opts.labels.length !== data.rows) throw badInput(`${opts.labels.length} labels for ${data.rows} samples`);
+  if (opts.labels && opts.labels.length !== data.rows)
+    throw badInput(`${opts.labels.length} labels for ${data.rows} samples`);
   const out = model.graph!.output[0].name;
-  const run = await Runner.open(model, [], opts), ref = opts.reference ? await Runner.open(opts.reference, [], opts) : undefined;
-  let correct = 0, agree = 0, err = 0, norm = 0, dims: number[] = [];
+  const run = await Runner.open(model, [], opts),
+    ref = opts.reference ? await Runner.open(opts.reference, [], opts) : undefined;
+  let correct = 0,
+    agree = 0,
+    err = 0,
+    norm = 0,
+    dims: number[] = [];
   try {
     for (const b of batches(data, ref ? Math.min(batch, checkData(opts.reference!, data, batch)) : batch)) {
       const y = (await run.run(b.data, b.dims, [out])).get(out)!;
       dims = y.dims;
-      const n = b.dims[0], top = argmaxRows(y.data, n);
+      const n = b.dims[0],
+        top = argmaxRows(y.data, n);
       if (opts.labels) for (let i = 0; i < n; i++) if (top[i] === Number(opts.labels[b.start + i])) correct++;
       if (ref) {
         const r = (await ref.run(b.data, b.dims, [opts.reference!.graph!.output[0].name])).values().next().value!;
-        if (r.data.length !== y.data.length) throw badInput(`the reference model's output has shape [${r.dims}], this model's [${y.dims}]`);
+        if (r.data.length !== y.data.length)
+          throw badInput(`the reference model's output has shape [${r.dims}], this model's [${y.dims}]`);
         const rt = argmaxRows(r.data, n);
         for (let i = 0; i < n; i++) if (rt[i] === top[i]) agree++;
-        for (let i = 0; i < y.data.length; i++) { err += (y.data[i] - r.data[i]) ** 2; norm += r.data[i] ** 2; }
+        for (let i = 0; i < y.data.length; i++) {
+          err += (y.data[i] - r.data[i]) ** 2;
+          norm += r.data[i] ** 2;
+        }
       }
       opts.onBatch?.(b.start + n, data.rows);
     }
@@ -53,7 +75,8 @@ export async function evaluate(model: Model, data: NpyFile, opts: { labels?: Arr
   }
   const n = data.rows;
   return {
-    samples: n, outputDims: dims,
+    samples: n,
+    outputDims: dims,
     ...(opts.labels ? { accuracy: correct / n } : {}),
     ...(ref ? { agreement: agree / n, relError: Math.sqrt(err / (norm || 1)) } : {}),
   };

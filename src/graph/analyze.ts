@@ -2,9 +2,29 @@
 // until the next Conv/Gemm/MatMul. Anything the table cannot vouch for is refused with a reason, never guessed.
 import { clone } from '@bufbuild/protobuf';
 import { badInput } from '../errors.js';
-import { attrInt, opsetVersion, TensorProtoSchema, tensorDims, tensorToFloat32, numel, type GraphProto, type Model, type NodeProto, type TensorProto } from '../onnx/index.js';
+import {
+  attrInt,
+  opsetVersion,
+  TensorProtoSchema,
+  tensorDims,
+  tensorToFloat32,
+  numel,
+  type GraphProto,
+  type Model,
+  type NodeProto,
+  type TensorProto,
+} from '../onnx/index.js';
 import { biasSlice, CHAIN, LAYER_OPS, layerInfo, type ChannelLayout, type ParamSlice, type ShapeEdit } from './ops.js';
-import { constantTensors, dataInputs, gatherIndex, producerMap, inferShapes, nodeMacs, windowGeometry, type Shapes } from './shapes.js';
+import {
+  constantTensors,
+  dataInputs,
+  gatherIndex,
+  producerMap,
+  inferShapes,
+  nodeMacs,
+  windowGeometry,
+  type Shapes,
+} from './shapes.js';
 import type { Analysis, Refused, Unit } from './types.js';
 import { checkOpset, notRewritable, opOf, tooBig } from '../limits.js';
 
@@ -127,12 +147,15 @@ class Graph {
 function shapeSeesChannels(G: Graph, S: NodeProto, t: string, axis: number): string | undefined {
   const out = S.output[0] ?? '';
   const uses = G.uses.get(out) ?? [];
-  if (axis === 0) return `tensor "${t}" is read by ${label(S)} while its channels are on dimension 0, so the shape changes with them`;
-  const only = 'only taking dimension 0 of it (a Gather of index 0 on axis 0, as torch\'s x.size(0)) is known not to change with the channels';
+  if (axis === 0)
+    return `tensor "${t}" is read by ${label(S)} while its channels are on dimension 0, so the shape changes with them`;
+  const only =
+    "only taking dimension 0 of it (a Gather of index 0 on axis 0, as torch's x.size(0)) is known not to change with the channels";
   const why = (what: string) => `tensor "${t}" is read by ${label(S)}, ${what}; ${only}`;
   if (attrInt(S, 'start', 0) !== 0) return why(`which takes the shape from dimension ${attrInt(S, 'start', 0)} on`);
   if (G.outputs.has(out)) return why('whose output is a graph output');
-  if (uses.length !== 1) return why(`whose output is read by ${uses.length} nodes (${uses.map((u) => u.node.name).join(', ')})`);
+  if (uses.length !== 1)
+    return why(`whose output is read by ${uses.length} nodes (${uses.map((u) => u.node.name).join(', ')})`);
   const { node: U, slot } = uses[0]!;
   const g = slot === 0 ? gatherIndex(U, G.constant) : undefined;
   if (!g) return why(`whose output is read by ${label(U)}`);
@@ -148,7 +171,8 @@ function findUnit(G: Graph, P: NodeProto): Unit | string {
   const yShape = G.shapes.get(y);
   if (!yShape) return `the shape of "${y}" is unknown (an op before it has no shape rule in subprune)`;
   let layout: ChannelLayout = { axis: P.opType === 'MatMul' ? yShape.length - 1 : 1, group: 1 };
-  if (yShape[layout.axis] !== n) return `output "${y}" has shape [${yShape.join(', ')}], expected ${n} channels on axis ${layout.axis}`;
+  if (yShape[layout.axis] !== n)
+    return `output "${y}" has shape [${yShape.join(', ')}], expected ${n} channels on axis ${layout.axis}`;
   const slices: ParamSlice[] = [{ tensor: info.weight, axis: info.outAxis, group: 1 }];
   if (info.bias) slices.push(...biasSlice(G.constant(info.bias)!, info.bias, n));
   const shapeEdits: ShapeEdit[] = [];
@@ -159,7 +183,7 @@ function findUnit(G: Graph, P: NodeProto): Unit | string {
   }
 
   const seen = new Set<string>(); // a corrupted graph can loop back on itself
-  for (let t = y; ; ) {
+  for (let t = y; ;) {
     if (seen.has(t)) return `the graph has a cycle through "${t}"; the model is corrupted`;
     seen.add(t);
     const uses = G.uses.get(t) ?? [];
@@ -173,7 +197,8 @@ function findUnit(G: Graph, P: NodeProto): Unit | string {
       if (why) return why;
     }
     const readers = uses.filter((u) => !shapes.includes(u));
-    if (readers.length === 0) return `tensor "${t}" is read only by ${shapes.map((u) => label(u.node)).join(', ')}: no consumer`;
+    if (readers.length === 0)
+      return `tensor "${t}" is read only by ${shapes.map((u) => label(u.node)).join(', ')}: no consumer`;
     if (readers.length > 1) {
       return `tensor "${t}" feeds ${uses.length} inputs (${uses.map((u) => u.node.name).join(', ')}); with fan-out the channels of every consumer are coupled`;
     }
@@ -190,7 +215,8 @@ function findUnit(G: Graph, P: NodeProto): Unit | string {
       let g: number, d: number, conv: Unit['conv'];
       if (U.opType === 'Conv') {
         if (w.length !== 4) return `consumer ${label(U)} is not a 2-D convolution`;
-        if (layout.axis !== 1 || layout.group !== 1 || inShape.length !== 4) return `consumer ${label(U)} receives the channels on axis ${layout.axis} (group ${layout.group}), not as its input channels`;
+        if (layout.axis !== 1 || layout.group !== 1 || inShape.length !== 4)
+          return `consumer ${label(U)} receives the channels on axis ${layout.axis} (group ${layout.group}), not as its input channels`;
         if (w[1] !== n) return `consumer ${label(U)} expects ${w[1]} input channels, the producer makes ${n}`;
         const kernel: [number, number] = [w[2]!, w[3]!];
         const geo = windowGeometry(U, inShape.slice(2), kernel);
@@ -203,10 +229,12 @@ function findUnit(G: Graph, P: NodeProto): Unit | string {
           dilations: [geo.dilations[0]!, geo.dilations[1]!],
         };
       } else {
-        if (layout.axis !== inShape.length - 1) return `consumer ${label(U)} multiplies along the last axis, but the channels are on axis ${layout.axis}`;
+        if (layout.axis !== inShape.length - 1)
+          return `consumer ${label(U)} multiplies along the last axis, but the channels are on axis ${layout.axis}`;
         g = layout.group;
         d = inShape[layout.axis]!;
-        if (w[ci.inAxis] !== d) return `consumer ${label(U)} weight has ${w[ci.inAxis]} input features, its input has ${d}`;
+        if (w[ci.inAxis] !== d)
+          return `consumer ${label(U)} weight has ${w[ci.inAxis]} input features, its input has ${d}`;
       }
       const m = w[ci.outAxis]!;
       for (const name of [...slices.map((s) => s.tensor), ci.weight]) {
@@ -216,7 +244,10 @@ function findUnit(G: Graph, P: NodeProto): Unit | string {
       const huge = tooBig({ d, m, g });
       if (huge) return huge;
       const chainParams = new Set(slices.slice(1).map((s) => s.tensor));
-      const params = [info.weight, ...chainParams, ci.weight].reduce((a, name) => a + numel(tensorDims(G.constant(name)!)), 0);
+      const params = [info.weight, ...chainParams, ci.weight].reduce(
+        (a, name) => a + numel(tensorDims(G.constant(name)!)),
+        0,
+      );
       return {
         id: P.name,
         producer: P,
@@ -241,8 +272,19 @@ function findUnit(G: Graph, P: NodeProto): Unit | string {
     }
 
     const rule = CHAIN[opOf(U)];
-    if (!rule) return `${opOf(U)} "${U.name}" is not known to act per channel (it may mix channels); subprune stops at it`;
-    const step = rule({ node: U, input: slot, channels: n, layout, inShape, outShape: G.shapes.get(U.output[0] ?? ''), opset: G.opset, constant: G.constant, producer: G.producer });
+    if (!rule)
+      return `${opOf(U)} "${U.name}" is not known to act per channel (it may mix channels); subprune stops at it`;
+    const step = rule({
+      node: U,
+      input: slot,
+      channels: n,
+      layout,
+      inShape,
+      outShape: G.shapes.get(U.output[0] ?? ''),
+      opset: G.opset,
+      constant: G.constant,
+      producer: G.producer,
+    });
     if ('refuse' in step) return step.refuse;
     for (const o of U.output.slice(1)) {
       if (o && (G.uses.has(o) || G.outputs.has(o))) return `${label(U)}: its extra output "${o}" is used`;
@@ -323,7 +365,10 @@ export function consumerWeightMatrix(model: Model, unit: Unit): Float64Array {
   if (!t) throw badInput(`the model has no constant "${unit.consumerWeight}" (consumer weight of unit "${unit.id}").`);
   const { data } = tensorToFloat32(t);
   const { d, m } = unit;
-  if (data.length !== d * m) throw badInput(`consumer weight "${unit.consumerWeight}" has ${data.length} values, unit "${unit.id}" expects ${d}×${m}; was the model changed after analysis?`);
+  if (data.length !== d * m)
+    throw badInput(
+      `consumer weight "${unit.consumerWeight}" has ${data.length} values, unit "${unit.id}" expects ${d}×${m}; was the model changed after analysis?`,
+    );
   if (unit.consumerLayout === 'in-out') return Float64Array.from(data);
   const W = new Float64Array(d * m); // 'conv' and 'out-in' are both [m, d] row-major
   for (let o = 0; o < m; o++) for (let r = 0; r < d; r++) W[r * m + o] = data[o * d + r]!;

@@ -59,7 +59,11 @@ type ChainRule = (ctx: ChainContext) => ChainStep;
 const label = (n: NodeProto) => `${n.opType} "${n.name}"`;
 const normAxis = (a: number, rank: number) => (a < 0 ? a + rank : a);
 const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
-const pass = (ctx: ChainContext, slices: ParamSlice[] = []): ChainStep => ({ layout: ctx.layout, slices, shapeEdits: [] });
+const pass = (ctx: ChainContext, slices: ParamSlice[] = []): ChainStep => ({
+  layout: ctx.layout,
+  slices,
+  shapeEdits: [],
+});
 
 /**
  * A constant that broadcasts against the channel tensor (ONNX right-aligned broadcasting): no slice if it is 1 along
@@ -81,16 +85,20 @@ function broadcastParam(ctx: ChainContext, slot: number, what: string): ParamSli
   return [{ tensor: name, axis: k, group: ctx.layout.group }];
 }
 
-const result = (ctx: ChainContext, s: ParamSlice[] | string): ChainStep => (typeof s === 'string' ? { refuse: s } : pass(ctx, s));
+const result = (ctx: ChainContext, s: ParamSlice[] | string): ChainStep =>
+  typeof s === 'string' ? { refuse: s } : pass(ctx, s);
 
 /** Element-wise ops with no per-channel parameters. */
-const elementwise: ChainRule = (ctx) => (ctx.input === 0 ? pass(ctx) : { refuse: `${label(ctx.node)}: the channels enter as input ${ctx.input}` });
+const elementwise: ChainRule = (ctx) =>
+  ctx.input === 0 ? pass(ctx) : { refuse: `${label(ctx.node)}: the channels enter as input ${ctx.input}` };
 
 /** Add/Sub/Mul/Div: per channel only when the other operand is a constant; another branch couples channels. */
 const arithmetic: ChainRule = (ctx) => {
   const other = ctx.node.input[1 - ctx.input];
   if (other && !ctx.constant(other)) {
-    return { refuse: `${label(ctx.node)} combines the channels with another branch "${other}" (e.g. a residual connection); both branches would have to be pruned together` };
+    return {
+      refuse: `${label(ctx.node)} combines the channels with another branch "${other}" (e.g. a residual connection); both branches would have to be pruned together`,
+    };
   }
   return result(ctx, broadcastParam(ctx, 1 - ctx.input, 'constant'));
 };
@@ -99,9 +107,12 @@ const arithmetic: ChainRule = (ctx) => {
 function perChannelNorm(params: number[]): ChainRule {
   return (ctx) => {
     if (ctx.input !== 0) return { refuse: `${label(ctx.node)}: the channels enter as input ${ctx.input}` };
-    if (ctx.layout.axis !== 1) return { refuse: `${label(ctx.node)} normalises along axis 1, but the channels are on axis ${ctx.layout.axis}` };
+    if (ctx.layout.axis !== 1)
+      return { refuse: `${label(ctx.node)} normalises along axis 1, but the channels are on axis ${ctx.layout.axis}` };
     if (ctx.node.opType === 'BatchNormalization' && attrInt(ctx.node, 'training_mode', 0) !== 0) {
-      return { refuse: `${label(ctx.node)} is in training mode (batch statistics couple samples); export the model in eval mode` };
+      return {
+        refuse: `${label(ctx.node)} is in training mode (batch statistics couple samples); export the model in eval mode`,
+      };
     }
     const slices: ParamSlice[] = [];
     for (const slot of params) {
@@ -111,7 +122,9 @@ function perChannelNorm(params: number[]): ChainRule {
       if (!t) return { refuse: `${label(ctx.node)}: parameter "${name}" is not a constant` };
       const dims = tensorDims(t);
       if (dims.length !== 1 || dims[0] !== ctx.channels * ctx.layout.group) {
-        return { refuse: `${label(ctx.node)}: parameter "${name}" has shape [${dims.join(', ')}], expected [${ctx.channels * ctx.layout.group}]` };
+        return {
+          refuse: `${label(ctx.node)}: parameter "${name}" has shape [${dims.join(', ')}], expected [${ctx.channels * ctx.layout.group}]`,
+        };
       }
       slices.push({ tensor: name, axis: 0, group: ctx.layout.group });
     }
@@ -129,12 +142,18 @@ const pool: ChainRule = (ctx) =>
 const flatten: ChainRule = (ctx) => {
   const axis = normAxis(attrInt(ctx.node, 'axis', 1), ctx.inShape.length);
   if (axis !== 1 || ctx.layout.axis !== 1) {
-    return { refuse: `${label(ctx.node)} (axis=${axis}) mixes the channels on axis ${ctx.layout.axis} with other axes; only Flatten(axis=1) of channel-first data keeps each channel's features together` };
+    return {
+      refuse: `${label(ctx.node)} (axis=${axis}) mixes the channels on axis ${ctx.layout.axis} with other axes; only Flatten(axis=1) of channel-first data keeps each channel's features together`,
+    };
   }
   return flattenAt1(ctx);
 };
 
-const flattenAt1 = (ctx: ChainContext): ChainStep => ({ layout: { axis: 1, group: ctx.layout.group * prod(ctx.inShape.slice(2)) }, slices: [], shapeEdits: [] });
+const flattenAt1 = (ctx: ChainContext): ChainStep => ({
+  layout: { axis: 1, group: ctx.layout.group * prod(ctx.inShape.slice(2)) },
+  slices: [],
+  shapeEdits: [],
+});
 
 /**
  * Reshape to [batch, C·h·w] is a Flatten(axis=1); its constant shape entry C·h·w becomes kept·h·w. So is a Reshape to
@@ -145,13 +164,18 @@ const reshape: ChainRule = (ctx) => {
   const t = ctx.constant(shapeName);
   const x = ctx.inShape;
   const y = ctx.outShape;
-  const mixes = { refuse: `${label(ctx.node)} to [${y?.join(', ') ?? '?'}] mixes the channels with other axes; only a reshape to [batch, channels·features] (a flatten) is supported` };
+  const mixes = {
+    refuse: `${label(ctx.node)} to [${y?.join(', ') ?? '?'}] mixes the channels with other axes; only a reshape to [batch, channels·features] (a flatten) is supported`,
+  };
   if (ctx.input !== 0) return mixes;
   if (!t && isViewFlatten(ctx.node, ctx.producer, ctx.constant)) {
     // torch's x.view(x.size(0), -1): a Flatten(axis=1) whose shape is computed from x at run time, so nothing to edit
     return ctx.layout.axis === 1 ? flattenAt1(ctx) : mixes;
   }
-  if (!t) return { refuse: `${label(ctx.node)}: its shape "${shapeName}" is neither a constant nor [x.size(0), -1] computed from its own input x (torch's x.view(x.size(0), -1))` };
+  if (!t)
+    return {
+      refuse: `${label(ctx.node)}: its shape "${shapeName}" is neither a constant nor [x.size(0), -1] computed from its own input x (torch's x.view(x.size(0), -1))`,
+    };
   if (!y || y.length !== 2 || y[0] !== x[0] || ctx.layout.axis !== 1) return mixes;
   const group = ctx.layout.group * prod(x.slice(2));
   const spec = Array.from(tensorToInt64(t).data, Number);
@@ -164,7 +188,11 @@ const reshape: ChainRule = (ctx) => {
 
 /** Transpose keeps every channel's entries; it only moves the channel axis. */
 const transpose: ChainRule = (ctx) => {
-  const perm = attrInts(ctx.node, 'perm', ctx.inShape.map((_, i) => ctx.inShape.length - 1 - i));
+  const perm = attrInts(
+    ctx.node,
+    'perm',
+    ctx.inShape.map((_, i) => ctx.inShape.length - 1 - i),
+  );
   return { layout: { axis: perm.indexOf(ctx.layout.axis), group: ctx.layout.group }, slices: [], shapeEdits: [] };
 };
 
@@ -183,7 +211,11 @@ const squeeze: ChainRule = (ctx) => {
   const rank = ctx.inShape.length;
   const axes = a?.map((x) => normAxis(x, rank)) ?? ctx.inShape.flatMap((d, i) => (d === 1 ? [i] : []));
   if (axes.includes(ctx.layout.axis)) return { refuse: `${label(ctx.node)} removes the channel axis` };
-  return { layout: { axis: ctx.layout.axis - axes.filter((x) => x < ctx.layout.axis).length, group: ctx.layout.group }, slices: [], shapeEdits: [] };
+  return {
+    layout: { axis: ctx.layout.axis - axes.filter((x) => x < ctx.layout.axis).length, group: ctx.layout.group },
+    slices: [],
+    shapeEdits: [],
+  };
 };
 
 const unsqueeze: ChainRule = (ctx) => {
@@ -204,7 +236,9 @@ const reduce: ChainRule = (ctx) => {
   const all = (a === undefined || a.length === 0) && attrInt(ctx.node, 'noop_with_empty_axes', 0) === 0;
   const axes = all ? ctx.inShape.map((_, i) => i) : (a ?? []).map((x) => normAxis(x, rank));
   if (axes.includes(ctx.layout.axis)) {
-    return { refuse: `${label(ctx.node)} reduces over the channel axis (a mean/variance across channels, as in LayerNorm), which couples channels` };
+    return {
+      refuse: `${label(ctx.node)} reduces over the channel axis (a mean/variance across channels, as in LayerNorm), which couples channels`,
+    };
   }
   const drop = attrInt(ctx.node, 'keepdims', 1) === 0 ? axes.filter((x) => x < ctx.layout.axis).length : 0;
   return { layout: { axis: ctx.layout.axis - drop, group: ctx.layout.group }, slices: [], shapeEdits: [] };
@@ -221,12 +255,16 @@ const softmax: ChainRule = (ctx) => {
 /** LayerNormalization normalises over all axes from `axis` on. */
 const layerNorm: ChainRule = (ctx) => {
   const axis = normAxis(attrInt(ctx.node, 'axis', -1), ctx.inShape.length);
-  return axis <= ctx.layout.axis ? { refuse: `${label(ctx.node)} normalises across the channels, which couples them` } : pass(ctx);
+  return axis <= ctx.layout.axis
+    ? { refuse: `${label(ctx.node)} normalises across the channels, which couples them` }
+    : pass(ctx);
 };
 
 const FLOAT_TYPES = new Set<number>([DataType.FLOAT, DataType.FLOAT16, DataType.DOUBLE, DataType.BFLOAT16]);
 
-const refuse = (why: string): ChainRule => (ctx) => ({ refuse: `${label(ctx.node)} ${why}` });
+const refuse =
+  (why: string): ChainRule =>
+  (ctx) => ({ refuse: `${label(ctx.node)} ${why}` });
 
 /** The ops allowed between a producer and its consumer. Ops not listed here are refused as "not known to act per channel". */
 export const CHAIN: Readonly<Record<string, ChainRule>> = {
@@ -247,8 +285,12 @@ export const CHAIN: Readonly<Record<string, ChainRule>> = {
   Dropout: elementwise, // output 1 (the mask) must be unused: checked for every op by the analysis
   Identity: elementwise,
   Clip: elementwise, // min/max are scalars by the spec
-  Cast: (ctx) => (FLOAT_TYPES.has(attrInt(ctx.node, 'to')) ? pass(ctx) : { refuse: `${label(ctx.node)} casts to a non-float type` }),
-  PRelu: (ctx) => (ctx.input === 0 ? result(ctx, broadcastParam(ctx, 1, 'slope')) : { refuse: `${label(ctx.node)}: the channels enter as the slope` }),
+  Cast: (ctx) =>
+    FLOAT_TYPES.has(attrInt(ctx.node, 'to')) ? pass(ctx) : { refuse: `${label(ctx.node)} casts to a non-float type` },
+  PRelu: (ctx) =>
+    ctx.input === 0
+      ? result(ctx, broadcastParam(ctx, 1, 'slope'))
+      : { refuse: `${label(ctx.node)}: the channels enter as the slope` },
   Add: arithmetic,
   Sub: arithmetic,
   Mul: arithmetic,
@@ -304,18 +346,26 @@ export interface LayerInfo {
  * Where a Conv/Gemm/MatMul keeps its weight, or why it cannot be a unit's producer or consumer. The layer's data
  * must be its first input and its weight a constant; grouped convs, transA, alpha/beta ≠ 1 and W·X are refused.
  */
-export function layerInfo(node: NodeProto, constant: (name: string) => TensorProto | undefined): LayerInfo | { refuse: string } {
+export function layerInfo(
+  node: NodeProto,
+  constant: (name: string) => TensorProto | undefined,
+): LayerInfo | { refuse: string } {
   const l = label(node);
   const [x, w, b] = [node.input[0] ?? '', node.input[1] ?? '', node.input[2] || undefined];
   if (node.opType === 'MatMul' && constant(x) && !constant(w)) {
-    return { refuse: `${l} multiplies a constant on the left (W·X); only X·W with the constant on the right is supported` };
+    return {
+      refuse: `${l} multiplies a constant on the left (W·X); only X·W with the constant on the right is supported`,
+    };
   }
   const t = constant(w);
   if (!t) return { refuse: `${l}: its weight "${w}" is not a constant` };
   const dims = tensorDims(t);
   if (node.opType === 'Conv') {
     const group = attrInt(node, 'group', 1);
-    if (group !== 1) return { refuse: `${l} is a grouped or depthwise convolution (group=${group}); its channels are coupled by the groups` };
+    if (group !== 1)
+      return {
+        refuse: `${l} is a grouped or depthwise convolution (group=${group}); its channels are coupled by the groups`,
+      };
     if (b && !constant(b)) return { refuse: `${l}: its bias "${b}" is not a constant` };
     return { weight: w, weightDims: dims, ...(b ? { bias: b } : {}), layout: 'conv', outAxis: 0, inAxis: 1 };
   }
@@ -324,10 +374,18 @@ export function layerInfo(node: NodeProto, constant: (name: string) => TensorPro
     if (attrInt(node, 'transA', 0) !== 0) return { refuse: `${l} has transA=1, which subprune does not support` };
     const alpha = attrFloat(node, 'alpha', 1);
     const beta = attrFloat(node, 'beta', 1);
-    if (alpha !== 1 || (b && beta !== 1)) return { refuse: `${l} has alpha=${alpha}, beta=${beta}; only alpha=beta=1 is supported` };
+    if (alpha !== 1 || (b && beta !== 1))
+      return { refuse: `${l} has alpha=${alpha}, beta=${beta}; only alpha=beta=1 is supported` };
     if (b && !constant(b)) return { refuse: `${l}: its bias "${b}" is not a constant` };
     const transB = attrInt(node, 'transB', 0) !== 0;
-    return { weight: w, weightDims: dims, ...(b ? { bias: b } : {}), layout: transB ? 'out-in' : 'in-out', outAxis: transB ? 0 : 1, inAxis: transB ? 1 : 0 };
+    return {
+      weight: w,
+      weightDims: dims,
+      ...(b ? { bias: b } : {}),
+      layout: transB ? 'out-in' : 'in-out',
+      outAxis: transB ? 0 : 1,
+      inAxis: transB ? 1 : 0,
+    };
   }
   if (node.opType === 'MatMul') return { weight: w, weightDims: dims, layout: 'in-out', outAxis: 1, inAxis: 0 };
   return { refuse: `${l} is not a Conv, Gemm or MatMul` };

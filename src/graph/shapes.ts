@@ -52,12 +52,19 @@ const numel = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
 const normAxis = (a: number, rank: number) => (a < 0 ? a + rank : a);
 
 /** Begin/end pads of a Conv or pool, resolving auto_pad from the input's spatial size. ONNX order: [b1, b2, ..., e1, e2, ...]. */
-export function resolvePads(node: NodeProto, spatial: readonly number[], kernel: readonly number[], strides: readonly number[], dilations: readonly number[]): number[] {
+export function resolvePads(
+  node: NodeProto,
+  spatial: readonly number[],
+  kernel: readonly number[],
+  strides: readonly number[],
+  dilations: readonly number[],
+): number[] {
   const k = spatial.length;
   const auto = attrString(node, 'auto_pad', 'NOTSET');
   if (auto === 'NOTSET') return attrInts(node, 'pads', new Array<number>(2 * k).fill(0));
   if (auto === 'VALID') return new Array<number>(2 * k).fill(0);
-  if (auto !== 'SAME_UPPER' && auto !== 'SAME_LOWER') throw badInput(`${node.opType} node "${node.name}": unknown auto_pad "${auto}".`);
+  if (auto !== 'SAME_UPPER' && auto !== 'SAME_LOWER')
+    throw badInput(`${node.opType} node "${node.name}": unknown auto_pad "${auto}".`);
   const pads = new Array<number>(2 * k).fill(0);
   for (let i = 0; i < k; i++) {
     const out = Math.ceil(spatial[i]! / strides[i]!);
@@ -111,7 +118,10 @@ function int64Values(t: TensorProto | undefined): number[] | undefined {
 }
 
 /** The index a Gather on axis 0 takes with a constant INT64 index, and whether that index is a scalar (else [i]). */
-export function gatherIndex(gather: NodeProto, constant: (name: string) => TensorProto | undefined): { index: number; scalar: boolean } | undefined {
+export function gatherIndex(
+  gather: NodeProto,
+  constant: (name: string) => TensorProto | undefined,
+): { index: number; scalar: boolean } | undefined {
   const t = constant(gather.input[1] ?? '');
   const v = int64Values(t);
   const axis = attrInt(gather, 'axis', 0);
@@ -127,17 +137,25 @@ export function gatherIndex(gather: NodeProto, constant: (name: string) => Tenso
  * [-1] an INT64 initializer or Constant). Such a Reshape is a Flatten(axis=1), and its shape follows x's channels by
  * itself. Anything else (another index, another tensor's Shape, a Shape with start ≠ 0) is not recognised.
  */
-export function isViewFlatten(node: NodeProto, producer: (name: string) => NodeProto | undefined, constant: (name: string) => TensorProto | undefined): boolean {
+export function isViewFlatten(
+  node: NodeProto,
+  producer: (name: string) => NodeProto | undefined,
+  constant: (name: string) => TensorProto | undefined,
+): boolean {
   const is = (n: NodeProto | undefined, op: string) => (n && opOf(n) === op ? n : undefined);
   const concat = is(producer(node.input[1] ?? ''), 'Concat');
   if (opOf(node) !== 'Reshape' || !concat || concat.input.length !== 2) return false;
   const axis = attrInt(concat, 'axis', 1); // axis is required; without it this is not the pattern
-  const minus1 = constant(concat.input[1]!), rest = int64Values(minus1);
-  if ((axis !== 0 && axis !== -1) || rest?.length !== 1 || rest[0] !== -1 || tensorDims(minus1!).length !== 1) return false;
+  const minus1 = constant(concat.input[1]!),
+    rest = int64Values(minus1);
+  if ((axis !== 0 && axis !== -1) || rest?.length !== 1 || rest[0] !== -1 || tensorDims(minus1!).length !== 1)
+    return false;
   let gather = is(producer(concat.input[0]!), 'Gather');
   const unsqueeze = is(producer(concat.input[0]!), 'Unsqueeze');
   if (unsqueeze) {
-    const axes = unsqueeze.attribute.some((a) => a.name === 'axes') ? attrInts(unsqueeze, 'axes') : int64Values(constant(unsqueeze.input[1] ?? ''));
+    const axes = unsqueeze.attribute.some((a) => a.name === 'axes')
+      ? attrInts(unsqueeze, 'axes')
+      : int64Values(constant(unsqueeze.input[1] ?? ''));
     if (axes?.length !== 1 || (axes[0] !== 0 && axes[0] !== -1)) return false;
     gather = is(producer(unsqueeze.input[0]!), 'Gather');
   }
@@ -148,18 +166,87 @@ export function isViewFlatten(node: NodeProto, producer: (name: string) => NodeP
 }
 
 const SAME_SHAPE = new Set([
-  'Relu', 'LeakyRelu', 'PRelu', 'Sigmoid', 'HardSigmoid', 'HardSwish', 'Tanh', 'Elu', 'Selu', 'Celu', 'Softplus', 'Softsign',
-  'Mish', 'Gelu', 'ThresholdedRelu', 'Abs', 'Neg', 'Exp', 'Log', 'Sqrt', 'Reciprocal', 'Erf', 'Floor', 'Ceil', 'Round', 'Sign',
-  'Clip', 'BatchNormalization', 'InstanceNormalization', 'LayerNormalization', 'LRN', 'Softmax', 'LogSoftmax', 'Hardmax',
-  'Dropout', 'Identity', 'Cast', 'Not',
+  'Relu',
+  'LeakyRelu',
+  'PRelu',
+  'Sigmoid',
+  'HardSigmoid',
+  'HardSwish',
+  'Tanh',
+  'Elu',
+  'Selu',
+  'Celu',
+  'Softplus',
+  'Softsign',
+  'Mish',
+  'Gelu',
+  'ThresholdedRelu',
+  'Abs',
+  'Neg',
+  'Exp',
+  'Log',
+  'Sqrt',
+  'Reciprocal',
+  'Erf',
+  'Floor',
+  'Ceil',
+  'Round',
+  'Sign',
+  'Clip',
+  'BatchNormalization',
+  'InstanceNormalization',
+  'LayerNormalization',
+  'LRN',
+  'Softmax',
+  'LogSoftmax',
+  'Hardmax',
+  'Dropout',
+  'Identity',
+  'Cast',
+  'Not',
 ]);
-const BROADCAST = new Set(['Add', 'Sub', 'Mul', 'Div', 'Pow', 'Max', 'Min', 'Sum', 'Mean', 'Where', 'Equal', 'Less', 'Greater', 'LessOrEqual', 'GreaterOrEqual', 'And', 'Or', 'Xor']);
-const REDUCE = new Set(['ReduceMean', 'ReduceMax', 'ReduceMin', 'ReduceSum', 'ReduceProd', 'ReduceL1', 'ReduceL2', 'ReduceLogSum', 'ReduceLogSumExp', 'ReduceSumSquare']);
+const BROADCAST = new Set([
+  'Add',
+  'Sub',
+  'Mul',
+  'Div',
+  'Pow',
+  'Max',
+  'Min',
+  'Sum',
+  'Mean',
+  'Where',
+  'Equal',
+  'Less',
+  'Greater',
+  'LessOrEqual',
+  'GreaterOrEqual',
+  'And',
+  'Or',
+  'Xor',
+]);
+const REDUCE = new Set([
+  'ReduceMean',
+  'ReduceMax',
+  'ReduceMin',
+  'ReduceSum',
+  'ReduceProd',
+  'ReduceL1',
+  'ReduceL2',
+  'ReduceLogSum',
+  'ReduceLogSumExp',
+  'ReduceSumSquare',
+]);
 const POOL = new Set(['MaxPool', 'AveragePool', 'LpPool']);
 const GLOBAL_POOL = new Set(['GlobalAveragePool', 'GlobalMaxPool', 'GlobalLpPool']);
 
 /** Output shapes of one node (only the first output for most ops), or undefined if unknown. */
-function nodeShapes(node: NodeProto, ins: (number[] | undefined)[], consts: Map<string, TensorProto>, producers: Map<string, NodeProto>): (number[] | undefined)[] | undefined {
+function nodeShapes(
+  node: NodeProto,
+  ins: (number[] | undefined)[],
+  consts: Map<string, TensorProto>,
+  producers: Map<string, NodeProto>,
+): (number[] | undefined)[] | undefined {
   const x = ins[0];
   const op = node.opType;
   if (op === 'Constant') {
@@ -206,7 +293,16 @@ function nodeShapes(node: NodeProto, ins: (number[] | undefined)[], consts: Map<
   }
   if (op === 'Reshape') {
     const t = consts.get(node.input[1] ?? '');
-    if (!t && x.length >= 1 && isViewFlatten(node, (n) => producers.get(n), (n) => consts.get(n))) return [[x[0]!, numel(x.slice(1))]];
+    if (
+      !t &&
+      x.length >= 1 &&
+      isViewFlatten(
+        node,
+        (n) => producers.get(n),
+        (n) => consts.get(n),
+      )
+    )
+      return [[x[0]!, numel(x.slice(1))]];
     if (!t) return undefined;
     const spec = Array.from(tensorToInt64(t).data, Number);
     const allowZero = attrInt(node, 'allowzero', 0) === 1;
@@ -216,7 +312,11 @@ function nodeShapes(node: NodeProto, ins: (number[] | undefined)[], consts: Map<
     return [y];
   }
   if (op === 'Transpose') {
-    const perm = attrInts(node, 'perm', x.map((_, i) => x.length - 1 - i));
+    const perm = attrInts(
+      node,
+      'perm',
+      x.map((_, i) => x.length - 1 - i),
+    );
     return [perm.map((p) => x[p]!)];
   }
   if (op === 'Squeeze') {
@@ -268,16 +368,23 @@ export function inferShapes(model: Model, inputShape?: readonly number[]): Shape
     const declared = declaredShape(vi);
     if (i === 0 && inputShape) {
       if (declared && declared.length !== inputShape.length) {
-        throw badInput(`input shape [${inputShape.join(', ')}] has rank ${inputShape.length}, but the model's input "${vi.name}" has rank ${declared.length}.`);
+        throw badInput(
+          `input shape [${inputShape.join(', ')}] has rank ${inputShape.length}, but the model's input "${vi.name}" has rank ${declared.length}.`,
+        );
       }
       declared?.forEach((d, j) => {
         if (d !== undefined && d !== inputShape[j]) {
-          throw badInput(`input shape [${inputShape.join(', ')}] does not match the model's input "${vi.name}" [${declared.map((x) => x ?? '?').join(', ')}].`);
+          throw badInput(
+            `input shape [${inputShape.join(', ')}] does not match the model's input "${vi.name}" [${declared.map((x) => x ?? '?').join(', ')}].`,
+          );
         }
       });
       shapes.set(vi.name, [...inputShape]);
     } else if (declared) {
-      shapes.set(vi.name, declared.map((d) => d ?? 1));
+      shapes.set(
+        vi.name,
+        declared.map((d) => d ?? 1),
+      );
     }
   });
   for (const node of graph.node) {

@@ -25,7 +25,12 @@ export interface Unit {
   /** 'conv': B rows are the consumer's im2col patches; 'dense': B rows are the input rows (flattened to d). */
   consumerKind: 'conv' | 'dense';
   /** For a Conv consumer: its kernel [kh, kw], strides, pads [top, left, bottom, right], dilations. */
-  conv?: { kernel: [number, number]; strides: [number, number]; pads: [number, number, number, number]; dilations: [number, number] };
+  conv?: {
+    kernel: [number, number];
+    strides: [number, number];
+    pads: [number, number, number, number];
+    dilations: [number, number];
+  };
   /** d = channels·g, m = consumer output features (Conv: output channels). */
   d: number;
   m: number;

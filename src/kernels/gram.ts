@@ -44,37 +44,54 @@ export class GramAccumulator {
     this.d = d;
     this.asymmetric = opts.asymmetric ?? false;
     const k = (this.k = opts.kernels ?? getKernels());
-    const a = k.arena, dd = d * d * 8, asym = this.asymmetric;
+    const a = k.arena,
+      dd = d * d * 8,
+      asym = this.asymmetric;
     this.mark = a.mark();
     const pack = k.gramPackFloats(d) * 4;
     this.p = {
-      G: a.alloc(dd), C: asym ? a.alloc(dd) : 0, H: asym ? a.alloc(dd) : 0,
-      PB: a.alloc(pack), PA: asym ? a.alloc(pack) : 0, tmp: a.alloc(128 * k.threads),
+      G: a.alloc(dd),
+      C: asym ? a.alloc(dd) : 0,
+      H: asym ? a.alloc(dd) : 0,
+      PB: a.alloc(pack),
+      PA: asym ? a.alloc(pack) : 0,
+      tmp: a.alloc(128 * k.threads),
     };
   }
 
   // Row buffers, sized on first use (a conv sample's patches must fit in one chunk).
   private buffers(minRows: number, sample = 0) {
     if (!this.buf) {
-      const a = this.k.arena, d = this.d, asym = this.asymmetric;
+      const a = this.k.arena,
+        d = this.d,
+        asym = this.asymmetric;
       const cap = Math.max(minRows, Math.floor(CHUNK_BYTES / (4 * d)), 1);
       this.buf = {
-        cap, B: a.alloc(cap * d * 4), A: asym ? a.alloc(cap * d * 4) : 0,
-        sample, XB: sample ? a.alloc(sample * 4) : 0, XA: sample && asym ? a.alloc(sample * 4) : 0,
+        cap,
+        B: a.alloc(cap * d * 4),
+        A: asym ? a.alloc(cap * d * 4) : 0,
+        sample,
+        XB: sample ? a.alloc(sample * 4) : 0,
+        XA: sample && asym ? a.alloc(sample * 4) : 0,
       };
     }
-    if (this.buf.cap < minRows || this.buf.sample < sample) throw new Error('GramAccumulator: use either rows or conv patches of one geometry');
+    if (this.buf.cap < minRows || this.buf.sample < sample)
+      throw new Error('GramAccumulator: use either rows or conv patches of one geometry');
     return this.buf;
   }
 
   private check(len: number, A?: Float32Array) {
-    if (this.asymmetric !== (A !== undefined)) throw new Error(this.asymmetric ? 'asymmetric Gram needs the target rows A' : 'symmetric Gram takes no target rows');
+    if (this.asymmetric !== (A !== undefined))
+      throw new Error(
+        this.asymmetric ? 'asymmetric Gram needs the target rows A' : 'symmetric Gram takes no target rows',
+      );
     if (A && A.length !== len) throw new RangeError(`target batch has ${A.length} values, activations ${len}`);
   }
 
   // Adds the nr rows now in the row buffers.
   private flush(nr: number) {
-    const { d, k, p } = this, b = this.buf!;
+    const { d, k, p } = this,
+      b = this.buf!;
     gramAccumulate(k, b.B, d, 0, 0, nr, p.G, p.PB, 0, p.tmp);
     if (this.asymmetric) {
       gramAccumulate(k, b.B, d, b.A, d, nr, p.C, p.PB, p.PA, p.tmp);
@@ -86,9 +103,11 @@ export class GramAccumulator {
   /** Adds rows: B (rows×d, row-major) and, asymmetric only, A of the same shape. */
   add(B: Float32Array, A?: Float32Array): void {
     const { d, k } = this;
-    if (B.length % d !== 0) throw new RangeError(`activation batch of ${B.length} values is not a whole number of rows of ${d}`);
+    if (B.length % d !== 0)
+      throw new RangeError(`activation batch of ${B.length} values is not a whole number of rows of ${d}`);
     this.check(B.length, A);
-    const buf = this.buffers(1), rows = B.length / d;
+    const buf = this.buffers(1),
+      rows = B.length / d;
     for (let r0 = 0; r0 < rows; r0 += buf.cap) {
       const r1 = Math.min(rows, r0 + buf.cap);
       k.arena.f32(buf.B, (r1 - r0) * d).set(B.subarray(r0 * d, r1 * d));
@@ -101,16 +120,27 @@ export class GramAccumulator {
   addConv(B: Float32Array, dims: number[], conv: ConvGeometry, A?: Float32Array): void {
     const { d, k } = this;
     const [b, C, H, W] = dims;
-    const { kernel: [kh, kw], strides: [sh, sw], pads: [pt, pl, pb, pr], dilations: [dh, dw] } = conv;
+    const {
+      kernel: [kh, kw],
+      strides: [sh, sw],
+      pads: [pt, pl, pb, pr],
+      dilations: [dh, dw],
+    } = conv;
     if (dims.length !== 4 || C * kh * kw !== d || B.length !== b * C * H * W) {
       throw new RangeError(`conv input [${dims}] with a ${kh}×${kw} kernel does not make patches of ${d} columns`);
     }
     this.check(B.length, A);
-    const OH = Math.floor((H + pt + pb - dh * (kh - 1) - 1) / sh) + 1, OW = Math.floor((W + pl + pr - dw * (kw - 1) - 1) / sw) + 1;
-    const per = OH * OW, size = C * H * W, buf = this.buffers(per, size);
+    const OH = Math.floor((H + pt + pb - dh * (kh - 1) - 1) / sh) + 1,
+      OW = Math.floor((W + pl + pr - dw * (kw - 1) - 1) / sw) + 1;
+    const per = OH * OW,
+      size = C * H * W,
+      buf = this.buffers(per, size);
     let filled = 0;
     for (let s = 0; s < b; s++) {
-      if (filled + per > buf.cap) { this.flush(filled); filled = 0; }
+      if (filled + per > buf.cap) {
+        this.flush(filled);
+        filled = 0;
+      }
       const off = filled * d * 4;
       k.arena.f32(buf.XB, size).set(B.subarray(s * size, (s + 1) * size));
       k.im2col(buf.XB, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, buf.B + off);
@@ -130,7 +160,8 @@ export class GramAccumulator {
 
   /** The accumulated matrices, copied out of kernel memory. */
   result(): Gram {
-    const { d, k, p } = this, dd = d * d;
+    const { d, k, p } = this,
+      dd = d * d;
     k.symmetrize(p.G, d);
     const out: Gram = { d, rows: this.rows, G: k.arena.f64(p.G, dd).slice() };
     if (this.asymmetric) {

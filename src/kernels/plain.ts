@@ -18,7 +18,11 @@ export function plainKernels(): Kernels {
   };
   const updateRow = (f: Float64Array, r: number, m: number, up: number, q: number) => {
     let s = 0;
-    for (let j = 0; j < m; j++) { const v = f[r + j] - up * f[q + j]; f[r + j] = v; s += v * v; }
+    for (let j = 0; j < m; j++) {
+      const v = f[r + j] - up * f[q + j];
+      f[r + j] = v;
+      s += v * v;
+    }
     return s;
   };
   const forward = (f: Float64Array, R: number, g: number, rhs: number, stride: number, x: number) => {
@@ -35,52 +39,75 @@ export function plainKernels(): Kernels {
   };
 
   return {
-    name: 'plain', arena, threads: 1,
-    par(name, args, _lo, _opts) { (this[name] as (...a: number[]) => void)(...(args as number[])); },
+    name: 'plain',
+    arena,
+    threads: 1,
+    par(name, args, _lo, _opts) {
+      (this[name] as (...a: number[]) => void)(...(args as number[]));
+    },
     gramRows: () => 128,
     gramPackFloats: (d) => 128 * d,
-    gramPack(X, ld, r0, rb, d, P, p0, p1) { // rows as they are, columns 8·p0 .. 8·p1
-      const x = S(), c0 = 8 * p0, c1 = Math.min(d, 8 * p1);
-      for (let r = 0; r < rb; r++) x.copyWithin((P >> 2) + r * d + c0, (X >> 2) + (r0 + r) * ld + c0, (X >> 2) + (r0 + r) * ld + c1);
+    gramPack(X, ld, r0, rb, d, P, p0, p1) {
+      // rows as they are, columns 8·p0 .. 8·p1
+      const x = S(),
+        c0 = 8 * p0,
+        c1 = Math.min(d, 8 * p1);
+      for (let r = 0; r < rb; r++)
+        x.copyWithin((P >> 2) + r * d + c0, (X >> 2) + (r0 + r) * ld + c0, (X >> 2) + (r0 + r) * ld + c1);
     },
     gramTiles(PA, da, PB, db, rb, C, ldc, upper, _tmp, i0, i1) {
-      const x = S(), f = F(), A4 = PA >> 2, B4 = PB >> 2, C8 = C >> 3;
+      const x = S(),
+        f = F(),
+        A4 = PA >> 2,
+        B4 = PB >> 2,
+        C8 = C >> 3;
       for (let r = 0; r < rb; r++) {
         for (let i = i0; i < i1; i++) {
           const xi = x[A4 + r * da + i];
           if (xi === 0) continue;
-          const ci = C8 + i * ldc, br = B4 + r * db;
+          const ci = C8 + i * ldc,
+            br = B4 + r * db;
           for (let j = upper ? i : 0; j < db; j++) f[ci + j] += xi * x[br + j];
         }
       }
     },
     symmetrize(G, d) {
-      const f = F(), G8 = G >> 3;
+      const f = F(),
+        G8 = G >> 3;
       for (let i = 1; i < d; i++) for (let j = 0; j < i; j++) f[G8 + i * d + j] = f[G8 + j * d + i];
     },
     gemmChunk: () => 256,
     gemmPackDoubles: (N) => 256 * N,
-    gemmPack(B, N, k0, kc, P) { // rows as they are
+    gemmPack(B, N, k0, kc, P) {
+      // rows as they are
       const f = F();
       f.copyWithin(P >> 3, (B >> 3) + k0 * N, (B >> 3) + (k0 + kc) * N);
     },
     gemmRows(A, K, k0, kc, P, C, N, _tmp, i0, i1) {
-      const f = F(), A8 = A >> 3, P8 = P >> 3, C8 = C >> 3;
+      const f = F(),
+        A8 = A >> 3,
+        P8 = P >> 3,
+        C8 = C >> 3;
       for (let i = i0; i < i1; i++) {
         for (let k = 0; k < kc; k++) {
           const a = f[A8 + i * K + k0 + k];
           if (a === 0) continue;
-          const b = P8 + k * N, c = C8 + i * N;
+          const b = P8 + k * N,
+            c = C8 + i * N;
           for (let j = 0; j < N; j++) f[c + j] += a * f[b + j];
         }
       }
     },
     gather(G, d, j, orig, n, gcol) {
-      const f = F(), o = I(), row = (G >> 3) + j * d;
+      const f = F(),
+        o = I(),
+        row = (G >> 3) + j * d;
       for (let p = 0; p < n; p++) f[(gcol >> 3) + p] = f[row + o[(orig >> 2) + p]];
     },
     extend(L, ldl, t, p0, p1, jrow, gcol, inv, u) {
-      const f = F(), L8 = L >> 3, lj = L8 + jrow * ldl;
+      const f = F(),
+        L8 = L >> 3,
+        lj = L8 + jrow * ldl;
       for (let p = p0; p < p1; p++) {
         const lp = L8 + p * ldl;
         const v = (f[(gcol >> 3) + p] - dot(f, lp, lj, t)) * inv;
@@ -108,15 +135,22 @@ export function plainKernels(): Kernels {
     downdateBlocks(E, u, b0, b1, g) {
       const f = F();
       for (let b = b0; b < b1; b++) {
-        const eb = (E >> 3) + b * g * g, ub = (u >> 3) + b * g;
+        const eb = (E >> 3) + b * g * g,
+          ub = (u >> 3) + b * g;
         for (let i = 0; i < g; i++) for (let j = 0; j < g; j++) f[eb + i * g + j] -= f[ub + i] * f[ub + j];
       }
     },
     groupGains(Q, m, E, diag0, b0, b1, g, tol, gains, Sc) {
-      const f = F(), gg = g * g;
-      const M = Sc >> 3, R = M + gg, Y = R + gg, x = Y + gg;
+      const f = F(),
+        gg = g * g;
+      const M = Sc >> 3,
+        R = M + gg,
+        Y = R + gg,
+        x = Y + gg;
       for (let b = b0; b < b1; b++) {
-        const q0 = (Q >> 3) + b * g * m, eb = (E >> 3) + b * gg, d0 = (diag0 >> 3) + b * g;
+        const q0 = (Q >> 3) + b * g * m,
+          eb = (E >> 3) + b * gg,
+          d0 = (diag0 >> 3) + b * g;
         for (let i = 0; i < g; i++) {
           for (let j = i; j < g; j++) f[M + i * g + j] = f[M + j * g + i] = dot(f, q0 + i * m, q0 + j * m, m);
         }
@@ -150,18 +184,29 @@ export function plainKernels(): Kernels {
       }
     },
     argmax(gains, chan, n) {
-      const f = F(), c = I();
-      let best = -1, bestGain = -Infinity, bestChan = 0x7fffffff;
+      const f = F(),
+        c = I();
+      let best = -1,
+        bestGain = -Infinity,
+        bestChan = 0x7fffffff;
       for (let p = 0; p < n; p++) {
-        const v = f[(gains >> 3) + p], ch = c[(chan >> 2) + p];
-        if (v > bestGain || (v === bestGain && ch < bestChan)) { best = p; bestGain = v; bestChan = ch; }
+        const v = f[(gains >> 3) + p],
+          ch = c[(chan >> 2) + p];
+        if (v > bestGain || (v === bestGain && ch < bestChan)) {
+          best = p;
+          bestGain = v;
+          bestChan = ch;
+        }
       }
       return best;
     },
     solveUpperT(L, ldl, t, X, m, j0, j1) {
-      const f = F(), L8 = L >> 3, X8 = X >> 3;
+      const f = F(),
+        L8 = L >> 3,
+        X8 = X >> 3;
       for (let b = t - 1; b >= 0; b--) {
-        const inv = 1 / f[L8 + b * ldl + b], xb = X8 + b * m;
+        const inv = 1 / f[L8 + b * ldl + b],
+          xb = X8 + b * m;
         for (let j = j0; j < j1; j++) f[xb + j] *= inv;
         for (let a = 0; a < b; a++) {
           const l = f[L8 + b * ldl + a];
@@ -172,14 +217,19 @@ export function plainKernels(): Kernels {
       }
     },
     im2col(X, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, out) {
-      const x = S(), X4 = X >> 2, o4 = out >> 2, d = C * kh * kw;
+      const x = S(),
+        X4 = X >> 2,
+        o4 = out >> 2,
+        d = C * kh * kw;
       for (let oy = 0; oy < OH; oy++)
         for (let ox = 0; ox < OW; ox++)
           for (let c = 0; c < C; c++)
             for (let i = 0; i < kh; i++)
               for (let j = 0; j < kw; j++) {
-                const iy = oy * sh - pt + i * dh, ix = ox * sw - pl + j * dw;
-                x[o4 + (oy * OW + ox) * d + (c * kh + i) * kw + j] = iy >= 0 && iy < H && ix >= 0 && ix < W ? x[X4 + (c * H + iy) * W + ix] : 0;
+                const iy = oy * sh - pt + i * dh,
+                  ix = ox * sw - pl + j * dw;
+                x[o4 + (oy * OW + ox) * d + (c * kh + i) * kw + j] =
+                  iy >= 0 && iy < H && ix >= 0 && ix < W ? x[X4 + (c * H + iy) * W + ix] : 0;
               }
     },
   };

@@ -11,7 +11,10 @@ import { PAR_KERNELS, type ParKernel } from './types.js';
 // not pinned down; both changes close a way for a job to be run twice or counted done early.
 
 export const CTRL = 128;
-const ARGS = CTRL + 512, DONE = CTRL + 640, MAX_ARGS = 16, MAX_THREADS = 60;
+const ARGS = CTRL + 512,
+  DONE = CTRL + 640,
+  MAX_ARGS = 16,
+  MAX_THREADS = 60;
 // How long a waiting thread spins before it sleeps: waking a sleeping core costs far more in a VM than spinning.
 const SPIN_MS = 2;
 
@@ -20,8 +23,17 @@ function workerMain(): void {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { workerData } = require('node:worker_threads') as typeof import('node:worker_threads');
   const { module, memory, id, names, ctrl, args, done, spinMs } = workerData;
-  const x = new WebAssembly.Instance(module, { env: { memory, abort: () => { throw new Error('wasm kernel abort'); } } }).exports as Record<string, (...a: number[]) => void>;
-  const I = new Int32Array(memory.buffer, ctrl, 128), F = new Float64Array(memory.buffer, args, 16), D = new Int32Array(memory.buffer, done, 64);
+  const x = new WebAssembly.Instance(module, {
+    env: {
+      memory,
+      abort: () => {
+        throw new Error('wasm kernel abort');
+      },
+    },
+  }).exports as Record<string, (...a: number[]) => void>;
+  const I = new Int32Array(memory.buffer, ctrl, 128),
+    F = new Float64Array(memory.buffer, args, 16),
+    D = new Int32Array(memory.buffer, done, 64);
   let seen = 0;
   for (;;) {
     // Each job exactly once: wait until the sequence moves on (the next job often follows at once, so spin first).
@@ -31,10 +43,12 @@ function workerMain(): void {
     seen = Atomics.load(I, 0);
     const k = I[2];
     if (k < 0) return;
-    const lo = I[8 + 2 * id], hi = I[9 + 2 * id];
+    const lo = I[8 + 2 * id],
+      hi = I[9 + 2 * id];
     if (lo < hi) {
       const a = Array.from(F.subarray(0, I[3]));
-      a[I[4]] = lo; a[I[4] + 1] = hi;
+      a[I[4]] = lo;
+      a[I[4] + 1] = hi;
       if (I[5] >= 0) a[I[5]] += id * I[6];
       x[names[k]](...a);
     }
@@ -50,7 +64,11 @@ export class Pool {
   private readonly F: Float64Array;
   private readonly D: Int32Array;
 
-  constructor(module: WebAssembly.Module, memory: WebAssembly.Memory, readonly threads: number) {
+  constructor(
+    module: WebAssembly.Module,
+    memory: WebAssembly.Memory,
+    readonly threads: number,
+  ) {
     if (threads > MAX_THREADS) throw new RangeError(`at most ${MAX_THREADS} threads`);
     this.I = new Int32Array(memory.buffer, CTRL, 128);
     this.F = new Float64Array(memory.buffer, ARGS, MAX_ARGS);
@@ -59,29 +77,45 @@ export class Pool {
     if (!wt) throw new Error('threads need Node ≥ 20.16 (process.getBuiltinModule)');
     for (let id = 1; id < threads; id++) {
       const w = new wt.Worker(`(${workerMain.toString()})()`, {
-        eval: true, workerData: { module, memory, id, names: PAR_KERNELS, ctrl: CTRL, args: ARGS, done: DONE, spinMs: SPIN_MS },
+        eval: true,
+        workerData: { module, memory, id, names: PAR_KERNELS, ctrl: CTRL, args: ARGS, done: DONE, spinMs: SPIN_MS },
       });
       w.unref(); // idle workers must not keep the process alive
     }
   }
 
   /** Runs kernel `name` with args on thread t's range ranges[t]; thread 0 (this one) runs `self`. */
-  run(name: ParKernel, args: number[], lo: number, ranges: [number, number][], scratch: [number, number] | undefined, self: (a: number[]) => void): void {
+  run(
+    name: ParKernel,
+    args: number[],
+    lo: number,
+    ranges: [number, number][],
+    scratch: [number, number] | undefined,
+    self: (a: number[]) => void,
+  ): void {
     const { I, F, D, threads } = this;
     if (args.length > MAX_ARGS) throw new RangeError('too many kernel arguments');
     F.set(args);
-    I[2] = PAR_KERNELS.indexOf(name); I[3] = args.length; I[4] = lo;
-    I[5] = scratch ? scratch[0] : -1; I[6] = scratch ? scratch[1] : 0;
-    for (let t = 1; t < threads; t++) { I[8 + 2 * t] = ranges[t][0]; I[9 + 2 * t] = ranges[t][1]; }
+    I[2] = PAR_KERNELS.indexOf(name);
+    I[3] = args.length;
+    I[4] = lo;
+    I[5] = scratch ? scratch[0] : -1;
+    I[6] = scratch ? scratch[1] : 0;
+    for (let t = 1; t < threads; t++) {
+      I[8 + 2 * t] = ranges[t][0];
+      I[9 + 2 * t] = ranges[t][1];
+    }
     const seq = Atomics.add(I, 0, 1) + 1;
     Atomics.notify(I, 0);
     const a = args.slice();
-    a[lo] = ranges[0][0]; a[lo + 1] = ranges[0][1];
+    a[lo] = ranges[0][0];
+    a[lo + 1] = ranges[0][1];
     if (ranges[0][0] < ranges[0][1]) self(a);
     // Wait for the others: spin briefly (jobs are often short), then sleep.
     for (let t = 1; t < threads; t++) {
       for (let spin = 0, t0 = 0, v; (v = Atomics.load(D, t)) !== seq; spin++) {
-        if ((spin & 1023) === 1023 && performance.now() - (t0 ||= performance.now()) > SPIN_MS) Atomics.wait(D, t, v, 50);
+        if ((spin & 1023) === 1023 && performance.now() - (t0 ||= performance.now()) > SPIN_MS)
+          Atomics.wait(D, t, v, 50);
       }
     }
   }

@@ -14,22 +14,92 @@ export interface Kernels {
   gramPackFloats(d: number): number;
   /** Packs panels p0 ≤ p < p1 (8 columns each; all: 0 .. ⌈d/8⌉). */
   gramPack(X: number, ld: number, r0: number, rb: number, d: number, P: number, p0: number, p1: number): void;
-  gramTiles(PA: number, da: number, PB: number, db: number, rb: number, C: number, ldc: number, upper: number, tmp: number, i0: number, i1: number): void;
+  gramTiles(
+    PA: number,
+    da: number,
+    PB: number,
+    db: number,
+    rb: number,
+    C: number,
+    ldc: number,
+    upper: number,
+    tmp: number,
+    i0: number,
+    i1: number,
+  ): void;
   symmetrize(G: number, d: number): void;
   gemmChunk(): number;
   gemmPackDoubles(N: number): number;
   gemmPack(B: number, N: number, k0: number, kc: number, P: number): void;
-  gemmRows(A: number, K: number, k0: number, kc: number, P: number, C: number, N: number, tmp: number, i0: number, i1: number): void;
+  gemmRows(
+    A: number,
+    K: number,
+    k0: number,
+    kc: number,
+    P: number,
+    C: number,
+    N: number,
+    tmp: number,
+    i0: number,
+    i1: number,
+  ): void;
   gather(G: number, d: number, j: number, orig: number, n: number, gcol: number): void;
-  extend(L: number, ldl: number, t: number, p0: number, p1: number, jrow: number, gcol: number, inv: number, u: number): void;
+  extend(
+    L: number,
+    ldl: number,
+    t: number,
+    p0: number,
+    p1: number,
+    jrow: number,
+    gcol: number,
+    inv: number,
+    u: number,
+  ): void;
   updateRows(Q: number, m: number, u: number, q: number, p0: number, p1: number): void;
-  updateScan(Q: number, m: number, u: number, q: number, p0: number, p1: number, e: number, diag0: number, tol: number, gains: number): void;
+  updateScan(
+    Q: number,
+    m: number,
+    u: number,
+    q: number,
+    p0: number,
+    p1: number,
+    e: number,
+    diag0: number,
+    tol: number,
+    gains: number,
+  ): void;
   downdateBlocks(E: number, u: number, b0: number, b1: number, g: number): void;
-  groupGains(Q: number, m: number, E: number, diag0: number, b0: number, b1: number, g: number, tol: number, gains: number, S: number): void;
+  groupGains(
+    Q: number,
+    m: number,
+    E: number,
+    diag0: number,
+    b0: number,
+    b1: number,
+    g: number,
+    tol: number,
+    gains: number,
+    S: number,
+  ): void;
   argmax(gains: number, chan: number, n: number): number;
   solveUpperT(L: number, ldl: number, t: number, X: number, m: number, j0: number, j1: number): void;
-  im2col(X: number, C: number, H: number, W: number, kh: number, kw: number, sh: number, sw: number, pt: number, pl: number,
-    dh: number, dw: number, OH: number, OW: number, out: number): void;
+  im2col(
+    X: number,
+    C: number,
+    H: number,
+    W: number,
+    kh: number,
+    kw: number,
+    sh: number,
+    sw: number,
+    pt: number,
+    pl: number,
+    dh: number,
+    dw: number,
+    OH: number,
+    OW: number,
+    out: number,
+  ): void;
   /**
    * Runs kernel `name` over the range args[lo] .. args[lo + 1], split into `ranges` (default: equal parts, multiples of
    * `align`) across the threads; with `scratch: [i, stride]`, thread t gets args[i] + t·stride. Each range's result is
@@ -38,9 +108,33 @@ export interface Kernels {
   par<N extends ParKernel>(name: N, args: Parameters<Kernels[N]>, lo: number, opts?: ParOptions): void;
 }
 
-export type ParKernel = 'gramPack' | 'gramTiles' | 'gemmRows' | 'extend' | 'updateRows' | 'updateScan' | 'downdateBlocks' | 'groupGains' | 'solveUpperT';
-export interface ParOptions { align?: number; ranges?: [number, number][]; scratch?: [number, number]; work?: number }
-export const PAR_KERNELS: ParKernel[] = ['gramPack', 'gramTiles', 'gemmRows', 'extend', 'updateRows', 'updateScan', 'downdateBlocks', 'groupGains', 'solveUpperT'];
+export type ParKernel =
+  | 'gramPack'
+  | 'gramTiles'
+  | 'gemmRows'
+  | 'extend'
+  | 'updateRows'
+  | 'updateScan'
+  | 'downdateBlocks'
+  | 'groupGains'
+  | 'solveUpperT';
+export interface ParOptions {
+  align?: number;
+  ranges?: [number, number][];
+  scratch?: [number, number];
+  work?: number;
+}
+export const PAR_KERNELS: ParKernel[] = [
+  'gramPack',
+  'gramTiles',
+  'gemmRows',
+  'extend',
+  'updateRows',
+  'updateScan',
+  'downdateBlocks',
+  'groupGains',
+  'solveUpperT',
+];
 
 /** Equal parts of [lo, hi), boundaries on multiples of align (the last part takes the rest). */
 export function splitRange(lo: number, hi: number, parts: number, align = 1): [number, number][] {

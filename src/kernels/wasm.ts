@@ -36,20 +36,44 @@ export function wasmKernels(threads = 1): Kernels {
   const module = compile(shared ? 'subprune-mt.wasm' : 'subprune.wasm');
   const memory = new WebAssembly.Memory({ initial: 16, maximum: MAX_PAGES, shared });
   const arena = new Arena(memory);
-  const abort = () => { throw new Error('wasm kernel abort'); };
-  const x = new WebAssembly.Instance(module, { env: { memory, abort } }).exports as unknown as Omit<Kernels, 'name' | 'arena' | 'threads' | 'par'>;
+  const abort = () => {
+    throw new Error('wasm kernel abort');
+  };
+  const x = new WebAssembly.Instance(module, { env: { memory, abort } }).exports as unknown as Omit<
+    Kernels,
+    'name' | 'arena' | 'threads' | 'par'
+  >;
   const pool = shared ? new Pool(module, memory, threads) : undefined;
   const k: Kernels = {
-    name: 'wasm', arena, threads,
-    gramRows: x.gramRows, gramPackFloats: x.gramPackFloats, gramPack: x.gramPack, gramTiles: x.gramTiles, symmetrize: x.symmetrize,
-    gemmChunk: x.gemmChunk, gemmPackDoubles: x.gemmPackDoubles, gemmPack: x.gemmPack, gemmRows: x.gemmRows,
-    gather: x.gather, extend: x.extend, updateRows: x.updateRows, updateScan: x.updateScan, downdateBlocks: x.downdateBlocks,
-    groupGains: x.groupGains, argmax: x.argmax, solveUpperT: x.solveUpperT, im2col: x.im2col,
+    name: 'wasm',
+    arena,
+    threads,
+    gramRows: x.gramRows,
+    gramPackFloats: x.gramPackFloats,
+    gramPack: x.gramPack,
+    gramTiles: x.gramTiles,
+    symmetrize: x.symmetrize,
+    gemmChunk: x.gemmChunk,
+    gemmPackDoubles: x.gemmPackDoubles,
+    gemmPack: x.gemmPack,
+    gemmRows: x.gemmRows,
+    gather: x.gather,
+    extend: x.extend,
+    updateRows: x.updateRows,
+    updateScan: x.updateScan,
+    downdateBlocks: x.downdateBlocks,
+    groupGains: x.groupGains,
+    argmax: x.argmax,
+    solveUpperT: x.solveUpperT,
+    im2col: x.im2col,
     par<N extends ParKernel>(name: N, args: Parameters<Kernels[N]>, lo: number, opts: ParOptions = {}) {
       const fn = x[name] as (...a: number[]) => void;
       const a = args as unknown as number[];
       // Small jobs stay on this thread: a hand-over costs a few microseconds.
-      if (!pool || (opts.work !== undefined && opts.work < 30000)) { fn(...a); return; }
+      if (!pool || (opts.work !== undefined && opts.work < 30000)) {
+        fn(...a);
+        return;
+      }
       const ranges = opts.ranges ?? splitRange(a[lo], a[lo + 1], threads, opts.align ?? 1);
       pool.run(name, a, lo, ranges, opts.scratch, (b) => fn(...b));
     },

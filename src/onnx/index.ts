@@ -3,7 +3,16 @@
 // @bufbuild/protobuf's create/clone/equals) are re-exported as they are.
 export * from './gen/onnx_pb.js';
 export { TensorProto_DataType as DataType, AttributeProto_AttributeType as AttributeType } from './gen/onnx_pb.js';
-export { type Model, parseModel, readModel, serializeModel, writeModel, opsetVersion, forEachTensor, inlineExternalData } from './model.js';
+export {
+  type Model,
+  parseModel,
+  readModel,
+  serializeModel,
+  writeModel,
+  opsetVersion,
+  forEachTensor,
+  inlineExternalData,
+} from './model.js';
 export {
   tensorToFloat32,
   tensorToInt64,

@@ -55,13 +55,18 @@ export function inlineExternalData(model: Model, baseDir: string): void {
   let total = 0;
   forEachTensor(model, (t) => {
     if (!isExternal(t)) return;
-    const { length } = externalDataLocation(t, baseDir), want = expectedBytes(t);
+    const { length } = externalDataLocation(t, baseDir),
+      want = expectedBytes(t);
     if (want !== undefined && want !== length) {
-      throw badInput(`tensor "${t.name}": its external data has ${length} bytes but its dims [${t.dims.join(', ')}] need ${want}; the model is corrupted or the data file does not belong to it.`);
+      throw badInput(
+        `tensor "${t.name}": its external data has ${length} bytes but its dims [${t.dims.join(', ')}] need ${want}; the model is corrupted or the data file does not belong to it.`,
+      );
     }
     total += length;
     if (total > MAX_INLINE_BYTES) {
-      throw badInput(`the model's external data exceeds ${MAX_INLINE_BYTES / 2 ** 30} GB; subprune stores weights inside the .onnx file, which protobuf limits to 2 GB, so models this large are not supported.`);
+      throw badInput(
+        `the model's external data exceeds ${MAX_INLINE_BYTES / 2 ** 30} GB; subprune stores weights inside the .onnx file, which protobuf limits to 2 GB, so models this large are not supported.`,
+      );
     }
     setTensorData(t, tensorDims(t), t.dataType, readExternalData(t, baseDir));
   });
@@ -76,14 +81,18 @@ export function parseModel(bytes: Uint8Array, baseDir?: string): Model {
   try {
     model = fromBinary(ModelProtoSchema, bytes);
   } catch (e) {
-    throw badInput(`not a valid ONNX model: protobuf decoding failed (${(e as Error).message}). The file is truncated, corrupted or not an .onnx file; re-export or re-download it.`, e);
+    throw badInput(
+      `not a valid ONNX model: protobuf decoding failed (${(e as Error).message}). The file is truncated, corrupted or not an .onnx file; re-export or re-download it.`,
+      e,
+    );
   }
   // Arbitrary bytes sometimes decode as a protobuf with only unknown fields, and a file cut at a
   // field boundary decodes cleanly: require what every real ONNX model has.
   const broken = 'The file is not an ONNX model, or it is truncated or corrupted; re-export or re-download it.';
   if (!model.graph) throw badInput(`the model has no graph. ${broken}`);
   if (model.irVersion <= 0n) throw badInput(`the model has no valid ir_version. ${broken}`);
-  if (model.opsetImport.length === 0) throw badInput(`the model declares no operator set (opset_import is empty). ${broken}`);
+  if (model.opsetImport.length === 0)
+    throw badInput(`the model declares no operator set (opset_import is empty). ${broken}`);
   if (baseDir !== undefined) inlineExternalData(model, baseDir);
   forEachTensor(model, checkStoredSize);
   return model;
@@ -109,7 +118,9 @@ export function readModel(file: string): Model {
 export function serializeModel(model: Model): Uint8Array {
   forEachTensor(model, (t) => {
     if (isExternal(t)) {
-      throw badInput(`tensor "${t.name}" still refers to external data; load the model with readModel(path) or parseModel(bytes, modelFolder) so its data is inlined before writing.`);
+      throw badInput(
+        `tensor "${t.name}" still refers to external data; load the model with readModel(path) or parseModel(bytes, modelFolder) so its data is inlined before writing.`,
+      );
     }
   });
   const bytes = toBinary(ModelProtoSchema, model);

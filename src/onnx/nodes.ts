@@ -33,7 +33,9 @@ function nodeLabel(node: NodeProto): string {
 function getAttr(node: NodeProto, name: string, type: AttrType): AttributeProto | undefined {
   const a = node.attribute.find((x) => x.name === name);
   if (a && a.type !== type && a.type !== AttrType.UNDEFINED) {
-    throw badInput(`${nodeLabel(node)}: attribute "${name}" is ${AttrType[a.type]}, expected ${AttrType[type]}; the model does not follow the ONNX spec.`);
+    throw badInput(
+      `${nodeLabel(node)}: attribute "${name}" is ${AttrType[a.type]}, expected ${AttrType[type]}; the model does not follow the ONNX spec.`,
+    );
   }
   return a;
 }
@@ -52,7 +54,7 @@ function toNumber(node: NodeProto, name: string, v: bigint): number {
 /** An INT attribute; without a default a missing attribute is an error. */
 export function attrInt(node: NodeProto, name: string, dflt?: number): number {
   const a = getAttr(node, name, AttrType.INT);
-  return a ? toNumber(node, name, a.i) : dflt ?? missing(node, name);
+  return a ? toNumber(node, name, a.i) : (dflt ?? missing(node, name));
 }
 
 export function attrInts(node: NodeProto, name: string, dflt?: readonly number[]): number[] {
@@ -62,12 +64,12 @@ export function attrInts(node: NodeProto, name: string, dflt?: readonly number[]
 
 export function attrFloat(node: NodeProto, name: string, dflt?: number): number {
   const a = getAttr(node, name, AttrType.FLOAT);
-  return a ? a.f : dflt ?? missing(node, name);
+  return a ? a.f : (dflt ?? missing(node, name));
 }
 
 export function attrString(node: NodeProto, name: string, dflt?: string): string {
   const a = getAttr(node, name, AttrType.STRING);
-  return a ? new TextDecoder().decode(a.s) : dflt ?? missing(node, name);
+  return a ? new TextDecoder().decode(a.s) : (dflt ?? missing(node, name));
 }
 
 // ---- initializers -----------------------------------------------------------------------------
@@ -82,13 +84,24 @@ export function initializerMap(graph: GraphProto): Map<string, TensorProto> {
  * and value_info entries of the same name (models before IR 4 list initializers as inputs) get the
  * new shape, since onnxruntime rejects an initializer that contradicts its declared shape.
  */
-export function replaceInitializerData(graph: GraphProto, name: string, dims: readonly number[], data: Float32Array | BigInt64Array): TensorProto {
+export function replaceInitializerData(
+  graph: GraphProto,
+  name: string,
+  dims: readonly number[],
+  data: Float32Array | BigInt64Array,
+): TensorProto {
   const t = graph.initializer.find((x) => x.name === name);
   if (!t) throw badInput(`the graph has no initializer "${name}".`);
   const n = dims.reduce((a, b) => a * b, 1);
-  if (n !== data.length) throw badInput(`initializer "${name}": ${data.length} values do not fill dims [${dims.join(', ')}].`);
+  if (n !== data.length)
+    throw badInput(`initializer "${name}": ${data.length} values do not fill dims [${dims.join(', ')}].`);
   if (data instanceof BigInt64Array) {
-    setTensorData(t, dims, DataType.INT64, new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength)));
+    setTensorData(
+      t,
+      dims,
+      DataType.INT64,
+      new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength)),
+    );
   } else {
     const dt = t.dataType === DataType.FLOAT16 || t.dataType === DataType.DOUBLE ? t.dataType : DataType.FLOAT;
     setTensorData(t, dims, dt, encodeFloat32(data, dt));
@@ -103,31 +116,57 @@ export function replaceInitializerData(graph: GraphProto, name: string, dims: re
 
 // ---- builders ---------------------------------------------------------------------------------
 
-export const intAttr = (name: string, v: number) => create(AttributeProtoSchema, { name, type: AttrType.INT, i: BigInt(v) });
-export const intsAttr = (name: string, v: readonly number[]) => create(AttributeProtoSchema, { name, type: AttrType.INTS, ints: v.map(BigInt) });
-export const floatAttr = (name: string, v: number) => create(AttributeProtoSchema, { name, type: AttrType.FLOAT, f: v });
-export const stringAttr = (name: string, v: string) => create(AttributeProtoSchema, { name, type: AttrType.STRING, s: new TextEncoder().encode(v) });
-export const tensorAttr = (name: string, t: TensorProto) => create(AttributeProtoSchema, { name, type: AttrType.TENSOR, t });
+export const intAttr = (name: string, v: number) =>
+  create(AttributeProtoSchema, { name, type: AttrType.INT, i: BigInt(v) });
+export const intsAttr = (name: string, v: readonly number[]) =>
+  create(AttributeProtoSchema, { name, type: AttrType.INTS, ints: v.map(BigInt) });
+export const floatAttr = (name: string, v: number) =>
+  create(AttributeProtoSchema, { name, type: AttrType.FLOAT, f: v });
+export const stringAttr = (name: string, v: string) =>
+  create(AttributeProtoSchema, { name, type: AttrType.STRING, s: new TextEncoder().encode(v) });
+export const tensorAttr = (name: string, t: TensorProto) =>
+  create(AttributeProtoSchema, { name, type: AttrType.TENSOR, t });
 
-export function makeNode(opType: string, inputs: string[], outputs: string[], attribute: AttributeProto[] = [], name = ''): NodeProto {
+export function makeNode(
+  opType: string,
+  inputs: string[],
+  outputs: string[],
+  attribute: AttributeProto[] = [],
+  name = '',
+): NodeProto {
   return create(NodeProtoSchema, { opType, input: inputs, output: outputs, attribute, name });
 }
 
 function shapeProto(shape: readonly (number | string)[]) {
   return create(TensorShapeProtoSchema, {
     dim: shape.map((d) =>
-      create(TensorShapeProto_DimensionSchema, { value: typeof d === 'number' ? { case: 'dimValue', value: BigInt(d) } : { case: 'dimParam', value: d } }),
+      create(TensorShapeProto_DimensionSchema, {
+        value: typeof d === 'number' ? { case: 'dimValue', value: BigInt(d) } : { case: 'dimParam', value: d },
+      }),
     ),
   });
 }
 
 /** A tensor-typed graph input/output; a string dimension is symbolic (e.g. 'N'). */
-export function makeTensorValueInfo(name: string, elemType: number, shape: readonly (number | string)[]): ValueInfoProto {
+export function makeTensorValueInfo(
+  name: string,
+  elemType: number,
+  shape: readonly (number | string)[],
+): ValueInfoProto {
   const tensor = create(TypeProto_TensorSchema, { elemType, shape: shapeProto(shape) });
-  return create(ValueInfoProtoSchema, { name, type: create(TypeProtoSchema, { value: { case: 'tensorType', value: tensor } }) });
+  return create(ValueInfoProtoSchema, {
+    name,
+    type: create(TypeProtoSchema, { value: { case: 'tensorType', value: tensor } }),
+  });
 }
 
-export function makeGraph(name: string, nodes: NodeProto[], inputs: ValueInfoProto[], outputs: ValueInfoProto[], initializers: TensorProto[] = []): GraphProto {
+export function makeGraph(
+  name: string,
+  nodes: NodeProto[],
+  inputs: ValueInfoProto[],
+  outputs: ValueInfoProto[],
+  initializers: TensorProto[] = [],
+): GraphProto {
   return create(GraphProtoSchema, { name, node: nodes, input: inputs, output: outputs, initializer: initializers });
 }
 

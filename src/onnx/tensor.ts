@@ -29,9 +29,21 @@ export function numel(dims: readonly number[]): number {
 }
 
 const ELEMENT_BYTES: Partial<Record<number, number>> = {
-  [DataType.FLOAT]: 4, [DataType.UINT8]: 1, [DataType.INT8]: 1, [DataType.UINT16]: 2, [DataType.INT16]: 2, [DataType.INT32]: 4,
-  [DataType.INT64]: 8, [DataType.BOOL]: 1, [DataType.FLOAT16]: 2, [DataType.DOUBLE]: 8, [DataType.UINT32]: 4,
-  [DataType.UINT64]: 8, [DataType.COMPLEX64]: 8, [DataType.COMPLEX128]: 16, [DataType.BFLOAT16]: 2,
+  [DataType.FLOAT]: 4,
+  [DataType.UINT8]: 1,
+  [DataType.INT8]: 1,
+  [DataType.UINT16]: 2,
+  [DataType.INT16]: 2,
+  [DataType.INT32]: 4,
+  [DataType.INT64]: 8,
+  [DataType.BOOL]: 1,
+  [DataType.FLOAT16]: 2,
+  [DataType.DOUBLE]: 8,
+  [DataType.UINT32]: 4,
+  [DataType.UINT64]: 8,
+  [DataType.COMPLEX64]: 8,
+  [DataType.COMPLEX128]: 16,
+  [DataType.BFLOAT16]: 2,
 };
 
 /** Bytes a tensor's data must have by its dims and data type (undefined for strings and packed or unknown types). */
@@ -43,13 +55,21 @@ export function expectedBytes(t: TensorProto): number | undefined {
 /** The typed field holding a tensor's values when not in raw_data, and how many entries one element takes. */
 function typedValues(t: TensorProto): [ArrayLike<unknown>, number] {
   switch (t.dataType) {
-    case DataType.FLOAT: return [t.floatData, 1];
-    case DataType.COMPLEX64: return [t.floatData, 2];
-    case DataType.DOUBLE: return [t.doubleData, 1];
-    case DataType.COMPLEX128: return [t.doubleData, 2];
-    case DataType.INT64: return [t.int64Data, 1];
-    case DataType.UINT32: case DataType.UINT64: return [t.uint64Data, 1];
-    default: return [t.int32Data, 1]; // INT32, INT16, INT8, UINT16, UINT8, BOOL, FLOAT16, BFLOAT16
+    case DataType.FLOAT:
+      return [t.floatData, 1];
+    case DataType.COMPLEX64:
+      return [t.floatData, 2];
+    case DataType.DOUBLE:
+      return [t.doubleData, 1];
+    case DataType.COMPLEX128:
+      return [t.doubleData, 2];
+    case DataType.INT64:
+      return [t.int64Data, 1];
+    case DataType.UINT32:
+    case DataType.UINT64:
+      return [t.uint64Data, 1];
+    default:
+      return [t.int32Data, 1]; // INT32, INT16, INT8, UINT16, UINT8, BOOL, FLOAT16, BFLOAT16
   }
 }
 
@@ -73,11 +93,15 @@ export function checkStoredSize(t: TensorProto): void {
  */
 function storedBytes(t: TensorProto, baseDir: string | undefined): Uint8Array | undefined {
   if (t.segment !== undefined) {
-    throw badInput(`${label(t)} is stored in segments, which subprune does not support; re-export the model without segmented tensors.`);
+    throw badInput(
+      `${label(t)} is stored in segments, which subprune does not support; re-export the model without segmented tensors.`,
+    );
   }
   if (isExternal(t)) {
     if (baseDir === undefined) {
-      throw badInput(`${label(t)} keeps its data in an external file; load the model with readModel(path) (or pass the model's folder) so the file can be found.`);
+      throw badInput(
+        `${label(t)} keeps its data in an external file; load the model with readModel(path) (or pass the model's folder) so the file can be found.`,
+      );
     }
     return readExternalData(t, baseDir);
   }
@@ -86,7 +110,9 @@ function storedBytes(t: TensorProto, baseDir: string | undefined): Uint8Array | 
 
 function checkCount(t: TensorProto, got: number, want: number, what: string): void {
   if (got !== want) {
-    throw badInput(`${label(t)} has ${got} ${what} but its dims [${t.dims.join(', ')}] need ${want}; the model is corrupted or truncated, re-export it.`);
+    throw badInput(
+      `${label(t)} has ${got} ${what} but its dims [${t.dims.join(', ')}] need ${want}; the model is corrupted or truncated, re-export it.`,
+    );
   }
 }
 
@@ -119,7 +145,7 @@ export function float32ToFloat16Bits(v: number): number {
   let h = (e > 0 ? e << 10 : 0) | (sig >>> shift);
   const rem = sig & ((1 << shift) - 1);
   const half = 1 << (shift - 1);
-  if (rem > half || (rem === half && (h & 1))) h++; // a carry correctly moves into the exponent
+  if (rem > half || (rem === half && h & 1)) h++; // a carry correctly moves into the exponent
   return sign | h;
 }
 
@@ -131,10 +157,14 @@ export function tensorToFloat32(t: TensorProto, baseDir?: string): { dims: numbe
   const dims = tensorDims(t);
   const dt = t.dataType;
   if (dt !== DataType.FLOAT && dt !== DataType.FLOAT16 && dt !== DataType.DOUBLE) {
-    throw badInput(`${label(t)} has data type ${dataTypeName(dt)}; subprune reads weights only as FLOAT, FLOAT16 or DOUBLE. Convert the model's weights to float32.`);
+    throw badInput(
+      `${label(t)} has data type ${dataTypeName(dt)}; subprune reads weights only as FLOAT, FLOAT16 or DOUBLE. Convert the model's weights to float32.`,
+    );
   }
   const raw = storedBytes(t, baseDir);
-  const n = numel(dims), size = ELEMENT_BYTES[dt]!, typed = typedValues(t)[0];
+  const n = numel(dims),
+    size = ELEMENT_BYTES[dt]!,
+    typed = typedValues(t)[0];
   // sizes first: corrupted dims must not turn into a huge allocation
   if (raw !== undefined) checkCount(t, raw.length, n * size, 'bytes of data');
   else checkCount(t, typed.length, n, 'stored values');
@@ -143,9 +173,11 @@ export function tensorToFloat32(t: TensorProto, baseDir?: string): { dims: numbe
     const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
     for (let i = 0; i < n; i++) {
       data[i] =
-        dt === DataType.FLOAT ? view.getFloat32(4 * i, true)
-        : dt === DataType.FLOAT16 ? float16BitsToFloat32(view.getUint16(2 * i, true))
-        : view.getFloat64(8 * i, true);
+        dt === DataType.FLOAT
+          ? view.getFloat32(4 * i, true)
+          : dt === DataType.FLOAT16
+            ? float16BitsToFloat32(view.getUint16(2 * i, true))
+            : view.getFloat64(8 * i, true);
     }
   } else if (dt === DataType.FLOAT16) {
     // ONNX stores float16 bit patterns in int32_data, one per entry.
@@ -160,7 +192,9 @@ export function tensorToFloat32(t: TensorProto, baseDir?: string): { dims: numbe
 export function tensorToInt64(t: TensorProto, baseDir?: string): { dims: number[]; data: BigInt64Array } {
   const dims = tensorDims(t);
   if (t.dataType !== DataType.INT64) {
-    throw badInput(`${label(t)} has data type ${dataTypeName(t.dataType)} where INT64 was expected; the model does not follow the ONNX spec for this input.`);
+    throw badInput(
+      `${label(t)} has data type ${dataTypeName(t.dataType)} where INT64 was expected; the model does not follow the ONNX spec for this input.`,
+    );
   }
   const raw = storedBytes(t, baseDir);
   const n = numel(dims);
@@ -197,7 +231,8 @@ export function setTensorData(t: TensorProto, dims: readonly number[], dataType:
 
 /** Encode float32 values as FLOAT, FLOAT16 or DOUBLE little-endian bytes. */
 export function encodeFloat32(data: ArrayLike<number>, dataType: number): Uint8Array {
-  const size = dataType === DataType.FLOAT ? 4 : dataType === DataType.FLOAT16 ? 2 : dataType === DataType.DOUBLE ? 8 : 0;
+  const size =
+    dataType === DataType.FLOAT ? 4 : dataType === DataType.FLOAT16 ? 2 : dataType === DataType.DOUBLE ? 8 : 0;
   if (size === 0) throw new SubpruneError('internal', `cannot encode float data as ${dataTypeName(dataType)}`);
   const raw = new Uint8Array(data.length * size);
   const view = new DataView(raw.buffer);
@@ -217,7 +252,12 @@ function checkLength(name: string, dims: readonly number[], length: number): voi
 }
 
 /** A new tensor holding float32 values, stored as dataType (FLOAT, FLOAT16 or DOUBLE) in raw_data. */
-export function float32Tensor(name: string, dims: readonly number[], data: Float32Array, dataType: number = DataType.FLOAT): TensorProto {
+export function float32Tensor(
+  name: string,
+  dims: readonly number[],
+  data: Float32Array,
+  dataType: number = DataType.FLOAT,
+): TensorProto {
   checkLength(name, dims, data.length);
   const t = create(TensorProtoSchema, { name });
   setTensorData(t, dims, dataType, encodeFloat32(data, dataType));

@@ -52,13 +52,20 @@ export interface PruneOptions {
 }
 
 /** Kernel memory (WebAssembly, ≤ 4 GiB) a run needs: its largest capture pass and its largest selection (k = all). */
-export interface MemoryPlan { capture: number; passes: number; units: number; select: number }
+export interface MemoryPlan {
+  capture: number;
+  passes: number;
+  units: number;
+  select: number;
+}
 
 function memoryPlan(units: Unit[], mode: Mode): MemoryPlan {
   const passes = mode === 'layerwise' ? capturePasses(units, false) : units.map((u) => [u]);
   const asym = mode === 'asymmetric';
   return {
-    capture: Math.max(0, ...passes.map((p) => p.reduce((a, u) => a + gramBytes(u.d, asym), 0))), passes: passes.length, units: units.length,
+    capture: Math.max(0, ...passes.map((p) => p.reduce((a, u) => a + gramBytes(u.d, asym), 0))),
+    passes: passes.length,
+    units: units.length,
     select: Math.max(0, ...units.map((u) => selectionBytes(u.d, u.m, u.g, u.channels))),
   };
 }
@@ -88,7 +95,15 @@ export interface PruneReport {
   params: { before: number; after: number };
   flops: { before: number; after: number };
   /** allocate: the sensitivity or global allocation (its capture of the original model and its measurements). */
-  seconds: { analyze: number; allocate: number; capture: number; select: number; rewrite: number; verify: number; total: number };
+  seconds: {
+    analyze: number;
+    allocate: number;
+    capture: number;
+    select: number;
+    rewrite: number;
+    verify: number;
+    total: number;
+  };
   /** The pruned model against the original on the calibration inputs. */
   fidelity: Fidelity;
   /** Bytes of kernel memory planned before the run. */
@@ -98,8 +113,13 @@ export interface PruneReport {
 const now = () => performance.now() / 1000;
 
 /** Prunes `model` with calibration data; returns the pruned model (verified in onnxruntime) and the report. */
-export async function prune(model: Model, calib: NpyFile, opts: PruneOptions): Promise<{ model: Model; report: PruneReport }> {
-  const mode = opts.mode ?? 'layerwise', refit = opts.refit ?? true;
+export async function prune(
+  model: Model,
+  calib: NpyFile,
+  opts: PruneOptions,
+): Promise<{ model: Model; report: PruneReport }> {
+  const mode = opts.mode ?? 'layerwise',
+    refit = opts.refit ?? true;
   const progress = opts.onProgress ?? (() => {});
   // resolved once, so every run below uses the same one; loading it is a per-process cost, not in the seconds
   const backend = (await loadRuntime(opts.backend)).backend;
@@ -108,32 +128,66 @@ export async function prune(model: Model, calib: NpyFile, opts: PruneOptions): P
   const inputShape = [1, ...calib.shape.slice(1)];
   const { units, refused } = analyze(model, inputShape);
   const before = modelStats(model, inputShape);
-  const sizeOf = sizeModel(model, units, inputShape, 'compression' in opts.budget && opts.budget.target === 'flops' ? 'flops' : 'params');
-  const method = opts.method ?? 'greedy', seed = opts.seed ?? 0, allocation = opts.allocation ?? 'uniform';
+  const sizeOf = sizeModel(
+    model,
+    units,
+    inputShape,
+    'compression' in opts.budget && opts.budget.target === 'flops' ? 'flops' : 'params',
+  );
+  const method = opts.method ?? 'greedy',
+    seed = opts.seed ?? 0,
+    allocation = opts.allocation ?? 'uniform';
   const memory = memoryPlan(units, mode);
   opts.onPlan?.(memory);
-  if (allocation !== 'uniform' && !('compression' in opts.budget)) throw badInput(`--allocation ${allocation} needs a --compression budget`);
+  if (allocation !== 'uniform' && !('compression' in opts.budget))
+    throw badInput(`--allocation ${allocation} needs a --compression budget`);
   const tA = now();
-  const alloc = allocation !== 'uniform' && units.length > 0 && 'compression' in opts.budget
-    ? await allocateBudget(model, units, calib, sizeOf, sizeOf(new Map(units.map((u) => [u.id, u.channels]))) / opts.budget.compression,
-      { ...opts, allocation, backend, onProgress: progress })
-    : undefined;
+  const alloc =
+    allocation !== 'uniform' && units.length > 0 && 'compression' in opts.budget
+      ? await allocateBudget(
+          model,
+          units,
+          calib,
+          sizeOf,
+          sizeOf(new Map(units.map((u) => [u.id, u.channels]))) / opts.budget.compression,
+          { ...opts, allocation, backend, onProgress: progress },
+        )
+      : undefined;
   const keeps = alloc?.keeps ?? (units.length ? resolveBudget(units, opts.budget, sizeOf) : new Map<string, number>()); // no units: nothing to budget
   const t1 = now();
 
   const reports: UnitReport[] = [];
-  let tCapture = 0, tSelect = 0, tRewrite = 0;
+  let tCapture = 0,
+    tSelect = 0,
+    tRewrite = 0;
   let distinct: number | undefined; // of the calibration samples, counted once if a re-fit needs it
   const choose = (unit: Unit, gram: Captured, current: Model) => {
-    const t = now(), k = keeps.get(unit.id)!;
-    if (refit) checkRefitRows(unit, gram.rows, calib.rows, distinct ??= distinctSamples(calib));
+    const t = now(),
+      k = keeps.get(unit.id)!;
+    if (refit) checkRefitRows(unit, gram.rows, calib.rows, (distinct ??= distinctSamples(calib)));
     const W = consumerWeightMatrix(current, unit);
-    const order = rankChannels(method, { n: unit.channels, g: unit.g, m: unit.m, W, stats: gram.stats }, unitSeed(seed, unit.id));
-    const sel = selectChannels({ d: unit.d, m: unit.m, g: unit.g, G: gram.G, C: gram.C, H: gram.H, W }, k, { kernels: opts.kernels, threads: opts.threads, order });
+    const order = rankChannels(
+      method,
+      { n: unit.channels, g: unit.g, m: unit.m, W, stats: gram.stats },
+      unitSeed(seed, unit.id),
+    );
+    const sel = selectChannels({ d: unit.d, m: unit.m, g: unit.g, G: gram.G, C: gram.C, H: gram.H, W }, k, {
+      kernels: opts.kernels,
+      threads: opts.threads,
+      order,
+    });
     const fit = sel.refit(k);
     const objective = refit ? (k ? sel.objective[k - 1] : 0) : slicedObjective(unit, gram, W, fit.keep, sel.norm2);
     tSelect += now() - t;
-    reports.push({ id: unit.id, weight: unit.weight, channels: unit.channels, kept: k, order: sel.order, objective, seconds: now() - t });
+    reports.push({
+      id: unit.id,
+      weight: unit.weight,
+      channels: unit.channels,
+      kept: k,
+      order: sel.order,
+      objective,
+      seconds: now() - t,
+    });
     // Every channel kept with the model's own input as target: W is already a minimiser (error 0), and re-fitting could
     // only move it along the null space of a rank-deficient B (changing outputs off the calibration set).
     const same = k === unit.channels && mode !== 'asymmetric';
@@ -143,9 +197,20 @@ export async function prune(model: Model, calib: NpyFile, opts: PruneOptions): P
   let pruned: Model;
   if (mode === 'layerwise') {
     let t = now();
-    const grams = alloc?.grams ?? await captureGrams(model, units, calib, { batch: opts.batch, backend, threads: opts.threads, stats: statsFor(method), onBatch: (d, n) => progress('capture', d, n) });
+    const grams =
+      alloc?.grams ??
+      (await captureGrams(model, units, calib, {
+        batch: opts.batch,
+        backend,
+        threads: opts.threads,
+        stats: statsFor(method),
+        onBatch: (d, n) => progress('capture', d, n),
+      }));
     tCapture += now() - t;
-    const plans = units.map((u, i) => { progress('select', i, units.length); return choose(u, grams.get(u.id)!, model); });
+    const plans = units.map((u, i) => {
+      progress('select', i, units.length);
+      return choose(u, grams.get(u.id)!, model);
+    });
     progress('select', units.length, units.length);
     t = now();
     pruned = pruneUnits(model, plans);
@@ -158,7 +223,13 @@ export async function prune(model: Model, calib: NpyFile, opts: PruneOptions): P
       const unit = analyze(pruned, inputShape).units.find((u) => u.id === id);
       if (!unit) throw new Error(`unit ${id} is no longer prunable after pruning the units before it`);
       let t = now();
-      const grams = await captureGrams(pruned, [unit], calib, { batch: opts.batch, backend, threads: opts.threads, stats: statsFor(method), target: mode === 'asymmetric' ? model : undefined });
+      const grams = await captureGrams(pruned, [unit], calib, {
+        batch: opts.batch,
+        backend,
+        threads: opts.threads,
+        stats: statsFor(method),
+        target: mode === 'asymmetric' ? model : undefined,
+      });
       tCapture += now() - t;
       const plan = choose(unit, grams.get(id)!, pruned);
       reports[reports.length - 1].seconds = now() - t; // capture + selection of this unit
@@ -172,33 +243,67 @@ export async function prune(model: Model, calib: NpyFile, opts: PruneOptions): P
 
   const t2 = now();
   await verifyPruned(model, pruned, calib, { batch: opts.batch, backend });
-  const fidelity = await evaluate(pruned, calib, { reference: model, batch: opts.batch, backend, onBatch: (d, n) => progress('verify', d, n) });
+  const fidelity = await evaluate(pruned, calib, {
+    reference: model,
+    batch: opts.batch,
+    backend,
+    onBatch: (d, n) => progress('verify', d, n),
+  });
   const after = modelStats(pruned, inputShape);
   const t3 = now();
   return {
     model: pruned,
     report: {
-      mode, refit, method, allocation, backend, calibration: { path: calib.path, samples: calib.rows },
-      units: reports, refused,
+      mode,
+      refit,
+      method,
+      allocation,
+      backend,
+      calibration: { path: calib.path, samples: calib.rows },
+      units: reports,
+      refused,
       params: { before: before.params, after: after.params },
       flops: { before: before.flops, after: after.flops },
-      seconds: { analyze: tA - t0, allocate: t1 - tA, capture: tCapture, select: tSelect, rewrite: tRewrite, verify: t3 - t2, total: t3 - t0 },
-      fidelity, memory,
+      seconds: {
+        analyze: tA - t0,
+        allocate: t1 - tA,
+        capture: tCapture,
+        select: tSelect,
+        rewrite: tRewrite,
+        verify: t3 - t2,
+        total: t3 - t0,
+      },
+      fidelity,
+      memory,
     },
   };
 }
 
 /** 1 − ‖B_S W_S − A W‖²/‖A W‖² for the sliced (not re-fitted) weights, in Gram space. */
 function slicedObjective(unit: Unit, gram: Gram, W: Float64Array, keep: number[], norm2: number): number {
-  const { d, m, g } = unit, G = gram.G, C = gram.C ?? gram.G;
+  const { d, m, g } = unit,
+    G = gram.G,
+    C = gram.C ?? gram.G;
   const cols = keep.flatMap((c) => Array.from({ length: g }, (_, a) => c * g + a));
-  let cross = 0, quad = 0;
-  const GW = new Float64Array(m), CW = new Float64Array(m);
+  let cross = 0,
+    quad = 0;
+  const GW = new Float64Array(m),
+    CW = new Float64Array(m);
   for (const i of cols) {
-    GW.fill(0); CW.fill(0);
-    for (const l of cols) { const v = G[i * d + l]; if (v) for (let j = 0; j < m; j++) GW[j] += v * W[l * m + j]; }
-    for (let l = 0; l < d; l++) { const v = C[i * d + l]; if (v) for (let j = 0; j < m; j++) CW[j] += v * W[l * m + j]; }
-    for (let j = 0; j < m; j++) { quad += W[i * m + j] * GW[j]; cross += W[i * m + j] * CW[j]; }
+    GW.fill(0);
+    CW.fill(0);
+    for (const l of cols) {
+      const v = G[i * d + l];
+      if (v) for (let j = 0; j < m; j++) GW[j] += v * W[l * m + j];
+    }
+    for (let l = 0; l < d; l++) {
+      const v = C[i * d + l];
+      if (v) for (let j = 0; j < m; j++) CW[j] += v * W[l * m + j];
+    }
+    for (let j = 0; j < m; j++) {
+      quad += W[i * m + j] * GW[j];
+      cross += W[i * m + j] * CW[j];
+    }
   }
   return norm2 > 0 ? 1 - (quad - 2 * cross + norm2) / norm2 : 1;
 }

@@ -7,9 +7,18 @@ import type { NpyFile } from '../npy.js';
 import { Runner, batches, checkData, type Activation, type Backend } from '../capture/index.js';
 
 const broken = (what: string, cause?: unknown) =>
-  new SubpruneError('internal', `the pruned model failed verification: ${what}; nothing was written (please report this)`, cause === undefined ? undefined : { cause });
+  new SubpruneError(
+    'internal',
+    `the pruned model failed verification: ${what}; nothing was written (please report this)`,
+    cause === undefined ? undefined : { cause },
+  );
 
-async function outputsOf(model: Model, names: string[], x: { data: Float32Array; dims: number[] }, backend?: Backend): Promise<Map<string, Activation>> {
+async function outputsOf(
+  model: Model,
+  names: string[],
+  x: { data: Float32Array; dims: number[] },
+  backend?: Backend,
+): Promise<Map<string, Activation>> {
   const run = await Runner.open(model, [], { backend });
   try {
     return await run.run(x.data, x.dims, names);
@@ -18,7 +27,12 @@ async function outputsOf(model: Model, names: string[], x: { data: Float32Array;
   }
 }
 
-export async function verifyPruned(original: Model, pruned: Model, calib: NpyFile, opts: { batch?: number; backend?: Backend } = {}): Promise<void> {
+export async function verifyPruned(
+  original: Model,
+  pruned: Model,
+  calib: NpyFile,
+  opts: { batch?: number; backend?: Backend } = {},
+): Promise<void> {
   const names = original.graph!.output.map((o) => o.name);
   const got = pruned.graph?.output.map((o) => o.name) ?? [];
   if (got.join('\n') !== names.join('\n')) throw broken(`its outputs are [${got}], the original's [${names}]`);
@@ -31,8 +45,10 @@ export async function verifyPruned(original: Model, pruned: Model, calib: NpyFil
     throw broken((e as Error).message, e);
   }
   for (const name of names) {
-    const a = have.get(name)!, b = want.get(name)!;
-    if (a.dims.join() !== b.dims.join()) throw broken(`output ${name} has shape [${a.dims}], the original's [${b.dims}]`);
+    const a = have.get(name)!,
+      b = want.get(name)!;
+    if (a.dims.join() !== b.dims.join())
+      throw broken(`output ${name} has shape [${a.dims}], the original's [${b.dims}]`);
     const bad = a.data.findIndex((v) => !Number.isFinite(v));
     if (bad >= 0) throw broken(`output ${name} holds ${a.data[bad]}`); // Runner.run refuses these too; this check must not depend on it
   }

@@ -45,7 +45,9 @@ const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
 function sliceAxis(w: Work, s: ParamSlice, keep: readonly number[], channels: number, what: string): void {
   const { dims, data } = w;
   if (dims[s.axis] !== channels * s.group) {
-    throw badInput(`${what}: constant "${s.tensor}" has ${dims[s.axis]} entries on axis ${s.axis}, expected ${channels}×${s.group}; was the model changed after analysis?`);
+    throw badInput(
+      `${what}: constant "${s.tensor}" has ${dims[s.axis]} entries on axis ${s.axis}, expected ${channels}×${s.group}; was the model changed after analysis?`,
+    );
   }
   const outer = prod(dims.slice(0, s.axis));
   const inner = prod(dims.slice(s.axis + 1));
@@ -64,7 +66,13 @@ function sliceAxis(w: Work, s: ParamSlice, keep: readonly number[], channels: nu
 }
 
 /** W ((k·g)×cols, the consumerWeightMatrix layout) back into the consumer's own weight layout. */
-function fromMatrix(unit: Unit, W: Float64Array, rows: number, cols: number, dims: readonly number[]): Pick<Work, 'dims' | 'data'> {
+function fromMatrix(
+  unit: Unit,
+  W: Float64Array,
+  rows: number,
+  cols: number,
+  dims: readonly number[],
+): Pick<Work, 'dims' | 'data'> {
   const data = new Float32Array(rows * cols);
   if (unit.consumerLayout === 'in-out') {
     data.set(W);
@@ -76,10 +84,15 @@ function fromMatrix(unit: Unit, W: Float64Array, rows: number, cols: number, dim
 
 function checkPlan(p: PrunePlan): void {
   const { unit, keep } = p;
-  if (keep.length === 0) throw badInput(`unit "${unit.id}": keep at least one channel (removing all of them would disconnect the consumer).`);
+  if (keep.length === 0)
+    throw badInput(
+      `unit "${unit.id}": keep at least one channel (removing all of them would disconnect the consumer).`,
+    );
   keep.forEach((c, i) => {
-    if (!Number.isInteger(c) || c < 0 || c >= unit.channels) throw badInput(`unit "${unit.id}": channel ${c} is out of range 0..${unit.channels - 1}.`);
-    if (i > 0 && c <= keep[i - 1]!) throw badInput(`unit "${unit.id}": kept channels must be strictly ascending (W's rows follow keep).`);
+    if (!Number.isInteger(c) || c < 0 || c >= unit.channels)
+      throw badInput(`unit "${unit.id}": channel ${c} is out of range 0..${unit.channels - 1}.`);
+    if (i > 0 && c <= keep[i - 1]!)
+      throw badInput(`unit "${unit.id}": kept channels must be strictly ascending (W's rows follow keep).`);
   });
 }
 
@@ -105,7 +118,8 @@ export function pruneUnits(model: Model, plans: PrunePlan[]): Model {
     let w = work.get(name);
     if (!w) {
       const t = consts.get(name);
-      if (!t) throw badInput(`unit "${unit.id}": the model has no constant "${name}"; was it analysed on a different model?`);
+      if (!t)
+        throw badInput(`unit "${unit.id}": the model has no constant "${name}"; was it analysed on a different model?`);
       w = { t, ...tensorToFloat32(t) };
       work.set(name, w);
     }
@@ -125,7 +139,9 @@ export function pruneUnits(model: Model, plans: PrunePlan[]): Model {
   for (const { unit, keep, W } of plans) {
     const w = get(unit.consumerWeight, unit);
     if (w.data.length !== unit.d * unit.m) {
-      throw badInput(`unit "${unit.id}": consumer weight "${unit.consumerWeight}" has ${w.data.length} values, expected ${unit.d}×${unit.m}; was the model changed after analysis?`);
+      throw badInput(
+        `unit "${unit.id}": consumer weight "${unit.consumerWeight}" has ${w.data.length} values, expected ${unit.d}×${unit.m}; was the model changed after analysis?`,
+      );
     }
     if (W) {
       const rows = keep.length * unit.g;
@@ -135,11 +151,20 @@ export function pruneUnits(model: Model, plans: PrunePlan[]): Model {
         cols = next.keep.length;
         done.add(unit.consumerWeight);
       }
-      if (W.length !== rows * cols) throw badInput(`unit "${unit.id}": W has ${W.length} values, expected ${rows}×${unit.m} (kept channels × g by consumer outputs).`);
+      if (W.length !== rows * cols)
+        throw badInput(
+          `unit "${unit.id}": W has ${W.length} values, expected ${rows}×${unit.m} (kept channels × g by consumer outputs).`,
+        );
       Object.assign(w, fromMatrix(unit, W, rows, cols, w.dims));
     } else {
       const axis = unit.consumerLayout === 'in-out' ? 0 : 1; // input axis: conv [m, n, kh, kw], out-in [m, d], in-out [d, m]
-      sliceAxis(w, { tensor: unit.consumerWeight, axis, group: unit.consumerLayout === 'conv' ? 1 : unit.g }, keep, unit.channels, `unit "${unit.id}"`);
+      sliceAxis(
+        w,
+        { tensor: unit.consumerWeight, axis, group: unit.consumerLayout === 'conv' ? 1 : unit.g },
+        keep,
+        unit.channels,
+        `unit "${unit.id}"`,
+      );
     }
   }
 
@@ -168,7 +193,13 @@ export function pruneUnits(model: Model, plans: PrunePlan[]): Model {
 }
 
 /** Store new data in an initializer (keeps its data type, fixes its graph-input entry) or a Constant node's tensor. */
-function writeBack(graph: GraphProto, name: string, t: TensorProto, dims: number[], data: Float32Array | BigInt64Array): void {
+function writeBack(
+  graph: GraphProto,
+  name: string,
+  t: TensorProto,
+  dims: number[],
+  data: Float32Array | BigInt64Array,
+): void {
   if (graph.initializer.includes(t)) {
     replaceInitializerData(graph, name, dims, data);
     return;

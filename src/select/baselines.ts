@@ -6,16 +6,27 @@ export type Method = 'greedy' | 'random' | 'weight-norm' | 'activation-norm' | '
 export const METHODS: readonly Method[] = ['greedy', 'random', 'weight-norm', 'activation-norm', 'sampling'];
 
 /** What a method needs to know about one unit: its size, the consumer's d×m weights W, and channel statistics. */
-export interface RankInput { n: number; g: number; m: number; W: Float64Array; stats?: ChannelStats }
+export interface RankInput {
+  n: number;
+  g: number;
+  m: number;
+  W: Float64Array;
+  stats?: ChannelStats;
+}
 
 /** The channels of a unit, most important first; undefined for greedy (the selection itself ranks). */
 export function rankChannels(method: Method, p: RankInput, seed = 0): number[] | undefined {
   switch (method) {
-    case 'greedy': return undefined;
-    case 'random': return sampleOrder(new Float64Array(p.n).fill(1), seed);
-    case 'weight-norm': return byScore(weightNorms(p));
-    case 'activation-norm': return byScore(need(p.stats?.absMean, 'activation-norm', 'absMean'));
-    case 'sampling': return sampleOrder(need(p.stats?.sensitivity, 'sampling', 'sensitivity'), seed);
+    case 'greedy':
+      return undefined;
+    case 'random':
+      return sampleOrder(new Float64Array(p.n).fill(1), seed);
+    case 'weight-norm':
+      return byScore(weightNorms(p));
+    case 'activation-norm':
+      return byScore(need(p.stats?.absMean, 'activation-norm', 'absMean'));
+    case 'sampling':
+      return sampleOrder(need(p.stats?.sensitivity, 'sampling', 'sensitivity'), seed);
   }
 }
 
@@ -47,8 +58,13 @@ export function byScore(score: ArrayLike<number>): number[] {
  * random order.
  */
 export function sampleOrder(weight: ArrayLike<number>, seed: number): number[] {
-  const r = rng(seed), n = weight.length;
-  const key = Array.from({ length: n }, (_, c) => ({ c, k: weight[c] > 0 ? Math.log(r()) / weight[c] : -Infinity, t: r() }));
+  const r = rng(seed),
+    n = weight.length;
+  const key = Array.from({ length: n }, (_, c) => ({
+    c,
+    k: weight[c] > 0 ? Math.log(r()) / weight[c] : -Infinity,
+    t: r(),
+  }));
   return key.sort((a, b) => b.k - a.k || b.t - a.t).map((x) => x.c);
 }
 

@@ -66,27 +66,48 @@ const now = () => performance.now() / 1000;
 
 /** Bytes of kernel memory a selection needs (d columns, m outputs, group size g, k channels). */
 export function selectionBytes(d: number, m: number, g: number, k: number): number {
-  const t = Math.max(1, k * g), n = d / g;
-  return 8 * (d * d + d * m + n * g * g + 6 * d + m + n + d * t + t * t + t * m) + 4 * (n + d) + 8 * (d * m + d * d) + (1 << 20);
+  const t = Math.max(1, k * g),
+    n = d / g;
+  return (
+    8 * (d * d + d * m + n * g * g + 6 * d + m + n + d * t + t * t + t * m) +
+    4 * (n + d) +
+    8 * (d * m + d * d) +
+    (1 << 20)
+  );
 }
 
 /** Greedy selection of k channels (the paper's Algorithm 1 in Gram space: a pivoted Cholesky of G carrying Q = C W). */
 export function selectChannels(pr: LayerProblem, k: number, opts: SelectOptions = {}): Selection {
   const { d, m, g } = pr;
-  const n = d / g, tol = opts.tol ?? DEFAULT_TOL;
+  const n = d / g,
+    tol = opts.tol ?? DEFAULT_TOL;
   if (!Number.isInteger(n) || n < 1) throw new RangeError(`d = ${d} is not a multiple of the group size g = ${g}`);
-  if (!Number.isInteger(k) || k < 0 || k > n) throw new RangeError(`k = ${k}: must be a whole number from 0 to ${n} channels`);
-  if (opts.order && (opts.order.length < k || new Set(opts.order.slice(0, k)).size !== k || opts.order.some((c) => !Number.isInteger(c) || c < 0 || c >= n))) {
+  if (!Number.isInteger(k) || k < 0 || k > n)
+    throw new RangeError(`k = ${k}: must be a whole number from 0 to ${n} channels`);
+  if (
+    opts.order &&
+    (opts.order.length < k ||
+      new Set(opts.order.slice(0, k)).size !== k ||
+      opts.order.some((c) => !Number.isInteger(c) || c < 0 || c >= n))
+  ) {
     throw new RangeError(`order must list at least k = ${k} distinct channels from 0 to ${n - 1}`);
   }
   const need = selectionBytes(d, m, g, k);
   if (need > 2 ** 32 - (64 << 20)) {
-    throw badInput(`this layer (d = ${d}, m = ${m}, k = ${k} channels) needs ${fmtBytes(need)} of kernel memory; WebAssembly allows 4 GiB. Keep fewer channels in it, or leave it out of the budget (prune --budget).`);
+    throw badInput(
+      `this layer (d = ${d}, m = ${m}, k = ${k} channels) needs ${fmtBytes(need)} of kernel memory; WebAssembly allows 4 GiB. Keep fewer channels in it, or leave it out of the budget (prune --budget).`,
+    );
   }
-  if (pr.G.length !== d * d || pr.W.length !== d * m || (pr.C && pr.C.length !== d * d) || (pr.H && pr.H.length !== d * d)) {
+  if (
+    pr.G.length !== d * d ||
+    pr.W.length !== d * m ||
+    (pr.C && pr.C.length !== d * d) ||
+    (pr.H && pr.H.length !== d * d)
+  ) {
     throw new RangeError(`layer problem sizes do not match d = ${d}, m = ${m}`);
   }
-  const K = getKernels(opts.kernels, opts.threads), mark = K.arena.mark();
+  const K = getKernels(opts.kernels, opts.threads),
+    mark = K.arena.mark();
   try {
     return greedy(K, pr, k, opts);
   } finally {
@@ -95,20 +116,35 @@ export function selectChannels(pr: LayerProblem, k: number, opts: SelectOptions 
 }
 
 function greedy(K: Kernels, pr: LayerProblem, k: number, opts: SelectOptions): Selection {
-  const { d, m, g } = pr, n = d / g, tol = opts.tol ?? DEFAULT_TOL;
+  const { d, m, g } = pr,
+    n = d / g,
+    tol = opts.tol ?? DEFAULT_TOL;
   const A = K.arena;
   const t0 = now();
-  const gg = g * g, tmax = Math.max(1, k * g);
+  const gg = g * g,
+    tmax = Math.max(1, k * g);
 
   // Kernel memory. C, H and their products are temporaries on top of the stack, released before the loop.
   const p = {
-    G: A.alloc(d * d * 8), Q: A.alloc(d * m * 8), E: A.alloc(n * gg * 8), diag0: A.alloc(d * 8),
-    gains: A.alloc(n * 8), u: A.alloc(d * 8), q: A.alloc(m * 8), gcol: A.alloc(d * 8),
-    L: A.alloc(d * tmax * 8), Lp: A.alloc(tmax * tmax * 8), Z: A.alloc(tmax * m * 8),
-    chan: A.alloc(n * 4), orig: A.alloc(d * 4), S: A.alloc((3 * gg + g) * 8 * K.threads),
+    G: A.alloc(d * d * 8),
+    Q: A.alloc(d * m * 8),
+    E: A.alloc(n * gg * 8),
+    diag0: A.alloc(d * 8),
+    gains: A.alloc(n * 8),
+    u: A.alloc(d * 8),
+    q: A.alloc(m * 8),
+    gcol: A.alloc(d * 8),
+    L: A.alloc(d * tmax * 8),
+    Lp: A.alloc(tmax * tmax * 8),
+    Z: A.alloc(tmax * m * 8),
+    chan: A.alloc(n * 4),
+    orig: A.alloc(d * 4),
+    S: A.alloc((3 * gg + g) * 8 * K.threads),
   };
   const top = A.mark();
-  const Wp = A.alloc(d * m * 8), P = A.alloc(K.gemmPackDoubles(m) * 8), tmp = A.alloc(128 * K.threads);
+  const Wp = A.alloc(d * m * 8),
+    P = A.alloc(K.gemmPackDoubles(m) * 8),
+    tmp = A.alloc(128 * K.threads);
   A.f64(p.G, d * d).set(pr.G);
   A.f64(Wp, d * m).set(pr.W);
   let norm2: number;
@@ -130,9 +166,17 @@ function greedy(K: Kernels, pr: LayerProblem, k: number, opts: SelectOptions): S
   A.release(top);
 
   // Views: no allocation happens from here on, so they stay valid.
-  const G = A.f64(p.G, d * d), Q = A.f64(p.Q, d * m), E = A.f64(p.E, n * gg), diag0 = A.f64(p.diag0, d);
-  const L = A.f64(p.L, d * tmax), Lp = A.f64(p.Lp, tmax * tmax), Z = A.f64(p.Z, tmax * m);
-  const q = A.f64(p.q, m), gains = A.f64(p.gains, n), chan = A.i32(p.chan, n), orig = A.i32(p.orig, d);
+  const G = A.f64(p.G, d * d),
+    Q = A.f64(p.Q, d * m),
+    E = A.f64(p.E, n * gg),
+    diag0 = A.f64(p.diag0, d);
+  const L = A.f64(p.L, d * tmax),
+    Lp = A.f64(p.Lp, tmax * tmax),
+    Z = A.f64(p.Z, tmax * m);
+  const q = A.f64(p.q, m),
+    gains = A.f64(p.gains, n),
+    chan = A.i32(p.chan, n),
+    orig = A.i32(p.orig, d);
   for (let c = 0; c < n; c++) {
     chan[c] = c;
     for (let a = 0; a < g; a++) {
@@ -144,17 +188,29 @@ function greedy(K: Kernels, pr: LayerProblem, k: number, opts: SelectOptions): S
   }
   const SS = (3 * gg + g) * 8; // groupGains scratch per thread
   const groupGains = (nblk: number) =>
-    K.par('groupGains', [p.Q, m, p.E, p.diag0, 0, nblk, g, tol, p.gains, p.S], 4, { scratch: [9, SS], work: nblk * g * g * m });
+    K.par('groupGains', [p.Q, m, p.E, p.diag0, 0, nblk, g, tol, p.gains, p.S], 4, {
+      scratch: [9, SS],
+      work: nblk * g * g * m,
+    });
   groupGains(n);
   const t1 = now();
 
-  const order: number[] = [], objective: number[] = [], pivots: number[] = [], tAfter: number[] = [];
-  let t = 0, F = 0, nrem = n;
+  const order: number[] = [],
+    objective: number[] = [],
+    pivots: number[] = [],
+    tAfter: number[] = [];
+  let t = 0,
+    F = 0,
+    nrem = n;
   const rowTmp = new Float64Array(Math.max(m, tmax, gg));
   const swapRows = (X: Float64Array | Int32Array, ld: number, i: number, j: number, len: number) => {
     if (i === j) return;
-    const a = X.subarray(i * ld, i * ld + len), b = X.subarray(j * ld, j * ld + len), tmp = rowTmp.subarray(0, len);
-    tmp.set(a); a.set(b); b.set(tmp);
+    const a = X.subarray(i * ld, i * ld + len),
+      b = X.subarray(j * ld, j * ld + len),
+      tmp = rowTmp.subarray(0, len);
+    tmp.set(a);
+    a.set(b);
+    b.set(tmp);
   };
   for (let step = 0; step < k; step++) {
     // Move the best channel's block to the end of the candidate rows; its g columns then join the factor.
@@ -162,7 +218,8 @@ function greedy(K: Kernels, pr: LayerProblem, k: number, opts: SelectOptions): S
     const last = --nrem;
     if (best !== last) {
       for (let a = 0; a < g; a++) {
-        const i = best * g + a, j = last * g + a;
+        const i = best * g + a,
+          j = last * g + a;
         swapRows(Q, m, i, j, m);
         swapRows(L, tmax, i, j, t);
         [diag0[i], diag0[j]] = [diag0[j], diag0[i]];
@@ -174,7 +231,8 @@ function greedy(K: Kernels, pr: LayerProblem, k: number, opts: SelectOptions): S
     }
     const base = last * g;
     for (let a = 0; a < g; a++) {
-      const pos = base + a, ej = E[last * gg + a * g + a];
+      const pos = base + a,
+        ej = E[last * gg + a * g + a];
       if (!(ej > tol * diag0[pos] && ej > 0)) continue; // in the span already chosen: adds nothing
       const s = Math.sqrt(ej);
       K.gather(p.G, d, orig[pos], p.orig, base + g, p.gcol);
@@ -201,18 +259,24 @@ function greedy(K: Kernels, pr: LayerProblem, k: number, opts: SelectOptions): S
   const t2 = now();
 
   // Keep what the re-fit needs (the pivots' rows of L and the q rows) and free the kernel memory with K.
-  const LpOut = Lp.slice(0, t * tmax), ZOut = Z.slice(0, t * m);
+  const LpOut = Lp.slice(0, t * tmax),
+    ZOut = Z.slice(0, t * m);
   return {
-    order, objective, norm2,
+    order,
+    objective,
+    norm2,
     seconds: { setup: t1 - t0, greedy: t2 - t1 },
     refit: (prefix: number) => refit(prefix),
   };
 
   function refit(prefix: number): Refit {
-    if (!Number.isInteger(prefix) || prefix < 0 || prefix > order.length) throw new RangeError(`refit: prefix ${prefix} is not in 0..${order.length}`);
+    if (!Number.isInteger(prefix) || prefix < 0 || prefix > order.length)
+      throw new RangeError(`refit: prefix ${prefix} is not in 0..${order.length}`);
     const tp = prefix ? tAfter[prefix - 1] : 0;
-    const R = getKernels(opts.kernels, opts.threads), mark = R.arena.mark();
-    const Lr = R.arena.alloc(Math.max(1, tp * tmax) * 8), X = R.arena.alloc(Math.max(1, tp * m) * 8);
+    const R = getKernels(opts.kernels, opts.threads),
+      mark = R.arena.mark();
+    const Lr = R.arena.alloc(Math.max(1, tp * tmax) * 8),
+      X = R.arena.alloc(Math.max(1, tp * m) * 8);
     R.arena.f64(Lr, tp * tmax).set(LpOut.subarray(0, tp * tmax));
     R.arena.f64(X, tp * m).set(ZOut.subarray(0, tp * m));
     R.par('solveUpperT', [Lr, tmax, tp, X, m, 0, m], 5, { align: 64, work: tp * tp * m });

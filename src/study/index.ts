@@ -13,11 +13,26 @@ import { resolveBudget } from '../budget/index.js';
 import { sizeModel, type Target } from '../budget/size.js';
 import type { Curve } from '../budget/allocate.js';
 import { prune, type Mode } from '../prune/index.js';
-import { allocateRanked, captureOriginal, planOf, rankUnit, sensitivityCurves, type Allocation, type Ranked, type RunOptions } from '../prune/allocation.js';
+import {
+  allocateRanked,
+  captureOriginal,
+  planOf,
+  rankUnit,
+  sensitivityCurves,
+  type Allocation,
+  type Ranked,
+  type RunOptions,
+} from '../prune/allocation.js';
 import type { Method } from '../select/baselines.js';
 import { badInput } from '../errors.js';
 
-export interface StudyConfig { method: Method; mode: Mode; refit: boolean; allocation: Allocation; seed: number }
+export interface StudyConfig {
+  method: Method;
+  mode: Mode;
+  refit: boolean;
+  allocation: Allocation;
+  seed: number;
+}
 
 export interface StudyRow extends StudyConfig {
   compression: number;
@@ -79,7 +94,8 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
   const modes = o.modes ?? ['layerwise', 'sequential', 'asymmetric'];
   const allocations = o.allocations ?? ['uniform', 'sensitivity', 'global'];
   const refits = o.refits ?? [true, false];
-  const seeds = o.seeds ?? 3, target = o.target ?? 'params';
+  const seeds = o.seeds ?? 3,
+    target = o.target ?? 'params';
   const verify = o.verify ?? { data: o.calib };
   const run: RunOptions = { batch: o.batch, backend: o.backend, kernels: o.kernels, threads: o.threads };
   const inputShape = [1, ...o.calib.shape.slice(1)];
@@ -88,19 +104,33 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
   const full = sizeOf(new Map(units.map((u) => [u.id, u.channels])));
   const max = full / sizeOf(new Map(units.map((u) => [u.id, 1])));
   const compressions = o.compressions.filter((c) => c <= max);
-  if (!compressions.length) throw badInput(`every compression asked for is out of reach: pruning every unit to one channel gives ${max.toFixed(2)}×; ask for less`);
+  if (!compressions.length)
+    throw badInput(
+      `every compression asked for is out of reach: pruning every unit to one channel gives ${max.toFixed(2)}×; ask for less`,
+    );
   const stats = modelStats(model, inputShape);
-  const original = { accuracy: (await evaluate(model, o.test.data, { labels: o.test.labels, ...run })).accuracy!, params: stats.params, flops: stats.flops };
+  const original = {
+    accuracy: (await evaluate(model, o.test.data, { labels: o.test.labels, ...run })).accuracy!,
+    params: stats.params,
+    flops: stats.flops,
+  };
 
   // Which runs: global needs the greedy's objective gains; modes other than layerwise are the greedy's.
   const configs: StudyConfig[] = [];
-  for (const method of methods) for (let seed = 0; seed < (stochastic(method) ? seeds : 1); seed++) {
-    for (const refit of refits) for (const allocation of allocations) for (const mode of modes) {
-      if ((allocation === 'global' || mode !== 'layerwise') && method !== 'greedy') continue;
-      configs.push({ method, mode, refit, allocation, seed });
+  for (const method of methods)
+    for (let seed = 0; seed < (stochastic(method) ? seeds : 1); seed++) {
+      for (const refit of refits)
+        for (const allocation of allocations)
+          for (const mode of modes) {
+            if ((allocation === 'global' || mode !== 'layerwise') && method !== 'greedy') continue;
+            configs.push({ method, mode, refit, allocation, seed });
+          }
     }
-  }
-  const needsCurves = new Set(configs.filter((c) => c.allocation === 'sensitivity' && c.mode === 'layerwise').map((c) => `${c.method}/${c.refit}`));
+  const needsCurves = new Set(
+    configs
+      .filter((c) => c.allocation === 'sensitivity' && c.mode === 'layerwise')
+      .map((c) => `${c.method}/${c.refit}`),
+  );
   const total = configs.length * compressions.length + needsCurves.size;
   let done = 0;
   const tick = () => o.onProgress?.(++done, total);
@@ -117,7 +147,10 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
     const key = `${method}/${seed}`;
     if (!ranked.has(key)) {
       const t1 = now();
-      ranked.set(key, { ranked: units.map((u) => rankUnit(model, u, grams.get(u.id)!, method, seed, run)), seconds: now() - t1 });
+      ranked.set(key, {
+        ranked: units.map((u) => rankUnit(model, u, grams.get(u.id)!, method, seed, run)),
+        seconds: now() - t1,
+      });
     }
     return ranked.get(key)!;
   };
@@ -126,7 +159,14 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
     const key = `${method}/${refit}`;
     if (!curves.has(key)) {
       const t1 = now();
-      curves.set(key, { curves: await sensitivityCurves(model, rankedFor(method, 0).ranked, refit, verify, { ...run, targets, step: o.grid }), seconds: now() - t1 });
+      curves.set(key, {
+        curves: await sensitivityCurves(model, rankedFor(method, 0).ranked, refit, verify, {
+          ...run,
+          targets,
+          step: o.grid,
+        }),
+        seconds: now() - t1,
+      });
       tick();
     }
     return curves.get(key)!;
@@ -138,30 +178,58 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
     const cv = allocation === 'sensitivity' ? await curvesFor(method, refit) : undefined;
     for (const c of compressions) {
       t = now();
-      const keeps = allocation === 'uniform' ? resolveBudget(units, { compression: c }, sizeOf) : allocateRanked(allocation, r.ranked, sizeOf, full / c, cv?.curves);
+      const keeps =
+        allocation === 'uniform'
+          ? resolveBudget(units, { compression: c }, sizeOf)
+          : allocateRanked(allocation, r.ranked, sizeOf, full / c, cv?.curves);
       // what prune would spend before selecting: the capture, and for a per-unit allocation its ranking and curves
       let seconds = (allocation === 'uniform' ? 0 : tCapture + r.seconds + (cv?.seconds ?? 0)) + now() - t;
       let pruned: Model;
       if (mode === 'layerwise') {
         t = now();
-        pruned = pruneUnits(model, r.ranked.map((x) => planOf(x, keeps.get(x.unit.id)!, refit)));
+        pruned = pruneUnits(
+          model,
+          r.ranked.map((x) => planOf(x, keeps.get(x.unit.id)!, refit)),
+        );
         seconds += now() - t + (allocation === 'uniform' ? tCapture + r.seconds : 0);
       } else {
-        const res = await prune(model, o.calib, { ...run, mode, refit, method, seed, budget: { keep: Object.fromEntries(keeps) } });
+        const res = await prune(model, o.calib, {
+          ...run,
+          mode,
+          refit,
+          method,
+          seed,
+          budget: { keep: Object.fromEntries(keeps) },
+        });
         pruned = res.model;
         seconds += res.report.seconds.total - res.report.seconds.verify;
       }
       const s = modelStats(pruned, inputShape);
       const accuracy = (await evaluate(pruned, o.test.data, { labels: o.test.labels, ...run })).accuracy!;
-      rows.push({ ...cfg, compression: c, accuracy, params: s.params, flops: s.flops, seconds, keeps: Object.fromEntries(keeps) });
+      rows.push({
+        ...cfg,
+        compression: c,
+        accuracy,
+        params: s.params,
+        flops: s.flops,
+        seconds,
+        keeps: Object.fromEntries(keeps),
+      });
       tick();
     }
   }
   return {
-    model: o.name, target, compressions, unreachable: { compressions: o.compressions.filter((c) => c > max), max }, grid: o.grid ?? 0.01,
+    model: o.name,
+    target,
+    compressions,
+    unreachable: { compressions: o.compressions.filter((c) => c > max), max },
+    grid: o.grid ?? 0.01,
     calibration: { path: o.calib.path, samples: o.calib.rows },
     verify: { path: verify.data.path, samples: verify.data.rows, measure: verify.labels ? 'accuracy' : 'agreement' },
     test: { path: o.test.data.path, samples: o.test.data.rows },
-    original, units: units.map((u) => ({ id: u.id, channels: u.channels })), rows, seconds: now() - t0,
+    original,
+    units: units.map((u) => ({ id: u.id, channels: u.channels })),
+    rows,
+    seconds: now() - t0,
   };
 }

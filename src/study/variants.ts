@@ -11,37 +11,77 @@ import { sizeModel } from '../budget/size.js';
 import { allocateByLevel, allocateGlobal, commonLevel, gridKeeps, type Curve } from '../budget/allocate.js';
 import { captureOriginal, planOf, rankUnit, sensitivityCurves, type RunOptions } from '../prune/allocation.js';
 
-export interface Variant { name: string; points: number; accuracy: number[] }
+export interface Variant {
+  name: string;
+  points: number;
+  accuracy: number[];
+}
 
-export async function allocationVariants(model: Model, o: RunOptions & {
-  calib: NpyFile; test: { data: NpyFile; labels: ArrayLike<number> }; compressions: number[];
-}): Promise<Variant[]> {
-  const shape = [1, ...o.calib.shape.slice(1)], { units } = analyze(model, shape);
-  const sizeOf = sizeModel(model, units, shape, 'params'), full = sizeOf(new Map(units.map((u) => [u.id, u.channels])));
+export async function allocationVariants(
+  model: Model,
+  o: RunOptions & {
+    calib: NpyFile;
+    test: { data: NpyFile; labels: ArrayLike<number> };
+    compressions: number[];
+  },
+): Promise<Variant[]> {
+  const shape = [1, ...o.calib.shape.slice(1)],
+    { units } = analyze(model, shape);
+  const sizeOf = sizeModel(model, units, shape, 'params'),
+    full = sizeOf(new Map(units.map((u) => [u.id, u.channels])));
   const grams = await captureOriginal(model, units, o.calib, ['greedy'], o);
   const ranked = units.map((u) => rankUnit(model, u, grams.get(u.id)!, 'greedy', 0, o));
   const fine = await sensitivityCurves(model, ranked, true, { data: o.calib }, { ...o, full: true });
-  const on = (step: number) => new Map<string, Curve>(units.map((u) => {
-    const c = fine.get(u.id)!, keep = new Set(gridKeeps(u.channels, step)), at = c.ks.flatMap((k, i) => (keep.has(k) ? [i] : []));
-    return [u.id, { ks: at.map((i) => c.ks[i]), values: at.map((i) => c.values[i]) }];
-  }));
+  const on = (step: number) =>
+    new Map<string, Curve>(
+      units.map((u) => {
+        const c = fine.get(u.id)!,
+          keep = new Set(gridKeeps(u.channels, step)),
+          at = c.ks.flatMap((k, i) => (keep.has(k) ? [i] : []));
+        return [u.id, { ks: at.map((i) => c.ks[i]), values: at.map((i) => c.values[i]) }];
+      }),
+    );
   const accuracy = async (keeps: (goal: number, c: number) => Map<string, number>) => {
     const out: number[] = [];
     for (const c of o.compressions) {
-      const pruned = pruneUnits(model, ranked.map((r) => planOf(r, keeps(full / c, c).get(r.unit.id)!, true)));
-      out.push((await evaluate(pruned, o.test.data, { labels: o.test.labels, batch: o.batch, backend: o.backend })).accuracy!);
+      const pruned = pruneUnits(
+        model,
+        ranked.map((r) => planOf(r, keeps(full / c, c).get(r.unit.id)!, true)),
+      );
+      out.push(
+        (await evaluate(pruned, o.test.data, { labels: o.test.labels, batch: o.batch, backend: o.backend })).accuracy!,
+      );
     }
     return out;
   };
   const points = (step: number) => units.reduce((a, u) => a + gridKeeps(u.channels, step).length, 0);
-  const variants: Variant[] = [{ name: 'uniform', points: 0, accuracy: await accuracy((_, c) => resolveBudget(units, { compression: c }, sizeOf)) }];
+  const variants: Variant[] = [
+    {
+      name: 'uniform',
+      points: 0,
+      accuracy: await accuracy((_, c) => resolveBudget(units, { compression: c }, sizeOf)),
+    },
+  ];
   for (const step of [0.01, 0.02, 0.05, 0.1]) {
     const curves = on(step);
-    variants.push({ name: `sensitivity, grid ${step}`, points: points(step), accuracy: await accuracy((goal) => allocateByLevel(units, curves, sizeOf, goal)) });
-    if (step === 0.01) variants.push({ name: 'sensitivity, grid 0.01, no leftover spending', points: points(step), accuracy: await accuracy((goal) => commonLevel(units, curves, sizeOf, goal).keeps) });
+    variants.push({
+      name: `sensitivity, grid ${step}`,
+      points: points(step),
+      accuracy: await accuracy((goal) => allocateByLevel(units, curves, sizeOf, goal)),
+    });
+    if (step === 0.01)
+      variants.push({
+        name: 'sensitivity, grid 0.01, no leftover spending',
+        points: points(step),
+        accuracy: await accuracy((goal) => commonLevel(units, curves, sizeOf, goal).keeps),
+      });
   }
   const objectives = new Map(ranked.map((r) => [r.unit.id, r.sel.objective]));
-  variants.push({ name: 'global', points: 0, accuracy: await accuracy((goal) => allocateGlobal(units, objectives, sizeOf, goal)) });
+  variants.push({
+    name: 'global',
+    points: 0,
+    accuracy: await accuracy((goal) => allocateGlobal(units, objectives, sizeOf, goal)),
+  });
   return variants;
 }
 

@@ -20,12 +20,19 @@ async function loadKernels(): Promise<void> {
 
 scope.onmessage = async ({ data: job }) => {
   try {
-    await (kernels ??= loadKernels().catch((e) => { kernels = undefined; throw e; })); // a failed fetch is retried next run
+    await (kernels ??= loadKernels().catch((e) => {
+      kernels = undefined;
+      throw e;
+    })); // a failed fetch is retried next run
     const model = parseModel(new Uint8Array(job.model));
     const calib = npyFromBytes(new Uint8Array(job.calib), job.calibName);
     const { model: pruned, report } = await prune(model, calib, {
-      budget: { compression: job.compression, target: job.target }, mode: job.mode, method: job.method, refit: job.refit,
-      backend: 'web', threads: 1, // the kernels' thread pool needs Node's worker_threads
+      budget: { compression: job.compression, target: job.target },
+      mode: job.mode,
+      method: job.method,
+      refit: job.refit,
+      backend: 'web',
+      threads: 1, // the kernels' thread pool needs Node's worker_threads
       onProgress: (stage, done, total) => scope.postMessage({ type: 'progress', stage, done, total }),
     });
     const bytes = serializeModel(pruned);
