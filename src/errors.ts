@@ -21,3 +21,8 @@ export class SubpruneError extends Error {
 export function badInput(message: string, cause?: unknown): SubpruneError {
   return new SubpruneError('bad-input', message, cause === undefined ? undefined : { cause });
 }
+
+/** A broken invariant: a bug in subprune, not in the user's input. */
+export function internal(message: string, cause?: unknown): SubpruneError {
+  return new SubpruneError('internal', message, cause === undefined ? undefined : { cause });
+}

@@ -18,7 +18,8 @@ import {
   type AllocUnit,
   type Curve,
 } from '../src/budget/allocate.js';
-import { captureOriginal, rankUnit, planOf, sensitivityCurves } from '../src/prune/allocation.js';
+import { captureOriginal, sensitivityCurves } from '../src/prune/allocation.js';
+import { rankUnit, planOf } from '../src/prune/rank.js';
 import type { Unit } from '../src/graph/types.js';
 import { rng } from './oracle.js';
 import { randTensor, randn, smallModel } from './graph-helpers.js';
@@ -269,7 +270,7 @@ describe('lenet: the sensitivity curves measure the model with one unit pruned',
       { units } = analyze(model, shape),
       calib = openNpy('models/calib.npy');
     const grams = await captureOriginal(model, units, calib, ['greedy']);
-    const ranked = units.map((u) => rankUnit(model, u, grams.get(u.id)!, 'greedy', 0));
+    const ranked = units.map((u) => rankUnit(model, u, grams.get(u.id)!));
     for (const refit of [true, false]) {
       const curves = await sensitivityCurves(model, ranked, refit, { data: calib });
       const full = await sensitivityCurves(model, ranked, refit, { data: calib }, { full: true });
@@ -335,7 +336,7 @@ describe('a residual block: the tail measured from the consumer on also reads th
       );
     expect(size(new Map([['conv1', 6]]))).toBe(full.params);
     const grams = await captureOriginal(model, units, data, ['greedy']);
-    const ranked = units.map((u) => rankUnit(model, u, grams.get(u.id)!, 'greedy', 0));
+    const ranked = units.map((u) => rankUnit(model, u, grams.get(u.id)!));
     for (const refit of [true, false]) {
       const c = (await sensitivityCurves(model, ranked, refit, { data }, { full: true })).get('conv1')!;
       expect(c.ks).toEqual([1, 2, 3, 4, 5, 6]);

@@ -5,7 +5,8 @@ import type { Model } from '../src/onnx/index.js';
 import { initializerMap, tensorToFloat32 } from '../src/onnx/index.js';
 import type { NpyFile } from '../src/npy.js';
 import type { Unit } from '../src/graph/types.js';
-import { Runner, batches } from '../src/capture/index.js';
+import { Runner } from '../src/capture/index.js';
+import { batches } from '../src/calibration.js';
 
 export async function measuredObjective(orig: Model, pruned: Model, unit: Unit, calib: NpyFile): Promise<number> {
   const out = unit.consumer.output[0]!,

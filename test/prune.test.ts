@@ -6,7 +6,8 @@ import { readModel, tensorToFloat32, initializerMap, replaceInitializerData, typ
 import { openNpy, encodeNpy, type NpyFile } from '../src/npy.js';
 import { prune, type Mode } from '../src/prune/index.js';
 import { analyze, modelStats } from '../src/graph/analyze.js';
-import { Runner, batches } from '../src/capture/index.js';
+import { Runner } from '../src/capture/index.js';
+import { batches } from '../src/calibration.js';
 import type { Unit } from '../src/graph/types.js';
 import { serializeModel } from '../src/onnx/index.js';
 import * as ort from 'onnxruntime-node';

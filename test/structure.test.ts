@@ -16,7 +16,8 @@ import {
 import { encodeNpy, npyFromBytes, openNpy, type NpyFile } from '../src/npy.js';
 import { analyze } from '../src/graph/analyze.js';
 import { prune } from '../src/prune/index.js';
-import { OPSETS, capturePasses } from '../src/limits.js';
+import { OPSETS } from '../src/graph/ops.js';
+import { capturePasses } from '../src/capture/index.js';
 import { gramBytes } from '../src/kernels/gram.js';
 import { captureGrams } from '../src/capture/index.js';
 import { chainModel, randInput, randTensor, rng, smallModel } from './graph-helpers.js';

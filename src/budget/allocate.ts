@@ -1,6 +1,6 @@
 // Per-unit channel counts that meet a size goal, from per-unit curves: the paper's per-layer selection (a common
 // accuracy level across units, from each unit pruned alone) and a whole-network greedy (normalised objective gains).
-import { badInput } from '../errors.js';
+import { badInput, internal } from '../errors.js';
 import type { SizeOf } from './index.js';
 
 /** A unit as the allocations see it. */
@@ -41,7 +41,8 @@ function checkReachable(units: AllocUnit[], sizeOf: SizeOf, goal: number): void 
   const least = sizeOf(keepsOf(units, () => 1));
   if (least > goal)
     throw badInput(
-      `the size goal ${goal} is out of reach: one channel per unit leaves ${least}; the rest is in layers subprune cannot prune (see subprune inspect)`,
+      `the size goal ${goal} is out of reach: one channel per unit leaves ${least}; the rest is in layers ` +
+        'subprune cannot prune (see subprune inspect)',
     );
 }
 
@@ -71,7 +72,7 @@ export function commonLevel(
     units.map((u) => {
       const c = curves.get(u.id);
       if (!c || c.ks[0] !== 1 || c.ks[c.ks.length - 1] !== u.channels || c.ks.length !== c.values.length)
-        throw new Error(`curve of ${u.id} must cover k = 1 … ${u.channels}`);
+        throw internal(`curve of ${u.id} must cover k = 1 … ${u.channels}`);
       return [u.id, { ks: c.ks, values: monotone(c.values) }];
     }),
   );
@@ -112,10 +113,10 @@ export function spendLeftover(
 }
 
 /**
- * The whole-network greedy: objective[u][i] is unit u's normalised objective (1 − relative error of its consumer's input)
- * with its first i+1 greedy channels. Starting from one channel per unit, add the channel with the largest objective
- * gain over all units while the goal holds. Units are selected independently (layerwise), so this is the greedy on
- * Σ_u F_u(S_u)/‖A_u W_u‖² over the union of all channels.
+ * The whole-network greedy: objective[u][i] is unit u's normalised objective (1 − relative error of its consumer's
+ * input) with its first i+1 greedy channels. Starting from one channel per unit, add the channel with the largest
+ * objective gain over all units while the goal holds. Units are selected independently (layerwise), so this is the
+ * greedy on Σ_u F_u(S_u)/‖A_u W_u‖² over the union of all channels.
  */
 export function allocateGlobal(
   units: AllocUnit[],

@@ -24,7 +24,8 @@ export function resolveBudget(units: Unit[], budget: Budget, sizeOf: SizeOf): Ma
       const u = units.find((x) => x.id === key || x.weight === key);
       if (!u)
         throw badInput(
-          `budget names "${key}", which is no prunable unit (ids: ${units.map((x) => x.id).join(', ')}); see subprune inspect`,
+          `budget names "${key}", which is no prunable unit (ids: ${units.map((x) => x.id).join(', ')}); see ` +
+            'subprune inspect',
         );
       if (!Number.isInteger(k) || k < 1 || k > u.channels)
         throw badInput(`budget for ${u.id}: ${k} channels; it has ${u.channels}, keep between 1 and ${u.channels}`);
@@ -44,7 +45,8 @@ export function resolveBudget(units: Unit[], budget: Budget, sizeOf: SizeOf): Ma
   const least = sizeOf(uniformKeeps(units, 0));
   if (least > goal) {
     throw badInput(
-      `compression ${c} is out of reach: pruning every unit to one channel leaves ${least} of ${full} (${(full / least).toFixed(2)}×); the rest is in layers subprune cannot prune (see subprune inspect)`,
+      `compression ${c} is out of reach: pruning every unit to one channel leaves ${least} of ${full} ` +
+        `(${(full / least).toFixed(2)}×); the rest is in layers subprune cannot prune (see subprune inspect)`,
     );
   }
   let lo = 0,

@@ -2,6 +2,7 @@
 // channels scales every constant it slices (producer weight and bias, chain parameters, the consumer weight's input
 // axis) by k_u/n_u, and the FLOPs of its producer and consumer nodes likewise; a tensor or node touched by two units
 // (LeNet's fc2 weight: fc1's consumer, fc2's producer) scales by both. So the size is exact and costs O(tensors).
+import { internal } from '../errors.js';
 import { numel, tensorDims, type Model } from '../onnx/index.js';
 import { modelStats } from '../graph/analyze.js';
 import { constantTensors, inferShapes, nodeMacs } from '../graph/shapes.js';
@@ -16,7 +17,9 @@ interface Term {
   units: string[];
 }
 
-/** Exact params (every initializer and Constant tensor, as modelStats counts them) or FLOPs after pruning to `keeps`. */
+/**
+ * Exact params (every initializer and Constant tensor, as modelStats counts them) or FLOPs after pruning to `keeps`.
+ */
 export function sizeModel(model: Model, units: Unit[], inputShape: number[], target: Target): SizeOf {
   const full = modelStats(model, inputShape);
   const touched = new Map<string, Set<Unit>>(); // tensor or node name → units that scale it
@@ -49,7 +52,7 @@ export function sizeModel(model: Model, units: Unit[], inputShape: number[], tar
   for (const [name, us] of touched) {
     const v = value(name),
       denom = [...us].reduce((a, u) => a * u.channels, 1);
-    if (v % denom !== 0) throw new Error(`size of ${name} (${v}) is not a multiple of its units' channels (${denom})`);
+    if (v % denom !== 0) throw internal(`size of ${name} (${v}) is not a multiple of its units' channels (${denom})`);
     size -= v;
     terms.push({ per: v / denom, units: [...us].map((u) => u.id) });
   }

@@ -6,6 +6,14 @@ import { badInput } from '../errors.js';
 
 export type Backend = 'node' | 'web';
 
+/** How models are run. */
+export interface RuntimeOptions {
+  /** onnxruntime-node or onnxruntime-web's WebAssembly backend (default: node if it loads, else web). */
+  backend?: Backend;
+  /** Batch size of the model runs (a model with a fixed batch size uses its own). */
+  batch?: number;
+}
+
 /** onnxruntime's JS API, the same for both packages (they re-export onnxruntime-common). */
 export type Ort = typeof import('onnxruntime-web');
 
@@ -36,7 +44,8 @@ export async function loadRuntime(backend?: Backend): Promise<{ ort: Ort; backen
       return { ort: await load('node'), backend };
     } catch (e) {
       throw badInput(
-        `onnxruntime-node cannot be loaded (${reason(e)}); use onnxruntime-web's WebAssembly backend instead: ${CHOOSE_WEB}`,
+        `onnxruntime-node cannot be loaded (${reason(e)}); use onnxruntime-web's WebAssembly backend instead: ` +
+          `${CHOOSE_WEB}`,
         e,
       );
     }
@@ -45,7 +54,8 @@ export async function loadRuntime(backend?: Backend): Promise<{ ort: Ort; backen
     (ort) => ({ ort, backend: 'node' as Backend }),
     async (e) => {
       console.warn(
-        `subprune: onnxruntime-node cannot be loaded (${reason(e)}); using onnxruntime-web's WebAssembly backend, which is slower. Choose it with ${CHOOSE_WEB} to skip this attempt.`,
+        `subprune: onnxruntime-node cannot be loaded (${reason(e)}); using onnxruntime-web's WebAssembly ` +
+          `backend, which is slower. Choose it with ${CHOOSE_WEB} to skip this attempt.`,
       );
       return { ort: await load('web'), backend: 'web' as Backend };
     },

@@ -1,7 +1,9 @@
 // Per-channel statistics of a unit's consumer input, streamed next to the Gram accumulation: what the activation-norm
 // and sampling (PFP) baselines rank by. Plain TypeScript; the Gram kernels are not involved.
+import { internal } from '../errors.js';
 import type { Unit } from '../graph/types.js';
 import type { Gram } from '../kernels/gram.js';
+import { patchGrid, type ConvGeometry } from '../geometry.js';
 
 export interface ChannelStats {
   /** Mean |x| of each channel's entries of the consumer input over the calibration set. */
@@ -22,8 +24,6 @@ export interface StatsWanted {
 /** What captureGrams returns per unit: the Gram matrices, and the channel statistics when asked for. */
 export type Captured = Gram & { stats?: ChannelStats };
 
-type Geometry = NonNullable<Unit['conv']>;
-
 export class ChannelStatsAccumulator {
   private readonly n: number;
   private readonly abs: Float64Array;
@@ -42,7 +42,7 @@ export class ChannelStatsAccumulator {
     this.abs = new Float64Array(this.n);
     if (want.sensitivity) {
       if (!W || W.length !== unit.d * unit.m)
-        throw new Error(`sensitivity of ${unit.id} needs its ${unit.d}×${unit.m} consumer weights`);
+        throw internal(`sensitivity of ${unit.id} needs its ${unit.d}×${unit.m} consumer weights`);
       this.sens = new Float64Array(this.n);
       this.Wp = W.map((w) => Math.max(w, 0));
       this.Wn = W.map((w) => Math.max(-w, 0));
@@ -103,7 +103,9 @@ export class ChannelStatsAccumulator {
     this.addPart(row.map((v) => Math.max(-v, 0)));
   }
 
-  /** Shares of one non-negative input a: a_f·W±[f,i] / Σ_f' a_f'·W±[f',i], maxed over outputs i into the channel of f. */
+  /**
+   * Shares of one non-negative input a: a_f·W±[f,i] / Σ_f' a_f'·W±[f',i], maxed over outputs i into the channel of f.
+   */
   private addPart(a: Float64Array): void {
     const { d, m, g } = this.unit,
       Wp = this.Wp!,
@@ -142,24 +144,26 @@ export class ChannelStatsAccumulator {
   }
 }
 
-/** Calls `visit` once per output position of a Conv consumer, with that position's patch in `row` (channel-major, zero padding). */
+/**
+ * Calls `visit` once per output position of a Conv consumer, with that position's patch in `row` (channel-major, zero
+ * padding).
+ */
 function forEachPatch(
   x: Float32Array,
   C: number,
   H: number,
   W: number,
-  conv: Geometry,
+  conv: ConvGeometry,
   row: Float64Array,
   visit: () => void,
 ): void {
   const {
     kernel: [kh, kw],
     strides: [sh, sw],
-    pads: [pt, pl, pb, pr],
+    pads: [pt, pl],
     dilations: [dh, dw],
   } = conv;
-  const OH = Math.floor((H + pt + pb - dh * (kh - 1) - 1) / sh) + 1,
-    OW = Math.floor((W + pl + pr - dw * (kw - 1) - 1) / sw) + 1;
+  const [OH, OW] = patchGrid(conv, H, W);
   for (let oh = 0; oh < OH; oh++)
     for (let ow = 0; ow < OW; ow++) {
       let f = 0;

@@ -38,7 +38,8 @@ export const methodOptions = {
   grid: { type: 'string' },
 } as const;
 
-export const methodHelp = `  --method NAME       how channels are ranked: greedy (default, the paper's), or a baseline: random,
+export const methodHelp = `\
+  --method NAME       how channels are ranked: greedy (default, the paper's), or a baseline: random,
                       weight-norm (L1 of the outgoing weights), activation-norm (mean |activation| on the
                       calibration data), sampling (Liebenwein et al.'s sensitivity sampling); every method
                       gets the same least-squares re-fit (unless --no-refit)

@@ -5,6 +5,7 @@ import { badInput } from '../errors.js';
 import { evaluate } from '../eval/index.js';
 import { Progress } from './progress.js';
 import { num, pct, backendFlag } from './util.js';
+import { readLabels } from './args.js';
 
 export const evalHelp = `subprune eval: accuracy of a model, and agreement with a reference model
 
@@ -43,17 +44,7 @@ export async function runEval(argv: string[]): Promise<void> {
   const backend = backendFlag(o.backend);
   const model = readModel(positionals[0]);
   const reference = o.reference ? readModel(o.reference) : undefined;
-  let labels: Float64Array | undefined;
-  if (o.labels) {
-    const f = openNpy(o.labels);
-    try {
-      if (f.shape.length !== 1 || !['i8', 'i4', 'u1'].includes(f.dtype))
-        throw badInput(`${o.labels}: labels must be a 1-D integer array, got ${f.dtype} [${f.shape}]`);
-      labels = f.readF64();
-    } finally {
-      f.close();
-    }
-  }
+  const labels = o.labels ? readLabels(o.labels) : undefined;
   const data = openNpy(o.data);
   const bar = new Progress('eval', data.rows, !o.json && process.stderr.isTTY === true);
   try {

@@ -2,7 +2,7 @@ import { parseArgs } from 'node:util';
 import { readModel, opsetVersion } from '../onnx/index.js';
 import { badInput } from '../errors.js';
 import { analyze, modelStats } from '../graph/analyze.js';
-import { modelInput } from '../capture/index.js';
+import { modelInput } from '../calibration.js';
 import { table, big } from './util.js';
 
 export const inspectHelp = `subprune inspect: list a model's prunable units and the candidates refused, with reasons
@@ -79,7 +79,8 @@ export function runInspect(argv: string[]): void {
     return;
   }
   console.log(
-    `${positionals[0]}: opset ${opsetVersion(model)}, input ${inp.name} [${shape}], ${big(stats.params)} params, ${big(stats.flops)} FLOPs per sample\n`,
+    `${positionals[0]}: opset ${opsetVersion(model)}, input ${inp.name} [${shape}], ${big(stats.params)} ` +
+      `params, ${big(stats.flops)} FLOPs per sample\n`,
   );
   if (units.length) {
     console.log(

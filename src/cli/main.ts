@@ -104,7 +104,8 @@ export async function cli(argv = process.argv.slice(2)): Promise<void> {
     console.error(
       argv.includes('--debug')
         ? ((e as Error)?.stack ?? e)
-        : `subprune: internal error: ${(e as Error)?.message ?? e} (run with --debug for the stack trace and please report it)`,
+        : `subprune: internal error: ${(e as Error)?.message ?? e} (run with --debug for the stack trace and ` +
+            'please report it)',
     );
     process.exit(EXIT_INTERNAL);
   };

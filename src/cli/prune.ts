@@ -4,13 +4,13 @@ import { readModel, writeModel } from '../onnx/index.js';
 import { openNpy } from '../npy.js';
 import { checkWritable, writeFileAtomic } from '../atomic.js';
 import { badInput } from '../errors.js';
-import { prune, type Mode } from '../prune/index.js';
+import { MODES, prune } from '../prune/index.js';
 import type { Budget } from '../budget/index.js';
 import { Progress } from './progress.js';
 import { fmtBytes } from '../kernels/memory.js';
 import { defaultThreads } from '../kernels/instances.js';
 import { num, sameFile, table, pct, big, backendFlag } from './util.js';
-import { methodFlags, methodHelp, methodOptions } from './args.js';
+import { choice, methodFlags, methodHelp, methodOptions } from './args.js';
 
 export const pruneHelp = `subprune prune: remove channels from an ONNX model with unlabeled calibration data
 
@@ -85,13 +85,13 @@ export async function runPrune(argv: string[]): Promise<void> {
   for (const given of [o.calib, o.budget]) {
     if (given && [o.output, o.report].some((out) => out && sameFile(given, out)))
       throw badInput(
-        `${given} is an input of this run; subprune never overwrites its inputs, choose other files for -o and --report`,
+        `${given} is an input of this run; subprune never overwrites its inputs, choose other files for -o and ` +
+          '--report',
       );
   }
   checkWritable(o.output); // before the work, not after it
   if (o.report) checkWritable(o.report);
-  if (!['layerwise', 'sequential', 'asymmetric'].includes(o.mode!))
-    throw badInput(`--mode ${o.mode}: use layerwise, sequential or asymmetric`);
+  const mode = choice(o.mode!, '--mode', MODES);
   if (o.kernels !== 'wasm' && o.kernels !== 'plain') throw badInput(`--kernels ${o.kernels}: use wasm or plain`);
   if (o.target !== undefined && o.target !== 'params' && o.target !== 'flops')
     throw badInput(`--target ${o.target}: use params or flops`);
@@ -120,7 +120,7 @@ export async function runPrune(argv: string[]): Promise<void> {
   let result;
   try {
     result = await prune(model, calib, {
-      mode: o.mode as Mode,
+      mode,
       refit: !o['no-refit'],
       budget,
       batch,
@@ -136,7 +136,9 @@ export async function runPrune(argv: string[]): Promise<void> {
         // on stdout: stderr carries only progress and, on failure, the one error line
         if (p.units && !o.quiet)
           console.log(
-            `kernel memory: at most ${fmtBytes(p.capture)} to capture (${p.units} unit${p.units > 1 ? 's' : ''}, ${p.passes} pass${p.passes > 1 ? 'es' : ''}) and ${fmtBytes(p.select)} to select (${threads} thread${threads > 1 ? 's' : ''})`,
+            `kernel memory: at most ${fmtBytes(p.capture)} to capture (${p.units} ` +
+              `unit${p.units > 1 ? 's' : ''}, ${p.passes} pass${p.passes > 1 ? 'es' : ''}) and ` +
+              `${fmtBytes(p.select)} to select (${threads} thread${threads > 1 ? 's' : ''})`,
           );
       },
       onProgress: (stage, done, total) => {
@@ -162,7 +164,8 @@ export async function runPrune(argv: string[]): Promise<void> {
     );
   if (none) {
     console.error(
-      `subprune prune: ${input} has no prunable units (${report.refused.length} candidates refused; subprune inspect says why); nothing to prune, so ${o.output} was not written`,
+      `subprune prune: ${input} has no prunable units (${report.refused.length} candidates refused; subprune ` +
+        `inspect says why); nothing to prune, so ${o.output} was not written`,
     );
     return;
   }
@@ -176,13 +179,19 @@ export async function runPrune(argv: string[]): Promise<void> {
   const r = report,
     s = r.seconds;
   console.log(
-    `\nparams ${big(r.params.before)} → ${big(r.params.after)} (${(r.params.before / r.params.after).toFixed(2)}× smaller), FLOPs ${big(r.flops.before)} → ${big(r.flops.after)} (${(r.flops.before / r.flops.after).toFixed(2)}×)`,
+    `\nparams ${big(r.params.before)} → ${big(r.params.after)} ` +
+      `(${(r.params.before / r.params.after).toFixed(2)}× smaller), FLOPs ${big(r.flops.before)} → ` +
+      `${big(r.flops.after)} (${(r.flops.before / r.flops.after).toFixed(2)}×)`,
   );
   console.log(
-    `on the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ${pct(r.fidelity.agreement)}, relative output error ${r.fidelity.relError!.toFixed(4)}`,
+    `on the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ` +
+      `${pct(r.fidelity.agreement)}, relative output error ${r.fidelity.relError!.toFixed(4)}`,
   );
   console.log(
-    `method ${r.method}, allocation ${r.allocation}, mode ${r.mode}, ${r.refit ? 're-fit' : 'no re-fit'}, onnxruntime-${r.backend}; seconds: analyze ${s.analyze.toFixed(2)}, allocate ${s.allocate.toFixed(2)}, capture ${s.capture.toFixed(2)}, select ${s.select.toFixed(2)}, rewrite ${s.rewrite.toFixed(2)}, verify ${s.verify.toFixed(2)}, total ${s.total.toFixed(2)}`,
+    `method ${r.method}, allocation ${r.allocation}, mode ${r.mode}, ${r.refit ? 're-fit' : 'no re-fit'}, ` +
+      `onnxruntime-${r.backend}; seconds: analyze ${s.analyze.toFixed(2)}, allocate ${s.allocate.toFixed(2)}, ` +
+      `capture ${s.capture.toFixed(2)}, select ${s.select.toFixed(2)}, rewrite ${s.rewrite.toFixed(2)}, verify ` +
+      `${s.verify.toFixed(2)}, total ${s.total.toFixed(2)}`,
   );
   console.log(`wrote ${o.output}${o.report ? ` and ${o.report}` : ''}`);
 }

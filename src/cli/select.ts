@@ -80,7 +80,8 @@ export function runSelect(argv: string[]): void {
 
     const threads = o.threads === undefined ? defaultThreads() : wholeNumber(o.threads, '--threads', 1);
     console.error(
-      `kernel memory: ${fmtBytes(gramBytes(d, !!A) + selectionBytes(d, m, g, k))} (d = ${d}, m = ${m}, k = ${k}, ${threads} thread${threads > 1 ? 's' : ''})`,
+      `kernel memory: ${fmtBytes(gramBytes(d, !!A) + selectionBytes(d, m, g, k))} (d = ${d}, m = ${m}, k = ` +
+        `${k}, ${threads} thread${threads > 1 ? 's' : ''})`,
     );
     const acc = new GramAccumulator(d, {
       asymmetric: !!A,
@@ -154,7 +155,8 @@ export function runSelect(argv: string[]): void {
     console.log(`\norder: ${sel.order.join(' ')}`);
     const f = (s: number) => `${s.toFixed(3)} s`;
     console.log(
-      `seconds: gram ${f(seconds.gram)}, setup ${f(seconds.setup)}, greedy ${f(seconds.greedy)}, refit ${f(seconds.refit)}, total ${f(seconds.total)}`,
+      `seconds: gram ${f(seconds.gram)}, setup ${f(seconds.setup)}, greedy ${f(seconds.greedy)}, refit ` +
+        `${f(seconds.refit)}, total ${f(seconds.total)}`,
     );
     if (o['refit-out']) console.log(`re-fitted weights (${fit.keep.length * g}×${m}) written to ${o['refit-out']}`);
   } finally {
@@ -172,7 +174,8 @@ function checkFinite(x: ArrayLike<number>, file: string, rowSize: number, row0 =
   for (let i = 0; i < x.length; i++) {
     if (!Number.isFinite(x[i]))
       throw badInput(
-        `${file}: ${x[i]} at row ${row0 + Math.floor(i / rowSize)}, column ${i % rowSize}; calibration data must be finite`,
+        `${file}: ${x[i]} at row ${row0 + Math.floor(i / rowSize)}, column ${i % rowSize}; calibration data ` +
+          'must be finite',
       );
   }
 }

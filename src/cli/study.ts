@@ -8,7 +8,7 @@ import { runStudy } from '../study/index.js';
 import { studyMarkdown, studySvg, claimsMarkdown } from '../study/report.js';
 import { METHODS } from '../select/baselines.js';
 import { ALLOCATIONS } from '../prune/allocation.js';
-import type { Mode } from '../prune/index.js';
+import { MODES } from '../prune/index.js';
 import { Progress } from './progress.js';
 import { num, backendFlag } from './util.js';
 import { readLabels, choice, choices, gridFlag } from './args.js';
@@ -104,7 +104,7 @@ export async function runStudyCommand(argv: string[]): Promise<void> {
       seeds,
       grid: gridFlag(o.grid),
       methods: choices(o.methods, '--methods', METHODS),
-      modes: choices(o.modes, '--modes', ['layerwise', 'sequential', 'asymmetric'] as Mode[]),
+      modes: choices(o.modes, '--modes', MODES),
       allocations: choices(o.allocations, '--allocations', ALLOCATIONS),
       batch: num(o.batch, '--batch', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1'),
       backend: backendFlag(o.backend),
@@ -115,7 +115,8 @@ export async function runStudyCommand(argv: string[]): Promise<void> {
     writeFileAtomic(join(o.out!, 'table.md'), Buffer.from(studyMarkdown(res)));
     writeFileAtomic(join(o.out!, 'plot.svg'), Buffer.from(studySvg(res)));
     console.log(
-      `${res.model}: ${res.rows.length} runs in ${res.seconds.toFixed(1)} s; wrote ${join(o.out!, 'table.md')}, results.json, plot.svg\n\n${claimsMarkdown(res)}`,
+      `${res.model}: ${res.rows.length} runs in ${res.seconds.toFixed(1)} s; wrote ` +
+        `${join(o.out!, 'table.md')}, results.json, plot.svg\n\n${claimsMarkdown(res)}`,
     );
   } finally {
     for (const f of opened) f.close();

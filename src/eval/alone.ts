@@ -3,24 +3,25 @@
 // computes exactly what the full consumer computes with W' padded by zero rows for the pruned channels. So one
 // session of the model's tail (from the consumer on, its weight a graph input) fed with the verification set's
 // activations at the cut, cached once, measures any k: a run of the tail per measurement, no model rewrite.
-import { clone, create } from '@bufbuild/protobuf';
+import { clone } from '@bufbuild/protobuf';
 import {
   DataType,
   ModelProtoSchema,
-  TypeProtoSchema,
-  TypeProto_TensorSchema,
-  ValueInfoProtoSchema,
+  makeTensorValueInfo,
   serializeModel,
   tensorDims,
   type Model,
 } from '../onnx/index.js';
-import { badInput } from '../errors.js';
+import { badInput, internal } from '../errors.js';
 import type { NpyFile } from '../npy.js';
 import type { Unit } from '../graph/types.js';
-import { Runner, batches, checkData, modelInput, loadRuntime, type Backend } from '../capture/index.js';
+import { matrixToWeight } from '../graph/layers.js';
+import { Calibration, modelInput } from '../calibration.js';
+import { Runner, loadRuntime, type RuntimeOptions } from '../capture/index.js';
+import { argmaxRows, EVAL_BATCH } from './index.js';
 
 export interface VerifySet {
-  data: NpyFile;
+  data: NpyFile | Calibration;
   /** Labels: quality = top-1 accuracy. Absent: top-1 agreement with the original model (no labels needed). */
   labels?: ArrayLike<number>;
 }
@@ -31,31 +32,21 @@ export interface UnitProbe {
   release(): Promise<void>;
 }
 
-const argmax = (y: Float32Array, r: number, c: number) => {
-  let b = 0;
-  for (let j = 1; j < c; j++) if (y[r * c + j] > y[r * c + b]) b = j;
-  return b;
-};
-
 /** The class each verification sample should get: its label, or the original model's top-1. */
-export async function verifyTargets(
-  model: Model,
-  v: VerifySet,
-  opts: { batch?: number; backend?: Backend } = {},
-): Promise<Int32Array> {
+export async function verifyTargets(model: Model, v: VerifySet, opts: RuntimeOptions = {}): Promise<Int32Array> {
+  const data = Calibration.of(model, v.data);
   if (v.labels) {
-    if (v.labels.length !== v.data.rows)
-      throw badInput(`${v.labels.length} verification labels for ${v.data.rows} samples`);
+    if (v.labels.length !== data.rows)
+      throw badInput(`${v.labels.length} verification labels for ${data.rows} samples`);
     return Int32Array.from(v.labels, Number);
   }
   const out = model.graph!.output[0].name,
     run = await Runner.open(model, [], opts),
-    top = new Int32Array(v.data.rows);
+    top = new Int32Array(data.rows);
   try {
-    for (const b of batches(v.data, checkData(model, v.data, opts.batch ?? 256))) {
-      const y = (await run.run(b.data, b.dims, [out])).get(out)!,
-        c = y.data.length / b.dims[0];
-      for (let r = 0; r < b.dims[0]; r++) top[b.start + r] = argmax(y.data, r, c);
+    for (const b of data.batches(opts.batch ?? EVAL_BATCH)) {
+      const y = (await run.run(b.data, b.dims, [out])).get(out)!;
+      top.set(argmaxRows(y.data, b.dims[0]), b.start);
     }
   } finally {
     await run.release();
@@ -63,12 +54,14 @@ export async function verifyTargets(
   return top;
 }
 
-/** The model from `unit`'s consumer on: inputs are the tensors computed before it (the cut) and the consumer's weight. */
+/**
+ * The model from `unit`'s consumer on: inputs are the tensors computed before it (the cut) and the consumer's weight.
+ */
 export function tailModel(model: Model, unit: Unit): { tail: Model; cut: string[] } {
   const m = clone(ModelProtoSchema, model),
     g = m.graph!;
   const at = g.node.findIndex((n) => n.name === unit.consumer.name);
-  if (at < 0) throw new Error(`consumer ${unit.consumer.name} of ${unit.id} is not in the model`);
+  if (at < 0) throw internal(`consumer ${unit.consumer.name} of ${unit.id} is not in the model`);
   const head = g.node.slice(0, at).filter((n) => n.opType !== 'Constant'); // constants move to the tail
   const tailNodes = g.node.filter((n, i) => i >= at || n.opType === 'Constant');
   if (g.node.some((n) => n.attribute.some((a) => a.g || a.graphs.length)))
@@ -79,21 +72,7 @@ export function tailModel(model: Model, unit: Unit): { tail: Model; cut: string[
   if (wi < 0) throw badInput(`consumer weight ${unit.consumerWeight} of ${unit.id} is not an initializer`);
   const wdims = tensorDims(g.initializer[wi]);
   g.initializer.splice(wi, 1);
-  const input = (name: string, dims?: number[]) =>
-    create(ValueInfoProtoSchema, {
-      name,
-      type: create(TypeProtoSchema, {
-        value: {
-          case: 'tensorType',
-          value: create(TypeProto_TensorSchema, {
-            elemType: DataType.FLOAT,
-            ...(dims
-              ? { shape: { dim: dims.map((d) => ({ value: { case: 'dimValue' as const, value: BigInt(d) } })) } }
-              : {}),
-          }),
-        },
-      }),
-    });
+  const input = (name: string, dims?: number[]) => makeTensorValueInfo(name, DataType.FLOAT, dims);
   g.node = tailNodes;
   const used = new Set(tailNodes.flatMap((n) => n.input));
   g.initializer = g.initializer.filter((t) => used.has(t.name)); // the head's weights are not needed
@@ -109,16 +88,18 @@ export async function openUnitProbe(
   unit: Unit,
   v: VerifySet,
   targets: Int32Array,
-  opts: { batch?: number; backend?: Backend } = {},
+  opts: RuntimeOptions = {},
 ): Promise<UnitProbe> {
   if (modelInput(model).elemType !== DataType.FLOAT)
     throw badInput('measuring units alone (--allocation sensitivity) needs a float32 model');
   const { tail, cut } = tailModel(model, unit);
+  const data = Calibration.of(model, v.data),
+    rows = data.rows;
   const { ort } = await loadRuntime(opts.backend);
   const feeds: { n: number; start: number; x: Record<string, InstanceType<typeof ort.Tensor>> }[] = [];
   const run = await Runner.open(model, cut, opts);
   try {
-    for (const b of batches(v.data, checkData(model, v.data, opts.batch ?? 256))) {
+    for (const b of data.batches(opts.batch ?? EVAL_BATCH)) {
       const got = await run.run(b.data, b.dims, cut);
       feeds.push({
         n: b.dims[0],
@@ -141,18 +122,14 @@ export async function openUnitProbe(
   return {
     async quality(W: Float64Array) {
       if (W.length !== d * m) throw new RangeError(`W has ${W.length} values, expected ${d}×${m}`);
-      // back to the consumer's layout: [d, m] as is; Gemm transB and Conv store [m, d]
-      const w = new Float32Array(d * m);
-      if (unit.consumerLayout === 'in-out') w.set(W);
-      else for (let r = 0; r < d; r++) for (let o = 0; o < m; o++) w[o * d + r] = W[r * m + o];
+      const w = matrixToWeight(unit.consumerLayout, W, d, m, wdims, unit.g).data;
       const wt = new ort.Tensor('float32', w, wdims);
       let hit = 0;
       for (const f of feeds) {
-        const y = (await session.run({ ...f.x, [unit.consumerWeight]: wt }, [out]))[out].data as Float32Array,
-          c = y.length / f.n;
-        for (let r = 0; r < f.n; r++) if (argmax(y, r, c) === targets[f.start + r]) hit++;
+        const y = (await session.run({ ...f.x, [unit.consumerWeight]: wt }, [out]))[out].data as Float32Array;
+        argmaxRows(y, f.n).forEach((c, r) => (hit += c === targets[f.start + r] ? 1 : 0));
       }
-      return hit / v.data.rows;
+      return hit / rows;
     },
     release: () => session.release(),
   };

@@ -1,6 +1,9 @@
+// Running a model over a data set: top-1 accuracy against labels, agreement with and relative error against a
+// reference model.
 import type { Model } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
-import { Runner, batches, checkData, type Backend } from '../capture/index.js';
+import { Calibration } from '../calibration.js';
+import { Runner, type RuntimeOptions } from '../capture/index.js';
 import { badInput } from '../errors.js';
 
 export interface Fidelity {
@@ -15,7 +18,17 @@ export interface Fidelity {
   outputDims: number[];
 }
 
-function argmaxRows(y: Float32Array, rows: number): Int32Array {
+export interface EvaluateOptions extends RuntimeOptions {
+  labels?: ArrayLike<number>;
+  reference?: Model;
+  onBatch?: (done: number, total: number) => void;
+}
+
+/** Default batch size for evaluation (a model with a fixed batch size uses its own). */
+export const EVAL_BATCH = 256;
+
+/** The top-1 class of each of the `rows` rows of y. */
+export function argmaxRows(y: Float32Array, rows: number): Int32Array {
   const c = y.length / rows,
     out = new Int32Array(rows);
   for (let r = 0; r < rows; r++) {
@@ -29,35 +42,33 @@ function argmaxRows(y: Float32Array, rows: number): Int32Array {
 /** Runs `model` over the data (first output = class scores) against labels and/or a reference model. */
 export async function evaluate(
   model: Model,
-  data: NpyFile,
-  opts: {
-    labels?: ArrayLike<number>;
-    reference?: Model;
-    batch?: number;
-    backend?: Backend;
-    onBatch?: (done: number, total: number) => void;
-  } = {},
+  data: NpyFile | Calibration,
+  opts: EvaluateOptions = {},
 ): Promise<Fidelity> {
-  const batch = checkData(model, data, opts.batch ?? 256);
-  if (opts.labels && opts.labels.length !== data.rows)
-    throw badInput(`${opts.labels.length} labels for ${data.rows} samples`);
+  const calib = Calibration.of(model, data),
+    ref = opts.reference;
+  const refCalib = ref && Calibration.of(ref, calib.data); // the reference must take the same inputs
+  if (opts.labels && opts.labels.length !== calib.rows)
+    throw badInput(`${opts.labels.length} labels for ${calib.rows} samples`);
   const out = model.graph!.output[0].name;
   const run = await Runner.open(model, [], opts),
-    ref = opts.reference ? await Runner.open(opts.reference, [], opts) : undefined;
+    refRun = ref ? await Runner.open(ref, [], opts) : undefined;
   let correct = 0,
     agree = 0,
     err = 0,
     norm = 0,
     dims: number[] = [];
+  // a reference with a fixed batch size of its own runs batches no larger than that
+  const size = Math.min(calib.batchSize(opts.batch ?? EVAL_BATCH), refCalib?.batchSize(Infinity) ?? Infinity);
   try {
-    for (const b of batches(data, ref ? Math.min(batch, checkData(opts.reference!, data, batch)) : batch)) {
+    for (const b of calib.batches(size)) {
       const y = (await run.run(b.data, b.dims, [out])).get(out)!;
       dims = y.dims;
       const n = b.dims[0],
         top = argmaxRows(y.data, n);
       if (opts.labels) for (let i = 0; i < n; i++) if (top[i] === Number(opts.labels[b.start + i])) correct++;
-      if (ref) {
-        const r = (await ref.run(b.data, b.dims, [opts.reference!.graph!.output[0].name])).values().next().value!;
+      if (refRun) {
+        const r = (await refRun.run(b.data, b.dims, [ref!.graph!.output[0].name])).values().next().value!;
         if (r.data.length !== y.data.length)
           throw badInput(`the reference model's output has shape [${r.dims}], this model's [${y.dims}]`);
         const rt = argmaxRows(r.data, n);
@@ -67,13 +78,13 @@ export async function evaluate(
           norm += r.data[i] ** 2;
         }
       }
-      opts.onBatch?.(b.start + n, data.rows);
+      opts.onBatch?.(b.start + n, calib.rows);
     }
   } finally {
     await run.release();
-    await ref?.release();
+    await refRun?.release();
   }
-  const n = data.rows;
+  const n = calib.rows;
   return {
     samples: n,
     outputDims: dims,

@@ -1,11 +1,9 @@
-// Finding prunable units: walk from every Conv/Gemm/MatMul through ops the table (ops.ts) knows to act per channel
-// until the next Conv/Gemm/MatMul. Anything the table cannot vouch for is refused with a reason, never guessed.
-import { clone } from '@bufbuild/protobuf';
+// Finding prunable units: walk from every layer (the layer table, layers.ts) through ops the op table (ops.ts) knows to
+// act per channel until the next layer. Anything the tables cannot vouch for is refused with a reason, never guessed.
 import { badInput } from '../errors.js';
 import {
   attrInt,
   opsetVersion,
-  TensorProtoSchema,
   tensorDims,
   tensorToFloat32,
   numel,
@@ -14,73 +12,23 @@ import {
   type NodeProto,
   type TensorProto,
 } from '../onnx/index.js';
-import { biasSlice, CHAIN, LAYER_OPS, layerInfo, type ChannelLayout, type ParamSlice, type ShapeEdit } from './ops.js';
-import {
-  constantTensors,
-  dataInputs,
-  gatherIndex,
-  producerMap,
-  inferShapes,
-  nodeMacs,
-  windowGeometry,
-  type Shapes,
-} from './shapes.js';
+import { checkOpset, gatherIndex, opOf, OPS, type ChannelLayout, type ParamSlice, type ShapeEdit } from './ops.js';
+import { biasSlice, LAYERS, weightToMatrix } from './layers.js';
+import { constantTensors, dataInputs, producerMap, inferShapes, nodeMacs, type Shapes } from './shapes.js';
+import { normalizeGraph } from './normalize.js';
 import type { Analysis, Refused, Unit } from './types.js';
-import { checkOpset, notRewritable, opOf, tooBig } from '../limits.js';
-
-/**
- * Give every node a unique name, in place: unnamed nodes become `${opType}_${index}`, later duplicates get a suffix.
- * Unit ids are node names, so they must be unique and stable across runs on the same file.
- */
-export function nameNodes(graph: GraphProto): void {
-  const all = new Set(graph.node.map((n) => n.name).filter((n) => n !== ''));
-  const seen = new Set<string>();
-  graph.node.forEach((n, i) => {
-    if (n.name && !seen.has(n.name)) {
-      seen.add(n.name);
-      return;
-    }
-    const base = n.name || `${n.opType}_${i}`;
-    let name = base;
-    for (let k = 1; all.has(name) || seen.has(name); k++) name = `${base}_${k}`;
-    n.name = name;
-    seen.add(name);
-    all.add(name);
-  });
-}
-
-/**
- * Replace Identity nodes that merely alias a constant by a copy of the constant under the Identity's output name,
- * in place. The PyTorch exporter deduplicates equal initializers (e.g. the zero biases of an untrained BN-folded
- * conv) this way; without folding, every such conv would look like it shares its bias with another.
- */
-export function foldConstantIdentities(graph: GraphProto): void {
-  const consts = constantTensors(graph);
-  const outputs = new Set(graph.output.map((o) => o.name));
-  graph.node = graph.node.filter((n) => {
-    const t = n.opType === 'Identity' ? consts.get(n.input[0] ?? '') : undefined;
-    const y = n.output[0] ?? '';
-    if (!t || !y || outputs.has(y)) return true;
-    const copy = clone(TensorProtoSchema, t);
-    copy.name = y;
-    graph.initializer.push(copy);
-    consts.set(y, copy);
-    return false;
-  });
-}
-
-/** The normal form analysis and rewrite work on: unique node names, no Identity aliases of constants. Idempotent. */
-export function normalizeGraph(graph: GraphProto): void {
-  nameNodes(graph);
-  foldConstantIdentities(graph);
-}
+import { notRewritable } from '../rewrite/index.js';
+import { tooBigToSelect } from '../select/greedy.js';
 
 interface Use {
   node: NodeProto;
   slot: number;
 }
 
-/** Every place a tensor name is read: node inputs of the graph, and (as a use without a slot) names read inside subgraphs. */
+/**
+ * Every place a tensor name is read: node inputs of the graph, and (as a use without a slot) names read inside
+ * subgraphs.
+ */
 function usesOf(graph: GraphProto): Map<string, Use[]> {
   const uses = new Map<string, Use[]>();
   const add = (name: string, use: Use) => {
@@ -131,7 +79,10 @@ class Graph {
     const uses = this.uses.get(name) ?? [];
     if (uses.length <= 1 && !this.outputs.has(name)) return undefined;
     const by = [...new Set(uses.map((u) => u.node.name))].join(', ');
-    return `constant "${name}" is shared (used by ${by}${this.outputs.has(name) ? ' and as a graph output' : ''}); changing it for one unit would change the others`;
+    return (
+      `constant "${name}" is shared (used by ${by}${this.outputs.has(name) ? ' and as a graph output' : ''}); ` +
+      'changing it for one unit would change the others'
+    );
   }
   flops(node: NodeProto): number | undefined {
     const macs = nodeMacs(node, this.shapes);
@@ -140,8 +91,8 @@ class Graph {
 }
 
 /**
- * Why Shape node S, reading tensor t whose channels are on `axis`, may see the channel count; undefined if its output is
- * only used to take dimension 0 (one Gather of index 0 on axis 0: torch's x.size(0), the batch size), which pruning
+ * Why Shape node S, reading tensor t whose channels are on `axis`, may see the channel count; undefined if its output
+ * is only used to take dimension 0 (one Gather of index 0 on axis 0: torch's x.size(0), the batch size), which pruning
  * leaves as it is. Such a Shape is not a consumer of the channels.
  */
 function shapeSeesChannels(G: Graph, S: NodeProto, t: string, axis: number): string | undefined {
@@ -150,7 +101,8 @@ function shapeSeesChannels(G: Graph, S: NodeProto, t: string, axis: number): str
   if (axis === 0)
     return `tensor "${t}" is read by ${label(S)} while its channels are on dimension 0, so the shape changes with them`;
   const only =
-    "only taking dimension 0 of it (a Gather of index 0 on axis 0, as torch's x.size(0)) is known not to change with the channels";
+    "only taking dimension 0 of it (a Gather of index 0 on axis 0, as torch's x.size(0)) is known not to " +
+    'change with the channels';
   const why = (what: string) => `tensor "${t}" is read by ${label(S)}, ${what}; ${only}`;
   if (attrInt(S, 'start', 0) !== 0) return why(`which takes the shape from dimension ${attrInt(S, 'start', 0)} on`);
   if (G.outputs.has(out)) return why('whose output is a graph output');
@@ -164,13 +116,14 @@ function shapeSeesChannels(G: Graph, S: NodeProto, t: string, axis: number): str
 }
 
 function findUnit(G: Graph, P: NodeProto): Unit | string {
-  const info = layerInfo(P, G.constant);
+  const layer = OPS[opOf(P)]!.layer!;
+  const info = layer.read(P, G.constant);
   if ('refuse' in info) return info.refuse;
   const n = info.weightDims[info.outAxis]!;
   const y = P.output[0] ?? '';
   const yShape = G.shapes.get(y);
   if (!yShape) return `the shape of "${y}" is unknown (an op before it has no shape rule in subprune)`;
-  let layout: ChannelLayout = { axis: P.opType === 'MatMul' ? yShape.length - 1 : 1, group: 1 };
+  let layout: ChannelLayout = { axis: layer.channelAxis(yShape.length), group: 1 };
   if (yShape[layout.axis] !== n)
     return `output "${y}" has shape [${yShape.join(', ')}], expected ${n} channels on axis ${layout.axis}`;
   const slices: ParamSlice[] = [{ tensor: info.weight, axis: info.outAxis, group: 1 }];
@@ -200,48 +153,31 @@ function findUnit(G: Graph, P: NodeProto): Unit | string {
     if (readers.length === 0)
       return `tensor "${t}" is read only by ${shapes.map((u) => label(u.node)).join(', ')}: no consumer`;
     if (readers.length > 1) {
-      return `tensor "${t}" feeds ${uses.length} inputs (${uses.map((u) => u.node.name).join(', ')}); with fan-out the channels of every consumer are coupled`;
+      return (
+        `tensor "${t}" feeds ${uses.length} inputs (${uses.map((u) => u.node.name).join(', ')}); with fan-out ` +
+        'the channels of every consumer are coupled'
+      );
     }
     const { node: U, slot } = readers[0]!;
     if (slot < 0) return `tensor "${t}" is read inside a subgraph of ${label(U)}`;
 
-    if (LAYER_OPS.has(opOf(U))) {
-      const ci = layerInfo(U, G.constant);
+    const consumer = OPS[opOf(U)]?.layer;
+    if (consumer) {
+      const ci = consumer.read(U, G.constant);
       if ('refuse' in ci) return `consumer ${ci.refuse}`;
       if (slot !== 0) return `consumer ${label(U)} takes the channels as its ${slot === 1 ? 'weight' : 'bias'} input`;
       const why = G.shared(ci.weight);
       if (why) return why;
+      const shape = consumer.consume(U, ci, inShape, layout, n);
+      if (typeof shape === 'string') return shape;
+      const { g, d, input } = shape;
       const w = ci.weightDims;
-      let g: number, d: number, conv: Unit['conv'];
-      if (U.opType === 'Conv') {
-        if (w.length !== 4) return `consumer ${label(U)} is not a 2-D convolution`;
-        if (layout.axis !== 1 || layout.group !== 1 || inShape.length !== 4)
-          return `consumer ${label(U)} receives the channels on axis ${layout.axis} (group ${layout.group}), not as its input channels`;
-        if (w[1] !== n) return `consumer ${label(U)} expects ${w[1]} input channels, the producer makes ${n}`;
-        const kernel: [number, number] = [w[2]!, w[3]!];
-        const geo = windowGeometry(U, inShape.slice(2), kernel);
-        g = kernel[0] * kernel[1];
-        d = n * g;
-        conv = {
-          kernel,
-          strides: [geo.strides[0]!, geo.strides[1]!],
-          pads: [geo.pads[0]!, geo.pads[1]!, geo.pads[2]!, geo.pads[3]!],
-          dilations: [geo.dilations[0]!, geo.dilations[1]!],
-        };
-      } else {
-        if (layout.axis !== inShape.length - 1)
-          return `consumer ${label(U)} multiplies along the last axis, but the channels are on axis ${layout.axis}`;
-        g = layout.group;
-        d = inShape[layout.axis]!;
-        if (w[ci.inAxis] !== d)
-          return `consumer ${label(U)} weight has ${w[ci.inAxis]} input features, its input has ${d}`;
-      }
       const m = w[ci.outAxis]!;
       for (const name of [...slices.map((s) => s.tensor), ci.weight]) {
         const why = notRewritable(G.constant(name)!);
         if (why) return why;
       }
-      const huge = tooBig({ d, m, g });
+      const huge = tooBigToSelect({ d, m, g });
       if (huge) return huge;
       const chainParams = new Set(slices.slice(1).map((s) => s.tensor));
       const params = [info.weight, ...chainParams, ci.weight].reduce(
@@ -259,8 +195,8 @@ function findUnit(G: Graph, P: NodeProto): Unit | string {
         consumer: U,
         consumerWeight: ci.weight,
         consumerInput: t,
-        consumerKind: U.opType === 'Conv' ? 'conv' : 'dense',
-        ...(conv ? { conv } : {}),
+        consumerKind: input.kind,
+        ...(input.kind === 'conv' ? { conv: input.conv } : {}),
         d,
         m,
         params,
@@ -271,7 +207,7 @@ function findUnit(G: Graph, P: NodeProto): Unit | string {
       };
     }
 
-    const rule = CHAIN[opOf(U)];
+    const rule = OPS[opOf(U)]?.chain;
     if (!rule)
       return `${opOf(U)} "${U.name}" is not known to act per channel (it may mix channels); subprune stops at it`;
     const step = rule({
@@ -311,15 +247,16 @@ function prepare(model: Model, inputShape?: readonly number[]): Graph {
 }
 
 /**
- * Find the prunable units of a model and the Conv/Gemm/MatMul nodes that cannot be pruned, with reasons.
- * Normalises the graph in place (see normalizeGraph: names unnamed nodes, folds Identity aliases of constants). inputShape: the first input's shape (default: declared, symbolic dims 1).
+ * Find the prunable units of a model and the Conv/Gemm/MatMul nodes that cannot be pruned, with reasons. Normalises the
+ * graph in place (see normalizeGraph: names unnamed nodes, folds Identity aliases of constants). inputShape: the first
+ * input's shape (default: declared, symbolic dims 1).
  */
 export function analyze(model: Model, inputShape?: number[]): Analysis {
   const G = prepare(model, inputShape);
   const units: Unit[] = [];
   const refused: Refused[] = [];
   for (const node of G.graph.node) {
-    if (!LAYER_OPS.has(opOf(node))) continue;
+    if (!OPS[opOf(node)]?.layer) continue;
     const r = findUnit(G, node);
     if (typeof r === 'string') refused.push({ node: node.name, reason: r });
     else units.push(r);
@@ -334,7 +271,8 @@ export function analyze(model: Model, inputShape?: number[]): Analysis {
  */
 export function modelStats(model: Model, inputShape?: number[]): { params: number; flops: number; unknown: string[] } {
   if (!model.graph) throw badInput('the model has no graph.');
-  const G = new Graph(model.graph, inferShapes(model, inputShape), opsetVersion(model) ?? 1); // read-only: no normalising
+  // read-only: no normalising
+  const G = new Graph(model.graph, inferShapes(model, inputShape), opsetVersion(model) ?? 1);
   let params = 0;
   for (const t of G.graph.initializer) params += numel(tensorDims(t));
   for (const n of G.graph.node) {
@@ -347,7 +285,7 @@ export function modelStats(model: Model, inputShape?: number[]): { params: numbe
   let flops = 0;
   const unknown: string[] = [];
   for (const n of G.graph.node) {
-    if (!LAYER_OPS.has(n.opType)) continue;
+    if (!LAYERS[n.opType]) continue; // by op type, as shape inference
     const f = G.flops(n);
     if (f === undefined) unknown.push(n.name || `${n.opType} (unnamed)`);
     else flops += f;
@@ -355,22 +293,15 @@ export function modelStats(model: Model, inputShape?: number[]): { params: numbe
   return { params, flops, unknown };
 }
 
-/**
- * The consumer's weights as the d×m matrix W (row-major) with consumer output = B·W (bias aside), B's columns ordered
- * channel-major (column c·g + j). Conv [m, n, kh, kw]: W[c·kh·kw + i·kw + j][o] = w[o][c][i][j]; Gemm transB=1 [m, d]:
- * the transpose; Gemm transB=0 and MatMul [d, m]: as stored.
- */
+/** The consumer's weights as the d×m matrix W with consumer output = B·W (bias aside): see weightToMatrix. */
 export function consumerWeightMatrix(model: Model, unit: Unit): Float64Array {
   const t = model.graph && constantTensors(model.graph).get(unit.consumerWeight);
   if (!t) throw badInput(`the model has no constant "${unit.consumerWeight}" (consumer weight of unit "${unit.id}").`);
   const { data } = tensorToFloat32(t);
   const { d, m } = unit;
-  if (data.length !== d * m)
-    throw badInput(
-      `consumer weight "${unit.consumerWeight}" has ${data.length} values, unit "${unit.id}" expects ${d}×${m}; was the model changed after analysis?`,
-    );
-  if (unit.consumerLayout === 'in-out') return Float64Array.from(data);
-  const W = new Float64Array(d * m); // 'conv' and 'out-in' are both [m, d] row-major
-  for (let o = 0; o < m; o++) for (let r = 0; r < d; r++) W[r * m + o] = data[o * d + r]!;
-  return W;
+  if (data.length !== d * m) {
+    const expects = `unit "${unit.id}" expects ${d}×${m}; was the model changed after analysis?`;
+    throw badInput(`consumer weight "${unit.consumerWeight}" has ${data.length} values, ${expects}`);
+  }
+  return weightToMatrix(unit.consumerLayout, data, d, m);
 }

@@ -1,21 +1,59 @@
-// The per-op table: everything subprune knows about how an ONNX op treats channels lives in this file.
-// - LAYERS: the ops that can produce or consume a unit's channels (Conv, Gemm, MatMul): where the weight and
-//   bias are, which weight axis holds output channels / input features.
-// - CHAIN: the ops allowed between producer and consumer. A rule gets the channel layout of its input and
-//   returns the layout of its output plus the parameter slices and shape-constant edits that pruning needs,
-//   or a reason why the op couples channels. Analysis records those edits in the Unit; rewrite applies them
-//   generically, so supporting a new op is one entry here plus a test.
+// The op table: everything subprune knows about how an ONNX op treats shapes and channels, one entry per op type.
+// - `shape`: the op's output shapes from its input shapes (and constant inputs), for FLOPs, the consumers' geometry
+//   and g after a Flatten/Reshape. An op without one leaves its outputs unknown; callers refuse or report that.
+// - `chain`: how the op passes a unit's channels between producer and consumer. A chain rule gets the channel layout
+//   of its input and returns the layout of its output plus the parameter slices and shape-constant edits that
+//   pruning needs, or a reason why the op couples channels. Ops without one are refused as "not known to act per
+//   channel". Analysis records the edits in the Unit; rewrite applies them generically.
+// - `layer`: Conv, Gemm and MatMul, which produce and consume channels: their entry in the layer table (layers.ts).
+// Supporting a new op is one entry here plus a test. The opsets this table is written for, and the op name a node is
+// known by (opOf), live here too.
 import {
-  attrFloat,
   attrInt,
   attrInts,
   DataType,
+  opsetVersion,
   tensorDims,
   tensorToInt64,
+  numel,
+  type Model,
   type NodeProto,
   type TensorProto,
 } from '../onnx/index.js';
-import { isViewFlatten } from './shapes.js';
+import { badInput } from '../errors.js';
+import { broadcastShapes, windowGeometry } from '../geometry.js';
+import { LAYERS, type Layer } from './layers.js';
+
+// ---- opsets and op names --------------------------------------------------------------------------------------
+
+/**
+ * ai.onnx opsets subprune accepts: onnxruntime 1.30 guarantees opset 7 and later and loads up to 26
+ * (test/structure.test.ts checks both ends against onnxruntime). The table's rules follow the semantics of every opset
+ * in this range.
+ */
+export const OPSETS = { min: 7, max: 26 } as const;
+
+export function checkOpset(model: Model): void {
+  const v = opsetVersion(model);
+  if (v === undefined)
+    throw badInput('the model imports no ai.onnx operator set (opset_import); it is not a model subprune can read.');
+  if (v < OPSETS.min || v > OPSETS.max) {
+    const fix = 'Re-export the model with an opset in that range (e.g. torch.onnx.export(..., opset_version=17)).';
+    throw badInput(
+      `the model uses ai.onnx opset ${v}; subprune supports opsets ${OPSETS.min} to ${OPSETS.max}. ${fix}`,
+    );
+  }
+}
+
+/** The op name the table knows a node by: ops of other domains (custom or vendor ops) never match a chain rule. */
+export function opOf(n: NodeProto): string {
+  return n.domain === '' || n.domain === 'ai.onnx' ? n.opType : `${n.domain}::${n.opType}`;
+}
+
+const label = (n: NodeProto) => `${n.opType} "${n.name}"`;
+const normAxis = (a: number, rank: number) => (a < 0 ? a + rank : a);
+
+// ---- channel layouts and what pruning changes ---------------------------------------------------------------------
 
 /** Where a unit's channels sit in a tensor: along `axis`, channel c owning the entries [c·group, (c+1)·group). */
 export interface ChannelLayout {
@@ -56,9 +94,164 @@ export interface ChainContext {
 export type ChainStep = { layout: ChannelLayout; slices: ParamSlice[]; shapeEdits: ShapeEdit[] } | { refuse: string };
 type ChainRule = (ctx: ChainContext) => ChainStep;
 
-const label = (n: NodeProto) => `${n.opType} "${n.name}"`;
-const normAxis = (a: number, rank: number) => (a < 0 ? a + rank : a);
-const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
+// ---- shape rules ----------------------------------------------------------------------------------------------
+
+export interface ShapeContext {
+  node: NodeProto;
+  /** Input shapes (undefined: unknown or absent). */
+  ins: (number[] | undefined)[];
+  constant(name: string): TensorProto | undefined;
+  producer(name: string): NodeProto | undefined;
+}
+
+/** Output shapes (one entry per output the rule knows; often only the first), or undefined if unknown. */
+type ShapeRule = (ctx: ShapeContext) => (number[] | undefined)[] | undefined;
+
+/** An INT64 constant's values, or undefined if the tensor is computed or of another type. */
+function int64Values(t: TensorProto | undefined): number[] | undefined {
+  return t?.dataType === DataType.INT64 ? Array.from(tensorToInt64(t).data, Number) : undefined;
+}
+
+/** Axes as an attribute (older opsets) or as a constant second input (newer ones); undefined if absent/computed. */
+function axesOf(node: NodeProto, constant: (name: string) => TensorProto | undefined): number[] | undefined {
+  if (node.attribute.some((a) => a.name === 'axes')) return attrInts(node, 'axes');
+  const t = node.input[1] ? constant(node.input[1]) : undefined;
+  return t ? Array.from(tensorToInt64(t).data, Number) : undefined;
+}
+
+/** A rule that needs the first input's shape. */
+const withX =
+  (rule: (x: number[], ctx: ShapeContext) => (number[] | undefined)[] | undefined): ShapeRule =>
+  (ctx) =>
+    ctx.ins[0] ? rule(ctx.ins[0], ctx) : undefined;
+
+const sameShape: ShapeRule = withX((x, { node }) => node.output.map(() => [...x])); // e.g. Dropout's mask, BN's extras
+const broadcast: ShapeRule = ({ ins }) =>
+  ins.length && ins.every((s) => s) ? [broadcastShapes(ins as number[][])] : undefined;
+const poolShape: ShapeRule = withX((x, { node }) => {
+  const y = [x[0]!, x[1]!, ...windowGeometry(node, x.slice(2), attrInts(node, 'kernel_shape')).out];
+  return [y, y];
+});
+const globalPoolShape: ShapeRule = withX((x) => [[x[0]!, x[1]!, ...x.slice(2).map(() => 1)]]);
+const flattenShape: ShapeRule = withX((x, { node }) => {
+  const axis = normAxis(attrInt(node, 'axis', 1), x.length);
+  return [[numel(x.slice(0, axis)), numel(x.slice(axis))]];
+});
+const reshapeShape: ShapeRule = withX((x, ctx) => {
+  const t = ctx.constant(ctx.node.input[1] ?? '');
+  if (!t && x.length >= 1 && isViewFlatten(ctx.node, ctx.producer, ctx.constant)) return [[x[0]!, numel(x.slice(1))]];
+  if (!t) return undefined;
+  const spec = Array.from(tensorToInt64(t).data, Number);
+  const allowZero = attrInt(ctx.node, 'allowzero', 0) === 1;
+  const y = spec.map((d, i) => (d === 0 && !allowZero ? x[i]! : d));
+  const free = y.indexOf(-1);
+  if (free >= 0) y[free] = numel(x) / numel(y.filter((_, i) => i !== free));
+  return [y];
+});
+const transposeShape: ShapeRule = withX((x, { node }) => {
+  const perm = attrInts(
+    node,
+    'perm',
+    x.map((_, i) => x.length - 1 - i),
+  );
+  return [perm.map((p) => x[p]!)];
+});
+const squeezeShape: ShapeRule = withX((x, { node, constant }) => {
+  const axes = axesOf(node, constant)?.map((a) => normAxis(a, x.length)) ?? x.flatMap((d, i) => (d === 1 ? [i] : []));
+  return [x.filter((_, i) => !axes.includes(i))];
+});
+const unsqueezeShape: ShapeRule = withX((x, { node, constant }) => {
+  const axes = axesOf(node, constant);
+  if (!axes) return undefined;
+  const rank = x.length + axes.length;
+  const at = new Set(axes.map((a) => normAxis(a, rank)));
+  const y: number[] = [];
+  let j = 0;
+  for (let i = 0; i < rank; i++) y.push(at.has(i) ? 1 : x[j++]!);
+  return [y];
+});
+const reduceShape: ShapeRule = withX((x, { node, constant }) => {
+  let axes = axesOf(node, constant);
+  if (!axes || axes.length === 0) {
+    if (attrInt(node, 'noop_with_empty_axes', 0) === 1) return [[...x]];
+    axes = x.map((_, i) => i);
+  }
+  const set = new Set(axes.map((a) => normAxis(a, x.length)));
+  const keep = attrInt(node, 'keepdims', 1) === 1;
+  return [x.flatMap((d, i) => (set.has(i) ? (keep ? [1] : []) : [d]))];
+});
+const concatShape: ShapeRule = withX((x, { node, ins }) => {
+  if (!ins.every((s) => s)) return undefined;
+  const axis = normAxis(attrInt(node, 'axis'), x.length);
+  const y = [...x];
+  y[axis] = (ins as number[][]).reduce((a, s) => a + s[axis]!, 0);
+  return [y];
+});
+const shapeShape: ShapeRule = withX((x) => [[x.length]]);
+const constantShape: ShapeRule = ({ node, constant }) => {
+  const t = constant(node.output[0] ?? '');
+  return t ? [tensorDims(t)] : undefined;
+};
+/** A layer's shape rule: the layer table's. */
+const layerShape =
+  (layer: Layer): ShapeRule =>
+  ({ node, ins }) =>
+    ins[0] ? layer.shape(node, ins) : undefined;
+
+// ---- the view-flatten pattern ---------------------------------------------------------------------------------
+
+/** The index a Gather on axis 0 takes with a constant INT64 index, and whether that index is a scalar (else [i]). */
+export function gatherIndex(
+  gather: NodeProto,
+  constant: (name: string) => TensorProto | undefined,
+): { index: number; scalar: boolean } | undefined {
+  const t = constant(gather.input[1] ?? '');
+  const v = int64Values(t);
+  const axis = attrInt(gather, 'axis', 0);
+  // axis -1 is 0 on a rank-1 shape
+  if (opOf(gather) !== 'Gather' || !v || v.length !== 1 || (axis !== 0 && axis !== -1)) return undefined;
+  const rank = tensorDims(t!).length;
+  return rank <= 1 ? { index: v[0]!, scalar: rank === 0 } : undefined;
+}
+
+/**
+ * Whether Reshape `node` reshapes its data input x to [x.size(0), -1] with the shape computed at run time from x
+ * itself, as torch exports x.view(x.size(0), -1) with a dynamic batch: Concat(Unsqueeze(Gather(Shape(x), 0), axes [0]),
+ * [-1]) on axis 0 (Unsqueeze axes as attribute before opset 13, as input from 13; or Gather of index [0] without the
+ * Unsqueeze; [-1] an INT64 initializer or Constant). Such a Reshape is a Flatten(axis=1), and its shape follows x's
+ * channels by itself. Anything else (another index, another tensor's Shape, a Shape with start ≠ 0) is not recognised.
+ */
+export function isViewFlatten(
+  node: NodeProto,
+  producer: (name: string) => NodeProto | undefined,
+  constant: (name: string) => TensorProto | undefined,
+): boolean {
+  const is = (n: NodeProto | undefined, op: string) => (n && opOf(n) === op ? n : undefined);
+  const concat = is(producer(node.input[1] ?? ''), 'Concat');
+  if (opOf(node) !== 'Reshape' || !concat || concat.input.length !== 2) return false;
+  const axis = attrInt(concat, 'axis', 1); // axis is required; without it this is not the pattern
+  const minus1 = constant(concat.input[1]!),
+    rest = int64Values(minus1);
+  if ((axis !== 0 && axis !== -1) || rest?.length !== 1 || rest[0] !== -1 || tensorDims(minus1!).length !== 1)
+    return false;
+  let gather = is(producer(concat.input[0]!), 'Gather');
+  const unsqueeze = is(producer(concat.input[0]!), 'Unsqueeze');
+  if (unsqueeze) {
+    const axes = unsqueeze.attribute.some((a) => a.name === 'axes')
+      ? attrInts(unsqueeze, 'axes')
+      : int64Values(constant(unsqueeze.input[1] ?? ''));
+    if (axes?.length !== 1 || (axes[0] !== 0 && axes[0] !== -1)) return false;
+    gather = is(producer(unsqueeze.input[0]!), 'Gather');
+  }
+  const g = gather && gatherIndex(gather, constant);
+  // a scalar is unsqueezed to [1], an [i] index is [1] already
+  if (!g || g.index !== 0 || g.scalar !== Boolean(unsqueeze)) return false;
+  const shape = is(producer(gather!.input[0]!), 'Shape');
+  return !!shape && shape.input[0] === node.input[0] && attrInt(shape, 'start', 0) === 0;
+}
+
+// ---- chain rules ----------------------------------------------------------------------------------------------
+
 const pass = (ctx: ChainContext, slices: ParamSlice[] = []): ChainStep => ({
   layout: ctx.layout,
   slices,
@@ -80,7 +273,8 @@ function broadcastParam(ctx: ChainContext, slot: number, what: string): ParamSli
   const k = ctx.layout.axis - (rank - dims.length);
   if (k < 0 || dims[k] === 1) return [];
   if (dims[k] !== ctx.channels * ctx.layout.group) {
-    return `${label(ctx.node)}: ${what} "${name}" has ${dims[k]} entries along the channels, expected ${ctx.channels * ctx.layout.group}`;
+    const want = ctx.channels * ctx.layout.group;
+    return `${label(ctx.node)}: ${what} "${name}" has ${dims[k]} entries along the channels, expected ${want}`;
   }
   return [{ tensor: name, axis: k, group: ctx.layout.group }];
 }
@@ -97,7 +291,9 @@ const arithmetic: ChainRule = (ctx) => {
   const other = ctx.node.input[1 - ctx.input];
   if (other && !ctx.constant(other)) {
     return {
-      refuse: `${label(ctx.node)} combines the channels with another branch "${other}" (e.g. a residual connection); both branches would have to be pruned together`,
+      refuse:
+        `${label(ctx.node)} combines the channels with another branch "${other}" (e.g. a residual connection); ` +
+        'both branches would have to be pruned together',
     };
   }
   return result(ctx, broadcastParam(ctx, 1 - ctx.input, 'constant'));
@@ -111,10 +307,13 @@ function perChannelNorm(params: number[]): ChainRule {
       return { refuse: `${label(ctx.node)} normalises along axis 1, but the channels are on axis ${ctx.layout.axis}` };
     if (ctx.node.opType === 'BatchNormalization' && attrInt(ctx.node, 'training_mode', 0) !== 0) {
       return {
-        refuse: `${label(ctx.node)} is in training mode (batch statistics couple samples); export the model in eval mode`,
+        refuse:
+          `${label(ctx.node)} is in training mode (batch statistics couple samples); ` +
+          'export the model in eval mode',
       };
     }
-    const slices: ParamSlice[] = [];
+    const slices: ParamSlice[] = [],
+      want = ctx.channels * ctx.layout.group;
     for (const slot of params) {
       const name = ctx.node.input[slot];
       if (!name) continue;
@@ -123,7 +322,7 @@ function perChannelNorm(params: number[]): ChainRule {
       const dims = tensorDims(t);
       if (dims.length !== 1 || dims[0] !== ctx.channels * ctx.layout.group) {
         return {
-          refuse: `${label(ctx.node)}: parameter "${name}" has shape [${dims.join(', ')}], expected [${ctx.channels * ctx.layout.group}]`,
+          refuse: `${label(ctx.node)}: parameter "${name}" has shape [${dims.join(', ')}], expected [${want}]`,
         };
       }
       slices.push({ tensor: name, axis: 0, group: ctx.layout.group });
@@ -143,14 +342,16 @@ const flatten: ChainRule = (ctx) => {
   const axis = normAxis(attrInt(ctx.node, 'axis', 1), ctx.inShape.length);
   if (axis !== 1 || ctx.layout.axis !== 1) {
     return {
-      refuse: `${label(ctx.node)} (axis=${axis}) mixes the channels on axis ${ctx.layout.axis} with other axes; only Flatten(axis=1) of channel-first data keeps each channel's features together`,
+      refuse:
+        `${label(ctx.node)} (axis=${axis}) mixes the channels on axis ${ctx.layout.axis} with other axes; ` +
+        "only Flatten(axis=1) of channel-first data keeps each channel's features together",
     };
   }
   return flattenAt1(ctx);
 };
 
 const flattenAt1 = (ctx: ChainContext): ChainStep => ({
-  layout: { axis: 1, group: ctx.layout.group * prod(ctx.inShape.slice(2)) },
+  layout: { axis: 1, group: ctx.layout.group * numel(ctx.inShape.slice(2)) },
   slices: [],
   shapeEdits: [],
 });
@@ -165,7 +366,9 @@ const reshape: ChainRule = (ctx) => {
   const x = ctx.inShape;
   const y = ctx.outShape;
   const mixes = {
-    refuse: `${label(ctx.node)} to [${y?.join(', ') ?? '?'}] mixes the channels with other axes; only a reshape to [batch, channels·features] (a flatten) is supported`,
+    refuse:
+      `${label(ctx.node)} to [${y?.join(', ') ?? '?'}] mixes the channels with other axes; ` +
+      'only a reshape to [batch, channels·features] (a flatten) is supported',
   };
   if (ctx.input !== 0) return mixes;
   if (!t && isViewFlatten(ctx.node, ctx.producer, ctx.constant)) {
@@ -174,10 +377,12 @@ const reshape: ChainRule = (ctx) => {
   }
   if (!t)
     return {
-      refuse: `${label(ctx.node)}: its shape "${shapeName}" is neither a constant nor [x.size(0), -1] computed from its own input x (torch's x.view(x.size(0), -1))`,
+      refuse:
+        `${label(ctx.node)}: its shape "${shapeName}" is neither a constant nor [x.size(0), -1] computed from ` +
+        "its own input x (torch's x.view(x.size(0), -1))",
     };
   if (!y || y.length !== 2 || y[0] !== x[0] || ctx.layout.axis !== 1) return mixes;
-  const group = ctx.layout.group * prod(x.slice(2));
+  const group = ctx.layout.group * numel(x.slice(2));
   const spec = Array.from(tensorToInt64(t).data, Number);
   if (attrInt(ctx.node, 'allowzero', 0) === 1 && spec.includes(0)) return mixes;
   // spec[1] is either -1 (inferred, nothing to edit) or the feature count, which shrinks with the channels.
@@ -196,7 +401,7 @@ const transpose: ChainRule = (ctx) => {
   return { layout: { axis: perm.indexOf(ctx.layout.axis), group: ctx.layout.group }, slices: [], shapeEdits: [] };
 };
 
-function axesOf(ctx: ChainContext): number[] | undefined | 'computed' {
+function chainAxes(ctx: ChainContext): number[] | undefined | 'computed' {
   if (ctx.node.attribute.some((a) => a.name === 'axes')) return attrInts(ctx.node, 'axes');
   const name = ctx.node.input[1];
   if (!name) return undefined;
@@ -206,7 +411,7 @@ function axesOf(ctx: ChainContext): number[] | undefined | 'computed' {
 
 /** Squeeze/Unsqueeze of other axes only renumber the channel axis. */
 const squeeze: ChainRule = (ctx) => {
-  const a = axesOf(ctx);
+  const a = chainAxes(ctx);
   if (a === 'computed') return { refuse: `${label(ctx.node)}: its axes are not a constant` };
   const rank = ctx.inShape.length;
   const axes = a?.map((x) => normAxis(x, rank)) ?? ctx.inShape.flatMap((d, i) => (d === 1 ? [i] : []));
@@ -219,7 +424,7 @@ const squeeze: ChainRule = (ctx) => {
 };
 
 const unsqueeze: ChainRule = (ctx) => {
-  const a = axesOf(ctx);
+  const a = chainAxes(ctx);
   if (a === 'computed' || a === undefined) return { refuse: `${label(ctx.node)}: its axes are not a constant` };
   const rank = ctx.inShape.length + a.length;
   const inserted = new Set(a.map((x) => normAxis(x, rank)));
@@ -228,16 +433,21 @@ const unsqueeze: ChainRule = (ctx) => {
   return { layout: { axis, group: ctx.layout.group }, slices: [], shapeEdits: [] };
 };
 
-/** Reductions over other axes (e.g. a spatial mean) stay per channel; over the channel axis they couple channels (LayerNorm-like). */
+/**
+ * Reductions over other axes (e.g. a spatial mean) stay per channel; over the channel axis they couple channels
+ * (LayerNorm-like).
+ */
 const reduce: ChainRule = (ctx) => {
-  const a = axesOf(ctx);
+  const a = chainAxes(ctx);
   if (a === 'computed') return { refuse: `${label(ctx.node)}: its axes are not a constant` };
   const rank = ctx.inShape.length;
   const all = (a === undefined || a.length === 0) && attrInt(ctx.node, 'noop_with_empty_axes', 0) === 0;
   const axes = all ? ctx.inShape.map((_, i) => i) : (a ?? []).map((x) => normAxis(x, rank));
   if (axes.includes(ctx.layout.axis)) {
     return {
-      refuse: `${label(ctx.node)} reduces over the channel axis (a mean/variance across channels, as in LayerNorm), which couples channels`,
+      refuse:
+        `${label(ctx.node)} reduces over the channel axis ` +
+        '(a mean/variance across channels, as in LayerNorm), which couples channels',
     };
   }
   const drop = attrInt(ctx.node, 'keepdims', 1) === 0 ? axes.filter((x) => x < ctx.layout.axis).length : 0;
@@ -266,137 +476,100 @@ const refuse =
   (why: string): ChainRule =>
   (ctx) => ({ refuse: `${label(ctx.node)} ${why}` });
 
-/** The ops allowed between a producer and its consumer. Ops not listed here are refused as "not known to act per channel". */
-export const CHAIN: Readonly<Record<string, ChainRule>> = {
-  Relu: elementwise,
-  LeakyRelu: elementwise,
-  Sigmoid: elementwise,
-  HardSigmoid: elementwise,
-  HardSwish: elementwise,
-  Tanh: elementwise,
-  Elu: elementwise,
-  Selu: elementwise,
-  Celu: elementwise,
-  Softplus: elementwise,
-  Softsign: elementwise,
-  Mish: elementwise,
-  Gelu: elementwise,
-  ThresholdedRelu: elementwise,
-  Dropout: elementwise, // output 1 (the mask) must be unused: checked for every op by the analysis
-  Identity: elementwise,
-  Clip: elementwise, // min/max are scalars by the spec
-  Cast: (ctx) =>
+// ---- the table --------------------------------------------------------------------------------------------------
+
+export interface OpRule {
+  shape?: ShapeRule;
+  chain?: ChainRule;
+  layer?: Layer;
+}
+
+const op = (shape?: ShapeRule, chain?: ChainRule): OpRule => ({
+  ...(shape ? { shape } : {}),
+  ...(chain ? { chain } : {}),
+});
+const unary = op(sameShape, elementwise);
+const coupling = (why: string) => op(sameShape, refuse(why));
+
+/** Every op subprune knows, keyed by op type. Ops of other domains are looked up as `domain::op` and never match. */
+export const OPS: Readonly<Record<string, OpRule>> = {
+  ...Object.fromEntries(Object.entries(LAYERS).map(([name, layer]) => [name, { shape: layerShape(layer), layer }])),
+  Constant: op(constantShape),
+  Shape: op(shapeShape),
+  // element-wise, one input
+  Relu: unary,
+  LeakyRelu: unary,
+  Sigmoid: unary,
+  HardSigmoid: unary,
+  HardSwish: unary,
+  Tanh: unary,
+  Elu: unary,
+  Selu: unary,
+  Celu: unary,
+  Softplus: unary,
+  Softsign: unary,
+  Mish: unary,
+  Gelu: unary,
+  ThresholdedRelu: unary,
+  Dropout: unary, // output 1 (the mask) must be unused: checked for every op by the analysis
+  Identity: unary,
+  Clip: unary, // min/max are scalars by the spec
+  Cast: op(sameShape, (ctx) =>
     FLOAT_TYPES.has(attrInt(ctx.node, 'to')) ? pass(ctx) : { refuse: `${label(ctx.node)} casts to a non-float type` },
-  PRelu: (ctx) =>
+  ),
+  ...Object.fromEntries(
+    ['Abs', 'Neg', 'Exp', 'Log', 'Sqrt', 'Reciprocal', 'Erf', 'Floor', 'Ceil', 'Round', 'Sign', 'Not'].map((n) => [
+      n,
+      op(sameShape),
+    ]),
+  ),
+  PRelu: op(sameShape, (ctx) =>
     ctx.input === 0
       ? result(ctx, broadcastParam(ctx, 1, 'slope'))
       : { refuse: `${label(ctx.node)}: the channels enter as the slope` },
-  Add: arithmetic,
-  Sub: arithmetic,
-  Mul: arithmetic,
-  Div: arithmetic,
-  BatchNormalization: perChannelNorm([1, 2, 3, 4]),
-  InstanceNormalization: perChannelNorm([1, 2]),
-  MaxPool: pool,
-  AveragePool: pool,
-  LpPool: pool,
-  GlobalAveragePool: pool,
-  GlobalMaxPool: pool,
-  GlobalLpPool: pool,
-  Flatten: flatten,
-  Reshape: reshape,
-  Transpose: transpose,
-  Squeeze: squeeze,
-  Unsqueeze: unsqueeze,
-  ReduceMean: reduce,
-  ReduceMax: reduce,
-  ReduceMin: reduce,
-  ReduceSum: reduce,
-  Softmax: softmax,
-  LogSoftmax: softmax,
-  Hardmax: softmax,
-  LayerNormalization: layerNorm,
-  Concat: refuse('joins the channels with other tensors; the joined branches would have to be pruned together'),
-  LRN: refuse('normalises across neighbouring channels, which couples them'),
-  GroupNormalization: refuse('normalises over groups of channels, which couples them'),
+  ),
+  // element-wise, broadcasting
+  Add: op(broadcast, arithmetic),
+  Sub: op(broadcast, arithmetic),
+  Mul: op(broadcast, arithmetic),
+  Div: op(broadcast, arithmetic),
+  ...Object.fromEntries(
+    ['Pow', 'Max', 'Min', 'Sum', 'Mean', 'Where', 'Equal', 'Less', 'Greater', 'LessOrEqual', 'GreaterOrEqual']
+      .concat(['And', 'Or', 'Xor'])
+      .map((n) => [n, op(broadcast)]),
+  ),
+  // normalisations
+  BatchNormalization: op(sameShape, perChannelNorm([1, 2, 3, 4])),
+  InstanceNormalization: op(sameShape, perChannelNorm([1, 2])),
+  LayerNormalization: op(sameShape, layerNorm),
+  Softmax: op(sameShape, softmax),
+  LogSoftmax: op(sameShape, softmax),
+  Hardmax: op(sameShape, softmax),
+  LRN: coupling('normalises across neighbouring channels, which couples them'),
+  GroupNormalization: op(undefined, refuse('normalises over groups of channels, which couples them')),
+  // pools
+  MaxPool: op(poolShape, pool),
+  AveragePool: op(poolShape, pool),
+  LpPool: op(poolShape, pool),
+  GlobalAveragePool: op(globalPoolShape, pool),
+  GlobalMaxPool: op(globalPoolShape, pool),
+  GlobalLpPool: op(globalPoolShape, pool),
+  // shape ops
+  Flatten: op(flattenShape, flatten),
+  Reshape: op(reshapeShape, reshape),
+  Transpose: op(transposeShape, transpose),
+  Squeeze: op(squeezeShape, squeeze),
+  Unsqueeze: op(unsqueezeShape, unsqueeze),
+  Concat: op(
+    concatShape,
+    refuse('joins the channels with other tensors; the joined branches would have to be pruned together'),
+  ),
+  // reductions
+  ...Object.fromEntries(['ReduceMean', 'ReduceMax', 'ReduceMin', 'ReduceSum'].map((n) => [n, op(reduceShape, reduce)])),
+  ...Object.fromEntries(
+    ['ReduceProd', 'ReduceL1', 'ReduceL2', 'ReduceLogSum', 'ReduceLogSumExp', 'ReduceSumSquare'].map((n) => [
+      n,
+      op(reduceShape),
+    ]),
+  ),
 };
-
-// ---- producers and consumers ------------------------------------------------------------------
-
-export const LAYER_OPS: ReadonlySet<string> = new Set(['Conv', 'Gemm', 'MatMul']);
-
-/**
- * How a layer's weight maps to the d×m matrix W of "consumer output = B·W":
- * 'conv' [m, n, kh, kw] (W row c·kh·kw + i·kw + j); 'out-in' [m, d] (Gemm transB=1, W = weightᵀ); 'in-out' [d, m] (W = weight).
- */
-export type WeightLayout = 'conv' | 'out-in' | 'in-out';
-
-export interface LayerInfo {
-  weight: string;
-  weightDims: number[];
-  /** Bias input (Conv B, Gemm C), if any. */
-  bias?: string;
-  layout: WeightLayout;
-  /** Weight axis of the output channels and of the input features. */
-  outAxis: number;
-  inAxis: number;
-}
-
-/**
- * Where a Conv/Gemm/MatMul keeps its weight, or why it cannot be a unit's producer or consumer. The layer's data
- * must be its first input and its weight a constant; grouped convs, transA, alpha/beta ≠ 1 and W·X are refused.
- */
-export function layerInfo(
-  node: NodeProto,
-  constant: (name: string) => TensorProto | undefined,
-): LayerInfo | { refuse: string } {
-  const l = label(node);
-  const [x, w, b] = [node.input[0] ?? '', node.input[1] ?? '', node.input[2] || undefined];
-  if (node.opType === 'MatMul' && constant(x) && !constant(w)) {
-    return {
-      refuse: `${l} multiplies a constant on the left (W·X); only X·W with the constant on the right is supported`,
-    };
-  }
-  const t = constant(w);
-  if (!t) return { refuse: `${l}: its weight "${w}" is not a constant` };
-  const dims = tensorDims(t);
-  if (node.opType === 'Conv') {
-    const group = attrInt(node, 'group', 1);
-    if (group !== 1)
-      return {
-        refuse: `${l} is a grouped or depthwise convolution (group=${group}); its channels are coupled by the groups`,
-      };
-    if (b && !constant(b)) return { refuse: `${l}: its bias "${b}" is not a constant` };
-    return { weight: w, weightDims: dims, ...(b ? { bias: b } : {}), layout: 'conv', outAxis: 0, inAxis: 1 };
-  }
-  if (dims.length !== 2) return { refuse: `${l}: its weight "${w}" has rank ${dims.length}, expected 2` };
-  if (node.opType === 'Gemm') {
-    if (attrInt(node, 'transA', 0) !== 0) return { refuse: `${l} has transA=1, which subprune does not support` };
-    const alpha = attrFloat(node, 'alpha', 1);
-    const beta = attrFloat(node, 'beta', 1);
-    if (alpha !== 1 || (b && beta !== 1))
-      return { refuse: `${l} has alpha=${alpha}, beta=${beta}; only alpha=beta=1 is supported` };
-    if (b && !constant(b)) return { refuse: `${l}: its bias "${b}" is not a constant` };
-    const transB = attrInt(node, 'transB', 0) !== 0;
-    return {
-      weight: w,
-      weightDims: dims,
-      ...(b ? { bias: b } : {}),
-      layout: transB ? 'out-in' : 'in-out',
-      outAxis: transB ? 0 : 1,
-      inAxis: transB ? 1 : 0,
-    };
-  }
-  if (node.opType === 'MatMul') return { weight: w, weightDims: dims, layout: 'in-out', outAxis: 1, inAxis: 0 };
-  return { refuse: `${l} is not a Conv, Gemm or MatMul` };
-}
-
-/**
- * The bias slice of a producer with n output channels: Conv's B is [n]; Gemm's C broadcasts against [rows, n], so it is
- * per channel when its last axis has n entries and shared by all channels (no slice) when that axis is 1 or absent.
- */
-export function biasSlice(bias: TensorProto, name: string, channels: number): ParamSlice[] {
-  const dims = tensorDims(bias);
-  const last = dims.length - 1;
-  return last >= 0 && dims[last] === channels && channels !== 1 ? [{ tensor: name, axis: last, group: 1 }] : [];
-}

@@ -1,5 +1,7 @@
 import type { NodeProto } from '../onnx/index.js';
-import type { ParamSlice, ShapeEdit, WeightLayout } from './ops.js';
+import type { ConvGeometry } from '../geometry.js';
+import type { ParamSlice, ShapeEdit } from './ops.js';
+import type { WeightLayout } from './layers.js';
 
 /**
  * A prunable unit: producer (Conv/Gemm/MatMul with a constant weight) → ops that act per channel → one consumer
@@ -14,7 +16,10 @@ export interface Unit {
   bias?: string;
   /** Producer output channels n. */
   channels: number;
-  /** Columns of the consumer input owned by one channel: kh·kw for a Conv consumer, h·w after a Flatten, 1 for dense→dense. */
+  /**
+   * Columns of the consumer input owned by one channel: kh·kw for a Conv consumer, h·w after a Flatten, 1 for
+   * dense→dense.
+   */
   g: number;
   /** The per-channel ops between producer and consumer, in graph order. */
   chain: NodeProto[];
@@ -25,21 +30,22 @@ export interface Unit {
   /** 'conv': B rows are the consumer's im2col patches; 'dense': B rows are the input rows (flattened to d). */
   consumerKind: 'conv' | 'dense';
   /** For a Conv consumer: its kernel [kh, kw], strides, pads [top, left, bottom, right], dilations. */
-  conv?: {
-    kernel: [number, number];
-    strides: [number, number];
-    pads: [number, number, number, number];
-    dilations: [number, number];
-  };
+  conv?: ConvGeometry;
   /** d = channels·g, m = consumer output features (Conv: output channels). */
   d: number;
   m: number;
-  /** Parameters of producer, chain and consumer that depend on the channel count, and per-sample FLOPs (multiply-adds ×2). */
+  /**
+   * Parameters of producer, chain and consumer that depend on the channel count, and per-sample FLOPs (multiply-adds
+   * ×2).
+   */
   params: number;
   flops: number;
   /** How the consumer weight maps to the d×m matrix W (see consumerWeightMatrix). */
   consumerLayout: WeightLayout;
-  /** Every constant sliced along the producer's channels: producer weight (output axis), bias, per-channel chain parameters. */
+  /**
+   * Every constant sliced along the producer's channels: producer weight (output axis), bias, per-channel chain
+   * parameters.
+   */
   slices: ParamSlice[];
   /** Reshape shape constants whose feature count follows the kept channels. */
   shapeEdits: ShapeEdit[];

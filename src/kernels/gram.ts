@@ -1,6 +1,7 @@
 import type { Kernels } from './types.js';
 import { getKernels } from './instances.js';
 import { gramAccumulate } from './ops.js';
+import { patchGrid, type ConvGeometry } from '../geometry.js';
 
 /** What the greedy needs from the calibration activations: G = BᵀB, and for the asymmetric objective C = BᵀA, H = AᵀA. */
 export interface Gram {
@@ -11,14 +12,7 @@ export interface Gram {
   H?: Float64Array;
 }
 
-/** A Conv consumer's geometry: B's rows are its input patches. */
-export interface ConvGeometry {
-  kernel: [number, number];
-  strides: [number, number];
-  /** [top, left, bottom, right] */
-  pads: [number, number, number, number];
-  dilations: [number, number];
-}
+export type { ConvGeometry } from '../geometry.js';
 
 const CHUNK_BYTES = 4 << 20;
 
@@ -123,15 +117,14 @@ export class GramAccumulator {
     const {
       kernel: [kh, kw],
       strides: [sh, sw],
-      pads: [pt, pl, pb, pr],
+      pads: [pt, pl],
       dilations: [dh, dw],
     } = conv;
     if (dims.length !== 4 || C * kh * kw !== d || B.length !== b * C * H * W) {
       throw new RangeError(`conv input [${dims}] with a ${kh}×${kw} kernel does not make patches of ${d} columns`);
     }
     this.check(B.length, A);
-    const OH = Math.floor((H + pt + pb - dh * (kh - 1) - 1) / sh) + 1,
-      OW = Math.floor((W + pl + pr - dw * (kw - 1) - 1) / sw) + 1;
+    const [OH, OW] = patchGrid(conv, H, W);
     const per = OH * OW,
       size = C * H * W,
       buf = this.buffers(per, size);

@@ -13,6 +13,14 @@ export function defaultThreads(): number {
   return cores();
 }
 
+/** Which kernels run the selection and the Gram accumulation, on how many threads. */
+export interface KernelOptions {
+  /** SIMD WebAssembly (default) or plain TypeScript (for comparison). */
+  kernels?: 'wasm' | 'plain';
+  /** Threads for the wasm kernels (default: all cores); results are bit-identical for any count. */
+  threads?: number;
+}
+
 const cache = new Map<string, Kernels>();
 
 /**

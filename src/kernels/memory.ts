@@ -4,6 +4,15 @@
 const PAGE = 65536;
 const MAX_PAGES = 65536; // 4 GiB, wasm32's limit
 
+/** The kernel memory a run may plan for: WebAssembly's 4 GiB, less room for the kernels' other buffers. */
+export const KERNEL_BYTES = 2 ** 32 - (64 << 20);
+
+/** Memory the process may still use, where the platform says (Node: MemAvailable on Linux); Infinity elsewhere. */
+export function availableMemory(): number {
+  const os = globalThis.process?.getBuiltinModule?.('node:os') as typeof import('node:os') | undefined;
+  return os?.freemem?.() ?? Infinity;
+}
+
 export class Arena {
   readonly memory: WebAssembly.Memory;
   private top = 1024; // offset 0 stays null

@@ -21,7 +21,7 @@ import {
   type ValueInfoProto,
 } from './gen/onnx_pb.js';
 import type { Model } from './model.js';
-import { encodeFloat32, setTensorData } from './tensor.js';
+import { encodeFloat32, numel, setTensorData } from './tensor.js';
 
 // ---- attribute getters ------------------------------------------------------------------------
 
@@ -92,7 +92,7 @@ export function replaceInitializerData(
 ): TensorProto {
   const t = graph.initializer.find((x) => x.name === name);
   if (!t) throw badInput(`the graph has no initializer "${name}".`);
-  const n = dims.reduce((a, b) => a * b, 1);
+  const n = numel(dims);
   if (n !== data.length)
     throw badInput(`initializer "${name}": ${data.length} values do not fill dims [${dims.join(', ')}].`);
   if (data instanceof BigInt64Array) {
@@ -148,12 +148,13 @@ function shapeProto(shape: readonly (number | string)[]) {
 }
 
 /** A tensor-typed graph input/output; a string dimension is symbolic (e.g. 'N'). */
+/** A tensor's value_info; without a shape, onnxruntime infers it. */
 export function makeTensorValueInfo(
   name: string,
   elemType: number,
-  shape: readonly (number | string)[],
+  shape?: readonly (number | string)[],
 ): ValueInfoProto {
-  const tensor = create(TypeProto_TensorSchema, { elemType, shape: shapeProto(shape) });
+  const tensor = create(TypeProto_TensorSchema, { elemType, ...(shape ? { shape: shapeProto(shape) } : {}) });
   return create(ValueInfoProtoSchema, {
     name,
     type: create(TypeProtoSchema, { value: { case: 'tensorType', value: tensor } }),

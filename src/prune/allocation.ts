@@ -1,97 +1,43 @@
-// Per-unit budgets from the units themselves (--allocation sensitivity | global), and the per-unit machinery the
-// allocations and the study share: one capture of the original model, one nested ranking per unit and method, and
-// from it the plan for any channel count.
+// Per-unit budgets from the units themselves (--allocation sensitivity | global): one capture of the original model,
+// one nested ranking per unit (rank.ts), and for sensitivity each unit's measured curve.
+import { internal } from '../errors.js';
 import type { Model } from '../onnx/index.js';
-import type { NpyFile } from '../npy.js';
 import type { Unit } from '../graph/types.js';
-import { consumerWeightMatrix } from '../graph/analyze.js';
-import type { PrunePlan } from '../rewrite/index.js';
-import { captureGrams, type Backend } from '../capture/index.js';
+import type { Calibration } from '../calibration.js';
+import type { NpyFile } from '../npy.js';
+import { captureGrams, type RuntimeOptions } from '../capture/index.js';
 import type { Captured, StatsWanted } from '../capture/stats.js';
-import { selectChannels, type Selection } from '../select/greedy.js';
-import { rankChannels, statsFor, unitSeed, type Method } from '../select/baselines.js';
+import type { KernelOptions } from '../kernels/instances.js';
+import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
 import { allocateByLevel, allocateGlobal, gridKeeps, type Curve } from '../budget/allocate.js';
 import type { SizeOf } from '../budget/index.js';
 import { openUnitProbe, verifyTargets, type VerifySet } from '../eval/alone.js';
+import { paddedWeights, rankUnit, type Ranked } from './rank.js';
 
 export type Allocation = 'uniform' | 'sensitivity' | 'global';
 export const ALLOCATIONS: readonly Allocation[] = ['uniform', 'sensitivity', 'global'];
 
-/** A unit with its method's nested order over all its channels (and the objective and re-fit of every prefix). */
-export interface Ranked {
-  unit: Unit;
-  W: Float64Array;
-  sel: Selection;
-}
-
-export interface RunOptions {
-  batch?: number;
-  backend?: Backend;
-  kernels?: 'wasm' | 'plain';
-  threads?: number;
+/** How a compression budget is split over the units. */
+export interface AllocationOptions {
+  /** uniform (default: one keep fraction for all), sensitivity (each unit's measured curve) or global. */
+  allocation?: Allocation;
+  /** The sensitivity allocation's verification set (default: the calibration inputs, measuring agreement). */
+  verify?: VerifySet;
+  /** The sensitivity allocation's grid step of kept fractions (default 0.01). */
+  grid?: number;
 }
 
 /** One capture of the original model for every unit (with the statistics the methods need). */
 export function captureOriginal(
   model: Model,
   units: Unit[],
-  calib: NpyFile,
+  calib: NpyFile | Calibration,
   methods: readonly Method[],
-  opts: RunOptions & { onBatch?: (d: number, n: number) => void } = {},
+  opts: RuntimeOptions & KernelOptions & { onBatch?: (d: number, n: number) => void } = {},
 ): Promise<Map<string, Captured>> {
   const stats: StatsWanted = {};
   for (const m of methods) Object.assign(stats, statsFor(m));
-  return captureGrams(model, units, calib, {
-    batch: opts.batch,
-    backend: opts.backend,
-    threads: opts.threads,
-    onBatch: opts.onBatch,
-    stats,
-  });
-}
-
-/** The method's order of all channels of `unit`, run through selectChannels (a baseline's order is forced). */
-export function rankUnit(
-  model: Model,
-  unit: Unit,
-  gram: Captured,
-  method: Method,
-  seed: number,
-  opts: RunOptions = {},
-): Ranked {
-  const W = consumerWeightMatrix(model, unit);
-  const order = rankChannels(
-    method,
-    { n: unit.channels, g: unit.g, m: unit.m, W, stats: gram.stats },
-    unitSeed(seed, unit.id),
-  );
-  const sel = selectChannels({ d: unit.d, m: unit.m, g: unit.g, G: gram.G, C: gram.C, H: gram.H, W }, unit.channels, {
-    kernels: opts.kernels,
-    threads: opts.threads,
-    order,
-  });
-  return { unit, W, sel };
-}
-
-/** The plan keeping the first k channels of the order: re-fitted consumer weights, or its rows only sliced. */
-export function planOf(r: Ranked, k: number, refit: boolean): PrunePlan {
-  const fit = r.sel.refit(k);
-  return { unit: r.unit, keep: fit.keep, ...(refit ? { W: fit.W } : {}) };
-}
-
-/** The consumer's d×m weights of that plan with zero rows for the pruned channels: the same consumer output. */
-export function paddedWeights(r: Ranked, k: number, refit: boolean): Float64Array {
-  const {
-      unit: { g, m, d },
-      W,
-    } = r,
-    { keep, W: Wk } = r.sel.refit(k),
-    out = new Float64Array(d * m),
-    rows = g * m;
-  keep.forEach((c, i) =>
-    out.set(refit ? Wk.subarray(i * rows, (i + 1) * rows) : W.subarray(c * rows, (c + 1) * rows), c * rows),
-  );
-  return out;
+  return captureGrams(model, units, calib, { ...opts, stats });
 }
 
 /**
@@ -106,7 +52,7 @@ export async function sensitivityCurves(
   ranked: Ranked[],
   refit: boolean,
   verify: VerifySet,
-  opts: RunOptions & {
+  opts: RuntimeOptions & {
     targets?: Int32Array;
     step?: number;
     full?: boolean;
@@ -154,45 +100,43 @@ export function allocateRanked(
   const units = ranked.map((r) => r.unit);
   if (allocation === 'global')
     return allocateGlobal(units, new Map(ranked.map((r) => [r.unit.id, r.sel.objective])), sizeOf, goal);
-  if (!curves) throw new Error("the sensitivity allocation needs the units' curves");
+  if (!curves) throw internal("the sensitivity allocation needs the units' curves");
   return allocateByLevel(units, curves, sizeOf, goal);
 }
 
 /**
  * Per-unit keeps for a compression budget by the sensitivity or global allocation, for `prune`: one capture of the
- * original model (returned, so that layerwise pruning reuses it), the method's ranking of every unit, and for
- * sensitivity each unit's curve on the verification set (default: the calibration inputs, label-free).
+ * original model and the method's ranking of every unit (both returned, so that layerwise pruning reuses them), and
+ * for sensitivity each unit's curve on the verification set (default: the calibration inputs, label-free).
  */
 export async function allocateBudget(
   model: Model,
   units: Unit[],
-  calib: NpyFile,
+  calib: Calibration,
   sizeOf: SizeOf,
   goal: number,
-  opts: RunOptions & {
-    allocation: 'sensitivity' | 'global';
-    method?: Method;
-    seed?: number;
-    refit?: boolean;
-    verify?: VerifySet;
-    grid?: number;
-    onProgress?: (stage: string, done: number, total: number) => void;
-  },
-): Promise<{ keeps: Map<string, number>; grams: Map<string, Captured> }> {
-  const method = opts.method ?? 'greedy',
-    progress = opts.onProgress ?? (() => {});
-  const grams = await captureOriginal(model, units, calib, [method], {
+  opts: RuntimeOptions &
+    KernelOptions &
+    MethodOptions &
+    AllocationOptions & {
+      allocation: 'sensitivity' | 'global';
+      refit?: boolean;
+      onProgress?: (stage: string, done: number, total: number) => void;
+    },
+): Promise<{ keeps: Map<string, number>; grams: Map<string, Captured>; ranked: Ranked[] }> {
+  const progress = opts.onProgress ?? (() => {});
+  const grams = await captureOriginal(model, units, calib, [opts.method ?? 'greedy'], {
     ...opts,
-    onBatch: (d, n) => progress('capture', d, n),
+    onBatch: (d: number, n: number) => progress('capture', d, n),
   });
-  const ranked = units.map((u) => rankUnit(model, u, grams.get(u.id)!, method, opts.seed ?? 0, opts));
+  const ranked = units.map((u) => rankUnit(model, u, grams.get(u.id)!, opts));
   const curves =
     opts.allocation === 'sensitivity'
       ? await sensitivityCurves(model, ranked, opts.refit ?? true, opts.verify ?? { data: calib }, {
           ...opts,
           step: opts.grid,
-          onStep: (d, n) => progress('allocate', d, n),
+          onStep: (d: number, n: number) => progress('allocate', d, n),
         })
       : undefined;
-  return { keeps: allocateRanked(opts.allocation, ranked, sizeOf, goal, curves), grams };
+  return { keeps: allocateRanked(opts.allocation, ranked, sizeOf, goal, curves), grams, ranked };
 }

@@ -4,7 +4,9 @@ import { clone } from '@bufbuild/protobuf';
 import { badInput } from '../errors.js';
 import {
   DataType,
+  dataTypeName,
   encodeFloat32,
+  numel,
   ModelProtoSchema,
   replaceInitializerData,
   setTensorData,
@@ -16,7 +18,8 @@ import {
 } from '../onnx/index.js';
 import type { ParamSlice } from '../graph/ops.js';
 import { constantTensors } from '../graph/shapes.js';
-import { normalizeGraph } from '../graph/analyze.js';
+import { normalizeGraph } from '../graph/normalize.js';
+import { inputAxis, matrixToWeight } from '../graph/layers.js';
 import type { Unit } from '../graph/types.js';
 
 export interface PrunePlan {
@@ -32,6 +35,15 @@ export interface PrunePlan {
   W?: Float64Array;
 }
 
+const FLOATS = new Set<number>([DataType.FLOAT, DataType.FLOAT16, DataType.DOUBLE]);
+
+/** Why a constant cannot be sliced or replaced by the rewrite (it reads and writes FLOAT, FLOAT16 and DOUBLE only). */
+export function notRewritable(t: TensorProto): string | undefined {
+  if (FLOATS.has(t.dataType)) return undefined;
+  const type = dataTypeName(t.dataType);
+  return `constant "${t.name}" has data type ${type}; subprune rewrites FLOAT, FLOAT16 and DOUBLE constants only`;
+}
+
 /** A float constant being edited: decoded once, written back once (so FLOAT16 weights are rounded only once). */
 interface Work {
   t: TensorProto;
@@ -39,18 +51,17 @@ interface Work {
   data: Float32Array;
 }
 
-const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
-
 /** Keep only the kept channels' blocks along `axis` (channel c owns entries c·group .. c·group+group−1). */
 function sliceAxis(w: Work, s: ParamSlice, keep: readonly number[], channels: number, what: string): void {
   const { dims, data } = w;
   if (dims[s.axis] !== channels * s.group) {
     throw badInput(
-      `${what}: constant "${s.tensor}" has ${dims[s.axis]} entries on axis ${s.axis}, expected ${channels}×${s.group}; was the model changed after analysis?`,
+      `${what}: constant "${s.tensor}" has ${dims[s.axis]} entries on axis ${s.axis}, expected ` +
+        `${channels}×${s.group}; was the model changed after analysis?`,
     );
   }
-  const outer = prod(dims.slice(0, s.axis));
-  const inner = prod(dims.slice(s.axis + 1));
+  const outer = numel(dims.slice(0, s.axis));
+  const inner = numel(dims.slice(s.axis + 1));
   const block = s.group * inner;
   const out = new Float32Array(outer * keep.length * block);
   let o = 0;
@@ -63,23 +74,6 @@ function sliceAxis(w: Work, s: ParamSlice, keep: readonly number[], channels: nu
   }
   w.dims = dims.map((d, i) => (i === s.axis ? keep.length * s.group : d));
   w.data = out;
-}
-
-/** W ((k·g)×cols, the consumerWeightMatrix layout) back into the consumer's own weight layout. */
-function fromMatrix(
-  unit: Unit,
-  W: Float64Array,
-  rows: number,
-  cols: number,
-  dims: readonly number[],
-): Pick<Work, 'dims' | 'data'> {
-  const data = new Float32Array(rows * cols);
-  if (unit.consumerLayout === 'in-out') {
-    data.set(W);
-    return { dims: [rows, cols], data };
-  }
-  for (let o = 0; o < cols; o++) for (let r = 0; r < rows; r++) data[o * rows + r] = W[r * cols + o]!; // [m, d] row-major
-  return { dims: unit.consumerLayout === 'conv' ? [cols, rows / unit.g, dims[2]!, dims[3]!] : [cols, rows], data };
 }
 
 function checkPlan(p: PrunePlan): void {
@@ -140,7 +134,8 @@ export function pruneUnits(model: Model, plans: PrunePlan[]): Model {
     const w = get(unit.consumerWeight, unit);
     if (w.data.length !== unit.d * unit.m) {
       throw badInput(
-        `unit "${unit.id}": consumer weight "${unit.consumerWeight}" has ${w.data.length} values, expected ${unit.d}×${unit.m}; was the model changed after analysis?`,
+        `unit "${unit.id}": consumer weight "${unit.consumerWeight}" has ${w.data.length} values, expected ` +
+          `${unit.d}×${unit.m}; was the model changed after analysis?`,
       );
     }
     if (W) {
@@ -153,18 +148,13 @@ export function pruneUnits(model: Model, plans: PrunePlan[]): Model {
       }
       if (W.length !== rows * cols)
         throw badInput(
-          `unit "${unit.id}": W has ${W.length} values, expected ${rows}×${unit.m} (kept channels × g by consumer outputs).`,
+          `unit "${unit.id}": W has ${W.length} values, expected ${rows}×${unit.m} (kept channels × g by ` +
+            'consumer outputs).',
         );
-      Object.assign(w, fromMatrix(unit, W, rows, cols, w.dims));
+      Object.assign(w, matrixToWeight(unit.consumerLayout, W, rows, cols, w.dims, unit.g));
     } else {
-      const axis = unit.consumerLayout === 'in-out' ? 0 : 1; // input axis: conv [m, n, kh, kw], out-in [m, d], in-out [d, m]
-      sliceAxis(
-        w,
-        { tensor: unit.consumerWeight, axis, group: unit.consumerLayout === 'conv' ? 1 : unit.g },
-        keep,
-        unit.channels,
-        `unit "${unit.id}"`,
-      );
+      const slice = { tensor: unit.consumerWeight, ...inputAxis(unit.consumerLayout, unit.g) };
+      sliceAxis(w, slice, keep, unit.channels, `unit "${unit.id}"`);
     }
   }
 

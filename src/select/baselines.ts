@@ -1,9 +1,17 @@
 // The baselines of the paper's study, each as a ranking of a unit's channels (most important first). selectChannels
 // takes the ranking as its `order`, so every method gets the same objective per step and the same least-squares re-fit.
+import { internal } from '../errors.js';
 import type { ChannelStats } from '../capture/stats.js';
 
 export type Method = 'greedy' | 'random' | 'weight-norm' | 'activation-norm' | 'sampling';
 export const METHODS: readonly Method[] = ['greedy', 'random', 'weight-norm', 'activation-norm', 'sampling'];
+
+/** How channels are ranked: the paper's greedy (default) or a baseline, with the seed of the stochastic ones. */
+export interface MethodOptions {
+  method?: Method;
+  /** Seed of the random and sampling methods (default 0). */
+  seed?: number;
+}
 
 /** What a method needs to know about one unit: its size, the consumer's d×m weights W, and channel statistics. */
 export interface RankInput {
@@ -36,7 +44,7 @@ export function statsFor(method: Method): { absMean?: boolean; sensitivity?: boo
 }
 
 function need(x: Float64Array | undefined, method: string, what: string): Float64Array {
-  if (!x) throw new Error(`${method} needs the channel statistic ${what} from the capture`);
+  if (!x) throw internal(`${method} needs the channel statistic ${what} from the capture`);
   return x;
 }
 

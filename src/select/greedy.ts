@@ -1,8 +1,10 @@
 import type { Kernels } from '../kernels/types.js';
 import { getKernels } from '../kernels/instances.js';
 import { gemm } from '../kernels/ops.js';
-import { badInput } from '../errors.js';
-import { fmtBytes } from '../kernels/memory.js';
+import { badInput, internal } from '../errors.js';
+import { fmtBytes, KERNEL_BYTES } from '../kernels/memory.js';
+import { gramBytes } from '../kernels/gram.js';
+import type { KernelOptions } from '../kernels/instances.js';
 
 /**
  * One layer's selection problem in Gram space (DESIGN.md). d = n·g columns of the consumer input B, channel c owning
@@ -25,11 +27,7 @@ export interface LayerProblem {
   W: Float64Array;
 }
 
-export interface SelectOptions {
-  /** The kernels: SIMD WebAssembly (default) or plain TypeScript. */
-  kernels?: 'wasm' | 'plain';
-  /** Threads for the wasm kernels (default 1; more is experimental, see --threads). Results are the same for any count. */
-  threads?: number;
+export interface SelectOptions extends KernelOptions {
   /** A column whose residual falls to tol × its original norm² is taken as dependent (gain 0). */
   tol?: number;
   /**
@@ -53,7 +51,9 @@ export interface Selection {
   order: number[];
   /** objective[i]: 1 − relative error of the consumer input after keeping order[0..i]. */
   objective: number[];
-  /** Least-squares weights for the first p channels of `order` (any p ≤ order.length), without re-running the greedy. */
+  /**
+   * Least-squares weights for the first p channels of `order` (any p ≤ order.length), without re-running the greedy.
+   */
   refit(p: number): Refit;
   /** ‖AW‖², the normaliser of the objective. */
   norm2: number;
@@ -76,6 +76,33 @@ export function selectionBytes(d: number, m: number, g: number, k: number): numb
   );
 }
 
+/** Why a layer cannot be selected at all: its Gram matrix or a one-channel selection does not fit kernel memory. */
+export function tooBigToSelect(u: { d: number; m: number; g: number }): string | undefined {
+  const need = Math.max(gramBytes(u.d), selectionBytes(u.d, u.m, u.g, 1));
+  if (need <= KERNEL_BYTES) return undefined;
+  const what = `the ${u.d}×${u.d} Gram matrix and the selection need ${fmtBytes(need)} of kernel memory`;
+  return `its consumer input has d = ${u.d} columns: ${what}, more than WebAssembly's 4 GiB`;
+}
+
+/**
+ * The least-squares re-fit of a unit needs at least as many rows of its consumer input as columns (d): with fewer, any
+ * of infinitely many weights fit the calibration data exactly, and the one the factorisation picks can be wildly off on
+ * other data (LeNet re-fitted from 128 samples, every channel kept: relative output error 346 on the test set).
+ * Repeated samples add no rows, so rows count in proportion to the distinct samples.
+ */
+export function checkRefitRows(unit: { id: string; d: number }, rows: number, samples: number, distinct = samples) {
+  const effective = Math.floor((rows * distinct) / samples);
+  if (effective >= unit.d) return;
+  const need = Math.ceil((unit.d * samples) / Math.max(rows, 1));
+  const given =
+    distinct < samples ? `${samples} calibration samples (${distinct} distinct)` : `${samples} calibration samples`;
+  const why =
+    `fewer than its d = ${unit.d} columns, so the least-squares re-fit is underdetermined ` +
+    '(it would fit these samples and fail on others)';
+  const fix = `give at least ${need} distinct samples, or use --no-refit`;
+  throw badInput(`unit ${unit.id}: the ${given} give ${effective} rows of its consumer input, ${why}; ${fix}`);
+}
+
 /** Greedy selection of k channels (the paper's Algorithm 1 in Gram space: a pivoted Cholesky of G carrying Q = C W). */
 export function selectChannels(pr: LayerProblem, k: number, opts: SelectOptions = {}): Selection {
   const { d, m, g } = pr;
@@ -93,9 +120,10 @@ export function selectChannels(pr: LayerProblem, k: number, opts: SelectOptions 
     throw new RangeError(`order must list at least k = ${k} distinct channels from 0 to ${n - 1}`);
   }
   const need = selectionBytes(d, m, g, k);
-  if (need > 2 ** 32 - (64 << 20)) {
+  if (need > KERNEL_BYTES) {
     throw badInput(
-      `this layer (d = ${d}, m = ${m}, k = ${k} channels) needs ${fmtBytes(need)} of kernel memory; WebAssembly allows 4 GiB. Keep fewer channels in it, or leave it out of the budget (prune --budget).`,
+      `this layer (d = ${d}, m = ${m}, k = ${k} channels) needs ${fmtBytes(need)} of kernel memory; ` +
+        'WebAssembly allows 4 GiB. Keep fewer channels in it, or leave it out of the budget (prune --budget).',
     );
   }
   if (
@@ -158,7 +186,7 @@ function greedy(K: Kernels, pr: LayerProblem, k: number, opts: SelectOptions): S
       const HW = A.alloc(d * m * 8);
       gemm(K, Cp, Wp, HW, d, d, m, P, tmp);
       norm2 = frobDot(A.f64(Wp, d * m), A.f64(HW, d * m));
-    } else throw new Error('the asymmetric objective needs H = AᵀA or targetNorm2 = ‖AW‖²');
+    } else throw internal('the asymmetric objective needs H = AᵀA or targetNorm2 = ‖AW‖²');
   } else {
     gemm(K, p.G, Wp, p.Q, d, d, m, P, tmp);
     norm2 = pr.targetNorm2 ?? frobDot(A.f64(Wp, d * m), A.f64(p.Q, d * m));

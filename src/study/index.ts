@@ -12,18 +12,19 @@ import { verifyTargets, type VerifySet } from '../eval/alone.js';
 import { resolveBudget } from '../budget/index.js';
 import { sizeModel, type Target } from '../budget/size.js';
 import type { Curve } from '../budget/allocate.js';
-import { prune, type Mode } from '../prune/index.js';
+import { MODES, prune, type Mode } from '../prune/index.js';
+import { Calibration } from '../calibration.js';
+import type { RuntimeOptions } from '../capture/index.js';
+import type { KernelOptions } from '../kernels/instances.js';
+import { planOf, rankUnit, type Ranked } from '../prune/rank.js';
 import {
+  ALLOCATIONS,
   allocateRanked,
   captureOriginal,
-  planOf,
-  rankUnit,
   sensitivityCurves,
   type Allocation,
-  type Ranked,
-  type RunOptions,
 } from '../prune/allocation.js';
-import type { Method } from '../select/baselines.js';
+import { METHODS, type Method } from '../select/baselines.js';
 import { badInput } from '../errors.js';
 
 export interface StudyConfig {
@@ -52,7 +53,9 @@ export interface StudyResult {
   model: string;
   target: Target;
   compressions: number[];
-  /** Asked-for compressions beyond the model's reach (every unit at one channel), left out with the largest reachable. */
+  /**
+   * Asked-for compressions beyond the model's reach (every unit at one channel), left out with the largest reachable.
+   */
   unreachable: { compressions: number[]; max: number };
   /** The sensitivity allocation's grid step. */
   grid: number;
@@ -65,11 +68,11 @@ export interface StudyResult {
   seconds: number;
 }
 
-export interface StudyOptions extends RunOptions {
+export interface StudyOptions extends RuntimeOptions, KernelOptions {
   /** Shown in the outputs. */
   name: string;
-  calib: NpyFile;
-  test: { data: NpyFile; labels: ArrayLike<number> };
+  calib: NpyFile | Calibration;
+  test: { data: NpyFile | Calibration; labels: ArrayLike<number> };
   /** Default: the calibration inputs, measuring top-1 agreement with the original (label-free). */
   verify?: VerifySet;
   compressions: number[];
@@ -90,15 +93,22 @@ const stochastic = (m: Method) => m === 'random' || m === 'sampling';
 
 export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResult> {
   const t0 = now();
-  const methods = o.methods ?? ['greedy', 'random', 'weight-norm', 'activation-norm', 'sampling'];
-  const modes = o.modes ?? ['layerwise', 'sequential', 'asymmetric'];
-  const allocations = o.allocations ?? ['uniform', 'sensitivity', 'global'];
+  const methods = o.methods ?? METHODS;
+  const modes = o.modes ?? MODES;
+  const allocations = o.allocations ?? ALLOCATIONS;
   const refits = o.refits ?? [true, false];
   const seeds = o.seeds ?? 3,
     target = o.target ?? 'params';
-  const verify = o.verify ?? { data: o.calib };
-  const run: RunOptions = { batch: o.batch, backend: o.backend, kernels: o.kernels, threads: o.threads };
-  const inputShape = [1, ...o.calib.shape.slice(1)];
+  const calib = Calibration.of(model, o.calib),
+    test = Calibration.of(model, o.test.data);
+  const verify = o.verify ?? { data: calib };
+  const run: RuntimeOptions & KernelOptions = {
+    batch: o.batch,
+    backend: o.backend,
+    kernels: o.kernels,
+    threads: o.threads,
+  };
+  const inputShape = [1, ...calib.shape.slice(1)];
   const { units } = analyze(model, inputShape);
   const sizeOf = sizeModel(model, units, inputShape, target);
   const full = sizeOf(new Map(units.map((u) => [u.id, u.channels])));
@@ -106,11 +116,12 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
   const compressions = o.compressions.filter((c) => c <= max);
   if (!compressions.length)
     throw badInput(
-      `every compression asked for is out of reach: pruning every unit to one channel gives ${max.toFixed(2)}×; ask for less`,
+      `every compression asked for is out of reach: pruning every unit to one channel gives ${max.toFixed(2)}×; ` +
+        'ask for less',
     );
   const stats = modelStats(model, inputShape);
   const original = {
-    accuracy: (await evaluate(model, o.test.data, { labels: o.test.labels, ...run })).accuracy!,
+    accuracy: (await evaluate(model, test, { labels: o.test.labels, ...run })).accuracy!,
     params: stats.params,
     flops: stats.flops,
   };
@@ -136,7 +147,7 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
   const tick = () => o.onProgress?.(++done, total);
 
   let t = now();
-  const grams = await captureOriginal(model, units, o.calib, methods, run);
+  const grams = await captureOriginal(model, units, calib, methods, run);
   const tCapture = now() - t;
   const targets = await verifyTargets(model, verify, run);
 
@@ -148,7 +159,7 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
     if (!ranked.has(key)) {
       const t1 = now();
       ranked.set(key, {
-        ranked: units.map((u) => rankUnit(model, u, grams.get(u.id)!, method, seed, run)),
+        ranked: units.map((u) => rankUnit(model, u, grams.get(u.id)!, { ...run, method, seed })),
         seconds: now() - t1,
       });
     }
@@ -193,7 +204,7 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
         );
         seconds += now() - t + (allocation === 'uniform' ? tCapture + r.seconds : 0);
       } else {
-        const res = await prune(model, o.calib, {
+        const res = await prune(model, calib, {
           ...run,
           mode,
           refit,
@@ -205,7 +216,7 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
         seconds += res.report.seconds.total - res.report.seconds.verify;
       }
       const s = modelStats(pruned, inputShape);
-      const accuracy = (await evaluate(pruned, o.test.data, { labels: o.test.labels, ...run })).accuracy!;
+      const accuracy = (await evaluate(pruned, test, { labels: o.test.labels, ...run })).accuracy!;
       rows.push({
         ...cfg,
         compression: c,
@@ -224,9 +235,9 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
     compressions,
     unreachable: { compressions: o.compressions.filter((c) => c > max), max },
     grid: o.grid ?? 0.01,
-    calibration: { path: o.calib.path, samples: o.calib.rows },
+    calibration: { path: calib.path, samples: calib.rows },
     verify: { path: verify.data.path, samples: verify.data.rows, measure: verify.labels ? 'accuracy' : 'agreement' },
-    test: { path: o.test.data.path, samples: o.test.data.rows },
+    test: { path: test.path, samples: test.rows },
     original,
     units: units.map((u) => ({ id: u.id, channels: u.channels })),
     rows,

@@ -9,7 +9,11 @@ import { evaluate } from '../eval/index.js';
 import { resolveBudget } from '../budget/index.js';
 import { sizeModel } from '../budget/size.js';
 import { allocateByLevel, allocateGlobal, commonLevel, gridKeeps, type Curve } from '../budget/allocate.js';
-import { captureOriginal, planOf, rankUnit, sensitivityCurves, type RunOptions } from '../prune/allocation.js';
+import { captureOriginal, sensitivityCurves } from '../prune/allocation.js';
+import { planOf, rankUnit } from '../prune/rank.js';
+import { Calibration } from '../calibration.js';
+import type { RuntimeOptions } from '../capture/index.js';
+import type { KernelOptions } from '../kernels/instances.js';
 
 export interface Variant {
   name: string;
@@ -19,19 +23,21 @@ export interface Variant {
 
 export async function allocationVariants(
   model: Model,
-  o: RunOptions & {
-    calib: NpyFile;
-    test: { data: NpyFile; labels: ArrayLike<number> };
-    compressions: number[];
-  },
+  o: RuntimeOptions &
+    KernelOptions & {
+      calib: NpyFile;
+      test: { data: NpyFile; labels: ArrayLike<number> };
+      compressions: number[];
+    },
 ): Promise<Variant[]> {
-  const shape = [1, ...o.calib.shape.slice(1)],
+  const calib = Calibration.of(model, o.calib),
+    shape = [1, ...calib.shape.slice(1)],
     { units } = analyze(model, shape);
   const sizeOf = sizeModel(model, units, shape, 'params'),
     full = sizeOf(new Map(units.map((u) => [u.id, u.channels])));
-  const grams = await captureOriginal(model, units, o.calib, ['greedy'], o);
-  const ranked = units.map((u) => rankUnit(model, u, grams.get(u.id)!, 'greedy', 0, o));
-  const fine = await sensitivityCurves(model, ranked, true, { data: o.calib }, { ...o, full: true });
+  const grams = await captureOriginal(model, units, calib, ['greedy'], o);
+  const ranked = units.map((u) => rankUnit(model, u, grams.get(u.id)!, o));
+  const fine = await sensitivityCurves(model, ranked, true, { data: calib }, { ...o, full: true });
   const on = (step: number) =>
     new Map<string, Curve>(
       units.map((u) => {

@@ -1,0 +1,33 @@
+// `npm run format:check` (and .ci/run): prettier's formatting, and no line over 120 columns in the code (prettier
+// leaves long strings and comments alone). Generated code (src/onnx/gen) is exempt.
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+
+const FOLDERS = ['src', 'assembly', 'bench', 'scripts', 'test'];
+const WIDTH = 120;
+
+const files = execFileSync('git', ['ls-files', '--cached', '--others', '--exclude-standard', ...FOLDERS], {
+  encoding: 'utf8',
+})
+  .split('\n')
+  .filter((f) => /\.(ts|mjs|js)$/.test(f) && !f.startsWith('src/onnx/gen/'));
+
+let failed = false;
+try {
+  execFileSync('npx', ['prettier', '--check', '--log-level', 'warn', ...files], { stdio: 'inherit' });
+} catch {
+  failed = true;
+  console.error('prettier: the files above are not formatted; run `npx prettier --write <file>`');
+}
+const long = files.flatMap((f) =>
+  readFileSync(f, 'utf8')
+    .split('\n')
+    .flatMap((line, i) => ([...line].length > WIDTH ? [`${f}:${i + 1}: ${[...line].length} columns`] : [])),
+);
+if (long.length) {
+  failed = true;
+  console.error(`${long.length} lines over ${WIDTH} columns (build long messages from named parts):`);
+  console.error(long.join('\n'));
+}
+if (failed) process.exit(1);
+console.log(`format: ${files.length} files formatted, no line over ${WIDTH} columns`);

@@ -1,0 +1,247 @@
+// The layer table: everything subprune knows about the layers whose channels it prunes (Conv, Gemm, MatMul), one
+// entry each, in the spirit of Torch-Pruning's registry of per-layer pruners. An entry says where the layer keeps its
+// weight and bias and which weight axes hold output channels and input features, which axis of its output holds the
+// channels, its output shape and multiply-accumulates, and how its input becomes the matrix B of "output = B·W" when
+// it consumes a unit's channels (im2col patches for Conv, rows for dense layers). Analysis, shape inference, capture,
+// rewrite and evaluation ask this table; none of them names a layer op. A new layer type is one entry here and a test.
+import { attrFloat, attrInt, numel, tensorDims, type NodeProto, type TensorProto } from '../onnx/index.js';
+import { broadcastShapes, windowGeometry, type ConvGeometry } from '../geometry.js';
+import type { ChannelLayout, ParamSlice } from './ops.js';
+
+/**
+ * How a layer's weight maps to the d×m matrix W of "consumer output = B·W": 'conv' [m, n, kh, kw] (W row
+ * c·kh·kw + i·kw + j); 'out-in' [m, d] (Gemm transB=1, W = weightᵀ); 'in-out' [d, m] (W = weight).
+ */
+export type WeightLayout = 'conv' | 'out-in' | 'in-out';
+
+export interface LayerInfo {
+  weight: string;
+  weightDims: number[];
+  /** Bias input (Conv B, Gemm C), if any. */
+  bias?: string;
+  layout: WeightLayout;
+  /** Weight axis of the output channels and of the input features. */
+  outAxis: number;
+  inAxis: number;
+}
+
+/** How a consumer's input becomes rows of B: its im2col patches (a Conv) or its rows as they are (dense layers). */
+export type ConsumerInput = { kind: 'conv'; conv: ConvGeometry } | { kind: 'dense' };
+
+/** What a layer consuming n channels (arriving in `layout` on an input of shape inShape) makes of them. */
+export interface ConsumerShape {
+  input: ConsumerInput;
+  /** Columns of B per channel, and d = n·g. */
+  g: number;
+  d: number;
+}
+
+type Constant = (name: string) => TensorProto | undefined;
+type Refusal = { refuse: string };
+
+export interface Layer {
+  /** Where the node keeps its weight and bias, or why it cannot produce or consume a unit's channels. */
+  read(node: NodeProto, constant: Constant): LayerInfo | Refusal;
+  /** The axis of the layer's output (of rank `rank`) that holds its output channels. */
+  channelAxis(rank: number): number;
+  /** Output shapes from the input shapes, or undefined if unknown. */
+  shape(node: NodeProto, ins: (number[] | undefined)[]): number[][] | undefined;
+  /** Multiply-accumulates of one run on input x, weight w, output y. */
+  macs(node: NodeProto, x: number[], w: number[], y: number[]): number;
+  /** What the layer makes of n channels arriving in `layout` on its input, or why it cannot consume them. */
+  consume(
+    node: NodeProto,
+    info: LayerInfo,
+    inShape: number[],
+    layout: ChannelLayout,
+    n: number,
+  ): ConsumerShape | string;
+}
+
+const label = (n: NodeProto) => `${n.opType} "${n.name}"`;
+
+/** The node's weight and bias inputs, or why they are not constants. */
+function weightAndBias(node: NodeProto, constant: Constant): { w: string; dims: number[]; b?: string } | Refusal {
+  const [w, b] = [node.input[1] ?? '', node.input[2] || undefined];
+  const t = constant(w);
+  if (!t) return { refuse: `${label(node)}: its weight "${w}" is not a constant` };
+  if (b && !constant(b)) return { refuse: `${label(node)}: its bias "${b}" is not a constant` };
+  return { w, dims: tensorDims(t), ...(b ? { b } : {}) };
+}
+
+/** A dense consumer (Gemm, MatMul) multiplies along the last axis: B's rows are the input's rows. */
+function denseConsume(
+  node: NodeProto,
+  info: LayerInfo,
+  inShape: number[],
+  layout: ChannelLayout,
+): ConsumerShape | string {
+  if (layout.axis !== inShape.length - 1)
+    return `consumer ${label(node)} multiplies along the last axis, but the channels are on axis ${layout.axis}`;
+  const d = inShape[layout.axis]!;
+  const have = info.weightDims[info.inAxis];
+  if (have !== d) return `consumer ${label(node)} weight has ${have} input features, its input has ${d}`;
+  return { input: { kind: 'dense' }, g: layout.group, d };
+}
+
+const Conv: Layer = {
+  read(node, constant) {
+    const wb = weightAndBias(node, constant);
+    if ('refuse' in wb) return wb;
+    const group = attrInt(node, 'group', 1);
+    if (group !== 1)
+      return {
+        refuse:
+          `${label(node)} is a grouped or depthwise convolution (group=${group}); its channels are coupled by ` +
+          'the groups',
+      };
+    return {
+      weight: wb.w,
+      weightDims: wb.dims,
+      ...(wb.b ? { bias: wb.b } : {}),
+      layout: 'conv',
+      outAxis: 0,
+      inAxis: 1,
+    };
+  },
+  channelAxis: () => 1,
+  shape(node, [x, w]) {
+    if (!x || !w) return undefined;
+    return [[x[0]!, w[0]!, ...windowGeometry(node, x.slice(2), w.slice(2)).out]];
+  },
+  macs: (_node, _x, w, y) => numel(y) * numel(w.slice(1)), // each output: (C/group)·kernel MACs
+  consume(node, info, inShape, layout, n) {
+    const w = info.weightDims;
+    if (w.length !== 4) return `consumer ${label(node)} is not a 2-D convolution`;
+    if (layout.axis !== 1 || layout.group !== 1 || inShape.length !== 4)
+      return (
+        `consumer ${label(node)} receives the channels on axis ${layout.axis} (group ${layout.group}), not as ` +
+        'its input channels'
+      );
+    if (w[1] !== n) return `consumer ${label(node)} expects ${w[1]} input channels, the producer makes ${n}`;
+    const kernel: [number, number] = [w[2]!, w[3]!];
+    const { strides, pads, dilations } = windowGeometry(node, inShape.slice(2), kernel);
+    const conv: ConvGeometry = {
+      kernel,
+      strides: [strides[0]!, strides[1]!],
+      pads: [pads[0]!, pads[1]!, pads[2]!, pads[3]!],
+      dilations: [dilations[0]!, dilations[1]!],
+    };
+    return { input: { kind: 'conv', conv }, g: kernel[0] * kernel[1], d: n * kernel[0] * kernel[1] };
+  },
+};
+
+const Gemm: Layer = {
+  read(node, constant) {
+    const wb = weightAndBias(node, constant);
+    if ('refuse' in wb) return wb;
+    const l = label(node);
+    if (wb.dims.length !== 2) return { refuse: `${l}: its weight "${wb.w}" has rank ${wb.dims.length}, expected 2` };
+    if (attrInt(node, 'transA', 0) !== 0) return { refuse: `${l} has transA=1, which subprune does not support` };
+    const alpha = attrFloat(node, 'alpha', 1);
+    const beta = attrFloat(node, 'beta', 1);
+    if (alpha !== 1 || (wb.b && beta !== 1))
+      return { refuse: `${l} has alpha=${alpha}, beta=${beta}; only alpha=beta=1 is supported` };
+    const transB = attrInt(node, 'transB', 0) !== 0;
+    return {
+      weight: wb.w,
+      weightDims: wb.dims,
+      ...(wb.b ? { bias: wb.b } : {}),
+      layout: transB ? 'out-in' : 'in-out',
+      outAxis: transB ? 0 : 1,
+      inAxis: transB ? 1 : 0,
+    };
+  },
+  channelAxis: (rank) => rank - 1,
+  shape(node, [x, b]) {
+    if (!x || !b || x.length !== 2 || b.length !== 2) return undefined;
+    const M = attrInt(node, 'transA', 0) ? x[1]! : x[0]!;
+    const N = attrInt(node, 'transB', 0) ? b[0]! : b[1]!;
+    return [[M, N]];
+  },
+  macs: (node, x, _w, y) => numel(y) * (attrInt(node, 'transA', 0) ? x[0]! : x[1]!),
+  consume: denseConsume,
+};
+
+const MatMul: Layer = {
+  read(node, constant) {
+    const [x, w] = [node.input[0] ?? '', node.input[1] ?? ''];
+    if (constant(x) && !constant(w))
+      return {
+        refuse:
+          `${label(node)} multiplies a constant on the left (W·X); only X·W with the constant on the right is ` +
+          'supported',
+      };
+    const wb = weightAndBias(node, constant);
+    if ('refuse' in wb) return wb;
+    if (wb.dims.length !== 2)
+      return { refuse: `${label(node)}: its weight "${w}" has rank ${wb.dims.length}, expected 2` };
+    return { weight: w, weightDims: wb.dims, layout: 'in-out', outAxis: 1, inAxis: 0 };
+  },
+  channelAxis: (rank) => rank - 1,
+  shape(_node, [x, b]) {
+    if (!x || !b) return undefined;
+    const a2 = x.length === 1 ? [1, x[0]!] : x;
+    const b2 = b.length === 1 ? [b[0]!, 1] : b;
+    const batch = broadcastShapes([a2.slice(0, -2), b2.slice(0, -2)]);
+    const y = [...batch, a2[a2.length - 2]!, b2[b2.length - 1]!];
+    if (x.length === 1) y.splice(y.length - 2, 1);
+    if (b.length === 1) y.pop();
+    return [y];
+  },
+  macs: (_node, x, _w, y) => numel(y) * x[x.length - 1]!,
+  consume: denseConsume,
+};
+
+/** The layers, keyed by op type (ai.onnx). */
+export const LAYERS: Readonly<Record<string, Layer>> = { Conv, Gemm, MatMul };
+
+/**
+ * The bias slice of a producer with n output channels: Conv's B is [n]; Gemm's C broadcasts against [rows, n], so it is
+ * per channel when its last axis has n entries and shared by all channels (no slice) when that axis is 1 or absent.
+ */
+export function biasSlice(bias: TensorProto, name: string, channels: number): ParamSlice[] {
+  const dims = tensorDims(bias);
+  const last = dims.length - 1;
+  return last >= 0 && dims[last] === channels && channels !== 1 ? [{ tensor: name, axis: last, group: 1 }] : [];
+}
+
+// ---- the weight as a matrix -----------------------------------------------------------------------------------
+
+/**
+ * The weight `data` (of a layer with this layout, d×m as a matrix) as W, row-major d×m, with consumer output = B·W
+ * (bias aside), B's columns channel-major (column c·g + j). Conv [m, n, kh, kw]: W[c·kh·kw + i·kw + j][o] =
+ * w[o][c][i][j]; Gemm transB=1 [m, d]: the transpose; Gemm transB=0 and MatMul [d, m]: as stored.
+ */
+export function weightToMatrix(layout: WeightLayout, data: ArrayLike<number>, d: number, m: number): Float64Array {
+  if (layout === 'in-out') return Float64Array.from(data);
+  const W = new Float64Array(d * m); // 'conv' and 'out-in' are both [m, d] row-major
+  for (let o = 0; o < m; o++) for (let r = 0; r < d; r++) W[r * m + o] = data[o * d + r]!;
+  return W;
+}
+
+/**
+ * W (rows × cols, row-major) back into the layer's own layout: data and dims. `dims`: the weight's current dims,
+ * whose kernel axes (Conv) carry over; g: columns of B per input channel.
+ */
+export function matrixToWeight(
+  layout: WeightLayout,
+  W: ArrayLike<number>,
+  rows: number,
+  cols: number,
+  dims: readonly number[],
+  g: number,
+): { dims: number[]; data: Float32Array } {
+  const data = new Float32Array(rows * cols);
+  if (layout === 'in-out') {
+    data.set(W);
+    return { dims: [rows, cols], data };
+  }
+  for (let o = 0; o < cols; o++) for (let r = 0; r < rows; r++) data[o * rows + r] = W[r * cols + o]!; // [m, d]
+  return { dims: layout === 'conv' ? [cols, rows / g, dims[2]!, dims[3]!] : [cols, rows], data };
+}
+
+/** The weight axis holding input features, and entries per channel on it, for slicing a consumer's input side. */
+export function inputAxis(layout: WeightLayout, g: number): { axis: number; group: number } {
+  return { axis: layout === 'in-out' ? 0 : 1, group: layout === 'conv' ? 1 : g };
+}
