@@ -18,7 +18,7 @@ const COMPRESSIONS = [2, 4, 8, 16, 32];
 // about 3 times fewer points than 1 % (64 against 206 on lenet).
 const GRID = 0.05;
 const OUT = 'models/study';
-// The allocation variants measure every unit's curve on the 1 % grid: seconds on LeNet, hours on the larger models
+// The allocation variants measure every group's curve on the 1 % grid: seconds on LeNet, hours on the larger models
 // on 2 cores, so they run where asked (`npm run study -- vgg --variants`) and always on LeNet.
 const VARIANTS = process.argv.includes('--variants') ? MODELS : ['lenet'];
 
@@ -81,8 +81,8 @@ Methods: **greedy**, the paper's (layerwise, sequential, asymmetric modes); **ra
 activation × gradient score needs gradients, which onnxruntime does not provide); **sampling** (Liebenwein et al.'s
 sensitivity sampling, 3 seeds; see README). Every method's ranking goes through the same least-squares re-fit
 (re-fit yes) or only slices the consumer (re-fit no). Allocations: **uniform** (one keep fraction), **sensitivity**
-(the paper's per-layer selection: a common level of each unit's measured curve), **global** (one greedy over all
-units' normalised objective gains; the greedy's only).
+(the paper's per-layer selection: a common level of each group's measured curve), **global** (one greedy over all
+groups' normalised objective gains; the greedy's only).
 
 ${results
   .map(

@@ -1,8 +1,8 @@
 // subprune's library API: the same operations as the CLI, as typed functions.
-export { prune, MODES, type PruneOptions, type PruneReport, type UnitReport, type Mode } from './prune/index.js';
+export { prune, MODES, type PruneOptions, type PruneReport, type GroupReport, type Mode } from './prune/index.js';
 export { analyze, modelStats, consumerWeightMatrix } from './graph/analyze.js';
-export type { Unit, Refused, Analysis } from './graph/types.js';
-export { pruneUnits } from './rewrite/index.js';
+export type { Group, Consumer, Refused, Analysis } from './graph/types.js';
+export { pruneGroups, type PrunePlan } from './rewrite/index.js';
 export { captureGrams, Runner, loadRuntime, type Backend, type RuntimeOptions } from './capture/index.js';
 export { Calibration, modelInput } from './calibration.js';
 export { evaluate, type Fidelity } from './eval/index.js';
@@ -12,7 +12,7 @@ export { rankChannels, METHODS, type Method } from './select/baselines.js';
 export { sizeModel } from './budget/size.js';
 export { allocateByLevel, allocateGlobal, monotone, gridKeeps, type Curve } from './budget/allocate.js';
 export { sensitivityCurves, ALLOCATIONS, type Allocation } from './prune/allocation.js';
-export { rankUnit, planOf, type Ranked } from './prune/rank.js';
+export { rankGroup, planOf, type Ranked } from './prune/rank.js';
 export { runStudy, type StudyOptions, type StudyResult, type StudyRow } from './study/index.js';
 export { GramAccumulator, type Gram, type ConvGeometry } from './kernels/gram.js';
 export { wasmKernels, plainKernels, type Kernels } from './kernels/index.js';

@@ -8,8 +8,9 @@ import { analyze, consumerWeightMatrix } from '../src/graph/analyze.js';
 import { captureGrams, Runner } from '../src/capture/index.js';
 import { batches } from '../src/calibration.js';
 import { prune } from '../src/prune/index.js';
-import { rankChannels, sampleOrder, unitSeed, weightNorms } from '../src/select/baselines.js';
-import type { Unit } from '../src/graph/types.js';
+import { rankChannels, sampleOrder, groupSeed, weightNorms } from '../src/select/baselines.js';
+import type { Consumer, Group } from '../src/graph/types.js';
+import type { NodeProto } from '../src/onnx/index.js';
 
 // Each baseline's ranking against a brute-force computation written here from the ONNX tensors and onnxruntime
 // outputs (never through consumerWeightMatrix or the capture's statistics), and the sampling distribution against
@@ -17,7 +18,19 @@ import type { Unit } from '../src/graph/types.js';
 
 const shape = [1, 1, 28, 28];
 const model = readModel('models/lenet.onnx');
-const { units } = analyze(model, shape);
+const analysed = analyze(model, shape).groups;
+/** LeNet's groups are chains: each with its one consumer's fields, as this test reads them. */
+type Unit = Consumer & {
+  id: string;
+  channels: number;
+  consumerWeight: string;
+  consumer: NodeProto;
+  consumerInput: string;
+};
+const units: Unit[] = analysed.map((g: Group) => {
+  const c = g.consumers[0]!;
+  return { ...c, id: g.id, channels: g.channels, consumerWeight: c.weight, consumer: c.node, consumerInput: c.input };
+});
 const inits = initializerMap(model.graph!);
 const SAMPLES = 24;
 
@@ -69,16 +82,16 @@ describe('lenet baselines against brute force', () => {
       const W = consumerWeightMatrix(model, u);
       const got = weightNorms({ n: u.channels, g: u.g, m: u.m, W });
       score.forEach((s, c) => expect(got[c]).toBeCloseTo(s, 4));
-      expect(rankChannels('weight-norm', { n: u.channels, g: u.g, m: u.m, W })).toEqual(ranking(score));
+      expect(rankChannels('weight-norm', [{ n: u.channels, g: u.g, m: u.m, W }])).toEqual(ranking(score));
     }
   });
 
   it("activation-norm and sampling: the capture's statistics and the rankings they give", async () => {
     const calib = smallCalib();
-    const grams = await captureGrams(model, units, calib, { stats: { absMean: true, sensitivity: true } });
+    const grams = await captureGrams(model, analysed, calib, { stats: { absMean: true, sensitivity: true } });
     const acts = await consumerInputs(calib);
     for (const u of units) {
-      const st = grams.get(u.id)!.stats!,
+      const st = grams.get(u.id)![0]!.stats!,
         xs = acts.get(u.consumerInput)!,
         w = consumerWeight(u);
       // mean |activation| of each channel over every sample and position
@@ -93,13 +106,15 @@ describe('lenet baselines against brute force', () => {
       }
       abs.forEach((v, c) => expect(st.absMean![c]).toBeCloseTo(v / count, 5));
       expect(
-        rankChannels('activation-norm', {
-          n: u.channels,
-          g: u.g,
-          m: u.m,
-          W: consumerWeightMatrix(model, u),
-          stats: st,
-        }),
+        rankChannels('activation-norm', [
+          {
+            n: u.channels,
+            g: u.g,
+            m: u.m,
+            W: consumerWeightMatrix(model, u),
+            stats: st,
+          },
+        ]),
       ).toEqual(ranking(abs.map((v) => v / count)));
 
       // PFP sensitivity: max over samples, positions, outputs and weight signs of a channel entry's share of the
@@ -109,7 +124,7 @@ describe('lenet baselines against brute force', () => {
         for (let s = 0; s < dims[0]; s++) {
           // positions and the input entry (channel c, offset a) each reads
           const patches: ((c: number, a: number) => number)[] = [];
-          if (u.consumerKind === 'conv') {
+          if (u.kind === 'conv') {
             const [, C, H, Wd] = dims,
               [kh, kw] = u.conv!.kernel,
               [pt, pl] = [u.conv!.pads[0], u.conv!.pads[1]];
@@ -144,16 +159,16 @@ describe('lenet baselines against brute force', () => {
 
   it("the methods rank what prune keeps: the report's order is the ranking", async () => {
     const calib = smallCalib();
-    const grams = await captureGrams(model, units, calib, { stats: { absMean: true, sensitivity: true } });
+    const grams = await captureGrams(model, analysed, calib, { stats: { absMean: true, sensitivity: true } });
     for (const method of ['weight-norm', 'activation-norm', 'random', 'sampling'] as const) {
       const { report } = await prune(model, calib, { budget: { compression: 4 }, method, seed: 5, refit: false }); // 24 samples: too few rows to re-fit
       for (const [i, u] of units.entries()) {
         const want = rankChannels(
           method,
-          { n: u.channels, g: u.g, m: u.m, W: consumerWeightMatrix(model, u), stats: grams.get(u.id)!.stats },
-          unitSeed(5, u.id),
+          [{ n: u.channels, g: u.g, m: u.m, W: consumerWeightMatrix(model, u), stats: grams.get(u.id)![0]!.stats }],
+          groupSeed(5, u.id),
         )!;
-        expect(report.units[i].order).toEqual(want.slice(0, report.units[i].kept));
+        expect(report.groups[i].order).toEqual(want.slice(0, report.groups[i].kept));
       }
     }
     calib.close();
@@ -181,15 +196,15 @@ describe('sampling orders', () => {
       }
   });
 
-  it('random: every channel equally likely first; a seed gives one order; units get their own', () => {
+  it('random: every channel equally likely first; a seed gives one order; groups get their own', () => {
     const n = 6,
       N = 30_000,
       first = new Array(n).fill(0);
     for (let seed = 0; seed < N; seed++)
-      first[rankChannels('random', { n, g: 1, m: 1, W: new Float64Array(n) }, seed)![0]]++;
+      first[rankChannels('random', [{ n, g: 1, m: 1, W: new Float64Array(n) }], seed)![0]]++;
     for (const f of first) expect(Math.abs(f / N - 1 / n)).toBeLessThan(4 * Math.sqrt(((1 / n) * (1 - 1 / n)) / N));
-    const p = { n: 50, g: 1, m: 1, W: new Float64Array(50) };
+    const p = [{ n: 50, g: 1, m: 1, W: new Float64Array(50) }];
     expect(rankChannels('random', p, 3)).toEqual(rankChannels('random', p, 3));
-    expect(rankChannels('random', p, unitSeed(3, 'a'))).not.toEqual(rankChannels('random', p, unitSeed(3, 'b')));
+    expect(rankChannels('random', p, groupSeed(3, 'a'))).not.toEqual(rankChannels('random', p, groupSeed(3, 'b')));
   });
 });

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { readModel, makeNode, intsAttr, intAttr, type Model } from '../src/onnx/index.js';
 import { openNpy, writeNpy } from '../src/npy.js';
 import { analyze, modelStats } from '../src/graph/analyze.js';
-import { pruneUnits } from '../src/rewrite/index.js';
+import { pruneGroups } from '../src/rewrite/index.js';
 import { evaluate } from '../src/eval/index.js';
 import { prune } from '../src/prune/index.js';
 import { sizeModel } from '../src/budget/size.js';
@@ -19,8 +19,8 @@ import {
   type Curve,
 } from '../src/budget/allocate.js';
 import { captureOriginal, sensitivityCurves } from '../src/prune/allocation.js';
-import { rankUnit, planOf } from '../src/prune/rank.js';
-import type { Unit } from '../src/graph/types.js';
+import { rankGroup, planOf } from '../src/prune/rank.js';
+import type { Group } from '../src/graph/types.js';
 import { rng } from './oracle.js';
 import { randTensor, randn, smallModel } from './graph-helpers.js';
 
@@ -31,25 +31,25 @@ const MODELS = ['lenet', 'vgg', 'resnet20'].filter((m) => existsSync(`models/${m
 const shape = [1, 1, 28, 28];
 
 /** The model with the first keeps[id] channels of every unit, as the rewrite makes it. */
-const firstChannels = (model: Model, units: Unit[], keeps: Map<string, number>) =>
-  pruneUnits(
+const firstChannels = (model: Model, groups: Group[], keeps: Map<string, number>) =>
+  pruneGroups(
     model,
-    units.map((unit) => ({ unit, keep: Array.from({ length: keeps.get(unit.id)! }, (_, i) => i) })),
+    groups.map((unit) => ({ group: unit, keep: Array.from({ length: keeps.get(unit.id)! }, (_, i) => i) })),
   );
 
 describe.each(MODELS)('%s: the size model', (name) => {
   it('equals modelStats of the rewritten model, for params and FLOPs, at random channel counts', () => {
     const model = readModel(`models/${name}.onnx`),
-      { units } = analyze(model, shape),
+      { groups } = analyze(model, shape),
       r = rng(7);
-    const fp = sizeModel(model, units, shape, 'params'),
-      ff = sizeModel(model, units, shape, 'flops');
+    const fp = sizeModel(model, groups, shape, 'params'),
+      ff = sizeModel(model, groups, shape, 'flops');
     const full = modelStats(model, shape);
-    expect(fp(new Map(units.map((u) => [u.id, u.channels])))).toBe(full.params);
-    expect(ff(new Map(units.map((u) => [u.id, u.channels])))).toBe(full.flops);
+    expect(fp(new Map(groups.map((u) => [u.id, u.channels])))).toBe(full.params);
+    expect(ff(new Map(groups.map((u) => [u.id, u.channels])))).toBe(full.flops);
     for (let t = 0; t < 6; t++) {
-      const keeps = new Map(units.map((u) => [u.id, 1 + Math.floor(r() * u.channels)]));
-      const s = modelStats(firstChannels(model, units, keeps), shape);
+      const keeps = new Map(groups.map((u) => [u.id, 1 + Math.floor(r() * u.channels)]));
+      const s = modelStats(firstChannels(model, groups, keeps), shape);
       expect(fp(keeps)).toBe(s.params);
       expect(ff(keeps)).toBe(s.flops);
     }
@@ -58,7 +58,7 @@ describe.each(MODELS)('%s: the size model', (name) => {
 
 describe('lenet: every allocation meets the target as modelStats counts it, and leaves no unit room to grow', () => {
   const model = readModel('models/lenet.onnx'),
-    { units } = analyze(model, shape),
+    { groups } = analyze(model, shape),
     full = modelStats(model, shape);
   it.each([
     ['sensitivity', 'params', 8],
@@ -71,40 +71,40 @@ describe('lenet: every allocation meets the target as modelStats counts it, and 
     const { model: pruned, report } = await prune(model, calib, { budget: { compression: c, target }, allocation });
     calib.close();
     const goal = full[target] / c,
-      keeps = new Map(report.units.map((u) => [u.id, u.kept]));
+      keeps = new Map(report.groups.map((u) => [u.id, u.kept]));
     expect(modelStats(pruned, shape)[target]).toBeLessThanOrEqual(goal);
     expect(modelStats(pruned, shape).params).toBe(report.params.after);
-    if (allocation === 'uniform') return; // one fraction for all units: rounding leaves room by design
-    for (const u of units) {
+    if (allocation === 'uniform') return; // one fraction for all groups: rounding leaves room by design
+    for (const u of groups) {
       if (keeps.get(u.id)! === u.channels) continue;
       const more = new Map(keeps).set(u.id, keeps.get(u.id)! + 1);
-      expect(modelStats(firstChannels(model, units, more), shape)[target]).toBeGreaterThan(goal);
+      expect(modelStats(firstChannels(model, groups, more), shape)[target]).toBeGreaterThan(goal);
     }
   });
 });
 
-/** Synthetic units and a size that grows with every k: per-channel costs plus a coupling of neighbours (like a consumer weight). */
+/** Synthetic groups and a size that grows with every k: per-channel costs plus a coupling of neighbours (like a consumer weight). */
 function synthetic(seed: number) {
   const r = rng(seed),
     U = 2 + Math.floor(r() * 3);
-  const units: AllocUnit[] = Array.from({ length: U }, (_, i) => ({ id: `u${i}`, channels: 1 + Math.floor(r() * 7) }));
-  const cost = units.map(() => 1 + Math.floor(r() * 9)),
-    pair = units.map(() => Math.floor(r() * 4));
+  const groups: AllocUnit[] = Array.from({ length: U }, (_, i) => ({ id: `u${i}`, channels: 1 + Math.floor(r() * 7) }));
+  const cost = groups.map(() => 1 + Math.floor(r() * 9)),
+    pair = groups.map(() => Math.floor(r() * 4));
   const sizeOf = (k: Map<string, number>) =>
-    units.reduce(
-      (s, u, i) => s + cost[i] * k.get(u.id)! + (i ? pair[i] * k.get(u.id)! * k.get(units[i - 1].id)! : 0),
+    groups.reduce(
+      (s, u, i) => s + cost[i] * k.get(u.id)! + (i ? pair[i] * k.get(u.id)! * k.get(groups[i - 1].id)! : 0),
       5,
     );
   // curves on a grid with gaps (like the 1 %-grid of a wide unit); values noisy, not monotone
   const curves = new Map<string, Curve>(
-    units.map((u) => {
+    groups.map((u) => {
       const ks = [
         ...new Set([1, ...Array.from({ length: u.channels }, (_, i) => i + 1).filter(() => r() < 0.7), u.channels]),
       ].sort((a, b) => a - b);
       return [u.id, { ks, values: ks.map(() => Math.round(r() * 20) / 20) }];
     }),
   );
-  return { units, sizeOf, curves };
+  return { groups, sizeOf, curves };
 }
 
 describe('the sensitivity allocation on synthetic curves', () => {
@@ -115,9 +115,9 @@ describe('the sensitivity allocation on synthetic curves', () => {
 
   it('the common level is the highest level some allocation meets (brute force over every level)', () => {
     for (let seed = 1; seed <= 300; seed++) {
-      const { units, sizeOf, curves } = synthetic(seed);
-      const least = sizeOf(new Map(units.map((u) => [u.id, 1]))),
-        most = sizeOf(new Map(units.map((u) => [u.id, u.channels])));
+      const { groups, sizeOf, curves } = synthetic(seed);
+      const least = sizeOf(new Map(groups.map((u) => [u.id, 1]))),
+        most = sizeOf(new Map(groups.map((u) => [u.id, u.channels])));
       const goal = least + rng(seed + 1000)() * (most - least);
       // brute force: for every candidate level, the fewest channels whose running max (capped) reaches it
       const reach = (u: AllocUnit, tau: number) => {
@@ -129,33 +129,33 @@ describe('the sensitivity allocation on synthetic curves', () => {
       let best = -Infinity,
         bestKeeps: Map<string, number> | undefined;
       for (const tau of [...curves.values()].flatMap((c) => c.values)) {
-        const keeps = new Map(units.map((u) => [u.id, reach(u, tau)]));
+        const keeps = new Map(groups.map((u) => [u.id, reach(u, tau)]));
         if (sizeOf(keeps) <= goal && tau > best) {
           best = tau;
           bestKeeps = keeps;
         }
       }
-      const got = commonLevel(units, curves, sizeOf, goal);
+      const got = commonLevel(groups, curves, sizeOf, goal);
       if (bestKeeps) {
         expect(got.keeps).toEqual(bestKeeps);
         // the level reported is one whose keeps are these (levels between two curve values give the same keeps)
-        expect(new Map(units.map((u) => [u.id, reach(u, got.level)]))).toEqual(bestKeeps);
+        expect(new Map(groups.map((u) => [u.id, reach(u, got.level)]))).toEqual(bestKeeps);
       } else {
-        expect(got.keeps).toEqual(new Map(units.map((u) => [u.id, 1]))); // only all-ones fits
+        expect(got.keeps).toEqual(new Map(groups.map((u) => [u.id, 1]))); // only all-ones fits
       }
     }
   });
 
   it('the leftover goes to the largest fractions first, until no unit can grow', () => {
     // a: 2 of 4 (0.5), b: 3 of 4 (0.75); each channel costs 1, goal leaves 1: b grows
-    const units = [
+    const groups = [
       { id: 'a', channels: 4 },
       { id: 'b', channels: 4 },
     ];
     const sizeOf = (k: Map<string, number>) => k.get('a')! + k.get('b')!;
     expect(
       spendLeftover(
-        units,
+        groups,
         new Map([
           ['a', 2],
           ['b', 3],
@@ -172,7 +172,7 @@ describe('the sensitivity allocation on synthetic curves', () => {
     // b is full: the rest goes to a
     expect(
       spendLeftover(
-        units,
+        groups,
         new Map([
           ['a', 2],
           ['b', 3],
@@ -190,7 +190,7 @@ describe('the sensitivity allocation on synthetic curves', () => {
     const costly = (k: Map<string, number>) => k.get('a')! + 5 * k.get('b')!;
     expect(
       spendLeftover(
-        units,
+        groups,
         new Map([
           ['a', 2],
           ['b', 3],
@@ -205,7 +205,7 @@ describe('the sensitivity allocation on synthetic curves', () => {
       ]),
     );
     for (let seed = 1; seed <= 100; seed++) {
-      const { units: us, sizeOf: s, curves } = synthetic(seed);
+      const { groups: us, sizeOf: s, curves } = synthetic(seed);
       const goal = s(new Map(us.map((u) => [u.id, u.channels]))) * 0.6;
       if (s(new Map(us.map((u) => [u.id, 1]))) > goal) continue;
       const start = commonLevel(us, curves, s, goal).keeps,
@@ -231,33 +231,33 @@ describe('the global allocation', () => {
   it('with concave objectives and one unit of size per channel, it reaches the brute-force optimum of Σ objectives', () => {
     for (let seed = 1; seed <= 200; seed++) {
       const r = rng(seed),
-        units: AllocUnit[] = Array.from({ length: 2 + Math.floor(r() * 2) }, (_, i) => ({
+        groups: AllocUnit[] = Array.from({ length: 2 + Math.floor(r() * 2) }, (_, i) => ({
           id: `u${i}`,
           channels: 1 + Math.floor(r() * 5),
         }));
       // objective after k channels: partial sums of decreasing gains, normalised to end at 1
       const objectives = new Map(
-        units.map((u) => {
+        groups.map((u) => {
           const gains = Array.from({ length: u.channels }, () => r()).sort((a, b) => b - a),
             tot = gains.reduce((a, b) => a + b, 0);
           let s = 0;
           return [u.id, gains.map((x) => (s += x) / tot)];
         }),
       );
-      const sizeOf = (k: Map<string, number>) => units.reduce((a, u) => a + k.get(u.id)!, 0);
-      const total = units.reduce((a, u) => a + u.channels, 0),
-        goal = units.length + Math.floor(r() * (total - units.length + 1));
-      const value = (k: Map<string, number>) => units.reduce((a, u) => a + objectives.get(u.id)![k.get(u.id)! - 1], 0);
+      const sizeOf = (k: Map<string, number>) => groups.reduce((a, u) => a + k.get(u.id)!, 0);
+      const total = groups.reduce((a, u) => a + u.channels, 0),
+        goal = groups.length + Math.floor(r() * (total - groups.length + 1));
+      const value = (k: Map<string, number>) => groups.reduce((a, u) => a + objectives.get(u.id)![k.get(u.id)! - 1], 0);
       let best = -Infinity;
       const rec = (i: number, k: Map<string, number>) => {
-        if (i === units.length) {
+        if (i === groups.length) {
           if (sizeOf(k) <= goal) best = Math.max(best, value(k));
           return;
         }
-        for (let c = 1; c <= units[i].channels; c++) rec(i + 1, new Map(k).set(units[i].id, c));
+        for (let c = 1; c <= groups[i].channels; c++) rec(i + 1, new Map(k).set(groups[i].id, c));
       };
       rec(0, new Map());
-      const got = allocateGlobal(units, objectives, sizeOf, goal);
+      const got = allocateGlobal(groups, objectives, sizeOf, goal);
       expect(sizeOf(got)).toBe(Math.min(goal, total));
       expect(value(got)).toBeCloseTo(best, 12);
     }
@@ -267,23 +267,23 @@ describe('the global allocation', () => {
 describe('lenet: the sensitivity curves measure the model with one unit pruned', () => {
   it('each measured point equals the top-1 agreement of that pruned model run whole in onnxruntime; stopping early changes no monotone curve', async () => {
     const model = readModel('models/lenet.onnx'),
-      { units } = analyze(model, shape),
+      { groups } = analyze(model, shape),
       calib = openNpy('models/calib.npy');
-    const grams = await captureOriginal(model, units, calib, ['greedy']);
-    const ranked = units.map((u) => rankUnit(model, u, grams.get(u.id)!));
+    const grams = await captureOriginal(model, groups, calib, ['greedy']);
+    const ranked = groups.map((u) => rankGroup(model, u, grams.get(u.id)!));
     for (const refit of [true, false]) {
       const curves = await sensitivityCurves(model, ranked, refit, { data: calib });
       const full = await sensitivityCurves(model, ranked, refit, { data: calib }, { full: true });
       for (const r of ranked) {
-        const { ks, values, measured } = curves.get(r.unit.id)!,
-          all = full.get(r.unit.id)!;
-        expect(ks).toEqual(gridKeeps(r.unit.channels));
+        const { ks, values, measured } = curves.get(r.group.id)!,
+          all = full.get(r.group.id)!;
+        expect(ks).toEqual(gridKeeps(r.group.channels));
         expect(all.measured).toBe(ks.length - 1);
         expect(values[values.length - 1]).toBe(1); // every channel kept: the original model
         expect(values.slice(0, measured)).toEqual(all.values.slice(0, measured));
         expect(monotone(values)).toEqual(monotone(all.values));
         for (const i of [0, measured! >> 1, ks.length - 2].filter((x) => x >= 0)) {
-          const pruned = pruneUnits(model, [planOf(r, ks[i], refit)]);
+          const pruned = pruneGroups(model, [planOf(r, ks[i], refit)]);
           const { agreement } = await evaluate(pruned, calib, { reference: model });
           expect(Math.abs(all.values[i] - agreement!)).toBeLessThanOrEqual(1 / 512); // a tie may break either way in float32
         }
@@ -293,11 +293,11 @@ describe('lenet: the sensitivity curves measure the model with one unit pruned',
   });
 });
 
-describe('a residual block: the tail measured from the consumer on also reads the skip connection', () => {
-  it('each point equals the agreement of the pruned model run whole', async () => {
+describe('a residual block: the tail measured from the first consumer on also reads the skip connection', () => {
+  it('each point equals the agreement of the pruned model run whole, for the block and for the residual stream', async () => {
     const r = rng(3);
     // x → conv0 → relu ─┬→ conv1 → relu → conv2 → add → relu → GAP → flatten → gemm
-    //                   └──────────────────────────────↗   (conv1 is the only unit: conv0 fans out, conv2 feeds the add)
+    //                   └──────────────────────────────↗   (conv1's group, and the stream: conv0 and conv2 → conv1, fc)
     const model = smallModel(
       [
         makeNode('Conv', ['x', 'w0', 'b0'], ['a0'], [intsAttr('pads', [1, 1, 1, 1])], 'conv0'),
@@ -323,30 +323,47 @@ describe('a residual block: the tail measured from the consumer on also reads th
       ['N', 2, 6, 6],
     );
     const inShape = [1, 2, 6, 6],
-      { units } = analyze(model, inShape);
-    expect(units.map((u) => u.id)).toEqual(['conv1']);
+      { groups } = analyze(model, inShape);
+    expect(groups.map((u) => [u.id, u.producers.map((p) => p.name), u.consumers.map((c) => c.node.name)])).toEqual([
+      ['conv0', ['conv0', 'conv2'], ['conv1', 'fc']],
+      ['conv1', ['conv1'], ['conv2']],
+    ]);
     const path = join(mkdtempSync(join(tmpdir(), 'subprune-')), 'x.npy');
     writeNpy(path, randn(200 * 72, r), [200, 2, 6, 6]);
     const data = openNpy(path);
     const full = modelStats(model, inShape),
-      size = sizeModel(model, units, inShape, 'params');
-    for (let k = 1; k <= 6; k++)
-      expect(size(new Map([['conv1', k]]))).toBe(
-        modelStats(firstChannels(model, units, new Map([['conv1', k]])), inShape).params,
-      );
-    expect(size(new Map([['conv1', 6]]))).toBe(full.params);
-    const grams = await captureOriginal(model, units, data, ['greedy']);
-    const ranked = units.map((u) => rankUnit(model, u, grams.get(u.id)!));
-    for (const refit of [true, false]) {
-      const c = (await sensitivityCurves(model, ranked, refit, { data }, { full: true })).get('conv1')!;
-      expect(c.ks).toEqual([1, 2, 3, 4, 5, 6]);
-      for (const [i, k] of c.ks.entries()) {
-        const { agreement } = await evaluate(pruneUnits(model, [planOf(ranked[0], k, refit)]), data, {
-          reference: model,
-        });
-        expect(Math.abs(c.values[i] - agreement!)).toBeLessThanOrEqual(1 / 200);
+      size = sizeModel(model, groups, inShape, 'params');
+    for (let k0 = 1; k0 <= 4; k0++)
+      for (let k = 1; k <= 6; k++) {
+        const keeps = new Map([
+          ['conv0', k0],
+          ['conv1', k],
+        ]);
+        expect(size(keeps)).toBe(modelStats(firstChannels(model, groups, keeps), inShape).params);
       }
-      expect(new Set(c.values).size).toBeGreaterThan(1); // the points differ: the measurement sees the pruning
+    expect(
+      size(
+        new Map([
+          ['conv0', 4],
+          ['conv1', 6],
+        ]),
+      ),
+    ).toBe(full.params);
+    const grams = await captureOriginal(model, groups, data, ['greedy']);
+    const ranked = groups.map((u) => rankGroup(model, u, grams.get(u.id)!));
+    for (const refit of [true, false]) {
+      const curves = await sensitivityCurves(model, ranked, refit, { data }, { full: true });
+      for (const [j, id] of ['conv0', 'conv1'].entries()) {
+        const c = curves.get(id)!;
+        expect(c.ks).toEqual(j ? [1, 2, 3, 4, 5, 6] : [1, 2, 3, 4]);
+        for (const [i, k] of c.ks.entries()) {
+          const { agreement } = await evaluate(pruneGroups(model, [planOf(ranked[j]!, k, refit)]), data, {
+            reference: model,
+          });
+          expect(Math.abs(c.values[i] - agreement!)).toBeLessThanOrEqual(1 / 200);
+        }
+        expect(new Set(c.values).size).toBeGreaterThan(1); // the points differ: the measurement sees the pruning
+      }
     }
     data.close();
   });

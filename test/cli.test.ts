@@ -212,7 +212,7 @@ describe('bad input: exit 2 and one line that says what is wrong and what to do'
     [
       'too few calibration samples for a re-fit',
       () => prune(LENET, at('calib-few.npy')),
-      /unit \/conv2\/Conv: the 64 calibration samples give 64 rows of its consumer input, fewer than its d = 400 columns, .* give at least 400 distinct samples, or use --no-refit/,
+      /group \/conv2\/Conv: the 64 calibration samples give 64 rows of its consumer input, fewer than its d = 400 columns, .* give at least 400 distinct samples, or use --no-refit/,
     ],
     ['an empty calibration file', () => prune(LENET, at('empty.npy')), /empty\.npy: not a \.npy file/],
     [
@@ -224,7 +224,7 @@ describe('bad input: exit 2 and one line that says what is wrong and what to do'
     [
       'an unknown unit id in a budget file',
       () => prune(LENET, undefined, '--budget', at('budget-unknown.json')),
-      /budget names "nope", which is no prunable unit \(ids: \/conv1\/Conv, /,
+      /budget names "nope", which is no prunable group \(ids: \/conv1\/Conv, /,
     ],
     [
       'a budget larger than a unit',
@@ -299,7 +299,7 @@ describe('bad input: exit 2 and one line that says what is wrong and what to do'
   });
 });
 
-describe('a model with no prunable units', () => {
+describe('a model with no prunable groups', () => {
   it('is not an error: exit 0, says so, writes the report but no useless copy of the model', async () => {
     const r = await runCli(
       'prune',
@@ -313,11 +313,11 @@ describe('a model with no prunable units', () => {
     );
     expect(r.code).toBe(0);
     expect(r.err).toMatch(
-      /one-layer\.onnx has no prunable units \(1 candidates refused; subprune inspect says why\); nothing to prune, so .*none\.onnx was not written/,
+      /one-layer\.onnx has no prunable groups \(1 candidates refused; subprune inspect says why\); nothing to prune, so .*none\.onnx was not written/,
     );
     expect(existsSync(at('none.onnx'))).toBe(false);
     const report = JSON.parse(readFileSync(at('none.json'), 'utf8'));
-    expect(report.units).toEqual([]);
+    expect(report.groups).toEqual([]);
     expect(report.refused).toEqual([{ node: 'fc', reason: 'output layer: no consumer' }]);
   });
 });
@@ -384,7 +384,7 @@ describe('nothing is lost or overwritten', () => {
 });
 
 describe('the kernel memory a run needs', () => {
-  it("is printed before the run and reported: every unit's Gram matrix in one pass, the largest selection", async () => {
+  it("is printed before the run and reported: every group's Gram matrices in one pass, the largest selection", async () => {
     const r = await runCli(
       'prune',
       LENET,
@@ -400,16 +400,18 @@ describe('the kernel memory a run needs', () => {
       '1',
     );
     expect(r.code).toBe(0);
-    const units = analyze(readModel(LENET), [1, 1, 28, 28]).units;
-    const capture = units.reduce((a, u) => a + gramBytes(u.d), 0),
-      select = Math.max(...units.map((u) => selectionBytes(u.d, u.m, u.g, u.channels)));
+    const groups = analyze(readModel(LENET), [1, 1, 28, 28]).groups;
+    const capture = groups.reduce((a, u) => a + u.consumers.reduce((b, c) => b + gramBytes(c.d), 0), 0),
+      select = Math.max(
+        ...groups.map((u) => u.consumers.reduce((b, c) => b + selectionBytes(c.d, c.m, c.g, u.channels), 0)),
+      );
     expect(r.out.split('\n')[0]).toBe(
-      `kernel memory: at most ${fmtBytes(capture)} to capture (${units.length} units, 1 pass) and ${fmtBytes(select)} to select (1 thread)`,
+      `kernel memory: at most ${fmtBytes(capture)} to capture (${groups.length} groups, 1 pass) and ${fmtBytes(select)} to select (1 thread)`,
     );
     expect(JSON.parse(readFileSync(at('plan.json'), 'utf8')).memory).toEqual({
       capture,
       passes: 1,
-      units: units.length,
+      groups: groups.length,
       select,
     });
   });

@@ -28,6 +28,7 @@ import {
   type ValueInfoProto,
 } from '../src/onnx/index.js';
 import { rng, gaussian } from './oracle.js';
+import type { Consumer, Group } from '../src/graph/types.js';
 
 export { rng };
 
@@ -228,23 +229,53 @@ export function chainModel(seed = 7, named = true): Model {
 }
 
 /**
- * The reference for a pruned model: the original model with, for every plan, the consumer's weight entries that read
- * a dropped channel set to 0 (the consumer's input axis is found from the node itself: Conv and Gemm transB=1 axis 1,
- * otherwise axis 0; each channel owns (input features / channels) consecutive entries).
+ * The reference for a pruned model: the original model with, for every plan, each consumer's weight entries that read
+ * a dropped channel set to 0. The consumer's input axis is found from the node itself (Conv and Gemm transB=1: axis 1,
+ * otherwise axis 0); the group's channels own its entries from `offset` on, g per channel (a Conv: g / kernel size).
  */
-export function zeroDroppedInputs(
-  model: Model,
-  plans: { unit: { consumer: NodeProto; consumerWeight: string; channels: number }; keep: number[] }[],
-): Model {
+export function zeroDroppedInputs(model: Model, plans: { group: Group; keep: number[] }[]): Model {
   const ref = clone(ModelProtoSchema, model);
-  for (const { unit, keep } of plans) {
-    const c = unit.consumer;
-    const transB = c.attribute.find((a) => a.name === 'transB')?.i === 1n;
-    const axis = c.opType === 'Conv' || (c.opType === 'Gemm' && transB) ? 1 : 0;
-    const dims = tensorToFloat32(initializer(ref, unit.consumerWeight)).dims;
-    const group = dims[axis]! / unit.channels;
-    const kept = new Set(keep);
-    zeroAlong(ref, unit.consumerWeight, axis, (i) => !kept.has(Math.floor(i / group)));
+  for (const { group, keep } of plans) {
+    for (const c of group.consumers) {
+      const n = c.node;
+      const transB = n.attribute.find((a) => a.name === 'transB')?.i === 1n;
+      const axis = n.opType === 'Conv' || (n.opType === 'Gemm' && transB) ? 1 : 0;
+      const block = n.opType === 'Conv' ? c.g / (c.conv!.kernel[0] * c.conv!.kernel[1]) : c.g;
+      const kept = new Set(keep);
+      const mine = (i: number) => i >= c.offset && i < c.offset + block * group.channels;
+      zeroAlong(ref, c.weight, axis, (i) => mine(i) && !kept.has(Math.floor((i - c.offset) / block)));
+    }
   }
+  return ref;
+}
+
+/** A chain group (one consumer) with its consumer's fields beside its own, as the tests of chain models read them. */
+export function chainView(g: Group) {
+  const c = g.consumers[0]!;
+  if (g.consumers.length !== 1) throw new Error(`group ${g.id} has ${g.consumers.length} consumers, not one`);
+  return { ...g, consumer: c.node, g: c.g, d: c.d, m: c.m, consumerKind: c.kind, conv: c.conv, consumerInput: c.input };
+}
+
+/**
+ * A copy of `model` whose consumer c computes B·W′ for the group: its weight rows of the group's kept channels hold W′
+ * ((keep·g)×m), the rows of its dropped channels are 0, every other row as it was. The layout is written out here from
+ * the ONNX definitions: Conv w[o][ch][i][j] = W[ch·kh·kw + i·kw + j][o]; Gemm transB=1 w[o][r] = W[r][o]; transB=0
+ * and MatMul w[r][o] = W[r][o].
+ */
+export function withConsumerMatrix(model: Model, c: Consumer, keep: number[], W: Float64Array): Model {
+  const ref = clone(ModelProtoSchema, model);
+  const t = initializer(ref, c.weight);
+  const { dims, data } = tensorToFloat32(t);
+  const full = Float32Array.from(data);
+  const transB = c.node.attribute.find((a) => a.name === 'transB')?.i === 1n;
+  const conv = c.node.opType === 'Conv';
+  const dTotal = conv ? dims[1]! * dims[2]! * dims[3]! : transB ? dims[1]! : dims[0]!;
+  const at = (r: number, o: number) => (conv || transB ? o * dTotal + r : r * c.m + o);
+  for (let r = c.row; r < c.row + c.d; r++) for (let o = 0; o < c.m; o++) full[at(r, o)] = 0;
+  keep.forEach((ch, k) => {
+    for (let j = 0; j < c.g; j++)
+      for (let o = 0; o < c.m; o++) full[at(c.row + ch * c.g + j, o)] = W[(k * c.g + j) * c.m + o]!;
+  });
+  ref.graph!.initializer[ref.graph!.initializer.indexOf(t)] = float32Tensor(t.name, dims, full);
   return ref;
 }

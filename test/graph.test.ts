@@ -15,8 +15,8 @@ import {
   type Model,
 } from '../src/onnx/index.js';
 import { analyze, consumerWeightMatrix, modelStats } from '../src/graph/analyze.js';
-import type { Unit } from '../src/graph/types.js';
-import { pruneUnits } from '../src/rewrite/index.js';
+import type { Consumer, Group } from '../src/graph/types.js';
+import { pruneGroups } from '../src/rewrite/index.js';
 import {
   chainModel,
   initializer,
@@ -34,9 +34,15 @@ import {
 
 const lenet = () => readModel('models/lenet.onnx');
 
-function unitOf(units: Unit[], id: string): Unit {
-  const u = units.find((x) => x.id === id);
-  if (!u) throw new Error(`no unit ${id}; have ${units.map((x) => x.id).join(', ')}`);
+/** A group's one consumer (the chains of these tests have exactly one). */
+function sole(g: Group): Consumer {
+  expect(g.consumers.length, `${g.id} has one consumer`).toBe(1);
+  return g.consumers[0]!;
+}
+
+function groupOf(groups: Group[], id: string): Group {
+  const u = groups.find((x) => x.id === id);
+  if (!u) throw new Error(`no unit ${id}; have ${groups.map((x) => x.id).join(', ')}`);
   return u;
 }
 
@@ -44,10 +50,10 @@ function unitOf(units: Unit[], id: string): Unit {
  * consumer output = im2col(consumer input) · W + bias, with the patches built here by plain loops from the Conv
  * definition and both tensors taken from onnxruntime.
  */
-async function checkConvMatrix(model: Model, unit: Unit, inDims: number[]): Promise<void> {
-  const y = unit.consumer.output[0]!;
-  const acts = await run(model, randInput(inDims, 3), [unit.consumerInput, y]);
-  const X = acts.get(unit.consumerInput)!;
+async function checkConvMatrix(model: Model, unit: Consumer, inDims: number[]): Promise<void> {
+  const y = unit.node.output[0]!;
+  const acts = await run(model, randInput(inDims, 3), [unit.input, y]);
+  const X = acts.get(unit.input)!;
   const Y = acts.get(y)!;
   const [N, C, H, Wd] = X.dims as [number, number, number, number];
   const [, M, OH, OW] = Y.dims as [number, number, number, number];
@@ -58,9 +64,7 @@ async function checkConvMatrix(model: Model, unit: Unit, inDims: number[]): Prom
     dilations: [dh, dw],
   } = unit.conv!;
   const W = consumerWeightMatrix(model, unit);
-  const bias = unit.consumer.input[2]
-    ? tensorToFloat32(initializer(model, unit.consumer.input[2])).data
-    : new Float32Array(M);
+  const bias = unit.node.input[2] ? tensorToFloat32(initializer(model, unit.node.input[2])).data : new Float32Array(M);
   expect(W.length).toBe(C * kh * kw * M);
   let err = 0;
   const row = new Float64Array(C * kh * kw);
@@ -85,16 +89,14 @@ async function checkConvMatrix(model: Model, unit: Unit, inDims: number[]): Prom
 }
 
 /** consumer output = (consumer input rows) · W + bias for a Gemm/MatMul consumer (bias: Gemm C, or none). */
-async function checkDenseMatrix(model: Model, unit: Unit, inDims: number[]): Promise<void> {
-  const y = unit.consumer.output[0]!;
-  const acts = await run(model, randInput(inDims, 4), [unit.consumerInput, y]);
-  const X = acts.get(unit.consumerInput)!;
+async function checkDenseMatrix(model: Model, unit: Consumer, inDims: number[]): Promise<void> {
+  const y = unit.node.output[0]!;
+  const acts = await run(model, randInput(inDims, 4), [unit.input, y]);
+  const X = acts.get(unit.input)!;
   const Y = acts.get(y)!;
   const { d, m } = unit;
   const W = consumerWeightMatrix(model, unit);
-  const bias = unit.consumer.input[2]
-    ? tensorToFloat32(initializer(model, unit.consumer.input[2])).data
-    : new Float32Array(m);
+  const bias = unit.node.input[2] ? tensorToFloat32(initializer(model, unit.node.input[2])).data : new Float32Array(m);
   let err = 0;
   for (let n = 0; n < X.data.length / d; n++)
     for (let o = 0; o < m; o++) {
@@ -107,8 +109,8 @@ async function checkDenseMatrix(model: Model, unit: Unit, inDims: number[]): Pro
 
 describe('analyze: LeNet', () => {
   it('finds conv1→conv2, conv2→fc1, fc1→fc2, fc2→fc3 and refuses fc3', () => {
-    const { units, refused } = analyze(lenet(), [1, 1, 28, 28]);
-    const got = units.map((u) => [u.id, u.consumer.name, u.channels, u.g, u.d, u.m, u.consumerKind]);
+    const { groups, refused } = analyze(lenet(), [1, 1, 28, 28]);
+    const got = groups.map((u) => [u.id, sole(u).node.name, u.channels, sole(u).g, sole(u).d, sole(u).m, sole(u).kind]);
     expect(got).toEqual([
       ['/conv1/Conv', '/conv2/Conv', 6, 9, 54, 16, 'conv'],
       ['/conv2/Conv', '/fc1/Gemm', 16, 25, 400, 120, 'dense'],
@@ -116,20 +118,20 @@ describe('analyze: LeNet', () => {
       ['/fc2/Gemm', '/fc3/Gemm', 84, 1, 84, 10, 'dense'],
     ]);
     expect(refused).toEqual([{ node: '/fc3/Gemm', reason: 'output layer: no consumer' }]);
-    const c1 = unitOf(units, '/conv1/Conv');
-    expect(c1.conv).toEqual({ kernel: [3, 3], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1] });
-    expect([c1.weight, c1.bias, c1.consumerWeight, c1.consumerInput]).toEqual([
-      'conv1.weight',
-      'conv1.bias',
+    const c1 = groupOf(groups, '/conv1/Conv');
+    expect(sole(c1).conv).toEqual({ kernel: [3, 3], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1] });
+    expect([c1.producers.map((p) => p.name), sole(c1).weight, sole(c1).input]).toEqual([
+      ['/conv1/Conv'],
       'conv2.weight',
       '/pool1/MaxPool_output_0',
     ]);
+    expect(c1.slices.map((x) => x.tensor).sort()).toEqual(['conv1.bias', 'conv1.weight', 'conv2.weight']);
     expect(c1.chain.map((n) => n.opType)).toEqual(['Relu', 'MaxPool']);
-    expect(unitOf(units, '/conv2/Conv').chain.map((n) => n.opType)).toEqual(['Relu', 'MaxPool', 'Flatten']);
+    expect(groupOf(groups, '/conv2/Conv').chain.map((n) => n.opType)).toEqual(['Relu', 'MaxPool', 'Flatten']);
     // params: producer weight + bias + consumer weight; FLOPs: 2 × MACs per sample of producer and consumer.
     expect(c1.params).toBe(6 * 9 + 6 + 16 * 6 * 9);
     expect(c1.flops).toBe(2 * (26 * 26 * 6 * 9 + 11 * 11 * 16 * 54));
-    expect(unitOf(units, '/fc1/Gemm').flops).toBe(2 * (400 * 120 + 120 * 84));
+    expect(groupOf(groups, '/fc1/Gemm').flops).toBe(2 * (400 * 120 + 120 * 84));
   });
 
   it('modelStats counts all initializers and 2×MACs per sample', () => {
@@ -141,18 +143,20 @@ describe('analyze: LeNet', () => {
 
   it('consumerWeightMatrix matches onnxruntime: Conv consumer via im2col, Gemm consumer via the flattened input', async () => {
     const m = lenet();
-    const { units } = analyze(m, [2, 1, 28, 28]);
-    await checkConvMatrix(m, unitOf(units, '/conv1/Conv'), [2, 1, 28, 28]);
-    await checkDenseMatrix(m, unitOf(units, '/conv2/Conv'), [2, 1, 28, 28]);
-    await checkDenseMatrix(m, unitOf(units, '/fc1/Gemm'), [2, 1, 28, 28]);
+    const { groups } = analyze(m, [2, 1, 28, 28]);
+    await checkConvMatrix(m, sole(groupOf(groups, '/conv1/Conv')), [2, 1, 28, 28]);
+    await checkDenseMatrix(m, sole(groupOf(groups, '/conv2/Conv')), [2, 1, 28, 28]);
+    await checkDenseMatrix(m, sole(groupOf(groups, '/fc1/Gemm')), [2, 1, 28, 28]);
   });
 });
 
 describe('analyze: the per-op table', () => {
   it('follows BN, PRelu, Mul/Add constants, pools, Reshape, Gemm transB 0/1, MatMul and SAME_UPPER pads', async () => {
     const m = chainModel();
-    const { units, refused } = analyze(m, [2, 3, 8, 8]);
-    expect(units.map((u) => [u.id, u.consumer.name, u.channels, u.g, u.d, u.m, u.consumerLayout])).toEqual([
+    const { groups, refused } = analyze(m, [2, 3, 8, 8]);
+    expect(
+      groups.map((u) => [u.id, sole(u).node.name, u.channels, sole(u).g, sole(u).d, sole(u).m, sole(u).layout]),
+    ).toEqual([
       ['conv1', 'conv2', 6, 9, 54, 5, 'conv'],
       ['conv2', 'gemm1', 5, 4, 20, 7, 'in-out'],
       ['gemm1', 'matmul', 7, 1, 7, 4, 'in-out'],
@@ -160,7 +164,7 @@ describe('analyze: the per-op table', () => {
       ['gemm2', 'gemm3', 5, 1, 5, 3, 'in-out'],
     ]);
     expect(refused).toEqual([{ node: 'gemm3', reason: 'output layer: no consumer' }]);
-    const c1 = unitOf(units, 'conv1');
+    const c1 = groupOf(groups, 'conv1');
     expect(c1.chain.map((n) => n.name)).toEqual(['bn', 'prelu', 'mul', 'add_scalar', 'pool']);
     expect(c1.slices.map((s) => s.tensor).sort()).toEqual([
       'bn_b',
@@ -169,27 +173,30 @@ describe('analyze: the per-op table', () => {
       'bn_v',
       'c1b',
       'c1w',
+      'c2w',
       'mc',
       'slope',
     ]);
-    expect(c1.conv!.pads).toEqual([0, 0, 1, 1]); // SAME_UPPER, 4×4 input, stride 2, kernel 3: one pad row/col at the end
-    expect(c1.conv!.strides).toEqual([2, 2]);
-    expect(unitOf(units, 'conv2').shapeEdits).toEqual([{ tensor: 'shape', index: 1, perChannel: 4 }]);
-    expect(unitOf(units, 'matmul').slices).toEqual([
-      { tensor: 'mw', axis: 1, group: 1 },
-      { tensor: 'mb', axis: 0, group: 1 },
+    expect(sole(c1).conv!.pads).toEqual([0, 0, 1, 1]); // SAME_UPPER, 4×4 input, stride 2, kernel 3: one pad at the end
+    expect(sole(c1).conv!.strides).toEqual([2, 2]);
+    expect(groupOf(groups, 'conv2').edits).toEqual([{ tensor: 'shape', index: 1, per: 4 }]);
+    expect(groupOf(groups, 'matmul').slices).toEqual([
+      { tensor: 'mw', axis: 1, offset: 0, per: 1 },
+      { tensor: 'mb', axis: 0, offset: 0, per: 1 },
+      { tensor: 'g2w', axis: 1, offset: 0, per: 1 },
     ]);
-    await checkConvMatrix(m, c1, [2, 3, 8, 8]);
-    for (const id of ['conv2', 'gemm1', 'matmul', 'gemm2']) await checkDenseMatrix(m, unitOf(units, id), [2, 3, 8, 8]);
+    await checkConvMatrix(m, sole(c1), [2, 3, 8, 8]);
+    for (const id of ['conv2', 'gemm1', 'matmul', 'gemm2'])
+      await checkDenseMatrix(m, sole(groupOf(groups, id)), [2, 3, 8, 8]);
   });
 
   it('names unnamed nodes deterministically and writes the names back', () => {
     const a = chainModel(7, false);
-    const ids = analyze(a).units.map((u) => u.id);
+    const ids = analyze(a).groups.map((u) => u.id);
     expect(ids).toEqual(['Conv_0', 'Conv_7', 'Gemm_11', 'MatMul_13', 'Gemm_16']);
     expect(a.graph!.node.every((n) => n.name !== '')).toBe(true);
-    expect(analyze(a).units.map((u) => u.id)).toEqual(ids);
-    expect(analyze(chainModel(7, false)).units.map((u) => u.id)).toEqual(ids);
+    expect(analyze(a).groups.map((u) => u.id)).toEqual(ids);
+    expect(analyze(chainModel(7, false)).groups.map((u) => u.id)).toEqual(ids);
   });
 
   it('folds Identity aliases of a constant (how the PyTorch exporter deduplicates equal biases)', async () => {
@@ -212,7 +219,7 @@ describe('analyze: the per-op table', () => {
       [1, 3, 6, 6],
     );
     await expectRefused(m, [1, 3, 6, 6], { conv_c: /output layer/ });
-    expect(analyze(m).units.map((u) => [u.id, u.bias])).toEqual([
+    expect(analyze(m).groups.map((u) => [u.id, u.slices.map((x) => x.tensor).find((t) => t.startsWith('b'))])).toEqual([
       ['conv_a', 'ba'],
       ['conv_b', 'bb'],
     ]);
@@ -229,40 +236,53 @@ describe('analyze: the per-op table', () => {
       [randTensor('w1', [4, 3, 3, 3], r), randTensor('w2', [2, 4], r)],
       [1, 3, 6, 6],
     );
-    const { units } = analyze(m);
-    expect(units.map((u) => [u.id, u.consumer.name, u.g, u.d])).toEqual([['conv_a', 'fc', 1, 4]]);
+    const { groups } = analyze(m);
+    expect(groups.map((u) => [u.id, sole(u).node.name, sole(u).g, sole(u).d])).toEqual([['conv_a', 'fc', 1, 4]]);
   });
 });
 
-// ---- refused patterns -------------------------------------------------------------------------------------------
+// ---- coupled and refused patterns -------------------------------------------------------------------------------
 
 const conv = (x: string, w: string, y: string, name: string, attrs = [intsAttr('pads', [1, 1, 1, 1])]) =>
   makeNode('Conv', [x, w], [y], attrs, name);
 
-/** Analyse, check the expected refusals, and prune every unit that was found (keeping a random half): the result must match onnxruntime's reference. */
-async function expectRefused(m: Model, inDims: number[], want: Record<string, RegExp>): Promise<void> {
+/**
+ * Analyse, check the expected refusals (and groups: id → producers, consumers), and prune every group that was found
+ * (keeping a random half): the result must match onnxruntime's reference, the original with the dropped channels'
+ * consumer weights zeroed.
+ */
+async function expectRefused(
+  m: Model,
+  inDims: number[],
+  want: Record<string, RegExp>,
+  groupsWanted?: Record<string, [string[], string[]]>,
+): Promise<void> {
   const before = await run1(m, randInput(inDims, 1)); // the test model itself is valid
-  const { units, refused } = analyze(m, inDims);
+  const { groups, refused } = analyze(m, inDims);
   for (const [node, reason] of Object.entries(want)) {
     const r = refused.find((x) => x.node === node);
     expect(r, `${node} should be refused`).toBeDefined();
     expect(r!.reason).toMatch(reason);
-    expect(units.find((u) => u.id === node)).toBeUndefined();
+    expect(groups.find((u) => u.id === node)).toBeUndefined();
+  }
+  if (groupsWanted) {
+    const got = groups.map((g) => [g.id, [g.producers.map((p) => p.name), g.consumers.map((c) => c.node.name)]]);
+    expect(Object.fromEntries(got)).toEqual(groupsWanted);
   }
   const r = rng(9);
-  const plans = units.map((unit) => ({ unit, keep: randomKeep(unit.channels, Math.ceil(unit.channels / 2), r) }));
-  const pruned = pruneUnits(m, plans);
+  const plans = groups.map((group) => ({ group, keep: randomKeep(group.channels, Math.ceil(group.channels / 2), r) }));
+  const pruned = pruneGroups(m, plans);
   const got = await run1(pruned, randInput(inDims, 1));
   const ref = await run1(zeroDroppedInputs(m, plans), randInput(inDims, 1));
   expect(got.dims).toEqual(before.dims);
   expect(maxAbsDiff(got.data, ref.data)).toBeLessThan(1e-5);
 }
 
-describe('analyze: refused patterns', () => {
+describe('analyze: coupled channels become groups', () => {
   const r = rng(11);
   const w = (name: string, dims: number[]) => randTensor(name, dims, r);
 
-  it('residual Add: fan-out of the block input, the Add of another branch', async () => {
+  it('residual Add: the block input, the branch and the sum are one group', async () => {
     const m = smallModel(
       [
         conv('x', 'wa', 'a', 'conv_a'),
@@ -275,64 +295,131 @@ describe('analyze: refused patterns', () => {
       [w('wa', [4, 3, 3, 3]), w('wb', [4, 4, 3, 3]), w('wc', [2, 4, 1, 1])],
       [1, 3, 6, 6],
     );
-    await expectRefused(m, [1, 3, 6, 6], {
-      conv_a: /feeds 2 inputs/,
-      conv_b: /another branch/,
-      conv_c: /output layer: no consumer/,
-    });
+    await expectRefused(
+      m,
+      [1, 3, 6, 6],
+      { conv_c: /output layer: no consumer/ },
+      {
+        conv_a: [
+          ['conv_a', 'conv_b'],
+          ['conv_b', 'conv_c'],
+        ],
+      },
+    );
   });
 
-  it('Concat', async () => {
+  it('Concat: each part is a group at its offset of the consumer', async () => {
     const m = smallModel(
       [
         conv('x', 'wa', 'a', 'conv_a'),
         conv('x', 'wb', 'b', 'conv_b'),
-        makeNode('Concat', ['a', 'b'], ['c'], [intAttr('axis', 1)], 'concat'),
+        makeNode('Concat', ['a', 'b', 'x'], ['c'], [intAttr('axis', 1)], 'concat'),
         conv('c', 'wc', 'y', 'conv_c'),
       ],
-      [w('wa', [4, 3, 3, 3]), w('wb', [2, 3, 3, 3]), w('wc', [2, 6, 3, 3])],
+      [w('wa', [4, 3, 3, 3]), w('wb', [2, 3, 3, 3]), w('wc', [2, 9, 3, 3])],
       [1, 3, 6, 6],
     );
-    await expectRefused(m, [1, 3, 6, 6], { conv_a: /Concat/, conv_b: /Concat/ });
+    await expectRefused(
+      m,
+      [1, 3, 6, 6],
+      { conv_c: /output layer/ },
+      {
+        conv_a: [['conv_a'], ['conv_c']],
+        conv_b: [['conv_b'], ['conv_c']],
+      },
+    );
+    const { groups } = analyze(m, [1, 3, 6, 6]);
+    expect(groups.map((g) => [g.consumers[0]!.offset, g.consumers[0]!.row, g.consumers[0]!.dTotal])).toEqual([
+      [0, 0, 81],
+      [4, 36, 81],
+    ]);
   });
 
-  it('depthwise and grouped convolutions, as producer or consumer', async () => {
+  it('depthwise convolutions pass channels through; grouped ones couple them', async () => {
     const m = smallModel(
       [
         conv('x', 'wa', 'a', 'conv_a'),
         makeNode('Relu', ['a'], ['ra'], [], 'relu_a'),
         conv('ra', 'wdw', 'b', 'dw', [intsAttr('pads', [1, 1, 1, 1]), intAttr('group', 4)]),
         makeNode('Relu', ['b'], ['rb'], [], 'relu_b'),
-        conv('rb', 'wg', 'c', 'grouped', [intsAttr('pads', [1, 1, 1, 1]), intAttr('group', 2)]),
-        conv('c', 'wd', 'y', 'conv_d'),
+        conv('rb', 'wd', 'y', 'conv_d'),
       ],
-      [w('wa', [4, 3, 3, 3]), w('wdw', [4, 1, 3, 3]), w('wg', [6, 2, 3, 3]), w('wd', [2, 6, 3, 3])],
+      [w('wa', [4, 3, 3, 3]), w('wdw', [4, 1, 3, 3]), w('wd', [2, 4, 3, 3])],
       [1, 3, 6, 6],
     );
-    await expectRefused(m, [1, 3, 6, 6], {
-      conv_a: /consumer Conv "dw" is a grouped or depthwise convolution \(group=4\)/,
-      dw: /group=4/,
-      grouped: /group=2/,
-    });
+    await expectRefused(m, [1, 3, 6, 6], {}, { conv_a: [['conv_a'], ['conv_d']] });
+    expect(analyze(m, [1, 3, 6, 6]).groups[0]!.edits).toEqual([{ node: 'dw', attribute: 'group', per: 1 }]);
+    const g = smallModel(
+      [
+        conv('x', 'wa', 'a', 'conv_a'),
+        conv('a', 'wg', 'c', 'grouped', [intsAttr('pads', [1, 1, 1, 1]), intAttr('group', 2)]),
+        conv('c', 'wd', 'y', 'conv_d'),
+      ],
+      [w('wa', [4, 3, 3, 3]), w('wg', [6, 2, 3, 3]), w('wd', [2, 6, 3, 3])],
+      [1, 3, 6, 6],
+    );
+    await expectRefused(g, [1, 3, 6, 6], { conv_a: /grouped convolution \(group=2\)/, grouped: /group=2/ });
   });
 
-  it('two consumers of one tensor', async () => {
+  it('two consumers of one tensor, and two producers joined by an Add', async () => {
     const m = smallModel(
       [
         conv('x', 'wa', 'a', 'conv_a'),
         makeNode('Relu', ['a'], ['ra'], [], 'relu_a'),
         conv('ra', 'wb', 'b', 'conv_b'),
         conv('ra', 'wc', 'c', 'conv_c'),
-        makeNode('Add', ['b', 'c'], ['y'], [], 'add'),
+        makeNode('Add', ['b', 'c'], ['s'], [], 'add'),
+        conv('s', 'we', 'y', 'conv_e'),
       ],
-      [w('wa', [4, 3, 3, 3]), w('wb', [2, 4, 3, 3]), w('wc', [2, 4, 3, 3])],
+      [w('wa', [4, 3, 3, 3]), w('wb', [3, 4, 3, 3]), w('wc', [3, 4, 3, 3]), w('we', [2, 3, 3, 3])],
       [1, 3, 6, 6],
     );
-    await expectRefused(m, [1, 3, 6, 6], {
-      conv_a: /tensor "ra" feeds 2 inputs \(conv_b, conv_c\)/,
-      conv_b: /another branch/,
-    });
+    await expectRefused(
+      m,
+      [1, 3, 6, 6],
+      { conv_e: /output layer/ },
+      {
+        conv_a: [['conv_a'], ['conv_b', 'conv_c']],
+        conv_b: [['conv_b', 'conv_c'], ['conv_e']],
+      },
+    );
   });
+
+  it('a squeeze-and-excitation gate and a decomposed HardSwish', async () => {
+    const m = smallModel(
+      [
+        conv('x', 'wa', 'a', 'conv_a'),
+        makeNode('HardSigmoid', ['a'], ['hs'], [], 'hsig'),
+        makeNode('Mul', ['a', 'hs'], ['h'], [], 'hswish'),
+        makeNode('GlobalAveragePool', ['h'], ['p'], [], 'gap'),
+        conv('p', 'wsq', 'q', 'squeeze', []),
+        makeNode('Relu', ['q'], ['rq'], [], 'relu_q'),
+        conv('rq', 'wex', 'e', 'excite', []),
+        makeNode('Sigmoid', ['e'], ['s'], [], 'gate'),
+        makeNode('Mul', ['h', 's'], ['t'], [], 'scale'),
+        conv('t', 'wd', 'y', 'conv_d'),
+      ],
+      [w('wa', [4, 3, 3, 3]), w('wsq', [2, 4, 1, 1]), w('wex', [4, 2, 1, 1]), w('wd', [2, 4, 3, 3])],
+      [1, 3, 6, 6],
+    );
+    await expectRefused(
+      m,
+      [1, 3, 6, 6],
+      { conv_d: /output layer/ },
+      {
+        conv_a: [
+          ['conv_a', 'excite'],
+          ['squeeze', 'conv_d'],
+        ],
+        squeeze: [['squeeze'], ['excite']],
+      },
+    );
+  });
+});
+
+describe('analyze: refused patterns', () => {
+  const r = rng(11);
+  const w = (name: string, dims: number[]) => randTensor(name, dims, r);
 
   it('mean/variance across channels (LayerNorm-like ReduceMean, Softmax over channels)', async () => {
     const m = smallModel(
@@ -350,7 +437,7 @@ describe('analyze: refused patterns', () => {
       conv_a: /reduces over the channel axis/,
       conv_b: /normalises across the channels/,
     });
-    // The usual LayerNorm decomposition reads its input twice (mean, then x − mean): refused as fan-out.
+    // The usual LayerNorm decomposition: the mean over the channels couples them.
     const ln = smallModel(
       [
         makeNode('Gemm', ['x', 'g1'], ['h'], [], 'fc1'),
@@ -361,7 +448,7 @@ describe('analyze: refused patterns', () => {
       [w('g1', [6, 5]), w('g2', [5, 2])],
       [2, 6],
     );
-    await expectRefused(ln, [2, 6], { fc1: /feeds 2 inputs/, fc2: /output layer/ });
+    await expectRefused(ln, [2, 6], { fc1: /reduces over the channel axis/, fc2: /output layer/ });
   });
 
   it('Transpose and Reshape that mix channels', async () => {

@@ -47,8 +47,8 @@ function setChannel(m: Model, weight: string, bias: string, c: number, w: (i: nu
   replaceInitializerData(m.graph!, bias, B.dims, B.data);
 }
 
-const finiteObjectives = (r: { units: { objective: number }[] }) =>
-  r.units.every((u) => Number.isFinite(u.objective) && u.objective >= -1e-9 && u.objective <= 1 + 1e-9);
+const finiteObjectives = (r: { groups: { objective: number }[] }) =>
+  r.groups.every((u) => Number.isFinite(u.objective) && u.objective >= -1e-9 && u.objective <= 1 + 1e-9);
 
 describe('awkward channels: always zero, duplicated, constant', () => {
   // conv1 (6 channels): channel 1 copies channel 0, channel 2 is a constant 0.7 after ReLU, channel 3 is always 0.
@@ -64,7 +64,7 @@ describe('awkward channels: always zero, duplicated, constant', () => {
     async (mode) => {
       const data = calib(512);
       const { model: pruned, report } = await prune(m, data, { budget: { keep: { '/conv1/Conv': 4 } }, mode });
-      const u = report.units[0]!;
+      const u = report.groups[0]!;
       expect(finiteObjectives(report)).toBe(true);
       expect(u.order).not.toContain(3);
       expect(u.order.filter((c) => c < 2)).toHaveLength(1);
@@ -77,7 +77,7 @@ describe('awkward channels: always zero, duplicated, constant', () => {
     const data = calib(512);
     const all = await prune(m, data, { budget: { keepRatio: 1 } });
     expect(finiteObjectives(all.report)).toBe(true);
-    const u = all.report.units[0]!;
+    const u = all.report.groups[0]!;
     expect(u.order.slice(4).sort()).toEqual([u.order.includes(0) && u.order.indexOf(0) < 4 ? 1 : 0, 3].sort());
     expect(relDiff(await outputs(all.model, data), await outputs(m, data))).toBeLessThan(1e-4);
   });
@@ -87,11 +87,11 @@ describe('activations of low rank', () => {
   it('fewer samples than a unit has columns: a re-fit is refused (it would be underdetermined), --no-refit works', async () => {
     const few = calib(128);
     await expect(prune(lenet, few, { budget: { compression: 2 } })).rejects.toThrow(
-      /unit \/conv2\/Conv: the 128 calibration samples give 128 rows of its consumer input, fewer than its d = 400 columns, so the least-squares re-fit is underdetermined .* give at least 400 distinct samples, or use --no-refit/,
+      /group \/conv2\/Conv: the 128 calibration samples give 128 rows of its consumer input, fewer than its d = 400 columns, so the least-squares re-fit is underdetermined .* give at least 400 distinct samples, or use --no-refit/,
     );
     const { model: pruned, report } = await prune(lenet, few, { budget: { compression: 2 }, refit: false });
     expect(finiteObjectives(report)).toBe(true);
-    expect(report.units.map((u) => u.id)).toEqual(['/conv1/Conv', '/conv2/Conv', '/fc1/Gemm', '/fc2/Gemm']);
+    expect(report.groups.map((u) => u.id)).toEqual(['/conv1/Conv', '/conv2/Conv', '/fc1/Gemm', '/fc2/Gemm']);
     expect((await outputs(pruned, few)).every(Number.isFinite)).toBe(true);
   });
 
@@ -115,7 +115,7 @@ describe('k from one channel to all', () => {
     expect(all.report.params.after).toBe(all.report.params.before);
     expect(relDiff(await outputs(all.model, data), await outputs(lenet, data))).toBeLessThan(1e-4);
     const one = await prune(lenet, data, { budget: { keepRatio: 1e-6 } });
-    expect(one.report.units.map((u) => u.kept)).toEqual([1, 1, 1, 1]);
+    expect(one.report.groups.map((u) => u.kept)).toEqual([1, 1, 1, 1]);
     expect(finiteObjectives(one.report)).toBe(true);
     expect((await outputs(one.model, data)).every(Number.isFinite)).toBe(true);
   });
@@ -140,12 +140,12 @@ describe('a float16 model', () => {
     expect(pruned.graph!.initializer.every((t) => t.dataType === DataType.FLOAT16)).toBe(true);
     expect(report.params.after).toBeLessThanOrEqual(report.params.before / 2);
     expect(report.fidelity.agreement).toBeGreaterThan(0.8);
-    const { units } = analyze(half, [1, 1, 28, 28]);
+    const { groups } = analyze(half, [1, 1, 28, 28]);
     for (const i of [0, 2]) {
       // a Conv consumer (g = 9) and a Gemm consumer
-      const u = units[i]!,
-        alone = await prune(half, data, { budget: { keep: { [u.id]: report.units[i]!.kept } } });
-      const claimed = alone.report.units[i]!.objective,
+      const u = groups[i]!,
+        alone = await prune(half, data, { budget: { keep: { [u.id]: report.groups[i]!.kept } } });
+      const claimed = alone.report.groups[i]!.objective,
         measured = await measuredObjective(half, alone.model, u, data);
       expect(Math.abs(claimed - measured), u.id).toBeLessThan(1e-2);
       expect(claimed, u.id).toBeGreaterThan(0.5);

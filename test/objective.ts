@@ -1,39 +1,76 @@
-// The oracle for a unit's reported objective: run the original and the pruned model in onnxruntime and compare the
-// consumer's outputs. consumer output − bias = B·W, so 1 − Σ‖Y′ − Y‖² / Σ‖Y − bias‖² is the objective the selection
-// claims (for a unit pruned alone, so that its consumer input is the one the selection saw).
+// The oracle for a group's reported objective: run the original and the pruned model in onnxruntime and compare each
+// consumer's outputs. The group's part of a consumer's output is Y − Y₀, Y₀ the output with the consumer's weights for
+// the group's channels zeroed (for a consumer that reads only the group's channels, Y₀ is its bias), so
+// 1 − Σ‖Y′ − Y‖² / Σ‖Y − Y₀‖² is the objective the selection claims for it (for a group pruned alone, so that its
+// consumers' inputs are the ones the selection saw); the group's objective is the mean over its consumers.
 import type { Model } from '../src/onnx/index.js';
-import { initializerMap, tensorToFloat32 } from '../src/onnx/index.js';
 import type { NpyFile } from '../src/npy.js';
-import type { Unit } from '../src/graph/types.js';
+import type { Group } from '../src/graph/types.js';
 import { Runner } from '../src/capture/index.js';
 import { batches } from '../src/calibration.js';
+import { withConsumerMatrix, zeroDroppedInputs } from './graph-helpers.js';
 
-export async function measuredObjective(orig: Model, pruned: Model, unit: Unit, calib: NpyFile): Promise<number> {
-  const out = unit.consumer.output[0]!,
-    bName = unit.consumer.input[2];
-  const bias = bName ? tensorToFloat32(initializerMap(orig.graph!).get(bName)!).data : undefined;
-  const a = await Runner.open(orig, [out]),
-    b = await Runner.open(pruned, [out]);
-  let err = 0,
-    norm = 0;
+/** Each consumer output of `model` over the calibration data, batch by batch. */
+async function outputsOf(model: Model, names: string[], calib: NpyFile): Promise<Map<string, Float32Array>[]> {
+  const run = await Runner.open(model, names);
   try {
-    for (const batch of batches(calib, 128)) {
-      const y = (await a.run(batch.data, batch.dims, [out])).get(out)!,
-        z = (await b.run(batch.data, batch.dims, [out])).get(out)!;
-      if (z.dims.join() !== y.dims.join()) throw new Error(`consumer output [${z.dims}] vs [${y.dims}]`);
-      const m = y.dims[1]!,
-        per = y.data.length / (y.dims[0]! * m); // Conv [N, m, h, w] and dense [N, m] alike
-      for (let i = 0; i < y.data.length; i++) {
-        const yb = y.data[i]! - (bias ? bias[Math.floor(i / per) % m]! : 0);
-        err += (z.data[i]! - y.data[i]!) ** 2;
-        norm += yb * yb;
-      }
+    const out: Map<string, Float32Array>[] = [];
+    for (const b of batches(calib, 128)) {
+      const got = await run.run(b.data, b.dims, names);
+      out.push(new Map(names.map((n) => [n, got.get(n)!.data.slice()])));
     }
+    return out;
   } finally {
-    await a.release();
-    await b.release();
+    await run.release();
   }
-  return 1 - err / norm;
+}
+
+export async function measuredObjectives(orig: Model, pruned: Model, group: Group, calib: NpyFile): Promise<number[]> {
+  const names = group.consumers.map((c) => c.node.output[0]!);
+  // every channel of the group dropped from every consumer: what the consumers' outputs are without the group
+  const zeroed = zeroDroppedInputs(orig, [{ group, keep: [] }]);
+  const [y, z, y0] = await Promise.all([orig, pruned, zeroed].map((m) => outputsOf(m, names, calib)));
+  return names.map((name) => {
+    let err = 0,
+      norm = 0;
+    y.forEach((batch, i) => {
+      const a = batch.get(name)!,
+        b = z[i]!.get(name)!,
+        c = y0[i]!.get(name)!;
+      if (a.length !== b.length) throw new Error(`consumer output ${name}: ${b.length} values vs ${a.length}`);
+      for (let j = 0; j < a.length; j++) {
+        err += (b[j]! - a[j]!) ** 2;
+        norm += (a[j]! - c[j]!) ** 2;
+      }
+    });
+    return 1 - err / norm;
+  });
+}
+
+/**
+ * Each consumer's objective as the selection defines it: the consumer alone computes B_S·W′ (the model otherwise as
+ * it was), measured against the original in onnxruntime. For a chain this is the pruned model's error; for a group
+ * with several consumers it separates each consumer's error from what its neighbours' re-fits change upstream.
+ */
+export async function consumerObjectives(
+  orig: Model,
+  group: Group,
+  keep: number[],
+  W: Float64Array[],
+  calib: NpyFile,
+): Promise<number[]> {
+  const out: number[] = [];
+  for (const [i, c] of group.consumers.entries()) {
+    const one = { ...group, consumers: [c] };
+    out.push((await measuredObjectives(orig, withConsumerMatrix(orig, c, keep, W[i]!), one, calib))[0]!);
+  }
+  return out;
+}
+
+/** The group's objective as the report gives it: the mean of its consumers'. */
+export async function measuredObjective(orig: Model, pruned: Model, group: Group, calib: NpyFile): Promise<number> {
+  const each = await measuredObjectives(orig, pruned, group, calib);
+  return each.reduce((a, b) => a + b, 0) / each.length;
 }
 
 /** ‖a − b‖ / ‖b‖. */

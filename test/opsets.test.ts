@@ -2,14 +2,15 @@ import { describe, it, expect, beforeAll } from 'vitest';
 import * as ort from 'onnxruntime-node';
 import { readModel, serializeModel, opsetVersion, type Model } from '../src/onnx/index.js';
 import { openNpy } from '../src/npy.js';
+import { chainView } from './graph-helpers.js';
 import { analyze, modelStats } from '../src/graph/analyze.js';
 import { prune, type PruneReport } from '../src/prune/index.js';
-import type { Unit } from '../src/graph/types.js';
+import type { Group } from '../src/graph/types.js';
 
 // Real exporter output at several opsets, end to end. test/fixtures/lenet-opset{9,11,17}.onnx are the bundled LeNet
 // (models/lenet.onnx's weights) exported by torch 1.13 at those opsets, lenet-opset21.onnx the opset-17 export with its
 // opset import raised to 21 (IR version 10) after checking that its ops mean the same; test/fixtures/make-opsets.py
-// makes them and explains how. Each must run in onnxruntime-node like models/lenet.onnx, have the same units, and
+// makes them and explains how. Each must run in onnxruntime-node like models/lenet.onnx, have the same groups, and
 // prune to the same channels: the weights are identical, so any difference would come from how subprune reads the
 // graph at that opset.
 
@@ -47,9 +48,12 @@ async function outputs(model: string | Model): Promise<{ dims: readonly number[]
   }
 }
 
-/** What a unit is, without its id (node names are the exporter's). */
-const shapeOf = (u: Unit) => ({
-  producer: u.producer.opType,
+/** What a group is, without its id (node names are the exporter's). */
+const shapeOf = (group: Group) => ({
+  ...((u) => ({ producer: u.producers[0]!.opType }))(group),
+  ...shapeRest(chainView(group)),
+});
+const shapeRest = (u: ReturnType<typeof chainView>) => ({
   channels: u.channels,
   g: u.g,
   d: u.d,
@@ -72,7 +76,7 @@ async function prune4(path: string): Promise<{ model: Model; report: PruneReport
 
 const ref = {} as {
   y: Float32Array;
-  units: Unit[];
+  groups: Group[];
   refused: number;
   pruned: Model;
   report: PruneReport;
@@ -82,13 +86,13 @@ const ref = {} as {
 beforeAll(async () => {
   ref.y = (await outputs('models/lenet.onnx')).data;
   const a = analyze(readModel('models/lenet.onnx'), SHAPE);
-  ref.units = a.units;
+  ref.groups = a.groups;
   ref.refused = a.refused.length;
   const { model, report } = await prune4('models/lenet.onnx');
   ref.pruned = model;
   ref.report = report;
   ref.yPruned = (await outputs(model)).data;
-  expect(ref.units.map((u) => u.id)).toEqual(['/conv1/Conv', '/conv2/Conv', '/fc1/Gemm', '/fc2/Gemm']); // fc3 is the output layer
+  expect(ref.groups.map((u) => u.id)).toEqual(['/conv1/Conv', '/conv2/Conv', '/fc1/Gemm', '/fc2/Gemm']); // fc3 is the output layer
 });
 
 describe.each(FIXTURES)('lenet exported at opset $opset', ({ opset, ir }) => {
@@ -104,10 +108,10 @@ describe.each(FIXTURES)('lenet exported at opset $opset', ({ opset, ir }) => {
     expect(relDiff(y.data, ref.y)).toBeLessThan(1e-4);
   });
 
-  it('analyze finds the units of lenet.onnx', () => {
-    const { units, refused } = analyze(readModel(path), SHAPE);
-    expect(units.map(shapeOf)).toEqual(ref.units.map(shapeOf));
-    expect(units.map((u) => [u.channels, u.g, u.consumer.opType])).toEqual([
+  it('analyze finds the groups of lenet.onnx', () => {
+    const { groups, refused } = analyze(readModel(path), SHAPE);
+    expect(groups.map(shapeOf)).toEqual(ref.groups.map(shapeOf));
+    expect(groups.map(chainView).map((u) => [u.channels, u.g, u.consumer.opType])).toEqual([
       [6, 9, 'Conv'],
       [16, 25, 'Gemm'],
       [120, 1, 'Gemm'],
@@ -118,12 +122,12 @@ describe.each(FIXTURES)('lenet exported at opset $opset', ({ opset, ir }) => {
 
   it('prune at compression 4: loads in onnxruntime, params match the report, same channels kept as for lenet.onnx', async () => {
     const { model, report } = await prune4(path);
-    expect(report.units.length).toBe(ref.report.units.length);
+    expect(report.groups.length).toBe(ref.report.groups.length);
     expect(modelStats(model, SHAPE).params).toBe(report.params.after);
     expect(report.params).toEqual(ref.report.params);
     expect(report.params.after).toBeLessThanOrEqual(report.params.before / 4);
-    report.units.forEach((u, i) => {
-      const r = ref.report.units[i]!;
+    report.groups.forEach((u, i) => {
+      const r = ref.report.groups[i]!;
       expect([u.channels, u.kept]).toEqual([r.channels, r.kept]);
       expect(u.order).toEqual(r.order);
       expect(Math.abs(u.objective - r.objective)).toBeLessThan(1e-6);

@@ -6,15 +6,13 @@ import { readModel, tensorToFloat32, initializerMap, replaceInitializerData, typ
 import { openNpy, encodeNpy, type NpyFile } from '../src/npy.js';
 import { prune, type Mode } from '../src/prune/index.js';
 import { analyze, modelStats } from '../src/graph/analyze.js';
-import { Runner } from '../src/capture/index.js';
-import { batches } from '../src/calibration.js';
-import type { Unit } from '../src/graph/types.js';
+import { measuredObjective } from './objective.js';
 import { serializeModel } from '../src/onnx/index.js';
 import * as ort from 'onnxruntime-node';
 
 // End to end on the bundled models, checked with onnxruntime: the pruned model runs, its parameter count is the
-// report's, and each unit's reported objective is the relative error of its consumer's input measured by running
-// the original and the pruned model (the consumer's output minus its bias is B·W).
+// report's, and each group's reported objective is the relative error of its consumers' inputs measured by running
+// the original and the pruned model (test/objective.ts).
 
 const MODELS = ['lenet', 'vgg', 'resnet20'].filter((m) => existsSync(`models/${m}.onnx`));
 // The larger models use the first 256 calibration inputs (a prune takes seconds each on 2 cores); VGG's last conv
@@ -27,32 +25,6 @@ const firstCalib = (() => {
   f.close();
   return path;
 })();
-
-/** Σ‖Y′ − Y‖² / Σ‖Y − bias‖² over the calibration data, Y = the consumer's output. */
-async function measuredObjective(orig: Model, pruned: Model, unit: Unit, calib: NpyFile): Promise<number> {
-  const out = unit.consumer.output[0];
-  const bName = unit.consumer.input[2];
-  const bias = bName ? tensorToFloat32(initializerMap(orig.graph!).get(bName)!).data : undefined;
-  const a = await Runner.open(orig, [out]),
-    b = await Runner.open(pruned, [out]);
-  let err = 0,
-    norm = 0;
-  for (const batch of batches(calib, 128)) {
-    const y = (await a.run(batch.data, batch.dims, [out])).get(out)!,
-      z = (await b.run(batch.data, batch.dims, [out])).get(out)!;
-    expect(z.dims).toEqual(y.dims);
-    const m = y.dims[1],
-      per = y.data.length / (y.dims[0] * m);
-    for (let i = 0; i < y.data.length; i++) {
-      const yb = y.data[i] - (bias ? bias[Math.floor(i / per) % m] : 0);
-      err += (z.data[i] - y.data[i]) ** 2;
-      norm += yb * yb;
-    }
-  }
-  await a.release();
-  await b.release();
-  return 1 - err / norm;
-}
 
 async function outputs(model: Model, calib: NpyFile): Promise<Float32Array> {
   const s = await ort.InferenceSession.create(serializeModel(model));
@@ -88,13 +60,13 @@ describe.each(MODELS)('%s end to end', (name) => {
     { timeout: 900_000 },
     async (c) => {
       const calib = openNpy(calibPath);
-      const { units } = analyze(model, shape);
+      const { groups } = analyze(model, shape);
       for (const mode of ['layerwise', 'sequential', 'asymmetric'] as Mode[]) {
         const steps: Model[] = []; // sequential modes: the model after each unit
         const { model: pruned, report } = await prune(model, calib, {
           budget: { compression: c },
           mode,
-          onUnitPruned: (_, m) => steps.push(m),
+          onGroupPruned: (_, m) => steps.push(m),
         });
         expect(modelStats(pruned, shape).params).toBe(report.params.after);
         expect(report.params.after).toBeLessThanOrEqual(report.params.before / c);
@@ -105,31 +77,31 @@ describe.each(MODELS)('%s end to end', (name) => {
         // one with that unit pruned. Layerwise: the last unit pruned alone. Sequential modes: every unit, from the run's
         // own steps; the target is the original model (asymmetric) or the model pruned up to the unit before (sequential).
         if (mode === 'layerwise') {
-          const i = units.length - 1;
-          const part = await prune(model, calib, { budget: { keep: { [units[i].id]: report.units[i].kept } }, mode });
-          expect(part.report.units[i].order).toEqual(report.units[i].order);
+          const i = groups.length - 1;
+          const part = await prune(model, calib, { budget: { keep: { [groups[i].id]: report.groups[i].kept } }, mode });
+          expect(part.report.groups[i].order).toEqual(report.groups[i].order);
           expect(
-            Math.abs(report.units[i].objective - (await measuredObjective(model, part.model, units[i], calib))),
+            Math.abs(report.groups[i].objective - (await measuredObjective(model, part.model, groups[i], calib))),
           ).toBeLessThan(1e-3);
         } else {
-          expect(steps.length).toBe(units.length);
-          for (let i = 0; i < units.length; i++) {
+          expect(steps.length).toBe(groups.length);
+          for (let i = 0; i < groups.length; i++) {
             const ref = mode === 'sequential' && i > 0 ? steps[i - 1] : model;
             expect(
-              Math.abs(report.units[i].objective - (await measuredObjective(ref, steps[i], units[i], calib))),
+              Math.abs(report.groups[i].objective - (await measuredObjective(ref, steps[i], groups[i], calib))),
             ).toBeLessThan(1e-3);
           }
         }
       }
       // Without re-fit (the consumer's weights only sliced): the last unit's objective, measured the same way
-      const i = units.length - 1;
+      const i = groups.length - 1;
       const { report } = await prune(model, calib, { budget: { compression: c }, refit: false });
       const part = await prune(model, calib, {
-        budget: { keep: { [units[i].id]: report.units[i].kept } },
+        budget: { keep: { [groups[i].id]: report.groups[i].kept } },
         refit: false,
       });
       expect(
-        Math.abs(report.units[i].objective - (await measuredObjective(model, part.model, units[i], calib))),
+        Math.abs(report.groups[i].objective - (await measuredObjective(model, part.model, groups[i], calib))),
       ).toBeLessThan(1e-3);
       calib.close();
     },
@@ -139,20 +111,21 @@ describe.each(MODELS)('%s end to end', (name) => {
 describe('lenet: a channel that is always zero', () => {
   it('is pruned first and changes nothing', async () => {
     const model = readModel('models/lenet.onnx');
-    const { units } = analyze(model, [1, 1, 28, 28]);
-    const u = units[0]; // conv1 → conv2
+    const { groups } = analyze(model, [1, 1, 28, 28]);
+    const u = groups[0]; // conv1 → conv2
     const inits = initializerMap(model.graph!);
-    const w = tensorToFloat32(inits.get(u.weight)!),
-      b = tensorToFloat32(inits.get(u.bias!)!);
+    const [weight, bias] = [u.producers[0]!.input[1]!, u.producers[0]!.input[2]!];
+    const w = tensorToFloat32(inits.get(weight)!),
+      b = tensorToFloat32(inits.get(bias)!);
     const per = w.data.length / u.channels,
       dead = 3;
     w.data.fill(0, dead * per, (dead + 1) * per);
     b.data[dead] = -1; // ReLU(−1) = 0 everywhere
-    replaceInitializerData(model.graph!, u.weight, w.dims, w.data);
-    replaceInitializerData(model.graph!, u.bias!, b.dims, b.data);
+    replaceInitializerData(model.graph!, weight, w.dims, w.data);
+    replaceInitializerData(model.graph!, bias, b.dims, b.data);
     const calib = openNpy(fullCalib);
     const { model: pruned, report } = await prune(model, calib, { budget: { keep: { [u.id]: u.channels - 1 } } });
-    expect(report.units[0].order.indexOf(dead)).toBe(-1);
+    expect(report.groups[0].order.indexOf(dead)).toBe(-1);
     expect(relDiff(await outputs(pruned, calib), await outputs(model, calib))).toBeLessThan(1e-4);
     calib.close();
   });

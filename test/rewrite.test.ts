@@ -16,8 +16,8 @@ import {
   type Model,
 } from '../src/onnx/index.js';
 import { analyze, consumerWeightMatrix, modelStats } from '../src/graph/analyze.js';
-import type { Unit } from '../src/graph/types.js';
-import { pruneUnits } from '../src/rewrite/index.js';
+import type { Consumer, Group } from '../src/graph/types.js';
+import { pruneGroups } from '../src/rewrite/index.js';
 import {
   chainModel,
   initializer,
@@ -32,58 +32,35 @@ import {
   smallModel,
   zeroAlong,
   zeroDroppedInputs,
+  withConsumerMatrix,
 } from './graph-helpers.js';
 
 const lenet = () => readModel('models/lenet.onnx');
 const LENET_IN = [4, 1, 28, 28];
 
-function byId(units: Unit[]): Record<string, Unit> {
-  return Object.fromEntries(units.map((u) => [u.id, u]));
+function byId(groups: Group[]): Record<string, Group> {
+  return Object.fromEntries(groups.map((u) => [u.id, u]));
 }
 
+/** A group's one consumer (LeNet's chains have one). */
+const sole = (g: Group): Consumer => g.consumers[0]!;
+
 /** Rows of W for the kept channels (each channel's g rows), as a fresh d'×m matrix. */
-function keptRows(W: Float64Array, unit: Unit, keep: number[]): Float64Array {
+function keptRows(W: Float64Array, unit: Consumer, keep: number[]): Float64Array {
   const { g, m } = unit;
   const out = new Float64Array(keep.length * g * m);
   keep.forEach((c, k) => out.set(W.subarray(c * g * m, (c + 1) * g * m), k * g * m));
   return out;
 }
 
-/**
- * Put a (keep·g)×m matrix into the original consumer weight of a copy of `model` (zeros for dropped channels), in the
- * consumer's own layout written out here from the ONNX definitions: Conv w[o][c][i][j] = W[c·kh·kw + i·kw + j][o];
- * Gemm transB=1 w[o][r] = W[r][o]; transB=0 / MatMul w[r][o] = W[r][o].
- */
-function withConsumerMatrix(model: Model, unit: Unit, keep: number[], W: Float64Array): Model {
-  const ref = clone(ModelProtoSchema, model);
-  const t = initializer(ref, unit.consumerWeight);
-  const { dims } = tensorToFloat32(t);
-  const { g, m } = unit;
-  const full = new Float32Array(dims.reduce((a, b) => a * b, 1));
-  const transB = unit.consumer.attribute.find((a) => a.name === 'transB')?.i === 1n;
-  keep.forEach((c, k) => {
-    for (let j = 0; j < g; j++)
-      for (let o = 0; o < m; o++) {
-        const v = W[(k * g + j) * m + o]!;
-        const r = c * g + j; // row of the original d×m matrix
-        if (unit.consumer.opType === 'Conv')
-          full[o * dims[1]! * g + r] = v; // [m, n, kh, kw]: o-th block of n·kh·kw
-        else if (transB) full[o * unit.d + r] = v;
-        else full[r * m + o] = v;
-      }
-  });
-  ref.graph!.initializer[ref.graph!.initializer.indexOf(t)] = float32Tensor(t.name, dims, full);
-  return ref;
-}
-
-describe('pruneUnits: LeNet', () => {
+describe('pruneGroups: LeNet', () => {
   it('keeping every channel reproduces the original outputs', async () => {
     const m = lenet();
-    const { units } = analyze(m);
+    const { groups } = analyze(m);
     const snapshot = clone(ModelProtoSchema, m);
-    const pruned = pruneUnits(
+    const pruned = pruneGroups(
       m,
-      units.map((unit) => ({ unit, keep: Array.from({ length: unit.channels }, (_, i) => i) })),
+      groups.map((unit) => ({ group: unit, keep: Array.from({ length: unit.channels }, (_, i) => i) })),
     );
     expect(equals(ModelProtoSchema, m, snapshot)).toBe(true); // input untouched
     const x = randInput(LENET_IN, 1);
@@ -94,14 +71,14 @@ describe('pruneUnits: LeNet', () => {
 
   it('random channels: runs, has the expected dims and parameter count, equals the original with those inputs dropped', async () => {
     const m = lenet();
-    const { units } = analyze(m);
+    const { groups } = analyze(m);
     const r = rng(21);
-    const plans = units.map((unit) => ({
-      unit,
+    const plans = groups.map((unit) => ({
+      group: unit,
       keep: randomKeep(unit.channels, 1 + Math.floor(r() * unit.channels), r),
     }));
     const [k1, k2, k3, k4] = plans.map((p) => p.keep.length) as [number, number, number, number];
-    const pruned = pruneUnits(m, plans);
+    const pruned = pruneGroups(m, plans);
     const dims = Object.fromEntries(pruned.graph!.initializer.map((t) => [t.name, tensorDims(t)]));
     expect(dims).toEqual({
       'conv1.weight': [k1, 1, 3, 3],
@@ -126,26 +103,32 @@ describe('pruneUnits: LeNet', () => {
 
   it('W from consumerWeightMatrix equals slicing, for Conv and Gemm consumers', async () => {
     const m = lenet();
-    const { units } = analyze(m);
+    const { groups } = analyze(m);
     const r = rng(3);
-    const plans = units.map((unit) => ({ unit, keep: randomKeep(unit.channels, Math.ceil(unit.channels / 3), r) }));
-    const refit = plans.map((p) => ({ ...p, W: keptRows(consumerWeightMatrix(m, p.unit), p.unit, p.keep) }));
+    const plans = groups.map((unit) => ({
+      group: unit,
+      keep: randomKeep(unit.channels, Math.ceil(unit.channels / 3), r),
+    }));
+    const refit = plans.map((p) => ({
+      ...p,
+      W: [keptRows(consumerWeightMatrix(m, sole(p.group)), sole(p.group), p.keep)],
+    }));
     const x = randInput(LENET_IN, 3);
-    const [a, b] = [await run1(pruneUnits(m, plans), x), await run1(pruneUnits(m, refit), x)];
+    const [a, b] = [await run1(pruneGroups(m, plans), x), await run1(pruneGroups(m, refit), x)];
     expect(maxAbsDiff(a.data, b.data)).toBeLessThan(1e-6);
   });
 
   it('a new W lands in the consumer layout (Conv consumer, and fc1 as consumer of conv2 and producer of its own unit)', async () => {
     const m = lenet();
-    const u = byId(analyze(m).units);
+    const u = byId(analyze(m).groups);
     const r = rng(4);
     const x = randInput(LENET_IN, 4);
     // conv1 → conv2 with a random W.
     const c1 = u['/conv1/Conv']!;
     const keep1 = [0, 2, 3, 5];
-    const W1 = Float64Array.from(randn(keep1.length * c1.g * c1.m, r, 0.2));
-    const got1 = await run1(pruneUnits(m, [{ unit: c1, keep: keep1, W: W1 }]), x);
-    const ref1 = await run1(withConsumerMatrix(m, c1, keep1, W1), x);
+    const W1 = Float64Array.from(randn(keep1.length * sole(c1).g * sole(c1).m, r, 0.2));
+    const got1 = await run1(pruneGroups(m, [{ group: c1, keep: keep1, W: [W1] }]), x);
+    const ref1 = await run1(withConsumerMatrix(m, sole(c1), keep1, W1), x);
     expect(maxAbsDiff(got1.data, ref1.data)).toBeLessThan(1e-5);
 
     // conv2 → fc1 with a new W (all 120 fc1 outputs), and fc1 → fc2 pruned in the same call: W's columns get sliced.
@@ -155,38 +138,29 @@ describe('pruneUnits: LeNet', () => {
       keep3 = randomKeep(120, 50, r);
     const W2 = Float64Array.from(randn(keep2.length * 25 * 120, r, 0.05));
     const plans = [
-      { unit: c2, keep: keep2, W: W2 },
-      { unit: f1, keep: keep3 },
+      { group: c2, keep: keep2, W: [W2] },
+      { group: f1, keep: keep3 },
     ];
-    const got2 = await run1(pruneUnits(m, plans), x);
-    const ref2 = await run1(zeroDroppedInputs(withConsumerMatrix(m, c2, keep2, W2), [{ unit: f1, keep: keep3 }]), x);
-    expect(maxAbsDiff(got2.data, ref2.data)).toBeLessThan(1e-5);
-    expect(tensorDims(initializer(pruneUnits(m, plans), 'fc1.weight'))).toEqual([50, 7 * 25]);
-    // The same W with only fc1's kept columns is accepted too.
-    const W2cols = new Float64Array(keep2.length * 25 * keep3.length);
-    for (let row = 0; row < keep2.length * 25; row++)
-      keep3.forEach((o, j) => (W2cols[row * keep3.length + j] = W2[row * 120 + o]!));
-    const got3 = await run1(
-      pruneUnits(m, [
-        { unit: c2, keep: keep2, W: W2cols },
-        { unit: f1, keep: keep3 },
-      ]),
+    const got2 = await run1(pruneGroups(m, plans), x);
+    const ref2 = await run1(
+      zeroDroppedInputs(withConsumerMatrix(m, sole(c2), keep2, W2), [{ group: f1, keep: keep3 }]),
       x,
     );
-    expect(maxAbsDiff(got3.data, got2.data)).toBeLessThan(1e-6);
+    expect(maxAbsDiff(got2.data, ref2.data)).toBeLessThan(1e-5);
+    expect(tensorDims(initializer(pruneGroups(m, plans), 'fc1.weight'))).toEqual([50, 7 * 25]);
   });
 
   it('rejects bad plans', () => {
     const m = lenet();
-    const [u] = analyze(m).units;
+    const [u] = analyze(m).groups;
     for (const keep of [[], [2, 1], [0, 0], [6], [-1]]) {
-      expect(() => pruneUnits(m, [{ unit: u!, keep }])).toThrow(SubpruneError);
+      expect(() => pruneGroups(m, [{ group: u!, keep }])).toThrow(SubpruneError);
     }
-    expect(() => pruneUnits(m, [{ unit: u!, keep: [0, 1], W: new Float64Array(5) }])).toThrow(/W has 5 values/);
+    expect(() => pruneGroups(m, [{ group: u!, keep: [0, 1], W: [new Float64Array(5)] }])).toThrow(/W has 5 values/);
     expect(() =>
-      pruneUnits(m, [
-        { unit: u!, keep: [0] },
-        { unit: u!, keep: [1] },
+      pruneGroups(m, [
+        { group: u!, keep: [0] },
+        { group: u!, keep: [1] },
       ]),
     ).toThrow(/twice/);
   });
@@ -195,15 +169,15 @@ describe('pruneUnits: LeNet', () => {
     const m = lenet();
     for (const t of m.graph!.initializer)
       m.graph!.input.push(makeTensorValueInfo(t.name, DataType.FLOAT, tensorDims(t)));
-    const { units } = analyze(m);
-    const plans = units.map((unit) => ({ unit, keep: [0, 1, 2] }));
-    const got = await run1(pruneUnits(m, plans), randInput(LENET_IN, 5));
+    const { groups } = analyze(m);
+    const plans = groups.map((unit) => ({ group: unit, keep: [0, 1, 2] }));
+    const got = await run1(pruneGroups(m, plans), randInput(LENET_IN, 5));
     const ref = await run1(zeroDroppedInputs(m, plans), randInput(LENET_IN, 5));
     expect(maxAbsDiff(got.data, ref.data)).toBeLessThan(1e-5);
   });
 });
 
-describe('pruneUnits: the per-op table', () => {
+describe('pruneGroups: the per-op table', () => {
   it('slices BN, PRelu, Mul (Constant node), MatMul bias; edits the Reshape constant; Gemm transB 0/1 and MatMul', async () => {
     const m = chainModel();
     // Stale shapes in value_info would make onnxruntime reject the pruned model; they must be dropped.
@@ -213,21 +187,21 @@ describe('pruneUnits: the per-op table', () => {
       makeTensorValueInfo('t9', DataType.FLOAT, [N, 20]),
       makeTensorValueInfo('t15', DataType.FLOAT, [N, 5]),
     );
-    const { units } = analyze(m);
+    const { groups } = analyze(m);
     const x = randInput([3, 3, 8, 8], 6);
-    const all = pruneUnits(
+    const all = pruneGroups(
       m,
-      units.map((unit) => ({ unit, keep: Array.from({ length: unit.channels }, (_, i) => i) })),
+      groups.map((unit) => ({ group: unit, keep: Array.from({ length: unit.channels }, (_, i) => i) })),
     );
     expect(maxAbsDiff((await run1(all, x)).data, (await run1(m, x)).data)).toBeLessThan(1e-6);
 
     const r = rng(8);
     for (let trial = 0; trial < 5; trial++) {
-      const plans = units.map((unit) => ({
-        unit,
+      const plans = groups.map((unit) => ({
+        group: unit,
         keep: randomKeep(unit.channels, 1 + Math.floor(r() * unit.channels), r),
       }));
-      const pruned = pruneUnits(m, plans);
+      const pruned = pruneGroups(m, plans);
       const got = await run1(pruned, x);
       const ref = await run1(zeroDroppedInputs(m, plans), x);
       expect(got.dims).toEqual([3, 3]);
@@ -238,15 +212,15 @@ describe('pruneUnits: the per-op table', () => {
 
   it('a random W lands in the Gemm transB=0 and MatMul layouts', async () => {
     const m = chainModel();
-    const u = byId(analyze(m).units);
+    const u = byId(analyze(m).groups);
     const r = rng(10);
     const x = randInput([2, 3, 8, 8], 7);
     for (const id of ['conv2', 'gemm1', 'matmul', 'gemm2']) {
       const unit = u[id]!;
       const keep = randomKeep(unit.channels, Math.max(1, unit.channels - 2), r);
-      const W = Float64Array.from(randn(keep.length * unit.g * unit.m, r, 0.3));
-      const got = await run1(pruneUnits(m, [{ unit, keep, W }]), x);
-      const ref = await run1(withConsumerMatrix(m, unit, keep, W), x);
+      const W = Float64Array.from(randn(keep.length * sole(unit).g * sole(unit).m, r, 0.3));
+      const got = await run1(pruneGroups(m, [{ group: unit, keep, W: [W] }]), x);
+      const ref = await run1(withConsumerMatrix(m, sole(unit), keep, W), x);
       expect(maxAbsDiff(got.data, ref.data), id).toBeLessThan(1e-5);
     }
   });
@@ -284,11 +258,11 @@ describe('pruneUnits: the per-op table', () => {
       [convModel, [0, 1, 3], [2, 3, 6, 6]],
       [denseModel, [0, 2, 3], [3, 6]],
     ] as const) {
-      const [unit] = analyze(model).units;
+      const [unit] = analyze(model).groups;
       const x = randInput([...dims], 13);
       const before = await run1(model, x);
       expect(maxAbs(before.data)).toBeGreaterThan(0);
-      const after = await run1(pruneUnits(model, [{ unit: unit!, keep: [...keep] }]), x);
+      const after = await run1(pruneGroups(model, [{ group: unit!, keep: [...keep] }]), x);
       expect(maxAbsDiff(before.data, after.data)).toBeLessThan(1e-6);
     }
   });
@@ -307,10 +281,10 @@ describe('pruneUnits: the per-op table', () => {
       [h('w1', [8, 6]), h('b1', [8]), h('w2', [8, 3])],
       [2, 6],
     );
-    const [unit] = analyze(m).units;
+    const [unit] = analyze(m).groups;
     expect(unit!.id).toBe('fc1');
     const keep = [0, 3, 4, 7];
-    const pruned = pruneUnits(m, [{ unit: unit!, keep }]);
+    const pruned = pruneGroups(m, [{ group: unit!, keep }]);
     for (const name of ['w1', 'b1', 'w2']) expect(initializer(pruned, name).dataType).toBe(DataType.FLOAT16);
     expect(tensorDims(initializer(pruned, 'w1'))).toEqual([4, 6]);
     // float16 → float32 → float16 is exact, so the kept weights are bit-identical.
@@ -320,7 +294,7 @@ describe('pruneUnits: the per-op table', () => {
     );
     const x = randInput([2, 6], 15);
     const got = await run1(pruned, x);
-    const ref = await run1(zeroDroppedInputs(m, [{ unit: unit!, keep }]), x);
+    const ref = await run1(zeroDroppedInputs(m, [{ group: unit!, keep }]), x);
     expect(maxAbsDiff(got.data, ref.data)).toBeLessThan(1e-2);
     expect(serializeModel(pruned).length).toBeLessThan(serializeModel(m).length);
   });

@@ -21,12 +21,13 @@ import { capturePasses } from '../src/capture/index.js';
 import { gramBytes } from '../src/kernels/gram.js';
 import { captureGrams } from '../src/capture/index.js';
 import { chainModel, randInput, randTensor, rng, smallModel } from './graph-helpers.js';
-import { measuredObjective } from './objective.js';
+import { consumerObjectives, measuredObjective, measuredObjectives } from './objective.js';
+import { planOf, rankGroup } from '../src/prune/rank.js';
 
 // Structure subprune does not understand is left alone and reported, never guessed at. The refused patterns of the
 // per-op table (residual Add, Concat, grouped and depthwise convs, fan-out, LayerNorm-like normalisation, channel-
 // mixing Reshape/Transpose, shared weights, MatMul W·X) are in test/graph.test.ts ('analyze: refused patterns'), each
-// with the units it does find pruned against an onnxruntime reference; here: what the op table cannot see (opsets, op
+// with the groups it does find pruned against an onnxruntime reference; here: what the op table cannot see (opsets, op
 // domains, data types, sizes, cycles), and whole prune() runs on tricky models, and two at once, against onnxruntime.
 
 const r = rng(21);
@@ -53,7 +54,7 @@ function badInput(fn: () => unknown, message: RegExp): void {
 describe('what the op table cannot see', () => {
   it(`opsets ${OPSETS.min} to ${OPSETS.max} are analysed, others refused; onnxruntime loads ${OPSETS.max} and not ${OPSETS.max + 1}`, async () => {
     const at = (opset: number) => smallModel([makeNode('Relu', ['x'], ['y'])], [], [1, 2], opset);
-    for (const v of [OPSETS.min, 13, OPSETS.max]) expect(analyze(at(v)).units).toEqual([]);
+    for (const v of [OPSETS.min, 13, OPSETS.max]) expect(analyze(at(v)).groups).toEqual([]);
     badInput(
       () => analyze(at(OPSETS.max + 1)),
       new RegExp(`opset ${OPSETS.max + 1}; subprune supports opsets ${OPSETS.min} to ${OPSETS.max}`),
@@ -78,8 +79,8 @@ describe('what the op table cannot see', () => {
       [w('wa', [4, 3, 3, 3]), w('wb', [4, 4, 3, 3]), w('wc', [2, 4, 1, 1])],
       [1, 3, 6, 6],
     );
-    const { units, refused } = analyze(m);
-    expect(units).toEqual([]);
+    const { groups, refused } = analyze(m);
+    expect(groups).toEqual([]);
     expect(refused).toEqual([
       {
         node: 'conv_a',
@@ -157,13 +158,13 @@ describe('prune() on tricky models, against onnxruntime', () => {
   it("the per-op chain (BN, PRelu, constants, pools, Reshape, Gemm transB 0 and 1, MatMul X·W): each unit's objective is what onnxruntime measures", async () => {
     const m = chainModel(),
       calib = randomCalib([64, 3, 8, 8], 5);
-    const { units } = analyze(clone(ModelProtoSchema, m), [1, 3, 8, 8]);
-    expect(units.map((u) => u.id)).toEqual(['conv1', 'conv2', 'gemm1', 'matmul', 'gemm2']);
+    const { groups } = analyze(clone(ModelProtoSchema, m), [1, 3, 8, 8]);
+    expect(groups.map((u) => u.id)).toEqual(['conv1', 'conv2', 'gemm1', 'matmul', 'gemm2']);
     for (const mode of ['layerwise', 'asymmetric'] as const) {
-      for (const u of units) {
+      for (const u of groups) {
         const k = Math.ceil(u.channels / 2);
         const { model: pruned, report } = await prune(m, calib, { budget: { keep: { [u.id]: k } }, mode });
-        const claimed = report.units.find((x) => x.id === u.id)!;
+        const claimed = report.groups.find((x) => x.id === u.id)!;
         expect(claimed.kept).toBe(k);
         expect(
           Math.abs(claimed.objective - (await measuredObjective(m, pruned, u, calib))),
@@ -173,29 +174,60 @@ describe('prune() on tricky models, against onnxruntime', () => {
     }
   });
 
-  it('a residual block: refused producers stay byte-identical, the unit after it is pruned and measured', async () => {
+  it('a residual block: the stream is one group; each group pruned alone has the objective onnxruntime measures, for every consumer', async () => {
     const m = smallModel(
       [
         conv('x', 'wa', 'a', 'conv_a'),
         makeNode('Relu', ['a'], ['ra'], [], 'relu_a'),
-        conv('ra', 'wb', 'b', 'conv_b'),
+        conv('ra', 'wb1', 'b1', 'conv_b1'),
+        makeNode('Relu', ['b1'], ['rb1'], [], 'relu_b1'),
+        conv('rb1', 'wb2', 'b', 'conv_b2'),
         makeNode('Add', ['b', 'ra'], ['s'], [], 'add'),
         makeNode('Relu', ['s'], ['rs'], [], 'relu_s'),
         conv('rs', 'wc', 'c', 'conv_c'),
         makeNode('Relu', ['c'], ['rc'], [], 'relu_c'),
         makeNode('Conv', ['rc', 'wd'], ['y'], [], 'conv_d'),
       ],
-      [w('wa', [4, 3, 3, 3]), w('wb', [4, 4, 3, 3]), w('wc', [6, 4, 3, 3]), w('wd', [2, 6, 1, 1])],
+      [
+        w('wa', [4, 3, 3, 3]),
+        w('wb1', [5, 4, 3, 3]),
+        w('wb2', [4, 5, 3, 3]),
+        w('wc', [6, 4, 3, 3]),
+        w('wd', [2, 6, 1, 1]),
+      ],
       ['N', 3, 6, 6],
     );
-    const calib = randomCalib([32, 3, 6, 6], 6);
-    const { model: pruned, report } = await prune(m, calib, { budget: { keepRatio: 0.5 } });
-    expect(report.refused.map((x) => x.node)).toEqual(['conv_a', 'conv_b', 'conv_d']);
-    expect(report.units.map((u) => [u.id, u.kept])).toEqual([['conv_c', 3]]);
-    const bytes = (model: Model, name: string) => model.graph!.initializer.find((t) => t.name === name)!.rawData;
-    for (const name of ['wa', 'wb']) expect(bytes(pruned, name)).toEqual(bytes(m, name));
-    const unit = analyze(clone(ModelProtoSchema, m), [1, 3, 6, 6]).units[0]!;
-    expect(Math.abs(report.units[0]!.objective - (await measuredObjective(m, pruned, unit, calib)))).toBeLessThan(1e-4);
+    const calib = randomCalib([64, 3, 6, 6], 6);
+    const groups = analyze(clone(ModelProtoSchema, m), [1, 3, 6, 6]).groups;
+    expect(groups.map((g) => [g.id, g.producers.map((p) => p.name), g.consumers.map((c) => c.node.name)])).toEqual([
+      ['conv_a', ['conv_a', 'conv_b2'], ['conv_b1', 'conv_c']],
+      ['conv_b1', ['conv_b1'], ['conv_b2']],
+      ['conv_c', ['conv_c'], ['conv_d']],
+    ]);
+    const { report } = await prune(m, calib, { budget: { keepRatio: 0.5 } });
+    expect(report.refused.map((x) => x.node)).toEqual(['conv_d']);
+    expect(report.groups.map((u) => [u.id, u.kept])).toEqual([
+      ['conv_a', 2],
+      ['conv_b1', 3],
+      ['conv_c', 3],
+    ]);
+    // each consumer's objective: what onnxruntime measures with that consumer's re-fitted weights in place
+    const grams = await captureGrams(m, groups, calib);
+    for (const [i, g] of groups.entries()) {
+      const k = report.groups[i]!.kept,
+        r = rankGroup(m, g, grams.get(g.id)!, {}, k),
+        plan = planOf(r, k, true);
+      const each = await consumerObjectives(m, g, plan.keep, plan.W!, calib);
+      expect(report.groups[i]!.consumers.map((c) => c.node)).toEqual(g.consumers.map((c) => c.node.name));
+      report.groups[i]!.consumers.forEach((c, j) =>
+        expect(Math.abs(c.objective - each[j]!), `${g.id} ${c.node}`).toBeLessThan(1e-4),
+      );
+      expect(report.groups[i]!.objective).toBeCloseTo(each.reduce((a, b) => a + b, 0) / each.length, 4);
+    }
+    // a group pruned alone whose first consumer reads only it: the pruned model itself measures that consumer's error
+    const alone = await prune(m, calib, { budget: { keep: { conv_a: 2 } } });
+    const first = (await measuredObjectives(m, alone.model, groups[0]!, calib))[0]!;
+    expect(Math.abs(alone.report.groups[0]!.consumers[0]!.objective - first)).toBeLessThan(1e-4);
   });
 });
 
@@ -213,7 +245,7 @@ describe('prune() calls at the same time', () => {
     a.close();
     b.close();
     const summary = (r: Awaited<ReturnType<typeof prune>>) => [
-      r.report.units.map((u) => [u.order, u.objective]),
+      r.report.groups.map((u) => [u.order, u.objective]),
       r.report.fidelity.relError,
     ];
     expect(together.map(summary)).toEqual(alone.map(summary));
@@ -221,8 +253,8 @@ describe('prune() calls at the same time', () => {
 });
 
 describe("captures larger than the kernels' 4 GiB", () => {
-  it('are split into passes that each fit, before anything is allocated; a unit that cannot fit alone is refused', () => {
-    const u = (id: string, d: number) => ({ id, d });
+  it('are split into passes that each fit, before anything is allocated; a group that cannot fit alone is refused', () => {
+    const u = (id: string, d: number) => ({ id, consumers: [{ d }] });
     const five = ['a', 'b', 'c', 'd', 'e'].map((id) => u(id, 1000));
     expect(capturePasses(five, false).map((p) => p.length)).toEqual([5]);
     expect(capturePasses(five, false, 2.5 * gramBytes(1000)).map((p) => p.map((x) => x.id))).toEqual([
@@ -234,25 +266,25 @@ describe("captures larger than the kernels' 4 GiB", () => {
     // d = 14 000: G alone (1.6 GB) fits; G, C and H of the asymmetric objective (4.7 GB) do not
     badInput(
       () => capturePasses([u('big', 14000)], true),
-      /capturing unit big needs 4\.\d\d GiB of kernel memory for its Gram matrices \(d = 14000\); WebAssembly allows 4 GiB/,
+      /capturing group big needs 4\.\d\d GiB of kernel memory for its Gram matrices \(d = 14000\); WebAssembly allows 4 GiB/,
     );
   });
 
   it('in several passes give the Gram matrices of one pass', async () => {
     const lenet = readModel('models/lenet.onnx'),
       calib = openNpy('models/calib.npy');
-    const { units } = analyze(lenet, [1, 1, 28, 28]);
-    const one = await captureGrams(lenet, units, calib);
+    const { groups } = analyze(lenet, [1, 1, 28, 28]);
+    const one = await captureGrams(lenet, groups, calib);
     let last: number[] = [];
-    const split = await captureGrams(lenet, units, calib, {
+    const split = await captureGrams(lenet, groups, calib, {
       passBytes: 1,
       onBatch: (d, n) => {
         last = [d, n];
       },
     }); // a pass per unit
     calib.close();
-    expect(last).toEqual([units.length * calib.rows, units.length * calib.rows]);
-    for (const x of units) expect(split.get(x.id)!.G).toEqual(one.get(x.id)!.G);
-    expect(units.length).toBeGreaterThan(1);
+    expect(last).toEqual([groups.length * calib.rows, groups.length * calib.rows]);
+    for (const x of groups) expect(split.get(x.id)!.G).toEqual(one.get(x.id)!.G);
+    expect(groups.length).toBeGreaterThan(1);
   });
 });

@@ -84,13 +84,13 @@ async function check(out: string): Promise<void> {
   const res = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as StudyResult;
   // greedy: 2 re-fit × 3 allocations × 2 modes; weight-norm: 2 re-fit × 2 allocations (uniform, sensitivity), layerwise
   expect(res.rows.length).toBe((12 + 4) * 2);
-  // 1000× is beyond LeNet's reach (every unit at one channel leaves the output layer and more): left out, and said
+  // 1000× is beyond LeNet's reach (every group at one channel leaves the output layer and more): left out, and said
   expect(res.compressions).toEqual([4, 16]);
   expect(res.unreachable.compressions).toEqual([1000]);
   expect(res.unreachable.max).toBeGreaterThan(16);
   expect(res.unreachable.max).toBeLessThan(1000);
   expect(readFileSync(join(out, 'table.md'), 'utf8')).toContain(
-    `Not run: 1000×, beyond this model's reach (every unit at one channel gives ${res.unreachable.max.toFixed(1)}×`,
+    `Not run: 1000×, beyond this model's reach (every group at one channel gives ${res.unreachable.max.toFixed(1)}×`,
   );
   const full = modelStats(readModel('models/lenet.onnx'), [1, 1, 28, 28]).params;
   for (const r of res.rows) expect(r.params).toBeLessThanOrEqual(full / r.compression);

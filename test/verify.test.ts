@@ -26,8 +26,8 @@ vi.mock('../src/rewrite/index.js', async (importOriginal) => {
   const real = await importOriginal<typeof import('../src/rewrite/index.js')>();
   return {
     ...real,
-    pruneUnits: (...a: Parameters<typeof real.pruneUnits>) => {
-      const out = real.pruneUnits(...a);
+    pruneGroups: (...a: Parameters<typeof real.pruneGroups>) => {
+      const out = real.pruneGroups(...a);
       if (broken.on) setFloat(out, 'fc3.bias', 0, NaN);
       return out;
     },

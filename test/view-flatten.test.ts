@@ -18,7 +18,7 @@ import { encodeNpy, npyFromBytes, openNpy, type NpyFile } from '../src/npy.js';
 import { analyze, modelStats } from '../src/graph/analyze.js';
 import { inferShapes } from '../src/graph/shapes.js';
 import { prune, type Mode } from '../src/prune/index.js';
-import { randInput, randTensor, rng, run1, smallModel } from './graph-helpers.js';
+import { chainView, randInput, randTensor, rng, run1, smallModel } from './graph-helpers.js';
 import { measuredObjective } from './objective.js';
 import { runCli } from './cli-helpers.js';
 
@@ -103,16 +103,16 @@ function shapeSubgraph(m: Model): Uint8Array[] {
  * run's own steps, against the original model).
  */
 async function checkPrune(m: Model, calib: NpyFile, alone: string, shape: number[], tol: number): Promise<Model[]> {
-  const { units } = analyze(clone(ModelProtoSchema, m), shape);
+  const { groups } = analyze(clone(ModelProtoSchema, m), shape);
   const out: Model[] = [];
   for (const mode of ['layerwise', 'asymmetric'] as Mode[]) {
     const steps: Model[] = [];
     const { model: pruned, report } = await prune(m, calib, {
       budget: { keepRatio: 0.5 },
       mode,
-      onUnitPruned: (_, s) => steps.push(s),
+      onGroupPruned: (_, s) => steps.push(s),
     });
-    expect(report.units.map((u) => [u.id, u.kept])).toEqual(units.map((u) => [u.id, Math.round(u.channels / 2)]));
+    expect(report.groups.map((u) => [u.id, u.kept])).toEqual(groups.map((u) => [u.id, Math.round(u.channels / 2)]));
     expect(modelStats(pruned, shape).params).toBe(report.params.after);
     expect(report.params.after).toBeLessThan(report.params.before);
     for (const batch of [1, 5]) {
@@ -122,19 +122,19 @@ async function checkPrune(m: Model, calib: NpyFile, alone: string, shape: number
       expect(y.data.every(Number.isFinite)).toBe(true);
     }
     if (mode === 'layerwise') {
-      const i = units.findIndex((u) => u.id === alone);
-      const part = await prune(m, calib, { budget: { keep: { [alone]: report.units[i]!.kept } }, mode });
-      expect(part.report.units[i]!.order).toEqual(report.units[i]!.order);
+      const i = groups.findIndex((u) => u.id === alone);
+      const part = await prune(m, calib, { budget: { keep: { [alone]: report.groups[i]!.kept } }, mode });
+      expect(part.report.groups[i]!.order).toEqual(report.groups[i]!.order);
       expect(
-        Math.abs(report.units[i]!.objective - (await measuredObjective(m, part.model, units[i]!, calib))),
+        Math.abs(report.groups[i]!.objective - (await measuredObjective(m, part.model, groups[i]!, calib))),
         alone,
       ).toBeLessThan(tol);
     } else {
-      expect(steps.length).toBe(units.length);
-      for (let i = 0; i < units.length; i++) {
+      expect(steps.length).toBe(groups.length);
+      for (let i = 0; i < groups.length; i++) {
         expect(
-          Math.abs(report.units[i]!.objective - (await measuredObjective(m, steps[i]!, units[i]!, calib))),
-          `asymmetric ${units[i]!.id}`,
+          Math.abs(report.groups[i]!.objective - (await measuredObjective(m, steps[i]!, groups[i]!, calib))),
+          `asymmetric ${groups[i]!.id}`,
         ).toBeLessThan(tol);
       }
     }
@@ -147,12 +147,16 @@ describe.each([11, 13] as const)('x.view(x.size(0), -1) at opset %i', (opset) =>
   it('analyze follows the conv through the view into the Gemm, and infers its shape', () => {
     const m = viewModel({ opset });
     expect(inferShapes(m, [3, 2, 4, 4]).get('f')).toEqual([3, 64]);
-    const { units, refused } = analyze(m, [1, 2, 4, 4]);
-    expect(units.map((u) => [u.id, u.consumer.name, u.channels, u.g, u.d, u.m, u.chain.map((n) => n.opType)])).toEqual([
+    const { groups, refused } = analyze(m, [1, 2, 4, 4]);
+    expect(
+      groups
+        .map(chainView)
+        .map((u) => [u.id, u.consumer.name, u.channels, u.g, u.d, u.m, u.chain.map((n) => n.opType)]),
+    ).toEqual([
       ['conv', 'fc1', 4, 16, 64, 6, ['Relu', 'Reshape']],
       ['fc1', 'fc2', 6, 1, 6, 3, ['Relu']],
     ]);
-    expect(units[0]!.shapeEdits).toEqual([]); // the shape is computed at run time: nothing to edit
+    expect(groups[0]!.edits).toEqual([]); // the shape is computed at run time: nothing to edit
     expect(refused).toEqual([{ node: 'fc2', reason: 'output layer: no consumer' }]);
   });
 
@@ -170,7 +174,11 @@ describe.each([11, 13] as const)('x.view(x.size(0), -1) at opset %i', (opset) =>
 describe('x.view(x.size(0), -1): another form of it, and what is still refused', () => {
   it('Gather of index [0] without the Unsqueeze is the same pattern', async () => {
     const m = viewModel({ opset: 13, direct: true });
-    expect(analyze(m, [1, 2, 4, 4]).units.map((u) => [u.id, u.g])).toEqual([
+    expect(
+      analyze(m, [1, 2, 4, 4])
+        .groups.map(chainView)
+        .map((u) => [u.id, u.g]),
+    ).toEqual([
       ['conv', 16],
       ['fc1', 1],
     ]);
@@ -178,8 +186,8 @@ describe('x.view(x.size(0), -1): another form of it, and what is still refused',
   });
 
   it("the Shape's dimension 1 (the channels) instead of 0", () => {
-    const { units, refused } = analyze(viewModel({ opset: 13, dim: 1 }), [1, 2, 4, 4]);
-    expect(units).toEqual([]);
+    const { groups, refused } = analyze(viewModel({ opset: 13, dim: 1 }), [1, 2, 4, 4]);
+    expect(groups).toEqual([]);
     expect(refused.find((x) => x.node === 'conv')!.reason).toBe(
       'tensor "r" is read by Shape "shape", whose dimension 1 is taken by Gather "gather"; only taking dimension 0 of it (a Gather of index 0 on axis 0, as torch\'s x.size(0)) is known not to change with the channels',
     );
@@ -209,8 +217,12 @@ describe('a torch export with x.view(x.size(0), -1) (test/fixtures/view-flatten.
     const m = readModel(path);
     expect(opsetVersion(m)).toBe(13);
     expect(m.graph!.node.map((n) => n.opType)).toContain('Shape');
-    const { units, refused } = analyze(m, shape);
-    expect(units.map((u) => [u.id, u.consumer.name, u.channels, u.g, u.d, u.m, u.chain.map((n) => n.opType)])).toEqual([
+    const { groups, refused } = analyze(m, shape);
+    expect(
+      groups
+        .map(chainView)
+        .map((u) => [u.id, u.consumer.name, u.channels, u.g, u.d, u.m, u.chain.map((n) => n.opType)]),
+    ).toEqual([
       ['/conv1/Conv', '/conv2/Conv', 4, 9, 36, 8, ['Relu', 'MaxPool']],
       ['/conv2/Conv', '/fc1/Gemm', 8, 25, 200, 16, ['Relu', 'MaxPool', 'Reshape']],
       ['/fc1/Gemm', '/fc2/Gemm', 16, 1, 16, 10, ['Relu']],
@@ -227,10 +239,10 @@ describe('a torch export with x.view(x.size(0), -1) (test/fixtures/view-flatten.
     }
   });
 
-  it('inspect lists the units with the chain through the view', async () => {
+  it('inspect lists the groups with the chain through the view', async () => {
     const r = await runCli('inspect', path);
     expect(r.code, r.err).toBe(0);
-    expect(r.out).toMatch(/\/conv2\/Conv .*\/fc1\/Gemm \(Gemm\)\s+Relu→MaxPool→Reshape/);
+    expect(r.out).toMatch(/\/conv2\/Conv .*\/fc1\/Gemm \(25, 200\)\s+Relu→MaxPool→Reshape/);
     expect(r.out).toMatch(/refused:\n {2}\/fc2\/Gemm: output layer: no consumer/);
   });
 });

@@ -45,7 +45,7 @@ describe.each(MODELS)('%s: web backend against node backend', (name) => {
     calib.close();
   });
 
-  // every mode on LeNet; the larger models in the one-pass mode (a sequential mode captures once per unit)
+  // every mode on LeNet; the larger models in the one-pass mode (a sequential mode captures once per group)
   const modes: Mode[] = name === 'lenet' ? ['layerwise', 'sequential', 'asymmetric'] : ['layerwise'];
   it.each(modes)(
     '%s, compression 4: same kept channels in the same order, same pruned outputs',
@@ -55,8 +55,8 @@ describe.each(MODELS)('%s: web backend against node backend', (name) => {
       const node = await prune(model, calib, { budget: { compression: 4 }, mode, backend: 'node', threads: 1 });
       const web = await prune(model, calib, { budget: { compression: 4 }, mode, backend: 'web', threads: 1 });
       expect([node.report.backend, web.report.backend]).toEqual(['node', 'web']);
-      expect(web.report.units.length).toBeGreaterThan(0);
-      expect(web.report.units.map((u) => u.order)).toEqual(node.report.units.map((u) => u.order));
+      expect(web.report.groups.length).toBeGreaterThan(0);
+      expect(web.report.groups.map((u) => u.order)).toEqual(node.report.groups.map((u) => u.order));
       expect(web.report.params).toEqual(node.report.params);
       expect(relDiff(await outputs(web.model, calib), await outputs(node.model, calib))).toBeLessThan(1e-4);
       calib.close();
@@ -126,7 +126,7 @@ describe('the CLI under node --no-addons', () => {
       threads: 1,
     });
     expect(report.backend).toBe('web');
-    expect(report.units.map((u: { order: number[] }) => u.order)).toEqual(node.report.units.map((u) => u.order));
+    expect(report.groups.map((u: { order: number[] }) => u.order)).toEqual(node.report.groups.map((u) => u.order));
     expect(relDiff(await outputs(readModel(out), calib), await outputs(node.model, calib))).toBeLessThan(1e-4);
     calib.close();
   });
@@ -218,11 +218,11 @@ describe('the CLI under node --no-addons', () => {
     expect(Math.abs(got.relError - want.relError!)).toBeLessThan(1e-4 * want.relError!);
   });
 
-  it('inspect lists the units', () => {
+  it('inspect lists the groups', () => {
     const r = cli('inspect', 'models/lenet.onnx', '--json');
     expect(r.code).toBe(0);
-    expect(JSON.parse(r.out).units.map((u: { id: string }) => u.id)).toEqual(
-      analyze(lenet, [1, 1, 28, 28]).units.map((u) => u.id),
+    expect(JSON.parse(r.out).groups.map((u: { id: string }) => u.id)).toEqual(
+      analyze(lenet, [1, 1, 28, 28]).groups.map((u) => u.id),
     );
   });
 

@@ -106,11 +106,11 @@ describe('the browser page', () => {
       threads: 1,
     }); // as the page
     expect(report.backend).toBe('web');
-    expect(report.units.map((u: { order: number[] }) => u.order)).toEqual(node.report.units.map((u) => u.order));
-    const rows = await page.$$eval('#units tbody tr', (trs) =>
+    expect(report.groups.map((u: { order: number[] }) => u.order)).toEqual(node.report.groups.map((u) => u.order));
+    const rows = await page.$$eval('#groups tbody tr', (trs) =>
       trs.map((tr) => [...tr.children].map((td) => td.textContent)),
     );
-    expect(rows.map((r) => [r[0], Number(r[3])])).toEqual(node.report.units.map((u) => [u.id, u.kept]));
+    expect(rows.map((r) => [r[0], Number(r[4])])).toEqual(node.report.groups.map((u) => [u.id, u.kept]));
 
     // the downloaded model: its parameters (every initializer) counted here, and it runs in onnxruntime-node
     const pruned = readModel(modelPath);

@@ -1,15 +1,15 @@
-// Per-unit channel counts that meet a size goal, from per-unit curves: the paper's per-layer selection (a common
-// accuracy level across units, from each unit pruned alone) and a whole-network greedy (normalised objective gains).
+// Per-group channel counts that meet a size goal, from per-group curves: the paper's per-layer selection (a common
+// accuracy level across groups, from each group pruned alone) and a whole-network greedy (normalised objective gains).
 import { badInput, internal } from '../errors.js';
 import type { SizeOf } from './index.js';
 
-/** A unit as the allocations see it. */
-export interface AllocUnit {
+/** A group as the allocations see it. */
+export interface AllocGroup {
   id: string;
   channels: number;
 }
 
-/** Quality of the model with only this unit pruned to ks[i] channels (ks ascending, from 1 to the unit's channels). */
+/** Quality of the model with only this group pruned to ks[i] channels (ks ascending, from 1 to the group's channels). */
 export interface Curve {
   ks: number[];
   values: number[];
@@ -18,8 +18,8 @@ export interface Curve {
 }
 
 /**
- * The channel counts a unit is measured at: k = round(f·n) for the fractions f = step, 2·step, …, 1, with k = 1 always
- * included (the fewest a unit can keep, so the lowest level is every unit at one channel).
+ * The channel counts a group is measured at: k = round(f·n) for the fractions f = step, 2·step, …, 1, with k = 1 always
+ * included (the fewest a group can keep, so the lowest level is every group at one channel).
  */
 export function gridKeeps(n: number, step = 0.01): number[] {
   const ks = new Set([1]);
@@ -35,41 +35,41 @@ export function monotone(values: readonly number[]): number[] {
   return values.map((v) => Math.min(cap, (best = Math.max(best, v))));
 }
 
-const keepsOf = (units: AllocUnit[], k: (u: AllocUnit) => number) => new Map(units.map((u) => [u.id, k(u)]));
+const keepsOf = (groups: AllocGroup[], k: (u: AllocGroup) => number) => new Map(groups.map((u) => [u.id, k(u)]));
 
-function checkReachable(units: AllocUnit[], sizeOf: SizeOf, goal: number): void {
-  const least = sizeOf(keepsOf(units, () => 1));
+function checkReachable(groups: AllocGroup[], sizeOf: SizeOf, goal: number): void {
+  const least = sizeOf(keepsOf(groups, () => 1));
   if (least > goal)
     throw badInput(
-      `the size goal ${goal} is out of reach: one channel per unit leaves ${least}; the rest is in layers ` +
+      `the size goal ${goal} is out of reach: one channel per group leaves ${least}; the rest is in layers ` +
         'subprune cannot prune (see subprune inspect)',
     );
 }
 
 /**
- * The paper's per-layer budgets: the highest common level τ such that keeping, in every unit, the fewest channels whose
- * (monotone) curve reaches τ meets the goal; then the leftover budget goes, one channel at a time, to the units with
+ * The paper's per-layer budgets: the highest common level τ such that keeping, in every group, the fewest channels whose
+ * (monotone) curve reaches τ meets the goal; then the leftover budget goes, one channel at a time, to the groups with
  * the largest kept fractions that can still grow within the goal.
  */
 export function allocateByLevel(
-  units: AllocUnit[],
+  groups: AllocGroup[],
   curves: Map<string, Curve>,
   sizeOf: SizeOf,
   goal: number,
 ): Map<string, number> {
-  return spendLeftover(units, commonLevel(units, curves, sizeOf, goal).keeps, sizeOf, goal);
+  return spendLeftover(groups, commonLevel(groups, curves, sizeOf, goal).keeps, sizeOf, goal);
 }
 
 /** The highest common level τ that meets the goal, and its keeps (before the leftover is spent). */
 export function commonLevel(
-  units: AllocUnit[],
+  groups: AllocGroup[],
   curves: Map<string, Curve>,
   sizeOf: SizeOf,
   goal: number,
 ): { level: number; keeps: Map<string, number> } {
-  checkReachable(units, sizeOf, goal);
+  checkReachable(groups, sizeOf, goal);
   const mono = new Map(
-    units.map((u) => {
+    groups.map((u) => {
       const c = curves.get(u.id);
       if (!c || c.ks[0] !== 1 || c.ks[c.ks.length - 1] !== u.channels || c.ks.length !== c.values.length)
         throw internal(`curve of ${u.id} must cover k = 1 … ${u.channels}`);
@@ -77,7 +77,7 @@ export function commonLevel(
     }),
   );
   const at = (tau: number) =>
-    keepsOf(units, (u) => {
+    keepsOf(groups, (u) => {
       const c = mono.get(u.id)!,
         i = c.values.findIndex((v) => v >= tau);
       return i < 0 ? u.channels : c.ks[i]!;
@@ -96,14 +96,14 @@ export function commonLevel(
 
 /** Adds channels, largest kept fraction first, while the goal still holds. */
 export function spendLeftover(
-  units: AllocUnit[],
+  groups: AllocGroup[],
   keeps: Map<string, number>,
   sizeOf: SizeOf,
   goal: number,
 ): Map<string, number> {
   const out = new Map(keeps);
   for (;;) {
-    const grow = units
+    const grow = groups
       .filter((u) => out.get(u.id)! < u.channels)
       .sort((a, b) => out.get(b.id)! / b.channels - out.get(a.id)! / a.channels)
       .find((u) => sizeOf(new Map(out).set(u.id, out.get(u.id)! + 1)) <= goal);
@@ -113,27 +113,27 @@ export function spendLeftover(
 }
 
 /**
- * The whole-network greedy: objective[u][i] is unit u's normalised objective (1 − relative error of its consumer's
- * input) with its first i+1 greedy channels. Starting from one channel per unit, add the channel with the largest
- * objective gain over all units while the goal holds. Units are selected independently (layerwise), so this is the
+ * The whole-network greedy: objective[u][i] is group u's normalised objective (1 − relative error of its consumer's
+ * input) with its first i+1 greedy channels. Starting from one channel per group, add the channel with the largest
+ * objective gain over all groups while the goal holds. Units are selected independently (layerwise), so this is the
  * greedy on Σ_u F_u(S_u)/‖A_u W_u‖² over the union of all channels.
  */
 export function allocateGlobal(
-  units: AllocUnit[],
+  groups: AllocGroup[],
   objectives: Map<string, number[]>,
   sizeOf: SizeOf,
   goal: number,
 ): Map<string, number> {
-  checkReachable(units, sizeOf, goal);
-  const keeps = keepsOf(units, () => 1);
-  const active = new Set(units.filter((u) => u.channels > 1));
-  const gain = (u: AllocUnit) => {
+  checkReachable(groups, sizeOf, goal);
+  const keeps = keepsOf(groups, () => 1);
+  const active = new Set(groups.filter((u) => u.channels > 1));
+  const gain = (u: AllocGroup) => {
     const o = objectives.get(u.id)!,
       k = keeps.get(u.id)!;
     return o[k]! - o[k - 1]!;
   };
   while (active.size) {
-    let best: AllocUnit | undefined;
+    let best: AllocGroup | undefined;
     for (const u of active) if (!best || gain(u) > gain(best)) best = u;
     const k = keeps.get(best!.id)! + 1;
     if (sizeOf(new Map(keeps).set(best!.id, k)) > goal) {

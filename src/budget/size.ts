@@ -1,61 +1,52 @@
-// Model size as a function of the channels kept per unit, without rewriting the model. Pruning unit u from n_u to k_u
-// channels scales every constant it slices (producer weight and bias, chain parameters, the consumer weight's input
-// axis) by k_u/n_u, and the FLOPs of its producer and consumer nodes likewise; a tensor or node touched by two units
-// (LeNet's fc2 weight: fc1's consumer, fc2's producer) scales by both. So the size is exact and costs O(tensors).
-import { internal } from '../errors.js';
-import { numel, tensorDims, type Model } from '../onnx/index.js';
-import { modelStats } from '../graph/analyze.js';
-import { constantTensors, inferShapes, nodeMacs } from '../graph/shapes.js';
-import type { Unit } from '../graph/types.js';
+// Model size as a function of the channels kept per group, without rewriting the model. Every constant a group slices
+// and every activation that carries its channels loses (n − k)·per entries along the sliced axis for each run of the
+// group's channels; params are the constants' element counts and FLOPs the layers' multiply-accumulates on those
+// shapes, so the size is exact and costs O(tensors touched) per evaluation.
+import { numel, type Model } from '../onnx/index.js';
+import { constantTensors, dataInputs, inferShapes, modelStats, nodeMacs } from '../graph/shapes.js';
+import { LAYERS } from '../graph/layers.js';
+import type { Group } from '../graph/types.js';
 import type { SizeOf } from './index.js';
 
 export type Target = 'params' | 'flops';
 
-/** A term of the size: `per` × Π k_u over `units` (per = full size / Π n_u, a whole number). */
-interface Term {
+/** A run of a group's channels along one axis of a tensor. */
+interface Shrink {
+  axis: number;
+  id: string;
+  n: number;
   per: number;
-  units: string[];
 }
 
-/**
- * Exact params (every initializer and Constant tensor, as modelStats counts them) or FLOPs after pruning to `keeps`.
- */
-export function sizeModel(model: Model, units: Unit[], inputShape: number[], target: Target): SizeOf {
-  const full = modelStats(model, inputShape);
-  const touched = new Map<string, Set<Unit>>(); // tensor or node name → units that scale it
-  const touch = (name: string, u: Unit) => {
-    const s = touched.get(name) ?? new Set();
-    s.add(u);
-    touched.set(name, s);
+/** Exact params (every initializer and Constant tensor, as modelStats counts them) or FLOPs after pruning to `keeps`. */
+export function sizeModel(model: Model, groups: Group[], inputShape: readonly number[] | undefined, target: Target): SizeOf {
+  const full = modelStats(model, inputShape ? [...inputShape] : undefined);
+  const shapes = inferShapes(model, inputShape);
+  const shrinks = new Map<string, Shrink[]>();
+  const add = (tensor: string, s: Shrink) => shrinks.set(tensor, [...(shrinks.get(tensor) ?? []), s]);
+  for (const g of groups) {
+    for (const s of [...g.slices, ...g.tensors]) add(s.tensor, { axis: s.axis, id: g.id, n: g.channels, per: s.per });
+  }
+  const dims = (t: string, keeps: Map<string, number>) => {
+    const d = [...shapes.get(t)!];
+    for (const s of shrinks.get(t) ?? []) d[s.axis]! -= (s.n - (keeps.get(s.id) ?? s.n)) * s.per;
+    return d;
   };
-  let size: number, value: (name: string) => number;
   if (target === 'params') {
-    for (const u of units) {
-      u.slices.forEach((s) => touch(s.tensor, u));
-      touch(u.consumerWeight, u);
-    }
     const consts = constantTensors(model.graph!);
-    size = full.params;
-    value = (name) => numel(tensorDims(consts.get(name)!));
-  } else {
-    for (const u of units) {
-      touch(`node:${u.producer.name}`, u);
-      touch(`node:${u.consumer.name}`, u);
-    }
-    const shapes = inferShapes(model, inputShape),
-      byName = new Map(model.graph!.node.map((n) => [`node:${n.name}`, n]));
-    const batch = inputShape[0] || 1;
-    size = full.flops;
-    value = (name) => (2 * (nodeMacs(byName.get(name)!, shapes) ?? 0)) / batch;
+    const touched = [...shrinks.keys()].filter((t) => consts.has(t));
+    const base = full.params - touched.reduce((a, t) => a + numel(shapes.get(t)!), 0);
+    return (keeps) => touched.reduce((a, t) => a + numel(dims(t, keeps)), base);
   }
-  const terms: Term[] = [];
-  for (const [name, us] of touched) {
-    const v = value(name),
-      denom = [...us].reduce((a, u) => a * u.channels, 1);
-    if (v % denom !== 0) throw internal(`size of ${name} (${v}) is not a multiple of its units' channels (${denom})`);
-    size -= v;
-    terms.push({ per: v / denom, units: [...us].map((u) => u.id) });
-  }
-  const base = size;
-  return (keeps) => terms.reduce((s, t) => s + t.units.reduce((p, id) => p * keeps.get(id)!, t.per), base);
+  const batch = shapes.get(dataInputs(model.graph!)[0]?.name ?? '')?.[0] || 1;
+  const touched = model.graph!.node.filter(
+    (n) => LAYERS[n.opType] && [n.input[0], n.input[1], n.output[0]].some((t) => t && shrinks.has(t)),
+  );
+  const flopsOf = (macs: number | undefined) => (2 * (macs ?? 0)) / batch;
+  const base = full.flops - touched.reduce((a, n) => a + flopsOf(nodeMacs(n, shapes)), 0);
+  return (keeps) =>
+    touched.reduce((a, n) => {
+      const [x, w, y] = [n.input[0]!, n.input[1]!, n.output[0]!].map((t) => dims(t, keeps));
+      return a + flopsOf(LAYERS[n.opType]!.macs(n, x!, w!, y!));
+    }, base);
 }

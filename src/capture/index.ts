@@ -3,7 +3,7 @@
 import { badInput, internal } from '../errors.js';
 import type { Model } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
-import type { Unit } from '../graph/types.js';
+import type { Consumer, Group } from '../graph/types.js';
 import { consumerWeightMatrix } from '../graph/analyze.js';
 import { Calibration } from '../calibration.js';
 import { GramAccumulator, gramBytes } from '../kernels/gram.js';
@@ -17,8 +17,11 @@ export { loadRuntime, type Backend, type RuntimeOptions } from './runtime.js';
 export { Runner, type Activation } from './runner.js';
 
 export interface CaptureOptions extends RuntimeOptions, Pick<KernelOptions, 'threads'> {
-  /** The original model, for the asymmetric objective: its activations are the targets A (C = BᵀA, H = AᵀA). */
-  target?: Model;
+  /**
+   * The original model and its groups, for the asymmetric objective: its activations are the targets A (C = BᵀA,
+   * H = AᵀA), each consumer's part of them where the original model has the group's channels.
+   */
+  target?: { model: Model; groups: Group[] };
   /** Per-channel statistics of B to collect too (for the activation-norm and sampling baselines). */
   stats?: StatsWanted;
   /** Kernel memory one pass may use for its Gram matrices (default: all of WebAssembly's 4 GiB there is). */
@@ -30,12 +33,16 @@ export interface CaptureOptions extends RuntimeOptions, Pick<KernelOptions, 'thr
 export const CAPTURE_BATCH = 64;
 
 /**
- * Splits units into capture passes (forward passes over the calibration set) whose Gram matrices fit the kernels'
- * memory together: one pass unless they do not. Checked before any allocation: every unit must fit alone, and all
+ * Splits groups into capture passes (forward passes over the calibration set) whose Gram matrices fit the kernels'
+ * memory together: one pass unless they do not. Checked before any allocation: every group must fit alone, and all
  * the Gram matrices together fit the host memory available (they are copied out after each pass and kept).
  */
-export function capturePasses<U extends { id: string; d: number }>(
-  units: readonly U[],
+/** Kernel memory to capture a group: every consumer's Gram matrices. */
+export const groupGramBytes = (g: { consumers: { d: number }[] }, asymmetric: boolean) =>
+  g.consumers.reduce((a, c) => a + gramBytes(c.d, asymmetric), 0);
+
+export function capturePasses<U extends { id: string; consumers: { d: number }[] }>(
+  groups: readonly U[],
   asymmetric: boolean,
   passBytes = KERNEL_BYTES,
 ): U[][] {
@@ -43,11 +50,12 @@ export function capturePasses<U extends { id: string; d: number }>(
   let cur: U[] = [],
     used = 0,
     total = 0;
-  for (const u of units) {
-    const need = gramBytes(u.d, asymmetric);
+  const dOf = (u: U) => u.consumers.map((c) => c.d).join(' + ');
+  for (const u of groups) {
+    const need = groupGramBytes(u, asymmetric);
     if (need > KERNEL_BYTES) {
-      const what = `${fmtBytes(need)} of kernel memory for its Gram matrices (d = ${u.d})`;
-      throw badInput(`capturing unit ${u.id} needs ${what}; WebAssembly allows 4 GiB`);
+      const what = `${fmtBytes(need)} of kernel memory for its Gram matrices (d = ${dOf(u)})`;
+      throw badInput(`capturing group ${u.id} needs ${what}; WebAssembly allows 4 GiB`);
     }
     if (cur.length && used + need > passBytes) {
       passes.push(cur);
@@ -63,14 +71,14 @@ export function capturePasses<U extends { id: string; d: number }>(
   const needed = total + Math.min(total, KERNEL_BYTES),
     free = availableMemory();
   if (needed > free) {
-    const many = units.length > 1;
-    const big = [...units]
-      .sort((a, b) => b.d - a.d)
+    const many = groups.length > 1;
+    const big = [...groups]
+      .sort((a, b) => groupGramBytes(b, asymmetric) - groupGramBytes(a, asymmetric))
       .slice(0, 3)
-      .map((u) => `${u.id} (d = ${u.d})`)
+      .map((u) => `${u.id} (d = ${dOf(u)})`)
       .join(', ');
-    const what = `capturing ${units.length} unit${many ? 's' : ''} needs ${fmtBytes(needed)} of memory`;
-    const fix = many ? '; --mode sequential captures one unit at a time' : '';
+    const what = `capturing ${groups.length} group${many ? 's' : ''} needs ${fmtBytes(needed)} of memory`;
+    const fix = many ? '; --mode sequential captures one group at a time' : '';
     throw badInput(`${what} (largest: ${big}), ${fmtBytes(free)} is available${fix}`);
   }
   return passes;
@@ -81,24 +89,25 @@ export function capturePasses<U extends { id: string; d: number }>(
 let captures: Promise<unknown> = Promise.resolve();
 
 /**
- * Gram matrices of each unit's consumer input over the calibration set, in one pass of `model` (and of `target`, for
- * the asymmetric objective), or in as few passes as the kernels' 4 GiB allow.
+ * Gram matrices of each group's consumers' inputs (their part for the group's channels) over the calibration set, in
+ * one pass of `model` (and of the target model, for the asymmetric objective), or in as few passes as the kernels'
+ * 4 GiB allow. One Captured per consumer, in the group's consumer order.
  */
 export function captureGrams(
   model: Model,
-  units: Unit[],
+  groups: Group[],
   data: NpyFile | Calibration,
   opts: CaptureOptions = {},
-): Promise<Map<string, Captured>> {
+): Promise<Map<string, Captured[]>> {
   const calib = Calibration.of(model, data);
-  const run = captures.then(() => captureInPasses(model, units, calib, opts));
+  const run = captures.then(() => captureInPasses(model, groups, calib, opts));
   captures = run.catch(() => undefined);
   return run;
 }
 
-async function captureInPasses(model: Model, units: Unit[], calib: Calibration, opts: CaptureOptions) {
-  const passes = capturePasses(units, !!opts.target, opts.passBytes),
-    out = new Map<string, Captured>();
+async function captureInPasses(model: Model, groups: Group[], calib: Calibration, opts: CaptureOptions) {
+  const passes = capturePasses(groups, !!opts.target, opts.passBytes),
+    out = new Map<string, Captured[]>();
   for (const [p, pass] of passes.entries()) {
     const onBatch = opts.onBatch && ((d: number, n: number) => opts.onBatch!(p * n + d, passes.length * n));
     for (const [id, g] of await capturePass(model, pass, calib, { ...opts, onBatch })) out.set(id, g);
@@ -106,35 +115,63 @@ async function captureInPasses(model: Model, units: Unit[], calib: Calibration, 
   return out;
 }
 
-/** Adds one batch of a unit's consumer input (and target) to its accumulator: patches or rows, as the layer takes. */
-function accumulate(unit: Unit, acc: GramAccumulator, B: Activation, A?: Activation): void {
+/** Entries of a consumer's input channel axis that hold the group's channels. */
+const spanOf = (c: Consumer) => (c.kind === 'conv' ? c.d / (c.conv!.kernel[0] * c.conv!.kernel[1]) : c.d);
+
+/**
+ * The group's part of a consumer's input: entries [offset, offset + span) of its channel axis (axis 1 of a Conv's
+ * input, the last axis of a dense layer's); the activation itself when the group has the whole axis.
+ */
+function part(x: Activation, c: Consumer): Activation {
+  const span = spanOf(c);
+  if (c.offset === 0 && span === c.entries) return x;
+  const axis = c.kind === 'conv' ? 1 : x.dims.length - 1;
+  const inner = x.dims.slice(axis + 1).reduce((a, b) => a * b, 1),
+    outer = x.dims.slice(0, axis).reduce((a, b) => a * b, 1);
+  const out = new Float32Array(outer * span * inner);
+  for (let o = 0; o < outer; o++) {
+    const from = (o * c.entries + c.offset) * inner;
+    out.set(x.data.subarray(from, from + span * inner), o * span * inner);
+  }
+  return { data: out, dims: x.dims.map((d, i) => (i === axis ? span : d)) };
+}
+
+/** Adds one batch of a consumer's input (and target) to its accumulator: patches or rows, as the layer takes them. */
+function accumulate(c: Consumer, acc: GramAccumulator, B: Activation, A?: Activation): void {
   if (A && A.data.length !== B.data.length)
-    throw internal(`target activation ${unit.consumerInput} has shape [${A.dims}], pruned model [${B.dims}]`);
-  if (unit.consumerKind === 'conv') acc.addConv(B.data, B.dims, unit.conv!, A?.data);
+    throw internal(`target activation ${c.input} has shape [${A.dims}], pruned model [${B.dims}]`);
+  if (c.kind === 'conv') acc.addConv(B.data, B.dims, c.conv!, A?.data);
   else acc.add(B.data, A?.data);
 }
 
 async function capturePass(
   model: Model,
-  units: Unit[],
+  groups: Group[],
   calib: Calibration,
   opts: CaptureOptions,
-): Promise<Map<string, Captured>> {
-  const names = [...new Set(units.map((u) => u.consumerInput))];
+): Promise<Map<string, Captured[]>> {
+  const names = [...new Set(groups.flatMap((g) => g.consumers.map((c) => c.input)))];
+  const targets = opts.target && new Map(opts.target.groups.map((g) => [g.id, g]));
   const run = await Runner.open(model, names, opts),
-    tgt = opts.target ? await Runner.open(opts.target, names, opts) : undefined;
+    tgt = opts.target ? await Runner.open(opts.target.model, names, opts) : undefined;
   const kernels = getKernels('wasm', opts.threads),
     mark = kernels.arena.mark();
-  const acc = new Map(units.map((u) => [u.id, new GramAccumulator(u.d, { asymmetric: !!tgt, kernels })]));
   const want = opts.stats;
-  const stats =
-    want &&
-    new Map(
-      units.map((u) => {
-        const W = want.sensitivity ? consumerWeightMatrix(model, u) : undefined;
-        return [u.id, new ChannelStatsAccumulator(u, want, W)];
-      }),
-    );
+  const terms = groups.flatMap((g) =>
+    g.consumers.map((c, i) => {
+      const target = targets?.get(g.id)?.consumers[i];
+      if (targets && (!target || target.node.name !== c.node.name))
+        throw internal(`group ${g.id}: consumer ${c.node.name} is not in the original model's group`);
+      const W = want?.sensitivity ? consumerWeightMatrix(model, c) : undefined;
+      return {
+        group: g.id,
+        c,
+        target,
+        acc: new GramAccumulator(c.d, { asymmetric: !!tgt, kernels }),
+        stats: want && new ChannelStatsAccumulator(c, g.channels, want, W),
+      };
+    }),
+  );
   // onnxruntime computes batch i+1 while the kernels accumulate batch i.
   const forward = (b: { data: Float32Array; dims: number[] }) =>
     Promise.all([run.run(b.data, b.dims, names), tgt?.run(b.data, b.dims, names)]);
@@ -148,16 +185,17 @@ async function capturePass(
         [got, target] = await pending!;
       cur = it.next();
       pending = cur.done ? undefined : forward(cur.value);
-      for (const u of units) {
-        const B = got.get(u.consumerInput)!;
-        accumulate(u, acc.get(u.id)!, B, target?.get(u.consumerInput));
-        stats?.get(u.id)!.add(B.data, B.dims);
+      for (const t of terms) {
+        const B = part(got.get(t.c.input)!, t.c);
+        accumulate(t.c, t.acc, B, t.target && part(target!.get(t.c.input)!, t.target));
+        t.stats?.add(B.data, B.dims);
       }
       opts.onBatch?.(b.start + b.dims[0], calib.rows);
     }
-    return new Map(
-      [...acc].map(([id, a]) => [id, { ...a.result(), ...(stats ? { stats: stats.get(id)!.result() } : {}) }]),
-    );
+    const out = new Map<string, Captured[]>(groups.map((g) => [g.id, []]));
+    for (const t of terms)
+      out.get(t.group)!.push({ ...t.acc.result(), ...(t.stats ? { stats: t.stats.result() } : {}) });
+    return out;
   } finally {
     kernels.arena.release(mark);
     await pending?.catch(() => {}); // after an error: a run still in flight must not outlive its session

@@ -1,7 +1,7 @@
-// Per-channel statistics of a unit's consumer input, streamed next to the Gram accumulation: what the activation-norm
-// and sampling (PFP) baselines rank by. Plain TypeScript; the Gram kernels are not involved.
+// Per-channel statistics of a consumer's input (the group's part of it), streamed next to the Gram accumulation: what
+// the activation-norm and sampling (PFP) baselines rank by. Plain TypeScript; the Gram kernels are not involved.
 import { internal } from '../errors.js';
-import type { Unit } from '../graph/types.js';
+import type { Consumer } from '../graph/types.js';
 import type { Gram } from '../kernels/gram.js';
 import { patchGrid, type ConvGeometry } from '../geometry.js';
 
@@ -21,7 +21,7 @@ export interface StatsWanted {
   sensitivity?: boolean;
 }
 
-/** What captureGrams returns per unit: the Gram matrices, and the channel statistics when asked for. */
+/** What captureGrams returns per consumer of a group: the Gram matrices, and the channel statistics when asked for. */
 export type Captured = Gram & { stats?: ChannelStats };
 
 export class ChannelStatsAccumulator {
@@ -32,17 +32,18 @@ export class ChannelStatsAccumulator {
   private readonly Wp?: Float64Array;
   private readonly Wn?: Float64Array;
 
-  /** W: the consumer's d×m weights (consumerWeightMatrix), needed for the sensitivity only. */
+  /** n: the group's channels; W: the consumer's d×m weights (consumerWeightMatrix), for the sensitivity only. */
   constructor(
-    private readonly unit: Unit,
+    private readonly consumer: Consumer,
+    n: number,
     private readonly want: StatsWanted,
     W?: Float64Array,
   ) {
-    this.n = unit.channels;
+    this.n = n;
     this.abs = new Float64Array(this.n);
     if (want.sensitivity) {
-      if (!W || W.length !== unit.d * unit.m)
-        throw internal(`sensitivity of ${unit.id} needs its ${unit.d}×${unit.m} consumer weights`);
+      if (!W || W.length !== consumer.d * consumer.m)
+        throw internal(`sensitivity of ${consumer.node.name} needs its ${consumer.d}×${consumer.m} weights`);
       this.sens = new Float64Array(this.n);
       this.Wp = W.map((w) => Math.max(w, 0));
       this.Wn = W.map((w) => Math.max(-w, 0));
@@ -51,25 +52,26 @@ export class ChannelStatsAccumulator {
 
   /** One batch of the consumer input: [b, C, H, W] for a Conv consumer, rows of d values otherwise. */
   add(x: Float32Array, dims: number[]): void {
-    const { unit, n } = this;
-    if (unit.consumerKind === 'conv') {
+    const { consumer: c, n } = this;
+    if (c.kind === 'conv') {
       const [b, C, H, W] = dims,
-        hw = H * W;
+        hw = H * W,
+        per = C / n; // input channels per group channel
       for (let s = 0; s < b; s++)
         for (let c = 0; c < C; c++) {
           let t = 0;
           const o = (s * C + c) * hw;
           for (let i = 0; i < hw; i++) t += Math.abs(x[o + i]);
-          this.abs[c] += t / hw;
+          this.abs[Math.floor(c / per)] += t / hw / per;
         }
       this.count += b;
       if (this.sens) {
-        const row = new Float64Array(unit.d);
+        const row = new Float64Array(c.d);
         for (let s = 0; s < b; s++)
-          forEachPatch(x.subarray(s * C * hw, (s + 1) * C * hw), C, H, W, unit.conv!, row, () => this.addRow(row));
+          forEachPatch(x.subarray(s * C * hw, (s + 1) * C * hw), C, H, W, c.conv!, row, () => this.addRow(row));
       }
     } else {
-      const { d, g } = unit,
+      const { d, g } = c,
         rows = x.length / d,
         row = new Float64Array(d);
       for (let r = 0; r < rows; r++) {
@@ -107,7 +109,7 @@ export class ChannelStatsAccumulator {
    * Shares of one non-negative input a: a_f·W±[f,i] / Σ_f' a_f'·W±[f',i], maxed over outputs i into the channel of f.
    */
   private addPart(a: Float64Array): void {
-    const { d, m, g } = this.unit,
+    const { d, m, g } = this.consumer,
       Wp = this.Wp!,
       Wn = this.Wn!,
       sens = this.sens!;

@@ -28,7 +28,7 @@ export function choices<T extends string>(s: string | undefined, flag: string, a
   return s === undefined ? [...all] : s.split(',').map((x) => choice(x.trim(), flag, all));
 }
 
-/** prune's flags for the ranking method and the per-unit allocation (parseArgs options, help, parsing). */
+/** prune's flags for the ranking method and the per-group allocation (parseArgs options, help, parsing). */
 export const methodOptions = {
   method: { type: 'string', default: 'greedy' },
   seed: { type: 'string', default: '0' },
@@ -44,10 +44,10 @@ export const methodHelp = `\
                       calibration data), sampling (Liebenwein et al.'s sensitivity sampling); every method
                       gets the same least-squares re-fit (unless --no-refit)
   --seed n            seed of random and sampling (default 0)
-  --allocation A      how --compression is split over the units: uniform (default: one keep fraction for all),
-                      sensitivity (each unit pruned alone at fractions 0.01 … 1 and measured on --verify;
-                      a common accuracy level that meets the target), global (one greedy over all units,
-                      gains normalised per unit)
+  --allocation A      how --compression is split over the groups: uniform (default: one keep fraction for all),
+                      sensitivity (each group pruned alone at fractions 0.01 … 1 and measured on --verify;
+                      a common accuracy level that meets the target), global (one greedy over all groups,
+                      gains normalised per group)
   --verify FILE       inputs for --allocation sensitivity (default: the calibration inputs); it measures top-1
                       agreement with the original model, or accuracy with --verify-labels FILE
   --grid STEP         the sensitivity allocation's fractions: STEP, 2·STEP, …, 1 (default 0.01)`;

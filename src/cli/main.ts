@@ -20,7 +20,7 @@ const commands: Record<string, { run: (argv: string[]) => void | Promise<void>; 
   inspect: {
     run: runInspect,
     help: inspectHelp,
-    summary: 'list the prunable units of a model and the candidates refused',
+    summary: 'list the prunable groups of a model and the candidates refused',
   },
   eval: { run: runEval, help: evalHelp, summary: 'accuracy of a model and its agreement with a reference model' },
   select: { run: runSelect, help: selectHelp, summary: 'greedy channel selection for one layer given as .npy files' },

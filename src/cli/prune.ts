@@ -21,18 +21,19 @@ Usage: subprune prune MODEL.onnx --calib X.npy -o OUT.onnx [options]
   -o, --output FILE   where to write the pruned model (after onnxruntime has run it; atomically; never the input)
 Budget (one of; default --compression 2):
   --compression c     make the model c times smaller: total parameter count ÷ c (every initializer),
-                      split over the units by --allocation
+                      split over the groups by --allocation
   --target WHAT       with --compression: params (default) or flops
-  --keep-ratio r      keep the fraction r of the channels of every unit (0 < r ≤ 1)
-  --budget FILE       JSON {"<unit id or weight name>": channels to keep, ...}; units not named keep all
+  --keep-ratio r      keep the fraction r of the channels of every group (0 < r ≤ 1)
+  --budget FILE       JSON {"<group id, producer node or weight name>": channels to keep, ...}; groups not
+                      named keep all
 Method:
-  --mode M            layerwise (default): every unit from the original model's activations;
-                      sequential: unit by unit, from the model whose earlier units are already pruned;
+  --mode M            layerwise (default): every group from the original model's activations;
+                      sequential: group by group, from the model whose earlier groups are already pruned;
                       asymmetric: as sequential, but fit the original model's activations
   --no-refit          keep the consumers' weights (only slice them) instead of the least-squares re-fit
 ${methodHelp}
 Other:
-  --report FILE       write a JSON report: per unit the kept channels in greedy order and the objective,
+  --report FILE       write a JSON report: per group the kept channels in greedy order and the objective,
                       params and FLOPs before/after, seconds per stage, fidelity on the calibration data
   --batch n           calibration batch size (default 64; a model with a fixed batch size uses its own)
   --kernels NAME      selection kernels: wasm (SIMD WebAssembly, default) or plain (TypeScript)
@@ -43,8 +44,8 @@ Other:
   --quiet             no summary table (nor the kernel memory line printed before the run)
   -h, --help          this help
 
-The objective of a unit is 1 − the relative error of its consumer's input (‖B_S W' − A W‖²/‖A W‖²)
-on the calibration data. Units are listed by 'subprune inspect MODEL'.`;
+The objective of a group is 1 − the relative error of its consumers' inputs (‖B_S W' − A W‖²/‖A W‖², the mean over
+its consumers) on the calibration data. Groups are listed by 'subprune inspect MODEL'.`;
 
 export async function runPrune(argv: string[]): Promise<void> {
   const { values: o, positionals } = parseArgs({
@@ -116,7 +117,7 @@ export async function runPrune(argv: string[]): Promise<void> {
     defaultThreads();
   const calib = openNpy(o.calib);
   const bars = new Map<string, Progress>();
-  const labels: Record<string, string> = { capture: 'capture', select: 'select', unit: 'units', verify: 'verify' };
+  const labels: Record<string, string> = { capture: 'capture', select: 'select', group: 'groups', verify: 'verify' };
   let result;
   try {
     result = await prune(model, calib, {
@@ -134,10 +135,10 @@ export async function runPrune(argv: string[]): Promise<void> {
       grid: how.grid,
       onPlan: (p) => {
         // on stdout: stderr carries only progress and, on failure, the one error line
-        if (p.units && !o.quiet)
+        if (p.groups && !o.quiet)
           console.log(
-            `kernel memory: at most ${fmtBytes(p.capture)} to capture (${p.units} ` +
-              `unit${p.units > 1 ? 's' : ''}, ${p.passes} pass${p.passes > 1 ? 'es' : ''}) and ` +
+            `kernel memory: at most ${fmtBytes(p.capture)} to capture (${p.groups} ` +
+              `group${p.groups > 1 ? 's' : ''}, ${p.passes} pass${p.passes > 1 ? 'es' : ''}) and ` +
               `${fmtBytes(p.select)} to select (${threads} thread${threads > 1 ? 's' : ''})`,
           );
       },
@@ -155,7 +156,7 @@ export async function runPrune(argv: string[]): Promise<void> {
     for (const f of how.opened) f.close();
   }
   const { model: pruned, report } = result;
-  const none = !report.units.length; // an unchanged copy of the input is no output worth writing: say so and exit 0
+  const none = !report.groups.length; // an unchanged copy of the input is no output worth writing: say so and exit 0
   if (!none) writeModel(pruned, o.output);
   if (o.report)
     writeFileAtomic(
@@ -164,7 +165,7 @@ export async function runPrune(argv: string[]): Promise<void> {
     );
   if (none) {
     console.error(
-      `subprune prune: ${input} has no prunable units (${report.refused.length} candidates refused; subprune ` +
+      `subprune prune: ${input} has no prunable groups (${report.refused.length} candidates refused; subprune ` +
         `inspect says why); nothing to prune, so ${o.output} was not written`,
     );
     return;
@@ -172,8 +173,16 @@ export async function runPrune(argv: string[]): Promise<void> {
   if (o.quiet) return;
   console.log(
     table(
-      ['unit', 'weight', 'channels', 'kept', 'objective', 'seconds'],
-      report.units.map((u) => [u.id, u.weight, u.channels, u.kept, u.objective.toFixed(4), u.seconds.toFixed(3)]),
+      ['group', 'producers', 'consumers', 'channels', 'kept', 'objective', 'seconds'],
+      report.groups.map((u) => [
+        u.id,
+        u.producers.length,
+        u.consumers.length,
+        u.channels,
+        u.kept,
+        u.objective.toFixed(4),
+        u.seconds.toFixed(3),
+      ]),
     ),
   );
   const r = report,
@@ -204,7 +213,7 @@ function readBudget(path: string): Record<string, number> {
     throw badInput(`--budget ${path}: ${(e as Error).message}`);
   }
   if (!v || typeof v !== 'object' || Array.isArray(v))
-    throw badInput(`--budget ${path}: expected a JSON object {"unit id": channels, ...}`);
+    throw badInput(`--budget ${path}: expected a JSON object {"group id": channels, ...}`);
   for (const [k, x] of Object.entries(v))
     if (typeof x !== 'number') throw badInput(`--budget ${path}: "${k}" must map to a number of channels`);
   return v as Record<string, number>;

@@ -1,4 +1,4 @@
-// The quality of the model with one unit pruned alone, for many channel counts, cheaply. Pruning unit u alone leaves
+// The quality of the model with one group pruned alone, for many channel counts, cheaply. Pruning group u alone leaves
 // every tensor before its consumer unchanged (kept channels keep their values), and the consumer with kept rows W'
 // computes exactly what the full consumer computes with W' padded by zero rows for the pruned channels. So one
 // session of the model's tail (from the consumer on, its weight a graph input) fed with the verification set's
@@ -10,12 +10,14 @@ import {
   makeTensorValueInfo,
   serializeModel,
   tensorDims,
+  tensorToFloat32,
   type Model,
 } from '../onnx/index.js';
 import { badInput, internal } from '../errors.js';
 import type { NpyFile } from '../npy.js';
-import type { Unit } from '../graph/types.js';
-import { matrixToWeight } from '../graph/layers.js';
+import type { Group } from '../graph/types.js';
+import { matrixToWeight, weightToMatrix } from '../graph/layers.js';
+import { constantTensors } from '../graph/shapes.js';
 import { Calibration, modelInput } from '../calibration.js';
 import { Runner, loadRuntime, type RuntimeOptions } from '../capture/index.js';
 import { argmaxRows, EVAL_BATCH } from './index.js';
@@ -26,9 +28,12 @@ export interface VerifySet {
   labels?: ArrayLike<number>;
 }
 
-/** Measures one unit pruned alone: `quality(W)` with W the consumer's d×m weights, zero rows for pruned channels. */
-export interface UnitProbe {
-  quality(W: Float64Array): Promise<number>;
+/**
+ * Measures one group pruned alone: `quality(Ws)` with Ws each consumer's d×m weights for the group, zero rows for
+ * pruned channels.
+ */
+export interface GroupProbe {
+  quality(Ws: Float64Array[]): Promise<number>;
   release(): Promise<void>;
 }
 
@@ -55,44 +60,49 @@ export async function verifyTargets(model: Model, v: VerifySet, opts: RuntimeOpt
 }
 
 /**
- * The model from `unit`'s consumer on: inputs are the tensors computed before it (the cut) and the consumer's weight.
+ * The model from the group's first consumer on: its inputs are the tensors computed before that consumer (the cut) and
+ * the weights of every consumer of the group.
  */
-export function tailModel(model: Model, unit: Unit): { tail: Model; cut: string[] } {
+export function tailModel(model: Model, group: Group): { tail: Model; cut: string[]; weights: string[] } {
   const m = clone(ModelProtoSchema, model),
     g = m.graph!;
-  const at = g.node.findIndex((n) => n.name === unit.consumer.name);
-  if (at < 0) throw internal(`consumer ${unit.consumer.name} of ${unit.id} is not in the model`);
+  const names = new Set(group.consumers.map((c) => c.node.name));
+  const at = g.node.findIndex((n) => names.has(n.name));
+  if (at < 0) throw internal(`the consumers of ${group.id} are not in the model`);
   const head = g.node.slice(0, at).filter((n) => n.opType !== 'Constant'); // constants move to the tail
   const tailNodes = g.node.filter((n, i) => i >= at || n.opType === 'Constant');
   if (g.node.some((n) => n.attribute.some((a) => a.g || a.graphs.length)))
-    throw badInput('measuring units alone needs a model without subgraphs (If/Loop/Scan)');
+    throw badInput('measuring groups alone needs a model without subgraphs (If/Loop/Scan)');
   const made = new Set([modelInput(model).name, ...head.flatMap((n) => n.output)]);
   const cut = [...new Set(tailNodes.flatMap((n) => n.input).filter((x) => made.has(x)))];
-  const wi = g.initializer.findIndex((t) => t.name === unit.consumerWeight);
-  if (wi < 0) throw badInput(`consumer weight ${unit.consumerWeight} of ${unit.id} is not an initializer`);
-  const wdims = tensorDims(g.initializer[wi]);
-  g.initializer.splice(wi, 1);
+  const weights = [...new Set(group.consumers.map((c) => c.weight))];
+  const wdims = weights.map((w) => {
+    const t = g.initializer.find((x) => x.name === w);
+    if (!t) throw badInput(`consumer weight ${w} of ${group.id} is not an initializer`);
+    return tensorDims(t);
+  });
+  g.initializer = g.initializer.filter((t) => !weights.includes(t.name));
   const input = (name: string, dims?: number[]) => makeTensorValueInfo(name, DataType.FLOAT, dims);
   g.node = tailNodes;
   const used = new Set(tailNodes.flatMap((n) => n.input));
   g.initializer = g.initializer.filter((t) => used.has(t.name)); // the head's weights are not needed
-  g.input = [...cut.map((n) => input(n)), input(unit.consumerWeight, wdims)];
+  g.input = [...cut.map((n) => input(n)), ...weights.map((w, i) => input(w, wdims[i]))];
   g.output = [g.output[0]];
   g.valueInfo = [];
-  return { tail: m, cut };
+  return { tail: m, cut, weights };
 }
 
-/** Opens the tail session of `unit` and caches the verification set's activations at its cut. */
-export async function openUnitProbe(
+/** Opens the tail session of `group` and caches the verification set's activations at its cut. */
+export async function openGroupProbe(
   model: Model,
-  unit: Unit,
+  group: Group,
   v: VerifySet,
   targets: Int32Array,
   opts: RuntimeOptions = {},
-): Promise<UnitProbe> {
+): Promise<GroupProbe> {
   if (modelInput(model).elemType !== DataType.FLOAT)
-    throw badInput('measuring units alone (--allocation sensitivity) needs a float32 model');
-  const { tail, cut } = tailModel(model, unit);
+    throw badInput('measuring groups alone (--allocation sensitivity) needs a float32 model');
+  const { tail, cut, weights } = tailModel(model, group);
   const data = Calibration.of(model, v.data),
     rows = data.rows;
   const { ort } = await loadRuntime(opts.backend);
@@ -116,17 +126,29 @@ export async function openUnitProbe(
     await run.release();
   }
   const session = await ort.InferenceSession.create(serializeModel(tail), { graphOptimizationLevel: 'basic' });
-  const out = tail.graph!.output[0].name,
-    { d, m } = unit;
-  const wdims = tensorDims(model.graph!.initializer.find((t) => t.name === unit.consumerWeight)!);
+  const out = tail.graph!.output[0].name;
+  // each consumer weight as the whole dTotal × m matrix; the group's rows are replaced per measurement
+  const consts = constantTensors(model.graph!);
+  const full = weights.map((w) => {
+    const c = group.consumers.find((x) => x.weight === w)!,
+      t = consts.get(w)!;
+    return { c, dims: tensorDims(t), W: weightToMatrix(c.layout, tensorToFloat32(t).data, c.dTotal, c.m) };
+  });
   return {
-    async quality(W: Float64Array) {
-      if (W.length !== d * m) throw new RangeError(`W has ${W.length} values, expected ${d}×${m}`);
-      const w = matrixToWeight(unit.consumerLayout, W, d, m, wdims, unit.g).data;
-      const wt = new ort.Tensor('float32', w, wdims);
+    async quality(Ws: Float64Array[]) {
+      const tensors = full.map(({ c, dims, W }, i) => {
+        const M = W.slice();
+        group.consumers.forEach((t, k) => {
+          if (t.weight !== weights[i]) return;
+          if (Ws[k]!.length !== t.d * t.m) throw new RangeError(`W has ${Ws[k]!.length} values, expected ${t.d}×${t.m}`);
+          M.set(Ws[k]!, t.row * t.m);
+        });
+        return [weights[i]!, new ort.Tensor('float32', matrixToWeight(c.layout, M, c.dTotal, c.m, dims).data, dims)];
+      });
+      const w = Object.fromEntries(tensors);
       let hit = 0;
       for (const f of feeds) {
-        const y = (await session.run({ ...f.x, [unit.consumerWeight]: wt }, [out]))[out].data as Float32Array;
+        const y = (await session.run({ ...f.x, ...w }, [out]))[out].data as Float32Array;
         argmaxRows(y, f.n).forEach((c, r) => (hit += c === targets[f.start + r] ? 1 : 0));
       }
       return hit / rows;

@@ -1,8 +1,12 @@
-// Finding prunable units: walk from every layer (the layer table, layers.ts) through ops the op table (ops.ts) knows to
-// act per channel until the next layer. Anything the tables cannot vouch for is refused with a reason, never guessed.
+// Finding channel groups: one forward walk over the graph that tracks, for every activation, which channels it carries
+// (its layout: runs of channels of channel spaces). Layers (layers.ts) create a space for their output channels and
+// consume the spaces they read; ops pass channels on by their chain rules (ops.ts); joins (a residual Add, x·σ(x), an
+// SE gate's product) make the spaces of their inputs one space; Concat lays spaces end to end. A space becomes a
+// group unless something the tables cannot vouch for touches it: then it is refused with the reason, never guessed.
 import { badInput } from '../errors.js';
 import {
   attrInt,
+  DataType,
   opsetVersion,
   tensorDims,
   tensorToFloat32,
@@ -12,23 +16,30 @@ import {
   type NodeProto,
   type TensorProto,
 } from '../onnx/index.js';
-import { checkOpset, gatherIndex, opOf, OPS, type ChannelLayout, type ParamSlice, type ShapeEdit } from './ops.js';
-import { biasSlice, LAYERS, weightToMatrix } from './layers.js';
+import {
+  checkOpset,
+  entriesOf,
+  opOf,
+  OPS,
+  type ChainStep,
+  type Layout,
+  type OpRule,
+  type Segment,
+} from './ops.js';
+import { biasAxis, weightToMatrix, type LayerInfo } from './layers.js';
 import { constantTensors, dataInputs, producerMap, inferShapes, nodeMacs, type Shapes } from './shapes.js';
 import { normalizeGraph } from './normalize.js';
-import type { Analysis, Refused, Unit } from './types.js';
+import type { Analysis, AxisSlice, Consumer, Edit, Group, Refused } from './types.js';
 import { notRewritable } from '../rewrite/index.js';
 import { tooBigToSelect } from '../select/greedy.js';
+import { sizeModel } from '../budget/size.js';
 
 interface Use {
   node: NodeProto;
   slot: number;
 }
 
-/**
- * Every place a tensor name is read: node inputs of the graph, and (as a use without a slot) names read inside
- * subgraphs.
- */
+/** Every place a tensor name is read: node inputs of the graph, and (as a use without a slot) names read inside subgraphs. */
 function usesOf(graph: GraphProto): Map<string, Use[]> {
   const uses = new Map<string, Use[]>();
   const add = (name: string, use: Use) => {
@@ -52,7 +63,7 @@ function usesOf(graph: GraphProto): Map<string, Use[]> {
 
 const label = (n: NodeProto) => `${n.opType} "${n.name}"`;
 
-/** The analysis state shared by all candidate producers. */
+/** The analysis state shared by the walk: constants, uses, producers, shapes. */
 class Graph {
   readonly consts: Map<string, TensorProto>;
   readonly uses: Map<string, Use[]>;
@@ -74,15 +85,13 @@ class Graph {
   }
   constant = (name: string): TensorProto | undefined => this.consts.get(name);
   producer = (name: string): NodeProto | undefined => this.producers.get(name);
-  /** Why a constant cannot be changed for this unit alone, if it is read by more than one place. */
-  shared(name: string): string | undefined {
+  /** Why a constant cannot be changed for these channels alone, if another node or a graph output reads it too. */
+  shared(name: string, node: NodeProto): string | undefined {
     const uses = this.uses.get(name) ?? [];
-    if (uses.length <= 1 && !this.outputs.has(name)) return undefined;
+    if (uses.every((u) => u.node === node) && !this.outputs.has(name)) return undefined;
     const by = [...new Set(uses.map((u) => u.node.name))].join(', ');
-    return (
-      `constant "${name}" is shared (used by ${by}${this.outputs.has(name) ? ' and as a graph output' : ''}); ` +
-      'changing it for one unit would change the others'
-    );
+    const output = this.outputs.has(name) ? ' and as a graph output' : '';
+    return `constant "${name}" is shared (used by ${by}${output}); changing it for one group would change the others`;
   }
   flops(node: NodeProto): number | undefined {
     const macs = nodeMacs(node, this.shapes);
@@ -90,153 +99,415 @@ class Graph {
   }
 }
 
-/**
- * Why Shape node S, reading tensor t whose channels are on `axis`, may see the channel count; undefined if its output
- * is only used to take dimension 0 (one Gather of index 0 on axis 0: torch's x.size(0), the batch size), which pruning
- * leaves as it is. Such a Shape is not a consumer of the channels.
- */
-function shapeSeesChannels(G: Graph, S: NodeProto, t: string, axis: number): string | undefined {
-  const out = S.output[0] ?? '';
-  const uses = G.uses.get(out) ?? [];
-  if (axis === 0)
-    return `tensor "${t}" is read by ${label(S)} while its channels are on dimension 0, so the shape changes with them`;
-  const only =
-    "only taking dimension 0 of it (a Gather of index 0 on axis 0, as torch's x.size(0)) is known not to " +
-    'change with the channels';
-  const why = (what: string) => `tensor "${t}" is read by ${label(S)}, ${what}; ${only}`;
-  if (attrInt(S, 'start', 0) !== 0) return why(`which takes the shape from dimension ${attrInt(S, 'start', 0)} on`);
-  if (G.outputs.has(out)) return why('whose output is a graph output');
-  if (uses.length !== 1)
-    return why(`whose output is read by ${uses.length} nodes (${uses.map((u) => u.node.name).join(', ')})`);
-  const { node: U, slot } = uses[0]!;
-  const g = slot === 0 ? gatherIndex(U, G.constant) : undefined;
-  if (!g) return why(`whose output is read by ${label(U)}`);
-  if (g.index !== 0) return why(`whose dimension ${g.index} is taken by ${label(U)}`);
-  return undefined;
+// ---- channel spaces -------------------------------------------------------------------------------------------
+
+/** What the walk learns about one channel space; spaces that a join makes one are merged. */
+interface SpaceRecord {
+  n: number;
+  producers: NodeProto[];
+  consumers: Consumer[];
+  slices: AxisSlice[];
+  edits: Edit[];
+  chain: NodeProto[];
+  tensors: AxisSlice[];
+  /** The first reason the channels cannot be pruned, if any. */
+  refused?: string;
 }
 
-function findUnit(G: Graph, P: NodeProto): Unit | string {
-  const layer = OPS[opOf(P)]!.layer!;
-  const info = layer.read(P, G.constant);
-  if ('refuse' in info) return info.refuse;
-  const n = info.weightDims[info.outAxis]!;
-  const y = P.output[0] ?? '';
-  const yShape = G.shapes.get(y);
-  if (!yShape) return `the shape of "${y}" is unknown (an op before it has no shape rule in subprune)`;
-  let layout: ChannelLayout = { axis: layer.channelAxis(yShape.length), group: 1 };
-  if (yShape[layout.axis] !== n)
-    return `output "${y}" has shape [${yShape.join(', ')}], expected ${n} channels on axis ${layout.axis}`;
-  const slices: ParamSlice[] = [{ tensor: info.weight, axis: info.outAxis, group: 1 }];
-  if (info.bias) slices.push(...biasSlice(G.constant(info.bias)!, info.bias, n));
-  const shapeEdits: ShapeEdit[] = [];
-  const chain: NodeProto[] = [];
-  for (const s of slices) {
-    const why = G.shared(s.tensor);
-    if (why) return why;
+/** Channel spaces with union-find: a join makes two spaces one, and their records merge. */
+class Spaces {
+  private readonly parent: number[] = [];
+  private readonly rec: SpaceRecord[] = [];
+
+  make(n: number, producer: NodeProto): number {
+    this.parent.push(this.parent.length);
+    this.rec.push({ n, producers: [producer], consumers: [], slices: [], edits: [], chain: [], tensors: [] });
+    return this.parent.length - 1;
   }
+  find(a: number): number {
+    while (this.parent[a] !== a) a = this.parent[a] = this.parent[this.parent[a]!]!;
+    return a;
+  }
+  get(a: number): SpaceRecord {
+    return this.rec[this.find(a)]!;
+  }
+  /** Makes a and b one space (the same channels); their records merge. */
+  union(a: number, b: number): void {
+    const [x, y] = [this.find(a), this.find(b)];
+    if (x === y) return;
+    const [keep, gone] = x < y ? [x, y] : [y, x];
+    this.parent[gone] = keep;
+    const k = this.rec[keep]!,
+      g = this.rec[gone]!;
+    k.producers.push(...g.producers);
+    k.consumers.push(...g.consumers);
+    k.slices.push(...g.slices);
+    k.edits.push(...g.edits);
+    k.chain.push(...g.chain);
+    k.tensors.push(...g.tensors);
+    k.refused ??= g.refused;
+  }
+  refuse(a: number, why: string): void {
+    this.get(a).refused ??= why;
+  }
+  /** Refuses every space in a layout. */
+  refuseAll(l: Layout | undefined, why: string): void {
+    for (const s of l?.segments ?? []) if (s.space >= 0) this.refuse(s.space, why);
+  }
+  roots(): number[] {
+    return this.parent.flatMap((p, i) => (p === i ? [i] : []));
+  }
+}
 
-  const seen = new Set<string>(); // a corrupted graph can loop back on itself
-  for (let t = y; ;) {
-    if (seen.has(t)) return `the graph has a cycle through "${t}"; the model is corrupted`;
-    seen.add(t);
-    const uses = G.uses.get(t) ?? [];
-    if (uses.length === 0) return 'output layer: no consumer';
-    if (G.outputs.has(t)) return `tensor "${t}" is a graph output, so its channels cannot change`;
-    const inShape = G.shapes.get(t)!;
-    // A Shape that only takes the batch size (x.size(0) of torch's x.view(x.size(0), -1)) does not read the channels.
-    const shapes = uses.filter((u) => u.slot === 0 && opOf(u.node) === 'Shape');
-    for (const u of shapes) {
-      const why = shapeSeesChannels(G, u.node, t, layout.axis);
-      if (why) return why;
+/** Each run of a layout with the entry it starts at. */
+function runs(l: Layout): (Segment & { offset: number })[] {
+  let offset = 0;
+  return l.segments.map((s) => {
+    const r = { ...s, offset };
+    offset += s.n * s.per;
+    return r;
+  });
+}
+
+/** Whether two layouts have the same runs (so a join can make their spaces one, run by run). */
+const sameRuns = (a: Layout, b: Layout) =>
+  a.segments.length === b.segments.length &&
+  a.segments.every((s, i) => s.n === b.segments[i]!.n && s.per === b.segments[i]!.per);
+
+// ---- the walk -------------------------------------------------------------------------------------------------
+
+/** The walk's state: the graph, the spaces, every tracked tensor's layout, and layers refused outright. */
+interface Walk {
+  G: Graph;
+  S: Spaces;
+  layouts: Map<string, Layout>;
+  refused: Refused[];
+}
+
+/** Records a step's slices and edits against each run of the layout (on the step's output). */
+function record(W: Walk, node: NodeProto, l: Layout, step: Extract<ChainStep, { axis: number }>): void {
+  for (const r of runs(l)) {
+    if (r.space < 0) continue;
+    const rec = W.S.get(r.space);
+    for (const s of step.slices ?? []) rec.slices.push({ tensor: s.tensor, axis: s.axis, offset: r.offset, per: r.per });
+    for (const e of step.shapeEdits ?? []) rec.edits.push({ tensor: e.tensor, index: e.index, per: r.per });
+    for (const a of step.attributes ?? []) rec.edits.push({ node: node.name, attribute: a, per: 1 });
+    rec.chain.push(node);
+  }
+}
+
+/** Sets a node output's layout; a tensor written twice means the graph has a cycle. */
+function setLayout(W: Walk, t: string, l: Layout): void {
+  if (!t) return;
+  if (W.layouts.has(t) || W.G.graph.input.some((i) => i.name === t)) {
+    const why = `the graph has a cycle through "${t}"; the model is corrupted`;
+    W.S.refuseAll(W.layouts.get(t), why);
+    W.S.refuseAll(l, why);
+  }
+  W.layouts.set(t, l);
+  for (const r of runs(l)) if (r.space >= 0) W.S.get(r.space).tensors.push({ tensor: t, axis: l.axis, offset: r.offset, per: r.per });
+  if (!W.G.shapes.has(t)) W.S.refuseAll(l, `the shape of "${t}" is unknown (no shape rule for an op before it)`);
+}
+
+/** Refuses the spaces of a step whose constants another node also reads, or that the rewrite cannot write. */
+function checkConstants(W: Walk, node: NodeProto, names: string[], l: Layout): boolean {
+  for (const name of names) {
+    const t = W.G.constant(name);
+    const why = W.G.shared(name, node) ?? (t && t.dataType !== DataType.INT64 ? notRewritable(t) : undefined);
+    if (why) {
+      W.S.refuseAll(l, why);
+      return false;
     }
-    const readers = uses.filter((u) => !shapes.includes(u));
-    if (readers.length === 0)
-      return `tensor "${t}" is read only by ${shapes.map((u) => label(u.node)).join(', ')}: no consumer`;
-    if (readers.length > 1) {
-      return (
-        `tensor "${t}" feeds ${uses.length} inputs (${uses.map((u) => u.node.name).join(', ')}); with fan-out ` +
-        'the channels of every consumer are coupled'
+  }
+  return true;
+}
+
+/** A layer node: it consumes the channels on its data input and creates a space for its output channels. */
+function layerNode(W: Walk, node: NodeProto, rule: OpRule, info: LayerInfo): void {
+  const { G, S } = W,
+    layer = rule.layer!;
+  const x = node.input[0] ?? '',
+    inL = W.layouts.get(x),
+    inShape = G.shapes.get(x);
+  node.input.forEach((t, slot) => {
+    if (slot > 0 && W.layouts.has(t))
+      S.refuseAll(
+        W.layouts.get(t),
+        `consumer ${label(node)} takes the channels as its ${slot === 1 ? 'weight' : 'bias'} input`,
       );
-    }
-    const { node: U, slot } = readers[0]!;
-    if (slot < 0) return `tensor "${t}" is read inside a subgraph of ${label(U)}`;
-
-    const consumer = OPS[opOf(U)]?.layer;
-    if (consumer) {
-      const ci = consumer.read(U, G.constant);
-      if ('refuse' in ci) return `consumer ${ci.refuse}`;
-      if (slot !== 0) return `consumer ${label(U)} takes the channels as its ${slot === 1 ? 'weight' : 'bias'} input`;
-      const why = G.shared(ci.weight);
-      if (why) return why;
-      const shape = consumer.consume(U, ci, inShape, layout, n);
-      if (typeof shape === 'string') return shape;
-      const { g, d, input } = shape;
-      const w = ci.weightDims;
-      const m = w[ci.outAxis]!;
-      for (const name of [...slices.map((s) => s.tensor), ci.weight]) {
-        const why = notRewritable(G.constant(name)!);
-        if (why) return why;
+  });
+  const own = [info.weight, ...(info.bias ? [info.bias] : [])];
+  const sharing = own.map((name) => G.shared(name, node)).find((w) => w);
+  const writable = own.map((name) => notRewritable(G.constant(name)!)).find((w) => w);
+  const m = info.weightDims[info.outAxis]!;
+  if (inL && inShape) {
+    for (const r of runs(inL)) {
+      if (r.space < 0) continue;
+      const why = sharing ?? writable;
+      if (why) {
+        S.refuse(r.space, why);
+        continue;
       }
-      const huge = tooBigToSelect({ d, m, g });
-      if (huge) return huge;
-      const chainParams = new Set(slices.slice(1).map((s) => s.tensor));
-      const params = [info.weight, ...chainParams, ci.weight].reduce(
-        (a, name) => a + numel(tensorDims(G.constant(name)!)),
-        0,
-      );
-      return {
-        id: P.name,
-        producer: P,
+      const shape = layer.consume(node, info, inShape, { axis: inL.axis, offset: r.offset, n: r.n, per: r.per });
+      if (typeof shape === 'string') {
+        S.refuse(r.space, shape);
+        continue;
+      }
+      const consumer: Consumer = {
+        node,
         weight: info.weight,
-        ...(info.bias ? { bias: info.bias } : {}),
-        channels: n,
-        g,
-        chain,
-        consumer: U,
-        consumerWeight: ci.weight,
-        consumerInput: t,
-        consumerKind: input.kind,
-        ...(input.kind === 'conv' ? { conv: input.conv } : {}),
-        d,
+        layout: info.layout,
+        input: x,
+        kind: shape.input.kind,
+        ...(shape.input.kind === 'conv' ? { conv: shape.input.conv } : {}),
+        offset: r.offset,
+        entries: entriesOf(inL),
+        g: shape.g,
+        d: shape.d,
         m,
-        params,
-        flops: (G.flops(P) ?? 0) + (G.flops(U) ?? 0),
-        consumerLayout: ci.layout,
-        slices,
-        shapeEdits,
+        row: shape.row,
+        dTotal: shape.dTotal,
       };
+      const huge = tooBigToSelect(consumer);
+      if (huge) S.refuse(r.space, huge);
+      const rec = S.get(r.space);
+      rec.consumers.push(consumer);
+      // the consumer's weights for these channels go with them (its input axis: input channels or features)
+      rec.slices.push({ tensor: info.weight, axis: info.inAxis, offset: r.offset, per: r.per });
     }
+  } else if (inL) S.refuseAll(inL, `the shape of "${x}" is unknown (no shape rule for an op before it)`);
 
-    const rule = OPS[opOf(U)]?.chain;
-    if (!rule)
-      return `${opOf(U)} "${U.name}" is not known to act per channel (it may mix channels); subprune stops at it`;
-    const step = rule({
-      node: U,
-      input: slot,
-      channels: n,
-      layout,
-      inShape,
-      outShape: G.shapes.get(U.output[0] ?? ''),
-      opset: G.opset,
-      constant: G.constant,
-      producer: G.producer,
-    });
-    if ('refuse' in step) return step.refuse;
-    for (const o of U.output.slice(1)) {
-      if (o && (G.uses.has(o) || G.outputs.has(o))) return `${label(U)}: its extra output "${o}" is used`;
-    }
-    for (const name of [...step.slices.map((s) => s.tensor), ...step.shapeEdits.map((e) => e.tensor)]) {
-      const why = G.shared(name);
-      if (why) return why;
-    }
-    slices.push(...step.slices);
-    shapeEdits.push(...step.shapeEdits);
-    chain.push(U);
-    layout = step.layout;
-    t = U.output[0] ?? '';
-    if (!G.shapes.has(t)) return `the shape of "${t}" is unknown (no shape rule for ${label(U)} or an op before it)`;
-  }
+  // producer side: a new space for the output channels
+  const y = node.output[0] ?? '',
+    yShape = G.shapes.get(y);
+  const n = info.weightDims[info.outAxis]!;
+  const space = S.make(n, node);
+  const axis = yShape ? layer.channelAxis(yShape.length) : 0;
+  const out: Layout = { axis, segments: [{ space, n, per: 1 }] };
+  const rec = S.get(space);
+  rec.slices.push({ tensor: info.weight, axis: info.outAxis, offset: 0, per: 1 });
+  const ba = info.bias ? biasAxis(G.constant(info.bias)!, n) : undefined;
+  if (info.bias && ba !== undefined) rec.slices.push({ tensor: info.bias, axis: ba, offset: 0, per: 1 });
+  if (sharing ?? writable) S.refuse(space, (sharing ?? writable)!);
+  if (!yShape) S.refuse(space, `the shape of "${y}" is unknown (an op before it has no shape rule in subprune)`);
+  else if (yShape[axis] !== n)
+    S.refuse(space, `output "${y}" has shape [${yShape.join(', ')}], expected ${n} channels on axis ${axis}`);
+  setLayout(W, y, out);
 }
+
+/** A node with one input carrying channels: its chain rule says how they pass. False if it refused them. */
+function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: number, l: Layout): boolean {
+  const { G, S } = W,
+    t = node.input[slot]!;
+  if (!rule?.chain) {
+    S.refuseAll(l, `${opOf(node)} "${node.name}" is not known to act per channel (it may mix channels); subprune stops at it`);
+    return false;
+  }
+  const inShape = G.shapes.get(t);
+  if (!inShape) {
+    S.refuseAll(l, `the shape of "${t}" is unknown (no shape rule for an op before it)`);
+    return false;
+  }
+  const step = rule.chain({
+    node,
+    input: slot,
+    layout: l,
+    entries: entriesOf(l),
+    inShape,
+    outShape: G.shapes.get(node.output[0] ?? ''),
+    opset: G.opset,
+    constant: G.constant,
+    producer: G.producer,
+    readers: (name) => G.uses.get(name) ?? [],
+    isOutput: (name) => G.outputs.has(name),
+  });
+  if ('refuse' in step) {
+    S.refuseAll(l, step.refuse);
+    return false;
+  }
+  if ('none' in step) return true; // the output does not carry the channels (a Shape that only takes the batch size)
+  const outs = step.allOutputs ? node.output : node.output.slice(0, 1);
+  for (const o of node.output.slice(outs.length)) {
+    if (o && (G.uses.has(o) || G.outputs.has(o))) {
+      S.refuseAll(l, `${label(node)}: its extra output "${o}" is used`);
+      return false;
+    }
+  }
+  const out: Layout = { axis: step.axis, segments: l.segments.map((s) => ({ ...s, per: s.per * (step.scale ?? 1) })) };
+  const consts = [...(step.slices ?? []).map((s) => s.tensor), ...(step.shapeEdits ?? []).map((e) => e.tensor)];
+  if (!checkConstants(W, node, consts, l)) return false;
+  record(W, node, out, step);
+  for (const o of outs) setLayout(W, o, out);
+  return true;
+}
+
+/**
+ * An element-wise node with several inputs (Add, Mul, …): inputs that carry channels on the same (broadcast) axis
+ * become the same channels; constants along that axis are sliced; an input no group owns that does not broadcast
+ * along the channels couples them with something subprune cannot prune.
+ */
+function joinNode(W: Walk, node: NodeProto): void {
+  const { G, S } = W;
+  const y = node.output[0] ?? '',
+    yShape = G.shapes.get(y);
+  const ins = node.input.map((t, slot) => ({ t, slot, l: t ? W.layouts.get(t) : undefined, shape: G.shapes.get(t) }));
+  const tracked = ins.filter((i) => i.l);
+  const all = tracked.map((i) => i.l!);
+  const refuseAll = (why: string) => all.forEach((l) => S.refuseAll(l, why));
+  if (!yShape || ins.some((i) => i.t && !i.shape))
+    return refuseAll(`the shapes around ${label(node)} are unknown (no shape rule for an op before it)`);
+  const rank = yShape.length;
+  const outAxis = (i: (typeof ins)[number]) => i.l!.axis + rank - i.shape!.length;
+  // inputs whose channel axis has one entry broadcast over the others: the others' channels decide
+  const wide = tracked.filter((i) => entriesOf(i.l!) > 1 || tracked.every((j) => entriesOf(j.l!) === 1));
+  const ref = wide[0]!,
+    axis = outAxis(ref);
+  for (const i of tracked.filter((j) => !wide.includes(j)))
+    S.refuseAll(i.l, `${label(node)} broadcasts the channels of "${i.t}" over the channels of "${ref.t}"`);
+  for (const i of wide) {
+    if (outAxis(i) !== axis || !sameRuns(i.l!, ref.l!))
+      return refuseAll(`${label(node)} combines channels laid out differently ("${ref.t}" and "${i.t}")`);
+  }
+  const out: Layout = { axis, segments: ref.l!.segments };
+  const slices: { tensor: string; axis: number }[] = [];
+  for (const i of ins.filter((j) => j.t && !j.l)) {
+    const dims = i.shape!,
+      k = axis - (rank - dims.length);
+    if (k < 0 || dims[k] === 1) continue; // broadcasts along the channels
+    if (!G.constant(i.t))
+      return refuseAll(
+        `${label(node)} combines the channels with "${i.t}", which no group owns ` +
+          '(e.g. a branch subprune cannot prune); both would have to be pruned together',
+      );
+    if (dims[k] !== entriesOf(out))
+      return refuseAll(`${label(node)}: constant "${i.t}" has ${dims[k]} entries along the channels`);
+    slices.push({ tensor: i.t, axis: k });
+  }
+  for (const i of wide.slice(1)) i.l!.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, out.segments[r]!.space));
+  if (!checkConstants(W, node, slices.map((s) => s.tensor), out)) return;
+  record(W, node, out, { axis, slices });
+  setLayout(W, y, out);
+}
+
+/**
+ * Concat: along the channel axis of its inputs it lays their runs end to end (inputs no group owns become fixed
+ * entries); along another axis it joins inputs with the same runs (and slices constants along the channels).
+ */
+function concatNode(W: Walk, node: NodeProto): void {
+  const { G, S } = W;
+  const y = node.output[0] ?? '',
+    yShape = G.shapes.get(y);
+  const ins = node.input.map((t) => ({ t, l: W.layouts.get(t), shape: G.shapes.get(t) }));
+  const tracked = ins.filter((i) => i.l);
+  const refuseAll = (why: string) => tracked.forEach((i) => S.refuseAll(i.l, why));
+  if (!yShape || ins.some((i) => !i.shape))
+    return refuseAll(`the shapes around ${label(node)} are unknown (no shape rule for an op before it)`);
+  const axis = attrInt(node, 'axis') < 0 ? attrInt(node, 'axis') + yShape.length : attrInt(node, 'axis');
+  if (tracked.every((i) => i.l!.axis === axis)) {
+    const segments = ins.flatMap((i) => i.l?.segments ?? [{ space: -1, n: i.shape![axis]!, per: 1 }]);
+    const out = { axis, segments };
+    record(W, node, out, { axis });
+    return setLayout(W, y, out);
+  }
+  // along another axis (e.g. tokens): every input carries the same channels; constants are sliced along them
+  const ref = tracked[0]!,
+    out: Layout = { axis: ref.l!.axis, segments: ref.l!.segments };
+  if (tracked.some((i) => i.l!.axis !== out.axis || !sameRuns(i.l!, ref.l!)))
+    return refuseAll(`${label(node)} joins channels laid out differently along axis ${axis}`);
+  const slices = [];
+  for (const i of ins.filter((j) => !j.l)) {
+    if (!G.constant(i.t))
+      return refuseAll(`${label(node)} joins the channels with "${i.t}", which no group owns`);
+    if (i.shape![out.axis] !== entriesOf(out))
+      return refuseAll(`${label(node)}: constant "${i.t}" has ${i.shape![out.axis]} entries along the channels`);
+    slices.push({ tensor: i.t, axis: out.axis });
+  }
+  for (const i of tracked.slice(1)) i.l!.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, out.segments[r]!.space));
+  if (!checkConstants(W, node, slices.map((x) => x.tensor), out)) return;
+  record(W, node, out, { axis: out.axis, slices });
+  setLayout(W, y, out);
+}
+
+/** The walk over every node in graph order. */
+function walk(G: Graph): Walk {
+  const W: Walk = { G, S: new Spaces(), layouts: new Map(), refused: [] };
+  for (const node of G.graph.node) {
+    const rule = OPS[opOf(node)];
+    const inputs = node.input.flatMap((t, slot) => (t && W.layouts.has(t) ? [{ t, slot, l: W.layouts.get(t)! }] : []));
+    for (const sub of inner(node)) W.S.refuseAll(W.layouts.get(sub), `tensor "${sub}" is read inside a subgraph of ${label(node)}`);
+    const info = rule?.layer?.read(node, G.constant);
+    if (info && !('refuse' in info)) {
+      layerNode(W, node, rule!, info);
+      continue;
+    }
+    if (info) {
+      // not a layer here (e.g. a grouped conv); a depthwise conv still passes channels on by its chain rule
+      let passed = false;
+      for (const i of inputs) {
+        if (i.slot === 0 && rule!.chain) passed = chainNode(W, node, rule, 0, i.l);
+        else W.S.refuseAll(i.l, `consumer ${info.refuse}`);
+      }
+      if (!passed) W.refused.push({ node: node.name, reason: info.refuse });
+      continue;
+    }
+    if (!inputs.length) continue;
+    const others = node.input.filter((t) => t && !W.layouts.has(t) && !G.constant(t));
+    if (rule?.merge === 'concat') concatNode(W, node);
+    else if (rule?.merge === 'join' && (inputs.length > 1 || others.length > 0)) joinNode(W, node);
+    else if (inputs.length === 1) void chainNode(W, node, rule, inputs[0]!.slot, inputs[0]!.l);
+    else
+      inputs.forEach((i) =>
+        W.S.refuseAll(i.l, `${label(node)} combines channels of several inputs; subprune does not know how it mixes them`),
+      );
+  }
+  for (const o of G.graph.output) {
+    const l = W.layouts.get(o.name);
+    if (l) W.S.refuseAll(l, `tensor "${o.name}" is a graph output, so its channels cannot change`);
+  }
+  return W;
+}
+
+/** Names read inside a node's subgraphs (If/Loop/Scan bodies). */
+function inner(node: NodeProto): string[] {
+  const names: string[] = [];
+  const visit = (g: GraphProto) => {
+    for (const n of g.node) {
+      names.push(...n.input);
+      for (const a of n.attribute) [a.g, ...a.graphs].forEach((sub) => sub && visit(sub));
+    }
+  };
+  for (const a of node.attribute) [a.g, ...a.graphs].forEach((sub) => sub && visit(sub));
+  return names.filter((t) => t);
+}
+
+/** The group of a space that survived the walk, or the reason it is refused. */
+function groupOf(W: Walk, root: number): Group | string {
+  const rec = W.S.get(root);
+  if (!rec.consumers.length) {
+    const only = rec.refused?.startsWith('tensor ') && rec.refused.includes('graph output');
+    return only || !rec.refused ? 'output layer: no consumer' : rec.refused;
+  }
+  if (rec.refused) return rec.refused;
+  const producers = [...new Set(rec.producers)].sort((a, b) => order(W, a) - order(W, b));
+  const chain = [...new Set(rec.chain)].sort((a, b) => order(W, a) - order(W, b));
+  const consumers = [...rec.consumers].sort((a, b) => order(W, a.node) - order(W, b.node) || a.offset - b.offset);
+  return {
+    id: producers[0]!.name,
+    channels: rec.n,
+    producers,
+    consumers,
+    slices: dedupe(rec.slices),
+    edits: rec.edits,
+    chain,
+    tensors: dedupe(rec.tensors),
+    params: 0,
+    flops: 0,
+  };
+}
+
+const order = (W: Walk, n: NodeProto) => W.G.graph.node.indexOf(n);
+const dedupe = (xs: AxisSlice[]) =>
+  [...new Map(xs.map((s) => [`${s.tensor}|${s.axis}|${s.offset}|${s.per}`, s])).values()];
 
 function prepare(model: Model, inputShape?: readonly number[]): Graph {
   const graph = model.graph;
@@ -247,61 +518,55 @@ function prepare(model: Model, inputShape?: readonly number[]): Graph {
 }
 
 /**
- * Find the prunable units of a model and the Conv/Gemm/MatMul nodes that cannot be pruned, with reasons. Normalises the
- * graph in place (see normalizeGraph: names unnamed nodes, folds Identity aliases of constants). inputShape: the first
- * input's shape (default: declared, symbolic dims 1).
+ * The channel groups of a model and the candidates refused, with reasons. Normalises the graph in place (see
+ * normalizeGraph: names unnamed nodes, folds Identity aliases of constants). inputShape: the first input's shape
+ * (default: declared, symbolic dims 1).
  */
 export function analyze(model: Model, inputShape?: number[]): Analysis {
   const G = prepare(model, inputShape);
-  const units: Unit[] = [];
-  const refused: Refused[] = [];
-  for (const node of G.graph.node) {
-    if (!OPS[opOf(node)]?.layer) continue;
-    const r = findUnit(G, node);
-    if (typeof r === 'string') refused.push({ node: node.name, reason: r });
-    else units.push(r);
-  }
-  return { units, refused };
-}
-
-/**
- * params: element count of every initializer and Constant-node tensor; flops: 2 × multiply-accumulates of all
- * Conv/Gemm/MatMul nodes per sample. Nodes whose shapes cannot be inferred are listed in `unknown` (their FLOPs are not
- * counted). Does not change the model. (After analyze has folded Identity aliases of constants, each copy counts.)
- */
-export function modelStats(model: Model, inputShape?: number[]): { params: number; flops: number; unknown: string[] } {
-  if (!model.graph) throw badInput('the model has no graph.');
-  // read-only: no normalising
-  const G = new Graph(model.graph, inferShapes(model, inputShape), opsetVersion(model) ?? 1);
-  let params = 0;
-  for (const t of G.graph.initializer) params += numel(tensorDims(t));
-  for (const n of G.graph.node) {
-    if (n.opType !== 'Constant') continue;
-    for (const a of n.attribute) {
-      if (a.t) params += numel(tensorDims(a.t));
-      params += a.floats.length + a.ints.length + (a.name === 'value_float' || a.name === 'value_int' ? 1 : 0);
+  const W = walk(G);
+  const groups: Group[] = [];
+  const refused: Refused[] = [...W.refused];
+  for (const root of W.S.roots()) {
+    const g = groupOf(W, root);
+    if (typeof g !== 'string') groups.push(g);
+    else {
+      const producers = [...new Set(W.S.get(root).producers)].sort((a, b) => order(W, a) - order(W, b));
+      refused.push({
+        node: producers[0]!.name,
+        ...(producers.length > 1 ? { producers: producers.map((p) => p.name) } : {}),
+        reason: g,
+      });
     }
   }
-  let flops = 0;
-  const unknown: string[] = [];
-  for (const n of G.graph.node) {
-    if (!LAYERS[n.opType]) continue; // by op type, as shape inference
-    const f = G.flops(n);
-    if (f === undefined) unknown.push(n.name || `${n.opType} (unnamed)`);
-    else flops += f;
+  groups.sort((a, b) => order(W, a.producers[0]!) - order(W, b.producers[0]!));
+  refused.sort((a, b) => order(W, nodeNamed(G, a.node)) - order(W, nodeNamed(G, b.node)));
+  const sizeOf = sizeModel(model, groups, inputShape, 'params'),
+    flopsOf = sizeModel(model, groups, inputShape, 'flops');
+  const full = new Map(groups.map((g) => [g.id, g.channels]));
+  for (const g of groups) {
+    const none = new Map(full).set(g.id, 0);
+    g.params = sizeOf(full) - sizeOf(none);
+    g.flops = flopsOf(full) - flopsOf(none);
   }
-  return { params, flops, unknown };
+  return { groups, refused };
 }
 
-/** The consumer's weights as the d×m matrix W with consumer output = B·W (bias aside): see weightToMatrix. */
-export function consumerWeightMatrix(model: Model, unit: Unit): Float64Array {
-  const t = model.graph && constantTensors(model.graph).get(unit.consumerWeight);
-  if (!t) throw badInput(`the model has no constant "${unit.consumerWeight}" (consumer weight of unit "${unit.id}").`);
+export { modelStats } from './shapes.js';
+
+const nodeNamed = (G: Graph, name: string) => G.graph.node.find((n) => n.name === name)!;
+
+/**
+ * A consumer's weight rows for its group as the d×m matrix W with (the group's part of) the consumer's output = B·W:
+ * rows c·g + j, see weightToMatrix.
+ */
+export function consumerWeightMatrix(model: Model, c: Consumer): Float64Array {
+  const t = model.graph && constantTensors(model.graph).get(c.weight);
+  if (!t) throw badInput(`the model has no constant "${c.weight}" (weight of consumer "${c.node.name}").`);
   const { data } = tensorToFloat32(t);
-  const { d, m } = unit;
-  if (data.length !== d * m) {
-    const expects = `unit "${unit.id}" expects ${d}×${m}; was the model changed after analysis?`;
-    throw badInput(`consumer weight "${unit.consumerWeight}" has ${data.length} values, ${expects}`);
+  if (data.length !== c.dTotal * c.m) {
+    const expects = `consumer "${c.node.name}" expects ${c.dTotal}×${c.m}; was the model changed after analysis?`;
+    throw badInput(`weight "${c.weight}" has ${data.length} values, ${expects}`);
   }
-  return weightToMatrix(unit.consumerLayout, data, d, m);
+  return weightToMatrix(c.layout, data, c.dTotal, c.m).subarray(c.row * c.m, (c.row + c.d) * c.m);
 }

@@ -2,11 +2,11 @@
 // entry each, in the spirit of Torch-Pruning's registry of per-layer pruners. An entry says where the layer keeps its
 // weight and bias and which weight axes hold output channels and input features, which axis of its output holds the
 // channels, its output shape and multiply-accumulates, and how its input becomes the matrix B of "output = B·W" when
-// it consumes a unit's channels (im2col patches for Conv, rows for dense layers). Analysis, shape inference, capture,
+// it consumes a group's channels (im2col patches for Conv, rows for dense layers). Analysis, shape inference, capture,
 // rewrite and evaluation ask this table; none of them names a layer op. A new layer type is one entry here and a test.
 import { attrFloat, attrInt, numel, tensorDims, type NodeProto, type TensorProto } from '../onnx/index.js';
 import { broadcastShapes, windowGeometry, type ConvGeometry } from '../geometry.js';
-import type { ChannelLayout, ParamSlice } from './ops.js';
+
 
 /**
  * How a layer's weight maps to the d×m matrix W of "consumer output = B·W": 'conv' [m, n, kh, kw] (W row
@@ -28,19 +28,30 @@ export interface LayerInfo {
 /** How a consumer's input becomes rows of B: its im2col patches (a Conv) or its rows as they are (dense layers). */
 export type ConsumerInput = { kind: 'conv'; conv: ConvGeometry } | { kind: 'dense' };
 
-/** What a layer consuming n channels (arriving in `layout` on an input of shape inShape) makes of them. */
+/** Channels arriving on a layer's input: along `axis`, n channels of `per` entries each from entry `offset` on. */
+export interface Arrival {
+  axis: number;
+  offset: number;
+  n: number;
+  per: number;
+}
+
+/** What a layer makes of channels arriving on its input: B's rows, columns per channel, and its rows of W. */
 export interface ConsumerShape {
   input: ConsumerInput;
   /** Columns of B per channel, and d = n·g. */
   g: number;
   d: number;
+  /** The channels' first row in the layer's whole dTotal × m weight matrix. */
+  row: number;
+  dTotal: number;
 }
 
 type Constant = (name: string) => TensorProto | undefined;
 type Refusal = { refuse: string };
 
 export interface Layer {
-  /** Where the node keeps its weight and bias, or why it cannot produce or consume a unit's channels. */
+  /** Where the node keeps its weight and bias, or why it cannot produce or consume a group's channels. */
   read(node: NodeProto, constant: Constant): LayerInfo | Refusal;
   /** The axis of the layer's output (of rank `rank`) that holds its output channels. */
   channelAxis(rank: number): number;
@@ -48,14 +59,8 @@ export interface Layer {
   shape(node: NodeProto, ins: (number[] | undefined)[]): number[][] | undefined;
   /** Multiply-accumulates of one run on input x, weight w, output y. */
   macs(node: NodeProto, x: number[], w: number[], y: number[]): number;
-  /** What the layer makes of n channels arriving in `layout` on its input, or why it cannot consume them. */
-  consume(
-    node: NodeProto,
-    info: LayerInfo,
-    inShape: number[],
-    layout: ChannelLayout,
-    n: number,
-  ): ConsumerShape | string;
+  /** What the layer makes of channels arriving on its input (of shape inShape), or why it cannot consume them. */
+  consume(node: NodeProto, info: LayerInfo, inShape: number[], at: Arrival): ConsumerShape | string;
 }
 
 const label = (n: NodeProto) => `${n.opType} "${n.name}"`;
@@ -70,18 +75,13 @@ function weightAndBias(node: NodeProto, constant: Constant): { w: string; dims: 
 }
 
 /** A dense consumer (Gemm, MatMul) multiplies along the last axis: B's rows are the input's rows. */
-function denseConsume(
-  node: NodeProto,
-  info: LayerInfo,
-  inShape: number[],
-  layout: ChannelLayout,
-): ConsumerShape | string {
-  if (layout.axis !== inShape.length - 1)
-    return `consumer ${label(node)} multiplies along the last axis, but the channels are on axis ${layout.axis}`;
-  const d = inShape[layout.axis]!;
+function denseConsume(node: NodeProto, info: LayerInfo, inShape: number[], at: Arrival): ConsumerShape | string {
+  if (at.axis !== inShape.length - 1)
+    return `consumer ${label(node)} multiplies along the last axis, but the channels are on axis ${at.axis}`;
+  const dTotal = inShape[at.axis]!;
   const have = info.weightDims[info.inAxis];
-  if (have !== d) return `consumer ${label(node)} weight has ${have} input features, its input has ${d}`;
-  return { input: { kind: 'dense' }, g: layout.group, d };
+  if (have !== dTotal) return `consumer ${label(node)} weight has ${have} input features, its input has ${dTotal}`;
+  return { input: { kind: 'dense' }, g: at.per, d: at.n * at.per, row: at.offset, dTotal };
 }
 
 const Conv: Layer = {
@@ -110,15 +110,12 @@ const Conv: Layer = {
     return [[x[0]!, w[0]!, ...windowGeometry(node, x.slice(2), w.slice(2)).out]];
   },
   macs: (_node, _x, w, y) => numel(y) * numel(w.slice(1)), // each output: (C/group)·kernel MACs
-  consume(node, info, inShape, layout, n) {
+  consume(node, info, inShape, at) {
     const w = info.weightDims;
     if (w.length !== 4) return `consumer ${label(node)} is not a 2-D convolution`;
-    if (layout.axis !== 1 || layout.group !== 1 || inShape.length !== 4)
-      return (
-        `consumer ${label(node)} receives the channels on axis ${layout.axis} (group ${layout.group}), not as ` +
-        'its input channels'
-      );
-    if (w[1] !== n) return `consumer ${label(node)} expects ${w[1]} input channels, the producer makes ${n}`;
+    if (at.axis !== 1 || inShape.length !== 4)
+      return `consumer ${label(node)} receives the channels on axis ${at.axis}, not as its input channels`;
+    if (w[1] !== inShape[1]) return `consumer ${label(node)} expects ${w[1]} input channels, its input has ${inShape[1]}`;
     const kernel: [number, number] = [w[2]!, w[3]!];
     const { strides, pads, dilations } = windowGeometry(node, inShape.slice(2), kernel);
     const conv: ConvGeometry = {
@@ -127,7 +124,8 @@ const Conv: Layer = {
       pads: [pads[0]!, pads[1]!, pads[2]!, pads[3]!],
       dilations: [dilations[0]!, dilations[1]!],
     };
-    return { input: { kind: 'conv', conv }, g: kernel[0] * kernel[1], d: n * kernel[0] * kernel[1] };
+    const kk = kernel[0] * kernel[1]; // a channel of `per` input channels owns per·kh·kw consecutive columns
+    return { input: { kind: 'conv', conv }, g: at.per * kk, d: at.n * at.per * kk, row: at.offset * kk, dTotal: w[1]! * kk };
   },
 };
 
@@ -197,13 +195,14 @@ const MatMul: Layer = {
 export const LAYERS: Readonly<Record<string, Layer>> = { Conv, Gemm, MatMul };
 
 /**
- * The bias slice of a producer with n output channels: Conv's B is [n]; Gemm's C broadcasts against [rows, n], so it is
- * per channel when its last axis has n entries and shared by all channels (no slice) when that axis is 1 or absent.
+ * The axis of a producer's bias that holds one entry per output channel, if any: Conv's B is [n]; Gemm's C broadcasts
+ * against [rows, n], so it is per channel when its last axis has n entries and shared by all channels (nothing to
+ * slice) when that axis is 1 or absent.
  */
-export function biasSlice(bias: TensorProto, name: string, channels: number): ParamSlice[] {
+export function biasAxis(bias: TensorProto, channels: number): number | undefined {
   const dims = tensorDims(bias);
   const last = dims.length - 1;
-  return last >= 0 && dims[last] === channels && channels !== 1 ? [{ tensor: name, axis: last, group: 1 }] : [];
+  return last >= 0 && dims[last] === channels && channels !== 1 ? last : undefined;
 }
 
 // ---- the weight as a matrix -----------------------------------------------------------------------------------
@@ -222,7 +221,7 @@ export function weightToMatrix(layout: WeightLayout, data: ArrayLike<number>, d:
 
 /**
  * W (rows × cols, row-major) back into the layer's own layout: data and dims. `dims`: the weight's current dims,
- * whose kernel axes (Conv) carry over; g: columns of B per input channel.
+ * whose kernel axes (Conv) carry over.
  */
 export function matrixToWeight(
   layout: WeightLayout,
@@ -230,7 +229,6 @@ export function matrixToWeight(
   rows: number,
   cols: number,
   dims: readonly number[],
-  g: number,
 ): { dims: number[]; data: Float32Array } {
   const data = new Float32Array(rows * cols);
   if (layout === 'in-out') {
@@ -238,10 +236,10 @@ export function matrixToWeight(
     return { dims: [rows, cols], data };
   }
   for (let o = 0; o < cols; o++) for (let r = 0; r < rows; r++) data[o * rows + r] = W[r * cols + o]!; // [m, d]
-  return { dims: layout === 'conv' ? [cols, rows / g, dims[2]!, dims[3]!] : [cols, rows], data };
+  return { dims: layout === 'conv' ? [cols, rows / (dims[2]! * dims[3]!), dims[2]!, dims[3]!] : [cols, rows], data };
 }
 
-/** The weight axis holding input features, and entries per channel on it, for slicing a consumer's input side. */
-export function inputAxis(layout: WeightLayout, g: number): { axis: number; group: number } {
-  return { axis: layout === 'in-out' ? 0 : 1, group: layout === 'conv' ? 1 : g };
+/** Where entry (row r, column o) of W (dTotal × m, see weightToMatrix) sits in the layer's own weight data. */
+export function weightIndex(layout: WeightLayout, dTotal: number, m: number): (r: number, o: number) => number {
+  return layout === 'in-out' ? (r, o) => r * m + o : (r, o) => o * dTotal + r;
 }

@@ -1,10 +1,10 @@
 // The op table: everything subprune knows about how an ONNX op treats shapes and channels, one entry per op type.
 // - `shape`: the op's output shapes from its input shapes (and constant inputs), for FLOPs, the consumers' geometry
 //   and g after a Flatten/Reshape. An op without one leaves its outputs unknown; callers refuse or report that.
-// - `chain`: how the op passes a unit's channels between producer and consumer. A chain rule gets the channel layout
+// - `chain`: how the op passes a group's channels between producer and consumer. A chain rule gets the channel layout
 //   of its input and returns the layout of its output plus the parameter slices and shape-constant edits that
 //   pruning needs, or a reason why the op couples channels. Ops without one are refused as "not known to act per
-//   channel". Analysis records the edits in the Unit; rewrite applies them generically.
+//   channel". Analysis records the edits in the Group; rewrite applies them generically.
 // - `layer`: Conv, Gemm and MatMul, which produce and consume channels: their entry in the layer table (layers.ts).
 // Supporting a new op is one entry here plus a test. The opsets this table is written for, and the op name a node is
 // known by (opOf), live here too.
@@ -15,6 +15,7 @@ import {
   opsetVersion,
   tensorDims,
   tensorToInt64,
+  tensorToFloat32,
   numel,
   type Model,
   type NodeProto,
@@ -55,33 +56,44 @@ const normAxis = (a: number, rank: number) => (a < 0 ? a + rank : a);
 
 // ---- channel layouts and what pruning changes ---------------------------------------------------------------------
 
-/** Where a unit's channels sit in a tensor: along `axis`, channel c owning the entries [c·group, (c+1)·group). */
-export interface ChannelLayout {
-  axis: number;
-  group: number;
+/**
+ * A run of channels along a tensor's channel axis: `n` channels of the channel space `space`, `per` consecutive
+ * entries each. Space −1 marks entries that belong to no group (n entries, per 1): channels subprune leaves alone.
+ */
+export interface Segment {
+  space: number;
+  n: number;
+  per: number;
 }
 
-/** Keep only the kept channels' entries of constant `tensor` along `axis` (blocks of `group` entries per channel). */
+/** Where channels sit in a tensor: along `axis`, in runs (a Concat's output has one run per part). */
+export interface Layout {
+  axis: number;
+  segments: Segment[];
+}
+
+/** Entries of a layout's axis. */
+export const entriesOf = (l: Layout) => l.segments.reduce((a, s) => a + s.n * s.per, 0);
+
+/** The constant `tensor`'s axis `axis` holds the entries of the step's output channel axis, one block per channel. */
 export interface ParamSlice {
   tensor: string;
   axis: number;
-  group: number;
 }
 
-/** Set entry `index` of the INT64 shape constant `tensor` to (kept channels)·perChannel. */
+/** Entry `index` of the INT64 shape constant `tensor` counts the entries of the step's output channel axis. */
 export interface ShapeEdit {
   tensor: string;
   index: number;
-  perChannel: number;
 }
 
 export interface ChainContext {
   node: NodeProto;
   /** The input slot of `node` that carries the channels. */
   input: number;
-  /** The producer's channel count n. */
-  channels: number;
-  layout: ChannelLayout;
+  layout: Layout;
+  /** Entries along the channel axis (Σ n·per over the layout's runs). */
+  entries: number;
   inShape: number[];
   outShape: number[] | undefined;
   opset: number;
@@ -89,9 +101,29 @@ export interface ChainContext {
   constant(name: string): TensorProto | undefined;
   /** The node computing a tensor; undefined for graph inputs and initializers. */
   producer(name: string): NodeProto | undefined;
+  /** The nodes (and input slots) that read a tensor; slot −1: read inside a subgraph. */
+  readers(name: string): { node: NodeProto; slot: number }[];
+  /** Whether a tensor is a graph output. */
+  isOutput(name: string): boolean;
 }
 
-export type ChainStep = { layout: ChannelLayout; slices: ParamSlice[]; shapeEdits: ShapeEdit[] } | { refuse: string };
+/**
+ * How a node passes the channels on: the channel axis of its output, the factor by which each channel's entries grow
+ * (a Flatten of h·w positions: h·w), the constants to slice (laid out like the output's channel axis), the shape
+ * constants to edit, the node's INT attributes that count the channels (a depthwise conv's group), and whether every
+ * output carries the channels (a Split along another axis); or why it couples channels.
+ */
+export type ChainStep =
+  | {
+      axis: number;
+      scale?: number;
+      slices?: ParamSlice[];
+      shapeEdits?: ShapeEdit[];
+      attributes?: string[];
+      allOutputs?: boolean;
+    }
+  | { none: true }
+  | { refuse: string };
 type ChainRule = (ctx: ChainContext) => ChainStep;
 
 // ---- shape rules ----------------------------------------------------------------------------------------------
@@ -192,6 +224,71 @@ const constantShape: ShapeRule = ({ node, constant }) => {
   const t = constant(node.output[0] ?? '');
   return t ? [tensorDims(t)] : undefined;
 };
+/** The INT64 values of input `slot` (newer opsets) or of attribute `attr` (older ones); undefined if computed. */
+function intsOf(ctx: ShapeContext, slot: number, attr: string): number[] | undefined {
+  if (ctx.node.attribute.some((a) => a.name === attr)) return attrInts(ctx.node, attr);
+  const name = ctx.node.input[slot];
+  return name ? int64Values(ctx.constant(name)) : undefined;
+}
+const resizeShape: ShapeRule = withX((x, ctx) => {
+  const { node, constant } = ctx;
+  const sizes = node.opType === 'Resize' ? int64Values(constant(node.input[3] ?? '')) : undefined;
+  if (sizes?.length === x.length) return [sizes];
+  const slot = node.opType === 'Resize' && Number(node.input.length) > 2 ? 2 : 1;
+  const t = constant(node.input[slot] ?? '');
+  const scales = node.attribute.some((a) => a.name === 'scales')
+    ? node.attribute.find((a) => a.name === 'scales')!.floats
+    : t && t.dataType === DataType.FLOAT && tensorDims(t)[0] === x.length
+      ? Array.from(tensorToFloat32(t).data)
+      : undefined;
+  return scales ? [x.map((d, i) => Math.floor(d * scales[i]!))] : undefined;
+});
+const padShape: ShapeRule = withX((x, ctx) => {
+  const pads = intsOf(ctx, 1, 'pads');
+  const axesName = ctx.node.input[3];
+  const axes = axesName ? int64Values(ctx.constant(axesName))?.map((a) => normAxis(a, x.length)) : x.map((_, i) => i);
+  if (!pads || !axes) return undefined;
+  const y = [...x];
+  axes.forEach((a, i) => (y[a] = x[a]! + pads[i]! + pads[i + axes.length]!));
+  return [y];
+});
+const sliceShape: ShapeRule = withX((x, ctx) => {
+  const starts = intsOf(ctx, 1, 'starts'),
+    ends = intsOf(ctx, 2, 'ends');
+  const axes = intsOf(ctx, 3, 'axes') ?? starts?.map((_, i) => i),
+    steps = ctx.node.input[4] ? int64Values(ctx.constant(ctx.node.input[4])) : starts?.map(() => 1);
+  if (!starts || !ends || !axes || !steps) return undefined;
+  const y = [...x];
+  axes.forEach((a0, i) => {
+    const a = normAxis(a0, x.length),
+      d = x[a]!,
+      step = steps[i]!;
+    const clamp = (v: number, lo: number, hi: number) => Math.min(Math.max(v < 0 ? v + d : v, lo), hi);
+    const s = step > 0 ? clamp(starts[i]!, 0, d) : clamp(starts[i]!, -1, d - 1);
+    const e = step > 0 ? clamp(ends[i]!, 0, d) : clamp(ends[i]!, -1, d - 1);
+    y[a] = Math.max(0, Math.ceil((e - s) / step));
+  });
+  return [y];
+});
+const splitShape: ShapeRule = withX((x, ctx) => {
+  const axis = normAxis(attrInt(ctx.node, 'axis', 0), x.length);
+  const outs = ctx.node.output.length;
+  const sizes =
+    intsOf(ctx, 1, 'split') ??
+    x
+      .map(() => 0)
+      .slice(0, outs)
+      .map(() => Math.ceil(x[axis]! / outs));
+  if (sizes.length !== outs) return undefined;
+  sizes[outs - 1] = x[axis]! - sizes.slice(0, -1).reduce((a, b) => a + b, 0);
+  return sizes.map((s) => x.map((d, i) => (i === axis ? s : d)));
+});
+const gatherShape: ShapeRule = withX((x, { node, ins }) => {
+  const idx = ins[1];
+  if (!idx) return undefined;
+  const axis = normAxis(attrInt(node, 'axis', 0), x.length);
+  return [[...x.slice(0, axis), ...idx, ...x.slice(axis + 1)]];
+});
 /** A layer's shape rule: the layer table's. */
 const layerShape =
   (layer: Layer): ShapeRule =>
@@ -252,10 +349,9 @@ export function isViewFlatten(
 
 // ---- chain rules ----------------------------------------------------------------------------------------------
 
-const pass = (ctx: ChainContext, slices: ParamSlice[] = []): ChainStep => ({
-  layout: ctx.layout,
-  slices,
-  shapeEdits: [],
+const pass = (ctx: ChainContext, slices: ParamSlice[] = []): ChainStep => ({ axis: ctx.layout.axis, slices });
+const refusal = (ctx: ChainContext, why: string): ChainStep => ({
+  refuse: `${label(ctx.node)}${why.startsWith(':') ? '' : ' '}${why}`,
 });
 
 /**
@@ -272,11 +368,9 @@ function broadcastParam(ctx: ChainContext, slot: number, what: string): ParamSli
   if (dims.length > rank) return `${label(ctx.node)}: ${what} "${name}" broadcasts the channels to a higher rank`;
   const k = ctx.layout.axis - (rank - dims.length);
   if (k < 0 || dims[k] === 1) return [];
-  if (dims[k] !== ctx.channels * ctx.layout.group) {
-    const want = ctx.channels * ctx.layout.group;
-    return `${label(ctx.node)}: ${what} "${name}" has ${dims[k]} entries along the channels, expected ${want}`;
-  }
-  return [{ tensor: name, axis: k, group: ctx.layout.group }];
+  if (dims[k] !== ctx.entries)
+    return `${label(ctx.node)}: ${what} "${name}" has ${dims[k]} entries along the channels, expected ${ctx.entries}`;
+  return [{ tensor: name, axis: k }];
 }
 
 const result = (ctx: ChainContext, s: ParamSlice[] | string): ChainStep =>
@@ -284,111 +378,110 @@ const result = (ctx: ChainContext, s: ParamSlice[] | string): ChainStep =>
 
 /** Element-wise ops with no per-channel parameters. */
 const elementwise: ChainRule = (ctx) =>
-  ctx.input === 0 ? pass(ctx) : { refuse: `${label(ctx.node)}: the channels enter as input ${ctx.input}` };
+  ctx.input === 0 ? pass(ctx) : refusal(ctx, `: the channels enter as input ${ctx.input}`);
 
-/** Add/Sub/Mul/Div: per channel only when the other operand is a constant; another branch couples channels. */
-const arithmetic: ChainRule = (ctx) => {
-  const other = ctx.node.input[1 - ctx.input];
-  if (other && !ctx.constant(other)) {
-    return {
-      refuse:
-        `${label(ctx.node)} combines the channels with another branch "${other}" (e.g. a residual connection); ` +
-        'both branches would have to be pruned together',
-    };
-  }
-  return result(ctx, broadcastParam(ctx, 1 - ctx.input, 'constant'));
-};
+/**
+ * Add/Sub/Mul/Div/Pow/Max/Min with a constant: its entries along the channels are sliced. (With another branch the
+ * analysis joins the two branches' channels instead.)
+ */
+const arithmetic: ChainRule = (ctx) => result(ctx, broadcastParam(ctx, 1 - ctx.input, 'constant'));
 
 /** Normalisations whose parameters are per channel along axis 1 (BatchNormalization: scale, B, mean, var). */
 function perChannelNorm(params: number[]): ChainRule {
   return (ctx) => {
-    if (ctx.input !== 0) return { refuse: `${label(ctx.node)}: the channels enter as input ${ctx.input}` };
+    if (ctx.input !== 0) return refusal(ctx, `: the channels enter as input ${ctx.input}`);
     if (ctx.layout.axis !== 1)
-      return { refuse: `${label(ctx.node)} normalises along axis 1, but the channels are on axis ${ctx.layout.axis}` };
-    if (ctx.node.opType === 'BatchNormalization' && attrInt(ctx.node, 'training_mode', 0) !== 0) {
-      return {
-        refuse:
-          `${label(ctx.node)} is in training mode (batch statistics couple samples); ` +
-          'export the model in eval mode',
-      };
-    }
-    const slices: ParamSlice[] = [],
-      want = ctx.channels * ctx.layout.group;
+      return refusal(ctx, `normalises along axis 1, but the channels are on axis ${ctx.layout.axis}`);
+    if (ctx.node.opType === 'BatchNormalization' && attrInt(ctx.node, 'training_mode', 0) !== 0)
+      return refusal(ctx, 'is in training mode (batch statistics couple samples); export the model in eval mode');
+    const slices: ParamSlice[] = [];
     for (const slot of params) {
       const name = ctx.node.input[slot];
       if (!name) continue;
       const t = ctx.constant(name);
-      if (!t) return { refuse: `${label(ctx.node)}: parameter "${name}" is not a constant` };
+      if (!t) return refusal(ctx, `: parameter "${name}" is not a constant`);
       const dims = tensorDims(t);
-      if (dims.length !== 1 || dims[0] !== ctx.channels * ctx.layout.group) {
-        return {
-          refuse: `${label(ctx.node)}: parameter "${name}" has shape [${dims.join(', ')}], expected [${want}]`,
-        };
-      }
-      slices.push({ tensor: name, axis: 0, group: ctx.layout.group });
+      if (dims.length !== 1 || dims[0] !== ctx.entries)
+        return refusal(ctx, `: parameter "${name}" has shape [${dims.join(', ')}], expected [${ctx.entries}]`);
+      slices.push({ tensor: name, axis: 0 });
     }
     return pass(ctx, slices);
   };
 }
 
-/** Pools act on axes ≥ 2 of an N×C×spatial tensor: per channel when the channels are axis 1. */
-const pool: ChainRule = (ctx) =>
+/** Ops that act on axes ≥ 2 of an N×C×spatial tensor (pools, resizing): per channel when the channels are axis 1. */
+const spatial: ChainRule = (ctx) =>
   ctx.layout.axis === 1 && ctx.input === 0
     ? pass(ctx)
-    : { refuse: `${label(ctx.node)} pools over axis ${ctx.layout.axis}, which holds the channels` };
+    : refusal(ctx, `works over axis ${ctx.layout.axis}, which holds the channels`);
 
-/** Flatten(axis=1) of N×C×spatial: channel c now owns the group·(spatial size) consecutive features. */
+/**
+ * A depthwise convolution (group = input channels, each output channel from one input channel) passes every channel
+ * through its own filter: the filters (weight axis 0) and bias follow the channels, and so does `group`. A channel
+ * multiplier M (M output channels per input channel) makes each channel M entries on the output.
+ */
+const depthwise: ChainRule = (ctx) => {
+  const [, w, b] = ctx.node.input;
+  const weight = ctx.constant(w ?? '');
+  const group = attrInt(ctx.node, 'group', 1);
+  const cin = ctx.inShape[1] ?? 0;
+  if (!weight) return refusal(ctx, `: its weight "${w}" is not a constant`);
+  const dims = tensorDims(weight);
+  if (ctx.input !== 0 || ctx.layout.axis !== 1)
+    return refusal(ctx, `receives the channels on axis ${ctx.layout.axis}, not as its input channels`);
+  if (group !== cin || dims[1] !== 1 || dims[0]! % cin !== 0)
+    return refusal(ctx, `is a grouped convolution (group=${group}); its channels are coupled within each group`);
+  if (b && !ctx.constant(b)) return refusal(ctx, `: its bias "${b}" is not a constant`);
+  const slices = [{ tensor: w!, axis: 0 }, ...(b ? [{ tensor: b, axis: 0 }] : [])];
+  return { axis: 1, scale: dims[0]! / cin, slices, attributes: ['group'] };
+};
+
+/** Flatten(axis=1) of N×C×spatial: channel c now owns its entries times the spatial size, consecutively. */
 const flatten: ChainRule = (ctx) => {
   const axis = normAxis(attrInt(ctx.node, 'axis', 1), ctx.inShape.length);
   if (axis !== 1 || ctx.layout.axis !== 1) {
-    return {
-      refuse:
-        `${label(ctx.node)} (axis=${axis}) mixes the channels on axis ${ctx.layout.axis} with other axes; ` +
+    return refusal(
+      ctx,
+      `(axis=${axis}) mixes the channels on axis ${ctx.layout.axis} with other axes; ` +
         "only Flatten(axis=1) of channel-first data keeps each channel's features together",
-    };
+    );
   }
-  return flattenAt1(ctx);
+  return { axis: 1, scale: numel(ctx.inShape.slice(2)) };
 };
 
-const flattenAt1 = (ctx: ChainContext): ChainStep => ({
-  layout: { axis: 1, group: ctx.layout.group * numel(ctx.inShape.slice(2)) },
-  slices: [],
-  shapeEdits: [],
-});
-
 /**
- * Reshape to [batch, C·h·w] is a Flatten(axis=1); its constant shape entry C·h·w becomes kept·h·w. So is a Reshape to
- * [x.size(0), -1] computed from its own input (isViewFlatten). Anything else mixes channels.
+ * Reshape to [batch, C·h·w] is a Flatten(axis=1); its constant shape entry C·h·w follows the channels. So is a Reshape
+ * to [x.size(0), -1] computed from its own input (isViewFlatten). Anything else mixes channels.
  */
 const reshape: ChainRule = (ctx) => {
   const shapeName = ctx.node.input[1] ?? '';
   const t = ctx.constant(shapeName);
   const x = ctx.inShape;
   const y = ctx.outShape;
-  const mixes = {
-    refuse:
-      `${label(ctx.node)} to [${y?.join(', ') ?? '?'}] mixes the channels with other axes; ` +
+  const mixes = refusal(
+    ctx,
+    `to [${y?.join(', ') ?? '?'}] mixes the channels with other axes; ` +
       'only a reshape to [batch, channels·features] (a flatten) is supported',
-  };
+  );
   if (ctx.input !== 0) return mixes;
   if (!t && isViewFlatten(ctx.node, ctx.producer, ctx.constant)) {
     // torch's x.view(x.size(0), -1): a Flatten(axis=1) whose shape is computed from x at run time, so nothing to edit
-    return ctx.layout.axis === 1 ? flattenAt1(ctx) : mixes;
+    return ctx.layout.axis === 1 ? { axis: 1, scale: numel(x.slice(2)) } : mixes;
   }
   if (!t)
-    return {
-      refuse:
-        `${label(ctx.node)}: its shape "${shapeName}" is neither a constant nor [x.size(0), -1] computed from ` +
+    return refusal(
+      ctx,
+      `: its shape "${shapeName}" is neither a constant nor [x.size(0), -1] computed from ` +
         "its own input x (torch's x.view(x.size(0), -1))",
-    };
+    );
   if (!y || y.length !== 2 || y[0] !== x[0] || ctx.layout.axis !== 1) return mixes;
-  const group = ctx.layout.group * numel(x.slice(2));
+  const scale = numel(x.slice(2));
   const spec = Array.from(tensorToInt64(t).data, Number);
   if (attrInt(ctx.node, 'allowzero', 0) === 1 && spec.includes(0)) return mixes;
   // spec[1] is either -1 (inferred, nothing to edit) or the feature count, which shrinks with the channels.
-  const shapeEdits = spec[1] === ctx.channels * group ? [{ tensor: shapeName, index: 1, perChannel: group }] : [];
+  const shapeEdits = spec[1] === ctx.entries * scale ? [{ tensor: shapeName, index: 1 }] : [];
   if (spec[1] !== -1 && shapeEdits.length === 0) return mixes;
-  return { layout: { axis: 1, group }, slices: [], shapeEdits };
+  return { axis: 1, scale, shapeEdits };
 };
 
 /** Transpose keeps every channel's entries; it only moves the channel axis. */
@@ -398,7 +491,7 @@ const transpose: ChainRule = (ctx) => {
     'perm',
     ctx.inShape.map((_, i) => ctx.inShape.length - 1 - i),
   );
-  return { layout: { axis: perm.indexOf(ctx.layout.axis), group: ctx.layout.group }, slices: [], shapeEdits: [] };
+  return { axis: perm.indexOf(ctx.layout.axis) };
 };
 
 function chainAxes(ctx: ChainContext): number[] | undefined | 'computed' {
@@ -412,25 +505,21 @@ function chainAxes(ctx: ChainContext): number[] | undefined | 'computed' {
 /** Squeeze/Unsqueeze of other axes only renumber the channel axis. */
 const squeeze: ChainRule = (ctx) => {
   const a = chainAxes(ctx);
-  if (a === 'computed') return { refuse: `${label(ctx.node)}: its axes are not a constant` };
+  if (a === 'computed') return refusal(ctx, ': its axes are not a constant');
   const rank = ctx.inShape.length;
   const axes = a?.map((x) => normAxis(x, rank)) ?? ctx.inShape.flatMap((d, i) => (d === 1 ? [i] : []));
-  if (axes.includes(ctx.layout.axis)) return { refuse: `${label(ctx.node)} removes the channel axis` };
-  return {
-    layout: { axis: ctx.layout.axis - axes.filter((x) => x < ctx.layout.axis).length, group: ctx.layout.group },
-    slices: [],
-    shapeEdits: [],
-  };
+  if (axes.includes(ctx.layout.axis)) return refusal(ctx, 'removes the channel axis');
+  return { axis: ctx.layout.axis - axes.filter((x) => x < ctx.layout.axis).length };
 };
 
 const unsqueeze: ChainRule = (ctx) => {
   const a = chainAxes(ctx);
-  if (a === 'computed' || a === undefined) return { refuse: `${label(ctx.node)}: its axes are not a constant` };
+  if (a === 'computed' || a === undefined) return refusal(ctx, ': its axes are not a constant');
   const rank = ctx.inShape.length + a.length;
   const inserted = new Set(a.map((x) => normAxis(x, rank)));
   let axis = 0;
   for (let seen = -1; axis < rank; axis++) if (!inserted.has(axis) && ++seen === ctx.layout.axis) break;
-  return { layout: { axis, group: ctx.layout.group }, slices: [], shapeEdits: [] };
+  return { axis };
 };
 
 /**
@@ -439,19 +528,18 @@ const unsqueeze: ChainRule = (ctx) => {
  */
 const reduce: ChainRule = (ctx) => {
   const a = chainAxes(ctx);
-  if (a === 'computed') return { refuse: `${label(ctx.node)}: its axes are not a constant` };
+  if (a === 'computed') return refusal(ctx, ': its axes are not a constant');
   const rank = ctx.inShape.length;
   const all = (a === undefined || a.length === 0) && attrInt(ctx.node, 'noop_with_empty_axes', 0) === 0;
   const axes = all ? ctx.inShape.map((_, i) => i) : (a ?? []).map((x) => normAxis(x, rank));
   if (axes.includes(ctx.layout.axis)) {
-    return {
-      refuse:
-        `${label(ctx.node)} reduces over the channel axis ` +
-        '(a mean/variance across channels, as in LayerNorm), which couples channels',
-    };
+    return refusal(
+      ctx,
+      'reduces over the channel axis (a mean/variance across channels, as in LayerNorm), which couples channels',
+    );
   }
   const drop = attrInt(ctx.node, 'keepdims', 1) === 0 ? axes.filter((x) => x < ctx.layout.axis).length : 0;
-  return { layout: { axis: ctx.layout.axis - drop, group: ctx.layout.group }, slices: [], shapeEdits: [] };
+  return { axis: ctx.layout.axis - drop };
 };
 
 /** Softmax-like ops normalise over `axis` (opset ≥ 13) or over all axes from `axis` on (older opsets). */
@@ -459,84 +547,153 @@ const softmax: ChainRule = (ctx) => {
   const rank = ctx.inShape.length;
   const axis = normAxis(attrInt(ctx.node, 'axis', ctx.opset >= 13 ? -1 : 1), rank);
   const couples = ctx.opset >= 13 ? axis === ctx.layout.axis : axis <= ctx.layout.axis;
-  return couples ? { refuse: `${label(ctx.node)} normalises across the channels, which couples them` } : pass(ctx);
+  return couples ? refusal(ctx, 'normalises across the channels, which couples them') : pass(ctx);
 };
 
 /** LayerNormalization normalises over all axes from `axis` on. */
 const layerNorm: ChainRule = (ctx) => {
   const axis = normAxis(attrInt(ctx.node, 'axis', -1), ctx.inShape.length);
-  return axis <= ctx.layout.axis
-    ? { refuse: `${label(ctx.node)} normalises across the channels, which couples them` }
-    : pass(ctx);
+  return axis <= ctx.layout.axis ? refusal(ctx, 'normalises across the channels, which couples them') : pass(ctx);
+};
+
+/** Resize/Upsample scale the spatial axes: per channel when the channel axis keeps its size. */
+const resize: ChainRule = (ctx) => {
+  if (ctx.input !== 0 || !ctx.outShape) return refusal(ctx, ': the channels enter as another input');
+  const a = ctx.layout.axis;
+  if (ctx.outShape[a] !== ctx.inShape[a]) return refusal(ctx, 'resizes the channel axis');
+  // a constant `sizes` input names the channel count: it follows the channels
+  const sizes = ctx.node.opType === 'Resize' ? ctx.node.input[3] : undefined;
+  const t = sizes ? ctx.constant(sizes) : undefined;
+  if (sizes && !t) return refusal(ctx, `: its sizes "${sizes}" are not a constant`);
+  return { axis: a, ...(t ? { shapeEdits: [{ tensor: sizes!, index: a }] } : {}) };
+};
+
+/** Pad with no padding along the channel axis. */
+const pad: ChainRule = (ctx) => {
+  if (ctx.input !== 0) return refusal(ctx, ': the channels enter as another input');
+  const rank = ctx.inShape.length;
+  const pads = ctx.node.attribute.some((x) => x.name === 'pads')
+    ? attrInts(ctx.node, 'pads')
+    : int64Values(ctx.constant(ctx.node.input[1] ?? ''));
+  const axesName = ctx.node.input[3];
+  if (!pads || (axesName && !ctx.constant(axesName))) return refusal(ctx, ': its pads are not a constant');
+  const axes = axesName ? int64Values(ctx.constant(axesName))!.map((x) => normAxis(x, rank)) : [...Array(rank).keys()];
+  const at = axes.indexOf(ctx.layout.axis);
+  if (at >= 0 && (pads[at] !== 0 || pads[at + axes.length] !== 0)) return refusal(ctx, 'pads the channel axis');
+  return pass(ctx);
+};
+
+/** Slice, Split and Gather along other axes keep the channels (Gather of a scalar index removes its axis). */
+const slice: ChainRule = (ctx) => {
+  if (ctx.input !== 0) return refusal(ctx, ': the channels enter as another input');
+  const a = ctx.layout.axis;
+  if (!ctx.outShape || ctx.outShape[a] !== ctx.inShape[a] || ctx.outShape.length !== ctx.inShape.length)
+    return refusal(ctx, 'slices the channel axis');
+  return { axis: a };
+};
+const split: ChainRule = (ctx) => {
+  const axis = normAxis(attrInt(ctx.node, 'axis', 0), ctx.inShape.length);
+  if (ctx.input !== 0 || axis === ctx.layout.axis) return refusal(ctx, 'splits the channel axis');
+  return { axis: ctx.layout.axis, allOutputs: true };
+};
+const gather: ChainRule = (ctx) => {
+  const rank = ctx.inShape.length,
+    axis = normAxis(attrInt(ctx.node, 'axis', 0), rank),
+    a = ctx.layout.axis;
+  const indices = ctx.constant(ctx.node.input[1] ?? '');
+  if (ctx.input !== 0 || axis === a) return refusal(ctx, 'gathers along the channel axis');
+  if (!indices) return refusal(ctx, ': its indices are not a constant');
+  const r = tensorDims(indices).length; // the gathered axis becomes r axes
+  return { axis: a < axis ? a : a + r - 1 };
+};
+
+/**
+ * A Shape of the channels' tensor whose output is only used to take dimension 0 (one Gather of index 0 on axis 0:
+ * torch's x.size(0), the batch size) does not change with the channels: its output carries none. Any other use of the
+ * shape might see the channel count.
+ */
+const shapeOf: ChainRule = (ctx) => {
+  const S = ctx.node,
+    t = S.input[0],
+    out = S.output[0] ?? '',
+    uses = ctx.readers(out);
+  if (ctx.layout.axis === 0)
+    return { refuse: `tensor "${t}" is read by ${label(S)} while its channels are on dimension 0, so the shape changes with them` };
+  const only =
+    "only taking dimension 0 of it (a Gather of index 0 on axis 0, as torch's x.size(0)) is known not to " +
+    'change with the channels';
+  const why = (what: string): ChainStep => ({ refuse: `tensor "${t}" is read by ${label(S)}, ${what}; ${only}` });
+  if (attrInt(S, 'start', 0) !== 0) return why(`which takes the shape from dimension ${attrInt(S, 'start', 0)} on`);
+  if (ctx.isOutput(out)) return why('whose output is a graph output');
+  if (uses.length !== 1)
+    return why(`whose output is read by ${uses.length} nodes (${uses.map((u) => u.node.name).join(', ')})`);
+  const { node: U, slot } = uses[0]!;
+  const g = slot === 0 ? gatherIndex(U, ctx.constant) : undefined;
+  if (!g) return why(`whose output is read by ${label(U)}`);
+  if (g.index !== 0) return why(`whose dimension ${g.index} is taken by ${label(U)}`);
+  return { none: true };
 };
 
 const FLOAT_TYPES = new Set<number>([DataType.FLOAT, DataType.FLOAT16, DataType.DOUBLE, DataType.BFLOAT16]);
 
 const refuse =
   (why: string): ChainRule =>
-  (ctx) => ({ refuse: `${label(ctx.node)} ${why}` });
+  (ctx) =>
+    refusal(ctx, why);
 
 // ---- the table --------------------------------------------------------------------------------------------------
+
+/**
+ * How the analysis treats a node with several inputs that carry channels: 'join' ops (element-wise with
+ * broadcasting: Add, Mul, …) make the channels of their inputs the same channels (a residual Add; x·sigmoid(x); an SE
+ * gate's product); 'concat' lays its inputs' channels end to end along its axis.
+ */
+export type Merge = 'join' | 'concat';
 
 export interface OpRule {
   shape?: ShapeRule;
   chain?: ChainRule;
   layer?: Layer;
+  merge?: Merge;
 }
 
-const op = (shape?: ShapeRule, chain?: ChainRule): OpRule => ({
+const op = (shape?: ShapeRule, chain?: ChainRule, merge?: Merge): OpRule => ({
   ...(shape ? { shape } : {}),
   ...(chain ? { chain } : {}),
+  ...(merge ? { merge } : {}),
 });
 const unary = op(sameShape, elementwise);
-const coupling = (why: string) => op(sameShape, refuse(why));
+const joining = op(broadcast, arithmetic, 'join');
 
 /** Every op subprune knows, keyed by op type. Ops of other domains are looked up as `domain::op` and never match. */
 export const OPS: Readonly<Record<string, OpRule>> = {
   ...Object.fromEntries(Object.entries(LAYERS).map(([name, layer]) => [name, { shape: layerShape(layer), layer }])),
+  Conv: { shape: layerShape(LAYERS.Conv!), layer: LAYERS.Conv!, chain: depthwise }, // a depthwise Conv passes channels
   Constant: op(constantShape),
-  Shape: op(shapeShape),
+  Shape: op(shapeShape, shapeOf),
   // element-wise, one input
-  Relu: unary,
-  LeakyRelu: unary,
-  Sigmoid: unary,
-  HardSigmoid: unary,
-  HardSwish: unary,
-  Tanh: unary,
-  Elu: unary,
-  Selu: unary,
-  Celu: unary,
-  Softplus: unary,
-  Softsign: unary,
-  Mish: unary,
-  Gelu: unary,
-  ThresholdedRelu: unary,
-  Dropout: unary, // output 1 (the mask) must be unused: checked for every op by the analysis
-  Identity: unary,
-  Clip: unary, // min/max are scalars by the spec
-  Cast: op(sameShape, (ctx) =>
-    FLOAT_TYPES.has(attrInt(ctx.node, 'to')) ? pass(ctx) : { refuse: `${label(ctx.node)} casts to a non-float type` },
-  ),
   ...Object.fromEntries(
-    ['Abs', 'Neg', 'Exp', 'Log', 'Sqrt', 'Reciprocal', 'Erf', 'Floor', 'Ceil', 'Round', 'Sign', 'Not'].map((n) => [
-      n,
-      op(sameShape),
-    ]),
+    ['Relu', 'LeakyRelu', 'Sigmoid', 'HardSigmoid', 'HardSwish', 'Tanh', 'Elu', 'Selu', 'Celu', 'Softplus']
+      .concat(['Softsign', 'Mish', 'Gelu', 'ThresholdedRelu', 'Identity', 'Erf', 'Abs', 'Neg', 'Exp', 'Log', 'Sqrt'])
+      .concat(['Reciprocal', 'Floor', 'Ceil', 'Round', 'Sign', 'Sin', 'Cos'])
+      .map((n) => [n, unary]),
+  ),
+  Dropout: unary, // output 1 (the mask) must be unused: checked for every op by the analysis
+  Clip: unary, // min/max are scalars by the spec
+  Not: op(sameShape),
+  Cast: op(sameShape, (ctx) =>
+    FLOAT_TYPES.has(attrInt(ctx.node, 'to')) ? pass(ctx) : refusal(ctx, 'casts to a non-float type'),
   ),
   PRelu: op(sameShape, (ctx) =>
-    ctx.input === 0
-      ? result(ctx, broadcastParam(ctx, 1, 'slope'))
-      : { refuse: `${label(ctx.node)}: the channels enter as the slope` },
+    ctx.input === 0 ? result(ctx, broadcastParam(ctx, 1, 'slope')) : refusal(ctx, ': the channels enter as the slope'),
   ),
   // element-wise, broadcasting
-  Add: op(broadcast, arithmetic),
-  Sub: op(broadcast, arithmetic),
-  Mul: op(broadcast, arithmetic),
-  Div: op(broadcast, arithmetic),
+  ...Object.fromEntries(['Add', 'Sub', 'Mul', 'Div', 'Pow', 'Max', 'Min', 'Sum', 'Mean'].map((n) => [n, joining])),
   ...Object.fromEntries(
-    ['Pow', 'Max', 'Min', 'Sum', 'Mean', 'Where', 'Equal', 'Less', 'Greater', 'LessOrEqual', 'GreaterOrEqual']
-      .concat(['And', 'Or', 'Xor'])
-      .map((n) => [n, op(broadcast)]),
+    ['Where', 'Equal', 'Less', 'Greater', 'LessOrEqual', 'GreaterOrEqual', 'And', 'Or', 'Xor'].map((n) => [
+      n,
+      op(broadcast),
+    ]),
   ),
   // normalisations
   BatchNormalization: op(sameShape, perChannelNorm([1, 2, 3, 4])),
@@ -545,25 +702,26 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Softmax: op(sameShape, softmax),
   LogSoftmax: op(sameShape, softmax),
   Hardmax: op(sameShape, softmax),
-  LRN: coupling('normalises across neighbouring channels, which couples them'),
+  LRN: op(sameShape, refuse('normalises across neighbouring channels, which couples them')),
   GroupNormalization: op(undefined, refuse('normalises over groups of channels, which couples them')),
-  // pools
-  MaxPool: op(poolShape, pool),
-  AveragePool: op(poolShape, pool),
-  LpPool: op(poolShape, pool),
-  GlobalAveragePool: op(globalPoolShape, pool),
-  GlobalMaxPool: op(globalPoolShape, pool),
-  GlobalLpPool: op(globalPoolShape, pool),
+  // pools and resizing
+  ...Object.fromEntries(['MaxPool', 'AveragePool', 'LpPool'].map((n) => [n, op(poolShape, spatial)])),
+  ...Object.fromEntries(
+    ['GlobalAveragePool', 'GlobalMaxPool', 'GlobalLpPool'].map((n) => [n, op(globalPoolShape, spatial)]),
+  ),
+  Resize: op(resizeShape, resize),
+  Upsample: op(resizeShape, resize),
+  Pad: op(padShape, pad),
   // shape ops
   Flatten: op(flattenShape, flatten),
   Reshape: op(reshapeShape, reshape),
   Transpose: op(transposeShape, transpose),
   Squeeze: op(squeezeShape, squeeze),
   Unsqueeze: op(unsqueezeShape, unsqueeze),
-  Concat: op(
-    concatShape,
-    refuse('joins the channels with other tensors; the joined branches would have to be pruned together'),
-  ),
+  Slice: op(sliceShape, slice),
+  Split: op(splitShape, split),
+  Gather: op(gatherShape, gather),
+  Concat: op(concatShape, undefined, 'concat'),
   // reductions
   ...Object.fromEntries(['ReduceMean', 'ReduceMax', 'ReduceMin', 'ReduceSum'].map((n) => [n, op(reduceShape, reduce)])),
   ...Object.fromEntries(

@@ -4,6 +4,7 @@
 // report that.
 import { badInput } from '../errors.js';
 import {
+  numel,
   tensorDims,
   type GraphProto,
   type Model,
@@ -102,4 +103,34 @@ export function nodeMacs(node: NodeProto, shapes: Shapes): number | undefined {
   const y = shapes.get(node.output[0] ?? '');
   if (!x || !w || !y) return undefined;
   return LAYERS[node.opType]?.macs(node, x, w, y) ?? 0;
+}
+
+/**
+ * params: element count of every initializer and Constant-node tensor; flops: 2 × multiply-accumulates of all layer
+ * nodes per sample. Nodes whose shapes cannot be inferred are listed in `unknown` (their FLOPs are not counted). Does
+ * not change the model. (After analyze has folded Identity aliases of constants, each copy counts.)
+ */
+export function modelStats(model: Model, inputShape?: number[]): { params: number; flops: number; unknown: string[] } {
+  if (!model.graph) throw badInput('the model has no graph.');
+  const graph = model.graph, // read-only: no normalising
+    shapes = inferShapes(model, inputShape),
+    batch = shapes.get(dataInputs(graph)[0]?.name ?? '')?.[0] || 1;
+  let params = 0;
+  for (const t of graph.initializer) params += numel(tensorDims(t));
+  for (const n of graph.node) {
+    if (n.opType !== 'Constant') continue;
+    for (const a of n.attribute) {
+      if (a.t) params += numel(tensorDims(a.t));
+      params += a.floats.length + a.ints.length + (a.name === 'value_float' || a.name === 'value_int' ? 1 : 0);
+    }
+  }
+  let flops = 0;
+  const unknown: string[] = [];
+  for (const n of graph.node) {
+    if (!LAYERS[n.opType]) continue; // by op type, as shape inference
+    const macs = nodeMacs(n, shapes);
+    if (macs === undefined) unknown.push(n.name || `${n.opType} (unnamed)`);
+    else flops += (2 * macs) / batch;
+  }
+  return { params, flops, unknown };
 }

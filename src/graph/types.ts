@@ -1,63 +1,84 @@
 import type { NodeProto } from '../onnx/index.js';
 import type { ConvGeometry } from '../geometry.js';
-import type { ParamSlice, ShapeEdit } from './ops.js';
 import type { WeightLayout } from './layers.js';
 
 /**
- * A prunable unit: producer (Conv/Gemm/MatMul with a constant weight) → ops that act per channel → one consumer
- * (Conv/Gemm/MatMul with a constant weight). Pruning keeps a subset of the producer's output channels.
+ * A channel group: n channels that are kept or removed together, wherever they are. Producers create or scale them
+ * (a layer's output rows and bias, per-channel parameters, a depthwise conv's filters, an SE gate's excite conv,
+ * every branch of a residual Add, every part of a Concat); consumers read them (each layer that multiplies them by a
+ * weight). A plain chain (one producer → per-channel ops → one consumer) is a group with one producer and one
+ * consumer.
  */
-export interface Unit {
-  /** The producer node's name (unique; unnamed nodes get a generated name written back into the graph). */
+export interface Group {
+  /** The first producer's node name (unique; unnamed nodes get a generated name written back into the graph). */
   id: string;
-  producer: NodeProto;
-  /** Producer weight initializer and its bias initializer, if any. */
-  weight: string;
-  bias?: string;
-  /** Producer output channels n. */
+  /** Channels n. */
   channels: number;
-  /**
-   * Columns of the consumer input owned by one channel: kh·kw for a Conv consumer, h·w after a Flatten, 1 for
-   * dense→dense.
-   */
-  g: number;
-  /** The per-channel ops between producer and consumer, in graph order. */
+  /** The layers whose outputs create the channels, in graph order. */
+  producers: NodeProto[];
+  /** The layers that read the channels, one entry per (layer, place in its input) pair. */
+  consumers: Consumer[];
+  /** Every constant entry that belongs to a channel: producer weights and biases, per-channel parameters. */
+  slices: AxisSlice[];
+  /** Shape-constant entries and attributes that count the channels. */
+  edits: Edit[];
+  /** The per-channel ops the channels pass through (for the record), in graph order. */
   chain: NodeProto[];
-  consumer: NodeProto;
-  consumerWeight: string;
-  /** Tensor name of the consumer's data input: what capture records to build B. */
-  consumerInput: string;
-  /** 'conv': B rows are the consumer's im2col patches; 'dense': B rows are the input rows (flattened to d). */
-  consumerKind: 'conv' | 'dense';
-  /** For a Conv consumer: its kernel [kh, kw], strides, pads [top, left, bottom, right], dilations. */
-  conv?: ConvGeometry;
-  /** d = channels·g, m = consumer output features (Conv: output channels). */
-  d: number;
-  m: number;
-  /**
-   * Parameters of producer, chain and consumer that depend on the channel count, and per-sample FLOPs (multiply-adds
-   * ×2).
-   */
+  /** Activations that carry the channels (runs along their channel axis): their shapes change with the group. */
+  tensors: AxisSlice[];
+  /** Parameters and per-sample FLOPs (multiply-adds ×2) that removing every channel would save. */
   params: number;
   flops: number;
-  /** How the consumer weight maps to the d×m matrix W (see consumerWeightMatrix). */
-  consumerLayout: WeightLayout;
-  /**
-   * Every constant sliced along the producer's channels: producer weight (output axis), bias, per-channel chain
-   * parameters.
-   */
-  slices: ParamSlice[];
-  /** Reshape shape constants whose feature count follows the kept channels. */
-  shapeEdits: ShapeEdit[];
+}
+
+/**
+ * Entries of a tensor along `axis` that belong to the group: channel c owns the `per` entries from
+ * offset + c·per.
+ */
+export interface AxisSlice {
+  tensor: string;
+  axis: number;
+  offset: number;
+  per: number;
+}
+
+/**
+ * A count that follows the group: entry `index` of the INT64 constant `tensor` (a Reshape shape), or the INT
+ * attribute `attribute` of `node` (a depthwise conv's group); it shrinks by `per` for every removed channel.
+ */
+export type Edit = { tensor: string; index: number; per: number } | { node: string; attribute: string; per: number };
+
+/** One layer reading the group's channels: its input B restricted to them, and its weight rows for them. */
+export interface Consumer {
+  node: NodeProto;
+  weight: string;
+  layout: WeightLayout;
+  /** Tensor name of the layer's data input: what capture records to build B. */
+  input: string;
+  /** 'conv': B's rows are im2col patches (geometry in `conv`); 'dense': B's rows are the input's rows. */
+  kind: 'conv' | 'dense';
+  conv?: ConvGeometry;
+  /** Where the group's channels start on the input's channel axis (entries) and the axis' total entries. */
+  offset: number;
+  entries: number;
+  /** Columns of B per channel; d = n·g columns for the group; m outputs. */
+  g: number;
+  d: number;
+  m: number;
+  /** The group's first row in the layer's whole weight matrix (dTotal × m, see weightToMatrix). */
+  row: number;
+  dTotal: number;
 }
 
 export interface Refused {
-  /** The candidate producer node's name. */
+  /** The candidate's first producer (or the layer that cannot be one). */
   node: string;
+  /** Every producer of the refused channels, when more than one. */
+  producers?: string[];
   reason: string;
 }
 
 export interface Analysis {
-  units: Unit[];
+  groups: Group[];
   refused: Refused[];
 }

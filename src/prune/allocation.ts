@@ -1,8 +1,8 @@
-// Per-unit budgets from the units themselves (--allocation sensitivity | global): one capture of the original model,
-// one nested ranking per unit (rank.ts), and for sensitivity each unit's measured curve.
+// Per-group budgets from the groups themselves (--allocation sensitivity | global): one capture of the original model,
+// one nested ranking per group (rank.ts), and for sensitivity each group's measured curve.
 import { internal } from '../errors.js';
 import type { Model } from '../onnx/index.js';
-import type { Unit } from '../graph/types.js';
+import type { Group } from '../graph/types.js';
 import type { Calibration } from '../calibration.js';
 import type { NpyFile } from '../npy.js';
 import { captureGrams, type RuntimeOptions } from '../capture/index.js';
@@ -11,15 +11,15 @@ import type { KernelOptions } from '../kernels/instances.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
 import { allocateByLevel, allocateGlobal, gridKeeps, type Curve } from '../budget/allocate.js';
 import type { SizeOf } from '../budget/index.js';
-import { openUnitProbe, verifyTargets, type VerifySet } from '../eval/alone.js';
-import { paddedWeights, rankUnit, type Ranked } from './rank.js';
+import { openGroupProbe, verifyTargets, type VerifySet } from '../eval/alone.js';
+import { paddedWeights, rankGroup, type Ranked } from './rank.js';
 
 export type Allocation = 'uniform' | 'sensitivity' | 'global';
 export const ALLOCATIONS: readonly Allocation[] = ['uniform', 'sensitivity', 'global'];
 
-/** How a compression budget is split over the units. */
+/** How a compression budget is split over the groups. */
 export interface AllocationOptions {
-  /** uniform (default: one keep fraction for all), sensitivity (each unit's measured curve) or global. */
+  /** uniform (default: one keep fraction for all), sensitivity (each group's measured curve) or global. */
   allocation?: Allocation;
   /** The sensitivity allocation's verification set (default: the calibration inputs, measuring agreement). */
   verify?: VerifySet;
@@ -27,21 +27,21 @@ export interface AllocationOptions {
   grid?: number;
 }
 
-/** One capture of the original model for every unit (with the statistics the methods need). */
+/** One capture of the original model for every group (with the statistics the methods need). */
 export function captureOriginal(
   model: Model,
-  units: Unit[],
+  groups: Group[],
   calib: NpyFile | Calibration,
   methods: readonly Method[],
   opts: RuntimeOptions & KernelOptions & { onBatch?: (d: number, n: number) => void } = {},
-): Promise<Map<string, Captured>> {
+): Promise<Map<string, Captured[]>> {
   const stats: StatsWanted = {};
   for (const m of methods) Object.assign(stats, statsFor(m));
-  return captureGrams(model, units, calib, { ...opts, stats });
+  return captureGrams(model, groups, calib, { ...opts, stats });
 }
 
 /**
- * Each unit pruned alone to every channel count of its grid, measured on the verification set (accuracy with labels,
+ * Each group pruned alone to every channel count of its grid, measured on the verification set (accuracy with labels,
  * top-1 agreement with the original model without). The nested order means one ranking serves every count.
  * Counts are measured upwards from 1 until the quality reaches its value with every channel kept (measured first):
  * from there on the monotone curve is that value whatever the rest measures, so the rest is filled with it, unmeasured
@@ -60,15 +60,15 @@ export async function sensitivityCurves(
   } = {},
 ): Promise<Map<string, Curve>> {
   const targets = opts.targets ?? (await verifyTargets(model, verify, opts));
-  const grids = ranked.map((r) => gridKeeps(r.unit.channels, opts.step));
+  const grids = ranked.map((r) => gridKeeps(r.group.channels, opts.step));
   const total = grids.reduce((a, g) => a + g.length, 0);
   let done = 0;
   const curves = new Map<string, Curve>();
   for (const [i, r] of ranked.entries()) {
-    const probe = await openUnitProbe(model, r.unit, verify, targets, opts),
+    const probe = await openGroupProbe(model, r.group, verify, targets, opts),
       ks = grids[i];
     try {
-      const cap = await probe.quality(paddedWeights(r, r.unit.channels, refit));
+      const cap = await probe.quality(paddedWeights(r, r.group.channels, refit));
       const values: number[] = [];
       let best = -Infinity;
       for (const k of ks.slice(0, -1)) {
@@ -81,7 +81,7 @@ export async function sensitivityCurves(
       while (values.length < ks.length) values.push(cap);
       done += ks.length - measured - 1;
       opts.onStep?.(++done, total);
-      curves.set(r.unit.id, { ks, values, measured });
+      curves.set(r.group.id, { ks, values, measured });
     } finally {
       await probe.release();
     }
@@ -89,7 +89,7 @@ export async function sensitivityCurves(
   return curves;
 }
 
-/** Keeps for a size goal by an allocation that needs the units' rankings (sensitivity: their curves too). */
+/** Keeps for a size goal by an allocation that needs the groups' rankings (sensitivity: their curves too). */
 export function allocateRanked(
   allocation: 'sensitivity' | 'global',
   ranked: Ranked[],
@@ -97,21 +97,21 @@ export function allocateRanked(
   goal: number,
   curves?: Map<string, Curve>,
 ): Map<string, number> {
-  const units = ranked.map((r) => r.unit);
+  const groups = ranked.map((r) => r.group);
   if (allocation === 'global')
-    return allocateGlobal(units, new Map(ranked.map((r) => [r.unit.id, r.sel.objective])), sizeOf, goal);
-  if (!curves) throw internal("the sensitivity allocation needs the units' curves");
-  return allocateByLevel(units, curves, sizeOf, goal);
+    return allocateGlobal(groups, new Map(ranked.map((r) => [r.group.id, r.sel.objective])), sizeOf, goal);
+  if (!curves) throw internal("the sensitivity allocation needs the groups' curves");
+  return allocateByLevel(groups, curves, sizeOf, goal);
 }
 
 /**
- * Per-unit keeps for a compression budget by the sensitivity or global allocation, for `prune`: one capture of the
- * original model and the method's ranking of every unit (both returned, so that layerwise pruning reuses them), and
- * for sensitivity each unit's curve on the verification set (default: the calibration inputs, label-free).
+ * Per-group keeps for a compression budget by the sensitivity or global allocation, for `prune`: one capture of the
+ * original model and the method's ranking of every group (both returned, so that layerwise pruning reuses them), and
+ * for sensitivity each group's curve on the verification set (default: the calibration inputs, label-free).
  */
 export async function allocateBudget(
   model: Model,
-  units: Unit[],
+  groups: Group[],
   calib: Calibration,
   sizeOf: SizeOf,
   goal: number,
@@ -123,13 +123,13 @@ export async function allocateBudget(
       refit?: boolean;
       onProgress?: (stage: string, done: number, total: number) => void;
     },
-): Promise<{ keeps: Map<string, number>; grams: Map<string, Captured>; ranked: Ranked[] }> {
+): Promise<{ keeps: Map<string, number>; grams: Map<string, Captured[]>; ranked: Ranked[] }> {
   const progress = opts.onProgress ?? (() => {});
-  const grams = await captureOriginal(model, units, calib, [opts.method ?? 'greedy'], {
+  const grams = await captureOriginal(model, groups, calib, [opts.method ?? 'greedy'], {
     ...opts,
     onBatch: (d: number, n: number) => progress('capture', d, n),
   });
-  const ranked = units.map((u) => rankUnit(model, u, grams.get(u.id)!, opts));
+  const ranked = groups.map((u) => rankGroup(model, u, grams.get(u.id)!, opts));
   const curves =
     opts.allocation === 'sensitivity'
       ? await sensitivityCurves(model, ranked, opts.refit ?? true, opts.verify ?? { data: calib }, {

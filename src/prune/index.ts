@@ -1,26 +1,32 @@
 // prune(): a sequence of stages that return values. Plan (analysis, sizes, kernel memory); keeps (the budget, or an
-// allocation that captures and ranks first); capture, rank and select per unit (rank.ts, shared with the allocations
-// and the study); rewrite; verify. Layerwise mode captures every unit from the original model at once; sequential and
-// asymmetric modes go unit by unit on the model pruned so far.
+// allocation that captures and ranks first); capture, rank and select per group (rank.ts, shared with the allocations
+// and the study); rewrite; verify. Layerwise mode captures every group from the original model at once; sequential and
+// asymmetric modes go group by group on the model pruned so far.
 import type { Model } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
-import type { Unit, Refused } from '../graph/types.js';
+import type { Group, Refused } from '../graph/types.js';
 import { analyze, modelStats } from '../graph/analyze.js';
-import { pruneUnits, type PrunePlan } from '../rewrite/index.js';
+import { pruneGroups, type PrunePlan } from '../rewrite/index.js';
 import { Calibration } from '../calibration.js';
-import { captureGrams, capturePasses, loadRuntime, type Backend, type RuntimeOptions } from '../capture/index.js';
+import {
+  captureGrams,
+  capturePasses,
+  groupGramBytes,
+  loadRuntime,
+  type Backend,
+  type RuntimeOptions,
+} from '../capture/index.js';
 import type { Captured } from '../capture/stats.js';
 import { checkRefitRows, selectionBytes } from '../select/greedy.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
 import { resolveBudget, type Budget, type SizeOf } from '../budget/index.js';
 import { sizeModel } from '../budget/size.js';
 import { evaluate, type Fidelity } from '../eval/index.js';
-import { gramBytes } from '../kernels/gram.js';
 import type { KernelOptions } from '../kernels/instances.js';
 import { badInput, internal } from '../errors.js';
 import { Stopwatch } from '../stopwatch.js';
 import { allocateBudget, type Allocation, type AllocationOptions } from './allocation.js';
-import { objectiveOf, planOf, rankUnit, type Ranked } from './rank.js';
+import { mean, objectivesOf, planOf, rankGroup, type Ranked } from './rank.js';
 import { verifyPruned } from './verify.js';
 
 export type Mode = 'layerwise' | 'sequential' | 'asymmetric';
@@ -35,9 +41,9 @@ export interface PruneOptions extends RuntimeOptions, KernelOptions, MethodOptio
   /** Progress: stage name, work done, work total. */
   onProgress?: (stage: string, done: number, total: number) => void;
   /**
-   * Sequential and asymmetric modes: called with the model after each unit is pruned (lets tests measure each step).
+   * Sequential and asymmetric modes: called with the model after each group is pruned (lets tests measure each step).
    */
-  onUnitPruned?: (id: string, model: Model) => void;
+  onGroupPruned?: (id: string, model: Model) => void;
   /** Called before any capture with the kernel memory the run will need. */
   onPlan?: (plan: MemoryPlan) => void;
 }
@@ -46,19 +52,25 @@ export interface PruneOptions extends RuntimeOptions, KernelOptions, MethodOptio
 export interface MemoryPlan {
   capture: number;
   passes: number;
-  units: number;
+  groups: number;
   select: number;
 }
 
-export interface UnitReport {
+export interface GroupReport {
   id: string;
-  weight: string;
+  /** The producers' node names. */
+  producers: string[];
   channels: number;
   kept: number;
   /** Kept channel indices in greedy order. */
   order: number[];
-  /** 1 − relative error of the consumer input on the calibration data (with the weights the model now has). */
+  /**
+   * 1 − relative error of the consumers' inputs on the calibration data (with the weights the model now has): the
+   * mean over the consumers.
+   */
   objective: number;
+  /** Each consumer's own objective (by node name). */
+  consumers: { node: string; objective: number }[];
   seconds: number;
 }
 
@@ -73,7 +85,7 @@ export interface PruneReport {
   /** The onnxruntime that captured and verified. */
   backend: Backend;
   calibration: { path: string; samples: number };
-  units: UnitReport[];
+  groups: GroupReport[];
   refused: Refused[];
   params: { before: number; after: number };
   flops: { before: number; after: number };
@@ -85,9 +97,9 @@ export interface PruneReport {
   memory: MemoryPlan;
 }
 
-/** What prune() decides before touching the data: the units, how to size the model, and the kernel memory. */
+/** What prune() decides before touching the data: the groups, how to size the model, and the kernel memory. */
 interface Plan {
-  units: Unit[];
+  groups: Group[];
   refused: Refused[];
   inputShape: number[];
   before: { params: number; flops: number };
@@ -97,65 +109,78 @@ interface Plan {
 
 function planPrune(model: Model, calib: Calibration, mode: Mode, budget: Budget): Plan {
   const inputShape = [1, ...calib.shape.slice(1)];
-  const { units, refused } = analyze(model, inputShape);
+  const { groups, refused } = analyze(model, inputShape);
   const target = 'compression' in budget && budget.target === 'flops' ? 'flops' : 'params';
-  const passes = mode === 'layerwise' ? capturePasses(units, false) : units.map((u) => [u]);
+  const passes = mode === 'layerwise' ? capturePasses(groups, false) : groups.map((u) => [u]);
   const asym = mode === 'asymmetric';
+  const selectBytes = (g: Group) => g.consumers.reduce((a, c) => a + selectionBytes(c.d, c.m, c.g, g.channels), 0);
   const memory = {
-    capture: Math.max(0, ...passes.map((p) => p.reduce((a, u) => a + gramBytes(u.d, asym), 0))),
+    capture: Math.max(0, ...passes.map((p) => p.reduce((a, u) => a + groupGramBytes(u, asym), 0))),
     passes: passes.length,
-    units: units.length,
-    select: Math.max(0, ...units.map((u) => selectionBytes(u.d, u.m, u.g, u.channels))),
+    groups: groups.length,
+    select: Math.max(0, ...groups.map(selectBytes)),
   };
   const before = modelStats(model, inputShape);
-  return { units, refused, inputShape, before, sizeOf: sizeModel(model, units, inputShape, target), memory };
+  return { groups, refused, inputShape, before, sizeOf: sizeModel(model, groups, inputShape, target), memory };
 }
 
-/** The channels each unit keeps, and (for an allocation that ranks) the capture and rankings it made. */
+/** The channels each group keeps, and (for an allocation that ranks) the capture and rankings it made. */
 interface Keeps {
   keeps: Map<string, number>;
-  grams?: Map<string, Captured>;
+  grams?: Map<string, Captured[]>;
   ranked?: Ranked[];
 }
 
 async function keepsFor(model: Model, plan: Plan, calib: Calibration, opts: PruneOptions): Promise<Keeps> {
-  const { units, sizeOf } = plan,
+  const { groups, sizeOf } = plan,
     allocation = opts.allocation ?? 'uniform';
   if (allocation !== 'uniform' && !('compression' in opts.budget))
     throw badInput(`--allocation ${allocation} needs a --compression budget`);
-  if (!units.length) return { keeps: new Map() }; // nothing to budget
+  if (!groups.length) return { keeps: new Map() }; // nothing to budget
   if (allocation === 'uniform' || !('compression' in opts.budget))
-    return { keeps: resolveBudget(units, opts.budget, sizeOf) };
-  const goal = sizeOf(new Map(units.map((u) => [u.id, u.channels]))) / opts.budget.compression;
-  return allocateBudget(model, units, calib, sizeOf, goal, { ...opts, allocation });
+    return { keeps: resolveBudget(groups, opts.budget, sizeOf) };
+  const goal = sizeOf(new Map(groups.map((u) => [u.id, u.channels]))) / opts.budget.compression;
+  return allocateBudget(model, groups, calib, sizeOf, goal, { ...opts, allocation });
 }
 
-/** A unit's plan and report from its capture: rank (or reuse an allocation's ranking), then keep the first k. */
-function selectUnit(
+/** A group's plan and report from its capture: rank (or reuse an allocation's ranking), then keep the first k. */
+function selectGroupPlan(
   model: Model,
-  unit: Unit,
-  gram: Captured,
+  group: Group,
+  grams: Captured[],
   k: number,
   calib: Calibration,
   opts: PruneOptions & { ranked?: Ranked },
-): { plan: PrunePlan; report: UnitReport } {
+): { plan: PrunePlan; report: GroupReport } {
   const t = performance.now(),
     refit = opts.refit ?? true;
-  if (refit) checkRefitRows(unit, gram.rows, calib.rows, calib.distinctSamples());
-  const r = opts.ranked ?? rankUnit(model, unit, gram, opts, k);
+  if (refit)
+    group.consumers.forEach((c, i) =>
+      checkRefitRows(
+        { id: group.consumers.length > 1 ? `${group.id} (consumer ${c.node.name})` : group.id, d: c.d },
+        grams[i]!.rows,
+        calib.rows,
+        calib.distinctSamples(),
+      ),
+    );
+  const r = opts.ranked ?? rankGroup(model, group, grams, opts, k);
   const plan = planOf(r, k, refit, opts.mode !== 'asymmetric');
-  const objective = objectiveOf(r, gram, k, refit);
+  const each = objectivesOf(r, grams, k, refit);
+  const consumers = group.consumers.map((c, i) => ({ node: c.node.name, objective: each[i]! }));
+  const objective = mean(each);
   const seconds = (performance.now() - t) / 1000;
-  const { id, weight, channels } = unit;
-  return { plan, report: { id, weight, channels, kept: k, order: r.sel.order.slice(0, k), objective, seconds } };
+  const { id, channels } = group;
+  const producers = group.producers.map((p) => p.name);
+  const order = r.sel.order.slice(0, k);
+  return { plan, report: { id, producers, channels, kept: k, order, objective, consumers, seconds } };
 }
 
 interface Pruned {
   model: Model;
-  units: UnitReport[];
+  groups: GroupReport[];
 }
 
-/** Every unit from the original model's activations: one capture (or the allocation's), one rewrite. */
+/** Every group from the original model's activations: one capture (or the allocation's), one rewrite. */
 async function pruneLayerwise(
   model: Model,
   plan: Plan,
@@ -165,29 +190,29 @@ async function pruneLayerwise(
   clock: Stopwatch<Stage>,
 ): Promise<Pruned> {
   const progress = opts.onProgress ?? (() => {}),
-    { units } = plan;
+    { groups } = plan;
   const grams =
     keeps.grams ??
     (await clock.time('capture', () =>
-      captureGrams(model, units, calib, {
+      captureGrams(model, groups, calib, {
         ...opts,
         stats: statsFor(opts.method ?? 'greedy'),
         onBatch: (d, n) => progress('capture', d, n),
       }),
     ));
-  const chosen = units.map((u, i) => {
-    progress('select', i, units.length);
+  const chosen = groups.map((u, i) => {
+    progress('select', i, groups.length);
     const ranked = keeps.ranked?.[i];
     const k = keeps.keeps.get(u.id)!;
-    return clock.time('select', () => selectUnit(model, u, grams.get(u.id)!, k, calib, { ...opts, ranked }));
+    return clock.time('select', () => selectGroupPlan(model, u, grams.get(u.id)!, k, calib, { ...opts, ranked }));
   });
-  progress('select', units.length, units.length);
+  progress('select', groups.length, groups.length);
   const plans = chosen.map((c) => c.plan);
-  const pruned = clock.time('rewrite', () => pruneUnits(model, plans));
-  return { model: pruned, units: chosen.map((c) => c.report) };
+  const pruned = clock.time('rewrite', () => pruneGroups(model, plans));
+  return { model: pruned, groups: chosen.map((c) => c.report) };
 }
 
-/** Unit by unit: activations of the model whose earlier units are already pruned and re-fitted. */
+/** Group by group: activations of the model whose earlier groups are already pruned and re-fitted. */
 async function pruneSequential(
   model: Model,
   plan: Plan,
@@ -197,25 +222,25 @@ async function pruneSequential(
   clock: Stopwatch<Stage>,
 ): Promise<Pruned> {
   const progress = opts.onProgress ?? (() => {}),
-    ids = plan.units.map((u) => u.id),
-    reports: UnitReport[] = [];
+    ids = plan.groups.map((u) => u.id),
+    reports: GroupReport[] = [];
   let pruned = model;
   for (const [i, id] of ids.entries()) {
-    progress('unit', i, ids.length);
-    const unit = analyze(pruned, plan.inputShape).units.find((u) => u.id === id);
-    if (!unit) throw internal(`unit ${id} is no longer prunable after pruning the units before it`);
+    progress('group', i, ids.length);
+    const group = analyze(pruned, plan.inputShape).groups.find((u) => u.id === id);
+    if (!group) throw internal(`group ${id} is no longer prunable after pruning the groups before it`);
     const t = performance.now();
-    const target = opts.mode === 'asymmetric' ? model : undefined;
+    const target = opts.mode === 'asymmetric' ? { model, groups: plan.groups } : undefined;
     const stats = statsFor(opts.method ?? 'greedy');
-    const gram = await clock.time('capture', () => captureGrams(pruned, [unit], calib, { ...opts, stats, target }));
+    const gram = await clock.time('capture', () => captureGrams(pruned, [group], calib, { ...opts, stats, target }));
     const k = keeps.keeps.get(id)!;
-    const chosen = clock.time('select', () => selectUnit(pruned, unit, gram.get(id)!, k, calib, opts));
-    reports.push({ ...chosen.report, seconds: (performance.now() - t) / 1000 }); // capture + selection of this unit
-    pruned = clock.time('rewrite', () => pruneUnits(pruned, [chosen.plan]));
-    opts.onUnitPruned?.(id, pruned);
+    const chosen = clock.time('select', () => selectGroupPlan(pruned, group, gram.get(id)!, k, calib, opts));
+    reports.push({ ...chosen.report, seconds: (performance.now() - t) / 1000 }); // capture + selection of this group
+    pruned = clock.time('rewrite', () => pruneGroups(pruned, [chosen.plan]));
+    opts.onGroupPruned?.(id, pruned);
   }
-  progress('unit', ids.length, ids.length);
-  return { model: pruned, units: reports };
+  progress('group', ids.length, ids.length);
+  return { model: pruned, groups: reports };
 }
 
 /** Prunes `model` with calibration data; returns the pruned model (verified in onnxruntime) and the report. */
@@ -249,7 +274,7 @@ export async function prune(
       allocation: o.allocation ?? 'uniform',
       backend,
       calibration: { path: calib.path, samples: calib.rows },
-      units: pruned.units,
+      groups: pruned.groups,
       refused: plan.refused,
       params: { before: plan.before.params, after: after.params },
       flops: { before: plan.before.flops, after: after.flops },

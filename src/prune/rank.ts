@@ -1,83 +1,90 @@
-// Ranking one unit's channels and turning a prefix of the ranking into a plan: the stage prune, the allocations and
-// the study share. Every method's ranking goes through selectChannels (a baseline's order is forced), so all get the
+// Ranking one group's channels and turning a prefix of the ranking into a plan: the stage prune, the allocations and
+// the study share. Every method's ranking goes through selectGroup (a baseline's order is forced), so all get the
 // same objective per step and the same least-squares re-fit.
 import type { Model } from '../onnx/index.js';
-import type { Unit } from '../graph/types.js';
+import type { Consumer, Group } from '../graph/types.js';
 import { consumerWeightMatrix } from '../graph/analyze.js';
 import type { PrunePlan } from '../rewrite/index.js';
 import type { Captured } from '../capture/stats.js';
 import type { Gram } from '../kernels/gram.js';
 import type { KernelOptions } from '../kernels/instances.js';
-import { selectChannels, type Selection } from '../select/greedy.js';
-import { rankChannels, unitSeed, type MethodOptions } from '../select/baselines.js';
+import { selectGroup, type GroupSelection } from '../select/greedy.js';
+import { groupSeed, rankChannels, type MethodOptions } from '../select/baselines.js';
 
-/** A unit with its method's nested order over its first k channels (and the objective and re-fit of every prefix). */
+/** A group with its method's nested order over its first k channels (and the objective and re-fit of every prefix). */
 export interface Ranked {
-  unit: Unit;
-  /** The consumer's weights as the d×m matrix the selection saw. */
-  W: Float64Array;
-  sel: Selection;
+  group: Group;
+  /** Each consumer's weights for the group as the d×m matrix the selection saw. */
+  W: Float64Array[];
+  sel: GroupSelection;
 }
 
 /**
- * The method's order of `unit`'s channels (the first k; default all), run through selectChannels. `model` holds the
- * consumer weights the selection fits; `captured` the unit's Gram matrices and channel statistics.
+ * The method's order of `group`'s channels (the first k; default all), run through selectGroup. `model` holds the
+ * consumer weights the selection fits; `captured` each consumer's Gram matrices and channel statistics.
  */
-export function rankUnit(
+export function rankGroup(
   model: Model,
-  unit: Unit,
-  captured: Captured,
+  group: Group,
+  captured: Captured[],
   how: MethodOptions & KernelOptions = {},
-  k = unit.channels,
+  k = group.channels,
 ): Ranked {
-  const W = consumerWeightMatrix(model, unit);
-  const input = { n: unit.channels, g: unit.g, m: unit.m, W, stats: captured.stats };
-  const order = rankChannels(how.method ?? 'greedy', input, unitSeed(how.seed ?? 0, unit.id));
-  const { d, m, g } = unit;
-  const problem = { d, m, g, G: captured.G, C: captured.C, H: captured.H, W };
-  const sel = selectChannels(problem, k, { kernels: how.kernels, threads: how.threads, order });
-  return { unit, W, sel };
+  const W = group.consumers.map((c) => consumerWeightMatrix(model, c));
+  const inputs = group.consumers.map((c, i) => ({ n: group.channels, g: c.g, m: c.m, W: W[i]!, stats: captured[i]!.stats }));
+  const order = rankChannels(how.method ?? 'greedy', inputs, groupSeed(how.seed ?? 0, group.id));
+  const problems = group.consumers.map((c, i) => {
+    const gram = captured[i]!;
+    return { d: c.d, m: c.m, g: c.g, G: gram.G, C: gram.C, H: gram.H, W: W[i]! };
+  });
+  const sel = selectGroup(problems, k, { kernels: how.kernels, threads: how.threads, order });
+  return { group, W, sel };
 }
 
 /**
- * The plan keeping the first k channels of the order: re-fitted consumer weights, or its rows only sliced. With
+ * The plan keeping the first k channels of the order: re-fitted consumer weights, or their rows only sliced. With
  * `fitted` (the model's own input is the target and every channel is kept), W is already a minimiser (error 0) and
  * re-fitting could only move it along the null space of a rank-deficient B, changing outputs off the calibration set,
  * so the weights are kept as they are.
  */
 export function planOf(r: Ranked, k: number, refit: boolean, fitted = false): PrunePlan {
   const fit = r.sel.refit(k);
-  const keepW = !refit || (fitted && k === r.unit.channels);
-  return { unit: r.unit, keep: fit.keep, ...(keepW ? {} : { W: fit.W }) };
+  const keepW = !refit || (fitted && k === r.group.channels);
+  return { group: r.group, keep: fit.keep, ...(keepW ? {} : { W: fit.W }) };
 }
 
-/** The consumer's d×m weights of that plan with zero rows for the pruned channels: the same consumer output. */
-export function paddedWeights(r: Ranked, k: number, refit: boolean): Float64Array {
-  const {
-      unit: { g, m, d },
-      W,
-    } = r,
-    { keep, W: Wk } = r.sel.refit(k),
-    out = new Float64Array(d * m),
-    rows = g * m;
-  keep.forEach((c, i) =>
-    out.set(refit ? Wk.subarray(i * rows, (i + 1) * rows) : W.subarray(c * rows, (c + 1) * rows), c * rows),
-  );
-  return out;
+/** Each consumer's d×m weights of that plan with zero rows for the pruned channels: the same consumer outputs. */
+export function paddedWeights(r: Ranked, k: number, refit: boolean): Float64Array[] {
+  const { keep, W: Wk } = r.sel.refit(k);
+  return r.group.consumers.map(({ g, m, d }, t) => {
+    const out = new Float64Array(d * m),
+      rows = g * m,
+      W = r.W[t]!;
+    keep.forEach((c, i) =>
+      out.set(refit ? Wk[t]!.subarray(i * rows, (i + 1) * rows) : W.subarray(c * rows, (c + 1) * rows), c * rows),
+    );
+    return out;
+  });
 }
 
-/** 1 − relative error of the consumer's input with the first k channels: re-fitted, or with the weights sliced. */
-export function objectiveOf(r: Ranked, gram: Gram, k: number, refit: boolean): number {
-  if (refit) return k ? r.sel.objective[k - 1] : 0;
-  return slicedObjective(r.unit, gram, r.W, r.sel.refit(k).keep, r.sel.norm2);
+/**
+ * Each consumer's 1 − relative error of its input with the first k channels: re-fitted (the selection's objective),
+ * or with the weights sliced. The group's objective is their mean.
+ */
+export function objectivesOf(r: Ranked, grams: Gram[], k: number, refit: boolean): number[] {
+  if (refit) return r.sel.consumers.map((o) => (k ? o[k - 1]! : 0));
+  const keep = r.sel.refit(k).keep;
+  return r.group.consumers.map((c, t) => slicedObjective(c, grams[t]!, r.W[t]!, keep, r.sel.norm2[t]!));
 }
+
+export const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 /** 1 − ‖B_S W_S − A W‖²/‖A W‖² for the sliced (not re-fitted) weights, in Gram space. */
-function slicedObjective(unit: Unit, gram: Gram, W: Float64Array, keep: number[], norm2: number): number {
-  const { d, m, g } = unit,
+function slicedObjective(c: Consumer, gram: Gram, W: Float64Array, keep: number[], norm2: number): number {
+  const { d, m, g } = c,
     G = gram.G,
     C = gram.C ?? gram.G;
-  const cols = keep.flatMap((c) => Array.from({ length: g }, (_, a) => c * g + a));
+  const cols = keep.flatMap((ch) => Array.from({ length: g }, (_, a) => ch * g + a));
   let cross = 0,
     quad = 0;
   const GW = new Float64Array(m),

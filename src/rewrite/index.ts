@@ -1,8 +1,12 @@
-// Rewriting a model with fewer channels. Analysis (src/graph) already recorded, per unit, every constant to slice
-// and every shape constant to edit; this module applies those records generically, so it has no per-op knowledge.
+// Rewriting a model with fewer channels. Analysis (src/graph) already recorded, per group, every constant entry that
+// belongs to a channel, every count that follows the channels and every consumer; this module applies those records
+// generically, so it has no per-op knowledge. Everything is done in the original model's coordinates: first the
+// re-fitted consumer weights are written into the kept rows, then each constant loses the entries of every removed
+// channel of every group at once, then the counts shrink.
 import { clone } from '@bufbuild/protobuf';
 import { badInput } from '../errors.js';
 import {
+  AttributeProto_AttributeType,
   DataType,
   dataTypeName,
   encodeFloat32,
@@ -16,23 +20,20 @@ import {
   type Model,
   type TensorProto,
 } from '../onnx/index.js';
-import type { ParamSlice } from '../graph/ops.js';
 import { constantTensors } from '../graph/shapes.js';
 import { normalizeGraph } from '../graph/normalize.js';
-import { inputAxis, matrixToWeight } from '../graph/layers.js';
-import type { Unit } from '../graph/types.js';
+import { weightIndex } from '../graph/layers.js';
+import type { Group } from '../graph/types.js';
 
 export interface PrunePlan {
-  unit: Unit;
+  group: Group;
   /** Kept channel indices, strictly ascending, at least one. */
   keep: number[];
   /**
-   * Re-fitted consumer weights, (keep.length·g) × m row-major in the consumerWeightMatrix layout (rows: kept channels'
-   * groups in `keep` order). Absent: the consumer's weight is only sliced. If the consumer is itself the producer of
-   * another unit in the same call, W may have either its original m columns (they are then sliced by that unit's keep)
-   * or already only that unit's kept columns.
+   * Re-fitted weights, one entry per consumer of the group (undefined: that consumer's weights are only sliced):
+   * (keep.length·g) × m row-major, rows c·g + j for the kept channels in `keep` order (see consumerWeightMatrix).
    */
-  W?: Float64Array;
+  W?: (Float64Array | undefined)[];
 }
 
 const FLOATS = new Set<number>([DataType.FLOAT, DataType.FLOAT16, DataType.DOUBLE]);
@@ -51,69 +52,60 @@ interface Work {
   data: Float32Array;
 }
 
-/** Keep only the kept channels' blocks along `axis` (channel c owns entries c·group .. c·group+group−1). */
-function sliceAxis(w: Work, s: ParamSlice, keep: readonly number[], channels: number, what: string): void {
+const changedModel = 'was the model changed after analysis?';
+
+/** Keeps, along `axis`, only the entries not in `removed`. */
+function sliceAxis(w: Work, axis: number, removed: Set<number>): void {
   const { dims, data } = w;
-  if (dims[s.axis] !== channels * s.group) {
-    throw badInput(
-      `${what}: constant "${s.tensor}" has ${dims[s.axis]} entries on axis ${s.axis}, expected ` +
-        `${channels}×${s.group}; was the model changed after analysis?`,
-    );
-  }
-  const outer = numel(dims.slice(0, s.axis));
-  const inner = numel(dims.slice(s.axis + 1));
-  const block = s.group * inner;
-  const out = new Float32Array(outer * keep.length * block);
+  const outer = numel(dims.slice(0, axis)),
+    inner = numel(dims.slice(axis + 1)),
+    len = dims[axis]!;
+  const kept = Array.from({ length: len }, (_, i) => i).filter((i) => !removed.has(i));
+  const out = new Float32Array(outer * kept.length * inner);
   let o = 0;
   for (let i = 0; i < outer; i++) {
-    const base = i * dims[s.axis]! * inner;
-    for (const c of keep) {
-      out.set(data.subarray(base + c * block, base + (c + 1) * block), o);
-      o += block;
+    for (const e of kept) {
+      out.set(data.subarray((i * len + e) * inner, (i * len + e + 1) * inner), o);
+      o += inner;
     }
   }
-  w.dims = dims.map((d, i) => (i === s.axis ? keep.length * s.group : d));
+  w.dims = dims.map((d, i) => (i === axis ? kept.length : d));
   w.data = out;
 }
 
 function checkPlan(p: PrunePlan): void {
-  const { unit, keep } = p;
+  const { group, keep } = p;
   if (keep.length === 0)
-    throw badInput(
-      `unit "${unit.id}": keep at least one channel (removing all of them would disconnect the consumer).`,
-    );
+    throw badInput(`group "${group.id}": keep at least one channel (removing all of them would disconnect the consumers).`);
   keep.forEach((c, i) => {
-    if (!Number.isInteger(c) || c < 0 || c >= unit.channels)
-      throw badInput(`unit "${unit.id}": channel ${c} is out of range 0..${unit.channels - 1}.`);
+    if (!Number.isInteger(c) || c < 0 || c >= group.channels)
+      throw badInput(`group "${group.id}": channel ${c} is out of range 0..${group.channels - 1}.`);
     if (i > 0 && c <= keep[i - 1]!)
-      throw badInput(`unit "${unit.id}": kept channels must be strictly ascending (W's rows follow keep).`);
+      throw badInput(`group "${group.id}": kept channels must be strictly ascending (W's rows follow keep).`);
   });
+  if (p.W && p.W.length !== group.consumers.length)
+    throw badInput(`group "${group.id}": ${p.W.length} re-fitted weights for ${group.consumers.length} consumers.`);
 }
 
 /**
- * A new model with each plan's unit pruned to its kept channels: producer weight (output axis) and bias, per-channel
- * parameters of the chain, Reshape shape constants, and the consumer weight (replaced by W or sliced on its input
- * axis). Initializers keep their data types. Shapes recorded in value_info for the changed tensors are dropped
- * (onnxruntime re-infers them). The input model is not changed.
- *
- * Order (matters when a weight is both one unit's consumer and the next unit's producer, e.g. LeNet's fc1):
- * 1. consumer side of every plan: replace the weight by W (with the consumer's original m outputs), or slice its
- *    input axis; 2. producer side of every plan: slice output axes, biases, chain parameters, shape constants.
- * So a re-fitted W with all m columns gets its output columns sliced in step 2 by the other unit's keep.
+ * A new model with each plan's group pruned to its kept channels: every recorded constant entry of the removed
+ * channels is sliced away (producer weights and biases, per-channel parameters, the consumers' input rows), the
+ * consumers' kept rows are replaced by the re-fitted weights where given, and shape constants and attributes that
+ * count the channels shrink. Initializers keep their data types. Shapes recorded in value_info for the changed
+ * tensors are dropped (onnxruntime re-infers them). The input model is not changed.
  */
-export function pruneUnits(model: Model, plans: PrunePlan[]): Model {
+export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
   const out = clone(ModelProtoSchema, model);
   const graph = out.graph;
   if (!graph) throw badInput('the model has no graph.');
-  normalizeGraph(graph); // a no-op if `model` went through analyze; otherwise the same form the units were found in
+  normalizeGraph(graph); // a no-op if `model` went through analyze; otherwise the same form the groups were found in
   const consts = constantTensors(graph);
   const work = new Map<string, Work>();
-  const get = (name: string, unit: Unit): Work => {
+  const get = (name: string, group: Group): Work => {
     let w = work.get(name);
     if (!w) {
       const t = consts.get(name);
-      if (!t)
-        throw badInput(`unit "${unit.id}": the model has no constant "${name}"; was it analysed on a different model?`);
+      if (!t) throw badInput(`group "${group.id}": the model has no constant "${name}"; was it analysed on a different model?`);
       w = { t, ...tensorToFloat32(t) };
       work.set(name, w);
     }
@@ -122,62 +114,72 @@ export function pruneUnits(model: Model, plans: PrunePlan[]): Model {
   const ids = new Set<string>();
   for (const p of plans) {
     checkPlan(p);
-    if (ids.has(p.unit.id)) throw badInput(`unit "${p.unit.id}" appears twice in one pruneUnits call.`);
-    ids.add(p.unit.id);
+    if (ids.has(p.group.id)) throw badInput(`group "${p.group.id}" appears twice in one pruneGroups call.`);
+    ids.add(p.group.id);
   }
-  const byProducerWeight = new Map(plans.map((p) => [p.unit.weight, p]));
-  /** Output slices already done by a W that came with only the next unit's kept columns. */
-  const done = new Set<string>();
 
-  // 1. Consumer side.
-  for (const { unit, keep, W } of plans) {
-    const w = get(unit.consumerWeight, unit);
-    if (w.data.length !== unit.d * unit.m) {
-      throw badInput(
-        `unit "${unit.id}": consumer weight "${unit.consumerWeight}" has ${w.data.length} values, expected ` +
-          `${unit.d}×${unit.m}; was the model changed after analysis?`,
-      );
-    }
-    if (W) {
-      const rows = keep.length * unit.g;
-      const next = byProducerWeight.get(unit.consumerWeight);
-      let cols = unit.m;
-      if (W.length !== rows * cols && next && W.length === rows * next.keep.length) {
-        cols = next.keep.length;
-        done.add(unit.consumerWeight);
+  // 1. Re-fitted consumer weights into the kept rows, in the original coordinates.
+  for (const { group, keep, W } of plans) {
+    group.consumers.forEach((c, t) => {
+      const Wt = W?.[t];
+      if (!Wt) return;
+      const w = get(c.weight, group);
+      if (w.data.length !== c.dTotal * c.m)
+        throw badInput(`group "${group.id}": weight "${c.weight}" has ${w.data.length} values, expected ${c.dTotal}×${c.m}; ${changedModel}`);
+      if (Wt.length !== keep.length * c.g * c.m)
+        throw badInput(`group "${group.id}": W has ${Wt.length} values, expected ${keep.length * c.g}×${c.m} (kept channels × g by outputs).`);
+      const at = weightIndex(c.layout, c.dTotal, c.m);
+      keep.forEach((ch, i) => {
+        for (let a = 0; a < c.g; a++) {
+          const row = c.row + ch * c.g + a;
+          for (let o = 0; o < c.m; o++) w.data[at(row, o)] = Wt[(i * c.g + a) * c.m + o]!;
+        }
+      });
+    });
+  }
+
+  // 2. Every removed channel's entries, per constant and axis, sliced at once.
+  const removed = new Map<string, Map<number, Set<number>>>();
+  for (const { group, keep } of plans) {
+    const kept = new Set(keep);
+    for (const s of group.slices) {
+      const w = get(s.tensor, group);
+      if (s.offset + group.channels * s.per > (w.dims[s.axis] ?? 0))
+        throw badInput(`group "${group.id}": constant "${s.tensor}" has ${w.dims[s.axis]} entries on axis ${s.axis}; ${changedModel}`);
+      const axes = removed.get(s.tensor) ?? new Map<number, Set<number>>();
+      const set = axes.get(s.axis) ?? new Set<number>();
+      for (let c = 0; c < group.channels; c++) {
+        if (kept.has(c)) continue;
+        for (let e = 0; e < s.per; e++) set.add(s.offset + c * s.per + e);
       }
-      if (W.length !== rows * cols)
-        throw badInput(
-          `unit "${unit.id}": W has ${W.length} values, expected ${rows}×${unit.m} (kept channels × g by ` +
-            'consumer outputs).',
-        );
-      Object.assign(w, matrixToWeight(unit.consumerLayout, W, rows, cols, w.dims, unit.g));
-    } else {
-      const slice = { tensor: unit.consumerWeight, ...inputAxis(unit.consumerLayout, unit.g) };
-      sliceAxis(w, slice, keep, unit.channels, `unit "${unit.id}"`);
+      axes.set(s.axis, set);
+      removed.set(s.tensor, axes);
     }
   }
+  for (const [name, axes] of removed) for (const [axis, set] of axes) sliceAxis(work.get(name)!, axis, set);
 
-  // 2. Producer side and chain.
-  const changed = new Set<string>();
-  for (const { unit, keep } of plans) {
-    for (const s of unit.slices) {
-      if (s.tensor === unit.weight && done.has(s.tensor)) continue;
-      sliceAxis(get(s.tensor, unit), s, keep, unit.channels, `unit "${unit.id}"`);
+  // 3. Counts that follow the channels.
+  for (const { group, keep } of plans) {
+    const gone = group.channels - keep.length;
+    for (const e of group.edits) {
+      if ('tensor' in e) {
+        const t = consts.get(e.tensor);
+        if (!t) throw badInput(`group "${group.id}": the model has no shape constant "${e.tensor}".`);
+        const { dims, data } = tensorToInt64(t);
+        data[e.index] = data[e.index]! - BigInt(gone * e.per);
+        writeBack(graph, e.tensor, t, dims, data);
+      } else {
+        const a = graph.node.find((n) => n.name === e.node)?.attribute.find((x) => x.name === e.attribute);
+        if (!a || a.type !== AttributeProto_AttributeType.INT)
+          throw badInput(`group "${group.id}": node "${e.node}" has no INT attribute "${e.attribute}"; ${changedModel}`);
+        a.i -= BigInt(gone * e.per);
+      }
     }
-    for (const e of unit.shapeEdits) {
-      const t = consts.get(e.tensor);
-      if (!t) throw badInput(`unit "${unit.id}": the model has no shape constant "${e.tensor}".`);
-      const { dims, data } = tensorToInt64(t);
-      data[e.index] = BigInt(keep.length * e.perChannel);
-      writeBack(graph, e.tensor, t, dims, data);
-    }
-    changed.add(unit.producer.output[0] ?? '');
-    for (const n of unit.chain) n.output.forEach((o) => changed.add(o));
   }
   for (const [name, w] of work) writeBack(graph, name, w.t, w.dims, w.data);
 
-  // Shapes of the producer output and the chain changed; drop stale value_info rather than guess (ORT re-infers).
+  // Shapes of the channels' activations changed; drop stale value_info rather than guess (onnxruntime re-infers).
+  const changed = new Set(plans.flatMap((p) => p.group.tensors.map((t) => t.tensor)));
   graph.valueInfo = graph.valueInfo.filter((vi) => !changed.has(vi.name) && !work.has(vi.name));
   return out;
 }

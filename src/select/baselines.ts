@@ -1,5 +1,7 @@
-// The baselines of the paper's study, each as a ranking of a unit's channels (most important first). selectChannels
+// The baselines of the paper's study, each as a ranking of a group's channels (most important first). selectGroup
 // takes the ranking as its `order`, so every method gets the same objective per step and the same least-squares re-fit.
+// A group read by several consumers scores a channel by all of them: each consumer's scores as a share of its total
+// (so every consumer counts equally, as in the greedy's objective), the PFP sensitivity by its largest share.
 import { internal } from '../errors.js';
 import type { ChannelStats } from '../capture/stats.js';
 
@@ -13,7 +15,7 @@ export interface MethodOptions {
   seed?: number;
 }
 
-/** What a method needs to know about one unit: its size, the consumer's d×m weights W, and channel statistics. */
+/** What a method needs to know about one consumer: the group's size, its d×m weights W, and channel statistics. */
 export interface RankInput {
   n: number;
   g: number;
@@ -22,19 +24,33 @@ export interface RankInput {
   stats?: ChannelStats;
 }
 
-/** The channels of a unit, most important first; undefined for greedy (the selection itself ranks). */
-export function rankChannels(method: Method, p: RankInput, seed = 0): number[] | undefined {
+/** Scores of every consumer summed, each as a share of its own total (one consumer: its scores as they are). */
+function combined(scores: Float64Array[]): Float64Array {
+  if (scores.length === 1) return scores[0]!;
+  const out = new Float64Array(scores[0]!.length);
+  for (const s of scores) {
+    const total = s.reduce((a, b) => a + b, 0) || 1;
+    s.forEach((v, c) => (out[c] += v / total));
+  }
+  return out;
+}
+
+/** The channels of a group, most important first; undefined for greedy (the selection itself ranks). */
+export function rankChannels(method: Method, consumers: RankInput[], seed = 0): number[] | undefined {
+  const n = consumers[0]!.n;
   switch (method) {
     case 'greedy':
       return undefined;
     case 'random':
-      return sampleOrder(new Float64Array(p.n).fill(1), seed);
+      return sampleOrder(new Float64Array(n).fill(1), seed);
     case 'weight-norm':
-      return byScore(weightNorms(p));
+      return byScore(combined(consumers.map(weightNorms)));
     case 'activation-norm':
-      return byScore(need(p.stats?.absMean, 'activation-norm', 'absMean'));
-    case 'sampling':
-      return sampleOrder(need(p.stats?.sensitivity, 'sampling', 'sensitivity'), seed);
+      return byScore(combined(consumers.map((p) => need(p.stats?.absMean, 'activation-norm', 'absMean'))));
+    case 'sampling': {
+      const sens = consumers.map((p) => need(p.stats?.sensitivity, 'sampling', 'sensitivity'));
+      return sampleOrder(sens.reduce((a, s) => a.map((v, c) => Math.max(v, s[c]!))), seed);
+    }
   }
 }
 
@@ -88,8 +104,8 @@ export function rng(seed: number): () => number {
   };
 }
 
-/** A unit's own seed, so that the units of one run get independent orders (FNV-1a of the id, mixed with the seed). */
-export function unitSeed(seed: number, id: string): number {
+/** A group's own seed, so that the groups of one run get independent orders (FNV-1a of the id, mixed with the seed). */
+export function groupSeed(seed: number, id: string): number {
   let h = 0x811c9dc5 ^ Math.imul(seed >>> 0, 0x9e3779b1);
   for (let i = 0; i < id.length; i++) h = Math.imul(h ^ id.charCodeAt(i), 0x01000193);
   return h >>> 0;

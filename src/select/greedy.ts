@@ -85,251 +85,385 @@ export function tooBigToSelect(u: { d: number; m: number; g: number }): string |
 }
 
 /**
- * The least-squares re-fit of a unit needs at least as many rows of its consumer input as columns (d): with fewer, any
+ * The least-squares re-fit of a group needs at least as many rows of its consumer input as columns (d): with fewer, any
  * of infinitely many weights fit the calibration data exactly, and the one the factorisation picks can be wildly off on
  * other data (LeNet re-fitted from 128 samples, every channel kept: relative output error 346 on the test set).
  * Repeated samples add no rows, so rows count in proportion to the distinct samples.
  */
-export function checkRefitRows(unit: { id: string; d: number }, rows: number, samples: number, distinct = samples) {
+export function checkRefitRows(group: { id: string; d: number }, rows: number, samples: number, distinct = samples) {
   const effective = Math.floor((rows * distinct) / samples);
-  if (effective >= unit.d) return;
-  const need = Math.ceil((unit.d * samples) / Math.max(rows, 1));
+  if (effective >= group.d) return;
+  const need = Math.ceil((group.d * samples) / Math.max(rows, 1));
   const given =
     distinct < samples ? `${samples} calibration samples (${distinct} distinct)` : `${samples} calibration samples`;
   const why =
-    `fewer than its d = ${unit.d} columns, so the least-squares re-fit is underdetermined ` +
+    `fewer than its d = ${group.d} columns, so the least-squares re-fit is underdetermined ` +
     '(it would fit these samples and fail on others)';
   const fix = `give at least ${need} distinct samples, or use --no-refit`;
-  throw badInput(`unit ${unit.id}: the ${given} give ${effective} rows of its consumer input, ${why}; ${fix}`);
+  throw badInput(`group ${group.id}: the ${given} give ${effective} rows of its consumer input, ${why}; ${fix}`);
 }
 
-/** Greedy selection of k channels (the paper's Algorithm 1 in Gram space: a pivoted Cholesky of G carrying Q = C W). */
+/**
+ * Greedy selection of k channels (the paper's Algorithm 1 in Gram space: a pivoted Cholesky of G carrying Q = C W)
+ * for one consumer.
+ */
 export function selectChannels(pr: LayerProblem, k: number, opts: SelectOptions = {}): Selection {
-  const { d, m, g } = pr;
-  const n = d / g,
-    tol = opts.tol ?? DEFAULT_TOL;
-  if (!Number.isInteger(n) || n < 1) throw new RangeError(`d = ${d} is not a multiple of the group size g = ${g}`);
+  const sel = selectGroup([pr], k, opts);
+  return {
+    order: sel.order,
+    objective: sel.objective,
+    norm2: sel.norm2[0]!,
+    seconds: sel.seconds,
+    refit: (p) => {
+      const fit = sel.refit(p);
+      return { keep: fit.keep, W: fit.W[0]! };
+    },
+  };
+}
+
+/** The greedy over the channels of a group read by several consumers: one problem per consumer, same n channels. */
+export interface GroupSelection {
+  /** Channels in the order the greedy chose them. */
+  order: number[];
+  /**
+   * objective[i]: the mean over consumers of 1 − relative error of the consumer's input after keeping order[0..i]
+   * (the objective each consumer's gains are weighted by: w_c = 1/‖A_c W_c‖²).
+   */
+  objective: number[];
+  /** consumers[c][i]: consumer c's own objective after keeping order[0..i]. */
+  consumers: number[][];
+  /** Least-squares weights of every consumer for the first p channels of `order`. */
+  refit(p: number): { keep: number[]; W: Float64Array[] };
+  /** ‖A_c W_c‖² per consumer. */
+  norm2: number[];
+  seconds: { setup: number; greedy: number };
+}
+
+/**
+ * Greedy selection of k channels of a group: maximises Σ_c F_c(S)/‖A_c W_c‖², F_c the paper's objective for consumer c.
+ * Each consumer keeps its own factor; a channel's gain is the weighted sum of its consumers' gains; choosing it
+ * extends every consumer's factor by its g_c columns. With one consumer this is exactly the single-layer greedy.
+ */
+export function selectGroup(problems: LayerProblem[], k: number, opts: SelectOptions = {}): GroupSelection {
+  const n = problems[0]!.d / problems[0]!.g;
+  for (const { d, g } of problems) {
+    if (!Number.isInteger(d / g) || d / g < 1)
+      throw new RangeError(`d = ${d} is not a multiple of the group size g = ${g}`);
+    if (d / g !== n) throw new RangeError(`the consumers of one group must share its n = ${n} channels, not ${d / g}`);
+  }
   if (!Number.isInteger(k) || k < 0 || k > n)
     throw new RangeError(`k = ${k}: must be a whole number from 0 to ${n} channels`);
-  if (
-    opts.order &&
-    (opts.order.length < k ||
-      new Set(opts.order.slice(0, k)).size !== k ||
-      opts.order.some((c) => !Number.isInteger(c) || c < 0 || c >= n))
-  ) {
+  const order = opts.order;
+  const bad = (c: number) => !Number.isInteger(c) || c < 0 || c >= n;
+  if (order && (order.length < k || new Set(order.slice(0, k)).size !== k || order.some(bad)))
     throw new RangeError(`order must list at least k = ${k} distinct channels from 0 to ${n - 1}`);
-  }
-  const need = selectionBytes(d, m, g, k);
+  const need = problems.reduce((a, p) => a + selectionBytes(p.d, p.m, p.g, k), 0);
   if (need > KERNEL_BYTES) {
+    const what = problems.map((p) => `d = ${p.d}, m = ${p.m}`).join('; ');
     throw badInput(
-      `this layer (d = ${d}, m = ${m}, k = ${k} channels) needs ${fmtBytes(need)} of kernel memory; ` +
+      `this group (${what}; k = ${k} channels) needs ${fmtBytes(need)} of kernel memory; ` +
         'WebAssembly allows 4 GiB. Keep fewer channels in it, or leave it out of the budget (prune --budget).',
     );
   }
-  if (
-    pr.G.length !== d * d ||
-    pr.W.length !== d * m ||
-    (pr.C && pr.C.length !== d * d) ||
-    (pr.H && pr.H.length !== d * d)
-  ) {
-    throw new RangeError(`layer problem sizes do not match d = ${d}, m = ${m}`);
+  for (const pr of problems) {
+    const { d, m } = pr,
+      dd = d * d;
+    if (pr.G.length !== dd || pr.W.length !== d * m || (pr.C && pr.C.length !== dd) || (pr.H && pr.H.length !== dd))
+      throw new RangeError(`layer problem sizes do not match d = ${d}, m = ${m}`);
   }
   const K = getKernels(opts.kernels, opts.threads),
     mark = K.arena.mark();
   try {
-    return greedy(K, pr, k, opts);
+    return greedy(K, problems, n, k, opts);
   } finally {
     K.arena.release(mark); // results are copied out; the re-fit allocates its own
   }
 }
 
-function greedy(K: Kernels, pr: LayerProblem, k: number, opts: SelectOptions): Selection {
-  const { d, m, g } = pr,
-    n = d / g,
-    tol = opts.tol ?? DEFAULT_TOL;
-  const A = K.arena;
-  const t0 = now();
-  const gg = g * g,
-    tmax = Math.max(1, k * g);
+/**
+ * One consumer's state in kernel memory: G's pivoted Cholesky factor L, Q = C W downdated as columns join, the g×g
+ * residual blocks E, and the gains of the remaining channels by position (positions are the same for every consumer:
+ * the remaining channels sit in positions [0, nrem), chosen ones move to the end).
+ */
+class Factor {
+  readonly m: number;
+  readonly g: number;
+  readonly tmax: number;
+  readonly norm2: number;
+  readonly p: Record<
+    'G' | 'Q' | 'E' | 'diag0' | 'gains' | 'u' | 'q' | 'gcol' | 'L' | 'Lp' | 'Z' | 'orig' | 'S',
+    number
+  >;
+  /** Columns in the factor, the objective F (‖projection‖² of A W), and what the re-fit needs. */
+  t = 0;
+  F = 0;
+  readonly pivots: number[] = [];
+  readonly tAfter: number[] = [];
 
-  // Kernel memory. C, H and their products are temporaries on top of the stack, released before the loop.
-  const p = {
-    G: A.alloc(d * d * 8),
-    Q: A.alloc(d * m * 8),
-    E: A.alloc(n * gg * 8),
-    diag0: A.alloc(d * 8),
-    gains: A.alloc(n * 8),
-    u: A.alloc(d * 8),
-    q: A.alloc(m * 8),
-    gcol: A.alloc(d * 8),
-    L: A.alloc(d * tmax * 8),
-    Lp: A.alloc(tmax * tmax * 8),
-    Z: A.alloc(tmax * m * 8),
-    chan: A.alloc(n * 4),
-    orig: A.alloc(d * 4),
-    S: A.alloc((3 * gg + g) * 8 * K.threads),
-  };
-  const top = A.mark();
-  const Wp = A.alloc(d * m * 8),
-    P = A.alloc(K.gemmPackDoubles(m) * 8),
-    tmp = A.alloc(128 * K.threads);
-  A.f64(p.G, d * d).set(pr.G);
-  A.f64(Wp, d * m).set(pr.W);
-  let norm2: number;
-  if (pr.C) {
-    const Cp = A.alloc(d * d * 8);
-    A.f64(Cp, d * d).set(pr.C);
-    gemm(K, Cp, Wp, p.Q, d, d, m, P, tmp);
-    if (pr.targetNorm2 !== undefined) norm2 = pr.targetNorm2;
-    else if (pr.H) {
-      A.f64(Cp, d * d).set(pr.H);
-      const HW = A.alloc(d * m * 8);
-      gemm(K, Cp, Wp, HW, d, d, m, P, tmp);
-      norm2 = frobDot(A.f64(Wp, d * m), A.f64(HW, d * m));
-    } else throw internal('the asymmetric objective needs H = AᵀA or targetNorm2 = ‖AW‖²');
-  } else {
-    gemm(K, p.G, Wp, p.Q, d, d, m, P, tmp);
-    norm2 = pr.targetNorm2 ?? frobDot(A.f64(Wp, d * m), A.f64(p.Q, d * m));
-  }
-  A.release(top);
-
-  // Views: no allocation happens from here on, so they stay valid.
-  const G = A.f64(p.G, d * d),
-    Q = A.f64(p.Q, d * m),
-    E = A.f64(p.E, n * gg),
-    diag0 = A.f64(p.diag0, d);
-  const L = A.f64(p.L, d * tmax),
-    Lp = A.f64(p.Lp, tmax * tmax),
-    Z = A.f64(p.Z, tmax * m);
-  const q = A.f64(p.q, m),
-    gains = A.f64(p.gains, n),
-    chan = A.i32(p.chan, n),
-    orig = A.i32(p.orig, d);
-  for (let c = 0; c < n; c++) {
-    chan[c] = c;
-    for (let a = 0; a < g; a++) {
-      const i = c * g + a;
-      orig[i] = i;
-      diag0[i] = G[i * d + i];
-      for (let b = 0; b < g; b++) E[c * gg + a * g + b] = G[i * d + c * g + b];
+  constructor(
+    private readonly K: Kernels,
+    pr: LayerProblem,
+    n: number,
+    k: number,
+    private readonly tol: number,
+  ) {
+    const { d, m, g } = pr,
+      A = K.arena,
+      gg = g * g;
+    this.m = m;
+    this.g = g;
+    this.tmax = Math.max(1, k * g);
+    const tmax = this.tmax;
+    // Kernel memory. C, H and their products are temporaries on top of the stack, released before the loop.
+    const p = (this.p = {
+      G: A.alloc(d * d * 8),
+      Q: A.alloc(d * m * 8),
+      E: A.alloc(n * gg * 8),
+      diag0: A.alloc(d * 8),
+      gains: A.alloc(n * 8),
+      u: A.alloc(d * 8),
+      q: A.alloc(m * 8),
+      gcol: A.alloc(d * 8),
+      L: A.alloc(d * tmax * 8),
+      Lp: A.alloc(tmax * tmax * 8),
+      Z: A.alloc(tmax * m * 8),
+      orig: A.alloc(d * 4),
+      S: A.alloc((3 * gg + g) * 8 * K.threads),
+    });
+    const top = A.mark();
+    const Wp = A.alloc(d * m * 8),
+      P = A.alloc(K.gemmPackDoubles(m) * 8),
+      tmp = A.alloc(128 * K.threads);
+    A.f64(p.G, d * d).set(pr.G);
+    A.f64(Wp, d * m).set(pr.W);
+    if (pr.C) {
+      const Cp = A.alloc(d * d * 8);
+      A.f64(Cp, d * d).set(pr.C);
+      gemm(K, Cp, Wp, p.Q, d, d, m, P, tmp);
+      if (pr.targetNorm2 !== undefined) this.norm2 = pr.targetNorm2;
+      else if (pr.H) {
+        A.f64(Cp, d * d).set(pr.H);
+        const HW = A.alloc(d * m * 8);
+        gemm(K, Cp, Wp, HW, d, d, m, P, tmp);
+        this.norm2 = frobDot(A.f64(Wp, d * m), A.f64(HW, d * m));
+      } else throw internal('the asymmetric objective needs H = AᵀA or targetNorm2 = ‖AW‖²');
+    } else {
+      gemm(K, p.G, Wp, p.Q, d, d, m, P, tmp);
+      this.norm2 = pr.targetNorm2 ?? frobDot(A.f64(Wp, d * m), A.f64(p.Q, d * m));
     }
+    A.release(top);
+    const G = this.view('G', d * d),
+      E = this.view('E', n * gg),
+      diag0 = this.view('diag0', d),
+      orig = A.i32(p.orig, d);
+    for (let c = 0; c < n; c++) {
+      for (let a = 0; a < g; a++) {
+        const i = c * g + a;
+        orig[i] = i;
+        diag0[i] = G[i * d + i];
+        for (let b = 0; b < g; b++) E[c * gg + a * g + b] = G[i * d + c * g + b];
+      }
+    }
+    this.groupGains(n);
   }
-  const SS = (3 * gg + g) * 8; // groupGains scratch per thread
-  const groupGains = (nblk: number) =>
+
+  /** A view of one of the arrays (no allocation happens after construction, so views stay valid). */
+  view(name: keyof Factor['p'], length: number): Float64Array {
+    return this.K.arena.f64(this.p[name], length);
+  }
+
+  groupGains(nblk: number): void {
+    const { K, p, m, g, tol } = this;
+    const SS = (3 * g * g + g) * 8; // groupGains scratch per thread
     K.par('groupGains', [p.Q, m, p.E, p.diag0, 0, nblk, g, tol, p.gains, p.S], 4, {
       scratch: [9, SS],
       work: nblk * g * g * m,
     });
-  groupGains(n);
-  const t1 = now();
+  }
 
-  const order: number[] = [],
-    objective: number[] = [],
-    pivots: number[] = [],
-    tAfter: number[] = [];
-  let t = 0,
-    F = 0,
-    nrem = n;
-  const rowTmp = new Float64Array(Math.max(m, tmax, gg));
-  const swapRows = (X: Float64Array | Int32Array, ld: number, i: number, j: number, len: number) => {
-    if (i === j) return;
-    const a = X.subarray(i * ld, i * ld + len),
-      b = X.subarray(j * ld, j * ld + len),
-      tmp = rowTmp.subarray(0, len);
-    tmp.set(a);
-    a.set(b);
-    b.set(tmp);
-  };
-  for (let step = 0; step < k; step++) {
-    // Move the best channel's block to the end of the candidate rows; its g columns then join the factor.
-    const best = opts.order ? chan.subarray(0, nrem).indexOf(opts.order[step]) : K.argmax(p.gains, p.chan, nrem);
-    const last = --nrem;
-    if (best !== last) {
-      for (let a = 0; a < g; a++) {
-        const i = best * g + a,
-          j = last * g + a;
-        swapRows(Q, m, i, j, m);
-        swapRows(L, tmax, i, j, t);
-        [diag0[i], diag0[j]] = [diag0[j], diag0[i]];
-        [orig[i], orig[j]] = [orig[j], orig[i]];
-      }
-      swapRows(E, gg, best, last, gg);
-      [chan[best], chan[last]] = [chan[last], chan[best]];
-      [gains[best], gains[last]] = [gains[last], gains[best]];
+  /** Moves the channel at position `best` to position `last` (and the one there to `best`). */
+  swap(best: number, last: number, rowTmp: Float64Array): void {
+    if (best === last) return;
+    const { m, g, tmax, t } = this,
+      gg = g * g,
+      A = this.K.arena;
+    const Q = this.view('Q', (last + 1) * g * m),
+      L = this.view('L', (last + 1) * g * tmax),
+      E = this.view('E', (last + 1) * gg),
+      diag0 = this.view('diag0', (last + 1) * g),
+      gains = this.view('gains', last + 1),
+      orig = A.i32(this.p.orig, (last + 1) * g);
+    const swapRows = (X: Float64Array, ld: number, i: number, j: number, len: number) => {
+      const a = X.subarray(i * ld, i * ld + len),
+        b = X.subarray(j * ld, j * ld + len),
+        tmp = rowTmp.subarray(0, len);
+      tmp.set(a);
+      a.set(b);
+      b.set(tmp);
+    };
+    for (let a = 0; a < g; a++) {
+      const i = best * g + a,
+        j = last * g + a;
+      swapRows(Q, m, i, j, m);
+      swapRows(L, tmax, i, j, t);
+      [diag0[i], diag0[j]] = [diag0[j]!, diag0[i]!];
+      [orig[i], orig[j]] = [orig[j]!, orig[i]!];
     }
-    const base = last * g;
+    swapRows(E, gg, best, last, gg);
+    [gains[best], gains[last]] = [gains[last]!, gains[best]!];
+  }
+
+  /** Adds the g columns of the channel now at position `last` to the factor (skipping dependent ones). */
+  add(last: number, d: number): void {
+    const { K, p, m, g, tmax, tol } = this,
+      gg = g * g,
+      base = last * g,
+      A = K.arena;
+    const E = this.view('E', (last + 1) * gg),
+      diag0 = this.view('diag0', d),
+      L = this.view('L', d * tmax),
+      Lp = this.view('Lp', tmax * tmax),
+      Z = this.view('Z', tmax * m),
+      Q = this.view('Q', d * m),
+      q = this.view('q', m),
+      orig = A.i32(p.orig, d);
     for (let a = 0; a < g; a++) {
       const pos = base + a,
-        ej = E[last * gg + a * g + a];
-      if (!(ej > tol * diag0[pos] && ej > 0)) continue; // in the span already chosen: adds nothing
-      const s = Math.sqrt(ej);
-      K.gather(p.G, d, orig[pos], p.orig, base + g, p.gcol);
+        ej = E[last * gg + a * g + a]!;
+      if (!(ej > tol * diag0[pos]! && ej > 0)) continue; // in the span already chosen: adds nothing
+      const s = Math.sqrt(ej),
+        t = this.t;
+      K.gather(p.G, d, orig[pos]!, p.orig, base + g, p.gcol);
       K.par('extend', [p.L, tmax, t, 0, base + g, pos, p.gcol, 1 / s, p.u], 3, { work: (base + g) * t });
       L[pos * tmax + t] = s;
       Lp.set(L.subarray(pos * tmax, pos * tmax + t + 1), t * tmax);
-      for (let j = 0; j < m; j++) q[j] = Q[pos * m + j] / s;
+      for (let j = 0; j < m; j++) q[j] = Q[pos * m + j]! / s;
       Z.set(q, t * m);
-      F += dotSelf(q);
+      this.F += frobDot(q, q);
       if (g === 1) K.par('updateScan', [p.Q, m, p.u, p.q, 0, base, p.E, p.diag0, tol, p.gains], 4, { work: base * m });
       else {
         K.par('updateRows', [p.Q, m, p.u, p.q, 0, base + g], 4, { work: (base + g) * m });
         K.par('downdateBlocks', [p.E, p.u, 0, last + 1, g], 2, { work: (last + 1) * g * g });
       }
-      pivots.push(orig[pos]);
-      t++;
+      this.pivots.push(orig[pos]!);
+      this.t++;
     }
-    if (g > 1) groupGains(nrem);
-    order.push(chan[last]);
-    objective.push(norm2 > 0 ? Math.min(1, F / norm2) : 1);
-    tAfter.push(t);
+    this.tAfter.push(this.t);
+  }
+
+  /** What the re-fit needs, copied out of kernel memory: the pivots' rows of L and the q rows. */
+  snapshot(): {
+    Lp: Float64Array;
+    Z: Float64Array;
+    pivots: number[];
+    tAfter: number[];
+    tmax: number;
+    m: number;
+    g: number;
+  } {
+    const { t, tmax, m, g } = this;
+    return {
+      Lp: this.view('Lp', t * tmax).slice(),
+      Z: this.view('Z', t * m).slice(),
+      pivots: this.pivots,
+      tAfter: this.tAfter,
+      tmax,
+      m,
+      g,
+    };
+  }
+}
+
+function greedy(K: Kernels, problems: LayerProblem[], n: number, k: number, opts: SelectOptions): GroupSelection {
+  const tol = opts.tol ?? DEFAULT_TOL,
+    A = K.arena;
+  const t0 = now();
+  const factors = problems.map((pr) => new Factor(K, pr, n, k, tol));
+  const chanPtr = A.alloc(n * 4),
+    sumPtr = factors.length > 1 ? A.alloc(n * 8) : factors[0]!.p.gains;
+  const chan = A.i32(chanPtr, n),
+    sum = A.f64(sumPtr, n);
+  for (let c = 0; c < n; c++) chan[c] = c;
+  // each consumer's gains count as its share of its own ‖A_c W_c‖² (one consumer: its gains as they are)
+  const weights = factors.map((f) => (factors.length > 1 && f.norm2 > 0 ? 1 / f.norm2 : 1));
+  const combine = (nrem: number) => {
+    if (factors.length === 1) return;
+    sum.fill(0, 0, nrem);
+    factors.forEach((f, i) => {
+      const gains = f.view('gains', nrem);
+      for (let p = 0; p < nrem; p++) sum[p] += weights[i]! * gains[p]!;
+    });
+  };
+  combine(n);
+  const t1 = now();
+
+  const order: number[] = [],
+    objective: number[] = [],
+    consumers: number[][] = factors.map(() => []);
+  let nrem = n;
+  const rowTmp = new Float64Array(Math.max(...factors.map((f) => Math.max(f.m, f.tmax, f.g * f.g))));
+  const rel = (f: Factor) => (f.norm2 > 0 ? Math.min(1, f.F / f.norm2) : 1);
+  for (let step = 0; step < k; step++) {
+    // Move the best channel to the end of the candidate positions; its columns then join every factor.
+    const best = opts.order ? chan.subarray(0, nrem).indexOf(opts.order[step]!) : K.argmax(sumPtr, chanPtr, nrem);
+    const last = --nrem;
+    for (const f of factors) f.swap(best, last, rowTmp);
+    if (factors.length > 1 && best !== last) [sum[best], sum[last]] = [sum[last]!, sum[best]!];
+    [chan[best], chan[last]] = [chan[last]!, chan[best]!];
+    for (const [i, f] of factors.entries()) {
+      f.add(last, problems[i]!.d);
+      if (f.g > 1) f.groupGains(nrem);
+    }
+    combine(nrem);
+    order.push(chan[last]!);
+    factors.forEach((f, i) => consumers[i]!.push(rel(f)));
+    objective.push(factors.reduce((a, f) => a + rel(f), 0) / factors.length);
     opts.onStep?.(step + 1, k);
   }
   const t2 = now();
-
-  // Keep what the re-fit needs (the pivots' rows of L and the q rows) and free the kernel memory with K.
-  const LpOut = Lp.slice(0, t * tmax),
-    ZOut = Z.slice(0, t * m);
+  const snaps = factors.map((f) => f.snapshot());
   return {
     order,
     objective,
-    norm2,
+    consumers,
+    norm2: factors.map((f) => f.norm2),
     seconds: { setup: t1 - t0, greedy: t2 - t1 },
-    refit: (prefix: number) => refit(prefix),
+    refit: (prefix) => {
+      if (!Number.isInteger(prefix) || prefix < 0 || prefix > order.length)
+        throw new RangeError(`refit: prefix ${prefix} is not in 0..${order.length}`);
+      const keep = order.slice(0, prefix).sort((x, y) => x - y);
+      return { keep, W: snaps.map((s) => refit(s, keep, prefix, opts)) };
+    },
   };
+}
 
-  function refit(prefix: number): Refit {
-    if (!Number.isInteger(prefix) || prefix < 0 || prefix > order.length)
-      throw new RangeError(`refit: prefix ${prefix} is not in 0..${order.length}`);
-    const tp = prefix ? tAfter[prefix - 1] : 0;
-    const R = getKernels(opts.kernels, opts.threads),
-      mark = R.arena.mark();
-    const Lr = R.arena.alloc(Math.max(1, tp * tmax) * 8),
-      X = R.arena.alloc(Math.max(1, tp * m) * 8);
-    R.arena.f64(Lr, tp * tmax).set(LpOut.subarray(0, tp * tmax));
-    R.arena.f64(X, tp * m).set(ZOut.subarray(0, tp * m));
-    R.par('solveUpperT', [Lr, tmax, tp, X, m, 0, m], 5, { align: 64, work: tp * tp * m });
-    const sol = R.arena.f64(X, tp * m).slice();
-    R.arena.release(mark);
-    const keep = order.slice(0, prefix).sort((x, y) => x - y);
-    const rowOf = new Map<number, number>();
-    for (let τ = 0; τ < tp; τ++) rowOf.set(pivots[τ], τ);
-    const W = new Float64Array(keep.length * g * m);
-    keep.forEach((c, i) => {
-      for (let a = 0; a < g; a++) {
-        const τ = rowOf.get(c * g + a);
-        if (τ !== undefined) W.set(sol.subarray(τ * m, τ * m + m), (i * g + a) * m);
-      }
-    });
-    return { keep, W };
-  }
+/** Least-squares weights of one consumer for the first `prefix` chosen channels (kept: `keep`, ascending). */
+function refit(s: ReturnType<Factor['snapshot']>, keep: number[], prefix: number, opts: KernelOptions): Float64Array {
+  const { tmax, m, g } = s,
+    tp = prefix ? s.tAfter[prefix - 1]! : 0;
+  const R = getKernels(opts.kernels, opts.threads),
+    mark = R.arena.mark();
+  const Lr = R.arena.alloc(Math.max(1, tp * tmax) * 8),
+    X = R.arena.alloc(Math.max(1, tp * m) * 8);
+  R.arena.f64(Lr, tp * tmax).set(s.Lp.subarray(0, tp * tmax));
+  R.arena.f64(X, tp * m).set(s.Z.subarray(0, tp * m));
+  R.par('solveUpperT', [Lr, tmax, tp, X, m, 0, m], 5, { align: 64, work: tp * tp * m });
+  const sol = R.arena.f64(X, tp * m).slice();
+  R.arena.release(mark);
+  const rowOf = new Map<number, number>();
+  for (let τ = 0; τ < tp; τ++) rowOf.set(s.pivots[τ]!, τ);
+  const W = new Float64Array(keep.length * g * m);
+  keep.forEach((c, i) => {
+    for (let a = 0; a < g; a++) {
+      const τ = rowOf.get(c * g + a);
+      if (τ !== undefined) W.set(sol.subarray(τ * m, τ * m + m), (i * g + a) * m);
+    }
+  });
+  return W;
 }
 
 function frobDot(x: Float64Array, y: Float64Array): number {
   let s = 0;
   for (let i = 0; i < x.length; i++) s += x[i] * y[i];
   return s;
-}
-
-function dotSelf(x: Float64Array): number {
-  return frobDot(x, x);
 }

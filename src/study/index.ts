@@ -1,12 +1,12 @@
 // The paper's study: every method × re-fit × mode × allocation at several compressions, test accuracy without
 // fine-tuning. Work is shared where the math allows: one capture of the original model serves every layerwise run,
-// one nested ranking per unit and method serves every compression, one set of curves per method and re-fit serves
+// one nested ranking per group and method serves every compression, one set of curves per method and re-fit serves
 // every compression's sensitivity allocation. Sequential and asymmetric runs depend on the budget, so each is a
 // separate prune (with the budget the layerwise greedy's allocation chose).
 import type { Model } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
 import { analyze, modelStats } from '../graph/analyze.js';
-import { pruneUnits } from '../rewrite/index.js';
+import { pruneGroups } from '../rewrite/index.js';
 import { evaluate } from '../eval/index.js';
 import { verifyTargets, type VerifySet } from '../eval/alone.js';
 import { resolveBudget } from '../budget/index.js';
@@ -16,7 +16,7 @@ import { MODES, prune, type Mode } from '../prune/index.js';
 import { Calibration } from '../calibration.js';
 import type { RuntimeOptions } from '../capture/index.js';
 import type { KernelOptions } from '../kernels/instances.js';
-import { planOf, rankUnit, type Ranked } from '../prune/rank.js';
+import { planOf, rankGroup, type Ranked } from '../prune/rank.js';
 import {
   ALLOCATIONS,
   allocateRanked,
@@ -54,7 +54,7 @@ export interface StudyResult {
   target: Target;
   compressions: number[];
   /**
-   * Asked-for compressions beyond the model's reach (every unit at one channel), left out with the largest reachable.
+   * Asked-for compressions beyond the model's reach (every group at one channel), left out with the largest reachable.
    */
   unreachable: { compressions: number[]; max: number };
   /** The sensitivity allocation's grid step. */
@@ -63,7 +63,7 @@ export interface StudyResult {
   verify: { path: string; samples: number; measure: 'accuracy' | 'agreement' };
   test: { path: string; samples: number };
   original: { accuracy: number; params: number; flops: number };
-  units: { id: string; channels: number }[];
+  groups: { id: string; channels: number }[];
   rows: StudyRow[];
   seconds: number;
 }
@@ -109,14 +109,14 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
     threads: o.threads,
   };
   const inputShape = [1, ...calib.shape.slice(1)];
-  const { units } = analyze(model, inputShape);
-  const sizeOf = sizeModel(model, units, inputShape, target);
-  const full = sizeOf(new Map(units.map((u) => [u.id, u.channels])));
-  const max = full / sizeOf(new Map(units.map((u) => [u.id, 1])));
+  const { groups } = analyze(model, inputShape);
+  const sizeOf = sizeModel(model, groups, inputShape, target);
+  const full = sizeOf(new Map(groups.map((u) => [u.id, u.channels])));
+  const max = full / sizeOf(new Map(groups.map((u) => [u.id, 1])));
   const compressions = o.compressions.filter((c) => c <= max);
   if (!compressions.length)
     throw badInput(
-      `every compression asked for is out of reach: pruning every unit to one channel gives ${max.toFixed(2)}×; ` +
+      `every compression asked for is out of reach: pruning every group to one channel gives ${max.toFixed(2)}×; ` +
         'ask for less',
     );
   const stats = modelStats(model, inputShape);
@@ -147,7 +147,7 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
   const tick = () => o.onProgress?.(++done, total);
 
   let t = now();
-  const grams = await captureOriginal(model, units, calib, methods, run);
+  const grams = await captureOriginal(model, groups, calib, methods, run);
   const tCapture = now() - t;
   const targets = await verifyTargets(model, verify, run);
 
@@ -159,7 +159,7 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
     if (!ranked.has(key)) {
       const t1 = now();
       ranked.set(key, {
-        ranked: units.map((u) => rankUnit(model, u, grams.get(u.id)!, { ...run, method, seed })),
+        ranked: groups.map((u) => rankGroup(model, u, grams.get(u.id)!, { ...run, method, seed })),
         seconds: now() - t1,
       });
     }
@@ -191,16 +191,16 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
       t = now();
       const keeps =
         allocation === 'uniform'
-          ? resolveBudget(units, { compression: c }, sizeOf)
+          ? resolveBudget(groups, { compression: c }, sizeOf)
           : allocateRanked(allocation, r.ranked, sizeOf, full / c, cv?.curves);
-      // what prune would spend before selecting: the capture, and for a per-unit allocation its ranking and curves
+      // what prune would spend before selecting: the capture, and for a per-group allocation its ranking and curves
       let seconds = (allocation === 'uniform' ? 0 : tCapture + r.seconds + (cv?.seconds ?? 0)) + now() - t;
       let pruned: Model;
       if (mode === 'layerwise') {
         t = now();
-        pruned = pruneUnits(
+        pruned = pruneGroups(
           model,
-          r.ranked.map((x) => planOf(x, keeps.get(x.unit.id)!, refit)),
+          r.ranked.map((x) => planOf(x, keeps.get(x.group.id)!, refit)),
         );
         seconds += now() - t + (allocation === 'uniform' ? tCapture + r.seconds : 0);
       } else {
@@ -239,7 +239,7 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
     verify: { path: verify.data.path, samples: verify.data.rows, measure: verify.labels ? 'accuracy' : 'agreement' },
     test: { path: test.path, samples: test.rows },
     original,
-    units: units.map((u) => ({ id: u.id, channels: u.channels })),
+    groups: groups.map((u) => ({ id: u.id, channels: u.channels })),
     rows,
     seconds: now() - t0,
   };

@@ -181,10 +181,10 @@ export function studyMarkdown(r: StudyResult, plot = 'plot.svg'): string {
 Test accuracy on ${r.test.samples} test images (${r.test.path}) without fine-tuning, after pruning to 1/c of the
 ${r.target === 'flops' ? 'FLOPs' : 'parameters'} with ${r.calibration.samples} unlabeled calibration images (${r.calibration.path}).
 The original model: accuracy ${f3(r.original.accuracy)}, ${pct(r.original.params)} parameters, ${pct(r.original.flops)} FLOPs.
-The sensitivity allocation measured each unit pruned alone on ${r.verify.samples} images of ${r.verify.path}
+The sensitivity allocation measured each group pruned alone on ${r.verify.samples} images of ${r.verify.path}
 (${r.verify.measure === 'agreement' ? 'top-1 agreement with the original model: no labels' : 'top-1 accuracy'}) at kept fractions
 ${r.grid}, ${2 * r.grid}, …, 1.
-${r.unreachable?.compressions.length ? `Not run: ${r.unreachable.compressions.map((c) => `${c}×`).join(', ')}, beyond this model's reach (every unit at one channel gives ${r.unreachable.max.toFixed(1)}×; the other layers cannot be pruned, see \`subprune inspect\`).\n` : ''}Random and sampling: mean ± standard deviation over ${Math.max(...r.rows.map((x) => x.seed)) + 1} seeds. Best of each column in bold.
+${r.unreachable?.compressions.length ? `Not run: ${r.unreachable.compressions.map((c) => `${c}×`).join(', ')}, beyond this model's reach (every group at one channel gives ${r.unreachable.max.toFixed(1)}×; the other layers cannot be pruned, see \`subprune inspect\`).\n` : ''}Random and sampling: mean ± standard deviation over ${Math.max(...r.rows.map((x) => x.seed)) + 1} seeds. Best of each column in bold.
 
 ![accuracy against compression](${plot})
 
@@ -197,7 +197,7 @@ ${claimsMarkdown(r)}
 ## Every run
 
 Seconds: what \`subprune prune\` with that configuration spends (capture, ranking, allocation and its measurements,
-rewrite), not counting the test evaluation. Kept channels per unit: ${r.units.map((u) => `${u.id} (${u.channels})`).join(', ')}.
+rewrite), not counting the test evaluation. Kept channels per group: ${r.groups.map((u) => `${u.id} (${u.channels})`).join(', ')}.
 
 ${detailTable(r)}
 `;

@@ -4,13 +4,13 @@
 import type { Model } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
 import { analyze } from '../graph/analyze.js';
-import { pruneUnits } from '../rewrite/index.js';
+import { pruneGroups } from '../rewrite/index.js';
 import { evaluate } from '../eval/index.js';
 import { resolveBudget } from '../budget/index.js';
 import { sizeModel } from '../budget/size.js';
 import { allocateByLevel, allocateGlobal, commonLevel, gridKeeps, type Curve } from '../budget/allocate.js';
 import { captureOriginal, sensitivityCurves } from '../prune/allocation.js';
-import { planOf, rankUnit } from '../prune/rank.js';
+import { planOf, rankGroup } from '../prune/rank.js';
 import { Calibration } from '../calibration.js';
 import type { RuntimeOptions } from '../capture/index.js';
 import type { KernelOptions } from '../kernels/instances.js';
@@ -32,15 +32,15 @@ export async function allocationVariants(
 ): Promise<Variant[]> {
   const calib = Calibration.of(model, o.calib),
     shape = [1, ...calib.shape.slice(1)],
-    { units } = analyze(model, shape);
-  const sizeOf = sizeModel(model, units, shape, 'params'),
-    full = sizeOf(new Map(units.map((u) => [u.id, u.channels])));
-  const grams = await captureOriginal(model, units, calib, ['greedy'], o);
-  const ranked = units.map((u) => rankUnit(model, u, grams.get(u.id)!, o));
+    { groups } = analyze(model, shape);
+  const sizeOf = sizeModel(model, groups, shape, 'params'),
+    full = sizeOf(new Map(groups.map((u) => [u.id, u.channels])));
+  const grams = await captureOriginal(model, groups, calib, ['greedy'], o);
+  const ranked = groups.map((u) => rankGroup(model, u, grams.get(u.id)!, o));
   const fine = await sensitivityCurves(model, ranked, true, { data: calib }, { ...o, full: true });
   const on = (step: number) =>
     new Map<string, Curve>(
-      units.map((u) => {
+      groups.map((u) => {
         const c = fine.get(u.id)!,
           keep = new Set(gridKeeps(u.channels, step)),
           at = c.ks.flatMap((k, i) => (keep.has(k) ? [i] : []));
@@ -50,9 +50,9 @@ export async function allocationVariants(
   const accuracy = async (keeps: (goal: number, c: number) => Map<string, number>) => {
     const out: number[] = [];
     for (const c of o.compressions) {
-      const pruned = pruneUnits(
+      const pruned = pruneGroups(
         model,
-        ranked.map((r) => planOf(r, keeps(full / c, c).get(r.unit.id)!, true)),
+        ranked.map((r) => planOf(r, keeps(full / c, c).get(r.group.id)!, true)),
       );
       out.push(
         (await evaluate(pruned, o.test.data, { labels: o.test.labels, batch: o.batch, backend: o.backend })).accuracy!,
@@ -60,12 +60,12 @@ export async function allocationVariants(
     }
     return out;
   };
-  const points = (step: number) => units.reduce((a, u) => a + gridKeeps(u.channels, step).length, 0);
+  const points = (step: number) => groups.reduce((a, u) => a + gridKeeps(u.channels, step).length, 0);
   const variants: Variant[] = [
     {
       name: 'uniform',
       points: 0,
-      accuracy: await accuracy((_, c) => resolveBudget(units, { compression: c }, sizeOf)),
+      accuracy: await accuracy((_, c) => resolveBudget(groups, { compression: c }, sizeOf)),
     },
   ];
   for (const step of [0.01, 0.02, 0.05, 0.1]) {
@@ -73,20 +73,20 @@ export async function allocationVariants(
     variants.push({
       name: `sensitivity, grid ${step}`,
       points: points(step),
-      accuracy: await accuracy((goal) => allocateByLevel(units, curves, sizeOf, goal)),
+      accuracy: await accuracy((goal) => allocateByLevel(groups, curves, sizeOf, goal)),
     });
     if (step === 0.01)
       variants.push({
         name: 'sensitivity, grid 0.01, no leftover spending',
         points: points(step),
-        accuracy: await accuracy((goal) => commonLevel(units, curves, sizeOf, goal).keeps),
+        accuracy: await accuracy((goal) => commonLevel(groups, curves, sizeOf, goal).keeps),
       });
   }
-  const objectives = new Map(ranked.map((r) => [r.unit.id, r.sel.objective]));
+  const objectives = new Map(ranked.map((r) => [r.group.id, r.sel.objective]));
   variants.push({
     name: 'global',
     points: 0,
-    accuracy: await accuracy((goal) => allocateGlobal(units, objectives, sizeOf, goal)),
+    accuracy: await accuracy((goal) => allocateGlobal(groups, objectives, sizeOf, goal)),
   });
   return variants;
 }

@@ -51,7 +51,7 @@ $('example').addEventListener('click', async () => {
 const STAGES: Record<string, string> = {
   capture: 'Capturing activations',
   select: 'Selecting channels',
-  unit: 'Pruning unit by unit',
+  group: 'Pruning group by group',
   verify: 'Verifying the pruned model',
 };
 
@@ -133,8 +133,16 @@ worker.onerror = (e) => {
 function showResult(bytes: Uint8Array, report: PruneReport): void {
   const j = job!,
     r = report;
-  const rows = r.units.map((u) => [u.id, u.weight, u.channels, u.kept, u.objective.toFixed(4), u.seconds.toFixed(3)]);
-  const tbody = $('units').querySelector('tbody')!;
+  const rows = r.groups.map((u) => [
+    u.id,
+    u.producers.length,
+    u.consumers.length,
+    u.channels,
+    u.kept,
+    u.objective.toFixed(4),
+    u.seconds.toFixed(3),
+  ]);
+  const tbody = $('groups').querySelector('tbody')!;
   tbody.replaceChildren(
     ...rows.map((cells) => {
       const tr = document.createElement('tr');
@@ -154,7 +162,7 @@ function showResult(bytes: Uint8Array, report: PruneReport): void {
     `Parameters ${big(r.params.before)} → ${big(r.params.after)} (${(r.params.before / r.params.after).toFixed(2)}× smaller), ` +
     `FLOPs ${big(r.flops.before)} → ${big(r.flops.after)}. On the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ` +
     `${((f.agreement ?? 0) * 100).toFixed(2)}%, relative output error ${(f.relError ?? 0).toFixed(4)}. ` +
-    `${r.units.length} units, ${r.refused.length} refused; mode ${r.mode}, method ${r.method}, ${r.refit ? 're-fit' : 'no re-fit'}, onnxruntime-${r.backend}; ${r.seconds.total.toFixed(2)} s.`;
+    `${r.groups.length} groups, ${r.refused.length} refused; mode ${r.mode}, method ${r.method}, ${r.refit ? 're-fit' : 'no re-fit'}, onnxruntime-${r.backend}; ${r.seconds.total.toFixed(2)} s.`;
   const base = `${j.modelName.replace(/\.onnx$/i, '')}-c${j.compression}`;
   const link = (id: string, name: string, blob: Blob) => {
     const a = $<HTMLAnchorElement>(id);
