@@ -20,8 +20,7 @@ export function chromiumPlan({ chromium = CHROMIUM, aptGet = APT_GET, uid = proc
   if (!existsSync(aptGet))
     return {
       action: 'refuse',
-      message:
-        `${why}; this machine has no apt-get: install Chromium so that ${chromium} runs it, ` + 'then re-run npm test',
+      message: `${why}; this machine has no apt-get: install Chromium as ${chromium}, then re-run npm test`,
     };
   if (uid !== 0)
     return {

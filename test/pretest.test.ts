@@ -31,7 +31,7 @@ describe('pretest: the browser the tests need', () => {
   it('tells a machine without apt-get where the browser must be', () => {
     const plan = chromiumPlan({ chromium: missing, aptGet: '/nonexistent/apt-get', uid: 0 });
     expect(plan.action).toBe('refuse');
-    expect(plan.message).toMatch(/no apt-get: install Chromium so that \/nonexistent\/chromium runs it/);
+    expect(plan.message).toMatch(/no apt-get: install Chromium as \/nonexistent\/chromium, then re-run npm test/);
   });
 
   it('is the browser the test drives, and passes here', () => {
