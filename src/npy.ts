@@ -232,7 +232,7 @@ function fortranToC<T extends Values>(f: T, shape: number[]): T {
 }
 
 /** Memory the process may still use, where the platform says (Node: MemAvailable on Linux); Infinity elsewhere. */
-function available(): number {
+export function availableMemory(): number {
   const os = globalThis.process?.getBuiltinModule?.('node:os') as typeof import('node:os') | undefined;
   return os?.freemem?.() ?? Infinity;
 }
@@ -327,7 +327,7 @@ export function openNpy(path: string, options: NpyOptions = {}): NpyFile {
     const size = st.size,
       head = (n: number) => new Uint8Array(read(0, Math.min(size, n)));
     const h = parseHeader(path, head(headerSize(path, head(12))), size);
-    const f = npyFile(path, h, read, () => closeSync(fd), options.memory ?? available());
+    const f = npyFile(path, h, read, () => closeSync(fd), options.memory ?? availableMemory());
     if (!h.fortranOrder) return f;
     closeSync(fd); // read whole: nothing more to read
     return { ...f, close: () => {} };
@@ -346,7 +346,7 @@ export function npyFromBytes(bytes: Uint8Array, name: string, options: NpyOption
     copy.set(bytes.subarray(offset, offset + n));
     return copy.buffer;
   };
-  return npyFile(name, h, read, () => {}, options.memory ?? available());
+  return npyFile(name, h, read, () => {}, options.memory ?? availableMemory());
 }
 
 /** Reads a whole .npy file. */
