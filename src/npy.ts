@@ -1,7 +1,7 @@
 import { openSync, readSync, closeSync, fstatSync } from 'node:fs';
 import { writeFileAtomic } from './atomic.js';
 import { SubpruneError } from './errors.js';
-import { fmtBytes } from './kernels/memory.js';
+import { availableMemory, fmtBytes } from './kernels/memory.js';
 
 // NumPy .npy files (format 1.0–3.0): the calibration data, labels and layer problems. C-ordered files are read by
 // rows, so a file larger than memory can be streamed; Fortran-ordered ones (numpy writes them for a transposed array)
@@ -231,11 +231,6 @@ function fortranToC<T extends Values>(f: T, shape: number[]): T {
   return c;
 }
 
-/** Memory the process may still use, where the platform says (Node: MemAvailable on Linux); Infinity elsewhere. */
-export function availableMemory(): number {
-  const os = globalThis.process?.getBuiltinModule?.('node:os') as typeof import('node:os') | undefined;
-  return os?.freemem?.() ?? Infinity;
-}
 
 /** Refuses a Fortran-ordered file that cannot be read whole and reordered in `memory` bytes. */
 function checkFortranFits(path: string, h: NpyHeader, memory: number): void {

@@ -2,7 +2,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative, sep } from 'node:path';
 import { badInput } from '../errors.js';
 import { fmtBytes } from '../kernels/memory.js';
-import { availableMemory } from '../npy.js';
+import { availableMemory } from '../kernels/memory.js';
 import { decodeImage, type Image } from './decode.js';
 import { centerCrop, resizeLinear, resizePil } from './resize.js';
 import type { PreprocessSpec } from './spec.js';
