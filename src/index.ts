@@ -20,3 +20,4 @@ export { provideWasm } from './kernels/wasm.js';
 export { readModel, writeModel, parseModel, serializeModel, type Model } from './onnx/index.js';
 export { openNpy, npyFromBytes, readNpy, writeNpy, encodeNpy, type NpyFile } from './npy.js';
 export { SubpruneError } from './errors.js';
+export * from './images/index.js';

@@ -16,7 +16,8 @@ import { serve } from '../scripts/serve-web.mjs';
 // localhost, pick the bundled LeNet and its calibration data, prune, download the model and the report, and check
 // them against onnxruntime-node and the node-backend pipeline. The finished page is saved as a screenshot.
 
-const CHROMIUM = '/usr/bin/chromium';
+// @ts-expect-error: a plain .mjs script without types
+import { CHROMIUM } from '../scripts/pretest.mjs';
 const SCREENSHOT = resolve('test-output/web-page.png');
 
 let server: Server | undefined,
@@ -39,7 +40,7 @@ describe('the browser page', () => {
   it('prunes LeNet in a worker and downloads a model that runs in onnxruntime-node', async () => {
     if (!existsSync(CHROMIUM))
       throw new Error(
-        `${CHROMIUM} is missing: this test needs Debian's chromium (apt-get install -y chromium; .ci/run installs it)`,
+        `${CHROMIUM} is missing: this test needs Debian's chromium (npm test's pretest installs it, or says how)`,
       );
     profile = mkdtempSync(join(tmpdir(), 'subprune-chromium-'));
     context = await chromium.launchPersistentContext(profile, {
