@@ -130,3 +130,37 @@ export function leastSquares(B: Mat, T: Mat, cols: number[]): Float64Array {
   }
   return X;
 }
+
+/** One consumer of a group: its input B (N×d, g columns per channel) and its target T = A·W. */
+export interface OracleConsumer {
+  B: Mat;
+  T: Mat;
+  g: number;
+}
+
+/** A group's objective: the mean over its consumers of 1 − relative least-squares error, each on its own B and T. */
+export function groupObjective(cs: OracleConsumer[], S: number[]): number {
+  return cs.reduce((a, c) => a + objective(c.B, c.T, S, c.g), 0) / cs.length;
+}
+
+/** The greedy on a group directly: at each step the channel that raises the mean objective most. */
+export function oracleGroupGreedy(cs: OracleConsumer[], k: number): { order: number[]; objective: number[] } {
+  const n = cs[0]!.B.cols / cs[0]!.g,
+    order: number[] = [],
+    obj: number[] = [];
+  for (let s = 0; s < k; s++) {
+    let best = -1,
+      bestV = -Infinity;
+    for (let c = 0; c < n; c++) {
+      if (order.includes(c)) continue;
+      const v = groupObjective(cs, [...order, c]);
+      if (v > bestV + 1e-12) {
+        best = c;
+        bestV = v;
+      }
+    }
+    order.push(best);
+    obj.push(bestV);
+  }
+  return { order, objective: obj };
+}

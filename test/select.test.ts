@@ -1,9 +1,21 @@
 import { describe, it, expect } from 'vitest';
-import { selectChannels, selectionBytes, type LayerProblem } from '../src/select/greedy.js';
+import { selectChannels, selectGroup, selectionBytes, type LayerProblem } from '../src/select/greedy.js';
 import { GramAccumulator } from '../src/kernels/gram.js';
 import { getKernels } from '../src/kernels/instances.js';
 import { gramAccumulate } from '../src/kernels/ops.js';
-import { rng, randMat, matmul, gramOf, objective, oracleGreedy, leastSquares, basis, type Mat } from './oracle.js';
+import {
+  rng,
+  randMat,
+  matmul,
+  gramOf,
+  objective,
+  oracleGreedy,
+  oracleGroupGreedy,
+  groupObjective,
+  leastSquares,
+  basis,
+  type Mat,
+} from './oracle.js';
 
 // Float64 inputs: G, C, H are formed in float64 here, so the greedy must match the oracle to 1e-9 relative.
 
@@ -322,3 +334,48 @@ describe('layer size limits', () => {
     expect(selectionBytes(8192, 4096, 1, 4096)).toBeLessThan(2 ** 32 - (64 << 20)); // d = 8192 fits
   });
 });
+
+describe.each(['wasm', 'plain'] as const)(
+  'a group read by several consumers (%s kernels) against the float64 oracle',
+  (backend) => {
+    // three consumers of the same 6 channels: a 3×3 conv (g = 9), a dense layer (g = 1) and an asymmetric one (g = 4)
+    const cases = [
+      makeCase(21, 150, 54, 5, 9, false),
+      makeCase(22, 60, 6, 3, 1, false),
+      makeCase(23, 90, 24, 4, 4, true),
+    ];
+    it('same order as the oracle, every objective (mean and per consumer) to 1e-9, and each consumer re-fitted', () => {
+      const k = 6;
+      const sel = selectGroup(cases.map(problem), k, { kernels: backend });
+      const cs = cases.map((c) => ({ B: c.B, T: matmul(c.A, c.W), g: c.g }));
+      const want = oracleGroupGreedy(cs, k);
+      expect(sel.order).toEqual(want.order);
+      sel.objective.forEach((v, s) => expect(Math.abs(v - want.objective[s]!)).toBeLessThanOrEqual(1e-9));
+      for (let s = 0; s < k; s++) {
+        const S = sel.order.slice(0, s + 1);
+        cs.forEach((c, i) =>
+          expect(Math.abs(sel.consumers[i]![s]! - objective(c.B, c.T, S, c.g))).toBeLessThanOrEqual(1e-9),
+        );
+        expect(Math.abs(sel.objective[s]! - groupObjective(cs, S))).toBeLessThanOrEqual(1e-9);
+      }
+      // re-fit of every consumer at a prefix: the oracle's least squares on its own columns
+      const p = 3,
+        { keep, W } = sel.refit(p);
+      cases.forEach((c, i) => {
+        const cols = keep.flatMap((ch) => Array.from({ length: c.g }, (_, a) => ch * c.g + a));
+        const ref = leastSquares(c.B, cs[i]!.T, cols);
+        const scale = Math.max(...ref.map(Math.abs));
+        ref.forEach((v, j) => expect(Math.abs(W[i]![j]! - v)).toBeLessThanOrEqual(1e-7 * scale));
+      });
+    });
+
+    it('with one consumer it is the single-layer greedy, bit for bit', () => {
+      const c = makeCase(24, 100, 36, 5, 9, true);
+      const one = selectGroup([problem(c)], 4, { kernels: backend }),
+        single = selectChannels(problem(c), 4, { kernels: backend });
+      expect(one.order).toEqual(single.order);
+      expect(one.objective).toEqual(single.objective);
+      expect(one.refit(4).W[0]).toEqual(single.refit(4).W);
+    });
+  },
+);

@@ -16,16 +16,7 @@ import {
   type NodeProto,
   type TensorProto,
 } from '../onnx/index.js';
-import {
-  checkOpset,
-  entriesOf,
-  opOf,
-  OPS,
-  type ChainStep,
-  type Layout,
-  type OpRule,
-  type Segment,
-} from './ops.js';
+import { checkOpset, entriesOf, opOf, OPS, type ChainStep, type Layout, type OpRule, type Segment } from './ops.js';
 import { biasAxis, weightToMatrix, type LayerInfo } from './layers.js';
 import { constantTensors, dataInputs, producerMap, inferShapes, nodeMacs, type Shapes } from './shapes.js';
 import { normalizeGraph } from './normalize.js';
@@ -189,7 +180,8 @@ function record(W: Walk, node: NodeProto, l: Layout, step: Extract<ChainStep, { 
   for (const r of runs(l)) {
     if (r.space < 0) continue;
     const rec = W.S.get(r.space);
-    for (const s of step.slices ?? []) rec.slices.push({ tensor: s.tensor, axis: s.axis, offset: r.offset, per: r.per });
+    for (const s of step.slices ?? [])
+      rec.slices.push({ tensor: s.tensor, axis: s.axis, offset: r.offset, per: r.per });
     for (const e of step.shapeEdits ?? []) rec.edits.push({ tensor: e.tensor, index: e.index, per: r.per });
     for (const a of step.attributes ?? []) rec.edits.push({ node: node.name, attribute: a, per: 1 });
     rec.chain.push(node);
@@ -205,7 +197,8 @@ function setLayout(W: Walk, t: string, l: Layout): void {
     W.S.refuseAll(l, why);
   }
   W.layouts.set(t, l);
-  for (const r of runs(l)) if (r.space >= 0) W.S.get(r.space).tensors.push({ tensor: t, axis: l.axis, offset: r.offset, per: r.per });
+  for (const r of runs(l))
+    if (r.space >= 0) W.S.get(r.space).tensors.push({ tensor: t, axis: l.axis, offset: r.offset, per: r.per });
   if (!W.G.shapes.has(t)) W.S.refuseAll(l, `the shape of "${t}" is unknown (no shape rule for an op before it)`);
 }
 
@@ -239,7 +232,6 @@ function layerNode(W: Walk, node: NodeProto, rule: OpRule, info: LayerInfo): voi
   const own = [info.weight, ...(info.bias ? [info.bias] : [])];
   const sharing = own.map((name) => G.shared(name, node)).find((w) => w);
   const writable = own.map((name) => notRewritable(G.constant(name)!)).find((w) => w);
-  const m = info.weightDims[info.outAxis]!;
   if (inL && inShape) {
     for (const r of runs(inL)) {
       if (r.space < 0) continue;
@@ -264,7 +256,7 @@ function layerNode(W: Walk, node: NodeProto, rule: OpRule, info: LayerInfo): voi
         entries: entriesOf(inL),
         g: shape.g,
         d: shape.d,
-        m,
+        m: numel(info.weightDims) / shape.dTotal, // W is dTotal × m
         row: shape.row,
         dTotal: shape.dTotal,
       };
@@ -300,7 +292,10 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
   const { G, S } = W,
     t = node.input[slot]!;
   if (!rule?.chain) {
-    S.refuseAll(l, `${opOf(node)} "${node.name}" is not known to act per channel (it may mix channels); subprune stops at it`);
+    S.refuseAll(
+      l,
+      `${opOf(node)} "${node.name}" is not known to act per channel (it may mix channels); subprune stops at it`,
+    );
     return false;
   }
   const inShape = G.shapes.get(t);
@@ -383,8 +378,17 @@ function joinNode(W: Walk, node: NodeProto): void {
       return refuseAll(`${label(node)}: constant "${i.t}" has ${dims[k]} entries along the channels`);
     slices.push({ tensor: i.t, axis: k });
   }
-  for (const i of wide.slice(1)) i.l!.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, out.segments[r]!.space));
-  if (!checkConstants(W, node, slices.map((s) => s.tensor), out)) return;
+  for (const i of wide.slice(1))
+    i.l!.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, out.segments[r]!.space));
+  if (
+    !checkConstants(
+      W,
+      node,
+      slices.map((s) => s.tensor),
+      out,
+    )
+  )
+    return;
   record(W, node, out, { axis, slices });
   setLayout(W, y, out);
 }
@@ -416,14 +420,22 @@ function concatNode(W: Walk, node: NodeProto): void {
     return refuseAll(`${label(node)} joins channels laid out differently along axis ${axis}`);
   const slices = [];
   for (const i of ins.filter((j) => !j.l)) {
-    if (!G.constant(i.t))
-      return refuseAll(`${label(node)} joins the channels with "${i.t}", which no group owns`);
+    if (!G.constant(i.t)) return refuseAll(`${label(node)} joins the channels with "${i.t}", which no group owns`);
     if (i.shape![out.axis] !== entriesOf(out))
       return refuseAll(`${label(node)}: constant "${i.t}" has ${i.shape![out.axis]} entries along the channels`);
     slices.push({ tensor: i.t, axis: out.axis });
   }
-  for (const i of tracked.slice(1)) i.l!.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, out.segments[r]!.space));
-  if (!checkConstants(W, node, slices.map((x) => x.tensor), out)) return;
+  for (const i of tracked.slice(1))
+    i.l!.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, out.segments[r]!.space));
+  if (
+    !checkConstants(
+      W,
+      node,
+      slices.map((x) => x.tensor),
+      out,
+    )
+  )
+    return;
   record(W, node, out, { axis: out.axis, slices });
   setLayout(W, y, out);
 }
@@ -434,7 +446,8 @@ function walk(G: Graph): Walk {
   for (const node of G.graph.node) {
     const rule = OPS[opOf(node)];
     const inputs = node.input.flatMap((t, slot) => (t && W.layouts.has(t) ? [{ t, slot, l: W.layouts.get(t)! }] : []));
-    for (const sub of inner(node)) W.S.refuseAll(W.layouts.get(sub), `tensor "${sub}" is read inside a subgraph of ${label(node)}`);
+    for (const sub of inner(node))
+      W.S.refuseAll(W.layouts.get(sub), `tensor "${sub}" is read inside a subgraph of ${label(node)}`);
     const info = rule?.layer?.read(node, G.constant);
     if (info && !('refuse' in info)) {
       layerNode(W, node, rule!, info);
@@ -457,7 +470,10 @@ function walk(G: Graph): Walk {
     else if (inputs.length === 1) void chainNode(W, node, rule, inputs[0]!.slot, inputs[0]!.l);
     else
       inputs.forEach((i) =>
-        W.S.refuseAll(i.l, `${label(node)} combines channels of several inputs; subprune does not know how it mixes them`),
+        W.S.refuseAll(
+          i.l,
+          `${label(node)} combines channels of several inputs; subprune does not know how it mixes them`,
+        ),
       );
   }
   for (const o of G.graph.output) {
@@ -506,8 +522,9 @@ function groupOf(W: Walk, root: number): Group | string {
 }
 
 const order = (W: Walk, n: NodeProto) => W.G.graph.node.indexOf(n);
-const dedupe = (xs: AxisSlice[]) =>
-  [...new Map(xs.map((s) => [`${s.tensor}|${s.axis}|${s.offset}|${s.per}`, s])).values()];
+const dedupe = (xs: AxisSlice[]) => [
+  ...new Map(xs.map((s) => [`${s.tensor}|${s.axis}|${s.offset}|${s.per}`, s])).values(),
+];
 
 function prepare(model: Model, inputShape?: readonly number[]): Graph {
   const graph = model.graph;

@@ -4,9 +4,17 @@
 // channels, its output shape and multiply-accumulates, and how its input becomes the matrix B of "output = B·W" when
 // it consumes a group's channels (im2col patches for Conv, rows for dense layers). Analysis, shape inference, capture,
 // rewrite and evaluation ask this table; none of them names a layer op. A new layer type is one entry here and a test.
-import { attrFloat, attrInt, numel, tensorDims, type NodeProto, type TensorProto } from '../onnx/index.js';
+import {
+  attrFloat,
+  attrInt,
+  attrInts,
+  attrString,
+  numel,
+  tensorDims,
+  type NodeProto,
+  type TensorProto,
+} from '../onnx/index.js';
 import { broadcastShapes, windowGeometry, type ConvGeometry } from '../geometry.js';
-
 
 /**
  * How a layer's weight maps to the d×m matrix W of "consumer output = B·W": 'conv' [m, n, kh, kw] (W row
@@ -115,7 +123,8 @@ const Conv: Layer = {
     if (w.length !== 4) return `consumer ${label(node)} is not a 2-D convolution`;
     if (at.axis !== 1 || inShape.length !== 4)
       return `consumer ${label(node)} receives the channels on axis ${at.axis}, not as its input channels`;
-    if (w[1] !== inShape[1]) return `consumer ${label(node)} expects ${w[1]} input channels, its input has ${inShape[1]}`;
+    if (w[1] !== inShape[1])
+      return `consumer ${label(node)} expects ${w[1]} input channels, its input has ${inShape[1]}`;
     const kernel: [number, number] = [w[2]!, w[3]!];
     const { strides, pads, dilations } = windowGeometry(node, inShape.slice(2), kernel);
     const conv: ConvGeometry = {
@@ -125,7 +134,13 @@ const Conv: Layer = {
       dilations: [dilations[0]!, dilations[1]!],
     };
     const kk = kernel[0] * kernel[1]; // a channel of `per` input channels owns per·kh·kw consecutive columns
-    return { input: { kind: 'conv', conv }, g: at.per * kk, d: at.n * at.per * kk, row: at.offset * kk, dTotal: w[1]! * kk };
+    return {
+      input: { kind: 'conv', conv },
+      g: at.per * kk,
+      d: at.n * at.per * kk,
+      row: at.offset * kk,
+      dTotal: w[1]! * kk,
+    };
   },
 };
 
@@ -191,8 +206,58 @@ const MatMul: Layer = {
   consume: denseConsume,
 };
 
+/**
+ * ConvTranspose (group 1): weight [C_in, C_out, kh, kw]. Each input pixel's C_in values times the weight as a
+ * C_in × (C_out·kh·kw) matrix give that pixel's contributions to the output, which overlapping windows then add up:
+ * as a consumer, B's rows are its input pixels (a 1×1 im2col), g = 1 per input channel, W the weight as it is stored;
+ * the objective is the error of those contributions, exact for the output when stride ≥ kernel (no overlap, as in
+ * DBNet's heads), and an upper bound on it (times the overlap) otherwise.
+ */
+const ConvTranspose: Layer = {
+  read(node, constant) {
+    const wb = weightAndBias(node, constant);
+    if ('refuse' in wb) return wb;
+    const group = attrInt(node, 'group', 1);
+    if (group !== 1) return { refuse: `${label(node)} is a grouped transposed convolution (group=${group})` };
+    if (wb.dims.length !== 4) return { refuse: `${label(node)} is not a 2-D transposed convolution` };
+    return {
+      weight: wb.w,
+      weightDims: wb.dims,
+      ...(wb.b ? { bias: wb.b } : {}),
+      layout: 'in-out',
+      outAxis: 1,
+      inAxis: 0,
+    };
+  },
+  channelAxis: () => 1,
+  shape(node, [x, w]) {
+    if (!x || !w || x.length !== 4) return undefined;
+    const k = w.slice(2),
+      given = attrInts(node, 'output_shape', []);
+    if (given.length) return [[x[0]!, w[1]!, ...given.slice(-2)]];
+    const strides = attrInts(node, 'strides', [1, 1]),
+      dil = attrInts(node, 'dilations', [1, 1]),
+      outPad = attrInts(node, 'output_padding', [0, 0]),
+      pads = attrInts(node, 'pads', [0, 0, 0, 0]);
+    if (attrString(node, 'auto_pad', 'NOTSET') !== 'NOTSET') return undefined;
+    const out = [0, 1].map(
+      (i) => (x[i + 2]! - 1) * strides[i]! - pads[i]! - pads[i + 2]! + dil[i]! * (k[i]! - 1) + outPad[i]! + 1,
+    );
+    return [[x[0]!, w[1]!, ...out]];
+  },
+  macs: (_node, x, w) => numel(x) * numel(w.slice(1)), // each input value times C_out·kh·kw weights
+  consume(node, info, inShape, at) {
+    if (at.axis !== 1 || inShape.length !== 4)
+      return `consumer ${label(node)} receives the channels on axis ${at.axis}, not as its input channels`;
+    const cin = info.weightDims[0]!;
+    if (cin !== inShape[1]) return `consumer ${label(node)} expects ${cin} input channels, its input has ${inShape[1]}`;
+    const pixels: ConvGeometry = { kernel: [1, 1], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1] };
+    return { input: { kind: 'conv', conv: pixels }, g: at.per, d: at.n * at.per, row: at.offset, dTotal: cin };
+  },
+};
+
 /** The layers, keyed by op type (ai.onnx). */
-export const LAYERS: Readonly<Record<string, Layer>> = { Conv, Gemm, MatMul };
+export const LAYERS: Readonly<Record<string, Layer>> = { Conv, ConvTranspose, Gemm, MatMul };
 
 /**
  * The axis of a producer's bias that holds one entry per output channel, if any: Conv's B is [n]; Gemm's C broadcasts
@@ -233,7 +298,7 @@ export function matrixToWeight(
   const data = new Float32Array(rows * cols);
   if (layout === 'in-out') {
     data.set(W);
-    return { dims: [rows, cols], data };
+    return { dims: dims.length > 2 ? [rows, ...dims.slice(1)] : [rows, cols], data }; // ConvTranspose: [C_in, C_out, kh, kw]
   }
   for (let o = 0; o < cols; o++) for (let r = 0; r < rows; r++) data[o * rows + r] = W[r * cols + o]!; // [m, d]
   return { dims: layout === 'conv' ? [cols, rows / (dims[2]! * dims[3]!), dims[2]!, dims[3]!] : [cols, rows], data };

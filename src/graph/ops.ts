@@ -134,7 +134,19 @@ export interface ShapeContext {
   ins: (number[] | undefined)[];
   constant(name: string): TensorProto | undefined;
   producer(name: string): NodeProto | undefined;
+  /** The values of a small integer tensor (a constant, or computed from shapes), if known. */
+  value(name: string): number[] | undefined;
 }
+
+/**
+ * The values of a node's first output when it computes a shape from shapes (Shape, Gather, Concat, …: what exporters
+ * emit for x.view(x.size(0), …)), so that a Reshape whose shape is computed still has a known output shape.
+ */
+type ValueRule = (ctx: ShapeContext) => number[] | undefined;
+
+/** The value of input `slot` as the rules see it. */
+const valueOf = (ctx: ShapeContext, slot: number) =>
+  ctx.node.input[slot] ? ctx.value(ctx.node.input[slot]!) : undefined;
 
 /** Output shapes (one entry per output the rule knows; often only the first), or undefined if unknown. */
 type ShapeRule = (ctx: ShapeContext) => (number[] | undefined)[] | undefined;
@@ -170,10 +182,9 @@ const flattenShape: ShapeRule = withX((x, { node }) => {
   return [[numel(x.slice(0, axis)), numel(x.slice(axis))]];
 });
 const reshapeShape: ShapeRule = withX((x, ctx) => {
-  const t = ctx.constant(ctx.node.input[1] ?? '');
-  if (!t && x.length >= 1 && isViewFlatten(ctx.node, ctx.producer, ctx.constant)) return [[x[0]!, numel(x.slice(1))]];
-  if (!t) return undefined;
-  const spec = Array.from(tensorToInt64(t).data, Number);
+  if (x.length >= 1 && isViewFlatten(ctx.node, ctx.producer, ctx.constant)) return [[x[0]!, numel(x.slice(1))]];
+  const spec = valueOf(ctx, 1);
+  if (!spec) return undefined;
   const allowZero = attrInt(ctx.node, 'allowzero', 0) === 1;
   const y = spec.map((d, i) => (d === 0 && !allowZero ? x[i]! : d));
   const free = y.indexOf(-1);
@@ -227,8 +238,7 @@ const constantShape: ShapeRule = ({ node, constant }) => {
 /** The INT64 values of input `slot` (newer opsets) or of attribute `attr` (older ones); undefined if computed. */
 function intsOf(ctx: ShapeContext, slot: number, attr: string): number[] | undefined {
   if (ctx.node.attribute.some((a) => a.name === attr)) return attrInts(ctx.node, attr);
-  const name = ctx.node.input[slot];
-  return name ? int64Values(ctx.constant(name)) : undefined;
+  return valueOf(ctx, slot);
 }
 const resizeShape: ShapeRule = withX((x, ctx) => {
   const { node, constant } = ctx;
@@ -256,7 +266,7 @@ const sliceShape: ShapeRule = withX((x, ctx) => {
   const starts = intsOf(ctx, 1, 'starts'),
     ends = intsOf(ctx, 2, 'ends');
   const axes = intsOf(ctx, 3, 'axes') ?? starts?.map((_, i) => i),
-    steps = ctx.node.input[4] ? int64Values(ctx.constant(ctx.node.input[4])) : starts?.map(() => 1);
+    steps = ctx.node.input[4] ? valueOf(ctx, 4) : starts?.map(() => 1);
   if (!starts || !ends || !axes || !steps) return undefined;
   const y = [...x];
   axes.forEach((a0, i) => {
@@ -294,6 +304,44 @@ const layerShape =
   (layer: Layer): ShapeRule =>
   ({ node, ins }) =>
     ins[0] ? layer.shape(node, ins) : undefined;
+
+// ---- value rules ----------------------------------------------------------------------------------------------
+
+const shapeValue: ValueRule = ({ node, ins }) => {
+  const x = ins[0];
+  if (!x) return undefined;
+  const norm = (a: number) => Math.min(Math.max(a < 0 ? a + x.length : a, 0), x.length);
+  return x.slice(norm(attrInt(node, 'start', 0)), norm(attrInt(node, 'end', x.length)));
+};
+const sameValue: ValueRule = (ctx) => valueOf(ctx, 0);
+const gatherValue: ValueRule = (ctx) => {
+  const v = valueOf(ctx, 0),
+    idx = valueOf(ctx, 1);
+  if (!v || !idx || attrInt(ctx.node, 'axis', 0) !== 0) return undefined;
+  return idx.map((i) => v[i < 0 ? i + v.length : i]!);
+};
+const concatValue: ValueRule = (ctx) => {
+  const parts = ctx.node.input.map((_, i) => valueOf(ctx, i));
+  return parts.every((p) => p) ? (parts as number[][]).flat() : undefined;
+};
+const sliceValue: ValueRule = (ctx) => {
+  const v = valueOf(ctx, 0),
+    y = sliceShape(ctx)?.[0];
+  const starts = ctx.node.input[1] ? valueOf(ctx, 1) : attrInts(ctx.node, 'starts', []);
+  if (!v || !y || !starts || starts.length !== 1) return undefined;
+  const s0 = starts[0]! < 0 ? Math.max(0, starts[0]! + v.length) : Math.min(starts[0]!, v.length);
+  const step = ctx.node.input[4] ? (valueOf(ctx, 4)?.[0] ?? 1) : 1;
+  return Array.from({ length: y[0]! }, (_, i) => v[s0 + i * step]!);
+};
+const arithmeticValue =
+  (f: (a: number, b: number) => number): ValueRule =>
+  (ctx) => {
+    const [a, b] = [valueOf(ctx, 0), valueOf(ctx, 1)];
+    if (!a || !b || (a.length !== b.length && a.length !== 1 && b.length !== 1)) return undefined;
+    return Array.from({ length: Math.max(a.length, b.length) }, (_, i) =>
+      f(a[a.length === 1 ? 0 : i]!, b[b.length === 1 ? 0 : i]!),
+    );
+  };
 
 // ---- the view-flatten pattern ---------------------------------------------------------------------------------
 
@@ -618,7 +666,9 @@ const shapeOf: ChainRule = (ctx) => {
     out = S.output[0] ?? '',
     uses = ctx.readers(out);
   if (ctx.layout.axis === 0)
-    return { refuse: `tensor "${t}" is read by ${label(S)} while its channels are on dimension 0, so the shape changes with them` };
+    return {
+      refuse: `tensor "${t}" is read by ${label(S)} while its channels are on dimension 0, so the shape changes with them`,
+    };
   const only =
     "only taking dimension 0 of it (a Gather of index 0 on axis 0, as torch's x.size(0)) is known not to " +
     'change with the channels';
@@ -652,15 +702,17 @@ export type Merge = 'join' | 'concat';
 
 export interface OpRule {
   shape?: ShapeRule;
+  value?: ValueRule;
   chain?: ChainRule;
   layer?: Layer;
   merge?: Merge;
 }
 
-const op = (shape?: ShapeRule, chain?: ChainRule, merge?: Merge): OpRule => ({
+const op = (shape?: ShapeRule, chain?: ChainRule, merge?: Merge, value?: ValueRule): OpRule => ({
   ...(shape ? { shape } : {}),
   ...(chain ? { chain } : {}),
   ...(merge ? { merge } : {}),
+  ...(value ? { value } : {}),
 });
 const unary = op(sameShape, elementwise);
 const joining = op(broadcast, arithmetic, 'join');
@@ -670,7 +722,7 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   ...Object.fromEntries(Object.entries(LAYERS).map(([name, layer]) => [name, { shape: layerShape(layer), layer }])),
   Conv: { shape: layerShape(LAYERS.Conv!), layer: LAYERS.Conv!, chain: depthwise }, // a depthwise Conv passes channels
   Constant: op(constantShape),
-  Shape: op(shapeShape, shapeOf),
+  Shape: op(shapeShape, shapeOf, undefined, shapeValue),
   // element-wise, one input
   ...Object.fromEntries(
     ['Relu', 'LeakyRelu', 'Sigmoid', 'HardSigmoid', 'HardSwish', 'Tanh', 'Elu', 'Selu', 'Celu', 'Softplus']
@@ -678,17 +730,25 @@ export const OPS: Readonly<Record<string, OpRule>> = {
       .concat(['Reciprocal', 'Floor', 'Ceil', 'Round', 'Sign', 'Sin', 'Cos'])
       .map((n) => [n, unary]),
   ),
+  Identity: op(sameShape, elementwise, undefined, sameValue),
   Dropout: unary, // output 1 (the mask) must be unused: checked for every op by the analysis
   Clip: unary, // min/max are scalars by the spec
   Not: op(sameShape),
-  Cast: op(sameShape, (ctx) =>
-    FLOAT_TYPES.has(attrInt(ctx.node, 'to')) ? pass(ctx) : refusal(ctx, 'casts to a non-float type'),
+  Cast: op(
+    sameShape,
+    (ctx) => (FLOAT_TYPES.has(attrInt(ctx.node, 'to')) ? pass(ctx) : refusal(ctx, 'casts to a non-float type')),
+    undefined,
+    sameValue,
   ),
   PRelu: op(sameShape, (ctx) =>
     ctx.input === 0 ? result(ctx, broadcastParam(ctx, 1, 'slope')) : refusal(ctx, ': the channels enter as the slope'),
   ),
   // element-wise, broadcasting
-  ...Object.fromEntries(['Add', 'Sub', 'Mul', 'Div', 'Pow', 'Max', 'Min', 'Sum', 'Mean'].map((n) => [n, joining])),
+  ...Object.fromEntries(['Pow', 'Max', 'Min', 'Sum', 'Mean'].map((n) => [n, joining])),
+  Add: { ...joining, value: arithmeticValue((a, b) => a + b) },
+  Sub: { ...joining, value: arithmeticValue((a, b) => a - b) },
+  Mul: { ...joining, value: arithmeticValue((a, b) => a * b) },
+  Div: { ...joining, value: arithmeticValue((a, b) => Math.trunc(a / b)) },
   ...Object.fromEntries(
     ['Where', 'Equal', 'Less', 'Greater', 'LessOrEqual', 'GreaterOrEqual', 'And', 'Or', 'Xor'].map((n) => [
       n,
@@ -716,12 +776,12 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Flatten: op(flattenShape, flatten),
   Reshape: op(reshapeShape, reshape),
   Transpose: op(transposeShape, transpose),
-  Squeeze: op(squeezeShape, squeeze),
-  Unsqueeze: op(unsqueezeShape, unsqueeze),
-  Slice: op(sliceShape, slice),
+  Squeeze: op(squeezeShape, squeeze, undefined, sameValue),
+  Unsqueeze: op(unsqueezeShape, unsqueeze, undefined, sameValue),
+  Slice: op(sliceShape, slice, undefined, sliceValue),
   Split: op(splitShape, split),
-  Gather: op(gatherShape, gather),
-  Concat: op(concatShape, undefined, 'concat'),
+  Gather: op(gatherShape, gather, undefined, gatherValue),
+  Concat: op(concatShape, undefined, 'concat', concatValue),
   // reductions
   ...Object.fromEntries(['ReduceMean', 'ReduceMax', 'ReduceMin', 'ReduceSum'].map((n) => [n, op(reduceShape, reduce)])),
   ...Object.fromEntries(

@@ -4,8 +4,10 @@
 // report that.
 import { badInput } from '../errors.js';
 import {
+  DataType,
   numel,
   tensorDims,
+  tensorToInt64,
   type GraphProto,
   type Model,
   type NodeProto,
@@ -58,7 +60,13 @@ export function inferShapes(model: Model, inputShape?: readonly number[]): Shape
   const constant = (name: string) => consts.get(name);
   const producer = (name: string) => producers.get(name);
   const shapes: Shapes = new Map();
-  for (const [name, t] of consts) shapes.set(name, tensorDims(t));
+  const values = new Map<string, number[]>();
+  for (const [name, t] of consts) {
+    shapes.set(name, tensorDims(t));
+    if (t.dataType === DataType.INT64 && numel(tensorDims(t)) <= 64)
+      values.set(name, Array.from(tensorToInt64(t).data, Number));
+  }
+  const value = (name: string) => values.get(name);
   dataInputs(graph).forEach((vi, i) => {
     const declared = declaredShape(vi);
     if (i === 0 && inputShape) {
@@ -87,11 +95,14 @@ export function inferShapes(model: Model, inputShape?: readonly number[]): Shape
   for (const node of graph.node) {
     const ins = node.input.map((n) => (n ? shapes.get(n) : undefined));
     // by op type, whatever the domain: shapes only feed FLOPs and geometry; custom ops never pass a chain rule
-    const outs = OPS[node.opType]?.shape?.({ node, ins, constant, producer });
-    outs?.forEach((s, i) => {
+    const rule = OPS[node.opType],
+      ctx = { node, ins, constant, producer, value };
+    rule?.shape?.(ctx)?.forEach((s, i) => {
       const name = node.output[i];
       if (s && name && !shapes.has(name)) shapes.set(name, s);
     });
+    const v = node.output[0] && !values.has(node.output[0]) ? rule?.value?.(ctx) : undefined;
+    if (v && v.every(Number.isFinite)) values.set(node.output[0]!, v);
   }
   return shapes;
 }
