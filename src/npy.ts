@@ -231,7 +231,6 @@ function fortranToC<T extends Values>(f: T, shape: number[]): T {
   return c;
 }
 
-
 /** Refuses a Fortran-ordered file that cannot be read whole and reordered in `memory` bytes. */
 function checkFortranFits(path: string, h: NpyHeader, memory: number): void {
   const n = h.rows * h.rowSize,

@@ -6,18 +6,18 @@
 import type { Model } from '../src/onnx/index.js';
 import type { NpyFile } from '../src/npy.js';
 import type { Group } from '../src/graph/types.js';
-import { Runner } from '../src/capture/index.js';
+import { Runner, type Activation } from '../src/capture/index.js';
 import { batches } from '../src/calibration.js';
 import { withConsumerMatrix, zeroDroppedInputs } from './graph-helpers.js';
 
 /** Each consumer output of `model` over the calibration data, batch by batch. */
-async function outputsOf(model: Model, names: string[], calib: NpyFile): Promise<Map<string, Float32Array>[]> {
+async function outputsOf(model: Model, names: string[], calib: NpyFile): Promise<Map<string, Activation>[]> {
   const run = await Runner.open(model, names);
   try {
-    const out: Map<string, Float32Array>[] = [];
+    const out: Map<string, Activation>[] = [];
     for (const b of batches(calib, 128)) {
       const got = await run.run(b.data, b.dims, names);
-      out.push(new Map(names.map((n) => [n, got.get(n)!.data.slice()])));
+      out.push(new Map(names.map((n) => [n, { data: got.get(n)!.data.slice(), dims: got.get(n)!.dims }])));
     }
     return out;
   } finally {
@@ -25,18 +25,28 @@ async function outputsOf(model: Model, names: string[], calib: NpyFile): Promise
   }
 }
 
-export async function measuredObjectives(orig: Model, pruned: Model, group: Group, calib: NpyFile): Promise<number[]> {
+/**
+ * `kept`: for a consumer whose own output channels an earlier group already pruned (asymmetric mode: the target is the
+ * original model, whose consumer has all its outputs), the output channels (axis 1) that remain.
+ */
+export async function measuredObjectives(
+  orig: Model,
+  pruned: Model,
+  group: Group,
+  calib: NpyFile,
+  kept: (node: string) => number[] | undefined = () => undefined,
+): Promise<number[]> {
   const names = group.consumers.map((c) => c.node.output[0]!);
   // every channel of the group dropped from every consumer: what the consumers' outputs are without the group
   const zeroed = zeroDroppedInputs(orig, [{ group, keep: [] }]);
   const [y, z, y0] = await Promise.all([orig, pruned, zeroed].map((m) => outputsOf(m, names, calib)));
-  return names.map((name) => {
+  return names.map((name, k) => {
+    const keep = kept(group.consumers[k]!.node.name);
     let err = 0,
       norm = 0;
     y.forEach((batch, i) => {
-      const a = batch.get(name)!,
-        b = z[i]!.get(name)!,
-        c = y0[i]!.get(name)!;
+      const b = z[i]!.get(name)!.data,
+        [a, c] = [batch.get(name)!, y0[i]!.get(name)!].map((t) => (keep ? channels(t.data, t.dims, keep) : t.data));
       if (a.length !== b.length) throw new Error(`consumer output ${name}: ${b.length} values vs ${a.length}`);
       for (let j = 0; j < a.length; j++) {
         err += (b[j]! - a[j]!) ** 2;
@@ -64,6 +74,18 @@ export async function consumerObjectives(
     const one = { ...group, consumers: [c] };
     out.push((await measuredObjectives(orig, withConsumerMatrix(orig, c, keep, W[i]!), one, calib))[0]!);
   }
+  return out;
+}
+
+/** The channels `keep` (axis 1) of an output of shape dims. */
+function channels(t: Float32Array, dims: number[], keep: number[]): Float32Array {
+  const [N, C] = [dims[0]!, dims[1]!],
+    inner = t.length / (N * C),
+    out = new Float32Array(N * keep.length * inner);
+  for (let n = 0; n < N; n++)
+    keep.forEach((c, k) =>
+      out.set(t.subarray((n * C + c) * inner, (n * C + c + 1) * inner), (n * keep.length + k) * inner),
+    );
   return out;
 }
 

@@ -19,7 +19,12 @@ interface Shrink {
 }
 
 /** Exact params (every initializer and Constant tensor, as modelStats counts them) or FLOPs after pruning to `keeps`. */
-export function sizeModel(model: Model, groups: Group[], inputShape: readonly number[] | undefined, target: Target): SizeOf {
+export function sizeModel(
+  model: Model,
+  groups: Group[],
+  inputShape: readonly number[] | undefined,
+  target: Target,
+): SizeOf {
   const full = modelStats(model, inputShape ? [...inputShape] : undefined);
   const shapes = inferShapes(model, inputShape);
   const shrinks = new Map<string, Shrink[]>();

@@ -107,14 +107,23 @@ export function runInspect(argv: string[]): void {
       id: g.id,
       channels: g.channels,
       producers: g.producers.map((p) => ({ node: p.name, op: p.opType, weight: p.input[1] })),
-      consumers: g.consumers.map((c) => ({ node: c.node.name, op: c.node.opType, weight: c.weight, g: c.g, d: c.d, m: c.m })),
+      consumers: g.consumers.map((c) => ({
+        node: c.node.name,
+        op: c.node.opType,
+        weight: c.weight,
+        g: c.g,
+        d: c.d,
+        m: c.m,
+      })),
       chain: g.chain.map((n) => n.opType),
       params: g.params,
       flops: g.flops,
     }));
     const input = { name: inp.name, shape, ...(standIn ? { standIn: STAND_IN, dims: inp.dims } : {}) };
     const out = { model: positionals[0], opset: opsetVersion(model), input, params: stats.params, flops: stats.flops };
-    console.log(JSON.stringify({ ...out, summary: sum, groups, refused: a.refused, ...(note ? { note } : {}) }, null, 1));
+    console.log(
+      JSON.stringify({ ...out, summary: sum, groups, refused: a.refused, ...(note ? { note } : {}) }, null, 1),
+    );
     return;
   }
   console.log(
@@ -123,7 +132,7 @@ export function runInspect(argv: string[]): void {
   );
   if (note) console.log(`note: ${note}\n`);
   if (a.groups.length) {
-    const names = (xs: string[]) => (xs.length > 3 ? `${xs.slice(0, 2).join(', ')} +${xs.length - 2} more` : xs.join(', '));
+    const names = (xs: string[]) => (xs.length > 1 ? `${xs[0]} +${xs.length - 1}` : xs[0]!);
     console.log(
       table(
         ['group', 'channels', 'producers', 'consumers (g, d)', 'via', 'params', 'FLOPs'],

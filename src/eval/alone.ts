@@ -140,7 +140,8 @@ export async function openGroupProbe(
         const M = W.slice();
         group.consumers.forEach((t, k) => {
           if (t.weight !== weights[i]) return;
-          if (Ws[k]!.length !== t.d * t.m) throw new RangeError(`W has ${Ws[k]!.length} values, expected ${t.d}×${t.m}`);
+          if (Ws[k]!.length !== t.d * t.m)
+            throw new RangeError(`W has ${Ws[k]!.length} values, expected ${t.d}×${t.m}`);
           M.set(Ws[k]!, t.row * t.m);
         });
         return [weights[i]!, new ort.Tensor('float32', matrixToWeight(c.layout, M, c.dTotal, c.m, dims).data, dims)];

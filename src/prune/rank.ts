@@ -31,7 +31,13 @@ export function rankGroup(
   k = group.channels,
 ): Ranked {
   const W = group.consumers.map((c) => consumerWeightMatrix(model, c));
-  const inputs = group.consumers.map((c, i) => ({ n: group.channels, g: c.g, m: c.m, W: W[i]!, stats: captured[i]!.stats }));
+  const inputs = group.consumers.map((c, i) => ({
+    n: group.channels,
+    g: c.g,
+    m: c.m,
+    W: W[i]!,
+    stats: captured[i]!.stats,
+  }));
   const order = rankChannels(how.method ?? 'greedy', inputs, groupSeed(how.seed ?? 0, group.id));
   const problems = group.consumers.map((c, i) => {
     const gram = captured[i]!;

@@ -76,7 +76,9 @@ function sliceAxis(w: Work, axis: number, removed: Set<number>): void {
 function checkPlan(p: PrunePlan): void {
   const { group, keep } = p;
   if (keep.length === 0)
-    throw badInput(`group "${group.id}": keep at least one channel (removing all of them would disconnect the consumers).`);
+    throw badInput(
+      `group "${group.id}": keep at least one channel (removing all of them would disconnect the consumers).`,
+    );
   keep.forEach((c, i) => {
     if (!Number.isInteger(c) || c < 0 || c >= group.channels)
       throw badInput(`group "${group.id}": channel ${c} is out of range 0..${group.channels - 1}.`);
@@ -105,7 +107,10 @@ export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
     let w = work.get(name);
     if (!w) {
       const t = consts.get(name);
-      if (!t) throw badInput(`group "${group.id}": the model has no constant "${name}"; was it analysed on a different model?`);
+      if (!t)
+        throw badInput(
+          `group "${group.id}": the model has no constant "${name}"; was it analysed on a different model?`,
+        );
       w = { t, ...tensorToFloat32(t) };
       work.set(name, w);
     }
@@ -125,9 +130,13 @@ export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
       if (!Wt) return;
       const w = get(c.weight, group);
       if (w.data.length !== c.dTotal * c.m)
-        throw badInput(`group "${group.id}": weight "${c.weight}" has ${w.data.length} values, expected ${c.dTotal}×${c.m}; ${changedModel}`);
+        throw badInput(
+          `group "${group.id}": weight "${c.weight}" has ${w.data.length} values, expected ${c.dTotal}×${c.m}; ${changedModel}`,
+        );
       if (Wt.length !== keep.length * c.g * c.m)
-        throw badInput(`group "${group.id}": W has ${Wt.length} values, expected ${keep.length * c.g}×${c.m} (kept channels × g by outputs).`);
+        throw badInput(
+          `group "${group.id}": W has ${Wt.length} values, expected ${keep.length * c.g}×${c.m} (kept channels × g by outputs).`,
+        );
       const at = weightIndex(c.layout, c.dTotal, c.m);
       keep.forEach((ch, i) => {
         for (let a = 0; a < c.g; a++) {
@@ -145,7 +154,9 @@ export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
     for (const s of group.slices) {
       const w = get(s.tensor, group);
       if (s.offset + group.channels * s.per > (w.dims[s.axis] ?? 0))
-        throw badInput(`group "${group.id}": constant "${s.tensor}" has ${w.dims[s.axis]} entries on axis ${s.axis}; ${changedModel}`);
+        throw badInput(
+          `group "${group.id}": constant "${s.tensor}" has ${w.dims[s.axis]} entries on axis ${s.axis}; ${changedModel}`,
+        );
       const axes = removed.get(s.tensor) ?? new Map<number, Set<number>>();
       const set = axes.get(s.axis) ?? new Set<number>();
       for (let c = 0; c < group.channels; c++) {
@@ -171,7 +182,9 @@ export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
       } else {
         const a = graph.node.find((n) => n.name === e.node)?.attribute.find((x) => x.name === e.attribute);
         if (!a || a.type !== AttributeProto_AttributeType.INT)
-          throw badInput(`group "${group.id}": node "${e.node}" has no INT attribute "${e.attribute}"; ${changedModel}`);
+          throw badInput(
+            `group "${group.id}": node "${e.node}" has no INT attribute "${e.attribute}"; ${changedModel}`,
+          );
         a.i -= BigInt(gone * e.per);
       }
     }

@@ -49,7 +49,10 @@ export function rankChannels(method: Method, consumers: RankInput[], seed = 0): 
       return byScore(combined(consumers.map((p) => need(p.stats?.absMean, 'activation-norm', 'absMean'))));
     case 'sampling': {
       const sens = consumers.map((p) => need(p.stats?.sensitivity, 'sampling', 'sensitivity'));
-      return sampleOrder(sens.reduce((a, s) => a.map((v, c) => Math.max(v, s[c]!))), seed);
+      return sampleOrder(
+        sens.reduce((a, s) => a.map((v, c) => Math.max(v, s[c]!))),
+        seed,
+      );
     }
   }
 }
