@@ -239,7 +239,8 @@ describe('threads', () => {
       a.f32(Xp, X.length).set(X);
       for (let j = 0; j < jobs; j++) {
         k.gramPack(Xp, d, (j % blocks) * RB, RB, d, P, 0, d >> 3);
-        k.par('gramTiles', [P, d, P, d, RB, G, d, 1, tmp, 0, d], 9, { scratch: [8, 128], align: 4 }); // no work estimate: always handed over
+        // no work estimate: always handed over
+        k.par('gramTiles', { PA: P, da: d, PB: P, db: d, rb: RB, C: G, ldc: d, upper: 1, tmp, i0: 0, i1: d });
       }
       const out = a.f64(G, d * d).slice();
       a.release(mark);

@@ -58,13 +58,10 @@ export function gramAccumulate(
     const rb = Math.min(RB, rows - r0);
     // every thread packs its share of the panels, so none waits on a serial pack (2-thread Gram at d = 1024, median
     // of 8 runs: 1.2–1.9× one thread with a serial pack, 1.6–2.0× with this)
-    K.par('gramPack', [X, dx, r0, rb, dx, PX, 0, (dx + 7) >> 3], 6, { work: rb * dx });
-    if (Y) K.par('gramPack', [Y, dy, r0, rb, dy, PY, 0, (dy + 7) >> 3], 6, { work: rb * dy });
-    K.par('gramTiles', [PX, dx, PB, db, rb, C, db, upper, tmp, 0, dx], 9, {
-      ranges,
-      scratch: [8, 128],
-      work: (rb * dx * db) / (1 + upper),
-    });
+    K.par('gramPack', { X, ld: dx, r0, rb, d: dx, P: PX, p0: 0, p1: (dx + 7) >> 3 }, { work: rb * dx });
+    if (Y) K.par('gramPack', { X: Y, ld: dy, r0, rb, d: dy, P: PY, p0: 0, p1: (dy + 7) >> 3 }, { work: rb * dy });
+    const tiles = { PA: PX, da: dx, PB, db, rb, C, ldc: db, upper, tmp, i0: 0, i1: dx };
+    K.par('gramTiles', tiles, { ranges, work: (rb * dx * db) / (1 + upper) });
   }
 }
 
@@ -85,6 +82,6 @@ export function gemm(
   for (let k0 = 0; k0 < Kd; k0 += KC) {
     const kc = Math.min(KC, Kd - k0);
     K.gemmPack(B, N, k0, kc, P);
-    K.par('gemmRows', [A, Kd, k0, kc, P, C, N, tmp, 0, M], 8, { align: 4, scratch: [7, 128], work: M * kc * N });
+    K.par('gemmRows', { A, K: Kd, k0, kc, P, C, N, tmp, i0: 0, i1: M }, { work: M * kc * N });
   }
 }

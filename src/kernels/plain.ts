@@ -1,5 +1,5 @@
 import { Arena } from './memory.js';
-import type { Kernels } from './types.js';
+import { positional, type Kernels } from './types.js';
 
 // The kernels of assembly/index.ts in plain TypeScript: straightforward loops, f64 accumulation throughout.
 // Same arguments (byte offsets into the arena), same results up to rounding; tests hold the two together and the
@@ -42,8 +42,8 @@ export function plainKernels(): Kernels {
     name: 'plain',
     arena,
     threads: 1,
-    par(name, args, _lo, _opts) {
-      (this[name] as (...a: number[]) => void)(...(args as number[]));
+    par(name, args) {
+      (this[name] as (...a: number[]) => void)(...positional(name, args));
     },
     gramRows: () => 128,
     gramPackFloats: (d) => 128 * d,

@@ -1,9 +1,9 @@
-import { PAR_KERNELS, type ParKernel } from './types.js';
+import { PAR_KERNELS, parLayout, type ParKernel } from './types.js';
 
 // Worker threads that run kernels on shared wasm memory. A control block in that memory (bytes CTRL .. CTRL+896,
 // below the arena) carries each job; Atomics wait/notify hand it over, so a job costs microseconds, not a message.
-// Layout (int32): [0] job sequence, [2] kernel index (−1: stop), [3] arg count, [4] range arg index, [5] scratch arg
-// index (−1: none), [6] scratch stride, [8 + 2t, 9 + 2t] thread t's range. f64 args from byte CTRL+512. From byte
+// Layout (int32): [0] job sequence, [2] kernel index (−1: stop), [3] arg count, [4] range start arg index, [5] scratch
+// arg index (−1: none), [6] scratch stride, [7] range end arg index, [8 + 2t, 9 + 2t] thread t's range. f64 args from byte CTRL+512. From byte
 // CTRL+640, int32 slot t: the last job sequence thread t finished. A worker runs a job only once it has seen the
 // sequence move on, and a job is done when every slot holds its sequence. The previous hand-over (one done-counter
 // reset per job; a return from Atomics.wait taken as a new job) gave one worker's rows of a Gram update wrong about
@@ -48,7 +48,7 @@ function workerMain(): void {
     if (lo < hi) {
       const a = Array.from(F.subarray(0, I[3]));
       a[I[4]] = lo;
-      a[I[4] + 1] = hi;
+      a[I[7]] = hi;
       if (I[5] >= 0) a[I[5]] += id * I[6];
       x[names[k]](...a);
     }
@@ -84,23 +84,21 @@ export class Pool {
     }
   }
 
-  /** Runs kernel `name` with args on thread t's range ranges[t]; thread 0 (this one) runs `self`. */
-  run(
-    name: ParKernel,
-    args: number[],
-    lo: number,
-    ranges: [number, number][],
-    scratch: [number, number] | undefined,
-    self: (a: number[]) => void,
-  ): void {
+  /**
+   * Runs kernel `name` with positional args on thread t's range ranges[t], the scratch argument (if any) moved on by
+   * t·stride bytes; thread 0 (this one) runs `self`.
+   */
+  run(name: ParKernel, args: number[], ranges: [number, number][], stride: number, self: (a: number[]) => void): void {
     const { I, F, D, threads } = this;
     if (args.length > MAX_ARGS) throw new RangeError('too many kernel arguments');
+    const { lo, hi, scratch } = parLayout(name);
     F.set(args);
     I[2] = PAR_KERNELS.indexOf(name);
     I[3] = args.length;
     I[4] = lo;
-    I[5] = scratch ? scratch[0] : -1;
-    I[6] = scratch ? scratch[1] : 0;
+    I[5] = scratch;
+    I[6] = stride;
+    I[7] = hi;
     for (let t = 1; t < threads; t++) {
       I[8 + 2 * t] = ranges[t][0];
       I[9 + 2 * t] = ranges[t][1];
@@ -109,7 +107,7 @@ export class Pool {
     Atomics.notify(I, 0);
     const a = args.slice();
     a[lo] = ranges[0][0];
-    a[lo + 1] = ranges[0][1];
+    a[hi] = ranges[0][1];
     if (ranges[0][0] < ranges[0][1]) self(a);
     // Wait for the others: spin briefly (jobs are often short), then sleep.
     for (let t = 1; t < threads; t++) {

@@ -3,7 +3,15 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { Arena } from './memory.js';
 import { Pool } from './pool.js';
-import { splitRange, type Kernels, type ParKernel, type ParOptions } from './types.js';
+import {
+  KERNEL_NAMES,
+  parLayout,
+  positional,
+  scratchBytes,
+  splitRange,
+  type KernelFunctions,
+  type Kernels,
+} from './types.js';
 
 // build/subprune.wasm (own memory) and build/subprune-mt.wasm (shared memory, for threads) sit at the package root,
 // whether this file runs from src/ (tests) or dist/src/ (CLI).
@@ -39,43 +47,27 @@ export function wasmKernels(threads = 1): Kernels {
   const abort = () => {
     throw new Error('wasm kernel abort');
   };
-  const x = new WebAssembly.Instance(module, { env: { memory, abort } }).exports as unknown as Omit<
-    Kernels,
-    'name' | 'arena' | 'threads' | 'par'
-  >;
+  const x = new WebAssembly.Instance(module, { env: { memory, abort } }).exports as unknown as KernelFunctions;
   const pool = shared ? new Pool(module, memory, threads) : undefined;
+  const missing = KERNEL_NAMES.find((n) => typeof x[n] !== 'function');
+  if (missing) throw new Error(`the compiled kernels lack ${missing}: run \`npm run build:wasm\``);
+  const fns = Object.fromEntries(KERNEL_NAMES.map((n) => [n, x[n]])) as unknown as KernelFunctions;
   const k: Kernels = {
+    ...fns,
     name: 'wasm',
     arena,
     threads,
-    gramRows: x.gramRows,
-    gramPackFloats: x.gramPackFloats,
-    gramPack: x.gramPack,
-    gramTiles: x.gramTiles,
-    symmetrize: x.symmetrize,
-    gemmChunk: x.gemmChunk,
-    gemmPackDoubles: x.gemmPackDoubles,
-    gemmPack: x.gemmPack,
-    gemmRows: x.gemmRows,
-    gather: x.gather,
-    extend: x.extend,
-    updateRows: x.updateRows,
-    updateScan: x.updateScan,
-    downdateBlocks: x.downdateBlocks,
-    groupGains: x.groupGains,
-    argmax: x.argmax,
-    solveUpperT: x.solveUpperT,
-    im2col: x.im2col,
-    par<N extends ParKernel>(name: N, args: Parameters<Kernels[N]>, lo: number, opts: ParOptions = {}) {
+    par(name, args, opts = {}) {
       const fn = x[name] as (...a: number[]) => void;
-      const a = args as unknown as number[];
+      const a = positional(name, args);
       // Small jobs stay on this thread: a hand-over costs a few microseconds.
       if (!pool || (opts.work !== undefined && opts.work < 30000)) {
         fn(...a);
         return;
       }
-      const ranges = opts.ranges ?? splitRange(a[lo], a[lo + 1], threads, opts.align ?? 1);
-      pool.run(name, a, lo, ranges, opts.scratch, (b) => fn(...b));
+      const layout = parLayout(name);
+      const ranges = opts.ranges ?? splitRange(a[layout.lo], a[layout.hi], threads, opts.align ?? layout.align);
+      pool.run(name, a, ranges, scratchBytes(name, args), (b) => fn(...b));
     },
   };
   return k;
