@@ -35,7 +35,7 @@ export class GramAccumulator {
   readonly d: number;
   readonly asymmetric: boolean;
   private readonly k: Kernels;
-  private readonly p: { G: number; C: number; H: number; PB: number; PA: number; tmp: number };
+  private readonly p: { G: number; C: number; H: number; PB: number; PA: number };
   private readonly mark: number;
   private buf?: { cap: number; B: number; A: number; sample: number; XB: number; XA: number };
   private rows = 0;
@@ -55,7 +55,6 @@ export class GramAccumulator {
       H: asym ? a.alloc(dd) : 0,
       PB: a.alloc(pack),
       PA: asym ? a.alloc(pack) : 0,
-      tmp: a.alloc(128 * k.threads),
     };
   }
 
@@ -92,10 +91,10 @@ export class GramAccumulator {
   private flush(nr: number) {
     const { d, k, p } = this,
       b = this.buf!;
-    gramAccumulate(k, b.B, d, 0, 0, nr, p.G, p.PB, 0, p.tmp);
+    gramAccumulate(k, b.B, d, 0, 0, nr, p.G, p.PB, 0);
     if (this.asymmetric) {
-      gramAccumulate(k, b.B, d, b.A, d, nr, p.C, p.PB, p.PA, p.tmp);
-      gramAccumulate(k, b.A, d, 0, 0, nr, p.H, p.PA, 0, p.tmp);
+      gramAccumulate(k, b.B, d, b.A, d, nr, p.C, p.PB, p.PA);
+      gramAccumulate(k, b.A, d, 0, 0, nr, p.H, p.PA, 0);
     }
     this.rows += nr;
   }

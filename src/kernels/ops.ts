@@ -1,4 +1,4 @@
-import type { Kernels } from './types.js';
+import { parLayout, type Kernels } from './types.js';
 
 // Kernel sequences that several stages use: Gram accumulation and the f64 matrix product, split over threads.
 
@@ -34,7 +34,7 @@ export function balancedRanges(
 
 /**
  * C += Xᵀ Y over `rows` f32 rows (X: rows×dx, Y: rows×dy), or with Y = 0 the upper triangle of G = Xᵀ X.
- * PX, PY: gramPackFloats floats each; tmp: 128 bytes per thread.
+ * PX, PY: gramPackFloats floats each.
  */
 export function gramAccumulate(
   K: Kernels,
@@ -46,21 +46,21 @@ export function gramAccumulate(
   C: number,
   PX: number,
   PY: number,
-  tmp: number,
 ): void {
   const RB = K.gramRows(),
     upper = Y ? 0 : 1,
     PB = Y ? PY : PX,
     db = Y ? dy : dx;
-  const ranges =
-    K.threads > 1 ? balancedRanges(0, dx, K.threads, 4, (i) => (upper ? db - ((i >> 3) << 3) : db)) : undefined;
+  // rows of G cost their length: in the upper triangle, row i's starts near column i
+  const align = parLayout('gramTiles').align;
+  const ranges = K.threads > 1 ? balancedRanges(0, dx, K.threads, align, (i) => (upper ? db - i : db)) : undefined;
   for (let r0 = 0; r0 < rows; r0 += RB) {
     const rb = Math.min(RB, rows - r0);
     // every thread packs its share of the panels, so none waits on a serial pack (2-thread Gram at d = 1024, median
     // of 8 runs: 1.2–1.9× one thread with a serial pack, 1.6–2.0× with this)
-    K.par('gramPack', { X, ld: dx, r0, rb, d: dx, P: PX, p0: 0, p1: (dx + 7) >> 3 }, { work: rb * dx });
-    if (Y) K.par('gramPack', { X: Y, ld: dy, r0, rb, d: dy, P: PY, p0: 0, p1: (dy + 7) >> 3 }, { work: rb * dy });
-    const tiles = { PA: PX, da: dx, PB, db, rb, C, ldc: db, upper, tmp, i0: 0, i1: dx };
+    K.par('gramPack', { X, ld: dx, r0, rb, d: dx, P: PX, p0: 0, p1: K.gramPanels(dx) }, { work: rb * dx });
+    if (Y) K.par('gramPack', { X: Y, ld: dy, r0, rb, d: dy, P: PY, p0: 0, p1: K.gramPanels(dy) }, { work: rb * dy });
+    const tiles = { PA: PX, da: dx, PB, db, rb, C, ldc: db, upper, i0: 0, i1: dx };
     K.par('gramTiles', tiles, { ranges, work: (rb * dx * db) / (1 + upper) });
   }
 }

@@ -21,15 +21,11 @@ interface KernelSpec {
  */
 export const KERNELS = {
   gramRows: { params: [], returns: true },
+  gramPanels: { params: ['d'], returns: true },
   gramPackFloats: { params: ['d'], returns: true },
   gramPack: { params: ['X', 'ld', 'r0', 'rb', 'd', 'P', 'p0', 'p1'], range: ['p0', 'p1'] },
-  // align: the tile's rows, which must not straddle a packed panel
-  gramTiles: {
-    params: ['PA', 'da', 'PB', 'db', 'rb', 'C', 'ldc', 'upper', 'tmp', 'i0', 'i1'],
-    range: ['i0', 'i1'],
-    align: 4,
-    scratch: { param: 'tmp', bytes: () => 128 },
-  },
+  // align: the tile's rows (MR in assembly/index.ts), which must not straddle a packed panel
+  gramTiles: { params: ['PA', 'da', 'PB', 'db', 'rb', 'C', 'ldc', 'upper', 'i0', 'i1'], range: ['i0', 'i1'], align: 2 },
   symmetrize: { params: ['G', 'd'] },
   gemmChunk: { params: [], returns: true },
   gemmPackDoubles: { params: ['N'], returns: true },
@@ -121,6 +117,8 @@ export interface ParOptions {
  */
 export interface Kernels extends KernelFunctions {
   readonly name: 'wasm' | 'plain';
+  /** Which compiled build runs the wasm kernels ('plain' for the TypeScript twin). */
+  readonly build: KernelBuild | 'plain';
   readonly arena: Arena;
   readonly threads: number;
   /**
@@ -130,6 +128,9 @@ export interface Kernels extends KernelFunctions {
    */
   par<N extends ParKernel>(name: N, args: KernelArgs<N>, opts?: ParOptions): void;
 }
+
+/** The two wasm builds of assembly/index.ts: plain SIMD, and relaxed SIMD with fused multiply-add. */
+export type KernelBuild = 'simd' | 'relaxed-simd';
 
 /** Equal parts of [lo, hi), boundaries on multiples of align (the last part takes the rest). */
 export function splitRange(lo: number, hi: number, parts: number, align = 1): [number, number][] {

@@ -9,39 +9,105 @@ import {
   positional,
   scratchBytes,
   splitRange,
+  type KernelBuild,
   type KernelFunctions,
   type Kernels,
 } from './types.js';
+import { badInput } from '../errors.js';
 
-// build/subprune.wasm (own memory) and build/subprune-mt.wasm (shared memory, for threads) sit at the package root,
-// whether this file runs from src/ (tests) or dist/src/ (CLI).
-function wasmPath(file: string): string {
+// Four compiled builds of assembly/index.ts sit in build/ at the package root, whether this file runs from src/ (tests)
+// or dist/src/ (CLI): plain SIMD and relaxed SIMD (fused multiply-add), each with its own memory (one thread) and
+// with shared memory (threads).
+export type WasmFile = 'subprune.wasm' | 'subprune-mt.wasm' | 'subprune-relaxed.wasm' | 'subprune-relaxed-mt.wasm';
+const FILES: Record<KernelBuild, { single: WasmFile; threads: WasmFile }> = {
+  simd: { single: 'subprune.wasm', threads: 'subprune-mt.wasm' },
+  'relaxed-simd': { single: 'subprune-relaxed.wasm', threads: 'subprune-relaxed-mt.wasm' },
+};
+
+// Where there is no file system (the browser page: node:fs is an empty module there), only provided modules count.
+const hasFs = typeof readFileSync === 'function' && typeof existsSync === 'function';
+
+function wasmPath(file: WasmFile): string | undefined {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 5; i++, dir = dirname(dir)) {
     const p = join(dir, 'build', file);
     if (existsSync(p)) return p;
   }
-  throw new Error(`build/${file} is missing: run \`npm run build:wasm\` (npm install runs it)`);
+  return undefined;
 }
 
-const compiled = new Map<string, WebAssembly.Module>();
-const compile = (file: string) => {
+const compiled = new Map<WasmFile, WebAssembly.Module>();
+const bytesRead = new Map<WasmFile, Buffer<ArrayBuffer> | undefined>();
+const wasmBytes = (file: WasmFile) => {
+  if (!hasFs) return undefined;
+  if (!bytesRead.has(file)) {
+    const p = wasmPath(file);
+    bytesRead.set(file, p ? readFileSync(p) : undefined);
+  }
+  return bytesRead.get(file);
+};
+const compile = (file: WasmFile) => {
   let m = compiled.get(file);
-  if (!m) compiled.set(file, (m = new WebAssembly.Module(readFileSync(wasmPath(file)))));
+  if (!m) {
+    const bytes = wasmBytes(file);
+    if (!bytes) throw new Error(`build/${file} is missing: run \`npm run build:wasm\` (npm install runs it)`);
+    compiled.set(file, (m = new WebAssembly.Module(bytes)));
+  }
   return m;
 };
 
-/** Supplies the compiled build/`file` where there is no file system to read it from (the browser page fetches it). */
-export function provideWasm(file: 'subprune.wasm' | 'subprune-mt.wasm', module: WebAssembly.Module): void {
+/**
+ * Supplies the compiled build/`file` where there is no file system to read it from (the browser page fetches it).
+ * Provide the relaxed-SIMD files only where `WebAssembly.validate` accepts their bytes: a provided relaxed module makes
+ * it the default build.
+ */
+export function provideWasm(file: WasmFile, module: WebAssembly.Module): void {
   compiled.set(file, module);
+}
+
+/**
+ * Whether this runtime runs the relaxed-SIMD build (Node ≥ 22 and Chromium do; Node 20 with a flag): its file
+ * validates, or where there are no files, the page provided its module.
+ */
+function relaxedRuns(): boolean {
+  const file = FILES['relaxed-simd'].single;
+  if (!hasFs) return compiled.has(file);
+  const bytes = wasmBytes(file);
+  return bytes !== undefined && WebAssembly.validate(bytes);
+}
+
+/**
+ * The build from an override (SUBPRUNE_KERNELS) and whether the relaxed build runs here: by default the relaxed
+ * build where it runs, else plain SIMD.
+ */
+export function chooseBuild(override: string | undefined, relaxedOk: () => boolean): KernelBuild {
+  if (!override) return relaxedOk() ? 'relaxed-simd' : 'simd';
+  if (override === 'simd') return 'simd';
+  if (override !== 'relaxed-simd' && override !== 'relaxed')
+    throw badInput(`SUBPRUNE_KERNELS=${override} is not a kernel build: use simd or relaxed-simd`);
+  if (!relaxedOk()) {
+    throw badInput(
+      `SUBPRUNE_KERNELS=${override}: this runtime does not run relaxed SIMD ` +
+        '(Node 20 needs node --experimental-wasm-relaxed-simd; Node ≥ 22 runs it by default)',
+    );
+  }
+  return 'relaxed-simd';
+}
+
+/**
+ * The kernel build that runs by default: relaxed SIMD (fused multiply-add) where `WebAssembly.validate` accepts it,
+ * else plain SIMD; the environment variable SUBPRUNE_KERNELS=simd|relaxed-simd overrides (tests, benchmarks).
+ */
+export function kernelBuild(): KernelBuild {
+  return chooseBuild(globalThis.process?.env?.SUBPRUNE_KERNELS, relaxedRuns);
 }
 
 const MAX_PAGES = 65536;
 
 /** A fresh instance of the SIMD kernels with its own memory; threads > 1 share that memory with worker threads. */
-export function wasmKernels(threads = 1): Kernels {
+export function wasmKernels(threads = 1, build: KernelBuild = kernelBuild()): Kernels {
   const shared = threads > 1;
-  const module = compile(shared ? 'subprune-mt.wasm' : 'subprune.wasm');
+  const module = compile(shared ? FILES[build].threads : FILES[build].single);
   const memory = new WebAssembly.Memory({ initial: 16, maximum: MAX_PAGES, shared });
   const arena = new Arena(memory);
   const abort = () => {
@@ -55,6 +121,7 @@ export function wasmKernels(threads = 1): Kernels {
   const k: Kernels = {
     ...fns,
     name: 'wasm',
+    build,
     arena,
     threads,
     par(name, args, opts = {}) {
