@@ -106,10 +106,12 @@ function tile(a: usize, b: usize, rb: i32, out: usize, ldc: i32, ni: i32, nj: i3
     addLanes(out, c10); addLanes(out + 32, c11); addLanes(out + 64, c12); addLanes(out + 96, c13);
     return;
   }
-  addPart(out, c00, nj); addPart(out + 32, c01, nj - 4); addPart(out + 64, c02, nj - 8); addPart(out + 96, c03, nj - 12);
+  addPart(out, c00, nj); addPart(out + 32, c01, nj - 4);
+  addPart(out + 64, c02, nj - 8); addPart(out + 96, c03, nj - 12);
   if (ni < 2) return;
   out += row;
-  addPart(out, c10, nj); addPart(out + 32, c11, nj - 4); addPart(out + 64, c12, nj - 8); addPart(out + 96, c13, nj - 12);
+  addPart(out, c10, nj); addPart(out + 32, c11, nj - 4);
+  addPart(out + 64, c12, nj - 8); addPart(out + 96, c13, nj - 12);
 }
 
 /** Packs rows r0 .. r0+rb of X (d columns, row stride ld) into panels p0 ≤ p < p1 of P (all: 0 .. gramPanels(d)). */
@@ -176,7 +178,8 @@ export function gemmPack(B: usize, N: i32, k0: i32, kc: i32, P: usize): void {
 }
 
 /** C[i][:] += A[i][k0 .. k0+kc] · (packed B rows), for rows i0 ≤ i < i1 of C (M×N; A is M×K). tmp: 16 doubles. */
-export function gemmRows(A: usize, K: i32, k0: i32, kc: i32, P: usize, C: usize, N: i32, tmp: usize, i0: i32, i1: i32): void {
+export function gemmRows(A: usize, K: i32, k0: i32, kc: i32, P: usize, C: usize, N: i32, tmp: usize,
+  i0: i32, i1: i32): void {
   const np = (N + 3) >> 2, panel = (<usize>kc) << 5;
   for (let b0 = i0; b0 < i1; b0 += 64) {
     const b1 = min(i1, b0 + 64);
@@ -246,8 +249,8 @@ export function gather(G: usize, d: i32, j: i32, orig: usize, n: i32, gcol: usiz
 }
 
 /**
- * New Cholesky column for pivot row jrow: u[p] = (gcol[p] − L[p,0:t]·L[jrow,0:t]) · inv, for p0 ≤ p < p1; also L[p,t] = u[p].
- * L is n×ldl row-major (a row per position).
+ * New Cholesky column for pivot row jrow: u[p] = (gcol[p] − L[p,0:t]·L[jrow,0:t]) · inv, for p0 ≤ p < p1; also
+ * L[p,t] = u[p]. L is n×ldl row-major (a row per position).
  */
 export function extend(L: usize, ldl: i32, t: i32, p0: i32, p1: i32, jrow: i32, gcol: usize, inv: f64, u: usize): void {
   const rowBytes = (<usize>ldl) << 3;
@@ -299,7 +302,8 @@ export function updateRows(Q: usize, m: i32, u: usize, q: usize, p0: i32, p1: i3
  * Single columns (g = 1), fused: Q[p] −= u[p]·q, e[p] −= u[p]², gain[p] = ‖Q[p]‖²/e[p], for p0 ≤ p < p1.
  * A residual e[p] ≤ tol·diag0[p] marks a column in the span of the chosen ones: its gain is 0, never NaN.
  */
-export function updateScan(Q: usize, m: i32, u: usize, q: usize, p0: i32, p1: i32, e: usize, diag0: usize, tol: f64, gains: usize): void {
+export function updateScan(Q: usize, m: i32, u: usize, q: usize, p0: i32, p1: i32, e: usize, diag0: usize, tol: f64,
+  gains: usize): void {
   const rowBytes = (<usize>m) << 3;
   for (let p = p0; p < p1; p++) {
     const o = (<usize>p) << 3;
@@ -333,7 +337,8 @@ export function downdateBlocks(E: usize, u: usize, b0: i32, b1: i32, g: i32): vo
  * Gram. E_II is factored column by column (E = RᵀR), skipping columns whose residual is ≤ tol·diag0: those lie in
  * the span already chosen and add nothing. S: scratch of 3·g·g + g doubles.
  */
-export function groupGains(Q: usize, m: i32, E: usize, diag0: usize, b0: i32, b1: i32, g: i32, tol: f64, gains: usize, S: usize): void {
+export function groupGains(Q: usize, m: i32, E: usize, diag0: usize, b0: i32, b1: i32, g: i32, tol: f64,
+  gains: usize, S: usize): void {
   const gg = <usize>(g * g);
   const M = S, R = S + (gg << 3), Y = S + (gg << 4), x = S + (gg * 24);
   const rowBytes = (<usize>m) << 3;
@@ -360,7 +365,9 @@ export function groupGains(Q: usize, m: i32, E: usize, diag0: usize, b0: i32, b1
         let v: f64 = 0;
         if (ok) {
           v = load<f64>(eb + ((<usize>(i * g + j)) << 3));
-          for (let k = 0; k < i; k++) v -= load<f64>(R + ((<usize>(k * g + i)) << 3)) * load<f64>(R + ((<usize>(k * g + j)) << 3));
+          for (let k = 0; k < i; k++) {
+            v -= load<f64>(R + ((<usize>(k * g + i)) << 3)) * load<f64>(R + ((<usize>(k * g + j)) << 3));
+          }
           v /= rii;
         }
         store<f64>(R + ((<usize>(i * g + j)) << 3), v);

@@ -2,7 +2,7 @@ import { describe, it, expect, vi, afterEach } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { BUILDS } from './relaxed-simd.js';
 import { KERNELS, KERNEL_NAMES, PAR_KERNELS, parLayout, positional } from '../src/kernels/types.js';
-import { chooseBuild, kernelBuild } from '../src/kernels/wasm.js';
+import { chooseBuild, kernelBuild, poolStats } from '../src/kernels/wasm.js';
 import { getKernels } from '../src/kernels/instances.js';
 import { gramAccumulate } from '../src/kernels/ops.js';
 import { GramAccumulator } from '../src/kernels/gram.js';
@@ -95,7 +95,7 @@ function gram(
 }
 
 describe.each(BUILDS)('the %s build', (build) => {
-  it('accumulates Gram and cross-Gram matrices within f32 bounds of the float64 oracle, bit-identical on 2 threads', () => {
+  it('accumulates Gram and cross-Gram matrices within f32 bounds of the f64 oracle, bit-identical on 2 threads', () => {
     const r = rng(71);
     for (const dims of [
       [300, 13, 13],
@@ -148,8 +148,47 @@ describe.each(BUILDS)('the %s build', (build) => {
   });
 });
 
+describe('the thread pool', () => {
+  it('runs jobs of 2, 4 and 8 parts in turn, each part once (Gram updates bit-identical to 1 thread)', () => {
+    // A part run twice would add a row block twice; one left out, or claimed for a finished job, would drop one or
+    // hang the caller. Claim slots that a 2-part job leaves alone must still be ready for the next 8-part job. Jobs
+    // go on until the worker has taken a few hundred parts (on a busy machine it starts late and often finds the
+    // caller done first), then one thread runs the same jobs.
+    const r = rng(95),
+      RB = 128,
+      d = 40,
+      blocks = 16;
+    const X = Float32Array.from({ length: blocks * RB * d }, () => r() - 0.5);
+    const gram = (threads: number, until: (jobs: number) => boolean) => {
+      const K = getKernels('wasm', threads, 'simd'),
+        a = K.arena,
+        mark = a.mark();
+      const Xp = a.alloc(X.length * 4),
+        P = a.alloc(K.gramPackFloats(d) * 4),
+        G = a.alloc(d * d * 8);
+      a.f32(Xp, X.length).set(X);
+      let j = 0;
+      for (; !until(j); j++) {
+        K.gramPack(Xp, d, (j % blocks) * RB, RB, d, P, 0, K.gramPanels(d));
+        // work estimates that make 2 (none given), 4 and 8 parts on 2 threads
+        const work = [undefined, 4 << 20, 1 << 30][j % 3];
+        K.par('gramTiles', { PA: P, da: d, PB: P, db: d, rb: RB, C: G, ldc: d, upper: 1, i0: 0, i1: d }, { work });
+      }
+      const out = a.f64(G, d * d).slice();
+      a.release(mark);
+      return { G: out, jobs: j };
+    };
+    const stats = () => poolStats(getKernels('wasm', 2, 'simd'))!;
+    const start = performance.now(),
+      before = stats().workerParts;
+    const two = gram(2, (j) => j >= 3000 && (stats().workerParts - before >= 300 || performance.now() - start > 30e3));
+    expect(stats().workerParts - before).toBeGreaterThan(0);
+    expect(two.G).toEqual(gram(1, (j) => j >= two.jobs).G);
+  });
+});
+
 describe('the two builds', () => {
-  it('agree within rounding: Gram matrices to 1e-6 of their scale; on one G, objectives to 1e-12, re-fits to 1e-9', () => {
+  it('agree within rounding: Gram to 1e-6 of its scale; on one G, objectives to 1e-12, re-fits to 1e-9', () => {
     const r = rng(91),
       N = 700,
       d = 75,

@@ -2,7 +2,9 @@ import type { Kernels } from './types.js';
 import { getKernels } from './instances.js';
 import { gramAccumulate } from './ops.js';
 
-/** What the greedy needs from the calibration activations: G = BᵀB, and for the asymmetric objective C = BᵀA, H = AᵀA. */
+/**
+ * What the greedy needs from the calibration activations: G = BᵀB, and for the asymmetric objective C = BᵀA, H = AᵀA.
+ */
 export interface Gram {
   d: number;
   rows: number;
@@ -115,7 +117,7 @@ export class GramAccumulator {
     }
   }
 
-  /** Adds the im2col patches of a batch of Conv inputs B (dims [b, C, H, W]; A likewise): one row per output position. */
+  /** Adds the im2col patches of a batch of Conv inputs B (dims [b, C, H, W]; A likewise), a row per output position. */
   addConv(B: Float32Array, dims: number[], conv: ConvGeometry, A?: Float32Array): void {
     const { d, k } = this;
     const [b, C, H, W] = dims;

@@ -8,7 +8,7 @@ export function cores(): number {
   return os?.availableParallelism?.() ?? 1;
 }
 
-/** All cores: results are bit-identical for any thread count (each thread owns fixed rows; no reduction across threads). */
+/** All cores: results are bit-identical for any thread count (each range of rows is computed whole by one thread). */
 export function defaultThreads(): number {
   return cores();
 }

@@ -3,10 +3,12 @@
 
 const PAGE = 65536;
 const MAX_PAGES = 65536; // 4 GiB, wasm32's limit
+/** Where allocations start: offset 0 stays null, and below this sits the thread pool's control block (pool.ts). */
+export const ARENA_START = 2048;
 
 export class Arena {
   readonly memory: WebAssembly.Memory;
-  private top = 1024; // offset 0 stays null
+  private top = ARENA_START;
 
   constructor(memory?: WebAssembly.Memory) {
     this.memory = memory ?? new WebAssembly.Memory({ initial: 16, maximum: MAX_PAGES });

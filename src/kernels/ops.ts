@@ -1,36 +1,6 @@
-import { parLayout, type Kernels } from './types.js';
+import type { Kernels } from './types.js';
 
 // Kernel sequences that several stages use: Gram accumulation and the f64 matrix product, split over threads.
-
-/** Boundaries splitting [lo, hi) (steps of `align`) into parts of about equal Σ cost(i). */
-export function balancedRanges(
-  lo: number,
-  hi: number,
-  parts: number,
-  align: number,
-  cost: (i: number) => number,
-): [number, number][] {
-  const steps: number[] = [];
-  let total = 0;
-  for (let i = lo; i < hi; i += align) {
-    total += cost(i);
-    steps.push(total);
-  }
-  const out: [number, number][] = [];
-  let a = lo,
-    s = 0;
-  for (let t = 0; t < parts; t++) {
-    let b = a;
-    if (t === parts - 1) b = hi;
-    else {
-      while (s < steps.length && steps[s] <= (total * (t + 1)) / parts) s++;
-      b = Math.min(hi, lo + s * align);
-    }
-    out.push([a, b]);
-    a = b;
-  }
-  return out;
-}
 
 /**
  * C += Xᵀ Y over `rows` f32 rows (X: rows×dx, Y: rows×dy), or with Y = 0 the upper triangle of G = Xᵀ X.
@@ -52,8 +22,7 @@ export function gramAccumulate(
     PB = Y ? PY : PX,
     db = Y ? dy : dx;
   // rows of G cost their length: in the upper triangle, row i's starts near column i
-  const align = parLayout('gramTiles').align;
-  const ranges = K.threads > 1 ? balancedRanges(0, dx, K.threads, align, (i) => (upper ? db - i : db)) : undefined;
+  const cost = (i: number) => (upper ? db - i : db);
   for (let r0 = 0; r0 < rows; r0 += RB) {
     const rb = Math.min(RB, rows - r0);
     // every thread packs its share of the panels, so none waits on a serial pack (2-thread Gram at d = 1024, median
@@ -61,7 +30,7 @@ export function gramAccumulate(
     K.par('gramPack', { X, ld: dx, r0, rb, d: dx, P: PX, p0: 0, p1: K.gramPanels(dx) }, { work: rb * dx });
     if (Y) K.par('gramPack', { X: Y, ld: dy, r0, rb, d: dy, P: PY, p0: 0, p1: K.gramPanels(dy) }, { work: rb * dy });
     const tiles = { PA: PX, da: dx, PB, db, rb, C, ldc: db, upper, i0: 0, i1: dx };
-    K.par('gramTiles', tiles, { ranges, work: (rb * dx * db) / (1 + upper) });
+    K.par('gramTiles', tiles, { cost, work: (rb * dx * db) / (1 + upper) });
   }
 }
 

@@ -105,8 +105,8 @@ export function scratchBytes<N extends ParKernel>(name: N, args: Partial<KernelA
 export interface ParOptions {
   /** Range boundaries on multiples of this (default: the table's align for the kernel, else 1). */
   align?: number;
-  /** The parts, one per thread (default: equal parts of the range). */
-  ranges?: [number, number][];
+  /** What each step of the range costs, when steps differ (default: all alike): parts get about equal totals. */
+  cost?: (i: number) => number;
   /** Multiply-adds the call does: small calls stay on this thread (none given: always split). */
   work?: number;
 }
@@ -122,9 +122,9 @@ export interface Kernels extends KernelFunctions {
   readonly arena: Arena;
   readonly threads: number;
   /**
-   * Runs a kernel with named arguments, its range split into `ranges` (default: equal parts on multiples of the
-   * kernel's align) across the threads; a scratch argument is offset per thread by the table's bytes. Each range's
-   * result is the same whichever thread computes it, so results do not depend on the thread count.
+   * Runs a kernel with named arguments, its range split into parts (boundaries on multiples of the kernel's align)
+   * that the threads share; a scratch argument is offset per thread by the table's bytes. A part's result is the same
+   * whichever thread computes it, so results do not depend on the thread count.
    */
   par<N extends ParKernel>(name: N, args: KernelArgs<N>, opts?: ParOptions): void;
 }
@@ -141,6 +141,36 @@ export function splitRange(lo: number, hi: number, parts: number, align = 1): [n
     if (b < hi) b = Math.min(hi, lo + Math.ceil((b - lo) / align) * align);
     out.push([a, Math.max(a, b)]);
     a = Math.max(a, b);
+  }
+  return out;
+}
+
+/** Boundaries splitting [lo, hi) (steps of `align`) into parts of about equal Σ cost(i). */
+export function balancedRanges(
+  lo: number,
+  hi: number,
+  parts: number,
+  align: number,
+  cost: (i: number) => number,
+): [number, number][] {
+  const steps: number[] = [];
+  let total = 0;
+  for (let i = lo; i < hi; i += align) {
+    total += cost(i);
+    steps.push(total);
+  }
+  const out: [number, number][] = [];
+  let a = lo,
+    s = 0;
+  for (let t = 0; t < parts; t++) {
+    let b = a;
+    if (t === parts - 1) b = hi;
+    else {
+      while (s < steps.length && steps[s] <= (total * (t + 1)) / parts) s++;
+      b = Math.min(hi, lo + s * align);
+    }
+    out.push([a, b]);
+    a = b;
   }
   return out;
 }

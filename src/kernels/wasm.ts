@@ -2,9 +2,10 @@ import { readFileSync, existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { Arena } from './memory.js';
-import { Pool } from './pool.js';
+import { MAX_PARTS, Pool, type PoolStats } from './pool.js';
 import {
   KERNEL_NAMES,
+  balancedRanges,
   parLayout,
   positional,
   scratchBytes,
@@ -104,6 +105,19 @@ export function kernelBuild(): KernelBuild {
 
 const MAX_PAGES = 65536;
 
+// Multiply-adds below which a call runs on the calling thread. Measured on the 2-core EPYC (Node 20, load average 4
+// from other work, this process at nice −20, 400 calls each, 10th percentile): updateScan over p rows × 256 columns
+// took 4.5 µs on 1 thread and 8.0 µs on 2 at 16,384 multiply-adds (a hand-over costs ~3.5 µs), 60 / 64 µs at
+// 262,144, 90 / 93 µs at 393,216 and 119 / 71 µs at 524,288, the smallest size where the second thread paid. The
+// 4096×512, k = 128 selection then keeps its greedy steps (≤ 131,072) on one thread; its Gram blocks and Q = G·W
+// (over 10⁷ each) are split. It was 30,000, which split those greedy steps too.
+const MIN_WORK = 1 << 19;
+// Big jobs are cut into up to 4 parts per thread (of at least PART_WORK multiply-adds, about a millisecond), so that a
+// worker preempted by another process holds up the caller for one small part, not for its whole share.
+const PART_WORK = 1 << 20;
+const partsPerThread = (work: number | undefined, threads: number) =>
+  work === undefined ? 1 : Math.max(1, Math.min(4, Math.floor(work / (threads * PART_WORK))));
+
 /** A fresh instance of the SIMD kernels with its own memory; threads > 1 share that memory with worker threads. */
 export function wasmKernels(threads = 1, build: KernelBuild = kernelBuild()): Kernels {
   const shared = threads > 1;
@@ -127,15 +141,26 @@ export function wasmKernels(threads = 1, build: KernelBuild = kernelBuild()): Ke
     par(name, args, opts = {}) {
       const fn = x[name] as (...a: number[]) => void;
       const a = positional(name, args);
-      // Small jobs stay on this thread: a hand-over costs a few microseconds.
-      if (!pool || (opts.work !== undefined && opts.work < 30000)) {
+      // Small jobs stay on this thread (MIN_WORK), and all do while the workers come late (Pool.solo).
+      if (!pool || (opts.work !== undefined && opts.work < MIN_WORK) || pool.solo()) {
         fn(...a);
         return;
       }
-      const layout = parLayout(name);
-      const ranges = opts.ranges ?? splitRange(a[layout.lo], a[layout.hi], threads, opts.align ?? layout.align);
+      const layout = parLayout(name),
+        align = opts.align ?? layout.align;
+      const parts = Math.min(MAX_PARTS, threads * partsPerThread(opts.work, threads));
+      const [lo, hi] = [a[layout.lo], a[layout.hi]];
+      const ranges = opts.cost ? balancedRanges(lo, hi, parts, align, opts.cost) : splitRange(lo, hi, parts, align);
       pool.run(name, a, ranges, scratchBytes(name, args), (b) => fn(...b));
     },
   };
+  if (pool) pools.set(k, pool);
   return k;
+}
+
+const pools = new WeakMap<Kernels, Pool>();
+
+/** What the thread pool of a kernel set did so far (undefined: one thread, no pool). */
+export function poolStats(k: Kernels): PoolStats | undefined {
+  return pools.get(k)?.stats;
 }
