@@ -1,4 +1,4 @@
-// npm run bench [-- --quick] [-- --json]: speed of the selection engine (both wasm kernel builds, plain SIMD and
+// npm run bench [-- --quick] [-- --gram] [-- --json]: speed of the selection engine (both wasm kernel builds, plain SIMD and
 // relaxed SIMD, on 1 and all threads, against plain TypeScript) and of end-to-end pruning of the bundled models.
 // bench/README.md says how to read it.
 import Benchmark from 'benchmark';
@@ -25,6 +25,7 @@ if (!relaxedRuns() && !process.execArgv.includes(RELAXED_FLAG)) {
 
 const args = process.argv.slice(2);
 const quick = args.includes('--quick'),
+  gramOnly = args.includes('--gram'),
   json = args.includes('--json');
 const log = (s: string) => {
   if (!json) console.error(s);
@@ -132,11 +133,13 @@ function problem(d: number, m: number): LayerProblem {
   acc.release();
   return { d, m, g: 1, G, W: Float64Array.from(rand(d * m, 3)) };
 }
-for (const [d, m, k] of [
-  [512, 256, 128],
-  [1024, 1024, 512],
-  [4096, 4096, 2048],
-]) {
+for (const [d, m, k] of gramOnly
+  ? []
+  : [
+      [512, 256, 128],
+      [1024, 1024, 512],
+      [4096, 4096, 2048],
+    ]) {
   const pr = problem(d, m),
     size = `d=${d}, m=${m}, k=${k}`;
   for (const v of variants) {
@@ -165,7 +168,7 @@ for (const [d, m, k] of [
     k = 128;
   const B = rand(N * d, 4),
     W = Float64Array.from(rand(d * m, 5));
-  for (const v of variants.filter((v) => v.kind === 'wasm')) {
+  for (const v of variants.filter((v) => v.kind === 'wasm' && !gramOnly)) {
     log(`select N=${N} d=${d} m=${m} k=${k} ${v.key} …`);
     const K = kernelsOf(v);
     const run = () => {
@@ -186,7 +189,7 @@ for (const [d, m, k] of [
 const stages: { model: string; threads: number; seconds: Record<string, number> }[] = [];
 for (const name of ['lenet', 'vgg', 'resnet20']) {
   const file = `models/${name}.onnx`;
-  if (!existsSync(file)) continue;
+  if (!existsSync(file) || gramOnly) continue;
   for (const threads of [1, T]) {
     log(`prune ${name} (${threads} thread${threads > 1 ? 's' : ''}) …`);
     const calib = openNpy('models/calib.npy');
