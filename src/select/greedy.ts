@@ -214,12 +214,12 @@ function greedy(K: Kernels, pr: LayerProblem, k: number, opts: SelectOptions): S
       for (let b = 0; b < g; b++) E[c * gg + a * g + b] = G[i * d + c * g + b];
     }
   }
-  const SS = (3 * gg + g) * 8; // groupGains scratch per thread
   const groupGains = (nblk: number) =>
-    K.par('groupGains', [p.Q, m, p.E, p.diag0, 0, nblk, g, tol, p.gains, p.S], 4, {
-      scratch: [9, SS],
-      work: nblk * g * g * m,
-    });
+    K.par(
+      'groupGains',
+      { Q: p.Q, m, E: p.E, diag0: p.diag0, b0: 0, b1: nblk, g, tol, gains: p.gains, S: p.S },
+      { work: nblk * g * g * m },
+    );
   groupGains(n);
   const t1 = now();
 
@@ -264,16 +264,19 @@ function greedy(K: Kernels, pr: LayerProblem, k: number, opts: SelectOptions): S
       if (!(ej > tol * diag0[pos] && ej > 0)) continue; // in the span already chosen: adds nothing
       const s = Math.sqrt(ej);
       K.gather(p.G, d, orig[pos], p.orig, base + g, p.gcol);
-      K.par('extend', [p.L, tmax, t, 0, base + g, pos, p.gcol, 1 / s, p.u], 3, { work: (base + g) * t });
+      const col = { L: p.L, ldl: tmax, t, p0: 0, p1: base + g, jrow: pos, gcol: p.gcol, inv: 1 / s, u: p.u };
+      K.par('extend', col, { work: (base + g) * t });
       L[pos * tmax + t] = s;
       Lp.set(L.subarray(pos * tmax, pos * tmax + t + 1), t * tmax);
       for (let j = 0; j < m; j++) q[j] = Q[pos * m + j] / s;
       Z.set(q, t * m);
       F += dotSelf(q);
-      if (g === 1) K.par('updateScan', [p.Q, m, p.u, p.q, 0, base, p.E, p.diag0, tol, p.gains], 4, { work: base * m });
-      else {
-        K.par('updateRows', [p.Q, m, p.u, p.q, 0, base + g], 4, { work: (base + g) * m });
-        K.par('downdateBlocks', [p.E, p.u, 0, last + 1, g], 2, { work: (last + 1) * g * g });
+      if (g === 1) {
+        const scan = { Q: p.Q, m, u: p.u, q: p.q, p0: 0, p1: base, e: p.E, diag0: p.diag0, tol, gains: p.gains };
+        K.par('updateScan', scan, { work: base * m });
+      } else {
+        K.par('updateRows', { Q: p.Q, m, u: p.u, q: p.q, p0: 0, p1: base + g }, { work: (base + g) * m });
+        K.par('downdateBlocks', { E: p.E, u: p.u, b0: 0, b1: last + 1, g }, { work: (last + 1) * g * g });
       }
       pivots.push(orig[pos]);
       t++;
@@ -307,7 +310,7 @@ function greedy(K: Kernels, pr: LayerProblem, k: number, opts: SelectOptions): S
       X = R.arena.alloc(Math.max(1, tp * m) * 8);
     R.arena.f64(Lr, tp * tmax).set(LpOut.subarray(0, tp * tmax));
     R.arena.f64(X, tp * m).set(ZOut.subarray(0, tp * m));
-    R.par('solveUpperT', [Lr, tmax, tp, X, m, 0, m], 5, { align: 64, work: tp * tp * m });
+    R.par('solveUpperT', { L: Lr, ldl: tmax, t: tp, X, m, j0: 0, j1: m }, { work: tp * tp * m });
     const sol = R.arena.f64(X, tp * m).slice();
     R.arena.release(mark);
     const keep = order.slice(0, prefix).sort((x, y) => x - y);
