@@ -4,12 +4,14 @@
 Development tool only: the subprune product never needs Python or torch.
 
 Usage (from the repository root):
-    /usr/bin/python3 models/train.py                 # data + all three models
-    /usr/bin/python3 models/train.py lenet           # data + one model
+    /usr/bin/python3 models/train.py                 # data + all five models
+    /usr/bin/python3 models/train.py lenet           # data + one model (lenet, vgg, resnet20, mobilenet, vit)
     /usr/bin/python3 models/train.py data            # only calib.npy / test.npy / test-labels.npy
     /usr/bin/python3 models/train.py --bench vgg     # time a few training steps, write nothing
 
-Needs Debian packages python3-torch, python3-onnx, python3-numpy, dataset-fashion-mnist.
+Needs Debian packages python3-torch, python3-onnx, python3-numpy, dataset-fashion-mnist; mobilenet and vit were
+trained with libopenblas0-serial installed as the BLAS (Debian's default reference BLAS runs the ViT's matrix
+products about 10x slower; the exact numbers of a re-run depend on the BLAS and the thread count).
 Reads the IDX files from /usr/share/datasets/fashion-mnist (override with FASHION_MNIST_DIR).
 Everything is seeded and torch runs with deterministic algorithms, single process, CPU.
 """
@@ -17,6 +19,7 @@ import argparse
 import collections
 import gzip
 import json
+import math
 import os
 import sys
 import time
@@ -35,17 +38,25 @@ SEED = 0
 N_CALIB = 512
 N_TEST_BUNDLED = 2000
 OPSET = 13
+# Models exported at another opset: the ViT at 17, where LayerNorm is one LayerNormalization node.
+MODEL_OPSET = {"vit": 17}
 
 # Per-model training recipe. Same seed for everything; see README.md.
 # bn: how BatchNorm is exported. "keep" = BatchNormalization nodes in the graph;
 # "fold" = folded into the preceding Conv by torch's exporter (`--bn fold`; every
 # bundled model keeps its BN nodes).
 # threads: torch.set_num_threads while training (results are reproducible for a fixed
-# thread count; resnet20 was trained with 1 thread because the 2-core machine was busy).
+# thread count; resnet20 and the later models were trained with 1 thread because the 2-core machine was busy,
+# where torch's two OpenMP threads ran several times slower than one).
+# channels_last: train in torch's channels-last memory format (about 2x faster for the depthwise convolutions
+# on CPU); the model is converted back to the default format before it is evaluated and exported.
 RECIPES = {
     "lenet":    dict(epochs=10, opt="adam", lr=3e-3, weight_decay=0.0, batch=128, bn="keep", threads=2),
     "vgg":      dict(epochs=6,  opt="adam", lr=2e-3, weight_decay=0.0, batch=128, bn="keep", threads=2),
     "resnet20": dict(epochs=5,  opt="adam", lr=2e-3, weight_decay=0.0, batch=128, bn="keep", threads=1),
+    "mobilenet": dict(epochs=5, opt="adam", lr=2e-3, weight_decay=0.0, batch=128, bn="keep", threads=1,
+                      channels_last=True),
+    "vit":      dict(epochs=15, opt="adamw", lr=2e-3, weight_decay=0.05, batch=128, bn="keep", threads=1),
 }
 
 
@@ -204,7 +215,135 @@ class ResNet20(nn.Module):
         return self.fc(self.flatten(self.pool(x)))
 
 
-MODELS = {"lenet": LeNet, "vgg": VGG, "resnet20": ResNet20}
+class SqueezeExcite(nn.Module):
+    """MobileNetV3 squeeze-and-excitation: global average pool -> 1x1 conv -> ReLU -> 1x1 conv -> hardsigmoid,
+    the result (one gate per channel) multiplies the block's channels."""
+
+    def __init__(self, c, squeeze):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)       # exports as GlobalAveragePool
+        self.fc1 = nn.Conv2d(c, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, c, 1)
+
+    def forward(self, x):
+        s = self.fc2(F.relu(self.fc1(self.pool(x))))
+        return x * F.hardsigmoid(s)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV3 block: 1x1 expand conv+BN+HardSwish, depthwise 3x3 conv+BN+HardSwish, squeeze-and-excitation,
+    1x1 project conv+BN (linear bottleneck), residual Add when stride is 1 and cin == cout."""
+
+    def __init__(self, cin, exp, cout, stride):
+        super().__init__()
+        self.expand = nn.Conv2d(cin, exp, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(exp)
+        self.dw = nn.Conv2d(exp, exp, 3, stride=stride, padding=1, groups=exp, bias=False)
+        self.bn2 = nn.BatchNorm2d(exp)
+        self.se = SqueezeExcite(exp, max(8, exp // 4))
+        self.project = nn.Conv2d(exp, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = F.hardswish(self.bn1(self.expand(x)))
+        y = F.hardswish(self.bn2(self.dw(y)))
+        y = self.bn3(self.project(self.se(y)))
+        return x + y if self.residual else y
+
+
+# (expand channels, out channels, stride) per block; the stem halves 28x28 to 14x14, the fourth block to 7x7.
+MOBILENET_CFG = [(32, 16, 1), (64, 24, 1), (72, 24, 1), (96, 40, 2), (120, 40, 1), (120, 40, 1), (160, 64, 1),
+                 (192, 64, 1)]
+
+
+class MobileNet(nn.Module):
+    """MobileNetV3-style: 3x3 stride-2 stem conv+BN+HardSwish (16 channels), 8 inverted residual blocks with SE,
+    1x1 conv to 256 + BN + HardSwish, global average pool, fc 256->10."""
+
+    def __init__(self, cfg=MOBILENET_CFG):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, stride=2, padding=1, bias=False)
+        self.bn_stem = nn.BatchNorm2d(16)
+        blocks, c = [], 16
+        for exp, cout, stride in cfg:
+            blocks.append(InvertedResidual(c, exp, cout, stride))
+            c = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Conv2d(c, 256, 1, bias=False)
+        self.bn_head = nn.BatchNorm2d(256)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Linear(256, 10)
+
+    def forward(self, x):
+        x = F.hardswish(self.bn_stem(self.stem(x)))
+        x = F.hardswish(self.bn_head(self.head(self.blocks(x))))
+        return self.classifier(self.flatten(self.pool(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention written out as HuggingFace's ViT/BERT code does: separate q, k, v Linear layers,
+    heads split by a view of the computed shape, scores scaled by 1/sqrt(head_dim), softmax over the keys."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def split_heads(self, x):
+        """[B, T, C] -> [B, heads, T, head_dim]"""
+        return x.view(*x.shape[:-1], self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x):
+        B, T = x.shape[:2]
+        q, k, v = self.split_heads(self.q(x)), self.split_heads(self.k(x)), self.split_heads(self.v(x))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        y = torch.matmul(scores.softmax(dim=-1), v)            # [B, heads, T, head_dim]
+        return self.out(y.transpose(1, 2).reshape(B, T, self.heads * self.head_dim))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm: x + attn(ln1(x)), then x + fc2(gelu(fc1(ln2(x))))."""
+
+    def __init__(self, dim, heads, mlp):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.ln2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, mlp)
+        self.fc2 = nn.Linear(mlp, dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
+class ViT(nn.Module):
+    """Vision transformer for 28x28: 7x7 patches (Conv, stride 7) -> 16 tokens of width 64, a class token, learned
+    position embedding, 6 pre-LN blocks (4 heads of 16, MLP 128), final LayerNorm, fc on the class token."""
+
+    def __init__(self, dim=64, depth=6, heads=4, mlp=128, patch=7):
+        super().__init__()
+        self.patch = nn.Conv2d(1, dim, patch, stride=patch)
+        tokens = (28 // patch) ** 2 + 1
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads, mlp) for _ in range(depth)])
+        self.ln = nn.LayerNorm(dim)
+        self.classifier = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)               # [B, 16, dim]
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        x = self.ln(self.blocks(x))
+        return self.classifier(x[:, 0])
+
+
+MODELS = {"lenet": LeNet, "vgg": VGG, "resnet20": ResNet20, "mobilenet": MobileNet, "vit": ViT}
 
 
 # ----------------------------------------------------------------------------- train / eval
@@ -215,11 +354,11 @@ def seed_all(seed=SEED):
 
 
 @torch.no_grad()
-def predict(model, x, batch=1000):
+def predict(model, x, batch=1000, fmt=torch.contiguous_format):
     model.eval()
     out = []
     for i in range(0, len(x), batch):
-        out.append(model(torch.from_numpy(x[i:i + batch])))
+        out.append(model(torch.from_numpy(x[i:i + batch]).contiguous(memory_format=fmt)))
     return torch.cat(out).numpy()
 
 
@@ -235,10 +374,14 @@ def make_model(name):
 def train(name, xtr, ytr, xte, yte, bench=False):
     r = RECIPES[name]
     model = make_model(name)
+    fmt = torch.channels_last if r.get("channels_last") else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     nparams = sum(p.numel() for p in model.parameters())
     print(f"[{name}] params {nparams}  recipe {r}", flush=True)
     if r["opt"] == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
+    elif r["opt"] == "adamw":  # decoupled weight decay, on every parameter (weights, biases, norms, embeddings)
+        opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
     else:
         opt = torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=0.9, weight_decay=r["weight_decay"], nesterov=True)
     steps_per_epoch = (len(xtr) + r["batch"] - 1) // r["batch"]
@@ -253,7 +396,7 @@ def train(name, xtr, ytr, xte, yte, bench=False):
         tot, n = 0.0, 0
         for s in range(steps_per_epoch):
             idx = perm[s * r["batch"]:(s + 1) * r["batch"]]
-            loss = F.cross_entropy(model(xt[idx]), yt[idx])
+            loss = F.cross_entropy(model(xt[idx].contiguous(memory_format=fmt)), yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -264,16 +407,16 @@ def train(name, xtr, ytr, xte, yte, bench=False):
                 dt = (time.time() - t0) / 21
                 print(f"[{name}] {dt*1000:.0f} ms/step -> {dt*steps_per_epoch/60:.1f} min/epoch", flush=True)
                 return None
-        acc = accuracy(predict(model, xte), yte)
+        acc = accuracy(predict(model, xte, fmt=fmt), yte)
         print(f"[{name}] epoch {epoch+1}/{r['epochs']} loss {tot/n:.4f} test acc {acc:.4f} "
               f"({time.time()-t0:.0f}s)", flush=True)
     model.eval()
-    return model, nparams, time.time() - t0
+    return model.to(memory_format=torch.contiguous_format), nparams, time.time() - t0
 
 
 # ----------------------------------------------------------------------------- export / verify
 
-def export(model, name, bn="keep"):
+def export(model, name, bn="keep", opset=OPSET):
     path = os.path.join(HERE, name + ".onnx")
     model.eval()
     assert not any(m.training for m in model.modules())
@@ -284,7 +427,7 @@ def export(model, name, bn="keep"):
     # Conv (the Conv gains a bias). For a model without BN both give the same graph.
     torch.onnx.export(
         model, dummy, path + ".tmp",
-        export_params=True, opset_version=OPSET, do_constant_folding=True,
+        export_params=True, opset_version=opset, do_constant_folding=True,
         training=torch.onnx.TrainingMode.PRESERVE if bn == "keep" else torch.onnx.TrainingMode.EVAL,
         input_names=["input"], output_names=["logits"],
         dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
@@ -343,15 +486,21 @@ def _np_run(model, x):
     def conv(x, w, b, a):
         w = w.astype(np.float64)
         st = a.get("strides", [1, 1]); pd = a.get("pads", [0, 0, 0, 0]); dl = a.get("dilations", [1, 1])
-        assert a.get("group", 1) == 1 and dl == [1, 1]
+        g = a.get("group", 1)
+        assert dl == [1, 1]
         x = np.pad(x, ((0, 0), (0, 0), (pd[0], pd[2]), (pd[1], pd[3])))
-        N, C, H, W = x.shape; M, _, kh, kw = w.shape
+        N, C, H, W = x.shape; M, cg, kh, kw = w.shape
         oh = (H - kh) // st[0] + 1; ow = (W - kw) // st[1] + 1
         y = np.zeros((N, M, oh, ow))
         for i in range(kh):
             for j in range(kw):
                 patch = x[:, :, i:i + st[0] * oh:st[0], j:j + st[1] * ow:st[1]]
-                y += np.einsum("nchw,mc->nmhw", patch, w[:, :, i, j])
+                if g == 1:
+                    y += np.einsum("nchw,mc->nmhw", patch, w[:, :, i, j])
+                else:  # grouped: group k maps input channels [k*cg, (k+1)*cg) to outputs [k*M/g, (k+1)*M/g)
+                    pg = patch.reshape(N, g, cg, oh, ow)
+                    wg = w[:, :, i, j].reshape(g, M // g, cg)
+                    y += np.einsum("ngchw,gmc->ngmhw", pg, wg).reshape(N, M, oh, ow)
         if b is not None:
             y += b.astype(np.float64)[None, :, None, None]
         return y
@@ -368,6 +517,58 @@ def _np_run(model, x):
             y = (x - m.reshape(sh)) / np.sqrt(v.reshape(sh) + a.get("epsilon", 1e-5)) * s.reshape(sh) + b.reshape(sh)
         elif op == "Identity":
             y = ins[0]
+        elif op == "Constant":
+            y = numpy_helper.to_array(a["value"])
+        elif op == "HardSigmoid":
+            y = np.clip(a.get("alpha", 0.2) * ins[0] + a.get("beta", 0.5), 0, 1)
+        elif op == "HardSwish":
+            y = ins[0] * np.clip(ins[0] / 6 + 0.5, 0, 1)
+        elif op == "Sigmoid":
+            y = 1 / (1 + np.exp(-ins[0]))
+        elif op == "Erf":
+            y = np.vectorize(math.erf)(ins[0])
+        elif op in ("Mul", "Sub", "Div"):
+            y = {"Mul": np.multiply, "Sub": np.subtract, "Div": np.divide}[op](ins[0], ins[1])
+            if ins[0].dtype.kind == "i" and ins[1].dtype.kind == "i" and op == "Div":
+                y = ins[0] // ins[1]
+        elif op == "MatMul":
+            y = np.matmul(ins[0].astype(np.float64), ins[1].astype(np.float64))
+        elif op == "Softmax":
+            e = np.exp(ins[0] - ins[0].max(axis=a.get("axis", -1), keepdims=True))
+            y = e / e.sum(axis=a.get("axis", -1), keepdims=True)
+        elif op == "LayerNormalization":
+            x, ax = ins[0], a.get("axis", -1)
+            mu = x.mean(axis=ax, keepdims=True); var = ((x - mu) ** 2).mean(axis=ax, keepdims=True)
+            y = (x - mu) / np.sqrt(var + a.get("epsilon", 1e-5)) * ins[1] + (ins[2] if len(ins) > 2 else 0)
+        elif op == "Transpose":
+            y = np.transpose(ins[0], a.get("perm"))
+        elif op == "Shape":
+            y = np.array(ins[0].shape, dtype=np.int64)
+        elif op == "Gather":
+            y = np.take(ins[0], ins[1], axis=a.get("axis", 0))
+        elif op == "Unsqueeze":
+            y = ins[0]
+            for ax in sorted(int(v) % (ins[0].ndim + len(ins[1])) for v in ins[1]):
+                y = np.expand_dims(y, ax)
+        elif op == "Concat":
+            y = np.concatenate(ins, axis=a["axis"])
+        elif op == "Slice":
+            x, starts, ends = ins[0], ins[1], ins[2]
+            axes = ins[3] if len(ins) > 3 else range(len(starts))
+            steps = ins[4] if len(ins) > 4 else [1] * len(starts)
+            sl = [slice(None)] * x.ndim
+            for st, en, ax, sp in zip(starts, ends, axes, steps):
+                sl[int(ax)] = slice(int(st), int(min(en, 2 ** 62)), int(sp))
+            y = x[tuple(sl)]
+        elif op == "ConstantOfShape":
+            v = numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)
+            y = np.full(tuple(ins[0]), v[0], dtype=v.dtype)
+        elif op == "Equal":
+            y = ins[0] == ins[1]
+        elif op == "Where":
+            y = np.where(ins[0], ins[1], ins[2])
+        elif op == "Expand":
+            y = ins[0] * np.ones(tuple(ins[1]), dtype=ins[0].dtype)
         elif op == "Relu":
             y = np.maximum(ins[0], 0)
         elif op == "Add":
@@ -383,7 +584,7 @@ def _np_run(model, x):
             ax = a.get("axis", 1); x = ins[0]
             y = x.reshape(int(np.prod(x.shape[:ax])), -1)
         elif op == "Reshape":
-            y = ins[0].reshape([d if d != 0 else ins[0].shape[i] for i, d in enumerate(ins[1])])
+            y = ins[0].reshape([int(d) if d != 0 else ins[0].shape[i] for i, d in enumerate(ins[1])])
         elif op == "Gemm":
             A, B = ins[0], ins[1].astype(np.float64)
             if a.get("transA", 0): A = A.T
@@ -407,7 +608,7 @@ def verify(model_onnx, torch_model, x):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("which", nargs="*", default=["all"], help="lenet | vgg | resnet20 | data | all")
+    ap.add_argument("which", nargs="*", default=["all"], help="lenet | vgg | resnet20 | mobilenet | vit | data | all")
     ap.add_argument("--bench", action="store_true", help="time a few training steps only")
     ap.add_argument("--threads", type=int, default=None, help="override the recipe's thread count")
     ap.add_argument("--bn", choices=["keep", "fold"], default=None,
@@ -456,7 +657,8 @@ def main():
         acc10k = accuracy(predict(model, xte), yte)
         acc2k = accuracy(predict(model, xte[:N_TEST_BUNDLED]), yte[:N_TEST_BUNDLED])
         bn = args.bn or RECIPES[name]["bn"]
-        path = export(model, name, bn)
+        opset = MODEL_OPSET.get(name, OPSET)
+        path = export(model, name, bn, opset)
         m, ops, nodes = graph_summary(path)
         maxdiff, same = verify(m, model, xte[:N_TEST_BUNDLED])
         res = dict(
@@ -467,7 +669,7 @@ def main():
             schedule="OneCycleLR (cosine), max_lr = lr",
             params=nparams, train_seconds=round(secs),
             test_acc_10k=acc10k, test_acc_2k=acc2k,
-            onnx_bytes=os.path.getsize(path), opset=OPSET, ops=ops,
+            onnx_bytes=os.path.getsize(path), opset=opset, ops=ops,
             conv_gemm_nodes=[nm for nm, op in nodes if op in ("Conv", "Gemm", "MatMul")],
             onnx_vs_torch_max_abs_diff_2k=maxdiff, onnx_vs_torch_argmax_equal_2k=same,
             torch=torch.__version__, onnx=__import__("onnx").__version__, numpy=np.__version__,
