@@ -3,33 +3,69 @@
 // src/kernels/plain.ts holds the same functions in plain TypeScript: keep the two in step.
 
 // ---------------------------------------------------------------------------------------------------------------
+// Two builds from this one source (asconfig.json): plain SIMD, and with relaxed SIMD (--enable relaxed-simd), where
+// the multiply-adds below become fused (relaxed_madd: one rounding instead of two, where the hardware has FMA).
+// ASC_FEATURE_RELAXED_SIMD is a compile-time constant, so each build holds one branch only.
+
+// c + a·b in f32 lanes
+@inline function madd4(a: v128, b: v128, c: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, c);
+  return f32x4.add(c, f32x4.mul(a, b));
+}
+// c + a·b in f64 lanes
+@inline function madd2(a: v128, b: v128, c: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return f64x2.relaxed_madd(a, b, c);
+  return f64x2.add(c, f64x2.mul(a, b));
+}
+// c − a·b in f64 lanes
+@inline function nmadd2(a: v128, b: v128, c: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return f64x2.relaxed_nmadd(a, b, c);
+  return f64x2.sub(c, f64x2.mul(a, b));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Gram accumulation: G += Xᵀ X (upper triangle) and C += Xᵀ Y from a batch of f32 rows.
-// Rows are taken RB at a time and packed into 8-column panels, P[panel][row][0..8], so that a 4×8 register tile
-// streams two small contiguous panels. The tile sums RB products in f32, then adds them into the f64 matrix:
+// Rows are taken RB at a time and packed into panels of W columns, P[panel][row][0..W), so that an MR×W register
+// tile streams two small contiguous panels. The tile sums RB products in f32, then adds them into the f64 matrix:
 // the f32 part of the error stays at RB·ε relative however many rows are streamed.
+//
+// Tile shape, measured (bench/README.md): V8 keeps one of the 16 vector registers as scratch and loads a row's
+// operands before its arithmetic, so a tile fits in registers only while accumulators + loaded vectors + 1 ≤ 15:
+// 8 accumulators with separate multiply and add. 2×16 (2 splats, 4 row vectors) beats 4×8 (4 splats, 2 vectors):
+// the same loads per flop, but V8 needs an address computation for each splat with an offset. 6×8 and 4×12 spill.
 
 const RB: i32 = 128;
+const MR: i32 = 2; // tile rows (KERNELS.gramTiles.align in src/kernels/types.ts)
+const W: i32 = 16; // tile and panel columns
 
-/** Floats of scratch that gramPack needs for one operand of d columns (RB rows of 8-column panels). */
+/** Panels of W columns that d columns take. */
+export function gramPanels(d: i32): i32 {
+  return (d + W - 1) / W;
+}
+
+/** Floats of scratch that gramPack needs for one operand of d columns (RB rows of W-column panels). */
 export function gramPackFloats(d: i32): i32 {
-  return RB * (((d + 7) >> 3) << 3);
+  return RB * gramPanels(d) * W;
 }
 
 function pack(X: usize, ld: i32, r0: i32, rb: i32, d: i32, P: usize, p0: i32, p1: i32): void {
-  const step = (<usize>rb) << 5;
-  const full = min(d >> 3, p1);
+  const step = (<usize>rb) * (W << 2);
+  p1 = min(p1, gramPanels(d));
+  const full = min(d / W, p1);
   for (let r = 0; r < rb; r++) {
     const src = X + ((<usize>(r0 + r)) * ld << 2);
-    let dst = P + ((<usize>r) << 5) + (<usize>p0) * step;
+    let dst = P + (<usize>r) * (W << 2) + (<usize>p0) * step;
     for (let p = p0; p < full; p++) {
-      const s = src + ((<usize>p) << 5);
+      const s = src + (<usize>p) * (W << 2);
       v128.store(dst, v128.load(s));
       v128.store(dst, v128.load(s, 16), 16);
+      v128.store(dst, v128.load(s, 32), 32);
+      v128.store(dst, v128.load(s, 48), 48);
       dst += step;
     }
     if (full < p1) { // the last panel, part of it past column d
-      for (let c = 0; c < 8; c++) {
-        const j = (full << 3) + c;
+      for (let c = 0; c < W; c++) {
+        const j = full * W + c;
         store<f32>(dst + (<usize>c << 2), j < d ? load<f32>(src + (<usize>j << 2)) : 0);
       }
     }
@@ -42,59 +78,61 @@ function pack(X: usize, ld: i32, r0: i32, rb: i32, d: i32, P: usize, p0: i32, p1
   v128.store(dst, f64x2.add(v128.load(dst, 16), f64x2.promote_low_f32x4(v128.shuffle<f32>(v, v, 2, 3, 0, 1))), 16);
 }
 
-// One 4×8 tile: out[ii][jj] += Σ_r A[r][ii] B[r][jj]; A and B point into packed panels (8 floats per row).
-// ni/nj < 4/8 only at the matrix edge, where the sums go through `tmp`.
-function tile(a: usize, b: usize, rb: i32, out: usize, ldc: i32, ni: i32, nj: i32, tmp: usize): void {
-  let c00 = f32x4.splat(0), c01 = f32x4.splat(0), c10 = f32x4.splat(0), c11 = f32x4.splat(0);
-  let c20 = f32x4.splat(0), c21 = f32x4.splat(0), c30 = f32x4.splat(0), c31 = f32x4.splat(0);
-  for (let r = 0; r < rb; r++) {
-    const b0 = v128.load(b), b1 = v128.load(b, 16);
-    let s = v128.load32_splat(a);
-    c00 = f32x4.add(c00, f32x4.mul(s, b0)); c01 = f32x4.add(c01, f32x4.mul(s, b1));
-    s = v128.load32_splat(a, 4);
-    c10 = f32x4.add(c10, f32x4.mul(s, b0)); c11 = f32x4.add(c11, f32x4.mul(s, b1));
-    s = v128.load32_splat(a, 8);
-    c20 = f32x4.add(c20, f32x4.mul(s, b0)); c21 = f32x4.add(c21, f32x4.mul(s, b1));
-    s = v128.load32_splat(a, 12);
-    c30 = f32x4.add(c30, f32x4.mul(s, b0)); c31 = f32x4.add(c31, f32x4.mul(s, b1));
-    a += 32; b += 32;
-  }
-  const row = (<usize>ldc) << 3;
-  if (ni == 4 && nj == 8) {
-    addLanes(out, c00); addLanes(out + 32, c01); out += row;
-    addLanes(out, c10); addLanes(out + 32, c11); out += row;
-    addLanes(out, c20); addLanes(out + 32, c21); out += row;
-    addLanes(out, c30); addLanes(out + 32, c31);
-    return;
-  }
-  v128.store(tmp, c00); v128.store(tmp, c01, 16); v128.store(tmp, c10, 32); v128.store(tmp, c11, 48);
-  v128.store(tmp, c20, 64); v128.store(tmp, c21, 80); v128.store(tmp, c30, 96); v128.store(tmp, c31, 112);
-  for (let i = 0; i < ni; i++) {
-    for (let j = 0; j < nj; j++) {
-      const o = out + (<usize>i) * row + (<usize>j << 3);
-      store<f64>(o, load<f64>(o) + <f64>load<f32>(tmp + (<usize>(i * 8 + j) << 2)));
-    }
-  }
+// Adds the first n (< 4 is the matrix edge; ≤ 0: none) f32 lanes into f64 entries.
+@inline function addPart(dst: usize, v: v128, n: i32): void {
+  if (n > 0) store<f64>(dst, load<f64>(dst) + <f64>f32x4.extract_lane(v, 0));
+  if (n > 1) store<f64>(dst, load<f64>(dst, 8) + <f64>f32x4.extract_lane(v, 1), 8);
+  if (n > 2) store<f64>(dst, load<f64>(dst, 16) + <f64>f32x4.extract_lane(v, 2), 16);
+  if (n > 3) store<f64>(dst, load<f64>(dst, 24) + <f64>f32x4.extract_lane(v, 3), 24);
 }
 
-/** Packs rows r0 .. r0+rb of X (d columns, row stride ld) into panels p0 ≤ p < p1 of P (all: 0 .. ⌈d/8⌉). */
+// One 2×16 tile: out[ii][jj] += Σ_r A[r][ii] B[r][jj]; a and b point into packed panels (W floats a row).
+// ni/nj < 2/16 only at the matrix edge.
+function tile(a: usize, b: usize, rb: i32, out: usize, ldc: i32, ni: i32, nj: i32): void {
+  let c00 = f32x4.splat(0), c01 = f32x4.splat(0), c02 = f32x4.splat(0), c03 = f32x4.splat(0);
+  let c10 = f32x4.splat(0), c11 = f32x4.splat(0), c12 = f32x4.splat(0), c13 = f32x4.splat(0);
+  const end = b + (<usize>rb) * (W << 2);
+  while (b < end) {
+    const b0 = v128.load(b), b1 = v128.load(b, 16), b2 = v128.load(b, 32), b3 = v128.load(b, 48);
+    let s = v128.load32_splat(a);
+    c00 = madd4(s, b0, c00); c01 = madd4(s, b1, c01); c02 = madd4(s, b2, c02); c03 = madd4(s, b3, c03);
+    s = v128.load32_splat(a, 4);
+    c10 = madd4(s, b0, c10); c11 = madd4(s, b1, c11); c12 = madd4(s, b2, c12); c13 = madd4(s, b3, c13);
+    a += W << 2; b += W << 2;
+  }
+  const row = (<usize>ldc) << 3;
+  if (ni == MR && nj == W) {
+    addLanes(out, c00); addLanes(out + 32, c01); addLanes(out + 64, c02); addLanes(out + 96, c03); out += row;
+    addLanes(out, c10); addLanes(out + 32, c11); addLanes(out + 64, c12); addLanes(out + 96, c13);
+    return;
+  }
+  addPart(out, c00, nj); addPart(out + 32, c01, nj - 4);
+  addPart(out + 64, c02, nj - 8); addPart(out + 96, c03, nj - 12);
+  if (ni < 2) return;
+  out += row;
+  addPart(out, c10, nj); addPart(out + 32, c11, nj - 4);
+  addPart(out + 64, c12, nj - 8); addPart(out + 96, c13, nj - 12);
+}
+
+/** Packs rows r0 .. r0+rb of X (d columns, row stride ld) into panels p0 ≤ p < p1 of P (all: 0 .. gramPanels(d)). */
 export function gramPack(X: usize, ld: i32, r0: i32, rb: i32, d: i32, P: usize, p0: i32, p1: i32): void {
   pack(X, ld, r0, rb, d, P, p0, p1);
 }
 
 /**
- * C[i][j] += Σ_r PA[r][i]·PB[r][j] over rb packed rows, for result rows i0 ≤ i < i1 (i0, i1 multiples of 4 or i1 = da).
- * upper ≠ 0: only tiles that reach the upper triangle (PA = PB, the Gram G = XᵀX). tmp: 32 floats of scratch.
- * Threads take disjoint row ranges: each entry is summed by one thread in row order, whatever the thread count.
+ * C[i][j] += Σ_r PA[r][i]·PB[r][j] over rb packed rows, for result rows i0 ≤ i < i1 (i0, i1 multiples of MR or
+ * i1 = da). upper ≠ 0: only tiles that reach the upper triangle (PA = PB, the Gram G = XᵀX). Threads take disjoint
+ * row ranges: each entry is summed by one thread in row order, whatever the thread count.
  */
-export function gramTiles(PA: usize, da: i32, PB: usize, db: i32, rb: i32, C: usize, ldc: i32, upper: i32, tmp: usize, i0: i32, i1: i32): void {
-  const panel = (<usize>rb) << 5;
-  for (let i = i0; i < i1; i += 4) {
-    const a = PA + (<usize>(i >> 3)) * panel + ((<usize>(i & 7)) << 2);
-    const ni = min(4, da - i);
-    for (let j0 = upper ? (i >> 3) << 3 : 0; j0 < db; j0 += 8) {
-      const b = PB + (<usize>(j0 >> 3)) * panel;
-      tile(a, b, rb, C + ((<usize>i * ldc + j0) << 3), ldc, ni, min(8, db - j0), tmp);
+export function gramTiles(PA: usize, da: i32, PB: usize, db: i32, rb: i32, C: usize, ldc: i32, upper: i32,
+  i0: i32, i1: i32): void {
+  const panel = (<usize>rb) * (W << 2);
+  for (let i = i0; i < i1; i += MR) {
+    const a = PA + (<usize>(i / W)) * panel + ((<usize>(i % W)) << 2);
+    const ni = min(MR, da - i);
+    for (let j0 = upper ? (i / W) * W : 0; j0 < db; j0 += W) {
+      const b = PB + (<usize>(j0 / W)) * panel;
+      tile(a, b, rb, C + ((<usize>i * ldc + j0) << 3), ldc, ni, min(W, db - j0));
     }
   }
 }
@@ -140,7 +178,8 @@ export function gemmPack(B: usize, N: i32, k0: i32, kc: i32, P: usize): void {
 }
 
 /** C[i][:] += A[i][k0 .. k0+kc] · (packed B rows), for rows i0 ≤ i < i1 of C (M×N; A is M×K). tmp: 16 doubles. */
-export function gemmRows(A: usize, K: i32, k0: i32, kc: i32, P: usize, C: usize, N: i32, tmp: usize, i0: i32, i1: i32): void {
+export function gemmRows(A: usize, K: i32, k0: i32, kc: i32, P: usize, C: usize, N: i32, tmp: usize,
+  i0: i32, i1: i32): void {
   const np = (N + 3) >> 2, panel = (<usize>kc) << 5;
   for (let b0 = i0; b0 < i1; b0 += 64) {
     const b1 = min(i1, b0 + 64);
@@ -163,13 +202,13 @@ function gemmTile(a: usize, lda: i32, b: usize, kc: i32, out: usize, ldc: i32, n
     const o = (<usize>k) << 3;
     const b0 = v128.load(b), b1 = v128.load(b, 16);
     let s = v128.load64_splat(a0 + o);
-    c00 = f64x2.add(c00, f64x2.mul(s, b0)); c01 = f64x2.add(c01, f64x2.mul(s, b1));
+    c00 = madd2(s, b0, c00); c01 = madd2(s, b1, c01);
     s = v128.load64_splat(a1 + o);
-    c10 = f64x2.add(c10, f64x2.mul(s, b0)); c11 = f64x2.add(c11, f64x2.mul(s, b1));
+    c10 = madd2(s, b0, c10); c11 = madd2(s, b1, c11);
     s = v128.load64_splat(a2 + o);
-    c20 = f64x2.add(c20, f64x2.mul(s, b0)); c21 = f64x2.add(c21, f64x2.mul(s, b1));
+    c20 = madd2(s, b0, c20); c21 = madd2(s, b1, c21);
     s = v128.load64_splat(a3 + o);
-    c30 = f64x2.add(c30, f64x2.mul(s, b0)); c31 = f64x2.add(c31, f64x2.mul(s, b1));
+    c30 = madd2(s, b0, c30); c31 = madd2(s, b1, c31);
     b += 32;
   }
   v128.store(tmp, c00); v128.store(tmp, c01, 16); v128.store(tmp, c10, 32); v128.store(tmp, c11, 48);
@@ -192,8 +231,8 @@ function gemmTile(a: usize, lda: i32, b: usize, kc: i32, out: usize, ldc: i32, n
   let i = 0;
   for (; i + 4 <= n; i += 4) {
     const o = (<usize>i) << 3;
-    s0 = f64x2.add(s0, f64x2.mul(v128.load(x + o), v128.load(y + o)));
-    s1 = f64x2.add(s1, f64x2.mul(v128.load(x + o, 16), v128.load(y + o, 16)));
+    s0 = madd2(v128.load(x + o), v128.load(y + o), s0);
+    s1 = madd2(v128.load(x + o, 16), v128.load(y + o, 16), s1);
   }
   s0 = f64x2.add(s0, s1);
   let s = f64x2.extract_lane(s0, 0) + f64x2.extract_lane(s0, 1);
@@ -210,8 +249,8 @@ export function gather(G: usize, d: i32, j: i32, orig: usize, n: i32, gcol: usiz
 }
 
 /**
- * New Cholesky column for pivot row jrow: u[p] = (gcol[p] − L[p,0:t]·L[jrow,0:t]) · inv, for p0 ≤ p < p1; also L[p,t] = u[p].
- * L is n×ldl row-major (a row per position).
+ * New Cholesky column for pivot row jrow: u[p] = (gcol[p] − L[p,0:t]·L[jrow,0:t]) · inv, for p0 ≤ p < p1; also
+ * L[p,t] = u[p]. L is n×ldl row-major (a row per position).
  */
 export function extend(L: usize, ldl: i32, t: i32, p0: i32, p1: i32, jrow: i32, gcol: usize, inv: f64, u: usize): void {
   const rowBytes = (<usize>ldl) << 3;
@@ -232,10 +271,10 @@ export function extend(L: usize, ldl: i32, t: i32, p0: i32, p1: i32, jrow: i32, 
     const us = f64x2.splat(up);
     for (; j + 4 <= m; j += 4) {
       const o = (<usize>j) << 3;
-      const v0 = f64x2.sub(v128.load(row + o), f64x2.mul(us, v128.load(q + o)));
-      const v1 = f64x2.sub(v128.load(row + o, 16), f64x2.mul(us, v128.load(q + o, 16)));
+      const v0 = nmadd2(us, v128.load(q + o), v128.load(row + o));
+      const v1 = nmadd2(us, v128.load(q + o, 16), v128.load(row + o, 16));
       v128.store(row + o, v0); v128.store(row + o, v1, 16);
-      n0 = f64x2.add(n0, f64x2.mul(v0, v0)); n1 = f64x2.add(n1, f64x2.mul(v1, v1));
+      n0 = madd2(v0, v0, n0); n1 = madd2(v1, v1, n1);
     }
     n0 = f64x2.add(n0, n1);
     let s = f64x2.extract_lane(n0, 0) + f64x2.extract_lane(n0, 1);
@@ -263,7 +302,8 @@ export function updateRows(Q: usize, m: i32, u: usize, q: usize, p0: i32, p1: i3
  * Single columns (g = 1), fused: Q[p] −= u[p]·q, e[p] −= u[p]², gain[p] = ‖Q[p]‖²/e[p], for p0 ≤ p < p1.
  * A residual e[p] ≤ tol·diag0[p] marks a column in the span of the chosen ones: its gain is 0, never NaN.
  */
-export function updateScan(Q: usize, m: i32, u: usize, q: usize, p0: i32, p1: i32, e: usize, diag0: usize, tol: f64, gains: usize): void {
+export function updateScan(Q: usize, m: i32, u: usize, q: usize, p0: i32, p1: i32, e: usize, diag0: usize, tol: f64,
+  gains: usize): void {
   const rowBytes = (<usize>m) << 3;
   for (let p = p0; p < p1; p++) {
     const o = (<usize>p) << 3;
@@ -297,7 +337,8 @@ export function downdateBlocks(E: usize, u: usize, b0: i32, b1: i32, g: i32): vo
  * Gram. E_II is factored column by column (E = RᵀR), skipping columns whose residual is ≤ tol·diag0: those lie in
  * the span already chosen and add nothing. S: scratch of 3·g·g + g doubles.
  */
-export function groupGains(Q: usize, m: i32, E: usize, diag0: usize, b0: i32, b1: i32, g: i32, tol: f64, gains: usize, S: usize): void {
+export function groupGains(Q: usize, m: i32, E: usize, diag0: usize, b0: i32, b1: i32, g: i32, tol: f64,
+  gains: usize, S: usize): void {
   const gg = <usize>(g * g);
   const M = S, R = S + (gg << 3), Y = S + (gg << 4), x = S + (gg * 24);
   const rowBytes = (<usize>m) << 3;
@@ -324,7 +365,9 @@ export function groupGains(Q: usize, m: i32, E: usize, diag0: usize, b0: i32, b1
         let v: f64 = 0;
         if (ok) {
           v = load<f64>(eb + ((<usize>(i * g + j)) << 3));
-          for (let k = 0; k < i; k++) v -= load<f64>(R + ((<usize>(k * g + i)) << 3)) * load<f64>(R + ((<usize>(k * g + j)) << 3));
+          for (let k = 0; k < i; k++) {
+            v -= load<f64>(R + ((<usize>(k * g + i)) << 3)) * load<f64>(R + ((<usize>(k * g + j)) << 3));
+          }
           v /= rii;
         }
         store<f64>(R + ((<usize>(i * g + j)) << 3), v);
@@ -408,8 +451,8 @@ export function solveUpperT(L: usize, ldl: i32, t: i32, X: usize, m: i32, j0: i3
   let i = 0;
   for (; i + 4 <= n; i += 4) {
     const o = (<usize>i) << 3;
-    v128.store(y + o, f64x2.add(v128.load(y + o), f64x2.mul(av, v128.load(x + o))));
-    v128.store(y + o, f64x2.add(v128.load(y + o, 16), f64x2.mul(av, v128.load(x + o, 16))), 16);
+    v128.store(y + o, madd2(av, v128.load(x + o), v128.load(y + o)));
+    v128.store(y + o, madd2(av, v128.load(x + o, 16), v128.load(y + o, 16)), 16);
   }
   for (; i < n; i++) { const o = (<usize>i) << 3; store<f64>(y + o, load<f64>(y + o) + a * load<f64>(x + o)); }
 }

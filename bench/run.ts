@@ -1,23 +1,39 @@
-// npm run bench [-- --quick] [-- --json]: speed of the selection engine (wasm SIMD kernels on 1 and all threads,
-// against plain TypeScript) and of end-to-end pruning of the bundled models. bench/README.md says how to read it.
+// npm run bench [-- --quick] [-- --gram] [-- --json]: speed of the selection engine (both wasm kernel builds, plain SIMD and
+// relaxed SIMD, on 1 and all threads, against plain TypeScript) and of end-to-end pruning of the bundled models.
+// bench/README.md says how to read it.
 import Benchmark from 'benchmark';
-import { cpus } from 'node:os';
-import { existsSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { cpus, loadavg } from 'node:os';
+import { existsSync, readFileSync } from 'node:fs';
 import { getKernels, cores } from '../src/kernels/instances.js';
+import { kernelBuild } from '../src/kernels/wasm.js';
 import { gramAccumulate } from '../src/kernels/ops.js';
 import { GramAccumulator } from '../src/kernels/gram.js';
+import type { KernelBuild } from '../src/kernels/types.js';
 import { selectChannels, type LayerProblem } from '../src/select/greedy.js';
 import { prune } from '../src/prune/index.js';
 import { readModel } from '../src/onnx/index.js';
 import { openNpy } from '../src/npy.js';
 
+// Node 20 runs relaxed SIMD only behind a V8 flag: run this script again with it, so that both builds are measured.
+const RELAXED_FLAG = '--experimental-wasm-relaxed-simd';
+const relaxedRuns = () => WebAssembly.validate(readFileSync('build/subprune-relaxed.wasm'));
+if (!relaxedRuns() && !process.execArgv.includes(RELAXED_FLAG)) {
+  const child = [...process.execArgv, RELAXED_FLAG, ...process.argv.slice(1)];
+  process.exit(spawnSync(process.execPath, child, { stdio: 'inherit' }).status ?? 1);
+}
+
 const args = process.argv.slice(2);
 const quick = args.includes('--quick'),
+  gramOnly = args.includes('--gram'),
   json = args.includes('--json');
 const log = (s: string) => {
   if (!json) console.error(s);
 };
 const T = cores();
+const defaultBuild = kernelBuild();
+const builds: KernelBuild[] = relaxedRuns() ? ['simd', 'relaxed-simd'] : ['simd'];
+const load0 = loadavg();
 
 function rand(n: number, seed: number): Float32Array {
   const x = new Float32Array(n);
@@ -37,80 +53,110 @@ function time(name: string, fn: () => void, long: boolean): number {
   return b.stats.mean;
 }
 
-type Variant = 'wasm1' | 'wasmN' | 'plain';
+/** Median CPU seconds of this thread's fn over `reps` runs (one thread: other work on the machine does not count). */
+function cpuTime(fn: () => void, reps: number): number {
+  const s: number[] = [];
+  for (let r = 0; r <= reps; r++) {
+    const c0 = process.cpuUsage();
+    fn();
+    const c = process.cpuUsage(c0);
+    if (r > 0) s.push((c.user + c.system) / 1e6); // the first run warms up
+  }
+  return s.sort((a, b) => a - b)[s.length >> 1];
+}
+
+interface Variant {
+  key: string;
+  kind: 'wasm' | 'plain';
+  build: KernelBuild | 'plain';
+  threads: number;
+}
+const variants: Variant[] = [
+  ...builds.flatMap((build) =>
+    [1, T].map((threads) => ({ key: `${build} ${threads}t`, kind: 'wasm' as const, build, threads })),
+  ),
+  { key: 'plain', kind: 'plain', build: 'plain', threads: 1 },
+];
+const kernelsOf = (v: Variant) => (v.build === 'plain' ? getKernels('plain') : getKernels('wasm', v.threads, v.build));
+/** Runs fn with SUBPRUNE_KERNELS set to the variant's build: selectChannels takes the default build. */
+function withBuild<R>(v: Variant, fn: () => R): R {
+  const old = process.env.SUBPRUNE_KERNELS;
+  if (v.kind === 'wasm') process.env.SUBPRUNE_KERNELS = v.build;
+  try {
+    return fn();
+  } finally {
+    if (old === undefined) delete process.env.SUBPRUNE_KERNELS;
+    else process.env.SUBPRUNE_KERNELS = old;
+  }
+}
+
 interface Row {
   what: string;
   size: string;
   unit: string;
-  wasm1?: number;
-  wasmN?: number;
-  plain?: number;
+  v: Record<string, number>;
 }
 const rows: Row[] = [];
 const row = (what: string, size: string, unit: string) => {
   let r = rows.find((x) => x.what === what && x.size === size);
-  if (!r) rows.push((r = { what, size, unit }));
-  return r;
+  if (!r) rows.push((r = { what, size, unit, v: {} }));
+  return r.v;
 };
-const variants: [Variant, 'wasm' | 'plain', number][] = [
-  ['wasm1', 'wasm', 1],
-  ['wasmN', 'wasm', T],
-  ['plain', 'plain', 1],
-];
 
-// Gram accumulation G += XᵀX: N·d·(d+1) flops (the upper triangle's multiply-adds, ×2).
-for (const [v, kind, threads] of variants) {
+// Gram accumulation G += XᵀX: N·d·(d+1) flops (the upper triangle's multiply-adds, ×2). Wall time, and for one
+// thread also CPU time, which other work on the machine disturbs far less.
+for (const v of variants) {
   const d = 1024,
-    N = v === 'plain' ? 1024 : 16384;
-  if (v === 'plain' && quick) continue;
-  log(`gram N=${N} d=${d} ${v} …`);
-  const K = getKernels(kind, threads),
+    N = v.kind === 'plain' ? 1024 : 16384;
+  if (v.kind === 'plain' && quick) continue;
+  log(`gram N=${N} d=${d} ${v.key} …`);
+  const K = kernelsOf(v),
     a = K.arena,
     mark = a.mark();
   const X = a.alloc(N * d * 4),
     G = a.alloc(d * d * 8),
-    P = a.alloc(K.gramPackFloats(d) * 4),
-    tmp = a.alloc(128 * threads);
+    P = a.alloc(K.gramPackFloats(d) * 4);
   a.f32(X, N * d).set(rand(N * d, 1));
-  const s = time(`gram ${v}`, () => gramAccumulate(K, X, d, 0, 0, N, G, P, 0, tmp), v === 'plain');
-  row('Gram G += XᵀX', `N=${N === 1024 ? '16384 (plain: 1024)' : N}, d=${d}`, 'GFLOP/s')[v] =
-    (N * d * (d + 1)) / s / 1e9;
+  const run = () => gramAccumulate(K, X, d, 0, 0, N, G, P, 0);
+  const flops = N * d * (d + 1);
+  const size = `N=${v.kind === 'plain' ? '16384 (plain: 1024)' : N}, d=${d}`;
+  row('Gram G += XᵀX', size, 'GFLOP/s')[v.key] = flops / time(`gram ${v.key}`, run, v.kind === 'plain') / 1e9;
+  if (v.threads === 1) row('Gram, per CPU second', size, 'GFLOP/s')[v.key] = flops / cpuTime(run, 7) / 1e9;
   a.release(mark);
 }
 
 // Greedy: the loop alone; the setup (Q = C·W and the first scan) reported apart.
 function problem(d: number, m: number): LayerProblem {
-  const acc = new GramAccumulator(d);
+  const acc = new GramAccumulator(d, { kernels: getKernels('wasm', 1, 'simd') });
   acc.add(rand(2 * d * d, 2));
   const G = acc.result().G;
   acc.release();
   return { d, m, g: 1, G, W: Float64Array.from(rand(d * m, 3)) };
 }
-for (const [d, m, k] of [
-  [512, 256, 128],
-  [1024, 1024, 512],
-  [4096, 4096, 2048],
-]) {
+for (const [d, m, k] of gramOnly
+  ? []
+  : [
+      [512, 256, 128],
+      [1024, 1024, 512],
+      [4096, 4096, 2048],
+    ]) {
   const pr = problem(d, m),
     size = `d=${d}, m=${m}, k=${k}`;
-  for (const [v, kind, threads] of variants) {
-    if (v === 'plain' && quick && d >= 1024) continue;
-    log(`greedy ${size} ${v} …`);
+  for (const v of variants) {
+    if (v.kind === 'plain' && quick && d >= 1024) continue;
+    log(`greedy ${size} ${v.key} …`);
     let loop = 0,
       setup = 0,
       n = 0;
-    time(
-      `greedy ${v}`,
-      () => {
-        const s = selectChannels(pr, k, { kernels: kind, threads });
-        loop += s.seconds.greedy;
-        setup += s.seconds.setup;
-        n++;
-      },
-      d >= 4096 || v === 'plain',
-    );
-    row('greedy loop', size, 's')[v] = loop / n;
-    row('greedy setup (Q = G·W, first scan)', size, 's')[v] = setup / n;
+    const run = () => {
+      const s = selectChannels(pr, k, { kernels: v.kind, threads: v.threads });
+      loop += s.seconds.greedy;
+      setup += s.seconds.setup;
+      n++;
+    };
+    withBuild(v, () => time(`greedy ${v.key}`, run, d >= 4096 || v.kind === 'plain'));
+    row('greedy loop', size, 's')[v.key] = loop / n;
+    row('greedy setup (Q = G·W, first scan)', size, 's')[v.key] = setup / n;
   }
 }
 
@@ -122,28 +168,28 @@ for (const [d, m, k] of [
     k = 128;
   const B = rand(N * d, 4),
     W = Float64Array.from(rand(d * m, 5));
-  for (const [v, kind, threads] of variants.filter(([v]) => v !== 'plain')) {
-    log(`select N=${N} d=${d} m=${m} k=${k} ${v} …`);
-    const K = getKernels(kind, threads);
-    row('select from activations (Gram + greedy + re-fit)', `N=${N}, d=${d}, m=${m}, k=${k}`, 's')[v] = time(
-      'select',
-      () => {
-        const acc = new GramAccumulator(d, { kernels: K });
-        acc.add(B);
-        const G = acc.result().G;
-        acc.release();
-        selectChannels({ d, m, g: 1, G, W }, k, { threads }).refit(k);
-      },
-      false,
+  for (const v of variants.filter((v) => v.kind === 'wasm' && !gramOnly)) {
+    log(`select N=${N} d=${d} m=${m} k=${k} ${v.key} …`);
+    const K = kernelsOf(v);
+    const run = () => {
+      const acc = new GramAccumulator(d, { kernels: K });
+      acc.add(B);
+      const G = acc.result().G;
+      acc.release();
+      selectChannels({ d, m, g: 1, G, W }, k, { threads: v.threads }).refit(k);
+    };
+    row('select from activations (Gram + greedy + re-fit)', `N=${N}, d=${d}, m=${m}, k=${k}`, 's')[v.key] = withBuild(
+      v,
+      () => time('select', run, false),
     );
   }
 }
 
-// End to end: prune each bundled model at compression 4 (layerwise), seconds per stage.
+// End to end: prune each bundled model at compression 4 (layerwise), seconds per stage, with the default build.
 const stages: { model: string; threads: number; seconds: Record<string, number> }[] = [];
 for (const name of ['lenet', 'vgg', 'resnet20']) {
   const file = `models/${name}.onnx`;
-  if (!existsSync(file)) continue;
+  if (!existsSync(file) || gramOnly) continue;
   for (const threads of [1, T]) {
     log(`prune ${name} (${threads} thread${threads > 1 ? 's' : ''}) …`);
     const calib = openNpy('models/calib.npy');
@@ -159,32 +205,38 @@ for (const name of ['lenet', 'vgg', 'resnet20']) {
 }
 
 const machine = `${cpus()[0].model}, ${cpus().length} cores, Node ${process.versions.node}`;
+const load = `load average ${load0.map((x) => x.toFixed(2)).join(' ')} at the start, ${loadavg()
+  .map((x) => x.toFixed(2))
+  .join(' ')} at the end`;
 if (json) {
-  console.log(JSON.stringify({ machine, threads: T, rows, prune: stages }, null, 1));
+  console.log(JSON.stringify({ machine, load, threads: T, defaultBuild, builds, rows, prune: stages }, null, 1));
 } else {
   const f = (v: number | undefined, unit: string) =>
     v === undefined ? '—' : unit === 's' ? v.toFixed(4) : v.toFixed(1);
-  console.log(`machine: ${machine}\n`);
-  console.log(`| what | size | wasm, 1 thread | wasm, ${T} threads | plain TS | wasm 1 thread vs plain | unit |`);
-  console.log('|---|---|---:|---:|---:|---:|---|');
+  const keys = variants.map((v) => v.key),
+    base = `${defaultBuild} 1t`;
+  console.log(`machine: ${machine}; ${load}`);
+  console.log(
+    `kernel builds measured: ${builds.join(', ')}; the default here (kernelBuild()): ${defaultBuild}` +
+      (builds.length < 2 ? ' (this Node does not run relaxed SIMD)' : '') +
+      '\n',
+  );
+  console.log(`| what | size | ${keys.join(' | ')} | ${base} vs plain | unit |`);
+  console.log(`|---|---|${keys.map(() => '---:|').join('')}---:|---|`);
   for (const r of rows) {
-    const ratio =
-      r.plain === undefined || r.wasm1 === undefined
-        ? '—'
-        : `${(r.unit === 's' ? r.plain / r.wasm1 : r.wasm1 / r.plain).toFixed(1)}×`;
-    console.log(
-      `| ${r.what} | ${r.size} | ${f(r.wasm1, r.unit)} | ${f(r.wasmN, r.unit)} | ${f(r.plain, r.unit)} | ${ratio} | ${r.unit} |`,
-    );
+    const p = r.v.plain,
+      w = r.v[base];
+    const ratio = p === undefined || w === undefined ? '—' : `${(r.unit === 's' ? p / w : w / p).toFixed(1)}×`;
+    console.log(`| ${r.what} | ${r.size} | ${keys.map((k) => f(r.v[k], r.unit)).join(' | ')} | ${ratio} | ${r.unit} |`);
   }
   if (stages.length) {
-    console.log('\nprune at compression 4, layerwise (best of 3), seconds:\n');
+    console.log(`\nprune at compression 4, layerwise (best of 3, ${defaultBuild} kernels), seconds:\n`);
     console.log('| model | threads | analyze | capture | select | rewrite | verify | total |');
     console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
     for (const s of stages) {
       const x = s.seconds;
-      console.log(
-        `| ${s.model} | ${s.threads} | ${[x.analyze, x.capture, x.select, x.rewrite, x.verify, x.total].map((v) => v.toFixed(3)).join(' | ')} |`,
-      );
+      const cells = [x.analyze, x.capture, x.select, x.rewrite, x.verify, x.total].map((v) => v.toFixed(3));
+      console.log(`| ${s.model} | ${s.threads} | ${cells.join(' | ')} |`);
     }
   }
 }

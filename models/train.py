@@ -56,7 +56,7 @@ RECIPES = {
     "resnet20": dict(epochs=5,  opt="adam", lr=2e-3, weight_decay=0.0, batch=128, bn="keep", threads=1),
     "mobilenet": dict(epochs=5, opt="adam", lr=2e-3, weight_decay=0.0, batch=128, bn="keep", threads=1,
                       channels_last=True),
-    "vit":      dict(epochs=6,  opt="adamw", lr=2e-3, weight_decay=0.05, batch=128, bn="keep", threads=1),
+    "vit":      dict(epochs=15, opt="adamw", lr=2e-3, weight_decay=0.05, batch=128, bn="keep", threads=1),
 }
 
 

@@ -2,6 +2,7 @@ import { describe, it, expect } from 'vitest';
 import { GramAccumulator } from '../src/kernels/gram.js';
 import { getKernels } from '../src/kernels/instances.js';
 import { rng, gramOf, type Mat } from './oracle.js';
+import { BUILDS } from './relaxed-simd.js';
 
 // Conv patches straight from the definition of a convolution, one row per output position.
 function patches(
@@ -34,41 +35,41 @@ function patches(
 }
 
 describe('Gram accumulation of conv patches (im2col)', () => {
-  it.each([
-    ['wasm', 1],
-    ['wasm', 2],
-    ['plain', 1],
-  ] as const)('%s kernels, %i thread(s): match patches built from the convolution definition', (kind, threads) => {
-    const r = rng(41);
-    for (const [dims, kh, kw, sh, sw, pads, dh, dw] of [
-      [[3, 4, 7, 6], 3, 2, 2, 1, [1, 0, 1, 1], 1, 2],
-      [[5, 2, 9, 9], 3, 3, 1, 1, [1, 1, 1, 1], 1, 1],
-      [[2, 3, 5, 8], 1, 1, 1, 2, [0, 0, 0, 0], 1, 1],
-    ] as [number[], number, number, number, number, number[], number, number][]) {
-      const n = dims.reduce((a, b) => a * b),
-        X = Float32Array.from({ length: n }, () => r() - 0.5);
-      const A = X.map((v) => v * 2 + 0.1);
-      const acc = new GramAccumulator(dims[1] * kh * kw, { asymmetric: true, kernels: getKernels(kind, threads) });
-      const geo = { kernel: [kh, kw], strides: [sh, sw], pads, dilations: [dh, dw] } as Parameters<
-        GramAccumulator['addConv']
-      >[2];
-      const one = n / dims[0]; // stream as two batches: the first sample, then the rest
-      acc.addConv(X.subarray(0, one), [1, ...dims.slice(1)], geo, A.subarray(0, one));
-      acc.addConv(X.subarray(one), [dims[0] - 1, ...dims.slice(1)], geo, A.subarray(one));
-      const g = acc.result();
-      acc.release();
-      const P = patches(X, dims, kh, kw, sh, sw, pads, dh, dw),
-        Q = patches(A, dims, kh, kw, sh, sw, pads, dh, dw);
-      expect(g.rows).toBe(P.rows);
-      // f32 products summed in f32 within a block of rows: ~1e-7 relative to the largest entry
-      [
-        [g.G, gramOf(P)],
-        [g.C!, gramOf(P, Q)],
-        [g.H!, gramOf(Q)],
-      ].forEach(([got, ref]) => {
-        const scale = Math.max(...ref.map(Math.abs));
-        ref.forEach((v, i) => expect(Math.abs(got[i] - v)).toBeLessThan(1e-6 * scale));
-      });
-    }
-  });
+  it.each([...BUILDS.flatMap((b) => [1, 2].map((t) => ['wasm', b, t] as const)), ['plain', 'plain', 1] as const])(
+    '%s kernels (%s), %i thread(s): match patches built from the convolution definition',
+    (kind, build, threads) => {
+      const r = rng(41);
+      for (const [dims, kh, kw, sh, sw, pads, dh, dw] of [
+        [[3, 4, 7, 6], 3, 2, 2, 1, [1, 0, 1, 1], 1, 2],
+        [[5, 2, 9, 9], 3, 3, 1, 1, [1, 1, 1, 1], 1, 1],
+        [[2, 3, 5, 8], 1, 1, 1, 2, [0, 0, 0, 0], 1, 1],
+      ] as [number[], number, number, number, number, number[], number, number][]) {
+        const n = dims.reduce((a, b) => a * b),
+          X = Float32Array.from({ length: n }, () => r() - 0.5);
+        const A = X.map((v) => v * 2 + 0.1);
+        const kernels = kind === 'plain' ? getKernels('plain') : getKernels('wasm', threads, build);
+        const acc = new GramAccumulator(dims[1] * kh * kw, { asymmetric: true, kernels });
+        const geo = { kernel: [kh, kw], strides: [sh, sw], pads, dilations: [dh, dw] } as Parameters<
+          GramAccumulator['addConv']
+        >[2];
+        const one = n / dims[0]; // stream as two batches: the first sample, then the rest
+        acc.addConv(X.subarray(0, one), [1, ...dims.slice(1)], geo, A.subarray(0, one));
+        acc.addConv(X.subarray(one), [dims[0] - 1, ...dims.slice(1)], geo, A.subarray(one));
+        const g = acc.result();
+        acc.release();
+        const P = patches(X, dims, kh, kw, sh, sw, pads, dh, dw),
+          Q = patches(A, dims, kh, kw, sh, sw, pads, dh, dw);
+        expect(g.rows).toBe(P.rows);
+        // f32 products summed in f32 within a block of rows: ~1e-7 relative to the largest entry
+        [
+          [g.G, gramOf(P)],
+          [g.C!, gramOf(P, Q)],
+          [g.H!, gramOf(Q)],
+        ].forEach(([got, ref]) => {
+          const scale = Math.max(...ref.map(Math.abs));
+          ref.forEach((v, i) => expect(Math.abs(got[i] - v)).toBeLessThan(1e-6 * scale));
+        });
+      }
+    },
+  );
 });

@@ -191,17 +191,16 @@ describe('wasm and plain kernels agree', () => {
         const a = k.arena,
           mark = a.mark();
         const PX = a.alloc(k.gramPackFloats(dx) * 4),
-          PY = a.alloc(k.gramPackFloats(dy) * 4),
-          tmp = a.alloc(128 * k.threads);
+          PY = a.alloc(k.gramPackFloats(dy) * 4);
         const Xp = a.alloc(X.length * 4),
           Yp = a.alloc(Y.length * 4),
           G = a.alloc(dx * dx * 8),
           C = a.alloc(dx * dy * 8);
         a.f32(Xp, X.length).set(X);
         a.f32(Yp, Y.length).set(Y);
-        gramAccumulate(k, Xp, dx, 0, 0, rows, G, PX, 0, tmp);
+        gramAccumulate(k, Xp, dx, 0, 0, rows, G, PX, 0);
         k.symmetrize(G, dx);
-        gramAccumulate(k, Xp, dx, Yp, dy, rows, C, PX, PY, tmp);
+        gramAccumulate(k, Xp, dx, Yp, dy, rows, C, PX, PY);
         const res = [a.f64(G, dx * dx).slice(), a.f64(C, dx * dy).slice()];
         a.release(mark);
         return res;
@@ -246,12 +245,12 @@ describe('threads', () => {
         mark = a.mark();
       const Xp = a.alloc(X.length * 4),
         P = a.alloc(k.gramPackFloats(d) * 4),
-        G = a.alloc(d * d * 8),
-        tmp = a.alloc(128 * k.threads);
+        G = a.alloc(d * d * 8);
       a.f32(Xp, X.length).set(X);
       for (let j = 0; j < jobs; j++) {
         k.gramPack(Xp, d, (j % blocks) * RB, RB, d, P, 0, d >> 3);
-        k.par('gramTiles', [P, d, P, d, RB, G, d, 1, tmp, 0, d], 9, { scratch: [8, 128], align: 4 }); // no work estimate: always handed over
+        // no work estimate: always handed over
+        k.par('gramTiles', { PA: P, da: d, PB: P, db: d, rb: RB, C: G, ldc: d, upper: 1, i0: 0, i1: d });
       }
       const out = a.f64(G, d * d).slice();
       a.release(mark);

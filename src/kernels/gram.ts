@@ -3,7 +3,9 @@ import { getKernels } from './instances.js';
 import { gramAccumulate } from './ops.js';
 import { patchGrid, type ConvGeometry } from '../geometry.js';
 
-/** What the greedy needs from the calibration activations: G = BᵀB, and for the asymmetric objective C = BᵀA, H = AᵀA. */
+/**
+ * What the greedy needs from the calibration activations: G = BᵀB, and for the asymmetric objective C = BᵀA, H = AᵀA.
+ */
 export interface Gram {
   d: number;
   rows: number;
@@ -29,7 +31,7 @@ export class GramAccumulator {
   readonly d: number;
   readonly asymmetric: boolean;
   private readonly k: Kernels;
-  private readonly p: { G: number; C: number; H: number; PB: number; PA: number; tmp: number };
+  private readonly p: { G: number; C: number; H: number; PB: number; PA: number };
   private readonly mark: number;
   private buf?: { cap: number; B: number; A: number; sample: number; XB: number; XA: number };
   private rows = 0;
@@ -49,7 +51,6 @@ export class GramAccumulator {
       H: asym ? a.alloc(dd) : 0,
       PB: a.alloc(pack),
       PA: asym ? a.alloc(pack) : 0,
-      tmp: a.alloc(128 * k.threads),
     };
   }
 
@@ -86,10 +87,10 @@ export class GramAccumulator {
   private flush(nr: number) {
     const { d, k, p } = this,
       b = this.buf!;
-    gramAccumulate(k, b.B, d, 0, 0, nr, p.G, p.PB, 0, p.tmp);
+    gramAccumulate(k, b.B, d, 0, 0, nr, p.G, p.PB, 0);
     if (this.asymmetric) {
-      gramAccumulate(k, b.B, d, b.A, d, nr, p.C, p.PB, p.PA, p.tmp);
-      gramAccumulate(k, b.A, d, 0, 0, nr, p.H, p.PA, 0, p.tmp);
+      gramAccumulate(k, b.B, d, b.A, d, nr, p.C, p.PB, p.PA);
+      gramAccumulate(k, b.A, d, 0, 0, nr, p.H, p.PA, 0);
     }
     this.rows += nr;
   }
@@ -110,7 +111,7 @@ export class GramAccumulator {
     }
   }
 
-  /** Adds the im2col patches of a batch of Conv inputs B (dims [b, C, H, W]; A likewise): one row per output position. */
+  /** Adds the im2col patches of a batch of Conv inputs B (dims [b, C, H, W]; A likewise), a row per output position. */
   addConv(B: Float32Array, dims: number[], conv: ConvGeometry, A?: Float32Array): void {
     const { d, k } = this;
     const [b, C, H, W] = dims;

@@ -1,5 +1,5 @@
-import type { Kernels } from './types.js';
-import { wasmKernels } from './wasm.js';
+import type { KernelBuild, Kernels } from './types.js';
+import { kernelBuild, wasmKernels } from './wasm.js';
 import { plainKernels } from './plain.js';
 
 /** The cores there are, where the platform says (in a browser: 1, as the thread pool needs Node's worker_threads). */
@@ -8,7 +8,7 @@ export function cores(): number {
   return os?.availableParallelism?.() ?? 1;
 }
 
-/** All cores: results are bit-identical for any thread count (each thread owns fixed rows; no reduction across threads). */
+/** All cores: results are bit-identical for any thread count (each range of rows is computed whole by one thread). */
 export function defaultThreads(): number {
   return cores();
 }
@@ -24,13 +24,14 @@ export interface KernelOptions {
 const cache = new Map<string, Kernels>();
 
 /**
- * The kernel set for a kind and thread count, made once per process (worker threads start once). Users allocate
- * from its arena between mark() and release(mark).
+ * The kernel set for a kind, thread count and wasm build (default: kernelBuild()), made once per process (worker
+ * threads start once). Users allocate from its arena between mark() and release(mark).
  */
-export function getKernels(kind: 'wasm' | 'plain' = 'wasm', threads = defaultThreads()): Kernels {
+export function getKernels(kind: 'wasm' | 'plain' = 'wasm', threads = defaultThreads(), build?: KernelBuild): Kernels {
   const n = kind === 'plain' ? 1 : Math.max(1, Math.floor(threads));
-  const key = `${kind}:${n}`;
+  const b = kind === 'plain' ? 'plain' : (build ?? kernelBuild());
+  const key = `${kind}:${b}:${n}`;
   let k = cache.get(key);
-  if (!k) cache.set(key, (k = kind === 'plain' ? plainKernels() : wasmKernels(n)));
+  if (!k) cache.set(key, (k = b === 'plain' ? plainKernels() : wasmKernels(n, b)));
   return k;
 }

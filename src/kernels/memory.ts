@@ -3,6 +3,8 @@
 
 const PAGE = 65536;
 const MAX_PAGES = 65536; // 4 GiB, wasm32's limit
+/** Where allocations start: offset 0 stays null, and below this sits the thread pool's control block (pool.ts). */
+export const ARENA_START = 2048;
 
 /** The kernel memory a run may plan for: WebAssembly's 4 GiB, less room for the kernels' other buffers. */
 export const KERNEL_BYTES = 2 ** 32 - (64 << 20);
@@ -15,7 +17,7 @@ export function availableMemory(): number {
 
 export class Arena {
   readonly memory: WebAssembly.Memory;
-  private top = 1024; // offset 0 stays null
+  private top = ARENA_START;
 
   constructor(memory?: WebAssembly.Memory) {
     this.memory = memory ?? new WebAssembly.Memory({ initial: 16, maximum: MAX_PAGES });

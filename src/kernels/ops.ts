@@ -2,39 +2,9 @@ import type { Kernels } from './types.js';
 
 // Kernel sequences that several stages use: Gram accumulation and the f64 matrix product, split over threads.
 
-/** Boundaries splitting [lo, hi) (steps of `align`) into parts of about equal Σ cost(i). */
-export function balancedRanges(
-  lo: number,
-  hi: number,
-  parts: number,
-  align: number,
-  cost: (i: number) => number,
-): [number, number][] {
-  const steps: number[] = [];
-  let total = 0;
-  for (let i = lo; i < hi; i += align) {
-    total += cost(i);
-    steps.push(total);
-  }
-  const out: [number, number][] = [];
-  let a = lo,
-    s = 0;
-  for (let t = 0; t < parts; t++) {
-    let b = a;
-    if (t === parts - 1) b = hi;
-    else {
-      while (s < steps.length && steps[s] <= (total * (t + 1)) / parts) s++;
-      b = Math.min(hi, lo + s * align);
-    }
-    out.push([a, b]);
-    a = b;
-  }
-  return out;
-}
-
 /**
  * C += Xᵀ Y over `rows` f32 rows (X: rows×dx, Y: rows×dy), or with Y = 0 the upper triangle of G = Xᵀ X.
- * PX, PY: gramPackFloats floats each; tmp: 128 bytes per thread.
+ * PX, PY: gramPackFloats floats each.
  */
 export function gramAccumulate(
   K: Kernels,
@@ -46,25 +16,21 @@ export function gramAccumulate(
   C: number,
   PX: number,
   PY: number,
-  tmp: number,
 ): void {
   const RB = K.gramRows(),
     upper = Y ? 0 : 1,
     PB = Y ? PY : PX,
     db = Y ? dy : dx;
-  const ranges =
-    K.threads > 1 ? balancedRanges(0, dx, K.threads, 4, (i) => (upper ? db - ((i >> 3) << 3) : db)) : undefined;
+  // rows of G cost their length: in the upper triangle, row i's starts near column i
+  const cost = (i: number) => (upper ? db - i : db);
   for (let r0 = 0; r0 < rows; r0 += RB) {
     const rb = Math.min(RB, rows - r0);
     // every thread packs its share of the panels, so none waits on a serial pack (2-thread Gram at d = 1024, median
     // of 8 runs: 1.2–1.9× one thread with a serial pack, 1.6–2.0× with this)
-    K.par('gramPack', [X, dx, r0, rb, dx, PX, 0, (dx + 7) >> 3], 6, { work: rb * dx });
-    if (Y) K.par('gramPack', [Y, dy, r0, rb, dy, PY, 0, (dy + 7) >> 3], 6, { work: rb * dy });
-    K.par('gramTiles', [PX, dx, PB, db, rb, C, db, upper, tmp, 0, dx], 9, {
-      ranges,
-      scratch: [8, 128],
-      work: (rb * dx * db) / (1 + upper),
-    });
+    K.par('gramPack', { X, ld: dx, r0, rb, d: dx, P: PX, p0: 0, p1: K.gramPanels(dx) }, { work: rb * dx });
+    if (Y) K.par('gramPack', { X: Y, ld: dy, r0, rb, d: dy, P: PY, p0: 0, p1: K.gramPanels(dy) }, { work: rb * dy });
+    const tiles = { PA: PX, da: dx, PB, db, rb, C, ldc: db, upper, i0: 0, i1: dx };
+    K.par('gramTiles', tiles, { cost, work: (rb * dx * db) / (1 + upper) });
   }
 }
 
@@ -85,6 +51,6 @@ export function gemm(
   for (let k0 = 0; k0 < Kd; k0 += KC) {
     const kc = Math.min(KC, Kd - k0);
     K.gemmPack(B, N, k0, kc, P);
-    K.par('gemmRows', [A, Kd, k0, kc, P, C, N, tmp, 0, M], 8, { align: 4, scratch: [7, 128], work: M * kc * N });
+    K.par('gemmRows', { A, K: Kd, k0, kc, P, C, N, tmp, i0: 0, i1: M }, { work: M * kc * N });
   }
 }

@@ -1,5 +1,5 @@
 import { Arena } from './memory.js';
-import type { Kernels } from './types.js';
+import { positional, type Kernels } from './types.js';
 
 // The kernels of assembly/index.ts in plain TypeScript: straightforward loops, f64 accumulation throughout.
 // Same arguments (byte offsets into the arena), same results up to rounding; tests hold the two together and the
@@ -40,12 +40,14 @@ export function plainKernels(): Kernels {
 
   return {
     name: 'plain',
+    build: 'plain',
     arena,
     threads: 1,
-    par(name, args, _lo, _opts) {
-      (this[name] as (...a: number[]) => void)(...(args as number[]));
+    par(name, args) {
+      (this[name] as (...a: number[]) => void)(...positional(name, args));
     },
     gramRows: () => 128,
+    gramPanels: (d) => Math.ceil(d / 8),
     gramPackFloats: (d) => 128 * d,
     gramPack(X, ld, r0, rb, d, P, p0, p1) {
       // rows as they are, columns 8·p0 .. 8·p1
@@ -55,7 +57,7 @@ export function plainKernels(): Kernels {
       for (let r = 0; r < rb; r++)
         x.copyWithin((P >> 2) + r * d + c0, (X >> 2) + (r0 + r) * ld + c0, (X >> 2) + (r0 + r) * ld + c1);
     },
-    gramTiles(PA, da, PB, db, rb, C, ldc, upper, _tmp, i0, i1) {
+    gramTiles(PA, da, PB, db, rb, C, ldc, upper, i0, i1) {
       const x = S(),
         f = F(),
         A4 = PA >> 2,

@@ -2,81 +2,166 @@ import { readFileSync, existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { Arena } from './memory.js';
-import { Pool } from './pool.js';
-import { splitRange, type Kernels, type ParKernel, type ParOptions } from './types.js';
+import { MAX_PARTS, Pool, type PoolStats } from './pool.js';
+import {
+  KERNEL_NAMES,
+  balancedRanges,
+  parLayout,
+  positional,
+  scratchBytes,
+  splitRange,
+  type KernelBuild,
+  type KernelFunctions,
+  type Kernels,
+} from './types.js';
+import { badInput } from '../errors.js';
 
-// build/subprune.wasm (own memory) and build/subprune-mt.wasm (shared memory, for threads) sit at the package root,
-// whether this file runs from src/ (tests) or dist/src/ (CLI).
-function wasmPath(file: string): string {
+// Four compiled builds of assembly/index.ts sit in build/ at the package root, whether this file runs from src/ (tests)
+// or dist/src/ (CLI): plain SIMD and relaxed SIMD (fused multiply-add), each with its own memory (one thread) and
+// with shared memory (threads).
+export type WasmFile = 'subprune.wasm' | 'subprune-mt.wasm' | 'subprune-relaxed.wasm' | 'subprune-relaxed-mt.wasm';
+const FILES: Record<KernelBuild, { single: WasmFile; threads: WasmFile }> = {
+  simd: { single: 'subprune.wasm', threads: 'subprune-mt.wasm' },
+  'relaxed-simd': { single: 'subprune-relaxed.wasm', threads: 'subprune-relaxed-mt.wasm' },
+};
+
+// Where there is no file system (the browser page: node:fs is an empty module there), only provided modules count.
+const hasFs = typeof readFileSync === 'function' && typeof existsSync === 'function';
+
+function wasmPath(file: WasmFile): string | undefined {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 5; i++, dir = dirname(dir)) {
     const p = join(dir, 'build', file);
     if (existsSync(p)) return p;
   }
-  throw new Error(`build/${file} is missing: run \`npm run build:wasm\` (npm install runs it)`);
+  return undefined;
 }
 
-const compiled = new Map<string, WebAssembly.Module>();
-const compile = (file: string) => {
+const compiled = new Map<WasmFile, WebAssembly.Module>();
+const bytesRead = new Map<WasmFile, Buffer<ArrayBuffer> | undefined>();
+const wasmBytes = (file: WasmFile) => {
+  if (!hasFs) return undefined;
+  if (!bytesRead.has(file)) {
+    const p = wasmPath(file);
+    bytesRead.set(file, p ? readFileSync(p) : undefined);
+  }
+  return bytesRead.get(file);
+};
+const compile = (file: WasmFile) => {
   let m = compiled.get(file);
-  if (!m) compiled.set(file, (m = new WebAssembly.Module(readFileSync(wasmPath(file)))));
+  if (!m) {
+    const bytes = wasmBytes(file);
+    if (!bytes) throw new Error(`build/${file} is missing: run \`npm run build:wasm\` (npm install runs it)`);
+    compiled.set(file, (m = new WebAssembly.Module(bytes)));
+  }
   return m;
 };
 
-/** Supplies the compiled build/`file` where there is no file system to read it from (the browser page fetches it). */
-export function provideWasm(file: 'subprune.wasm' | 'subprune-mt.wasm', module: WebAssembly.Module): void {
+/**
+ * Supplies the compiled build/`file` where there is no file system to read it from (the browser page fetches it).
+ * Provide the relaxed-SIMD files only where `WebAssembly.validate` accepts their bytes: a provided relaxed module makes
+ * it the default build.
+ */
+export function provideWasm(file: WasmFile, module: WebAssembly.Module): void {
   compiled.set(file, module);
+}
+
+/**
+ * Whether this runtime runs the relaxed-SIMD build (Node ≥ 22 and Chromium do; Node 20 with a flag): its file
+ * validates, or where there are no files, the page provided its module.
+ */
+function relaxedRuns(): boolean {
+  const file = FILES['relaxed-simd'].single;
+  if (!hasFs) return compiled.has(file);
+  const bytes = wasmBytes(file);
+  return bytes !== undefined && WebAssembly.validate(bytes);
+}
+
+/**
+ * The build from an override (SUBPRUNE_KERNELS) and whether the relaxed build runs here: by default the relaxed
+ * build where it runs, else plain SIMD.
+ */
+export function chooseBuild(override: string | undefined, relaxedOk: () => boolean): KernelBuild {
+  if (!override) return relaxedOk() ? 'relaxed-simd' : 'simd';
+  if (override === 'simd') return 'simd';
+  if (override !== 'relaxed-simd' && override !== 'relaxed')
+    throw badInput(`SUBPRUNE_KERNELS=${override} is not a kernel build: use simd or relaxed-simd`);
+  if (!relaxedOk()) {
+    throw badInput(
+      `SUBPRUNE_KERNELS=${override}: this runtime does not run relaxed SIMD ` +
+        '(Node 20 needs node --experimental-wasm-relaxed-simd; Node ≥ 22 runs it by default)',
+    );
+  }
+  return 'relaxed-simd';
+}
+
+/**
+ * The kernel build that runs by default: relaxed SIMD (fused multiply-add) where `WebAssembly.validate` accepts it,
+ * else plain SIMD; the environment variable SUBPRUNE_KERNELS=simd|relaxed-simd overrides (tests, benchmarks).
+ */
+export function kernelBuild(): KernelBuild {
+  return chooseBuild(globalThis.process?.env?.SUBPRUNE_KERNELS, relaxedRuns);
 }
 
 const MAX_PAGES = 65536;
 
+// Multiply-adds below which a call runs on the calling thread. Measured on the 2-core EPYC (Node 20, load average 4
+// from other work, this process at nice −20, 400 calls each, 10th percentile): updateScan over p rows × 256 columns
+// took 4.5 µs on 1 thread and 8.0 µs on 2 at 16,384 multiply-adds (a hand-over costs ~3.5 µs), 60 / 64 µs at
+// 262,144, 90 / 93 µs at 393,216 and 119 / 71 µs at 524,288, the smallest size where the second thread paid. The
+// 4096×512, k = 128 selection then keeps its greedy steps (≤ 131,072) on one thread; its Gram blocks and Q = G·W
+// (over 10⁷ each) are split. It was 30,000, which split those greedy steps too.
+const MIN_WORK = 1 << 19;
+// Big jobs are cut into up to 4 parts per thread, each of at least PART_WORK multiply-adds (0.05 ms of Gram tiles,
+// 0.26 ms of updateScan on one thread), so that a worker preempted by another process holds up the caller for one
+// small part, not for its whole share.
+const PART_WORK = 1 << 20;
+const partsPerThread = (work: number | undefined, threads: number) =>
+  work === undefined ? 1 : Math.max(1, Math.min(4, Math.floor(work / (threads * PART_WORK))));
+
 /** A fresh instance of the SIMD kernels with its own memory; threads > 1 share that memory with worker threads. */
-export function wasmKernels(threads = 1): Kernels {
+export function wasmKernels(threads = 1, build: KernelBuild = kernelBuild()): Kernels {
   const shared = threads > 1;
-  const module = compile(shared ? 'subprune-mt.wasm' : 'subprune.wasm');
+  const module = compile(shared ? FILES[build].threads : FILES[build].single);
   const memory = new WebAssembly.Memory({ initial: 16, maximum: MAX_PAGES, shared });
   const arena = new Arena(memory);
   const abort = () => {
     throw new Error('wasm kernel abort');
   };
-  const x = new WebAssembly.Instance(module, { env: { memory, abort } }).exports as unknown as Omit<
-    Kernels,
-    'name' | 'arena' | 'threads' | 'par'
-  >;
+  const x = new WebAssembly.Instance(module, { env: { memory, abort } }).exports as unknown as KernelFunctions;
+  const missing = KERNEL_NAMES.find((n) => typeof x[n] !== 'function');
+  if (missing) throw new Error(`the compiled kernels lack ${missing}: run \`npm run build:wasm\``);
   const pool = shared ? new Pool(module, memory, threads) : undefined;
+  const fns = Object.fromEntries(KERNEL_NAMES.map((n) => [n, x[n]])) as unknown as KernelFunctions;
   const k: Kernels = {
+    ...fns,
     name: 'wasm',
+    build,
     arena,
     threads,
-    gramRows: x.gramRows,
-    gramPackFloats: x.gramPackFloats,
-    gramPack: x.gramPack,
-    gramTiles: x.gramTiles,
-    symmetrize: x.symmetrize,
-    gemmChunk: x.gemmChunk,
-    gemmPackDoubles: x.gemmPackDoubles,
-    gemmPack: x.gemmPack,
-    gemmRows: x.gemmRows,
-    gather: x.gather,
-    extend: x.extend,
-    updateRows: x.updateRows,
-    updateScan: x.updateScan,
-    downdateBlocks: x.downdateBlocks,
-    groupGains: x.groupGains,
-    argmax: x.argmax,
-    solveUpperT: x.solveUpperT,
-    im2col: x.im2col,
-    par<N extends ParKernel>(name: N, args: Parameters<Kernels[N]>, lo: number, opts: ParOptions = {}) {
+    par(name, args, opts = {}) {
       const fn = x[name] as (...a: number[]) => void;
-      const a = args as unknown as number[];
-      // Small jobs stay on this thread: a hand-over costs a few microseconds.
-      if (!pool || (opts.work !== undefined && opts.work < 30000)) {
+      const a = positional(name, args);
+      // Small jobs stay on this thread (MIN_WORK), and all do while the workers come late (Pool.solo).
+      if (!pool || (opts.work !== undefined && opts.work < MIN_WORK) || pool.solo()) {
         fn(...a);
         return;
       }
-      const ranges = opts.ranges ?? splitRange(a[lo], a[lo + 1], threads, opts.align ?? 1);
-      pool.run(name, a, lo, ranges, opts.scratch, (b) => fn(...b));
+      const layout = parLayout(name),
+        align = opts.align ?? layout.align;
+      const parts = Math.min(MAX_PARTS, threads * partsPerThread(opts.work, threads));
+      const [lo, hi] = [a[layout.lo], a[layout.hi]];
+      const ranges = opts.cost ? balancedRanges(lo, hi, parts, align, opts.cost) : splitRange(lo, hi, parts, align);
+      pool.run(name, a, ranges, scratchBytes(name, args), (b) => fn(...b));
     },
   };
+  if (pool) pools.set(k, pool);
   return k;
+}
+
+const pools = new WeakMap<Kernels, Pool>();
+
+/** What the thread pool of a kernel set did so far (undefined: one thread, no pool). */
+export function poolStats(k: Kernels): PoolStats | undefined {
+  return pools.get(k)?.stats;
 }

@@ -274,11 +274,11 @@ class Factor {
 
   groupGains(nblk: number): void {
     const { K, p, m, g, tol } = this;
-    const SS = (3 * g * g + g) * 8; // groupGains scratch per thread
-    K.par('groupGains', [p.Q, m, p.E, p.diag0, 0, nblk, g, tol, p.gains, p.S], 4, {
-      scratch: [9, SS],
-      work: nblk * g * g * m,
-    });
+    K.par(
+      'groupGains',
+      { Q: p.Q, m, E: p.E, diag0: p.diag0, b0: 0, b1: nblk, g, tol, gains: p.gains, S: p.S },
+      { work: nblk * g * g * m },
+    );
   }
 
   /** Moves the channel at position `best` to position `last` (and the one there to `best`). */
@@ -334,16 +334,19 @@ class Factor {
       const s = Math.sqrt(ej),
         t = this.t;
       K.gather(p.G, d, orig[pos]!, p.orig, base + g, p.gcol);
-      K.par('extend', [p.L, tmax, t, 0, base + g, pos, p.gcol, 1 / s, p.u], 3, { work: (base + g) * t });
+      const col = { L: p.L, ldl: tmax, t, p0: 0, p1: base + g, jrow: pos, gcol: p.gcol, inv: 1 / s, u: p.u };
+      K.par('extend', col, { work: (base + g) * t });
       L[pos * tmax + t] = s;
       Lp.set(L.subarray(pos * tmax, pos * tmax + t + 1), t * tmax);
       for (let j = 0; j < m; j++) q[j] = Q[pos * m + j]! / s;
       Z.set(q, t * m);
       this.F += frobDot(q, q);
-      if (g === 1) K.par('updateScan', [p.Q, m, p.u, p.q, 0, base, p.E, p.diag0, tol, p.gains], 4, { work: base * m });
-      else {
-        K.par('updateRows', [p.Q, m, p.u, p.q, 0, base + g], 4, { work: (base + g) * m });
-        K.par('downdateBlocks', [p.E, p.u, 0, last + 1, g], 2, { work: (last + 1) * g * g });
+      if (g === 1) {
+        const scan = { Q: p.Q, m, u: p.u, q: p.q, p0: 0, p1: base, e: p.E, diag0: p.diag0, tol, gains: p.gains };
+        K.par('updateScan', scan, { work: base * m });
+      } else {
+        K.par('updateRows', { Q: p.Q, m, u: p.u, q: p.q, p0: 0, p1: base + g }, { work: (base + g) * m });
+        K.par('downdateBlocks', { E: p.E, u: p.u, b0: 0, b1: last + 1, g }, { work: (last + 1) * g * g });
       }
       this.pivots.push(orig[pos]!);
       this.t++;
@@ -447,7 +450,7 @@ function refit(s: ReturnType<Factor['snapshot']>, keep: number[], prefix: number
     X = R.arena.alloc(Math.max(1, tp * m) * 8);
   R.arena.f64(Lr, tp * tmax).set(s.Lp.subarray(0, tp * tmax));
   R.arena.f64(X, tp * m).set(s.Z.subarray(0, tp * m));
-  R.par('solveUpperT', [Lr, tmax, tp, X, m, 0, m], 5, { align: 64, work: tp * tp * m });
+  R.par('solveUpperT', { L: Lr, ldl: tmax, t: tp, X, m, j0: 0, j1: m }, { work: tp * tp * m });
   const sol = R.arena.f64(X, tp * m).slice();
   R.arena.release(mark);
   const rowOf = new Map<number, number>();
