@@ -1,6 +1,6 @@
-// npm run bench [-- --quick] [-- --gram] [-- --json]: speed of the selection engine (both wasm kernel builds, plain SIMD and
-// relaxed SIMD, on 1 and all threads, against plain TypeScript) and of end-to-end pruning of the bundled models.
-// bench/README.md says how to read it.
+// npm run bench [-- --quick] [-- --gram] [-- --json]: speed of the selection engine (both wasm kernel builds, plain
+// SIMD and relaxed SIMD, on 1 and all threads, against plain TypeScript) and of end-to-end pruning of the bundled
+// models. bench/README.md says how to read it.
 import Benchmark from 'benchmark';
 import { spawnSync } from 'node:child_process';
 import { cpus, loadavg } from 'node:os';
@@ -10,7 +10,7 @@ import { kernelBuild } from '../src/kernels/wasm.js';
 import { gramAccumulate } from '../src/kernels/ops.js';
 import { GramAccumulator } from '../src/kernels/gram.js';
 import type { KernelBuild } from '../src/kernels/types.js';
-import { selectChannels, type LayerProblem } from '../src/select/greedy.js';
+import { selectChannels, selectGroup, type LayerProblem } from '../src/select/greedy.js';
 import { prune } from '../src/prune/index.js';
 import { readModel } from '../src/onnx/index.js';
 import { openNpy } from '../src/npy.js';
@@ -157,6 +157,25 @@ for (const [d, m, k] of gramOnly
     withBuild(v, () => time(`greedy ${v.key}`, run, d >= 4096 || v.kind === 'plain'));
     row('greedy loop', size, 's')[v.key] = loop / n;
     row('greedy setup (Q = G·W, first scan)', size, 's')[v.key] = setup / n;
+  }
+}
+
+// A channel group with c consumers (a residual stream) against c single-consumer selections of the same size: one
+// greedy over the sum of their objectives costs about the c selections (DESIGN.md, channel groups).
+for (const c of gramOnly ? [] : [1, 2, 4]) {
+  const [d, m, k] = [512, 256, 128],
+    problems = Array.from({ length: c }, () => problem(d, m)),
+    size = `d=${d}, m=${m}, k=${k}`;
+  for (const v of variants.filter((v) => v.kind === 'wasm' && v.threads === 1)) {
+    log(`group of ${c} consumers ${size} ${v.key} …`);
+    const group = () => selectGroup(problems, k, { threads: 1 }).refit(k);
+    const singles = () => problems.forEach((pr) => selectChannels(pr, k, { threads: 1 }).refit(k));
+    row(`group of ${c} consumers (greedy + re-fit)`, size, 's')[v.key] = withBuild(v, () =>
+      time('group', group, false),
+    );
+    row(`${c} single selections (greedy + re-fit)`, size, 's')[v.key] = withBuild(v, () =>
+      time('singles', singles, false),
+    );
   }
 }
 

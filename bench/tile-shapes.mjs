@@ -69,7 +69,8 @@ export function gram${mr}x${nr}(P: usize, d: i32, rb: i32, C: usize): void {
   for (let i = 0; i < d; i += ${mr}) {
     const a = P + <usize>(i / ${W}) * panel + <usize>((i % ${W}) << 2);
     for (let j0 = (i / ${nr}) * ${nr}; j0 < d; j0 += ${nr}) {
-      t${mr}x${nr}(a, P + <usize>(j0 / ${W}) * panel + <usize>((j0 % ${W}) << 2), rb, C + ((<usize>i * d + j0) << 3), d);
+      const b = P + <usize>(j0 / ${W}) * panel + <usize>((j0 % ${W}) << 2);
+      t${mr}x${nr}(a, b, rb, C + ((<usize>i * d + j0) << 3), d);
     }
   }
 }

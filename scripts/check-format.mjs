@@ -1,5 +1,6 @@
 // `npm run format:check` (and .ci/run): prettier's formatting, and no line over 120 columns in the code (prettier
-// leaves long strings and comments alone). Generated code (src/onnx/gen) is exempt.
+// leaves long strings and comments alone). Generated code (src/onnx/gen) is exempt; prettier cannot parse
+// AssemblyScript decorators, so assembly/ (in .prettierignore) gets the width check only.
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 

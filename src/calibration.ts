@@ -1,43 +1,53 @@
 // The inputs a model is run on (calibration data, a verification or test set), validated once against the model's
-// input where they enter (CLI or library); capture, allocation, verification and evaluation draw batches from it.
+// inputs where they enter (CLI or library); capture, allocation, verification and evaluation draw batches from it.
+// A model may have several inputs (token ids, an attention mask, …) of float or integer types: one array per input,
+// all with the same number of samples along their first axis.
 import { badInput } from './errors.js';
 import { DataType, initializerMap, type Model } from './onnx/index.js';
 import type { NpyFile } from './npy.js';
 
-/** The model's one data input: name, dims (null where free) and element type. */
+/** One of the model's data inputs: name, dims (null where free) and element type. */
 export interface ModelInput {
   name: string;
   dims: (number | null)[];
   elemType: number;
 }
 
-/** A batch of samples [start, start + dims[0]) as float32, batch axis first. */
-export interface Batch {
-  data: Float32Array;
+/** An input's values for a batch, in the type the model takes. */
+export interface Feed {
+  data: Float32Array | BigInt64Array | Int32Array;
   dims: number[];
-  start: number;
 }
 
-/** The model's one data input (inputs that are initializers do not count). */
-export function modelInput(model: Model): ModelInput {
+/** A batch of samples [start, start + rows): one feed per model input. */
+export interface Batch {
+  start: number;
+  rows: number;
+  feeds: Map<string, Feed>;
+}
+
+const FLOATS = new Set<number>([DataType.FLOAT, DataType.FLOAT16]);
+const INTS = new Set<number>([DataType.INT64, DataType.INT32]);
+
+/** The model's data inputs (inputs that are initializers do not count), in the graph's order. */
+export function modelInputs(model: Model): ModelInput[] {
   const g = model.graph!,
     inits = initializerMap(g);
-  const inputs = g.input.filter((i) => !inits.has(i.name));
-  if (inputs.length !== 1) {
-    const names = inputs.map((i) => i.name).join(', ');
-    throw badInput(`the model has ${inputs.length} data inputs (${names}); subprune handles models with exactly one`);
-  }
-  const t = inputs[0].type?.value;
-  if (t?.case !== 'tensorType') throw badInput(`input ${inputs[0].name} is not a tensor`);
-  const elemType = t.value.elemType;
-  if (elemType !== DataType.FLOAT && elemType !== DataType.FLOAT16) {
-    const type = DataType[elemType] ?? elemType;
-    throw badInput(`input ${inputs[0].name} has data type ${type}; subprune needs float32 or float16 inputs`);
-  }
-  const dims = (t.value.shape?.dim ?? []).map((d) =>
-    d.value.case === 'dimValue' && d.value.value > 0n ? Number(d.value.value) : null,
-  );
-  return { name: inputs[0].name, dims, elemType };
+  return g.input
+    .filter((i) => !inits.has(i.name))
+    .map((i) => {
+      const t = i.type?.value;
+      if (t?.case !== 'tensorType') throw badInput(`input ${i.name} is not a tensor`);
+      const elemType = t.value.elemType;
+      if (!FLOATS.has(elemType) && !INTS.has(elemType)) {
+        const type = DataType[elemType] ?? elemType;
+        throw badInput(`input ${i.name} has data type ${type}; subprune feeds float32/float16 and int64/int32 inputs`);
+      }
+      const dims = (t.value.shape?.dim ?? []).map((d) =>
+        d.value.case === 'dimValue' && d.value.value > 0n ? Number(d.value.value) : null,
+      );
+      return { name: i.name, dims, elemType };
+    });
 }
 
 const dtypeName = { u1: 'uint8', i4: 'int32', i8: 'int64', f4: 'float32', f8: 'float64' } as const;
@@ -45,12 +55,18 @@ const dtypeName = { u1: 'uint8', i4: 'int32', i8: 'int64', f4: 'float32', f8: 'f
 /** Why `data` cannot feed `input`, or undefined. */
 function mismatch(data: NpyFile, input: ModelInput): string | undefined {
   const shape = data.shape,
-    want = `[${input.dims.map((d) => d ?? '?')}]`;
+    want = `[${input.dims.map((d) => d ?? '?')}]`,
+    float = FLOATS.has(input.elemType);
   if (data.rows === 0) return `${data.path} holds no samples`;
-  if (data.dtype !== 'f4' && data.dtype !== 'f8') {
+  if (float && data.dtype !== 'f4' && data.dtype !== 'f8') {
     const fix = "numpy: x.astype('float32'), after the model's own preprocessing";
-    return `${data.path} holds ${dtypeName[data.dtype]} values; model inputs must be float32 (${fix})`;
+    return `${data.path} holds ${dtypeName[data.dtype]} values; the model input ${input.name} is float (${fix})`;
   }
+  if (!float && data.dtype !== 'i8' && data.dtype !== 'i4' && data.dtype !== 'u1')
+    return (
+      `${data.path} holds ${dtypeName[data.dtype]} values; the model input ${input.name} takes integers (token ` +
+      'ids)'
+    );
   if (shape.length !== input.dims.length) {
     const rank = `the model input ${input.name} has rank ${input.dims.length} (${want}), first axis = samples`;
     return `${data.path} has shape [${shape}] (rank ${shape.length}); ${rank}`;
@@ -60,75 +76,140 @@ function mismatch(data: NpyFile, input: ModelInput): string | undefined {
   return undefined;
 }
 
-/** Samples of an .npy file in batches of `size`, each checked to be finite. */
-export function* batches(data: NpyFile, size: number): Generator<Batch> {
-  for (let r0 = 0; r0 < data.rows; r0 += size) {
-    const r1 = Math.min(data.rows, r0 + size),
-      x = data.readF32(r0, r1);
+/** The values of rows [r0, r1) of an .npy file in the input's type, checked to be finite. */
+function feed(data: NpyFile, input: ModelInput, r0: number, r1: number): Feed {
+  const dims = [r1 - r0, ...data.shape.slice(1)];
+  if (FLOATS.has(input.elemType)) {
+    const x = data.readF32(r0, r1);
     const bad = x.findIndex((v) => !Number.isFinite(v));
     if (bad >= 0) {
       const where = `${x[bad]} in sample ${r0 + Math.floor(bad / data.rowSize)}`;
       throw badInput(`${data.path}: ${where}; calibration data must be finite`);
     }
-    yield { data: x, dims: [r1 - r0, ...data.shape.slice(1)], start: r0 };
+    return { data: x, dims };
   }
+  const v = data.readF64(r0, r1);
+  return {
+    data: input.elemType === DataType.INT64 ? BigInt64Array.from(v, (x) => BigInt(x)) : Int32Array.from(v),
+    dims,
+  };
 }
+
+/** What a model can be run on: one .npy file (one input), arrays by input name, or a Calibration already checked. */
+export type InputData = NpyFile | Map<string, NpyFile> | Calibration;
 
 export class Calibration {
   private distinct?: number;
 
   private constructor(
-    readonly data: NpyFile,
-    readonly input: ModelInput,
+    /** One array per model input, in the model's input order. */
+    readonly arrays: NpyFile[],
+    readonly inputs: ModelInput[],
   ) {}
 
-  /** `data` checked against the model's input (or `data` itself if it already is a Calibration of that input). */
-  static of(model: Model, data: NpyFile | Calibration): Calibration {
-    const input = modelInput(model);
-    const npy = data instanceof Calibration ? data.data : data;
-    const why = mismatch(npy, input);
-    if (why) throw badInput(why);
-    return data instanceof Calibration ? data : new Calibration(npy, input);
+  /**
+   * `data` checked against the model's inputs: an .npy file for a model with one input, or one per input by name
+   * (or `data` itself if it already is a Calibration).
+   */
+  static of(model: Model, data: InputData): Calibration {
+    const inputs = modelInputs(model);
+    const given = data instanceof Calibration ? new Map(data.inputs.map((x, i) => [x.name, data.arrays[i]!])) : data;
+    const arrays = given instanceof Map ? byName(given, inputs) : single(given, inputs);
+    arrays.forEach((a, i) => {
+      const why = mismatch(a, inputs[i]!);
+      if (why) throw badInput(why);
+    });
+    const rows = arrays[0]!.rows;
+    const other = arrays.find((a) => a.rows !== rows);
+    if (other)
+      throw badInput(`${other.path} holds ${other.rows} samples, ${arrays[0]!.path} ${rows}: give one per sample`);
+    return data instanceof Calibration ? data : new Calibration(arrays, inputs);
   }
 
   get path(): string {
-    return this.data.path;
+    return this.arrays.map((a) => a.path).join(', ');
   }
   get rows(): number {
-    return this.data.rows;
+    return this.arrays[0]!.rows;
   }
-  get shape(): number[] {
-    return this.data.shape;
+  /** The shapes of one sample of every input, batch axis 1: what the analysis sizes the model at. */
+  get shapes(): Map<string, number[]> {
+    return new Map(this.inputs.map((x, i) => [x.name, [1, ...this.arrays[i]!.shape.slice(1)]]));
+  }
+
+  /**
+   * Tokens per sample, for a sequence model: the calibration length of axis 1 of the first input when the model leaves
+   * it free and the input is [batch, tokens] or [batch, tokens, features]; undefined otherwise (images).
+   */
+  get tokens(): number | undefined {
+    const x = this.inputs[0]!;
+    return x.dims.length >= 2 && x.dims.length <= 3 && x.dims[1] === null ? this.arrays[0]!.shape[1] : undefined;
   }
 
   /** The batch size to run with: the model's own when its batch axis is fixed, else `preferred`. */
   batchSize(preferred: number): number {
-    return this.input.dims[0] ?? preferred;
+    return this.inputs[0]!.dims[0] ?? preferred;
   }
 
   /** The samples in batches (of the model's fixed batch size, else `preferred`), checked to be finite. */
-  batches(preferred: number): Generator<Batch> {
-    return batches(this.data, this.batchSize(preferred));
+  *batches(preferred: number): Generator<Batch> {
+    const size = this.batchSize(preferred);
+    for (let r0 = 0; r0 < this.rows; r0 += size) {
+      const r1 = Math.min(this.rows, r0 + size);
+      const feeds = new Map(this.inputs.map((x, i) => [x.name, feed(this.arrays[i]!, x, r0, r1)]));
+      yield { start: r0, rows: r1 - r0, feeds };
+    }
   }
 
   /** How many different samples there are (exact repeats count once), by two 32-bit hashes of each sample. */
   distinctSamples(): number {
     if (this.distinct !== undefined) return this.distinct;
-    const seen = new Set<string>(),
-      { rowSize } = this.data;
+    const seen = new Set<string>();
     for (let r0 = 0; r0 < this.rows; r0 += 256) {
-      const x = this.data.readF32(r0, Math.min(this.rows, r0 + 256)),
-        bits = new Uint32Array(x.buffer, x.byteOffset, x.length);
-      for (let o = 0; o < bits.length; o += rowSize) {
+      const r1 = Math.min(this.rows, r0 + 256);
+      // each sample's bits: float32 values as they are, integers (token ids) as int32
+      const parts = this.arrays.map((a, i) => {
+        const x = FLOATS.has(this.inputs[i]!.elemType) ? a.readF32(r0, r1) : Int32Array.from(a.readF64(r0, r1));
+        return { bits: new Uint32Array(x.buffer, x.byteOffset, x.length), size: a.rowSize };
+      });
+      for (let r = 0; r < r1 - r0; r++) {
         let h1 = 0x811c9dc5,
           h2 = 0x9747b28c;
-        for (let i = o; i < o + rowSize; i++) {
-          h1 = Math.imul(h1 ^ bits[i]!, 0x01000193);
-          h2 = Math.imul(h2 ^ bits[i]!, 0x5bd1e995) ^ (h2 >>> 15);
-        }
+        for (const { bits, size } of parts)
+          for (let i = r * size; i < (r + 1) * size; i++) {
+            h1 = Math.imul(h1 ^ bits[i]!, 0x01000193);
+            h2 = Math.imul(h2 ^ bits[i]!, 0x5bd1e995) ^ (h2 >>> 15);
+          }
         seen.add(`${h1 >>> 0}:${h2 >>> 0}`);
       }
     }
     return (this.distinct = seen.size);
   }
+}
+
+function single(data: NpyFile, inputs: ModelInput[]): NpyFile[] {
+  if (inputs.length !== 1) {
+    const names = inputs.map((x) => x.name).join(', ');
+    throw badInput(
+      `the model has ${inputs.length} inputs (${names}); give one array per input: an .npz file with arrays named ` +
+        'as the inputs (numpy.savez), or --calib NAME=FILE.npy for each',
+    );
+  }
+  return [data];
+}
+
+function byName(given: Map<string, NpyFile>, inputs: ModelInput[]): NpyFile[] {
+  const extra = [...given.keys()].filter((k) => !inputs.some((x) => x.name === k));
+  if (extra.length) {
+    const names = inputs.map((x) => x.name).join(', ');
+    throw badInput(`calibration data names ${extra.join(', ')}, which the model does not have (its inputs: ${names})`);
+  }
+  return inputs.map((x) => {
+    const a = given.get(x.name);
+    if (!a) {
+      const shape = `[${x.dims.map((d) => d ?? '?')}]`;
+      throw badInput(`calibration data has no array for input ${x.name} (shape ${shape}, first axis = samples)`);
+    }
+    return a;
+  });
 }

@@ -6,7 +6,7 @@ import { readModel, tensorToFloat32, initializerMap } from '../src/onnx/index.js
 import { openNpy, writeNpy } from '../src/npy.js';
 import { analyze, consumerWeightMatrix } from '../src/graph/analyze.js';
 import { captureGrams, Runner } from '../src/capture/index.js';
-import { batches } from '../src/calibration.js';
+import { Calibration } from '../src/calibration.js';
 import { prune } from '../src/prune/index.js';
 import { rankChannels, sampleOrder, groupSeed, weightNorms } from '../src/select/baselines.js';
 import type { Consumer, Group } from '../src/graph/types.js';
@@ -47,7 +47,8 @@ function smallCalib() {
 /** The consumer's weight as w(out, channel, position-in-channel), read from the ONNX tensor by its layout. */
 function consumerWeight(u: Unit): (o: number, c: number, a: number) => number {
   const { data, dims } = tensorToFloat32(inits.get(u.consumerWeight)!);
-  if (u.consumer.opType === 'Conv') return (o, c, a) => data[(o * dims[1] + c) * dims[2] * dims[3] + a]; // [m, n, kh, kw]
+  // [m, n, kh, kw]
+  if (u.consumer.opType === 'Conv') return (o, c, a) => data[(o * dims[1] + c) * dims[2] * dims[3] + a];
   const transB = u.consumer.attribute.find((x) => x.name === 'transB')?.i ?? 0n;
   return transB ? (o, c, a) => data[o * dims[1] + c * u.g + a] : (o, c, a) => data[(c * u.g + a) * dims[1] + o];
 }
@@ -63,8 +64,8 @@ async function consumerInputs(data: ReturnType<typeof openNpy>) {
   const names = units.map((u) => u.consumerInput),
     run = await Runner.open(model, names);
   const out = new Map<string, { data: Float32Array; dims: number[] }[]>(names.map((n) => [n, []]));
-  for (const b of batches(data, 8))
-    for (const [n, a] of await run.run(b.data, b.dims, names)) out.get(n)!.push({ data: a.data.slice(), dims: a.dims });
+  for (const b of Calibration.of(model, data).batches(8))
+    for (const [n, a] of await run.run(b, names)) out.get(n)!.push({ data: a.data.slice(), dims: a.dims });
   await run.release();
   return out;
 }
@@ -161,7 +162,8 @@ describe('lenet baselines against brute force', () => {
     const calib = smallCalib();
     const grams = await captureGrams(model, analysed, calib, { stats: { absMean: true, sensitivity: true } });
     for (const method of ['weight-norm', 'activation-norm', 'random', 'sampling'] as const) {
-      const { report } = await prune(model, calib, { budget: { compression: 4 }, method, seed: 5, refit: false }); // 24 samples: too few rows to re-fit
+      // 24 samples: too few rows to re-fit
+      const { report } = await prune(model, calib, { budget: { compression: 4 }, method, seed: 5, refit: false });
       for (const [i, u] of units.entries()) {
         const want = rankChannels(
           method,

@@ -83,7 +83,10 @@ describe('lenet: every allocation meets the target as modelStats counts it, and 
   });
 });
 
-/** Synthetic groups and a size that grows with every k: per-channel costs plus a coupling of neighbours (like a consumer weight). */
+/**
+ * Synthetic groups and a size that grows with every k: per-channel costs plus a coupling of neighbours (like a consumer
+ * weight).
+ */
 function synthetic(seed: number) {
   const r = rng(seed),
     U = 2 + Math.floor(r() * 3);
@@ -228,7 +231,7 @@ describe('the sensitivity allocation on synthetic curves', () => {
 });
 
 describe('the global allocation', () => {
-  it('with concave objectives and one unit of size per channel, it reaches the brute-force optimum of Σ objectives', () => {
+  it('concave objectives, one unit of size per channel: it reaches the brute-force optimum of Σ objectives', () => {
     for (let seed = 1; seed <= 200; seed++) {
       const r = rng(seed),
         groups: AllocUnit[] = Array.from({ length: 2 + Math.floor(r() * 2) }, (_, i) => ({
@@ -265,36 +268,41 @@ describe('the global allocation', () => {
 });
 
 describe('lenet: the sensitivity curves measure the model with one unit pruned', () => {
-  it('each measured point equals the top-1 agreement of that pruned model run whole in onnxruntime; stopping early changes no monotone curve', async () => {
-    const model = readModel('models/lenet.onnx'),
-      { groups } = analyze(model, shape),
-      calib = openNpy('models/calib.npy');
-    const grams = await captureOriginal(model, groups, calib, ['greedy']);
-    const ranked = groups.map((u) => rankGroup(model, u, grams.get(u.id)!));
-    for (const refit of [true, false]) {
-      const curves = await sensitivityCurves(model, ranked, refit, { data: calib });
-      const full = await sensitivityCurves(model, ranked, refit, { data: calib }, { full: true });
-      for (const r of ranked) {
-        const { ks, values, measured } = curves.get(r.group.id)!,
-          all = full.get(r.group.id)!;
-        expect(ks).toEqual(gridKeeps(r.group.channels));
-        expect(all.measured).toBe(ks.length - 1);
-        expect(values[values.length - 1]).toBe(1); // every channel kept: the original model
-        expect(values.slice(0, measured)).toEqual(all.values.slice(0, measured));
-        expect(monotone(values)).toEqual(monotone(all.values));
-        for (const i of [0, measured! >> 1, ks.length - 2].filter((x) => x >= 0)) {
-          const pruned = pruneGroups(model, [planOf(r, ks[i], refit)]);
-          const { agreement } = await evaluate(pruned, calib, { reference: model });
-          expect(Math.abs(all.values[i] - agreement!)).toBeLessThanOrEqual(1 / 512); // a tie may break either way in float32
+  it(
+    'each measured point equals the top-1 agreement of that pruned model run whole in onnxruntime; stopping ' +
+      'early changes no monotone curve',
+    async () => {
+      const model = readModel('models/lenet.onnx'),
+        { groups } = analyze(model, shape),
+        calib = openNpy('models/calib.npy');
+      const grams = await captureOriginal(model, groups, calib, ['greedy']);
+      const ranked = groups.map((u) => rankGroup(model, u, grams.get(u.id)!));
+      for (const refit of [true, false]) {
+        const curves = await sensitivityCurves(model, ranked, refit, { data: calib });
+        const full = await sensitivityCurves(model, ranked, refit, { data: calib }, { full: true });
+        for (const r of ranked) {
+          const { ks, values, measured } = curves.get(r.group.id)!,
+            all = full.get(r.group.id)!;
+          expect(ks).toEqual(gridKeeps(r.group.channels));
+          expect(all.measured).toBe(ks.length - 1);
+          expect(values[values.length - 1]).toBe(1); // every channel kept: the original model
+          expect(values.slice(0, measured)).toEqual(all.values.slice(0, measured));
+          expect(monotone(values)).toEqual(monotone(all.values));
+          for (const i of [0, measured! >> 1, ks.length - 2].filter((x) => x >= 0)) {
+            const pruned = pruneGroups(model, [planOf(r, ks[i], refit)]);
+            const { agreement } = await evaluate(pruned, calib, { reference: model });
+            // a tie may break either way in float32
+            expect(Math.abs(all.values[i] - agreement!)).toBeLessThanOrEqual(1 / 512);
+          }
         }
       }
-    }
-    calib.close();
-  });
+      calib.close();
+    },
+  );
 });
 
 describe('a residual block: the tail measured from the first consumer on also reads the skip connection', () => {
-  it('each point equals the agreement of the pruned model run whole, for the block and for the residual stream', async () => {
+  it('each point is the agreement of the pruned model run whole, for the block and the residual stream', async () => {
     const r = rng(3);
     // x → conv0 → relu ─┬→ conv1 → relu → conv2 → add → relu → GAP → flatten → gemm
     //                   └──────────────────────────────↗   (conv1's group, and the stream: conv0 and conv2 → conv1, fc)

@@ -94,9 +94,9 @@ beforeAll(() => {
   lenetWith('opset5.onnx', (m) => {
     m.opsetImport[0]!.version = 5n;
   });
-  lenetWith('int-input.onnx', (m) => {
+  lenetWith('bool-input.onnx', (m) => {
     const t = m.graph!.input[0]!.type!.value;
-    if (t.case === 'tensorType') t.value.elemType = DataType.INT32;
+    if (t.case === 'tensorType') t.value.elemType = DataType.BOOL;
   });
   lenetWith('short-weight.onnx', (m) => {
     initializerMap(m.graph!).get('conv1.weight')!.dims = [6n, 1n, 3n, 4n];
@@ -171,13 +171,13 @@ describe('bad input: exit 2 and one line that says what is wrong and what to do'
     ['an opset older than supported', () => prune(at('opset5.onnx')), /opset 5; subprune supports opsets 7 to 26/],
     [
       'an unsupported input data type',
-      () => prune(at('int-input.onnx')),
-      /input input has data type INT32; subprune needs float32 or float16 inputs/,
+      () => prune(at('bool-input.onnx')),
+      /input input has data type BOOL; subprune feeds float32\/float16 and int64\/int32 inputs/,
     ],
     [
       'external data outside the model folder',
       () => ['inspect', at('escape.onnx')],
-      /external data location "\.\.\/fc3\.bin" contains "\.\.": subprune reads external data only from files inside the model's folder/,
+      /location "\.\.\/fc3\.bin" contains "\.\.": subprune reads external data only from files inside the model/,
     ],
     [
       'calibration data of the wrong shape',
@@ -192,7 +192,7 @@ describe('bad input: exit 2 and one line that says what is wrong and what to do'
     [
       'calibration data of the wrong dtype',
       () => prune(LENET, at('calib-int.npy')),
-      /calib-int\.npy holds int32 values; model inputs must be float32/,
+      /calib-int\.npy holds int32 values; the model input input is float/,
     ],
     [
       'NaN in calibration data',
@@ -212,7 +212,7 @@ describe('bad input: exit 2 and one line that says what is wrong and what to do'
     [
       'too few calibration samples for a re-fit',
       () => prune(LENET, at('calib-few.npy')),
-      /group \/conv2\/Conv: the 64 calibration samples give 64 rows of its consumer input, fewer than its d = 400 columns, .* give at least 400 distinct samples, or use --no-refit/,
+      /Conv: the 64 calibration samples give 64 rows of its consumer input, fewer than its d = 400 .* --no-refit/,
     ],
     ['an empty calibration file', () => prune(LENET, at('empty.npy')), /empty\.npy: not a \.npy file/],
     [
@@ -220,7 +220,11 @@ describe('bad input: exit 2 and one line that says what is wrong and what to do'
       () => prune(LENET, at('calib-none.npy')),
       /calib-none\.npy holds no samples/,
     ],
-    ['a calibration "file" that is a folder', () => prune(LENET, at('folder')), /folder: not a regular file/],
+    [
+      'a calibration folder without --preprocess',
+      () => prune(LENET, at('folder')),
+      /folder is a folder of images: give --preprocess/,
+    ],
     [
       'an unknown unit id in a budget file',
       () => prune(LENET, undefined, '--budget', at('budget-unknown.json')),
@@ -313,7 +317,7 @@ describe('a model with no prunable groups', () => {
     );
     expect(r.code).toBe(0);
     expect(r.err).toMatch(
-      /one-layer\.onnx has no prunable groups \(1 candidates refused; subprune inspect says why\); nothing to prune, so .*none\.onnx was not written/,
+      /one-layer\.onnx has no prunable groups \(1 candidates refused; .*\); nothing to prune, so .*none\.onnx was not/,
     );
     expect(existsSync(at('none.onnx'))).toBe(false);
     const report = JSON.parse(readFileSync(at('none.json'), 'utf8'));
@@ -348,31 +352,35 @@ describe('nothing is lost or overwritten', () => {
     expect(readFileSync(at('pruned.onnx')).length).toBeLessThan(readFileSync(input).length / 1.5);
   });
 
-  it('-o equal to the input is refused (same path, another spelling, a symbolic link, a hard link), and so are outputs over other inputs', async () => {
-    const input = put('self.onnx', readFileSync(LENET)),
-      before = sha(input);
-    symlinkSync(input, at('self-symlink.onnx'));
-    linkSync(input, at('self-hardlink.onnx'));
-    for (const o of [
-      input,
-      join(dir, 'folder', '..', 'self.onnx'),
-      at('self-symlink.onnx'),
-      at('self-hardlink.onnx'),
-    ]) {
-      const r = await runCli('prune', input, '--calib', at('calib.npy'), '-o', o);
-      expectFailure(r, 2, /is the input model; subprune never overwrites its input, choose another file/);
-    }
-    expect(sha(input)).toBe(before);
-    const calib = sha(at('calib.npy'));
-    for (const args of [
-      ['-o', at('calib.npy')],
-      ['-o', at('x.onnx'), '--report', at('calib.npy')],
-    ]) {
-      const r = await runCli('prune', input, '--calib', at('calib.npy'), ...args);
-      expectFailure(r, 2, /calib\.npy is an input of this run; subprune never overwrites its inputs/);
-    }
-    expect(sha(at('calib.npy'))).toBe(calib);
-  });
+  it(
+    '-o equal to the input is refused (same path, another spelling, a symbolic link, a hard link), and so are ' +
+      'outputs over other inputs',
+    async () => {
+      const input = put('self.onnx', readFileSync(LENET)),
+        before = sha(input);
+      symlinkSync(input, at('self-symlink.onnx'));
+      linkSync(input, at('self-hardlink.onnx'));
+      for (const o of [
+        input,
+        join(dir, 'folder', '..', 'self.onnx'),
+        at('self-symlink.onnx'),
+        at('self-hardlink.onnx'),
+      ]) {
+        const r = await runCli('prune', input, '--calib', at('calib.npy'), '-o', o);
+        expectFailure(r, 2, /is the input model; subprune never overwrites its input, choose another file/);
+      }
+      expect(sha(input)).toBe(before);
+      const calib = sha(at('calib.npy'));
+      for (const args of [
+        ['-o', at('calib.npy')],
+        ['-o', at('x.onnx'), '--report', at('calib.npy')],
+      ]) {
+        const r = await runCli('prune', input, '--calib', at('calib.npy'), ...args);
+        expectFailure(r, 2, /calib\.npy is an input of this run; subprune never overwrites its inputs/);
+      }
+      expect(sha(at('calib.npy'))).toBe(calib);
+    },
+  );
 
   it('a failed run leaves an existing output file as it was', async () => {
     const out = put('existing.onnx', 'an earlier result');
@@ -384,7 +392,7 @@ describe('nothing is lost or overwritten', () => {
 });
 
 describe('the kernel memory a run needs', () => {
-  it("is printed before the run and reported: every group's Gram matrices in one pass, the largest selection", async () => {
+  it('is printed before the run and reported: all Gram matrices in one pass, the largest selection', async () => {
     const r = await runCli(
       'prune',
       LENET,
@@ -406,7 +414,8 @@ describe('the kernel memory a run needs', () => {
         ...groups.map((u) => u.consumers.reduce((b, c) => b + selectionBytes(c.d, c.m, c.g, u.channels), 0)),
       );
     expect(r.out.split('\n')[0]).toBe(
-      `kernel memory: at most ${fmtBytes(capture)} to capture (${groups.length} groups, 1 pass) and ${fmtBytes(select)} to select (1 thread)`,
+      `kernel memory: at most ${fmtBytes(capture)} to capture (${groups.length} groups, 1 pass) and ` +
+        `${fmtBytes(select)} to select (1 thread)`,
     );
     expect(JSON.parse(readFileSync(at('plan.json'), 'utf8')).memory).toEqual({
       capture,
@@ -430,7 +439,8 @@ describe('the real process (bin/subprune.js)', () => {
   });
 
   it('SIGINT during a run: exit 130, one line, no output file and no temporary file', async () => {
-    // VGG, sequential mode, batches of 1: about 14 s of work here (LeNet finished in 1 s on a fast machine), so the signal lands mid-run
+    // VGG, sequential mode, batches of 1: about 14 s of work here (LeNet finished in 1 s on a fast machine), so the
+    // signal lands mid-run
     const child = spawn(
       process.execPath,
       [

@@ -42,7 +42,9 @@ function varint(b: Uint8Array, i: number): [number, number] | undefined {
   return undefined;
 }
 
-/** Protobuf fields of bytes[start, end) and, recursively, of every length-delimited payload that parses as a message. */
+/**
+ * Protobuf fields of bytes[start, end) and, recursively, of every length-delimited payload that parses as a message.
+ */
 function fields(b: Uint8Array, start: number, end: number, out: Field[], depth = 0): boolean {
   const mine: Field[] = [];
   for (let i = start; i < end;) {

@@ -52,7 +52,8 @@ export async function run(model: Model, input: Out, extra: string[] = []): Promi
   }
   const inits = new Set(g.initializer.map((t) => t.name));
   const inName = g.input.find((i) => !inits.has(i.name))!.name;
-  const session = await ort.InferenceSession.create(serializeModel(m), { logSeverityLevel: 3 }); // no warnings for IR<4 style inputs
+  // no warnings for IR<4 style inputs
+  const session = await ort.InferenceSession.create(serializeModel(m), { logSeverityLevel: 3 });
   try {
     const res = await session.run({ [inName]: new ort.Tensor('float32', input.data, input.dims) });
     return new Map(
@@ -160,9 +161,10 @@ export function smallModel(nodes: NodeProto[], inits: TensorProto[], inDims: (nu
 }
 
 /**
- * A model exercising the per-op table: Conv → BN → PRelu → Mul (Constant node) → Add (scalar) → MaxPool → Conv (SAME_UPPER,
- * stride 2) → Relu → Reshape [-1, 20] (Constant node) → Gemm (transB=0) → Sigmoid → MatMul → Add bias → Relu → Gemm (transB=1)
- * → Relu → Gemm (transB=0, no bias). Input [N, 3, 8, 8]. Node names are given unless `named` is false.
+ * A model exercising the per-op table: Conv → BN → PRelu → Mul (Constant node) → Add (scalar) → MaxPool → Conv
+ * (SAME_UPPER, stride 2) → Relu → Reshape [-1, 20] (Constant node) → Gemm (transB=0) → Sigmoid → MatMul → Add bias →
+ * Relu → Gemm (transB=1) → Relu → Gemm (transB=0, no bias). Input [N, 3, 8, 8]. Node names are given unless `named` is
+ * false.
  */
 export function chainModel(seed = 7, named = true): Model {
   const r = rng(seed);

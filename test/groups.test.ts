@@ -46,36 +46,40 @@ describe.each(MODELS)('%s', (name) => {
   const path = `${FIX}/${name}.onnx`;
   const shape = [1, 3, 64, 64];
 
-  it('every layer is in a group: each (but a depthwise conv, which passes channels) produces one, all but the first consume', () => {
-    const m = readModel(path);
-    const { groups, refused } = analyze(m, shape);
-    const layers = m.graph!.node.filter((n) => ['Conv', 'Gemm'].includes(n.opType));
-    const depthwise = layers.filter((n) => n.attribute.some((a) => a.name === 'group' && a.i > 1n));
-    const last = layers[layers.length - 1]!;
-    expect(refused).toEqual([{ node: last.name, reason: 'output layer: no consumer' }]);
-    const produced = groups.flatMap((g) => g.producers.map((p) => p.name));
-    expect(produced.sort()).toEqual(
-      layers
-        .filter((n) => n !== last && !depthwise.includes(n))
-        .map((n) => n.name)
-        .sort(),
-    );
-    const consumed = new Set(groups.flatMap((g) => g.consumers.map((c) => c.node.name)));
-    expect([...consumed].sort()).toEqual(
-      layers
-        .slice(1)
-        .filter((n) => !depthwise.includes(n))
-        .map((n) => n.name)
-        .sort(),
-    );
-    // so everything that computes shrinks with some group
-    const flops = sizeModel(m, groups, shape, 'flops'),
-      full = new Map(groups.map((g) => [g.id, g.channels])),
-      none = new Map(groups.map((g) => [g.id, 0]));
-    expect(flops(full) - flops(none)).toBe(modelStats(m, shape).flops);
-  });
+  it(
+    'every layer is in a group: each (but a depthwise conv, which passes channels) produces one, all but the ' +
+      'first consume',
+    () => {
+      const m = readModel(path);
+      const { groups, refused } = analyze(m, shape);
+      const layers = m.graph!.node.filter((n) => ['Conv', 'Gemm'].includes(n.opType));
+      const depthwise = layers.filter((n) => n.attribute.some((a) => a.name === 'group' && a.i > 1n));
+      const last = layers[layers.length - 1]!;
+      expect(refused).toEqual([{ node: last.name, reason: 'output layer: no consumer' }]);
+      const produced = groups.flatMap((g) => g.producers.map((p) => p.name));
+      expect(produced.sort()).toEqual(
+        layers
+          .filter((n) => n !== last && !depthwise.includes(n))
+          .map((n) => n.name)
+          .sort(),
+      );
+      const consumed = new Set(groups.flatMap((g) => g.consumers.map((c) => c.node.name)));
+      expect([...consumed].sort()).toEqual(
+        layers
+          .slice(1)
+          .filter((n) => !depthwise.includes(n))
+          .map((n) => n.name)
+          .sort(),
+      );
+      // so everything that computes shrinks with some group
+      const flops = sizeModel(m, groups, shape, 'flops'),
+        full = new Map(groups.map((g) => [g.id, g.channels])),
+        none = new Map(groups.map((g) => [g.id, 0]));
+      expect(flops(full) - flops(none)).toBe(modelStats(m, shape).flops);
+    },
+  );
 
-  it('random channels of every group: the pruned model is the original with their consumer weights zeroed', async () => {
+  it('random channels of every group: the pruned model is the original with consumer weights zeroed', async () => {
     const m = readModel(path);
     const { groups } = analyze(m, shape);
     const r = rng(5);
@@ -96,7 +100,7 @@ describe.each(MODELS)('%s', (name) => {
 });
 
 describe('prune() on real exports', () => {
-  it('keeping every channel reproduces the outputs (mobilenet_v3_small, residuals, SE gates, decomposed HardSwish)', async () => {
+  it('keeping every channel keeps the outputs (mobilenet_v3_small: residuals, SE, decomposed HardSwish)', async () => {
     const m = readModel(`${FIX}/tv-mobilenet-v3-small.onnx`),
       calib = openNpy(CALIB);
     const { model: pruned, report } = await prune(m, calib, { budget: { keepRatio: 1 }, refit: false });
@@ -105,7 +109,7 @@ describe('prune() on real exports', () => {
     expect(relDiff(await outputs(pruned), await outputs(m))).toBeLessThan(1e-4);
   });
 
-  it("each consumer's objective is what onnxruntime measures with the consumer's re-fitted weights (resnet18)", async () => {
+  it("each consumer's objective is what onnxruntime measures with its re-fitted weights (resnet18)", async () => {
     const m = readModel(`${FIX}/tv-resnet18-narrow.onnx`),
       calib = openNpy(CALIB);
     const { groups } = analyze(m, [1, 3, 64, 64]);

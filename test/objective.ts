@@ -4,19 +4,19 @@
 // 1 − Σ‖Y′ − Y‖² / Σ‖Y − Y₀‖² is the objective the selection claims for it (for a group pruned alone, so that its
 // consumers' inputs are the ones the selection saw); the group's objective is the mean over its consumers.
 import type { Model } from '../src/onnx/index.js';
-import type { NpyFile } from '../src/npy.js';
+import type { InputData } from '../src/calibration.js';
 import type { Group } from '../src/graph/types.js';
 import { Runner, type Activation } from '../src/capture/index.js';
-import { batches } from '../src/calibration.js';
+import { Calibration } from '../src/calibration.js';
 import { withConsumerMatrix, zeroDroppedInputs } from './graph-helpers.js';
 
 /** Each consumer output of `model` over the calibration data, batch by batch. */
-async function outputsOf(model: Model, names: string[], calib: NpyFile): Promise<Map<string, Activation>[]> {
+async function outputsOf(model: Model, names: string[], calib: InputData): Promise<Map<string, Activation>[]> {
   const run = await Runner.open(model, names);
   try {
     const out: Map<string, Activation>[] = [];
-    for (const b of batches(calib, 128)) {
-      const got = await run.run(b.data, b.dims, names);
+    for (const b of Calibration.of(model, calib).batches(128)) {
+      const got = await run.run(b, names);
       out.push(new Map(names.map((n) => [n, { data: got.get(n)!.data.slice(), dims: got.get(n)!.dims }])));
     }
     return out;
@@ -33,7 +33,7 @@ export async function measuredObjectives(
   orig: Model,
   pruned: Model,
   group: Group,
-  calib: NpyFile,
+  calib: InputData,
   kept: (node: string) => number[] | undefined = () => undefined,
 ): Promise<number[]> {
   const names = group.consumers.map((c) => c.node.output[0]!);
@@ -67,7 +67,7 @@ export async function consumerObjectives(
   group: Group,
   keep: number[],
   W: Float64Array[],
-  calib: NpyFile,
+  calib: InputData,
 ): Promise<number[]> {
   const out: number[] = [];
   for (const [i, c] of group.consumers.entries()) {
@@ -90,7 +90,7 @@ function channels(t: Float32Array, dims: number[], keep: number[]): Float32Array
 }
 
 /** The group's objective as the report gives it: the mean of its consumers'. */
-export async function measuredObjective(orig: Model, pruned: Model, group: Group, calib: NpyFile): Promise<number> {
+export async function measuredObjective(orig: Model, pruned: Model, group: Group, calib: InputData): Promise<number> {
   const each = await measuredObjectives(orig, pruned, group, calib);
   return each.reduce((a, b) => a + b, 0) / each.length;
 }

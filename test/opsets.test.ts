@@ -29,7 +29,10 @@ const relDiff = (a: Float32Array, b: Float32Array) => {
   return Math.sqrt(a.reduce((s, v, i) => s + (v - b[i]!) ** 2, 0) / b.reduce((s, v) => s + v * v, 0));
 };
 
-/** The outputs of the first N calibration samples, by onnxruntime-node from a file path (not through subprune) or a model. */
+/**
+ * The outputs of the first N calibration samples, by onnxruntime-node from a file path (not through subprune) or a
+ * model.
+ */
 async function outputs(model: string | Model): Promise<{ dims: readonly number[]; data: Float32Array }> {
   const s =
     typeof model === 'string'
@@ -92,11 +95,13 @@ beforeAll(async () => {
   ref.pruned = model;
   ref.report = report;
   ref.yPruned = (await outputs(model)).data;
-  expect(ref.groups.map((u) => u.id)).toEqual(['/conv1/Conv', '/conv2/Conv', '/fc1/Gemm', '/fc2/Gemm']); // fc3 is the output layer
+  // fc3 is the output layer
+  expect(ref.groups.map((u) => u.id)).toEqual(['/conv1/Conv', '/conv2/Conv', '/fc1/Gemm', '/fc2/Gemm']);
 });
 
 describe.each(FIXTURES)('lenet exported at opset $opset', ({ opset, ir }) => {
-  const path = opset === 13 ? 'models/lenet.onnx' : `test/fixtures/lenet-opset${opset}.onnx`; // the bundled model is the opset-13 export
+  // the bundled model is the opset-13 export
+  const path = opset === 13 ? 'models/lenet.onnx' : `test/fixtures/lenet-opset${opset}.onnx`;
 
   it("is the opset it claims; onnxruntime-node loads it and its outputs are lenet.onnx's", async () => {
     const m = readModel(path);
@@ -120,7 +125,7 @@ describe.each(FIXTURES)('lenet exported at opset $opset', ({ opset, ir }) => {
     expect(refused.length).toBe(ref.refused);
   });
 
-  it('prune at compression 4: loads in onnxruntime, params match the report, same channels kept as for lenet.onnx', async () => {
+  it('prune at compression 4: loads in onnxruntime, params match the report, same channels as lenet.onnx', async () => {
     const { model, report } = await prune4(path);
     expect(report.groups.length).toBe(ref.report.groups.length);
     expect(modelStats(model, SHAPE).params).toBe(report.params.after);

@@ -52,7 +52,10 @@ function col(X: Mat, j: number): Float64Array {
 
 const dot = (x: Float64Array, y: Float64Array) => x.reduce((s, v, i) => s + v * y[i], 0);
 
-/** Orthonormal basis of the given columns of B (twice-iterated MGS); a column whose residual is ≤ tol of its norm is dropped. */
+/**
+ * Orthonormal basis of the given columns of B (twice-iterated MGS); a column whose residual is ≤ tol of its norm is
+ * dropped.
+ */
 export function basis(B: Mat, cols: number[], tol = 1e-9): { Qs: Float64Array[]; used: number[]; R: number[][] } {
   const Qs: Float64Array[] = [],
     used: number[] = [],

@@ -74,10 +74,11 @@ describe.each(MODELS)('%s end to end', (name) => {
         expect(y.every(Number.isFinite)).toBe(true);
         expect(report.fidelity.agreement).toBeGreaterThan(0.1);
         // Objective of a group, measured by running two models in onnxruntime: the one that group's selection saw, and
-        // the one with that group pruned. Layerwise: the last group pruned alone. Sequential modes: every group, from the
-        // run's own steps; the target is the original model (asymmetric) or the model pruned up to the group before
-        // (sequential). The pruned model measures a group's first consumer exactly; later consumers of a residual stream
-        // also see the first ones' re-fits (each consumer's own objective: test/structure.test.ts, test/groups.test.ts).
+        // the one with that group pruned. Layerwise: the last group pruned alone. Sequential modes: every group, from
+        // the run's own steps; the target is the original model (asymmetric) or the model pruned up to the group before
+        // (sequential). The pruned model measures a group's first consumer exactly; later consumers of a residual
+        // stream also see the first ones' re-fits (each consumer's own objective: test/structure.test.ts,
+        // test/groups.test.ts).
         if (mode === 'layerwise') {
           const i = groups.length - 1;
           const part = await prune(model, calib, { budget: { keep: { [groups[i].id]: report.groups[i].kept } }, mode });

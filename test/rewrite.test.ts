@@ -69,37 +69,41 @@ describe('pruneGroups: LeNet', () => {
     expect(maxAbsDiff(a.data, b.data)).toBeLessThan(1e-6);
   });
 
-  it('random channels: runs, has the expected dims and parameter count, equals the original with those inputs dropped', async () => {
-    const m = lenet();
-    const { groups } = analyze(m);
-    const r = rng(21);
-    const plans = groups.map((unit) => ({
-      group: unit,
-      keep: randomKeep(unit.channels, 1 + Math.floor(r() * unit.channels), r),
-    }));
-    const [k1, k2, k3, k4] = plans.map((p) => p.keep.length) as [number, number, number, number];
-    const pruned = pruneGroups(m, plans);
-    const dims = Object.fromEntries(pruned.graph!.initializer.map((t) => [t.name, tensorDims(t)]));
-    expect(dims).toEqual({
-      'conv1.weight': [k1, 1, 3, 3],
-      'conv1.bias': [k1],
-      'conv2.weight': [k2, k1, 3, 3],
-      'conv2.bias': [k2],
-      'fc1.weight': [k3, k2 * 25],
-      'fc1.bias': [k3],
-      'fc2.weight': [k4, k3],
-      'fc2.bias': [k4],
-      'fc3.weight': [10, k4],
-      'fc3.bias': [10],
-    });
-    const params = k1 * 9 + k1 + k2 * k1 * 9 + k2 + k3 * k2 * 25 + k3 + k4 * k3 + k4 + 10 * k4 + 10;
-    expect(modelStats(pruned, [1, 1, 28, 28]).params).toBe(params);
-    const x = randInput(LENET_IN, 2);
-    const got = await run1(pruned, x);
-    expect(got.dims).toEqual([4, 10]);
-    const ref = await run1(zeroDroppedInputs(m, plans), x);
-    expect(maxAbsDiff(got.data, ref.data)).toBeLessThan(1e-5);
-  });
+  it(
+    'random channels: runs, has the expected dims and parameter count, equals the original with those inputs ' +
+      'dropped',
+    async () => {
+      const m = lenet();
+      const { groups } = analyze(m);
+      const r = rng(21);
+      const plans = groups.map((unit) => ({
+        group: unit,
+        keep: randomKeep(unit.channels, 1 + Math.floor(r() * unit.channels), r),
+      }));
+      const [k1, k2, k3, k4] = plans.map((p) => p.keep.length) as [number, number, number, number];
+      const pruned = pruneGroups(m, plans);
+      const dims = Object.fromEntries(pruned.graph!.initializer.map((t) => [t.name, tensorDims(t)]));
+      expect(dims).toEqual({
+        'conv1.weight': [k1, 1, 3, 3],
+        'conv1.bias': [k1],
+        'conv2.weight': [k2, k1, 3, 3],
+        'conv2.bias': [k2],
+        'fc1.weight': [k3, k2 * 25],
+        'fc1.bias': [k3],
+        'fc2.weight': [k4, k3],
+        'fc2.bias': [k4],
+        'fc3.weight': [10, k4],
+        'fc3.bias': [10],
+      });
+      const params = k1 * 9 + k1 + k2 * k1 * 9 + k2 + k3 * k2 * 25 + k3 + k4 * k3 + k4 + 10 * k4 + 10;
+      expect(modelStats(pruned, [1, 1, 28, 28]).params).toBe(params);
+      const x = randInput(LENET_IN, 2);
+      const got = await run1(pruned, x);
+      expect(got.dims).toEqual([4, 10]);
+      const ref = await run1(zeroDroppedInputs(m, plans), x);
+      expect(maxAbsDiff(got.data, ref.data)).toBeLessThan(1e-5);
+    },
+  );
 
   it('W from consumerWeightMatrix equals slicing, for Conv and Gemm consumers', async () => {
     const m = lenet();
@@ -118,37 +122,41 @@ describe('pruneGroups: LeNet', () => {
     expect(maxAbsDiff(a.data, b.data)).toBeLessThan(1e-6);
   });
 
-  it('a new W lands in the consumer layout (Conv consumer, and fc1 as consumer of conv2 and producer of its own unit)', async () => {
-    const m = lenet();
-    const u = byId(analyze(m).groups);
-    const r = rng(4);
-    const x = randInput(LENET_IN, 4);
-    // conv1 → conv2 with a random W.
-    const c1 = u['/conv1/Conv']!;
-    const keep1 = [0, 2, 3, 5];
-    const W1 = Float64Array.from(randn(keep1.length * sole(c1).g * sole(c1).m, r, 0.2));
-    const got1 = await run1(pruneGroups(m, [{ group: c1, keep: keep1, W: [W1] }]), x);
-    const ref1 = await run1(withConsumerMatrix(m, sole(c1), keep1, W1), x);
-    expect(maxAbsDiff(got1.data, ref1.data)).toBeLessThan(1e-5);
+  it(
+    'a new W lands in the consumer layout (Conv consumer, and fc1 as consumer of conv2 and producer of its own ' +
+      'unit)',
+    async () => {
+      const m = lenet();
+      const u = byId(analyze(m).groups);
+      const r = rng(4);
+      const x = randInput(LENET_IN, 4);
+      // conv1 → conv2 with a random W.
+      const c1 = u['/conv1/Conv']!;
+      const keep1 = [0, 2, 3, 5];
+      const W1 = Float64Array.from(randn(keep1.length * sole(c1).g * sole(c1).m, r, 0.2));
+      const got1 = await run1(pruneGroups(m, [{ group: c1, keep: keep1, W: [W1] }]), x);
+      const ref1 = await run1(withConsumerMatrix(m, sole(c1), keep1, W1), x);
+      expect(maxAbsDiff(got1.data, ref1.data)).toBeLessThan(1e-5);
 
-    // conv2 → fc1 with a new W (all 120 fc1 outputs), and fc1 → fc2 pruned in the same call: W's columns get sliced.
-    const c2 = u['/conv2/Conv']!,
-      f1 = u['/fc1/Gemm']!;
-    const keep2 = randomKeep(16, 7, r),
-      keep3 = randomKeep(120, 50, r);
-    const W2 = Float64Array.from(randn(keep2.length * 25 * 120, r, 0.05));
-    const plans = [
-      { group: c2, keep: keep2, W: [W2] },
-      { group: f1, keep: keep3 },
-    ];
-    const got2 = await run1(pruneGroups(m, plans), x);
-    const ref2 = await run1(
-      zeroDroppedInputs(withConsumerMatrix(m, sole(c2), keep2, W2), [{ group: f1, keep: keep3 }]),
-      x,
-    );
-    expect(maxAbsDiff(got2.data, ref2.data)).toBeLessThan(1e-5);
-    expect(tensorDims(initializer(pruneGroups(m, plans), 'fc1.weight'))).toEqual([50, 7 * 25]);
-  });
+      // conv2 → fc1 with a new W (all 120 fc1 outputs), and fc1 → fc2 pruned in the same call: W's columns get sliced.
+      const c2 = u['/conv2/Conv']!,
+        f1 = u['/fc1/Gemm']!;
+      const keep2 = randomKeep(16, 7, r),
+        keep3 = randomKeep(120, 50, r);
+      const W2 = Float64Array.from(randn(keep2.length * 25 * 120, r, 0.05));
+      const plans = [
+        { group: c2, keep: keep2, W: [W2] },
+        { group: f1, keep: keep3 },
+      ];
+      const got2 = await run1(pruneGroups(m, plans), x);
+      const ref2 = await run1(
+        zeroDroppedInputs(withConsumerMatrix(m, sole(c2), keep2, W2), [{ group: f1, keep: keep3 }]),
+        x,
+      );
+      expect(maxAbsDiff(got2.data, ref2.data)).toBeLessThan(1e-5);
+      expect(tensorDims(initializer(pruneGroups(m, plans), 'fc1.weight'))).toEqual([50, 7 * 25]);
+    },
+  );
 
   it('rejects bad plans', () => {
     const m = lenet();
@@ -178,7 +186,7 @@ describe('pruneGroups: LeNet', () => {
 });
 
 describe('pruneGroups: the per-op table', () => {
-  it('slices BN, PRelu, Mul (Constant node), MatMul bias; edits the Reshape constant; Gemm transB 0/1 and MatMul', async () => {
+  it('slices BN, PRelu, Mul (Constant), MatMul bias; edits the Reshape constant; Gemm transB 0/1, MatMul', async () => {
     const m = chainModel();
     // Stale shapes in value_info would make onnxruntime reject the pruned model; they must be dropped.
     const N = 'N';

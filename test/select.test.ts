@@ -44,7 +44,9 @@ function setCols(X: Mat, dst: number, src: number | null) {
   for (let i = 0; i < X.rows; i++) X.a[i * X.cols + dst] = src === null ? 0 : X.a[i * X.cols + src];
 }
 
-/** Checks the selection against the oracle step by step: each choice is optimal (ties aside) and each objective exact. */
+/**
+ * Checks the selection against the oracle step by step: each choice is optimal (ties aside) and each objective exact.
+ */
 function checkAgainstOracle(c: Case, k: number, backend: 'wasm' | 'plain', sameOrder: boolean) {
   const T = matmul(c.A, c.W);
   const sel = selectChannels(problem(c), k, { kernels: backend });
@@ -229,35 +231,39 @@ describe('threads', () => {
     }
   });
 
-  it('hand over 50,000 short jobs in a row without losing or repeating one (Gram updates, bit-identical to 1 thread)', () => {
-    // Jobs of microseconds make hand-overs as frequent as they get: a worker that ran a job twice, or was counted done
-    // before it was, would add a row block twice or read the next one's packed rows. (The rare race of the old
-    // protocol needed heavy load and long jobs to show, about once per 30,000; this checks the protocol's contract.)
-    const r = rng(64),
-      RB = 128,
-      d = 16,
-      blocks = 64,
-      jobs = 50_000;
-    const X = Float32Array.from({ length: blocks * RB * d }, () => r() - 0.5);
-    const [one, two] = [1, 2].map((threads) => {
-      const k = getKernels('wasm', threads),
-        a = k.arena,
-        mark = a.mark();
-      const Xp = a.alloc(X.length * 4),
-        P = a.alloc(k.gramPackFloats(d) * 4),
-        G = a.alloc(d * d * 8);
-      a.f32(Xp, X.length).set(X);
-      for (let j = 0; j < jobs; j++) {
-        k.gramPack(Xp, d, (j % blocks) * RB, RB, d, P, 0, d >> 3);
-        // no work estimate: always handed over
-        k.par('gramTiles', { PA: P, da: d, PB: P, db: d, rb: RB, C: G, ldc: d, upper: 1, i0: 0, i1: d });
-      }
-      const out = a.f64(G, d * d).slice();
-      a.release(mark);
-      return out;
-    });
-    expect(two).toEqual(one);
-  });
+  it(
+    'hand over 50,000 short jobs in a row without losing or repeating one (Gram updates, bit-identical to 1 ' +
+      'thread)',
+    () => {
+      // Jobs of microseconds make hand-overs as frequent as they get: a worker that ran a job twice, or was counted
+      // done before it was, would add a row block twice or read the next one's packed rows. (The rare race of the old
+      // protocol needed heavy load and long jobs to show, about once per 30,000; this checks the protocol's contract.)
+      const r = rng(64),
+        RB = 128,
+        d = 16,
+        blocks = 64,
+        jobs = 50_000;
+      const X = Float32Array.from({ length: blocks * RB * d }, () => r() - 0.5);
+      const [one, two] = [1, 2].map((threads) => {
+        const k = getKernels('wasm', threads),
+          a = k.arena,
+          mark = a.mark();
+        const Xp = a.alloc(X.length * 4),
+          P = a.alloc(k.gramPackFloats(d) * 4),
+          G = a.alloc(d * d * 8);
+        a.f32(Xp, X.length).set(X);
+        for (let j = 0; j < jobs; j++) {
+          k.gramPack(Xp, d, (j % blocks) * RB, RB, d, P, 0, d >> 3);
+          // no work estimate: always handed over
+          k.par('gramTiles', { PA: P, da: d, PB: P, db: d, rb: RB, C: G, ldc: d, upper: 1, i0: 0, i1: d });
+        }
+        const out = a.f64(G, d * d).slice();
+        a.release(mark);
+        return out;
+      });
+      expect(two).toEqual(one);
+    },
+  );
 
   it('give bit-identical Gram matrices from the accumulator', () => {
     const r = rng(63),

@@ -62,7 +62,7 @@ describe('verifyPruned', () => {
     await verifyPruned(lenet, model, calib);
   });
 
-  it('fails a model with non-finite outputs, other output shapes, or that onnxruntime cannot load: internal errors', async () => {
+  it('fails a model with non-finite outputs, other output shapes, or that onnxruntime cannot load', async () => {
     const nan = clone(ModelProtoSchema, lenet);
     setFloat(nan, 'fc3.bias', 2, Infinity);
     await internal(

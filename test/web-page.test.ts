@@ -139,5 +139,25 @@ describe('the browser page', () => {
     await page.click('#run');
     await expect.poll(() => page.textContent('#error')).toMatch(/lenet\.onnx: not a \.npy file/);
     expect(await page.isEnabled('#run')).toBe(true);
+
+    // a model with three integer inputs, its calibration data an .npz (its 32 samples: no re-fit of the pooler)
+    await page.setInputFiles('#model', 'test/fixtures/tf-bert-tiny-opset17.onnx');
+    await page.setInputFiles('#calib', 'test/fixtures/tf-bert-tiny.calib.npz');
+    await expect.poll(() => page.textContent('#calib-info')).toMatch(/calib\.npz/);
+    await page.fill('#compression', '1.5');
+    await page.selectOption('#target', 'flops');
+    await page.selectOption('#mode', 'layerwise');
+    await page.uncheck('#refit');
+    await page.click('#run');
+    await page.waitForFunction(
+      () => !document.querySelector<HTMLElement>('#result')!.hidden || document.querySelector('#error')!.textContent,
+      null,
+      { timeout: 100_000 },
+    );
+    expect(await page.textContent('#error')).toBe('');
+    expect(await page.textContent('#summary')).toMatch(/per token .* at 16 tokens/);
+    const bert = JSON.parse(readFileSync(await save('#dl-report', 'tf-bert-tiny-opset17-c1.5.json'), 'utf8'));
+    expect(bert.groups.map((g: { channels: number }) => g.channels)).toEqual([4, 128, 4, 128, 64]);
+    expect(bert.flops.after).toBeLessThanOrEqual(bert.flops.before / 1.5);
   });
 });

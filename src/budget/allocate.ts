@@ -9,7 +9,9 @@ export interface AllocGroup {
   channels: number;
 }
 
-/** Quality of the model with only this group pruned to ks[i] channels (ks ascending, from 1 to the group's channels). */
+/**
+ * Quality of the model with only this group pruned to ks[i] channels (ks ascending, from 1 to the group's channels).
+ */
 export interface Curve {
   ks: number[];
   values: number[];
@@ -47,9 +49,9 @@ function checkReachable(groups: AllocGroup[], sizeOf: SizeOf, goal: number): voi
 }
 
 /**
- * The paper's per-layer budgets: the highest common level τ such that keeping, in every group, the fewest channels whose
- * (monotone) curve reaches τ meets the goal; then the leftover budget goes, one channel at a time, to the groups with
- * the largest kept fractions that can still grow within the goal.
+ * The paper's per-layer budgets: the highest common level τ such that keeping, in every group, the fewest channels
+ * whose (monotone) curve reaches τ meets the goal; then the leftover budget goes, one channel at a time, to the groups
+ * with the largest kept fractions that can still grow within the goal.
  */
 export function allocateByLevel(
   groups: AllocGroup[],

@@ -3,7 +3,7 @@
 // group's channels; params are the constants' element counts and FLOPs the layers' multiply-accumulates on those
 // shapes, so the size is exact and costs O(tensors touched) per evaluation.
 import { numel, type Model } from '../onnx/index.js';
-import { constantTensors, dataInputs, inferShapes, modelStats, nodeMacs } from '../graph/shapes.js';
+import { constantTensors, dataInputs, inferShapes, modelStats, nodeMacs, type InputShapes } from '../graph/shapes.js';
 import { LAYERS } from '../graph/layers.js';
 import type { Group } from '../graph/types.js';
 import type { SizeOf } from './index.js';
@@ -18,14 +18,11 @@ interface Shrink {
   per: number;
 }
 
-/** Exact params (every initializer and Constant tensor, as modelStats counts them) or FLOPs after pruning to `keeps`. */
-export function sizeModel(
-  model: Model,
-  groups: Group[],
-  inputShape: readonly number[] | undefined,
-  target: Target,
-): SizeOf {
-  const full = modelStats(model, inputShape ? [...inputShape] : undefined);
+/**
+ * Exact params (every initializer and Constant tensor, as modelStats counts them) or FLOPs after pruning to `keeps`.
+ */
+export function sizeModel(model: Model, groups: Group[], inputShape: InputShapes | undefined, target: Target): SizeOf {
+  const full = modelStats(model, inputShape);
   const shapes = inferShapes(model, inputShape);
   const shrinks = new Map<string, Shrink[]>();
   const add = (tensor: string, s: Shrink) => shrinks.set(tensor, [...(shrinks.get(tensor) ?? []), s]);
@@ -41,7 +38,15 @@ export function sizeModel(
     const consts = constantTensors(model.graph!);
     const touched = [...shrinks.keys()].filter((t) => consts.has(t));
     const base = full.params - touched.reduce((a, t) => a + numel(shapes.get(t)!), 0);
-    return (keeps) => touched.reduce((a, t) => a + numel(dims(t, keeps)), base);
+    // node inputs that pruning turns into Constants of their own (see Edit), once each
+    const parts = groups.flatMap((g) =>
+      g.edits.flatMap((e) => ('input' in e ? [{ key: `${e.node}|${e.input}`, n: e.values.length, g }] : [])),
+    );
+    const made = (keeps: Map<string, number>) => {
+      const pruned = parts.filter(({ g }) => (keeps.get(g.id) ?? g.channels) < g.channels);
+      return [...new Map(pruned.map((p) => [p.key, p.n])).values()].reduce((a, n) => a + n, 0);
+    };
+    return (keeps) => touched.reduce((a, t) => a + numel(dims(t, keeps)), base + made(keeps));
   }
   const batch = shapes.get(dataInputs(model.graph!)[0]?.name ?? '')?.[0] || 1;
   const touched = model.graph!.node.filter(

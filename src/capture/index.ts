@@ -5,7 +5,7 @@ import type { Model } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
 import type { Consumer, Group } from '../graph/types.js';
 import { consumerWeightMatrix } from '../graph/analyze.js';
-import { Calibration } from '../calibration.js';
+import { Calibration, type Batch, type InputData } from '../calibration.js';
 import { GramAccumulator, gramBytes } from '../kernels/gram.js';
 import { getKernels, type KernelOptions } from '../kernels/instances.js';
 import { availableMemory, fmtBytes, KERNEL_BYTES } from '../kernels/memory.js';
@@ -96,7 +96,7 @@ let captures: Promise<unknown> = Promise.resolve();
 export function captureGrams(
   model: Model,
   groups: Group[],
-  data: NpyFile | Calibration,
+  data: InputData,
   opts: CaptureOptions = {},
 ): Promise<Map<string, Captured[]>> {
   const calib = Calibration.of(model, data);
@@ -173,8 +173,7 @@ async function capturePass(
     }),
   );
   // onnxruntime computes batch i+1 while the kernels accumulate batch i.
-  const forward = (b: { data: Float32Array; dims: number[] }) =>
-    Promise.all([run.run(b.data, b.dims, names), tgt?.run(b.data, b.dims, names)]);
+  const forward = (b: Batch) => Promise.all([run.run(b, names), tgt?.run(b, names)]);
   let pending: ReturnType<typeof forward> | undefined;
   try {
     const it = calib.batches(opts.batch ?? CAPTURE_BATCH);
@@ -190,7 +189,7 @@ async function capturePass(
         accumulate(t.c, t.acc, B, t.target && part(target!.get(t.c.input)!, t.target));
         t.stats?.add(B.data, B.dims);
       }
-      opts.onBatch?.(b.start + b.dims[0], calib.rows);
+      opts.onBatch?.(b.start + b.rows, calib.rows);
     }
     const out = new Map<string, Captured[]>(groups.map((g) => [g.id, []]));
     for (const t of terms)

@@ -12,8 +12,11 @@ import {
   type Model,
 } from '../onnx/index.js';
 import { badInput } from '../errors.js';
-import { modelInput, type ModelInput } from '../calibration.js';
+import { modelInputs, type Batch, type Feed, type ModelInput } from '../calibration.js';
 import { loadRuntime, type Backend, type Ort, type RuntimeOptions } from './runtime.js';
+
+/** A tensor as onnxruntime gives it. */
+export type OrtTensor = InstanceType<Ort['Tensor']>;
 
 export interface Activation {
   data: Float32Array;
@@ -26,7 +29,7 @@ export class Runner {
     private readonly ort: Ort,
     private readonly session: InferenceSession,
     readonly backend: Backend,
-    readonly input: ModelInput,
+    readonly inputs: ModelInput[],
     readonly outputs: string[],
   ) {}
 
@@ -36,9 +39,10 @@ export class Runner {
     const m = clone(ModelProtoSchema, model),
       g = m.graph!;
     const have = new Set(g.output.map((o) => o.name));
-    const input = modelInput(model);
+    const inputs = modelInputs(model);
+    const float = inputs.find((x) => x.elemType === DataType.FLOAT16)?.elemType ?? DataType.FLOAT;
     for (const name of extra.filter((x) => !have.has(x))) {
-      g.output.push(makeTensorValueInfo(name, input.elemType));
+      g.output.push(makeTensorValueInfo(name, float));
       have.add(name);
     }
     let session;
@@ -51,40 +55,59 @@ export class Runner {
     } catch (e) {
       throw badInput(`onnxruntime cannot load the model: ${(e as Error).message.split('\n')[0]}`, e);
     }
-    return new Runner(ort, session, backend, input, [...g.output.map((o) => o.name)]);
+    return new Runner(ort, session, backend, inputs, [...g.output.map((o) => o.name)]);
   }
 
-  /** Runs one batch (f32 data, dims with the batch first) and returns the requested tensors as f32. */
-  async run(data: Float32Array, dims: number[], names: string[]): Promise<Map<string, Activation>> {
-    const fixed = this.input.dims[0],
-      n = dims[0];
-    let feedData = data,
-      feedDims = dims;
+  /** An input's feed as an onnxruntime tensor, padded to the model's fixed batch size (copies of its first sample). */
+  tensor(input: ModelInput, feed: Feed, n: number) {
+    const fixed = input.dims[0];
+    let { data, dims } = feed;
     if (fixed !== null && fixed !== n) {
-      // a model with a fixed batch size: pad the last batch with copies of its first sample, then drop them
-      const per = data.length / n;
-      feedData = new Float32Array(fixed * per);
-      for (let i = 0; i < fixed; i++) feedData.set(data.subarray((i % n) * per, ((i % n) + 1) * per), i * per);
-      feedDims = [fixed, ...dims.slice(1)];
+      const per = data.length / n,
+        padded = new (data.constructor as new (k: number) => typeof data)(fixed * per);
+      for (let i = 0; i < fixed; i++) padded.set(data.subarray((i % n) * per, ((i % n) + 1) * per) as never, i * per);
+      [data, dims] = [padded, [fixed, ...dims.slice(1)]];
     }
     const ort = this.ort;
-    const tensor =
-      this.input.elemType === DataType.FLOAT16
-        ? new ort.Tensor('float16', Uint16Array.from(feedData, float32ToFloat16Bits), feedDims)
-        : new ort.Tensor('float32', feedData, feedDims);
+    if (input.elemType === DataType.FLOAT16)
+      return new ort.Tensor('float16', Uint16Array.from(data as Float32Array, float32ToFloat16Bits), dims);
+    if (data instanceof BigInt64Array) return new ort.Tensor('int64', data, dims);
+    if (data instanceof Int32Array) return new ort.Tensor('int32', data, dims);
+    return new ort.Tensor('float32', data, dims);
+  }
+
+  /**
+   * Runs one batch and returns the requested tensors as onnxruntime gives them (any type; with the model's fixed batch
+   * size, padded); requested graph inputs come from the batch itself.
+   */
+  async runRaw(batch: Batch, names: string[]): Promise<Record<string, OrtTensor>> {
+    const feeds = Object.fromEntries(
+      this.inputs.map((x) => [x.name, this.tensor(x, batch.feeds.get(x.name)!, batch.rows)]),
+    );
+    const computed = names.filter((name) => !(name in feeds));
     let out;
     try {
-      out = await this.session.run({ [this.input.name]: tensor }, names);
+      out = computed.length ? await this.session.run(feeds, computed) : {};
     } catch (e) {
       throw badInput(`onnxruntime cannot run the model on the data: ${(e as Error).message.split('\n')[0]}`, e);
     }
+    return Object.fromEntries(names.map((name) => [name, (feeds[name] ?? out[name])!]));
+  }
+
+  /** Runs one batch and returns the requested tensors as f32 (the batch's own samples, without padding). */
+  async run(batch: Batch, names: string[]): Promise<Map<string, Activation>> {
+    const n = batch.rows,
+      fixed = this.inputs[0]?.dims[0] ?? null;
+    const out = await this.runRaw(batch, names);
     const res = new Map<string, Activation>();
     for (const name of names) {
       const t = out[name];
       let v =
         t.type === 'float16'
           ? Float32Array.from(t.data as Uint16Array, float16BitsToFloat32)
-          : (t.data as Float32Array);
+          : t.type === 'float32'
+            ? (t.data as Float32Array)
+            : Float32Array.from(t.data as ArrayLike<number>);
       const d = [...t.dims];
       if (d[0] !== n && fixed !== null) {
         v = v.subarray(0, (v.length / d[0]) * n);
@@ -92,7 +115,7 @@ export class Runner {
       }
       const bad = v.findIndex((x) => !Number.isFinite(x));
       if (bad >= 0) {
-        const where = `${v[bad]} on the calibration data (sample ${Math.floor(bad / (v.length / n))})`;
+        const where = `${v[bad]} on the calibration data (sample ${batch.start + Math.floor(bad / (v.length / n))})`;
         throw badInput(`tensor ${name} has ${where}; the model or the data is broken`);
       }
       res.set(name, { data: v, dims: d });

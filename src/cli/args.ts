@@ -1,5 +1,6 @@
 // Flag helpers shared by prune and study: labels files, choices from a fixed list, the method and allocation flags.
-import { openNpy, type NpyFile } from '../npy.js';
+import { openNpy } from '../npy.js';
+import { openInputs } from './inputs.js';
 import { badInput } from '../errors.js';
 import { METHODS, type Method } from '../select/baselines.js';
 import { ALLOCATIONS, type Allocation } from '../prune/allocation.js';
@@ -33,7 +34,7 @@ export const methodOptions = {
   method: { type: 'string', default: 'greedy' },
   seed: { type: 'string', default: '0' },
   allocation: { type: 'string', default: 'uniform' },
-  verify: { type: 'string' },
+  verify: { type: 'string', multiple: true },
   'verify-labels': { type: 'string' },
   grid: { type: 'string' },
 } as const;
@@ -48,7 +49,7 @@ export const methodHelp = `\
                       sensitivity (each group pruned alone at fractions 0.01 … 1 and measured on --verify;
                       a common accuracy level that meets the target), global (one greedy over all groups,
                       gains normalised per group)
-  --verify FILE       inputs for --allocation sensitivity (default: the calibration inputs); it measures top-1
+  --verify DATA       inputs for --allocation sensitivity (default: the calibration inputs; as --calib); top-1
                       agreement with the original model, or accuracy with --verify-labels FILE
   --grid STEP         the sensitivity allocation's fractions: STEP, 2·STEP, …, 1 (default 0.01)`;
 
@@ -59,14 +60,14 @@ export interface MethodFlags {
   verify?: VerifySet;
   grid?: number;
   /** Files opened for the flags, to close when done. */
-  opened: NpyFile[];
+  opened: { close(): void }[];
 }
 
 export function methodFlags(o: {
   method?: string;
   seed?: string;
   allocation?: string;
-  verify?: string;
+  verify?: string[];
   'verify-labels'?: string;
   grid?: string;
 }): MethodFlags {
@@ -78,7 +79,8 @@ export function methodFlags(o: {
   if ((o.verify || o.grid) && allocation !== 'sensitivity')
     throw badInput(`--${o.verify ? 'verify' : 'grid'} is for --allocation sensitivity`);
   const grid = gridFlag(o.grid);
-  const data = o.verify ? openNpy(o.verify) : undefined;
+  const opened = o.verify ? openInputs(o.verify, '--verify') : undefined;
+  const data = opened?.data;
   const verify = data && { data, ...(o['verify-labels'] ? { labels: readLabels(o['verify-labels']) } : {}) };
   return {
     method,
@@ -86,7 +88,7 @@ export function methodFlags(o: {
     allocation,
     ...(verify ? { verify } : {}),
     ...(grid ? { grid } : {}),
-    opened: data ? [data] : [],
+    opened: opened ? [opened] : [],
   };
 }
 

@@ -1,17 +1,19 @@
 import { parseArgs } from 'node:util';
 import { readModel } from '../onnx/index.js';
-import { openNpy } from '../npy.js';
 import { badInput } from '../errors.js';
 import { evaluate } from '../eval/index.js';
 import { Progress } from './progress.js';
 import { num, pct, backendFlag } from './util.js';
 import { readLabels } from './args.js';
+import { inputsHelp, openInputs } from './inputs.js';
+import { Calibration } from '../calibration.js';
 
 export const evalHelp = `subprune eval: accuracy of a model, and agreement with a reference model
 
 Usage: subprune eval MODEL.onnx --data X.npy [--labels Y.npy] [--reference ORIG.onnx] [--json]
 
-  --data FILE        inputs, .npy float32 with the model's input shape (first axis = samples)
+${inputsHelp('--data DATA', 'the inputs')}
+  --preprocess SPEC  how images become the model's input, for --data FOLDER (as for prune)
   --labels FILE      integer class labels, .npy of shape [samples]: prints top-1 accuracy
   --reference FILE   another model (e.g. the unpruned original): prints top-1 agreement and the
                      relative output error ‖y − y_ref‖/‖y_ref‖
@@ -26,7 +28,8 @@ export async function runEval(argv: string[]): Promise<void> {
     args: argv,
     allowPositionals: true,
     options: {
-      data: { type: 'string' },
+      data: { type: 'string', multiple: true },
+      preprocess: { type: 'string' },
       labels: { type: 'string' },
       reference: { type: 'string' },
       batch: { type: 'string' },
@@ -40,12 +43,13 @@ export async function runEval(argv: string[]): Promise<void> {
     return;
   }
   if (positionals.length !== 1) throw badInput('eval takes one model: subprune eval MODEL.onnx --data X.npy');
-  if (!o.data) throw badInput('eval needs --data X.npy');
+  if (!o.data?.length) throw badInput('eval needs --data X.npy');
   const backend = backendFlag(o.backend);
   const model = readModel(positionals[0]);
   const reference = o.reference ? readModel(o.reference) : undefined;
   const labels = o.labels ? readLabels(o.labels) : undefined;
-  const data = openNpy(o.data);
+  const inputs = openInputs(o.data, '--data', o.preprocess);
+  const data = Calibration.of(model, inputs.data);
   const bar = new Progress('eval', data.rows, !o.json && process.stderr.isTTY === true);
   try {
     const r = await evaluate(model, data, {
@@ -60,7 +64,7 @@ export async function runEval(argv: string[]): Promise<void> {
       console.log(JSON.stringify(r));
       return;
     }
-    console.log(`${positionals[0]} on ${r.samples} samples of ${o.data}:`);
+    console.log(`${positionals[0]} on ${r.samples} samples of ${inputs.paths.join(', ')}:`);
     if (r.accuracy !== undefined) console.log(`  top-1 accuracy        ${pct(r.accuracy)}`);
     if (r.agreement !== undefined)
       console.log(
@@ -69,6 +73,6 @@ export async function runEval(argv: string[]): Promise<void> {
     if (r.accuracy === undefined && r.agreement === undefined)
       console.log('  (give --labels and/or --reference to measure something)');
   } finally {
-    data.close();
+    inputs.close();
   }
 }

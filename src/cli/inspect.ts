@@ -3,21 +3,23 @@ import { readModel, opsetVersion, type Model } from '../onnx/index.js';
 import { badInput } from '../errors.js';
 import { analyze, modelStats } from '../graph/analyze.js';
 import { sizeModel } from '../budget/size.js';
-import { modelInput } from '../calibration.js';
-import { openNpy } from '../npy.js';
+import { Calibration, modelInputs } from '../calibration.js';
+import { openInputs } from './inputs.js';
 import type { Analysis } from '../graph/types.js';
 import { table, big } from './util.js';
+import type { InputShapes } from '../graph/shapes.js';
 
 /** The size free dimensions other than the batch stand in at when no shape is given. */
 export const STAND_IN = 32;
 
 export const inspectHelp = `subprune inspect: list a model's channel groups and the candidates refused, with reasons
 
-Usage: subprune inspect MODEL.onnx [--input-shape 1,3,32,32 | --calib X.npy] [--json]
+Usage: subprune inspect MODEL.onnx [--input-shape 1,3,32,32 | --calib DATA] [--json]
 
   --input-shape S    the input shape (comma-separated; the batch is taken as 1), for a model whose input has free
-                     dimensions other than the batch: FLOPs, and g after a Flatten, depend on them
-  --calib FILE       take the input shape from a calibration file instead (its first axis is the samples)
+                     dimensions other than the batch: FLOPs, and g after a Flatten, depend on them; with several
+                     inputs, NAME=S once per input (e.g. input_ids=1,128)
+  --calib DATA       take the input shapes from calibration data instead (as for prune: .npy, .npz, NAME=FILE)
   --json             print groups, refusals and the summary as JSON
   -h, --help         this help
 
@@ -29,32 +31,53 @@ A channel group is a set of channels that are kept or removed together: the outp
 (the layers that read them) through ops that act per channel. Its id, the first producer's node name, is what
 prune --budget takes. For each consumer, g is the number of its input columns each channel owns and d = channels·g.`;
 
-/** The shape to analyse at: given, from the calibration file, or with free dimensions at STAND_IN. */
-function inputShape(model: Model, given?: string, calib?: string): { shape: number[]; standIn: boolean } {
-  const inp = modelInput(model);
-  if (given && calib) throw badInput('give one of --input-shape and --calib');
-  if (given) {
-    const shape = given.split(',').map(Number);
-    if (shape.some((v) => !Number.isInteger(v) || v < 1) || shape.length !== inp.dims.length)
-      throw badInput(`--input-shape ${given}: give ${inp.dims.length} positive whole numbers`);
-    return { shape: [1, ...shape.slice(1)], standIn: false };
+/** The shapes to analyse at: given, from the calibration data, or with free dimensions at STAND_IN. */
+function inputShapes(
+  model: Model,
+  given: string[] = [],
+  calib: string[] = [],
+): { shapes: Map<string, number[]>; standIn: boolean } {
+  const inputs = modelInputs(model);
+  if (given.length && calib.length) throw badInput('give one of --input-shape and --calib');
+  const shapes = new Map(inputs.map((x) => [x.name, [1, ...x.dims.slice(1).map((d) => d ?? STAND_IN)]]));
+  if (calib.length) {
+    const data = openInputs(calib, '--calib');
+    try {
+      const c = Calibration.of(model, data.data);
+      return { shapes: c.shapes, standIn: false };
+    } finally {
+      data.close();
+    }
   }
-  if (calib) {
-    const f = openNpy(calib);
-    f.close();
-    if (f.shape.length !== inp.dims.length)
-      throw badInput(`${calib} has shape [${f.shape}]; the model input ${inp.name} has rank ${inp.dims.length}`);
-    return { shape: [1, ...f.shape.slice(1)], standIn: false };
+  for (const g of given) {
+    const at = g.indexOf('='),
+      name = at >= 0 ? g.slice(0, at) : inputs[0]!.name,
+      x = inputs.find((i) => i.name === name);
+    if (!x)
+      throw badInput(`--input-shape ${g}: the model has no input ${name} (${inputs.map((i) => i.name).join(', ')})`);
+    if (at < 0 && inputs.length > 1)
+      throw badInput(`--input-shape ${g}: the model has several inputs; name it: NAME=${g}`);
+    const shape = g
+      .slice(at + 1)
+      .split(',')
+      .map(Number);
+    if (shape.some((v) => !Number.isInteger(v) || v < 1) || shape.length !== x.dims.length)
+      throw badInput(`--input-shape ${g}: give ${x.dims.length} positive whole numbers for ${name}`);
+    shapes.set(name, [1, ...shape.slice(1)]);
   }
-  const free = inp.dims.slice(1).some((d) => d === null);
-  return { shape: [1, ...inp.dims.slice(1).map((d) => d ?? STAND_IN)], standIn: free };
+  const free = inputs.some(
+    (x) =>
+      !given.some((g) => g.startsWith(`${x.name}=`) || (!g.includes('=') && x === inputs[0])) &&
+      x.dims.slice(1).some((d) => d === null),
+  );
+  return { shapes, standIn: free };
 }
 
 /**
  * The share of the model's layer FLOPs and parameters in prunable groups, and the largest compression reachable
  * (every group at one channel).
  */
-function summary(model: Model, a: Analysis, shape: number[]) {
+function summary(model: Model, a: Analysis, shape: InputShapes) {
   const stats = modelStats(model, shape);
   const params = sizeModel(model, a.groups, shape, 'params'),
     flops = sizeModel(model, a.groups, shape, 'flops');
@@ -81,8 +104,8 @@ export function runInspect(argv: string[]): void {
     args: argv,
     allowPositionals: true,
     options: {
-      'input-shape': { type: 'string' },
-      calib: { type: 'string' },
+      'input-shape': { type: 'string', multiple: true },
+      calib: { type: 'string', multiple: true },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h' },
     },
@@ -93,14 +116,18 @@ export function runInspect(argv: string[]): void {
   }
   if (positionals.length !== 1) throw badInput('inspect takes one model: subprune inspect MODEL.onnx');
   const model = readModel(positionals[0]);
-  const inp = modelInput(model);
-  const { shape, standIn } = inputShape(model, o['input-shape'], o.calib);
-  const a = analyze(model, shape);
-  const stats = modelStats(model, shape);
-  const sum = summary(model, a, shape);
+  const inputs = modelInputs(model);
+  const { shapes, standIn } = inputShapes(model, o['input-shape'], o.calib);
+  const a = analyze(model, shapes);
+  const stats = modelStats(model, shapes);
+  const sum = summary(model, a, shapes);
+  const described = inputs.map((x) => `${x.name} [${shapes.get(x.name)}]`).join(', ');
+  const declared = inputs.map((x) => `${x.name} [${x.dims.map((d) => d ?? '?')}]`).join(', ');
   const note = standIn
-    ? `input ${inp.name} has free dimensions [${inp.dims.map((d) => d ?? '?')}]: FLOPs and g after a Flatten are ` +
-      `at [${shape}] (give --input-shape or --calib for the real size)`
+    ? `the inputs have free dimensions (${declared}): FLOPs and g after a Flatten are at ${described}, free ` +
+      `dimensions at ${STAND_IN} (give --input-shape or --calib for the real size); the groups, channels and ` +
+      'refusals ' +
+      'do not depend on it'
     : undefined;
   if (o.json) {
     const groups = a.groups.map((g) => ({
@@ -119,15 +146,22 @@ export function runInspect(argv: string[]): void {
       params: g.params,
       flops: g.flops,
     }));
-    const input = { name: inp.name, shape, ...(standIn ? { standIn: STAND_IN, dims: inp.dims } : {}) };
-    const out = { model: positionals[0], opset: opsetVersion(model), input, params: stats.params, flops: stats.flops };
+    const input = inputs.map((x) => ({ name: x.name, shape: shapes.get(x.name), declared: x.dims }));
+    const out = {
+      model: positionals[0],
+      opset: opsetVersion(model),
+      inputs: input,
+      ...(standIn ? { standIn: STAND_IN } : {}),
+      params: stats.params,
+      flops: stats.flops,
+    };
     console.log(
       JSON.stringify({ ...out, summary: sum, groups, refused: a.refused, ...(note ? { note } : {}) }, null, 1),
     );
     return;
   }
   console.log(
-    `${positionals[0]}: opset ${opsetVersion(model)}, input ${inp.name} [${shape}], ${big(stats.params)} params, ` +
+    `${positionals[0]}: opset ${opsetVersion(model)}, inputs ${described}, ${big(stats.params)} params, ` +
       `${big(stats.flops)} FLOPs per sample\n`,
   );
   if (note) console.log(`note: ${note}\n`);

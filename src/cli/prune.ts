@@ -1,7 +1,6 @@
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
 import { readModel, writeModel } from '../onnx/index.js';
-import { openNpy } from '../npy.js';
 import { checkWritable, writeFileAtomic } from '../atomic.js';
 import { badInput } from '../errors.js';
 import { MODES, prune } from '../prune/index.js';
@@ -10,14 +9,17 @@ import { Progress } from './progress.js';
 import { fmtBytes } from '../kernels/memory.js';
 import { defaultThreads } from '../kernels/instances.js';
 import { num, sameFile, table, pct, big, backendFlag } from './util.js';
+import { inputsHelp, openInputs } from './inputs.js';
 import { choice, methodFlags, methodHelp, methodOptions } from './args.js';
 
 export const pruneHelp = `subprune prune: remove channels from an ONNX model with unlabeled calibration data
 
 Usage: subprune prune MODEL.onnx --calib X.npy -o OUT.onnx [options]
 
-  --calib FILE        calibration inputs, .npy float32 with the model's input shape (first axis = samples);
+${inputsHelp('--calib DATA', 'calibration inputs')};
                       a few hundred samples are enough, no labels needed
+  --preprocess SPEC   how images become the model's input (resize, crop, channels, scale, mean, std; or a
+                      preset: imagenet, paddleocr-rec, paddleocr-det), for --calib FOLDER; see the README
   -o, --output FILE   where to write the pruned model (after onnxruntime has run it; atomically; never the input)
 Budget (one of; default --compression 2):
   --compression c     make the model c times smaller: total parameter count ÷ c (every initializer),
@@ -52,7 +54,8 @@ export async function runPrune(argv: string[]): Promise<void> {
     args: argv,
     allowPositionals: true,
     options: {
-      calib: { type: 'string' },
+      calib: { type: 'string', multiple: true },
+      preprocess: { type: 'string' },
       output: { type: 'string', short: 'o' },
       compression: { type: 'string' },
       target: { type: 'string' },
@@ -77,13 +80,14 @@ export async function runPrune(argv: string[]): Promise<void> {
   if (positionals.length !== 1)
     throw badInput('prune takes one model: subprune prune MODEL.onnx --calib X.npy -o OUT.onnx');
   const input = positionals[0];
-  if (!o.calib) throw badInput('prune needs --calib X.npy (calibration inputs)');
+  if (!o.calib?.length) throw badInput('prune needs --calib X.npy (calibration inputs)');
   if (!o.output) throw badInput('prune needs -o OUT.onnx');
   if (sameFile(input, o.output))
     throw badInput(`-o ${o.output} is the input model; subprune never overwrites its input, choose another file`);
   if (o.report && (sameFile(o.report, input) || sameFile(o.report, o.output)))
     throw badInput('--report must be another file than the models');
-  for (const given of [o.calib, o.budget]) {
+  const calibPaths = o.calib.map((v) => v.slice(v.indexOf('=') + 1));
+  for (const given of [...calibPaths, o.budget]) {
     if (given && [o.output, o.report].some((out) => out && sameFile(given, out)))
       throw badInput(
         `${given} is an input of this run; subprune never overwrites its inputs, choose other files for -o and ` +
@@ -115,7 +119,8 @@ export async function runPrune(argv: string[]): Promise<void> {
   const threads =
     num(o.threads, '--threads', (v) => Number.isInteger(v) && v >= 1 && v <= 60, 'a whole number from 1 to 60') ??
     defaultThreads();
-  const calib = openNpy(o.calib);
+  const inputs = openInputs(o.calib, '--calib', o.preprocess);
+  const calib = inputs.data;
   const bars = new Map<string, Progress>();
   const labels: Record<string, string> = { capture: 'capture', select: 'select', group: 'groups', verify: 'verify' };
   let result;
@@ -152,7 +157,7 @@ export async function runPrune(argv: string[]): Promise<void> {
       },
     });
   } finally {
-    calib.close();
+    inputs.close();
     for (const f of how.opened) f.close();
   }
   const { model: pruned, report } = result;
@@ -161,7 +166,19 @@ export async function runPrune(argv: string[]): Promise<void> {
   if (o.report)
     writeFileAtomic(
       o.report,
-      Buffer.from(JSON.stringify({ model: input, output: o.output, budget, ...report }, null, 1) + '\n'),
+      Buffer.from(
+        JSON.stringify(
+          {
+            model: input,
+            output: o.output,
+            budget,
+            ...report,
+            ...(inputs.preprocess ? { preprocess: inputs.preprocess } : {}),
+          },
+          null,
+          1,
+        ) + '\n',
+      ),
     );
   if (none) {
     console.error(
@@ -173,7 +190,7 @@ export async function runPrune(argv: string[]): Promise<void> {
   if (o.quiet) return;
   console.log(
     table(
-      ['group', 'producers', 'consumers', 'channels', 'kept', 'objective', 'seconds'],
+      ['group', 'producers', 'consumers', 'channels', 'kept', 'objective', 'FLOPs', 'seconds'],
       report.groups.map((u) => [
         u.id,
         u.producers.length,
@@ -181,6 +198,7 @@ export async function runPrune(argv: string[]): Promise<void> {
         u.channels,
         u.kept,
         u.objective.toFixed(4),
+        `${big(u.flops.before)} → ${big(u.flops.after)}`,
         u.seconds.toFixed(3),
       ]),
     ),
@@ -190,7 +208,10 @@ export async function runPrune(argv: string[]): Promise<void> {
   console.log(
     `\nparams ${big(r.params.before)} → ${big(r.params.after)} ` +
       `(${(r.params.before / r.params.after).toFixed(2)}× smaller), FLOPs ${big(r.flops.before)} → ` +
-      `${big(r.flops.after)} (${(r.flops.before / r.flops.after).toFixed(2)}×)`,
+      `${big(r.flops.after)} (${(r.flops.before / r.flops.after).toFixed(2)}×) per sample` +
+      (r.tokens
+        ? `; per token ${big(r.flops.before / r.tokens)} → ${big(r.flops.after / r.tokens)} (at ${r.tokens} tokens)`
+        : ''),
   );
   console.log(
     `on the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ` +

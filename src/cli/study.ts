@@ -2,7 +2,8 @@ import { parseArgs } from 'node:util';
 import { mkdirSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { readModel } from '../onnx/index.js';
-import { openNpy, writeFileAtomic, type NpyFile } from '../npy.js';
+import { writeFileAtomic } from '../npy.js';
+import { openInputs, type Inputs } from './inputs.js';
 import { badInput } from '../errors.js';
 import { runStudy } from '../study/index.js';
 import { studyMarkdown, studySvg, claimsMarkdown } from '../study/report.js';
@@ -21,9 +22,9 @@ Runs every method × re-fit on/off × mode (the greedy's three) × allocation at
 table.md (test accuracy without fine-tuning, parameters, FLOPs, seconds; the paper's claims checked),
 results.json (every run) and plot.svg (accuracy against compression, one line per method).
 
-  --calib FILE          calibration inputs (unlabeled), as for prune
-  --data FILE           test inputs; --labels FILE their integer labels: what the table reports
-  --verify FILE         the sensitivity allocation's verification inputs (default: the calibration inputs,
+  --calib DATA          calibration inputs (unlabeled), as for prune (.npy, .npz, NAME=FILE.npy)
+  --data DATA           test inputs, likewise; --labels FILE their integer labels: what the table reports
+  --verify DATA         the sensitivity allocation's verification inputs (default: the calibration inputs,
                         measuring top-1 agreement with the original model, so no labels are needed)
   --verify-labels FILE  labels of --verify: the allocation then measures accuracy
   --grid STEP           the sensitivity allocation's fractions STEP, 2·STEP, …, 1 (default 0.01)
@@ -43,10 +44,10 @@ export async function runStudyCommand(argv: string[]): Promise<void> {
     args: argv,
     allowPositionals: true,
     options: {
-      calib: { type: 'string' },
-      data: { type: 'string' },
+      calib: { type: 'string', multiple: true },
+      data: { type: 'string', multiple: true },
       labels: { type: 'string' },
-      verify: { type: 'string' },
+      verify: { type: 'string', multiple: true },
       'verify-labels': { type: 'string' },
       grid: { type: 'string' },
       compressions: { type: 'string', default: '2,4,8,16,32' },
@@ -82,21 +83,24 @@ export async function runStudyCommand(argv: string[]): Promise<void> {
   } catch (e) {
     throw badInput(`--out ${o.out}: cannot create it (${(e as Error).message}); choose another folder`);
   } // before hours of work
-  const opened: NpyFile[] = [];
-  const open = (p: string) => {
-    const f = openNpy(p);
+  const opened: Inputs[] = [];
+  const open = (values: string[], flag: string) => {
+    const f = openInputs(values, flag);
     opened.push(f);
-    return f;
+    return f.data;
   };
   let bar: Progress | undefined; // its total is known at the first report
   try {
     const res = await runStudy(model, {
       name: basename(positionals[0]),
-      calib: open(o.calib!),
-      test: { data: open(o.data!), labels: readLabels(o.labels!) },
+      calib: open(o.calib!, '--calib'),
+      test: { data: open(o.data!, '--data'), labels: readLabels(o.labels!) },
       ...(o.verify
         ? {
-            verify: { data: open(o.verify), ...(o['verify-labels'] ? { labels: readLabels(o['verify-labels']) } : {}) },
+            verify: {
+              data: open(o.verify, '--verify'),
+              ...(o['verify-labels'] ? { labels: readLabels(o['verify-labels']) } : {}),
+            },
           }
         : {}),
       compressions,

@@ -18,12 +18,21 @@ import type { NpyFile } from '../npy.js';
 import type { Group } from '../graph/types.js';
 import { matrixToWeight, weightToMatrix } from '../graph/layers.js';
 import { constantTensors } from '../graph/shapes.js';
-import { Calibration, modelInput } from '../calibration.js';
+import { Calibration, modelInputs, type InputData } from '../calibration.js';
 import { Runner, loadRuntime, type RuntimeOptions } from '../capture/index.js';
+import type { OrtTensor } from '../capture/runner.js';
+
+const ORT_TYPES: Record<string, number> = {
+  float32: DataType.FLOAT,
+  float16: DataType.FLOAT16,
+  int64: DataType.INT64,
+  int32: DataType.INT32,
+  bool: DataType.BOOL,
+};
 import { argmaxRows, EVAL_BATCH } from './index.js';
 
 export interface VerifySet {
-  data: NpyFile | Calibration;
+  data: InputData;
   /** Labels: quality = top-1 accuracy. Absent: top-1 agreement with the original model (no labels needed). */
   labels?: ArrayLike<number>;
 }
@@ -50,8 +59,8 @@ export async function verifyTargets(model: Model, v: VerifySet, opts: RuntimeOpt
     top = new Int32Array(data.rows);
   try {
     for (const b of data.batches(opts.batch ?? EVAL_BATCH)) {
-      const y = (await run.run(b.data, b.dims, [out])).get(out)!;
-      top.set(argmaxRows(y.data, b.dims[0]), b.start);
+      const y = (await run.run(b, [out])).get(out)!;
+      top.set(argmaxRows(y.data, b.rows), b.start);
     }
   } finally {
     await run.release();
@@ -63,7 +72,11 @@ export async function verifyTargets(model: Model, v: VerifySet, opts: RuntimeOpt
  * The model from the group's first consumer on: its inputs are the tensors computed before that consumer (the cut) and
  * the weights of every consumer of the group.
  */
-export function tailModel(model: Model, group: Group): { tail: Model; cut: string[]; weights: string[] } {
+export function tailModel(
+  model: Model,
+  group: Group,
+  types: Map<string, number> = new Map(),
+): { tail: Model; cut: string[]; weights: string[] } {
   const m = clone(ModelProtoSchema, model),
     g = m.graph!;
   const names = new Set(group.consumers.map((c) => c.node.name));
@@ -73,7 +86,7 @@ export function tailModel(model: Model, group: Group): { tail: Model; cut: strin
   const tailNodes = g.node.filter((n, i) => i >= at || n.opType === 'Constant');
   if (g.node.some((n) => n.attribute.some((a) => a.g || a.graphs.length)))
     throw badInput('measuring groups alone needs a model without subgraphs (If/Loop/Scan)');
-  const made = new Set([modelInput(model).name, ...head.flatMap((n) => n.output)]);
+  const made = new Set([...modelInputs(model).map((x) => x.name), ...head.flatMap((n) => n.output)]);
   const cut = [...new Set(tailNodes.flatMap((n) => n.input).filter((x) => made.has(x)))];
   const weights = [...new Set(group.consumers.map((c) => c.weight))];
   const wdims = weights.map((w) => {
@@ -82,7 +95,7 @@ export function tailModel(model: Model, group: Group): { tail: Model; cut: strin
     return tensorDims(t);
   });
   g.initializer = g.initializer.filter((t) => !weights.includes(t.name));
-  const input = (name: string, dims?: number[]) => makeTensorValueInfo(name, DataType.FLOAT, dims);
+  const input = (name: string, dims?: number[]) => makeTensorValueInfo(name, types.get(name) ?? DataType.FLOAT, dims);
   g.node = tailNodes;
   const used = new Set(tailNodes.flatMap((n) => n.input));
   g.initializer = g.initializer.filter((t) => used.has(t.name)); // the head's weights are not needed
@@ -100,32 +113,28 @@ export async function openGroupProbe(
   targets: Int32Array,
   opts: RuntimeOptions = {},
 ): Promise<GroupProbe> {
-  if (modelInput(model).elemType !== DataType.FLOAT)
+  if (modelInputs(model).some((x) => x.elemType === DataType.FLOAT16))
     throw badInput('measuring groups alone (--allocation sensitivity) needs a float32 model');
-  const { tail, cut, weights } = tailModel(model, group);
+  const { cut } = tailModel(model, group);
   const data = Calibration.of(model, v.data),
     rows = data.rows;
   const { ort } = await loadRuntime(opts.backend);
-  const feeds: { n: number; start: number; x: Record<string, InstanceType<typeof ort.Tensor>> }[] = [];
+  const feeds: { n: number; start: number; x: Record<string, OrtTensor> }[] = [];
   const run = await Runner.open(model, cut, opts);
   try {
-    for (const b of data.batches(opts.batch ?? EVAL_BATCH)) {
-      const got = await run.run(b.data, b.dims, cut);
-      feeds.push({
-        n: b.dims[0],
-        start: b.start,
-        x: Object.fromEntries(
-          cut.map((c) => {
-            const a = got.get(c)!;
-            return [c, new ort.Tensor('float32', a.data, a.dims)];
-          }),
-        ),
-      });
-    }
+    for (const b of data.batches(opts.batch ?? EVAL_BATCH))
+      feeds.push({ n: b.rows, start: b.start, x: await run.runRaw(b, cut) });
   } finally {
     await run.release();
   }
-  const session = await ort.InferenceSession.create(serializeModel(tail), { graphOptimizationLevel: 'basic' });
+  // the cut's element types as onnxruntime gave them (token ids and masks are integers)
+  const types = new Map(cut.map((c) => [c, ORT_TYPES[feeds[0]!.x[c]!.type] ?? DataType.FLOAT]));
+  const { tail, weights } = tailModel(model, group, types);
+  // logSeverityLevel 3: the tail keeps constants it no longer reads, which onnxruntime would warn about on every load
+  const session = await ort.InferenceSession.create(serializeModel(tail), {
+    graphOptimizationLevel: 'basic',
+    logSeverityLevel: 3,
+  });
   const out = tail.graph!.output[0].name;
   // each consumer weight as the whole dTotal × m matrix; the group's rows are replaced per measurement
   const consts = constantTensors(model.graph!);

@@ -2,7 +2,7 @@
 // reference model.
 import type { Model } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
-import { Calibration } from '../calibration.js';
+import { Calibration, type InputData } from '../calibration.js';
 import { Runner, type RuntimeOptions } from '../capture/index.js';
 import { badInput } from '../errors.js';
 
@@ -40,14 +40,10 @@ export function argmaxRows(y: Float32Array, rows: number): Int32Array {
 }
 
 /** Runs `model` over the data (first output = class scores) against labels and/or a reference model. */
-export async function evaluate(
-  model: Model,
-  data: NpyFile | Calibration,
-  opts: EvaluateOptions = {},
-): Promise<Fidelity> {
+export async function evaluate(model: Model, data: InputData, opts: EvaluateOptions = {}): Promise<Fidelity> {
   const calib = Calibration.of(model, data),
     ref = opts.reference;
-  const refCalib = ref && Calibration.of(ref, calib.data); // the reference must take the same inputs
+  const refCalib = ref && Calibration.of(ref, calib); // the reference must take the same inputs
   if (opts.labels && opts.labels.length !== calib.rows)
     throw badInput(`${opts.labels.length} labels for ${calib.rows} samples`);
   const out = model.graph!.output[0].name;
@@ -62,13 +58,13 @@ export async function evaluate(
   const size = Math.min(calib.batchSize(opts.batch ?? EVAL_BATCH), refCalib?.batchSize(Infinity) ?? Infinity);
   try {
     for (const b of calib.batches(size)) {
-      const y = (await run.run(b.data, b.dims, [out])).get(out)!;
+      const y = (await run.run(b, [out])).get(out)!;
       dims = y.dims;
-      const n = b.dims[0],
+      const n = b.rows,
         top = argmaxRows(y.data, n);
       if (opts.labels) for (let i = 0; i < n; i++) if (top[i] === Number(opts.labels[b.start + i])) correct++;
       if (refRun) {
-        const r = (await refRun.run(b.data, b.dims, [ref!.graph!.output[0].name])).values().next().value!;
+        const r = (await refRun.run(b, [ref!.graph!.output[0].name])).values().next().value!;
         if (r.data.length !== y.data.length)
           throw badInput(`the reference model's output has shape [${r.dims}], this model's [${y.dims}]`);
         const rt = argmaxRows(r.data, n);

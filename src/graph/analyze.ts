@@ -16,9 +16,28 @@ import {
   type NodeProto,
   type TensorProto,
 } from '../onnx/index.js';
-import { checkOpset, entriesOf, opOf, OPS, type ChainStep, type Layout, type OpRule, type Segment } from './ops.js';
+import {
+  checkOpset,
+  entriesOf,
+  opOf,
+  OPS,
+  type Layout,
+  type OpRule,
+  type ChainStep,
+  type ParamSlice,
+  type Segment,
+  type ShapeEdit,
+} from './ops.js';
 import { biasAxis, weightToMatrix, type LayerInfo } from './layers.js';
-import { constantTensors, dataInputs, producerMap, inferShapes, nodeMacs, type Shapes } from './shapes.js';
+import {
+  constantTensors,
+  dataInputs,
+  producerMap,
+  inferShapesAndValues,
+  nodeMacs,
+  type InputShapes,
+  type Shapes,
+} from './shapes.js';
 import { normalizeGraph } from './normalize.js';
 import type { Analysis, AxisSlice, Consumer, Edit, Group, Refused } from './types.js';
 import { notRewritable } from '../rewrite/index.js';
@@ -30,7 +49,10 @@ interface Use {
   slot: number;
 }
 
-/** Every place a tensor name is read: node inputs of the graph, and (as a use without a slot) names read inside subgraphs. */
+/**
+ * Every place a tensor name is read: node inputs of the graph, and (as a use without a slot) names read inside
+ * subgraphs.
+ */
 function usesOf(graph: GraphProto): Map<string, Use[]> {
   const uses = new Map<string, Use[]>();
   const add = (name: string, use: Use) => {
@@ -65,6 +87,7 @@ class Graph {
   constructor(
     readonly graph: GraphProto,
     readonly shapes: Shapes,
+    readonly values: Map<string, number[]>,
     opset: number,
   ) {
     this.consts = constantTensors(graph);
@@ -75,14 +98,28 @@ class Graph {
     this.batch = shapes.get(dataInputs(graph)[0]?.name ?? '')?.[0] || 1;
   }
   constant = (name: string): TensorProto | undefined => this.consts.get(name);
+  value = (name: string): number[] | undefined => this.values.get(name);
   producer = (name: string): NodeProto | undefined => this.producers.get(name);
-  /** Why a constant cannot be changed for these channels alone, if another node or a graph output reads it too. */
-  shared(name: string, node: NodeProto): string | undefined {
+  outputOf = (node: string): string => this.graph.node.find((n) => n.name === node)?.output[0] ?? '';
+  /**
+   * Why a constant cannot be changed for these channels alone, if another node or a graph output reads it too. A
+   * shape constant (`via`) may reach `node` through the nodes that compute its shape input (Concat, Unsqueeze, …).
+   */
+  shared(name: string, node: NodeProto, via = false): string | undefined {
     const uses = this.uses.get(name) ?? [];
-    if (uses.every((u) => u.node === node) && !this.outputs.has(name)) return undefined;
+    if (this.feedsOnly(name, node, via ? 8 : 0)) return undefined;
     const by = [...new Set(uses.map((u) => u.node.name))].join(', ');
     const output = this.outputs.has(name) ? ' and as a graph output' : '';
-    return `constant "${name}" is shared (used by ${by}${output}); changing it for one group would change the others`;
+    const what = this.consts.has(name) ? 'constant' : 'shape';
+    return `${what} "${name}" is shared (used by ${by}${output}); changing it for one group would change the others`;
+  }
+  /** Whether `name` is read by `node` alone, directly or (up to `depth` nodes away) through nodes that only feed it. */
+  private feedsOnly(name: string, node: NodeProto, depth: number): boolean {
+    if (this.outputs.has(name)) return false;
+    return (this.uses.get(name) ?? []).every(
+      (u) =>
+        u.node === node || (depth > 0 && u.slot >= 0 && u.node.output.every((o) => this.feedsOnly(o, node, depth - 1))),
+    );
   }
   flops(node: NodeProto): number | undefined {
     const macs = nodeMacs(node, this.shapes);
@@ -96,6 +133,8 @@ class Graph {
 interface SpaceRecord {
   n: number;
   producers: NodeProto[];
+  /** The producers' output parts that made the space (producer node name, index in its partition, the part). */
+  parts: { node: string; index: number; part: Part }[];
   consumers: Consumer[];
   slices: AxisSlice[];
   edits: Edit[];
@@ -110,9 +149,11 @@ class Spaces {
   private readonly parent: number[] = [];
   private readonly rec: SpaceRecord[] = [];
 
-  make(n: number, producer: NodeProto): number {
+  make(part: Part, producer: NodeProto, index: number): number {
     this.parent.push(this.parent.length);
-    this.rec.push({ n, producers: [producer], consumers: [], slices: [], edits: [], chain: [], tensors: [] });
+    const parts = [{ node: producer.name, index, part }],
+      n = part.n;
+    this.rec.push({ n, producers: [producer], parts, consumers: [], slices: [], edits: [], chain: [], tensors: [] });
     return this.parent.length - 1;
   }
   find(a: number): number {
@@ -131,6 +172,7 @@ class Spaces {
     const k = this.rec[keep]!,
       g = this.rec[gone]!;
     k.producers.push(...g.producers);
+    k.parts.push(...g.parts);
     k.consumers.push(...g.consumers);
     k.slices.push(...g.slices);
     k.edits.push(...g.edits);
@@ -165,6 +207,23 @@ const sameRuns = (a: Layout, b: Layout) =>
   a.segments.length === b.segments.length &&
   a.segments.every((s, i) => s.n === b.segments[i]!.n && s.per === b.segments[i]!.per);
 
+/**
+ * Two layouts of the same entries whose runs differ only in how many entries a channel has (grouped-query attention:
+ * 2 k/v heads of 4 query heads each against 8 query heads): asks the next walk to merge the finer side's channels.
+ * False if they differ otherwise.
+ */
+function align(W: Walk, a: Layout, b: Layout): boolean {
+  const pairs = a.segments.map((s, i) => [s, b.segments[i]] as const);
+  const fits = ([s, t]: (typeof pairs)[number]) =>
+    t && s.space >= 0 && t.space >= 0 && s.n * s.per === t.n * t.per && (s.per % t.per === 0 || t.per % s.per === 0);
+  if (a.segments.length !== b.segments.length || !pairs.every(fits)) return false;
+  for (const [s, t] of pairs) {
+    if (s.per > t.per) request(W, t!.space, { merge: s.per / t!.per });
+    else if (t!.per > s.per) request(W, s.space, { merge: t!.per / s.per });
+  }
+  return true;
+}
+
 // ---- the walk -------------------------------------------------------------------------------------------------
 
 /** The walk's state: the graph, the spaces, every tracked tensor's layout, and layers refused outright. */
@@ -173,16 +232,90 @@ interface Walk {
   S: Spaces;
   layouts: Map<string, Layout>;
   refused: Refused[];
+  /** How each producer's output channels are cut into parts (default: one part, one entry per channel). */
+  parts: Map<string, Part[]>;
+  /** What the next walk must change about a space (by root). */
+  requests: Map<number, Request>;
+  /** Spaces that must end up one space (keep equally many channels), and why. */
+  together: { spaces: number[]; why: string }[];
+}
+
+/** A run of a producer's output channels that becomes one space: n channels of `per` entries. */
+export interface Part {
+  n: number;
+  per: number;
+}
+
+/** What the next walk must change about a space, in its channels: cut it before channel k, or merge f channels. */
+interface Request {
+  merge?: number;
+  cuts?: Set<number>;
+}
+
+/** Asks the next walk to merge a space's channels `merge` at a time, or to cut it before channels `cuts`. */
+function request(W: Walk, space: number, want: { merge?: number; cuts?: number[] }): void {
+  const root = W.S.find(space),
+    r = W.requests.get(root) ?? {};
+  if (want.merge) r.merge = lcm(r.merge ?? 1, want.merge);
+  for (const c of want.cuts ?? []) (r.cuts ??= new Set()).add(c);
+  W.requests.set(root, r);
+}
+
+const gcd = (a: number, b: number): number => (b ? gcd(b, a % b) : a);
+const lcm = (a: number, b: number) => (a / gcd(a, b)) * b;
+
+/**
+ * The producers' parts the requests of a walk ask for, or undefined if nothing changes (or nothing can): a part is
+ * cut before the requested channels, then its pieces' channels are merged.
+ */
+function recut(W: Walk): Map<string, Part[]> | undefined {
+  const parts = new Map([...W.parts].map(([node, list]) => [node, [...list]]));
+  let changed = false;
+  for (const [root, req] of W.requests) {
+    for (const { node, index, part } of W.S.get(root).parts) {
+      const cuts = [...(req.cuts ?? [])].filter((k) => k > 0 && k < part.n).sort((a, b) => a - b);
+      const sizes = [...cuts, part.n].map((k, i) => k - (i ? cuts[i - 1]! : 0));
+      const f = req.merge ?? 1;
+      if (sizes.some((n) => n % f !== 0) || (sizes.length === 1 && f === 1)) continue;
+      // pieces replace the part in place (marked by an array); flattened once every request is applied
+      const list: (Part | Part[])[] = parts.get(node) ?? [part];
+      list[index] = sizes.map((n) => ({ n: n / f, per: part.per * f }));
+      parts.set(node, list as Part[]);
+      changed = true;
+    }
+  }
+  if (!changed) return undefined;
+  for (const [node, list] of parts) parts.set(node, (list as (Part | Part[])[]).flat());
+  return parts;
+}
+
+/**
+ * Walks until no node asks for the producers' channels to be laid out differently: the parts of a fused projection
+ * split into q, k and v (cuts), and attention heads of d features (channels of d entries), show only where used.
+ */
+function settle(G: Graph): Walk {
+  let parts = new Map<string, Part[]>();
+  for (let pass = 0; ; pass++) {
+    const W = walk(G, parts);
+    const next = pass < 6 && W.requests.size ? recut(W) : undefined;
+    if (!next) return W;
+    parts = next;
+  }
 }
 
 /** Records a step's slices and edits against each run of the layout (on the step's output). */
-function record(W: Walk, node: NodeProto, l: Layout, step: Extract<ChainStep, { axis: number }>): void {
+function record(
+  W: Walk,
+  node: NodeProto,
+  l: Layout,
+  step: { slices?: ParamSlice[]; shapeEdits?: ShapeEdit[]; attributes?: string[] },
+): void {
   for (const r of runs(l)) {
     if (r.space < 0) continue;
     const rec = W.S.get(r.space);
     for (const s of step.slices ?? [])
       rec.slices.push({ tensor: s.tensor, axis: s.axis, offset: r.offset, per: r.per });
-    for (const e of step.shapeEdits ?? []) rec.edits.push({ tensor: e.tensor, index: e.index, per: r.per });
+    for (const e of step.shapeEdits ?? []) rec.edits.push({ ...e, per: r.per });
     for (const a of step.attributes ?? []) rec.edits.push({ node: node.name, attribute: a, per: 1 });
     rec.chain.push(node);
   }
@@ -202,11 +335,20 @@ function setLayout(W: Walk, t: string, l: Layout): void {
   if (!W.G.shapes.has(t)) W.S.refuseAll(l, `the shape of "${t}" is unknown (no shape rule for an op before it)`);
 }
 
+/**
+ * The tensors a step's shape edits change, which must reach only `node`: a shape constant, or the output of the Concat
+ * one of whose inputs becomes a constant (an input of `node` itself made a constant is its own).
+ */
+const edited = (W: Walk, node: NodeProto, edits: ShapeEdit[]) =>
+  edits.flatMap((e) => ('tensor' in e ? [e.tensor] : e.node === node.name ? [] : [W.G.outputOf(e.node)]));
+
 /** Refuses the spaces of a step whose constants another node also reads, or that the rewrite cannot write. */
-function checkConstants(W: Walk, node: NodeProto, names: string[], l: Layout): boolean {
-  for (const name of names) {
+function checkConstants(W: Walk, node: NodeProto, names: string[], l: Layout, shapes: string[] = []): boolean {
+  for (const name of [...names, ...shapes]) {
     const t = W.G.constant(name);
-    const why = W.G.shared(name, node) ?? (t && t.dataType !== DataType.INT64 ? notRewritable(t) : undefined);
+    const why =
+      W.G.shared(name, node, shapes.includes(name)) ??
+      (t && t.dataType !== DataType.INT64 ? notRewritable(t) : undefined);
     if (why) {
       W.S.refuseAll(l, why);
       return false;
@@ -269,21 +411,32 @@ function layerNode(W: Walk, node: NodeProto, rule: OpRule, info: LayerInfo): voi
     }
   } else if (inL) S.refuseAll(inL, `the shape of "${x}" is unknown (no shape rule for an op before it)`);
 
-  // producer side: a new space for the output channels
+  // producer side: a space for each part of the output channels (one part unless a later node cut them)
   const y = node.output[0] ?? '',
     yShape = G.shapes.get(y);
   const n = info.weightDims[info.outAxis]!;
-  const space = S.make(n, node);
+  const parts = W.parts.get(node.name) ?? [{ n, per: 1 }];
   const axis = yShape ? layer.channelAxis(yShape.length) : 0;
-  const out: Layout = { axis, segments: [{ space, n, per: 1 }] };
-  const rec = S.get(space);
-  rec.slices.push({ tensor: info.weight, axis: info.outAxis, offset: 0, per: 1 });
   const ba = info.bias ? biasAxis(G.constant(info.bias)!, n) : undefined;
-  if (info.bias && ba !== undefined) rec.slices.push({ tensor: info.bias, axis: ba, offset: 0, per: 1 });
-  if (sharing ?? writable) S.refuse(space, (sharing ?? writable)!);
-  if (!yShape) S.refuse(space, `the shape of "${y}" is unknown (an op before it has no shape rule in subprune)`);
-  else if (yShape[axis] !== n)
-    S.refuse(space, `output "${y}" has shape [${yShape.join(', ')}], expected ${n} channels on axis ${axis}`);
+  let offset = 0;
+  const segments = parts.map((p, index) => {
+    const space = S.make(p, node, index),
+      rec = S.get(space);
+    rec.slices.push({ tensor: info.weight, axis: info.outAxis, offset, per: p.per });
+    if (info.bias && ba !== undefined) rec.slices.push({ tensor: info.bias, axis: ba, offset, per: p.per });
+    offset += p.n * p.per;
+    return { space, n: p.n, per: p.per };
+  });
+  const out: Layout = { axis, segments };
+  const why =
+    sharing ??
+    writable ??
+    (!yShape
+      ? `the shape of "${y}" is unknown (an op before it has no shape rule in subprune)`
+      : yShape[axis] !== n
+        ? `output "${y}" has shape [${yShape.join(', ')}], expected ${n} channels on axis ${axis}`
+        : undefined);
+  if (why) S.refuseAll(out, why);
   setLayout(W, y, out);
 }
 
@@ -303,6 +456,7 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
     S.refuseAll(l, `the shape of "${t}" is unknown (no shape rule for an op before it)`);
     return false;
   }
+  const roots = new Set(l.segments.filter((r) => r.space >= 0).map((r) => S.find(r.space)));
   const step = rule.chain({
     node,
     input: slot,
@@ -310,17 +464,27 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
     entries: entriesOf(l),
     inShape,
     outShape: G.shapes.get(node.output[0] ?? ''),
+    outShapes: node.output.map((o) => G.shapes.get(o)),
     opset: G.opset,
     constant: G.constant,
     producer: G.producer,
     readers: (name) => G.uses.get(name) ?? [],
     isOutput: (name) => G.outputs.has(name),
+    onlyFor: (name) => !G.shared(name, node, true),
+    value: G.value,
+    channelsOf: (name) => {
+      const other = W.layouts.get(name);
+      const spaces = other?.segments.filter((r) => r.space >= 0).map((r) => S.find(r.space));
+      return other && spaces?.length ? { axis: other.axis, same: spaces.every((x) => roots.has(x)) } : undefined;
+    },
   });
   if ('refuse' in step) {
     S.refuseAll(l, step.refuse);
     return false;
   }
-  if ('none' in step) return true; // the output does not carry the channels (a Shape that only takes the batch size)
+  if ('none' in step) return true; // the output does not carry the channels (a Shape: its dims follow at run time)
+  if ('regroup' in step) return regroup(W, node, l, step.regroup);
+  if ('ranges' in step) return cutInto(W, node, l, step);
   const outs = step.allOutputs ? node.output : node.output.slice(0, 1);
   for (const o of node.output.slice(outs.length)) {
     if (o && (G.uses.has(o) || G.outputs.has(o))) {
@@ -329,10 +493,85 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
     }
   }
   const out: Layout = { axis: step.axis, segments: l.segments.map((s) => ({ ...s, per: s.per * (step.scale ?? 1) })) };
-  const consts = [...(step.slices ?? []).map((s) => s.tensor), ...(step.shapeEdits ?? []).map((e) => e.tensor)];
-  if (!checkConstants(W, node, consts, l)) return false;
+  const params = (step.slices ?? []).map((s) => s.tensor);
+  if (!checkConstants(W, node, params, l, edited(W, node, step.shapeEdits ?? []))) return false;
   record(W, node, out, step);
   for (const o of outs) setLayout(W, o, out);
+  return true;
+}
+
+/**
+ * A reshape cuts the channel axis into blocks of `inner` entries (attention heads of `inner` features): the next walk
+ * makes every channel of these spaces a whole number of blocks, if the producers' outputs allow it.
+ */
+function regroup(W: Walk, node: NodeProto, l: Layout, inner: number): boolean {
+  const blocks = `${label(node)} cuts the channels into blocks of ${inner} entries (e.g. attention heads)`;
+  for (const r of runs(l)) {
+    const f = lcm(r.per, inner) / r.per;
+    if (r.space < 0 || r.n % f !== 0 || r.offset % inner !== 0) {
+      W.S.refuseAll(l, `${blocks} that do not line up with the channels`);
+      return false;
+    }
+    if (f > 1) request(W, r.space, { merge: f });
+  }
+  W.S.refuseAll(l, `${blocks}; their producers could not be laid out in whole blocks`);
+  return false;
+}
+
+/**
+ * Split or Slice along the channel axis: each output gets the runs of its range of entries. A range boundary inside a
+ * run (a fused q/k/v projection's one space) asks the next walk to cut that space there. The shape entries that count
+ * a range follow its runs' channels.
+ */
+function cutInto(W: Walk, node: NodeProto, l: Layout, step: Extract<ChainStep, { ranges: unknown }>): boolean {
+  const rs = runs(l);
+  let pending = false;
+  for (const [s, e] of step.ranges)
+    for (const r of rs) {
+      const end = r.offset + r.n * r.per;
+      for (const at of [s, e])
+        if (at > r.offset && at < end) {
+          if (r.space < 0 || (at - r.offset) % r.per !== 0) {
+            W.S.refuseAll(l, `${label(node)} cuts a channel of the channel axis in two`);
+            return false;
+          }
+          request(W, r.space, { cuts: [(at - r.offset) / r.per] });
+          pending = true;
+        }
+    }
+  if (pending) {
+    W.S.refuseAll(l, `${label(node)} splits the channels where their producers could not be cut`);
+    return false;
+  }
+  const counts = step.counts ?? [];
+  if (
+    !checkConstants(
+      W,
+      node,
+      [],
+      l,
+      edited(
+        W,
+        node,
+        counts.map((c) => c.edit),
+      ),
+    )
+  )
+    return false;
+  for (const c of step.counts ?? [])
+    for (const r of rs)
+      if (r.space >= 0 && r.offset >= c.from && r.offset < c.to) W.S.get(r.space).edits.push({ ...c.edit, per: r.per });
+  if (step.proportional) {
+    const why =
+      `${label(node)} computes its bounds from the size of the channel axis, so its parts must keep equally many ` +
+      'channels';
+    W.together.push({ spaces: rs.filter((r) => r.space >= 0).map((r) => r.space), why });
+  }
+  step.ranges.forEach(([s, e], i) => {
+    const segments = rs.filter((r) => r.offset >= s && r.offset < e).map(({ space, n, per }) => ({ space, n, per }));
+    record(W, node, { axis: step.axis, segments }, {});
+    setLayout(W, node.output[i] ?? '', { axis: step.axis, segments });
+  });
   return true;
 }
 
@@ -360,8 +599,10 @@ function joinNode(W: Walk, node: NodeProto): void {
   for (const i of tracked.filter((j) => !wide.includes(j)))
     S.refuseAll(i.l, `${label(node)} broadcasts the channels of "${i.t}" over the channels of "${ref.t}"`);
   for (const i of wide) {
-    if (outAxis(i) !== axis || !sameRuns(i.l!, ref.l!))
-      return refuseAll(`${label(node)} combines channels laid out differently ("${ref.t}" and "${i.t}")`);
+    const differ = `${label(node)} combines channels laid out differently ("${ref.t}" and "${i.t}")`;
+    if (outAxis(i) !== axis) return refuseAll(differ);
+    if (!sameRuns(i.l!, ref.l!))
+      return refuseAll(align(W, i.l!, ref.l!) ? `${differ}, which their producers could not match` : differ);
   }
   const out: Layout = { axis, segments: ref.l!.segments };
   const slices: { tensor: string; axis: number }[] = [];
@@ -389,7 +630,55 @@ function joinNode(W: Walk, node: NodeProto): void {
     )
   )
     return;
-  record(W, node, out, { axis, slices });
+  record(W, node, out, { slices });
+  setLayout(W, y, out);
+}
+
+/**
+ * A product of two activations, A [.., M, K] · B [.., K, N] (attention: q·kᵀ, then weights·v): channels on a batch
+ * axis (the heads) stay on it, and the inputs' channels there become the same channels; channels on M or N pass to
+ * the output's rows or columns; channels on K are summed over, which couples them.
+ */
+function matmulNode(W: Walk, node: NodeProto): void {
+  const { G, S } = W;
+  const y = node.output[0] ?? '',
+    yShape = G.shapes.get(y);
+  const ins = [0, 1].map((slot) => {
+    const t = node.input[slot] ?? '';
+    return { t, l: W.layouts.get(t), shape: G.shapes.get(t) };
+  });
+  const tracked = ins.filter((i) => i.l);
+  const refuseAll = (why: string) => tracked.forEach((i) => S.refuseAll(i.l, why));
+  if (!yShape || ins.some((i) => !i.shape || i.shape.length < 2))
+    return refuseAll(`the shapes around ${label(node)} are unknown or not matrices`);
+  const rank = yShape.length;
+  // the output axis of each input's channel axis, or why there is none
+  const axes = ins.map(({ l, shape }, slot) => {
+    if (!l) return undefined;
+    const r = shape!.length,
+      k = slot === 0 ? r - 1 : r - 2;
+    if (l.axis === k) return `${label(node)} sums over the channels (they are its inner dimension), which couples them`;
+    return l.axis < r - 2 ? rank - r + l.axis : slot === 0 ? rank - 2 : rank - 1;
+  });
+  const why = axes.find((a) => typeof a === 'string');
+  if (typeof why === 'string') return refuseAll(why);
+  const [a0, a1] = axes as (number | undefined)[];
+  const ref = tracked[0]!,
+    axis = (a0 ?? a1)!;
+  const differ = `${label(node)} multiplies channels laid out differently ("${ins[0]!.t}" and "${ins[1]!.t}")`;
+  if (tracked.length === 2 && (a0 !== a1 || axis >= rank - 2)) return refuseAll(differ);
+  if (tracked.length === 2 && !sameRuns(ins[0]!.l!, ins[1]!.l!))
+    return refuseAll(align(W, ins[0]!.l!, ins[1]!.l!) ? `${differ}, which their producers could not match` : differ);
+  if (tracked.length === 1 && axis < rank - 2) {
+    const other = ins.find((i) => !i.l)!,
+      k = axis - (rank - other.shape!.length);
+    if (k >= 0 && other.shape![k] !== 1)
+      return refuseAll(`${label(node)} pairs the channels with "${other.t}", which no group owns`);
+  }
+  if (tracked.length === 2)
+    ins[1]!.l!.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, ref.l!.segments[r]!.space));
+  const out: Layout = { axis, segments: ref.l!.segments };
+  record(W, node, out, {});
   setLayout(W, y, out);
 }
 
@@ -410,7 +699,7 @@ function concatNode(W: Walk, node: NodeProto): void {
   if (tracked.every((i) => i.l!.axis === axis)) {
     const segments = ins.flatMap((i) => i.l?.segments ?? [{ space: -1, n: i.shape![axis]!, per: 1 }]);
     const out = { axis, segments };
-    record(W, node, out, { axis });
+    record(W, node, out, {});
     return setLayout(W, y, out);
   }
   // along another axis (e.g. tokens): every input carries the same channels; constants are sliced along them
@@ -436,18 +725,22 @@ function concatNode(W: Walk, node: NodeProto): void {
     )
   )
     return;
-  record(W, node, out, { axis: out.axis, slices });
+  record(W, node, out, { slices });
   setLayout(W, y, out);
 }
 
-/** The walk over every node in graph order. */
-function walk(G: Graph): Walk {
-  const W: Walk = { G, S: new Spaces(), layouts: new Map(), refused: [] };
+/** The walk over every node in graph order, with each producer's outputs cut into `parts`. */
+function walk(G: Graph, parts: Map<string, Part[]>): Walk {
+  const W: Walk = { G, S: new Spaces(), layouts: new Map(), refused: [], parts, requests: new Map(), together: [] };
   for (const node of G.graph.node) {
     const rule = OPS[opOf(node)];
     const inputs = node.input.flatMap((t, slot) => (t && W.layouts.has(t) ? [{ t, slot, l: W.layouts.get(t)! }] : []));
     for (const sub of inner(node))
       W.S.refuseAll(W.layouts.get(sub), `tensor "${sub}" is read inside a subgraph of ${label(node)}`);
+    if (rule?.merge === 'matmul' && node.input.every((t) => !G.constant(t))) {
+      if (inputs.length) matmulNode(W, node); // a product of activations (attention): no weights to prune
+      continue;
+    }
     const info = rule?.layer?.read(node, G.constant);
     if (info && !('refuse' in info)) {
       layerNode(W, node, rule!, info);
@@ -526,22 +819,25 @@ const dedupe = (xs: AxisSlice[]) => [
   ...new Map(xs.map((s) => [`${s.tensor}|${s.axis}|${s.offset}|${s.per}`, s])).values(),
 ];
 
-function prepare(model: Model, inputShape?: readonly number[]): Graph {
+function prepare(model: Model, inputShape?: InputShapes): Graph {
   const graph = model.graph;
   if (!graph) throw badInput('the model has no graph.');
   checkOpset(model);
   normalizeGraph(graph);
-  return new Graph(graph, inferShapes(model, inputShape), opsetVersion(model) ?? 1);
+  const { shapes, values } = inferShapesAndValues(model, inputShape);
+  return new Graph(graph, shapes, values, opsetVersion(model) ?? 1);
 }
 
 /**
  * The channel groups of a model and the candidates refused, with reasons. Normalises the graph in place (see
- * normalizeGraph: names unnamed nodes, folds Identity aliases of constants). inputShape: the first input's shape
- * (default: declared, symbolic dims 1).
+ * normalizeGraph: names unnamed nodes, folds Identity aliases of constants). inputShape: the inputs' shapes (see
+ * InputShapes) (default: declared, symbolic dims 1).
  */
-export function analyze(model: Model, inputShape?: number[]): Analysis {
+export function analyze(model: Model, inputShape?: InputShapes): Analysis {
   const G = prepare(model, inputShape);
-  const W = walk(G);
+  const W = settle(G);
+  for (const t of W.together)
+    if (new Set(t.spaces.map((x) => W.S.find(x))).size > 1) t.spaces.forEach((x) => W.S.refuse(x, t.why));
   const groups: Group[] = [];
   const refused: Refused[] = [...W.refused];
   for (const root of W.S.roots()) {

@@ -298,7 +298,8 @@ export function matrixToWeight(
   const data = new Float32Array(rows * cols);
   if (layout === 'in-out') {
     data.set(W);
-    return { dims: dims.length > 2 ? [rows, ...dims.slice(1)] : [rows, cols], data }; // ConvTranspose: [C_in, C_out, kh, kw]
+    // ConvTranspose: [C_in, C_out, kh, kw]
+    return { dims: dims.length > 2 ? [rows, ...dims.slice(1)] : [rows, cols], data };
   }
   for (let o = 0; o < cols; o++) for (let r = 0; r < rows; r++) data[o * rows + r] = W[r * cols + o]!; // [m, d]
   return { dims: layout === 'conv' ? [cols, rows / (dims[2]! * dims[3]!), dims[2]!, dims[3]!] : [cols, rows], data };

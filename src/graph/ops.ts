@@ -81,10 +81,20 @@ export interface ParamSlice {
   axis: number;
 }
 
-/** Entry `index` of the INT64 shape constant `tensor` counts the entries of the step's output channel axis. */
-export interface ShapeEdit {
-  tensor: string;
-  index: number;
+/**
+ * What counts the entries of the step's output channel axis: entry `index` of the INT64 shape constant `tensor`; or
+ * entry `index` of input `input` of `node`, which becomes a constant of its own (`values` before pruning): a shape
+ * constant other nodes read too, or one entry of a shape a Concat builds at run time from a tensor the channels do
+ * not change (`B, T, C = x.shape`).
+ */
+export type ShapeEdit =
+  { tensor: string; index: number } | { node: string; input: number; values: number[]; index: number };
+
+/** A shape entry that counts the entries in [from, to) of a channel axis. */
+export interface Count {
+  edit: ShapeEdit;
+  from: number;
+  to: number;
 }
 
 export interface ChainContext {
@@ -96,6 +106,8 @@ export interface ChainContext {
   entries: number;
   inShape: number[];
   outShape: number[] | undefined;
+  /** Every output's shape (Split has several). */
+  outShapes?: (number[] | undefined)[];
   opset: number;
   /** A constant tensor (initializer or Constant node) by name; undefined if computed at run time. */
   constant(name: string): TensorProto | undefined;
@@ -103,15 +115,22 @@ export interface ChainContext {
   producer(name: string): NodeProto | undefined;
   /** The nodes (and input slots) that read a tensor; slot −1: read inside a subgraph. */
   readers(name: string): { node: NodeProto; slot: number }[];
+  /** The values of a small integer tensor (a constant, or computed from shapes), if known. */
+  value(name: string): number[] | undefined;
+  /** Where a tensor carries channels: 'same' (this node's channels), 'other' (another group's) or undefined. */
+  channelsOf(name: string): { axis: number; same: boolean } | undefined;
   /** Whether a tensor is a graph output. */
   isOutput(name: string): boolean;
+  /** Whether a constant is read only on the way to this node (so it can be changed for it). */
+  onlyFor(name: string): boolean;
 }
 
 /**
- * How a node passes the channels on: the channel axis of its output, the factor by which each channel's entries grow
- * (a Flatten of h·w positions: h·w), the constants to slice (laid out like the output's channel axis), the shape
- * constants to edit, the node's INT attributes that count the channels (a depthwise conv's group), and whether every
- * output carries the channels (a Split along another axis); or why it couples channels.
+ * How a node passes the channels on: the channel axis of its output, the factor by which each channel's entries grow (a
+ * Flatten of h·w positions: h·w; a reshape into heads of d entries: 1/d), the constants to slice (laid out like the
+ * output's channel axis), the shape constants to edit, the node's INT attributes that count the channels (a depthwise
+ * conv's group), and whether every output carries the channels (a Split along another axis); or why it couples
+ * channels.
  */
 export type ChainStep =
   | {
@@ -123,6 +142,15 @@ export type ChainStep =
       allOutputs?: boolean;
     }
   | { none: true }
+  /**
+   * The channels leave in parts along the axis: output i gets the entries ranges[i] (a Split or Slice of them).
+   * `counts`: shape entries that count the entries in [from, to) of the input's axis (split sizes, slice bounds);
+   * `proportional`: the bounds are computed at run time from the axis' size (torch's chunk), so they stay right only
+   * if every channel space on the axis keeps the same number of channels (the analysis checks).
+   */
+  | { axis: number; ranges: [number, number][]; counts?: Count[]; proportional?: boolean }
+  /** A reshape cuts the axis into blocks of `inner` entries: every channel must own whole blocks (attention heads). */
+  | { regroup: number }
   | { refuse: string };
 type ChainRule = (ctx: ChainContext) => ChainStep;
 
@@ -299,6 +327,11 @@ const gatherShape: ShapeRule = withX((x, { node, ins }) => {
   const axis = normAxis(attrInt(node, 'axis', 0), x.length);
   return [[...x.slice(0, axis), ...idx, ...x.slice(axis + 1)]];
 });
+const expandShape: ShapeRule = withX((x, ctx) => {
+  const v = valueOf(ctx, 1);
+  return v ? [broadcastShapes([x, v])] : undefined;
+});
+
 /** A layer's shape rule: the layer table's. */
 const layerShape =
   (layer: Layer): ShapeRule =>
@@ -332,6 +365,20 @@ const sliceValue: ValueRule = (ctx) => {
   const s0 = starts[0]! < 0 ? Math.max(0, starts[0]! + v.length) : Math.min(starts[0]!, v.length);
   const step = ctx.node.input[4] ? (valueOf(ctx, 4)?.[0] ?? 1) : 1;
   return Array.from({ length: y[0]! }, (_, i) => v[s0 + i * step]!);
+};
+const constantOfShapeValue: ValueRule = (ctx) => {
+  const shape = valueOf(ctx, 0),
+    t = ctx.node.attribute.find((a) => a.name === 'value')?.t;
+  if (!shape || shape.length !== 1 || shape[0]! > 64) return undefined;
+  const fill = t && t.dataType === DataType.INT64 ? Number(tensorToInt64(t).data[0] ?? 0n) : 0;
+  return new Array<number>(shape[0]!).fill(fill);
+};
+const whereValue: ValueRule = (ctx) => {
+  const [c, a, b] = [0, 1, 2].map((i) => valueOf(ctx, i));
+  if (!c || !a || !b) return undefined;
+  const n = Math.max(c.length, a.length, b.length),
+    at = (v: number[], i: number) => v[v.length === 1 ? 0 : i]!;
+  return Array.from({ length: n }, (_, i) => (at(c, i) ? at(a, i) : at(b, i)));
 };
 const arithmeticValue =
   (f: (a: number, b: number) => number): ValueRule =>
@@ -497,39 +544,192 @@ const flatten: ChainRule = (ctx) => {
   return { axis: 1, scale: numel(ctx.inShape.slice(2)) };
 };
 
+/** Where entry `index` of a shape tensor comes from: a constant's entry, a dimension of a tensor, or unknown. */
+type Source = (
+  | { kind: 'constant'; tensor: string; index: number }
+  | { kind: 'dim'; tensor: string; axis: number }
+  | { kind: 'unknown' }
+) & {
+  /** The outermost one-entry input of a Concat the entry passes through. */
+  part?: { node: string; input: number };
+};
+
 /**
- * Reshape to [batch, C·h·w] is a Flatten(axis=1); its constant shape entry C·h·w follows the channels. So is a Reshape
- * to [x.size(0), -1] computed from its own input (isViewFlatten). Anything else mixes channels.
+ * Traces entry `index` of the INT64 tensor `name` back through what exporters build shapes with: Concat of parts,
+ * Unsqueeze/Squeeze/Cast/Identity, Gather or Slice of a Shape, a Shape itself, a product with a constant.
+ */
+function sourceOf(ctx: ChainContext, name: string, index: number, depth = 0): Source {
+  if (depth > 12) return { kind: 'unknown' };
+  const t = ctx.constant(name);
+  if (t) return t.dataType === DataType.INT64 ? { kind: 'constant', tensor: name, index } : { kind: 'unknown' };
+  const n = ctx.producer(name);
+  if (!n) return { kind: 'unknown' };
+  const op = opOf(n),
+    x = n.input[0] ?? '';
+  if (op === 'Concat') {
+    let at = 0;
+    for (const [input, part] of n.input.entries()) {
+      const len = ctx.value(part)?.length;
+      if (len === undefined) return { kind: 'unknown' };
+      if (index < at + len) {
+        const src = sourceOf(ctx, part, index - at, depth + 1);
+        return len === 1 ? { ...src, part: { node: n.name, input } } : src;
+      }
+      at += len;
+    }
+    return { kind: 'unknown' };
+  }
+  if (['Unsqueeze', 'Squeeze', 'Cast', 'Identity', 'Reshape'].includes(op)) return sourceOf(ctx, x, index, depth + 1);
+  if (op === 'Where') {
+    // torch's expand: -1 entries replaced by 1; the condition's value picks the branch
+    const c = ctx.value(x);
+    if (!c) return { kind: 'unknown' };
+    return sourceOf(ctx, n.input[c[c.length === 1 ? 0 : index] ? 1 : 2] ?? '', index, depth + 1);
+  }
+  if (op === 'Shape') {
+    const rank = ctx.value(name)?.length ?? 0,
+      start = attrInt(n, 'start', 0);
+    return { kind: 'dim', tensor: x, axis: (start < 0 ? start + rank : start) + index };
+  }
+  if (op === 'Gather' || op === 'Slice') {
+    const from = ctx.producer(x),
+      v = ctx.value(name);
+    if (!from || opOf(from) !== 'Shape' || !v) return { kind: 'unknown' };
+    // the gathered or sliced dimension: the index into the Shape whose value is this entry
+    const dims = ctx.value(x) ?? [];
+    const pick =
+      op === 'Gather' ? ctx.value(n.input[1] ?? '')?.[index] : (ctx.value(n.input[1] ?? '')?.[0] ?? 0) + index;
+    if (pick === undefined || dims.length === 0) return { kind: 'unknown' };
+    return sourceOf(ctx, x, pick < 0 ? pick + dims.length : pick, depth + 1);
+  }
+  if (op === 'Mul') {
+    const [a, b] = [n.input[0] ?? '', n.input[1] ?? ''];
+    if (ctx.constant(b)) return sourceOf(ctx, a, index, depth + 1);
+    if (ctx.constant(a)) return sourceOf(ctx, b, index, depth + 1);
+  }
+  return { kind: 'unknown' };
+}
+
+/**
+ * The edit of entry `index` of the shape constant `tensor`: in place if only this node reads it, else on a copy when
+ * it is the node's input `slot`; undefined if it is shared and reaches the node through other nodes.
+ */
+function countAt(ctx: ChainContext, slot: number, tensor: string, index: number): ShapeEdit | undefined {
+  if (ctx.onlyFor(tensor)) return { tensor, index };
+  if (ctx.node.input[slot] === tensor) return { node: ctx.node.name, input: slot, values: ctx.value(tensor)!, index };
+  return undefined;
+}
+
+/**
+ * What a reshape's or expand's shape says for output axis `axis`, where the channels will be: nothing to do (-1, a
+ * copy, or a dimension of a tensor with the same channels, which follows them at run time), an entry to rewrite, or
+ * why it would not follow the channels. Entries for other axes that read another group's channel count cannot follow
+ * either.
+ */
+function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number): ShapeEdit[] | string {
+  const name = ctx.node.input[slot] ?? '',
+    v = ctx.value(name);
+  if (!v) return `: its shape "${name}" is not known`;
+  for (let i = 0; i < rank; i++) {
+    const src = sourceOf(ctx, name, i);
+    if (src.kind !== 'dim') continue;
+    const c = ctx.channelsOf(src.tensor);
+    if (c && c.axis === src.axis && (i !== axis || !c.same))
+      return `: its shape entry ${i} reads the channel count of "${src.tensor}", which another group prunes`;
+  }
+  if (v[axis] === -1 || (v[axis] === 0 && attrInt(ctx.node, 'allowzero', 0) === 0)) return [];
+  const src = sourceOf(ctx, name, axis);
+  const part: ShapeEdit | undefined = src.part && { ...src.part, values: [v[axis]!], index: 0 };
+  if (src.kind === 'constant') {
+    const edit = countAt(ctx, slot, src.tensor, src.index) ?? part;
+    return edit ? [edit] : `: its shape constant "${src.tensor}" is shared`;
+  }
+  if (src.kind === 'dim' && ctx.channelsOf(src.tensor)?.same) return [];
+  if (src.kind === 'dim' && part) return [part];
+  return (
+    `: its shape entry ${axis} (${v[axis]}) does not follow the channels ` +
+    '(it is neither a constant nor read from them at run time)'
+  );
+}
+
+/**
+ * Reshape: the axes of input and output pair up in blocks of equal size. The channels' block either keeps one axis,
+ * is split (a Flatten's inverse: [.., H·d, ..] → [.., H, d, ..], the attention heads' reshape: the channels become the
+ * outer axis, each owning whole blocks of d entries), or is merged with following axes (a Flatten: [N, C, h, w] →
+ * [N, C·h·w]). The shape entry that counts the channels is rewritten (a constant) or follows them by itself (read from
+ * the tensor at run time). Anything that mixes the channels with other axes is refused.
  */
 const reshape: ChainRule = (ctx) => {
-  const shapeName = ctx.node.input[1] ?? '';
-  const t = ctx.constant(shapeName);
-  const x = ctx.inShape;
-  const y = ctx.outShape;
+  const x = ctx.inShape,
+    y = ctx.outShape,
+    a = ctx.layout.axis;
   const mixes = refusal(
     ctx,
-    `to [${y?.join(', ') ?? '?'}] mixes the channels with other axes; ` +
-      'only a reshape to [batch, channels·features] (a flatten) is supported',
+    `to [${y?.join(', ') ?? '?'}] mixes the channels with other axes; only reshapes that split the channel axis ` +
+      'into [channels, rest] or merge it with the axes after it (a flatten) are supported',
   );
-  if (ctx.input !== 0) return mixes;
-  if (!t && isViewFlatten(ctx.node, ctx.producer, ctx.constant)) {
-    // torch's x.view(x.size(0), -1): a Flatten(axis=1) whose shape is computed from x at run time, so nothing to edit
-    return ctx.layout.axis === 1 ? { axis: 1, scale: numel(x.slice(2)) } : mixes;
+  if (ctx.input !== 0) return refusal(ctx, ': the channels enter as its shape');
+  if (!y) return refusal(ctx, ': its output shape is unknown');
+  if (isViewFlatten(ctx.node, ctx.producer, ctx.constant))
+    return a === 1 ? { axis: 1, scale: numel(x.slice(2)) } : mixes; // torch's x.view(x.size(0), -1)
+  const block = blockOf(x, y, a);
+  if (!block) return mixes;
+  const [i0, i1, j0, j1] = block;
+  let axis: number, scale: number;
+  if (i1 - i0 === 1) {
+    // split (or kept): the channels become the first output axis of the block that is not 1
+    axis = j0;
+    while (axis < j1 - 1 && y[axis] === 1) axis++;
+    const inner = numel(y.slice(axis + 1, j1));
+    if (inner > 1 && ctx.layout.segments.some((r) => r.per % inner !== 0)) return { regroup: inner };
+    scale = 1 / inner;
+  } else {
+    // merge: the channels must be the outer axis of the merged ones (axes of size 1 aside)
+    if (numel(x.slice(i0, a)) !== 1 || j1 - j0 !== 1) return mixes;
+    axis = j0;
+    scale = numel(x.slice(a + 1, i1));
   }
-  if (!t)
-    return refusal(
-      ctx,
-      `: its shape "${shapeName}" is neither a constant nor [x.size(0), -1] computed from ` +
-        "its own input x (torch's x.view(x.size(0), -1))",
-    );
-  if (!y || y.length !== 2 || y[0] !== x[0] || ctx.layout.axis !== 1) return mixes;
-  const scale = numel(x.slice(2));
-  const spec = Array.from(tensorToInt64(t).data, Number);
-  if (attrInt(ctx.node, 'allowzero', 0) === 1 && spec.includes(0)) return mixes;
-  // spec[1] is either -1 (inferred, nothing to edit) or the feature count, which shrinks with the channels.
-  const shapeEdits = spec[1] === ctx.entries * scale ? [{ tensor: shapeName, index: 1 }] : [];
-  if (spec[1] !== -1 && shapeEdits.length === 0) return mixes;
-  return { axis: 1, scale, shapeEdits };
+  const edits = shapeEntry(ctx, 1, axis, y.length);
+  if (typeof edits === 'string') return refusal(ctx, edits);
+  return { axis, scale, shapeEdits: edits };
+};
+
+/**
+ * The smallest blocks of input axes [i0, i1) and output axes [j0, j1) with equal sizes that cover input axis a, or
+ * undefined if the sizes do not pair up.
+ */
+function blockOf(x: number[], y: number[], a: number): [number, number, number, number] | undefined {
+  let i = 0,
+    j = 0;
+  while (i < x.length || j < y.length) {
+    const i0 = i,
+      j0 = j;
+    let px = x[i] ?? 1,
+      py = y[j] ?? 1;
+    i++;
+    j++;
+    while (px !== py) {
+      if (px < py && i < x.length) px *= x[i++]!;
+      else if (py < px && j < y.length) py *= y[j++]!;
+      else return undefined;
+    }
+    // axes of size 1 after the block join it only if they are on both sides alike; the channels' block is what matters
+    if (a >= i0 && a < i) return [i0, i, j0, j];
+  }
+  return undefined;
+}
+
+/** Expand broadcasts other axes; the channel axis keeps its size, and its shape entry follows the channels. */
+const expand: ChainRule = (ctx) => {
+  const y = ctx.outShape;
+  if (ctx.input !== 0 || !y) return refusal(ctx, ': the channels enter as its shape');
+  const axis = ctx.layout.axis + y.length - ctx.inShape.length;
+  if (y[axis] !== ctx.inShape[ctx.layout.axis]) return refusal(ctx, 'broadcasts the channel axis');
+  const v = ctx.value(ctx.node.input[1] ?? '');
+  const at = axis - (y.length - (v?.length ?? y.length));
+  if (v && (v[at] === 1 || at < 0)) return { axis };
+  const edits = shapeEntry(ctx, 1, at, v?.length ?? y.length);
+  return typeof edits === 'string' ? refusal(ctx, edits) : { axis, shapeEdits: edits };
 };
 
 /** Transpose keeps every channel's entries; it only moves the channel axis. */
@@ -631,18 +831,60 @@ const pad: ChainRule = (ctx) => {
   return pass(ctx);
 };
 
-/** Slice, Split and Gather along other axes keep the channels (Gather of a scalar index removes its axis). */
+/**
+ * Slice and Split along other axes keep the channels; along the channel axis they hand each output a range of its
+ * entries (a fused q/k/v projection split into q, k and v). Gather along other axes keeps them too (a scalar index
+ * removes its axis).
+ */
 const slice: ChainRule = (ctx) => {
   if (ctx.input !== 0) return refusal(ctx, ': the channels enter as another input');
-  const a = ctx.layout.axis;
-  if (!ctx.outShape || ctx.outShape[a] !== ctx.inShape[a] || ctx.outShape.length !== ctx.inShape.length)
-    return refusal(ctx, 'slices the channel axis');
-  return { axis: a };
+  const a = ctx.layout.axis,
+    x = ctx.inShape,
+    y = ctx.outShape;
+  if (!y || y.length !== x.length) return refusal(ctx, ': its output shape is unknown');
+  if (y[a] === x[a]) return { axis: a };
+  if (ctx.node.attribute.some((at) => at.name === 'starts'))
+    return refusal(
+      ctx,
+      'slices the channel axis with bounds as attributes (opset < 10); re-export at opset 10 or later',
+    );
+  const [startsName, endsName] = [ctx.node.input[1] ?? '', ctx.node.input[2] ?? ''];
+  const starts = ctx.value(startsName),
+    ends = ctx.value(endsName),
+    axes = ctx.value(ctx.node.input[3] ?? '') ?? starts?.map((_, i) => i),
+    steps = ctx.value(ctx.node.input[4] ?? '') ?? starts?.map(() => 1);
+  const k = axes?.findIndex((v) => normAxis(v, x.length) === a) ?? -1;
+  if (!starts || !ends || k < 0 || steps![k] !== 1) return refusal(ctx, 'slices the channel axis with a step');
+  if (starts[k]! < 0 || ends[k]! < 0) return refusal(ctx, 'slices the channel axis from its end (negative bounds)');
+  const s0 = Math.min(starts[k]!, x[a]!),
+    range: [number, number] = [s0, s0 + y[a]!];
+  // a constant bound is rewritten (the entries before it); a computed one follows the axis' size (see proportional)
+  const bounds = [
+    { name: startsName, slot: 1, at: s0, edit: s0 > 0 },
+    { name: endsName, slot: 2, at: range[1], edit: ends[k]! < x[a]! },
+  ];
+  const counts = bounds
+    .filter((b) => b.edit && ctx.constant(b.name))
+    .map((b) => ({ edit: countAt(ctx, b.slot, b.name, k), from: 0, to: b.at }));
+  if (counts.some((c) => !c.edit)) return refusal(ctx, ': its bounds are shared constants');
+  const proportional = bounds.some((b) => b.edit && !ctx.constant(b.name));
+  return { axis: a, ranges: [range], counts: counts as Count[], ...(proportional ? { proportional } : {}) };
 };
 const split: ChainRule = (ctx) => {
   const axis = normAxis(attrInt(ctx.node, 'axis', 0), ctx.inShape.length);
-  if (ctx.input !== 0 || axis === ctx.layout.axis) return refusal(ctx, 'splits the channel axis');
-  return { axis: ctx.layout.axis, allOutputs: true };
+  if (ctx.input !== 0) return refusal(ctx, ': the channels enter as its split sizes');
+  if (axis !== ctx.layout.axis) return { axis: ctx.layout.axis, allOutputs: true };
+  const sizes = ctx.outShapes?.map((o) => o?.[axis]);
+  if (!sizes || sizes.some((v) => v === undefined)) return refusal(ctx, ': its split sizes are unknown');
+  if (ctx.node.attribute.some((at) => at.name === 'split'))
+    return refusal(ctx, 'splits the channel axis with sizes as an attribute (opset < 13); re-export at opset 13+');
+  let at = 0;
+  const ranges = (sizes as number[]).map((n) => [at, (at += n)] as [number, number]);
+  const name = ctx.node.input[1];
+  if (!name) return { axis, ranges, proportional: true }; // equal parts of whatever size the axis has
+  if (!ctx.constant(name)) return refusal(ctx, `: its split sizes "${name}" are not a constant`);
+  const counts = ranges.map(([from, to], index) => ({ edit: countAt(ctx, 1, name, index)!, from, to }));
+  return { axis, ranges, counts };
 };
 const gather: ChainRule = (ctx) => {
   const rank = ctx.inShape.length,
@@ -656,33 +898,10 @@ const gather: ChainRule = (ctx) => {
 };
 
 /**
- * A Shape of the channels' tensor whose output is only used to take dimension 0 (one Gather of index 0 on axis 0:
- * torch's x.size(0), the batch size) does not change with the channels: its output carries none. Any other use of the
- * shape might see the channel count.
+ * A Shape of the channels' tensor carries no channels: the dimensions it reads are the pruned tensor's at run time.
+ * Where such a dimension ends up in a reshape or expand, their rules check that it follows the right channels.
  */
-const shapeOf: ChainRule = (ctx) => {
-  const S = ctx.node,
-    t = S.input[0],
-    out = S.output[0] ?? '',
-    uses = ctx.readers(out);
-  if (ctx.layout.axis === 0)
-    return {
-      refuse: `tensor "${t}" is read by ${label(S)} while its channels are on dimension 0, so the shape changes with them`,
-    };
-  const only =
-    "only taking dimension 0 of it (a Gather of index 0 on axis 0, as torch's x.size(0)) is known not to " +
-    'change with the channels';
-  const why = (what: string): ChainStep => ({ refuse: `tensor "${t}" is read by ${label(S)}, ${what}; ${only}` });
-  if (attrInt(S, 'start', 0) !== 0) return why(`which takes the shape from dimension ${attrInt(S, 'start', 0)} on`);
-  if (ctx.isOutput(out)) return why('whose output is a graph output');
-  if (uses.length !== 1)
-    return why(`whose output is read by ${uses.length} nodes (${uses.map((u) => u.node.name).join(', ')})`);
-  const { node: U, slot } = uses[0]!;
-  const g = slot === 0 ? gatherIndex(U, ctx.constant) : undefined;
-  if (!g) return why(`whose output is read by ${label(U)}`);
-  if (g.index !== 0) return why(`whose dimension ${g.index} is taken by ${label(U)}`);
-  return { none: true };
-};
+const shapeOf: ChainRule = () => ({ none: true });
 
 const FLOAT_TYPES = new Set<number>([DataType.FLOAT, DataType.FLOAT16, DataType.DOUBLE, DataType.BFLOAT16]);
 
@@ -696,9 +915,11 @@ const refuse =
 /**
  * How the analysis treats a node with several inputs that carry channels: 'join' ops (element-wise with
  * broadcasting: Add, Mul, …) make the channels of their inputs the same channels (a residual Add; x·sigmoid(x); an SE
- * gate's product); 'concat' lays its inputs' channels end to end along its axis.
+ * gate's product); 'concat' lays its inputs' channels end to end along its axis; 'matmul' multiplies two activations
+ * (attention's q·kᵀ and weights·v): channels on a batch axis (heads) pass to the output and join, on the rows or
+ * columns they pass, and on the contracted axis they are refused.
  */
-export type Merge = 'join' | 'concat';
+export type Merge = 'join' | 'concat' | 'matmul';
 
 export interface OpRule {
   shape?: ShapeRule;
@@ -721,6 +942,7 @@ const joining = op(broadcast, arithmetic, 'join');
 export const OPS: Readonly<Record<string, OpRule>> = {
   ...Object.fromEntries(Object.entries(LAYERS).map(([name, layer]) => [name, { shape: layerShape(layer), layer }])),
   Conv: { shape: layerShape(LAYERS.Conv!), layer: LAYERS.Conv!, chain: depthwise }, // a depthwise Conv passes channels
+  MatMul: { shape: layerShape(LAYERS.MatMul!), layer: LAYERS.MatMul!, merge: 'matmul' },
   Constant: op(constantShape),
   Shape: op(shapeShape, shapeOf, undefined, shapeValue),
   // element-wise, one input
@@ -750,10 +972,20 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Mul: { ...joining, value: arithmeticValue((a, b) => a * b) },
   Div: { ...joining, value: arithmeticValue((a, b) => Math.trunc(a / b)) },
   ...Object.fromEntries(
-    ['Where', 'Equal', 'Less', 'Greater', 'LessOrEqual', 'GreaterOrEqual', 'And', 'Or', 'Xor'].map((n) => [
-      n,
-      op(broadcast),
-    ]),
+    ['Less', 'Greater', 'LessOrEqual', 'GreaterOrEqual', 'And', 'Or', 'Xor'].map((n) => [n, op(broadcast)]),
+  ),
+  Equal: op(
+    broadcast,
+    undefined,
+    undefined,
+    arithmeticValue((a, b) => (a === b ? 1 : 0)),
+  ),
+  Where: op(broadcast, undefined, undefined, whereValue),
+  ConstantOfShape: op(
+    ({ node, value }) => (value(node.input[0] ?? '') ? [value(node.input[0] ?? '')!] : undefined),
+    undefined,
+    undefined,
+    constantOfShapeValue,
   ),
   // normalisations
   BatchNormalization: op(sameShape, perChannelNorm([1, 2, 3, 4])),
@@ -774,7 +1006,7 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Pad: op(padShape, pad),
   // shape ops
   Flatten: op(flattenShape, flatten),
-  Reshape: op(reshapeShape, reshape),
+  Reshape: op(reshapeShape, reshape, undefined, sameValue),
   Transpose: op(transposeShape, transpose),
   Squeeze: op(squeezeShape, squeeze, undefined, sameValue),
   Unsqueeze: op(unsqueezeShape, unsqueeze, undefined, sameValue),
@@ -782,6 +1014,7 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Split: op(splitShape, split),
   Gather: op(gatherShape, gather, undefined, gatherValue),
   Concat: op(concatShape, undefined, 'concat', concatValue),
+  Expand: op(expandShape, expand),
   // reductions
   ...Object.fromEntries(['ReduceMean', 'ReduceMax', 'ReduceMin', 'ReduceSum'].map((n) => [n, op(reduceShape, reduce)])),
   ...Object.fromEntries(

@@ -19,6 +19,9 @@ import { LAYERS } from './layers.js';
 
 export type Shapes = Map<string, number[]>;
 
+/** The shapes the model's inputs are analysed at: the first input's (an array), or each input's by name. */
+export type InputShapes = readonly number[] | ReadonlyMap<string, readonly number[]>;
+
 /** The node that computes each tensor (graph inputs and initializers have none). */
 export function producerMap(graph: GraphProto): Map<string, NodeProto> {
   return new Map(graph.node.flatMap((n) => n.output.map((o) => [o, n] as [string, NodeProto])));
@@ -50,9 +53,18 @@ export function dataInputs(graph: GraphProto): ValueInfoProto[] {
 
 /**
  * Shapes of every tensor the op table's shape rules can follow. inputShape replaces the first graph input's shape
+ * (an array), or the named inputs' shapes (a map)
  * (it must have the same rank); every other symbolic dimension is taken as 1.
  */
-export function inferShapes(model: Model, inputShape?: readonly number[]): Shapes {
+export function inferShapes(model: Model, inputShapes?: InputShapes): Shapes {
+  return inferShapesAndValues(model, inputShapes).shapes;
+}
+
+/** inferShapes, and the values of the small integer tensors that shapes are computed with. */
+export function inferShapesAndValues(
+  model: Model,
+  inputShapes?: InputShapes,
+): { shapes: Shapes; values: Map<string, number[]> } {
   const graph = model.graph;
   if (!graph) throw badInput('the model has no graph.');
   const consts = constantTensors(graph);
@@ -69,7 +81,8 @@ export function inferShapes(model: Model, inputShape?: readonly number[]): Shape
   const value = (name: string) => values.get(name);
   dataInputs(graph).forEach((vi, i) => {
     const declared = declaredShape(vi);
-    if (i === 0 && inputShape) {
+    const inputShape = inputShapes instanceof Map ? inputShapes.get(vi.name) : i === 0 ? inputShapes : undefined;
+    if (inputShape) {
       if (declared && declared.length !== inputShape.length) {
         throw badInput(
           `input shape [${inputShape.join(', ')}] has rank ${inputShape.length}, but the model's input ` +
@@ -104,7 +117,7 @@ export function inferShapes(model: Model, inputShape?: readonly number[]): Shape
     const v = node.output[0] && !values.has(node.output[0]) ? rule?.value?.(ctx) : undefined;
     if (v && v.every(Number.isFinite)) values.set(node.output[0]!, v);
   }
-  return shapes;
+  return { shapes, values };
 }
 
 /** Multiply-accumulates of one layer node for the whole batch of `shapes`; 0 for other ops; undefined if unknown. */
@@ -121,7 +134,10 @@ export function nodeMacs(node: NodeProto, shapes: Shapes): number | undefined {
  * nodes per sample. Nodes whose shapes cannot be inferred are listed in `unknown` (their FLOPs are not counted). Does
  * not change the model. (After analyze has folded Identity aliases of constants, each copy counts.)
  */
-export function modelStats(model: Model, inputShape?: number[]): { params: number; flops: number; unknown: string[] } {
+export function modelStats(
+  model: Model,
+  inputShape?: InputShapes,
+): { params: number; flops: number; unknown: string[] } {
   if (!model.graph) throw badInput('the model has no graph.');
   const graph = model.graph, // read-only: no normalising
     shapes = inferShapes(model, inputShape),

@@ -43,10 +43,14 @@ export interface AxisSlice {
 }
 
 /**
- * A count that follows the group: entry `index` of the INT64 constant `tensor` (a Reshape shape), or the INT
- * attribute `attribute` of `node` (a depthwise conv's group); it shrinks by `per` for every removed channel.
+ * A count that follows the group: entry `index` of the INT64 constant `tensor` (a Reshape shape), the INT attribute
+ * `attribute` of `node` (a depthwise conv's group), or entry `index` of input `input` of `node`, which becomes a
+ * Constant of its own (`values` before pruning; see ShapeEdit); it shrinks by `per` for every removed channel.
  */
-export type Edit = { tensor: string; index: number; per: number } | { node: string; attribute: string; per: number };
+export type Edit =
+  | { tensor: string; index: number; per: number }
+  | { node: string; attribute: string; per: number }
+  | { node: string; input: number; values: number[]; index: number; per: number };
 
 /** One layer reading the group's channels: its input B restricted to them, and its weight rows for them. */
 export interface Consumer {

@@ -13,10 +13,10 @@ import { ARENA_START } from './memory.js';
 // processes' time slices. A part's result does not depend on which thread runs it (scratch is per thread and does
 // not carry between parts), so results stay bit-identical for any thread count.
 //
-// Layout (int32 unless said): [0] job sequence, [1] a worker failed, [2] kernel index, [3] arg count, [4] range
-// start arg index, [5] scratch arg index (−1: none), [6] scratch stride, [7] range end arg index, [8] parts, [9]
-// workers started, [10 + 2p, 11 + 2p] part p. f64 args from ARGS. DONE slot p: the last job sequence whose part p is done; CLAIM slot
-// p: the last whose part p was claimed.
+// Layout (int32 unless said): [0] job sequence, [1] a worker failed, [2] kernel index, [3] arg count, [4] range start
+// arg index, [5] scratch arg index (−1: none), [6] scratch stride, [7] range end arg index, [8] parts, [9] workers
+// started, [10 + 2p, 11 + 2p] part p. f64 args from ARGS. DONE slot p: the last job sequence whose part p is done;
+// CLAIM slot p: the last whose part p was claimed.
 
 export const CTRL = 128;
 /** Parts a job may have (control-block slots). */

@@ -35,12 +35,14 @@ export function externalDataLocation(
   if (!loc) throw badInput(`tensor "${t.name}" is marked EXTERNAL but names no location; the model is corrupted.`);
   if (path.isAbsolute(loc) || path.win32.isAbsolute(loc)) {
     throw badInput(
-      `${where} is an absolute path; subprune reads external data only from files inside the model's folder. Move the data file next to the model and make the location relative.`,
+      `${where} is an absolute path; subprune reads external data only from files inside the model's folder. ` +
+        'Move the data file next to the model and make the location relative.',
     );
   }
   if (loc.split(/[\\/]/).includes('..')) {
     throw badInput(
-      `${where} contains "..": subprune reads external data only from files inside the model's folder. Move the data file next to the model.`,
+      `${where} contains "..": subprune reads external data only from files inside the model's folder. Move ` +
+        'the data file next to the model.',
     );
   }
   let file: string;
@@ -50,14 +52,16 @@ export function externalDataLocation(
     file = fs.realpathSync(path.resolve(baseDir, loc));
   } catch (e) {
     throw badInput(
-      `${where}: the file cannot be found in the model's folder ${baseDir} (${(e as Error).message}). Keep the data file next to the model.`,
+      `${where}: the file cannot be found in the model's folder ${baseDir} (${(e as Error).message}). Keep the ` +
+        'data file next to the model.',
       e,
     );
   }
   const rel = path.relative(root, file);
   if (rel === '' || rel.split(path.sep)[0] === '..' || path.isAbsolute(rel)) {
     throw badInput(
-      `${where} resolves (through a symlink) to ${file}, outside the model's folder ${root}; subprune refuses to read it. Copy the data file into the model's folder.`,
+      `${where} resolves (through a symlink) to ${file}, outside the model's folder ${root}; subprune refuses ` +
+        `to read it. Copy the data file into the model's folder.`,
     );
   }
   const stat = fs.statSync(file);
@@ -67,7 +71,8 @@ export function externalDataLocation(
   // Check before allocating: a corrupted length must not turn into a huge allocation.
   if (offset + length > stat.size || length < 0) {
     throw badInput(
-      `${where}: offset ${offset} + length ${length} runs past the end of the ${stat.size}-byte file; the data file is truncated or does not belong to this model.`,
+      `${where}: offset ${offset} + length ${length} runs past the end of the ${stat.size}-byte file; the data ` +
+        'file is truncated or does not belong to this model.',
     );
   }
   return { file, offset, length };

@@ -59,13 +59,15 @@ export function inlineExternalData(model: Model, baseDir: string): void {
       want = expectedBytes(t);
     if (want !== undefined && want !== length) {
       throw badInput(
-        `tensor "${t.name}": its external data has ${length} bytes but its dims [${t.dims.join(', ')}] need ${want}; the model is corrupted or the data file does not belong to it.`,
+        `tensor "${t.name}": its external data has ${length} bytes but its dims [${t.dims.join(', ')}] need ` +
+          `${want}; the model is corrupted or the data file does not belong to it.`,
       );
     }
     total += length;
     if (total > MAX_INLINE_BYTES) {
       throw badInput(
-        `the model's external data exceeds ${MAX_INLINE_BYTES / 2 ** 30} GB; subprune stores weights inside the .onnx file, which protobuf limits to 2 GB, so models this large are not supported.`,
+        `the model's external data exceeds ${MAX_INLINE_BYTES / 2 ** 30} GB; subprune stores weights inside ` +
+          'the .onnx file, which protobuf limits to 2 GB, so models this large are not supported.',
       );
     }
     setTensorData(t, tensorDims(t), t.dataType, readExternalData(t, baseDir));
@@ -82,7 +84,8 @@ export function parseModel(bytes: Uint8Array, baseDir?: string): Model {
     model = fromBinary(ModelProtoSchema, bytes);
   } catch (e) {
     throw badInput(
-      `not a valid ONNX model: protobuf decoding failed (${(e as Error).message}). The file is truncated, corrupted or not an .onnx file; re-export or re-download it.`,
+      `not a valid ONNX model: protobuf decoding failed (${(e as Error).message}). The file is truncated, ` +
+        'corrupted or not an .onnx file; re-export or re-download it.',
       e,
     );
   }
@@ -119,7 +122,8 @@ export function serializeModel(model: Model): Uint8Array {
   forEachTensor(model, (t) => {
     if (isExternal(t)) {
       throw badInput(
-        `tensor "${t.name}" still refers to external data; load the model with readModel(path) or parseModel(bytes, modelFolder) so its data is inlined before writing.`,
+        `tensor "${t.name}" still refers to external data; load the model with readModel(path) or ` +
+          'parseModel(bytes, modelFolder) so its data is inlined before writing.',
       );
     }
   });

@@ -34,7 +34,8 @@ function getAttr(node: NodeProto, name: string, type: AttrType): AttributeProto 
   const a = node.attribute.find((x) => x.name === name);
   if (a && a.type !== type && a.type !== AttrType.UNDEFINED) {
     throw badInput(
-      `${nodeLabel(node)}: attribute "${name}" is ${AttrType[a.type]}, expected ${AttrType[type]}; the model does not follow the ONNX spec.`,
+      `${nodeLabel(node)}: attribute "${name}" is ${AttrType[a.type]}, expected ${AttrType[type]}; the model ` +
+        'does not follow the ONNX spec.',
     );
   }
   return a;

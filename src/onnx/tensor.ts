@@ -94,13 +94,15 @@ export function checkStoredSize(t: TensorProto): void {
 function storedBytes(t: TensorProto, baseDir: string | undefined): Uint8Array | undefined {
   if (t.segment !== undefined) {
     throw badInput(
-      `${label(t)} is stored in segments, which subprune does not support; re-export the model without segmented tensors.`,
+      `${label(t)} is stored in segments, which subprune does not support; re-export the model without ` +
+        'segmented tensors.',
     );
   }
   if (isExternal(t)) {
     if (baseDir === undefined) {
       throw badInput(
-        `${label(t)} keeps its data in an external file; load the model with readModel(path) (or pass the model's folder) so the file can be found.`,
+        `${label(t)} keeps its data in an external file; load the model with readModel(path) (or pass the ` +
+          `model's folder) so the file can be found.`,
       );
     }
     return readExternalData(t, baseDir);
@@ -111,7 +113,8 @@ function storedBytes(t: TensorProto, baseDir: string | undefined): Uint8Array | 
 function checkCount(t: TensorProto, got: number, want: number, what: string): void {
   if (got !== want) {
     throw badInput(
-      `${label(t)} has ${got} ${what} but its dims [${t.dims.join(', ')}] need ${want}; the model is corrupted or truncated, re-export it.`,
+      `${label(t)} has ${got} ${what} but its dims [${t.dims.join(', ')}] need ${want}; the model is corrupted ` +
+        'or truncated, re-export it.',
     );
   }
 }
@@ -158,7 +161,8 @@ export function tensorToFloat32(t: TensorProto, baseDir?: string): { dims: numbe
   const dt = t.dataType;
   if (dt !== DataType.FLOAT && dt !== DataType.FLOAT16 && dt !== DataType.DOUBLE) {
     throw badInput(
-      `${label(t)} has data type ${dataTypeName(dt)}; subprune reads weights only as FLOAT, FLOAT16 or DOUBLE. Convert the model's weights to float32.`,
+      `${label(t)} has data type ${dataTypeName(dt)}; subprune reads weights only as FLOAT, FLOAT16 or DOUBLE. ` +
+        `Convert the model's weights to float32.`,
     );
   }
   const raw = storedBytes(t, baseDir);
@@ -193,7 +197,8 @@ export function tensorToInt64(t: TensorProto, baseDir?: string): { dims: number[
   const dims = tensorDims(t);
   if (t.dataType !== DataType.INT64) {
     throw badInput(
-      `${label(t)} has data type ${dataTypeName(t.dataType)} where INT64 was expected; the model does not follow the ONNX spec for this input.`,
+      `${label(t)} has data type ${dataTypeName(t.dataType)} where INT64 was expected; the model does not ` +
+        'follow the ONNX spec for this input.',
     );
   }
   const raw = storedBytes(t, baseDir);

@@ -3,7 +3,7 @@
 import { internal } from '../errors.js';
 import type { Model } from '../onnx/index.js';
 import type { Group } from '../graph/types.js';
-import type { Calibration } from '../calibration.js';
+import type { Calibration, InputData } from '../calibration.js';
 import type { NpyFile } from '../npy.js';
 import { captureGrams, type RuntimeOptions } from '../capture/index.js';
 import type { Captured, StatsWanted } from '../capture/stats.js';
@@ -31,7 +31,7 @@ export interface AllocationOptions {
 export function captureOriginal(
   model: Model,
   groups: Group[],
-  calib: NpyFile | Calibration,
+  calib: InputData,
   methods: readonly Method[],
   opts: RuntimeOptions & KernelOptions & { onBatch?: (d: number, n: number) => void } = {},
 ): Promise<Map<string, Captured[]>> {

@@ -6,8 +6,9 @@ import type { Model } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
 import type { Group, Refused } from '../graph/types.js';
 import { analyze, modelStats } from '../graph/analyze.js';
+import type { InputShapes } from '../graph/shapes.js';
 import { pruneGroups, type PrunePlan } from '../rewrite/index.js';
-import { Calibration } from '../calibration.js';
+import { Calibration, type InputData } from '../calibration.js';
 import {
   captureGrams,
   capturePasses,
@@ -71,8 +72,14 @@ export interface GroupReport {
   objective: number;
   /** Each consumer's own objective (by node name). */
   consumers: { node: string; objective: number }[];
+  /** What removing every channel of the group saves, in the original model and in the pruned one (per sample). */
+  params: { before: number; after: number };
+  flops: { before: number; after: number };
   seconds: number;
 }
+
+/** A group's report as its selection makes it (the sizes come when every group is pruned). */
+type Selected = Omit<GroupReport, 'params' | 'flops'>;
 
 const STAGES = ['analyze', 'allocate', 'capture', 'select', 'rewrite', 'verify'] as const;
 type Stage = (typeof STAGES)[number];
@@ -88,7 +95,10 @@ export interface PruneReport {
   groups: GroupReport[];
   refused: Refused[];
   params: { before: number; after: number };
+  /** Per sample, at the calibration inputs' shapes (a sequence model's: at their length). */
   flops: { before: number; after: number };
+  /** Tokens per sample of a sequence model (see Calibration.tokens): flops ÷ tokens is the FLOPs per token. */
+  tokens?: number;
   /** allocate: the sensitivity or global allocation (its capture of the original model and its measurements). */
   seconds: Record<Stage | 'total', number>;
   /** The pruned model against the original on the calibration inputs. */
@@ -101,14 +111,14 @@ export interface PruneReport {
 interface Plan {
   groups: Group[];
   refused: Refused[];
-  inputShape: number[];
+  inputShape: InputShapes;
   before: { params: number; flops: number };
   sizeOf: SizeOf;
   memory: MemoryPlan;
 }
 
 function planPrune(model: Model, calib: Calibration, mode: Mode, budget: Budget): Plan {
-  const inputShape = [1, ...calib.shape.slice(1)];
+  const inputShape = calib.shapes;
   const { groups, refused } = analyze(model, inputShape);
   const target = 'compression' in budget && budget.target === 'flops' ? 'flops' : 'params';
   const passes = mode === 'layerwise' ? capturePasses(groups, false) : groups.map((u) => [u]);
@@ -151,7 +161,7 @@ function selectGroupPlan(
   k: number,
   calib: Calibration,
   opts: PruneOptions & { ranked?: Ranked },
-): { plan: PrunePlan; report: GroupReport } {
+): { plan: PrunePlan; report: Selected } {
   const t = performance.now(),
     refit = opts.refit ?? true;
   if (refit)
@@ -177,7 +187,7 @@ function selectGroupPlan(
 
 interface Pruned {
   model: Model;
-  groups: GroupReport[];
+  groups: Selected[];
 }
 
 /** Every group from the original model's activations: one capture (or the allocation's), one rewrite. */
@@ -223,7 +233,7 @@ async function pruneSequential(
 ): Promise<Pruned> {
   const progress = opts.onProgress ?? (() => {}),
     ids = plan.groups.map((u) => u.id),
-    reports: GroupReport[] = [];
+    reports: Selected[] = [];
   let pruned = model;
   for (const [i, id] of ids.entries()) {
     progress('group', i, ids.length);
@@ -243,10 +253,23 @@ async function pruneSequential(
   return { model: pruned, groups: reports };
 }
 
+/** Each group's report with its params and FLOPs: what removing all its channels saves, before and after. */
+function withSizes(model: Model, plan: Plan, reports: Selected[]): GroupReport[] {
+  const kept = new Map(reports.map((r) => [r.id, r.kept]));
+  const [params, flops] = (['params', 'flops'] as const).map((t) => sizeModel(model, plan.groups, plan.inputShape, t));
+  const saved = (size: SizeOf, keeps: Map<string, number>, id: string) => size(keeps) - size(new Map(keeps).set(id, 0));
+  const full = new Map(plan.groups.map((g) => [g.id, g.channels]));
+  return reports.map((r) => ({
+    ...r,
+    params: { before: saved(params!, full, r.id), after: saved(params!, kept, r.id) },
+    flops: { before: saved(flops!, full, r.id), after: saved(flops!, kept, r.id) },
+  }));
+}
+
 /** Prunes `model` with calibration data; returns the pruned model (verified in onnxruntime) and the report. */
 export async function prune(
   model: Model,
-  data: NpyFile | Calibration,
+  data: InputData,
   opts: PruneOptions,
 ): Promise<{ model: Model; report: PruneReport }> {
   // resolved once, so every run below uses the same one; loading it is a per-process cost, not in the seconds
@@ -274,10 +297,11 @@ export async function prune(
       allocation: o.allocation ?? 'uniform',
       backend,
       calibration: { path: calib.path, samples: calib.rows },
-      groups: pruned.groups,
+      groups: withSizes(model, plan, pruned.groups),
       refused: plan.refused,
       params: { before: plan.before.params, after: after.params },
       flops: { before: plan.before.flops, after: after.flops },
+      ...(calib.tokens ? { tokens: calib.tokens } : {}),
       seconds: { ...clock.seconds, total: clock.total() },
       fidelity,
       memory: plan.memory,

@@ -4,7 +4,7 @@
 import { internal } from '../errors.js';
 import type { Model } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
-import { Calibration, type Batch } from '../calibration.js';
+import { Calibration, type Batch, type InputData } from '../calibration.js';
 import { CAPTURE_BATCH, Runner, type Activation, type Backend, type RuntimeOptions } from '../capture/index.js';
 
 const broken = (what: string, cause?: unknown) =>
@@ -13,7 +13,7 @@ const broken = (what: string, cause?: unknown) =>
 async function outputsOf(model: Model, names: string[], x: Batch, backend?: Backend): Promise<Map<string, Activation>> {
   const run = await Runner.open(model, [], { backend });
   try {
-    return await run.run(x.data, x.dims, names);
+    return await run.run(x, names);
   } finally {
     await run.release();
   }
@@ -22,7 +22,7 @@ async function outputsOf(model: Model, names: string[], x: Batch, backend?: Back
 export async function verifyPruned(
   original: Model,
   pruned: Model,
-  data: NpyFile | Calibration,
+  data: InputData,
   opts: RuntimeOptions = {},
 ): Promise<void> {
   const calib = Calibration.of(original, data);

@@ -10,6 +10,9 @@ import {
   DataType,
   dataTypeName,
   encodeFloat32,
+  int64Tensor,
+  makeNode,
+  tensorAttr,
   numel,
   ModelProtoSchema,
   replaceInitializerData,
@@ -131,11 +134,13 @@ export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
       const w = get(c.weight, group);
       if (w.data.length !== c.dTotal * c.m)
         throw badInput(
-          `group "${group.id}": weight "${c.weight}" has ${w.data.length} values, expected ${c.dTotal}×${c.m}; ${changedModel}`,
+          `group "${group.id}": weight "${c.weight}" has ${w.data.length} values, expected ${c.dTotal}×${c.m}; ` +
+            `${changedModel}`,
         );
       if (Wt.length !== keep.length * c.g * c.m)
         throw badInput(
-          `group "${group.id}": W has ${Wt.length} values, expected ${keep.length * c.g}×${c.m} (kept channels × g by outputs).`,
+          `group "${group.id}": W has ${Wt.length} values, expected ${keep.length * c.g}×${c.m} (kept channels ` +
+            '× g by outputs).',
         );
       const at = weightIndex(c.layout, c.dTotal, c.m);
       keep.forEach((ch, i) => {
@@ -155,7 +160,8 @@ export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
       const w = get(s.tensor, group);
       if (s.offset + group.channels * s.per > (w.dims[s.axis] ?? 0))
         throw badInput(
-          `group "${group.id}": constant "${s.tensor}" has ${w.dims[s.axis]} entries on axis ${s.axis}; ${changedModel}`,
+          `group "${group.id}": constant "${s.tensor}" has ${w.dims[s.axis]} entries on axis ${s.axis}; ` +
+            `${changedModel}`,
         );
       const axes = removed.get(s.tensor) ?? new Map<number, Set<number>>();
       const set = axes.get(s.axis) ?? new Set<number>();
@@ -169,11 +175,18 @@ export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
   }
   for (const [name, axes] of removed) for (const [axis, set] of axes) sliceAxis(work.get(name)!, axis, set);
 
-  // 3. Counts that follow the channels.
+  // 3. Counts that follow the channels (an input made a constant of its own: summed over the groups, then written).
+  const parts = new Map<string, { node: string; input: number; values: number[] }>();
   for (const { group, keep } of plans) {
     const gone = group.channels - keep.length;
     for (const e of group.edits) {
-      if ('tensor' in e) {
+      if ('input' in e) {
+        if (!gone) continue;
+        const key = `${e.node}|${e.input}`,
+          part = parts.get(key) ?? { node: e.node, input: e.input, values: [...e.values] };
+        part.values[e.index]! -= gone * e.per;
+        parts.set(key, part);
+      } else if ('tensor' in e) {
         const t = consts.get(e.tensor);
         if (!t) throw badInput(`group "${group.id}": the model has no shape constant "${e.tensor}".`);
         const { dims, data } = tensorToInt64(t);
@@ -189,12 +202,33 @@ export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
       }
     }
   }
+  for (const part of parts.values()) {
+    const node = graph.node.find((n) => n.name === part.node);
+    if (!node) throw badInput(`the model has no node "${part.node}"; ${changedModel}`);
+    // a Constant node, as exporters write shape parts (an initializer would count as a parameter)
+    const name = uniqueName(graph, `${part.node}_${part.input}_pruned`);
+    const value = tensorAttr('value', int64Tensor(name, [part.values.length], part.values));
+    graph.node.splice(graph.node.indexOf(node), 0, makeNode('Constant', [], [name], [value], name));
+    node.input[part.input] = name;
+  }
   for (const [name, w] of work) writeBack(graph, name, w.t, w.dims, w.data);
 
   // Shapes of the channels' activations changed; drop stale value_info rather than guess (onnxruntime re-infers).
   const changed = new Set(plans.flatMap((p) => p.group.tensors.map((t) => t.tensor)));
   graph.valueInfo = graph.valueInfo.filter((vi) => !changed.has(vi.name) && !work.has(vi.name));
   return out;
+}
+
+/** A tensor name no initializer, input or node output of the graph uses yet. */
+function uniqueName(graph: GraphProto, base: string): string {
+  const taken = new Set([
+    ...graph.initializer.map((t) => t.name),
+    ...graph.input.map((i) => i.name),
+    ...graph.node.flatMap((n) => n.output),
+  ]);
+  let name = base;
+  for (let i = 1; taken.has(name); i++) name = `${base}_${i}`;
+  return name;
 }
 
 /** Store new data in an initializer (keeps its data type, fixes its graph-input entry) or a Constant node's tensor. */

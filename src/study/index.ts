@@ -13,7 +13,7 @@ import { resolveBudget } from '../budget/index.js';
 import { sizeModel, type Target } from '../budget/size.js';
 import type { Curve } from '../budget/allocate.js';
 import { MODES, prune, type Mode } from '../prune/index.js';
-import { Calibration } from '../calibration.js';
+import { Calibration, type InputData } from '../calibration.js';
 import type { RuntimeOptions } from '../capture/index.js';
 import type { KernelOptions } from '../kernels/instances.js';
 import { planOf, rankGroup, type Ranked } from '../prune/rank.js';
@@ -71,8 +71,8 @@ export interface StudyResult {
 export interface StudyOptions extends RuntimeOptions, KernelOptions {
   /** Shown in the outputs. */
   name: string;
-  calib: NpyFile | Calibration;
-  test: { data: NpyFile | Calibration; labels: ArrayLike<number> };
+  calib: InputData;
+  test: { data: InputData; labels: ArrayLike<number> };
   /** Default: the calibration inputs, measuring top-1 agreement with the original (label-free). */
   verify?: VerifySet;
   compressions: number[];
@@ -101,14 +101,14 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
     target = o.target ?? 'params';
   const calib = Calibration.of(model, o.calib),
     test = Calibration.of(model, o.test.data);
-  const verify = o.verify ?? { data: calib };
+  const verify = o.verify ? { ...o.verify, data: Calibration.of(model, o.verify.data) } : { data: calib };
   const run: RuntimeOptions & KernelOptions = {
     batch: o.batch,
     backend: o.backend,
     kernels: o.kernels,
     threads: o.threads,
   };
-  const inputShape = [1, ...calib.shape.slice(1)];
+  const inputShape = calib.shapes;
   const { groups } = analyze(model, inputShape);
   const sizeOf = sizeModel(model, groups, inputShape, target);
   const full = sizeOf(new Map(groups.map((u) => [u.id, u.channels])));

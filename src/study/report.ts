@@ -69,12 +69,15 @@ export function accuracyTable(r: StudyResult): string {
 /** Every run: accuracy, parameters, FLOPs, seconds. */
 export function detailTable(r: StudyResult): string {
   const head =
-    '| method | mode | re-fit | allocation | seed | compression | test accuracy | params | FLOPs | seconds | kept channels |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---|';
+    '| method | mode | re-fit | allocation | seed | compression | test accuracy | params | FLOPs | seconds | ' +
+    'kept channels |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---|';
   return [
     head,
     ...r.rows.map(
       (x) =>
-        `| ${x.method} | ${x.mode} | ${x.refit ? 'yes' : 'no'} | ${x.allocation} | ${x.seed} | ${x.compression} | ${f3(x.accuracy)} | ${x.params} | ${x.flops} | ${x.seconds.toFixed(2)} | ${Object.values(x.keeps).join(' ')} |`,
+        `| ${x.method} | ${x.mode} | ${x.refit ? 'yes' : 'no'} | ${x.allocation} | ${x.seed} | ` +
+        `${x.compression} | ${f3(x.accuracy)} | ${x.params} | ${x.flops} | ${x.seconds.toFixed(2)} | ` +
+        `${Object.values(x.keeps).join(' ')} |`,
     ),
   ].join('\n');
 }
@@ -166,7 +169,8 @@ export function claimsMarkdown(r: StudyResult): string {
       (c) =>
         `- **${c.claim}**: held in ${c.held} of ${c.total} comparisons` +
         (c.withinNoise.length || c.violated.length
-          ? `; lower within test noise (< 2 standard errors) in ${c.withinNoise.length}, lower beyond it in ${c.violated.length}.`
+          ? `; lower within test noise (< 2 standard errors) in ${c.withinNoise.length}, lower beyond it in ` +
+            `${c.violated.length}.`
           : '.') +
         list('beyond noise', c.violated) +
         list('within noise', c.withinNoise),
@@ -175,16 +179,27 @@ export function claimsMarkdown(r: StudyResult): string {
 }
 
 export function studyMarkdown(r: StudyResult, plot = 'plot.svg'): string {
-  const pct = (x: number) => `${x}`;
+  const target = r.target === 'flops' ? 'FLOPs' : 'parameters',
+    calibration = `${r.calibration.samples} unlabeled calibration images (${r.calibration.path})`,
+    original = `accuracy ${f3(r.original.accuracy)}, ${r.original.params} parameters, ${r.original.flops} FLOPs`,
+    measure =
+      r.verify.measure === 'agreement' ? 'top-1 agreement with the original model: no labels' : 'top-1 accuracy',
+    seeds = Math.max(...r.rows.map((x) => x.seed)) + 1,
+    notRun = r.unreachable?.compressions.length
+      ? `Not run: ${r.unreachable.compressions.map((c) => `${c}×`).join(', ')}, beyond this model's reach ` +
+        `(every group at one channel gives ${r.unreachable.max.toFixed(1)}×; the other layers cannot be pruned, ` +
+        'see `subprune inspect`).\n'
+      : '',
+    kept = r.groups.map((u) => `${u.id} (${u.channels})`).join(', ');
   return `# ${r.model}: accuracy against compression
 
 Test accuracy on ${r.test.samples} test images (${r.test.path}) without fine-tuning, after pruning to 1/c of the
-${r.target === 'flops' ? 'FLOPs' : 'parameters'} with ${r.calibration.samples} unlabeled calibration images (${r.calibration.path}).
-The original model: accuracy ${f3(r.original.accuracy)}, ${pct(r.original.params)} parameters, ${pct(r.original.flops)} FLOPs.
+${target} with ${calibration}.
+The original model: ${original}.
 The sensitivity allocation measured each group pruned alone on ${r.verify.samples} images of ${r.verify.path}
-(${r.verify.measure === 'agreement' ? 'top-1 agreement with the original model: no labels' : 'top-1 accuracy'}) at kept fractions
+(${measure}) at kept fractions
 ${r.grid}, ${2 * r.grid}, …, 1.
-${r.unreachable?.compressions.length ? `Not run: ${r.unreachable.compressions.map((c) => `${c}×`).join(', ')}, beyond this model's reach (every group at one channel gives ${r.unreachable.max.toFixed(1)}×; the other layers cannot be pruned, see \`subprune inspect\`).\n` : ''}Random and sampling: mean ± standard deviation over ${Math.max(...r.rows.map((x) => x.seed)) + 1} seeds. Best of each column in bold.
+${notRun}Random and sampling: mean ± standard deviation over ${seeds} seeds. Best of each column in bold.
 
 ![accuracy against compression](${plot})
 
@@ -197,7 +212,7 @@ ${claimsMarkdown(r)}
 ## Every run
 
 Seconds: what \`subprune prune\` with that configuration spends (capture, ranking, allocation and its measurements,
-rewrite), not counting the test evaluation. Kept channels per group: ${r.groups.map((u) => `${u.id} (${u.channels})`).join(', ')}.
+rewrite), not counting the test evaluation. Kept channels per group: ${kept}.
 
 ${detailTable(r)}
 `;
@@ -245,35 +260,42 @@ export function studySvg(r: StudyResult): string {
   const ly = (a: number) => top + (1 - (a - ymin) / (ymax - ymin || 1)) * ph;
   const out: string[] = [];
   out.push(
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" ` +
+      'font-family="sans-serif" font-size="12">',
   );
   out.push(`<rect width="${W}" height="${H}" fill="white"/>`);
   out.push(
-    `<text x="${left + pw / 2}" y="22" text-anchor="middle" font-size="14">${esc(r.model)}: test accuracy without fine-tuning</text>`,
+    `<text x="${left + pw / 2}" y="22" text-anchor="middle" font-size="14">${esc(r.model)}: test accuracy ` +
+      'without fine-tuning</text>',
   );
   for (let i = 0; ymin + i * step <= ymax + 1e-9; i++) {
     const a = ymin + i * step,
       y = ly(a);
     out.push(
-      `<line x1="${left}" x2="${left + pw}" y1="${y}" y2="${y}" stroke="#ddd"/><text x="${left - 6}" y="${y + 4}" text-anchor="end">${a.toFixed(2)}</text>`,
+      `<line x1="${left}" x2="${left + pw}" y1="${y}" y2="${y}" stroke="#ddd"/><text x="${left - 6}" ` +
+        `y="${y + 4}" text-anchor="end">${a.toFixed(2)}</text>`,
     );
   }
   for (const c of cs)
     out.push(
-      `<line x1="${lx(c)}" x2="${lx(c)}" y1="${top}" y2="${top + ph}" stroke="#eee"/><text x="${lx(c)}" y="${top + ph + 18}" text-anchor="middle">${c}×</text>`,
+      `<line x1="${lx(c)}" x2="${lx(c)}" y1="${top}" y2="${top + ph}" stroke="#eee"/><text x="${lx(c)}" ` +
+        `y="${top + ph + 18}" text-anchor="middle">${c}×</text>`,
     );
   out.push(`<rect x="${left}" y="${top}" width="${pw}" height="${ph}" fill="none" stroke="#333"/>`);
   out.push(
-    `<text x="${left + pw / 2}" y="${H - 10}" text-anchor="middle">compression (${r.target === 'flops' ? 'FLOPs' : 'parameters'} ÷ c, log scale)</text>`,
+    `<text x="${left + pw / 2}" y="${H - 10}" text-anchor="middle">compression ` +
+      `(${r.target === 'flops' ? 'FLOPs' : 'parameters'} ÷ c, log scale)</text>`,
   );
   out.push(`<text transform="translate(16 ${top + ph / 2}) rotate(-90)" text-anchor="middle">test accuracy</text>`);
   out.push(
-    `<line x1="${left}" x2="${left + pw}" y1="${ly(r.original.accuracy)}" y2="${ly(r.original.accuracy)}" stroke="#000" stroke-dasharray="2 3"/>`,
+    `<line x1="${left}" x2="${left + pw}" y1="${ly(r.original.accuracy)}" y2="${ly(r.original.accuracy)}" ` +
+      'stroke="#000" stroke-dasharray="2 3"/>',
   );
   let ly0 = top + 4;
   const legend = (color: string, dash: string, text: string) => {
     out.push(
-      `<line x1="${left + pw + 12}" x2="${left + pw + 38}" y1="${ly0}" y2="${ly0}" stroke="${color}" stroke-width="2" ${dash}/><text x="${left + pw + 44}" y="${ly0 + 4}">${esc(text)}</text>`,
+      `<line x1="${left + pw + 12}" x2="${left + pw + 38}" y1="${ly0}" y2="${ly0}" stroke="${color}" ` +
+        `stroke-width="2" ${dash}/><text x="${left + pw + 44}" y="${ly0 + 4}">${esc(text)}</text>`,
     );
     ly0 += 17;
   };
@@ -290,7 +312,8 @@ export function studySvg(r: StudyResult): string {
     legend(
       color,
       dash,
-      `${l.method}${l.method === 'greedy' ? ` ${l.mode}` : ''}${l.refit ? ', re-fit, sensitivity' : ', no re-fit, uniform'}`,
+      (l.method === 'greedy' ? `${l.method} ${l.mode}` : l.method) +
+        (l.refit ? ', re-fit, sensitivity' : ', no re-fit, uniform'),
     );
   }
   out.push('</svg>');

@@ -31,7 +31,7 @@ export async function allocationVariants(
     },
 ): Promise<Variant[]> {
   const calib = Calibration.of(model, o.calib),
-    shape = [1, ...calib.shape.slice(1)],
+    shape = calib.shapes,
     { groups } = analyze(model, shape);
   const sizeOf = sizeModel(model, groups, shape, 'params'),
     full = sizeOf(new Map(groups.map((u) => [u.id, u.channels])));

@@ -159,10 +159,16 @@ function showResult(bytes: Uint8Array, report: PruneReport): void {
   );
   const f = r.fidelity;
   $('summary').textContent =
-    `Parameters ${big(r.params.before)} → ${big(r.params.after)} (${(r.params.before / r.params.after).toFixed(2)}× smaller), ` +
-    `FLOPs ${big(r.flops.before)} → ${big(r.flops.after)}. On the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ` +
+    `Parameters ${big(r.params.before)} → ${big(r.params.after)} ` +
+    `(${(r.params.before / r.params.after).toFixed(2)}× smaller), ` +
+    `FLOPs ${big(r.flops.before)} → ${big(r.flops.after)}` +
+    (r.tokens
+      ? ` (per token ${big(r.flops.before / r.tokens)} → ${big(r.flops.after / r.tokens)} at ${r.tokens} tokens)`
+      : '') +
+    `. On the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ` +
     `${((f.agreement ?? 0) * 100).toFixed(2)}%, relative output error ${(f.relError ?? 0).toFixed(4)}. ` +
-    `${r.groups.length} groups, ${r.refused.length} refused; mode ${r.mode}, method ${r.method}, ${r.refit ? 're-fit' : 'no re-fit'}, onnxruntime-${r.backend}; ${r.seconds.total.toFixed(2)} s.`;
+    `${r.groups.length} groups, ${r.refused.length} refused; mode ${r.mode}, method ${r.method}, ` +
+    `${r.refit ? 're-fit' : 'no re-fit'}, onnxruntime-${r.backend}; ${r.seconds.total.toFixed(2)} s.`;
   const base = `${j.modelName.replace(/\.onnx$/i, '')}-c${j.compression}`;
   const link = (id: string, name: string, blob: Blob) => {
     const a = $<HTMLAnchorElement>(id);

@@ -2,6 +2,7 @@
 import { prune } from '../prune/index.js';
 import { parseModel, serializeModel } from '../onnx/index.js';
 import { npyFromBytes } from '../npy.js';
+import { npzFromBytes } from '../npz.js';
 import { provideWasm } from '../kernels/wasm.js';
 import type { FromWorker, Job } from './protocol.js';
 
@@ -25,7 +26,9 @@ scope.onmessage = async ({ data: job }) => {
       throw e;
     })); // a failed fetch is retried next run
     const model = parseModel(new Uint8Array(job.model));
-    const calib = npyFromBytes(new Uint8Array(job.calib), job.calibName);
+    const bytes = new Uint8Array(job.calib),
+      npz = job.calibName.toLowerCase().endsWith('.npz');
+    const calib = npz ? npzFromBytes(bytes, job.calibName) : npyFromBytes(bytes, job.calibName);
     const { model: pruned, report } = await prune(model, calib, {
       budget: { compression: job.compression, target: job.target },
       mode: job.mode,
@@ -35,8 +38,8 @@ scope.onmessage = async ({ data: job }) => {
       threads: 1, // the kernels' thread pool needs Node's worker_threads
       onProgress: (stage, done, total) => scope.postMessage({ type: 'progress', stage, done, total }),
     });
-    const bytes = serializeModel(pruned);
-    scope.postMessage({ type: 'done', model: bytes, report }, [bytes.buffer]);
+    const out = serializeModel(pruned);
+    scope.postMessage({ type: 'done', model: out, report }, [out.buffer]);
   } catch (e) {
     scope.postMessage({ type: 'error', message: (e as Error).message ?? String(e) });
   }

@@ -1,0 +1,236 @@
+import { describe, it, expect } from 'vitest';
+import {
+  DataType,
+  int64Tensor,
+  intAttr,
+  intsAttr,
+  makeGraph,
+  makeModel,
+  makeNode,
+  makeTensorValueInfo,
+  readModel,
+  type Model,
+} from '../src/onnx/index.js';
+import { encodeNpy, npyFromBytes, openNpy } from '../src/npy.js';
+import { openNpz } from '../src/npz.js';
+import { Calibration, type InputData } from '../src/calibration.js';
+import { Runner } from '../src/capture/index.js';
+import { analyze, modelStats } from '../src/graph/analyze.js';
+import { pruneGroups } from '../src/rewrite/index.js';
+import { sizeModel } from '../src/budget/size.js';
+import { prune } from '../src/prune/index.js';
+import { captureGrams } from '../src/capture/index.js';
+import { planOf, rankGroup } from '../src/prune/rank.js';
+import { outInfo, randn, randTensor, randomKeep, rng, zeroDroppedInputs } from './graph-helpers.js';
+import { consumerObjectives, relDiff } from './objective.js';
+
+// Attention heads and FFN neurons on transformer exports (test/fixtures/make-transformers.py, Debian's python3-torch;
+// and the bundled ViT): what the analysis finds, and that pruning any heads and neurons of every group gives exactly
+// the model it promises — checked in onnxruntime (node and web) against the original with those channels' consumer
+// weights zeroed, which is what removing a head or neuron means (a kept head's output does not depend on the others).
+
+const FIX = 'test/fixtures';
+
+interface Case {
+  model: string;
+  data: () => InputData;
+  /** Each group as [channels, producers, g of its consumers], in graph order. */
+  groups: [number, number, number][];
+}
+
+const seq = () => openNpy(`${FIX}/tf-seq.calib.npy`);
+const bert = () => openNpz(`${FIX}/tf-bert-tiny.calib.npz`);
+const bertGroups: Case['groups'] = [
+  [4, 3, 16], // heads of layer 0: q, k, v → output projection, 16 features per head
+  [128, 1, 1], // its FFN neurons
+  [4, 3, 16],
+  [128, 1, 1],
+  [64, 1, 1], // the pooler
+];
+const CASES: Case[] = [
+  { model: `${FIX}/tf-bert-tiny-opset17.onnx`, data: bert, groups: bertGroups },
+  { model: `${FIX}/tf-bert-tiny-opset14.onnx`, data: bert, groups: bertGroups },
+  { model: `${FIX}/tf-fused-qkv-split.onnx`, data: seq, groups: [[4, 1, 16]] },
+  { model: `${FIX}/tf-fused-qkv-chunk.onnx`, data: seq, groups: [[4, 1, 16]] },
+  // 8 query heads share 2 k/v heads: a channel is one k/v head with its 4 query heads (4·8 features)
+  { model: `${FIX}/tf-gqa.onnx`, data: seq, groups: [[2, 3, 32]] },
+  { model: `${FIX}/tf-swiglu.onnx`, data: seq, groups: [[176, 2, 1]] },
+  { model: `${FIX}/tf-geglu.onnx`, data: seq, groups: [[176, 2, 1]] },
+  { model: `${FIX}/tf-gemm-ffn.onnx`, data: () => openNpy(`${FIX}/tf-gemm-ffn.calib.npy`), groups: [[256, 1, 1]] },
+  {
+    model: 'models/vit.onnx',
+    data: () => openNpy('models/calib.npy'),
+    groups: Array.from({ length: 6 }, () => [
+      [4, 3, 16],
+      [128, 1, 1],
+    ]).flat() as Case['groups'],
+  },
+];
+
+/** The first output of `model` on the first n samples, in onnxruntime-node or -web. */
+async function outputs(model: Model, data: InputData, n = 8, backend: 'node' | 'web' = 'node') {
+  const run = await Runner.open(model, [], { backend });
+  try {
+    const batch = Calibration.of(model, data).batches(n).next().value!;
+    const name = model.graph!.output[0]!.name;
+    return (await run.run(batch, [name])).get(name)!.data.slice();
+  } finally {
+    await run.release();
+  }
+}
+
+const close = (data: InputData) =>
+  data instanceof Map ? data.forEach((f) => f.close()) : 'close' in data ? data.close() : undefined;
+
+describe.each(CASES)('$model', ({ model: path, data: open, groups: expected }) => {
+  it('finds the heads and FFN neurons as groups', () => {
+    const data = open();
+    const m = readModel(path);
+    const { groups } = analyze(m, Calibration.of(m, data).shapes);
+    close(data);
+    expect(groups.map((g) => [g.channels, g.producers.length, ...new Set(g.consumers.map((c) => c.g))])).toEqual(
+      expected,
+    );
+  });
+
+  it('random heads and neurons of every group: the pruned model is the original with their inputs zeroed', async () => {
+    const data = open();
+    const m = readModel(path);
+    const shapes = Calibration.of(m, data).shapes;
+    const { groups } = analyze(m, shapes);
+    const r = rng(11);
+    const plans = groups.map((group) => ({
+      group,
+      keep: randomKeep(group.channels, Math.ceil(group.channels / 2), r),
+    }));
+    const pruned = pruneGroups(m, plans);
+    const got = await outputs(pruned, data);
+    expect(relDiff(got, await outputs(zeroDroppedInputs(m, plans), data))).toBeLessThan(1e-4);
+    expect(relDiff(await outputs(pruned, data, 8, 'web'), got)).toBeLessThan(1e-4);
+    // the size model is exact at the calibration shapes
+    const keeps = new Map(plans.map((p) => [p.group.id, p.keep.length]));
+    for (const target of ['params', 'flops'] as const)
+      expect(sizeModel(m, groups, shapes, target)(keeps)).toBe(modelStats(pruned, shapes)[target]);
+    close(data);
+  });
+
+  it('keeping everything reproduces the outputs', async () => {
+    const data = open();
+    const m = readModel(path);
+    const { model: pruned, report } = await prune(m, data, { budget: { keepRatio: 1 }, refit: false });
+    expect(report.params.after).toBe(report.params.before);
+    expect(relDiff(await outputs(pruned, data), await outputs(m, data))).toBeLessThan(1e-4);
+    close(data);
+  });
+});
+
+describe('objectives of heads and gated neurons', () => {
+  it.each([
+    `${FIX}/tf-bert-tiny-opset17.onnx`,
+    `${FIX}/tf-fused-qkv-split.onnx`,
+    `${FIX}/tf-gqa.onnx`,
+    `${FIX}/tf-swiglu.onnx`,
+  ])("%s: each group's objective is what onnxruntime measures with the re-fitted weights", async (path) => {
+    const data = path.includes('bert') ? bert() : seq();
+    const m = readModel(path);
+    const calib = Calibration.of(m, data);
+    const { groups } = analyze(m, calib.shapes);
+    const picked = groups.filter((g) => g.channels < 64 || g.producers.length > 1); // heads (g = head_dim), SwiGLU
+    expect(picked.length).toBeGreaterThan(0);
+    const grams = await captureGrams(m, picked, calib);
+    for (const g of picked) {
+      const k = Math.ceil(g.channels / 2),
+        r = rankGroup(m, g, grams.get(g.id)!, {}, k),
+        plan = planOf(r, k, true);
+      const [measured] = await consumerObjectives(m, g, plan.keep, plan.W!, calib);
+      expect(Math.abs(r.sel.consumers[0]![k - 1]! - measured!), g.id).toBeLessThan(1e-3);
+    }
+    close(data);
+  });
+});
+
+describe('token rows', () => {
+  it("a consumer's rows are every token of every sample, masked (padding) positions included", async () => {
+    const data = bert();
+    const m = readModel(`${FIX}/tf-bert-tiny-opset17.onnx`);
+    const calib = Calibration.of(m, data);
+    const heads = analyze(m, calib.shapes).groups[0]!;
+    const c = heads.consumers[0]!;
+    const [captured] = (await captureGrams(m, [heads], calib)).get(heads.id)!;
+    // the oracle: the consumer's input as onnxruntime computes it, BᵀB in float64 over all samples × tokens
+    const run = await Runner.open(m, [c.input]);
+    const B = (await run.run(calib.batches(1024).next().value!, [c.input])).get(c.input)!;
+    await run.release();
+    const mask = data.get('attention_mask')!.readF64();
+    expect(mask.some((v) => v === 0)).toBe(true); // the fixture pads some sequences
+    const [N, T, d] = B.dims as [number, number, number];
+    expect(captured!.rows).toBe(N * T);
+    const G = new Float64Array(d * d);
+    for (let r = 0; r < N * T; r++)
+      for (let i = 0; i < d; i++) for (let j = 0; j < d; j++) G[i * d + j] += B.data[r * d + i]! * B.data[r * d + j]!;
+    expect(relDiff(captured!.G, G)).toBeLessThan(1e-5);
+    close(data);
+  });
+});
+
+/**
+ * A hand-built attention block on x [1, 4, 8]: 2 heads of 4, one shape constant shared by the q, k and v reshapes (as
+ * exporters that fold equal constants write it), optionally a k/v cache input `past` concatenated along the tokens.
+ */
+function attention(cache: boolean): Model {
+  const r = rng(3),
+    w = (name: string, dims: number[]) => randTensor(name, dims, r);
+  const heads = (t: string) => [
+    makeNode('Reshape', [t, 'split_shape'], [`${t}_h`], [], `${t}_reshape`),
+    makeNode('Transpose', [`${t}_h`], [`${t}_t`], [intsAttr('perm', [0, 2, 1, 3])], `${t}_transpose`),
+  ];
+  const [k, v] = cache ? ['k_all', 'v_all'] : ['k_t', 'v_t'];
+  const nodes = [
+    ...['q', 'k', 'v'].flatMap((t) => [makeNode('MatMul', ['x', `w${t}`], [t], [], `${t}_proj`), ...heads(t)]),
+    ...(cache
+      ? [
+          makeNode('Concat', ['past', 'k_t'], ['k_all'], [intAttr('axis', 2)], 'cache_k'),
+          makeNode('Concat', ['past', 'v_t'], ['v_all'], [intAttr('axis', 2)], 'cache_v'),
+        ]
+      : []),
+    makeNode('Transpose', [k], ['kT'], [intsAttr('perm', [0, 1, 3, 2])], 'kT'),
+    makeNode('MatMul', ['q_t', 'kT'], ['s'], [], 'scores'),
+    makeNode('Softmax', ['s'], ['p'], [intAttr('axis', -1)], 'softmax'),
+    makeNode('MatMul', ['p', v], ['o'], [], 'weighted'),
+    makeNode('Transpose', ['o'], ['o_t'], [intsAttr('perm', [0, 2, 1, 3])], 'o_transpose'),
+    makeNode('Reshape', ['o_t', 'merge_shape'], ['o_m'], [], 'merge'),
+    makeNode('MatMul', ['o_m', 'wo'], ['y'], [], 'out_proj'),
+  ];
+  const inits = [
+    ...['wq', 'wk', 'wv', 'wo'].map((n) => w(n, [8, 8])),
+    int64Tensor('split_shape', [4], [1, 4, 2, 4]),
+    int64Tensor('merge_shape', [3], [1, 4, 8]),
+  ];
+  const inputs = [makeTensorValueInfo('x', DataType.FLOAT, [1, 4, 8])];
+  if (cache) inputs.push(makeTensorValueInfo('past', DataType.FLOAT, [1, 2, 3, 4]));
+  return makeModel(makeGraph('attention', nodes, inputs, [outInfo('y')], inits), 17);
+}
+
+describe('a head-count constant shared by the q, k and v reshapes', () => {
+  it('is copied for each reshape: pruning one head is the original with its output columns zeroed', async () => {
+    const m = attention(false);
+    const { groups } = analyze(m);
+    expect(groups.map((g) => [g.channels, g.producers.length, g.consumers[0]!.g])).toEqual([[2, 3, 4]]);
+    const plans = [{ group: groups[0]!, keep: [1] }];
+    const pruned = pruneGroups(m, plans);
+    const data = npyFromBytes(encodeNpy(randn(6 * 4 * 8, rng(4)), [6, 4, 8]), 'x.npy');
+    expect(relDiff(await outputs(pruned, data, 1), await outputs(zeroDroppedInputs(m, plans), data, 1))).toBeLessThan(
+      1e-5,
+    );
+  });
+});
+
+describe('what stays refused', () => {
+  it('attention with a k/v cache input: the cached heads are not the projections, so none of them is pruned', () => {
+    const { groups, refused } = analyze(attention(true));
+    expect(groups).toEqual([]);
+    const reason = (node: string) => refused.find((x) => x.node === node)!.reason;
+    expect(reason('k_proj')).toBe('Concat "cache_k" joins the channels with "past", which no group owns');
+    expect(reason('q_proj')).toBe('MatMul "scores" pairs the channels with "kT", which no group owns');
+  });
+});
