@@ -91,7 +91,8 @@ describe('activations of low rank', () => {
     await expect(prune(lenet, few, { budget: { compression: 2 } })).rejects.toThrow(
       new RegExp(
         'group /conv2/Conv: the 128 calibration samples give 128 rows of its consumer input, fewer than its ' +
-          'd = 400 columns, so the least-squares re-fit is underdetermined .* or use --no-refit',
+          'd = 400 columns, so the least-squares re-fit is underdetermined .* give at least 400 distinct samples, ' +
+          'or use --no-refit',
       ),
     );
     const { model: pruned, report } = await prune(lenet, few, { budget: { compression: 2 }, refit: false });
