@@ -110,6 +110,14 @@ describe.each(['wasm', 'plain'] as const)('greedy selection (%s kernels) against
     }
   });
 
+  it('attention heads: g = head_dim = 16 columns per channel (an output projection over 4 heads)', () => {
+    for (const asym of [false, true]) {
+      const c = makeCase(8, 200, 64, 8, 16, asym);
+      const { sel, T } = checkAgainstOracle(c, 4, backend, true);
+      for (const p of [1, 2, 4]) checkRefit(c, T, sel, p);
+    }
+  });
+
   it('fewer rows than columns (N < d): gains of dependent channels are exactly 0, never NaN', () => {
     for (const g of [1, 3]) {
       const c = makeCase(4, 10, 24, 4, g, false);

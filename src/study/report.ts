@@ -118,8 +118,12 @@ export function checkClaims(r: StudyResult): Claim[] {
       violated: lower.filter((x) => !noisy(x)).map(say),
     });
   };
+  // The paper's claims are about 4× and 8× and beyond; a study of smaller compressions (a transformer's FLOPs)
+  // checks them at its own larger ones.
+  const atLeast = (min: number) => (cs.some((c) => c >= min) ? cs.filter((c) => c >= min) : [Math.max(...cs)]);
   const all = [...L.values()].map((x) => x.line),
-    high = cs.filter((c) => c >= 8);
+    strong = atLeast(4),
+    high = atLeast(8);
   check(
     're-fitting helps every selection method (re-fit ≥ no re-fit)',
     all
@@ -127,17 +131,15 @@ export function checkClaims(r: StudyResult): Claim[] {
       .flatMap((l) => cs.map((c): Pair => [`${lineLabel(l)} at ${c}×`, acc(l, c), acc({ ...l, refit: false }, c)])),
   );
   check(
-    'greedy with re-fit ≥ every baseline, at every compression ≥ 4 (layerwise, same allocation)',
+    `greedy with re-fit ≥ every baseline, at every compression ≥ ${strong[0]} (layerwise, same allocation)`,
     all
       .filter((l) => l.method !== 'greedy')
       .flatMap((l) =>
-        cs
-          .filter((c) => c >= 4)
-          .map((c): Pair => [
-            `vs ${lineLabel(l)} at ${c}×`,
-            acc({ method: 'greedy', mode: 'layerwise', refit: true, allocation: l.allocation }, c),
-            acc(l, c),
-          ]),
+        strong.map((c): Pair => [
+          `vs ${lineLabel(l)} at ${c}×`,
+          acc({ method: 'greedy', mode: 'layerwise', refit: true, allocation: l.allocation }, c),
+          acc(l, c),
+        ]),
       ),
   );
   for (const refit of [true, false]) {
