@@ -11,7 +11,8 @@ import { gramAccumulate } from '../src/kernels/ops.js';
 import { GramAccumulator } from '../src/kernels/gram.js';
 import type { KernelBuild } from '../src/kernels/types.js';
 import { selectChannels, selectGroup, type LayerProblem } from '../src/select/greedy.js';
-import { prune } from '../src/prune/index.js';
+import { prune, type Mode } from '../src/prune/index.js';
+import type { Budget } from '../src/budget/index.js';
 import { readModel } from '../src/onnx/index.js';
 import { openNpy } from '../src/npy.js';
 
@@ -204,22 +205,37 @@ for (const c of gramOnly ? [] : [1, 2, 4]) {
   }
 }
 
-// End to end: prune each bundled model at compression 4 (layerwise), seconds per stage, with the default build.
-const stages: { model: string; threads: number; seconds: Record<string, number> }[] = [];
-for (const name of ['lenet', 'vgg', 'resnet20']) {
+// End to end: prune each bundled model (compression 4; the transformer 1.5× fewer FLOPs), seconds per stage, with the
+// default build: layerwise on 1 and all threads, and the sequential and asymmetric modes, whose capture runs the
+// model once per group (their capture against the layerwise one is what to watch).
+const BUDGETS: Record<string, Budget> = {
+  lenet: { compression: 4 },
+  vgg: { compression: 4 },
+  resnet20: { compression: 4 },
+  mobilenet: { compression: 4 },
+  vit: { compression: 1.5, target: 'flops' },
+};
+const RUNS: { mode: Mode; threads: number; reps: number }[] = [
+  { mode: 'layerwise', threads: 1, reps: 3 },
+  { mode: 'layerwise', threads: T, reps: 3 },
+  { mode: 'sequential', threads: T, reps: quick ? 1 : 2 },
+  { mode: 'asymmetric', threads: T, reps: quick ? 1 : 2 },
+];
+const stages: { model: string; mode: Mode; threads: number; seconds: Record<string, number> }[] = [];
+for (const [name, budget] of Object.entries(BUDGETS)) {
   const file = `models/${name}.onnx`;
   if (!existsSync(file) || gramOnly) continue;
-  for (const threads of [1, T]) {
-    log(`prune ${name} (${threads} thread${threads > 1 ? 's' : ''}) …`);
+  for (const { mode, threads, reps } of RUNS) {
+    log(`prune ${name} ${mode} (${threads} thread${threads > 1 ? 's' : ''}) …`);
     const calib = openNpy('models/calib.npy');
     const best: Record<string, number> = {};
-    for (let rep = 0; rep < 3; rep++) {
-      // best of 3: the first run also pays for JIT warm-up
-      const { report } = await prune(readModel(file), calib, { budget: { compression: 4 }, threads });
+    for (let rep = 0; rep < reps; rep++) {
+      // best of several: the first run also pays for JIT warm-up
+      const { report } = await prune(readModel(file), calib, { budget, mode, threads });
       if (!best.total || report.seconds.total < best.total) Object.assign(best, report.seconds);
     }
     calib.close();
-    stages.push({ model: name, threads, seconds: best });
+    stages.push({ model: name, mode, threads, seconds: best });
   }
 }
 
@@ -249,13 +265,18 @@ if (json) {
     console.log(`| ${r.what} | ${r.size} | ${keys.map((k) => f(r.v[k], r.unit)).join(' | ')} | ${ratio} | ${r.unit} |`);
   }
   if (stages.length) {
-    console.log(`\nprune at compression 4, layerwise (best of 3, ${defaultBuild} kernels), seconds:\n`);
-    console.log('| model | threads | analyze | capture | select | rewrite | verify | total |');
-    console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
+    console.log(
+      `\nprune (best of runs, ${defaultBuild} kernels), seconds; capture × = against layerwise, same threads:\n`,
+    );
+    console.log('| model | mode | threads | analyze | capture | capture × | select | rewrite | verify | total |');
+    console.log('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|');
     for (const s of stages) {
-      const x = s.seconds;
-      const cells = [x.analyze, x.capture, x.select, x.rewrite, x.verify, x.total].map((v) => v.toFixed(3));
-      console.log(`| ${s.model} | ${s.threads} | ${cells.join(' | ')} |`);
+      const x = s.seconds,
+        layerwise = stages.find((l) => l.model === s.model && l.mode === 'layerwise' && l.threads === s.threads);
+      const cells = [x.analyze, x.capture].map((v) => v.toFixed(3));
+      const ratio = layerwise ? `${(x.capture / layerwise.seconds.capture).toFixed(2)}×` : '—';
+      const rest = [x.select, x.rewrite, x.verify, x.total].map((v) => v.toFixed(3));
+      console.log(`| ${s.model} | ${s.mode} | ${s.threads} | ${cells.join(' | ')} | ${ratio} | ${rest.join(' | ')} |`);
     }
   }
 }

@@ -152,8 +152,8 @@ async function capturePass(
 ): Promise<Map<string, Captured[]>> {
   const names = [...new Set(groups.flatMap((g) => g.consumers.map((c) => c.input)))];
   const targets = opts.target && new Map(opts.target.groups.map((g) => [g.id, g]));
-  const run = await Runner.open(model, names, opts),
-    tgt = opts.target ? await Runner.open(opts.target.model, names, opts) : undefined;
+  const run = await Runner.open(model, names, opts, true),
+    tgt = opts.target ? await Runner.open(opts.target.model, names, opts, true) : undefined;
   const kernels = getKernels('wasm', opts.threads),
     mark = kernels.arena.mark();
   const want = opts.stats;

@@ -9,11 +9,31 @@ import {
   serializeModel,
   float16BitsToFloat32,
   float32ToFloat16Bits,
+  type GraphProto,
   type Model,
+  type NodeProto,
 } from '../onnx/index.js';
 import { badInput } from '../errors.js';
 import { modelInputs, type Batch, type Feed, type ModelInput } from '../calibration.js';
 import { loadRuntime, type Backend, type Ort, type RuntimeOptions } from './runtime.js';
+
+/**
+ * The nodes that `names` depend on, in graph order; undefined when a node holds a subgraph (If, Loop, Scan), whose
+ * reads of outer tensors its inputs do not list. Unused initializers stay: onnxruntime drops them when it loads.
+ */
+function neededNodes(g: GraphProto, names: string[]): NodeProto[] | undefined {
+  if (g.node.some((n) => n.attribute.some((a) => a.g || a.graphs.length))) return undefined;
+  const producer = new Map(g.node.flatMap((n) => n.output.map((o) => [o, n] as const)));
+  const need = new Set<NodeProto>(),
+    stack = [...names];
+  for (let t = stack.pop(); t !== undefined; t = stack.pop()) {
+    const n = producer.get(t);
+    if (!n || need.has(n)) continue;
+    need.add(n);
+    stack.push(...n.input.filter((x) => x));
+  }
+  return g.node.filter((n) => need.has(n));
+}
 
 /** A tensor as onnxruntime gives it. */
 export type OrtTensor = InstanceType<Ort['Tensor']>;
@@ -33,11 +53,20 @@ export class Runner {
     readonly outputs: string[],
   ) {}
 
-  /** `backend`: see loadRuntime (default: onnxruntime-node if it loads, else onnxruntime-web). */
-  static async open(model: Model, extra: string[] = [], opts: RuntimeOptions = {}): Promise<Runner> {
+  /**
+   * `backend`: see loadRuntime (default: onnxruntime-node if it loads, else onnxruntime-web). With `only`, the session
+   * computes just the `extra` tensors: onnxruntime runs every node of a graph whatever outputs are fetched, so a
+   * capture of an early group would otherwise pay for the whole model.
+   */
+  static async open(model: Model, extra: string[] = [], opts: RuntimeOptions = {}, only = false): Promise<Runner> {
     const { ort, backend } = await loadRuntime(opts.backend);
     const m = clone(ModelProtoSchema, model),
       g = m.graph!;
+    const needed = only ? neededNodes(g, extra) : undefined;
+    if (needed) {
+      g.node = needed;
+      g.output = g.output.filter((o) => extra.includes(o.name));
+    }
     const have = new Set(g.output.map((o) => o.name));
     const inputs = modelInputs(model);
     const float = inputs.find((x) => x.elemType === DataType.FLOAT16)?.elemType ?? DataType.FLOAT;
