@@ -37,6 +37,7 @@ ${methodHelp}
 Other:
   --report FILE       write a JSON report: per group the kept channels in greedy order and the objective,
                       params and FLOPs before/after, seconds per stage, fidelity on the calibration data
+  --fidelity-rows n   measure the fidelity on n calibration rows, evenly spaced (default 512), or all
   --batch n           calibration batch size (default 64; a model with a fixed batch size uses its own)
   --kernels NAME      selection kernels: wasm (SIMD WebAssembly, default) or plain (TypeScript)
   --threads n         threads for the wasm kernels (default: all cores). Results are bit-identical
@@ -64,6 +65,7 @@ export async function runPrune(argv: string[]): Promise<void> {
       mode: { type: 'string', default: 'layerwise' },
       'no-refit': { type: 'boolean', default: false },
       report: { type: 'string' },
+      'fidelity-rows': { type: 'string' },
       batch: { type: 'string' },
       kernels: { type: 'string', default: 'wasm' },
       threads: { type: 'string' },
@@ -113,6 +115,10 @@ export async function runPrune(argv: string[]): Promise<void> {
     };
   const batch = num(o.batch, '--batch', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1');
   const backend = backendFlag(o.backend);
+  const fidelityRows =
+    o['fidelity-rows'] === 'all'
+      ? Infinity
+      : num(o['fidelity-rows'], '--fidelity-rows', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1 or all');
 
   const model = readModel(input);
   const how = methodFlags(o);
@@ -138,6 +144,7 @@ export async function runPrune(argv: string[]): Promise<void> {
       allocation: how.allocation,
       verify: how.verify,
       grid: how.grid,
+      fidelityRows,
       onPlan: (p) => {
         // on stdout: stderr carries only progress and, on failure, the one error line
         if (p.groups && !o.quiet)
@@ -214,7 +221,7 @@ export async function runPrune(argv: string[]): Promise<void> {
         : ''),
   );
   console.log(
-    `on the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ` +
+    `on ${r.fidelity.samples} of the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ` +
       `${pct(r.fidelity.agreement)}, relative output error ${r.fidelity.relError!.toFixed(4)}`,
   );
   console.log(
