@@ -1,9 +1,10 @@
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
-import { readModel, writeModel } from '../onnx/index.js';
+import { readModel } from '../onnx/index.js';
 import { checkWritable, writeFileAtomic } from '../atomic.js';
 import { badInput } from '../errors.js';
 import { MODES, prune } from '../prune/index.js';
+import { writeVerified } from '../prune/verify.js';
 import type { Budget } from '../budget/index.js';
 import { Progress } from './progress.js';
 import { fmtBytes } from '../kernels/memory.js';
@@ -21,6 +22,8 @@ ${inputsHelp('--calib DATA', 'calibration inputs')};
   --preprocess SPEC   how images become the model's input (resize, crop, channels, scale, mean, std; or a
                       preset: imagenet, paddleocr-rec, paddleocr-det), for --calib FOLDER; see the README
   -o, --output FILE   where to write the pruned model (after onnxruntime has run it; atomically; never the input)
+  --external-data     write the weights to OUT.onnx.data next to it (ONNX's external data); automatic when the
+                      model would reach protobuf's 2 GB limit for one .onnx file
 Budget (one of; default --compression 2):
   --compression c     make the model c times smaller: total parameter count ÷ c (every initializer),
                       split over the groups by --allocation
@@ -66,6 +69,7 @@ export async function runPrune(argv: string[]): Promise<void> {
       'no-refit': { type: 'boolean', default: false },
       report: { type: 'string' },
       'fidelity-rows': { type: 'string' },
+      'external-data': { type: 'boolean', default: false },
       batch: { type: 'string' },
       kernels: { type: 'string', default: 'wasm' },
       threads: { type: 'string' },
@@ -89,6 +93,10 @@ export async function runPrune(argv: string[]): Promise<void> {
   if (o.report && (sameFile(o.report, input) || sameFile(o.report, o.output)))
     throw badInput('--report must be another file than the models');
   const calibPaths = o.calib.map((v) => v.slice(v.indexOf('=') + 1));
+  for (const given of [input, ...calibPaths, o.budget, o.report]) {
+    if (given && sameFile(given, `${o.output}.data`))
+      throw badInput(`${given} is where -o ${o.output} would put its weights (.data); choose another -o`);
+  }
   for (const given of [...calibPaths, o.budget]) {
     if (given && [o.output, o.report].some((out) => out && sameFile(given, out)))
       throw badInput(
@@ -169,7 +177,9 @@ export async function runPrune(argv: string[]): Promise<void> {
   }
   const { model: pruned, report } = result;
   const none = !report.groups.length; // an unchanged copy of the input is no output worth writing: say so and exit 0
-  if (!none) writeModel(pruned, o.output);
+  const written = none
+    ? undefined
+    : await writeVerified(pruned, o.output, { backend: report.backend, externalData: o['external-data'] || 'auto' });
   if (o.report)
     writeFileAtomic(
       o.report,
@@ -230,7 +240,8 @@ export async function runPrune(argv: string[]): Promise<void> {
       `capture ${s.capture.toFixed(2)}, select ${s.select.toFixed(2)}, rewrite ${s.rewrite.toFixed(2)}, verify ` +
       `${s.verify.toFixed(2)}, total ${s.total.toFixed(2)}`,
   );
-  console.log(`wrote ${o.output}${o.report ? ` and ${o.report}` : ''}`);
+  const data = written?.data ? ` (weights in ${written.data.location} next to it)` : '';
+  console.log(`wrote ${o.output}${data}${o.report ? ` and ${o.report}` : ''}`);
 }
 
 function readBudget(path: string): Record<string, number> {

@@ -2,7 +2,10 @@
 // every output is finite and has the shape of the original model's output on the same batch. A model that fails is a
 // bug in subprune (the original passed the same run), so the failure is an internal error, never a file on disk.
 import { badInput, internal } from '../errors.js';
-import type { Model } from '../onnx/index.js';
+import { modelInputs } from '../calibration.js';
+import { writeModelChecked, type Model, type WriteOptions, type Written } from '../onnx/index.js';
+import { loadRuntime } from '../capture/runtime.js';
+import { openSession } from '../capture/runner.js';
 import type { NpyFile } from '../npy.js';
 import { Calibration, type Batch, type InputData } from '../calibration.js';
 import { CAPTURE_BATCH, Runner, type Activation, type Backend, type RuntimeOptions } from '../capture/index.js';
@@ -112,4 +115,42 @@ export async function fidelityOf(
       : new Map(calib.inputs.map((x, i) => [x.name, rowsOf(calib.arrays[i]!, rows)] as const));
   const { backend, batch, onBatch } = opts;
   return evaluate(pruned, sample, { reference: original, backend, batch, onBatch });
+}
+
+/**
+ * Writes the pruned model (with its weights in a data file when it is large or when asked, see WriteOptions) and
+ * renames the files into place only after onnxruntime has loaded them from disk, data file and all, and found the
+ * model's inputs and outputs. The model itself passed verifyPruned before this.
+ */
+export async function writeVerified(
+  model: Model,
+  file: string,
+  opts: WriteOptions & { backend?: Backend } = {},
+): Promise<Written> {
+  const { ort, backend } = await loadRuntime(opts.backend);
+  const inputs = modelInputs(model).map((x) => x.name),
+    outputs = model.graph!.output.map((o) => o.name);
+  return writeModelChecked(
+    model,
+    file,
+    async (written) => {
+      let session;
+      try {
+        session = await openSession(ort, backend, written, { logSeverityLevel: 3 });
+      } catch (e) {
+        throw broken(`onnxruntime cannot load the written files: ${(e as Error).message.split('\n')[0]}`, e);
+      }
+      try {
+        const have = [session.inputNames.join(), session.outputNames.join()],
+          want = [inputs.join(), outputs.join()];
+        if (have.join('|') !== want.join('|'))
+          throw broken(
+            `the written model has inputs [${have[0]}] and outputs [${have[1]}], not [${want[0]}], [${want[1]}]`,
+          );
+      } finally {
+        await session.release();
+      }
+    },
+    opts,
+  );
 }
