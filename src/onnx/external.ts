@@ -119,7 +119,8 @@ export function readExternalData(t: TensorProto, baseDir: string): Uint8Array {
   try {
     let done = 0;
     while (done < length) {
-      const got = fs.readSync(fd, out, done, length - done, offset + done);
+      // one read call takes at most 2 GiB - 1 bytes; a tensor may be larger
+      const got = fs.readSync(fd, out, done, Math.min(length - done, 2 ** 30), offset + done);
       if (got === 0)
         throw badInput(
           `tensor "${t.name}": external data file ${file} ended early; it was truncated while being read.`,
