@@ -31,9 +31,17 @@ export function writeFileAtomic(file: string, bytes: Uint8Array): void {
   }
 }
 
-/** Removes the temporary files of writes still in progress (for an interrupted process about to exit). */
+/** Registers a temporary file or folder (removed with everything in it) for removeTempFiles until untracked. */
+export function trackTemp(tmp: string): void {
+  inFlight.add(tmp);
+}
+export function untrackTemp(tmp: string): void {
+  inFlight.delete(tmp);
+}
+
+/** Removes the temporary files and folders of writes still in progress (for an interrupted process about to exit). */
 export function removeTempFiles(): void {
-  for (const tmp of inFlight) fs.rmSync(tmp, { force: true });
+  for (const tmp of inFlight) fs.rmSync(tmp, { force: true, recursive: true });
   inFlight.clear();
 }
 

@@ -1,17 +1,16 @@
 // An onnxruntime session of a model that also outputs intermediate tensors: what capture, verification and
 // evaluation run models with.
-import { clone } from '@bufbuild/protobuf';
 import type { InferenceSession } from 'onnxruntime-web';
 import {
-  ModelProtoSchema,
   DataType,
   makeTensorValueInfo,
-  serializeModel,
+  modelSource,
   float16BitsToFloat32,
   float32ToFloat16Bits,
   type GraphProto,
   type Model,
   type NodeProto,
+  type Written,
 } from '../onnx/index.js';
 import { badInput } from '../errors.js';
 import { modelInputs, type Batch, type Feed, type ModelInput } from '../calibration.js';
@@ -43,6 +42,22 @@ export interface Activation {
   dims: number[];
 }
 
+/**
+ * An onnxruntime session of a model's bytes or of its files: onnxruntime-node finds the data file next to the .onnx
+ * (and takes externalData only as buffers), onnxruntime-web is told where it is.
+ */
+export function openSession(
+  ort: Ort,
+  backend: Backend,
+  model: Uint8Array | Written,
+  opts: InferenceSession.SessionOptions,
+): Promise<InferenceSession> {
+  if (model instanceof Uint8Array) return ort.InferenceSession.create(model, opts);
+  const data = backend === 'web' ? model.data : undefined;
+  const externalData = data ? { externalData: [{ path: data.location, data: data.file }] } : {};
+  return ort.InferenceSession.create(model.onnx, { ...opts, ...externalData });
+}
+
 /** An onnxruntime session of `model` that also outputs the named intermediate tensors. */
 export class Runner {
   private constructor(
@@ -60,8 +75,10 @@ export class Runner {
    */
   static async open(model: Model, extra: string[] = [], opts: RuntimeOptions = {}, only = false): Promise<Runner> {
     const { ort, backend } = await loadRuntime(opts.backend);
-    const m = clone(ModelProtoSchema, model),
-      g = m.graph!;
+    // a copy of the graph's node and output lists only: the weights are shared, not copied (a large model would need
+    // twice as much)
+    const g = { ...model.graph!, output: [...model.graph!.output] },
+      m: Model = { ...model, graph: g };
     const needed = only ? neededNodes(g, extra) : undefined;
     if (needed) {
       g.node = needed;
@@ -75,14 +92,17 @@ export class Runner {
       have.add(name);
     }
     let session;
+    const source = modelSource(m); // a model past protobuf's 2 GB goes through files with external data
     try {
       // logSeverityLevel 3: onnxruntime's warnings would break the CLI's one-line messages; its errors are thrown
-      session = await ort.InferenceSession.create(serializeModel(m), {
+      session = await openSession(ort, backend, 'bytes' in source ? source.bytes : source.written, {
         graphOptimizationLevel: 'basic',
         logSeverityLevel: 3,
       });
     } catch (e) {
       throw badInput(`onnxruntime cannot load the model: ${(e as Error).message.split('\n')[0]}`, e);
+    } finally {
+      if ('dispose' in source) source.dispose();
     }
     return new Runner(ort, session, backend, inputs, [...g.output.map((o) => o.name)]);
   }

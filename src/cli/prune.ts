@@ -1,9 +1,10 @@
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
-import { readModel, writeModel } from '../onnx/index.js';
+import { readModel } from '../onnx/index.js';
 import { checkWritable, writeFileAtomic } from '../atomic.js';
 import { badInput } from '../errors.js';
 import { MODES, prune } from '../prune/index.js';
+import { writeVerified } from '../prune/verify.js';
 import type { Budget } from '../budget/index.js';
 import { Progress } from './progress.js';
 import { fmtBytes } from '../kernels/memory.js';
@@ -21,6 +22,8 @@ ${inputsHelp('--calib DATA', 'calibration inputs')};
   --preprocess SPEC   how images become the model's input (resize, crop, channels, scale, mean, std; or a
                       preset: imagenet, paddleocr-rec, paddleocr-det), for --calib FOLDER; see the README
   -o, --output FILE   where to write the pruned model (after onnxruntime has run it; atomically; never the input)
+  --external-data     write the weights to OUT.onnx.data next to it (ONNX's external data); automatic when the
+                      model would reach protobuf's 2 GB limit for one .onnx file
 Budget (one of; default --compression 2):
   --compression c     make the model c times smaller: total parameter count ÷ c (every initializer),
                       split over the groups by --allocation
@@ -37,6 +40,7 @@ ${methodHelp}
 Other:
   --report FILE       write a JSON report: per group the kept channels in greedy order and the objective,
                       params and FLOPs before/after, seconds per stage, fidelity on the calibration data
+  --fidelity-rows n   measure the fidelity on n calibration rows, evenly spaced (default 512), or all
   --batch n           calibration batch size (default 64; a model with a fixed batch size uses its own)
   --kernels NAME      selection kernels: wasm (SIMD WebAssembly, default) or plain (TypeScript)
   --threads n         threads for the wasm kernels (default: all cores). Results are bit-identical
@@ -64,6 +68,8 @@ export async function runPrune(argv: string[]): Promise<void> {
       mode: { type: 'string', default: 'layerwise' },
       'no-refit': { type: 'boolean', default: false },
       report: { type: 'string' },
+      'fidelity-rows': { type: 'string' },
+      'external-data': { type: 'boolean', default: false },
       batch: { type: 'string' },
       kernels: { type: 'string', default: 'wasm' },
       threads: { type: 'string' },
@@ -87,6 +93,10 @@ export async function runPrune(argv: string[]): Promise<void> {
   if (o.report && (sameFile(o.report, input) || sameFile(o.report, o.output)))
     throw badInput('--report must be another file than the models');
   const calibPaths = o.calib.map((v) => v.slice(v.indexOf('=') + 1));
+  for (const given of [input, ...calibPaths, o.budget, o.report]) {
+    if (given && sameFile(given, `${o.output}.data`))
+      throw badInput(`${given} is where -o ${o.output} would put its weights (.data); choose another -o`);
+  }
   for (const given of [...calibPaths, o.budget]) {
     if (given && [o.output, o.report].some((out) => out && sameFile(given, out)))
       throw badInput(
@@ -113,6 +123,10 @@ export async function runPrune(argv: string[]): Promise<void> {
     };
   const batch = num(o.batch, '--batch', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1');
   const backend = backendFlag(o.backend);
+  const fidelityRows =
+    o['fidelity-rows'] === 'all'
+      ? Infinity
+      : num(o['fidelity-rows'], '--fidelity-rows', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1 or all');
 
   const model = readModel(input);
   const how = methodFlags(o);
@@ -138,6 +152,7 @@ export async function runPrune(argv: string[]): Promise<void> {
       allocation: how.allocation,
       verify: how.verify,
       grid: how.grid,
+      fidelityRows,
       onPlan: (p) => {
         // on stdout: stderr carries only progress and, on failure, the one error line
         if (p.groups && !o.quiet)
@@ -162,7 +177,9 @@ export async function runPrune(argv: string[]): Promise<void> {
   }
   const { model: pruned, report } = result;
   const none = !report.groups.length; // an unchanged copy of the input is no output worth writing: say so and exit 0
-  if (!none) writeModel(pruned, o.output);
+  const written = none
+    ? undefined
+    : await writeVerified(pruned, o.output, { backend: report.backend, externalData: o['external-data'] || 'auto' });
   if (o.report)
     writeFileAtomic(
       o.report,
@@ -214,7 +231,7 @@ export async function runPrune(argv: string[]): Promise<void> {
         : ''),
   );
   console.log(
-    `on the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ` +
+    `on ${r.fidelity.samples} of the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ` +
       `${pct(r.fidelity.agreement)}, relative output error ${r.fidelity.relError!.toFixed(4)}`,
   );
   console.log(
@@ -223,7 +240,8 @@ export async function runPrune(argv: string[]): Promise<void> {
       `capture ${s.capture.toFixed(2)}, select ${s.select.toFixed(2)}, rewrite ${s.rewrite.toFixed(2)}, verify ` +
       `${s.verify.toFixed(2)}, total ${s.total.toFixed(2)}`,
   );
-  console.log(`wrote ${o.output}${o.report ? ` and ${o.report}` : ''}`);
+  const data = written?.data ? ` (weights in ${written.data.location} next to it)` : '';
+  console.log(`wrote ${o.output}${data}${o.report ? ` and ${o.report}` : ''}`);
 }
 
 function readBudget(path: string): Record<string, number> {

@@ -6,8 +6,8 @@ import * as path from 'node:path';
 import { badInput } from '../errors.js';
 import { TensorProto_DataLocation, type TensorProto } from './gen/onnx_pb.js';
 
-/** Protobuf caps a serialized model at 2 GB; inlined external data must stay well below that. */
-export const MAX_INLINE_BYTES = 1.5 * 2 ** 30;
+/** Protobuf caps a serialized message (a whole .onnx file) below 2 GiB: a model this size or larger is refused. */
+export const PROTOBUF_LIMIT = 2 ** 31;
 
 export function isExternal(t: TensorProto): boolean {
   return t.dataLocation === TensorProto_DataLocation.EXTERNAL;
@@ -24,6 +24,51 @@ function entryInt(t: TensorProto, value: string | undefined, key: string): numbe
   return n;
 }
 
+/**
+ * Refuses a location that is absolute or contains `..` (even one that would stay inside): the same rule for reading
+ * and writing, so a model subprune writes is one it reads.
+ */
+function checkRelative(loc: string, where: string, rule: string, fix: string): void {
+  if (path.isAbsolute(loc) || path.win32.isAbsolute(loc))
+    throw badInput(
+      `${where} is an absolute path; subprune ${rule} files inside the model's folder. ${fix} and make the ` +
+        'location relative.',
+    );
+  if (loc.split(/[\\/]/).includes('..'))
+    throw badInput(`${where} contains "..": subprune ${rule} files inside the model's folder. ${fix}.`);
+}
+
+/** `file` (a real path) lies strictly inside the folder `root` (a real path). */
+function inside(root: string, file: string): boolean {
+  const rel = path.relative(root, file);
+  return rel !== '' && rel.split(path.sep)[0] !== '..' && !path.isAbsolute(rel);
+}
+
+/**
+ * The path to write a model's data file to, `location` relative to the model file's folder: refused if absolute, with
+ * `..`, or if its folder leads (through a symlink) out of the model's folder. The folder must exist.
+ */
+export function dataFileForWrite(modelFile: string, location: string): string {
+  const where = `external data location "${location}"`;
+  checkRelative(location, where, 'writes external data only to', 'Choose a file name next to the output');
+  const dir = path.dirname(path.resolve(modelFile));
+  const target = path.resolve(dir, location);
+  let root: string, folder: string;
+  try {
+    root = fs.realpathSync(dir);
+    folder = fs.realpathSync(path.dirname(target));
+  } catch (e) {
+    throw badInput(`${where}: its folder does not exist in ${dir} (${(e as Error).message}); create it first.`, e);
+  }
+  if (folder !== root && !inside(root, folder))
+    throw badInput(
+      `${where} leads (through a symlink) to ${folder}, outside the output's folder ${root}; subprune refuses to ` +
+        'write there. Choose a file name next to the output.',
+    );
+  if (target === path.resolve(modelFile)) throw badInput(`${where} is the model file itself; choose another name.`);
+  return path.join(folder, path.basename(target));
+}
+
 /** Where the tensor's bytes live: a checked real path inside baseDir, an offset and a length. */
 export function externalDataLocation(
   t: TensorProto,
@@ -33,18 +78,7 @@ export function externalDataLocation(
   const loc = entries.get('location');
   const where = `tensor "${t.name}": external data location "${loc}"`;
   if (!loc) throw badInput(`tensor "${t.name}" is marked EXTERNAL but names no location; the model is corrupted.`);
-  if (path.isAbsolute(loc) || path.win32.isAbsolute(loc)) {
-    throw badInput(
-      `${where} is an absolute path; subprune reads external data only from files inside the model's folder. ` +
-        'Move the data file next to the model and make the location relative.',
-    );
-  }
-  if (loc.split(/[\\/]/).includes('..')) {
-    throw badInput(
-      `${where} contains "..": subprune reads external data only from files inside the model's folder. Move ` +
-        'the data file next to the model.',
-    );
-  }
+  checkRelative(loc, where, 'reads external data only from', 'Move the data file next to the model');
   let file: string;
   let root: string;
   try {
@@ -57,8 +91,7 @@ export function externalDataLocation(
       e,
     );
   }
-  const rel = path.relative(root, file);
-  if (rel === '' || rel.split(path.sep)[0] === '..' || path.isAbsolute(rel)) {
+  if (!inside(root, file)) {
     throw badInput(
       `${where} resolves (through a symlink) to ${file}, outside the model's folder ${root}; subprune refuses ` +
         `to read it. Copy the data file into the model's folder.`,
@@ -86,7 +119,8 @@ export function readExternalData(t: TensorProto, baseDir: string): Uint8Array {
   try {
     let done = 0;
     while (done < length) {
-      const got = fs.readSync(fd, out, done, length - done, offset + done);
+      // one read call takes at most 2 GiB - 1 bytes; a tensor may be larger
+      const got = fs.readSync(fd, out, done, Math.min(length - done, 2 ** 30), offset + done);
       if (got === 0)
         throw badInput(
           `tensor "${t.name}": external data file ${file} ended early; it was truncated while being read.`,

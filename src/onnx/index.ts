@@ -8,7 +8,6 @@ export {
   parseModel,
   readModel,
   serializeModel,
-  writeModel,
   opsetVersion,
   forEachTensor,
   inlineExternalData,
@@ -26,7 +25,17 @@ export {
   float16BitsToFloat32,
   float32ToFloat16Bits,
 } from './tensor.js';
-export { isExternal, readExternalData, MAX_INLINE_BYTES } from './external.js';
+export { isExternal, readExternalData, PROTOBUF_LIMIT } from './external.js';
+export {
+  writeModel,
+  writeModelChecked,
+  writeModelFiles,
+  modelSource,
+  EXTERNAL_MIN_BYTES,
+  EXTERNAL_ALIGN,
+  type WriteOptions,
+  type Written,
+} from './write.js';
 export {
   attrInt,
   attrInts,

@@ -1,12 +1,12 @@
-// Reading and writing whole models. A model is the generated ModelProto itself: no wrapper, so
-// every stage sees the plain ONNX structure. External data is inlined when the model is loaded
-// from its folder, so the in-memory model is self-contained and can be written anywhere.
+// Reading and encoding whole models (writing files: write.ts). A model is the generated ModelProto itself: no wrapper,
+// so every stage sees the plain ONNX structure. External data is read into each tensor's own raw_data when the model is
+// loaded from its folder (never into one buffer), so the in-memory model is self-contained and can be written anywhere.
+import * as os from 'node:os';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fromBinary, toBinary } from '@bufbuild/protobuf';
 import { badInput, SubpruneError } from '../errors.js';
-import { writeFileAtomic } from '../atomic.js';
-import { isExternal, MAX_INLINE_BYTES, externalDataLocation, readExternalData } from './external.js';
+import { isExternal, PROTOBUF_LIMIT, externalDataLocation, readExternalData } from './external.js';
 import { checkStoredSize, expectedBytes, setTensorData, tensorDims } from './tensor.js';
 import {
   ModelProtoSchema,
@@ -50,7 +50,7 @@ export function forEachTensor(model: Model, fn: (t: TensorProto) => void): void 
   }
 }
 
-/** Replace every external-data reference by raw_data read from files inside baseDir. */
+/** Replace every external-data reference by raw_data read from files inside baseDir (each tensor its own buffer). */
 export function inlineExternalData(model: Model, baseDir: string): void {
   let total = 0;
   forEachTensor(model, (t) => {
@@ -64,10 +64,11 @@ export function inlineExternalData(model: Model, baseDir: string): void {
       );
     }
     total += length;
-    if (total > MAX_INLINE_BYTES) {
+    // checked before each read: a model larger than memory fails here, not in the allocator
+    if (total > os.freemem()) {
       throw badInput(
-        `the model's external data exceeds ${MAX_INLINE_BYTES / 2 ** 30} GB; subprune stores weights inside ` +
-          'the .onnx file, which protobuf limits to 2 GB, so models this large are not supported.',
+        `the model's external data needs more than the ${(os.freemem() / 2 ** 30).toFixed(1)} GiB of memory ` +
+          'available; free memory or use a machine with more.',
       );
     }
     setTensorData(t, tensorDims(t), t.dataType, readExternalData(t, baseDir));
@@ -128,15 +129,13 @@ export function serializeModel(model: Model): Uint8Array {
     }
   });
   const bytes = toBinary(ModelProtoSchema, model);
-  if (bytes.length >= 2 ** 31) {
-    throw badInput(`the model serializes to ${bytes.length} bytes, over protobuf's 2 GB limit for an .onnx file.`);
+  if (bytes.length >= PROTOBUF_LIMIT) {
+    throw badInput(
+      `the model serializes to ${bytes.length} bytes, over protobuf's 2 GB limit for an .onnx file; write it ` +
+        'with its weights in a data file (writeModel, --external-data).',
+    );
   }
   return bytes;
-}
-
-/** Write a model atomically (see writeFileAtomic): readers never see a half-written file. */
-export function writeModel(model: Model, file: string): void {
-  writeFileAtomic(file, serializeModel(model));
 }
 
 /** The opset version the model imports for a domain ('' and 'ai.onnx' are the same), if any. */

@@ -22,13 +22,13 @@ import { checkRefitRows, selectionBytes } from '../select/greedy.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
 import { resolveBudget, type Budget, type SizeOf } from '../budget/index.js';
 import { sizeModel } from '../budget/size.js';
-import { evaluate, type Fidelity } from '../eval/index.js';
+import type { Fidelity } from '../eval/index.js';
 import type { KernelOptions } from '../kernels/instances.js';
 import { badInput, internal } from '../errors.js';
 import { Stopwatch } from '../stopwatch.js';
 import { allocateBudget, type Allocation, type AllocationOptions } from './allocation.js';
 import { mean, objectivesOf, planOf, rankGroup, type Ranked } from './rank.js';
-import { verifyPruned } from './verify.js';
+import { checkFidelityRows, fidelityOf, verifyPruned } from './verify.js';
 
 export type Mode = 'layerwise' | 'sequential' | 'asymmetric';
 export const MODES: readonly Mode[] = ['layerwise', 'sequential', 'asymmetric'];
@@ -47,6 +47,8 @@ export interface PruneOptions extends RuntimeOptions, KernelOptions, MethodOptio
   onGroupPruned?: (id: string, model: Model) => void;
   /** Called before any capture with the kernel memory the run will need. */
   onPlan?: (plan: MemoryPlan) => void;
+  /** Calibration rows the report's fidelity is measured on, evenly spaced (default 512; Infinity: every row). */
+  fidelityRows?: number;
 }
 
 /** Kernel memory (WebAssembly, ≤ 4 GiB) a run needs: its largest capture pass and its largest selection (k = all). */
@@ -101,7 +103,7 @@ export interface PruneReport {
   tokens?: number;
   /** allocate: the sensitivity or global allocation (its capture of the original model and its measurements). */
   seconds: Record<Stage | 'total', number>;
-  /** The pruned model against the original on the calibration inputs. */
+  /** The pruned model against the original on (a sample of) the calibration inputs: `samples` rows, see fidelityOf. */
   fidelity: Fidelity;
   /** Bytes of kernel memory planned before the run. */
   memory: MemoryPlan;
@@ -274,6 +276,7 @@ export async function prune(
 ): Promise<{ model: Model; report: PruneReport }> {
   // resolved once, so every run below uses the same one; loading it is a per-process cost, not in the seconds
   const backend = (await loadRuntime(opts.backend)).backend;
+  checkFidelityRows(opts.fidelityRows);
   const o: PruneOptions = { ...opts, backend, mode: opts.mode ?? 'layerwise', refit: opts.refit ?? true };
   const clock = new Stopwatch(STAGES);
   const calib = clock.time('analyze', () => Calibration.of(model, data));
@@ -284,8 +287,8 @@ export async function prune(
   const pruned = await prunes(model, plan, keeps, calib, o, clock);
   const fidelity = await clock.time('verify', async () => {
     await verifyPruned(model, pruned.model, calib, o);
-    const progress = (d: number, n: number) => o.onProgress?.('verify', d, n);
-    return evaluate(pruned.model, calib, { reference: model, batch: o.batch, backend, onBatch: progress });
+    const onBatch = (d: number, n: number) => o.onProgress?.('verify', d, n);
+    return fidelityOf(model, pruned.model, calib, { rows: o.fidelityRows, batch: o.batch, backend, onBatch });
   });
   const after = modelStats(pruned.model, plan.inputShape);
   return {

@@ -1,11 +1,15 @@
 // The check a pruned model passes before anyone writes it: onnxruntime loads it and runs it on a calibration batch, and
 // every output is finite and has the shape of the original model's output on the same batch. A model that fails is a
 // bug in subprune (the original passed the same run), so the failure is an internal error, never a file on disk.
-import { internal } from '../errors.js';
-import type { Model } from '../onnx/index.js';
+import { badInput, internal } from '../errors.js';
+import { modelInputs } from '../calibration.js';
+import { writeModelChecked, type Model, type WriteOptions, type Written } from '../onnx/index.js';
+import { loadRuntime } from '../capture/runtime.js';
+import { openSession } from '../capture/runner.js';
 import type { NpyFile } from '../npy.js';
 import { Calibration, type Batch, type InputData } from '../calibration.js';
 import { CAPTURE_BATCH, Runner, type Activation, type Backend, type RuntimeOptions } from '../capture/index.js';
+import { evaluate, type Fidelity } from '../eval/index.js';
 
 const broken = (what: string, cause?: unknown) =>
   internal(`the pruned model failed verification: ${what}; nothing was written (please report this)`, cause);
@@ -46,4 +50,107 @@ export async function verifyPruned(
     // Runner.run refuses these too; this check must not depend on it
     if (bad >= 0) throw broken(`output ${name} holds ${a.data[bad]}`);
   }
+}
+
+/** The calibration rows the report's fidelity uses by default (prune's `fidelityRows`, the CLI's --fidelity-rows). */
+export const FIDELITY_ROWS = 512;
+
+/**
+ * The rows of the fidelity sample: `n` rows evenly spaced over `total` (row i of the sample is ⌊i·total/n⌋, so the
+ * first row is always in and a calibration set sorted by class is still covered), or every row when n ≥ total.
+ */
+export function fidelitySampleRows(total: number, n: number): number[] {
+  const k = Math.min(total, n);
+  return Array.from({ length: k }, (_, i) => Math.floor((i * total) / k));
+}
+
+/** An .npy file seen through a list of its rows: row i of the view is row rows[i] of `a`. */
+function rowsOf(a: NpyFile, rows: number[]): NpyFile {
+  const gather =
+    <T extends Float32Array | Float64Array>(read: (r0: number, r1: number) => T, make: new (n: number) => T) =>
+    (r0 = 0, r1 = rows.length): T => {
+      const out = new make((r1 - r0) * a.rowSize);
+      for (let i = r0; i < r1; i++) out.set(read(rows[i]!, rows[i]! + 1), (i - r0) * a.rowSize);
+      return out;
+    };
+  return {
+    ...a,
+    shape: [rows.length, ...a.shape.slice(1)],
+    rows: rows.length,
+    readF32: gather((r0, r1) => a.readF32(r0, r1), Float32Array),
+    readF64: gather((r0, r1) => a.readF64(r0, r1), Float64Array),
+    close: () => {}, // the view does not own the file
+  };
+}
+
+/** The fidelity sample size asked for, checked (before any work): a whole number ≥ 1 or Infinity. */
+export function checkFidelityRows(n = FIDELITY_ROWS): number {
+  if (!(n >= 1) || (Number.isFinite(n) && !Number.isInteger(n)))
+    throw badInput(`fidelity rows ${n}: use a whole number ≥ 1, or Infinity (CLI: all) to measure on every row`);
+  return n;
+}
+
+export interface FidelityOptions extends RuntimeOptions {
+  /** Calibration rows to measure on (evenly spaced, see fidelitySampleRows); default FIDELITY_ROWS, Infinity: all. */
+  rows?: number;
+  onBatch?: (done: number, total: number) => void;
+}
+
+/**
+ * The report's fidelity: the pruned model against the original on a bounded, evenly spaced sample of the calibration
+ * inputs (a whole extra pass over a large calibration set would cost as much as the capture).
+ */
+export async function fidelityOf(
+  original: Model,
+  pruned: Model,
+  data: InputData,
+  opts: FidelityOptions = {},
+): Promise<Fidelity> {
+  const n = checkFidelityRows(opts.rows);
+  const calib = Calibration.of(original, data);
+  const rows = fidelitySampleRows(calib.rows, n);
+  const sample =
+    rows.length === calib.rows
+      ? calib
+      : new Map(calib.inputs.map((x, i) => [x.name, rowsOf(calib.arrays[i]!, rows)] as const));
+  const { backend, batch, onBatch } = opts;
+  return evaluate(pruned, sample, { reference: original, backend, batch, onBatch });
+}
+
+/**
+ * Writes the pruned model (with its weights in a data file when it is large or when asked, see WriteOptions) and
+ * renames the files into place only after onnxruntime has loaded them from disk, data file and all, and found the
+ * model's inputs and outputs. The model itself passed verifyPruned before this.
+ */
+export async function writeVerified(
+  model: Model,
+  file: string,
+  opts: WriteOptions & { backend?: Backend } = {},
+): Promise<Written> {
+  const { ort, backend } = await loadRuntime(opts.backend);
+  const inputs = modelInputs(model).map((x) => x.name),
+    outputs = model.graph!.output.map((o) => o.name);
+  return writeModelChecked(
+    model,
+    file,
+    async (written) => {
+      let session;
+      try {
+        session = await openSession(ort, backend, written, { logSeverityLevel: 3 });
+      } catch (e) {
+        throw broken(`onnxruntime cannot load the written files: ${(e as Error).message.split('\n')[0]}`, e);
+      }
+      try {
+        const have = [session.inputNames.join(), session.outputNames.join()],
+          want = [inputs.join(), outputs.join()];
+        if (have.join('|') !== want.join('|'))
+          throw broken(
+            `the written model has inputs [${have[0]}] and outputs [${have[1]}], not [${want[0]}], [${want[1]}]`,
+          );
+      } finally {
+        await session.release();
+      }
+    },
+    opts,
+  );
 }
