@@ -19,7 +19,8 @@ Usage: subprune prune MODEL.onnx --calib X.npy -o OUT.onnx [options]
 ${inputsHelp('--calib DATA', 'calibration inputs')};
                       a few hundred samples are enough, no labels needed
   --preprocess SPEC   how images become the model's input (resize, crop, channels, scale, mean, std; or a
-                      preset: imagenet, paddleocr-rec, paddleocr-det), for --calib FOLDER; see the README
+                      preset: imagenet, paddleocr-rec, paddleocr-det), for --calib FOLDER; or the JSON a
+                      report recorded as "preprocess"; see the README
   -o, --output FILE   where to write the pruned model (after onnxruntime has run it; atomically; never the input);
                       for several sizes a pattern: {c} stands for the compression, {r} for the keep ratio
 Budget (one of; default --compression 2):
