@@ -49,8 +49,8 @@ Other:
                       (several sizes: {"model", "sizes": [one such report per size, with its output]})
   --batch n           calibration batch size (default 64; a model with a fixed batch size uses its own)
   --kernels NAME      selection kernels: wasm (SIMD WebAssembly, default) or plain (TypeScript)
-  --threads n         threads for the wasm kernels (default: all cores). Results are bit-identical
-                      for any n
+  --threads n         threads for the wasm kernels (default: the cores other processes leave free:
+                      all cores less the load average, at least 1). Results are bit-identical for any n
   --backend NAME      model runtime for capture and verification: node (onnxruntime-node, the default where it
                       loads) or web (onnxruntime-web's WebAssembly backend: no native addon needed)
   --quiet             no summary table (nor the kernel memory line printed before the run)
