@@ -281,12 +281,8 @@ function pruneRanked(
   const chosen = ranking.ranked.map((r) =>
     clock.time('select', () => planGroup(r, ranking.grams.get(r.group.id)!, keeps.get(r.group.id)!, opts)),
   );
-  const pruned = clock.time('rewrite', () =>
-    pruneGroups(
-      model,
-      chosen.map((c) => c.plan),
-    ),
-  );
+  const plans = chosen.map((c) => c.plan);
+  const pruned = clock.time('rewrite', () => pruneGroups(model, plans));
   return { model: pruned, groups: chosen.map((c) => c.report) };
 }
 
@@ -368,7 +364,11 @@ export async function* pruneSizes(
       const pruned = ranking
         ? pruneRanked(model, ranking, keeps.keeps[i]!, o, clock)
         : await pruneSequential(model, plan, keeps.keeps[i]!, calib, o, clock);
-      if (ranking && !i) pruned.groups.forEach((g, j) => (g.seconds += ranking.seconds[j]!));
+      // the first size's group seconds include the shared ranking, as a single-size run's do
+      const selected =
+        ranking && !i
+          ? pruned.groups.map((g, j) => ({ ...g, seconds: g.seconds + ranking.seconds[j]! }))
+          : pruned.groups;
       const fidelity = await clock.time('verify', async () => {
         await verifyPruned(model, pruned.model, calib, o);
         const progress = (d: number, n: number) => o.onProgress?.('verify', d, n);
@@ -382,7 +382,7 @@ export async function* pruneSizes(
         allocation: o.allocation ?? 'uniform',
         backend,
         calibration: { path: calib.path, samples: calib.rows },
-        groups: withSizes(plan, pruned.groups),
+        groups: withSizes(plan, selected),
         refused: plan.refused,
         params: { before: plan.before.params, after: after.params },
         flops: { before: plan.before.flops, after: after.flops },
