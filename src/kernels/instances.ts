@@ -14,8 +14,10 @@ export function cores(): number {
  * machine a second thread only waits for a core: with load average 12 on 2 cores (medians of 31 runs at nice −20),
  * the 1024×128, k = 32 selection from activations (Gram, greedy, re-fit) took 4.4 ms on 1 thread and 22 ms on 2,
  * 2048×256, k = 64 9.7 and 12.1 ms, 4096×512, k = 128 147 and 146 ms; one Gram block of 128 rows took 0.81 ms on 1
- * and 1.1 ms on 2 at d = 512, 2.7 and 7.8 ms at d = 768. Results are bit-identical for any thread count (each range
- * of rows is computed whole by one thread), so only the time depends on it.
+ * and 1.1 ms on 2 at d = 512, 2.7 and 7.8 ms at d = 768. At load 0.2–2 (the others starting again) 2 threads were
+ * still no faster (39 and 46 ms for 4096×512; a Gram block at d = 2048 11.3 and 11.9 ms): a second thread pays only
+ * on a core nobody else wants. Results are bit-identical for any thread count (each range of rows is computed whole
+ * by one thread), so only the time depends on it.
  */
 export function defaultThreads(): number {
   const n = cores(),
