@@ -1,5 +1,15 @@
 // subprune's library API: the same operations as the CLI, as typed functions.
-export { prune, MODES, type PruneOptions, type PruneReport, type GroupReport, type Mode } from './prune/index.js';
+export {
+  prune,
+  pruneSizes,
+  MODES,
+  type PruneOptions,
+  type SizesOptions,
+  type Sized,
+  type PruneReport,
+  type GroupReport,
+  type Mode,
+} from './prune/index.js';
 export { analyze, modelStats, consumerWeightMatrix } from './graph/analyze.js';
 export type { Group, Consumer, Refused, Analysis } from './graph/types.js';
 export { pruneGroups, type PrunePlan } from './rewrite/index.js';

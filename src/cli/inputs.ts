@@ -4,7 +4,7 @@ import { statSync } from 'node:fs';
 import { badInput } from '../errors.js';
 import { encodeNpy, npyFromBytes, openNpy, type NpyFile } from '../npy.js';
 import { openNpz } from '../npz.js';
-import { loadImageFolder, parsePreprocess, type PreprocessSpec } from '../images/index.js';
+import { checkPreprocess, loadImageFolder, parsePreprocess, type PreprocessSpec } from '../images/index.js';
 
 /** Opened data: one file, or arrays by input name; and the resolved preprocessing when it came from images. */
 export interface Inputs {
@@ -52,7 +52,7 @@ export function openInputs(values: string[], flag: string, preprocess?: string):
         `${flag} ${path} is a folder of images: give --preprocess (e.g. --preprocess imagenet, or ` +
           'resize=28x28,channels=gray,scale=1/255,mean=0.286,std=0.353; see the README)',
       );
-    const spec = parsePreprocess(preprocess),
+    const spec = preprocessFlag(preprocess),
       b = loadImageFolder(path, spec);
     return { data: npyFromBytes(encodeNpy(b.data, b.shape), path), paths: [path], preprocess: spec, close: () => {} };
   }
@@ -63,6 +63,18 @@ export function openInputs(values: string[], flag: string, preprocess?: string):
   }
   const f = openNpy(path);
   return { data: f, paths: [path], close: () => f.close() };
+}
+
+/** --preprocess: a preset and key=value items, or the JSON spec a report recorded (to repeat a run exactly). */
+function preprocessFlag(text: string): PreprocessSpec {
+  if (!text.trim().startsWith('{')) return parsePreprocess(text);
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw badInput(`--preprocess: ${(e as Error).message}; give a preset and key=value items, or a report's JSON spec`);
+  }
+  return checkPreprocess(json);
 }
 
 function closeAll(arrays: Map<string, NpyFile>): void {

@@ -2,8 +2,8 @@ import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
 import { readModel } from '../onnx/index.js';
 import { checkWritable, writeFileAtomic } from '../atomic.js';
-import { badInput } from '../errors.js';
-import { MODES, prune } from '../prune/index.js';
+import { badInput, internal } from '../errors.js';
+import { MODES, pruneSizes, type PruneReport, type Sized } from '../prune/index.js';
 import { writeVerified } from '../prune/verify.js';
 import type { Budget } from '../budget/index.js';
 import { Progress } from './progress.js';
@@ -20,8 +20,10 @@ Usage: subprune prune MODEL.onnx --calib X.npy -o OUT.onnx [options]
 ${inputsHelp('--calib DATA', 'calibration inputs')};
                       a few hundred samples are enough, no labels needed
   --preprocess SPEC   how images become the model's input (resize, crop, channels, scale, mean, std; or a
-                      preset: imagenet, paddleocr-rec, paddleocr-det), for --calib FOLDER; see the README
-  -o, --output FILE   where to write the pruned model (after onnxruntime has run it; atomically; never the input)
+                      preset: imagenet, paddleocr-rec, paddleocr-det), for --calib FOLDER; or the JSON a
+                      report recorded as "preprocess"; see the README
+  -o, --output FILE   where to write the pruned model (after onnxruntime has run it; atomically; never the input);
+                      for several sizes a pattern: {c} stands for the compression, {r} for the keep ratio
   --external-data     write the weights to OUT.onnx.data next to it (ONNX's external data); automatic when the
                       model would reach protobuf's 2 GB limit for one .onnx file
 Budget (one of; default --compression 2):
@@ -31,6 +33,13 @@ Budget (one of; default --compression 2):
   --keep-ratio r      keep the fraction r of the channels of every group (0 < r ≤ 1)
   --budget FILE       JSON {"<group id, producer node or weight name>": channels to keep, ...}; groups not
                       named keep all
+Several sizes from one run: --compression 2,4,8 -o out-{c}.onnx (or --keep-ratio 0.5,0.25 -o out-{r}.onnx)
+                      writes one model per size and one --report with an entry per size. In layerwise mode one
+                      capture and one ranking per group serve every size (the greedy's order is nested), so each
+                      further size costs only its re-fit, rewrite and verification; sequential and asymmetric
+                      modes capture the model pruned so far, so they run once per size. Each model is written
+                      when it passes verification; a size that fails is not written, the others are, and the
+                      run ends with exit 1 naming it (the report holds its error)
 Method:
   --mode M            layerwise (default): every group from the original model's activations;
                       sequential: group by group, from the model whose earlier groups are already pruned;
@@ -40,11 +49,12 @@ ${methodHelp}
 Other:
   --report FILE       write a JSON report: per group the kept channels in greedy order and the objective,
                       params and FLOPs before/after, seconds per stage, fidelity on the calibration data
+                      (several sizes: {"model", "sizes": [one such report per size, with its output]})
   --fidelity-rows n   measure the fidelity on n calibration rows, evenly spaced (default 512), or all
   --batch n           calibration batch size (default 64; a model with a fixed batch size uses its own)
   --kernels NAME      selection kernels: wasm (SIMD WebAssembly, default) or plain (TypeScript)
-  --threads n         threads for the wasm kernels (default: all cores). Results are bit-identical
-                      for any n
+  --threads n         threads for the wasm kernels (default: the cores other processes leave free:
+                      all cores less the load average, at least 1). Results are bit-identical for any n
   --backend NAME      model runtime for capture and verification: node (onnxruntime-node, the default where it
                       loads) or web (onnxruntime-web's WebAssembly backend: no native addon needed)
   --quiet             no summary table (nor the kernel memory line printed before the run)
@@ -88,39 +98,31 @@ export async function runPrune(argv: string[]): Promise<void> {
   const input = positionals[0];
   if (!o.calib?.length) throw badInput('prune needs --calib X.npy (calibration inputs)');
   if (!o.output) throw badInput('prune needs -o OUT.onnx');
-  if (sameFile(input, o.output))
-    throw badInput(`-o ${o.output} is the input model; subprune never overwrites its input, choose another file`);
-  if (o.report && (sameFile(o.report, input) || sameFile(o.report, o.output)))
+  if (o.target !== undefined && o.target !== 'params' && o.target !== 'flops')
+    throw badInput(`--target ${o.target}: use params or flops`);
+  const sizes = sizesOf(o);
+  const outputs = outputsOf(o.output, sizes);
+  for (const out of outputs)
+    if (sameFile(input, out))
+      throw badInput(`-o ${out} is the input model; subprune never overwrites its input, choose another file`);
+  if (o.report && (sameFile(o.report, input) || outputs.some((out) => sameFile(o.report!, out))))
     throw badInput('--report must be another file than the models');
   const calibPaths = o.calib.map((v) => v.slice(v.indexOf('=') + 1));
-  for (const given of [input, ...calibPaths, o.budget, o.report]) {
-    if (given && sameFile(given, `${o.output}.data`))
-      throw badInput(`${given} is where -o ${o.output} would put its weights (.data); choose another -o`);
-  }
+  for (const given of [input, ...calibPaths, o.budget, o.report])
+    for (const out of outputs)
+      if (given && sameFile(given, `${out}.data`))
+        throw badInput(`${given} is where -o ${out} would put its weights (.data); choose another -o`);
   for (const given of [...calibPaths, o.budget]) {
-    if (given && [o.output, o.report].some((out) => out && sameFile(given, out)))
+    if (given && [...outputs, o.report].some((out) => out && sameFile(given, out)))
       throw badInput(
         `${given} is an input of this run; subprune never overwrites its inputs, choose other files for -o and ` +
           '--report',
       );
   }
-  checkWritable(o.output); // before the work, not after it
+  for (const out of outputs) checkWritable(out); // before the work, not after it
   if (o.report) checkWritable(o.report);
   const mode = choice(o.mode!, '--mode', MODES);
   if (o.kernels !== 'wasm' && o.kernels !== 'plain') throw badInput(`--kernels ${o.kernels}: use wasm or plain`);
-  if (o.target !== undefined && o.target !== 'params' && o.target !== 'flops')
-    throw badInput(`--target ${o.target}: use params or flops`);
-  const given = [o.compression, o['keep-ratio'], o.budget].filter((x) => x !== undefined).length;
-  if (given > 1) throw badInput('give one of --compression, --keep-ratio, --budget');
-  let budget: Budget;
-  if (o['keep-ratio'] !== undefined)
-    budget = { keepRatio: num(o['keep-ratio'], '--keep-ratio', (v) => v > 0 && v <= 1, 'a fraction in (0, 1]')! };
-  else if (o.budget !== undefined) budget = { keep: readBudget(o.budget) };
-  else
-    budget = {
-      compression: num(o.compression ?? '2', '--compression', (v) => v >= 1, 'a ratio ≥ 1')!,
-      target: (o.target ?? 'params') as 'params' | 'flops',
-    };
   const batch = num(o.batch, '--batch', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1');
   const backend = backendFlag(o.backend);
   const fidelityRows =
@@ -137,78 +139,171 @@ export async function runPrune(argv: string[]): Promise<void> {
   const calib = inputs.data;
   const bars = new Map<string, Progress>();
   const labels: Record<string, string> = { capture: 'capture', select: 'select', group: 'groups', verify: 'verify' };
-  let result;
+  const externalData = o['external-data'] || 'auto';
+  const results: SizeResult[] = [];
   try {
-    result = await prune(model, calib, {
-      mode,
-      refit: !o['no-refit'],
-      budget,
-      batch,
-      kernels: o.kernels,
-      threads,
-      backend,
-      method: how.method,
-      seed: how.seed,
-      allocation: how.allocation,
-      verify: how.verify,
-      grid: how.grid,
-      fidelityRows,
-      onPlan: (p) => {
-        // on stdout: stderr carries only progress and, on failure, the one error line
-        if (p.groups && !o.quiet)
-          console.log(
-            `kernel memory: at most ${fmtBytes(p.capture)} to capture (${p.groups} ` +
-              `group${p.groups > 1 ? 's' : ''}, ${p.passes} pass${p.passes > 1 ? 'es' : ''}) and ` +
-              `${fmtBytes(p.select)} to select (${threads} thread${threads > 1 ? 's' : ''})`,
-          );
+    const run = pruneSizes(
+      model,
+      calib,
+      sizes.map((z) => z.budget),
+      {
+        mode,
+        refit: !o['no-refit'],
+        batch,
+        kernels: o.kernels,
+        threads,
+        backend,
+        method: how.method,
+        seed: how.seed,
+        allocation: how.allocation,
+        verify: how.verify,
+        grid: how.grid,
+        fidelityRows,
+        onPlan: (p) => {
+          // on stdout: stderr carries only progress and, on failure, the one error line
+          if (p.groups && !o.quiet)
+            console.log(
+              `kernel memory: at most ${fmtBytes(p.capture)} to capture (${p.groups} ` +
+                `group${p.groups > 1 ? 's' : ''}, ${p.passes} pass${p.passes > 1 ? 'es' : ''}) and ` +
+                `${fmtBytes(p.select)} to select (${threads} thread${threads > 1 ? 's' : ''})`,
+            );
+        },
+        onProgress: (stage, done, total) => {
+          let bar = bars.get(stage);
+          if (!bar) {
+            bars.set(stage, (bar = new Progress(labels[stage] ?? stage, total)));
+          }
+          bar.update(done);
+          if (done >= total) {
+            bar.done();
+            bars.delete(stage); // the next size draws its own
+          }
+        },
       },
-      onProgress: (stage, done, total) => {
-        let bar = bars.get(stage);
-        if (!bar) {
-          bars.set(stage, (bar = new Progress(labels[stage] ?? stage, total)));
-        }
-        bar.update(done);
-        if (done >= total) bar.done();
-      },
-    });
+    );
+    for await (const sized of run) {
+      const i = results.length;
+      // each size on disk as soon as it is verified: a later failure or interruption loses nothing written
+      const written =
+        !('error' in sized) && sized.report.groups.length
+          ? await writeVerified(sized.model, outputs[i]!, { backend: sized.report.backend, externalData })
+          : undefined;
+      results.push({ output: outputs[i]!, name: sizes[i]!.name, sized, data: written?.data?.location });
+    }
   } finally {
     inputs.close();
     for (const f of how.opened) f.close();
   }
-  const { model: pruned, report } = result;
-  const none = !report.groups.length; // an unchanged copy of the input is no output worth writing: say so and exit 0
-  const written = none
-    ? undefined
-    : await writeVerified(pruned, o.output, { backend: report.backend, externalData: o['external-data'] || 'auto' });
-  if (o.report)
-    writeFileAtomic(
-      o.report,
-      Buffer.from(
-        JSON.stringify(
-          {
-            model: input,
-            output: o.output,
-            budget,
-            ...report,
-            ...(inputs.preprocess ? { preprocess: inputs.preprocess } : {}),
-          },
-          null,
-          1,
-        ) + '\n',
-      ),
-    );
-  if (none) {
-    console.error(
-      `subprune prune: ${input} has no prunable groups (${report.refused.length} candidates refused; subprune ` +
-        `inspect says why); nothing to prune, so ${o.output} was not written`,
-    );
+  const preprocess = inputs.preprocess ? { preprocess: inputs.preprocess } : {};
+  if (results.length === 1) {
+    const sized = results[0]!.sized;
+    if ('error' in sized) throw sized.error; // one size: nothing written, as ever
+    if (o.report)
+      writeJson(o.report, { model: input, output: o.output, budget: sized.budget, ...sized.report, ...preprocess });
+    summarize(input, o.output, o.report, sized.report, o.quiet, results[0]!.data);
     return;
   }
-  if (o.quiet) return;
+  if (o.report)
+    writeJson(o.report, {
+      model: input,
+      sizes: results.map(({ output, sized }) =>
+        'error' in sized
+          ? { output, budget: sized.budget, error: sized.error.message }
+          : { output, budget: sized.budget, ...sized.report },
+      ),
+      shared:
+        mode === 'layerwise'
+          ? "one capture and one ranking per group for every size; the first size's seconds include them"
+          : `${mode} mode captures the model pruned so far: one run per size`,
+      ...preprocess,
+    });
+  summarizeSizes(input, results, o.report, o.quiet);
+}
+
+/** A size the flags ask for: its budget and, for a --compression or --keep-ratio list, its value in -o's pattern. */
+interface Size {
+  budget: Budget;
+  /** The value as -o's placeholder spells it. */
+  name?: string;
+  placeholder?: '{c}' | '{r}';
+}
+
+function sizesOf(o: { compression?: string; target?: string; 'keep-ratio'?: string; budget?: string }): Size[] {
+  const given = [o.compression, o['keep-ratio'], o.budget].filter((x) => x !== undefined).length;
+  if (given > 1) throw badInput('give one of --compression, --keep-ratio, --budget');
+  if (o.budget !== undefined) return [{ budget: { keep: readBudget(o.budget) } }];
+  const list = (s: string, flag: string, ok: (v: number) => boolean, what: string) =>
+    s.split(',').map((x) => num(x.trim(), flag, ok, what)!);
+  if (o['keep-ratio'] !== undefined)
+    return list(
+      o['keep-ratio'],
+      '--keep-ratio',
+      (v) => v > 0 && v <= 1,
+      'a fraction in (0, 1] (or a list: 0.5,0.25)',
+    ).map((keepRatio) => ({ budget: { keepRatio }, name: String(keepRatio), placeholder: '{r}' }));
+  const target = (o.target ?? 'params') as 'params' | 'flops';
+  return list(o.compression ?? '2', '--compression', (v) => v >= 1, 'a ratio ≥ 1 (or a list: 2,4,8)').map(
+    (compression) => ({
+      budget: { compression, target },
+      name: String(compression),
+      placeholder: '{c}',
+    }),
+  );
+}
+
+/** The output file of each size: -o itself, or -o's pattern with each size's value; never one file for two sizes. */
+function outputsOf(pattern: string, sizes: Size[]): string[] {
+  const key = sizes[0]!.placeholder,
+    flag = key === '{r}' ? '--keep-ratio' : '--compression';
+  for (const p of ['{c}', '{r}'] as const)
+    if (pattern.includes(p) && p !== key)
+      throw badInput(
+        `-o ${pattern}: ${p} stands for a ${p === '{c}' ? '--compression' : '--keep-ratio'} value, ` +
+          (key ? `use ${key} with ${flag}` : 'and --budget gives one size: name the file plainly'),
+      );
+  if (sizes.length > 1 && !pattern.includes(key!))
+    throw badInput(
+      `-o ${pattern}: ${sizes.length} sizes need one file each; put ${key} in the name for the ${flag} value, ` +
+        `e.g. -o model-${key}.onnx`,
+    );
+  const outs = sizes.map((z) => (key ? pattern.replaceAll(key, z.name!) : pattern));
+  outs.forEach((a, i) => {
+    const j = outs.findIndex((b, jj) => jj > i && sameFile(a, b));
+    if (j >= 0)
+      throw badInput(
+        `${flag}: sizes ${sizes[i]!.name} and ${sizes[j]!.name} would both write ${a}; give each size once`,
+      );
+  });
+  return outs;
+}
+
+function writeJson(file: string, value: unknown): void {
+  writeFileAtomic(file, Buffer.from(JSON.stringify(value, null, 1) + '\n'));
+}
+
+const noGroups = (input: string, report: PruneReport, what: string) =>
+  `subprune prune: ${input} has no prunable groups (${report.refused.length} candidates refused; subprune ` +
+  `inspect says why); nothing to prune, so ${what}`;
+
+/** The one-size summary: per group the kept channels and objective; the model's sizes, fidelity and seconds. */
+function summarize(
+  input: string,
+  output: string,
+  reportFile: string | undefined,
+  r: PruneReport,
+  quiet: boolean,
+  data?: string,
+): void {
+  if (!r.groups.length) {
+    // an unchanged copy of the input is no output worth writing: say so and exit 0
+    console.error(noGroups(input, r, `${output} was not written`));
+    return;
+  }
+  if (quiet) return;
   console.log(
     table(
       ['group', 'producers', 'consumers', 'channels', 'kept', 'objective', 'FLOPs', 'seconds'],
-      report.groups.map((u) => [
+      r.groups.map((u) => [
         u.id,
         u.producers.length,
         u.consumers.length,
@@ -220,8 +315,7 @@ export async function runPrune(argv: string[]): Promise<void> {
       ]),
     ),
   );
-  const r = report,
-    s = r.seconds;
+  const s = r.seconds;
   console.log(
     `\nparams ${big(r.params.before)} → ${big(r.params.after)} ` +
       `(${(r.params.before / r.params.after).toFixed(2)}× smaller), FLOPs ${big(r.flops.before)} → ` +
@@ -240,8 +334,65 @@ export async function runPrune(argv: string[]): Promise<void> {
       `capture ${s.capture.toFixed(2)}, select ${s.select.toFixed(2)}, rewrite ${s.rewrite.toFixed(2)}, verify ` +
       `${s.verify.toFixed(2)}, total ${s.total.toFixed(2)}`,
   );
-  const data = written?.data ? ` (weights in ${written.data.location} next to it)` : '';
-  console.log(`wrote ${o.output}${data}${o.report ? ` and ${o.report}` : ''}`);
+  const weights = data ? ` (weights in ${data} next to it)` : '';
+  console.log(`wrote ${output}${weights}${reportFile ? ` and ${reportFile}` : ''}`);
+}
+
+/** A size's outcome: its output file, its value in -o's pattern, its model and report, its data file if any. */
+interface SizeResult {
+  output: string;
+  name?: string;
+  sized: Sized;
+  data?: string;
+}
+
+/** Several sizes: one line each; then the sizes that failed, as the run's error. */
+function summarizeSizes(input: string, results: SizeResult[], reportFile: string | undefined, quiet: boolean): void {
+  const ok = results.flatMap(({ sized }) => ('error' in sized ? [] : [sized.report]));
+  if (ok.length && !ok[0]!.groups.length) {
+    console.error(noGroups(input, ok[0]!, 'no model was written'));
+    return;
+  }
+  const failed = results.filter(({ sized }) => 'error' in sized);
+  if (!quiet)
+    console.log(
+      table(
+        [
+          'size',
+          'output',
+          'params',
+          'FLOPs',
+          'agreement',
+          'rel. error',
+          'capture s',
+          'select s',
+          'rewrite s',
+          'verify s',
+          'total s',
+        ],
+        results.map(({ output, name, sized }) => {
+          if ('error' in sized) return [name!, 'failed', '', '', '', '', '', '', '', '', ''];
+          const r = sized.report,
+            s = r.seconds;
+          return [
+            name!,
+            output,
+            `${big(r.params.before)} → ${big(r.params.after)}`,
+            `${big(r.flops.before)} → ${big(r.flops.after)}`,
+            pct(r.fidelity.agreement),
+            r.fidelity.relError!.toFixed(4),
+            ...[s.capture + s.allocate, s.select, s.rewrite, s.verify, s.total].map((x) => x.toFixed(2)),
+          ];
+        }),
+      ),
+    );
+  const written = results.filter(({ sized }) => !('error' in sized)).map((r) => r.output);
+  if (!quiet) console.log(`wrote ${[...written, ...(reportFile ? [reportFile] : [])].join(', ')}`);
+  if (failed.length) {
+    const what = failed.map(({ name, sized }) => `size ${name}: ${(sized as { error: Error }).error.message}`);
+    const rest = written.length ? `the other sizes were written (${written.join(', ')})` : 'nothing was written';
+    throw internal(`${what.join('; ')}; ${rest}`);
+  }
 }
 
 function readBudget(path: string): Record<string, number> {

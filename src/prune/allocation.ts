@@ -105,16 +105,16 @@ export function allocateRanked(
 }
 
 /**
- * Per-group keeps for a compression budget by the sensitivity or global allocation, for `prune`: one capture of the
- * original model and the method's ranking of every group (both returned, so that layerwise pruning reuses them), and
- * for sensitivity each group's curve on the verification set (default: the calibration inputs, label-free).
+ * Per-group keeps for compression budgets (one map per size goal) by the sensitivity or global allocation, for `prune`:
+ * one capture of the original model and the method's ranking of every group (both returned, so that layerwise pruning
+ * reuses them), and for sensitivity each group's curve on the verification set (default: the calibration inputs,
+ * label-free). The rankings and curves serve every goal.
  */
 export async function allocateBudget(
   model: Model,
   groups: Group[],
   calib: Calibration,
-  sizeOf: SizeOf,
-  goal: number,
+  goals: { sizeOf: SizeOf; goal: number }[],
   opts: RuntimeOptions &
     KernelOptions &
     MethodOptions &
@@ -123,7 +123,7 @@ export async function allocateBudget(
       refit?: boolean;
       onProgress?: (stage: string, done: number, total: number) => void;
     },
-): Promise<{ keeps: Map<string, number>; grams: Map<string, Captured[]>; ranked: Ranked[] }> {
+): Promise<{ keeps: Map<string, number>[]; grams: Map<string, Captured[]>; ranked: Ranked[] }> {
   const progress = opts.onProgress ?? (() => {});
   const grams = await captureOriginal(model, groups, calib, [opts.method ?? 'greedy'], {
     ...opts,
@@ -138,5 +138,6 @@ export async function allocateBudget(
           onStep: (d: number, n: number) => progress('allocate', d, n),
         })
       : undefined;
-  return { keeps: allocateRanked(opts.allocation, ranked, sizeOf, goal, curves), grams, ranked };
+  const keeps = goals.map((g) => allocateRanked(opts.allocation, ranked, g.sizeOf, g.goal, curves));
+  return { keeps, grams, ranked };
 }

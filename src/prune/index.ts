@@ -2,6 +2,10 @@
 // allocation that captures and ranks first); capture, rank and select per group (rank.ts, shared with the allocations
 // and the study); rewrite; verify. Layerwise mode captures every group from the original model at once; sequential and
 // asymmetric modes go group by group on the model pruned so far.
+// pruneSizes(): several budgets from one run. Layerwise, the capture and each group's ranking serve every size (the
+// greedy's order is nested: the first k of a longer order are the greedy's picks for k), and each size costs only its
+// re-fit, rewrite and verification; sequential and asymmetric modes capture the model pruned so far, which differs per
+// size, so they run once per size.
 import type { Model } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
 import type { Group, Refused } from '../graph/types.js';
@@ -21,10 +25,10 @@ import type { Captured } from '../capture/stats.js';
 import { checkRefitRows, selectionBytes } from '../select/greedy.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
 import { resolveBudget, type Budget, type SizeOf } from '../budget/index.js';
-import { sizeModel } from '../budget/size.js';
+import { sizeModel, type Target } from '../budget/size.js';
 import type { Fidelity } from '../eval/index.js';
 import type { KernelOptions } from '../kernels/instances.js';
-import { badInput, internal } from '../errors.js';
+import { badInput, internal, SubpruneError } from '../errors.js';
 import { Stopwatch } from '../stopwatch.js';
 import { allocateBudget, type Allocation, type AllocationOptions } from './allocation.js';
 import { mean, objectivesOf, planOf, rankGroup, type Ranked } from './rank.js';
@@ -115,14 +119,17 @@ interface Plan {
   refused: Refused[];
   inputShape: InputShapes;
   before: { params: number; flops: number };
-  sizeOf: SizeOf;
+  /** The model's size as a function of the keeps, in each budget's target. */
+  sizeOf: Record<Target, SizeOf>;
   memory: MemoryPlan;
 }
 
-function planPrune(model: Model, calib: Calibration, mode: Mode, budget: Budget): Plan {
+const targetOf = (budget: Budget): Target =>
+  'compression' in budget && budget.target === 'flops' ? 'flops' : 'params';
+
+function planPrune(model: Model, calib: Calibration, mode: Mode): Plan {
   const inputShape = calib.shapes;
   const { groups, refused } = analyze(model, inputShape);
-  const target = 'compression' in budget && budget.target === 'flops' ? 'flops' : 'params';
   const passes = mode === 'layerwise' ? capturePasses(groups, false) : groups.map((u) => [u]);
   const asym = mode === 'asymmetric';
   const selectBytes = (g: Group) => g.consumers.reduce((a, c) => a + selectionBytes(c.d, c.m, c.g, g.channels), 0);
@@ -133,39 +140,44 @@ function planPrune(model: Model, calib: Calibration, mode: Mode, budget: Budget)
     select: Math.max(0, ...groups.map(selectBytes)),
   };
   const before = modelStats(model, inputShape);
-  return { groups, refused, inputShape, before, sizeOf: sizeModel(model, groups, inputShape, target), memory };
+  const sizeOf = {
+    params: sizeModel(model, groups, inputShape, 'params'),
+    flops: sizeModel(model, groups, inputShape, 'flops'),
+  };
+  return { groups, refused, inputShape, before, sizeOf, memory };
 }
 
-/** The channels each group keeps, and (for an allocation that ranks) the capture and rankings it made. */
+/** The channels each group keeps for each budget, and (for an allocation that ranks) the capture and rankings made. */
 interface Keeps {
-  keeps: Map<string, number>;
+  keeps: Map<string, number>[];
   grams?: Map<string, Captured[]>;
   ranked?: Ranked[];
 }
 
-async function keepsFor(model: Model, plan: Plan, calib: Calibration, opts: PruneOptions): Promise<Keeps> {
-  const { groups, sizeOf } = plan,
+async function keepsFor(
+  model: Model,
+  plan: Plan,
+  calib: Calibration,
+  budgets: Budget[],
+  opts: SizesOptions,
+): Promise<Keeps> {
+  const { groups } = plan,
     allocation = opts.allocation ?? 'uniform';
-  if (allocation !== 'uniform' && !('compression' in opts.budget))
+  if (allocation !== 'uniform' && !budgets.every((b) => 'compression' in b))
     throw badInput(`--allocation ${allocation} needs a --compression budget`);
-  if (!groups.length) return { keeps: new Map() }; // nothing to budget
-  if (allocation === 'uniform' || !('compression' in opts.budget))
-    return { keeps: resolveBudget(groups, opts.budget, sizeOf) };
-  const goal = sizeOf(new Map(groups.map((u) => [u.id, u.channels]))) / opts.budget.compression;
-  return allocateBudget(model, groups, calib, sizeOf, goal, { ...opts, allocation });
+  if (!groups.length) return { keeps: budgets.map(() => new Map()) }; // nothing to budget
+  if (allocation === 'uniform')
+    return { keeps: budgets.map((b) => resolveBudget(groups, b, plan.sizeOf[targetOf(b)])) };
+  const full = new Map(groups.map((u) => [u.id, u.channels]));
+  const goals = budgets.map((b) => {
+    const sizeOf = plan.sizeOf[targetOf(b)];
+    return { sizeOf, goal: sizeOf(full) / (b as { compression: number }).compression };
+  });
+  return allocateBudget(model, groups, calib, goals, { ...opts, allocation });
 }
 
-/** A group's plan and report from its capture: rank (or reuse an allocation's ranking), then keep the first k. */
-function selectGroupPlan(
-  model: Model,
-  group: Group,
-  grams: Captured[],
-  k: number,
-  calib: Calibration,
-  opts: PruneOptions & { ranked?: Ranked },
-): { plan: PrunePlan; report: Selected } {
-  const t = performance.now(),
-    refit = opts.refit ?? true;
+/** The re-fit needs as many rows of each consumer's input as it has columns (checked before any ranking). */
+function checkRows(group: Group, grams: Captured[], calib: Calibration, refit: boolean): void {
   if (refit)
     group.consumers.forEach((c, i) =>
       checkRefitRows(
@@ -175,7 +187,13 @@ function selectGroupPlan(
         calib.distinctSamples(),
       ),
     );
-  const r = opts.ranked ?? rankGroup(model, group, grams, opts, k);
+}
+
+/** A group's plan and report keeping the first k channels of its ranking. */
+function planGroup(r: Ranked, grams: Captured[], k: number, opts: SizesOptions): { plan: PrunePlan; report: Selected } {
+  const t = performance.now(),
+    refit = opts.refit ?? true,
+    group = r.group;
   const plan = planOf(r, k, refit, opts.mode !== 'asymmetric');
   const each = objectivesOf(r, grams, k, refit);
   const consumers = group.consumers.map((c, i) => ({ node: c.node.name, objective: each[i]! }));
@@ -187,20 +205,46 @@ function selectGroupPlan(
   return { plan, report: { id, producers, channels, kept: k, order, objective, consumers, seconds } };
 }
 
+/** A group's plan and report from its capture: rank its first k channels, then keep them. */
+function selectGroupPlan(
+  model: Model,
+  group: Group,
+  grams: Captured[],
+  k: number,
+  calib: Calibration,
+  opts: SizesOptions,
+): { plan: PrunePlan; report: Selected } {
+  const t = performance.now();
+  checkRows(group, grams, calib, opts.refit ?? true);
+  const chosen = planGroup(rankGroup(model, group, grams, opts, k), grams, k, opts);
+  return { ...chosen, report: { ...chosen.report, seconds: (performance.now() - t) / 1000 } };
+}
+
 interface Pruned {
   model: Model;
   groups: Selected[];
 }
 
-/** Every group from the original model's activations: one capture (or the allocation's), one rewrite. */
-async function pruneLayerwise(
+/** Layerwise: each group's capture and ranking, made once for every size (or the allocation's). */
+interface Ranking {
+  grams: Map<string, Captured[]>;
+  ranked: Ranked[];
+  /** Each group's ranking seconds (charged to the first size's group reports). */
+  seconds: number[];
+}
+
+/**
+ * Every group from the original model's activations: one capture (or the allocation's), and one ranking per group as
+ * long as its largest keep over the sizes.
+ */
+async function rankLayerwise(
   model: Model,
   plan: Plan,
   keeps: Keeps,
   calib: Calibration,
-  opts: PruneOptions,
+  opts: SizesOptions,
   clock: Stopwatch<Stage>,
-): Promise<Pruned> {
+): Promise<Ranking> {
   const progress = opts.onProgress ?? (() => {}),
     { groups } = plan;
   const grams =
@@ -212,13 +256,33 @@ async function pruneLayerwise(
         onBatch: (d, n) => progress('capture', d, n),
       }),
     ));
-  const chosen = groups.map((u, i) => {
+  const seconds: number[] = [];
+  const ranked = groups.map((u, i) => {
     progress('select', i, groups.length);
-    const ranked = keeps.ranked?.[i];
-    const k = keeps.keeps.get(u.id)!;
-    return clock.time('select', () => selectGroupPlan(model, u, grams.get(u.id)!, k, calib, { ...opts, ranked }));
+    const t = performance.now();
+    const r = clock.time('select', () => {
+      checkRows(u, grams.get(u.id)!, calib, opts.refit ?? true);
+      const k = Math.max(...keeps.keeps.map((m) => m.get(u.id)!));
+      return keeps.ranked?.[i] ?? rankGroup(model, u, grams.get(u.id)!, opts, k);
+    });
+    seconds.push((performance.now() - t) / 1000);
+    return r;
   });
   progress('select', groups.length, groups.length);
+  return { grams, ranked, seconds };
+}
+
+/** One size from the shared ranking: each group's first k channels re-fitted, one rewrite. */
+function pruneRanked(
+  model: Model,
+  ranking: Ranking,
+  keeps: Map<string, number>,
+  opts: SizesOptions,
+  clock: Stopwatch<Stage>,
+): Pruned {
+  const chosen = ranking.ranked.map((r) =>
+    clock.time('select', () => planGroup(r, ranking.grams.get(r.group.id)!, keeps.get(r.group.id)!, opts)),
+  );
   const plans = chosen.map((c) => c.plan);
   const pruned = clock.time('rewrite', () => pruneGroups(model, plans));
   return { model: pruned, groups: chosen.map((c) => c.report) };
@@ -228,9 +292,9 @@ async function pruneLayerwise(
 async function pruneSequential(
   model: Model,
   plan: Plan,
-  keeps: Keeps,
+  keeps: Map<string, number>,
   calib: Calibration,
-  opts: PruneOptions,
+  opts: SizesOptions,
   clock: Stopwatch<Stage>,
 ): Promise<Pruned> {
   const progress = opts.onProgress ?? (() => {}),
@@ -245,7 +309,7 @@ async function pruneSequential(
     const target = opts.mode === 'asymmetric' ? { model, groups: plan.groups } : undefined;
     const stats = statsFor(opts.method ?? 'greedy');
     const gram = await clock.time('capture', () => captureGrams(pruned, [group], calib, { ...opts, stats, target }));
-    const k = keeps.keeps.get(id)!;
+    const k = keeps.get(id)!;
     const chosen = clock.time('select', () => selectGroupPlan(pruned, group, gram.get(id)!, k, calib, opts));
     reports.push({ ...chosen.report, seconds: (performance.now() - t) / 1000 }); // capture + selection of this group
     pruned = clock.time('rewrite', () => pruneGroups(pruned, [chosen.plan]));
@@ -256,16 +320,87 @@ async function pruneSequential(
 }
 
 /** Each group's report with its params and FLOPs: what removing all its channels saves, before and after. */
-function withSizes(model: Model, plan: Plan, reports: Selected[]): GroupReport[] {
+function withSizes(plan: Plan, reports: Selected[]): GroupReport[] {
   const kept = new Map(reports.map((r) => [r.id, r.kept]));
-  const [params, flops] = (['params', 'flops'] as const).map((t) => sizeModel(model, plan.groups, plan.inputShape, t));
+  const { params, flops } = plan.sizeOf;
   const saved = (size: SizeOf, keeps: Map<string, number>, id: string) => size(keeps) - size(new Map(keeps).set(id, 0));
   const full = new Map(plan.groups.map((g) => [g.id, g.channels]));
   return reports.map((r) => ({
     ...r,
-    params: { before: saved(params!, full, r.id), after: saved(params!, kept, r.id) },
-    flops: { before: saved(flops!, full, r.id), after: saved(flops!, kept, r.id) },
+    params: { before: saved(params, full, r.id), after: saved(params, kept, r.id) },
+    flops: { before: saved(flops, full, r.id), after: saved(flops, kept, r.id) },
   }));
+}
+
+/** One size of pruneSizes: its pruned model (verified in onnxruntime) and report, or why it failed. */
+export type Sized = { budget: Budget; model: Model; report: PruneReport } | { budget: Budget; error: Error };
+
+/** Options of pruneSizes: prune's, without the budget. */
+export type SizesOptions = Omit<PruneOptions, 'budget'>;
+
+/**
+ * Prunes `model` to each budget with calibration data, yielding each size when it is verified (in the budgets' order).
+ * Layerwise (the default), one capture and one ranking per group serve every size; the first size's seconds hold the
+ * shared stages, the later ones only their re-fit, rewrite and verification. Other modes run once per size. A size
+ * that fails by a bug (its verification, say) is yielded with its error and the others still run; bad input is thrown.
+ */
+export async function* pruneSizes(
+  model: Model,
+  data: InputData,
+  budgets: Budget[],
+  opts: SizesOptions,
+): AsyncGenerator<Sized> {
+  // resolved once, so every run below uses the same one; loading it is a per-process cost, not in the seconds
+  const backend = (await loadRuntime(opts.backend)).backend;
+  checkFidelityRows(opts.fidelityRows);
+  const o: SizesOptions = { ...opts, backend, mode: opts.mode ?? 'layerwise', refit: opts.refit ?? true };
+  const shared = new Stopwatch(STAGES);
+  const calib = shared.time('analyze', () => Calibration.of(model, data));
+  const plan = shared.time('analyze', () => planPrune(model, calib, o.mode!));
+  o.onPlan?.(plan.memory);
+  const keeps = await shared.time('allocate', () => keepsFor(model, plan, calib, budgets, o));
+  const ranking = o.mode === 'layerwise' ? await rankLayerwise(model, plan, keeps, calib, o, shared) : undefined;
+  for (const [i, budget] of budgets.entries()) {
+    const clock = i ? new Stopwatch(STAGES) : shared;
+    let sized: Sized;
+    try {
+      const pruned = ranking
+        ? pruneRanked(model, ranking, keeps.keeps[i]!, o, clock)
+        : await pruneSequential(model, plan, keeps.keeps[i]!, calib, o, clock);
+      // the first size's group seconds include the shared ranking, as a single-size run's do
+      const selected =
+        ranking && !i
+          ? pruned.groups.map((g, j) => ({ ...g, seconds: g.seconds + ranking.seconds[j]! }))
+          : pruned.groups;
+      const fidelity = await clock.time('verify', async () => {
+        await verifyPruned(model, pruned.model, calib, o);
+        const onBatch = (d: number, n: number) => o.onProgress?.('verify', d, n);
+        return fidelityOf(model, pruned.model, calib, { rows: o.fidelityRows, batch: o.batch, backend, onBatch });
+      });
+      const after = modelStats(pruned.model, plan.inputShape);
+      const report: PruneReport = {
+        mode: o.mode!,
+        refit: o.refit!,
+        method: o.method ?? 'greedy',
+        allocation: o.allocation ?? 'uniform',
+        backend,
+        calibration: { path: calib.path, samples: calib.rows },
+        groups: withSizes(plan, selected),
+        refused: plan.refused,
+        params: { before: plan.before.params, after: after.params },
+        flops: { before: plan.before.flops, after: after.flops },
+        ...(calib.tokens ? { tokens: calib.tokens } : {}),
+        seconds: { ...clock.seconds, total: clock.total() },
+        fidelity,
+        memory: plan.memory,
+      };
+      sized = { budget, model: pruned.model, report };
+    } catch (e) {
+      if (e instanceof SubpruneError && e.code === 'bad-input') throw e; // the same for every size
+      sized = { budget, error: e as Error };
+    }
+    yield sized;
+  }
 }
 
 /** Prunes `model` with calibration data; returns the pruned model (verified in onnxruntime) and the report. */
@@ -274,40 +409,10 @@ export async function prune(
   data: InputData,
   opts: PruneOptions,
 ): Promise<{ model: Model; report: PruneReport }> {
-  // resolved once, so every run below uses the same one; loading it is a per-process cost, not in the seconds
-  const backend = (await loadRuntime(opts.backend)).backend;
-  checkFidelityRows(opts.fidelityRows);
-  const o: PruneOptions = { ...opts, backend, mode: opts.mode ?? 'layerwise', refit: opts.refit ?? true };
-  const clock = new Stopwatch(STAGES);
-  const calib = clock.time('analyze', () => Calibration.of(model, data));
-  const plan = clock.time('analyze', () => planPrune(model, calib, o.mode!, o.budget));
-  o.onPlan?.(plan.memory);
-  const keeps = await clock.time('allocate', () => keepsFor(model, plan, calib, o));
-  const prunes = o.mode === 'layerwise' ? pruneLayerwise : pruneSequential;
-  const pruned = await prunes(model, plan, keeps, calib, o, clock);
-  const fidelity = await clock.time('verify', async () => {
-    await verifyPruned(model, pruned.model, calib, o);
-    const onBatch = (d: number, n: number) => o.onProgress?.('verify', d, n);
-    return fidelityOf(model, pruned.model, calib, { rows: o.fidelityRows, batch: o.batch, backend, onBatch });
-  });
-  const after = modelStats(pruned.model, plan.inputShape);
-  return {
-    model: pruned.model,
-    report: {
-      mode: o.mode!,
-      refit: o.refit!,
-      method: o.method ?? 'greedy',
-      allocation: o.allocation ?? 'uniform',
-      backend,
-      calibration: { path: calib.path, samples: calib.rows },
-      groups: withSizes(model, plan, pruned.groups),
-      refused: plan.refused,
-      params: { before: plan.before.params, after: after.params },
-      flops: { before: plan.before.flops, after: after.flops },
-      ...(calib.tokens ? { tokens: calib.tokens } : {}),
-      seconds: { ...clock.seconds, total: clock.total() },
-      fidelity,
-      memory: plan.memory,
-    },
-  };
+  const { budget, ...rest } = opts;
+  for await (const sized of pruneSizes(model, data, [budget], rest)) {
+    if ('error' in sized) throw sized.error;
+    return sized;
+  }
+  throw internal('pruneSizes yielded nothing');
 }
