@@ -33,6 +33,8 @@ Method:
                       sequential: group by group, from the model whose earlier groups are already pruned;
                       asymmetric: as sequential, but fit the original model's activations
   --no-refit          keep the consumers' weights (only slice them) instead of the least-squares re-fit
+  --no-bias-refit     re-fit the weights only, as the paper does (default: the consumers' biases too, where
+                      a per-channel bias fits: Conv, Gemm, MatMul; one is added where absent)
 ${methodHelp}
 Other:
   --report FILE       write a JSON report: per group the kept channels in greedy order and the objective,
@@ -63,6 +65,7 @@ export async function runPrune(argv: string[]): Promise<void> {
       budget: { type: 'string' },
       mode: { type: 'string', default: 'layerwise' },
       'no-refit': { type: 'boolean', default: false },
+      'no-bias-refit': { type: 'boolean', default: false },
       report: { type: 'string' },
       batch: { type: 'string' },
       kernels: { type: 'string', default: 'wasm' },
@@ -128,6 +131,7 @@ export async function runPrune(argv: string[]): Promise<void> {
     result = await prune(model, calib, {
       mode,
       refit: !o['no-refit'],
+      biasRefit: !o['no-bias-refit'],
       budget,
       batch,
       kernels: o.kernels,

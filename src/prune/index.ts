@@ -18,7 +18,7 @@ import {
   type RuntimeOptions,
 } from '../capture/index.js';
 import type { Captured } from '../capture/stats.js';
-import { checkRefitRows, selectionBytes } from '../select/greedy.js';
+import { checkRefitRows, selectionBytes, type FitOptions } from '../select/greedy.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
 import { resolveBudget, type Budget, type SizeOf } from '../budget/index.js';
 import { sizeModel } from '../budget/size.js';
@@ -33,7 +33,7 @@ import { verifyPruned } from './verify.js';
 export type Mode = 'layerwise' | 'sequential' | 'asymmetric';
 export const MODES: readonly Mode[] = ['layerwise', 'sequential', 'asymmetric'];
 
-export interface PruneOptions extends RuntimeOptions, KernelOptions, MethodOptions, AllocationOptions {
+export interface PruneOptions extends RuntimeOptions, KernelOptions, MethodOptions, AllocationOptions, FitOptions {
   /** layerwise (default), sequential or asymmetric. */
   mode?: Mode;
   /** Re-fit each consumer by least squares (default) or only slice its weights. */

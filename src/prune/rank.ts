@@ -8,7 +8,9 @@ import type { PrunePlan } from '../rewrite/index.js';
 import type { Captured } from '../capture/stats.js';
 import type { Gram } from '../kernels/gram.js';
 import type { KernelOptions } from '../kernels/instances.js';
-import { selectGroup, type GroupSelection } from '../select/greedy.js';
+import { selectGroup, type FitOptions, type GroupSelection, type LayerProblem } from '../select/greedy.js';
+import { biasSite } from '../rewrite/bias.js';
+import { constantTensors } from '../graph/shapes.js';
 import { groupSeed, rankChannels, type MethodOptions } from '../select/baselines.js';
 
 /** A group with its method's nested order over its first k channels (and the objective and re-fit of every prefix). */
@@ -27,7 +29,7 @@ export function rankGroup(
   model: Model,
   group: Group,
   captured: Captured[],
-  how: MethodOptions & KernelOptions = {},
+  how: MethodOptions & KernelOptions & FitOptions = {},
   k = group.channels,
 ): Ranked {
   const W = group.consumers.map((c) => consumerWeightMatrix(model, c));
@@ -39,9 +41,15 @@ export function rankGroup(
     stats: captured[i]!.stats,
   }));
   const order = rankChannels(how.method ?? 'greedy', inputs, groupSeed(how.seed ?? 0, group.id));
-  const problems = group.consumers.map((c, i) => {
+  const consts = how.biasRefit === false || how.refit === false ? undefined : constantTensors(model.graph!);
+  const problems = group.consumers.map((c, i): LayerProblem => {
     const gram = captured[i]!;
-    return { d: c.d, m: c.m, g: c.g, G: gram.G, C: gram.C, H: gram.H, W: W[i]! };
+    // the intercept where the consumer can take a bias change (bias.ts) and the capture has the column sums
+    const intercept = consts && gram.sums && typeof biasSite(model.graph!, consts, c) !== 'string';
+    return {
+      ...{ d: c.d, m: c.m, g: c.g, G: gram.G, C: gram.C, H: gram.H, W: W[i]! },
+      ...(intercept ? { intercept: { sums: gram.sums!, targetSums: gram.targetSums, rows: gram.rows } } : {}),
+    };
   });
   const sel = selectGroup(problems, k, { kernels: how.kernels, threads: how.threads, order });
   return { group, W, sel };
@@ -56,7 +64,8 @@ export function rankGroup(
 export function planOf(r: Ranked, k: number, refit: boolean, fitted = false): PrunePlan {
   const fit = r.sel.refit(k);
   const keepW = !refit || (fitted && k === r.group.channels);
-  return { group: r.group, keep: fit.keep, ...(keepW ? {} : { W: fit.W }) };
+  const bias = fit.bias.some((b) => b) ? { bias: fit.bias } : {};
+  return { group: r.group, keep: fit.keep, ...(keepW ? {} : { W: fit.W, ...bias }) };
 }
 
 /** Each consumer's d×m weights of that plan with zero rows for the pruned channels: the same consumer outputs. */
