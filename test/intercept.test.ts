@@ -123,8 +123,9 @@ describe.each(['wasm', 'plain'] as const)('the intercept (%s kernels) against th
     expect(mine.order).toEqual(oracleGreedy(c.B, T, 1, 4, true).order);
     expect(plain.order[0]).toBe(0);
     expect(mine.order.slice(0, 3)).not.toContain(0);
-    // the intercept's fit is at least as good at every k (one more free parameter per output)
-    mine.objective.forEach((v, s) => expect(v).toBeGreaterThanOrEqual(plain.objective[s]! - 1e-12));
+    // on the same channels the intercept's fit is at least as good at every k (one more free parameter per output)
+    const same = selectChannels(problem(c), 4, { kernels: backend, order: plain.order });
+    same.objective.forEach((v, s) => expect(v).toBeGreaterThan(plain.objective[s]! + 1e-6));
   });
 
   it('a constant channel lies in the span of the ones column: gain 0, never NaN (g = 1 and g = 3)', () => {

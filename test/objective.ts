@@ -35,6 +35,7 @@ export async function measuredObjectives(
   group: Group,
   calib: InputData,
   kept: (node: string) => number[] | undefined = () => undefined,
+  shift: (Float64Array | undefined)[] = [],
 ): Promise<number[]> {
   const names = group.consumers.map((c) => c.node.output[0]!);
   // every channel of the group dropped from every consumer: what the consumers' outputs are without the group
@@ -45,7 +46,7 @@ export async function measuredObjectives(
     let err = 0,
       norm = 0;
     y.forEach((batch, i) => {
-      const b = z[i]!.get(name)!.data,
+      const b = shifted(z[i]!.get(name)!, group.consumers[k]!.kind === 'conv', shift[k]),
         [a, c] = [batch.get(name)!, y0[i]!.get(name)!].map((t) => (keep ? channels(t.data, t.dims, keep) : t.data));
       if (a.length !== b.length) throw new Error(`consumer output ${name}: ${b.length} values vs ${a.length}`);
       for (let j = 0; j < a.length; j++) {
@@ -57,10 +58,20 @@ export async function measuredObjectives(
   });
 }
 
+/** A consumer output plus `bias`, one value per output channel (axis 1 of a conv output, the last of a dense one). */
+function shifted(t: Activation, conv: boolean, bias: Float64Array | undefined): Float32Array {
+  if (!bias) return t.data;
+  const m = bias.length,
+    inner = conv ? t.dims.slice(2).reduce((a, b) => a * b, 1) : 1;
+  if (t.dims[conv ? 1 : t.dims.length - 1] !== m) throw new Error(`bias of ${m} values for an output [${t.dims}]`);
+  return t.data.map((v, j) => v + bias[Math.floor(j / inner) % m]!);
+}
+
 /**
  * Each consumer's objective as the selection defines it: the consumer alone computes B_S·W′ (the model otherwise as
- * it was), measured against the original in onnxruntime. For a chain this is the pruned model's error; for a group
- * with several consumers it separates each consumer's error from what its neighbours' re-fits change upstream.
+ * it was), plus its bias change with the intercept, measured against the original in onnxruntime. For a chain this is
+ * the pruned model's error; for a group with several consumers it separates each consumer's error from what its
+ * neighbours' re-fits change upstream.
  */
 export async function consumerObjectives(
   orig: Model,
@@ -68,11 +79,13 @@ export async function consumerObjectives(
   keep: number[],
   W: Float64Array[],
   calib: InputData,
+  bias: (Float64Array | undefined)[] = [],
 ): Promise<number[]> {
   const out: number[] = [];
   for (const [i, c] of group.consumers.entries()) {
-    const one = { ...group, consumers: [c] };
-    out.push((await measuredObjectives(orig, withConsumerMatrix(orig, c, keep, W[i]!), one, calib))[0]!);
+    const one = { ...group, consumers: [c] },
+      model = withConsumerMatrix(orig, c, keep, W[i]!);
+    out.push((await measuredObjectives(orig, model, one, calib, () => undefined, [bias[i]]))[0]!);
   }
   return out;
 }

@@ -21,7 +21,8 @@ import type { Captured } from '../capture/stats.js';
 import { checkRefitRows, selectionBytes, type FitOptions } from '../select/greedy.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
 import { resolveBudget, type Budget, type SizeOf } from '../budget/index.js';
-import { sizeModel } from '../budget/size.js';
+import { sizeModel, type Target } from '../budget/size.js';
+import { createdBiasParams } from '../rewrite/bias.js';
 import { evaluate, type Fidelity } from '../eval/index.js';
 import type { KernelOptions } from '../kernels/instances.js';
 import { badInput, internal } from '../errors.js';
@@ -117,7 +118,7 @@ interface Plan {
   memory: MemoryPlan;
 }
 
-function planPrune(model: Model, calib: Calibration, mode: Mode, budget: Budget): Plan {
+function planPrune(model: Model, calib: Calibration, mode: Mode, budget: Budget, fit: FitOptions = {}): Plan {
   const inputShape = calib.shapes;
   const { groups, refused } = analyze(model, inputShape);
   const target = 'compression' in budget && budget.target === 'flops' ? 'flops' : 'params';
@@ -131,7 +132,23 @@ function planPrune(model: Model, calib: Calibration, mode: Mode, budget: Budget)
     select: Math.max(0, ...groups.map(selectBytes)),
   };
   const before = modelStats(model, inputShape);
-  return { groups, refused, inputShape, before, sizeOf: sizeModel(model, groups, inputShape, target), memory };
+  const sizeOf = sizeWithBiases(model, groups, inputShape, target, mode, fit);
+  return { groups, refused, inputShape, before, sizeOf, memory };
+}
+
+/** The size model, plus the parameters of the biases the intercept's re-fit creates (src/rewrite/bias.ts). */
+function sizeWithBiases(
+  model: Model,
+  groups: Group[],
+  shape: InputShapes,
+  target: Target,
+  mode: Mode,
+  fit: FitOptions,
+) {
+  const size = sizeModel(model, groups, shape, target);
+  if (target !== 'params' || fit.refit === false || fit.biasRefit === false) return size;
+  const biases = createdBiasParams(model, groups, mode === 'asymmetric');
+  return (keeps: Map<string, number>) => size(keeps) + biases(keeps);
 }
 
 /** The channels each group keeps, and (for an allocation that ranks) the capture and rankings it made. */
@@ -277,7 +294,7 @@ export async function prune(
   const o: PruneOptions = { ...opts, backend, mode: opts.mode ?? 'layerwise', refit: opts.refit ?? true };
   const clock = new Stopwatch(STAGES);
   const calib = clock.time('analyze', () => Calibration.of(model, data));
-  const plan = clock.time('analyze', () => planPrune(model, calib, o.mode!, o.budget));
+  const plan = clock.time('analyze', () => planPrune(model, calib, o.mode!, o.budget, o));
   o.onPlan?.(plan.memory);
   const keeps = await clock.time('allocate', () => keepsFor(model, plan, calib, o));
   const prunes = o.mode === 'layerwise' ? pruneLayerwise : pruneSequential;

@@ -16,6 +16,7 @@ import {
   type TensorProto,
 } from '../onnx/index.js';
 import { badInput } from '../errors.js';
+import { constantTensors } from '../graph/shapes.js';
 import type { AxisSlice, Consumer, Group } from '../graph/types.js';
 
 /** Layers that take a bias as an input: its index, and the attribute that scales it (Gemm's β). */
@@ -154,4 +155,41 @@ export function uniqueName(graph: GraphProto, base: string): string {
   let name = base;
   for (let i = 1; taken.has(name); i++) name = `${base}_${i}`;
   return name;
+}
+
+/**
+ * Parameters of the biases the rewrite creates, as a function of the channels kept (for the budget, on top of the
+ * size model): a layer without a bias that consumes a re-fitted group gets one of its output channels, as many as its
+ * own output groups keep. `always`: a group is re-fitted even when it keeps every channel (asymmetric mode); otherwise
+ * only when it keeps fewer (a layer already fitting its own input keeps its weights).
+ */
+export function createdBiasParams(
+  model: Model,
+  groups: Group[],
+  always: boolean,
+): (keeps: Map<string, number>) => number {
+  const graph = model.graph!,
+    consts = constantTensors(graph);
+  const layers = new Map<string, { m: number; weight: string; axis: number; reads: Group[] }>();
+  for (const g of groups)
+    for (const c of g.consumers) {
+      const site = biasSite(graph, consts, c);
+      if (typeof site === 'string' || site.kind === 'constant') continue;
+      const l = layers.get(c.node.name) ?? { m: c.m, weight: c.weight, axis: outAxisOf(c), reads: [] };
+      l.reads.push(g);
+      layers.set(c.node.name, l);
+    }
+  // the layer's output channels that groups remove: its weight's slices on the output axis
+  const outs = [...layers.values()].map((l) => ({
+    ...l,
+    shrinks: groups.flatMap((g) =>
+      g.slices.filter((s) => s.tensor === l.weight && s.axis === l.axis).map((s) => ({ g, per: s.per })),
+    ),
+  }));
+  const kept = (keeps: Map<string, number>, g: Group) => keeps.get(g.id) ?? g.channels;
+  return (keeps) =>
+    outs.reduce((a, l) => {
+      if (!always && l.reads.every((g) => kept(keeps, g) >= g.channels)) return a;
+      return a + l.m - l.shrinks.reduce((b, { g, per }) => b + (g.channels - kept(keeps, g)) * per, 0);
+    }, 0);
 }
