@@ -28,7 +28,7 @@ import type { KernelOptions } from '../kernels/instances.js';
 import { badInput, internal } from '../errors.js';
 import { Stopwatch } from '../stopwatch.js';
 import { allocateBudget, type Allocation, type AllocationOptions } from './allocation.js';
-import { mean, objectivesOf, planOf, rankGroup, type Ranked } from './rank.js';
+import { mean, objectivesOf, planOf, rankGroup, refinedAt, type Ranked } from './rank.js';
 import { verifyPruned } from './verify.js';
 
 export type Mode = 'layerwise' | 'sequential' | 'asymmetric';
@@ -73,6 +73,8 @@ export interface GroupReport {
   objective: number;
   /** Each consumer's own objective (by node name). */
   consumers: { node: string; objective: number }[];
+  /** With --refine: the greedy's objective, the refined one (`objective`), the swaps made and the kept channels. */
+  refined?: { before: number; after: number; swaps: number; keep: number[] };
   /** What removing every channel of the group saves, in the original model and in the pruned one (per sample). */
   params: { before: number; after: number };
   flops: { before: number; after: number };
@@ -199,7 +201,9 @@ function selectGroupPlan(
   const { id, channels } = group;
   const producers = group.producers.map((p) => p.name);
   const order = r.sel.order.slice(0, k);
-  return { plan, report: { id, producers, channels, kept: k, order, objective, consumers, seconds } };
+  const f = refit ? refinedAt(r, k) : undefined,
+    refined = f && { refined: { before: f.before, after: f.after, swaps: f.swaps, keep: f.keep } };
+  return { plan, report: { id, producers, channels, kept: k, order, objective, consumers, seconds, ...refined } };
 }
 
 interface Pruned {

@@ -12,6 +12,7 @@ import { selectGroup, type FitOptions, type GroupSelection, type LayerProblem } 
 import { biasSite } from '../rewrite/bias.js';
 import { constantTensors } from '../graph/shapes.js';
 import { groupSeed, rankChannels, type MethodOptions } from '../select/baselines.js';
+import { refineSelection, type Refined } from '../select/refine.js';
 
 /** A group with its method's nested order over its first k channels (and the objective and re-fit of every prefix). */
 export interface Ranked {
@@ -19,6 +20,8 @@ export interface Ranked {
   /** Each consumer's weights for the group as the d×m matrix the selection saw. */
   W: Float64Array[];
   sel: GroupSelection;
+  /** With --refine: the problems the swaps need, and the refined set per k (computed on first use). */
+  refine?: { rounds: number; problems: LayerProblem[]; opts: KernelOptions; at: Map<number, Refined> };
 }
 
 /**
@@ -51,9 +54,22 @@ export function rankGroup(
       ...(intercept ? { intercept: { sums: gram.sums!, targetSums: gram.targetSums, rows: gram.rows } } : {}),
     };
   });
-  const sel = selectGroup(problems, k, { kernels: how.kernels, threads: how.threads, order });
-  return { group, W, sel };
+  const kernels = { kernels: how.kernels, threads: how.threads };
+  const sel = selectGroup(problems, k, { ...kernels, order });
+  const rounds = how.refit === false ? 0 : (how.refine ?? 0);
+  return { group, W, sel, ...(rounds > 0 ? { refine: { rounds, problems, opts: kernels, at: new Map() } } : {}) };
 }
+
+/** The swaps' result at k (undefined without --refine, or at k = 0 or all channels, where no swap exists). */
+export function refinedAt(r: Ranked, k: number): Refined | undefined {
+  const f = r.refine;
+  if (!f || k === 0 || k >= r.group.channels) return undefined;
+  if (!f.at.has(k)) f.at.set(k, refineSelection(f.problems, r.sel.order.slice(0, k), f.rounds, f.opts));
+  return f.at.get(k);
+}
+
+/** The selection that k channels come from: the greedy's (its prefix of k), or the refined set's. */
+const selectionAt = (r: Ranked, k: number): GroupSelection => refinedAt(r, k)?.sel ?? r.sel;
 
 /**
  * The plan keeping the first k channels of the order: re-fitted consumer weights, or their rows only sliced. With
@@ -62,7 +78,7 @@ export function rankGroup(
  * so the weights are kept as they are.
  */
 export function planOf(r: Ranked, k: number, refit: boolean, fitted = false): PrunePlan {
-  const fit = r.sel.refit(k);
+  const fit = selectionAt(r, k).refit(k);
   const keepW = !refit || (fitted && k === r.group.channels);
   const bias = fit.bias.some((b) => b) ? { bias: fit.bias } : {};
   return { group: r.group, keep: fit.keep, ...(keepW ? {} : { W: fit.W, ...bias }) };
@@ -87,7 +103,7 @@ export function paddedWeights(r: Ranked, k: number, refit: boolean): Float64Arra
  * or with the weights sliced. The group's objective is their mean.
  */
 export function objectivesOf(r: Ranked, grams: Gram[], k: number, refit: boolean): number[] {
-  if (refit) return r.sel.consumers.map((o) => (k ? o[k - 1]! : 0));
+  if (refit) return selectionAt(r, k).consumers.map((o) => (k ? o[k - 1]! : 0));
   const keep = r.sel.refit(k).keep;
   return r.group.consumers.map((c, t) => slicedObjective(c, grams[t]!, r.W[t]!, keep, r.sel.norm2[t]!));
 }

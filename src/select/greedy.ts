@@ -49,6 +49,8 @@ export interface FitOptions {
   refit?: boolean;
   /** Re-fit each consumer's bias with its weights, where it can take a per-channel bias (default true). */
   biasRefit?: boolean;
+  /** Rounds of swaps after the greedy, per budget (refine.ts; default 0: the greedy's set). */
+  refine?: number;
 }
 
 export interface SelectOptions extends KernelOptions {
@@ -165,6 +167,11 @@ export interface GroupSelection {
   refit(p: number): { keep: number[]; W: Float64Array[]; bias: (Float64Array | undefined)[] };
   /** ‖A_c W_c‖² per consumer. */
   norm2: number[];
+  /**
+   * After the last step: each channel's gain given the chosen ones (Σ_c w_c gain_c, as the greedy weighs them; −∞ for
+   * the chosen ones). What the swaps after the greedy compare (refine.ts).
+   */
+  gains: Float64Array;
   seconds: { setup: number; greedy: number };
 }
 
@@ -474,12 +481,16 @@ function greedy(K: Kernels, problems: LayerProblem[], n: number, k: number, opts
     opts.onStep?.(step + 1, k);
   }
   const t2 = now();
+  const gains = new Float64Array(n).fill(-Infinity),
+    last = factors.length > 1 ? sum : factors[0]!.view('gains', nrem);
+  for (let p = 0; p < nrem; p++) gains[chan[p]!] = last[p]!;
   const snaps = factors.map((f) => f.snapshot());
   return {
     order,
     objective,
     consumers,
     norm2: factors.map((f) => f.norm2),
+    gains,
     seconds: { setup: t1 - t0, greedy: t2 - t1 },
     refit: (prefix) => {
       if (!Number.isInteger(prefix) || prefix < 0 || prefix > order.length)
