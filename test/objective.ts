@@ -37,7 +37,7 @@ export async function measuredObjectives(
   kept: (node: string) => number[] | undefined = () => undefined,
   shift: (Float64Array | undefined)[] = [],
 ): Promise<number[]> {
-  const names = group.consumers.map((c) => c.node.output[0]!);
+  const names = group.consumers.map((c) => biasedOutput(orig, c.node.output[0]!));
   // every channel of the group dropped from every consumer: what the consumers' outputs are without the group
   const zeroed = zeroDroppedInputs(orig, [{ group, keep: [] }]);
   const [y, z, y0] = await Promise.all([orig, pruned, zeroed].map((m) => outputsOf(m, names, calib)));
@@ -56,6 +56,22 @@ export async function measuredObjectives(
     });
     return 1 - err / norm;
   });
+}
+
+/**
+ * Where a layer's output has its bias: the output of the Add of a constant that alone follows it (how exporters write
+ * a MatMul's bias, and where the intercept's re-fit puts it), else the output itself.
+ */
+function biasedOutput(model: Model, y: string): string {
+  const g = model.graph!,
+    next = g.node.filter((n) => n.input.includes(y));
+  const consts = new Set([
+    ...g.initializer.map((t) => t.name),
+    ...g.node.filter((n) => n.opType === 'Constant').map((n) => n.output[0]),
+  ]);
+  const add = next.length === 1 && next[0]!.opType === 'Add' ? next[0]! : undefined;
+  const other = add?.input.find((x) => x !== y);
+  return add && other && consts.has(other) && !g.output.some((o) => o.name === y) ? add.output[0]! : y;
 }
 
 /** A consumer output plus `bias`, one value per output channel (axis 1 of a conv output, the last of a dense one). */
