@@ -276,6 +276,8 @@ describe('lenet: the sensitivity curves measure the model with one unit pruned',
         { groups } = analyze(model, shape),
         calib = openNpy('models/calib.npy');
       const grams = await captureOriginal(model, groups, calib, ['greedy']);
+      // the probe measures consumer weights only (no bias change): rank without the intercept
+      // the probe measures consumer weights only (no bias change): rank without the intercept
       const ranked = groups.map((u) => rankGroup(model, u, grams.get(u.id)!, { biasRefit: false }));
       for (const refit of [true, false]) {
         const curves = await sensitivityCurves(model, ranked, refit, { data: calib });

@@ -129,9 +129,7 @@ export async function allocateBudget(
     ...opts,
     onBatch: (d: number, n: number) => progress('capture', d, n),
   });
-  // the sensitivity curves measure consumer weights only (GroupProbe), so that allocation ranks without the intercept
-  const how = opts.allocation === 'sensitivity' ? { ...opts, biasRefit: false } : opts;
-  const ranked = groups.map((u) => rankGroup(model, u, grams.get(u.id)!, how));
+  const ranked = groups.map((u) => rankGroup(model, u, grams.get(u.id)!, opts));
   const curves =
     opts.allocation === 'sensitivity'
       ? await sensitivityCurves(model, ranked, opts.refit ?? true, opts.verify ?? { data: calib }, {
