@@ -276,7 +276,9 @@ describe('lenet: the sensitivity curves measure the model with one unit pruned',
         { groups } = analyze(model, shape),
         calib = openNpy('models/calib.npy');
       const grams = await captureOriginal(model, groups, calib, ['greedy']);
-      const ranked = groups.map((u) => rankGroup(model, u, grams.get(u.id)!));
+      // the probe measures consumer weights only (no bias change): rank without the intercept
+      // the probe measures consumer weights only (no bias change): rank without the intercept
+      const ranked = groups.map((u) => rankGroup(model, u, grams.get(u.id)!, { biasRefit: false }));
       for (const refit of [true, false]) {
         const curves = await sensitivityCurves(model, ranked, refit, { data: calib });
         const full = await sensitivityCurves(model, ranked, refit, { data: calib }, { full: true });
@@ -358,7 +360,7 @@ describe('a residual block: the tail measured from the first consumer on also re
       ),
     ).toBe(full.params);
     const grams = await captureOriginal(model, groups, data, ['greedy']);
-    const ranked = groups.map((u) => rankGroup(model, u, grams.get(u.id)!));
+    const ranked = groups.map((u) => rankGroup(model, u, grams.get(u.id)!, { biasRefit: false }));
     for (const refit of [true, false]) {
       const curves = await sensitivityCurves(model, ranked, refit, { data }, { full: true });
       for (const [j, id] of ['conv0', 'conv1'].entries()) {

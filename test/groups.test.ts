@@ -120,7 +120,7 @@ describe('prune() on real exports', () => {
       const k = Math.ceil(g.channels / 2),
         r = rankGroup(m, g, grams.get(g.id)!, {}, k),
         plan = planOf(r, k, true);
-      const each = await consumerObjectives(m, g, plan.keep, plan.W!, calib);
+      const each = await consumerObjectives(m, g, plan.keep, plan.W!, calib, plan.bias);
       each.forEach((v, i) => expect(Math.abs(r.sel.consumers[i]![k - 1]! - v), `${g.id} ${i}`).toBeLessThan(1e-3));
     }
     calib.close();

@@ -35,8 +35,9 @@ export async function measuredObjectives(
   group: Group,
   calib: InputData,
   kept: (node: string) => number[] | undefined = () => undefined,
+  shift: (Float64Array | undefined)[] = [],
 ): Promise<number[]> {
-  const names = group.consumers.map((c) => c.node.output[0]!);
+  const names = group.consumers.map((c) => biasedOutput(orig, c.node.output[0]!));
   // every channel of the group dropped from every consumer: what the consumers' outputs are without the group
   const zeroed = zeroDroppedInputs(orig, [{ group, keep: [] }]);
   const [y, z, y0] = await Promise.all([orig, pruned, zeroed].map((m) => outputsOf(m, names, calib)));
@@ -45,7 +46,7 @@ export async function measuredObjectives(
     let err = 0,
       norm = 0;
     y.forEach((batch, i) => {
-      const b = z[i]!.get(name)!.data,
+      const b = shifted(z[i]!.get(name)!, group.consumers[k]!.kind === 'conv', shift[k]),
         [a, c] = [batch.get(name)!, y0[i]!.get(name)!].map((t) => (keep ? channels(t.data, t.dims, keep) : t.data));
       if (a.length !== b.length) throw new Error(`consumer output ${name}: ${b.length} values vs ${a.length}`);
       for (let j = 0; j < a.length; j++) {
@@ -58,9 +59,35 @@ export async function measuredObjectives(
 }
 
 /**
+ * Where a layer's output has its bias: the output of the Add of a constant that alone follows it (how exporters write
+ * a MatMul's bias, and where the intercept's re-fit puts it), else the output itself.
+ */
+function biasedOutput(model: Model, y: string): string {
+  const g = model.graph!,
+    next = g.node.filter((n) => n.input.includes(y));
+  const consts = new Set([
+    ...g.initializer.map((t) => t.name),
+    ...g.node.filter((n) => n.opType === 'Constant').map((n) => n.output[0]),
+  ]);
+  const add = next.length === 1 && next[0]!.opType === 'Add' ? next[0]! : undefined;
+  const other = add?.input.find((x) => x !== y);
+  return add && other && consts.has(other) && !g.output.some((o) => o.name === y) ? add.output[0]! : y;
+}
+
+/** A consumer output plus `bias`, one value per output channel (axis 1 of a conv output, the last of a dense one). */
+function shifted(t: Activation, conv: boolean, bias: Float64Array | undefined): Float32Array {
+  if (!bias) return t.data;
+  const m = bias.length,
+    inner = conv ? t.dims.slice(2).reduce((a, b) => a * b, 1) : 1;
+  if (t.dims[conv ? 1 : t.dims.length - 1] !== m) throw new Error(`bias of ${m} values for an output [${t.dims}]`);
+  return t.data.map((v, j) => v + bias[Math.floor(j / inner) % m]!);
+}
+
+/**
  * Each consumer's objective as the selection defines it: the consumer alone computes B_S·W′ (the model otherwise as
- * it was), measured against the original in onnxruntime. For a chain this is the pruned model's error; for a group
- * with several consumers it separates each consumer's error from what its neighbours' re-fits change upstream.
+ * it was), plus its bias change with the intercept, measured against the original in onnxruntime. For a chain this is
+ * the pruned model's error; for a group with several consumers it separates each consumer's error from what its
+ * neighbours' re-fits change upstream.
  */
 export async function consumerObjectives(
   orig: Model,
@@ -68,11 +95,13 @@ export async function consumerObjectives(
   keep: number[],
   W: Float64Array[],
   calib: InputData,
+  bias: (Float64Array | undefined)[] = [],
 ): Promise<number[]> {
   const out: number[] = [];
   for (const [i, c] of group.consumers.entries()) {
-    const one = { ...group, consumers: [c] };
-    out.push((await measuredObjectives(orig, withConsumerMatrix(orig, c, keep, W[i]!), one, calib))[0]!);
+    const one = { ...group, consumers: [c] },
+      model = withConsumerMatrix(orig, c, keep, W[i]!);
+    out.push((await measuredObjectives(orig, model, one, calib, () => undefined, [bias[i]]))[0]!);
   }
   return out;
 }

@@ -80,9 +80,31 @@ export function basis(B: Mat, cols: number[], tol = 1e-9): { Qs: Float64Array[];
   return { Qs, used, R };
 }
 
-/** 1 − ‖B_S W' − T‖²/‖T‖² at the least-squares W', for the channels S (g columns each). */
-export function objective(B: Mat, T: Mat, S: number[], g: number): number {
-  const cols = S.flatMap((c) => Array.from({ length: g }, (_, a) => c * g + a));
+/** The columns of channels S, g each. */
+export const channelCols = (S: number[], g: number) => S.flatMap((c) => Array.from({ length: g }, (_, a) => c * g + a));
+
+/** B with a column of ones appended (the intercept) as its last column, B.cols. */
+export function withOnes(B: Mat): Mat {
+  const d = B.cols,
+    a = new Float64Array(B.rows * (d + 1));
+  for (let i = 0; i < B.rows; i++) {
+    a.set(B.a.subarray(i * d, (i + 1) * d), i * (d + 1));
+    a[i * (d + 1) + d] = 1;
+  }
+  return { rows: B.rows, cols: d + 1, a };
+}
+
+/**
+ * 1 − ‖B_S W' − T‖²/‖T‖² at the least-squares W', for the channels S (g columns each). With `intercept`, B_S gains
+ * a column of ones, taken first (so a constant column of B counts as dependent): 1 − ‖B_S W' + 1δᵀ − T‖²/‖T‖² at the
+ * least-squares W', δ.
+ */
+export function objective(B: Mat, T: Mat, S: number[], g: number, intercept = false): number {
+  const cols = channelCols(S, g);
+  return intercept ? objectiveOfCols(withOnes(B), T, [B.cols, ...cols]) : objectiveOfCols(B, T, cols);
+}
+
+function objectiveOfCols(B: Mat, T: Mat, cols: number[]): number {
   const { Qs } = basis(B, cols);
   let proj = 0,
     total = 0;
@@ -95,7 +117,13 @@ export function objective(B: Mat, T: Mat, S: number[], g: number): number {
 }
 
 /** The greedy on B directly: at each step the channel whose addition leaves the smallest least-squares error. */
-export function oracleGreedy(B: Mat, T: Mat, g: number, k: number): { order: number[]; objective: number[] } {
+export function oracleGreedy(
+  B: Mat,
+  T: Mat,
+  g: number,
+  k: number,
+  intercept = false,
+): { order: number[]; objective: number[] } {
   const n = B.cols / g,
     order: number[] = [],
     obj: number[] = [];
@@ -104,7 +132,7 @@ export function oracleGreedy(B: Mat, T: Mat, g: number, k: number): { order: num
       bestV = -Infinity;
     for (let c = 0; c < n; c++) {
       if (order.includes(c)) continue;
-      const v = objective(B, T, [...order, c], g);
+      const v = objective(B, T, [...order, c], g, intercept);
       if (v > bestV + 1e-12) {
         best = c;
         bestV = v;
@@ -134,16 +162,20 @@ export function leastSquares(B: Mat, T: Mat, cols: number[]): Float64Array {
   return X;
 }
 
-/** One consumer of a group: its input B (N×d, g columns per channel) and its target T = A·W. */
+/**
+ * One consumer of a group: its input B (N×d, g columns per channel) and its target T = A·W; with `intercept`, its
+ * least squares has a column of ones too.
+ */
 export interface OracleConsumer {
   B: Mat;
   T: Mat;
   g: number;
+  intercept?: boolean;
 }
 
 /** A group's objective: the mean over its consumers of 1 − relative least-squares error, each on its own B and T. */
 export function groupObjective(cs: OracleConsumer[], S: number[]): number {
-  return cs.reduce((a, c) => a + objective(c.B, c.T, S, c.g), 0) / cs.length;
+  return cs.reduce((a, c) => a + objective(c.B, c.T, S, c.g, c.intercept), 0) / cs.length;
 }
 
 /** The greedy on a group directly: at each step the channel that raises the mean objective most. */

@@ -231,7 +231,7 @@ describe('prune() on tricky models, against onnxruntime', () => {
         const k = report.groups[i]!.kept,
           r = rankGroup(m, g, grams.get(g.id)!, {}, k),
           plan = planOf(r, k, true);
-        const each = await consumerObjectives(m, g, plan.keep, plan.W!, calib);
+        const each = await consumerObjectives(m, g, plan.keep, plan.W!, calib, plan.bias);
         expect(report.groups[i]!.consumers.map((c) => c.node)).toEqual(g.consumers.map((c) => c.node.name));
         report.groups[i]!.consumers.forEach((c, j) =>
           expect(Math.abs(c.objective - each[j]!), `${g.id} ${c.node}`).toBeLessThan(1e-4),

@@ -142,7 +142,7 @@ describe('objectives of heads and gated neurons', () => {
       const k = Math.ceil(g.channels / 2),
         r = rankGroup(m, g, grams.get(g.id)!, {}, k),
         plan = planOf(r, k, true);
-      const [measured] = await consumerObjectives(m, g, plan.keep, plan.W!, calib);
+      const [measured] = await consumerObjectives(m, g, plan.keep, plan.W!, calib, plan.bias);
       expect(Math.abs(r.sel.consumers[0]![k - 1]! - measured!), g.id).toBeLessThan(1e-3);
     }
     close(data);

@@ -45,6 +45,10 @@ Method:
                       sequential: group by group, from the model whose earlier groups are already pruned;
                       asymmetric: as sequential, but fit the original model's activations
   --no-refit          keep the consumers' weights (only slice them) instead of the least-squares re-fit
+  --no-bias-refit     re-fit the weights only, as the paper does (default: the consumers' biases too, where
+                      a per-channel bias fits: Conv, Gemm, MatMul; one is added where absent)
+  --refine N          after the greedy, up to N swaps of a kept and a removed channel per group, each the
+                      best that raises the objective (default 0: none; each round costs k greedy runs)
 ${methodHelp}
 Other:
   --report FILE       write a JSON report: per group the kept channels in greedy order and the objective,
@@ -77,6 +81,8 @@ export async function runPrune(argv: string[]): Promise<void> {
       budget: { type: 'string' },
       mode: { type: 'string', default: 'layerwise' },
       'no-refit': { type: 'boolean', default: false },
+      'no-bias-refit': { type: 'boolean', default: false },
+      refine: { type: 'string' },
       report: { type: 'string' },
       'fidelity-rows': { type: 'string' },
       'external-data': { type: 'boolean', default: false },
@@ -149,6 +155,8 @@ export async function runPrune(argv: string[]): Promise<void> {
       {
         mode,
         refit: !o['no-refit'],
+        biasRefit: !o['no-bias-refit'],
+        refine: num(o.refine, '--refine', (v) => Number.isInteger(v) && v >= 0, 'a whole number ≥ 0'),
         batch,
         kernels: o.kernels,
         threads,

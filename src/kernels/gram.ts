@@ -12,6 +12,9 @@ export interface Gram {
   G: Float64Array;
   C?: Float64Array;
   H?: Float64Array;
+  /** Bᵀ1 and, asymmetric, Aᵀ1: the column sums, what the intercept column adds to G and C (DESIGN.md). */
+  sums?: Float64Array;
+  targetSums?: Float64Array;
 }
 
 export type { ConvGeometry } from '../geometry.js';
@@ -35,6 +38,8 @@ export class GramAccumulator {
   private readonly mark: number;
   private buf?: { cap: number; B: number; A: number; sample: number; XB: number; XA: number };
   private rows = 0;
+  private readonly sums: Float64Array;
+  private readonly targetSums?: Float64Array;
 
   constructor(d: number, opts: { asymmetric?: boolean; kernels?: Kernels } = {}) {
     this.d = d;
@@ -43,6 +48,8 @@ export class GramAccumulator {
     const a = k.arena,
       dd = d * d * 8,
       asym = this.asymmetric;
+    this.sums = new Float64Array(d);
+    if (asym) this.targetSums = new Float64Array(d);
     this.mark = a.mark();
     const pack = k.gramPackFloats(d) * 4;
     this.p = {
@@ -91,7 +98,9 @@ export class GramAccumulator {
     if (this.asymmetric) {
       gramAccumulate(k, b.B, d, b.A, d, nr, p.C, p.PB, p.PA);
       gramAccumulate(k, b.A, d, 0, 0, nr, p.H, p.PA, 0);
+      addColumnSums(k.arena.f32(b.A, nr * d), d, this.targetSums!);
     }
+    addColumnSums(k.arena.f32(b.B, nr * d), d, this.sums);
     this.rows += nr;
   }
 
@@ -157,12 +166,18 @@ export class GramAccumulator {
     const { d, k, p } = this,
       dd = d * d;
     k.symmetrize(p.G, d);
-    const out: Gram = { d, rows: this.rows, G: k.arena.f64(p.G, dd).slice() };
+    const out: Gram = { d, rows: this.rows, G: k.arena.f64(p.G, dd).slice(), sums: this.sums.slice() };
     if (this.asymmetric) {
       k.symmetrize(p.H, d);
       out.C = k.arena.f64(p.C, dd).slice();
       out.H = k.arena.f64(p.H, dd).slice();
+      out.targetSums = this.targetSums!.slice();
     }
     return out;
   }
+}
+
+/** sums[j] += Σ_r X[r][j] in float64 (O(rows·d), next to the O(rows·d²) of the Gram). */
+function addColumnSums(X: Float32Array, d: number, sums: Float64Array): void {
+  for (let r = 0; r < X.length; r += d) for (let j = 0; j < d; j++) sums[j] += X[r + j]!;
 }

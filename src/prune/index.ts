@@ -22,22 +22,23 @@ import {
   type RuntimeOptions,
 } from '../capture/index.js';
 import type { Captured } from '../capture/stats.js';
-import { checkRefitRows, selectionBytes } from '../select/greedy.js';
+import { checkRefitRows, selectionBytes, type FitOptions } from '../select/greedy.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
 import { resolveBudget, type Budget, type SizeOf } from '../budget/index.js';
 import { sizeModel, type Target } from '../budget/size.js';
+import { createdBiasParams } from '../rewrite/bias.js';
 import type { Fidelity } from '../eval/index.js';
 import type { KernelOptions } from '../kernels/instances.js';
 import { badInput, internal, SubpruneError } from '../errors.js';
 import { Stopwatch } from '../stopwatch.js';
 import { allocateBudget, type Allocation, type AllocationOptions } from './allocation.js';
-import { mean, objectivesOf, planOf, rankGroup, type Ranked } from './rank.js';
+import { mean, objectivesOf, planOf, rankGroup, refinedAt, type Ranked } from './rank.js';
 import { checkFidelityRows, fidelityOf, verifyPruned } from './verify.js';
 
 export type Mode = 'layerwise' | 'sequential' | 'asymmetric';
 export const MODES: readonly Mode[] = ['layerwise', 'sequential', 'asymmetric'];
 
-export interface PruneOptions extends RuntimeOptions, KernelOptions, MethodOptions, AllocationOptions {
+export interface PruneOptions extends RuntimeOptions, KernelOptions, MethodOptions, AllocationOptions, FitOptions {
   /** layerwise (default), sequential or asymmetric. */
   mode?: Mode;
   /** Re-fit each consumer by least squares (default) or only slice its weights. */
@@ -78,6 +79,8 @@ export interface GroupReport {
   objective: number;
   /** Each consumer's own objective (by node name). */
   consumers: { node: string; objective: number }[];
+  /** With --refine: the greedy's objective, the refined one (`objective`), the swaps made and the kept channels. */
+  refined?: { before: number; after: number; swaps: number; keep: number[] };
   /** What removing every channel of the group saves, in the original model and in the pruned one (per sample). */
   params: { before: number; after: number };
   flops: { before: number; after: number };
@@ -127,7 +130,7 @@ interface Plan {
 const targetOf = (budget: Budget): Target =>
   'compression' in budget && budget.target === 'flops' ? 'flops' : 'params';
 
-function planPrune(model: Model, calib: Calibration, mode: Mode): Plan {
+function planPrune(model: Model, calib: Calibration, mode: Mode, fit: FitOptions = {}): Plan {
   const inputShape = calib.shapes;
   const { groups, refused } = analyze(model, inputShape);
   const passes = mode === 'layerwise' ? capturePasses(groups, false) : groups.map((u) => [u]);
@@ -141,10 +144,18 @@ function planPrune(model: Model, calib: Calibration, mode: Mode): Plan {
   };
   const before = modelStats(model, inputShape);
   const sizeOf = {
-    params: sizeModel(model, groups, inputShape, 'params'),
+    params: sizeWithBiases(model, groups, inputShape, mode, fit),
     flops: sizeModel(model, groups, inputShape, 'flops'),
   };
   return { groups, refused, inputShape, before, sizeOf, memory };
+}
+
+/** The parameter count, plus the parameters of the biases the intercept's re-fit creates (src/rewrite/bias.ts). */
+function sizeWithBiases(model: Model, groups: Group[], shape: InputShapes, mode: Mode, fit: FitOptions): SizeOf {
+  const size = sizeModel(model, groups, shape, 'params');
+  if (fit.refit === false || fit.biasRefit === false) return size;
+  const biases = createdBiasParams(model, groups, mode === 'asymmetric');
+  return (keeps: Map<string, number>) => size(keeps) + biases(keeps);
 }
 
 /** The channels each group keeps for each budget, and (for an allocation that ranks) the capture and rankings made. */
@@ -202,7 +213,9 @@ function planGroup(r: Ranked, grams: Captured[], k: number, opts: SizesOptions):
   const { id, channels } = group;
   const producers = group.producers.map((p) => p.name);
   const order = r.sel.order.slice(0, k);
-  return { plan, report: { id, producers, channels, kept: k, order, objective, consumers, seconds } };
+  const f = refit ? refinedAt(r, k) : undefined,
+    refined = f && { refined: { before: f.before, after: f.after, swaps: f.swaps, keep: f.keep } };
+  return { plan, report: { id, producers, channels, kept: k, order, objective, consumers, seconds, ...refined } };
 }
 
 /** A group's plan and report from its capture: rank its first k channels, then keep them. */
@@ -356,7 +369,7 @@ export async function* pruneSizes(
   const o: SizesOptions = { ...opts, backend, mode: opts.mode ?? 'layerwise', refit: opts.refit ?? true };
   const shared = new Stopwatch(STAGES);
   const calib = shared.time('analyze', () => Calibration.of(model, data));
-  const plan = shared.time('analyze', () => planPrune(model, calib, o.mode!));
+  const plan = shared.time('analyze', () => planPrune(model, calib, o.mode!, o));
   o.onPlan?.(plan.memory);
   const keeps = await shared.time('allocate', () => keepsFor(model, plan, calib, budgets, o));
   const ranking = o.mode === 'layerwise' ? await rankLayerwise(model, plan, keeps, calib, o, shared) : undefined;

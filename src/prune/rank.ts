@@ -8,8 +8,11 @@ import type { PrunePlan } from '../rewrite/index.js';
 import type { Captured } from '../capture/stats.js';
 import type { Gram } from '../kernels/gram.js';
 import type { KernelOptions } from '../kernels/instances.js';
-import { selectGroup, type GroupSelection } from '../select/greedy.js';
+import { selectGroup, type FitOptions, type GroupSelection, type LayerProblem } from '../select/greedy.js';
+import { biasSite } from '../rewrite/bias.js';
+import { constantTensors } from '../graph/shapes.js';
 import { groupSeed, rankChannels, type MethodOptions } from '../select/baselines.js';
+import { refineSelection, type Refined } from '../select/refine.js';
 
 /** A group with its method's nested order over its first k channels (and the objective and re-fit of every prefix). */
 export interface Ranked {
@@ -17,6 +20,8 @@ export interface Ranked {
   /** Each consumer's weights for the group as the d×m matrix the selection saw. */
   W: Float64Array[];
   sel: GroupSelection;
+  /** With --refine: the problems the swaps need, and the refined set per k (computed on first use). */
+  refine?: { rounds: number; problems: LayerProblem[]; opts: KernelOptions; at: Map<number, Refined> };
 }
 
 /**
@@ -27,7 +32,7 @@ export function rankGroup(
   model: Model,
   group: Group,
   captured: Captured[],
-  how: MethodOptions & KernelOptions = {},
+  how: MethodOptions & KernelOptions & FitOptions = {},
   k = group.channels,
 ): Ranked {
   const W = group.consumers.map((c) => consumerWeightMatrix(model, c));
@@ -39,13 +44,32 @@ export function rankGroup(
     stats: captured[i]!.stats,
   }));
   const order = rankChannels(how.method ?? 'greedy', inputs, groupSeed(how.seed ?? 0, group.id));
-  const problems = group.consumers.map((c, i) => {
+  const consts = how.biasRefit === false || how.refit === false ? undefined : constantTensors(model.graph!);
+  const problems = group.consumers.map((c, i): LayerProblem => {
     const gram = captured[i]!;
-    return { d: c.d, m: c.m, g: c.g, G: gram.G, C: gram.C, H: gram.H, W: W[i]! };
+    // the intercept where the consumer can take a bias change (bias.ts) and the capture has the column sums
+    const intercept = consts && gram.sums && typeof biasSite(model.graph!, consts, c) !== 'string';
+    return {
+      ...{ d: c.d, m: c.m, g: c.g, G: gram.G, C: gram.C, H: gram.H, W: W[i]! },
+      ...(intercept ? { intercept: { sums: gram.sums!, targetSums: gram.targetSums, rows: gram.rows } } : {}),
+    };
   });
-  const sel = selectGroup(problems, k, { kernels: how.kernels, threads: how.threads, order });
-  return { group, W, sel };
+  const kernels = { kernels: how.kernels, threads: how.threads };
+  const sel = selectGroup(problems, k, { ...kernels, order });
+  const rounds = how.refit === false ? 0 : (how.refine ?? 0);
+  return { group, W, sel, ...(rounds > 0 ? { refine: { rounds, problems, opts: kernels, at: new Map() } } : {}) };
 }
+
+/** The swaps' result at k (undefined without --refine, or at k = 0 or all channels, where no swap exists). */
+export function refinedAt(r: Ranked, k: number): Refined | undefined {
+  const f = r.refine;
+  if (!f || k === 0 || k >= r.group.channels) return undefined;
+  if (!f.at.has(k)) f.at.set(k, refineSelection(f.problems, r.sel.order.slice(0, k), f.rounds, f.opts));
+  return f.at.get(k);
+}
+
+/** The selection that k channels come from: the greedy's (its prefix of k), or the refined set's. */
+const selectionAt = (r: Ranked, k: number): GroupSelection => refinedAt(r, k)?.sel ?? r.sel;
 
 /**
  * The plan keeping the first k channels of the order: re-fitted consumer weights, or their rows only sliced. With
@@ -54,9 +78,10 @@ export function rankGroup(
  * so the weights are kept as they are.
  */
 export function planOf(r: Ranked, k: number, refit: boolean, fitted = false): PrunePlan {
-  const fit = r.sel.refit(k);
+  const fit = selectionAt(r, k).refit(k);
   const keepW = !refit || (fitted && k === r.group.channels);
-  return { group: r.group, keep: fit.keep, ...(keepW ? {} : { W: fit.W }) };
+  const bias = fit.bias.some((b) => b) ? { bias: fit.bias } : {};
+  return { group: r.group, keep: fit.keep, ...(keepW ? {} : { W: fit.W, ...bias }) };
 }
 
 /** Each consumer's d×m weights of that plan with zero rows for the pruned channels: the same consumer outputs. */
@@ -78,7 +103,7 @@ export function paddedWeights(r: Ranked, k: number, refit: boolean): Float64Arra
  * or with the weights sliced. The group's objective is their mean.
  */
 export function objectivesOf(r: Ranked, grams: Gram[], k: number, refit: boolean): number[] {
-  if (refit) return r.sel.consumers.map((o) => (k ? o[k - 1]! : 0));
+  if (refit) return selectionAt(r, k).consumers.map((o) => (k ? o[k - 1]! : 0));
   const keep = r.sel.refit(k).keep;
   return r.group.consumers.map((c, t) => slicedObjective(c, grams[t]!, r.W[t]!, keep, r.sel.norm2[t]!));
 }

@@ -27,6 +27,7 @@ import { constantTensors } from '../graph/shapes.js';
 import { normalizeGraph } from '../graph/normalize.js';
 import { weightIndex } from '../graph/layers.js';
 import type { Group } from '../graph/types.js';
+import { writeBiases } from './bias.js';
 
 export interface PrunePlan {
   group: Group;
@@ -37,6 +38,8 @@ export interface PrunePlan {
    * (keep.length·g) × m row-major, rows c·g + j for the kept channels in `keep` order (see consumerWeightMatrix).
    */
   W?: (Float64Array | undefined)[];
+  /** Bias changes, one entry per consumer (undefined: none): m values added to its output (see bias.ts). */
+  bias?: (Float64Array | undefined)[];
 }
 
 const FLOATS = new Set<number>([DataType.FLOAT, DataType.FLOAT16, DataType.DOUBLE]);
@@ -90,6 +93,8 @@ function checkPlan(p: PrunePlan): void {
   });
   if (p.W && p.W.length !== group.consumers.length)
     throw badInput(`group "${group.id}": ${p.W.length} re-fitted weights for ${group.consumers.length} consumers.`);
+  if (p.bias && p.bias.length !== group.consumers.length)
+    throw badInput(`group "${group.id}": ${p.bias.length} bias changes for ${group.consumers.length} consumers.`);
 }
 
 /**
@@ -152,11 +157,14 @@ export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
     });
   }
 
+  // 1b. Bias changes (the intercept) into the consumers' biases, created where a layer has none.
+  const derived = writeBiases(out, plans, consts, get);
+
   // 2. Every removed channel's entries, per constant and axis, sliced at once.
   const removed = new Map<string, Map<number, Set<number>>>();
   for (const { group, keep } of plans) {
     const kept = new Set(keep);
-    for (const s of group.slices) {
+    for (const s of [...group.slices, ...(derived.get(group) ?? [])]) {
       const w = get(s.tensor, group);
       if (s.offset + group.channels * s.per > (w.dims[s.axis] ?? 0))
         throw badInput(

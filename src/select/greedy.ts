@@ -25,6 +25,32 @@ export interface LayerProblem {
   targetNorm2?: number;
   /** d×m, row-major. */
   W: Float64Array;
+  /**
+   * The intercept (DESIGN.md, "The intercept"): B gains a column of ones that every selection keeps, so the re-fit
+   * also changes the consumer's bias. Needs B's column sums Bᵀ1, the target's column sums Aᵀ1 (asymmetric; A = B
+   * otherwise) and the row count N.
+   */
+  intercept?: Intercept;
+}
+
+/** What the intercept column adds to the Gram matrices: its products with B's and A's columns, and its own N. */
+export interface Intercept {
+  /** Bᵀ1 (d). */
+  sums: Float64Array;
+  /** Aᵀ1 (d), for the asymmetric objective; absent: A = B. */
+  targetSums?: Float64Array;
+  /** N, the rows of B. */
+  rows: number;
+}
+
+/** How the selection models the consumer beyond the paper (DESIGN.md): the intercept, and swaps after the greedy. */
+export interface FitOptions {
+  /** Re-fit each consumer by least squares (default) or only slice its weights (then no intercept either). */
+  refit?: boolean;
+  /** Re-fit each consumer's bias with its weights, where it can take a per-channel bias (default true). */
+  biasRefit?: boolean;
+  /** Rounds of swaps after the greedy, per budget (refine.ts; default 0: the greedy's set). */
+  refine?: number;
 }
 
 export interface SelectOptions extends KernelOptions {
@@ -44,6 +70,8 @@ export interface Refit {
   keep: number[];
   /** Re-fitted consumer weights: keep.length·g rows (each kept channel's g columns in order) × m. */
   W: Float64Array;
+  /** With the intercept: what to add to the consumer's bias (m values). */
+  bias?: Float64Array;
 }
 
 export interface Selection {
@@ -116,7 +144,7 @@ export function selectChannels(pr: LayerProblem, k: number, opts: SelectOptions 
     seconds: sel.seconds,
     refit: (p) => {
       const fit = sel.refit(p);
-      return { keep: fit.keep, W: fit.W[0]! };
+      return { keep: fit.keep, W: fit.W[0]!, ...(fit.bias[0] ? { bias: fit.bias[0] } : {}) };
     },
   };
 }
@@ -132,10 +160,18 @@ export interface GroupSelection {
   objective: number[];
   /** consumers[c][i]: consumer c's own objective after keeping order[0..i]. */
   consumers: number[][];
-  /** Least-squares weights of every consumer for the first p channels of `order`. */
-  refit(p: number): { keep: number[]; W: Float64Array[] };
+  /**
+   * Least-squares weights of every consumer for the first p channels of `order`, and each consumer's bias change
+   * (undefined for a consumer without the intercept).
+   */
+  refit(p: number): { keep: number[]; W: Float64Array[]; bias: (Float64Array | undefined)[] };
   /** ‖A_c W_c‖² per consumer. */
   norm2: number[];
+  /**
+   * After the last step: each channel's gain given the chosen ones (Σ_c w_c gain_c, as the greedy weighs them; −∞ for
+   * the chosen ones). What the swaps after the greedy compare (refine.ts).
+   */
+  gains: Float64Array;
   seconds: { setup: number; greedy: number };
 }
 
@@ -199,6 +235,8 @@ class Factor {
   F = 0;
   readonly pivots: number[] = [];
   readonly tAfter: number[] = [];
+  /** With the intercept, what the re-fit needs for the bias: Bᵀ1, Wᵀ(Aᵀ1) and N. */
+  readonly intercept?: { s: Float64Array; v: Float64Array; N: number };
 
   constructor(
     private readonly K: Kernels,
@@ -256,15 +294,32 @@ class Factor {
       E = this.view('E', n * gg),
       diag0 = this.view('diag0', d),
       orig = A.i32(p.orig, d);
-    for (let c = 0; c < n; c++) {
-      for (let a = 0; a < g; a++) {
-        const i = c * g + a;
-        orig[i] = i;
-        diag0[i] = G[i * d + i];
-        for (let b = 0; b < g; b++) E[c * gg + a * g + b] = G[i * d + c * g + b];
-      }
+    for (let i = 0; i < d; i++) {
+      orig[i] = i;
+      diag0[i] = G[i * d + i]; // before the intercept: a constant column is dependent, as if 1 were pivoted first
     }
+    if (pr.intercept) this.intercept = this.project(pr, G);
+    for (let c = 0; c < n; c++)
+      for (let a = 0; a < g; a++) for (let b = 0; b < g; b++) E[c * gg + a * g + b] = G[(c * g + a) * d + c * g + b];
     this.groupGains(n);
+  }
+
+  /**
+   * Takes the ones column as the first pivot: G ← G − s sᵀ/N (the Gram matrix of the centred B), Q ← Q − s vᵀ/N with
+   * v = Wᵀ Aᵀ1 (the centred target's cross term), and F starts at ‖v‖²/N, the part of A W the intercept alone fits.
+   */
+  private project(pr: LayerProblem, G: Float64Array): { s: Float64Array; v: Float64Array; N: number } {
+    const { d, m, W } = pr,
+      { sums: s, targetSums: t = s, rows: N } = pr.intercept!;
+    if (s.length !== d || t.length !== d || !(N > 0))
+      throw new RangeError(`intercept sums must have d = ${d} entries and rows N > 0`);
+    const v = new Float64Array(m);
+    for (let i = 0; i < d; i++) for (let j = 0; j < m; j++) v[j] += t[i]! * W[i * m + j]!;
+    for (let i = 0; i < d; i++) for (let j = 0; j < d; j++) G[i * d + j] -= (s[i]! * s[j]!) / N;
+    const Q = this.view('Q', d * m);
+    for (let i = 0; i < d; i++) for (let j = 0; j < m; j++) Q[i * m + j] -= (s[i]! * v[j]!) / N;
+    this.F = frobDot(v, v) / N;
+    return { s, v, N };
   }
 
   /** A view of one of the arrays (no allocation happens after construction, so views stay valid). */
@@ -363,8 +418,9 @@ class Factor {
     tmax: number;
     m: number;
     g: number;
+    intercept?: Factor['intercept'];
   } {
-    const { t, tmax, m, g } = this;
+    const { t, tmax, m, g, intercept } = this;
     return {
       Lp: this.view('Lp', t * tmax).slice(),
       Z: this.view('Z', t * m).slice(),
@@ -373,6 +429,7 @@ class Factor {
       tmax,
       m,
       g,
+      ...(intercept ? { intercept } : {}),
     };
   }
 }
@@ -424,18 +481,23 @@ function greedy(K: Kernels, problems: LayerProblem[], n: number, k: number, opts
     opts.onStep?.(step + 1, k);
   }
   const t2 = now();
+  const gains = new Float64Array(n).fill(-Infinity),
+    last = factors.length > 1 ? sum : factors[0]!.view('gains', nrem);
+  for (let p = 0; p < nrem; p++) gains[chan[p]!] = last[p]!;
   const snaps = factors.map((f) => f.snapshot());
   return {
     order,
     objective,
     consumers,
     norm2: factors.map((f) => f.norm2),
+    gains,
     seconds: { setup: t1 - t0, greedy: t2 - t1 },
     refit: (prefix) => {
       if (!Number.isInteger(prefix) || prefix < 0 || prefix > order.length)
         throw new RangeError(`refit: prefix ${prefix} is not in 0..${order.length}`);
       const keep = order.slice(0, prefix).sort((x, y) => x - y);
-      return { keep, W: snaps.map((s) => refit(s, keep, prefix, opts)) };
+      const W = snaps.map((s) => refit(s, keep, prefix, opts));
+      return { keep, W, bias: snaps.map((s, i) => s.intercept && biasOf(s.intercept, keep, s.g, W[i]!)) };
     },
   };
 }
@@ -463,6 +525,23 @@ function refit(s: ReturnType<Factor['snapshot']>, keep: number[], prefix: number
     }
   });
   return W;
+}
+
+/**
+ * The intercept's least-squares value given the re-fitted W′ (rows of the kept channels' columns): the mean residual
+ * δ = (Wᵀ Aᵀ1 − W′ᵀ B_Sᵀ1)/N, what the consumer's bias gains.
+ */
+function biasOf(ic: { s: Float64Array; v: Float64Array; N: number }, keep: number[], g: number, W: Float64Array) {
+  const m = ic.v.length,
+    delta = ic.v.slice();
+  keep.forEach((c, i) => {
+    for (let a = 0; a < g; a++) {
+      const sa = ic.s[c * g + a]!,
+        row = (i * g + a) * m;
+      if (sa) for (let j = 0; j < m; j++) delta[j] -= sa * W[row + j]!;
+    }
+  });
+  return delta.map((x) => x / ic.N);
 }
 
 function frobDot(x: Float64Array, y: Float64Array): number {
