@@ -101,8 +101,9 @@ with channel groups: the greedy in two modes against weight-norm and random at 2
 models/calib.npy, then test accuracy on models/test.npy (2,000 Fashion-MNIST test images) without fine-tuning.
 The sensitivity allocation measures top-1 agreement with the original model on the calibration images, so nothing
 here uses a label except the test accuracy. Every re-fit here is the paper's, weights only: the studies ran before
-the bias re-fit became \`prune\`'s default (README, Modes), and \`npm run study\` now runs with it. Each model's folder under models/study/ has the full table (every run
-with parameters, FLOPs, seconds and kept channels), results.json and the plot.
+the bias re-fit became \`prune\`'s default (README, Modes), and \`npm run study\` now runs with it. Each model's
+folder under models/study/ has the full table (every run with parameters, FLOPs, seconds and kept channels),
+results.json and the plot.
 
 Methods: **greedy**, the paper's (layerwise, sequential, asymmetric modes); **random** (3 seeds); **weight-norm**
 (L1 norm of a channel's outgoing weights); **activation-norm** (mean |activation| on the calibration images; the paper's
