@@ -69,6 +69,8 @@ export interface Layer {
   macs(node: NodeProto, x: number[], w: number[], y: number[]): number;
   /** What the layer makes of channels arriving on its input (of shape inShape), or why it cannot consume them. */
   consume(node: NodeProto, info: LayerInfo, inShape: number[], at: Arrival): ConsumerShape | string;
+  /** Its bias input (a re-fit's intercept goes there) and the attribute that scales it; none: an Add after it. */
+  biasInput?: { input: number; scale?: string };
 }
 
 const label = (n: NodeProto) => `${n.opType} "${n.name}"`;
@@ -93,6 +95,7 @@ function denseConsume(node: NodeProto, info: LayerInfo, inShape: number[], at: A
 }
 
 const Conv: Layer = {
+  biasInput: { input: 2 },
   read(node, constant) {
     const wb = weightAndBias(node, constant);
     if ('refuse' in wb) return wb;
@@ -145,6 +148,7 @@ const Conv: Layer = {
 };
 
 const Gemm: Layer = {
+  biasInput: { input: 2, scale: 'beta' },
   read(node, constant) {
     const wb = weightAndBias(node, constant);
     if ('refuse' in wb) return wb;
@@ -214,6 +218,7 @@ const MatMul: Layer = {
  * DBNet's heads), and an upper bound on it (times the overlap) otherwise.
  */
 const ConvTranspose: Layer = {
+  biasInput: { input: 2 },
   read(node, constant) {
     const wb = weightAndBias(node, constant);
     if ('refuse' in wb) return wb;

@@ -1,8 +1,8 @@
 // Where a consumer's re-fitted bias goes (the intercept, DESIGN.md). The re-fit gives, per consumer, δ (m values) to
 // add to its output; it becomes a bias only where every one of the m outputs is one output channel (m equals the
-// weight's output channels: not a ConvTranspose with a kernel, whose columns are summed over overlapping windows).
-// The place: the layer's own bias input (Conv B, Gemm C), created if absent; for a layer without one (MatMul), the
-// constant of the Add that follows it, or a new Add.
+// weight's output channels: not a ConvTranspose with a kernel, whose columns are summed over overlapping windows). The
+// place: the layer's own bias input (its layer-table entry's biasInput), created if absent; for a layer without one,
+// the constant of the Add that follows it, or a new Add.
 import {
   attrFloat,
   DataType,
@@ -17,14 +17,8 @@ import {
 } from '../onnx/index.js';
 import { badInput } from '../errors.js';
 import { constantTensors } from '../graph/shapes.js';
+import { LAYERS } from '../graph/layers.js';
 import type { AxisSlice, Consumer, Group } from '../graph/types.js';
-
-/** Layers that take a bias as an input: its index, and the attribute that scales it (Gemm's β). */
-const BIAS_INPUT: Record<string, { input: number; scale?: string }> = {
-  Conv: { input: 2 },
-  ConvTranspose: { input: 2 },
-  Gemm: { input: 2, scale: 'beta' },
-};
 
 export type BiasSite =
   /** A constant of the consumer's own, its last axis the m outputs: δ is added to every row of it. */
@@ -55,7 +49,7 @@ export function biasSite(graph: GraphProto, consts: Map<string, TensorProto>, c:
     if (uses(name) !== 1) return `its ${what} "${name}" is shared with other nodes`;
     return { kind: 'constant', tensor: name };
   };
-  const input = BIAS_INPUT[node.opType];
+  const input = LAYERS[node.opType]?.biasInput;
   if (input) {
     const b = node.input[input.input];
     if (b) return own(b, 'bias');
