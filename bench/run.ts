@@ -1,6 +1,6 @@
-// npm run bench [-- --quick] [-- --gram] [-- --json]: speed of the selection engine (both wasm kernel builds, plain
-// SIMD and relaxed SIMD, on 1 and all threads, against plain TypeScript) and of end-to-end pruning of the bundled
-// models. bench/README.md says how to read it.
+// npm run bench [-- --quick] [-- --gram] [-- --json] [-- --scale]: speed of the selection engine (both wasm kernel
+// builds, plain SIMD and relaxed SIMD, on 1 and all threads, against plain TypeScript) and of end-to-end pruning of the
+// bundled models. bench/README.md says how to read it.
 import Benchmark from 'benchmark';
 import { spawnSync } from 'node:child_process';
 import { cpus, loadavg } from 'node:os';
@@ -25,6 +25,11 @@ if (!relaxedRuns() && !process.execArgv.includes(RELAXED_FLAG)) {
 }
 
 const args = process.argv.slice(2);
+if (args.includes('--scale')) {
+  // the cost model against wide layers: bench/scale.ts (each width in its own process, for its peak memory)
+  const scale = new URL('./scale.js', import.meta.url).pathname;
+  process.exit(spawnSync(process.execPath, [...process.execArgv, scale, ...args], { stdio: 'inherit' }).status ?? 1);
+}
 const quick = args.includes('--quick'),
   gramOnly = args.includes('--gram'),
   json = args.includes('--json');
