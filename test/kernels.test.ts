@@ -7,7 +7,17 @@ import { getKernels } from '../src/kernels/instances.js';
 import { gramAccumulate } from '../src/kernels/ops.js';
 import { GramAccumulator } from '../src/kernels/gram.js';
 import { selectChannels } from '../src/select/greedy.js';
+import { align16 } from '../src/kernels/memory.js';
 import { rng, randMat, matmul, gramOf, oracleGreedy, objective, type Mat } from './oracle.js';
+
+describe('kernel memory offsets', () => {
+  // An 8192-wide layer's selection needs offsets past 2 GiB; 32-bit bitwise alignment turned them negative.
+  it('are aligned to 16 bytes past 2 GiB, up to 4 GiB', () => {
+    for (const n of [0, 1, 16, 2 ** 31 - 1, 2 ** 31 + 1, 2 ** 32 - 17])
+      expect([align16(n) % 16, align16(n) - n >= 0 && align16(n) - n < 16]).toEqual([0, true]);
+    expect(align16(2 ** 31 + 1)).toBe(2 ** 31 + 16);
+  });
+});
 
 describe('the kernel table', () => {
   it('lists every export of each compiled build with its arity, and the plain twin likewise', () => {

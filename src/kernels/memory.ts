@@ -15,6 +15,9 @@ export function availableMemory(): number {
   return os?.freemem?.() ?? Infinity;
 }
 
+/** n rounded up to a multiple of 16, for any offset below 4 GiB (bitwise ops would wrap past 2 GiB). */
+export const align16 = (n: number) => Math.ceil(n / 16) * 16;
+
 export class Arena {
   readonly memory: WebAssembly.Memory;
   private top = ARENA_START;
@@ -25,7 +28,7 @@ export class Arena {
 
   /** Reserves `bytes` (16-byte aligned, zero-filled) and returns the offset; grows the memory when needed. */
   alloc(bytes: number): number {
-    const ptr = (this.top + 15) & ~15;
+    const ptr = align16(this.top);
     const end = ptr + bytes;
     if (end > MAX_PAGES * PAGE) {
       throw new RangeError(`kernel memory: ${fmtBytes(end)} needed, WebAssembly allows at most 4 GiB`);

@@ -55,14 +55,14 @@ export function plainKernels(): Kernels {
         c0 = 8 * p0,
         c1 = Math.min(d, 8 * p1);
       for (let r = 0; r < rb; r++)
-        x.copyWithin((P >> 2) + r * d + c0, (X >> 2) + (r0 + r) * ld + c0, (X >> 2) + (r0 + r) * ld + c1);
+        x.copyWithin((P >>> 2) + r * d + c0, (X >>> 2) + (r0 + r) * ld + c0, (X >>> 2) + (r0 + r) * ld + c1);
     },
     gramTiles(PA, da, PB, db, rb, C, ldc, upper, i0, i1) {
       const x = S(),
         f = F(),
-        A4 = PA >> 2,
-        B4 = PB >> 2,
-        C8 = C >> 3;
+        A4 = PA >>> 2,
+        B4 = PB >>> 2,
+        C8 = C >>> 3;
       for (let r = 0; r < rb; r++) {
         for (let i = i0; i < i1; i++) {
           const xi = x[A4 + r * da + i];
@@ -75,7 +75,7 @@ export function plainKernels(): Kernels {
     },
     symmetrize(G, d) {
       const f = F(),
-        G8 = G >> 3;
+        G8 = G >>> 3;
       for (let i = 1; i < d; i++) for (let j = 0; j < i; j++) f[G8 + i * d + j] = f[G8 + j * d + i];
     },
     gemmChunk: () => 256,
@@ -83,13 +83,13 @@ export function plainKernels(): Kernels {
     gemmPack(B, N, k0, kc, P) {
       // rows as they are
       const f = F();
-      f.copyWithin(P >> 3, (B >> 3) + k0 * N, (B >> 3) + (k0 + kc) * N);
+      f.copyWithin(P >>> 3, (B >>> 3) + k0 * N, (B >>> 3) + (k0 + kc) * N);
     },
     gemmRows(A, K, k0, kc, P, C, N, _tmp, i0, i1) {
       const f = F(),
-        A8 = A >> 3,
-        P8 = P >> 3,
-        C8 = C >> 3;
+        A8 = A >>> 3,
+        P8 = P >>> 3,
+        C8 = C >>> 3;
       for (let i = i0; i < i1; i++) {
         for (let k = 0; k < kc; k++) {
           const a = f[A8 + i * K + k0 + k];
@@ -103,56 +103,56 @@ export function plainKernels(): Kernels {
     gather(G, d, j, orig, n, gcol) {
       const f = F(),
         o = I(),
-        row = (G >> 3) + j * d;
-      for (let p = 0; p < n; p++) f[(gcol >> 3) + p] = f[row + o[(orig >> 2) + p]];
+        row = (G >>> 3) + j * d;
+      for (let p = 0; p < n; p++) f[(gcol >>> 3) + p] = f[row + o[(orig >>> 2) + p]];
     },
     extend(L, ldl, t, p0, p1, jrow, gcol, inv, u) {
       const f = F(),
-        L8 = L >> 3,
+        L8 = L >>> 3,
         lj = L8 + jrow * ldl;
       for (let p = p0; p < p1; p++) {
         const lp = L8 + p * ldl;
-        const v = (f[(gcol >> 3) + p] - dot(f, lp, lj, t)) * inv;
-        f[(u >> 3) + p] = v;
+        const v = (f[(gcol >>> 3) + p] - dot(f, lp, lj, t)) * inv;
+        f[(u >>> 3) + p] = v;
         f[lp + t] = v;
       }
     },
     updateRows(Q, m, u, q, p0, p1) {
       const f = F();
       for (let p = p0; p < p1; p++) {
-        const up = f[(u >> 3) + p];
-        if (up !== 0) updateRow(f, (Q >> 3) + p * m, m, up, q >> 3);
+        const up = f[(u >>> 3) + p];
+        if (up !== 0) updateRow(f, (Q >>> 3) + p * m, m, up, q >>> 3);
       }
     },
     updateScan(Q, m, u, q, p0, p1, e, diag0, tol, gains) {
       const f = F();
       for (let p = p0; p < p1; p++) {
-        const up = f[(u >> 3) + p];
-        const norm = updateRow(f, (Q >> 3) + p * m, m, up, q >> 3);
-        const ep = f[(e >> 3) + p] - up * up;
-        f[(e >> 3) + p] = ep;
-        f[(gains >> 3) + p] = ep > tol * f[(diag0 >> 3) + p] && ep > 0 ? norm / ep : 0;
+        const up = f[(u >>> 3) + p];
+        const norm = updateRow(f, (Q >>> 3) + p * m, m, up, q >>> 3);
+        const ep = f[(e >>> 3) + p] - up * up;
+        f[(e >>> 3) + p] = ep;
+        f[(gains >>> 3) + p] = ep > tol * f[(diag0 >>> 3) + p] && ep > 0 ? norm / ep : 0;
       }
     },
     downdateBlocks(E, u, b0, b1, g) {
       const f = F();
       for (let b = b0; b < b1; b++) {
-        const eb = (E >> 3) + b * g * g,
-          ub = (u >> 3) + b * g;
+        const eb = (E >>> 3) + b * g * g,
+          ub = (u >>> 3) + b * g;
         for (let i = 0; i < g; i++) for (let j = 0; j < g; j++) f[eb + i * g + j] -= f[ub + i] * f[ub + j];
       }
     },
     groupGains(Q, m, E, diag0, b0, b1, g, tol, gains, Sc) {
       const f = F(),
         gg = g * g;
-      const M = Sc >> 3,
+      const M = Sc >>> 3,
         R = M + gg,
         Y = R + gg,
         x = Y + gg;
       for (let b = b0; b < b1; b++) {
-        const q0 = (Q >> 3) + b * g * m,
-          eb = (E >> 3) + b * gg,
-          d0 = (diag0 >> 3) + b * g;
+        const q0 = (Q >>> 3) + b * g * m,
+          eb = (E >>> 3) + b * gg,
+          d0 = (diag0 >>> 3) + b * g;
         for (let i = 0; i < g; i++) {
           for (let j = i; j < g; j++) f[M + i * g + j] = f[M + j * g + i] = dot(f, q0 + i * m, q0 + j * m, m);
         }
@@ -182,7 +182,7 @@ export function plainKernels(): Kernels {
           forward(f, R, g, Y + i * g, 1, x);
           gain += f[x + i];
         }
-        f[(gains >> 3) + b] = gain;
+        f[(gains >>> 3) + b] = gain;
       }
     },
     argmax(gains, chan, n) {
@@ -192,8 +192,8 @@ export function plainKernels(): Kernels {
         bestGain = -Infinity,
         bestChan = 0x7fffffff;
       for (let p = 0; p < n; p++) {
-        const v = f[(gains >> 3) + p],
-          ch = c[(chan >> 2) + p];
+        const v = f[(gains >>> 3) + p],
+          ch = c[(chan >>> 2) + p];
         if (v > bestGain || (v === bestGain && ch < bestChan)) {
           best = p;
           bestGain = v;
@@ -204,8 +204,8 @@ export function plainKernels(): Kernels {
     },
     solveUpperT(L, ldl, t, X, m, j0, j1) {
       const f = F(),
-        L8 = L >> 3,
-        X8 = X >> 3;
+        L8 = L >>> 3,
+        X8 = X >>> 3;
       for (let b = t - 1; b >= 0; b--) {
         const inv = 1 / f[L8 + b * ldl + b],
           xb = X8 + b * m;
@@ -220,8 +220,8 @@ export function plainKernels(): Kernels {
     },
     im2col(X, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, out) {
       const x = S(),
-        X4 = X >> 2,
-        o4 = out >> 2,
+        X4 = X >>> 2,
+        o4 = out >>> 2,
         d = C * kh * kw;
       for (let oy = 0; oy < OH; oy++)
         for (let ox = 0; ox < OW; ox++)
