@@ -383,7 +383,9 @@ def train(name, xtr, ytr, xte, yte, bench=False):
     elif r["opt"] == "adamw":  # decoupled weight decay, on every parameter (weights, biases, norms, embeddings)
         opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
     else:
-        opt = torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=0.9, weight_decay=r["weight_decay"], nesterov=True)
+        opt = torch.optim.SGD(
+            model.parameters(), lr=r["lr"], momentum=0.9, weight_decay=r["weight_decay"], nesterov=True
+        )
     steps_per_epoch = (len(xtr) + r["batch"] - 1) // r["batch"]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r["lr"], epochs=r["epochs"],
                                                 steps_per_epoch=steps_per_epoch)
