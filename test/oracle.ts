@@ -124,24 +124,7 @@ export function oracleGreedy(
   k: number,
   intercept = false,
 ): { order: number[]; objective: number[] } {
-  const n = B.cols / g,
-    order: number[] = [],
-    obj: number[] = [];
-  for (let s = 0; s < k; s++) {
-    let best = -1,
-      bestV = -Infinity;
-    for (let c = 0; c < n; c++) {
-      if (order.includes(c)) continue;
-      const v = objective(B, T, [...order, c], g, intercept);
-      if (v > bestV + 1e-12) {
-        best = c;
-        bestV = v;
-      }
-    }
-    order.push(best);
-    obj.push(bestV);
-  }
-  return { order, objective: obj };
+  return oracleGroupGreedy([{ B, T, g, intercept }], k); // one consumer: its own objective
 }
 
 /** Least-squares W' (|cols|×m) for min ‖B_cols W' − T‖ by QR of B_cols, for columns that are independent. */
