@@ -230,6 +230,15 @@ function commit(staged: Staged, file: string): Written {
   return out;
 }
 
+/** The staged files renamed into place; a failure that is not already a user error says the file cannot be written. */
+function renamed(staged: Staged, file: string): Written {
+  try {
+    return commit(staged, file);
+  } catch (e) {
+    throw e instanceof SubpruneError ? e : cannotWrite(file, e);
+  }
+}
+
 /**
  * Writes a model atomically: readers never see a half-written file, and a failed write leaves no file behind. With
  * external data (see WriteOptions) the weights go to `<file>.data` (or opts.location) next to it.
@@ -237,9 +246,7 @@ function commit(staged: Staged, file: string): Written {
 export function writeModel(model: Model, file: string, opts: WriteOptions = {}): Written {
   const staged = stage(model, file, opts);
   try {
-    return commit(staged, file);
-  } catch (e) {
-    throw e instanceof SubpruneError ? e : cannotWrite(file, e);
+    return renamed(staged, file);
   } finally {
     discard(staged.dir);
   }
@@ -258,11 +265,7 @@ export async function writeModelChecked(
   const staged = stage(model, file, opts);
   try {
     await check(staged.written);
-    try {
-      return commit(staged, file);
-    } catch (e) {
-      throw e instanceof SubpruneError ? e : cannotWrite(file, e);
-    }
+    return renamed(staged, file);
   } finally {
     discard(staged.dir);
   }
