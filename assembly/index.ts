@@ -138,6 +138,12 @@ export function gramTiles(PA: usize, da: i32, PB: usize, db: i32, rb: i32, C: us
 }
 
 /** Copies the upper triangle of G (d×d) onto the lower one. */
+// Zeroes bytes [P, P + bytes): the arena's fill for new allocations. From JavaScript, filling shared memory went
+// byte by byte (4 MiB in 1.8 ms against 0.05 ms unshared); memory.fill runs at memory speed either way.
+export function zero(P: usize, bytes: usize): void {
+  memory.fill(P, 0, bytes);
+}
+
 export function symmetrize(G: usize, d: i32): void {
   for (let i = 1; i < d; i++) {
     for (let j = 0; j < i; j++) {

@@ -10,12 +10,31 @@ import { selectChannels } from '../src/select/greedy.js';
 import { align16 } from '../src/kernels/memory.js';
 import { rng, randMat, matmul, gramOf, oracleGreedy, objective, type Mat } from './oracle.js';
 
-describe('kernel memory offsets', () => {
+describe('kernel memory', () => {
   // An 8192-wide layer's selection needs offsets past 2 GiB; 32-bit bitwise alignment turned them negative.
   it('are aligned to 16 bytes past 2 GiB, up to 4 GiB', () => {
     for (const n of [0, 1, 16, 2 ** 31 - 1, 2 ** 31 + 1, 2 ** 32 - 17])
       expect([align16(n) % 16, align16(n) - n >= 0 && align16(n) - n < 16]).toEqual([0, true]);
     expect(align16(2 ** 31 + 1)).toBe(2 ** 31 + 16);
+  });
+
+  // The wasm sets clear new allocations with their own `zero` kernel (memory.fill), the plain set with a typed array.
+  it('are zero when handed out again after a release, in shared, unshared and plain memory', () => {
+    for (const K of [getKernels('wasm', 2, 'simd'), getKernels('wasm', 1, 'simd'), getKernels('plain')]) {
+      const a = K.arena,
+        mark = a.mark();
+      const p = a.alloc(1000);
+      a.f64(p, 125).fill(7);
+      a.release(mark);
+      const q = a.alloc(1003);
+      expect([K.name, K.threads, q, new Uint8Array(a.memory.buffer, q, 1003).some((b) => b !== 0)]).toEqual([
+        K.name,
+        K.threads,
+        p,
+        false,
+      ]);
+      a.release(mark);
+    }
   });
 });
 

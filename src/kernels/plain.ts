@@ -78,6 +78,9 @@ export function plainKernels(): Kernels {
         G8 = G >>> 3;
       for (let i = 1; i < d; i++) for (let j = 0; j < i; j++) f[G8 + i * d + j] = f[G8 + j * d + i];
     },
+    zero(P, bytes) {
+      new Uint8Array(arena.memory.buffer, P, bytes).fill(0);
+    },
     gemmChunk: () => 256,
     gemmPackDoubles: (N) => 256 * N,
     gemmPack(B, N, k0, kc, P) {

@@ -27,6 +27,7 @@ export const KERNELS = {
   // align: the tile's rows (MR in assembly/index.ts), which must not straddle a packed panel
   gramTiles: { params: ['PA', 'da', 'PB', 'db', 'rb', 'C', 'ldc', 'upper', 'i0', 'i1'], range: ['i0', 'i1'], align: 2 },
   symmetrize: { params: ['G', 'd'] },
+  zero: { params: ['P', 'bytes'] },
   gemmChunk: { params: [], returns: true },
   gemmPackDoubles: { params: ['N'], returns: true },
   gemmPack: { params: ['B', 'N', 'k0', 'kc', 'P'] },

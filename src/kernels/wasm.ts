@@ -12,6 +12,7 @@ import {
   splitRange,
   type KernelBuild,
   type KernelFunctions,
+  type KernelName,
   type Kernels,
 } from './types.js';
 import { badInput } from '../errors.js';
@@ -112,6 +113,10 @@ const MAX_PAGES = 65536;
 // 4096×512, k = 128 selection then keeps its greedy steps (≤ 131,072) on one thread; its Gram blocks and Q = G·W
 // (over 10⁷ each) are split. It was 30,000, which split those greedy steps too.
 const MIN_WORK = 1 << 19;
+// A Gram block needs more: at load 0.6, this process at normal priority (median of 15 GramAccumulator.add of 2048 rows
+// in 128-row blocks), splitting each block took 2.60 against 2.27 ms on 1 thread at d = 128 (2²⁰ multiply-adds a
+// block), 5.80 against 6.56 at d = 256 (2²²), 10.5 against 15.3 at d = 512.
+const MIN_WORK_OF: Partial<Record<KernelName, number>> = { gramTiles: 1 << 21 };
 // Big jobs are cut into up to 4 parts per thread, each of at least PART_WORK multiply-adds (0.05 ms of Gram tiles,
 // 0.26 ms of updateScan on one thread), so that a worker preempted by another process holds up the caller for one
 // small part, not for its whole share.
@@ -124,11 +129,11 @@ export function wasmKernels(threads = 1, build: KernelBuild = kernelBuild()): Ke
   const shared = threads > 1;
   const module = compile(shared ? FILES[build].threads : FILES[build].single);
   const memory = new WebAssembly.Memory({ initial: 16, maximum: MAX_PAGES, shared });
-  const arena = new Arena(memory);
   const abort = () => {
     throw new Error('wasm kernel abort');
   };
   const x = new WebAssembly.Instance(module, { env: { memory, abort } }).exports as unknown as KernelFunctions;
+  const arena = new Arena(memory, (ptr, bytes) => x.zero(ptr, bytes));
   const missing = KERNEL_NAMES.find((n) => typeof x[n] !== 'function');
   if (missing) throw new Error(`the compiled kernels lack ${missing}: run \`npm run build:wasm\``);
   const pool = shared ? new Pool(module, memory, threads) : undefined;
@@ -143,7 +148,7 @@ export function wasmKernels(threads = 1, build: KernelBuild = kernelBuild()): Ke
       const fn = x[name] as (...a: number[]) => void;
       const a = positional(name, args);
       // Small jobs stay on this thread (MIN_WORK), and all do while the workers come late (Pool.solo).
-      if (!pool || (opts.work !== undefined && opts.work < MIN_WORK) || pool.solo()) {
+      if (!pool || (opts.work !== undefined && opts.work < (MIN_WORK_OF[name] ?? MIN_WORK)) || pool.solo()) {
         fn(...a);
         return;
       }
