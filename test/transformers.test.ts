@@ -52,6 +52,9 @@ const CASES: Case[] = [
   { model: `${FIX}/tf-bert-tiny-opset14.onnx`, data: bert, groups: bertGroups },
   { model: `${FIX}/tf-fused-qkv-split.onnx`, data: seq, groups: [[4, 1, 16]] },
   { model: `${FIX}/tf-fused-qkv-chunk.onnx`, data: seq, groups: [[4, 1, 16]] },
+  // timm's packed q/k/v: [B, T, 3·C] reshaped to [B, T, 3, heads, d], the parts taken by Gather or Split + Squeeze
+  { model: `${FIX}/tf-packed-qkv-index.onnx`, data: seq, groups: [[4, 1, 16]] },
+  { model: `${FIX}/tf-packed-qkv-unbind.onnx`, data: seq, groups: [[4, 1, 16]] },
   // 8 query heads share 2 k/v heads: a channel is one k/v head with its 4 query heads (4·8 features)
   { model: `${FIX}/tf-gqa.onnx`, data: seq, groups: [[2, 3, 32]] },
   { model: `${FIX}/tf-swiglu.onnx`, data: seq, groups: [[176, 2, 1]] },
@@ -128,6 +131,7 @@ describe('objectives of heads and gated neurons', () => {
   it.each([
     `${FIX}/tf-bert-tiny-opset17.onnx`,
     `${FIX}/tf-fused-qkv-split.onnx`,
+    `${FIX}/tf-packed-qkv-index.onnx`,
     `${FIX}/tf-gqa.onnx`,
     `${FIX}/tf-swiglu.onnx`,
   ])("%s: each group's objective is what onnxruntime measures with the re-fitted weights", async (path) => {
@@ -232,5 +236,39 @@ describe('what stays refused', () => {
     const reason = (node: string) => refused.find((x) => x.node === node)!.reason;
     expect(reason('k_proj')).toBe('Concat "cache_k" joins the channels with "past", which no group owns');
     expect(reason('q_proj')).toBe('MatMul "scores" pairs the channels with "kT", which no group owns');
+  });
+
+  // timm's packed q/k/v, [1, 4, 24] → [1, 4, 3, 2, 4] (3 parts of 2 heads of 4), then an op that does not take the
+  // parts apart: the projection is refused, with the op that stopped it
+  it.each([
+    ['mix', 'Transpose "mix" moves packed parts of channels after the channels'],
+    [
+      'sum',
+      'ReduceSum "sum" reads packed parts of channels (a reshape to [.., parts, heads, d]) before a Gather or ' +
+        'Split takes them apart',
+    ],
+  ])('packed q/k/v parts kept together by %s', (how, why) => {
+    const r = rng(5);
+    const nodes = [
+      makeNode('MatMul', ['x', 'wqkv'], ['qkv'], [], 'qkv_proj'),
+      makeNode('Reshape', ['qkv', 'packed_shape'], ['p'], [], 'pack'),
+      how === 'mix'
+        ? makeNode('Transpose', ['p'], ['t'], [intsAttr('perm', [0, 1, 3, 2, 4])], 'mix')
+        : makeNode('ReduceSum', ['p', 'parts_axis'], ['t'], [intAttr('keepdims', 1)], 'sum'),
+      makeNode('Reshape', ['t', 'merge_shape'], ['m'], [], 'merge'),
+      makeNode('MatMul', ['m', 'wo'], ['y'], [], 'out_proj'),
+    ];
+    const inits = [
+      randTensor('wqkv', [8, 24], r),
+      randTensor('wo', [how === 'mix' ? 24 : 8, 8], r),
+      int64Tensor('packed_shape', [5], [1, 4, 3, 2, 4]),
+      int64Tensor('parts_axis', [1], [2]),
+      int64Tensor('merge_shape', [3], [1, 4, how === 'mix' ? 24 : 8]),
+    ];
+    const inputs = [makeTensorValueInfo('x', DataType.FLOAT, [1, 4, 8])];
+    const m = makeModel(makeGraph('packed', nodes, inputs, [outInfo('y')], inits), 17);
+    const { groups, refused } = analyze(m);
+    expect(groups.map((g) => g.id)).not.toContain('qkv_proj');
+    expect(refused.find((x) => x.node === 'qkv_proj')?.reason).toBe(why);
   });
 });

@@ -202,6 +202,15 @@ function runs(l: Layout): (Segment & { offset: number })[] {
   });
 }
 
+/**
+ * The runs of a layout along its axis: of a stacked one, the first part's (the parts keep the same count, so shape
+ * entries and activation sizes follow that part alone).
+ */
+function firstPart(l: Layout): (Segment & { offset: number })[] {
+  const size = entriesOf(l) / (l.stack?.parts ?? 1);
+  return runs(l).filter((r) => r.offset < size);
+}
+
 /** Whether two layouts have the same runs (so a join can make their spaces one, run by run). */
 const sameRuns = (a: Layout, b: Layout) =>
   a.segments.length === b.segments.length &&
@@ -310,7 +319,7 @@ function record(
   l: Layout,
   step: { slices?: ParamSlice[]; shapeEdits?: ShapeEdit[]; attributes?: string[] },
 ): void {
-  for (const r of runs(l)) {
+  for (const r of firstPart(l)) {
     if (r.space < 0) continue;
     const rec = W.S.get(r.space);
     for (const s of step.slices ?? [])
@@ -330,7 +339,7 @@ function setLayout(W: Walk, t: string, l: Layout): void {
     W.S.refuseAll(l, why);
   }
   W.layouts.set(t, l);
-  for (const r of runs(l))
+  for (const r of firstPart(l))
     if (r.space >= 0) W.S.get(r.space).tensors.push({ tensor: t, axis: l.axis, offset: r.offset, per: r.per });
   if (!W.G.shapes.has(t)) W.S.refuseAll(l, `the shape of "${t}" is unknown (no shape rule for an op before it)`);
 }
@@ -485,6 +494,11 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
   if ('none' in step) return true; // the output does not carry the channels (a Shape: its dims follow at run time)
   if ('regroup' in step) return regroup(W, node, l, step.regroup);
   if ('ranges' in step) return cutInto(W, node, l, step);
+  if (l.stack && !step.stack) {
+    S.refuseAll(l, `${label(node)} ${PACKED}`);
+    return false;
+  }
+  if (step.stack && !l.stack && !stackInParts(W, node, l, step.stack.parts, 1 / (step.scale ?? 1))) return false;
   const outs = step.allOutputs ? node.output : node.output.slice(0, 1);
   for (const o of node.output.slice(outs.length)) {
     if (o && (G.uses.has(o) || G.outputs.has(o))) {
@@ -492,7 +506,11 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
       return false;
     }
   }
-  const out: Layout = { axis: step.axis, segments: l.segments.map((s) => ({ ...s, per: s.per * (step.scale ?? 1) })) };
+  const out: Layout = {
+    axis: step.axis,
+    segments: l.segments.map((s) => ({ ...s, per: s.per * (step.scale ?? 1) })),
+    ...(step.stack ? { stack: step.stack } : {}),
+  };
   const params = (step.slices ?? []).map((s) => s.tensor);
   if (!checkConstants(W, node, params, l, edited(W, node, step.shapeEdits ?? []))) return false;
   record(W, node, out, step);
@@ -516,6 +534,37 @@ function regroup(W: Walk, node: NodeProto, l: Layout, inner: number): boolean {
   }
   W.S.refuseAll(l, `${blocks}; their producers could not be laid out in whole blocks`);
   return false;
+}
+
+/**
+ * A reshape packs the channel axis into `parts` equal parts of channels of `inner` entries each (a fused q/k/v into
+ * [.., 3, heads, d]): the next walk cuts the producers' spaces at the parts' bounds and merges their channels into
+ * blocks of `inner`, as needed. Then each part is one space, and the parts keep equally many channels.
+ */
+function stackInParts(W: Walk, node: NodeProto, l: Layout, parts: number, inner: number): boolean {
+  const packs = `${label(node)} packs the channels in ${parts} parts of blocks of ${inner} entries (q, k, v heads)`;
+  const size = entriesOf(l) / parts;
+  let pending = false;
+  for (const r of runs(l)) {
+    const end = r.offset + r.n * r.per,
+      f = lcm(r.per, inner) / r.per;
+    const cuts = [...Array(parts - 1).keys()].map((i) => (i + 1) * size).filter((at) => at > r.offset && at < end);
+    if (r.space < 0 || cuts.some((at) => (at - r.offset) % r.per !== 0) || r.offset % inner !== 0) {
+      W.S.refuseAll(l, `${packs} that do not line up with the channels`);
+      return false;
+    }
+    if (cuts.length || f > 1) {
+      request(W, r.space, { cuts: cuts.map((at) => (at - r.offset) / r.per), ...(f > 1 ? { merge: f } : {}) });
+      pending = true;
+    }
+  }
+  if (pending || runs(l).some((r) => (r.offset % size) + r.n * r.per !== size)) {
+    W.S.refuseAll(l, `${packs}; their producers could not be laid out in one space per part`);
+    return false;
+  }
+  const why = `${packs}, so the parts must keep equally many channels`;
+  W.together.push({ spaces: l.segments.map((r) => r.space), why });
+  return true;
 }
 
 /**
@@ -737,6 +786,12 @@ function walk(G: Graph, parts: Map<string, Part[]>): Walk {
     const inputs = node.input.flatMap((t, slot) => (t && W.layouts.has(t) ? [{ t, slot, l: W.layouts.get(t)! }] : []));
     for (const sub of inner(node))
       W.S.refuseAll(W.layouts.get(sub), `tensor "${sub}" is read inside a subgraph of ${label(node)}`);
+    // packed parts of channels pass only through chain rules, one input at a time, until a Gather or Split
+    const packed = inputs.filter((i) => i.l.stack);
+    if (packed.length && (inputs.length > 1 || rule?.merge || rule?.layer)) {
+      packed.forEach((i) => W.S.refuseAll(i.l, `${label(node)} ${PACKED}`));
+      continue;
+    }
     if (rule?.merge === 'matmul' && node.input.every((t) => !G.constant(t))) {
       if (inputs.length) matmulNode(W, node); // a product of activations (attention): no weights to prune
       continue;
@@ -758,6 +813,7 @@ function walk(G: Graph, parts: Map<string, Part[]>): Walk {
     }
     if (!inputs.length) continue;
     const others = node.input.filter((t) => t && !W.layouts.has(t) && !G.constant(t));
+
     if (rule?.merge === 'concat') concatNode(W, node);
     else if (rule?.merge === 'join' && (inputs.length > 1 || others.length > 0)) joinNode(W, node);
     else if (inputs.length === 1) void chainNode(W, node, rule, inputs[0]!.slot, inputs[0]!.l);
@@ -775,6 +831,9 @@ function walk(G: Graph, parts: Map<string, Part[]>): Walk {
   }
   return W;
 }
+
+const PACKED =
+  'reads packed parts of channels (a reshape to [.., parts, heads, d]) before a Gather or Split takes them apart';
 
 /** Names read inside a node's subgraphs (If/Loop/Scan bodies). */
 function inner(node: NodeProto): string[] {

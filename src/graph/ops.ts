@@ -66,10 +66,21 @@ export interface Segment {
   per: number;
 }
 
-/** Where channels sit in a tensor: along `axis`, in runs (a Concat's output has one run per part). */
+/**
+ * Where channels sit in a tensor: along `axis`, in runs (a Concat's output has one run per part). A `stack` holds
+ * the runs in `parts` equal parts along another, outer axis (a fused q/k/v reshaped to [.., 3, heads, d]): the runs
+ * list part after part, as if the two axes were one, and every part keeps equally many channels.
+ */
 export interface Layout {
   axis: number;
   segments: Segment[];
+  stack?: Stack;
+}
+
+/** The outer axis of a stacked layout and how many parts it holds (its size). */
+export interface Stack {
+  axis: number;
+  parts: number;
 }
 
 /** Entries of a layout's axis. */
@@ -130,7 +141,7 @@ export interface ChainContext {
  * Flatten of h·w positions: h·w; a reshape into heads of d entries: 1/d), the constants to slice (laid out like the
  * output's channel axis), the shape constants to edit, the node's INT attributes that count the channels (a depthwise
  * conv's group), and whether every output carries the channels (a Split along another axis); or why it couples
- * channels.
+ * channels. A rule that does not return the stack of a stacked input does not handle stacks: the walk refuses it.
  */
 export type ChainStep =
   | {
@@ -140,6 +151,8 @@ export type ChainStep =
       shapeEdits?: ShapeEdit[];
       attributes?: string[];
       allOutputs?: boolean;
+      /** The output's stack (see Layout): a rule that passes a stacked layout on says where it went. */
+      stack?: Stack;
     }
   | { none: true }
   /**
@@ -473,7 +486,9 @@ const result = (ctx: ChainContext, s: ParamSlice[] | string): ChainStep =>
 
 /** Element-wise ops with no per-channel parameters. */
 const elementwise: ChainRule = (ctx) =>
-  ctx.input === 0 ? pass(ctx) : refusal(ctx, `: the channels enter as input ${ctx.input}`);
+  ctx.input === 0
+    ? { ...pass(ctx), stack: ctx.layout.stack }
+    : refusal(ctx, `: the channels enter as input ${ctx.input}`);
 
 /**
  * Add/Sub/Mul/Div/Pow/Max/Min with a constant: its entries along the channels are sliced. (With another branch the
@@ -676,10 +691,12 @@ const reshape: ChainRule = (ctx) => {
   if (!block) return mixes;
   const [i0, i1, j0, j1] = block;
   let axis: number, scale: number;
+  if (ctx.layout.stack) return refusal(ctx, 'reshapes packed parts of channels (take them apart first)');
   if (i1 - i0 === 1) {
     // split (or kept): the channels become the first output axis of the block that is not 1
-    axis = j0;
-    while (axis < j1 - 1 && y[axis] === 1) axis++;
+    const wide = [...Array(j1 - j0).keys()].map((i) => j0 + i).filter((j) => y[j] !== 1);
+    if (wide.length >= 3) return stacked(ctx, wide[0]!, wide[1]!, j1);
+    axis = wide[0] ?? j0;
     const inner = numel(y.slice(axis + 1, j1));
     if (inner > 1 && ctx.layout.segments.some((r) => r.per % inner !== 0)) return { regroup: inner };
     scale = 1 / inner;
@@ -693,6 +710,18 @@ const reshape: ChainRule = (ctx) => {
   if (typeof edits === 'string') return refusal(ctx, edits);
   return { axis, scale, shapeEdits: edits };
 };
+
+/**
+ * A reshape that cuts the channel axis into [parts, channels, entries…] (timm's packed q/k/v: [.., 3·C] →
+ * [.., 3, heads, d]): the output is stacked, `parts` along axis p, the channels along axis q, each owning the entries
+ * of the axes after it up to j1. The walk lays the producers out in parts of whole channels.
+ */
+function stacked(ctx: ChainContext, p: number, q: number, j1: number): ChainStep {
+  const y = ctx.outShape!;
+  const edits = shapeEntry(ctx, 1, q, y.length);
+  if (typeof edits === 'string') return refusal(ctx, edits);
+  return { axis: q, scale: 1 / numel(y.slice(q + 1, j1)), shapeEdits: edits, stack: { axis: p, parts: y[p]! } };
+}
 
 /**
  * The smallest blocks of input axes [i0, i1) and output axes [j0, j1) with equal sizes that cover input axis a, or
@@ -739,7 +768,11 @@ const transpose: ChainRule = (ctx) => {
     'perm',
     ctx.inShape.map((_, i) => ctx.inShape.length - 1 - i),
   );
-  return { axis: perm.indexOf(ctx.layout.axis) };
+  const axis = perm.indexOf(ctx.layout.axis),
+    st = ctx.layout.stack;
+  if (!st) return { axis };
+  const stack = { ...st, axis: perm.indexOf(st.axis) };
+  return stack.axis < axis ? { axis, stack } : refusal(ctx, 'moves packed parts of channels after the channels');
 };
 
 function chainAxes(ctx: ChainContext): number[] | undefined | 'computed' {
@@ -756,8 +789,10 @@ const squeeze: ChainRule = (ctx) => {
   if (a === 'computed') return refusal(ctx, ': its axes are not a constant');
   const rank = ctx.inShape.length;
   const axes = a?.map((x) => normAxis(x, rank)) ?? ctx.inShape.flatMap((d, i) => (d === 1 ? [i] : []));
-  if (axes.includes(ctx.layout.axis)) return refusal(ctx, 'removes the channel axis');
-  return { axis: ctx.layout.axis - axes.filter((x) => x < ctx.layout.axis).length };
+  const st = ctx.layout.stack;
+  if (axes.includes(ctx.layout.axis) || (st && axes.includes(st.axis))) return refusal(ctx, 'removes the channel axis');
+  const moved = (at: number) => at - axes.filter((x) => x < at).length;
+  return { axis: moved(ctx.layout.axis), ...(st ? { stack: { ...st, axis: moved(st.axis) } } : {}) };
 };
 
 const unsqueeze: ChainRule = (ctx) => {
@@ -765,9 +800,13 @@ const unsqueeze: ChainRule = (ctx) => {
   if (a === 'computed' || a === undefined) return refusal(ctx, ': its axes are not a constant');
   const rank = ctx.inShape.length + a.length;
   const inserted = new Set(a.map((x) => normAxis(x, rank)));
-  let axis = 0;
-  for (let seen = -1; axis < rank; axis++) if (!inserted.has(axis) && ++seen === ctx.layout.axis) break;
-  return { axis };
+  const moved = (at: number) => {
+    let axis = 0;
+    for (let seen = -1; axis < rank; axis++) if (!inserted.has(axis) && ++seen === at) break;
+    return axis;
+  };
+  const st = ctx.layout.stack;
+  return { axis: moved(ctx.layout.axis), ...(st ? { stack: { ...st, axis: moved(st.axis) } } : {}) };
 };
 
 /**
@@ -794,8 +833,9 @@ const reduce: ChainRule = (ctx) => {
 const softmax: ChainRule = (ctx) => {
   const rank = ctx.inShape.length;
   const axis = normAxis(attrInt(ctx.node, 'axis', ctx.opset >= 13 ? -1 : 1), rank);
-  const couples = ctx.opset >= 13 ? axis === ctx.layout.axis : axis <= ctx.layout.axis;
-  return couples ? refusal(ctx, 'normalises across the channels, which couples them') : pass(ctx);
+  const st = ctx.layout.stack;
+  const couples = ctx.opset >= 13 ? axis === ctx.layout.axis || axis === st?.axis : axis <= ctx.layout.axis;
+  return couples ? refusal(ctx, 'normalises across the channels, which couples them') : { ...pass(ctx), stack: st };
 };
 
 /** LayerNormalization normalises over all axes from `axis` on. */
@@ -871,9 +911,17 @@ const slice: ChainRule = (ctx) => {
   return { axis: a, ranges: [range], counts: counts as Count[], ...(proportional ? { proportional } : {}) };
 };
 const split: ChainRule = (ctx) => {
-  const axis = normAxis(attrInt(ctx.node, 'axis', 0), ctx.inShape.length);
+  const axis = normAxis(attrInt(ctx.node, 'axis', 0), ctx.inShape.length),
+    st = ctx.layout.stack;
   if (ctx.input !== 0) return refusal(ctx, ': the channels enter as its split sizes');
-  if (axis !== ctx.layout.axis) return { axis: ctx.layout.axis, allOutputs: true };
+  if (st && axis === st.axis) {
+    // torch's unbind of a packed q/k/v: one part per output
+    if (ctx.outShapes?.length !== st.parts || ctx.outShapes.some((o) => o?.[axis] !== 1))
+      return refusal(ctx, 'splits packed parts of channels other than one part per output');
+    return { axis: ctx.layout.axis, ranges: partRanges(ctx, st) };
+  }
+  if (st && axis === ctx.layout.axis) return refusal(ctx, 'splits the channels of packed parts');
+  if (axis !== ctx.layout.axis) return { axis: ctx.layout.axis, allOutputs: true, stack: st };
   const sizes = ctx.outShapes?.map((o) => o?.[axis]);
   if (!sizes || sizes.some((v) => v === undefined)) return refusal(ctx, ': its split sizes are unknown');
   if (ctx.node.attribute.some((at) => at.name === 'split'))
@@ -889,13 +937,29 @@ const split: ChainRule = (ctx) => {
 const gather: ChainRule = (ctx) => {
   const rank = ctx.inShape.length,
     axis = normAxis(attrInt(ctx.node, 'axis', 0), rank),
-    a = ctx.layout.axis;
+    a = ctx.layout.axis,
+    st = ctx.layout.stack;
   const indices = ctx.constant(ctx.node.input[1] ?? '');
   if (ctx.input !== 0 || axis === a) return refusal(ctx, 'gathers along the channel axis');
   if (!indices) return refusal(ctx, ': its indices are not a constant');
   const r = tensorDims(indices).length; // the gathered axis becomes r axes
-  return { axis: a < axis ? a : a + r - 1 };
+  const moved = (at: number) => (at < axis ? at : at + r - 1);
+  if (st && axis === st.axis) {
+    // qkv[0], qkv[1], qkv[2] of a packed q/k/v: one part
+    const index = Array.from(tensorToInt64(indices).data, Number);
+    if (index.length !== 1) return refusal(ctx, 'gathers several packed parts of channels at once');
+    const part = normAxis(index[0]!, st.parts);
+    return { axis: moved(a), ranges: [partRanges(ctx, st)[part]!] };
+  }
+  return { axis: moved(a), ...(st ? { stack: { ...st, axis: moved(st.axis) } } : {}) };
 };
+
+/** The entries of each part of a stacked layout, in the runs' order. */
+const partRanges = (ctx: ChainContext, st: Stack) =>
+  [...Array(st.parts).keys()].map((i): [number, number] => [
+    (i * ctx.entries) / st.parts,
+    ((i + 1) * ctx.entries) / st.parts,
+  ]);
 
 /**
  * A Shape of the channels' tensor carries no channels: the dimensions it reads are the pruned tensor's at run time.
