@@ -4,9 +4,9 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Server } from 'node:http';
-import { chromium, type BrowserContext } from 'playwright-core';
+import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import * as ort from 'onnxruntime-node';
-import { readModel, serializeModel, tensorDims } from '../src/onnx/index.js';
+import { readModel, serializeModel, tensorDims, type Model } from '../src/onnx/index.js';
 import { openNpy } from '../src/npy.js';
 import { prune } from '../src/prune/index.js';
 // @ts-expect-error: a plain .mjs script, no types
@@ -28,6 +28,28 @@ let server: Server | undefined,
 beforeAll(async () => {
   execFileSync(process.execPath, ['scripts/build-web.mjs'], { stdio: 'pipe' });
   ({ server, url } = await serve('dist/web'));
+  if (!existsSync(CHROMIUM))
+    throw new Error(
+      `${CHROMIUM} is missing: this test needs Debian's chromium (npm test's pretest installs it, or says how)`,
+    );
+  profile = mkdtempSync(join(tmpdir(), 'subprune-chromium-'));
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    acceptDownloads: true,
+    viewport: { width: 1100, height: 900 },
+    // the machine may have no network: nothing may try to reach it
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
 });
 
 afterAll(async () => {
@@ -36,36 +58,48 @@ afterAll(async () => {
   if (profile) rmSync(profile, { recursive: true, force: true });
 });
 
+/** Clicks a download link, saves the file in the profile folder and checks the name the page gave it. */
+async function saveDownload(page: Page, link: string, name: string): Promise<string> {
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click(link)]);
+  const path = join(profile, name);
+  await download.saveAs(path);
+  expect(download.suggestedFilename()).toBe(name);
+  return path;
+}
+
+/** A model file's parameters: every initializer, counted here. */
+const paramsOf = (path: string) =>
+  readModel(path).graph!.initializer.reduce((s, t) => s + tensorDims(t).reduce((a, b) => a * b, 1), 0);
+
+/** The relative error of a downloaded model's output against the library's model, both in onnxruntime-node. */
+async function outputError(path: string, want: Model, x: Float32Array): Promise<number> {
+  const run = async (bytes: Uint8Array) => {
+    const s = await ort.InferenceSession.create(bytes);
+    const y = (await s.run({ [s.inputNames[0]]: new ort.Tensor('float32', x, [x.length / 784, 1, 28, 28]) }))[
+      s.outputNames[0]
+    ];
+    await s.release();
+    return y.data as Float32Array;
+  };
+  const a = await run(readFileSync(path)),
+    b = await run(serializeModel(want));
+  return Math.sqrt(a.reduce((s, v, i) => s + (v - b[i]) ** 2, 0) / b.reduce((s, v) => s + v * v, 0));
+}
+
+/** A fresh page of the browser, with the errors it logs. */
+async function openPage(): Promise<{ page: Page; errors: string[] }> {
+  const page = await context!.newPage();
+  const errors: string[] = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  page.on('console', (m) => {
+    if (m.type() === 'error') errors.push(m.text());
+  });
+  return { page, errors };
+}
+
 describe('the browser page', () => {
   it('prunes LeNet in a worker and downloads a model that runs in onnxruntime-node', async () => {
-    if (!existsSync(CHROMIUM))
-      throw new Error(
-        `${CHROMIUM} is missing: this test needs Debian's chromium (npm test's pretest installs it, or says how)`,
-      );
-    profile = mkdtempSync(join(tmpdir(), 'subprune-chromium-'));
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      acceptDownloads: true,
-      viewport: { width: 1100, height: 900 },
-      // the machine may have no network: nothing may try to reach it
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
-    const page = context.pages()[0] ?? (await context.newPage());
-    const errors: string[] = [];
-    page.on('pageerror', (e) => errors.push(e.message));
-    page.on('console', (m) => {
-      if (m.type() === 'error') errors.push(m.text());
-    });
+    const { page, errors } = await openPage();
 
     await page.goto(url);
     await page.setInputFiles('#model', 'models/lenet.onnx');
@@ -87,14 +121,8 @@ describe('the browser page', () => {
     // the pipeline ran in the page's worker, not on the page's thread
     expect(page.workers().map((w) => new URL(w.url()).pathname)).toEqual(['/worker.js']);
 
-    const save = async (link: string, name: string) => {
-      const [download] = await Promise.all([page.waitForEvent('download'), page.click(link)]);
-      const path = join(profile, name);
-      await download.saveAs(path);
-      expect(download.suggestedFilename()).toBe(name);
-      return path;
-    };
-    const modelPath = await save('#dl-model', 'lenet-c4.onnx');
+    const save = (link: string, name: string) => saveDownload(page, link, name);
+    const modelPath = await save('#dl-model-0', 'lenet-c4.onnx');
     const report = JSON.parse(readFileSync(await save('#dl-report', 'lenet-c4.json'), 'utf8'));
 
     // the same pruning in this process with onnxruntime-node: same channels, same parameter count
@@ -114,23 +142,11 @@ describe('the browser page', () => {
     expect(rows.map((r) => [r[0], Number(r[4])])).toEqual(node.report.groups.map((u) => [u.id, u.kept]));
 
     // the downloaded model: its parameters (every initializer) counted here, and it runs in onnxruntime-node
-    const pruned = readModel(modelPath);
-    const params = pruned.graph!.initializer.reduce((s, t) => s + tensorDims(t).reduce((a, b) => a * b, 1), 0);
+    const params = paramsOf(modelPath);
     expect(params).toBe(node.report.params.after);
     expect(report.params.after).toBe(params);
     expect(params).toBeLessThanOrEqual(report.params.before / 4);
-    const run = async (bytes: Uint8Array) => {
-      const s = await ort.InferenceSession.create(bytes);
-      const y = (
-        await s.run({ [s.inputNames[0]]: new ort.Tensor('float32', calib.readF32(0, 256), [256, 1, 28, 28]) })
-      )[s.outputNames[0]];
-      await s.release();
-      return y.data as Float32Array;
-    };
-    const got = await run(readFileSync(modelPath)),
-      want = await run(serializeModel(node.model));
-    const err = Math.sqrt(got.reduce((s, v, i) => s + (v - want[i]) ** 2, 0) / want.reduce((s, v) => s + v * v, 0));
-    expect(err).toBeLessThan(1e-4);
+    expect(await outputError(modelPath, node.model, calib.readF32(0, 256))).toBeLessThan(1e-4);
     calib.close();
 
     // a wrong file: the worker's message reaches the page
