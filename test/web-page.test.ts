@@ -8,17 +8,19 @@ import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import * as ort from 'onnxruntime-node';
 import { readModel, serializeModel, tensorDims, type Model } from '../src/onnx/index.js';
 import { openNpy } from '../src/npy.js';
-import { prune } from '../src/prune/index.js';
+import { prune, pruneSizes, type PruneReport } from '../src/prune/index.js';
 // @ts-expect-error: a plain .mjs script, no types
 import { serve } from '../scripts/serve-web.mjs';
 
 // The browser page end to end, in headless Chromium (Debian's package; no browser download): build it, serve it on
 // localhost, pick the bundled LeNet and its calibration data, prune, download the model and the report, and check
-// them against onnxruntime-node and the node-backend pipeline. The finished page is saved as a screenshot.
+// them against onnxruntime-node and the node-backend pipeline; then several sizes from one run. The finished pages are
+// saved as screenshots.
 
 // @ts-expect-error: a plain .mjs script without types
 import { CHROMIUM } from '../scripts/pretest.mjs';
-const SCREENSHOT = resolve('test-output/web-page.png');
+const SCREENSHOT = resolve('test-output/web-page.png'),
+  SIZES_SCREENSHOT = resolve('test-output/web-page-sizes.png');
 
 let server: Server | undefined,
   url = '',
@@ -175,5 +177,114 @@ describe('the browser page', () => {
     const bert = JSON.parse(readFileSync(await save('#dl-report', 'tf-bert-tiny-opset17-c1.5.json'), 'utf8'));
     expect(bert.groups.map((g: { channels: number }) => g.channels)).toEqual([4, 128, 4, 128, 64]);
     expect(bert.flops.after).toBeLessThanOrEqual(bert.flops.before / 1.5);
+  });
+
+  it('prunes LeNet to two sizes from one run, each as the library prunes it, and refuses a bad list', async () => {
+    const { page, errors } = await openPage();
+    await page.goto(url);
+    await page.setInputFiles('#model', 'models/lenet.onnx');
+    await page.setInputFiles('#calib', 'models/calib.npy');
+    await expect.poll(() => page.textContent('#calib-info')).toMatch(/calib\.npy/);
+    await page.fill('#compression', '2, 4');
+    await page.selectOption('#mode', 'layerwise');
+    await page.selectOption('#method', 'greedy');
+    // every status line the run shows
+    await page.evaluate(() => {
+      const stage = document.querySelector('#stage')!,
+        seen: string[] = [];
+      (window as unknown as { seen: string[] }).seen = seen;
+      new MutationObserver(() => seen.push(stage.textContent ?? '')).observe(stage, { childList: true });
+    });
+    await page.click('#run');
+    // the report comes when every size has arrived
+    await page.waitForFunction(
+      () => !document.querySelector<HTMLElement>('#dl-report')!.hidden || document.querySelector('#error')!.textContent,
+      null,
+      { timeout: 100_000 },
+    );
+    await page.screenshot({ path: SIZES_SCREENSHOT, fullPage: true });
+    expect(await page.textContent('#error')).toBe('');
+    expect(errors).toEqual([]);
+    expect(await page.textContent('#stage')).toMatch(/^Done in /);
+    // progress named the shared stages and each size's own
+    const seen = await page.evaluate(() => (window as unknown as { seen: string[] }).seen);
+    for (const line of [
+      /^Capturing activations \(all 2 sizes\): \d+\/\d+$/,
+      /^Selecting channels \(all 2 sizes\): \d+\/\d+$/,
+      /^Size 2× \(1 of 2\): re-fitting/,
+      /^Size 2× \(1 of 2\): verifying the pruned model: \d+\/\d+$/,
+      /^Size 4× \(2 of 2\): re-fitting/,
+      /^Size 4× \(2 of 2\): verifying the pruned model: \d+\/\d+$/,
+    ])
+      expect(seen).toContainEqual(expect.stringMatching(line));
+
+    const models = [
+      await saveDownload(page, '#dl-model-0', 'lenet-c2.onnx'),
+      await saveDownload(page, '#dl-model-1', 'lenet-c4.onnx'),
+    ];
+    const report = JSON.parse(readFileSync(await saveDownload(page, '#dl-report', 'lenet-c2,4.json'), 'utf8'));
+    expect(report.model).toBe('lenet.onnx');
+    expect(report.shared).toMatch(/one capture and one ranking per group for every size/);
+    expect(report.sizes.map((z: { output: string; budget: unknown }) => [z.output, z.budget])).toEqual([
+      ['lenet-c2.onnx', { compression: 2, target: 'params' }],
+      ['lenet-c4.onnx', { compression: 4, target: 'params' }],
+    ]);
+
+    // the library's pruneSizes in this process, with onnxruntime-node, at the same budgets
+    const lenet = readModel('models/lenet.onnx'),
+      calib = openNpy('models/calib.npy');
+    const node: { model: Model; report: PruneReport }[] = [];
+    for await (const sized of pruneSizes(lenet, calib, [{ compression: 2 }, { compression: 4 }], {
+      backend: 'node',
+      threads: 1,
+    })) {
+      if ('error' in sized) throw sized.error;
+      node.push(sized);
+    }
+    const tableRows = await page.$$eval('#sizes tbody tr', (trs) =>
+      trs.map((tr) => [...tr.children].map((td) => td.textContent)),
+    );
+    expect(tableRows.map((r) => [r[0], r[6]])).toEqual([
+      ['2×', 'lenet-c2.onnx'],
+      ['4×', 'lenet-c4.onnx'],
+    ]);
+    for (const [i, c] of [2, 4].entries()) {
+      const r = report.sizes[i];
+      expect(r.backend).toBe('web');
+      expect(r.groups.map((u: { order: number[] }) => u.order)).toEqual(node[i]!.report.groups.map((u) => u.order));
+      const params = paramsOf(models[i]!);
+      expect(params).toBe(node[i]!.report.params.after);
+      expect(r.params.after).toBe(params);
+      expect(params).toBeLessThanOrEqual(r.params.before / c);
+      expect(await outputError(models[i]!, node[i]!.model, calib.readF32(0, 256))).toBeLessThan(1e-4);
+      // the details of this size: its groups' kept channels
+      await page.selectOption('#shown', String(i));
+      const groups = await page.$$eval('#groups tbody tr', (trs) =>
+        trs.map((tr) => [...tr.children].map((td) => td.textContent)),
+      );
+      expect(groups.map((g) => [g[0], Number(g[4])])).toEqual(node[i]!.report.groups.map((u) => [u.id, u.kept]));
+    }
+    calib.close();
+
+    // a bad entry in the list: one line naming it, and nothing reaches the worker
+    await page.evaluate(() => {
+      const w = window as unknown as { posted: number };
+      w.posted = 0;
+      const post = Worker.prototype.postMessage;
+      Worker.prototype.postMessage = function (this: Worker, ...args: Parameters<Worker['postMessage']>) {
+        w.posted++;
+        return post.apply(this, args);
+      } as Worker['postMessage'];
+    });
+    await page.fill('#compression', '2,x');
+    await page.click('#run');
+    expect(await page.textContent('#error')).toBe(
+      'compression "x" is not a number ≥ 1; give one, or a list such as 2,4,8',
+    );
+    expect(await page.evaluate(() => (window as unknown as { posted: number }).posted)).toBe(0);
+    expect(await page.isHidden('#result')).toBe(false); // the last run's sizes stay
+    expect(await page.textContent('#stage')).toMatch(/^Done in /);
+    expect(await page.isEnabled('#run')).toBe(true);
+    expect(errors).toEqual([]);
   });
 });
