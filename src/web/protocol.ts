@@ -7,14 +7,22 @@ export interface Job {
   modelName: string;
   calib: ArrayBuffer;
   calibName: string;
-  compression: number;
+  /** One size per compression, all from one run (pruneSizes). */
+  compressions: number[];
   target: 'params' | 'flops';
   mode: Mode;
   method: Method;
   refit: boolean;
 }
 
+/**
+ * progress: a stage of the size `size` (an index into the job's compressions; capture and select in layerwise mode
+ * serve every size). size: one size, verified (or why it failed), as soon as it is ready. done: every size was sent.
+ * error: the run failed (bad input, or before any size).
+ */
 export type FromWorker =
-  | { type: 'progress'; stage: string; done: number; total: number }
-  | { type: 'done'; model: Uint8Array; report: PruneReport }
+  | { type: 'progress'; size: number; stage: string; done: number; total: number }
+  | { type: 'size'; size: number; model: Uint8Array; report: PruneReport }
+  | { type: 'size'; size: number; error: string }
+  | { type: 'done' }
   | { type: 'error'; message: string };

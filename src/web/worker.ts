@@ -1,5 +1,5 @@
 // The page's worker: the whole pipeline (onnxruntime-web and the wasm kernels) runs here, so the page stays responsive.
-import { prune } from '../prune/index.js';
+import { pruneSizes } from '../prune/index.js';
 import { parseModel, serializeModel } from '../onnx/index.js';
 import { npyFromBytes } from '../npy.js';
 import { npzFromBytes } from '../npz.js';
@@ -29,17 +29,26 @@ scope.onmessage = async ({ data: job }) => {
     const bytes = new Uint8Array(job.calib),
       npz = job.calibName.toLowerCase().endsWith('.npz');
     const calib = npz ? npzFromBytes(bytes, job.calibName) : npyFromBytes(bytes, job.calibName);
-    const { model: pruned, report } = await prune(model, calib, {
-      budget: { compression: job.compression, target: job.target },
+    const budgets = job.compressions.map((compression) => ({ compression, target: job.target }));
+    let making = 0; // the size being made: pruneSizes yields the sizes in order, each when it is verified
+    const run = pruneSizes(model, calib, budgets, {
       mode: job.mode,
       method: job.method,
       refit: job.refit,
       backend: 'web',
       threads: 1, // the kernels' thread pool needs Node's worker_threads
-      onProgress: (stage, done, total) => scope.postMessage({ type: 'progress', stage, done, total }),
+      onProgress: (stage, done, total) => scope.postMessage({ type: 'progress', size: making, stage, done, total }),
     });
-    const out = serializeModel(pruned);
-    scope.postMessage({ type: 'done', model: out, report }, [out.buffer]);
+    for await (const sized of run) {
+      const size = making++;
+      if ('error' in sized) {
+        scope.postMessage({ type: 'size', size, error: sized.error.message ?? String(sized.error) });
+        continue;
+      }
+      const out = serializeModel(sized.model);
+      scope.postMessage({ type: 'size', size, model: out, report: sized.report }, [out.buffer]);
+    }
+    scope.postMessage({ type: 'done' });
   } catch (e) {
     scope.postMessage({ type: 'error', message: (e as Error).message ?? String(e) });
   }
