@@ -5,6 +5,7 @@ import { checkWritable, writeFileAtomic } from '../atomic.js';
 import { badInput, internal } from '../errors.js';
 import { MODES, pruneSizes, type PruneReport, type Sized } from '../prune/index.js';
 import { writeVerified } from '../prune/verify.js';
+import { runReport } from '../prune/report.js';
 import type { Budget } from '../budget/index.js';
 import { Progress } from './progress.js';
 import { fmtBytes } from '../kernels/memory.js';
@@ -203,29 +204,16 @@ export async function runPrune(argv: string[]): Promise<void> {
     for (const f of how.opened) f.close();
   }
   const preprocess = inputs.preprocess ? { preprocess: inputs.preprocess } : {};
-  if (results.length === 1) {
-    const sized = results[0]!.sized;
-    if ('error' in sized) throw sized.error; // one size: nothing written, as ever
-    if (o.report)
-      writeJson(o.report, { model: input, output: o.output, budget: sized.budget, ...sized.report, ...preprocess });
-    summarize(input, o.output, o.report, sized.report, o.quiet, results[0]!.data);
-    return;
-  }
-  if (o.report)
-    writeJson(o.report, {
-      model: input,
-      sizes: results.map(({ output, sized }) =>
-        'error' in sized
-          ? { output, budget: sized.budget, error: sized.error.message }
-          : { output, budget: sized.budget, ...sized.report },
-      ),
-      shared:
-        mode === 'layerwise'
-          ? "one capture and one ranking per group for every size; the first size's seconds include them"
-          : `${mode} mode captures the model pruned so far: one run per size`,
-      ...preprocess,
-    });
-  summarizeSizes(input, results, o.report, o.quiet);
+  const made = results.map(({ output, sized }) => ({
+    output,
+    budget: sized.budget,
+    result: 'error' in sized ? { error: sized.error.message } : sized.report,
+  }));
+  const one = results.length === 1 ? results[0]!.sized : undefined;
+  if (one && 'error' in one) throw one.error; // one size: nothing written, as ever
+  if (o.report) writeJson(o.report, runReport(input, mode, made, preprocess));
+  if (one) summarize(input, o.output, o.report, one.report, o.quiet, results[0]!.data);
+  else summarizeSizes(input, results, o.report, o.quiet);
 }
 
 /** A size the flags ask for: its budget and, for a --compression or --keep-ratio list, its value in -o's pattern. */

@@ -1,6 +1,7 @@
 // The page: picks the files and options, hands them to the worker, shows progress and each size as it arrives.
 import type { PruneReport, Mode } from '../prune/index.js';
 import { METHODS, type Method } from '../select/baselines.js';
+import { runReport } from '../prune/report.js';
 import type { FromWorker, Job } from './protocol.js';
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -291,25 +292,17 @@ function showDetails(j: Job, size: number): void {
     `${r.refit ? 're-fit' : 'no re-fit'}, onnxruntime-${r.backend}; ${r.seconds.total.toFixed(2)} s.`;
 }
 
-/**
- * The run's report, shaped as `prune --report` writes it: one size, {model, output, budget, ...its report}; several,
- * {model, sizes: [{output, budget, ...its report} or {output, budget, error}], shared}.
- */
+/** The run's report, shaped as `prune --report` writes it (runReport). */
 function reportOf(j: Job): object {
-  const entry = (size: number) => {
-    const m = made[size]!,
-      base = { output: outputOf(j, size), budget: { compression: j.compressions[size]!, target: j.target } };
-    return 'error' in m ? { ...base, error: m.error } : { ...base, ...m.report };
-  };
-  if (j.compressions.length === 1) return { model: j.modelName, ...entry(0) };
-  return {
-    model: j.modelName,
-    sizes: j.compressions.map((_, i) => entry(i)),
-    shared:
-      j.mode === 'layerwise'
-        ? "one capture and one ranking per group for every size; the first size's seconds include them"
-        : `${j.mode} mode captures the model pruned so far: one run per size`,
-  };
+  const sizes = j.compressions.map((compression, size) => {
+    const m = made[size]!;
+    return {
+      output: outputOf(j, size),
+      budget: { compression, target: j.target },
+      result: 'error' in m ? m : m.report,
+    };
+  });
+  return runReport(j.modelName, j.mode, sizes);
 }
 
 /** Every size arrived: the report's download, and the sizes that failed as the run's error. */
