@@ -39,6 +39,7 @@ interface Case {
 }
 
 const seq = () => openNpy(`${FIX}/tf-seq.calib.npy`);
+const lines = () => openNpy(`${FIX}/tf-lines.calib.npy`);
 const bert = () => openNpz(`${FIX}/tf-bert-tiny.calib.npz`);
 const bertGroups: Case['groups'] = [
   [4, 3, 16], // heads of layer 0: q, k, v → output projection, 16 features per head
@@ -55,6 +56,25 @@ const CASES: Case[] = [
   // timm's packed q/k/v: [B, T, 3·C] reshaped to [B, T, 3, heads, d], the parts taken by Gather or Split + Squeeze
   { model: `${FIX}/tf-packed-qkv-index.onnx`, data: seq, groups: [[4, 1, 16]] },
   { model: `${FIX}/tf-packed-qkv-unbind.onnx`, data: seq, groups: [[4, 1, 16]] },
+  // an OCR recognizer block: the attention's merge reshape reads C from the conv features, whose channels LayerNorm
+  // keeps (so that count is fixed); and CRNN columns, reshape(B, W, C·H) with C·H computed at run time
+  {
+    model: `${FIX}/tf-conv-attention.onnx`,
+    data: lines,
+    groups: [
+      [32, 1, 9],
+      [4, 1, 16],
+      [128, 1, 1],
+    ],
+  },
+  {
+    model: `${FIX}/tf-conv-columns.onnx`,
+    data: lines,
+    groups: [
+      [16, 1, 9],
+      [32, 1, 2],
+    ],
+  },
   // 8 query heads share 2 k/v heads: a channel is one k/v head with its 4 query heads (4·8 features)
   { model: `${FIX}/tf-gqa.onnx`, data: seq, groups: [[2, 3, 32]] },
   { model: `${FIX}/tf-swiglu.onnx`, data: seq, groups: [[176, 2, 1]] },

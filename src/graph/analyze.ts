@@ -142,6 +142,8 @@ interface SpaceRecord {
   tensors: AxisSlice[];
   /** The first reason the channels cannot be pruned, if any. */
   refused?: string;
+  /** That reason is only that a shape reads another group's channel count (which may turn out fixed). */
+  byCount?: boolean;
 }
 
 /** Channel spaces with union-find: a join makes two spaces one, and their records merge. */
@@ -178,14 +180,16 @@ class Spaces {
     k.edits.push(...g.edits);
     k.chain.push(...g.chain);
     k.tensors.push(...g.tensors);
-    k.refused ??= g.refused;
+    if (k.refused === undefined) [k.refused, k.byCount] = [g.refused, g.byCount];
   }
-  refuse(a: number, why: string): void {
-    this.get(a).refused ??= why;
+  /** byCount: the reason is that a shape reads another group's channel count. */
+  refuse(a: number, why: string, byCount = false): void {
+    const r = this.get(a);
+    if (r.refused === undefined) [r.refused, r.byCount] = [why, byCount];
   }
   /** Refuses every space in a layout. */
-  refuseAll(l: Layout | undefined, why: string): void {
-    for (const s of l?.segments ?? []) if (s.space >= 0) this.refuse(s.space, why);
+  refuseAll(l: Layout | undefined, why: string, byCount = false): void {
+    for (const s of l?.segments ?? []) if (s.space >= 0) this.refuse(s.space, why, byCount);
   }
   roots(): number[] {
     return this.parent.flatMap((p, i) => (p === i ? [i] : []));
@@ -243,6 +247,8 @@ interface Walk {
   refused: Refused[];
   /** How each producer's output channels are cut into parts (default: one part, one entry per channel). */
   parts: Map<string, Part[]>;
+  /** Tensors whose channel counts stay (see settle): their shapes are fixed sizes. */
+  fixed: Set<string>;
   /** What the next walk must change about a space (by root). */
   requests: Map<number, Request>;
   /** Spaces that must end up one space (keep equally many channels), and why. */
@@ -300,16 +306,37 @@ function recut(W: Walk): Map<string, Part[]> | undefined {
 
 /**
  * Walks until no node asks for the producers' channels to be laid out differently: the parts of a fused projection
- * split into q, k and v (cuts), and attention heads of d features (channels of d entries), show only where used.
+ * split into q, k and v (cuts), and attention heads of d features (channels of d entries), show only where used. Then,
+ * if a shape refused channels for reading another tensor's channel count, and that tensor's channels were refused for
+ * reasons of their own (a ViT's patch features, normalised by LayerNorm), its count stays: the next walk reads it as a
+ * fixed size.
  */
 function settle(G: Graph): Walk {
-  let parts = new Map<string, Part[]>();
+  let parts = new Map<string, Part[]>(),
+    fixed = new Set<string>();
   for (let pass = 0; ; pass++) {
-    const W = walk(G, parts);
+    const W = walk(G, parts, fixed);
     const next = pass < 6 && W.requests.size ? recut(W) : undefined;
-    if (!next) return W;
-    parts = next;
+    if (next) {
+      parts = next;
+      continue;
+    }
+    const more = pass < 6 ? fixedCounts(W) : fixed;
+    if (more.size === fixed.size) return W;
+    fixed = more;
   }
+}
+
+/**
+ * The tensors whose channel counts stay: every space on them refused, none only for reading another count. Empty of
+ * new names unless some space was refused for reading a count (then a walk with them fixed may prune it).
+ */
+function fixedCounts(W: Walk): Set<string> {
+  const roots = W.S.roots().map((r) => W.S.get(r));
+  if (!roots.some((r) => r.byCount)) return W.fixed;
+  const stays = (l: Layout) =>
+    l.segments.every((s) => s.space < 0 || (W.S.get(s.space).refused !== undefined && !W.S.get(s.space).byCount));
+  return new Set([...W.fixed, ...[...W.layouts].filter(([, l]) => stays(l)).map(([t]) => t)]);
 }
 
 /** Records a step's slices and edits against each run of the layout (on the step's output). */
@@ -484,11 +511,14 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
     channelsOf: (name) => {
       const other = W.layouts.get(name);
       const spaces = other?.segments.filter((r) => r.space >= 0).map((r) => S.find(r.space));
-      return other && spaces?.length ? { axis: other.axis, same: spaces.every((x) => roots.has(x)) } : undefined;
+      if (!other || !spaces?.length) return undefined;
+      const same = spaces.every((x) => roots.has(x));
+      // another group's channels whose count stays (refused for reasons of their own) are a fixed size
+      return same || !W.fixed.has(name) ? { axis: other.axis, same } : undefined;
     },
   });
   if ('refuse' in step) {
-    S.refuseAll(l, step.refuse);
+    S.refuseAll(l, step.refuse, step.countOf !== undefined);
     return false;
   }
   if ('none' in step) return true; // the output does not carry the channels (a Shape: its dims follow at run time)
@@ -779,8 +809,17 @@ function concatNode(W: Walk, node: NodeProto): void {
 }
 
 /** The walk over every node in graph order, with each producer's outputs cut into `parts`. */
-function walk(G: Graph, parts: Map<string, Part[]>): Walk {
-  const W: Walk = { G, S: new Spaces(), layouts: new Map(), refused: [], parts, requests: new Map(), together: [] };
+function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
+  const W: Walk = {
+    G,
+    S: new Spaces(),
+    layouts: new Map(),
+    refused: [],
+    parts,
+    fixed,
+    requests: new Map(),
+    together: [],
+  };
   for (const node of G.graph.node) {
     const rule = OPS[opOf(node)];
     const inputs = node.input.flatMap((t, slot) => (t && W.layouts.has(t) ? [{ t, slot, l: W.layouts.get(t)! }] : []));

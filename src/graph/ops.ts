@@ -164,7 +164,8 @@ export type ChainStep =
   | { axis: number; ranges: [number, number][]; counts?: Count[]; proportional?: boolean }
   /** A reshape cuts the axis into blocks of `inner` entries: every channel must own whole blocks (attention heads). */
   | { regroup: number }
-  | { refuse: string };
+  /** countOf: the only reason is that a shape entry reads the channel count of that tensor (another group's). */
+  | { refuse: string; countOf?: string };
 type ChainRule = (ctx: ChainContext) => ChainStep;
 
 // ---- shape rules ----------------------------------------------------------------------------------------------
@@ -621,6 +622,13 @@ function sourceOf(ctx: ChainContext, name: string, index: number, depth = 0): So
     const [a, b] = [n.input[0] ?? '', n.input[1] ?? ''];
     if (ctx.constant(b)) return sourceOf(ctx, a, index, depth + 1);
     if (ctx.constant(a)) return sourceOf(ctx, b, index, depth + 1);
+    // C·H of `B, C, H, W = x.shape` (a CRNN's features per column): it follows the channel count of x when one factor
+    // is the axis that holds x's channels and the other is not
+    const [sa, sb] = [sourceOf(ctx, a, index, depth + 1), sourceOf(ctx, b, index, depth + 1)];
+    const holds = (s: Source) => s.kind === 'dim' && ctx.channelsOf(s.tensor)?.axis === s.axis;
+    const fixed = (s: Source) => s.kind === 'constant' || (s.kind === 'dim' && !holds(s));
+    if (holds(sa) && fixed(sb)) return sa;
+    if (holds(sb) && fixed(sa)) return sb;
   }
   return { kind: 'unknown' };
 }
@@ -641,29 +649,32 @@ function countAt(ctx: ChainContext, slot: number, tensor: string, index: number)
  * why it would not follow the channels. Entries for other axes that read another group's channel count cannot follow
  * either.
  */
-function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number): ShapeEdit[] | string {
+function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number): ShapeEdit[] | ChainStep {
   const name = ctx.node.input[slot] ?? '',
     v = ctx.value(name);
-  if (!v) return `: its shape "${name}" is not known`;
+  if (!v) return refusal(ctx, `: its shape "${name}" is not known`);
   for (let i = 0; i < rank; i++) {
     const src = sourceOf(ctx, name, i);
     if (src.kind !== 'dim') continue;
     const c = ctx.channelsOf(src.tensor);
-    if (c && c.axis === src.axis && (i !== axis || !c.same))
-      return `: its shape entry ${i} reads the channel count of "${src.tensor}", which another group prunes`;
+    if (c && c.axis === src.axis && (i !== axis || !c.same)) {
+      const why = `: its shape entry ${i} reads the channel count of "${src.tensor}", which another group prunes`;
+      return { ...refusal(ctx, why), countOf: src.tensor };
+    }
   }
   if (v[axis] === -1 || (v[axis] === 0 && attrInt(ctx.node, 'allowzero', 0) === 0)) return [];
   const src = sourceOf(ctx, name, axis);
   const part: ShapeEdit | undefined = src.part && { ...src.part, values: [v[axis]!], index: 0 };
   if (src.kind === 'constant') {
     const edit = countAt(ctx, slot, src.tensor, src.index) ?? part;
-    return edit ? [edit] : `: its shape constant "${src.tensor}" is shared`;
+    return edit ? [edit] : refusal(ctx, `: its shape constant "${src.tensor}" is shared`);
   }
   if (src.kind === 'dim' && ctx.channelsOf(src.tensor)?.same) return [];
   if (src.kind === 'dim' && part) return [part];
-  return (
+  return refusal(
+    ctx,
     `: its shape entry ${axis} (${v[axis]}) does not follow the channels ` +
-    '(it is neither a constant nor read from them at run time)'
+      '(it is neither a constant nor read from them at run time)',
   );
 }
 
@@ -707,8 +718,7 @@ const reshape: ChainRule = (ctx) => {
     scale = numel(x.slice(a + 1, i1));
   }
   const edits = shapeEntry(ctx, 1, axis, y.length);
-  if (typeof edits === 'string') return refusal(ctx, edits);
-  return { axis, scale, shapeEdits: edits };
+  return Array.isArray(edits) ? { axis, scale, shapeEdits: edits } : edits;
 };
 
 /**
@@ -719,7 +729,7 @@ const reshape: ChainRule = (ctx) => {
 function stacked(ctx: ChainContext, p: number, q: number, j1: number): ChainStep {
   const y = ctx.outShape!;
   const edits = shapeEntry(ctx, 1, q, y.length);
-  if (typeof edits === 'string') return refusal(ctx, edits);
+  if (!Array.isArray(edits)) return edits;
   return { axis: q, scale: 1 / numel(y.slice(q + 1, j1)), shapeEdits: edits, stack: { axis: p, parts: y[p]! } };
 }
 
@@ -758,7 +768,7 @@ const expand: ChainRule = (ctx) => {
   const at = axis - (y.length - (v?.length ?? y.length));
   if (v && (v[at] === 1 || at < 0)) return { axis };
   const edits = shapeEntry(ctx, 1, at, v?.length ?? y.length);
-  return typeof edits === 'string' ? refusal(ctx, edits) : { axis, shapeEdits: edits };
+  return Array.isArray(edits) ? { axis, shapeEdits: edits } : edits;
 };
 
 /** Transpose keeps every channel's entries; it only moves the channel axis. */
