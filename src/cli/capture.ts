@@ -22,9 +22,11 @@ parts can be captured part by part, in parallel processes or on other machines, 
   subprune capture MODEL.onnx --calib part2.npy -o part2.stats &
   wait
   subprune prune MODEL.onnx --stats part1.stats --stats part2.stats --calib small.npy -o OUT.onnx
-Each part should hold other samples (a shard captured twice is refused).
+Each part should hold other samples (a shard captured twice is refused). Parts of a multiple of --batch samples give
+one capture's numbers up to the order of float64 sums; others differ in onnxruntime's float32 rounding (last bits).
 
-${inputsHelp('--calib DATA', 'this part of the calibration inputs')}
+${inputsHelp('--calib DATA', 'calibration inputs')};
+                      this capture's part of them
   --preprocess SPEC   how images become the model's input, for --calib FOLDER (as for prune; recorded in the file,
                       so every part needs the same)
   -o, --output FILE   where to write the statistics (atomically; never an input; an existing file is replaced)
