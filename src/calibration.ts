@@ -164,10 +164,14 @@ export class Calibration {
   /** How many different samples there are (exact repeats count once), by two 32-bit hashes of each sample. */
   distinctSamples(): number {
     if (this.distinct !== undefined) return this.distinct;
-    const seen = new Set<string>();
+    return (this.distinct = countDistinct(this.sampleHashes()));
+  }
+
+  /** Two 32-bit hashes of every sample (its bits: float32 values as they are, integers as int32), in sample order. */
+  sampleHashes(): Uint32Array {
+    const out = new Uint32Array(2 * this.rows);
     for (let r0 = 0; r0 < this.rows; r0 += 256) {
       const r1 = Math.min(this.rows, r0 + 256);
-      // each sample's bits: float32 values as they are, integers (token ids) as int32
       const parts = this.arrays.map((a, i) => {
         const x = FLOATS.has(this.inputs[i]!.elemType) ? a.readF32(r0, r1) : Int32Array.from(a.readF64(r0, r1));
         return { bits: new Uint32Array(x.buffer, x.byteOffset, x.length), size: a.rowSize };
@@ -180,11 +184,19 @@ export class Calibration {
             h1 = Math.imul(h1 ^ bits[i]!, 0x01000193);
             h2 = Math.imul(h2 ^ bits[i]!, 0x5bd1e995) ^ (h2 >>> 15);
           }
-        seen.add(`${h1 >>> 0}:${h2 >>> 0}`);
+        out[2 * (r0 + r)] = h1 >>> 0;
+        out[2 * (r0 + r) + 1] = h2 >>> 0;
       }
     }
-    return (this.distinct = seen.size);
+    return out;
   }
+}
+
+/** The number of different samples among sample hashes (two per sample, as Calibration.sampleHashes gives them). */
+export function countDistinct(hashes: Uint32Array): number {
+  const seen = new Set<string>();
+  for (let i = 0; i < hashes.length; i += 2) seen.add(`${hashes[i]}:${hashes[i + 1]}`);
+  return seen.size;
 }
 
 function single(data: NpyFile, inputs: ModelInput[]): NpyFile[] {

@@ -14,6 +14,19 @@ export { analyze, modelStats, consumerWeightMatrix } from './graph/analyze.js';
 export type { Group, Consumer, Refused, Analysis } from './graph/types.js';
 export { pruneGroups, type PrunePlan } from './rewrite/index.js';
 export { captureGrams, Runner, loadRuntime, type Backend, type RuntimeOptions } from './capture/index.js';
+export {
+  captureStats,
+  mergeStats,
+  encodeStats,
+  decodeStats,
+  readStats,
+  modelFingerprint,
+  distinctSamples,
+  STATS_FORMAT,
+  type CaptureStats,
+  type CaptureStatsOptions,
+  type StatsKey,
+} from './capture/shards.js';
 export { Calibration, modelInputs, type InputData, type Batch, type Feed, type ModelInput } from './calibration.js';
 export { openNpz, npzFromBytes } from './npz.js';
 export { evaluate, type Fidelity } from './eval/index.js';

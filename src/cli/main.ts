@@ -3,6 +3,7 @@ import { removeTempFiles } from '../atomic.js';
 import { endProgressLine } from './progress.js';
 import { runSelect, selectHelp } from './select.js';
 import { runPrune, pruneHelp } from './prune.js';
+import { runCapture, captureHelp } from './capture.js';
 import { runInspect, inspectHelp } from './inspect.js';
 import { runEval, evalHelp } from './eval.js';
 import { runStudyCommand, studyHelp } from './study.js';
@@ -16,6 +17,11 @@ const commands: Record<string, { run: (argv: string[]) => void | Promise<void>; 
     run: runPrune,
     help: pruneHelp,
     summary: 'remove channels from an ONNX model using unlabeled calibration data',
+  },
+  capture: {
+    run: runCapture,
+    help: captureHelp,
+    summary: "capture one part of the calibration data's statistics, to prune from several (--stats)",
   },
   inspect: {
     run: runInspect,

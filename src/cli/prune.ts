@@ -13,13 +13,20 @@ import { defaultThreads } from '../kernels/instances.js';
 import { num, sameFile, table, pct, big, backendFlag } from './util.js';
 import { inputsHelp, openInputs } from './inputs.js';
 import { choice, methodFlags, methodHelp, methodOptions } from './args.js';
+import { checkStatsPreprocess, readMergedStats } from '../capture/shards.js';
 
 export const pruneHelp = `subprune prune: remove channels from an ONNX model with unlabeled calibration data
 
 Usage: subprune prune MODEL.onnx --calib X.npy -o OUT.onnx [options]
+       subprune prune MODEL.onnx --stats A.stats --stats B.stats ... --calib SMALL.npy -o OUT.onnx [options]
 
 ${inputsHelp('--calib DATA', 'calibration inputs')};
-                      a few hundred samples are enough, no labels needed
+                      a few hundred samples are enough, no labels needed; with --stats: a few samples
+                      (64 will do) that only verify the pruned model and measure its fidelity
+  --stats FILE        statistics of a part of the calibration data from 'subprune capture' (once per part):
+                      merged, they stand for the capture, which then does not run. Layerwise mode only; refused
+                      if captured from another model, input shape, --preprocess, --method's statistics or
+                      subprune version, or if a file is corrupted or given twice (subprune capture --help)
   --preprocess SPEC   how images become the model's input (resize, crop, channels, scale, mean, std; or a
                       preset: imagenet, paddleocr-rec, paddleocr-det), for --calib FOLDER; or the JSON a
                       report recorded as "preprocess"; see the README
@@ -74,6 +81,7 @@ export async function runPrune(argv: string[]): Promise<void> {
     allowPositionals: true,
     options: {
       calib: { type: 'string', multiple: true },
+      stats: { type: 'string', multiple: true },
       preprocess: { type: 'string' },
       output: { type: 'string', short: 'o' },
       compression: { type: 'string' },
@@ -103,7 +111,12 @@ export async function runPrune(argv: string[]): Promise<void> {
   if (positionals.length !== 1)
     throw badInput('prune takes one model: subprune prune MODEL.onnx --calib X.npy -o OUT.onnx');
   const input = positionals[0];
-  if (!o.calib?.length) throw badInput('prune needs --calib X.npy (calibration inputs)');
+  if (!o.calib?.length)
+    throw badInput(
+      o.stats?.length
+        ? 'prune --stats needs --calib SMALL.npy too: a few samples (64 will do) to verify the pruned model on'
+        : 'prune needs --calib X.npy (calibration inputs)',
+    );
   if (!o.output) throw badInput('prune needs -o OUT.onnx');
   if (o.target !== undefined && o.target !== 'params' && o.target !== 'flops')
     throw badInput(`--target ${o.target}: use params or flops`);
@@ -115,11 +128,11 @@ export async function runPrune(argv: string[]): Promise<void> {
   if (o.report && (sameFile(o.report, input) || outputs.some((out) => sameFile(o.report!, out))))
     throw badInput('--report must be another file than the models');
   const calibPaths = o.calib.map((v) => v.slice(v.indexOf('=') + 1));
-  for (const given of [input, ...calibPaths, o.budget, o.report])
+  for (const given of [input, ...calibPaths, ...(o.stats ?? []), o.budget, o.report])
     for (const out of outputs)
       if (given && sameFile(given, `${out}.data`))
         throw badInput(`${given} is where -o ${out} would put its weights (.data); choose another -o`);
-  for (const given of [...calibPaths, o.budget]) {
+  for (const given of [...calibPaths, ...(o.stats ?? []), o.budget]) {
     if (given && [...outputs, o.report].some((out) => out && sameFile(given, out)))
       throw badInput(
         `${given} is an input of this run; subprune never overwrites its inputs, choose other files for -o and ` +
@@ -142,8 +155,10 @@ export async function runPrune(argv: string[]): Promise<void> {
   const threads =
     num(o.threads, '--threads', (v) => Number.isInteger(v) && v >= 1 && v <= 60, 'a whole number from 1 to 60') ??
     defaultThreads();
+  const stats = o.stats?.length ? readMergedStats(o.stats) : undefined;
   const inputs = openInputs(o.calib, '--calib', o.preprocess);
   const calib = inputs.data;
+  if (stats && inputs.preprocess) checkStatsPreprocess(stats, inputs.preprocess);
   const bars = new Map<string, Progress>();
   const labels: Record<string, string> = { capture: 'capture', select: 'select', group: 'groups', verify: 'verify' };
   const externalData = o['external-data'] || 'auto';
@@ -168,13 +183,17 @@ export async function runPrune(argv: string[]): Promise<void> {
         verify: how.verify,
         grid: how.grid,
         fidelityRows,
+        stats,
         onPlan: (p) => {
           // on stdout: stderr carries only progress and, on failure, the one error line
+          const capture = stats
+            ? 'none to capture (--stats)'
+            : `at most ${fmtBytes(p.capture)} to capture (${p.groups} group${p.groups > 1 ? 's' : ''}, ` +
+              `${p.passes} pass${p.passes > 1 ? 'es' : ''})`;
           if (p.groups && !o.quiet)
             console.log(
-              `kernel memory: at most ${fmtBytes(p.capture)} to capture (${p.groups} ` +
-                `group${p.groups > 1 ? 's' : ''}, ${p.passes} pass${p.passes > 1 ? 'es' : ''}) and ` +
-                `${fmtBytes(p.select)} to select (${threads} thread${threads > 1 ? 's' : ''})`,
+              `kernel memory: ${capture} and ${fmtBytes(p.select)} to select ` +
+                `(${threads} thread${threads > 1 ? 's' : ''})`,
             );
         },
         onProgress: (stage, done, total) => {
@@ -320,6 +339,11 @@ function summarize(
         ? `; per token ${big(r.flops.before / r.tokens)} → ${big(r.flops.after / r.tokens)} (at ${r.tokens} tokens)`
         : ''),
   );
+  if (r.stats)
+    console.log(
+      `Gram matrices from ${r.stats.shards} stats shard${r.stats.shards > 1 ? 's' : ''}: ${r.stats.samples} ` +
+        `samples (${r.stats.distinct} distinct); no capture ran`,
+    );
   console.log(
     `on ${r.fidelity.samples} of the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ` +
       `${pct(r.fidelity.agreement)}, relative output error ${r.fidelity.relError!.toFixed(4)}`,

@@ -121,14 +121,18 @@ export async function allocateBudget(
     AllocationOptions & {
       allocation: 'sensitivity' | 'global';
       refit?: boolean;
+      /** The capture made beforehand (prune's `stats`): none is run. */
+      grams?: Map<string, Captured[]>;
       onProgress?: (stage: string, done: number, total: number) => void;
     },
 ): Promise<{ keeps: Map<string, number>[]; grams: Map<string, Captured[]>; ranked: Ranked[] }> {
   const progress = opts.onProgress ?? (() => {});
-  const grams = await captureOriginal(model, groups, calib, [opts.method ?? 'greedy'], {
-    ...opts,
-    onBatch: (d: number, n: number) => progress('capture', d, n),
-  });
+  const grams =
+    opts.grams ??
+    (await captureOriginal(model, groups, calib, [opts.method ?? 'greedy'], {
+      ...opts,
+      onBatch: (d: number, n: number) => progress('capture', d, n),
+    }));
   const ranked = groups.map((u) => rankGroup(model, u, grams.get(u.id)!, opts));
   const curves =
     opts.allocation === 'sensitivity'

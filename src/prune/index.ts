@@ -22,6 +22,7 @@ import {
   type RuntimeOptions,
 } from '../capture/index.js';
 import type { Captured } from '../capture/stats.js';
+import { checkStats, distinctSamples, type CaptureStats } from '../capture/shards.js';
 import { checkRefitRows, selectionBytes, type FitOptions } from '../select/greedy.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
 import { resolveBudget, type Budget, type SizeOf } from '../budget/index.js';
@@ -54,6 +55,11 @@ export interface PruneOptions extends RuntimeOptions, KernelOptions, MethodOptio
   onPlan?: (plan: MemoryPlan) => void;
   /** Calibration rows the report's fidelity is measured on, evenly spaced (default 512; Infinity: every row). */
   fidelityRows?: number;
+  /**
+   * Layerwise only: the capture's statistics made beforehand (captureStats, merged shards: src/capture/shards.ts), so
+   * no capture runs; the data then only verifies the pruned model and measures its fidelity.
+   */
+  stats?: CaptureStats;
 }
 
 /** Kernel memory (WebAssembly, ≤ 4 GiB) a run needs: its largest capture pass and its largest selection (k = all). */
@@ -101,6 +107,8 @@ export interface PruneReport {
   /** The onnxruntime that captured and verified. */
   backend: Backend;
   calibration: { path: string; samples: number };
+  /** With `stats`: the samples the Gram matrices were summed over (distinct ones) and the shards merged. */
+  stats?: { samples: number; distinct: number; shards: number };
   groups: GroupReport[];
   refused: Refused[];
   params: { before: number; after: number };
@@ -184,11 +192,14 @@ async function keepsFor(
     const sizeOf = plan.sizeOf[targetOf(b)];
     return { sizeOf, goal: sizeOf(full) / (b as { compression: number }).compression };
   });
-  return allocateBudget(model, groups, calib, goals, { ...opts, allocation });
+  return allocateBudget(model, groups, calib, goals, { ...opts, allocation, grams: opts.stats?.grams });
 }
 
+/** The samples behind a capture: the calibration set's, or the stats'. */
+type SampleCount = Pick<Calibration, 'rows' | 'distinctSamples'>;
+
 /** The re-fit needs as many rows of each consumer's input as it has columns (checked before any ranking). */
-function checkRows(group: Group, grams: Captured[], calib: Calibration, refit: boolean): void {
+function checkRows(group: Group, grams: Captured[], calib: SampleCount, refit: boolean): void {
   if (refit)
     group.consumers.forEach((c, i) =>
       checkRefitRows(
@@ -260,8 +271,11 @@ async function rankLayerwise(
 ): Promise<Ranking> {
   const progress = opts.onProgress ?? (() => {}),
     { groups } = plan;
+  const distinct = opts.stats && distinctSamples(opts.stats);
+  const count: SampleCount = opts.stats ? { rows: opts.stats.samples, distinctSamples: () => distinct! } : calib;
   const grams =
     keeps.grams ??
+    opts.stats?.grams ??
     (await clock.time('capture', () =>
       captureGrams(model, groups, calib, {
         ...opts,
@@ -274,7 +288,7 @@ async function rankLayerwise(
     progress('select', i, groups.length);
     const t = performance.now();
     const r = clock.time('select', () => {
-      checkRows(u, grams.get(u.id)!, calib, opts.refit ?? true);
+      checkRows(u, grams.get(u.id)!, count, opts.refit ?? true);
       const k = Math.max(...keeps.keeps.map((m) => m.get(u.id)!));
       return keeps.ranked?.[i] ?? rankGroup(model, u, grams.get(u.id)!, opts, k);
     });
@@ -367,9 +381,15 @@ export async function* pruneSizes(
   const backend = (await loadRuntime(opts.backend)).backend;
   checkFidelityRows(opts.fidelityRows);
   const o: SizesOptions = { ...opts, backend, mode: opts.mode ?? 'layerwise', refit: opts.refit ?? true };
+  if (o.stats && o.mode !== 'layerwise')
+    throw badInput(
+      `stats need --mode layerwise: ${o.mode} mode captures the model pruned so far, group by group, which ` +
+        "statistics of the original model's activations cannot stand for",
+    );
   const shared = new Stopwatch(STAGES);
   const calib = shared.time('analyze', () => Calibration.of(model, data));
   const plan = shared.time('analyze', () => planPrune(model, calib, o.mode!, o));
+  if (o.stats) shared.time('analyze', () => checkStats(o.stats!, model, plan.groups, calib, o.method));
   o.onPlan?.(plan.memory);
   const keeps = await shared.time('allocate', () => keepsFor(model, plan, calib, budgets, o));
   const ranking = o.mode === 'layerwise' ? await rankLayerwise(model, plan, keeps, calib, o, shared) : undefined;
@@ -398,6 +418,9 @@ export async function* pruneSizes(
         allocation: o.allocation ?? 'uniform',
         backend,
         calibration: { path: calib.path, samples: calib.rows },
+        ...(o.stats
+          ? { stats: { samples: o.stats.samples, distinct: distinctSamples(o.stats), shards: o.stats.shards.length } }
+          : {}),
         groups: withSizes(plan, selected),
         refused: plan.refused,
         params: { before: plan.before.params, after: after.params },
