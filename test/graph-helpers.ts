@@ -241,7 +241,10 @@ export function zeroDroppedInputs(model: Model, plans: { group: Group; keep: num
     for (const c of group.consumers) {
       const n = c.node;
       const transB = n.attribute.find((a) => a.name === 'transB')?.i === 1n;
-      const axis = n.opType === 'Conv' || (n.opType === 'Gemm' && transB) ? 1 : 0;
+      // the weight's input axis, from the ONNX definitions: Conv [m, c, kh, kw], Gemm transB=1 [m, d], LSTM/GRU/RNN
+      // [directions, gates·hidden, input]
+      const recurrent = ['LSTM', 'GRU', 'RNN'].includes(n.opType);
+      const axis = recurrent ? 2 : n.opType === 'Conv' || (n.opType === 'Gemm' && transB) ? 1 : 0;
       const block = n.opType === 'Conv' ? c.g / (c.conv!.kernel[0] * c.conv!.kernel[1]) : c.g;
       const kept = new Set(keep);
       const mine = (i: number) => i >= c.offset && i < c.offset + block * group.channels;

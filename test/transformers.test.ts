@@ -67,14 +67,38 @@ const CASES: Case[] = [
       [128, 1, 1],
     ],
   },
-  {
-    model: `${FIX}/tf-conv-columns.onnx`,
+  ...['tf-conv-columns', 'tf-crnn-opset11', 'tf-crnn-opset17'].map((name) => ({
+    model: `${FIX}/${name}.onnx`,
     data: lines,
+    // a CRNN's consumer of the columns is a bidirectional LSTM (input weight [2, 4·24, 32·2]): g = 2 rows of H
     groups: [
       [16, 1, 9],
       [32, 1, 2],
-    ],
-  },
+    ] as Case['groups'],
+  })),
+  // a DBNet-style text detector: backbone stages, the FPN's laterals joined by upsampling Adds (one group of 4
+  // producers), the Concat of the smoothed maps (4 groups), the head's Conv and ConvTranspose
+  ...['tf-dbnet-opset11', 'tf-dbnet-opset17'].map((name) => ({
+    model: `${FIX}/${name}.onnx`,
+    data: () => openNpy(`${FIX}/tf-pages.calib.npy`),
+    groups: [
+      [8, 1, 9],
+      [8, 1, 9, 1],
+      [16, 1, 9],
+      [16, 1, 9, 1],
+      [24, 1, 9],
+      [24, 1, 9, 1],
+      [32, 1, 9],
+      [32, 1, 1],
+      [16, 4, 9],
+      [4, 1, 9],
+      [4, 1, 9],
+      [4, 1, 9],
+      [4, 1, 9],
+      [4, 1, 1],
+      [4, 1, 1],
+    ] as Case['groups'],
+  })),
   // 8 query heads share 2 k/v heads: a channel is one k/v head with its 4 query heads (4·8 features)
   { model: `${FIX}/tf-gqa.onnx`, data: seq, groups: [[2, 3, 32]] },
   { model: `${FIX}/tf-swiglu.onnx`, data: seq, groups: [[176, 2, 1]] },

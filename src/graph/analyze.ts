@@ -465,6 +465,7 @@ function layerNode(W: Walk, node: NodeProto, rule: OpRule, info: LayerInfo): voi
   });
   const out: Layout = { axis, segments };
   const why =
+    (layer.fixedOutputs && `${label(node)}: ${layer.fixedOutputs}`) ??
     sharing ??
     writable ??
     (!yShape

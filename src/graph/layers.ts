@@ -71,6 +71,8 @@ export interface Layer {
   consume(node: NodeProto, info: LayerInfo, inShape: number[], at: Arrival): ConsumerShape | string;
   /** Its bias input (a re-fit's intercept goes there) and the attribute that scales it; none: an Add after it. */
   biasInput?: { input: number; scale?: string };
+  /** Why its output channels cannot be pruned, if they cannot (a recurrent layer's hidden units feed back). */
+  fixedOutputs?: string;
 }
 
 const label = (n: NodeProto) => `${n.opType} "${n.name}"`;
@@ -261,8 +263,54 @@ const ConvTranspose: Layer = {
   },
 };
 
+/**
+ * LSTM, GRU and RNN as consumers (a CRNN's recognizer reads the conv features as a sequence): the input weight W
+ * [directions, gates·hidden, input] is an 'out-in' matrix of m = directions·gates·hidden outputs, B's rows are every
+ * time step of every sample (X [seq, batch, input], or [batch, seq, input] with layout=1). The objective is the error
+ * of the input projections X·Wᵀ, which is all the input changes. Their own hidden units are not pruned: they feed
+ * back through the recurrence weights.
+ */
+const Recurrent: Layer = {
+  fixedOutputs: 'its hidden units feed back through its recurrence, which subprune does not prune',
+  read(node, constant) {
+    const w = node.input[1] ?? '',
+      t = constant(w);
+    if (!t) return { refuse: `${label(node)}: its weight "${w}" is not a constant` };
+    const dims = tensorDims(t);
+    if (dims.length !== 3) return { refuse: `${label(node)}: its weight "${w}" has rank ${dims.length}, expected 3` };
+    return { weight: w, weightDims: dims, layout: 'out-in', outAxis: 1, inAxis: 2 };
+  },
+  channelAxis: (rank) => rank - 1,
+  shape(node, [x]) {
+    if (!x || x.length !== 3) return undefined;
+    const hidden = attrInt(node, 'hidden_size', 0),
+      dirs = attrString(node, 'direction', 'forward') === 'bidirectional' ? 2 : 1;
+    const batchFirst = attrInt(node, 'layout', 0) === 1,
+      [seq, batch] = batchFirst ? [x[1]!, x[0]!] : [x[0]!, x[1]!];
+    if (!hidden) return undefined;
+    const y = batchFirst ? [batch, seq, dirs, hidden] : [seq, dirs, batch, hidden],
+      state = batchFirst ? [batch, dirs, hidden] : [dirs, batch, hidden];
+    return [y, state, state];
+  },
+  // per step and direction: the input and recurrence projections of every gate
+  macs: (node, x, w) => {
+    const steps = x[0]! * x[1]!,
+      hidden = attrInt(node, 'hidden_size', 0);
+    return steps * w[0]! * w[1]! * (w[2]! + hidden);
+  },
+  consume: denseConsume,
+};
+
 /** The layers, keyed by op type (ai.onnx). */
-export const LAYERS: Readonly<Record<string, Layer>> = { Conv, ConvTranspose, Gemm, MatMul };
+export const LAYERS: Readonly<Record<string, Layer>> = {
+  Conv,
+  ConvTranspose,
+  Gemm,
+  MatMul,
+  LSTM: Recurrent,
+  GRU: Recurrent,
+  RNN: Recurrent,
+};
 
 /**
  * The axis of a producer's bias that holds one entry per output channel, if any: Conv's B is [n]; Gemm's C broadcasts
@@ -307,7 +355,9 @@ export function matrixToWeight(
     return { dims: dims.length > 2 ? [rows, ...dims.slice(1)] : [rows, cols], data };
   }
   for (let o = 0; o < cols; o++) for (let r = 0; r < rows; r++) data[o * rows + r] = W[r * cols + o]!; // [m, d]
-  return { dims: layout === 'conv' ? [cols, rows / (dims[2]! * dims[3]!), dims[2]!, dims[3]!] : [cols, rows], data };
+  if (layout === 'conv') return { dims: [cols, rows / (dims[2]! * dims[3]!), dims[2]!, dims[3]!], data };
+  // a recurrent layer's [directions, gates·hidden, input]
+  return { dims: dims.length === 3 ? [dims[0]!, cols / dims[0]!, rows] : [cols, rows], data };
 }
 
 /** Where entry (row r, column o) of W (dTotal × m, see weightToMatrix) sits in the layer's own weight data. */
