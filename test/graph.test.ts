@@ -335,7 +335,7 @@ describe('analyze: coupled channels become groups', () => {
     ]);
   });
 
-  it('depthwise convolutions pass channels through; grouped ones couple them', async () => {
+  it('depthwise convolutions pass channels through; grouped ones pass whole conv groups', async () => {
     const m = smallModel(
       [
         conv('x', 'wa', 'a', 'conv_a'),
@@ -358,7 +358,18 @@ describe('analyze: coupled channels become groups', () => {
       [w('wa', [4, 3, 3, 3]), w('wg', [6, 2, 3, 3]), w('wd', [2, 6, 3, 3])],
       [1, 3, 6, 6],
     );
-    await expectRefused(g, [1, 3, 6, 6], { conv_a: /grouped convolution \(group=2\)/, grouped: /group=2/ });
+    // 4 input channels in 2 conv groups of 2 (3 filters each): conv_a's channels go in pairs, one pair per conv group;
+    // pruning one drops its pair of conv_a, its 3 filters in the grouped conv, their columns of conv_d, 1 of group
+    await expectRefused(g, [1, 3, 6, 6], {}, { conv_a: [['conv_a'], ['conv_d']] });
+    const [grouped] = analyze(g, [1, 3, 6, 6]).groups;
+    expect([grouped!.channels, grouped!.consumers[0]!.g, grouped!.edits]).toEqual([
+      2,
+      3 * 9,
+      [{ node: 'grouped', attribute: 'group', per: 1 }],
+    ]);
+    const pruned = pruneGroups(g, [{ group: grouped!, keep: [1] }]);
+    const node = pruned.graph!.node.find((n) => n.name === 'grouped')!;
+    expect(node.attribute.find((a) => a.name === 'group')!.i).toBe(1n);
   });
 
   it('two consumers of one tensor, and two producers joined by an Add', async () => {

@@ -40,6 +40,7 @@ const MODELS = [
   'tv-mobilenet-v3-small',
   'tv-mobilenet-v3-small-opset17',
   'tv-squeezenet1-1',
+  'tv-regnet-tiny', // grouped 3x3 convs pass blocks of 8 channels (whole conv groups), like a depthwise conv
 ];
 
 describe.each(MODELS)('%s', (name) => {
@@ -47,7 +48,7 @@ describe.each(MODELS)('%s', (name) => {
   const shape = [1, 3, 64, 64];
 
   it(
-    'every layer is in a group: each (but a depthwise conv, which passes channels) produces one, all but the ' +
+    'every layer is in a group: each (but a grouped conv, which passes channels) produces one, all but the ' +
       'first consume',
     () => {
       const m = readModel(path);

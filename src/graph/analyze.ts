@@ -344,7 +344,7 @@ function record(
   W: Walk,
   node: NodeProto,
   l: Layout,
-  step: { slices?: ParamSlice[]; shapeEdits?: ShapeEdit[]; attributes?: string[] },
+  step: { slices?: ParamSlice[]; shapeEdits?: ShapeEdit[]; attributes?: { name: string; per: number }[] },
 ): void {
   for (const r of firstPart(l)) {
     if (r.space < 0) continue;
@@ -352,7 +352,7 @@ function record(
     for (const s of step.slices ?? [])
       rec.slices.push({ tensor: s.tensor, axis: s.axis, offset: r.offset, per: r.per });
     for (const e of step.shapeEdits ?? []) rec.edits.push({ ...e, per: r.per });
-    for (const a of step.attributes ?? []) rec.edits.push({ node: node.name, attribute: a, per: 1 });
+    for (const a of step.attributes ?? []) rec.edits.push({ node: node.name, attribute: a.name, per: r.per * a.per });
     rec.chain.push(node);
   }
 }
@@ -554,7 +554,7 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
  * makes every channel of these spaces a whole number of blocks, if the producers' outputs allow it.
  */
 function regroup(W: Walk, node: NodeProto, l: Layout, inner: number): boolean {
-  const blocks = `${label(node)} cuts the channels into blocks of ${inner} entries (e.g. attention heads)`;
+  const blocks = `${label(node)} cuts the channels into blocks of ${inner} entries (attention heads, conv groups)`;
   for (const r of runs(l)) {
     const f = lcm(r.per, inner) / r.per;
     if (r.space < 0 || r.n % f !== 0 || r.offset % inner !== 0) {

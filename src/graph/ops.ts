@@ -149,7 +149,8 @@ export type ChainStep =
       scale?: number;
       slices?: ParamSlice[];
       shapeEdits?: ShapeEdit[];
-      attributes?: string[];
+      /** INT attributes that count the channels: `per` counts per entry of the output's channel axis. */
+      attributes?: { name: string; per: number }[];
       allOutputs?: boolean;
       /** The output's stack (see Layout): a rule that passes a stacked layout on says where it went. */
       stack?: Stack;
@@ -527,11 +528,13 @@ const spatial: ChainRule = (ctx) =>
     : refusal(ctx, `works over axis ${ctx.layout.axis}, which holds the channels`);
 
 /**
- * A depthwise convolution (group = input channels, each output channel from one input channel) passes every channel
- * through its own filter: the filters (weight axis 0) and bias follow the channels, and so does `group`. A channel
- * multiplier M (M output channels per input channel) makes each channel M entries on the output.
+ * A grouped convolution passes each group of input channels through its own filters: a depthwise one (group = input
+ * channels, each output channel from one input channel) every channel, a grouped one (ResNeXt, RegNet) blocks of
+ * cin/group channels, which must then be whole channels of the group (the walk merges them: pruning removes whole
+ * conv groups). The filters (weight axis 0) and bias follow the channels, and so does `group`. A channel multiplier
+ * (cout/cin output channels per input channel) makes each channel that many entries on the output.
  */
-const depthwise: ChainRule = (ctx) => {
+const grouped: ChainRule = (ctx) => {
   const [, w, b] = ctx.node.input;
   const weight = ctx.constant(w ?? '');
   const group = attrInt(ctx.node, 'group', 1);
@@ -540,11 +543,14 @@ const depthwise: ChainRule = (ctx) => {
   const dims = tensorDims(weight);
   if (ctx.input !== 0 || ctx.layout.axis !== 1)
     return refusal(ctx, `receives the channels on axis ${ctx.layout.axis}, not as its input channels`);
-  if (group !== cin || dims[1] !== 1 || dims[0]! % cin !== 0)
-    return refusal(ctx, `is a grouped convolution (group=${group}); its channels are coupled within each group`);
+  const width = cin / group; // input channels per conv group
+  if (dims[1] !== width || dims[0]! % group !== 0 || !Number.isInteger(width))
+    return refusal(ctx, `has weight [${dims.join(', ')}] for ${cin} input channels in ${group} groups`);
+  if (width > 1 && ctx.layout.segments.some((r) => r.per % width !== 0)) return { regroup: width };
   if (b && !ctx.constant(b)) return refusal(ctx, `: its bias "${b}" is not a constant`);
   const slices = [{ tensor: w!, axis: 0 }, ...(b ? [{ tensor: b, axis: 0 }] : [])];
-  return { axis: 1, scale: dims[0]! / cin, slices, attributes: ['group'] };
+  // group counts output entries in blocks of dims[0]/group
+  return { axis: 1, scale: dims[0]! / cin, slices, attributes: [{ name: 'group', per: group / dims[0]! }] };
 };
 
 /** Flatten(axis=1) of N×C×spatial: channel c now owns its entries times the spatial size, consecutively. */
@@ -1015,7 +1021,7 @@ const joining = op(broadcast, arithmetic, 'join');
 /** Every op subprune knows, keyed by op type. Ops of other domains are looked up as `domain::op` and never match. */
 export const OPS: Readonly<Record<string, OpRule>> = {
   ...Object.fromEntries(Object.entries(LAYERS).map(([name, layer]) => [name, { shape: layerShape(layer), layer }])),
-  Conv: { shape: layerShape(LAYERS.Conv!), layer: LAYERS.Conv!, chain: depthwise }, // a depthwise Conv passes channels
+  Conv: { shape: layerShape(LAYERS.Conv!), layer: LAYERS.Conv!, chain: grouped }, // a grouped Conv passes channels
   MatMul: { shape: layerShape(LAYERS.MatMul!), layer: LAYERS.MatMul!, merge: 'matmul' },
   Constant: op(constantShape),
   Shape: op(shapeShape, shapeOf, undefined, shapeValue),
