@@ -1,6 +1,7 @@
 // `node dist/bench/threads-stress.js [runs] [--reps N]`: the thread pool under load.
-// 1. Speed: the 4096×512, k = 128 selection (Gram, greedy and re-fit of one layer) on 1 and 2 kernel threads, first
-//    as the machine is, then next to a competing process that keeps 2 threads busy (spawned here), median of N runs.
+// 1. Speed: the 1024×128 (k = 32), 2048×256 (k = 64) and 4096×512 (k = 128) selections (Gram, greedy and re-fit of
+//    one layer) on 1 and 2 kernel threads as the machine is, then the largest next to a competing process that keeps
+//    2 threads busy (spawned here), median of N runs.
 // 2. Bit-identity under long jobs: accumulates the same conv patches (d = 576, 100,352 rows, ~800 jobs) into a Gram
 //    matrix `runs` times with 2 kernel threads and counts the runs whose G is not bit-identical to one thread's.
 //    Run it while the machine is busy (e.g. next to `npm test`): the race fixed in src/kernels/pool.ts showed about
@@ -24,13 +25,19 @@ const load = () =>
     .join(' ');
 
 // 1. Speed
-const N = 4096,
-  d = 512,
-  m = 256,
-  k = 128;
-const B = rnd(N * d),
-  W = Float64Array.from(rnd(d * m));
-function select(threads: number): number {
+interface Size {
+  N: number;
+  d: number;
+  m: number;
+  k: number;
+  B: Float32Array;
+  W: Float64Array;
+}
+const sizes: Size[] = [1, 2, 4].map((f) => {
+  const [N, d, m, k] = [1024 * f, 128 * f, 64 * f, 32 * f];
+  return { N, d, m, k, B: rnd(N * d), W: Float64Array.from(rnd(d * m)) };
+});
+function select(threads: number, { d, m, k, B, W }: Size = sizes[2]!): number {
   const t0 = performance.now();
   const acc = new GramAccumulator(d, { kernels: getKernels('wasm', threads) });
   acc.add(B);
@@ -39,19 +46,23 @@ function select(threads: number): number {
   selectChannels({ d, m, g: 1, G, W }, k, { threads }).refit(k);
   return (performance.now() - t0) / 1000;
 }
-function medians(): Record<number, number> {
+function medians(size = sizes[2]!): Record<number, number> {
   const t: Record<number, number[]> = { 1: [], 2: [] };
-  for (let r = 0; r <= reps; r++) for (const threads of [1, 2]) if (r > 0) t[threads].push(select(threads));
+  for (let r = 0; r <= reps; r++) for (const threads of [1, 2]) if (r > 0) t[threads].push(select(threads, size));
   const med = (v: number[]) => v.sort((a, b) => a - b)[v.length >> 1];
   return { 1: med(t[1]), 2: med(t[2]) };
 }
 const table: string[] = [];
 const report = (what: string, t: Record<number, number>, l0: string) =>
-  table.push(`| ${what} | ${t[1].toFixed(3)} | ${t[2].toFixed(3)} | ${l0} → ${load()} |`);
+  table.push(`| ${what} | ${t[1].toFixed(4)} | ${t[2].toFixed(4)} | ${l0} → ${load()} |`);
+const named = ({ N, d, k }: Size) => `${N}×${d}, k = ${k}`;
 select(1);
 select(2); // warm-up: JIT, worker start
 let l0 = load();
-report('as the machine is', medians(), l0);
+for (const size of sizes) {
+  l0 = load();
+  report(`${named(size)}, as the machine is`, medians(size), l0);
+}
 // The competing load: another process with 2 threads that never wait.
 const spinner = spawn(
   process.execPath,
@@ -63,10 +74,10 @@ const spinner = spawn(
 );
 await new Promise((r) => setTimeout(r, 1000));
 l0 = load();
-report('with a competing 2-thread process', medians(), l0);
+report(`${named(sizes[2]!)}, with a competing 2-thread process`, medians(), l0);
 spinner.kill();
-console.log(`select N=${N}, d=${d}, m=${m}, k=${k}: median seconds of ${reps} runs\n`);
-console.log('| machine | 1 thread | 2 threads | load average (1 min) |');
+console.log(`selection (m = d/2): median seconds of ${reps} runs\n`);
+console.log('| size, machine | 1 thread | 2 threads | load average (1 min) |');
 console.log('|---|---:|---:|---|');
 console.log(table.join('\n'));
 const st = poolStats(getKernels('wasm', 2));

@@ -5,6 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { main } from '../src/cli/main.js';
+import { initializerMap, readModel, tensorToFloat32 } from '../src/onnx/index.js';
 
 export interface CliResult {
   code: number | null;
@@ -67,4 +68,17 @@ export function ensureBuilt(): void {
 export function spawnCli(...args: string[]): CliResult {
   const r = spawnSync(process.execPath, ['bin/subprune.js', ...args], { encoding: 'utf8', timeout: 120_000 });
   return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+/** Every initializer of `a` matches `b`'s (same names, dims, values to `tol`). */
+export function expectSameWeights(a: string, b: string, tol: number): void {
+  const [x, y] = [a, b].map((f) => initializerMap(readModel(f).graph!));
+  expect([...x.keys()].sort()).toEqual([...y.keys()].sort());
+  for (const [name, t] of x) {
+    const u = tensorToFloat32(t),
+      v = tensorToFloat32(y.get(name)!);
+    expect(u.dims, name).toEqual(v.dims);
+    const worst = u.data.reduce((m, e, i) => Math.max(m, Math.abs(e - v.data[i]!)), 0);
+    expect(worst, name).toBeLessThanOrEqual(tol);
+  }
 }

@@ -2,8 +2,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { initializerMap, readModel, tensorToFloat32 } from '../src/onnx/index.js';
-import { expectFailure, runCli } from './cli-helpers.js';
+import { expectFailure, expectSameWeights, runCli } from './cli-helpers.js';
 
 // Several sizes from one run (`--compression 2,4 -o out-{c}.onnx`): each model must be the one a separate single-size
 // run writes (the oracle: that run, which ranks each group only as far as its own k), and the later sizes must not
@@ -19,19 +18,6 @@ beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'subprune-sizes-'));
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-/** Every initializer of `a` matches `b`'s (same names, dims, values to `tol`). */
-function expectSameWeights(a: string, b: string, tol: number): void {
-  const [x, y] = [a, b].map((f) => initializerMap(readModel(f).graph!));
-  expect([...x.keys()].sort()).toEqual([...y.keys()].sort());
-  for (const [name, t] of x) {
-    const u = tensorToFloat32(t),
-      v = tensorToFloat32(y.get(name)!);
-    expect(u.dims, name).toEqual(v.dims);
-    const worst = u.data.reduce((m, e, i) => Math.max(m, Math.abs(e - v.data[i]!)), 0);
-    expect(worst, name).toBeLessThanOrEqual(tol);
-  }
-}
 
 const kept = (report: { groups: { id: string; order: number[] }[] }) =>
   Object.fromEntries(report.groups.map((g) => [g.id, [...g.order].sort((p, q) => p - q)]));

@@ -175,6 +175,16 @@ describe('writing external data', () => {
       2,
       /in\.onnx\.data is where -o .*in\.onnx would put its weights \(\.data\); choose another -o/,
     );
+    // so is an -o (or its .data) over the input model's own data file, and the data file is left as it was
+    fs.cpSync('test/fixtures/lenet-external', join(d, 'ext'), { recursive: true });
+    const weights = join(d, 'ext', 'lenet.weights'),
+      before = fs.readFileSync(weights);
+    expectFailure(
+      await runCli('prune', join(d, 'ext', 'lenet.onnx'), '--calib', 'models/calib.npy', '-o', weights),
+      2,
+      /lenet\.weights holds the input model's weights; -o .* would write over it, choose another -o/,
+    );
+    expect(fs.readFileSync(weights).equals(before)).toBe(true);
   });
 
   it('refuses unsafe locations on write, before writing anything', () => {

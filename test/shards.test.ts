@@ -9,7 +9,7 @@ import { Runner } from '../src/capture/index.js';
 import { prune } from '../src/prune/index.js';
 import { analyze } from '../src/graph/analyze.js';
 import { Calibration } from '../src/calibration.js';
-import { ensureBuilt, expectFailure, runCli, spawnCli } from './cli-helpers.js';
+import { ensureBuilt, expectFailure, expectSameWeights, runCli, spawnCli } from './cli-helpers.js';
 
 // Sharded capture: the calibration set split in parts, each captured by its own `subprune capture` process, and one
 // `prune --stats ...` must give what one `prune` on the whole set gives (the oracle: that run, which captures itself).
@@ -34,19 +34,6 @@ function writePart(name: string, r0: number, r1: number): string {
     f.close();
   }
   return at(name);
-}
-
-/** Every initializer of `a` matches `b`'s (same names, dims, values to `tol`). */
-function expectSameWeights(a: string, b: string, tol: number): void {
-  const [x, y] = [a, b].map((f) => initializerMap(readModel(f).graph!));
-  expect([...x.keys()].sort()).toEqual([...y.keys()].sort());
-  for (const [name, t] of x) {
-    const u = tensorToFloat32(t),
-      v = tensorToFloat32(y.get(name)!);
-    expect(u.dims, name).toEqual(v.dims);
-    const worst = u.data.reduce((m, e, i) => Math.max(m, Math.abs(e - v.data[i]!)), 0);
-    expect(worst, name).toBeLessThanOrEqual(tol);
-  }
 }
 
 interface Report {

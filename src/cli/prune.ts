@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
-import { readModel } from '../onnx/index.js';
+import { externalDataFiles, readModel } from '../onnx/index.js';
 import { checkWritable, writeFileAtomic } from '../atomic.js';
 import { badInput, internal } from '../errors.js';
 import { MODES, pruneSizes, type PruneReport, type Sized } from '../prune/index.js';
@@ -151,6 +151,11 @@ export async function runPrune(argv: string[]): Promise<void> {
       : num(o['fidelity-rows'], '--fidelity-rows', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1 or all');
 
   const model = readModel(input);
+  // the input's own data files are inputs too: an output or its .data there would destroy the model being read
+  for (const data of externalDataFiles(model))
+    for (const out of outputs)
+      if (sameFile(data, out) || sameFile(data, `${out}.data`))
+        throw badInput(`${data} holds the input model's weights; -o ${out} would write over it, choose another -o`);
   const how = methodFlags(o);
   const threads =
     num(o.threads, '--threads', (v) => Number.isInteger(v) && v >= 1 && v <= 60, 'a whole number from 1 to 60') ??

@@ -11,6 +11,7 @@ export {
   opsetVersion,
   forEachTensor,
   inlineExternalData,
+  externalDataFiles,
 } from './model.js';
 export {
   tensorToFloat32,

@@ -53,10 +53,12 @@ export function forEachTensor(model: Model, fn: (t: TensorProto) => void): void 
 /** Replace every external-data reference by raw_data read from files inside baseDir (each tensor its own buffer). */
 export function inlineExternalData(model: Model, baseDir: string): void {
   let total = 0;
+  const files = new Set<string>();
   forEachTensor(model, (t) => {
     if (!isExternal(t)) return;
-    const { length } = externalDataLocation(t, baseDir),
+    const { file, length } = externalDataLocation(t, baseDir),
       want = expectedBytes(t);
+    files.add(file);
     if (want !== undefined && want !== length) {
       throw badInput(
         `tensor "${t.name}": its external data has ${length} bytes but its dims [${t.dims.join(', ')}] need ` +
@@ -73,7 +75,13 @@ export function inlineExternalData(model: Model, baseDir: string): void {
     }
     setTensorData(t, tensorDims(t), t.dataType, readExternalData(t, baseDir));
   });
+  dataFiles.set(model, [...files]);
 }
+
+const dataFiles = new WeakMap<Model, string[]>();
+
+/** The external data files a model was read from (real paths), so that no output is written over them. */
+export const externalDataFiles = (model: Model): string[] => dataFiles.get(model) ?? [];
 
 /**
  * Decode an ONNX model. With baseDir (the model's folder) external data is inlined; without it
