@@ -64,8 +64,9 @@ describe('prune --compression 2,4 -o out-{c}.onnx', () => {
       );
       expect(size.fidelity.relError).toBeCloseTo(one.fidelity.relError, 5);
     }
-    // the first size pays for the capture and the ranking; the second only for its re-fit, rewrite and verification
-    expect(r.sizes[0].seconds.capture).toBeGreaterThan(0);
+    // the first size pays for the capture and the ranking (the global allocation's, the default for --compression);
+    // the second only for its re-fit, rewrite and verification
+    expect(r.sizes[0].seconds.allocate).toBeGreaterThan(0);
     expect(r.sizes[1].seconds.capture).toBe(0);
     expect(r.sizes[1].seconds.allocate).toBe(0);
     expect(r.sizes[1].seconds.analyze).toBe(0);

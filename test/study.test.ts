@@ -108,7 +108,7 @@ async function check(out: string): Promise<void> {
   )!;
   for (const [r, flags] of [
     [row, ['--allocation', 'sensitivity']],
-    [wn, ['--method', 'weight-norm', '--no-refit']],
+    [wn, ['--method', 'weight-norm', '--no-refit', '--allocation', 'uniform']],
   ] as const) {
     const file = join(out, 'pruned.onnx');
     cli(

@@ -14,11 +14,29 @@ export function uniformKeeps(groups: Group[], f: number): Map<string, number> {
 }
 
 /**
+ * The size a compression c asks for: `full` (the model's size before pruning; default: sizeOf with every channel kept)
+ * over c; refused when c < 1 or when one channel per group still leaves more.
+ */
+export function compressionGoal(groups: Group[], c: number, sizeOf: SizeOf, full?: number): number {
+  if (!(c >= 1)) throw badInput(`compression ${c}: must be at least 1 (1 keeps everything)`);
+  const before = full ?? sizeOf(uniformKeeps(groups, 1)),
+    goal = before / c;
+  const least = sizeOf(uniformKeeps(groups, 0));
+  if (least > goal) {
+    throw badInput(
+      `compression ${c} is out of reach: pruning every group to one channel leaves ${least} of ${before} ` +
+        `(${(before / least).toFixed(2)}×); the rest is in layers subprune cannot prune (see subprune inspect)`,
+    );
+  }
+  return goal;
+}
+
+/**
  * Per-group channel counts for a budget. Compression c means size ÷ c for the whole model (every initializer, or
  * FLOPs); the keep fraction is the same for every group, the largest one that meets the target. A budget names a group
  * by its id, by any of its producers' node names, or by a producer's weight.
  */
-export function resolveBudget(groups: Group[], budget: Budget, sizeOf: SizeOf): Map<string, number> {
+export function resolveBudget(groups: Group[], budget: Budget, sizeOf: SizeOf, full?: number): Map<string, number> {
   if ('keep' in budget) {
     const out = new Map(groups.map((u) => [u.id, u.channels]));
     for (const [key, k] of Object.entries(budget.keep)) {
@@ -39,17 +57,7 @@ export function resolveBudget(groups: Group[], budget: Budget, sizeOf: SizeOf): 
     if (!(r > 0 && r <= 1)) throw badInput(`keep ratio ${r}: must be in (0, 1]`);
     return uniformKeeps(groups, r);
   }
-  const c = budget.compression;
-  if (!(c >= 1)) throw badInput(`compression ${c}: must be at least 1 (1 keeps everything)`);
-  const full = sizeOf(uniformKeeps(groups, 1)),
-    goal = full / c;
-  const least = sizeOf(uniformKeeps(groups, 0));
-  if (least > goal) {
-    throw badInput(
-      `compression ${c} is out of reach: pruning every group to one channel leaves ${least} of ${full} ` +
-        `(${(full / least).toFixed(2)}×); the rest is in layers subprune cannot prune (see subprune inspect)`,
-    );
-  }
+  const goal = compressionGoal(groups, budget.compression, sizeOf, full);
   let lo = 0,
     hi = 1; // sizeOf(lo) ≤ goal < sizeOf(hi) unless c = 1
   if (sizeOf(uniformKeeps(groups, hi)) <= goal) return uniformKeeps(groups, hi);

@@ -33,7 +33,7 @@ export function choices<T extends string>(s: string | undefined, flag: string, a
 export const methodOptions = {
   method: { type: 'string', default: 'greedy' },
   seed: { type: 'string', default: '0' },
-  allocation: { type: 'string', default: 'uniform' },
+  allocation: { type: 'string' },
   verify: { type: 'string', multiple: true },
   'verify-labels': { type: 'string' },
   grid: { type: 'string' },
@@ -45,10 +45,11 @@ export const methodHelp = `\
                       calibration data), sampling (Liebenwein et al.'s sensitivity sampling); every method
                       gets the same least-squares re-fit (unless --no-refit)
   --seed n            seed of random and sampling (default 0)
-  --allocation A      how --compression is split over the groups: uniform (default: one keep fraction for all),
-                      sensitivity (each group pruned alone at fractions 0.01 … 1 and measured on --verify;
-                      a common accuracy level that meets the target), global (one greedy over all groups,
-                      gains normalised per group)
+  --allocation A      how --compression is split over the groups: global (default: one greedy over all
+                      groups, gains normalised per group; no more work than uniform), uniform (one keep
+                      fraction for all; the default for --keep-ratio), sensitivity (each group pruned alone
+                      at fractions 0.01 … 1 and measured on --verify; a common accuracy level that meets the
+                      target; the slowest)
   --verify DATA       inputs for --allocation sensitivity (default: the calibration inputs; as --calib); top-1
                       agreement with the original model, or accuracy with --verify-labels FILE
   --grid STEP         the sensitivity allocation's fractions: STEP, 2·STEP, …, 1 (default 0.01)`;
@@ -56,7 +57,8 @@ export const methodHelp = `\
 export interface MethodFlags {
   method: Method;
   seed: number;
-  allocation: Allocation;
+  /** As given (undefined: the default for the budget, see defaultAllocation). */
+  allocation?: Allocation;
   verify?: VerifySet;
   grid?: number;
   /** Files opened for the flags, to close when done. */
@@ -72,7 +74,7 @@ export function methodFlags(o: {
   grid?: string;
 }): MethodFlags {
   const method = choice(o.method ?? 'greedy', '--method', METHODS),
-    allocation = choice(o.allocation ?? 'uniform', '--allocation', ALLOCATIONS);
+    allocation = o.allocation === undefined ? undefined : choice(o.allocation, '--allocation', ALLOCATIONS);
   const seed = Number(o.seed ?? '0');
   if (!Number.isInteger(seed) || seed < 0) throw badInput(`--seed ${o.seed}: expected a whole number ≥ 0`);
   if (o['verify-labels'] && !o.verify) throw badInput('--verify-labels needs --verify');

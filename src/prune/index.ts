@@ -25,14 +25,14 @@ import type { Captured } from '../capture/stats.js';
 import { checkStats, distinctSamples, type CaptureStats } from '../capture/shards.js';
 import { checkRefitRows, selectionBytes, type FitOptions } from '../select/greedy.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
-import { resolveBudget, type Budget, type SizeOf } from '../budget/index.js';
+import { compressionGoal, resolveBudget, type Budget, type SizeOf } from '../budget/index.js';
 import { sizeModel, type Target } from '../budget/size.js';
 import { createdBiasParams } from '../rewrite/bias.js';
 import type { Fidelity } from '../eval/index.js';
 import type { KernelOptions } from '../kernels/instances.js';
 import { badInput, internal, SubpruneError } from '../errors.js';
 import { Stopwatch } from '../stopwatch.js';
-import { allocateBudget, type Allocation, type AllocationOptions } from './allocation.js';
+import { allocateBudget, defaultAllocation, type Allocation, type AllocationOptions } from './allocation.js';
 import { mean, objectivesOf, planOf, rankGroup, refinedAt, type Ranked } from './rank.js';
 import { checkFidelityRows, fidelityOf, verifyPruned } from './verify.js';
 
@@ -181,16 +181,17 @@ async function keepsFor(
   opts: SizesOptions,
 ): Promise<Keeps> {
   const { groups } = plan,
-    allocation = opts.allocation ?? 'uniform';
+    allocation = opts.allocation ?? defaultAllocation(budgets);
   if (allocation !== 'uniform' && !budgets.every((b) => 'compression' in b))
     throw badInput(`--allocation ${allocation} needs a --compression budget`);
   if (!groups.length) return { keeps: budgets.map(() => new Map()) }; // nothing to budget
   if (allocation === 'uniform')
-    return { keeps: budgets.map((b) => resolveBudget(groups, b, plan.sizeOf[targetOf(b)])) };
-  const full = new Map(groups.map((u) => [u.id, u.channels]));
+    return { keeps: budgets.map((b) => resolveBudget(groups, b, plan.sizeOf[targetOf(b)], plan.before[targetOf(b)])) };
+  // the goal is the original model's size over c (biases the re-fit creates count against it)
   const goals = budgets.map((b) => {
-    const sizeOf = plan.sizeOf[targetOf(b)];
-    return { sizeOf, goal: sizeOf(full) / (b as { compression: number }).compression };
+    const sizeOf = plan.sizeOf[targetOf(b)],
+      c = (b as { compression: number }).compression;
+    return { sizeOf, goal: compressionGoal(groups, c, sizeOf, plan.before[targetOf(b)]) };
   });
   return allocateBudget(model, groups, calib, goals, { ...opts, allocation, grams: opts.stats?.grams });
 }
@@ -380,7 +381,13 @@ export async function* pruneSizes(
   // resolved once, so every run below uses the same one; loading it is a per-process cost, not in the seconds
   const backend = (await loadRuntime(opts.backend)).backend;
   checkFidelityRows(opts.fidelityRows);
-  const o: SizesOptions = { ...opts, backend, mode: opts.mode ?? 'layerwise', refit: opts.refit ?? true };
+  const o: SizesOptions = {
+    ...opts,
+    backend,
+    mode: opts.mode ?? 'layerwise',
+    refit: opts.refit ?? true,
+    allocation: opts.allocation ?? defaultAllocation(budgets),
+  };
   if (o.stats && o.mode !== 'layerwise')
     throw badInput(
       `stats need --mode layerwise: ${o.mode} mode captures the model pruned so far, group by group, which ` +
@@ -415,7 +422,7 @@ export async function* pruneSizes(
         mode: o.mode!,
         refit: o.refit!,
         method: o.method ?? 'greedy',
-        allocation: o.allocation ?? 'uniform',
+        allocation: o.allocation!,
         backend,
         calibration: { path: calib.path, samples: calib.rows },
         ...(o.stats
