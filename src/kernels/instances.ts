@@ -17,10 +17,11 @@ export function cores(): number {
  * and 1.1 ms on 2 at d = 512, 2.7 and 7.8 ms at d = 768. At load 0.2–2 (the others starting again) 2 threads were
  * still no faster (39 and 46 ms for 4096×512; a Gram block at d = 2048 11.3 and 11.9 ms): a second thread pays only
  * on a core nobody else wants. On an idle machine 2 threads are no slower than 1 since the arena clears memory with
- * memory.fill and the Gram splits only blocks of 2²¹ multiply-adds or more (load 1.2–1.5, medians of 7: 1024×128,
- * k = 32: 3.2–4.1 ms on 2 against 5.5–5.7 on 1; 2048×256, k = 64: 9.8–10.7 against 11.8; 4096×512, k = 128:
- * 39.6–52.9 against 52.7–53.0). Results are bit-identical for any thread count (each range of rows is computed whole
- * by one thread), so only the time depends on it.
+ * memory.fill and the Gram blocks, Q = G·W and the re-fit's solves split only from sizes where a second thread pays
+ * (wasm.ts MIN_WORK_OF; `node dist/bench/threads-stress.js 0 --reps 41` at load 1.5: 1024×128, k = 32: 1.8 ms on
+ * both; 2048×256, k = 64: 6.7 on 2 against 7.1 on 1; 4096×512, k = 128: 29.4 against 42.7). Results are
+ * bit-identical for any thread count (each range of rows is computed whole by one thread), so only the time depends
+ * on it.
  */
 export function defaultThreads(): number {
   const n = cores(),
