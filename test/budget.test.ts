@@ -265,6 +265,29 @@ describe('the global allocation', () => {
       expect(value(got)).toBeCloseTo(best, 12);
     }
   });
+
+  it('with a floor, every group starts at that share of the uniform keep (none is starved) and fits the goal', () => {
+    // "heads": 4 channels of large gains; "ffn": 64 channels whose gains are small one by one
+    const groups: AllocUnit[] = [
+      { id: 'heads', channels: 4 },
+      { id: 'ffn', channels: 64 },
+    ];
+    const concave = (n: number, first: number) => Array.from({ length: n }, (_, i) => 1 - (1 - first) ** (i + 1));
+    const objectives = new Map([
+      ['heads', concave(4, 0.6)],
+      ['ffn', concave(64, 0.005)],
+    ]);
+    const sizeOf = (k: Map<string, number>) => 16 * k.get('heads')! + k.get('ffn')!; // a head costs 16 neurons
+    const goal = 72;
+    const plain = allocateGlobal(groups, objectives, sizeOf, goal),
+      floored = allocateGlobal(groups, objectives, sizeOf, goal, 0.5);
+    // the uniform allocation keeps 2 heads and 40 neurons at this goal: half that share starts at 1 head, 20 neurons;
+    // from one channel each, the heads' gains take every head and leave the FFN 8 neurons
+    expect([plain.get('heads'), plain.get('ffn')]).toEqual([4, 8]);
+    expect(floored.get('heads')).toBeGreaterThanOrEqual(1);
+    expect(floored.get('ffn')).toBeGreaterThanOrEqual(20);
+    for (const k of [plain, floored]) expect(sizeOf(k)).toBeLessThanOrEqual(goal);
+  });
 });
 
 describe('lenet: the sensitivity curves measure the model with one unit pruned', () => {

@@ -119,15 +119,21 @@ export function spendLeftover(
  * input) with its first i+1 greedy channels. Starting from one channel per group, add the channel with the largest
  * objective gain over all groups while the goal holds. Units are selected independently (layerwise), so this is the
  * greedy on Σ_u F_u(S_u)/‖A_u W_u‖² over the union of all channels.
+ *
+ * `floor` > 0 starts every group at that share of the channels the uniform allocation would keep for the goal: a
+ * group whose channels gain little one by one (a ViT's FFN neurons beside its heads) is otherwise starved, which the
+ * objective does not see and the network's output does (ViT 2× fewer FLOPs: 0.787 test accuracy from 1 channel,
+ * 0.865 from half the uniform share; README § Allocations).
  */
 export function allocateGlobal(
   groups: AllocGroup[],
   objectives: Map<string, number[]>,
   sizeOf: SizeOf,
   goal: number,
+  floor = 0,
 ): Map<string, number> {
   checkReachable(groups, sizeOf, goal);
-  const keeps = keepsOf(groups, () => 1);
+  const keeps = floor > 0 ? shareOfUniform(groups, sizeOf, goal, floor) : keepsOf(groups, () => 1);
   const active = new Set(groups.filter((u) => u.channels > 1));
   const gain = (u: AllocGroup) => {
     const o = objectives.get(u.id)!,
@@ -146,4 +152,17 @@ export function allocateGlobal(
     if (k === best!.channels) active.delete(best!);
   }
   return keeps;
+}
+
+/** `share` of the channels (at least one) of the largest fraction kept in every group that meets the goal. */
+function shareOfUniform(groups: AllocGroup[], sizeOf: SizeOf, goal: number, share: number): Map<string, number> {
+  const keep = (f: number) => keepsOf(groups, (u) => Math.max(1, Math.floor(f * u.channels)));
+  let lo = 0,
+    hi = 1;
+  for (let i = 0; i < 30; i++) {
+    const mid = (lo + hi) / 2;
+    if (sizeOf(keep(mid)) <= goal) lo = mid;
+    else hi = mid;
+  }
+  return keep(lo * share);
 }

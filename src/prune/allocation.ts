@@ -100,6 +100,9 @@ export async function sensitivityCurves(
   return curves;
 }
 
+// The global allocation starts every group at half the channels the uniform allocation keeps (see allocateGlobal).
+const GLOBAL_FLOOR = 0.5;
+
 /** Keeps for a size goal by an allocation that needs the groups' rankings (sensitivity: their curves too). */
 export function allocateRanked(
   allocation: 'sensitivity' | 'global',
@@ -109,8 +112,10 @@ export function allocateRanked(
   curves?: Map<string, Curve>,
 ): Map<string, number> {
   const groups = ranked.map((r) => r.group);
-  if (allocation === 'global')
-    return allocateGlobal(groups, new Map(ranked.map((r) => [r.group.id, r.sel.objective])), sizeOf, goal);
+  if (allocation === 'global') {
+    const objectives = new Map(ranked.map((r) => [r.group.id, r.sel.objective]));
+    return allocateGlobal(groups, objectives, sizeOf, goal, GLOBAL_FLOOR);
+  }
   if (!curves) throw internal("the sensitivity allocation needs the groups' curves");
   return allocateByLevel(groups, curves, sizeOf, goal);
 }
