@@ -339,9 +339,9 @@ export function downdateBlocks(E: usize, u: usize, b0: i32, b1: i32, g: i32): vo
 }
 
 /**
- * Channel gains: gain[b] = tr(Q_Iᵀ E_II⁺ Q_I) for the g rows I of block b0 ≤ b < b1, with E_II the block's residual
- * Gram. E_II is factored column by column (E = RᵀR), skipping columns whose residual is ≤ tol·diag0: those lie in
- * the span already chosen and add nothing. S: scratch of 3·g·g + g doubles.
+ * Channel gains: gain[b] = tr(Q_Iᵀ E_II⁺ Q_I) for the g rows I of block b0 ≤ b < b1, with E_II the block's
+ * residual Gram. E_II is factored column by column (E = RᵀR), skipping columns whose residual is ≤ tol·diag0:
+ * those lie in the span already chosen and add nothing. S: scratch of 3·g·g + g doubles.
  */
 export function groupGains(Q: usize, m: i32, E: usize, diag0: usize, b0: i32, b1: i32, g: i32, tol: f64,
   gains: usize, S: usize): void {

@@ -31,7 +31,7 @@ function rand(n: number, scale: number): Float32Array {
   return a;
 }
 
-/** x → (Gemm → Relu) × HIDDEN → Gemm: each hidden layer is a group whose consumer is the next Gemm (d = width). */
+/** x → (Gemm → Relu) × HIDDEN → Gemm: each hidden layer is a group, consumed by the next Gemm (d = width). */
 function mlp(width: number): Model {
   const dims = [INPUT, ...Array<number>(HIDDEN).fill(width), OUTPUT];
   const nodes = [],

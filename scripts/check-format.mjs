@@ -1,6 +1,7 @@
 // `npm run format:check` (and .ci/run): prettier's formatting, and no line over 120 columns in the code (prettier
 // leaves long strings and comments alone). Generated code (src/onnx/gen) is exempt; prettier cannot parse
-// AssemblyScript decorators, so assembly/ (in .prettierignore) gets the width check only.
+// AssemblyScript decorators, so assembly/ (in .prettierignore) gets the width check only. Width is counted in UTF-8
+// bytes, the strictest count a tool may use (·, ², → are one column but two or three bytes).
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 
@@ -26,7 +27,10 @@ try {
 const long = sources.flatMap((f) =>
   readFileSync(f, 'utf8')
     .split('\n')
-    .flatMap((line, i) => ([...line].length > WIDTH ? [`${f}:${i + 1}: ${[...line].length} columns`] : [])),
+    .flatMap((line, i) => {
+      const n = Buffer.byteLength(line);
+      return n > WIDTH ? [`${f}:${i + 1}: ${n} bytes`] : [];
+    }),
 );
 if (long.length) {
   failed = true;

@@ -1,7 +1,7 @@
-# A real model past protobuf's 2 GB limit, exported by torch (Debian's python3-torch 1.13, which writes the weights of
-# a model this large as external data, one file per tensor): token ids → Embedding(8 600 000, 64) (2.2 GB) → Linear(64,
-# 256) → ReLU → Linear(256, 10). The 256 hidden neurons are the prunable group. Also writes int64 calibration ids.
-# Usage: /usr/bin/python3 scripts/make-big-model.py DIR   (used by scripts/big-model.mjs)
+# A real model past protobuf's 2 GB limit, exported by torch (Debian's python3-torch 1.13, which writes the weights of a
+# model this large as external data, one file per tensor): token ids → Embedding(8 600 000, 64) (2.2 GB) →
+# Linear(64, 256) → ReLU → Linear(256, 10). The 256 hidden neurons are the prunable group. Also writes int64
+# calibration ids. Usage: /usr/bin/python3 scripts/make-big-model.py DIR (used by scripts/big-model.mjs)
 import os
 import sys
 

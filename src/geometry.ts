@@ -32,7 +32,7 @@ export function patchGrid(geo: ConvGeometry, H: number, W: number): [number, num
   ];
 }
 
-/** Begin/end pads of a Conv or pool, resolving auto_pad from the input's spatial size. ONNX order: [b1, …, e1, …]. */
+/** Begin/end pads of a Conv or pool, auto_pad resolved from the input's spatial size; ONNX order [b1, .., e1, ..]. */
 export function resolvePads(
   node: NodeProto,
   spatial: readonly number[],

@@ -330,7 +330,8 @@ describe('a residual block: the tail measured from the first consumer on also re
   it('each point is the agreement of the pruned model run whole, for the block and the residual stream', async () => {
     const r = rng(3);
     // x → conv0 → relu ─┬→ conv1 → relu → conv2 → add → relu → GAP → flatten → gemm
-    //                   └──────────────────────────────↗   (conv1's group, and the stream: conv0 and conv2 → conv1, fc)
+    // └──────────────────────────────↗ (conv1's group,
+    // and the stream: conv0 and conv2 → conv1, fc)
     const model = smallModel(
       [
         makeNode('Conv', ['x', 'w0', 'b0'], ['a0'], [intsAttr('pads', [1, 1, 1, 1])], 'conv0'),

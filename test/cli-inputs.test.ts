@@ -16,7 +16,7 @@ let dir: string;
 const at = (name: string) => join(dir, name);
 const json = (file: string) => JSON.parse(readFileSync(file, 'utf8'));
 
-/** Conv 3→8 (3×3) → Relu → Conv 8→4 (3×3): one group of 8 channels; input [N, 3, H, W] as `dims` declares it. */
+/** Conv 3→8 (3×3) → Relu → Conv 8→4 (3×3): one group of 8 channels; input [N, 3, H, W] as `dims` says. */
 function convModel(dims: (number | string)[]): Uint8Array {
   const r = rng(11);
   const nodes = [

@@ -128,7 +128,7 @@ describe('writing external data', () => {
     expect(fs.readdirSync(d).sort()).toEqual(['never.onnx', 'over.onnx', 'over.onnx.data', 'small.onnx', 'under.onnx']);
   });
 
-  it('round trip: read → prune keeping all → write with external data → the same outputs in onnxruntime', async () => {
+  it('round trip: read, prune keeping all, write with external data: the same outputs in onnxruntime', async () => {
     const src = readModel('test/fixtures/lenet-external/lenet.onnx');
     const d = sub('roundtrip');
     const { model } = await prune(src, calib, { budget: { keepRatio: 1 }, refit: false });

@@ -161,10 +161,10 @@ export function smallModel(nodes: NodeProto[], inits: TensorProto[], inDims: (nu
 }
 
 /**
- * A model exercising the per-op table: Conv → BN → PRelu → Mul (Constant node) → Add (scalar) → MaxPool → Conv
- * (SAME_UPPER, stride 2) → Relu → Reshape [-1, 20] (Constant node) → Gemm (transB=0) → Sigmoid → MatMul → Add bias →
- * Relu → Gemm (transB=1) → Relu → Gemm (transB=0, no bias). Input [N, 3, 8, 8]. Node names are given unless `named` is
- * false.
+ * A model exercising the per-op table: Conv → BN → PRelu → Mul (Constant node) → Add (scalar) → MaxPool →
+ * Conv (SAME_UPPER, stride 2) → Relu → Reshape [-1, 20] (Constant node) → Gemm (transB=0) → Sigmoid → MatMul
+ * → Add bias → Relu → Gemm (transB=1) → Relu → Gemm (transB=0, no bias). Input [N, 3, 8, 8]. Node names are
+ * given unless `named` is false.
  */
 export function chainModel(seed = 7, named = true): Model {
   const r = rng(seed);
@@ -262,10 +262,10 @@ export function chainView(g: Group) {
 }
 
 /**
- * A copy of `model` whose consumer c computes B·W′ for the group: its weight rows of the group's kept channels hold W′
- * ((keep·g)×m), the rows of its dropped channels are 0, every other row as it was. The layout is written out here from
- * the ONNX definitions: Conv w[o][ch][i][j] = W[ch·kh·kw + i·kw + j][o]; Gemm transB=1 w[o][r] = W[r][o]; transB=0
- * and MatMul w[r][o] = W[r][o].
+ * A copy of `model` whose consumer c computes B·W′ for the group: its weight rows of the group's kept channels hold
+ * W′ ((keep·g)×m), the rows of its dropped channels are 0, every other row as it was. The layout is written out
+ * here from the ONNX definitions: Conv w[o][ch][i][j] = W[ch·kh·kw + i·kw + j][o]; Gemm transB=1 w[o][r] = W[r][o];
+ * transB=0 and MatMul w[r][o] = W[r][o].
  */
 export function withConsumerMatrix(model: Model, c: Consumer, keep: number[], W: Float64Array): Model {
   const ref = clone(ModelProtoSchema, model);

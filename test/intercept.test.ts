@@ -70,7 +70,7 @@ function oracleFit(B: Mat, T: Mat, cols: number[]): { bias: Float64Array; W: Flo
   return { bias: X.slice(0, m), W: X.slice(m) };
 }
 
-/** |got − want| ≤ rel × the largest |want| (or `floor`, for values that may all be near 0, such as a bias at k = n). */
+/** |got − want| ≤ rel × the largest |want| (or `floor`, for values that may all be near 0: a bias at k = n). */
 const close = (got: ArrayLike<number>, want: ArrayLike<number>, rel: number, floor = 0) => {
   expect(got.length).toBe(want.length);
   const scale = Math.max(floor, ...Array.from(want, Math.abs));

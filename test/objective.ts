@@ -1,8 +1,9 @@
 // The oracle for a group's reported objective: run the original and the pruned model in onnxruntime and compare each
-// consumer's outputs. The group's part of a consumer's output is Y − Y₀, Y₀ the output with the consumer's weights for
-// the group's channels zeroed (for a consumer that reads only the group's channels, Y₀ is its bias), so
-// 1 − Σ‖Y′ − Y‖² / Σ‖Y − Y₀‖² is the objective the selection claims for it (for a group pruned alone, so that its
-// consumers' inputs are the ones the selection saw); the group's objective is the mean over its consumers.
+// consumer's outputs. The group's part of a consumer's output is Y − Y₀, Y₀ the output with the consumer's
+// weights for the group's channels zeroed (for a consumer that reads only the group's channels, Y₀ is its bias), so 1
+// − Σ‖Y′ − Y‖² / Σ‖Y − Y₀‖² is the objective the selection claims for it (for a group pruned
+// alone, so that its consumers' inputs are the ones the selection saw); the group's objective is the mean over its
+// consumers.
 import type { Model } from '../src/onnx/index.js';
 import type { InputData } from '../src/calibration.js';
 import type { Group } from '../src/graph/types.js';

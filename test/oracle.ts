@@ -95,9 +95,9 @@ export function withOnes(B: Mat): Mat {
 }
 
 /**
- * 1 − ‖B_S W' − T‖²/‖T‖² at the least-squares W', for the channels S (g columns each). With `intercept`, B_S gains
- * a column of ones, taken first (so a constant column of B counts as dependent): 1 − ‖B_S W' + 1δᵀ − T‖²/‖T‖² at the
- * least-squares W', δ.
+ * 1 − ‖B_S W' − T‖²/‖T‖² at the least-squares W', for the channels S (g columns each). With `intercept`,
+ * B_S gains a column of ones, taken first (so a constant column of B counts as dependent): 1 − ‖B_S W' + 1δᵀ −
+ * T‖²/‖T‖² at the least-squares W', δ.
  */
 export function objective(B: Mat, T: Mat, S: number[], g: number, intercept = false): number {
   const cols = channelCols(S, g);

@@ -138,7 +138,8 @@ describe('pruneGroups: LeNet', () => {
       const ref1 = await run1(withConsumerMatrix(m, sole(c1), keep1, W1), x);
       expect(maxAbsDiff(got1.data, ref1.data)).toBeLessThan(1e-5);
 
-      // conv2 → fc1 with a new W (all 120 fc1 outputs), and fc1 → fc2 pruned in the same call: W's columns get sliced.
+      // conv2 → fc1 with a new W (all 120 fc1 outputs), and fc1 → fc2 pruned in the same call: W's columns get
+      // sliced.
       const c2 = u['/conv2/Conv']!,
         f1 = u['/fc1/Gemm']!;
       const keep2 = randomKeep(16, 7, r),

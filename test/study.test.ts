@@ -82,7 +82,8 @@ async function check(out: string): Promise<void> {
   for (const f of ['table.md', 'results.json', 'plot.svg']) expect(existsSync(join(out, f))).toBe(true);
 
   const res = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as StudyResult;
-  // greedy: 2 re-fit × 3 allocations × 2 modes; weight-norm: 2 re-fit × 2 allocations (uniform, sensitivity), layerwise
+  // greedy: 2 re-fit × 3 allocations × 2 modes; weight-norm: 2 re-fit × 2 allocations (uniform, sensitivity),
+  // layerwise
   expect(res.rows.length).toBe((12 + 4) * 2);
   // 1000× is beyond LeNet's reach (every group at one channel leaves the output layer and more): left out, and said
   expect(res.compressions).toEqual([4, 16]);

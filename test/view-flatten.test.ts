@@ -44,7 +44,8 @@ interface Variant {
 }
 
 /**
- * Conv → Relu → x.view(x.size(0), -1) → Gemm → Relu → Gemm, input [N, 2, 4, 4]; the conv has 4 channels of 16 features.
+ * Conv → Relu → x.view(x.size(0), -1) → Gemm → Relu → Gemm, input [N, 2, 4, 4]; the conv has 4 channels of 16
+ * features.
  */
 function viewModel({ opset, dim = 0, direct = false, shapeOf = 'r', slice = false }: Variant): Model {
   const r = rng(3);

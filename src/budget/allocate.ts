@@ -20,8 +20,8 @@ export interface Curve {
 }
 
 /**
- * The channel counts a group is measured at: k = round(f·n) for the fractions f = step, 2·step, …, 1, with k = 1 always
- * included (the fewest a group can keep, so the lowest level is every group at one channel).
+ * The channel counts a group is measured at: k = round(f·n) for the fractions f = step, 2·step, …, 1, with k = 1
+ * always included (the fewest a group can keep, so the lowest level is every group at one channel).
  */
 export function gridKeeps(n: number, step = 0.01): number[] {
   const ks = new Set([1]);

@@ -1,6 +1,6 @@
 // Sharded capture. The layerwise capture's statistics are sums over the calibration samples, so a calibration set split
-// over processes or machines is captured part by part and the parts merge: per group and consumer the Gram matrix
-// G = BᵀB, the column sums Bᵀ1 (the intercept's re-fit) and the row count, and the channel statistics a baseline ranks
+// over processes or machines is captured part by part and the parts merge: per group and consumer the Gram matrix G =
+// BᵀB, the column sums Bᵀ1 (the intercept's re-fit) and the row count, and the channel statistics a baseline ranks
 // by (mean |x|: a mean weighted by rows; PFP's sensitivity: a maximum). This module holds that value (CaptureStats),
 // its file format (docs/DESIGN.md, "Sharded capture: the .stats format"), the merge, and the checks that shards, and a
 // prune run, agree.

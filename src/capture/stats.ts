@@ -106,7 +106,8 @@ export class ChannelStatsAccumulator {
   }
 
   /**
-   * Shares of one non-negative input a: a_f·W±[f,i] / Σ_f' a_f'·W±[f',i], maxed over outputs i into the channel of f.
+   * Shares of one non-negative input a: a_f·W±[f,i] / Σ_f' a_f'·W±[f',i], maxed over outputs i into f's
+   * channel.
    */
   private addPart(a: Float64Array): void {
     const { d, m, g } = this.consumer,

@@ -72,8 +72,9 @@ Other:
   --quiet             no summary table (nor the kernel memory line printed before the run)
   -h, --help          this help
 
-The objective of a group is 1 − the relative error of its consumers' inputs (‖B_S W' − A W‖²/‖A W‖², the mean over
-its consumers) on the calibration data. Groups are listed by 'subprune inspect MODEL'.`;
+The objective of a group is 1 − the relative error of its consumers' inputs
+(‖B_S W' − A W‖²/‖A W‖², the mean over its consumers) on the calibration data. Groups are listed by
+'subprune inspect MODEL'.`;
 
 export async function runPrune(argv: string[]): Promise<void> {
   const { values: o, positionals } = parseArgs({

@@ -426,7 +426,8 @@ export function gatherIndex(
  * itself, as torch exports x.view(x.size(0), -1) with a dynamic batch: Concat(Unsqueeze(Gather(Shape(x), 0), axes [0]),
  * [-1]) on axis 0 (Unsqueeze axes as attribute before opset 13, as input from 13; or Gather of index [0] without the
  * Unsqueeze; [-1] an INT64 initializer or Constant). Such a Reshape is a Flatten(axis=1), and its shape follows x's
- * channels by itself. Anything else (another index, another tensor's Shape, a Shape with start ≠ 0) is not recognised.
+ * channels by itself. Anything else (another index, another tensor's Shape, a Shape with start ≠ 0) is
+ * not recognised.
  */
 export function isViewFlatten(
   node: NodeProto,
@@ -521,7 +522,7 @@ function perChannelNorm(params: number[]): ChainRule {
   };
 }
 
-/** Ops that act on axes ≥ 2 of an N×C×spatial tensor (pools, resizing): per channel when the channels are axis 1. */
+/** Ops on axes ≥ 2 of an N×C×spatial tensor (pools, resizing): per channel when the channels are axis 1. */
 const spatial: ChainRule = (ctx) =>
   ctx.layout.axis === 1 && ctx.input === 0
     ? pass(ctx)
@@ -685,10 +686,10 @@ function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number)
 }
 
 /**
- * Reshape: the axes of input and output pair up in blocks of equal size. The channels' block either keeps one axis,
- * is split (a Flatten's inverse: [.., H·d, ..] → [.., H, d, ..], the attention heads' reshape: the channels become the
- * outer axis, each owning whole blocks of d entries), or is merged with following axes (a Flatten: [N, C, h, w] →
- * [N, C·h·w]). The shape entry that counts the channels is rewritten (a constant) or follows them by itself (read from
+ * Reshape: the axes of input and output pair up in blocks of equal size. The channels' block either keeps one axis, is
+ * split (a Flatten's inverse: [.., H·d, ..] → [.., H, d, ..], the attention heads' reshape: the channels become the
+ * outer axis, each owning whole blocks of d entries), or is merged with following axes (a Flatten: [N, C, h, w] → [N,
+ * C·h·w]). The shape entry that counts the channels is rewritten (a constant) or follows them by itself (read from
  * the tensor at run time). Anything that mixes the channels with other axes is refused.
  */
 const reshape: ChainRule = (ctx) => {
@@ -993,9 +994,9 @@ const refuse =
 // ---- the table --------------------------------------------------------------------------------------------------
 
 /**
- * How the analysis treats a node with several inputs that carry channels: 'join' ops (element-wise with
- * broadcasting: Add, Mul, …) make the channels of their inputs the same channels (a residual Add; x·sigmoid(x); an SE
- * gate's product); 'concat' lays its inputs' channels end to end along its axis; 'matmul' multiplies two activations
+ * How the analysis treats a node with several inputs that carry channels: 'join' ops (element-wise with broadcasting:
+ * Add, Mul, …) make the channels of their inputs the same channels (a residual Add; x·sigmoid(x); an SE gate's
+ * product); 'concat' lays its inputs' channels end to end along its axis; 'matmul' multiplies two activations
  * (attention's q·kᵀ and weights·v): channels on a batch axis (heads) pass to the output and join, on the rows or
  * columns they pass, and on the contracted axis they are refused.
  */

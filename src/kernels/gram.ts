@@ -4,7 +4,8 @@ import { gramAccumulate } from './ops.js';
 import { patchGrid, type ConvGeometry } from '../geometry.js';
 
 /**
- * What the greedy needs from the calibration activations: G = BᵀB, and for the asymmetric objective C = BᵀA, H = AᵀA.
+ * What the greedy needs from the calibration activations: G = BᵀB, and for the asymmetric objective C = BᵀA and
+ * H = AᵀA.
  */
 export interface Gram {
   d: number;

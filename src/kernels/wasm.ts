@@ -114,11 +114,11 @@ const MAX_PAGES = 65536;
 // (over 10⁷ each) are split. It was 30,000, which split those greedy steps too.
 const MIN_WORK = 1 << 19;
 // Three kernels need more before a second thread pays, measured at load 0.6–1.7, this process at normal priority. A
-// Gram block (median of 15 GramAccumulator.add of 2048 rows in 128-row blocks): split, 2.60 against 2.27 ms on 1
-// thread at d = 128 (2²⁰ multiply-adds a block), 5.80 against 6.56 at d = 256 (2²²). The selection's Q = G·W
-// (gemmRows, d²·m) and the re-fit's triangular solves (solveUpperT, t²·m): with them split at 2¹⁹, the 2048×256,
-// k = 64 selection (median of 101) took 2.64–2.98 ms on 2 threads against 2.67–3.42 on 1, and 0.72 against 0.64 ms
-// at 1024×128; with these thresholds 2.08–2.26 against 2.05–2.27, and 0.71 against 0.71; 4096×512 stays split.
+// Gram block (median of 15 GramAccumulator.add of 2048 rows in 128-row blocks): split, 2.60 against 2.27 ms on 1 thread
+// at d = 128 (2²⁰ multiply-adds a block), 5.80 against 6.56 at d = 256 (2²²). The selection's Q = G·W (gemmRows,
+// d²·m) and the re-fit's triangular solves (solveUpperT, t²·m): with them split at 2¹⁹, the 2048×256, k = 64
+// selection (median of 101) took 2.64–2.98 ms on 2 threads against 2.67–3.42 on 1, and 0.72 against 0.64 ms at
+// 1024×128; with these thresholds 2.08–2.26 against 2.05–2.27, and 0.71 against 0.71; 4096×512 stays split.
 const MIN_WORK_OF: Partial<Record<KernelName, number>> = {
   gramTiles: 1 << 21,
   gemmRows: 1 << 24,

@@ -168,17 +168,18 @@ export interface GroupSelection {
   /** ‖A_c W_c‖² per consumer. */
   norm2: number[];
   /**
-   * After the last step: each channel's gain given the chosen ones (Σ_c w_c gain_c, as the greedy weighs them; −∞ for
-   * the chosen ones). What the swaps after the greedy compare (refine.ts).
+   * After the last step: each channel's gain given the chosen ones (Σ_c w_c gain_c, as the greedy weighs them; −∞
+   * for the chosen ones). What the swaps after the greedy compare (refine.ts).
    */
   gains: Float64Array;
   seconds: { setup: number; greedy: number };
 }
 
 /**
- * Greedy selection of k channels of a group: maximises Σ_c F_c(S)/‖A_c W_c‖², F_c the paper's objective for consumer c.
- * Each consumer keeps its own factor; a channel's gain is the weighted sum of its consumers' gains; choosing it
- * extends every consumer's factor by its g_c columns. With one consumer this is exactly the single-layer greedy.
+ * Greedy selection of k channels of a group: maximises Σ_c F_c(S)/‖A_c W_c‖², F_c the paper's objective for
+ * consumer c. Each consumer keeps its own factor; a channel's gain is the weighted sum of its consumers' gains;
+ * choosing it extends every consumer's factor by its g_c columns. With one consumer this is exactly the
+ * single-layer greedy.
  */
 export function selectGroup(problems: LayerProblem[], k: number, opts: SelectOptions = {}): GroupSelection {
   const n = problems[0]!.d / problems[0]!.g;
@@ -305,8 +306,9 @@ class Factor {
   }
 
   /**
-   * Takes the ones column as the first pivot: G ← G − s sᵀ/N (the Gram matrix of the centred B), Q ← Q − s vᵀ/N with
-   * v = Wᵀ Aᵀ1 (the centred target's cross term), and F starts at ‖v‖²/N, the part of A W the intercept alone fits.
+   * Takes the ones column as the first pivot: G ← G − s sᵀ/N (the Gram matrix of the centred B), Q ← Q − s
+   * vᵀ/N with v = Wᵀ Aᵀ1 (the centred target's cross term), and F starts at ‖v‖²/N, the part of A W the
+   * intercept alone fits.
    */
   private project(pr: LayerProblem, G: Float64Array): { s: Float64Array; v: Float64Array; N: number } {
     const { d, m, W } = pr,

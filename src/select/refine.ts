@@ -1,8 +1,8 @@
 // Local search after the greedy (DESIGN.md, "Swaps after the greedy"): exchange a kept channel i and a removed one j
-// when that raises the objective F. In Gram space, for R = S∖{i}: F(R ∪ {j}) − F(S) = gain_j(R) − gain_i(R), and one
-// pass of the greedy with R forced as its order leaves every channel's gain given R. So a round factors S∖{i} for
-// every i in S (k forced greedy runs of k − 1 channels), takes the best swap, and stops when none improves.
-// Cost per round: k times the greedy to k − 1, O(k² g d (k g + m)) per consumer; no sample is touched.
+// when that raises the objective F. In Gram space, for R = S∖{i}: F(R ∪ {j}) − F(S) = gain_j(R) − gain_i(R),
+// and one pass of the greedy with R forced as its order leaves every channel's gain given R. So a round factors S∖{i}
+// for every i in S (k forced greedy runs of k − 1 channels), takes the best swap, and stops when none improves. Cost
+// per round: k times the greedy to k − 1, O(k² g d (k g + m)) per consumer; no sample is touched.
 import { selectGroup, type GroupSelection, type LayerProblem, type SelectOptions } from './greedy.js';
 
 export interface Refined {

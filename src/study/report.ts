@@ -96,8 +96,8 @@ type Pair = [what: string, a: number | undefined, b: number | undefined];
 
 /**
  * The paper's claims, checked on every comparison the rows allow: a ≥ b holds; a < b is within noise when the gap is
- * under two standard errors of the difference of two accuracies measured on n test images (√(a(1−a)/n + b(1−b)/n)),
- * and violated otherwise. Stochastic methods are compared by their mean over seeds.
+ * under two standard errors of the difference of two accuracies measured on n test images (√(a(1−a)/n +
+ * b(1−b)/n)), and violated otherwise. Stochastic methods are compared by their mean over seeds.
  */
 export function checkClaims(r: StudyResult): Claim[] {
   const L = lines(r),
