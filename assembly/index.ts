@@ -120,6 +120,34 @@ export function gramPack(X: usize, ld: i32, r0: i32, rb: i32, d: i32, P: usize, 
 }
 
 /**
+ * Packs columns c0 .. c0+cb of X (n rows, row stride ld) as rows of panels p0 ≤ p < p1 of P: the pack of Xᵀ, so
+ * that gramTiles computes the product X·Y (T = A W, the asymmetric capture's target projection) as it computes Xᵀ Y.
+ */
+export function gramPackT(X: usize, ld: i32, c0: i32, cb: i32, n: i32, P: usize, p0: i32, p1: i32): void {
+  const step = (<usize>cb) * (W << 2);
+  p1 = min(p1, gramPanels(n));
+  for (let p = p0; p < p1; p++) {
+    for (let c = 0; c < W; c++) {
+      const i = p * W + c;
+      let dst = P + (<usize>p) * step + ((<usize>c) << 2);
+      if (i < n) {
+        let src = X + (((<usize>i) * ld + c0) << 2);
+        for (let k = 0; k < cb; k++) {
+          store<f32>(dst, load<f32>(src));
+          src += 4;
+          dst += W << 2;
+        }
+      } else {
+        for (let k = 0; k < cb; k++) {
+          store<f32>(dst, 0);
+          dst += W << 2;
+        }
+      }
+    }
+  }
+}
+
+/**
  * C[i][j] += Σ_r PA[r][i]·PB[r][j] over rb packed rows, for result rows i0 ≤ i < i1 (i0, i1 multiples of MR or
  * i1 = da). upper ≠ 0: only tiles that reach the upper triangle (PA = PB, the Gram G = XᵀX). Threads take disjoint
  * row ranges: each entry is summed by one thread in row order, whatever the thread count.

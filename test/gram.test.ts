@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { GramAccumulator } from '../src/kernels/gram.js';
 import { getKernels } from '../src/kernels/instances.js';
-import { rng, gramOf, type Mat } from './oracle.js';
+import { rng, gramOf, matmul, type Mat } from './oracle.js';
 import { BUILDS } from './relaxed-simd.js';
 
 // Conv patches straight from the definition of a convolution, one row per output position.
@@ -70,6 +70,71 @@ describe('Gram accumulation of conv patches (im2col)', () => {
           ref.forEach((v, i) => expect(Math.abs(got[i] - v)).toBeLessThan(1e-6 * scale));
         });
       }
+    },
+  );
+});
+
+// The asymmetric capture projected on the consumer's weights W (d×m): CW = BᵀA W, ‖A W‖² and Wᵀ Aᵀ1,
+// against the same products in float64 from the rows (and from conv patches built from the convolution's definition).
+describe('Gram accumulation projected on the weights', () => {
+  const close = (got: ArrayLike<number>, ref: ArrayLike<number>, tol: number) => {
+    const scale = Math.max(...Array.from(ref, Math.abs));
+    Array.from(ref).forEach((v, i) => expect(Math.abs(got[i]! - v)).toBeLessThan(tol * scale));
+  };
+  const check = (g: ReturnType<GramAccumulator['result']>, P: Mat, Q: Mat, Wm: Mat) => {
+    const T = matmul(Q, Wm);
+    expect(g.C).toBeUndefined();
+    expect(g.H).toBeUndefined();
+    close(g.G, gramOf(P), 1e-6);
+    // T = A·W rounded to f32 once before BᵀT: ~1e-7 relative
+    close(g.CW!, gramOf(P, T), 1e-5);
+    const norm2 = T.a.reduce((a, v) => a + v * v, 0);
+    expect(Math.abs(g.targetNorm2! - norm2)).toBeLessThan(1e-6 * norm2);
+    const sums = Array.from({ length: Wm.cols }, (_, j) => {
+      let s = 0;
+      for (let r = 0; r < T.rows; r++) s += T.a[r * T.cols + j]!;
+      return s;
+    });
+    close(g.targetSumsW!, sums, 1e-6);
+  };
+  const kernelsOf = (kind: string, build: string, threads: number) =>
+    kind === 'plain' ? getKernels('plain') : getKernels('wasm', threads, build as (typeof BUILDS)[number]);
+
+  it.each([...BUILDS.flatMap((b) => [1, 2].map((t) => ['wasm', b, t] as const)), ['plain', 'plain', 1] as const])(
+    '%s kernels (%s), %i thread(s): rows and conv patches match float64 products',
+    (kind, build, threads) => {
+      const r = rng(7);
+      const kernels = kernelsOf(kind, build, threads);
+      // rows: d = 150 spans two 128-term blocks of the product, m = 37 a part of a panel
+      const [N, d, m] = [300, 150, 37];
+      const B = Float32Array.from({ length: N * d }, () => r() - 0.5),
+        A = B.map((v) => v * 0.7 + 0.2 * (r() - 0.5));
+      const W = Float64Array.from({ length: d * m }, () => Math.fround(r() - 0.5));
+      const acc = new GramAccumulator(d, { asymmetric: true, kernels, project: { W, m } });
+      acc.add(B.subarray(0, 17 * d), A.subarray(0, 17 * d));
+      acc.add(B.subarray(17 * d), A.subarray(17 * d));
+      const g = acc.result();
+      acc.release();
+      const mat = (x: Float32Array, cols: number): Mat => ({ rows: x.length / cols, cols, a: Float64Array.from(x) });
+      check(g, mat(B, d), mat(A, d), { rows: d, cols: m, a: W });
+
+      const dims = [3, 4, 7, 6],
+        n = dims.reduce((a, b) => a * b);
+      const X = Float32Array.from({ length: n }, () => r() - 0.5),
+        Y = X.map((v) => v * 2 + 0.1);
+      const dc = 4 * 9,
+        mc = 5,
+        Wc = Float64Array.from({ length: dc * mc }, () => Math.fround(r() - 0.5));
+      const conv = new GramAccumulator(dc, { asymmetric: true, kernels, project: { W: Wc, m: mc } });
+      const geo = { kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1] } as Parameters<
+        GramAccumulator['addConv']
+      >[2];
+      conv.addConv(X, dims, geo, Y);
+      const gc = conv.result();
+      conv.release();
+      const P = patches(X, dims, 3, 3, 1, 1, [1, 1, 1, 1], 1, 1),
+        Q = patches(Y, dims, 3, 3, 1, 1, [1, 1, 1, 1], 1, 1);
+      check(gc, P, Q, { rows: dc, cols: mc, a: Wc });
     },
   );
 });

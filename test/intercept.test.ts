@@ -46,18 +46,25 @@ const colSums = (X: Mat) => {
   return s;
 };
 
-function problem(c: Case, intercept = true): LayerProblem {
+/**
+ * The case's problem; `projected`: the asymmetric target as the capture projects it on W, CW = BᵀA W, ‖A W‖² and
+ * Wᵀ Aᵀ1 (from T = A W), in place of C, H and Aᵀ1.
+ */
+function problem(c: Case, intercept = true, projected = false): LayerProblem {
   const { B, A, W, g, asym } = c;
+  const T = matmul(A, W);
+  const target = projected
+    ? { CW: gramOf(B, T), targetNorm2: T.a.reduce((a, v) => a + v * v, 0) }
+    : { C: gramOf(B, A), H: gramOf(A) };
+  const sums = projected ? { targetSumsW: colSums(T) } : { targetSums: colSums(A) };
   return {
     d: B.cols,
     m: W.cols,
     g,
     G: gramOf(B),
     W: W.a,
-    ...(asym ? { C: gramOf(B, A), H: gramOf(A) } : {}),
-    ...(intercept
-      ? { intercept: { sums: colSums(B), rows: B.rows, ...(asym ? { targetSums: colSums(A) } : {}) } }
-      : {}),
+    ...(asym ? target : {}),
+    ...(intercept ? { intercept: { sums: colSums(B), rows: B.rows, ...(asym ? sums : {}) } } : {}),
   };
 }
 
@@ -83,10 +90,12 @@ describe.each(['wasm', 'plain'] as const)('the intercept (%s kernels) against th
     ['asymmetric, g = 1', 2, 100, 20, 5, 1, true, 14],
     ['symmetric, g = 9', 3, 200, 54, 6, 9, false, 6],
     ['asymmetric, g = 9', 4, 200, 54, 6, 9, true, 5],
+    ['asymmetric projected on W, g = 1', 2, 100, 20, 5, 1, 'projected', 14],
+    ['asymmetric projected on W, g = 9', 4, 200, 54, 6, 9, 'projected', 5],
   ] as const)('%s: same order, every objective to 1e-9, weights and bias re-fitted', (_, seed, N, d, m, g, asym, k) => {
-    const c = makeCase(seed, N, d, m, g, asym),
+    const c = makeCase(seed, N, d, m, g, !!asym),
       T = matmul(c.A, c.W);
-    const sel = selectChannels(problem(c), k, { kernels: backend });
+    const sel = selectChannels(problem(c, true, asym === 'projected'), k, { kernels: backend });
     const want = oracleGreedy(c.B, T, g, k, true);
     expect(sel.order).toEqual(want.order);
     sel.objective.forEach((v, s) => expect(Math.abs(v - want.objective[s]!)).toBeLessThanOrEqual(1e-9));

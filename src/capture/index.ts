@@ -6,12 +6,15 @@ import type { NpyFile } from '../npy.js';
 import type { Consumer, Group } from '../graph/types.js';
 import { consumerWeightMatrix } from '../graph/analyze.js';
 import { Calibration, type Batch, type InputData } from '../calibration.js';
-import { GramAccumulator, gramBytes } from '../kernels/gram.js';
+import { GramAccumulator, gramBytes, projects } from '../kernels/gram.js';
 import { getKernels, type KernelOptions } from '../kernels/instances.js';
 import { availableMemory, fmtBytes, KERNEL_BYTES } from '../kernels/memory.js';
 import { ChannelStatsAccumulator, type Captured, type StatsWanted } from './stats.js';
-import { Runner, type Activation } from './runner.js';
+import { activations, Runner, type Activation, type OrtTensor } from './runner.js';
 import type { RuntimeOptions } from './runtime.js';
+import type { Frontier } from './frontier.js';
+import type { NodeProto } from '../onnx/index.js';
+import { modelInputs } from '../calibration.js';
 
 export { loadRuntime, type Backend, type RuntimeOptions } from './runtime.js';
 export { Runner, type Activation } from './runner.js';
@@ -26,6 +29,11 @@ export interface CaptureOptions extends RuntimeOptions, Pick<KernelOptions, 'thr
   stats?: StatsWanted;
   /** Kernel memory one pass may use for its Gram matrices (default: all of WebAssembly's 4 GiB there is). */
   passBytes?: number;
+  /**
+   * Sequential and asymmetric captures, group by group: the tensors cached by the previous group's capture for the
+   * model (and the target), and the tensors the later groups' captures will want from each (frontier.ts).
+   */
+  frontier?: { model: Frontier; later: string[]; target?: Frontier; targetLater?: string[] };
   onBatch?: (done: number, total: number) => void;
 }
 
@@ -37,11 +45,15 @@ export const CAPTURE_BATCH = 64;
  * memory together: one pass unless they do not. Checked before any allocation: every group must fit alone, and all
  * the Gram matrices together fit the host memory available (they are copied out after each pass and kept).
  */
-/** Kernel memory to capture a group: every consumer's Gram matrices. */
-export const groupGramBytes = (g: { consumers: { d: number }[] }, asymmetric: boolean) =>
-  g.consumers.reduce((a, c) => a + gramBytes(c.d, asymmetric), 0);
+/** The outputs an asymmetric capture of a consumer projects its target on (projects()), or none: C and H. */
+const projectionOf = (c: { d: number; m?: number }, asymmetric: boolean) =>
+  asymmetric && c.m !== undefined && projects(c.d, c.m) ? c.m : undefined;
 
-export function capturePasses<U extends { id: string; consumers: { d: number }[] }>(
+/** Kernel memory to capture a group: every consumer's Gram matrices. */
+export const groupGramBytes = (g: { consumers: { d: number; m?: number }[] }, asymmetric: boolean) =>
+  g.consumers.reduce((a, c) => a + gramBytes(c.d, asymmetric, projectionOf(c, asymmetric)), 0);
+
+export function capturePasses<U extends { id: string; consumers: { d: number; m?: number }[] }>(
   groups: readonly U[],
   asymmetric: boolean,
   passBytes = KERNEL_BYTES,
@@ -144,6 +156,67 @@ function accumulate(c: Consumer, acc: GramAccumulator, B: Activation, A?: Activa
   else acc.add(B.data, A?.data);
 }
 
+/** One model's runs in a capture pass: the named tensors of each batch. */
+interface Source {
+  run(b: Batch): Promise<Map<string, Activation>>;
+  /** After the pass: `ok` when it completed (the frontier then keeps what it staged). */
+  release(ok: boolean): Promise<void>;
+}
+
+/** The nodes a group's pruning rewrites: its producers and consumers and every node reading a constant it slices. */
+function rewritten(model: Model, groups: Group[]): NodeProto[] {
+  const consts = new Set(
+    groups.flatMap((g) => [
+      ...g.slices.map((s) => s.tensor),
+      ...g.edits.flatMap((e) => ('tensor' in e ? [e.tensor] : [])),
+    ]),
+  );
+  const named = new Set(groups.flatMap((g) => g.edits.flatMap((e) => ('node' in e ? [e.node] : []))));
+  const nodes = new Set(groups.flatMap((g) => [...g.producers, ...g.consumers.map((c) => c.node)]));
+  return model.graph!.node.filter((n) => nodes.has(n) || named.has(n.name) || n.input.some((x) => consts.has(x)));
+}
+
+/**
+ * Runs of `model` computing `names`: only the nodes they need, and with a frontier, only those after its cached
+ * tensors (keeping, for the later captures, what it says to keep).
+ */
+async function openSource(
+  model: Model,
+  names: string[],
+  opts: RuntimeOptions,
+  batches: number,
+  frontier?: { f: Frontier; later: string[]; changing: NodeProto[] },
+): Promise<Source> {
+  const step = frontier?.f.step(names, frontier.later, frontier.changing);
+  if (!frontier || !step) {
+    const runner = await Runner.open(model, names, opts, true);
+    return {
+      run: (b) => runner.run(b, names),
+      async release() {
+        frontier?.f.commit(false); // nothing was staged: later captures start from the inputs
+        await runner.release();
+      },
+    };
+  }
+  const f = frontier.f,
+    fetch = [...new Set([...names, ...step.keep])].filter((t) => !f.has(t));
+  const runner = fetch.length ? await Runner.open(model, fetch, opts, true, step.given) : undefined;
+  const fixed = modelInputs(model)[0]?.dims[0] ?? null;
+  return {
+    async run(b) {
+      const given = Object.fromEntries([...step.given.keys()].map((t) => [t, f.get(t, b.start)]));
+      const out: Record<string, OrtTensor> = runner ? await runner.runRaw(b, fetch, given) : {};
+      for (const t of [...names, ...step.keep]) out[t] ??= f.get(t, b.start);
+      for (const t of step.keep) f.stage(t, b.start, out[t]!, batches);
+      return activations(b, out, names, fixed);
+    },
+    async release(ok) {
+      f.commit(ok);
+      await runner?.release();
+    },
+  };
+}
+
 async function capturePass(
   model: Model,
   groups: Group[],
@@ -152,8 +225,25 @@ async function capturePass(
 ): Promise<Map<string, Captured[]>> {
   const names = [...new Set(groups.flatMap((g) => g.consumers.map((c) => c.input)))];
   const targets = opts.target && new Map(opts.target.groups.map((g) => [g.id, g]));
-  const run = await Runner.open(model, names, opts, true),
-    tgt = opts.target ? await Runner.open(opts.target.model, names, opts, true) : undefined;
+  const fr = opts.frontier,
+    batches = Math.ceil(calib.rows / calib.batchSize(opts.batch ?? CAPTURE_BATCH));
+  const run = await openSource(
+    model,
+    names,
+    opts,
+    batches,
+    fr && { f: fr.model, later: fr.later, changing: rewritten(model, groups) },
+  );
+  const tgt = opts.target
+    ? await openSource(
+        opts.target.model,
+        names,
+        opts,
+        batches,
+        fr?.target && { f: fr.target, later: fr.targetLater ?? [], changing: [] },
+      )
+    : undefined;
+  let ok = false;
   const kernels = getKernels('wasm', opts.threads),
     mark = kernels.arena.mark();
   const want = opts.stats;
@@ -163,17 +253,20 @@ async function capturePass(
       if (targets && (!target || target.node.name !== c.node.name))
         throw internal(`group ${g.id}: consumer ${c.node.name} is not in the original model's group`);
       const W = want?.sensitivity ? consumerWeightMatrix(model, c) : undefined;
+      // the target projected on the weights the selection fits (the consumer's in `model`), where that is cheaper
+      const m = projectionOf(c, !!tgt),
+        project = m === undefined ? undefined : { W: W ?? consumerWeightMatrix(model, c), m };
       return {
         group: g.id,
         c,
         target,
-        acc: new GramAccumulator(c.d, { asymmetric: !!tgt, kernels }),
+        acc: new GramAccumulator(c.d, { asymmetric: !!tgt, kernels, project }),
         stats: want && new ChannelStatsAccumulator(c, g.channels, want, W),
       };
     }),
   );
   // onnxruntime computes batch i+1 while the kernels accumulate batch i.
-  const forward = (b: Batch) => Promise.all([run.run(b, names), tgt?.run(b, names)]);
+  const forward = (b: Batch) => Promise.all([run.run(b), tgt?.run(b)]);
   let pending: ReturnType<typeof forward> | undefined;
   try {
     const it = calib.batches(opts.batch ?? CAPTURE_BATCH);
@@ -194,11 +287,12 @@ async function capturePass(
     const out = new Map<string, Captured[]>(groups.map((g) => [g.id, []]));
     for (const t of terms)
       out.get(t.group)!.push({ ...t.acc.result(), ...(t.stats ? { stats: t.stats.result() } : {}) });
+    ok = true;
     return out;
   } finally {
     kernels.arena.release(mark);
     await pending?.catch(() => {}); // after an error: a run still in flight must not outlive its session
-    await run.release();
-    await tgt?.release();
+    await run.release(ok);
+    await tgt?.release(ok);
   }
 }

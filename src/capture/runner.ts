@@ -1,7 +1,9 @@
 // An onnxruntime session of a model that also outputs intermediate tensors: what capture, verification and
 // evaluation run models with.
 import type { InferenceSession } from 'onnxruntime-web';
+import { create } from '@bufbuild/protobuf';
 import {
+  ValueInfoProtoSchema,
   DataType,
   makeTensorValueInfo,
   modelSource,
@@ -16,18 +18,25 @@ import { badInput } from '../errors.js';
 import { modelInputs, type Batch, type Feed, type ModelInput } from '../calibration.js';
 import { loadRuntime, type Backend, type Ort, type RuntimeOptions } from './runtime.js';
 
+/** Whether a node holds a subgraph (If, Loop, Scan), whose reads of outer tensors are not among its inputs. */
+export const holdsSubgraphs = (g: GraphProto) => g.node.some((n) => n.attribute.some((a) => a.g || a.graphs.length));
+
 /**
- * The nodes that `names` depend on, in graph order; undefined when a node holds a subgraph (If, Loop, Scan), whose
- * reads of outer tensors its inputs do not list. Unused initializers stay: onnxruntime drops them when it loads.
+ * The nodes that `names` depend on, in graph order, stopping at the tensors in `given` (fed to the session instead);
+ * undefined when a node holds a subgraph.
  */
-function neededNodes(g: GraphProto, names: string[]): NodeProto[] | undefined {
-  if (g.node.some((n) => n.attribute.some((a) => a.g || a.graphs.length))) return undefined;
+export function neededNodes(
+  g: GraphProto,
+  names: string[],
+  given: ReadonlySet<string> = new Set(),
+): NodeProto[] | undefined {
+  if (holdsSubgraphs(g)) return undefined;
   const producer = new Map(g.node.flatMap((n) => n.output.map((o) => [o, n] as const)));
   const need = new Set<NodeProto>(),
     stack = [...names];
   for (let t = stack.pop(); t !== undefined; t = stack.pop()) {
     const n = producer.get(t);
-    if (!n || need.has(n)) continue;
+    if (!n || need.has(n) || given.has(t)) continue;
     need.add(n);
     stack.push(...n.input.filter((x) => x));
   }
@@ -71,24 +80,40 @@ export class Runner {
   /**
    * `backend`: see loadRuntime (default: onnxruntime-node if it loads, else onnxruntime-web). With `only`, the session
    * computes just the `extra` tensors: onnxruntime runs every node of a graph whatever outputs are fetched, so a
-   * capture of an early group would otherwise pay for the whole model.
+   * capture of an early group would otherwise pay for the whole model. `given`: intermediate tensors (with their data
+   * types) that runs feed instead of computing them (a capture's cached frontier, frontier.ts); only with `only`.
    */
-  static async open(model: Model, extra: string[] = [], opts: RuntimeOptions = {}, only = false): Promise<Runner> {
+  static async open(
+    model: Model,
+    extra: string[] = [],
+    opts: RuntimeOptions = {},
+    only = false,
+    given: ReadonlyMap<string, DataType> = new Map(),
+  ): Promise<Runner> {
     const { ort, backend } = await loadRuntime(opts.backend);
     // a copy of the graph's node and output lists only: the weights are shared, not copied (a large model would need
     // twice as much)
     const g = { ...model.graph!, output: [...model.graph!.output] },
       m: Model = { ...model, graph: g };
-    const needed = only ? neededNodes(g, extra) : undefined;
+    const needed = only ? neededNodes(g, extra, new Set(given.keys())) : undefined;
     if (needed) {
+      const read = new Set(needed.flatMap((n) => n.input));
       g.node = needed;
       g.output = g.output.filter((o) => extra.includes(o.name));
-    }
+      // only the constants the nodes read (and graph inputs' defaults), so that a part of a large model is small
+      const inputs = new Set(g.input.map((x) => x.name));
+      g.initializer = g.initializer.filter((t) => read.has(t.name) || inputs.has(t.name));
+      g.input = [
+        ...g.input,
+        ...[...given].filter(([name]) => read.has(name)).map(([name, type]) => makeTensorValueInfo(name, type)),
+      ];
+    } else if (given.size) throw new Error('Runner.open: given tensors need `only` and a graph without subgraphs');
     const have = new Set(g.output.map((o) => o.name));
     const inputs = modelInputs(model);
-    const float = inputs.find((x) => x.elemType === DataType.FLOAT16)?.elemType ?? DataType.FLOAT;
+    // outputs declared without a type: onnxruntime takes the producing node's (activations are float or float16, a
+    // frontier's tensors may be shapes)
     for (const name of extra.filter((x) => !have.has(x))) {
-      g.output.push(makeTensorValueInfo(name, float));
+      g.output.push(create(ValueInfoProtoSchema, { name }));
       have.add(name);
     }
     let session;
@@ -127,12 +152,17 @@ export class Runner {
 
   /**
    * Runs one batch and returns the requested tensors as onnxruntime gives them (any type; with the model's fixed batch
-   * size, padded); requested graph inputs come from the batch itself.
+   * size, padded); requested graph inputs come from the batch itself, `given` tensors from `given`.
    */
-  async runRaw(batch: Batch, names: string[]): Promise<Record<string, OrtTensor>> {
-    const feeds = Object.fromEntries(
-      this.inputs.map((x) => [x.name, this.tensor(x, batch.feeds.get(x.name)!, batch.rows)]),
-    );
+  async runRaw(
+    batch: Batch,
+    names: string[],
+    given: Record<string, OrtTensor> = {},
+  ): Promise<Record<string, OrtTensor>> {
+    const feeds = {
+      ...Object.fromEntries(this.inputs.map((x) => [x.name, this.tensor(x, batch.feeds.get(x.name)!, batch.rows)])),
+      ...given,
+    };
     const computed = names.filter((name) => !(name in feeds));
     let out;
     try {
@@ -145,34 +175,45 @@ export class Runner {
 
   /** Runs one batch and returns the requested tensors as f32 (the batch's own samples, without padding). */
   async run(batch: Batch, names: string[]): Promise<Map<string, Activation>> {
-    const n = batch.rows,
-      fixed = this.inputs[0]?.dims[0] ?? null;
-    const out = await this.runRaw(batch, names);
-    const res = new Map<string, Activation>();
-    for (const name of names) {
-      const t = out[name];
-      let v =
-        t.type === 'float16'
-          ? Float32Array.from(t.data as Uint16Array, float16BitsToFloat32)
-          : t.type === 'float32'
-            ? (t.data as Float32Array)
-            : Float32Array.from(t.data as ArrayLike<number>);
-      const d = [...t.dims];
-      if (d[0] !== n && fixed !== null) {
-        v = v.subarray(0, (v.length / d[0]) * n);
-        d[0] = n;
-      }
-      const bad = v.findIndex((x) => !Number.isFinite(x));
-      if (bad >= 0) {
-        const where = `${v[bad]} on the calibration data (sample ${batch.start + Math.floor(bad / (v.length / n))})`;
-        throw badInput(`tensor ${name} has ${where}; the model or the data is broken`);
-      }
-      res.set(name, { data: v, dims: d });
-    }
-    return res;
+    return activations(batch, await this.runRaw(batch, names), names, this.inputs[0]?.dims[0] ?? null);
   }
 
   release(): Promise<void> {
     return this.session.release();
   }
+}
+
+/**
+ * The named tensors of one batch's run as f32 (the batch's own samples, without the padding to a fixed batch size),
+ * checked to be finite.
+ */
+export function activations(
+  batch: Batch,
+  out: Record<string, OrtTensor>,
+  names: string[],
+  fixed: number | null,
+): Map<string, Activation> {
+  const n = batch.rows;
+  const res = new Map<string, Activation>();
+  for (const name of names) {
+    const t = out[name];
+    let v =
+      t.type === 'float16'
+        ? Float32Array.from(t.data as Uint16Array, float16BitsToFloat32)
+        : t.type === 'float32'
+          ? (t.data as Float32Array)
+          : Float32Array.from(t.data as ArrayLike<number>);
+    const d = [...t.dims];
+    if (d[0] !== n && fixed !== null) {
+      v = v.subarray(0, (v.length / d[0]) * n);
+      d[0] = n;
+    }
+    const bad = v.findIndex((x) => !Number.isFinite(x));
+    if (bad >= 0) {
+      const where = `${v[bad]} on the calibration data (sample ${batch.start + Math.floor(bad / (v.length / n))})`;
+      throw badInput(`tensor ${name} has ${where}; the model or the data is broken`);
+    }
+    res.set(name, { data: v, dims: d });
+  }
+  return res;
 }

@@ -1,6 +1,6 @@
 import type { Kernels } from './types.js';
 import { getKernels } from './instances.js';
-import { gramAccumulate } from './ops.js';
+import { gramAccumulate, productAccumulate } from './ops.js';
 import { patchGrid, type ConvGeometry } from '../geometry.js';
 
 /**
@@ -16,16 +16,34 @@ export interface Gram {
   /** Bᵀ1 and, asymmetric, Aᵀ1: the column sums, what the intercept column adds to G and C (DESIGN.md). */
   sums?: Float64Array;
   targetSums?: Float64Array;
+  /**
+   * Asymmetric, projected on the consumer's weights W (d×m) instead of C and H: CW = BᵀA W, ‖A W‖² and Wᵀ
+   * Aᵀ1, all the greedy and the re-fit need of C, H and Aᵀ1, at 2·d·m multiply-adds a row instead of 1.5·d²
+   * (DESIGN.md).
+   */
+  CW?: Float64Array;
+  targetNorm2?: number;
+  targetSumsW?: Float64Array;
 }
 
 export type { ConvGeometry } from '../geometry.js';
 
 const CHUNK_BYTES = 4 << 20;
 
-/** Kernel memory of an accumulator for d columns (the row chunks and one conv sample aside, a few MiB). */
-export function gramBytes(d: number, asymmetric = false): number {
+/**
+ * Kernel memory of an accumulator for d columns (the row chunks and one conv sample aside, a few MiB); projected on m
+ * outputs (asymmetric only): G, CW, W and the chunk's A·W.
+ */
+export function gramBytes(d: number, asymmetric = false, m?: number): number {
+  if (asymmetric && m !== undefined) {
+    const rows = Math.floor(CHUNK_BYTES / (4 * d)) + 1;
+    return 8 * d * d + 12 * d * m + 2 * CHUNK_BYTES + 12 * rows * m + 4 * 128 * (rows + 16 + m);
+  }
   return (asymmetric ? 3 : 1) * 8 * d * d + (asymmetric ? 2 : 1) * CHUNK_BYTES;
 }
+
+/** Whether an asymmetric capture projects on the weights (2·d·m multiply-adds a row), not on C and H (1.5·d²). */
+export const projects = (d: number, m: number) => 4 * m < 3 * d;
 
 /**
  * Streams batches of f32 rows (B, and the target A for the asymmetric objective) into Gram matrices held in the
@@ -41,25 +59,46 @@ export class GramAccumulator {
   private rows = 0;
   private readonly sums: Float64Array;
   private readonly targetSums?: Float64Array;
+  // projected on W: CW, W in f32, the chunk's T = A·W (f64, then f32) and the packs of Aᵀ and of W or T
+  private readonly proj?: { m: number; CW: number; W: number; T?: number; T32?: number; PAT?: number; PM: number };
+  private targetNorm2 = 0;
+  private readonly targetSumsW?: Float64Array;
 
-  constructor(d: number, opts: { asymmetric?: boolean; kernels?: Kernels } = {}) {
+  /**
+   * `project`: asymmetric only, the consumer's weights W (d×m, row-major) to project the target on: the result has
+   * CW, targetNorm2 and targetSumsW instead of C, H and targetSums.
+   */
+  constructor(
+    d: number,
+    opts: { asymmetric?: boolean; kernels?: Kernels; project?: { W: Float64Array; m: number } } = {},
+  ) {
     this.d = d;
     this.asymmetric = opts.asymmetric ?? false;
     const k = (this.k = opts.kernels ?? getKernels());
     const a = k.arena,
       dd = d * d * 8,
-      asym = this.asymmetric;
+      asym = this.asymmetric,
+      pr = asym ? opts.project : undefined;
+    if (opts.project && !asym) throw new Error('GramAccumulator: only an asymmetric capture projects on W');
+    if (pr && pr.W.length !== d * pr.m)
+      throw new RangeError(`projection W has ${pr.W.length} values, not ${d}×${pr.m}`);
     this.sums = new Float64Array(d);
-    if (asym) this.targetSums = new Float64Array(d);
+    if (asym && !pr) this.targetSums = new Float64Array(d);
     this.mark = a.mark();
     const pack = k.gramPackFloats(d) * 4;
     this.p = {
       G: a.alloc(dd),
-      C: asym ? a.alloc(dd) : 0,
-      H: asym ? a.alloc(dd) : 0,
+      C: asym && !pr ? a.alloc(dd) : 0,
+      H: asym && !pr ? a.alloc(dd) : 0,
       PB: a.alloc(pack),
-      PA: asym ? a.alloc(pack) : 0,
+      PA: asym && !pr ? a.alloc(pack) : 0,
     };
+    if (pr) {
+      const m = pr.m;
+      this.proj = { m, CW: a.alloc(d * m * 8), W: a.alloc(d * m * 4), PM: a.alloc(k.gramPackFloats(m) * 4) };
+      a.f32(this.proj.W, d * m).set(pr.W);
+      this.targetSumsW = new Float64Array(m);
+    }
   }
 
   // Row buffers, sized on first use (a conv sample's patches must fit in one chunk).
@@ -77,6 +116,13 @@ export class GramAccumulator {
         XB: sample ? a.alloc(sample * 4) : 0,
         XA: sample && asym ? a.alloc(sample * 4) : 0,
       };
+      const pr = this.proj;
+      if (pr)
+        Object.assign(pr, {
+          T: a.alloc(cap * pr.m * 8),
+          T32: a.alloc(cap * pr.m * 4),
+          PAT: a.alloc(this.k.gramPackFloats(cap) * 4),
+        });
     }
     if (this.buf.cap < minRows || this.buf.sample < sample)
       throw new Error('GramAccumulator: use either rows or conv patches of one geometry');
@@ -96,13 +142,37 @@ export class GramAccumulator {
     const { d, k, p } = this,
       b = this.buf!;
     gramAccumulate(k, b.B, d, 0, 0, nr, p.G, p.PB, 0);
-    if (this.asymmetric) {
+    if (this.proj) this.project(nr);
+    else if (this.asymmetric) {
       gramAccumulate(k, b.B, d, b.A, d, nr, p.C, p.PB, p.PA);
       gramAccumulate(k, b.A, d, 0, 0, nr, p.H, p.PA, 0);
       addColumnSums(k.arena.f32(b.A, nr * d), d, this.targetSums!);
     }
     addColumnSums(k.arena.f32(b.B, nr * d), d, this.sums);
     this.rows += nr;
+  }
+
+  // CW += Bᵀ T with T = A·W for the nr rows in the buffers, and T's squared norm and column sums in f64.
+  private project(nr: number) {
+    const { d, k } = this,
+      b = this.buf!,
+      pr = this.proj!,
+      m = pr.m;
+    k.zero(pr.T!, nr * m * 8);
+    productAccumulate(k, b.A, nr, d, pr.W, m, pr.T!, pr.PAT!, pr.PM);
+    const T = k.arena.f64(pr.T!, nr * m),
+      T32 = k.arena.f32(pr.T32!, nr * m),
+      sums = this.targetSumsW!;
+    let norm2 = 0;
+    for (let r = 0; r < nr * m; r += m)
+      for (let j = 0; j < m; j++) {
+        const v = T[r + j]!;
+        T32[r + j] = v;
+        norm2 += v * v;
+        sums[j] += v;
+      }
+    this.targetNorm2 += norm2;
+    gramAccumulate(k, b.B, d, pr.T32!, m, nr, pr.CW, this.p.PB, pr.PM);
   }
 
   /** Adds rows: B (rows×d, row-major) and, asymmetric only, A of the same shape. */
@@ -168,7 +238,11 @@ export class GramAccumulator {
       dd = d * d;
     k.symmetrize(p.G, d);
     const out: Gram = { d, rows: this.rows, G: k.arena.f64(p.G, dd).slice(), sums: this.sums.slice() };
-    if (this.asymmetric) {
+    if (this.proj) {
+      const m = this.proj.m;
+      Object.assign(out, { CW: k.arena.f64(this.proj.CW, d * m).slice(), targetNorm2: this.targetNorm2 });
+      out.targetSumsW = this.targetSumsW!.slice();
+    } else if (this.asymmetric) {
       k.symmetrize(p.H, d);
       out.C = k.arena.f64(p.C, dd).slice();
       out.H = k.arena.f64(p.H, dd).slice();

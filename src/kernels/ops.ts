@@ -54,3 +54,32 @@ export function gemm(
     K.par('gemmRows', { A, K: Kd, k0, kc, P, C, N, tmp, i0: 0, i1: M }, { work: M * kc * N });
   }
 }
+
+/**
+ * T += X Y (X: rows×d f32, Y: d×m f32, T: rows×m f64): the Gram tiles over Xᵀ's pack, RB of the d terms at a time.
+ * PX: gramPackFloats(rows) floats, PY: gramPackFloats(m).
+ */
+export function productAccumulate(
+  K: Kernels,
+  X: number,
+  rows: number,
+  d: number,
+  Y: number,
+  m: number,
+  T: number,
+  PX: number,
+  PY: number,
+): void {
+  const RB = K.gramRows();
+  for (let k0 = 0; k0 < d; k0 += RB) {
+    const kb = Math.min(RB, d - k0);
+    K.par(
+      'gramPackT',
+      { X, ld: d, c0: k0, cb: kb, n: rows, P: PX, p0: 0, p1: K.gramPanels(rows) },
+      { work: kb * rows },
+    );
+    K.par('gramPack', { X: Y, ld: m, r0: k0, rb: kb, d: m, P: PY, p0: 0, p1: K.gramPanels(m) }, { work: kb * m });
+    const tiles = { PA: PX, da: rows, PB: PY, db: m, rb: kb, C: T, ldc: m, upper: 0, i0: 0, i1: rows };
+    K.par('gramTiles', tiles, { work: kb * rows * m });
+  }
+}

@@ -57,6 +57,13 @@ export function plainKernels(): Kernels {
       for (let r = 0; r < rb; r++)
         x.copyWithin((P >>> 2) + r * d + c0, (X >>> 2) + (r0 + r) * ld + c0, (X >>> 2) + (r0 + r) * ld + c1);
     },
+    gramPackT(X, ld, c0, cb, n, P, p0, p1) {
+      // Xᵀ's rows c0 .. c0+cb, columns (X's rows) 8·p0 .. 8·p1
+      const x = S(),
+        i1 = Math.min(n, 8 * p1);
+      for (let k = 0; k < cb; k++)
+        for (let i = 8 * p0; i < i1; i++) x[(P >>> 2) + k * n + i] = x[(X >>> 2) + i * ld + c0 + k]!;
+    },
     gramTiles(PA, da, PB, db, rb, C, ldc, upper, i0, i1) {
       const x = S(),
         f = F(),

@@ -24,6 +24,7 @@ export const KERNELS = {
   gramPanels: { params: ['d'], returns: true },
   gramPackFloats: { params: ['d'], returns: true },
   gramPack: { params: ['X', 'ld', 'r0', 'rb', 'd', 'P', 'p0', 'p1'], range: ['p0', 'p1'] },
+  gramPackT: { params: ['X', 'ld', 'c0', 'cb', 'n', 'P', 'p0', 'p1'], range: ['p0', 'p1'] },
   // align: the tile's rows (MR in assembly/index.ts), which must not straddle a packed panel
   gramTiles: { params: ['PA', 'da', 'PB', 'db', 'rb', 'C', 'ldc', 'upper', 'i0', 'i1'], range: ['i0', 'i1'], align: 2 },
   symmetrize: { params: ['G', 'd'] },

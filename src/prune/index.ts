@@ -22,6 +22,7 @@ import {
   type RuntimeOptions,
 } from '../capture/index.js';
 import type { Captured } from '../capture/stats.js';
+import { Frontier, frontierBytes } from '../capture/frontier.js';
 import { checkStats, distinctSamples, type CaptureStats } from '../capture/shards.js';
 import { checkRefitRows, selectionBytes, type FitOptions } from '../select/greedy.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
@@ -32,7 +33,13 @@ import type { Fidelity } from '../eval/index.js';
 import type { KernelOptions } from '../kernels/instances.js';
 import { badInput, internal, SubpruneError } from '../errors.js';
 import { Stopwatch } from '../stopwatch.js';
-import { allocateBudget, defaultAllocation, type Allocation, type AllocationOptions } from './allocation.js';
+import {
+  allocateBudget,
+  captureOriginal,
+  defaultAllocation,
+  type Allocation,
+  type AllocationOptions,
+} from './allocation.js';
 import { mean, objectivesOf, planOf, rankGroup, refinedAt, type Ranked } from './rank.js';
 import { checkFidelityRows, fidelityOf, verifyPruned } from './verify.js';
 
@@ -179,6 +186,7 @@ async function keepsFor(
   calib: Calibration,
   budgets: Budget[],
   opts: SizesOptions,
+  clock: Stopwatch<Stage>,
 ): Promise<Keeps> {
   const { groups } = plan,
     allocation = opts.allocation ?? defaultAllocation(budgets);
@@ -186,14 +194,23 @@ async function keepsFor(
     throw badInput(`--allocation ${allocation} needs a --compression budget`);
   if (!groups.length) return { keeps: budgets.map(() => new Map()) }; // nothing to budget
   if (allocation === 'uniform')
-    return { keeps: budgets.map((b) => resolveBudget(groups, b, plan.sizeOf[targetOf(b)], plan.before[targetOf(b)])) };
+    return clock.time('allocate', () => ({
+      keeps: budgets.map((b) => resolveBudget(groups, b, plan.sizeOf[targetOf(b)], plan.before[targetOf(b)])),
+    }));
   // the goal is the original model's size over c (biases the re-fit creates count against it)
   const goals = budgets.map((b) => {
     const sizeOf = plan.sizeOf[targetOf(b)],
       c = (b as { compression: number }).compression;
     return { sizeOf, goal: compressionGoal(groups, c, sizeOf, plan.before[targetOf(b)]) };
   });
-  return allocateBudget(model, groups, calib, goals, { ...opts, allocation, grams: opts.stats?.grams });
+  // the allocation's capture of the original model (the layerwise prune's too) counts as capture
+  const onBatch = (d: number, n: number) => opts.onProgress?.('capture', d, n);
+  const grams =
+    opts.stats?.grams ??
+    (await clock.time('capture', () =>
+      captureOriginal(model, groups, calib, [opts.method ?? 'greedy'], { ...opts, onBatch }),
+    ));
+  return clock.time('allocate', () => allocateBudget(model, groups, calib, goals, { ...opts, allocation, grams }));
 }
 
 /** The samples behind a capture: the calibration set's, or the stats'. */
@@ -329,18 +346,27 @@ async function pruneSequential(
     ids = plan.groups.map((u) => u.id),
     reports: Selected[] = [];
   let pruned = model;
+  // each capture runs the model from where the previous one's cached tensors leave off (frontier.ts)
+  const target = opts.mode === 'asymmetric' ? { model, groups: plan.groups } : undefined,
+    frontier = { model: new Frontier(model, frontierBytes()), target: target && new Frontier(model, frontierBytes()) };
+  const inputsOf = (groups: Group[], after: number) =>
+    groups.filter((u) => ids.indexOf(u.id) > after).flatMap((u) => u.consumers.map((c) => c.input));
   for (const [i, id] of ids.entries()) {
     progress('group', i, ids.length);
-    const group = analyze(pruned, plan.inputShape).groups.find((u) => u.id === id);
+    const groups = analyze(pruned, plan.inputShape).groups,
+      group = groups.find((u) => u.id === id);
     if (!group) throw internal(`group ${id} is no longer prunable after pruning the groups before it`);
     const t = performance.now();
-    const target = opts.mode === 'asymmetric' ? { model, groups: plan.groups } : undefined;
     const stats = statsFor(opts.method ?? 'greedy');
-    const gram = await clock.time('capture', () => captureGrams(pruned, [group], calib, { ...opts, stats, target }));
+    const later = { later: inputsOf(groups, i), targetLater: inputsOf(plan.groups, i) };
+    const gram = await clock.time('capture', () =>
+      captureGrams(pruned, [group], calib, { ...opts, stats, target, frontier: { ...frontier, ...later } }),
+    );
     const k = keeps.get(id)!;
     const chosen = clock.time('select', () => selectGroupPlan(pruned, group, gram.get(id)!, k, calib, opts));
     reports.push({ ...chosen.report, seconds: (performance.now() - t) / 1000 }); // capture + selection of this group
     pruned = clock.time('rewrite', () => pruneGroups(pruned, [chosen.plan]));
+    clock.time('capture', () => frontier.model.advance(pruned));
     opts.onGroupPruned?.(id, pruned);
   }
   progress('group', ids.length, ids.length);
@@ -398,7 +424,7 @@ export async function* pruneSizes(
   const plan = shared.time('analyze', () => planPrune(model, calib, o.mode!, o));
   if (o.stats) shared.time('analyze', () => checkStats(o.stats!, model, plan.groups, calib, o.method));
   o.onPlan?.(plan.memory);
-  const keeps = await shared.time('allocate', () => keepsFor(model, plan, calib, budgets, o));
+  const keeps = await keepsFor(model, plan, calib, budgets, o, shared);
   const ranking = o.mode === 'layerwise' ? await rankLayerwise(model, plan, keeps, calib, o, shared) : undefined;
   for (const [i, budget] of budgets.entries()) {
     const clock = i ? new Stopwatch(STAGES) : shared;

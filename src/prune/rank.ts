@@ -50,8 +50,18 @@ export function rankGroup(
     // the intercept where the consumer can take a bias change (bias.ts) and the capture has the column sums
     const intercept = consts && gram.sums && typeof biasSite(model.graph!, consts, c) !== 'string';
     return {
-      ...{ d: c.d, m: c.m, g: c.g, G: gram.G, C: gram.C, H: gram.H, W: W[i]! },
-      ...(intercept ? { intercept: { sums: gram.sums!, targetSums: gram.targetSums, rows: gram.rows } } : {}),
+      ...{ d: c.d, m: c.m, g: c.g, G: gram.G, C: gram.C, H: gram.H, CW: gram.CW, targetNorm2: gram.targetNorm2 },
+      W: W[i]!,
+      ...(intercept
+        ? {
+            intercept: {
+              sums: gram.sums!,
+              targetSums: gram.targetSums,
+              targetSumsW: gram.targetSumsW,
+              rows: gram.rows,
+            },
+          }
+        : {}),
     };
   });
   const kernels = { kernels: how.kernels, threads: how.threads };
@@ -114,26 +124,29 @@ export const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 function slicedObjective(c: Consumer, gram: Gram, W: Float64Array, keep: number[], norm2: number): number {
   const { d, m, g } = c,
     G = gram.G,
-    C = gram.C ?? gram.G;
+    C = gram.C ?? gram.G,
+    CW = gram.CW;
   const cols = keep.flatMap((ch) => Array.from({ length: g }, (_, a) => ch * g + a));
   let cross = 0,
     quad = 0;
   const GW = new Float64Array(m),
-    CW = new Float64Array(m);
+    CWi = new Float64Array(m);
   for (const i of cols) {
     GW.fill(0);
-    CW.fill(0);
+    CWi.fill(0);
     for (const l of cols) {
       const v = G[i * d + l];
       if (v) for (let j = 0; j < m; j++) GW[j] += v * W[l * m + j];
     }
-    for (let l = 0; l < d; l++) {
-      const v = C[i * d + l];
-      if (v) for (let j = 0; j < m; j++) CW[j] += v * W[l * m + j];
-    }
+    if (CW) CWi.set(CW.subarray(i * m, (i + 1) * m));
+    else
+      for (let l = 0; l < d; l++) {
+        const v = C[i * d + l];
+        if (v) for (let j = 0; j < m; j++) CWi[j] += v * W[l * m + j];
+      }
     for (let j = 0; j < m; j++) {
       quad += W[i * m + j] * GW[j];
-      cross += W[i * m + j] * CW[j];
+      cross += W[i * m + j] * CWi[j];
     }
   }
   return norm2 > 0 ? 1 - (quad - 2 * cross + norm2) / norm2 : 1;

@@ -21,6 +21,11 @@ export interface LayerProblem {
   C?: Float64Array;
   /** AᵀA, used for ‖AW‖² when C is given and targetNorm2 is not. */
   H?: Float64Array;
+  /**
+   * BᵀA W (d×m), for the asymmetric objective in place of C: all the greedy uses of C (Q starts as C W). Needs
+   * targetNorm2, and with an intercept its targetSumsW.
+   */
+  CW?: Float64Array;
   /** ‖AW‖², when known; otherwise computed from G (symmetric) or H. */
   targetNorm2?: number;
   /** d×m, row-major. */
@@ -39,6 +44,8 @@ export interface Intercept {
   sums: Float64Array;
   /** Aᵀ1 (d), for the asymmetric objective; absent: A = B. */
   targetSums?: Float64Array;
+  /** Wᵀ Aᵀ1 (m), in place of targetSums where the problem has CW. */
+  targetSumsW?: Float64Array;
   /** N, the rows of B. */
   rows: number;
 }
@@ -205,8 +212,16 @@ export function selectGroup(problems: LayerProblem[], k: number, opts: SelectOpt
   for (const pr of problems) {
     const { d, m } = pr,
       dd = d * d;
-    if (pr.G.length !== dd || pr.W.length !== d * m || (pr.C && pr.C.length !== dd) || (pr.H && pr.H.length !== dd))
+    const sizes = [
+      pr.G.length === dd,
+      pr.W.length === d * m,
+      (pr.C ?? pr.G).length === dd,
+      (pr.H ?? pr.G).length === dd,
+    ];
+    if (sizes.includes(false) || (pr.CW && pr.CW.length !== d * m))
       throw new RangeError(`layer problem sizes do not match d = ${d}, m = ${m}`);
+    if (pr.CW && (pr.targetNorm2 === undefined || (pr.intercept && !pr.intercept.targetSumsW)))
+      throw internal('a problem with CW = BᵀA W needs targetNorm2 = ‖AW‖² (and with an intercept, Wᵀ Aᵀ1)');
   }
   const K = getKernels(opts.kernels, opts.threads),
     mark = K.arena.mark();
@@ -275,7 +290,10 @@ class Factor {
       tmp = A.alloc(128 * K.threads);
     A.f64(p.G, d * d).set(pr.G);
     A.f64(Wp, d * m).set(pr.W);
-    if (pr.C) {
+    if (pr.CW) {
+      A.f64(p.Q, d * m).set(pr.CW);
+      this.norm2 = pr.targetNorm2!;
+    } else if (pr.C) {
       const Cp = A.alloc(d * d * 8);
       A.f64(Cp, d * d).set(pr.C);
       gemm(K, Cp, Wp, p.Q, d, d, m, P, tmp);
@@ -315,8 +333,10 @@ class Factor {
       { sums: s, targetSums: t = s, rows: N } = pr.intercept!;
     if (s.length !== d || t.length !== d || !(N > 0))
       throw new RangeError(`intercept sums must have d = ${d} entries and rows N > 0`);
-    const v = new Float64Array(m);
-    for (let i = 0; i < d; i++) for (let j = 0; j < m; j++) v[j] += t[i]! * W[i * m + j]!;
+    const w = pr.intercept!.targetSumsW,
+      v = w ? w.slice() : new Float64Array(m);
+    if (w && w.length !== m) throw new RangeError(`intercept target sums Wᵀ Aᵀ1 must have m = ${m} entries`);
+    if (!w) for (let i = 0; i < d; i++) for (let j = 0; j < m; j++) v[j] += t[i]! * W[i * m + j]!;
     for (let i = 0; i < d; i++) for (let j = 0; j < d; j++) G[i * d + j] -= (s[i]! * s[j]!) / N;
     const Q = this.view('Q', d * m);
     for (let i = 0; i < d; i++) for (let j = 0; j < m; j++) Q[i * m + j] -= (s[i]! * v[j]!) / N;

@@ -1,0 +1,143 @@
+import { describe, it, expect } from 'vitest';
+import { clone } from '@bufbuild/protobuf';
+import { existsSync } from 'node:fs';
+import { ModelProtoSchema, readModel, replaceInitializerData, tensorToFloat32, type Model } from '../src/onnx/index.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { encodeNpy, openNpy } from '../src/npy.js';
+import { analyze } from '../src/graph/analyze.js';
+import { pruneGroups } from '../src/rewrite/index.js';
+import { captureGrams } from '../src/capture/index.js';
+import { Frontier, unchangedTensors } from '../src/capture/frontier.js';
+import type { Group } from '../src/graph/types.js';
+
+// Sequential and asymmetric captures run each group's capture from the tensors the previous one cached (frontier.ts).
+// Oracles: for what changed, the graph itself (a constant edited by hand); for the captures, the same captures run
+// from the model's inputs without a frontier.
+
+describe('which cached tensors stay valid when the model changes', () => {
+  const model = readModel('models/lenet.onnx'),
+    g = model.graph!;
+  const convs = g.node.filter((n) => n.opType === 'Conv'),
+    outputs = g.node.flatMap((n) => n.output);
+  const at = (name: string) => outputs.indexOf(name);
+  const edited = (edit: (m: Model) => void) => {
+    const next = clone(ModelProtoSchema, model);
+    edit(next);
+    return next;
+  };
+
+  it('a changed constant changes every tensor after its node and none before it', () => {
+    const w = convs[1]!.input[1]!;
+    const next = edited((m) => {
+      const { dims, data } = tensorToFloat32(m.graph!.initializer.find((t) => t.name === w)!);
+      data[0] += 1;
+      replaceInitializerData(m.graph!, w, dims, data);
+    });
+    const same = unchangedTensors(model, next, outputs);
+    const conv = at(convs[1]!.output[0]!);
+    expect(outputs.filter((t) => same.has(t))).toEqual(outputs.slice(0, conv));
+  });
+
+  it('an attribute change counts; a node renamed does not; an unchanged copy keeps everything', () => {
+    expect(unchangedTensors(model, clone(ModelProtoSchema, model), outputs).size).toBe(outputs.length);
+    const renamed = edited((m) => m.graph!.node.forEach((n, i) => (n.name = `renamed_${i}`)));
+    expect(unchangedTensors(model, renamed, outputs).size).toBe(outputs.length);
+    const first = convs[0]!.output[0]!;
+    const strided = edited((m) => {
+      const n = m.graph!.node.find((x) => x.output[0] === first)!;
+      n.attribute.find((a) => a.name === 'strides')!.ints[0]! += 1n;
+    });
+    expect([...unchangedTensors(model, strided, outputs)].filter((t) => at(t) >= at(first))).toEqual([]);
+  });
+});
+
+// The first 48 calibration images: three batches of 16.
+function first48(): string {
+  const f = openNpy('models/calib.npy'),
+    path = join(mkdtempSync(join(tmpdir(), 'subprune-frontier-')), 'calib48.npy');
+  writeFileSync(path, encodeNpy(f.readF32(0, 48), [48, ...f.shape.slice(1)]));
+  f.close();
+  return path;
+}
+
+// A sequential prune's captures, group by group, with and without a frontier; each group then loses its last channels
+// (sliced, no re-fit: the models differ from step to step as in a real run).
+async function sequentialCaptures(name: string, asymmetric: boolean, budget: number, perturb: boolean) {
+  const original = readModel(`models/${name}.onnx`),
+    calib = openNpy(first48());
+  const groups0 = analyze(original, undefined).groups,
+    ids = groups0.map((u) => u.id);
+  const frontier = new Frontier(original, budget),
+    targetFrontier = new Frontier(original, budget);
+  const target = asymmetric ? { model: original, groups: groups0 } : undefined;
+  const later = (groups: Group[], i: number) =>
+    groups.filter((u) => ids.indexOf(u.id) > i).flatMap((u) => u.consumers.map((c) => c.input));
+  let model = original,
+    cachedSteps = 0;
+  const diffs: number[] = [];
+  for (const [i, id] of ids.entries()) {
+    const groups = analyze(model, undefined).groups,
+      group = groups.find((u) => u.id === id)!;
+    const opts = { batch: 16, threads: 1, target };
+    const plain = await captureGrams(model, [group], calib, opts);
+    if (frontier.bytes > 0) cachedSteps++;
+    const fed = await captureGrams(model, [group], calib, {
+      ...opts,
+      frontier: {
+        model: frontier,
+        later: later(groups, i),
+        ...(asymmetric ? { target: targetFrontier, targetLater: later(groups0, i) } : {}),
+      },
+    });
+    plain.get(id)!.forEach((p, c) => {
+      const f = fed.get(id)![c]!;
+      for (const key of ['G', 'CW', 'C'] as const) {
+        const a = p[key],
+          b = f[key];
+        expect(!!a).toBe(!!b);
+        if (!a || !b) continue;
+        const scale = a.reduce((x, v) => Math.max(x, Math.abs(v)), 0);
+        diffs.push(a.reduce((x, v, j) => Math.max(x, Math.abs(v - b[j]!)), 0) / scale);
+      }
+    });
+    const keep = Array.from({ length: Math.max(1, group.channels - 2) }, (_, j) => j);
+    model = pruneGroups(model, [{ group, keep }]);
+    if (perturb) {
+      // a change upstream of every cached tensor that the rewrite did not announce: advance must drop them all
+      const w = model.graph!.node.find((n) => n.opType === 'Conv' || n.opType === 'MatMul')!.input[1]!;
+      const { dims, data } = tensorToFloat32(model.graph!.initializer.find((t) => t.name === w)!);
+      data[0] += 0.5;
+      replaceInitializerData(model.graph!, w, dims, data);
+    }
+    frontier.advance(model);
+  }
+  calib.close();
+  return { diffs, cachedSteps, steps: ids.length };
+}
+
+describe.each(['resnet20', 'vit'].filter((m) => existsSync(`models/${m}.onnx`)))(
+  '%s: captures fed from a frontier',
+  (name) => {
+    it.each([
+      ['sequential', false, 2 ** 30],
+      ['asymmetric', true, 2 ** 30],
+      ['sequential, no room to cache', false, 0],
+      ['sequential, each rewrite also changing the first layer', false, 2 ** 30, true],
+    ] as const)(
+      "%s: every group's Gram matrices equal those of a capture from the inputs",
+      { timeout: 600_000 },
+      async (_, asymmetric, budget, perturb = false) => {
+        const { diffs, cachedSteps, steps } = await sequentialCaptures(name, asymmetric, budget, perturb);
+        expect(diffs.length).toBeGreaterThanOrEqual(steps);
+        // onnxruntime computes the same nodes on the same values: equal up to its fusions' rounding
+        expect(Math.max(...diffs)).toBeLessThan(1e-5);
+
+        // (with the first layer changed, only what does not depend on it stays cached: shapes of the inputs)
+        if (!budget) expect(cachedSteps).toBe(0);
+        else if (!perturb) expect(cachedSteps).toBeGreaterThan(0);
+      },
+    );
+  },
+);
