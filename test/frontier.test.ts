@@ -10,6 +10,7 @@ import { analyze } from '../src/graph/analyze.js';
 import { pruneGroups } from '../src/rewrite/index.js';
 import { captureGrams } from '../src/capture/index.js';
 import { Frontier, unchangedTensors } from '../src/capture/frontier.js';
+import { neededNodes } from '../src/capture/runner.js';
 import type { Group } from '../src/graph/types.js';
 
 // Sequential and asymmetric captures run each group's capture from the tensors the previous one cached (frontier.ts).
@@ -139,5 +140,31 @@ describe.each(['resnet20', 'vit'].filter((m) => existsSync(`models/${m}.onnx`)))
         else if (!perturb) expect(cachedSteps).toBeGreaterThan(0);
       },
     );
+  },
+);
+
+// On a model that does not change (asymmetric mode's original), the captures of all groups together run each node once.
+describe.each(['mobilenet', 'resnet20', 'vit'].filter((m) => existsSync(`models/${m}.onnx`)))(
+  '%s: the original model through a frontier',
+  (name) => {
+    it('the captures of every group run each node at most once in all', () => {
+      const model = readModel(`models/${name}.onnx`),
+        groups = analyze(model, undefined).groups;
+      const frontier = new Frontier(model, 2 ** 30),
+        runs = new Map<string, number>();
+      groups.forEach((group, i) => {
+        const want = group.consumers.map((c) => c.input),
+          later = groups.slice(i + 1).flatMap((u) => u.consumers.map((c) => c.input));
+        const step = frontier.step(want, later, [])!;
+        const fetch = [...new Set([...want, ...step.keep])].filter((t) => !frontier.has(t));
+        for (const n of neededNodes(model.graph!, fetch, new Set(step.given.keys()))!)
+          runs.set(n.output[0]!, (runs.get(n.output[0]!) ?? 0) + 1);
+        // what a capture stages: every kept tensor of the one batch
+        for (const t of step.keep) frontier.stage(t, 0, { type: 'float32', data: new Float32Array(1) } as never, 1);
+        frontier.commit(true);
+      });
+      expect([...runs].filter(([, k]) => k > 1)).toEqual([]);
+      expect(runs.size).toBeGreaterThan(model.graph!.node.length / 2);
+    });
   },
 );

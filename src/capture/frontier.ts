@@ -186,19 +186,15 @@ export class Frontier {
     const read = new Set([...run].flatMap((n) => n.input));
     const given = new Map<string, DataType>();
     for (const t of have) if (read.has(t)) given.set(t, ORT_TYPES[this.cache.get(t)!.values().next().value!.type]!);
-    // what to keep: tensors known after this run, unchanged by `changing`, that a node later captures need reads and
-    // that node is not itself known and unchanged (it will run again)
+    // what to keep: tensors known after this run and unchanged by `changing` that later captures want, or that a node
+    // they need reads when that node is not itself known and unchanged (it will run again)
     const dirty = descendants(g, changing),
       needed = ancestors(g, later),
       known = new Set([...have, ...[...run].flatMap((n) => n.output)]);
     const done = (n: NodeProto) => !dirty.has(n) && n.output.every((o) => known.has(o));
-    const keep = new Set<string>();
-    for (const n of needed)
-      if (!done(n))
-        for (const t of n.input) {
-          const p = producer.get(t);
-          if (known.has(t) && !(p && dirty.has(p))) keep.add(t);
-        }
+    const clean = (t: string) => !dirty.has(producer.get(t)!);
+    const keep = new Set(later.filter((t) => known.has(t) && clean(t)));
+    for (const n of needed) if (!done(n)) for (const t of n.input) if (known.has(t) && clean(t)) keep.add(t);
     return { given, cached: want.filter((t) => have.has(t)), keep: [...keep] };
   }
 

@@ -183,6 +183,15 @@ export class Runner {
   }
 }
 
+// The first NaN or ±Infinity in x, or −1. A plain loop: findIndex with a callback took 5 % of a capture.
+function firstNonFinite(x: Float32Array): number {
+  let sum = 0;
+  for (let i = 0; i < x.length; i++) sum += x[i]! * 0; // NaN when any entry is NaN or infinite
+  if (sum === 0) return -1;
+  for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i]!)) return i;
+  return -1;
+}
+
 /**
  * The named tensors of one batch's run as f32 (the batch's own samples, without the padding to a fixed batch size),
  * checked to be finite.
@@ -208,7 +217,7 @@ export function activations(
       v = v.subarray(0, (v.length / d[0]) * n);
       d[0] = n;
     }
-    const bad = v.findIndex((x) => !Number.isFinite(x));
+    const bad = firstNonFinite(v);
     if (bad >= 0) {
       const where = `${v[bad]} on the calibration data (sample ${batch.start + Math.floor(bad / (v.length / n))})`;
       throw badInput(`tensor ${name} has ${where}; the model or the data is broken`);
