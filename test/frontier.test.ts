@@ -147,10 +147,13 @@ describe.each(['resnet20', 'vit'].filter((m) => existsSync(`models/${m}.onnx`)))
 describe.each(['mobilenet', 'resnet20', 'vit'].filter((m) => existsSync(`models/${m}.onnx`)))(
   '%s: the original model through a frontier',
   (name) => {
-    it('the captures of every group run each node at most once in all', () => {
+    it.each([
+      ['from cut to cut', false],
+      ['all wanted tensors at the first capture (fixed)', true],
+    ])('%s: the captures of every group run each node at most once in all', (_, fixed) => {
       const model = readModel(`models/${name}.onnx`),
         groups = analyze(model, undefined).groups;
-      const frontier = new Frontier(model, 2 ** 30),
+      const frontier = new Frontier(model, 2 ** 30, fixed),
         runs = new Map<string, number>();
       groups.forEach((group, i) => {
         const want = group.consumers.map((c) => c.input),

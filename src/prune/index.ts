@@ -348,7 +348,10 @@ async function pruneSequential(
   let pruned = model;
   // each capture runs the model from where the previous one's cached tensors leave off (frontier.ts)
   const target = opts.mode === 'asymmetric' ? { model, groups: plan.groups } : undefined,
-    frontier = { model: new Frontier(model, frontierBytes()), target: target && new Frontier(model, frontierBytes()) };
+    frontier = {
+      model: new Frontier(model, frontierBytes()),
+      target: target && new Frontier(model, frontierBytes(), true),
+    };
   const inputsOf = (groups: Group[], after: number) =>
     groups.filter((u) => ids.indexOf(u.id) > after).flatMap((u) => u.consumers.map((c) => c.input));
   for (const [i, id] of ids.entries()) {
