@@ -10,12 +10,14 @@ import {
   DataType,
   type AttributeProto,
   TensorProtoSchema,
+  tensorToFloat32,
   type GraphProto,
   type Model,
   type NodeProto,
   type TensorProto,
 } from '../onnx/index.js';
 import { holdsSubgraphs, type OrtTensor } from './runner.js';
+import type { AxisSlice } from '../graph/types.js';
 import { availableMemory } from '../kernels/memory.js';
 
 /**
@@ -120,19 +122,27 @@ function sameAttribute(a: AttributeProto, b: AttributeProto): boolean {
 }
 
 /**
- * Of `names` (tensors of `prev`), those that `next` computes exactly as `prev` does: the same nodes and constants all
- * the way up to the graph inputs.
+ * Of `names` (tensors of `prev`), those that `next` computes exactly as `prev` does (`same`: the same nodes and
+ * constants all the way up to the graph inputs), and those that differ only inside `region` (`sliced`: tensors a
+ * group's rewrite sliced, computed by nodes of the same ops whose constants and attributes may differ, from inputs
+ * that are the same or sliced themselves).
  */
-export function unchangedTensors(prev: Model, next: Model, names: readonly string[]): Set<string> {
+export function compareTensors(
+  prev: Model,
+  next: Model,
+  names: readonly string[],
+  slicing?: Slicing,
+): { same: Set<string>; sliced: Set<string> } {
+  const region = slicing?.region ?? new Set<string>(),
+    removed = slicing ? removedOf(slicing) : new Set<number>();
   const a = prev.graph!,
     b = next.graph!;
   const before = producers(a),
+    after = producers(b),
     constsA = new Map(a.initializer.map((t) => [t.name, t])),
     constsB = new Map(b.initializer.map((t) => [t.name, t])),
     inputsA = new Set(a.input.map((x) => x.name)),
     inputsB = new Set(b.input.map((x) => x.name));
-  const need = ancestors(b, names),
-    same = new Set<string>();
   // a graph input or constant (no producer): the same kind in both, and the same values
   const sourceSame = (t: string) => {
     const ca = constsA.get(t),
@@ -140,15 +150,106 @@ export function unchangedTensors(prev: Model, next: Model, names: readonly strin
     if (ca || cb) return !!ca && !!cb && sameTensor(ca, cb);
     return inputsA.has(t) && inputsB.has(t);
   };
-  const producerB = producers(b);
-  const ok = (t: string) => !t || same.has(t) || (!producerB.has(t) && !before.has(t) && sourceSame(t));
+  const state = new Map<string, 'same' | 'sliced'>();
+  const of = (t: string) =>
+    !t ? 'same' : (state.get(t) ?? (!after.has(t) && !before.has(t) && sourceSame(t) ? 'same' : undefined));
+  // a constant input of a node of the region: the same, or (float) the old one with the removed channels' entries cut
+  // out along the group's slices of it; shape counts (integers) the rewrite edits are not checked here
+  const constantOk = (t: string, old: string | undefined) => {
+    if (of(t) === 'same') return true;
+    const ct = constsB.get(t),
+      co = old === undefined ? undefined : constsA.get(old);
+    if (!ct) return after.get(t)?.opType === 'Constant';
+    if (ct.dataType !== DataType.FLOAT && ct.dataType !== DataType.FLOAT16 && ct.dataType !== DataType.DOUBLE)
+      return true;
+    const runs = slicing?.slices.filter((x) => x.tensor === old) ?? [];
+    if (!co || !runs.length) return false;
+    let want = tensorToFloat32(co);
+    for (const r of runs) want = cutEntries(want, { ...r, entries: want.dims[r.axis]! }, removed);
+    const got = tensorToFloat32(ct).data;
+    return got.length === want.data.length && got.every((v, i) => Object.is(v, want.data[i]));
+  };
+  const need = ancestors(b, names);
   for (const n of b.node) {
     if (!need.has(n)) continue;
     const old = n.output.map((o) => before.get(o));
-    if (old[0] && old.every((o) => o === old[0]) && sameNode(old[0], n) && n.input.every(ok))
-      for (const o of n.output) same.add(o);
+    const o0 = old[0] && old.every((o) => o === old[0]) ? old[0] : undefined;
+    if (o0 && sameNode(o0, n) && n.input.every((t) => of(t) === 'same')) n.output.forEach((o) => state.set(o, 'same'));
+    else if (
+      o0?.opType === n.opType &&
+      n.output.every((o) => region.has(o)) &&
+      n.input.every((t, i) => of(t) !== undefined || constantOk(t, o0.input[i]))
+    )
+      n.output.forEach((o) => state.set(o, 'sliced'));
   }
-  return new Set(names.filter((t) => same.has(t) || (!producerB.has(t) && !before.has(t) && sourceSame(t))));
+  const same = new Set(names.filter((t) => of(t) === 'same'));
+  return { same, sliced: new Set(names.filter((t) => of(t) === 'sliced')) };
+}
+
+/** Of `names` (tensors of `prev`), those that `next` computes exactly as `prev` does. */
+export const unchangedTensors = (prev: Model, next: Model, names: readonly string[]) =>
+  compareTensors(prev, next, names).same;
+
+/** Where a group's channels lie in a tensor: entries offset + c·per .. + per of `axis` (< 0: from the end). */
+export interface ChannelRun {
+  axis: number;
+  offset: number;
+  per: number;
+  entries: number;
+}
+
+/** Values with `dims` without the entries of the `removed` channels of `run` along its axis. */
+function cutEntries<T extends Float32Array | Uint16Array>(
+  x: { data: T; dims: number[] },
+  run: ChannelRun,
+  removed: ReadonlySet<number>,
+): { data: T; dims: number[] } {
+  const dims = [...x.dims],
+    axis = run.axis < 0 ? dims.length + run.axis : run.axis;
+  const outer = dims.slice(0, axis).reduce((p, q) => p * q, 1),
+    inner = dims.slice(axis + 1).reduce((p, q) => p * q, 1);
+  const kept = Array.from({ length: run.entries }, (_, e) => e).filter(
+    (e) => e < run.offset || !removed.has(Math.floor((e - run.offset) / run.per)),
+  );
+  const out = new (x.data.constructor as new (n: number) => T)(outer * kept.length * inner);
+  let o = 0;
+  for (let i = 0; i < outer; i++)
+    for (const e of kept) {
+      out.set(x.data.subarray((i * run.entries + e) * inner, (i * run.entries + e + 1) * inner), o);
+      o += inner;
+    }
+  dims[axis] = kept.length;
+  return { data: out, dims };
+}
+
+/** The tensor without the entries of the `removed` channels of `run` (a new tensor of onnxruntime's own class). */
+function sliceTensor(t: OrtTensor, run: ChannelRun, removed: ReadonlySet<number>): OrtTensor | undefined {
+  const dims = [...t.dims],
+    axis = run.axis < 0 ? dims.length + run.axis : run.axis;
+  if (dims[axis] !== run.entries || (t.type !== 'float32' && t.type !== 'float16')) return undefined;
+  const cut = cutEntries({ data: t.data as Float32Array | Uint16Array, dims }, run, removed);
+  const Tensor = t.constructor as new (type: string, data: typeof cut.data, dims: number[]) => OrtTensor;
+  return new Tensor(t.type, cut.data, cut.dims);
+}
+
+/** The channels a group's rewrite removes. */
+function removedOf(s: Slicing): Set<number> {
+  const removed = new Set(Array.from({ length: s.channels }, (_, c) => c));
+  for (const c of s.keep) removed.delete(c);
+  return removed;
+}
+
+/** A group's rewrite, as a frontier needs it: its activations, and where its channels lie in each cached one. */
+export interface Slicing {
+  /** The tensors that carry the group's channels (its rewrite only drops entries of them). */
+  region: ReadonlySet<string>;
+  /** The constant entries that belong to the channels (Group.slices): what the rewrite cuts out of them. */
+  slices: readonly AxisSlice[];
+  /** Tensors to cut down (the group's consumer inputs), with where the channels lie. */
+  runs: ReadonlyMap<string, ChannelRun>;
+  /** Channels n of the group, and those kept. */
+  channels: number;
+  keep: readonly number[];
 }
 
 /**
@@ -180,22 +281,37 @@ export class Frontier {
     return n;
   }
 
-  /** Moves to the model's next version, dropping every cached tensor that `next` computes differently. */
-  advance(next: Model): void {
-    if (next !== this.model) {
-      this.ahead = false;
-      const keep = unchangedTensors(this.model, next, [...this.cache.keys()]);
-      for (const t of [...this.cache.keys()]) if (!keep.has(t)) this.cache.delete(t);
-      this.model = next;
+  /**
+   * Moves to the model's next version, dropping every cached tensor that `next` computes differently; with `slicing`
+   * (the group just pruned), a cached tensor the rewrite only cut down along the group's channels is cut down too.
+   */
+  advance(next: Model, slicing?: Slicing): void {
+    if (next === this.model) return;
+    this.ahead = false;
+    const { same, sliced } = compareTensors(this.model, next, [...this.cache.keys()], slicing);
+    const removed = slicing ? removedOf(slicing) : new Set<number>();
+    for (const [t, per] of [...this.cache]) {
+      if (same.has(t)) continue;
+      const run = sliced.has(t) ? slicing!.runs.get(t) : undefined;
+      const cut = run && [...per].map(([start, x]) => [start, sliceTensor(x, run, removed)] as const);
+      if (cut && cut.every(([, x]) => x)) this.cache.set(t, new Map(cut as [number, OrtTensor][]));
+      else this.cache.delete(t);
     }
+    this.model = next;
   }
 
   /**
    * How to compute `want` in the current model: which cached tensors to feed, and which tensors to keep for the
    * captures of `later` (their wanted tensors), given that the nodes `changing` (and what they reach) change before
-   * then. Undefined when the graph holds subgraphs (the capture then runs the whole model, and nothing is cached).
+   * then, but for the tensors `sliceable`, which the change only cuts down (advance cuts them down too). Undefined
+   * when the graph holds subgraphs (the capture then runs the whole model, and nothing is cached).
    */
-  step(want: readonly string[], later: readonly string[], changing: readonly NodeProto[]): FrontierStep | undefined {
+  step(
+    want: readonly string[],
+    later: readonly string[],
+    changing: readonly NodeProto[],
+    sliceable: readonly string[] = [],
+  ): FrontierStep | undefined {
     const g = this.model.graph!;
     if (holdsSubgraphs(g)) {
       this.cache.clear();
@@ -221,7 +337,8 @@ export class Frontier {
       needed = ancestors(g, later),
       known = new Set([...have, ...[...run].flatMap((n) => n.output)]);
     const done = (n: NodeProto) => !dirty.has(n) && n.output.every((o) => known.has(o));
-    const clean = (t: string) => !dirty.has(producer.get(t)!);
+    const cut = new Set(sliceable),
+      clean = (t: string) => cut.has(t) || !dirty.has(producer.get(t)!);
     const keep = new Set(later.filter((t) => known.has(t) && clean(t)));
     for (const n of needed) if (!done(n)) for (const t of n.input) if (known.has(t) && clean(t)) keep.add(t);
     return { given, cached: want.filter((t) => have.has(t)), keep: [...keep] };

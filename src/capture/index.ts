@@ -12,7 +12,7 @@ import { availableMemory, fmtBytes, KERNEL_BYTES } from '../kernels/memory.js';
 import { ChannelStatsAccumulator, type Captured, type StatsWanted } from './stats.js';
 import { activations, Runner, type Activation, type OrtTensor } from './runner.js';
 import type { RuntimeOptions } from './runtime.js';
-import type { Frontier } from './frontier.js';
+import type { ChannelRun, Frontier, Slicing } from './frontier.js';
 import type { NodeProto } from '../onnx/index.js';
 import { modelInputs } from '../calibration.js';
 
@@ -131,6 +131,20 @@ async function captureInPasses(model: Model, groups: Group[], calib: Calibration
 const spanOf = (c: Consumer) => (c.kind === 'conv' ? c.d / (c.conv!.kernel[0] * c.conv!.kernel[1]) : c.d);
 
 /**
+ * How a group's rewrite cuts down its consumers' inputs and the other tensors that carry its channels (for a
+ * frontier: the next group's capture then runs on from the consumers, not from the producers).
+ */
+export function slicingOf(group: Group, keep: readonly number[]): Slicing {
+  const runs = new Map<string, ChannelRun>();
+  for (const c of group.consumers) {
+    const per = spanOf(c) / group.channels;
+    runs.set(c.input, { axis: c.kind === 'conv' ? 1 : -1, offset: c.offset, per, entries: c.entries });
+  }
+  const region = new Set(group.tensors.map((t) => t.tensor));
+  return { region, slices: group.slices, runs, channels: group.channels, keep };
+}
+
+/**
  * The group's part of a consumer's input: entries [offset, offset + span) of its channel axis (axis 1 of a Conv's
  * input, the last axis of a dense layer's); the activation itself when the group has the whole axis.
  */
@@ -185,9 +199,9 @@ async function openSource(
   names: string[],
   opts: RuntimeOptions,
   batches: number,
-  frontier?: { f: Frontier; later: string[]; changing: NodeProto[] },
+  frontier?: { f: Frontier; later: string[]; changing: NodeProto[]; sliceable?: string[] },
 ): Promise<Source> {
-  const step = frontier?.f.step(names, frontier.later, frontier.changing);
+  const step = frontier?.f.step(names, frontier.later, frontier.changing, frontier.sliceable);
   if (!frontier || !step) {
     const runner = await Runner.open(model, names, opts, true);
     return {
@@ -232,7 +246,7 @@ async function capturePass(
     names,
     opts,
     batches,
-    fr && { f: fr.model, later: fr.later, changing: rewritten(model, groups) },
+    fr && { f: fr.model, later: fr.later, changing: rewritten(model, groups), sliceable: names },
   );
   const tgt = opts.target
     ? await openSource(

@@ -16,6 +16,7 @@ import { Calibration, type InputData } from '../calibration.js';
 import {
   captureGrams,
   capturePasses,
+  slicingOf,
   groupGramBytes,
   loadRuntime,
   type Backend,
@@ -369,7 +370,7 @@ async function pruneSequential(
     const chosen = clock.time('select', () => selectGroupPlan(pruned, group, gram.get(id)!, k, calib, opts));
     reports.push({ ...chosen.report, seconds: (performance.now() - t) / 1000 }); // capture + selection of this group
     pruned = clock.time('rewrite', () => pruneGroups(pruned, [chosen.plan]));
-    clock.time('capture', () => frontier.model.advance(pruned));
+    clock.time('capture', () => frontier.model.advance(pruned, slicingOf(group, chosen.plan.keep)));
     opts.onGroupPruned?.(id, pruned);
   }
   progress('group', ids.length, ids.length);
