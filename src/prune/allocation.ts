@@ -4,7 +4,7 @@
 import { internal } from '../errors.js';
 import type { Model } from '../onnx/index.js';
 import type { Group } from '../graph/types.js';
-import type { Calibration, InputData } from '../calibration.js';
+import { Calibration, type InputData } from '../calibration.js';
 import { captureGrams, type RuntimeOptions } from '../capture/index.js';
 import type { Captured, StatsWanted } from '../capture/stats.js';
 import type { KernelOptions } from '../kernels/instances.js';
@@ -14,7 +14,6 @@ import type { SizeOf } from '../budget/index.js';
 import { openGroupProbe, verifyTargets, type VerifySet } from '../eval/alone.js';
 import { betterScore, openNetworkProbe, type NetworkProbe, type NetworkScore } from '../eval/network.js';
 import { pruneGroups, type PrunePlan } from '../rewrite/index.js';
-import { Calibration as Inputs } from '../calibration.js';
 import { fidelitySampleRows } from './verify.js';
 import { paddedWeights, planOf, rankGroup, type Ranked } from './rank.js';
 
@@ -229,9 +228,9 @@ export async function searchAllocation(
   return { ...best, start, evaluations: seen.size };
 }
 
-/** The search allocation's probe: the verification set's (default: the calibration inputs) first SEARCH.rows rows. */
+/** The search allocation's probe: SEARCH.rows rows of the verification set, evenly spaced (fidelitySampleRows). */
 export function openSearchProbe(model: Model, verify: VerifySet, opts: RuntimeOptions = {}): Promise<NetworkProbe> {
-  const rows = fidelitySampleRows(Inputs.of(model, verify.data).rows, SEARCH.rows);
+  const rows = fidelitySampleRows(Calibration.of(model, verify.data).rows, SEARCH.rows);
   return openNetworkProbe(model, verify, rows, opts);
 }
 
