@@ -124,6 +124,9 @@ export function spendLeftover(
  * group whose channels gain little one by one (a ViT's FFN neurons beside its heads) is otherwise starved, which the
  * objective does not see and the network's output does (ViT 2× fewer FLOPs: 0.787 test accuracy from 1 channel,
  * 0.865 from half the uniform share; README § Allocations).
+ *
+ * `weights` (default 1 for every group) multiply each group's gains: the search allocation's knob (a group whose
+ * pruning hurts the network more than its objective says gets a larger weight and so more channels).
  */
 export function allocateGlobal(
   groups: AllocGroup[],
@@ -131,14 +134,15 @@ export function allocateGlobal(
   sizeOf: SizeOf,
   goal: number,
   floor = 0,
+  weights?: Map<string, number>,
 ): Map<string, number> {
   checkReachable(groups, sizeOf, goal);
   const keeps = floor > 0 ? shareOfUniform(groups, sizeOf, goal, floor) : keepsOf(groups, () => 1);
-  const active = new Set(groups.filter((u) => u.channels > 1));
+  const active = new Set(groups.filter((u) => u.channels > 1 && keeps.get(u.id)! < u.channels));
   const gain = (u: AllocGroup) => {
     const o = objectives.get(u.id)!,
       k = keeps.get(u.id)!;
-    return o[k]! - o[k - 1]!;
+    return (o[k]! - o[k - 1]!) * (weights?.get(u.id) ?? 1);
   };
   while (active.size) {
     let best: AllocGroup | undefined;

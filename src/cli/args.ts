@@ -3,7 +3,7 @@ import { openNpy } from '../npy.js';
 import { openInputs } from './inputs.js';
 import { badInput } from '../errors.js';
 import { METHODS, type Method } from '../select/baselines.js';
-import { ALLOCATIONS, type Allocation } from '../prune/allocation.js';
+import { PRUNE_ALLOCATIONS, type Allocation } from '../prune/allocation.js';
 import type { VerifySet } from '../eval/alone.js';
 
 /** Integer class labels from a 1-D .npy file. */
@@ -49,9 +49,14 @@ export const methodHelp = `\
                       groups, gains normalised per group; no more work than uniform), uniform (one keep
                       fraction for all; the default for --keep-ratio), sensitivity (each group pruned alone
                       at fractions 0.01 … 1 and measured on --verify; a common accuracy level that meets the
-                      target; the slowest)
-  --verify DATA       inputs for --allocation sensitivity (default: the calibration inputs; as --calib); top-1
-                      agreement with the original model, or accuracy with --verify-labels FILE
+                      target; the slowest), search (global, then a coordinate search on per-group weights
+                      of its gains: each candidate is pruned whole and scored on up to 512 rows of --verify,
+                      evenly spaced, by the KL divergence of its outputs from the original model's, or by
+                      accuracy with --verify-labels; at most 1 + 6 × groups candidates, each a rewrite and a
+                      pass over those rows)
+  --verify DATA       inputs for --allocation sensitivity or search (default: the calibration inputs; as
+                      --calib); label-free: top-1 agreement with the original model (sensitivity), the KL
+                      divergence from its outputs (search); accuracy with --verify-labels FILE
   --grid STEP         the sensitivity allocation's fractions: STEP, 2·STEP, …, 1 (default 0.01)`;
 
 export interface MethodFlags {
@@ -74,12 +79,13 @@ export function methodFlags(o: {
   grid?: string;
 }): MethodFlags {
   const method = choice(o.method ?? 'greedy', '--method', METHODS),
-    allocation = o.allocation === undefined ? undefined : choice(o.allocation, '--allocation', ALLOCATIONS);
+    allocation = o.allocation === undefined ? undefined : choice(o.allocation, '--allocation', PRUNE_ALLOCATIONS);
   const seed = Number(o.seed ?? '0');
   if (!Number.isInteger(seed) || seed < 0) throw badInput(`--seed ${o.seed}: expected a whole number ≥ 0`);
   if (o['verify-labels'] && !o.verify) throw badInput('--verify-labels needs --verify');
-  if ((o.verify || o.grid) && allocation !== 'sensitivity')
-    throw badInput(`--${o.verify ? 'verify' : 'grid'} is for --allocation sensitivity`);
+  if (o.verify && allocation !== 'sensitivity' && allocation !== 'search')
+    throw badInput('--verify is for --allocation sensitivity or search');
+  if (o.grid && allocation !== 'sensitivity') throw badInput('--grid is for --allocation sensitivity');
   const grid = gridFlag(o.grid);
   const opened = o.verify ? openInputs(o.verify, '--verify') : undefined;
   const data = opened?.data;

@@ -1,5 +1,5 @@
-// Running a model over a data set: top-1 accuracy against labels, agreement with and relative error against a
-// reference model.
+// Running a model over a data set: top-1 accuracy against labels, agreement with, relative error against and KL
+// divergence from a reference model.
 import type { Model } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
 import { Calibration, type InputData } from '../calibration.js';
@@ -14,6 +14,8 @@ export interface Fidelity {
   agreement?: number;
   /** ‖y − y_ref‖ / ‖y_ref‖ over all outputs, when a reference is given. */
   relError?: number;
+  /** Mean KL(softmax(y_ref) ‖ softmax(y)) over the output's rows of its last axis, when a reference is given. */
+  kl?: number;
   /** Shape of the first output for one batch, for the record. */
   outputDims: number[];
 }
@@ -39,6 +41,34 @@ export function argmaxRows(y: Float32Array, rows: number): Int32Array {
   return out;
 }
 
+/**
+ * Σ over the rows of the last axis (`classes` values each) of KL(softmax(ref) ‖ softmax(y)), in float64: a smooth
+ * measure of how far y's class scores moved from the reference's, where top-1 agreement only counts flips.
+ */
+export function klSum(ref: Float32Array, y: Float32Array, classes: number): number {
+  let sum = 0;
+  for (let r = 0; r < ref.length; r += classes) {
+    let mr = -Infinity,
+      my = -Infinity;
+    for (let j = r; j < r + classes; j++) {
+      mr = Math.max(mr, ref[j]!);
+      my = Math.max(my, y[j]!);
+    }
+    let zr = 0,
+      zy = 0;
+    for (let j = r; j < r + classes; j++) {
+      zr += Math.exp(ref[j]! - mr);
+      zy += Math.exp(y[j]! - my);
+    }
+    // KL = Σ p (log p − log q) with log p = ref − mr − log zr, log q = y − my − log zy
+    const shift = my + Math.log(zy) - mr - Math.log(zr);
+    let kl = 0;
+    for (let j = r; j < r + classes; j++) kl += (Math.exp(ref[j]! - mr) / zr) * (ref[j]! - y[j]! + shift);
+    sum += kl;
+  }
+  return sum;
+}
+
 /** Runs `model` over the data (first output = class scores) against labels and/or a reference model. */
 export async function evaluate(model: Model, data: InputData, opts: EvaluateOptions = {}): Promise<Fidelity> {
   const calib = Calibration.of(model, data),
@@ -53,6 +83,8 @@ export async function evaluate(model: Model, data: InputData, opts: EvaluateOpti
     agree = 0,
     err = 0,
     norm = 0,
+    kl = 0,
+    klRows = 0,
     dims: number[] = [];
   // a reference with a fixed batch size of its own runs batches no larger than that
   const size = Math.min(calib.batchSize(opts.batch ?? EVAL_BATCH), refCalib?.batchSize(Infinity) ?? Infinity);
@@ -73,6 +105,9 @@ export async function evaluate(model: Model, data: InputData, opts: EvaluateOpti
           err += (y.data[i] - r.data[i]) ** 2;
           norm += r.data[i] ** 2;
         }
+        const classes = y.dims[y.dims.length - 1] ?? 1;
+        kl += klSum(r.data, y.data, classes);
+        klRows += y.data.length / classes;
       }
       opts.onBatch?.(b.start + n, calib.rows);
     }
@@ -85,6 +120,6 @@ export async function evaluate(model: Model, data: InputData, opts: EvaluateOpti
     samples: n,
     outputDims: dims,
     ...(opts.labels ? { accuracy: correct / n } : {}),
-    ...(ref ? { agreement: agree / n, relError: Math.sqrt(err / (norm || 1)) } : {}),
+    ...(ref ? { agreement: agree / n, relError: Math.sqrt(err / (norm || 1)), kl: kl / (klRows || 1) } : {}),
   };
 }

@@ -1,10 +1,10 @@
-// Per-group budgets from the groups themselves (--allocation sensitivity | global): one capture of the original model,
-// one nested ranking per group (rank.ts), and for sensitivity each group's measured curve.
+// Per-group budgets from the groups themselves (--allocation sensitivity | global | search): one capture of the
+// original model, one nested ranking per group (rank.ts); for sensitivity each group's measured curve, for search the
+// whole pruned network measured for each candidate allocation.
 import { internal } from '../errors.js';
 import type { Model } from '../onnx/index.js';
 import type { Group } from '../graph/types.js';
-import type { Calibration, InputData } from '../calibration.js';
-import type { NpyFile } from '../npy.js';
+import { Calibration, type InputData } from '../calibration.js';
 import { captureGrams, type RuntimeOptions } from '../capture/index.js';
 import type { Captured, StatsWanted } from '../capture/stats.js';
 import type { KernelOptions } from '../kernels/instances.js';
@@ -12,10 +12,16 @@ import { statsFor, type Method, type MethodOptions } from '../select/baselines.j
 import { allocateByLevel, allocateGlobal, gridKeeps, type Curve } from '../budget/allocate.js';
 import type { SizeOf } from '../budget/index.js';
 import { openGroupProbe, verifyTargets, type VerifySet } from '../eval/alone.js';
-import { paddedWeights, rankGroup, type Ranked } from './rank.js';
+import { betterScore, openNetworkProbe, type NetworkProbe, type NetworkScore } from '../eval/network.js';
+import { pruneGroups, type PrunePlan } from '../rewrite/index.js';
+import { fidelitySampleRows } from './verify.js';
+import { paddedWeights, planOf, rankGroup, type Ranked } from './rank.js';
 
-export type Allocation = 'uniform' | 'sensitivity' | 'global';
+export type Allocation = 'uniform' | 'sensitivity' | 'global' | 'search';
+/** The allocations made from the groups' rankings (and curves) alone: the study's (src/study). */
 export const ALLOCATIONS: readonly Allocation[] = ['uniform', 'sensitivity', 'global'];
+/** What prune offers: those, and the search, which also measures pruned networks. */
+export const PRUNE_ALLOCATIONS: readonly Allocation[] = [...ALLOCATIONS, 'search'];
 
 /**
  * The allocation when none is asked for: global for compression budgets, uniform for a keep ratio (one fraction for
@@ -28,11 +34,14 @@ export const defaultAllocation = (budgets: readonly object[]): Allocation =>
 /** How a compression budget is split over the groups. */
 export interface AllocationOptions {
   /**
-   * uniform (one keep fraction for all), sensitivity (each group's measured curve) or global (default for compression
-   * budgets; see defaultAllocation).
+   * uniform (one keep fraction for all), sensitivity (each group's measured curve), global (default for compression
+   * budgets; see defaultAllocation) or search (global, improved by measuring the whole pruned network).
    */
   allocation?: Allocation;
-  /** The sensitivity allocation's verification set (default: the calibration inputs, measuring agreement). */
+  /**
+   * The sensitivity and search allocations' verification set (default: the calibration inputs, label-free: agreement
+   * with the original model, and for search the KL divergence from its outputs).
+   */
   verify?: VerifySet;
   /** The sensitivity allocation's grid step of kept fractions (default 0.01). */
   grid?: number;
@@ -103,28 +112,134 @@ export async function sensitivityCurves(
 // The global allocation starts every group at half the channels the uniform allocation keeps (see allocateGlobal).
 const GLOBAL_FLOOR = 0.5;
 
-/** Keeps for a size goal by an allocation that needs the groups' rankings (sensitivity: their curves too). */
+/** The global allocation with each group's gains multiplied by its weight (default: 1 for every group). */
+function allocateWeighted(
+  ranked: Ranked[],
+  sizeOf: SizeOf,
+  goal: number,
+  weights?: Map<string, number>,
+): Map<string, number> {
+  const objectives = new Map(ranked.map((r) => [r.group.id, r.sel.objective]));
+  return allocateGlobal(
+    ranked.map((r) => r.group),
+    objectives,
+    sizeOf,
+    goal,
+    GLOBAL_FLOOR,
+    weights,
+  );
+}
+
+/**
+ * Keeps for a size goal by an allocation that needs the groups' rankings (sensitivity: their curves too). The search
+ * allocation also measures pruned networks: searchAllocation.
+ */
 export function allocateRanked(
-  allocation: 'sensitivity' | 'global',
+  allocation: Exclude<Allocation, 'uniform'>,
   ranked: Ranked[],
   sizeOf: SizeOf,
   goal: number,
   curves?: Map<string, Curve>,
 ): Map<string, number> {
-  const groups = ranked.map((r) => r.group);
-  if (allocation === 'global') {
-    const objectives = new Map(ranked.map((r) => [r.group.id, r.sel.objective]));
-    return allocateGlobal(groups, objectives, sizeOf, goal, GLOBAL_FLOOR);
-  }
+  if (allocation === 'global') return allocateWeighted(ranked, sizeOf, goal);
+  if (allocation === 'search') throw internal('the search allocation measures pruned networks: use searchAllocation');
   if (!curves) throw internal("the sensitivity allocation needs the groups' curves");
-  return allocateByLevel(groups, curves, sizeOf, goal);
+  return allocateByLevel(
+    ranked.map((r) => r.group),
+    curves,
+    sizeOf,
+    goal,
+  );
 }
 
 /**
- * Per-group keeps for compression budgets (one map per size goal) by the sensitivity or global allocation, for `prune`:
- * one capture of the original model and the method's ranking of every group (both returned, so that layerwise pruning
- * reuses them), and for sensitivity each group's curve on the verification set (default: the calibration inputs,
- * label-free). The rankings and curves serve every goal.
+ * The search allocation's bounds. Rows: the verification rows each candidate is measured on (evenly spaced; as the
+ * report's fidelity, 512 rows keep a pass cheap and still cover every class of a set sorted by class). Factors: one
+ * round per factor, largest first; in a round each group's weight is tried multiplied and divided by the factor.
+ * So at most 1 + 2 × groups × factors.length candidates are measured (repeated allocations are not re-measured).
+ */
+export const SEARCH = { rows: 512, factors: [4, 2, Math.SQRT2] } as const;
+
+/** What the search found for one size goal. */
+export interface SearchResult {
+  keeps: Map<string, number>;
+  /** Each group's weight on its gains (1: the global allocation's). */
+  weights: Map<string, number>;
+  /** The global allocation's score (where the search starts) and the search's. */
+  start: NetworkScore;
+  score: NetworkScore;
+  /** Distinct allocations measured (each a rewrite and a pass over the probe's rows). */
+  evaluations: number;
+}
+
+/** The layerwise pruned model for some keeps, the plans made once per group and channel count (`plans`). */
+function prunedAt(model: Model, ranked: Ranked[], keeps: Map<string, number>, refit: boolean, plans: PrunePlan[][]) {
+  return pruneGroups(
+    model,
+    ranked.map((r, i) => {
+      const k = keeps.get(r.group.id)!;
+      plans[i]![k] ??= planOf(r, k, refit, true);
+      return plans[i]![k]!;
+    }),
+  );
+}
+
+const keyOf = (ranked: Ranked[], keeps: Map<string, number>) => ranked.map((r) => keeps.get(r.group.id)).join(',');
+
+/**
+ * The global allocation improved by measuring the whole pruned network (layerwise: each group's first k channels,
+ * re-fitted) on the probe's rows. Coordinate search on per-group weights of the global allocation's gains: for each
+ * factor of SEARCH.factors and each group in turn, multiply its weight by the factor, else divide by it, and keep the
+ * change when the pruned network scores better (betterScore). Every candidate is a global allocation (reweighted),
+ * so it meets the goal as global does; the result never scores worse than the start.
+ */
+export async function searchAllocation(
+  model: Model,
+  ranked: Ranked[],
+  sizeOf: SizeOf,
+  goal: number,
+  probe: NetworkProbe,
+  opts: { refit?: boolean; factors?: readonly number[]; onStep?: (done: number, total: number) => void } = {},
+): Promise<SearchResult> {
+  const refit = opts.refit ?? true,
+    factors = opts.factors ?? SEARCH.factors;
+  const plans: PrunePlan[][] = ranked.map(() => []);
+  const total = 1 + 2 * ranked.length * factors.length;
+  let step = 0;
+  const first = allocateWeighted(ranked, sizeOf, goal);
+  const start = await probe.score(prunedAt(model, ranked, first, refit, plans));
+  opts.onStep?.(++step, total);
+  const seen = new Set([keyOf(ranked, first)]);
+  let best = { keeps: first, weights: new Map(ranked.map((r) => [r.group.id, 1])), score: start };
+  for (const factor of factors)
+    for (const r of ranked)
+      for (const f of [factor, 1 / factor]) {
+        const weights = new Map(best.weights).set(r.group.id, best.weights.get(r.group.id)! * f);
+        const keeps = allocateWeighted(ranked, sizeOf, goal, weights);
+        const key = keyOf(ranked, keeps);
+        opts.onStep?.(++step, total);
+        if (seen.has(key)) continue;
+        seen.add(key);
+        const score = await probe.score(prunedAt(model, ranked, keeps, refit, plans));
+        if (!betterScore(score, best.score)) continue;
+        best = { keeps, weights, score };
+        break; // the other direction of this group is not tried
+      }
+  return { ...best, start, evaluations: seen.size };
+}
+
+/** The search allocation's probe: SEARCH.rows rows of the verification set, evenly spaced (fidelitySampleRows). */
+export function openSearchProbe(model: Model, verify: VerifySet, opts: RuntimeOptions = {}): Promise<NetworkProbe> {
+  const rows = fidelitySampleRows(Calibration.of(model, verify.data).rows, SEARCH.rows);
+  return openNetworkProbe(model, verify, rows, opts);
+}
+
+/**
+ * Per-group keeps for compression budgets (one map per size goal) by the sensitivity, global or search allocation, for
+ * `prune`: one capture of the original model and the method's ranking of every group (both returned, so that
+ * layerwise pruning reuses them); for sensitivity each group's curve on the verification set (default: the
+ * calibration inputs, label-free), which serves every goal; for search, per goal, the search's candidates measured on
+ * the verification set (the results returned too).
  */
 export async function allocateBudget(
   model: Model,
@@ -135,13 +250,18 @@ export async function allocateBudget(
     KernelOptions &
     MethodOptions &
     AllocationOptions & {
-      allocation: 'sensitivity' | 'global';
+      allocation: Exclude<Allocation, 'uniform'>;
       refit?: boolean;
       /** The capture made beforehand (prune's `stats`): none is run. */
       grams?: Map<string, Captured[]>;
       onProgress?: (stage: string, done: number, total: number) => void;
     },
-): Promise<{ keeps: Map<string, number>[]; grams: Map<string, Captured[]>; ranked: Ranked[] }> {
+): Promise<{
+  keeps: Map<string, number>[];
+  grams: Map<string, Captured[]>;
+  ranked: Ranked[];
+  search?: SearchResult[];
+}> {
   const progress = opts.onProgress ?? (() => {});
   const grams =
     opts.grams ??
@@ -158,6 +278,33 @@ export async function allocateBudget(
           onStep: (d: number, n: number) => progress('allocate', d, n),
         })
       : undefined;
+  if (opts.allocation === 'search') {
+    const search = await searchGoals(model, ranked, goals, opts.verify ?? { data: calib }, {
+      ...opts,
+      onStep: (d: number, n: number) => progress('allocate', d, n),
+    });
+    return { keeps: search.map((s) => s.keeps), grams, ranked, search };
+  }
   const keeps = goals.map((g) => allocateRanked(opts.allocation, ranked, g.sizeOf, g.goal, curves));
   return { keeps, grams, ranked };
+}
+
+/** searchAllocation for every goal, with one probe (the original model's outputs computed once). */
+async function searchGoals(
+  model: Model,
+  ranked: Ranked[],
+  goals: { sizeOf: SizeOf; goal: number }[],
+  verify: VerifySet,
+  opts: RuntimeOptions & { refit?: boolean; onStep?: (done: number, total: number) => void },
+): Promise<SearchResult[]> {
+  const probe = await openSearchProbe(model, verify, opts);
+  const out: SearchResult[] = [];
+  for (const [i, g] of goals.entries())
+    out.push(
+      await searchAllocation(model, ranked, g.sizeOf, g.goal, probe, {
+        refit: opts.refit,
+        onStep: (d, n) => opts.onStep?.(i * n + d, goals.length * n),
+      }),
+    );
+  return out;
 }
