@@ -3,7 +3,10 @@
 // the tensors at the edge of what the next groups leave unchanged, and the next capture runs only the nodes after it.
 // Correctness never rests on predicting what changes: when the model moves to its next version, every cached tensor
 // whose computation differs in any node or constant upstream is dropped (advance), and a capture computes whatever
-// is not cached from the model's inputs.
+// is not cached from the model's inputs. The one exception is checked too: a group's consumer inputs are cut down to
+// its kept channels when the rewrite changed only nodes that carry its channels, and their float constants are the
+// old ones without the removed channels' entries; that they compute each channel alone is the analysis's claim, the
+// same the rewrite rests on.
 import { toBinary } from '@bufbuild/protobuf';
 import {
   AttributeProtoSchema,

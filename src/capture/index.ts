@@ -1,11 +1,11 @@
 // Activation capture: onnxruntime runs the model on calibration batches with the tensors we need added as graph
 // outputs; each batch streams into the Gram accumulators and is dropped.
 import { badInput, internal } from '../errors.js';
-import type { Model } from '../onnx/index.js';
+import type { Model, NodeProto } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
 import type { Consumer, Group } from '../graph/types.js';
 import { consumerWeightMatrix } from '../graph/analyze.js';
-import { Calibration, type Batch, type InputData } from '../calibration.js';
+import { Calibration, modelInputs, type Batch, type InputData } from '../calibration.js';
 import { GramAccumulator, gramBytes, projects } from '../kernels/gram.js';
 import { getKernels, type KernelOptions } from '../kernels/instances.js';
 import { availableMemory, fmtBytes, KERNEL_BYTES } from '../kernels/memory.js';
@@ -13,8 +13,6 @@ import { ChannelStatsAccumulator, type Captured, type StatsWanted } from './stat
 import { activations, Runner, type Activation, type OrtTensor } from './runner.js';
 import type { RuntimeOptions } from './runtime.js';
 import type { ChannelRun, Frontier, Slicing } from './frontier.js';
-import type { NodeProto } from '../onnx/index.js';
-import { modelInputs } from '../calibration.js';
 
 export { loadRuntime, type Backend, type RuntimeOptions } from './runtime.js';
 export { Runner, type Activation } from './runner.js';
@@ -40,11 +38,6 @@ export interface CaptureOptions extends RuntimeOptions, Pick<KernelOptions, 'thr
 /** Default calibration batch size for capture (a model with a fixed batch size uses its own). */
 export const CAPTURE_BATCH = 64;
 
-/**
- * Splits groups into capture passes (forward passes over the calibration set) whose Gram matrices fit the kernels'
- * memory together: one pass unless they do not. Checked before any allocation: every group must fit alone, and all
- * the Gram matrices together fit the host memory available (they are copied out after each pass and kept).
- */
 /** The outputs an asymmetric capture of a consumer projects its target on (projects()), or none: C and H. */
 const projectionOf = (c: { d: number; m?: number }, asymmetric: boolean) =>
   asymmetric && c.m !== undefined && projects(c.d, c.m) ? c.m : undefined;
@@ -53,6 +46,11 @@ const projectionOf = (c: { d: number; m?: number }, asymmetric: boolean) =>
 export const groupGramBytes = (g: { consumers: { d: number; m?: number }[] }, asymmetric: boolean) =>
   g.consumers.reduce((a, c) => a + gramBytes(c.d, asymmetric, projectionOf(c, asymmetric)), 0);
 
+/**
+ * Splits groups into capture passes (forward passes over the calibration set) whose Gram matrices fit the kernels'
+ * memory together: one pass unless they do not. Checked before any allocation: every group must fit alone, and all
+ * the Gram matrices together fit the host memory available (they are copied out after each pass and kept).
+ */
 export function capturePasses<U extends { id: string; consumers: { d: number; m?: number }[] }>(
   groups: readonly U[],
   asymmetric: boolean,
@@ -131,8 +129,9 @@ async function captureInPasses(model: Model, groups: Group[], calib: Calibration
 const spanOf = (c: Consumer) => (c.kind === 'conv' ? c.d / (c.conv!.kernel[0] * c.conv!.kernel[1]) : c.d);
 
 /**
- * How a group's rewrite cuts down its consumers' inputs and the other tensors that carry its channels (for a
- * frontier: the next group's capture then runs on from the consumers, not from the producers).
+ * How a group's rewrite cuts down its consumers' inputs, which a frontier keeps so that the next group's capture runs
+ * on from the consumers, not from the producers; the region (every tensor that carries the channels) is what
+ * compareTensors checks that the rewrite only cut down.
  */
 export function slicingOf(group: Group, keep: readonly number[]): Slicing {
   const runs = new Map<string, ChannelRun>();
@@ -255,7 +254,10 @@ async function capturePass(
         opts,
         batches,
         fr?.target && { f: fr.target, later: fr.targetLater ?? [], changing: [] },
-      )
+      ).catch(async (e) => {
+        await run.release(false);
+        throw e;
+      })
     : undefined;
   let ok = false;
   const kernels = getKernels('wasm', opts.threads),
