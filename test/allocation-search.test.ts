@@ -100,6 +100,11 @@ describe('search allocation', () => {
       expect(s.score.agreement).toBeCloseTo(mine.agreement, 10);
       expect(s.start.kl).toBeCloseTo(start.kl, 5);
       expect(searched.report.fidelity.kl).toBeCloseTo(mine.kl, 5);
+      // the report carries the search's outcome: the scores the oracle measured on the two models
+      expect(searched.report.search!.score.kl).toBeCloseTo(mine.kl, 5);
+      expect(searched.report.search!.start.kl).toBeCloseTo(start.kl, 5);
+      expect(searched.report.search!.evaluations).toBe(s.evaluations);
+      expect(global.report.search).toBeUndefined();
       expect(mine.kl).toBeLessThanOrEqual(start.kl);
       expect(s.evaluations).toBeGreaterThan(1);
       expect(s.evaluations).toBeLessThanOrEqual(1 + 6 * groups.length);

@@ -354,6 +354,16 @@ function summarize(
     `on ${r.fidelity.samples} of the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ` +
       `${pct(r.fidelity.agreement)}, relative output error ${r.fidelity.relError!.toFixed(4)}`,
   );
+  if (r.search) {
+    const { start, score, evaluations } = r.search;
+    const accuracy =
+      start.accuracy === undefined ? '' : `, accuracy ${pct(start.accuracy)} → ${pct(score.accuracy ?? NaN)}`;
+    console.log(
+      `search (global allocation → search, ${evaluations} allocations measured on the verification rows): KL from ` +
+        `the original ${start.kl.toFixed(4)} → ${score.kl.toFixed(4)}, top-1 agreement ${pct(start.agreement)} → ` +
+        `${pct(score.agreement)}${accuracy}`,
+    );
+  }
   console.log(
     `method ${r.method}, allocation ${r.allocation}, mode ${r.mode}, ${r.refit ? 're-fit' : 'no re-fit'}, ` +
       `onnxruntime-${r.backend}; seconds: analyze ${s.analyze.toFixed(2)}, allocate ${s.allocate.toFixed(2)}, ` +

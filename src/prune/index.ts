@@ -40,7 +40,9 @@ import {
   defaultAllocation,
   type Allocation,
   type AllocationOptions,
+  type SearchResult,
 } from './allocation.js';
+import type { NetworkScore } from '../eval/network.js';
 import { mean, objectivesOf, planOf, rankGroup, refinedAt, type Ranked } from './rank.js';
 import { checkFidelityRows, fidelityOf, verifyPruned } from './verify.js';
 
@@ -124,8 +126,13 @@ export interface PruneReport {
   flops: { before: number; after: number };
   /** Tokens per sample of a sequence model (see Calibration.tokens): flops ÷ tokens is the FLOPs per token. */
   tokens?: number;
-  /** allocate: the sensitivity or global allocation (its capture of the original model and its measurements). */
+  /**
+   * allocate: the allocation's own work (sensitivity: its curves; search: its candidates); an allocation's capture of
+   * the original model counts as capture.
+   */
   seconds: Record<Stage | 'total', number>;
+  /** The search allocation's outcome for this size: the global start's score and the search's, and its candidates. */
+  search?: { start: NetworkScore; score: NetworkScore; evaluations: number };
   /** The pruned model against the original on (a sample of) the calibration inputs: `samples` rows, see fidelityOf. */
   fidelity: Fidelity;
   /** Bytes of kernel memory planned before the run. */
@@ -179,6 +186,7 @@ interface Keeps {
   keeps: Map<string, number>[];
   grams?: Map<string, Captured[]>;
   ranked?: Ranked[];
+  search?: SearchResult[];
 }
 
 async function keepsFor(
@@ -464,6 +472,7 @@ export async function* pruneSizes(
         flops: { before: plan.before.flops, after: after.flops },
         ...(calib.tokens ? { tokens: calib.tokens } : {}),
         seconds: { ...clock.seconds, total: clock.total() },
+        ...(keeps.search?.[i] ? { search: searchReport(keeps.search[i]) } : {}),
         fidelity,
         memory: plan.memory,
       };
@@ -475,6 +484,8 @@ export async function* pruneSizes(
     yield sized;
   }
 }
+
+const searchReport = ({ start, score, evaluations }: SearchResult) => ({ start, score, evaluations });
 
 /** Prunes `model` with calibration data; returns the pruned model (verified in onnxruntime) and the report. */
 export async function prune(
