@@ -22,6 +22,7 @@ export {
   encodeFloat32,
   tensorDims,
   numel,
+  dropEntries,
   dataTypeName,
   float16BitsToFloat32,
   float32ToFloat16Bits,

@@ -14,6 +14,7 @@ import {
   makeNode,
   tensorAttr,
   numel,
+  dropEntries,
   ModelProtoSchema,
   replaceInitializerData,
   setTensorData,
@@ -62,21 +63,7 @@ const changedModel = 'was the model changed after analysis?';
 
 /** Keeps, along `axis`, only the entries not in `removed`. */
 function sliceAxis(w: Work, axis: number, removed: Set<number>): void {
-  const { dims, data } = w;
-  const outer = numel(dims.slice(0, axis)),
-    inner = numel(dims.slice(axis + 1)),
-    len = dims[axis]!;
-  const kept = Array.from({ length: len }, (_, i) => i).filter((i) => !removed.has(i));
-  const out = new Float32Array(outer * kept.length * inner);
-  let o = 0;
-  for (let i = 0; i < outer; i++) {
-    for (const e of kept) {
-      out.set(data.subarray((i * len + e) * inner, (i * len + e + 1) * inner), o);
-      o += inner;
-    }
-  }
-  w.dims = dims.map((d, i) => (i === axis ? kept.length : d));
-  w.data = out;
+  Object.assign(w, dropEntries(w, axis, removed));
 }
 
 function checkPlan(p: PrunePlan): void {

@@ -212,13 +212,8 @@ export function selectGroup(problems: LayerProblem[], k: number, opts: SelectOpt
   for (const pr of problems) {
     const { d, m } = pr,
       dd = d * d;
-    const sizes = [
-      pr.G.length === dd,
-      pr.W.length === d * m,
-      (pr.C ?? pr.G).length === dd,
-      (pr.H ?? pr.G).length === dd,
-    ];
-    if (sizes.includes(false) || (pr.CW && pr.CW.length !== d * m))
+    const square = (x?: Float64Array) => !x || x.length === dd;
+    if (!square(pr.G) || !square(pr.C) || !square(pr.H) || pr.W.length !== d * m || (pr.CW && pr.CW.length !== d * m))
       throw new RangeError(`layer problem sizes do not match d = ${d}, m = ${m}`);
     if (pr.CW && (pr.targetNorm2 === undefined || (pr.intercept && !pr.intercept.targetSumsW)))
       throw internal('a problem with CW = BᵀA W needs targetNorm2 = ‖AW‖² (and with an intercept, Wᵀ Aᵀ1)');
