@@ -76,12 +76,34 @@ function mismatch(data: NpyFile, input: ModelInput): string | undefined {
   return undefined;
 }
 
+// The first NaN or ±Infinity in x, or −1. Plain loops: findIndex with a callback took 5 % of a capture's time in the
+// activations' checks and a tenth of LeNet's in the calibration data's; four sums run twice as fast as one (a chain
+// of dependent adds).
+export function firstNonFinite(x: Float32Array): number {
+  // v·0 is NaN for a NaN or infinite v, and 0 otherwise
+  let s0 = 0,
+    s1 = 0,
+    s2 = 0,
+    s3 = 0,
+    i = 0;
+  for (const n = x.length - 3; i < n; i += 4) {
+    s0 += x[i]! * 0;
+    s1 += x[i + 1]! * 0;
+    s2 += x[i + 2]! * 0;
+    s3 += x[i + 3]! * 0;
+  }
+  for (; i < x.length; i++) s0 += x[i]! * 0;
+  if (s0 + s1 + s2 + s3 === 0) return -1;
+  for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i]!)) return i;
+  return -1;
+}
+
 /** The values of rows [r0, r1) of an .npy file in the input's type, checked to be finite. */
 function feed(data: NpyFile, input: ModelInput, r0: number, r1: number): Feed {
   const dims = [r1 - r0, ...data.shape.slice(1)];
   if (FLOATS.has(input.elemType)) {
     const x = data.readF32(r0, r1);
-    const bad = x.findIndex((v) => !Number.isFinite(v));
+    const bad = firstNonFinite(x);
     if (bad >= 0) {
       const where = `${x[bad]} in sample ${r0 + Math.floor(bad / data.rowSize)}`;
       throw badInput(`${data.path}: ${where}; calibration data must be finite`);

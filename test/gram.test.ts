@@ -43,6 +43,8 @@ describe('Gram accumulation of conv patches (im2col)', () => {
         [[3, 4, 7, 6], 3, 2, 2, 1, [1, 0, 1, 1], 1, 2],
         [[5, 2, 9, 9], 3, 3, 1, 1, [1, 1, 1, 1], 1, 1],
         [[2, 3, 5, 8], 1, 1, 1, 2, [0, 0, 0, 0], 1, 1],
+        [[3, 2, 9, 11], 5, 5, 1, 2, [2, 1, 2, 1], 1, 1],
+        [[2, 3, 6, 6], 3, 3, 1, 1, [0, 0, 0, 0], 1, 1],
       ] as [number[], number, number, number, number, number[], number, number][]) {
         const n = dims.reduce((a, b) => a * b),
           X = Float32Array.from({ length: n }, () => r() - 0.5);
@@ -135,6 +137,38 @@ describe('Gram accumulation projected on the weights', () => {
       const P = patches(X, dims, 3, 3, 1, 1, [1, 1, 1, 1], 1, 1),
         Q = patches(Y, dims, 3, 3, 1, 1, [1, 1, 1, 1], 1, 1);
       check(gc, P, Q, { rows: dc, cols: mc, a: Wc });
+    },
+  );
+});
+
+describe('im2col', () => {
+  it.each([...BUILDS.map((b) => ['wasm', b] as const), ['plain', 'plain'] as const])(
+    '%s kernels (%s): patches as defined, nothing written past them but the 16 bytes of slack',
+    (kind, build) => {
+      const r = rng(43),
+        k = kind === 'plain' ? getKernels('plain') : getKernels('wasm', 1, build);
+      for (const [C, H, W, kh, kw] of [
+        [2, 6, 7, 3, 3],
+        [3, 5, 5, 5, 5],
+        [1, 4, 9, 2, 6],
+      ]) {
+        const OH = H - kh + 1,
+          OW = W - kw + 1,
+          n = OH * OW * C * kh * kw;
+        const mark = k.arena.mark(),
+          X = k.arena.alloc(C * H * W * 4 + 16),
+          out = k.arena.alloc(n * 4 + 16 + 64);
+        const x = Float32Array.from({ length: C * H * W }, () => r() - 0.5);
+        k.arena.f32(X, x.length).set(x);
+        k.arena.f32(out, n + 4 + 16).fill(7);
+        k.im2col(X, C, H, W, kh, kw, 1, 1, 0, 0, 1, 1, OH, OW, out);
+        const got = k.arena.f32(out, n + 4 + 16);
+        expect(Float64Array.from(got.subarray(0, n))).toEqual(
+          patches(x, [1, C, H, W], kh, kw, 1, 1, [0, 0, 0, 0], 1, 1).a,
+        );
+        expect([...got.subarray(n + 4)]).toEqual(Array(16).fill(7));
+        k.arena.release(mark);
+      }
     },
   );
 });

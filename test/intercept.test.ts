@@ -1,6 +1,8 @@
 import { describe, it, expect } from 'vitest';
 import { selectChannels, selectGroup, type LayerProblem } from '../src/select/greedy.js';
 import { GramAccumulator } from '../src/kernels/gram.js';
+import { getKernels } from '../src/kernels/instances.js';
+import { BUILDS } from './relaxed-simd.js';
 import {
   rng,
   randMat,
@@ -256,5 +258,27 @@ describe('the Gram accumulator sums the columns it accumulates', () => {
     close(cg.sums!, want, 1e-12);
     expect(cg.rows).toBe(b * OH * OW);
     expect(cg.targetSums).toBeUndefined();
+  });
+
+  it('the same sums, bit for bit, from the plain kernels and the wasm builds on 1 and 2 threads', () => {
+    // every build adds each column's f32 entries in f64 in row order, so they agree exactly; 2 threads split the
+    // columns (rows × d past the kernels' threshold for a second thread), not the rows
+    const r = rng(32),
+      d = 37,
+      rows = 16000;
+    const B = Float32Array.from({ length: rows * d }, () => r() * 4 - 1);
+    const want = new Float64Array(d);
+    B.forEach((v, i) => (want[i % d] += v));
+    const got = [getKernels('plain'), ...BUILDS.flatMap((b) => [1, 2].map((t) => getKernels('wasm', t, b)))].map(
+      (kernels) => {
+        const acc = new GramAccumulator(d, { kernels });
+        acc.add(B);
+        const sums = acc.result().sums!;
+        acc.release();
+        return sums;
+      },
+    );
+    close(got[0]!, want, 1e-12);
+    for (const s of got.slice(1)) expect(s).toEqual(got[0]);
   });
 });

@@ -1,5 +1,5 @@
 import { describe, it, expect, afterAll } from 'vitest';
-import { Calibration } from '../src/calibration.js';
+import { Calibration, firstNonFinite } from '../src/calibration.js';
 import { clone } from '@bufbuild/protobuf';
 import {
   DataType,
@@ -51,6 +51,21 @@ function setChannel(m: Model, weight: string, bias: string, c: number, w: (i: nu
 
 const finiteObjectives = (r: { groups: { objective: number }[] }) =>
   r.groups.every((u) => Number.isFinite(u.objective) && u.objective >= -1e-9 && u.objective <= 1 + 1e-9);
+
+describe('the finiteness check of data and activations', () => {
+  it('finds the first NaN or ±Infinity at every position of short and long arrays, none in finite extremes', () => {
+    for (const n of [1, 2, 3, 4, 5, 7, 8, 9, 1001])
+      for (let at = 0; at < n; at++)
+        for (const bad of [NaN, Infinity, -Infinity]) {
+          const x = Float32Array.from({ length: n }, (_, i) => (i % 2 ? 3.4e38 : -1.2e-38));
+          expect(firstNonFinite(x)).toBe(-1);
+          x[at] = bad;
+          if (at + 1 < n) x[n - 1] = NaN; // a later one too: the first is reported
+          expect(firstNonFinite(x)).toBe(x.findIndex((v) => !Number.isFinite(v)));
+          expect(firstNonFinite(x)).toBe(at);
+        }
+  });
+});
 
 describe('awkward channels: always zero, duplicated, constant', () => {
   // conv1 (6 channels): channel 1 copies channel 0, channel 2 is a constant 0.7 after ReLU, channel 3 is always 0.

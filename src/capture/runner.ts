@@ -15,7 +15,7 @@ import {
   type Written,
 } from '../onnx/index.js';
 import { badInput } from '../errors.js';
-import { modelInputs, type Batch, type Feed, type ModelInput } from '../calibration.js';
+import { firstNonFinite, modelInputs, type Batch, type Feed, type ModelInput } from '../calibration.js';
 import { loadRuntime, type Backend, type Ort, type RuntimeOptions } from './runtime.js';
 
 /** Whether a node holds a subgraph (If, Loop, Scan), whose reads of outer tensors are not among its inputs. */
@@ -181,15 +181,6 @@ export class Runner {
   release(): Promise<void> {
     return this.session.release();
   }
-}
-
-// The first NaN or ±Infinity in x, or −1. A plain loop: findIndex with a callback took 5 % of a capture.
-function firstNonFinite(x: Float32Array): number {
-  let sum = 0;
-  for (let i = 0; i < x.length; i++) sum += x[i]! * 0; // NaN when any entry is NaN or infinite
-  if (sum === 0) return -1;
-  for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i]!)) return i;
-  return -1;
 }
 
 /**

@@ -29,6 +29,8 @@ export interface Gram {
 export type { ConvGeometry } from '../geometry.js';
 
 const CHUNK_BYTES = 4 << 20;
+/** Bytes im2col may read past a sample and write past its patches (four entries at a time, assembly/index.ts). */
+const SLACK = 16;
 
 /**
  * Kernel memory of an accumulator for d columns (the row chunks and one conv sample aside, a few MiB); projected on m
@@ -53,12 +55,11 @@ export class GramAccumulator {
   readonly d: number;
   readonly asymmetric: boolean;
   private readonly k: Kernels;
-  private readonly p: { G: number; C: number; H: number; PB: number; PA: number };
+  // G, C, H; the packs of B and A; the column sums of B and A (f64, d each)
+  private readonly p: { G: number; C: number; H: number; PB: number; PA: number; S: number; TS: number };
   private readonly mark: number;
   private buf?: { cap: number; B: number; A: number; sample: number; XB: number; XA: number };
   private rows = 0;
-  private readonly sums: Float64Array;
-  private readonly targetSums?: Float64Array;
   // projected on W: CW, W in f32, the chunk's T = A·W (f64, then f32) and the packs of Aᵀ and of W or T
   private readonly proj?: { m: number; CW: number; W: number; T?: number; T32?: number; PAT?: number; PM: number };
   private targetNorm2 = 0;
@@ -82,8 +83,6 @@ export class GramAccumulator {
     if (opts.project && !asym) throw new Error('GramAccumulator: only an asymmetric capture projects on W');
     if (pr && pr.W.length !== d * pr.m)
       throw new RangeError(`projection W has ${pr.W.length} values, not ${d}×${pr.m}`);
-    this.sums = new Float64Array(d);
-    if (asym && !pr) this.targetSums = new Float64Array(d);
     this.mark = a.mark();
     const pack = k.gramPackFloats(d) * 4;
     this.p = {
@@ -92,6 +91,8 @@ export class GramAccumulator {
       H: asym && !pr ? a.alloc(dd) : 0,
       PB: a.alloc(pack),
       PA: asym && !pr ? a.alloc(pack) : 0,
+      S: a.alloc(d * 8),
+      TS: asym && !pr ? a.alloc(d * 8) : 0,
     };
     if (pr) {
       const m = pr.m;
@@ -101,20 +102,22 @@ export class GramAccumulator {
     }
   }
 
-  // Row buffers, sized on first use (a conv sample's patches must fit in one chunk).
-  private buffers(minRows: number, sample = 0) {
+  // Row buffers, sized on first use: a chunk, or the first batch's rows when fewer (every batch ends in a flush, so a
+  // larger buffer would only be cleared and never filled); a conv sample's patches must fit in one chunk.
+  private buffers(minRows: number, batchRows: number, sample = 0) {
     if (!this.buf) {
       const a = this.k.arena,
         d = this.d,
         asym = this.asymmetric;
-      const cap = Math.max(minRows, Math.floor(CHUNK_BYTES / (4 * d)), 1);
+      const cap = Math.max(minRows, Math.min(Math.floor(CHUNK_BYTES / (4 * d)), batchRows), 1);
+      // im2col reads and writes up to 16 bytes past a sample and its patches (SLACK)
       this.buf = {
         cap,
-        B: a.alloc(cap * d * 4),
-        A: asym ? a.alloc(cap * d * 4) : 0,
+        B: a.alloc(cap * d * 4 + SLACK),
+        A: asym ? a.alloc(cap * d * 4 + SLACK) : 0,
         sample,
-        XB: sample ? a.alloc(sample * 4) : 0,
-        XA: sample && asym ? a.alloc(sample * 4) : 0,
+        XB: sample ? a.alloc(sample * 4 + SLACK) : 0,
+        XA: sample && asym ? a.alloc(sample * 4 + SLACK) : 0,
       };
       const pr = this.proj;
       if (pr)
@@ -146,9 +149,9 @@ export class GramAccumulator {
     else if (this.asymmetric) {
       gramAccumulate(k, b.B, d, b.A, d, nr, p.C, p.PB, p.PA);
       gramAccumulate(k, b.A, d, 0, 0, nr, p.H, p.PA, 0);
-      addColumnSums(k.arena.f32(b.A, nr * d), d, this.targetSums!);
+      k.par('columnSums', { X: b.A, rows: nr, d, sums: p.TS, j0: 0, j1: d }, { work: nr * d });
     }
-    addColumnSums(k.arena.f32(b.B, nr * d), d, this.sums);
+    k.par('columnSums', { X: b.B, rows: nr, d, sums: p.S, j0: 0, j1: d }, { work: nr * d });
     this.rows += nr;
   }
 
@@ -181,8 +184,8 @@ export class GramAccumulator {
     if (B.length % d !== 0)
       throw new RangeError(`activation batch of ${B.length} values is not a whole number of rows of ${d}`);
     this.check(B.length, A);
-    const buf = this.buffers(1),
-      rows = B.length / d;
+    const rows = B.length / d,
+      buf = this.buffers(1, rows);
     for (let r0 = 0; r0 < rows; r0 += buf.cap) {
       const r1 = Math.min(rows, r0 + buf.cap);
       k.arena.f32(buf.B, (r1 - r0) * d).set(B.subarray(r0 * d, r1 * d));
@@ -208,7 +211,7 @@ export class GramAccumulator {
     const [OH, OW] = patchGrid(conv, H, W);
     const per = OH * OW,
       size = C * H * W,
-      buf = this.buffers(per, size);
+      buf = this.buffers(per, b * per, size);
     let filled = 0;
     for (let s = 0; s < b; s++) {
       if (filled + per > buf.cap) {
@@ -237,7 +240,7 @@ export class GramAccumulator {
     const { d, k, p } = this,
       dd = d * d;
     k.symmetrize(p.G, d);
-    const out: Gram = { d, rows: this.rows, G: k.arena.f64(p.G, dd).slice(), sums: this.sums.slice() };
+    const out: Gram = { d, rows: this.rows, G: k.arena.f64(p.G, dd).slice(), sums: k.arena.f64(p.S, d).slice() };
     if (this.proj) {
       const m = this.proj.m;
       Object.assign(out, { CW: k.arena.f64(this.proj.CW, d * m).slice(), targetNorm2: this.targetNorm2 });
@@ -246,13 +249,8 @@ export class GramAccumulator {
       k.symmetrize(p.H, d);
       out.C = k.arena.f64(p.C, dd).slice();
       out.H = k.arena.f64(p.H, dd).slice();
-      out.targetSums = this.targetSums!.slice();
+      out.targetSums = k.arena.f64(p.TS, d).slice();
     }
     return out;
   }
-}
-
-/** sums[j] += Σ_r X[r][j] in float64 (O(rows·d), next to the O(rows·d²) of the Gram). */
-function addColumnSums(X: Float32Array, d: number, sums: Float64Array): void {
-  for (let r = 0; r < X.length; r += d) for (let j = 0; j < d; j++) sums[j] += X[r + j]!;
 }

@@ -80,6 +80,13 @@ export function plainKernels(): Kernels {
         }
       }
     },
+    columnSums(X, rows, d, sums, j0, j1) {
+      const x = S(),
+        f = F(),
+        X4 = X >>> 2,
+        s8 = sums >>> 3;
+      for (let r = 0; r < rows; r++) for (let j = j0; j < j1; j++) f[s8 + j] += x[X4 + r * d + j];
+    },
     symmetrize(G, d) {
       const f = F(),
         G8 = G >>> 3;

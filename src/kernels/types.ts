@@ -27,6 +27,7 @@ export const KERNELS = {
   gramPackT: { params: ['X', 'ld', 'c0', 'cb', 'n', 'P', 'p0', 'p1'], range: ['p0', 'p1'] },
   // align: the tile's rows (MR in assembly/index.ts), which must not straddle a packed panel
   gramTiles: { params: ['PA', 'da', 'PB', 'db', 'rb', 'C', 'ldc', 'upper', 'i0', 'i1'], range: ['i0', 'i1'], align: 2 },
+  columnSums: { params: ['X', 'rows', 'd', 'sums', 'j0', 'j1'], range: ['j0', 'j1'], align: 4 },
   symmetrize: { params: ['G', 'd'] },
   zero: { params: ['P', 'bytes'] },
   gemmChunk: { params: [], returns: true },
@@ -51,6 +52,7 @@ export const KERNELS = {
   argmax: { params: ['gains', 'chan', 'n'], returns: true },
   // align: the back substitution's column block (CW), so that each thread solves whole blocks
   solveUpperT: { params: ['L', 'ldl', 't', 'X', 'm', 'j0', 'j1'], range: ['j0', 'j1'], align: 64 },
+  // X and out need 16 bytes of slack past the sample and its patches: entries are copied four at a time
   im2col: {
     params: ['X', 'C', 'H', 'W', 'kh', 'kw', 'sh', 'sw', 'pt', 'pl', 'dh', 'dw', 'OH', 'OW', 'out'],
   },
