@@ -67,10 +67,13 @@ function descendants(g: GraphProto, roots: readonly NodeProto[]): Set<NodeProto>
   return out;
 }
 
-/** The nodes `names` depend on, in `g`. */
-function ancestors(g: GraphProto, names: readonly string[]): Set<NodeProto> {
-  const producer = producers(g),
-    out = new Set<NodeProto>(),
+/** The nodes `names` depend on, in `g` (whose producers by tensor are `producer`). */
+function ancestors(
+  g: GraphProto,
+  names: readonly string[],
+  producer: ReadonlyMap<string, NodeProto> = producers(g),
+): Set<NodeProto> {
+  const out = new Set<NodeProto>(),
     stack = [...names];
   for (let t = stack.pop(); t !== undefined; t = stack.pop()) {
     const n = producer.get(t);
@@ -181,10 +184,11 @@ export function compareTensors(
     if (!co || !runs.length) return false;
     let want = tensorToFloat32(co);
     for (const r of runs) want = cutEntries(want, { ...r, entries: want.dims[r.axis]! }, removed);
-    const got = tensorToFloat32(ct).data;
-    return got.length === want.data.length && got.every((v, i) => Object.is(v, want.data[i]));
+    // bit for bit, without a callback per entry
+    const bytes = (x: ArrayBufferView) => new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
+    return sameBytes(bytes(tensorToFloat32(ct).data), bytes(want.data));
   };
-  const need = ancestors(b, names);
+  const need = ancestors(b, names, after);
   for (const n of b.node) {
     if (!need.has(n)) continue;
     const old = n.output.map((o) => before.get(o));
@@ -338,7 +342,7 @@ export class Frontier {
     // what to keep: tensors known after this run and unchanged by `changing` that later captures want, or that a node
     // they need reads when that node is not itself known and unchanged (it will run again)
     const dirty = descendants(g, changing),
-      needed = ancestors(g, later),
+      needed = ancestors(g, later, producer),
       known = new Set([...have, ...[...run].flatMap((n) => n.output)]);
     const done = (n: NodeProto) => !dirty.has(n) && n.output.every((o) => known.has(o));
     const cut = new Set(sliceable),
