@@ -281,7 +281,9 @@ async function capturePass(
       };
     }),
   );
-  // onnxruntime computes batch i+1 while the kernels accumulate batch i.
+  // Batch i+1 is asked for before batch i is accumulated. Only a backend that runs off this thread computes it
+  // meanwhile: onnxruntime-node runs it here, synchronously, once the accumulation yields (a 570 ms VGG run blocked
+  // this thread's timers throughout).
   const forward = (b: Batch) => Promise.all([run.run(b), tgt?.run(b)]);
   let pending: ReturnType<typeof forward> | undefined;
   try {
