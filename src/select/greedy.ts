@@ -95,7 +95,13 @@ export interface Selection {
   seconds: { setup: number; greedy: number };
 }
 
-export const DEFAULT_TOL = 1e-9;
+// A column whose residual is below tol × its norm² counts as dependent. The Gram matrices sum f32 products in f32
+// over blocks of up to 128 rows before f64, so for non-negative activations (after a ReLU) an entry can be off by
+// 128 × 2⁻²⁴ ≈ 8e-6 of itself, and the intercept's centring subtracts large near-equal numbers: residuals below
+// that are noise, and taking such a column as independent made the re-fit divide by it. The untrained SqueezeNet
+// fixture, one expand1x1 group 90 % kept, relative output error on the calibration data: 29 at 1e-9, 1e-7 and
+// 1e-6; with the bias re-fit, 80 at 1e-5 (another group); 3e-4 at 1e-4, 1e-3 at 1e-3.
+export const DEFAULT_TOL = 1e-4;
 
 const now = () => performance.now() / 1000;
 
