@@ -174,7 +174,7 @@ function planPrune(model: Model, calib: Calibration, mode: Mode, fit: FitOptions
 }
 
 /** The parameter count, plus the parameters of the biases the intercept's re-fit creates (src/rewrite/bias.ts). */
-function sizeWithBiases(model: Model, groups: Group[], shape: InputShapes, mode: Mode, fit: FitOptions): SizeOf {
+export function sizeWithBiases(model: Model, groups: Group[], shape: InputShapes, mode: Mode, fit: FitOptions): SizeOf {
   const size = sizeModel(model, groups, shape, 'params');
   if (fit.refit === false || fit.biasRefit === false) return size;
   const biases = createdBiasParams(model, groups, mode === 'asymmetric');
