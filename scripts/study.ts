@@ -1,8 +1,8 @@
 // `npm run study`: the study on every bundled model, written to models/study/<model>/ and summed up in models/STUDY.md.
 // `npm run study -- lenet` re-runs one model; STUDY.md is always rebuilt from every results.json present;
 // `npm run study -- --render` only rebuilds the Markdown and plots from the results.json files.
-// `npm run study -- --settings [model…]` runs only the settings grid (mode × allocation × bias re-fit × refine, the
-// greedy's; models/study/<model>/settings.json, resumed from it when present), `--paper` only the paper's grid.
+// `npm run study -- --settings [model…]` runs only the settings grid (the greedy's mode × allocation × bias
+// re-fit × refine; models/study/<model>/settings.json, resumed from it when present), `--paper` only the paper's.
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cpus } from 'node:os';
@@ -11,7 +11,7 @@ import { openNpy, writeFileAtomic } from '../src/npy.js';
 import { runStudy, type StudyOptions, type StudyResult } from '../src/study/index.js';
 import { accuracyTable, claimsMarkdown, studyMarkdown, studySvg } from '../src/study/report.js';
 import { allocationVariants, variantsMarkdown } from '../src/study/variants.js';
-import { runSettings, type Block, type SettingsResult, type SettingRow } from '../src/study/settings.js';
+import { runSettings, type Block, type Session, type SettingsResult, type SettingRow } from '../src/study/settings.js';
 import {
   choiceTable,
   chooseDefault,
@@ -144,7 +144,10 @@ async function settingsOne(name: string): Promise<void> {
     test = openNpy('models/test.npy'),
     labels = openNpy('models/test-labels.npy');
   const file = join(OUT, name, 'settings.json');
-  const before = existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as { rows: SettingRow[] }).rows : [];
+  const prev = existsSync(file)
+    ? (JSON.parse(readFileSync(file, 'utf8')) as { rows: SettingRow[]; sessions?: Session[] })
+    : { rows: [], sessions: [] };
+  const sessions = prev.sessions ?? []; // a partial file's rows belong to the session that resumes it
   const write = (r: object) => writeFileAtomic(file, Buffer.from(JSON.stringify(r, null, 1) + '\n'));
   mkdirSync(join(OUT, name), { recursive: true });
   try {
@@ -157,10 +160,10 @@ async function settingsOne(name: string): Promise<void> {
       target: MODELS[name]!.target,
       design: SETTINGS[name]!,
       grid: GRID,
-      done: before,
+      done: prev.rows,
       onRow: (rows, d, n) => {
         const { compressions, target } = MODELS[name]!;
-        write({ model: name, partial: true, compressions, target, design: SETTINGS[name], rows });
+        write({ model: name, partial: true, compressions, target, design: SETTINGS[name], rows, sessions });
         const min = ((performance.now() - t) / 60000).toFixed(1);
         const x = rows[rows.length - 1]!;
         console.log(
@@ -169,8 +172,9 @@ async function settingsOne(name: string): Promise<void> {
         );
       },
     });
-    write(res);
-    console.log(`${name}: settings grid, ${res.rows.length} runs, ${(res.seconds / 60).toFixed(1)} min this session`);
+    write({ ...res, sessions: [...sessions, ...res.sessions] });
+    const min = (res.sessions[0]!.seconds / 60).toFixed(1);
+    console.log(`${name}: settings grid, ${res.rows.length} runs, ${min} min this session`);
   } finally {
     calib.close();
     test.close();
@@ -201,8 +205,11 @@ function settingsSummary(settings: SettingsResult[]): string {
   const chosen = chooseDefault(settings);
   const partial = settings.filter((r) => (r as { partial?: boolean }).partial).map((r) => r.model);
   const load = settings
-    .filter((r) => r.load)
-    .map((r) => `${r.model} ${r.load.start.toFixed(1)}–${r.load.end.toFixed(1)}`)
+    .filter((r) => r.sessions?.length)
+    .map((r) => {
+      const loads = r.sessions.map((x) => `${x.load.start.toFixed(1)}–${x.load.end.toFixed(1)}`).join(', ');
+      return `${r.model} ${loads} (${(r.sessions.reduce((a, x) => a + x.seconds, 0) / 60).toFixed(1)} min)`;
+    })
     .join(', ');
   return `## The default setting: the settings grid
 
@@ -211,7 +218,8 @@ bias re-fit × refine (8 rounds of swaps) on every bundled model at its compress
 accuracy on the 2,000 test images without fine-tuning. A row's seconds are what \`subprune prune --compression c\`
 with that setting spends, less its verification: the work the grid shares (capture, rankings, the search, the
 sensitivity curves) is counted in every row that uses it. They are wall seconds on 2 cores shared with other work,
-under \`nice -n 19\` (1-minute load average at the start and end of each model's grid: ${load || 'not recorded'}), so
+under \`nice -n 19\` (1-minute load average at the start and end of each session of each model's grid, and its
+minutes: ${load || 'not recorded'}), so
 they are good to a factor of about 1.5; the ratios within one model's grid, measured in one session, are better.
 "× plain" is a setting's mean seconds per run over the plain layerwise prune's (uniform allocation, bias re-fit, no
 swaps) at the same compressions. Each model's design is under its table below (LeNet and the ViT: the full
@@ -220,7 +228,8 @@ factorial; the others a fraction).${partial.length ? ` Not finished: ${partial.j
 The rule (issue 14): the default is the setting with the best mean test accuracy over each model's compressions,
 averaged over the models, among the settings measured at every compression of every model that cost at most
 ${MAX_COST}× the plain prune on every model. The settings measured everywhere, best mean first (the chosen one in
-bold; "most × plain" is the largest cost over the models, and which model):
+bold; "most × plain" is the largest cost over the models, and which model; "× plain, all models" the seconds of one
+run on each model together over the plain prune's, a looser bound the rule does not use):
 
 ${choiceTable(settings, chosen ? [chosen.setting] : [])}
 

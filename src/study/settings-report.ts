@@ -15,12 +15,14 @@ export interface SettingLine {
   at: Map<number, SettingRow>;
   /** Mean test accuracy over the model's compressions (undefined unless measured at every one). */
   mean?: number;
-  /** Mean seconds per run, and that over the plain prune's mean seconds at the same compressions. */
+  /** Mean seconds per run, and that over the plain prune's mean seconds at the same compressions (`base`). */
   seconds: number;
+  base: number;
   cost: number;
 }
 
-const avg = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+const avg = (xs: number[]) => sum(xs) / xs.length;
 
 /** One line per setting measured on the model, in the design's order. */
 export function settingLines(r: SettingsResult): SettingLine[] {
@@ -45,6 +47,7 @@ export function settingLines(r: SettingsResult): SettingLine[] {
       at,
       ...(complete ? { mean: avg(r.compressions.map((c) => at.get(c)!.accuracy)) } : {}),
       seconds,
+      base,
       cost: seconds / base,
     };
   });
@@ -86,6 +89,8 @@ export interface Candidate {
   mean: number;
   /** The largest cost over the models. */
   cost: number;
+  /** The cost of one run on each model together: the sum of its seconds over the plain prune's. */
+  total: number;
 }
 
 /** The settings measured at every compression of every model, best mean accuracy (averaged over models) first. */
@@ -102,6 +107,7 @@ export function candidates(results: SettingsResult[]): Candidate[] {
       models,
       mean: avg(models.map((m) => m.mean)),
       cost: Math.max(...models.map((m) => m.cost)),
+      total: sum(ls.map((x) => x!.seconds)) / sum(ls.map((x) => x!.base)),
     });
   }
   return out.sort((a, b) => b.mean - a.mean);
@@ -120,14 +126,14 @@ export function choiceTable(results: SettingsResult[], also: Setting[] = [], top
   const shown = cs.filter((c, i) => i < top || keep.has(settingKey(c.setting)));
   const head =
     `| | mode | allocation | bias re-fit | refine | ${results.map((r) => r.model).join(' | ')} | mean | ` +
-    `most × plain |`;
-  const rule = `|---:|---|---|---|---:|${results.map(() => '---:').join('|')}|---:|---:|`;
+    `most × plain | × plain, all models |`;
+  const rule = `|---:|---|---|---|---:|${results.map(() => '---:').join('|')}|---:|---:|---:|`;
   const body = shown.map((c) => {
     const b = c === chosen ? (s: string) => `**${s}**` : (s: string) => s;
     const worst = c.models.reduce((a, m) => (m.cost > a.cost ? m : a));
     return (
       `| ${cs.indexOf(c) + 1} | ${cells(c.setting)} | ${c.models.map((m) => f3(m.mean)).join(' | ')} | ` +
-      `${b(f3(c.mean))} | ${b(`${fs(c.cost)} (${worst.model})`)} |`
+      `${b(f3(c.mean))} | ${b(`${fs(c.cost)} (${worst.model})`)} | ${fs(c.total)} |`
     );
   });
   return [head, rule, ...body].join('\n');

@@ -1,5 +1,5 @@
-// The settings grid: the greedy under mode × allocation × bias re-fit × refine, at each compression, test accuracy and
-// the seconds `subprune prune` would spend on that run (README, "The default setting"). Work is shared where the
+// The settings grid: the greedy under mode × allocation × bias re-fit × refine, at each compression: test accuracy,
+// and the seconds `subprune prune` would spend on that run (README, "The default setting"). Work is shared where the
 // library would do the same work in each run: one capture of the original model, one ranking per bias re-fit and
 // refine, one search or one set of sensitivity curves per setting and size. Each row's seconds add up the shared work
 // its run would do (capture, ranking, allocation) and its own (refine swaps, re-fit, rewrite; for the sequential and
@@ -71,13 +71,19 @@ export interface SettingsResult {
   calibration: { path: string; samples: number };
   test: { path: string; samples: number };
   original: { accuracy: number; params: number; flops: number };
+  rows: SettingRow[];
+  /** One per run of the grid (a grid resumed or extended has several), in order. */
+  sessions: Session[];
+}
+
+/** One run of the grid: the rows it measured, its wall time, the machine's load and the work its rows shared. */
+export interface Session {
+  runs: number;
+  seconds: number;
+  /** The 1-minute load average (os.loadavg) when it started and ended: the rows' seconds are wall time. */
+  load: { start: number; end: number };
   /** The shared work measured once (seconds): each row that uses it counts it. */
   shared: { analyze: number; capture: number; ranking: Record<string, number>; curves: Record<string, number> };
-  /** The 1-minute load average (os.loadavg) when the grid started and ended: the seconds are wall time. */
-  load: { start: number; end: number };
-  rows: SettingRow[];
-  /** Wall time of this grid (a resumed grid: of the last session). */
-  seconds: number;
 }
 
 export interface SettingsOptions extends RuntimeOptions, KernelOptions {
@@ -89,7 +95,7 @@ export interface SettingsOptions extends RuntimeOptions, KernelOptions {
   design: Block[];
   /** The sensitivity allocation's grid step (as prune's --grid). */
   grid?: number;
-  /** Rows measured before (a resumed grid): kept, and not run again. */
+  /** Rows measured before (a resumed grid): kept, and not run again (the result's session is this run's only). */
   done?: SettingRow[];
   /** Called with every row so far after each row (to write partial results). */
   onRow?: (rows: SettingRow[], done: number, total: number) => void;
@@ -262,6 +268,7 @@ export async function runSettings(model: Model, o: SettingsOptions): Promise<Set
   const done = new Set((o.done ?? []).map((r) => rowKey(r, r.compression)));
   const wanted = new Set(runs.map((x) => rowKey(x.setting, x.compression)));
   const rows = (o.done ?? []).filter((r) => wanted.has(rowKey(r, r.compression)));
+  const resumed = rows.length;
   for (const { setting: s, compression: c } of runs) {
     if (done.has(rowKey(s, c))) continue;
     const keeps = await allocate(s, c);
@@ -290,14 +297,19 @@ export async function runSettings(model: Model, o: SettingsOptions): Promise<Set
     calibration: { path: calib.path, samples: calib.rows },
     test: { path: test.path, samples: test.rows },
     original,
-    shared: {
-      analyze: tAnalyze.seconds,
-      capture: grams?.seconds ?? 0,
-      ranking: Object.fromEntries([...rankings].map(([k, v]) => [k, v.seconds])),
-      curves: Object.fromEntries([...curves].map(([k, v]) => [String(k), v.seconds])),
-    },
-    load: { start: load0, end: loadavg()[0]! },
     rows,
-    seconds: now() - t0,
+    sessions: [
+      {
+        runs: rows.length - resumed,
+        seconds: now() - t0,
+        load: { start: load0, end: loadavg()[0]! },
+        shared: {
+          analyze: tAnalyze.seconds,
+          capture: grams?.seconds ?? 0,
+          ranking: Object.fromEntries([...rankings].map(([k, v]) => [k, v.seconds])),
+          curves: Object.fromEntries([...curves].map(([k, v]) => [String(k), v.seconds])),
+        },
+      },
+    ],
   };
 }
