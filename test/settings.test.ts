@@ -1,12 +1,21 @@
 import { describe, it, expect } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { openNpy } from '../src/npy.js';
 import { readModel } from '../src/onnx/index.js';
 import { modelStats } from '../src/graph/analyze.js';
-import { designRuns, runSettings, type Block, type SettingRow, type SettingsResult } from '../src/study/settings.js';
+import {
+  designRuns,
+  runSettings,
+  settingKey,
+  type Block,
+  type Setting,
+  type SettingRow,
+  type SettingsResult,
+} from '../src/study/settings.js';
+import type { PruneReport } from '../src/prune/index.js';
 import { candidates, chooseDefault, PLAIN } from '../src/study/settings-report.js';
 import { runCli } from './cli-helpers.js';
 
@@ -34,17 +43,22 @@ async function testAccuracy(path: string): Promise<number> {
   return hit / x.rows;
 }
 
+/** What `subprune prune --compression c` does with no other flag (README, "The default setting"). */
+const DEFAULT: Setting = { mode: 'asymmetric', allocation: 'global', bias: true, refine: 0 };
+
 const DESIGN: Block[] = [
   { modes: ['layerwise'], allocations: ['global', 'search'], bias: [true], refine: [2], compressions: [8] },
   { modes: ['layerwise'], allocations: ['uniform'], bias: [false], refine: [0] },
   { modes: ['asymmetric'], allocations: ['search'], bias: [true], refine: [0], compressions: [16] },
   { modes: ['sequential'], allocations: ['uniform'], bias: [true], refine: [2], compressions: [16] },
+  // the default setting: run below with no flag at all
+  { modes: ['asymmetric'], allocations: ['global'], bias: [true], refine: [0], compressions: [8] },
   // repeats a run of the first block: run once
   { modes: ['layerwise'], allocations: ['global'], bias: [true], refine: [2], compressions: [8] },
 ];
 
 describe('the settings grid on lenet', () => {
-  it('runs each setting once; every row is what subprune prune gives with those flags', async () => {
+  it('runs each setting once; every row is what subprune prune gives with its flags (the default: none)', async () => {
     const calib = openNpy('models/calib.npy'),
       test = openNpy('models/test.npy'),
       labels = openNpy('models/test-labels.npy');
@@ -60,17 +74,20 @@ describe('the settings grid on lenet', () => {
         design: DESIGN,
         onRow: (rows) => seen.push(rows.length),
       });
-      expect(designRuns(DESIGN, [8, 16]).length).toBe(6);
-      expect(res.rows.length).toBe(6);
-      expect(seen).toEqual([1, 2, 3, 4, 5, 6]);
+      expect(designRuns(DESIGN, [8, 16]).length).toBe(7);
+      expect(res.rows.length).toBe(7);
+      expect(seen).toEqual([1, 2, 3, 4, 5, 6, 7]);
       for (const r of res.rows) expect(r.seconds).toBeGreaterThan(0);
 
       for (const r of res.rows) {
         const file = join(out, 'pruned.onnx');
-        const flags = [
-          ...['--mode', r.mode, '--allocation', r.allocation, '--refine', String(r.refine)],
-          ...(r.bias ? [] : ['--no-bias-refit']),
-        ];
+        const flags =
+          settingKey(r) === settingKey(DEFAULT)
+            ? []
+            : [
+                ...['--mode', r.mode, '--allocation', r.allocation, '--refine', String(r.refine)],
+                ...(r.bias ? [] : ['--no-bias-refit']),
+              ];
         const cli = await runCli(
           'prune',
           'models/lenet.onnx',
@@ -81,9 +98,13 @@ describe('the settings grid on lenet', () => {
           ...flags,
           '-o',
           file,
+          '--report',
+          join(out, 'report.json'),
           '--quiet',
         );
         expect(cli.code, cli.err).toBe(0);
+        const report = JSON.parse(readFileSync(join(out, 'report.json'), 'utf8')) as PruneReport;
+        expect([report.mode, report.allocation]).toEqual([r.mode, r.allocation]);
         expect(await testAccuracy(file), flags.join(' ')).toBe(r.accuracy);
         expect(modelStats(readModel(file), [1, 1, 28, 28]).params).toBe(r.params);
       }
@@ -154,6 +175,7 @@ describe('the choice of the default', () => {
     expect(cs.map((c) => c.setting.allocation)).toEqual(['search', 'global', 'uniform']);
     expect(cs[0].mean).toBeCloseTo((0.9 + 0.8) / 2, 12);
     expect(cs[0].cost).toBe(30);
+    expect(cs[0].total).toBeCloseTo((30 + 10) / (1 + 2), 12);
     expect(cs[1].mean).toBeCloseTo((0.8 + 0.65) / 2, 12);
     expect(cs[1].cost).toBe(2);
     const chosen = chooseDefault([a, b])!;
