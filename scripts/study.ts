@@ -9,7 +9,7 @@ import { cpus } from 'node:os';
 import { readModel } from '../src/onnx/index.js';
 import { openNpy, writeFileAtomic } from '../src/npy.js';
 import { runStudy, type StudyOptions, type StudyResult } from '../src/study/index.js';
-import { accuracyTable, claimsMarkdown, studyMarkdown, studySvg } from '../src/study/report.js';
+import { accuracyTable, claimsList, claimsMarkdown, studyMarkdown, studySvg } from '../src/study/report.js';
 import { allocationVariants, variantsMarkdown } from '../src/study/variants.js';
 import { runSettings, type Block, type Session, type SettingsResult, type SettingRow } from '../src/study/settings.js';
 import {
@@ -18,6 +18,7 @@ import {
   defaultTable,
   MAX_COST,
   settingLabel,
+  settingsClaims,
   settingsTable,
   type Targets,
 } from '../src/study/settings-report.js';
@@ -254,7 +255,15 @@ function settingsSection(r: SettingsResult): string {
 Design: ${designLine(r)}. Best mean first; a setting run at some compressions only has no mean.
 
 ${settingsTable(r)}
+${
+  r.test
+    ? `
+Claims on these rows (each pair differs in that factor alone):
 
+${claimsList(settingsClaims(r))}
+`
+    : ''
+}
 `;
 }
 

@@ -2,6 +2,7 @@
 // cost against the plain layerwise prune), and across models the choice of the default: the best mean accuracy among
 // the settings measured everywhere that cost at most MAX_COST times the plain prune on every model.
 import { settingKey, type Setting, type SettingRow, type SettingsResult } from './settings.js';
+import { claimOf, type Claim, type Pair } from './report.js';
 
 /** The cost unit: the plain layerwise prune (uniform allocation, no swaps; the bias re-fit as prune's default). */
 export const PLAIN: Setting = { mode: 'layerwise', allocation: 'uniform', bias: true, refine: 0 };
@@ -166,4 +167,60 @@ export function defaultTable(results: SettingsResult[], chosen: Setting, targets
     }),
   );
   return [head, ...rows].join('\n');
+}
+
+/**
+ * The paper's claims the settings grid speaks to (asymmetric ≥ layerwise at high compression, the sensitivity
+ * allocation ≥ uniform), and subprune's defaults against their alternatives (global ≥ uniform, bias re-fit ≥
+ * weights only), on every pair of rows that differ in that factor alone; noise as in checkClaims.
+ */
+export function settingsClaims(r: SettingsResult): Claim[] {
+  const cs = r.compressions,
+    high = cs.some((c) => c >= 8) ? cs.filter((c) => c >= 8) : [Math.max(...cs)];
+  const acc = (s: Setting, c: number) =>
+    r.rows.find((x) => x.compression === c && settingKey(x) === settingKey(s))?.accuracy;
+  const settings = settingLines(r).map((l) => l.setting);
+  const pairs = (has: (s: Setting) => boolean, other: (s: Setting) => Setting, at: number[]) =>
+    settings
+      .filter(has)
+      .flatMap((s) => at.map((c): Pair => [`${settingLabel(s)} at ${c}×`, acc(s, c), acc(other(s), c)]));
+  const n = r.test.samples;
+  return [
+    claimOf(
+      `asymmetric ≥ layerwise at high compression (${high.join(', ')}×)`,
+      pairs(
+        (s) => s.mode === 'asymmetric',
+        (s) => ({ ...s, mode: 'layerwise' }),
+        high,
+      ),
+      n,
+    ),
+    claimOf(
+      'sensitivity allocation ≥ uniform',
+      pairs(
+        (s) => s.allocation === 'sensitivity',
+        (s) => ({ ...s, allocation: 'uniform' }),
+        cs,
+      ),
+      n,
+    ),
+    claimOf(
+      'global allocation ≥ uniform',
+      pairs(
+        (s) => s.allocation === 'global',
+        (s) => ({ ...s, allocation: 'uniform' }),
+        cs,
+      ),
+      n,
+    ),
+    claimOf(
+      'bias re-fit ≥ weights only',
+      pairs(
+        (s) => s.bias,
+        (s) => ({ ...s, bias: false }),
+        cs,
+      ),
+      n,
+    ),
+  ].filter((c) => c.total > 0);
 }
