@@ -65,7 +65,7 @@ async function measure(width: number) {
   const forward = (performance.now() - t) / 1000;
   await run.release();
   t = performance.now();
-  const { report } = await prune(model, calibration(), { budget: { keepRatio: 0.5 } });
+  const { report } = await prune(model, calibration(), { budget: { keepRatio: 0.5 }, mode: 'layerwise' });
   const wall = (performance.now() - t) / 1000;
   return { width, forward, wall, seconds: report.seconds, rss: process.resourceUsage().maxRSS * 1024 };
 }

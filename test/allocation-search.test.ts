@@ -85,8 +85,12 @@ describe('search allocation', () => {
       const { data, groups, sizeOf, goal } = goalOf(c);
       const found = await allocateBudget(lenet, groups, data, [{ sizeOf, goal }], { allocation: 'search' });
       const s = found.search![0]!;
-      const searched = await prune(lenet, calib, { budget: { compression: c }, allocation: 'search' });
-      const global = await prune(lenet, calib, { budget: { compression: c }, allocation: 'global' });
+      const searched = await prune(lenet, calib, {
+        budget: { compression: c },
+        allocation: 'search',
+        mode: 'layerwise',
+      });
+      const global = await prune(lenet, calib, { budget: { compression: c }, allocation: 'global', mode: 'layerwise' });
       // prune's search made the allocation allocateBudget reports
       expect(new Map(searched.report.groups.map((g) => [g.id, g.kept]))).toEqual(s.keeps);
       for (const m of [searched.model, global.model]) expect(paramsOf(m)).toBeLessThanOrEqual(paramsOf(lenet) / c);
@@ -117,8 +121,13 @@ describe('search allocation', () => {
     const { data, groups, sizeOf, goal } = goalOf(c);
     const found = await allocateBudget(lenet, groups, data, [{ sizeOf, goal }], { allocation: 'search', verify });
     const s = found.search![0]!;
-    const searched = await prune(lenet, calib, { budget: { compression: c }, allocation: 'search', verify });
-    const global = await prune(lenet, calib, { budget: { compression: c }, allocation: 'global' });
+    const searched = await prune(lenet, calib, {
+      budget: { compression: c },
+      allocation: 'search',
+      verify,
+      mode: 'layerwise',
+    });
+    const global = await prune(lenet, calib, { budget: { compression: c }, allocation: 'global', mode: 'layerwise' });
     expect(new Map(searched.report.groups.map((g) => [g.id, g.kept]))).toEqual(s.keeps);
     expect(paramsOf(searched.model)).toBeLessThanOrEqual(paramsOf(lenet) / c);
 

@@ -25,7 +25,8 @@ const kept = (report: { groups: { id: string; order: number[] }[] }) =>
 describe('prune --compression 2,4 -o out-{c}.onnx', () => {
   it('writes the models two single-size runs write, from one capture, and one report with both', async () => {
     const many = await runCli(
-      'prune', LENET, '--calib', CALIB, '--compression', '2,4', '-o', at('many-{c}.onnx'), '--report', at('many.json'),
+      'prune', LENET, '--calib', CALIB, '--compression', '2,4', '--mode', 'layerwise', '-o', at('many-{c}.onnx'),
+      '--report', at('many.json'),
     ); // prettier-ignore
     expect(many.code, many.err).toBe(0);
     for (const c of ['2', '4']) {
@@ -37,6 +38,8 @@ describe('prune --compression 2,4 -o out-{c}.onnx', () => {
         CALIB,
         '--compression',
         c,
+        '--mode',
+        'layerwise',
         '-o',
         out,
         '--report',

@@ -413,6 +413,8 @@ describe('the kernel memory a run needs', () => {
       at('plan.json'),
       '--compression',
       '4',
+      '--mode',
+      'layerwise', // one pass over the data for every group
       '--threads',
       '1',
     );

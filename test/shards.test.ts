@@ -87,7 +87,7 @@ describe('subprune capture → prune --stats (LeNet, 3 parts of 512 samples)', (
     async (flags) => {
       const tag = flags.length ? 'nobias' : 'bias';
       const whole = await runCli(
-        'prune', LENET, '--calib', CALIB, '--compression', '4', '-o', at(`whole-${tag}.onnx`),
+        'prune', LENET, '--calib', CALIB, '--compression', '4', '--mode', 'layerwise', '-o', at(`whole-${tag}.onnx`),
         '--report', at(`whole-${tag}.json`), ...flags,
       ); // prettier-ignore
       expect(whole.code, whole.err).toBe(0);
@@ -118,6 +118,8 @@ describe('subprune capture → prune --stats (LeNet, 3 parts of 512 samples)', (
       '--calib',
       CALIB,
       ...common,
+      '--mode',
+      'layerwise', // the mode --stats runs in when none is asked for
       '-o',
       at('wm.onnx'),
       '--report',
@@ -262,7 +264,8 @@ describe('ResNet-20 (channel groups across residual Adds): 2 parts of 64 samples
     }
     const common = ['--compression', '2', '--batch', '32'];
     const whole = await runCli(
-      'prune', RESNET, '--calib', at('small.npy'), ...common, '-o', at('rw.onnx'), '--report', at('rw.json'),
+      'prune', RESNET, '--calib', at('small.npy'), ...common, '--mode', 'layerwise', '-o', at('rw.onnx'),
+      '--report', at('rw.json'),
     ); // prettier-ignore
     expect(whole.code, whole.err).toBe(0);
     const sharded = await runCli(

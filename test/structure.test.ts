@@ -218,7 +218,7 @@ describe('prune() on tricky models, against onnxruntime', () => {
         ['conv_b1', ['conv_b1'], ['conv_b2']],
         ['conv_c', ['conv_c'], ['conv_d']],
       ]);
-      const { report } = await prune(m, calib, { budget: { keepRatio: 0.5 } });
+      const { report } = await prune(m, calib, { budget: { keepRatio: 0.5 }, mode: 'layerwise' });
       expect(report.refused.map((x) => x.node)).toEqual(['conv_d']);
       expect(report.groups.map((u) => [u.id, u.kept])).toEqual([
         ['conv_a', 2],
@@ -239,7 +239,7 @@ describe('prune() on tricky models, against onnxruntime', () => {
         expect(report.groups[i]!.objective).toBeCloseTo(each.reduce((a, b) => a + b, 0) / each.length, 4);
       }
       // a group pruned alone whose first consumer reads only it: the pruned model itself measures that consumer's error
-      const alone = await prune(m, calib, { budget: { keep: { conv_a: 2 } } });
+      const alone = await prune(m, calib, { budget: { keep: { conv_a: 2 } }, mode: 'layerwise' });
       const first = (await measuredObjectives(m, alone.model, groups[0]!, calib))[0]!;
       expect(Math.abs(alone.report.groups[0]!.consumers[0]!.objective - first)).toBeLessThan(1e-4);
     },
@@ -253,7 +253,7 @@ describe('prune() calls at the same time', () => {
       b = openNpy('models/calib.npy');
     const jobs = [
       () => prune(lenet, a, { budget: { compression: 4 }, mode: 'sequential' }),
-      () => prune(lenet, b, { budget: { compression: 2 } }),
+      () => prune(lenet, b, { budget: { compression: 2 }, mode: 'layerwise' }),
     ];
     const alone = [await jobs[0]!(), await jobs[1]!()];
     const together = await Promise.all(jobs.map((j) => j()));

@@ -119,6 +119,8 @@ async function check(out: string): Promise<void> {
       'models/calib.npy',
       '--compression',
       String(r.compression),
+      '--mode',
+      'layerwise',
       ...flags,
       '-o',
       file,

@@ -237,6 +237,7 @@ describe('the browser page', () => {
     for await (const sized of pruneSizes(lenet, calib, [{ compression: 2 }, { compression: 4 }], {
       backend: 'node',
       threads: 1,
+      mode: 'layerwise',
     })) {
       if ('error' in sized) throw sized.error;
       node.push(sized);

@@ -49,8 +49,14 @@ import { checkFidelityRows, fidelityOf, verifyPruned } from './verify.js';
 export type Mode = 'layerwise' | 'sequential' | 'asymmetric';
 export const MODES: readonly Mode[] = ['layerwise', 'sequential', 'asymmetric'];
 
+/**
+ * The mode when none is asked for: asymmetric, the best on the bundled models at a few times the layerwise prune's
+ * seconds (README, "The default setting"); layerwise with `stats`, which only layerwise mode can use.
+ */
+export const defaultMode = (stats?: CaptureStats): Mode => (stats ? 'layerwise' : 'asymmetric');
+
 export interface PruneOptions extends RuntimeOptions, KernelOptions, MethodOptions, AllocationOptions, FitOptions {
-  /** layerwise (default), sequential or asymmetric. */
+  /** layerwise, sequential or asymmetric (default: defaultMode). */
   mode?: Mode;
   /** Re-fit each consumer by least squares (default) or only slice its weights. */
   refit?: boolean;
@@ -174,7 +180,7 @@ function planPrune(model: Model, calib: Calibration, mode: Mode, fit: FitOptions
 }
 
 /** The parameter count, plus the parameters of the biases the intercept's re-fit creates (src/rewrite/bias.ts). */
-function sizeWithBiases(model: Model, groups: Group[], shape: InputShapes, mode: Mode, fit: FitOptions): SizeOf {
+export function sizeWithBiases(model: Model, groups: Group[], shape: InputShapes, mode: Mode, fit: FitOptions): SizeOf {
   const size = sizeModel(model, groups, shape, 'params');
   if (fit.refit === false || fit.biasRefit === false) return size;
   const biases = createdBiasParams(model, groups, mode === 'asymmetric');
@@ -422,7 +428,7 @@ export async function* pruneSizes(
   const o: SizesOptions = {
     ...opts,
     backend,
-    mode: opts.mode ?? 'layerwise',
+    mode: opts.mode ?? defaultMode(opts.stats),
     refit: opts.refit ?? true,
     allocation: opts.allocation ?? defaultAllocation(budgets),
   };

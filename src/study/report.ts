@@ -92,7 +92,22 @@ export interface Claim {
   violated: string[];
 }
 
-type Pair = [what: string, a: number | undefined, b: number | undefined];
+export type Pair = [what: string, a: number | undefined, b: number | undefined];
+
+/** The claim a ≥ b on pairs of test accuracies measured on n images (pairs missing a value are left out). */
+export function claimOf(claim: string, pairs: Pair[], n: number): Claim {
+  const ok = pairs.filter(([, a, b]) => a !== undefined && b !== undefined) as [string, number, number][];
+  const lower = ok.filter(([, a, b]) => a < b),
+    noisy = ([, a, b]: [string, number, number]) => b - a < 2 * Math.sqrt((a * (1 - a) + b * (1 - b)) / n);
+  const say = ([w, a, b]: [string, number, number]) => `${w}: ${f3(a)} < ${f3(b)}`;
+  return {
+    claim,
+    total: ok.length,
+    held: ok.length - lower.length,
+    withinNoise: lower.filter(noisy).map(say),
+    violated: lower.filter((x) => !noisy(x)).map(say),
+  };
+}
 
 /**
  * The paper's claims, checked on every comparison the rows allow: a ≥ b holds; a < b is within noise when the gap is
@@ -105,19 +120,7 @@ export function checkClaims(r: StudyResult): Claim[] {
     n = r.test.samples;
   const acc = (l: Line, c: number) => L.get(lineKey(l))?.at.get(c)?.accuracy;
   const claims: Claim[] = [];
-  const check = (claim: string, pairs: Pair[]) => {
-    const ok = pairs.filter(([, a, b]) => a !== undefined && b !== undefined) as [string, number, number][];
-    const lower = ok.filter(([, a, b]) => a < b),
-      noisy = ([, a, b]: [string, number, number]) => b - a < 2 * Math.sqrt((a * (1 - a) + b * (1 - b)) / n);
-    const say = ([w, a, b]: [string, number, number]) => `${w}: ${f3(a)} < ${f3(b)}`;
-    claims.push({
-      claim,
-      total: ok.length,
-      held: ok.length - lower.length,
-      withinNoise: lower.filter(noisy).map(say),
-      violated: lower.filter((x) => !noisy(x)).map(say),
-    });
-  };
+  const check = (claim: string, pairs: Pair[]) => claims.push(claimOf(claim, pairs, n));
   // The paper's claims are about 4× and 8× and beyond; a study of smaller compressions (a transformer's FLOPs)
   // checks them at its own larger ones.
   const atLeast = (min: number) => (cs.some((c) => c >= min) ? cs.filter((c) => c >= min) : [Math.max(...cs)]);
@@ -164,9 +167,14 @@ export function checkClaims(r: StudyResult): Claim[] {
 }
 
 export function claimsMarkdown(r: StudyResult): string {
+  return claimsList(checkClaims(r));
+}
+
+/** Claims as a Markdown list: how many comparisons held, and the ones that did not. */
+export function claimsList(claims: Claim[]): string {
   const list = (title: string, xs: string[]) =>
     xs.length ? `\n  ${title}:\n${xs.map((e) => `  - ${e}`).join('\n')}` : '';
-  return checkClaims(r)
+  return claims
     .map(
       (c) =>
         `- **${c.claim}**: held in ${c.held} of ${c.total} comparisons` +
