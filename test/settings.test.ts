@@ -2,7 +2,6 @@ import { describe, it, expect } from 'vitest';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import * as ort from 'onnxruntime-node';
 import { openNpy } from '../src/npy.js';
 import { readModel } from '../src/onnx/index.js';
 import { modelStats } from '../src/graph/analyze.js';
@@ -18,30 +17,10 @@ import {
 import type { PruneReport } from '../src/prune/index.js';
 import { candidates, chooseDefault, PLAIN } from '../src/study/settings-report.js';
 import { runCli } from './cli-helpers.js';
+import { testAccuracy } from './test-accuracy.js';
 
 // The settings grid shares the capture, rankings and searches between its rows; a row must still be what
 // `subprune prune` with that setting gives on its own, measured here with onnxruntime on the written model.
-
-async function testAccuracy(path: string): Promise<number> {
-  const s = await ort.InferenceSession.create(path),
-    x = openNpy('models/test.npy'),
-    y = openNpy('models/test-labels.npy').readF64();
-  let hit = 0;
-  for (let r0 = 0; r0 < x.rows; r0 += 500) {
-    const r1 = Math.min(x.rows, r0 + 500);
-    const out = (
-      await s.run({ [s.inputNames[0]]: new ort.Tensor('float32', x.readF32(r0, r1), [r1 - r0, 1, 28, 28]) })
-    )[s.outputNames[0]].data as Float32Array;
-    for (let r = 0; r < r1 - r0; r++) {
-      let b = 0;
-      for (let j = 1; j < 10; j++) if (out[r * 10 + j] > out[r * 10 + b]) b = j;
-      if (b === y[r0 + r]) hit++;
-    }
-  }
-  x.close();
-  await s.release();
-  return hit / x.rows;
-}
 
 /** What `subprune prune --compression c` does with no other flag (README, "The default setting"). */
 const DEFAULT: Setting = { mode: 'asymmetric', allocation: 'global', bias: true, refine: 0 };

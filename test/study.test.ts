@@ -3,11 +3,10 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import * as ort from 'onnxruntime-node';
-import { openNpy } from '../src/npy.js';
 import { readModel } from '../src/onnx/index.js';
 import { modelStats } from '../src/graph/analyze.js';
 import type { StudyResult } from '../src/study/index.js';
+import { testAccuracy } from './test-accuracy.js';
 
 // A small study through the CLI: the files are written, the SVG is well-formed, and a row is what `subprune prune`
 // with that configuration gives, measured here with onnxruntime on the written model.
@@ -25,27 +24,6 @@ function wellFormed(xml: string): boolean {
     } else if (!self) stack.push(name);
   }
   return stack.length === 0 && !/&(?!amp;|lt;|gt;)/.test(xml);
-}
-
-async function testAccuracy(path: string): Promise<number> {
-  const s = await ort.InferenceSession.create(path),
-    x = openNpy('models/test.npy'),
-    y = openNpy('models/test-labels.npy').readF64();
-  let hit = 0;
-  for (let r0 = 0; r0 < x.rows; r0 += 500) {
-    const r1 = Math.min(x.rows, r0 + 500);
-    const out = (
-      await s.run({ [s.inputNames[0]]: new ort.Tensor('float32', x.readF32(r0, r1), [r1 - r0, 1, 28, 28]) })
-    )[s.outputNames[0]].data as Float32Array;
-    for (let r = 0; r < r1 - r0; r++) {
-      let b = 0;
-      for (let j = 1; j < 10; j++) if (out[r * 10 + j] > out[r * 10 + b]) b = j;
-      if (b === y[r0 + r]) hit++;
-    }
-  }
-  x.close();
-  await s.release();
-  return hit / x.rows;
 }
 
 describe('subprune study on lenet, 2 compressions (and one out of reach)', () => {

@@ -35,7 +35,8 @@ export interface StudyConfig {
   seed: number;
 }
 
-export interface StudyRow extends StudyConfig {
+/** What every study row measures of one pruned model. */
+export interface MeasuredRow {
   compression: number;
   /** Test accuracy of the pruned model, no fine-tuning. */
   accuracy: number;
@@ -48,6 +49,8 @@ export interface StudyRow extends StudyConfig {
   seconds: number;
   keeps: Record<string, number>;
 }
+
+export interface StudyRow extends StudyConfig, MeasuredRow {}
 
 export interface StudyResult {
   model: string;

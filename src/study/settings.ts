@@ -11,6 +11,7 @@ import type { Model } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
 import { analyze, modelStats } from '../graph/analyze.js';
 import type { Group } from '../graph/types.js';
+import type { MeasuredRow } from './index.js';
 import { pruneGroups } from '../rewrite/index.js';
 import { evaluate } from '../eval/index.js';
 import { verifyTargets } from '../eval/alone.js';
@@ -52,16 +53,8 @@ export interface Block {
   compressions?: readonly number[];
 }
 
-export interface SettingRow extends Setting {
-  compression: number;
-  /** Test accuracy of the pruned model, no fine-tuning. */
-  accuracy: number;
-  params: number;
-  flops: number;
-  /** What `subprune prune --compression c` with this setting spends, less its verification (see the file's head). */
-  seconds: number;
-  keeps: Record<string, number>;
-}
+/** Seconds: what `subprune prune --compression c` with this setting spends, less its verification (the file's head). */
+export interface SettingRow extends Setting, MeasuredRow {}
 
 export interface SettingsResult {
   model: string;
