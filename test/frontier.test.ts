@@ -142,8 +142,9 @@ describe.each(['resnet20', 'vit'].filter((m) => existsSync(`models/${m}.onnx`)))
         // (with the first layer changed, only what does not depend on it stays cached: shapes of the inputs)
         if (!budget) expect(cachedSteps).toBe(0);
         else if (!perturb) expect(cachedSteps).toBeGreaterThan(0);
-        // the consumer inputs just captured, cut down to the kept channels, stay for the next capture
-        if (budget && !perturb) expect(slicedSteps).toBeGreaterThan(0);
+        // the consumer inputs just captured, cut down to the kept channels, stay for the next capture: after every
+        // group but the last (the ViT's attention outputs too, whose Reshape reads a head count the rewrite edits)
+        if (budget && !perturb) expect(slicedSteps).toBe(steps - 1);
       },
     );
   },

@@ -168,7 +168,9 @@ export function compareTensors(
     if (ca || cb) return !!ca && !!cb && sameTensor(ca, cb);
     return inputsA.has(t) && inputsB.has(t);
   };
-  const state = new Map<string, 'same' | 'sliced'>();
+  // 'shape': integers computed from shapes and integer constants alone (a Reshape's target shape, a head count), which
+  // the rewrite edits as it edits integer constants; a node of the region may read them as it reads those
+  const state = new Map<string, 'same' | 'sliced' | 'shape'>();
   const of = (t: string) =>
     !t ? 'same' : (state.get(t) ?? (!after.has(t) && !before.has(t) && sourceSame(t) ? 'same' : undefined));
   // a constant input of a node of the region: the same, or (float) the old one with the removed channels' entries cut
@@ -188,6 +190,13 @@ export function compareTensors(
     const bytes = (x: ArrayBufferView) => new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
     return sameBytes(bytes(tensorToFloat32(ct).data), bytes(want.data));
   };
+  const intConstant = (t: string) => {
+    const c = constsB.get(t),
+      n = after.get(t);
+    return c ? INTEGER_TYPES.has(c.dataType) : n?.opType === 'Constant' && constantOfInts(n);
+  };
+  const ints = new Set<string>(),
+    isInt = (t: string) => !t || ints.has(t) || intConstant(t);
   const need = ancestors(b, names, after);
   for (const n of b.node) {
     if (!need.has(n)) continue;
@@ -200,9 +209,37 @@ export function compareTensors(
       n.input.every((t, i) => of(t) !== undefined || constantOk(t, o0.input[i]))
     )
       n.output.forEach((o) => state.set(o, 'sliced'));
+    else if (
+      computesInts(n, isInt) &&
+      !n.output.some((o) => region.has(o)) &&
+      n.input.every((t) => of(t) !== undefined || intConstant(t))
+    )
+      n.output.forEach((o) => state.set(o, 'shape'));
+    if (computesInts(n, isInt)) n.output.forEach((o) => ints.add(o));
   }
   const same = new Set(names.filter((t) => of(t) === 'same'));
   return { same, sliced: new Set(names.filter((t) => of(t) === 'sliced')) };
+}
+
+const INTEGER_TYPES = new Set<number>([DataType.INT64, DataType.INT32, DataType.BOOL]);
+
+/** Ops that give integers from integers, as exporters compute shapes. */
+const SHAPE_OPS = new Set([
+  ...['Shape', 'Size', 'Constant', 'Gather', 'Concat', 'Unsqueeze', 'Squeeze', 'Slice', 'Reshape', 'Identity'],
+  ...['Add', 'Sub', 'Mul', 'Div', 'Neg', 'Equal', 'Where', 'Expand', 'Range', 'ReduceProd', 'Min', 'Max'],
+]);
+
+/** Whether a Constant node holds integers (value_int, value_ints, or an integer tensor). */
+function constantOfInts(n: NodeProto): boolean {
+  const a = n.attribute[0];
+  return a?.name === 'value_int' || a?.name === 'value_ints' || (!!a?.t && INTEGER_TYPES.has(a.t.dataType));
+}
+
+/** Whether node `n` computes integers from shapes (Shape, Size) and integers (`isInt`) alone. */
+function computesInts(n: NodeProto, isInt: (t: string) => boolean): boolean {
+  if (n.opType === 'Shape' || n.opType === 'Size') return true;
+  if (n.opType === 'Constant') return constantOfInts(n);
+  return SHAPE_OPS.has(n.opType) && n.input.every(isInt);
 }
 
 /** Of `names` (tensors of `prev`), those that `next` computes exactly as `prev` does. */
@@ -217,25 +254,29 @@ export interface ChannelRun {
   entries: number;
 }
 
-/** Values with `dims` without the entries of the `removed` channels of `run` along its axis. */
+/** Values with `dims` without the entries of the `removed` channels of `run` along its axis (inPlace: dropEntries'). */
 function cutEntries<T extends Float32Array | Uint16Array>(
   x: { data: T; dims: number[] },
   run: ChannelRun,
   removed: ReadonlySet<number>,
+  inPlace = false,
 ): { data: T; dims: number[] } {
   const axis = run.axis < 0 ? x.dims.length + run.axis : run.axis;
   const entries = new Set(
     [...removed].flatMap((c) => Array.from({ length: run.per }, (_, j) => run.offset + c * run.per + j)),
   );
-  return dropEntries(x, axis, entries);
+  return dropEntries(x, axis, entries, inPlace);
 }
 
-/** The tensor without the entries of the `removed` channels of `run` (a new tensor of onnxruntime's own class). */
+/**
+ * The tensor without the entries of the `removed` channels of `run` (a new tensor of onnxruntime's own class, over
+ * the old one's memory: the frontier is the only holder of its tensors).
+ */
 function sliceTensor(t: OrtTensor, run: ChannelRun, removed: ReadonlySet<number>): OrtTensor | undefined {
   const dims = [...t.dims],
     axis = run.axis < 0 ? dims.length + run.axis : run.axis;
   if (dims[axis] !== run.entries || (t.type !== 'float32' && t.type !== 'float16')) return undefined;
-  const cut = cutEntries({ data: t.data as Float32Array | Uint16Array, dims }, run, removed);
+  const cut = cutEntries({ data: t.data as Float32Array | Uint16Array, dims }, run, removed, true);
   const Tensor = t.constructor as new (type: string, data: typeof cut.data, dims: number[]) => OrtTensor;
   return new Tensor(t.type, cut.data, cut.dims);
 }
