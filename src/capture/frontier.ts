@@ -42,6 +42,18 @@ const ORT_TYPES: Record<string, DataType> = {
   bool: DataType.BOOL,
 };
 
+/**
+ * What a capture's step needs to know of the captures after it: the tensors they want (`later`); the nodes its own
+ * group's rewrite changes (`changing`), and what they reach, but for the tensors `sliceable`, which the rewrite only
+ * cuts down (advance cuts them down too); the nodes the later groups' rewrites change (`laterChanging`).
+ */
+export interface StepPlan {
+  later: readonly string[];
+  changing?: readonly NodeProto[];
+  sliceable?: readonly string[];
+  laterChanging?: readonly NodeProto[];
+}
+
 /** One capture's use of a frontier: what to feed, what to compute, what to keep for the next capture. */
 export interface FrontierStep {
   /** Cached tensors the run reads, with their data types. */
@@ -246,12 +258,15 @@ function computesInts(n: NodeProto, isInt: (t: string) => boolean): boolean {
 export const unchangedTensors = (prev: Model, next: Model, names: readonly string[]) =>
   compareTensors(prev, next, names).same;
 
-/** Where a group's channels lie in a tensor: entries offset + c·per .. + per of `axis` (< 0: from the end). */
+/**
+ * Where a group's channels lie in a tensor: entries offset + c·per .. + per of `axis` (< 0: from the end), of
+ * `entries` along it when known.
+ */
 export interface ChannelRun {
   axis: number;
   offset: number;
   per: number;
-  entries: number;
+  entries?: number;
 }
 
 /** Values with `dims` without the entries of the `removed` channels of `run` along its axis (inPlace: dropEntries'). */
@@ -272,10 +287,11 @@ function cutEntries<T extends Float32Array | Uint16Array>(
  * The tensor without the entries of the `removed` channels of `run` (a new tensor of onnxruntime's own class, over
  * the old one's memory: the frontier is the only holder of its tensors).
  */
-function sliceTensor(t: OrtTensor, run: ChannelRun, removed: ReadonlySet<number>): OrtTensor | undefined {
+function sliceTensor(t: OrtTensor, run: ChannelRun, channels: number, removed: ReadonlySet<number>) {
   const dims = [...t.dims],
     axis = run.axis < 0 ? dims.length + run.axis : run.axis;
-  if (dims[axis] !== run.entries || (t.type !== 'float32' && t.type !== 'float16')) return undefined;
+  const fits = run.entries === undefined ? run.offset + channels * run.per <= dims[axis]! : dims[axis] === run.entries;
+  if (!fits || (t.type !== 'float32' && t.type !== 'float16')) return undefined;
   const cut = cutEntries({ data: t.data as Float32Array | Uint16Array, dims }, run, removed, true);
   const Tensor = t.constructor as new (type: string, data: typeof cut.data, dims: number[]) => OrtTensor;
   return new Tensor(t.type, cut.data, cut.dims);
@@ -342,7 +358,8 @@ export class Frontier {
     for (const [t, per] of [...this.cache]) {
       if (same.has(t)) continue;
       const run = sliced.has(t) ? slicing!.runs.get(t) : undefined;
-      const cut = run && [...per].map(([start, x]) => [start, sliceTensor(x, run, removed)] as const);
+      const cut =
+        run && [...per].map(([start, x]) => [start, sliceTensor(x, run, slicing!.channels, removed)] as const);
       if (cut && cut.every(([, x]) => x)) this.cache.set(t, new Map(cut as [number, OrtTensor][]));
       else this.cache.delete(t);
     }
@@ -351,16 +368,11 @@ export class Frontier {
 
   /**
    * How to compute `want` in the current model: which cached tensors to feed, and which tensors to keep for the
-   * captures of `later` (their wanted tensors), given that the nodes `changing` (and what they reach) change before
-   * then, but for the tensors `sliceable`, which the change only cuts down (advance cuts them down too). Undefined
-   * when the graph holds subgraphs (the capture then runs the whole model, and nothing is cached).
+   * later captures (StepPlan). Undefined when the graph holds subgraphs (the capture then runs the whole model, and
+   * nothing is cached).
    */
-  step(
-    want: readonly string[],
-    later: readonly string[],
-    changing: readonly NodeProto[],
-    sliceable: readonly string[] = [],
-  ): FrontierStep | undefined {
+  step(want: readonly string[], plan: StepPlan): FrontierStep | undefined {
+    const { later, changing = [], sliceable = [], laterChanging = [] } = plan;
     const g = this.model.graph!;
     if (holdsSubgraphs(g)) {
       this.cache.clear();
@@ -380,16 +392,21 @@ export class Frontier {
     const read = new Set([...run].flatMap((n) => n.input));
     const given = new Map<string, DataType>();
     for (const t of have) if (read.has(t)) given.set(t, ORT_TYPES[this.cache.get(t)!.values().next().value!.type]!);
-    // what to keep: tensors known after this run and unchanged by `changing` that later captures want, or that a node
-    // they need reads when that node is not itself known and unchanged (it will run again)
+    // what to keep: tensors known after this run and unchanged by `changing` (or only cut down) that later captures
+    // want, or that a node they need reads when that node's outputs will not be (it will run again), or when a later
+    // rewrite will change the node and not the tensor (an SE block's gated activation: a later group re-fits the gate)
     const dirty = descendants(g, changing),
+      dirtyLater = descendants(g, laterChanging),
       needed = ancestors(g, later, producer),
       known = new Set([...have, ...[...run].flatMap((n) => n.output)]);
-    const done = (n: NodeProto) => !dirty.has(n) && n.output.every((o) => known.has(o));
     const cut = new Set(sliceable),
-      clean = (t: string) => cut.has(t) || !dirty.has(producer.get(t)!);
+      clean = (t: string) => cut.has(t) || !dirty.has(producer.get(t)!),
+      done = (n: NodeProto) => n.output.every((o) => known.has(o) && clean(o));
     const keep = new Set(later.filter((t) => known.has(t) && clean(t)));
-    for (const n of needed) if (!done(n)) for (const t of n.input) if (known.has(t) && clean(t)) keep.add(t);
+    for (const n of needed)
+      if (!done(n) || dirtyLater.has(n))
+        for (const t of n.input)
+          if (known.has(t) && clean(t) && (!done(n) || !dirtyLater.has(producer.get(t)!))) keep.add(t);
     return { given, cached: want.filter((t) => have.has(t)), keep: [...keep] };
   }
 

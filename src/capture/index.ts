@@ -12,7 +12,7 @@ import { availableMemory, fmtBytes, KERNEL_BYTES } from '../kernels/memory.js';
 import { ChannelStatsAccumulator, type Captured, type StatsWanted } from './stats.js';
 import { activations, Runner, type Activation, type OrtTensor } from './runner.js';
 import type { RuntimeOptions } from './runtime.js';
-import type { ChannelRun, Frontier, Slicing } from './frontier.js';
+import type { ChannelRun, Frontier, Slicing, StepPlan } from './frontier.js';
 
 export { loadRuntime, type Backend, type RuntimeOptions } from './runtime.js';
 export { Runner, type Activation } from './runner.js';
@@ -29,9 +29,10 @@ export interface CaptureOptions extends RuntimeOptions, Pick<KernelOptions, 'thr
   passBytes?: number;
   /**
    * Sequential and asymmetric captures, group by group: the tensors cached by the previous group's capture for the
-   * model (and the target), and the tensors the later groups' captures will want from each (frontier.ts).
+   * model (and the target), the groups captured after this one (in the model), and the tensors their captures will
+   * want from the target (frontier.ts).
    */
-  frontier?: { model: Frontier; later: string[]; target?: Frontier; targetLater?: string[] };
+  frontier?: { model: Frontier; later: Group[]; target?: Frontier; targetLater?: string[] };
   onBatch?: (done: number, total: number) => void;
 }
 
@@ -129,18 +130,29 @@ async function captureInPasses(model: Model, groups: Group[], calib: Calibration
 const spanOf = (c: Consumer) => (c.kind === 'conv' ? c.d / (c.conv!.kernel[0] * c.conv!.kernel[1]) : c.d);
 
 /**
- * How a group's rewrite cuts down its consumers' inputs, which a frontier keeps so that the next group's capture runs
- * on from the consumers, not from the producers; the region (every tensor that carries the channels) is what
- * compareTensors checks that the rewrite only cut down.
+ * Where a group's channels lie in the activations its rewrite cuts down and a frontier may keep, cut down too: its
+ * consumers' inputs (so that the next group's capture runs on from the consumers, not from the producers), and the
+ * other activations that carry the channels in one run (not a fused q/k/v's parts).
  */
-export function slicingOf(group: Group, keep: readonly number[]): Slicing {
-  const runs = new Map<string, ChannelRun>();
+function channelRuns(group: Group): Map<string, ChannelRun> {
+  const runs = new Map<string, ChannelRun>(),
+    count = new Map<string, number>();
+  for (const t of group.tensors) count.set(t.tensor, (count.get(t.tensor) ?? 0) + 1);
+  for (const t of group.tensors) if (count.get(t.tensor) === 1 && !t.stacked) runs.set(t.tensor, t);
   for (const c of group.consumers) {
     const per = spanOf(c) / group.channels;
     runs.set(c.input, { axis: c.kind === 'conv' ? 1 : -1, offset: c.offset, per, entries: c.entries });
   }
+  return runs;
+}
+
+/**
+ * How a group's rewrite cuts down the activations a frontier keeps (channelRuns); the region (every tensor that
+ * carries the channels) is what compareTensors checks that the rewrite only cut down.
+ */
+export function slicingOf(group: Group, keep: readonly number[]): Slicing {
   const region = new Set(group.tensors.map((t) => t.tensor));
-  return { region, slices: group.slices, runs, channels: group.channels, keep };
+  return { region, slices: group.slices, runs: channelRuns(group), channels: group.channels, keep };
 }
 
 /**
@@ -198,9 +210,9 @@ async function openSource(
   names: string[],
   opts: RuntimeOptions,
   batches: number,
-  frontier?: { f: Frontier; later: string[]; changing: NodeProto[]; sliceable?: string[] },
+  frontier?: { f: Frontier; plan: StepPlan },
 ): Promise<Source> {
-  const step = frontier?.f.step(names, frontier.later, frontier.changing, frontier.sliceable);
+  const step = frontier?.f.step(names, frontier.plan);
   if (!frontier || !step) {
     const runner = await Runner.open(model, names, opts, true);
     return {
@@ -245,7 +257,15 @@ async function capturePass(
     names,
     opts,
     batches,
-    fr && { f: fr.model, later: fr.later, changing: rewritten(model, groups), sliceable: names },
+    fr && {
+      f: fr.model,
+      plan: {
+        later: fr.later.flatMap((g) => g.consumers.map((c) => c.input)),
+        changing: rewritten(model, groups),
+        sliceable: groups.flatMap((g) => [...channelRuns(g).keys()]),
+        laterChanging: rewritten(model, fr.later),
+      },
+    },
   );
   const tgt = opts.target
     ? await openSource(
@@ -253,7 +273,7 @@ async function capturePass(
         names,
         opts,
         batches,
-        fr?.target && { f: fr.target, later: fr.targetLater ?? [], changing: [] },
+        fr?.target && { f: fr.target, plan: { later: fr.targetLater ?? [] } },
       ).catch(async (e) => {
         await run.release(false);
         throw e;

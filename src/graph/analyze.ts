@@ -139,7 +139,7 @@ interface SpaceRecord {
   slices: AxisSlice[];
   edits: Edit[];
   chain: NodeProto[];
-  tensors: AxisSlice[];
+  tensors: Group['tensors'];
   /** The first reason the channels cannot be pruned, if any. */
   refused?: string;
   /** That reason is only that a shape reads another group's channel count (which may turn out fixed). */
@@ -366,8 +366,10 @@ function setLayout(W: Walk, t: string, l: Layout): void {
     W.S.refuseAll(l, why);
   }
   W.layouts.set(t, l);
+  const stacked = l.stack ? { stacked: true } : {};
   for (const r of firstPart(l))
-    if (r.space >= 0) W.S.get(r.space).tensors.push({ tensor: t, axis: l.axis, offset: r.offset, per: r.per });
+    if (r.space >= 0)
+      W.S.get(r.space).tensors.push({ tensor: t, axis: l.axis, offset: r.offset, per: r.per, ...stacked });
   if (!W.G.shapes.has(t)) W.S.refuseAll(l, `the shape of "${t}" is unknown (no shape rule for an op before it)`);
 }
 
@@ -914,7 +916,7 @@ function groupOf(W: Walk, root: number): Group | string {
 }
 
 const order = (W: Walk, n: NodeProto) => W.G.graph.node.indexOf(n);
-const dedupe = (xs: AxisSlice[]) => [
+const dedupe = <S extends AxisSlice>(xs: S[]) => [
   ...new Map(xs.map((s) => [`${s.tensor}|${s.axis}|${s.offset}|${s.per}`, s])).values(),
 ];
 

@@ -24,8 +24,12 @@ export interface Group {
   edits: Edit[];
   /** The per-channel ops the channels pass through (for the record), in graph order. */
   chain: NodeProto[];
-  /** Activations that carry the channels (runs along their channel axis): their shapes change with the group. */
-  tensors: AxisSlice[];
+  /**
+   * Activations that carry the channels (runs along their channel axis): their shapes change with the group.
+   * `stacked`: the channels repeat in equal parts along another axis too (a fused q/k/v); only the first part's runs
+   * are listed.
+   */
+  tensors: (AxisSlice & { stacked?: boolean })[];
   /** Parameters and per-sample FLOPs (multiply-adds ×2) that removing every channel would save. */
   params: number;
   flops: number;

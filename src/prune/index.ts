@@ -367,8 +367,7 @@ async function pruneSequential(
       model: new Frontier(model, frontierBytes()),
       target: target && new Frontier(model, frontierBytes(), true),
     };
-  const inputsOf = (groups: Group[], after: number) =>
-    groups.filter((u) => ids.indexOf(u.id) > after).flatMap((u) => u.consumers.map((c) => c.input));
+  const after = (groups: Group[], i: number) => groups.filter((u) => ids.indexOf(u.id) > i);
   for (const [i, id] of ids.entries()) {
     progress('group', i, ids.length);
     const groups = analyze(pruned, plan.inputShape).groups,
@@ -376,7 +375,10 @@ async function pruneSequential(
     if (!group) throw internal(`group ${id} is no longer prunable after pruning the groups before it`);
     const t = performance.now();
     const stats = statsFor(opts.method ?? 'greedy');
-    const later = { later: inputsOf(groups, i), targetLater: inputsOf(plan.groups, i) };
+    const later = {
+      later: after(groups, i),
+      targetLater: after(plan.groups, i).flatMap((u) => u.consumers.map((c) => c.input)),
+    };
     const gram = await clock.time('capture', () =>
       captureGrams(pruned, [group], calib, { ...opts, stats, target, frontier: { ...frontier, ...later } }),
     );
