@@ -329,6 +329,8 @@ export class Frontier {
   private cache = new Map<string, Map<number, OrtTensor>>();
   private staged = new Map<string, Map<number, OrtTensor>>();
   private stagedBytes = 0;
+  /** The cache's bytes while a capture stages, summed once (summing them per staged tensor took most of its time). */
+  private heldBytes?: number;
   private ahead: boolean;
 
   constructor(
@@ -432,7 +434,7 @@ export class Frontier {
     const bytes = (t.data as ArrayBufferView).byteLength;
     // after the first batch, the whole set is known: one batch's size times the batches
     this.stagedBytes += bytes;
-    if (start === 0 && this.stagedBytes * batches + this.bytes > this.budget) {
+    if (start === 0 && this.stagedBytes * batches + (this.heldBytes ??= this.bytes) > this.budget) {
       this.staged.clear();
       this.stagedBytes = -1;
       this.ahead = false;
@@ -448,5 +450,6 @@ export class Frontier {
     this.cache = ok ? this.staged : new Map();
     this.staged = new Map();
     this.stagedBytes = 0;
+    this.heldBytes = undefined;
   }
 }
