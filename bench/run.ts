@@ -221,28 +221,28 @@ const BUDGETS: Record<string, Budget> = {
   mobilenet: { compression: 4 },
   vit: { compression: 1.5, target: 'flops' },
 };
-const RUNS: { mode: Mode; threads: number; reps: number }[] = [
-  { mode: 'layerwise', threads: 1, reps: 3 },
-  { mode: 'layerwise', threads: T, reps: 3 },
-  { mode: 'sequential', threads: T, reps: quick ? 1 : 2 },
-  { mode: 'asymmetric', threads: T, reps: quick ? 1 : 2 },
+const RUNS: { mode: Mode; threads: number }[] = [
+  { mode: 'layerwise', threads: 1 },
+  { mode: 'layerwise', threads: T },
+  { mode: 'sequential', threads: T },
+  { mode: 'asymmetric', threads: T },
 ];
 const stages: { model: string; mode: Mode; threads: number; seconds: Record<string, number> }[] = [];
 for (const [name, budget] of Object.entries(BUDGETS)) {
   const file = `models/${name}.onnx`;
   if (!existsSync(file) || gramOnly) continue;
-  for (const { mode, threads, reps } of RUNS) {
-    log(`prune ${name} ${mode} (${threads} thread${threads > 1 ? 's' : ''}) …`);
-    const calib = openNpy('models/calib.npy');
-    const best: Record<string, number> = {};
-    for (let rep = 0; rep < reps; rep++) {
-      // best of several: the first run also pays for JIT warm-up
+  const best = RUNS.map((): Record<string, number> => ({}));
+  // each the best of three runs (two with --quick) by capture, as the first also pays for JIT warm-up; the runs take
+  // turns, so that a slow spell of a shared machine does not fall on one mode alone
+  for (let rep = 0; rep < (quick ? 2 : 3); rep++)
+    for (const [i, { mode, threads }] of RUNS.entries()) {
+      log(`prune ${name} ${mode} (${threads} thread${threads > 1 ? 's' : ''}), run ${rep + 1} …`);
+      const calib = openNpy('models/calib.npy');
       const { report } = await prune(readModel(file), calib, { budget, mode, threads, allocation: 'uniform' });
-      if (!best.total || report.seconds.total < best.total) Object.assign(best, report.seconds);
+      calib.close();
+      if (!best[i]!.capture || report.seconds.capture < best[i]!.capture) Object.assign(best[i]!, report.seconds);
     }
-    calib.close();
-    stages.push({ model: name, mode, threads, seconds: best });
-  }
+  stages.push(...RUNS.map((r, i) => ({ model: name, ...r, seconds: best[i]! })));
 }
 
 const machine = `${cpus()[0].model}, ${cpus().length} cores, Node ${process.versions.node}`;
