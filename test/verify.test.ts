@@ -1,5 +1,5 @@
 import { describe, it, expect, vi, beforeAll, afterAll } from 'vitest';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { clone } from '@bufbuild/protobuf';
@@ -13,7 +13,7 @@ import {
   type Model,
 } from '../src/onnx/index.js';
 import { openNpy } from '../src/npy.js';
-import { verifyPruned } from '../src/prune/verify.js';
+import { BROKEN_ERROR, fidelityWarnings, verifyPruned } from '../src/prune/verify.js';
 import { prune } from '../src/prune/index.js';
 import { expectFailure, runCli } from './cli-helpers.js';
 
@@ -21,14 +21,15 @@ import { expectFailure, runCli } from './cli-helpers.js';
 // finite outputs shaped like the original's. Broken models are made here by hand, and (to reach the gate through the
 // real pipeline and CLI) by a rewrite that is made to break its result.
 
-const broken = vi.hoisted(() => ({ on: false }));
+// 'nan': a NaN output (verification fails); 'far': an output pushed far off (finite: verified, but warned about)
+const broken = vi.hoisted(() => ({ on: undefined as 'nan' | 'far' | undefined }));
 vi.mock('../src/rewrite/index.js', async (importOriginal) => {
   const real = await importOriginal<typeof import('../src/rewrite/index.js')>();
   return {
     ...real,
     pruneGroups: (...a: Parameters<typeof real.pruneGroups>) => {
       const out = real.pruneGroups(...a);
-      if (broken.on) setFloat(out, 'fc3.bias', 0, NaN);
+      if (broken.on) setFloat(out, 'fc3.bias', 0, broken.on === 'nan' ? NaN : 1e4);
       return out;
     },
   };
@@ -57,7 +58,7 @@ async function internal(p: Promise<unknown>, message: RegExp): Promise<void> {
 describe('verifyPruned', () => {
   it('passes the original model and a correctly pruned one', async () => {
     await verifyPruned(lenet, lenet, calib);
-    broken.on = false;
+    broken.on = undefined;
     const { model } = await prune(lenet, calib, { budget: { compression: 2 } });
     await verifyPruned(lenet, model, calib);
   });
@@ -91,17 +92,17 @@ describe('a pruned model that fails verification is never written', () => {
     dir = mkdtempSync(join(tmpdir(), 'subprune-verify-'));
   });
   afterAll(() => {
-    broken.on = false;
+    broken.on = undefined;
     rmSync(dir, { recursive: true, force: true });
   });
 
   it('prune() rejects it with an internal error', async () => {
-    broken.on = true;
+    broken.on = 'nan';
     await internal(prune(lenet, calib, { budget: { compression: 2 } }), /the pruned model failed verification: .*NaN/);
   });
 
   it('the CLI exits 1 with one line, and writes neither the model nor the report', async () => {
-    broken.on = true;
+    broken.on = 'nan';
     const out = join(dir, 'out.onnx'),
       report = join(dir, 'out.json');
     const r = await runCli('prune', 'models/lenet.onnx', '--calib', 'models/calib.npy', '-o', out, '--report', report);
@@ -112,5 +113,39 @@ describe('a pruned model that fails verification is never written', () => {
     );
     expect(existsSync(out) || existsSync(report)).toBe(false);
     expect(readdirSync(dir)).toEqual([]);
+  });
+});
+
+describe('a pruned model whose outputs are far off is written with a warning', () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'subprune-warn-'));
+  });
+  afterAll(() => {
+    broken.on = undefined;
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('past a relative output error of 1, not at or below it', () => {
+    const at = (relError?: number) => fidelityWarnings({ samples: 1, outputDims: [1], relError });
+    expect(BROKEN_ERROR).toBe(1);
+    for (const e of [undefined, 0, 0.5, 1]) expect(at(e)).toEqual([]);
+    for (const e of [1.001, 3, 1e9]) expect(at(e)).toEqual([expect.stringMatching(/relative output error .*unusable/)]);
+  });
+
+  it('a normal prune has none; one with a logit pushed to 10⁴ has one, in the report and on stderr', async () => {
+    broken.on = undefined;
+    const { report } = await prune(lenet, calib, { budget: { compression: 2 } });
+    expect(report.fidelity.relError).toBeLessThan(BROKEN_ERROR);
+    expect(report.warnings).toEqual([]);
+
+    broken.on = 'far';
+    const out = join(dir, 'out.onnx'),
+      json = join(dir, 'out.json');
+    const r = await runCli('prune', 'models/lenet.onnx', '--calib', 'models/calib.npy', '-o', out, '--report', json);
+    expect(r.code, r.err).toBe(0);
+    expect(r.err).toMatch(/^warning: .*out\.onnx: the pruned model's relative output error .* is \d/m);
+    expect((JSON.parse(readFileSync(json, 'utf8')) as { warnings: string[] }).warnings).toHaveLength(1);
+    expect(existsSync(out)).toBe(true);
   });
 });

@@ -63,8 +63,9 @@ Method:
 ${methodHelp}
 Other:
   --report FILE       write a JSON report: per group the kept channels in greedy order and the objective,
-                      params and FLOPs before/after, seconds per stage, fidelity on the calibration data
-                      (several sizes: {"model", "sizes": [one such report per size, with its output]})
+                      params and FLOPs before/after, seconds per stage, fidelity on the calibration data,
+                      and warnings (a relative output error past 1; also printed on stderr); several
+                      sizes: {"model", "sizes": [one such report per size, with its output]}
   --fidelity-rows n   measure the fidelity on n calibration rows, evenly spaced (default 512), or all
   --batch n           calibration batch size (default 64; a model with a fixed batch size uses its own)
   --kernels NAME      selection kernels: wasm (SIMD WebAssembly, default) or plain (TypeScript)
@@ -241,6 +242,9 @@ export async function runPrune(argv: string[]): Promise<void> {
   const one = results.length === 1 ? results[0]!.sized : undefined;
   if (one && 'error' in one) throw one.error; // one size: nothing written, as ever
   if (o.report) writeJson(o.report, runReport(input, mode, made, preprocess));
+  // warnings go to stderr, --quiet or not: they are about whether the output is usable
+  for (const { output, sized } of results)
+    if (!('error' in sized)) for (const w of sized.report.warnings) console.error(`warning: ${output}: ${w}`);
   if (one) summarize(input, o.output, o.report, one.report, o.quiet, results[0]!.data);
   else summarizeSizes(input, results, o.report, o.quiet);
 }

@@ -44,7 +44,7 @@ import {
 } from './allocation.js';
 import type { NetworkScore } from '../eval/network.js';
 import { mean, objectivesOf, planOf, rankGroup, refinedAt, type Ranked } from './rank.js';
-import { checkFidelityRows, fidelityOf, verifyPruned } from './verify.js';
+import { checkFidelityRows, fidelityOf, fidelityWarnings, verifyPruned } from './verify.js';
 
 export type Mode = 'layerwise' | 'sequential' | 'asymmetric';
 export const MODES: readonly Mode[] = ['layerwise', 'sequential', 'asymmetric'];
@@ -141,6 +141,8 @@ export interface PruneReport {
   search?: { start: NetworkScore; score: NetworkScore; evaluations: number };
   /** The pruned model against the original on (a sample of) the calibration inputs: `samples` rows, see fidelityOf. */
   fidelity: Fidelity;
+  /** What the measurements say to check before using the pruned model (fidelityWarnings); empty when nothing. */
+  warnings: string[];
   /** Bytes of kernel memory planned before the run. */
   memory: MemoryPlan;
 }
@@ -482,6 +484,7 @@ export async function* pruneSizes(
         seconds: { ...clock.seconds, total: clock.total() },
         ...(keeps.search?.[i] ? { search: searchReport(keeps.search[i]) } : {}),
         fidelity,
+        warnings: fidelityWarnings(fidelity),
         memory: plan.memory,
       };
       sized = { budget, model: pruned.model, report };

@@ -118,6 +118,22 @@ export async function fidelityOf(
 }
 
 /**
+ * Relative output error past which a pruned model is probably unusable: its outputs are then further from the
+ * original's than those are from zero.
+ */
+export const BROKEN_ERROR = 1;
+
+/** What a pruned model's fidelity says to check: nothing, or that its outputs are too far off (BROKEN_ERROR). */
+export function fidelityWarnings(f: Fidelity): string[] {
+  if (f.relError === undefined || f.relError <= BROKEN_ERROR) return [];
+  return [
+    `the pruned model's relative output error on the calibration data is ${f.relError.toPrecision(3)}: its outputs ` +
+      "are further from the original's than those are from zero, so it is probably unusable; prune less, or give " +
+      'more (and more varied) calibration inputs',
+  ];
+}
+
+/**
  * Writes the pruned model (with its weights in a data file when it is large or when asked, see WriteOptions) and
  * renames the files into place only after onnxruntime has loaded them from disk, data file and all, and found the
  * model's inputs and outputs. The model itself passed verifyPruned before this.

@@ -289,7 +289,8 @@ function showDetails(j: Job, size: number): void {
     `. On the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ` +
     `${((f.agreement ?? 0) * 100).toFixed(2)}%, relative output error ${(f.relError ?? 0).toFixed(4)}. ` +
     `${r.groups.length} groups, ${r.refused.length} refused; mode ${r.mode}, method ${r.method}, ` +
-    `${r.refit ? 're-fit' : 'no re-fit'}, onnxruntime-${r.backend}; ${r.seconds.total.toFixed(2)} s.`;
+    `${r.refit ? 're-fit' : 'no re-fit'}, onnxruntime-${r.backend}; ${r.seconds.total.toFixed(2)} s.` +
+    r.warnings.map((w) => ` Warning: ${w}.`).join('');
 }
 
 /** The run's report, shaped as `prune --report` writes it (runReport). */
