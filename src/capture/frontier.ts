@@ -212,6 +212,8 @@ export function compareTensors(
   const need = ancestors(b, names, after);
   for (const n of b.node) {
     if (!need.has(n)) continue;
+    const int = computesInts(n, isInt);
+    if (int) n.output.forEach((o) => ints.add(o));
     const old = n.output.map((o) => before.get(o));
     const o0 = old[0] && old.every((o) => o === old[0]) ? old[0] : undefined;
     if (o0 && sameNode(o0, n) && n.input.every((t) => of(t) === 'same')) n.output.forEach((o) => state.set(o, 'same'));
@@ -221,13 +223,8 @@ export function compareTensors(
       n.input.every((t, i) => of(t) !== undefined || constantOk(t, o0.input[i]))
     )
       n.output.forEach((o) => state.set(o, 'sliced'));
-    else if (
-      computesInts(n, isInt) &&
-      !n.output.some((o) => region.has(o)) &&
-      n.input.every((t) => of(t) !== undefined || intConstant(t))
-    )
+    else if (int && !n.output.some((o) => region.has(o)) && n.input.every((t) => of(t) !== undefined || intConstant(t)))
       n.output.forEach((o) => state.set(o, 'shape'));
-    if (computesInts(n, isInt)) n.output.forEach((o) => ints.add(o));
   }
   const same = new Set(names.filter((t) => of(t) === 'same'));
   return { same, sliced: new Set(names.filter((t) => of(t) === 'sliced')) };
@@ -404,11 +401,9 @@ export class Frontier {
     const cut = new Set(sliceable),
       clean = (t: string) => cut.has(t) || !dirty.has(producer.get(t)!),
       done = (n: NodeProto) => n.output.every((o) => known.has(o) && clean(o));
+    const reads = (n: NodeProto, t: string) => !done(n) || (dirtyLater.has(n) && !dirtyLater.has(producer.get(t)!));
     const keep = new Set(later.filter((t) => known.has(t) && clean(t)));
-    for (const n of needed)
-      if (!done(n) || dirtyLater.has(n))
-        for (const t of n.input)
-          if (known.has(t) && clean(t) && (!done(n) || !dirtyLater.has(producer.get(t)!))) keep.add(t);
+    for (const n of needed) for (const t of n.input) if (known.has(t) && clean(t) && reads(n, t)) keep.add(t);
     return { given, cached: want.filter((t) => have.has(t)), keep: [...keep] };
   }
 
