@@ -318,14 +318,16 @@ export interface Slicing {
  * Tensors of the calibration set's batches kept between the captures of a sequential or asymmetric prune, for one
  * line of models (the model pruned so far, or the original). `budget`: bytes the cache may hold. `fixed`: the model
  * never changes (asymmetric mode's original), so the first capture computes what every later one wants and keeps it,
- * one run of the model in all, while that fits the budget (after that, captures go on from a cut as for a changing
- * model).
+ * one run of the model in all, as far as that fits the budget (after that, captures go on from a cut as for a
+ * changing model).
  */
 export class Frontier {
   /** Per tensor, its value in each batch (by the batch's first row), as onnxruntime gave it. */
   private cache = new Map<string, Map<number, OrtTensor>>();
   private staged = new Map<string, Map<number, OrtTensor>>();
+  /** Bytes of the first batch's staged tensors, and the tensors left out for the budget. */
   private stagedBytes = 0;
+  private left = new Set<string>();
   /** The cache's bytes while a capture stages, summed once (summing them per staged tensor took most of its time). */
   private heldBytes?: number;
   private ahead: boolean;
@@ -420,20 +422,21 @@ export class Frontier {
   }
 
   /**
-   * Stages a tensor of one batch for the next capture (dropped if it has a type no session can be fed, or when the
-   * budget would be exceeded: everything staged is then given up, and the next capture computes it again).
+   * Stages a tensor of one batch for the next capture. It is left out if it has a type no session can be fed, or if
+   * it would not fit the budget with what is staged before it: a later capture computes it again, from whatever is
+   * cached.
    */
   stage(name: string, start: number, t: OrtTensor, batches: number): void {
-    if (this.stagedBytes < 0) return;
-    if (!(t.type in ORT_TYPES)) return;
+    if (!(t.type in ORT_TYPES) || this.left.has(name)) return;
     const bytes = (t.data as ArrayBufferView).byteLength;
-    // after the first batch, the whole set is known: one batch's size times the batches
-    this.stagedBytes += bytes;
-    if (start === 0 && this.stagedBytes * batches + (this.heldBytes ??= this.bytes) > this.budget) {
-      this.staged.clear();
-      this.stagedBytes = -1;
-      this.ahead = false;
-      return;
+    if (start === 0) {
+      // from the first batch on, the whole set's size is known: one batch's times the batches
+      if ((this.stagedBytes + bytes) * batches + (this.heldBytes ??= this.bytes) > this.budget) {
+        this.left.add(name);
+        this.ahead = false;
+        return;
+      }
+      this.stagedBytes += bytes;
     }
     let per = this.staged.get(name);
     if (!per) this.staged.set(name, (per = new Map()));
@@ -446,5 +449,6 @@ export class Frontier {
     this.staged = new Map();
     this.stagedBytes = 0;
     this.heldBytes = undefined;
+    this.left.clear();
   }
 }
