@@ -405,7 +405,9 @@ export class Frontier {
       done = (n: NodeProto) => n.output.every((o) => known.has(o) && clean(o));
     const reads = (n: NodeProto, t: string) => !done(n) || (dirtyLater.has(n) && !dirtyLater.has(producer.get(t)!));
     const keep = new Set(later.filter((t) => known.has(t) && clean(t)));
-    for (const n of needed) for (const t of n.input) if (known.has(t) && clean(t) && reads(n, t)) keep.add(t);
+    // in graph order: when the budget cannot hold the whole cut, what the next captures read comes first
+    for (const n of g.node)
+      if (needed.has(n)) for (const t of n.input) if (known.has(t) && clean(t) && reads(n, t)) keep.add(t);
     return { given, cached: want.filter((t) => have.has(t)), keep: [...keep] };
   }
 
