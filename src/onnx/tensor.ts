@@ -60,7 +60,7 @@ export function dropEntries<T extends Float32Array | Uint16Array>(
     for (let r = 0; r < runs.length; r += 2) {
       const from = (i * len + runs[r]!) * inner,
         size = runs[r + 1]! * inner;
-      // short runs element by element: a subarray per run made cutting a [.., d] activation 8 % of a capture
+      // short runs element by element: a subarray per run costs more than their copy
       if (size < 64) for (let j = 0; j < size; j++) out[o + j] = data[from + j]!;
       else if (inPlace) data.copyWithin(o, from, from + size);
       else out.set(data.subarray(from, from + size), o);
