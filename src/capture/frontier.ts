@@ -400,14 +400,18 @@ export class Frontier {
       dirtyLater = descendants(g, laterChanging),
       needed = ancestors(g, later, producer),
       known = new Set([...have, ...[...run].flatMap((n) => n.output)]);
-    const cut = new Set(sliceable),
-      clean = (t: string) => cut.has(t) || !dirty.has(producer.get(t)!),
+    const cuttable = new Set(sliceable),
+      clean = (t: string) => cuttable.has(t) || !dirty.has(producer.get(t)!),
       done = (n: NodeProto) => n.output.every((o) => known.has(o) && clean(o));
     const reads = (n: NodeProto, t: string) => !done(n) || (dirtyLater.has(n) && !dirtyLater.has(producer.get(t)!));
     const keep = new Set(later.filter((t) => known.has(t) && clean(t)));
-    // in graph order: when the budget cannot hold the whole cut, what the next captures read comes first
-    for (const n of g.node)
-      if (needed.has(n)) for (const t of n.input) if (known.has(t) && clean(t) && reads(n, t)) keep.add(t);
+    const cut = new Set<string>();
+    for (const n of needed) for (const t of n.input) if (known.has(t) && clean(t) && reads(n, t)) cut.add(t);
+    // the earliest first: when the budget cannot hold the whole cut, what the rest can be computed again from (a
+    // transformer block's input before its attention output, which the block's input alone gives again)
+    const at = new Map(g.node.map((n, i) => [n, i]));
+    for (const t of [...cut].sort((a, b) => (at.get(producer.get(a)!) ?? -1) - (at.get(producer.get(b)!) ?? -1)))
+      keep.add(t);
     return { given, cached: want.filter((t) => have.has(t)), keep: [...keep] };
   }
 
