@@ -393,26 +393,38 @@ export class Frontier {
     const read = new Set([...run].flatMap((n) => n.input));
     const given = new Map<string, DataType>();
     for (const t of have) if (read.has(t)) given.set(t, ORT_TYPES[this.cache.get(t)!.values().next().value!.type]!);
-    // what to keep: tensors known after this run and unchanged by `changing` (or only cut down) that later captures
-    // want, or that a node they need reads when that node's outputs will not be (it will run again), or when a later
-    // rewrite will change the node and not the tensor (an SE block's gated activation: a later group re-fits the gate)
+    // what to keep: back from what later captures want, the first tensors known after this run that neither this
+    // group's rewrite changes (`changing`; but for those it only cuts down) nor a later group's will; past one a later
+    // rewrite changes (an SE block's gated activation: a later group re-fits the gate), the walk goes on to its inputs,
+    // to compute it again from. A Constant's output is not kept: its node runs from nothing.
     const dirty = descendants(g, changing),
       dirtyLater = descendants(g, laterChanging),
-      needed = ancestors(g, later, producer),
-      known = new Set([...have, ...[...run].flatMap((n) => n.output)]);
-    const cuttable = new Set(sliceable),
-      clean = (t: string) => cuttable.has(t) || !dirty.has(producer.get(t)!),
-      done = (n: NodeProto) => n.output.every((o) => known.has(o) && clean(o));
-    const reads = (n: NodeProto, t: string) => !done(n) || (dirtyLater.has(n) && !dirtyLater.has(producer.get(t)!));
-    const keep = new Set(later.filter((t) => known.has(t) && clean(t)));
-    const cut = new Set<string>();
-    for (const n of needed) for (const t of n.input) if (known.has(t) && clean(t) && reads(n, t)) cut.add(t);
-    // the earliest first: when the budget cannot hold the whole cut, what the rest can be computed again from (a
-    // transformer block's input before its attention output, which the block's input alone gives again)
-    const at = new Map(g.node.map((n, i) => [n, i]));
-    for (const t of [...cut].sort((a, b) => (at.get(producer.get(a)!) ?? -1) - (at.get(producer.get(b)!) ?? -1)))
-      keep.add(t);
-    return { given, cached: want.filter((t) => have.has(t)), keep: [...keep] };
+      known = new Set([...have, ...[...run].flatMap((n) => n.output)]),
+      cuttable = new Set(sliceable);
+    const cut = new Set<string>(),
+      seen = new Set<string>(),
+      back = [...later];
+    for (let t = back.pop(); t !== undefined; t = back.pop()) {
+      const n = producer.get(t);
+      if (!n || seen.has(t) || n.opType === 'Constant') continue;
+      seen.add(t);
+      if (known.has(t) && (cuttable.has(t) || !dirty.has(n)) && !dirtyLater.has(n)) cut.add(t);
+      else back.push(...n.input.filter((x) => x));
+    }
+    // what later captures want first, then the earliest produced: when the budget cannot hold the whole cut, what the
+    // rest can be computed again from (a transformer block's input before its attention output, which the block's
+    // input alone gives again)
+    const at = new Map(g.node.map((n, i) => [n, i])),
+      first = new Set(later);
+    const keep = [...cut].sort(
+      (a, b) => +first.has(b) - +first.has(a) || (at.get(producer.get(a)!) ?? -1) - (at.get(producer.get(b)!) ?? -1),
+    );
+    return { given, cached: want.filter((t) => have.has(t)), keep };
+  }
+
+  /** The tensors the cache holds. */
+  get names(): string[] {
+    return [...this.cache.keys()];
   }
 
   /** Whether the cache holds a tensor. */
