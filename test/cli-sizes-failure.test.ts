@@ -13,11 +13,11 @@ vi.mock('../src/prune/verify.js', async (importOriginal) => {
   const { internal } = await import('../src/errors.js');
   return {
     ...real,
-    verifyPruned: async (...a: Parameters<typeof real.verifyPruned>) => {
+    verifiedFidelity: async (...a: Parameters<typeof real.verifiedFidelity>) => {
       const params = modelStats(a[1]).params;
       if (params > 10_000 && params < 20_000)
         throw internal('the pruned model failed verification: (made to fail by the test); nothing was written');
-      return real.verifyPruned(...a);
+      return real.verifiedFidelity(...a);
     },
   };
 });

@@ -2,8 +2,8 @@
 // divergence from a reference model.
 import type { Model } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
-import { Calibration, type InputData } from '../calibration.js';
-import { Runner, type RuntimeOptions } from '../capture/index.js';
+import { Calibration, modelInputs, type Batch, type InputData } from '../calibration.js';
+import { Runner, type Activation, type RuntimeOptions } from '../capture/index.js';
 import { badInput } from '../errors.js';
 
 export interface Fidelity {
@@ -69,16 +69,82 @@ export function klSum(ref: Float32Array, y: Float32Array, classes: number): numb
   return sum;
 }
 
+/** Bytes of a reference's outputs a Reference keeps for the next model compared with it. */
+export const REFERENCE_BYTES = 256 * 2 ** 20;
+
+/**
+ * A reference model to compare models with: its session, opened once, and its outputs on the batches run so far, kept
+ * while they fit `REFERENCE_BYTES` (a prune measures every size it makes on the same sample).
+ */
+export class Reference {
+  private kept = new Map<string, Map<string, Activation>>();
+  private bytes = 0;
+
+  private constructor(
+    readonly model: Model,
+    private runner: Runner,
+    /** The reference's own fixed batch size, if any. */
+    private fixed: number | null,
+  ) {}
+
+  static async open(model: Model, opts: RuntimeOptions = {}): Promise<Reference> {
+    return new Reference(model, await Runner.open(model, [], opts), modelInputs(model)[0]?.dims[0] ?? null);
+  }
+
+  get outputNames(): string[] {
+    return this.model.graph!.output.map((o) => o.name);
+  }
+
+  /** The batch size to run with: `preferred`, at most the reference's own fixed batch size. */
+  batchSize(preferred: number): number {
+    return Math.min(preferred, this.fixed ?? Infinity);
+  }
+
+  /** Every output of the reference on a batch. */
+  async outputs(b: Batch): Promise<Map<string, Activation>> {
+    const key = `${b.start}+${b.rows}`,
+      hit = this.kept.get(key);
+    if (hit) return hit;
+    const out = await this.runner.run(b, this.outputNames);
+    const bytes = [...out.values()].reduce((n, x) => n + x.data.byteLength, 0);
+    if (this.bytes + bytes <= REFERENCE_BYTES) {
+      this.kept.set(key, out);
+      this.bytes += bytes;
+    }
+    return out;
+  }
+
+  release(): Promise<void> {
+    return this.runner.release();
+  }
+}
+
+export interface MeasureOptions {
+  labels?: ArrayLike<number>;
+  reference?: Reference;
+  batch?: number;
+  onBatch?: (done: number, total: number) => void;
+}
+
 /** Runs `model` over the data (first output = class scores) against labels and/or a reference model. */
 export async function evaluate(model: Model, data: InputData, opts: EvaluateOptions = {}): Promise<Fidelity> {
-  const calib = Calibration.of(model, data),
-    ref = opts.reference;
-  const refCalib = ref && Calibration.of(ref, calib); // the reference must take the same inputs
+  const calib = Calibration.of(model, data);
+  if (opts.reference) Calibration.of(opts.reference, calib); // the reference must take the same inputs
   if (opts.labels && opts.labels.length !== calib.rows)
     throw badInput(`${opts.labels.length} labels for ${calib.rows} samples`);
-  const out = model.graph!.output[0].name;
   const run = await Runner.open(model, [], opts),
-    refRun = ref ? await Runner.open(ref, [], opts) : undefined;
+    reference = opts.reference && (await Reference.open(opts.reference, opts));
+  try {
+    return await measure(run, model.graph!.output[0]!.name, calib, { ...opts, reference });
+  } finally {
+    await run.release();
+    await reference?.release();
+  }
+}
+
+/** The loop of evaluate, on a session already open (`out`: its output of class scores). */
+export async function measure(run: Runner, out: string, calib: Calibration, opts: MeasureOptions): Promise<Fidelity> {
+  const ref = opts.reference;
   let correct = 0,
     agree = 0,
     err = 0,
@@ -87,33 +153,28 @@ export async function evaluate(model: Model, data: InputData, opts: EvaluateOpti
     klRows = 0,
     dims: number[] = [];
   // a reference with a fixed batch size of its own runs batches no larger than that
-  const size = Math.min(calib.batchSize(opts.batch ?? EVAL_BATCH), refCalib?.batchSize(Infinity) ?? Infinity);
-  try {
-    for (const b of calib.batches(size)) {
-      const y = (await run.run(b, [out])).get(out)!;
-      dims = y.dims;
-      const n = b.rows,
-        top = argmaxRows(y.data, n);
-      if (opts.labels) for (let i = 0; i < n; i++) if (top[i] === Number(opts.labels[b.start + i])) correct++;
-      if (refRun) {
-        const r = (await refRun.run(b, [ref!.graph!.output[0].name])).values().next().value!;
-        if (r.data.length !== y.data.length)
-          throw badInput(`the reference model's output has shape [${r.dims}], this model's [${y.dims}]`);
-        const rt = argmaxRows(r.data, n);
-        for (let i = 0; i < n; i++) if (rt[i] === top[i]) agree++;
-        for (let i = 0; i < y.data.length; i++) {
-          err += (y.data[i] - r.data[i]) ** 2;
-          norm += r.data[i] ** 2;
-        }
-        const classes = y.dims[y.dims.length - 1] ?? 1;
-        kl += klSum(r.data, y.data, classes);
-        klRows += y.data.length / classes;
+  const size = Math.min(calib.batchSize(opts.batch ?? EVAL_BATCH), ref?.batchSize(Infinity) ?? Infinity);
+  for (const b of calib.batches(size)) {
+    const y = (await run.run(b, [out])).get(out)!;
+    dims = y.dims;
+    const n = b.rows,
+      top = argmaxRows(y.data, n);
+    if (opts.labels) for (let i = 0; i < n; i++) if (top[i] === Number(opts.labels[b.start + i])) correct++;
+    if (ref) {
+      const r = (await ref.outputs(b)).get(ref.outputNames[0]!)!;
+      if (r.data.length !== y.data.length)
+        throw badInput(`the reference model's output has shape [${r.dims}], this model's [${y.dims}]`);
+      const rt = argmaxRows(r.data, n);
+      for (let i = 0; i < n; i++) if (rt[i] === top[i]) agree++;
+      for (let i = 0; i < y.data.length; i++) {
+        err += (y.data[i] - r.data[i]) ** 2;
+        norm += r.data[i] ** 2;
       }
-      opts.onBatch?.(b.start + n, calib.rows);
+      const classes = y.dims[y.dims.length - 1] ?? 1;
+      kl += klSum(r.data, y.data, classes);
+      klRows += y.data.length / classes;
     }
-  } finally {
-    await run.release();
-    await refRun?.release();
+    opts.onBatch?.(b.start + n, calib.rows);
   }
   const n = calib.rows;
   return {

@@ -44,7 +44,8 @@ import {
 } from './allocation.js';
 import type { NetworkScore } from '../eval/network.js';
 import { mean, objectivesOf, planOf, rankGroup, refinedAt, type Ranked } from './rank.js';
-import { checkFidelityRows, fidelityOf, fidelityWarnings, verifyPruned } from './verify.js';
+import { checkFidelityRows, fidelitySample, fidelityWarnings, verifiedFidelity } from './verify.js';
+import { Reference } from '../eval/index.js';
 
 export type Mode = 'layerwise' | 'sequential' | 'asymmetric';
 export const MODES: readonly Mode[] = ['layerwise', 'sequential', 'asymmetric'];
@@ -448,51 +449,58 @@ export async function* pruneSizes(
   o.onPlan?.(plan.memory);
   const keeps = await keepsFor(model, plan, calib, budgets, o, shared);
   const ranking = o.mode === 'layerwise' ? await rankLayerwise(model, plan, keeps, calib, o, shared) : undefined;
-  for (const [i, budget] of budgets.entries()) {
-    const clock = i ? new Stopwatch(STAGES) : shared;
-    let sized: Sized;
-    try {
-      const pruned = ranking
-        ? pruneRanked(model, ranking, keeps.keeps[i]!, o, clock)
-        : await pruneSequential(model, plan, keeps.keeps[i]!, calib, o, clock);
-      // the first size's group seconds include the shared ranking, as a single-size run's do
-      const selected =
-        ranking && !i
-          ? pruned.groups.map((g, j) => ({ ...g, seconds: g.seconds + ranking.seconds[j]! }))
-          : pruned.groups;
-      const fidelity = await clock.time('verify', async () => {
-        await verifyPruned(model, pruned.model, calib, o);
-        const onBatch = (d: number, n: number) => o.onProgress?.('verify', d, n);
-        return fidelityOf(model, pruned.model, calib, { rows: o.fidelityRows, batch: o.batch, backend, onBatch });
-      });
-      const after = modelStats(pruned.model, plan.inputShape);
-      const report: PruneReport = {
-        mode: o.mode!,
-        refit: o.refit!,
-        method: o.method ?? 'greedy',
-        allocation: o.allocation!,
-        backend,
-        calibration: { path: calib.path, samples: calib.rows },
-        ...(o.stats
-          ? { stats: { samples: o.stats.samples, distinct: distinctSamples(o.stats), shards: o.stats.shards.length } }
-          : {}),
-        groups: withSizes(plan, selected),
-        refused: plan.refused,
-        params: { before: plan.before.params, after: after.params },
-        flops: { before: plan.before.flops, after: after.flops },
-        ...(calib.tokens ? { tokens: calib.tokens } : {}),
-        seconds: { ...clock.seconds, total: clock.total() },
-        ...(keeps.search?.[i] ? { search: searchReport(keeps.search[i]) } : {}),
-        fidelity,
-        warnings: fidelityWarnings(fidelity),
-        memory: plan.memory,
-      };
-      sized = { budget, model: pruned.model, report };
-    } catch (e) {
-      if (e instanceof SubpruneError && e.code === 'bad-input') throw e; // the same for every size
-      sized = { budget, error: e as Error };
+  // the original's session and outputs on the fidelity sample, for every size (opened with the first one's check)
+  const sample = fidelitySample(model, calib, o.fidelityRows);
+  let reference: Reference | undefined;
+  try {
+    for (const [i, budget] of budgets.entries()) {
+      const clock = i ? new Stopwatch(STAGES) : shared;
+      let sized: Sized;
+      try {
+        const pruned = ranking
+          ? pruneRanked(model, ranking, keeps.keeps[i]!, o, clock)
+          : await pruneSequential(model, plan, keeps.keeps[i]!, calib, o, clock);
+        // the first size's group seconds include the shared ranking, as a single-size run's do
+        const selected =
+          ranking && !i
+            ? pruned.groups.map((g, j) => ({ ...g, seconds: g.seconds + ranking.seconds[j]! }))
+            : pruned.groups;
+        const fidelity = await clock.time('verify', async () => {
+          reference ??= await Reference.open(model, { backend });
+          const onBatch = (d: number, n: number) => o.onProgress?.('verify', d, n);
+          return verifiedFidelity(reference, pruned.model, sample, { batch: o.batch, backend, onBatch });
+        });
+        const after = modelStats(pruned.model, plan.inputShape);
+        const report: PruneReport = {
+          mode: o.mode!,
+          refit: o.refit!,
+          method: o.method ?? 'greedy',
+          allocation: o.allocation!,
+          backend,
+          calibration: { path: calib.path, samples: calib.rows },
+          ...(o.stats
+            ? { stats: { samples: o.stats.samples, distinct: distinctSamples(o.stats), shards: o.stats.shards.length } }
+            : {}),
+          groups: withSizes(plan, selected),
+          refused: plan.refused,
+          params: { before: plan.before.params, after: after.params },
+          flops: { before: plan.before.flops, after: after.flops },
+          ...(calib.tokens ? { tokens: calib.tokens } : {}),
+          seconds: { ...clock.seconds, total: clock.total() },
+          ...(keeps.search?.[i] ? { search: searchReport(keeps.search[i]) } : {}),
+          fidelity,
+          warnings: fidelityWarnings(fidelity),
+          memory: plan.memory,
+        };
+        sized = { budget, model: pruned.model, report };
+      } catch (e) {
+        if (e instanceof SubpruneError && e.code === 'bad-input') throw e; // the same for every size
+        sized = { budget, error: e as Error };
+      }
+      yield sized;
     }
-    yield sized;
+  } finally {
+    await reference?.release();
   }
 }
 

@@ -9,20 +9,44 @@ import { openSession } from '../capture/runner.js';
 import type { NpyFile } from '../npy.js';
 import { Calibration, type Batch, type InputData } from '../calibration.js';
 import { CAPTURE_BATCH, Runner, type Activation, type Backend, type RuntimeOptions } from '../capture/index.js';
-import { evaluate, type Fidelity } from '../eval/index.js';
+import { EVAL_BATCH, measure, Reference, type Fidelity } from '../eval/index.js';
 
 const broken = (what: string, cause?: unknown) =>
   internal(`the pruned model failed verification: ${what}; nothing was written (please report this)`, cause);
 
-async function outputsOf(model: Model, names: string[], x: Batch, backend?: Backend): Promise<Map<string, Activation>> {
-  const run = await Runner.open(model, [], { backend });
+/** A session of the pruned model, which must have the original's outputs. */
+async function openPruned(pruned: Model, outputs: string[], opts: RuntimeOptions): Promise<Runner> {
+  const got = pruned.graph?.output.map((o) => o.name) ?? [];
+  if (got.join('\n') !== outputs.join('\n')) throw broken(`its outputs are [${got}], the original's [${outputs}]`);
   try {
-    return await run.run(x, names);
-  } finally {
-    await run.release();
+    return await Runner.open(pruned, [], opts);
+  } catch (e) {
+    throw broken((e as Error).message, e);
   }
 }
 
+/** The pruned model's outputs on a batch: finite, and shaped as the reference's (whose own failures stay bad input). */
+async function checkOutputs(run: Runner, reference: Reference, b: Batch): Promise<void> {
+  const names = reference.outputNames,
+    want = await reference.outputs(b);
+  let have: Map<string, Activation>;
+  try {
+    have = await run.run(b, names);
+  } catch (e) {
+    throw broken((e as Error).message, e);
+  }
+  for (const name of names) {
+    const a = have.get(name)!,
+      w = want.get(name)!;
+    if (a.dims.join() !== w.dims.join())
+      throw broken(`output ${name} has shape [${a.dims}], the original's [${w.dims}]`);
+    const bad = a.data.findIndex((v) => !Number.isFinite(v));
+    // Runner.run refuses these too; this check must not depend on it
+    if (bad >= 0) throw broken(`output ${name} holds ${a.data[bad]}`);
+  }
+}
+
+/** The check alone, on the first batch of the data. */
 export async function verifyPruned(
   original: Model,
   pruned: Model,
@@ -30,25 +54,16 @@ export async function verifyPruned(
   opts: RuntimeOptions = {},
 ): Promise<void> {
   const calib = Calibration.of(original, data);
-  const names = original.graph!.output.map((o) => o.name);
-  const got = pruned.graph?.output.map((o) => o.name) ?? [];
-  if (got.join('\n') !== names.join('\n')) throw broken(`its outputs are [${got}], the original's [${names}]`);
-  const first = calib.batches(opts.batch ?? CAPTURE_BATCH).next().value!;
-  const want = await outputsOf(original, names, first, opts.backend); // the original's own failures stay bad input
-  let have: Map<string, Activation>;
+  const reference = await Reference.open(original, opts);
   try {
-    have = await outputsOf(pruned, names, first, opts.backend);
-  } catch (e) {
-    throw broken((e as Error).message, e);
-  }
-  for (const name of names) {
-    const a = have.get(name)!,
-      b = want.get(name)!;
-    if (a.dims.join() !== b.dims.join())
-      throw broken(`output ${name} has shape [${a.dims}], the original's [${b.dims}]`);
-    const bad = a.data.findIndex((v) => !Number.isFinite(v));
-    // Runner.run refuses these too; this check must not depend on it
-    if (bad >= 0) throw broken(`output ${name} holds ${a.data[bad]}`);
+    const run = await openPruned(pruned, reference.outputNames, opts);
+    try {
+      await checkOutputs(run, reference, calib.batches(reference.batchSize(opts.batch ?? CAPTURE_BATCH)).next().value!);
+    } finally {
+      await run.release();
+    }
+  } finally {
+    await reference.release();
   }
 }
 
@@ -91,30 +106,38 @@ export function checkFidelityRows(n = FIDELITY_ROWS): number {
 }
 
 export interface FidelityOptions extends RuntimeOptions {
-  /** Calibration rows to measure on (evenly spaced, see fidelitySampleRows); default FIDELITY_ROWS, Infinity: all. */
-  rows?: number;
   onBatch?: (done: number, total: number) => void;
 }
 
+/** The fidelity sample of the calibration data: `rows` of its rows, evenly spaced (see fidelitySampleRows). */
+export function fidelitySample(original: Model, data: InputData, rows?: number): Calibration {
+  const n = checkFidelityRows(rows);
+  const calib = Calibration.of(original, data);
+  const picked = fidelitySampleRows(calib.rows, n);
+  if (picked.length === calib.rows) return calib;
+  return Calibration.of(original, new Map(calib.inputs.map((x, i) => [x.name, rowsOf(calib.arrays[i]!, picked)])));
+}
+
 /**
- * The report's fidelity: the pruned model against the original on a bounded, evenly spaced sample of the calibration
- * inputs (a whole extra pass over a large calibration set would cost as much as the capture).
+ * The check before a pruned model is written (on the sample's first batch), then the report's fidelity: the pruned
+ * model against the original on a bounded, evenly spaced sample of the calibration inputs (a whole extra pass over a
+ * large calibration set would cost as much as the capture), on one session of it. `reference`: the original's, shared
+ * by every size of a prune.
  */
-export async function fidelityOf(
-  original: Model,
+export async function verifiedFidelity(
+  reference: Reference,
   pruned: Model,
-  data: InputData,
+  sample: Calibration,
   opts: FidelityOptions = {},
 ): Promise<Fidelity> {
-  const n = checkFidelityRows(opts.rows);
-  const calib = Calibration.of(original, data);
-  const rows = fidelitySampleRows(calib.rows, n);
-  const sample =
-    rows.length === calib.rows
-      ? calib
-      : new Map(calib.inputs.map((x, i) => [x.name, rowsOf(calib.arrays[i]!, rows)] as const));
-  const { backend, batch, onBatch } = opts;
-  return evaluate(pruned, sample, { reference: original, backend, batch, onBatch });
+  const run = await openPruned(pruned, reference.outputNames, opts);
+  try {
+    const batch = opts.batch ?? EVAL_BATCH;
+    await checkOutputs(run, reference, sample.batches(reference.batchSize(batch)).next().value!);
+    return await measure(run, reference.outputNames[0]!, sample, { reference, batch, onBatch: opts.onBatch });
+  } finally {
+    await run.release();
+  }
 }
 
 /**
