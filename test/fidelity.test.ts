@@ -1,11 +1,12 @@
-import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { describe, it, expect, beforeAll, afterAll, vi } from 'vitest';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { readModel, serializeModel, type Model } from '../src/onnx/index.js';
 import { openNpy, writeNpy, type NpyFile } from '../src/npy.js';
-import { prune } from '../src/prune/index.js';
+import { prune, pruneSizes } from '../src/prune/index.js';
+import { Runner } from '../src/capture/index.js';
 import { fidelitySampleRows } from '../src/prune/verify.js';
 import { expectFailure, runCli } from './cli-helpers.js';
 
@@ -93,6 +94,24 @@ describe('fidelity sample', () => {
     // another sample gives another number: the rows matter
     const first = await oracle(model, lenet, [...Array(512).keys()]);
     expect(first.relError).not.toBeCloseTo(want.relError, 6);
+  });
+
+  it('several sizes: each measured as onnxruntime measures it, the original opened once for all', async () => {
+    const open = vi.spyOn(Runner, 'open');
+    const sized = [];
+    for await (const s of pruneSizes(lenet, calib, [{ compression: 2 }, { compression: 4 }], { mode: 'layerwise' }))
+      sized.push(s);
+    // whole-model sessions (captures open parts): the original's once, each pruned model's once
+    const whole = open.mock.calls.filter(([, extra, , only]) => !only && !extra?.length).map(([m]) => m);
+    open.mockRestore();
+    expect(whole.filter((m) => m === lenet).length).toBe(1);
+    expect(whole.filter((m) => m !== lenet).length).toBe(2);
+    for (const s of sized) {
+      // the second size is measured against the original's outputs kept from the first
+      const want = await oracle(s.model!, lenet, fidelitySampleRows(ROWS, 512));
+      expect(s.report!.fidelity.agreement).toBe(want.agreement);
+      expect(s.report!.fidelity.relError).toBeCloseTo(want.relError, 6);
+    }
   });
 
   it('measures on n rows or on all of them (library and CLI), and refuses other sizes', async () => {
