@@ -305,23 +305,32 @@ const padShape: ShapeRule = withX((x, ctx) => {
   axes.forEach((a, i) => (y[a] = x[a]! + pads[i]! + pads[i + axes.length]!));
   return [y];
 });
-const sliceShape: ShapeRule = withX((x, ctx) => {
+/** Slice's first kept index and step on every axis of x, and the output shape; undefined if a bound is unknown. */
+function sliceOf(x: number[], ctx: ShapeContext): { first: number[]; step: number[]; y: number[] } | undefined {
   const starts = intsOf(ctx, 1, 'starts'),
     ends = intsOf(ctx, 2, 'ends');
   const axes = intsOf(ctx, 3, 'axes') ?? starts?.map((_, i) => i),
     steps = ctx.node.input[4] ? valueOf(ctx, 4) : starts?.map(() => 1);
   if (!starts || !ends || !axes || !steps) return undefined;
-  const y = [...x];
+  const y = [...x],
+    first = x.map(() => 0),
+    step = x.map(() => 1);
   axes.forEach((a0, i) => {
     const a = normAxis(a0, x.length),
       d = x[a]!,
-      step = steps[i]!;
+      st = steps[i]!;
     const clamp = (v: number, lo: number, hi: number) => Math.min(Math.max(v < 0 ? v + d : v, lo), hi);
-    const s = step > 0 ? clamp(starts[i]!, 0, d) : clamp(starts[i]!, -1, d - 1);
-    const e = step > 0 ? clamp(ends[i]!, 0, d) : clamp(ends[i]!, -1, d - 1);
-    y[a] = Math.max(0, Math.ceil((e - s) / step));
+    const s = st > 0 ? clamp(starts[i]!, 0, d) : clamp(starts[i]!, -1, d - 1);
+    const e = st > 0 ? clamp(ends[i]!, 0, d) : clamp(ends[i]!, -1, d - 1);
+    y[a] = Math.max(0, Math.ceil((e - s) / st));
+    first[a] = s;
+    step[a] = st;
   });
-  return [y];
+  return { first, step, y };
+}
+const sliceShape: ShapeRule = withX((x, ctx) => {
+  const s = sliceOf(x, ctx);
+  return s ? [s.y] : undefined;
 });
 const splitShape: ShapeRule = withX((x, ctx) => {
   const axis = normAxis(attrInt(ctx.node, 'axis', 0), x.length);
@@ -342,6 +351,16 @@ const gatherShape: ShapeRule = withX((x, { node, ins }) => {
   const axis = normAxis(attrInt(node, 'axis', 0), x.length);
   return [[...x.slice(0, axis), ...idx, ...x.slice(axis + 1)]];
 });
+/** Range's start and entry count, when its three scalars are known. */
+function rangeOf(ctx: ShapeContext): { start: number; delta: number; n: number } | undefined {
+  const [start, limit, delta] = [0, 1, 2].map((i) => valueOf(ctx, i)?.[0]);
+  if (start === undefined || limit === undefined || !delta) return undefined;
+  return { start, delta, n: Math.max(Math.ceil((limit - start) / delta), 0) };
+}
+const rangeShape: ShapeRule = (ctx) => {
+  const r = rangeOf(ctx);
+  return r ? [[r.n]] : undefined;
+};
 const expandShape: ShapeRule = withX((x, ctx) => {
   const v = valueOf(ctx, 1);
   return v ? [broadcastShapes([x, v])] : undefined;
@@ -372,14 +391,31 @@ const concatValue: ValueRule = (ctx) => {
   const parts = ctx.node.input.map((_, i) => valueOf(ctx, i));
   return parts.every((p) => p) ? (parts as number[][]).flat() : undefined;
 };
+/** Row-major strides of a shape. */
+const stridesOf = (x: number[]) => x.map((_, i) => x.slice(i + 1).reduce((p, d) => p * d, 1));
+/** The value at every index of shape y, read from flat index `at(index)` of v. */
+const gatherFlat = (v: number[], y: number[], at: (index: number[]) => number) =>
+  Array.from({ length: numel(y) }, (_, f) => v[at(stridesOf(y).map((s, i) => Math.floor(f / s) % y[i]!))]!);
 const sliceValue: ValueRule = (ctx) => {
   const v = valueOf(ctx, 0),
-    y = sliceShape(ctx)?.[0];
-  const starts = ctx.node.input[1] ? valueOf(ctx, 1) : attrInts(ctx.node, 'starts', []);
-  if (!v || !y || !starts || starts.length !== 1) return undefined;
-  const s0 = starts[0]! < 0 ? Math.max(0, starts[0]! + v.length) : Math.min(starts[0]!, v.length);
-  const step = ctx.node.input[4] ? (valueOf(ctx, 4)?.[0] ?? 1) : 1;
-  return Array.from({ length: y[0]! }, (_, i) => v[s0 + i * step]!);
+    x = ctx.ins[0],
+    s = x && sliceOf(x, ctx);
+  if (!v || !s || v.length !== numel(x)) return undefined;
+  const xs = stridesOf(x);
+  return gatherFlat(v, s.y, (idx) => idx.reduce((f, k, a) => f + (s.first[a]! + k * s.step[a]!) * xs[a]!, 0));
+};
+const transposeValue: ValueRule = (ctx) => {
+  const v = valueOf(ctx, 0),
+    x = ctx.ins[0],
+    y = x && transposeShape(ctx)?.[0];
+  if (!v || !x || !y || v.length !== numel(x)) return undefined;
+  const perm = attrInts(
+      ctx.node,
+      'perm',
+      x.map((_, i) => x.length - 1 - i),
+    ),
+    xs = stridesOf(x);
+  return gatherFlat(v, y, (idx) => idx.reduce((f, k, a) => f + k * xs[perm[a]!]!, 0));
 };
 const constantOfShapeValue: ValueRule = (ctx) => {
   const shape = valueOf(ctx, 0),
@@ -387,6 +423,10 @@ const constantOfShapeValue: ValueRule = (ctx) => {
   if (!shape || shape.length !== 1 || shape[0]! > 64) return undefined;
   const fill = t && t.dataType === DataType.INT64 ? Number(tensorToInt64(t).data[0] ?? 0n) : 0;
   return new Array<number>(shape[0]!).fill(fill);
+};
+const rangeValue: ValueRule = (ctx) => {
+  const r = rangeOf(ctx);
+  return r && r.n <= 64 ? Array.from({ length: r.n }, (_, i) => r.start + i * r.delta) : undefined;
 };
 const whereValue: ValueRule = (ctx) => {
   const [c, a, b] = [0, 1, 2].map((i) => valueOf(ctx, i));
@@ -499,6 +539,13 @@ const elementwise: ChainRule = (ctx) =>
  */
 const arithmetic: ChainRule = (ctx) => result(ctx, broadcastParam(ctx, 1 - ctx.input, 'constant'));
 
+/** Where(condition, a, b) with constant other inputs (a fixed causal mask, a fill value): sliced as Add's. */
+const where: ChainRule = (ctx) => {
+  const slices = [0, 1, 2].filter((i) => i !== ctx.input).map((i) => broadcastParam(ctx, i, 'input'));
+  const why = slices.find((s) => typeof s === 'string');
+  return why !== undefined ? { refuse: why } : pass(ctx, (slices as ParamSlice[][]).flat());
+};
+
 /** Normalisations whose parameters are per channel along axis 1 (BatchNormalization: scale, B, mean, var). */
 function perChannelNorm(params: number[]): ChainRule {
   return (ctx) => {
@@ -575,6 +622,8 @@ type Source = (
 ) & {
   /** The outermost one-entry input of a Concat the entry passes through. */
   part?: { node: string; input: number };
+  /** A dimension divided by an INT64 constant on the way (`x.size(-1) // heads`, as einops writes head_dim). */
+  divisor?: { tensor: string; value: number };
 };
 
 /**
@@ -625,6 +674,12 @@ function sourceOf(ctx: ChainContext, name: string, index: number, depth = 0): So
     if (pick === undefined || dims.length === 0) return { kind: 'unknown' };
     return sourceOf(ctx, x, pick < 0 ? pick + dims.length : pick, depth + 1);
   }
+  if (op === 'Div') {
+    const d = ctx.constant(n.input[1] ?? '') && ctx.value(n.input[1] ?? '');
+    const src = d?.length === 1 ? sourceOf(ctx, x, index, depth + 1) : undefined;
+    if (!src || src.kind !== 'dim' || src.divisor) return { kind: 'unknown' };
+    return { ...src, divisor: { tensor: n.input[1]!, value: d![0]! } };
+  }
   if (op === 'Mul') {
     const [a, b] = [n.input[0] ?? '', n.input[1] ?? ''];
     if (ctx.constant(b)) return sourceOf(ctx, a, index, depth + 1);
@@ -632,6 +687,7 @@ function sourceOf(ctx: ChainContext, name: string, index: number, depth = 0): So
     // C·H of `B, C, H, W = x.shape` (a CRNN's features per column): it follows the channel count of x when one factor
     // is the axis that holds x's channels and the other is not
     const [sa, sb] = [sourceOf(ctx, a, index, depth + 1), sourceOf(ctx, b, index, depth + 1)];
+    if (sa.divisor || sb.divisor) return { kind: 'unknown' };
     const holds = (s: Source) => s.kind === 'dim' && ctx.channelsOf(s.tensor)?.axis === s.axis;
     const fixed = (s: Source) => s.kind === 'constant' || (s.kind === 'dim' && !holds(s));
     if (holds(sa) && fixed(sb)) return sa;
@@ -660,24 +716,33 @@ function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number)
   const name = ctx.node.input[slot] ?? '',
     v = ctx.value(name);
   if (!v) return refusal(ctx, `: its shape "${name}" is not known`);
+  const divisors: ShapeEdit[] = [];
   for (let i = 0; i < rank; i++) {
     const src = sourceOf(ctx, name, i);
     if (src.kind !== 'dim') continue;
     const c = ctx.channelsOf(src.tensor);
-    if (c && c.axis === src.axis && (i !== axis || !c.same)) {
-      const why = `: its shape entry ${i} reads the channel count of "${src.tensor}", which another group prunes`;
-      return { ...refusal(ctx, why), countOf: src.tensor };
+    if (!c || c.axis !== src.axis) continue;
+    const k = src.divisor?.value;
+    // the channels' own count (C, or C // d for channels of d entries) follows them at run time
+    if (i === axis && c.same && (k === undefined || v[axis]! * k === ctx.entries)) continue;
+    // head_dim = C // heads (einops' rearrange): the divisor counts the heads, as entry `axis` does
+    const perHead = i === axis + 1 && c.same && k === v[axis] && v[axis]! * v[i]! === ctx.entries;
+    if (perHead && ctx.onlyFor(src.divisor!.tensor)) {
+      divisors.push({ tensor: src.divisor!.tensor, index: 0 });
+      continue;
     }
+    const why = `: its shape entry ${i} reads the channel count of "${src.tensor}", which another group prunes`;
+    return { ...refusal(ctx, why), countOf: src.tensor };
   }
-  if (v[axis] === -1 || (v[axis] === 0 && attrInt(ctx.node, 'allowzero', 0) === 0)) return [];
+  if (v[axis] === -1 || (v[axis] === 0 && attrInt(ctx.node, 'allowzero', 0) === 0)) return divisors;
   const src = sourceOf(ctx, name, axis);
   const part: ShapeEdit | undefined = src.part && { ...src.part, values: [v[axis]!], index: 0 };
   if (src.kind === 'constant') {
     const edit = countAt(ctx, slot, src.tensor, src.index) ?? part;
-    return edit ? [edit] : refusal(ctx, `: its shape constant "${src.tensor}" is shared`);
+    return edit ? [edit, ...divisors] : refusal(ctx, `: its shape constant "${src.tensor}" is shared`);
   }
-  if (src.kind === 'dim' && ctx.channelsOf(src.tensor)?.same) return [];
-  if (src.kind === 'dim' && part) return [part];
+  if (src.kind === 'dim' && ctx.channelsOf(src.tensor)?.same) return divisors;
+  if (src.kind === 'dim' && part) return [part, ...divisors];
   return refusal(
     ctx,
     `: its shape entry ${axis} (${v[axis]}) does not follow the channels ` +
@@ -1037,6 +1102,14 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Dropout: unary, // output 1 (the mask) must be unused: checked for every op by the analysis
   Clip: unary, // min/max are scalars by the spec
   Not: op(sameShape),
+  // the output has the first input's shape (Swin's shifted-window mask is written by ScatterND)
+  ...Object.fromEntries(['ScatterND', 'ScatterElements', 'Trilu', 'CumSum'].map((n) => [n, op(sameShape)])),
+  Tile: op(
+    withX((x, ctx) => {
+      const r = valueOf(ctx, 1);
+      return r?.length === x.length ? [x.map((d, i) => d * r[i]!)] : undefined;
+    }),
+  ),
   Cast: op(
     sameShape,
     (ctx) => (FLOAT_TYPES.has(attrInt(ctx.node, 'to')) ? pass(ctx) : refusal(ctx, 'casts to a non-float type')),
@@ -1052,6 +1125,11 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Sub: { ...joining, value: arithmeticValue((a, b) => a - b) },
   Mul: { ...joining, value: arithmeticValue((a, b) => a * b) },
   Div: { ...joining, value: arithmeticValue((a, b) => Math.trunc(a / b)) },
+  // integer Mod takes the divisor's sign (Python's %) unless fmod=1 (C's %): Swin's window padding computes it
+  Mod: op(broadcast, undefined, undefined, (ctx) =>
+    arithmeticValue(attrInt(ctx.node, 'fmod', 0) ? (a, b) => a % b : (a, b) => ((a % b) + b) % b)(ctx),
+  ),
+  Range: op(rangeShape, undefined, undefined, rangeValue),
   ...Object.fromEntries(
     ['Less', 'Greater', 'LessOrEqual', 'GreaterOrEqual', 'And', 'Or', 'Xor'].map((n) => [n, op(broadcast)]),
   ),
@@ -1061,7 +1139,8 @@ export const OPS: Readonly<Record<string, OpRule>> = {
     undefined,
     arithmeticValue((a, b) => (a === b ? 1 : 0)),
   ),
-  Where: op(broadcast, undefined, undefined, whereValue),
+  // element-wise selection: the chosen branches' channels join, a condition broadcast along them (a causal mask)
+  Where: op(broadcast, where, 'join', whereValue),
   ConstantOfShape: op(
     ({ node, value }) => (value(node.input[0] ?? '') ? [value(node.input[0] ?? '')!] : undefined),
     undefined,
@@ -1088,7 +1167,7 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   // shape ops
   Flatten: op(flattenShape, flatten),
   Reshape: op(reshapeShape, reshape, undefined, sameValue),
-  Transpose: op(transposeShape, transpose),
+  Transpose: op(transposeShape, transpose, undefined, transposeValue),
   Squeeze: op(squeezeShape, squeeze, undefined, sameValue),
   Unsqueeze: op(unsqueezeShape, unsqueeze, undefined, sameValue),
   Slice: op(sliceShape, slice, undefined, sliceValue),
