@@ -12,7 +12,8 @@ import { relDiff } from './objective.js';
 
 // Export patterns found on architectures the other fixtures do not cover (test/fixtures/make-more.py, torch's default
 // export settings): a GPT-2-style decoder (position ids from a Range, a causal mask by Where, head_dim computed at run
-// time as x.size(-1) // heads) and torchvision's Swin (shifted-window masks by ScatterND, Mod, a Pad whose pads are a
+// time as x.size(-1) // heads), a DistilBERT-style encoder (its padding mask expanded as the scores: Expand to the
+// Shape of the scores) and torchvision's Swin (shifted-window masks by ScatterND, Mod, a Pad whose pads are a
 // reversed, transposed shape tensor). Oracle: onnxruntime running the original with the dropped channels' consumer
 // inputs zeroed, which is what removing a head or neuron means. The models run with onnxruntime's graph optimizations
 // off: its ReshapeFusion replaces a shape computed from Shape nodes by 0 and -1 entries, which hides a wrong shape
@@ -28,6 +29,15 @@ const CASES = [
     groups: [
       [4, 1, 8],
       [128, 1, 1],
+    ],
+  },
+  // heads (the padding mask is expanded to the scores' shape at run time), FFN neurons
+  {
+    model: `${FIX}/more-distilbert.onnx`,
+    calib: `${FIX}/more-distilbert.calib.npy`,
+    groups: [
+      [4, 3, 8],
+      [64, 1, 1],
     ],
   },
   // per block: heads (8 features each) and MLP neurons; the residual stream is refused (LayerNorm)
