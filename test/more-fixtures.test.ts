@@ -13,7 +13,8 @@ import { relDiff } from './objective.js';
 // Export patterns found on architectures the other fixtures do not cover (test/fixtures/make-more.py, torch's default
 // export settings): a GPT-2-style decoder (position ids from a Range, a causal mask by Where, head_dim computed at run
 // time as x.size(-1) // heads), a DistilBERT-style encoder (its padding mask expanded as the scores: Expand to the
-// Shape of the scores) and torchvision's Swin (shifted-window masks by ScatterND, Mod, a Pad whose pads are a
+// Shape of the scores), an FPN upsampling to another level's size (Resize whose sizes are computed from shapes) and
+// torchvision's Swin (shifted-window masks by ScatterND, Mod, a Pad whose pads are a
 // reversed, transposed shape tensor). Oracle: onnxruntime running the original with the dropped channels' consumer
 // inputs zeroed, which is what removing a head or neuron means. The models run with onnxruntime's graph optimizations
 // off: its ReshapeFusion replaces a shape computed from Shape nodes by 0 and -1 entries, which hides a wrong shape
@@ -38,6 +39,26 @@ const CASES = [
     groups: [
       [4, 3, 8],
       [64, 1, 1],
+    ],
+  },
+  // backbone stages (each read by the next stage and its lateral), the FPN's laterals joined by the upsampling Adds
+  // (one group of 4 producers), the smoothed maps (4 groups laid end to end by the Concat), the head's Conv and
+  // ConvTranspose
+  {
+    model: `${FIX}/more-fpn-size.onnx`,
+    calib: `${FIX}/more-fpn-size.calib.npy`,
+    groups: [
+      [4, 1, 9, 1],
+      [8, 1, 9, 1],
+      [12, 1, 9, 1],
+      [16, 1, 1],
+      [8, 4, 9],
+      [2, 1, 9],
+      [2, 1, 9],
+      [2, 1, 9],
+      [2, 1, 9],
+      [2, 1, 1],
+      [2, 1, 1],
     ],
   },
   // per block: heads (8 features each) and MLP neurons; the residual stream is refused (LayerNorm)
@@ -76,7 +97,7 @@ async function outputs(model: Model, data: NpyFile, n = 8) {
 }
 
 describe.each(CASES)('$model', ({ model: path, calib, groups: expected }) => {
-  it('every tensor has a shape, and the heads and MLP neurons are groups', () => {
+  it('every tensor has a shape, and the groups are the heads, neurons and channels expected', () => {
     const m = readModel(path),
       data = openNpy(calib);
     const shapes = Calibration.of(m, data).shapes;

@@ -285,7 +285,8 @@ function intsOf(ctx: ShapeContext, slot: number, attr: string): number[] | undef
 }
 const resizeShape: ShapeRule = withX((x, ctx) => {
   const { node, constant } = ctx;
-  const sizes = node.opType === 'Resize' ? int64Values(constant(node.input[3] ?? '')) : undefined;
+  // sizes a constant, or computed from shapes (F.interpolate(x, size=y.shape[2:]): an FPN's upsampling)
+  const sizes = node.opType === 'Resize' ? (int64Values(constant(node.input[3] ?? '')) ?? valueOf(ctx, 3)) : undefined;
   if (sizes?.length === x.length) return [sizes];
   const slot = node.opType === 'Resize' && Number(node.input.length) > 2 ? 2 : 1;
   const t = constant(node.input[slot] ?? '');
@@ -928,14 +929,18 @@ const layerNorm: ChainRule = (ctx) => {
 
 /** Resize/Upsample scale the spatial axes: per channel when the channel axis keeps its size. */
 const resize: ChainRule = (ctx) => {
-  if (ctx.input !== 0 || !ctx.outShape) return refusal(ctx, ': the channels enter as another input');
+  if (ctx.input !== 0) return refusal(ctx, ': the channels enter as another input');
+  if (!ctx.outShape) return refusal(ctx, ': its output shape is unknown');
   const a = ctx.layout.axis;
   if (ctx.outShape[a] !== ctx.inShape[a]) return refusal(ctx, 'resizes the channel axis');
   // a constant `sizes` input names the channel count: it follows the channels
   const sizes = ctx.node.opType === 'Resize' ? ctx.node.input[3] : undefined;
   const t = sizes ? ctx.constant(sizes) : undefined;
-  if (sizes && !t) return refusal(ctx, `: its sizes "${sizes}" are not a constant`);
-  return { axis: a, ...(t ? { shapeEdits: [{ tensor: sizes!, index: a }] } : {}) };
+  if (t) return { axis: a, shapeEdits: [{ tensor: sizes!, index: a }] };
+  if (!sizes) return { axis: a };
+  // computed sizes: torch's Concat(Shape(x)[:2], y.shape[2:]) reads the channel count from x at run time
+  const edits = shapeEntry(ctx, 3, a, ctx.outShape.length);
+  return Array.isArray(edits) ? { axis: a, shapeEdits: edits } : edits;
 };
 
 /** Pad with no padding along the channel axis. */
