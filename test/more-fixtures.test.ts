@@ -13,7 +13,7 @@ import { relDiff } from './objective.js';
 // Export patterns found on architectures the other fixtures do not cover (test/fixtures/make-more.py, torch's default
 // export settings): a GPT-2-style decoder (position ids from a Range, a causal mask by Where, head_dim computed at run
 // time as x.size(-1) // heads), a DistilBERT-style encoder (its padding mask expanded as the scores: Expand to the
-// Shape of the scores), an FPN upsampling to another level's size (Resize whose sizes are computed from shapes) and
+// Shape of the scores), nn.MultiheadAttention (the batch merged with the heads: bsz · heads), an FPN upsampling to another level's size (Resize whose sizes are computed from shapes) and
 // torchvision's Swin (shifted-window masks by ScatterND, Mod, a Pad whose pads are a
 // reversed, transposed shape tensor). Oracle: onnxruntime running the original with the dropped channels' consumer
 // inputs zeroed, which is what removing a head or neuron means. The models run with onnxruntime's graph optimizations
@@ -38,6 +38,15 @@ const CASES = [
     calib: `${FIX}/more-distilbert.calib.npy`,
     groups: [
       [4, 3, 8],
+      [64, 1, 1],
+    ],
+  },
+  // nn.MultiheadAttention: heads of the packed in_proj (q, k, v reshaped to [T, batch · heads, d]), FFN neurons
+  {
+    model: `${FIX}/more-mha.onnx`,
+    calib: `${FIX}/more-mha.calib.npy`,
+    groups: [
+      [4, 1, 8],
       [64, 1, 1],
     ],
   },

@@ -378,7 +378,9 @@ function setLayout(W: Walk, t: string, l: Layout): void {
  * one of whose inputs becomes a constant (an input of `node` itself made a constant is its own).
  */
 const edited = (W: Walk, node: NodeProto, edits: ShapeEdit[]) =>
-  edits.flatMap((e) => ('tensor' in e ? [e.tensor] : e.node === node.name ? [] : [W.G.outputOf(e.node)]));
+  edits.flatMap((e) =>
+    'tensor' in e ? (e.shared ? [] : [e.tensor]) : e.node === node.name ? [] : [W.G.outputOf(e.node)],
+  );
 
 /** Refuses the spaces of a step whose constants another node also reads, or that the rewrite cannot write. */
 function checkConstants(W: Walk, node: NodeProto, names: string[], l: Layout, shapes: string[] = []): boolean {

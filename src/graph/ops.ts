@@ -99,7 +99,7 @@ export interface ParamSlice {
  * not change (`B, T, C = x.shape`).
  */
 export type ShapeEdit =
-  { tensor: string; index: number } | { node: string; input: number; values: number[]; index: number };
+  { tensor: string; index: number; shared?: true } | { node: string; input: number; values: number[]; index: number };
 
 /** A shape entry that counts the entries in [from, to) of a channel axis. */
 export interface Count {
@@ -625,6 +625,8 @@ type Source = (
   part?: { node: string; input: number };
   /** A dimension divided by an INT64 constant on the way (`x.size(-1) // heads`, as einops writes head_dim). */
   divisor?: { tensor: string; value: number };
+  /** A dimension multiplied by an INT64 constant on the way (`bsz * num_heads`, as nn.MultiheadAttention writes it). */
+  multiplier?: { tensor: string; value: number };
 };
 
 /**
@@ -683,12 +685,20 @@ function sourceOf(ctx: ChainContext, name: string, index: number, depth = 0): So
   }
   if (op === 'Mul') {
     const [a, b] = [n.input[0] ?? '', n.input[1] ?? ''];
-    if (ctx.constant(b)) return sourceOf(ctx, a, index, depth + 1);
-    if (ctx.constant(a)) return sourceOf(ctx, b, index, depth + 1);
+    for (const [f, k] of [
+      [a, b],
+      [b, a],
+    ] as const) {
+      const m = ctx.constant(k) && ctx.value(k);
+      if (!m) continue;
+      const src = sourceOf(ctx, f, index, depth + 1);
+      const one = m.length === 1 && src.kind === 'dim' && !src.divisor && !src.multiplier;
+      return one ? { ...src, multiplier: { tensor: k, value: m[0]! } } : src;
+    }
     // C·H of `B, C, H, W = x.shape` (a CRNN's features per column): it follows the channel count of x when one factor
     // is the axis that holds x's channels and the other is not
     const [sa, sb] = [sourceOf(ctx, a, index, depth + 1), sourceOf(ctx, b, index, depth + 1)];
-    if (sa.divisor || sb.divisor) return { kind: 'unknown' };
+    if (sa.divisor || sb.divisor || sa.multiplier || sb.multiplier) return { kind: 'unknown' };
     const holds = (s: Source) => s.kind === 'dim' && ctx.channelsOf(s.tensor)?.axis === s.axis;
     const fixed = (s: Source) => s.kind === 'constant' || (s.kind === 'dim' && !holds(s));
     if (holds(sa) && fixed(sb)) return sa;
@@ -737,18 +747,43 @@ function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number)
   }
   if (v[axis] === -1 || (v[axis] === 0 && attrInt(ctx.node, 'allowzero', 0) === 0)) return divisors;
   const src = sourceOf(ctx, name, axis);
+  const own = src.kind === 'dim' && ctx.channelsOf(src.tensor);
+  if (src.kind === 'dim' && src.multiplier && !(own && own.axis === src.axis)) {
+    // bsz · heads (nn.MultiheadAttention's [T, B·H, d]): a dimension that is 1 here times the channel count, which
+    // the constant factor holds
+    const m = src.multiplier;
+    if (m.value !== ctx.outShape?.[axis])
+      return refusal(ctx, `: its shape entry ${axis} (${v[axis]}) is a product that does not count the channels`);
+    if (ctx.onlyFor(m.tensor)) return [{ tensor: m.tensor, index: 0 }, ...divisors];
+    // torch computes bsz · heads once for the q, k and v reshapes: shared by shape entries alone
+    if (onlyShapes(ctx, m.tensor)) return [{ tensor: m.tensor, index: 0, shared: true }, ...divisors];
+    return refusal(ctx, `: its head count "${m.tensor}" is read by other nodes than reshapes`);
+  }
   const part: ShapeEdit | undefined = src.part && { ...src.part, values: [v[axis]!], index: 0 };
   if (src.kind === 'constant') {
     const edit = countAt(ctx, slot, src.tensor, src.index) ?? part;
     return edit ? [edit, ...divisors] : refusal(ctx, `: its shape constant "${src.tensor}" is shared`);
   }
-  if (src.kind === 'dim' && ctx.channelsOf(src.tensor)?.same) return divisors;
+  if (own && own.same && own.axis === src.axis) return divisors;
   if (src.kind === 'dim' && part) return [part, ...divisors];
   return refusal(
     ctx,
     `: its shape entry ${axis} (${v[axis]}) does not follow the channels ` +
       '(it is neither a constant nor read from them at run time)',
   );
+}
+
+/** Whether `name` reaches only shape inputs of Reshapes, through the ops that build shapes. */
+function onlyShapes(ctx: ChainContext, name: string, depth = 0): boolean {
+  if (depth > 6 || ctx.isOutput(name)) return false;
+  return ctx
+    .readers(name)
+    .every(({ node, slot }) =>
+      opOf(node) === 'Reshape'
+        ? slot === 1
+        : ['Mul', 'Unsqueeze', 'Concat', 'Cast'].includes(opOf(node)) &&
+          node.output.every((o) => onlyShapes(ctx, o, depth + 1)),
+    );
 }
 
 /**
@@ -776,7 +811,10 @@ const reshape: ChainRule = (ctx) => {
   const [i0, i1, j0, j1] = block;
   let axis: number, scale: number;
   if (ctx.layout.stack) return refusal(ctx, 'reshapes packed parts of channels (take them apart first)');
-  if (i1 - i0 === 1) {
+  // axes of size 1 beside the channels in the block (the batch of the analysis): the block splits the channels; an
+  // output entry that merges such an axis with the channels at run time (bsz · heads) must say so (shapeEntry)
+  const alone = [...Array(i1 - i0).keys()].every((i) => i0 + i === a || x[i0 + i] === 1);
+  if (alone && (i1 - i0 === 1 || j1 - j0 > 1)) {
     // split (or kept): the channels become the first output axis of the block that is not 1
     const wide = [...Array(j1 - j0).keys()].map((i) => j0 + i).filter((j) => y[j] !== 1);
     if (wide.length >= 3) return stacked(ctx, wide[0]!, wide[1]!, j1);
