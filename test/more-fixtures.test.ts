@@ -14,12 +14,12 @@ import { relDiff } from './objective.js';
 // export settings): a GPT-2-style decoder (position ids from a Range, a causal mask by Where, head_dim computed at run
 // time as x.size(-1) // heads), a DistilBERT-style encoder (its padding mask expanded as the scores: Expand to the
 // Shape of the scores), nn.MultiheadAttention (the batch merged with the heads: bsz · heads), an FPN upsampling to
-// another level's size (Resize whose sizes are computed from shapes) and torchvision's Swin (shifted-window masks by
-// ScatterND, Mod, a Pad whose pads are a reversed, transposed shape tensor). Oracle: onnxruntime running the original
-// with the dropped channels' consumer inputs zeroed, which is what removing a head or neuron means. The models run
-// with onnxruntime's graph optimizations off: its ReshapeFusion replaces a shape computed from Shape nodes by 0 and -1
-// entries, which hides a wrong shape entry (a pruned GPT-2's head_dim) that ONNX's semantics and subprune's own
-// captures (extra outputs) do not.
+// another level's size (Resize whose sizes are computed from shapes), PixelShuffle, and torchvision's Swin
+// (shifted-window masks by ScatterND, Mod, a Pad whose pads are a reversed, transposed shape tensor). Oracle:
+// onnxruntime running the original with the dropped channels' consumer inputs zeroed, which is what removing a head
+// or neuron means. The models run with onnxruntime's graph optimizations off: its ReshapeFusion replaces a shape
+// computed from Shape nodes by 0 and -1 entries, which hides a wrong shape entry (a pruned GPT-2's head_dim) that
+// ONNX's semantics and subprune's own captures (extra outputs) do not.
 
 const FIX = 'test/fixtures';
 
@@ -49,6 +49,15 @@ const CASES = [
     groups: [
       [4, 1, 8],
       [64, 1, 1],
+    ],
+  },
+  // PixelShuffle (DepthToSpace, CRD): a channel after it is a block of 4 filters of the conv before it
+  {
+    model: `${FIX}/more-pixel-shuffle.onnx`,
+    calib: `${FIX}/more-pixel-shuffle.calib.npy`,
+    groups: [
+      [8, 1, 9],
+      [8, 1, 9],
     ],
   },
   // backbone stages (each read by the next stage and its lateral), the FPN's laterals joined by the upsampling Adds

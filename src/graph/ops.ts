@@ -11,6 +11,7 @@
 import {
   attrInt,
   attrInts,
+  attrString,
   DataType,
   opsetVersion,
   tensorDims,
@@ -981,6 +982,19 @@ const resize: ChainRule = (ctx) => {
   return Array.isArray(edits) ? { axis: a, shapeEdits: edits } : edits;
 };
 
+/**
+ * DepthToSpace in CRD mode (torch's PixelShuffle): output channel c is input channels [c·r², (c + 1)·r²) spread over
+ * r×r pixels, so channels of whole blocks of r² entries pass. DCR mode (TensorFlow's depth_to_space) interleaves them.
+ */
+const depthToSpace: ChainRule = (ctx) => {
+  if (ctx.input !== 0 || ctx.layout.axis !== 1) return refusal(ctx, `moves axis ${ctx.layout.axis} into space`);
+  if (attrString(ctx.node, 'mode', 'DCR') !== 'CRD')
+    return refusal(ctx, 'in DCR mode interleaves the channels (only CRD mode, as torch exports PixelShuffle)');
+  const r2 = attrInt(ctx.node, 'blocksize') ** 2;
+  if (ctx.layout.segments.some((s) => s.per % r2 !== 0)) return { regroup: r2 };
+  return { axis: 1, scale: 1 / r2 };
+};
+
 /** Pad with no padding along the channel axis. */
 const pad: ChainRule = (ctx) => {
   if (ctx.input !== 0) return refusal(ctx, ': the channels enter as another input');
@@ -1207,6 +1221,13 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Resize: op(resizeShape, resize),
   Upsample: op(resizeShape, resize),
   Pad: op(padShape, pad),
+  DepthToSpace: op(
+    withX((x, { node }) => {
+      const r = attrInt(node, 'blocksize');
+      return x.length === 4 ? [[x[0]!, x[1]! / (r * r), x[2]! * r, x[3]! * r]] : undefined;
+    }),
+    depthToSpace,
+  ),
   // shape ops
   Flatten: op(flattenShape, flatten),
   Reshape: op(reshapeShape, reshape, undefined, sameValue),
