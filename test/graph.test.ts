@@ -476,14 +476,16 @@ describe('analyze: refused patterns', () => {
       [
         w('wa', [4, 3, 3, 3]),
         w('g1', [144, 6]),
-        float32Tensor('mw', [3, 2], new Float32Array(6).fill(0.5)),
-        int64Tensor('shp3', [2], [2, 3]),
+        float32Tensor('mw', [4, 2], new Float32Array(8).fill(0.5)),
+        int64Tensor('shp3', [2], [3, 4]),
       ],
-      [1, 3, 6, 6],
+      [2, 3, 6, 6],
     );
-    await expectRefused(m, [1, 3, 6, 6], {
+    // a batch of 2: with a batch of 1, [1, 6] → [2, 3] splits the channels (the batch is merged with them, as in
+    // nn.MultiheadAttention's [T, B·heads, d])
+    await expectRefused(m, [2, 3, 6, 6], {
       conv_a: /Flatten "flatten" \(axis=1\) mixes the channels on axis 3/,
-      fc1: /Reshape "reshape_mix" to \[2, 3\] mixes the channels/,
+      fc1: /Reshape "reshape_mix" to \[3, 4\] mixes the channels/,
     });
   });
 

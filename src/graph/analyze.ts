@@ -378,7 +378,9 @@ function setLayout(W: Walk, t: string, l: Layout): void {
  * one of whose inputs becomes a constant (an input of `node` itself made a constant is its own).
  */
 const edited = (W: Walk, node: NodeProto, edits: ShapeEdit[]) =>
-  edits.flatMap((e) => ('tensor' in e ? [e.tensor] : e.node === node.name ? [] : [W.G.outputOf(e.node)]));
+  edits.flatMap((e) =>
+    'tensor' in e ? (e.shared ? [] : [e.tensor]) : e.node === node.name ? [] : [W.G.outputOf(e.node)],
+  );
 
 /** Refuses the spaces of a step whose constants another node also reads, or that the rewrite cannot write. */
 function checkConstants(W: Walk, node: NodeProto, names: string[], l: Layout, shapes: string[] = []): boolean {
@@ -688,10 +690,17 @@ function joinNode(W: Walk, node: NodeProto): void {
   }
   const out: Layout = { axis, segments: ref.l!.segments };
   const slices: { tensor: string; axis: number }[] = [];
+  const follows: Layout[] = [];
   for (const i of ins.filter((j) => j.t && !j.l)) {
     const dims = i.shape!,
       k = axis - (rank - dims.length);
     if (k < 0 || dims[k] === 1) continue; // broadcasts along the channels
+    const like = expandedLike(G, i.t, k);
+    const l = like && W.layouts.get(like);
+    if (l && !l.stack && l.axis + dims.length - G.shapes.get(like)!.length === k && sameRuns(l, out)) {
+      follows.push(l); // its entries along the channels are read from `like` at run time
+      continue;
+    }
     if (!G.constant(i.t))
       return refuseAll(
         `${label(node)} combines the channels with "${i.t}", which no group owns ` +
@@ -701,8 +710,8 @@ function joinNode(W: Walk, node: NodeProto): void {
       return refuseAll(`${label(node)}: constant "${i.t}" has ${dims[k]} entries along the channels`);
     slices.push({ tensor: i.t, axis: k });
   }
-  for (const i of wide.slice(1))
-    i.l!.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, out.segments[r]!.space));
+  for (const l of [...wide.slice(1).map((i) => i.l!), ...follows])
+    l.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, out.segments[r]!.space));
   if (
     !checkConstants(
       W,
@@ -714,6 +723,24 @@ function joinNode(W: Walk, node: NodeProto): void {
     return;
   record(W, node, out, { slices });
   setLayout(W, y, out);
+}
+
+/**
+ * The tensor whose shape `t` takes at run time: `t` is Expand(m, Shape(x)) (through Cast, Not, Identity), m of size 1
+ * on axis k: a mask expanded as the scores it masks (DistilBERT's `mask.expand_as(scores)`), whose axis k then holds
+ * as many entries as x's, pruned or not.
+ */
+function expandedLike(G: Graph, t: string, k: number): string | undefined {
+  let n = G.producer(t);
+  while (n && ['Cast', 'Not', 'Identity'].includes(opOf(n))) n = G.producer(n.input[0] ?? '');
+  const shape = n && opOf(n) === 'Expand' ? G.producer(n.input[1] ?? '') : undefined;
+  if (!shape || opOf(shape) !== 'Shape' || shape.attribute.some((a) => a.name === 'start' || a.name === 'end'))
+    return undefined;
+  const m = G.shapes.get(n!.input[0] ?? ''),
+    x = G.shapes.get(shape.input[0] ?? '');
+  if (!m || !x) return undefined;
+  const km = k - (x.length - m.length);
+  return km < 0 || m[km] === 1 ? shape.input[0] : undefined;
 }
 
 /**

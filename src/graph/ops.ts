@@ -11,6 +11,7 @@
 import {
   attrInt,
   attrInts,
+  attrString,
   DataType,
   opsetVersion,
   tensorDims,
@@ -99,7 +100,7 @@ export interface ParamSlice {
  * not change (`B, T, C = x.shape`).
  */
 export type ShapeEdit =
-  { tensor: string; index: number } | { node: string; input: number; values: number[]; index: number };
+  { tensor: string; index: number; shared?: true } | { node: string; input: number; values: number[]; index: number };
 
 /** A shape entry that counts the entries in [from, to) of a channel axis. */
 export interface Count {
@@ -285,7 +286,8 @@ function intsOf(ctx: ShapeContext, slot: number, attr: string): number[] | undef
 }
 const resizeShape: ShapeRule = withX((x, ctx) => {
   const { node, constant } = ctx;
-  const sizes = node.opType === 'Resize' ? int64Values(constant(node.input[3] ?? '')) : undefined;
+  // sizes a constant, or computed from shapes (F.interpolate(x, size=y.shape[2:]): an FPN's upsampling)
+  const sizes = node.opType === 'Resize' ? (int64Values(constant(node.input[3] ?? '')) ?? valueOf(ctx, 3)) : undefined;
   if (sizes?.length === x.length) return [sizes];
   const slot = node.opType === 'Resize' && Number(node.input.length) > 2 ? 2 : 1;
   const t = constant(node.input[slot] ?? '');
@@ -305,23 +307,32 @@ const padShape: ShapeRule = withX((x, ctx) => {
   axes.forEach((a, i) => (y[a] = x[a]! + pads[i]! + pads[i + axes.length]!));
   return [y];
 });
-const sliceShape: ShapeRule = withX((x, ctx) => {
+/** Slice's first kept index and step on every axis of x, and the output shape; undefined if a bound is unknown. */
+function sliceOf(x: number[], ctx: ShapeContext): { first: number[]; step: number[]; y: number[] } | undefined {
   const starts = intsOf(ctx, 1, 'starts'),
     ends = intsOf(ctx, 2, 'ends');
   const axes = intsOf(ctx, 3, 'axes') ?? starts?.map((_, i) => i),
     steps = ctx.node.input[4] ? valueOf(ctx, 4) : starts?.map(() => 1);
   if (!starts || !ends || !axes || !steps) return undefined;
-  const y = [...x];
+  const y = [...x],
+    first = x.map(() => 0),
+    step = x.map(() => 1);
   axes.forEach((a0, i) => {
     const a = normAxis(a0, x.length),
       d = x[a]!,
-      step = steps[i]!;
+      st = steps[i]!;
     const clamp = (v: number, lo: number, hi: number) => Math.min(Math.max(v < 0 ? v + d : v, lo), hi);
-    const s = step > 0 ? clamp(starts[i]!, 0, d) : clamp(starts[i]!, -1, d - 1);
-    const e = step > 0 ? clamp(ends[i]!, 0, d) : clamp(ends[i]!, -1, d - 1);
-    y[a] = Math.max(0, Math.ceil((e - s) / step));
+    const s = st > 0 ? clamp(starts[i]!, 0, d) : clamp(starts[i]!, -1, d - 1);
+    const e = st > 0 ? clamp(ends[i]!, 0, d) : clamp(ends[i]!, -1, d - 1);
+    y[a] = Math.max(0, Math.ceil((e - s) / st));
+    first[a] = s;
+    step[a] = st;
   });
-  return [y];
+  return { first, step, y };
+}
+const sliceShape: ShapeRule = withX((x, ctx) => {
+  const s = sliceOf(x, ctx);
+  return s ? [s.y] : undefined;
 });
 const splitShape: ShapeRule = withX((x, ctx) => {
   const axis = normAxis(attrInt(ctx.node, 'axis', 0), x.length);
@@ -342,6 +353,16 @@ const gatherShape: ShapeRule = withX((x, { node, ins }) => {
   const axis = normAxis(attrInt(node, 'axis', 0), x.length);
   return [[...x.slice(0, axis), ...idx, ...x.slice(axis + 1)]];
 });
+/** Range's start and entry count, when its three scalars are known. */
+function rangeOf(ctx: ShapeContext): { start: number; delta: number; n: number } | undefined {
+  const [start, limit, delta] = [0, 1, 2].map((i) => valueOf(ctx, i)?.[0]);
+  if (start === undefined || limit === undefined || !delta) return undefined;
+  return { start, delta, n: Math.max(Math.ceil((limit - start) / delta), 0) };
+}
+const rangeShape: ShapeRule = (ctx) => {
+  const r = rangeOf(ctx);
+  return r ? [[r.n]] : undefined;
+};
 const expandShape: ShapeRule = withX((x, ctx) => {
   const v = valueOf(ctx, 1);
   return v ? [broadcastShapes([x, v])] : undefined;
@@ -372,14 +393,31 @@ const concatValue: ValueRule = (ctx) => {
   const parts = ctx.node.input.map((_, i) => valueOf(ctx, i));
   return parts.every((p) => p) ? (parts as number[][]).flat() : undefined;
 };
+/** Row-major strides of a shape. */
+const stridesOf = (x: number[]) => x.map((_, i) => x.slice(i + 1).reduce((p, d) => p * d, 1));
+/** The value at every index of shape y, read from flat index `at(index)` of v. */
+const gatherFlat = (v: number[], y: number[], at: (index: number[]) => number) =>
+  Array.from({ length: numel(y) }, (_, f) => v[at(stridesOf(y).map((s, i) => Math.floor(f / s) % y[i]!))]!);
 const sliceValue: ValueRule = (ctx) => {
   const v = valueOf(ctx, 0),
-    y = sliceShape(ctx)?.[0];
-  const starts = ctx.node.input[1] ? valueOf(ctx, 1) : attrInts(ctx.node, 'starts', []);
-  if (!v || !y || !starts || starts.length !== 1) return undefined;
-  const s0 = starts[0]! < 0 ? Math.max(0, starts[0]! + v.length) : Math.min(starts[0]!, v.length);
-  const step = ctx.node.input[4] ? (valueOf(ctx, 4)?.[0] ?? 1) : 1;
-  return Array.from({ length: y[0]! }, (_, i) => v[s0 + i * step]!);
+    x = ctx.ins[0],
+    s = x && sliceOf(x, ctx);
+  if (!v || !s || v.length !== numel(x)) return undefined;
+  const xs = stridesOf(x);
+  return gatherFlat(v, s.y, (idx) => idx.reduce((f, k, a) => f + (s.first[a]! + k * s.step[a]!) * xs[a]!, 0));
+};
+const transposeValue: ValueRule = (ctx) => {
+  const v = valueOf(ctx, 0),
+    x = ctx.ins[0],
+    y = x && transposeShape(ctx)?.[0];
+  if (!v || !x || !y || v.length !== numel(x)) return undefined;
+  const perm = attrInts(
+      ctx.node,
+      'perm',
+      x.map((_, i) => x.length - 1 - i),
+    ),
+    xs = stridesOf(x);
+  return gatherFlat(v, y, (idx) => idx.reduce((f, k, a) => f + k * xs[perm[a]!]!, 0));
 };
 const constantOfShapeValue: ValueRule = (ctx) => {
   const shape = valueOf(ctx, 0),
@@ -387,6 +425,10 @@ const constantOfShapeValue: ValueRule = (ctx) => {
   if (!shape || shape.length !== 1 || shape[0]! > 64) return undefined;
   const fill = t && t.dataType === DataType.INT64 ? Number(tensorToInt64(t).data[0] ?? 0n) : 0;
   return new Array<number>(shape[0]!).fill(fill);
+};
+const rangeValue: ValueRule = (ctx) => {
+  const r = rangeOf(ctx);
+  return r && r.n <= 64 ? Array.from({ length: r.n }, (_, i) => r.start + i * r.delta) : undefined;
 };
 const whereValue: ValueRule = (ctx) => {
   const [c, a, b] = [0, 1, 2].map((i) => valueOf(ctx, i));
@@ -499,6 +541,13 @@ const elementwise: ChainRule = (ctx) =>
  */
 const arithmetic: ChainRule = (ctx) => result(ctx, broadcastParam(ctx, 1 - ctx.input, 'constant'));
 
+/** Where(condition, a, b) with constant other inputs (a fixed causal mask, a fill value): sliced as Add's. */
+const where: ChainRule = (ctx) => {
+  const slices = [0, 1, 2].filter((i) => i !== ctx.input).map((i) => broadcastParam(ctx, i, 'input'));
+  const why = slices.find((s) => typeof s === 'string');
+  return why !== undefined ? { refuse: why } : pass(ctx, (slices as ParamSlice[][]).flat());
+};
+
 /** Normalisations whose parameters are per channel along axis 1 (BatchNormalization: scale, B, mean, var). */
 function perChannelNorm(params: number[]): ChainRule {
   return (ctx) => {
@@ -575,6 +624,10 @@ type Source = (
 ) & {
   /** The outermost one-entry input of a Concat the entry passes through. */
   part?: { node: string; input: number };
+  /** A dimension divided by an INT64 constant on the way (`x.size(-1) // heads`, as einops writes head_dim). */
+  divisor?: { tensor: string; value: number };
+  /** A dimension multiplied by an INT64 constant on the way (`bsz * num_heads`, as nn.MultiheadAttention writes it). */
+  multiplier?: { tensor: string; value: number };
 };
 
 /**
@@ -625,13 +678,28 @@ function sourceOf(ctx: ChainContext, name: string, index: number, depth = 0): So
     if (pick === undefined || dims.length === 0) return { kind: 'unknown' };
     return sourceOf(ctx, x, pick < 0 ? pick + dims.length : pick, depth + 1);
   }
+  if (op === 'Div') {
+    const d = ctx.constant(n.input[1] ?? '') && ctx.value(n.input[1] ?? '');
+    const src = d?.length === 1 ? sourceOf(ctx, x, index, depth + 1) : undefined;
+    if (!src || src.kind !== 'dim' || src.divisor) return { kind: 'unknown' };
+    return { ...src, divisor: { tensor: n.input[1]!, value: d![0]! } };
+  }
   if (op === 'Mul') {
     const [a, b] = [n.input[0] ?? '', n.input[1] ?? ''];
-    if (ctx.constant(b)) return sourceOf(ctx, a, index, depth + 1);
-    if (ctx.constant(a)) return sourceOf(ctx, b, index, depth + 1);
+    for (const [f, k] of [
+      [a, b],
+      [b, a],
+    ] as const) {
+      const m = ctx.constant(k) && ctx.value(k);
+      if (!m) continue;
+      const src = sourceOf(ctx, f, index, depth + 1);
+      const one = m.length === 1 && src.kind === 'dim' && !src.divisor && !src.multiplier;
+      return one ? { ...src, multiplier: { tensor: k, value: m[0]! } } : src;
+    }
     // C·H of `B, C, H, W = x.shape` (a CRNN's features per column): it follows the channel count of x when one factor
     // is the axis that holds x's channels and the other is not
     const [sa, sb] = [sourceOf(ctx, a, index, depth + 1), sourceOf(ctx, b, index, depth + 1)];
+    if (sa.divisor || sb.divisor || sa.multiplier || sb.multiplier) return { kind: 'unknown' };
     const holds = (s: Source) => s.kind === 'dim' && ctx.channelsOf(s.tensor)?.axis === s.axis;
     const fixed = (s: Source) => s.kind === 'constant' || (s.kind === 'dim' && !holds(s));
     if (holds(sa) && fixed(sb)) return sa;
@@ -660,29 +728,63 @@ function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number)
   const name = ctx.node.input[slot] ?? '',
     v = ctx.value(name);
   if (!v) return refusal(ctx, `: its shape "${name}" is not known`);
+  const divisors: ShapeEdit[] = [];
   for (let i = 0; i < rank; i++) {
     const src = sourceOf(ctx, name, i);
     if (src.kind !== 'dim') continue;
     const c = ctx.channelsOf(src.tensor);
-    if (c && c.axis === src.axis && (i !== axis || !c.same)) {
-      const why = `: its shape entry ${i} reads the channel count of "${src.tensor}", which another group prunes`;
-      return { ...refusal(ctx, why), countOf: src.tensor };
+    if (!c || c.axis !== src.axis) continue;
+    const k = src.divisor?.value;
+    // the channels' own count (C, or C // d for channels of d entries) follows them at run time
+    if (i === axis && c.same && (k === undefined || v[axis]! * k === ctx.entries)) continue;
+    // head_dim = C // heads (einops' rearrange): the divisor counts the heads, as entry `axis` does
+    const perHead = i === axis + 1 && c.same && k === v[axis] && v[axis]! * v[i]! === ctx.entries;
+    if (perHead && ctx.onlyFor(src.divisor!.tensor)) {
+      divisors.push({ tensor: src.divisor!.tensor, index: 0 });
+      continue;
     }
+    const why = `: its shape entry ${i} reads the channel count of "${src.tensor}", which another group prunes`;
+    return { ...refusal(ctx, why), countOf: src.tensor };
   }
-  if (v[axis] === -1 || (v[axis] === 0 && attrInt(ctx.node, 'allowzero', 0) === 0)) return [];
+  if (v[axis] === -1 || (v[axis] === 0 && attrInt(ctx.node, 'allowzero', 0) === 0)) return divisors;
   const src = sourceOf(ctx, name, axis);
+  const own = src.kind === 'dim' && ctx.channelsOf(src.tensor);
+  if (src.kind === 'dim' && src.multiplier && !(own && own.axis === src.axis)) {
+    // bsz · heads (nn.MultiheadAttention's [T, B·H, d]): a dimension that is 1 here times the channel count, which
+    // the constant factor holds
+    const m = src.multiplier;
+    if (m.value !== ctx.outShape?.[axis])
+      return refusal(ctx, `: its shape entry ${axis} (${v[axis]}) is a product that does not count the channels`);
+    if (ctx.onlyFor(m.tensor)) return [{ tensor: m.tensor, index: 0 }, ...divisors];
+    // torch computes bsz · heads once for the q, k and v reshapes: shared by shape entries alone
+    if (onlyShapes(ctx, m.tensor)) return [{ tensor: m.tensor, index: 0, shared: true }, ...divisors];
+    return refusal(ctx, `: its head count "${m.tensor}" is read by other nodes than reshapes`);
+  }
   const part: ShapeEdit | undefined = src.part && { ...src.part, values: [v[axis]!], index: 0 };
   if (src.kind === 'constant') {
     const edit = countAt(ctx, slot, src.tensor, src.index) ?? part;
-    return edit ? [edit] : refusal(ctx, `: its shape constant "${src.tensor}" is shared`);
+    return edit ? [edit, ...divisors] : refusal(ctx, `: its shape constant "${src.tensor}" is shared`);
   }
-  if (src.kind === 'dim' && ctx.channelsOf(src.tensor)?.same) return [];
-  if (src.kind === 'dim' && part) return [part];
+  if (own && own.same && own.axis === src.axis) return divisors;
+  if (src.kind === 'dim' && part) return [part, ...divisors];
   return refusal(
     ctx,
     `: its shape entry ${axis} (${v[axis]}) does not follow the channels ` +
       '(it is neither a constant nor read from them at run time)',
   );
+}
+
+/** Whether `name` reaches only shape inputs of Reshapes, through the ops that build shapes. */
+function onlyShapes(ctx: ChainContext, name: string, depth = 0): boolean {
+  if (depth > 6 || ctx.isOutput(name)) return false;
+  return ctx
+    .readers(name)
+    .every(({ node, slot }) =>
+      opOf(node) === 'Reshape'
+        ? slot === 1
+        : ['Mul', 'Unsqueeze', 'Concat', 'Cast'].includes(opOf(node)) &&
+          node.output.every((o) => onlyShapes(ctx, o, depth + 1)),
+    );
 }
 
 /**
@@ -710,7 +812,10 @@ const reshape: ChainRule = (ctx) => {
   const [i0, i1, j0, j1] = block;
   let axis: number, scale: number;
   if (ctx.layout.stack) return refusal(ctx, 'reshapes packed parts of channels (take them apart first)');
-  if (i1 - i0 === 1) {
+  // axes of size 1 beside the channels in the block (the batch of the analysis): the block splits the channels; an
+  // output entry that merges such an axis with the channels at run time (bsz · heads) must say so (shapeEntry)
+  const alone = [...Array(i1 - i0).keys()].every((i) => i0 + i === a || x[i0 + i] === 1);
+  if (alone && (i1 - i0 === 1 || j1 - j0 > 1)) {
     // split (or kept): the channels become the first output axis of the block that is not 1
     const wide = [...Array(j1 - j0).keys()].map((i) => j0 + i).filter((j) => y[j] !== 1);
     if (wide.length >= 3) return stacked(ctx, wide[0]!, wide[1]!, j1);
@@ -863,14 +968,31 @@ const layerNorm: ChainRule = (ctx) => {
 
 /** Resize/Upsample scale the spatial axes: per channel when the channel axis keeps its size. */
 const resize: ChainRule = (ctx) => {
-  if (ctx.input !== 0 || !ctx.outShape) return refusal(ctx, ': the channels enter as another input');
+  if (ctx.input !== 0) return refusal(ctx, ': the channels enter as another input');
+  if (!ctx.outShape) return refusal(ctx, ': its output shape is unknown');
   const a = ctx.layout.axis;
   if (ctx.outShape[a] !== ctx.inShape[a]) return refusal(ctx, 'resizes the channel axis');
   // a constant `sizes` input names the channel count: it follows the channels
   const sizes = ctx.node.opType === 'Resize' ? ctx.node.input[3] : undefined;
   const t = sizes ? ctx.constant(sizes) : undefined;
-  if (sizes && !t) return refusal(ctx, `: its sizes "${sizes}" are not a constant`);
-  return { axis: a, ...(t ? { shapeEdits: [{ tensor: sizes!, index: a }] } : {}) };
+  if (t) return { axis: a, shapeEdits: [{ tensor: sizes!, index: a }] };
+  if (!sizes) return { axis: a };
+  // computed sizes: torch's Concat(Shape(x)[:2], y.shape[2:]) reads the channel count from x at run time
+  const edits = shapeEntry(ctx, 3, a, ctx.outShape.length);
+  return Array.isArray(edits) ? { axis: a, shapeEdits: edits } : edits;
+};
+
+/**
+ * DepthToSpace in CRD mode (torch's PixelShuffle): output channel c is input channels [c·r², (c + 1)·r²) spread over
+ * r×r pixels, so channels of whole blocks of r² entries pass. DCR mode (TensorFlow's depth_to_space) interleaves them.
+ */
+const depthToSpace: ChainRule = (ctx) => {
+  if (ctx.input !== 0 || ctx.layout.axis !== 1) return refusal(ctx, `moves axis ${ctx.layout.axis} into space`);
+  if (attrString(ctx.node, 'mode', 'DCR') !== 'CRD')
+    return refusal(ctx, 'in DCR mode interleaves the channels (only CRD mode, as torch exports PixelShuffle)');
+  const r2 = attrInt(ctx.node, 'blocksize') ** 2;
+  if (ctx.layout.segments.some((s) => s.per % r2 !== 0)) return { regroup: r2 };
+  return { axis: 1, scale: 1 / r2 };
 };
 
 /** Pad with no padding along the channel axis. */
@@ -1037,6 +1159,14 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Dropout: unary, // output 1 (the mask) must be unused: checked for every op by the analysis
   Clip: unary, // min/max are scalars by the spec
   Not: op(sameShape),
+  // the output has the first input's shape (Swin's shifted-window mask is written by ScatterND)
+  ...Object.fromEntries(['ScatterND', 'ScatterElements', 'Trilu', 'CumSum'].map((n) => [n, op(sameShape)])),
+  Tile: op(
+    withX((x, ctx) => {
+      const r = valueOf(ctx, 1);
+      return r?.length === x.length ? [x.map((d, i) => d * r[i]!)] : undefined;
+    }),
+  ),
   Cast: op(
     sameShape,
     (ctx) => (FLOAT_TYPES.has(attrInt(ctx.node, 'to')) ? pass(ctx) : refusal(ctx, 'casts to a non-float type')),
@@ -1052,6 +1182,11 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Sub: { ...joining, value: arithmeticValue((a, b) => a - b) },
   Mul: { ...joining, value: arithmeticValue((a, b) => a * b) },
   Div: { ...joining, value: arithmeticValue((a, b) => Math.trunc(a / b)) },
+  // integer Mod takes the divisor's sign (Python's %) unless fmod=1 (C's %): Swin's window padding computes it
+  Mod: op(broadcast, undefined, undefined, (ctx) =>
+    arithmeticValue(attrInt(ctx.node, 'fmod', 0) ? (a, b) => a % b : (a, b) => ((a % b) + b) % b)(ctx),
+  ),
+  Range: op(rangeShape, undefined, undefined, rangeValue),
   ...Object.fromEntries(
     ['Less', 'Greater', 'LessOrEqual', 'GreaterOrEqual', 'And', 'Or', 'Xor'].map((n) => [n, op(broadcast)]),
   ),
@@ -1061,7 +1196,8 @@ export const OPS: Readonly<Record<string, OpRule>> = {
     undefined,
     arithmeticValue((a, b) => (a === b ? 1 : 0)),
   ),
-  Where: op(broadcast, undefined, undefined, whereValue),
+  // element-wise selection: the chosen branches' channels join, a condition broadcast along them (a causal mask)
+  Where: op(broadcast, where, 'join', whereValue),
   ConstantOfShape: op(
     ({ node, value }) => (value(node.input[0] ?? '') ? [value(node.input[0] ?? '')!] : undefined),
     undefined,
@@ -1085,10 +1221,17 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Resize: op(resizeShape, resize),
   Upsample: op(resizeShape, resize),
   Pad: op(padShape, pad),
+  DepthToSpace: op(
+    withX((x, { node }) => {
+      const r = attrInt(node, 'blocksize');
+      return x.length === 4 ? [[x[0]!, x[1]! / (r * r), x[2]! * r, x[3]! * r]] : undefined;
+    }),
+    depthToSpace,
+  ),
   // shape ops
   Flatten: op(flattenShape, flatten),
   Reshape: op(reshapeShape, reshape, undefined, sameValue),
-  Transpose: op(transposeShape, transpose),
+  Transpose: op(transposeShape, transpose, undefined, transposeValue),
   Squeeze: op(squeezeShape, squeeze, undefined, sameValue),
   Unsqueeze: op(unsqueezeShape, unsqueeze, undefined, sameValue),
   Slice: op(sliceShape, slice, undefined, sliceValue),

@@ -49,10 +49,12 @@ export interface AxisSlice {
 /**
  * A count that follows the group: entry `index` of the INT64 constant `tensor` (a Reshape shape), the INT attribute
  * `attribute` of `node` (a depthwise conv's group), or entry `index` of input `input` of `node`, which becomes a
- * Constant of its own (`values` before pruning; see ShapeEdit); it shrinks by `per` for every removed channel.
+ * Constant of its own (`values` before pruning; see ShapeEdit); it shrinks by `per` for every removed channel. A
+ * `shared` constant is read by several nodes of the group (nn.MultiheadAttention's bsz · heads for the q, k and v
+ * reshapes): recorded once per reader, it shrinks once.
  */
 export type Edit =
-  | { tensor: string; index: number; per: number }
+  | { tensor: string; index: number; per: number; shared?: true }
   | { node: string; attribute: string; per: number }
   | { node: string; input: number; values: number[]; index: number; per: number };
 

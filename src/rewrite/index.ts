@@ -174,7 +174,12 @@ export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
   const parts = new Map<string, { node: string; input: number; values: number[] }>();
   for (const { group, keep } of plans) {
     const gone = group.channels - keep.length;
+    const once = new Set<string>(); // a shared count shrinks once however many of the group's nodes read it
     for (const e of group.edits) {
+      if ('tensor' in e && e.shared) {
+        if (once.has(`${e.tensor}|${e.index}`)) continue;
+        once.add(`${e.tensor}|${e.index}`);
+      }
       if ('input' in e) {
         if (!gone) continue;
         const key = `${e.node}|${e.input}`,
