@@ -123,30 +123,49 @@ describe('nearly dependent channels', () => {
 });
 
 describe('activations of low rank', () => {
-  it('fewer samples than a unit has columns: a re-fit is refused (underdetermined), --no-refit works', async () => {
+  it('fewer samples than a unit has columns: that unit is not re-fitted (its weights sliced), with a warning', async () => {
     const few = calib(128);
-    await expect(prune(lenet, few, { budget: { compression: 2 } })).rejects.toThrow(
-      new RegExp(
-        'group /conv2/Conv: the 128 calibration samples give 128 rows of its consumer input, fewer than its ' +
-          'd = 400 columns, so the least-squares re-fit is underdetermined .* give at least 400 distinct samples, ' +
-          'or use --no-refit',
-      ),
+    // uniform and layerwise: /conv2/Conv's consumer fc1 has d = 400 columns, 128 rows; the others have enough rows
+    const { model: pruned, report } = await prune(lenet, few, {
+      budget: { compression: 2 },
+      mode: 'layerwise',
+      allocation: 'uniform',
+    });
+    const short = new RegExp(
+      'group /conv2/Conv: the 128 calibration samples give 128 rows of its consumer input, fewer than its ' +
+        'd = 400 columns, so a least-squares re-fit would be underdetermined .* give at least 400 distinct samples',
     );
-    const { model: pruned, report } = await prune(lenet, few, { budget: { compression: 2 }, refit: false });
+    expect(report.warnings.length).toBe(1);
+    expect(report.warnings[0]).toMatch(short);
+    expect(report.groups.find((u) => u.id === '/conv2/Conv')!.warning).toMatch(short);
+    expect(report.groups.filter((u) => u.warning).length).toBe(1);
+    // the oracle: fc1's weights are the original's, its rows of the kept fc1 channels and its columns of the kept conv2
+    // channels (25 each, Flatten of [16, 5, 5]); its bias the original's for the kept rows
+    const keptIn = [...report.groups.find((u) => u.id === '/conv2/Conv')!.order].sort((x, y) => x - y),
+      keptOut = [...report.groups.find((u) => u.id === '/fc1/Gemm')!.order].sort((x, y) => x - y);
+    const W0 = tensorToFloat32(initializerMap(lenet.graph!).get('fc1.weight')!).data,
+      W1 = tensorToFloat32(initializerMap(pruned.graph!).get('fc1.weight')!),
+      b0 = tensorToFloat32(initializerMap(lenet.graph!).get('fc1.bias')!).data,
+      b1 = tensorToFloat32(initializerMap(pruned.graph!).get('fc1.bias')!).data;
+    expect(W1.dims).toEqual([keptOut.length, keptIn.length * 25]);
+    keptOut.forEach((o, r) =>
+      keptIn.forEach((c, j) => {
+        for (let e = 0; e < 25; e++)
+          expect(W1.data[r * keptIn.length * 25 + j * 25 + e]).toBe(W0[o * 400 + c * 25 + e]);
+      }),
+    );
+    expect([...b1]).toEqual(keptOut.map((o) => b0[o]!));
     expect(finiteObjectives(report)).toBe(true);
-    expect(report.groups.map((u) => u.id)).toEqual(['/conv1/Conv', '/conv2/Conv', '/fc1/Gemm', '/fc2/Gemm']);
     expect((await outputs(pruned, few)).every(Number.isFinite)).toBe(true);
   });
 
-  it('repeated samples count once: 2 samples repeated 256 times are refused, not fitted', async () => {
+  it('repeated samples count once: 2 samples repeated 256 times are not fitted', async () => {
     const two = full.readF32(7, 9),
       x = new Float32Array(512 * 784);
     for (let i = 0; i < 256; i++) x.set(two, i * 2 * 784);
     const data = npyFromBytes(encodeNpy(x, [512, 1, 28, 28]), 'repeated');
-    await expect(prune(lenet, data, { budget: { keepRatio: 1 } })).rejects.toThrow(
-      /the 512 calibration samples \(2 distinct\) give 2 rows/,
-    );
-    const { report } = await prune(lenet, data, { budget: { keepRatio: 0.5 }, refit: false });
+    const { report } = await prune(lenet, data, { budget: { keepRatio: 0.5 } });
+    expect(report.warnings.join('\n')).toMatch(/the 512 calibration samples \(2 distinct\) give 2 rows/);
     expect(finiteObjectives(report)).toBe(true);
   });
 });

@@ -25,7 +25,7 @@ import {
 import type { Captured } from '../capture/stats.js';
 import { Frontier, frontierBytes } from '../capture/frontier.js';
 import { checkStats, distinctSamples, type CaptureStats } from '../capture/shards.js';
-import { checkRefitRows, selectionBytes, type FitOptions } from '../select/greedy.js';
+import { refitRowsShort, selectionBytes, type FitOptions } from '../select/greedy.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
 import { compressionGoal, resolveBudget, type Budget, type SizeOf } from '../budget/index.js';
 import { sizeModel, type Target } from '../budget/size.js';
@@ -108,6 +108,11 @@ export interface GroupReport {
   params: { before: number; after: number };
   flops: { before: number; after: number };
   seconds: number;
+  /**
+   * Why the group's consumers kept their weights though a re-fit was asked for (too few calibration rows for its
+   * columns); also in the report's warnings.
+   */
+  warning?: string;
 }
 
 /** A group's report as its selection makes it (the sizes come when every group is pruned). */
@@ -142,7 +147,7 @@ export interface PruneReport {
   search?: { start: NetworkScore; score: NetworkScore; evaluations: number };
   /** The pruned model against the original on (a sample of) the calibration inputs: `samples` rows, see fidelityOf. */
   fidelity: Fidelity;
-  /** What the measurements say to check before using the pruned model (fidelityWarnings); empty when nothing. */
+  /** What to check before using the pruned model: groups not re-fitted for want of rows, fidelityWarnings; or none. */
   warnings: string[];
   /** Bytes of kernel memory planned before the run. */
   memory: MemoryPlan;
@@ -234,18 +239,26 @@ async function keepsFor(
 /** The samples behind a capture: the calibration set's, or the stats'. */
 type SampleCount = Pick<Calibration, 'rows' | 'distinctSamples'>;
 
-/** The re-fit needs as many rows of each consumer's input as it has columns (checked before any ranking). */
-function checkRows(group: Group, grams: Captured[], calib: SampleCount, refit: boolean): void {
-  if (refit)
-    group.consumers.forEach((c, i) =>
-      checkRefitRows(
-        { id: group.consumers.length > 1 ? `${group.id} (consumer ${c.node.name})` : group.id, d: c.d },
-        grams[i]!.rows,
-        calib.rows,
-        calib.distinctSamples(),
-      ),
-    );
+/**
+ * Why the group cannot be re-fitted (its consumers keep their weights, as with --no-refit), or undefined: each
+ * consumer's least squares needs as many rows of its input as it has columns.
+ */
+function refitShort(group: Group, grams: Captured[], calib: SampleCount, refit: boolean): string | undefined {
+  if (!refit) return undefined;
+  const why = group.consumers.map((c, i) =>
+    refitRowsShort(
+      { id: group.consumers.length > 1 ? `${group.id} (consumer ${c.node.name})` : group.id, d: c.d },
+      grams[i]!.rows,
+      calib.rows,
+      calib.distinctSamples(),
+    ),
+  );
+  return why.find((w) => w !== undefined);
 }
+
+/** The options a group is ranked and planned with: without the re-fit when its rows are short (refitShort). */
+const optionsFor = (opts: SizesOptions, short: string | undefined): SizesOptions =>
+  short ? { ...opts, refit: false } : opts;
 
 /** A group's plan and report keeping the first k channels of its ranking. */
 function planGroup(r: Ranked, grams: Captured[], k: number, opts: SizesOptions): { plan: PrunePlan; report: Selected } {
@@ -275,9 +288,11 @@ function selectGroupPlan(
   opts: SizesOptions,
 ): { plan: PrunePlan; report: Selected } {
   const t = performance.now();
-  checkRows(group, grams, calib, opts.refit ?? true);
-  const chosen = planGroup(rankGroup(model, group, grams, opts, k), grams, k, opts);
-  return { ...chosen, report: { ...chosen.report, seconds: (performance.now() - t) / 1000 } };
+  const short = refitShort(group, grams, calib, opts.refit ?? true),
+    how = optionsFor(opts, short);
+  const chosen = planGroup(rankGroup(model, group, grams, how, k), grams, k, how);
+  const seconds = (performance.now() - t) / 1000;
+  return { ...chosen, report: { ...chosen.report, seconds, ...(short ? { warning: short } : {}) } };
 }
 
 interface Pruned {
@@ -291,6 +306,8 @@ interface Ranking {
   ranked: Ranked[];
   /** Each group's ranking seconds (charged to the first size's group reports). */
   seconds: number[];
+  /** Why a group is not re-fitted (refitShort), per group. */
+  short: (string | undefined)[];
 }
 
 /**
@@ -320,19 +337,19 @@ async function rankLayerwise(
       }),
     ));
   const seconds: number[] = [];
+  const short = groups.map((u) => refitShort(u, grams.get(u.id)!, count, opts.refit ?? true));
   const ranked = groups.map((u, i) => {
     progress('select', i, groups.length);
     const t = performance.now();
     const r = clock.time('select', () => {
-      checkRows(u, grams.get(u.id)!, count, opts.refit ?? true);
       const k = Math.max(...keeps.keeps.map((m) => m.get(u.id)!));
-      return keeps.ranked?.[i] ?? rankGroup(model, u, grams.get(u.id)!, opts, k);
+      return keeps.ranked?.[i] ?? rankGroup(model, u, grams.get(u.id)!, optionsFor(opts, short[i]), k);
     });
     seconds.push((performance.now() - t) / 1000);
     return r;
   });
   progress('select', groups.length, groups.length);
-  return { grams, ranked, seconds };
+  return { grams, ranked, seconds, short };
 }
 
 /** One size from the shared ranking: each group's first k channels re-fitted, one rewrite. */
@@ -343,8 +360,12 @@ function pruneRanked(
   opts: SizesOptions,
   clock: Stopwatch<Stage>,
 ): Pruned {
-  const chosen = ranking.ranked.map((r) =>
-    clock.time('select', () => planGroup(r, ranking.grams.get(r.group.id)!, keeps.get(r.group.id)!, opts)),
+  const chosen = ranking.ranked.map((r, i) =>
+    clock.time('select', () => {
+      const short = ranking.short[i],
+        c = planGroup(r, ranking.grams.get(r.group.id)!, keeps.get(r.group.id)!, optionsFor(opts, short));
+      return short ? { ...c, report: { ...c.report, warning: short } } : c;
+    }),
   );
   const plans = chosen.map((c) => c.plan);
   const pruned = clock.time('rewrite', () => pruneGroups(model, plans));
@@ -489,7 +510,7 @@ export async function* pruneSizes(
           seconds: { ...clock.seconds, total: clock.total() },
           ...(keeps.search?.[i] ? { search: searchReport(keeps.search[i]) } : {}),
           fidelity,
-          warnings: fidelityWarnings(fidelity),
+          warnings: [...selected.flatMap((g) => (g.warning ? [g.warning] : [])), ...fidelityWarnings(fidelity)],
           memory: plan.memory,
         };
         sized = { budget, model: pruned.model, report };

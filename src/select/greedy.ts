@@ -126,22 +126,26 @@ export function tooBigToSelect(u: { d: number; m: number; g: number }): string |
 }
 
 /**
- * The least-squares re-fit of a group needs at least as many rows of its consumer input as columns (d): with fewer, any
- * of infinitely many weights fit the calibration data exactly, and the one the factorisation picks can be wildly off on
- * other data (LeNet re-fitted from 128 samples, every channel kept: relative output error 346 on the test set).
- * Repeated samples add no rows, so rows count in proportion to the distinct samples.
+ * Why a consumer cannot be re-fitted, or undefined when it can: the least squares needs as many rows of its input as
+ * it has columns (`rows` from `samples` calibration samples, `distinct` of them different: repeats add no rank); with
+ * fewer it fits these samples and fails on others.
  */
-export function checkRefitRows(group: { id: string; d: number }, rows: number, samples: number, distinct = samples) {
+export function refitRowsShort(
+  group: { id: string; d: number },
+  rows: number,
+  samples: number,
+  distinct = samples,
+): string | undefined {
   const effective = Math.floor((rows * distinct) / samples);
-  if (effective >= group.d) return;
+  if (effective >= group.d) return undefined;
   const need = Math.ceil((group.d * samples) / Math.max(rows, 1));
   const given =
     distinct < samples ? `${samples} calibration samples (${distinct} distinct)` : `${samples} calibration samples`;
-  const why =
-    `fewer than its d = ${group.d} columns, so the least-squares re-fit is underdetermined ` +
-    '(it would fit these samples and fail on others)';
-  const fix = `give at least ${need} distinct samples, or use --no-refit`;
-  throw badInput(`group ${group.id}: the ${given} give ${effective} rows of its consumer input, ${why}; ${fix}`);
+  return (
+    `group ${group.id}: the ${given} give ${effective} rows of its consumer input, fewer than its d = ${group.d} ` +
+    'columns, so a least-squares re-fit would be underdetermined (it would fit these samples and fail on others): ' +
+    `its consumer keeps its weights (as with --no-refit); give at least ${need} distinct samples to re-fit it`
+  );
 }
 
 /**
