@@ -45,6 +45,7 @@ import {
 import type { NetworkScore } from '../eval/network.js';
 import { mean, objectivesOf, planOf, rankGroup, refinedAt, type Ranked } from './rank.js';
 import { checkFidelityRows, fidelityOf, fidelityWarnings, verifyPruned } from './verify.js';
+import { refitSweep } from './sweep.js';
 
 export type Mode = 'layerwise' | 'sequential' | 'asymmetric';
 export const MODES: readonly Mode[] = ['layerwise', 'sequential', 'asymmetric'];
@@ -455,6 +456,8 @@ export async function* pruneSizes(
       const pruned = ranking
         ? pruneRanked(model, ranking, keeps.keeps[i]!, o, clock)
         : await pruneSequential(model, plan, keeps.keeps[i]!, calib, o, clock);
+      if (o.sweep !== undefined && o.refit)
+        pruned.model = await clock.time('select', () => sweepOf(model, pruned, calib, o));
       // the first size's group seconds include the shared ranking, as a single-size run's do
       const selected =
         ranking && !i
@@ -494,6 +497,13 @@ export async function* pruneSizes(
     }
     yield sized;
   }
+}
+
+/** The pruned model with every consumer re-fitted once more (sweep.ts), each group keeping its channels. */
+function sweepOf(model: Model, pruned: Pruned, calib: Calibration, o: SizesOptions): Promise<Model> {
+  const keeps = new Map(pruned.groups.map((g) => [g.id, g.refined?.keep ?? [...g.order].sort((a, b) => a - b)]));
+  const intercept = o.biasRefit !== false;
+  return refitSweep(model, pruned.model, keeps, calib, { ...o, intercept, relu: o.sweep });
 }
 
 const searchReport = ({ start, score, evaluations }: SearchResult) => ({ start, score, evaluations });
