@@ -442,6 +442,10 @@ export async function* pruneSizes(
       `stats need --mode layerwise: ${o.mode} mode captures the model pruned so far, group by group, which ` +
         "statistics of the original model's activations cannot stand for",
     );
+  if (o.sweep !== undefined && (o.stats || !o.refit))
+    throw badInput(
+      `--sweep re-fits the consumers on the calibration data: it cannot run with ${o.stats ? '--stats' : '--no-refit'}`,
+    );
   const shared = new Stopwatch(STAGES);
   const calib = shared.time('analyze', () => Calibration.of(model, data));
   const plan = shared.time('analyze', () => planPrune(model, calib, o.mode!, o));
@@ -456,8 +460,7 @@ export async function* pruneSizes(
       const pruned = ranking
         ? pruneRanked(model, ranking, keeps.keeps[i]!, o, clock)
         : await pruneSequential(model, plan, keeps.keeps[i]!, calib, o, clock);
-      if (o.sweep !== undefined && o.refit)
-        pruned.model = await clock.time('select', () => sweepOf(model, pruned, calib, o));
+      if (o.sweep !== undefined) pruned.model = await clock.time('select', () => sweepOf(model, pruned, calib, o));
       // the first size's group seconds include the shared ranking, as a single-size run's do
       const selected =
         ranking && !i
