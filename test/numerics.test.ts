@@ -123,7 +123,7 @@ describe('nearly dependent channels', () => {
 });
 
 describe('activations of low rank', () => {
-  it('fewer samples than a unit has columns: that unit is not re-fitted (its weights sliced), with a warning', async () => {
+  it('fewer samples than a unit has columns: that unit is not re-fitted (weights sliced), with a warning', async () => {
     const few = calib(128);
     // uniform and layerwise: /conv2/Conv's consumer fc1 has d = 400 columns, 128 rows; the others have enough rows
     const { model: pruned, report } = await prune(lenet, few, {

@@ -60,6 +60,11 @@ Method:
                       a per-channel bias fits: Conv, Gemm, MatMul; one is added where absent)
   --refine N          after the greedy, up to N swaps of a kept and a removed channel per group, each the
                       best that raises the objective (default 0: none; each round costs k greedy runs)
+  --sweep N           when every group is pruned, re-fit every consumer once more, in graph order, from the
+                      pruned model's inputs to the original model's outputs, keeping the channels (groups
+                      pruned later changed what earlier consumers read: a ResNet's residual stream); then N
+                      ReLU-aware fits where a Relu follows (0: least squares only); each fit one pass over
+                      the calibration data (default: no sweep)
 ${methodHelp}
 Other:
   --report FILE       write a JSON report: per group the kept channels in greedy order and the objective,
@@ -97,6 +102,7 @@ export async function runPrune(argv: string[]): Promise<void> {
       'no-refit': { type: 'boolean', default: false },
       'no-bias-refit': { type: 'boolean', default: false },
       refine: { type: 'string' },
+      sweep: { type: 'string' },
       report: { type: 'string' },
       'fidelity-rows': { type: 'string' },
       'external-data': { type: 'boolean', default: false },
@@ -184,6 +190,7 @@ export async function runPrune(argv: string[]): Promise<void> {
         refit: !o['no-refit'],
         biasRefit: !o['no-bias-refit'],
         refine: num(o.refine, '--refine', (v) => Number.isInteger(v) && v >= 0, 'a whole number ≥ 0'),
+        sweep: num(o.sweep, '--sweep', (v) => Number.isInteger(v) && v >= 0, 'a whole number ≥ 0'),
         batch,
         kernels: o.kernels,
         threads,

@@ -983,8 +983,9 @@ const resize: ChainRule = (ctx) => {
 };
 
 /**
- * DepthToSpace in CRD mode (torch's PixelShuffle): output channel c is input channels [c·r², (c + 1)·r²) spread over
- * r×r pixels, so channels of whole blocks of r² entries pass. DCR mode (TensorFlow's depth_to_space) interleaves them.
+ * DepthToSpace in CRD mode (torch's PixelShuffle): output channel c is input channels [c·r², (c + 1)·r²) spread
+ * over r×r pixels, so channels of whole blocks of r² entries pass. DCR mode (TensorFlow's depth_to_space)
+ * interleaves them.
  */
 const depthToSpace: ChainRule = (ctx) => {
   if (ctx.input !== 0 || ctx.layout.axis !== 1) return refusal(ctx, `moves axis ${ctx.layout.axis} into space`);

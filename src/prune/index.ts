@@ -46,6 +46,7 @@ import type { NetworkScore } from '../eval/network.js';
 import { mean, objectivesOf, planOf, rankGroup, refinedAt, type Ranked } from './rank.js';
 import { checkFidelityRows, fidelitySample, fidelityWarnings, verifiedFidelity } from './verify.js';
 import { Reference } from '../eval/index.js';
+import { refitSweep } from './sweep.js';
 
 export type Mode = 'layerwise' | 'sequential' | 'asymmetric';
 export const MODES: readonly Mode[] = ['layerwise', 'sequential', 'asymmetric'];
@@ -463,6 +464,10 @@ export async function* pruneSizes(
       `stats need --mode layerwise: ${o.mode} mode captures the model pruned so far, group by group, which ` +
         "statistics of the original model's activations cannot stand for",
     );
+  if (o.sweep !== undefined && (o.stats || !o.refit))
+    throw badInput(
+      `--sweep re-fits the consumers on the calibration data: it cannot run with ${o.stats ? '--stats' : '--no-refit'}`,
+    );
   const shared = new Stopwatch(STAGES);
   const calib = shared.time('analyze', () => Calibration.of(model, data));
   const plan = shared.time('analyze', () => planPrune(model, calib, o.mode!, o));
@@ -481,6 +486,7 @@ export async function* pruneSizes(
         const pruned = ranking
           ? pruneRanked(model, ranking, keeps.keeps[i]!, o, clock)
           : await pruneSequential(model, plan, keeps.keeps[i]!, calib, o, clock);
+        if (o.sweep !== undefined) pruned.model = await clock.time('select', () => sweepOf(model, pruned, calib, o));
         // the first size's group seconds include the shared ranking, as a single-size run's do
         const selected =
           ranking && !i
@@ -523,6 +529,13 @@ export async function* pruneSizes(
   } finally {
     await reference?.release();
   }
+}
+
+/** The pruned model with every consumer re-fitted once more (sweep.ts), each group keeping its channels. */
+function sweepOf(model: Model, pruned: Pruned, calib: Calibration, o: SizesOptions): Promise<Model> {
+  const keeps = new Map(pruned.groups.map((g) => [g.id, g.refined?.keep ?? [...g.order].sort((a, b) => a - b)]));
+  const intercept = o.biasRefit !== false;
+  return refitSweep(model, pruned.model, keeps, calib, { ...o, intercept, relu: o.sweep });
 }
 
 const searchReport = ({ start, score, evaluations }: SearchResult) => ({ start, score, evaluations });

@@ -58,6 +58,12 @@ export interface FitOptions {
   biasRefit?: boolean;
   /** Rounds of swaps after the greedy, per budget (refine.ts; default 0: the greedy's set). */
   refine?: number;
+  /**
+   * After every group is pruned, re-fit every consumer once more from the pruned network's inputs to the original
+   * model's outputs (src/prune/sweep.ts), plain least squares (0) or with that many ReLU-aware fits after it; default
+   * undefined: no sweep.
+   */
+  sweep?: number;
 }
 
 export interface SelectOptions extends KernelOptions {

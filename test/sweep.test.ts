@@ -1,0 +1,215 @@
+import { describe, it, expect } from 'vitest';
+import { readModel, tensorToFloat32, type Model } from '../src/onnx/index.js';
+import { encodeNpy, npyFromBytes, openNpy } from '../src/npy.js';
+import { Calibration } from '../src/calibration.js';
+import { Runner, type Activation } from '../src/capture/index.js';
+import { constantTensors } from '../src/graph/shapes.js';
+import { prune } from '../src/prune/index.js';
+import { Fit, refitSweep } from '../src/prune/sweep.js';
+import { leastSquares, randMat, rng, withOnes, type Mat } from './oracle.js';
+
+// The second sweep of re-fits against a float64 oracle: least squares by QR of the activations themselves (never a
+// Gram matrix), with the oracle's own im2col, and the ReLU-aware rule written again here.
+
+const relDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+  let num = 0,
+    den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num += (a[i]! - b[i]!) ** 2;
+    den += b[i]! ** 2;
+  }
+  return Math.sqrt(num / den);
+};
+
+/** The oracle's weights (d×m) and bias (m) for min ‖B W + 1 bᵀ − T‖, intercept first. */
+function oracleFit(B: Mat, T: Mat): { W: Float64Array; bias: Float64Array } {
+  const d = B.cols,
+    m = T.cols,
+    X = leastSquares(withOnes(B), T, [d, ...Array.from({ length: d }, (_, i) => i)]);
+  return { W: X.slice(m), bias: X.slice(0, m) };
+}
+
+describe('Fit', () => {
+  it('is the least-squares fit with an intercept', () => {
+    const r = rng(7),
+      B = randMat(300, 7, r),
+      T = randMat(300, 4, r);
+    for (let i = 0; i < T.a.length; i++) T.a[i] += 3 * (i % 4) + B.a[(Math.floor(i / 4) * 7) % B.a.length]!;
+    const fit = new Fit(7, 4, { kernels: 'wasm' });
+    fit.add(Float32Array.from(B.a), Float32Array.from(T.a));
+    const got = fit.solve(true, { kernels: 'wasm' }),
+      want = oracleFit(
+        { ...B, a: Float64Array.from(Float32Array.from(B.a)) },
+        { ...T, a: Float64Array.from(Float32Array.from(T.a)) },
+      );
+    expect(relDiff(got.W, want.W)).toBeLessThan(1e-5);
+    expect(relDiff(got.bias!, want.bias)).toBeLessThan(1e-5);
+  });
+});
+
+/** Tensors of a model on the calibration rows, concatenated over batches. */
+async function tensors(model: Model, calib: Calibration, names: string[]): Promise<Map<string, Activation>> {
+  const run = await Runner.open(model, names, {}, true),
+    parts = new Map<string, Activation[]>(names.map((n) => [n, []]));
+  try {
+    for (const b of calib.batches(64)) for (const [n, a] of await run.run(b, names)) parts.get(n)!.push(a);
+  } finally {
+    await run.release();
+  }
+  return new Map(
+    names.map((n) => {
+      const ps = parts.get(n)!,
+        data = new Float32Array(ps.reduce((a, p) => a + p.data.length, 0));
+      ps.reduce((o, p) => (data.set(p.data, o), o + p.data.length), 0);
+      return [n, { data, dims: [calib.rows, ...ps[0]!.dims.slice(1)] }];
+    }),
+  );
+}
+
+/** 3×3, stride 1, pad 1 patches of x [N, C, H, W]: a row per position, columns channel-major. */
+function patches3(x: Activation): Mat {
+  const [N, C, H, W] = x.dims as [number, number, number, number],
+    d = C * 9,
+    a = new Float64Array(N * H * W * d);
+  let r = 0;
+  for (let s = 0; s < N; s++)
+    for (let h = 0; h < H; h++)
+      for (let w = 0; w < W; w++, r++)
+        for (let c = 0; c < C; c++)
+          for (let i = 0; i < 3; i++)
+            for (let j = 0; j < 3; j++) {
+              const y = h + i - 1,
+                z = w + j - 1;
+              if (y >= 0 && y < H && z >= 0 && z < W)
+                a[r * d + c * 9 + i * 3 + j] = x.data[((s * C + c) * H + y) * W + z]!;
+            }
+  return { rows: N * H * W, cols: d, a };
+}
+
+/** Channels `chans` of a conv output [N, M, H, W] as rows (one per position). */
+function convRows(y: Activation, chans: number[]): Mat {
+  const [N, M, H, W] = y.dims as [number, number, number, number],
+    m = chans.length,
+    a = new Float64Array(N * H * W * m);
+  for (let s = 0; s < N; s++)
+    for (let p = 0; p < H * W; p++)
+      chans.forEach((c, j) => (a[(s * H * W + p) * m + j] = y.data[(s * M + c) * H * W + p]!));
+  return { rows: N * H * W, cols: m, a };
+}
+
+/** A conv's weights as d×m (its [m, C, kh, kw] transposed) and its bias. */
+function convWeights(model: Model, node: string): { W: Float64Array; bias: Float64Array } {
+  const n = model.graph!.node.find((x) => x.name === node)!,
+    consts = constantTensors(model.graph!);
+  const { dims, data } = tensorToFloat32(consts.get(n.input[1]!)!),
+    m = dims[0]!,
+    d = data.length / m;
+  const W = new Float64Array(d * m);
+  for (let o = 0; o < m; o++) for (let i = 0; i < d; i++) W[i * m + o] = data[o * d + i]!;
+  return { W, bias: Float64Array.from(tensorToFloat32(consts.get(n.input[2]!)!).data) };
+}
+
+const predict = (B: Mat, f: { W: Float64Array; bias: Float64Array }, m: number) => {
+  const out = new Float64Array(B.rows * m);
+  for (let r = 0; r < B.rows; r++)
+    for (let j = 0; j < m; j++) {
+      let v = f.bias[j]!;
+      for (let i = 0; i < B.cols; i++) v += B.a[r * B.cols + i]! * f.W[i * m + j]!;
+      out[r * m + j] = v;
+    }
+  return out;
+};
+
+describe('refitSweep', () => {
+  it('is refused where it cannot re-fit', async () => {
+    const data = openNpy('models/calib.npy');
+    await expect(
+      prune(readModel('models/lenet.onnx'), data, { budget: { compression: 2 }, refit: false, sweep: 0 }),
+    ).rejects.toThrow(/--sweep .* --no-refit/);
+    data.close();
+  });
+
+  it("re-fits ResNet-20's consumers to the original outputs from the pruned inputs, ReLU-aware if asked", async () => {
+    const file = openNpy('models/calib.npy'),
+      data = npyFromBytes(encodeNpy(file.readF32(0, 64), [64, 1, 28, 28]), 'calib64.npy');
+    file.close();
+    const original = readModel('models/resnet20.onnx');
+    // layerwise: every consumer fitted to the original model's inputs, so the pruned inputs differ from what it saw
+    const { model: pruned, report } = await prune(original, data, { budget: { keepRatio: 0.5 }, mode: 'layerwise' });
+    const keeps = new Map(report.groups.map((g) => [g.id, [...g.order].sort((a, b) => a - b)]));
+    const calib = Calibration.of(pruned, data);
+    const conv1 = '/layer3/layer3.2/conv1/Conv', // → BatchNormalization → Relu: ReLU-aware
+      conv2 = '/layer3/layer3.2/conv2/Conv', // → BatchNormalization → Add → Relu, one of the residual stream's
+      fc = '/fc/Gemm';
+    // conv1 ReLU-aware, then conv2 and fc by least squares (conv2 has a Relu after its residual Add, too)
+    const once = await refitSweep(original, pruned, keeps, calib, {
+      intercept: true,
+      relu: 1,
+      only: (n) => n === conv1,
+    });
+    const only = (n: string) => [conv2, fc].includes(n);
+    const swept = await refitSweep(original, once, keeps, calib, { intercept: true, only });
+
+    const node = (m: Model, name: string) => m.graph!.node.find((n) => n.name === name)!;
+    const inOf = (name: string) => node(pruned, name).input[0]!,
+      outOf = (name: string) => node(pruned, name).output[0]!;
+    const bnOut = (name: string) => pruned.graph!.node.find((n) => n.input.includes(outOf(name)))!.output[0]!;
+
+    // conv1: least squares, then once more with the entries whose pre-activation the ReLU clips in both models freed
+    const p = await tensors(pruned, calib, [inOf(conv1), outOf(conv1), bnOut(conv1)]),
+      o = await tensors(original, calib, [outOf(conv1), bnOut(conv1)]);
+    const kept1 = keeps.get(conv1)!,
+      m1 = kept1.length,
+      all = Array.from({ length: m1 }, (_, i) => i);
+    const B1 = patches3(p.get(inOf(conv1))!),
+      T1 = convRows(o.get(outOf(conv1))!, kept1);
+    const first = oracleFit(B1, T1),
+      pred = predict(B1, first, m1);
+    const bn = node(pruned, pruned.graph!.node.find((n) => n.input.includes(outOf(conv1)))!.name),
+      consts = constantTensors(pruned.graph!);
+    const gamma = tensorToFloat32(consts.get(bn.input[1]!)!).data,
+      variance = tensorToFloat32(consts.get(bn.input[4]!)!).data,
+      eps = bn.attribute.find((a) => a.name === 'epsilon')?.f ?? 1e-5;
+    const Yp = convRows(p.get(outOf(conv1))!, all),
+      Pp = convRows(p.get(bnOut(conv1))!, all),
+      Po = convRows(o.get(bnOut(conv1))!, kept1);
+    const T1r = { ...T1, a: T1.a.slice() };
+    let freed = 0;
+    for (let e = 0; e < T1r.a.length; e++) {
+      const j = e % m1,
+        pre = Pp.a[e]! + (gamma[j]! / Math.sqrt(variance[j]! + eps)) * (pred[e]! - Yp.a[e]!);
+      if (Po.a[e]! <= 0 && pre <= 0) ((T1r.a[e] = pred[e]!), freed++);
+    }
+    expect(freed / T1r.a.length).toBeGreaterThan(0.2); // the rule frees entries: the second fit differs
+    const want1 = oracleFit(B1, T1r),
+      got1 = convWeights(swept, conv1);
+    expect(relDiff(got1.W, want1.W)).toBeLessThan(2e-3);
+    expect(relDiff(got1.bias, want1.bias)).toBeLessThan(2e-3);
+    expect(relDiff(got1.W, first.W)).toBeGreaterThan(1e-2);
+
+    // conv2 and fc: least squares from the swept model's inputs (conv1's re-fit changed conv2's)
+    const s = await tensors(swept, calib, [inOf(conv2), inOf(fc)]),
+      o2 = await tensors(original, calib, [outOf(conv2), outOf(fc)]);
+    const stream = report.groups.find((g) => g.producers.includes(conv2))!.id;
+    const want2 = oracleFit(patches3(s.get(inOf(conv2))!), convRows(o2.get(outOf(conv2))!, keeps.get(stream)!)),
+      got2 = convWeights(swept, conv2);
+    expect(relDiff(got2.W, want2.W)).toBeLessThan(2e-3);
+    expect(relDiff(got2.bias, want2.bias)).toBeLessThan(2e-3);
+    expect(relDiff(got2.W, convWeights(pruned, conv2).W)).toBeGreaterThan(1e-2); // the sweep changed it
+
+    const X = s.get(inOf(fc))!,
+      Z = o2.get(outOf(fc))!;
+    const want3 = oracleFit(
+      { rows: X.dims[0]!, cols: X.dims[1]!, a: Float64Array.from(X.data) },
+      { rows: Z.dims[0]!, cols: Z.dims[1]!, a: Float64Array.from(Z.data) },
+    );
+    const fcNode = node(swept, fc),
+      fcConsts = constantTensors(swept.graph!);
+    const w = tensorToFloat32(fcConsts.get(fcNode.input[1]!)!), // [10, d] (transB)
+      [mo, d] = w.dims as [number, number];
+    const W3 = new Float64Array(d * mo);
+    for (let j = 0; j < mo; j++) for (let i = 0; i < d; i++) W3[i * mo + j] = w.data[j * d + i]!;
+    expect(relDiff(W3, want3.W)).toBeLessThan(2e-3);
+    expect(relDiff(tensorToFloat32(fcConsts.get(fcNode.input[2]!)!).data, want3.bias)).toBeLessThan(2e-3);
+  }, 300_000);
+});
