@@ -15,7 +15,8 @@ import { relDiff } from './objective.js';
 // time as x.size(-1) // heads), a DistilBERT-style encoder (its padding mask expanded as the scores: Expand to the
 // Shape of the scores), nn.MultiheadAttention (the batch merged with the heads: bsz · heads), an FPN upsampling to
 // another level's size (Resize whose sizes are computed from shapes), PixelShuffle, and torchvision's Swin
-// (shifted-window masks by ScatterND, Mod, a Pad whose pads are a reversed, transposed shape tensor). Oracle:
+// (shifted-window masks by ScatterND, Mod, a Pad whose pads are a reversed, transposed shape tensor), YOLOv5's SPPF
+// (one group's channels four times in a Concat). Oracle:
 // onnxruntime running the original with the dropped channels' consumer inputs zeroed, which is what removing a head
 // or neuron means. The models run with onnxruntime's graph optimizations off: its ReshapeFusion replaces a shape
 // computed from Shape nodes by 0 and -1 entries, which hides a wrong shape entry (a pruned GPT-2's head_dim) that
@@ -93,6 +94,17 @@ const CASES = [
       [128, 1, 1],
       [4, 1, 8],
       [128, 1, 1],
+    ],
+  },
+  // YOLOv5's SPPF: the conv's channels four times in the Concat the next conv reads (x and three chained max pools);
+  // the group-by-group captures must not cut that Concat as if it held them once
+  {
+    model: `${FIX}/more-sppf.onnx`,
+    calib: `${FIX}/more-sppf.calib.npy`,
+    groups: [
+      [16, 1, 1],
+      [8, 1, 1],
+      [16, 1, 1],
     ],
   },
 ];

@@ -139,9 +139,14 @@ function channelRuns(group: Group): Map<string, ChannelRun> {
     count = new Map<string, number>();
   for (const t of group.tensors) count.set(t.tensor, (count.get(t.tensor) ?? 0) + 1);
   for (const t of group.tensors) if (count.get(t.tensor) === 1 && !t.stacked) runs.set(t.tensor, t);
+  // a consumer input that holds the channels more than once (YOLO's SPPF: Concat(x, pool(x), pool²(x), ...)) is left
+  // out: one run cannot say where to cut it, so the next capture computes it again
+  const reads = new Map<string, number>();
+  for (const c of group.consumers) reads.set(c.input, (reads.get(c.input) ?? 0) + 1);
   for (const c of group.consumers) {
     const per = spanOf(c) / group.channels;
-    runs.set(c.input, { axis: c.kind === 'conv' ? 1 : -1, offset: c.offset, per, entries: c.entries });
+    if (reads.get(c.input) === 1)
+      runs.set(c.input, { axis: c.kind === 'conv' ? 1 : -1, offset: c.offset, per, entries: c.entries });
   }
   return runs;
 }
