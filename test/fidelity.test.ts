@@ -114,6 +114,32 @@ describe('fidelity sample', () => {
     }
   });
 
+  it("a sequence's scores ([batch, tokens, vocabulary]): agreement per token, as onnxruntime gives them", async () => {
+    const gpt2 = readModel('test/fixtures/more-gpt2.onnx'),
+      ids = openNpy('test/fixtures/more-gpt2.calib.npy');
+    const { model, report } = await prune(gpt2, ids, { budget: { keepRatio: 0.5 }, refit: false });
+    const logits = async (m: Model) => {
+      const session = await ort.InferenceSession.create(serializeModel(m));
+      const x = new ort.Tensor('int64', BigInt64Array.from(ids.readF32(), BigInt), ids.shape);
+      const y = (await session.run({ input_ids: x }))[session.outputNames[0]!]!;
+      await session.release();
+      return { data: y.data as Float32Array, dims: y.dims };
+    };
+    const [a, b] = [await logits(model), await logits(gpt2)];
+    ids.close();
+    const V = a.dims[a.dims.length - 1]!,
+      rows = a.data.length / V;
+    expect(a.dims.length).toBe(3);
+    const top = (v: Float32Array, r: number) => {
+      let best = 0;
+      for (let j = 1; j < V; j++) if (v[r * V + j]! > v[r * V + best]!) best = j;
+      return best;
+    };
+    let agree = 0;
+    for (let r = 0; r < rows; r++) if (top(a.data, r) === top(b.data, r)) agree++;
+    expect(report.fidelity.agreement).toBe(agree / rows);
+  });
+
   it('measures on n rows or on all of them (library and CLI), and refuses other sizes', async () => {
     const { model, report } = await prune(lenet, calib, { budget: { keepRatio: 0.5 }, fidelityRows: 100 });
     expect(report.fidelity.samples).toBe(100);

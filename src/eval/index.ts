@@ -10,7 +10,10 @@ export interface Fidelity {
   samples: number;
   /** Top-1 accuracy against labels, when given. */
   accuracy?: number;
-  /** Top-1 agreement with the reference model, when given. */
+  /**
+   * Top-1 agreement with the reference model, when given: the share of rows of the output's last axis whose largest
+   * entry is at the same place (per sample for a classifier, per position for a sequence's scores).
+   */
   agreement?: number;
   /** ‖y − y_ref‖ / ‖y_ref‖ over all outputs, when a reference is given. */
   relError?: number;
@@ -150,29 +153,34 @@ export async function measure(run: Runner, out: string, calib: Calibration, opts
     err = 0,
     norm = 0,
     kl = 0,
-    klRows = 0,
+    agreeRows = 0,
     dims: number[] = [];
   // a reference with a fixed batch size of its own runs batches no larger than that
   const size = Math.min(calib.batchSize(opts.batch ?? EVAL_BATCH), ref?.batchSize(Infinity) ?? Infinity);
   for (const b of calib.batches(size)) {
     const y = (await run.run(b, [out])).get(out)!;
     dims = y.dims;
-    const n = b.rows,
-      top = argmaxRows(y.data, n);
-    if (opts.labels) for (let i = 0; i < n; i++) if (top[i] === Number(opts.labels[b.start + i])) correct++;
+    const n = b.rows;
+    if (opts.labels) {
+      const top = argmaxRows(y.data, n);
+      for (let i = 0; i < n; i++) if (top[i] === Number(opts.labels[b.start + i])) correct++;
+    }
     if (ref) {
       const r = (await ref.outputs(b)).get(ref.outputNames[0]!)!;
       if (r.data.length !== y.data.length)
         throw badInput(`the reference model's output has shape [${r.dims}], this model's [${y.dims}]`);
-      const rt = argmaxRows(r.data, n);
-      for (let i = 0; i < n; i++) if (rt[i] === top[i]) agree++;
+      // per row of the last axis: a sample's class, or each position's of a sequence ([B, T, V], [T, B, C])
+      const classes = y.dims[y.dims.length - 1] ?? 1,
+        rows = y.data.length / classes;
+      const top = argmaxRows(y.data, rows),
+        rt = argmaxRows(r.data, rows);
+      for (let i = 0; i < rows; i++) if (rt[i] === top[i]) agree++;
+      agreeRows += rows;
       for (let i = 0; i < y.data.length; i++) {
         err += (y.data[i] - r.data[i]) ** 2;
         norm += r.data[i] ** 2;
       }
-      const classes = y.dims[y.dims.length - 1] ?? 1;
       kl += klSum(r.data, y.data, classes);
-      klRows += y.data.length / classes;
     }
     opts.onBatch?.(b.start + n, calib.rows);
   }
@@ -181,6 +189,8 @@ export async function measure(run: Runner, out: string, calib: Calibration, opts
     samples: n,
     outputDims: dims,
     ...(opts.labels ? { accuracy: correct / n } : {}),
-    ...(ref ? { agreement: agree / n, relError: Math.sqrt(err / (norm || 1)), kl: kl / (klRows || 1) } : {}),
+    ...(ref
+      ? { agreement: agree / (agreeRows || 1), relError: Math.sqrt(err / (norm || 1)), kl: kl / (agreeRows || 1) }
+      : {}),
   };
 }
