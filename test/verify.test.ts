@@ -10,11 +10,16 @@ import {
   readModel,
   replaceInitializerData,
   tensorToFloat32,
+  tensorToInt64,
   type Model,
+  type NodeProto,
 } from '../src/onnx/index.js';
+import { analyze } from '../src/graph/analyze.js';
+import { Calibration } from '../src/calibration.js';
 import { openNpy } from '../src/npy.js';
 import { BROKEN_ERROR, fidelityWarnings, verifyPruned } from '../src/prune/verify.js';
 import { prune } from '../src/prune/index.js';
+import { pruneGroups } from '../src/rewrite/index.js';
 import { expectFailure, runCli } from './cli-helpers.js';
 
 // The last gate before a pruned model is written: onnxruntime must load it and run it on a calibration batch with
@@ -83,6 +88,31 @@ describe('verifyPruned', () => {
     const renamed = clone(ModelProtoSchema, lenet);
     renamed.graph!.output[0]!.name = 'other';
     await internal(verifyPruned(lenet, renamed, calib), /its outputs are \[other\]/);
+  });
+});
+
+describe('a shape ONNX refuses and onnxruntime fuses away', () => {
+  it('fails verification: the pruned model runs as ONNX defines it', async () => {
+    // a GPT-2 pruned to 2 of its 4 heads, then one of its head_dim divisors (x.size(-1) // heads) set back to 4: a
+    // Reshape asks for [B, T, 2, 4] of 16 features; onnxruntime's ReshapeFusion computes the entry from the shape
+    // instead, so a session with its default optimizations runs the model (the rewrite wrote such models before)
+    broken.on = undefined; // the real rewrite (mocked above)
+    const gpt2 = readModel('test/fixtures/more-gpt2.onnx'),
+      ids = openNpy('test/fixtures/more-gpt2.calib.npy');
+    const heads = analyze(gpt2, Calibration.of(gpt2, ids).shapes).groups[0]!;
+    expect(heads.channels).toBe(4);
+    const pruned = pruneGroups(gpt2, [{ group: heads, keep: [0, 1] }]);
+    const value = (n: NodeProto) => tensorToInt64(n.attribute[0]!.t!).data[0];
+    const original = new Map(gpt2.graph!.node.filter((n) => n.opType === 'Constant').map((n) => [n.output[0], n]));
+    const divisors = new Set(pruned.graph!.node.filter((n) => n.opType === 'Div').map((n) => n.input[1]));
+    const divisor = pruned.graph!.node.find(
+      (n) => n.opType === 'Constant' && divisors.has(n.output[0]!) && value(n) === 2n,
+    )!;
+    expect(value(original.get(divisor.output[0]!)!)).toBe(4n);
+    await verifyPruned(gpt2, pruned, ids); // the rewrite's model passes
+    divisor.attribute[0]!.t = original.get(divisor.output[0]!)!.attribute[0]!.t;
+    await internal(verifyPruned(gpt2, pruned, ids), /failed verification: .*Reshape/);
+    ids.close();
   });
 });
 

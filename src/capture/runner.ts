@@ -82,11 +82,13 @@ export class Runner {
    * computes just the `extra` tensors: onnxruntime runs every node of a graph whatever outputs are fetched, so a
    * capture of an early group would otherwise pay for the whole model. `given`: intermediate tensors (with their data
    * types) that runs feed instead of computing them (a capture's cached frontier, frontier.ts); only with `only`.
+   * `optimize: false` runs the graph as ONNX defines it: onnxruntime's fusions can run a graph its semantics refuse
+   * (a Reshape fused with the Shape arithmetic before it ignores a wrong entry).
    */
   static async open(
     model: Model,
     extra: string[] = [],
-    opts: RuntimeOptions = {},
+    opts: RuntimeOptions & { optimize?: boolean } = {},
     only = false,
     given: ReadonlyMap<string, DataType> = new Map(),
   ): Promise<Runner> {
@@ -121,7 +123,7 @@ export class Runner {
     try {
       // logSeverityLevel 3: onnxruntime's warnings would break the CLI's one-line messages; its errors are thrown
       session = await openSession(ort, backend, 'bytes' in source ? source.bytes : source.written, {
-        graphOptimizationLevel: 'basic',
+        graphOptimizationLevel: opts.optimize === false ? 'disabled' : 'basic',
         logSeverityLevel: 3,
       });
     } catch (e) {
