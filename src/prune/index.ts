@@ -146,7 +146,7 @@ export interface PruneReport {
   seconds: Record<Stage | 'total', number>;
   /** The search allocation's outcome for this size: the global start's score and the search's, and its candidates. */
   search?: { start: NetworkScore; score: NetworkScore; evaluations: number };
-  /** The pruned model against the original on (a sample of) the calibration inputs: `samples` rows, see fidelityOf. */
+  /** The pruned model against the original on (a sample of) the calibration inputs (verifiedFidelity). */
   fidelity: Fidelity;
   /** What to check before using the pruned model: groups not re-fitted for want of rows, fidelityWarnings; or none. */
   warnings: string[];

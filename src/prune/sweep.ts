@@ -16,7 +16,7 @@ import { Calibration } from '../calibration.js';
 import { Runner, type Activation, type RuntimeOptions } from '../capture/index.js';
 import { GramAccumulator } from '../kernels/gram.js';
 import { getKernels, type KernelOptions } from '../kernels/instances.js';
-import { selectChannels } from '../select/greedy.js';
+import { refitRowsShort, selectChannels } from '../select/greedy.js';
 import { biasSite } from '../rewrite/bias.js';
 import { pruneGroups } from '../rewrite/index.js';
 
@@ -312,6 +312,8 @@ export async function refitSweep(
     const s = siteOf(model, orig, keeps, name, opts);
     if (!s) continue;
     let fit = await fitOnce(model, original, s, calib, opts);
+    // fewer rows than columns: underdetermined, the consumer keeps its weights (as prune does, refitRowsShort)
+    if (refitRowsShort({ id: name, d: s.c.d }, fit.rows, calib.rows, calib.distinctSamples())) continue;
     const relu = s.relu && fit.rows >= RELU_ROWS * s.c.d ? (opts.relu ?? 0) : 0;
     for (let i = 0; i < relu; i++) fit = await fitOnce(model, original, s, calib, opts, fit);
     const { group, t } = s;
