@@ -289,7 +289,16 @@ describe('bad input: exit 2 and one line that says what is wrong and what to do'
       () => prune(LENET, undefined, '--report', at('no/such/r.json')),
       /cannot write .*no\/such\/r\.json/,
     ],
-    ['an unknown flag', () => ['prune', LENET, '--calibration', 'x'], /Unknown option '--calibration'/],
+    [
+      'an unknown flag',
+      () => ['prune', LENET, '--calibration', 'x'],
+      /unknown option --calibration; did you mean --calib\?/,
+    ],
+    [
+      'an unknown short flag',
+      () => ['prune', LENET, '-c', '4'],
+      /unknown option -c; did you mean --calib, --compression\?/,
+    ],
     ['an unknown command', () => ['shrink', LENET], /unknown command 'shrink'/],
   ];
   it.each(cases)('%s', async (_, args, message) => {

@@ -51,6 +51,23 @@ Global options:
   --debug    show the stack trace of an error
   -h, --help this help`;
 
+/**
+ * node:util's parse error in the CLI's words: an unknown option names the flags of the command's help that begin with
+ * the same letters ('-c' → --calib, --compression), instead of node's advice on positionals starting with '-'.
+ */
+export function parseError(message: string, help: string): string {
+  const unknown = /^Unknown option '(-{1,2})([^'=]+)/.exec(message);
+  if (!unknown) return message;
+  const given = unknown[2]!,
+    flags = [...new Set(help.match(/--[a-z][a-z0-9-]*/g) ?? [])];
+  // the longest prefix (up to 3 letters) that some flag shares: '--jsn' → --json, '--labl' → --labels
+  const near = [3, 2, 1]
+    .map((n) => flags.filter((f) => f.slice(2).startsWith(given.slice(0, n))))
+    .find((fs) => fs.length > 0);
+  const hint = near && near.length <= 4 ? `; did you mean ${near.join(', ')}?` : '';
+  return `unknown option ${unknown[1]}${given}${hint}`;
+}
+
 /** Runs one command; returns the exit code (the CLI entry, `cli`, sets it; tests call this directly). */
 export async function main(argv: string[]): Promise<number> {
   const debug = argv.includes('--debug');
@@ -80,7 +97,7 @@ export async function main(argv: string[]): Promise<number> {
       return e.code === 'bad-input' ? EXIT_BAD_INPUT : EXIT_INTERNAL;
     }
     if (err.code?.startsWith?.('ERR_PARSE_ARGS')) {
-      console.error(`subprune ${name}: ${err.message} (subprune ${name} --help)`);
+      console.error(`subprune ${name}: ${parseError(err.message, cmd.help)} (subprune ${name} --help)`);
       return EXIT_BAD_INPUT;
     }
     if (!debug)
