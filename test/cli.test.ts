@@ -319,7 +319,7 @@ describe('too few calibration samples for a re-fit', () => {
     expect(r.err).toMatch(
       new RegExp(
         'warning: .*few\\.onnx: group /conv2/Conv: the 64 calibration samples give 64 rows of its consumer input, ' +
-          'fewer than its d = 400 columns, .*keeps its weights \\(as with --no-refit\\); give at least 400 distinct',
+          'fewer than its d = 400 columns, .*are only sliced \\(as with --no-refit\\); give at least 400 distinct',
       ),
     );
   });

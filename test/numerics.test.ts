@@ -13,9 +13,9 @@ import {
 } from '../src/onnx/index.js';
 import { encodeNpy, npyFromBytes, openNpy, type NpyFile } from '../src/npy.js';
 import { prune, type Mode } from '../src/prune/index.js';
-import { analyze } from '../src/graph/analyze.js';
+import { analyze, consumerWeightMatrix } from '../src/graph/analyze.js';
 import { Runner } from '../src/capture/index.js';
-import { measuredObjective, relDiff } from './objective.js';
+import { consumerObjectives, measuredObjective, relDiff } from './objective.js';
 
 // Numerically awkward inputs through the whole pipeline, checked against onnxruntime: channels that are always zero,
 // duplicated or constant, activations of rank far below d, k from one channel to all, and a float16 model.
@@ -157,6 +157,45 @@ describe('activations of low rank', () => {
     expect([...b1]).toEqual(keptOut.map((o) => b0[o]!));
     expect(finiteObjectives(report)).toBe(true);
     expect((await outputs(pruned, few)).every(Number.isFinite)).toBe(true);
+  });
+
+  it('a consumer with fewer rows than columns is only sliced; another consumer of its group is re-fitted', async () => {
+    // MobileNet's block 6: its 160 expanded channels feed the squeeze-and-excitation's fc1 through a global average
+    // pool (one row per sample: 64 rows, 160 columns) and the project conv (a row per pixel)
+    const mobile = readModel('models/mobilenet.onnx'),
+      few = calib(64),
+      group = analyze(mobile, [1, 1, 28, 28]).groups.find((u) => u.id === '/blocks/blocks.6/expand/Conv')!;
+    const [fc1, project] = ['/blocks/blocks.6/se/fc1/Conv', '/blocks/blocks.6/project/Conv'].map((name) =>
+      group.consumers.findIndex((c) => c.node.name === name),
+    );
+    const { model: pruned, report } = await prune(mobile, few, {
+      budget: { keep: { [group.id]: 40 } },
+      mode: 'layerwise',
+      biasRefit: false,
+    });
+    const u = report.groups.find((x) => x.id === group.id)!;
+    expect(u.warning).toMatch(/\(consumer \/blocks\/blocks\.6\/se\/fc1\/Conv\): .* 64 rows .* d = 160 columns/);
+    expect(u.warning).not.toMatch(/project/);
+    const keep = [...u.order].sort((x, y) => x - y),
+      after = analyze(pruned, [1, 1, 28, 28]).groups.find((x) => x.id === group.id)!;
+    const W = after.consumers.map((c) => consumerWeightMatrix(pruned, c)),
+      sliced = group.consumers.map((c) => {
+        const W0 = consumerWeightMatrix(mobile, c),
+          out = new Float64Array(keep.length * c.m);
+        keep.forEach((ch, i) => out.set(W0.subarray(ch * c.m, (ch + 1) * c.m), i * c.m));
+        return out;
+      });
+    // fc1 keeps the original's rows of the kept channels; the project conv is re-fitted
+    expect([...W[fc1!]!]).toEqual([...sliced[fc1!]!].map(Math.fround));
+    expect(relDiff(W[project!]!, sliced[project!]!)).toBeGreaterThan(0.01);
+    // each consumer's objective as onnxruntime measures it (with only its own weights replaced) is the reported one,
+    // and the re-fit beats slicing the project conv
+    const measured = await consumerObjectives(mobile, group, keep, W, few),
+      ifSliced = await consumerObjectives(mobile, group, keep, sliced, few);
+    group.consumers.forEach((c, i) =>
+      expect(Math.abs(measured[i]! - u.consumers[i]!.objective), c.node.name).toBeLessThan(1e-3),
+    );
+    expect(measured[project!]).toBeGreaterThan(ifSliced[project!]! + 0.01);
   });
 
   it('repeated samples count once: 2 samples repeated 256 times are not fitted', async () => {

@@ -241,25 +241,25 @@ async function keepsFor(
 type SampleCount = Pick<Calibration, 'rows' | 'distinctSamples'>;
 
 /**
- * Why the group cannot be re-fitted (its consumers keep their weights, as with --no-refit), or undefined: each
- * consumer's least squares needs as many rows of its input as it has columns.
+ * Per consumer, why it cannot be re-fitted (its weights are then only sliced, its bias alone re-fitted), or
+ * undefined: a consumer's least squares needs as many rows of its input as it has columns.
  */
-function refitShort(group: Group, grams: Captured[], calib: SampleCount, refit: boolean): string | undefined {
-  if (!refit) return undefined;
-  const why = group.consumers.map((c, i) =>
-    refitRowsShort(
-      { id: group.consumers.length > 1 ? `${group.id} (consumer ${c.node.name})` : group.id, d: c.d },
-      grams[i]!.rows,
-      calib.rows,
-      calib.distinctSamples(),
-    ),
+function refitShort(group: Group, grams: Captured[], calib: SampleCount, refit: boolean): (string | undefined)[] {
+  return group.consumers.map((c, i) =>
+    refit
+      ? refitRowsShort(
+          { id: group.consumers.length > 1 ? `${group.id} (consumer ${c.node.name})` : group.id, d: c.d },
+          grams[i]!.rows,
+          calib.rows,
+          calib.distinctSamples(),
+        )
+      : undefined,
   );
-  return why.find((w) => w !== undefined);
 }
 
-/** The options a group is ranked and planned with: without the re-fit when its rows are short (refitShort). */
-const optionsFor = (opts: SizesOptions, short: string | undefined): SizesOptions =>
-  short ? { ...opts, refit: false } : opts;
+/** The warning of a group with consumers too short to re-fit (refitShort), if any. */
+const shortWarning = (short: (string | undefined)[]): string | undefined =>
+  short.some((w) => w) ? short.filter((w) => w).join('; ') : undefined;
 
 /** A group's plan and report keeping the first k channels of its ranking. */
 function planGroup(r: Ranked, grams: Captured[], k: number, opts: SizesOptions): { plan: PrunePlan; report: Selected } {
@@ -290,10 +290,18 @@ function selectGroupPlan(
 ): { plan: PrunePlan; report: Selected } {
   const t = performance.now();
   const short = refitShort(group, grams, calib, opts.refit ?? true),
-    how = optionsFor(opts, short);
-  const chosen = planGroup(rankGroup(model, group, grams, how, k), grams, k, how);
+    warning = shortWarning(short);
+  const ranked = rankGroup(
+      model,
+      group,
+      grams,
+      opts,
+      k,
+      short.map((w) => w !== undefined),
+    ),
+    chosen = planGroup(ranked, grams, k, opts);
   const seconds = (performance.now() - t) / 1000;
-  return { ...chosen, report: { ...chosen.report, seconds, ...(short ? { warning: short } : {}) } };
+  return { ...chosen, report: { ...chosen.report, seconds, ...(warning ? { warning } : {}) } };
 }
 
 interface Pruned {
@@ -307,8 +315,8 @@ interface Ranking {
   ranked: Ranked[];
   /** Each group's ranking seconds (charged to the first size's group reports). */
   seconds: number[];
-  /** Why a group is not re-fitted (refitShort), per group. */
-  short: (string | undefined)[];
+  /** Per group, the warning for its consumers that are not re-fitted (refitShort). */
+  warnings: (string | undefined)[];
 }
 
 /**
@@ -341,16 +349,19 @@ async function rankLayerwise(
   const short = groups.map((u) => refitShort(u, grams.get(u.id)!, count, opts.refit ?? true));
   const ranked = groups.map((u, i) => {
     progress('select', i, groups.length);
-    const t = performance.now();
+    const t = performance.now(),
+      sliced = short[i]!.map((w) => w !== undefined);
     const r = clock.time('select', () => {
       const k = Math.max(...keeps.keeps.map((m) => m.get(u.id)!));
-      return keeps.ranked?.[i] ?? rankGroup(model, u, grams.get(u.id)!, optionsFor(opts, short[i]), k);
+      // the allocation's ranking serves unless a consumer is too short to steer it
+      const shared = sliced.some((x) => x) ? undefined : keeps.ranked?.[i];
+      return shared ?? rankGroup(model, u, grams.get(u.id)!, opts, k, sliced);
     });
     seconds.push((performance.now() - t) / 1000);
     return r;
   });
   progress('select', groups.length, groups.length);
-  return { grams, ranked, seconds, short };
+  return { grams, ranked, seconds, warnings: short.map(shortWarning) };
 }
 
 /** One size from the shared ranking: each group's first k channels re-fitted, one rewrite. */
@@ -363,9 +374,9 @@ function pruneRanked(
 ): Pruned {
   const chosen = ranking.ranked.map((r, i) =>
     clock.time('select', () => {
-      const short = ranking.short[i],
-        c = planGroup(r, ranking.grams.get(r.group.id)!, keeps.get(r.group.id)!, optionsFor(opts, short));
-      return short ? { ...c, report: { ...c.report, warning: short } } : c;
+      const warning = ranking.warnings[i],
+        c = planGroup(r, ranking.grams.get(r.group.id)!, keeps.get(r.group.id)!, opts);
+      return warning ? { ...c, report: { ...c.report, warning } } : c;
     }),
   );
   const plans = chosen.map((c) => c.plan);

@@ -20,21 +20,30 @@ export interface Ranked {
   /** Each consumer's weights for the group as the d×m matrix the selection saw. */
   W: Float64Array[];
   sel: GroupSelection;
+  /**
+   * Per consumer: fewer calibration rows than columns (refitRowsShort), so its weights are only sliced, and its gains
+   * do not steer the greedy while another consumer's can.
+   */
+  sliced?: readonly boolean[];
   /** With --refine: the problems the swaps need, and the refined set per k (computed on first use). */
   refine?: { rounds: number; problems: LayerProblem[]; opts: KernelOptions; at: Map<number, Refined> };
 }
 
 /**
  * The method's order of `group`'s channels (the first k; default all), run through selectGroup. `model` holds the
- * consumer weights the selection fits; `captured` each consumer's Gram matrices and channel statistics.
+ * consumer weights the selection fits; `captured` each consumer's Gram matrices and channel statistics; `sliced` the
+ * consumers with too few rows to re-fit (Ranked.sliced): when all are, the group is ranked as with --no-refit.
  */
 export function rankGroup(
   model: Model,
   group: Group,
   captured: Captured[],
-  how: MethodOptions & KernelOptions & FitOptions = {},
+  options: MethodOptions & KernelOptions & FitOptions = {},
   k = group.channels,
+  sliced?: readonly boolean[],
 ): Ranked {
+  const some = sliced?.some((x) => x) ? sliced : undefined,
+    how = some?.every((x) => x) ? { ...options, refit: false } : options;
   const W = group.consumers.map((c) => consumerWeightMatrix(model, c));
   const inputs = group.consumers.map((c, i) => ({
     n: group.channels,
@@ -52,6 +61,7 @@ export function rankGroup(
     return {
       ...{ d: c.d, m: c.m, g: c.g, G: gram.G, C: gram.C, H: gram.H, CW: gram.CW, targetNorm2: gram.targetNorm2 },
       W: W[i]!,
+      ...(some?.[i] ? { ranks: false } : {}),
       ...(intercept
         ? {
             intercept: {
@@ -67,7 +77,8 @@ export function rankGroup(
   const kernels = { kernels: how.kernels, threads: how.threads };
   const sel = selectGroup(problems, k, { ...kernels, order });
   const rounds = how.refit === false ? 0 : (how.refine ?? 0);
-  return { group, W, sel, ...(rounds > 0 ? { refine: { rounds, problems, opts: kernels, at: new Map() } } : {}) };
+  const refine = rounds > 0 ? { refine: { rounds, problems, opts: kernels, at: new Map() } } : {};
+  return { group, W, sel, ...(some ? { sliced: some } : {}), ...refine };
 }
 
 /** The swaps' result at k (undefined without --refine, or at k = 0 or all channels, where no swap exists). */
@@ -89,9 +100,10 @@ const selectionAt = (r: Ranked, k: number): GroupSelection => refinedAt(r, k)?.s
  */
 export function planOf(r: Ranked, k: number, refit: boolean, fitted = false): PrunePlan {
   const fit = selectionAt(r, k).refit(k);
-  const keepW = !refit || (fitted && k === r.group.channels);
-  const bias = fit.bias.some((b) => b) ? { bias: fit.bias } : {};
-  return { group: r.group, keep: fit.keep, ...(keepW ? {} : { W: fit.W, ...bias }) };
+  const keepW = !refit || (fitted && k === r.group.channels) || r.sliced?.every((x) => x);
+  const W = fit.W.map((w, t) => (r.sliced?.[t] ? undefined : w)),
+    bias = fit.bias.map((b, t) => (r.sliced?.[t] ? undefined : b));
+  return { group: r.group, keep: fit.keep, ...(keepW ? {} : { W, ...(bias.some((b) => b) ? { bias } : {}) }) };
 }
 
 /** Each consumer's d×m weights of that plan with zero rows for the pruned channels: the same consumer outputs. */
@@ -110,12 +122,16 @@ export function paddedWeights(r: Ranked, k: number, refit: boolean): Float64Arra
 
 /**
  * Each consumer's 1 − relative error of its input with the first k channels: re-fitted (the selection's objective),
- * or with the weights sliced. The group's objective is their mean.
+ * or with the weights sliced (all with --no-refit, those of `r.sliced` otherwise). The group's objective is their
+ * mean.
  */
 export function objectivesOf(r: Ranked, grams: Gram[], k: number, refit: boolean): number[] {
-  if (refit) return selectionAt(r, k).consumers.map((o) => (k ? o[k - 1]! : 0));
-  const keep = r.sel.refit(k).keep;
-  return r.group.consumers.map((c, t) => slicedObjective(c, grams[t]!, r.W[t]!, keep, r.sel.norm2[t]!));
+  const fitted = selectionAt(r, k).consumers.map((o) => (k ? o[k - 1]! : 0));
+  if (refit && !r.sliced) return fitted;
+  const keep = selectionAt(r, k).refit(k).keep;
+  return r.group.consumers.map((c, t) =>
+    refit && !r.sliced?.[t] ? fitted[t]! : slicedObjective(c, grams[t]!, r.W[t]!, keep, r.sel.norm2[t]!),
+  );
 }
 
 export const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;

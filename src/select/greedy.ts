@@ -31,6 +31,11 @@ export interface LayerProblem {
   /** d×m, row-major. */
   W: Float64Array;
   /**
+   * Whether this consumer's gains count in the greedy's choice of a group's channels (default true): false for a
+   * consumer whose Gram matrix has fewer rows than columns, where every set of rows/g channels fits exactly.
+   */
+  ranks?: boolean;
+  /**
    * The intercept (DESIGN.md, "The intercept"): B gains a column of ones that every selection keeps, so the re-fit
    * also changes the consumer's bias. Needs B's column sums Bᵀ1, the target's column sums Aᵀ1 (asymmetric; A = B
    * otherwise) and the row count N.
@@ -150,7 +155,7 @@ export function refitRowsShort(
   return (
     `group ${group.id}: the ${given} give ${effective} rows of its consumer input, fewer than its d = ${group.d} ` +
     'columns, so a least-squares re-fit would be underdetermined (it would fit these samples and fail on others): ' +
-    `its consumer keeps its weights (as with --no-refit); give at least ${need} distinct samples to re-fit it`
+    `its weights are only sliced (as with --no-refit); give at least ${need} distinct samples to re-fit them`
   );
 }
 
@@ -478,7 +483,9 @@ function greedy(K: Kernels, problems: LayerProblem[], n: number, k: number, opts
     sum = A.f64(sumPtr, n);
   for (let c = 0; c < n; c++) chan[c] = c;
   // each consumer's gains count as its share of its own ‖A_c W_c‖² (one consumer: its gains as they are)
-  const weights = factors.map((f) => (factors.length > 1 && f.norm2 > 0 ? 1 / f.norm2 : 1));
+  const weights = factors.map((f, i) =>
+    problems[i]!.ranks === false ? 0 : factors.length > 1 && f.norm2 > 0 ? 1 / f.norm2 : 1,
+  );
   const combine = (nrem: number) => {
     if (factors.length === 1) return;
     sum.fill(0, 0, nrem);
