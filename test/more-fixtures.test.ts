@@ -266,7 +266,7 @@ describe.each([
       expect(relDiff(got.sums!, sums)).toBeLessThan(1e-5);
     });
 
-    it('its layerwise re-fit is the least squares of the original outputs on the kept channels, with an intercept', async () => {
+    it('its layerwise re-fit: least squares of the original outputs on the kept channels, intercept', async () => {
       const m = readModel(path),
         data = openNpy(calibPath);
       const consumed = analyze(m, Calibration.of(m, data).shapes).groups.find((g) =>
