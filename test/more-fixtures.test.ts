@@ -142,6 +142,18 @@ const CASES = [
     calib: `${FIX}/more-conformer-conv.calib.npy`,
     groups: [[16, 1, 1]],
   },
+  // a 1-D encoder-decoder: 1-D MaxPool, AveragePool (after a Pad) and a BatchNormalization kept after a
+  // ConvTranspose1d; ConvTranspose1d as producer and as consumer (its input pixels: 1 column per channel)
+  {
+    model: `${FIX}/more-unet1d.onnx`,
+    calib: `${FIX}/more-unet1d.calib.npy`,
+    groups: [
+      [8, 1, 3],
+      [16, 1, 1],
+      [8, 1, 1],
+      [8, 1, 1],
+    ],
+  },
 ];
 
 /** The first output of `model` on the first n samples, by ONNX's semantics (no graph optimizations). */
