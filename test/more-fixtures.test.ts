@@ -1,17 +1,16 @@
 import { describe, it, expect } from 'vitest';
 import * as ort from 'onnxruntime-node';
-import { readModel, serializeModel, type Model } from '../src/onnx/index.js';
+import { readModel, serializeModel, tensorToFloat32, type Model } from '../src/onnx/index.js';
 import { openNpy, type NpyFile } from '../src/npy.js';
 import { Calibration } from '../src/calibration.js';
 import { analyze } from '../src/graph/analyze.js';
-import { inferShapes } from '../src/graph/shapes.js';
+import { constantTensors, inferShapes } from '../src/graph/shapes.js';
 import { pruneGroups } from '../src/rewrite/index.js';
 import { prune } from '../src/prune/index.js';
+import { refitSweep } from '../src/prune/sweep.js';
+import { captureGrams } from '../src/capture/index.js';
 import { randomKeep, rng, run, zeroDroppedInputs } from './graph-helpers.js';
 import { relDiff } from './objective.js';
-import { captureGrams } from '../src/capture/index.js';
-import { constantTensors } from '../src/graph/shapes.js';
-import { tensorToFloat32 } from '../src/onnx/index.js';
 import { channelCols, gramOf, leastSquares, withOnes, type Mat } from './oracle.js';
 
 // Export patterns found on architectures the other fixtures do not cover (test/fixtures/make-more.py, torch's default
@@ -20,7 +19,8 @@ import { channelCols, gramOf, leastSquares, withOnes, type Mat } from './oracle.
 // Shape of the scores), nn.MultiheadAttention (the batch merged with the heads: bsz · heads), an FPN upsampling to
 // another level's size (Resize whose sizes are computed from shapes), PixelShuffle, and torchvision's Swin
 // (shifted-window masks by ScatterND, Mod, a Pad whose pads are a reversed, transposed shape tensor), YOLOv5's SPPF
-// (one group's channels four times in a Concat). Oracle:
+// (one group's channels four times in a Concat), 1-D convolutions (Whisper's front end, a TCN, Conformer's conv module,
+// a 1-D U-Net with ConvTranspose1d). Oracle:
 // onnxruntime running the original with the dropped channels' consumer inputs zeroed, which is what removing a head
 // or neuron means. The models run with onnxruntime's graph optimizations off: its ReshapeFusion replaces a shape
 // computed from Shape nodes by 0 and -1 entries, which hides a wrong shape entry (a pruned GPT-2's head_dim) that
@@ -305,20 +305,57 @@ describe.each([
           T.a[r * outs.length + j] = v;
         });
       const cols = channelCols(keep, k),
-        d = cols.length,
-        BS: Mat = { rows: B.rows, cols: d, a: new Float64Array(B.rows * d) };
-      for (let r = 0; r < B.rows; r++) cols.forEach((c, j) => (BS.a[r * d + j] = B.a[r * B.cols + c]!));
-      const X = leastSquares(withOnes(BS), T, [d, ...Array.from({ length: d }, (_, i) => i)]),
-        m2 = outs.length;
-      expect(relDiff(after.W, X.slice(m2))).toBeLessThan(2e-3);
+        want = fitWithIntercept(B, cols, T);
+      expect(relDiff(after.W, want.W)).toBeLessThan(2e-3);
       const delta = Array.from(after.bias, (b, j) => b - before.bias[outs[j]!]!);
-      expect(relDiff(delta, X.slice(0, m2))).toBeLessThan(2e-3);
+      expect(relDiff(delta, want.bias)).toBeLessThan(2e-3);
       // the weights changed: not the original's rows of the kept channels
       const sliced = cols.flatMap((c) => outs.map((o) => before.W[c * before.m + o]!));
       expect(relDiff(after.W, sliced)).toBeGreaterThan(1e-2);
     });
+
+    it("--sweep's re-fit: least squares of the original outputs on the pruned model's input", async () => {
+      const m = readModel(path),
+        data = openNpy(calibPath);
+      const { model: pruned, report } = await prune(m, data, { budget: { keepRatio: 0.5 }, mode: 'layerwise' });
+      const keeps = new Map(report.groups.map((g) => [g.id, [...g.order].sort((a, b) => a - b)]));
+      const swept = await refitSweep(m, pruned, keeps, Calibration.of(pruned, data), {
+        intercept: true,
+        only: (n) => n === consumer,
+      });
+      const B = await oracleInput(pruned, data),
+        output = m.graph!.node.find((n) => n.name === consumer)!.output[0]!,
+        dims = data.shape;
+      const y = (await run(m, { data: data.readF32(0, dims[0]!), dims }, [output])).get(output)!;
+      data.close();
+      const made = report.groups.find((g) => g.producers.includes(consumer)),
+        [N, M, L] = y.dims as [number, number, number],
+        outs = made ? keeps.get(made.id)! : Array.from({ length: M }, (_, i) => i);
+      // T: the original model's outputs (bias included) of the kept output channels, a row per sample and position
+      const T: Mat = { rows: N * L, cols: outs.length, a: new Float64Array(N * L * outs.length) };
+      for (let s = 0; s < N; s++)
+        for (let t = 0; t < L; t++)
+          outs.forEach((o, j) => (T.a[(s * L + t) * outs.length + j] = y.data[(s * M + o) * L + t]!));
+      const want = fitWithIntercept(
+          B,
+          Array.from({ length: B.cols }, (_, i) => i),
+          T,
+        ),
+        got = convMatrix(swept, consumer);
+      expect(relDiff(got.W, want.W)).toBeLessThan(2e-3);
+      expect(relDiff(got.bias, want.bias)).toBeLessThan(2e-3);
+    });
   },
 );
+
+/** min ‖B_cols W + 1 biasᵀ − T‖ by QR of [1 | B_cols] in float64 (oracle.ts's least squares). */
+function fitWithIntercept(B: Mat, cols: number[], T: Mat): { W: Float64Array; bias: Float64Array } {
+  const d = cols.length,
+    BS: Mat = { rows: B.rows, cols: d, a: new Float64Array(B.rows * d) };
+  for (let r = 0; r < B.rows; r++) cols.forEach((c, j) => (BS.a[r * d + j] = B.a[r * B.cols + c]!));
+  const X = leastSquares(withOnes(BS), T, [d, ...Array.from({ length: d }, (_, i) => i)]);
+  return { W: X.slice(T.cols), bias: X.slice(0, T.cols) };
+}
 
 describe("Whisper's attention", () => {
   it('refuses the heads: the scale (C // heads) ** -0.25 reads their count from a Shape, as a float', () => {
