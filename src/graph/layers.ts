@@ -210,9 +210,8 @@ const MatMul: Layer = {
  * ConvTranspose (group 1): weight [C_in, C_out, kh, kw] (1-D: [C_in, C_out, k]). Each input pixel's C_in values
  * times the weight as a C_in × (C_out·kh·kw) matrix give that pixel's contributions to the output, which overlapping
  * windows then add up: as a consumer, B's rows are its input pixels (a 1×1 im2col), g = 1 per input channel, W the
- * weight as it is stored;
- * the objective is the error of those contributions, exact for the output when stride ≥ kernel (no overlap, as in
- * DBNet's heads), and an upper bound on it (times the overlap) otherwise.
+ * weight as it is stored; the objective is the error of those contributions, exact for the output when stride ≥
+ * kernel (no overlap, as in DBNet's heads), and an upper bound on it (times the overlap) otherwise.
  */
 const ConvTranspose: Layer = {
   biasInput: { input: 2 },

@@ -1135,18 +1135,7 @@ function floatCasts(ctx: ChainContext, name: string, depth = 0): NodeProto[] {
 }
 
 /** Integer ops through which exporters compute shapes and values from a Shape. */
-const SHAPE_OPS = new Set([
-  'Gather',
-  'Slice',
-  'Squeeze',
-  'Unsqueeze',
-  'Concat',
-  'Identity',
-  'Div',
-  'Mul',
-  'Add',
-  'Sub',
-]);
+const SHAPE_OPS = new Set('Gather Slice Squeeze Unsqueeze Concat Identity Div Mul Add Sub'.split(' '));
 
 const FLOAT_TYPES = new Set<number>([DataType.FLOAT, DataType.FLOAT16, DataType.DOUBLE, DataType.BFLOAT16]);
 
