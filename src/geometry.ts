@@ -3,7 +3,10 @@
 import { badInput } from './errors.js';
 import { attrInt, attrInts, attrString, type NodeProto } from './onnx/index.js';
 
-/** A 2-D Conv consumer's geometry: B's rows are its input patches. */
+/**
+ * A Conv consumer's geometry: B's rows are its input patches. Always 2-D: a 1-D Conv (input [b, C, L], weight
+ * [m, C, k]) is the 2-D one over [b, C, 1, L] with kernel [1, k] (convGeometry lifts it, planeDims its input).
+ */
 export interface ConvGeometry {
   kernel: [number, number];
   strides: [number, number];
@@ -30,6 +33,40 @@ export function patchGrid(geo: ConvGeometry, H: number, W: number): [number, num
     windowCount(H, kernel[0], strides[0], pads[0], pads[2], dilations[0]),
     windowCount(W, kernel[1], strides[1], pads[1], pads[3], dilations[1]),
   ];
+}
+
+/** Columns of B per input channel: the kernel's kh·kw taps. */
+export const patchSize = (geo: ConvGeometry) => geo.kernel[0] * geo.kernel[1];
+
+/**
+ * A Conv's input [b, C, H, W] as its geometry sees it: a 1-D Conv's [b, C, L] is [b, C, 1, L]. Throws for other
+ * ranks (the layer table refuses those consumers).
+ */
+export function planeDims(dims: readonly number[]): [number, number, number, number] {
+  if (dims.length === 3) return [dims[0]!, dims[1]!, 1, dims[2]!];
+  if (dims.length === 4) return [dims[0]!, dims[1]!, dims[2]!, dims[3]!];
+  throw new RangeError(`a Conv input [${dims.join(', ')}] is neither [b, C, L] nor [b, C, H, W]`);
+}
+
+/**
+ * The geometry of a Conv node over its input's spatial size (1 or 2 axes) with kernel `kernel`, 1-D lifted to 2-D
+ * with H = 1; undefined for other ranks.
+ */
+export function convGeometry(
+  node: NodeProto,
+  spatial: readonly number[],
+  kernel: readonly number[],
+): ConvGeometry | undefined {
+  if (spatial.length !== kernel.length || (spatial.length !== 1 && spatial.length !== 2)) return undefined;
+  const { strides: s, pads: p, dilations: dl } = windowGeometry(node, spatial, kernel);
+  if (spatial.length === 1)
+    return { kernel: [1, kernel[0]!], strides: [1, s[0]!], pads: [0, p[0]!, 0, p[1]!], dilations: [1, dl[0]!] };
+  return {
+    kernel: [kernel[0]!, kernel[1]!],
+    strides: [s[0]!, s[1]!],
+    pads: [p[0]!, p[1]!, p[2]!, p[3]!],
+    dilations: [dl[0]!, dl[1]!],
+  };
 }
 
 /** Begin/end pads of a Conv or pool, auto_pad resolved from the input's spatial size; ONNX order [b1, .., e1, ..]. */

@@ -1,14 +1,17 @@
 import { describe, it, expect } from 'vitest';
 import * as ort from 'onnxruntime-node';
-import { readModel, serializeModel, type Model } from '../src/onnx/index.js';
+import { readModel, serializeModel, tensorToFloat32, type Model } from '../src/onnx/index.js';
 import { openNpy, type NpyFile } from '../src/npy.js';
 import { Calibration } from '../src/calibration.js';
 import { analyze } from '../src/graph/analyze.js';
-import { inferShapes } from '../src/graph/shapes.js';
+import { constantTensors, inferShapes } from '../src/graph/shapes.js';
 import { pruneGroups } from '../src/rewrite/index.js';
 import { prune } from '../src/prune/index.js';
-import { randomKeep, rng, zeroDroppedInputs } from './graph-helpers.js';
+import { refitSweep } from '../src/prune/sweep.js';
+import { captureGrams } from '../src/capture/index.js';
+import { randomKeep, rng, run, zeroDroppedInputs } from './graph-helpers.js';
 import { relDiff } from './objective.js';
+import { channelCols, gramOf, leastSquares, withOnes, type Mat } from './oracle.js';
 
 // Export patterns found on architectures the other fixtures do not cover (test/fixtures/make-more.py, torch's default
 // export settings): a GPT-2-style decoder (position ids from a Range, a causal mask by Where, head_dim computed at run
@@ -16,7 +19,8 @@ import { relDiff } from './objective.js';
 // Shape of the scores), nn.MultiheadAttention (the batch merged with the heads: bsz · heads), an FPN upsampling to
 // another level's size (Resize whose sizes are computed from shapes), PixelShuffle, and torchvision's Swin
 // (shifted-window masks by ScatterND, Mod, a Pad whose pads are a reversed, transposed shape tensor), YOLOv5's SPPF
-// (one group's channels four times in a Concat). Oracle:
+// (one group's channels four times in a Concat), 1-D convolutions (Whisper's front end, a TCN, Conformer's conv module,
+// a 1-D U-Net with ConvTranspose1d). Oracle:
 // onnxruntime running the original with the dropped channels' consumer inputs zeroed, which is what removing a head
 // or neuron means. The models run with onnxruntime's graph optimizations off: its ReshapeFusion replaces a shape
 // computed from Shape nodes by 0 and -1 entries, which hides a wrong shape entry (a pruned GPT-2's head_dim) that
@@ -107,6 +111,49 @@ const CASES = [
       [16, 1, 1],
     ],
   },
+  // Conv1d (input [b, C, L], weight [m, C, k]): Whisper's front end, its first conv's channels read by the strided
+  // second conv (3 taps each); the MLP's neurons. Refused: the residual stream (LayerNorm) and the heads (the scale
+  // (C // heads) ** -0.25 is computed from q's shape at run time, so pruning heads would change it)
+  {
+    model: `${FIX}/more-whisper.onnx`,
+    calib: `${FIX}/more-whisper.calib.npy`,
+    groups: [
+      [16, 1, 3],
+      [64, 1, 1],
+    ],
+  },
+  // a TCN: each block's first conv read by its dilated causal second conv (the padding cut by a Slice on the time
+  // axis); the residual stream of the three blocks and the 1×1 downsample, read by the next blocks' convs and, through
+  // a Gather of the last time step, the Linear
+  {
+    model: `${FIX}/more-tcn.onnx`,
+    calib: `${FIX}/more-tcn.calib.npy`,
+    groups: [
+      [8, 1, 3],
+      [8, 4, 3, 1],
+      [8, 1, 3],
+      [8, 1, 3],
+    ],
+  },
+  // Conformer's conv module: the pointwise conv's halves joined by GLU (Split, Sigmoid, Mul), through the depthwise
+  // Conv1d to the second pointwise conv
+  {
+    model: `${FIX}/more-conformer-conv.onnx`,
+    calib: `${FIX}/more-conformer-conv.calib.npy`,
+    groups: [[16, 1, 1]],
+  },
+  // a 1-D encoder-decoder: 1-D MaxPool, AveragePool (after a Pad) and a BatchNormalization kept after a
+  // ConvTranspose1d; ConvTranspose1d as producer and as consumer (its input pixels: 1 column per channel)
+  {
+    model: `${FIX}/more-unet1d.onnx`,
+    calib: `${FIX}/more-unet1d.calib.npy`,
+    groups: [
+      [8, 1, 3],
+      [16, 1, 1],
+      [8, 1, 1],
+      [8, 1, 1],
+    ],
+  },
 ];
 
 /** The first output of `model` on the first n samples, by ONNX's semantics (no graph optimizations). */
@@ -159,5 +206,164 @@ describe.each(CASES)('$model', ({ model: path, calib, groups: expected }) => {
     expect(report.params.after).toBeLessThan(report.params.before);
     expect((await outputs(pruned, data, 4)).every(Number.isFinite)).toBe(true);
     data.close();
+  });
+});
+
+// A Conv1d consumer (input [b, C, L], weight [m, C, k]) against a float64 oracle: its input as onnxruntime computes it,
+// patches built here from the definition of a 1-D convolution (stride, dilation, zero padding), G = BᵀB and the
+// layerwise re-fit (with its intercept) by least squares on those patches.
+
+/** Patches of x [N, C, L] for a kernel of k taps: a row per sample and output position, columns c·k + j. */
+function patches1d(x: Float32Array, [N, C, L]: number[], k: number, stride: number, pad: number, dil: number): Mat {
+  const out = Math.floor((L + 2 * pad - dil * (k - 1) - 1) / stride) + 1,
+    d = C * k,
+    a = new Float64Array(N * out * d);
+  for (let s = 0; s < N; s++)
+    for (let t = 0; t < out; t++)
+      for (let c = 0; c < C; c++)
+        for (let j = 0; j < k; j++) {
+          const at = t * stride - pad + j * dil;
+          if (at >= 0 && at < L) a[(s * out + t) * d + c * k + j] = x[(s * C + c) * L + at]!;
+        }
+  return { rows: N * out, cols: d, a };
+}
+
+/** A Conv's weight as the d×m matrix W (its [m, C, k] transposed) and its bias. */
+function convMatrix(model: Model, name: string): { W: Float64Array; bias: Float32Array; m: number } {
+  const node = model.graph!.node.find((n) => n.name === name)!,
+    consts = constantTensors(model.graph!);
+  const { dims, data } = tensorToFloat32(consts.get(node.input[1]!)!),
+    m = dims[0]!,
+    d = data.length / m,
+    W = new Float64Array(d * m);
+  for (let o = 0; o < m; o++) for (let i = 0; i < d; i++) W[i * m + o] = data[o * d + i]!;
+  return { W, bias: tensorToFloat32(consts.get(node.input[2]!)!).data, m };
+}
+
+describe.each([
+  // Whisper's second conv: stride 2, padding 1
+  { model: 'more-whisper', consumer: '/conv2/Conv', k: 3, stride: 2, pad: 1, dil: 1 },
+  // a TCN block's second conv: dilation 2, causal padding (k − 1)·2 on both sides
+  { model: 'more-tcn', consumer: '/blocks/blocks.1/conv2/Conv', k: 3, stride: 1, pad: 4, dil: 2 },
+])(
+  'a Conv1d consumer ($model $consumer) against a float64 oracle',
+  ({ model: name, consumer, k, stride, pad, dil }) => {
+    const path = `${FIX}/${name}.onnx`,
+      calibPath = `${FIX}/${name}.calib.npy`;
+
+    /** The consumer's input from onnxruntime on every calibration sample, and its patches. */
+    async function oracleInput(m: Model, data: NpyFile): Promise<Mat> {
+      const input = m.graph!.node.find((n) => n.name === consumer)!.input[0]!,
+        dims = data.shape;
+      const x = (await run(m, { data: data.readF32(0, dims[0]!), dims }, [input])).get(input)!;
+      expect(x.dims.length).toBe(3);
+      return patches1d(x.data, x.dims, k, stride, pad, dil);
+    }
+
+    it('its G and column sums are those of the patches', async () => {
+      const m = readModel(path),
+        data = openNpy(calibPath),
+        calib = Calibration.of(m, data);
+      const group = analyze(m, calib.shapes).groups.find((g) => g.consumers.some((c) => c.node.name === consumer))!;
+      const at = group.consumers.findIndex((c) => c.node.name === consumer),
+        got = (await captureGrams(m, [group], calib)).get(group.id)![at]!;
+      const B = await oracleInput(m, data);
+      data.close();
+      expect([got.d, got.rows]).toEqual([B.cols, B.rows]);
+      const G = gramOf(B),
+        scale = Math.max(...G.map(Math.abs));
+      G.forEach((v, i) => expect(Math.abs(got.G[i]! - v)).toBeLessThan(1e-5 * scale));
+      const sums = new Float64Array(B.cols);
+      for (let r = 0; r < B.rows; r++) for (let j = 0; j < B.cols; j++) sums[j] += B.a[r * B.cols + j]!;
+      expect(relDiff(got.sums!, sums)).toBeLessThan(1e-5);
+    });
+
+    it('its layerwise re-fit: least squares of the original outputs on the kept channels, intercept', async () => {
+      const m = readModel(path),
+        data = openNpy(calibPath);
+      const consumed = analyze(m, Calibration.of(m, data).shapes).groups.find((g) =>
+        g.consumers.some((c) => c.node.name === consumer),
+      )!;
+      const { model: pruned, report } = await prune(m, data, { budget: { keepRatio: 0.5 }, mode: 'layerwise' });
+      const B = await oracleInput(m, data);
+      data.close();
+      const before = convMatrix(m, consumer),
+        after = convMatrix(pruned, consumer);
+      // the kept input channels (the group it consumes), the kept outputs (the group it produces, if any)
+      const sorted = (id: string) => [...report.groups.find((g) => g.id === id)!.order].sort((a, b) => a - b);
+      const keep = sorted(consumed.id);
+      const made = report.groups.find((g) => g.producers.includes(consumer));
+      const outs = made ? sorted(made.id) : Array.from({ length: before.m }, (_, i) => i);
+      expect(keep.length).toBeLessThan(B.cols / k);
+      expect(after.m).toBe(outs.length);
+      // T = B W (the original outputs, bias aside) for the kept outputs; W' and δ from [B_S | 1]
+      const T: Mat = { rows: B.rows, cols: outs.length, a: new Float64Array(B.rows * outs.length) };
+      for (let r = 0; r < B.rows; r++)
+        outs.forEach((o, j) => {
+          let v = 0;
+          for (let i = 0; i < B.cols; i++) v += B.a[r * B.cols + i]! * before.W[i * before.m + o]!;
+          T.a[r * outs.length + j] = v;
+        });
+      const cols = channelCols(keep, k),
+        want = fitWithIntercept(B, cols, T);
+      expect(relDiff(after.W, want.W)).toBeLessThan(2e-3);
+      const delta = Array.from(after.bias, (b, j) => b - before.bias[outs[j]!]!);
+      expect(relDiff(delta, want.bias)).toBeLessThan(2e-3);
+      // the weights changed: not the original's rows of the kept channels
+      const sliced = cols.flatMap((c) => outs.map((o) => before.W[c * before.m + o]!));
+      expect(relDiff(after.W, sliced)).toBeGreaterThan(1e-2);
+    });
+
+    it("--sweep's re-fit: least squares of the original outputs on the pruned model's input", async () => {
+      const m = readModel(path),
+        data = openNpy(calibPath);
+      const { model: pruned, report } = await prune(m, data, { budget: { keepRatio: 0.5 }, mode: 'layerwise' });
+      const keeps = new Map(report.groups.map((g) => [g.id, [...g.order].sort((a, b) => a - b)]));
+      const swept = await refitSweep(m, pruned, keeps, Calibration.of(pruned, data), {
+        intercept: true,
+        only: (n) => n === consumer,
+      });
+      const B = await oracleInput(pruned, data),
+        output = m.graph!.node.find((n) => n.name === consumer)!.output[0]!,
+        dims = data.shape;
+      const y = (await run(m, { data: data.readF32(0, dims[0]!), dims }, [output])).get(output)!;
+      data.close();
+      const made = report.groups.find((g) => g.producers.includes(consumer)),
+        [N, M, L] = y.dims as [number, number, number],
+        outs = made ? keeps.get(made.id)! : Array.from({ length: M }, (_, i) => i);
+      // T: the original model's outputs (bias included) of the kept output channels, a row per sample and position
+      const T: Mat = { rows: N * L, cols: outs.length, a: new Float64Array(N * L * outs.length) };
+      for (let s = 0; s < N; s++)
+        for (let t = 0; t < L; t++)
+          outs.forEach((o, j) => (T.a[(s * L + t) * outs.length + j] = y.data[(s * M + o) * L + t]!));
+      const want = fitWithIntercept(
+          B,
+          Array.from({ length: B.cols }, (_, i) => i),
+          T,
+        ),
+        got = convMatrix(swept, consumer);
+      expect(relDiff(got.W, want.W)).toBeLessThan(2e-3);
+      expect(relDiff(got.bias, want.bias)).toBeLessThan(2e-3);
+    });
+  },
+);
+
+/** min ‖B_cols W + 1 biasᵀ − T‖ by QR of [1 | B_cols] in float64 (oracle.ts's least squares). */
+function fitWithIntercept(B: Mat, cols: number[], T: Mat): { W: Float64Array; bias: Float64Array } {
+  const d = cols.length,
+    BS: Mat = { rows: B.rows, cols: d, a: new Float64Array(B.rows * d) };
+  for (let r = 0; r < B.rows; r++) cols.forEach((c, j) => (BS.a[r * d + j] = B.a[r * B.cols + c]!));
+  const X = leastSquares(withOnes(BS), T, [d, ...Array.from({ length: d }, (_, i) => i)]);
+  return { W: X.slice(T.cols), bias: X.slice(0, T.cols) };
+}
+
+describe("Whisper's attention", () => {
+  it('refuses the heads: the scale (C // heads) ** -0.25 reads their count from a Shape, as a float', () => {
+    const m = readModel(`${FIX}/more-whisper.onnx`),
+      data = openNpy(`${FIX}/more-whisper.calib.npy`);
+    const { refused } = analyze(m, Calibration.of(m, data).shapes);
+    data.close();
+    const heads = refused.find((r) => r.node === '/query/MatMul')!;
+    expect(heads.reason).toMatch(/Shape "\/Shape": the channel count it reads becomes a value \(Cast .* to float\)/);
   });
 });

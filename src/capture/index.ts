@@ -7,6 +7,7 @@ import type { Consumer, Group } from '../graph/types.js';
 import { consumerWeightMatrix } from '../graph/analyze.js';
 import { Calibration, modelInputs, type Batch, type InputData } from '../calibration.js';
 import { GramAccumulator, gramBytes, projects } from '../kernels/gram.js';
+import { patchSize } from '../geometry.js';
 import { getKernels, type KernelOptions } from '../kernels/instances.js';
 import { availableMemory, fmtBytes, KERNEL_BYTES } from '../kernels/memory.js';
 import { ChannelStatsAccumulator, type Captured, type StatsWanted } from './stats.js';
@@ -127,7 +128,7 @@ async function captureInPasses(model: Model, groups: Group[], calib: Calibration
 }
 
 /** Entries of a consumer's input channel axis that hold the group's channels. */
-const spanOf = (c: Consumer) => (c.kind === 'conv' ? c.d / (c.conv!.kernel[0] * c.conv!.kernel[1]) : c.d);
+const spanOf = (c: Consumer) => (c.kind === 'conv' ? c.d / patchSize(c.conv!) : c.d);
 
 /**
  * Where a group's channels lie in the activations its rewrite cuts down and a frontier may keep, cut down too: its

@@ -3,7 +3,7 @@
 import { internal } from '../errors.js';
 import type { Consumer } from '../graph/types.js';
 import type { Gram } from '../kernels/gram.js';
-import { patchGrid, type ConvGeometry } from '../geometry.js';
+import { patchGrid, planeDims, type ConvGeometry } from '../geometry.js';
 
 export interface ChannelStats {
   /** Mean |x| of each channel's entries of the consumer input over the calibration set. */
@@ -50,11 +50,11 @@ export class ChannelStatsAccumulator {
     }
   }
 
-  /** One batch of the consumer input: [b, C, H, W] for a Conv consumer, rows of d values otherwise. */
+  /** One batch of the consumer input: [b, C, H, W] (or [b, C, L]) for a Conv consumer, rows of d values otherwise. */
   add(x: Float32Array, dims: number[]): void {
     const { consumer: c, n } = this;
     if (c.kind === 'conv') {
-      const [b, C, H, W] = dims,
+      const [b, C, H, W] = planeDims(dims),
         hw = H * W,
         per = C / n; // input channels per group channel
       for (let s = 0; s < b; s++)

@@ -14,11 +14,12 @@ import {
   type NodeProto,
   type TensorProto,
 } from '../onnx/index.js';
-import { broadcastShapes, windowGeometry, type ConvGeometry } from '../geometry.js';
+import { broadcastShapes, convGeometry, patchSize, windowGeometry, type ConvGeometry } from '../geometry.js';
 
 /**
  * How a layer's weight maps to the d×m matrix W of "consumer output = B·W": 'conv' [m, n, kh, kw] (W row
- * c·kh·kw + i·kw + j); 'out-in' [m, d] (Gemm transB=1, W = weightᵀ); 'in-out' [d, m] (W = weight).
+ * c·kh·kw + i·kw + j; a 1-D Conv's [m, n, k] is kh = 1); 'out-in' [m, d] (Gemm transB=1, W = weightᵀ); 'in-out'
+ * [d, m] (W = weight).
  */
 export type WeightLayout = 'conv' | 'out-in' | 'in-out';
 
@@ -125,20 +126,13 @@ const Conv: Layer = {
   macs: (_node, _x, w, y) => numel(y) * numel(w.slice(1)), // each output: (C/group)·kernel MACs
   consume(node, info, inShape, at) {
     const w = info.weightDims;
-    if (w.length !== 4) return `consumer ${label(node)} is not a 2-D convolution`;
-    if (at.axis !== 1 || inShape.length !== 4)
+    if (at.axis !== 1 || inShape.length !== w.length)
       return `consumer ${label(node)} receives the channels on axis ${at.axis}, not as its input channels`;
     if (w[1] !== inShape[1])
       return `consumer ${label(node)} expects ${w[1]} input channels, its input has ${inShape[1]}`;
-    const kernel: [number, number] = [w[2]!, w[3]!];
-    const { strides, pads, dilations } = windowGeometry(node, inShape.slice(2), kernel);
-    const conv: ConvGeometry = {
-      kernel,
-      strides: [strides[0]!, strides[1]!],
-      pads: [pads[0]!, pads[1]!, pads[2]!, pads[3]!],
-      dilations: [dilations[0]!, dilations[1]!],
-    };
-    const kk = kernel[0] * kernel[1]; // a channel of `per` input channels owns per·kh·kw consecutive columns
+    const conv = convGeometry(node, inShape.slice(2), w.slice(2));
+    if (!conv) return `consumer ${label(node)} is a ${w.length - 2}-D convolution; only 1-D and 2-D ones are supported`;
+    const kk = patchSize(conv); // a channel of `per` input channels owns per·kh·kw consecutive columns
     return {
       input: { kind: 'conv', conv },
       g: at.per * kk,
@@ -213,11 +207,11 @@ const MatMul: Layer = {
 };
 
 /**
- * ConvTranspose (group 1): weight [C_in, C_out, kh, kw]. Each input pixel's C_in values times the weight as a
- * C_in × (C_out·kh·kw) matrix give that pixel's contributions to the output, which overlapping windows then add up:
- * as a consumer, B's rows are its input pixels (a 1×1 im2col), g = 1 per input channel, W the weight as it is stored;
- * the objective is the error of those contributions, exact for the output when stride ≥ kernel (no overlap, as in
- * DBNet's heads), and an upper bound on it (times the overlap) otherwise.
+ * ConvTranspose (group 1): weight [C_in, C_out, kh, kw] (1-D: [C_in, C_out, k]). Each input pixel's C_in values
+ * times the weight as a C_in × (C_out·kh·kw) matrix give that pixel's contributions to the output, which overlapping
+ * windows then add up: as a consumer, B's rows are its input pixels (a 1×1 im2col), g = 1 per input channel, W the
+ * weight as it is stored; the objective is the error of those contributions, exact for the output when stride ≥
+ * kernel (no overlap, as in DBNet's heads), and an upper bound on it (times the overlap) otherwise.
  */
 const ConvTranspose: Layer = {
   biasInput: { input: 2 },
@@ -226,7 +220,12 @@ const ConvTranspose: Layer = {
     if ('refuse' in wb) return wb;
     const group = attrInt(node, 'group', 1);
     if (group !== 1) return { refuse: `${label(node)} is a grouped transposed convolution (group=${group})` };
-    if (wb.dims.length !== 4) return { refuse: `${label(node)} is not a 2-D transposed convolution` };
+    if (wb.dims.length !== 3 && wb.dims.length !== 4)
+      return {
+        refuse:
+          `${label(node)} is a ${wb.dims.length - 2}-D transposed convolution; ` +
+          'only 1-D and 2-D ones are supported',
+      };
     return {
       weight: wb.w,
       weightDims: wb.dims,
@@ -238,23 +237,26 @@ const ConvTranspose: Layer = {
   },
   channelAxis: () => 1,
   shape(node, [x, w]) {
-    if (!x || !w || x.length !== 4) return undefined;
+    if (!x || !w || x.length !== w.length) return undefined;
     const k = w.slice(2),
-      given = attrInts(node, 'output_shape', []);
-    if (given.length) return [[x[0]!, w[1]!, ...given.slice(-2)]];
-    const strides = attrInts(node, 'strides', [1, 1]),
-      dil = attrInts(node, 'dilations', [1, 1]),
-      outPad = attrInts(node, 'output_padding', [0, 0]),
-      pads = attrInts(node, 'pads', [0, 0, 0, 0]);
+      r = k.length, // spatial axes
+      given = attrInts(node, 'output_shape', []),
+      ones = new Array<number>(r).fill(1),
+      zeros = new Array<number>(r).fill(0);
+    if (given.length) return [[x[0]!, w[1]!, ...given.slice(-r)]];
+    const strides = attrInts(node, 'strides', ones),
+      dil = attrInts(node, 'dilations', ones),
+      outPad = attrInts(node, 'output_padding', zeros),
+      pads = attrInts(node, 'pads', [...zeros, ...zeros]);
     if (attrString(node, 'auto_pad', 'NOTSET') !== 'NOTSET') return undefined;
-    const out = [0, 1].map(
-      (i) => (x[i + 2]! - 1) * strides[i]! - pads[i]! - pads[i + 2]! + dil[i]! * (k[i]! - 1) + outPad[i]! + 1,
+    const out = k.map(
+      (ki, i) => (x[i + 2]! - 1) * strides[i]! - pads[i]! - pads[i + r]! + dil[i]! * (ki - 1) + outPad[i]! + 1,
     );
     return [[x[0]!, w[1]!, ...out]];
   },
   macs: (_node, x, w) => numel(x) * numel(w.slice(1)), // each input value times C_out·kh·kw weights
   consume(node, info, inShape, at) {
-    if (at.axis !== 1 || inShape.length !== 4)
+    if (at.axis !== 1 || inShape.length !== info.weightDims.length)
       return `consumer ${label(node)} receives the channels on axis ${at.axis}, not as its input channels`;
     const cin = info.weightDims[0]!;
     if (cin !== inShape[1]) return `consumer ${label(node)} expects ${cin} input channels, its input has ${inShape[1]}`;
@@ -355,7 +357,10 @@ export function matrixToWeight(
     return { dims: dims.length > 2 ? [rows, ...dims.slice(1)] : [rows, cols], data };
   }
   for (let o = 0; o < cols; o++) for (let r = 0; r < rows; r++) data[o * rows + r] = W[r * cols + o]!; // [m, d]
-  if (layout === 'conv') return { dims: [cols, rows / (dims[2]! * dims[3]!), dims[2]!, dims[3]!], data };
+  if (layout === 'conv') {
+    const kernel = dims.slice(2); // [kh, kw], or [k] for a 1-D Conv
+    return { dims: [cols, rows / numel(kernel), ...kernel], data };
+  }
   // a recurrent layer's [directions, gates·hidden, input]
   return { dims: dims.length === 3 ? [dims[0]!, cols / dims[0]!, rows] : [cols, rows], data };
 }

@@ -1103,9 +1103,39 @@ const partRanges = (ctx: ChainContext, st: Stack) =>
 
 /**
  * A Shape of the channels' tensor carries no channels: the dimensions it reads are the pruned tensor's at run time.
- * Where such a dimension ends up in a reshape or expand, their rules check that it follows the right channels.
+ * Where such a dimension ends up in a reshape or expand, their rules check that it follows the right channels. Where
+ * the channel count becomes data (a Cast to float on the way: Whisper's attention scale (C // heads) ** -0.25, from
+ * `B, T, C = q.shape`), pruning would change that value, so the channels are refused.
  */
-const shapeOf: ChainRule = () => ({ none: true });
+const shapeOf: ChainRule = (ctx) => {
+  for (const cast of floatCasts(ctx, ctx.node.output[0] ?? '')) {
+    const x = cast.input[0] ?? '';
+    for (let i = 0; i < (ctx.value(x)?.length ?? 1); i++) {
+      const src = sourceOf(ctx, x, i);
+      if (src.kind === 'dim' && src.tensor === ctx.node.input[0] && src.axis === ctx.layout.axis)
+        return refusal(
+          ctx,
+          `: the channel count it reads becomes a value (${label(cast)} to float), which pruning changes`,
+        );
+    }
+  }
+  return { none: true };
+};
+
+/** The Casts to a float type that an integer tensor (a Shape's output) reaches through the ops that compute shapes. */
+function floatCasts(ctx: ChainContext, name: string, depth = 0): NodeProto[] {
+  if (depth > 8) return [];
+  return ctx.readers(name).flatMap(({ node }) => {
+    const op = opOf(node);
+    if (op === 'Cast') {
+      if (FLOAT_TYPES.has(attrInt(node, 'to'))) return [node];
+    } else if (!SHAPE_OPS.has(op)) return [];
+    return node.output.flatMap((o) => floatCasts(ctx, o, depth + 1));
+  });
+}
+
+/** Integer ops through which exporters compute shapes and values from a Shape. */
+const SHAPE_OPS = new Set('Gather Slice Squeeze Unsqueeze Concat Identity Div Mul Add Sub'.split(' '));
 
 const FLOAT_TYPES = new Set<number>([DataType.FLOAT, DataType.FLOAT16, DataType.DOUBLE, DataType.BFLOAT16]);
 

@@ -1,7 +1,7 @@
 import type { Kernels } from './types.js';
 import { getKernels } from './instances.js';
 import { gramAccumulate, productAccumulate } from './ops.js';
-import { patchGrid, type ConvGeometry } from '../geometry.js';
+import { patchGrid, planeDims, type ConvGeometry } from '../geometry.js';
 
 /**
  * What the greedy needs from the calibration activations: G = BᵀB, and for the asymmetric objective C = BᵀA and
@@ -194,17 +194,20 @@ export class GramAccumulator {
     }
   }
 
-  /** Adds the im2col patches of a batch of Conv inputs B (dims [b, C, H, W]; A likewise), a row per output position. */
+  /**
+   * Adds the im2col patches of a batch of Conv inputs B (dims [b, C, H, W], or a 1-D Conv's [b, C, L]; A likewise), a
+   * row per output position.
+   */
   addConv(B: Float32Array, dims: number[], conv: ConvGeometry, A?: Float32Array): void {
     const { d, k } = this;
-    const [b, C, H, W] = dims;
+    const [b, C, H, W] = planeDims(dims);
     const {
       kernel: [kh, kw],
       strides: [sh, sw],
       pads: [pt, pl],
       dilations: [dh, dw],
     } = conv;
-    if (dims.length !== 4 || C * kh * kw !== d || B.length !== b * C * H * W) {
+    if (C * kh * kw !== d || B.length !== b * C * H * W) {
       throw new RangeError(`conv input [${dims}] with a ${kh}×${kw} kernel does not make patches of ${d} columns`);
     }
     this.check(B.length, A);

@@ -11,7 +11,7 @@ import { tensorToFloat32, attrFloat } from '../onnx/index.js';
 import type { Consumer, Group } from '../graph/types.js';
 import { analyze } from '../graph/analyze.js';
 import { constantTensors } from '../graph/shapes.js';
-import { patchGrid } from '../geometry.js';
+import { patchGrid, patchSize, planeDims } from '../geometry.js';
 import { Calibration } from '../calibration.js';
 import { Runner, type Activation, type RuntimeOptions } from '../capture/index.js';
 import { GramAccumulator } from '../kernels/gram.js';
@@ -105,8 +105,7 @@ function siteOf(
   if (!group || !oc) return undefined;
   const t = group.consumers.findIndex((c) => c.node.name === name),
     c = group.consumers[t]!;
-  if (c.d !== c.dTotal || (c.kind === 'conv' && c.d !== c.entries * c.conv!.kernel[0]! * c.conv!.kernel[1]!))
-    return undefined;
+  if (c.d !== c.dTotal || (c.kind === 'conv' && c.d !== c.entries * patchSize(c.conv!))) return undefined;
   const made = original.groups.find((g) => g.producers.some((p) => p.name === name));
   const outs = made ? keeps.get(made.id) : Array.from({ length: c.m }, (_, i) => i);
   if (outs?.length !== c.m) return undefined;
@@ -135,7 +134,7 @@ function siteOf(
 /** im2col: one row of d = C·kh·kw entries per output position of each sample (channel-major, zero padding). */
 function patches(c: Consumer, X: Activation): Float32Array {
   if (c.kind !== 'conv') return X.data;
-  const [b, C, H, W] = X.dims as [number, number, number, number],
+  const [b, C, H, W] = planeDims(X.dims),
     {
       kernel: [kh, kw],
       strides: [sh, sw],
