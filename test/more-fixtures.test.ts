@@ -16,7 +16,8 @@ import { relDiff } from './objective.js';
 // Shape of the scores), nn.MultiheadAttention (the batch merged with the heads: bsz · heads), an FPN upsampling to
 // another level's size (Resize whose sizes are computed from shapes), PixelShuffle, and torchvision's Swin
 // (shifted-window masks by ScatterND, Mod, a Pad whose pads are a reversed, transposed shape tensor), YOLOv5's SPPF
-// (one group's channels four times in a Concat). Oracle:
+// (one group's channels four times in a Concat), GhostNet's modules (a Concat of a conv and its depthwise copy, sliced;
+// the residual Add of one run of channels with it). Oracle:
 // onnxruntime running the original with the dropped channels' consumer inputs zeroed, which is what removing a head
 // or neuron means. The models run with onnxruntime's graph optimizations off: its ReshapeFusion replaces a shape
 // computed from Shape nodes by 0 and -1 entries, which hides a wrong shape entry (a pruned GPT-2's head_dim) that
@@ -107,6 +108,20 @@ const CASES = [
       [16, 1, 1],
     ],
   },
+  // GhostNet: a ghost module's Concat of a conv and its depthwise copy, sliced to an odd width (the last channel once,
+  // the others twice: the conv's output cut into two groups, whose ids must differ), and the residual stream, where
+  // the block's input channels i and i + 4 become one channel with the second module's conv channel i
+  {
+    model: `${FIX}/more-ghost.onnx`,
+    calib: `${FIX}/more-ghost.calib.npy`,
+    groups: [
+      [4, 3, 1],
+      [7, 1, 1],
+      [1, 1, 1],
+      [11, 1, 1],
+      [1, 1, 1],
+    ],
+  },
 ];
 
 /** The first output of `model` on the first n samples, by ONNX's semantics (no graph optimizations). */
@@ -146,7 +161,10 @@ describe.each(CASES)('$model', ({ model: path, calib, groups: expected }) => {
       data = openNpy(calib);
     const { groups } = analyze(m, Calibration.of(m, data).shapes);
     const r = rng(5);
-    const plans = groups.map((group) => ({ group, keep: randomKeep(group.channels, group.channels / 2, r) }));
+    const plans = groups.map((group) => ({
+      group,
+      keep: randomKeep(group.channels, Math.ceil(group.channels / 2), r),
+    }));
     const got = await outputs(pruneGroups(m, plans), data);
     expect(relDiff(got, await outputs(zeroDroppedInputs(m, plans), data))).toBeLessThan(1e-4);
     data.close();

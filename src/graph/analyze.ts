@@ -237,6 +237,32 @@ function align(W: Walk, a: Layout, b: Layout): boolean {
   return true;
 }
 
+/**
+ * Two layouts of the same entries whose runs end at different places (a GhostNet module's residual Add: the block's
+ * input, one run of n channels, against its output, the Concat of a conv's n/2 channels and their depthwise copies):
+ * asks the next walk to cut each side's spaces where the other side's runs end, so that the runs pair up and the join
+ * makes them one space (the input's channel i and i + n/2 are then one channel with the conv's channel i). False if a
+ * run ends inside the other side's channel or a run belongs to no space.
+ */
+function cutToAlign(W: Walk, a: Layout, b: Layout): boolean {
+  const ra = runs(a),
+    rb = runs(b);
+  if (entriesOf(a) !== entriesOf(b) || ra.some((r) => r.space < 0) || rb.some((r) => r.space < 0)) return false;
+  const cutsOf = (mine: typeof ra, other: typeof ra) =>
+    mine.map((r) => {
+      const ends = other
+        .map((o) => o.offset + o.n * o.per)
+        .filter((at) => at > r.offset && at < r.offset + r.n * r.per);
+      return ends.every((at) => (at - r.offset) % r.per === 0) ? ends.map((at) => (at - r.offset) / r.per) : undefined;
+    });
+  const ca = cutsOf(ra, rb),
+    cb = cutsOf(rb, ra);
+  if ([...ca, ...cb].some((c) => !c) || [...ca, ...cb].every((c) => !c!.length)) return false;
+  ra.forEach((r, i) => ca[i]!.length && request(W, r.space, { cuts: ca[i] }));
+  rb.forEach((r, i) => cb[i]!.length && request(W, r.space, { cuts: cb[i] }));
+  return true;
+}
+
 // ---- the walk -------------------------------------------------------------------------------------------------
 
 /** The walk's state: the graph, the spaces, every tracked tensor's layout, and layers refused outright. */
@@ -686,7 +712,11 @@ function joinNode(W: Walk, node: NodeProto): void {
     const differ = `${label(node)} combines channels laid out differently ("${ref.t}" and "${i.t}")`;
     if (outAxis(i) !== axis) return refuseAll(differ);
     if (!sameRuns(i.l!, ref.l!))
-      return refuseAll(align(W, i.l!, ref.l!) ? `${differ}, which their producers could not match` : differ);
+      return refuseAll(
+        align(W, i.l!, ref.l!) || cutToAlign(W, i.l!, ref.l!)
+          ? `${differ}, which their producers could not match`
+          : differ,
+      );
   }
   const out: Layout = { axis, segments: ref.l!.segments };
   const slices: { tensor: string; axis: number }[] = [];
@@ -942,6 +972,22 @@ function groupOf(W: Walk, root: number): Group | string {
   };
 }
 
+/**
+ * A producer whose output channels a later node cut into parts that stay apart (a GhostNet module's Slice keeps both
+ * copies of some channels and one copy of the others) is the first producer of several groups: their ids, which
+ * budgets, reports and the group-by-group modes key on, then add the part's index in the producer's output,
+ * `name#i` (an index, not a channel range, so that the id stays when an earlier part is pruned).
+ */
+function uniqueIds(W: Walk, groups: Group[], roots: Map<Group, number>): void {
+  const count = new Map<string, number>();
+  for (const g of groups) count.set(g.id, (count.get(g.id) ?? 0) + 1);
+  for (const g of groups) {
+    if (count.get(g.id)! < 2) continue;
+    const name = g.producers[0]!.name;
+    g.id = `${name}#${W.S.get(roots.get(g)!).parts.find((p) => p.node === name)!.index}`;
+  }
+}
+
 const order = (W: Walk, n: NodeProto) => W.G.graph.node.indexOf(n);
 const dedupe = <S extends AxisSlice>(xs: S[]) => [
   ...new Map(xs.map((s) => [`${s.tensor}|${s.axis}|${s.offset}|${s.per}`, s])).values(),
@@ -967,10 +1013,11 @@ export function analyze(model: Model, inputShape?: InputShapes): Analysis {
   for (const t of W.together)
     if (new Set(t.spaces.map((x) => W.S.find(x))).size > 1) t.spaces.forEach((x) => W.S.refuse(x, t.why));
   const groups: Group[] = [];
+  const roots = new Map<Group, number>();
   const refused: Refused[] = [...W.refused];
   for (const root of W.S.roots()) {
     const g = groupOf(W, root);
-    if (typeof g !== 'string') groups.push(g);
+    if (typeof g !== 'string') (groups.push(g), roots.set(g, root));
     else {
       const producers = [...new Set(W.S.get(root).producers)].sort((a, b) => order(W, a) - order(W, b));
       refused.push({
@@ -981,6 +1028,7 @@ export function analyze(model: Model, inputShape?: InputShapes): Analysis {
     }
   }
   groups.sort((a, b) => order(W, a.producers[0]!) - order(W, b.producers[0]!));
+  uniqueIds(W, groups, roots);
   refused.sort((a, b) => order(W, nodeNamed(G, a.node)) - order(W, nodeNamed(G, b.node)));
   const sizeOf = sizeModel(model, groups, inputShape, 'params'),
     flopsOf = sizeModel(model, groups, inputShape, 'flops');
