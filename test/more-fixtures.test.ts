@@ -1,4 +1,7 @@
 import { describe, it, expect } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { readModel, serializeModel, type Model } from '../src/onnx/index.js';
 import { openNpy, type NpyFile } from '../src/npy.js';
@@ -177,5 +180,31 @@ describe.each(CASES)('$model', ({ model: path, calib, groups: expected }) => {
     expect(report.params.after).toBeLessThan(report.params.before);
     expect((await outputs(pruned, data, 4)).every(Number.isFinite)).toBe(true);
     data.close();
+  });
+});
+
+describe("a model saved by onnxruntime's graph optimizer", () => {
+  // optimizedModelFilePath writes com.microsoft ops (FusedConv: a Conv with its Relu; NCHWc Convs) that ONNX does not
+  // define: refused, each refusal naming the op and saying to prune the exported model (before: "an op before it has
+  // no shape rule", or at level all no refusal at all, since the NCHWc Convs were no candidates)
+  it.each(['extended', 'all'] as const)('level %s: refused, naming the fused op', async (level) => {
+    const dir = mkdtempSync(join(tmpdir(), 'subprune-ort-'));
+    try {
+      const optimized = join(dir, 'optimized.onnx');
+      const session = await ort.InferenceSession.create(`${FIX}/more-pixel-shuffle.onnx`, {
+        graphOptimizationLevel: level,
+        optimizedModelFilePath: optimized,
+      });
+      await session.release();
+      const m = readModel(optimized);
+      expect(m.graph!.node.some((n) => n.domain.startsWith('com.microsoft'))).toBe(true);
+      const { groups, refused } = analyze(m);
+      expect(groups).toEqual([]);
+      expect(refused.length).toBeGreaterThan(0);
+      for (const r of refused.filter((x) => x.reason !== 'output layer: no consumer'))
+        expect(r.reason).toMatch(/com\.microsoft(\.nchwc)?::\w+.*prune the model as exported, then optimize$/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

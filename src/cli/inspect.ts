@@ -87,7 +87,8 @@ function summary(model: Model, a: Analysis, shape: InputShapes) {
   return {
     flopsShare: stats.flops ? (flops(full) - flops(none)) / stats.flops : 0,
     paramsShare: stats.params ? (params(full) - params(none)) / stats.params : 0,
-    maxCompression: { params: params(full) / params(one), flops: flops(full) / flops(one) },
+    // no groups and no known FLOPs (shapes unknown): 1×, not 0/0
+    maxCompression: { params: params(full) / params(one) || 1, flops: flops(full) / flops(one) || 1 },
   };
 }
 

@@ -76,6 +76,11 @@ function usesOf(graph: GraphProto): Map<string, Use[]> {
 
 const label = (n: NodeProto) => `${n.opType} "${n.name}"`;
 
+/** What a refusal at an op of onnxruntime's own domains (FusedConv, the NCHWc ops) adds. */
+const ORT_OPTIMIZED =
+  "; onnxruntime's graph optimizer writes such ops (optimizedModelFilePath): " +
+  'prune the model as exported, then optimize';
+
 /** The analysis state shared by the walk: constants, uses, producers, shapes. */
 class Graph {
   readonly consts: Map<string, TensorProto>;
@@ -101,6 +106,28 @@ class Graph {
   value = (name: string): number[] | undefined => this.values.get(name);
   producer = (name: string): NodeProto | undefined => this.producers.get(name);
   outputOf = (node: string): string => this.graph.node.find((n) => n.name === node)?.output[0] ?? '';
+  /**
+   * Why tensor `t` has no shape: the first node on the way back from it whose inputs all have shapes and whose output
+   * has none (an op without a shape rule, as the fused ops onnxruntime's graph optimizer writes), or an input that
+   * declares no shape.
+   */
+  unknownShape(t: string): string {
+    let name = t;
+    for (let n = this.producer(name); n; n = this.producer(name)) {
+      const next = n.input.find((i) => i && !this.shapes.has(i));
+      if (next === undefined) {
+        const domain = n.domain === '' || n.domain === 'ai.onnx' ? '' : n.domain;
+        const why =
+          OPS[n.opType]?.shape && !domain
+            ? 'whose output shape could not be computed'
+            : 'an op with no shape rule in subprune';
+        const ort = domain.startsWith('com.microsoft') ? ORT_OPTIMIZED : '';
+        return `the shape of "${t}" is unknown: it comes from ${opOf(n)} "${n.name}", ${why}${ort}`;
+      }
+      name = next;
+    }
+    return `the shape of "${t}" is unknown: the model's input "${name}" declares none`;
+  }
   /**
    * Why a constant cannot be changed for these channels alone, if another node or a graph output reads it too. A
    * shape constant (`via`) may reach `node` through the nodes that compute its shape input (Concat, Unsqueeze, …).
@@ -396,7 +423,7 @@ function setLayout(W: Walk, t: string, l: Layout): void {
   for (const r of firstPart(l))
     if (r.space >= 0)
       W.S.get(r.space).tensors.push({ tensor: t, axis: l.axis, offset: r.offset, per: r.per, ...stacked });
-  if (!W.G.shapes.has(t)) W.S.refuseAll(l, `the shape of "${t}" is unknown (no shape rule for an op before it)`);
+  if (!W.G.shapes.has(t)) W.S.refuseAll(l, W.G.unknownShape(t));
 }
 
 /**
@@ -475,7 +502,7 @@ function layerNode(W: Walk, node: NodeProto, rule: OpRule, info: LayerInfo): voi
       // the consumer's weights for these channels go with them (its input axis: input channels or features)
       rec.slices.push({ tensor: info.weight, axis: info.inAxis, offset: r.offset, per: r.per });
     }
-  } else if (inL) S.refuseAll(inL, `the shape of "${x}" is unknown (no shape rule for an op before it)`);
+  } else if (inL) S.refuseAll(inL, G.unknownShape(x));
 
   // producer side: a space for each part of the output channels (one part unless a later node cut them)
   const y = node.output[0] ?? '',
@@ -499,7 +526,7 @@ function layerNode(W: Walk, node: NodeProto, rule: OpRule, info: LayerInfo): voi
     sharing ??
     writable ??
     (!yShape
-      ? `the shape of "${y}" is unknown (an op before it has no shape rule in subprune)`
+      ? G.unknownShape(y)
       : yShape[axis] !== n
         ? `output "${y}" has shape [${yShape.join(', ')}], expected ${n} channels on axis ${axis}`
         : undefined);
@@ -514,13 +541,14 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
   if (!rule?.chain) {
     S.refuseAll(
       l,
-      `${opOf(node)} "${node.name}" is not known to act per channel (it may mix channels); subprune stops at it`,
+      `${opOf(node)} "${node.name}" is not known to act per channel (it may mix channels); subprune stops at it` +
+        (node.domain.startsWith('com.microsoft') ? ORT_OPTIMIZED : ''),
     );
     return false;
   }
   const inShape = G.shapes.get(t);
   if (!inShape) {
-    S.refuseAll(l, `the shape of "${t}" is unknown (no shape rule for an op before it)`);
+    S.refuseAll(l, G.unknownShape(t));
     return false;
   }
   const roots = new Set(l.segments.filter((r) => r.space >= 0).map((r) => S.find(r.space)));
@@ -699,7 +727,7 @@ function joinNode(W: Walk, node: NodeProto): void {
   const all = tracked.map((i) => i.l!);
   const refuseAll = (why: string) => all.forEach((l) => S.refuseAll(l, why));
   if (!yShape || ins.some((i) => i.t && !i.shape))
-    return refuseAll(`the shapes around ${label(node)} are unknown (no shape rule for an op before it)`);
+    return refuseAll(G.unknownShape(ins.find((i) => i.t && !i.shape)?.t ?? y));
   const rank = yShape.length;
   const outAxis = (i: (typeof ins)[number]) => i.l!.axis + rank - i.shape!.length;
   // inputs whose channel axis has one entry broadcast over the others: the others' channels decide
@@ -832,8 +860,7 @@ function concatNode(W: Walk, node: NodeProto): void {
   const ins = node.input.map((t) => ({ t, l: W.layouts.get(t), shape: G.shapes.get(t) }));
   const tracked = ins.filter((i) => i.l);
   const refuseAll = (why: string) => tracked.forEach((i) => S.refuseAll(i.l, why));
-  if (!yShape || ins.some((i) => !i.shape))
-    return refuseAll(`the shapes around ${label(node)} are unknown (no shape rule for an op before it)`);
+  if (!yShape || ins.some((i) => !i.shape)) return refuseAll(G.unknownShape(ins.find((i) => !i.shape)?.t ?? y));
   const axis = attrInt(node, 'axis') < 0 ? attrInt(node, 'axis') + yShape.length : attrInt(node, 'axis');
   if (tracked.every((i) => i.l!.axis === axis)) {
     const segments = ins.flatMap((i) => i.l?.segments ?? [{ space: -1, n: i.shape![axis]!, per: 1 }]);
@@ -882,6 +909,10 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
   };
   for (const node of G.graph.node) {
     const rule = OPS[opOf(node)];
+    // onnxruntime's layers (FusedConv, NCHWc Conv, FusedGemm) are no layers here: refused by name, or an optimized
+    // model's only candidates vanish and inspect lists nothing
+    if (node.domain.startsWith('com.microsoft') && node.input[1] && G.constant(node.input[1]))
+      W.refused.push({ node: node.name, reason: `${opOf(node)} is not an ONNX layer${ORT_OPTIMIZED}` });
     const inputs = node.input.flatMap((t, slot) => (t && W.layouts.has(t) ? [{ t, slot, l: W.layouts.get(t)! }] : []));
     for (const sub of inner(node))
       W.S.refuseAll(W.layouts.get(sub), `tensor "${sub}" is read inside a subgraph of ${label(node)}`);
