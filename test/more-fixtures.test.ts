@@ -20,7 +20,8 @@ import { relDiff } from './objective.js';
 // another level's size (Resize whose sizes are computed from shapes), PixelShuffle, and torchvision's Swin
 // (shifted-window masks by ScatterND, Mod, a Pad whose pads are a reversed, transposed shape tensor), YOLOv5's SPPF
 // (one group's channels four times in a Concat), GhostNet's modules (a Concat of a conv and its depthwise copy, sliced;
-// the residual Add of one run of channels with it). Oracle:
+// the residual Add of one run of channels with it), PaddleOCR's DBFPN exported without constant folding (Resize's
+// scales a Concat of Constants). Oracle:
 // onnxruntime running the original with the dropped channels' consumer inputs zeroed, which is what removing a head
 // or neuron means. The models run with onnxruntime's graph optimizations off: its ReshapeFusion replaces a shape
 // computed from Shape nodes by 0 and -1 entries, which hides a wrong shape entry (a pruned GPT-2's head_dim) that
@@ -123,6 +124,25 @@ const CASES = [
       [1, 1, 1],
       [11, 1, 1],
       [1, 1, 1],
+    ],
+  },
+  // PaddleOCR's DBFPN exported with do_constant_folding=False: the nearest upsamplings' scales are a Concat of two
+  // Constants (no Resize output shape before: the FPN and head were refused); groups as in more-fpn-size
+  {
+    model: `${FIX}/more-dbfpn-nofold.onnx`,
+    calib: `${FIX}/more-dbfpn-nofold.calib.npy`,
+    groups: [
+      [4, 1, 9, 1],
+      [8, 1, 9, 1],
+      [12, 1, 9, 1],
+      [16, 1, 1],
+      [8, 4, 9],
+      [2, 1, 9],
+      [2, 1, 9],
+      [2, 1, 9],
+      [2, 1, 9],
+      [2, 1, 1],
+      [2, 1, 1],
     ],
   },
 ];
