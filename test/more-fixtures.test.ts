@@ -21,7 +21,7 @@ import { relDiff } from './objective.js';
 // (shifted-window masks by ScatterND, Mod, a Pad whose pads are a reversed, transposed shape tensor), YOLOv5's SPPF
 // (one group's channels four times in a Concat), GhostNet's modules (a Concat of a conv and its depthwise copy, sliced;
 // the residual Add of one run of channels with it), PaddleOCR's DBFPN exported without constant folding (Resize's
-// scales a Concat of Constants). Oracle:
+// scales a Concat of Constants), a static export with a batch of 2. Oracle:
 // onnxruntime running the original with the dropped channels' consumer inputs zeroed, which is what removing a head
 // or neuron means. The models run with onnxruntime's graph optimizations off: its ReshapeFusion replaces a shape
 // computed from Shape nodes by 0 and -1 entries, which hides a wrong shape entry (a pruned GPT-2's head_dim) that
@@ -226,5 +226,38 @@ describe("a model saved by onnxruntime's graph optimizer", () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('a static export with a batch of 2 (no dynamic_axes)', () => {
+  // input [2, 3, 8, 8] and x.view(x.size(0), -1) as Reshape(x, [2, -1]): the analysis sized the model at batch 1,
+  // which the declared input refused ("input shape [1, 3, 8, 8] does not match"); onnxruntime runs it 2 rows at a time
+  const path = `${FIX}/more-static-batch2.onnx`,
+    calib = `${FIX}/more-static-batch2.calib.npy`;
+
+  it('half of every group removed at random: the pruned model is the original with their inputs zeroed', async () => {
+    const m = readModel(path),
+      data = openNpy(calib);
+    const { groups } = analyze(m, Calibration.of(m, data).shapes);
+    expect(groups.map((g) => [g.channels, g.consumers[0]!.g])).toEqual([
+      [8, 9],
+      [8, 16],
+    ]);
+    const r = rng(5);
+    const plans = groups.map((group) => ({ group, keep: randomKeep(group.channels, group.channels / 2, r) }));
+    const got = await outputs(pruneGroups(m, plans), data, 2);
+    expect(relDiff(got, await outputs(zeroDroppedInputs(m, plans), data, 2))).toBeLessThan(1e-4);
+    data.close();
+  });
+
+  it('prunes end to end with the default mode; FLOPs per sample as at batch 1', async () => {
+    const m = readModel(path),
+      data = openNpy(calib);
+    const { model: pruned, report } = await prune(m, data, { budget: { compression: 2 } });
+    // per sample: Conv 3→8 3×3 on 8×8, Conv 8→8 3×3 stride 2 to 4×4, Gemm 128→10, each 2 FLOPs per MAC
+    expect(report.flops.before).toBe(2 * (64 * 8 * 27 + 16 * 8 * 72 + 128 * 10));
+    expect(report.params.after).toBeLessThan(report.params.before);
+    expect((await outputs(pruned, data, 2)).every(Number.isFinite)).toBe(true);
+    data.close();
   });
 });

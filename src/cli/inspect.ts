@@ -39,7 +39,8 @@ function inputShapes(
 ): { shapes: Map<string, number[]>; standIn: boolean } {
   const inputs = modelInputs(model);
   if (given.length && calib.length) throw badInput('give one of --input-shape and --calib');
-  const shapes = new Map(inputs.map((x) => [x.name, [1, ...x.dims.slice(1).map((d) => d ?? STAND_IN)]]));
+  // the batch at 1, or at the model's own where fixed (as Calibration.shapes)
+  const shapes = new Map(inputs.map((x) => [x.name, [x.dims[0] ?? 1, ...x.dims.slice(1).map((d) => d ?? STAND_IN)]]));
   if (calib.length) {
     const data = openInputs(calib, '--calib');
     try {
@@ -63,7 +64,7 @@ function inputShapes(
       .map(Number);
     if (shape.some((v) => !Number.isInteger(v) || v < 1) || shape.length !== x.dims.length)
       throw badInput(`--input-shape ${g}: give ${x.dims.length} positive whole numbers for ${name}`);
-    shapes.set(name, [1, ...shape.slice(1)]);
+    shapes.set(name, [x.dims[0] ?? 1, ...shape.slice(1)]);
   }
   const free = inputs.some(
     (x) =>
