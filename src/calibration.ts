@@ -154,9 +154,12 @@ export class Calibration {
   get rows(): number {
     return this.arrays[0]!.rows;
   }
-  /** The shapes of one sample of every input, batch axis 1: what the analysis sizes the model at. */
+  /**
+   * The shapes of every input at batch 1, or at the model's own batch size where its batch axis is fixed (a static
+   * export's Reshape constants may hold it): what the analysis sizes the model at (FLOPs are divided by the batch).
+   */
   get shapes(): Map<string, number[]> {
-    return new Map(this.inputs.map((x, i) => [x.name, [1, ...this.arrays[i]!.shape.slice(1)]]));
+    return new Map(this.inputs.map((x, i) => [x.name, [x.dims[0] ?? 1, ...this.arrays[i]!.shape.slice(1)]]));
   }
 
   /**

@@ -39,7 +39,8 @@ function inputShapes(
 ): { shapes: Map<string, number[]>; standIn: boolean } {
   const inputs = modelInputs(model);
   if (given.length && calib.length) throw badInput('give one of --input-shape and --calib');
-  const shapes = new Map(inputs.map((x) => [x.name, [1, ...x.dims.slice(1).map((d) => d ?? STAND_IN)]]));
+  // the batch at 1, or at the model's own where fixed (as Calibration.shapes)
+  const shapes = new Map(inputs.map((x) => [x.name, [x.dims[0] ?? 1, ...x.dims.slice(1).map((d) => d ?? STAND_IN)]]));
   if (calib.length) {
     const data = openInputs(calib, '--calib');
     try {
@@ -63,7 +64,7 @@ function inputShapes(
       .map(Number);
     if (shape.some((v) => !Number.isInteger(v) || v < 1) || shape.length !== x.dims.length)
       throw badInput(`--input-shape ${g}: give ${x.dims.length} positive whole numbers for ${name}`);
-    shapes.set(name, [1, ...shape.slice(1)]);
+    shapes.set(name, [x.dims[0] ?? 1, ...shape.slice(1)]);
   }
   const free = inputs.some(
     (x) =>
@@ -87,7 +88,8 @@ function summary(model: Model, a: Analysis, shape: InputShapes) {
   return {
     flopsShare: stats.flops ? (flops(full) - flops(none)) / stats.flops : 0,
     paramsShare: stats.params ? (params(full) - params(none)) / stats.params : 0,
-    maxCompression: { params: params(full) / params(one), flops: flops(full) / flops(one) },
+    // no groups and no known FLOPs (shapes unknown): 1×, not 0/0
+    maxCompression: { params: params(full) / params(one) || 1, flops: flops(full) / flops(one) || 1 },
   };
 }
 

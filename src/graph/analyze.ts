@@ -76,6 +76,11 @@ function usesOf(graph: GraphProto): Map<string, Use[]> {
 
 const label = (n: NodeProto) => `${n.opType} "${n.name}"`;
 
+/** What a refusal at an op of onnxruntime's own domains (FusedConv, the NCHWc ops) adds. */
+const ORT_OPTIMIZED =
+  "; onnxruntime's graph optimizer writes such ops (optimizedModelFilePath): " +
+  'prune the model as exported, then optimize';
+
 /** The analysis state shared by the walk: constants, uses, producers, shapes. */
 class Graph {
   readonly consts: Map<string, TensorProto>;
@@ -101,6 +106,28 @@ class Graph {
   value = (name: string): number[] | undefined => this.values.get(name);
   producer = (name: string): NodeProto | undefined => this.producers.get(name);
   outputOf = (node: string): string => this.graph.node.find((n) => n.name === node)?.output[0] ?? '';
+  /**
+   * Why tensor `t` has no shape: the first node on the way back from it whose inputs all have shapes and whose output
+   * has none (an op without a shape rule, as the fused ops onnxruntime's graph optimizer writes), or an input that
+   * declares no shape.
+   */
+  unknownShape(t: string): string {
+    let name = t;
+    for (let n = this.producer(name); n; n = this.producer(name)) {
+      const next = n.input.find((i) => i && !this.shapes.has(i));
+      if (next === undefined) {
+        const domain = n.domain === '' || n.domain === 'ai.onnx' ? '' : n.domain;
+        const why =
+          OPS[n.opType]?.shape && !domain
+            ? 'whose output shape could not be computed'
+            : 'an op with no shape rule in subprune';
+        const ort = domain.startsWith('com.microsoft') ? ORT_OPTIMIZED : '';
+        return `the shape of "${t}" is unknown: it comes from ${opOf(n)} "${n.name}", ${why}${ort}`;
+      }
+      name = next;
+    }
+    return `the shape of "${t}" is unknown: the model's input "${name}" declares none`;
+  }
   /**
    * Why a constant cannot be changed for these channels alone, if another node or a graph output reads it too. A
    * shape constant (`via`) may reach `node` through the nodes that compute its shape input (Concat, Unsqueeze, …).
@@ -237,6 +264,32 @@ function align(W: Walk, a: Layout, b: Layout): boolean {
   return true;
 }
 
+/**
+ * Two layouts of the same entries whose runs end at different places (a GhostNet module's residual Add: the block's
+ * input, one run of n channels, against its output, the Concat of a conv's n/2 channels and their depthwise copies):
+ * asks the next walk to cut each side's spaces where the other side's runs end, so that the runs pair up and the join
+ * makes them one space (the input's channel i and i + n/2 are then one channel with the conv's channel i). False if a
+ * run ends inside the other side's channel or a run belongs to no space.
+ */
+function cutToAlign(W: Walk, a: Layout, b: Layout): boolean {
+  const ra = runs(a),
+    rb = runs(b);
+  if (entriesOf(a) !== entriesOf(b) || ra.some((r) => r.space < 0) || rb.some((r) => r.space < 0)) return false;
+  const cutsOf = (mine: typeof ra, other: typeof ra) =>
+    mine.map((r) => {
+      const ends = other
+        .map((o) => o.offset + o.n * o.per)
+        .filter((at) => at > r.offset && at < r.offset + r.n * r.per);
+      return ends.every((at) => (at - r.offset) % r.per === 0) ? ends.map((at) => (at - r.offset) / r.per) : undefined;
+    });
+  const ca = cutsOf(ra, rb),
+    cb = cutsOf(rb, ra);
+  if ([...ca, ...cb].some((c) => !c) || [...ca, ...cb].every((c) => !c!.length)) return false;
+  ra.forEach((r, i) => ca[i]!.length && request(W, r.space, { cuts: ca[i] }));
+  rb.forEach((r, i) => cb[i]!.length && request(W, r.space, { cuts: cb[i] }));
+  return true;
+}
+
 // ---- the walk -------------------------------------------------------------------------------------------------
 
 /** The walk's state: the graph, the spaces, every tracked tensor's layout, and layers refused outright. */
@@ -370,7 +423,7 @@ function setLayout(W: Walk, t: string, l: Layout): void {
   for (const r of firstPart(l))
     if (r.space >= 0)
       W.S.get(r.space).tensors.push({ tensor: t, axis: l.axis, offset: r.offset, per: r.per, ...stacked });
-  if (!W.G.shapes.has(t)) W.S.refuseAll(l, `the shape of "${t}" is unknown (no shape rule for an op before it)`);
+  if (!W.G.shapes.has(t)) W.S.refuseAll(l, W.G.unknownShape(t));
 }
 
 /**
@@ -449,7 +502,7 @@ function layerNode(W: Walk, node: NodeProto, rule: OpRule, info: LayerInfo): voi
       // the consumer's weights for these channels go with them (its input axis: input channels or features)
       rec.slices.push({ tensor: info.weight, axis: info.inAxis, offset: r.offset, per: r.per });
     }
-  } else if (inL) S.refuseAll(inL, `the shape of "${x}" is unknown (no shape rule for an op before it)`);
+  } else if (inL) S.refuseAll(inL, G.unknownShape(x));
 
   // producer side: a space for each part of the output channels (one part unless a later node cut them)
   const y = node.output[0] ?? '',
@@ -473,7 +526,7 @@ function layerNode(W: Walk, node: NodeProto, rule: OpRule, info: LayerInfo): voi
     sharing ??
     writable ??
     (!yShape
-      ? `the shape of "${y}" is unknown (an op before it has no shape rule in subprune)`
+      ? G.unknownShape(y)
       : yShape[axis] !== n
         ? `output "${y}" has shape [${yShape.join(', ')}], expected ${n} channels on axis ${axis}`
         : undefined);
@@ -488,13 +541,14 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
   if (!rule?.chain) {
     S.refuseAll(
       l,
-      `${opOf(node)} "${node.name}" is not known to act per channel (it may mix channels); subprune stops at it`,
+      `${opOf(node)} "${node.name}" is not known to act per channel (it may mix channels); subprune stops at it` +
+        (node.domain.startsWith('com.microsoft') ? ORT_OPTIMIZED : ''),
     );
     return false;
   }
   const inShape = G.shapes.get(t);
   if (!inShape) {
-    S.refuseAll(l, `the shape of "${t}" is unknown (no shape rule for an op before it)`);
+    S.refuseAll(l, G.unknownShape(t));
     return false;
   }
   const roots = new Set(l.segments.filter((r) => r.space >= 0).map((r) => S.find(r.space)));
@@ -673,7 +727,7 @@ function joinNode(W: Walk, node: NodeProto): void {
   const all = tracked.map((i) => i.l!);
   const refuseAll = (why: string) => all.forEach((l) => S.refuseAll(l, why));
   if (!yShape || ins.some((i) => i.t && !i.shape))
-    return refuseAll(`the shapes around ${label(node)} are unknown (no shape rule for an op before it)`);
+    return refuseAll(G.unknownShape(ins.find((i) => i.t && !i.shape)?.t ?? y));
   const rank = yShape.length;
   const outAxis = (i: (typeof ins)[number]) => i.l!.axis + rank - i.shape!.length;
   // inputs whose channel axis has one entry broadcast over the others: the others' channels decide
@@ -686,7 +740,11 @@ function joinNode(W: Walk, node: NodeProto): void {
     const differ = `${label(node)} combines channels laid out differently ("${ref.t}" and "${i.t}")`;
     if (outAxis(i) !== axis) return refuseAll(differ);
     if (!sameRuns(i.l!, ref.l!))
-      return refuseAll(align(W, i.l!, ref.l!) ? `${differ}, which their producers could not match` : differ);
+      return refuseAll(
+        align(W, i.l!, ref.l!) || cutToAlign(W, i.l!, ref.l!)
+          ? `${differ}, which their producers could not match`
+          : differ,
+      );
   }
   const out: Layout = { axis, segments: ref.l!.segments };
   const slices: { tensor: string; axis: number }[] = [];
@@ -802,8 +860,7 @@ function concatNode(W: Walk, node: NodeProto): void {
   const ins = node.input.map((t) => ({ t, l: W.layouts.get(t), shape: G.shapes.get(t) }));
   const tracked = ins.filter((i) => i.l);
   const refuseAll = (why: string) => tracked.forEach((i) => S.refuseAll(i.l, why));
-  if (!yShape || ins.some((i) => !i.shape))
-    return refuseAll(`the shapes around ${label(node)} are unknown (no shape rule for an op before it)`);
+  if (!yShape || ins.some((i) => !i.shape)) return refuseAll(G.unknownShape(ins.find((i) => !i.shape)?.t ?? y));
   const axis = attrInt(node, 'axis') < 0 ? attrInt(node, 'axis') + yShape.length : attrInt(node, 'axis');
   if (tracked.every((i) => i.l!.axis === axis)) {
     const segments = ins.flatMap((i) => i.l?.segments ?? [{ space: -1, n: i.shape![axis]!, per: 1 }]);
@@ -852,6 +909,10 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
   };
   for (const node of G.graph.node) {
     const rule = OPS[opOf(node)];
+    // onnxruntime's layers (FusedConv, NCHWc Conv, FusedGemm) are no layers here: refused by name, or an optimized
+    // model's only candidates vanish and inspect lists nothing
+    if (node.domain.startsWith('com.microsoft') && node.input[1] && G.constant(node.input[1]))
+      W.refused.push({ node: node.name, reason: `${opOf(node)} is not an ONNX layer${ORT_OPTIMIZED}` });
     const inputs = node.input.flatMap((t, slot) => (t && W.layouts.has(t) ? [{ t, slot, l: W.layouts.get(t)! }] : []));
     for (const sub of inner(node))
       W.S.refuseAll(W.layouts.get(sub), `tensor "${sub}" is read inside a subgraph of ${label(node)}`);
@@ -942,6 +1003,22 @@ function groupOf(W: Walk, root: number): Group | string {
   };
 }
 
+/**
+ * A producer whose output channels a later node cut into parts that stay apart (a GhostNet module's Slice keeps both
+ * copies of some channels and one copy of the others) is the first producer of several groups: their ids, which
+ * budgets, reports and the group-by-group modes key on, then add the part's index in the producer's output,
+ * `name#i` (an index, not a channel range, so that the id stays when an earlier part is pruned).
+ */
+function uniqueIds(W: Walk, groups: Group[], roots: Map<Group, number>): void {
+  const count = new Map<string, number>();
+  for (const g of groups) count.set(g.id, (count.get(g.id) ?? 0) + 1);
+  for (const g of groups) {
+    if (count.get(g.id)! < 2) continue;
+    const name = g.producers[0]!.name;
+    g.id = `${name}#${W.S.get(roots.get(g)!).parts.find((p) => p.node === name)!.index}`;
+  }
+}
+
 const order = (W: Walk, n: NodeProto) => W.G.graph.node.indexOf(n);
 const dedupe = <S extends AxisSlice>(xs: S[]) => [
   ...new Map(xs.map((s) => [`${s.tensor}|${s.axis}|${s.offset}|${s.per}`, s])).values(),
@@ -967,10 +1044,11 @@ export function analyze(model: Model, inputShape?: InputShapes): Analysis {
   for (const t of W.together)
     if (new Set(t.spaces.map((x) => W.S.find(x))).size > 1) t.spaces.forEach((x) => W.S.refuse(x, t.why));
   const groups: Group[] = [];
+  const roots = new Map<Group, number>();
   const refused: Refused[] = [...W.refused];
   for (const root of W.S.roots()) {
     const g = groupOf(W, root);
-    if (typeof g !== 'string') groups.push(g);
+    if (typeof g !== 'string') (groups.push(g), roots.set(g, root));
     else {
       const producers = [...new Set(W.S.get(root).producers)].sort((a, b) => order(W, a) - order(W, b));
       refused.push({
@@ -981,6 +1059,7 @@ export function analyze(model: Model, inputShape?: InputShapes): Analysis {
     }
   }
   groups.sort((a, b) => order(W, a.producers[0]!) - order(W, b.producers[0]!));
+  uniqueIds(W, groups, roots);
   refused.sort((a, b) => order(W, nodeNamed(G, a.node)) - order(W, nodeNamed(G, b.node)));
   const sizeOf = sizeModel(model, groups, inputShape, 'params'),
     flopsOf = sizeModel(model, groups, inputShape, 'flops');

@@ -284,19 +284,28 @@ function intsOf(ctx: ShapeContext, slot: number, attr: string): number[] | undef
   if (ctx.node.attribute.some((a) => a.name === attr)) return attrInts(ctx.node, attr);
   return valueOf(ctx, slot);
 }
+/**
+ * The float values of a constant, or of a Concat of constants (torch with do_constant_folding=False writes Resize's
+ * scales as Concat(Constant [1, 1], Constant [2, 2])); undefined otherwise.
+ */
+function floatValues(ctx: ShapeContext, name: string): number[] | undefined {
+  const t = ctx.constant(name);
+  if (t) return t.dataType === DataType.FLOAT ? Array.from(tensorToFloat32(t).data) : undefined;
+  const n = ctx.producer(name);
+  if (!n || opOf(n) !== 'Concat') return undefined;
+  const parts = n.input.map((i) => floatValues(ctx, i));
+  return parts.every((v) => v) ? parts.flatMap((v) => v!) : undefined;
+}
 const resizeShape: ShapeRule = withX((x, ctx) => {
   const { node, constant } = ctx;
   // sizes a constant, or computed from shapes (F.interpolate(x, size=y.shape[2:]): an FPN's upsampling)
   const sizes = node.opType === 'Resize' ? (int64Values(constant(node.input[3] ?? '')) ?? valueOf(ctx, 3)) : undefined;
   if (sizes?.length === x.length) return [sizes];
   const slot = node.opType === 'Resize' && Number(node.input.length) > 2 ? 2 : 1;
-  const t = constant(node.input[slot] ?? '');
   const scales = node.attribute.some((a) => a.name === 'scales')
     ? node.attribute.find((a) => a.name === 'scales')!.floats
-    : t && t.dataType === DataType.FLOAT && tensorDims(t)[0] === x.length
-      ? Array.from(tensorToFloat32(t).data)
-      : undefined;
-  return scales ? [x.map((d, i) => Math.floor(d * scales[i]!))] : undefined;
+    : floatValues(ctx, node.input[slot] ?? '');
+  return scales?.length === x.length ? [x.map((d, i) => Math.floor(d * scales[i]!))] : undefined;
 });
 const padShape: ShapeRule = withX((x, ctx) => {
   const pads = intsOf(ctx, 1, 'pads');
