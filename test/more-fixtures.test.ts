@@ -1,13 +1,13 @@
 import { describe, it, expect } from 'vitest';
 import * as ort from 'onnxruntime-node';
-import { readModel, serializeModel, type Model } from '../src/onnx/index.js';
+import { float32Tensor, makeNode, readModel, serializeModel, type Model } from '../src/onnx/index.js';
 import { openNpy, type NpyFile } from '../src/npy.js';
 import { Calibration } from '../src/calibration.js';
 import { analyze } from '../src/graph/analyze.js';
 import { inferShapes } from '../src/graph/shapes.js';
 import { pruneGroups } from '../src/rewrite/index.js';
 import { prune } from '../src/prune/index.js';
-import { randomKeep, rng, zeroDroppedInputs } from './graph-helpers.js';
+import { outInfo, randomKeep, rng, zeroDroppedInputs } from './graph-helpers.js';
 import { relDiff } from './objective.js';
 
 // Export patterns found on architectures the other fixtures do not cover (test/fixtures/make-more.py, torch's default
@@ -16,7 +16,8 @@ import { relDiff } from './objective.js';
 // Shape of the scores), nn.MultiheadAttention (the batch merged with the heads: bsz · heads), an FPN upsampling to
 // another level's size (Resize whose sizes are computed from shapes), PixelShuffle, and torchvision's Swin
 // (shifted-window masks by ScatterND, Mod, a Pad whose pads are a reversed, transposed shape tensor), YOLOv5's SPPF
-// (one group's channels four times in a Concat). Oracle:
+// (one group's channels four times in a Concat), T5 (a relative position bias computed from a constant table and
+// added to every layer's scores). Oracle:
 // onnxruntime running the original with the dropped channels' consumer inputs zeroed, which is what removing a head
 // or neuron means. The models run with onnxruntime's graph optimizations off: its ReshapeFusion replaces a shape
 // computed from Shape nodes by 0 and -1 entries, which hides a wrong shape entry (a pruned GPT-2's head_dim) that
@@ -107,6 +108,18 @@ const CASES = [
       [16, 1, 1],
     ],
   },
+  // T5: the relative position bias, computed from one Embedding [buckets, heads] and added to both layers' scores,
+  // is sliced along its heads, so both layers' heads are one group (6 producers: q, k, v of each layer); the gated
+  // FFNs' neurons
+  {
+    model: `${FIX}/more-t5.onnx`,
+    calib: `${FIX}/more-t5.calib.npy`,
+    groups: [
+      [4, 6, 8],
+      [64, 2, 1],
+      [64, 2, 1],
+    ],
+  },
 ];
 
 /** The first output of `model` on the first n samples, by ONNX's semantics (no graph optimizations). */
@@ -159,5 +172,42 @@ describe.each(CASES)('$model', ({ model: path, calib, groups: expected }) => {
     expect(report.params.after).toBeLessThan(report.params.before);
     expect((await outputs(pruned, data, 4)).every(Number.isFinite)).toBe(true);
     data.close();
+  });
+});
+
+describe('a table added per head (T5 relative position bias) that is also read elsewhere', () => {
+  const BIAS = '/block.0/sa/Unsqueeze_5_output_0';
+  const heads = (m: Model) => {
+    const data = openNpy(`${FIX}/more-t5.calib.npy`);
+    const a = analyze(m, Calibration.of(m, data).shapes);
+    data.close();
+    return a;
+  };
+
+  it('is sliced with every site that adds it to heads', () => {
+    const { groups } = heads(readModel(`${FIX}/more-t5.onnx`));
+    const g = groups.find((x) => x.id === '/block.0/sa/q/MatMul')!;
+    const table = g.slices.filter((s) => s.tensor === 'block.0.sa.relative_attention_bias.weight');
+    expect(table.map((s) => [s.axis, s.offset, s.per])).toEqual([[1, 0, 1]]);
+  });
+
+  it('refuses the heads when the bias is also added to a tensor whose heads no group owns', () => {
+    const m = readModel(`${FIX}/more-t5.onnx`);
+    const g = m.graph!;
+    g.initializer.push(float32Tensor('per_head', [1, 4, 1, 1], new Float32Array(4).fill(1)));
+    g.node.push(makeNode('Add', [BIAS, 'per_head'], ['bias_plus'], [], 'extra_add'));
+    g.output.push(outInfo('bias_plus'));
+    const { groups, refused } = heads(m);
+    expect(groups.map((x) => x.id)).not.toContain('/block.0/sa/q/MatMul');
+    const why = refused.find((r) => r.node === '/block.0/sa/q/MatMul')!.reason;
+    expect(why).toContain('block.0.sa.relative_attention_bias.weight');
+    expect(why).toContain('extra_add');
+  });
+
+  it('refuses the heads when the bias is a graph output', () => {
+    const m = readModel(`${FIX}/more-t5.onnx`);
+    m.graph!.output.push(outInfo(BIAS));
+    const { groups } = heads(m);
+    expect(groups.map((x) => x.id)).not.toContain('/block.0/sa/q/MatMul');
   });
 });

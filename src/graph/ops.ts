@@ -201,7 +201,7 @@ function int64Values(t: TensorProto | undefined): number[] | undefined {
 }
 
 /** Axes as an attribute (older opsets) or as a constant second input (newer ones); undefined if absent/computed. */
-function axesOf(node: NodeProto, constant: (name: string) => TensorProto | undefined): number[] | undefined {
+export function axesOf(node: NodeProto, constant: (name: string) => TensorProto | undefined): number[] | undefined {
   if (node.attribute.some((a) => a.name === 'axes')) return attrInts(node, 'axes');
   const t = node.input[1] ? constant(node.input[1]) : undefined;
   return t ? Array.from(tensorToInt64(t).data, Number) : undefined;
