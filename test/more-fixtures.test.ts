@@ -17,7 +17,7 @@ import { relDiff } from './objective.js';
 // another level's size (Resize whose sizes are computed from shapes), PixelShuffle, and torchvision's Swin
 // (shifted-window masks by ScatterND, Mod, a Pad whose pads are a reversed, transposed shape tensor), YOLOv5's SPPF
 // (one group's channels four times in a Concat), T5 (a relative position bias computed from a constant table and
-// added to every layer's scores). Oracle:
+// added to every layer's scores), SVTR (torch's squeeze of a computed dimension: an If). Oracle:
 // onnxruntime running the original with the dropped channels' consumer inputs zeroed, which is what removing a head
 // or neuron means. The models run with onnxruntime's graph optimizations off: its ReshapeFusion replaces a shape
 // computed from Shape nodes by 0 and -1 entries, which hides a wrong shape entry (a pruned GPT-2's head_dim) that
@@ -120,6 +120,22 @@ const CASES = [
       [64, 2, 1],
     ],
   },
+  // SVTR-tiny: the patch embedding's first conv, heads (a window mask on the local block) and FFN neurons of each
+  // block; the last conv's channels pass torch's x.squeeze(2), an If whose branches are Squeeze and Identity
+  {
+    model: `${FIX}/more-svtr.onnx`,
+    calib: `${FIX}/more-svtr.calib.npy`,
+    groups: [
+      [8, 1, 9],
+      [2, 1, 8],
+      [32, 1, 1],
+      [2, 1, 8],
+      [32, 1, 1],
+      [4, 1, 8],
+      [64, 1, 1],
+      [48, 1, 1],
+    ],
+  },
 ];
 
 /** The first output of `model` on the first n samples, by ONNX's semantics (no graph optimizations). */
@@ -209,5 +225,19 @@ describe('a table added per head (T5 relative position bias) that is also read e
     m.graph!.output.push(outInfo(BIAS));
     const { groups } = heads(m);
     expect(groups.map((x) => x.id)).not.toContain('/block.0/sa/q/MatMul');
+  });
+});
+
+describe("torch's squeeze If (more-svtr)", () => {
+  it("the pruned If's branches declare no stale output shape (onnxruntime merges them only leniently)", () => {
+    const m = readModel(`${FIX}/more-svtr.onnx`),
+      data = openNpy(`${FIX}/more-svtr.calib.npy`);
+    const { groups } = analyze(m, Calibration.of(m, data).shapes);
+    data.close();
+    const group = groups.find((g) => g.id === '/last/Conv')!;
+    const pruned = pruneGroups(m, [{ group, keep: [0, 1, 2] }]);
+    const branches = pruned.graph!.node.find((n) => n.opType === 'If')!.attribute.map((a) => a.g!);
+    const declared = branches.flatMap((g) => g.output.map((o) => o.type?.value.value?.shape));
+    expect(declared).toEqual([undefined, undefined]);
   });
 });

@@ -20,6 +20,8 @@ import {
 import {
   axesOf,
   checkOpset,
+  ifBranches,
+  type IfBranches,
   entriesOf,
   opOf,
   OPS,
@@ -656,6 +658,44 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
 }
 
 /**
+ * torch's squeeze If (see ifBranches): each branch's op passes the channels by its chain rule, with no slices or
+ * edits (the branches hold no weights, and their axes are not the channels'), to the same axis whichever runs.
+ */
+function ifNode(W: Walk, node: NodeProto, b: IfBranches): void {
+  const { G, S } = W,
+    l = W.layouts.get(b.x);
+  if (!l) return;
+  const inShape = G.shapes.get(b.x),
+    y = node.output[0] ?? '';
+  if (!inShape || !G.shapes.has(y))
+    return S.refuseAll(l, `the shapes around ${label(node)} are unknown (its condition is not known from shapes)`);
+  const steps = b.ops.map((op) =>
+    OPS[op.opType]!.chain!({
+      node: op,
+      input: 0,
+      layout: l,
+      entries: entriesOf(l),
+      inShape,
+      outShape: undefined,
+      opset: G.opset,
+      constant: b.constant,
+      producer: G.producer,
+      readers: (name) => G.uses.get(name) ?? [],
+      isOutput: (name) => G.outputs.has(name),
+      onlyFor: () => false,
+      value: G.value,
+      channelsOf: () => undefined,
+    }),
+  );
+  const axes = steps.map((st) => ('axis' in st && !('ranges' in st) && !st.slices?.length ? st.axis : undefined));
+  if (l.stack || axes[0] === undefined || axes[0] !== axes[1] || steps.some((st) => 'shapeEdits' in st))
+    return S.refuseAll(l, `${label(node)}: its branches do not pass the channels on to the same axis`);
+  const out: Layout = { axis: axes[0], segments: l.segments };
+  record(W, node, out, {});
+  setLayout(W, y, out);
+}
+
+/**
  * A reshape cuts the channel axis into blocks of `inner` entries (attention heads of `inner` features): the next walk
  * makes every channel of these spaces a whole number of blocks, if the producers' outputs allow it.
  */
@@ -970,6 +1010,11 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
   for (const node of G.graph.node) {
     const rule = OPS[opOf(node)];
     const inputs = node.input.flatMap((t, slot) => (t && W.layouts.has(t) ? [{ t, slot, l: W.layouts.get(t)! }] : []));
+    const branches = ifBranches(node, G.constant);
+    if (branches) {
+      ifNode(W, node, branches);
+      continue;
+    }
     for (const sub of inner(node))
       W.S.refuseAll(W.layouts.get(sub), `tensor "${sub}" is read inside a subgraph of ${label(node)}`);
     // packed parts of channels pass only through chain rules, one input at a time, until a Gather or Split
