@@ -120,6 +120,21 @@ const CASES = [
       [64, 2, 1],
     ],
   },
+  // T5 encoder-decoder: the encoder's heads; the decoder's self-attention heads of both layers (one relative position
+  // bias plus the causal mask); its cross-attention heads of both layers (one torch.zeros((1, heads, T, S)) plus the
+  // padding mask: the heads entry of that ConstantOfShape's shape shrinks once); the gated FFNs' neurons
+  {
+    model: `${FIX}/more-t5-seq2seq.onnx`,
+    calib: `${FIX}/more-t5-seq2seq.calib.npy`,
+    groups: [
+      [4, 3, 8],
+      [64, 2, 1],
+      [4, 6, 8],
+      [4, 6, 8],
+      [64, 2, 1],
+      [64, 2, 1],
+    ],
+  },
   // SVTR-tiny: the patch embedding's first conv, heads (a window mask on the local block) and FFN neurons of each
   // block; the last conv's channels pass torch's x.squeeze(2), an If whose branches are Squeeze and Identity
   {

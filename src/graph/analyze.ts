@@ -150,6 +150,11 @@ interface Table {
   sites: Set<string>;
   /** The axis of the site's output the table's axis reaches. */
   at: number;
+  /**
+   * `tensor` is not the table but the one-entry count of its axis in the shape of a ConstantOfShape: T5's cross
+   * attention adds torch.zeros((1, heads, T, S)) (plus the mask); removing channels shrinks that count.
+   */
+  count?: true;
 }
 
 const TABLE_PASS = ['Cast', 'Identity', 'Neg'];
@@ -175,6 +180,19 @@ function tablesOf(G: Graph): Map<string, Table> {
       for (const [site, { input, at }] of sites)
         found.set(`${site}|${input}`, { tensor: name, axis, sites: new Set(sites.keys()), at });
     }
+  }
+  for (const node of G.graph.node) {
+    const concat = opOf(node) === 'ConstantOfShape' ? G.producer(node.input[0] ?? '') : undefined;
+    if (!concat || opOf(concat) !== 'Concat' || (G.uses.get(concat.output[0] ?? '') ?? []).length !== 1) continue;
+    if (!concat.input.every((c) => G.shapes.get(c)?.length === 1 && G.shapes.get(c)![0] === 1)) continue;
+    concat.input.forEach((c, axis) => {
+      const t = G.constant(c);
+      const only = (G.uses.get(c) ?? []).length === 1 && !G.outputs.has(c);
+      if (!t || t.dataType !== DataType.INT64 || !only || (G.value(c)?.[0] ?? 0) < 2) return;
+      const sites = tableSites(G, node.output[0] ?? '', axis);
+      for (const [site, { input, at }] of sites ?? [])
+        found.set(`${site}|${input}`, { tensor: c, axis: 0, sites: new Set(sites!.keys()), at, count: true });
+    });
   }
   return found;
 }
@@ -869,7 +887,7 @@ function joinNode(W: Walk, node: NodeProto): void {
     )
   )
     return;
-  const writable = tables.map((t) => notRewritable(G.constant(t.tensor)!)).find((w) => w);
+  const writable = tables.map((t) => !t.count && notRewritable(G.constant(t.tensor)!)).find((w) => w);
   if (writable) return refuseAll(writable);
   for (const table of tables) {
     const met: TableMet = W.tables.get(table.tensor) ?? { table, seen: new Set(), layouts: [] };
@@ -877,7 +895,10 @@ function joinNode(W: Walk, node: NodeProto): void {
     met.layouts.push(out);
     W.tables.set(table.tensor, met);
   }
-  record(W, node, out, { slices: [...slices, ...tables.map((t) => ({ tensor: t.tensor, axis: t.axis }))] });
+  record(W, node, out, {
+    slices: [...slices, ...tables.filter((t) => !t.count).map((t) => ({ tensor: t.tensor, axis: t.axis }))],
+    shapeEdits: tables.filter((t) => t.count).map((t) => ({ tensor: t.tensor, index: 0, shared: true as const })),
+  });
   setLayout(W, y, out);
 }
 
