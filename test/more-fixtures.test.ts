@@ -1,6 +1,14 @@
 import { describe, it, expect } from 'vitest';
 import * as ort from 'onnxruntime-node';
-import { float32Tensor, makeNode, readModel, serializeModel, type Model } from '../src/onnx/index.js';
+import {
+  DataType,
+  float32Tensor,
+  makeNode,
+  makeTensorValueInfo,
+  readModel,
+  serializeModel,
+  type Model,
+} from '../src/onnx/index.js';
 import { openNpy, type NpyFile } from '../src/npy.js';
 import { Calibration } from '../src/calibration.js';
 import { analyze } from '../src/graph/analyze.js';
@@ -220,6 +228,14 @@ describe('a table added per head (T5 relative position bias) that is also read e
     const g = groups.find((x) => x.id === '/block.0/sa/q/MatMul')!;
     const table = g.slices.filter((s) => s.tensor === 'block.0.sa.relative_attention_bias.weight');
     expect(table.map((s) => [s.axis, s.offset, s.per])).toEqual([[1, 0, 1]]);
+  });
+
+  it('carries the heads on the way from the constant (value_info declaring their old count is dropped)', () => {
+    const m = readModel(`${FIX}/more-t5.onnx`);
+    m.graph!.valueInfo.push(makeTensorValueInfo(BIAS, DataType.FLOAT, [1, 4, 'seq', 'seq']));
+    const group = heads(m).groups.find((x) => x.id === '/block.0/sa/q/MatMul')!;
+    expect(group.tensors.filter((t) => t.tensor === BIAS).map((t) => t.axis)).toEqual([1]);
+    expect(pruneGroups(m, [{ group, keep: [0, 2] }]).graph!.valueInfo.map((v) => v.name)).not.toContain(BIAS);
   });
 
   it('refuses the heads when the bias is also added to a tensor whose heads no group owns', () => {

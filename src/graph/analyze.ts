@@ -155,6 +155,8 @@ interface Table {
    * attention adds torch.zeros((1, heads, T, S)) (plus the mask); removing channels shrinks that count.
    */
   count?: true;
+  /** The activations from the constant to the sites, with the axis holding the channels: their shapes change too. */
+  path: { tensor: string; axis: number }[];
 }
 
 const TABLE_PASS = ['Cast', 'Identity', 'Neg'];
@@ -175,10 +177,9 @@ function tablesOf(G: Graph): Map<string, Table> {
     if (dims.length < 2 || !uses.some((u) => opOf(u.node) === 'Gather' && u.slot === 0)) continue;
     for (let axis = 0; axis < dims.length; axis++) {
       if (dims[axis]! < 2) continue;
-      const sites = tableSites(G, name, axis);
-      if (!sites) continue;
-      for (const [site, { input, at }] of sites)
-        found.set(`${site}|${input}`, { tensor: name, axis, sites: new Set(sites.keys()), at });
+      const t = tableSites(G, name, axis);
+      for (const [site, { input, at }] of t?.at ?? [])
+        found.set(`${site}|${input}`, { tensor: name, axis, sites: t!.sites, path: t!.path, at });
     }
   }
   for (const node of G.graph.node) {
@@ -186,23 +187,29 @@ function tablesOf(G: Graph): Map<string, Table> {
     if (!concat || opOf(concat) !== 'Concat' || (G.uses.get(concat.output[0] ?? '') ?? []).length !== 1) continue;
     if (!concat.input.every((c) => G.shapes.get(c)?.length === 1 && G.shapes.get(c)![0] === 1)) continue;
     concat.input.forEach((c, axis) => {
-      const t = G.constant(c);
+      const k = G.constant(c);
       const only = (G.uses.get(c) ?? []).length === 1 && !G.outputs.has(c);
-      if (!t || t.dataType !== DataType.INT64 || !only || (G.value(c)?.[0] ?? 0) < 2) return;
-      const sites = tableSites(G, node.output[0] ?? '', axis);
-      for (const [site, { input, at }] of sites ?? [])
-        found.set(`${site}|${input}`, { tensor: c, axis: 0, sites: new Set(sites!.keys()), at, count: true });
+      if (!k || k.dataType !== DataType.INT64 || !only || (G.value(c)?.[0] ?? 0) < 2) return;
+      const t = tableSites(G, node.output[0] ?? '', axis);
+      for (const [site, { input, at }] of t?.at ?? [])
+        found.set(`${site}|${input}`, { tensor: c, axis: 0, sites: t!.sites, path: t!.path, at, count: true });
     });
   }
   return found;
 }
 
 /** The sites a constant's axis reaches (site node → the input it reaches it by, the output axis), or undefined. */
-function tableSites(G: Graph, name: string, axis: number): Map<string, { input: string; at: number }> | undefined {
-  const sites = new Map<string, { input: string; at: number }>();
+function tableSites(
+  G: Graph,
+  name: string,
+  axis: number,
+): (Pick<Table, 'sites' | 'path'> & { at: Map<string, Site> }) | undefined {
+  const sites = new Map<string, Site>();
+  const path: Table['path'] = [];
   const queue = [{ t: name, axis }];
   for (let q = queue.shift(); q; q = queue.shift()) {
     if (G.outputs.has(q.t)) return undefined;
+    if (!G.constant(q.t)) path.push({ tensor: q.t, axis: q.axis });
     const rank = G.shapes.get(q.t)?.length;
     if (rank === undefined) return undefined;
     for (const { node, slot } of G.uses.get(q.t) ?? []) {
@@ -237,7 +244,13 @@ function tableSites(G: Graph, name: string, axis: number): Map<string, { input: 
       } else return undefined;
     }
   }
-  return sites.size ? sites : undefined;
+  return sites.size ? { sites: new Set(sites.keys()), path, at: sites } : undefined;
+}
+
+/** Where a table meets the channels: the input it arrives by, and the axis of the site's output it reaches. */
+interface Site {
+  input: string;
+  at: number;
 }
 
 // ---- channel spaces -------------------------------------------------------------------------------------------
@@ -890,6 +903,10 @@ function joinNode(W: Walk, node: NodeProto): void {
   const writable = tables.map((t) => !t.count && notRewritable(G.constant(t.tensor)!)).find((w) => w);
   if (writable) return refuseAll(writable);
   for (const table of tables) {
+    for (const r of runs(out))
+      for (const p of table.path)
+        if (r.space >= 0)
+          W.S.get(r.space).tensors.push({ tensor: p.tensor, axis: p.axis, offset: r.offset, per: r.per });
     const met: TableMet = W.tables.get(table.tensor) ?? { table, seen: new Set(), layouts: [] };
     met.seen.add(node.name);
     met.layouts.push(out);
