@@ -3,7 +3,16 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { readModel, serializeModel, tensorToFloat32, type Model } from '../src/onnx/index.js';
+import {
+  DataType,
+  float32Tensor,
+  makeNode,
+  makeTensorValueInfo,
+  readModel,
+  serializeModel,
+  tensorToFloat32,
+  type Model,
+} from '../src/onnx/index.js';
 import { openNpy, type NpyFile } from '../src/npy.js';
 import { Calibration } from '../src/calibration.js';
 import { analyze } from '../src/graph/analyze.js';
@@ -12,7 +21,7 @@ import { pruneGroups } from '../src/rewrite/index.js';
 import { prune } from '../src/prune/index.js';
 import { refitSweep } from '../src/prune/sweep.js';
 import { captureGrams } from '../src/capture/index.js';
-import { randomKeep, rng, run, zeroDroppedInputs } from './graph-helpers.js';
+import { outInfo, randomKeep, rng, run, zeroDroppedInputs } from './graph-helpers.js';
 import { relDiff } from './objective.js';
 import { channelCols, gramOf, leastSquares, withOnes, type Mat } from './oracle.js';
 
@@ -25,7 +34,8 @@ import { channelCols, gramOf, leastSquares, withOnes, type Mat } from './oracle.
 // (one group's channels four times in a Concat), 1-D convolutions (Whisper's front end, a TCN, Conformer's conv module,
 // a 1-D U-Net with ConvTranspose1d), GhostNet's modules (a Concat of a conv and its depthwise copy, sliced; the
 // residual Add of one run of channels with it), PaddleOCR's DBFPN exported without constant folding (Resize's scales a
-// Concat of Constants), a static export with a batch of 2. Oracle:
+// Concat of Constants), a static export with a batch of 2, T5 (a relative position bias computed from a constant table
+// and added to every layer's scores), SVTR (torch's squeeze of a computed dimension: an If). Oracle:
 // onnxruntime running the original with the dropped channels' consumer inputs zeroed, which is what removing a head
 // or neuron means. The models run with onnxruntime's graph optimizations off: its ReshapeFusion replaces a shape
 // computed from Shape nodes by 0 and -1 entries, which hides a wrong shape entry (a pruned GPT-2's head_dim) that
@@ -190,6 +200,49 @@ const CASES = [
       [2, 1, 9],
       [2, 1, 1],
       [2, 1, 1],
+    ],
+  },
+  // T5: the relative position bias, computed from one Embedding [buckets, heads] and added to both layers' scores,
+  // is sliced along its heads, so both layers' heads are one group (6 producers: q, k, v of each layer); the gated
+  // FFNs' neurons
+  {
+    model: `${FIX}/more-t5.onnx`,
+    calib: `${FIX}/more-t5.calib.npy`,
+    groups: [
+      [4, 6, 8],
+      [64, 2, 1],
+      [64, 2, 1],
+    ],
+  },
+  // T5 encoder-decoder: the encoder's heads; the decoder's self-attention heads of both layers (one relative position
+  // bias plus the causal mask); its cross-attention heads of both layers (one torch.zeros((1, heads, T, S)) plus the
+  // padding mask: the heads entry of that ConstantOfShape's shape shrinks once); the gated FFNs' neurons
+  {
+    model: `${FIX}/more-t5-seq2seq.onnx`,
+    calib: `${FIX}/more-t5-seq2seq.calib.npy`,
+    groups: [
+      [4, 3, 8],
+      [64, 2, 1],
+      [4, 6, 8],
+      [4, 6, 8],
+      [64, 2, 1],
+      [64, 2, 1],
+    ],
+  },
+  // SVTR-tiny: the patch embedding's first conv, heads (a window mask on the local block) and FFN neurons of each
+  // block; the last conv's channels pass torch's x.squeeze(2), an If whose branches are Squeeze and Identity
+  {
+    model: `${FIX}/more-svtr.onnx`,
+    calib: `${FIX}/more-svtr.calib.npy`,
+    groups: [
+      [8, 1, 9],
+      [2, 1, 8],
+      [32, 1, 1],
+      [2, 1, 8],
+      [32, 1, 1],
+      [4, 1, 8],
+      [64, 1, 1],
+      [48, 1, 1],
     ],
   },
 ];
@@ -465,5 +518,64 @@ describe('a static export with a batch of 2 (no dynamic_axes)', () => {
     expect(report.params.after).toBeLessThan(report.params.before);
     expect((await outputs(pruned, data, 2)).every(Number.isFinite)).toBe(true);
     data.close();
+  });
+});
+
+describe('a table added per head (T5 relative position bias) that is also read elsewhere', () => {
+  const BIAS = '/block.0/sa/Unsqueeze_5_output_0';
+  const heads = (m: Model) => {
+    const data = openNpy(`${FIX}/more-t5.calib.npy`);
+    const a = analyze(m, Calibration.of(m, data).shapes);
+    data.close();
+    return a;
+  };
+
+  it('is sliced with every site that adds it to heads', () => {
+    const { groups } = heads(readModel(`${FIX}/more-t5.onnx`));
+    const g = groups.find((x) => x.id === '/block.0/sa/q/MatMul')!;
+    const table = g.slices.filter((s) => s.tensor === 'block.0.sa.relative_attention_bias.weight');
+    expect(table.map((s) => [s.axis, s.offset, s.per])).toEqual([[1, 0, 1]]);
+  });
+
+  it('carries the heads on the way from the constant (value_info declaring their old count is dropped)', () => {
+    const m = readModel(`${FIX}/more-t5.onnx`);
+    m.graph!.valueInfo.push(makeTensorValueInfo(BIAS, DataType.FLOAT, [1, 4, 'seq', 'seq']));
+    const group = heads(m).groups.find((x) => x.id === '/block.0/sa/q/MatMul')!;
+    expect(group.tensors.filter((t) => t.tensor === BIAS).map((t) => t.axis)).toEqual([1]);
+    expect(pruneGroups(m, [{ group, keep: [0, 2] }]).graph!.valueInfo.map((v) => v.name)).not.toContain(BIAS);
+  });
+
+  it('refuses the heads when the bias is also added to a tensor whose heads no group owns', () => {
+    const m = readModel(`${FIX}/more-t5.onnx`);
+    const g = m.graph!;
+    g.initializer.push(float32Tensor('per_head', [1, 4, 1, 1], new Float32Array(4).fill(1)));
+    g.node.push(makeNode('Add', [BIAS, 'per_head'], ['bias_plus'], [], 'extra_add'));
+    g.output.push(outInfo('bias_plus'));
+    const { groups, refused } = heads(m);
+    expect(groups.map((x) => x.id)).not.toContain('/block.0/sa/q/MatMul');
+    const why = refused.find((r) => r.node === '/block.0/sa/q/MatMul')!.reason;
+    expect(why).toContain('block.0.sa.relative_attention_bias.weight');
+    expect(why).toContain('extra_add');
+  });
+
+  it('refuses the heads when the bias is a graph output', () => {
+    const m = readModel(`${FIX}/more-t5.onnx`);
+    m.graph!.output.push(outInfo(BIAS));
+    const { groups } = heads(m);
+    expect(groups.map((x) => x.id)).not.toContain('/block.0/sa/q/MatMul');
+  });
+});
+
+describe("torch's squeeze If (more-svtr)", () => {
+  it("the pruned If's branches declare no stale output shape (onnxruntime merges them only leniently)", () => {
+    const m = readModel(`${FIX}/more-svtr.onnx`),
+      data = openNpy(`${FIX}/more-svtr.calib.npy`);
+    const { groups } = analyze(m, Calibration.of(m, data).shapes);
+    data.close();
+    const group = groups.find((g) => g.id === '/last/Conv')!;
+    const pruned = pruneGroups(m, [{ group, keep: [0, 1, 2] }]);
+    const branches = pruned.graph!.node.find((n) => n.opType === 'If')!.attribute.map((a) => a.g!);
+    const declared = branches.flatMap((g) => g.output.map((o) => o.type?.value.value?.shape));
+    expect(declared).toEqual([undefined, undefined]);
   });
 });

@@ -6,6 +6,7 @@
 import { badInput } from '../errors.js';
 import {
   attrInt,
+  attrInts,
   DataType,
   opsetVersion,
   tensorDims,
@@ -17,7 +18,10 @@ import {
   type TensorProto,
 } from '../onnx/index.js';
 import {
+  axesOf,
   checkOpset,
+  ifBranches,
+  type IfBranches,
   entriesOf,
   opOf,
   OPS,
@@ -103,6 +107,12 @@ class Graph {
     this.batch = shapes.get(dataInputs(graph)[0]?.name ?? '')?.[0] || 1;
   }
   constant = (name: string): TensorProto | undefined => this.consts.get(name);
+  private tables?: Map<string, Table>;
+  /** The per-channel tables computed from a constant, by `site|tensor` (see tablesOf). */
+  table(site: NodeProto, t: string): Table | undefined {
+    this.tables ??= tablesOf(this);
+    return this.tables.get(`${site.name}|${t}`);
+  }
   value = (name: string): number[] | undefined => this.values.get(name);
   producer = (name: string): NodeProto | undefined => this.producers.get(name);
   outputOf = (node: string): string => this.graph.node.find((n) => n.name === node)?.output[0] ?? '';
@@ -152,6 +162,122 @@ class Graph {
     const macs = nodeMacs(node, this.shapes);
     return macs === undefined ? undefined : (2 * macs) / this.batch;
   }
+}
+
+/**
+ * A table computed at run time from one constant and added per channel: T5's relative position bias, an embedding
+ * table [buckets, heads] gathered by bucket indices computed from the sequence length, transposed and unsqueezed to
+ * [1, heads, T, T] and added to every layer's attention scores. Its `axis` holds one entry per channel at every
+ * `site` (the Add, Mul, … that meets the channels; the axis there in that node's output), so removing channels
+ * slices the constant along `axis`; every site's channels become one space, as the constant is sliced once.
+ */
+interface Table {
+  tensor: string;
+  axis: number;
+  sites: Set<string>;
+  /** The axis of the site's output the table's axis reaches. */
+  at: number;
+  /**
+   * `tensor` is not the table but the one-entry count of its axis in the shape of a ConstantOfShape: T5's cross
+   * attention adds torch.zeros((1, heads, T, S)) (plus the mask); removing channels shrinks that count.
+   */
+  count?: true;
+  /** The activations from the constant to the sites, with the axis holding the channels: their shapes change too. */
+  path: { tensor: string; axis: number }[];
+}
+
+const TABLE_PASS = ['Cast', 'Identity', 'Neg'];
+const TABLE_JOIN = ['Add', 'Sub', 'Mul', 'Div'];
+
+/**
+ * Every table (see Table): for each constant of rank ≥ 2 that a Gather reads as its data, and each other axis, the
+ * nodes its entries reach through Gather along other axes, Transpose, Unsqueeze, Cast and element-wise products
+ * with tensors broadcast along that axis (a mask [1, 1, T, T]), up to the element-wise nodes whose other input has
+ * that axis too (the sites). A constant that any other node reads on the way (a Shape, a graph output, a MatMul) makes
+ * no table.
+ */
+function tablesOf(G: Graph): Map<string, Table> {
+  const found = new Map<string, Table>();
+  for (const [name, t] of G.consts) {
+    const uses = G.uses.get(name) ?? [];
+    const dims = tensorDims(t);
+    if (dims.length < 2 || !uses.some((u) => opOf(u.node) === 'Gather' && u.slot === 0)) continue;
+    for (let axis = 0; axis < dims.length; axis++) {
+      if (dims[axis]! < 2) continue;
+      const t = tableSites(G, name, axis);
+      for (const [site, { input, at }] of t?.at ?? [])
+        found.set(`${site}|${input}`, { tensor: name, axis, sites: t!.sites, path: t!.path, at });
+    }
+  }
+  for (const node of G.graph.node) {
+    const concat = opOf(node) === 'ConstantOfShape' ? G.producer(node.input[0] ?? '') : undefined;
+    if (!concat || opOf(concat) !== 'Concat' || (G.uses.get(concat.output[0] ?? '') ?? []).length !== 1) continue;
+    if (!concat.input.every((c) => G.shapes.get(c)?.length === 1 && G.shapes.get(c)![0] === 1)) continue;
+    concat.input.forEach((c, axis) => {
+      const k = G.constant(c);
+      const only = (G.uses.get(c) ?? []).length === 1 && !G.outputs.has(c);
+      if (!k || k.dataType !== DataType.INT64 || !only || (G.value(c)?.[0] ?? 0) < 2) return;
+      const t = tableSites(G, node.output[0] ?? '', axis);
+      for (const [site, { input, at }] of t?.at ?? [])
+        found.set(`${site}|${input}`, { tensor: c, axis: 0, sites: t!.sites, path: t!.path, at, count: true });
+    });
+  }
+  return found;
+}
+
+/** The sites a constant's axis reaches (site node → the input it reaches it by, the output axis), or undefined. */
+function tableSites(
+  G: Graph,
+  name: string,
+  axis: number,
+): (Pick<Table, 'sites' | 'path'> & { at: Map<string, Site> }) | undefined {
+  const sites = new Map<string, Site>();
+  const path: Table['path'] = [];
+  const queue = [{ t: name, axis }];
+  for (let q = queue.shift(); q; q = queue.shift()) {
+    if (G.outputs.has(q.t)) return undefined;
+    if (!G.constant(q.t)) path.push({ tensor: q.t, axis: q.axis });
+    const rank = G.shapes.get(q.t)?.length;
+    if (rank === undefined) return undefined;
+    for (const { node, slot } of G.uses.get(q.t) ?? []) {
+      const y = node.output[0] ?? '',
+        op = opOf(node),
+        outRank = G.shapes.get(y)?.length;
+      if (slot < 0 || outRank === undefined || node.output.length !== 1) return undefined;
+      if (TABLE_PASS.includes(op)) queue.push({ t: y, axis: q.axis });
+      else if (op === 'Transpose') {
+        const perm = node.attribute.some((a) => a.name === 'perm')
+          ? attrInts(node, 'perm')
+          : [...Array(rank).keys()].reverse();
+        queue.push({ t: y, axis: perm.indexOf(q.axis) });
+      } else if (op === 'Unsqueeze' && slot === 0) {
+        const axes = axesOf(node, G.constant)?.map((a) => (a < 0 ? a + outRank : a));
+        if (!axes) return undefined;
+        const kept = [...Array(outRank).keys()].filter((o) => !axes.includes(o));
+        queue.push({ t: y, axis: kept[q.axis]! });
+      } else if (op === 'Gather' && slot === 0) {
+        const g = attrInt(node, 'axis', 0),
+          ga = g < 0 ? g + rank : g;
+        const indices = G.shapes.get(node.input[1] ?? '')?.length;
+        if (ga === q.axis || indices === undefined) return undefined;
+        queue.push({ t: y, axis: q.axis < ga ? q.axis : q.axis + indices - 1 });
+      } else if (TABLE_JOIN.includes(op) && node.input.length === 2) {
+        const at = q.axis + outRank - rank,
+          other = G.shapes.get(node.input[1 - slot] ?? '');
+        if (!other) return undefined;
+        const k = at - (outRank - other.length);
+        if (k < 0 || other[k] === 1) queue.push({ t: y, axis: at });
+        else sites.set(node.name, { input: q.t, at });
+      } else return undefined;
+    }
+  }
+  return sites.size ? { sites: new Set(sites.keys()), path, at: sites } : undefined;
+}
+
+/** Where a table meets the channels: the input it arrives by, and the axis of the site's output it reaches. */
+interface Site {
+  input: string;
+  at: number;
 }
 
 // ---- channel spaces -------------------------------------------------------------------------------------------
@@ -306,6 +432,15 @@ interface Walk {
   requests: Map<number, Request>;
   /** Spaces that must end up one space (keep equally many channels), and why. */
   together: { spaces: number[]; why: string }[];
+  /** The tables (see Table) met so far, by constant: the sites met and their channels' layouts. */
+  tables: Map<string, TableMet>;
+}
+
+/** A table's sites met by the walk, and the layouts of the channels it met there. */
+interface TableMet {
+  table: Table;
+  seen: Set<string>;
+  layouts: Layout[];
 }
 
 /** A run of a producer's output channels that becomes one space: n channels of `per` entries. */
@@ -608,6 +743,44 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
 }
 
 /**
+ * torch's squeeze If (see ifBranches): each branch's op passes the channels by its chain rule, with no slices or
+ * edits (the branches hold no weights, and their axes are not the channels'), to the same axis whichever runs.
+ */
+function ifNode(W: Walk, node: NodeProto, b: IfBranches): void {
+  const { G, S } = W,
+    l = W.layouts.get(b.x);
+  if (!l) return;
+  const inShape = G.shapes.get(b.x),
+    y = node.output[0] ?? '';
+  if (!inShape || !G.shapes.has(y))
+    return S.refuseAll(l, `the shapes around ${label(node)} are unknown (its condition is not known from shapes)`);
+  const steps = b.ops.map((op) =>
+    OPS[op.opType]!.chain!({
+      node: op,
+      input: 0,
+      layout: l,
+      entries: entriesOf(l),
+      inShape,
+      outShape: undefined,
+      opset: G.opset,
+      constant: b.constant,
+      producer: G.producer,
+      readers: (name) => G.uses.get(name) ?? [],
+      isOutput: (name) => G.outputs.has(name),
+      onlyFor: () => false,
+      value: G.value,
+      channelsOf: () => undefined,
+    }),
+  );
+  const axes = steps.map((st) => ('axis' in st && !('ranges' in st) && !st.slices?.length ? st.axis : undefined));
+  if (l.stack || axes[0] === undefined || axes[0] !== axes[1] || steps.some((st) => 'shapeEdits' in st))
+    return S.refuseAll(l, `${label(node)}: its branches do not pass the channels on to the same axis`);
+  const out: Layout = { axis: axes[0], segments: l.segments };
+  record(W, node, out, {});
+  setLayout(W, y, out);
+}
+
+/**
  * A reshape cuts the channel axis into blocks of `inner` entries (attention heads of `inner` features): the next walk
  * makes every channel of these spaces a whole number of blocks, if the producers' outputs allow it.
  */
@@ -749,10 +922,16 @@ function joinNode(W: Walk, node: NodeProto): void {
   const out: Layout = { axis, segments: ref.l!.segments };
   const slices: { tensor: string; axis: number }[] = [];
   const follows: Layout[] = [];
+  const tables: Table[] = [];
   for (const i of ins.filter((j) => j.t && !j.l)) {
     const dims = i.shape!,
       k = axis - (rank - dims.length);
     if (k < 0 || dims[k] === 1) continue; // broadcasts along the channels
+    const table = G.table(node, i.t);
+    if (table && table.at === axis && dims[k] === entriesOf(out)) {
+      tables.push(table); // computed from a constant whose axis holds one entry per channel
+      continue;
+    }
     const like = expandedLike(G, i.t, k);
     const l = like && W.layouts.get(like);
     if (l && !l.stack && l.axis + dims.length - G.shapes.get(like)!.length === k && sameRuns(l, out)) {
@@ -779,7 +958,22 @@ function joinNode(W: Walk, node: NodeProto): void {
     )
   )
     return;
-  record(W, node, out, { slices });
+  const writable = tables.map((t) => !t.count && notRewritable(G.constant(t.tensor)!)).find((w) => w);
+  if (writable) return refuseAll(writable);
+  for (const table of tables) {
+    for (const r of runs(out))
+      for (const p of table.path)
+        if (r.space >= 0)
+          W.S.get(r.space).tensors.push({ tensor: p.tensor, axis: p.axis, offset: r.offset, per: r.per });
+    const met: TableMet = W.tables.get(table.tensor) ?? { table, seen: new Set(), layouts: [] };
+    met.seen.add(node.name);
+    met.layouts.push(out);
+    W.tables.set(table.tensor, met);
+  }
+  record(W, node, out, {
+    slices: [...slices, ...tables.filter((t) => !t.count).map((t) => ({ tensor: t.tensor, axis: t.axis }))],
+    shapeEdits: tables.filter((t) => t.count).map((t) => ({ tensor: t.tensor, index: 0, shared: true as const })),
+  });
   setLayout(W, y, out);
 }
 
@@ -906,6 +1100,7 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
     fixed,
     requests: new Map(),
     together: [],
+    tables: new Map(),
   };
   for (const node of G.graph.node) {
     const rule = OPS[opOf(node)];
@@ -914,6 +1109,11 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
     if (node.domain.startsWith('com.microsoft') && node.input[1] && G.constant(node.input[1]))
       W.refused.push({ node: node.name, reason: `${opOf(node)} is not an ONNX layer${ORT_OPTIMIZED}` });
     const inputs = node.input.flatMap((t, slot) => (t && W.layouts.has(t) ? [{ t, slot, l: W.layouts.get(t)! }] : []));
+    const branches = ifBranches(node, G.constant);
+    if (branches) {
+      ifNode(W, node, branches);
+      continue;
+    }
     for (const sub of inner(node))
       W.S.refuseAll(W.layouts.get(sub), `tensor "${sub}" is read inside a subgraph of ${label(node)}`);
     // packed parts of channels pass only through chain rules, one input at a time, until a Gather or Split
@@ -959,7 +1159,25 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
     const l = W.layouts.get(o.name);
     if (l) W.S.refuseAll(l, `tensor "${o.name}" is a graph output, so its channels cannot change`);
   }
+  for (const t of W.tables.values()) joinTable(W, t);
   return W;
+}
+
+/**
+ * The channels of every site of a table become one space (the constant is sliced once for all); refused if a site
+ * was not met with channels, or met with channels laid out otherwise.
+ */
+function joinTable(W: Walk, { table, seen, layouts }: TableMet): void {
+  const missing = [...table.sites].filter((s) => !seen.has(s));
+  const [first, ...rest] = layouts;
+  const why = missing.length
+    ? `constant "${table.tensor}" is added to these channels and also at ${missing.join(', ')}, where no group's ` +
+      'channels meet it; slicing it would change that node too'
+    : rest.some((l) => !sameRuns(l, first!))
+      ? `constant "${table.tensor}" is added to channels laid out differently at ${[...seen].join(', ')}`
+      : undefined;
+  if (why) return layouts.forEach((l) => W.S.refuseAll(l, why));
+  for (const l of rest) l.segments.forEach((s, r) => s.space >= 0 && W.S.union(s.space, first!.segments[r]!.space));
 }
 
 const PACKED =

@@ -180,6 +180,8 @@ export interface ShapeContext {
   producer(name: string): NodeProto | undefined;
   /** The values of a small integer tensor (a constant, or computed from shapes), if known. */
   value(name: string): number[] | undefined;
+  /** Any tensor's shape inferred so far (an If's branches read outer tensors that are not its inputs). */
+  shape?(name: string): number[] | undefined;
 }
 
 /**
@@ -201,11 +203,64 @@ function int64Values(t: TensorProto | undefined): number[] | undefined {
 }
 
 /** Axes as an attribute (older opsets) or as a constant second input (newer ones); undefined if absent/computed. */
-function axesOf(node: NodeProto, constant: (name: string) => TensorProto | undefined): number[] | undefined {
+export function axesOf(node: NodeProto, constant: (name: string) => TensorProto | undefined): number[] | undefined {
   if (node.attribute.some((a) => a.name === 'axes')) return attrInts(node, 'axes');
   const t = node.input[1] ? constant(node.input[1]) : undefined;
   return t ? Array.from(tensorToInt64(t).data, Number) : undefined;
 }
+
+/**
+ * An If each of whose branches is one op reading the same outer tensor `x` (after Constant nodes for its axes): torch
+ * exports `x.squeeze(k)` of a dimension not known to be 1 as If(Equal(Shape(x)[k], 1)) with then Squeeze(x, [k]) and
+ * else Identity(x). `constant` also finds the branches' Constant nodes.
+ */
+export interface IfBranches {
+  x: string;
+  ops: [NodeProto, NodeProto];
+  constant(name: string): TensorProto | undefined;
+}
+const BRANCH_OPS = ['Identity', 'Squeeze', 'Unsqueeze'];
+
+export function ifBranches(
+  node: NodeProto,
+  constant: (name: string) => TensorProto | undefined,
+): IfBranches | undefined {
+  if (node.opType !== 'If' || node.domain) return undefined;
+  const local = new Map<string, TensorProto>();
+  const ops: NodeProto[] = [];
+  for (const name of ['then_branch', 'else_branch']) {
+    const g = node.attribute.find((a) => a.name === name)?.g;
+    if (!g || g.output.length !== 1 || node.output.length !== 1) return undefined;
+    const rest = g.node.filter((n) => {
+      const t = n.opType === 'Constant' ? n.attribute.find((a) => a.name === 'value')?.t : undefined;
+      if (t) n.output.forEach((o) => local.set(o, t));
+      return !t;
+    });
+    const op = rest[0];
+    if (rest.length !== 1 || !BRANCH_OPS.includes(op!.opType) || op!.domain || op!.output[0] !== g.output[0]!.name)
+      return undefined;
+    ops.push(op!);
+  }
+  const x = ops[0]!.input[0] ?? '';
+  if (!x || ops.some((op) => op.input[0] !== x || local.has(x) || op.input.slice(1).some((t) => t && !local.has(t))))
+    return undefined;
+  return { x, ops: ops as [NodeProto, NodeProto], constant: (name) => local.get(name) ?? constant(name) };
+}
+
+/** The branch a known condition takes: its op's output shape. */
+const ifShape: ShapeRule = (ctx) => {
+  const cond = ctx.value(ctx.node.input[0] ?? ''),
+    b = ifBranches(ctx.node, ctx.constant),
+    x = b && ctx.shape?.(b.x);
+  if (!cond || cond.length !== 1 || !b || !x) return undefined;
+  const op = b.ops[cond[0] ? 0 : 1];
+  return OPS[op.opType]!.shape!({
+    ...ctx,
+    node: op,
+    ins: op.input.map((t, i) => (i ? b.constant(t) && tensorDims(b.constant(t)!) : x)),
+    constant: b.constant,
+  });
+};
 
 /** A rule that needs the first input's shape. */
 const withX =
@@ -1196,6 +1251,7 @@ export const OPS: Readonly<Record<string, OpRule>> = {
       .map((n) => [n, unary]),
   ),
   Identity: op(sameShape, elementwise, undefined, sameValue),
+  If: op(ifShape), // only torch's squeeze of a dimension not known to be 1 (see ifBranches)
   Dropout: unary, // output 1 (the mask) must be unused: checked for every op by the analysis
   Clip: unary, // min/max are scalars by the spec
   Not: op(sameShape),

@@ -109,7 +109,7 @@ export function inferShapesAndValues(
     const ins = node.input.map((n) => (n ? shapes.get(n) : undefined));
     // by op type, whatever the domain: shapes only feed FLOPs and geometry; custom ops never pass a chain rule
     const rule = OPS[node.opType],
-      ctx = { node, ins, constant, producer, value };
+      ctx = { node, ins, constant, producer, value, shape: (name: string) => shapes.get(name) };
     rule?.shape?.(ctx)?.forEach((s, i) => {
       const name = node.output[i];
       if (s && name && !shapes.has(name)) shapes.set(name, s);

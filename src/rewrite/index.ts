@@ -216,6 +216,14 @@ export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
   // Shapes of the channels' activations changed; drop stale value_info rather than guess (onnxruntime re-infers).
   const changed = new Set(plans.flatMap((p) => p.group.tensors.map((t) => t.tensor)));
   graph.valueInfo = graph.valueInfo.filter((vi) => !changed.has(vi.name) && !work.has(vi.name));
+  // an If passing the channels (torch's squeeze) declares its branches' output shapes too
+  for (const n of graph.node.filter((x) => x.output.some((o) => changed.has(o))))
+    for (const a of n.attribute)
+      for (const g of [a.g, ...a.graphs]) {
+        if (!g) continue;
+        for (const vi of g.output) if (vi.type?.value.case === 'tensorType') vi.type.value.value.shape = undefined;
+        g.valueInfo = [];
+      }
   return out;
 }
 
