@@ -28,8 +28,9 @@ channels, producers, consumers and refusals do not; FLOPs and g after a Flatten 
 
 A channel group is a set of channels that are kept or removed together: the output channels of one or more producers
 (Conv/Gemm/MatMul layers, joined by residual Adds and gates, laid end to end by Concat) that reach their consumers
-(the layers that read them) through ops that act per channel. Its id, the first producer's node name, is what
-prune --budget takes. For each consumer, g is the number of its input columns each channel owns and d = channels·g.`;
+(the layers that read them) through ops that act per channel. Its id, the first producer's node name (name#i when
+a Slice cuts one producer's channels into several groups), is what prune --budget takes. For each consumer, g is the
+number of its input columns each channel owns and d = channels·g.`;
 
 /** The shapes to analyse at: given, from the calibration data, or with free dimensions at STAND_IN. */
 function inputShapes(

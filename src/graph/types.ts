@@ -10,7 +10,10 @@ import type { WeightLayout } from './layers.js';
  * consumer.
  */
 export interface Group {
-  /** The first producer's node name (unique; unnamed nodes get a generated name written back into the graph). */
+  /**
+   * The first producer's node name (unique; unnamed nodes get a generated name written back into the graph), with
+   * `#i` when that producer's channels are cut into several groups (analyze.ts, uniqueIds).
+   */
   id: string;
   /** Channels n. */
   channels: number;
