@@ -241,8 +241,8 @@ async function keepsFor(
 type SampleCount = Pick<Calibration, 'rows' | 'distinctSamples'>;
 
 /**
- * Per consumer, why it cannot be re-fitted (its weights are then only sliced, its bias alone re-fitted), or
- * undefined: a consumer's least squares needs as many rows of its input as it has columns.
+ * Per consumer, why it cannot be re-fitted (its weights are then only sliced), or undefined: a consumer's least
+ * squares needs as many rows of its input as it has columns.
  */
 function refitShort(group: Group, grams: Captured[], calib: SampleCount, refit: boolean): (string | undefined)[] {
   return group.consumers.map((c, i) =>
@@ -290,16 +290,9 @@ function selectGroupPlan(
 ): { plan: PrunePlan; report: Selected } {
   const t = performance.now();
   const short = refitShort(group, grams, calib, opts.refit ?? true),
+    sliced = short.map((w) => w !== undefined),
     warning = shortWarning(short);
-  const ranked = rankGroup(
-      model,
-      group,
-      grams,
-      opts,
-      k,
-      short.map((w) => w !== undefined),
-    ),
-    chosen = planGroup(ranked, grams, k, opts);
+  const chosen = planGroup(rankGroup(model, group, grams, opts, k, sliced), grams, k, opts);
   const seconds = (performance.now() - t) / 1000;
   return { ...chosen, report: { ...chosen.report, seconds, ...(warning ? { warning } : {}) } };
 }
