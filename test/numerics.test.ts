@@ -176,6 +176,8 @@ describe('activations of low rank', () => {
     const u = report.groups.find((x) => x.id === group.id)!;
     expect(u.warning).toMatch(/\(consumer \/blocks\/blocks\.6\/se\/fc1\/Conv\): .* 64 rows .* d = 160 columns/);
     expect(u.warning).not.toMatch(/project/);
+    // the groups kept whole keep their weights in layerwise mode: no warning however few their rows
+    expect(report.groups.filter((x) => x.warning).map((x) => x.id)).toEqual([group.id]);
     const keep = [...u.order].sort((x, y) => x - y),
       after = analyze(pruned, [1, 1, 28, 28]).groups.find((x) => x.id === group.id)!;
     const W = after.consumers.map((c) => consumerWeightMatrix(pruned, c)),

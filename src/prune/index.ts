@@ -367,8 +367,10 @@ function pruneRanked(
 ): Pruned {
   const chosen = ranking.ranked.map((r, i) =>
     clock.time('select', () => {
-      const warning = ranking.warnings[i],
-        c = planGroup(r, ranking.grams.get(r.group.id)!, keeps.get(r.group.id)!, opts);
+      const k = keeps.get(r.group.id)!,
+        c = planGroup(r, ranking.grams.get(r.group.id)!, k, opts);
+      // a group kept whole keeps its weights here (its input is the model's own), so its rows do not matter
+      const warning = k < r.group.channels ? ranking.warnings[i] : undefined;
       return warning ? { ...c, report: { ...c.report, warning } } : c;
     }),
   );
