@@ -11,6 +11,7 @@ import {
   readModel,
   serializeModel,
   tensorToFloat32,
+  tensorToInt64,
   type Model,
 } from '../src/onnx/index.js';
 import { openNpy, type NpyFile } from '../src/npy.js';
@@ -127,13 +128,14 @@ const CASES = [
     ],
   },
   // Conv1d (input [b, C, L], weight [m, C, k]): Whisper's front end, its first conv's channels read by the strided
-  // second conv (3 taps each); the MLP's neurons. Refused: the residual stream (LayerNorm) and the heads (the scale
-  // (C // heads) ** -0.25 is computed from q's shape at run time, so pruning heads would change it)
+  // second conv (3 taps each); the heads (q, k, v; the scale (C // heads) ** -0.25 computed from q's shape at run
+  // time, its divisor rewritten to the kept heads); the MLP's neurons. Refused: the residual stream (LayerNorm)
   {
     model: `${FIX}/more-whisper.onnx`,
     calib: `${FIX}/more-whisper.calib.npy`,
     groups: [
       [16, 1, 3],
+      [2, 3, 8],
       [64, 1, 1],
     ],
   },
@@ -451,13 +453,34 @@ function fitWithIntercept(B: Mat, cols: number[], T: Mat): { W: Float64Array; bi
   return { W: X.slice(T.cols), bias: X.slice(0, T.cols) };
 }
 
-describe("Whisper's attention", () => {
-  it('refuses the heads: the scale (C // heads) ** -0.25 reads their count from a Shape, as a float', () => {
-    const m = readModel(`${FIX}/more-whisper.onnx`),
-      data = openNpy(`${FIX}/more-whisper.calib.npy`);
-    const { refused } = analyze(m, Calibration.of(m, data).shapes);
+describe("Whisper's attention scale (C // heads) ** -0.25, C read from q's shape at run time", () => {
+  const divisorOf = (m: Model) => {
+    const shape = m.graph!.node.find((n) => n.opType === 'Shape' && n.input[0] === '/query/Add_output_0')!;
+    const gather = m.graph!.node.find((n) => n.opType === 'Gather' && n.input[0] === shape.output[0])!;
+    return m.graph!.node.find((n) => n.opType === 'Div' && n.input[0] === gather.output[0])!.input[1]!;
+  };
+  const shapes = (m: Model) => {
+    const data = openNpy(`${FIX}/more-whisper.calib.npy`);
+    const s = Calibration.of(m, data).shapes;
     data.close();
-    const heads = refused.find((r) => r.node === '/query/MatMul')!;
+    return s;
+  };
+
+  it('pruning a head writes the kept heads into the divisor (the random-removal case checks the outputs)', () => {
+    const m = readModel(`${FIX}/more-whisper.onnx`),
+      heads = analyze(m, shapes(m)).groups.find((g) => g.id === '/query/MatMul')!;
+    const divisor = divisorOf(m),
+      value = (x: Model) => [...tensorToInt64(constantTensors(x.graph!).get(divisor)!).data];
+    expect(value(m)).toEqual([2n]);
+    expect(value(pruneGroups(m, [{ group: heads, keep: [1] }]))).toEqual([1n]);
+  });
+
+  it('refuses the heads when another node reads the divisor too', () => {
+    const m = readModel(`${FIX}/more-whisper.onnx`),
+      divisor = divisorOf(m);
+    m.graph!.node.push(makeNode('Identity', [divisor], ['divisor_copy'], [], 'copy'));
+    m.graph!.output.push(outInfo('divisor_copy'));
+    const heads = analyze(m, shapes(m)).refused.find((r) => r.node === '/query/MatMul')!;
     expect(heads.reason).toMatch(/Shape "\/Shape": the channel count it reads becomes a value \(Cast .* to float\)/);
   });
 });

@@ -715,7 +715,12 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
     S.refuseAll(l, step.refuse, step.countOf !== undefined);
     return false;
   }
-  if ('none' in step) return true; // the output does not carry the channels (a Shape: its dims follow at run time)
+  if ('none' in step) {
+    // the output does not carry the channels (a Shape: its dims follow at run time); its edits count them, one per
+    // channel (the rule checked that their constants reach nothing else)
+    if (step.shapeEdits) record(W, node, { ...l, segments: l.segments.map((r) => ({ ...r, per: 1 })) }, step);
+    return true;
+  }
   if ('regroup' in step) return regroup(W, node, l, step.regroup);
   if ('ranges' in step) return cutInto(W, node, l, step);
   if (l.stack && !step.stack) {

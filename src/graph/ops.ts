@@ -156,7 +156,8 @@ export type ChainStep =
       /** The output's stack (see Layout): a rule that passes a stacked layout on says where it went. */
       stack?: Stack;
     }
-  | { none: true }
+  /** The output carries no channels; `shapeEdits`: counts of the channels (one per channel) computed from it. */
+  | { none: true; shapeEdits?: ShapeEdit[] }
   /**
    * The channels leave in parts along the axis: output i gets the entries ranges[i] (a Split or Slice of them).
    * `counts`: shape entries that count the entries in [from, to) of the input's axis (split sizes, slice bounds);
@@ -1168,22 +1169,36 @@ const partRanges = (ctx: ChainContext, st: Stack) =>
 /**
  * A Shape of the channels' tensor carries no channels: the dimensions it reads are the pruned tensor's at run time.
  * Where such a dimension ends up in a reshape or expand, their rules check that it follows the right channels. Where
- * the channel count becomes data (a Cast to float on the way: Whisper's attention scale (C // heads) ** -0.25, from
- * `B, T, C = q.shape`), pruning would change that value, so the channels are refused.
+ * the channel count becomes data (a Cast to float on the way), pruning would change that value, so the channels are
+ * refused, unless it is C // heads with channels of C / heads entries (Whisper's attention scale
+ * (C // heads) ** -0.25 from `B, T, C = q.shape`): the divisor then counts the channels, as a reshape's does.
  */
 const shapeOf: ChainRule = (ctx) => {
+  const divisors: ShapeEdit[] = [];
   for (const cast of floatCasts(ctx, ctx.node.output[0] ?? '')) {
     const x = cast.input[0] ?? '';
     for (let i = 0; i < (ctx.value(x)?.length ?? 1); i++) {
       const src = sourceOf(ctx, x, i);
-      if (src.kind === 'dim' && src.tensor === ctx.node.input[0] && src.axis === ctx.layout.axis)
-        return refusal(
-          ctx,
-          `: the channel count it reads becomes a value (${label(cast)} to float), which pruning changes`,
-        );
+      if (src.kind !== 'dim' || src.tensor !== ctx.node.input[0] || src.axis !== ctx.layout.axis) continue;
+      const k = src.divisor?.value,
+        d = src.divisor && ctx.constant(src.divisor.tensor);
+      // channels of C / k entries each (a head): cut the channels into such blocks first, as a reshape into heads does
+      const inner = k && ctx.entries % k === 0 ? ctx.entries / k : 0;
+      if (inner > 1 && ctx.layout.segments.some((r) => r.per % inner !== 0)) return { regroup: inner };
+      const perChannel = k !== undefined && ctx.layout.segments.every((r) => r.space >= 0 && r.per * k === ctx.entries);
+      // the divisor read by that Div alone: writing the kept count there changes nothing else
+      const alone = ctx.readers(src.divisor?.tensor ?? '').length === 1;
+      if (perChannel && d?.dataType === DataType.INT64 && alone) {
+        divisors.push({ tensor: src.divisor!.tensor, index: 0 });
+        continue;
+      }
+      return refusal(
+        ctx,
+        `: the channel count it reads becomes a value (${label(cast)} to float), which pruning changes`,
+      );
     }
   }
-  return { none: true };
+  return divisors.length ? { none: true, shapeEdits: divisors } : { none: true };
 };
 
 /** The Casts to a float type that an integer tensor (a Shape's output) reaches through the ops that compute shapes. */
