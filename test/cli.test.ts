@@ -316,10 +316,13 @@ describe('too few calibration samples for a re-fit', () => {
     const r = await runCli('prune', LENET, '--calib', at('calib-few.npy'), '--keep-ratio', '0.5', '-o', out);
     expect(r.code).toBe(0);
     expect(existsSync(out)).toBe(true);
+    // one warning, its consumers one per line
     expect(r.err).toMatch(
       new RegExp(
-        'warning: .*few\\.onnx: group /conv2/Conv: the 64 calibration samples give 64 rows of its consumer input, ' +
-          'fewer than its d = 400 columns, .*are only sliced \\(as with --no-refit\\); give at least 400 distinct',
+        'warning: .*few\\.onnx: the 64 calibration samples give 3 consumers fewer rows of input than their d ' +
+          'columns, .*only sliced \\(as with --no-refit\\); give at least ' +
+          '400 distinct samples to re-fit them all:\n  group /conv2/Conv, consumer /fc1/Gemm: 64 rows, d = 400\n' +
+          '  group /fc1/Gemm, consumer /fc2/Gemm: 64 rows, d = 120\n',
       ),
     );
   });

@@ -131,14 +131,17 @@ describe('activations of low rank', () => {
       mode: 'layerwise',
       allocation: 'uniform',
     });
-    const short = new RegExp(
-      'group /conv2/Conv: the 128 calibration samples give 128 rows of its consumer input, fewer than its ' +
-        'd = 400 columns, so a least-squares re-fit would be underdetermined .* give at least 400 distinct samples',
-    );
     expect(report.warnings.length).toBe(1);
-    expect(report.warnings[0]).toMatch(short);
-    expect(report.groups.find((u) => u.id === '/conv2/Conv')!.warning).toMatch(short);
-    expect(report.groups.filter((u) => u.warning).length).toBe(1);
+    expect(report.warnings[0]).toMatch(
+      new RegExp(
+        're-fit would be underdetermined .* give at least 400 distinct samples .*\n' +
+          '  group /conv2/Conv, consumer /fc1/Gemm: 128 rows, d = 400$',
+      ),
+    );
+    expect(report.groups.find((u) => u.id === '/conv2/Conv')!.sliced).toEqual([
+      { node: '/fc1/Gemm', rows: 128, d: 400, need: 400 },
+    ]);
+    expect(report.groups.filter((u) => u.sliced).length).toBe(1);
     // the oracle: fc1's weights are the original's, its rows of the kept fc1 channels and its columns of the kept conv2
     // channels (25 each, Flatten of [16, 5, 5]); its bias the original's for the kept rows
     const keptIn = [...report.groups.find((u) => u.id === '/conv2/Conv')!.order].sort((x, y) => x - y),
@@ -174,10 +177,17 @@ describe('activations of low rank', () => {
       biasRefit: false,
     });
     const u = report.groups.find((x) => x.id === group.id)!;
-    expect(u.warning).toMatch(/\(consumer \/blocks\/blocks\.6\/se\/fc1\/Conv\): .* 64 rows .* d = 160 columns/);
-    expect(u.warning).not.toMatch(/project/);
+    expect(u.sliced).toEqual([{ node: '/blocks/blocks.6/se/fc1/Conv', rows: 64, d: 160, need: 160 }]);
+    expect(report.warnings).toHaveLength(1);
+    expect(report.warnings[0]).toMatch(
+      new RegExp(
+        '^the 64 calibration samples give a consumer fewer rows of input than its d columns, .* ' +
+          '160 distinct samples .*\n' +
+          '  group /blocks/blocks.6/expand/Conv, consumer /blocks/blocks.6/se/fc1/Conv: 64 rows, d = 160$',
+      ),
+    );
     // the groups kept whole keep their weights in layerwise mode: no warning however few their rows
-    expect(report.groups.filter((x) => x.warning).map((x) => x.id)).toEqual([group.id]);
+    expect(report.groups.filter((x) => x.sliced).map((x) => x.id)).toEqual([group.id]);
     const keep = [...u.order].sort((x, y) => x - y),
       after = analyze(pruned, [1, 1, 28, 28]).groups.find((x) => x.id === group.id)!;
     const W = after.consumers.map((c) => consumerWeightMatrix(pruned, c)),
@@ -206,7 +216,9 @@ describe('activations of low rank', () => {
     for (let i = 0; i < 256; i++) x.set(two, i * 2 * 784);
     const data = npyFromBytes(encodeNpy(x, [512, 1, 28, 28]), 'repeated');
     const { report } = await prune(lenet, data, { budget: { keepRatio: 0.5 } });
-    expect(report.warnings.join('\n')).toMatch(/the 512 calibration samples \(2 distinct\) give 2 rows/);
+    expect(report.warnings.join('\n')).toMatch(
+      /^the 512 calibration samples \(2 distinct\) give 3 consumers .*\n.*fc1\/Gemm: 2 rows, d = 400\n/,
+    );
     expect(finiteObjectives(report)).toBe(true);
   });
 });

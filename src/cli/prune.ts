@@ -69,8 +69,9 @@ ${methodHelp}
 Other:
   --report FILE       write a JSON report: per group the kept channels in greedy order and the objective,
                       params and FLOPs before/after, seconds per stage, fidelity on the calibration data,
-                      and warnings (a relative output error past 1; also printed on stderr); several
-                      sizes: {"model", "sizes": [one such report per size, with its output]}
+                      and warnings (consumers not re-fitted for want of calibration rows, a relative
+                      output error past 1; also printed on stderr); several sizes: {"model", "sizes": [one
+                      such report per size, with its output]}
   --fidelity-rows n   measure the fidelity on n calibration rows, evenly spaced (default 512), or all
   --batch n           calibration batch size (default 64; a model with a fixed batch size uses its own)
   --kernels NAME      selection kernels: wasm (SIMD WebAssembly, default) or plain (TypeScript)

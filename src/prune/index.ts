@@ -25,7 +25,7 @@ import {
 import type { Captured } from '../capture/stats.js';
 import { Frontier, frontierBytes } from '../capture/frontier.js';
 import { checkStats, distinctSamples, type CaptureStats } from '../capture/shards.js';
-import { refitRowsShort, selectionBytes, type FitOptions } from '../select/greedy.js';
+import { refitRowsShort, selectionBytes, type FitOptions, type RowsShort } from '../select/greedy.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
 import { compressionGoal, resolveBudget, type Budget, type SizeOf } from '../budget/index.js';
 import { sizeModel, type Target } from '../budget/size.js';
@@ -110,11 +110,14 @@ export interface GroupReport {
   flops: { before: number; after: number };
   seconds: number;
   /**
-   * Why the group's consumers kept their weights though a re-fit was asked for (too few calibration rows for its
-   * columns); also in the report's warnings.
+   * The consumers that kept their weights (sliced) though a re-fit was asked for: fewer rows of calibration input
+   * than their d columns; `need` is the distinct samples a re-fit takes. The report's warnings list them.
    */
-  warning?: string;
+  sliced?: SlicedConsumer[];
 }
+
+/** A consumer too short of rows to re-fit (refitRowsShort). */
+export type SlicedConsumer = RowsShort & { node: string };
 
 /** A group's report as its selection makes it (the sizes come when every group is pruned). */
 type Selected = Omit<GroupReport, 'params' | 'flops'>;
@@ -237,29 +240,43 @@ async function keepsFor(
   return clock.time('allocate', () => allocateBudget(model, groups, calib, goals, { ...opts, allocation, grams }));
 }
 
-/** The samples behind a capture: the calibration set's, or the stats'. */
-type SampleCount = Pick<Calibration, 'rows' | 'distinctSamples'>;
-
-/**
- * Per consumer, why it cannot be re-fitted (its weights are then only sliced), or undefined: a consumer's least
- * squares needs as many rows of its input as it has columns.
- */
-function refitShort(group: Group, grams: Captured[], calib: SampleCount, refit: boolean): (string | undefined)[] {
-  return group.consumers.map((c, i) =>
-    refit
-      ? refitRowsShort(
-          { id: group.consumers.length > 1 ? `${group.id} (consumer ${c.node.name})` : group.id, d: c.d },
-          grams[i]!.rows,
-          calib.rows,
-          calib.distinctSamples(),
-        )
-      : undefined,
-  );
+/** The samples behind a capture, the calibration set's or the stats', and how many differ (repeats add no rank). */
+interface SampleCount {
+  samples: number;
+  distinct: number;
 }
 
-/** The warning of a group with consumers too short to re-fit (refitShort), if any. */
-const shortWarning = (short: (string | undefined)[]): string | undefined =>
-  short.some((w) => w) ? short.filter((w) => w).join('; ') : undefined;
+const sampleCount = (calib: Calibration, stats?: CaptureStats): SampleCount =>
+  stats
+    ? { samples: stats.samples, distinct: distinctSamples(stats) }
+    : { samples: calib.rows, distinct: calib.distinctSamples() };
+
+/** Per consumer, how it is too short of rows to re-fit (its weights are then only sliced), or undefined. */
+function refitShort(group: Group, grams: Captured[], n: SampleCount, refit: boolean): (SlicedConsumer | undefined)[] {
+  return group.consumers.map((c, i) => {
+    const short = refit ? refitRowsShort(c.d, grams[i]!.rows, n.samples, n.distinct) : undefined;
+    return short && { node: c.node.name, ...short };
+  });
+}
+
+/** The report's one warning for every consumer left sliced for want of rows (GroupReport.sliced), if any. */
+function slicedWarnings(groups: Selected[], n: SampleCount): string[] {
+  const all = groups.flatMap((g) => (g.sliced ?? []).map((c) => ({ group: g.id, ...c })));
+  if (!all.length) return [];
+  const one = all.length === 1,
+    given = `the ${n.samples} calibration samples${n.distinct < n.samples ? ` (${n.distinct} distinct)` : ''}`;
+  return [
+    `${given} give ${one ? 'a consumer' : `${all.length} consumers`} fewer rows of input than ` +
+      `${one ? 'its' : 'their'} d columns, so a least-squares re-fit would be underdetermined (it would fit these ` +
+      `samples and fail on others): ${one ? 'its' : 'their'} weights are only sliced (as with --no-refit); ` +
+      `give at least ${Math.max(...all.map((c) => c.need))} distinct samples to re-fit ${one ? 'it' : 'them all'}:\n` +
+      all.map((c) => `  group ${c.group}, consumer ${c.node}: ${c.rows} rows, d = ${c.d}`).join('\n'),
+  ];
+}
+
+/** The consumers of `short` that are sliced, for a group's report (none: no field). */
+const slicedOf = (short: (SlicedConsumer | undefined)[]) =>
+  short.some((c) => c) ? { sliced: short.filter((c) => c !== undefined) } : {};
 
 /** A group's plan and report keeping the first k channels of its ranking. */
 function planGroup(r: Ranked, grams: Captured[], k: number, opts: SizesOptions): { plan: PrunePlan; report: Selected } {
@@ -289,12 +306,11 @@ function selectGroupPlan(
   opts: SizesOptions,
 ): { plan: PrunePlan; report: Selected } {
   const t = performance.now();
-  const short = refitShort(group, grams, calib, opts.refit ?? true),
-    sliced = short.map((w) => w !== undefined),
-    warning = shortWarning(short);
+  const short = refitShort(group, grams, sampleCount(calib), opts.refit ?? true),
+    sliced = short.map((w) => w !== undefined);
   const chosen = planGroup(rankGroup(model, group, grams, opts, k, sliced), grams, k, opts);
   const seconds = (performance.now() - t) / 1000;
-  return { ...chosen, report: { ...chosen.report, seconds, ...(warning ? { warning } : {}) } };
+  return { ...chosen, report: { ...chosen.report, seconds, ...slicedOf(short) } };
 }
 
 interface Pruned {
@@ -308,8 +324,8 @@ interface Ranking {
   ranked: Ranked[];
   /** Each group's ranking seconds (charged to the first size's group reports). */
   seconds: number[];
-  /** Per group, the warning for its consumers that are not re-fitted (refitShort). */
-  warnings: (string | undefined)[];
+  /** Per group, its consumers that are not re-fitted (refitShort). */
+  short: (SlicedConsumer | undefined)[][];
 }
 
 /**
@@ -326,8 +342,7 @@ async function rankLayerwise(
 ): Promise<Ranking> {
   const progress = opts.onProgress ?? (() => {}),
     { groups } = plan;
-  const distinct = opts.stats && distinctSamples(opts.stats);
-  const count: SampleCount = opts.stats ? { rows: opts.stats.samples, distinctSamples: () => distinct! } : calib;
+  const count = sampleCount(calib, opts.stats);
   const grams =
     keeps.grams ??
     opts.stats?.grams ??
@@ -354,7 +369,7 @@ async function rankLayerwise(
     return r;
   });
   progress('select', groups.length, groups.length);
-  return { grams, ranked, seconds, warnings: short.map(shortWarning) };
+  return { grams, ranked, seconds, short };
 }
 
 /** One size from the shared ranking: each group's first k channels re-fitted, one rewrite. */
@@ -370,8 +385,7 @@ function pruneRanked(
       const k = keeps.get(r.group.id)!,
         c = planGroup(r, ranking.grams.get(r.group.id)!, k, opts);
       // a group kept whole keeps its weights here (its input is the model's own), so its rows do not matter
-      const warning = k < r.group.channels ? ranking.warnings[i] : undefined;
-      return warning ? { ...c, report: { ...c.report, warning } } : c;
+      return k < r.group.channels ? { ...c, report: { ...c.report, ...slicedOf(ranking.short[i]!) } } : c;
     }),
   );
   const plans = chosen.map((c) => c.plan);
@@ -522,7 +536,7 @@ export async function* pruneSizes(
           seconds: { ...clock.seconds, total: clock.total() },
           ...(keeps.search?.[i] ? { search: searchReport(keeps.search[i]) } : {}),
           fidelity,
-          warnings: [...selected.flatMap((g) => (g.warning ? [g.warning] : [])), ...fidelityWarnings(fidelity)],
+          warnings: [...slicedWarnings(selected, sampleCount(calib, o.stats)), ...fidelityWarnings(fidelity)],
           memory: plan.memory,
         };
         sized = { budget, model: pruned.model, report };

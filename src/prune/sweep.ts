@@ -312,7 +312,7 @@ export async function refitSweep(
     if (!s) continue;
     let fit = await fitOnce(model, original, s, calib, opts);
     // fewer rows than columns: underdetermined, the consumer keeps its weights (as prune does, refitRowsShort)
-    if (refitRowsShort({ id: name, d: s.c.d }, fit.rows, calib.rows, calib.distinctSamples())) continue;
+    if (refitRowsShort(s.c.d, fit.rows, calib.rows, calib.distinctSamples())) continue;
     const relu = s.relu && fit.rows >= RELU_ROWS * s.c.d ? (opts.relu ?? 0) : 0;
     for (let i = 0; i < relu; i++) fit = await fitOnce(model, original, s, calib, opts, fit);
     const { group, t } = s;

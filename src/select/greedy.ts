@@ -136,27 +136,23 @@ export function tooBigToSelect(u: { d: number; m: number; g: number }): string |
   return `its consumer input has d = ${u.d} columns: ${what}, more than WebAssembly's 4 GiB`;
 }
 
+/** A consumer with too few rows of its input to re-fit: the rows its calibration samples give, its d columns, and the
+ * samples a re-fit needs. */
+export interface RowsShort {
+  rows: number;
+  d: number;
+  need: number;
+}
+
 /**
- * Why a consumer cannot be re-fitted, or undefined when it can: the least squares needs as many rows of its input as
- * it has columns (`rows` from `samples` calibration samples, `distinct` of them different: repeats add no rank); with
- * fewer it fits these samples and fails on others.
+ * Whether a consumer of d columns cannot be re-fitted, and by how much: the least squares needs as many rows of its
+ * input as it has columns (`rows` from `samples` calibration samples, `distinct` of them different: repeats add no
+ * rank); with fewer it fits these samples and fails on others.
  */
-export function refitRowsShort(
-  group: { id: string; d: number },
-  rows: number,
-  samples: number,
-  distinct = samples,
-): string | undefined {
+export function refitRowsShort(d: number, rows: number, samples: number, distinct = samples): RowsShort | undefined {
   const effective = Math.floor((rows * distinct) / samples);
-  if (effective >= group.d) return undefined;
-  const need = Math.ceil((group.d * samples) / Math.max(rows, 1));
-  const given =
-    distinct < samples ? `${samples} calibration samples (${distinct} distinct)` : `${samples} calibration samples`;
-  return (
-    `group ${group.id}: the ${given} give ${effective} rows of its consumer input, fewer than its d = ${group.d} ` +
-    'columns, so a least-squares re-fit would be underdetermined (it would fit these samples and fail on others): ' +
-    `its weights are only sliced (as with --no-refit); give at least ${need} distinct samples to re-fit them`
-  );
+  if (effective >= d) return undefined;
+  return { rows: effective, d, need: Math.ceil((d * samples) / Math.max(rows, 1)) };
 }
 
 /**
