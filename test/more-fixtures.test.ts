@@ -6,6 +6,8 @@ import * as ort from 'onnxruntime-node';
 import {
   DataType,
   float32Tensor,
+  numel,
+  setTensorData,
   makeNode,
   makeTensorValueInfo,
   readModel,
@@ -22,7 +24,7 @@ import { pruneGroups } from '../src/rewrite/index.js';
 import { prune } from '../src/prune/index.js';
 import { refitSweep } from '../src/prune/sweep.js';
 import { captureGrams } from '../src/capture/index.js';
-import { outInfo, randomKeep, rng, run, zeroDroppedInputs } from './graph-helpers.js';
+import { outInfo, randomKeep, rng, run, smallModel, zeroDroppedInputs } from './graph-helpers.js';
 import { relDiff } from './objective.js';
 import { channelCols, gramOf, leastSquares, withOnes, type Mat } from './oracle.js';
 
@@ -508,6 +510,41 @@ describe("a model saved by onnxruntime's graph optimizer", () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('a quantized model', () => {
+  // what to do is prune the float model, then quantize: every refusal says so (before, "its weight is not a constant",
+  // or for QLinearConv no refusal at all: nothing listed)
+  const QUANTIZED = /the model is quantized: prune the float model, then quantize the pruned one$/;
+
+  it('quantization-aware training as torch exports it: every layer refused, saying so', () => {
+    const { groups, refused } = analyze(readModel(`${FIX}/more-qat.onnx`));
+    expect(groups).toEqual([]);
+    expect(refused.map((r) => r.node)).toEqual(['/c1/Conv', '/c2/Conv', '/fc/Gemm']);
+    for (const r of refused) expect(r.reason).toMatch(QUANTIZED);
+  });
+
+  it('a QLinearConv (integer weights in the layer) is refused, saying so', () => {
+    const int8 = (name: string, dims: number[], dataType = DataType.INT8) => {
+      const t = float32Tensor(name, dims, new Float32Array(numel(dims)));
+      setTensorData(t, dims, dataType, new Uint8Array(numel(dims)));
+      return t;
+    };
+    const scale = (name: string) => float32Tensor(name, [], new Float32Array([0.1]));
+    const m = smallModel(
+      [
+        makeNode('QuantizeLinear', ['x', 's', 'z'], ['xq'], [], 'q'),
+        makeNode('QLinearConv', ['xq', 's', 'z', 'w', 's', 'z', 's', 'z'], ['yq'], [], 'qconv'),
+        makeNode('DequantizeLinear', ['yq', 's', 'z'], ['y'], [], 'dq'),
+      ],
+      [scale('s'), int8('z', [], DataType.UINT8), int8('w', [4, 3, 1, 1])],
+      [1, 3, 4, 4],
+    );
+    const { refused } = analyze(m);
+    expect(refused).toHaveLength(1);
+    expect(refused[0]!.node).toBe('qconv');
+    expect(refused[0]!.reason).toMatch(QUANTIZED);
   });
 });
 

@@ -85,6 +85,10 @@ const ORT_OPTIMIZED =
   "; onnxruntime's graph optimizer writes such ops (optimizedModelFilePath): " +
   'prune the model as exported, then optimize';
 
+/** What a refusal at a quantized layer adds: its weights are integers (QLinearConv; a DequantizeLinear's output). */
+const QUANTIZED = '; the model is quantized: prune the float model, then quantize the pruned one';
+const QUANTIZED_LAYERS = new Set(['QLinearConv', 'QLinearMatMul', 'ConvInteger', 'MatMulInteger']);
+
 /** The analysis state shared by the walk: constants, uses, producers, shapes. */
 class Graph {
   readonly consts: Map<string, TensorProto>;
@@ -1113,6 +1117,8 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
     // model's only candidates vanish and inspect lists nothing
     if (node.domain.startsWith('com.microsoft') && node.input[1] && G.constant(node.input[1]))
       W.refused.push({ node: node.name, reason: `${opOf(node)} is not an ONNX layer${ORT_OPTIMIZED}` });
+    if (QUANTIZED_LAYERS.has(opOf(node)))
+      W.refused.push({ node: node.name, reason: `${label(node)} is a layer of integers${QUANTIZED}` });
     const inputs = node.input.flatMap((t, slot) => (t && W.layouts.has(t) ? [{ t, slot, l: W.layouts.get(t)! }] : []));
     const branches = ifBranches(node, G.constant);
     if (branches) {
@@ -1138,12 +1144,13 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
     }
     if (info) {
       // not a layer here (e.g. a grouped conv); a depthwise conv still passes channels on by its chain rule
+      const why = info.refuse + (G.producer(node.input[1] ?? '')?.opType === 'DequantizeLinear' ? QUANTIZED : '');
       let passed = false;
       for (const i of inputs) {
         if (i.slot === 0 && rule!.chain) passed = chainNode(W, node, rule, 0, i.l);
-        else W.S.refuseAll(i.l, `consumer ${info.refuse}`);
+        else W.S.refuseAll(i.l, `consumer ${why}`);
       }
-      if (!passed) W.refused.push({ node: node.name, reason: info.refuse });
+      if (!passed) W.refused.push({ node: node.name, reason: why });
       continue;
     }
     if (!inputs.length) continue;
