@@ -311,7 +311,7 @@ describe('bad input: exit 2 and one line that says what is wrong and what to do'
 });
 
 describe('too few calibration samples for a re-fit', () => {
-  it('the group is pruned without it: exit 0, the model written, a warning on stderr naming the group', async () => {
+  it('the consumer takes the ridge: exit 0, the model written, a warning on stderr naming it', async () => {
     const out = at('few.onnx');
     const r = await runCli('prune', LENET, '--calib', at('calib-few.npy'), '--keep-ratio', '0.5', '-o', out);
     expect(r.code).toBe(0);
@@ -320,8 +320,8 @@ describe('too few calibration samples for a re-fit', () => {
     expect(r.err).toMatch(
       new RegExp(
         'warning: .*few\\.onnx: the 64 calibration samples give 3 consumers fewer rows of input than their d ' +
-          'columns, .*only sliced \\(as with --no-refit\\); give at least ' +
-          '400 distinct samples to re-fit them all:\n  group /conv2/Conv, consumer /fc1/Gemm: 64 rows, d = 400\n' +
+          'columns, .*re-fitted with a ridge toward their own weights; give at least ' +
+          '400 distinct samples for a full re-fit:\n  group /conv2/Conv, consumer /fc1/Gemm: 64 rows, d = 400\n' +
           '  group /fc1/Gemm, consumer /fc2/Gemm: 64 rows, d = 120\n',
       ),
     );

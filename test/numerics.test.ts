@@ -16,6 +16,8 @@ import { prune, type Mode } from '../src/prune/index.js';
 import { analyze, consumerWeightMatrix } from '../src/graph/analyze.js';
 import { Runner } from '../src/capture/index.js';
 import { consumerObjectives, measuredObjective, relDiff } from './objective.js';
+import { channelCols, leastSquares, type Mat } from './oracle.js';
+import { RIDGE } from '../src/select/ridge.js';
 
 // Numerically awkward inputs through the whole pipeline, checked against onnxruntime: channels that are always zero,
 // duplicated or constant, activations of rank far below d, k from one channel to all, and a float16 model.
@@ -123,7 +125,7 @@ describe('nearly dependent channels', () => {
 });
 
 describe('activations of low rank', () => {
-  it('fewer samples than a unit has columns: that unit is not re-fitted (weights sliced), with a warning', async () => {
+  it('fewer samples than a unit has columns: it takes the ridge toward its weights, with a warning', async () => {
     const few = calib(128);
     // uniform and layerwise: /conv2/Conv's consumer fc1 has d = 400 columns, 128 rows; the others have enough rows
     const { model: pruned, report } = await prune(lenet, few, {
@@ -134,35 +136,64 @@ describe('activations of low rank', () => {
     expect(report.warnings.length).toBe(1);
     expect(report.warnings[0]).toMatch(
       new RegExp(
-        're-fit would be underdetermined .* give at least 400 distinct samples .*\n' +
+        're-fit would be underdetermined .* ridge .* give at least 400 distinct samples .*\n' +
           '  group /conv2/Conv, consumer /fc1/Gemm: 128 rows, d = 400$',
       ),
     );
-    expect(report.groups.find((u) => u.id === '/conv2/Conv')!.sliced).toEqual([
+    expect(report.groups.find((u) => u.id === '/conv2/Conv')!.underdetermined).toEqual([
       { node: '/fc1/Gemm', rows: 128, d: 400, need: 400 },
     ]);
-    expect(report.groups.filter((u) => u.sliced).length).toBe(1);
-    // the oracle: fc1's weights are the original's, its rows of the kept fc1 channels and its columns of the kept conv2
-    // channels (25 each, Flatten of [16, 5, 5]); its bias the original's for the kept rows
+    expect(report.groups.filter((u) => u.underdetermined).length).toBe(1);
+    // the oracle: float64 least squares with an intercept on fc1's own input B (onnxruntime, the original model)
+    // and the rows √λ·I with targets √λ·W_S appended, λ = RIDGE · tr(B_Sᵀ B_S)/N, on the kept conv2
+    // channels' columns (25 each, Flatten of [16, 5, 5]); fc1's rows of its kept output channels
+    const group = analyze(lenet).groups.find((u) => u.id === '/conv2/Conv')!,
+      input = group.consumers[0]!.input;
+    const run = await Runner.open(lenet, [input]);
+    const B = (await run.run(Calibration.of(lenet, few).batches(128).next().value!, [input])).get(input)!.data;
+    await run.release();
     const keptIn = [...report.groups.find((u) => u.id === '/conv2/Conv')!.order].sort((x, y) => x - y),
       keptOut = [...report.groups.find((u) => u.id === '/fc1/Gemm')!.order].sort((x, y) => x - y);
     const W0 = tensorToFloat32(initializerMap(lenet.graph!).get('fc1.weight')!).data,
       W1 = tensorToFloat32(initializerMap(pruned.graph!).get('fc1.weight')!),
       b0 = tensorToFloat32(initializerMap(lenet.graph!).get('fc1.bias')!).data,
       b1 = tensorToFloat32(initializerMap(pruned.graph!).get('fc1.bias')!).data;
-    expect(W1.dims).toEqual([keptOut.length, keptIn.length * 25]);
-    keptOut.forEach((o, r) =>
-      keptIn.forEach((c, j) => {
-        for (let e = 0; e < 25; e++)
-          expect(W1.data[r * keptIn.length * 25 + j * 25 + e]).toBe(W0[o * 400 + c * 25 + e]);
-      }),
-    );
-    expect([...b1]).toEqual(keptOut.map((o) => b0[o]!));
+    const cols = channelCols(keptIn, 25),
+      t = cols.length,
+      N = 128;
+    let trace = 0;
+    for (let i = 0; i < N; i++) for (const c of cols) trace += B[i * 400 + c]! ** 2;
+    const root = Math.sqrt((RIDGE * trace) / N);
+    // [B_S 1; √λ I 0] and [B W; √λ W_S], for the kept output channels only
+    const X: Mat = { rows: N + t, cols: t + 1, a: new Float64Array((N + t) * (t + 1)) },
+      T: Mat = { rows: N + t, cols: keptOut.length, a: new Float64Array((N + t) * keptOut.length) };
+    for (let i = 0; i < N; i++) {
+      cols.forEach((c, j) => (X.a[i * (t + 1) + j] = B[i * 400 + c]!));
+      X.a[i * (t + 1) + t] = 1;
+      keptOut.forEach((o, j) => {
+        let v = 0;
+        for (let c = 0; c < 400; c++) v += B[i * 400 + c]! * W0[o * 400 + c]!;
+        T.a[i * keptOut.length + j] = v;
+      });
+    }
+    cols.forEach((c, j) => {
+      X.a[(N + j) * (t + 1) + j] = root;
+      keptOut.forEach((o, q) => (T.a[(N + j) * keptOut.length + q] = root * W0[o * 400 + c]!));
+    });
+    const sol = leastSquares(X, T, [...Array(t + 1).keys()]);
+    expect(W1.dims).toEqual([keptOut.length, t]);
+    const got = new Float64Array(t * keptOut.length),
+      want = sol.subarray(0, t * keptOut.length);
+    keptOut.forEach((_, r) => cols.forEach((__, j) => (got[j * keptOut.length + r] = W1.data[r * t + j]!)));
+    expect(relDiff(got, want)).toBeLessThan(1e-3);
+    // the bias: the original's plus the intercept
+    const bias = keptOut.map((o, j) => b0[o]! + sol[t * keptOut.length + j]!);
+    expect(relDiff(b1, bias)).toBeLessThan(1e-3);
     expect(finiteObjectives(report)).toBe(true);
     expect((await outputs(pruned, few)).every(Number.isFinite)).toBe(true);
   });
 
-  it('a consumer with fewer rows than columns is only sliced; another consumer of its group is re-fitted', async () => {
+  it('a consumer with fewer rows than columns takes the ridge; another of its group least squares', async () => {
     // MobileNet's block 6: its 160 expanded channels feed the squeeze-and-excitation's fc1 through a global average
     // pool (one row per sample: 64 rows, 160 columns) and the project conv (a row per pixel)
     const mobile = readModel('models/mobilenet.onnx'),
@@ -177,17 +208,17 @@ describe('activations of low rank', () => {
       biasRefit: false,
     });
     const u = report.groups.find((x) => x.id === group.id)!;
-    expect(u.sliced).toEqual([{ node: '/blocks/blocks.6/se/fc1/Conv', rows: 64, d: 160, need: 160 }]);
+    expect(u.underdetermined).toEqual([{ node: '/blocks/blocks.6/se/fc1/Conv', rows: 64, d: 160, need: 160 }]);
     expect(report.warnings).toHaveLength(1);
     expect(report.warnings[0]).toMatch(
       new RegExp(
-        '^the 64 calibration samples give a consumer fewer rows of input than its d columns, .* ' +
+        '^the 64 calibration samples give a consumer fewer rows of input than its d columns, .* ridge .* ' +
           '160 distinct samples .*\n' +
           '  group /blocks/blocks.6/expand/Conv, consumer /blocks/blocks.6/se/fc1/Conv: 64 rows, d = 160$',
       ),
     );
     // the groups kept whole keep their weights in layerwise mode: no warning however few their rows
-    expect(report.groups.filter((x) => x.sliced).map((x) => x.id)).toEqual([group.id]);
+    expect(report.groups.filter((x) => x.underdetermined).map((x) => x.id)).toEqual([group.id]);
     const keep = [...u.order].sort((x, y) => x - y),
       after = analyze(pruned, [1, 1, 28, 28]).groups.find((x) => x.id === group.id)!;
     const W = after.consumers.map((c) => consumerWeightMatrix(pruned, c)),
@@ -197,17 +228,18 @@ describe('activations of low rank', () => {
         keep.forEach((ch, i) => out.set(W0.subarray(ch * c.m, (ch + 1) * c.m), i * c.m));
         return out;
       });
-    // fc1 keeps the original's rows of the kept channels; the project conv is re-fitted
-    expect([...W[fc1!]!]).toEqual([...sliced[fc1!]!].map(Math.fround));
+    // both are re-fitted
     expect(relDiff(W[project!]!, sliced[project!]!)).toBeGreaterThan(0.01);
+    expect(relDiff(W[fc1!]!, sliced[fc1!]!)).toBeGreaterThan(0.01);
     // each consumer's objective as onnxruntime measures it (with only its own weights replaced) is the reported one,
-    // and the re-fit beats slicing the project conv
+    // and each re-fit beats slicing (the ridge's too: the sliced weights cost it no penalty)
     const measured = await consumerObjectives(mobile, group, keep, W, few),
       ifSliced = await consumerObjectives(mobile, group, keep, sliced, few);
     group.consumers.forEach((c, i) =>
       expect(Math.abs(measured[i]! - u.consumers[i]!.objective), c.node.name).toBeLessThan(1e-3),
     );
     expect(measured[project!]).toBeGreaterThan(ifSliced[project!]! + 0.01);
+    expect(measured[fc1!]).toBeGreaterThan(ifSliced[fc1!]!);
   });
 
   it('repeated samples count once: 2 samples repeated 256 times are not fitted', async () => {

@@ -110,14 +110,15 @@ export interface GroupReport {
   flops: { before: number; after: number };
   seconds: number;
   /**
-   * The consumers that kept their weights (sliced) though a re-fit was asked for: fewer rows of calibration input
-   * than their d columns; `need` is the distinct samples a re-fit takes. The report's warnings list them.
+   * The consumers with fewer rows of calibration input than their d columns, re-fitted with the ridge toward their
+   * weights (src/select/ridge.ts); `need` is the distinct samples a plain least squares takes. The report's warnings
+   * list them.
    */
-  sliced?: SlicedConsumer[];
+  underdetermined?: ShortConsumer[];
 }
 
 /** A consumer too short of rows to re-fit (refitRowsShort). */
-export type SlicedConsumer = RowsShort & { node: string };
+export type ShortConsumer = RowsShort & { node: string };
 
 /** A group's report as its selection makes it (the sizes come when every group is pruned). */
 type Selected = Omit<GroupReport, 'params' | 'flops'>;
@@ -251,32 +252,33 @@ const sampleCount = (calib: Calibration, stats?: CaptureStats): SampleCount =>
     ? { samples: stats.samples, distinct: distinctSamples(stats) }
     : { samples: calib.rows, distinct: calib.distinctSamples() };
 
-/** Per consumer, how it is too short of rows to re-fit (its weights are then only sliced), or undefined. */
-function refitShort(group: Group, grams: Captured[], n: SampleCount, refit: boolean): (SlicedConsumer | undefined)[] {
+/** Per consumer, how it is too short of rows for a plain least squares (its re-fit takes the ridge), or undefined. */
+function refitShort(group: Group, grams: Captured[], n: SampleCount, refit: boolean): (ShortConsumer | undefined)[] {
   return group.consumers.map((c, i) => {
     const short = refit ? refitRowsShort(c.d, grams[i]!.rows, n.samples, n.distinct) : undefined;
     return short && { node: c.node.name, ...short };
   });
 }
 
-/** The report's one warning for every consumer left sliced for want of rows (GroupReport.sliced), if any. */
-function slicedWarnings(groups: Selected[], n: SampleCount): string[] {
-  const all = groups.flatMap((g) => (g.sliced ?? []).map((c) => ({ group: g.id, ...c })));
+/** The report's one warning for every underdetermined consumer (GroupReport.underdetermined), if any. */
+function shortWarnings(groups: Selected[], n: SampleCount): string[] {
+  const all = groups.flatMap((g) => (g.underdetermined ?? []).map((c) => ({ group: g.id, ...c })));
   if (!all.length) return [];
   const one = all.length === 1,
     given = `the ${n.samples} calibration samples${n.distinct < n.samples ? ` (${n.distinct} distinct)` : ''}`;
   return [
     `${given} give ${one ? 'a consumer' : `${all.length} consumers`} fewer rows of input than ` +
-      `${one ? 'its' : 'their'} d columns, so a least-squares re-fit would be underdetermined (it would fit these ` +
-      `samples and fail on others): ${one ? 'its' : 'their'} weights are only sliced (as with --no-refit); ` +
-      `give at least ${Math.max(...all.map((c) => c.need))} distinct samples to re-fit ${one ? 'it' : 'them all'}:\n` +
+      `${one ? 'its' : 'their'} d columns, so a plain least-squares re-fit would be underdetermined (it would fit ` +
+      `these samples and fail on others): ${one ? 'it is' : 'they are'} re-fitted with a ridge toward ` +
+      `${one ? 'its' : 'their'} own weights; give at least ${Math.max(...all.map((c) => c.need))} distinct ` +
+      `samples for a full re-fit:\n` +
       all.map((c) => `  group ${c.group}, consumer ${c.node}: ${c.rows} rows, d = ${c.d}`).join('\n'),
   ];
 }
 
-/** The consumers of `short` that are sliced, for a group's report (none: no field). */
-const slicedOf = (short: (SlicedConsumer | undefined)[]) =>
-  short.some((c) => c) ? { sliced: short.filter((c) => c !== undefined) } : {};
+/** The consumers of `short` that are underdetermined, for a group's report (none: no field). */
+const shortOf = (short: (ShortConsumer | undefined)[]) =>
+  short.some((c) => c) ? { underdetermined: short.filter((c) => c !== undefined) } : {};
 
 /** A group's plan and report keeping the first k channels of its ranking. */
 function planGroup(r: Ranked, grams: Captured[], k: number, opts: SizesOptions): { plan: PrunePlan; report: Selected } {
@@ -310,7 +312,7 @@ function selectGroupPlan(
     sliced = short.map((w) => w !== undefined);
   const chosen = planGroup(rankGroup(model, group, grams, opts, k, sliced), grams, k, opts);
   const seconds = (performance.now() - t) / 1000;
-  return { ...chosen, report: { ...chosen.report, seconds, ...slicedOf(short) } };
+  return { ...chosen, report: { ...chosen.report, seconds, ...shortOf(short) } };
 }
 
 interface Pruned {
@@ -325,7 +327,7 @@ interface Ranking {
   /** Each group's ranking seconds (charged to the first size's group reports). */
   seconds: number[];
   /** Per group, its consumers that are not re-fitted (refitShort). */
-  short: (SlicedConsumer | undefined)[][];
+  short: (ShortConsumer | undefined)[][];
 }
 
 /**
@@ -385,7 +387,7 @@ function pruneRanked(
       const k = keeps.get(r.group.id)!,
         c = planGroup(r, ranking.grams.get(r.group.id)!, k, opts);
       // a group kept whole keeps its weights here (its input is the model's own), so its rows do not matter
-      return k < r.group.channels ? { ...c, report: { ...c.report, ...slicedOf(ranking.short[i]!) } } : c;
+      return k < r.group.channels ? { ...c, report: { ...c.report, ...shortOf(ranking.short[i]!) } } : c;
     }),
   );
   const plans = chosen.map((c) => c.plan);
@@ -536,7 +538,7 @@ export async function* pruneSizes(
           seconds: { ...clock.seconds, total: clock.total() },
           ...(keeps.search?.[i] ? { search: searchReport(keeps.search[i]) } : {}),
           fidelity,
-          warnings: [...slicedWarnings(selected, sampleCount(calib, o.stats)), ...fidelityWarnings(fidelity)],
+          warnings: [...shortWarnings(selected, sampleCount(calib, o.stats)), ...fidelityWarnings(fidelity)],
           memory: plan.memory,
         };
         sized = { budget, model: pruned.model, report };

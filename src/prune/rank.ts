@@ -13,6 +13,7 @@ import { biasSite } from '../rewrite/bias.js';
 import { constantTensors } from '../graph/shapes.js';
 import { groupSeed, rankChannels, type MethodOptions } from '../select/baselines.js';
 import { refineSelection, type Refined } from '../select/refine.js';
+import { ridged, ridgeLambda, takesRidge } from '../select/ridge.js';
 
 /** A group with its method's nested order over its first k channels (and the objective and re-fit of every prefix). */
 export interface Ranked {
@@ -20,19 +21,24 @@ export interface Ranked {
   /** Each consumer's weights for the group as the d×m matrix the selection saw. */
   W: Float64Array[];
   sel: GroupSelection;
-  /**
-   * Per consumer: fewer calibration rows than columns (refitRowsShort), so its weights are only sliced, and its gains
-   * do not steer the greedy while another consumer's can.
-   */
-  sliced?: readonly boolean[];
-  /** With --refine: the problems the swaps need, and the refined set per k (computed on first use). */
-  refine?: { rounds: number; problems: LayerProblem[]; opts: KernelOptions; at: Map<number, Refined> };
+  /** Each consumer's problem as the selection saw it, and its rows of input (the ridge's N). */
+  problems: LayerProblem[];
+  rows: number[];
+  kernels: KernelOptions;
+  /** With --refine: the rounds, and the refined set per k (computed on first use). */
+  refine?: { rounds: number; at: Map<number, Refined> };
+  /** The re-fit per k (fitAt; computed on first use). */
+  fits: Map<number, Fit>;
 }
+
+/** Kept channels (ascending), each consumer's re-fitted weights (rows of the kept channels) and bias change. */
+export type Fit = ReturnType<GroupSelection['refit']>;
 
 /**
  * The method's order of `group`'s channels (the first k; default all), run through selectGroup. `model` holds the
- * consumer weights the selection fits; `captured` each consumer's Gram matrices and channel statistics; `sliced` the
- * consumers with too few rows to re-fit (Ranked.sliced): when all are, the group is ranked as with --no-refit.
+ * consumer weights the selection fits; `captured` each consumer's Gram matrices and channel statistics; `short` the
+ * consumers with fewer rows of input than columns (refitRowsShort), whose gains then steer nothing while another
+ * consumer's can (every set of rows/g channels fits them exactly; their re-fit takes the ridge, fitAt).
  */
 export function rankGroup(
   model: Model,
@@ -40,10 +46,10 @@ export function rankGroup(
   captured: Captured[],
   options: MethodOptions & KernelOptions & FitOptions = {},
   k = group.channels,
-  sliced?: readonly boolean[],
+  short?: readonly boolean[],
 ): Ranked {
-  const some = sliced?.some((x) => x) ? sliced : undefined,
-    how = some?.every((x) => x) ? { ...options, refit: false } : options;
+  // a group of short consumers only is ranked by them all
+  const steers = (i: number) => !short?.[i] || short.every((x) => x);
   const W = group.consumers.map((c) => consumerWeightMatrix(model, c));
   const inputs = group.consumers.map((c, i) => ({
     n: group.channels,
@@ -52,8 +58,8 @@ export function rankGroup(
     W: W[i]!,
     stats: captured[i]!.stats,
   }));
-  const order = rankChannels(how.method ?? 'greedy', inputs, groupSeed(how.seed ?? 0, group.id));
-  const consts = how.biasRefit === false || how.refit === false ? undefined : constantTensors(model.graph!);
+  const order = rankChannels(options.method ?? 'greedy', inputs, groupSeed(options.seed ?? 0, group.id));
+  const consts = options.biasRefit === false || options.refit === false ? undefined : constantTensors(model.graph!);
   const problems = group.consumers.map((c, i): LayerProblem => {
     const gram = captured[i]!;
     // the intercept where the consumer can take a bias change (bias.ts) and the capture has the column sums
@@ -61,7 +67,7 @@ export function rankGroup(
     return {
       ...{ d: c.d, m: c.m, g: c.g, G: gram.G, C: gram.C, H: gram.H, CW: gram.CW, targetNorm2: gram.targetNorm2 },
       W: W[i]!,
-      ...(some?.[i] ? { ranks: false } : {}),
+      ...(steers(i) ? {} : { ranks: false }),
       ...(intercept
         ? {
             intercept: {
@@ -74,18 +80,19 @@ export function rankGroup(
         : {}),
     };
   });
-  const kernels = { kernels: how.kernels, threads: how.threads };
+  const kernels = { kernels: options.kernels, threads: options.threads };
   const sel = selectGroup(problems, k, { ...kernels, order });
-  const rounds = how.refit === false ? 0 : (how.refine ?? 0);
-  const refine = rounds > 0 ? { refine: { rounds, problems, opts: kernels, at: new Map() } } : {};
-  return { group, W, sel, ...(some ? { sliced: some } : {}), ...refine };
+  const rounds = options.refit === false || short?.some((x) => x) ? 0 : (options.refine ?? 0);
+  const refine = rounds > 0 ? { refine: { rounds, at: new Map() } } : {};
+  const rows = captured.map((c) => c.rows);
+  return { group, W, sel, problems, rows, kernels, ...refine, fits: new Map() };
 }
 
 /** The swaps' result at k (undefined without --refine, or at k = 0 or all channels, where no swap exists). */
 export function refinedAt(r: Ranked, k: number): Refined | undefined {
   const f = r.refine;
   if (!f || k === 0 || k >= r.group.channels) return undefined;
-  if (!f.at.has(k)) f.at.set(k, refineSelection(f.problems, r.sel.order.slice(0, k), f.rounds, f.opts));
+  if (!f.at.has(k)) f.at.set(k, refineSelection(r.problems, r.sel.order.slice(0, k), f.rounds, r.kernels));
   return f.at.get(k);
 }
 
@@ -93,51 +100,95 @@ export function refinedAt(r: Ranked, k: number): Refined | undefined {
 const selectionAt = (r: Ranked, k: number): GroupSelection => refinedAt(r, k)?.sel ?? r.sel;
 
 /**
- * The plan keeping the first k channels of the order: re-fitted consumer weights, or their rows only sliced. With
- * `fitted` (the model's own input is the target and every channel is kept), W is already a minimiser (error 0) and
- * re-fitting could only move it along the null space of a rank-deficient B, changing outputs off the calibration set,
- * so the weights are kept as they are.
+ * The re-fit keeping k channels: the selection's least squares, except for a consumer with few rows of input per
+ * column (takesRidge), re-fitted with the ridge toward its weights (ridge.ts) on the same channels.
+ */
+export function fitAt(r: Ranked, k: number): Fit {
+  const known = r.fits.get(k);
+  if (known) return known;
+  const fit = selectionAt(r, k).refit(k);
+  const out: Fit = { keep: fit.keep, W: [...fit.W], bias: [...fit.bias] };
+  r.problems.forEach((p, t) => {
+    if (!k || !takesRidge(k * p.g, r.rows[t]!)) return;
+    const ridge = selectGroup([ridged(p, ridgeLambda(p, fit.keep, r.rows[t]!))], k, { ...r.kernels, order: fit.keep });
+    const f = ridge.refit(k);
+    out.W[t] = f.W[0]!;
+    out.bias[t] = f.bias[0];
+  });
+  r.fits.set(k, out);
+  return out;
+}
+
+/**
+ * The plan keeping the first k channels of the order: re-fitted consumer weights (fitAt), or their rows only sliced.
+ * With `fitted` (the model's own input is the target and every channel is kept), W is already a minimiser (error 0)
+ * and re-fitting could only move it along the null space of a rank-deficient B, changing outputs off the calibration
+ * set, so the weights are kept as they are.
  */
 export function planOf(r: Ranked, k: number, refit: boolean, fitted = false): PrunePlan {
-  const fit = selectionAt(r, k).refit(k);
-  const keepW = !refit || (fitted && k === r.group.channels) || r.sliced?.every((x) => x);
-  const W = fit.W.map((w, t) => (r.sliced?.[t] ? undefined : w)),
-    bias = fit.bias.map((b, t) => (r.sliced?.[t] ? undefined : b));
-  return { group: r.group, keep: fit.keep, ...(keepW ? {} : { W, ...(bias.some((b) => b) ? { bias } : {}) }) };
+  const fit = refit ? fitAt(r, k) : selectionAt(r, k).refit(k);
+  const keepW = !refit || (fitted && k === r.group.channels);
+  return {
+    group: r.group,
+    keep: fit.keep,
+    ...(keepW ? {} : { W: fit.W, ...(fit.bias.some((b) => b) ? { bias: fit.bias } : {}) }),
+  };
+}
+
+/** Consumer t's rows of its weights W for the kept channels' columns. */
+function keptRows(r: Ranked, t: number, keep: number[]): Float64Array {
+  const { g, m } = r.group.consumers[t]!,
+    W = r.W[t]!,
+    out = new Float64Array(keep.length * g * m);
+  keep.forEach((c, i) => out.set(W.subarray(c * g * m, (c + 1) * g * m), i * g * m));
+  return out;
 }
 
 /** Each consumer's d×m weights of that plan with zero rows for the pruned channels: the same consumer outputs. */
 export function paddedWeights(r: Ranked, k: number, refit: boolean): Float64Array[] {
-  const { keep, W: Wk } = r.sel.refit(k);
+  const { keep, W: Wk } = refit ? fitAt(r, k) : r.sel.refit(k);
   return r.group.consumers.map(({ g, m, d }, t) => {
     const out = new Float64Array(d * m),
       rows = g * m,
-      W = r.W[t]!;
-    keep.forEach((c, i) =>
-      out.set(refit ? Wk[t]!.subarray(i * rows, (i + 1) * rows) : W.subarray(c * rows, (c + 1) * rows), c * rows),
-    );
+      kept = refit ? Wk[t]! : keptRows(r, t, keep);
+    keep.forEach((c, i) => out.set(kept.subarray(i * rows, (i + 1) * rows), c * rows));
     return out;
   });
 }
 
 /**
- * Each consumer's 1 − relative error of its input with the first k channels: re-fitted (the selection's objective),
- * or with the weights sliced (all with --no-refit, those of `r.sliced` otherwise). The group's objective is their
- * mean.
+ * Each consumer's 1 − relative error of its input with the first k channels: re-fitted (the selection's objective, or
+ * the ridge's measured in Gram space), or with the weights sliced (--no-refit). The group's objective is their mean.
  */
 export function objectivesOf(r: Ranked, grams: Gram[], k: number, refit: boolean): number[] {
   const fitted = selectionAt(r, k).consumers.map((o) => (k ? o[k - 1]! : 0));
-  if (refit && !r.sliced) return fitted;
-  const keep = selectionAt(r, k).refit(k).keep;
-  return r.group.consumers.map((c, t) =>
-    refit && !r.sliced?.[t] ? fitted[t]! : slicedObjective(c, grams[t]!, r.W[t]!, keep, r.sel.norm2[t]!),
-  );
+  const fit = refit ? fitAt(r, k) : selectionAt(r, k).refit(k);
+  return r.group.consumers.map((c, t) => {
+    if (refit && (!k || !takesRidge(k * c.g, r.rows[t]!))) return fitted[t]!;
+    const Wk = refit ? fit.W[t]! : keptRows(r, t, fit.keep);
+    return objectiveOf(c, grams[t]!, r.W[t]!, fit.keep, Wk, r.sel.norm2[t]!, refit ? fit.bias[t] : undefined);
+  });
 }
 
 export const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
-/** 1 − ‖B_S W_S − A W‖²/‖A W‖² for the sliced (not re-fitted) weights, in Gram space. */
-function slicedObjective(c: Consumer, gram: Gram, W: Float64Array, keep: number[], norm2: number): number {
+/** Σ_l x_l W[l][j] for the d×m matrix W. */
+const dotColumn = (x: Float64Array, W: Float64Array, m: number, j: number) =>
+  x.reduce((a, v, l) => a + v * W[l * m + j]!, 0);
+
+/**
+ * 1 − ‖B_S W′ + 1bᵀ − A W‖²/‖A W‖² in Gram space, for weights W′ of the kept channels'
+ * columns (keep.length·g rows) and a bias change b (with the intercept's sums in the capture).
+ */
+function objectiveOf(
+  c: Consumer,
+  gram: Gram,
+  W: Float64Array,
+  keep: number[],
+  Wk: Float64Array,
+  norm2: number,
+  b?: Float64Array,
+): number {
   const { d, m, g } = c,
     G = gram.G,
     C = gram.C ?? gram.G,
@@ -147,23 +198,36 @@ function slicedObjective(c: Consumer, gram: Gram, W: Float64Array, keep: number[
     quad = 0;
   const GW = new Float64Array(m),
     CWi = new Float64Array(m);
-  for (const i of cols) {
+  cols.forEach((i, p) => {
     GW.fill(0);
     CWi.fill(0);
-    for (const l of cols) {
-      const v = G[i * d + l];
-      if (v) for (let j = 0; j < m; j++) GW[j] += v * W[l * m + j];
-    }
+    cols.forEach((l, q) => {
+      const v = G[i * d + l]!;
+      if (v) for (let j = 0; j < m; j++) GW[j] += v * Wk[q * m + j]!;
+    });
     if (CW) CWi.set(CW.subarray(i * m, (i + 1) * m));
     else
       for (let l = 0; l < d; l++) {
-        const v = C[i * d + l];
-        if (v) for (let j = 0; j < m; j++) CWi[j] += v * W[l * m + j];
+        const v = C[i * d + l]!;
+        if (v) for (let j = 0; j < m; j++) CWi[j] += v * W[l * m + j]!;
       }
     for (let j = 0; j < m; j++) {
-      quad += W[i * m + j] * GW[j];
-      cross += W[i * m + j] * CWi[j];
+      quad += Wk[p * m + j]! * GW[j]!;
+      cross += Wk[p * m + j]! * CWi[j]!;
+    }
+  });
+  let err = quad - 2 * cross + norm2;
+  if (b && gram.sums) {
+    // the intercept column's terms: 2 bᵀ W′ᵀ B_Sᵀ1 + N‖b‖² − 2 bᵀ Wᵀ Aᵀ1
+    const s = gram.sums,
+      target = gram.targetSums ?? s,
+      t = gram.targetSumsW ?? new Float64Array(m).map((_, j) => dotColumn(target, W, m, j));
+    for (let j = 0; j < m; j++) {
+      let sw = 0;
+      cols.forEach((i, p) => (sw += s[i]! * Wk[p * m + j]!));
+      err += 2 * b[j]! * sw + gram.rows * b[j]! ** 2 - 2 * b[j]! * t[j]!;
     }
   }
-  return norm2 > 0 ? 1 - (quad - 2 * cross + norm2) / norm2 : 1;
+  // a fit as good as the target's own weights leaves rounding on either side of 0
+  return norm2 > 0 ? 1 - Math.max(err, 0) / norm2 : 1;
 }
