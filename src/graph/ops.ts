@@ -418,15 +418,47 @@ const gatherShape: ShapeRule = withX((x, { node, ins }) => {
   const axis = normAxis(attrInt(node, 'axis', 0), x.length);
   return [[...x.slice(0, axis), ...idx, ...x.slice(axis + 1)]];
 });
+/** A scalar input's value: an integer one as computed, or a float constant (torch.arange(T, dtype=float)). */
+function scalarOf(ctx: ShapeContext, slot: number): number | undefined {
+  return valueOf(ctx, slot)?.[0] ?? floatValues(ctx, ctx.node.input[slot] ?? '')?.[0];
+}
 /** Range's start and entry count, when its three scalars are known. */
 function rangeOf(ctx: ShapeContext): { start: number; delta: number; n: number } | undefined {
-  const [start, limit, delta] = [0, 1, 2].map((i) => valueOf(ctx, i)?.[0]);
+  const [start, limit, delta] = [0, 1, 2].map((i) => scalarOf(ctx, i));
   if (start === undefined || limit === undefined || !delta) return undefined;
   return { start, delta, n: Math.max(Math.ceil((limit - start) / delta), 0) };
 }
 const rangeShape: ShapeRule = (ctx) => {
   const r = rangeOf(ctx);
   return r ? [[r.n]] : undefined;
+};
+/**
+ * Einsum with one letter per axis (no ellipsis): every letter's size from the inputs (1 broadcasts), the output's
+ * letters after "->" or, implicitly, the letters seen once in alphabetical order (torch.outer: "i,j->ij").
+ */
+const einsumShape: ShapeRule = ({ node, ins }) => {
+  const [lhs, rhs] = attrString(node, 'equation', '').replace(/\s/g, '').split('->');
+  const terms = lhs!.split(',');
+  if (terms.length !== ins.length || /[^a-zA-Z,>-]/.test(lhs! + (rhs ?? ''))) return undefined;
+  const size = new Map<string, number>(),
+    seen = new Map<string, number>();
+  for (const [i, term] of terms.entries()) {
+    const x = ins[i];
+    if (!x || x.length !== term.length) return undefined;
+    [...term].forEach((c, a) => {
+      seen.set(c, (seen.get(c) ?? 0) + 1);
+      if ((size.get(c) ?? 1) === 1) size.set(c, x[a]!);
+      else if (x[a] !== 1 && x[a] !== size.get(c)) size.set(c, NaN);
+    });
+  }
+  const out =
+    rhs ??
+    [...seen.keys()]
+      .filter((c) => seen.get(c) === 1)
+      .sort()
+      .join('');
+  const y = [...out].map((c) => size.get(c));
+  return y.every((d) => d !== undefined && Number.isFinite(d)) ? [y as number[]] : undefined;
 };
 const expandShape: ShapeRule = withX((x, ctx) => {
   const v = valueOf(ctx, 1);
@@ -1348,6 +1380,9 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Slice: op(sliceShape, slice, undefined, sliceValue),
   Split: op(splitShape, split),
   Gather: op(gatherShape, gather, undefined, gatherValue),
+  // the output has the indices' shape (DeBERTa's relative-position scores: torch.gather)
+  GatherElements: op(({ ins }) => (ins[1] ? [[...ins[1]]] : undefined)),
+  Einsum: op(einsumShape),
   Concat: op(concatShape, undefined, 'concat', concatValue),
   Expand: op(expandShape, expand),
   // reductions
