@@ -539,7 +539,7 @@ function record(
     const rec = W.S.get(r.space);
     for (const s of step.slices ?? [])
       rec.slices.push({ tensor: s.tensor, axis: s.axis, offset: r.offset, per: r.per });
-    for (const e of step.shapeEdits ?? []) rec.edits.push({ ...e, per: r.per });
+    for (const { scale, ...e } of step.shapeEdits ?? []) rec.edits.push({ ...e, per: r.per * (scale ?? 1) });
     for (const a of step.attributes ?? []) rec.edits.push({ node: node.name, attribute: a.name, per: r.per * a.per });
     rec.chain.push(node);
   }
@@ -702,6 +702,7 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
     isOutput: (name) => G.outputs.has(name),
     onlyFor: (name) => !G.shared(name, node, true),
     value: G.value,
+    shape: (name) => G.shapes.get(name),
     channelsOf: (name) => {
       const other = W.layouts.get(name);
       const spaces = other?.segments.filter((r) => r.space >= 0).map((r) => S.find(r.space));

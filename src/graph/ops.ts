@@ -99,8 +99,12 @@ export interface ParamSlice {
  * constant other nodes read too, or one entry of a shape a Concat builds at run time from a tensor the channels do
  * not change (`B, T, C = x.shape`).
  */
-export type ShapeEdit =
-  { tensor: string; index: number; shared?: true } | { node: string; input: number; values: number[]; index: number };
+export type ShapeEdit = (
+  { tensor: string; index: number; shared?: true } | { node: string; input: number; values: number[]; index: number }
+) & {
+  /** The entry counts `scale` per entry of the output's channel axis (a factor of heads · head_dim: 1 / head_dim). */
+  scale?: number;
+};
 
 /** A shape entry that counts the entries in [from, to) of a channel axis. */
 export interface Count {
@@ -129,6 +133,8 @@ export interface ChainContext {
   readers(name: string): { node: NodeProto; slot: number }[];
   /** The values of a small integer tensor (a constant, or computed from shapes), if known. */
   value(name: string): number[] | undefined;
+  /** A tensor's shape, if known. */
+  shape?(name: string): number[] | undefined;
   /** Where a tensor carries channels: 'same' (this node's channels), 'other' (another group's) or undefined. */
   channelsOf(name: string): { axis: number; same: boolean } | undefined;
   /** Whether a tensor is a graph output. */
@@ -850,6 +856,12 @@ function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number)
     // bsz · heads (nn.MultiheadAttention's [T, B·H, d]): a dimension that is 1 here times the channel count, which
     // the constant factor holds
     const m = src.multiplier;
+    // heads · head_dim (Perceiver's `hiddens = heads * v_head_dim`, head_dim read from v split into heads): the factor
+    // counts the heads of a tensor with these channels, as this node's input does, one entry each
+    const heads = own && own.same ? ctx.shape?.(src.tensor)?.[own.axis] : undefined;
+    const perHead = heads === m.value && heads === ctx.entries && ctx.layout.segments.every((r) => r.per === 1);
+    if (perHead && v[axis]! % heads === 0 && ctx.onlyFor(m.tensor))
+      return [{ tensor: m.tensor, index: 0, scale: heads / v[axis]! }, ...divisors];
     if (m.value !== ctx.outShape?.[axis])
       return refusal(ctx, `: its shape entry ${axis} (${v[axis]}) is a product that does not count the channels`);
     if (ctx.onlyFor(m.tensor)) return [{ tensor: m.tensor, index: 0 }, ...divisors];
