@@ -840,6 +840,14 @@ function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number)
     const k = src.divisor?.value;
     // the channels' own count (C, or C // d for channels of d entries) follows them at run time
     if (i === axis && c.same && (k === undefined || v[axis]! * k === ctx.entries)) continue;
+    // the batch (B · heads) // heads of a tensor whose batch is merged with its heads (BLOOM's merge_heads, read by
+    // every reshape back to [B, …]): the divisor counts the heads, each one entry of this node's input
+    const batch =
+      c.same && v[i] === 1 && k === ctx.shape?.(src.tensor)?.[c.axis] && ctx.layout.segments.every((r) => r.per === 1);
+    if (batch && onlyShapes(ctx, src.divisor!.tensor)) {
+      divisors.push({ tensor: src.divisor!.tensor, index: 0, shared: true, scale: ctx.entries / v[axis]! });
+      continue;
+    }
     // head_dim = C // heads (einops' rearrange): the divisor counts the heads, as entry `axis` does
     const perHead = i === axis + 1 && c.same && k === v[axis] && v[axis]! * v[i]! === ctx.entries;
     if (perHead && ctx.onlyFor(src.divisor!.tensor)) {
@@ -891,7 +899,7 @@ function onlyShapes(ctx: ChainContext, name: string, depth = 0): boolean {
     .every(({ node, slot }) =>
       opOf(node) === 'Reshape'
         ? slot === 1
-        : ['Mul', 'Unsqueeze', 'Concat', 'Cast'].includes(opOf(node)) &&
+        : ['Mul', 'Div', 'Unsqueeze', 'Concat', 'Cast'].includes(opOf(node)) &&
           node.output.every((o) => onlyShapes(ctx, o, depth + 1)),
     );
 }
@@ -927,7 +935,7 @@ const reshape: ChainRule = (ctx) => {
   if (alone && (i1 - i0 === 1 || j1 - j0 > 1)) {
     // split (or kept): the channels become the first output axis of the block that is not 1
     const wide = [...Array(j1 - j0).keys()].map((i) => j0 + i).filter((j) => y[j] !== 1);
-    if (wide.length >= 3) return stacked(ctx, wide[0]!, wide[1]!, j1);
+    if (wide.length >= 3 && !partsInside(ctx, wide[1]!)) return stacked(ctx, wide[0]!, wide[1]!, j1);
     axis = wide[0] ?? j0;
     const inner = numel(y.slice(axis + 1, j1));
     if (inner > 1 && ctx.layout.segments.some((r) => r.per % inner !== 0)) return { regroup: inner };
@@ -941,6 +949,24 @@ const reshape: ChainRule = (ctx) => {
   const edits = shapeEntry(ctx, 1, axis, y.length);
   return Array.isArray(edits) ? { axis, scale, shapeEdits: edits } : edits;
 };
+
+/**
+ * Whether a reshape to [.., heads, parts, d] is only read by Gathers along the parts axis `p`: BLOOM's fused
+ * query_key_value viewed as [B, T, heads, 3, d], q, k, v = x[..., 0, :], x[..., 1, :], x[..., 2, :]. Then the heads
+ * are the channels, each owning its q, k and v entries (not timm's [.., 3, heads, d], whose parts come first).
+ */
+function partsInside(ctx: ChainContext, p: number): boolean {
+  const y = ctx.node.output[0] ?? '',
+    readers = ctx.readers(y);
+  return (
+    !ctx.isOutput(y) &&
+    readers.length > 0 &&
+    readers.every(
+      ({ node, slot }) =>
+        opOf(node) === 'Gather' && slot === 0 && normAxis(attrInt(node, 'axis', 0), ctx.outShape!.length) === p,
+    )
+  );
+}
 
 /**
  * A reshape that cuts the channel axis into [parts, channels, entries…] (timm's packed q/k/v: [.., 3·C] →
