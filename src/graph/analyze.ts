@@ -1074,7 +1074,7 @@ function matmulNode(W: Walk, node: NodeProto): void {
     const t = node.input[slot] ?? '';
     return { t, l: W.layouts.get(t), shape: G.shapes.get(t) };
   });
-  const tracked = ins.filter((i) => i.l);
+  let tracked = ins.filter((i) => i.l);
   const refuseAll = (why: string) => tracked.forEach((i) => S.refuseAll(i.l, why));
   if (!yShape || ins.some((i) => !i.shape || i.shape.length < 2))
     return refuseAll(`the shapes around ${label(node)} are unknown or not matrices`);
@@ -1087,8 +1087,16 @@ function matmulNode(W: Walk, node: NodeProto): void {
     if (l.axis === k) return `${label(node)} sums over the channels (they are its inner dimension), which couples them`;
     return l.axis < r - 2 ? rank - r + l.axis : slot === 0 ? rank - 2 : rank - 1;
   });
-  const why = axes.find((a) => typeof a === 'string');
-  if (typeof why === 'string') return refuseAll(why);
+  // channels summed over are refused; the other input's may still pass, as beside an input no group owns (Falcon's
+  // query heads times its one key/value head)
+  ins.forEach((i, slot) => {
+    if (typeof axes[slot] !== 'string') return;
+    S.refuseAll(i.l, axes[slot]);
+    i.l = undefined;
+    axes[slot] = undefined;
+  });
+  tracked = ins.filter((i) => i.l);
+  if (!tracked.length) return;
   const [a0, a1] = axes as (number | undefined)[];
   const ref = tracked[0]!,
     axis = (a0 ?? a1)!;

@@ -1170,17 +1170,27 @@ const slice: ChainRule = (ctx) => {
     steps = ctx.value(ctx.node.input[4] ?? '') ?? starts?.map(() => 1);
   const k = axes?.findIndex((v) => normAxis(v, x.length) === a) ?? -1;
   if (!starts || !ends || k < 0 || steps![k] !== 1) return refusal(ctx, 'slices the channel axis with a step');
-  if (starts[k]! < 0 || ends[k]! < 0) return refusal(ctx, 'slices the channel axis from its end (negative bounds)');
-  const s0 = Math.min(starts[k]!, x[a]!),
+  // a negative constant bound counts from the end (Falcon's fused_qkv[..., :-2, :]): it becomes the positive one
+  const fromEnd = (b: { name: string; values: number[] }) => b.values[k]! < 0 && ctx.constant(b.name);
+  if ([starts, ends].some((v, i) => v[k]! < 0 && !fromEnd({ name: [startsName, endsName][i]!, values: v })))
+    return refusal(ctx, 'slices the channel axis from its end with a computed bound');
+  const s0 = Math.min(starts[k]! < 0 ? starts[k]! + x[a]! : starts[k]!, x[a]!),
     range: [number, number] = [s0, s0 + y[a]!];
   // a constant bound is rewritten (the entries before it); a computed one follows the axis' size (see proportional)
   const bounds = [
-    { name: startsName, slot: 1, at: s0, edit: s0 > 0 },
-    { name: endsName, slot: 2, at: range[1], edit: ends[k]! < x[a]! },
+    { name: startsName, slot: 1, at: s0, edit: s0 > 0, values: starts },
+    { name: endsName, slot: 2, at: range[1], edit: range[1] < x[a]!, values: ends },
   ];
+  const positive = (b: (typeof bounds)[number]) => b.values.map((v, i) => (i === k ? b.at : v));
   const counts = bounds
     .filter((b) => b.edit && ctx.constant(b.name))
-    .map((b) => ({ edit: countAt(ctx, b.slot, b.name, k), from: 0, to: b.at }));
+    .map((b) => ({
+      edit: fromEnd(b)
+        ? { node: ctx.node.name, input: b.slot, values: positive(b), index: k }
+        : countAt(ctx, b.slot, b.name, k),
+      from: 0,
+      to: b.at,
+    }));
   if (counts.some((c) => !c.edit)) return refusal(ctx, ': its bounds are shared constants');
   const proportional = bounds.some((b) => b.edit && !ctx.constant(b.name));
   return { axis: a, ranges: [range], counts: counts as Count[], ...(proportional ? { proportional } : {}) };
@@ -1215,6 +1225,7 @@ const gather: ChainRule = (ctx) => {
     a = ctx.layout.axis,
     st = ctx.layout.stack;
   const indices = ctx.constant(ctx.node.input[1] ?? '');
+  if (ctx.input === 0 && axis === a && indices && !st) return gatherOne(ctx, indices);
   if (ctx.input !== 0 || axis === a) return refusal(ctx, 'gathers along the channel axis');
   if (!indices) return refusal(ctx, ': its indices are not a constant');
   const r = tensorDims(indices).length; // the gathered axis becomes r axes
@@ -1228,6 +1239,22 @@ const gather: ChainRule = (ctx) => {
   }
   return { axis: moved(a), ...(st ? { stack: { ...st, axis: moved(st.axis) } } : {}) };
 };
+
+/**
+ * A Gather of one entry of the channel axis by a constant [i] (Falcon's fused_qkv[..., [-2], :], its key head): that
+ * entry, as a Slice of it would take it; the index counts the entries before it (from the end: it becomes positive).
+ */
+function gatherOne(ctx: ChainContext, indices: TensorProto): ChainStep {
+  const index = Array.from(tensorToInt64(indices).data, Number),
+    n = ctx.inShape[ctx.layout.axis]!;
+  if (tensorDims(indices).length !== 1 || index.length !== 1)
+    return refusal(ctx, 'gathers along the channel axis (other than one entry by a constant [i])');
+  const at = index[0]! < 0 ? index[0]! + n : index[0]!,
+    name = ctx.node.input[1]!;
+  const edit = index[0]! < 0 ? { node: ctx.node.name, input: 1, values: [at], index: 0 } : countAt(ctx, 1, name, 0);
+  if (!edit) return refusal(ctx, ': its indices are a shared constant');
+  return { axis: ctx.layout.axis, ranges: [[at, at + 1]], counts: at > 0 ? [{ edit, from: 0, to: at }] : [] };
+}
 
 /** The entries of each part of a stacked layout, in the runs' order. */
 const partRanges = (ctx: ChainContext, st: Stack) =>
