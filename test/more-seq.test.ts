@@ -269,7 +269,8 @@ describe("BLOOM's ALiBi: per-head slopes [heads, 1] times the positions, reshape
   });
 });
 
-describe("Falcon's fused query_key_value [B, T, heads + 2, d]: q = x[..., :-2, :], k = x[..., [-2], :], v = x[..., [-1], :]", () => {
+// q = x[..., :-2, :], k = x[..., [-2], :], v = x[..., [-1], :]
+describe("Falcon's fused query_key_value [B, T, heads + 2, d]", () => {
   it('pruning query heads keeps the key and value head: the bound and indices from the end become positive', () => {
     const m = readModel(`${FIX}/seq-falcon.onnx`),
       heads = analysisOf(m, 'seq-falcon.calib.npy').groups.find(
