@@ -188,6 +188,8 @@ interface Table {
   count?: true;
   /** The activations from the constant to the sites, with the axis holding the channels: their shapes change too. */
   path: { tensor: string; axis: number }[];
+  /** Shape entries of reshapes on the path that count the channels (one each): rewritten with them. */
+  counts: { tensor: string; index: number }[];
 }
 
 const TABLE_PASS = ['Cast', 'Identity', 'Neg'];
@@ -205,12 +207,16 @@ function tablesOf(G: Graph): Map<string, Table> {
   for (const [name, t] of G.consts) {
     const uses = G.uses.get(name) ?? [];
     const dims = tensorDims(t);
-    if (dims.length < 2 || !uses.some((u) => opOf(u.node) === 'Gather' && u.slot === 0)) continue;
+    // an embedding gathered (T5's bias), or a per-channel factor of a product (BLOOM's ALiBi slopes [heads, 1])
+    const gathered = uses.some((u) => opOf(u.node) === 'Gather' && u.slot === 0);
+    if (dims.length < 2 || !uses.some((u) => gathered || TABLE_JOIN.includes(opOf(u.node)))) continue;
     for (let axis = 0; axis < dims.length; axis++) {
       if (dims[axis]! < 2) continue;
       const t = tableSites(G, name, axis);
-      for (const [site, { input, at }] of t?.at ?? [])
-        found.set(`${site}|${input}`, { tensor: name, axis, sites: t!.sites, path: t!.path, at });
+      // a constant meeting the channels as it is is a per-channel parameter, not a table
+      if (!t || (!gathered && [...t.at.values()].some((site) => site.input === name))) continue;
+      for (const [site, { input, at }] of t.at)
+        found.set(`${site}|${input}`, { tensor: name, axis, sites: t.sites, path: t.path, counts: t.counts, at });
     }
   }
   for (const node of G.graph.node) {
@@ -223,7 +229,9 @@ function tablesOf(G: Graph): Map<string, Table> {
       if (!k || k.dataType !== DataType.INT64 || !only || (G.value(c)?.[0] ?? 0) < 2) return;
       const t = tableSites(G, node.output[0] ?? '', axis);
       for (const [site, { input, at }] of t?.at ?? [])
-        found.set(`${site}|${input}`, { tensor: c, axis: 0, sites: t!.sites, path: t!.path, at, count: true });
+        found.set(`${site}|${input}`, {
+          ...{ tensor: c, axis: 0, sites: t!.sites, path: t!.path, counts: t!.counts, at, count: true },
+        });
     });
   }
   return found;
@@ -234,9 +242,10 @@ function tableSites(
   G: Graph,
   name: string,
   axis: number,
-): (Pick<Table, 'sites' | 'path'> & { at: Map<string, Site> }) | undefined {
+): (Pick<Table, 'sites' | 'path' | 'counts'> & { at: Map<string, Site> }) | undefined {
   const sites = new Map<string, Site>();
-  const path: Table['path'] = [];
+  const path: Table['path'] = [],
+    counts: Table['counts'] = [];
   const queue = [{ t: name, axis }];
   for (let q = queue.shift(); q; q = queue.shift()) {
     if (G.outputs.has(q.t)) return undefined;
@@ -265,6 +274,13 @@ function tableSites(
         const indices = G.shapes.get(node.input[1] ?? '')?.length;
         if (ga === q.axis || indices === undefined) return undefined;
         queue.push({ t: y, axis: q.axis < ga ? q.axis : q.axis + indices - 1 });
+      } else if (op === 'Reshape' && slot === 0) {
+        // the axis kept whole, with axes of size 1 around it: ALiBi's [B, heads, T] → [B · heads, 1, T]
+        const to = keptAxis(G.shapes.get(q.t)!, G.shapes.get(y)!, q.axis),
+          count = to === undefined ? undefined : reshapeCount(G, node, to, G.shapes.get(q.t)![q.axis]!);
+        if (to === undefined || count === undefined) return undefined;
+        if (count) counts.push(count);
+        queue.push({ t: y, axis: to });
       } else if (TABLE_JOIN.includes(op) && node.input.length === 2) {
         const at = q.axis + outRank - rank,
           other = G.shapes.get(node.input[1 - slot] ?? '');
@@ -275,7 +291,45 @@ function tableSites(
       } else return undefined;
     }
   }
-  return sites.size ? { sites: new Set(sites.keys()), path, at: sites } : undefined;
+  return sites.size ? { sites: new Set(sites.keys()), path, counts, at: sites } : undefined;
+}
+
+/** The axis of y that holds axis a of x whole (only axes of size 1 around it move), or undefined. */
+function keptAxis(x: number[], y: number[], a: number): number | undefined {
+  const to = y.findIndex(
+    (d, j) =>
+      d === x[a] && numel(y.slice(0, j)) === numel(x.slice(0, a)) && numel(y.slice(j + 1)) === numel(x.slice(a + 1)),
+  );
+  return to < 0 || numel(x.slice(0, a)) !== 1 ? undefined : to;
+}
+
+/**
+ * The entry of a reshape's shape that counts `n` channels on output axis `to`: null if none needs rewriting (-1), an
+ * INT64 constant entry (or the constant factor of B · n, a batch of 1 here merged with them) that only this reshape
+ * reads; undefined if it cannot be rewritten alone.
+ */
+function reshapeCount(
+  G: Graph,
+  node: NodeProto,
+  to: number,
+  n: number,
+): { tensor: string; index: number } | null | undefined {
+  const shape = node.input[1] ?? '',
+    v = G.value(shape);
+  if (!v || v.filter((d) => d === -1).length > 1) return undefined;
+  if (v[to] === -1) return null;
+  const only = (t: string) => !G.outputs.has(t) && (G.uses.get(t) ?? []).length === 1;
+  if (G.constant(shape)) return only(shape) && v[to] === n ? { tensor: shape, index: to } : undefined;
+  const concat = G.producer(shape);
+  if (!concat || opOf(concat) !== 'Concat' || !concat.input.every((i) => G.value(i)?.length === 1)) return undefined;
+  let part = concat.input[to] ?? '';
+  for (let p = G.producer(part); p && ['Unsqueeze', 'Cast'].includes(opOf(p)) && only(part); p = G.producer(part))
+    part = p.input[0] ?? '';
+  if (G.constant(part)) return only(part) && G.value(part)?.[0] === n ? { tensor: part, index: 0 } : undefined;
+  const mul = G.producer(part);
+  if (!mul || opOf(mul) !== 'Mul' || !only(part)) return undefined;
+  const k = mul.input.find((i) => G.constant(i) && G.value(i)?.length === 1 && G.value(i)![0] === n);
+  return k && only(k) ? { tensor: k, index: 0 } : undefined;
 }
 
 /** Where a table meets the channels: the input it arrives by, and the axis of the site's output it reaches. */
@@ -543,7 +597,7 @@ function record(
     const rec = W.S.get(r.space);
     for (const s of step.slices ?? [])
       rec.slices.push({ tensor: s.tensor, axis: s.axis, offset: r.offset, per: r.per });
-    for (const e of step.shapeEdits ?? []) rec.edits.push({ ...e, per: r.per });
+    for (const { scale, ...e } of step.shapeEdits ?? []) rec.edits.push({ ...e, per: r.per * (scale ?? 1) });
     for (const a of step.attributes ?? []) rec.edits.push({ node: node.name, attribute: a.name, per: r.per * a.per });
     rec.chain.push(node);
   }
@@ -558,10 +612,11 @@ function setLayout(W: Walk, t: string, l: Layout): void {
     W.S.refuseAll(l, why);
   }
   W.layouts.set(t, l);
-  const stacked = l.stack ? { stacked: true } : {};
+  const stacked = l.stack ? { stacked: true } : {},
+    entries = W.G.shapes.get(t)?.[l.axis];
   for (const r of firstPart(l))
     if (r.space >= 0)
-      W.S.get(r.space).tensors.push({ tensor: t, axis: l.axis, offset: r.offset, per: r.per, ...stacked });
+      W.S.get(r.space).tensors.push({ tensor: t, axis: l.axis, offset: r.offset, per: r.per, entries, ...stacked });
   if (!W.G.shapes.has(t)) W.S.refuseAll(l, W.G.unknownShape(t));
 }
 
@@ -706,6 +761,7 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
     isOutput: (name) => G.outputs.has(name),
     onlyFor: (name) => !G.shared(name, node, true),
     value: G.value,
+    shape: (name) => G.shapes.get(name),
     channelsOf: (name) => {
       const other = W.layouts.get(name);
       const spaces = other?.segments.filter((r) => r.space >= 0).map((r) => S.find(r.space));
@@ -973,7 +1029,10 @@ function joinNode(W: Walk, node: NodeProto): void {
     for (const r of runs(out))
       for (const p of table.path)
         if (r.space >= 0)
-          W.S.get(r.space).tensors.push({ tensor: p.tensor, axis: p.axis, offset: r.offset, per: r.per });
+          W.S.get(r.space).tensors.push({
+            ...{ tensor: p.tensor, axis: p.axis, offset: r.offset, per: r.per },
+            entries: G.shapes.get(p.tensor)?.[p.axis],
+          });
     const met: TableMet = W.tables.get(table.tensor) ?? { table, seen: new Set(), layouts: [] };
     met.seen.add(node.name);
     met.layouts.push(out);
@@ -981,7 +1040,9 @@ function joinNode(W: Walk, node: NodeProto): void {
   }
   record(W, node, out, {
     slices: [...slices, ...tables.filter((t) => !t.count).map((t) => ({ tensor: t.tensor, axis: t.axis }))],
-    shapeEdits: tables.filter((t) => t.count).map((t) => ({ tensor: t.tensor, index: 0, shared: true as const })),
+    shapeEdits: tables.flatMap((t) =>
+      [...(t.count ? [{ tensor: t.tensor, index: 0 }] : []), ...t.counts].map((e) => ({ ...e, shared: true as const })),
+    ),
   });
   setLayout(W, y, out);
 }
@@ -1017,7 +1078,7 @@ function matmulNode(W: Walk, node: NodeProto): void {
     const t = node.input[slot] ?? '';
     return { t, l: W.layouts.get(t), shape: G.shapes.get(t) };
   });
-  const tracked = ins.filter((i) => i.l);
+  let tracked = ins.filter((i) => i.l);
   const refuseAll = (why: string) => tracked.forEach((i) => S.refuseAll(i.l, why));
   if (!yShape || ins.some((i) => !i.shape || i.shape.length < 2))
     return refuseAll(`the shapes around ${label(node)} are unknown or not matrices`);
@@ -1030,8 +1091,16 @@ function matmulNode(W: Walk, node: NodeProto): void {
     if (l.axis === k) return `${label(node)} sums over the channels (they are its inner dimension), which couples them`;
     return l.axis < r - 2 ? rank - r + l.axis : slot === 0 ? rank - 2 : rank - 1;
   });
-  const why = axes.find((a) => typeof a === 'string');
-  if (typeof why === 'string') return refuseAll(why);
+  // channels summed over are refused; the other input's may still pass, as beside an input no group owns (Falcon's
+  // query heads times its one key/value head)
+  ins.forEach((i, slot) => {
+    if (typeof axes[slot] !== 'string') return;
+    S.refuseAll(i.l, axes[slot]);
+    i.l = undefined;
+    axes[slot] = undefined;
+  });
+  tracked = ins.filter((i) => i.l);
+  if (!tracked.length) return;
   const [a0, a1] = axes as (number | undefined)[];
   const ref = tracked[0]!,
     axis = (a0 ?? a1)!;

@@ -99,8 +99,12 @@ export interface ParamSlice {
  * constant other nodes read too, or one entry of a shape a Concat builds at run time from a tensor the channels do
  * not change (`B, T, C = x.shape`).
  */
-export type ShapeEdit =
-  { tensor: string; index: number; shared?: true } | { node: string; input: number; values: number[]; index: number };
+export type ShapeEdit = (
+  { tensor: string; index: number; shared?: true } | { node: string; input: number; values: number[]; index: number }
+) & {
+  /** The entry counts `scale` per entry of the output's channel axis (a factor of heads · head_dim: 1 / head_dim). */
+  scale?: number;
+};
 
 /** A shape entry that counts the entries in [from, to) of a channel axis. */
 export interface Count {
@@ -129,6 +133,8 @@ export interface ChainContext {
   readers(name: string): { node: NodeProto; slot: number }[];
   /** The values of a small integer tensor (a constant, or computed from shapes), if known. */
   value(name: string): number[] | undefined;
+  /** A tensor's shape, if known. */
+  shape?(name: string): number[] | undefined;
   /** Where a tensor carries channels: 'same' (this node's channels), 'other' (another group's) or undefined. */
   channelsOf(name: string): { axis: number; same: boolean } | undefined;
   /** Whether a tensor is a graph output. */
@@ -418,15 +424,47 @@ const gatherShape: ShapeRule = withX((x, { node, ins }) => {
   const axis = normAxis(attrInt(node, 'axis', 0), x.length);
   return [[...x.slice(0, axis), ...idx, ...x.slice(axis + 1)]];
 });
+/** A scalar input's value: an integer one as computed, or a float constant (torch.arange(T, dtype=float)). */
+function scalarOf(ctx: ShapeContext, slot: number): number | undefined {
+  return valueOf(ctx, slot)?.[0] ?? floatValues(ctx, ctx.node.input[slot] ?? '')?.[0];
+}
 /** Range's start and entry count, when its three scalars are known. */
 function rangeOf(ctx: ShapeContext): { start: number; delta: number; n: number } | undefined {
-  const [start, limit, delta] = [0, 1, 2].map((i) => valueOf(ctx, i)?.[0]);
+  const [start, limit, delta] = [0, 1, 2].map((i) => scalarOf(ctx, i));
   if (start === undefined || limit === undefined || !delta) return undefined;
   return { start, delta, n: Math.max(Math.ceil((limit - start) / delta), 0) };
 }
 const rangeShape: ShapeRule = (ctx) => {
   const r = rangeOf(ctx);
   return r ? [[r.n]] : undefined;
+};
+/**
+ * Einsum with one letter per axis (no ellipsis): every letter's size from the inputs (1 broadcasts), the output's
+ * letters after "->" or, implicitly, the letters seen once in alphabetical order (torch.outer: "i,j->ij").
+ */
+const einsumShape: ShapeRule = ({ node, ins }) => {
+  const [lhs, rhs] = attrString(node, 'equation', '').replace(/\s/g, '').split('->');
+  const terms = lhs!.split(',');
+  if (terms.length !== ins.length || /[^a-zA-Z,>-]/.test(lhs! + (rhs ?? ''))) return undefined;
+  const size = new Map<string, number>(),
+    seen = new Map<string, number>();
+  for (const [i, term] of terms.entries()) {
+    const x = ins[i];
+    if (!x || x.length !== term.length) return undefined;
+    [...term].forEach((c, a) => {
+      seen.set(c, (seen.get(c) ?? 0) + 1);
+      if ((size.get(c) ?? 1) === 1) size.set(c, x[a]!);
+      else if (x[a] !== 1 && x[a] !== size.get(c)) size.set(c, NaN);
+    });
+  }
+  const out =
+    rhs ??
+    [...seen.keys()]
+      .filter((c) => seen.get(c) === 1)
+      .sort()
+      .join('');
+  const y = [...out].map((c) => size.get(c));
+  return y.every((d) => d !== undefined && Number.isFinite(d)) ? [y as number[]] : undefined;
 };
 const expandShape: ShapeRule = withX((x, ctx) => {
   const v = valueOf(ctx, 1);
@@ -802,6 +840,14 @@ function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number)
     const k = src.divisor?.value;
     // the channels' own count (C, or C // d for channels of d entries) follows them at run time
     if (i === axis && c.same && (k === undefined || v[axis]! * k === ctx.entries)) continue;
+    // the batch (B · heads) // heads of a tensor whose batch is merged with its heads (BLOOM's merge_heads, read by
+    // every reshape back to [B, …]): the divisor counts the heads, each one entry of this node's input
+    const batch =
+      c.same && v[i] === 1 && k === ctx.shape?.(src.tensor)?.[c.axis] && ctx.layout.segments.every((r) => r.per === 1);
+    if (batch && onlyShapes(ctx, src.divisor!.tensor)) {
+      divisors.push({ tensor: src.divisor!.tensor, index: 0, shared: true, scale: ctx.entries / v[axis]! });
+      continue;
+    }
     // head_dim = C // heads (einops' rearrange): the divisor counts the heads, as entry `axis` does
     const perHead = i === axis + 1 && c.same && k === v[axis] && v[axis]! * v[i]! === ctx.entries;
     if (perHead && ctx.onlyFor(src.divisor!.tensor)) {
@@ -818,6 +864,12 @@ function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number)
     // bsz · heads (nn.MultiheadAttention's [T, B·H, d]): a dimension that is 1 here times the channel count, which
     // the constant factor holds
     const m = src.multiplier;
+    // heads · head_dim (Perceiver's `hiddens = heads * v_head_dim`, head_dim read from v split into heads): the factor
+    // counts the heads of a tensor with these channels, as this node's input does, one entry each
+    const heads = own && own.same ? ctx.shape?.(src.tensor)?.[own.axis] : undefined;
+    const perHead = heads === m.value && heads === ctx.entries && ctx.layout.segments.every((r) => r.per === 1);
+    if (perHead && v[axis]! % heads === 0 && ctx.onlyFor(m.tensor))
+      return [{ tensor: m.tensor, index: 0, scale: heads / v[axis]! }, ...divisors];
     if (m.value !== ctx.outShape?.[axis])
       return refusal(ctx, `: its shape entry ${axis} (${v[axis]}) is a product that does not count the channels`);
     if (ctx.onlyFor(m.tensor)) return [{ tensor: m.tensor, index: 0 }, ...divisors];
@@ -847,7 +899,7 @@ function onlyShapes(ctx: ChainContext, name: string, depth = 0): boolean {
     .every(({ node, slot }) =>
       opOf(node) === 'Reshape'
         ? slot === 1
-        : ['Mul', 'Unsqueeze', 'Concat', 'Cast'].includes(opOf(node)) &&
+        : ['Mul', 'Div', 'Unsqueeze', 'Concat', 'Cast'].includes(opOf(node)) &&
           node.output.every((o) => onlyShapes(ctx, o, depth + 1)),
     );
 }
@@ -883,7 +935,7 @@ const reshape: ChainRule = (ctx) => {
   if (alone && (i1 - i0 === 1 || j1 - j0 > 1)) {
     // split (or kept): the channels become the first output axis of the block that is not 1
     const wide = [...Array(j1 - j0).keys()].map((i) => j0 + i).filter((j) => y[j] !== 1);
-    if (wide.length >= 3) return stacked(ctx, wide[0]!, wide[1]!, j1);
+    if (wide.length >= 3 && !partsInside(ctx, wide[1]!)) return stacked(ctx, wide[0]!, wide[1]!, j1);
     axis = wide[0] ?? j0;
     const inner = numel(y.slice(axis + 1, j1));
     if (inner > 1 && ctx.layout.segments.some((r) => r.per % inner !== 0)) return { regroup: inner };
@@ -897,6 +949,24 @@ const reshape: ChainRule = (ctx) => {
   const edits = shapeEntry(ctx, 1, axis, y.length);
   return Array.isArray(edits) ? { axis, scale, shapeEdits: edits } : edits;
 };
+
+/**
+ * Whether a reshape to [.., heads, parts, d] is only read by Gathers along the parts axis `p`: BLOOM's fused
+ * query_key_value viewed as [B, T, heads, 3, d], q, k, v = x[..., 0, :], x[..., 1, :], x[..., 2, :]. Then the heads
+ * are the channels, each owning its q, k and v entries (not timm's [.., 3, heads, d], whose parts come first).
+ */
+function partsInside(ctx: ChainContext, p: number): boolean {
+  const y = ctx.node.output[0] ?? '',
+    readers = ctx.readers(y);
+  return (
+    !ctx.isOutput(y) &&
+    readers.length > 0 &&
+    readers.every(
+      ({ node, slot }) =>
+        opOf(node) === 'Gather' && slot === 0 && normAxis(attrInt(node, 'axis', 0), ctx.outShape!.length) === p,
+    )
+  );
+}
 
 /**
  * A reshape that cuts the channel axis into [parts, channels, entries…] (timm's packed q/k/v: [.., 3·C] →
@@ -1100,17 +1170,27 @@ const slice: ChainRule = (ctx) => {
     steps = ctx.value(ctx.node.input[4] ?? '') ?? starts?.map(() => 1);
   const k = axes?.findIndex((v) => normAxis(v, x.length) === a) ?? -1;
   if (!starts || !ends || k < 0 || steps![k] !== 1) return refusal(ctx, 'slices the channel axis with a step');
-  if (starts[k]! < 0 || ends[k]! < 0) return refusal(ctx, 'slices the channel axis from its end (negative bounds)');
-  const s0 = Math.min(starts[k]!, x[a]!),
+  // a negative constant bound counts from the end (Falcon's fused_qkv[..., :-2, :]): it becomes the positive one
+  const fromEnd = (b: { name: string; values: number[] }) => b.values[k]! < 0 && ctx.constant(b.name);
+  if ([starts, ends].some((v, i) => v[k]! < 0 && !fromEnd({ name: [startsName, endsName][i]!, values: v })))
+    return refusal(ctx, 'slices the channel axis from its end with a computed bound');
+  const s0 = Math.min(starts[k]! < 0 ? starts[k]! + x[a]! : starts[k]!, x[a]!),
     range: [number, number] = [s0, s0 + y[a]!];
   // a constant bound is rewritten (the entries before it); a computed one follows the axis' size (see proportional)
   const bounds = [
-    { name: startsName, slot: 1, at: s0, edit: s0 > 0 },
-    { name: endsName, slot: 2, at: range[1], edit: ends[k]! < x[a]! },
+    { name: startsName, slot: 1, at: s0, edit: s0 > 0, values: starts },
+    { name: endsName, slot: 2, at: range[1], edit: range[1] < x[a]!, values: ends },
   ];
+  const positive = (b: (typeof bounds)[number]) => b.values.map((v, i) => (i === k ? b.at : v));
   const counts = bounds
     .filter((b) => b.edit && ctx.constant(b.name))
-    .map((b) => ({ edit: countAt(ctx, b.slot, b.name, k), from: 0, to: b.at }));
+    .map((b) => ({
+      edit: fromEnd(b)
+        ? { node: ctx.node.name, input: b.slot, values: positive(b), index: k }
+        : countAt(ctx, b.slot, b.name, k),
+      from: 0,
+      to: b.at,
+    }));
   if (counts.some((c) => !c.edit)) return refusal(ctx, ': its bounds are shared constants');
   const proportional = bounds.some((b) => b.edit && !ctx.constant(b.name));
   return { axis: a, ranges: [range], counts: counts as Count[], ...(proportional ? { proportional } : {}) };
@@ -1145,6 +1225,7 @@ const gather: ChainRule = (ctx) => {
     a = ctx.layout.axis,
     st = ctx.layout.stack;
   const indices = ctx.constant(ctx.node.input[1] ?? '');
+  if (ctx.input === 0 && axis === a && indices && !st) return gatherOne(ctx, indices);
   if (ctx.input !== 0 || axis === a) return refusal(ctx, 'gathers along the channel axis');
   if (!indices) return refusal(ctx, ': its indices are not a constant');
   const r = tensorDims(indices).length; // the gathered axis becomes r axes
@@ -1158,6 +1239,22 @@ const gather: ChainRule = (ctx) => {
   }
   return { axis: moved(a), ...(st ? { stack: { ...st, axis: moved(st.axis) } } : {}) };
 };
+
+/**
+ * A Gather of one entry of the channel axis by a constant [i] (Falcon's fused_qkv[..., [-2], :], its key head): that
+ * entry, as a Slice of it would take it; the index counts the entries before it (from the end: it becomes positive).
+ */
+function gatherOne(ctx: ChainContext, indices: TensorProto): ChainStep {
+  const index = Array.from(tensorToInt64(indices).data, Number),
+    n = ctx.inShape[ctx.layout.axis]!;
+  if (tensorDims(indices).length !== 1 || index.length !== 1)
+    return refusal(ctx, 'gathers along the channel axis (other than one entry by a constant [i])');
+  const at = index[0]! < 0 ? index[0]! + n : index[0]!,
+    name = ctx.node.input[1]!;
+  const edit = index[0]! < 0 ? { node: ctx.node.name, input: 1, values: [at], index: 0 } : countAt(ctx, 1, name, 0);
+  if (!edit) return refusal(ctx, ': its indices are a shared constant');
+  return { axis: ctx.layout.axis, ranges: [[at, at + 1]], counts: at > 0 ? [{ edit, from: 0, to: at }] : [] };
+}
 
 /** The entries of each part of a stacked layout, in the runs' order. */
 const partRanges = (ctx: ChainContext, st: Stack) =>
@@ -1348,6 +1445,9 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Slice: op(sliceShape, slice, undefined, sliceValue),
   Split: op(splitShape, split),
   Gather: op(gatherShape, gather, undefined, gatherValue),
+  // the output has the indices' shape (DeBERTa's relative-position scores: torch.gather)
+  GatherElements: op(({ ins }) => (ins[1] ? [[...ins[1]]] : undefined)),
+  Einsum: op(einsumShape),
   Concat: op(concatShape, undefined, 'concat', concatValue),
   Expand: op(expandShape, expand),
   // reductions

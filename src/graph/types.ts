@@ -30,9 +30,10 @@ export interface Group {
   /**
    * Activations that carry the channels (runs along their channel axis): their shapes change with the group.
    * `stacked`: the channels repeat in equal parts along another axis too (a fused q/k/v); only the first part's runs
-   * are listed.
+   * are listed. `entries`: the axis' size at the analysed shapes; at run time it can be larger where the batch is
+   * merged with the channels (B · heads), and then it does not hold the channels once.
    */
-  tensors: (AxisSlice & { stacked?: boolean })[];
+  tensors: (AxisSlice & { stacked?: boolean; entries?: number })[];
   /** Parameters and per-sample FLOPs (multiply-adds ×2) that removing every channel would save. */
   params: number;
   flops: number;
