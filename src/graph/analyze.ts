@@ -148,7 +148,13 @@ class Graph {
     const by = [...new Set(uses.map((u) => u.node.name))].join(', ');
     const output = this.outputs.has(name) ? ' and as a graph output' : '';
     const what = this.consts.has(name) ? 'constant' : 'shape';
-    return `${what} "${name}" is shared (used by ${by}${output}); changing it for one group would change the others`;
+    // the weight of one layer run on several inputs (torch calls one module on each of them)
+    const layer = uses.length > 1 && uses.every((u) => u.slot === 1 && OPS[opOf(u.node)]?.layer);
+    const why = layer ? ': one layer applied to several inputs (a head shared across FPN levels, a shared MLP)' : '';
+    return (
+      `${what} "${name}" is shared (used by ${by}${output})${why}; changing it for one group would change the ` +
+      'others'
+    );
   }
   /** Whether `name` is read by `node` alone, directly or (up to `depth` nodes away) through nodes that only feed it. */
   private feedsOnly(name: string, node: NodeProto, depth: number): boolean {
@@ -790,7 +796,9 @@ function ifNode(W: Walk, node: NodeProto, b: IfBranches): void {
  * makes every channel of these spaces a whole number of blocks, if the producers' outputs allow it.
  */
 function regroup(W: Walk, node: NodeProto, l: Layout, inner: number): boolean {
-  const blocks = `${label(node)} cuts the channels into blocks of ${inner} entries (attention heads, conv groups)`;
+  const blocks =
+    `${label(node)} cuts the channels into blocks of ${inner} entries (attention heads, conv groups, GroupNorm's ` +
+    'groups)';
   for (const r of runs(l)) {
     const f = lcm(r.per, inner) / r.per;
     if (r.space < 0 || r.n % f !== 0 || r.offset % inner !== 0) {

@@ -1014,7 +1014,7 @@ const reduce: ChainRule = (ctx) => {
   if (axes.includes(ctx.layout.axis)) {
     return refusal(
       ctx,
-      'reduces over the channel axis (a mean/variance across channels, as in LayerNorm), which couples channels',
+      "reduces over the channel axis (LayerNorm's mean, CBAM's channel max and mean), which couples channels",
     );
   }
   const drop = attrInt(ctx.node, 'keepdims', 1) === 0 ? axes.filter((x) => x < ctx.layout.axis).length : 0;
