@@ -240,6 +240,15 @@ const CASES: { model: string; groups: number[][] }[] = [
       [16, 1, 9],
     ],
   },
+  // GroupNorm(4, 16) of a Concat of 8 + 8: each conv two whole groups; refused: GroupNorm(4, 16) of 6 + 10 channels
+  // (a group straddles the convs) and GroupNorm(1, 16) (one group: a norm across all channels)
+  {
+    model: 'cnn-groupnorm-edges',
+    groups: [
+      [2, 1, 36],
+      [2, 1, 36],
+    ],
+  },
   {
     model: 'cnn-groupnorm-opset13',
     groups: [
@@ -422,6 +431,9 @@ describe('refusals name what couples the channels', () => {
     ['cnn-cbam-spatial', '/conv/conv.0/Conv', /ReduceMax "\/sg\/ReduceMax" reduces over the channel axis/],
     ['cnn-eca', '/conv/conv.0/Conv', /Conv "\/eca\/conv\/Conv" slides over the channels .*ECA-Net/],
     ['cnn-cbam', '/cg/mlp/mlp.1/Gemm', /is shared .*: one layer applied to several inputs/],
+    ['cnn-groupnorm-edges', '/a6/Conv', /"\/gn_a\/Reshape" cuts the channels into blocks of 4 .* do not line up/],
+    ['cnn-groupnorm-edges', '/a10/Conv', /"\/gn_a\/Reshape" cuts the channels into blocks of 4 .* do not line up/],
+    ['cnn-groupnorm-edges', '/b/Conv', /InstanceNormalization .* normalises over axis 2, .*GroupNorm with one group/],
     ['cnn-retinanet', '/levels/fpn/layer_blocks.0/layer_blocks.0.0/Conv', /head shared across FPN levels/],
   ])('%s: %s', (name, node, why) => {
     const { refused } = groupsOf(readModel(`${FIX}/${name}.onnx`));

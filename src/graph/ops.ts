@@ -618,7 +618,9 @@ function perChannelNorm(params: number[]): ChainRule {
   return (ctx) => {
     if (ctx.input !== 0) return refusal(ctx, `: the channels enter as input ${ctx.input}`);
     if (ctx.layout.axis !== 1)
-      return refusal(ctx, `normalises along axis 1, but the channels are on axis ${ctx.layout.axis}`);
+      return ctx.node.opType === 'InstanceNormalization'
+        ? refusal(ctx, `normalises over axis ${ctx.layout.axis}, which holds the channels (GroupNorm with one group)`)
+        : refusal(ctx, `normalises along axis 1, but the channels are on axis ${ctx.layout.axis}`);
     if (ctx.node.opType === 'BatchNormalization' && attrInt(ctx.node, 'training_mode', 0) !== 0)
       return refusal(ctx, 'is in training mode (batch statistics couple samples); export the model in eval mode');
     const slices: ParamSlice[] = [];
