@@ -390,9 +390,13 @@ export class Frontier {
       run.add(n);
       stack.push(...n.input.filter((x) => x));
     }
-    const read = new Set([...run].flatMap((n) => n.input));
+    const read = new Set([...run].flatMap((n) => n.input)),
+      made = new Set([...run].flatMap((n) => n.output));
+    // a cached tensor that a node run for another of its outputs computes anyway (one part of a Split) is not fed: a
+    // graph input of that name would be defined twice
     const given = new Map<string, DataType>();
-    for (const t of have) if (read.has(t)) given.set(t, ORT_TYPES[this.cache.get(t)!.values().next().value!.type]!);
+    for (const t of have)
+      if (read.has(t) && !made.has(t)) given.set(t, ORT_TYPES[this.cache.get(t)!.values().next().value!.type]!);
     // what to keep: back from what later captures want, the first tensors known after this run that neither this
     // group's rewrite changes (`changing`; but for those it only cuts down) nor a later group's will; past one a later
     // rewrite changes (an SE block's gated activation: a later group re-fits the gate), the walk goes on to its inputs,

@@ -152,7 +152,13 @@ class Graph {
     const by = [...new Set(uses.map((u) => u.node.name))].join(', ');
     const output = this.outputs.has(name) ? ' and as a graph output' : '';
     const what = this.consts.has(name) ? 'constant' : 'shape';
-    return `${what} "${name}" is shared (used by ${by}${output}); changing it for one group would change the others`;
+    // the weight of one layer run on several inputs (torch calls one module on each of them)
+    const layer = uses.length > 1 && uses.every((u) => u.slot === 1 && OPS[opOf(u.node)]?.layer);
+    const why = layer ? ': one layer applied to several inputs (a head shared across FPN levels, a shared MLP)' : '';
+    return (
+      `${what} "${name}" is shared (used by ${by}${output})${why}; changing it for one group would change the ` +
+      'others'
+    );
   }
   /** Whether `name` is read by `node` alone, directly or (up to `depth` nodes away) through nodes that only feed it. */
   private feedsOnly(name: string, node: NodeProto, depth: number): boolean {
@@ -850,7 +856,9 @@ function ifNode(W: Walk, node: NodeProto, b: IfBranches): void {
  * makes every channel of these spaces a whole number of blocks, if the producers' outputs allow it.
  */
 function regroup(W: Walk, node: NodeProto, l: Layout, inner: number): boolean {
-  const blocks = `${label(node)} cuts the channels into blocks of ${inner} entries (attention heads, conv groups)`;
+  const blocks =
+    `${label(node)} cuts the channels into blocks of ${inner} entries (attention heads, conv groups, GroupNorm's ` +
+    'groups)';
   for (const r of runs(l)) {
     const f = lcm(r.per, inner) / r.per;
     if (r.space < 0 || r.n % f !== 0 || r.offset % inner !== 0) {
@@ -937,16 +945,31 @@ function cutInto(W: Walk, node: NodeProto, l: Layout, step: Extract<ChainStep, {
   for (const c of step.counts ?? [])
     for (const r of rs)
       if (r.space >= 0 && r.offset >= c.from && r.offset < c.to) W.S.get(r.space).edits.push({ ...c.edit, per: r.per });
+  const within = (s: number, e: number): Layout => ({
+    axis: step.axis,
+    segments: rs.filter((r) => r.offset >= s && r.offset < e).map(({ space, n, per }) => ({ space, n, per })),
+  });
   if (step.proportional) {
-    const why =
-      `${label(node)} computes its bounds from the size of the channel axis, so its parts must keep equally many ` +
-      'channels';
-    W.together.push({ spaces: rs.filter((r) => r.space >= 0).map((r) => r.space), why });
+    // bounds computed as fractions of the axis' size (torch's chunk) stay right if the equal divisions of the axis
+    // that they fall on keep equally many channels: divisions laid out alike (YOLOv8's C2f chunks a conv's output in
+    // two) become one space, channel i of each one channel; otherwise they must be one space already
+    const total = entriesOf(l),
+      u = step.ranges.flat().reduce(gcd, total);
+    const divisions = [...Array(total / u).keys()].map((i) => within(i * u, (i + 1) * u));
+    const alike = divisions.every((d) => entriesOf(d) === u && sameRuns(d, divisions[0]!));
+    if (alike && rs.every((r) => r.space >= 0))
+      divisions.forEach((d) => d.segments.forEach((r, i) => W.S.union(r.space, divisions[0]!.segments[i]!.space)));
+    else {
+      const why =
+        `${label(node)} computes its bounds from the size of the channel axis, so its parts must keep equally many ` +
+        'channels';
+      W.together.push({ spaces: rs.filter((r) => r.space >= 0).map((r) => r.space), why });
+    }
   }
   step.ranges.forEach(([s, e], i) => {
-    const segments = rs.filter((r) => r.offset >= s && r.offset < e).map(({ space, n, per }) => ({ space, n, per }));
-    record(W, node, { axis: step.axis, segments }, {});
-    setLayout(W, node.output[i] ?? '', { axis: step.axis, segments });
+    const part = within(s, e);
+    record(W, node, part, {});
+    setLayout(W, node.output[i] ?? '', part);
   });
   return true;
 }

@@ -127,7 +127,10 @@ const Conv: Layer = {
   consume(node, info, inShape, at) {
     const w = info.weightDims;
     if (at.axis !== 1 || inShape.length !== w.length)
-      return `consumer ${label(node)} receives the channels on axis ${at.axis}, not as its input channels`;
+      return at.axis >= 2 && inShape.length === w.length
+        ? `consumer ${label(node)} slides over the channels (on its axis ${at.axis}), which couples neighbouring ` +
+            "channels (ECA-Net's Conv1d over the pooled channels)"
+        : `consumer ${label(node)} receives the channels on axis ${at.axis}, not as its input channels`;
     if (w[1] !== inShape[1])
       return `consumer ${label(node)} expects ${w[1]} input channels, its input has ${inShape[1]}`;
     const conv = convGeometry(node, inShape.slice(2), w.slice(2));

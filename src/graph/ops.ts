@@ -656,7 +656,9 @@ function perChannelNorm(params: number[]): ChainRule {
   return (ctx) => {
     if (ctx.input !== 0) return refusal(ctx, `: the channels enter as input ${ctx.input}`);
     if (ctx.layout.axis !== 1)
-      return refusal(ctx, `normalises along axis 1, but the channels are on axis ${ctx.layout.axis}`);
+      return ctx.node.opType === 'InstanceNormalization'
+        ? refusal(ctx, `normalises over axis ${ctx.layout.axis}, which holds the channels (GroupNorm with one group)`)
+        : refusal(ctx, `normalises along axis 1, but the channels are on axis ${ctx.layout.axis}`);
     if (ctx.node.opType === 'BatchNormalization' && attrInt(ctx.node, 'training_mode', 0) !== 0)
       return refusal(ctx, 'is in training mode (batch statistics couple samples); export the model in eval mode');
     const slices: ParamSlice[] = [];
@@ -941,10 +943,15 @@ const reshape: ChainRule = (ctx) => {
     if (inner > 1 && ctx.layout.segments.some((r) => r.per % inner !== 0)) return { regroup: inner };
     scale = 1 / inner;
   } else {
-    // merge: the channels must be the outer axis of the merged ones (axes of size 1 aside)
-    if (numel(x.slice(i0, a)) !== 1 || j1 - j0 !== 1) return mixes;
-    axis = j0;
-    scale = numel(x.slice(a + 1, i1));
+    // merge: the channels must be the outer axis of the merged ones (axes of size 1 aside), and the block's first
+    // output axis that is not 1 takes them: a flatten ([N, C, h, w] → [N, C·h·w]), whole channels per entry
+    // (GroupNorm's [N, G, C/G·h·w] → [N, C, h, w]) or whole blocks of channels per entry (GroupNorm's [N, C, h, w]
+    // → [N, G, C/G·h·w]: the walk makes each group of C/G channels whole)
+    axis = [...Array(j1 - j0).keys()].map((i) => j0 + i).find((j) => y[j] !== 1) ?? j0;
+    if (numel(x.slice(i0, a)) !== 1 || (y[axis]! % x[a]! !== 0 && x[a]! % y[axis]! !== 0)) return mixes;
+    const inner = x[a]! / y[axis]!;
+    if (inner > 1 && ctx.layout.segments.some((r) => r.per % inner !== 0)) return { regroup: inner };
+    scale = inner > 1 ? 1 / inner : y[axis]! / x[a]!;
   }
   const edits = shapeEntry(ctx, 1, axis, y.length);
   return Array.isArray(edits) ? { axis, scale, shapeEdits: edits } : edits;
@@ -1079,7 +1086,7 @@ const reduce: ChainRule = (ctx) => {
   if (axes.includes(ctx.layout.axis)) {
     return refusal(
       ctx,
-      'reduces over the channel axis (a mean/variance across channels, as in LayerNorm), which couples channels',
+      "reduces over the channel axis (LayerNorm's mean, CBAM's channel max and mean), which couples channels",
     );
   }
   const drop = attrInt(ctx.node, 'keepdims', 1) === 0 ? axes.filter((x) => x < ctx.layout.axis).length : 0;
