@@ -1,7 +1,14 @@
 import { describe, it, expect, vi } from 'vitest';
 import { clone } from '@bufbuild/protobuf';
 import { existsSync } from 'node:fs';
-import { ModelProtoSchema, readModel, replaceInitializerData, tensorToFloat32, type Model } from '../src/onnx/index.js';
+import {
+  DataType,
+  ModelProtoSchema,
+  readModel,
+  replaceInitializerData,
+  tensorToFloat32,
+  type Model,
+} from '../src/onnx/index.js';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,6 +19,7 @@ import { captureGrams, slicingOf } from '../src/capture/index.js';
 import { Frontier, unchangedTensors } from '../src/capture/frontier.js';
 import { neededNodes, Runner } from '../src/capture/runner.js';
 import type { Group } from '../src/graph/types.js';
+import { Calibration } from '../src/calibration.js';
 
 // Sequential and asymmetric captures run each group's capture from the tensors the previous one cached (frontier.ts).
 // Oracles: for what changed, the graph itself (a constant edited by hand); for the captures, the same captures run
@@ -205,3 +213,32 @@ describe.each(['mobilenet', 'resnet20', 'vit'].filter((m) => existsSync(`models/
     });
   },
 );
+
+describe('a part of the model fed cached tensors that onnxruntime cannot run', () => {
+  it('is an internal error (the data ran before), not bad input', async () => {
+    const lenet = readModel('models/lenet.onnx'),
+      data = openNpy('models/calib.npy');
+    const [group] = analyze(lenet).groups,
+      from = group!.producers[0]!.output[0]!,
+      to = group!.consumers[0]!.node.output[0]!;
+    const run = await Runner.open(lenet, [to], {}, true, new Map([[from, DataType.FLOAT]]));
+    try {
+      const batch = Calibration.of(lenet, data).batches(4).next().value!;
+      // conv1's output with 5 channels where conv2 wants 6: what a wrong cut of a cached tensor gives
+      const { Tensor } = await import('onnxruntime-node');
+      const wrong = new Tensor('float32', new Float32Array(4 * 5 * 24 * 24), [4, 5, 24, 24]);
+      await expect(run.runRaw(batch, [to], { [from]: wrong })).rejects.toMatchObject({
+        code: 'internal',
+        message: expect.stringMatching(/fed cached tensors \(a bug in subprune\)/),
+      });
+      // the same run from the data alone is the data's fault
+      const whole = await Runner.open(lenet, [to]);
+      const bad = { ...batch, feeds: new Map([['input', { data: new Float32Array(4 * 9), dims: [4, 1, 3, 3] }]]) };
+      await expect(whole.runRaw(bad as never, [to])).rejects.toMatchObject({ code: 'bad-input' });
+      await whole.release();
+    } finally {
+      await run.release();
+      data.close();
+    }
+  });
+});

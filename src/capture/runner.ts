@@ -14,7 +14,7 @@ import {
   type NodeProto,
   type Written,
 } from '../onnx/index.js';
-import { badInput } from '../errors.js';
+import { badInput, internal } from '../errors.js';
 import { firstNonFinite, modelInputs, type Batch, type Feed, type ModelInput } from '../calibration.js';
 import { loadRuntime, type Backend, type Ort, type RuntimeOptions } from './runtime.js';
 
@@ -170,7 +170,11 @@ export class Runner {
     try {
       out = computed.length ? await this.session.run(feeds, computed) : {};
     } catch (e) {
-      throw badInput(`onnxruntime cannot run the model on the data: ${(e as Error).message.split('\n')[0]}`, e);
+      const why = (e as Error).message.split('\n')[0];
+      // fed cached tensors, the part ran on what earlier runs of the same data computed: the fault is subprune's
+      if (Object.keys(given).length)
+        throw internal(`onnxruntime cannot run a part of the model fed cached tensors (a bug in subprune): ${why}`, e);
+      throw badInput(`onnxruntime cannot run the model on the data: ${why}`, e);
     }
     return Object.fromEntries(names.map((name) => [name, (feeds[name] ?? out[name])!]));
   }
