@@ -1,13 +1,13 @@
 import { describe, it, expect } from 'vitest';
-import * as ort from 'onnxruntime-node';
-import { readModel, serializeModel, tensorToFloat32, type Model } from '../src/onnx/index.js';
-import { openNpy, type NpyFile } from '../src/npy.js';
+import { readModel, tensorToFloat32, type Model } from '../src/onnx/index.js';
+import { openNpy } from '../src/npy.js';
 import { Calibration } from '../src/calibration.js';
 import { analyze } from '../src/graph/analyze.js';
-import { constantTensors, inferShapes } from '../src/graph/shapes.js';
+import { constantTensors } from '../src/graph/shapes.js';
 import { pruneGroups } from '../src/rewrite/index.js';
 import { prune } from '../src/prune/index.js';
-import { randomKeep, rng, zeroDroppedInputs } from './graph-helpers.js';
+import { zeroDroppedInputs } from './graph-helpers.js';
+import { describeFixtures, fixtureOutputs } from './fixture-suite.js';
 import { relDiff } from './objective.js';
 
 // CNN blocks of segmentation, detection and OCR models (test/fixtures/make-more-cnn.py, torch's default export
@@ -308,59 +308,9 @@ const CASES: { model: string; groups: number[][] }[] = [
   },
 ];
 
-/** Every output of `model` on the first n samples, one after the other, by ONNX's semantics (no optimizations). */
-async function outputs(model: Model, data: NpyFile, n = 8): Promise<Float32Array> {
-  const session = await ort.InferenceSession.create(serializeModel(model), { graphOptimizationLevel: 'disabled' });
-  try {
-    const x = new ort.Tensor('float32', data.readF32(0, n), [n, ...data.shape.slice(1)]);
-    const y = await session.run({ [session.inputNames[0]!]: x });
-    const parts = session.outputNames.map((o) => y[o]!.data as Float32Array);
-    const all = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
-    parts.reduce((at, p) => (all.set(p, at), at + p.length), 0);
-    return all;
-  } finally {
-    await session.release();
-  }
-}
-
-describe.each(CASES)('$model', ({ model: name, groups: expected }) => {
-  const path = `${FIX}/${name}.onnx`;
-
-  it('every tensor has a shape, and the groups are the channels expected', () => {
-    const m = readModel(path),
-      data = openNpy(CALIB);
-    const shapes = Calibration.of(m, data).shapes;
-    const known = inferShapes(m, shapes);
-    expect(m.graph!.node.flatMap((n) => n.output).filter((o) => o && !known.has(o))).toEqual([]);
-    const { groups } = analyze(m, shapes);
-    data.close();
-    const got = groups.map((g) => [g.channels, g.producers.length, ...new Set(g.consumers.map((c) => c.g))]);
-    expect(got).toEqual(expected);
-  });
-
-  it('half of every group removed at random: the pruned model is the original with their inputs zeroed', async () => {
-    const m = readModel(path),
-      data = openNpy(CALIB);
-    const { groups } = analyze(m, Calibration.of(m, data).shapes);
-    const r = rng(5);
-    const plans = groups.map((group) => ({
-      group,
-      keep: randomKeep(group.channels, Math.ceil(group.channels / 2), r),
-    }));
-    const got = await outputs(pruneGroups(m, plans), data);
-    expect(relDiff(got, await outputs(zeroDroppedInputs(m, plans), data))).toBeLessThan(1e-4);
-    data.close();
-  });
-
-  it('prunes end to end with the default mode', async () => {
-    const m = readModel(path),
-      data = openNpy(CALIB);
-    const { model: pruned, report } = await prune(m, data, { budget: { keepRatio: 0.5 }, refit: false });
-    expect(report.params.after).toBeLessThan(report.params.before);
-    expect((await outputs(pruned, data, 4)).every(Number.isFinite)).toBe(true);
-    data.close();
-  });
-});
+describeFixtures(
+  CASES.map(({ model, groups }) => ({ model: `${FIX}/${model}.onnx`, data: () => openNpy(CALIB), groups })),
+);
 
 /** The groups of a fixture, analyzed at the calibration data's shapes. */
 function groupsOf(m: Model) {
@@ -421,7 +371,9 @@ describe('Res2Net in the default (asymmetric) mode', () => {
       return { group, keep };
     });
     expect(plans.some((p) => p.keep.length < p.group.channels)).toBe(true);
-    expect(relDiff(await outputs(pruned, data), await outputs(zeroDroppedInputs(m, plans), data))).toBeLessThan(1e-4);
+    expect(
+      relDiff(await fixtureOutputs(pruned, data), await fixtureOutputs(zeroDroppedInputs(m, plans), data)),
+    ).toBeLessThan(1e-4);
     data.close();
   });
 });

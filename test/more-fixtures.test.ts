@@ -11,7 +11,6 @@ import {
   makeNode,
   makeTensorValueInfo,
   readModel,
-  serializeModel,
   tensorToFloat32,
   tensorToInt64,
   type Model,
@@ -19,12 +18,13 @@ import {
 import { openNpy, type NpyFile } from '../src/npy.js';
 import { Calibration } from '../src/calibration.js';
 import { analyze } from '../src/graph/analyze.js';
-import { constantTensors, inferShapes } from '../src/graph/shapes.js';
+import { constantTensors } from '../src/graph/shapes.js';
 import { pruneGroups } from '../src/rewrite/index.js';
 import { prune } from '../src/prune/index.js';
 import { refitSweep } from '../src/prune/sweep.js';
 import { captureGrams } from '../src/capture/index.js';
 import { outInfo, randomKeep, rng, run, smallModel, zeroDroppedInputs } from './graph-helpers.js';
+import { describeFixtures, fixtureOutputs } from './fixture-suite.js';
 import { relDiff } from './objective.js';
 import { channelCols, gramOf, leastSquares, withOnes, type Mat } from './oracle.js';
 
@@ -251,61 +251,7 @@ const CASES = [
   },
 ];
 
-/** The first output of `model` on the first n samples, by ONNX's semantics (no graph optimizations). */
-async function outputs(model: Model, data: NpyFile, n = 8) {
-  const session = await ort.InferenceSession.create(serializeModel(model), { graphOptimizationLevel: 'disabled' });
-  try {
-    const input = model.graph!.input[0]!.name,
-      dims = [n, ...data.shape.slice(1)],
-      x = data.readF32(0, n);
-    const t =
-      data.dtype === 'f4'
-        ? new ort.Tensor('float32', x, dims)
-        : new ort.Tensor('int64', BigInt64Array.from(x, BigInt), dims);
-    const y = await session.run({ [input]: t });
-    return (y[session.outputNames[0]!]!.data as Float32Array).slice();
-  } finally {
-    await session.release();
-  }
-}
-
-describe.each(CASES)('$model', ({ model: path, calib, groups: expected }) => {
-  it('every tensor has a shape, and the groups are the heads, neurons and channels expected', () => {
-    const m = readModel(path),
-      data = openNpy(calib);
-    const shapes = Calibration.of(m, data).shapes;
-    const known = inferShapes(m, shapes);
-    expect(m.graph!.node.flatMap((n) => n.output).filter((o) => o && !known.has(o))).toEqual([]);
-    const { groups } = analyze(m, shapes);
-    data.close();
-    expect(groups.map((g) => [g.channels, g.producers.length, ...new Set(g.consumers.map((c) => c.g))])).toEqual(
-      expected,
-    );
-  });
-
-  it('half of every group removed at random: the pruned model is the original with their inputs zeroed', async () => {
-    const m = readModel(path),
-      data = openNpy(calib);
-    const { groups } = analyze(m, Calibration.of(m, data).shapes);
-    const r = rng(5);
-    const plans = groups.map((group) => ({
-      group,
-      keep: randomKeep(group.channels, Math.ceil(group.channels / 2), r),
-    }));
-    const got = await outputs(pruneGroups(m, plans), data);
-    expect(relDiff(got, await outputs(zeroDroppedInputs(m, plans), data))).toBeLessThan(1e-4);
-    data.close();
-  });
-
-  it('prunes end to end with the default mode', async () => {
-    const m = readModel(path),
-      data = openNpy(calib);
-    const { model: pruned, report } = await prune(m, data, { budget: { keepRatio: 0.5 }, refit: false });
-    expect(report.params.after).toBeLessThan(report.params.before);
-    expect((await outputs(pruned, data, 4)).every(Number.isFinite)).toBe(true);
-    data.close();
-  });
-});
+describeFixtures(CASES.map(({ model, calib, groups }) => ({ model, data: () => openNpy(calib), groups })));
 
 // A Conv1d consumer (input [b, C, L], weight [m, C, k]) against a float64 oracle: its input as onnxruntime computes it,
 // patches built here from the definition of a 1-D convolution (stride, dilation, zero padding), G = BᵀB and the
@@ -564,8 +510,8 @@ describe('a static export with a batch of 2 (no dynamic_axes)', () => {
     ]);
     const r = rng(5);
     const plans = groups.map((group) => ({ group, keep: randomKeep(group.channels, group.channels / 2, r) }));
-    const got = await outputs(pruneGroups(m, plans), data, 2);
-    expect(relDiff(got, await outputs(zeroDroppedInputs(m, plans), data, 2))).toBeLessThan(1e-4);
+    const got = await fixtureOutputs(pruneGroups(m, plans), data, 2);
+    expect(relDiff(got, await fixtureOutputs(zeroDroppedInputs(m, plans), data, 2))).toBeLessThan(1e-4);
     data.close();
   });
 
@@ -576,7 +522,7 @@ describe('a static export with a batch of 2 (no dynamic_axes)', () => {
     // per sample: Conv 3→8 3×3 on 8×8, Conv 8→8 3×3 stride 2 to 4×4, Gemm 128→10, each 2 FLOPs per MAC
     expect(report.flops.before).toBe(2 * (64 * 8 * 27 + 16 * 8 * 72 + 128 * 10));
     expect(report.params.after).toBeLessThan(report.params.before);
-    expect((await outputs(pruned, data, 2)).every(Number.isFinite)).toBe(true);
+    expect((await fixtureOutputs(pruned, data, 2)).every(Number.isFinite)).toBe(true);
     data.close();
   });
 });

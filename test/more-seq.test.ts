@@ -1,15 +1,13 @@
 import { describe, it, expect } from 'vitest';
-import * as ort from 'onnxruntime-node';
-import { DataType, readModel, serializeModel, tensorToFloat32, tensorToInt64, type Model } from '../src/onnx/index.js';
+import { DataType, readModel, tensorToFloat32, tensorToInt64, type Model } from '../src/onnx/index.js';
 import { openNpy } from '../src/npy.js';
 import { openNpz } from '../src/npz.js';
 import { Calibration, type InputData } from '../src/calibration.js';
 import { analyze } from '../src/graph/analyze.js';
-import { constantTensors, inferShapes } from '../src/graph/shapes.js';
+import { constantTensors } from '../src/graph/shapes.js';
 import { pruneGroups } from '../src/rewrite/index.js';
-import { prune } from '../src/prune/index.js';
-import { outInfo, randomKeep, rng, zeroDroppedInputs } from './graph-helpers.js';
-import { relDiff } from './objective.js';
+import { outInfo } from './graph-helpers.js';
+import { describeFixtures } from './fixture-suite.js';
 
 // Sequence models (test/fixtures/make-more-seq.py): small random-weight versions of HuggingFace architectures written
 // in torch and exported with torch's defaults. Oracle: onnxruntime running the original with the dropped channels'
@@ -158,81 +156,14 @@ const CASES: { model: string; calib: string; length?: number; groups: number[][]
   },
 ];
 
-/**
- * The first output of `model` on the first n samples of every input, by ONNX's semantics (no graph optimizations);
- * `length`: only the first entries of axis 1 of every input whose axis 1 is free (fewer tokens or audio samples than
- * the calibration data, which the analysis sized the model at).
- */
-async function outputs(model: Model, data: InputData, n = 16, length?: number): Promise<Float32Array> {
-  const calib = Calibration.of(model, data),
-    batch = calib.batches(n).next().value!;
-  const feeds = Object.fromEntries(
-    calib.inputs.map(({ name, dims: free }) => {
-      const f = batch.feeds.get(name)!,
-        cut = length !== undefined && free.length >= 2 && free[1] === null ? length : f.dims[1]!;
-      const dims = [f.dims[0]!, cut, ...f.dims.slice(2)],
-        inner = f.dims.slice(2).reduce((a, b) => a * b, 1);
-      const rows = Array.from({ length: f.dims[0]! }, (_, r) =>
-        f.data.slice(r * f.dims[1]! * inner, (r * f.dims[1]! + cut) * inner),
-      );
-      const type = f.data instanceof Float32Array ? 'float32' : 'int64';
-      const all =
-        type === 'float32'
-          ? Float32Array.from(rows.flatMap((x) => [...(x as Float32Array)]))
-          : BigInt64Array.from(rows.flatMap((x) => [...(x as BigInt64Array)]));
-      return [name, new ort.Tensor(type, f.dims.length === 1 ? f.data : all, f.dims.length === 1 ? f.dims : dims)];
-    }),
-  );
-  const session = await ort.InferenceSession.create(serializeModel(model), { graphOptimizationLevel: 'disabled' });
-  try {
-    const y = await session.run(feeds);
-    return (y[session.outputNames[0]!]!.data as Float32Array).slice();
-  } finally {
-    await session.release();
-  }
-}
-
-describe.each(CASES)('$model', ({ model: name, calib, length: shorter, groups: expected }) => {
-  const path = `${FIX}/${name}.onnx`;
-
-  it('every tensor has a shape, and the groups are the heads, neurons and channels expected', () => {
-    const m = readModel(path),
-      shapes = Calibration.of(m, dataOf(calib)).shapes;
-    const known = inferShapes(m, shapes);
-    expect(m.graph!.node.flatMap((n) => n.output).filter((o) => o && !known.has(o))).toEqual([]);
-    const { groups } = analyze(m, shapes);
-    expect(groups.map((g) => [g.channels, g.producers.length, ...new Set(g.consumers.map((c) => c.g))])).toEqual(
-      expected,
-    );
-  });
-
-  it('half of every group removed at random: the pruned model is the original with their inputs zeroed', async () => {
-    const m = readModel(path),
-      data = dataOf(calib);
-    const { groups } = analyze(m, Calibration.of(m, data).shapes);
-    const r = rng(5);
-    const plans = groups.map((group) => ({
-      group,
-      keep: randomKeep(group.channels, Math.ceil(group.channels / 2), r),
-    }));
-    const pruned = pruneGroups(m, plans),
-      zeroed = zeroDroppedInputs(m, plans);
-    for (const length of [undefined, shorter]) {
-      const got = await outputs(pruned, data, 16, length),
-        want = await outputs(zeroed, data, 16, length);
-      expect(got.length).toBe(want.length);
-      expect(relDiff(got, want)).toBeLessThan(1e-4);
-    }
-  });
-
-  it('prunes end to end with the default mode', async () => {
-    const m = readModel(path),
-      data = dataOf(calib);
-    const { model: pruned, report } = await prune(m, data, { budget: { keepRatio: 0.5 }, refit: false });
-    expect(report.params.after).toBeLessThan(report.params.before);
-    expect((await outputs(pruned, data, 4)).every(Number.isFinite)).toBe(true);
-  });
-});
+describeFixtures(
+  CASES.map(({ model, calib, length, groups }) => ({
+    model: `${FIX}/${model}.onnx`,
+    data: () => dataOf(calib),
+    groups,
+    length,
+  })),
+);
 
 /** The analysis of a fixture at its calibration shapes. */
 const analysisOf = (m: Model, calib: string) => analyze(m, Calibration.of(m, dataOf(calib)).shapes);

@@ -1,0 +1,114 @@
+import { describe, it, expect } from 'vitest';
+import * as ort from 'onnxruntime-node';
+import { readModel, serializeModel, type Model } from '../src/onnx/index.js';
+import { Calibration, type InputData } from '../src/calibration.js';
+import { analyze } from '../src/graph/analyze.js';
+import { inferShapes } from '../src/graph/shapes.js';
+import { pruneGroups } from '../src/rewrite/index.js';
+import { prune } from '../src/prune/index.js';
+import { randomKeep, rng, zeroDroppedInputs } from './graph-helpers.js';
+import { relDiff } from './objective.js';
+
+// The checks every real export among the fixtures gets (more-fixtures, more-cnn, more-seq): the oracle is onnxruntime
+// running the original with the dropped channels' consumer inputs zeroed, which is what removing a channel, neuron or
+// head means, with graph optimizations off (onnxruntime's ReshapeFusion hides wrong shape entries).
+
+/**
+ * Every output of `model`, one after the other, on the first n samples of `data` (each free axis 1 cut to `length`
+ * when given: tokens, audio samples), by ONNX's semantics (no graph optimizations).
+ */
+export async function fixtureOutputs(model: Model, data: InputData, n = 8, length?: number): Promise<Float32Array> {
+  const calib = Calibration.of(model, data),
+    batch = calib.batches(n).next().value!;
+  const feeds = Object.fromEntries(
+    calib.inputs.map(({ name, dims: free }) => {
+      const f = batch.feeds.get(name)!,
+        cut = length !== undefined && free.length >= 2 && free[1] === null ? length : f.dims[1]!;
+      const inner = f.dims.slice(2).reduce((a, b) => a * b, 1),
+        rows = Array.from({ length: f.dims[0]! }, (_, r) =>
+          f.data.slice(r * f.dims[1]! * inner, (r * f.dims[1]! + cut) * inner),
+        );
+      const type = f.data instanceof Float32Array ? 'float32' : f.data instanceof Int32Array ? 'int32' : 'int64';
+      if (f.dims.length === 1 || cut === f.dims[1]) return [name, new ort.Tensor(type, f.data, f.dims)];
+      const all =
+        type === 'float32'
+          ? Float32Array.from(rows.flatMap((x) => [...(x as Float32Array)]))
+          : type === 'int32'
+            ? Int32Array.from(rows.flatMap((x) => [...(x as Int32Array)]))
+            : BigInt64Array.from(rows.flatMap((x) => [...(x as BigInt64Array)]));
+      return [name, new ort.Tensor(type, all, [f.dims[0]!, cut, ...f.dims.slice(2)])];
+    }),
+  );
+  const session = await ort.InferenceSession.create(serializeModel(model), { graphOptimizationLevel: 'disabled' });
+  try {
+    const y = await session.run(feeds);
+    const parts = session.outputNames.map((o) => y[o]!.data as Float32Array);
+    const all = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+    parts.reduce((at, p) => (all.set(p, at), at + p.length), 0);
+    return all;
+  } finally {
+    await session.release();
+  }
+}
+
+/** A real export: its model file, its calibration data, and each group as [channels, producers, g of its consumers]. */
+export interface FixtureCase {
+  model: string;
+  data: () => InputData & { close?: () => void };
+  groups: number[][];
+  /** A shorter axis 1 to run at too, for inputs whose axis 1 is free. */
+  length?: number;
+}
+
+/**
+ * Per case: every tensor has a shape and the groups are the ones expected; half of every group removed at random
+ * gives the original with those channels' consumer inputs zeroed (at the calibration length and at `length`); the
+ * default prune runs end to end.
+ */
+export function describeFixtures(cases: FixtureCase[]): void {
+  describe.each(cases)('$model', ({ model: path, data: open, groups: expected, length: shorter }) => {
+    it('every tensor has a shape, and the groups are the channels, neurons and heads expected', () => {
+      const m = readModel(path),
+        data = open();
+      const shapes = Calibration.of(m, data).shapes;
+      data.close?.();
+      const known = inferShapes(m, shapes);
+      expect(m.graph!.node.flatMap((n) => n.output).filter((o) => o && !known.has(o))).toEqual([]);
+      const got = analyze(m, shapes).groups.map((g) => [
+        g.channels,
+        g.producers.length,
+        ...new Set(g.consumers.map((c) => c.g)),
+      ]);
+      expect(got).toEqual(expected);
+    });
+
+    it('half of every group removed at random: the pruned model is the original with their inputs zeroed', async () => {
+      const m = readModel(path),
+        data = open();
+      const { groups } = analyze(m, Calibration.of(m, data).shapes);
+      const r = rng(5);
+      const plans = groups.map((group) => ({
+        group,
+        keep: randomKeep(group.channels, Math.ceil(group.channels / 2), r),
+      }));
+      const pruned = pruneGroups(m, plans),
+        zeroed = zeroDroppedInputs(m, plans);
+      for (const length of [undefined, shorter]) {
+        const got = await fixtureOutputs(pruned, data, 8, length),
+          want = await fixtureOutputs(zeroed, data, 8, length);
+        expect(got.length).toBe(want.length);
+        expect(relDiff(got, want)).toBeLessThan(1e-4);
+      }
+      data.close?.();
+    });
+
+    it('prunes end to end with the default mode', async () => {
+      const m = readModel(path),
+        data = open();
+      const { model: pruned, report } = await prune(m, data, { budget: { keepRatio: 0.5 }, refit: false });
+      expect(report.params.after).toBeLessThan(report.params.before);
+      expect((await fixtureOutputs(pruned, data, 4)).every(Number.isFinite)).toBe(true);
+      data.close?.();
+    });
+  });
+}
