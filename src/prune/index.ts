@@ -117,7 +117,7 @@ export interface GroupReport {
   underdetermined?: ShortConsumer[];
 }
 
-/** A consumer too short of rows to re-fit (refitRowsShort). */
+/** A consumer with fewer rows of input than columns (refitRowsShort). */
 export type ShortConsumer = RowsShort & { node: string };
 
 /** A group's report as its selection makes it (the sizes come when every group is pruned). */
@@ -309,8 +309,8 @@ function selectGroupPlan(
 ): { plan: PrunePlan; report: Selected } {
   const t = performance.now();
   const short = refitShort(group, grams, sampleCount(calib), opts.refit ?? true),
-    sliced = short.map((w) => w !== undefined);
-  const chosen = planGroup(rankGroup(model, group, grams, opts, k, sliced), grams, k, opts);
+    few = short.map((w) => w !== undefined);
+  const chosen = planGroup(rankGroup(model, group, grams, opts, k, few), grams, k, opts);
   const seconds = (performance.now() - t) / 1000;
   return { ...chosen, report: { ...chosen.report, seconds, ...shortOf(short) } };
 }
@@ -360,12 +360,12 @@ async function rankLayerwise(
   const ranked = groups.map((u, i) => {
     progress('select', i, groups.length);
     const t = performance.now(),
-      sliced = short[i]!.map((w) => w !== undefined);
+      few = short[i]!.map((w) => w !== undefined);
     const r = clock.time('select', () => {
       const k = Math.max(...keeps.keeps.map((m) => m.get(u.id)!));
       // the allocation's ranking serves unless a consumer is too short to steer it
-      const shared = sliced.some((x) => x) ? undefined : keeps.ranked?.[i];
-      return shared ?? rankGroup(model, u, grams.get(u.id)!, opts, k, sliced);
+      const shared = few.some((x) => x) ? undefined : keeps.ranked?.[i];
+      return shared ?? rankGroup(model, u, grams.get(u.id)!, opts, k, few);
     });
     seconds.push((performance.now() - t) / 1000);
     return r;

@@ -22,7 +22,7 @@ export function ridgeLambda(pr: LayerProblem, keep: readonly number[], rows: num
   return (RIDGE * trace) / Math.max(rows, 1);
 }
 
-/** The problem whose least squares is `pr`'s with a ridge λ toward its weights W (its gains steer nothing). */
+/** The problem whose least squares is `pr`'s with a ridge λ toward its weights W (solved alone: ranks). */
 export function ridged(pr: LayerProblem, lambda: number): LayerProblem {
   const { d, W } = pr;
   const plusI = (X: Float64Array) => {
