@@ -6,6 +6,7 @@ import { Runner, type Activation } from '../src/capture/index.js';
 import { constantTensors } from '../src/graph/shapes.js';
 import { prune } from '../src/prune/index.js';
 import { Fit, refitSweep } from '../src/prune/sweep.js';
+import { RIDGE } from '../src/select/ridge.js';
 import { leastSquares, randMat, rng, withOnes, type Mat } from './oracle.js';
 
 // The second sweep of re-fits against a float64 oracle: least squares by QR of the activations themselves (never a
@@ -21,12 +22,30 @@ const relDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => {
   return Math.sqrt(num / den);
 };
 
-/** The oracle's weights (d×m) and bias (m) for min ‖B W + 1 bᵀ − T‖, intercept first. */
-function oracleFit(B: Mat, T: Mat): { W: Float64Array; bias: Float64Array } {
+/**
+ * The oracle's weights (d×m) and bias (m) for min ‖B W + 1 bᵀ − T‖², intercept first; with a prior W₀, plus
+ * λ‖W − W₀‖², λ = RIDGE · tr(BᵀB)/N (the ridge): rows [√λ I 0] on [√λ W₀] appended, the
+ * intercept not penalised.
+ */
+function oracleFit(B: Mat, T: Mat, prior?: Float64Array): { W: Float64Array; bias: Float64Array } {
   const d = B.cols,
     m = T.cols,
-    X = leastSquares(withOnes(B), T, [d, ...Array.from({ length: d }, (_, i) => i)]);
-  return { W: X.slice(m), bias: X.slice(0, m) };
+    extra = prior ? d : 0;
+  const X: Mat = { rows: B.rows + extra, cols: d, a: new Float64Array((B.rows + extra) * d) },
+    Y: Mat = { rows: B.rows + extra, cols: m, a: new Float64Array((B.rows + extra) * m) };
+  X.a.set(B.a);
+  Y.a.set(T.a);
+  if (prior) {
+    const root = Math.sqrt((RIDGE * B.a.reduce((a, x) => a + x * x, 0)) / B.rows);
+    for (let i = 0; i < d; i++) {
+      X.a[(B.rows + i) * d + i] = root;
+      for (let j = 0; j < m; j++) Y.a[(B.rows + i) * m + j] = root * prior[i * m + j]!;
+    }
+  }
+  const ones = withOnes(X);
+  for (let i = B.rows; i < X.rows; i++) ones.a[i * (d + 1) + d] = 0;
+  const sol = leastSquares(ones, Y, [d, ...Array.from({ length: d }, (_, i) => i)]);
+  return { W: sol.slice(m), bias: sol.slice(0, m) };
 }
 
 describe('Fit', () => {
@@ -37,13 +56,30 @@ describe('Fit', () => {
     for (let i = 0; i < T.a.length; i++) T.a[i] += 3 * (i % 4) + B.a[(Math.floor(i / 4) * 7) % B.a.length]!;
     const fit = new Fit(7, 4, { kernels: 'wasm' });
     fit.add(Float32Array.from(B.a), Float32Array.from(T.a));
-    const got = fit.solve(true, { kernels: 'wasm' }),
+    const got = fit.solve(true, { kernels: 'wasm' }, new Float64Array(7 * 4).fill(5)),
       want = oracleFit(
         { ...B, a: Float64Array.from(Float32Array.from(B.a)) },
         { ...T, a: Float64Array.from(Float32Array.from(T.a)) },
       );
     expect(relDiff(got.W, want.W)).toBeLessThan(1e-5);
     expect(relDiff(got.bias!, want.bias)).toBeLessThan(1e-5);
+  });
+
+  it('with fewer than RIDGE_ROWS rows per column, takes the ridge toward the prior (the current weights)', () => {
+    const r = rng(8),
+      [N, d, m] = [40, 7, 3];
+    const f32 = (X: Mat) => ({ ...X, a: Float64Array.from(Float32Array.from(X.a)) });
+    const B = f32(randMat(N, d, r)),
+      T = f32(randMat(N, m, r)),
+      prior = randMat(d, m, r).a;
+    const fit = new Fit(d, m, { kernels: 'wasm' });
+    fit.add(Float32Array.from(B.a), Float32Array.from(T.a));
+    const got = fit.solve(true, { kernels: 'wasm' }, prior),
+      want = oracleFit(B, T, prior);
+    expect(relDiff(got.W, want.W)).toBeLessThan(1e-5);
+    expect(relDiff(got.bias!, want.bias)).toBeLessThan(1e-5);
+    // and not the plain least squares, which it would be without the ridge
+    expect(relDiff(got.W, oracleFit(B, T).W)).toBeGreaterThan(1e-2);
   });
 });
 
@@ -197,19 +233,35 @@ describe('refitSweep', () => {
     expect(relDiff(got2.bias, want2.bias)).toBeLessThan(2e-3);
     expect(relDiff(got2.W, convWeights(pruned, conv2).W)).toBeGreaterThan(1e-2); // the sweep changed it
 
+    // fc: 64 rows for its d columns, fewer than RIDGE_ROWS each: the ridge toward its weights in the pruned model,
+    // from the original output less its current bias
     const X = s.get(inOf(fc))!,
       Z = o2.get(outOf(fc))!;
+    const fcOf = (m: Model) => {
+      const n = node(m, fc),
+        consts = constantTensors(m.graph!),
+        w = tensorToFloat32(consts.get(n.input[1]!)!), // [10, d] (transB)
+        [mo, d] = w.dims as [number, number];
+      const W = new Float64Array(d * mo);
+      for (let j = 0; j < mo; j++) for (let i = 0; i < d; i++) W[i * mo + j] = w.data[j * d + i]!;
+      return { W, bias: tensorToFloat32(consts.get(n.input[2]!)!).data, mo, d };
+    };
+    const before = fcOf(pruned),
+      after = fcOf(swept);
+    expect(X.dims[0]! < 10 * before.d).toBe(true);
+    const T3 = Float64Array.from(Z.data, (v, e) => v - before.bias[e % before.mo]!);
     const want3 = oracleFit(
       { rows: X.dims[0]!, cols: X.dims[1]!, a: Float64Array.from(X.data) },
-      { rows: Z.dims[0]!, cols: Z.dims[1]!, a: Float64Array.from(Z.data) },
+      { rows: Z.dims[0]!, cols: Z.dims[1]!, a: T3 },
+      before.W,
     );
-    const fcNode = node(swept, fc),
-      fcConsts = constantTensors(swept.graph!);
-    const w = tensorToFloat32(fcConsts.get(fcNode.input[1]!)!), // [10, d] (transB)
-      [mo, d] = w.dims as [number, number];
-    const W3 = new Float64Array(d * mo);
-    for (let j = 0; j < mo; j++) for (let i = 0; i < d; i++) W3[i * mo + j] = w.data[j * d + i]!;
-    expect(relDiff(W3, want3.W)).toBeLessThan(2e-3);
-    expect(relDiff(tensorToFloat32(fcConsts.get(fcNode.input[2]!)!).data, want3.bias)).toBeLessThan(2e-3);
+    expect(relDiff(after.W, want3.W)).toBeLessThan(2e-3);
+    expect(
+      relDiff(
+        after.bias,
+        before.bias.map((b, j) => b + want3.bias[j]!),
+      ),
+    ).toBeLessThan(2e-3);
+    expect(relDiff(after.W, before.W)).toBeGreaterThan(1e-3); // the sweep changed it
   }, 300_000);
 });

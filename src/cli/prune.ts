@@ -64,7 +64,8 @@ Method:
                       pruned model's inputs to the original model's outputs, keeping the channels (groups
                       pruned later changed what earlier consumers read: a ResNet's residual stream); then N
                       ReLU-aware fits where a Relu follows (0: least squares only); each fit one pass over
-                      the calibration data (default: no sweep)
+                      the calibration data; fewer than 10 rows per column: the ridge toward the
+                      current weights (default: no sweep)
 ${methodHelp}
 Other:
   --report FILE       write a JSON report: per group the kept channels in greedy order and the objective,

@@ -9,14 +9,15 @@
 import type { Model, GraphProto, NodeProto, TensorProto } from '../onnx/index.js';
 import { tensorToFloat32, attrFloat } from '../onnx/index.js';
 import type { Consumer, Group } from '../graph/types.js';
-import { analyze } from '../graph/analyze.js';
+import { analyze, consumerWeightMatrix } from '../graph/analyze.js';
 import { constantTensors } from '../graph/shapes.js';
 import { patchGrid, patchSize, planeDims } from '../geometry.js';
 import { Calibration } from '../calibration.js';
 import { Runner, type Activation, type RuntimeOptions } from '../capture/index.js';
 import { GramAccumulator } from '../kernels/gram.js';
 import { getKernels, type KernelOptions } from '../kernels/instances.js';
-import { refitRowsShort, selectChannels } from '../select/greedy.js';
+import { selectChannels } from '../select/greedy.js';
+import { ridged, ridgeLambda, takesRidge } from '../select/ridge.js';
 import { biasSite } from '../rewrite/bias.js';
 import { pruneGroups } from '../rewrite/index.js';
 
@@ -41,6 +42,8 @@ interface Site {
   /** The consumer's output after its bias, in each model; the pruned model's current bias. */
   post: { pruned: string; original: string };
   bias: Float32Array;
+  /** The consumer's current weights (d × m): the ridge's prior (Fit.solve). */
+  W: Float64Array;
   /** Where a Relu follows: its input tensor, and the per-channel scale between them (BatchNormalization's). */
   relu?: { pre: string; scale: Float64Array };
 }
@@ -128,7 +131,8 @@ function siteOf(
   // the Relu's input must be a tensor of both models (not an Add the bias re-fit created)
   const relu = opts.relu ? reluAfter(graph, consts, post.tensor, c.m) : undefined,
     shared = relu && og.node.some((n) => n.output.includes(relu.pre));
-  return { group, t, c, outs, post: { pruned: post.tensor, original: target }, bias, ...(shared ? { relu } : {}) };
+  const W = consumerWeightMatrix(pruned, c);
+  return { group, t, c, outs, post: { pruned: post.tensor, original: target }, bias, W, ...(shared ? { relu } : {}) };
 }
 
 /** im2col: one row of d = C·kh·kw entries per output position of each sample (channel-major, zero padding). */
@@ -198,8 +202,15 @@ export class Fit {
     this.acc.add(X);
   }
 
-  /** The weights (d × m) and, with the intercept, the bias; frees the accumulator. */
-  solve(intercept: boolean, opts: KernelOptions): { W: Float64Array; bias?: Float64Array; rows: number } {
+  /**
+   * The weights (d × m) and, with the intercept, the bias; frees the accumulator. With fewer than RIDGE_ROWS rows per
+   * column, the least squares takes the ridge toward `prior` (the consumer's current weights), as prune's re-fit does.
+   */
+  solve(
+    intercept: boolean,
+    opts: KernelOptions,
+    prior: Float64Array,
+  ): { W: Float64Array; bias?: Float64Array; rows: number } {
     const { d, m, D } = this;
     let g;
     try {
@@ -220,8 +231,11 @@ export class Fit {
       : {};
     // every column in order: the pivoted factor's re-fit, dependent columns getting no weight
     const order = Array.from({ length: d }, (_, i) => i);
-    const pr = { d, m, g: 1, G, CW, targetNorm2, W: new Float64Array(d * m), ...ic };
-    const fit = selectChannels(pr, d, { ...opts, order }).refit(d);
+    const pr = { d, m, g: 1, G, CW, targetNorm2, W: prior, ...ic };
+    const fit = selectChannels(takesRidge(d, g.rows) ? ridged(pr, ridgeLambda(pr, order, g.rows)) : pr, d, {
+      ...opts,
+      order,
+    }).refit(d);
     return { W: fit.W, ...(fit.bias ? { bias: fit.bias } : {}), rows: g.rows };
   }
 }
@@ -283,7 +297,7 @@ async function fitOnce(
       }
       fit.add(B, T);
     }
-    return fit.solve(!!opts.intercept, opts);
+    return fit.solve(!!opts.intercept, opts, s.W);
   } finally {
     await P.release();
     await O.release();
@@ -311,8 +325,6 @@ export async function refitSweep(
     const s = siteOf(model, orig, keeps, name, opts);
     if (!s) continue;
     let fit = await fitOnce(model, original, s, calib, opts);
-    // fewer rows than columns: underdetermined, the consumer keeps its weights (as prune does, refitRowsShort)
-    if (refitRowsShort(s.c.d, fit.rows, calib.rows, calib.distinctSamples())) continue;
     const relu = s.relu && fit.rows >= RELU_ROWS * s.c.d ? (opts.relu ?? 0) : 0;
     for (let i = 0; i < relu; i++) fit = await fitOnce(model, original, s, calib, opts, fit);
     const { group, t } = s;
