@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { encodeNpy, openNpy } from '../src/npy.js';
 import { analyze } from '../src/graph/analyze.js';
 import { pruneGroups } from '../src/rewrite/index.js';
-import { captureGrams, slicingOf } from '../src/capture/index.js';
+import { captureGrams, slicingOf, targetTensor } from '../src/capture/index.js';
 import { Frontier, unchangedTensors } from '../src/capture/frontier.js';
 import { neededNodes, Runner } from '../src/capture/runner.js';
 import type { Group } from '../src/graph/types.js';
@@ -102,7 +102,7 @@ async function sequentialCaptures(name: string, asymmetric: boolean, budget: num
         model: frontier,
         later: later(groups, i),
         ...(asymmetric
-          ? { target: targetFrontier, targetLater: later(groups0, i).flatMap((u) => u.consumers.map((c) => c.input)) }
+          ? { target: targetFrontier, targetLater: later(groups0, i).flatMap((u) => u.consumers.map(targetTensor)) }
           : {}),
       },
     });

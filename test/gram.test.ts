@@ -77,7 +77,8 @@ describe('Gram accumulation of conv patches (im2col)', () => {
 });
 
 // The asymmetric capture projected on the consumer's weights W (d×m): CW = BᵀA W, ‖A W‖² and Wᵀ Aᵀ1,
-// against the same products in float64 from the rows (and from conv patches built from the convolution's definition).
+// from A or from T = A·W given, against the same products in float64 from the rows (and from conv patches
+// built from the convolution's definition).
 describe('Gram accumulation projected on the weights', () => {
   const close = (got: ArrayLike<number>, ref: ArrayLike<number>, tol: number) => {
     const scale = Math.max(...Array.from(ref, Math.abs));
@@ -137,6 +138,26 @@ describe('Gram accumulation projected on the weights', () => {
       const P = patches(X, dims, 3, 3, 1, 1, [1, 1, 1, 1], 1, 1),
         Q = patches(Y, dims, 3, 3, 1, 1, [1, 1, 1, 1], 1, 1);
       check(gc, P, Q, { rows: dc, cols: mc, a: Wc });
+
+      // the target given projected, T = A·W in f32 (as the original model's consumer output gives it): rows, and a
+      // conv's output layout [b, m, OH, OW]
+      const given = new GramAccumulator(d, { asymmetric: true, kernels, project: { m } }),
+        T = Float32Array.from(matmul(mat(A, d), { rows: d, cols: m, a: W }).a);
+      given.add(B.subarray(0, 17 * d), T.subarray(0, 17 * m));
+      given.add(B.subarray(17 * d), T.subarray(17 * m));
+      check(given.result(), mat(B, d), mat(A, d), { rows: d, cols: m, a: W });
+      given.release();
+      const Tc = matmul(Q, { rows: dc, cols: mc, a: Wc }),
+        per = dims[2]! * dims[3]!,
+        out = new Float32Array(dims[0]! * mc * per);
+      for (let s = 0; s < dims[0]!; s++)
+        for (let p = 0; p < per; p++)
+          for (let j = 0; j < mc; j++) out[(s * mc + j) * per + p] = Tc.a[(s * per + p) * mc + j]!;
+      const givenConv = new GramAccumulator(dc, { asymmetric: true, kernels, project: { m: mc } });
+      givenConv.addConv(X, dims, geo, out);
+      check(givenConv.result(), P, Q, { rows: dc, cols: mc, a: Wc });
+      givenConv.release();
+      expect(() => new GramAccumulator(d, { asymmetric: true, kernels, project: { m } }).add(B, A)).toThrow(/values/);
     },
   );
 });

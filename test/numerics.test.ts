@@ -1,4 +1,4 @@
-import { describe, it, expect, afterAll } from 'vitest';
+import { describe, it, expect, afterAll, vi } from 'vitest';
 import { Calibration, firstNonFinite } from '../src/calibration.js';
 import { clone } from '@bufbuild/protobuf';
 import {
@@ -14,7 +14,8 @@ import {
 import { encodeNpy, npyFromBytes, openNpy, type NpyFile } from '../src/npy.js';
 import { prune, type Mode } from '../src/prune/index.js';
 import { analyze, consumerWeightMatrix } from '../src/graph/analyze.js';
-import { Runner } from '../src/capture/index.js';
+import { Runner, captureGrams, targetOutput } from '../src/capture/index.js';
+import { pruneGroups } from '../src/rewrite/index.js';
 import { consumerObjectives, measuredObjective, relDiff } from './objective.js';
 import { channelCols, leastSquares, type Mat } from './oracle.js';
 import { RIDGE } from '../src/select/ridge.js';
@@ -297,5 +298,61 @@ describe('a float16 model', () => {
       expect(Math.abs(claimed - measured), u.id).toBeLessThan(1e-2);
       expect(claimed, u.id).toBeGreaterThan(0.5);
     }
+  });
+});
+
+describe('the projected target of an asymmetric capture', () => {
+  it("is read off the original consumer's output (less its bias) at the outputs an earlier group left", async () => {
+    const original = readModel('models/mobilenet.onnx'),
+      data = calib(32);
+    const groups0 = analyze(original).groups,
+      stream = groups0.find((u) => u.id === '/blocks/blocks.1/project/Conv')!;
+    // the residual stream first, as the default order does: block 2's project conv loses output channels
+    const keep = Array.from({ length: stream.channels }, (_, j) => j).filter((j) => j % 3 !== 1);
+    const pruned = pruneGroups(original, [{ group: stream, keep }]);
+    const group = analyze(pruned).groups.find((u) => u.id === '/blocks/blocks.2/expand/Conv')!,
+      t = group.consumers.findIndex((c) => c.node.name === '/blocks/blocks.2/project/Conv'),
+      c = group.consumers[t]!;
+    expect([c.m, c.d, c.conv!.kernel]).toEqual([keep.length, 72, [1, 1]]);
+    expect(targetOutput(c)).toBe(c.node.output[0]);
+    const open = vi.spyOn(Runner, 'open');
+    const got = (await captureGrams(pruned, [group], data, { target: { model: original, groups: groups0 } })).get(
+      group.id,
+    )![t]!;
+    // the original model's session computes the consumer's output, not its input
+    const asked = open.mock.calls.filter(([m]) => m === original).flatMap(([, extra]) => extra ?? []);
+    open.mockRestore();
+    expect(asked).toContain(c.node.output[0]);
+    expect(asked).not.toContain(c.input);
+    // the oracle: B and A as rows of the 1×1 conv's inputs (onnxruntime, each model), W the pruned consumer's
+    const rowsOf = async (m: Model) => {
+      const run = await Runner.open(m, [c.input]);
+      const x = (await run.run(Calibration.of(m, data).batches(32).next().value!, [c.input])).get(c.input)!;
+      await run.release();
+      const [n, C, H, W] = x.dims as [number, number, number, number],
+        out = new Float64Array(n * H * W * C);
+      for (let s = 0; s < n; s++)
+        for (let ch = 0; ch < C; ch++)
+          for (let p = 0; p < H * W; p++) out[(s * H * W + p) * C + ch] = x.data[(s * C + ch) * H * W + p]!;
+      return out;
+    };
+    const B = await rowsOf(pruned),
+      A = await rowsOf(original),
+      W = consumerWeightMatrix(pruned, c),
+      { d, m } = c,
+      N = B.length / d;
+    const T = new Float64Array(N * m);
+    for (let r = 0; r < N; r++)
+      for (let i = 0; i < d; i++) for (let j = 0; j < m; j++) T[r * m + j] += A[r * d + i]! * W[i * m + j]!;
+    const CW = new Float64Array(d * m);
+    for (let r = 0; r < N; r++)
+      for (let i = 0; i < d; i++) for (let j = 0; j < m; j++) CW[i * m + j] += B[r * d + i]! * T[r * m + j]!;
+    const sums = new Float64Array(m);
+    T.forEach((v, e) => (sums[e % m] += v));
+    expect(got.rows).toBe(N);
+    expect(relDiff(got.CW!, CW)).toBeLessThan(1e-5);
+    expect(Math.abs(got.targetNorm2! / T.reduce((a, v) => a + v * v, 0) - 1)).toBeLessThan(1e-5);
+    expect(relDiff(got.targetSumsW!, sums)).toBeLessThan(1e-5);
+    data.close();
   });
 });

@@ -5,6 +5,9 @@ import type { Model, NodeProto } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
 import type { Consumer, Group } from '../graph/types.js';
 import { consumerWeightMatrix } from '../graph/analyze.js';
+import { LAYERS } from '../graph/layers.js';
+import { constantTensors } from '../graph/shapes.js';
+import { tensorDims, tensorToFloat32, type TensorProto } from '../onnx/index.js';
 import { Calibration, modelInputs, type Batch, type InputData } from '../calibration.js';
 import { GramAccumulator, gramBytes, projects } from '../kernels/gram.js';
 import { patchSize } from '../geometry.js';
@@ -43,6 +46,90 @@ export const CAPTURE_BATCH = 64;
 /** The outputs an asymmetric capture of a consumer projects its target on (projects()), or none: C and H. */
 const projectionOf = (c: { d: number; m?: number }, asymmetric: boolean) =>
   asymmetric && c.m !== undefined && projects(c.d, c.m) ? c.m : undefined;
+
+/**
+ * The tensor whose values, less the consumer's bias, are its projected target T = A·W in an asymmetric capture:
+ * its own output, for a layer whose output is B·W + bias (the layer table's `product`) that reads only the group's
+ * channels, where T's d·m multiply-adds a row cost less than C's and H's 1.5·d² (m < 1.5·d); onnxruntime computes
+ * it in the original model's run anyway. Undefined otherwise: the target is the consumer's input A.
+ */
+export function targetOutput(c: Consumer): string | undefined {
+  return LAYERS[c.node.opType]?.product && c.d === c.dTotal && 2 * c.m < 3 * c.d ? c.node.output[0] : undefined;
+}
+
+/** The tensor an asymmetric capture wants of the original model for consumer c. */
+export const targetTensor = (c: Consumer) => targetOutput(c) ?? c.input;
+
+/** The bias of a consumer as one value per output (none: zeros), or undefined if it is not that. */
+function biasOf(c: Consumer, consts: ReadonlyMap<string, TensorProto>): Float32Array | undefined {
+  const at = LAYERS[c.node.opType]?.biasInput?.input,
+    name = at === undefined ? '' : (c.node.input[at] ?? '');
+  if (!name) return new Float32Array(c.m);
+  const t = consts.get(name),
+    dims = t && tensorDims(t);
+  return dims && dims.every((x, i) => x === (i === dims.length - 1 ? c.m : 1)) ? tensorToFloat32(t!).data : undefined;
+}
+
+/** A projected target read off the original model: its consumer's output, bias, and the outputs c still has. */
+interface Projected {
+  output: string;
+  bias: Float32Array;
+  outs: number[];
+}
+
+/**
+ * Where the original model's consumer `target` gives the projected target T of consumer c of `model` (targetOutput):
+ * its output and bias, and which of its outputs are c's. c's weights must be the original's, but for the output
+ * channels a group pruned before cut (in order): the projection is on c's weights. Undefined: the capture reads the
+ * consumer's input.
+ */
+function projectedTarget(
+  model: Model,
+  c: Consumer,
+  original: Model,
+  target: Consumer,
+  consts: ReadonlyMap<string, TensorProto>,
+): Projected | undefined {
+  const output = targetOutput(target),
+    bias = output && c.d === target.d ? biasOf(target, consts) : undefined;
+  if (!bias) return undefined;
+  const W = consumerWeightMatrix(model, c),
+    W0 = consumerWeightMatrix(original, target),
+    { d, m } = c,
+    m0 = target.m;
+  const same = (j: number, o: number) => {
+    for (let i = 0; i < d; i++) if (W[i * m + j] !== W0[i * m0 + o]) return false;
+    return true;
+  };
+  const outs: number[] = [];
+  for (let j = 0, o = 0; j < m; j++, o++) {
+    while (o < m0 && !same(j, o)) o++;
+    if (o === m0) return undefined;
+    outs.push(o);
+  }
+  return { output: output!, bias, outs };
+}
+
+/**
+ * The projected target T of a batch: the original consumer's output Y less its bias, at the outputs `outs` (axis 1 of
+ * a conv's output, the last axis of a dense layer's).
+ */
+function projectedRows(Y: Activation, p: Projected, conv: boolean): Float32Array {
+  const { bias, outs } = p,
+    m0 = bias.length,
+    m = outs.length,
+    inner = conv ? Y.dims.slice(2).reduce((a, b) => a * b, 1) : 1,
+    outer = Y.data.length / (m0 * inner),
+    T = new Float32Array(outer * m * inner);
+  for (let s = 0; s < outer; s++)
+    for (let j = 0; j < m; j++) {
+      const from = (s * m0 + outs[j]!) * inner,
+        to = (s * m + j) * inner,
+        b = bias[outs[j]!]!;
+      for (let q = 0; q < inner; q++) T[to + q] = Y.data[from + q]! - b;
+    }
+  return T;
+}
 
 /** Kernel memory to capture a group: every consumer's Gram matrices. */
 export const groupGramBytes = (g: { consumers: { d: number; m?: number }[] }, asymmetric: boolean) =>
@@ -179,12 +266,16 @@ function part(x: Activation, c: Consumer): Activation {
   return { data: out, dims: x.dims.map((d, i) => (i === axis ? span : d)) };
 }
 
-/** Adds one batch of a consumer's input (and target) to its accumulator: patches or rows, as the layer takes them. */
-function accumulate(c: Consumer, acc: GramAccumulator, B: Activation, A?: Activation): void {
-  if (A && A.data.length !== B.data.length)
+/**
+ * Adds one batch of a consumer's input (and target: its input A, or the projected T) to its accumulator: patches or
+ * rows, as the layer takes them.
+ */
+function accumulate(c: Consumer, acc: GramAccumulator, B: Activation, A?: Activation | Float32Array): void {
+  if (A && !(A instanceof Float32Array) && A.data.length !== B.data.length)
     throw internal(`target activation ${c.input} has shape [${A.dims}], pruned model [${B.dims}]`);
-  if (c.kind === 'conv') acc.addConv(B.data, B.dims, c.conv!, A?.data);
-  else acc.add(B.data, A?.data);
+  const a = A instanceof Float32Array ? A : A?.data;
+  if (c.kind === 'conv') acc.addConv(B.data, B.dims, c.conv!, a);
+  else acc.add(B.data, a);
 }
 
 /** One model's runs in a capture pass: the named tensors of each batch. */
@@ -255,7 +346,17 @@ async function capturePass(
   opts: CaptureOptions,
 ): Promise<Map<string, Captured[]>> {
   const names = [...new Set(groups.flatMap((g) => g.consumers.map((c) => c.input)))];
-  const targets = opts.target && new Map(opts.target.groups.map((g) => [g.id, g]));
+  const targets = opts.target && new Map(opts.target.groups.map((g) => [g.id, g])),
+    consts = opts.target && constantTensors(opts.target.model.graph!);
+  const pairs = groups.flatMap((g) =>
+    g.consumers.map((c, i) => {
+      const target = targets?.get(g.id)?.consumers[i];
+      if (targets && (!target || target.node.name !== c.node.name))
+        throw internal(`group ${g.id}: consumer ${c.node.name} is not in the original model's group`);
+      const projected = target && projectedTarget(model, c, opts.target!.model, target, consts!);
+      return { group: g.id, c, target, projected };
+    }),
+  );
   const fr = opts.frontier,
     batches = Math.ceil(calib.rows / calib.batchSize(opts.batch ?? CAPTURE_BATCH));
   const run = await openSource(
@@ -276,7 +377,7 @@ async function capturePass(
   const tgt = opts.target
     ? await openSource(
         opts.target.model,
-        names,
+        [...new Set(pairs.map((p) => p.projected?.output ?? p.c.input))],
         opts,
         batches,
         fr?.target && { f: fr.target, plan: { later: fr.targetLater ?? [] } },
@@ -289,24 +390,22 @@ async function capturePass(
   const kernels = getKernels('wasm', opts.threads),
     mark = kernels.arena.mark();
   const want = opts.stats;
-  const terms = groups.flatMap((g) =>
-    g.consumers.map((c, i) => {
-      const target = targets?.get(g.id)?.consumers[i];
-      if (targets && (!target || target.node.name !== c.node.name))
-        throw internal(`group ${g.id}: consumer ${c.node.name} is not in the original model's group`);
-      const W = want?.sensitivity ? consumerWeightMatrix(model, c) : undefined;
-      // the target projected on the weights the selection fits (the consumer's in `model`), where that is cheaper
-      const m = projectionOf(c, !!tgt),
-        project = m === undefined ? undefined : { W: W ?? consumerWeightMatrix(model, c), m };
-      return {
-        group: g.id,
-        c,
-        target,
-        acc: new GramAccumulator(c.d, { asymmetric: !!tgt, kernels, project }),
-        stats: want && new ChannelStatsAccumulator(c, g.channels, want, W),
-      };
-    }),
-  );
+  const channels = new Map(groups.map((g) => [g.id, g.channels]));
+  const terms = pairs.map(({ group, c, target, projected }) => {
+    const W = want?.sensitivity ? consumerWeightMatrix(model, c) : undefined;
+    // the target projected on the weights the selection fits (the consumer's in `model`), where that is cheaper:
+    // read off the original model's output, or computed from its input
+    const m = projectionOf(c, !!tgt),
+      project = projected ? { m: c.m } : m === undefined ? undefined : { W: W ?? consumerWeightMatrix(model, c), m };
+    return {
+      group,
+      c,
+      target,
+      projected,
+      acc: new GramAccumulator(c.d, { asymmetric: !!tgt, kernels, project }),
+      stats: want && new ChannelStatsAccumulator(c, channels.get(group)!, want, W),
+    };
+  });
   // Batch i+1 is asked for before batch i is accumulated. Only a backend that runs off this thread computes it
   // meanwhile: onnxruntime-node runs it here, synchronously, once the accumulation yields (a 570 ms VGG run blocked
   // this thread's timers throughout).
@@ -322,8 +421,12 @@ async function capturePass(
       cur = it.next();
       pending = cur.done ? undefined : forward(cur.value);
       for (const t of terms) {
-        const B = part(got.get(t.c.input)!, t.c);
-        accumulate(t.c, t.acc, B, t.target && part(target!.get(t.c.input)!, t.target));
+        const B = part(got.get(t.c.input)!, t.c),
+          p = t.projected;
+        const A = p
+          ? projectedRows(target!.get(p.output)!, p, t.c.kind === 'conv')
+          : t.target && part(target!.get(t.c.input)!, t.target);
+        accumulate(t.c, t.acc, B, A);
         t.stats?.add(B.data, B.dims);
       }
       opts.onBatch?.(b.start + b.rows, calib.rows);

@@ -74,6 +74,12 @@ export interface Layer {
   biasInput?: { input: number; scale?: string };
   /** Why its output channels cannot be pruned, if they cannot (a recurrent layer's hidden units feed back). */
   fixedOutputs?: string;
+  /**
+   * Its output is B·W plus its bias (B as `consume` makes it from the whole input, W the whole weight matrix),
+   * laid out as its input is: a row per output position of axis 1's channels (Conv), or of the last axis (dense
+   * layers). Not ConvTranspose, whose windows overlap, nor recurrent layers.
+   */
+  product?: true;
 }
 
 const label = (n: NodeProto) => `${n.opType} "${n.name}"`;
@@ -99,6 +105,7 @@ function denseConsume(node: NodeProto, info: LayerInfo, inShape: number[], at: A
 
 const Conv: Layer = {
   biasInput: { input: 2 },
+  product: true,
   read(node, constant) {
     const wb = weightAndBias(node, constant);
     if ('refuse' in wb) return wb;
@@ -148,6 +155,7 @@ const Conv: Layer = {
 
 const Gemm: Layer = {
   biasInput: { input: 2, scale: 'beta' },
+  product: true,
   read(node, constant) {
     const wb = weightAndBias(node, constant);
     if ('refuse' in wb) return wb;
@@ -180,6 +188,7 @@ const Gemm: Layer = {
 };
 
 const MatMul: Layer = {
+  product: true,
   read(node, constant) {
     const [x, w] = [node.input[0] ?? '', node.input[1] ?? ''];
     if (constant(x) && !constant(w))

@@ -60,18 +60,21 @@ export class GramAccumulator {
   private readonly mark: number;
   private buf?: { cap: number; B: number; A: number; sample: number; XB: number; XA: number };
   private rows = 0;
-  // projected on W: CW, W in f32, the chunk's T = A·W (f64, then f32) and the packs of Aᵀ and of W or T
+  // projected on W: CW, W in f32, the chunk's T = A·W (f64, then f32) and the packs of Aᵀ and of W or T; given T
+  // (no W): CW and T's f32 rows and pack only
   private readonly proj?: { m: number; CW: number; W: number; T?: number; T32?: number; PAT?: number; PM: number };
   private targetNorm2 = 0;
   private readonly targetSumsW?: Float64Array;
 
   /**
    * `project`: asymmetric only, the consumer's weights W (d×m, row-major) to project the target on: the result has
-   * CW, targetNorm2 and targetSumsW instead of C, H and targetSums.
+   * CW, targetNorm2 and targetSumsW instead of C, H and targetSums. Without W, the projected target T = A·W itself is
+   * what add and addConv take in place of A (rows × m; a conv's output [b, m, OH, OW]), as the original model's
+   * consumer output gives it.
    */
   constructor(
     d: number,
-    opts: { asymmetric?: boolean; kernels?: Kernels; project?: { W: Float64Array; m: number } } = {},
+    opts: { asymmetric?: boolean; kernels?: Kernels; project?: { W?: Float64Array; m: number } } = {},
   ) {
     this.d = d;
     this.asymmetric = opts.asymmetric ?? false;
@@ -81,7 +84,7 @@ export class GramAccumulator {
       asym = this.asymmetric,
       pr = asym ? opts.project : undefined;
     if (opts.project && !asym) throw new Error('GramAccumulator: only an asymmetric capture projects on W');
-    if (pr && pr.W.length !== d * pr.m)
+    if (pr?.W && pr.W.length !== d * pr.m)
       throw new RangeError(`projection W has ${pr.W.length} values, not ${d}×${pr.m}`);
     this.mark = a.mark();
     const pack = k.gramPackFloats(d) * 4;
@@ -96,8 +99,8 @@ export class GramAccumulator {
     };
     if (pr) {
       const m = pr.m;
-      this.proj = { m, CW: a.alloc(d * m * 8), W: a.alloc(d * m * 4), PM: a.alloc(k.gramPackFloats(m) * 4) };
-      a.f32(this.proj.W, d * m).set(pr.W);
+      this.proj = { m, CW: a.alloc(d * m * 8), W: pr.W ? a.alloc(d * m * 4) : 0, PM: a.alloc(k.gramPackFloats(m) * 4) };
+      if (pr.W) a.f32(this.proj.W, d * m).set(pr.W);
       this.targetSumsW = new Float64Array(m);
     }
   }
@@ -108,23 +111,22 @@ export class GramAccumulator {
     if (!this.buf) {
       const a = this.k.arena,
         d = this.d,
-        asym = this.asymmetric;
+        pr = this.proj,
+        rowsA = this.asymmetric && !this.givenT;
       const cap = Math.max(minRows, Math.min(Math.floor(CHUNK_BYTES / (4 * d)), batchRows), 1);
       // im2col reads and writes up to 16 bytes past a sample and its patches (SLACK)
       this.buf = {
         cap,
         B: a.alloc(cap * d * 4 + SLACK),
-        A: asym ? a.alloc(cap * d * 4 + SLACK) : 0,
+        A: rowsA ? a.alloc(cap * d * 4 + SLACK) : 0,
         sample,
         XB: sample ? a.alloc(sample * 4 + SLACK) : 0,
-        XA: sample && asym ? a.alloc(sample * 4 + SLACK) : 0,
+        XA: sample && rowsA ? a.alloc(sample * 4 + SLACK) : 0,
       };
-      const pr = this.proj;
       if (pr)
         Object.assign(pr, {
-          T: a.alloc(cap * pr.m * 8),
           T32: a.alloc(cap * pr.m * 4),
-          PAT: a.alloc(this.k.gramPackFloats(cap) * 4),
+          ...(this.givenT ? {} : { T: a.alloc(cap * pr.m * 8), PAT: a.alloc(this.k.gramPackFloats(cap) * 4) }),
         });
     }
     if (this.buf.cap < minRows || this.buf.sample < sample)
@@ -132,12 +134,18 @@ export class GramAccumulator {
     return this.buf;
   }
 
+  /** The target is given projected (T = A·W, m per row), not as A. */
+  private get givenT(): boolean {
+    return !!this.proj && !this.proj.W;
+  }
+
+  // `len`: the values A must have (T: m per row of B)
   private check(len: number, A?: Float32Array) {
     if (this.asymmetric !== (A !== undefined))
       throw new Error(
         this.asymmetric ? 'asymmetric Gram needs the target rows A' : 'symmetric Gram takes no target rows',
       );
-    if (A && A.length !== len) throw new RangeError(`target batch has ${A.length} values, activations ${len}`);
+    if (A && A.length !== len) throw new RangeError(`target batch has ${A.length} values, not ${len}`);
   }
 
   // Adds the nr rows now in the row buffers.
@@ -161,11 +169,14 @@ export class GramAccumulator {
       b = this.buf!,
       pr = this.proj!,
       m = pr.m;
-    k.zero(pr.T!, nr * m * 8);
-    productAccumulate(k, b.A, nr, d, pr.W, m, pr.T!, pr.PAT!, pr.PM);
-    const T = k.arena.f64(pr.T!, nr * m),
-      T32 = k.arena.f32(pr.T32!, nr * m),
+    const T32 = k.arena.f32(pr.T32!, nr * m),
       sums = this.targetSumsW!;
+    let T: Float32Array | Float64Array = T32;
+    if (!this.givenT) {
+      k.zero(pr.T!, nr * m * 8);
+      productAccumulate(k, b.A, nr, d, pr.W, m, pr.T!, pr.PAT!, pr.PM);
+      T = k.arena.f64(pr.T!, nr * m);
+    }
     let norm2 = 0;
     for (let r = 0; r < nr * m; r += m)
       for (let j = 0; j < m; j++) {
@@ -178,25 +189,27 @@ export class GramAccumulator {
     gramAccumulate(k, b.B, d, pr.T32!, m, nr, pr.CW, this.p.PB, pr.PM);
   }
 
-  /** Adds rows: B (rows×d, row-major) and, asymmetric only, A of the same shape. */
+  /** Adds rows: B (rows×d, row-major) and, asymmetric only, A of the same shape (or T = A·W, rows×m). */
   add(B: Float32Array, A?: Float32Array): void {
     const { d, k } = this;
     if (B.length % d !== 0)
       throw new RangeError(`activation batch of ${B.length} values is not a whole number of rows of ${d}`);
-    this.check(B.length, A);
     const rows = B.length / d,
-      buf = this.buffers(1, rows);
+      a = this.givenT ? this.proj!.m : d;
+    this.check(rows * a, A);
+    const buf = this.buffers(1, rows),
+      into = this.givenT ? this.proj!.T32! : buf.A;
     for (let r0 = 0; r0 < rows; r0 += buf.cap) {
       const r1 = Math.min(rows, r0 + buf.cap);
       k.arena.f32(buf.B, (r1 - r0) * d).set(B.subarray(r0 * d, r1 * d));
-      if (A) k.arena.f32(buf.A, (r1 - r0) * d).set(A.subarray(r0 * d, r1 * d));
+      if (A) k.arena.f32(into, (r1 - r0) * a).set(A.subarray(r0 * a, r1 * a));
       this.flush(r1 - r0);
     }
   }
 
   /**
    * Adds the im2col patches of a batch of Conv inputs B (dims [b, C, H, W], or a 1-D Conv's [b, C, L]; A likewise), a
-   * row per output position.
+   * row per output position; a given T is the conv's output without bias, [b, m, OH, OW] (or [b, m, OL]).
    */
   addConv(B: Float32Array, dims: number[], conv: ConvGeometry, A?: Float32Array): void {
     const { d, k } = this;
@@ -210,11 +223,13 @@ export class GramAccumulator {
     if (C * kh * kw !== d || B.length !== b * C * H * W) {
       throw new RangeError(`conv input [${dims}] with a ${kh}×${kw} kernel does not make patches of ${d} columns`);
     }
-    this.check(B.length, A);
     const [OH, OW] = patchGrid(conv, H, W);
     const per = OH * OW,
       size = C * H * W,
-      buf = this.buffers(per, b * per, size);
+      m = this.proj?.m ?? 0,
+      given = this.givenT;
+    this.check(given ? b * m * per : B.length, A);
+    const buf = this.buffers(per, b * per, size);
     let filled = 0;
     for (let s = 0; s < b; s++) {
       if (filled + per > buf.cap) {
@@ -224,7 +239,12 @@ export class GramAccumulator {
       const off = filled * d * 4;
       k.arena.f32(buf.XB, size).set(B.subarray(s * size, (s + 1) * size));
       k.im2col(buf.XB, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, buf.B + off);
-      if (A) {
+      if (A && given) {
+        // the sample's [m, OH·OW] as its rows' [OH·OW, m]
+        const T = k.arena.f32(this.proj!.T32! + filled * m * 4, per * m),
+          Y = A.subarray(s * m * per, (s + 1) * m * per);
+        for (let j = 0; j < m; j++) for (let p = 0; p < per; p++) T[p * m + j] = Y[j * per + p]!;
+      } else if (A) {
         k.arena.f32(buf.XA, size).set(A.subarray(s * size, (s + 1) * size));
         k.im2col(buf.XA, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, buf.A + off);
       }

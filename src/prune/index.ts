@@ -15,6 +15,7 @@ import { pruneGroups, type PrunePlan } from '../rewrite/index.js';
 import { Calibration, type InputData } from '../calibration.js';
 import {
   captureGrams,
+  targetTensor,
   capturePasses,
   slicingOf,
   groupGramBytes,
@@ -424,7 +425,7 @@ async function pruneSequential(
     const stats = statsFor(opts.method ?? 'greedy');
     const later = {
       later: after(groups, i),
-      targetLater: after(plan.groups, i).flatMap((u) => u.consumers.map((c) => c.input)),
+      targetLater: after(plan.groups, i).flatMap((u) => u.consumers.map(targetTensor)),
     };
     const gram = await clock.time('capture', () =>
       captureGrams(pruned, [group], calib, { ...opts, stats, target, frontier: { ...frontier, ...later } }),
