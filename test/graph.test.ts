@@ -282,6 +282,28 @@ describe('analyze: coupled channels become groups', () => {
   const r = rng(11);
   const w = (name: string, dims: number[]) => randTensor(name, dims, r);
 
+  it('a grouped ConvTranspose (2 groups of 2) passes its input channels in whole conv groups', async () => {
+    const m = smallModel(
+      [
+        conv('x', 'wa', 'a', 'conv_a'),
+        makeNode('Relu', ['a'], ['ra'], [], 'relu_a'),
+        makeNode(
+          'ConvTranspose',
+          ['ra', 'wt', 'bt'],
+          ['u'],
+          [intsAttr('kernel_shape', [2, 2]), intsAttr('strides', [2, 2]), intAttr('group', 2)],
+          'up',
+        ),
+        conv('u', 'wc', 'y', 'conv_c', []),
+      ],
+      [w('wa', [4, 3, 3, 3]), w('wt', [4, 2, 2, 2]), w('bt', [4]), w('wc', [2, 4, 1, 1])],
+      [1, 3, 6, 6],
+    );
+    // one channel of the group is a conv group: conv_a's filters 2k and 2k + 1, conv_c's columns likewise
+    await expectRefused(m, [1, 3, 6, 6], { conv_c: /output layer/ }, { conv_a: [['conv_a'], ['conv_c']] });
+    expect(analyze(m, [1, 3, 6, 6]).groups.map((g) => [g.channels, sole(g).g])).toEqual([[2, 2]]);
+  });
+
   it('residual Add: the block input, the branch and the sum are one group', async () => {
     const m = smallModel(
       [
