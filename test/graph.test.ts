@@ -282,6 +282,28 @@ describe('analyze: coupled channels become groups', () => {
   const r = rng(11);
   const w = (name: string, dims: number[]) => randTensor(name, dims, r);
 
+  it('a grouped ConvTranspose (2 groups of 2) passes its input channels in whole conv groups', async () => {
+    const m = smallModel(
+      [
+        conv('x', 'wa', 'a', 'conv_a'),
+        makeNode('Relu', ['a'], ['ra'], [], 'relu_a'),
+        makeNode(
+          'ConvTranspose',
+          ['ra', 'wt', 'bt'],
+          ['u'],
+          [intsAttr('kernel_shape', [2, 2]), intsAttr('strides', [2, 2]), intAttr('group', 2)],
+          'up',
+        ),
+        conv('u', 'wc', 'y', 'conv_c', []),
+      ],
+      [w('wa', [4, 3, 3, 3]), w('wt', [4, 2, 2, 2]), w('bt', [4]), w('wc', [2, 4, 1, 1])],
+      [1, 3, 6, 6],
+    );
+    // one channel of the group is a conv group: conv_a's filters 2k and 2k + 1, conv_c's columns likewise
+    await expectRefused(m, [1, 3, 6, 6], { conv_c: /output layer/ }, { conv_a: [['conv_a'], ['conv_c']] });
+    expect(analyze(m, [1, 3, 6, 6]).groups.map((g) => [g.channels, sole(g).g])).toEqual([[2, 2]]);
+  });
+
   it('residual Add: the block input, the branch and the sum are one group', async () => {
     const m = smallModel(
       [
@@ -431,6 +453,38 @@ describe('analyze: coupled channels become groups', () => {
 describe('analyze: refused patterns', () => {
   const r = rng(11);
   const w = (name: string, dims: number[]) => randTensor(name, dims, r);
+
+  // pads computed at run time, as the Pytorch-UNet's F.pad(x1, [diffX // 2, …]) to its skip's size exports: before,
+  // any computed pads were refused ('its pads are not a constant')
+  const padBy = (index: number) =>
+    smallModel(
+      [
+        conv('x', 'wa', 'a', 'conv_a'),
+        makeNode('Shape', ['a'], ['s'], [], 'shape'),
+        makeNode('Gather', ['s', 'at'], ['d'], [intAttr('axis', 0)], 'gather'),
+        makeNode('Sub', ['d', 'less'], ['pads'], [], 'sub'),
+        makeNode('Pad', ['a', 'pads'], ['p'], [], 'pad'),
+        conv('p', 'wb', 'y', 'conv_b', []),
+      ],
+      [
+        w('wa', [4, 3, 3, 3]),
+        w('wb', [2, 4, 1, 1]),
+        int64Tensor('at', [8], new Array(8).fill(index)),
+        // pads [0, 0, 0, 0, 0, 0, 1, 1] for either size: 6 rows, 4 channels
+        int64Tensor('less', [8], index === 1 ? [4, 4, 4, 4, 4, 4, 3, 3] : [6, 6, 6, 6, 6, 6, 5, 5]),
+      ],
+      [1, 3, 6, 6],
+    );
+
+  it('Pad with pads computed from a spatial size passes the channels', async () => {
+    await expectRefused(padBy(2), [1, 3, 6, 6], { conv_b: /output layer/ }, { conv_a: [['conv_a'], ['conv_b']] });
+  });
+
+  it('Pad with pads computed from the channel count is refused (they would change with it)', async () => {
+    await expectRefused(padBy(1), [1, 3, 6, 6], {
+      conv_a: /Pad "pad": its pads are neither a constant nor computed from sizes other than channel counts/,
+    });
+  });
 
   it('mean/variance across channels (LayerNorm-like ReduceMean, Softmax over channels)', async () => {
     const m = smallModel(

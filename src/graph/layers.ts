@@ -255,7 +255,8 @@ const ConvTranspose: Layer = {
       given = attrInts(node, 'output_shape', []),
       ones = new Array<number>(r).fill(1),
       zeros = new Array<number>(r).fill(0);
-    if (given.length) return [[x[0]!, w[1]!, ...given.slice(-r)]];
+    const cout = w[1]! * attrInt(node, 'group', 1); // the weight holds C_out/group outputs per group
+    if (given.length) return [[x[0]!, cout, ...given.slice(-r)]];
     const strides = attrInts(node, 'strides', ones),
       dil = attrInts(node, 'dilations', ones),
       outPad = attrInts(node, 'output_padding', zeros),
@@ -264,9 +265,9 @@ const ConvTranspose: Layer = {
     const out = k.map(
       (ki, i) => (x[i + 2]! - 1) * strides[i]! - pads[i]! - pads[i + r]! + dil[i]! * (ki - 1) + outPad[i]! + 1,
     );
-    return [[x[0]!, w[1]!, ...out]];
+    return [[x[0]!, cout, ...out]];
   },
-  macs: (_node, x, w) => numel(x) * numel(w.slice(1)), // each input value times C_out·kh·kw weights
+  macs: (_node, x, w) => numel(x) * numel(w.slice(1)), // each input value times (C_out/group)·kh·kw weights
   consume(node, info, inShape, at) {
     if (at.axis !== 1 || inShape.length !== info.weightDims.length)
       return `consumer ${label(node)} receives the channels on axis ${at.axis}, not as its input channels`;

@@ -687,26 +687,36 @@ const spatial: ChainRule = (ctx) =>
  * channels, each output channel from one input channel) every channel, a grouped one (ResNeXt, RegNet) blocks of
  * cin/group channels, which must then be whole channels of the group (the walk merges them: pruning removes whole
  * conv groups). The filters (weight axis 0) and bias follow the channels, and so does `group`. A channel multiplier
- * (cout/cin output channels per input channel) makes each channel that many entries on the output.
+ * (cout/cin output channels per input channel) makes each channel that many entries on the output. A transposed one
+ * (CenterNet's depthwise upsampling) keeps its input channels on weight axis 0 ([C_in, C_out/group, k…]), which is
+ * laid out as its output only when C_out = C_in: it passes channels then.
  */
-const grouped: ChainRule = (ctx) => {
-  const [, w, b] = ctx.node.input;
-  const weight = ctx.constant(w ?? '');
-  const group = attrInt(ctx.node, 'group', 1);
-  const cin = ctx.inShape[1] ?? 0;
-  if (!weight) return refusal(ctx, `: its weight "${w}" is not a constant`);
-  const dims = tensorDims(weight);
-  if (ctx.input !== 0 || ctx.layout.axis !== 1)
-    return refusal(ctx, `receives the channels on axis ${ctx.layout.axis}, not as its input channels`);
-  const width = cin / group; // input channels per conv group
-  if (dims[1] !== width || dims[0]! % group !== 0 || !Number.isInteger(width))
-    return refusal(ctx, `has weight [${dims.join(', ')}] for ${cin} input channels in ${group} groups`);
-  if (width > 1 && ctx.layout.segments.some((r) => r.per % width !== 0)) return { regroup: width };
-  if (b && !ctx.constant(b)) return refusal(ctx, `: its bias "${b}" is not a constant`);
-  const slices = [{ tensor: w!, axis: 0 }, ...(b ? [{ tensor: b, axis: 0 }] : [])];
-  // group counts output entries in blocks of dims[0]/group
-  return { axis: 1, scale: dims[0]! / cin, slices, attributes: [{ name: 'group', per: group / dims[0]! }] };
-};
+const grouped =
+  (transposed: boolean): ChainRule =>
+  (ctx) => {
+    const [, w, b] = ctx.node.input;
+    const weight = ctx.constant(w ?? '');
+    const group = attrInt(ctx.node, 'group', 1);
+    const cin = ctx.inShape[1] ?? 0;
+    if (!weight) return refusal(ctx, `: its weight "${w}" is not a constant`);
+    const dims = tensorDims(weight);
+    if (ctx.input !== 0 || ctx.layout.axis !== 1)
+      return refusal(ctx, `receives the channels on axis ${ctx.layout.axis}, not as its input channels`);
+    const width = cin / group; // input channels per conv group
+    const cout = transposed ? dims[1]! * group : dims[0]!;
+    const fits = transposed ? dims[0] === cin && cout === cin : dims[1] === width && cout % group === 0;
+    if (!fits || !Number.isInteger(width))
+      return refusal(
+        ctx,
+        `has weight [${dims.join(', ')}] for ${cin} input channels in ${group} groups` +
+          (transposed ? ' (a transposed one passes them only with as many outputs as inputs)' : ''),
+      );
+    if (width > 1 && ctx.layout.segments.some((r) => r.per % width !== 0)) return { regroup: width };
+    if (b && !ctx.constant(b)) return refusal(ctx, `: its bias "${b}" is not a constant`);
+    const slices = [{ tensor: w!, axis: 0 }, ...(b ? [{ tensor: b, axis: 0 }] : [])];
+    // group counts output entries in blocks of cout/group
+    return { axis: 1, scale: cout / cin, slices, attributes: [{ name: 'group', per: group / cout }] };
+  };
 
 /** Flatten(axis=1) of N×C×spatial: channel c now owns its entries times the spatial size, consecutively. */
 const flatten: ChainRule = (ctx) => {
@@ -1141,17 +1151,47 @@ const depthToSpace: ChainRule = (ctx) => {
 /** Pad with no padding along the channel axis. */
 const pad: ChainRule = (ctx) => {
   if (ctx.input !== 0) return refusal(ctx, ': the channels enter as another input');
-  const rank = ctx.inShape.length;
+  const rank = ctx.inShape.length,
+    padsName = ctx.node.input[1] ?? '';
+  // pads computed from the spatial sizes at run time (the Pytorch-UNet's F.pad(x1, [diffX // 2, …]) to its skip's
+  // size) stay as they are when no channel count enters them
   const pads = ctx.node.attribute.some((x) => x.name === 'pads')
     ? attrInts(ctx.node, 'pads')
-    : int64Values(ctx.constant(ctx.node.input[1] ?? ''));
+    : (int64Values(ctx.constant(padsName)) ?? (readsChannelCount(ctx, padsName) ? undefined : ctx.value(padsName)));
   const axesName = ctx.node.input[3];
-  if (!pads || (axesName && !ctx.constant(axesName))) return refusal(ctx, ': its pads are not a constant');
+  if (!pads || (axesName && !ctx.constant(axesName)))
+    return refusal(ctx, ': its pads are neither a constant nor computed from sizes other than channel counts');
   const axes = axesName ? int64Values(ctx.constant(axesName))!.map((x) => normAxis(x, rank)) : [...Array(rank).keys()];
   const at = axes.indexOf(ctx.layout.axis);
   if (at >= 0 && (pads[at] !== 0 || pads[at + axes.length] !== 0)) return refusal(ctx, 'pads the channel axis');
   return pass(ctx);
 };
+
+/**
+ * Whether an integer tensor computed at run time may read the size of an axis holding channels (which pruning changes):
+ * a Shape of such a tensor other than through a Gather of constant indices that are not the channel axis, or an input
+ * of the graph.
+ */
+function readsChannelCount(ctx: ChainContext, name: string, seen = new Set<string>()): boolean {
+  if (ctx.constant(name) || seen.has(name)) return false;
+  seen.add(name);
+  const n = ctx.producer(name);
+  if (!n || seen.size > 64) return true;
+  const from = opOf(n) === 'Gather' ? ctx.producer(n.input[0] ?? '') : undefined;
+  const shape = from && opOf(from) === 'Shape' ? from : opOf(n) === 'Shape' ? n : undefined;
+  if (shape) {
+    const x = shape.input[0] ?? '',
+      a = ctx.channelsOf(x)?.axis,
+      dims = ctx.value(shape.output[0] ?? ''),
+      start = attrInt(shape, 'start', 0);
+    if (a === undefined) return false;
+    const picks = shape === n ? undefined : ctx.value(n.input[1] ?? '');
+    if (!picks || !dims || attrInt(n, 'axis', 0) !== 0 || !ctx.constant(n.input[1] ?? '')) return true;
+    const rank = ctx.shape?.(x)?.length ?? dims.length;
+    return picks.some((i) => normAxis(start, rank) + normAxis(i, dims.length) === a);
+  }
+  return n.input.some((t) => t && readsChannelCount(ctx, t, seen));
+}
 
 /**
  * Slice and Split along other axes keep the channels; along the channel axis they hand each output a range of its
@@ -1358,7 +1398,9 @@ const joining = op(broadcast, arithmetic, 'join');
 /** Every op subprune knows, keyed by op type. Ops of other domains are looked up as `domain::op` and never match. */
 export const OPS: Readonly<Record<string, OpRule>> = {
   ...Object.fromEntries(Object.entries(LAYERS).map(([name, layer]) => [name, { shape: layerShape(layer), layer }])),
-  Conv: { shape: layerShape(LAYERS.Conv!), layer: LAYERS.Conv!, chain: grouped }, // a grouped Conv passes channels
+  // a grouped Conv or ConvTranspose passes channels
+  Conv: { shape: layerShape(LAYERS.Conv!), layer: LAYERS.Conv!, chain: grouped(false) },
+  ConvTranspose: { shape: layerShape(LAYERS.ConvTranspose!), layer: LAYERS.ConvTranspose!, chain: grouped(true) },
   MatMul: { shape: layerShape(LAYERS.MatMul!), layer: LAYERS.MatMul!, merge: 'matmul' },
   Constant: op(constantShape),
   Shape: op(shapeShape, shapeOf, undefined, shapeValue),
@@ -1458,11 +1500,10 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Concat: op(concatShape, undefined, 'concat', concatValue),
   Expand: op(expandShape, expand),
   // reductions
-  ...Object.fromEntries(['ReduceMean', 'ReduceMax', 'ReduceMin', 'ReduceSum'].map((n) => [n, op(reduceShape, reduce)])),
+  // each reduces every channel on its own over other axes (ConvNeXt-V2's GRN: ReduceL2 over H, W)
   ...Object.fromEntries(
-    ['ReduceProd', 'ReduceL1', 'ReduceL2', 'ReduceLogSum', 'ReduceLogSumExp', 'ReduceSumSquare'].map((n) => [
-      n,
-      op(reduceShape),
-    ]),
+    ['ReduceMean', 'ReduceMax', 'ReduceMin', 'ReduceSum', 'ReduceProd', 'ReduceL1', 'ReduceL2', 'ReduceLogSum']
+      .concat(['ReduceLogSumExp', 'ReduceSumSquare'])
+      .map((n) => [n, op(reduceShape, reduce)]),
   ),
 };
