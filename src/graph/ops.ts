@@ -329,6 +329,12 @@ const reduceShape: ShapeRule = withX((x, { node, constant }) => {
   const keep = attrInt(node, 'keepdims', 1) === 1;
   return [x.flatMap((d, i) => (set.has(i) ? (keep ? [1] : []) : [d]))];
 });
+// ArgMax/ArgMin: one index along `axis` (CLIP's pooled token, input_ids.argmax(-1))
+const argShape: ShapeRule = withX((x, { node }) => {
+  const axis = normAxis(attrInt(node, 'axis', 0), x.length),
+    keep = attrInt(node, 'keepdims', 1) === 1;
+  return [x.flatMap((d, i) => (i === axis ? (keep ? [1] : []) : [d]))];
+});
 const concatShape: ShapeRule = withX((x, { node, ins }) => {
   if (!ins.every((s) => s)) return undefined;
   const axis = normAxis(attrInt(node, 'axis'), x.length);
@@ -1465,4 +1471,6 @@ export const OPS: Readonly<Record<string, OpRule>> = {
       op(reduceShape),
     ]),
   ),
+  ArgMax: op(argShape),
+  ArgMin: op(argShape),
 };
