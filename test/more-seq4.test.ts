@@ -1,4 +1,11 @@
+import { describe, it, expect } from 'vitest';
+import { readModel, tensorToInt64, type Model } from '../src/onnx/index.js';
 import { openNpy } from '../src/npy.js';
+import { Calibration } from '../src/calibration.js';
+import { analyze } from '../src/graph/analyze.js';
+import { constantTensors } from '../src/graph/shapes.js';
+import { pruneGroups } from '../src/rewrite/index.js';
+import { outInfo } from './graph-helpers.js';
 import { describeFixtures } from './fixture-suite.js';
 
 // Decoder LLMs, CLIP, MLP-Mixer, SegFormer and DETR (test/fixtures/make-more-seq4.py): small random-weight versions
@@ -32,12 +39,15 @@ const CASES: { model: string; length?: number; groups: number[][] }[] = [
   },
   // Gemma: GeGLU's neurons
   { model: 'seq4-gemma', length: 5, groups: [[64, 2, 1]] },
-  // GPT-NeoX: the MLP's neurons
+  // GPT-NeoX: per layer the heads of the fused query_key_value viewed as [B, T, heads, 3·d] (its one producer; their
+  // count also shapes the zeros [B·heads, T, T] that baddbmm adds the scores to), partial rotary; the MLP's neurons
   {
     model: 'seq4-neox',
     length: 5,
     groups: [
+      [2, 1, 16],
       [128, 1, 1],
+      [2, 1, 16],
       [128, 1, 1],
     ],
   },
@@ -110,3 +120,29 @@ describeFixtures(
     length,
   })),
 );
+
+/** The analysis of a fixture at its calibration shapes. */
+const analysisOf = (m: Model, name: string) =>
+  analyze(m, Calibration.of(m, openNpy(`${FIX}/${name}.calib.npy`)).shapes);
+
+describe("GPT-NeoX's baddbmm onto torch.zeros(B · heads, T, T)", () => {
+  const QKV = '/layers.0/attention/query_key_value/MatMul',
+    HEADS = '/layers.0/attention/Constant_66_output_0', // the factor of B · heads
+    ZEROS = '/layers.0/attention/ConstantOfShape_output_0';
+
+  it('the factor of B · heads, read by the q and k reshapes and by the zeros, shrinks with the heads once', () => {
+    const m = readModel(`${FIX}/seq4-neox.onnx`),
+      heads = analysisOf(m, 'seq4-neox').groups.find((g) => g.id === QKV)!;
+    const count = (x: Model) => [...tensorToInt64(constantTensors(x.graph!).get(HEADS)!).data].map(Number);
+    expect(count(m)).toEqual([2]);
+    expect(count(pruneGroups(m, [{ group: heads, keep: [1] }]))).toEqual([1]);
+  });
+
+  it('refuses the heads when the zeros are also a graph output', () => {
+    const m = readModel(`${FIX}/seq4-neox.onnx`);
+    m.graph!.output.push(outInfo(ZEROS));
+    const { groups, refused } = analysisOf(m, 'seq4-neox');
+    expect(groups.map((g) => g.id)).not.toContain(QKV);
+    expect(refused.find((r) => r.node === QKV)!.reason).toMatch(/head count .* is read by other nodes than reshapes/);
+  });
+});

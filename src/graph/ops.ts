@@ -141,6 +141,8 @@ export interface ChainContext {
   isOutput(name: string): boolean;
   /** Whether a constant is read only on the way to this node (so it can be changed for it). */
   onlyFor(name: string): boolean;
+  /** Whether a ConstantOfShape is a table counted by a shape entry (see tablesOf in analyze.ts). */
+  isTable(node: NodeProto): boolean;
 }
 
 /**
@@ -899,16 +901,26 @@ function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number)
   );
 }
 
-/** Whether `name` reaches only shape inputs of Reshapes, through the ops that build shapes. */
-function onlyShapes(ctx: ChainContext, name: string, depth = 0): boolean {
+/**
+ * Whether `name` reaches only shape inputs of Reshapes, through the ops that build shapes, and the shapes of
+ * ConstantOfShapes that are tables (GPT-NeoX's baddbmm onto torch.zeros(B · heads, T, T): see tablesOf in
+ * analyze.ts, which vets where they go).
+ */
+export function onlyShapes(
+  ctx: Pick<ChainContext, 'readers' | 'isOutput' | 'isTable'>,
+  name: string,
+  depth = 0,
+): boolean {
   if (depth > 6 || ctx.isOutput(name)) return false;
   return ctx
     .readers(name)
     .every(({ node, slot }) =>
       opOf(node) === 'Reshape'
         ? slot === 1
-        : ['Mul', 'Div', 'Unsqueeze', 'Concat', 'Cast'].includes(opOf(node)) &&
-          node.output.every((o) => onlyShapes(ctx, o, depth + 1)),
+        : opOf(node) === 'ConstantOfShape'
+          ? ctx.isTable(node)
+          : ['Mul', 'Div', 'Unsqueeze', 'Concat', 'Cast'].includes(opOf(node)) &&
+            node.output.every((o) => onlyShapes(ctx, o, depth + 1)),
     );
 }
 
