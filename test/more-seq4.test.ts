@@ -145,4 +145,19 @@ describe("GPT-NeoX's baddbmm onto torch.zeros(B · heads, T, T)", () => {
     expect(groups.map((g) => g.id)).not.toContain(QKV);
     expect(refused.find((r) => r.node === QKV)!.reason).toMatch(/head count .* is read by other nodes than reshapes/);
   });
+
+  it('refuses the heads when no group meets the zeros: the factor their reshapes shrink would change only them', () => {
+    const m = readModel(`${FIX}/seq4-neox.onnx`),
+      node = (name: string) => m.graph!.node.find((n) => n.name === `/layers.0/attention/${name}`)!;
+    // the scores go on without the zeros, which are added to themselves and read by nothing
+    node('Reshape_3').input[0] = node('Add_2').input[0]!;
+    node('Add_2').input[0] = node('Add_2').input[1]!;
+    const { groups, refused } = analysisOf(m, 'seq4-neox');
+    expect(groups.map((g) => g.id)).not.toContain(QKV);
+    const why = refused.find((r) => r.node === QKV)!.reason;
+    expect(why).toBe(
+      `its count "${HEADS}" also shapes ConstantOfShape "/layers.0/attention/ConstantOfShape", ` +
+        "which no group's channels meet",
+    );
+  });
 });
