@@ -23,6 +23,7 @@ import {
   ifBranches,
   type IfBranches,
   entriesOf,
+  onlyShapes,
   opOf,
   OPS,
   type Layout,
@@ -117,6 +118,13 @@ class Graph {
     this.tables ??= tablesOf(this);
     return this.tables.get(`${site.name}|${t}`);
   }
+  /** The tables that are a ConstantOfShape's count (see Table.count). */
+  counts(): Table[] {
+    this.tables ??= tablesOf(this);
+    return [...this.tables.values()].filter((t) => t.count);
+  }
+  /** Whether a ConstantOfShape is a table (see Table.count). */
+  isTable = (node: NodeProto): boolean => this.counts().some((t) => t.count === node.name);
   value = (name: string): number[] | undefined => this.values.get(name);
   producer = (name: string): NodeProto | undefined => this.producers.get(name);
   outputOf = (node: string): string => this.graph.node.find((n) => n.name === node)?.output[0] ?? '';
@@ -188,10 +196,11 @@ interface Table {
   /** The axis of the site's output the table's axis reaches. */
   at: number;
   /**
-   * `tensor` is not the table but the one-entry count of its axis in the shape of a ConstantOfShape: T5's cross
-   * attention adds torch.zeros((1, heads, T, S)) (plus the mask); removing channels shrinks that count.
+   * The ConstantOfShape whose shape `tensor` counts along `axis`: `tensor` is not the table but the one-entry count
+   * of that axis (T5's cross attention adds torch.zeros((1, heads, T, S)), plus the mask), or its constant factor
+   * (GPT-NeoX adds its scores to torch.zeros(B · heads, T, T) by baddbmm); removing channels shrinks that count.
    */
-  count?: true;
+  count?: string;
   /** The activations from the constant to the sites, with the axis holding the channels: their shapes change too. */
   path: { tensor: string; axis: number }[];
   /** Shape entries of reshapes on the path that count the channels (one each): rewritten with them. */
@@ -230,17 +239,35 @@ function tablesOf(G: Graph): Map<string, Table> {
     if (!concat || opOf(concat) !== 'Concat' || (G.uses.get(concat.output[0] ?? '') ?? []).length !== 1) continue;
     if (!concat.input.every((c) => G.shapes.get(c)?.length === 1 && G.shapes.get(c)![0] === 1)) continue;
     concat.input.forEach((c, axis) => {
-      const k = G.constant(c);
-      const only = (G.uses.get(c) ?? []).length === 1 && !G.outputs.has(c);
-      if (!k || k.dataType !== DataType.INT64 || !only || (G.value(c)?.[0] ?? 0) < 2) return;
+      const k = shapeCount(G, c, node);
+      if (!k || (G.value(c)?.[0] ?? 0) < 2) return;
       const t = tableSites(G, node.output[0] ?? '', axis);
       for (const [site, { input, at }] of t?.at ?? [])
         found.set(`${site}|${input}`, {
-          ...{ tensor: c, axis: 0, sites: t!.sites, path: t!.path, counts: t!.counts, at, count: true },
+          ...{ tensor: k, axis: 0, sites: t!.sites, path: t!.path, counts: t!.counts, at, count: node.name },
         });
     });
   }
   return found;
+}
+
+/**
+ * The INT64 constant that counts the one-entry input `c` of a ConstantOfShape's shape: `c` itself, read by nothing
+ * else; or, through Unsqueeze and Cast, the constant factor of a product with a dimension that is 1 here (B · heads,
+ * the batch of the analysis), the product read by nothing but reshapes' shapes and this ConstantOfShape.
+ */
+function shapeCount(G: Graph, c: string, node: NodeProto): string | undefined {
+  const only = (t: string) => (G.uses.get(t) ?? []).length === 1 && !G.outputs.has(t);
+  if (G.constant(c)) return G.constant(c)!.dataType === DataType.INT64 && only(c) ? c : undefined;
+  let part = c;
+  for (let p = G.producer(part); p && ['Unsqueeze', 'Cast'].includes(opOf(p)); p = G.producer(part))
+    part = p.input[0] ?? '';
+  const mul = G.producer(part),
+    n = G.value(part);
+  if (!mul || opOf(mul) !== 'Mul' || n?.length !== 1) return undefined;
+  const k = mul.input.find((i) => G.constant(i)?.dataType === DataType.INT64 && G.value(i)?.[0] === n[0]);
+  const readers = { readers: (t: string) => G.uses.get(t) ?? [], isOutput: (t: string) => G.outputs.has(t) };
+  return k && only(k) && onlyShapes({ ...readers, isTable: (x) => x === node }, part) ? k : undefined;
 }
 
 /** The sites a constant's axis reaches (site node → the input it reaches it by, the output axis), or undefined. */
@@ -766,6 +793,7 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
     readers: (name) => G.uses.get(name) ?? [],
     isOutput: (name) => G.outputs.has(name),
     onlyFor: (name) => !G.shared(name, node, true),
+    isTable: G.isTable,
     value: G.value,
     shape: (name) => G.shapes.get(name),
     channelsOf: (name) => {
@@ -839,6 +867,7 @@ function ifNode(W: Walk, node: NodeProto, b: IfBranches): void {
       readers: (name) => G.uses.get(name) ?? [],
       isOutput: (name) => G.outputs.has(name),
       onlyFor: () => false,
+      isTable: () => false,
       value: G.value,
       channelsOf: () => undefined,
     }),
@@ -1264,6 +1293,14 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
     if (l) W.S.refuseAll(l, `tensor "${o.name}" is a graph output, so its channels cannot change`);
   }
   for (const t of W.tables.values()) joinTable(W, t);
+  // a count that reshapes shrink with their channels also shapes a table no group met: it would change there too
+  for (const t of G.counts().filter((c) => !W.tables.has(c.tensor)))
+    for (const root of W.S.roots())
+      if (W.S.get(root).edits.some((e) => 'tensor' in e && e.tensor === t.tensor))
+        W.S.refuse(
+          root,
+          `its count "${t.tensor}" also shapes ConstantOfShape "${t.count}", which no group's channels meet`,
+        );
   return W;
 }
 

@@ -141,6 +141,8 @@ export interface ChainContext {
   isOutput(name: string): boolean;
   /** Whether a constant is read only on the way to this node (so it can be changed for it). */
   onlyFor(name: string): boolean;
+  /** Whether a ConstantOfShape is a table counted by a shape entry (see tablesOf in analyze.ts). */
+  isTable(node: NodeProto): boolean;
 }
 
 /**
@@ -328,6 +330,12 @@ const reduceShape: ShapeRule = withX((x, { node, constant }) => {
   const set = new Set(axes.map((a) => normAxis(a, x.length)));
   const keep = attrInt(node, 'keepdims', 1) === 1;
   return [x.flatMap((d, i) => (set.has(i) ? (keep ? [1] : []) : [d]))];
+});
+// ArgMax/ArgMin: one index along `axis` (CLIP's pooled token, input_ids.argmax(-1))
+const argShape: ShapeRule = withX((x, { node }) => {
+  const axis = normAxis(attrInt(node, 'axis', 0), x.length),
+    keep = attrInt(node, 'keepdims', 1) === 1;
+  return [x.flatMap((d, i) => (i === axis ? (keep ? [1] : []) : [d]))];
 });
 const concatShape: ShapeRule = withX((x, { node, ins }) => {
   if (!ins.every((s) => s)) return undefined;
@@ -903,16 +911,26 @@ function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number)
   );
 }
 
-/** Whether `name` reaches only shape inputs of Reshapes, through the ops that build shapes. */
-function onlyShapes(ctx: ChainContext, name: string, depth = 0): boolean {
+/**
+ * Whether `name` reaches only shape inputs of Reshapes, through the ops that build shapes, and the shapes of
+ * ConstantOfShapes that are tables (GPT-NeoX's baddbmm onto torch.zeros(B · heads, T, T): see tablesOf in
+ * analyze.ts, which vets where they go).
+ */
+export function onlyShapes(
+  ctx: Pick<ChainContext, 'readers' | 'isOutput' | 'isTable'>,
+  name: string,
+  depth = 0,
+): boolean {
   if (depth > 6 || ctx.isOutput(name)) return false;
   return ctx
     .readers(name)
     .every(({ node, slot }) =>
       opOf(node) === 'Reshape'
         ? slot === 1
-        : ['Mul', 'Div', 'Unsqueeze', 'Concat', 'Cast'].includes(opOf(node)) &&
-          node.output.every((o) => onlyShapes(ctx, o, depth + 1)),
+        : opOf(node) === 'ConstantOfShape'
+          ? ctx.isTable(node)
+          : ['Mul', 'Div', 'Unsqueeze', 'Concat', 'Cast'].includes(opOf(node)) &&
+            node.output.every((o) => onlyShapes(ctx, o, depth + 1)),
     );
 }
 
@@ -1506,4 +1524,6 @@ export const OPS: Readonly<Record<string, OpRule>> = {
       .concat(['ReduceLogSumExp', 'ReduceSumSquare'])
       .map((n) => [n, op(reduceShape, reduce)]),
   ),
+  ArgMax: op(argShape),
+  ArgMin: op(argShape),
 };
