@@ -112,21 +112,27 @@ function projectedTarget(
 
 /**
  * The projected target T of a batch: the original consumer's output Y less its bias, at the outputs `outs` (axis 1 of
- * a conv's output, the last axis of a dense layer's).
+ * a conv's output, the last axis of a dense layer's); Y itself when that is all of it and there is no bias.
  */
 function projectedRows(Y: Activation, p: Projected, conv: boolean): Float32Array {
   const { bias, outs } = p,
     m0 = bias.length,
     m = outs.length,
-    inner = conv ? Y.dims.slice(2).reduce((a, b) => a * b, 1) : 1,
+    b = Float32Array.from(outs, (o) => bias[o]!);
+  if (m === m0 && b.every((x) => x === 0)) return Y.data;
+  const inner = conv ? Y.dims.slice(2).reduce((x, y) => x * y, 1) : 1,
     outer = Y.data.length / (m0 * inner),
     T = new Float32Array(outer * m * inner);
+  if (!conv) {
+    for (let s = 0; s < outer; s++) for (let j = 0; j < m; j++) T[s * m + j] = Y.data[s * m0 + outs[j]!]! - b[j]!;
+    return T;
+  }
   for (let s = 0; s < outer; s++)
     for (let j = 0; j < m; j++) {
       const from = (s * m0 + outs[j]!) * inner,
         to = (s * m + j) * inner,
-        b = bias[outs[j]!]!;
-      for (let q = 0; q < inner; q++) T[to + q] = Y.data[from + q]! - b;
+        bj = b[j]!;
+      for (let q = 0; q < inner; q++) T[to + q] = Y.data[from + q]! - bj;
     }
   return T;
 }

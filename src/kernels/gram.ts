@@ -178,13 +178,21 @@ export class GramAccumulator {
       T = k.arena.f64(pr.T!, nr * m);
     }
     let norm2 = 0;
-    for (let r = 0; r < nr * m; r += m)
-      for (let j = 0; j < m; j++) {
-        const v = T[r + j]!;
-        T32[r + j] = v;
-        norm2 += v * v;
-        sums[j] += v;
-      }
+    if (T === T32)
+      for (let r = 0; r < nr * m; r += m)
+        for (let j = 0; j < m; j++) {
+          const v = T32[r + j]!;
+          norm2 += v * v;
+          sums[j] += v;
+        }
+    else
+      for (let r = 0; r < nr * m; r += m)
+        for (let j = 0; j < m; j++) {
+          const v = T[r + j]!;
+          T32[r + j] = v;
+          norm2 += v * v;
+          sums[j] += v;
+        }
     this.targetNorm2 += norm2;
     gramAccumulate(k, b.B, d, pr.T32!, m, nr, pr.CW, this.p.PB, pr.PM);
   }
