@@ -216,6 +216,14 @@ describe('refusals name what couples the channels', () => {
     // GRN's mean of it over the channels is what couples them
     ['cnn4-grn', '/block/pwconv1/MatMul', /ReduceMean "\/block\/grn\/ReduceMean" reduces over the channel axis/],
     ['cnn4-poolformer', '/embed/Conv', /InstanceNormalization .* \(GroupNorm with one group\)/],
+    // the MLP's output is added to the stream, whose channels the LayerNorm (GroupNorm(1, C)) refused: the reason
+    // names it (before: "which no group owns (e.g. a branch subprune cannot prune)")
+    [
+      'cnn4-convnext',
+      '/features/features.1/features.1.0/block/block.5/MatMul',
+      /which no group owns \(its channels are refused: LayerNormalization .* normalises across the channels/,
+    ],
+    ['cnn4-poolformer', '/block/mlp/mlp.2/Conv', /which no group owns \(its channels are refused: InstanceNorm/],
   ])('%s: %s', (name, node, why) => {
     const { refused } = groupsOf(readModel(`${FIX}/${name}.onnx`));
     expect(refused.find((r) => r.node === node)?.reason).toMatch(why);

@@ -1004,6 +1004,23 @@ function cutInto(W: Walk, node: NodeProto, l: Layout, step: Extract<ChainStep, {
 }
 
 /**
+ * Why the channels an untracked tensor carries were refused, if they were: the reason of the nearest tensor upstream
+ * whose channels the walk tracked and refused (a ConvNeXt stream, normalised by a LayerNorm, then added to).
+ */
+function refusedUpstream(W: Walk, t: string): string | undefined {
+  const seen = new Set<string>(),
+    queue = [t];
+  for (let x = queue.shift(); x !== undefined && seen.size < 64; x = queue.shift()) {
+    if (seen.has(x)) continue;
+    seen.add(x);
+    const why = W.layouts.get(x)?.segments.find((s) => s.space >= 0 && W.S.get(s.space).refused !== undefined);
+    if (why) return W.S.get(why.space).refused;
+    queue.push(...(W.G.producer(x)?.input.filter((i) => i && !W.G.constant(i)) ?? []));
+  }
+  return undefined;
+}
+
+/**
  * An element-wise node with several inputs (Add, Mul, …): inputs that carry channels on the same (broadcast) axis
  * become the same channels; constants along that axis are sliced; an input no group owns that does not broadcast
  * along the channels couples them with something subprune cannot prune.
@@ -1055,11 +1072,14 @@ function joinNode(W: Walk, node: NodeProto): void {
       follows.push(l); // its entries along the channels are read from `like` at run time
       continue;
     }
-    if (!G.constant(i.t))
+    if (!G.constant(i.t)) {
+      const why = refusedUpstream(W, i.t);
       return refuseAll(
         `${label(node)} combines the channels with "${i.t}", which no group owns ` +
-          '(e.g. a branch subprune cannot prune); both would have to be pruned together',
+          (why ? `(its channels are refused: ${why})` : '(e.g. a branch subprune cannot prune)') +
+          '; both would have to be pruned together',
       );
+    }
     if (dims[k] !== entriesOf(out))
       return refuseAll(`${label(node)}: constant "${i.t}" has ${dims[k]} entries along the channels`);
     slices.push({ tensor: i.t, axis: k });
