@@ -1291,7 +1291,10 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
         if (i.slot === 0 && rule!.chain) passed = chainNode(W, node, rule, 0, i.l);
         else W.S.refuseAll(i.l, `consumer ${why}`);
       }
-      if (!passed) W.refused.push({ node: node.name, reason: why });
+      // its input's channels refused upstream (a ConvNeXt block's depthwise conv on the normalised stream): say so
+      const up = !passed && rule!.chain && !inputs.length ? refusedUpstream(W, node.input[0] ?? '') : undefined;
+      const reason = up ? `${label(node)} passes on the channels it reads, which are refused: ${up}` : why;
+      if (!passed) W.refused.push({ node: node.name, reason });
       continue;
     }
     if (!inputs.length) continue;
