@@ -1,9 +1,9 @@
 import { describe, it, expect } from 'vitest';
 import * as ort from 'onnxruntime-node';
-import { readModel, serializeModel, type Model } from '../src/onnx/index.js';
+import { readModel, serializeModel, tensorToFloat32, type Model } from '../src/onnx/index.js';
 import { Calibration, type InputData } from '../src/calibration.js';
 import { analyze } from '../src/graph/analyze.js';
-import { inferShapes } from '../src/graph/shapes.js';
+import { constantTensors, inferShapes } from '../src/graph/shapes.js';
 import { pruneGroups } from '../src/rewrite/index.js';
 import { prune } from '../src/prune/index.js';
 import { randomKeep, rng, zeroDroppedInputs } from './graph-helpers.js';
@@ -49,6 +49,22 @@ export async function fixtureOutputs(model: Model, data: InputData, n = 8, lengt
   } finally {
     await session.release();
   }
+}
+
+/** The groups and refusals of a fixture, analyzed at the shapes of its calibration data. */
+export function analyzeFixture(m: Model, open: () => InputData & { close?: () => void }) {
+  const data = open();
+  const { groups, refused } = analyze(m, Calibration.of(m, data).shapes);
+  data.close?.();
+  return { groups, refused };
+}
+
+/** A layer's weight (its input 1) as [entry of axis 0][the rest]: a Conv's filters, a ConvTranspose's input rows. */
+export function weightRows(m: Model, node: string): number[][] {
+  const n = m.graph!.node.find((x) => x.name === node)!,
+    { dims, data } = tensorToFloat32(constantTensors(m.graph!).get(n.input[1]!)!);
+  const size = data.length / dims[0]!;
+  return [...Array(dims[0]!).keys()].map((o) => [...data.subarray(o * size, (o + 1) * size)]);
 }
 
 /** A real export: its model file, its calibration data, and each group as [channels, producers, g of its consumers]. */

@@ -1,13 +1,11 @@
 import { describe, it, expect } from 'vitest';
 import { readModel, tensorToFloat32, type Model } from '../src/onnx/index.js';
 import { openNpy } from '../src/npy.js';
-import { Calibration } from '../src/calibration.js';
-import { analyze } from '../src/graph/analyze.js';
 import { constantTensors } from '../src/graph/shapes.js';
 import { pruneGroups } from '../src/rewrite/index.js';
 import { prune } from '../src/prune/index.js';
 import { zeroDroppedInputs } from './graph-helpers.js';
-import { describeFixtures, fixtureOutputs } from './fixture-suite.js';
+import { analyzeFixture, describeFixtures, fixtureOutputs, weightRows } from './fixture-suite.js';
 import { relDiff } from './objective.js';
 
 // CNN blocks of segmentation, detection and OCR models (test/fixtures/make-more-cnn.py, torch's default export
@@ -312,21 +310,7 @@ describeFixtures(
   CASES.map(({ model, groups }) => ({ model: `${FIX}/${model}.onnx`, data: () => openNpy(CALIB), groups })),
 );
 
-/** The groups of a fixture, analyzed at the calibration data's shapes. */
-function groupsOf(m: Model) {
-  const data = openNpy(CALIB);
-  const { groups, refused } = analyze(m, Calibration.of(m, data).shapes);
-  data.close();
-  return { groups, refused };
-}
-
-/** A Conv's weight [m, c, kh, kw] as [filter][rest] and its output count. */
-function filters(m: Model, node: string): number[][] {
-  const n = m.graph!.node.find((x) => x.name === node)!,
-    { dims, data } = tensorToFloat32(constantTensors(m.graph!).get(n.input[1]!)!);
-  const size = data.length / dims[0]!;
-  return [...Array(dims[0]!).keys()].map((o) => [...data.subarray(o * size, (o + 1) * size)]);
-}
+const groupsOf = (m: Model) => analyzeFixture(m, () => openNpy(CALIB));
 
 describe("GroupNorm (torch's Reshape [N, G, -1], InstanceNormalization, Reshape back, Mul, Add)", () => {
   // before: refused ('Reshape to [1, 4, 1024] mixes the channels with other axes'): 46 % of the parameters prunable
@@ -335,8 +319,8 @@ describe("GroupNorm (torch's Reshape [N, G, -1], InstanceNormalization, Reshape 
       stem = groupsOf(m).groups.find((g) => g.id === '/stem/stem.0/Conv')!;
     const pruned = pruneGroups(m, [{ group: stem, keep: [1, 3] }]);
     // the stem conv keeps filters 4..8 and 12..16 of the original: GroupNorm's groups 1 and 3, whole
-    const before = filters(m, '/stem/stem.0/Conv');
-    expect(filters(pruned, '/stem/stem.0/Conv')).toEqual([4, 5, 6, 7, 12, 13, 14, 15].map((o) => before[o]));
+    const before = weightRows(m, '/stem/stem.0/Conv');
+    expect(weightRows(pruned, '/stem/stem.0/Conv')).toEqual([4, 5, 6, 7, 12, 13, 14, 15].map((o) => before[o]));
     // every GroupNorm on the stream normalises 2 groups of 4 channels
     const consts = constantTensors(pruned.graph!);
     const norms = pruned.graph!.node.filter((n) => n.opType === 'InstanceNormalization' && n.name.includes('/gn/n2'));
@@ -352,8 +336,8 @@ describe("YOLOv8's C2f: torch's chunk(2, 1) of cv1's output", () => {
       g = groupsOf(m).groups.find((x) => x.id === '/b2/cv1/conv/Conv')!;
     expect(g.producers.map((p) => p.name)).toEqual(['/b2/cv1/conv/Conv', '/b2/m.0/cv2/conv/Conv']);
     const pruned = pruneGroups(m, [{ group: g, keep: [0, 5, 6] }]);
-    const before = filters(m, '/b2/cv1/conv/Conv');
-    expect(filters(pruned, '/b2/cv1/conv/Conv')).toEqual([0, 5, 6, 8, 13, 14].map((o) => before[o]));
+    const before = weightRows(m, '/b2/cv1/conv/Conv');
+    expect(weightRows(pruned, '/b2/cv1/conv/Conv')).toEqual([0, 5, 6, 8, 13, 14].map((o) => before[o]));
   });
 });
 

@@ -1,11 +1,9 @@
 import { describe, it, expect } from 'vitest';
-import { attrInt, readModel, tensorToFloat32, type Model } from '../src/onnx/index.js';
+import { attrInt, readModel, type Model } from '../src/onnx/index.js';
 import { openNpy } from '../src/npy.js';
-import { Calibration } from '../src/calibration.js';
-import { analyze } from '../src/graph/analyze.js';
-import { constantTensors, inferShapes } from '../src/graph/shapes.js';
+import { inferShapes } from '../src/graph/shapes.js';
 import { pruneGroups } from '../src/rewrite/index.js';
-import { describeFixtures } from './fixture-suite.js';
+import { analyzeFixture, describeFixtures, weightRows } from './fixture-suite.js';
 
 // CNN architectures users export (test/fixtures/make-more-cnn4.py, torch's default export settings, random weights):
 // torchvision's EfficientNet, ConvNeXt, DenseNet and ResNeXt, RepVGG's training-form blocks, a U-Net, an HRNet-style
@@ -167,21 +165,7 @@ describeFixtures(
   CASES.map(({ model, groups }) => ({ model: `${FIX}/${model}.onnx`, data: () => openNpy(CALIB), groups })),
 );
 
-/** The groups of a fixture, analyzed at the calibration data's shapes. */
-function groupsOf(m: Model) {
-  const data = openNpy(CALIB);
-  const { groups, refused } = analyze(m, Calibration.of(m, data).shapes);
-  data.close();
-  return { groups, refused };
-}
-
-/** A layer's weight as [entry of axis 0][rest]. */
-function rows(m: Model, node: string): number[][] {
-  const n = m.graph!.node.find((x) => x.name === node)!,
-    { dims, data } = tensorToFloat32(constantTensors(m.graph!).get(n.input[1]!)!);
-  const size = data.length / dims[0]!;
-  return [...Array(dims[0]!).keys()].map((o) => [...data.subarray(o * size, (o + 1) * size)]);
-}
+const groupsOf = (m: Model) => analyzeFixture(m, () => openNpy(CALIB));
 
 describe("CenterNet's depthwise ConvTranspose (IDAUp's upsampling, group = channels)", () => {
   // before: its output shape had C_out/group channels (1, not 16), so the finer level's Add took it for a broadcast
@@ -199,7 +183,7 @@ describe("CenterNet's depthwise ConvTranspose (IDAUp's upsampling, group = chann
       g = groupsOf(m).groups.find((x) => x.id === '/c1/c1.0/Conv')!;
     expect(g.producers.map((p) => p.name)).toEqual(['/c1/c1.0/Conv', '/ida/proj_1/proj_1.0/Conv']);
     const pruned = pruneGroups(m, [{ group: g, keep: [1, 4, 9] }]);
-    expect(rows(pruned, up)).toEqual([1, 4, 9].map((o) => rows(m, up)[o]));
+    expect(weightRows(pruned, up)).toEqual([1, 4, 9].map((o) => weightRows(m, up)[o]));
     expect(
       attrInt(
         pruned.graph!.node.find((n) => n.name === up)!,
