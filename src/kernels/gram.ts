@@ -176,23 +176,15 @@ export class GramAccumulator {
       k.zero(pr.T!, nr * m * 8);
       productAccumulate(k, b.A, nr, d, pr.W, m, pr.T!, pr.PAT!, pr.PM);
       T = k.arena.f64(pr.T!, nr * m);
+      T32.set(T); // rounded to f32 once for Bᵀ T; the norm and sums from the f64 values
     }
     let norm2 = 0;
-    if (T === T32)
-      for (let r = 0; r < nr * m; r += m)
-        for (let j = 0; j < m; j++) {
-          const v = T32[r + j]!;
-          norm2 += v * v;
-          sums[j] += v;
-        }
-    else
-      for (let r = 0; r < nr * m; r += m)
-        for (let j = 0; j < m; j++) {
-          const v = T[r + j]!;
-          T32[r + j] = v;
-          norm2 += v * v;
-          sums[j] += v;
-        }
+    for (let r = 0; r < nr * m; r += m)
+      for (let j = 0; j < m; j++) {
+        const v = T[r + j]!;
+        norm2 += v * v;
+        sums[j] += v;
+      }
     this.targetNorm2 += norm2;
     gramAccumulate(k, b.B, d, pr.T32!, m, nr, pr.CW, this.p.PB, pr.PM);
   }
