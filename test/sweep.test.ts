@@ -81,6 +81,22 @@ describe('Fit', () => {
     // and not the plain least squares, which it would be without the ridge
     expect(relDiff(got.W, oracleFit(B, T).W)).toBeGreaterThan(1e-2);
   });
+
+  it('counts rows by distinct samples: 80 rows of 7 columns take the ridge when half repeat the others', () => {
+    const r = rng(9),
+      [N, d, m] = [80, 7, 3];
+    const f32 = (X: Mat) => ({ ...X, a: Float64Array.from(Float32Array.from(X.a)) });
+    const B = f32(randMat(N, d, r)),
+      T = f32(randMat(N, m, r)),
+      prior = randMat(d, m, r).a;
+    const solve = (distinct: number) => {
+      const fit = new Fit(d, m, { kernels: 'wasm' });
+      fit.add(Float32Array.from(B.a), Float32Array.from(T.a));
+      return fit.solve(true, { kernels: 'wasm' }, prior, distinct);
+    };
+    expect(relDiff(solve(1).W, oracleFit(B, T).W)).toBeLessThan(1e-5);
+    expect(relDiff(solve(0.5).W, oracleFit(B, T, prior).W)).toBeLessThan(1e-5);
+  });
 });
 
 /** Tensors of a model on the calibration rows, concatenated over batches. */

@@ -204,12 +204,14 @@ export class Fit {
 
   /**
    * The weights (d × m) and, with the intercept, the bias; frees the accumulator. With fewer than RIDGE_ROWS rows per
-   * column, the least squares takes the ridge toward `prior` (the consumer's current weights), as prune's re-fit does.
+   * column, the least squares takes the ridge toward `prior` (the consumer's current weights), as prune's re-fit does;
+   * `distinct`: the share of the rows from distinct samples (repeated samples add rows, not information).
    */
   solve(
     intercept: boolean,
     opts: KernelOptions,
     prior: Float64Array,
+    distinct = 1,
   ): { W: Float64Array; bias?: Float64Array; rows: number } {
     const { d, m, D } = this;
     let g;
@@ -232,7 +234,8 @@ export class Fit {
     // every column in order: the pivoted factor's re-fit, dependent columns getting no weight
     const order = Array.from({ length: d }, (_, i) => i);
     const pr = { d, m, g: 1, G, CW, targetNorm2, W: prior, ...ic };
-    const fit = selectChannels(takesRidge(d, g.rows) ? ridged(pr, ridgeLambda(pr, order, g.rows)) : pr, d, {
+    const ridge = takesRidge(d, Math.floor(g.rows * distinct));
+    const fit = selectChannels(ridge ? ridged(pr, ridgeLambda(pr, order, g.rows)) : pr, d, {
       ...opts,
       order,
     }).refit(d);
@@ -297,7 +300,7 @@ async function fitOnce(
       }
       fit.add(B, T);
     }
-    return fit.solve(!!opts.intercept, opts, s.W);
+    return fit.solve(!!opts.intercept, opts, s.W, calib.distinctSamples() / calib.rows);
   } finally {
     await P.release();
     await O.release();
