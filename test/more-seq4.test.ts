@@ -1,12 +1,10 @@
 import { describe, it, expect } from 'vitest';
 import { readModel, tensorToInt64, type Model } from '../src/onnx/index.js';
 import { openNpy } from '../src/npy.js';
-import { Calibration } from '../src/calibration.js';
-import { analyze } from '../src/graph/analyze.js';
 import { constantTensors } from '../src/graph/shapes.js';
 import { pruneGroups } from '../src/rewrite/index.js';
 import { outInfo } from './graph-helpers.js';
-import { describeFixtures } from './fixture-suite.js';
+import { analyzeFixture, describeFixtures } from './fixture-suite.js';
 
 // Decoder LLMs, CLIP, MLP-Mixer, SegFormer and DETR (test/fixtures/make-more-seq4.py): small random-weight versions
 // written in plain torch as the HuggingFace/timm code writes them, exported with torch's defaults. Oracle
@@ -122,8 +120,7 @@ describeFixtures(
 );
 
 /** The analysis of a fixture at its calibration shapes. */
-const analysisOf = (m: Model, name: string) =>
-  analyze(m, Calibration.of(m, openNpy(`${FIX}/${name}.calib.npy`)).shapes);
+const analysisOf = (m: Model, name: string) => analyzeFixture(m, () => openNpy(`${FIX}/${name}.calib.npy`));
 
 describe("GPT-NeoX's baddbmm onto torch.zeros(B · heads, T, T)", () => {
   const QKV = '/layers.0/attention/query_key_value/MatMul',
