@@ -65,16 +65,25 @@ describe('Fit', () => {
     expect(relDiff(got.bias!, want.bias)).toBeLessThan(1e-5);
   });
 
-  it('with fewer than RIDGE_ROWS rows per column, takes the ridge toward the prior (the current weights)', () => {
-    const r = rng(8),
-      [N, d, m] = [40, 7, 3];
+  /** N random rows of 7 columns (f32 values), 3 targets, a prior, and Fit's solution with `distinct`. */
+  const ridgeCase = (seed: number, N: number) => {
+    const r = rng(seed),
+      [d, m] = [7, 3];
     const f32 = (X: Mat) => ({ ...X, a: Float64Array.from(Float32Array.from(X.a)) });
     const B = f32(randMat(N, d, r)),
       T = f32(randMat(N, m, r)),
       prior = randMat(d, m, r).a;
-    const fit = new Fit(d, m, { kernels: 'wasm' });
-    fit.add(Float32Array.from(B.a), Float32Array.from(T.a));
-    const got = fit.solve(true, { kernels: 'wasm' }, prior),
+    const solve = (distinct = 1) => {
+      const fit = new Fit(d, m, { kernels: 'wasm' });
+      fit.add(Float32Array.from(B.a), Float32Array.from(T.a));
+      return fit.solve(true, { kernels: 'wasm' }, prior, distinct);
+    };
+    return { B, T, prior, solve };
+  };
+
+  it('with fewer than RIDGE_ROWS rows per column, takes the ridge toward the prior (the current weights)', () => {
+    const { B, T, prior, solve } = ridgeCase(8, 40);
+    const got = solve(),
       want = oracleFit(B, T, prior);
     expect(relDiff(got.W, want.W)).toBeLessThan(1e-5);
     expect(relDiff(got.bias!, want.bias)).toBeLessThan(1e-5);
@@ -83,17 +92,7 @@ describe('Fit', () => {
   });
 
   it('counts rows by distinct samples: 80 rows of 7 columns take the ridge when half repeat the others', () => {
-    const r = rng(9),
-      [N, d, m] = [80, 7, 3];
-    const f32 = (X: Mat) => ({ ...X, a: Float64Array.from(Float32Array.from(X.a)) });
-    const B = f32(randMat(N, d, r)),
-      T = f32(randMat(N, m, r)),
-      prior = randMat(d, m, r).a;
-    const solve = (distinct: number) => {
-      const fit = new Fit(d, m, { kernels: 'wasm' });
-      fit.add(Float32Array.from(B.a), Float32Array.from(T.a));
-      return fit.solve(true, { kernels: 'wasm' }, prior, distinct);
-    };
+    const { B, T, prior, solve } = ridgeCase(9, 80);
     expect(relDiff(solve(1).W, oracleFit(B, T).W)).toBeLessThan(1e-5);
     expect(relDiff(solve(0.5).W, oracleFit(B, T, prior).W)).toBeLessThan(1e-5);
   });
