@@ -3,6 +3,7 @@ import { selectChannels, selectGroup, selectionBytes, type LayerProblem } from '
 import { GramAccumulator } from '../src/kernels/gram.js';
 import { getKernels } from '../src/kernels/instances.js';
 import { gramAccumulate } from '../src/kernels/ops.js';
+import { ridged, ridgeFitObjective } from '../src/select/ridge.js';
 import {
   rng,
   randMat,
@@ -392,3 +393,60 @@ describe.each(['wasm', 'plain'] as const)(
     });
   },
 );
+
+describe("the ridge: its re-fit and that fit's own objective", () => {
+  // the ridge toward W as the least squares of [B_S; √λ I] on [A W; √λ W_S], solved by QR in float64
+  function ridgeOracle(c: Case, keep: number[], lambda: number) {
+    const T = matmul(c.A, c.W),
+      { rows: N, cols: d } = c.B,
+      k = keep.length,
+      m = c.W.cols;
+    const B = { rows: N + k, cols: d, a: new Float64Array((N + k) * d) },
+      Y = { rows: N + k, cols: m, a: new Float64Array((N + k) * m) };
+    B.a.set(c.B.a);
+    Y.a.set(T.a);
+    keep.forEach((ch, i) => {
+      B.a[(N + i) * d + ch] = Math.sqrt(lambda);
+      for (let j = 0; j < m; j++) Y.a[(N + i) * m + j] = Math.sqrt(lambda) * c.W.a[ch * m + j]!;
+    });
+    const Wk = leastSquares(B, Y, keep);
+    // B_S W′ − A W on the data rows only: the objective the fit reaches without the prior
+    let err = 0,
+      total = 0;
+    for (let r = 0; r < N; r++)
+      for (let j = 0; j < m; j++) {
+        const v = keep.reduce((a, ch, i) => a + c.B.a[r * d + ch]! * Wk[i * m + j]!, 0) - T.a[r * m + j]!;
+        err += v * v;
+        total += T.a[r * m + j]! ** 2;
+      }
+    return { Wk, objective: 1 - err / total };
+  }
+
+  for (const asym of [false, true])
+    it(`${asym ? 'asymmetric' : 'layerwise'}: W′ and the fit's own objective equal the float64 oracle`, () => {
+      // fewer rows (20) than columns (14 kept of 16) per RIDGE_ROWS: the case the ridge is for
+      const c = makeCase(asym ? 71 : 72, 20, 16, 3, 1, asym),
+        keep = [0, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+        lambda = 0.4;
+      const sel = selectGroup([ridged(problem(c), lambda)], keep.length, { order: keep }),
+        fit = sel.refit(keep.length),
+        want = ridgeOracle(c, keep, lambda);
+      expect(fit.keep).toEqual(keep);
+      const close = (v: number, w: number) => Math.abs(v - w) < 1e-9 * (1 + Math.abs(w));
+      expect(fit.W[0]!.every((v, i) => close(v, want.Wk[i]!))).toBe(true);
+      const plain = selectGroup([problem(c)], 1, {});
+      const got = ridgeFitObjective(
+        sel.consumers[0]![keep.length - 1]!,
+        sel.norm2[0]!,
+        plain.norm2[0]!,
+        lambda,
+        c.W.a,
+        fit.W[0]!,
+        keep,
+        c.W.cols,
+      );
+      expect(Math.abs(got - want.objective)).toBeLessThan(1e-9);
+      // the ridge costs the fit something on these rows: it is not the plain least squares'
+      expect(want.objective).toBeLessThan(objective(c.B, matmul(c.A, c.W), keep, 1) - 1e-6);
+    });
+});

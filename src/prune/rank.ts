@@ -13,7 +13,7 @@ import { biasSite } from '../rewrite/bias.js';
 import { constantTensors } from '../graph/shapes.js';
 import { groupSeed, rankChannels, type MethodOptions } from '../select/baselines.js';
 import { refineSelection, type Refined } from '../select/refine.js';
-import { ridged, ridgeLambda, takesRidge } from '../select/ridge.js';
+import { ridged, ridgeFitObjective, ridgeLambda, takesRidge } from '../select/ridge.js';
 
 /** A group with its method's nested order over its first k channels (and the objective and re-fit of every prefix). */
 export interface Ranked {
@@ -31,8 +31,11 @@ export interface Ranked {
   fits: Map<number, Fit>;
 }
 
-/** Kept channels (ascending), each consumer's re-fitted weights (rows of the kept channels) and bias change. */
-export type Fit = ReturnType<GroupSelection['refit']>;
+/**
+ * Kept channels (ascending), each consumer's re-fitted weights (rows of the kept channels) and bias change, and its
+ * objective where the re-fit took the ridge (elsewhere the selection's own).
+ */
+export type Fit = ReturnType<GroupSelection['refit']> & { ridgeObjective?: (number | undefined)[] };
 
 /**
  * The method's order of `group`'s channels (the first k; default all), run through selectGroup. `model` holds the
@@ -107,13 +110,16 @@ export function fitAt(r: Ranked, k: number): Fit {
   const known = r.fits.get(k);
   if (known) return known;
   const fit = selectionAt(r, k).refit(k);
-  const out: Fit = { keep: fit.keep, W: [...fit.W], bias: [...fit.bias] };
+  const out: Fit = { keep: fit.keep, W: [...fit.W], bias: [...fit.bias], ridgeObjective: [] };
   r.problems.forEach((p, t) => {
     if (!k || !takesRidge(k * p.g, r.rows[t]!)) return;
-    const ridge = selectGroup([ridged(p, ridgeLambda(p, fit.keep, r.rows[t]!))], k, { ...r.kernels, order: fit.keep });
+    const lambda = ridgeLambda(p, fit.keep, r.rows[t]!);
+    const ridge = selectGroup([ridged(p, lambda)], k, { ...r.kernels, order: fit.keep });
     const f = ridge.refit(k);
     out.W[t] = f.W[0]!;
     out.bias[t] = f.bias[0];
+    const [o, norm2] = [ridge.consumers[0]![k - 1]!, ridge.norm2[0]!];
+    out.ridgeObjective![t] = ridgeFitObjective(o, norm2, r.sel.norm2[t]!, lambda, p.W, out.W[t], fit.keep, p.g * p.m);
   });
   r.fits.set(k, out);
   return out;
@@ -157,37 +163,35 @@ export function paddedWeights(r: Ranked, k: number, refit: boolean): Float64Arra
 }
 
 /**
- * Each consumer's 1 − relative error of its input with the first k channels: re-fitted (the selection's objective, or
- * the ridge's measured in Gram space), or with the weights sliced (--no-refit). The group's objective is their mean.
+ * Each consumer's 1 − relative error of its input with the first k channels: re-fitted (the selection's objective,
+ * or the ridge's, fitAt), or with the weights sliced (--no-refit, measured in Gram space). The group's objective is
+ * their mean.
  */
 export function objectivesOf(r: Ranked, grams: Gram[], k: number, refit: boolean): number[] {
-  const fitted = selectionAt(r, k).consumers.map((o) => (k ? o[k - 1]! : 0));
-  const fit = refit ? fitAt(r, k) : selectionAt(r, k).refit(k);
-  return r.group.consumers.map((c, t) => {
-    if (refit && (!k || !takesRidge(k * c.g, r.rows[t]!))) return fitted[t]!;
-    const Wk = refit ? fit.W[t]! : keptRows(r, t, fit.keep);
-    return objectiveOf(c, grams[t]!, r.W[t]!, fit.keep, Wk, r.sel.norm2[t]!, refit ? fit.bias[t] : undefined);
-  });
+  if (refit) {
+    const fitted = selectionAt(r, k).consumers.map((o) => (k ? o[k - 1]! : 0)),
+      ridge = fitAt(r, k).ridgeObjective;
+    return fitted.map((o, t) => ridge?.[t] ?? o);
+  }
+  const { keep } = selectionAt(r, k).refit(k);
+  return r.group.consumers.map((c, t) =>
+    slicedObjective(c, grams[t]!, r.W[t]!, keep, keptRows(r, t, keep), r.sel.norm2[t]!),
+  );
 }
 
 export const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
-/** Σ_l x_l W[l][j] for the d×m matrix W. */
-const dotColumn = (x: Float64Array, W: Float64Array, m: number, j: number) =>
-  x.reduce((a, v, l) => a + v * W[l * m + j]!, 0);
-
 /**
- * 1 − ‖B_S W′ + 1bᵀ − A W‖²/‖A W‖² in Gram space, for weights W′ of the kept channels'
- * columns (keep.length·g rows) and a bias change b (with the intercept's sums in the capture).
+ * 1 − ‖B_S W′ − A W‖²/‖A W‖² in Gram space, for weights W′ of the kept channels' columns
+ * (keep.length·g rows).
  */
-function objectiveOf(
+function slicedObjective(
   c: Consumer,
   gram: Gram,
   W: Float64Array,
   keep: number[],
   Wk: Float64Array,
   norm2: number,
-  b?: Float64Array,
 ): number {
   const { d, m, g } = c,
     G = gram.G,
@@ -216,18 +220,7 @@ function objectiveOf(
       cross += Wk[p * m + j]! * CWi[j]!;
     }
   });
-  let err = quad - 2 * cross + norm2;
-  if (b && gram.sums) {
-    // the intercept column's terms: 2 bᵀ W′ᵀ B_Sᵀ1 + N‖b‖² − 2 bᵀ Wᵀ Aᵀ1
-    const s = gram.sums,
-      target = gram.targetSums ?? s,
-      t = gram.targetSumsW ?? new Float64Array(m).map((_, j) => dotColumn(target, W, m, j));
-    for (let j = 0; j < m; j++) {
-      let sw = 0;
-      cols.forEach((i, p) => (sw += s[i]! * Wk[p * m + j]!));
-      err += 2 * b[j]! * sw + gram.rows * b[j]! ** 2 - 2 * b[j]! * t[j]!;
-    }
-  }
-  // a fit as good as the target's own weights leaves rounding on either side of 0
+  const err = quad - 2 * cross + norm2;
+  // slicing nothing leaves rounding on either side of 0
   return norm2 > 0 ? 1 - Math.max(err, 0) / norm2 : 1;
 }
