@@ -88,6 +88,10 @@ const ORT_OPTIMIZED =
 
 /** What a refusal at a quantized layer adds: its weights are integers (QLinearConv; a DequantizeLinear's output). */
 const QUANTIZED = '; the model is quantized: prune the float model, then quantize the pruned one';
+// weight standardization (timm's StdConv2d, BiT, NFNet) and torch's weight_norm without constant folding
+const COMPUTED =
+  '; it is computed at run time from constants alone (as weight standardization or weight_norm write it), and ' +
+  'subprune prunes initializers: fold it into one first (e.g. remove_weight_norm before the export)';
 const QUANTIZED_LAYERS = new Set(['QLinearConv', 'QLinearMatMul', 'ConvInteger', 'MatMulInteger']);
 
 /** The analysis state shared by the walk: constants, uses, producers, shapes. */
@@ -112,6 +116,17 @@ class Graph {
     this.batch = shapes.get(dataInputs(graph)[0]?.name ?? '')?.[0] || 1;
   }
   constant = (name: string): TensorProto | undefined => this.consts.get(name);
+  /** Whether tensor `t` is not a constant but computed by nodes from constants alone (no graph input reaches it). */
+  fromConstants(t: string): boolean {
+    const seen = new Set<string>();
+    const visit = (name: string): boolean => {
+      if (!name || this.consts.has(name) || seen.has(name)) return true;
+      seen.add(name);
+      const p = this.producers.get(name);
+      return p !== undefined && p.input.every(visit);
+    };
+    return !this.consts.has(t) && visit(t);
+  }
   private tables?: Map<string, Table>;
   /** The per-channel tables computed from a constant, by `site|tensor` (see tablesOf). */
   table(site: NodeProto, t: string): Table | undefined {
@@ -1285,7 +1300,9 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
     }
     if (info) {
       // not a layer here (e.g. a grouped conv); a depthwise conv still passes channels on by its chain rule
-      const why = info.refuse + (G.producer(node.input[1] ?? '')?.opType === 'DequantizeLinear' ? QUANTIZED : '');
+      const w = node.input[1] ?? '';
+      const why =
+        info.refuse + (G.producer(w)?.opType === 'DequantizeLinear' ? QUANTIZED : G.fromConstants(w) ? COMPUTED : '');
       let passed = false;
       for (const i of inputs) {
         if (i.slot === 0 && rule!.chain) passed = chainNode(W, node, rule, 0, i.l);
