@@ -1,8 +1,11 @@
 import { describe, it, expect } from 'vitest';
+import { readModel, tensorToFloat32 } from '../src/onnx/index.js';
 import { openNpy } from '../src/npy.js';
 import { openNpz } from '../src/npz.js';
 import { type InputData } from '../src/calibration.js';
-import { describeFixtures } from './fixture-suite.js';
+import { constantTensors } from '../src/graph/shapes.js';
+import { pruneGroups } from '../src/rewrite/index.js';
+import { analyzeFixture, describeFixtures } from './fixture-suite.js';
 
 // torchvision's ViT, torch.nn.Transformer*, a GPT-2 step with its KV cache, ALBERT, RoBERTa, ELECTRA, ConvBERT,
 // MobileViT and LeViT (test/fixtures/make-more-seq5.py): small random-weight versions written as torch, torchvision
@@ -172,3 +175,39 @@ describeFixtures(
     length,
   })),
 );
+
+/** The groups and refusals of a fixture at its calibration shapes. */
+const analysisOf = (model: string, calib: string) => analyzeFixture(readModel(`${FIX}/${model}.onnx`), dataOf(calib));
+
+describe('what stays, and why', () => {
+  it("the KV cache's heads are refused: the past keys and values, graph inputs, are concatenated to them", () => {
+    const { groups, refused } = analysisOf('seq5-kv-cache', 'seq5-kv-cache.calib.npz');
+    expect(groups.map((g) => g.id)).toEqual(['/c_fc/MatMul']);
+    const why = refused.filter((r) => r.node === '/attn/Gemm').map((r) => r.reason);
+    expect(why).toContain('Concat "/attn/Concat_5" joins the channels with "past_key_0", which no group owns');
+    expect(why).toContain('Concat "/attn/Concat_6" joins the channels with "past_value_0", which no group owns');
+  });
+
+  it("ALBERT's one layer run twice is refused: its weights are shared", () => {
+    const { groups, refused } = analysisOf('seq5-albert', 'seq5-albert.calib.npz');
+    expect(groups.map((g) => g.id)).toEqual(['/pooler/Gemm']);
+    for (const layer of ['query', 'key', 'value'])
+      for (const run of ['', '_1'])
+        expect(refused.find((r) => r.node === `/attention/${layer}${run}/MatMul`)!.reason).toMatch(
+          new RegExp(`constant "attention\\.${layer}\\.bias" is shared`),
+        );
+  });
+});
+
+describe("LeViT's attention biases", () => {
+  it('attention_biases[:, attention_bias_idxs] keeps the rows of the kept heads', () => {
+    const m = readModel(`${FIX}/seq5-levit.onnx`),
+      heads = analysisOf('seq5-levit', 'seq5-levit.calib.npy').groups.find((g) => g.channels === 4)!;
+    const biases = (x: typeof m) => tensorToFloat32(constantTensors(x.graph!).get('attention.attention_biases')!);
+    const before = biases(m),
+      after = biases(pruneGroups(m, [{ group: heads, keep: [0, 2] }]));
+    expect(before.dims).toEqual([4, 16]);
+    expect(after.dims).toEqual([2, 16]);
+    expect([...after.data]).toEqual([...before.data.subarray(0, 16), ...before.data.subarray(32, 48)]);
+  });
+});
