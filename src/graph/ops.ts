@@ -726,17 +726,20 @@ const grouped =
     return { axis: 1, scale: cout / cin, slices, attributes: [{ name: 'group', per: group / cout }] };
   };
 
-/** Flatten(axis=1) of N×C×spatial: channel c now owns its entries times the spatial size, consecutively. */
+/**
+ * Flatten at the channel axis (axis=1 of N×C×spatial; axis=2 of [B, T, C], LeViT's `flatten(0, 1)` before a
+ * BatchNorm1d): channel c now owns its entries times the size of the axes after it, consecutively.
+ */
 const flatten: ChainRule = (ctx) => {
   const axis = normAxis(attrInt(ctx.node, 'axis', 1), ctx.inShape.length);
-  if (axis !== 1 || ctx.layout.axis !== 1) {
+  if (axis !== ctx.layout.axis) {
     return refusal(
       ctx,
       `(axis=${axis}) mixes the channels on axis ${ctx.layout.axis} with other axes; ` +
-        "only Flatten(axis=1) of channel-first data keeps each channel's features together",
+        "only a Flatten at the channel axis keeps each channel's features together",
     );
   }
-  return { axis: 1, scale: numel(ctx.inShape.slice(2)) };
+  return { axis: 1, scale: numel(ctx.inShape.slice(axis + 1)) };
 };
 
 /** Where entry `index` of a shape tensor comes from: a constant's entry, a dimension of a tensor, or unknown. */
