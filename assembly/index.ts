@@ -299,15 +299,17 @@ export function gather(G: usize, d: i32, j: i32, orig: usize, n: i32, gcol: usiz
 }
 
 /**
- * New Cholesky column for pivot row jrow: u[p] = (gcol[p] − L[p,0:t]·L[jrow,0:t]) · inv, for p0 ≤ p < p1; also
- * L[p,t] = u[p]. L is n×ldl row-major (a row per position).
+ * New Cholesky column for pivot row jrow: u[p] = (gcol[p] − L[p,t0:t]·L[jrow,t0:t]) · inv, for p0 ≤ p < p1; also
+ * L[p,t] = u[p]. L is n×ldl row-major (a row per position). t0 > 0: gcol already holds G's column less the products
+ * over columns 0..t0 (a channel's g columns take those in one pass over L: the host's gemm).
  */
-export function extend(L: usize, ldl: i32, t: i32, p0: i32, p1: i32, jrow: i32, gcol: usize, inv: f64, u: usize): void {
-  const rowBytes = (<usize>ldl) << 3;
-  const lj = L + (<usize>jrow) * rowBytes;
+export function extend(L: usize, ldl: i32, t0: i32, t: i32, p0: i32, p1: i32, jrow: i32, gcol: usize, inv: f64,
+  u: usize): void {
+  const rowBytes = (<usize>ldl) << 3, skip = (<usize>t0) << 3;
+  const lj = L + (<usize>jrow) * rowBytes + skip;
   for (let p = p0; p < p1; p++) {
     const lp = L + (<usize>p) * rowBytes;
-    const v = (load<f64>(gcol + (<usize>p << 3)) - dot(lp, lj, t)) * inv;
+    const v = (load<f64>(gcol + (<usize>p << 3)) - dot(lp + skip, lj, t - t0)) * inv;
     store<f64>(u + (<usize>p << 3), v);
     store<f64>(lp + ((<usize>t) << 3), v);
   }

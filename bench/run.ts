@@ -132,22 +132,24 @@ for (const v of variants) {
 }
 
 // Greedy: the loop alone; the setup (Q = C·W and the first scan) reported apart.
-function problem(d: number, m: number): LayerProblem {
+function problem(d: number, m: number, g: number): LayerProblem {
   const acc = new GramAccumulator(d, { kernels: getKernels('wasm', 1, 'simd') });
   acc.add(rand(2 * d * d, 2));
   const G = acc.result().G;
   acc.release();
-  return { d, m, g: 1, G, W: Float64Array.from(rand(d * m, 3)) };
+  return { d, m, g, G, W: Float64Array.from(rand(d * m, 3)) };
 }
-for (const [d, m, k] of gramOnly
+// g = 9: a 3×3 conv's input, 256 channels of 9 columns each (k channels)
+for (const [d, m, k, g = 1] of gramOnly
   ? []
   : [
       [512, 256, 128],
       [1024, 1024, 512],
       [4096, 4096, 2048],
+      [2304, 256, 128, 9],
     ]) {
-  const pr = problem(d, m),
-    size = `d=${d}, m=${m}, k=${k}`;
+  const pr = problem(d, m, g),
+    size = `d=${d}, m=${m}, k=${k}${g > 1 ? `, g=${g}` : ''}`;
   for (const v of variants) {
     if (v.kind === 'plain' && quick && d >= 1024) continue;
     log(`greedy ${size} ${v.key} …`);
@@ -170,7 +172,7 @@ for (const [d, m, k] of gramOnly
 // greedy over the sum of their objectives costs about the c selections (DESIGN.md, channel groups).
 for (const c of gramOnly ? [] : [1, 2, 4]) {
   const [d, m, k] = [512, 256, 128],
-    problems = Array.from({ length: c }, () => problem(d, m)),
+    problems = Array.from({ length: c }, () => problem(d, m, 1)),
     size = `d=${d}, m=${m}, k=${k}`;
   for (const v of variants.filter((v) => v.kind === 'wasm' && v.threads === 1)) {
     log(`group of ${c} consumers ${size} ${v.key} …`);

@@ -34,7 +34,10 @@ export function gramAccumulate(
   }
 }
 
-/** C = A B in f64 (A: M×Kd, B: Kd×N). P: gemmPackDoubles(N) doubles; tmp: 128 bytes per thread. */
+/**
+ * C = A B in f64 (A: M×Kd with rows lda ≥ Kd apart, B: Kd×N). P: gemmPackDoubles(N) doubles; tmp: 128 bytes per
+ * thread.
+ */
 export function gemm(
   K: Kernels,
   A: number,
@@ -45,13 +48,14 @@ export function gemm(
   N: number,
   P: number,
   tmp: number,
+  lda = Kd,
 ): void {
   K.arena.f64(C, M * N).fill(0);
   const KC = K.gemmChunk();
   for (let k0 = 0; k0 < Kd; k0 += KC) {
     const kc = Math.min(KC, Kd - k0);
     K.gemmPack(B, N, k0, kc, P);
-    K.par('gemmRows', { A, K: Kd, k0, kc, P, C, N, tmp, i0: 0, i1: M }, { work: M * kc * N });
+    K.par('gemmRows', { A, K: lda, k0, kc, P, C, N, tmp, i0: 0, i1: M }, { work: M * kc * N });
   }
 }
 

@@ -123,13 +123,13 @@ export function plainKernels(): Kernels {
         row = (G >>> 3) + j * d;
       for (let p = 0; p < n; p++) f[(gcol >>> 3) + p] = f[row + o[(orig >>> 2) + p]];
     },
-    extend(L, ldl, t, p0, p1, jrow, gcol, inv, u) {
+    extend(L, ldl, t0, t, p0, p1, jrow, gcol, inv, u) {
       const f = F(),
         L8 = L >>> 3,
         lj = L8 + jrow * ldl;
       for (let p = p0; p < p1; p++) {
         const lp = L8 + p * ldl;
-        const v = (f[(gcol >>> 3) + p] - dot(f, lp, lj, t)) * inv;
+        const v = (f[(gcol >>> 3) + p] - dot(f, lp + t0, lj + t0, t - t0)) * inv;
         f[(u >>> 3) + p] = v;
         f[lp + t] = v;
       }

@@ -40,7 +40,7 @@ export const KERNELS = {
     scratch: { param: 'tmp', bytes: () => 128 },
   },
   gather: { params: ['G', 'd', 'j', 'orig', 'n', 'gcol'] },
-  extend: { params: ['L', 'ldl', 't', 'p0', 'p1', 'jrow', 'gcol', 'inv', 'u'], range: ['p0', 'p1'] },
+  extend: { params: ['L', 'ldl', 't0', 't', 'p0', 'p1', 'jrow', 'gcol', 'inv', 'u'], range: ['p0', 'p1'] },
   updateRows: { params: ['Q', 'm', 'u', 'q', 'p0', 'p1'], range: ['p0', 'p1'] },
   updateScan: { params: ['Q', 'm', 'u', 'q', 'p0', 'p1', 'e', 'diag0', 'tol', 'gains'], range: ['p0', 'p1'] },
   downdateBlocks: { params: ['E', 'u', 'b0', 'b1', 'g'], range: ['b0', 'b1'] },

@@ -121,7 +121,7 @@ export function selectionBytes(d: number, m: number, g: number, k: number): numb
   const t = Math.max(1, k * g),
     n = d / g;
   return (
-    8 * (d * d + d * m + n * g * g + 6 * d + m + n + d * t + t * t + t * m) +
+    8 * (d * d + d * m + n * g * g + 6 * d + m + n + d * t + t * t + t * m + (d + t) * g) +
     4 * (n + d) +
     8 * (d * m + d * d) +
     (1 << 20)
@@ -255,7 +255,23 @@ class Factor {
   readonly tmax: number;
   readonly norm2: number;
   readonly p: Record<
-    'G' | 'Q' | 'E' | 'diag0' | 'gains' | 'u' | 'q' | 'gcol' | 'L' | 'Lp' | 'Z' | 'orig' | 'S',
+    | 'G'
+    | 'Q'
+    | 'E'
+    | 'diag0'
+    | 'gains'
+    | 'u'
+    | 'q'
+    | 'gcol'
+    | 'L'
+    | 'Lp'
+    | 'Z'
+    | 'orig'
+    | 'S'
+    | 'LJ'
+    | 'Lj'
+    | 'pack'
+    | 'tmp',
     number
   >;
   /** Columns in the factor, the objective F (‖projection‖² of A W), and what the re-fit needs. */
@@ -295,6 +311,11 @@ class Factor {
       Z: A.alloc(tmax * m * 8),
       orig: A.alloc(d * 4),
       S: A.alloc((3 * gg + g) * 8 * K.threads),
+      // a channel's g new columns: the products of every row of L with their pivot rows, in one gemm (add)
+      LJ: A.alloc(d * g * 8),
+      Lj: A.alloc(tmax * g * 8),
+      pack: A.alloc(K.gemmPackDoubles(g) * 8),
+      tmp: A.alloc(128 * K.threads),
     });
     const top = A.mark();
     const Wp = A.alloc(d * m * 8),
@@ -416,6 +437,15 @@ class Factor {
       Q = this.view('Q', d * m),
       q = this.view('q', m),
       orig = A.i32(p.orig, d);
+    // with g > 1, each new column's products with L's first t0 columns come from one pass over L for all g (a gemm):
+    // a pass per column reads all of L from memory g times
+    const t0 = g > 1 ? this.t : 0,
+      LJ = this.view('LJ', (base + g) * g);
+    if (t0) {
+      const Lj = this.view('Lj', t0 * g);
+      for (let a = 0; a < g; a++) for (let k = 0; k < t0; k++) Lj[k * g + a] = L[(base + a) * tmax + k]!;
+      gemm(K, p.L, p.Lj, p.LJ, base + g, t0, g, p.pack, p.tmp, tmax);
+    }
     for (let a = 0; a < g; a++) {
       const pos = base + a,
         ej = E[last * gg + a * g + a]!;
@@ -423,7 +453,11 @@ class Factor {
       const s = Math.sqrt(ej),
         t = this.t;
       K.gather(p.G, d, orig[pos]!, p.orig, base + g, p.gcol);
-      const col = { L: p.L, ldl: tmax, t, p0: 0, p1: base + g, jrow: pos, gcol: p.gcol, inv: 1 / s, u: p.u };
+      if (t0) {
+        const gcol = this.view('gcol', base + g);
+        for (let r = 0; r < base + g; r++) gcol[r] -= LJ[r * g + a]!;
+      }
+      const col = { L: p.L, ldl: tmax, t0, t, p0: 0, p1: base + g, jrow: pos, gcol: p.gcol, inv: 1 / s, u: p.u };
       K.par('extend', col, { work: (base + g) * t });
       L[pos * tmax + t] = s;
       Lp.set(L.subarray(pos * tmax, pos * tmax + t + 1), t * tmax);
