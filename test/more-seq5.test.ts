@@ -188,6 +188,17 @@ describe('what stays, and why', () => {
     expect(why).toContain('Concat "/attn/Concat_6" joins the channels with "past_value_0", which no group owns');
   });
 
+  it("nn.Transformer's cross-attention projections are refused: their weights are sliced by shapes at run time", () => {
+    const { refused } = analysisOf('seq5-transformer', 'seq5-transformer.calib.npz'),
+      inProj = 'transformer.decoder.layers.0.multihead_attn.in_proj_weight';
+    // the query's projection and the memory's key and value projection, both Slices of in_proj_weight by E =
+    // query.size(-1); before, they were taken for products of activations and left out of both lists
+    for (const node of ['MatMul', 'MatMul_1'])
+      expect(refused.find((r) => r.node === `/transformer/decoder/layers.0/multihead_attn/${node}`)?.reason).toMatch(
+        new RegExp(`its weight is computed from "${inProj.replace(/\./g, '\\.')}" at run time, by tensor shapes`),
+      );
+  });
+
   it("ALBERT's one layer run twice is refused: its weights are shared", () => {
     const { groups, refused } = analysisOf('seq5-albert', 'seq5-albert.calib.npz');
     expect(groups.map((g) => g.id)).toEqual(['/pooler/Gemm']);

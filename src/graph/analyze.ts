@@ -92,7 +92,13 @@ const QUANTIZED = '; the model is quantized: prune the float model, then quantiz
 const COMPUTED =
   '; it is computed at run time from constants alone (as weight standardization or weight_norm write it), and ' +
   'subprune prunes initializers: fold it into one first (e.g. remove_weight_norm before the export)';
+// a weight sliced out of a packed one by tensor shapes, which torch's constant folding leaves (nn.MultiheadAttention
+// with a query other than its key: a decoder's cross-attention)
+const SLICED =
+  ' at run time, by tensor shapes (as nn.MultiheadAttention slices its packed in_proj_weight for cross-attention); ' +
+  'subprune prunes layers whose weights are initializers';
 const QUANTIZED_LAYERS = new Set(['QLinearConv', 'QLinearMatMul', 'ConvInteger', 'MatMulInteger']);
+const FLOAT_TYPES = new Set<number>([DataType.FLOAT, DataType.FLOAT16, DataType.DOUBLE, DataType.BFLOAT16]);
 
 /** The analysis state shared by the walk: constants, uses, producers, shapes. */
 class Graph {
@@ -116,16 +122,28 @@ class Graph {
     this.batch = shapes.get(dataInputs(graph)[0]?.name ?? '')?.[0] || 1;
   }
   constant = (name: string): TensorProto | undefined => this.consts.get(name);
-  /** Whether tensor `t` is not a constant but computed by nodes from constants alone (no graph input reaches it). */
-  fromConstants(t: string): boolean {
-    const seen = new Set<string>();
+  /**
+   * What tensor `t` is computed from, when it is not a constant and no graph input's values reach it nor a layer's
+   * output (DETR's decoder runs its layers on learned queries alone): the constants it reads, and whether tensor
+   * shapes enter too (nn.MultiheadAttention's cross-attention slices its packed in_proj by the query's width).
+   * Undefined otherwise.
+   */
+  computedFrom(t: string): { consts: TensorProto[]; shapes: boolean } | undefined {
+    if (this.consts.has(t)) return undefined;
+    const consts: TensorProto[] = [],
+      seen = new Set<string>();
+    let shapes = false;
     const visit = (name: string): boolean => {
-      if (!name || this.consts.has(name) || seen.has(name)) return true;
+      if (!name || seen.has(name)) return true;
       seen.add(name);
-      const p = this.producers.get(name);
-      return p !== undefined && p.input.every(visit);
+      const c = this.consts.get(name),
+        p = this.producers.get(name);
+      if (c) consts.push(c);
+      else if (p?.opType === 'Shape' || p?.opType === 'Size') shapes = true;
+      else return p !== undefined && !OPS[opOf(p)]?.layer && p.input.every(visit);
+      return true;
     };
-    return !this.consts.has(t) && visit(t);
+    return visit(t) ? { consts, shapes } : undefined;
   }
   private tables?: Map<string, Table>;
   /** The per-channel tables computed from a constant, by `site|tensor` (see tablesOf). */
@@ -1290,7 +1308,14 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
       continue;
     }
     if (rule?.merge === 'matmul' && node.input.every((t) => !G.constant(t))) {
-      if (inputs.length) matmulNode(W, node); // a product of activations (attention): no weights to prune
+      // a weight computed from an initializer: a layer subprune cannot prune, not a product of activations
+      const from = G.computedFrom(node.input[1] ?? ''),
+        weight = from?.consts.find((c) => c.dims.length >= 2 && FLOAT_TYPES.has(c.dataType));
+      if (from && weight) {
+        const why = `${label(node)}: its weight is computed from "${weight.name}"${from.shapes ? SLICED : COMPUTED}`;
+        inputs.forEach((i) => W.S.refuseAll(i.l, `consumer ${why}`));
+        W.refused.push({ node: node.name, reason: why });
+      } else if (inputs.length) matmulNode(W, node); // a product of activations (attention): no weights to prune
       continue;
     }
     const info = rule?.layer?.read(node, G.constant);
@@ -1302,7 +1327,12 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
       // not a layer here (e.g. a grouped conv); a depthwise conv still passes channels on by its chain rule
       const w = node.input[1] ?? '';
       const why =
-        info.refuse + (G.producer(w)?.opType === 'DequantizeLinear' ? QUANTIZED : G.fromConstants(w) ? COMPUTED : '');
+        info.refuse +
+        (G.producer(w)?.opType === 'DequantizeLinear'
+          ? QUANTIZED
+          : G.computedFrom(w)?.shapes === false
+            ? COMPUTED
+            : '');
       let passed = false;
       for (const i of inputs) {
         if (i.slot === 0 && rule!.chain) passed = chainNode(W, node, rule, 0, i.l);
