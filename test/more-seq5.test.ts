@@ -199,6 +199,15 @@ describe('what stays, and why', () => {
       );
   });
 
+  it("a refused stream's later Adds cite the refusal it began with, not each other's", () => {
+    const { refused } = analysisOf('seq5-transformer', 'seq5-transformer.calib.npz'),
+      why = refused.find((r) => r.node === '/transformer/decoder/layers.0/linear2/MatMul')!.reason;
+    // the third residual Add of the decoder layer, whose stream was refused at the first (tgt, a graph input)
+    expect(why).toMatch(/^Add "\/transformer\/decoder\/layers\.0\/Add_2" combines the channels with /);
+    expect(why.split('its channels are refused').length).toBe(2);
+    expect(why).toMatch(/its channels are refused: Add "\/transformer\/decoder\/layers\.0\/Add" combines .* "tgt"/);
+  });
+
   it("ALBERT's one layer run twice is refused: its weights are shared", () => {
     const { groups, refused } = analysisOf('seq5-albert', 'seq5-albert.calib.npz');
     expect(groups.map((g) => g.id)).toEqual(['/pooler/Gemm']);

@@ -558,6 +558,8 @@ interface Walk {
   together: { spaces: number[]; why: string }[];
   /** The tables (see Table) met so far, by constant: the sites met and their channels' layouts. */
   tables: Map<string, TableMet>;
+  /** A refusal that cites one upstream (refusedUpstream) → the first refusal of that line, which it cites instead. */
+  causes: Map<string, string>;
 }
 
 /** A table's sites met by the walk, and the layouts of the channels it met there. */
@@ -1038,7 +1040,8 @@ function cutInto(W: Walk, node: NodeProto, l: Layout, step: Extract<ChainStep, {
 
 /**
  * Why the channels an untracked tensor carries were refused, if they were: the reason of the nearest tensor upstream
- * whose channels the walk tracked and refused (a ConvNeXt stream, normalised by a LayerNorm, then added to).
+ * whose channels the walk tracked and refused (a ConvNeXt stream, normalised by a LayerNorm, then added to), or the
+ * reason that one cites in turn (each residual Add of a refused stream would otherwise quote all the Adds before it).
  */
 function refusedUpstream(W: Walk, t: string): string | undefined {
   const seen = new Set<string>(),
@@ -1047,7 +1050,8 @@ function refusedUpstream(W: Walk, t: string): string | undefined {
     if (seen.has(x)) continue;
     seen.add(x);
     const why = W.layouts.get(x)?.segments.find((s) => s.space >= 0 && W.S.get(s.space).refused !== undefined);
-    if (why) return W.S.get(why.space).refused;
+    const reason = why && W.S.get(why.space).refused;
+    if (reason) return W.causes.get(reason) ?? reason;
     queue.push(...(W.G.producer(x)?.input.filter((i) => i && !W.G.constant(i)) ?? []));
   }
   return undefined;
@@ -1106,12 +1110,13 @@ function joinNode(W: Walk, node: NodeProto): void {
       continue;
     }
     if (!G.constant(i.t)) {
-      const why = refusedUpstream(W, i.t);
-      return refuseAll(
-        `${label(node)} combines the channels with "${i.t}", which no group owns ` +
-          (why ? `(its channels are refused: ${why})` : '(e.g. a branch subprune cannot prune)') +
-          '; both would have to be pruned together',
-      );
+      const cause = refusedUpstream(W, i.t),
+        why =
+          `${label(node)} combines the channels with "${i.t}", which no group owns ` +
+          (cause ? `(its channels are refused: ${cause})` : '(e.g. a branch subprune cannot prune)') +
+          '; both would have to be pruned together';
+      if (cause) W.causes.set(why, cause);
+      return refuseAll(why);
     }
     if (dims[k] !== entriesOf(out))
       return refuseAll(`${label(node)}: constant "${i.t}" has ${dims[k]} entries along the channels`);
@@ -1284,6 +1289,7 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
     requests: new Map(),
     together: [],
     tables: new Map(),
+    causes: new Map(),
   };
   for (const node of G.graph.node) {
     const rule = OPS[opOf(node)];
