@@ -1,6 +1,15 @@
 import { describe, it, expect } from 'vitest';
 import * as ort from 'onnxruntime-node';
-import { readModel, serializeModel, tensorToFloat32, type Model } from '../src/onnx/index.js';
+import {
+  DataType,
+  float16BitsToFloat32,
+  float32ToFloat16Bits,
+  readModel,
+  serializeModel,
+  tensorToFloat32,
+  type Model,
+} from '../src/onnx/index.js';
+import { normalizeModel } from '../src/graph/normalize.js';
 import { Calibration, type InputData } from '../src/calibration.js';
 import { analyze } from '../src/graph/analyze.js';
 import { constantTensors, inferShapes } from '../src/graph/shapes.js';
@@ -21,7 +30,7 @@ export async function fixtureOutputs(model: Model, data: InputData, n = 8, lengt
   const calib = Calibration.of(model, data),
     batch = calib.batches(n).next().value!;
   const feeds = Object.fromEntries(
-    calib.inputs.map(({ name, dims: free }) => {
+    calib.inputs.map(({ name, dims: free, elemType }) => {
       const f = batch.feeds.get(name)!,
         cut = length !== undefined && free.length >= 2 && free[1] === null ? length : f.dims[1]!;
       const inner = f.dims.slice(2).reduce((a, b) => a * b, 1),
@@ -29,6 +38,11 @@ export async function fixtureOutputs(model: Model, data: InputData, n = 8, lengt
           f.data.slice(r * f.dims[1]! * inner, (r * f.dims[1]! + cut) * inner),
         );
       const type = f.data instanceof Float32Array ? 'float32' : f.data instanceof Int32Array ? 'int32' : 'int64';
+      if (elemType === DataType.FLOAT16) {
+        // float16 models (whole samples only): the values rounded to float16 bits, as subprune's captures feed them
+        const bits = Uint16Array.from(f.data as Float32Array, float32ToFloat16Bits);
+        return [name, new ort.Tensor('float16', bits, f.dims)];
+      }
       if (f.dims.length === 1 || cut === f.dims[1]) return [name, new ort.Tensor(type, f.data, f.dims)];
       const all =
         type === 'float32'
@@ -46,7 +60,11 @@ export async function fixtureOutputs(model: Model, data: InputData, n = 8, lengt
   });
   try {
     const y = await session.run(feeds);
-    const parts = session.outputNames.map((o) => y[o]!.data as Float32Array);
+    const parts = session.outputNames.map((o) =>
+      y[o]!.type === 'float16'
+        ? Float32Array.from(y[o]!.data as Uint16Array, float16BitsToFloat32)
+        : Float32Array.from(y[o]!.data as Float32Array | Float64Array),
+    );
     const all = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
     parts.reduce((at, p) => (all.set(p, at), at + p.length), 0);
     return all;
@@ -92,6 +110,7 @@ export function describeFixtures(cases: FixtureCase[]): void {
         data = open();
       const shapes = Calibration.of(m, data).shapes;
       data.close?.();
+      normalizeModel(m); // the graph the analysis sees (model-local functions inlined)
       const known = inferShapes(m, shapes);
       expect(m.graph!.node.flatMap((n) => n.output).filter((o) => o && !known.has(o))).toEqual([]);
       const got = analyze(m, shapes).groups.map((g) => [

@@ -43,7 +43,7 @@ import {
   type InputShapes,
   type Shapes,
 } from './shapes.js';
-import { normalizeGraph } from './normalize.js';
+import { calledFunction, normalizeModel, notInlinable } from './normalize.js';
 import type { Analysis, AxisSlice, Consumer, Edit, Group, Refused } from './types.js';
 import { notRewritable } from '../rewrite/index.js';
 import { tooBigToSelect } from '../select/greedy.js';
@@ -113,6 +113,8 @@ class Graph {
     readonly shapes: Shapes,
     readonly values: Map<string, number[]>,
     opset: number,
+    /** Nodes calling a model-local function left as it is (see notInlinable): why it was not inlined. */
+    readonly calls = new Map<string, string>(),
   ) {
     this.consts = constantTensors(graph);
     this.uses = usesOf(graph);
@@ -170,6 +172,8 @@ class Graph {
     let name = t;
     for (let n = this.producer(name); n; n = this.producer(name)) {
       const next = n.input.find((i) => i && !this.shapes.has(i));
+      if (next === undefined && this.calls.has(n.name))
+        return `the shape of "${t}" is unknown: it comes from "${n.name}", which ${this.calls.get(n.name)}`;
       if (next === undefined) {
         const domain = n.domain === '' || n.domain === 'ai.onnx' ? '' : n.domain;
         const why =
@@ -800,6 +804,10 @@ function layerNode(W: Walk, node: NodeProto, rule: OpRule, info: LayerInfo): voi
 function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: number, l: Layout): boolean {
   const { G, S } = W,
     t = node.input[slot]!;
+  if (!rule?.chain && G.calls.has(node.name)) {
+    S.refuseAll(l, `"${node.name}" ${G.calls.get(node.name)}`);
+    return false;
+  }
   if (!rule?.chain) {
     S.refuseAll(
       l,
@@ -1463,15 +1471,21 @@ function prepare(model: Model, inputShape?: InputShapes): Graph {
   const graph = model.graph;
   if (!graph) throw badInput('the model has no graph.');
   checkOpset(model);
-  normalizeGraph(graph);
+  normalizeModel(model);
   const { shapes, values } = inferShapesAndValues(model, inputShape);
-  return new Graph(graph, shapes, values, opsetVersion(model) ?? 1);
+  const calls = new Map<string, string>();
+  for (const n of graph.node) {
+    const f = calledFunction(model, n),
+      why = f && (notInlinable(model, f) ?? 'it calls itself');
+    if (f) calls.set(n.name, `calls the model-local function "${f.name}", which subprune cannot inline: ${why}`);
+  }
+  return new Graph(graph, shapes, values, opsetVersion(model) ?? 1, calls);
 }
 
 /**
  * The channel groups of a model and the candidates refused, with reasons. Normalises the graph in place (see
- * normalizeGraph: names unnamed nodes, folds Identity aliases of constants). inputShape: the inputs' shapes (see
- * InputShapes) (default: declared, symbolic dims 1).
+ * normalizeModel: inlines model-local functions, names unnamed nodes, folds Identity aliases of constants).
+ * inputShape: the inputs' shapes (see InputShapes) (default: declared, symbolic dims 1).
  */
 export function analyze(model: Model, inputShape?: InputShapes): Analysis {
   const G = prepare(model, inputShape);

@@ -1,7 +1,105 @@
-// The normal form analysis and rewrite work on: unique node names, no Identity aliases of constants.
+// The normal form analysis and rewrite work on: model-local functions inlined, unique node names, no Identity aliases
+// of constants.
 import { clone } from '@bufbuild/protobuf';
-import { TensorProtoSchema, type GraphProto } from '../onnx/index.js';
+import {
+  AttributeProtoSchema,
+  NodeProtoSchema,
+  TensorProtoSchema,
+  type FunctionProto,
+  type GraphProto,
+  type Model,
+  type NodeProto,
+} from '../onnx/index.js';
 import { constantTensors } from './shapes.js';
+
+const norm = (domain: string) => (domain === 'ai.onnx' ? '' : domain);
+const fnKey = (domain: string, name: string) => `${norm(domain)}|${name}`;
+
+/** Why a model-local function cannot be inlined (its body holds a subgraph, or imports another opset), if so. */
+export function notInlinable(model: Model, f: FunctionProto): string | undefined {
+  if (f.node.some((n) => n.attribute.some((a) => a.g || a.graphs.length)))
+    return 'its body holds a subgraph (If, Loop, Scan)';
+  for (const o of f.opsetImport) {
+    const m = model.opsetImport.find((x) => norm(x.domain) === norm(o.domain));
+    if (m && m.version !== o.version)
+      return `it imports opset ${o.version} of "${o.domain || 'ai.onnx'}" where the model imports ${m.version}`;
+  }
+  return undefined;
+}
+
+/** The model-local function a node calls, if any. */
+export function calledFunction(model: Model, node: NodeProto): FunctionProto | undefined {
+  return model.functions.find((f) => fnKey(f.domain, f.name) === fnKey(node.domain, node.opType));
+}
+
+/**
+ * Replace every call of a model-local function (a FunctionProto: torch's export_modules_as_functions writes one per
+ * module class) in the main graph by the function's body, in place, nested calls too: the layers inside are then
+ * layers of the graph, and a pruned model needs no function whose inputs changed shape. Inner tensors get names
+ * prefixed by the call's node name (made unique), inner nodes `${call}/${inner}`; attributes referring to the call's
+ * (ref_attr_name) take its values. Functions that cannot be inlined (notInlinable) stay called; functions no longer
+ * called are dropped.
+ */
+export function inlineFunctions(model: Model): void {
+  const graph = model.graph;
+  if (!graph || !model.functions.length) return;
+  const fns = new Map(
+    model.functions.filter((f) => !notInlinable(model, f)).map((f) => [fnKey(f.domain, f.name), f] as const),
+  );
+  if (!fns.size) return;
+  const taken = new Set<string>([
+    ...graph.input.map((v) => v.name),
+    ...graph.initializer.map((t) => t.name),
+    ...graph.node.flatMap((n) => [...n.input, ...n.output]),
+  ]);
+  const fresh = (base: string) => {
+    let name = base;
+    for (let k = 1; taken.has(name); k++) name = `${base}_${k}`;
+    taken.add(name);
+    return name;
+  };
+  const expand = (nodes: NodeProto[], depth: number): NodeProto[] =>
+    nodes.flatMap((call) => {
+      const f = fns.get(fnKey(call.domain, call.opType));
+      if (!f || depth > 32) return [call]; // deeper: a recursive function, left for the analysis to refuse
+      const at = call.name || call.opType,
+        names = new Map<string, string>();
+      f.input.forEach((x, i) => names.set(x, call.input[i] ?? ''));
+      f.output.forEach((y, i) => names.set(y, call.output[i] || fresh(`${at}/${y}`)));
+      const rename = (t: string) => {
+        if (!t) return t;
+        if (!names.has(t)) names.set(t, fresh(`${at}/${t}`));
+        return names.get(t)!;
+      };
+      const attrs = new Map(call.attribute.map((a) => [a.name, a]));
+      const body = f.node.map((inner, i) => {
+        const n = clone(NodeProtoSchema, inner);
+        n.name = `${at}/${inner.name || `${inner.opType}_${i}`}`;
+        n.input = n.input.map(rename);
+        n.output = n.output.map(rename);
+        n.attribute = n.attribute.flatMap((a) => {
+          if (!a.refAttrName) return [a];
+          const given = attrs.get(a.refAttrName);
+          return given ? [{ ...clone(AttributeProtoSchema, given), name: a.name }] : [];
+        });
+        return n;
+      });
+      return expand(body, depth + 1);
+    });
+  graph.node = expand(graph.node, 0);
+  for (const f of fns.values())
+    for (const o of f.opsetImport)
+      if (!model.opsetImport.some((m) => norm(m.domain) === norm(o.domain))) model.opsetImport.push(o);
+  // keep what is still called: from the graph, or from the body of a function kept
+  const keep = new Set(graph.node.map((n) => fnKey(n.domain, n.opType)));
+  model.functions.forEach((f) => !fns.has(fnKey(f.domain, f.name)) && keep.add(fnKey(f.domain, f.name)));
+  for (let size = 0; size !== keep.size;) {
+    size = keep.size;
+    for (const f of model.functions)
+      if (keep.has(fnKey(f.domain, f.name))) f.node.forEach((n) => keep.add(fnKey(n.domain, n.opType)));
+  }
+  model.functions = model.functions.filter((f) => keep.has(fnKey(f.domain, f.name)));
+}
 
 /**
  * Give every node a unique name, in place: unnamed nodes become `${opType}_${index}`, later duplicates get a suffix.
@@ -44,8 +142,14 @@ export function foldConstantIdentities(graph: GraphProto): void {
   });
 }
 
-/** The normal form analysis and rewrite work on: unique node names, no Identity aliases of constants. Idempotent. */
-export function normalizeGraph(graph: GraphProto): void {
+/**
+ * The normal form analysis and rewrite work on: model-local functions inlined, unique node names, no Identity aliases
+ * of constants. Idempotent.
+ */
+export function normalizeModel(model: Model): void {
+  const graph = model.graph;
+  if (!graph) return;
+  inlineFunctions(model);
   nameNodes(graph);
   foldConstantIdentities(graph);
 }

@@ -25,7 +25,7 @@ import {
   type TensorProto,
 } from '../onnx/index.js';
 import { constantTensors } from '../graph/shapes.js';
-import { normalizeGraph } from '../graph/normalize.js';
+import { normalizeModel } from '../graph/normalize.js';
 import { weightIndex } from '../graph/layers.js';
 import type { Group } from '../graph/types.js';
 import { writeBiases } from './bias.js';
@@ -95,7 +95,7 @@ export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
   const out = clone(ModelProtoSchema, model);
   const graph = out.graph;
   if (!graph) throw badInput('the model has no graph.');
-  normalizeGraph(graph); // a no-op if `model` went through analyze; otherwise the same form the groups were found in
+  normalizeModel(out); // a no-op if `model` went through analyze; otherwise the same form the groups were found in
   const consts = constantTensors(graph);
   const work = new Map<string, Work>();
   const get = (name: string, group: Group): Work => {
