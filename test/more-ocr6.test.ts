@@ -1,7 +1,10 @@
 import { describe, it, expect } from 'vitest';
-import { readModel } from '../src/onnx/index.js';
+import { int64Tensor, intAttr, makeNode, readModel } from '../src/onnx/index.js';
+import { analyze } from '../src/graph/analyze.js';
 import { openNpy } from '../src/npy.js';
 import { pruneGroups } from '../src/rewrite/index.js';
+import { randInput, randTensor, rng, run1, smallModel, zeroDroppedInputs } from './graph-helpers.js';
+import { relDiff } from './objective.js';
 import { analyzeFixture, describeFixtures, weightRows } from './fixture-suite.js';
 
 // Round 6 of real exports (test/fixtures/make-more-ocr6.py, random weights): OCR recognizers and detectors (PP-OCRv3's
@@ -211,6 +214,60 @@ describe("a shape reading another group's channel count (x.expand_as(y), y.view(
       [0, ...keep.map((c) => 1 + c), ...keep.map((c) => 25 + c)].map((r) => rows[r]),
     );
     expect(weightRows(pruned, out)).toEqual(weightRows(m, out).map((r) => keep.map((c) => r[c])));
+  });
+});
+
+describe('a shape reading the count of channels refused for their own reasons: that count stays', () => {
+  // s = Relu(Conv_b(mean(x))) viewed as [b, c, 1, 1] with b, c = a.shape, a = Conv_a(x) normalised by a Softmax over
+  // its channels: a keeps its 8 channels, so the view's c is rewritten to the kept count, and b's channels are pruned
+  // (joining them to a's would refuse them)
+  const r = rng(3);
+  const dim = (i: number) => [
+    makeNode('Gather', ['ash', `i${i}`], [`g${i}`], [intAttr('axis', 0)]),
+    makeNode('Unsqueeze', [`g${i}`, 'zero'], [`u${i}`]),
+  ];
+  const m = smallModel(
+    [
+      makeNode('Conv', ['x', 'wa'], ['a'], [], 'conv_a'),
+      makeNode('Softmax', ['a'], ['sa'], [intAttr('axis', 1)]),
+      makeNode('Conv', ['sa', 'wd'], ['d'], [], 'conv_d'),
+      makeNode('GlobalAveragePool', ['x'], ['p']),
+      makeNode('Conv', ['p', 'wb'], ['b'], [], 'conv_b'),
+      makeNode('Relu', ['b'], ['rb']),
+      makeNode('Shape', ['a'], ['ash']),
+      ...dim(0),
+      ...dim(1),
+      makeNode('Concat', ['u0', 'u1', 'ones'], ['shape'], [intAttr('axis', 0)]),
+      makeNode('Reshape', ['rb', 'shape'], ['v'], [], 'view'),
+      makeNode('Conv', ['v', 'wc'], ['c'], [], 'conv_c'),
+      makeNode('Add', ['d', 'c'], ['y']),
+    ],
+    [
+      randTensor('wa', [8, 4, 1, 1], r),
+      randTensor('wb', [8, 4, 1, 1], r),
+      randTensor('wc', [2, 8, 1, 1], r),
+      randTensor('wd', [2, 8, 1, 1], r),
+      int64Tensor('i0', [], [0]),
+      int64Tensor('i1', [], [1]),
+      int64Tensor('zero', [1], [0]),
+      int64Tensor('ones', [2], [1, 1]),
+    ],
+    ['N', 4, 4, 4],
+  );
+
+  it("conv_b's channels are a group; conv_a's are refused by the Softmax", () => {
+    const { groups, refused } = analyze(m, [1, 4, 4, 4]);
+    expect(groups.map((g) => g.id)).toEqual(['conv_b']);
+    expect(refused.find((x) => x.node === 'conv_a')?.reason).toMatch(/Softmax .* normalises across the channels/);
+  });
+
+  it('pruned, the view reads the kept count and the output is the zeroed original', async () => {
+    const group = analyze(m, [1, 4, 4, 4]).groups[0]!,
+      plans = [{ group, keep: [1, 3, 6] }];
+    const x = randInput([2, 4, 4, 4], 4);
+    const [got, want] = [await run1(pruneGroups(m, plans), x), await run1(zeroDroppedInputs(m, plans), x)];
+    expect(got.dims).toEqual(want.dims);
+    expect(relDiff(got.data, want.data)).toBeLessThan(1e-5);
   });
 });
 
