@@ -3,7 +3,7 @@ import { int64Tensor, intAttr, makeNode, readModel } from '../src/onnx/index.js'
 import { analyze } from '../src/graph/analyze.js';
 import { openNpy } from '../src/npy.js';
 import { pruneGroups } from '../src/rewrite/index.js';
-import { randInput, randTensor, rng, run1, smallModel, zeroDroppedInputs } from './graph-helpers.js';
+import { randInput, randomKeep, randTensor, rng, run1, smallModel, zeroDroppedInputs } from './graph-helpers.js';
 import { relDiff } from './objective.js';
 import { analyzeFixture, describeFixtures, weightRows } from './fixture-suite.js';
 
@@ -189,6 +189,33 @@ describeFixtures(
 );
 
 const groupsOf = (name: string) => analyzeFixture(readModel(`${FIX}/${name}.onnx`), () => openNpy(calibOf(name)));
+
+/** Half of every group removed at random (seed 5), as describeFixtures does: the pruned model and the oracle. */
+function halfPruned(name: string) {
+  const m = readModel(`${FIX}/${name}.onnx`),
+    r = rng(5);
+  const plans = groupsOf(name).groups.map((group) => ({
+    group,
+    keep: randomKeep(group.channels, Math.ceil(group.channels / 2), r),
+  }));
+  return { pruned: pruneGroups(m, plans), zeroed: zeroDroppedInputs(m, plans) };
+}
+
+describe('free widths (text lines, as PaddleOCR and CRNN export them) and a free page size (the detector)', () => {
+  // the groups are found at the calibration's 32×128 (32×32); the pruned graph must not have baked that size in
+  it.each([
+    ['ocr6-ppocrv3-rec', [2, 3, 32, 200]],
+    ['ocr6-crnn-convctc', [2, 3, 32, 72]],
+    ['ocr6-lcnetv3-rec', [2, 3, 32, 96]],
+    ['ocr6-lkpan-db', [2, 3, 64, 96]],
+  ])('%s: pruned equals the zeroed original at %j', async (name, dims) => {
+    const { pruned, zeroed } = halfPruned(name),
+      x = randInput(dims, 3);
+    const [got, want] = [await run1(pruned, x), await run1(zeroed, x)];
+    expect(got.dims).toEqual(want.dims);
+    expect(relDiff(got.data, want.data)).toBeLessThan(1e-4);
+  });
+});
 
 describe("a shape reading another group's channel count (x.expand_as(y), y.view(b, c, 1, 1)) joins them", () => {
   // before: refused ("its shape entry 1 … does not follow the channels"): SENet's streams, 93.5 % of the FLOPs
