@@ -564,6 +564,8 @@ interface Walk {
   tables: Map<string, TableMet>;
   /** A refusal that cites one upstream (refusedUpstream) → the first refusal of that line, which it cites instead. */
   causes: Map<string, string>;
+  /** Channels whose count a shape reads from another tensor's channels (x.expand_as(y)): joined after the walk. */
+  follows: { l: Layout; other: Layout; why: string }[];
 }
 
 /** A table's sites met by the walk, and the layouts of the channels it met there. */
@@ -822,6 +824,7 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
     return false;
   }
   const roots = new Set(l.segments.filter((r) => r.space >= 0).map((r) => S.find(r.space)));
+  const follows: Walk['follows'] = []; // kept only if the node passes the channels on
   const step = rule.chain({
     node,
     input: slot,
@@ -847,11 +850,19 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
       // another group's channels whose count stays (refused for reasons of their own) are a fixed size
       return same || !W.fixed.has(name) ? { axis: other.axis, same } : undefined;
     },
+    follow: (name, why) => {
+      const other = W.layouts.get(name),
+        spaced = (x: Layout) => !x.stack && x.segments.every((s) => s.space >= 0);
+      if (!other || W.fixed.has(name) || !spaced(other) || !spaced(l) || !sameRuns(other, l)) return false;
+      follows.push({ l, other, why });
+      return true;
+    },
   });
   if ('refuse' in step) {
     S.refuseAll(l, step.refuse, step.countOf !== undefined);
     return false;
   }
+  W.follows.push(...follows);
   if ('none' in step) {
     // the output does not carry the channels (a Shape: its dims follow at run time); its edits count them, one per
     // channel (the rule checked that their constants reach nothing else)
@@ -1298,6 +1309,7 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
     together: [],
     tables: new Map(),
     causes: new Map(),
+    follows: [],
   };
   for (const node of G.graph.node) {
     const rule = OPS[opOf(node)];
@@ -1377,6 +1389,7 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
     if (l) W.S.refuseAll(l, `tensor "${o.name}" is a graph output, so its channels cannot change`);
   }
   for (const t of W.tables.values()) joinTable(W, t);
+  for (const f of W.follows) joinFollowed(W, f);
   // a count that reshapes shrink with their channels also shapes a table no group met: it would change there too
   for (const t of G.counts().filter((c) => !W.tables.has(c.tensor)))
     for (const root of W.S.roots())
@@ -1386,6 +1399,17 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
           `its count "${t.tensor}" also shapes ConstantOfShape "${t.count}", which no group's channels meet`,
         );
   return W;
+}
+
+/**
+ * A shape that reads its channel count from another tensor's channels (SE's `y.view(b, c, 1, 1)`, `y.expand_as(x)`,
+ * with b, c = x.size()) stays right if both keep the same channels: they become one space, unless the other tensor's
+ * channels were refused for reasons of their own (then its count stays, and the next walk reads it as a fixed size).
+ */
+function joinFollowed(W: Walk, { l, other, why }: Walk['follows'][number]): void {
+  const own = other.segments.some((s) => W.S.get(s.space).refused !== undefined && !W.S.get(s.space).byCount);
+  if (own) W.S.refuseAll(l, why, true);
+  else l.segments.forEach((s, r) => W.S.union(s.space, other.segments[r]!.space));
 }
 
 /**

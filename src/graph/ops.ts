@@ -137,6 +137,11 @@ export interface ChainContext {
   shape?(name: string): number[] | undefined;
   /** Where a tensor carries channels: 'same' (this node's channels), 'other' (another group's) or undefined. */
   channelsOf(name: string): { axis: number; same: boolean } | undefined;
+  /**
+   * Whether this node's channels can be made the same as those of `name` (laid out alike), whose count a shape entry
+   * reads: the walk joins them at its end, or refuses them with `why` if that tensor's count must stay.
+   */
+  follow?(name: string, why: string): boolean;
   /** Whether a tensor is a graph output. */
   isOutput(name: string): boolean;
   /** Whether a constant is read only on the way to this node (so it can be changed for it). */
@@ -614,9 +619,8 @@ export function isViewFlatten(
 // ---- chain rules ----------------------------------------------------------------------------------------------
 
 const pass = (ctx: ChainContext, slices: ParamSlice[] = []): ChainStep => ({ axis: ctx.layout.axis, slices });
-const refusal = (ctx: ChainContext, why: string): ChainStep => ({
-  refuse: `${label(ctx.node)}${why.startsWith(':') ? '' : ' '}${why}`,
-});
+const reason = (ctx: ChainContext, why: string) => `${label(ctx.node)}${why.startsWith(':') ? '' : ' '}${why}`;
+const refusal = (ctx: ChainContext, why: string): ChainStep => ({ refuse: reason(ctx, why) });
 
 /**
  * A constant that broadcasts against the channel tensor (ONNX right-aligned broadcasting): no slice if it is 1 along
@@ -855,6 +859,7 @@ function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number)
     v = ctx.value(name);
   if (!v) return refusal(ctx, `: its shape "${name}" is not known`);
   const divisors: ShapeEdit[] = [];
+  let followed = false;
   for (let i = 0; i < rank; i++) {
     const src = sourceOf(ctx, name, i);
     if (src.kind !== 'dim') continue;
@@ -878,9 +883,16 @@ function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number)
       continue;
     }
     const why = `: its shape entry ${i} reads the channel count of "${src.tensor}", which another group prunes`;
+    // the count of another tensor with as many channels (SE's y.view(b, c, 1, 1) with b, c = x.size()): one space
+    const whole =
+      i === axis && !src.divisor && v[axis] === ctx.entries && v[axis] === ctx.shape?.(src.tensor)?.[c.axis];
+    if (whole && ctx.follow?.(src.tensor, reason(ctx, why))) {
+      followed = true;
+      continue;
+    }
     return { ...refusal(ctx, why), countOf: src.tensor };
   }
-  if (v[axis] === -1 || (v[axis] === 0 && attrInt(ctx.node, 'allowzero', 0) === 0)) return divisors;
+  if (followed || v[axis] === -1 || (v[axis] === 0 && attrInt(ctx.node, 'allowzero', 0) === 0)) return divisors;
   const src = sourceOf(ctx, name, axis);
   const own = src.kind === 'dim' && ctx.channelsOf(src.tensor);
   if (src.kind === 'dim' && src.multiplier && !(own && own.axis === src.axis)) {
