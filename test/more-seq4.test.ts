@@ -158,3 +158,12 @@ describe("GPT-NeoX's baddbmm onto torch.zeros(B · heads, T, T)", () => {
     );
   });
 });
+
+describe("DETR's decoder stream", () => {
+  it('is refused saying that it starts from a tensor computed from constants (zeros), not from a branch', () => {
+    const { refused } = analysisOf(readModel(`${FIX}/seq4-detr.onnx`), 'seq4-detr');
+    const why = refused.find((r) => r.node === '/layers.0/self_attn/out_proj/MatMul')!.reason;
+    // before: "(e.g. a branch subprune cannot prune)"
+    expect(why).toMatch(/with "\/ConstantOfShape_1_output_0", which no group owns \(it is computed from constants and/);
+  });
+});

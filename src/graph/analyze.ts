@@ -1132,7 +1132,12 @@ function joinNode(W: Walk, node: NodeProto): void {
       const cause = refusedUpstream(W, i.t),
         why =
           `${label(node)} combines the channels with "${i.t}", which no group owns ` +
-          (cause ? `(its channels are refused: ${cause})` : '(e.g. a branch subprune cannot prune)') +
+          (cause
+            ? `(its channels are refused: ${cause})`
+            : G.computedFrom(i.t)
+              ? '(it is computed from constants and shapes alone, e.g. learned queries expanded to the batch or ' +
+                'zeros: subprune slices constants, not tensors computed from them)'
+              : '(e.g. a branch subprune cannot prune)') +
           '; both would have to be pruned together';
       if (cause) W.causes.set(why, cause);
       return refuseAll(why);
