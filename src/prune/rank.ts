@@ -35,7 +35,7 @@ export interface Ranked {
  * Kept channels (ascending), each consumer's re-fitted weights (rows of the kept channels) and bias change, and its
  * objective where the re-fit took the ridge (elsewhere the selection's own).
  */
-export type Fit = ReturnType<GroupSelection['refit']> & { ridgeObjective?: (number | undefined)[] };
+export type Fit = ReturnType<GroupSelection['refit']> & { ridgeObjective: (number | undefined)[] };
 
 /**
  * The method's order of `group`'s channels (the first k; default all), run through selectGroup. `model` holds the
@@ -119,7 +119,7 @@ export function fitAt(r: Ranked, k: number): Fit {
     out.W[t] = f.W[0]!;
     out.bias[t] = f.bias[0];
     const [o, norm2] = [ridge.consumers[0]![k - 1]!, ridge.norm2[0]!];
-    out.ridgeObjective![t] = ridgeFitObjective(o, norm2, r.sel.norm2[t]!, lambda, p.W, out.W[t], fit.keep, p.g * p.m);
+    out.ridgeObjective[t] = ridgeFitObjective(o, norm2, r.sel.norm2[t]!, lambda, p.W, out.W[t], fit.keep, p.g * p.m);
   });
   r.fits.set(k, out);
   return out;
@@ -171,7 +171,7 @@ export function objectivesOf(r: Ranked, grams: Gram[], k: number, refit: boolean
   if (refit) {
     const fitted = selectionAt(r, k).consumers.map((o) => (k ? o[k - 1]! : 0)),
       ridge = fitAt(r, k).ridgeObjective;
-    return fitted.map((o, t) => ridge?.[t] ?? o);
+    return fitted.map((o, t) => ridge[t] ?? o);
   }
   const { keep } = selectionAt(r, k).refit(k);
   return r.group.consumers.map((c, t) =>
