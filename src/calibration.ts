@@ -23,7 +23,7 @@ export interface Feed {
 export interface Batch {
   start: number;
   rows: number;
-  feeds: Map<string, Feed>;
+  readonly feeds: Map<string, Feed>;
 }
 
 const FLOATS = new Set<number>([DataType.FLOAT, DataType.FLOAT16]);
@@ -181,8 +181,16 @@ export class Calibration {
     const size = this.batchSize(preferred);
     for (let r0 = 0; r0 < this.rows; r0 += size) {
       const r1 = Math.min(this.rows, r0 + size);
-      const feeds = new Map(this.inputs.map((x, i) => [x.name, feed(this.arrays[i]!, x, r0, r1)]));
-      yield { start: r0, rows: r1 - r0, feeds };
+      let feeds: Map<string, Feed> | undefined;
+      const read = () => new Map(this.inputs.map((x, i) => [x.name, feed(this.arrays[i]!, x, r0, r1)]));
+      // read when first asked for: a capture that runs on from cached tensors reads none
+      yield {
+        start: r0,
+        rows: r1 - r0,
+        get feeds() {
+          return (feeds ??= read());
+        },
+      };
     }
   }
 

@@ -75,6 +75,8 @@ export class Runner {
     readonly backend: Backend,
     readonly inputs: ModelInput[],
     readonly outputs: string[],
+    /** The model inputs the session reads (a part of the model may read none: its runs then read no data). */
+    private readonly fed: ReadonlySet<string>,
   ) {}
 
   /**
@@ -99,14 +101,13 @@ export class Runner {
       m: Model = { ...model, graph: g };
     const needed = only ? neededNodes(g, extra, new Set(given.keys())) : undefined;
     if (needed) {
-      const read = new Set(needed.flatMap((n) => n.input));
+      const read = new Set([...needed.flatMap((n) => n.input), ...extra]);
       g.node = needed;
       g.output = g.output.filter((o) => extra.includes(o.name));
-      // only the constants the nodes read (and graph inputs' defaults), so that a part of a large model is small
-      const inputs = new Set(g.input.map((x) => x.name));
-      g.initializer = g.initializer.filter((t) => read.has(t.name) || inputs.has(t.name));
+      // only the inputs and constants the nodes read, so that a part of a large model is small
+      g.initializer = g.initializer.filter((t) => read.has(t.name));
       g.input = [
-        ...g.input,
+        ...g.input.filter((x) => read.has(x.name)),
         ...[...given].filter(([name]) => read.has(name)).map(([name, type]) => makeTensorValueInfo(name, type)),
       ];
     } else if (given.size) throw new Error('Runner.open: given tensors need `only` and a graph without subgraphs');
@@ -131,7 +132,8 @@ export class Runner {
     } finally {
       if ('dispose' in source) source.dispose();
     }
-    return new Runner(ort, session, backend, inputs, [...g.output.map((o) => o.name)]);
+    const fed = new Set(g.input.map((x) => x.name).filter((x) => !given.has(x)));
+    return new Runner(ort, session, backend, inputs, [...g.output.map((o) => o.name)], fed);
   }
 
   /** An input's feed as an onnxruntime tensor, padded to the model's fixed batch size (copies of its first sample). */
@@ -161,8 +163,9 @@ export class Runner {
     names: string[],
     given: Record<string, OrtTensor> = {},
   ): Promise<Record<string, OrtTensor>> {
+    const fed = this.inputs.filter((x) => this.fed.has(x.name));
     const feeds = {
-      ...Object.fromEntries(this.inputs.map((x) => [x.name, this.tensor(x, batch.feeds.get(x.name)!, batch.rows)])),
+      ...Object.fromEntries(fed.map((x) => [x.name, this.tensor(x, batch.feeds.get(x.name)!, batch.rows)])),
       ...given,
     };
     const computed = names.filter((name) => !(name in feeds));
