@@ -427,8 +427,11 @@ async function pruneSequential(
       later: after(groups, i),
       targetLater: after(plan.groups, i).flatMap((u) => u.consumers.map(targetTensor)),
     };
+    // on the model not pruned yet, the target A is B itself and the asymmetric objective the symmetric one: no run
+    // of the original and no C or H for the first group
+    const own = pruned === model ? {} : { target };
     const gram = await clock.time('capture', () =>
-      captureGrams(pruned, [group], calib, { ...opts, stats, target, frontier: { ...frontier, ...later } }),
+      captureGrams(pruned, [group], calib, { ...opts, stats, ...own, frontier: { ...frontier, ...later } }),
     );
     const k = keeps.get(id)!;
     const chosen = clock.time('select', () => selectGroupPlan(pruned, group, gram.get(id)!, k, calib, opts));
