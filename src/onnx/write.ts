@@ -62,6 +62,17 @@ function initializers(g: GraphProto): TensorProto[] {
   return [...g.initializer, ...sub.flatMap(initializers)];
 }
 
+/** Bytes of the initializers' values (of the graph and its subgraphs), as they are held. */
+const dataBytes = (g: GraphProto) =>
+  initializers(g).reduce(
+    (a, t) =>
+      a +
+      t.rawData.length +
+      4 * (t.floatData.length + t.int32Data.length) +
+      8 * (t.doubleData.length + t.int64Data.length + t.uint64Data.length),
+    0,
+  );
+
 /** The graph with each initializer that `swap` knows replaced (a structural copy: the input model is not changed). */
 function swapInitializers(g: GraphProto, swap: Map<TensorProto, TensorProto>): GraphProto {
   const node = g.node.map((n) =>
@@ -279,8 +290,15 @@ export function modelSource(
   model: Model,
   opts: Pick<WriteOptions, 'limit'> = {},
 ): { bytes: Uint8Array } | { written: Written; dispose: () => void } {
+  const limit = opts.limit ?? PROTOBUF_LIMIT;
+  // a model whose weights fill less than half the limit is serialized once, without laying out a data file first
+  // (that took half of the sessions' setup in a sequential capture, one session per group)
+  if (dataBytes(model.graph!) < limit / 2) {
+    const bytes = serializeModel(model);
+    if (bytes.length < limit) return { bytes };
+  }
   const layout = externalLayout(model, 'model.onnx.data');
-  if (inlineSize(layout) < (opts.limit ?? PROTOBUF_LIMIT)) return { bytes: serializeModel(model) };
+  if (inlineSize(layout) < limit) return { bytes: serializeModel(model) };
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'subprune-session-'));
   trackTemp(dir);
   const dispose = () => discard(dir);
