@@ -291,6 +291,12 @@ interface Source {
   release(ok: boolean): Promise<void>;
 }
 
+/** A copy of an onnxruntime tensor, of its own class. */
+function copyOf(t: OrtTensor): OrtTensor {
+  const Tensor = t.constructor as new (type: string, data: unknown, dims: readonly number[]) => OrtTensor;
+  return new Tensor(t.type, (t.data as Float32Array).slice(), t.dims);
+}
+
 /** The nodes a group's pruning rewrites: its producers and consumers and every node reading a constant it slices. */
 function rewritten(model: Model, groups: Group[]): NodeProto[] {
   const consts = new Set(
@@ -306,7 +312,8 @@ function rewritten(model: Model, groups: Group[]): NodeProto[] {
 
 /**
  * Runs of `model` computing `names`: only the nodes they need, and with a frontier, only those after its cached
- * tensors (keeping, for the later captures, what it says to keep).
+ * tensors (keeping, for the later captures, what it says to keep). `fill`: tensors the same runs compute for another
+ * frontier of this model (the original's, in asymmetric mode, while it is not pruned yet), to stage there.
  */
 async function openSource(
   model: Model,
@@ -314,6 +321,7 @@ async function openSource(
   opts: RuntimeOptions,
   batches: number,
   frontier?: { f: Frontier; plan: StepPlan },
+  fill?: { f: Frontier; names: string[] },
 ): Promise<Source> {
   const step = frontier?.f.step(names, frontier.plan);
   if (!frontier || !step) {
@@ -327,19 +335,23 @@ async function openSource(
     };
   }
   const f = frontier.f,
-    fetch = [...new Set([...names, ...step.keep])].filter((t) => !f.has(t));
+    filled = fill?.names ?? [],
+    fetch = [...new Set([...names, ...step.keep, ...filled])].filter((t) => !f.has(t));
   const runner = fetch.length ? await Runner.open(model, fetch, opts, true, step.given) : undefined;
   const fixed = modelInputs(model)[0]?.dims[0] ?? null;
   return {
     async run(b) {
       const given = Object.fromEntries([...step.given.keys()].map((t) => [t, f.get(t, b.start)]));
       const out: Record<string, OrtTensor> = runner ? await runner.runRaw(b, fetch, given) : {};
-      for (const t of [...names, ...step.keep]) out[t] ??= f.get(t, b.start);
+      for (const t of [...names, ...step.keep, ...filled]) out[t] ??= f.get(t, b.start);
       for (const t of step.keep) f.stage(t, b.start, out[t]!, batches);
+      // a tensor both frontiers keep is copied: the model's cuts its tensors in place as groups are pruned
+      for (const t of filled) fill!.f.stage(t, b.start, step.keep.includes(t) ? copyOf(out[t]!) : out[t]!, batches);
       return activations(b, out, names, fixed);
     },
     async release(ok) {
       f.commit(ok);
+      fill?.f.commit(ok);
       await runner?.release();
     },
   };
@@ -379,6 +391,9 @@ async function capturePass(
         laterChanging: rewritten(model, fr.later),
       },
     },
+    // no target given while the original has a frontier: this model is the original, whose run computes the later
+    // groups' targets too
+    fr?.target && !opts.target ? { f: fr.target, names: fr.targetLater ?? [] } : undefined,
   );
   const tgt = opts.target
     ? await openSource(
