@@ -197,7 +197,7 @@ export function compareTensors(
     const runs = slicing?.slices.filter((x) => x.tensor === old) ?? [];
     if (!co || !runs.length) return false;
     let want = tensorToFloat32(co);
-    for (const r of runs) want = cutEntries(want, { ...r, entries: want.dims[r.axis]! }, removed);
+    for (const r of runs) want = cutEntries(want, r.axis, removedEntries(r, removed));
     // bit for bit, without a callback per entry
     const bytes = (x: ArrayBufferView) => new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
     return sameBytes(bytes(tensorToFloat32(ct).data), bytes(want.data));
@@ -266,30 +266,30 @@ export interface ChannelRun {
   entries?: number;
 }
 
-/** Values with `dims` without the entries of the `removed` channels of `run` along its axis (inPlace: dropEntries'). */
+/** The entries of the `removed` channels of `run` along its axis. */
+const removedEntries = (run: { offset: number; per: number }, removed: ReadonlySet<number>) =>
+  new Set([...removed].flatMap((c) => Array.from({ length: run.per }, (_, j) => run.offset + c * run.per + j)));
+
+/** Values with `dims` without `entries` along `axis` (< 0: from the end; inPlace: dropEntries'). */
 function cutEntries<T extends Float32Array | Uint16Array>(
   x: { data: T; dims: number[] },
-  run: ChannelRun,
-  removed: ReadonlySet<number>,
+  axis: number,
+  entries: ReadonlySet<number>,
   inPlace = false,
 ): { data: T; dims: number[] } {
-  const axis = run.axis < 0 ? x.dims.length + run.axis : run.axis;
-  const entries = new Set(
-    [...removed].flatMap((c) => Array.from({ length: run.per }, (_, j) => run.offset + c * run.per + j)),
-  );
-  return dropEntries(x, axis, entries, inPlace);
+  return dropEntries(x, axis < 0 ? x.dims.length + axis : axis, entries, inPlace);
 }
 
 /**
- * The tensor without the entries of the `removed` channels of `run` (a new tensor of onnxruntime's own class, over
+ * The tensor without the `entries` of the removed channels of `run` (a new tensor of onnxruntime's own class, over
  * the old one's memory: the frontier is the only holder of its tensors).
  */
-function sliceTensor(t: OrtTensor, run: ChannelRun, channels: number, removed: ReadonlySet<number>) {
+function sliceTensor(t: OrtTensor, run: ChannelRun, channels: number, entries: ReadonlySet<number>) {
   const dims = [...t.dims],
     axis = run.axis < 0 ? dims.length + run.axis : run.axis;
   const fits = run.entries === undefined ? run.offset + channels * run.per <= dims[axis]! : dims[axis] === run.entries;
   if (!fits || (t.type !== 'float32' && t.type !== 'float16')) return undefined;
-  const cut = cutEntries({ data: t.data as Float32Array | Uint16Array, dims }, run, removed, true);
+  const cut = cutEntries({ data: t.data as Float32Array | Uint16Array, dims }, axis, entries, true);
   const Tensor = t.constructor as new (type: string, data: typeof cut.data, dims: number[]) => OrtTensor;
   return new Tensor(t.type, cut.data, cut.dims);
 }
@@ -358,9 +358,10 @@ export class Frontier {
     const removed = slicing ? removedOf(slicing) : new Set<number>();
     for (const [t, per] of [...this.cache]) {
       if (same.has(t)) continue;
-      const run = sliced.has(t) ? slicing!.runs.get(t) : undefined;
+      const run = sliced.has(t) ? slicing!.runs.get(t) : undefined,
+        entries = run && removedEntries(run, removed);
       const cut =
-        run && [...per].map(([start, x]) => [start, sliceTensor(x, run, slicing!.channels, removed)] as const);
+        run && [...per].map(([start, x]) => [start, sliceTensor(x, run, slicing!.channels, entries!)] as const);
       if (cut && cut.every(([, x]) => x)) this.cache.set(t, new Map(cut as [number, OrtTensor][]));
       else this.cache.delete(t);
     }
