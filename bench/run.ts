@@ -235,15 +235,21 @@ for (const [name, budget] of Object.entries(BUDGETS)) {
   if (!existsSync(file) || gramOnly) continue;
   const best = RUNS.map((): Record<string, number> => ({}));
   // each the best of three runs (two with --quick) by capture, as the first also pays for JIT warm-up; the runs take
-  // turns, so that a slow spell of a shared machine does not fall on one mode alone
-  for (let rep = 0; rep < (quick ? 2 : 3); rep++)
+  // turns, so that a slow spell of a shared machine does not fall on one mode alone. A model whose prunes all take
+  // under 2 s gets seven runs (five): a capture of a tenth of a second doubles in a spell of a few hundred ms.
+  let reps = quick ? 2 : 3;
+  for (let rep = 0; rep < reps; rep++) {
+    let slowest = 0;
     for (const [i, { mode, threads }] of RUNS.entries()) {
       log(`prune ${name} ${mode} (${threads} thread${threads > 1 ? 's' : ''}), run ${rep + 1} …`);
       const calib = openNpy('models/calib.npy');
       const { report } = await prune(readModel(file), calib, { budget, mode, threads, allocation: 'uniform' });
       calib.close();
       if (!best[i]!.capture || report.seconds.capture < best[i]!.capture) Object.assign(best[i]!, report.seconds);
+      slowest = Math.max(slowest, report.seconds.total);
     }
+    if (rep === 0 && slowest < 2) reps = quick ? 5 : 7;
+  }
   stages.push(...RUNS.map((r, i) => ({ model: name, ...r, seconds: best[i]! })));
 }
 
