@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { encodeNpy, openNpy } from '../src/npy.js';
 import { analyze } from '../src/graph/analyze.js';
 import { pruneGroups } from '../src/rewrite/index.js';
+import { prune } from '../src/prune/index.js';
 import { captureGrams, slicingOf, targetTensor } from '../src/capture/index.js';
 import { Frontier, unchangedTensors } from '../src/capture/frontier.js';
 import { neededNodes, Runner } from '../src/capture/runner.js';
@@ -99,15 +100,15 @@ async function sequentialCaptures(name: string, asymmetric: boolean, budget: num
     const opened = open.mock.calls.length;
     // as prune does: the first group, on the original itself, is captured without a target (its target is its input)
     // and its run fills the original's frontier with the later groups' targets
+    const targetLater = later(groups0, i).flatMap((u) => u.consumers.map(targetTensor));
     const fed = await captureGrams(model, [group], calib, {
       ...opts,
       ...(model === original ? { target: undefined } : {}),
+      ...(model === original && asymmetric ? { fill: { f: targetFrontier, names: targetLater } } : {}),
       frontier: {
         model: frontier,
         later: later(groups, i),
-        ...(asymmetric
-          ? { target: targetFrontier, targetLater: later(groups0, i).flatMap((u) => u.consumers.map(targetTensor)) }
-          : {}),
+        ...(asymmetric ? { target: targetFrontier, targetLater } : {}),
       },
     });
     mostCached = Math.max(mostCached, frontier.names.length);
@@ -250,3 +251,38 @@ describe('a part of the model fed cached tensors that onnxruntime cannot run', (
     }
   });
 });
+
+// The default prune (asymmetric, global allocation) captures the original once for the allocation: that run also fills
+// the original's frontier with the later groups' targets and is the first group's capture. Pruned to the same
+// per-group counts without an allocation (the first group's run then fills the frontier), it picks the same channels.
+describe.each(['mobilenet', 'lenet'].filter((m) => existsSync(`models/${m}.onnx`)))(
+  '%s: an asymmetric prune after the global allocation',
+  (name) => {
+    it('runs the original once for all its captures, and picks as a prune without the allocation', async () => {
+      const model = readModel(`models/${name}.onnx`),
+        calib = openNpy(first48()),
+        open = vi.spyOn(Runner, 'open');
+      // the sessions of parts of the original (captures; verification opens whole models)
+      const partsOfOriginal = () => open.mock.calls.filter(([m, , , only]) => m === model && only).length;
+      try {
+        const opts = { mode: 'asymmetric' as const, threads: 1, batch: 16 };
+        const allocated = await prune(model, calib, { ...opts, budget: { compression: 2 }, allocation: 'global' });
+        expect(partsOfOriginal()).toBe(1);
+        open.mockClear();
+        const keep = Object.fromEntries(allocated.report.groups.map((g) => [g.id, g.kept]));
+        const counted = await prune(model, calib, { ...opts, budget: { keep } });
+        expect(partsOfOriginal()).toBe(1);
+        expect(counted.report.groups.map((g) => g.kept)).toEqual(allocated.report.groups.map((g) => g.kept));
+        counted.report.groups.forEach((g, i) => {
+          const a = allocated.report.groups[i]!;
+          expect(g.order).toEqual(a.order);
+          expect(Math.abs(g.objective - a.objective)).toBeLessThan(1e-6);
+        });
+        expect(allocated.report.groups.some((g) => g.kept < g.channels)).toBe(true);
+      } finally {
+        open.mockRestore();
+        calib.close();
+      }
+    }, 600_000);
+  },
+);

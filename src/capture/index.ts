@@ -37,6 +37,11 @@ export interface CaptureOptions extends RuntimeOptions, Pick<KernelOptions, 'thr
    * want from the target (frontier.ts).
    */
   frontier?: { model: Frontier; later: Group[]; target?: Frontier; targetLater?: string[] };
+  /**
+   * Tensors of this model the capture's run computes too, for a frontier of it: asymmetric mode's frontier on the
+   * original, filled by a capture of the original (the allocation's, or the first group's) with later targets.
+   */
+  fill?: Fill;
   onBatch?: (done: number, total: number) => void;
 }
 
@@ -215,7 +220,9 @@ async function captureInPasses(model: Model, groups: Group[], calib: Calibration
     out = new Map<string, Captured[]>();
   for (const [p, pass] of passes.entries()) {
     const onBatch = opts.onBatch && ((d: number, n: number) => opts.onBatch!(p * n + d, passes.length * n));
-    for (const [id, g] of await capturePass(model, pass, calib, { ...opts, onBatch })) out.set(id, g);
+    // the first pass fills what is to be filled
+    const fill = p === 0 ? opts.fill : undefined;
+    for (const [id, g] of await capturePass(model, pass, calib, { ...opts, onBatch, fill })) out.set(id, g);
   }
   return out;
 }
@@ -310,10 +317,16 @@ function rewritten(model: Model, groups: Group[]): NodeProto[] {
   return model.graph!.node.filter((n) => nodes.has(n) || named.has(n.name) || n.input.some((x) => consts.has(x)));
 }
 
+/** Tensors a capture's runs of a model compute for a frontier of that model, and the frontier. */
+export interface Fill {
+  f: Frontier;
+  names: string[];
+}
+
 /**
  * Runs of `model` computing `names`: only the nodes they need, and with a frontier, only those after its cached
  * tensors (keeping, for the later captures, what it says to keep). `fill`: tensors the same runs compute for another
- * frontier of this model (the original's, in asymmetric mode, while it is not pruned yet), to stage there.
+ * frontier of this model (the original's, in asymmetric mode), to stage there.
  */
 async function openSource(
   model: Model,
@@ -321,21 +334,28 @@ async function openSource(
   opts: RuntimeOptions,
   batches: number,
   frontier?: { f: Frontier; plan: StepPlan },
-  fill?: { f: Frontier; names: string[] },
+  fill?: Fill,
 ): Promise<Source> {
   const step = frontier?.f.step(names, frontier.plan);
+  const filled = fill?.names ?? [];
   if (!frontier || !step) {
-    const runner = await Runner.open(model, names, opts, true);
+    const fetch = [...new Set([...names, ...filled])];
+    const runner = await Runner.open(model, fetch, opts, true);
+    const fixed = modelInputs(model)[0]?.dims[0] ?? null;
     return {
-      run: (b) => runner.run(b, names),
-      async release() {
+      async run(b) {
+        const out = await runner.runRaw(b, fetch);
+        for (const t of filled) fill!.f.stage(t, b.start, out[t]!, batches);
+        return activations(b, out, names, fixed);
+      },
+      async release(ok) {
         frontier?.f.commit(false); // nothing was staged: later captures start from the inputs
+        fill?.f.commit(ok);
         await runner.release();
       },
     };
   }
   const f = frontier.f,
-    filled = fill?.names ?? [],
     fetch = [...new Set([...names, ...step.keep, ...filled])].filter((t) => !f.has(t));
   const runner = fetch.length ? await Runner.open(model, fetch, opts, true, step.given) : undefined;
   const fixed = modelInputs(model)[0]?.dims[0] ?? null;
@@ -391,9 +411,7 @@ async function capturePass(
         laterChanging: rewritten(model, fr.later),
       },
     },
-    // no target given while the original has a frontier: this model is the original, whose run computes the later
-    // groups' targets too
-    fr?.target && !opts.target ? { f: fr.target, names: fr.targetLater ?? [] } : undefined,
+    opts.fill,
   );
   const tgt = opts.target
     ? await openSource(

@@ -5,7 +5,7 @@ import { internal } from '../errors.js';
 import type { Model } from '../onnx/index.js';
 import type { Group } from '../graph/types.js';
 import { Calibration, type InputData } from '../calibration.js';
-import { captureGrams, type RuntimeOptions } from '../capture/index.js';
+import { captureGrams, type CaptureOptions, type RuntimeOptions } from '../capture/index.js';
 import type { Captured, StatsWanted } from '../capture/stats.js';
 import type { KernelOptions } from '../kernels/instances.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
@@ -53,7 +53,7 @@ export function captureOriginal(
   groups: Group[],
   calib: InputData,
   methods: readonly Method[],
-  opts: RuntimeOptions & KernelOptions & { onBatch?: (d: number, n: number) => void } = {},
+  opts: RuntimeOptions & KernelOptions & Pick<CaptureOptions, 'onBatch' | 'fill'> = {},
 ): Promise<Map<string, Captured[]>> {
   const stats: StatsWanted = {};
   for (const m of methods) Object.assign(stats, statsFor(m));

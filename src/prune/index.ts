@@ -145,6 +145,7 @@ export interface PruneReport {
   /** Tokens per sample of a sequence model (see Calibration.tokens): flops ÷ tokens is the FLOPs per token. */
   tokens?: number;
   /**
+   * analyze: the analysis, and in sequential and asymmetric modes each group's of the model pruned so far;
    * allocate: the allocation's own work (sensitivity: its curves; search: its candidates); an allocation's capture of
    * the original model counts as capture.
    */
@@ -205,6 +206,8 @@ export function sizeWithBiases(model: Model, groups: Group[], shape: InputShapes
 interface Keeps {
   keeps: Map<string, number>[];
   grams?: Map<string, Captured[]>;
+  /** Asymmetric mode: the original's frontier, which the allocation's capture filled with every group's target. */
+  targets?: Frontier;
   ranked?: Ranked[];
   search?: SearchResult[];
 }
@@ -234,12 +237,22 @@ async function keepsFor(
   });
   // the allocation's capture of the original model (the layerwise prune's too) counts as capture
   const onBatch = (d: number, n: number) => opts.onProgress?.('capture', d, n);
+  // asymmetric mode wants the original's activations again, group by group: this run computes them once for all
+  // groups after the first (whose target is its own input)
+  const targets = opts.mode === 'asymmetric' && !opts.stats ? new Frontier(model, frontierBytes(), true) : undefined,
+    fill = targets && {
+      f: targets,
+      names: [...new Set(groups.slice(1).flatMap((u) => u.consumers.map(targetTensor)))],
+    };
   const grams =
     opts.stats?.grams ??
     (await clock.time('capture', () =>
-      captureOriginal(model, groups, calib, [opts.method ?? 'greedy'], { ...opts, onBatch }),
+      captureOriginal(model, groups, calib, [opts.method ?? 'greedy'], { ...opts, onBatch, fill }),
     ));
-  return clock.time('allocate', () => allocateBudget(model, groups, calib, goals, { ...opts, allocation, grams }));
+  const allocated = await clock.time('allocate', () =>
+    allocateBudget(model, groups, calib, goals, { ...opts, allocation, grams }),
+  );
+  return { ...allocated, ...(targets ? { targets } : {}) };
 }
 
 /** The samples behind a capture, the calibration set's or the stats', and how many differ (repeats add no rank). */
@@ -396,7 +409,11 @@ function pruneRanked(
   return { model: pruned, groups: chosen.map((c) => c.report) };
 }
 
-/** Group by group: activations of the model whose earlier groups are already pruned and re-fitted. */
+/**
+ * Group by group: activations of the model whose earlier groups are already pruned and re-fitted. `original`: the
+ * allocation's capture of the original model (the first group's, which is on it) and, asymmetric, the original's
+ * frontier that capture filled.
+ */
 async function pruneSequential(
   model: Model,
   plan: Plan,
@@ -404,6 +421,7 @@ async function pruneSequential(
   calib: Calibration,
   opts: SizesOptions,
   clock: Stopwatch<Stage>,
+  original: Pick<Keeps, 'grams' | 'targets'> = {},
 ): Promise<Pruned> {
   const progress = opts.onProgress ?? (() => {}),
     ids = plan.groups.map((u) => u.id),
@@ -413,12 +431,12 @@ async function pruneSequential(
   const target = opts.mode === 'asymmetric' ? { model, groups: plan.groups } : undefined,
     frontier = {
       model: new Frontier(model, frontierBytes()),
-      target: target && new Frontier(model, frontierBytes(), true),
+      target: target && (original.targets ?? new Frontier(model, frontierBytes(), true)),
     };
   const after = (groups: Group[], i: number) => groups.filter((u) => ids.indexOf(u.id) > i);
   for (const [i, id] of ids.entries()) {
     progress('group', i, ids.length);
-    const groups = analyze(pruned, plan.inputShape).groups,
+    const groups = clock.time('analyze', () => analyze(pruned, plan.inputShape).groups),
       group = groups.find((u) => u.id === id);
     if (!group) throw internal(`group ${id} is no longer prunable after pruning the groups before it`);
     const t = performance.now();
@@ -427,12 +445,23 @@ async function pruneSequential(
       later: after(groups, i),
       targetLater: after(plan.groups, i).flatMap((u) => u.consumers.map(targetTensor)),
     };
-    // on the model not pruned yet, the target A is B itself and the asymmetric objective the symmetric one: no run
-    // of the original and no C or H for the first group
-    const own = pruned === model ? {} : { target };
-    const gram = await clock.time('capture', () =>
-      captureGrams(pruned, [group], calib, { ...opts, stats, ...own, frontier: { ...frontier, ...later } }),
-    );
+    // on the model not pruned yet, the target A is B itself and the asymmetric objective the symmetric one: the first
+    // group has no C or H; its capture is the allocation's where there is one, else its run also computes the later
+    // groups' targets for the original's frontier
+    const first = pruned === model,
+      fill = first && target && !original.targets ? { f: frontier.target!, names: later.targetLater } : undefined;
+    const allocated = first ? original.grams?.get(id) : undefined,
+      known = allocated?.length === group.consumers.length ? allocated : undefined;
+    const gram = known
+      ? new Map([[id, known]])
+      : await clock.time('capture', () =>
+          captureGrams(pruned, [group], calib, {
+            ...opts,
+            stats,
+            ...(first ? { fill } : { target }),
+            frontier: { ...frontier, ...later },
+          }),
+        );
     const k = keeps.get(id)!;
     const chosen = clock.time('select', () => selectGroupPlan(pruned, group, gram.get(id)!, k, calib, opts));
     reports.push({ ...chosen.report, seconds: (performance.now() - t) / 1000 }); // capture + selection of this group
@@ -511,7 +540,7 @@ export async function* pruneSizes(
       try {
         const pruned = ranking
           ? pruneRanked(model, ranking, keeps.keeps[i]!, o, clock)
-          : await pruneSequential(model, plan, keeps.keeps[i]!, calib, o, clock);
+          : await pruneSequential(model, plan, keeps.keeps[i]!, calib, o, clock, keeps);
         if (o.sweep !== undefined) pruned.model = await clock.time('select', () => sweepOf(model, pruned, calib, o));
         // the first size's group seconds include the shared ranking, as a single-size run's do
         const selected =
