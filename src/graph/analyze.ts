@@ -566,6 +566,8 @@ interface Walk {
   causes: Map<string, string>;
   /** Channels whose count a shape reads from another tensor's channels (x.expand_as(y)): joined after the walk. */
   follows: { l: Layout; other: Layout; why: string }[];
+  /** Shape entries read from a tensor's count at run time, made constants by a space (see freezeReads). */
+  reads: { space: number; from: string; edit: Edit }[];
 }
 
 /** A table's sites met by the walk, and the layouts of the channels it met there. */
@@ -671,7 +673,11 @@ function record(
     const rec = W.S.get(r.space);
     for (const s of step.slices ?? [])
       rec.slices.push({ tensor: s.tensor, axis: s.axis, offset: r.offset, per: r.per });
-    for (const { scale, ...e } of step.shapeEdits ?? []) rec.edits.push({ ...e, per: r.per * (scale ?? 1) });
+    for (const { scale, from, ...e } of step.shapeEdits ?? []) {
+      const edit = { ...e, per: r.per * (scale ?? 1) };
+      rec.edits.push(edit);
+      if (from) W.reads.push({ space: r.space, from, edit });
+    }
     for (const a of step.attributes ?? []) rec.edits.push({ node: node.name, attribute: a.name, per: r.per * a.per });
     rec.chain.push(node);
   }
@@ -1315,6 +1321,7 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
     tables: new Map(),
     causes: new Map(),
     follows: [],
+    reads: [],
   };
   for (const node of G.graph.node) {
     const rule = OPS[opOf(node)];
@@ -1395,6 +1402,7 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
   }
   for (const t of W.tables.values()) joinTable(W, t);
   for (const f of W.follows) joinFollowed(W, f);
+  freezeReads(W);
   // a count that reshapes shrink with their channels also shapes a table no group met: it would change there too
   for (const t of G.counts().filter((c) => !W.tables.has(c.tensor)))
     for (const root of W.S.roots())
@@ -1404,6 +1412,18 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
           `its count "${t.tensor}" also shapes ConstantOfShape "${t.count}", which no group's channels meet`,
         );
   return W;
+}
+
+/**
+ * A shape entry read from another tensor's count at run time, which a space made a constant of its own because the
+ * walk took that count as fixed (FastViT's attention: `reshape(B, N, C)` of the heads with C = x.shape[1] of the
+ * stream): if the stream's channels are pruned after all, the entry must become that constant too, or it would read
+ * the stream's new count. Every other space on the tensor writes the constant unchanged (per 0).
+ */
+function freezeReads(W: Walk): void {
+  for (const { space, from, edit } of W.reads)
+    for (const s of W.layouts.get(from)?.segments ?? [])
+      if (s.space >= 0 && W.S.find(s.space) !== W.S.find(space)) W.S.get(s.space).edits.push({ ...edit, per: 0 });
 }
 
 /**
