@@ -366,3 +366,32 @@ describe('attention biases gathered from a table by an index buffer are cut with
     for (const n of rows(m)) expect(after.get(n)![dims.length - 3], n).toBe(1);
   });
 });
+
+describe('refusals name what couples the channels', () => {
+  const shared = /constant "regressor.conv_list.0.depthwise_conv.conv.weight" is shared .*one layer applied to several/;
+  it.each([
+    // before: 'is a grouped or depthwise convolution (group=16); its channels are coupled by the groups'
+    [
+      'det7-efficientdet',
+      '/regressor/conv_list.0/depthwise_conv/conv/Conv',
+      new RegExp(`^Conv .* passes on the channels it reads, which are refused: ${shared.source}`),
+    ],
+    ['det7-efficientdet', '/bifpn/bifpn.0/p3_down_channel/p3_down_channel.0/conv/Conv', shared],
+    // before: 'Concat "/Concat_1" joins the channels with "/Expand_output_0", which no group owns'
+    [
+      'det7-beit',
+      '/patch_embed/proj/Conv',
+      /^Concat "\/Concat_1" joins the channels with "\/Expand_output_0", which no group owns \(it is computed from/,
+    ],
+    ['det7-cait', '/blocks.0/attn/qkv/MatMul', /Reshape "\/blocks.0\/attn\/Reshape" packs the channels in 3 parts/],
+    ['det7-cait', '/blocks_token_only.0/attn/proj/MatMul', /combines the channels with "\/Expand_output_0", which no/],
+    [
+      'det7-pvt',
+      '/block1.0/attn/sr/Conv',
+      /LayerNormalization "\/block1.0\/attn\/norm\/LayerNormalization" normalises/,
+    ],
+    ['det7-efficientformer', '/network/network.5/proj/Conv', /LayerNormalization .* normalises across the channels/],
+  ])('%s: %s', (name, node, why) => {
+    expect(groupsOf(name).refused.find((r) => r.node === node)?.reason).toMatch(why);
+  });
+});

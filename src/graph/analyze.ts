@@ -1083,6 +1083,25 @@ function refusedUpstream(W: Walk, t: string): string | undefined {
 }
 
 /**
+ * Why the channels cannot meet `t`, an input of `node` no group owns (Add `combines`, Concat along the tokens `joins`):
+ * its channels refused upstream, a tensor computed from constants (a class token expanded to the batch), or `else`.
+ */
+function unowned(W: Walk, node: NodeProto, verb: string, t: string, otherwise?: string): string {
+  const cause = refusedUpstream(W, t),
+    what = cause
+      ? `(its channels are refused: ${cause})`
+      : W.G.computedFrom(t)
+        ? '(it is computed from constants and shapes alone, e.g. learned queries or a class token expanded to the ' +
+          'batch, or zeros: subprune slices constants, not tensors computed from them)'
+        : otherwise;
+  const why = `${label(node)} ${verb} the channels with "${t}", which no group owns`;
+  if (!what) return why;
+  const full = `${why} ${what}; both would have to be pruned together`;
+  if (cause) W.causes.set(full, cause);
+  return full;
+}
+
+/**
  * An element-wise node with several inputs (Add, Mul, …): inputs that carry channels on the same (broadcast) axis
  * become the same channels; constants along that axis are sliced; an input no group owns that does not broadcast
  * along the channels couples them with something subprune cannot prune.
@@ -1134,20 +1153,7 @@ function joinNode(W: Walk, node: NodeProto): void {
       follows.push(l); // its entries along the channels are read from `like` at run time
       continue;
     }
-    if (!G.constant(i.t)) {
-      const cause = refusedUpstream(W, i.t),
-        why =
-          `${label(node)} combines the channels with "${i.t}", which no group owns ` +
-          (cause
-            ? `(its channels are refused: ${cause})`
-            : G.computedFrom(i.t)
-              ? '(it is computed from constants and shapes alone, e.g. learned queries expanded to the batch or ' +
-                'zeros: subprune slices constants, not tensors computed from them)'
-              : '(e.g. a branch subprune cannot prune)') +
-          '; both would have to be pruned together';
-      if (cause) W.causes.set(why, cause);
-      return refuseAll(why);
-    }
+    if (!G.constant(i.t)) return refuseAll(unowned(W, node, 'combines', i.t, '(e.g. a branch subprune cannot prune)'));
     if (dims[k] !== entriesOf(out))
       return refuseAll(`${label(node)}: constant "${i.t}" has ${dims[k]} entries along the channels`);
     slices.push({ tensor: i.t, axis: k });
@@ -1287,7 +1293,7 @@ function concatNode(W: Walk, node: NodeProto): void {
     return refuseAll(`${label(node)} joins channels laid out differently along axis ${axis}`);
   const slices = [];
   for (const i of ins.filter((j) => !j.l)) {
-    if (!G.constant(i.t)) return refuseAll(`${label(node)} joins the channels with "${i.t}", which no group owns`);
+    if (!G.constant(i.t)) return refuseAll(unowned(W, node, 'joins', i.t));
     if (i.shape![out.axis] !== entriesOf(out))
       return refuseAll(`${label(node)}: constant "${i.t}" has ${i.shape![out.axis]} entries along the channels`);
     slices.push({ tensor: i.t, axis: out.axis });
@@ -1376,8 +1382,10 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
         if (i.slot === 0 && rule!.chain) passed = chainNode(W, node, rule, 0, i.l);
         else W.S.refuseAll(i.l, `consumer ${why}`);
       }
-      // its input's channels refused upstream (a ConvNeXt block's depthwise conv on the normalised stream): say so
-      const up = !passed && rule!.chain && !inputs.length ? refusedUpstream(W, node.input[0] ?? '') : undefined;
+      // its input's channels refused, upstream (a ConvNeXt block's depthwise conv on the normalised stream) or by its
+      // chain rule (a depthwise weight shared by the convs of several FPN levels): say why, not that groups couple them
+      const chained = inputs.every((i) => i.slot === 0);
+      const up = !passed && rule!.chain && chained ? refusedUpstream(W, node.input[0] ?? '') : undefined;
       const reason = up ? `${label(node)} passes on the channels it reads, which are refused: ${up}` : why;
       if (!passed) W.refused.push({ node: node.name, reason });
       continue;
