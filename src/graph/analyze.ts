@@ -986,6 +986,13 @@ function stackInParts(W: Walk, node: NodeProto, l: Layout, parts: number, inner:
     W.S.refuseAll(l, `${packs}; their producers could not be laid out in one space per part`);
     return false;
   }
+  // the parts laid out alike (q, k and v heads of d entries) become one space, head i of each one channel: it holds
+  // for attention, where they are one already, and makes it so where the scores' heads are mixed (CaiT's talking heads)
+  const [first] = l.segments;
+  if (l.segments.every((r) => r.space >= 0 && r.n === first!.n && r.per === first!.per)) {
+    l.segments.forEach((r) => W.S.union(r.space, first!.space));
+    return true;
+  }
   const why = `${packs}, so the parts must keep equally many channels`;
   W.together.push({ spaces: l.segments.map((r) => r.space), why });
   return true;
