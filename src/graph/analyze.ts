@@ -566,6 +566,8 @@ interface Walk {
   causes: Map<string, string>;
   /** Channels whose count a shape reads from another tensor's channels (x.expand_as(y)): joined after the walk. */
   follows: { l: Layout; other: Layout; why: string }[];
+  /** Shape entries read from a tensor's count at run time, made constants by a space (see freezeReads). */
+  reads: { space: number; from: string; edit: Edit }[];
 }
 
 /** A table's sites met by the walk, and the layouts of the channels it met there. */
@@ -671,7 +673,11 @@ function record(
     const rec = W.S.get(r.space);
     for (const s of step.slices ?? [])
       rec.slices.push({ tensor: s.tensor, axis: s.axis, offset: r.offset, per: r.per });
-    for (const { scale, ...e } of step.shapeEdits ?? []) rec.edits.push({ ...e, per: r.per * (scale ?? 1) });
+    for (const { scale, from, ...e } of step.shapeEdits ?? []) {
+      const edit = { ...e, per: r.per * (scale ?? 1) };
+      rec.edits.push(edit);
+      if (from) W.reads.push({ space: r.space, from, edit });
+    }
     for (const a of step.attributes ?? []) rec.edits.push({ node: node.name, attribute: a.name, per: r.per * a.per });
     rec.chain.push(node);
   }
@@ -980,6 +986,13 @@ function stackInParts(W: Walk, node: NodeProto, l: Layout, parts: number, inner:
     W.S.refuseAll(l, `${packs}; their producers could not be laid out in one space per part`);
     return false;
   }
+  // the parts laid out alike (q, k and v heads of d entries) become one space, head i of each one channel: it holds
+  // for attention, where they are one already, and makes it so where the scores' heads are mixed (CaiT's talking heads)
+  const [first] = l.segments;
+  if (l.segments.every((r) => r.space >= 0 && r.n === first!.n && r.per === first!.per)) {
+    l.segments.forEach((r) => W.S.union(r.space, first!.space));
+    return true;
+  }
   const why = `${packs}, so the parts must keep equally many channels`;
   W.together.push({ spaces: l.segments.map((r) => r.space), why });
   return true;
@@ -1077,6 +1090,25 @@ function refusedUpstream(W: Walk, t: string): string | undefined {
 }
 
 /**
+ * Why the channels cannot meet `t`, an input of `node` no group owns (Add `combines`, Concat along the tokens `joins`):
+ * its channels refused upstream, a tensor computed from constants (a class token expanded to the batch), or `else`.
+ */
+function unowned(W: Walk, node: NodeProto, verb: string, t: string, otherwise?: string): string {
+  const cause = refusedUpstream(W, t),
+    what = cause
+      ? `(its channels are refused: ${cause})`
+      : W.G.computedFrom(t)
+        ? '(it is computed from constants and shapes alone, e.g. learned queries or a class token expanded to the ' +
+          'batch, or zeros: subprune slices constants, not tensors computed from them)'
+        : otherwise;
+  const why = `${label(node)} ${verb} the channels with "${t}", which no group owns`;
+  if (!what) return why;
+  const full = `${why} ${what}; both would have to be pruned together`;
+  if (cause) W.causes.set(full, cause);
+  return full;
+}
+
+/**
  * An element-wise node with several inputs (Add, Mul, …): inputs that carry channels on the same (broadcast) axis
  * become the same channels; constants along that axis are sliced; an input no group owns that does not broadcast
  * along the channels couples them with something subprune cannot prune.
@@ -1128,20 +1160,7 @@ function joinNode(W: Walk, node: NodeProto): void {
       follows.push(l); // its entries along the channels are read from `like` at run time
       continue;
     }
-    if (!G.constant(i.t)) {
-      const cause = refusedUpstream(W, i.t),
-        why =
-          `${label(node)} combines the channels with "${i.t}", which no group owns ` +
-          (cause
-            ? `(its channels are refused: ${cause})`
-            : G.computedFrom(i.t)
-              ? '(it is computed from constants and shapes alone, e.g. learned queries expanded to the batch or ' +
-                'zeros: subprune slices constants, not tensors computed from them)'
-              : '(e.g. a branch subprune cannot prune)') +
-          '; both would have to be pruned together';
-      if (cause) W.causes.set(why, cause);
-      return refuseAll(why);
-    }
+    if (!G.constant(i.t)) return refuseAll(unowned(W, node, 'combines', i.t, '(e.g. a branch subprune cannot prune)'));
     if (dims[k] !== entriesOf(out))
       return refuseAll(`${label(node)}: constant "${i.t}" has ${dims[k]} entries along the channels`);
     slices.push({ tensor: i.t, axis: k });
@@ -1281,7 +1300,7 @@ function concatNode(W: Walk, node: NodeProto): void {
     return refuseAll(`${label(node)} joins channels laid out differently along axis ${axis}`);
   const slices = [];
   for (const i of ins.filter((j) => !j.l)) {
-    if (!G.constant(i.t)) return refuseAll(`${label(node)} joins the channels with "${i.t}", which no group owns`);
+    if (!G.constant(i.t)) return refuseAll(unowned(W, node, 'joins', i.t));
     if (i.shape![out.axis] !== entriesOf(out))
       return refuseAll(`${label(node)}: constant "${i.t}" has ${i.shape![out.axis]} entries along the channels`);
     slices.push({ tensor: i.t, axis: out.axis });
@@ -1315,6 +1334,7 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
     tables: new Map(),
     causes: new Map(),
     follows: [],
+    reads: [],
   };
   for (const node of G.graph.node) {
     const rule = OPS[opOf(node)];
@@ -1369,8 +1389,10 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
         if (i.slot === 0 && rule!.chain) passed = chainNode(W, node, rule, 0, i.l);
         else W.S.refuseAll(i.l, `consumer ${why}`);
       }
-      // its input's channels refused upstream (a ConvNeXt block's depthwise conv on the normalised stream): say so
-      const up = !passed && rule!.chain && !inputs.length ? refusedUpstream(W, node.input[0] ?? '') : undefined;
+      // its input's channels refused, upstream (a ConvNeXt block's depthwise conv on the normalised stream) or by its
+      // chain rule (a depthwise weight shared by the convs of several FPN levels): say why, not that groups couple them
+      const chained = inputs.every((i) => i.slot === 0);
+      const up = !passed && rule!.chain && chained ? refusedUpstream(W, node.input[0] ?? '') : undefined;
       const reason = up ? `${label(node)} passes on the channels it reads, which are refused: ${up}` : why;
       if (!passed) W.refused.push({ node: node.name, reason });
       continue;
@@ -1395,6 +1417,7 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
   }
   for (const t of W.tables.values()) joinTable(W, t);
   for (const f of W.follows) joinFollowed(W, f);
+  freezeReads(W);
   // a count that reshapes shrink with their channels also shapes a table no group met: it would change there too
   for (const t of G.counts().filter((c) => !W.tables.has(c.tensor)))
     for (const root of W.S.roots())
@@ -1404,6 +1427,18 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
           `its count "${t.tensor}" also shapes ConstantOfShape "${t.count}", which no group's channels meet`,
         );
   return W;
+}
+
+/**
+ * A shape entry read from another tensor's count at run time, which a space made a constant of its own because the
+ * walk took that count as fixed (FastViT's attention: `reshape(B, N, C)` of the heads with C = x.shape[1] of the
+ * stream): if the stream's channels are pruned after all, the entry must become that constant too, or it would read
+ * the stream's new count. Every other space on the tensor writes the constant unchanged (per 0).
+ */
+function freezeReads(W: Walk): void {
+  for (const { space, from, edit } of W.reads)
+    for (const s of W.layouts.get(from)?.segments ?? [])
+      if (s.space >= 0 && W.S.find(s.space) !== W.S.find(space)) W.S.get(s.space).edits.push({ ...edit, per: 0 });
 }
 
 /**

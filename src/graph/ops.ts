@@ -104,6 +104,11 @@ export type ShapeEdit = (
 ) & {
   /** The entry counts `scale` per entry of the output's channel axis (a factor of heads · head_dim: 1 / head_dim). */
   scale?: number;
+  /**
+   * The tensor whose dimension the entry read at run time before it became a constant of its own (a count the walk
+   * took as fixed): if another group prunes that tensor's channels, the constant must be written then too.
+   */
+  from?: string;
 };
 
 /** A shape entry that counts the entries in [from, to) of a channel axis. */
@@ -918,7 +923,7 @@ function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number)
     return edit ? [edit, ...divisors] : refusal(ctx, `: its shape constant "${src.tensor}" is shared`);
   }
   if (own && own.same && own.axis === src.axis) return divisors;
-  if (src.kind === 'dim' && part) return [part, ...divisors];
+  if (src.kind === 'dim' && part) return [{ ...part, from: src.tensor }, ...divisors];
   return refusal(
     ctx,
     `: its shape entry ${axis} (${v[axis]}) does not follow the channels ` +
