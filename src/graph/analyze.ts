@@ -24,6 +24,7 @@ import {
   type IfBranches,
   entriesOf,
   onlyShapes,
+  shapeDim,
   opOf,
   OPS,
   type Layout,
@@ -128,12 +129,14 @@ class Graph {
    * What tensor `t` is computed from, when it is not a constant and no graph input's values reach it nor a layer's
    * output (DETR's decoder runs its layers on learned queries alone): the constants it reads, and whether tensor
    * shapes enter too (nn.MultiheadAttention's cross-attention slices its packed in_proj by the query's width).
-   * Undefined otherwise.
+   * Undefined otherwise. With `inputs`, graph inputs may reach it too (a padding mask made from the lengths): the
+   * ones that do.
    */
-  computedFrom(t: string): { consts: TensorProto[]; shapes: boolean } | undefined {
+  computedFrom(t: string, inputs = false): { consts: TensorProto[]; shapes: boolean; inputs: string[] } | undefined {
     if (this.consts.has(t)) return undefined;
     const consts: TensorProto[] = [],
-      seen = new Set<string>();
+      seen = new Set<string>(),
+      read: string[] = [];
     let shapes = false;
     const visit = (name: string): boolean => {
       if (!name || seen.has(name)) return true;
@@ -142,10 +145,11 @@ class Graph {
         p = this.producers.get(name);
       if (c) consts.push(c);
       else if (p?.opType === 'Shape' || p?.opType === 'Size') shapes = true;
+      else if (!p && inputs) read.push(name);
       else return p !== undefined && !OPS[opOf(p)]?.layer && p.input.every(visit);
       return true;
     };
-    return visit(t) ? { consts, shapes } : undefined;
+    return visit(t) ? { consts, shapes, inputs: read } : undefined;
   }
   private tables?: Map<string, Table>;
   /** The per-channel tables computed from a constant, by `site|tensor` (see tablesOf). */
@@ -248,19 +252,20 @@ const TABLE_PASS = ['Cast', 'Identity', 'Neg'];
 const TABLE_JOIN = ['Add', 'Sub', 'Mul', 'Div'];
 
 /**
- * Every table (see Table): for each constant of rank ≥ 2 that a Gather reads as its data, and each other axis, the
- * nodes its entries reach through Gather along other axes, Transpose, Unsqueeze, Cast and element-wise products
- * with tensors broadcast along that axis (a mask [1, 1, T, T]), up to the element-wise nodes whose other input has
- * that axis too (the sites). A constant that any other node reads on the way (a Shape, a graph output, a MatMul) makes
- * no table.
+ * Every table (see Table): for each constant of rank ≥ 2 that a Gather or Slice reads as its data, and each other
+ * axis, the nodes its entries reach through Gather and Slice along other axes, Transpose, Unsqueeze, Cast and
+ * element-wise products with tensors broadcast along that axis (a mask [1, 1, T, T]), up to the element-wise nodes
+ * whose other input has that axis too (the sites). A constant that any other node reads on the way (a Shape, a graph
+ * output, a MatMul) makes no table.
  */
 function tablesOf(G: Graph): Map<string, Table> {
   const found = new Map<string, Table>();
   for (const [name, t] of G.consts) {
     const uses = G.uses.get(name) ?? [];
     const dims = tensorDims(t);
-    // an embedding gathered (T5's bias), or a per-channel factor of a product (BLOOM's ALiBi slopes [heads, 1])
-    const gathered = uses.some((u) => opOf(u.node) === 'Gather' && u.slot === 0);
+    // an embedding gathered (T5's bias) or sliced to the length (ESPnet's `pe[:, :x.size(1)]`), or a per-channel
+    // factor of a product (BLOOM's ALiBi slopes [heads, 1])
+    const gathered = uses.some((u) => ['Gather', 'Slice'].includes(opOf(u.node)) && u.slot === 0);
     if (dims.length < 2 || !uses.some((u) => gathered || TABLE_JOIN.includes(opOf(u.node)))) continue;
     for (let axis = 0; axis < dims.length; axis++) {
       if (dims[axis]! < 2) continue;
@@ -344,6 +349,10 @@ function tableSites(
         const indices = G.shapes.get(node.input[1] ?? '')?.length;
         if (ga === q.axis || indices === undefined) return undefined;
         queue.push({ t: y, axis: q.axis < ga ? q.axis : q.axis + indices - 1 });
+      } else if (op === 'Slice' && slot === 0) {
+        const axes = node.input[3] ? G.value(node.input[3]) : G.value(node.input[1] ?? '')?.map((_, a) => a);
+        if (!axes || axes.some((a) => (a < 0 ? a + rank : a) === q.axis)) return undefined;
+        queue.push({ t: y, axis: q.axis });
       } else if (op === 'Reshape' && slot === 0) {
         // the axis kept whole, with axes of size 1 around it: ALiBi's [B, heads, T] → [B · heads, 1, T]
         const to = keptAxis(G.shapes.get(q.t)!, G.shapes.get(y)!, q.axis),
@@ -1071,7 +1080,9 @@ function refusedUpstream(W: Walk, t: string): string | undefined {
     const why = W.layouts.get(x)?.segments.find((s) => s.space >= 0 && W.S.get(s.space).refused !== undefined);
     const reason = why && W.S.get(why.space).refused;
     if (reason) return W.causes.get(reason) ?? reason;
-    queue.push(...(W.G.producer(x)?.input.filter((i) => i && !W.G.constant(i)) ?? []));
+    // a tensor's shape is not its channels: a mask viewed to the shape of a refused stream is not refused for it
+    const p = W.G.producer(x);
+    if (p && !['Shape', 'Size'].includes(opOf(p))) queue.push(...p.input.filter((i) => i && !W.G.constant(i)));
   }
   return undefined;
 }
@@ -1122,14 +1133,15 @@ function joinNode(W: Walk, node: NodeProto): void {
       tables.push(table); // computed from a constant whose axis holds one entry per channel
       continue;
     }
-    const like = expandedLike(G, i.t, k);
-    const l = like && W.layouts.get(like);
-    if (l && !l.stack && l.axis + dims.length - G.shapes.get(like)!.length === k && sameRuns(l, out)) {
+    const like = sizedLike(G, i.t, k);
+    const l = like && W.layouts.get(like.tensor);
+    if (l && !l.stack && l.axis === like.axis && sameRuns(l, out)) {
       follows.push(l); // its entries along the channels are read from `like` at run time
       continue;
     }
     if (!G.constant(i.t)) {
       const cause = refusedUpstream(W, i.t),
+        inputs = G.computedFrom(i.t, true)?.inputs ?? [],
         why =
           `${label(node)} combines the channels with "${i.t}", which no group owns ` +
           (cause
@@ -1137,7 +1149,11 @@ function joinNode(W: Walk, node: NodeProto): void {
             : G.computedFrom(i.t)
               ? '(it is computed from constants and shapes alone, e.g. learned queries expanded to the batch or ' +
                 'zeros: subprune slices constants, not tensors computed from them)'
-              : '(e.g. a branch subprune cannot prune)') +
+              : inputs.length
+                ? `(it is computed from the input ${inputs.map((x) => `"${x}"`).join(', ')} by no layer, e.g. a ` +
+                  "padding mask expanded to the heads by a constant count, as nn.MultiheadAttention's " +
+                  'key_padding_mask is: subprune cannot change that count)'
+                : '(e.g. a branch subprune cannot prune)') +
           '; both would have to be pruned together';
       if (cause) W.causes.set(why, cause);
       return refuseAll(why);
@@ -1182,13 +1198,15 @@ function joinNode(W: Walk, node: NodeProto): void {
 }
 
 /**
- * The tensor whose shape `t` takes at run time: `t` is Expand(m, Shape(x)) (through Cast, Not, Identity), m of size 1
- * on axis k: a mask expanded as the scores it masks (DistilBERT's `mask.expand_as(scores)`), whose axis k then holds
- * as many entries as x's, pruned or not.
+ * The axis of another tensor that axis k of `t` copies its size from at run time, so that it holds as many entries as
+ * that axis, pruned or not: `t` is Expand(m, Shape(x)) (through Cast, Not, Identity), m of size 1 on axis k (a mask
+ * expanded as the scores it masks: DistilBERT's `mask.expand_as(scores)`), or ConstantOfShape of a shape whose entry
+ * k is a dimension of x (ESPnet's rel_shift concatenates `torch.zeros((*x.size()[:3], 1))` to x).
  */
-function expandedLike(G: Graph, t: string, k: number): string | undefined {
+function sizedLike(G: Graph, t: string, k: number): { tensor: string; axis: number } | undefined {
   let n = G.producer(t);
   while (n && ['Cast', 'Not', 'Identity'].includes(opOf(n))) n = G.producer(n.input[0] ?? '');
+  if (n && opOf(n) === 'ConstantOfShape') return shapeDim(G, n.input[0] ?? '', k);
   const shape = n && opOf(n) === 'Expand' ? G.producer(n.input[1] ?? '') : undefined;
   if (!shape || opOf(shape) !== 'Shape' || shape.attribute.some((a) => a.name === 'start' || a.name === 'end'))
     return undefined;
@@ -1196,7 +1214,7 @@ function expandedLike(G: Graph, t: string, k: number): string | undefined {
     x = G.shapes.get(shape.input[0] ?? '');
   if (!m || !x) return undefined;
   const km = k - (x.length - m.length);
-  return km < 0 || m[km] === 1 ? shape.input[0] : undefined;
+  return km < 0 || m[km] === 1 ? { tensor: shape.input[0]!, axis: k + x.length - G.shapes.get(t)!.length } : undefined;
 }
 
 /**
@@ -1279,15 +1297,22 @@ function concatNode(W: Walk, node: NodeProto): void {
     out: Layout = { axis: ref.l!.axis, segments: ref.l!.segments };
   if (tracked.some((i) => i.l!.axis !== out.axis || !sameRuns(i.l!, ref.l!)))
     return refuseAll(`${label(node)} joins channels laid out differently along axis ${axis}`);
-  const slices = [];
+  const slices = [],
+    follows: Layout[] = [];
   for (const i of ins.filter((j) => !j.l)) {
+    const like = sizedLike(G, i.t, out.axis),
+      l = like && W.layouts.get(like.tensor);
+    if (l && !l.stack && l.axis === like.axis && sameRuns(l, out)) {
+      follows.push(l); // zeros as many along the channels as `like` has (rel_shift's padding column)
+      continue;
+    }
     if (!G.constant(i.t)) return refuseAll(`${label(node)} joins the channels with "${i.t}", which no group owns`);
     if (i.shape![out.axis] !== entriesOf(out))
       return refuseAll(`${label(node)}: constant "${i.t}" has ${i.shape![out.axis]} entries along the channels`);
     slices.push({ tensor: i.t, axis: out.axis });
   }
-  for (const i of tracked.slice(1))
-    i.l!.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, out.segments[r]!.space));
+  for (const l of [...tracked.slice(1).map((i) => i.l!), ...follows])
+    l.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, out.segments[r]!.space));
   if (
     !checkConstants(
       W,
