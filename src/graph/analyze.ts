@@ -24,6 +24,7 @@ import {
   type IfBranches,
   entriesOf,
   onlyShapes,
+  shapeConstant,
   shapeDim,
   opOf,
   OPS,
@@ -240,8 +241,12 @@ interface Table {
    * The ConstantOfShape whose shape `tensor` counts along `axis`: `tensor` is not the table but the one-entry count
    * of that axis (T5's cross attention adds torch.zeros((1, heads, T, S)), plus the mask), or its constant factor
    * (GPT-NeoX adds its scores to torch.zeros(B · heads, T, T) by baddbmm); removing channels shrinks that count.
+   * Or the Expand whose shape's entry `index` of `tensor` is that count, from a size of 1 (nn.MultiheadAttention's
+   * key_padding_mask expanded to the heads).
    */
   count?: string;
+  /** The entry of `tensor` that is the count (0 unless an Expand's shape). */
+  index?: number;
   /** The activations from the constant to the sites, with the axis holding the channels: their shapes change too. */
   path: { tensor: string; axis: number }[];
   /** Shape entries of reshapes on the path that count the channels (one each): rewritten with them. */
@@ -290,6 +295,27 @@ function tablesOf(G: Graph): Map<string, Table> {
         });
     });
   }
+  // a tensor expanded from a size of 1 by a constant count: its entries along that axis are copies, so fewer
+  // channels need only a smaller count (nn.MultiheadAttention's key_padding_mask: view(B, 1, 1, S), expand(-1, heads,
+  // -1, -1), reshape(B · heads, 1, S), added to the scores)
+  for (const node of G.graph.node) {
+    const x = G.shapes.get(node.input[0] ?? ''),
+      y = G.shapes.get(node.output[0] ?? ''),
+      shape = node.input[1] ?? '',
+      v = G.value(shape);
+    if (opOf(node) !== 'Expand' || !x || !y || !v || (G.uses.get(shape) ?? []).length !== 1) continue;
+    y.forEach((d, axis) => {
+      const k = axis - (y.length - x.length),
+        c = d > 1 && (k < 0 || x[k] === 1) ? shapeConstant(G, shape, axis - (y.length - v.length)) : undefined;
+      if (!c || (G.uses.get(c.tensor) ?? []).length !== 1 || G.outputs.has(c.tensor)) return;
+      const t = tableSites(G, node.output[0] ?? '', axis);
+      for (const [site, { input, at }] of t?.at ?? [])
+        found.set(`${site}|${input}`, {
+          ...{ tensor: c.tensor, index: c.index, axis: 0, sites: t!.sites, path: t!.path, counts: t!.counts, at },
+          count: node.name,
+        });
+    });
+  }
   return found;
 }
 
@@ -322,6 +348,9 @@ function tableSites(
   const path: Table['path'] = [],
     counts: Table['counts'] = [];
   const queue = [{ t: name, axis }];
+  // ConstantOfShapes shaped like a tensor on the path, and those a Where on the path selects from (nothing else)
+  const zeros = new Set<string>(),
+    met = new Set<string>();
   for (let q = queue.shift(); q; q = queue.shift()) {
     if (G.outputs.has(q.t)) return undefined;
     if (!G.constant(q.t)) path.push({ tensor: q.t, axis: q.axis });
@@ -333,7 +362,26 @@ function tableSites(
         outRank = G.shapes.get(y)?.length;
       if (slot < 0 || outRank === undefined || node.output.length !== 1) return undefined;
       if (TABLE_PASS.includes(op)) queue.push({ t: y, axis: q.axis });
-      else if (op === 'Transpose') {
+      else if (op === 'Shape') {
+        // zeros shaped like it (torch's zeros_like, then masked_fill): to be met below, at a Where
+        const uses = G.uses.get(y) ?? [];
+        if (G.outputs.has(y) || !uses.every((u) => opOf(u.node) === 'ConstantOfShape')) return undefined;
+        uses.forEach((u) => zeros.add(u.node.output[0] ?? ''));
+      } else if (op === 'Where') {
+        // a mask selecting between values that are the same along the axis (scalars, zeros shaped like it)
+        const at = q.axis + outRank - rank;
+        const same = node.input.every((i, s) => {
+          const d = G.shapes.get(i),
+            k = d && at - (outRank - d.length);
+          if (s === slot || (d && (k! < 0 || d[k!] === 1))) return true;
+          const like = sizedLike(G, i, k!);
+          const on = like && path.some((p) => p.tensor === like.tensor && p.axis === like.axis);
+          if (on && (G.uses.get(i) ?? []).length === 1) return met.add(i);
+          return false;
+        });
+        if (!same) return undefined;
+        queue.push({ t: y, axis: at });
+      } else if (op === 'Transpose') {
         const perm = node.attribute.some((a) => a.name === 'perm')
           ? attrInts(node, 'perm')
           : [...Array(rank).keys()].reverse();
@@ -370,6 +418,7 @@ function tableSites(
       } else return undefined;
     }
   }
+  if ([...zeros].some((z) => !met.has(z))) return undefined;
   return sites.size ? { sites: new Set(sites.keys()), path, counts, at: sites } : undefined;
 }
 
@@ -406,9 +455,14 @@ function reshapeCount(
     part = p.input[0] ?? '';
   if (G.constant(part)) return only(part) && G.value(part)?.[0] === n ? { tensor: part, index: 0 } : undefined;
   const mul = G.producer(part);
-  if (!mul || opOf(mul) !== 'Mul' || !only(part)) return undefined;
+  if (!mul || opOf(mul) !== 'Mul') return undefined;
   const k = mul.input.find((i) => G.constant(i) && G.value(i)?.length === 1 && G.value(i)![0] === n);
-  return k && only(k) ? { tensor: k, index: 0 } : undefined;
+  // torch computes bsz · heads once for every reshape of an attention layer (q, k, v, the key_padding_mask): shared by
+  // shape entries alone, it shrinks once with the heads
+  const readers = { readers: (t: string) => G.uses.get(t) ?? [], isOutput: (t: string) => G.outputs.has(t) };
+  return k && only(k) && (only(part) || onlyShapes({ ...readers, isTable: () => false }, k))
+    ? { tensor: k, index: 0 }
+    : undefined;
 }
 
 /** Where a table meets the channels: the input it arrives by, and the axis of the site's output it reaches. */
@@ -1150,9 +1204,8 @@ function joinNode(W: Walk, node: NodeProto): void {
               ? '(it is computed from constants and shapes alone, e.g. learned queries expanded to the batch or ' +
                 'zeros: subprune slices constants, not tensors computed from them)'
               : inputs.length
-                ? `(it is computed from the input ${inputs.map((x) => `"${x}"`).join(', ')} by no layer, e.g. a ` +
-                  "padding mask expanded to the heads by a constant count, as nn.MultiheadAttention's " +
-                  'key_padding_mask is: subprune cannot change that count)'
+                ? `(it is computed from the input ${inputs.map((x) => `"${x}"`).join(', ')} by no layer, e.g. an ` +
+                  'embedding lookup or a padding mask: subprune prunes only channels that a layer produces)'
                 : '(e.g. a branch subprune cannot prune)') +
           '; both would have to be pruned together';
       if (cause) W.causes.set(why, cause);
@@ -1191,7 +1244,10 @@ function joinNode(W: Walk, node: NodeProto): void {
   record(W, node, out, {
     slices: [...slices, ...tables.filter((t) => !t.count).map((t) => ({ tensor: t.tensor, axis: t.axis }))],
     shapeEdits: tables.flatMap((t) =>
-      [...(t.count ? [{ tensor: t.tensor, index: 0 }] : []), ...t.counts].map((e) => ({ ...e, shared: true as const })),
+      [...(t.count ? [{ tensor: t.tensor, index: t.index ?? 0 }] : []), ...t.counts].map((e) => ({
+        ...e,
+        shared: true as const,
+      })),
     ),
   });
   setLayout(W, y, out);
@@ -1426,7 +1482,8 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
       if (W.S.get(root).edits.some((e) => 'tensor' in e && e.tensor === t.tensor))
         W.S.refuse(
           root,
-          `its count "${t.tensor}" also shapes ConstantOfShape "${t.count}", which no group's channels meet`,
+          `its count "${t.tensor}" also shapes ${opOf(G.graph.node.find((n) => n.name === t.count)!)} "${t.count}", ` +
+            "which no group's channels meet",
         );
   return W;
 }

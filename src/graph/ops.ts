@@ -854,6 +854,16 @@ export function shapeDim(
   return src.kind === 'dim' && !src.divisor && !src.multiplier ? { tensor: src.tensor, axis: src.axis } : undefined;
 }
 
+/** The INT64 constant entry that entry `index` of the shape tensor `name` is (through Concat, Where, Unsqueeze). */
+export function shapeConstant(
+  ctx: Pick<ChainContext, 'constant' | 'producer' | 'value'>,
+  name: string,
+  index: number,
+): { tensor: string; index: number } | undefined {
+  const src = sourceOf({ ...ctx, channelsOf: () => undefined }, name, index);
+  return src.kind === 'constant' ? { tensor: src.tensor, index: src.index } : undefined;
+}
+
 /**
  * The edit of entry `index` of the shape constant `tensor`: in place if only this node reads it, else on a copy when
  * it is the node's input `slot`; undefined if it is shared and reaches the node through other nodes.
