@@ -303,11 +303,11 @@ function tablesOf(G: Graph): Map<string, Table> {
       y = G.shapes.get(node.output[0] ?? ''),
       shape = node.input[1] ?? '',
       v = G.value(shape);
-    if (opOf(node) !== 'Expand' || !x || !y || !v || (G.uses.get(shape) ?? []).length !== 1) continue;
+    if (opOf(node) !== 'Expand' || !x || !y || !v) continue;
     y.forEach((d, axis) => {
       const k = axis - (y.length - x.length),
         c = d > 1 && (k < 0 || x[k] === 1) ? shapeConstant(G, shape, axis - (y.length - v.length)) : undefined;
-      if (!c || (G.uses.get(c.tensor) ?? []).length !== 1 || G.outputs.has(c.tensor)) return;
+      if (!c || G.shared(c.tensor, node, true)) return; // the count reaches this Expand alone
       const t = tableSites(G, node.output[0] ?? '', axis);
       for (const [site, { input, at }] of t?.at ?? [])
         found.set(`${site}|${input}`, {
