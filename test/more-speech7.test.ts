@@ -307,3 +307,37 @@ describe("nn.MultiheadAttention's key_padding_mask: expanded to H heads, reshape
     );
   });
 });
+
+describe('Tile: a repeat of 1 on the channel axis passes the channels (ECAPA-TDNN: mean.repeat(1, 1, L))', () => {
+  // Conv(4 → 6), Tile by `reps`, Conv(6r → 2): with reps [1, 1, 2] the channels pass (time doubled); with [1, 2, 1]
+  // every channel is copied to two places along the channel axis, which the walk refuses
+  const model = (reps: number[]) => {
+    const r = rng(8);
+    return smallModel(
+      [
+        makeNode('Conv', ['x', 'wc'], ['c'], [], 'conv'),
+        makeNode('Tile', ['c', 'reps'], ['t'], [], 'tile'),
+        makeNode('Conv', ['t', 'wd'], ['y'], [], 'conv_out'),
+      ],
+      [randTensor('wc', [6, 4, 1], r), randTensor('wd', [2, 6 * reps[1]!, 1], r), int64Tensor('reps', [3], reps)],
+      ['N', 4, 'T'],
+    );
+  };
+
+  it('over time: one group, pruned equals the zeroed original', async () => {
+    const m = model([1, 1, 2]),
+      { groups } = analyze(m, [1, 4, 8]);
+    expect(groups.map((g) => [g.id, g.channels])).toEqual([['conv', 6]]);
+    const plans = [{ group: groups[0]!, keep: [1, 2, 4] }],
+      x = randInput([2, 4, 8], 8);
+    const [got, want] = [await run1(pruneGroups(m, plans), x), await run1(zeroDroppedInputs(m, plans), x)];
+    expect(got.dims).toEqual([2, 2, 16]);
+    expect(relDiff(got.data, want.data)).toBeLessThan(1e-5);
+  });
+
+  it('over the channels: refused with the reason', () => {
+    const { groups, refused } = analyze(model([1, 2, 1]), [1, 4, 8]);
+    expect(groups).toEqual([]);
+    expect(refused.find((x) => x.node === 'conv')?.reason).toMatch(/Tile "tile" repeats the channel axis/);
+  });
+});
