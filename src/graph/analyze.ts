@@ -24,6 +24,8 @@ import {
   type IfBranches,
   entriesOf,
   onlyShapes,
+  shapeConstant,
+  shapeDim,
   opOf,
   OPS,
   type Layout,
@@ -128,12 +130,14 @@ class Graph {
    * What tensor `t` is computed from, when it is not a constant and no graph input's values reach it nor a layer's
    * output (DETR's decoder runs its layers on learned queries alone): the constants it reads, and whether tensor
    * shapes enter too (nn.MultiheadAttention's cross-attention slices its packed in_proj by the query's width).
-   * Undefined otherwise.
+   * Undefined otherwise. With `inputs`, graph inputs may reach it too (a padding mask made from the lengths): the
+   * ones that do.
    */
-  computedFrom(t: string): { consts: TensorProto[]; shapes: boolean } | undefined {
+  computedFrom(t: string, inputs = false): { consts: TensorProto[]; shapes: boolean; inputs: string[] } | undefined {
     if (this.consts.has(t)) return undefined;
     const consts: TensorProto[] = [],
-      seen = new Set<string>();
+      seen = new Set<string>(),
+      read: string[] = [];
     let shapes = false;
     const visit = (name: string): boolean => {
       if (!name || seen.has(name)) return true;
@@ -142,10 +146,11 @@ class Graph {
         p = this.producers.get(name);
       if (c) consts.push(c);
       else if (p?.opType === 'Shape' || p?.opType === 'Size') shapes = true;
+      else if (!p && inputs) read.push(name);
       else return p !== undefined && !OPS[opOf(p)]?.layer && p.input.every(visit);
       return true;
     };
-    return visit(t) ? { consts, shapes } : undefined;
+    return visit(t) ? { consts, shapes, inputs: read } : undefined;
   }
   private tables?: Map<string, Table>;
   /** The per-channel tables computed from a constant, by `site|tensor` (see tablesOf). */
@@ -236,8 +241,12 @@ interface Table {
    * The ConstantOfShape whose shape `tensor` counts along `axis`: `tensor` is not the table but the one-entry count
    * of that axis (T5's cross attention adds torch.zeros((1, heads, T, S)), plus the mask), or its constant factor
    * (GPT-NeoX adds its scores to torch.zeros(B · heads, T, T) by baddbmm); removing channels shrinks that count.
+   * Or the Expand whose shape's entry `index` of `tensor` is that count, from a size of 1 (nn.MultiheadAttention's
+   * key_padding_mask expanded to the heads).
    */
   count?: string;
+  /** The entry of `tensor` that is the count (0 unless an Expand's shape). */
+  index?: number;
   /** The activations from the constant to the sites, with the axis holding the channels: their shapes change too. */
   path: { tensor: string; axis: number }[];
   /** Shape entries of reshapes on the path that count the channels (one each): rewritten with them. */
@@ -248,19 +257,20 @@ const TABLE_PASS = ['Cast', 'Identity', 'Neg'];
 const TABLE_JOIN = ['Add', 'Sub', 'Mul', 'Div'];
 
 /**
- * Every table (see Table): for each constant of rank ≥ 2 that a Gather reads as its data, and each other axis, the
- * nodes its entries reach through Gather along other axes, Transpose, Unsqueeze, Cast and element-wise products
- * with tensors broadcast along that axis (a mask [1, 1, T, T]), up to the element-wise nodes whose other input has
- * that axis too (the sites). A constant that any other node reads on the way (a Shape, a graph output, a MatMul) makes
- * no table.
+ * Every table (see Table): for each constant of rank ≥ 2 that a Gather or Slice reads as its data, and each other
+ * axis, the nodes its entries reach through Gather and Slice along other axes, Transpose, Unsqueeze, Cast and
+ * element-wise products with tensors broadcast along that axis (a mask [1, 1, T, T]), up to the element-wise nodes
+ * whose other input has that axis too (the sites). A constant that any other node reads on the way (a Shape, a graph
+ * output, a MatMul) makes no table.
  */
 function tablesOf(G: Graph): Map<string, Table> {
   const found = new Map<string, Table>();
   for (const [name, t] of G.consts) {
     const uses = G.uses.get(name) ?? [];
     const dims = tensorDims(t);
-    // an embedding gathered (T5's bias), or a per-channel factor of a product (BLOOM's ALiBi slopes [heads, 1])
-    const gathered = uses.some((u) => opOf(u.node) === 'Gather' && u.slot === 0);
+    // an embedding gathered (T5's bias) or sliced to the length (ESPnet's `pe[:, :x.size(1)]`), or a per-channel
+    // factor of a product (BLOOM's ALiBi slopes [heads, 1])
+    const gathered = uses.some((u) => ['Gather', 'Slice'].includes(opOf(u.node)) && u.slot === 0);
     if (dims.length < 2 || !uses.some((u) => gathered || TABLE_JOIN.includes(opOf(u.node)))) continue;
     for (let axis = 0; axis < dims.length; axis++) {
       if (dims[axis]! < 2) continue;
@@ -282,6 +292,27 @@ function tablesOf(G: Graph): Map<string, Table> {
       for (const [site, { input, at }] of t?.at ?? [])
         found.set(`${site}|${input}`, {
           ...{ tensor: k, axis: 0, sites: t!.sites, path: t!.path, counts: t!.counts, at, count: node.name },
+        });
+    });
+  }
+  // a tensor expanded from a size of 1 by a constant count: its entries along that axis are copies, so fewer
+  // channels need only a smaller count (nn.MultiheadAttention's key_padding_mask: view(B, 1, 1, S), expand(-1, heads,
+  // -1, -1), reshape(B · heads, 1, S), added to the scores)
+  for (const node of G.graph.node) {
+    const x = G.shapes.get(node.input[0] ?? ''),
+      y = G.shapes.get(node.output[0] ?? ''),
+      shape = node.input[1] ?? '',
+      v = G.value(shape);
+    if (opOf(node) !== 'Expand' || !x || !y || !v) continue;
+    y.forEach((d, axis) => {
+      const k = axis - (y.length - x.length),
+        c = d > 1 && (k < 0 || x[k] === 1) ? shapeConstant(G, shape, axis - (y.length - v.length)) : undefined;
+      if (!c || G.shared(c.tensor, node, true)) return; // the count reaches this Expand alone
+      const t = tableSites(G, node.output[0] ?? '', axis);
+      for (const [site, { input, at }] of t?.at ?? [])
+        found.set(`${site}|${input}`, {
+          ...{ tensor: c.tensor, index: c.index, axis: 0, sites: t!.sites, path: t!.path, counts: t!.counts, at },
+          count: node.name,
         });
     });
   }
@@ -317,6 +348,9 @@ function tableSites(
   const path: Table['path'] = [],
     counts: Table['counts'] = [];
   const queue = [{ t: name, axis }];
+  // ConstantOfShapes shaped like a tensor on the path, and those a Where on the path selects from (nothing else)
+  const zeros = new Set<string>(),
+    met = new Set<string>();
   for (let q = queue.shift(); q; q = queue.shift()) {
     if (G.outputs.has(q.t)) return undefined;
     if (!G.constant(q.t)) path.push({ tensor: q.t, axis: q.axis });
@@ -328,7 +362,26 @@ function tableSites(
         outRank = G.shapes.get(y)?.length;
       if (slot < 0 || outRank === undefined || node.output.length !== 1) return undefined;
       if (TABLE_PASS.includes(op)) queue.push({ t: y, axis: q.axis });
-      else if (op === 'Transpose') {
+      else if (op === 'Shape') {
+        // zeros shaped like it (torch's zeros_like, then masked_fill): to be met below, at a Where
+        const uses = G.uses.get(y) ?? [];
+        if (G.outputs.has(y) || !uses.every((u) => opOf(u.node) === 'ConstantOfShape')) return undefined;
+        uses.forEach((u) => zeros.add(u.node.output[0] ?? ''));
+      } else if (op === 'Where') {
+        // a mask selecting between values that are the same along the axis (scalars, zeros shaped like it)
+        const at = q.axis + outRank - rank;
+        const same = node.input.every((i, s) => {
+          const d = G.shapes.get(i),
+            k = d && at - (outRank - d.length);
+          if (s === slot || (d && (k! < 0 || d[k!] === 1))) return true;
+          const like = sizedLike(G, i, k!);
+          const on = like && path.some((p) => p.tensor === like.tensor && p.axis === like.axis);
+          if (on && (G.uses.get(i) ?? []).length === 1) return met.add(i);
+          return false;
+        });
+        if (!same) return undefined;
+        queue.push({ t: y, axis: at });
+      } else if (op === 'Transpose') {
         const perm = node.attribute.some((a) => a.name === 'perm')
           ? attrInts(node, 'perm')
           : [...Array(rank).keys()].reverse();
@@ -344,6 +397,10 @@ function tableSites(
         const indices = G.shapes.get(node.input[1] ?? '')?.length;
         if (ga === q.axis || indices === undefined) return undefined;
         queue.push({ t: y, axis: q.axis < ga ? q.axis : q.axis + indices - 1 });
+      } else if (op === 'Slice' && slot === 0) {
+        const axes = node.input[3] ? G.value(node.input[3]) : G.value(node.input[1] ?? '')?.map((_, a) => a);
+        if (!axes || axes.some((a) => (a < 0 ? a + rank : a) === q.axis)) return undefined;
+        queue.push({ t: y, axis: q.axis });
       } else if (op === 'Reshape' && slot === 0) {
         // the axis kept whole, with axes of size 1 around it: ALiBi's [B, heads, T] → [B · heads, 1, T]
         const to = keptAxis(G.shapes.get(q.t)!, G.shapes.get(y)!, q.axis),
@@ -361,6 +418,7 @@ function tableSites(
       } else return undefined;
     }
   }
+  if ([...zeros].some((z) => !met.has(z))) return undefined;
   return sites.size ? { sites: new Set(sites.keys()), path, counts, at: sites } : undefined;
 }
 
@@ -397,9 +455,14 @@ function reshapeCount(
     part = p.input[0] ?? '';
   if (G.constant(part)) return only(part) && G.value(part)?.[0] === n ? { tensor: part, index: 0 } : undefined;
   const mul = G.producer(part);
-  if (!mul || opOf(mul) !== 'Mul' || !only(part)) return undefined;
+  if (!mul || opOf(mul) !== 'Mul') return undefined;
   const k = mul.input.find((i) => G.constant(i) && G.value(i)?.length === 1 && G.value(i)![0] === n);
-  return k && only(k) ? { tensor: k, index: 0 } : undefined;
+  // torch computes bsz · heads once for every reshape of an attention layer (q, k, v, the key_padding_mask): shared by
+  // shape entries alone, it shrinks once with the heads
+  const readers = { readers: (t: string) => G.uses.get(t) ?? [], isOutput: (t: string) => G.outputs.has(t) };
+  return k && only(k) && (only(part) || onlyShapes({ ...readers, isTable: () => false }, k))
+    ? { tensor: k, index: 0 }
+    : undefined;
 }
 
 /** Where a table meets the channels: the input it arrives by, and the axis of the site's output it reaches. */
@@ -1084,7 +1147,9 @@ function refusedUpstream(W: Walk, t: string): string | undefined {
     const why = W.layouts.get(x)?.segments.find((s) => s.space >= 0 && W.S.get(s.space).refused !== undefined);
     const reason = why && W.S.get(why.space).refused;
     if (reason) return W.causes.get(reason) ?? reason;
-    queue.push(...(W.G.producer(x)?.input.filter((i) => i && !W.G.constant(i)) ?? []));
+    // a tensor's shape is not its channels: a mask viewed to the shape of a refused stream is not refused for it
+    const p = W.G.producer(x);
+    if (p && !['Shape', 'Size'].includes(opOf(p))) queue.push(...p.input.filter((i) => i && !W.G.constant(i)));
   }
   return undefined;
 }
@@ -1095,11 +1160,15 @@ function refusedUpstream(W: Walk, t: string): string | undefined {
  */
 function unowned(W: Walk, node: NodeProto, verb: string, t: string, otherwise?: string): string {
   const cause = refusedUpstream(W, t),
-    what = cause
-      ? `(its channels are refused: ${cause})`
-      : W.G.computedFrom(t)
-        ? '(it is computed from constants and shapes alone, e.g. learned queries or a class token expanded to the ' +
-          'batch, or zeros: subprune slices constants, not tensors computed from them)'
+    inputs = W.G.computedFrom(t, true)?.inputs ?? [];
+  const what = cause
+    ? `(its channels are refused: ${cause})`
+    : W.G.computedFrom(t)
+      ? '(it is computed from constants and shapes alone, e.g. learned queries or a class token expanded to the ' +
+        'batch, or zeros: subprune slices constants, not tensors computed from them)'
+      : inputs.length
+        ? `(it is computed from the input ${inputs.map((x) => `"${x}"`).join(', ')} by no layer, e.g. an ` +
+          'embedding lookup or a padding mask: subprune prunes only channels that a layer produces)'
         : otherwise;
   const why = `${label(node)} ${verb} the channels with "${t}", which no group owns`;
   if (!what) return why;
@@ -1154,9 +1223,9 @@ function joinNode(W: Walk, node: NodeProto): void {
       tables.push(table); // computed from a constant whose axis holds one entry per channel
       continue;
     }
-    const like = expandedLike(G, i.t, k);
-    const l = like && W.layouts.get(like);
-    if (l && !l.stack && l.axis + dims.length - G.shapes.get(like)!.length === k && sameRuns(l, out)) {
+    const like = sizedLike(G, i.t, k);
+    const l = like && W.layouts.get(like.tensor);
+    if (l && !l.stack && l.axis === like.axis && sameRuns(l, out)) {
       follows.push(l); // its entries along the channels are read from `like` at run time
       continue;
     }
@@ -1194,20 +1263,25 @@ function joinNode(W: Walk, node: NodeProto): void {
   record(W, node, out, {
     slices: [...slices, ...tables.filter((t) => !t.count).map((t) => ({ tensor: t.tensor, axis: t.axis }))],
     shapeEdits: tables.flatMap((t) =>
-      [...(t.count ? [{ tensor: t.tensor, index: 0 }] : []), ...t.counts].map((e) => ({ ...e, shared: true as const })),
+      [...(t.count ? [{ tensor: t.tensor, index: t.index ?? 0 }] : []), ...t.counts].map((e) => ({
+        ...e,
+        shared: true as const,
+      })),
     ),
   });
   setLayout(W, y, out);
 }
 
 /**
- * The tensor whose shape `t` takes at run time: `t` is Expand(m, Shape(x)) (through Cast, Not, Identity), m of size 1
- * on axis k: a mask expanded as the scores it masks (DistilBERT's `mask.expand_as(scores)`), whose axis k then holds
- * as many entries as x's, pruned or not.
+ * The axis of another tensor that axis k of `t` copies its size from at run time, so that it holds as many entries as
+ * that axis, pruned or not: `t` is Expand(m, Shape(x)) (through Cast, Not, Identity), m of size 1 on axis k (a mask
+ * expanded as the scores it masks: DistilBERT's `mask.expand_as(scores)`), or ConstantOfShape of a shape whose entry
+ * k is a dimension of x (ESPnet's rel_shift concatenates `torch.zeros((*x.size()[:3], 1))` to x).
  */
-function expandedLike(G: Graph, t: string, k: number): string | undefined {
+function sizedLike(G: Graph, t: string, k: number): { tensor: string; axis: number } | undefined {
   let n = G.producer(t);
   while (n && ['Cast', 'Not', 'Identity'].includes(opOf(n))) n = G.producer(n.input[0] ?? '');
+  if (n && opOf(n) === 'ConstantOfShape') return shapeDim(G, n.input[0] ?? '', k);
   const shape = n && opOf(n) === 'Expand' ? G.producer(n.input[1] ?? '') : undefined;
   if (!shape || opOf(shape) !== 'Shape' || shape.attribute.some((a) => a.name === 'start' || a.name === 'end'))
     return undefined;
@@ -1215,7 +1289,7 @@ function expandedLike(G: Graph, t: string, k: number): string | undefined {
     x = G.shapes.get(shape.input[0] ?? '');
   if (!m || !x) return undefined;
   const km = k - (x.length - m.length);
-  return km < 0 || m[km] === 1 ? shape.input[0] : undefined;
+  return km < 0 || m[km] === 1 ? { tensor: shape.input[0]!, axis: k + x.length - G.shapes.get(t)!.length } : undefined;
 }
 
 /**
@@ -1298,15 +1372,22 @@ function concatNode(W: Walk, node: NodeProto): void {
     out: Layout = { axis: ref.l!.axis, segments: ref.l!.segments };
   if (tracked.some((i) => i.l!.axis !== out.axis || !sameRuns(i.l!, ref.l!)))
     return refuseAll(`${label(node)} joins channels laid out differently along axis ${axis}`);
-  const slices = [];
+  const slices = [],
+    follows: Layout[] = [];
   for (const i of ins.filter((j) => !j.l)) {
+    const like = sizedLike(G, i.t, out.axis),
+      l = like && W.layouts.get(like.tensor);
+    if (l && !l.stack && l.axis === like.axis && sameRuns(l, out)) {
+      follows.push(l); // zeros as many along the channels as `like` has (rel_shift's padding column)
+      continue;
+    }
     if (!G.constant(i.t)) return refuseAll(unowned(W, node, 'joins', i.t));
     if (i.shape![out.axis] !== entriesOf(out))
       return refuseAll(`${label(node)}: constant "${i.t}" has ${i.shape![out.axis]} entries along the channels`);
     slices.push({ tensor: i.t, axis: out.axis });
   }
-  for (const i of tracked.slice(1))
-    i.l!.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, out.segments[r]!.space));
+  for (const l of [...tracked.slice(1).map((i) => i.l!), ...follows])
+    l.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, out.segments[r]!.space));
   if (
     !checkConstants(
       W,
@@ -1424,7 +1505,8 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
       if (W.S.get(root).edits.some((e) => 'tensor' in e && e.tensor === t.tensor))
         W.S.refuse(
           root,
-          `its count "${t.tensor}" also shapes ConstantOfShape "${t.count}", which no group's channels meet`,
+          `its count "${t.tensor}" also shapes ${opOf(G.graph.node.find((n) => n.name === t.count)!)} "${t.count}", ` +
+            "which no group's channels meet",
         );
   return W;
 }

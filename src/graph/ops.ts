@@ -765,11 +765,14 @@ type Source = (
   multiplier?: { tensor: string; value: number };
 };
 
+/** What tracing a shape entry reads: constants, the producers and values of shape tensors, the channel axes. */
+type SourceContext = Pick<ChainContext, 'constant' | 'producer' | 'value' | 'channelsOf'>;
+
 /**
  * Traces entry `index` of the INT64 tensor `name` back through what exporters build shapes with: Concat of parts,
  * Unsqueeze/Squeeze/Cast/Identity, Gather or Slice of a Shape, a Shape itself, a product with a constant.
  */
-function sourceOf(ctx: ChainContext, name: string, index: number, depth = 0): Source {
+function sourceOf(ctx: SourceContext, name: string, index: number, depth = 0): Source {
   if (depth > 12) return { kind: 'unknown' };
   const t = ctx.constant(name);
   if (t) return t.dataType === DataType.INT64 ? { kind: 'constant', tensor: name, index } : { kind: 'unknown' };
@@ -841,6 +844,29 @@ function sourceOf(ctx: ChainContext, name: string, index: number, depth = 0): So
     if (holds(sb) && fixed(sa)) return sb;
   }
   return { kind: 'unknown' };
+}
+
+/**
+ * The dimension of a tensor that entry `index` of the shape tensor `name` is read from at run time, as it is (no
+ * factor on the way): `torch.zeros((*x.size()[:3], 1))`'s entries 0 to 2 are x's axes 0 to 2.
+ */
+export function shapeDim(
+  ctx: Pick<ChainContext, 'constant' | 'producer' | 'value'>,
+  name: string,
+  index: number,
+): { tensor: string; axis: number } | undefined {
+  const src = sourceOf({ ...ctx, channelsOf: () => undefined }, name, index);
+  return src.kind === 'dim' && !src.divisor && !src.multiplier ? { tensor: src.tensor, axis: src.axis } : undefined;
+}
+
+/** The INT64 constant entry that entry `index` of the shape tensor `name` is (through Concat, Where, Unsqueeze). */
+export function shapeConstant(
+  ctx: Pick<ChainContext, 'constant' | 'producer' | 'value'>,
+  name: string,
+  index: number,
+): { tensor: string; index: number } | undefined {
+  const src = sourceOf({ ...ctx, channelsOf: () => undefined }, name, index);
+  return src.kind === 'constant' ? { tensor: src.tensor, index: src.index } : undefined;
 }
 
 /**
@@ -1071,6 +1097,20 @@ const expand: ChainRule = (ctx) => {
   if (v && (v[at] === 1 || at < 0)) return { axis };
   const edits = shapeEntry(ctx, 1, at, v?.length ?? y.length);
   return Array.isArray(edits) ? { axis, shapeEdits: edits } : edits;
+};
+
+/**
+ * Tile repeating other axes: a repeat of 1 on the channel axis keeps every channel's entries together (SpeechBrain's
+ * attentive pooling: `mean.unsqueeze(2).repeat(1, 1, L)`), unless a repeat counts channels, which pruning changes.
+ */
+const tile: ChainRule = (ctx) => {
+  if (ctx.input !== 0) return refusal(ctx, ': the channels enter as its repeats');
+  const repeats = ctx.node.input[1] ?? '',
+    r = ctx.value(repeats);
+  if (!r) return refusal(ctx, ': its repeats are not known');
+  if (r[ctx.layout.axis] !== 1) return refusal(ctx, 'repeats the channel axis');
+  if (readsChannelCount(ctx, repeats)) return refusal(ctx, ': its repeats are computed from a channel count');
+  return pass(ctx);
 };
 
 /** Transpose keeps every channel's entries; it only moves the channel axis. */
@@ -1461,6 +1501,7 @@ export const OPS: Readonly<Record<string, OpRule>> = {
       const r = valueOf(ctx, 1);
       return r?.length === x.length ? [x.map((d, i) => d * r[i]!)] : undefined;
     }),
+    tile,
   ),
   Cast: op(
     sameShape,
