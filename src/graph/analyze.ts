@@ -259,8 +259,9 @@ function tablesOf(G: Graph): Map<string, Table> {
   for (const [name, t] of G.consts) {
     const uses = G.uses.get(name) ?? [];
     const dims = tensorDims(t);
-    // an embedding gathered (T5's bias), or a per-channel factor of a product (BLOOM's ALiBi slopes [heads, 1])
-    const gathered = uses.some((u) => opOf(u.node) === 'Gather' && u.slot === 0);
+    // an embedding gathered (T5's bias) or a buffer sliced (MPT's ALiBi [1, heads, 1, max_seq] cut to the keys'
+    // length), or a per-channel factor of a product (BLOOM's ALiBi slopes [heads, 1])
+    const gathered = uses.some((u) => ['Gather', 'Slice'].includes(opOf(u.node)) && u.slot === 0);
     if (dims.length < 2 || !uses.some((u) => gathered || TABLE_JOIN.includes(opOf(u.node)))) continue;
     for (let axis = 0; axis < dims.length; axis++) {
       if (dims[axis]! < 2) continue;
@@ -344,6 +345,12 @@ function tableSites(
         const indices = G.shapes.get(node.input[1] ?? '')?.length;
         if (ga === q.axis || indices === undefined) return undefined;
         queue.push({ t: y, axis: q.axis < ga ? q.axis : q.axis + indices - 1 });
+      } else if (op === 'Slice' && slot === 0) {
+        // cut along other axes only (opset 10's inputs; axes default to the first ones)
+        const n = G.shapes.get(node.input[1] ?? '')?.[0];
+        const axes = node.input[3] ? G.value(node.input[3]) : n === undefined ? undefined : [...Array(n).keys()];
+        if (!axes || axes.some((a) => (a < 0 ? a + rank : a) === q.axis)) return undefined;
+        queue.push({ t: y, axis: q.axis });
       } else if (op === 'Reshape' && slot === 0) {
         // the axis kept whole, with axes of size 1 around it: ALiBi's [B, heads, T] → [B · heads, 1, T]
         const to = keptAxis(G.shapes.get(q.t)!, G.shapes.get(y)!, q.axis),
@@ -1233,6 +1240,16 @@ function matmulNode(W: Walk, node: NodeProto): void {
     i.l = undefined;
     axes[slot] = undefined;
   });
+  // one channel on a batch axis broadcast over the other input's channels there (Falcon's one key/value head, kept
+  // [B, 1, T, d], times every query head): it stays whole, and the other's channels pass as beside a constant
+  const one = ins.map((i) => i.l !== undefined && axes[0] === axes[1] && i.shape![i.l.axis] === 1);
+  if (ins.every((i) => i.l) && one[0] !== one[1] && (axes[0] as number) < rank - 2) {
+    const b = one[0] ? 0 : 1;
+    const why = `${label(node)} multiplies the one channel of "${ins[b]!.t}" with every channel of "${ins[1 - b]!.t}"`;
+    S.refuseAll(ins[b]!.l, `${why} (e.g. one key/value head for all query heads): it cannot be removed alone`);
+    ins[b]!.l = undefined;
+    axes[b] = undefined;
+  }
   tracked = ins.filter((i) => i.l);
   if (!tracked.length) return;
   const [a0, a1] = axes as (number | undefined)[];
@@ -1403,7 +1420,36 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
           root,
           `its count "${t.tensor}" also shapes ConstantOfShape "${t.count}", which no group's channels meet`,
         );
+  // a count shrunk once for a group (shared) must shape no reshape of other channels, which would keep theirs (the
+  // reshapes of a table met, BLOOM's ALiBi [B · heads, 1, T], are the table's)
+  const tablePaths = new Set([...W.tables.values()].flatMap((t) => t.table.path.map((p) => p.tensor)));
+  for (const root of W.S.roots()) {
+    const rec = W.S.get(root),
+      ours = new Set([...rec.chain.map((n) => n.output[0]), ...tablePaths]);
+    for (const e of rec.edits) {
+      const other =
+        'tensor' in e && e.shared ? shapedReshapes(G, e.tensor).find((n) => !ours.has(n.output[0])) : undefined;
+      if (other && 'tensor' in e) {
+        W.S.refuse(root, `its count "${e.tensor}" also shapes ${label(other)}, whose channels are not this group's`);
+        break;
+      }
+    }
+  }
   return W;
+}
+
+/** The Reshapes whose shape input `name` reaches through the ops that compute shapes (see onlyShapes). */
+function shapedReshapes(G: Graph, name: string, depth = 0): NodeProto[] {
+  if (depth > 6) return [];
+  return (G.uses.get(name) ?? []).flatMap(({ node, slot }) =>
+    opOf(node) === 'Reshape'
+      ? slot === 1
+        ? [node]
+        : []
+      : ['Mul', 'Div', 'Unsqueeze', 'Concat', 'Cast'].includes(opOf(node))
+        ? node.output.flatMap((o) => shapedReshapes(G, o, depth + 1))
+        : [],
+  );
 }
 
 /**
@@ -1513,7 +1559,8 @@ function prepare(model: Model, inputShape?: InputShapes): Graph {
 
 /**
  * The channel groups of a model and the candidates refused, with reasons. Normalises the graph in place (see
- * normalizeModel: inlines model-local functions, names unnamed nodes, folds Identity aliases of constants).
+ * normalizeModel: inlines model-local functions, names unnamed nodes, folds Identity aliases of constants, drops
+ * trailing omitted inputs).
  * inputShape: the inputs' shapes (see InputShapes) (default: declared, symbolic dims 1).
  */
 export function analyze(model: Model, inputShape?: InputShapes): Analysis {

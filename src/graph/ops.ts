@@ -882,6 +882,12 @@ function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number)
       divisors.push({ tensor: src.divisor!.tensor, index: 0 });
       continue;
     }
+    // computed once for the q, k and v reshapes (MPT's `d = C // n_heads`): one count, shrunk once for the group (the
+    // analysis checks that every reshape it shapes is the group's)
+    if (perHead && onlyShapes(ctx, src.divisor!.tensor)) {
+      divisors.push({ tensor: src.divisor!.tensor, index: 0, shared: true });
+      continue;
+    }
     const why = `: its shape entry ${i} reads the channel count of "${src.tensor}", which another group prunes`;
     // the count of another tensor with as many channels (SE's y.view(b, c, 1, 1) with b, c = x.size()): one space
     const whole =
@@ -1001,21 +1007,24 @@ const reshape: ChainRule = (ctx) => {
 };
 
 /**
- * Whether a reshape to [.., heads, parts, d] is only read by Gathers along the parts axis `p`: BLOOM's fused
- * query_key_value viewed as [B, T, heads, 3, d], q, k, v = x[..., 0, :], x[..., 1, :], x[..., 2, :]. Then the heads
- * are the channels, each owning its q, k and v entries (not timm's [.., 3, heads, d], whose parts come first).
+ * Whether a reshape to [.., heads, parts, d] is only read by Gathers and Slices along the parts axis `p`: BLOOM's fused
+ * query_key_value viewed as [B, T, heads, 3, d], q, k, v = x[..., 0, :], x[..., 1, :], x[..., 2, :]; Falcon-40B's
+ * viewed as [B, T, kv, heads / kv + 2, d], q = x[:, :, :, :-2], k = x[:, :, :, [-2]]. Then the heads (key/value
+ * groups) are the channels, each owning its q, k and v entries (not timm's [.., 3, heads, d], whose parts come first).
  */
 function partsInside(ctx: ChainContext, p: number): boolean {
   const y = ctx.node.output[0] ?? '',
-    readers = ctx.readers(y);
-  return (
-    !ctx.isOutput(y) &&
-    readers.length > 0 &&
-    readers.every(
-      ({ node, slot }) =>
-        opOf(node) === 'Gather' && slot === 0 && normAxis(attrInt(node, 'axis', 0), ctx.outShape!.length) === p,
-    )
-  );
+    readers = ctx.readers(y),
+    rank = ctx.outShape!.length;
+  const along = (node: NodeProto) =>
+    opOf(node) === 'Gather'
+      ? normAxis(attrInt(node, 'axis', 0), rank) === p
+      : opOf(node) === 'Slice' &&
+        ctx
+          .value(node.input[3] ?? '')
+          ?.map((a) => normAxis(a, rank))
+          .join() === `${p}`;
+  return !ctx.isOutput(y) && readers.length > 0 && readers.every(({ node, slot }) => slot === 0 && along(node));
 }
 
 /**
@@ -1445,6 +1454,8 @@ export const OPS: Readonly<Record<string, OpRule>> = {
       .map((n) => [n, unary]),
   ),
   Identity: op(sameShape, elementwise, undefined, sameValue),
+  // a negated length as a Slice's start (MPT's causal_mask[-s_q:, -s_k:])
+  Neg: { ...unary, value: (ctx) => valueOf(ctx, 0)?.map((v) => -v) },
   If: op(ifShape), // only torch's squeeze of a dimension not known to be 1 (see ifBranches)
   Dropout: unary, // output 1 (the mask) must be unused: checked for every op by the analysis
   Clip: unary, // min/max are scalars by the spec
