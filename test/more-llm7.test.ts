@@ -23,9 +23,9 @@ import { analyzeFixture, describeFixtures } from './fixture-suite.js';
 // Round 7 of real exports (test/fixtures/make-more-llm7.py, random weights): decoder-only language models as HF
 // transformers (and MPT's and Phi-2's own code) write them, in variants no earlier fixture has: Pythia's chunked
 // fused qkv and triu mask, Falcon's key/value head broadcast by the MatMul and Falcon-40B's grouped fused qkv,
-// Mistral's sliding window, Gemma with grouped-query heads wider than the hidden size, Phi-2's MixFormer code, MPT's
-// ALiBi buffer, OPT's project_in/out. Oracle: onnxruntime running the original with the dropped channels' consumer
-// inputs zeroed (test/fixture-suite.ts), at 8 tokens and at 5.
+// Mistral's sliding window, Gemma with grouped-query heads wider than the hidden size, Gemma-2's soft-capping,
+// GPT-J's interleaved rotary, Phi-2's MixFormer code, MPT's ALiBi buffer, OPT's project_in/out. Oracle: onnxruntime
+// running the original with the dropped channels' consumer inputs zeroed (test/fixture-suite.ts), at 8 tokens and 5.
 
 const FIX = 'test/fixtures';
 const NPZ = new Set(['llm7-falcon-mqa', 'llm7-opt', 'llm7-opt-postln']);
@@ -126,6 +126,29 @@ const CASES: { model: string; groups: number[][] }[] = [
       [4, 3, 8],
       [64, 1, 1],
       [16, 1, 1],
+    ],
+  },
+  // Gemma-2: the same heads under soft-capped scores (tanh(w / 50) · 50) and a sliding window in layer 0; four
+  // RMSNorms a layer (post_attention_layernorm normalises o_proj's output: the stream stays)
+  {
+    model: 'llm7-gemma2',
+    groups: [
+      [2, 3, 32],
+      [64, 2, 1],
+      [2, 3, 32],
+      [64, 2, 1],
+    ],
+  },
+  // GPT-J: heads with the interleaved rotary (x[..., ::2], x[..., 1::2], stack, flatten) of their first 4 dims, cos
+  // and sin by repeat_interleave (every shape after it was unknown: its Split and Expand of the repeats had no
+  // values); the MLP's neurons
+  {
+    model: 'llm7-gptj',
+    groups: [
+      [4, 3, 8],
+      [128, 1, 1],
+      [4, 3, 8],
+      [128, 1, 1],
     ],
   },
 ];

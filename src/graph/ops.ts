@@ -546,6 +546,22 @@ const rangeValue: ValueRule = (ctx) => {
   const r = rangeOf(ctx);
   return r && r.n <= 64 ? Array.from({ length: r.n }, (_, i) => r.start + i * r.delta) : undefined;
 };
+/** Expand of a scalar or a 1-D tensor to a 1-D shape (torch's repeat_interleave expands its repeat count). */
+const expandValue: ValueRule = (ctx) => {
+  const v = valueOf(ctx, 0),
+    x = ctx.ins[0],
+    y = expandShape(ctx)?.[0];
+  if (!v || !x || !y || y.length > 1 || v.length !== numel(x)) return undefined;
+  return Array.from({ length: numel(y) }, (_, i) => v[v.length === 1 ? 0 : i]!);
+};
+/** Split of a 1-D tensor: each output's values (torch's repeat_interleave splits the repeats, one per entry). */
+const splitValues = (ctx: ShapeContext): (number[] | undefined)[] => {
+  const v = valueOf(ctx, 0),
+    sizes = ctx.ins[0]?.length === 1 ? splitShape(ctx) : undefined;
+  if (!v || !sizes || sizes.some((s) => s?.length !== 1)) return [];
+  let at = 0;
+  return sizes.map((s) => v.slice(at, (at += s![0]!)));
+};
 const whereValue: ValueRule = (ctx) => {
   const [c, a, b] = [0, 1, 2].map((i) => valueOf(ctx, i));
   if (!c || !a || !b) return undefined;
@@ -1423,6 +1439,8 @@ export type Merge = 'join' | 'concat' | 'matmul';
 export interface OpRule {
   shape?: ShapeRule;
   value?: ValueRule;
+  /** The values of every output, for ops with several (a Split of a shape). */
+  values?: (ctx: ShapeContext) => (number[] | undefined)[];
   chain?: ChainRule;
   layer?: Layer;
   merge?: Merge;
@@ -1536,13 +1554,13 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Squeeze: op(squeezeShape, squeeze, undefined, sameValue),
   Unsqueeze: op(unsqueezeShape, unsqueeze, undefined, sameValue),
   Slice: op(sliceShape, slice, undefined, sliceValue),
-  Split: op(splitShape, split),
+  Split: { ...op(splitShape, split), values: splitValues },
   Gather: op(gatherShape, gather, undefined, gatherValue),
   // the output has the indices' shape (DeBERTa's relative-position scores: torch.gather)
   GatherElements: op(({ ins }) => (ins[1] ? [[...ins[1]]] : undefined)),
   Einsum: op(einsumShape),
   Concat: op(concatShape, undefined, 'concat', concatValue),
-  Expand: op(expandShape, expand),
+  Expand: op(expandShape, expand, undefined, expandValue),
   // reductions
   // each reduces every channel on its own over other axes (ConvNeXt-V2's GRN: ReduceL2 over H, W)
   ...Object.fromEntries(
