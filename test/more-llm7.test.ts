@@ -7,6 +7,7 @@ import {
   makeNode,
   readModel,
   serializeModel,
+  stringAttr,
   tensorToFloat32,
   tensorToInt64,
 } from '../src/onnx/index.js';
@@ -87,11 +88,14 @@ const CASES: { model: string; groups: number[][] }[] = [
       [64, 2, 1],
     ],
   },
-  // the MLP's neurons; the fused Wqkv refused (see below)
+  // per layer the heads of the fused Wqkv [B, T, 3, heads, d] (d 10): q and k taken apart by Gathers for the rotary,
+  // re-packed with the values (a Slice of one part) by a Concat on the parts' axis, unbind, both Einsums; the MLP
   {
     model: 'llm7-phi2',
     groups: [
+      [4, 1, 10],
       [160, 1, 1],
+      [4, 1, 10],
       [160, 1, 1],
     ],
   },
@@ -167,8 +171,6 @@ describe('refusals name what couples the channels', () => {
       '/h.0/self_attention/query_key_value/MatMul',
       /"\/h.0\/self_attention\/MatMul" multiplies the one channel of .* with every channel of .*one key\/value head/,
     ],
-    // the rotary re-packs q, k, v with a Slice of the packed parts (qkv[:, :, 2:3]) and a Concat on their axis
-    ['llm7-phi2', '/h.0/mixer/Wqkv/MatMul', /Slice .* reads packed parts of channels/],
   ])('%s: %s', (model, node, why) => {
     expect(refusals(model).find((r) => r.node === node)?.reason).toMatch(why);
   });
@@ -270,6 +272,25 @@ describe('a head count shrunk once for a group (shared by its q, k and v reshape
     expect(groups).toEqual([]);
     expect(refused.find((r) => r.node === 'proj1')?.reason).toMatch(
       /its count "two" also shapes Reshape "split2", whose channels are not this group's/,
+    );
+  });
+});
+
+describe('Einsum of activations (Phi-2\'s "bthd,bshd->bhts")', () => {
+  it('channels under a letter the equation sums over are refused, naming the letter', () => {
+    const r = rng(4),
+      m = smallModel(
+        [
+          makeNode('MatMul', ['x', 'w'], ['q'], [], 'proj'),
+          makeNode('Reshape', ['q', 'heads'], ['qh'], [], 'split'),
+          makeNode('Einsum', ['qh', 'qh'], ['y'], [stringAttr('equation', 'bthd,bshd->bts')], 'scores'),
+        ],
+        [float32Tensor('w', [16, 16], randn(256, r)), int64Tensor('heads', [4], [1, 4, 2, 8])],
+        [1, 4, 16],
+        17,
+      );
+    expect(analyze(m).refused.find((x) => x.node === 'proj')?.reason).toBe(
+      'Einsum "scores" sums over the channels (letter "h" of "bthd,bshd->bts"), which couples them',
     );
   });
 });

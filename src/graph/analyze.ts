@@ -7,6 +7,7 @@ import { badInput } from '../errors.js';
 import {
   attrInt,
   attrInts,
+  attrString,
   DataType,
   opsetVersion,
   tensorDims,
@@ -1273,6 +1274,48 @@ function matmulNode(W: Walk, node: NodeProto): void {
 }
 
 /**
+ * An Einsum of activations (Phi-2's "bthd,bshd->bhts" and "bhts,bshd->bthd"), as a MatMul by its letters: the
+ * channels' letter must be an output letter (else they are summed over); inputs with channels under the same letter
+ * become the same channels; another input with that letter (no group's) refuses them, unless it is 1 there.
+ */
+function einsumNode(W: Walk, node: NodeProto): void {
+  const { G, S } = W;
+  const y = node.output[0] ?? '',
+    equation = attrString(node, 'equation', '').replace(/\s/g, ''),
+    [lhs, rhs] = equation.split('->');
+  const terms = lhs?.split(',') ?? [];
+  const ins = node.input.map((t, slot) => ({
+    t,
+    l: W.layouts.get(t),
+    shape: G.shapes.get(t),
+    term: terms[slot] ?? '',
+  }));
+  const tracked = ins.filter((i) => i.l);
+  const refuseAll = (why: string) => tracked.forEach((i) => S.refuseAll(i.l, why));
+  const readable = rhs !== undefined && terms.length === ins.length && /^[a-zA-Z,]*$/.test(lhs + rhs);
+  if (!readable || !G.shapes.has(y) || ins.some((i) => i.shape?.length !== i.term.length))
+    return refuseAll(
+      `${label(node)}: its equation "${equation}" is not one subprune reads (every output letter named)`,
+    );
+  const letters = tracked.map((i) => i.term[i.l!.axis]!),
+    c = letters[0]!,
+    axis = rhs!.indexOf(c);
+  const names = tracked.map((i) => `"${i.t}"`).join(' and '),
+    differ = `${label(node)} multiplies channels laid out differently (${names})`;
+  if (letters.some((x) => x !== c) || tracked.some((i) => !sameRuns(i.l!, tracked[0]!.l!))) return refuseAll(differ);
+  if (axis < 0 || ins.some((i) => i.term.indexOf(c) !== i.term.lastIndexOf(c)))
+    return refuseAll(`${label(node)} sums over the channels (letter "${c}" of "${equation}"), which couples them`);
+  const other = ins.find((i) => !i.l && i.term.includes(c) && i.shape![i.term.indexOf(c)] !== 1);
+  if (other) return refuseAll(`${label(node)} pairs the channels with "${other.t}", which no group owns`);
+  const ref = tracked[0]!.l!;
+  for (const i of tracked.slice(1))
+    i.l!.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, ref.segments[r]!.space));
+  const out: Layout = { axis, segments: ref.segments };
+  record(W, node, out, {});
+  setLayout(W, y, out);
+}
+
+/**
  * Concat: along the channel axis of its inputs it lays their runs end to end (inputs no group owns become fixed
  * entries); along another axis it joins inputs with the same runs (and slices constants along the channels).
  */
@@ -1364,6 +1407,10 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
         inputs.forEach((i) => W.S.refuseAll(i.l, `consumer ${why}`));
         W.refused.push({ node: node.name, reason: why });
       } else if (inputs.length) matmulNode(W, node); // a product of activations (attention): no weights to prune
+      continue;
+    }
+    if (rule?.merge === 'einsum') {
+      einsumNode(W, node);
       continue;
     }
     const info = rule?.layer?.read(node, G.constant);

@@ -1262,7 +1262,10 @@ const slice: ChainRule = (ctx) => {
     x = ctx.inShape,
     y = ctx.outShape;
   if (!y || y.length !== x.length) return refusal(ctx, ': its output shape is unknown');
+  const st = ctx.layout.stack;
+  if (st && y[a] === x[a]) return y[st.axis] === x[st.axis] ? { axis: a, stack: st } : slicePart(ctx, st);
   if (y[a] === x[a]) return { axis: a };
+  if (st) return refusal(ctx, 'slices the channels of packed parts');
   if (ctx.node.attribute.some((at) => at.name === 'starts'))
     return refusal(
       ctx,
@@ -1362,6 +1365,18 @@ function gatherOne(ctx: ChainContext, indices: TensorProto): ChainStep {
 }
 
 /** The entries of each part of a stacked layout, in the runs' order. */
+/** A Slice of one packed part, its axis kept (Phi-2's qkv[:, :, 2:3], the values): that part's entries. */
+function slicePart(ctx: ChainContext, st: Stack): ChainStep {
+  const starts = ctx.value(ctx.node.input[1] ?? ''),
+    axes = ctx.value(ctx.node.input[3] ?? '') ?? starts?.map((_, i) => i),
+    steps = ctx.value(ctx.node.input[4] ?? '') ?? starts?.map(() => 1);
+  const k = axes?.findIndex((v) => normAxis(v, ctx.inShape.length) === st.axis) ?? -1;
+  if (!starts || k < 0 || steps![k] !== 1 || ctx.outShape![st.axis] !== 1)
+    return refusal(ctx, 'slices packed parts of channels other than one part');
+  const part = Math.min(starts[k]! < 0 ? starts[k]! + st.parts : starts[k]!, st.parts - 1);
+  return { axis: ctx.layout.axis, ranges: [partRanges(ctx, st)[part]!] };
+}
+
 const partRanges = (ctx: ChainContext, st: Stack) =>
   [...Array(st.parts).keys()].map((i): [number, number] => [
     (i * ctx.entries) / st.parts,
@@ -1434,7 +1449,7 @@ const refuse =
  * (attention's q·kᵀ and weights·v): channels on a batch axis (heads) pass to the output and join, on the rows or
  * columns they pass, and on the contracted axis they are refused.
  */
-export type Merge = 'join' | 'concat' | 'matmul';
+export type Merge = 'join' | 'concat' | 'matmul' | 'einsum';
 
 export interface OpRule {
   shape?: ShapeRule;
@@ -1558,7 +1573,8 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Gather: op(gatherShape, gather, undefined, gatherValue),
   // the output has the indices' shape (DeBERTa's relative-position scores: torch.gather)
   GatherElements: op(({ ins }) => (ins[1] ? [[...ins[1]]] : undefined)),
-  Einsum: op(einsumShape),
+  // a product of two activations written with letters (Phi-2's "bthd,bshd->bhts"): as MatMul's
+  Einsum: op(einsumShape, undefined, 'einsum'),
   Concat: op(concatShape, undefined, 'concat', concatValue),
   Expand: op(expandShape, expand, undefined, expandValue),
   // reductions
