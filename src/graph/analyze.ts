@@ -7,6 +7,7 @@ import { badInput } from '../errors.js';
 import {
   attrInt,
   attrInts,
+  attrString,
   DataType,
   opsetVersion,
   tensorDims,
@@ -268,8 +269,8 @@ function tablesOf(G: Graph): Map<string, Table> {
   for (const [name, t] of G.consts) {
     const uses = G.uses.get(name) ?? [];
     const dims = tensorDims(t);
-    // an embedding gathered (T5's bias) or sliced to the length (ESPnet's `pe[:, :x.size(1)]`), or a per-channel
-    // factor of a product (BLOOM's ALiBi slopes [heads, 1])
+    // an embedding gathered (T5's bias) or a buffer sliced to the length (ESPnet's `pe[:, :x.size(1)]`, MPT's ALiBi
+    // [1, heads, 1, max_seq] cut to the keys' length), or a per-channel factor of a product (BLOOM's ALiBi slopes)
     const gathered = uses.some((u) => ['Gather', 'Slice'].includes(opOf(u.node)) && u.slot === 0);
     if (dims.length < 2 || !uses.some((u) => gathered || TABLE_JOIN.includes(opOf(u.node)))) continue;
     for (let axis = 0; axis < dims.length; axis++) {
@@ -398,7 +399,9 @@ function tableSites(
         if (ga === q.axis || indices === undefined) return undefined;
         queue.push({ t: y, axis: q.axis < ga ? q.axis : q.axis + indices - 1 });
       } else if (op === 'Slice' && slot === 0) {
-        const axes = node.input[3] ? G.value(node.input[3]) : G.value(node.input[1] ?? '')?.map((_, a) => a);
+        // cut along other axes only (opset 10's inputs; axes default to the first ones)
+        const n = G.shapes.get(node.input[1] ?? '')?.[0];
+        const axes = node.input[3] ? G.value(node.input[3]) : n === undefined ? undefined : [...Array(n).keys()];
         if (!axes || axes.some((a) => (a < 0 ? a + rank : a) === q.axis)) return undefined;
         queue.push({ t: y, axis: q.axis });
       } else if (op === 'Reshape' && slot === 0) {
@@ -1326,6 +1329,16 @@ function matmulNode(W: Walk, node: NodeProto): void {
     i.l = undefined;
     axes[slot] = undefined;
   });
+  // one channel on a batch axis broadcast over the other input's channels there (Falcon's one key/value head, kept
+  // [B, 1, T, d], times every query head): it stays whole, and the other's channels pass as beside a constant
+  const one = ins.map((i) => i.l !== undefined && axes[0] === axes[1] && i.shape![i.l.axis] === 1);
+  if (ins.every((i) => i.l) && one[0] !== one[1] && (axes[0] as number) < rank - 2) {
+    const b = one[0] ? 0 : 1;
+    const why = `${label(node)} multiplies the one channel of "${ins[b]!.t}" with every channel of "${ins[1 - b]!.t}"`;
+    S.refuseAll(ins[b]!.l, `${why} (e.g. one key/value head for all query heads): it cannot be removed alone`);
+    ins[b]!.l = undefined;
+    axes[b] = undefined;
+  }
   tracked = ins.filter((i) => i.l);
   if (!tracked.length) return;
   const [a0, a1] = axes as (number | undefined)[];
@@ -1344,6 +1357,48 @@ function matmulNode(W: Walk, node: NodeProto): void {
   if (tracked.length === 2)
     ins[1]!.l!.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, ref.l!.segments[r]!.space));
   const out: Layout = { axis, segments: ref.l!.segments };
+  record(W, node, out, {});
+  setLayout(W, y, out);
+}
+
+/**
+ * An Einsum of activations (Phi-2's "bthd,bshd->bhts" and "bhts,bshd->bthd"), as a MatMul by its letters: the
+ * channels' letter must be an output letter (else they are summed over); inputs with channels under the same letter
+ * become the same channels; another input with that letter (no group's) refuses them, unless it is 1 there.
+ */
+function einsumNode(W: Walk, node: NodeProto): void {
+  const { G, S } = W;
+  const y = node.output[0] ?? '',
+    equation = attrString(node, 'equation', '').replace(/\s/g, ''),
+    [lhs, rhs] = equation.split('->');
+  const terms = lhs?.split(',') ?? [];
+  const ins = node.input.map((t, slot) => ({
+    t,
+    l: W.layouts.get(t),
+    shape: G.shapes.get(t),
+    term: terms[slot] ?? '',
+  }));
+  const tracked = ins.filter((i) => i.l);
+  const refuseAll = (why: string) => tracked.forEach((i) => S.refuseAll(i.l, why));
+  const readable = rhs !== undefined && terms.length === ins.length && /^[a-zA-Z,]*$/.test(lhs + rhs);
+  if (!readable || !G.shapes.has(y) || ins.some((i) => i.shape?.length !== i.term.length))
+    return refuseAll(
+      `${label(node)}: its equation "${equation}" is not one subprune reads (every output letter named)`,
+    );
+  const letters = tracked.map((i) => i.term[i.l!.axis]!),
+    c = letters[0]!,
+    axis = rhs!.indexOf(c);
+  const names = tracked.map((i) => `"${i.t}"`).join(' and '),
+    differ = `${label(node)} multiplies channels laid out differently (${names})`;
+  if (letters.some((x) => x !== c) || tracked.some((i) => !sameRuns(i.l!, tracked[0]!.l!))) return refuseAll(differ);
+  if (axis < 0 || ins.some((i) => i.term.indexOf(c) !== i.term.lastIndexOf(c)))
+    return refuseAll(`${label(node)} sums over the channels (letter "${c}" of "${equation}"), which couples them`);
+  const other = ins.find((i) => !i.l && i.term.includes(c) && i.shape![i.term.indexOf(c)] !== 1);
+  if (other) return refuseAll(`${label(node)} pairs the channels with "${other.t}", which no group owns`);
+  const ref = tracked[0]!.l!;
+  for (const i of tracked.slice(1))
+    i.l!.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, ref.segments[r]!.space));
+  const out: Layout = { axis, segments: ref.segments };
   record(W, node, out, {});
   setLayout(W, y, out);
 }
@@ -1450,6 +1505,10 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
       } else if (inputs.length) matmulNode(W, node); // a product of activations (attention): no weights to prune
       continue;
     }
+    if (rule?.merge === 'einsum') {
+      einsumNode(W, node);
+      continue;
+    }
     const info = rule?.layer?.read(node, G.constant);
     if (info && !('refuse' in info)) {
       layerNode(W, node, rule!, info);
@@ -1508,7 +1567,36 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
           `its count "${t.tensor}" also shapes ${opOf(G.graph.node.find((n) => n.name === t.count)!)} "${t.count}", ` +
             "which no group's channels meet",
         );
+  // a count shrunk once for a group (shared) must shape no reshape of other channels, which would keep theirs (the
+  // reshapes of a table met, BLOOM's ALiBi [B · heads, 1, T], are the table's)
+  const tablePaths = new Set([...W.tables.values()].flatMap((t) => t.table.path.map((p) => p.tensor)));
+  for (const root of W.S.roots()) {
+    const rec = W.S.get(root),
+      ours = new Set([...rec.chain.map((n) => n.output[0]), ...tablePaths]);
+    for (const e of rec.edits) {
+      const other =
+        'tensor' in e && e.shared ? shapedReshapes(G, e.tensor).find((n) => !ours.has(n.output[0])) : undefined;
+      if (other && 'tensor' in e) {
+        W.S.refuse(root, `its count "${e.tensor}" also shapes ${label(other)}, whose channels are not this group's`);
+        break;
+      }
+    }
+  }
   return W;
+}
+
+/** The Reshapes whose shape input `name` reaches through the ops that compute shapes (see onlyShapes). */
+function shapedReshapes(G: Graph, name: string, depth = 0): NodeProto[] {
+  if (depth > 6) return [];
+  return (G.uses.get(name) ?? []).flatMap(({ node, slot }) =>
+    opOf(node) === 'Reshape'
+      ? slot === 1
+        ? [node]
+        : []
+      : ['Mul', 'Div', 'Unsqueeze', 'Concat', 'Cast'].includes(opOf(node))
+        ? node.output.flatMap((o) => shapedReshapes(G, o, depth + 1))
+        : [],
+  );
 }
 
 /**
@@ -1630,7 +1718,8 @@ function prepare(model: Model, inputShape?: InputShapes): Graph {
 
 /**
  * The channel groups of a model and the candidates refused, with reasons. Normalises the graph in place (see
- * normalizeModel: inlines model-local functions, names unnamed nodes, folds Identity aliases of constants).
+ * normalizeModel: inlines model-local functions, names unnamed nodes, folds Identity aliases of constants, drops
+ * trailing omitted inputs).
  * inputShape: the inputs' shapes (see InputShapes) (default: declared, symbolic dims 1).
  */
 export function analyze(model: Model, inputShape?: InputShapes): Analysis {

@@ -143,8 +143,17 @@ export function foldConstantIdentities(graph: GraphProto): void {
 }
 
 /**
+ * Drop the empty names that end a node's inputs: optional inputs left out, as ONNX allows either way. torch writes
+ * LayerNormalization(x, scale, '') for a LayerNorm without bias (MPT, OLMo), which onnxruntime 1.x's extended graph
+ * optimizations crash on (a segmentation fault loading the model at the default level).
+ */
+export function trimOmittedInputs(graph: GraphProto): void {
+  for (const n of graph.node) while (n.input.length && n.input[n.input.length - 1] === '') n.input.pop();
+}
+
+/**
  * The normal form analysis and rewrite work on: model-local functions inlined, unique node names, no Identity aliases
- * of constants. Idempotent.
+ * of constants, no trailing omitted inputs. Idempotent.
  */
 export function normalizeModel(model: Model): void {
   const graph = model.graph;
@@ -152,4 +161,5 @@ export function normalizeModel(model: Model): void {
   inlineFunctions(model);
   nameNodes(graph);
   foldConstantIdentities(graph);
+  trimOmittedInputs(graph);
 }

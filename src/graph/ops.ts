@@ -551,6 +551,22 @@ const rangeValue: ValueRule = (ctx) => {
   const r = rangeOf(ctx);
   return r && r.n <= 64 ? Array.from({ length: r.n }, (_, i) => r.start + i * r.delta) : undefined;
 };
+/** Expand of a scalar or a 1-D tensor to a 1-D shape (torch's repeat_interleave expands its repeat count). */
+const expandValue: ValueRule = (ctx) => {
+  const v = valueOf(ctx, 0),
+    x = ctx.ins[0],
+    y = expandShape(ctx)?.[0];
+  if (!v || !x || !y || y.length > 1 || v.length !== numel(x)) return undefined;
+  return Array.from({ length: numel(y) }, (_, i) => v[v.length === 1 ? 0 : i]!);
+};
+/** Split of a 1-D tensor: each output's values (torch's repeat_interleave splits the repeats, one per entry). */
+const splitValues = (ctx: ShapeContext): (number[] | undefined)[] => {
+  const v = valueOf(ctx, 0),
+    sizes = ctx.ins[0]?.length === 1 ? splitShape(ctx) : undefined;
+  if (!v || !sizes || sizes.some((s) => s?.length !== 1)) return [];
+  let at = 0;
+  return sizes.map((s) => v.slice(at, (at += s![0]!)));
+};
 const whereValue: ValueRule = (ctx) => {
   const [c, a, b] = [0, 1, 2].map((i) => valueOf(ctx, i));
   if (!c || !a || !b) return undefined;
@@ -913,6 +929,12 @@ function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number)
       divisors.push({ tensor: src.divisor!.tensor, index: 0 });
       continue;
     }
+    // computed once for the q, k and v reshapes (MPT's `d = C // n_heads`): one count, shrunk once for the group (the
+    // analysis checks that every reshape it shapes is the group's)
+    if (perHead && onlyShapes(ctx, src.divisor!.tensor)) {
+      divisors.push({ tensor: src.divisor!.tensor, index: 0, shared: true });
+      continue;
+    }
     const why = `: its shape entry ${i} reads the channel count of "${src.tensor}", which another group prunes`;
     // the count of another tensor with as many channels (SE's y.view(b, c, 1, 1) with b, c = x.size()): one space
     const whole =
@@ -1032,21 +1054,24 @@ const reshape: ChainRule = (ctx) => {
 };
 
 /**
- * Whether a reshape to [.., heads, parts, d] is only read by Gathers along the parts axis `p`: BLOOM's fused
- * query_key_value viewed as [B, T, heads, 3, d], q, k, v = x[..., 0, :], x[..., 1, :], x[..., 2, :]. Then the heads
- * are the channels, each owning its q, k and v entries (not timm's [.., 3, heads, d], whose parts come first).
+ * Whether a reshape to [.., heads, parts, d] is only read by Gathers and Slices along the parts axis `p`: BLOOM's fused
+ * query_key_value viewed as [B, T, heads, 3, d], q, k, v = x[..., 0, :], x[..., 1, :], x[..., 2, :]; Falcon-40B's
+ * viewed as [B, T, kv, heads / kv + 2, d], q = x[:, :, :, :-2], k = x[:, :, :, [-2]]. Then the heads (key/value
+ * groups) are the channels, each owning its q, k and v entries (not timm's [.., 3, heads, d], whose parts come first).
  */
 function partsInside(ctx: ChainContext, p: number): boolean {
   const y = ctx.node.output[0] ?? '',
-    readers = ctx.readers(y);
-  return (
-    !ctx.isOutput(y) &&
-    readers.length > 0 &&
-    readers.every(
-      ({ node, slot }) =>
-        opOf(node) === 'Gather' && slot === 0 && normAxis(attrInt(node, 'axis', 0), ctx.outShape!.length) === p,
-    )
-  );
+    readers = ctx.readers(y),
+    rank = ctx.outShape!.length;
+  const along = (node: NodeProto) =>
+    opOf(node) === 'Gather'
+      ? normAxis(attrInt(node, 'axis', 0), rank) === p
+      : opOf(node) === 'Slice' &&
+        ctx
+          .value(node.input[3] ?? '')
+          ?.map((a) => normAxis(a, rank))
+          .join() === `${p}`;
+  return !ctx.isOutput(y) && readers.length > 0 && readers.every(({ node, slot }) => slot === 0 && along(node));
 }
 
 /**
@@ -1282,7 +1307,10 @@ const slice: ChainRule = (ctx) => {
     x = ctx.inShape,
     y = ctx.outShape;
   if (!y || y.length !== x.length) return refusal(ctx, ': its output shape is unknown');
+  const st = ctx.layout.stack;
+  if (st && y[a] === x[a]) return y[st.axis] === x[st.axis] ? { axis: a, stack: st } : slicePart(ctx, st);
   if (y[a] === x[a]) return { axis: a };
+  if (st) return refusal(ctx, 'slices the channels of packed parts');
   if (ctx.node.attribute.some((at) => at.name === 'starts'))
     return refusal(
       ctx,
@@ -1382,6 +1410,18 @@ function gatherOne(ctx: ChainContext, indices: TensorProto): ChainStep {
 }
 
 /** The entries of each part of a stacked layout, in the runs' order. */
+/** A Slice of one packed part, its axis kept (Phi-2's qkv[:, :, 2:3], the values): that part's entries. */
+function slicePart(ctx: ChainContext, st: Stack): ChainStep {
+  const starts = ctx.value(ctx.node.input[1] ?? ''),
+    axes = ctx.value(ctx.node.input[3] ?? '') ?? starts?.map((_, i) => i),
+    steps = ctx.value(ctx.node.input[4] ?? '') ?? starts?.map(() => 1);
+  const k = axes?.findIndex((v) => normAxis(v, ctx.inShape.length) === st.axis) ?? -1;
+  if (!starts || k < 0 || steps![k] !== 1 || ctx.outShape![st.axis] !== 1)
+    return refusal(ctx, 'slices packed parts of channels other than one part');
+  const part = Math.min(starts[k]! < 0 ? starts[k]! + st.parts : starts[k]!, st.parts - 1);
+  return { axis: ctx.layout.axis, ranges: [partRanges(ctx, st)[part]!] };
+}
+
 const partRanges = (ctx: ChainContext, st: Stack) =>
   [...Array(st.parts).keys()].map((i): [number, number] => [
     (i * ctx.entries) / st.parts,
@@ -1454,11 +1494,13 @@ const refuse =
  * (attention's q·kᵀ and weights·v): channels on a batch axis (heads) pass to the output and join, on the rows or
  * columns they pass, and on the contracted axis they are refused.
  */
-export type Merge = 'join' | 'concat' | 'matmul';
+export type Merge = 'join' | 'concat' | 'matmul' | 'einsum';
 
 export interface OpRule {
   shape?: ShapeRule;
   value?: ValueRule;
+  /** The values of every output, for ops with several (a Split of a shape). */
+  values?: (ctx: ShapeContext) => (number[] | undefined)[];
   chain?: ChainRule;
   layer?: Layer;
   merge?: Merge;
@@ -1490,6 +1532,8 @@ export const OPS: Readonly<Record<string, OpRule>> = {
       .map((n) => [n, unary]),
   ),
   Identity: op(sameShape, elementwise, undefined, sameValue),
+  // a negated length as a Slice's start (MPT's causal_mask[-s_q:, -s_k:])
+  Neg: { ...unary, value: (ctx) => valueOf(ctx, 0)?.map((v) => -v) },
   If: op(ifShape), // only torch's squeeze of a dimension not known to be 1 (see ifBranches)
   Dropout: unary, // output 1 (the mask) must be unused: checked for every op by the analysis
   Clip: unary, // min/max are scalars by the spec
@@ -1571,13 +1615,14 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Squeeze: op(squeezeShape, squeeze, undefined, sameValue),
   Unsqueeze: op(unsqueezeShape, unsqueeze, undefined, sameValue),
   Slice: op(sliceShape, slice, undefined, sliceValue),
-  Split: op(splitShape, split),
+  Split: { ...op(splitShape, split), values: splitValues },
   Gather: op(gatherShape, gather, undefined, gatherValue),
   // the output has the indices' shape (DeBERTa's relative-position scores: torch.gather)
   GatherElements: op(({ ins }) => (ins[1] ? [[...ins[1]]] : undefined)),
-  Einsum: op(einsumShape),
+  // a product of two activations written with letters (Phi-2's "bthd,bshd->bhts"): as MatMul's
+  Einsum: op(einsumShape, undefined, 'einsum'),
   Concat: op(concatShape, undefined, 'concat', concatValue),
-  Expand: op(expandShape, expand),
+  Expand: op(expandShape, expand, undefined, expandValue),
   // reductions
   // each reduces every channel on its own over other axes (ConvNeXt-V2's GRN: ReduceL2 over H, W)
   ...Object.fromEntries(

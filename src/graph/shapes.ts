@@ -114,8 +114,11 @@ export function inferShapesAndValues(
       const name = node.output[i];
       if (s && name && !shapes.has(name)) shapes.set(name, s);
     });
-    const v = node.output[0] && !values.has(node.output[0]) ? rule?.value?.(ctx) : undefined;
-    if (v && v.every(Number.isFinite)) values.set(node.output[0]!, v);
+    const vs = rule?.values ? rule.values(ctx) : [rule?.value?.(ctx)];
+    vs.forEach((v, i) => {
+      const name = node.output[i];
+      if (v && name && !values.has(name) && v.every(Number.isFinite)) values.set(name, v);
+    });
   }
   return { shapes, values };
 }
