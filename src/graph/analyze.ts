@@ -1163,15 +1163,11 @@ function refusedUpstream(W: Walk, t: string): string | undefined {
  */
 function unowned(W: Walk, node: NodeProto, verb: string, t: string, otherwise?: string): string {
   const cause = refusedUpstream(W, t),
-    inputs = W.G.computedFrom(t, true)?.inputs ?? [];
-  const what = cause
-    ? `(its channels are refused: ${cause})`
-    : W.G.computedFrom(t)
-      ? '(it is computed from constants and shapes alone, e.g. learned queries or a class token expanded to the ' +
-        'batch, or zeros: subprune slices constants, not tensors computed from them)'
-      : inputs.length
-        ? `(it is computed from the input ${inputs.map((x) => `"${x}"`).join(', ')} by no layer, e.g. an ` +
-          'embedding lookup or a padding mask: subprune prunes only channels that a layer produces)'
+    what = cause
+      ? `(its channels are refused: ${cause})`
+      : W.G.computedFrom(t)
+        ? '(it is computed from constants and shapes alone, e.g. learned queries or a class token expanded to the ' +
+          'batch, or zeros: subprune slices constants, not tensors computed from them)'
         : otherwise;
   const why = `${label(node)} ${verb} the channels with "${t}", which no group owns`;
   if (!what) return why;
@@ -1232,7 +1228,14 @@ function joinNode(W: Walk, node: NodeProto): void {
       follows.push(l); // its entries along the channels are read from `like` at run time
       continue;
     }
-    if (!G.constant(i.t)) return refuseAll(unowned(W, node, 'combines', i.t, '(e.g. a branch subprune cannot prune)'));
+    if (!G.constant(i.t)) {
+      const inputs = G.computedFrom(i.t, true)?.inputs ?? [];
+      const otherwise = inputs.length
+        ? `(it is computed from the input ${inputs.map((x) => `"${x}"`).join(', ')} by no layer, e.g. an ` +
+          'embedding lookup or a padding mask: subprune prunes only channels that a layer produces)'
+        : '(e.g. a branch subprune cannot prune)';
+      return refuseAll(unowned(W, node, 'combines', i.t, otherwise));
+    }
     if (dims[k] !== entriesOf(out))
       return refuseAll(`${label(node)}: constant "${i.t}" has ${dims[k]} entries along the channels`);
     slices.push({ tensor: i.t, axis: k });

@@ -75,10 +75,8 @@ function relaxedRuns(): boolean {
   const file = FILES['relaxed-simd'].single;
   if (!hasFs) return compiled.has(file);
   const bytes = wasmBytes(file);
-  // validated once: every capture and selection asks
-  return (relaxedValid ??= bytes !== undefined && WebAssembly.validate(bytes));
+  return bytes !== undefined && WebAssembly.validate(bytes);
 }
-let relaxedValid: boolean | undefined;
 
 /**
  * The build from an override (SUBPRUNE_KERNELS) and whether the relaxed build runs here: by default the relaxed
