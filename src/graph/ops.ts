@@ -862,26 +862,29 @@ function sourceOf(ctx: SourceContext, name: string, index: number, depth = 0): S
   return { kind: 'unknown' };
 }
 
+/** What tracing a shape entry outside a chain reads: constants, and the producers and values of shape tensors. */
+type ShapeReader = Omit<SourceContext, 'channelsOf'>;
+
+/** sourceOf outside a chain: no channel axis is known. */
+const plainSource = (ctx: ShapeReader, name: string, index: number) =>
+  sourceOf({ ...ctx, channelsOf: () => undefined }, name, index);
+
 /**
  * The dimension of a tensor that entry `index` of the shape tensor `name` is read from at run time, as it is (no
  * factor on the way): `torch.zeros((*x.size()[:3], 1))`'s entries 0 to 2 are x's axes 0 to 2.
  */
-export function shapeDim(
-  ctx: Pick<ChainContext, 'constant' | 'producer' | 'value'>,
-  name: string,
-  index: number,
-): { tensor: string; axis: number } | undefined {
-  const src = sourceOf({ ...ctx, channelsOf: () => undefined }, name, index);
+export function shapeDim(ctx: ShapeReader, name: string, index: number): { tensor: string; axis: number } | undefined {
+  const src = plainSource(ctx, name, index);
   return src.kind === 'dim' && !src.divisor && !src.multiplier ? { tensor: src.tensor, axis: src.axis } : undefined;
 }
 
 /** The INT64 constant entry that entry `index` of the shape tensor `name` is (through Concat, Where, Unsqueeze). */
 export function shapeConstant(
-  ctx: Pick<ChainContext, 'constant' | 'producer' | 'value'>,
+  ctx: ShapeReader,
   name: string,
   index: number,
 ): { tensor: string; index: number } | undefined {
-  const src = sourceOf({ ...ctx, channelsOf: () => undefined }, name, index);
+  const src = plainSource(ctx, name, index);
   return src.kind === 'constant' ? { tensor: src.tensor, index: src.index } : undefined;
 }
 
@@ -1409,7 +1412,6 @@ function gatherOne(ctx: ChainContext, indices: TensorProto): ChainStep {
   return { axis: ctx.layout.axis, ranges: [[at, at + 1]], counts: at > 0 ? [{ edit, from: 0, to: at }] : [] };
 }
 
-/** The entries of each part of a stacked layout, in the runs' order. */
 /** A Slice of one packed part, its axis kept (Phi-2's qkv[:, :, 2:3], the values): that part's entries. */
 function slicePart(ctx: ChainContext, st: Stack): ChainStep {
   const starts = ctx.value(ctx.node.input[1] ?? ''),
@@ -1422,6 +1424,7 @@ function slicePart(ctx: ChainContext, st: Stack): ChainStep {
   return { axis: ctx.layout.axis, ranges: [partRanges(ctx, st)[part]!] };
 }
 
+/** The entries of each part of a stacked layout, in the runs' order. */
 const partRanges = (ctx: ChainContext, st: Stack) =>
   [...Array(st.parts).keys()].map((i): [number, number] => [
     (i * ctx.entries) / st.parts,
