@@ -1,7 +1,10 @@
 import { describe, it, expect } from 'vitest';
 import * as ort from 'onnxruntime-node';
+import { clone, equals } from '@bufbuild/protobuf';
 import {
   DataType,
+  ModelProtoSchema,
+  NodeProtoSchema,
   float16BitsToFloat32,
   float32ToFloat16Bits,
   readModel,
@@ -9,7 +12,7 @@ import {
   tensorToFloat32,
   type Model,
 } from '../src/onnx/index.js';
-import { normalizeModel } from '../src/graph/normalize.js';
+import { isNormalized, normalizeModel } from '../src/graph/normalize.js';
 import { Calibration, type InputData } from '../src/calibration.js';
 import { analyze } from '../src/graph/analyze.js';
 import { constantTensors, inferShapes } from '../src/graph/shapes.js';
@@ -81,6 +84,19 @@ export function analyzeFixture(m: Model, open: () => InputData & { close?: () =>
   return { groups, refused };
 }
 
+/**
+ * The nodes of `pruned` that are equal to the node of the same name in `source` but not the same object: none, when the
+ * rewrite shares what it leaves alone (a frontier's advance then tells them by identity).
+ */
+export function copiedUnchanged(source: Model, pruned: Model): string[] {
+  const was = new Map(source.graph!.node.map((n) => [n.name, n]));
+  return pruned
+    .graph!.node.filter(
+      (n) => was.get(n.name) !== n && !!was.get(n.name) && equals(NodeProtoSchema, n, was.get(n.name)!),
+    )
+    .map((n) => n.name);
+}
+
 /** A layer's weight (its input 1) as [entry of axis 0][the rest]: a Conv's filters, a ConvTranspose's input rows. */
 export function weightRows(m: Model, node: string): number[][] {
   const n = m.graph!.node.find((x) => x.name === node)!,
@@ -130,8 +146,11 @@ export function describeFixtures(cases: FixtureCase[]): void {
         group,
         keep: randomKeep(group.channels, Math.ceil(group.channels / 2), r),
       }));
-      const pruned = pruneGroups(m, plans),
+      const before = clone(ModelProtoSchema, m),
+        pruned = pruneGroups(m, plans),
         zeroed = zeroDroppedInputs(m, plans);
+      expect(equals(ModelProtoSchema, m, before)).toBe(true); // the rewrite leaves its input as it was
+      if (isNormalized(m)) expect(copiedUnchanged(m, pruned)).toEqual([]);
       for (const length of [undefined, shorter]) {
         const got = await fixtureOutputs(pruned, data, 8, length),
           want = await fixtureOutputs(zeroed, data, 8, length);

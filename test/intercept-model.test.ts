@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { clone } from '@bufbuild/protobuf';
+import { clone, equals } from '@bufbuild/protobuf';
 import {
   DataType,
   ModelProtoSchema,
@@ -18,6 +18,7 @@ import { planOf, rankGroup } from '../src/prune/rank.js';
 import { pruneGroups, type PrunePlan } from '../src/rewrite/index.js';
 import { prune } from '../src/prune/index.js';
 import { withConsumerMatrix } from './graph-helpers.js';
+import { copiedUnchanged } from './fixture-suite.js';
 import { measuredObjectives, relDiff } from './objective.js';
 
 // The intercept through capture, selection and rewrite, against onnxruntime: the pruned model computes what the
@@ -107,7 +108,12 @@ describe.each(CASES)('$path with the intercept', ({ path, data: open }) => {
       });
       // every consumer here can take a bias: each has a bias change
       for (const p of plans) expect(p.bias?.every((b, i) => b?.length === p.group.consumers[i]!.m)).toBe(true);
-      const pruned = pruneGroups(m, plans);
+      const before = clone(ModelProtoSchema, m),
+        pruned = pruneGroups(m, plans);
+      // new biases, new Adds and re-fitted weights go into the copy: the model it was made from is as it was, and
+      // shares every node the rewrite left alone
+      expect(equals(ModelProtoSchema, m, before)).toBe(true);
+      expect(copiedUnchanged(m, pruned)).toEqual([]);
       const [got, want] = [await outputs(pruned, data), await outputs(reference(m, plans), data)];
       expect(relDiff(got, want)).toBeLessThan(1e-4);
       // without the bias changes the outputs differ: the biases are not zero

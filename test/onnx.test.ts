@@ -212,12 +212,19 @@ describe('tensors', () => {
     expectBadInput(() => tensorToFloat32(short), /tensor "w" has 12 bytes of data but its dims \[2, 2\] need 16/);
   });
 
-  it('replaces an initializer in place, keeping its element type and fixing its declared shape', () => {
+  it('replaces an initializer, keeping its element type and fixing its declared shape, and leaves the old one', () => {
     const model = testModel();
     const g = model.graph!;
     g.input.push(makeTensorValueInfo('W1h', DataType.FLOAT16, [4, 3])); // pre-IR-4 style
+    const old = initializerMap(g).get('W1h')!,
+      oldBytes = toBinary(TensorProtoSchema, old),
+      oldInput = g.input[g.input.length - 1]!;
     const t = replaceInitializerData(g, 'W1h', [2, 3], Float32Array.of(1, 2, 3, 4, 5, 6));
     expect(initializerMap(g).get('W1h')).toBe(t);
+    // a copy of a model may share the old tensor and input: both stay as they were
+    expect(toBinary(TensorProtoSchema, old)).toEqual(oldBytes);
+    expect(oldInput.type?.value.case === 'tensorType' && oldInput.type.value.value.shape?.dim.length).toBe(2);
+    expect(oldInput.type?.value.case === 'tensorType' && oldInput.type.value.value.shape?.dim[0]?.value.value).toBe(4n);
     expect(t.dataType).toBe(DataType.FLOAT16);
     expect(tensorToFloat32(t)).toEqual({ dims: [2, 3], data: Float32Array.of(1, 2, 3, 4, 5, 6) });
     const vi = g.input.find((v) => v.name === 'W1h')!;

@@ -111,8 +111,12 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
-/** Two constants with the same type, shape and values (raw bytes compared directly; other forms serialized). */
+/**
+ * Two constants with the same type, shape and values: the same object (a rewrite shares what it leaves alone), or
+ * raw bytes compared directly, other forms serialized.
+ */
 function sameTensor(a: TensorProto, b: TensorProto): boolean {
+  if (a === b) return true;
   if (a.dataType !== b.dataType || a.dims.length !== b.dims.length || a.dims.some((x, i) => x !== b.dims[i]))
     return false;
   if (a.rawData.length && b.rawData.length && !a.externalData.length && !b.externalData.length)
@@ -122,12 +126,13 @@ function sameTensor(a: TensorProto, b: TensorProto): boolean {
 
 /** Two nodes that compute the same thing from the same tensor names (their names aside). */
 const sameNode = (a: NodeProto, b: NodeProto) =>
-  a.opType === b.opType &&
-  a.domain === b.domain &&
-  a.input.join('\n') === b.input.join('\n') &&
-  a.output.join('\n') === b.output.join('\n') &&
-  a.attribute.length === b.attribute.length &&
-  a.attribute.every((x, i) => sameAttribute(x, b.attribute[i]!));
+  a === b ||
+  (a.opType === b.opType &&
+    a.domain === b.domain &&
+    a.input.join('\n') === b.input.join('\n') &&
+    a.output.join('\n') === b.output.join('\n') &&
+    a.attribute.length === b.attribute.length &&
+    a.attribute.every((x, i) => sameAttribute(x, b.attribute[i]!)));
 
 const sameList = <T>(a: readonly T[], b: readonly T[]) => a.length === b.length && a.every((x, i) => x === b[i]);
 

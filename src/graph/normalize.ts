@@ -163,3 +163,23 @@ export function normalizeModel(model: Model): void {
   foldConstantIdentities(graph);
   trimOmittedInputs(graph);
 }
+
+/**
+ * Whether normalizeModel would leave `model` as it is: every node named, uniquely, no Identity alias of a constant, no
+ * trailing omitted input, and no model-local function (conservatively: one that cannot be inlined stays).
+ */
+export function isNormalized(model: Model): boolean {
+  const graph = model.graph;
+  if (!graph) return true;
+  if (model.functions.length) return false;
+  const consts = constantTensors(graph),
+    outputs = new Set(graph.output.map((o) => o.name)),
+    names = new Set<string>();
+  for (const n of graph.node) {
+    if (!n.name || names.has(n.name) || n.input[n.input.length - 1] === '') return false;
+    names.add(n.name);
+    const y = n.output[0];
+    if (n.opType === 'Identity' && consts.has(n.input[0] ?? '') && y && !outputs.has(y)) return false;
+  }
+  return true;
+}

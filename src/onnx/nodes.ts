@@ -1,5 +1,5 @@
 // Small helpers over nodes, attributes and initializers, for graph analysis, rewriting and tests.
-import { create } from '@bufbuild/protobuf';
+import { clone, create } from '@bufbuild/protobuf';
 import { badInput } from '../errors.js';
 import {
   AttributeProto_AttributeType as AttrType,
@@ -80,10 +80,11 @@ export function initializerMap(graph: GraphProto): Map<string, TensorProto> {
 }
 
 /**
- * Give an initializer new contents and shape, in place. Float data keeps the initializer's own
- * element type (a FLOAT16 weight stays FLOAT16); a BigInt64Array is stored as INT64. Graph inputs
- * and value_info entries of the same name (models before IR 4 list initializers as inputs) get the
- * new shape, since onnxruntime rejects an initializer that contradicts its declared shape.
+ * Give an initializer new contents and shape: a new tensor replaces it in the graph's list, and the old object is left
+ * as it was (a rewrite's copy of a model shares its initializers with the source). Float data keeps the initializer's
+ * own element type (a FLOAT16 weight stays FLOAT16); a BigInt64Array is stored as INT64. Graph inputs and value_info
+ * entries of the same name (models before IR 4 list initializers as inputs) are replaced by copies with the new shape,
+ * since onnxruntime rejects an initializer that contradicts its declared shape.
  */
 export function replaceInitializerData(
   graph: GraphProto,
@@ -91,27 +92,27 @@ export function replaceInitializerData(
   dims: readonly number[],
   data: Float32Array | BigInt64Array,
 ): TensorProto {
-  const t = graph.initializer.find((x) => x.name === name);
-  if (!t) throw badInput(`the graph has no initializer "${name}".`);
+  const i = graph.initializer.findIndex((x) => x.name === name);
+  if (i < 0) throw badInput(`the graph has no initializer "${name}".`);
   const n = numel(dims);
   if (n !== data.length)
     throw badInput(`initializer "${name}": ${data.length} values do not fill dims [${dims.join(', ')}].`);
+  const t = { ...graph.initializer[i]! };
   if (data instanceof BigInt64Array) {
-    setTensorData(
-      t,
-      dims,
-      DataType.INT64,
-      new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength)),
-    );
+    const raw = new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
+    setTensorData(t, dims, DataType.INT64, raw);
   } else {
     const dt = t.dataType === DataType.FLOAT16 || t.dataType === DataType.DOUBLE ? t.dataType : DataType.FLOAT;
     setTensorData(t, dims, dt, encodeFloat32(data, dt));
   }
-  for (const vi of [...graph.input, ...graph.valueInfo]) {
-    if (vi.name === name && vi.type?.value.case === 'tensorType') {
-      vi.type.value.value.shape = shapeProto(dims);
-    }
-  }
+  graph.initializer[i] = t;
+  for (const list of [graph.input, graph.valueInfo])
+    list.forEach((vi, k) => {
+      if (vi.name !== name || vi.type?.value.case !== 'tensorType') return;
+      const own = clone(ValueInfoProtoSchema, vi);
+      if (own.type?.value.case === 'tensorType') own.type.value.value.shape = shapeProto(dims);
+      list[k] = own;
+    });
   return t;
 }
 

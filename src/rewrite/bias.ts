@@ -19,6 +19,7 @@ import { badInput } from '../errors.js';
 import { constantTensors } from '../graph/shapes.js';
 import { LAYERS } from '../graph/layers.js';
 import type { AxisSlice, Consumer, Group } from '../graph/types.js';
+import type { Draft } from './draft.js';
 
 export type BiasSite =
   /** A constant of the consumer's own, its last axis the m outputs: δ is added to every row of it. */
@@ -72,19 +73,19 @@ export interface BiasPlan {
 }
 
 /**
- * Writes every plan's bias changes into `model` (a copy being rewritten), in the original coordinates: δ of all plans
- * summed per layer (a layer reading two groups compensates both), then added to the layer's bias constant through
+ * Writes every plan's bias changes into `draft` (the copy being rewritten), in the original coordinates: δ of all
+ * plans summed per layer (a layer reading two groups compensates both), then added to the layer's bias constant through
  * `edit` (the rewrite's decoded copy of a constant), or written as a new constant wired in as its bias input or
  * through a new Add. A new constant of a layer whose output channels a plan prunes loses the same channels as the
  * layer's weight: those slices are returned per group, for the rewrite to apply with the recorded ones.
  */
 export function writeBiases(
-  model: Model,
+  draft: Draft,
   plans: BiasPlan[],
   consts: Map<string, TensorProto>,
   edit: (tensor: string, group: Group) => { dims: number[]; data: Float32Array },
 ): Map<Group, AxisSlice[]> {
-  const graph = model.graph!;
+  const graph = draft.graph;
   const sums = new Map<string, { c: Consumer; group: Group; delta: Float64Array }>();
   for (const { group, bias } of plans)
     group.consumers.forEach((c, t) => {
@@ -105,7 +106,7 @@ export function writeBiases(
       for (let i = 0; i < w.data.length; i++) w.data[i] += delta[i % c.m]!;
       continue;
     }
-    const node = graph.node.find((n) => n.name === c.node.name)!;
+    const node = draft.node(c.node.name)!;
     const dataType = consts.get(c.weight)!.dataType || DataType.FLOAT;
     const scale = site.kind === 'input' ? site.scale : 1;
     const name = uniqueName(graph, `${node.name}_bias`);
@@ -116,7 +117,7 @@ export function writeBiases(
       dataType,
     );
     graph.initializer.push(t);
-    if (model.irVersion < 4n) graph.input.push(makeTensorValueInfo(name, dataType, [c.m])); // listed before IR 4
+    if (draft.model.irVersion < 4n) graph.input.push(makeTensorValueInfo(name, dataType, [c.m])); // listed before IR 4
     consts.set(name, t);
     if (site.kind === 'input') {
       while (node.input.length < site.input) node.input.push('');

@@ -3,21 +3,16 @@
 // generically, so it has no per-op knowledge. Everything is done in the original model's coordinates: first the
 // re-fitted consumer weights are written into the kept rows, then each constant loses the entries of every removed
 // channel of every group at once, then the counts shrink.
-import { clone } from '@bufbuild/protobuf';
 import { badInput } from '../errors.js';
 import {
   AttributeProto_AttributeType,
   DataType,
   dataTypeName,
-  encodeFloat32,
   int64Tensor,
   makeNode,
   tensorAttr,
   numel,
   dropEntries,
-  ModelProtoSchema,
-  replaceInitializerData,
-  setTensorData,
   tensorToFloat32,
   tensorToInt64,
   type GraphProto,
@@ -25,10 +20,10 @@ import {
   type TensorProto,
 } from '../onnx/index.js';
 import { constantTensors } from '../graph/shapes.js';
-import { normalizeModel } from '../graph/normalize.js';
 import { weightIndex } from '../graph/layers.js';
 import type { Group } from '../graph/types.js';
 import { writeBiases } from './bias.js';
+import { Draft } from './draft.js';
 
 export interface PrunePlan {
   group: Group;
@@ -54,7 +49,6 @@ export function notRewritable(t: TensorProto): string | undefined {
 
 /** A float constant being edited: decoded once, written back once (so FLOAT16 weights are rounded only once). */
 interface Work {
-  t: TensorProto;
   dims: number[];
   data: Float32Array;
 }
@@ -89,13 +83,14 @@ function checkPlan(p: PrunePlan): void {
  * channels is sliced away (producer weights and biases, per-channel parameters, the consumers' input rows), the
  * consumers' kept rows are replaced by the re-fitted weights where given, and shape constants and attributes that
  * count the channels shrink. Initializers keep their data types. Shapes recorded in value_info for the changed
- * tensors are dropped (onnxruntime re-infers them). The input model is not changed.
+ * tensors are dropped (onnxruntime re-infers them). The input model is not changed; the new one shares with it the
+ * nodes and constants the rewrite leaves as they are (Draft).
  */
 export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
-  const out = clone(ModelProtoSchema, model);
-  const graph = out.graph;
-  if (!graph) throw badInput('the model has no graph.');
-  normalizeModel(out); // a no-op if `model` went through analyze; otherwise the same form the groups were found in
+  // in the normal form the groups were found in (a model that went through analyze is in it already)
+  const draft = new Draft(model),
+    out = draft.model,
+    graph = draft.graph;
   const consts = constantTensors(graph);
   const work = new Map<string, Work>();
   const get = (name: string, group: Group): Work => {
@@ -106,7 +101,7 @@ export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
         throw badInput(
           `group "${group.id}": the model has no constant "${name}"; was it analysed on a different model?`,
         );
-      w = { t, ...tensorToFloat32(t) };
+      w = tensorToFloat32(t);
       work.set(name, w);
     }
     return w;
@@ -145,7 +140,7 @@ export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
   }
 
   // 1b. Bias changes (the intercept) into the consumers' biases, created where a layer has none.
-  const derived = writeBiases(out, plans, consts, get);
+  const derived = writeBiases(draft, plans, consts, get);
 
   // 2. Every removed channel's entries, per constant and axis, sliced at once.
   const removed = new Map<string, Map<number, Set<number>>>();
@@ -191,9 +186,9 @@ export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
         if (!t) throw badInput(`group "${group.id}": the model has no shape constant "${e.tensor}".`);
         const { dims, data } = tensorToInt64(t);
         data[e.index] = data[e.index]! - BigInt(gone * e.per);
-        writeBack(graph, e.tensor, t, dims, data);
+        consts.set(e.tensor, draft.setConstant(e.tensor, dims, data));
       } else {
-        const a = graph.node.find((n) => n.name === e.node)?.attribute.find((x) => x.name === e.attribute);
+        const a = draft.node(e.node)?.attribute.find((x) => x.name === e.attribute);
         if (!a || a.type !== AttributeProto_AttributeType.INT)
           throw badInput(
             `group "${group.id}": node "${e.node}" has no INT attribute "${e.attribute}"; ${changedModel}`,
@@ -203,7 +198,7 @@ export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
     }
   }
   for (const part of parts.values()) {
-    const node = graph.node.find((n) => n.name === part.node);
+    const node = draft.node(part.node);
     if (!node) throw badInput(`the model has no node "${part.node}"; ${changedModel}`);
     // a Constant node, as exporters write shape parts (an initializer would count as a parameter)
     const name = uniqueName(graph, `${part.node}_${part.input}_pruned`);
@@ -211,14 +206,16 @@ export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
     graph.node.splice(graph.node.indexOf(node), 0, makeNode('Constant', [], [name], [value], name));
     node.input[part.input] = name;
   }
-  for (const [name, w] of work) writeBack(graph, name, w.t, w.dims, w.data);
+  for (const [name, w] of work) draft.setConstant(name, w.dims, w.data);
 
   // Shapes of the channels' activations changed; drop stale value_info rather than guess (onnxruntime re-infers).
   const changed = new Set(plans.flatMap((p) => p.group.tensors.map((t) => t.tensor)));
   graph.valueInfo = graph.valueInfo.filter((vi) => !changed.has(vi.name) && !work.has(vi.name));
   // an If passing the channels (torch's squeeze) declares its branches' output shapes too
-  for (const n of graph.node.filter((x) => x.output.some((o) => changed.has(o))))
-    for (const a of n.attribute)
+  for (const { name } of graph.node.filter(
+    (x) => x.output.some((o) => changed.has(o)) && x.attribute.some((a) => a.g || a.graphs.length),
+  ))
+    for (const a of draft.node(name)!.attribute)
       for (const g of [a.g, ...a.graphs]) {
         if (!g) continue;
         for (const vi of g.output) if (vi.type?.value.case === 'tensorType') vi.type.value.value.shape = undefined;
@@ -237,24 +234,4 @@ function uniqueName(graph: GraphProto, base: string): string {
   let name = base;
   for (let i = 1; taken.has(name); i++) name = `${base}_${i}`;
   return name;
-}
-
-/** Store new data in an initializer (keeps its data type, fixes its graph-input entry) or a Constant node's tensor. */
-function writeBack(
-  graph: GraphProto,
-  name: string,
-  t: TensorProto,
-  dims: number[],
-  data: Float32Array | BigInt64Array,
-): void {
-  if (graph.initializer.includes(t)) {
-    replaceInitializerData(graph, name, dims, data);
-    return;
-  }
-  if (data instanceof BigInt64Array) {
-    setTensorData(t, dims, DataType.INT64, new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice());
-  } else {
-    const dt = t.dataType === DataType.FLOAT16 || t.dataType === DataType.DOUBLE ? t.dataType : DataType.FLOAT;
-    setTensorData(t, dims, dt, encodeFloat32(data, dt));
-  }
 }
