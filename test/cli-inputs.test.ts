@@ -6,6 +6,7 @@ import { float32Tensor, makeNode, serializeModel } from '../src/onnx/index.js';
 import { encodeNpy, openNpy } from '../src/npy.js';
 import { randn, rng, smallModel } from './graph-helpers.js';
 import { runCli } from './cli-helpers.js';
+import { shortReasons } from '../src/cli/inspect.js';
 
 // What users give the CLI besides a ready .npy: a folder of images with --preprocess (the oracle: the same image
 // preprocessed by torchvision in numpy, test/fixtures/images/make.py), and a model with free spatial or sequence
@@ -150,5 +151,25 @@ describe('inspect on free spatial or sequence dimensions, without --input-shape'
     ); // prettier-ignore
     expect(c.code, c.err).toBe(0);
     expect(groupsOf(JSON.parse(c.out))).toEqual(groupsOf(a));
+  });
+});
+
+describe("inspect's listing of refusals", () => {
+  it('a reason quoting a whole one above refers to its row (the ViT: stream refused for the class token)', async () => {
+    const json = await runCli('inspect', 'models/vit.onnx', '--json'),
+      text = await runCli('inspect', 'models/vit.onnx');
+    expect(json.code, json.err).toBe(0);
+    const refused: { node: string; reason: string }[] = JSON.parse(json.out).refused;
+    const root = refused.find((r) => r.node === '/patch/Conv')!;
+    expect(root.reason).toMatch(/class token/);
+    // the JSON keeps every reason whole; the listing prints the root once and points the Adds that cite it there
+    const citing = refused.filter((r) => r.reason !== root.reason && r.reason.includes(root.reason));
+    expect(citing.length).toBe(12);
+    expect(shortReasons(refused)).toEqual(
+      refused.map((r) => (r === root ? r.reason : r.reason.replace(root.reason, 'see /patch/Conv'))),
+    );
+    const listed = text.out.split('\n').filter((l) => l.startsWith('  /'));
+    expect(listed.filter((l) => l.includes('class token'))).toEqual([`  /patch/Conv: ${root.reason}`]);
+    expect(listed.filter((l) => l.includes('(its channels are refused: see /patch/Conv)')).length).toBe(12);
   });
 });

@@ -192,7 +192,22 @@ export function runInspect(argv: string[]): void {
   );
   if (a.refused.length) {
     console.log(`\nrefused:`);
-    for (const r of a.refused)
-      console.log(`  ${r.node}${r.producers ? ` (with ${r.producers.slice(1).join(', ')})` : ''}: ${r.reason}`);
+    const reasons = shortReasons(a.refused);
+    a.refused.forEach((r, i) =>
+      console.log(`  ${r.node}${r.producers ? ` (with ${r.producers.slice(1).join(', ')})` : ''}: ${reasons[i]}`),
+    );
   }
+}
+
+/**
+ * Refusal reasons as the listing prints them: a reason that quotes the whole reason of a row above it (a residual
+ * stream's Adds citing why the stream was refused) refers to that row instead of repeating it.
+ */
+export function shortReasons(refused: readonly { node: string; reason: string }[]): string[] {
+  return refused.map(({ reason }, i) => {
+    const quoted = refused
+      .slice(0, i)
+      .find((r) => r.reason.length >= 40 && r.reason !== reason && reason.includes(r.reason));
+    return quoted ? reason.replace(quoted.reason, `see ${quoted.node}`) : reason;
+  });
 }
