@@ -1,7 +1,8 @@
-// `npm run format:check` (and .ci/run): prettier's formatting, and no line over 120 columns in the code (prettier
-// leaves long strings and comments alone). Generated code (src/onnx/gen) is exempt; prettier cannot parse
-// AssemblyScript decorators, so assembly/ (in .prettierignore) gets the width check only. Width is counted in UTF-8
-// bytes, the strictest count a tool may use (·, ², → are one column but two or three bytes).
+// `npm run format:check` (and .ci/run): prettier's formatting, no line over 120 columns in the code (prettier
+// leaves long strings and comments alone), and no merge conflict markers in any tracked text. Generated code
+// (src/onnx/gen) is exempt; prettier cannot parse AssemblyScript decorators, so assembly/ (in .prettierignore) gets
+// the width check only. Width is counted in UTF-8 bytes, the strictest count a tool may use (·, ², → are one column
+// but two or three bytes).
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 
@@ -36,6 +37,19 @@ if (long.length) {
   failed = true;
   console.error(`${long.length} lines over ${WIDTH} columns (build long messages from named parts):`);
   console.error(long.join('\n'));
+}
+// a merge's conflict markers left in any tracked text (stop 29 committed one in README.md, which CI ran past)
+const texts = execFileSync('git', ['ls-files', '--cached', '--others', '--exclude-standard'], { encoding: 'utf8' })
+  .split('\n')
+  .filter((f) => /\.(ts|mjs|js|py|html|md|json|yml|txt)$/.test(f) || f === '.ci/run');
+const conflicts = texts.flatMap((f) =>
+  readFileSync(f, 'utf8')
+    .split('\n')
+    .flatMap((line, i) => (/^(<{7}|>{7})( |$)/.test(line) ? [`${f}:${i + 1}`] : [])),
+);
+if (conflicts.length) {
+  failed = true;
+  console.error(`merge conflict markers left in: ${conflicts.join(', ')}`);
 }
 if (failed) process.exit(1);
 console.log(`format: ${files.length} files formatted, no line over ${WIDTH} columns`);
