@@ -39,15 +39,15 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** Agreement and relative output error of `model` against `reference` on the given calibration rows. */
-async function oracle(model: Model, reference: Model, rows: number[]) {
-  const per = calib.rowSize,
+/** Agreement and relative output error of `model` against `reference` on the given rows of `from`. */
+async function oracle(model: Model, reference: Model, rows: number[], from: NpyFile = calib) {
+  const per = from.rowSize,
     x = new Float32Array(rows.length * per);
-  rows.forEach((r, i) => x.set(calib.readF32(r, r + 1), i * per));
+  rows.forEach((r, i) => x.set(from.readF32(r, r + 1), i * per));
   const run = async (m: Model) => {
     const s = await ort.InferenceSession.create(serializeModel(m), { logSeverityLevel: 3 });
     try {
-      const feed = new ort.Tensor('float32', x, [rows.length, ...calib.shape.slice(1)]);
+      const feed = new ort.Tensor('float32', x, [rows.length, ...from.shape.slice(1)]);
       return (await s.run({ [s.inputNames[0]!]: feed }))[s.outputNames[0]!]!.data as Float32Array;
     } finally {
       await s.release();
@@ -113,6 +113,28 @@ describe('fidelity sample', () => {
       const want = await oracle(s.model!, lenet, fidelitySampleRows(ROWS, 512));
       expect(s.report!.fidelity.agreement).toBe(want.agreement);
       expect(s.report!.fidelity.relError).toBeCloseTo(want.relError, 6);
+    }
+  });
+
+  it('a sample of every calibration row: the capture of the original hands its outputs over, any mode', async () => {
+    const all = openNpy('models/calib.npy'),
+      rows = [...Array(all.rows).keys()];
+    try {
+      for (const opts of [{ mode: 'layerwise' as const }, { mode: 'sequential' as const }, {}]) {
+        const open = vi.spyOn(Runner, 'open');
+        const { model, report } = await prune(lenet, all, { ...opts, budget: { compression: 4 }, threads: 1 });
+        // no session of the whole original: verification compares with the outputs its first capture computed
+        const whole = open.mock.calls.filter(([m, , , only]) => m === lenet && !only);
+        open.mockRestore();
+        expect(whole.length).toBe(0);
+        expect(report.fidelity.samples).toBe(all.rows);
+        const want = await oracle(model, lenet, rows, all);
+        expect(want.agreement).toBeLessThan(1);
+        expect(report.fidelity.agreement).toBe(want.agreement);
+        expect(report.fidelity.relError).toBeCloseTo(want.relError, 6);
+      }
+    } finally {
+      all.close();
     }
   });
 

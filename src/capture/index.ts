@@ -17,6 +17,7 @@ import { ChannelStatsAccumulator, type Captured, type StatsWanted } from './stat
 import { activations, Runner, type Activation, type OrtTensor } from './runner.js';
 import type { RuntimeOptions } from './runtime.js';
 import type { ChannelRun, Frontier, Slicing, StepPlan } from './frontier.js';
+import type { Reference } from '../eval/index.js';
 
 export { loadRuntime, type Backend, type RuntimeOptions } from './runtime.js';
 export { Runner, type Activation } from './runner.js';
@@ -42,6 +43,11 @@ export interface CaptureOptions extends RuntimeOptions, Pick<KernelOptions, 'thr
    * original, filled by a capture of the original (the allocation's, or the first group's) with later targets.
    */
   fill?: Fill;
+  /**
+   * The original model's reference for verification: a capture of that model hands it the model's outputs on each
+   * batch (computed with the capture's tensors, at little cost), so that verification need not run the model again.
+   */
+  reference?: Reference;
   onBatch?: (done: number, total: number) => void;
 }
 
@@ -220,9 +226,9 @@ async function captureInPasses(model: Model, groups: Group[], calib: Calibration
     out = new Map<string, Captured[]>();
   for (const [p, pass] of passes.entries()) {
     const onBatch = opts.onBatch && ((d: number, n: number) => opts.onBatch!(p * n + d, passes.length * n));
-    // the first pass fills what is to be filled
-    const fill = p === 0 ? opts.fill : undefined;
-    for (const [id, g] of await capturePass(model, pass, calib, { ...opts, onBatch, fill })) out.set(id, g);
+    // the first pass fills what is to be filled, and hands the reference its outputs
+    const [fill, reference] = p === 0 ? [opts.fill, opts.reference] : [];
+    for (const [id, g] of await capturePass(model, pass, calib, { ...opts, onBatch, fill, reference })) out.set(id, g);
   }
   return out;
 }
@@ -383,7 +389,9 @@ async function capturePass(
   calib: Calibration,
   opts: CaptureOptions,
 ): Promise<Map<string, Captured[]>> {
-  const names = [...new Set(groups.flatMap((g) => g.consumers.map((c) => c.input)))];
+  const reference = opts.reference?.model === model && !opts.reference.seeded ? opts.reference : undefined,
+    outputs = reference?.outputNames ?? [],
+    names = [...new Set([...groups.flatMap((g) => g.consumers.map((c) => c.input)), ...outputs])];
   const targets = opts.target && new Map(opts.target.groups.map((g) => [g.id, g])),
     consts = opts.target && constantTensors(opts.target.model.graph!);
   const pairs = groups.flatMap((g) =>
@@ -468,6 +476,7 @@ async function capturePass(
         accumulate(t.c, t.acc, B, A);
         t.stats?.add(B.data, B.dims);
       }
+      reference?.seed(b, new Map(outputs.map((o) => [o, got.get(o)!])));
       opts.onBatch?.(b.start + b.rows, calib.rows);
     }
     const out = new Map<string, Captured[]>(groups.map((g) => [g.id, []]));

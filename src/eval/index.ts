@@ -76,49 +76,73 @@ export function klSum(ref: Float32Array, y: Float32Array, classes: number): numb
 export const REFERENCE_BYTES = 256 * 2 ** 20;
 
 /**
- * A reference model to compare models with: its session, opened once, and its outputs on the batches run so far, kept
- * while they fit `REFERENCE_BYTES` (a prune measures every size it makes on the same sample).
+ * A reference model to compare models with: its outputs on the batches run so far, kept while they fit
+ * `REFERENCE_BYTES` (a prune measures every size it makes on the same sample), and its session, opened when a batch
+ * is asked for that no capture of the model handed over (seed).
  */
 export class Reference {
   private kept = new Map<string, Map<string, Activation>>();
   private bytes = 0;
+  private runner?: Promise<Runner>;
+  /** Rows of the batches a capture handed over: comparisons then run batches of that size, to find them. */
+  private seedRows?: number;
 
   private constructor(
     readonly model: Model,
-    private runner: Runner,
+    private readonly opts: RuntimeOptions,
     /** The reference's own fixed batch size, if any. */
-    private fixed: number | null,
+    private readonly fixed: number | null,
   ) {}
 
-  static async open(model: Model, opts: RuntimeOptions = {}): Promise<Reference> {
-    return new Reference(model, await Runner.open(model, [], opts), modelInputs(model)[0]?.dims[0] ?? null);
+  static of(model: Model, opts: RuntimeOptions = {}): Reference {
+    return new Reference(model, opts, modelInputs(model)[0]?.dims[0] ?? null);
   }
 
   get outputNames(): string[] {
     return this.model.graph!.output.map((o) => o.name);
   }
 
-  /** The batch size to run with: `preferred`, at most the reference's own fixed batch size. */
+  /** The batch size to run with: that of the batches handed over, else `preferred`, at most the fixed batch size. */
   batchSize(preferred: number): number {
-    return Math.min(preferred, this.fixed ?? Infinity);
+    return this.seedRows ?? Math.min(preferred, this.fixed ?? Infinity);
   }
 
   /** Every output of the reference on a batch. */
   async outputs(b: Batch): Promise<Map<string, Activation>> {
-    const key = `${b.start}+${b.rows}`,
-      hit = this.kept.get(key);
+    const hit = this.kept.get(`${b.start}+${b.rows}`);
     if (hit) return hit;
-    const out = await this.runner.run(b, this.outputNames);
-    const bytes = [...out.values()].reduce((n, x) => n + x.data.byteLength, 0);
-    if (this.bytes + bytes <= REFERENCE_BYTES) {
-      this.kept.set(key, out);
-      this.bytes += bytes;
-    }
+    this.runner ??= Runner.open(this.model, [], this.opts);
+    const out = await (await this.runner).run(b, this.outputNames);
+    this.keep(b, out);
     return out;
   }
 
-  release(): Promise<void> {
-    return this.runner.release();
+  /**
+   * The reference's outputs on a batch, computed by someone else: a capture running the whole model anyway (prune's
+   * first run of the original). Later comparisons run batches of the same size.
+   */
+  seed(b: Batch, out: Map<string, Activation>): void {
+    if (b.start === 0) this.seedRows = b.rows;
+    this.keep(b, out);
+  }
+
+  /** Whether a capture handed outputs over already (another would only repeat them). */
+  get seeded(): boolean {
+    return this.seedRows !== undefined;
+  }
+
+  private keep(b: Batch, out: Map<string, Activation>): void {
+    const key = `${b.start}+${b.rows}`,
+      bytes = [...out.values()].reduce((n, x) => n + x.data.byteLength, 0);
+    if (this.kept.has(key) || this.bytes + bytes > REFERENCE_BYTES) return;
+    this.kept.set(key, out);
+    this.bytes += bytes;
+  }
+
+  async release(): Promise<void> {
+    const runner = this.runner;
+    this.runner = undefined;
+    await (await runner?.catch(() => undefined))?.release();
   }
 }
 
@@ -136,7 +160,7 @@ export async function evaluate(model: Model, data: InputData, opts: EvaluateOpti
   if (opts.labels && opts.labels.length !== calib.rows)
     throw badInput(`${opts.labels.length} labels for ${calib.rows} samples`);
   const run = await Runner.open(model, [], opts),
-    reference = opts.reference && (await Reference.open(opts.reference, opts));
+    reference = opts.reference && Reference.of(opts.reference, opts);
   try {
     return await measure(run, model.graph!.output[0]!.name, calib, { ...opts, reference });
   } finally {

@@ -53,7 +53,7 @@ export function captureOriginal(
   groups: Group[],
   calib: InputData,
   methods: readonly Method[],
-  opts: RuntimeOptions & KernelOptions & Pick<CaptureOptions, 'onBatch' | 'fill'> = {},
+  opts: RuntimeOptions & KernelOptions & Pick<CaptureOptions, 'onBatch' | 'fill' | 'reference'> = {},
 ): Promise<Map<string, Captured[]>> {
   const stats: StatsWanted = {};
   for (const m of methods) Object.assign(stats, statsFor(m));

@@ -219,6 +219,7 @@ async function keepsFor(
   budgets: Budget[],
   opts: SizesOptions,
   clock: Stopwatch<Stage>,
+  reference?: Reference,
 ): Promise<Keeps> {
   const { groups } = plan,
     allocation = opts.allocation ?? defaultAllocation(budgets);
@@ -247,7 +248,7 @@ async function keepsFor(
   const grams =
     opts.stats?.grams ??
     (await clock.time('capture', () =>
-      captureOriginal(model, groups, calib, [opts.method ?? 'greedy'], { ...opts, onBatch, fill }),
+      captureOriginal(model, groups, calib, [opts.method ?? 'greedy'], { ...opts, onBatch, fill, reference }),
     ));
   const allocated = await clock.time('allocate', () =>
     allocateBudget(model, groups, calib, goals, { ...opts, allocation, grams }),
@@ -355,6 +356,7 @@ async function rankLayerwise(
   calib: Calibration,
   opts: SizesOptions,
   clock: Stopwatch<Stage>,
+  reference?: Reference,
 ): Promise<Ranking> {
   const progress = opts.onProgress ?? (() => {}),
     { groups } = plan;
@@ -367,6 +369,7 @@ async function rankLayerwise(
         ...opts,
         stats: statsFor(opts.method ?? 'greedy'),
         onBatch: (d, n) => progress('capture', d, n),
+        reference,
       }),
     ));
   const seconds: number[] = [];
@@ -412,7 +415,7 @@ function pruneRanked(
 /**
  * Group by group: activations of the model whose earlier groups are already pruned and re-fitted. `original`: the
  * allocation's capture of the original model (the first group's, which is on it) and, asymmetric, the original's
- * frontier that capture filled.
+ * frontier that capture filled; the original's reference for verification, which a capture of it hands its outputs.
  */
 async function pruneSequential(
   model: Model,
@@ -421,7 +424,7 @@ async function pruneSequential(
   calib: Calibration,
   opts: SizesOptions,
   clock: Stopwatch<Stage>,
-  original: Pick<Keeps, 'grams' | 'targets'> = {},
+  original: Pick<Keeps, 'grams' | 'targets'> & { reference?: Reference } = {},
 ): Promise<Pruned> {
   const progress = opts.onProgress ?? (() => {}),
     ids = plan.groups.map((u) => u.id),
@@ -458,7 +461,7 @@ async function pruneSequential(
           captureGrams(pruned, [group], calib, {
             ...opts,
             stats,
-            ...(first ? { fill } : { target }),
+            ...(first ? { fill, reference: original.reference } : { target }),
             frontier: { ...frontier, ...later },
           }),
         );
@@ -528,19 +531,22 @@ export async function* pruneSizes(
   const plan = shared.time('analyze', () => planPrune(model, calib, o.mode!, o));
   if (o.stats) shared.time('analyze', () => checkStats(o.stats!, model, plan.groups, calib, o.method));
   o.onPlan?.(plan.memory);
-  const keeps = await keepsFor(model, plan, calib, budgets, o, shared);
-  const ranking = o.mode === 'layerwise' ? await rankLayerwise(model, plan, keeps, calib, o, shared) : undefined;
-  // the original's session and outputs on the fidelity sample, for every size (opened with the first one's check)
-  const sample = fidelitySample(model, calib, o.fidelityRows);
-  let reference: Reference | undefined;
+  // the original's outputs on the fidelity sample, for every size: handed over by the first capture of the original
+  // when the sample is the whole calibration set, else computed by its own session, opened with the first size's check
+  const sample = fidelitySample(model, calib, o.fidelityRows),
+    reference = Reference.of(model, { backend }),
+    seed = sample === calib ? reference : undefined;
   try {
+    const keeps = await keepsFor(model, plan, calib, budgets, o, shared, seed);
+    const ranking =
+      o.mode === 'layerwise' ? await rankLayerwise(model, plan, keeps, calib, o, shared, seed) : undefined;
     for (const [i, budget] of budgets.entries()) {
       const clock = i ? new Stopwatch(STAGES) : shared;
       let sized: Sized;
       try {
         const pruned = ranking
           ? pruneRanked(model, ranking, keeps.keeps[i]!, o, clock)
-          : await pruneSequential(model, plan, keeps.keeps[i]!, calib, o, clock, keeps);
+          : await pruneSequential(model, plan, keeps.keeps[i]!, calib, o, clock, { ...keeps, reference: seed });
         if (o.sweep !== undefined) pruned.model = await clock.time('select', () => sweepOf(model, pruned, calib, o));
         // the first size's group seconds include the shared ranking, as a single-size run's do
         const selected =
@@ -548,7 +554,6 @@ export async function* pruneSizes(
             ? pruned.groups.map((g, j) => ({ ...g, seconds: g.seconds + ranking.seconds[j]! }))
             : pruned.groups;
         const fidelity = await clock.time('verify', async () => {
-          reference ??= await Reference.open(model, { backend });
           const onBatch = (d: number, n: number) => o.onProgress?.('verify', d, n);
           return verifiedFidelity(reference, pruned.model, sample, { batch: o.batch, backend, onBatch });
         });
@@ -582,7 +587,7 @@ export async function* pruneSizes(
       yield sized;
     }
   } finally {
-    await reference?.release();
+    await reference.release();
   }
 }
 

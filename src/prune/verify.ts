@@ -70,7 +70,7 @@ export async function verifyPruned(
   data: InputData,
   opts: RuntimeOptions = {},
 ): Promise<void> {
-  const reference = await Reference.open(original, opts);
+  const reference = Reference.of(original, opts);
   try {
     await checkPruned(reference, pruned, Calibration.of(original, data), opts);
   } finally {
