@@ -82,12 +82,20 @@ function usesOf(graph: GraphProto): Map<string, Use[]> {
   return uses;
 }
 
-const label = (n: NodeProto) => `${n.opType} "${n.name}"`;
+const label = (n: NodeProto) => `${opOf(n)} "${n.name}"`;
 
-/** What a refusal at an op of onnxruntime's own domains (FusedConv, the NCHWc ops) adds. */
-const ORT_OPTIMIZED =
-  "; onnxruntime's graph optimizer writes such ops (optimizedModelFilePath): " +
-  'prune the model as exported, then optimize';
+/**
+ * What a refusal at an op of onnxruntime's own domains adds: the NCHWc ops (level all) hold the channels in blocks
+ * laid out for the CPU that wrote them; the contrib ops subprune does not know (Attention, MatMulNBits).
+ */
+const ortOptimized = (domain: string) =>
+  !domain.startsWith('com.microsoft')
+    ? ''
+    : "; onnxruntime's graph optimizer writes such ops (optimizedModelFilePath" +
+      (domain === 'com.microsoft.nchwc'
+        ? " at level 'all': channels in blocks laid out for the CPU that wrote them"
+        : '') +
+      '): prune the model as exported, then optimize';
 
 /** What a refusal at a quantized layer adds: its weights are integers (QLinearConv; a DequantizeLinear's output). */
 const QUANTIZED = '; the model is quantized: prune the float model, then quantize the pruned one';
@@ -186,7 +194,7 @@ class Graph {
           OPS[n.opType]?.shape && !domain
             ? 'whose output shape could not be computed'
             : 'an op with no shape rule in subprune';
-        const ort = domain.startsWith('com.microsoft') ? ORT_OPTIMIZED : '';
+        const ort = ortOptimized(domain);
         return `the shape of "${t}" is unknown: it comes from ${opOf(n)} "${n.name}", ${why}${ort}`;
       }
       name = next;
@@ -886,7 +894,7 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
     S.refuseAll(
       l,
       `${opOf(node)} "${node.name}" is not known to act per channel (it may mix channels); subprune stops at it` +
-        (node.domain.startsWith('com.microsoft') ? ORT_OPTIMIZED : ''),
+        ortOptimized(node.domain),
     );
     return false;
   }
@@ -1315,12 +1323,17 @@ function matmulNode(W: Walk, node: NodeProto): void {
   const refuseAll = (why: string) => tracked.forEach((i) => S.refuseAll(i.l, why));
   if (!yShape || ins.some((i) => !i.shape || i.shape.length < 2))
     return refuseAll(`the shapes around ${label(node)} are unknown or not matrices`);
+  // onnxruntime's FusedMatMul transposes the last two axes of an input with transA / transB (the batch axes too with
+  // transBatchA / transBatchB, refused)
+  const transBatch = ['transBatchA', 'transBatchB'].find((a) => attrInt(node, a, 0) !== 0);
+  if (transBatch) return refuseAll(`${label(node)} has ${transBatch}=1, which subprune does not support`);
+  const trans = [attrInt(node, 'transA', 0) !== 0, attrInt(node, 'transB', 0) !== 0];
   const rank = yShape.length;
   // the output axis of each input's channel axis, or why there is none
   const axes = ins.map(({ l, shape }, slot) => {
     if (!l) return undefined;
     const r = shape!.length,
-      k = slot === 0 ? r - 1 : r - 2;
+      k = (slot === 0) !== trans[slot] ? r - 1 : r - 2; // the inner (summed) axis
     if (l.axis === k) return `${label(node)} sums over the channels (they are its inner dimension), which couples them`;
     return l.axis < r - 2 ? rank - r + l.axis : slot === 0 ? rank - 2 : rank - 1;
   });
@@ -1477,10 +1490,10 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
   };
   for (const node of G.graph.node) {
     const rule = OPS[opOf(node)];
-    // onnxruntime's layers (FusedConv, NCHWc Conv, FusedGemm) are no layers here: refused by name, or an optimized
-    // model's only candidates vanish and inspect lists nothing
-    if (node.domain.startsWith('com.microsoft') && node.input[1] && G.constant(node.input[1]))
-      W.refused.push({ node: node.name, reason: `${opOf(node)} is not an ONNX layer${ORT_OPTIMIZED}` });
+    // onnxruntime's ops the tables do not know (the NCHWc Conv, Attention, MatMulNBits) with a weight are no layers
+    // here: refused by name, or an optimized model's only candidates vanish and inspect lists nothing
+    if (!rule && node.domain.startsWith('com.microsoft') && node.input[1] && G.constant(node.input[1]))
+      W.refused.push({ node: node.name, reason: `${opOf(node)} is not an ONNX layer${ortOptimized(node.domain)}` });
     if (QUANTIZED_LAYERS.has(opOf(node)))
       W.refused.push({ node: node.name, reason: `${label(node)} is a layer of integers${QUANTIZED}` });
     const inputs = node.input.flatMap((t, slot) => (t && W.layouts.has(t) ? [{ t, slot, l: W.layouts.get(t)! }] : []));
