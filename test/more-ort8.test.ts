@@ -246,6 +246,30 @@ describe("onnxruntime's fused layers as consumers: cut as their ONNX layers, the
   });
 });
 
+describe('contrib ops subprune does not know are refused, saying what to do', () => {
+  // MatMulNBits (onnxruntime's 4-bit weight quantizer) is a quantized layer: before, "prune the model as exported,
+  // then optimize"; Attention (onnxruntime.transformers' optimizer) is an optimizer's fusion
+  const QUANTIZED = /; the model is quantized: prune the float model, then quantize the pruned one$/;
+  const FUSED = new RegExp(
+    "; onnxruntime's optimizers write such ops \\(optimizedModelFilePath, onnxruntime\\.transformers\\.optimizer\\): " +
+      'prune the model as exported, then optimize$',
+  );
+  it.each([
+    ['MatMulNBits', [intAttr('K', 8), intAttr('N', 5), intAttr('bits', 4), intAttr('block_size', 16)], QUANTIZED],
+    ['Attention', [intAttr('num_heads', 2)], FUSED],
+  ] as const)('%s', (op, attrs, hint) => {
+    const m = denseModel(contrib(makeNode(op, ['h', 'w2'], ['y'], [...attrs], 'head')), { name: 'w2', dims: [8, 5] });
+    const { groups, refused } = analyze(m);
+    expect(groups).toEqual([]);
+    expect(refused.map((r) => r.node)).toEqual(['fc1', 'head']);
+    expect(refused[1]!.reason).toMatch(
+      new RegExp(`^com\\.microsoft::${op}( "head" is a layer of integers| is not an ONNX layer)`),
+    );
+    expect(refused[0]!.reason).toMatch(new RegExp(`^com\\.microsoft::${op} "head" is not known to act per channel`));
+    for (const r of refused) expect(r.reason).toMatch(hint);
+  });
+});
+
 describe('an op is known by its domain and its op type', () => {
   // a custom op named as an ONNX one is not that op: before, shape inference took Relu's rule for it (by op type)
   it("a Relu of another domain is not ONNX's Relu: it stops the channels, named with its domain", () => {
