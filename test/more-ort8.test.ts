@@ -26,7 +26,12 @@ import { analyzeFixture, describeFixtures } from './fixture-suite.js';
 // original with the dropped channels' consumer inputs zeroed (test/fixture-suite.ts).
 
 const FIX = 'test/fixtures';
-const CALIB: Record<string, string> = { bert: 'more-distilbert', gpt2: 'more-gpt2', crnn: 'ocr6-lines' };
+const CALIB: Record<string, string> = {
+  bert: 'more-distilbert',
+  gpt2: 'more-gpt2',
+  llama14: 'more-gpt2',
+  crnn: 'ocr6-lines',
+};
 const calibOf = (model: string) => `${FIX}/${CALIB[model.split('-')[1]!] ?? 'cnn-images'}.calib.npy`;
 const MBV3 = [
   [16, 3, 1],
@@ -87,6 +92,17 @@ const CASES: { model: string; groups: number[][] }[] = [
       [128, 1, 1],
       [4, 1, 8],
       [128, 1, 1],
+    ],
+  },
+  // opset 14: RMSNorm fused into SimplifiedLayerNormalization (onnxruntime's op in ONNX's own domain: before, no shape
+  // rule, everything refused), SiLU into QuickGelu (alpha 1) gating the up projection, q·kᵀ/√d into FusedMatMul
+  {
+    model: 'ort8-llama14-extended',
+    groups: [
+      [4, 3, 8],
+      [64, 2, 1],
+      [4, 3, 8],
+      [64, 2, 1],
     ],
   },
   // FusedConv + MaxPool to a height of 1, read by the BiLSTM

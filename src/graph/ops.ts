@@ -1487,10 +1487,17 @@ const FLOAT_TYPES = new Set<number>([DataType.FLOAT, DataType.FLOAT16, DataType.
 const biasActivation: ChainRule = (ctx) =>
   ctx.input === 0 ? result(ctx, broadcastParam(ctx, 1, 'bias')) : refusal(ctx, `: the channels enter as its bias`);
 
-/** SkipLayerNormalization's outputs: the normalised sum, its mean and inverse deviation per row, and the sum. */
-const skipLayerNormShape: ShapeRule = withX((x, { node }) =>
-  node.output.map((_, i) => (i === 1 || i === 2 ? [...x.slice(0, -1), 1] : [...x])),
-);
+/**
+ * onnxruntime's normalisations over the axes from `axis` on (-1 by default): the normalised tensor, then per-row
+ * statistics (SimplifiedLayerNormalization's inverse deviation; the Skip ones' mean and inverse deviation, then the
+ * sum of input, skip and bias).
+ */
+const normStatsShape: ShapeRule = withX((x, { node }) => {
+  const axis = normAxis(attrInt(node, 'axis', -1), x.length),
+    stats = [...x.slice(0, axis), ...x.slice(axis).map(() => 1)];
+  const skip = node.domain === 'com.microsoft' && node.opType.startsWith('Skip');
+  return node.output.map((_, i) => (i === 0 || (skip && i === 3) ? [...x] : stats));
+});
 
 const refuse =
   (why: string): ChainRule =>
@@ -1662,9 +1669,15 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   'com.microsoft::FastGelu': op(sameShape, biasActivation),
   // input + skip (+ bias), then a LayerNormalization over the last axis: the residual stream's channels
   'com.microsoft::SkipLayerNormalization': op(
-    skipLayerNormShape,
+    normStatsShape,
     refuse('normalises across the channels (a LayerNormalization of the sum with its skip input), which couples them'),
   ),
+  'com.microsoft::SkipSimplifiedLayerNormalization': op(
+    normStatsShape,
+    refuse('normalises across the channels (an RMSNorm of the sum with its skip input), which couples them'),
+  ),
+  // RMSNorm as onnxruntime fuses it (LLaMA's x · rsqrt(mean(x²) + eps) · w), an op it defines in ONNX's own domain
+  SimplifiedLayerNormalization: op(normStatsShape, layerNorm),
 };
 
 /** The layer-table entry of a node, found by its op name (domain and op type). */
