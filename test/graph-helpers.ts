@@ -241,11 +241,14 @@ export function zeroDroppedInputs(model: Model, plans: { group: Group; keep: num
     for (const c of group.consumers) {
       const n = c.node;
       const transB = n.attribute.find((a) => a.name === 'transB')?.i === 1n;
+      // onnxruntime's FusedConv, FusedGemm and FusedMatMul keep their weights as Conv, Gemm and MatMul (FusedMatMul
+      // with transB=1 as Gemm's)
+      const op = n.domain === 'com.microsoft' ? n.opType.replace(/^Fused/, '') : n.domain ? '' : n.opType;
       // the weight's input axis, from the ONNX definitions: Conv [m, c, kh, kw], Gemm transB=1 [m, d], LSTM/GRU/RNN
       // [directions, gates·hidden, input]
-      const recurrent = ['LSTM', 'GRU', 'RNN'].includes(n.opType);
-      const axis = recurrent ? 2 : n.opType === 'Conv' || (n.opType === 'Gemm' && transB) ? 1 : 0;
-      const block = n.opType === 'Conv' ? c.g / (c.conv!.kernel[0] * c.conv!.kernel[1]) : c.g;
+      const recurrent = ['LSTM', 'GRU', 'RNN'].includes(op);
+      const axis = recurrent ? 2 : op === 'Conv' || (['Gemm', 'MatMul'].includes(op) && transB) ? 1 : 0;
+      const block = op === 'Conv' ? c.g / (c.conv!.kernel[0] * c.conv!.kernel[1]) : c.g;
       const kept = new Set(keep);
       const mine = (i: number) => i >= c.offset && i < c.offset + block * group.channels;
       zeroAlong(ref, c.weight, axis, (i) => mine(i) && !kept.has(Math.floor((i - c.offset) / block)));

@@ -18,6 +18,7 @@ import {
 import { openNpy, type NpyFile } from '../src/npy.js';
 import { Calibration } from '../src/calibration.js';
 import { analyze } from '../src/graph/analyze.js';
+import { opOf } from '../src/graph/ops.js';
 import { constantTensors } from '../src/graph/shapes.js';
 import { pruneGroups } from '../src/rewrite/index.js';
 import { prune } from '../src/prune/index.js';
@@ -434,28 +435,44 @@ describe("Whisper's attention scale (C // heads) ** -0.25, C read from q's shape
 });
 
 describe("a model saved by onnxruntime's graph optimizer", () => {
-  // optimizedModelFilePath writes com.microsoft ops (FusedConv: a Conv with its Relu; NCHWc Convs) that ONNX does not
-  // define: refused, each refusal naming the op and saying to prune the exported model (before: "an op before it has
-  // no shape rule", or at level all no refusal at all, since the NCHWc Convs were no candidates)
-  it.each(['extended', 'all'] as const)('level %s: refused, naming the fused op', async (level) => {
+  // optimizedModelFilePath writes com.microsoft ops. Level extended: FusedConv (a Conv with its Relu), a layer of the
+  // table, so the groups are the exported model's (before: all refused). Level all: NCHWc Convs (a blocked channel
+  // layout for the CPU that wrote them), refused, each refusal naming the op and saying to prune the exported model
+  // (before: "an op before it has no shape rule", or no refusal at all, since the NCHWc Convs were no candidates)
+  const optimize = async (level: 'extended' | 'all') => {
     const dir = mkdtempSync(join(tmpdir(), 'subprune-ort-'));
     try {
       const optimized = join(dir, 'optimized.onnx');
       const session = await ort.InferenceSession.create(`${FIX}/more-pixel-shuffle.onnx`, {
         graphOptimizationLevel: level,
         optimizedModelFilePath: optimized,
+        logSeverityLevel: 3,
       });
       await session.release();
-      const m = readModel(optimized);
-      expect(m.graph!.node.some((n) => n.domain.startsWith('com.microsoft'))).toBe(true);
-      const { groups, refused } = analyze(m);
-      expect(groups).toEqual([]);
-      expect(refused.length).toBeGreaterThan(0);
-      for (const r of refused.filter((x) => x.reason !== 'output layer: no consumer'))
-        expect(r.reason).toMatch(/com\.microsoft(\.nchwc)?::\w+.*prune the model as exported, then optimize$/);
+      return readModel(optimized);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  };
+  const signature = (m: Model) =>
+    analyze(m).groups.map((g) => [g.channels, g.producers.map((p) => p.name).sort(), g.consumers.length]);
+
+  it("level extended: FusedConv is a Conv, the groups are the exported model's", async () => {
+    const m = await optimize('extended');
+    expect(m.graph!.node.some((n) => opOf(n) === 'com.microsoft::FusedConv')).toBe(true);
+    const want = signature(readModel(`${FIX}/more-pixel-shuffle.onnx`));
+    expect(want.length).toBeGreaterThan(0);
+    expect(signature(m)).toEqual(want);
+  });
+
+  it('level all: refused, naming the fused op', async () => {
+    const m = await optimize('all');
+    expect(m.graph!.node.some((n) => n.domain === 'com.microsoft.nchwc')).toBe(true);
+    const { groups, refused } = analyze(m);
+    expect(groups).toEqual([]);
+    expect(refused.length).toBeGreaterThan(0);
+    for (const r of refused.filter((x) => x.reason !== 'output layer: no consumer'))
+      expect(r.reason).toMatch(/com\.microsoft(\.nchwc)?::\w+.*prune the model as exported, then optimize$/);
   });
 });
 

@@ -4,7 +4,7 @@
 // shapes, so the size is exact and costs O(tensors touched) per evaluation.
 import { numel, type Model } from '../onnx/index.js';
 import { constantTensors, dataInputs, inferShapes, modelStats, nodeMacs, type InputShapes } from '../graph/shapes.js';
-import { LAYERS } from '../graph/layers.js';
+import { layerOf } from '../graph/ops.js';
 import type { Group } from '../graph/types.js';
 import type { SizeOf } from './index.js';
 
@@ -50,13 +50,13 @@ export function sizeModel(model: Model, groups: Group[], inputShape: InputShapes
   }
   const batch = shapes.get(dataInputs(model.graph!)[0]?.name ?? '')?.[0] || 1;
   const touched = model.graph!.node.filter(
-    (n) => LAYERS[n.opType] && [n.input[0], n.input[1], n.output[0]].some((t) => t && shrinks.has(t)),
+    (n) => layerOf(n) && [n.input[0], n.input[1], n.output[0]].some((t) => t && shrinks.has(t)),
   );
   const flopsOf = (macs: number | undefined) => (2 * (macs ?? 0)) / batch;
   const base = full.flops - touched.reduce((a, n) => a + flopsOf(nodeMacs(n, shapes)), 0);
   return (keeps) =>
     touched.reduce((a, n) => {
       const [x, w, y] = [n.input[0]!, n.input[1]!, n.output[0]!].map((t) => dims(t, keeps));
-      return a + flopsOf(LAYERS[n.opType]!.macs(n, x!, w!, y!));
+      return a + flopsOf(layerOf(n)!.macs(n, x!, w!, y!));
     }, base);
 }

@@ -5,7 +5,7 @@ import type { Model, NodeProto } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
 import type { Consumer, Group } from '../graph/types.js';
 import { consumerWeightMatrix } from '../graph/analyze.js';
-import { LAYERS } from '../graph/layers.js';
+import { layerOf } from '../graph/ops.js';
 import { constantTensors } from '../graph/shapes.js';
 import { tensorDims, tensorToFloat32, type TensorProto } from '../onnx/index.js';
 import { Calibration, modelInputs, type Batch, type InputData } from '../calibration.js';
@@ -65,7 +65,7 @@ const projectionOf = (c: { d: number; m?: number }, asymmetric: boolean) =>
  * it in the original model's run anyway. Undefined otherwise: the target is the consumer's input A.
  */
 export function targetOutput(c: Consumer): string | undefined {
-  return LAYERS[c.node.opType]?.product && c.d === c.dTotal && 2 * c.m < 3 * c.d ? c.node.output[0] : undefined;
+  return layerOf(c.node)?.product && c.d === c.dTotal && 2 * c.m < 3 * c.d ? c.node.output[0] : undefined;
 }
 
 /** The tensor an asymmetric capture wants of the original model for consumer c. */
@@ -73,7 +73,7 @@ export const targetTensor = (c: Consumer) => targetOutput(c) ?? c.input;
 
 /** The bias of a consumer as one value per output (none: zeros), or undefined if it is not that. */
 function biasOf(c: Consumer, consts: ReadonlyMap<string, TensorProto>): Float32Array | undefined {
-  const at = LAYERS[c.node.opType]?.biasInput?.input,
+  const at = layerOf(c.node)?.biasInput?.input,
     name = at === undefined ? '' : (c.node.input[at] ?? '');
   if (!name) return new Float32Array(c.m);
   const t = consts.get(name),

@@ -82,12 +82,7 @@ function usesOf(graph: GraphProto): Map<string, Use[]> {
   return uses;
 }
 
-const label = (n: NodeProto) => `${n.opType} "${n.name}"`;
-
-/** What a refusal at an op of onnxruntime's own domains (FusedConv, the NCHWc ops) adds. */
-const ORT_OPTIMIZED =
-  "; onnxruntime's graph optimizer writes such ops (optimizedModelFilePath): " +
-  'prune the model as exported, then optimize';
+const label = (n: NodeProto) => `${opOf(n)} "${n.name}"`;
 
 /** What a refusal at a quantized layer adds: its weights are integers (QLinearConv; a DequantizeLinear's output). */
 const QUANTIZED = '; the model is quantized: prune the float model, then quantize the pruned one';
@@ -100,7 +95,27 @@ const COMPUTED =
 const SLICED =
   ' at run time, by tensor shapes (as nn.MultiheadAttention slices its packed in_proj_weight for cross-attention); ' +
   'subprune prunes layers whose weights are initializers';
-const QUANTIZED_LAYERS = new Set(['QLinearConv', 'QLinearMatMul', 'ConvInteger', 'MatMulInteger']);
+const QUANTIZED_LAYERS = new Set(
+  ['QLinearConv', 'QLinearMatMul', 'ConvInteger', 'MatMulInteger'].concat(
+    // onnxruntime's (quantize_dynamic, MatMul4BitsQuantizer)
+    ['MatMulNBits', 'DynamicQuantizeMatMul', 'MatMulIntegerToFloat', 'QAttention'].map((o) => `com.microsoft::${o}`),
+  ),
+);
+
+/**
+ * What a refusal at an op of onnxruntime's own domains adds: the model is quantized; the NCHWc ops (level all) hold
+ * the channels in blocks laid out for the CPU that wrote them; contrib ops subprune does not know (Attention) were
+ * fused from ONNX ops by an optimizer.
+ */
+function ortHint(node: NodeProto): string {
+  if (QUANTIZED_LAYERS.has(opOf(node))) return QUANTIZED;
+  if (!node.domain.startsWith('com.microsoft')) return '';
+  const where =
+    node.domain === 'com.microsoft.nchwc'
+      ? "optimizedModelFilePath at level 'all': channels in blocks laid out for the CPU that wrote them"
+      : 'optimizedModelFilePath, onnxruntime.transformers.optimizer';
+  return `; onnxruntime's optimizers write such ops (${where}): prune the model as exported, then optimize`;
+}
 const FLOAT_TYPES = new Set<number>([DataType.FLOAT, DataType.FLOAT16, DataType.DOUBLE, DataType.BFLOAT16]);
 
 /** The analysis state shared by the walk: constants, uses, producers, shapes. */
@@ -181,13 +196,10 @@ class Graph {
       if (next === undefined && this.calls.has(n.name))
         return `the shape of "${t}" is unknown: it comes from "${n.name}", which ${this.calls.get(n.name)}`;
       if (next === undefined) {
-        const domain = n.domain === '' || n.domain === 'ai.onnx' ? '' : n.domain;
-        const why =
-          OPS[n.opType]?.shape && !domain
-            ? 'whose output shape could not be computed'
-            : 'an op with no shape rule in subprune';
-        const ort = domain.startsWith('com.microsoft') ? ORT_OPTIMIZED : '';
-        return `the shape of "${t}" is unknown: it comes from ${opOf(n)} "${n.name}", ${why}${ort}`;
+        const why = OPS[opOf(n)]?.shape
+          ? 'whose output shape could not be computed'
+          : 'an op with no shape rule in subprune';
+        return `the shape of "${t}" is unknown: it comes from ${label(n)}, ${why}${ortHint(n)}`;
       }
       name = next;
     }
@@ -886,7 +898,7 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
     S.refuseAll(
       l,
       `${opOf(node)} "${node.name}" is not known to act per channel (it may mix channels); subprune stops at it` +
-        (node.domain.startsWith('com.microsoft') ? ORT_OPTIMIZED : ''),
+        ortHint(node),
     );
     return false;
   }
@@ -1315,12 +1327,17 @@ function matmulNode(W: Walk, node: NodeProto): void {
   const refuseAll = (why: string) => tracked.forEach((i) => S.refuseAll(i.l, why));
   if (!yShape || ins.some((i) => !i.shape || i.shape.length < 2))
     return refuseAll(`the shapes around ${label(node)} are unknown or not matrices`);
+  // onnxruntime's FusedMatMul transposes the last two axes of an input with transA / transB (the batch axes too with
+  // transBatchA / transBatchB, refused)
+  const transBatch = ['transBatchA', 'transBatchB'].find((a) => attrInt(node, a, 0) !== 0);
+  if (transBatch) return refuseAll(`${label(node)} has ${transBatch}=1, which subprune does not support`);
+  const trans = [attrInt(node, 'transA', 0) !== 0, attrInt(node, 'transB', 0) !== 0];
   const rank = yShape.length;
   // the output axis of each input's channel axis, or why there is none
   const axes = ins.map(({ l, shape }, slot) => {
     if (!l) return undefined;
     const r = shape!.length,
-      k = slot === 0 ? r - 1 : r - 2;
+      k = (slot === 0) !== trans[slot] ? r - 1 : r - 2; // the inner (summed) axis
     if (l.axis === k) return `${label(node)} sums over the channels (they are its inner dimension), which couples them`;
     return l.axis < r - 2 ? rank - r + l.axis : slot === 0 ? rank - 2 : rank - 1;
   });
@@ -1477,12 +1494,12 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
   };
   for (const node of G.graph.node) {
     const rule = OPS[opOf(node)];
-    // onnxruntime's layers (FusedConv, NCHWc Conv, FusedGemm) are no layers here: refused by name, or an optimized
-    // model's only candidates vanish and inspect lists nothing
-    if (node.domain.startsWith('com.microsoft') && node.input[1] && G.constant(node.input[1]))
-      W.refused.push({ node: node.name, reason: `${opOf(node)} is not an ONNX layer${ORT_OPTIMIZED}` });
+    // quantized layers, and onnxruntime's ops the tables do not know (the NCHWc Conv, Attention) with a weight, are no
+    // layers here: refused by name, or an optimized or quantized model's only candidates vanish and inspect lists none
     if (QUANTIZED_LAYERS.has(opOf(node)))
       W.refused.push({ node: node.name, reason: `${label(node)} is a layer of integers${QUANTIZED}` });
+    else if (!rule && node.domain.startsWith('com.microsoft') && node.input[1] && G.constant(node.input[1]))
+      W.refused.push({ node: node.name, reason: `${opOf(node)} is not an ONNX layer${ortHint(node)}` });
     const inputs = node.input.flatMap((t, slot) => (t && W.layouts.has(t) ? [{ t, slot, l: W.layouts.get(t)! }] : []));
     const branches = ifBranches(node, G.constant);
     if (branches) {

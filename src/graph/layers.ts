@@ -82,7 +82,15 @@ export interface Layer {
   product?: true;
 }
 
-const label = (n: NodeProto) => `${n.opType} "${n.name}"`;
+/**
+ * The op name the tables know a node by: its op type in ONNX's own domain, `domain::opType` in any other (onnxruntime's
+ * com.microsoft contrib ops, custom ops), so that an op of another domain never takes the rule of a namesake.
+ */
+export function opOf(n: NodeProto): string {
+  return n.domain === '' || n.domain === 'ai.onnx' ? n.opType : `${n.domain}::${n.opType}`;
+}
+
+const label = (n: NodeProto) => `${opOf(n)} "${n.name}"`;
 
 /** The node's weight and bias inputs, or why they are not constants. */
 function weightAndBias(node: NodeProto, constant: Constant): { w: string; dims: number[]; b?: string } | Refusal {
@@ -316,7 +324,78 @@ const Recurrent: Layer = {
   consume: denseConsume,
 };
 
-/** The layers, keyed by op type (ai.onnx). */
+// ---- onnxruntime's fused layers (com.microsoft), as its graph optimizer writes them ------------------------------
+
+/**
+ * Activations onnxruntime fuses into FusedConv and FusedGemm (attribute `activation`, scalar parameters in
+ * `activation_params` or `activation_alpha`/`_beta`): each acts on every entry alone, so the layer's output channels
+ * stay its channels.
+ */
+const FUSED_ACTIVATIONS = new Set(['Relu', 'Tanh', 'Sigmoid', 'LeakyRelu', 'HardSigmoid', 'Clip', 'Elu', 'Selu']);
+
+/** Why a fused layer's activation is none subprune knows to act per entry, if it is not. */
+function unknownActivation(node: NodeProto): Refusal | undefined {
+  const a = attrString(node, 'activation', '');
+  return a === '' || FUSED_ACTIVATIONS.has(a)
+    ? undefined
+    : { refuse: `${label(node)} applies the activation "${a}", which subprune does not know to act per entry` };
+}
+
+/**
+ * Why a FusedConv is no Conv followed by an element-wise activation, if it is not: a 4th input Z, a residual added
+ * before the activation (onnxruntime's Conv + Add + activation fusion), or an activation subprune does not know.
+ */
+export function fusedConvRefusal(node: NodeProto): Refusal | undefined {
+  if (node.input[3])
+    return {
+      refuse:
+        `${label(node)} adds "${node.input[3]}" to the convolution before its activation (a residual fused into ` +
+        'the layer), which subprune does not prune',
+    };
+  return unknownActivation(node);
+}
+
+/** FusedConv: Conv, then its activation. As Conv, but its output is past the activation (no `product`). */
+const FusedConv: Layer = {
+  ...Conv,
+  product: undefined,
+  read: (node, constant) => fusedConvRefusal(node) ?? Conv.read(node, constant),
+};
+
+/** FusedGemm: Gemm, then its activation. */
+const FusedGemm: Layer = {
+  ...Gemm,
+  product: undefined,
+  read: (node, constant) => unknownActivation(node) ?? Gemm.read(node, constant),
+};
+
+/**
+ * FusedMatMul: alpha · op(A) · op(B), op a transpose of the last two axes (transA, transB) or of the batch axes too
+ * (transBatchA, transBatchB). A layer when B is a constant matrix, A untransposed and alpha 1: transB=1 stores the
+ * weight [m, d], as Gemm's transB.
+ */
+const FusedMatMul: Layer = {
+  ...MatMul,
+  read(node, constant) {
+    const l = label(node),
+      trans = ['transA', 'transBatchA', 'transBatchB'].find((a) => attrInt(node, a, 0) !== 0);
+    if (trans) return { refuse: `${l} has ${trans}=1; subprune supports only transB` };
+    const alpha = attrFloat(node, 'alpha', 1);
+    if (alpha !== 1) return { refuse: `${l} scales its product by alpha=${alpha}; subprune supports alpha=1` };
+    const info = MatMul.read(node, constant);
+    if ('refuse' in info || !attrInt(node, 'transB', 0)) return info;
+    return { ...info, layout: 'out-in', outAxis: 0, inAxis: 1 };
+  },
+  shape(node, [x, b]) {
+    const t = (s: number[] | undefined, attr: string) =>
+      s && s.length >= 2 && attrInt(node, attr, 0) ? [...s.slice(0, -2), s[s.length - 1]!, s[s.length - 2]!] : s;
+    if (['transBatchA', 'transBatchB'].some((a) => attrInt(node, a, 0) !== 0)) return undefined;
+    return MatMul.shape(node, [t(x, 'transA'), t(b, 'transB')]);
+  },
+  macs: (node, x, _w, y) => numel(y) * x[x.length - (attrInt(node, 'transA', 0) ? 2 : 1)]!,
+};
+
+/** The layers, keyed by op name (opOf: the op type in ai.onnx, `domain::opType` in another domain). */
 export const LAYERS: Readonly<Record<string, Layer>> = {
   Conv,
   ConvTranspose,
@@ -325,6 +404,9 @@ export const LAYERS: Readonly<Record<string, Layer>> = {
   LSTM: Recurrent,
   GRU: Recurrent,
   RNN: Recurrent,
+  'com.microsoft::FusedConv': FusedConv,
+  'com.microsoft::FusedGemm': FusedGemm,
+  'com.microsoft::FusedMatMul': FusedMatMul,
 };
 
 /**

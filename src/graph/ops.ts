@@ -6,8 +6,8 @@
 //   pruning needs, or a reason why the op couples channels. Ops without one are refused as "not known to act per
 //   channel". Analysis records the edits in the Group; rewrite applies them generically.
 // - `layer`: Conv, Gemm and MatMul, which produce and consume channels: their entry in the layer table (layers.ts).
-// Supporting a new op is one entry here plus a test. The opsets this table is written for, and the op name a node is
-// known by (opOf), live here too.
+// Supporting a new op is one entry here plus a test. The opsets this table is written for live here too; the op name
+// a node is known by (opOf: `domain::opType` outside ai.onnx) is the layer table's.
 import {
   attrInt,
   attrInts,
@@ -24,7 +24,7 @@ import {
 } from '../onnx/index.js';
 import { badInput } from '../errors.js';
 import { broadcastShapes, windowGeometry } from '../geometry.js';
-import { LAYERS, type Layer } from './layers.js';
+import { fusedConvRefusal, LAYERS, opOf, type Layer } from './layers.js';
 
 // ---- opsets and op names --------------------------------------------------------------------------------------
 
@@ -47,12 +47,9 @@ export function checkOpset(model: Model): void {
   }
 }
 
-/** The op name the table knows a node by: ops of other domains (custom or vendor ops) never match a chain rule. */
-export function opOf(n: NodeProto): string {
-  return n.domain === '' || n.domain === 'ai.onnx' ? n.opType : `${n.domain}::${n.opType}`;
-}
+export { opOf };
 
-const label = (n: NodeProto) => `${n.opType} "${n.name}"`;
+const label = (n: NodeProto) => `${opOf(n)} "${n.name}"`;
 const normAxis = (a: number, rank: number) => (a < 0 ? a + rank : a);
 
 // ---- channel layouts and what pruning changes ---------------------------------------------------------------------
@@ -1483,6 +1480,25 @@ const SHAPE_OPS = new Set('Gather Slice Squeeze Unsqueeze Concat Identity Div Mu
 
 const FLOAT_TYPES = new Set<number>([DataType.FLOAT, DataType.FLOAT16, DataType.DOUBLE, DataType.BFLOAT16]);
 
+/**
+ * onnxruntime's Gelu variants with a bias (BiasGelu, FastGelu: gelu(x + bias), the bias [C] on the last axis): as an
+ * Add of a constant, then an element-wise op.
+ */
+const biasActivation: ChainRule = (ctx) =>
+  ctx.input === 0 ? result(ctx, broadcastParam(ctx, 1, 'bias')) : refusal(ctx, `: the channels enter as its bias`);
+
+/**
+ * onnxruntime's normalisations over the axes from `axis` on (-1 by default): the normalised tensor, then per-row
+ * statistics (SimplifiedLayerNormalization's inverse deviation; the Skip ones' mean and inverse deviation, then the
+ * sum of input, skip and bias).
+ */
+const normStatsShape: ShapeRule = withX((x, { node }) => {
+  const axis = normAxis(attrInt(node, 'axis', -1), x.length),
+    stats = [...x.slice(0, axis), ...x.slice(axis).map(() => 1)];
+  const skip = node.domain === 'com.microsoft' && node.opType.startsWith('Skip');
+  return node.output.map((_, i) => (i === 0 || (skip && i === 3) ? [...x] : stats));
+});
+
 const refuse =
   (why: string): ChainRule =>
   (ctx) =>
@@ -1635,4 +1651,34 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   ),
   ArgMax: op(argShape),
   ArgMin: op(argShape),
+  // onnxruntime's contrib ops, as its graph optimizer writes them (optimizedModelFilePath at level extended)
+  // a depthwise one passes channels as Conv's, unless it is no Conv and activation (a residual Z added)
+  'com.microsoft::FusedConv': {
+    shape: layerShape(LAYERS['com.microsoft::FusedConv']!),
+    layer: LAYERS['com.microsoft::FusedConv']!,
+    chain: (ctx) => fusedConvRefusal(ctx.node) ?? grouped(false)(ctx),
+  },
+  'com.microsoft::FusedMatMul': {
+    shape: layerShape(LAYERS['com.microsoft::FusedMatMul']!),
+    layer: LAYERS['com.microsoft::FusedMatMul']!,
+    merge: 'matmul',
+  },
+  'com.microsoft::Gelu': unary,
+  'com.microsoft::QuickGelu': unary,
+  'com.microsoft::BiasGelu': op(sameShape, biasActivation),
+  'com.microsoft::FastGelu': op(sameShape, biasActivation),
+  // input + skip (+ bias), then a LayerNormalization over the last axis: the residual stream's channels
+  'com.microsoft::SkipLayerNormalization': op(
+    normStatsShape,
+    refuse('normalises across the channels (a LayerNormalization of the sum with its skip input), which couples them'),
+  ),
+  'com.microsoft::SkipSimplifiedLayerNormalization': op(
+    normStatsShape,
+    refuse('normalises across the channels (an RMSNorm of the sum with its skip input), which couples them'),
+  ),
+  // RMSNorm as onnxruntime fuses it (LLaMA's x · rsqrt(mean(x²) + eps) · w), an op it defines in ONNX's own domain
+  SimplifiedLayerNormalization: op(normStatsShape, layerNorm),
 };
+
+/** The layer-table entry of a node, found by its op name (domain and op type). */
+export const layerOf = (n: NodeProto): Layer | undefined => OPS[opOf(n)]?.layer;

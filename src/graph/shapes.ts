@@ -14,8 +14,7 @@ import {
   type TensorProto,
   type ValueInfoProto,
 } from '../onnx/index.js';
-import { OPS } from './ops.js';
-import { LAYERS } from './layers.js';
+import { OPS, layerOf, opOf } from './ops.js';
 
 export type Shapes = Map<string, number[]>;
 
@@ -107,8 +106,8 @@ export function inferShapesAndValues(
   });
   for (const node of graph.node) {
     const ins = node.input.map((n) => (n ? shapes.get(n) : undefined));
-    // by op type, whatever the domain: shapes only feed FLOPs and geometry; custom ops never pass a chain rule
-    const rule = OPS[node.opType],
+    // by op name: an op of another domain (onnxruntime's NCHWc Conv, whose channels are blocked) is not its namesake
+    const rule = OPS[opOf(node)],
       ctx = { node, ins, constant, producer, value, shape: (name: string) => shapes.get(name) };
     rule?.shape?.(ctx)?.forEach((s, i) => {
       const name = node.output[i];
@@ -129,7 +128,7 @@ export function nodeMacs(node: NodeProto, shapes: Shapes): number | undefined {
   const w = shapes.get(node.input[1] ?? '');
   const y = shapes.get(node.output[0] ?? '');
   if (!x || !w || !y) return undefined;
-  return LAYERS[node.opType]?.macs(node, x, w, y) ?? 0;
+  return layerOf(node)?.macs(node, x, w, y) ?? 0;
 }
 
 /**
@@ -157,7 +156,7 @@ export function modelStats(
   let flops = 0;
   const unknown: string[] = [];
   for (const n of graph.node) {
-    if (!LAYERS[n.opType]) continue; // by op type, as shape inference
+    if (!layerOf(n)) continue;
     const macs = nodeMacs(n, shapes);
     if (macs === undefined) unknown.push(n.name || `${n.opType} (unnamed)`);
     else flops += (2 * macs) / batch;

@@ -19,6 +19,7 @@ import { getKernels, type KernelOptions } from '../kernels/instances.js';
 import { selectChannels } from '../select/greedy.js';
 import { ridged, ridgeLambda, takesRidge } from '../select/ridge.js';
 import { biasSite } from '../rewrite/bias.js';
+import { layerOf } from '../graph/ops.js';
 import { pruneGroups } from '../rewrite/index.js';
 
 export interface SweepOptions extends RuntimeOptions, KernelOptions {
@@ -93,8 +94,9 @@ function reluAfter(graph: GraphProto, consts: Map<string, TensorProto>, y: strin
 
 /**
  * Where consumer `name` of the pruned model is re-fitted from, or undefined where the sweep leaves it (a consumer of
- * several groups, a grouped or non-2-D conv, outputs the original model's groups do not map, no bias where the
- * intercept needs one).
+ * several groups, a grouped or non-2-D conv, a layer whose output is not its product (an activation fused into it, a
+ * transposed conv, a recurrent layer), outputs the original model's groups do not map, no bias where the intercept
+ * needs one).
  */
 function siteOf(
   pruned: Model,
@@ -109,6 +111,8 @@ function siteOf(
   const t = group.consumers.findIndex((c) => c.node.name === name),
     c = group.consumers[t]!;
   if (c.d !== c.dTotal || (c.kind === 'conv' && c.d !== c.entries * patchSize(c.conv!))) return undefined;
+  // its output must be B·W + bias, which the fit targets (not a FusedConv's past its activation)
+  if (!layerOf(c.node)?.product) return undefined;
   const made = original.groups.find((g) => g.producers.some((p) => p.name === name));
   const outs = made ? keeps.get(made.id) : Array.from({ length: c.m }, (_, i) => i);
   if (outs?.length !== c.m) return undefined;

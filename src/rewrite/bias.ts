@@ -17,7 +17,7 @@ import {
 } from '../onnx/index.js';
 import { badInput } from '../errors.js';
 import { constantTensors } from '../graph/shapes.js';
-import { LAYERS } from '../graph/layers.js';
+import { layerOf } from '../graph/ops.js';
 import type { AxisSlice, Consumer, Group } from '../graph/types.js';
 import type { Draft } from './draft.js';
 
@@ -50,7 +50,7 @@ export function biasSite(graph: GraphProto, consts: Map<string, TensorProto>, c:
     if (uses(name) !== 1) return `its ${what} "${name}" is shared with other nodes`;
     return { kind: 'constant', tensor: name };
   };
-  const input = LAYERS[node.opType]?.biasInput;
+  const input = layerOf(node)?.biasInput;
   if (input) {
     const b = node.input[input.input];
     if (b) return own(b, 'bias');
