@@ -737,8 +737,8 @@ function record(
   for (const r of firstPart(l)) {
     if (r.space < 0) continue;
     const rec = W.S.get(r.space);
-    for (const s of step.slices ?? [])
-      rec.slices.push({ tensor: s.tensor, axis: s.axis, offset: r.offset, per: r.per });
+    for (const { scale = 1, ...s } of step.slices ?? [])
+      rec.slices.push({ tensor: s.tensor, axis: s.axis, offset: r.offset * scale, per: r.per * scale });
     for (const { scale, from, ...e } of step.shapeEdits ?? []) {
       const edit = { ...e, per: r.per * (scale ?? 1) };
       rec.edits.push(edit);
@@ -1407,6 +1407,48 @@ function einsumNode(W: Walk, node: NodeProto): void {
 }
 
 /**
+ * The Attention op (opset 23) on 4-D q, k, v [B, heads, T, d]: softmax(q · kᵀ · scale + mask) · v head by head, so
+ * heads (the channels on axis 1 of q, k and v alike) pass to axis 1 of Y, and q's, k's and v's become the same
+ * channels; on another axis they are mixed (summed over d or over the keys). Its head counts, if given as attributes,
+ * follow the heads. Refused: 3-D q, k, v, fewer key/value heads than query heads, heads no group owns, a mask with one
+ * slice per head, past keys and values, and the outputs beside Y.
+ */
+function attentionNode(W: Walk, node: NodeProto): void {
+  const { G, S } = W;
+  const y = node.output[0] ?? '';
+  const ins = node.input.map((t, slot) => ({ t, slot, l: t ? W.layouts.get(t) : undefined, shape: G.shapes.get(t) }));
+  const tracked = ins.filter((i) => i.l);
+  const refuseAll = (why: string) => tracked.forEach((i) => S.refuseAll(i.l, `${label(node)} ${why}`));
+  const qkv = ins.slice(0, 3),
+    heads = qkv.map((i) => i.shape?.[1]);
+  if (!tracked.length) return;
+  if (qkv.some((i) => i.shape?.length !== 4))
+    return refuseAll('reads 3-D q, k, v (heads counted by q_num_heads); only 4-D [B, heads, T, d] ones pass heads');
+  if (!G.shapes.has(y)) return S.refuseAll(tracked[0]!.l, G.unknownShape(y));
+  const extra = tracked.find((i) => i.slot > 2) ?? ins.slice(4).find((i) => i.t);
+  if (extra) return refuseAll(`reads "${extra.t}" as input ${extra.slot} (past keys and values are not supported)`);
+  if (node.output.slice(1).some((o) => o)) return refuseAll('outputs present keys, values or scores beside Y');
+  const off = qkv.find((i) => i.l && i.l.axis !== 1);
+  if (off) return refuseAll(`mixes the channels on axis ${off.l!.axis} of "${off.t}"; only heads (axis 1) pass`);
+  if (heads[1] !== heads[0] || heads[2] !== heads[0])
+    return refuseAll(`shares ${heads[1]} key/value heads among ${heads[0]} query heads (grouped-query attention)`);
+  const other = qkv.find((i) => !i.l);
+  if (other) return refuseAll(`pairs the heads with "${other.t}", which no group owns`);
+  const mask = ins[3]?.t ? ins[3].shape : undefined;
+  if (mask && mask.length >= 3 && mask[mask.length - 3] !== 1)
+    return refuseAll(`adds the mask "${ins[3]!.t}", which holds one slice per head`);
+  const ref = qkv[0]!.l!;
+  if (qkv.some((i) => !sameRuns(i.l!, ref)))
+    return refuseAll(`reads heads laid out differently in q, k and v (${qkv.map((i) => `"${i.t}"`).join(', ')})`);
+  for (const i of qkv.slice(1))
+    i.l!.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, ref.segments[r]!.space));
+  const out: Layout = { axis: 1, segments: ref.segments };
+  const counts = ['q_num_heads', 'kv_num_heads'].filter((a) => node.attribute.some((x) => x.name === a));
+  record(W, node, out, { attributes: counts.map((name) => ({ name, per: 1 })) });
+  setLayout(W, y, out);
+}
+
+/**
  * Concat: along the channel axis of its inputs it lays their runs end to end (inputs no group owns become fixed
  * entries); along another axis it joins inputs with the same runs (and slices constants along the channels).
  */
@@ -1510,6 +1552,10 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
     }
     if (rule?.merge === 'einsum') {
       einsumNode(W, node);
+      continue;
+    }
+    if (rule?.merge === 'attention') {
+      attentionNode(W, node);
       continue;
     }
     const info = rule?.layer?.read(node, G.constant);
