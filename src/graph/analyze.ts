@@ -562,24 +562,31 @@ function firstPart(l: Layout): (Segment & { offset: number })[] {
   return runs(l).filter((r) => r.offset < size);
 }
 
-/** Whether two layouts have the same runs (so a join can make their spaces one, run by run). */
-const sameRuns = (a: Layout, b: Layout) =>
+/**
+ * Whether two layouts have the same runs (so a join can make their spaces one, run by run); with `ratio`, a's channels
+ * have `ratio` times b's entries each (the Attention op's query heads, `ratio` per key/value head).
+ */
+const sameRuns = (a: Layout, b: Layout, ratio = 1) =>
   a.segments.length === b.segments.length &&
-  a.segments.every((s, i) => s.n === b.segments[i]!.n && s.per === b.segments[i]!.per);
+  a.segments.every((s, i) => s.n === b.segments[i]!.n && s.per === ratio * b.segments[i]!.per);
 
 /**
  * Two layouts of the same entries whose runs differ only in how many entries a channel has (grouped-query attention:
  * 2 k/v heads of 4 query heads each against 8 query heads): asks the next walk to merge the finer side's channels.
- * False if they differ otherwise.
+ * With `ratio`, a holds `ratio` times b's entries (sameRuns). False if they differ otherwise.
  */
-function align(W: Walk, a: Layout, b: Layout): boolean {
+function align(W: Walk, a: Layout, b: Layout, ratio = 1): boolean {
   const pairs = a.segments.map((s, i) => [s, b.segments[i]] as const);
   const fits = ([s, t]: (typeof pairs)[number]) =>
-    t && s.space >= 0 && t.space >= 0 && s.n * s.per === t.n * t.per && (s.per % t.per === 0 || t.per % s.per === 0);
+    t &&
+    s.space >= 0 &&
+    t.space >= 0 &&
+    s.n * s.per === ratio * t.n * t.per &&
+    (s.per % (ratio * t.per) === 0 || (ratio * t.per) % s.per === 0);
   if (a.segments.length !== b.segments.length || !pairs.every(fits)) return false;
   for (const [s, t] of pairs) {
-    if (s.per > t.per) request(W, t!.space, { merge: s.per / t!.per });
-    else if (t!.per > s.per) request(W, s.space, { merge: t!.per / s.per });
+    if (s.per > ratio * t!.per) request(W, t!.space, { merge: s.per / (ratio * t!.per) });
+    else if (ratio * t!.per > s.per) request(W, s.space, { merge: (ratio * t!.per) / s.per });
   }
   return true;
 }
@@ -1409,9 +1416,11 @@ function einsumNode(W: Walk, node: NodeProto): void {
 /**
  * The Attention op (opset 23) on 4-D q, k, v [B, heads, T, d]: softmax(q · kᵀ · scale + mask) · v head by head, so
  * heads (the channels on axis 1 of q, k and v alike) pass to axis 1 of Y, and q's, k's and v's become the same
- * channels; on another axis they are mixed (summed over d or over the keys). Its head counts, if given as attributes,
- * follow the heads. Refused: 3-D q, k, v, fewer key/value heads than query heads, heads no group owns, a mask with one
- * slice per head, past keys and values, and the outputs beside Y.
+ * channels; on another axis they are mixed (summed over d or over the keys). With g times fewer key/value heads
+ * (grouped-query attention: query head i reads key/value head ⌊i / g⌋), a channel is one key/value head and its g
+ * query heads. Its head counts, if given as attributes, follow the heads. Refused: 3-D q, k, v, one key/value head
+ * for every query head, heads no group owns, a mask with one slice per head, past keys and values, and the outputs
+ * beside Y.
  */
 function attentionNode(W: Walk, node: NodeProto): void {
   const { G, S } = W;
@@ -1430,18 +1439,22 @@ function attentionNode(W: Walk, node: NodeProto): void {
   if (node.output.slice(1).some((o) => o)) return refuseAll('outputs present keys, values or scores beside Y');
   const off = qkv.find((i) => i.l && i.l.axis !== 1);
   if (off) return refuseAll(`mixes the channels on axis ${off.l!.axis} of "${off.t}"; only heads (axis 1) pass`);
-  if (heads[1] !== heads[0] || heads[2] !== heads[0])
-    return refuseAll(`shares ${heads[1]} key/value heads among ${heads[0]} query heads (grouped-query attention)`);
+  const g = heads[0]! / heads[1]!;
+  if (heads[2] !== heads[1] || !Number.isInteger(g))
+    return refuseAll(`reads ${heads[0]} query, ${heads[1]} key and ${heads[2]} value heads`);
+  if (g > 1 && heads[1] === 1)
+    return refuseAll('shares its one key/value head among every query head: it cannot be removed alone');
   const other = qkv.find((i) => !i.l);
   if (other) return refuseAll(`pairs the heads with "${other.t}", which no group owns`);
   const mask = ins[3]?.t ? ins[3].shape : undefined;
   if (mask && mask.length >= 3 && mask[mask.length - 3] !== 1)
     return refuseAll(`adds the mask "${ins[3]!.t}", which holds one slice per head`);
-  const ref = qkv[0]!.l!;
-  if (qkv.some((i) => !sameRuns(i.l!, ref)))
-    return refuseAll(`reads heads laid out differently in q, k and v (${qkv.map((i) => `"${i.t}"`).join(', ')})`);
-  for (const i of qkv.slice(1))
-    i.l!.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, ref.segments[r]!.space));
+  const [ref, k, v] = qkv.map((i) => i.l!) as [Layout, Layout, Layout];
+  const differ = `reads heads laid out differently in q, k and v (${qkv.map((i) => `"${i.t}"`).join(', ')})`;
+  if (!sameRuns(v, k)) return refuseAll(align(W, v, k) ? `${differ}, which their producers could not match` : differ);
+  if (!sameRuns(ref, k, g))
+    return refuseAll(align(W, ref, k, g) ? `${differ}, which their producers could not match` : differ);
+  for (const l of [k, v]) l.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, ref.segments[r]!.space));
   const out: Layout = { axis: 1, segments: ref.segments };
   const counts = ['q_num_heads', 'kv_num_heads'].filter((a) => node.attribute.some((x) => x.name === a));
   record(W, node, out, { attributes: counts.map((name) => ({ name, per: 1 })) });
