@@ -268,6 +268,24 @@ describe('the opset-18+ forms of ops subprune passes channels through, on small 
     expect(relDiff(got, want)).toBeLessThan(1e-5);
   });
 
+  it('GroupNormalization of one group is refused: it normalises all the channels together', () => {
+    const m = smallModel(
+      [
+        makeNode('Conv', ['x', 'w1'], ['a'], [], 'conv1'),
+        makeNode('GroupNormalization', ['a', 'scale', 'bias'], ['b'], [intAttr('num_groups', 1)], 'gn'),
+        makeNode('Conv', ['b', 'w2'], ['y'], [], 'conv2'),
+      ],
+      [w('w1', [4, 3, 1, 1]), w('scale', [4]), w('bias', [4]), w('w2', [2, 4, 1, 1])],
+      [1, 3, 3, 5],
+      21,
+    );
+    const { groups, refused } = analyze(m);
+    expect(groups).toEqual([]);
+    expect(refused.find((x) => x.node === 'conv1')?.reason).toMatch(
+      /^GroupNormalization "gn" normalises all the channels as one group, which couples them/,
+    );
+  });
+
   // q, k, v as [B, T, heads · d] (heads counted by attributes): the channels would be blocks of d entries whose count
   // the attributes hold; refused rather than guessed
   const heads3d = (op: 'Attention' | 'RotaryEmbedding') =>

@@ -1263,6 +1263,7 @@ const groupNorm: ChainRule = (ctx) => {
   const groups = attrInt(ctx.node, 'num_groups', 0),
     width = ctx.entries / groups;
   if (!Number.isInteger(width)) return refusal(ctx, `: ${ctx.entries} channels do not make ${groups} groups`);
+  if (groups === 1) return refusal(ctx, 'normalises all the channels as one group, which couples them');
   if (width > 1 && ctx.layout.segments.some((r) => r.per % width !== 0)) return { regroup: width };
   const perGroup = ctx.opset < 21,
     slices: ParamSlice[] = [];
