@@ -28,6 +28,7 @@ const CALIB: Record<string, string> = {
   'op8-llama23': 'op8-tokens',
   'op8-llama-gqa23': 'op8-tokens',
   'op8-attn23': 'op8-feats',
+  'op8-attn3d23': 'op8-feats',
 };
 const calibOf = (model: string) => `${FIX}/${CALIB[model] ?? 'cnn-images'}.calib.npy`;
 
@@ -123,6 +124,16 @@ const CASES: { model: string; groups: number[][] }[] = [
       [64, 2, 1],
     ],
   },
+  // the Attention op on 3-D q, k, v (q_num_heads 4, kv_num_heads 2): a channel is 8 entries of k and v and 16 of q
+  {
+    model: 'op8-attn3d23',
+    groups: [
+      [2, 3, 16],
+      [64, 1, 1],
+      [2, 3, 16],
+      [64, 1, 1],
+    ],
+  },
   // the GLU halves and CSP halves of Split with num_outputs
   {
     model: 'op8-chunk18',
@@ -192,24 +203,35 @@ describe('GroupNormalization: pruning removes whole groups, num_groups and the s
 });
 
 describe('the Attention op with grouped-query heads: a key/value head goes with its query heads', () => {
-  const name = 'op8-llama-gqa23';
-  it.each([[0], [1]])('key/value head %i kept of 2', async (kept) => {
+  // 4-D (the LLaMA's q [B, 4, T, 8], k and v [B, 2, T, 8]) and 3-D (q [B, T, 32], k and v [B, T, 16]; head counts as
+  // attributes, which follow)
+  it.each([
+    ['op8-llama-gqa23', '/layers.0/self_attn', 0],
+    ['op8-llama-gqa23', '/layers.0/self_attn', 1],
+    ['op8-attn3d23', '/layers/layers.0', 0],
+    ['op8-attn3d23', '/layers/layers.0', 1],
+  ])('%s: key/value head %i kept of 2', async (name, at, kept) => {
     const m = readModel(`${FIX}/${name}.onnx`);
-    const group = groupsOf(name).groups.find((g) => g.id === '/layers.0/self_attn/q_proj/MatMul')!;
+    const q = name === 'op8-attn3d23' ? 'q' : 'q_proj';
+    const group = groupsOf(name).groups.find((g) => g.id === `${at}/${q}/MatMul`)!;
     const plans = [{ group, keep: [kept] }];
     const pruned = pruneGroups(m, plans),
       consts = constantTensors(pruned.graph!);
     const dims = (layer: string) => {
-      const n = pruned.graph!.node.find((x) => x.name === `/layers.0/self_attn/${layer}/MatMul`)!;
+      const n = pruned.graph!.node.find((x) => x.name === `${at}/${layer}/MatMul`)!;
       return tensorDims(consts.get(n.input[1]!)!);
     };
     // query heads 2·kept and 2·kept + 1 (8 features each) with key/value head `kept`
-    expect(['q_proj', 'k_proj', 'v_proj', 'o_proj'].map(dims)).toEqual([
+    const layers = name === 'op8-attn3d23' ? ['q', 'k', 'v', 'o'] : ['q_proj', 'k_proj', 'v_proj', 'o_proj'];
+    expect(layers.map(dims)).toEqual([
       [32, 16],
       [32, 8],
       [32, 8],
       [16, 32],
     ]);
+    const attention = nodesOf(pruned, 'Attention')[0]!;
+    if (name === 'op8-attn3d23')
+      expect(['q_num_heads', 'kv_num_heads'].map((a) => attrInt(attention, a))).toEqual([2, 1]);
     const data = openNpy(calibOf(name));
     const got = await fixtureOutputs(pruned, data, 4),
       want = await fixtureOutputs(zeroDroppedInputs(m, plans), data, 4);
@@ -286,19 +308,30 @@ describe('the opset-18+ forms of ops subprune passes channels through, on small 
     );
   });
 
-  // q, k, v as [B, T, heads · d] (heads counted by attributes): the channels would be blocks of d entries whose count
-  // the attributes hold; refused rather than guessed
-  const heads3d = (op: 'Attention' | 'RotaryEmbedding') =>
-    smallModel(
+  // RotaryEmbedding of [B, T, heads · d] (heads counted by num_heads): refused rather than guessed; the Attention op
+  // with one key/value head for both query heads: that head's channel would be every head
+  it.each([
+    [
+      'RotaryEmbedding of 3-D input',
+      makeNode('RotaryEmbedding', ['q', 'cos', 'sin', 'pos'], ['a'], [intAttr('num_heads', 2)]),
+      /^RotaryEmbedding "[^"]*" rotates 3-D input \[B, T, heads · d\]/,
+    ],
+    [
+      'Attention with one key/value head',
+      makeNode('Attention', ['q', 'kv', 'kv'], ['a'], [intAttr('q_num_heads', 2), intAttr('kv_num_heads', 1)]),
+      /^Attention "[^"]*" shares its one key\/value head among every query head: it cannot be removed alone/,
+    ],
+  ] as const)('%s is refused, naming the op', (_, node, why) => {
+    const m = smallModel(
       [
         makeNode('MatMul', ['x', 'wq'], ['q'], [], 'q_proj'),
-        op === 'Attention'
-          ? makeNode('Attention', ['q', 'q', 'q'], ['a'], [intAttr('q_num_heads', 2), intAttr('kv_num_heads', 2)])
-          : makeNode('RotaryEmbedding', ['q', 'cos', 'sin', 'pos'], ['a'], [intAttr('num_heads', 2)]),
+        makeNode('MatMul', ['x', 'wkv'], ['kv'], [], 'kv_proj'),
+        node,
         makeNode('MatMul', ['a', 'wo'], ['y'], [], 'o_proj'),
       ],
       [
         w('wq', [8, 8]),
+        w('wkv', [8, 4]),
         w('wo', [8, 8]),
         w('cos', [16, 2]),
         w('sin', [16, 2]),
@@ -307,12 +340,8 @@ describe('the opset-18+ forms of ops subprune passes channels through, on small 
       [1, 4, 8],
       23,
     );
-  it.each([
-    ['Attention', /^Attention "[^"]*" reads 3-D q, k, v \(heads counted by q_num_heads\)/],
-    ['RotaryEmbedding', /^RotaryEmbedding "[^"]*" rotates 3-D input \[B, T, heads · d\]/],
-  ] as const)('%s of 3-D input is refused, naming the op', (op, why) => {
-    const { groups, refused } = analyze(heads3d(op));
-    expect(groups).toEqual([]);
+    const { groups, refused } = analyze(m);
+    expect(groups.map((g) => g.id)).not.toContain('q_proj');
     expect(refused.find((x) => x.node === 'q_proj')?.reason).toMatch(why);
   });
 });

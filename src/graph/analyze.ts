@@ -1414,13 +1414,14 @@ function einsumNode(W: Walk, node: NodeProto): void {
 }
 
 /**
- * The Attention op (opset 23) on 4-D q, k, v [B, heads, T, d]: softmax(q · kᵀ · scale + mask) · v head by head, so
- * heads (the channels on axis 1 of q, k and v alike) pass to axis 1 of Y, and q's, k's and v's become the same
- * channels; on another axis they are mixed (summed over d or over the keys). With g times fewer key/value heads
- * (grouped-query attention: query head i reads key/value head ⌊i / g⌋), a channel is one key/value head and its g
- * query heads. Its head counts, if given as attributes, follow the heads. Refused: 3-D q, k, v, one key/value head
- * for every query head, heads no group owns, a mask with one slice per head, past keys and values, and the outputs
- * beside Y.
+ * The Attention op (opset 23): softmax(q · kᵀ · scale + mask) · v head by head, with g query heads per key/value
+ * head (query head i reads key/value head ⌊i / g⌋; g = 1 without grouped-query attention). On 4-D q, k, v
+ * [B, heads, T, d] the heads are axis 1; on 3-D ones [B, T, heads · d] (heads counted by q_num_heads and
+ * kv_num_heads) blocks of d entries of axis 2. A channel is whole key/value heads with their query heads: the walk
+ * merges the producers' channels until each holds as many key/value heads in q, k and v, then q's, k's and v's become
+ * the same channels and pass to Y; the head-count attributes follow them. Channels anywhere else are mixed (summed
+ * over d or over the keys). Refused: one key/value head for every query head, heads no group owns, a mask with one
+ * slice per head, past keys and values, and the outputs beside Y.
  */
 function attentionNode(W: Walk, node: NodeProto): void {
   const { G, S } = W;
@@ -1429,36 +1430,72 @@ function attentionNode(W: Walk, node: NodeProto): void {
   const tracked = ins.filter((i) => i.l);
   const refuseAll = (why: string) => tracked.forEach((i) => S.refuseAll(i.l, `${label(node)} ${why}`));
   const qkv = ins.slice(0, 3),
-    heads = qkv.map((i) => i.shape?.[1]);
+    rank = qkv[0]!.shape?.length;
   if (!tracked.length) return;
-  if (qkv.some((i) => i.shape?.length !== 4))
-    return refuseAll('reads 3-D q, k, v (heads counted by q_num_heads); only 4-D [B, heads, T, d] ones pass heads');
-  if (!G.shapes.has(y)) return S.refuseAll(tracked[0]!.l, G.unknownShape(y));
+  if (!G.shapes.has(y) || (rank !== 3 && rank !== 4) || qkv.some((i) => i.shape?.length !== rank))
+    return S.refuseAll(tracked[0]!.l, G.unknownShape(y));
   const extra = tracked.find((i) => i.slot > 2) ?? ins.slice(4).find((i) => i.t);
   if (extra) return refuseAll(`reads "${extra.t}" as input ${extra.slot} (past keys and values are not supported)`);
   if (node.output.slice(1).some((o) => o)) return refuseAll('outputs present keys, values or scores beside Y');
-  const off = qkv.find((i) => i.l && i.l.axis !== 1);
-  if (off) return refuseAll(`mixes the channels on axis ${off.l!.axis} of "${off.t}"; only heads (axis 1) pass`);
-  const g = heads[0]! / heads[1]!;
-  if (heads[2] !== heads[1] || !Number.isInteger(g))
-    return refuseAll(`reads ${heads[0]} query, ${heads[1]} key and ${heads[2]} value heads`);
-  if (g > 1 && heads[1] === 1)
+  const axis = rank === 4 ? 1 : 2;
+  const off = qkv.find((i) => i.l && i.l.axis !== axis);
+  if (off) return refuseAll(`mixes the channels on axis ${off.l!.axis} of "${off.t}"; only its heads pass`);
+  const width = qkv.map((i) => i.shape![axis]!);
+  const [hq, hk, hv] =
+    rank === 4 ? width : [attrInt(node, 'q_num_heads'), ...[1, 2].map(() => attrInt(node, 'kv_num_heads'))];
+  const g = hq! / hk!;
+  if (hv !== hk || !Number.isInteger(g) || width.some((e) => e % hk! !== 0))
+    return refuseAll(`reads ${hq} query, ${hk} key and ${hv} value heads`);
+  if (g > 1 && hk === 1)
     return refuseAll('shares its one key/value head among every query head: it cannot be removed alone');
   const other = qkv.find((i) => !i.l);
   if (other) return refuseAll(`pairs the heads with "${other.t}", which no group owns`);
   const mask = ins[3]?.t ? ins[3].shape : undefined;
   if (mask && mask.length >= 3 && mask[mask.length - 3] !== 1)
     return refuseAll(`adds the mask "${ins[3]!.t}", which holds one slice per head`);
-  const [ref, k, v] = qkv.map((i) => i.l!) as [Layout, Layout, Layout];
-  const differ = `reads heads laid out differently in q, k and v (${qkv.map((i) => `"${i.t}"`).join(', ')})`;
-  if (!sameRuns(v, k)) return refuseAll(align(W, v, k) ? `${differ}, which their producers could not match` : differ);
-  if (!sameRuns(ref, k, g))
-    return refuseAll(align(W, ref, k, g) ? `${differ}, which their producers could not match` : differ);
-  for (const l of [k, v]) l.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, ref.segments[r]!.space));
-  const out: Layout = { axis: 1, segments: ref.segments };
-  const counts = ['q_num_heads', 'kv_num_heads'].filter((a) => node.attribute.some((x) => x.name === a));
-  record(W, node, out, { attributes: counts.map((name) => ({ name, per: 1 })) });
+  // entries of q, k and v per key/value head (its query heads' entries for q)
+  const units = width.map((e) => e / hk!),
+    ls = qkv.map((i) => i.l!);
+  const perGroup = (l: Layout, i: number) => l.segments.map((s) => [s.n, s.per / units[i]!].join());
+  if (ls.some((l, i) => perGroup(l, i).join() !== perGroup(ls[0]!, 0).join()))
+    return refuseAll(
+      `reads heads laid out differently in q, k and v (${qkv.map((i) => `"${i.t}"`).join(', ')})` +
+        (mergeHeads(W, ls, units) ? ', which their producers could not match' : ''),
+    );
+  const [ref, ...rest] = ls as [Layout, Layout, Layout];
+  for (const l of rest) l.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, ref.segments[r]!.space));
+  // Y: v's entries for each query head, g·d_v per key/value head
+  const yUnit = (G.shapes.get(y)![axis]! / hq!) * g;
+  const out: Layout = { axis, segments: ref.segments.map((s) => ({ ...s, per: (s.per / units[0]!) * yUnit })) };
+  const counts = [
+    { name: 'q_num_heads', per: g / yUnit },
+    { name: 'kv_num_heads', per: 1 / yUnit },
+  ].filter((a) => node.attribute.some((x) => x.name === a.name));
+  record(W, node, out, { attributes: counts });
   setLayout(W, y, out);
+}
+
+/**
+ * Asks the producers of q, k and v (layouts `ls`, `units[i]` entries per key/value head) to merge their channels until
+ * each run's channels hold whole key/value heads, as many in all three. False if the runs do not pair up.
+ */
+function mergeHeads(W: Walk, ls: Layout[], units: number[]): boolean {
+  const runs = ls[0]!.segments.length;
+  if (ls.some((l) => l.segments.length !== runs)) return false;
+  for (let r = 0; r < runs; r++) {
+    const segs = ls.map((l) => l.segments[r]!);
+    // the smallest merge that makes each channel whole heads, then the heads per channel that gives
+    const whole = segs.map((s, i) => units[i]! / gcd(s.per, units[i]!)),
+      heads = segs.map((s, i) => (s.per * whole[i]!) / units[i]!);
+    const total = segs.map((s, i) => (s.n * s.per) / units[i]!);
+    if (segs.some((s) => s.space < 0) || total.some((t) => t !== total[0])) return false;
+    const all = heads.reduce(lcm);
+    segs.forEach((s, i) => {
+      const f = (whole[i]! * all) / heads[i]!;
+      if (f > 1) request(W, s.space, { merge: f });
+    });
+  }
+  return true;
 }
 
 /**
