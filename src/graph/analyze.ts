@@ -562,31 +562,24 @@ function firstPart(l: Layout): (Segment & { offset: number })[] {
   return runs(l).filter((r) => r.offset < size);
 }
 
-/**
- * Whether two layouts have the same runs (so a join can make their spaces one, run by run); with `ratio`, a's channels
- * have `ratio` times b's entries each (the Attention op's query heads, `ratio` per key/value head).
- */
-const sameRuns = (a: Layout, b: Layout, ratio = 1) =>
+/** Whether two layouts have the same runs (so a join can make their spaces one, run by run). */
+const sameRuns = (a: Layout, b: Layout) =>
   a.segments.length === b.segments.length &&
-  a.segments.every((s, i) => s.n === b.segments[i]!.n && s.per === ratio * b.segments[i]!.per);
+  a.segments.every((s, i) => s.n === b.segments[i]!.n && s.per === b.segments[i]!.per);
 
 /**
  * Two layouts of the same entries whose runs differ only in how many entries a channel has (grouped-query attention:
  * 2 k/v heads of 4 query heads each against 8 query heads): asks the next walk to merge the finer side's channels.
- * With `ratio`, a holds `ratio` times b's entries (sameRuns). False if they differ otherwise.
+ * False if they differ otherwise.
  */
-function align(W: Walk, a: Layout, b: Layout, ratio = 1): boolean {
+function align(W: Walk, a: Layout, b: Layout): boolean {
   const pairs = a.segments.map((s, i) => [s, b.segments[i]] as const);
   const fits = ([s, t]: (typeof pairs)[number]) =>
-    t &&
-    s.space >= 0 &&
-    t.space >= 0 &&
-    s.n * s.per === ratio * t.n * t.per &&
-    (s.per % (ratio * t.per) === 0 || (ratio * t.per) % s.per === 0);
+    t && s.space >= 0 && t.space >= 0 && s.n * s.per === t.n * t.per && (s.per % t.per === 0 || t.per % s.per === 0);
   if (a.segments.length !== b.segments.length || !pairs.every(fits)) return false;
   for (const [s, t] of pairs) {
-    if (s.per > ratio * t!.per) request(W, t!.space, { merge: s.per / (ratio * t!.per) });
-    else if (ratio * t!.per > s.per) request(W, s.space, { merge: (ratio * t!.per) / s.per });
+    if (s.per > t.per) request(W, t!.space, { merge: s.per / t!.per });
+    else if (t!.per > s.per) request(W, s.space, { merge: t!.per / s.per });
   }
   return true;
 }
@@ -1433,7 +1426,7 @@ function attentionNode(W: Walk, node: NodeProto): void {
     rank = qkv[0]!.shape?.length;
   if (!tracked.length) return;
   if (!G.shapes.has(y) || (rank !== 3 && rank !== 4) || qkv.some((i) => i.shape?.length !== rank))
-    return S.refuseAll(tracked[0]!.l, G.unknownShape(y));
+    return tracked.forEach((i) => S.refuseAll(i.l, G.unknownShape(y)));
   const extra = tracked.find((i) => i.slot > 2) ?? ins.slice(4).find((i) => i.t);
   if (extra) return refuseAll(`reads "${extra.t}" as input ${extra.slot} (past keys and values are not supported)`);
   if (node.output.slice(1).some((o) => o)) return refuseAll('outputs present keys, values or scores beside Y');

@@ -1290,7 +1290,8 @@ const rotary: ChainRule = (ctx) => {
   if (ctx.input !== 0) return refusal(ctx, `: the channels enter as input ${ctx.input}`);
   if (ctx.inShape.length !== 4)
     return refusal(ctx, 'rotates 3-D input [B, T, heads · d] (heads counted by num_heads); only 4-D input passes');
-  if (ctx.layout.axis !== 1) return refusal(ctx, `rotates pairs of entries along axis 3, which holds the channels`);
+  if (ctx.layout.axis !== 1)
+    return refusal(ctx, `rotates pairs of entries of each head, but the channels are on axis ${ctx.layout.axis}`);
   return pass(ctx);
 };
 
