@@ -290,6 +290,29 @@ describe('the opset-18+ forms of ops subprune passes channels through, on small 
     expect(relDiff(got, want)).toBeLessThan(1e-5);
   });
 
+  it('Attention on a fused qkv split in three (3-D): a head is one channel of the fused projection', async () => {
+    const m = smallModel(
+      [
+        makeNode('MatMul', ['x', 'wqkv'], ['qkv'], [], 'qkv_proj'),
+        makeNode('Split', ['qkv', 'sizes'], ['q', 'k', 'v'], [intAttr('axis', 2)], 'split'),
+        makeNode('Attention', ['q', 'k', 'v'], ['a'], [intAttr('q_num_heads', 2), intAttr('kv_num_heads', 2)], 'attn'),
+        makeNode('MatMul', ['a', 'wo'], ['y'], [], 'o_proj'),
+      ],
+      [w('wqkv', [8, 24]), int64Tensor('sizes', [3], [8, 8, 8]), w('wo', [8, 8])],
+      [1, 4, 8],
+      23,
+    );
+    const { groups } = analyze(m);
+    expect(groups.map((g) => [g.id, g.channels])).toEqual([['qkv_proj', 2]]);
+    const plans = [{ group: groups[0]!, keep: [1] }],
+      data = npyFromBytes(encodeNpy(randInput([1, 4, 8], 2).data, [1, 4, 8]), 'random');
+    const pruned = pruneGroups(m, plans);
+    expect(attrInt(nodesOf(pruned, 'Attention')[0]!, 'q_num_heads')).toBe(1);
+    const got = await fixtureOutputs(pruned, data, 1),
+      want = await fixtureOutputs(zeroDroppedInputs(m, plans), data, 1);
+    expect(relDiff(got, want)).toBeLessThan(1e-5);
+  });
+
   it('GroupNormalization of one group is refused: it normalises all the channels together', () => {
     const m = smallModel(
       [

@@ -1449,8 +1449,11 @@ function attentionNode(W: Walk, node: NodeProto): void {
   // entries of q, k and v per key/value head (its query heads' entries for q)
   const units = width.map((e) => e / hk!),
     ls = qkv.map((i) => i.l!);
+  // every channel whole key/value heads (not a feature of each, as equal parts of one projection would pair them), as
+  // many in q, k and v
   const perGroup = (l: Layout, i: number) => l.segments.map((s) => [s.n, s.per / units[i]!].join());
-  if (ls.some((l, i) => perGroup(l, i).join() !== perGroup(ls[0]!, 0).join()))
+  const whole = ls.every((l, i) => l.segments.every((s) => s.per % units[i]! === 0));
+  if (!whole || ls.some((l, i) => perGroup(l, i).join() !== perGroup(ls[0]!, 0).join()))
     return refuseAll(
       `reads heads laid out differently in q, k and v (${qkv.map((i) => `"${i.t}"`).join(', ')})` +
         (mergeHeads(W, ls, units) ? ', which their producers could not match' : ''),
