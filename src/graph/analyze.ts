@@ -749,8 +749,8 @@ function record(
   for (const r of firstPart(l)) {
     if (r.space < 0) continue;
     const rec = W.S.get(r.space);
-    for (const s of step.slices ?? [])
-      rec.slices.push({ tensor: s.tensor, axis: s.axis, offset: r.offset, per: r.per });
+    for (const { scale = 1, ...s } of step.slices ?? [])
+      rec.slices.push({ tensor: s.tensor, axis: s.axis, offset: r.offset * scale, per: r.per * scale });
     for (const { scale, from, ...e } of step.shapeEdits ?? []) {
       const edit = { ...e, per: r.per * (scale ?? 1) };
       rec.edits.push(edit);
@@ -1424,6 +1424,94 @@ function einsumNode(W: Walk, node: NodeProto): void {
 }
 
 /**
+ * The Attention op (opset 23): softmax(q · kᵀ · scale + mask) · v head by head, with g query heads per key/value
+ * head (query head i reads key/value head ⌊i / g⌋; g = 1 without grouped-query attention). On 4-D q, k, v
+ * [B, heads, T, d] the heads are axis 1; on 3-D ones [B, T, heads · d] (heads counted by q_num_heads and
+ * kv_num_heads) blocks of d entries of axis 2. A channel is whole key/value heads with their query heads: the walk
+ * merges the producers' channels until each holds as many key/value heads in q, k and v, then q's, k's and v's become
+ * the same channels and pass to Y; the head-count attributes follow them. Channels anywhere else are mixed (summed
+ * over d or over the keys). Refused: one key/value head for every query head, heads no group owns, a mask with one
+ * slice per head, past keys and values, and the outputs beside Y.
+ */
+function attentionNode(W: Walk, node: NodeProto): void {
+  const { G, S } = W;
+  const y = node.output[0] ?? '';
+  const ins = node.input.map((t, slot) => ({ t, slot, l: t ? W.layouts.get(t) : undefined, shape: G.shapes.get(t) }));
+  const tracked = ins.filter((i) => i.l);
+  const refuseAll = (why: string) => tracked.forEach((i) => S.refuseAll(i.l, `${label(node)} ${why}`));
+  const qkv = ins.slice(0, 3),
+    rank = qkv[0]!.shape?.length;
+  if (!tracked.length) return;
+  if (!G.shapes.has(y) || (rank !== 3 && rank !== 4) || qkv.some((i) => i.shape?.length !== rank))
+    return tracked.forEach((i) => S.refuseAll(i.l, G.unknownShape(y)));
+  const extra = tracked.find((i) => i.slot > 2) ?? ins.slice(4).find((i) => i.t);
+  if (extra) return refuseAll(`reads "${extra.t}" as input ${extra.slot} (past keys and values are not supported)`);
+  if (node.output.slice(1).some((o) => o)) return refuseAll('outputs present keys, values or scores beside Y');
+  const axis = rank === 4 ? 1 : 2;
+  const off = qkv.find((i) => i.l && i.l.axis !== axis);
+  if (off) return refuseAll(`mixes the channels on axis ${off.l!.axis} of "${off.t}"; only its heads pass`);
+  const width = qkv.map((i) => i.shape![axis]!);
+  const [hq, hk, hv] =
+    rank === 4 ? width : [attrInt(node, 'q_num_heads'), ...[1, 2].map(() => attrInt(node, 'kv_num_heads'))];
+  const g = hq! / hk!;
+  if (hv !== hk || !Number.isInteger(g) || width.some((e) => e % hk! !== 0))
+    return refuseAll(`reads ${hq} query, ${hk} key and ${hv} value heads`);
+  if (g > 1 && hk === 1)
+    return refuseAll('shares its one key/value head among every query head: it cannot be removed alone');
+  const other = qkv.find((i) => !i.l);
+  if (other) return refuseAll(`pairs the heads with "${other.t}", which no group owns`);
+  const mask = ins[3]?.t ? ins[3].shape : undefined;
+  if (mask && mask.length >= 3 && mask[mask.length - 3] !== 1)
+    return refuseAll(`adds the mask "${ins[3]!.t}", which holds one slice per head`);
+  // entries of q, k and v per key/value head (its query heads' entries for q)
+  const units = width.map((e) => e / hk!),
+    ls = qkv.map((i) => i.l!);
+  // every channel whole key/value heads (not a feature of each, as equal parts of one projection would pair them), as
+  // many in q, k and v
+  const perGroup = (l: Layout, i: number) => l.segments.map((s) => [s.n, s.per / units[i]!].join());
+  const whole = ls.every((l, i) => l.segments.every((s) => s.per % units[i]! === 0));
+  if (!whole || ls.some((l, i) => perGroup(l, i).join() !== perGroup(ls[0]!, 0).join()))
+    return refuseAll(
+      `reads heads laid out differently in q, k and v (${qkv.map((i) => `"${i.t}"`).join(', ')})` +
+        (mergeHeads(W, ls, units) ? ', which their producers could not match' : ''),
+    );
+  const [ref, ...rest] = ls as [Layout, Layout, Layout];
+  for (const l of rest) l.segments.forEach((s, r) => s.space >= 0 && S.union(s.space, ref.segments[r]!.space));
+  // Y: v's entries for each query head, g·d_v per key/value head
+  const yUnit = (G.shapes.get(y)![axis]! / hq!) * g;
+  const out: Layout = { axis, segments: ref.segments.map((s) => ({ ...s, per: (s.per / units[0]!) * yUnit })) };
+  const counts = [
+    { name: 'q_num_heads', per: g / yUnit },
+    { name: 'kv_num_heads', per: 1 / yUnit },
+  ].filter((a) => node.attribute.some((x) => x.name === a.name));
+  record(W, node, out, { attributes: counts });
+  setLayout(W, y, out);
+}
+
+/**
+ * Asks the producers of q, k and v (layouts `ls`, `units[i]` entries per key/value head) to merge their channels until
+ * each run's channels hold whole key/value heads, as many in all three. False if the runs do not pair up.
+ */
+function mergeHeads(W: Walk, ls: Layout[], units: number[]): boolean {
+  const runs = ls[0]!.segments.length;
+  if (ls.some((l) => l.segments.length !== runs)) return false;
+  for (let r = 0; r < runs; r++) {
+    const segs = ls.map((l) => l.segments[r]!);
+    // the smallest merge that makes each channel whole heads, then the heads per channel that gives
+    const whole = segs.map((s, i) => units[i]! / gcd(s.per, units[i]!)),
+      heads = segs.map((s, i) => (s.per * whole[i]!) / units[i]!);
+    const total = segs.map((s, i) => (s.n * s.per) / units[i]!);
+    if (segs.some((s) => s.space < 0) || total.some((t) => t !== total[0])) return false;
+    const all = heads.reduce(lcm);
+    segs.forEach((s, i) => {
+      const f = (whole[i]! * all) / heads[i]!;
+      if (f > 1) request(W, s.space, { merge: f });
+    });
+  }
+  return true;
+}
+
+/**
  * Concat: along the channel axis of its inputs it lays their runs end to end (inputs no group owns become fixed
  * entries); along another axis it joins inputs with the same runs (and slices constants along the channels).
  */
@@ -1527,6 +1615,10 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
     }
     if (rule?.merge === 'einsum') {
       einsumNode(W, node);
+      continue;
+    }
+    if (rule?.merge === 'attention') {
+      attentionNode(W, node);
       continue;
     }
     const info = rule?.layer?.read(node, G.constant);

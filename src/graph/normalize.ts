@@ -1,5 +1,5 @@
-// The normal form analysis and rewrite work on: model-local functions inlined, unique node names, no Identity aliases
-// of constants.
+// The normal form analysis and rewrite work on: model-local functions inlined, unique node names, one initializer of
+// each name, no Identity aliases of constants.
 import { clone } from '@bufbuild/protobuf';
 import {
   AttributeProtoSchema,
@@ -152,26 +152,41 @@ export function trimOmittedInputs(graph: GraphProto): void {
 }
 
 /**
- * The normal form analysis and rewrite work on: model-local functions inlined, unique node names, no Identity aliases
- * of constants, no trailing omitted inputs. Idempotent.
+ * Keep only the last initializer of each name. ONNX forbids two of one name, but onnxruntime loads such a file (it
+ * warns and uses the last), and a converter that adds a parameter's initializer again writes one; pruning only the
+ * copy the analysis reads (the last, as constantTensors does) left the other at its old shape, and onnxruntime refused
+ * the pruned model ("Shape of initializer ... does not match").
+ */
+export function dropShadowedInitializers(graph: GraphProto): void {
+  const last = new Map(graph.initializer.map((t, i) => [t.name, i]));
+  if (last.size < graph.initializer.length)
+    graph.initializer = graph.initializer.filter((t, i) => last.get(t.name) === i);
+}
+
+/**
+ * The normal form analysis and rewrite work on: model-local functions inlined, unique node names, one initializer of
+ * each name, no Identity aliases of constants, no trailing omitted inputs. Idempotent.
  */
 export function normalizeModel(model: Model): void {
   const graph = model.graph;
   if (!graph) return;
   inlineFunctions(model);
   nameNodes(graph);
+  dropShadowedInitializers(graph);
   foldConstantIdentities(graph);
   trimOmittedInputs(graph);
 }
 
 /**
- * Whether normalizeModel would leave `model` as it is: every node named, uniquely, no Identity alias of a constant, no
- * trailing omitted input, and no model-local function (conservatively: one that cannot be inlined stays).
+ * Whether normalizeModel would leave `model` as it is: every node named, uniquely, one initializer of each name, no
+ * Identity alias of a constant, no trailing omitted input, and no model-local function (conservatively: one that
+ * cannot be inlined stays).
  */
 export function isNormalized(model: Model): boolean {
   const graph = model.graph;
   if (!graph) return true;
-  if (model.functions.length) return false;
+  if (model.functions.length || new Set(graph.initializer.map((t) => t.name)).size < graph.initializer.length)
+    return false;
   const consts = constantTensors(graph),
     outputs = new Set(graph.output.map((o) => o.name)),
     names = new Set<string>();

@@ -84,10 +84,15 @@ export interface Stack {
 /** Entries of a layout's axis. */
 export const entriesOf = (l: Layout) => l.segments.reduce((a, s) => a + s.n * s.per, 0);
 
-/** The constant `tensor`'s axis `axis` holds the entries of the step's output channel axis, one block per channel. */
+/**
+ * The constant `tensor`'s axis `axis` holds the entries of the step's output channel axis, one block per channel; with
+ * `scale`, `scale` entries per entry of the channel axis (GroupNormalization-18's scale, one entry per group of
+ * channels: 1 / the group's width).
+ */
 export interface ParamSlice {
   tensor: string;
   axis: number;
+  scale?: number;
 }
 
 /**
@@ -373,16 +378,25 @@ function floatValues(ctx: ShapeContext, name: string): number[] | undefined {
   const parts = n.input.map((i) => floatValues(ctx, i));
   return parts.every((v) => v) ? parts.flatMap((v) => v!) : undefined;
 }
+/** The axes a Resize's scales or sizes are for: its `axes` attribute (opset 18), else every axis. */
+export const resizeAxes = (node: NodeProto, rank: number) =>
+  node.attribute.some((a) => a.name === 'axes')
+    ? attrInts(node, 'axes').map((a) => normAxis(a, rank))
+    : [...Array(rank).keys()];
 const resizeShape: ShapeRule = withX((x, ctx) => {
   const { node, constant } = ctx;
-  // sizes a constant, or computed from shapes (F.interpolate(x, size=y.shape[2:]): an FPN's upsampling)
+  const axes = resizeAxes(node, x.length),
+    at = (v: number[]) => x.map((d, i) => (axes.includes(i) ? v[axes.indexOf(i)]! : d));
+  // sizes a constant, or computed from shapes (F.interpolate(x, size=y.shape[2:]): an FPN's upsampling); a policy
+  // other than "stretch" (opset 18) keeps the aspect ratio instead, which is not computed here
   const sizes = node.opType === 'Resize' ? (int64Values(constant(node.input[3] ?? '')) ?? valueOf(ctx, 3)) : undefined;
-  if (sizes?.length === x.length) return [sizes];
+  if (sizes?.length === axes.length)
+    return attrString(node, 'keep_aspect_ratio_policy', 'stretch') === 'stretch' ? [at(sizes)] : undefined;
   const slot = node.opType === 'Resize' && Number(node.input.length) > 2 ? 2 : 1;
   const scales = node.attribute.some((a) => a.name === 'scales')
     ? node.attribute.find((a) => a.name === 'scales')!.floats
     : floatValues(ctx, node.input[slot] ?? '');
-  return scales?.length === x.length ? [x.map((d, i) => Math.floor(d * scales[i]!))] : undefined;
+  return scales?.length === axes.length ? [at(x.map((d, i) => Math.floor(d * scales[i]!)))] : undefined;
 });
 const padShape: ShapeRule = withX((x, ctx) => {
   const pads = intsOf(ctx, 1, 'pads');
@@ -485,6 +499,19 @@ const expandShape: ShapeRule = withX((x, ctx) => {
   const v = valueOf(ctx, 1);
   return v ? [broadcastShapes([x, v])] : undefined;
 });
+
+/**
+ * Attention (opset 23): Y is [B, q heads, S, v head size] for 4-D q, k, v; [B, S, q_num_heads · v head size] for 3-D
+ * ones (the value's width divided by kv_num_heads).
+ */
+const attentionShape: ShapeRule = ({ node, ins }) => {
+  const [q, , v] = ins;
+  if (!q || !v || q.length !== v.length) return undefined;
+  if (q.length === 4) return [[q[0]!, q[1]!, q[2]!, v[3]!]];
+  const heads = attrInt(node, 'q_num_heads', 0),
+    kv = attrInt(node, 'kv_num_heads', 0);
+  return q.length === 3 && heads && kv ? [[q[0]!, q[1]!, (heads * v[2]!) / kv]] : undefined;
+};
 
 /** A layer's shape rule: the layer table's. */
 const layerShape =
@@ -1215,10 +1242,54 @@ const softmax: ChainRule = (ctx) => {
   return couples ? refusal(ctx, 'normalises across the channels, which couples them') : { ...pass(ctx), stack: st };
 };
 
-/** LayerNormalization normalises over all axes from `axis` on. */
+/** LayerNormalization and RMSNormalization normalise over all axes from `axis` on. */
 const layerNorm: ChainRule = (ctx) => {
   const axis = normAxis(attrInt(ctx.node, 'axis', -1), ctx.inShape.length);
   return axis <= ctx.layout.axis ? refusal(ctx, 'normalises across the channels, which couples them') : pass(ctx);
+};
+
+/**
+ * GroupNormalization normalises each of its num_groups groups of C / num_groups channels over the group's channels and
+ * the spatial axes: a channel must be whole groups (the walk merges them: pruning removes whole groups, and num_groups
+ * follows). Its scale and bias are sliced with them: per channel from opset 21 on, per group at 18 to 20.
+ */
+const groupNorm: ChainRule = (ctx) => {
+  if (ctx.input !== 0) return refusal(ctx, `: the channels enter as input ${ctx.input}`);
+  if (ctx.layout.axis !== 1)
+    return refusal(ctx, `normalises groups of axis 1, but the channels are on axis ${ctx.layout.axis}`);
+  const groups = attrInt(ctx.node, 'num_groups', 0),
+    width = ctx.entries / groups;
+  if (!Number.isInteger(width)) return refusal(ctx, `: ${ctx.entries} channels do not make ${groups} groups`);
+  if (groups === 1) return refusal(ctx, 'normalises all the channels as one group, which couples them');
+  if (width > 1 && ctx.layout.segments.some((r) => r.per % width !== 0)) return { regroup: width };
+  const perGroup = ctx.opset < 21,
+    slices: ParamSlice[] = [];
+  for (const name of ctx.node.input.slice(1, 3)) {
+    const t = name ? ctx.constant(name) : undefined,
+      dims = t && tensorDims(t);
+    if (!dims) return refusal(ctx, `: parameter "${name}" is not a constant`);
+    if (dims.length !== 1 || dims[0] !== (perGroup ? groups : ctx.entries))
+      return refusal(
+        ctx,
+        `: parameter "${name}" has shape [${dims.join(', ')}], expected [${perGroup ? groups : ctx.entries}]` +
+          ` (one entry per ${perGroup ? 'group' : 'channel'} at opset ${ctx.opset})`,
+      );
+    slices.push({ tensor: name, axis: 0, ...(perGroup ? { scale: 1 / width } : {}) });
+  }
+  return { axis: 1, slices, attributes: [{ name: 'num_groups', per: 1 / width }] };
+};
+
+/**
+ * RotaryEmbedding (opset 23) rotates pairs of entries of each head's last axis by the same angles for every head: on
+ * [B, heads, T, d] the heads pass; 3-D input (heads counted by num_heads) and channels on another axis are refused.
+ */
+const rotary: ChainRule = (ctx) => {
+  if (ctx.input !== 0) return refusal(ctx, `: the channels enter as input ${ctx.input}`);
+  if (ctx.inShape.length !== 4)
+    return refusal(ctx, 'rotates 3-D input [B, T, heads · d] (heads counted by num_heads); only 4-D input passes');
+  if (ctx.layout.axis !== 1)
+    return refusal(ctx, `rotates pairs of entries of each head, but the channels are on axis ${ctx.layout.axis}`);
+  return pass(ctx);
 };
 
 /** Resize/Upsample scale the spatial axes: per channel when the channel axis keeps its size. */
@@ -1227,13 +1298,14 @@ const resize: ChainRule = (ctx) => {
   if (!ctx.outShape) return refusal(ctx, ': its output shape is unknown');
   const a = ctx.layout.axis;
   if (ctx.outShape[a] !== ctx.inShape[a]) return refusal(ctx, 'resizes the channel axis');
-  // a constant `sizes` input names the channel count: it follows the channels
-  const sizes = ctx.node.opType === 'Resize' ? ctx.node.input[3] : undefined;
+  // a constant `sizes` input names the channel count (unless its `axes` leave the channel axis out): it follows them
+  const sizes = ctx.node.opType === 'Resize' ? ctx.node.input[3] : undefined,
+    index = resizeAxes(ctx.node, ctx.inShape.length).indexOf(a);
   const t = sizes ? ctx.constant(sizes) : undefined;
-  if (t) return { axis: a, shapeEdits: [{ tensor: sizes!, index: a }] };
-  if (!sizes) return { axis: a };
+  if (!sizes || index < 0) return { axis: a };
+  if (t) return { axis: a, shapeEdits: [{ tensor: sizes, index }] };
   // computed sizes: torch's Concat(Shape(x)[:2], y.shape[2:]) reads the channel count from x at run time
-  const edits = shapeEntry(ctx, 3, a, ctx.outShape.length);
+  const edits = shapeEntry(ctx, 3, index, ctx.value(sizes)?.length ?? ctx.outShape.length);
   return Array.isArray(edits) ? { axis: a, shapeEdits: edits } : edits;
 };
 
@@ -1511,9 +1583,10 @@ const refuse =
  * Add, Mul, …) make the channels of their inputs the same channels (a residual Add; x·sigmoid(x); an SE gate's
  * product); 'concat' lays its inputs' channels end to end along its axis; 'matmul' multiplies two activations
  * (attention's q·kᵀ and weights·v): channels on a batch axis (heads) pass to the output and join, on the rows or
- * columns they pass, and on the contracted axis they are refused.
+ * columns they pass, and on the contracted axis they are refused; 'attention' (the Attention op) joins the heads of
+ * q, k and v.
  */
-export type Merge = 'join' | 'concat' | 'matmul' | 'einsum';
+export type Merge = 'join' | 'concat' | 'matmul' | 'einsum' | 'attention';
 
 export interface OpRule {
   shape?: ShapeRule;
@@ -1607,11 +1680,16 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   BatchNormalization: op(sameShape, perChannelNorm([1, 2, 3, 4])),
   InstanceNormalization: op(sameShape, perChannelNorm([1, 2])),
   LayerNormalization: op(sameShape, layerNorm),
+  // opset 23: x / sqrt(mean(x²) + eps) · scale over the axes from `axis` on, as LayerNormalization without the mean
+  RMSNormalization: op(sameShape, layerNorm),
   Softmax: op(sameShape, softmax),
   LogSoftmax: op(sameShape, softmax),
   Hardmax: op(sameShape, softmax),
   LRN: op(sameShape, refuse('normalises across neighbouring channels, which couples them')),
-  GroupNormalization: op(undefined, refuse('normalises over groups of channels, which couples them')),
+  GroupNormalization: op(sameShape, groupNorm),
+  // opset 23: rotary position embedding per head; softmax(q · kᵀ) · v per head
+  RotaryEmbedding: op(sameShape, rotary),
+  Attention: op(attentionShape, undefined, 'attention'),
   // pools and resizing
   ...Object.fromEntries(['MaxPool', 'AveragePool', 'LpPool'].map((n) => [n, op(poolShape, spatial)])),
   ...Object.fromEntries(
