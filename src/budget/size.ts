@@ -3,7 +3,15 @@
 // group's channels; params are the constants' element counts and FLOPs the layers' multiply-accumulates on those
 // shapes, so the size is exact and costs O(tensors touched) per evaluation.
 import { numel, type Model } from '../onnx/index.js';
-import { constantTensors, dataInputs, inferShapes, modelStats, nodeMacs, type InputShapes } from '../graph/shapes.js';
+import {
+  constantTensors,
+  dataInputs,
+  inferShapes,
+  modelStats,
+  nodeMacs,
+  type InputShapes,
+  type Shapes,
+} from '../graph/shapes.js';
 import { layerOf } from '../graph/ops.js';
 import type { Group } from '../graph/types.js';
 import type { SizeOf } from './index.js';
@@ -20,10 +28,16 @@ interface Shrink {
 
 /**
  * Exact params (every initializer and Constant tensor, as modelStats counts them) or FLOPs after pruning to `keeps`.
+ * `shapes`: the model's at `inputShape`, when known already (the analysis inferred them).
  */
-export function sizeModel(model: Model, groups: Group[], inputShape: InputShapes | undefined, target: Target): SizeOf {
-  const full = modelStats(model, inputShape);
-  const shapes = inferShapes(model, inputShape);
+export function sizeModel(
+  model: Model,
+  groups: Group[],
+  inputShape: InputShapes | undefined,
+  target: Target,
+  shapes: Shapes = inferShapes(model, inputShape),
+): SizeOf {
+  const full = modelStats(model, inputShape, shapes);
   const shrinks = new Map<string, Shrink[]>();
   const add = (tensor: string, s: Shrink) => shrinks.set(tensor, [...(shrinks.get(tensor) ?? []), s]);
   for (const g of groups) {

@@ -1857,8 +1857,9 @@ export function analyze(model: Model, inputShape?: InputShapes): Analysis {
   groups.sort((a, b) => order(W, a.producers[0]!) - order(W, b.producers[0]!));
   uniqueIds(W, groups, roots);
   refused.sort((a, b) => order(W, nodeNamed(G, a.node)) - order(W, nodeNamed(G, b.node)));
-  const sizeOf = sizeModel(model, groups, inputShape, 'params'),
-    flopsOf = sizeModel(model, groups, inputShape, 'flops');
+  // on the shapes prepare inferred (each sizeModel would infer them twice more)
+  const sizeOf = sizeModel(model, groups, inputShape, 'params', G.shapes),
+    flopsOf = sizeModel(model, groups, inputShape, 'flops', G.shapes);
   const full = new Map(groups.map((g) => [g.id, g.channels]));
   for (const g of groups) {
     const none = new Map(full).set(g.id, 0);

@@ -139,10 +139,10 @@ export function nodeMacs(node: NodeProto, shapes: Shapes): number | undefined {
 export function modelStats(
   model: Model,
   inputShape?: InputShapes,
+  shapes: Shapes = inferShapes(model, inputShape),
 ): { params: number; flops: number; unknown: string[] } {
   if (!model.graph) throw badInput('the model has no graph.');
   const graph = model.graph, // read-only: no normalising
-    shapes = inferShapes(model, inputShape),
     batch = shapes.get(dataInputs(graph)[0]?.name ?? '')?.[0] || 1;
   let params = 0;
   for (const t of graph.initializer) params += numel(tensorDims(t));
