@@ -461,7 +461,8 @@ async function pruneSequential(
           captureGrams(pruned, [group], calib, {
             ...opts,
             stats,
-            ...(first ? { fill, reference: original.reference } : { target }),
+            // the outputs only where the run goes nearly to them anyway (to the later groups' targets)
+            ...(first ? { fill, reference: fill && original.reference } : { target }),
             frontier: { ...frontier, ...later },
           }),
         );
