@@ -6,6 +6,7 @@ import {
   DataType,
   ModelProtoSchema,
   TensorProtoSchema,
+  intAttr,
   intsAttr,
   makeNode,
   readModel,
@@ -160,6 +161,26 @@ describe('what the op table cannot see', () => {
       [1, 3, 6, 6],
     );
     expect(reasonOf(loop, 'conv_a')).toBe('the graph has a cycle through "a"; the model is corrupted');
+  });
+});
+
+describe('refusals listed once', () => {
+  it("an uneven Split's three parts, refused alike for one producer: one row", () => {
+    const r = rng(3),
+      w = (name: string, dims: number[]) => randTensor(name, dims, r);
+    const nodes = [
+      makeNode('Conv', ['x', 'w0'], ['t'], [], 'conv0'),
+      makeNode('Split', ['t'], ['a', 'b', 'c'], [intAttr('axis', 1), intAttr('num_outputs', 3)], 'split'),
+      ...['a', 'b', 'c'].map((p) => makeNode('Conv', [p, `w${p}`], [`y${p}`], [], `conv_${p}`)),
+      makeNode('Concat', ['ya', 'yb', 'yc'], ['y'], [intAttr('axis', 1)], 'cat'),
+    ];
+    // 10 channels in three parts of ⌈10/3⌉: 4, 4 and 2
+    const inits = [w('w0', [10, 4, 1, 1]), w('wa', [2, 4, 1, 1]), w('wb', [2, 4, 1, 1]), w('wc', [2, 2, 1, 1])];
+    const { groups, refused } = analyze(smallModel(nodes, inits, [1, 4, 8, 8], 18));
+    expect(groups).toEqual([]);
+    const split = refused.filter((x) => x.node === 'conv0');
+    const why = 'computes its bounds from the size of the channel axis, so its parts must keep equally many channels';
+    expect(split.map((x) => x.reason)).toEqual([`Split "split" ${why}`]);
   });
 });
 

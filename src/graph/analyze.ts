@@ -1857,6 +1857,8 @@ export function analyze(model: Model, inputShape?: InputShapes): Analysis {
   groups.sort((a, b) => order(W, a.producers[0]!) - order(W, b.producers[0]!));
   uniqueIds(W, groups, roots);
   refused.sort((a, b) => order(W, nodeNamed(G, a.node)) - order(W, nodeNamed(G, b.node)));
+  // one row per producer and reason: the parts of an uneven Split are refused alike, each its own space
+  const rows = new Map(refused.map((r) => [`${r.node}\n${r.producers?.join('\n')}\n${r.reason}`, r]));
   // on the shapes prepare inferred (each sizeModel would infer them twice more)
   const sizeOf = sizeModel(model, groups, inputShape, 'params', G.shapes),
     flopsOf = sizeModel(model, groups, inputShape, 'flops', G.shapes);
@@ -1866,7 +1868,7 @@ export function analyze(model: Model, inputShape?: InputShapes): Analysis {
     g.params = sizeOf(full) - sizeOf(none);
     g.flops = flopsOf(full) - flopsOf(none);
   }
-  return { groups, refused };
+  return { groups, refused: [...rows.values()] };
 }
 
 export { modelStats } from './shapes.js';
