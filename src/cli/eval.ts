@@ -17,7 +17,7 @@ ${inputsHelp('--data DATA', 'the inputs')}
   --labels FILE      integer class labels, .npy of shape [samples]: prints top-1 accuracy
   --reference FILE   another model (e.g. the unpruned original): prints top-1 agreement and the
                      relative output error ‖y − y_ref‖/‖y_ref‖
-  --batch n          batch size (default 256)
+  --batch n          batch size (default 64; a model with a fixed batch size uses its own)
   --backend NAME     model runtime: node (onnxruntime-node, the default where it loads) or web
                      (onnxruntime-web's WebAssembly backend: no native addon needed)
   --json             print the result as JSON
