@@ -19,6 +19,7 @@ export {
   float32Tensor,
   int64Tensor,
   setTensorData,
+  setTensorValues,
   encodeFloat32,
   tensorDims,
   numel,

@@ -8,7 +8,6 @@ import {
   ModelProtoSchema,
   NodeProtoSchema,
   OperatorSetIdProtoSchema,
-  TensorProto_DataType as DataType,
   TensorShapeProtoSchema,
   TensorShapeProto_DimensionSchema,
   TypeProtoSchema,
@@ -21,7 +20,7 @@ import {
   type ValueInfoProto,
 } from './gen/onnx_pb.js';
 import type { Model } from './model.js';
-import { encodeFloat32, numel, setTensorData } from './tensor.js';
+import { numel, setTensorValues } from './tensor.js';
 
 // ---- attribute getters ------------------------------------------------------------------------
 
@@ -98,13 +97,7 @@ export function replaceInitializerData(
   if (n !== data.length)
     throw badInput(`initializer "${name}": ${data.length} values do not fill dims [${dims.join(', ')}].`);
   const t = { ...graph.initializer[i]! };
-  if (data instanceof BigInt64Array) {
-    const raw = new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
-    setTensorData(t, dims, DataType.INT64, raw);
-  } else {
-    const dt = t.dataType === DataType.FLOAT16 || t.dataType === DataType.DOUBLE ? t.dataType : DataType.FLOAT;
-    setTensorData(t, dims, dt, encodeFloat32(data, dt));
-  }
+  setTensorValues(t, dims, data);
   graph.initializer[i] = t;
   for (const list of [graph.input, graph.valueInfo])
     list.forEach((vi, k) => {

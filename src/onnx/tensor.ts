@@ -275,6 +275,19 @@ export function setTensorData(t: TensorProto, dims: readonly number[], dataType:
   clearField(t, TensorProtoSchema.field.segment);
 }
 
+/**
+ * Store new values in an existing tensor (setTensorData): float values keep its element type if that is FLOAT16 or
+ * DOUBLE, else FLOAT; a BigInt64Array is stored as INT64.
+ */
+export function setTensorValues(t: TensorProto, dims: readonly number[], data: Float32Array | BigInt64Array): void {
+  if (data instanceof BigInt64Array) {
+    setTensorData(t, dims, DataType.INT64, new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice());
+    return;
+  }
+  const dt = t.dataType === DataType.FLOAT16 || t.dataType === DataType.DOUBLE ? t.dataType : DataType.FLOAT;
+  setTensorData(t, dims, dt, encodeFloat32(data, dt));
+}
+
 /** Encode float32 values as FLOAT, FLOAT16 or DOUBLE little-endian bytes. */
 export function encodeFloat32(data: ArrayLike<number>, dataType: number): Uint8Array {
   const size =

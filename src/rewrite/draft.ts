@@ -3,12 +3,10 @@
 // frontier (capture/frontier.ts) tells a node or constant the rewrite left alone by identity instead of by its bytes.
 import { clone } from '@bufbuild/protobuf';
 import {
-  DataType,
-  encodeFloat32,
   ModelProtoSchema,
   NodeProtoSchema,
   replaceInitializerData,
-  setTensorData,
+  setTensorValues,
   type GraphProto,
   type Model,
   type NodeProto,
@@ -21,7 +19,7 @@ export class Draft {
   /** The copy being edited. */
   readonly model: Model;
   /** The source's nodes, which the copy shares until it changes one (initializers: replaceInitializerData). */
-  private readonly shared: Set<object>;
+  private readonly shared: Set<NodeProto>;
 
   /** A model not in normal form yet (normalizeModel) is copied whole and normalized: that changes nodes everywhere. */
   constructor(source: Model) {
@@ -60,8 +58,7 @@ export class Draft {
 
   /**
    * Stores new values in constant `name` (an initializer, or the value of the Constant node that outputs it) in a
-   * tensor of the draft's own, keeping its data type (float values as FLOAT, FLOAT16 or DOUBLE, as
-   * replaceInitializerData does). Returns the tensor now holding them.
+   * tensor of the draft's own, keeping its data type (setTensorValues). Returns the tensor now holding them.
    */
   setConstant(name: string, dims: readonly number[], data: Float32Array | BigInt64Array): TensorProto {
     const g = this.graph;
@@ -69,12 +66,7 @@ export class Draft {
     const producer = g.node.find((n) => n.opType === 'Constant' && n.output[0] === name),
       t = producer && this.node(producer.name)!.attribute.find((a) => a.name === 'value')?.t;
     if (!t) throw badInput(`the model has no constant "${name}".`);
-    if (data instanceof BigInt64Array)
-      setTensorData(t, dims, DataType.INT64, new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice());
-    else {
-      const dt = t.dataType === DataType.FLOAT16 || t.dataType === DataType.DOUBLE ? t.dataType : DataType.FLOAT;
-      setTensorData(t, dims, dt, encodeFloat32(data, dt));
-    }
+    setTensorValues(t, dims, data);
     return t;
   }
 }
