@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { GramAccumulator } from '../src/kernels/gram.js';
+import { FLUSH_SAMPLES, GramAccumulator } from '../src/kernels/gram.js';
 import { getKernels } from '../src/kernels/instances.js';
 import { rng, gramOf, matmul, type Mat } from './oracle.js';
 import { BUILDS } from './relaxed-simd.js';
@@ -158,6 +158,84 @@ describe('Gram accumulation projected on the weights', () => {
       check(givenConv.result(), P, Q, { rows: dc, cols: mc, a: Wc });
       givenConv.release();
       expect(() => new GramAccumulator(d, { asymmetric: true, kernels, project: { m } }).add(B, A)).toThrow(/values/);
+    },
+  );
+});
+
+// Rows wait in the buffers across calls and are added every FLUSH_SAMPLES samples: batches of any size sum as
+// batches of 64 do, bit for bit, and the sums stay the float64 products.
+describe('Gram accumulation of small batches', () => {
+  it.each([...BUILDS.flatMap((b) => [1, 2].map((t) => ['wasm', b, t] as const)), ['plain', 'plain', 1] as const])(
+    '%s kernels (%s), %i thread(s): batches of 7 samples sum as batches of 64, bit for bit',
+    (kind, build, threads) => {
+      const r = rng(53),
+        kernels = kind === 'plain' ? getKernels('plain') : getKernels('wasm', threads, build);
+      // 100 samples of 2 rows (a token axis), d = 40, m = 7
+      const [N, per, d, m] = [100, 2, 40, 7];
+      const B = Float32Array.from({ length: N * per * d }, () => r() - 0.5),
+        A = B.map((v) => v * 0.6 + 0.3 * (r() - 0.5)),
+        W = Float64Array.from({ length: d * m }, () => Math.fround(r() - 0.5));
+      const rows = (s0: number, s1: number, X: Float32Array) => X.subarray(s0 * per * d, s1 * per * d);
+      for (const project of [undefined, { W, m }]) {
+        const big = new GramAccumulator(d, { asymmetric: true, kernels, project });
+        for (const [s0, s1] of [
+          [0, FLUSH_SAMPLES],
+          [FLUSH_SAMPLES, N],
+        ])
+          big.add(rows(s0!, s1!, B), rows(s0!, s1!, A));
+        const want = big.result();
+        big.release();
+        const small = new GramAccumulator(d, { asymmetric: true, kernels, project });
+        for (let s0 = 0; s0 < N; s0 += 7) {
+          const s1 = Math.min(N, s0 + 7);
+          small.add(rows(s0, s1, B), rows(s0, s1, A), s1 - s0);
+        }
+        const got = small.result();
+        small.release();
+        expect(got.rows).toBe(N * per);
+        for (const key of ['G', 'C', 'H', 'CW', 'sums', 'targetSums', 'targetSumsW'] as const)
+          expect(got[key] && Array.from(got[key]!)).toEqual(want[key] && Array.from(want[key]!));
+        expect(got.targetNorm2).toBe(want.targetNorm2);
+        const ref = gramOf({ rows: N * per, cols: d, a: Float64Array.from(B) }),
+          scale = Math.max(...ref.map(Math.abs));
+        ref.forEach((v, i) => expect(Math.abs(got.G[i]! - v)).toBeLessThan(1e-6 * scale));
+      }
+    },
+  );
+
+  it.each([...BUILDS.map((b) => ['wasm', b] as const), ['plain', 'plain'] as const])(
+    '%s kernels (%s): conv samples one call each sum as one call, and calls of uneven sizes match the convolution',
+    (kind, build) => {
+      const r = rng(59),
+        kernels = kind === 'plain' ? getKernels('plain') : getKernels('wasm', 2, build);
+      const dims = [6, 3, 5, 5],
+        size = 3 * 5 * 5,
+        X = Float32Array.from({ length: 6 * size }, () => r() - 0.5);
+      const geo = { kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1] } as Parameters<
+        GramAccumulator['addConv']
+      >[2];
+      const one = new GramAccumulator(27, { kernels });
+      one.addConv(X, dims, geo);
+      const whole = one.result();
+      one.release();
+      const small = new GramAccumulator(27, { kernels });
+      for (let s = 0; s < 6; s++) small.addConv(X.subarray(s * size, (s + 1) * size), [1, 3, 5, 5], geo);
+      const got = small.result();
+      small.release();
+      expect(Array.from(got.G)).toEqual(Array.from(whole.G));
+      const uneven = new GramAccumulator(27, { kernels });
+      for (const [s0, s1] of [
+        [0, 1],
+        [1, 4],
+        [4, 6],
+      ])
+        uneven.addConv(X.subarray(s0! * size, s1! * size), [s1! - s0!, 3, 5, 5], geo);
+      const g = uneven.result();
+      uneven.release();
+      expect(g.rows).toBe(6 * 25);
+      const ref = gramOf(patches(X, dims, 3, 3, 1, 1, [1, 1, 1, 1], 1, 1)),
+        scale = Math.max(...ref.map(Math.abs));
+      ref.forEach((v, i) => expect(Math.abs(g.G[i]! - v)).toBeLessThan(1e-6 * scale));
     },
   );
 });

@@ -3,7 +3,11 @@ import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readModel, tensorToFloat32, initializerMap, replaceInitializerData, type Model } from '../src/onnx/index.js';
-import { openNpy, encodeNpy, type NpyFile } from '../src/npy.js';
+import { openNpy, encodeNpy, npyFromBytes, type NpyFile } from '../src/npy.js';
+import { intAttr, intsAttr, makeNode } from '../src/onnx/index.js';
+import { captureBatch } from '../src/capture/index.js';
+import { randn, randTensor, run, smallModel } from './graph-helpers.js';
+import { rng } from './oracle.js';
 import { prune, type Mode } from '../src/prune/index.js';
 import { analyze, modelStats } from '../src/graph/analyze.js';
 import { measuredObjective, measuredObjectives } from './objective.js';
@@ -136,5 +140,59 @@ describe('lenet: a channel that is always zero', () => {
     expect(report.groups[0].order.indexOf(dead)).toBe(-1);
     expect(relDiff(await outputs(pruned, calib), await outputs(model, calib))).toBeLessThan(1e-4);
     calib.close();
+  });
+});
+
+// Large activations: the default batch shrinks so that a batch's consumer inputs stay within captureBatch's bytes, the
+// report records it, and the result is the one batches of 32 give (the Gram matrices add rows every 64 samples,
+// whatever the batch: FLUSH_SAMPLES).
+describe('the default batch size follows the activations', () => {
+  const r = rng(5);
+  const model = smallModel(
+    [
+      makeNode('Conv', ['x', 'w1', 'b1'], ['t1'], [intsAttr('pads', [1, 1, 1, 1])], 'conv1'),
+      makeNode('Relu', ['t1'], ['t2'], [], 'relu1'),
+      makeNode('Conv', ['t2', 'w2', 'b2'], ['t3'], [], 'conv2'),
+      makeNode('Relu', ['t3'], ['t4'], [], 'relu2'),
+      makeNode('GlobalAveragePool', ['t4'], ['t5'], [], 'pool'),
+      makeNode('Flatten', ['t5'], ['t6'], [], 'flatten'),
+      makeNode('Gemm', ['t6', 'w3', 'b3'], ['y'], [intAttr('transB', 1)], 'fc'),
+    ],
+    [
+      randTensor('w1', [16, 3, 3, 3], r),
+      randTensor('b1', [16], r),
+      randTensor('w2', [8, 16, 1, 1], r),
+      randTensor('b2', [8], r),
+      randTensor('w3', [4, 8], r),
+      randTensor('b3', [4], r),
+    ],
+    ['N', 3, 256, 256],
+  );
+  const X = randn(32 * 3 * 256 * 256, r);
+
+  it("sizes batches by the consumer inputs' bytes that onnxruntime gives", async () => {
+    const { groups, inputBytes } = analyze(model, [1, 3, 256, 256]);
+    const out = await run(model, { data: X.subarray(0, 3 * 256 * 256), dims: [1, 3, 256, 256] }, [
+      ...new Set(groups.flatMap((g) => g.consumers.map((c) => c.input))),
+    ]);
+    const fetched = [...out.entries()].filter(([k]) => k !== 'y').reduce((a, [, t]) => a + 4 * t.data.length, 0);
+    expect(inputBytes).toBe(fetched); // conv2's input, 16 × 256 × 256 floats, and fc's, 8
+    expect(captureBatch(inputBytes)).toBe(Math.floor((96 << 20) / fetched)); // 23
+    expect(captureBatch(analyze(readModel('models/lenet.onnx'), [1, 1, 28, 28]).inputBytes)).toBe(64);
+    expect(captureBatch(undefined)).toBe(64);
+    expect(captureBatch(1e12)).toBe(1);
+  });
+
+  it('prunes with it as with batches of 32', async () => {
+    const calib = npyFromBytes(encodeNpy(X, [32, 3, 256, 256]), 'calib.npy');
+    const opts = { budget: { keepRatio: 0.5 }, threads: 1 } as const;
+    const auto = await prune(model, calib, opts),
+      fixed = await prune(model, calib, { ...opts, batch: 32 });
+    expect(auto.report.calibration.batch).toBe(23);
+    expect(fixed.report.calibration.batch).toBe(32);
+    auto.report.groups.forEach((g, i) => {
+      expect(g.order).toEqual(fixed.report.groups[i]!.order);
+      expect(Math.abs(g.objective - fixed.report.groups[i]!.objective)).toBeLessThan(1e-9);
+    });
   });
 });

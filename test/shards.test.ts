@@ -13,10 +13,11 @@ import { ensureBuilt, expectFailure, expectSameWeights, runCli, spawnCli } from 
 
 // Sharded capture: the calibration set split in parts, each captured by its own `subprune capture` process, and one
 // `prune --stats ...` must give what one `prune` on the whole set gives (the oracle: that run, which captures itself).
-// The parts are cut at multiples of the capture batch: onnxruntime's float32 results depend on a batch's size (its
-// kernels block the batch), so parts cut elsewhere feed the Grams activations that differ in the last bits (measured
-// on LeNet, cut at 200 and 350 of 512: objectives within 5e-9 relative, the same picks), while batch-aligned parts run
-// the very batches the whole run does and differ only in the order the float64 sums are added.
+// The parts are cut at multiples of the capture batch and of 64 samples: onnxruntime's float32 results depend on a
+// batch's size (its kernels block the batch), and the Gram matrices add their rows 64 samples at a time
+// (FLUSH_SAMPLES), so parts cut elsewhere give sums that differ in the last bits (measured on LeNet, cut at 200 and 350
+// of 512: objectives within 5e-9 relative, the same picks), while aligned parts run the very batches the whole run
+// does and differ only in the order the float64 sums are added.
 
 const LENET = 'models/lenet.onnx',
   RESNET = 'models/resnet20.onnx',
@@ -254,30 +255,36 @@ describe('subprune capture → prune --stats (LeNet, 3 parts of 512 samples)', (
   });
 });
 
+// Parts of 64 samples (FLUSH_SAMPLES) sum as one pass does, whatever the batch size of their runs
 describe('ResNet-20 (channel groups across residual Adds): 2 parts of 64 samples', () => {
-  it('prune --stats gives the picks, objectives and weights of one prune on the 64', { timeout: 300_000 }, async () => {
-    writePart('r0.npy', 0, 32);
-    writePart('r1.npy', 32, 64);
-    for (const i of [0, 1]) {
-      const r = spawnCli('capture', RESNET, '--calib', at(`r${i}.npy`), '-o', at(`r${i}.stats`), '--batch', '32');
-      expect(r.code, r.err).toBe(0);
-    }
-    const common = ['--compression', '2', '--batch', '32'];
-    const whole = await runCli(
-      'prune', RESNET, '--calib', at('small.npy'), ...common, '--mode', 'layerwise', '-o', at('rw.onnx'),
+  it(
+    'prune --stats gives the picks, objectives and weights of one prune on the 128',
+    { timeout: 300_000 },
+    async () => {
+      writePart('r0.npy', 0, 64);
+      writePart('r1.npy', 64, 128);
+      writePart('r01.npy', 0, 128);
+      for (const i of [0, 1]) {
+        const r = spawnCli('capture', RESNET, '--calib', at(`r${i}.npy`), '-o', at(`r${i}.stats`), '--batch', '32');
+        expect(r.code, r.err).toBe(0);
+      }
+      const common = ['--compression', '2', '--batch', '32'];
+      const whole = await runCli(
+      'prune', RESNET, '--calib', at('r01.npy'), ...common, '--mode', 'layerwise', '-o', at('rw.onnx'),
       '--report', at('rw.json'),
     ); // prettier-ignore
-    expect(whole.code, whole.err).toBe(0);
-    const sharded = await runCli(
+      expect(whole.code, whole.err).toBe(0);
+      const sharded = await runCli(
       'prune', RESNET, '--stats', at('r0.stats'), '--stats', at('r1.stats'), '--calib', at('r0.npy'), ...common,
       '-o', at('rs.onnx'), '--report', at('rs.json'),
     ); // prettier-ignore
-    expect(sharded.code, sharded.err).toBe(0);
-    const [a, b] = [json(at('rs.json')) as Report, json(at('rw.json')) as Report];
-    expect(a.groups.some((g) => g.consumers.length > 1)).toBe(true);
-    expectSameSelection(a, b);
-    expectSameWeights(at('rs.onnx'), at('rw.onnx'), 1e-6);
-  });
+      expect(sharded.code, sharded.err).toBe(0);
+      const [a, b] = [json(at('rs.json')) as Report, json(at('rw.json')) as Report];
+      expect(a.groups.some((g) => g.consumers.length > 1)).toBe(true);
+      expectSameSelection(a, b);
+      expectSameWeights(at('rs.onnx'), at('rw.onnx'), 1e-6);
+    },
+  );
 });
 
 describe('the library: captureStats, encodeStats/decodeStats, mergeStats', () => {

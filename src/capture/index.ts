@@ -54,6 +54,18 @@ export interface CaptureOptions extends RuntimeOptions, Pick<KernelOptions, 'thr
 /** Default calibration batch size for capture (a model with a fixed batch size uses its own). */
 export const CAPTURE_BATCH = 64;
 
+/**
+ * Bytes of consumer inputs one capture batch may fetch: past this, onnxruntime's runs slow down per sample as their
+ * activations leave the caches (a whole-model run fetching every consumer input, ms per sample at batch 2 / 8 / 64:
+ * ResNet-50 at 224×224, 36 MB a sample, 68 / 79 / 228; MobileNetV3-Large, 7.9 MB, 14 / 15 / 22). The bundled
+ * models (at most 0.6 MB a sample) keep batches of 64.
+ */
+const BATCH_BYTES = 96 << 20;
+
+/** The default batch size for a model whose capture fetches `inputBytes` per sample (Analysis.inputBytes). */
+export const captureBatch = (inputBytes?: number) =>
+  inputBytes ? Math.max(1, Math.min(CAPTURE_BATCH, Math.floor(BATCH_BYTES / inputBytes))) : CAPTURE_BATCH;
+
 /** The outputs an asymmetric capture of a consumer projects its target on (projects()), or none: C and H. */
 const projectionOf = (c: { d: number; m?: number }, asymmetric: boolean) =>
   asymmetric && c.m !== undefined && projects(c.d, c.m) ? c.m : undefined;
@@ -286,15 +298,21 @@ function part(x: Activation, c: Consumer): Activation {
 }
 
 /**
- * Adds one batch of a consumer's input (and target: its input A, or the projected T) to its accumulator: patches or
- * rows, as the layer takes them.
+ * Adds one batch of `samples` samples of a consumer's input (and target: its input A, or the projected T) to its
+ * accumulator: patches or rows, as the layer takes them.
  */
-function accumulate(c: Consumer, acc: GramAccumulator, B: Activation, A?: Activation | Float32Array): void {
+function accumulate(
+  c: Consumer,
+  acc: GramAccumulator,
+  samples: number,
+  B: Activation,
+  A?: Activation | Float32Array,
+): void {
   if (A && !(A instanceof Float32Array) && A.data.length !== B.data.length)
     throw internal(`target activation ${c.input} has shape [${A.dims}], pruned model [${B.dims}]`);
   const a = A instanceof Float32Array ? A : A?.data;
   if (c.kind === 'conv') acc.addConv(B.data, B.dims, c.conv!, a);
-  else acc.add(B.data, a);
+  else acc.add(B.data, a, samples);
 }
 
 /** One model's runs in a capture pass: the named tensors of each batch. */
@@ -473,7 +491,7 @@ async function capturePass(
         const A = p
           ? projectedRows(target!.get(p.output)!, p, t.c.kind === 'conv')
           : t.target && part(target!.get(t.c.input)!, t.target);
-        accumulate(t.c, t.acc, B, A);
+        accumulate(t.c, t.acc, b.rows, B, A);
         t.stats?.add(B.data, B.dims);
       }
       reference?.seed(b, new Map(outputs.map((o) => [o, got.get(o)!])));

@@ -15,7 +15,7 @@ import type { Group } from '../graph/types.js';
 import { analyze } from '../graph/analyze.js';
 import { Calibration, countDistinct, type InputData } from '../calibration.js';
 import { statsFor, type Method } from '../select/baselines.js';
-import { captureGrams, type CaptureOptions } from './index.js';
+import { captureBatch, captureGrams, type CaptureOptions } from './index.js';
 import type { Captured, ChannelStats } from './stats.js';
 
 /** The channel statistics a capture can hold besides the Gram matrices (see ChannelStats). */
@@ -119,12 +119,13 @@ export async function captureStats(
   opts: CaptureStatsOptions = {},
 ): Promise<CaptureStats> {
   const calib = Calibration.of(model, data);
-  const { groups } = analyze(model, calib.shapes);
+  const { groups, inputBytes } = analyze(model, calib.shapes);
   if (!groups.length)
     throw badInput('the model has no prunable groups, so there is nothing to capture (subprune inspect says why)');
   const key = statsKey(model, groups, calib, opts);
   const stats = statsFor(opts.method ?? 'greedy');
-  const grams = await captureGrams(model, groups, calib, { ...opts, ...(stats ? { stats } : {}) });
+  const batch = opts.batch ?? captureBatch(inputBytes),
+    grams = await captureGrams(model, groups, calib, { ...opts, batch, ...(stats ? { stats } : {}) });
   const sampleHashes = calib.sampleHashes();
   return {
     key,

@@ -22,8 +22,8 @@ parts can be captured part by part, in parallel processes or on other machines, 
   subprune capture MODEL.onnx --calib part2.npy -o part2.stats &
   wait
   subprune prune MODEL.onnx --stats part1.stats --stats part2.stats --calib small.npy -o OUT.onnx
-Each part should hold other samples (a shard captured twice is refused). Parts of a multiple of --batch samples give
-one capture's numbers up to the order of float64 sums; others differ in onnxruntime's float32 rounding (last bits).
+Each part should hold other samples (a shard captured twice is refused). Parts of a multiple of 64 samples and of
+--batch give one capture's numbers up to the order of float64 sums; others differ in the last bits.
 
 ${inputsHelp('--calib DATA', 'calibration inputs')};
                       this capture's part of them
@@ -32,7 +32,8 @@ ${inputsHelp('--calib DATA', 'calibration inputs')};
   -o, --output FILE   where to write the statistics (atomically; never an input; an existing file is replaced)
   --method NAME       the method prune will rank with (default greedy): activation-norm and sampling need channel
                       statistics besides the Gram matrices, captured with this flag; every part needs the same
-  --batch n           calibration batch size (default 64; a model with a fixed batch size uses its own)
+  --batch n           calibration batch size (default 64, fewer where 64 samples' activations pass 96 MiB: 2 for
+                      ResNet-50 at 224×224; a model with a fixed batch size uses its own)
   --threads n         threads for the wasm kernels (default: the cores other processes leave free)
   --backend NAME      model runtime: node (onnxruntime-node, the default where it loads) or web
   --quiet             no summary line

@@ -74,7 +74,8 @@ Other:
                       output error past 1; also printed on stderr); several sizes: {"model", "sizes": [one
                       such report per size, with its output]}
   --fidelity-rows n   measure the fidelity on n calibration rows, evenly spaced (default 512), or all
-  --batch n           calibration batch size (default 64; a model with a fixed batch size uses its own)
+  --batch n           calibration batch size (default 64, fewer where 64 samples' activations pass 96 MiB: 2 for
+                      ResNet-50 at 224×224; a model with a fixed batch size uses its own)
   --kernels NAME      selection kernels: wasm (SIMD WebAssembly, default) or plain (TypeScript)
   --threads n         threads for the wasm kernels (default: the cores other processes leave free:
                       all cores less the load average, at least 1). Results are bit-identical for any n

@@ -1868,7 +1868,18 @@ export function analyze(model: Model, inputShape?: InputShapes): Analysis {
     g.params = sizeOf(full) - sizeOf(none);
     g.flops = flopsOf(full) - flopsOf(none);
   }
-  return { groups, refused: [...rows.values()] };
+  return { groups, refused: [...rows.values()], ...inputBytes(G, groups) };
+}
+
+/** Analysis.inputBytes, as a field to spread (none when a consumer input's shape is unknown). */
+function inputBytes(G: Graph, groups: Group[]): { inputBytes?: number } {
+  let bytes = 0;
+  for (const t of new Set(groups.flatMap((g) => g.consumers.map((c) => c.input)))) {
+    const dims = G.shapes.get(t);
+    if (!dims) return {};
+    bytes += (4 * dims.reduce((a, b) => a * b, 1)) / G.batch;
+  }
+  return { inputBytes: bytes };
 }
 
 export { modelStats } from './shapes.js';

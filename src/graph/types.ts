@@ -95,4 +95,9 @@ export interface Refused {
 export interface Analysis {
   groups: Group[];
   refused: Refused[];
+  /**
+   * Bytes per sample of the groups' consumer inputs as float32: what a capture of every group fetches from each run
+   * (captureBatch sizes the batches by it); undefined when a shape is unknown.
+   */
+  inputBytes?: number;
 }

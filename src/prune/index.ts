@@ -14,6 +14,7 @@ import type { InputShapes } from '../graph/shapes.js';
 import { pruneGroups, type PrunePlan } from '../rewrite/index.js';
 import { Calibration, type InputData } from '../calibration.js';
 import {
+  captureBatch,
   captureGrams,
   targetTensor,
   capturePasses,
@@ -134,7 +135,8 @@ export interface PruneReport {
   allocation: Allocation;
   /** The onnxruntime that captured and verified. */
   backend: Backend;
-  calibration: { path: string; samples: number };
+  /** The calibration file, its samples, and the batch size its runs took (default: captureBatch). */
+  calibration: { path: string; samples: number; batch: number };
   /** With `stats`: the samples the Gram matrices were summed over (distinct ones) and the shards merged. */
   stats?: { samples: number; distinct: number; shards: number };
   groups: GroupReport[];
@@ -165,6 +167,8 @@ interface Plan {
   groups: Group[];
   refused: Refused[];
   inputShape: InputShapes;
+  /** Analysis.inputBytes. */
+  inputBytes?: number;
   before: { params: number; flops: number };
   /** The model's size as a function of the keeps, in each budget's target. */
   sizeOf: Record<Target, SizeOf>;
@@ -176,7 +180,7 @@ const targetOf = (budget: Budget): Target =>
 
 function planPrune(model: Model, calib: Calibration, mode: Mode, fit: FitOptions = {}): Plan {
   const inputShape = calib.shapes;
-  const { groups, refused } = analyze(model, inputShape);
+  const { groups, refused, inputBytes } = analyze(model, inputShape);
   const passes = mode === 'layerwise' ? capturePasses(groups, false) : groups.map((u) => [u]);
   const asym = mode === 'asymmetric';
   const selectBytes = (g: Group) => g.consumers.reduce((a, c) => a + selectionBytes(c.d, c.m, c.g, g.channels), 0);
@@ -191,7 +195,7 @@ function planPrune(model: Model, calib: Calibration, mode: Mode, fit: FitOptions
     params: sizeWithBiases(model, groups, inputShape, mode, fit),
     flops: sizeModel(model, groups, inputShape, 'flops'),
   };
-  return { groups, refused, inputShape, before, sizeOf, memory };
+  return { groups, refused, inputShape, inputBytes, before, sizeOf, memory };
 }
 
 /** The parameter count, plus the parameters of the biases the intercept's re-fit creates (src/rewrite/bias.ts). */
@@ -531,6 +535,8 @@ export async function* pruneSizes(
   const calib = shared.time('analyze', () => Calibration.of(model, data));
   const plan = shared.time('analyze', () => planPrune(model, calib, o.mode!, o));
   if (o.stats) shared.time('analyze', () => checkStats(o.stats!, model, plan.groups, calib, o.method));
+  // one batch size for every run: a frontier's tensors and the reference's outputs are kept by batch
+  o.batch ??= captureBatch(plan.inputBytes);
   o.onPlan?.(plan.memory);
   // the original's outputs on the fidelity sample, for every size: handed over by the first capture of the original
   // when the sample is the whole calibration set, else computed by its own session, opened with the first size's check
@@ -565,7 +571,7 @@ export async function* pruneSizes(
           method: o.method ?? 'greedy',
           allocation: o.allocation!,
           backend,
-          calibration: { path: calib.path, samples: calib.rows },
+          calibration: { path: calib.path, samples: calib.rows, batch: calib.batchSize(o.batch!) },
           ...(o.stats
             ? { stats: { samples: o.stats.samples, distinct: distinctSamples(o.stats), shards: o.stats.shards.length } }
             : {}),

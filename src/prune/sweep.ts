@@ -13,7 +13,7 @@ import { analyze, consumerWeightMatrix } from '../graph/analyze.js';
 import { constantTensors } from '../graph/shapes.js';
 import { patchGrid, patchSize, planeDims } from '../geometry.js';
 import { Calibration } from '../calibration.js';
-import { Runner, type Activation, type RuntimeOptions } from '../capture/index.js';
+import { CAPTURE_BATCH, Runner, type Activation, type RuntimeOptions } from '../capture/index.js';
 import { GramAccumulator } from '../kernels/gram.js';
 import { getKernels, type KernelOptions } from '../kernels/instances.js';
 import { selectChannels } from '../select/greedy.js';
@@ -195,7 +195,8 @@ export class Fit {
     this.acc = new GramAccumulator(this.D, { kernels: getKernels(opts.kernels, opts.threads) });
   }
 
-  add(B: Float32Array, T: Float32Array): void {
+  /** Rows of `samples` samples (GramAccumulator.add's). */
+  add(B: Float32Array, T: Float32Array, samples?: number): void {
     const { d, m, D } = this,
       N = T.length / m,
       X = new Float32Array(N * D);
@@ -203,7 +204,7 @@ export class Fit {
       X.set(B.subarray(r * d, r * d + d), r * D);
       X.set(T.subarray(r * m, r * m + m), r * D + d);
     }
-    this.acc.add(X);
+    this.acc.add(X, undefined, samples);
   }
 
   /**
@@ -285,7 +286,7 @@ async function fitOnce(
   });
   const fit = new Fit(c.d, c.m, opts);
   try {
-    for (const b of calib.batches(opts.batch ?? 64)) {
+    for (const b of calib.batches(opts.batch ?? CAPTURE_BATCH)) {
       const [p, o] = await Promise.all([P.run(b, pNames), O.run(b, oNames)]);
       const B = patches(c, p.get(c.input)!),
         T = rows(c, o.get(s.post.original)!, s.outs);
@@ -302,7 +303,7 @@ async function fitOnce(
           if (Po[e]! <= 0 && pre <= 0) T[e] = pred[e]!;
         }
       }
-      fit.add(B, T);
+      fit.add(B, T, b.rows);
     }
     return fit.solve(!!opts.intercept, opts, s.W, calib.distinctSamples() / calib.rows);
   } finally {
