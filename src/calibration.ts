@@ -125,8 +125,13 @@ function feed(data: NpyFile, input: ModelInput, r0: number, r1: number): Feed {
     const x = data.readF32(r0, r1);
     const bad = firstNonFinite(x);
     if (bad >= 0) {
-      const where = `${x[bad]} in sample ${r0 + Math.floor(bad / data.rowSize)}`;
-      throw badInput(`${data.path}: ${where}; calibration data must be finite`);
+      const sample = r0 + Math.floor(bad / data.rowSize),
+        // a float64 file's value as written: one beyond float32's range (±3.4e38) is finite there
+        v = data.dtype === 'f8' ? data.readF64(sample, sample + 1)[bad % data.rowSize]! : x[bad]!;
+      const why = Number.isFinite(v)
+        ? " is beyond float32's range (±3.4e38), which the model computes in"
+        : '; calibration data must be finite';
+      throw badInput(`${data.path}: ${v} in sample ${sample}${why}`);
     }
     return { data: x, dims };
   }

@@ -292,7 +292,16 @@ describe('calibration data subprune must refuse, saying what is wrong and where'
       /^bad.npy: -Infinity in sample 6; calibration data must be finite$/,
     ],
     [
-      'uint8 images',
+      'a float64 value beyond float32',
+      npy(
+        Float64Array.from(lines, (v, i) => (i === 4 * 2048 + 65 ? 1e39 : v)),
+        [8, 1, 32, 64],
+        'f8.npy',
+      ),
+      /^f8.npy: 1e\+39 in sample 4 is beyond float32's range \(±3.4e38\), which the model computes in$/,
+    ],
+    [
+      'integer values',
       npy(new Int32Array(8 * 2048), [8, 1, 32, 64], 'u.npy'),
       /^u.npy holds int32 values; the model input input is float \(numpy: x.astype\('float32'\)/,
     ],
