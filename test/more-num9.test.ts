@@ -5,6 +5,8 @@ import { prune, type Mode } from '../src/prune/index.js';
 import { analyzeFixture, describeFixtures, fixtureOutputs } from './fixture-suite.js';
 import { consumerObjectives, measuredObjective, relDiff } from './objective.js';
 import { consumerWeightMatrix } from '../src/graph/analyze.js';
+import { Runner } from '../src/capture/index.js';
+import { Calibration } from '../src/calibration.js';
 
 // Round 9: the numerics of trained models (test/fixtures/make-more-num9.py): weights trained for 40 SGD steps, then
 // given dead ReLU channels, constant ones, duplicated and all-zero filters, BatchNorms with a near-zero variance or a
@@ -263,6 +265,34 @@ describe('calibration rows all identical', () => {
     expect(relDiff(f32(pruned, 'fc2.bias').data, bias)).toBeLessThan(1e-4);
     expect(relDiff(await fixtureOutputs(pruned, data, 1), await fixtureOutputs(m, data, 1))).toBeLessThan(1e-5);
     data.close();
+  });
+});
+
+describe('channels the calibration data cannot tell apart go by their energy: the dead ones last', () => {
+  // 8 samples into the encoder's 256-wide classifier Linear (7 picks span them), 16 identical rows into the MLP:
+  // once every gain is 0 the greedy takes the rest by their stand-alone energy (centred, then as they are), so the
+  // neurons that are 0 on every calibration sample (fc1's zeroed ones among them) are the ones dropped. Before, the
+  // rest went in channel order: fc1's zeroed neurons 0-7 (weights 0, bias < 0) were kept first. Oracle: fc2's input
+  // in onnxruntime.
+  it.each([
+    ['num9-tenc-ids', 'num9-ids', 8],
+    ['num9-mlp', 'num9-identical', 4],
+  ] as const)('%s with %s', async (name, data, zeroed) => {
+    const m = model(name),
+      cal = calib(data);
+    const group = analyzeFixture(m, () => calib(data)).groups.find((g) => g.id === '/fc1/Gemm')!,
+      input = group.consumers[0]!.input;
+    const run = await Runner.open(m, [input]);
+    const B = (await run.run(Calibration.of(m, cal).batches(16).next().value!, [input])).get(input)!.data;
+    await run.release();
+    const dead = [...Array(256).keys()].filter((j) => B.every((v, i) => i % 256 !== j || v === 0));
+    expect(dead).toEqual(expect.arrayContaining([...Array(zeroed).keys()]));
+    expect(dead.length).toBeLessThan(200);
+    const keep = { '/fc1/Gemm': 256 - dead.length };
+    const { report } = await prune(m, cal, { budget: { keep }, mode: 'layerwise' });
+    const order = report.groups.find((u) => u.id === '/fc1/Gemm')!.order;
+    expect([...Array(256).keys()].filter((j) => !order.includes(j))).toEqual(dead);
+    cal.close();
   });
 });
 
