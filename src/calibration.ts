@@ -3,7 +3,7 @@
 // A model may have several inputs (token ids, an attention mask, …) of float or integer types: one array per input,
 // all with the same number of samples along their first axis.
 import { badInput } from './errors.js';
-import { DataType, initializerMap, type Model } from './onnx/index.js';
+import { DataType, attrInt, initializerMap, type Model } from './onnx/index.js';
 import type { NpyFile } from './npy.js';
 
 /** One of the model's data inputs: name, dims (null where free) and element type. */
@@ -11,6 +11,11 @@ export interface ModelInput {
   name: string;
   dims: (number | null)[];
   elemType: number;
+  /**
+   * An integer input that indexes a constant table (Gather, an embedding lookup): the smallest such table's node and
+   * its rows, the ids being in [−rows, rows) (onnxruntime's bounds; torch's are [0, rows)).
+   */
+  indexes?: { node: string; rows: number };
 }
 
 /** An input's values for a batch, in the type the model takes. */
@@ -46,8 +51,23 @@ export function modelInputs(model: Model): ModelInput[] {
       const dims = (t.value.shape?.dim ?? []).map((d) =>
         d.value.case === 'dimValue' && d.value.value > 0n ? Number(d.value.value) : null,
       );
-      return { name: i.name, dims, elemType };
+      const indexes = INTS.has(elemType) ? smallestTable(model, i.name, inits) : undefined;
+      return { name: i.name, dims, elemType, ...(indexes ? { indexes } : {}) };
     });
+}
+
+/** The Gather that reads `input` as indices into the constant table with the fewest rows, if any does. */
+function smallestTable(model: Model, input: string, inits: ReturnType<typeof initializerMap>) {
+  let best: { node: string; rows: number } | undefined;
+  for (const n of model.graph!.node) {
+    const table = n.opType === 'Gather' && n.domain === '' && n.input[1] === input && inits.get(n.input[0]!);
+    if (!table) continue;
+    const dims = table.dims.map(Number),
+      axis = attrInt(n, 'axis', 0);
+    const rows = dims[axis < 0 ? axis + dims.length : axis];
+    if (rows !== undefined && (!best || rows < best.rows)) best = { node: n.name || n.output[0]!, rows };
+  }
+  return best;
 }
 
 const dtypeName = { u1: 'uint8', i4: 'int32', i8: 'int64', f4: 'float32', f8: 'float64' } as const;
@@ -105,12 +125,28 @@ function feed(data: NpyFile, input: ModelInput, r0: number, r1: number): Feed {
     const x = data.readF32(r0, r1);
     const bad = firstNonFinite(x);
     if (bad >= 0) {
-      const where = `${x[bad]} in sample ${r0 + Math.floor(bad / data.rowSize)}`;
-      throw badInput(`${data.path}: ${where}; calibration data must be finite`);
+      const sample = r0 + Math.floor(bad / data.rowSize),
+        // a float64 file's value as written: one beyond float32's range (±3.4e38) is finite there
+        v = data.dtype === 'f8' ? data.readF64(sample, sample + 1)[bad % data.rowSize]! : x[bad]!;
+      const why = Number.isFinite(v)
+        ? " is beyond float32's range (±3.4e38), which the model computes in"
+        : '; calibration data must be finite';
+      throw badInput(`${data.path}: ${v} in sample ${sample}${why}`);
     }
     return { data: x, dims };
   }
   const v = data.readF64(r0, r1);
+  if (input.indexes) {
+    const { node, rows } = input.indexes,
+      bad = v.findIndex((x) => x < -rows || x >= rows);
+    if (bad >= 0) {
+      const where = `id ${v[bad]} in sample ${r0 + Math.floor(bad / data.rowSize)}`;
+      throw badInput(
+        `${data.path}: ${where} is out of range: the model input ${input.name} indexes ${node}'s table of ${rows} ` +
+          `rows (ids 0 to ${rows - 1}, or -${rows} to -1 counted from the end); tokenize with the model's vocabulary`,
+      );
+    }
+  }
   return {
     data: input.elemType === DataType.INT64 ? BigInt64Array.from(v, (x) => BigInt(x)) : Int32Array.from(v),
     dims,

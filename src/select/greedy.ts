@@ -525,6 +525,7 @@ function greedy(K: Kernels, problems: LayerProblem[], n: number, k: number, opts
     });
   };
   combine(n);
+  const energy = standAloneEnergy(problems, n, tol);
   const t1 = now();
 
   const order: number[] = [],
@@ -535,7 +536,8 @@ function greedy(K: Kernels, problems: LayerProblem[], n: number, k: number, opts
   const rel = (f: Factor) => (f.norm2 > 0 ? Math.min(1, f.F / f.norm2) : 1);
   for (let step = 0; step < k; step++) {
     // Move the best channel to the end of the candidate positions; its columns then join every factor.
-    const best = opts.order ? chan.subarray(0, nrem).indexOf(opts.order[step]!) : K.argmax(sumPtr, chanPtr, nrem);
+    let best = opts.order ? chan.subarray(0, nrem).indexOf(opts.order[step]!) : K.argmax(sumPtr, chanPtr, nrem);
+    if (!opts.order && !(sum[best]! > 0)) best = byEnergy(chan, nrem, energy);
     const last = --nrem;
     for (const f of factors) f.swap(best, last, rowTmp);
     if (factors.length > 1 && best !== last) [sum[best], sum[last]] = [sum[last]!, sum[best]!];
@@ -570,6 +572,55 @@ function greedy(K: Kernels, problems: LayerProblem[], n: number, k: number, opts
       return { keep, W, bias: snaps.map((s, i) => s.intercept && biasOf(s.intercept, keep, s.g, W[i]!)) };
     },
   };
+}
+
+/**
+ * Each channel's output energy on its own, Σ over its columns j of ‖B_j‖²·‖W_j‖² (each consumer's share
+ * of its total, as the gains), with B centred where the consumer has the intercept (a centred column within the
+ * residual test's tolerance of its norm counts as 0) and as it is: what orders the channels the data cannot tell
+ * apart (every gain 0: fewer rows than columns, identical rows), so that a channel always zero on the calibration
+ * data comes last and a constant one just before.
+ */
+function standAloneEnergy(
+  problems: LayerProblem[],
+  n: number,
+  tol: number,
+): { centred: Float64Array; raw: Float64Array } {
+  const centred = new Float64Array(n),
+    raw = new Float64Array(n);
+  for (const pr of problems) {
+    const { G, W, d, m, g, intercept } = pr;
+    const ec = new Float64Array(n),
+      er = new Float64Array(n);
+    for (let j = 0; j < d; j++) {
+      const s = intercept ? intercept.sums[j]! : 0,
+        u = G[j * (d + 1)]!,
+        v = u - (intercept ? (s * s) / intercept.rows : 0);
+      let w2 = 0;
+      for (let o = 0; o < m; o++) w2 += W[j * m + o]! ** 2;
+      ec[Math.floor(j / g)] += v > tol * u ? v * w2 : 0;
+      er[Math.floor(j / g)] += u * w2;
+    }
+    for (const [e, out] of [
+      [ec, centred],
+      [er, raw],
+    ] as const) {
+      const total = e.reduce((x, y) => x + y, 0);
+      for (let c = 0; c < n; c++) out[c] += total > 0 ? e[c]! / total : 0;
+    }
+  }
+  return { centred, raw };
+}
+
+/** The candidate (position < nrem) whose channel has the most stand-alone energy, centred first; ties: lowest id. */
+function byEnergy(chan: Int32Array, nrem: number, { centred, raw }: ReturnType<typeof standAloneEnergy>): number {
+  let best = 0;
+  for (let p = 1; p < nrem; p++) {
+    const [x, y] = [chan[p]!, chan[best]!];
+    const better = centred[x]! - centred[y]! || raw[x]! - raw[y]! || y - x;
+    if (better > 0) best = p;
+  }
+  return best;
 }
 
 /** Least-squares weights of one consumer for the first `prefix` chosen channels (kept: `keep`, ascending). */
