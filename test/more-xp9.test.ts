@@ -25,8 +25,8 @@ import { analyzeFixture, describeFixtures, fixtureOutputs } from './fixture-suit
 // (test/fixture-suite.ts); the files themselves against torch (xp9-<name>.ref.npy).
 
 const FIX = 'test/fixtures';
-const calibName = (model: string) =>
-  model.startsWith('xp9-tf-') ? 'xp9-nhwc' : model === 'xp9-p2o-rec' ? 'ocr6-lines' : 'cnn-images';
+const CALIB: Record<string, string> = { 'xp9-tf-conv1d': 'xp9-feats', 'xp9-p2o-rec': 'ocr6-lines' };
+const calibName = (model: string) => CALIB[model] ?? (model.startsWith('xp9-tf-') ? 'xp9-nhwc' : 'cnn-images');
 const calibOf = (model: string) => `${FIX}/${calibName(model)}.calib.npy`;
 
 const CASES: { model: string; groups: number[][] }[] = [
@@ -65,6 +65,16 @@ const CASES: { model: string; groups: number[][] }[] = [
       [12, 2, 1],
       [36, 2, 1],
       [3, 1, 1],
+    ],
+  },
+  // Conv1D as Unsqueeze → Transpose → Conv [1, k] → Transpose → Squeeze; Keras' Flatten with a free batch,
+  // Reshape(x, Concat(Slice(Shape(x), 0, 1), [-1])), of [N, 16, 16] channels last into the Dense rows
+  {
+    model: 'xp9-tf-conv1d',
+    groups: [
+      [16, 1, 3],
+      [16, 1, 1],
+      [32, 1, 1],
     ],
   },
   // conv biases added as Reshape(bias, [1, C, 1, 1]); SE convs with HardSigmoid(0.2, 0.5); the DBFPN and DB head
@@ -117,6 +127,17 @@ const CASES: { model: string; groups: number[][] }[] = [
       [8, 1, 1],
       [32, 1, 1],
       [64, 1, 1],
+    ],
+  },
+  // SVTR's global mixing block: the heads through Reshape [0, -1, 3, 2, 8] and Slice + Squeeze per part, the MLP; the
+  // token stream is LayerNorm'd (refused)
+  {
+    model: 'xp9-p2o-svtr',
+    groups: [
+      [8, 1, 9],
+      [2, 1, 8],
+      [32, 1, 1],
+      [24, 1, 1],
     ],
   },
   // heads split by constant shapes [1, 17, 3, 4, 8] and merged by [1, 17, 32]; the stream is LayerNorm'd (refused)
