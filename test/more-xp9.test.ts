@@ -320,3 +320,37 @@ describe('views of constants with constant axes or shapes are folded: the per-ch
     expect(maxAbsDiff(await run1(pruned, x), await run1(zeroDroppedInputs(m, plans), x))).toBeLessThan(1e-5);
   });
 });
+
+describe("a layer whose weight is a view of a constant is a layer (tf2onnx's EinsumDense kernel [C, heads, d])", () => {
+  // tf2onnx's einsum optimizer writes 'abc,cde->abde' as MatMul(x, Reshape(kernel, [C, heads·d])); its bias
+  // [heads, d] as Reshape(bias, [heads·d]). Before the fold: "non-constant weights" (the layer refused)
+  it('the folded kernel and bias are cut with the layer’s outputs', async () => {
+    const r = rng(12);
+    const m = smallModel(
+      [
+        makeNode('Reshape', ['kernel', 'kshape'], ['w1'], [], 'kernel_view'),
+        makeNode('MatMul', ['x', 'w1'], ['h'], [], 'einsum_dense'),
+        makeNode('Reshape', ['bias', 'bshape'], ['b1'], [], 'bias_view'),
+        makeNode('Add', ['h', 'b1'], ['hb'], [], 'add'),
+        makeNode('Relu', ['hb'], ['a'], [], 'relu'),
+        makeNode('MatMul', ['a', 'w2'], ['y'], [], 'dense'),
+      ],
+      [
+        randTensor('kernel', [8, 2, 4], r),
+        randTensor('bias', [2, 4], r),
+        randTensor('w2', [8, 4], r),
+        int64Tensor('kshape', [2], [8, 8]),
+        int64Tensor('bshape', [1], [8]),
+      ],
+      ['N', 5, 8],
+    );
+    const { groups } = analyze(m);
+    expect(groups.map((g) => [g.id, g.channels])).toEqual([['einsum_dense', 8]]);
+    const plans = [{ group: groups[0]!, keep: [1, 2, 6] }];
+    const pruned = pruneGroups(m, plans),
+      consts = constantTensors(pruned.graph!);
+    expect([consts.get('w1')!.dims.map(Number), consts.get('b1')!.dims.map(Number)]).toEqual([[8, 3], [3]]);
+    const x = randInput([2, 5, 8], 6);
+    expect(maxAbsDiff(await run1(pruned, x), await run1(zeroDroppedInputs(m, plans), x))).toBeLessThan(1e-5);
+  });
+});
