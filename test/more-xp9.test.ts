@@ -1,8 +1,16 @@
 import { describe, it, expect } from 'vitest';
-import { int64Tensor, makeNode, readModel, setTensorValues, tensorToInt64 } from '../src/onnx/index.js';
+import {
+  int64Tensor,
+  intsAttr,
+  makeNode,
+  readModel,
+  setTensorValues,
+  stringAttr,
+  tensorToInt64,
+} from '../src/onnx/index.js';
 import { analyze } from '../src/graph/analyze.js';
 import { openNpy, readNpy } from '../src/npy.js';
-import { constantTensors } from '../src/graph/shapes.js';
+import { constantTensors, inferShapes } from '../src/graph/shapes.js';
 import { isNormalized, normalizeModel } from '../src/graph/normalize.js';
 import { pruneGroups } from '../src/rewrite/index.js';
 import {
@@ -353,4 +361,59 @@ describe("a layer whose weight is a view of a constant is a layer (tf2onnx's Ein
     const x = randInput([2, 5, 8], 6);
     expect(maxAbsDiff(await run1(pruned, x), await run1(zeroDroppedInputs(m, plans), x))).toBeLessThan(1e-5);
   });
+});
+
+describe("Keras' Conv2DTranspose as tf2onnx writes it: ConvTranspose with auto_pad between Transposes", () => {
+  // SAME_UPPER: the output is the input times the strides; VALID: no pads. Before, either had no shape ("its output
+  // shape is unknown"), so everything after it was refused
+  it.each(['SAME_UPPER', 'VALID'])(
+    'auto_pad %s: shapes known, the up-conv prunable, the zeroed original',
+    async (pad) => {
+      const r = rng(13);
+      const m = smallModel(
+        [
+          makeNode('Transpose', ['x'], ['xt'], [intsAttr('perm', [0, 3, 1, 2])], 'to_nchw'),
+          makeNode(
+            'Conv',
+            ['xt', 'w1', 'b1'],
+            ['c1'],
+            [intsAttr('kernel_shape', [3, 3]), stringAttr('auto_pad', 'SAME_UPPER')],
+            'conv',
+          ),
+          makeNode('Relu', ['c1'], ['h1'], [], 'relu1'),
+          makeNode(
+            'ConvTranspose',
+            ['h1', 'w2', 'b2'],
+            ['c2'],
+            [intsAttr('kernel_shape', [3, 3]), intsAttr('strides', [2, 2]), stringAttr('auto_pad', pad)],
+            'up',
+          ),
+          makeNode('Relu', ['c2'], ['h2'], [], 'relu2'),
+          makeNode('Conv', ['h2', 'w3'], ['c3'], [intsAttr('kernel_shape', [1, 1])], 'head'),
+          makeNode('Transpose', ['c3'], ['y'], [intsAttr('perm', [0, 2, 3, 1])], 'to_nhwc'),
+        ],
+        [
+          randTensor('w1', [6, 3, 3, 3], r),
+          randTensor('b1', [6], r),
+          randTensor('w2', [6, 5, 3, 3], r),
+          randTensor('b2', [5], r),
+          randTensor('w3', [2, 5, 1, 1], r),
+        ],
+        ['N', 4, 4, 3],
+      );
+      const shapes = inferShapes(m);
+      expect(shapes.get('c2')).toEqual(pad === 'VALID' ? [1, 5, 9, 9] : [1, 5, 8, 8]);
+      const { groups } = analyze(m);
+      expect(groups.map((g) => [g.id, g.channels])).toEqual([
+        ['conv', 6],
+        ['up', 5],
+      ]);
+      const plans = groups.map((group, i) => ({ group, keep: i === 0 ? [0, 3, 4] : [1, 2] }));
+      const x = randInput([2, 4, 4, 3], 7);
+      const got = await run1(pruneGroups(m, plans), x),
+        want = await run1(zeroDroppedInputs(m, plans), x);
+      expect(got.dims).toEqual(pad === 'VALID' ? [2, 9, 9, 2] : [2, 8, 8, 2]); // onnxruntime's output agrees
+      expect(maxAbsDiff(got, want)).toBeLessThan(1e-5);
+    },
+  );
 });
