@@ -1048,13 +1048,16 @@ const reshape: ChainRule = (ctx) => {
   const mixes = refusal(
     ctx,
     `to [${y?.join(', ') ?? '?'}] mixes the channels with other axes; only reshapes that split the channel axis ` +
-      'into [channels, rest] or merge it with the axes beside it into one (a flatten) are supported',
+      'into [channels, rest] or merge it with the axes after it, or a last channel axis with the axes before it (a ' +
+      'flatten), are supported',
   );
   if (ctx.input !== 0) return refusal(ctx, ': the channels enter as its shape');
   if (!y) return refusal(ctx, ': its output shape is unknown');
   // torch's x.view(x.size(0), -1), also of channels last (x.permute(0, 2, 3, 1).reshape(x.size(0), -1))
-  if (isViewFlatten(ctx.node, ctx.producer, ctx.constant))
-    return a >= 1 ? { axis: 1, scale: numel(x.slice(a + 1)), ...repeated(numel(x.slice(1, a))) } : mixes;
+  if (isViewFlatten(ctx.node, ctx.producer, ctx.constant)) {
+    if (a === 1) return { axis: 1, scale: numel(x.slice(2)) };
+    return a === x.length - 1 ? { axis: 1, ...repeated(numel(x.slice(1, a))) } : mixes;
+  }
   const block = blockOf(x, y, a);
   if (!block) return mixes;
   const [i0, i1, j0, j1] = block;
@@ -1078,13 +1081,13 @@ const reshape: ChainRule = (ctx) => {
     // → [N, G, C/G·h·w]: the walk makes each group of C/G channels whole)
     axis = [...Array(j1 - j0).keys()].map((i) => j0 + i).find((j) => y[j] !== 1) ?? j0;
     const outer = numel(x.slice(i0, a));
-    if (outer !== 1 && y[axis] === numel(x.slice(i0, i1))) {
-      // the channels merged with axes before them into one (Keras' Flatten of NHWC, [N, h, w, C] → [N, h·w·C]):
-      // every entry of the outer axes holds all the channels, so the runs repeat once per entry
+    if (outer !== 1 && a === x.length - 1 && i1 === x.length && y[axis] === numel(x.slice(i0, i1))) {
+      // channels last merged with the axes before them into one (Keras' Flatten of NHWC, [N, h, w, C] →
+      // [N, h·w·C]): every entry of the outer axes holds all the channels, so the runs repeat once per entry.
+      // (Channels merged with axes on both sides, as a channel shuffle's [N, C/g, g, h, w] → [N, C, h, w], stay
+      // refused.)
       const edits = shapeEntry(ctx, 1, axis, y.length);
-      return Array.isArray(edits)
-        ? { axis, scale: numel(x.slice(a + 1, i1)), shapeEdits: edits, ...repeated(outer) }
-        : edits;
+      return Array.isArray(edits) ? { axis, shapeEdits: edits, ...repeated(outer) } : edits;
     }
     if (outer !== 1 || (y[axis]! % x[a]! !== 0 && x[a]! % y[axis]! !== 0)) return mixes;
     const inner = x[a]! / y[axis]!;
