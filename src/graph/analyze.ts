@@ -969,7 +969,9 @@ function chainNode(W: Walk, node: NodeProto, rule: OpRule | undefined, slot: num
   }
   const out: Layout = {
     axis: step.axis,
-    segments: l.segments.map((s) => ({ ...s, per: s.per * (step.scale ?? 1) })),
+    segments: Array.from({ length: step.repeat ?? 1 }, () =>
+      l.segments.map((s) => ({ ...s, per: s.per * (step.scale ?? 1) })),
+    ).flat(),
     ...(step.stack ? { stack: step.stack } : {}),
   };
   const params = (step.slices ?? []).map((s) => s.tensor);
@@ -1830,8 +1832,8 @@ function prepare(model: Model, inputShape?: InputShapes): Graph {
 
 /**
  * The channel groups of a model and the candidates refused, with reasons. Normalises the graph in place (see
- * normalizeModel: inlines model-local functions, names unnamed nodes, folds Identity aliases of constants, drops
- * trailing omitted inputs).
+ * normalizeModel: inlines model-local functions, names unnamed nodes, folds views of constants, drops trailing
+ * omitted inputs).
  * inputShape: the inputs' shapes (see InputShapes) (default: declared, symbolic dims 1).
  */
 export function analyze(model: Model, inputShape?: InputShapes): Analysis {

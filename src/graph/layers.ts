@@ -268,8 +268,12 @@ const ConvTranspose: Layer = {
     const strides = attrInts(node, 'strides', ones),
       dil = attrInts(node, 'dilations', ones),
       outPad = attrInts(node, 'output_padding', zeros),
-      pads = attrInts(node, 'pads', [...zeros, ...zeros]);
-    if (attrString(node, 'auto_pad', 'NOTSET') !== 'NOTSET') return undefined;
+      auto = attrString(node, 'auto_pad', 'NOTSET');
+    // SAME_UPPER / SAME_LOWER: the output is the input times the strides (tf2onnx's Conv2DTranspose, padding='same')
+    if (auto === 'SAME_UPPER' || auto === 'SAME_LOWER')
+      return [[x[0]!, cout, ...k.map((_, i) => x[i + 2]! * strides[i]!)]];
+    if (auto !== 'NOTSET' && auto !== 'VALID') return undefined;
+    const pads = auto === 'VALID' ? [...zeros, ...zeros] : attrInts(node, 'pads', [...zeros, ...zeros]);
     const out = k.map(
       (ki, i) => (x[i + 2]! - 1) * strides[i]! - pads[i]! - pads[i + r]! + dil[i]! * (ki - 1) + outPad[i]! + 1,
     );

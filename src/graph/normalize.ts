@@ -1,15 +1,20 @@
 // The normal form analysis and rewrite work on: model-local functions inlined, unique node names, one initializer of
-// each name, no Identity aliases of constants.
+// each name, no Identity aliases or other views of constants.
 import { clone } from '@bufbuild/protobuf';
 import {
   AttributeProtoSchema,
+  DataType,
   NodeProtoSchema,
   TensorProtoSchema,
+  numel,
+  tensorToInt64,
   type FunctionProto,
   type GraphProto,
   type Model,
   type NodeProto,
+  type TensorProto,
 } from '../onnx/index.js';
+import { OPS } from './ops.js';
 import { constantTensors } from './shapes.js';
 
 const norm = (domain: string) => (domain === 'ai.onnx' ? '' : domain);
@@ -122,24 +127,59 @@ export function nameNodes(graph: GraphProto): void {
   });
 }
 
+/** Ops that only give their input other dimensions, its values in the same order. */
+const VIEWS = new Set(['Identity', 'Reshape', 'Squeeze', 'Unsqueeze', 'Flatten']);
+
 /**
- * Replace Identity nodes that merely alias a constant by a copy of the constant under the Identity's output name,
- * in place. The PyTorch exporter deduplicates equal initializers (e.g. the zero biases of an untrained BN-folded
- * conv) this way; without folding, every such conv would look like it shares its bias with another.
+ * The dimensions of a view (VIEWS) of a constant, by the op table's shape rule, if its shape or axes are constants
+ * too; undefined if the node is not such a view.
  */
-export function foldConstantIdentities(graph: GraphProto): void {
+function viewOfConstant(n: NodeProto, consts: Map<string, TensorProto>): number[] | undefined {
+  const t = VIEWS.has(n.opType) && !n.domain ? consts.get(n.input[0] ?? '') : undefined;
+  if (!t || !n.output[0] || n.input.slice(1).some((x) => x && !consts.has(x))) return undefined;
+  const ints = (name: string) => {
+    const c = consts.get(name);
+    return c?.dataType === DataType.INT64 ? Array.from(tensorToInt64(c).data, Number) : undefined;
+  };
+  const dims = OPS[n.opType]!.shape?.({
+    node: n,
+    ins: n.input.map((x) => (x ? consts.get(x)?.dims.map(Number) : undefined)),
+    constant: (name) => consts.get(name),
+    producer: () => undefined,
+    value: ints,
+  })?.[0];
+  return dims && numel(dims) === numel(t.dims.map(Number)) ? dims : undefined;
+}
+
+/**
+ * Replace views of constants (Identity, Reshape, Squeeze, Unsqueeze, Flatten with constant shapes or axes) by a copy
+ * of the constant under the view's output name, in place. The PyTorch exporter deduplicates equal initializers (e.g.
+ * the zero biases of an untrained BN-folded conv) by Identity aliases; without folding, every such conv would look
+ * like it shares its bias with another. paddle2onnx adds a conv's bias as Add(y, Reshape(bias, [1, C, 1, 1])) (an
+ * elementwise_add along axis 1): folded, that is a constant per channel, which the analysis slices.
+ */
+export function foldConstantViews(graph: GraphProto): void {
   const consts = constantTensors(graph);
   const outputs = new Set(graph.output.map((o) => o.name));
+  // the constants folded views read (sources, shapes, axes): dropped below if nothing else reads them, so that a
+  // parameter is not counted (and kept unpruned) twice
+  const folded = new Set<string>();
   graph.node = graph.node.filter((n) => {
-    const t = n.opType === 'Identity' ? consts.get(n.input[0] ?? '') : undefined;
-    const y = n.output[0] ?? '';
-    if (!t || !y || outputs.has(y)) return true;
-    const copy = clone(TensorProtoSchema, t);
-    copy.name = y;
+    const dims = outputs.has(n.output[0] ?? '') ? undefined : viewOfConstant(n, consts);
+    if (!dims) return true;
+    const copy = clone(TensorProtoSchema, consts.get(n.input[0]!)!);
+    copy.name = n.output[0]!;
+    copy.dims = dims.map(BigInt);
     graph.initializer.push(copy);
-    consts.set(y, copy);
+    consts.set(copy.name, copy);
+    n.input.forEach((x) => folded.add(x));
     return false;
   });
+  // an initializer listed as a graph input (before IR 4) stays: without it the input would be required
+  const read = new Set([...graph.node.flatMap((n) => n.input), ...outputs, ...graph.input.map((i) => i.name)]);
+  const unread = (name: string) => folded.has(name) && !read.has(name);
+  graph.node = graph.node.filter((n) => !(n.opType === 'Constant' && unread(n.output[0] ?? '')));
+  graph.initializer = graph.initializer.filter((t) => !unread(t.name));
 }
 
 /**
@@ -165,7 +205,7 @@ export function dropShadowedInitializers(graph: GraphProto): void {
 
 /**
  * The normal form analysis and rewrite work on: model-local functions inlined, unique node names, one initializer of
- * each name, no Identity aliases of constants, no trailing omitted inputs. Idempotent.
+ * each name, no Identity aliases or other views of constants, no trailing omitted inputs. Idempotent.
  */
 export function normalizeModel(model: Model): void {
   const graph = model.graph;
@@ -173,13 +213,13 @@ export function normalizeModel(model: Model): void {
   inlineFunctions(model);
   nameNodes(graph);
   dropShadowedInitializers(graph);
-  foldConstantIdentities(graph);
+  foldConstantViews(graph);
   trimOmittedInputs(graph);
 }
 
 /**
  * Whether normalizeModel would leave `model` as it is: every node named, uniquely, one initializer of each name, no
- * Identity alias of a constant, no trailing omitted input, and no model-local function (conservatively: one that
+ * view of a constant, no trailing omitted input, and no model-local function (conservatively: one that
  * cannot be inlined stays).
  */
 export function isNormalized(model: Model): boolean {
@@ -193,8 +233,7 @@ export function isNormalized(model: Model): boolean {
   for (const n of graph.node) {
     if (!n.name || names.has(n.name) || n.input[n.input.length - 1] === '') return false;
     names.add(n.name);
-    const y = n.output[0];
-    if (n.opType === 'Identity' && consts.has(n.input[0] ?? '') && y && !outputs.has(y)) return false;
+    if (!outputs.has(n.output[0] ?? '') && viewOfConstant(n, consts)) return false;
   }
   return true;
 }

@@ -175,6 +175,11 @@ export type ChainStep =
       allOutputs?: boolean;
       /** The output's stack (see Layout): a rule that passes a stacked layout on says where it went. */
       stack?: Stack;
+      /**
+       * The output's axis holds the input's runs this many times over, one copy per entry of the axes merged before
+       * the channels (a flatten of channels-last [N, h, w, C] to [N, h·w·C]).
+       */
+      repeat?: number;
     }
   /** The output carries no channels; `shapeEdits`: counts of the channels (one per channel) computed from it. */
   | { none: true; shapeEdits?: ShapeEdit[] }
@@ -1043,12 +1048,16 @@ const reshape: ChainRule = (ctx) => {
   const mixes = refusal(
     ctx,
     `to [${y?.join(', ') ?? '?'}] mixes the channels with other axes; only reshapes that split the channel axis ` +
-      'into [channels, rest] or merge it with the axes after it (a flatten) are supported',
+      'into [channels, rest] or merge it with the axes after it, or a last channel axis with the axes before it (a ' +
+      'flatten), are supported',
   );
   if (ctx.input !== 0) return refusal(ctx, ': the channels enter as its shape');
   if (!y) return refusal(ctx, ': its output shape is unknown');
-  if (isViewFlatten(ctx.node, ctx.producer, ctx.constant))
-    return a === 1 ? { axis: 1, scale: numel(x.slice(2)) } : mixes; // torch's x.view(x.size(0), -1)
+  // torch's x.view(x.size(0), -1), also of channels last (x.permute(0, 2, 3, 1).reshape(x.size(0), -1))
+  if (isViewFlatten(ctx.node, ctx.producer, ctx.constant)) {
+    if (a === 1) return { axis: 1, scale: numel(x.slice(2)) };
+    return a === x.length - 1 ? { axis: 1, ...repeated(numel(x.slice(1, a))) } : mixes;
+  }
   const block = blockOf(x, y, a);
   if (!block) return mixes;
   const [i0, i1, j0, j1] = block;
@@ -1071,7 +1080,16 @@ const reshape: ChainRule = (ctx) => {
     // (GroupNorm's [N, G, C/G·h·w] → [N, C, h, w]) or whole blocks of channels per entry (GroupNorm's [N, C, h, w]
     // → [N, G, C/G·h·w]: the walk makes each group of C/G channels whole)
     axis = [...Array(j1 - j0).keys()].map((i) => j0 + i).find((j) => y[j] !== 1) ?? j0;
-    if (numel(x.slice(i0, a)) !== 1 || (y[axis]! % x[a]! !== 0 && x[a]! % y[axis]! !== 0)) return mixes;
+    const outer = numel(x.slice(i0, a));
+    if (outer !== 1 && a === x.length - 1 && i1 === x.length && y[axis] === numel(x.slice(i0, i1))) {
+      // channels last merged with the axes before them into one (Keras' Flatten of NHWC, [N, h, w, C] →
+      // [N, h·w·C]): every entry of the outer axes holds all the channels, so the runs repeat once per entry.
+      // (Channels merged with axes on both sides, as a channel shuffle's [N, C/g, g, h, w] → [N, C, h, w], stay
+      // refused.)
+      const edits = shapeEntry(ctx, 1, axis, y.length);
+      return Array.isArray(edits) ? { axis, shapeEdits: edits, ...repeated(outer) } : edits;
+    }
+    if (outer !== 1 || (y[axis]! % x[a]! !== 0 && x[a]! % y[axis]! !== 0)) return mixes;
     const inner = x[a]! / y[axis]!;
     if (inner > 1 && ctx.layout.segments.some((r) => r.per % inner !== 0)) return { regroup: inner };
     scale = inner > 1 ? 1 / inner : y[axis]! / x[a]!;
@@ -1079,6 +1097,8 @@ const reshape: ChainRule = (ctx) => {
   const edits = shapeEntry(ctx, 1, axis, y.length);
   return Array.isArray(edits) ? { axis, scale, shapeEdits: edits } : edits;
 };
+
+const repeated = (n: number) => (n > 1 ? { repeat: n } : {});
 
 /**
  * Whether a reshape to [.., heads, parts, d] is only read by Gathers and Slices along the parts axis `p`: BLOOM's fused

@@ -134,7 +134,7 @@ export function nodeMacs(node: NodeProto, shapes: Shapes): number | undefined {
 /**
  * params: element count of every initializer and Constant-node tensor; flops: 2 × multiply-accumulates of all layer
  * nodes per sample. Nodes whose shapes cannot be inferred are listed in `unknown` (their FLOPs are not counted). Does
- * not change the model. (After analyze has folded Identity aliases of constants, each copy counts.)
+ * not change the model. (After analyze has folded views of constants, each copy still read counts.)
  */
 export function modelStats(
   model: Model,
