@@ -35,8 +35,17 @@ const CASES: { model: string; length?: number; groups: number[][] }[] = [
       [64, 2, 1],
     ],
   },
-  // Gemma: GeGLU's neurons
-  { model: 'seq4-gemma', length: 5, groups: [[64, 2, 1]] },
+  // Gemma: multi-query attention's one value head (its 16 dimensions: Expand repeats it for the query heads, and the
+  // Reshape that merges the heads with the last axis repeats the channels once per head, which o_proj reads); GeGLU's
+  // neurons
+  {
+    model: 'seq4-gemma',
+    length: 5,
+    groups: [
+      [16, 1, 1],
+      [64, 2, 1],
+    ],
+  },
   // GPT-NeoX: per layer the heads of the fused query_key_value viewed as [B, T, heads, 3·d] (its one producer; their
   // count also shapes the zeros [B·heads, T, T] that baddbmm adds the scores to), partial rotary; the MLP's neurons
   {
