@@ -525,7 +525,8 @@ function greedy(K: Kernels, problems: LayerProblem[], n: number, k: number, opts
     });
   };
   combine(n);
-  const energy = standAloneEnergy(problems, n, tol);
+  // only wanted once every gain left is 0 (pr.G stays as given: the factors copy it)
+  let energy: ReturnType<typeof standAloneEnergy> | undefined;
   const t1 = now();
 
   const order: number[] = [],
@@ -537,7 +538,7 @@ function greedy(K: Kernels, problems: LayerProblem[], n: number, k: number, opts
   for (let step = 0; step < k; step++) {
     // Move the best channel to the end of the candidate positions; its columns then join every factor.
     let best = opts.order ? chan.subarray(0, nrem).indexOf(opts.order[step]!) : K.argmax(sumPtr, chanPtr, nrem);
-    if (!opts.order && !(sum[best]! > 0)) best = byEnergy(chan, nrem, energy);
+    if (!opts.order && !(sum[best]! > 0)) best = byEnergy(chan, nrem, (energy ??= standAloneEnergy(problems, n, tol)));
     const last = --nrem;
     for (const f of factors) f.swap(best, last, rowTmp);
     if (factors.length > 1 && best !== last) [sum[best], sum[last]] = [sum[last]!, sum[best]!];
