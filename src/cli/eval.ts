@@ -14,9 +14,13 @@ Usage: subprune eval MODEL.onnx --data X.npy [--labels Y.npy] [--reference ORIG.
 
 ${inputsHelp('--data DATA', 'the inputs')}
   --preprocess SPEC  how images become the model's input, for --data FOLDER (as for prune)
-  --labels FILE      integer class labels, .npy of shape [samples]: prints top-1 accuracy
-  --reference FILE   another model (e.g. the unpruned original): prints top-1 agreement and the
-                     relative output error ‖y − y_ref‖/‖y_ref‖
+  --labels FILE      integer class labels, .npy of shape [samples]: prints top-1 accuracy of the
+                     first output (its largest entry per sample)
+  --reference FILE   another model with the same outputs (e.g. the unpruned original): prints each
+                     output's relative error ‖y − y_ref‖/‖y_ref‖, and top-1 agreement (the share of
+                     positions whose largest score is the reference's) for the first output that
+                     holds class scores: a layer's channels or a Softmax's axis, 2 or more of them
+                     (not a one-channel map, a Sigmoid's probabilities or boxes next to scores)
   --batch n          batch size (default 64; a model with a fixed batch size uses its own)
   --backend NAME     model runtime: node (onnxruntime-node, the default where it loads) or web
                      (onnxruntime-web's WebAssembly backend: no native addon needed)
@@ -66,11 +70,15 @@ export async function runEval(argv: string[]): Promise<void> {
     }
     console.log(`${positionals[0]} on ${r.samples} samples of ${inputs.paths.join(', ')}:`);
     if (r.accuracy !== undefined) console.log(`  top-1 accuracy        ${pct(r.accuracy)}`);
-    if (r.agreement !== undefined)
+    if (r.agreement !== undefined) console.log(`  agreement with ${o.reference}  ${pct(r.agreement)}`);
+    for (const out of r.outputs ?? [])
       console.log(
-        `  agreement with ${o.reference}  ${pct(r.agreement)}\n  relative output error ${r.relError!.toFixed(5)}`,
+        `  relative output error ${out.relError.toFixed(5)}` +
+          (r.outputs!.length > 1
+            ? ` (${out.name}${out.agreement === undefined ? '' : `, agreement ${pct(out.agreement)}`})`
+            : ''),
       );
-    if (r.accuracy === undefined && r.agreement === undefined)
+    if (r.accuracy === undefined && r.relError === undefined)
       console.log('  (give --labels and/or --reference to measure something)');
   } finally {
     inputs.close();

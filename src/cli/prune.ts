@@ -368,18 +368,28 @@ function summarize(
       `Gram matrices from ${r.stats.shards} stats shard${r.stats.shards > 1 ? 's' : ''}: ${r.stats.samples} ` +
         `samples (${r.stats.distinct} distinct); no capture ran`,
     );
+  const f = r.fidelity,
+    outputs = f.outputs ?? [],
+    worst = outputs.length > 1 && outputs.find((o) => o.relError === f.relError),
+    notes = [
+      ...(worst ? [`the largest of ${outputs.length} outputs': "${worst.name}"`] : []),
+      ...(f.agreement === undefined ? ['no output holds class scores, so no top-1 agreement'] : []),
+    ];
   console.log(
-    `on ${r.fidelity.samples} of the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ` +
-      `${pct(r.fidelity.agreement)}, relative output error ${r.fidelity.relError!.toFixed(4)}`,
+    `on ${f.samples} of the ${r.calibration.samples} calibration inputs: ` +
+      (f.agreement === undefined ? '' : `top-1 agreement with the original ${pct(f.agreement)}, `) +
+      `relative output error ${f.relError!.toFixed(4)}${notes.length ? ` (${notes.join('; ')})` : ''}`,
   );
   if (r.search) {
     const { start, score, evaluations } = r.search;
     const accuracy =
       start.accuracy === undefined ? '' : `, accuracy ${pct(start.accuracy)} → ${pct(score.accuracy ?? NaN)}`;
+    const agreement =
+      start.agreement === undefined ? '' : `, top-1 agreement ${pct(start.agreement)} → ${pct(score.agreement)}`;
     console.log(
-      `search (global allocation → search, ${evaluations} allocations measured on the verification rows): KL from ` +
-        `the original ${start.kl.toFixed(4)} → ${score.kl.toFixed(4)}, top-1 agreement ${pct(start.agreement)} → ` +
-        `${pct(score.agreement)}${accuracy}`,
+      `search (global allocation → search, ${evaluations} allocations measured on the verification rows): ` +
+        `divergence from the original ${start.divergence.toFixed(4)} → ${score.divergence.toFixed(4)}` +
+        `${agreement}${accuracy}`,
     );
   }
   console.log(

@@ -15,7 +15,7 @@ import {
 } from '../onnx/index.js';
 import { badInput, internal } from '../errors.js';
 import type { NpyFile } from '../npy.js';
-import type { Group } from '../graph/types.js';
+import type { Group, OutputAxis } from '../graph/types.js';
 import { matrixToWeight, weightToMatrix } from '../graph/layers.js';
 import { constantTensors } from '../graph/shapes.js';
 import { Calibration, modelInputs, type InputData } from '../calibration.js';
@@ -29,7 +29,8 @@ const ORT_TYPES: Record<string, number> = {
   int32: DataType.INT32,
   bool: DataType.BOOL,
 };
-import { argmaxRows, EVAL_BATCH } from './index.js';
+import { argmaxAxis, classesOf, EVAL_BATCH } from './index.js';
+import { outputAxesOf } from '../graph/analyze.js';
 
 export interface VerifySet {
   data: InputData;
@@ -46,26 +47,56 @@ export interface GroupProbe {
   release(): Promise<void>;
 }
 
-/** The class each verification sample should get: its label, or the original model's top-1. */
-export async function verifyTargets(model: Model, v: VerifySet, opts: RuntimeOptions = {}): Promise<Int32Array> {
+/**
+ * What a group pruned alone is measured against: the class each verification sample should get (its label: the first
+ * output's largest entry per sample), or without labels the original model's top-1 class at each position of its
+ * first output with class scores (OutputAxis).
+ */
+export interface Targets {
+  output: string;
+  /** The output's class axis (none: one class per sample, over all its values). */
+  classAxis?: number;
+  classes: Int32Array;
+}
+
+/**
+ * The output the sensitivity allocation measures without labels: the first with class scores (OutputAxis). A model
+ * without one is refused, before any capture (prune checks it first).
+ */
+export function scoresOutput(model: Model): OutputAxis & { classAxis: number } {
+  const scores = outputAxesOf(model).find((o) => o.classAxis !== undefined);
+  if (!scores)
+    throw badInput(
+      'the sensitivity allocation measures top-1 agreement with the original model, and none of its outputs holds ' +
+        'class scores (a map of one channel, probabilities of a Sigmoid, boxes next to scores): use --allocation ' +
+        'global or search, which compare any outputs',
+    );
+  return scores as OutputAxis & { classAxis: number };
+}
+
+/** The verification set's targets (see Targets). */
+export async function verifyTargets(model: Model, v: VerifySet, opts: RuntimeOptions = {}): Promise<Targets> {
   const data = Calibration.of(model, v.data);
   if (v.labels) {
     if (v.labels.length !== data.rows)
       throw badInput(`${v.labels.length} verification labels for ${data.rows} samples`);
-    return Int32Array.from(v.labels, Number);
+    return { output: model.graph!.output[0]!.name, classes: Int32Array.from(v.labels, Number) };
   }
-  const out = model.graph!.output[0].name,
-    run = await Runner.open(model, [], opts),
-    top = new Int32Array(data.rows);
+  const scores = scoresOutput(model);
+  const run = await Runner.open(model, [], opts),
+    tops: Int32Array[] = [];
   try {
     for (const b of data.batches(opts.batch ?? EVAL_BATCH)) {
-      const y = (await run.run(b, [out])).get(out)!;
-      top.set(argmaxRows(y.data, b.rows), b.start);
+      const y = (await run.run(b, [scores.name])).get(scores.name)!,
+        { classes, inner } = classesOf(y.dims, scores.classAxis);
+      tops.push(argmaxAxis(y.data, classes, inner));
     }
   } finally {
     await run.release();
   }
-  return top;
+  const classes = new Int32Array(tops.reduce((a, t) => a + t.length, 0));
+  tops.reduce((at, t) => (classes.set(t, at), at + t.length), 0);
+  return { output: scores.name, classAxis: scores.classAxis, classes };
 }
 
 /**
@@ -75,6 +106,7 @@ export async function verifyTargets(model: Model, v: VerifySet, opts: RuntimeOpt
 export function tailModel(
   model: Model,
   group: Group,
+  output: string,
   types: Map<string, number> = new Map(),
 ): { tail: Model; cut: string[]; weights: string[] } {
   const m = clone(ModelProtoSchema, model),
@@ -100,7 +132,7 @@ export function tailModel(
   const used = new Set(tailNodes.flatMap((n) => n.input));
   g.initializer = g.initializer.filter((t) => used.has(t.name)); // the head's weights are not needed
   g.input = [...cut.map((n) => input(n)), ...weights.map((w, i) => input(w, wdims[i]))];
-  g.output = [g.output[0]];
+  g.output = g.output.filter((o) => o.name === output);
   g.valueInfo = [];
   return { tail: m, cut, weights };
 }
@@ -110,12 +142,12 @@ export async function openGroupProbe(
   model: Model,
   group: Group,
   v: VerifySet,
-  targets: Int32Array,
+  targets: Targets,
   opts: RuntimeOptions = {},
 ): Promise<GroupProbe> {
   if (modelInputs(model).some((x) => x.elemType === DataType.FLOAT16))
     throw badInput('measuring groups alone (--allocation sensitivity) needs a float32 model');
-  const { cut } = tailModel(model, group);
+  const { cut } = tailModel(model, group, targets.output);
   const data = Calibration.of(model, v.data),
     rows = data.rows;
   const { ort } = await loadRuntime(opts.backend);
@@ -129,7 +161,7 @@ export async function openGroupProbe(
   }
   // the cut's element types as onnxruntime gave them (token ids and masks are integers)
   const types = new Map(cut.map((c) => [c, ORT_TYPES[feeds[0]!.x[c]!.type] ?? DataType.FLOAT]));
-  const { tail, weights } = tailModel(model, group, types);
+  const { tail, weights } = tailModel(model, group, targets.output, types);
   // logSeverityLevel 3: the tail keeps constants it no longer reads, which onnxruntime would warn about on every load
   const session = await ort.InferenceSession.create(serializeModel(tail), {
     graphOptimizationLevel: 'basic',
@@ -156,12 +188,16 @@ export async function openGroupProbe(
         return [weights[i]!, new ort.Tensor('float32', matrixToWeight(c.layout, M, c.dTotal, c.m, dims).data, dims)];
       });
       const w = Object.fromEntries(tensors);
-      let hit = 0;
+      let hit = 0,
+        at = 0;
       for (const f of feeds) {
-        const y = (await session.run({ ...f.x, ...w }, [out]))[out].data as Float32Array;
-        argmaxRows(y, f.n).forEach((c, r) => (hit += c === targets[f.start + r] ? 1 : 0));
+        const y = (await session.run({ ...f.x, ...w }, [out]))[out]!,
+          { classes, inner } = classesOf(y.dims as number[], targets.classAxis),
+          top = argmaxAxis(y.data as Float32Array, classes, inner);
+        top.forEach((c, i) => (hit += c === targets.classes[at + i] ? 1 : 0));
+        at += top.length;
       }
-      return hit / rows;
+      return hit / targets.classes.length;
     },
     release: () => session.release(),
   };

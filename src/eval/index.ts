@@ -5,22 +5,35 @@ import type { NpyFile } from '../npy.js';
 import { Calibration, modelInputs, type Batch, type InputData } from '../calibration.js';
 import { Runner, type Activation, type RuntimeOptions } from '../capture/index.js';
 import { badInput } from '../errors.js';
+import { outputAxesOf } from '../graph/analyze.js';
+import type { OutputAxis } from '../graph/types.js';
 
 export interface Fidelity {
   samples: number;
-  /** Top-1 accuracy against labels, when given. */
+  /** Top-1 accuracy against labels, when given (the first output's largest entry per sample). */
   accuracy?: number;
   /**
-   * Top-1 agreement with the reference model, when given: the share of rows of the output's last axis whose largest
-   * entry is at the same place (per sample for a classifier, per position for a sequence's scores).
+   * Top-1 agreement with the reference model, when given and an output holds class scores (OutputAxis): the share of
+   * the first such output's positions whose largest score is the reference's (per sample for a classifier, per
+   * position for a sequence's or a pixel's scores).
    */
   agreement?: number;
-  /** ‖y − y_ref‖ / ‖y_ref‖ over all outputs, when a reference is given. */
+  /** The largest relative error ‖y − y_ref‖ / ‖y_ref‖ of an output, when a reference is given. */
   relError?: number;
-  /** Mean KL(softmax(y_ref) ‖ softmax(y)) over the output's rows of its last axis, when a reference is given. */
+  /** Mean KL(softmax(y_ref) ‖ softmax(y)) over the positions of the output `agreement` measures. */
   kl?: number;
+  /** Each output's own figures, when a reference is given. */
+  outputs?: OutputFidelity[];
   /** Shape of the first output for one batch, for the record. */
   outputDims: number[];
+}
+
+/** One output against the reference's: its relative error, and agreement and KL if it holds class scores. */
+export interface OutputFidelity {
+  name: string;
+  relError: number;
+  agreement?: number;
+  kl?: number;
 }
 
 export interface EvaluateOptions extends RuntimeOptions {
@@ -36,44 +49,128 @@ export interface EvaluateOptions extends RuntimeOptions {
  */
 export const EVAL_BATCH = 64;
 
-/** The top-1 class of each of the `rows` rows of y. */
-export function argmaxRows(y: Float32Array, rows: number): Int32Array {
-  const c = y.length / rows,
-    out = new Int32Array(rows);
-  for (let r = 0; r < rows; r++) {
-    let best = 0;
-    for (let j = 1; j < c; j++) if (y[r * c + j] > y[r * c + best]) best = j;
-    out[r] = best;
-  }
+/**
+ * The top-1 class at each position of y, whose classes lie along an axis of `classes` entries with `inner` positions
+ * after it (a stride of `inner`): position o·inner + i has its scores at (o·classes + c)·inner + i.
+ */
+export function argmaxAxis(y: Float32Array, classes: number, inner = 1): Int32Array {
+  const outer = y.length / (classes * inner),
+    out = new Int32Array(outer * inner);
+  for (let o = 0; o < outer; o++)
+    for (let i = 0; i < inner; i++) {
+      const at = o * classes * inner + i;
+      let best = 0;
+      for (let c = 1; c < classes; c++) if (y[at + c * inner]! > y[at + best * inner]!) best = c;
+      out[o * inner + i] = best;
+    }
   return out;
 }
 
+/** The top-1 class of each of the `rows` rows of y (all of a row's values its scores). */
+export const argmaxRows = (y: Float32Array, rows: number): Int32Array => argmaxAxis(y, y.length / rows);
+
 /**
- * Σ over the rows of the last axis (`classes` values each) of KL(softmax(ref) ‖ softmax(y)), in float64: a smooth
- * measure of how far y's class scores moved from the reference's, where top-1 agreement only counts flips.
+ * Σ over the positions of y (classes along an axis of `classes` entries, `inner` positions after it) of
+ * KL(softmax(ref) ‖ softmax(y)), in float64: a smooth measure of how far y's class scores moved from the reference's,
+ * where top-1 agreement only counts flips.
  */
-export function klSum(ref: Float32Array, y: Float32Array, classes: number): number {
+export function klSum(ref: Float32Array, y: Float32Array, classes: number, inner = 1): number {
   let sum = 0;
-  for (let r = 0; r < ref.length; r += classes) {
-    let mr = -Infinity,
-      my = -Infinity;
-    for (let j = r; j < r + classes; j++) {
-      mr = Math.max(mr, ref[j]!);
-      my = Math.max(my, y[j]!);
+  for (let o = 0; o < ref.length; o += classes * inner)
+    for (let i = o; i < o + inner; i++) {
+      const end = i + classes * inner;
+      let mr = -Infinity,
+        my = -Infinity;
+      for (let j = i; j < end; j += inner) {
+        mr = Math.max(mr, ref[j]!);
+        my = Math.max(my, y[j]!);
+      }
+      let zr = 0,
+        zy = 0;
+      for (let j = i; j < end; j += inner) {
+        zr += Math.exp(ref[j]! - mr);
+        zy += Math.exp(y[j]! - my);
+      }
+      // KL = Σ p (log p − log q) with log p = ref − mr − log zr, log q = y − my − log zy
+      const shift = my + Math.log(zy) - mr - Math.log(zr);
+      for (let j = i; j < end; j += inner) sum += (Math.exp(ref[j]! - mr) / zr) * (ref[j]! - y[j]! + shift);
     }
-    let zr = 0,
-      zy = 0;
-    for (let j = r; j < r + classes; j++) {
-      zr += Math.exp(ref[j]! - mr);
-      zy += Math.exp(y[j]! - my);
-    }
-    // KL = Σ p (log p − log q) with log p = ref − mr − log zr, log q = y − my − log zy
-    const shift = my + Math.log(zy) - mr - Math.log(zr);
-    let kl = 0;
-    for (let j = r; j < r + classes; j++) kl += (Math.exp(ref[j]! - mr) / zr) * (ref[j]! - y[j]! + shift);
-    sum += kl;
-  }
   return sum;
+}
+
+/**
+ * An output's classes and the positions after its class axis (see argmaxAxis); without an axis, all of a sample's
+ * values are its scores.
+ */
+export function classesOf(dims: number[], axis?: number): { classes: number; inner: number } {
+  const size = (d: number[]) => d.reduce((a, b) => a * b, 1);
+  return axis === undefined
+    ? { classes: size(dims.slice(1)), inner: 1 }
+    : { classes: dims[axis]!, inner: size(dims.slice(axis + 1)) };
+}
+
+/**
+ * A model's outputs against the reference's, summed over batches: each output's squared error and norm, and for an
+ * output with class scores (OutputAxis) its positions, agreements and KL.
+ */
+export class OutputComparison {
+  private readonly sums: { err: number; norm: number; positions: number; agree: number; kl: number }[];
+  constructor(readonly axes: readonly OutputAxis[]) {
+    this.sums = axes.map(() => ({ err: 0, norm: 0, positions: 0, agree: 0, kl: 0 }));
+  }
+
+  /** Adds a batch: the model's outputs `y` and the reference's `ref`, by name. */
+  add(y: Map<string, Activation>, ref: Map<string, Activation>): void {
+    this.axes.forEach(({ name, classAxis }, k) => {
+      const a = y.get(name)!,
+        r = ref.get(name)!,
+        s = this.sums[k]!;
+      if (a.data.length !== r.data.length)
+        throw badInput(`the reference model's output ${name} has shape [${r.dims}], this model's [${a.dims}]`);
+      for (let i = 0; i < a.data.length; i++) {
+        s.err += (a.data[i]! - r.data[i]!) ** 2;
+        s.norm += r.data[i]! ** 2;
+      }
+      if (classAxis === undefined) return;
+      const { classes, inner } = classesOf(r.dims, classAxis);
+      const top = argmaxAxis(a.data, classes, inner),
+        rt = argmaxAxis(r.data, classes, inner);
+      for (let i = 0; i < top.length; i++) if (top[i] === rt[i]) s.agree++;
+      s.positions += top.length;
+      s.kl += klSum(r.data, a.data, classes, inner);
+    });
+  }
+
+  /** Each output's figures (OutputFidelity). */
+  outputs(): OutputFidelity[] {
+    return this.axes.map(({ name, classAxis }, k) => {
+      const s = this.sums[k]!;
+      const relError = Math.sqrt(s.err / (s.norm || 1));
+      return classAxis === undefined
+        ? { name, relError }
+        : { name, relError, agreement: s.agree / (s.positions || 1), kl: s.kl / (s.positions || 1) };
+    });
+  }
+
+  /** The headline figures: the first class-score output's agreement and KL, the largest relative error. */
+  summary(): Pick<Fidelity, 'agreement' | 'relError' | 'kl' | 'outputs'> {
+    const outputs = this.outputs(),
+      scores = outputs.find((o) => o.agreement !== undefined);
+    return {
+      ...(scores ? { agreement: scores.agreement, kl: scores.kl } : {}),
+      relError: Math.max(0, ...outputs.map((o) => o.relError)),
+      outputs,
+    };
+  }
+
+  /**
+   * One number for how far the outputs moved, 0 when they are the reference's: the mean over outputs of the KL per
+   * position for class scores, of the squared relative error for other values.
+   */
+  divergence(): number {
+    const each = this.outputs().map((o) => o.kl ?? o.relError ** 2);
+    return each.reduce((a, b) => a + b, 0) / (each.length || 1);
+  }
 }
 
 /** Bytes of a reference's outputs a Reference keeps for the next model compared with it. */
@@ -96,10 +193,12 @@ export class Reference {
     private readonly opts: RuntimeOptions,
     /** The reference's own fixed batch size, if any. */
     private readonly fixed: number | null,
+    /** How its outputs compare (outputAxesOf). */
+    readonly axes: OutputAxis[],
   ) {}
 
   static of(model: Model, opts: RuntimeOptions = {}): Reference {
-    return new Reference(model, opts, modelInputs(model)[0]?.dims[0] ?? null);
+    return new Reference(model, opts, modelInputs(model)[0]?.dims[0] ?? null, outputAxesOf(model));
   }
 
   get outputNames(): string[] {
@@ -157,10 +256,18 @@ export interface MeasureOptions {
   onBatch?: (done: number, total: number) => void;
 }
 
-/** Runs `model` over the data (first output = class scores) against labels and/or a reference model. */
+/**
+ * Runs `model` over the data against labels (its first output's largest entry per sample) and/or a reference model
+ * (every output, compared as OutputAxis says).
+ */
 export async function evaluate(model: Model, data: InputData, opts: EvaluateOptions = {}): Promise<Fidelity> {
   const calib = Calibration.of(model, data);
-  if (opts.reference) Calibration.of(opts.reference, calib); // the reference must take the same inputs
+  if (opts.reference) {
+    Calibration.of(opts.reference, calib); // the reference must take the same inputs, and have the same outputs
+    const names = (m: Model) => m.graph!.output.map((o) => o.name);
+    if (names(model).join('\n') !== names(opts.reference).join('\n'))
+      throw badInput(`the model's outputs are [${names(model)}], the reference model's [${names(opts.reference)}]`);
+  }
   if (opts.labels && opts.labels.length !== calib.rows)
     throw badInput(`${opts.labels.length} labels for ${calib.rows} samples`);
   const run = await Runner.open(model, [], opts),
@@ -173,52 +280,34 @@ export async function evaluate(model: Model, data: InputData, opts: EvaluateOpti
   }
 }
 
-/** The loop of evaluate, on a session already open (`out`: its output of class scores). */
-export async function measure(run: Runner, out: string, calib: Calibration, opts: MeasureOptions): Promise<Fidelity> {
-  const ref = opts.reference;
+/**
+ * The loop of evaluate, on a session already open (`first`: its first output, which labels are for; a reference's
+ * outputs must be the model's).
+ */
+export async function measure(run: Runner, first: string, calib: Calibration, opts: MeasureOptions): Promise<Fidelity> {
+  const ref = opts.reference,
+    names = [...new Set([first, ...(ref?.outputNames ?? [])])],
+    compared = ref && new OutputComparison(ref.axes);
   let correct = 0,
-    agree = 0,
-    err = 0,
-    norm = 0,
-    kl = 0,
-    agreeRows = 0,
     dims: number[] = [];
   // a reference with a fixed batch size of its own runs batches no larger than that
   const size = Math.min(calib.batchSize(opts.batch ?? EVAL_BATCH), ref?.batchSize(Infinity) ?? Infinity);
   for (const b of calib.batches(size)) {
-    const y = (await run.run(b, [out])).get(out)!;
+    const ys = await run.run(b, names),
+      y = ys.get(first)!;
     dims = y.dims;
-    const n = b.rows;
     if (opts.labels) {
-      const top = argmaxRows(y.data, n);
-      for (let i = 0; i < n; i++) if (top[i] === Number(opts.labels[b.start + i])) correct++;
+      const top = argmaxRows(y.data, b.rows);
+      for (let i = 0; i < b.rows; i++) if (top[i] === Number(opts.labels[b.start + i])) correct++;
     }
-    if (ref) {
-      const r = (await ref.outputs(b)).get(ref.outputNames[0]!)!;
-      if (r.data.length !== y.data.length)
-        throw badInput(`the reference model's output has shape [${r.dims}], this model's [${y.dims}]`);
-      // per row of the last axis: a sample's class, or each position's of a sequence ([B, T, V], [T, B, C])
-      const classes = y.dims[y.dims.length - 1] ?? 1,
-        rows = y.data.length / classes;
-      const top = argmaxRows(y.data, rows),
-        rt = argmaxRows(r.data, rows);
-      for (let i = 0; i < rows; i++) if (rt[i] === top[i]) agree++;
-      agreeRows += rows;
-      for (let i = 0; i < y.data.length; i++) {
-        err += (y.data[i] - r.data[i]) ** 2;
-        norm += r.data[i] ** 2;
-      }
-      kl += klSum(r.data, y.data, classes);
-    }
-    opts.onBatch?.(b.start + n, calib.rows);
+    if (ref) compared!.add(ys, await ref.outputs(b));
+    opts.onBatch?.(b.start + b.rows, calib.rows);
   }
   const n = calib.rows;
   return {
     samples: n,
     outputDims: dims,
     ...(opts.labels ? { accuracy: correct / n } : {}),
-    ...(ref
-      ? { agreement: agree / (agreeRows || 1), relError: Math.sqrt(err / (norm || 1)), kl: kl / (agreeRows || 1) }
-      : {}),
+    ...(compared ? compared.summary() : {}),
   };
 }

@@ -3,17 +3,18 @@
 // the search allocation scores its candidates with.
 import type { Model } from '../onnx/index.js';
 import { Calibration, type Batch, type Feed } from '../calibration.js';
-import { Runner, type RuntimeOptions } from '../capture/index.js';
+import { Runner, type Activation, type RuntimeOptions } from '../capture/index.js';
+import { outputAxesOf } from '../graph/analyze.js';
 import { badInput } from '../errors.js';
-import { argmaxRows, EVAL_BATCH, klSum } from './index.js';
+import { argmaxRows, EVAL_BATCH, OutputComparison } from './index.js';
 import type { VerifySet } from './alone.js';
 
 /** A pruned network measured against the original on the probe's rows. */
 export interface NetworkScore {
-  /** Mean KL(softmax(original) ‖ softmax(pruned)) over the output's rows of its last axis (0: the same outputs). */
-  kl: number;
-  /** Top-1 agreement with the original model. */
-  agreement: number;
+  /** How far its outputs moved from the original's (OutputComparison.divergence; 0: the same outputs). */
+  divergence: number;
+  /** Top-1 agreement with the original model, when an output holds class scores (Fidelity.agreement). */
+  agreement?: number;
   /** Top-1 accuracy against the verification labels, when there are labels. */
   accuracy?: number;
 }
@@ -25,12 +26,13 @@ export interface NetworkProbe {
 }
 
 /**
- * Is `a` better than `b`: with labels, higher accuracy (ties: lower KL); without, lower KL. KL rather than top-1
- * agreement because it moves with every change of the outputs, where agreement moves only when a row's class flips.
+ * Is `a` better than `b`: with labels, higher accuracy (ties: lower divergence); without, lower divergence. Divergence
+ * (KL for class scores) rather than top-1 agreement because it moves with every change of the outputs, where agreement
+ * moves only when a class flips.
  */
 export function betterScore(a: NetworkScore, b: NetworkScore): boolean {
   if (a.accuracy !== undefined && b.accuracy !== undefined && a.accuracy !== b.accuracy) return a.accuracy > b.accuracy;
-  return a.kl < b.kl;
+  return a.divergence < b.divergence;
 }
 
 /** One row of a batch's feed. */
@@ -80,41 +82,38 @@ export async function openNetworkProbe(
     throw badInput(`${verify.labels.length} verification labels for ${data.rows} samples`);
   const batches = gatherRows(data, rows, data.batchSize(opts.batch ?? EVAL_BATCH));
   const labels = verify.labels && Int32Array.from(rows, (r) => Number(verify.labels![r]));
-  const out = model.graph!.output[0]!.name;
+  const axes = outputAxesOf(model),
+    names = axes.map((a) => a.name);
   const outputs = async (m: Model) => {
     const run = await Runner.open(m, [], opts),
-      ys: { data: Float32Array; dims: number[] }[] = [];
+      ys: Map<string, Activation>[] = [];
     try {
-      for (const b of batches) ys.push((await run.run(b, [out])).get(out)!);
+      for (const b of batches) ys.push(await run.run(b, names));
     } finally {
       await run.release();
     }
     return ys;
   };
   const ref = await outputs(model);
-  const refTop = ref.map((y, i) => argmaxRows(y.data, batches[i]!.rows));
   return {
     samples: rows.length,
     async score(pruned: Model): Promise<NetworkScore> {
-      const ys = await outputs(pruned);
-      let kl = 0,
-        positions = 0,
-        agree = 0,
-        hit = 0;
+      const ys = await outputs(pruned),
+        compared = new OutputComparison(axes);
+      let hit = 0;
       ys.forEach((y, i) => {
-        const b = batches[i]!,
-          classes = y.dims[y.dims.length - 1] ?? 1;
-        if (y.data.length !== ref[i]!.data.length)
-          throw badInput(`the pruned model's output has shape [${y.dims}], the original's [${ref[i]!.dims}]`);
-        kl += klSum(ref[i]!.data, y.data, classes);
-        positions += y.data.length / classes;
-        argmaxRows(y.data, b.rows).forEach((c, r) => {
-          if (c === refTop[i]![r]) agree++;
-          if (labels && c === labels[b.start + r]) hit++;
-        });
+        compared.add(y, ref[i]!);
+        if (labels)
+          argmaxRows(y.get(names[0]!)!.data, batches[i]!.rows).forEach((c, r) => {
+            if (c === labels[batches[i]!.start + r]) hit++;
+          });
       });
-      const n = rows.length;
-      return { kl: kl / positions, agreement: agree / n, ...(labels ? { accuracy: hit / n } : {}) };
+      const { agreement } = compared.summary();
+      return {
+        divergence: compared.divergence(),
+        ...(agreement !== undefined ? { agreement } : {}),
+        ...(labels ? { accuracy: hit / rows.length } : {}),
+      };
     },
   };
 }

@@ -3,12 +3,14 @@
 // consume the spaces they read; ops pass channels on by their chain rules (ops.ts); joins (a residual Add, x·σ(x), an
 // SE gate's product) make the spaces of their inputs one space; Concat lays spaces end to end. A space becomes a
 // group unless something the tables cannot vouch for touches it: then it is refused with the reason, never guessed.
+import { clone } from '@bufbuild/protobuf';
 import { badInput } from '../errors.js';
 import {
   attrInt,
   attrInts,
   attrString,
   DataType,
+  ModelProtoSchema,
   opsetVersion,
   tensorDims,
   tensorToFloat32,
@@ -24,6 +26,7 @@ import {
   ifBranches,
   type IfBranches,
   entriesOf,
+  normAxis,
   onlyShapes,
   shapeConstant,
   shapeDim,
@@ -47,7 +50,7 @@ import {
   type Shapes,
 } from './shapes.js';
 import { calledFunction, normalizeModel, notInlinable } from './normalize.js';
-import type { Analysis, AxisSlice, Consumer, Edit, Group, Refused } from './types.js';
+import type { Analysis, AxisSlice, Consumer, Edit, Group, OutputAxis, Refused } from './types.js';
 import { notRewritable } from '../rewrite/index.js';
 import { tooBigToSelect } from '../select/greedy.js';
 import { sizeModel } from '../budget/size.js';
@@ -1870,7 +1873,54 @@ export function analyze(model: Model, inputShape?: InputShapes): Analysis {
     g.params = sizeOf(full) - sizeOf(none);
     g.flops = flopsOf(full) - flopsOf(none);
   }
-  return { groups, refused: [...rows.values()], ...inputBytes(G, groups) };
+  const outputs = outputAxes(W);
+  analyzedOutputs.set(model, outputs);
+  return { groups, refused: [...rows.values()], outputs, ...inputBytes(G, groups) };
+}
+
+/** Analysis.outputs of the models analyzed, which comparisons with them read (outputAxesOf). */
+const analyzedOutputs = new WeakMap<Model, OutputAxis[]>();
+
+/**
+ * How `model`'s outputs compare (Analysis.outputs): from its analysis if it had one, else from an analysis of a copy
+ * (analyze normalises the model it reads). A model the analysis cannot read compares by values alone.
+ */
+export function outputAxesOf(model: Model): OutputAxis[] {
+  const known = analyzedOutputs.get(model);
+  if (known) return known;
+  try {
+    return analyze(clone(ModelProtoSchema, model)).outputs;
+  } catch {
+    return (model.graph?.output ?? []).map((o) => ({ name: o.name }));
+  }
+}
+
+/** Ops whose output holds independent values per entry (probabilities): no class scores, whatever the layout. */
+const INDEPENDENT = new Set(['Sigmoid', 'HardSigmoid']);
+
+/**
+ * How each graph output compares (see OutputAxis). Its class axis is a Softmax's axis, or the channel axis of the one
+ * layer whose output channels the walk carried to it (through Flatten, Transpose, Resize, ...), if 2 or more entries.
+ */
+function outputAxes(W: Walk): OutputAxis[] {
+  const { G } = W;
+  return G.graph.output.map(({ name }) => {
+    const dims = G.shapes.get(name);
+    let p = G.producers.get(name);
+    while (p && (p.opType === 'Identity' || p.opType === 'Cast')) p = G.producers.get(p.input[0]!);
+    if (!dims || !p || INDEPENDENT.has(p.opType)) return { name };
+    let axis: number | undefined;
+    if (p.opType === 'Softmax' || p.opType === 'LogSoftmax') {
+      axis = normAxis(attrInt(p, 'axis', G.opset >= 13 ? -1 : 1), dims.length);
+      // before opset 13 the classes are every axis from `axis` on, flattened
+      if (G.opset < 13 && axis !== dims.length - 1) axis = undefined;
+    } else {
+      const l = W.layouts.get(name),
+        spaces = new Set(l?.segments.map((r) => (r.space >= 0 ? W.S.find(r.space) : -1)));
+      if (l && !l.stack && spaces.size === 1 && !spaces.has(-1)) axis = l.axis;
+    }
+    return axis !== undefined && dims[axis]! >= 2 ? { name, classAxis: axis } : { name };
+  });
 }
 
 /** Analysis.inputBytes, as a field to spread (none when a consumer input's shape is unknown). */

@@ -50,7 +50,7 @@ export function checkOpset(model: Model): void {
 export { opOf };
 
 const label = (n: NodeProto) => `${opOf(n)} "${n.name}"`;
-const normAxis = (a: number, rank: number) => (a < 0 ? a + rank : a);
+export const normAxis = (a: number, rank: number) => (a < 0 ? a + rank : a);
 
 // ---- channel layouts and what pruning changes ---------------------------------------------------------------------
 

@@ -92,9 +92,21 @@ export interface Refused {
   reason: string;
 }
 
+/**
+ * How a model output compares with another model's. With `classAxis`, the output holds class scores along that axis (a
+ * layer's output channels, a Softmax's axis): compared per position by top-1 agreement and KL divergence. Without (a
+ * map of one channel, a Sigmoid's independent probabilities, boxes next to scores), by relative error alone.
+ */
+export interface OutputAxis {
+  name: string;
+  classAxis?: number;
+}
+
 export interface Analysis {
   groups: Group[];
   refused: Refused[];
+  /** The graph's outputs, in order, and how each compares (see OutputAxis). */
+  outputs: OutputAxis[];
   /**
    * Bytes per sample of the groups' consumer inputs as float32: what a capture of every group fetches from each run
    * (captureBatch sizes the batches by it); undefined when a shape is unknown.

@@ -11,7 +11,7 @@ import type { KernelOptions } from '../kernels/instances.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
 import { allocateByLevel, allocateGlobal, gridKeeps, type Curve } from '../budget/allocate.js';
 import type { SizeOf } from '../budget/index.js';
-import { openGroupProbe, verifyTargets, type VerifySet } from '../eval/alone.js';
+import { openGroupProbe, verifyTargets, type Targets, type VerifySet } from '../eval/alone.js';
 import { betterScore, openNetworkProbe, type NetworkProbe, type NetworkScore } from '../eval/network.js';
 import { pruneGroups, type PrunePlan } from '../rewrite/index.js';
 import { fidelitySampleRows } from './verify.js';
@@ -73,7 +73,7 @@ export async function sensitivityCurves(
   refit: boolean,
   verify: VerifySet,
   opts: RuntimeOptions & {
-    targets?: Int32Array;
+    targets?: Targets;
     step?: number;
     full?: boolean;
     onStep?: (done: number, total: number) => void;

@@ -10,6 +10,7 @@ import type { Model } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
 import type { Group, Refused } from '../graph/types.js';
 import { analyze, modelStats } from '../graph/analyze.js';
+import { scoresOutput } from '../eval/alone.js';
 import type { InputShapes } from '../graph/shapes.js';
 import { pruneGroups, type PrunePlan } from '../rewrite/index.js';
 import { Calibration, type InputData } from '../calibration.js';
@@ -534,6 +535,7 @@ export async function* pruneSizes(
   const shared = new Stopwatch(STAGES);
   const calib = shared.time('analyze', () => Calibration.of(model, data));
   const plan = shared.time('analyze', () => planPrune(model, calib, o.mode!, o));
+  if (o.allocation === 'sensitivity' && !o.verify?.labels) scoresOutput(model); // refused before any capture
   if (o.stats) shared.time('analyze', () => checkStats(o.stats!, model, plan.groups, calib, o.method));
   // one batch size for every run: a frontier's tensors and the reference's outputs are kept by batch
   o.batch ??= captureBatch(plan.inputBytes);

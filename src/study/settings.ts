@@ -14,7 +14,7 @@ import type { Group } from '../graph/types.js';
 import type { MeasuredRow } from './index.js';
 import { pruneGroups } from '../rewrite/index.js';
 import { evaluate } from '../eval/index.js';
-import { verifyTargets } from '../eval/alone.js';
+import { verifyTargets, type Targets } from '../eval/alone.js';
 import type { NetworkProbe } from '../eval/network.js';
 import { compressionGoal, resolveBudget, type SizeOf } from '../budget/index.js';
 import { sizeModel, type Target } from '../budget/size.js';
@@ -185,7 +185,7 @@ export async function runSettings(model: Model, o: SettingsOptions): Promise<Set
       );
     return curves.get(s.bias)!;
   };
-  let targets: Int32Array | undefined;
+  let targets: Targets | undefined;
   const targetsOf = async () => (targets ??= await verifyTargets(model, { data: calib }, run));
   const searches = new Map<string, Timed<Map<string, number>>>();
   // asymmetric mode sizes the model differently only if the intercept creates a bias for a group keeping every channel

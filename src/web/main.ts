@@ -238,7 +238,7 @@ function showSize(j: Job, size: number): void {
       `${c}×`,
       `${big(r.params.before)} → ${big(r.params.after)} (${(r.params.before / r.params.after).toFixed(2)}×)`,
       `${big(r.flops.before)} → ${big(r.flops.after)} (${(r.flops.before / r.flops.after).toFixed(2)}×)`,
-      `${((r.fidelity.agreement ?? 0) * 100).toFixed(2)}%`,
+      r.fidelity.agreement === undefined ? '—' : `${(r.fidelity.agreement * 100).toFixed(2)}%`,
       (r.fidelity.relError ?? 0).toFixed(4),
       r.seconds.total.toFixed(2),
       download(`dl-model-${size}`, name, bytes, name),
@@ -286,8 +286,9 @@ function showDetails(j: Job, size: number): void {
     (r.tokens
       ? ` (per token ${big(r.flops.before / r.tokens)} → ${big(r.flops.after / r.tokens)} at ${r.tokens} tokens)`
       : '') +
-    `. On the ${r.calibration.samples} calibration inputs: top-1 agreement with the original ` +
-    `${((f.agreement ?? 0) * 100).toFixed(2)}%, relative output error ${(f.relError ?? 0).toFixed(4)}. ` +
+    `. On the ${r.calibration.samples} calibration inputs: ` +
+    (f.agreement === undefined ? '' : `top-1 agreement with the original ${(f.agreement * 100).toFixed(2)}%, `) +
+    `relative output error ${(f.relError ?? 0).toFixed(4)}. ` +
     `${r.groups.length} groups, ${r.refused.length} refused; mode ${r.mode}, method ${r.method}, ` +
     `${r.refit ? 're-fit' : 'no re-fit'}, onnxruntime-${r.backend}; ${r.seconds.total.toFixed(2)} s.` +
     r.warnings.map((w) => ` Warning: ${w}.`).join('');
