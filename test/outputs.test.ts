@@ -1,7 +1,18 @@
 import { describe, it, expect } from 'vitest';
 import { existsSync } from 'node:fs';
 import { clone } from '@bufbuild/protobuf';
-import { ModelProtoSchema, intAttr, intsAttr, makeNode, readModel, type Model } from '../src/onnx/index.js';
+import * as ort from 'onnxruntime-node';
+import {
+  DataType,
+  ModelProtoSchema,
+  intAttr,
+  intsAttr,
+  makeNode,
+  makeTensorValueInfo,
+  readModel,
+  serializeModel,
+  type Model,
+} from '../src/onnx/index.js';
 import { analyze, outputAxesOf } from '../src/graph/analyze.js';
 import { argmaxAxis, evaluate, klSum } from '../src/eval/index.js';
 import { verifyTargets } from '../src/eval/alone.js';
@@ -202,6 +213,28 @@ describe("a pruned model's fidelity", () => {
     expect(t.classAxis).toBe(2);
     expect([...t.classes]).toEqual(want);
   });
+});
+
+describe('integer outputs', () => {
+  it('a classifier that also outputs its labels (ArgMax, int64): pruned and checked, compared by its logits', async () => {
+    const model = readModel('models/lenet.onnx');
+    model.graph!.node.push(makeNode('ArgMax', ['logits'], ['label'], [intAttr('axis', 1), intAttr('keepdims', 0)]));
+    model.graph!.output.push(makeTensorValueInfo('label', DataType.INT64, ['N']));
+    const calib = openNpy('models/calib.npy');
+    const { model: pruned, report } = await prune(model, calib, { budget: { compression: 4 } });
+    expect(report.fidelity.outputs!.map((o) => o.name)).toEqual(['logits']);
+    const x = inputOf(calib.path);
+    const session = await ort.InferenceSession.create(serializeModel(pruned));
+    const y = await session.run({ [model.graph!.input[0]!.name]: new ort.Tensor('float32', x.data, x.dims) });
+    await session.release();
+    const logits = y.logits!.data as Float32Array,
+      label = y.label!.data as BigInt64Array;
+    const want = Array.from({ length: x.dims[0]! }, (_, i) => {
+      const row = Array.from(logits.subarray(i * 10, i * 10 + 10));
+      return BigInt(row.indexOf(Math.max(...row)));
+    });
+    expect([...label]).toEqual(want);
+  }, 120_000);
 });
 
 describe('refusals', () => {

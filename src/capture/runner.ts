@@ -211,7 +211,7 @@ export function activations(
         ? Float32Array.from(t.data as Uint16Array, float16BitsToFloat32)
         : t.type === 'float32'
           ? (t.data as Float32Array)
-          : Float32Array.from(t.data as ArrayLike<number>);
+          : Float32Array.from(t.data as ArrayLike<number | bigint>, Number); // int64 outputs hold BigInts
     const d = [...t.dims];
     if (d[0] !== n && fixed !== null) {
       v = v.subarray(0, (v.length / d[0]) * n);

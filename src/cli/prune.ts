@@ -378,7 +378,7 @@ function summarize(
   console.log(
     `on ${f.samples} of the ${r.calibration.samples} calibration inputs: ` +
       (f.agreement === undefined ? '' : `top-1 agreement with the original ${pct(f.agreement)}, `) +
-      `relative output error ${f.relError!.toFixed(4)}${notes.length ? ` (${notes.join('; ')})` : ''}`,
+      `relative output error ${f.relError?.toFixed(4) ?? '— (no float outputs)'}${notes.length ? ` (${notes.join('; ')})` : ''}`,
   );
   if (r.search) {
     const { start, score, evaluations } = r.search;
@@ -444,7 +444,7 @@ function summarizeSizes(input: string, results: SizeResult[], reportFile: string
             `${big(r.params.before)} → ${big(r.params.after)}`,
             `${big(r.flops.before)} → ${big(r.flops.after)}`,
             pct(r.fidelity.agreement),
-            r.fidelity.relError!.toFixed(4),
+            r.fidelity.relError?.toFixed(4) ?? '—',
             ...[s.capture + s.allocate, s.select, s.rewrite, s.verify, s.total].map((x) => x.toFixed(2)),
           ];
         }),

@@ -18,7 +18,7 @@ export interface Fidelity {
    * position for a sequence's or a pixel's scores).
    */
   agreement?: number;
-  /** The largest relative error ‖y − y_ref‖ / ‖y_ref‖ of an output, when a reference is given. */
+  /** The largest relative error ‖y − y_ref‖ / ‖y_ref‖ of a float output, when a reference is given. */
   relError?: number;
   /** Mean KL(softmax(y_ref) ‖ softmax(y)) over the positions of the output `agreement` measures. */
   kl?: number;
@@ -158,7 +158,7 @@ export class OutputComparison {
       scores = outputs.find((o) => o.agreement !== undefined);
     return {
       ...(scores ? { agreement: scores.agreement, kl: scores.kl } : {}),
-      relError: Math.max(0, ...outputs.map((o) => o.relError)),
+      ...(outputs.length ? { relError: Math.max(...outputs.map((o) => o.relError)) } : {}),
       outputs,
     };
   }

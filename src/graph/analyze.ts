@@ -1878,6 +1878,12 @@ export function analyze(model: Model, inputShape?: InputShapes): Analysis {
   return { groups, refused: [...rows.values()], outputs, ...inputBytes(G, groups) };
 }
 
+/** The graph's outputs of floating-point values (integer ones, labels or indices, follow from those). */
+const floatOutputs = (g: GraphProto) =>
+  g.output
+    .filter((o) => !(o.type?.value.case === 'tensorType') || FLOAT_TYPES.has(o.type.value.value.elemType))
+    .map((o) => o.name);
+
 /** Analysis.outputs of the models analyzed, which comparisons with them read (outputAxesOf). */
 const analyzedOutputs = new WeakMap<Model, OutputAxis[]>();
 
@@ -1891,7 +1897,7 @@ export function outputAxesOf(model: Model): OutputAxis[] {
   try {
     return analyze(clone(ModelProtoSchema, model)).outputs;
   } catch {
-    return (model.graph?.output ?? []).map((o) => ({ name: o.name }));
+    return model.graph ? floatOutputs(model.graph).map((name) => ({ name })) : [];
   }
 }
 
@@ -1904,7 +1910,7 @@ const INDEPENDENT = new Set(['Sigmoid', 'HardSigmoid']);
  */
 function outputAxes(W: Walk): OutputAxis[] {
   const { G } = W;
-  return G.graph.output.map(({ name }) => {
+  return floatOutputs(G.graph).map((name) => {
     const dims = G.shapes.get(name);
     let p = G.producers.get(name);
     while (p && (p.opType === 'Identity' || p.opType === 'Cast')) p = G.producers.get(p.input[0]!);

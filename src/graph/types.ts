@@ -105,7 +105,7 @@ export interface OutputAxis {
 export interface Analysis {
   groups: Group[];
   refused: Refused[];
-  /** The graph's outputs, in order, and how each compares (see OutputAxis). */
+  /** The graph's float outputs, in order, and how each compares (see OutputAxis); integer ones are not compared. */
   outputs: OutputAxis[];
   /**
    * Bytes per sample of the groups' consumer inputs as float32: what a capture of every group fetches from each run
