@@ -1,10 +1,12 @@
 import { describe, it, expect } from 'vitest';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync } from 'node:fs';
 import { clone } from '@bufbuild/protobuf';
 import * as ort from 'onnxruntime-node';
 import {
   DataType,
   ModelProtoSchema,
+  float32Tensor,
+  int64Tensor,
   intAttr,
   intsAttr,
   makeNode,
@@ -17,7 +19,9 @@ import { analyze, outputAxesOf } from '../src/graph/analyze.js';
 import { argmaxAxis, evaluate, klSum } from '../src/eval/index.js';
 import { verifyTargets } from '../src/eval/alone.js';
 import { prune } from '../src/prune/index.js';
-import { openNpy } from '../src/npy.js';
+import { openNpy, writeNpy } from '../src/npy.js';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { rng, randn, randTensor, run, smallModel, type Out } from './graph-helpers.js';
 import { expectFailure, runCli } from './cli-helpers.js';
 
@@ -234,6 +238,54 @@ describe('integer outputs', () => {
       return BigInt(row.indexOf(Math.max(...row)));
     });
     expect([...label]).toEqual(want);
+  }, 120_000);
+});
+
+/**
+ * A detector with NonMaxSuppression in the graph: Conv → ReLU → 1×1 Conv to 4 box coordinates and 1 score per
+ * position, the boxes [N, 64, 4] and the Sigmoid's scores [N, 1, 64] into NMS (its selected indices are an output,
+ * their count depends on the scores), and the scores an output too.
+ */
+function nmsModel(): Model {
+  const r = rng(11),
+    i64 = (name: string, v: number[]) => int64Tensor(name, [v.length], v);
+  const nodes = [
+    makeNode('Conv', ['x', 'W1'], ['c1'], [intsAttr('pads', [1, 1, 1, 1])], 'conv1'),
+    makeNode('Relu', ['c1'], ['r1'], [], 'relu1'),
+    makeNode('Conv', ['r1', 'W2'], ['c2'], [], 'conv2'),
+    makeNode('Reshape', ['c2', 'shape'], ['flat'], [], 'reshape'),
+    makeNode('Transpose', ['flat'], ['t'], [intsAttr('perm', [0, 2, 1])], 'transpose'),
+    makeNode('Slice', ['t', 's0', 's4', 'ax2'], ['boxes'], [], 'boxes'),
+    makeNode('Slice', ['flat', 's4', 's5', 'ax1'], ['scores'], [], 'scores'),
+    makeNode('Sigmoid', ['scores'], ['prob'], [], 'sigmoid'),
+    makeNode('NonMaxSuppression', ['boxes', 'prob', 'max', 'iou', 'thr'], ['selected'], [], 'nms'),
+  ];
+  const inits = [
+    randTensor('W1', [8, 3, 3, 3], r, 0.3),
+    randTensor('W2', [5, 8, 1, 1], r, 0.3),
+    ...[i64('shape', [0, 5, 64]), i64('s0', [0]), i64('s4', [4]), i64('s5', [5]), i64('ax1', [1])],
+    ...[i64('ax2', [2]), i64('max', [64]), float32Tensor('iou', [1], [0.5]), float32Tensor('thr', [1], [0.6])],
+  ];
+  const m = smallModel(nodes, inits, ['N', 3, 8, 8], 17);
+  m.graph!.output = [makeTensorValueInfo('prob', DataType.FLOAT), makeTensorValueInfo('selected', DataType.INT64)];
+  return m;
+}
+
+describe('outputs whose shape depends on the values', () => {
+  it('NonMaxSuppression: its indices are neither shape-checked nor compared; the scores are', async () => {
+    const model = nmsModel(),
+      r = rng(12),
+      x = { data: randn(32 * 3 * 64, r), dims: [32, 3, 8, 8] };
+    expect(outputAxesOf(model)).toEqual([{ name: 'prob' }, { name: 'selected', uncompared: 'data-shaped' }]);
+    const file = join(mkdtempSync(join(tmpdir(), 'subprune-nms-')), 'x.npy');
+    writeNpy(file, x.data, x.dims);
+    const { model: pruned, report } = await prune(model, openNpy(file), { budget: { compression: 1.5 } });
+    const mine = await run(pruned, x),
+      orig = await run(model, x);
+    // pruning changed how many boxes NMS keeps: the check must not call that broken
+    expect(mine.get('selected')!.dims[0]).not.toBe(orig.get('selected')!.dims[0]);
+    expect(report.fidelity.outputs).toEqual([{ name: 'prob', relError: report.fidelity.relError }]);
+    expect(report.fidelity.relError).toBeCloseTo(relError(mine.get('prob')!, orig.get('prob')!), 5);
   }, 120_000);
 });
 

@@ -115,8 +115,10 @@ export function classesOf(dims: number[], axis?: number): { classes: number; inn
  */
 export class OutputComparison {
   private readonly sums: { err: number; norm: number; positions: number; agree: number; kl: number }[];
-  constructor(readonly axes: readonly OutputAxis[]) {
-    this.sums = axes.map(() => ({ err: 0, norm: 0, positions: 0, agree: 0, kl: 0 }));
+  readonly axes: readonly OutputAxis[];
+  constructor(outputs: readonly OutputAxis[]) {
+    this.axes = outputs.filter((o) => !o.uncompared);
+    this.sums = this.axes.map(() => ({ err: 0, norm: 0, positions: 0, agree: 0, kl: 0 }));
   }
 
   /** Adds a batch: the model's outputs `y` and the reference's `ref`, by name. */

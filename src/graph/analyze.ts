@@ -1878,12 +1878,6 @@ export function analyze(model: Model, inputShape?: InputShapes): Analysis {
   return { groups, refused: [...rows.values()], outputs, ...inputBytes(G, groups) };
 }
 
-/** The graph's outputs of floating-point values (integer ones, labels or indices, follow from those). */
-const floatOutputs = (g: GraphProto) =>
-  g.output
-    .filter((o) => !(o.type?.value.case === 'tensorType') || FLOAT_TYPES.has(o.type.value.value.elemType))
-    .map((o) => o.name);
-
 /** Analysis.outputs of the models analyzed, which comparisons with them read (outputAxesOf). */
 const analyzedOutputs = new WeakMap<Model, OutputAxis[]>();
 
@@ -1897,20 +1891,43 @@ export function outputAxesOf(model: Model): OutputAxis[] {
   try {
     return analyze(clone(ModelProtoSchema, model)).outputs;
   } catch {
-    return model.graph ? floatOutputs(model.graph).map((name) => ({ name })) : [];
+    const g = model.graph;
+    return g ? g.output.map((o) => ({ name: o.name, ...uncompared(o, dataShaped(g)) })) : [];
   }
 }
 
 /** Ops whose output holds independent values per entry (probabilities): no class scores, whatever the layout. */
 const INDEPENDENT = new Set(['Sigmoid', 'HardSigmoid']);
 
+/** Ops whose outputs' shapes depend on the values of their inputs, not only on their shapes. */
+const DATA_SHAPED = new Set(['NonMaxSuppression', 'NonZero', 'Unique', 'Compress', 'Loop']);
+
+/** The tensors whose shapes depend on values: DATA_SHAPED ops' outputs and everything computed from them. */
+function dataShaped(g: GraphProto): Set<string> {
+  const out = new Set<string>();
+  for (const n of g.node)
+    if (DATA_SHAPED.has(n.opType) || n.input.some((t) => out.has(t))) n.output.forEach((t) => out.add(t));
+  return out;
+}
+
+/** Why a graph output is not compared (OutputAxis.uncompared), as a field to spread. */
+function uncompared(o: GraphProto['output'][number], shaped: Set<string>): Pick<OutputAxis, 'uncompared'> {
+  if (shaped.has(o.name)) return { uncompared: 'data-shaped' };
+  const t = o.type?.value;
+  return t?.case === 'tensorType' && !FLOAT_TYPES.has(t.value.elemType) ? { uncompared: 'integers' } : {};
+}
+
 /**
  * How each graph output compares (see OutputAxis). Its class axis is a Softmax's axis, or the channel axis of the one
  * layer whose output channels the walk carried to it (through Flatten, Transpose, Resize, ...), if 2 or more entries.
  */
 function outputAxes(W: Walk): OutputAxis[] {
-  const { G } = W;
-  return floatOutputs(G.graph).map((name) => {
+  const { G } = W,
+    shaped = dataShaped(G.graph);
+  return G.graph.output.map((o) => {
+    const { name } = o,
+      why = uncompared(o, shaped);
+    if (why.uncompared) return { name, ...why };
     const dims = G.shapes.get(name);
     let p = G.producers.get(name);
     while (p && (p.opType === 'Identity' || p.opType === 'Cast')) p = G.producers.get(p.input[0]!);

@@ -100,12 +100,18 @@ export interface Refused {
 export interface OutputAxis {
   name: string;
   classAxis?: number;
+  /**
+   * Why the output is not compared: 'integers' (labels, indices: they follow from the float outputs), or 'data-shaped'
+   * (its shape depends on the values, after NonMaxSuppression, NonZero, ...: pruning may change it, so neither its
+   * shape nor its values are compared; it is only checked to be finite).
+   */
+  uncompared?: 'integers' | 'data-shaped';
 }
 
 export interface Analysis {
   groups: Group[];
   refused: Refused[];
-  /** The graph's float outputs, in order, and how each compares (see OutputAxis); integer ones are not compared. */
+  /** The graph's outputs, in order, and how each compares (see OutputAxis). */
   outputs: OutputAxis[];
   /**
    * Bytes per sample of the groups' consumer inputs as float32: what a capture of every group fetches from each run
