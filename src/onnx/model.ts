@@ -4,8 +4,9 @@
 import * as os from 'node:os';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { fromBinary, toBinary } from '@bufbuild/protobuf';
+import { fromBinary } from '@bufbuild/protobuf';
 import { badInput, SubpruneError } from '../errors.js';
+import { encodeMessage } from './encode.js';
 import { isExternal, PROTOBUF_LIMIT, externalDataLocation, readExternalData } from './external.js';
 import { checkStoredSize, expectedBytes, setTensorData, tensorDims } from './tensor.js';
 import {
@@ -136,7 +137,8 @@ export function serializeModel(model: Model): Uint8Array {
       );
     }
   });
-  const bytes = toBinary(ModelProtoSchema, model);
+  // toBinary's bytes, each weight copied once (toBinary copies it once per message level)
+  const bytes = encodeMessage(ModelProtoSchema, model);
   if (bytes.length >= PROTOBUF_LIMIT) {
     throw badInput(
       `the model serializes to ${bytes.length} bytes, over protobuf's 2 GB limit for an .onnx file; write it ` +

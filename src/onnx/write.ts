@@ -8,10 +8,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { create, toBinary } from '@bufbuild/protobuf';
+import { create } from '@bufbuild/protobuf';
 import { badInput, SubpruneError } from '../errors.js';
 import { trackTemp, untrackTemp } from '../atomic.js';
 import { dataFileForWrite, isExternal, PROTOBUF_LIMIT } from './external.js';
+import { encodeMessage } from './encode.js';
 import { serializeModel, type Model } from './model.js';
 import {
   TensorProto_DataType as DataType,
@@ -127,7 +128,7 @@ function externalLayout(model: Model, location: string): ExternalLayout {
     ]),
   );
   const skeleton = { ...model, graph: swapInitializers(model.graph!, swap) };
-  const onnx = toBinary(ModelProtoSchema, skeleton);
+  const onnx = encodeMessage(ModelProtoSchema, skeleton);
   if (onnx.length >= PROTOBUF_LIMIT)
     throw badInput(
       `the model without its initializers still serializes to ${onnx.length} bytes, over protobuf's 2 GB limit ` +
