@@ -220,7 +220,7 @@ describe("a pruned model's fidelity", () => {
 });
 
 describe('integer outputs', () => {
-  it('a classifier that also outputs its labels (ArgMax, int64): pruned and checked, compared by its logits', async () => {
+  it('a classifier that also outputs its labels (ArgMax, int64): pruned, checked, compared by its logits', async () => {
     const model = readModel('models/lenet.onnx');
     model.graph!.node.push(makeNode('ArgMax', ['logits'], ['label'], [intAttr('axis', 1), intAttr('keepdims', 0)]));
     model.graph!.output.push(makeTensorValueInfo('label', DataType.INT64, ['N']));

@@ -51,12 +51,14 @@ export const methodHelp = `\
                       at fractions 0.01 … 1 and measured on --verify; a common accuracy level that meets the
                       target; the slowest), search (global, then a coordinate search on per-group weights
                       of its gains: each candidate is pruned whole and scored on up to 512 rows of --verify,
-                      evenly spaced, by the KL divergence of its outputs from the original model's, or by
+                      evenly spaced, by the divergence of its outputs from the original model's (KL of class
+                      scores, squared relative error of other outputs such as a detector's maps), or by
                       accuracy with --verify-labels; at most 1 + 6 × groups candidates, each a rewrite and a
                       pass over those rows)
   --verify DATA       inputs for --allocation sensitivity or search (default: the calibration inputs; as
-                      --calib); label-free: top-1 agreement with the original model (sensitivity), the KL
-                      divergence from its outputs (search); accuracy with --verify-labels FILE
+                      --calib); label-free: top-1 agreement with the original model (sensitivity: needs an
+                      output of class scores), the divergence from its outputs (search); accuracy with
+                      --verify-labels FILE
   --grid STEP         the sensitivity allocation's fractions: STEP, 2·STEP, …, 1 (default 0.01)`;
 
 export interface MethodFlags {
