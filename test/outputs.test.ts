@@ -309,6 +309,27 @@ describe('refusals', () => {
     expect(existsSync(out)).toBe(false);
   });
 
+  it("a model output that reads a group's channel count (a Shape's) refuses the group; one of the batch does not", () => {
+    const withShapeOutput = (gather: boolean) => {
+      const model = readModel('models/lenet.onnx'),
+        g = model.graph!,
+        relu = g.node.find((n) => n.opType === 'Relu')!.output[0]!;
+      g.node.push(makeNode('Shape', [relu], [gather ? 'dims' : 'out'], [], 'shape'));
+      if (gather) {
+        g.initializer.push(int64Tensor('zero', [], [0]));
+        g.node.push(makeNode('Gather', ['dims', 'zero'], ['out'], [intAttr('axis', 0)], 'batch'));
+      }
+      g.output.push(makeTensorValueInfo('out', DataType.INT64));
+      return analyze(model);
+    };
+    const counted = withShapeOutput(false);
+    expect(counted.groups.map((u) => u.id)).not.toContain('/conv1/Conv');
+    expect(counted.refused.find((r) => r.node === '/conv1/Conv')?.reason).toMatch(
+      /the channel count it reads is the model output "out", which pruning would change/,
+    );
+    expect(withShapeOutput(true).groups.map((u) => u.id)).toContain('/conv1/Conv');
+  });
+
   it('eval against a reference whose outputs are other ones', async () => {
     const model = readModel('models/lenet.onnx'),
       other = clone(ModelProtoSchema, model);

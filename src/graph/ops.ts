@@ -1528,6 +1528,15 @@ const partRanges = (ctx: ChainContext, st: Stack) =>
  * (C // heads) ** -0.25 from `B, T, C = q.shape`): the divisor then counts the channels, as a reshape's does.
  */
 const shapeOf: ChainRule = (ctx) => {
+  for (const o of shapeOutputs(ctx, ctx.node.output[0] ?? '')) {
+    const n = ctx.value(o)?.length;
+    const counts = (i: number) => {
+      const src = sourceOf(ctx, o, i);
+      return src.kind === 'dim' && src.tensor === ctx.node.input[0] && src.axis === ctx.layout.axis;
+    };
+    if (n === undefined || [...Array(n).keys()].some(counts))
+      return refusal(ctx, `: the channel count it reads is the model output "${o}", which pruning would change`);
+  }
   const divisors: ShapeEdit[] = [];
   for (const cast of floatCasts(ctx, ctx.node.output[0] ?? '')) {
     const x = cast.input[0] ?? '';
@@ -1565,6 +1574,16 @@ function floatCasts(ctx: ChainContext, name: string, depth = 0): NodeProto[] {
     } else if (!SHAPE_OPS.has(op)) return [];
     return node.output.flatMap((o) => floatCasts(ctx, o, depth + 1));
   });
+}
+
+/** The graph outputs an integer tensor (a Shape's output) is, or reaches through the ops that compute shapes. */
+function shapeOutputs(ctx: ChainContext, name: string, depth = 0): string[] {
+  if (depth > 8) return [];
+  const next = ctx
+    .readers(name)
+    .filter(({ node }) => SHAPE_OPS.has(opOf(node)) || opOf(node) === 'Cast')
+    .flatMap(({ node }) => node.output.flatMap((o) => shapeOutputs(ctx, o, depth + 1)));
+  return ctx.isOutput(name) ? [name, ...next] : next;
 }
 
 /** Integer ops through which exporters compute shapes and values from a Shape. */
