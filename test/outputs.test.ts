@@ -309,7 +309,7 @@ describe('refusals', () => {
     expect(existsSync(out)).toBe(false);
   });
 
-  it("a model output that reads a group's channel count (a Shape's) refuses the group; one of the batch does not", () => {
+  it("an output that reads a group's channel count (a Shape's) refuses the group; the batch's does not", () => {
     const withShapeOutput = (gather: boolean) => {
       const model = readModel('models/lenet.onnx'),
         g = model.graph!,
