@@ -148,19 +148,17 @@ export async function openGroupProbe(
   if (modelInputs(model).some((x) => x.elemType === DataType.FLOAT16))
     throw badInput('measuring groups alone (--allocation sensitivity) needs a float32 model');
   const { cut } = tailModel(model, group, targets.output);
-  const data = Calibration.of(model, v.data),
-    rows = data.rows;
+  const data = Calibration.of(model, v.data);
   const { ort } = await loadRuntime(opts.backend);
-  const feeds: { n: number; start: number; x: Record<string, OrtTensor> }[] = [];
+  const feeds: Record<string, OrtTensor>[] = [];
   const run = await Runner.open(model, cut, opts);
   try {
-    for (const b of data.batches(opts.batch ?? EVAL_BATCH))
-      feeds.push({ n: b.rows, start: b.start, x: await run.runRaw(b, cut) });
+    for (const b of data.batches(opts.batch ?? EVAL_BATCH)) feeds.push(await run.runRaw(b, cut));
   } finally {
     await run.release();
   }
   // the cut's element types as onnxruntime gave them (token ids and masks are integers)
-  const types = new Map(cut.map((c) => [c, ORT_TYPES[feeds[0]!.x[c]!.type] ?? DataType.FLOAT]));
+  const types = new Map(cut.map((c) => [c, ORT_TYPES[feeds[0]![c]!.type] ?? DataType.FLOAT]));
   const { tail, weights } = tailModel(model, group, targets.output, types);
   // logSeverityLevel 3: the tail keeps constants it no longer reads, which onnxruntime would warn about on every load
   const session = await ort.InferenceSession.create(serializeModel(tail), {
@@ -191,7 +189,7 @@ export async function openGroupProbe(
       let hit = 0,
         at = 0;
       for (const f of feeds) {
-        const y = (await session.run({ ...f.x, ...w }, [out]))[out]!,
+        const y = (await session.run({ ...f, ...w }, [out]))[out]!,
           { classes, inner } = classesOf(y.dims as number[], targets.classAxis),
           top = argmaxAxis(y.data as Float32Array, classes, inner);
         top.forEach((c, i) => (hit += c === targets.classes[at + i] ? 1 : 0));
