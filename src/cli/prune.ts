@@ -375,7 +375,14 @@ function summarize(
     worst = outputs.length > 1 && outputs.find((o) => o.relError === f.relError),
     notes = [
       ...(worst ? [`the largest of ${outputs.length} outputs': "${worst.name}"`] : []),
-      ...(f.agreement === undefined ? ['no output holds class scores, so no top-1 agreement'] : []),
+      ...(f.relError === undefined
+        ? [
+            'no output is compared: integers, or shapes that depend on the values (after NonMaxSuppression, NonZero, ' +
+              '...), which the check only finds finite',
+          ]
+        : f.agreement === undefined
+          ? ['no output holds class scores, so no top-1 agreement']
+          : []),
     ];
   console.log(
     `on ${f.samples} of the ${r.calibration.samples} calibration inputs: ` +

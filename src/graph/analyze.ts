@@ -1902,11 +1902,25 @@ const INDEPENDENT = new Set(['Sigmoid', 'HardSigmoid']);
 /** Ops whose outputs' shapes depend on the values of their inputs, not only on their shapes. */
 const DATA_SHAPED = new Set(['NonMaxSuppression', 'NonZero', 'Unique', 'Compress', 'Loop']);
 
-/** The tensors whose shapes depend on values: DATA_SHAPED ops' outputs and everything computed from them. */
-function dataShaped(g: GraphProto): Set<string> {
-  const out = new Set<string>();
+/**
+ * The tensors whose shapes depend on values: DATA_SHAPED ops' outputs and everything computed from them, including
+ * the outputs of a node (If, Scan) whose subgraph computes one of its outputs so: torchvision's batched_nms is scripted
+ * as `if boxes.numel() == 0` with the NonMaxSuppression inside the If's else branch, under a condition that may be
+ * known from shapes alone. `outer`: the enclosing graphs' data-shaped tensors, which a subgraph may read by name.
+ */
+function dataShaped(g: GraphProto, outer: ReadonlySet<string> = new Set()): Set<string> {
+  const out = new Set(outer);
+  const fromBody = (n: NodeProto) =>
+    n.attribute.some((a) =>
+      [a.g, ...a.graphs].some((sub) => {
+        if (!sub) return false;
+        const inner = dataShaped(sub, out);
+        return sub.output.some((o) => inner.has(o.name));
+      }),
+    );
   for (const n of g.node)
-    if (DATA_SHAPED.has(n.opType) || n.input.some((t) => out.has(t))) n.output.forEach((t) => out.add(t));
+    if (DATA_SHAPED.has(n.opType) || n.input.some((t) => out.has(t)) || fromBody(n))
+      n.output.forEach((t) => out.add(t));
   return out;
 }
 

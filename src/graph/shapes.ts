@@ -4,9 +4,12 @@
 // report that.
 import { badInput } from '../errors.js';
 import {
+  attrInt,
+  attrInts,
   DataType,
   numel,
   tensorDims,
+  tensorToFloat32,
   tensorToInt64,
   type GraphProto,
   type Model,
@@ -118,8 +121,92 @@ export function inferShapesAndValues(
       const name = node.output[i];
       if (v && name && !values.has(name) && v.every(Number.isFinite)) values.set(name, v);
     });
+    const out = node.output[0];
+    if (out && !values.has(out) && node.opType === 'Cast' && INTEGER_TYPES.has(attrInt(node, 'to'))) {
+      const v = realValue(node.input[0] ?? '', { constant, producer, value, shape: (t) => shapes.get(t) }, new Map());
+      if (v?.every(Number.isFinite)) values.set(out, v.map(Math.trunc));
+    }
   }
   return { shapes, values };
+}
+
+const INTEGER_TYPES = new Set<number>([DataType.INT64, DataType.INT32]);
+
+/** What realValue reads: constants, producers and the integer values known so far. */
+interface RealScope {
+  constant(name: string): TensorProto | undefined;
+  producer(name: string): NodeProto | undefined;
+  value(name: string): number[] | undefined;
+  shape(name: string): number[] | undefined;
+}
+
+/** `f` entry by entry over two vectors of equal length, or a vector and a scalar (shapes checked by the caller). */
+function broadcast1d(a: number[], b: number[], f: (x: number, y: number) => number): number[] | undefined {
+  if (a.length !== b.length && a.length !== 1 && b.length !== 1) return undefined;
+  return Array.from({ length: Math.max(a.length, b.length) }, (_, i) =>
+    f(a[a.length === 1 ? 0 : i]!, b[b.length === 1 ? 0 : i]!),
+  );
+}
+
+const REAL_UNARY: Record<string, (x: number) => number> = {
+  Floor: Math.floor,
+  Ceil: Math.ceil,
+  Reciprocal: (x) => 1 / x,
+  Neg: (x) => -x,
+};
+const REAL_BINARY: Record<string, (x: number, y: number) => number> = {
+  Add: (x, y) => x + y,
+  Sub: (x, y) => x - y,
+  Mul: (x, y) => x * y,
+  Div: (x, y) => x / y,
+  Min: Math.min,
+  Max: Math.max,
+};
+const REAL_REDUCE: Record<string, (v: number[]) => number> = {
+  ReduceMin: (v) => Math.min(...v),
+  ReduceMax: (v) => Math.max(...v),
+};
+
+/**
+ * The float32 values of a small tensor computed in float arithmetic from constants and known integer values, as
+ * torchvision's GeneralizedRCNNTransform computes its resized size (`min(320 / min(h, w), 640 / max(h, w))`, Floor)
+ * and its padding to a multiple of 32 (Ceil), read back by a Cast to an integer type. Only the ops below; undefined
+ * otherwise.
+ */
+function realValue(name: string, scope: RealScope, memo: Map<string, number[] | undefined>): number[] | undefined {
+  if (memo.has(name)) return memo.get(name);
+  memo.set(name, undefined); // no cycles in a graph, but a malformed one must not loop
+  const known = scope.value(name),
+    t = scope.constant(name);
+  let v: number[] | undefined = known;
+  if (!v && t && (t.dataType === DataType.FLOAT || t.dataType === DataType.DOUBLE) && numel(tensorDims(t)) <= 64)
+    v = Array.from(tensorToFloat32(t).data);
+  const n = !v && !t ? scope.producer(name) : undefined;
+  if (n) {
+    const ins = n.input.map((i) => (i ? realValue(i, scope, memo) : undefined));
+    const op = n.opType,
+      [a, b] = ins,
+      // entries in the same order however laid out: vectors and scalars (a Concat of [2, 1] along axis 1 is not)
+      flat = n.input.every((i) => !i || (scope.shape(i)?.length ?? 2) <= 1);
+    if (op === 'Cast' || op === 'Identity' || op === 'Unsqueeze' || op === 'Squeeze' || op === 'Reshape')
+      v = op === 'Cast' && INTEGER_TYPES.has(attrInt(n, 'to')) ? a?.map(Math.trunc) : a;
+    else if (REAL_UNARY[op]) v = a?.map(REAL_UNARY[op]);
+    else if (REAL_BINARY[op] && ins.length === 2 && flat) v = a && b ? broadcast1d(a, b, REAL_BINARY[op]) : undefined;
+    else if (op === 'Concat' && flat && ins.every((x) => x)) v = ins.flatMap((x) => x!);
+    // a reduction of every entry (torch's min / max of a size vector), not over some axes of a larger tensor
+    else if (
+      REAL_REDUCE[op] &&
+      a?.length &&
+      !n.input[1] &&
+      !attrInts(n, 'axes', []).length &&
+      !attrInt(n, 'noop_with_empty_axes', 0)
+    )
+      v = [REAL_REDUCE[op](a)];
+  }
+  // float32 arithmetic, as onnxruntime's (the integer values stay exact)
+  const r = v && !known ? v.map(Math.fround) : v;
+  memo.set(name, r);
+  return r;
 }
 
 /** Multiply-accumulates of one layer node for the whole batch of `shapes`; 0 for other ops; undefined if unknown. */
