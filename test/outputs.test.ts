@@ -227,6 +227,7 @@ describe('integer outputs', () => {
     const calib = openNpy('models/calib.npy');
     const { model: pruned, report } = await prune(model, calib, { budget: { compression: 4 } });
     expect(report.fidelity.outputs!.map((o) => o.name)).toEqual(['logits']);
+    expect(report.fidelity.uncompared).toEqual(['label']);
     const x = inputOf(calib.path);
     const session = await ort.InferenceSession.create(serializeModel(pruned));
     const y = await session.run({ [model.graph!.input[0]!.name]: new ort.Tensor('float32', x.data, x.dims) });
@@ -285,6 +286,7 @@ describe('outputs whose shape depends on the values', () => {
     // pruning changed how many boxes NMS keeps: the check must not call that broken
     expect(mine.get('selected')!.dims[0]).not.toBe(orig.get('selected')!.dims[0]);
     expect(report.fidelity.outputs).toEqual([{ name: 'prob', relError: report.fidelity.relError }]);
+    expect(report.fidelity.uncompared).toEqual(['selected']);
     expect(report.fidelity.relError).toBeCloseTo(relError(mine.get('prob')!, orig.get('prob')!), 5);
   }, 120_000);
 });

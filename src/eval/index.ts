@@ -22,8 +22,10 @@ export interface Fidelity {
   relError?: number;
   /** Mean KL(softmax(y_ref) ‖ softmax(y)) over the positions of the output `agreement` measures. */
   kl?: number;
-  /** Each output's own figures, when a reference is given. */
+  /** Each compared output's own figures, when a reference is given. */
   outputs?: OutputFidelity[];
+  /** The outputs not compared (OutputAxis.uncompared: integers, shapes that depend on the values), if any. */
+  uncompared?: string[];
   /** Shape of the first output for one batch, for the record. */
   outputDims: number[];
 }
@@ -116,8 +118,10 @@ export function classesOf(dims: number[], axis?: number): { classes: number; inn
 export class OutputComparison {
   private readonly sums: { err: number; norm: number; positions: number; agree: number; kl: number }[];
   readonly axes: readonly OutputAxis[];
+  private readonly skipped: string[];
   constructor(outputs: readonly OutputAxis[]) {
     this.axes = outputs.filter((o) => !o.uncompared);
+    this.skipped = outputs.filter((o) => o.uncompared).map((o) => o.name);
     this.sums = this.axes.map(() => ({ err: 0, norm: 0, positions: 0, agree: 0, kl: 0 }));
   }
 
@@ -155,13 +159,14 @@ export class OutputComparison {
   }
 
   /** The headline figures: the first class-score output's agreement and KL, the largest relative error. */
-  summary(): Pick<Fidelity, 'agreement' | 'relError' | 'kl' | 'outputs'> {
+  summary(): Pick<Fidelity, 'agreement' | 'relError' | 'kl' | 'outputs' | 'uncompared'> {
     const outputs = this.outputs(),
       scores = outputs.find((o) => o.agreement !== undefined);
     return {
       ...(scores ? { agreement: scores.agreement, kl: scores.kl } : {}),
       ...(outputs.length ? { relError: Math.max(...outputs.map((o) => o.relError)) } : {}),
       outputs,
+      ...(this.skipped.length ? { uncompared: this.skipped } : {}),
     };
   }
 
