@@ -1,9 +1,17 @@
 import { describe, it, expect } from 'vitest';
 import { clone } from '@bufbuild/protobuf';
 import * as ort from 'onnxruntime-node';
-import { ModelProtoSchema, readModel, serializeModel, type Model } from '../src/onnx/index.js';
+import {
+  DataType,
+  ModelProtoSchema,
+  intAttr,
+  makeNode,
+  readModel,
+  serializeModel,
+  stringAttr,
+  type Model,
+} from '../src/onnx/index.js';
 import { float32Tensor, int64Tensor, setTensorValues, tensorToFloat32 } from '../src/onnx/tensor.js';
-import { DataType, intAttr, makeNode, stringAttr } from '../src/onnx/index.js';
 import { inferShapes } from '../src/graph/shapes.js';
 import { openNpy } from '../src/npy.js';
 import { outputAxesOf } from '../src/graph/analyze.js';
@@ -11,9 +19,8 @@ import { verifyPruned } from '../src/prune/verify.js';
 import { pruneGroups } from '../src/rewrite/index.js';
 import { prune } from '../src/prune/index.js';
 import { analyzeFixture } from './fixture-suite.js';
-import { randomKeep, rng, zeroDroppedInputs } from './graph-helpers.js';
+import { randomKeep, rng, smallModel, zeroDroppedInputs } from './graph-helpers.js';
 import { relDiff } from './objective.js';
-import { smallModel } from './graph-helpers.js';
 
 // Round 12 of real exports (test/fixtures/make-more-det12.py, random weights): detectors exported end to end with their
 // post-processing (NonMaxSuppression, TopK, NonZero, If and Loop from torchvision's scripted helpers). Outputs whose
