@@ -78,7 +78,9 @@ export async function runEval(argv: string[]): Promise<void> {
             ? ` (${out.name}${out.agreement === undefined ? '' : `, agreement ${pct(out.agreement)}`})`
             : ''),
       );
-    if (r.accuracy === undefined && r.relError === undefined)
+    if (r.uncompared)
+      console.log(`  not compared: ${r.uncompared.join(', ')} (integers, or shapes that depend on the values)`);
+    if (r.accuracy === undefined && r.relError === undefined && !r.uncompared)
       console.log('  (give --labels and/or --reference to measure something)');
   } finally {
     inputs.close();
