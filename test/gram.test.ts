@@ -1,5 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import { FLUSH_SAMPLES, GramAccumulator } from '../src/kernels/gram.js';
+import { ShiftGram } from '../src/kernels/shift-gram.js';
 import { getKernels } from '../src/kernels/instances.js';
 import { rng, gramOf, matmul, type Mat } from './oracle.js';
 import { BUILDS } from './relaxed-simd.js';
@@ -71,6 +72,64 @@ describe('Gram accumulation of conv patches (im2col)', () => {
           const scale = Math.max(...ref.map(Math.abs));
           ref.forEach((v, i) => expect(Math.abs(got[i] - v)).toBeLessThan(1e-6 * scale));
         });
+      }
+    },
+  );
+});
+
+// A stride-1 Conv's G from products of its input with itself shifted (ShiftGram), not from the patches: the same
+// G = BᵀB and Bᵀ1 as the patches built from the convolution's definition, for symmetric and projected captures.
+describe('Gram accumulation of stride-1 conv inputs from shifts', () => {
+  it.each([...BUILDS.flatMap((b) => [1, 2].map((t) => ['wasm', b, t] as const)), ['plain', 'plain', 1] as const])(
+    '%s kernels (%s), %i thread(s): G and the column sums match the patches',
+    (kind, build, threads) => {
+      const r = rng(43);
+      const kernels = kind === 'plain' ? getKernels('plain') : getKernels('wasm', threads, build);
+      for (const [dims, kh, kw, pads] of [
+        [[3, 3, 12, 12], 3, 3, [1, 1, 1, 1]],
+        [[2, 2, 10, 11], 5, 5, [2, 2, 2, 2]],
+        [[3, 4, 1, 40], 1, 5, [0, 2, 0, 2]],
+        [[2, 3, 14, 16], 3, 5, [1, 2, 1, 1]],
+        [[2, 2, 16, 16], 3, 3, [2, 0, 1, 2]],
+      ] as [number[], number, number, number[]][]) {
+        const geo = { kernel: [kh, kw], strides: [1, 1], pads, dilations: [1, 1] } as Parameters<
+          GramAccumulator['addConv']
+        >[2];
+        expect(ShiftGram.suits(geo, dims[2]!, dims[3]!)).toBe(true);
+        const n = dims.reduce((a, b) => a * b),
+          X = Float32Array.from({ length: n }, () => r() - 0.5),
+          Y = X.map((v) => v * 0.5 - 0.2),
+          d = dims[1]! * kh * kw,
+          m = 2,
+          W = Float64Array.from({ length: d * m }, () => Math.fround(r() - 0.5));
+        const one = n / dims[0]!;
+        const P = patches(X, dims, kh, kw, 1, 1, pads, 1, 1),
+          G = gramOf(P),
+          scale = Math.max(...G.map(Math.abs));
+        // one at a time: release frees all kernel memory allocated after the accumulator's
+        for (const projected of [false, true]) {
+          const acc = projected
+              ? new GramAccumulator(d, { asymmetric: true, kernels, project: { W, m } })
+              : new GramAccumulator(d, { kernels }),
+            A = projected ? Y : undefined;
+          acc.addConv(X.subarray(0, one), [1, ...dims.slice(1)], geo, A?.subarray(0, one));
+          acc.addConv(X.subarray(one), [dims[0]! - 1, ...dims.slice(1)], geo, A?.subarray(one));
+          const g = acc.result();
+          acc.release();
+          expect(g.rows).toBe(P.rows);
+          G.forEach((v, i) => expect(Math.abs(g.G[i]! - v)).toBeLessThan(1e-6 * scale));
+          for (let j = 0; j < d; j++) {
+            let s = 0;
+            for (let i = 0; i < P.rows; i++) s += P.a[i * d + j]!;
+            expect(Math.abs(g.sums![j]! - s)).toBeLessThan(1e-9 * (1 + Math.abs(s)));
+          }
+          if (projected) {
+            const T = matmul(patches(Y, dims, kh, kw, 1, 1, pads, 1, 1), { rows: d, cols: m, a: W }),
+              CW = gramOf(P, T),
+              top = Math.max(...CW.map(Math.abs));
+            CW.forEach((v, i) => expect(Math.abs(g.CW![i]! - v)).toBeLessThan(1e-5 * top));
+          }
+        }
       }
     },
   );

@@ -10,7 +10,7 @@ import { constantTensors } from '../graph/shapes.js';
 import { tensorDims, tensorToFloat32, type TensorProto } from '../onnx/index.js';
 import { Calibration, modelInputs, type Batch, type InputData } from '../calibration.js';
 import { GramAccumulator, gramBytes, projects } from '../kernels/gram.js';
-import { patchSize } from '../geometry.js';
+import { patchSize, type ConvGeometry } from '../geometry.js';
 import { getKernels, type KernelOptions } from '../kernels/instances.js';
 import { availableMemory, fmtBytes, KERNEL_BYTES } from '../kernels/memory.js';
 import { ChannelStatsAccumulator, type Captured, type StatsWanted } from './stats.js';
@@ -161,8 +161,10 @@ function projectedRows(Y: Activation, p: Projected, conv: boolean): Float32Array
 }
 
 /** Kernel memory to capture a group: every consumer's Gram matrices. */
-export const groupGramBytes = (g: { consumers: { d: number; m?: number }[] }, asymmetric: boolean) =>
-  g.consumers.reduce((a, c) => a + gramBytes(c.d, asymmetric, projectionOf(c, asymmetric)), 0);
+export const groupGramBytes = (
+  g: { consumers: { d: number; m?: number; conv?: ConvGeometry }[] },
+  asymmetric: boolean,
+) => g.consumers.reduce((a, c) => a + gramBytes(c.d, asymmetric, projectionOf(c, asymmetric), c.conv), 0);
 
 /**
  * Splits groups into capture passes (forward passes over the calibration set) whose Gram matrices fit the kernels'

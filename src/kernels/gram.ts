@@ -1,7 +1,8 @@
 import type { Kernels } from './types.js';
 import { getKernels } from './instances.js';
 import { gramAccumulate, productAccumulate } from './ops.js';
-import { patchGrid, planeDims, type ConvGeometry } from '../geometry.js';
+import { patchGrid, patchSize, planeDims, type ConvGeometry } from '../geometry.js';
+import { ShiftGram } from './shift-gram.js';
 
 /**
  * What the greedy needs from the calibration activations: G = BᵀB, and for the asymmetric objective C = BᵀA and
@@ -42,14 +43,16 @@ const SLACK = 16;
 
 /**
  * Kernel memory of an accumulator for d columns (the row chunks and one conv sample aside, a few MiB); projected on m
- * outputs (asymmetric only): G, CW, W and the chunk's A·W.
+ * outputs (asymmetric only): G, CW, W and the chunk's A·W; a Conv consumer's G from shifted inputs (ShiftGram): their
+ * products too.
  */
-export function gramBytes(d: number, asymmetric = false, m?: number): number {
+export function gramBytes(d: number, asymmetric = false, m?: number, conv?: ConvGeometry): number {
+  const shift = conv && (!asymmetric || m !== undefined) ? ShiftGram.bytes(conv, d / patchSize(conv)) : 0;
   if (asymmetric && m !== undefined) {
     const rows = Math.floor(CHUNK_BYTES / (4 * d)) + 1;
-    return 8 * d * d + 12 * d * m + 2 * CHUNK_BYTES + 12 * rows * m + 4 * 128 * (rows + 16 + m);
+    return 8 * d * d + 12 * d * m + 2 * CHUNK_BYTES + 12 * rows * m + 4 * 128 * (rows + 16 + m) + shift;
   }
-  return (asymmetric ? 3 : 1) * 8 * d * d + (asymmetric ? 2 : 1) * CHUNK_BYTES;
+  return (asymmetric ? 3 : 1) * 8 * d * d + (asymmetric ? 2 : 1) * CHUNK_BYTES + shift;
 }
 
 /** Whether an asymmetric capture projects on the weights (2·d·m multiply-adds a row), not on C and H (1.5·d²). */
@@ -67,6 +70,8 @@ export class GramAccumulator {
   private readonly p: { G: number; C: number; H: number; PB: number; PA: number; S: number; TS: number };
   private readonly mark: number;
   private buf?: { cap: number; B: number; A: number; sample: number; XB: number; XA: number };
+  // a stride-1 Conv's G from its shifted inputs, not from the patches (decided at the first batch)
+  private shift?: ShiftGram | null;
   private rows = 0;
   // rows in the buffers not yet added, and the rows left until the next FLUSH_SAMPLES boundary
   private filled = 0;
@@ -163,6 +168,10 @@ export class GramAccumulator {
   private flush(nr: number) {
     const { d, k, p } = this,
       b = this.buf!;
+    if (this.shift) {
+      this.project(nr); // G, the sums and the rows come from the samples
+      return;
+    }
     gramAccumulate(k, b.B, d, 0, 0, nr, p.G, p.PB, 0);
     if (this.proj) this.project(nr);
     else if (this.asymmetric) {
@@ -260,6 +269,20 @@ export class GramAccumulator {
       m = this.proj?.m ?? 0,
       given = this.givenT;
     this.check(given ? b * m * per : B.length, A);
+    // G from shifts wherever G is BᵀB alone (not C and H from the patches of A too)
+    if (this.shift === undefined)
+      this.shift =
+        (!this.asymmetric || this.proj) && ShiftGram.suits(conv, H, W)
+          ? new ShiftGram(k, C, H, W, conv, this.p.G)
+          : null;
+    if (this.shift && !this.shift.takes(C, H, W))
+      throw new Error('GramAccumulator: use either rows or conv patches of one geometry');
+    const sums = this.shift && k.arena.f64(this.p.S, d);
+    for (let s = 0; s < b && this.shift; s++) {
+      this.shift.add(B.subarray(s * size, (s + 1) * size), sums!);
+      this.rows += per;
+    }
+    if (this.shift && !this.proj) return; // no patches needed
     const buf = this.buffers(per, FLUSH_SAMPLES * per, size);
     for (let s = 0; s < b; s++) {
       if (this.filled + per > buf.cap) this.flushFilled();
@@ -292,8 +315,9 @@ export class GramAccumulator {
     this.flushFilled();
     const { d, k, p } = this,
       dd = d * d;
-    k.symmetrize(p.G, d);
-    const out: Gram = { d, rows: this.rows, G: k.arena.f64(p.G, dd).slice(), sums: k.arena.f64(p.S, d).slice() };
+    if (!this.shift) k.symmetrize(p.G, d);
+    const G = this.shift ? this.shift.result() : k.arena.f64(p.G, dd).slice();
+    const out: Gram = { d, rows: this.rows, G, sums: k.arena.f64(p.S, d).slice() };
     if (this.proj) {
       const m = this.proj.m;
       Object.assign(out, { CW: k.arena.f64(this.proj.CW, d * m).slice(), targetNorm2: this.targetNorm2 });
