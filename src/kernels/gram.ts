@@ -90,10 +90,17 @@ export class GramAccumulator {
    */
   constructor(
     d: number,
-    opts: { asymmetric?: boolean; kernels?: Kernels; project?: { W?: Float64Array; m: number } } = {},
+    opts: {
+      asymmetric?: boolean;
+      kernels?: Kernels;
+      project?: { W?: Float64Array; m: number };
+      /** false: a Conv's G from its patches even where shifts would be cheaper (the benchmark's baseline) */
+      shift?: boolean;
+    } = {},
   ) {
     this.d = d;
     this.asymmetric = opts.asymmetric ?? false;
+    if (opts.shift === false) this.shift = null;
     const k = (this.k = opts.kernels ?? getKernels());
     const a = k.arena,
       dd = d * d * 8,
