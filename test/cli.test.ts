@@ -439,7 +439,10 @@ describe('the kernel memory a run needs', () => {
     );
     expect(r.code).toBe(0);
     const groups = analyze(readModel(LENET), [1, 1, 28, 28]).groups;
-    const capture = groups.reduce((a, u) => a + u.consumers.reduce((b, c) => b + gramBytes(c.d), 0), 0),
+    const capture = groups.reduce(
+        (a, u) => a + u.consumers.reduce((b, c) => b + gramBytes(c.d, false, undefined, c.conv), 0),
+        0,
+      ),
       select = Math.max(
         ...groups.map((u) => u.consumers.reduce((b, c) => b + selectionBytes(c.d, c.m, c.g, u.channels), 0)),
       );

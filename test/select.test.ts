@@ -3,7 +3,7 @@ import { selectChannels, selectGroup, selectionBytes, type LayerProblem } from '
 import { GramAccumulator } from '../src/kernels/gram.js';
 import { getKernels } from '../src/kernels/instances.js';
 import { gramAccumulate } from '../src/kernels/ops.js';
-import { ridged, ridgeFitObjective } from '../src/select/ridge.js';
+import { ridged, ridgedKept, ridgeFitObjective } from '../src/select/ridge.js';
 import {
   rng,
   randMat,
@@ -15,6 +15,7 @@ import {
   groupObjective,
   leastSquares,
   basis,
+  withOnes,
   type Mat,
 } from './oracle.js';
 
@@ -418,32 +419,69 @@ describe.each(['wasm', 'plain'] as const)(
 );
 
 describe("the ridge: its re-fit and that fit's own objective", () => {
-  // the ridge toward W as the least squares of [B_S; √λ I] on [A W; √λ W_S], solved by QR in float64
-  function ridgeOracle(c: Case, keep: number[], lambda: number) {
+  // the ridge toward W as the least squares of [B_S; √λ I] on [A W; √λ W_S], solved by QR in float64; with the
+  // intercept, B_S gains a column of ones on the data rows (its coefficient, the bias change, takes no penalty)
+  function ridgeOracle(c: Case, keep: number[], lambda: number, intercept = false) {
     const T = matmul(c.A, c.W),
       { rows: N, cols: d } = c.B,
       k = keep.length,
-      m = c.W.cols;
-    const B = { rows: N + k, cols: d, a: new Float64Array((N + k) * d) },
+      m = c.W.cols,
+      D = d + (intercept ? 1 : 0);
+    const B = { rows: N + k, cols: D, a: new Float64Array((N + k) * D) },
       Y = { rows: N + k, cols: m, a: new Float64Array((N + k) * m) };
-    B.a.set(c.B.a);
+    const data = intercept ? withOnes(c.B) : c.B;
+    B.a.set(data.a);
     Y.a.set(T.a);
     keep.forEach((ch, i) => {
-      B.a[(N + i) * d + ch] = Math.sqrt(lambda);
+      B.a[(N + i) * D + ch] = Math.sqrt(lambda);
       for (let j = 0; j < m; j++) Y.a[(N + i) * m + j] = Math.sqrt(lambda) * c.W.a[ch * m + j]!;
     });
-    const Wk = leastSquares(B, Y, keep);
-    // B_S W′ − A W on the data rows only: the objective the fit reaches without the prior
+    const sol = leastSquares(B, Y, intercept ? [...keep, d] : keep),
+      Wk = sol.subarray(0, k * m),
+      bias = intercept ? sol.subarray(k * m) : new Float64Array(m);
+    // B_S W′ + 1 δᵀ − A W on the data rows only: the objective the fit reaches without the prior
     let err = 0,
       total = 0;
     for (let r = 0; r < N; r++)
       for (let j = 0; j < m; j++) {
-        const v = keep.reduce((a, ch, i) => a + c.B.a[r * d + ch]! * Wk[i * m + j]!, 0) - T.a[r * m + j]!;
+        const v = keep.reduce((a, ch, i) => a + c.B.a[r * d + ch]! * Wk[i * m + j]!, 0) + bias[j]! - T.a[r * m + j]!;
         err += v * v;
         total += T.a[r * m + j]! ** 2;
       }
-    return { Wk, objective: 1 - err / total };
+    return { Wk, bias, objective: 1 - err / total };
   }
+
+  const sums = (X: Mat) =>
+    Float64Array.from({ length: X.cols }, (_, j) => {
+      let v = 0;
+      for (let r = 0; r < X.rows; r++) v += X.a[r * X.cols + j]!;
+      return v;
+    });
+
+  // the re-fit's ridge on the kept columns alone (what prune runs): the same W′, bias and objective as the oracle
+  for (const asym of [false, true])
+    for (const intercept of [false, true])
+      it(`${asym ? 'asymmetric' : 'layerwise'}${intercept ? ', intercept' : ''}: ridgedKept fits as the oracle`, () => {
+        const c = makeCase(asym ? 73 : 74, 20, 16, 3, 1, asym),
+          keep = [0, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
+          lambda = 0.4,
+          full = problem(c);
+        const pr: LayerProblem = intercept
+          ? { ...full, intercept: { sums: sums(c.B), ...(asym ? { targetSums: sums(c.A) } : {}), rows: c.B.rows } }
+          : full;
+        const plain = selectGroup([pr], 1, {}),
+          kept = ridgedKept(pr, keep, lambda, plain.norm2[0]!, {}),
+          sel = selectGroup([kept], keep.length, { order: keep.map((_, i) => i) }),
+          fit = sel.refit(keep.length),
+          want = ridgeOracle(c, keep, lambda, intercept);
+        const close = (v: number, w: number) => Math.abs(v - w) < 1e-9 * (1 + Math.abs(w));
+        expect(fit.W[0]!.every((v, i) => close(v, want.Wk[i]!))).toBe(true);
+        if (intercept) expect(fit.bias[0]!.every((v, i) => close(v, want.bias[i]!))).toBe(true);
+        else expect(fit.bias[0]).toBeUndefined();
+        const o = sel.consumers[0]![keep.length - 1]!;
+        const got = ridgeFitObjective(o, sel.norm2[0]!, plain.norm2[0]!, lambda, c.W.a, fit.W[0]!, keep, c.W.cols);
+        expect(Math.abs(got - want.objective)).toBeLessThan(1e-9);
+      });
 
   for (const asym of [false, true])
     it(`${asym ? 'asymmetric' : 'layerwise'}: W′ and the fit's own objective equal the float64 oracle`, () => {

@@ -13,7 +13,7 @@ import { biasSite } from '../rewrite/bias.js';
 import { constantTensors } from '../graph/shapes.js';
 import { groupSeed, rankChannels, type MethodOptions } from '../select/baselines.js';
 import { refineSelection, type Refined } from '../select/refine.js';
-import { ridged, ridgeFitObjective, ridgeLambda, takesRidge } from '../select/ridge.js';
+import { ridgedKept, ridgeFitObjective, ridgeLambda, takesRidge } from '../select/ridge.js';
 
 /** A group with its method's nested order over its first k channels (and the objective and re-fit of every prefix). */
 export interface Ranked {
@@ -114,7 +114,8 @@ export function fitAt(r: Ranked, k: number): Fit {
   r.problems.forEach((p, t) => {
     if (!k || !takesRidge(k * p.g, r.rows[t]!)) return;
     const lambda = ridgeLambda(p, fit.keep, r.rows[t]!);
-    const ridge = selectGroup([ridged(p, lambda)], k, { ...r.kernels, order: fit.keep });
+    const kept = ridgedKept(p, fit.keep, lambda, r.sel.norm2[t]!, r.kernels),
+      ridge = selectGroup([kept], k, { ...r.kernels, order: fit.keep.map((_, i) => i) });
     const f = ridge.refit(k);
     out.W[t] = f.W[0]!;
     out.bias[t] = f.bias[0];
