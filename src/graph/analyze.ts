@@ -52,7 +52,7 @@ import {
 import { calledFunction, normalizeModel, notInlinable } from './normalize.js';
 import type { Analysis, AxisSlice, Consumer, Edit, Group, OutputAxis, Refused } from './types.js';
 import { notRewritable } from '../rewrite/index.js';
-import { tooBigToSelect } from '../select/greedy.js';
+import { groupTooBigToSelect, tooBigToSelect } from '../select/greedy.js';
 import { sizeModel } from '../budget/size.js';
 
 interface Use {
@@ -1675,6 +1675,10 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
   for (const t of W.tables.values()) joinTable(W, t);
   for (const f of W.follows) joinFollowed(W, f);
   freezeReads(W);
+  for (const root of W.S.roots()) {
+    const huge = groupTooBigToSelect(W.S.get(root).consumers);
+    if (huge) W.S.refuse(root, huge);
+  }
   // a count that reshapes shrink with their channels also shapes a table no group met: it would change there too
   for (const t of G.counts().filter((c) => !W.tables.has(c.tensor)))
     for (const root of W.S.roots())

@@ -1,0 +1,65 @@
+import { describe, it, expect } from 'vitest';
+import { readModel } from '../src/onnx/index.js';
+import { openNpy } from '../src/npy.js';
+import { prune } from '../src/prune/index.js';
+import { KERNEL_BYTES } from '../src/kernels/memory.js';
+import { selectionBytes } from '../src/select/greedy.js';
+import { analyzeFixture, describeFixtures, fixtureOutputs } from './fixture-suite.js';
+
+// Round 13: torchvision models at their real sizes (test/fixtures/make-more-tv13.py keeps what they showed small).
+// Oracle: onnxruntime running the original with the dropped channels' consumer inputs zeroed (test/fixture-suite.ts).
+
+const FIX = 'test/fixtures';
+const open = () => openNpy(`${FIX}/cnn-images.calib.npy`);
+
+describeFixtures([
+  {
+    // the stem, the ASPP's five branches (one channel each), its projection and the head's 3×3 conv; the 960 channels
+    // the ASPP reads are refused (below)
+    model: `${FIX}/tv13-aspp.onnx`,
+    data: open,
+    groups: [
+      [8, 1, 1],
+      [1, 1, 1],
+      [1, 1, 1],
+      [1, 1, 1],
+      [1, 1, 1],
+      [1, 1, 1],
+      [1, 1, 9],
+      [4, 1, 1],
+    ],
+  },
+]);
+
+describe("DeepLabV3's ASPP: a group whose consumers together outgrow the kernels' 4 GiB", () => {
+  const STEM = '/stem/stem.3/Conv';
+  // each consumer alone fits, and all five fit at one channel: only ranking all 960 channels does not
+  const consumers = [{ d: 960, m: 1, g: 1 }, ...[0, 1, 2].map(() => ({ d: 8640, m: 1, g: 9 })), { d: 960, m: 1, g: 1 }];
+  const need = (k: number) => consumers.reduce((a, c) => a + selectionBytes(c.d, c.m, c.g, k), 0);
+
+  it('is refused by the analysis, with what it needs', () => {
+    expect(need(1)).toBeLessThan(KERNEL_BYTES);
+    expect(need(960)).toBeGreaterThan(KERNEL_BYTES);
+    const { groups, refused } = analyzeFixture(readModel(`${FIX}/tv13-aspp.onnx`), open);
+    expect(groups.map((u) => u.id)).not.toContain(STEM);
+    expect(refused.find((r) => r.node === STEM)?.reason).toMatch(
+      new RegExp(
+        'ranking its 960 channels for its 5 consumers \\(d = 960, 8640, 8640, 8640, 960\\) at once needs ' +
+          "6\\.\\d\\d GiB of kernel memory, more than WebAssembly's 4 GiB",
+      ),
+    );
+  });
+
+  // before: it threw "needs 6.74 GiB of kernel memory" after the capture
+  it('the default prune goes on without it', async () => {
+    const m = readModel(`${FIX}/tv13-aspp.onnx`),
+      data = open();
+    const { model: pruned, report } = await prune(m, data, { budget: { compression: 1.1 } });
+    expect(report.mode).toBe('asymmetric');
+    expect(report.allocation).toBe('global');
+    expect(report.groups.map((u) => u.id)).not.toContain(STEM);
+    expect(report.params.after).toBeLessThan(report.params.before);
+    expect(report.memory.select).toBeLessThan(KERNEL_BYTES);
+    expect((await fixtureOutputs(pruned, data, 4)).every(Number.isFinite)).toBe(true);
+  });
+});
