@@ -27,16 +27,17 @@ interface Shrink {
 }
 
 /**
- * Exact params (every initializer and Constant tensor, as modelStats counts them) or FLOPs after pruning to `keeps`.
- * `shapes`: the model's at `inputShape`, when known already (the analysis inferred them).
+ * A model's size as terms: `base`, what no group changes; a term per constant (params) or layer (FLOPs) whose shape a
+ * group changes, with the groups it depends on; `made`, the Constants pruning creates (params). The size under keeps
+ * is base + made + the terms', each evaluated on shapes cut down to the keeps.
  */
-export function sizeModel(
-  model: Model,
-  groups: Group[],
-  inputShape: InputShapes | undefined,
-  target: Target,
-  shapes: Shapes = inferShapes(model, inputShape),
-): SizeOf {
+interface SizeTerms {
+  base: number;
+  terms: { ids: string[]; size: SizeOf }[];
+  made: SizeOf;
+}
+
+function sizeTerms(model: Model, groups: Group[], inputShape: InputShapes | undefined, target: Target, shapes: Shapes) {
   const full = modelStats(model, inputShape, shapes);
   const shrinks = new Map<string, Shrink[]>();
   const add = (tensor: string, s: Shrink) => shrinks.set(tensor, [...(shrinks.get(tensor) ?? []), s]);
@@ -48,6 +49,7 @@ export function sizeModel(
     for (const s of shrinks.get(t) ?? []) d[s.axis]! -= (s.n - (keeps.get(s.id) ?? s.n)) * s.per;
     return d;
   };
+  const idsOf = (tensors: string[]) => [...new Set(tensors.flatMap((t) => (shrinks.get(t) ?? []).map((s) => s.id)))];
   if (target === 'params') {
     const consts = constantTensors(model.graph!);
     const touched = [...shrinks.keys()].filter((t) => consts.has(t));
@@ -60,7 +62,11 @@ export function sizeModel(
       const pruned = parts.filter(({ g }) => (keeps.get(g.id) ?? g.channels) < g.channels);
       return [...new Map(pruned.map((p) => [p.key, p.n])).values()].reduce((a, n) => a + n, 0);
     };
-    return (keeps) => touched.reduce((a, t) => a + numel(dims(t, keeps)), base + made(keeps));
+    const terms = touched.map((t) => ({
+      ids: idsOf([t]),
+      size: (keeps: Map<string, number>) => numel(dims(t, keeps)),
+    }));
+    return { base, terms, made } satisfies SizeTerms;
   }
   const batch = shapes.get(dataInputs(model.graph!)[0]?.name ?? '')?.[0] || 1;
   const touched = model.graph!.node.filter(
@@ -68,9 +74,53 @@ export function sizeModel(
   );
   const flopsOf = (macs: number | undefined) => (2 * (macs ?? 0)) / batch;
   const base = full.flops - touched.reduce((a, n) => a + flopsOf(nodeMacs(n, shapes)), 0);
-  return (keeps) =>
-    touched.reduce((a, n) => {
-      const [x, w, y] = [n.input[0]!, n.input[1]!, n.output[0]!].map((t) => dims(t, keeps));
-      return a + flopsOf(layerOf(n)!.macs(n, x!, w!, y!));
-    }, base);
+  const terms = touched.map((n) => {
+    const io = [n.input[0]!, n.input[1]!, n.output[0]!];
+    const size = (keeps: Map<string, number>) => {
+      const [x, w, y] = io.map((t) => dims(t, keeps));
+      return flopsOf(layerOf(n)!.macs(n, x!, w!, y!));
+    };
+    return { ids: idsOf(io), size };
+  });
+  return { base, terms, made: () => 0 } satisfies SizeTerms;
+}
+
+/**
+ * Exact params (every initializer and Constant tensor, as modelStats counts them) or FLOPs after pruning to `keeps`.
+ * `shapes`: the model's at `inputShape`, when known already (the analysis inferred them).
+ */
+export function sizeModel(
+  model: Model,
+  groups: Group[],
+  inputShape: InputShapes | undefined,
+  target: Target,
+  shapes: Shapes = inferShapes(model, inputShape),
+): SizeOf {
+  const { base, terms, made } = sizeTerms(model, groups, inputShape, target, shapes);
+  return (keeps) => terms.reduce((a, t) => a + t.size(keeps), base + made(keeps));
+}
+
+/**
+ * Per group, what removing all its channels saves with every other group whole: sizeModel's size with every channel
+ * kept less its size with the group at 0, evaluated on the terms the group changes alone (sizeModel per group costs
+ * O(groups × terms): 55 % of a DenseNet-121 analysis, which an asymmetric prune runs once per group).
+ */
+export function groupSavings(
+  model: Model,
+  groups: Group[],
+  inputShape: InputShapes | undefined,
+  target: Target,
+  shapes: Shapes = inferShapes(model, inputShape),
+): Map<string, number> {
+  const { terms, made } = sizeTerms(model, groups, inputShape, target, shapes);
+  const byGroup = new Map<string, SizeTerms['terms']>(groups.map((g) => [g.id, []]));
+  for (const t of terms) for (const id of t.ids) byGroup.get(id)?.push(t);
+  const full = new Map<string, number>();
+  return new Map(
+    groups.map((g) => {
+      const none = new Map([[g.id, 0]]);
+      const saved = byGroup.get(g.id)!.reduce((a, t) => a + t.size(full) - t.size(none), made(full) - made(none));
+      return [g.id, saved];
+    }),
+  );
 }

@@ -36,6 +36,8 @@ export interface OutputFidelity {
   relError: number;
   agreement?: number;
   kl?: number;
+  /** The reference's output was 0 at every position: relError is then ‖y‖ and agreement compares ties. */
+  zeroReference?: true;
 }
 
 export interface EvaluateOptions extends RuntimeOptions {
@@ -151,10 +153,11 @@ export class OutputComparison {
   outputs(): OutputFidelity[] {
     return this.axes.map(({ name, classAxis }, k) => {
       const s = this.sums[k]!;
-      const relError = Math.sqrt(s.err / (s.norm || 1));
+      const relError = Math.sqrt(s.err / (s.norm || 1)),
+        zero = s.norm === 0 ? { zeroReference: true as const } : {};
       return classAxis === undefined
-        ? { name, relError }
-        : { name, relError, agreement: s.agree / (s.positions || 1), kl: s.kl / (s.positions || 1) };
+        ? { name, relError, ...zero }
+        : { name, relError, agreement: s.agree / (s.positions || 1), kl: s.kl / (s.positions || 1), ...zero };
     });
   }
 

@@ -52,8 +52,8 @@ import {
 import { calledFunction, normalizeModel, notInlinable } from './normalize.js';
 import type { Analysis, AxisSlice, Consumer, Edit, Group, OutputAxis, Refused } from './types.js';
 import { notRewritable } from '../rewrite/index.js';
-import { tooBigToSelect } from '../select/greedy.js';
-import { sizeModel } from '../budget/size.js';
+import { groupTooBigToSelect, tooBigToSelect } from '../select/greedy.js';
+import { groupSavings } from '../budget/size.js';
 
 interface Use {
   node: NodeProto;
@@ -1675,6 +1675,10 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
   for (const t of W.tables.values()) joinTable(W, t);
   for (const f of W.follows) joinFollowed(W, f);
   freezeReads(W);
+  for (const root of W.S.roots()) {
+    const huge = groupTooBigToSelect(W.S.get(root).consumers);
+    if (huge) W.S.refuse(root, huge);
+  }
   // a count that reshapes shrink with their channels also shapes a table no group met: it would change there too
   for (const t of G.counts().filter((c) => !W.tables.has(c.tensor)))
     for (const root of W.S.roots())
@@ -1864,15 +1868,10 @@ export function analyze(model: Model, inputShape?: InputShapes): Analysis {
   refused.sort((a, b) => order(W, nodeNamed(G, a.node)) - order(W, nodeNamed(G, b.node)));
   // one row per producer and reason: the parts of an uneven Split are refused alike, each its own space
   const rows = new Map(refused.map((r) => [`${r.node}\n${r.producers?.join('\n')}\n${r.reason}`, r]));
-  // on the shapes prepare inferred (each sizeModel would infer them twice more)
-  const sizeOf = sizeModel(model, groups, inputShape, 'params', G.shapes),
-    flopsOf = sizeModel(model, groups, inputShape, 'flops', G.shapes);
-  const full = new Map(groups.map((g) => [g.id, g.channels]));
-  for (const g of groups) {
-    const none = new Map(full).set(g.id, 0);
-    g.params = sizeOf(full) - sizeOf(none);
-    g.flops = flopsOf(full) - flopsOf(none);
-  }
+  // on the shapes prepare inferred (each groupSavings would infer them twice more)
+  const params = groupSavings(model, groups, inputShape, 'params', G.shapes),
+    flops = groupSavings(model, groups, inputShape, 'flops', G.shapes);
+  for (const g of groups) [g.params, g.flops] = [params.get(g.id)!, flops.get(g.id)!];
   const outputs = outputAxes(W);
   analyzedOutputs.set(model, outputs);
   return { groups, refused: [...rows.values()], outputs, ...inputBytes(G, groups) };

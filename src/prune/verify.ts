@@ -158,10 +158,23 @@ export async function verifiedFidelity(
  */
 export const BROKEN_ERROR = 1;
 
-/** What a pruned model's fidelity says to check: nothing, or that its outputs are too far off (BROKEN_ERROR). */
+/**
+ * What a pruned model's fidelity says to check: nothing; that its outputs are too far off (BROKEN_ERROR); or that an
+ * output of the original was 0 on every input measured, where the figures compare nothing (an untrained
+ * torchvision ViT's head is initialised to zeros: its prune reported agreement 100 % and relative error 0).
+ */
 export function fidelityWarnings(f: Fidelity): string[] {
-  if (f.relError === undefined || f.relError <= BROKEN_ERROR) return [];
+  const zero = (f.outputs ?? []).filter((o) => o.zeroReference).map((o) => `"${o.name}"`);
+  const warnings = zero.length
+    ? [
+        `the original model's output ${zero.join(', ')} is 0 for every calibration input measured, so the fidelity ` +
+          "compares nothing there (its relative error is the pruned output's norm, its agreement compares ties): " +
+          'check the original model (trained weights?) and its calibration inputs',
+      ]
+    : [];
+  if (f.relError === undefined || f.relError <= BROKEN_ERROR) return warnings;
   return [
+    ...warnings,
     `the pruned model's relative output error on the calibration data is ${f.relError.toPrecision(3)}: its outputs ` +
       "are further from the original's than those are from zero, so it is probably unusable; prune less, or give " +
       'more (and more varied) calibration inputs',

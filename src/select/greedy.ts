@@ -136,6 +136,22 @@ export function tooBigToSelect(u: { d: number; m: number; g: number }): string |
   return `its consumer input has d = ${u.d} columns: ${what}, more than WebAssembly's 4 GiB`;
 }
 
+/**
+ * Why a group cannot be ranked: the greedy holds every consumer's problem in kernel memory at once, and ranking all
+ * the group's channels (what the global allocation, the default, does) needs the most (a DeepLabV3 ASPP's three
+ * dilated 3×3 convs on 960 channels: 6.9 GiB). Checked before any capture, so the prune goes on without the group.
+ */
+export function groupTooBigToSelect(consumers: readonly { d: number; m: number; g: number }[]): string | undefined {
+  const need = consumers.reduce((a, c) => a + selectionBytes(c.d, c.m, c.g, c.d / c.g), 0);
+  if (need <= KERNEL_BYTES || !consumers.length) return undefined;
+  const n = consumers[0]!.d / consumers[0]!.g,
+    ds = consumers.map((c) => c.d).join(', ');
+  return (
+    `ranking its ${n} channels for its ${consumers.length} consumers (d = ${ds}) at once needs ${fmtBytes(need)} ` +
+    "of kernel memory, more than WebAssembly's 4 GiB"
+  );
+}
+
 /** A consumer with too few rows of its input to re-fit: the rows its calibration samples give, its d columns, and the
  * samples a re-fit needs. */
 export interface RowsShort {
