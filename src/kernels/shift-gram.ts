@@ -96,8 +96,7 @@ export class ShiftGram {
           to = this.row(y, 0) * C + c;
         for (let x = 0; x < W; x++) X[to + x * C] = sample[from + x]!;
       }
-    const first = this.row(0, 0);
-    this.products(first, H * this.Wp, (i) => p.F + i * C * C * 8, C, [...this.offsets.keys()]);
+    this.shifted();
     for (let a = 0; a < taps; a++) {
       const E = this.outside[a]!;
       if (!E.length) continue;
@@ -121,25 +120,26 @@ export class ShiftGram {
     }
   }
 
-  // F_i += X[first + r]ᵀ X[first + r + offsets[i]] over rows r < n, for the shifts `which`; δ = 0: upper triangle
-  private products(first: number, n: number, at: (i: number) => number, ldc: number, which: number[]) {
+  // F_i += Xᵀ X shifted by offsets[i], over the rows of the image (δ = 0: the upper triangle)
+  private shifted() {
     const { k, C, p } = this,
       RB = k.gramRows(),
       panels = k.gramPanels(C),
-      X = p.X + first * C * 4;
+      X = p.X + this.row(0, 0) * C * 4,
+      n = this.H * this.Wp;
     for (let r0 = 0; r0 < n; r0 += RB) {
       const rb = Math.min(RB, n - r0);
       k.par('gramPack', { X, ld: C, r0, rb, d: C, P: p.PX, p0: 0, p1: panels }, { work: rb * C });
-      for (const i of which) {
-        const off = this.offsets[i]!,
-          upper = off ? 0 : 1;
+      this.offsets.forEach((off, i) => {
+        const upper = off ? 0 : 1;
         if (off) {
           const Y = X + off * C * 4;
           k.par('gramPack', { X: Y, ld: C, r0, rb, d: C, P: p.PY, p0: 0, p1: panels }, { work: rb * C });
         }
-        const tiles = { PA: p.PX, da: C, PB: off ? p.PY : p.PX, db: C, rb, C: at(i), ldc, upper, i0: 0, i1: C };
+        const F = p.F + i * C * C * 8,
+          tiles = { PA: p.PX, da: C, PB: off ? p.PY : p.PX, db: C, rb, C: F, ldc: C, upper, i0: 0, i1: C };
         k.par('gramTiles', tiles, { work: (rb * C * C) / (1 + upper), cost: (r) => (upper ? C - r : C) });
-      }
+      });
     }
   }
 
