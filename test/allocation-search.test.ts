@@ -171,8 +171,11 @@ describe('search allocation', () => {
     }
   }, 120_000);
 
-  it('--verify is for sensitivity or search, --grid for sensitivity only', () => {
-    expect(() => methodFlags({ allocation: 'global', verify: ['models/test.npy'] })).toThrow(/sensitivity or search/);
+  it('--verify goes with any allocation, --grid with sensitivity only', () => {
+    // --verify with any allocation: the held-out inputs the fidelity is measured on
+    const global = methodFlags({ allocation: 'global', verify: ['models/test.npy'] });
+    expect(global.verify?.data).toBeDefined();
+    global.opened.forEach((f) => f.close());
     expect(() => methodFlags({ allocation: 'search', grid: '0.1' })).toThrow(/--grid is for --allocation sensitivity/);
     const ok = methodFlags({ allocation: 'search', verify: ['models/test.npy'] });
     expect(ok.allocation).toBe('search');

@@ -321,7 +321,8 @@ describe('too few calibration samples for a re-fit', () => {
       new RegExp(
         'warning: .*few\\.onnx: the 64 calibration samples give 3 consumers fewer rows of input than their d ' +
           'columns, .*re-fitted with a ridge toward their own weights; give at least ' +
-          '400 distinct samples for a full re-fit:\n  group /conv2/Conv, consumer /fc1/Gemm: 64 rows, d = 400\n' +
+          '400 distinct samples for a full re-fit, and measure the pruned model on other inputs \\(--verify\\):\n' +
+          '  group /conv2/Conv, consumer /fc1/Gemm: 64 rows, d = 400\n' +
           '  group /fc1/Gemm, consumer /fc2/Gemm: 64 rows, d = 120\n',
       ),
     );

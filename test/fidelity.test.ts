@@ -40,7 +40,7 @@ afterAll(() => {
 });
 
 /** Agreement and relative output error of `model` against `reference` on the given rows of `from`. */
-async function oracle(model: Model, reference: Model, rows: number[], from: NpyFile = calib) {
+async function oracle(model: Model, reference: Model, rows: number[], from: NpyFile = calib, labels?: number[]) {
   const per = from.rowSize,
     x = new Float32Array(rows.length * per);
   rows.forEach((r, i) => x.set(from.readF32(r, r + 1), i * per));
@@ -56,6 +56,7 @@ async function oracle(model: Model, reference: Model, rows: number[], from: NpyF
   const [y, ref] = [await run(model), await run(reference)];
   const c = y.length / rows.length;
   let agree = 0,
+    correct = 0,
     err = 0,
     norm = 0;
   for (let i = 0; i < rows.length; i++) {
@@ -65,12 +66,13 @@ async function oracle(model: Model, reference: Model, rows: number[], from: NpyF
       return b;
     };
     if (top(y) === top(ref)) agree++;
+    if (labels && top(y) === labels[rows[i]!]) correct++;
   }
   for (let i = 0; i < y.length; i++) {
     err += (y[i]! - ref[i]!) ** 2;
     norm += ref[i]! ** 2;
   }
-  return { agreement: agree / rows.length, relError: Math.sqrt(err / norm) };
+  return { agreement: agree / rows.length, relError: Math.sqrt(err / norm), accuracy: correct / rows.length };
 }
 
 describe('fidelity sample', () => {
@@ -170,6 +172,37 @@ describe('fidelity sample', () => {
     let agree = 0;
     for (let r = 0; r < rows; r++) if (top(a.data, r) === top(b.data, r)) agree++;
     expect(report.fidelity.agreement).toBe(agree / rows);
+  });
+
+  it('on held-out --verify inputs (library, CLI): agreement, error, accuracy as onnxruntime gives them', async () => {
+    const test = openNpy('models/test.npy'),
+      labelFile = openNpy('models/test-labels.npy'),
+      labels = Array.from(labelFile.readF32());
+    labelFile.close();
+    try {
+      const verify = { data: test, labels };
+      const { model, report } = await prune(lenet, calib, { budget: { compression: 8 }, threads: 1, verify });
+      expect(report.verification).toEqual({ inputs: 'verify', rows: test.rows });
+      expect(report.fidelity.samples).toBe(512);
+      const want = await oracle(model, lenet, fidelitySampleRows(test.rows, 512), test, labels);
+      expect(want.agreement).toBeLessThan(1);
+      expect(report.fidelity.agreement).toBe(want.agreement);
+      expect(report.fidelity.accuracy).toBe(want.accuracy);
+      expect(report.fidelity.relError).toBeCloseTo(want.relError, 6);
+      // the same prune verified on its calibration rows, which the fit has seen: fewer errors there
+      const seen = await oracle(model, lenet, fidelitySampleRows(ROWS, 512));
+      expect(seen.relError).toBeLessThan(want.relError);
+      await expect(
+        prune(lenet, calib, { budget: { compression: 8 }, verify: { data: test, labels: labels.slice(1) } }),
+      ).rejects.toThrow(/1999 labels for 2000 --verify samples/);
+    } finally {
+      test.close();
+    }
+    const out = join(dir, 'held-out.onnx');
+    const args = ['--calib', big, '--compression', '8', '--verify', 'models/test.npy', '-o', out];
+    const r = await runCli('prune', 'models/lenet.onnx', ...args, '--verify-labels', 'models/test-labels.npy');
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/on 512 of the 2000 --verify inputs: top-1 accuracy \d+\.\d\d%, top-1 agreement/);
   });
 
   it('measures on n rows or on all of them (library and CLI), and refuses other sizes', async () => {

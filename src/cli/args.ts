@@ -55,9 +55,11 @@ export const methodHelp = `\
                       scores, squared relative error of other outputs such as a detector's maps), or by
                       accuracy with --verify-labels; at most 1 + 6 × groups candidates, each a rewrite and a
                       pass over those rows)
-  --verify DATA       inputs for --allocation sensitivity or search (default: the calibration inputs; as
-                      --calib); label-free: top-1 agreement with the original model (sensitivity: needs an
-                      output of class scores), the divergence from its outputs (search); accuracy with
+  --verify DATA       held-out inputs (as --calib), not used for the fit: the pruned model's fidelity is
+                      measured on them (default: on the calibration inputs, which flatter a model fitted
+                      from few samples), and --allocation sensitivity or search scores on them. Label-free:
+                      top-1 agreement with the original model (sensitivity: needs an output of class
+                      scores), the divergence from its outputs (search); accuracy too with
                       --verify-labels FILE
   --grid STEP         the sensitivity allocation's fractions: STEP, 2·STEP, …, 1 (default 0.01)`;
 
@@ -85,8 +87,6 @@ export function methodFlags(o: {
   const seed = Number(o.seed ?? '0');
   if (!Number.isInteger(seed) || seed < 0) throw badInput(`--seed ${o.seed}: expected a whole number ≥ 0`);
   if (o['verify-labels'] && !o.verify) throw badInput('--verify-labels needs --verify');
-  if (o.verify && allocation !== 'sensitivity' && allocation !== 'search')
-    throw badInput('--verify is for --allocation sensitivity or search');
   if (o.grid && allocation !== 'sensitivity') throw badInput('--grid is for --allocation sensitivity');
   const grid = gridFlag(o.grid);
   const opened = o.verify ? openInputs(o.verify, '--verify') : undefined;

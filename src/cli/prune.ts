@@ -69,13 +69,14 @@ Method:
 ${methodHelp}
 Other:
   --report FILE       write a JSON report: per group the kept channels in greedy order and the objective,
-                      params and FLOPs before/after, seconds per stage, fidelity on the calibration data
+                      params and FLOPs before/after, seconds per stage, fidelity on --verify or the calibration data
                       (each output's relative error; top-1 agreement and KL along the class axis of the
                       first output that holds class scores, per sample, token or pixel), and warnings
                       (consumers not re-fitted for want of calibration rows, a relative output error past
                       1; also printed on stderr); several sizes: {"model", "sizes": [one such report per
                       size, with its output]}
-  --fidelity-rows n   measure the fidelity on n calibration rows, evenly spaced (default 512), or all
+  --fidelity-rows n   measure the fidelity on n rows of --verify or the calibration data, evenly spaced
+                      (default 512), or all
   --batch n           calibration batch size (default 64, fewer where 64 samples' activations pass 96 MiB: 2 for
                       ResNet-50 at 224×224; a model with a fixed batch size uses its own)
   --kernels NAME      selection kernels: wasm (SIMD WebAssembly, default) or plain (TypeScript)
@@ -381,9 +382,11 @@ function summarize(
         : []),
       // integers follow from the float outputs; data-shaped outputs may hold other numbers of boxes after pruning
       ...(skipped ? [`not compared: ${skipped} (integers, or shapes that depend on the values)`] : []),
-    ];
+    ],
+    inputs = r.verification.inputs === 'verify' ? '--verify' : 'calibration';
   console.log(
-    `on ${f.samples} of the ${r.calibration.samples} calibration inputs: ` +
+    `on ${f.samples} of the ${r.verification.rows} ${inputs} inputs: ` +
+      (f.accuracy === undefined ? '' : `top-1 accuracy ${pct(f.accuracy)}, `) +
       (f.agreement === undefined ? '' : `top-1 agreement with the original ${pct(f.agreement)}, `) +
       `relative output error ${f.relError?.toFixed(4) ?? '—'}${notes.length ? ` (${notes.join('; ')})` : ''}`,
   );

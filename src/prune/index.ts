@@ -155,7 +155,12 @@ export interface PruneReport {
   seconds: Record<Stage | 'total', number>;
   /** The search allocation's outcome for this size: the global start's score and the search's, and its candidates. */
   search?: { start: NetworkScore; score: NetworkScore; evaluations: number };
-  /** The pruned model against the original on (a sample of) the calibration inputs (verifiedFidelity). */
+  /**
+   * What the fidelity was measured on: the held-out `verify` inputs when given, else the calibration inputs (which
+   * the fit has seen), and their rows (the fidelity samples up to fidelityRows of them).
+   */
+  verification: { inputs: 'verify' | 'calibration'; rows: number };
+  /** The pruned model against the original on (a sample of) the verification inputs (verifiedFidelity). */
   fidelity: Fidelity;
   /** What to check before using the pruned model: groups not re-fitted for want of rows, fidelityWarnings; or none. */
   warnings: string[];
@@ -280,8 +285,11 @@ function refitShort(group: Group, grams: Captured[], n: SampleCount, refit: bool
   });
 }
 
-/** The report's one warning for every underdetermined consumer (GroupReport.underdetermined), if any. */
-function shortWarnings(groups: Selected[], n: SampleCount): string[] {
+/**
+ * The report's one warning for every underdetermined consumer (GroupReport.underdetermined), if any. `heldOut`: the
+ * fidelity was measured on other inputs than the fit's (else the warning says how to).
+ */
+function shortWarnings(groups: Selected[], n: SampleCount, heldOut: boolean): string[] {
   const all = groups.flatMap((g) => (g.underdetermined ?? []).map((c) => ({ group: g.id, ...c })));
   if (!all.length) return [];
   const one = all.length === 1,
@@ -291,7 +299,7 @@ function shortWarnings(groups: Selected[], n: SampleCount): string[] {
       `${one ? 'its' : 'their'} d columns, so a plain least-squares re-fit would be underdetermined (it would fit ` +
       `these samples and fail on others): ${one ? 'it is' : 'they are'} re-fitted with a ridge toward ` +
       `${one ? 'its' : 'their'} own weights; give at least ${Math.max(...all.map((c) => c.need))} distinct ` +
-      `samples for a full re-fit:\n` +
+      `samples for a full re-fit${heldOut ? '' : ', and measure the pruned model on other inputs (--verify)'}:\n` +
       all.map((c) => `  group ${c.group}, consumer ${c.node}: ${c.rows} rows, d = ${c.d}`).join('\n'),
   ];
 }
@@ -542,9 +550,9 @@ export async function* pruneSizes(
   o.onPlan?.(plan.memory);
   // the original's outputs on the fidelity sample, for every size: handed over by the first capture of the original
   // when the sample is the whole calibration set, else computed by its own session, opened with the first size's check
-  const sample = fidelitySample(model, calib, o.fidelityRows),
+  const sample = fidelitySample(model, calib, o.fidelityRows, o.verify),
     reference = Reference.of(model, { backend }),
-    seed = sample === calib ? reference : undefined;
+    seed = sample.calib === calib ? reference : undefined;
   try {
     const keeps = await keepsFor(model, plan, calib, budgets, o, shared, seed);
     const ranking =
@@ -584,8 +592,12 @@ export async function* pruneSizes(
           ...(calib.tokens ? { tokens: calib.tokens } : {}),
           seconds: { ...clock.seconds, total: clock.total() },
           ...(keeps.search?.[i] ? { search: searchReport(keeps.search[i]) } : {}),
+          verification: { inputs: o.verify ? 'verify' : 'calibration', rows: sample.total },
           fidelity,
-          warnings: [...shortWarnings(selected, sampleCount(calib, o.stats)), ...fidelityWarnings(fidelity)],
+          warnings: [
+            ...shortWarnings(selected, sampleCount(calib, o.stats), !!o.verify),
+            ...fidelityWarnings(fidelity, o.verify ? 'the --verify inputs' : undefined),
+          ],
           memory: plan.memory,
         };
         sized = { budget, model: pruned.model, report };

@@ -121,13 +121,40 @@ export interface FidelityOptions extends RuntimeOptions {
   onBatch?: (done: number, total: number) => void;
 }
 
-/** The fidelity sample of the calibration data: `rows` of its rows, evenly spaced (see fidelitySampleRows). */
-export function fidelitySample(original: Model, data: InputData, rows?: number): Calibration {
+/** The rows a pruned model's fidelity is measured on, with their labels when given. */
+export interface FidelitySample {
+  calib: Calibration;
+  labels?: number[];
+  /** Rows of the set the sample is drawn from. */
+  total: number;
+}
+
+/**
+ * The fidelity sample: `rows` rows, evenly spaced (see fidelitySampleRows), of the held-out `verify` set when given,
+ * else of the calibration data (`data`, which the fit has seen: it flatters a model fitted from few samples).
+ */
+export function fidelitySample(
+  original: Model,
+  data: InputData,
+  rows?: number,
+  verify?: { data: InputData; labels?: ArrayLike<number> },
+): FidelitySample {
   const n = checkFidelityRows(rows);
-  const calib = Calibration.of(original, data);
-  const picked = fidelitySampleRows(calib.rows, n);
-  if (picked.length === calib.rows) return calib;
-  return Calibration.of(original, new Map(calib.inputs.map((x, i) => [x.name, rowsOf(calib.arrays[i]!, picked)])));
+  const calib = Calibration.of(original, verify?.data ?? data),
+    labels = verify?.labels;
+  if (labels && labels.length !== calib.rows)
+    throw badInput(`--verify-labels: ${labels.length} labels for ${calib.rows} --verify samples`);
+  const picked = fidelitySampleRows(calib.rows, n),
+    total = calib.rows,
+    sample = (c: Calibration) => ({
+      calib: c,
+      total,
+      ...(labels ? { labels: picked.map((i) => Number(labels[i])) } : {}),
+    });
+  if (picked.length === total) return sample(calib);
+  return sample(
+    Calibration.of(original, new Map(calib.inputs.map((x, i) => [x.name, rowsOf(calib.arrays[i]!, picked)]))),
+  );
 }
 
 /**
@@ -139,14 +166,14 @@ export function fidelitySample(original: Model, data: InputData, rows?: number):
 export async function verifiedFidelity(
   reference: Reference,
   pruned: Model,
-  sample: Calibration,
+  { calib: sample, labels }: FidelitySample,
   opts: FidelityOptions = {},
 ): Promise<Fidelity> {
   await checkPruned(reference, pruned, sample, opts);
   const run = await Runner.open(pruned, [], opts);
   try {
     const batch = opts.batch ?? EVAL_BATCH;
-    return await measure(run, reference.outputNames[0]!, sample, { reference, batch, onBatch: opts.onBatch });
+    return await measure(run, reference.outputNames[0]!, sample, { reference, labels, batch, onBatch: opts.onBatch });
   } finally {
     await run.release();
   }
@@ -161,9 +188,10 @@ export const BROKEN_ERROR = 1;
 /**
  * What a pruned model's fidelity says to check: nothing; that its outputs are too far off (BROKEN_ERROR); or that an
  * output of the original was 0 on every input measured, where the figures compare nothing (an untrained
- * torchvision ViT's head is initialised to zeros: its prune reported agreement 100 % and relative error 0).
+ * torchvision ViT's head is initialised to zeros: its prune reported agreement 100 % and relative error 0). `on`: the
+ * inputs measured.
  */
-export function fidelityWarnings(f: Fidelity): string[] {
+export function fidelityWarnings(f: Fidelity, on = 'the calibration data'): string[] {
   const zero = (f.outputs ?? []).filter((o) => o.zeroReference).map((o) => `"${o.name}"`);
   const warnings = zero.length
     ? [
@@ -175,7 +203,7 @@ export function fidelityWarnings(f: Fidelity): string[] {
   if (f.relError === undefined || f.relError <= BROKEN_ERROR) return warnings;
   return [
     ...warnings,
-    `the pruned model's relative output error on the calibration data is ${f.relError.toPrecision(3)}: its outputs ` +
+    `the pruned model's relative output error on ${on} is ${f.relError.toPrecision(3)}: its outputs ` +
       "are further from the original's than those are from zero, so it is probably unusable; prune less, or give " +
       'more (and more varied) calibration inputs',
   ];
