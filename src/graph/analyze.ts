@@ -1953,7 +1953,10 @@ function outputAxes(W: Walk): OutputAxis[] {
     } else {
       const l = W.layouts.get(name),
         spaces = new Set(l?.segments.map((r) => (r.space >= 0 ? W.S.find(r.space) : -1)));
-      if (l && !l.stack && spaces.size === 1 && !spaces.has(-1)) axis = l.axis;
+      // each entry one output channel of the layer: not a run of them (a YOLO head's [B, 255, H, W] viewed as
+      // [B, 3, H, W, 85], whose anchor axis holds 3 runs of 85 box and class fields)
+      const one = (s: number) => W.S.get(s).parts.every((p) => p.part.per === 1);
+      if (l && !l.stack && spaces.size === 1 && !spaces.has(-1) && one([...spaces][0]!)) axis = l.axis;
     }
     return axis !== undefined && dims[axis]! >= 2 ? { name, classAxis: axis } : { name };
   });
