@@ -87,6 +87,20 @@ function mismatch(data: NpyFile, input: ModelInput): string | undefined {
       `${data.path} holds ${dtypeName[data.dtype]} values; the model input ${input.name} takes integers (token ` +
       'ids)'
     );
+  // a dynamic first axis is taken for the samples' (a token input [?] fed [n, t] is a rank mismatch)
+  const unbatched =
+    shape.length === input.dims.length + 1 &&
+    input.dims[0] !== null &&
+    input.dims.every((d, i) => d === null || d === shape[i + 1]);
+  if (unbatched) {
+    // a model exported for one sample (torchvision's detectors take a list of [3, H, W] images): its first axis is
+    // not the samples', and feeding several along it would be wrong
+    const fix = `export it with one, e.g. torch.onnx.export(..., dynamic_axes={'${input.name}': {0: 'batch'}})`;
+    return (
+      `${data.path} holds ${shape[0]} samples of [${shape.slice(1)}], but the model input ${input.name} (${want}) ` +
+      `has no batch axis to feed them along: ${fix}`
+    );
+  }
   if (shape.length !== input.dims.length) {
     const rank = `the model input ${input.name} has rank ${input.dims.length} (${want}), first axis = samples`;
     return `${data.path} has shape [${shape}] (rank ${shape.length}); ${rank}`;
