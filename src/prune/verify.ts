@@ -195,7 +195,7 @@ export function fidelityWarnings(f: Fidelity, on = 'the calibration data'): stri
   const zero = (f.outputs ?? []).filter((o) => o.zeroReference).map((o) => `"${o.name}"`);
   const warnings = zero.length
     ? [
-        `the original model's output ${zero.join(', ')} is 0 for every calibration input measured, so the fidelity ` +
+        `the original model's output ${zero.join(', ')} is 0 for every input measured (${on}), so the fidelity ` +
           "compares nothing there (its relative error is the pruned output's norm, its agreement compares ties): " +
           'check the original model (trained weights?) and its calibration inputs',
       ]
