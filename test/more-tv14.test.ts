@@ -1,13 +1,8 @@
 import { describe, it, expect } from 'vitest';
-import { makeNode, readModel, type Model } from '../src/onnx/index.js';
-import { encodeNpy, npyFromBytes, openNpy } from '../src/npy.js';
+import { makeNode } from '../src/onnx/index.js';
+import { encodeNpy, npyFromBytes } from '../src/npy.js';
 import { Calibration } from '../src/calibration.js';
-import { constantTensors } from '../src/graph/shapes.js';
-import { tensorToFloat32 } from '../src/onnx/tensor.js';
-import { analyze } from '../src/graph/analyze.js';
-import { prune } from '../src/prune/index.js';
 import { smallModel } from './graph-helpers.js';
-import { fixtureOutputs } from './fixture-suite.js';
 
 // Round 14: torchvision models at their real sizes (test/fixtures/make-more-tv14.py keeps what they showed small).
 
@@ -41,40 +36,5 @@ describe('calibration samples for a model input without a batch axis', () => {
 
   it('a batched input takes the same samples', () => {
     expect(Calibration.of(relu(['n', 3, 4, 4]), npy([2, 3, 4, 4])).arrays[0]!.rows).toBe(2);
-  });
-});
-
-describe('asymmetric mode: the groups kept whole before the first cut', () => {
-  // VGG-16-BN at compression 2 (params) cut only its classifier: its 12 conv groups, kept whole, were each captured,
-  // ranked and re-fitted on the original model (4 of its 8 minutes), where a re-fit can only move their weights along
-  // the null space of their inputs (planOf keeps them in layerwise mode)
-  const m = readModel('test/fixtures/cnn5-vgg11-bn-nofold.onnx'),
-    data = () => openNpy('test/fixtures/cnn-images.calib.npy');
-  const groups = analyze(m).groups,
-    cut = groups[3]!;
-  const keep = Object.fromEntries(groups.map((u) => [u.id, u === cut ? u.channels / 2 : u.channels]));
-  const weight = (x: Model, node: string) => {
-    const n = x.graph!.node.find((v) => v.name === node)!;
-    return tensorToFloat32(constantTensors(x.graph!).get(n.input[1]!)!).data;
-  };
-
-  it('keep their weights, and the model stays the original until the cut', async () => {
-    const seen: Model[] = [];
-    const { model: pruned, report } = await prune(m, data(), {
-      budget: { keep },
-      mode: 'asymmetric',
-      onGroupPruned: (_, x) => seen.push(x),
-    });
-    expect(seen.slice(0, 3).every((x) => x === m)).toBe(true);
-    expect(seen[3]).not.toBe(m);
-    expect(report.groups.slice(0, 3).map((u) => [u.kept, u.objective])).toEqual(
-      groups.slice(0, 3).map((u) => [u.channels, 1]),
-    );
-    // the consumers of the first two groups: not re-fitted, not cut (the third's is the cut group's producer)
-    for (const u of groups.slice(0, 2))
-      for (const c of u.consumers) expect(weight(pruned, c.node.name)).toEqual(weight(m, c.node.name));
-    expect(report.groups[3]!.kept).toBe(cut.channels / 2);
-    expect(report.params.after).toBeLessThan(report.params.before);
-    expect((await fixtureOutputs(pruned, data(), 4)).every(Number.isFinite)).toBe(true);
   });
 });

@@ -454,16 +454,6 @@ async function pruneSequential(
   const after = (groups: Group[], i: number) => groups.filter((u) => ids.indexOf(u.id) > i);
   for (const [i, id] of ids.entries()) {
     progress('group', i, ids.length);
-    const k = keeps.get(id)!;
-    // a group kept whole on the original model: its consumers' weights already fit their own input exactly (planOf's
-    // `fitted`), and a re-fit could only move them along the null space of a rank-deficient B; no capture, no
-    // selection, and the model stays the original, so the next group is on it too (VGG-16 at compression 2 cut only
-    // its classifier: 12 conv groups kept whole took 4 of its 8 minutes)
-    if (pruned === model && k === plan.groups[i]!.channels) {
-      reports.push(wholeReport(plan.groups[i]!));
-      opts.onGroupPruned?.(id, pruned);
-      continue;
-    }
     const groups = clock.time('analyze', () => analyze(pruned, plan.inputShape).groups),
       group = groups.find((u) => u.id === id);
     if (!group) throw internal(`group ${id} is no longer prunable after pruning the groups before it`);
@@ -491,6 +481,7 @@ async function pruneSequential(
             frontier: { ...frontier, ...later },
           }),
         );
+    const k = keeps.get(id)!;
     const chosen = clock.time('select', () => selectGroupPlan(pruned, group, gram.get(id)!, k, calib, opts));
     reports.push({ ...chosen.report, seconds: (performance.now() - t) / 1000 }); // capture + selection of this group
     pruned = clock.time('rewrite', () => pruneGroups(pruned, [chosen.plan]));
@@ -499,23 +490,6 @@ async function pruneSequential(
   }
   progress('group', ids.length, ids.length);
   return { model: pruned, groups: reports };
-}
-
-/** The report of a group kept whole with its weights: every consumer's input exact, the channels in index order. */
-function wholeReport(group: Group): Selected {
-  const { id, channels } = group,
-    order = [...Array(channels).keys()];
-  const consumers = group.consumers.map((c) => ({ node: c.node.name, objective: 1 }));
-  return {
-    id,
-    producers: group.producers.map((p) => p.name),
-    channels,
-    kept: channels,
-    order,
-    objective: 1,
-    consumers,
-    seconds: 0,
-  };
 }
 
 /** Each group's report with its params and FLOPs: what removing all its channels saves, before and after. */
