@@ -4,7 +4,7 @@ import { encodeNpy, npyFromBytes } from '../src/npy.js';
 import { Calibration } from '../src/calibration.js';
 import { smallModel } from './graph-helpers.js';
 
-// Round 14: torchvision models at their real sizes (test/fixtures/make-more-tv14.py keeps what they showed small).
+// Round 14: torchvision models at their real sizes; what they showed needs no fixture file (models built here).
 
 describe('calibration samples for a model input without a batch axis', () => {
   // torchvision's SSDlite exported whole takes one [3, 320, 320] image (a list of images in torch): 16 such samples

@@ -47,7 +47,7 @@ import {
 } from './allocation.js';
 import type { NetworkScore } from '../eval/network.js';
 import { mean, objectivesOf, planOf, rankGroup, refinedAt, type Ranked } from './rank.js';
-import { checkFidelityRows, fidelitySample, fidelityWarnings, verifiedFidelity } from './verify.js';
+import { checkFidelityRows, fidelitySample, fidelityWarnings, verifiedFidelity, type Verification } from './verify.js';
 import { Reference } from '../eval/index.js';
 import { refitSweep } from './sweep.js';
 
@@ -155,11 +155,8 @@ export interface PruneReport {
   seconds: Record<Stage | 'total', number>;
   /** The search allocation's outcome for this size: the global start's score and the search's, and its candidates. */
   search?: { start: NetworkScore; score: NetworkScore; evaluations: number };
-  /**
-   * What the fidelity was measured on: the held-out `verify` inputs when given, else the calibration inputs (which
-   * the fit has seen), and their rows (the fidelity samples up to fidelityRows of them).
-   */
-  verification: { inputs: 'verify' | 'calibration'; rows: number };
+  /** What the fidelity was measured on: the held-out `verify` inputs when given, else the calibration inputs. */
+  verification: Verification;
   /** The pruned model against the original on (a sample of) the verification inputs (verifiedFidelity). */
   fidelity: Fidelity;
   /** What to check before using the pruned model: groups not re-fitted for want of rows, fidelityWarnings; or none. */
@@ -592,11 +589,11 @@ export async function* pruneSizes(
           ...(calib.tokens ? { tokens: calib.tokens } : {}),
           seconds: { ...clock.seconds, total: clock.total() },
           ...(keeps.search?.[i] ? { search: searchReport(keeps.search[i]) } : {}),
-          verification: { inputs: o.verify ? 'verify' : 'calibration', rows: sample.total },
+          verification: sample.verification,
           fidelity,
           warnings: [
-            ...shortWarnings(selected, sampleCount(calib, o.stats), !!o.verify),
-            ...fidelityWarnings(fidelity, o.verify ? 'the --verify inputs' : undefined),
+            ...shortWarnings(selected, sampleCount(calib, o.stats), sample.verification.inputs === 'verify'),
+            ...fidelityWarnings(fidelity, sample.verification.inputs),
           ],
           memory: plan.memory,
         };

@@ -121,12 +121,18 @@ export interface FidelityOptions extends RuntimeOptions {
   onBatch?: (done: number, total: number) => void;
 }
 
-/** The rows a pruned model's fidelity is measured on, with their labels when given. */
+/** Which inputs a fidelity was measured on: the held-out `verify` set, or the calibration data (the fit's own). */
+export interface Verification {
+  inputs: 'verify' | 'calibration';
+  /** Rows of that set (the fidelity samples up to fidelityRows of them). */
+  rows: number;
+}
+
+/** The rows a pruned model's fidelity is measured on, with their labels when given, and the set they come from. */
 export interface FidelitySample {
   calib: Calibration;
   labels?: number[];
-  /** Rows of the set the sample is drawn from. */
-  total: number;
+  verification: Verification;
 }
 
 /**
@@ -145,13 +151,13 @@ export function fidelitySample(
   if (labels && labels.length !== calib.rows)
     throw badInput(`--verify-labels: ${labels.length} labels for ${calib.rows} --verify samples`);
   const picked = fidelitySampleRows(calib.rows, n),
-    total = calib.rows,
+    verification: Verification = { inputs: verify ? 'verify' : 'calibration', rows: calib.rows },
     sample = (c: Calibration) => ({
       calib: c,
-      total,
+      verification,
       ...(labels ? { labels: picked.map((i) => Number(labels[i])) } : {}),
     });
-  if (picked.length === total) return sample(calib);
+  if (picked.length === calib.rows) return sample(calib);
   return sample(
     Calibration.of(original, new Map(calib.inputs.map((x, i) => [x.name, rowsOf(calib.arrays[i]!, picked)]))),
   );
@@ -188,10 +194,11 @@ export const BROKEN_ERROR = 1;
 /**
  * What a pruned model's fidelity says to check: nothing; that its outputs are too far off (BROKEN_ERROR); or that an
  * output of the original was 0 on every input measured, where the figures compare nothing (an untrained
- * torchvision ViT's head is initialised to zeros: its prune reported agreement 100 % and relative error 0). `on`: the
- * inputs measured.
+ * torchvision ViT's head is initialised to zeros: its prune reported agreement 100 % and relative error 0). `inputs`:
+ * those measured.
  */
-export function fidelityWarnings(f: Fidelity, on = 'the calibration data'): string[] {
+export function fidelityWarnings(f: Fidelity, inputs: Verification['inputs'] = 'calibration'): string[] {
+  const on = inputs === 'verify' ? 'the --verify inputs' : 'the calibration data';
   const zero = (f.outputs ?? []).filter((o) => o.zeroReference).map((o) => `"${o.name}"`);
   const warnings = zero.length
     ? [
