@@ -253,36 +253,81 @@ describe('a part of the model fed cached tensors that onnxruntime cannot run', (
 });
 
 // The default prune (asymmetric, global allocation) captures the original once for the allocation: that run also fills
-// the original's frontier with the later groups' targets and is the first group's capture. Pruned to the same
-// per-group counts without an allocation (the first group's run then fills the frontier), it picks the same channels.
-describe.each(['mobilenet', 'lenet'].filter((m) => existsSync(`models/${m}.onnx`)))(
-  '%s: an asymmetric prune after the global allocation',
-  (name) => {
-    it('runs the original once for all its captures, and picks as a prune without the allocation', async () => {
-      const model = readModel(`models/${name}.onnx`),
-        calib = openNpy(first48()),
-        open = vi.spyOn(Runner, 'open');
-      // the sessions of parts of the original (captures; verification opens whole models)
-      const partsOfOriginal = () => open.mock.calls.filter(([m, , , only]) => m === model && only).length;
-      try {
-        const opts = { mode: 'asymmetric' as const, threads: 1, batch: 16 };
-        const allocated = await prune(model, calib, { ...opts, budget: { compression: 2 }, allocation: 'global' });
-        expect(partsOfOriginal()).toBe(1);
-        open.mockClear();
-        const keep = Object.fromEntries(allocated.report.groups.map((g) => [g.id, g.kept]));
-        const counted = await prune(model, calib, { ...opts, budget: { keep } });
-        expect(partsOfOriginal()).toBe(1);
-        expect(counted.report.groups.map((g) => g.kept)).toEqual(allocated.report.groups.map((g) => g.kept));
-        counted.report.groups.forEach((g, i) => {
-          const a = allocated.report.groups[i]!;
-          expect(g.order).toEqual(a.order);
-          expect(Math.abs(g.objective - a.objective)).toBeLessThan(1e-6);
-        });
-        expect(allocated.report.groups.some((g) => g.kept < g.channels)).toBe(true);
-      } finally {
-        open.mockRestore();
-        calib.close();
-      }
-    }, 600_000);
-  },
-);
+// the original's frontier with the later groups' targets and is the first cut group's capture. Until that group the
+// model is the original, and the groups kept whole there are neither captured nor rewritten: the allocation's ranking
+// stands for theirs (pruneSequential). Oracle: the same per-group counts without an allocation, where every group is
+// captured and ranked on its own (the first group's run then fills the frontier).
+describe('an asymmetric prune after the global allocation', () => {
+  const opts = { mode: 'asymmetric' as const, threads: 1, batch: 16 };
+  // the global allocation's prune, then one to its counts; the sessions each opened on parts of models (captures)
+  async function allocatedAndCounted(name: string, compression: number) {
+    const model = readModel(`models/${name}.onnx`),
+      calib = openNpy(first48()),
+      open = vi.spyOn(Runner, 'open'),
+      seen: Model[] = [];
+    const parts = (m?: Model) => open.mock.calls.filter(([x, , , only]) => only && (!m || x === m)).length;
+    try {
+      const onGroupPruned = (_: string, x: Model) => seen.push(x);
+      const allocated = await prune(model, calib, {
+        ...opts,
+        budget: { compression },
+        allocation: 'global',
+        onGroupPruned,
+      });
+      const allocatedParts = { original: parts(model), all: parts() };
+      open.mockClear();
+      const keep = Object.fromEntries(allocated.report.groups.map((g) => [g.id, g.kept]));
+      const counted = await prune(model, calib, { ...opts, budget: { keep } });
+      const countedParts = { original: parts(model), all: parts() };
+      return { model, allocated, counted, allocatedParts, countedParts, seen };
+    } finally {
+      open.mockRestore();
+      calib.close();
+    }
+  }
+  const sameOrders = (a: { order: number[]; objective: number }[], b: typeof a) =>
+    b.forEach((g, i) => {
+      expect(g.order).toEqual(a[i]!.order);
+      expect(Math.abs(g.objective - a[i]!.objective)).toBeLessThan(1e-6);
+    });
+
+  it.runIf(existsSync('models/mobilenet.onnx'))(
+    'mobilenet 6× (its first group cut): runs the original once for all its captures, picks as without it',
+    async () => {
+      const { allocated, counted, allocatedParts, countedParts } = await allocatedAndCounted('mobilenet', 6);
+      expect(allocated.report.groups[0]!.kept).toBeLessThan(allocated.report.groups[0]!.channels);
+      expect([allocatedParts.original, countedParts.original]).toEqual([1, 1]);
+      expect(counted.report.groups.map((g) => g.kept)).toEqual(allocated.report.groups.map((g) => g.kept));
+      sameOrders(allocated.report.groups, counted.report.groups);
+    },
+    600_000,
+  );
+
+  it.each(['mobilenet', 'lenet'].filter((m) => existsSync(`models/${m}.onnx`)))(
+    '%s 2×: the groups kept whole before the first cut keep their weights and are not captured',
+    async (name) => {
+      const { model, allocated, counted, allocatedParts, countedParts, seen } = await allocatedAndCounted(name, 2);
+      const reports = allocated.report.groups,
+        whole = reports.findIndex((g) => g.kept < g.channels);
+      expect(whole).toBeGreaterThan(0);
+      // the model handed on is the original until the cut; one capture fewer per group kept whole
+      expect(seen.slice(0, whole).every((x) => x === model)).toBe(true);
+      expect(seen[whole]).not.toBe(model);
+      expect(allocatedParts.original).toBe(1);
+      expect(allocatedParts.all).toBe(countedParts.all - whole);
+      // their ranking: the allocation's, as the captures of their own give it
+      sameOrders(reports.slice(0, whole), counted.report.groups.slice(0, whole));
+      // their consumers keep the original's weights (but where a consumer produces a cut group's channels)
+      const groups = analyze(model, undefined).groups,
+        cut = new Set(groups.flatMap((u, i) => (reports[i]!.kept < u.channels ? u.producers.map((p) => p.name) : [])));
+      const weight = (m: Model, node: string) => {
+        const n = m.graph!.node.find((v) => v.name === node)!;
+        return tensorToFloat32(m.graph!.initializer.find((t) => t.name === n.input[1])!).data;
+      };
+      const kept = groups.slice(0, whole).flatMap((u) => u.consumers.filter((c) => !cut.has(c.node.name)));
+      expect(kept.length).toBeGreaterThan(0);
+      for (const c of kept) expect(weight(allocated.model, c.node.name)).toEqual(weight(model, c.node.name));
+    },
+    600_000,
+  );
+});

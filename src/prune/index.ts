@@ -323,7 +323,7 @@ function planGroup(r: Ranked, grams: Captured[], k: number, opts: SizesOptions):
   return { plan, report: { id, producers, channels, kept: k, order, objective, consumers, seconds, ...refined } };
 }
 
-/** A group's plan and report from its capture: rank its first k channels, then keep them. */
+/** A group's plan and report from its capture: rank its first k channels (or take `ranked`), then keep them. */
 function selectGroupPlan(
   model: Model,
   group: Group,
@@ -331,11 +331,14 @@ function selectGroupPlan(
   k: number,
   calib: Calibration,
   opts: SizesOptions,
+  ranked?: Ranked,
 ): { plan: PrunePlan; report: Selected } {
   const t = performance.now();
   const short = refitShort(group, grams, sampleCount(calib), opts.refit ?? true),
     few = short.map((w) => w !== undefined);
-  const chosen = planGroup(rankGroup(model, group, grams, opts, k, few), grams, k, opts);
+  // the allocation's ranking serves unless a consumer is too short to steer it (as in rankLayerwise)
+  const r = ranked && !few.some((x) => x) ? ranked : rankGroup(model, group, grams, opts, k, few);
+  const chosen = planGroup(r, grams, k, opts);
   const seconds = (performance.now() - t) / 1000;
   return { ...chosen, report: { ...chosen.report, seconds, ...shortOf(short) } };
 }
@@ -434,7 +437,7 @@ async function pruneSequential(
   calib: Calibration,
   opts: SizesOptions,
   clock: Stopwatch<Stage>,
-  original: Pick<Keeps, 'grams' | 'targets'> & { reference?: Reference } = {},
+  original: Pick<Keeps, 'grams' | 'targets' | 'ranked'> & { reference?: Reference } = {},
 ): Promise<Pruned> {
   const progress = opts.onProgress ?? (() => {}),
     ids = plan.groups.map((u) => u.id),
@@ -449,6 +452,19 @@ async function pruneSequential(
   const after = (groups: Group[], i: number) => groups.filter((u) => ids.indexOf(u.id) > i);
   for (const [i, id] of ids.entries()) {
     progress('group', i, ids.length);
+    const k = keeps.get(id)!;
+    // until the first cut the model is the original, where a group kept whole keeps its weights (as in pruneRanked):
+    // the allocation's capture and ranking serve, nothing is rewritten, and the next group is on the original too
+    // (VGG-16 at compression 2 cut only its classifier: its 12 conv groups took 4 of its 8 minutes)
+    const ranked = pruned === model && k === plan.groups[i]!.channels ? original.ranked?.[i] : undefined;
+    if (ranked) {
+      const whole = clock.time('select', () =>
+        selectGroupPlan(model, ranked.group, original.grams!.get(id)!, k, calib, opts, ranked),
+      );
+      reports.push(whole.report);
+      opts.onGroupPruned?.(id, pruned);
+      continue;
+    }
     const groups = clock.time('analyze', () => analyze(pruned, plan.inputShape).groups),
       group = groups.find((u) => u.id === id);
     if (!group) throw internal(`group ${id} is no longer prunable after pruning the groups before it`);
@@ -476,7 +492,6 @@ async function pruneSequential(
             frontier: { ...frontier, ...later },
           }),
         );
-    const k = keeps.get(id)!;
     const chosen = clock.time('select', () => selectGroupPlan(pruned, group, gram.get(id)!, k, calib, opts));
     reports.push({ ...chosen.report, seconds: (performance.now() - t) / 1000 }); // capture + selection of this group
     pruned = clock.time('rewrite', () => pruneGroups(pruned, [chosen.plan]));
