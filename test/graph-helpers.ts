@@ -13,6 +13,7 @@ import {
   setTensorData,
   serializeModel,
   tensorToFloat32,
+  tensorDims,
   int64Tensor,
   intAttr,
   intsAttr,
@@ -20,6 +21,7 @@ import {
   makeModel,
   makeNode,
   makeTensorValueInfo,
+  numel,
   stringAttr,
   tensorAttr,
   type Model,
@@ -131,6 +133,13 @@ export function zeroAlong(model: Model, name: string, axis: number, drop: (i: nu
   const inner = dims.slice(axis + 1).reduce((a, b) => a * b, 1);
   for (let i = 0; i < data.length; i++) if (drop(Math.floor(i / inner) % dims[axis]!)) data[i] = 0;
   setTensorData(t, dims, t.dataType, encodeFloat32(data, t.dataType));
+}
+
+/** The elements a model's file stores: its initializers' and Constant nodes' tensors, each copy its own. */
+export function storedElements(m: Model): number {
+  const g = m.graph!;
+  const constants = g.node.filter((n) => n.opType === 'Constant').flatMap((n) => n.attribute.map((a) => a.t));
+  return [...g.initializer, ...constants].reduce((a, t) => a + (t ? numel(tensorDims(t)) : 0), 0);
 }
 
 /** Random strictly ascending subset of 0..n-1 with k elements. */

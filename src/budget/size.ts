@@ -8,6 +8,7 @@ import {
   dataInputs,
   inferShapes,
   modelStats,
+  paramCount,
   nodeMacs,
   type InputShapes,
   type Shapes,
@@ -53,7 +54,7 @@ function sizeTerms(model: Model, groups: Group[], inputShape: InputShapes | unde
   if (target === 'params') {
     const consts = constantTensors(model.graph!);
     const touched = [...shrinks.keys()].filter((t) => consts.has(t));
-    const base = full.params - touched.reduce((a, t) => a + numel(shapes.get(t)!), 0);
+    const base = paramCount(model.graph!, new Set(touched));
     // node inputs that pruning turns into Constants of their own (see Edit), once each
     const parts = groups.flatMap((g) =>
       g.edits.flatMap((e) => ('input' in e ? [{ key: `${e.node}|${e.input}`, n: e.values.length, g }] : [])),

@@ -6,6 +6,7 @@ import {
   DataType,
   NodeProtoSchema,
   TensorProtoSchema,
+  markCopy,
   numel,
   tensorToInt64,
   type FunctionProto,
@@ -170,6 +171,7 @@ export function foldConstantViews(graph: GraphProto): void {
     const copy = clone(TensorProtoSchema, consts.get(n.input[0]!)!);
     copy.name = n.output[0]!;
     copy.dims = dims.map(BigInt);
+    markCopy(copy, consts.get(n.input[0]!)!);
     graph.initializer.push(copy);
     consts.set(copy.name, copy);
     n.input.forEach((x) => folded.add(x));

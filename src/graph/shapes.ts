@@ -7,6 +7,7 @@ import {
   attrInt,
   attrInts,
   DataType,
+  equalInitializers,
   numel,
   tensorDims,
   tensorToFloat32,
@@ -223,6 +224,24 @@ export function nodeMacs(node: NodeProto, shapes: Shapes): number | undefined {
  * nodes per sample. Nodes whose shapes cannot be inferred are listed in `unknown` (their FLOPs are not counted). Does
  * not change the model. (After analyze has folded views of constants, each copy still read counts.)
  */
+/**
+ * Elements of the graph's initializers and Constant tensors but those named in `absent`; a copy of a tensor the graph
+ * holds (equalInitializers) counts once, as the file holds it.
+ */
+export function paramCount(graph: GraphProto, absent: ReadonlySet<string> = new Set()): number {
+  const copies = equalInitializers(graph, absent);
+  let params = 0;
+  for (const t of graph.initializer) if (!absent.has(t.name) && !copies.has(t.name)) params += numel(tensorDims(t));
+  for (const n of graph.node) {
+    if (n.opType !== 'Constant' || absent.has(n.output[0] ?? '')) continue;
+    for (const a of n.attribute) {
+      if (a.t) params += numel(tensorDims(a.t));
+      params += a.floats.length + a.ints.length + (a.name === 'value_float' || a.name === 'value_int' ? 1 : 0);
+    }
+  }
+  return params;
+}
+
 export function modelStats(
   model: Model,
   inputShape?: InputShapes,
@@ -231,15 +250,7 @@ export function modelStats(
   if (!model.graph) throw badInput('the model has no graph.');
   const graph = model.graph, // read-only: no normalising
     batch = shapes.get(dataInputs(graph)[0]?.name ?? '')?.[0] || 1;
-  let params = 0;
-  for (const t of graph.initializer) params += numel(tensorDims(t));
-  for (const n of graph.node) {
-    if (n.opType !== 'Constant') continue;
-    for (const a of n.attribute) {
-      if (a.t) params += numel(tensorDims(a.t));
-      params += a.floats.length + a.ints.length + (a.name === 'value_float' || a.name === 'value_int' ? 1 : 0);
-    }
-  }
+  const params = paramCount(graph);
   let flops = 0;
   const unknown: string[] = [];
   for (const n of graph.node) {

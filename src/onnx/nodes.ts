@@ -21,6 +21,7 @@ import {
 } from './gen/onnx_pb.js';
 import type { Model } from './model.js';
 import { numel, setTensorValues } from './tensor.js';
+import { isExternal } from './external.js';
 
 // ---- attribute getters ------------------------------------------------------------------------
 
@@ -76,6 +77,78 @@ export function attrString(node: NodeProto, name: string, dflt?: string): string
 
 export function initializerMap(graph: GraphProto): Map<string, TensorProto> {
   return new Map(graph.initializer.map((t) => [t.name, t]));
+}
+
+// The copies normalizeModel makes of a constant the model shares (torch reads one tensor through Identity views:
+// GPT-2's causal mask, tied embeddings), each with the tensor it copies. A rewrite replaces the initializers it changes
+// by new tensors (replaceInitializerData), so a tensor still here is a copy as it was made.
+const copied = new WeakMap<TensorProto, TensorProto>();
+
+/** Records `copy` as a copy of `source` (of what `source` copies, if it is a copy itself). */
+export function markCopy(copy: TensorProto, source: TensorProto): void {
+  copied.set(copy, copied.get(source) ?? source);
+}
+
+/**
+ * The initializers that are copies of another one still in the graph, each mapped to that one's name: copies
+ * (markCopy) of one tensor with the same type, shape and data, the tensor itself where the graph still holds it. A
+ * model that stores a constant once counts it once (modelStats), and a pruned model shares the copies again
+ * (shareEqualInitializers). `absent`: names to leave out (the size model's constants that a group cuts). Copies
+ * listed as graph inputs or outputs, or read inside a subgraph, are left out.
+ */
+export function equalInitializers(graph: GraphProto, absent: ReadonlySet<string> = new Set()): Map<string, string> {
+  const fixed = new Set([...absent, ...[...graph.input, ...graph.output].map((v) => v.name)]);
+  for (const n of graph.node) for (const a of n.attribute) [a.g, ...a.graphs].forEach((g) => g && readInside(g, fixed));
+  const kept = graph.initializer.filter((t) => !fixed.has(t.name) && !isExternal(t)),
+    key = (t: TensorProto) => `${t.dataType}|${t.dims.join(',')}`;
+  // per tensor copied and shape, the first of it in the graph: the tensor itself if it is there
+  const first = new Map<TensorProto, Map<string, TensorProto>>();
+  const firstOf = (root: TensorProto) => first.get(root) ?? first.set(root, new Map()).get(root)!;
+  for (const t of kept) if (!copied.has(t)) firstOf(t).set(key(t), t);
+  const equal = new Map<string, string>();
+  for (const t of kept) {
+    const root = copied.get(t);
+    if (!root) continue;
+    const f = firstOf(root).get(key(t));
+    if (!f) firstOf(root).set(key(t), t);
+    else if (sameData(f, t)) equal.set(t.name, f.name);
+  }
+  return equal;
+}
+
+/** Adds the names that nodes of `graph` (and of their subgraphs) read. */
+function readInside(graph: GraphProto, names: Set<string>): void {
+  for (const n of graph.node) {
+    n.input.forEach((x) => names.add(x));
+    for (const a of n.attribute) [a.g, ...a.graphs].forEach((g) => g && readInside(g, names));
+  }
+}
+
+/** Whether two tensors hold the same stored data (a copy's is its source's unless something wrote into it). */
+function sameData(a: TensorProto, b: TensorProto): boolean {
+  const same = (x: ArrayLike<unknown>, y: ArrayLike<unknown>) => {
+    if (x.length !== y.length) return false;
+    for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+    return true;
+  };
+  return (
+    same(a.rawData, b.rawData) &&
+    same(a.floatData, b.floatData) &&
+    same(a.int32Data, b.int32Data) &&
+    same(a.int64Data, b.int64Data) &&
+    same(a.doubleData, b.doubleData) &&
+    same(a.uint64Data, b.uint64Data)
+  );
+}
+
+/** The graph with each copy that equalInitializers finds read under the name of the tensor it equals, and dropped. */
+export function shareEqualInitializers(graph: GraphProto): GraphProto {
+  const equal = equalInitializers(graph);
+  if (!equal.size) return graph;
+  const node = graph.node.map((n) =>
+    n.input.some((x) => equal.has(x)) ? { ...n, input: n.input.map((x) => equal.get(x) ?? x) } : n,
+  );
+  return { ...graph, node, initializer: graph.initializer.filter((t) => !equal.has(t.name)) };
 }
 
 /**

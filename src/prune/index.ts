@@ -6,7 +6,7 @@
 // greedy's order is nested: the first k of a longer order are the greedy's picks for k), and each size costs only its
 // re-fit, rewrite and verification; sequential and asymmetric modes capture the model pruned so far, which differs per
 // size, so they run once per size.
-import type { Model } from '../onnx/index.js';
+import { shareEqualInitializers, type Model } from '../onnx/index.js';
 import type { NpyFile } from '../npy.js';
 import type { Group, Refused } from '../graph/types.js';
 import { analyze, modelStats } from '../graph/analyze.js';
@@ -577,6 +577,8 @@ export async function* pruneSizes(
           ? pruneRanked(model, ranking, keeps.keeps[i]!, o, clock)
           : await pruneSequential(model, plan, keeps.keeps[i]!, calib, o, clock, { ...keeps, reference: seed });
         if (o.sweep !== undefined) pruned.model = await clock.time('select', () => sweepOf(model, pruned, calib, o));
+        // the copies normalizeModel made of constants the model shared, shared again where they stayed equal
+        pruned.model = { ...pruned.model, graph: shareEqualInitializers(pruned.model.graph!) };
         // the first size's group seconds include the shared ranking, as a single-size run's do
         const selected =
           ranking && !i
