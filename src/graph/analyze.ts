@@ -105,13 +105,16 @@ const QUANTIZED_LAYERS = new Set(
   ),
 );
 
+/** The ops between a quantized model's integers and floats (QDQ: torch's export of a quantized model, QAT). */
+const QUANTIZE_OPS = new Set(['QuantizeLinear', 'DequantizeLinear', 'DynamicQuantizeLinear']);
+
 /**
  * What a refusal at an op of onnxruntime's own domains adds: the model is quantized; the NCHWc ops (level all) hold
  * the channels in blocks laid out for the CPU that wrote them; contrib ops subprune does not know (Attention) were
  * fused from ONNX ops by an optimizer.
  */
 function ortHint(node: NodeProto): string {
-  if (QUANTIZED_LAYERS.has(opOf(node))) return QUANTIZED;
+  if (QUANTIZED_LAYERS.has(opOf(node)) || QUANTIZE_OPS.has(opOf(node))) return QUANTIZED;
   if (!node.domain.startsWith('com.microsoft')) return '';
   const where =
     node.domain === 'com.microsoft.nchwc'
@@ -1633,11 +1636,12 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
     }
     if (info) {
       // not a layer here (e.g. a grouped conv); a depthwise conv still passes channels on by its chain rule
-      const w = node.input[1] ?? '';
+      const w = node.input[1] ?? '',
+        dq = G.producer(w);
       const why =
         info.refuse +
-        (G.producer(w)?.opType === 'DequantizeLinear'
-          ? QUANTIZED
+        (dq?.opType === 'DequantizeLinear'
+          ? ` (${label(dq)} computes it from integers)${QUANTIZED}`
           : G.computedFrom(w)?.shapes === false
             ? COMPUTED
             : '');

@@ -1684,6 +1684,9 @@ export const OPS: Readonly<Record<string, OpRule>> = {
     undefined,
     sameValue,
   ),
+  // a quantized model's (QDQ) values as integers and back: shapes only (for FLOPs); channels stop at them
+  QuantizeLinear: op(sameShape),
+  DequantizeLinear: op(sameShape),
   PRelu: op(sameShape, (ctx) =>
     ctx.input === 0 ? result(ctx, broadcastParam(ctx, 1, 'slope')) : refusal(ctx, ': the channels enter as the slope'),
   ),

@@ -1,0 +1,61 @@
+import { describe, it, expect } from 'vitest';
+import { DataType, float32Tensor, makeNode, readModel, setTensorData } from '../src/onnx/index.js';
+import { analyze } from '../src/graph/analyze.js';
+import { modelStats } from '../src/graph/shapes.js';
+import { rng, randn, smallModel } from './graph-helpers.js';
+
+// Round rs15: quantized, super-resolution, audio and TCN models at their real sizes, written in plain torch
+// (test/fixtures/make-more-rs15.py keeps what they showed small).
+
+const FIX = 'test/fixtures';
+
+describe('a quantized model as torch exports it (QDQ: int8 weights behind DequantizeLinear)', () => {
+  // torchvision's quantized MobileNetV2 and a ResNet-18 prepared for QAT are refused, rightly; inspect said "0 FLOPs
+  // per sample" (QuantizeLinear and DequantizeLinear had no shape rule, so no layer's weight had a shape)
+  const QUANTIZED = /; the model is quantized: prune the float model, then quantize the pruned one$/;
+
+  it("counts its layers' FLOPs", () => {
+    // conv1 3→8 and conv2 8→8, 3×3 on 32×32 (padding 1), fc 8→10: 2 × multiply-accumulates
+    const flops = 2 * (8 * 3 * 9 * 32 * 32 + 8 * 8 * 9 * 32 * 32 + 8 * 10);
+    expect(modelStats(readModel(`${FIX}/rs15-qdq.onnx`)).flops).toBe(flops);
+  });
+
+  it('refuses every layer, naming the DequantizeLinear that computes its weight', () => {
+    const { groups, refused } = analyze(readModel(`${FIX}/rs15-qdq.onnx`));
+    expect(groups).toEqual([]);
+    expect(refused.map((r) => r.node)).toEqual(['/conv1/Conv', '/conv2/Conv', '/fc/Gemm']);
+    for (const r of refused) {
+      const layer = r.node.split('/')[1]!;
+      expect(r.reason).toMatch(QUANTIZED);
+      expect(r.reason).toContain(`(DequantizeLinear "/${layer}/DequantizeLinear_1" computes it from integers)`);
+    }
+  });
+
+  it('channels that reach a QuantizeLinear stop there, saying the model is quantized', () => {
+    // a float layer's output quantized per tensor (activations only): before, only "is not known to act per channel"
+    const r = rng(15),
+      zero = float32Tensor('z', [], new Float32Array(1));
+    setTensorData(zero, [], DataType.UINT8, new Uint8Array(1));
+    const m = smallModel(
+      [
+        makeNode('MatMul', ['x', 'w1'], ['h'], [], 'fc1'),
+        makeNode('QuantizeLinear', ['h', 's', 'z'], ['hq'], [], 'q'),
+        makeNode('DequantizeLinear', ['hq', 's', 'z'], ['hd'], [], 'dq'),
+        makeNode('MatMul', ['hd', 'w2'], ['y'], [], 'fc2'),
+      ],
+      [
+        float32Tensor('w1', [6, 8], randn(48, r)),
+        float32Tensor('w2', [8, 5], randn(40, r)),
+        float32Tensor('s', [], new Float32Array([0.05])),
+        zero,
+      ],
+      [2, 6],
+    );
+    const { groups, refused } = analyze(m);
+    expect(groups).toEqual([]);
+    expect(refused.find((x) => x.node === 'fc1')?.reason).toMatch(
+      new RegExp(`^QuantizeLinear "q" is not known to act per channel.*${QUANTIZED.source}`),
+    );
+    expect(modelStats(m).flops).toBe(2 * (6 * 8 + 8 * 5));
+  });
+});
