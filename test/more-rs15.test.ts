@@ -2,12 +2,45 @@ import { describe, it, expect } from 'vitest';
 import { DataType, float32Tensor, makeNode, readModel, setTensorData } from '../src/onnx/index.js';
 import { analyze } from '../src/graph/analyze.js';
 import { modelStats } from '../src/graph/shapes.js';
+import { openNpy } from '../src/npy.js';
 import { rng, randn, smallModel } from './graph-helpers.js';
+import { describeFixtures } from './fixture-suite.js';
 
 // Round rs15: quantized, super-resolution, audio and TCN models at their real sizes, written in plain torch
-// (test/fixtures/make-more-rs15.py keeps what they showed small).
+// (test/fixtures/make-more-rs15.py keeps what they showed small). Oracle: onnxruntime running the original with the
+// dropped channels' consumer inputs zeroed (test/fixture-suite.ts).
 
 const FIX = 'test/fixtures';
+const open = () => openNpy(`${FIX}/cnn-images.calib.npy`);
+
+describeFixtures([
+  {
+    // the mean shift, the residual trunk (head, the blocks' second convs, the body conv; read by 4 convs), each
+    // block's first conv, the upsampler conv (blocks of 4 filters per channel after PixelShuffle) and the tail conv
+    model: `${FIX}/rs15-edsr-op10.onnx`,
+    data: open,
+    groups: [
+      [3, 1, 9],
+      [8, 4, 9],
+      [8, 1, 9],
+      [8, 1, 9],
+      [8, 1, 9],
+      [3, 1, 1],
+    ],
+  },
+]);
+
+describe('PixelShuffle before opset 11 (Reshape [N, C, r, r, H, W], Transpose, Reshape)', () => {
+  // the split of the upsampler conv's 4·C filters into [C, 2, 2] was taken for a packed q/k/v and refused at the
+  // second Reshape: EDSR-baseline x2 at full size lost its upsampler (11 % of the FLOPs)
+  it('the conv before it is a group of whole blocks of r² filters', () => {
+    const { groups, refused } = analyze(readModel(`${FIX}/rs15-edsr-op10.onnx`));
+    const up = groups.find((u) => u.id === '/tail/tail.0/Conv')!;
+    expect(up.chain.map((n) => n.opType)).toEqual(['Reshape', 'Transpose', 'Reshape']);
+    expect(up.slices.find((x) => x.tensor === 'tail.0.weight')).toMatchObject({ axis: 0, per: 4 });
+    expect(refused.map((r) => r.node)).toEqual(['/add_mean/Conv']);
+  });
+});
 
 describe('a quantized model as torch exports it (QDQ: int8 weights behind DequantizeLinear)', () => {
   // torchvision's quantized MobileNetV2 and a ResNet-18 prepared for QAT are refused, rightly; inspect said "0 FLOPs
