@@ -16,12 +16,13 @@ const open = () => openNpy(`${FIX}/cnn-images.calib.npy`);
 describeFixtures([
   {
     // the mean shift, the residual trunk (head, the blocks' second convs, the body conv; read by 4 convs), each
-    // block's first conv, the upsampler conv (blocks of 4 filters per channel after PixelShuffle) and the tail conv
+    // block's first conv, the two upsampler convs (blocks of 4 filters per channel after PixelShuffle), the tail conv
     model: `${FIX}/rs15-edsr-op10.onnx`,
     data: open,
     groups: [
       [3, 1, 9],
       [8, 4, 9],
+      [8, 1, 9],
       [8, 1, 9],
       [8, 1, 9],
       [8, 1, 9],
@@ -35,9 +36,15 @@ describe('PixelShuffle before opset 11 (Reshape [N, C, r, r, H, W], Transpose, R
   // second Reshape: EDSR-baseline x2 at full size lost its upsampler (11 % of the FLOPs)
   it('the conv before it is a group of whole blocks of r² filters', () => {
     const { groups, refused } = analyze(readModel(`${FIX}/rs15-edsr-op10.onnx`));
-    const up = groups.find((u) => u.id === '/tail/tail.0/Conv')!;
-    expect(up.chain.map((n) => n.opType)).toEqual(['Reshape', 'Transpose', 'Reshape']);
-    expect(up.slices.find((x) => x.tensor === 'tail.0.weight')).toMatchObject({ axis: 0, per: 4 });
+    const chains = [
+      ['Reshape', 'Transpose', 'Reshape'],
+      ['Unsqueeze', 'Reshape', 'Transpose', 'Reshape', 'Reshape', 'Squeeze'],
+    ];
+    chains.forEach((chain, i) => {
+      const up = groups.find((u) => u.id === `/tail/tail.${2 * i}/Conv`)!;
+      expect(up.chain.map((n) => n.opType)).toEqual(chain);
+      expect(up.slices.find((x) => x.tensor === `tail.${2 * i}.weight`)).toMatchObject({ axis: 0, per: 4 });
+    });
     expect(refused.map((r) => r.node)).toEqual(['/add_mean/Conv']);
   });
 });
