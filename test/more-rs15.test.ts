@@ -1,10 +1,14 @@
-import { describe, it, expect } from 'vitest';
+import { afterAll, describe, it, expect } from 'vitest';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { DataType, float32Tensor, makeNode, readModel, setTensorData } from '../src/onnx/index.js';
 import { analyze } from '../src/graph/analyze.js';
 import { modelStats } from '../src/graph/shapes.js';
 import { openNpy } from '../src/npy.js';
 import { rng, randn, smallModel } from './graph-helpers.js';
 import { describeFixtures } from './fixture-suite.js';
+import { runCli } from './cli-helpers.js';
 
 // Round rs15: quantized, super-resolution, audio and TCN models at their real sizes, written in plain torch
 // (test/fixtures/make-more-rs15.py keeps what they showed small). Oracle: onnxruntime running the original with the
@@ -12,6 +16,9 @@ import { describeFixtures } from './fixture-suite.js';
 
 const FIX = 'test/fixtures';
 const open = () => openNpy(`${FIX}/cnn-images.calib.npy`);
+const DIR = mkdtempSync(join(tmpdir(), 'subprune-rs15-')),
+  OUT = join(DIR, 'pruned.onnx');
+afterAll(() => rmSync(DIR, { recursive: true, force: true }));
 
 describeFixtures([
   {
@@ -69,6 +76,17 @@ describe('a quantized model as torch exports it (QDQ: int8 weights behind Dequan
       expect(r.reason).toMatch(QUANTIZED);
       expect(r.reason).toContain(`(DequantizeLinear "/${layer}/DequantizeLinear_1" computes it from integers)`);
     }
+  });
+
+  it('prune says what to do', async () => {
+    // before: only "(3 candidates refused; subprune inspect says why)"
+    const r = await runCli('prune', `${FIX}/rs15-qdq.onnx`, '--calib', `${FIX}/cnn-images.calib.npy`, '-o', OUT);
+    expect(r.code).toBe(0);
+    expect(r.err).toContain(
+      'rs15-qdq.onnx has no prunable groups (3 candidates refused, each: the model is quantized: prune the float ' +
+        'model, then quantize the pruned one; subprune inspect says why); nothing to prune',
+    );
+    expect(existsSync(OUT)).toBe(false);
   });
 
   it('channels that reach a QuantizeLinear stop there, saying the model is quantized', () => {
