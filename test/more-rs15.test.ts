@@ -54,6 +54,13 @@ describe('PixelShuffle before opset 11 (Reshape [N, C, r, r, H, W], Transpose, R
     });
     expect(refused.map((r) => r.node)).toEqual(['/add_mean/Conv']);
   });
+
+  it('its output, an image at 4× the input resolution, holds no class scores', () => {
+    // the full EDSR's report gave "top-1 agreement 97.69 %", the argmax over R, G and B per pixel (ESPCN's, through
+    // DepthToSpace, none); a segmentation map at the input's resolution still holds them
+    expect(analyze(readModel(`${FIX}/rs15-edsr-op10.onnx`)).outputs).toEqual([{ name: 'sr' }]);
+    expect(analyze(readModel(`${FIX}/task11-seg.onnx`)).outputs).toEqual([{ name: 'logits', classAxis: 1 }]);
+  });
 });
 
 describe('a quantized model as torch exports it (QDQ: int8 weights behind DequantizeLinear)', () => {
