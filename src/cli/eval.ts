@@ -20,7 +20,7 @@ ${inputsHelp('--data DATA', 'the inputs')}
                      output's relative error ‖y − y_ref‖/‖y_ref‖, and top-1 agreement (the share of
                      positions whose largest score is the reference's) for the first output that
                      holds class scores: a layer's channels or a Softmax's axis, 2 or more of them
-                     (not a one-channel map, a Sigmoid's probabilities or boxes next to scores)
+                     (not a one-channel map, a Sigmoid's probabilities, boxes next to scores or an upscaled image)
   --batch n          batch size (default 64; a model with a fixed batch size uses its own)
   --backend NAME     model runtime: node (onnxruntime-node, the default where it loads) or web
                      (onnxruntime-web's WebAssembly backend: no native addon needed)

@@ -324,8 +324,18 @@ function writeJson(file: string, value: unknown): void {
 }
 
 const noGroups = (input: string, report: PruneReport, what: string) =>
-  `subprune prune: ${input} has no prunable groups (${report.refused.length} candidates refused; subprune ` +
-  `inspect says why); nothing to prune, so ${what}`;
+  `subprune prune: ${input} has no prunable groups (${report.refused.length} candidates refused` +
+  `${sharedAdvice(report.refused)}; subprune inspect says why); nothing to prune, so ${what}`;
+
+/**
+ * What every refusal ends with after its last "; ", when two or more share it: the advice of a quantized or an
+ * optimized model (prune the float model, then quantize), said where the user looks first.
+ */
+function sharedAdvice(refused: PruneReport['refused']): string {
+  const advice = (reason: string) => (reason.includes('; ') ? reason.slice(reason.lastIndexOf('; ') + 2) : undefined);
+  const first = advice(refused[0]?.reason ?? '');
+  return refused.length > 1 && first && refused.every((r) => advice(r.reason) === first) ? `, each: ${first}` : '';
+}
 
 /** The one-size summary: per group the kept channels and objective; the model's sizes, fidelity and seconds. */
 function summarize(

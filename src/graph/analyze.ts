@@ -105,13 +105,16 @@ const QUANTIZED_LAYERS = new Set(
   ),
 );
 
+/** The ops between a quantized model's integers and floats (QDQ: torch's export of a quantized model, QAT). */
+const QUANTIZE_OPS = new Set(['QuantizeLinear', 'DequantizeLinear', 'DynamicQuantizeLinear']);
+
 /**
  * What a refusal at an op of onnxruntime's own domains adds: the model is quantized; the NCHWc ops (level all) hold
  * the channels in blocks laid out for the CPU that wrote them; contrib ops subprune does not know (Attention) were
  * fused from ONNX ops by an optimizer.
  */
 function ortHint(node: NodeProto): string {
-  if (QUANTIZED_LAYERS.has(opOf(node))) return QUANTIZED;
+  if (QUANTIZED_LAYERS.has(opOf(node)) || QUANTIZE_OPS.has(opOf(node))) return QUANTIZED;
   if (!node.domain.startsWith('com.microsoft')) return '';
   const where =
     node.domain === 'com.microsoft.nchwc'
@@ -1633,11 +1636,12 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
     }
     if (info) {
       // not a layer here (e.g. a grouped conv); a depthwise conv still passes channels on by its chain rule
-      const w = node.input[1] ?? '';
+      const w = node.input[1] ?? '',
+        dq = G.producer(w);
       const why =
         info.refuse +
-        (G.producer(w)?.opType === 'DequantizeLinear'
-          ? QUANTIZED
+        (dq?.opType === 'DequantizeLinear'
+          ? ` (${label(dq)} computes it from integers)${QUANTIZED}`
           : G.computedFrom(w)?.shapes === false
             ? COMPUTED
             : '');
@@ -1956,10 +1960,27 @@ function outputAxes(W: Walk): OutputAxis[] {
       // each entry one output channel of the layer: not a run of them (a YOLO head's [B, 255, H, W] viewed as
       // [B, 3, H, W, 85], whose anchor axis holds 3 runs of 85 box and class fields)
       const one = (s: number) => W.S.get(s).parts.every((p) => p.part.per === 1);
-      if (l && !l.stack && spaces.size === 1 && !spaces.has(-1) && one([...spaces][0]!)) axis = l.axis;
+      const upscaled = l && upsampled(G, dims, l.axis); // an image, not scores
+      if (l && !l.stack && spaces.size === 1 && !spaces.has(-1) && one([...spaces][0]!) && !upscaled) axis = l.axis;
     }
     return axis !== undefined && dims[axis]! >= 2 ? { name, classAxis: axis } : { name };
   });
+}
+
+/**
+ * Whether a layer's output [N, C, ...] has more entries per channel than an input of its rank (a super-resolution
+ * model's image, EDSR's [N, 3, 2H, 2W] of [N, 3, H, W]): class scores per position come at most at the input's
+ * resolution (a Softmax over the channels still says they are classes).
+ */
+function upsampled(G: Graph, dims: number[], axis: number): boolean {
+  const per = (d: number[]) => d.slice(2).reduce((a, b) => a * b, 1);
+  return (
+    axis === 1 &&
+    dataInputs(G.graph).some((x) => {
+      const d = G.shapes.get(x.name);
+      return d?.length === dims.length && per(d) < per(dims);
+    })
+  );
 }
 
 /** Analysis.inputBytes, as a field to spread (none when a consumer input's shape is unknown). */

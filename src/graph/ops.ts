@@ -1069,7 +1069,8 @@ const reshape: ChainRule = (ctx) => {
   if (alone && (i1 - i0 === 1 || j1 - j0 > 1)) {
     // split (or kept): the channels become the first output axis of the block that is not 1
     const wide = [...Array(j1 - j0).keys()].map((i) => j0 + i).filter((j) => y[j] !== 1);
-    if (wide.length >= 3 && !partsInside(ctx, wide[1]!)) return stacked(ctx, wide[0]!, wide[1]!, j1);
+    if (wide.length >= 3 && !partsInside(ctx, wide[1]!) && !reshapedAgain(ctx, wide[0]!))
+      return stacked(ctx, wide[0]!, wide[1]!, j1);
     axis = wide[0] ?? j0;
     const inner = numel(y.slice(axis + 1, j1));
     if (inner > 1 && ctx.layout.segments.some((r) => r.per % inner !== 0)) return { regroup: inner };
@@ -1119,6 +1120,24 @@ function partsInside(ctx: ChainContext, p: number): boolean {
           ?.map((a) => normAxis(a, rank))
           .join() === `${p}`;
   return !ctx.isOutput(y) && readers.length > 0 && readers.every(({ node, slot }) => slot === 0 && along(node));
+}
+
+/**
+ * Whether a reshape's output reaches another Reshape through Transposes alone that keep its axis c in place: torch's
+ * PixelShuffle before opset 11 ([N, C·r², H, W] → [N, C, r, r, H, W], Transpose, [N, C, H·r, W·r]). Packed parts
+ * cannot pass that Reshape, so the split is the channels' own (each owning its r² entries), not a packed q/k/v's
+ * [parts, heads, d].
+ */
+function reshapedAgain(ctx: ChainContext, c: number): boolean {
+  let t = ctx.node.output[0] ?? '';
+  for (;;) {
+    const readers = ctx.readers(t);
+    if (ctx.isOutput(t) || readers.length !== 1 || readers[0]!.slot !== 0) return false;
+    const next = readers[0]!.node;
+    if (opOf(next) === 'Reshape') return true;
+    if (opOf(next) !== 'Transpose' || attrInts(next, 'perm', []).indexOf(c) !== c) return false;
+    t = next.output[0] ?? '';
+  }
 }
 
 /**
@@ -1684,6 +1703,9 @@ export const OPS: Readonly<Record<string, OpRule>> = {
     undefined,
     sameValue,
   ),
+  // a quantized model's (QDQ) values as integers and back: shapes only (for FLOPs); channels stop at them
+  QuantizeLinear: op(sameShape),
+  DequantizeLinear: op(sameShape),
   PRelu: op(sameShape, (ctx) =>
     ctx.input === 0 ? result(ctx, broadcastParam(ctx, 1, 'slope')) : refusal(ctx, ': the channels enter as the slope'),
   ),

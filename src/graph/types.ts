@@ -95,7 +95,8 @@ export interface Refused {
 /**
  * How a model output compares with another model's. With `classAxis`, the output holds class scores along that axis (a
  * layer's output channels, a Softmax's axis): compared per position by top-1 agreement and KL divergence. Without (a
- * map of one channel, a Sigmoid's independent probabilities, boxes next to scores), by relative error alone.
+ * map of one channel, a Sigmoid's independent probabilities, boxes next to scores, an upscaled image), by relative
+ * error alone.
  */
 export interface OutputAxis {
   name: string;
