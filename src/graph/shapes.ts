@@ -220,11 +220,6 @@ export function nodeMacs(node: NodeProto, shapes: Shapes): number | undefined {
 }
 
 /**
- * params: element count of every initializer and Constant-node tensor; flops: 2 × multiply-accumulates of all layer
- * nodes per sample. Nodes whose shapes cannot be inferred are listed in `unknown` (their FLOPs are not counted). Does
- * not change the model. (After analyze has folded views of constants, each copy still read counts.)
- */
-/**
  * Elements of the graph's initializers and Constant tensors but those named in `absent`; a copy of a tensor the graph
  * holds (equalInitializers) counts once, as the file holds it.
  */
@@ -242,6 +237,11 @@ export function paramCount(graph: GraphProto, absent: ReadonlySet<string> = new 
   return params;
 }
 
+/**
+ * params: element count of every initializer and Constant-node tensor (paramCount: a copy analyze made of a constant
+ * the model shares counts once); flops: 2 × multiply-accumulates of all layer nodes per sample. Nodes whose shapes
+ * cannot be inferred are listed in `unknown` (their FLOPs are not counted). Does not change the model.
+ */
 export function modelStats(
   model: Model,
   inputShape?: InputShapes,
