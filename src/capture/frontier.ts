@@ -20,7 +20,7 @@ import {
   type NodeProto,
   type TensorProto,
 } from '../onnx/index.js';
-import { holdsSubgraphs, type OrtTensor } from './runner.js';
+import { holdsSubgraph, type OrtTensor } from './runner.js';
 import type { AxisSlice } from '../graph/types.js';
 import { availableMemory } from '../kernels/memory.js';
 
@@ -375,16 +375,12 @@ export class Frontier {
 
   /**
    * How to compute `want` in the current model: which cached tensors to feed, and which tensors to keep for the
-   * later captures (StepPlan). Undefined when the graph holds subgraphs (the capture then runs the whole model, and
-   * nothing is cached).
+   * later captures (StepPlan). Undefined when a node to run holds a subgraph, whose reads of outer tensors a part of
+   * the model cannot feed (the capture then runs the whole model, and nothing is cached).
    */
   step(want: readonly string[], plan: StepPlan): FrontierStep | undefined {
     const { later, changing = [], sliceable = [], laterChanging = [] } = plan;
     const g = this.model.graph!;
-    if (holdsSubgraphs(g)) {
-      this.cache.clear();
-      return undefined;
-    }
     const producer = producers(g),
       have = new Set(this.cache.keys());
     // the nodes to run: back from what is wanted, stopping at cached tensors
@@ -395,6 +391,10 @@ export class Frontier {
       if (!n || run.has(n) || have.has(t)) continue;
       run.add(n);
       stack.push(...n.input.filter((x) => x));
+    }
+    if ([...run].some(holdsSubgraph)) {
+      this.cache.clear();
+      return undefined;
     }
     const read = new Set([...run].flatMap((n) => n.input)),
       made = new Set([...run].flatMap((n) => n.output));

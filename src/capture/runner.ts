@@ -19,18 +19,17 @@ import { firstNonFinite, modelInputs, type Batch, type Feed, type ModelInput } f
 import { loadRuntime, type Backend, type Ort, type RuntimeOptions } from './runtime.js';
 
 /** Whether a node holds a subgraph (If, Loop, Scan), whose reads of outer tensors are not among its inputs. */
-export const holdsSubgraphs = (g: GraphProto) => g.node.some((n) => n.attribute.some((a) => a.g || a.graphs.length));
+export const holdsSubgraph = (n: NodeProto) => n.attribute.some((a) => a.g || a.graphs.length);
 
 /**
  * The nodes that `names` depend on, in graph order, stopping at the tensors in `given` (fed to the session instead);
- * undefined when a node holds a subgraph.
+ * undefined when one of them holds a subgraph (a detector's post-processing after the layers captured does not).
  */
 export function neededNodes(
   g: GraphProto,
   names: string[],
   given: ReadonlySet<string> = new Set(),
 ): NodeProto[] | undefined {
-  if (holdsSubgraphs(g)) return undefined;
   const producer = new Map(g.node.flatMap((n) => n.output.map((o) => [o, n] as const)));
   const need = new Set<NodeProto>(),
     stack = [...names];
@@ -40,7 +39,7 @@ export function neededNodes(
     need.add(n);
     stack.push(...n.input.filter((x) => x));
   }
-  return g.node.filter((n) => need.has(n));
+  return [...need].some(holdsSubgraph) ? undefined : g.node.filter((n) => need.has(n));
 }
 
 /** A tensor as onnxruntime gives it. */

@@ -362,6 +362,11 @@ const concatShape: ShapeRule = withX((x, { node, ins }) => {
   return [y];
 });
 const shapeShape: ShapeRule = withX((x) => [[x.length]]);
+/** GridSample: x's batch and channels sampled at the grid's points ([N, H_out, W_out, 2], or 3-D with 3). */
+const gridSampleShape: ShapeRule = withX((x, { ins }) => {
+  const grid = ins[1];
+  return grid && grid.length === x.length ? [[x[0]!, x[1]!, ...grid.slice(1, -1)]] : undefined;
+});
 const constantShape: ShapeRule = ({ node, constant }) => {
   const t = constant(node.output[0] ?? '');
   return t ? [tensorDims(t)] : undefined;
@@ -1759,6 +1764,9 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Resize: op(resizeShape, resize),
   Upsample: op(resizeShape, resize),
   Pad: op(padShape, pad),
+  // the channels of x each sampled at the same points (RAFT's lookup in its correlation pyramid); not known to act
+  // per channel here, so the analysis stops at it
+  GridSample: op(gridSampleShape),
   DepthToSpace: op(
     withX((x, { node }) => {
       const r = attrInt(node, 'blocksize');
