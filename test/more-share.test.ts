@@ -38,6 +38,8 @@ describe('constants the exporter stores once', () => {
       expect(masks(written)).toBe(1);
       expect(report.params.before).toBe(storedElements(readModel(FILE)));
       expect(report.params.after).toBe(storedElements(written));
+      // the nodes that read a shared tensor under its name keep their op (FLOPs counted from the shapes through them)
+      expect(report.flops.after).toBe(modelStats(written).flops);
       const keeps = new Map(report.groups.map((g) => [g.id, g.kept]));
       expect(sizeModel(m, analyze(m).groups, undefined, 'params')(keeps)).toBe(storedElements(written));
     } finally {

@@ -145,9 +145,13 @@ function sameData(a: TensorProto, b: TensorProto): boolean {
 export function shareEqualInitializers(graph: GraphProto): GraphProto {
   const equal = equalInitializers(graph);
   if (!equal.size) return graph;
-  const node = graph.node.map((n) =>
-    n.input.some((x) => equal.has(x)) ? { ...n, input: n.input.map((x) => equal.get(x) ?? x) } : n,
-  );
+  const node = graph.node.map((n) => {
+    if (!n.input.some((x) => equal.has(x))) return n;
+    // a copy, not a spread: a parsed message's fields at their defaults (domain '') are not its own properties
+    const copy = clone(NodeProtoSchema, n);
+    copy.input = n.input.map((x) => equal.get(x) ?? x);
+    return copy;
+  });
   return { ...graph, node, initializer: graph.initializer.filter((t) => !equal.has(t.name)) };
 }
 
