@@ -111,7 +111,10 @@ export function equalInitializers(graph: GraphProto, absent: ReadonlySet<string>
     if (!root) continue;
     const f = firstOf(root).get(key(t));
     if (!f) firstOf(root).set(key(t), t);
-    else if (sameData(f, t)) equal.set(t.name, f.name);
+    else if (sameData(f, t)) {
+      equal.set(t.name, f.name);
+      checked.set(t, f);
+    }
   }
   return equal;
 }
@@ -124,8 +127,13 @@ function readInside(graph: GraphProto, names: Set<string>): void {
   }
 }
 
+// Each copy with the tensor it was last found equal to: tensors are replaced, not written into, so a pair found equal
+// stays equal, and a sequential prune's analyses (one per group) compare a tied embedding's bytes once
+const checked = new WeakMap<TensorProto, TensorProto>();
+
 /** Whether two tensors hold the same stored data (a copy's is its source's unless something wrote into it). */
 function sameData(a: TensorProto, b: TensorProto): boolean {
+  if (checked.get(b) === a) return true;
   const same = (x: ArrayLike<unknown>, y: ArrayLike<unknown>) => {
     if (x.length !== y.length) return false;
     for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
