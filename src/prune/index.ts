@@ -323,7 +323,7 @@ function planGroup(r: Ranked, grams: Captured[], k: number, opts: SizesOptions):
   return { plan, report: { id, producers, channels, kept: k, order, objective, consumers, seconds, ...refined } };
 }
 
-/** A group's plan and report from its capture: rank its first k channels (or take `ranked`), then keep them. */
+/** A group's plan and report from its capture: rank its first k channels, then keep them. */
 function selectGroupPlan(
   model: Model,
   group: Group,
@@ -331,14 +331,11 @@ function selectGroupPlan(
   k: number,
   calib: Calibration,
   opts: SizesOptions,
-  ranked?: Ranked,
 ): { plan: PrunePlan; report: Selected } {
   const t = performance.now();
   const short = refitShort(group, grams, sampleCount(calib), opts.refit ?? true),
     few = short.map((w) => w !== undefined);
-  // the allocation's ranking serves unless a consumer is too short to steer it (as in rankLayerwise)
-  const r = ranked && !few.some((x) => x) ? ranked : rankGroup(model, group, grams, opts, k, few);
-  const chosen = planGroup(r, grams, k, opts);
+  const chosen = planGroup(rankGroup(model, group, grams, opts, k, few), grams, k, opts);
   const seconds = (performance.now() - t) / 1000;
   return { ...chosen, report: { ...chosen.report, seconds, ...shortOf(short) } };
 }
@@ -455,13 +452,12 @@ async function pruneSequential(
     const k = keeps.get(id)!;
     // until the first cut the model is the original, where a group kept whole keeps its weights (as in pruneRanked):
     // the allocation's capture and ranking serve, nothing is rewritten, and the next group is on the original too
-    // (VGG-16 at compression 2 cut only its classifier: its 12 conv groups took 4 of its 8 minutes)
+    // (VGG-16 at compression 2 cut only its classifier: its 12 conv groups took 4 of its 8 minutes). Not ranked again
+    // where a consumer has few rows, as a cut group is: the order moves no weight, and AlexNet's features.10 would
+    // pay Q = G·W for its 9216-input consumer (88 s) where its own capture projects the target instead
     const ranked = pruned === model && k === plan.groups[i]!.channels ? original.ranked?.[i] : undefined;
     if (ranked) {
-      const whole = clock.time('select', () =>
-        selectGroupPlan(model, ranked.group, original.grams!.get(id)!, k, calib, opts, ranked),
-      );
-      reports.push(whole.report);
+      reports.push(clock.time('select', () => planGroup(ranked, original.grams!.get(id)!, k, opts)).report);
       opts.onGroupPruned?.(id, pruned);
       continue;
     }
