@@ -243,6 +243,26 @@ describe('activations of low rank', () => {
     expect(measured[fc1!]).toBeGreaterThan(ifSliced[fc1!]!);
   });
 
+  it('kept whole, the consumer with few rows keeps its weights and its ridge objective is exactly 1', async () => {
+    // the ridge toward W on the model's own input is solved by W itself: nothing to compute (AlexNet's features.10, a
+    // 9216-input consumer, spent most of its 220 s solving it)
+    const mobile = readModel('models/mobilenet.onnx'),
+      few = calib(64),
+      group = analyze(mobile, [1, 1, 28, 28]).groups.find((u) => u.id === '/blocks/blocks.6/expand/Conv')!;
+    const all = [...Array(group.channels).keys()];
+    const { model: pruned, report } = await prune(mobile, few, {
+      budget: { keep: { [group.id]: group.channels } },
+      mode: 'layerwise',
+    });
+    const u = report.groups.find((x) => x.id === group.id)!;
+    const W = group.consumers.map((c) => consumerWeightMatrix(pruned, c));
+    group.consumers.forEach((c, i) => expect(W[i]).toEqual(consumerWeightMatrix(mobile, c)));
+    const measured = await consumerObjectives(mobile, group, all, W, few);
+    const fc1 = group.consumers.findIndex((c) => c.node.name === '/blocks/blocks.6/se/fc1/Conv');
+    expect(measured[fc1]).toBe(1);
+    expect(u.consumers[fc1]!.objective).toBe(1);
+  });
+
   it('repeated samples count once: 2 samples repeated 256 times are not fitted', async () => {
     const two = full.readF32(7, 9),
       x = new Float32Array(512 * 784);

@@ -113,6 +113,12 @@ export function fitAt(r: Ranked, k: number): Fit {
   const out: Fit = { keep: fit.keep, W: [...fit.W], bias: [...fit.bias], ridgeObjective: [] };
   r.problems.forEach((p, t) => {
     if (!k || !takesRidge(k * p.g, r.rows[t]!)) return;
+    if (k === r.group.channels && !p.C && !p.CW) {
+      // every channel kept and the target the input itself: the ridge toward W is solved by W (no error, no change);
+      // solving it costs a pass of Q = G·W and k steps (AlexNet's features.10, d = 9216: most of its 220 s)
+      [out.W[t], out.bias[t], out.ridgeObjective[t]] = [r.W[t]!, undefined, 1];
+      return;
+    }
     const lambda = ridgeLambda(p, fit.keep, r.rows[t]!);
     const kept = ridgedKept(p, fit.keep, lambda, r.sel.norm2[t]!, r.kernels),
       ridge = selectGroup([kept], k, { ...r.kernels, order: fit.keep.map((_, i) => i) });
