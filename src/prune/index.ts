@@ -453,8 +453,8 @@ async function pruneSequential(
     // until the first cut the model is the original, where a group kept whole keeps its weights (as in pruneRanked):
     // the allocation's capture and ranking serve, nothing is rewritten, and the next group is on the original too
     // (VGG-16 at compression 2 cut only its classifier: its 12 conv groups took 4 of its 8 minutes). Not ranked again
-    // where a consumer has few rows, as a cut group is: the order moves no weight, and AlexNet's features.10 would
-    // pay Q = G·W for its 9216-input consumer (88 s) where its own capture projects the target instead
+    // where a consumer has few rows, as a cut group is: the order moves no weight, and ranking AlexNet's features.10
+    // on these Gram matrices forms Q = G·W for its 9216-input consumer, where its own capture projected the target
     const ranked = pruned === model && k === plan.groups[i]!.channels ? original.ranked?.[i] : undefined;
     if (ranked) {
       reports.push(clock.time('select', () => planGroup(ranked, original.grams!.get(id)!, k, opts)).report);
