@@ -39,7 +39,6 @@ interface SizeTerms {
 }
 
 function sizeTerms(model: Model, groups: Group[], inputShape: InputShapes | undefined, target: Target, shapes: Shapes) {
-  const full = modelStats(model, inputShape, shapes);
   const shrinks = new Map<string, Shrink[]>();
   const add = (tensor: string, s: Shrink) => shrinks.set(tensor, [...(shrinks.get(tensor) ?? []), s]);
   for (const g of groups) {
@@ -74,7 +73,8 @@ function sizeTerms(model: Model, groups: Group[], inputShape: InputShapes | unde
     (n) => layerOf(n) && [n.input[0], n.input[1], n.output[0]].some((t) => t && shrinks.has(t)),
   );
   const flopsOf = (macs: number | undefined) => (2 * (macs ?? 0)) / batch;
-  const base = full.flops - touched.reduce((a, n) => a + flopsOf(nodeMacs(n, shapes)), 0);
+  const base =
+    modelStats(model, inputShape, shapes).flops - touched.reduce((a, n) => a + flopsOf(nodeMacs(n, shapes)), 0);
   const terms = touched.map((n) => {
     const io = [n.input[0]!, n.input[1]!, n.output[0]!];
     const size = (keeps: Map<string, number>) => {
