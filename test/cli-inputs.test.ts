@@ -96,6 +96,26 @@ describe('prune --calib FOLDER --preprocess SPEC', () => {
     expect(readFileSync(at('again.onnx'))).toEqual(readFileSync(at('img.onnx')));
   });
 
+  it('takes --verify FOLDER through the same --preprocess, as the numpy-prepared array', async () => {
+    // --verify read a folder without it, and said "give --preprocess" when it was given
+    const common = ['prune', at('conv15.onnx'), '--keep-ratio', '0.5', '--calib', at('numpy.npy')];
+    const images = ['--verify', at('images'), '--preprocess', pipeline.flag];
+    const folder = await runCli(...common, ...images, '-o', at('v1.onnx'), '--report', at('v1.json'));
+    expect(folder.code, folder.err).toBe(0);
+    const file = await runCli(...common, '--verify', at('numpy.npy'), '-o', at('v2.onnx'), '--report', at('v2.json'));
+    expect(file.code, file.err).toBe(0);
+    const [v1, v2] = [json(at('v1.json')), json(at('v2.json'))];
+    expect(v1.verification).toEqual({ inputs: 'verify', rows: 1 });
+    expect(v1.fidelity).toEqual(v2.fidelity);
+
+    const shapes = await runCli('inspect', at('conv-hw.onnx'), '--calib', at('images'), '--preprocess', pipeline.flag);
+    expect(shapes.code, shapes.err).toBe(0);
+    expect(shapes.out).not.toMatch(/free dimensions/);
+    const alone = await runCli('inspect', at('conv-hw.onnx'), '--preprocess', pipeline.flag);
+    expect(alone.code).toBe(2);
+    expect(alone.err).toMatch(/--preprocess is for --calib FOLDER/);
+  });
+
   it('refuses a spec whose samples are not the model input shape, and JSON that is no spec', async () => {
     const wrong = await runCli(
       'prune', at('conv15.onnx'), '--calib', at('images'), '--preprocess', 'imagenet', '-o', at('x.onnx'),

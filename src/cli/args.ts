@@ -1,6 +1,6 @@
 // Flag helpers shared by prune and study: labels files, choices from a fixed list, the method and allocation flags.
 import { openNpy } from '../npy.js';
-import { openInputs } from './inputs.js';
+import { openInputs, type Inputs } from './inputs.js';
 import { badInput } from '../errors.js';
 import { METHODS, type Method } from '../select/baselines.js';
 import { PRUNE_ALLOCATIONS, type Allocation } from '../prune/allocation.js';
@@ -71,7 +71,7 @@ export interface MethodFlags {
   verify?: VerifySet;
   grid?: number;
   /** Files opened for the flags, to close when done. */
-  opened: { close(): void }[];
+  opened: Inputs[];
 }
 
 export function methodFlags(o: {
@@ -81,6 +81,7 @@ export function methodFlags(o: {
   verify?: string[];
   'verify-labels'?: string;
   grid?: string;
+  preprocess?: string;
 }): MethodFlags {
   const method = choice(o.method ?? 'greedy', '--method', METHODS),
     allocation = o.allocation === undefined ? undefined : choice(o.allocation, '--allocation', PRUNE_ALLOCATIONS);
@@ -89,7 +90,7 @@ export function methodFlags(o: {
   if (o['verify-labels'] && !o.verify) throw badInput('--verify-labels needs --verify');
   if (o.grid && allocation !== 'sensitivity') throw badInput('--grid is for --allocation sensitivity');
   const grid = gridFlag(o.grid);
-  const opened = o.verify ? openInputs(o.verify, '--verify') : undefined;
+  const opened = o.verify ? openInputs(o.verify, '--verify', o.preprocess, true) : undefined;
   const data = opened?.data;
   const verify = data && { data, ...(o['verify-labels'] ? { labels: readLabels(o['verify-labels']) } : {}) };
   return {

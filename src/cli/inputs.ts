@@ -23,8 +23,12 @@ const isDir = (p: string) => {
   }
 };
 
-/** Opens what `flag`'s values name (see the file's header); `preprocess` is the --preprocess flag, for images. */
-export function openInputs(values: string[], flag: string, preprocess?: string): Inputs {
+/**
+ * Opens what `flag`'s values name (see the file's header); `preprocess` is the --preprocess flag, for images. A file
+ * given with it is refused (the flag would do nothing), unless `shared`: --verify shares --calib's --preprocess, and
+ * either may be a folder.
+ */
+export function openInputs(values: string[], flag: string, preprocess?: string, shared = false): Inputs {
   if (!values.length) throw badInput(`${flag} needs a file`);
   const named = values.filter((v) => /^[^=/\\]+=/.test(v));
   if (named.length && named.length !== values.length)
@@ -56,7 +60,7 @@ export function openInputs(values: string[], flag: string, preprocess?: string):
       b = loadImageFolder(path, spec);
     return { data: npyFromBytes(encodeNpy(b.data, b.shape), path), paths: [path], preprocess: spec, close: () => {} };
   }
-  if (preprocess) throw badInput(`--preprocess is for a folder of images; ${path} is a file`);
+  if (preprocess && !shared) throw badInput(`--preprocess is for a folder of images; ${path} is a file`);
   if (path.endsWith('.npz')) {
     const arrays = openNpz(path);
     return { data: arrays, paths: [path], close: () => closeAll(arrays) };

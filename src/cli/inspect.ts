@@ -14,12 +14,14 @@ export const STAND_IN = 32;
 
 export const inspectHelp = `subprune inspect: list a model's channel groups and the candidates refused, with reasons
 
-Usage: subprune inspect MODEL.onnx [--input-shape 1,3,32,32 | --calib DATA] [--json]
+Usage: subprune inspect MODEL.onnx [--input-shape 1,3,32,32 | --calib DATA [--preprocess SPEC]] [--json]
 
   --input-shape S    the input shape (comma-separated; the batch is taken as 1), for a model whose input has free
                      dimensions other than the batch: FLOPs, and g after a Flatten, depend on them; with several
                      inputs, NAME=S once per input (e.g. input_ids=1,128)
-  --calib DATA       take the input shapes from calibration data instead (as for prune: .npy, .npz, NAME=FILE)
+  --calib DATA       take the input shapes from calibration data instead (as for prune: .npy, .npz, NAME=FILE,
+                     or a folder of images with --preprocess)
+  --preprocess SPEC  how images become the model's input, for --calib FOLDER (as for prune)
   --json             print groups, refusals and the summary as JSON
   -h, --help         this help
 
@@ -37,13 +39,15 @@ function inputShapes(
   model: Model,
   given: string[] = [],
   calib: string[] = [],
+  preprocess?: string,
 ): { shapes: Map<string, number[]>; standIn: boolean } {
   const inputs = modelInputs(model);
   if (given.length && calib.length) throw badInput('give one of --input-shape and --calib');
+  if (preprocess && !calib.length) throw badInput('--preprocess is for --calib FOLDER (a folder of images)');
   // the batch at 1, or at the model's own where fixed (as Calibration.shapes)
   const shapes = new Map(inputs.map((x) => [x.name, [x.dims[0] ?? 1, ...x.dims.slice(1).map((d) => d ?? STAND_IN)]]));
   if (calib.length) {
-    const data = openInputs(calib, '--calib');
+    const data = openInputs(calib, '--calib', preprocess);
     try {
       const c = Calibration.of(model, data.data);
       return { shapes: c.shapes, standIn: false };
@@ -109,6 +113,7 @@ export function runInspect(argv: string[]): void {
     options: {
       'input-shape': { type: 'string', multiple: true },
       calib: { type: 'string', multiple: true },
+      preprocess: { type: 'string' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h' },
     },
@@ -120,7 +125,7 @@ export function runInspect(argv: string[]): void {
   if (positionals.length !== 1) throw badInput('inspect takes one model: subprune inspect MODEL.onnx');
   const model = readModel(positionals[0]);
   const inputs = modelInputs(model);
-  const { shapes, standIn } = inputShapes(model, o['input-shape'], o.calib);
+  const { shapes, standIn } = inputShapes(model, o['input-shape'], o.calib, o.preprocess);
   const a = analyze(model, shapes);
   const stats = modelStats(model, shapes);
   const sum = summary(model, a, shapes);

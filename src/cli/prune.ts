@@ -29,8 +29,8 @@ ${inputsHelp('--calib DATA', 'calibration inputs')};
                       --preprocess, --method's statistics or subprune version, or if a file is corrupted or
                       given twice (subprune capture --help)
   --preprocess SPEC   how images become the model's input (resize, crop, channels, scale, mean, std; or a
-                      preset: imagenet, paddleocr-rec, paddleocr-det), for --calib FOLDER; or the JSON a
-                      report recorded as "preprocess"; see the README
+                      preset: imagenet, paddleocr-rec, paddleocr-det), for --calib FOLDER and --verify
+                      FOLDER; or the JSON a report recorded as "preprocess"; see the README
   -o, --output FILE   where to write the pruned model (after onnxruntime has run it; atomically; never the input);
                       for several sizes a pattern: {c} stands for the compression, {r} for the keep ratio
   --external-data     write the weights to OUT.onnx.data next to it (ONNX's external data); automatic when the
@@ -179,7 +179,9 @@ export async function runPrune(argv: string[]): Promise<void> {
     defaultThreads();
   const stats = o.stats?.length ? readMergedStats(o.stats) : undefined;
   const mode = asked ?? defaultMode(stats);
-  const inputs = openInputs(o.calib, '--calib', o.preprocess);
+  const inputs = openInputs(o.calib, '--calib', o.preprocess, !!o.verify);
+  if (o.preprocess && !inputs.preprocess && !how.opened.some((x) => x.preprocess))
+    throw badInput('--preprocess is for a folder of images; --calib and --verify are files');
   const calib = inputs.data;
   if (stats && inputs.preprocess) checkStatsPreprocess(stats, inputs.preprocess);
   const bars = new Map<string, Progress>();
