@@ -8,7 +8,7 @@ import { sizeModel } from '../src/budget/size.js';
 import { compressionGoal } from '../src/budget/index.js';
 import { allocateGlobal } from '../src/budget/allocate.js';
 import { createdBiasParams } from '../src/rewrite/bias.js';
-import { allocateBudget } from '../src/prune/allocation.js';
+import { allocateBudget, allocateRanked } from '../src/prune/allocation.js';
 import { rankGroup } from '../src/prune/rank.js';
 import { captureGrams } from '../src/capture/index.js';
 import { prune } from '../src/prune/index.js';
@@ -181,4 +181,42 @@ describe('search allocation', () => {
     expect(ok.allocation).toBe('search');
     ok.opened.forEach((f) => f.close());
   });
+});
+
+describe('the global allocation ranks each group only as deep as it keeps', () => {
+  it.each([
+    ['lenet', [8, 16, 32]],
+    ['mobilenet', [6]],
+    ['vit', [2, 4]],
+  ] as const)(
+    '%s at %j×: the keeps of ranking every channel, from shallower rankings',
+    { timeout: 300_000 },
+    async (name, compressions) => {
+      const model = readModel(`models/${name}.onnx`),
+        data = Calibration.of(model, calib),
+        { groups } = analyze(model, data.shapes);
+      const size = sizeModel(model, groups, data.shapes, 'params'),
+        biases = createdBiasParams(model, groups, false),
+        sizeOf = (k: Map<string, number>) => size(k) + biases(k),
+        params = modelStats(model, data.shapes).params;
+      const goals = compressions.map((c) => ({ sizeOf, goal: compressionGoal(groups, c, sizeOf, params) }));
+      const grams = await captureGrams(model, groups, data, {});
+      const found = await allocateBudget(model, groups, data, goals, { allocation: 'global', grams });
+      // the oracle: every group ranked whole, then the same greedy over the groups
+      const whole = groups.map((u) => rankGroup(model, u, grams.get(u.id)!, {}));
+      goals.forEach(({ goal }, i) => expect(found.keeps[i]).toEqual(allocateRanked('global', whole, sizeOf, goal)));
+      // the rankings stop short where the allocation keeps few, and each is the whole ranking's prefix
+      const depth = found.ranked.map((r) => r.sel.order.length);
+      expect(depth.some((n, j) => n < groups[j]!.channels)).toBe(true);
+      found.ranked.forEach((r, j) => {
+        // deepened from where its greedy stopped: the whole ranking's prefix, objectives and re-fits bit for bit
+        expect(r.sel.order).toEqual(whole[j]!.sel.order.slice(0, depth[j]));
+        expect(r.sel.objective).toEqual(whole[j]!.sel.objective.slice(0, depth[j]));
+        expect(r.sel.refit(depth[j]!)).toEqual(whole[j]!.sel.refit(depth[j]!));
+        expect(r.sel.state).toBeUndefined(); // not kept past the allocation
+        for (const k of found.keeps)
+          expect(k.get(r.group.id)!).toBeLessThan(depth[j]! + (depth[j] === r.group.channels ? 1 : 0));
+      });
+    },
+  );
 });

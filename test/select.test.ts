@@ -190,6 +190,35 @@ describe.each(['wasm', 'plain'] as const)('greedy selection (%s kernels) against
     expect(() => selectChannels(problem(c), 13, { kernels: backend })).toThrow(/k = 13/);
     expect(() => long.refit(13)).toThrow(RangeError);
   });
+
+  it('a greedy gone on from its stopped state is one run to the larger k, bit for bit', () => {
+    // a group of 12 channels read by three consumers: g = 1; g = 3, asymmetric; g = 1 with the intercept
+    const cases = [
+      makeCase(21, 80, 12, 5, 1, false),
+      makeCase(22, 80, 36, 4, 3, true),
+      makeCase(23, 80, 12, 6, 1, false),
+    ];
+    const problems = cases.map(problem);
+    const B = cases[2]!.B,
+      sums = new Float64Array(B.cols);
+    for (let i = 0; i < B.rows; i++) for (let j = 0; j < B.cols; j++) sums[j] += B.a[i * B.cols + j]! + 3;
+    problems[2] = { ...problems[2]!, G: gramOf({ ...B, a: B.a.map((v) => v + 3) }), intercept: { sums, rows: B.rows } };
+    const opts = { kernels: backend } as const;
+    const one = selectGroup(problems, 12, opts);
+    const first = selectGroup(problems, 4, { ...opts, keepState: true });
+    const second = selectGroup(problems, 9, { ...opts, resume: first.state, keepState: true });
+    const last = selectGroup(problems, 12, { ...opts, resume: second.state });
+    expect(first.order).toEqual(one.order.slice(0, 4));
+    expect(second.order).toEqual(one.order.slice(0, 9));
+    for (const sel of [second, last]) {
+      const k = sel.order.length;
+      expect(sel.objective).toEqual(one.objective.slice(0, k));
+      expect(sel.consumers).toEqual(one.consumers.map((o) => o.slice(0, k)));
+      for (const p of [0, 3, 4, k]) expect(sel.refit(p)).toEqual(one.refit(p));
+    }
+    expect(last.gains).toEqual(one.gains);
+    expect(() => selectGroup(problems, 3, { ...opts, resume: first.state })).toThrow(/resume/);
+  });
 });
 
 describe('wasm and plain kernels agree', () => {

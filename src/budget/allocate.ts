@@ -138,7 +138,9 @@ export function allocateGlobal(
 ): Map<string, number> {
   checkReachable(groups, sizeOf, goal);
   const keeps = floor > 0 ? shareOfUniform(groups, sizeOf, goal, floor) : keepsOf(groups, () => 1);
-  const active = new Set(groups.filter((u) => u.channels > 1 && keeps.get(u.id)! < u.channels));
+  // a group grows while its curve goes on: a ranking cut short (rankedForGlobal) stops it at its end
+  const end = (u: AllocGroup) => Math.min(u.channels, objectives.get(u.id)!.length);
+  const active = new Set(groups.filter((u) => u.channels > 1 && keeps.get(u.id)! < end(u)));
   const gain = (u: AllocGroup) => {
     const o = objectives.get(u.id)!,
       k = keeps.get(u.id)!;
@@ -153,13 +155,13 @@ export function allocateGlobal(
       continue;
     } // grows only costlier
     keeps.set(best!.id, k);
-    if (k === best!.channels) active.delete(best!);
+    if (k >= end(best!)) active.delete(best!);
   }
   return keeps;
 }
 
 /** `share` of the channels (at least one) of the largest fraction kept in every group that meets the goal. */
-function shareOfUniform(groups: AllocGroup[], sizeOf: SizeOf, goal: number, share: number): Map<string, number> {
+export function shareOfUniform(groups: AllocGroup[], sizeOf: SizeOf, goal: number, share: number): Map<string, number> {
   const keep = (f: number) => keepsOf(groups, (u) => Math.max(1, Math.floor(f * u.channels)));
   let lo = 0,
     hi = 1;

@@ -9,13 +9,13 @@ import { captureGrams, type CaptureOptions, type RuntimeOptions } from '../captu
 import type { Captured, StatsWanted } from '../capture/stats.js';
 import type { KernelOptions } from '../kernels/instances.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
-import { allocateByLevel, allocateGlobal, gridKeeps, type Curve } from '../budget/allocate.js';
+import { allocateByLevel, allocateGlobal, gridKeeps, shareOfUniform, type Curve } from '../budget/allocate.js';
 import type { SizeOf } from '../budget/index.js';
 import { openGroupProbe, verifyTargets, type Targets, type VerifySet } from '../eval/alone.js';
 import { betterScore, openNetworkProbe, type NetworkProbe, type NetworkScore } from '../eval/network.js';
 import { pruneGroups, type PrunePlan } from '../rewrite/index.js';
 import { fidelitySampleRows } from './verify.js';
-import { paddedWeights, planOf, rankGroup, type Ranked } from './rank.js';
+import { deepened, paddedWeights, planOf, rankGroup, settled, type Ranked } from './rank.js';
 
 export type Allocation = 'uniform' | 'sensitivity' | 'global' | 'search';
 /** The allocations made from the groups' rankings (and curves) alone: the study's (src/study). */
@@ -269,7 +269,10 @@ export async function allocateBudget(
       ...opts,
       onBatch: (d: number, n: number) => progress('capture', d, n),
     }));
-  const ranked = groups.map((u) => rankGroup(model, u, grams.get(u.id)!, opts));
+  const ranked =
+    opts.allocation === 'global'
+      ? rankedForGlobal(model, groups, grams, goals, opts)
+      : groups.map((u) => rankGroup(model, u, grams.get(u.id)!, opts));
   const curves =
     opts.allocation === 'sensitivity'
       ? await sensitivityCurves(model, ranked, opts.refit ?? true, opts.verify ?? { data: calib }, {
@@ -288,6 +291,41 @@ export async function allocateBudget(
   const keeps = goals.map((g) => allocateRanked(opts.allocation, ranked, g.sizeOf, g.goal, curves));
   return { keeps, grams, ranked };
 }
+
+/**
+ * Each group ranked as deep as the global allocation takes it, for every goal: first to the uniform allocation's
+ * keep (at least RANK_DEPTH channels), then, for a group the allocation stops at the end of its ranking, twice as deep
+ * again, going on from where its greedy stopped, until none stops there. The greedy's order is nested, so each curve
+ * is a prefix of the whole ranking's and the keeps are those of ranking every channel. Ranking all 3072 neurons of
+ * each of DistilBERT's FFNs, for the ~400 the allocation keeps at 2×, took 26–33 s of a 57–75 s prune.
+ */
+export function rankedForGlobal(
+  model: Model,
+  groups: Group[],
+  grams: Map<string, Captured[]>,
+  goals: { sizeOf: SizeOf; goal: number }[],
+  opts: MethodOptions & KernelOptions & { refit?: boolean },
+): Ranked[] {
+  const uniform = goals.map((g) => shareOfUniform(groups, g.sizeOf, g.goal, 1));
+  const depth = (u: Group) => Math.min(u.channels, Math.max(RANK_DEPTH, ...uniform.map((k) => k.get(u.id)!)));
+  const depths = groups.map(depth),
+    more = (i: number) => depths[i]! < groups[i]!.channels;
+  const ranked = groups.map((u, i) =>
+    rankGroup(model, u, grams.get(u.id)!, { ...opts, keepState: more(i) }, depths[i]),
+  );
+  for (;;) {
+    const keeps = goals.map((g) => allocateWeighted(ranked, g.sizeOf, g.goal));
+    const cut = groups.flatMap((u, i) => (more(i) && keeps.some((k) => k.get(u.id)! >= depths[i]!) ? [i] : []));
+    if (!cut.length) return ranked.map(settled);
+    for (const i of cut) {
+      depths[i] = Math.min(groups[i]!.channels, 2 * depths[i]!);
+      ranked[i] = deepened(ranked[i]!, depths[i]!, more(i));
+    }
+  }
+}
+
+/** The least depth rankedForGlobal ranks a group to at first. */
+const RANK_DEPTH = 16;
 
 /** searchAllocation for every goal, with one probe (the original model's outputs computed once). */
 async function searchGoals(

@@ -390,8 +390,10 @@ async function rankLayerwise(
       few = short[i]!.map((w) => w !== undefined);
     const r = clock.time('select', () => {
       const k = Math.max(...keeps.keeps.map((m) => m.get(u.id)!));
-      // the allocation's ranking serves unless a consumer is too short to steer it
-      const shared = few.some((x) => x) ? undefined : keeps.ranked?.[i];
+      // the allocation's ranking serves unless a consumer is too short to steer it, or it stops short of k (the
+      // global allocation ranks a group only as deep as it keeps, rankedForGlobal)
+      const prior = keeps.ranked?.[i],
+        shared = few.some((x) => x) || !prior || prior.sel.order.length < k ? undefined : prior;
       return shared ?? rankGroup(model, u, grams.get(u.id)!, opts, k, few);
     });
     seconds.push((performance.now() - t) / 1000);

@@ -8,7 +8,13 @@ import type { PrunePlan } from '../rewrite/index.js';
 import type { Captured } from '../capture/stats.js';
 import type { Gram } from '../kernels/gram.js';
 import type { KernelOptions } from '../kernels/instances.js';
-import { selectGroup, type FitOptions, type GroupSelection, type LayerProblem } from '../select/greedy.js';
+import {
+  selectGroup,
+  type FitOptions,
+  type GroupSelection,
+  type LayerProblem,
+  type SelectOptions,
+} from '../select/greedy.js';
 import { biasSite } from '../rewrite/bias.js';
 import { constantTensors } from '../graph/shapes.js';
 import { groupSeed, rankChannels, type MethodOptions } from '../select/baselines.js';
@@ -21,6 +27,8 @@ export interface Ranked {
   /** Each consumer's weights for the group as the d×m matrix the selection saw. */
   W: Float64Array[];
   sel: GroupSelection;
+  /** A baseline method's order, forced on the selection (undefined: the greedy's own). */
+  order?: number[];
   /** Each consumer's problem as the selection saw it, and its rows of input (the ridge's N). */
   problems: LayerProblem[];
   rows: number[];
@@ -47,7 +55,7 @@ export function rankGroup(
   model: Model,
   group: Group,
   captured: Captured[],
-  options: MethodOptions & KernelOptions & FitOptions = {},
+  options: MethodOptions & KernelOptions & FitOptions & Pick<SelectOptions, 'keepState'> = {},
   k = group.channels,
   short?: readonly boolean[],
 ): Ranked {
@@ -84,11 +92,26 @@ export function rankGroup(
     };
   });
   const kernels = { kernels: options.kernels, threads: options.threads };
-  const sel = selectGroup(problems, k, { ...kernels, order });
+  const sel = selectGroup(problems, k, { ...kernels, order, keepState: options.keepState });
   const rounds = options.refit === false || short?.some((x) => x) ? 0 : (options.refine ?? 0);
   const refine = rounds > 0 ? { refine: { rounds, at: new Map() } } : {};
   const rows = captured.map((c) => c.rows);
-  return { group, W, sel, problems, rows, kernels, ...refine, fits: new Map() };
+  return { group, W, sel, ...(order ? { order } : {}), problems, rows, kernels, ...refine, fits: new Map() };
+}
+
+/**
+ * The ranking gone on to k channels from where its selection stopped (ranked with `keepState`): the ranking to k in
+ * one run, bit for bit, without its set-up again. Its fits and swaps so far stay: each prefix is the same.
+ */
+export function deepened(r: Ranked, k: number, keepState: boolean): Ranked {
+  const sel = selectGroup(r.problems, k, { ...r.kernels, order: r.order, resume: r.sel.state, keepState });
+  return { ...r, sel };
+}
+
+/** The ranking without the state it could go on from (which holds about as much as its Gram matrices). */
+export function settled(r: Ranked): Ranked {
+  const { state: _, ...sel } = r.sel;
+  return { ...r, sel };
 }
 
 /** The swaps' result at k (undefined without --refine, or at k = 0 or all channels, where no swap exists). */

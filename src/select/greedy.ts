@@ -81,6 +81,40 @@ export interface SelectOptions extends KernelOptions {
   order?: number[];
   /** Called after each chosen channel (for progress bars). */
   onStep?: (done: number, k: number) => void;
+  /** Go on from a greedy stopped earlier on the same problems (its `state`), to k channels in all. */
+  resume?: GreedyState;
+  /** Copy the greedy's state out when it stops (GroupSelection.state), so that it can go on later. */
+  keepState?: boolean;
+}
+
+/**
+ * A greedy stopped after some steps, copied out of kernel memory (which it leaves at every return): each consumer's
+ * factor and the order so far. Going on from it gives what one run to the larger k gives, bit for bit.
+ */
+export interface GreedyState {
+  factors: FactorState[];
+  /** The channel at each position: the remaining ones in [0, nrem), the chosen ones after. */
+  chan: Int32Array;
+  order: number[];
+  objective: number[];
+  consumers: number[][];
+}
+
+/**
+ * One consumer's Factor: its arrays, the rows of L of the channels not chosen yet (the only ones a later step reads;
+ * the chosen ones' are in the snapshot's Lp) with its t columns packed, and the snapshot the re-fit keeps.
+ */
+interface FactorState {
+  Q: Float64Array;
+  E: Float64Array;
+  diag0: Float64Array;
+  gains: Float64Array;
+  orig: Int32Array;
+  L: Float64Array;
+  t: number;
+  F: number;
+  norm2: number;
+  snap: Snapshot;
 }
 
 export interface Refit {
@@ -213,6 +247,8 @@ export interface GroupSelection {
    */
   gains: Float64Array;
   seconds: { setup: number; greedy: number };
+  /** With `keepState`: where the greedy stopped, to go on from (SelectOptions.resume). */
+  state?: GreedyState;
 }
 
 /**
@@ -230,6 +266,9 @@ export function selectGroup(problems: LayerProblem[], k: number, opts: SelectOpt
   }
   if (!Number.isInteger(k) || k < 0 || k > n)
     throw new RangeError(`k = ${k}: must be a whole number from 0 to ${n} channels`);
+  const from = opts.resume;
+  if (from && (from.order.length > k || from.factors.length !== problems.length || from.chan.length !== n))
+    throw new RangeError(`resume: a state of ${from.order.length} steps on other problems, or past k = ${k}`);
   const order = opts.order;
   const bad = (c: number) => !Number.isInteger(c) || c < 0 || c >= n;
   if (order && (order.length < k || new Set(order.slice(0, k)).size !== k || order.some(bad)))
@@ -304,6 +343,7 @@ class Factor {
     n: number,
     k: number,
     private readonly tol: number,
+    from?: FactorState,
   ) {
     const { d, m, g } = pr,
       A = K.arena,
@@ -333,6 +373,12 @@ class Factor {
       pack: A.alloc(K.gemmPackDoubles(g) * 8),
       tmp: A.alloc(128 * K.threads),
     });
+    if (from) {
+      this.norm2 = from.norm2;
+      this.intercept = from.snap.intercept;
+      this.restore(pr, from);
+      return;
+    }
     const top = A.mark();
     const Wp = A.alloc(d * m * 8),
       P = A.alloc(K.gemmPackDoubles(m) * 8),
@@ -372,6 +418,46 @@ class Factor {
     this.groupGains(n);
   }
 
+  /** The state a stopped greedy copied out (save), in this factor's arrays (sized for its own k). */
+  private restore(pr: LayerProblem, from: FactorState): void {
+    const { d } = pr,
+      { m, tmax } = this,
+      t = from.t;
+    const G = this.view('G', d * d),
+      snap = from.snap;
+    G.set(pr.G);
+    if (snap.intercept) centre(G, d, snap.intercept.s, snap.intercept.N);
+    for (const key of ['Q', 'E', 'diag0', 'gains'] as const) this.view(key, from[key].length).set(from[key]);
+    this.K.arena.i32(this.p.orig, d).set(from.orig);
+    const L = this.view('L', d * tmax),
+      Lp = this.view('Lp', tmax * tmax);
+    for (let r = 0; r * t < from.L.length; r++) L.set(from.L.subarray(r * t, r * t + t), r * tmax);
+    for (let r = 0; r < t; r++) Lp.set(snap.Lp.subarray(r * snap.tmax, r * snap.tmax + t), r * tmax);
+    this.view('Z', t * m).set(snap.Z);
+    this.t = t;
+    this.F = from.F;
+    this.pivots.push(...snap.pivots);
+    this.tAfter.push(...snap.tAfter);
+  }
+
+  /** This factor's state with `nrem` channels left, copied out of kernel memory (restore's input). */
+  save(d: number, n: number, nrem: number, snap: Snapshot): FactorState {
+    const { m, g, t, tmax } = this,
+      rows = nrem * g,
+      L = this.view('L', rows * tmax),
+      packed = new Float64Array(rows * t);
+    for (let r = 0; r < rows; r++) packed.set(L.subarray(r * tmax, r * tmax + t), r * t);
+    return {
+      Q: this.view('Q', d * m).slice(),
+      E: this.view('E', n * g * g).slice(),
+      diag0: this.view('diag0', d).slice(),
+      gains: this.view('gains', n).slice(),
+      orig: this.K.arena.i32(this.p.orig, d).slice(),
+      L: packed,
+      ...{ t, F: this.F, norm2: this.norm2, snap },
+    };
+  }
+
   /**
    * Takes the ones column as the first pivot: G ← G − s sᵀ/N (the Gram matrix of the centred B), Q ← Q − s
    * vᵀ/N with v = Wᵀ Aᵀ1 (the centred target's cross term), and F starts at ‖v‖²/N, the part of A W the
@@ -386,7 +472,7 @@ class Factor {
       v = w ? w.slice() : new Float64Array(m);
     if (w && w.length !== m) throw new RangeError(`intercept target sums Wᵀ Aᵀ1 must have m = ${m} entries`);
     if (!w) for (let i = 0; i < d; i++) for (let j = 0; j < m; j++) v[j] += t[i]! * W[i * m + j]!;
-    for (let i = 0; i < d; i++) for (let j = 0; j < d; j++) G[i * d + j] -= (s[i]! * s[j]!) / N;
+    centre(G, d, s, N);
     const Q = this.view('Q', d * m);
     for (let i = 0; i < d; i++) for (let j = 0; j < m; j++) Q[i * m + j] -= (s[i]! * v[j]!) / N;
     this.F = frobDot(v, v) / N;
@@ -494,16 +580,7 @@ class Factor {
   }
 
   /** What the re-fit needs, copied out of kernel memory: the pivots' rows of L and the q rows. */
-  snapshot(): {
-    Lp: Float64Array;
-    Z: Float64Array;
-    pivots: number[];
-    tAfter: number[];
-    tmax: number;
-    m: number;
-    g: number;
-    intercept?: Factor['intercept'];
-  } {
+  snapshot(): Snapshot {
     const { t, tmax, m, g, intercept } = this;
     return {
       Lp: this.view('Lp', t * tmax).slice(),
@@ -518,16 +595,30 @@ class Factor {
   }
 }
 
+/** What the re-fit needs of a Factor (its snapshot). */
+interface Snapshot {
+  Lp: Float64Array;
+  Z: Float64Array;
+  pivots: number[];
+  tAfter: number[];
+  tmax: number;
+  m: number;
+  g: number;
+  intercept?: Factor['intercept'];
+}
+
 function greedy(K: Kernels, problems: LayerProblem[], n: number, k: number, opts: SelectOptions): GroupSelection {
   const tol = opts.tol ?? DEFAULT_TOL,
     A = K.arena;
-  const t0 = now();
-  const factors = problems.map((pr) => new Factor(K, pr, n, k, tol));
+  const t0 = now(),
+    from = opts.resume;
+  const factors = problems.map((pr, i) => new Factor(K, pr, n, k, tol, from?.factors[i]));
   const chanPtr = A.alloc(n * 4),
     sumPtr = factors.length > 1 ? A.alloc(n * 8) : factors[0]!.p.gains;
   const chan = A.i32(chanPtr, n),
     sum = A.f64(sumPtr, n);
-  for (let c = 0; c < n; c++) chan[c] = c;
+  if (from) chan.set(from.chan);
+  else for (let c = 0; c < n; c++) chan[c] = c;
   // each consumer's gains count as its share of its own ‖A_c W_c‖² (one consumer: its gains as they are)
   const weights = factors.map((f, i) =>
     problems[i]!.ranks === false ? 0 : factors.length > 1 && f.norm2 > 0 ? 1 / f.norm2 : 1,
@@ -540,18 +631,18 @@ function greedy(K: Kernels, problems: LayerProblem[], n: number, k: number, opts
       for (let p = 0; p < nrem; p++) sum[p] += weights[i]! * gains[p]!;
     });
   };
-  combine(n);
+  let nrem = n - (from?.order.length ?? 0);
+  combine(nrem);
   // only wanted once every gain left is 0 (pr.G stays as given: the factors copy it)
   let energy: ReturnType<typeof standAloneEnergy> | undefined;
   const t1 = now();
 
-  const order: number[] = [],
-    objective: number[] = [],
-    consumers: number[][] = factors.map(() => []);
-  let nrem = n;
+  const order = [...(from?.order ?? [])],
+    objective = [...(from?.objective ?? [])],
+    consumers = factors.map((_, i) => [...(from?.consumers[i] ?? [])]);
   const rowTmp = new Float64Array(Math.max(...factors.map((f) => Math.max(f.m, f.tmax, f.g * f.g))));
   const rel = (f: Factor) => (f.norm2 > 0 ? Math.min(1, f.F / f.norm2) : 1);
-  for (let step = 0; step < k; step++) {
+  for (let step = order.length; step < k; step++) {
     // Move the best channel to the end of the candidate positions; its columns then join every factor.
     let best = opts.order ? chan.subarray(0, nrem).indexOf(opts.order[step]!) : K.argmax(sumPtr, chanPtr, nrem);
     if (!opts.order && !(sum[best]! > 0)) best = byEnergy(chan, nrem, (energy ??= standAloneEnergy(problems, n, tol)));
@@ -574,6 +665,15 @@ function greedy(K: Kernels, problems: LayerProblem[], n: number, k: number, opts
     last = factors.length > 1 ? sum : factors[0]!.view('gains', nrem);
   for (let p = 0; p < nrem; p++) gains[chan[p]!] = last[p]!;
   const snaps = factors.map((f) => f.snapshot());
+  const state = opts.keepState
+    ? {
+        factors: factors.map((f, i) => f.save(problems[i]!.d, n, nrem, snaps[i]!)),
+        chan: chan.slice(),
+        order,
+        objective,
+        consumers,
+      }
+    : undefined;
   return {
     order,
     objective,
@@ -581,6 +681,7 @@ function greedy(K: Kernels, problems: LayerProblem[], n: number, k: number, opts
     norm2: factors.map((f) => f.norm2),
     gains,
     seconds: { setup: t1 - t0, greedy: t2 - t1 },
+    ...(state ? { state } : {}),
     refit: (prefix) => {
       if (!Number.isInteger(prefix) || prefix < 0 || prefix > order.length)
         throw new RangeError(`refit: prefix ${prefix} is not in 0..${order.length}`);
@@ -641,7 +742,7 @@ function byEnergy(chan: Int32Array, nrem: number, { centred, raw }: ReturnType<t
 }
 
 /** Least-squares weights of one consumer for the first `prefix` chosen channels (kept: `keep`, ascending). */
-function refit(s: ReturnType<Factor['snapshot']>, keep: number[], prefix: number, opts: KernelOptions): Float64Array {
+function refit(s: Snapshot, keep: number[], prefix: number, opts: KernelOptions): Float64Array {
   const { tmax, m, g } = s,
     tp = prefix ? s.tAfter[prefix - 1]! : 0;
   const R = getKernels(opts.kernels, opts.threads),
@@ -680,6 +781,11 @@ function biasOf(ic: { s: Float64Array; v: Float64Array; N: number }, keep: numbe
     }
   });
   return delta.map((x) => x / ic.N);
+}
+
+/** G ← G − s sᵀ/N: the Gram matrix of the centred columns (the intercept pivoted first). */
+function centre(G: Float64Array, d: number, s: Float64Array, N: number): void {
+  for (let i = 0; i < d; i++) for (let j = 0; j < d; j++) G[i * d + j] -= (s[i]! * s[j]!) / N;
 }
 
 function frobDot(x: Float64Array, y: Float64Array): number {
