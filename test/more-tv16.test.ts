@@ -1,8 +1,10 @@
 import { describe, it, expect } from 'vitest';
 import { readModel } from '../src/onnx/index.js';
 import { analyze } from '../src/graph/analyze.js';
+import { modelStats } from '../src/graph/shapes.js';
 import { openNpy } from '../src/npy.js';
 import { prune } from '../src/index.js';
+import { runCli } from './cli-helpers.js';
 
 // Round tv16: torchvision's video classifiers, a GPT-2 decoder with its KV cache, a mixture-of-experts encoder and a
 // 3-D UNet at their real sizes, written in plain torch (test/fixtures/make-more-tv16.py keeps what they showed small).
@@ -35,5 +37,28 @@ describe('a model with no prunable group (a video net: every consumer a Conv3d)'
     expect(out.graph!.node.length).toBe(original.graph!.node.length);
     expect(report.seconds.verify).toBe(0);
     expect(report.fidelity).toEqual({ samples: 0, outputDims: [] });
+  });
+});
+
+describe("torch's tensor_split (a Loop filling a sequence, as MViT splits off its class token)", () => {
+  const SPLIT = `${FIX}/tv16-split.onnx`;
+
+  it('the layers after it have no shapes, and the FLOPs leave them out', () => {
+    // embed: 2 × 5 tokens × 8 × 16; fc1 and fc2 (16→32, 32→4) are past the sequence ops
+    const stats = modelStats(readModel(SPLIT));
+    expect(stats.flops).toBe(2 * 5 * 8 * 16);
+    expect(stats.unknown).toEqual(['/fc1/MatMul', '/fc2/MatMul']);
+  });
+
+  it('inspect says the FLOPs leave out those layers, in the text and the JSON', async () => {
+    // mvit_v2_s showed "3.51G FLOPs per sample" for a model of about 130 GFLOPs and did not say why
+    const text = await runCli('inspect', SPLIT);
+    expect(text.code).toBe(0);
+    expect(text.out.split('\n')[0]).toBe(
+      `${SPLIT}: opset 17, inputs tokens [1,5,8], 832 params, 1.3k FLOPs per sample (not counted: 2 layers whose ` +
+        'shapes are unknown, e.g. /fc1/MatMul; the refusals say why)',
+    );
+    const json = JSON.parse((await runCli('inspect', SPLIT, '--json')).out);
+    expect(json.flopsUncounted).toEqual(['/fc1/MatMul', '/fc2/MatMul']);
   });
 });
