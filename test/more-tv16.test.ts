@@ -5,6 +5,7 @@ import { modelStats } from '../src/graph/shapes.js';
 import { openNpy } from '../src/npy.js';
 import { prune } from '../src/index.js';
 import { runCli } from './cli-helpers.js';
+import { describeFixtures } from './fixture-suite.js';
 
 // Round tv16: torchvision's video classifiers, a GPT-2 decoder with its KV cache, a mixture-of-experts encoder and a
 // 3-D UNet at their real sizes, written in plain torch (test/fixtures/make-more-tv16.py keeps what they showed small).
@@ -60,5 +61,42 @@ describe("torch's tensor_split (a Loop filling a sequence, as MViT splits off it
     );
     const json = JSON.parse((await runCli('inspect', SPLIT, '--json')).out);
     expect(json.flopsUncounted).toEqual(['/fc1/MatMul', '/fc2/MatMul']);
+  });
+});
+
+describeFixtures([
+  {
+    // each layer's 4 experts' hidden neurons (Linear 8→16, GELU, Linear 16→8), the second layer's after a TopK
+    model: `${FIX}/tv16-moe.onnx`,
+    data: () => openNpy(`${FIX}/tv16-moe.calib.npy`),
+    groups: Array.from({ length: 8 }, () => [16, 1, 1]),
+  },
+]);
+
+describe('a mixture of experts routed by TopK', () => {
+  it('TopK and OneHot have shapes: the layers after the first router are sized', () => {
+    // the full-size encoder (4 layers of 8 experts of 1024, top-2 by gather): 22.3 % of the parameters in prunable
+    // groups, the experts of layers 2 to 4 refused with "it comes from TopK, an op with no shape rule"; now 89.0 %
+    const m = readModel(`${FIX}/tv16-moe.onnx`);
+    expect(modelStats(m, [1, 6, 8]).unknown).toEqual([]);
+    const { groups } = analyze(m, [1, 6, 8]);
+    expect(groups.map((u) => u.id.replace(/\/experts\.\d\.0\/Gemm$/, ''))).toEqual([
+      ...Array.from({ length: 4 }, (_, e) => `/layers/layers.0/experts.${e}`),
+      ...Array.from({ length: 4 }, (_, e) => `/layers/layers.1/experts.${e}`),
+    ]);
+  });
+
+  it("routed as Mixtral's code does (each expert on its own tokens): refused, the rows depending on values", () => {
+    const { groups, refused } = analyze(readModel(`${FIX}/tv16-moe-nonzero.onnx`), [1, 6, 8]);
+    expect(groups).toEqual([]);
+    const experts = refused.filter((r) => r.node.includes('/experts.'));
+    expect(experts).toHaveLength(16);
+    const nonZero = /it comes from NonZero "\/layers\/layers\.[01]\/NonZero(_\d)?"/,
+      why = 'whose output shape depends on the values it reads';
+    for (const r of experts) {
+      expect(r.reason).toMatch(/^the shape of "[^"]+" is unknown: /);
+      expect(r.reason).toMatch(nonZero);
+      expect(r.reason).toContain(why);
+    }
   });
 });

@@ -202,9 +202,12 @@ class Graph {
       if (next === undefined && this.calls.has(n.name))
         return `the shape of "${t}" is unknown: it comes from "${n.name}", which ${this.calls.get(n.name)}`;
       if (next === undefined) {
-        const why = OPS[opOf(n)]?.shape
-          ? 'whose output shape could not be computed'
-          : 'an op with no shape rule in subprune';
+        const why = DATA_SHAPED.has(opOf(n))
+          ? 'whose output shape depends on the values it reads (the tokens a mixture of experts routes to one ' +
+            'expert: torch.where, h[top]), not on shapes alone'
+          : OPS[opOf(n)]?.shape
+            ? 'whose output shape could not be computed'
+            : 'an op with no shape rule in subprune';
         return `the shape of "${t}" is unknown: it comes from ${label(n)}, ${why}${ortHint(n)}`;
       }
       name = next;
