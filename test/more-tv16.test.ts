@@ -100,3 +100,15 @@ describe('a mixture of experts routed by TopK', () => {
     }
   });
 });
+
+describe('a 3-D UNet (Conv3d, MaxPool3d, ConvTranspose3d up, Concat with the skip)', () => {
+  it('the ConvTranspose3d its channels reach is refused for being 3-D, not as a depthwise one', () => {
+    // before: 'has weight [8, 4, 2, 2, 2] for 8 input channels in 1 groups (a transposed one passes them only with as
+    // many outputs as inputs)', the rule of a depthwise ConvTranspose applied to an ordinary one
+    const { groups, refused } = analyze(readModel(`${FIX}/tv16-unet3d.onnx`));
+    expect(groups).toEqual([]);
+    expect(refused.find((r) => r.node === '/down/down.1/Conv')?.reason).toBe(
+      'ConvTranspose "/up/ConvTranspose" is a 3-D transposed convolution; only 1-D and 2-D ones are supported',
+    );
+  });
+});

@@ -788,6 +788,10 @@ const grouped =
     const width = cin / group; // input channels per conv group
     const cout = transposed ? dims[1]! * group : dims[0]!;
     const fits = transposed ? dims[0] === cin && cout === cin : dims[1] === width && cout % group === 0;
+    // an ordinary conv that the layer table refused (a 3-D transposed one, a 3-D UNet's upsampling) is no layer here,
+    // and passes nothing: the table's reason says why, not the shape of a depthwise one
+    const read = group === 1 && !fits ? LAYERS[opOf(ctx.node)]?.read(ctx.node, ctx.constant) : undefined;
+    if (read && 'refuse' in read) return { refuse: read.refuse };
     if (!fits || !Number.isInteger(width))
       return refusal(
         ctx,
