@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest';
-import { readModel } from '../src/onnx/index.js';
+import { DataType, intAttr, makeNode, readModel, type NodeProto } from '../src/onnx/index.js';
 import { analyze } from '../src/graph/analyze.js';
-import { modelStats } from '../src/graph/shapes.js';
+import { modelStats, realValue, type RealScope } from '../src/graph/shapes.js';
 import { openNpy } from '../src/npy.js';
 import { prune } from '../src/index.js';
 import { runCli } from './cli-helpers.js';
@@ -120,5 +120,31 @@ describe("Mixtral's routing: the experts' outputs scattered into zeros_like(h) (
     expect(analyze(readModel(`${FIX}/tv16-moe-nonzero.onnx`), [1, 6, 8]).outputs).toEqual([
       { name: 'logits', classAxis: 2 },
     ]);
+  });
+});
+
+describe('the float sizes read back by a Cast to integers (realValue)', () => {
+  // a chain of 200 Relus over [1, 256], then Shape, Cast to float, Mul 0.5, Floor: the size is computed from the
+  // Shape alone, and no walk goes up the Relus (MViTv2-S's 680 such Casts each walked the graph above them)
+  const nodes = new Map<string, NodeProto>();
+  for (let i = 0; i < 200; i++) nodes.set(`r${i + 1}`, makeNode('Relu', [`r${i}`], [`r${i + 1}`]));
+  nodes.set('size', makeNode('Shape', ['r200'], ['size']));
+  nodes.set('sizeF', makeNode('Cast', ['size'], ['sizeF'], [intAttr('to', DataType.FLOAT)]));
+  nodes.set('half', makeNode('Mul', ['sizeF', 'c'], ['half']));
+  nodes.set('floor', makeNode('Floor', ['half'], ['floor']));
+  const lookups: string[] = [];
+  const scope: RealScope = {
+    constant: () => undefined,
+    producer: (t) => (lookups.push(t), nodes.get(t)),
+    value: (t) => ({ size: [1, 256], c: [0.5] })[t],
+    shape: (t) => (t.startsWith('r') ? [1, 256] : t === 'c' ? [] : [2]),
+  };
+
+  it('computes the size from known values, and walks no large tensor', () => {
+    expect(realValue('floor', scope)).toEqual([0, 128]);
+    expect(lookups).toEqual(['floor', 'half', 'sizeF']);
+    lookups.length = 0;
+    expect(realValue('r200', scope)).toBeUndefined();
+    expect(lookups).toEqual([]);
   });
 });
