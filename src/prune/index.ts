@@ -159,7 +159,10 @@ export interface PruneReport {
   verification: Verification;
   /** The pruned model against the original on (a sample of) the verification inputs (verifiedFidelity); UNCHANGED. */
   fidelity: Fidelity;
-  /** What to check before using the pruned model: groups not re-fitted for want of rows, fidelityWarnings; or none. */
+  /**
+   * What to check before using the pruned model: groups not re-fitted for want of rows, fidelityWarnings, FLOPs that
+   * leave out layers (uncountedWarnings); or none.
+   */
   warnings: string[];
   /** Bytes of kernel memory planned before the run. */
   memory: MemoryPlan;
@@ -172,7 +175,8 @@ interface Plan {
   inputShape: InputShapes;
   /** Analysis.inputBytes. */
   inputBytes?: number;
-  before: { params: number; flops: number };
+  /** The model's size; `unknown`: the layers whose shapes are unknown, which the FLOPs leave out. */
+  before: { params: number; flops: number; unknown: string[] };
   /** The model's size as a function of the keeps, in each budget's target. */
   sizeOf: Record<Target, SizeOf>;
   memory: MemoryPlan;
@@ -286,6 +290,19 @@ function refitShort(group: Group, grams: Captured[], n: SampleCount, refit: bool
  * The report's one warning for every underdetermined consumer (GroupReport.underdetermined), if any. `heldOut`: the
  * fidelity was measured on other inputs than the fit's (else the warning says how to).
  */
+/**
+ * The FLOPs (before and after, and a --target flops budget) leave out the layers whose shapes are unknown: a mixture
+ * of experts whose rows torch.where picks (1.59× fewer FLOPs reported, its experts' not counted), MViT's blocks.
+ */
+function uncountedWarnings(unknown: string[]): string[] {
+  if (!unknown.length) return [];
+  const n = unknown.length;
+  return [
+    `the FLOPs leave out ${n} layer${n > 1 ? 's' : ''} whose shapes are unknown (e.g. ${unknown[0]}; subprune ` +
+      'inspect says why): they count only the rest of the model',
+  ];
+}
+
 function shortWarnings(groups: Selected[], n: SampleCount, heldOut: boolean): string[] {
   const all = groups.flatMap((g) => (g.underdetermined ?? []).map((c) => ({ group: g.id, ...c })));
   if (!all.length) return [];
@@ -609,6 +626,7 @@ export async function* pruneSizes(
           fidelity,
           warnings: [
             ...shortWarnings(selected, sampleCount(calib, o.stats), sample.verification.inputs === 'verify'),
+            ...uncountedWarnings(plan.before.unknown),
             ...fidelityWarnings(fidelity, sample.verification.inputs),
           ],
           memory: plan.memory,
