@@ -162,6 +162,7 @@ export function runInspect(argv: string[]): void {
       ...(standIn ? { standIn: STAND_IN } : {}),
       params: stats.params,
       flops: stats.flops,
+      ...(stats.unknown.length ? { flopsUncounted: stats.unknown } : {}),
     };
     console.log(
       JSON.stringify({ ...out, summary: sum, groups, refused: a.refused, ...(note ? { note } : {}) }, null, 1),
@@ -170,7 +171,7 @@ export function runInspect(argv: string[]): void {
   }
   console.log(
     `${positionals[0]}: opset ${opsetVersion(model)}, inputs ${described}, ${big(stats.params)} params, ` +
-      `${big(stats.flops)} FLOPs per sample\n`,
+      `${big(stats.flops)} FLOPs per sample${uncounted(stats.unknown)}\n`,
   );
   if (note) console.log(`note: ${note}\n`);
   if (a.groups.length) {
@@ -215,4 +216,15 @@ export function shortReasons(refused: readonly { node: string; reason: string }[
       .find((r) => r.reason.length >= 40 && r.reason !== reason && reason.includes(r.reason));
     return quoted ? reason.replace(quoted.reason, `see ${quoted.node}`) : reason;
   });
+}
+
+/**
+ * The layers the FLOPs leave out, their shapes unknown: without this the count reads as the model's (torchvision's
+ * MViTv2-S, its tokens split by a Loop after every pooling, showed 3.51G FLOPs of about 130G).
+ */
+function uncounted(layers: string[]): string {
+  if (!layers.length) return '';
+  const n = layers.length,
+    what = `${n} layer${n > 1 ? 's' : ''} whose shapes are unknown`;
+  return ` (not counted: ${what}, e.g. ${layers[0]}; the refusals say why)`;
 }

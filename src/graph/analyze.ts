@@ -202,9 +202,12 @@ class Graph {
       if (next === undefined && this.calls.has(n.name))
         return `the shape of "${t}" is unknown: it comes from "${n.name}", which ${this.calls.get(n.name)}`;
       if (next === undefined) {
-        const why = OPS[opOf(n)]?.shape
-          ? 'whose output shape could not be computed'
-          : 'an op with no shape rule in subprune';
+        const why = DATA_SHAPED.has(opOf(n))
+          ? 'whose output shape depends on the values it reads (the tokens a mixture of experts routes to one ' +
+            'expert: torch.where, h[top]), not on shapes alone'
+          : OPS[opOf(n)]?.shape
+            ? 'whose output shape could not be computed'
+            : 'an op with no shape rule in subprune';
         return `the shape of "${t}" is unknown: it comes from ${label(n)}, ${why}${ortHint(n)}`;
       }
       name = next;
@@ -1906,6 +1909,12 @@ const INDEPENDENT = new Set(['Sigmoid', 'HardSigmoid']);
 const DATA_SHAPED = new Set(['NonMaxSuppression', 'NonZero', 'Unique', 'Compress', 'Loop']);
 
 /**
+ * Ops whose output has the shape of their input 0, whatever the others' (a scatter into a tensor: Mixtral's experts'
+ * outputs added to zeros_like(h) at the rows torch.where picked, which torch writes as ScatterElements).
+ */
+const SHAPED_AS_DATA = new Set(['ScatterElements', 'ScatterND', 'Scatter']);
+
+/**
  * The tensors whose shapes depend on values: DATA_SHAPED ops' outputs and everything computed from them, including
  * the outputs of a node (If, Scan) whose subgraph computes one of its outputs so: torchvision's batched_nms is scripted
  * as `if boxes.numel() == 0` with the NonMaxSuppression inside the If's else branch, under a condition that may be
@@ -1921,8 +1930,9 @@ function dataShaped(g: GraphProto, outer: ReadonlySet<string> = new Set()): Set<
         return sub.output.some((o) => inner.has(o.name));
       }),
     );
+  const read = (n: NodeProto) => (SHAPED_AS_DATA.has(n.opType) ? n.input.slice(0, 1) : n.input);
   for (const n of g.node)
-    if (DATA_SHAPED.has(n.opType) || n.input.some((t) => out.has(t)) || fromBody(n))
+    if (DATA_SHAPED.has(n.opType) || read(n).some((t) => out.has(t)) || fromBody(n))
       n.output.forEach((t) => out.add(t));
   return out;
 }

@@ -354,6 +354,22 @@ const argShape: ShapeRule = withX((x, { node }) => {
     keep = attrInt(node, 'keepdims', 1) === 1;
   return [x.flatMap((d, i) => (i === axis ? (keep ? [1] : []) : [d]))];
 });
+// TopK: values and indices, `k` of them along `axis` (a mixture of experts' routing: the top 2 of 8 experts' scores);
+// k is an input from opset 10, an attribute before
+const topkShape: ShapeRule = withX((x, ctx) => {
+  const axis = normAxis(attrInt(ctx.node, 'axis', -1), x.length),
+    k = ctx.node.input[1] ? ctx.value(ctx.node.input[1])?.[0] : attrInt(ctx.node, 'k', 0) || undefined;
+  if (k === undefined) return undefined;
+  const y = x.map((d, i) => (i === axis ? Math.min(k, d) : d));
+  return [y, [...y]];
+});
+// OneHot: the indices' shape with `depth` entries inserted at `axis` (a mixture of experts' routing mask)
+const oneHotShape: ShapeRule = withX((x, ctx) => {
+  const depth = valueOf(ctx, 1)?.[0];
+  if (depth === undefined) return undefined;
+  const axis = normAxis(attrInt(ctx.node, 'axis', -1), x.length + 1);
+  return [[...x.slice(0, axis), depth, ...x.slice(axis)]];
+});
 const concatShape: ShapeRule = withX((x, { node, ins }) => {
   if (!ins.every((s) => s)) return undefined;
   const axis = normAxis(attrInt(node, 'axis'), x.length);
@@ -772,6 +788,10 @@ const grouped =
     const width = cin / group; // input channels per conv group
     const cout = transposed ? dims[1]! * group : dims[0]!;
     const fits = transposed ? dims[0] === cin && cout === cin : dims[1] === width && cout % group === 0;
+    // an ordinary conv that the layer table refused (a 3-D transposed one, a 3-D UNet's upsampling) is no layer here,
+    // and passes nothing: the table's reason says why, not the shape of a depthwise one
+    const read = group === 1 && !fits ? LAYERS[opOf(ctx.node)]?.read(ctx.node, ctx.constant) : undefined;
+    if (read && 'refuse' in read) return { refuse: read.refuse };
     if (!fits || !Number.isInteger(width))
       return refusal(
         ctx,
@@ -1798,6 +1818,8 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   ),
   ArgMax: op(argShape),
   ArgMin: op(argShape),
+  TopK: op(topkShape),
+  OneHot: op(oneHotShape),
   // onnxruntime's contrib ops, as its graph optimizer writes them (optimizedModelFilePath at level extended)
   // a depthwise one passes channels as Conv's, unless it is no Conv and activation (a residual Z added)
   'com.microsoft::FusedConv': {

@@ -134,7 +134,7 @@ export function inferShapesAndValues(
 const INTEGER_TYPES = new Set<number>([DataType.INT64, DataType.INT32]);
 
 /** What realValue reads: constants, producers and the integer values known so far. */
-interface RealScope {
+export interface RealScope {
   constant(name: string): TensorProto | undefined;
   producer(name: string): NodeProto | undefined;
   value(name: string): number[] | undefined;
@@ -168,22 +168,38 @@ const REAL_REDUCE: Record<string, (v: number[]) => number> = {
   ReduceMax: (v) => Math.max(...v),
 };
 
+/** The ops realValue computes. */
+const REAL_OPS = new Set([
+  ...['Cast', 'Identity', 'Unsqueeze', 'Squeeze', 'Reshape', 'Concat'],
+  ...Object.keys(REAL_UNARY),
+  ...Object.keys(REAL_BINARY),
+  ...Object.keys(REAL_REDUCE),
+]);
+
 /**
  * The float32 values of a small tensor computed in float arithmetic from constants and known integer values, as
  * torchvision's GeneralizedRCNNTransform computes its resized size (`min(320 / min(h, w), 640 / max(h, w))`, Floor)
  * and its padding to a multiple of 32 (Ceil), read back by a Cast to an integer type. Only the ops below; undefined
  * otherwise.
  */
-function realValue(name: string, scope: RealScope, memo: Map<string, number[] | undefined>): number[] | undefined {
+export function realValue(
+  name: string,
+  scope: RealScope,
+  memo: Map<string, number[] | undefined> = new Map(),
+): number[] | undefined {
   if (memo.has(name)) return memo.get(name);
   memo.set(name, undefined); // no cycles in a graph, but a malformed one must not loop
+  // sizes are small tensors: not walking back from a large one or through other ops keeps this linear in the ops it
+  // reads (MViTv2-S's 680 Casts to integers each walked the whole graph above them: 13 of its 20 s of analysis)
+  const dims = scope.shape(name);
+  if (dims && numel(dims) > 64) return undefined;
   const known = scope.value(name),
     t = scope.constant(name);
   let v: number[] | undefined = known;
   if (!v && t && (t.dataType === DataType.FLOAT || t.dataType === DataType.DOUBLE) && numel(tensorDims(t)) <= 64)
     v = Array.from(tensorToFloat32(t).data);
   const n = !v && !t ? scope.producer(name) : undefined;
-  if (n) {
+  if (n && REAL_OPS.has(n.opType)) {
     const ins = n.input.map((i) => (i ? realValue(i, scope, memo) : undefined));
     const op = n.opType,
       [a, b] = ins,
