@@ -287,10 +287,6 @@ function refitShort(group: Group, grams: Captured[], n: SampleCount, refit: bool
 }
 
 /**
- * The report's one warning for every underdetermined consumer (GroupReport.underdetermined), if any. `heldOut`: the
- * fidelity was measured on other inputs than the fit's (else the warning says how to).
- */
-/**
  * The FLOPs (before and after, and a --target flops budget) leave out the layers whose shapes are unknown: a mixture
  * of experts whose rows torch.where picks (1.59× fewer FLOPs reported, its experts' not counted), MViT's blocks.
  */
@@ -303,6 +299,10 @@ function uncountedWarnings(unknown: string[]): string[] {
   ];
 }
 
+/**
+ * The report's one warning for every underdetermined consumer (GroupReport.underdetermined), if any. `heldOut`: the
+ * fidelity was measured on other inputs than the fit's (else the warning says how to).
+ */
 function shortWarnings(groups: Selected[], n: SampleCount, heldOut: boolean): string[] {
   const all = groups.flatMap((g) => (g.underdetermined ?? []).map((c) => ({ group: g.id, ...c })));
   if (!all.length) return [];
