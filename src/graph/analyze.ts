@@ -29,6 +29,7 @@ import {
   normAxis,
   onlyShapes,
   shapeConstant,
+  shapeEntrySource,
   shapeDim,
   opOf,
   OPS,
@@ -1678,6 +1679,7 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
   }
   for (const t of W.tables.values()) joinTable(W, t);
   for (const f of W.follows) joinFollowed(W, f);
+  countReaders(W);
   freezeReads(W);
   for (const root of W.S.roots()) {
     const huge = groupTooBigToSelect(W.S.get(root).consumers);
@@ -1734,6 +1736,39 @@ function freezeReads(W: Walk): void {
   for (const { space, from, edit } of W.reads)
     for (const s of W.layouts.get(from)?.segments ?? [])
       if (s.space >= 0 && W.S.find(s.space) !== W.S.find(space)) W.S.get(s.space).edits.push({ ...edit, per: 0 });
+}
+
+/**
+ * A Reshape whose own input's channels keep their count (no group's, or every group on them refused) but whose shape
+ * reads another tensor's channel count at run time: a one-head attention's `q.reshape(b, h · w, heads, c // heads)`
+ * and `(a @ v).reshape(b, h · w, c)` with c = x.shape[1] of a GroupNorm'd stream, its own group. If that group prunes,
+ * the entry must become the constant it was (per 0), or, if it cannot be one alone, the group must stay.
+ */
+function countReaders(W: Walk): void {
+  const { G } = W;
+  for (const node of G.graph.node) {
+    const x = node.input[0] ?? '',
+      shape = node.input[1] ?? '',
+      l = W.layouts.get(x);
+    if (opOf(node) !== 'Reshape' || G.constant(x)) continue;
+    // channels that may be pruned passed a chain rule, which read every entry; a tensor computed from constants alone
+    // may be a table, which shrinks with the channels it is added to
+    if (l ? l.segments.some((s) => s.space >= 0 && W.S.get(s.space).refused === undefined) : G.computedFrom(x))
+      continue;
+    G.value(shape)?.forEach((value, i) => {
+      const src = shapeEntrySource(G, shape, i),
+        from = src && W.layouts.get(src.tensor);
+      if (!src || !from || from.axis !== src.axis) return;
+      if (!src.part)
+        return W.S.refuseAll(
+          from,
+          `${label(node)} reads their count (its shape entry ${i}) for channels that keep theirs`,
+          true,
+        );
+      for (const s of from.segments)
+        if (s.space >= 0) W.S.get(s.space).edits.push({ ...src.part, values: [value], index: 0, per: 0 });
+    });
+  }
 }
 
 /**
@@ -1910,8 +1945,10 @@ const DATA_SHAPED = new Set(['NonMaxSuppression', 'NonZero', 'Unique', 'Compress
  * the outputs of a node (If, Scan) whose subgraph computes one of its outputs so: torchvision's batched_nms is scripted
  * as `if boxes.numel() == 0` with the NonMaxSuppression inside the If's else branch, under a condition that may be
  * known from shapes alone. `outer`: the enclosing graphs' data-shaped tensors, which a subgraph may read by name.
+ * `shapes`: a Loop whose outputs have shapes there runs a trip count known from shapes to the end (see loopShapes in
+ * shapes.ts: torch's nn.EmbeddingBag, one iteration per bag), so its shapes do not depend on values.
  */
-function dataShaped(g: GraphProto, outer: ReadonlySet<string> = new Set()): Set<string> {
+function dataShaped(g: GraphProto, outer: ReadonlySet<string> = new Set(), shapes?: Shapes): Set<string> {
   const out = new Set(outer);
   const fromBody = (n: NodeProto) =>
     n.attribute.some((a) =>
@@ -1921,9 +1958,10 @@ function dataShaped(g: GraphProto, outer: ReadonlySet<string> = new Set()): Set<
         return sub.output.some((o) => inner.has(o.name));
       }),
     );
+  const shaped = (n: NodeProto) =>
+    DATA_SHAPED.has(n.opType) && !(n.opType === 'Loop' && shapes && n.output.every((t) => shapes.has(t)));
   for (const n of g.node)
-    if (DATA_SHAPED.has(n.opType) || n.input.some((t) => out.has(t)) || fromBody(n))
-      n.output.forEach((t) => out.add(t));
+    if (shaped(n) || n.input.some((t) => out.has(t)) || fromBody(n)) n.output.forEach((t) => out.add(t));
   return out;
 }
 
@@ -1940,7 +1978,7 @@ function uncompared(o: GraphProto['output'][number], shaped: Set<string>): Pick<
  */
 function outputAxes(W: Walk): OutputAxis[] {
   const { G } = W,
-    shaped = dataShaped(G.graph);
+    shaped = dataShaped(G.graph, new Set(), G.shapes);
   return G.graph.output.map((o) => {
     const { name } = o,
       why = uncompared(o, shaped);

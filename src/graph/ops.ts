@@ -912,6 +912,19 @@ export function shapeDim(ctx: ShapeReader, name: string, index: number): { tenso
   return src.kind === 'dim' && !src.divisor && !src.multiplier ? { tensor: src.tensor, axis: src.axis } : undefined;
 }
 
+/**
+ * The dimension of a tensor that entry `index` of the shape tensor `name` is computed from at run time, with or
+ * without a factor on the way (`c // heads`), and the one-entry Concat input it passes through, if any (see Source).
+ */
+export function shapeEntrySource(
+  ctx: ShapeReader,
+  name: string,
+  index: number,
+): { tensor: string; axis: number; part?: { node: string; input: number } } | undefined {
+  const src = plainSource(ctx, name, index);
+  return src.kind === 'dim' ? { tensor: src.tensor, axis: src.axis, ...(src.part && { part: src.part }) } : undefined;
+}
+
 /** The INT64 constant entry that entry `index` of the shape tensor `name` is (through Concat, Where, Unsqueeze). */
 export function shapeConstant(
   ctx: ShapeReader,

@@ -1,0 +1,79 @@
+import { describe, it, expect } from 'vitest';
+import { readModel } from '../src/onnx/index.js';
+import { analyze } from '../src/graph/analyze.js';
+import { Calibration } from '../src/calibration.js';
+import { inferShapes, modelStats } from '../src/graph/shapes.js';
+import { openNpz } from '../src/npz.js';
+import { describeFixtures } from './fixture-suite.js';
+
+// Round rs16: a diffusion UNet, a VAE decoder, HiFi-GAN, DPT, NeRF and DLRM at their real sizes, written in plain
+// torch (test/fixtures/make-more-rs16.py keeps what they showed small). Oracle: onnxruntime running the original with
+// the dropped channels' consumer inputs zeroed (test/fixture-suite.ts).
+
+const FIX = 'test/fixtures';
+const unet = () => openNpz(`${FIX}/rs16-unet-attn.calib.npz`),
+  dlrm = () => openNpz(`${FIX}/rs16-dlrm.calib.npz`);
+
+describeFixtures([
+  {
+    // the timestep MLP's two Linears, the residual stream (conv_in, conv2, to_out; GroupNorm(4): 4 channels of 2),
+    // conv1 with the timestep projection added to it
+    model: `${FIX}/rs16-unet-attn.onnx`,
+    data: unet,
+    groups: [
+      [32, 1, 1],
+      [32, 1, 1],
+      [4, 3, 18, 2],
+      [4, 2, 18],
+    ],
+  },
+  {
+    // the bottom MLP's hidden neurons and the top MLP's, read after the embedding bags' Loops
+    model: `${FIX}/rs16-dlrm.onnx`,
+    data: dlrm,
+    groups: [
+      [8, 1, 1],
+      [8, 1, 1],
+    ],
+  },
+]);
+
+describe("nn.EmbeddingBag as torch exports it: a Loop over the bags, stacking each bag's sum", () => {
+  it('the Loop has the shape of its stacked output, so the layers after it have theirs and their FLOPs count', () => {
+    // before: every tensor after the Loops unknown, the top MLP refused and its FLOPs left out (inspect: 100 % of
+    // the layer FLOPs in prunable groups); the model's own arithmetic: bottom MLP 5·8 + 8·4, interaction T·Tᵀ of
+    // [4, 4] by [4, 4], top MLP 10·8 + 8·1 multiply-accumulates
+    const m = readModel(`${FIX}/rs16-dlrm.onnx`),
+      data = dlrm();
+    const shapes = Calibration.of(m, data).shapes,
+      known = inferShapes(m, shapes);
+    expect(known.get('/emb_l.0/Loop_output_0')).toEqual([1, 4]);
+    expect(modelStats(m, shapes)).toMatchObject({ flops: 2 * (5 * 8 + 8 * 4 + 4 * 4 * 4 + 10 * 8 + 8), unknown: [] });
+    expect(analyze(m, shapes).refused.find((r) => r.node === '/top_l/top_l.0/Gemm')).toBeUndefined();
+  });
+
+  it('its output is compared: a Loop that runs its trip count out has shapes that do not depend on values', () => {
+    // before: "uncompared: data-shaped" (as after a NonMaxSuppression), so the report measured no fidelity at all;
+    // the click probability (a Sigmoid) holds no class scores: its relative error is the figure
+    expect(analyze(readModel(`${FIX}/rs16-dlrm.onnx`)).outputs).toEqual([{ name: 'click' }]);
+  });
+});
+
+describe('an attention whose q, k, v reshapes read the head width from the GroupNorm-ed stream (c // heads)', () => {
+  it('the stream keeps its group, and the count the reshapes read becomes a constant when it is pruned', () => {
+    const m = readModel(`${FIX}/rs16-unet-attn.onnx`),
+      data = unet();
+    const { groups, refused } = analyze(m, Calibration.of(m, data).shapes);
+    const stream = groups.find((g) => g.id === '/conv_in/Conv')!;
+    expect(refused.map((r) => r.node)).toEqual([
+      '/attn/to_q/MatMul',
+      '/attn/to_k/MatMul',
+      '/attn/to_v/MatMul',
+      '/conv_out/Conv',
+    ]);
+    // the q, k and v reshapes' head width c // heads and the merge of the heads' c (`reshape(b, h * w, c)`), written
+    // unchanged (per 0) when the stream is pruned; before, nothing wrote them and the pruned model failed to run
+    const frozen = stream.edits.filter((e) => 'node' in e && e.per === 0).map((e) => ('node' in e ? e.node : ''));
+    expect(frozen.sort()).toEqual(['/attn/Concat_1', '/attn/Concat_2', '/attn/Concat_3', '/attn/Concat_4']);
+  });
+});
