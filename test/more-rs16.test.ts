@@ -17,7 +17,7 @@ const unet = () => openNpz(`${FIX}/rs16-unet-attn.calib.npz`),
 describeFixtures([
   {
     // the timestep MLP's two Linears, the residual stream (conv_in, conv2, to_out; GroupNorm(4): 4 channels of 2),
-    // conv1 with the timestep projection added to it
+    // conv1 with the timestep projection added to it, the conv after the upsampling
     model: `${FIX}/rs16-unet-attn.onnx`,
     data: unet,
     groups: [
@@ -25,6 +25,7 @@ describeFixtures([
       [32, 1, 1],
       [4, 3, 18, 2],
       [4, 2, 18],
+      [4, 1, 18],
     ],
   },
   {
@@ -37,6 +38,15 @@ describeFixtures([
     ],
   },
 ]);
+
+describe("a diffusion UNet's noise prediction, the shape of its noisy sample", () => {
+  it('holds no class scores', () => {
+    // before: classAxis 1, and the report gave the top-1 agreement of the argmax over the noise's R, G and B per
+    // pixel; a segmentation's scores, [N, classes, H, W] of an image, still hold them
+    expect(analyze(readModel(`${FIX}/rs16-unet-attn.onnx`)).outputs).toEqual([{ name: 'noise_pred' }]);
+    expect(analyze(readModel(`${FIX}/task11-seg.onnx`)).outputs).toEqual([{ name: 'logits', classAxis: 1 }]);
+  });
+});
 
 describe("nn.EmbeddingBag as torch exports it: a Loop over the bags, stacking each bag's sum", () => {
   it('the Loop has the shape of its stacked output, so the layers after it have theirs and their FLOPs count', () => {

@@ -1998,8 +1998,8 @@ function outputAxes(W: Walk): OutputAxis[] {
       // each entry one output channel of the layer: not a run of them (a YOLO head's [B, 255, H, W] viewed as
       // [B, 3, H, W, 85], whose anchor axis holds 3 runs of 85 box and class fields)
       const one = (s: number) => W.S.get(s).parts.every((p) => p.part.per === 1);
-      const upscaled = l && upsampled(G, dims, l.axis); // an image, not scores
-      if (l && !l.stack && spaces.size === 1 && !spaces.has(-1) && one([...spaces][0]!) && !upscaled) axis = l.axis;
+      const image = l && (upsampled(G, dims, l.axis) || asInput(G, dims)); // an image, not scores
+      if (l && !l.stack && spaces.size === 1 && !spaces.has(-1) && one([...spaces][0]!) && !image) axis = l.axis;
     }
     return axis !== undefined && dims[axis]! >= 2 ? { name, classAxis: axis } : { name };
   });
@@ -2019,6 +2019,20 @@ function upsampled(G: Graph, dims: number[], axis: number): boolean {
       return d?.length === dims.length && per(d) < per(dims);
     })
   );
+}
+
+/**
+ * Whether an output [N, C, ...] has the shape of a float input: the model maps a tensor to one like it (a diffusion
+ * UNet's noise prediction for its noisy sample, a denoiser's or an autoencoder's image), whose channels are no classes.
+ * A segmentation's scores have as many channels as classes, which would have to equal the input's too.
+ */
+function asInput(G: Graph, dims: number[]): boolean {
+  return dataInputs(G.graph).some((x) => {
+    const d = G.shapes.get(x.name),
+      t = x.type?.value;
+    const float = t?.case === 'tensorType' && FLOAT_TYPES.has(t.value.elemType);
+    return float && dims.length >= 3 && d?.length === dims.length && d.every((n, i) => n === dims[i]);
+  });
 }
 
 /** Analysis.inputBytes, as a field to spread (none when a consumer input's shape is unknown). */
