@@ -1,16 +1,25 @@
-import { describe, it, expect } from 'vitest';
+import { afterAll, describe, it, expect } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { readModel } from '../src/onnx/index.js';
 import { analyze } from '../src/graph/analyze.js';
 import { Calibration } from '../src/calibration.js';
 import { inferShapes, modelStats } from '../src/graph/shapes.js';
 import { openNpz } from '../src/npz.js';
+import { OutputComparison } from '../src/eval/index.js';
 import { describeFixtures } from './fixture-suite.js';
+import { runCli } from './cli-helpers.js';
+import { rng } from './graph-helpers.js';
 
 // Round rs16: a diffusion UNet, a VAE decoder, HiFi-GAN, DPT, NeRF and DLRM at their real sizes, written in plain
 // torch (test/fixtures/make-more-rs16.py keeps what they showed small). Oracle: onnxruntime running the original with
 // the dropped channels' consumer inputs zeroed (test/fixture-suite.ts).
 
 const FIX = 'test/fixtures';
+const DIR = mkdtempSync(join(tmpdir(), 'subprune-rs16-')),
+  OUT = join(DIR, 'pruned.onnx');
+afterAll(() => rmSync(DIR, { recursive: true, force: true }));
 const unet = () => openNpz(`${FIX}/rs16-unet-attn.calib.npz`),
   dlrm = () => openNpz(`${FIX}/rs16-dlrm.calib.npz`);
 
@@ -85,5 +94,58 @@ describe('an attention whose q, k, v reshapes read the head width from the Group
     // unchanged (per 0) when the stream is pruned; before, nothing wrote them and the pruned model failed to run
     const frozen = stream.edits.filter((e) => 'node' in e && e.per === 0).map((e) => ('node' in e ? e.node : ''));
     expect(frozen.sort()).toEqual(['/attn/Concat_1', '/attn/Concat_2', '/attn/Concat_3', '/attn/Concat_4']);
+  });
+});
+
+describe('the relative error of an output whose values sit far from 0 (a click probability, a depth map)', () => {
+  it('comes with the error against the spread of its values about their mean', () => {
+    // the reference: 0.5 plus a spread of 0.01, the model off by 0.002 per entry; float64 sums written out here
+    const r = rng(16),
+      n = 600,
+      ref = Float32Array.from({ length: n }, () => 0.5 + 0.01 * (r() - 0.5)),
+      y = Float32Array.from(ref, (v) => v + 0.002 * (r() - 0.5)),
+      scores = Float32Array.from({ length: n }, () => r());
+    const act = (data: Float32Array) => ({ data, dims: [n / 3, 3] });
+    const cmp = new OutputComparison([{ name: 'p' }, { name: 'logits', classAxis: 1 }]);
+    cmp.add(
+      new Map([
+        ['p', act(y)],
+        ['logits', act(scores)],
+      ]),
+      new Map([
+        ['p', act(ref)],
+        ['logits', act(scores)],
+      ]),
+    );
+    const mean = ref.reduce((a, v) => a + v, 0) / n;
+    let err = 0,
+      norm = 0,
+      spread = 0;
+    ref.forEach((v, i) => ((err += (y[i]! - v) ** 2), (norm += v * v), (spread += (v - mean) ** 2)));
+    const [p, logits] = cmp.outputs();
+    expect(p!.relError).toBeCloseTo(Math.sqrt(err / norm), 12);
+    expect(p!.centeredRelError).toBeCloseTo(Math.sqrt(err / spread), 9);
+    expect(p!.centeredRelError! / p!.relError).toBeGreaterThan(20);
+    expect(logits).not.toHaveProperty('centeredRelError'); // class scores: agreement and KL say more
+  });
+
+  it('which the prune summary gives when the relative error flatters the output', async () => {
+    // before: "relative output error 0.0000" for the DLRM's click probability, whatever the top MLP kept
+    const r = await runCli(
+      'prune',
+      `${FIX}/rs16-dlrm.onnx`,
+      '--calib',
+      `${FIX}/rs16-dlrm.calib.npz`,
+      '--compression',
+      '2',
+      '--target',
+      'flops',
+      '--threads',
+      '1',
+      '-o',
+      OUT,
+    );
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/relative output error 0\.\d{4} \(0\.\d{4} of the spread of its values about their mean;/);
   });
 });
