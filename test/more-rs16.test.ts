@@ -26,7 +26,7 @@ const unet = () => openNpz(`${FIX}/rs16-unet-attn.calib.npz`),
 describeFixtures([
   {
     // the timestep MLP's two Linears, the residual stream (conv_in, conv2, to_out; GroupNorm(4): 4 channels of 2),
-    // conv1 with the timestep projection added to it, the conv after the upsampling
+    // conv1 with the timestep projection added to it, v's neurons (to_out reads them), the conv after the upsampling
     model: `${FIX}/rs16-unet-attn.onnx`,
     data: unet,
     groups: [
@@ -34,6 +34,7 @@ describeFixtures([
       [32, 1, 1],
       [4, 3, 18, 2],
       [4, 2, 18],
+      [8, 1, 1],
       [4, 1, 18],
     ],
   },
@@ -83,17 +84,28 @@ describe('an attention whose q, k, v reshapes read the head width from the Group
     const m = readModel(`${FIX}/rs16-unet-attn.onnx`),
       data = unet();
     const { groups, refused } = analyze(m, Calibration.of(m, data).shapes);
-    const stream = groups.find((g) => g.id === '/conv_in/Conv')!;
-    expect(refused.map((r) => r.node)).toEqual([
-      '/attn/to_q/MatMul',
-      '/attn/to_k/MatMul',
-      '/attn/to_v/MatMul',
-      '/conv_out/Conv',
+    const stream = groups.find((g) => g.id === '/conv_in/Conv')!,
+      v = groups.find((g) => g.id === '/attn/to_v/MatMul')!;
+    // one head: q and k refused for their own reason (the scores sum over the head's channels), no longer for the
+    // count their reshapes read (v was refused for it too)
+    expect(refused.map((r) => [r.node, r.reason])).toEqual([
+      [
+        '/attn/to_q/MatMul',
+        'MatMul "/attn/MatMul" sums over the channels (they are its inner dimension), which couples them',
+      ],
+      [
+        '/attn/to_k/MatMul',
+        'MatMul "/attn/MatMul" sums over the channels (they are its inner dimension), which couples them',
+      ],
+      ['/conv_out/Conv', 'output layer: no consumer'],
     ]);
     // the q, k and v reshapes' head width c // heads and the merge of the heads' c (`reshape(b, h * w, c)`), written
     // unchanged (per 0) when the stream is pruned; before, nothing wrote them and the pruned model failed to run
-    const frozen = stream.edits.filter((e) => 'node' in e && e.per === 0).map((e) => ('node' in e ? e.node : ''));
-    expect(frozen.sort()).toEqual(['/attn/Concat_1', '/attn/Concat_2', '/attn/Concat_3', '/attn/Concat_4']);
+    const frozen = (g: typeof v, per: number) =>
+      [...new Set(g.edits.flatMap((e) => ('node' in e && 'input' in e && e.per === per ? [e.node] : [])))].sort();
+    expect(frozen(stream, 0)).toEqual(['/attn/Concat_1', '/attn/Concat_2', '/attn/Concat_3', '/attn/Concat_4']);
+    // v's reshapes count its own neurons there instead
+    expect(frozen(v, 1)).toEqual(['/attn/Concat_3', '/attn/Concat_4']);
   });
 });
 

@@ -993,6 +993,14 @@ function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number)
       followed = true;
       continue;
     }
+    // one entry of a shape built at run time (a Concat input of its own): it becomes a constant, written unchanged
+    // when that group prunes (freezeReads); at the channels' axis it counts this group's, as below (a one-head
+    // attention's q.reshape(b, h · w, 1, c // 1) with c of the GroupNorm'd stream)
+    if (src.part && i === axis) continue;
+    if (src.part && i !== axis) {
+      divisors.push({ ...src.part, values: [v[i]!], index: 0, scale: 0, from: src.tensor });
+      continue;
+    }
     return { ...refusal(ctx, why), countOf: src.tensor };
   }
   if (followed || v[axis] === -1 || (v[axis] === 0 && attrInt(ctx.node, 'allowzero', 0) === 0)) return divisors;
