@@ -5,6 +5,7 @@ import { checkWritable, writeFileAtomic } from '../atomic.js';
 import { badInput, internal } from '../errors.js';
 import { defaultMode, MODES, pruneSizes, type PruneReport, type Sized } from '../prune/index.js';
 import { writeVerified } from '../prune/verify.js';
+import { flattered } from '../eval/index.js';
 import { runReport } from '../prune/report.js';
 import type { Budget } from '../budget/index.js';
 import { Progress } from './progress.js';
@@ -386,9 +387,11 @@ function summarize(
   const f = r.fidelity,
     outputs = f.outputs ?? [],
     worst = outputs.length > 1 && outputs.find((o) => o.relError === f.relError),
+    offset = outputs.find((o) => o.relError === f.relError && flattered(o)),
     skipped = f.uncompared?.map((o) => `"${o}"`).join(', '),
     notes = [
       ...(worst ? [`the largest of ${outputs.length} outputs': "${worst.name}"`] : []),
+      ...(offset ? [`${offset.centeredRelError!.toFixed(4)} of the spread of its values about their mean`] : []),
       ...(f.relError !== undefined && f.agreement === undefined
         ? ['no output holds class scores, so no top-1 agreement']
         : []),

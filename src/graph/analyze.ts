@@ -29,6 +29,7 @@ import {
   normAxis,
   onlyShapes,
   shapeConstant,
+  shapeEntrySource,
   shapeDim,
   opOf,
   OPS,
@@ -1681,6 +1682,7 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
   }
   for (const t of W.tables.values()) joinTable(W, t);
   for (const f of W.follows) joinFollowed(W, f);
+  countReaders(W);
   freezeReads(W);
   for (const root of W.S.roots()) {
     const huge = groupTooBigToSelect(W.S.get(root).consumers);
@@ -1737,6 +1739,39 @@ function freezeReads(W: Walk): void {
   for (const { space, from, edit } of W.reads)
     for (const s of W.layouts.get(from)?.segments ?? [])
       if (s.space >= 0 && W.S.find(s.space) !== W.S.find(space)) W.S.get(s.space).edits.push({ ...edit, per: 0 });
+}
+
+/**
+ * A Reshape whose own input's channels keep their count (no group's, or every group on them refused) but whose shape
+ * reads another tensor's channel count at run time: a one-head attention's `q.reshape(b, h · w, heads, c // heads)`
+ * and `(a @ v).reshape(b, h · w, c)` with c = x.shape[1] of a GroupNorm'd stream, its own group. If that group prunes,
+ * the entry must become the constant it was (per 0), or, if it cannot be one alone, the group must stay.
+ */
+function countReaders(W: Walk): void {
+  const { G } = W;
+  for (const node of G.graph.node) {
+    const x = node.input[0] ?? '',
+      shape = node.input[1] ?? '',
+      l = W.layouts.get(x);
+    if (opOf(node) !== 'Reshape' || G.constant(x)) continue;
+    // channels that may be pruned passed a chain rule, which read every entry; a tensor computed from constants alone
+    // may be a table, which shrinks with the channels it is added to
+    if (l ? l.segments.some((s) => s.space >= 0 && W.S.get(s.space).refused === undefined) : G.computedFrom(x))
+      continue;
+    G.value(shape)?.forEach((value, i) => {
+      const src = shapeEntrySource(G, shape, i),
+        from = src && W.layouts.get(src.tensor);
+      if (!src || !from || from.axis !== src.axis) return;
+      if (!src.part)
+        return W.S.refuseAll(
+          from,
+          `${label(node)} reads their count (its shape entry ${i}) for channels that keep theirs`,
+          true,
+        );
+      for (const s of from.segments)
+        if (s.space >= 0) W.S.get(s.space).edits.push({ ...src.part, values: [value], index: 0, per: 0 });
+    });
+  }
 }
 
 /**
@@ -1919,8 +1954,10 @@ const SHAPED_AS_DATA = new Set(['ScatterElements', 'ScatterND', 'Scatter']);
  * the outputs of a node (If, Scan) whose subgraph computes one of its outputs so: torchvision's batched_nms is scripted
  * as `if boxes.numel() == 0` with the NonMaxSuppression inside the If's else branch, under a condition that may be
  * known from shapes alone. `outer`: the enclosing graphs' data-shaped tensors, which a subgraph may read by name.
+ * `shapes`: a Loop whose outputs have shapes there runs a trip count known from shapes to the end (see loopShapes in
+ * shapes.ts: torch's nn.EmbeddingBag, one iteration per bag), so its shapes do not depend on values.
  */
-function dataShaped(g: GraphProto, outer: ReadonlySet<string> = new Set()): Set<string> {
+function dataShaped(g: GraphProto, outer: ReadonlySet<string> = new Set(), shapes?: Shapes): Set<string> {
   const out = new Set(outer);
   const fromBody = (n: NodeProto) =>
     n.attribute.some((a) =>
@@ -1931,9 +1968,10 @@ function dataShaped(g: GraphProto, outer: ReadonlySet<string> = new Set()): Set<
       }),
     );
   const read = (n: NodeProto) => (SHAPED_AS_DATA.has(n.opType) ? n.input.slice(0, 1) : n.input);
+  const shaped = (n: NodeProto) =>
+    DATA_SHAPED.has(n.opType) && !(n.opType === 'Loop' && shapes && n.output.every((t) => shapes.has(t)));
   for (const n of g.node)
-    if (DATA_SHAPED.has(n.opType) || read(n).some((t) => out.has(t)) || fromBody(n))
-      n.output.forEach((t) => out.add(t));
+    if (shaped(n) || read(n).some((t) => out.has(t)) || fromBody(n)) n.output.forEach((t) => out.add(t));
   return out;
 }
 
@@ -1950,7 +1988,7 @@ function uncompared(o: GraphProto['output'][number], shaped: Set<string>): Pick<
  */
 function outputAxes(W: Walk): OutputAxis[] {
   const { G } = W,
-    shaped = dataShaped(G.graph);
+    shaped = dataShaped(G.graph, new Set(), G.shapes);
   return G.graph.output.map((o) => {
     const { name } = o,
       why = uncompared(o, shaped);
@@ -1970,8 +2008,8 @@ function outputAxes(W: Walk): OutputAxis[] {
       // each entry one output channel of the layer: not a run of them (a YOLO head's [B, 255, H, W] viewed as
       // [B, 3, H, W, 85], whose anchor axis holds 3 runs of 85 box and class fields)
       const one = (s: number) => W.S.get(s).parts.every((p) => p.part.per === 1);
-      const upscaled = l && upsampled(G, dims, l.axis); // an image, not scores
-      if (l && !l.stack && spaces.size === 1 && !spaces.has(-1) && one([...spaces][0]!) && !upscaled) axis = l.axis;
+      const image = l && (upsampled(G, dims, l.axis) || asInput(G, dims)); // an image, not scores
+      if (l && !l.stack && spaces.size === 1 && !spaces.has(-1) && one([...spaces][0]!) && !image) axis = l.axis;
     }
     return axis !== undefined && dims[axis]! >= 2 ? { name, classAxis: axis } : { name };
   });
@@ -1991,6 +2029,20 @@ function upsampled(G: Graph, dims: number[], axis: number): boolean {
       return d?.length === dims.length && per(d) < per(dims);
     })
   );
+}
+
+/**
+ * Whether an output [N, C, ...] has the shape of a float input: the model maps a tensor to one like it (a diffusion
+ * UNet's noise prediction for its noisy sample, a denoiser's or an autoencoder's image), whose channels are no classes.
+ * A segmentation's scores have as many channels as classes, which would have to equal the input's too.
+ */
+function asInput(G: Graph, dims: number[]): boolean {
+  return dataInputs(G.graph).some((x) => {
+    const d = G.shapes.get(x.name),
+      t = x.type?.value;
+    const float = t?.case === 'tensorType' && FLOAT_TYPES.has(t.value.elemType);
+    return float && dims.length >= 3 && d?.length === dims.length && d.every((n, i) => n === dims[i]);
+  });
 }
 
 /** Analysis.inputBytes, as a field to spread (none when a consumer input's shape is unknown). */

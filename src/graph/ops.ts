@@ -932,6 +932,19 @@ export function shapeDim(ctx: ShapeReader, name: string, index: number): { tenso
   return src.kind === 'dim' && !src.divisor && !src.multiplier ? { tensor: src.tensor, axis: src.axis } : undefined;
 }
 
+/**
+ * The dimension of a tensor that entry `index` of the shape tensor `name` is computed from at run time, with or
+ * without a factor on the way (`c // heads`), and the one-entry Concat input it passes through, if any (see Source).
+ */
+export function shapeEntrySource(
+  ctx: ShapeReader,
+  name: string,
+  index: number,
+): { tensor: string; axis: number; part?: { node: string; input: number } } | undefined {
+  const src = plainSource(ctx, name, index);
+  return src.kind === 'dim' ? { tensor: src.tensor, axis: src.axis, ...(src.part && { part: src.part }) } : undefined;
+}
+
 /** The INT64 constant entry that entry `index` of the shape tensor `name` is (through Concat, Where, Unsqueeze). */
 export function shapeConstant(
   ctx: ShapeReader,
@@ -998,6 +1011,14 @@ function shapeEntry(ctx: ChainContext, slot: number, axis: number, rank: number)
       i === axis && !src.divisor && v[axis] === ctx.entries && v[axis] === ctx.shape?.(src.tensor)?.[c.axis];
     if (whole && ctx.follow?.(src.tensor, reason(ctx, why))) {
       followed = true;
+      continue;
+    }
+    // one entry of a shape built at run time (a Concat input of its own): it becomes a constant, written unchanged
+    // when that group prunes (freezeReads); at the channels' axis it counts this group's, as below (a one-head
+    // attention's q.reshape(b, h · w, 1, c // 1) with c of the GroupNorm'd stream)
+    if (src.part && i === axis) continue;
+    if (src.part && i !== axis) {
+      divisors.push({ ...src.part, values: [v[i]!], index: 0, scale: 0, from: src.tensor });
       continue;
     }
     return { ...refusal(ctx, why), countOf: src.tensor };

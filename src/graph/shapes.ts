@@ -18,7 +18,7 @@ import {
   type TensorProto,
   type ValueInfoProto,
 } from '../onnx/index.js';
-import { OPS, layerOf, opOf } from './ops.js';
+import { OPS, layerOf, opOf, type ShapeContext } from './ops.js';
 
 export type Shapes = Map<string, number[]>;
 
@@ -108,12 +108,25 @@ export function inferShapesAndValues(
       );
     }
   });
-  for (const node of graph.node) {
+  inferNodes(graph.node, { constant, producer, value }, shapes, values);
+  return { shapes, values };
+}
+
+/** The op table's shape and value rules over `nodes` in order, adding to `shapes` and `values`. */
+function inferNodes(
+  nodes: readonly NodeProto[],
+  scope: Pick<RealScope, 'constant' | 'producer' | 'value'>,
+  shapes: Shapes,
+  values: Map<string, number[]>,
+): void {
+  const { constant, producer, value } = scope;
+  for (const node of nodes) {
     const ins = node.input.map((n) => (n ? shapes.get(n) : undefined));
     // by op name: an op of another domain (onnxruntime's NCHWc Conv, whose channels are blocked) is not its namesake
     const rule = OPS[opOf(node)],
       ctx = { node, ins, constant, producer, value, shape: (name: string) => shapes.get(name) };
-    rule?.shape?.(ctx)?.forEach((s, i) => {
+    const outs = node.opType === 'Loop' && !node.domain ? loopShapes(ctx, shapes, values) : rule?.shape?.(ctx);
+    outs?.forEach((s, i) => {
       const name = node.output[i];
       if (s && name && !shapes.has(name)) shapes.set(name, s);
     });
@@ -128,7 +141,50 @@ export function inferShapesAndValues(
       if (v?.every(Number.isFinite)) values.set(out, v.map(Math.trunc));
     }
   }
-  return { shapes, values };
+}
+
+/**
+ * A Loop that runs its trip count out (its condition true throughout: torch's export of nn.EmbeddingBag, one
+ * iteration per bag): each scan output stacks the body's output of every iteration, which has one shape in all of
+ * them, so the body's shapes at iteration 0 give it. The body reads the outer graph's tensors by name.
+ */
+function loopShapes(ctx: ShapeContext, shapes: Shapes, values: Map<string, number[]>): (number[] | undefined)[] {
+  const { node } = ctx,
+    body = node.attribute.find((a) => a.name === 'body')?.g,
+    trips = ctx.value(node.input[0] ?? '');
+  if (!body || trips?.length !== 1 || body.input.length < 2) return [];
+  const local = constantTensors(body),
+    producers = producerMap(body);
+  const constant = (name: string) => local.get(name) ?? ctx.constant(name);
+  const isTrue = (name: string): boolean => {
+    const t = constant(name),
+      p = producers.get(name);
+    if (t) return t.dataType === DataType.BOOL && numel(tensorDims(t)) === 1 && (t.rawData[0] ?? t.int32Data[0]) === 1;
+    if (p && ['Cast', 'Identity'].includes(p.opType)) return isTrue(p.input[0] ?? '');
+    return name === body.input[1]!.name && (!node.input[1] || isTrue(node.input[1]));
+  };
+  if (!body.output[0] || !isTrue(body.output[0].name)) return [];
+  const inner: Shapes = new Map(shapes),
+    innerValues = new Map(values);
+  for (const [name, t] of local) inner.set(name, tensorDims(t));
+  inner.set(body.input[0]!.name, []);
+  innerValues.set(body.input[0]!.name, [0]);
+  inner.set(body.input[1]!.name, []);
+  body.input.slice(2).forEach((vi, i) => {
+    const s = ctx.ins[2 + i];
+    if (s) inner.set(vi.name, s);
+  });
+  const scope = {
+    constant,
+    producer: (name: string) => producers.get(name) ?? ctx.producer(name),
+    value: (name: string) => innerValues.get(name),
+  };
+  inferNodes(body.node, scope, inner, innerValues);
+  const carried = node.input.length - 2;
+  return node.output.map((_, i) => {
+    const s = inner.get(body.output[1 + i]?.name ?? '');
+    return s && (i < carried ? s : [trips[0]!, ...s]);
+  });
 }
 
 const INTEGER_TYPES = new Set<number>([DataType.INT64, DataType.INT32]);
