@@ -1,8 +1,22 @@
 import { afterAll, describe, it, expect } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { create } from '@bufbuild/protobuf';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { readModel } from '../src/onnx/index.js';
+import {
+  AttributeProtoSchema,
+  AttributeType,
+  DataType,
+  float32Tensor,
+  int64Tensor,
+  intAttr,
+  makeGraph,
+  makeModel,
+  makeNode,
+  makeTensorValueInfo,
+  readModel,
+  TensorProtoSchema,
+} from '../src/onnx/index.js';
 import { analyze } from '../src/graph/analyze.js';
 import { Calibration } from '../src/calibration.js';
 import { inferShapes, modelStats } from '../src/graph/shapes.js';
@@ -70,6 +84,46 @@ describe("nn.EmbeddingBag as torch exports it: a Loop over the bags, stacking ea
     expect(known.get('/emb_l.0/Loop_output_0')).toEqual([1, 4]);
     expect(modelStats(m, shapes)).toMatchObject({ flops: 2 * (5 * 8 + 8 * 4 + 4 * 4 * 4 + 10 * 8 + 8), unknown: [] });
     expect(analyze(m, shapes).refused.find((r) => r.node === '/top_l/top_l.0/Gemm')).toBeUndefined();
+  });
+
+  it('a carried value that grows in the body has no shape: not its shape after the first iteration', () => {
+    // Loop(3, true, v [1, 2]) whose body gives back Concat(v, c): v is [4, 2] after it, [2, 2] after iteration 0;
+    // the stacked scan output (c itself, [1, 2] each time) is [3, 1, 2]
+    const cond = create(TensorProtoSchema, {
+      name: 'true',
+      dataType: DataType.BOOL,
+      dims: [],
+      rawData: new Uint8Array([1]),
+    });
+    const body = makeGraph(
+      'body',
+      [
+        makeNode('Concat', ['v_in', 'c'], ['v_out'], [intAttr('axis', 0)], 'grow'),
+        makeNode('Identity', ['c'], ['scan'], [], 'keep'),
+      ],
+      [
+        makeTensorValueInfo('i', DataType.INT64, []),
+        makeTensorValueInfo('cond_in', DataType.BOOL, []),
+        makeTensorValueInfo('v_in', DataType.FLOAT, [null, 2]),
+      ],
+      [
+        makeTensorValueInfo('cond_in', DataType.BOOL, []),
+        makeTensorValueInfo('v_out', DataType.FLOAT, [null, 2]),
+        makeTensorValueInfo('scan', DataType.FLOAT, [1, 2]),
+      ],
+      [float32Tensor('c', [1, 2], [1, 2])],
+    );
+    const attr = create(AttributeProtoSchema, { name: 'body', type: AttributeType.GRAPH, g: body });
+    const graph = makeGraph(
+      'loop',
+      [makeNode('Loop', ['trips', 'true', 'x'], ['v', 'stacked'], [attr], 'loop')],
+      [makeTensorValueInfo('x', DataType.FLOAT, [1, 2])],
+      [makeTensorValueInfo('v', DataType.FLOAT, [null, 2]), makeTensorValueInfo('stacked', DataType.FLOAT, [3, 1, 2])],
+      [int64Tensor('trips', [], [3]), cond],
+    );
+    const known = inferShapes(makeModel(graph, 13), new Map([['x', [1, 2]]]));
+    expect(known.get('stacked')).toEqual([3, 1, 2]);
+    expect(known.has('v')).toBe(false);
   });
 
   it('its output is compared: a Loop that runs its trip count out has shapes that do not depend on values', () => {

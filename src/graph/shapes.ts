@@ -180,10 +180,14 @@ function loopShapes(ctx: ShapeContext, shapes: Shapes, values: Map<string, numbe
     value: (name: string) => innerValues.get(name),
   };
   inferNodes(body.node, scope, inner, innerValues);
-  const carried = node.input.length - 2;
+  // a carried value keeps its shape only where the body gives it back as it took it (one that grows, a Concat of
+  // each iteration's tokens, has another shape after the last iteration)
+  const carried = node.input.length - 2,
+    same = (a: number[], b?: number[]) => !!b && a.length === b.length && a.every((x, j) => x === b[j]);
   return node.output.map((_, i) => {
     const s = inner.get(body.output[1 + i]?.name ?? '');
-    return s && (i < carried ? s : [trips[0]!, ...s]);
+    if (!s) return undefined;
+    return i < carried ? (same(s, ctx.ins[2 + i]) ? s : undefined) : [trips[0]!, ...s];
   });
 }
 
