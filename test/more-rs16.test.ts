@@ -126,6 +126,17 @@ describe("nn.EmbeddingBag as torch exports it: a Loop over the bags, stacking ea
     expect(known.has('v')).toBe(false);
   });
 
+  it("the bottom MLP is refused for the interaction's blocks, which hold the embeddings' entries too", () => {
+    // the reason said "blocks of 4 entries … that do not line up with the channels": they do line up; the 12 entries
+    // of the three embedding bags beside them are what no group can cut
+    const m = readModel(`${FIX}/rs16-dlrm.onnx`),
+      data = dlrm();
+    const { refused } = analyze(m, Calibration.of(m, data).shapes);
+    expect(refused.find((r) => r.node === '/bot_l/bot_l.2/Gemm')?.reason).toMatch(
+      /cuts the channels into blocks of 4 entries .* also hold 12 entries of no group's channels/,
+    );
+  });
+
   it('its output is compared: a Loop that runs its trip count out has shapes that do not depend on values', () => {
     // before: "uncompared: data-shaped" (as after a NonMaxSuppression), so the report measured no fidelity at all;
     // the click probability (a Sigmoid) holds no class scores: its relative error is the figure

@@ -1038,9 +1038,15 @@ function regroup(W: Walk, node: NodeProto, l: Layout, inner: number): boolean {
   const blocks =
     `${label(node)} cuts the channels into blocks of ${inner} entries (attention heads, conv groups, GroupNorm's ` +
     'groups)';
+  // DLRM's interaction: its bottom MLP's features and the embedding bags' laid end to end, then viewed as [B, 4, 4]
+  const other = runs(l).reduce((n, r) => n + (r.space < 0 ? r.n * r.per : 0), 0);
+  if (other) {
+    W.S.refuseAll(l, `${blocks} that also hold ${other} entries of no group's channels (inputs, constants, refused)`);
+    return false;
+  }
   for (const r of runs(l)) {
     const f = lcm(r.per, inner) / r.per;
-    if (r.space < 0 || r.n % f !== 0 || r.offset % inner !== 0) {
+    if (r.n % f !== 0 || r.offset % inner !== 0) {
       W.S.refuseAll(l, `${blocks} that do not line up with the channels`);
       return false;
     }
