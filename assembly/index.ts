@@ -130,6 +130,36 @@ export function columnSums(X: usize, rows: i32, d: i32, sums: usize, j0: i32, j1
   }
 }
 
+/**
+ * sums[j] += Σ_r X[r][j] and squares[j] += Σ_r X[r][j]² in f64, for columns j0 ≤ j < j1 (j0 a multiple of 4) of
+ * rows X (f32, d columns): an asymmetric capture's given target T, whose column sums the intercept needs and whose
+ * squared norm is the objective's normaliser. In JavaScript they took a tenth of a transformer's capture.
+ */
+export function columnMoments(X: usize, rows: i32, d: i32, sums: usize, squares: usize, j0: i32, j1: i32): void {
+  const full = j0 + ((j1 - j0) & ~3);
+  for (let r = 0; r < rows; r++) {
+    const row = X + ((<usize>r * d) << 2);
+    for (let j = j0; j < full; j += 4) {
+      const v = v128.load(row + ((<usize>j) << 2)),
+        lo = f64x2.promote_low_f32x4(v),
+        hi = f64x2.promote_low_f32x4(v128.shuffle<f32>(v, v, 2, 3, 0, 1)),
+        s = sums + ((<usize>j) << 3),
+        q = squares + ((<usize>j) << 3);
+      v128.store(s, f64x2.add(v128.load(s), lo));
+      v128.store(s, f64x2.add(v128.load(s, 16), hi), 16);
+      v128.store(q, f64x2.add(v128.load(q), f64x2.mul(lo, lo)));
+      v128.store(q, f64x2.add(v128.load(q, 16), f64x2.mul(hi, hi)), 16);
+    }
+    for (let j = full; j < j1; j++) {
+      const x = <f64>load<f32>(row + ((<usize>j) << 2)),
+        s = sums + ((<usize>j) << 3),
+        q = squares + ((<usize>j) << 3);
+      store<f64>(s, load<f64>(s) + x);
+      store<f64>(q, load<f64>(q) + x * x);
+    }
+  }
+}
+
 /** Packs rows r0 .. r0+rb of X (d columns, row stride ld) into panels p0 ≤ p < p1 of P (all: 0 .. gramPanels(d)). */
 export function gramPack(X: usize, ld: i32, r0: i32, rb: i32, d: i32, P: usize, p0: i32, p1: i32): void {
   pack(X, ld, r0, rb, d, P, p0, p1);
@@ -507,6 +537,42 @@ export function solveUpperT(L: usize, ldl: i32, t: i32, X: usize, m: i32, j0: i3
     v128.store(y + o, madd2(av, v128.load(x + o, 16), v128.load(y + o, 16)), 16);
   }
   for (; i < n; i++) { const o = (<usize>i) << 3; store<f64>(y + o, load<f64>(y + o) + a * load<f64>(x + o)); }
+}
+
+/**
+ * out[c][r] = X[r][c] for X of rows × cols (f32): a conv's output sample [m, OH·OW] as its rows [OH·OW, m], the
+ * asymmetric capture's given target. Blocks of 4×4 go through registers.
+ */
+export function transpose(X: usize, rows: i32, cols: i32, out: usize): void {
+  const r4 = rows & ~3,
+    c4 = cols & ~3,
+    ld = (<usize>cols) << 2,
+    lo = (<usize>rows) << 2;
+  for (let r = 0; r < r4; r += 4) {
+    const x = X + (<usize>r) * ld;
+    for (let c = 0; c < c4; c += 4) {
+      const src = x + ((<usize>c) << 2),
+        a = v128.load(src),
+        b = v128.load(src + ld),
+        e = v128.load(src + 2 * ld),
+        f = v128.load(src + 3 * ld);
+      const ab0 = v128.shuffle<f32>(a, b, 0, 4, 1, 5),
+        ab1 = v128.shuffle<f32>(a, b, 2, 6, 3, 7),
+        ef0 = v128.shuffle<f32>(e, f, 0, 4, 1, 5),
+        ef1 = v128.shuffle<f32>(e, f, 2, 6, 3, 7);
+      const dst = out + (<usize>c) * lo + ((<usize>r) << 2);
+      v128.store(dst, v128.shuffle<f64>(ab0, ef0, 0, 2));
+      v128.store(dst + lo, v128.shuffle<f64>(ab0, ef0, 1, 3));
+      v128.store(dst + 2 * lo, v128.shuffle<f64>(ab1, ef1, 0, 2));
+      v128.store(dst + 3 * lo, v128.shuffle<f64>(ab1, ef1, 1, 3));
+    }
+    for (let c = c4; c < cols; c++)
+      for (let i = 0; i < 4; i++)
+        store<f32>(out + (<usize>c) * lo + ((<usize>(r + i)) << 2), load<f32>(x + (<usize>i) * ld + ((<usize>c) << 2)));
+  }
+  for (let r = r4; r < rows; r++)
+    for (let c = 0; c < cols; c++)
+      store<f32>(out + (<usize>c) * lo + ((<usize>r) << 2), load<f32>(X + (<usize>r) * ld + ((<usize>c) << 2)));
 }
 
 // ---------------------------------------------------------------------------------------------------------------

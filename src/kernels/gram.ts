@@ -42,15 +42,15 @@ export const FLUSH_SAMPLES = 64;
 const SLACK = 16;
 
 /**
- * Kernel memory of an accumulator for d columns (the row chunks and one conv sample aside, a few MiB); projected on m
- * outputs (asymmetric only): G, CW, W and the chunk's A·W; a Conv consumer's G from shifted inputs (ShiftGram): their
- * products too.
+ * Kernel memory of an accumulator for d columns (the row chunks and one conv sample's input and given target aside, a
+ * few MiB); projected on m outputs (asymmetric only): G, CW, W, the target's column sums and squares and the chunk's
+ * A·W; a Conv consumer's G from shifted inputs (ShiftGram): their products too.
  */
 export function gramBytes(d: number, asymmetric = false, m?: number, conv?: ConvGeometry): number {
   const shift = conv && (!asymmetric || m !== undefined) ? ShiftGram.bytes(conv, d / patchSize(conv)) : 0;
   if (asymmetric && m !== undefined) {
     const rows = Math.floor(CHUNK_BYTES / (4 * d)) + 1;
-    return 8 * d * d + 12 * d * m + 2 * CHUNK_BYTES + 12 * rows * m + 4 * 128 * (rows + 16 + m) + shift;
+    return 8 * d * d + 12 * d * m + 16 * m + 2 * CHUNK_BYTES + 12 * rows * m + 4 * 128 * (rows + 16 + m) + shift;
   }
   return (asymmetric ? 3 : 1) * 8 * d * d + (asymmetric ? 2 : 1) * CHUNK_BYTES + shift;
 }
@@ -77,10 +77,18 @@ export class GramAccumulator {
   private filled = 0;
   private unitLeft = 0;
   // projected on W: CW, W in f32, the chunk's T = A·W (f64, then f32) and the packs of Aᵀ and of W or T; given T
-  // (no W): CW and T's f32 rows and pack only
-  private readonly proj?: { m: number; CW: number; W: number; T?: number; T32?: number; PAT?: number; PM: number };
-  private targetNorm2 = 0;
-  private readonly targetSumsW?: Float64Array;
+  // (no W): CW and T's f32 rows and pack only. Both: T's column sums and squares (f64, m each).
+  private readonly proj?: {
+    m: number;
+    CW: number;
+    W: number;
+    TS: number;
+    TQ: number;
+    T?: number;
+    T32?: number;
+    PAT?: number;
+    PM: number;
+  };
 
   /**
    * `project`: asymmetric only, the consumer's weights W (d×m, row-major) to project the target on: the result has
@@ -122,15 +130,22 @@ export class GramAccumulator {
     };
     if (pr) {
       const m = pr.m;
-      this.proj = { m, CW: a.alloc(d * m * 8), W: pr.W ? a.alloc(d * m * 4) : 0, PM: a.alloc(k.gramPackFloats(m) * 4) };
+      this.proj = {
+        m,
+        CW: a.alloc(d * m * 8),
+        W: pr.W ? a.alloc(d * m * 4) : 0,
+        TS: a.alloc(m * 8),
+        TQ: a.alloc(m * 8),
+        PM: a.alloc(k.gramPackFloats(m) * 4),
+      };
       if (pr.W) a.f32(this.proj.W, d * m).set(pr.W);
-      this.targetSumsW = new Float64Array(m);
     }
   }
 
   // Row buffers, sized on first use: a chunk, or FLUSH_SAMPLES samples' rows when fewer (a larger buffer would only be
-  // cleared and never filled); a conv sample's patches must fit in one chunk.
-  private buffers(minRows: number, unitRows: number, sample = 0) {
+  // cleared and never filled); a conv sample's patches must fit in one chunk. `sample`: a conv input sample's values;
+  // `target`: a given target's (the conv's output sample, transposed into rows).
+  private buffers(minRows: number, unitRows: number, sample = 0, target = 0) {
     if (!this.buf) {
       const a = this.k.arena,
         d = this.d,
@@ -144,7 +159,7 @@ export class GramAccumulator {
         A: rowsA ? a.alloc(cap * d * 4 + SLACK) : 0,
         sample,
         XB: sample ? a.alloc(sample * 4 + SLACK) : 0,
-        XA: sample && rowsA ? a.alloc(sample * 4 + SLACK) : 0,
+        XA: sample && rowsA ? a.alloc(sample * 4 + SLACK) : target ? a.alloc(target * 4) : 0,
       };
       if (pr)
         Object.assign(pr, {
@@ -190,29 +205,32 @@ export class GramAccumulator {
     this.rows += nr;
   }
 
-  // CW += Bᵀ T with T = A·W for the nr rows in the buffers, and T's squared norm and column sums in f64.
+  // CW += Bᵀ T with T = A·W for the nr rows in the buffers, and T's column sums and squares in f64.
   private project(nr: number) {
     const { d, k } = this,
       b = this.buf!,
       pr = this.proj!,
       m = pr.m;
-    const T32 = k.arena.f32(pr.T32!, nr * m),
-      sums = this.targetSumsW!;
-    let T: Float32Array | Float64Array = T32;
-    if (!this.givenT) {
+    if (this.givenT)
+      k.par(
+        'columnMoments',
+        { X: pr.T32!, rows: nr, d: m, sums: pr.TS, squares: pr.TQ, j0: 0, j1: m },
+        { work: nr * m },
+      );
+    else {
       k.zero(pr.T!, nr * m * 8);
       productAccumulate(k, b.A, nr, d, pr.W, m, pr.T!, pr.PAT!, pr.PM);
-      T = k.arena.f64(pr.T!, nr * m);
-      T32.set(T); // rounded to f32 once for Bᵀ T; the norm and sums from the f64 values
+      const T = k.arena.f64(pr.T!, nr * m),
+        sums = k.arena.f64(pr.TS, m),
+        squares = k.arena.f64(pr.TQ, m);
+      k.arena.f32(pr.T32!, nr * m).set(T); // rounded to f32 once for Bᵀ T; the sums and squares from the f64 values
+      for (let r = 0; r < nr * m; r += m)
+        for (let j = 0; j < m; j++) {
+          const v = T[r + j]!;
+          sums[j] += v;
+          squares[j] += v * v;
+        }
     }
-    let norm2 = 0;
-    for (let r = 0; r < nr * m; r += m)
-      for (let j = 0; j < m; j++) {
-        const v = T[r + j]!;
-        norm2 += v * v;
-        sums[j] += v;
-      }
-    this.targetNorm2 += norm2;
     gramAccumulate(k, b.B, d, pr.T32!, m, nr, pr.CW, this.p.PB, pr.PM);
   }
 
@@ -290,7 +308,7 @@ export class GramAccumulator {
       this.rows += per;
     }
     if (this.shift && !this.proj) return; // no patches needed
-    const buf = this.buffers(per, FLUSH_SAMPLES * per, size);
+    const buf = this.buffers(per, FLUSH_SAMPLES * per, size, given ? m * per : 0);
     for (let s = 0; s < b; s++) {
       if (this.filled + per > buf.cap) this.flushFilled();
       const filled = this.filled,
@@ -299,9 +317,8 @@ export class GramAccumulator {
       k.im2col(buf.XB, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, buf.B + off);
       if (A && given) {
         // the sample's [m, OH·OW] as its rows' [OH·OW, m]
-        const T = k.arena.f32(this.proj!.T32! + filled * m * 4, per * m),
-          Y = A.subarray(s * m * per, (s + 1) * m * per);
-        for (let j = 0; j < m; j++) for (let p = 0; p < per; p++) T[p * m + j] = Y[j * per + p]!;
+        k.arena.f32(buf.XA, m * per).set(A.subarray(s * m * per, (s + 1) * m * per));
+        k.transpose(buf.XA, m, per, this.proj!.T32! + filled * m * 4);
       } else if (A) {
         k.arena.f32(buf.XA, size).set(A.subarray(s * size, (s + 1) * size));
         k.im2col(buf.XA, C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, buf.A + off);
@@ -327,8 +344,9 @@ export class GramAccumulator {
     const out: Gram = { d, rows: this.rows, G, sums: k.arena.f64(p.S, d).slice() };
     if (this.proj) {
       const m = this.proj.m;
-      Object.assign(out, { CW: k.arena.f64(this.proj.CW, d * m).slice(), targetNorm2: this.targetNorm2 });
-      out.targetSumsW = this.targetSumsW!.slice();
+      out.CW = k.arena.f64(this.proj.CW, d * m).slice();
+      out.targetNorm2 = k.arena.f64(this.proj.TQ, m).reduce((a, x) => a + x, 0);
+      out.targetSumsW = k.arena.f64(this.proj.TS, m).slice();
     } else if (this.asymmetric) {
       k.symmetrize(p.H, d);
       out.C = k.arena.f64(p.C, dd).slice();

@@ -87,6 +87,25 @@ export function plainKernels(): Kernels {
         s8 = sums >>> 3;
       for (let r = 0; r < rows; r++) for (let j = j0; j < j1; j++) f[s8 + j] += x[X4 + r * d + j];
     },
+    transpose(X, rows, cols, out) {
+      const x = S(),
+        X4 = X >>> 2,
+        o4 = out >>> 2;
+      for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) x[o4 + c * rows + r] = x[X4 + r * cols + c]!;
+    },
+    columnMoments(X, rows, d, sums, squares, j0, j1) {
+      const x = S(),
+        f = F(),
+        X4 = X >>> 2,
+        s8 = sums >>> 3,
+        q8 = squares >>> 3;
+      for (let r = 0; r < rows; r++)
+        for (let j = j0; j < j1; j++) {
+          const v = x[X4 + r * d + j]!;
+          f[s8 + j] += v;
+          f[q8 + j] += v * v;
+        }
+    },
     symmetrize(G, d) {
       const f = F(),
         G8 = G >>> 3;

@@ -28,6 +28,7 @@ export const KERNELS = {
   // align: the tile's rows (MR in assembly/index.ts), which must not straddle a packed panel
   gramTiles: { params: ['PA', 'da', 'PB', 'db', 'rb', 'C', 'ldc', 'upper', 'i0', 'i1'], range: ['i0', 'i1'], align: 2 },
   columnSums: { params: ['X', 'rows', 'd', 'sums', 'j0', 'j1'], range: ['j0', 'j1'], align: 4 },
+  columnMoments: { params: ['X', 'rows', 'd', 'sums', 'squares', 'j0', 'j1'], range: ['j0', 'j1'], align: 4 },
   symmetrize: { params: ['G', 'd'] },
   zero: { params: ['P', 'bytes'] },
   gemmChunk: { params: [], returns: true },
@@ -52,6 +53,7 @@ export const KERNELS = {
   argmax: { params: ['gains', 'chan', 'n'], returns: true },
   // align: the back substitution's column block (CW), so that each thread solves whole blocks
   solveUpperT: { params: ['L', 'ldl', 't', 'X', 'm', 'j0', 'j1'], range: ['j0', 'j1'], align: 64 },
+  transpose: { params: ['X', 'rows', 'cols', 'out'] },
   // X and out need 16 bytes of slack past the sample and its patches: entries are copied four at a time
   im2col: {
     params: ['X', 'C', 'H', 'W', 'kh', 'kw', 'sh', 'sw', 'pt', 'pl', 'dh', 'dw', 'OH', 'OW', 'out'],
