@@ -177,6 +177,25 @@ describe('the browser page', () => {
     const bert = JSON.parse(readFileSync(await save('#dl-report', 'tf-bert-tiny-opset17-c1.5.json'), 'utf8'));
     expect(bert.groups.map((g: { channels: number }) => g.channels)).toEqual([4, 128, 4, 128, 64]);
     expect(bert.flops.after).toBeLessThanOrEqual(bert.flops.before / 1.5);
+
+    // a click-through rate model, whose one output sits near its base rate: the summary says its error against the
+    // spread of its values, as the CLI's does (more-rs16.test.ts), since the relative error flatters it
+    await page.setInputFiles('#model', 'test/fixtures/rs16-dlrm.onnx');
+    await page.setInputFiles('#calib', 'test/fixtures/rs16-dlrm.calib.npz');
+    await expect.poll(() => page.textContent('#calib-info')).toMatch(/dlrm\.calib\.npz/);
+    await page.fill('#compression', '2');
+    await page.selectOption('#mode', 'asymmetric');
+    await page.check('#refit');
+    await page.click('#run');
+    await page.waitForFunction(
+      () => !document.querySelector<HTMLElement>('#result')!.hidden || document.querySelector('#error')!.textContent,
+      null,
+      { timeout: 100_000 },
+    );
+    expect(await page.textContent('#error')).toBe('');
+    expect(await page.textContent('#summary')).toMatch(
+      /relative output error 0\.\d{4} \(0\.\d{4} of the spread of its values about their mean; no output holds class/,
+    );
   });
 
   it('prunes LeNet to two sizes from one run, each as the library prunes it, and refuses a bad list', async () => {

@@ -5,7 +5,7 @@ import { checkWritable, writeFileAtomic } from '../atomic.js';
 import { badInput, internal } from '../errors.js';
 import { defaultMode, MODES, pruneSizes, type PruneReport, type Sized } from '../prune/index.js';
 import { writeVerified } from '../prune/verify.js';
-import { flattered } from '../eval/index.js';
+import { fidelityNotes } from '../eval/notes.js';
 import { runReport } from '../prune/report.js';
 import type { Budget } from '../budget/index.js';
 import { Progress } from './progress.js';
@@ -385,19 +385,7 @@ function summarize(
         `samples (${r.stats.distinct} distinct); no capture ran`,
     );
   const f = r.fidelity,
-    outputs = f.outputs ?? [],
-    worst = outputs.length > 1 && outputs.find((o) => o.relError === f.relError),
-    offset = outputs.find((o) => o.relError === f.relError && flattered(o)),
-    skipped = f.uncompared?.map((o) => `"${o}"`).join(', '),
-    notes = [
-      ...(worst ? [`the largest of ${outputs.length} outputs': "${worst.name}"`] : []),
-      ...(offset ? [`${offset.centeredRelError!.toFixed(4)} of the spread of its values about their mean`] : []),
-      ...(f.relError !== undefined && f.agreement === undefined
-        ? ['no output holds class scores, so no top-1 agreement']
-        : []),
-      // integers follow from the float outputs; data-shaped outputs may hold other numbers of boxes after pruning
-      ...(skipped ? [`not compared: ${skipped} (integers, or shapes that depend on the values)`] : []),
-    ],
+    notes = fidelityNotes(f),
     inputs = r.verification.inputs === 'verify' ? '--verify' : 'calibration';
   console.log(
     `on ${f.samples} of the ${r.verification.rows} ${inputs} inputs: ` +

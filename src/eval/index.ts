@@ -47,12 +47,7 @@ export interface OutputFidelity {
   zeroReference?: true;
 }
 
-/**
- * Whether an output's relative error flatters it: its values sit far from 0 (its mean holds more than three quarters
- * of its norm), so the error against their spread (centeredRelError) is more than twice the relative error.
- */
-export const flattered = (o: OutputFidelity): boolean =>
-  o.centeredRelError !== undefined && o.centeredRelError > 2 * o.relError;
+export { flattered } from './notes.js';
 
 export interface EvaluateOptions extends RuntimeOptions {
   labels?: ArrayLike<number>;

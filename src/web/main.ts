@@ -2,6 +2,7 @@
 import type { PruneReport, Mode } from '../prune/index.js';
 import { METHODS, type Method } from '../select/baselines.js';
 import { runReport } from '../prune/report.js';
+import { fidelityNotes } from '../eval/notes.js';
 import type { FromWorker, Job } from './protocol.js';
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -278,7 +279,8 @@ function showDetails(j: Job, size: number): void {
       return li;
     }),
   );
-  const f = r.fidelity;
+  const f = r.fidelity,
+    notes = fidelityNotes(f);
   $('summary').textContent =
     `Parameters ${big(r.params.before)} → ${big(r.params.after)} ` +
     `(${(r.params.before / r.params.after).toFixed(2)}× smaller), ` +
@@ -288,7 +290,7 @@ function showDetails(j: Job, size: number): void {
       : '') +
     `. On the ${r.calibration.samples} calibration inputs: ` +
     (f.agreement === undefined ? '' : `top-1 agreement with the original ${(f.agreement * 100).toFixed(2)}%, `) +
-    `relative output error ${(f.relError ?? 0).toFixed(4)}. ` +
+    `relative output error ${(f.relError ?? 0).toFixed(4)}${notes.length ? ` (${notes.join('; ')})` : ''}. ` +
     `${r.groups.length} groups, ${r.refused.length} refused; mode ${r.mode}, method ${r.method}, ` +
     `${r.refit ? 're-fit' : 'no re-fit'}, onnxruntime-${r.backend}; ${r.seconds.total.toFixed(2)} s.` +
     r.warnings.map((w) => ` Warning: ${w}.`).join('');
