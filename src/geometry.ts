@@ -4,8 +4,10 @@ import { badInput } from './errors.js';
 import { attrInt, attrInts, attrString, type NodeProto } from './onnx/index.js';
 
 /**
- * A Conv consumer's geometry: B's rows are its input patches. Always 2-D: a 1-D Conv (input [b, C, L], weight
- * [m, C, k]) is the 2-D one over [b, C, 1, L] with kernel [1, k] (convGeometry lifts it, planeDims its input).
+ * A Conv consumer's geometry: B's rows are its input patches. Planes are 2-D: a 1-D Conv (input [b, C, L], weight
+ * [m, C, k]) is the 2-D one over [b, C, 1, L] with kernel [1, k] (convGeometry lifts it, planeDims its input); a 3-D
+ * Conv (input [b, C, D, H, W]) has a `depth` and is the 2-D one over its input unfolded along depth (unfoldDepth:
+ * [b·OD, C·kd, H, W]), whose patches are the 3-D ones with their columns in the weight's order.
  */
 export interface ConvGeometry {
   kernel: [number, number];
@@ -13,6 +15,15 @@ export interface ConvGeometry {
   /** [top, left, bottom, right] */
   pads: [number, number, number, number];
   dilations: [number, number];
+  depth?: DepthGeometry;
+}
+
+/** A 3-D Conv's depth axis: its kernel, stride, [front, back] pads and dilation. */
+export interface DepthGeometry {
+  kernel: number;
+  stride: number;
+  pads: [number, number];
+  dilation: number;
 }
 
 /**
@@ -35,8 +46,49 @@ export function patchGrid(geo: ConvGeometry, H: number, W: number): [number, num
   ];
 }
 
-/** Columns of B per input channel: the kernel's kh·kw taps. */
-export const patchSize = (geo: ConvGeometry) => geo.kernel[0] * geo.kernel[1];
+/** Columns of B per input channel: the kernel's (kd·)kh·kw taps. */
+export const patchSize = (geo: ConvGeometry) => geo.kernel[0] * geo.kernel[1] * (geo.depth?.kernel ?? 1);
+
+/** The 2-D geometry of a Conv's planes (a 3-D Conv's over its input unfolded along depth). */
+export const planar = ({ depth: _, ...geo }: ConvGeometry): ConvGeometry => geo;
+
+/**
+ * A 3-D Conv's input [b, C, D, H, W] (or its target, of the same shape) as 2-D samples: [b·OD, C·kd, H, W], sample
+ * s·OD + od holding, for each channel c, the kd planes at depths od·stride − front + i·dilation (zeros in the
+ * pads). Its patches under the planar geometry are the 3-D Conv's, columns in the weight's order (c, i, kh, kw).
+ */
+export function unfoldDepth(x: { data: Float32Array; dims: readonly number[] }, depth: DepthGeometry) {
+  const [b, C, D, H, W] = x.dims as [number, number, number, number, number];
+  const { kernel: kd, stride, pads, dilation } = depth,
+    OD = windowCount(D, kd, stride, pads[0], pads[1], dilation),
+    plane = H * W,
+    out = new Float32Array(b * OD * C * kd * plane);
+  for (let s = 0; s < b; s++)
+    for (let od = 0; od < OD; od++)
+      for (let c = 0; c < C; c++)
+        for (let i = 0; i < kd; i++) {
+          const z = od * stride - pads[0] + i * dilation;
+          if (z < 0 || z >= D) continue; // a pad: zeros
+          const from = ((s * C + c) * D + z) * plane;
+          out.set(x.data.subarray(from, from + plane), (((s * OD + od) * C + c) * kd + i) * plane);
+        }
+  return { data: out, dims: [b * OD, C * kd, H, W] };
+}
+
+/**
+ * A 3-D Conv's output [b, m, OD, OH, OW] as the unfolded input's 2-D samples see it: [b·OD, m, OH, OW] (the given
+ * target of an asymmetric capture, whose rows must follow the patches').
+ */
+export function depthMajor(y: Float32Array, b: number, m: number, OD: number, plane: number): Float32Array {
+  const out = new Float32Array(y.length);
+  for (let s = 0; s < b; s++)
+    for (let j = 0; j < m; j++)
+      for (let od = 0; od < OD; od++) {
+        const from = ((s * m + j) * OD + od) * plane;
+        out.set(y.subarray(from, from + plane), ((s * OD + od) * m + j) * plane);
+      }
+  return out;
+}
 
 /**
  * A Conv's input [b, C, H, W] as its geometry sees it: a 1-D Conv's [b, C, L] is [b, C, 1, L]. Throws for other
@@ -49,23 +101,26 @@ export function planeDims(dims: readonly number[]): [number, number, number, num
 }
 
 /**
- * The geometry of a Conv node over its input's spatial size (1 or 2 axes) with kernel `kernel`, 1-D lifted to 2-D
- * with H = 1; undefined for other ranks.
+ * The geometry of a Conv node over its input's spatial size (1, 2 or 3 axes) with kernel `kernel`: 1-D lifted to 2-D
+ * with H = 1, 3-D with its depth apart (ConvGeometry); undefined for other ranks.
  */
 export function convGeometry(
   node: NodeProto,
   spatial: readonly number[],
   kernel: readonly number[],
 ): ConvGeometry | undefined {
-  if (spatial.length !== kernel.length || (spatial.length !== 1 && spatial.length !== 2)) return undefined;
+  const r = spatial.length;
+  if (kernel.length !== r || r < 1 || r > 3) return undefined;
   const { strides: s, pads: p, dilations: dl } = windowGeometry(node, spatial, kernel);
-  if (spatial.length === 1)
+  if (r === 1)
     return { kernel: [1, kernel[0]!], strides: [1, s[0]!], pads: [0, p[0]!, 0, p[1]!], dilations: [1, dl[0]!] };
+  const a = r - 2; // the first of the plane's two axes
   return {
-    kernel: [kernel[0]!, kernel[1]!],
-    strides: [s[0]!, s[1]!],
-    pads: [p[0]!, p[1]!, p[2]!, p[3]!],
-    dilations: [dl[0]!, dl[1]!],
+    kernel: [kernel[a]!, kernel[a + 1]!],
+    strides: [s[a]!, s[a + 1]!],
+    pads: [p[a]!, p[a + 1]!, p[r + a]!, p[r + a + 1]!],
+    dilations: [dl[a]!, dl[a + 1]!],
+    ...(r === 3 ? { depth: { kernel: kernel[0]!, stride: s[0]!, pads: [p[0]!, p[3]!], dilation: dl[0]! } } : {}),
   };
 }
 

@@ -257,7 +257,9 @@ export function zeroDroppedInputs(model: Model, plans: { group: Group; keep: num
       // [directions, gates·hidden, input]
       const recurrent = ['LSTM', 'GRU', 'RNN'].includes(op);
       const axis = recurrent ? 2 : op === 'Conv' || (['Gemm', 'MatMul'].includes(op) && transB) ? 1 : 0;
-      const block = op === 'Conv' ? c.g / (c.conv!.kernel[0] * c.conv!.kernel[1]) : c.g;
+      // a Conv channel's columns are its kernel's taps: the weight's dims after [m, c] (1-D, 2-D or 3-D)
+      const taps = op === 'Conv' ? numel(tensorDims(initializer(ref, c.weight)).slice(2)) : 1,
+        block = c.g / taps;
       const kept = new Set(keep);
       const mine = (i: number) => i >= c.offset && i < c.offset + block * group.channels;
       zeroAlong(ref, c.weight, axis, (i) => mine(i) && !kept.has(Math.floor((i - c.offset) / block)));

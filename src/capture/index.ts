@@ -10,7 +10,7 @@ import { constantTensors } from '../graph/shapes.js';
 import { tensorDims, tensorToFloat32, type TensorProto } from '../onnx/index.js';
 import { Calibration, modelInputs, type Batch, type InputData } from '../calibration.js';
 import { GramAccumulator, gramBytes, projects } from '../kernels/gram.js';
-import { patchSize, type ConvGeometry } from '../geometry.js';
+import { depthMajor, patchGrid, patchSize, planar, unfoldDepth, type ConvGeometry } from '../geometry.js';
 import { getKernels, type KernelOptions } from '../kernels/instances.js';
 import { availableMemory, fmtBytes, KERNEL_BYTES } from '../kernels/memory.js';
 import { ChannelStatsAccumulator, type Captured, type StatsWanted } from './stats.js';
@@ -164,7 +164,11 @@ function projectedRows(Y: Activation, p: Projected, conv: boolean): Float32Array
 export const groupGramBytes = (
   g: { consumers: { d: number; m?: number; conv?: ConvGeometry }[] },
   asymmetric: boolean,
-) => g.consumers.reduce((a, c) => a + gramBytes(c.d, asymmetric, projectionOf(c, asymmetric), c.conv), 0);
+) =>
+  g.consumers.reduce(
+    (a, c) => a + gramBytes(c.d, asymmetric, projectionOf(c, asymmetric), c.conv && planar(c.conv)),
+    0,
+  );
 
 /**
  * Splits groups into capture passes (forward passes over the calibration set) whose Gram matrices fit the kernels'
@@ -313,8 +317,22 @@ function accumulate(
   if (A && !(A instanceof Float32Array) && A.data.length !== B.data.length)
     throw internal(`target activation ${c.input} has shape [${A.dims}], pruned model [${B.dims}]`);
   const a = A instanceof Float32Array ? A : A?.data;
-  if (c.kind === 'conv') acc.addConv(B.data, B.dims, c.conv!, a);
-  else acc.add(B.data, a, samples);
+  if (c.kind !== 'conv') acc.add(B.data, a, samples);
+  else if (!c.conv!.depth) acc.addConv(B.data, B.dims, c.conv!, a);
+  else {
+    // a 3-D Conv: its planes' patches, of the input unfolded along depth; a given target's rows in their order
+    const depth = c.conv!.depth,
+      geo = planar(c.conv!),
+      b = B.dims[0]!,
+      Bu = unfoldDepth(B, depth),
+      OD = Bu.dims[0]! / b,
+      plane = patchGrid(geo, B.dims[3]!, B.dims[4]!).reduce((x, y) => x * y);
+    const Au =
+      a && A instanceof Float32Array
+        ? depthMajor(a, b, a.length / (b * OD * plane), OD, plane)
+        : A && unfoldDepth(A as Activation, depth).data;
+    acc.addConv(Bu.data, Bu.dims, geo, Au);
+  }
 }
 
 /** One model's runs in a capture pass: the named tensors of each batch. */

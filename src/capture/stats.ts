@@ -3,7 +3,7 @@
 import { internal } from '../errors.js';
 import type { Consumer } from '../graph/types.js';
 import type { Gram } from '../kernels/gram.js';
-import { patchGrid, planeDims, type ConvGeometry } from '../geometry.js';
+import { patchGrid, planar, planeDims, unfoldDepth, type ConvGeometry } from '../geometry.js';
 
 export interface ChannelStats {
   /** Mean |x| of each channel's entries of the consumer input over the calibration set. */
@@ -54,8 +54,8 @@ export class ChannelStatsAccumulator {
   add(x: Float32Array, dims: number[]): void {
     const { consumer: c, n } = this;
     if (c.kind === 'conv') {
-      const [b, C, H, W] = planeDims(dims),
-        hw = H * W,
+      const [b, C] = dims as [number, number],
+        hw = dims.slice(2).reduce((a, e) => a * e, 1),
         per = C / n; // input channels per group channel
       for (let s = 0; s < b; s++)
         for (let c = 0; c < C; c++) {
@@ -66,9 +66,16 @@ export class ChannelStatsAccumulator {
         }
       this.count += b;
       if (this.sens) {
-        const row = new Float64Array(c.d);
-        for (let s = 0; s < b; s++)
-          forEachPatch(x.subarray(s * C * hw, (s + 1) * C * hw), C, H, W, c.conv!, row, () => this.addRow(row));
+        // a 3-D Conv's patches are its planes', of the input unfolded along depth
+        const depth = c.conv!.depth,
+          u = depth ? unfoldDepth({ data: x, dims }, depth) : { data: x, dims },
+          [bu, Cu, H, W] = planeDims(u.dims),
+          size = Cu * H * W,
+          row = new Float64Array(c.d);
+        for (let s = 0; s < bu; s++)
+          forEachPatch(u.data.subarray(s * size, (s + 1) * size), Cu, H, W, planar(c.conv!), row, () =>
+            this.addRow(row),
+          );
       }
     } else {
       const { d, g } = c,

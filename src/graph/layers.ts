@@ -149,7 +149,7 @@ const Conv: Layer = {
     if (w[1] !== inShape[1])
       return `consumer ${label(node)} expects ${w[1]} input channels, its input has ${inShape[1]}`;
     const conv = convGeometry(node, inShape.slice(2), w.slice(2));
-    if (!conv) return `consumer ${label(node)} is a ${w.length - 2}-D convolution; only 1-D and 2-D ones are supported`;
+    if (!conv) return `consumer ${label(node)} is a ${w.length - 2}-D convolution; only 1-D to 3-D ones are supported`;
     const kk = patchSize(conv); // a channel of `per` input channels owns per·kh·kw consecutive columns
     return {
       input: { kind: 'conv', conv },
@@ -240,11 +240,10 @@ const ConvTranspose: Layer = {
     if ('refuse' in wb) return wb;
     const group = attrInt(node, 'group', 1);
     if (group !== 1) return { refuse: `${label(node)} is a grouped transposed convolution (group=${group})` };
-    if (wb.dims.length !== 3 && wb.dims.length !== 4)
+    if (wb.dims.length < 3 || wb.dims.length > 5)
       return {
         refuse:
-          `${label(node)} is a ${wb.dims.length - 2}-D transposed convolution; ` +
-          'only 1-D and 2-D ones are supported',
+          `${label(node)} is a ${wb.dims.length - 2}-D transposed convolution; ` + 'only 1-D to 3-D ones are supported',
       };
     return {
       weight: wb.w,
@@ -285,7 +284,14 @@ const ConvTranspose: Layer = {
       return `consumer ${label(node)} receives the channels on axis ${at.axis}, not as its input channels`;
     const cin = info.weightDims[0]!;
     if (cin !== inShape[1]) return `consumer ${label(node)} expects ${cin} input channels, its input has ${inShape[1]}`;
-    const pixels: ConvGeometry = { kernel: [1, 1], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1] };
+    // its rows are the input's pixels (voxels of a 3-D one: its depth unfolded with a kernel of 1)
+    const pixels: ConvGeometry = {
+      kernel: [1, 1],
+      strides: [1, 1],
+      pads: [0, 0, 0, 0],
+      dilations: [1, 1],
+      ...(inShape.length === 5 ? { depth: { kernel: 1, stride: 1, pads: [0, 0], dilation: 1 } } : {}),
+    };
     return { input: { kind: 'conv', conv: pixels }, g: at.per, d: at.n * at.per, row: at.offset, dTotal: cin };
   },
 };

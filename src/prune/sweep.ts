@@ -11,7 +11,7 @@ import { tensorToFloat32, attrFloat } from '../onnx/index.js';
 import type { Consumer, Group } from '../graph/types.js';
 import { analyze, consumerWeightMatrix } from '../graph/analyze.js';
 import { constantTensors } from '../graph/shapes.js';
-import { patchGrid, patchSize, planeDims } from '../geometry.js';
+import { patchGrid, patchSize, planar, planeDims, unfoldDepth } from '../geometry.js';
 import { Calibration } from '../calibration.js';
 import { CAPTURE_BATCH, Runner, type Activation, type RuntimeOptions } from '../capture/index.js';
 import { GramAccumulator } from '../kernels/gram.js';
@@ -94,7 +94,7 @@ function reluAfter(graph: GraphProto, consts: Map<string, TensorProto>, y: strin
 
 /**
  * Where consumer `name` of the pruned model is re-fitted from, or undefined where the sweep leaves it (a consumer of
- * several groups, a grouped or non-2-D conv, a layer whose output is not its product (an activation fused into it, a
+ * several groups, a grouped conv, a layer whose output is not its product (an activation fused into it, a
  * transposed conv, a recurrent layer), outputs the original model's groups do not map, no bias where the intercept
  * needs one).
  */
@@ -139,17 +139,23 @@ function siteOf(
   return { group, t, c, outs, post: { pruned: post.tensor, original: target }, bias, W, ...(shared ? { relu } : {}) };
 }
 
-/** im2col: one row of d = C·kh·kw entries per output position of each sample (channel-major, zero padding). */
-function patches(c: Consumer, X: Activation): Float32Array {
-  if (c.kind !== 'conv') return X.data;
+/**
+ * im2col: one row of d = C·kh·kw entries per output position of each sample (channel-major, zero padding); a 3-D
+ * Conv's from its input unfolded along depth (unfoldDepth), rows in the order of its output's positions.
+ */
+function patches(c: Consumer, input: Activation): Float32Array {
+  if (c.kind !== 'conv') return input.data;
+  const depth = c.conv!.depth,
+    geo = planar(c.conv!),
+    X = depth ? unfoldDepth(input, depth) : input;
   const [b, C, H, W] = planeDims(X.dims),
     {
       kernel: [kh, kw],
       strides: [sh, sw],
       pads: [pt, pl],
       dilations: [dh, dw],
-    } = c.conv!;
-  const [OH, OW] = patchGrid(c.conv!, H, W),
+    } = geo;
+  const [OH, OW] = patchGrid(geo, H, W),
     out = new Float32Array(b * OH * OW * c.d);
   let f = 0;
   for (let s = 0; s < b; s++)
