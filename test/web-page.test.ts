@@ -88,6 +88,14 @@ async function outputError(path: string, want: Model, x: Float32Array): Promise<
   return Math.sqrt(a.reduce((s, v, i) => s + (v - b[i]) ** 2, 0) / b.reduce((s, v) => s + v * v, 0));
 }
 
+/** Until the run shows `shown` (its result, or the report's link once every size has come) or an error. */
+const finished = (page: Page, shown: string) =>
+  page.waitForFunction(
+    (id) => !document.querySelector<HTMLElement>(id)!.hidden || document.querySelector('#error')!.textContent,
+    shown,
+    { timeout: 100_000 },
+  );
+
 /** A fresh page of the browser, with the errors it logs. */
 async function openPage(): Promise<{ page: Page; errors: string[] }> {
   const page = await context!.newPage();
@@ -111,11 +119,7 @@ describe('the browser page', () => {
     await page.selectOption('#mode', 'asymmetric');
     await page.selectOption('#method', 'greedy');
     await page.click('#run');
-    await page.waitForFunction(
-      () => !document.querySelector<HTMLElement>('#result')!.hidden || document.querySelector('#error')!.textContent,
-      null,
-      { timeout: 100_000 },
-    );
+    await finished(page, '#result');
     mkdirSync(resolve(SCREENSHOT, '..'), { recursive: true });
     await page.screenshot({ path: SCREENSHOT, fullPage: true });
     expect(await page.textContent('#error')).toBe('');
@@ -167,11 +171,7 @@ describe('the browser page', () => {
     await page.selectOption('#mode', 'layerwise');
     await page.uncheck('#refit');
     await page.click('#run');
-    await page.waitForFunction(
-      () => !document.querySelector<HTMLElement>('#result')!.hidden || document.querySelector('#error')!.textContent,
-      null,
-      { timeout: 100_000 },
-    );
+    await finished(page, '#result');
     expect(await page.textContent('#error')).toBe('');
     expect(await page.textContent('#summary')).toMatch(/per token .* at 16 tokens/);
     const bert = JSON.parse(readFileSync(await save('#dl-report', 'tf-bert-tiny-opset17-c1.5.json'), 'utf8'));
@@ -187,11 +187,7 @@ describe('the browser page', () => {
     await page.selectOption('#mode', 'asymmetric');
     await page.check('#refit');
     await page.click('#run');
-    await page.waitForFunction(
-      () => !document.querySelector<HTMLElement>('#result')!.hidden || document.querySelector('#error')!.textContent,
-      null,
-      { timeout: 100_000 },
-    );
+    await finished(page, '#result');
     expect(await page.textContent('#error')).toBe('');
     expect(await page.textContent('#summary')).toMatch(
       /relative output error 0\.\d{4} \(0\.\d{4} of the spread of its values about their mean; no output holds class/,
@@ -216,11 +212,7 @@ describe('the browser page', () => {
     });
     await page.click('#run');
     // the report comes when every size has arrived
-    await page.waitForFunction(
-      () => !document.querySelector<HTMLElement>('#dl-report')!.hidden || document.querySelector('#error')!.textContent,
-      null,
-      { timeout: 100_000 },
-    );
+    await finished(page, '#dl-report');
     await page.screenshot({ path: SIZES_SCREENSHOT, fullPage: true });
     expect(await page.textContent('#error')).toBe('');
     expect(errors).toEqual([]);
