@@ -328,9 +328,9 @@ function accumulate(
       OD = Bu.dims[0]! / b,
       plane = patchGrid(geo, B.dims[3]!, B.dims[4]!).reduce((x, y) => x * y);
     const Au =
-      a && A instanceof Float32Array
-        ? depthMajor(a, b, a.length / (b * OD * plane), OD, plane)
-        : A && unfoldDepth(A as Activation, depth).data;
+      A instanceof Float32Array
+        ? depthMajor(A, b, A.length / (b * OD * plane), OD, plane)
+        : A && unfoldDepth(A, depth).data;
     acc.addConv(Bu.data, Bu.dims, geo, Au);
   }
 }

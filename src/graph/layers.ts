@@ -150,7 +150,7 @@ const Conv: Layer = {
       return `consumer ${label(node)} expects ${w[1]} input channels, its input has ${inShape[1]}`;
     const conv = convGeometry(node, inShape.slice(2), w.slice(2));
     if (!conv) return `consumer ${label(node)} is a ${w.length - 2}-D convolution; only 1-D to 3-D ones are supported`;
-    const kk = patchSize(conv); // a channel of `per` input channels owns per·kh·kw consecutive columns
+    const kk = patchSize(conv); // a channel of `per` input channels owns per·(kd·)kh·kw consecutive columns
     return {
       input: { kind: 'conv', conv },
       g: at.per * kk,
@@ -240,11 +240,9 @@ const ConvTranspose: Layer = {
     if ('refuse' in wb) return wb;
     const group = attrInt(node, 'group', 1);
     if (group !== 1) return { refuse: `${label(node)} is a grouped transposed convolution (group=${group})` };
-    if (wb.dims.length < 3 || wb.dims.length > 5)
-      return {
-        refuse:
-          `${label(node)} is a ${wb.dims.length - 2}-D transposed convolution; ` + 'only 1-D to 3-D ones are supported',
-      };
+    const axes = wb.dims.length - 2;
+    if (axes < 1 || axes > 3)
+      return { refuse: `${label(node)} is a ${axes}-D transposed convolution; only 1-D to 3-D ones are supported` };
     return {
       weight: wb.w,
       weightDims: wb.dims,
