@@ -25,7 +25,29 @@ describeFixtures([
       [16, 1, 1],
     ],
   },
+  {
+    // the bottleneck's stream (it and the first block's residual conv; the last one's output is unused), read by each
+    // block's 1×1, and the skips' sum (read by the mask conv through a PReLU); the encoder's and each block's 16 are
+    // normalised by a gLN (refused)
+    model: `${FIX}/sr17-tasnet.onnx`,
+    data: () => openNpy(`${FIX}/speech7-wave.calib.npy`),
+    groups: [
+      [8, 2, 1],
+      [8, 2, 1],
+    ],
+  },
 ]);
+
+describe('separated waveforms: one decoder channel viewed as [B, sources, T]', () => {
+  // Conv-TasNet at full size was reported as "top-1 agreement with the original 34.38 %": the argmax over the 8000
+  // samples of each waveform, the decoder's one output channel laid along the time axis
+  it('hold no class scores', () => {
+    const { outputs, refused } = analyze(readModel(`${FIX}/sr17-tasnet.onnx`));
+    expect(outputs).toEqual([{ name: 'separated' }]);
+    // a global layer norm's statistics mix every channel: right to refuse
+    expect(refused.find((r) => r.node === '/blocks.0/conv1/Conv')?.reason).toMatch(/^ReduceMean .* couples channels$/);
+  });
+});
 
 describe('an embedding divided by its own L2 norm', () => {
   // MobileFaceNet's output at full size was reported as "top-1 agreement with the original 100.00 %": the argmax over

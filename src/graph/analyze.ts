@@ -2012,8 +2012,10 @@ function outputAxes(W: Walk): OutputAxis[] {
       const l = W.layouts.get(name),
         spaces = new Set(l?.segments.map((r) => (r.space >= 0 ? W.S.find(r.space) : -1)));
       // each entry one output channel of the layer: not a run of them (a YOLO head's [B, 255, H, W] viewed as
-      // [B, 3, H, W, 85], whose anchor axis holds 3 runs of 85 box and class fields)
-      const one = (s: number) => W.S.get(s).parts.every((p) => p.part.per === 1);
+      // [B, 3, H, W, 85], whose anchor axis holds 3 runs of 85 box and class fields), nor one channel's entries along
+      // another axis (Conv-TasNet's decoder [B·C, 1, T] viewed as [B, C, T]: one channel's T samples)
+      const one = (s: number) =>
+        W.S.get(s).parts.every((p) => p.part.per === 1) && l!.segments.every((r) => r.per === 1);
       const image = l && (upsampled(G, dims, l.axis) || asInput(G, dims)); // an image, not scores
       if (l && !l.stack && spaces.size === 1 && !spaces.has(-1) && one([...spaces][0]!) && !image) axis = l.axis;
     }
