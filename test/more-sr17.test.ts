@@ -4,6 +4,8 @@ import { analyze } from '../src/graph/analyze.js';
 import { openNpy } from '../src/npy.js';
 import { rng, randn, smallModel } from './graph-helpers.js';
 import { describeFixtures } from './fixture-suite.js';
+import { groupTooBigToSelect } from '../src/select/greedy.js';
+import { KERNEL_BYTES } from '../src/kernels/memory.js';
 
 // Round sr17: super-resolution, face-recognition and audio-separation models at their real sizes, written in plain
 // torch (test/fixtures/make-more-sr17.py keeps what they showed small). Oracle: onnxruntime running the original with
@@ -78,5 +80,24 @@ describe('an embedding divided by its own L2 norm', () => {
     expect(analyze(model([2, 3])).outputs).toEqual([{ name: 'y', classAxis: 1 }]);
     expect(analyze(model([1])).outputs).toEqual([{ name: 'y' }]);
     expect(analyze(model([1, 2, 3])).outputs).toEqual([{ name: 'y' }]);
+  });
+});
+
+describe('a group just too big to rank', () => {
+  // ESRGAN's RRDBNet (23 RRDB blocks of 3 dense blocks): the trunk's 64 channels are read by every dense block's five
+  // 3×3 convs (32, 32, 32, 32 and 64 filters), the trunk conv and the first upsampling conv. Refused with "needs 3.99
+  // GiB of kernel memory, more than WebAssembly's 4 GiB": the limit is 4 GiB less the kernels' other buffers
+  it('names the limit it exceeds', () => {
+    const dense = [32, 32, 32, 32, 64].map((m) => ({ d: 576, m, g: 9 }));
+    const consumers = [
+      ...Array.from({ length: 69 }, () => dense).flat(),
+      { d: 576, m: 64, g: 9 },
+      { d: 576, m: 64, g: 9 },
+    ];
+    const reason = groupTooBigToSelect(consumers)!;
+    const [, need, limit] = /needs (\d+\.\d+) GiB of kernel memory, more than the (\d+\.\d+) GiB/.exec(reason)!;
+    expect(Number(need)).toBeGreaterThan(Number(limit));
+    expect(Number(need)).toBeLessThan(4);
+    expect(Number(limit)).toBe(Number((KERNEL_BYTES / 2 ** 30).toFixed(2)));
   });
 });
