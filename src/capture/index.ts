@@ -12,7 +12,7 @@ import { Calibration, modelInputs, type Batch, type InputData } from '../calibra
 import { GramAccumulator, gramBytes, projects } from '../kernels/gram.js';
 import { depthMajor, patchGrid, patchSize, planar, unfoldDepth, type ConvGeometry } from '../geometry.js';
 import { getKernels, type KernelOptions } from '../kernels/instances.js';
-import { availableMemory, fmtBytes, KERNEL_BYTES } from '../kernels/memory.js';
+import { availableMemory, fmtBytes, KERNEL_BYTES, KERNEL_LIMIT } from '../kernels/memory.js';
 import { ChannelStatsAccumulator, type Captured, type StatsWanted } from './stats.js';
 import { activations, Runner, type Activation, type OrtTensor } from './runner.js';
 import type { RuntimeOptions } from './runtime.js';
@@ -189,7 +189,7 @@ export function capturePasses<U extends { id: string; consumers: { d: number; m?
     const need = groupGramBytes(u, asymmetric);
     if (need > KERNEL_BYTES) {
       const what = `${fmtBytes(need)} of kernel memory for its Gram matrices (d = ${dOf(u)})`;
-      throw badInput(`capturing group ${u.id} needs ${what}; WebAssembly allows 4 GiB`);
+      throw badInput(`capturing group ${u.id} needs ${what}, more than ${KERNEL_LIMIT}`);
     }
     if (cur.length && used + need > passBytes) {
       passes.push(cur);

@@ -2012,13 +2012,48 @@ function outputAxes(W: Walk): OutputAxis[] {
       const l = W.layouts.get(name),
         spaces = new Set(l?.segments.map((r) => (r.space >= 0 ? W.S.find(r.space) : -1)));
       // each entry one output channel of the layer: not a run of them (a YOLO head's [B, 255, H, W] viewed as
-      // [B, 3, H, W, 85], whose anchor axis holds 3 runs of 85 box and class fields)
-      const one = (s: number) => W.S.get(s).parts.every((p) => p.part.per === 1);
+      // [B, 3, H, W, 85], whose anchor axis holds 3 runs of 85 box and class fields), nor one channel's entries along
+      // another axis (Conv-TasNet's decoder [B·C, 1, T] viewed as [B, C, T]: one channel's T samples)
+      const one = (s: number) =>
+        W.S.get(s).parts.every((p) => p.part.per === 1) && l!.segments.every((r) => r.per === 1);
       const image = l && (upsampled(G, dims, l.axis) || asInput(G, dims)); // an image, not scores
       if (l && !l.stack && spaces.size === 1 && !spaces.has(-1) && one([...spaces][0]!) && !image) axis = l.axis;
     }
-    return axis !== undefined && dims[axis]! >= 2 ? { name, classAxis: axis } : { name };
+    const sphere = axis !== undefined && normalisedAxes(G, p, dims.length)?.includes(axis);
+    return axis !== undefined && dims[axis]! >= 2 && !sphere ? { name, classAxis: axis } : { name };
   });
+}
+
+/** Ops between an L2 norm and the Div by it: F.normalize's clamp_min(eps) and expand_as, an added eps, a cast. */
+const NORM_TO_DIVISOR = new Set(['Clip', 'Max', 'Add', 'Expand', 'Identity', 'Cast']);
+
+/**
+ * The axes over which node `p` divides a tensor by its own L2 norm (x / ‖x‖: LpNormalization, torch.norm or
+ * F.normalize, written as ReduceL2, or Sqrt of ReduceSumSquare or of ReduceSum of x² or x·x), if it does: along them
+ * the output is an embedding on the unit sphere (a face recognizer's, a sentence encoder's), compared by distances,
+ * whose largest entry names no class.
+ */
+function normalisedAxes(G: Graph, p: NodeProto, rank: number): number[] | undefined {
+  if (p.opType === 'LpNormalization')
+    return attrInt(p, 'p', 2) === 2 ? [normAxis(attrInt(p, 'axis', -1), rank)] : undefined;
+  if (p.opType !== 'Div') return undefined;
+  const x = p.input[0]!,
+    back = (t: string | undefined) => (t === undefined ? undefined : G.producers.get(t));
+  let d = back(p.input[1]);
+  while (d && NORM_TO_DIVISOR.has(d.opType)) d = back(d.input[0]);
+  let r: NodeProto | undefined;
+  if (d?.opType === 'ReduceL2' && d.input[0] === x) r = d;
+  else if (d?.opType === 'Sqrt') {
+    const s = back(d.input[0]),
+      sq = s?.opType === 'ReduceSum' ? back(s.input[0]) : undefined;
+    if (s?.opType === 'ReduceSumSquare' && s.input[0] === x) r = s;
+    else if ((sq?.opType === 'Pow' && sq.input[0] === x) || (sq?.opType === 'Mul' && sq.input.every((t) => t === x)))
+      r = s;
+  }
+  if (!r) return undefined;
+  // no axes: every axis (unless noop_with_empty_axes, which makes the Reduce an identity)
+  const axes = axesOf(r, G.constant) ?? (attrInt(r, 'noop_with_empty_axes', 0) ? [] : [...Array(rank).keys()]);
+  return axes.map((a) => normAxis(a, rank));
 }
 
 /**

@@ -9,6 +9,9 @@ export const ARENA_START = 2048;
 /** The kernel memory a run may plan for: WebAssembly's 4 GiB, less room for the kernels' other buffers. */
 export const KERNEL_BYTES = 2 ** 32 - (64 << 20);
 
+/** KERNEL_BYTES as a refusal names it: a need of 3.99 GiB is too much, which "more than 4 GiB" would contradict. */
+export const KERNEL_LIMIT = `the ${fmtBytes(KERNEL_BYTES)} of WebAssembly's 4 GiB the kernels may plan for`;
+
 /** Memory the process may still use, where the platform says (Node: MemAvailable on Linux); Infinity elsewhere. */
 export function availableMemory(): number {
   const os = globalThis.process?.getBuiltinModule?.('node:os') as typeof import('node:os') | undefined;

@@ -2,7 +2,7 @@ import type { Kernels } from '../kernels/types.js';
 import { getKernels } from '../kernels/instances.js';
 import { gemm } from '../kernels/ops.js';
 import { badInput, internal } from '../errors.js';
-import { fmtBytes, KERNEL_BYTES } from '../kernels/memory.js';
+import { fmtBytes, KERNEL_BYTES, KERNEL_LIMIT } from '../kernels/memory.js';
 import { gramBytes } from '../kernels/gram.js';
 import type { KernelOptions } from '../kernels/instances.js';
 
@@ -167,7 +167,7 @@ export function tooBigToSelect(u: { d: number; m: number; g: number }): string |
   const need = Math.max(gramBytes(u.d), selectionBytes(u.d, u.m, u.g, 1));
   if (need <= KERNEL_BYTES) return undefined;
   const what = `the ${u.d}×${u.d} Gram matrix and the selection need ${fmtBytes(need)} of kernel memory`;
-  return `its consumer input has d = ${u.d} columns: ${what}, more than WebAssembly's 4 GiB`;
+  return `its consumer input has d = ${u.d} columns: ${what}, more than ${KERNEL_LIMIT}`;
 }
 
 /**
@@ -182,7 +182,7 @@ export function groupTooBigToSelect(consumers: readonly { d: number; m: number; 
     ds = consumers.map((c) => c.d).join(', ');
   return (
     `ranking its ${n} channels for its ${consumers.length} consumers (d = ${ds}) at once needs ${fmtBytes(need)} ` +
-    "of kernel memory, more than WebAssembly's 4 GiB"
+    `of kernel memory, more than ${KERNEL_LIMIT}`
   );
 }
 
@@ -277,8 +277,8 @@ export function selectGroup(problems: LayerProblem[], k: number, opts: SelectOpt
   if (need > KERNEL_BYTES) {
     const what = problems.map((p) => `d = ${p.d}, m = ${p.m}`).join('; ');
     throw badInput(
-      `this group (${what}; k = ${k} channels) needs ${fmtBytes(need)} of kernel memory; ` +
-        'WebAssembly allows 4 GiB. Keep fewer channels in it, or leave it out of the budget (prune --budget).',
+      `this group (${what}; k = ${k} channels) needs ${fmtBytes(need)} of kernel memory, more than ${KERNEL_LIMIT}. ` +
+        'Keep fewer channels in it, or leave it out of the budget (prune --budget).',
     );
   }
   for (const pr of problems) {
