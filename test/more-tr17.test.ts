@@ -1,8 +1,13 @@
-import { describe, it, expect } from 'vitest';
+import { afterAll, describe, it, expect } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { readModel } from '../src/onnx/index.js';
+import { OutputComparison } from '../src/eval/index.js';
+import { runCli } from './cli-helpers.js';
 import { analyze } from '../src/graph/analyze.js';
 import { Calibration } from '../src/calibration.js';
-import { openNpy } from '../src/npy.js';
+import { encodeNpy, openNpy } from '../src/npy.js';
 import { describeFixtures } from './fixture-suite.js';
 
 // Round tr17: EfficientNetV2-S, a DINOv2-S/14-style ViT, a DeBERTa-v3-small-style encoder, an RWKV-4-style and a
@@ -11,6 +16,9 @@ import { describeFixtures } from './fixture-suite.js';
 // (test/fixture-suite.ts).
 
 const FIX = 'test/fixtures';
+const DIR = mkdtempSync(join(tmpdir(), 'subprune-tr17-')),
+  OUT = join(DIR, 'pruned.onnx');
+afterAll(() => rmSync(DIR, { recursive: true, force: true }));
 const calib = () => openNpy(`${FIX}/tr17-decay.calib.npy`);
 
 describeFixtures([
@@ -72,5 +80,39 @@ describe("Mamba's selective scan, a loop over time steps", () => {
           'both would have to be pruned together',
       ],
     ]);
+  });
+});
+
+describe('class scores whose reference has one top-1 class at every position', () => {
+  const act = (data: number[]) => ({ data: Float32Array.from(data), dims: [data.length / 3, 3] });
+  const compare = (ref: number[], y: number[]) => {
+    const cmp = new OutputComparison([{ name: 'logits', classAxis: 1 }]);
+    cmp.add(new Map([['logits', act(y)]]), new Map([['logits', act(ref)]]));
+    return cmp.outputs()[0]!;
+  };
+
+  it('say so: the agreement then only says whether that class stays on top', () => {
+    // before: 100 % agreement and nothing else (the real-size EfficientNetV2-S and DINOv2-S of random weights: class
+    // 192, resp. 842, for all 16 held-out inputs; DINO's pruned scores were 0.15 off, more than they vary)
+    const ref = [0, 5, 1, 0.2, 4, 0, 0, 3, 2.5, 1, 6, 0];
+    const same = compare(ref, [1, 2, 0, 0, 1, 0.5, 0, 1, 0.9, 0, 1, 0]);
+    expect(same.agreement).toBe(1);
+    expect(same.oneClass).toBe(1);
+    // the reference's classes differ (0 and 1): the agreement measures something, and the field is absent
+    const varied = compare([9, ...ref.slice(1)], ref);
+    expect(varied).not.toHaveProperty('oneClass');
+    // one position cannot differ from itself
+    expect(compare(ref.slice(0, 3), ref.slice(0, 3))).not.toHaveProperty('oneClass');
+  });
+
+  it('the prune summary says to read the error instead', async () => {
+    // tr17-decay's y [B, 5, 6] are scores per position (a Linear's channels): make every position pick one class by
+    // a calibration whose rows are all alike
+    const x = new Float32Array(16 * 5 * 8).fill(0.5);
+    const path = join(DIR, 'alike.npy');
+    writeFileSync(path, encodeNpy(x, [16, 5, 8]));
+    const r = await runCli('prune', `${FIX}/tr17-decay.onnx`, '--calib', path, '--keep-ratio', '0.5', '-o', OUT);
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/the original's top-1 is class \d at every position, so the agreement says little/);
   });
 });

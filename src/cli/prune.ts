@@ -388,10 +388,14 @@ function summarize(
     outputs = f.outputs ?? [],
     worst = outputs.length > 1 && outputs.find((o) => o.relError === f.relError),
     offset = outputs.find((o) => o.relError === f.relError && flattered(o)),
+    one = outputs.find((o) => o.agreement !== undefined)?.oneClass,
     skipped = f.uncompared?.map((o) => `"${o}"`).join(', '),
     notes = [
       ...(worst ? [`the largest of ${outputs.length} outputs': "${worst.name}"`] : []),
       ...(offset ? [`${offset.centeredRelError!.toFixed(4)} of the spread of its values about their mean`] : []),
+      ...(one !== undefined
+        ? [`the original's top-1 is class ${one} at every position, so the agreement says little: read the error`]
+        : []),
       ...(f.relError !== undefined && f.agreement === undefined
         ? ['no output holds class scores, so no top-1 agreement']
         : []),
