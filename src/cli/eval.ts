@@ -70,7 +70,12 @@ export async function runEval(argv: string[]): Promise<void> {
     }
     console.log(`${positionals[0]} on ${r.samples} samples of ${inputs.paths.join(', ')}:`);
     if (r.accuracy !== undefined) console.log(`  top-1 accuracy        ${pct(r.accuracy)}`);
-    if (r.agreement !== undefined) console.log(`  agreement with ${o.reference}  ${pct(r.agreement)}`);
+    const one = r.outputs?.find((x) => x.agreement !== undefined)?.oneClass;
+    if (r.agreement !== undefined)
+      console.log(
+        `  agreement with ${o.reference}  ${pct(r.agreement)}` +
+          (one === undefined ? '' : ` (its top-1 is class ${one} at every position: this says little)`),
+      );
     for (const out of r.outputs ?? [])
       console.log(
         `  relative output error ${out.relError.toFixed(5)}` +

@@ -43,6 +43,12 @@ export interface OutputFidelity {
   centeredRelError?: number;
   agreement?: number;
   kl?: number;
+  /**
+   * The reference's top-1 class, when it is the same at every position measured (2 or more): agreement then says
+   * only whether that class stays on top, not whether the scores follow the input (random weights, or inputs a model
+   * cannot tell apart: a real-size EfficientNetV2 and ViT of random weights agreed 100 % on noise with one class).
+   */
+  oneClass?: number;
   /** The reference's output was 0 at every position: relError is then ‖y‖ and agreement compares ties. */
   zeroReference?: true;
 }
@@ -135,6 +141,8 @@ export class OutputComparison {
     positions: number;
     agree: number;
     kl: number;
+    /** The reference's top-1 class at every position so far, or -1 once two differ (undefined before any). */
+    top?: number;
   }[];
   readonly axes: readonly OutputAxis[];
   private readonly skipped: string[];
@@ -162,7 +170,10 @@ export class OutputComparison {
       const { classes, inner } = classesOf(r.dims, classAxis);
       const top = argmaxAxis(a.data, classes, inner),
         rt = argmaxAxis(r.data, classes, inner);
-      for (let i = 0; i < top.length; i++) if (top[i] === rt[i]) s.agree++;
+      for (let i = 0; i < top.length; i++) {
+        if (top[i] === rt[i]) s.agree++;
+        s.top = s.top === undefined || s.top === rt[i] ? rt[i] : -1;
+      }
       s.positions += top.length;
       s.kl += klSum(r.data, a.data, classes, inner);
     });
@@ -179,7 +190,11 @@ export class OutputComparison {
         centered = spread > 1e-12 * s.norm ? { centeredRelError: Math.sqrt(s.err / spread) } : {};
       return classAxis === undefined
         ? { name, relError, ...centered, ...zero }
-        : { name, relError, agreement: s.agree / (s.positions || 1), kl: s.kl / (s.positions || 1), ...zero };
+        : {
+            ...{ name, relError, agreement: s.agree / (s.positions || 1), kl: s.kl / (s.positions || 1) },
+            ...(s.positions > 1 && s.top !== undefined && s.top >= 0 ? { oneClass: s.top } : {}),
+            ...zero,
+          };
     });
   }
 

@@ -11,16 +11,21 @@ export const flattered = (o: OutputFidelity): boolean =>
 
 /**
  * The notes on the largest relative output error: which output it is (of several), its error against its values'
- * spread where the relative error flatters it, why there is no top-1 agreement, and which outputs were not compared.
+ * spread where the relative error flatters it, that the agreement says little where the original's top-1 is one
+ * class everywhere, why there is no top-1 agreement, and which outputs were not compared.
  */
 export function fidelityNotes(f: Fidelity): string[] {
   const outputs = f.outputs ?? [],
     worst = outputs.find((o) => o.relError === f.relError),
+    one = outputs.find((o) => o.agreement !== undefined)?.oneClass,
     skipped = f.uncompared?.map((o) => `"${o}"`).join(', ');
   return [
     ...(worst && outputs.length > 1 ? [`the largest of ${outputs.length} outputs': "${worst.name}"`] : []),
     ...(worst && flattered(worst)
       ? [`${worst.centeredRelError!.toFixed(4)} of the spread of its values about their mean`]
+      : []),
+    ...(one !== undefined
+      ? [`the original's top-1 is class ${one} at every position, so the agreement says little: read the error`]
       : []),
     ...(f.relError !== undefined && f.agreement === undefined
       ? ['no output holds class scores, so no top-1 agreement']

@@ -33,6 +33,7 @@ import {
   shapeDim,
   opOf,
   OPS,
+  UNARY_MAPS,
   type Layout,
   type OpRule,
   type ChainStep,
@@ -176,10 +177,14 @@ class Graph {
     return visit(t) ? { consts, shapes, inputs: read } : undefined;
   }
   private tables?: Map<string, Table>;
-  /** The per-channel tables computed from a constant, by `site|tensor` (see tablesOf). */
-  table(site: NodeProto, t: string): Table | undefined {
+  /**
+   * The per-channel table computed from a constant that `t` brings to `site` on the site's output axis `at`, by
+   * `site|tensor|at` (see tablesOf): one tensor may be a table along several axes (Mamba's scan state, zeros of
+   * [B, channels, state]).
+   */
+  table(site: NodeProto, t: string, at: number): Table | undefined {
     this.tables ??= tablesOf(this);
-    return this.tables.get(`${site.name}|${t}`);
+    return this.tables.get(`${site.name}|${t}|${at}`);
   }
   /** The tables that are a ConstantOfShape's count (see Table.count). */
   counts(): Table[] {
@@ -276,7 +281,8 @@ interface Table {
   counts: { tensor: string; index: number }[];
 }
 
-const TABLE_PASS = ['Cast', 'Identity', 'Neg'];
+// element-wise maps commute with slicing a constant (Mamba's A = -exp(A_log))
+const TABLE_PASS = ['Cast', ...UNARY_MAPS];
 const TABLE_JOIN = ['Add', 'Sub', 'Mul', 'Div'];
 
 /**
@@ -294,14 +300,18 @@ function tablesOf(G: Graph): Map<string, Table> {
     // an embedding gathered (T5's bias) or a buffer sliced to the length (ESPnet's `pe[:, :x.size(1)]`, MPT's ALiBi
     // [1, heads, 1, max_seq] cut to the keys' length), or a per-channel factor of a product (BLOOM's ALiBi slopes)
     const gathered = uses.some((u) => ['Gather', 'Slice'].includes(opOf(u.node)) && u.slot === 0);
-    if (dims.length < 2 || !uses.some((u) => gathered || TABLE_JOIN.includes(opOf(u.node)))) continue;
+    // or a parameter mapped element-wise at run time (Mamba's A = -exp(A_log) [channels, state]; Mamba-2's per head):
+    // of rank 1 too, which read as it is would be a per-channel parameter
+    const mapped = uses.some((u) => TABLE_PASS.includes(opOf(u.node)));
+    if ((dims.length < 2 && !mapped) || !uses.some((u) => gathered || mapped || TABLE_JOIN.includes(opOf(u.node))))
+      continue;
     for (let axis = 0; axis < dims.length; axis++) {
       if (dims[axis]! < 2) continue;
       const t = tableSites(G, name, axis);
       // a constant meeting the channels as it is is a per-channel parameter, not a table
       if (!t || (!gathered && [...t.at.values()].some((site) => site.input === name))) continue;
       for (const [site, { input, at }] of t.at)
-        found.set(`${site}|${input}`, { tensor: name, axis, sites: t.sites, path: t.path, counts: t.counts, at });
+        found.set(`${site}|${input}|${at}`, { tensor: name, axis, sites: t.sites, path: t.path, counts: t.counts, at });
     }
   }
   for (const node of G.graph.node) {
@@ -313,7 +323,7 @@ function tablesOf(G: Graph): Map<string, Table> {
       if (!k || (G.value(c)?.[0] ?? 0) < 2) return;
       const t = tableSites(G, node.output[0] ?? '', axis);
       for (const [site, { input, at }] of t?.at ?? [])
-        found.set(`${site}|${input}`, {
+        found.set(`${site}|${input}|${at}`, {
           ...{ tensor: k, axis: 0, sites: t!.sites, path: t!.path, counts: t!.counts, at, count: node.name },
         });
     });
@@ -333,7 +343,7 @@ function tablesOf(G: Graph): Map<string, Table> {
       if (!c || G.shared(c.tensor, node, true)) return; // the count reaches this Expand alone
       const t = tableSites(G, node.output[0] ?? '', axis);
       for (const [site, { input, at }] of t?.at ?? [])
-        found.set(`${site}|${input}`, {
+        found.set(`${site}|${input}|${at}`, {
           ...{ tensor: c.tensor, index: c.index, axis: 0, sites: t!.sites, path: t!.path, counts: t!.counts, at },
           count: node.name,
         });
@@ -644,6 +654,10 @@ interface Walk {
   parts: Map<string, Part[]>;
   /** Tensors whose channel counts stay (see settle): their shapes are fixed sizes. */
   fixed: Set<string>;
+  /** The outer products whose output carries the channels of one input (see settle): node → that input's slot. */
+  carry: Map<string, number>;
+  /** The outer products met (see outerChoices): node → the slots of its inputs, their channels on different axes. */
+  outers: Map<string, number[]>;
   /** What the next walk must change about a space (by root). */
   requests: Map<number, Request>;
   /** Spaces that must end up one space (keep equally many channels), and why. */
@@ -723,18 +737,48 @@ function recut(W: Walk): Map<string, Part[]> | undefined {
  */
 function settle(G: Graph): Walk {
   let parts = new Map<string, Part[]>(),
-    fixed = new Set<string>();
-  for (let pass = 0; ; pass++) {
-    const W = walk(G, parts, fixed);
+    fixed = new Set<string>(),
+    carry = new Map<string, number>();
+  for (let pass = 0, tries = 0; ;) {
+    const W = walk(G, parts, fixed, carry);
     const next = pass < 6 && W.requests.size ? recut(W) : undefined;
     if (next) {
-      parts = next;
+      [parts, pass] = [next, pass + 1];
       continue;
     }
     const more = pass < 6 ? fixedCounts(W) : fixed;
-    if (more.size === fixed.size) return W;
-    fixed = more;
+    if (more.size !== fixed.size) {
+      [fixed, pass] = [more, pass + 1];
+      continue;
+    }
+    const choices = tries < 6 ? outerChoices(W) : undefined;
+    if (!choices) return W;
+    [carry, tries] = [choices, tries + 1];
   }
+}
+
+/**
+ * The next walk's choice of the input whose channels each outer product carries (Mamba's dt[..., None] ·
+ * B[:, :, None, :], channels × state), or undefined if none changes. A tensor holds one group's channels, so an
+ * outer product of two groups' channels refuses both; but one of them is often refused anyway (B's state is summed
+ * over by C): the walks try carrying each input in turn, keeping the first whose channels stay prunable, and go back
+ * to refusing both when none does.
+ */
+function outerChoices(W: Walk): Map<string, number> | undefined {
+  const next = new Map(W.carry);
+  let changed = false;
+  for (const [name, slots] of W.outers) {
+    const slot = W.carry.get(name);
+    if (slot === undefined) next.set(name, slots[0]!);
+    else if (slot >= 0) {
+      const node = W.G.graph.node.find((n) => n.name === name)!,
+        l = W.layouts.get(node.input[slot] ?? '');
+      if (l && l.segments.every((g) => g.space < 0 || W.S.get(g.space).refused === undefined)) continue;
+      next.set(name, slots[slots.indexOf(slot) + 1] ?? -1);
+    } else continue;
+    changed = true;
+  }
+  return changed ? next : undefined;
 }
 
 /**
@@ -1216,13 +1260,34 @@ function joinNode(W: Walk, node: NodeProto): void {
   const y = node.output[0] ?? '',
     yShape = G.shapes.get(y);
   const ins = node.input.map((t, slot) => ({ t, slot, l: t ? W.layouts.get(t) : undefined, shape: G.shapes.get(t) }));
+  if (!yShape || ins.some((i) => i.t && !i.shape)) {
+    const why = G.unknownShape(ins.find((i) => i.t && !i.shape)?.t ?? y);
+    return ins.forEach((i) => S.refuseAll(i.l, why));
+  }
+  const rank = yShape.length;
+  const outAxis = (i: (typeof ins)[number]) => i.l!.axis + rank - i.shape!.length;
+  // an outer product (each input's channels broadcast along the other's): the output carries one input's channels
+  const outer = ins.filter((i) => i.l && entriesOf(i.l) > 1);
+  const ones = (i: (typeof ins)[number], axis: number) => i.shape![axis - (rank - i.shape!.length)] === 1;
+  if (outer.length === 2 && outAxis(outer[0]!) !== outAxis(outer[1]!)) {
+    const [a, b] = outer as [(typeof ins)[number], (typeof ins)[number]];
+    if (ones(a, outAxis(b)) && ones(b, outAxis(a))) {
+      W.outers.set(node.name, [a.slot, b.slot]);
+      const kept = ins.find((i) => i.slot === W.carry.get(node.name)),
+        other = kept === a ? b : a;
+      if (kept) {
+        S.refuseAll(
+          other.l,
+          `${label(node)} multiplies the channels by those of "${kept.t}" on another axis (an outer product, ` +
+            'whose output holds the channels of one of its inputs)',
+        );
+        other.l = undefined;
+      }
+    }
+  }
   const tracked = ins.filter((i) => i.l);
   const all = tracked.map((i) => i.l!);
   const refuseAll = (why: string) => all.forEach((l) => S.refuseAll(l, why));
-  if (!yShape || ins.some((i) => i.t && !i.shape))
-    return refuseAll(G.unknownShape(ins.find((i) => i.t && !i.shape)?.t ?? y));
-  const rank = yShape.length;
-  const outAxis = (i: (typeof ins)[number]) => i.l!.axis + rank - i.shape!.length;
   // inputs whose channel axis has one entry broadcast over the others: the others' channels decide
   const wide = tracked.filter((i) => entriesOf(i.l!) > 1 || tracked.every((j) => entriesOf(j.l!) === 1));
   const ref = wide[0]!,
@@ -1247,8 +1312,8 @@ function joinNode(W: Walk, node: NodeProto): void {
     const dims = i.shape!,
       k = axis - (rank - dims.length);
     if (k < 0 || dims[k] === 1) continue; // broadcasts along the channels
-    const table = G.table(node, i.t);
-    if (table && table.at === axis && dims[k] === entriesOf(out)) {
+    const table = G.table(node, i.t, axis);
+    if (table && dims[k] === entriesOf(out)) {
       tables.push(table); // computed from a constant whose axis holds one entry per channel
       continue;
     }
@@ -1416,22 +1481,29 @@ function einsumNode(W: Walk, node: NodeProto): void {
     shape: G.shapes.get(t),
     term: terms[slot] ?? '',
   }));
-  const tracked = ins.filter((i) => i.l);
+  let tracked = ins.filter((i) => i.l);
   const refuseAll = (why: string) => tracked.forEach((i) => S.refuseAll(i.l, why));
   const readable = rhs !== undefined && terms.length === ins.length && /^[a-zA-Z,]*$/.test(lhs + rhs);
   if (!readable || !G.shapes.has(y) || ins.some((i) => i.shape?.length !== i.term.length))
     return refuseAll(
       `${label(node)}: its equation "${equation}" is not one subprune reads (every output letter named)`,
     );
+  const sums = (c: string) =>
+    `${label(node)} sums over the channels (letter "${c}" of "${equation}"), which couples them`;
+  // channels summed over are refused alone: the other input's may still pass (Mamba's einsum("bdn,bn->bd", state, C)
+  // sums C's state channels and keeps the state's d)
+  const summed = tracked.filter((i) => !rhs!.includes(i.term[i.l!.axis]!));
+  summed.forEach((i) => S.refuseAll(i.l, sums(i.term[i.l!.axis]!)));
+  tracked = tracked.filter((i) => !summed.includes(i));
+  if (!tracked.length) return;
   const letters = tracked.map((i) => i.term[i.l!.axis]!),
     c = letters[0]!,
     axis = rhs!.indexOf(c);
   const names = tracked.map((i) => `"${i.t}"`).join(' and '),
     differ = `${label(node)} multiplies channels laid out differently (${names})`;
   if (letters.some((x) => x !== c) || tracked.some((i) => !sameRuns(i.l!, tracked[0]!.l!))) return refuseAll(differ);
-  if (axis < 0 || ins.some((i) => i.term.indexOf(c) !== i.term.lastIndexOf(c)))
-    return refuseAll(`${label(node)} sums over the channels (letter "${c}" of "${equation}"), which couples them`);
-  const other = ins.find((i) => !i.l && i.term.includes(c) && i.shape![i.term.indexOf(c)] !== 1);
+  if (ins.some((i) => i.term.indexOf(c) !== i.term.lastIndexOf(c))) return refuseAll(sums(c));
+  const other = ins.find((i) => !tracked.includes(i) && i.term.includes(c) && i.shape![i.term.indexOf(c)] !== 1);
   if (other) return refuseAll(`${label(node)} pairs the channels with "${other.t}", which no group owns`);
   const ref = tracked[0]!.l!;
   for (const i of tracked.slice(1))
@@ -1583,7 +1655,7 @@ function concatNode(W: Walk, node: NodeProto): void {
 }
 
 /** The walk over every node in graph order, with each producer's outputs cut into `parts`. */
-function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
+function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>, carry: Map<string, number>): Walk {
   const W: Walk = {
     G,
     S: new Spaces(),
@@ -1591,6 +1663,8 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>): Walk {
     refused: [],
     parts,
     fixed,
+    carry,
+    outers: new Map(),
     requests: new Map(),
     together: [],
     tables: new Map(),

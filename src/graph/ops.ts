@@ -1709,6 +1709,10 @@ const op = (shape?: ShapeRule, chain?: ChainRule, merge?: Merge, value?: ValueRu
   ...(value ? { value } : {}),
 });
 const unary = op(sameShape, elementwise);
+/** The element-wise maps of one input (entry i of the output depends on entry i of the input alone). */
+export const UNARY_MAPS: readonly string[] = ['Relu', 'LeakyRelu', 'Sigmoid', 'HardSigmoid', 'HardSwish', 'Tanh']
+  .concat(['Elu', 'Selu', 'Celu', 'Softplus', 'Softsign', 'Mish', 'Gelu', 'ThresholdedRelu', 'Identity', 'Erf'])
+  .concat(['Abs', 'Neg', 'Exp', 'Log', 'Sqrt', 'Reciprocal', 'Floor', 'Ceil', 'Round', 'Sign', 'Sin', 'Cos']);
 const joining = op(broadcast, arithmetic, 'join');
 
 /** Every op subprune knows, keyed by op type. Ops of other domains are looked up as `domain::op` and never match. */
@@ -1721,12 +1725,7 @@ export const OPS: Readonly<Record<string, OpRule>> = {
   Constant: op(constantShape),
   Shape: op(shapeShape, shapeOf, undefined, shapeValue),
   // element-wise, one input
-  ...Object.fromEntries(
-    ['Relu', 'LeakyRelu', 'Sigmoid', 'HardSigmoid', 'HardSwish', 'Tanh', 'Elu', 'Selu', 'Celu', 'Softplus']
-      .concat(['Softsign', 'Mish', 'Gelu', 'ThresholdedRelu', 'Identity', 'Erf', 'Abs', 'Neg', 'Exp', 'Log', 'Sqrt'])
-      .concat(['Reciprocal', 'Floor', 'Ceil', 'Round', 'Sign', 'Sin', 'Cos'])
-      .map((n) => [n, unary]),
-  ),
+  ...Object.fromEntries(UNARY_MAPS.map((n) => [n, unary])),
   Identity: op(sameShape, elementwise, undefined, sameValue),
   // a negated length as a Slice's start (MPT's causal_mask[-s_q:, -s_k:])
   Neg: { ...unary, value: (ctx) => valueOf(ctx, 0)?.map((v) => -v) },
