@@ -261,7 +261,7 @@ export class Reference {
   async outputs(b: Batch): Promise<Map<string, Activation>> {
     const hit = this.kept.get(`${b.start}+${b.rows}`);
     if (hit) return hit;
-    this.runner ??= Runner.open(this.model, [], this.opts);
+    this.runner ??= Runner.open(this.model, [], { ...this.opts, spin: false }); // its runs take turns with a model's
     const out = await (await this.runner).run(b, this.outputNames);
     this.keep(b, out);
     return out;
@@ -317,7 +317,7 @@ export async function evaluate(model: Model, data: InputData, opts: EvaluateOpti
   }
   if (opts.labels && opts.labels.length !== calib.rows)
     throw badInput(`${opts.labels.length} labels for ${calib.rows} samples`);
-  const run = await Runner.open(model, [], opts),
+  const run = await Runner.open(model, [], { ...opts, spin: !opts.reference }),
     reference = opts.reference && Reference.of(opts.reference, opts);
   try {
     return await measure(run, model.graph!.output[0]!.name, calib, { ...opts, reference });

@@ -285,8 +285,9 @@ async function fitOnce(
     all = Array.from({ length: c.m }, (_, i) => i);
   const pNames = [c.input, ...(last && relu ? [s.post.pruned, relu.pre] : [])],
     oNames = [s.post.original, ...(last && relu ? [relu.pre] : [])];
-  const P = await Runner.open(pruned, pNames, opts, true);
-  const O = await Runner.open(original, oNames, opts, true).catch(async (e) => {
+  // the two models' runs take turns
+  const P = await Runner.open(pruned, pNames, { ...opts, spin: false }, true);
+  const O = await Runner.open(original, oNames, { ...opts, spin: false }, true).catch(async (e) => {
     await P.release();
     throw e;
   });

@@ -176,7 +176,7 @@ export async function verifiedFidelity(
   opts: FidelityOptions = {},
 ): Promise<Fidelity> {
   await checkPruned(reference, pruned, sample, opts);
-  const run = await Runner.open(pruned, [], opts);
+  const run = await Runner.open(pruned, [], { ...opts, spin: false }); // its runs take turns with the reference's
   try {
     const batch = opts.batch ?? EVAL_BATCH;
     return await measure(run, reference.outputNames[0]!, sample, { reference, labels, batch, onBatch: opts.onBatch });
