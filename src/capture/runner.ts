@@ -90,7 +90,7 @@ export class Runner {
    * (a Reshape fused with the Shape arithmetic before it ignores a wrong entry). `spin: false` for a session whose
    * runs take turns with another's: onnxruntime's threads spin after each run, taking the cores the other run needs
    * (a sequential prune's verification, which runs the original beside the pruned model, took 0.74–1.07 s on
-   * MobileNet with spinning and 0.52–0.64 s without).
+   * MobileNet with spinning and 0.44–0.56 s without).
    */
   static async open(
     model: Model,

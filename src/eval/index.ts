@@ -317,6 +317,7 @@ export async function evaluate(model: Model, data: InputData, opts: EvaluateOpti
   }
   if (opts.labels && opts.labels.length !== calib.rows)
     throw badInput(`${opts.labels.length} labels for ${calib.rows} samples`);
+  // with a reference, the two models' runs take turns
   const run = await Runner.open(model, [], { ...opts, spin: !opts.reference }),
     reference = opts.reference && Reference.of(opts.reference, opts);
   try {
