@@ -70,7 +70,9 @@ export async function runEval(argv: string[]): Promise<void> {
     }
     console.log(`${positionals[0]} on ${r.samples} samples of ${inputs.paths.join(', ')}:`);
     if (r.accuracy !== undefined) console.log(`  top-1 accuracy        ${pct(r.accuracy)}`);
-    const one = r.outputs?.find((x) => x.agreement !== undefined)?.oneClass;
+    const scores = r.outputs?.find((x) => x.agreement !== undefined),
+      one = scores?.oneClass,
+      across = scores?.acrossInputsRelError;
     if (r.agreement !== undefined)
       console.log(
         `  agreement with ${o.reference}  ${pct(r.agreement)}` +
@@ -84,6 +86,9 @@ export async function runEval(argv: string[]): Promise<void> {
             ? ` (${out.name}${out.agreement === undefined ? '' : `, agreement ${pct(out.agreement)}`})`
             : ''),
       );
+    // there the relative error flatters too: the scores barely follow the input
+    if (one !== undefined && across !== undefined)
+      console.log(`  error against how much the scores differ between inputs ${across.toFixed(5)}`);
     if (r.uncompared)
       console.log(`  not compared: ${r.uncompared.join(', ')} (integers, or shapes that depend on the values)`);
     if (r.accuracy === undefined && r.relError === undefined && !r.uncompared)

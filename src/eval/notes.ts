@@ -17,7 +17,8 @@ export const flattered = (o: OutputFidelity): boolean =>
 export function fidelityNotes(f: Fidelity): string[] {
   const outputs = f.outputs ?? [],
     worst = outputs.find((o) => o.relError === f.relError),
-    one = outputs.find((o) => o.agreement !== undefined)?.oneClass,
+    scores = outputs.find((o) => o.agreement !== undefined),
+    one = scores?.oneClass,
     skipped = f.uncompared?.map((o) => `"${o}"`).join(', ');
   return [
     ...(worst && outputs.length > 1 ? [`the largest of ${outputs.length} outputs': "${worst.name}"`] : []),
@@ -25,7 +26,13 @@ export function fidelityNotes(f: Fidelity): string[] {
       ? [`${worst.centeredRelError!.toFixed(4)} of the spread of its values about their mean`]
       : []),
     ...(one !== undefined
-      ? [`the original's top-1 is class ${one} at every position, so the agreement says little: read the error`]
+      ? [
+          `the original's top-1 is class ${one} at every position, so the agreement says little: ` +
+            // the relative error flatters scores that barely follow the input (random weights)
+            (scores!.acrossInputsRelError === undefined
+              ? 'read the error'
+              : `the error is ${scores!.acrossInputsRelError.toFixed(4)} of how much its scores differ between inputs`),
+        ]
       : []),
     ...(f.relError !== undefined && f.agreement === undefined
       ? ['no output holds class scores, so no top-1 agreement']
