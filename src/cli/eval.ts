@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util';
 import { readModel } from '../onnx/index.js';
 import { badInput } from '../errors.js';
-import { evaluate, flattered } from '../eval/index.js';
+import { evaluate, flattered, followsLittle } from '../eval/index.js';
 import { Progress } from './progress.js';
 import { num, pct, backendFlag } from './util.js';
 import { readLabels } from './args.js';
@@ -70,9 +70,7 @@ export async function runEval(argv: string[]): Promise<void> {
     }
     console.log(`${positionals[0]} on ${r.samples} samples of ${inputs.paths.join(', ')}:`);
     if (r.accuracy !== undefined) console.log(`  top-1 accuracy        ${pct(r.accuracy)}`);
-    const scores = r.outputs?.find((x) => x.agreement !== undefined),
-      one = scores?.oneClass,
-      across = scores?.acrossInputsRelError;
+    const one = r.outputs?.find((x) => x.agreement !== undefined)?.oneClass;
     if (r.agreement !== undefined)
       console.log(
         `  agreement with ${o.reference}  ${pct(r.agreement)}` +
@@ -81,14 +79,15 @@ export async function runEval(argv: string[]): Promise<void> {
     for (const out of r.outputs ?? [])
       console.log(
         `  relative output error ${out.relError.toFixed(5)}` +
-          (flattered(out) ? ` (${out.centeredRelError!.toFixed(5)} of the spread about the mean)` : '') +
+          (flattered(out)
+            ? ` (${out.centeredRelError!.toFixed(5)} of the spread about the mean)`
+            : followsLittle(out)
+              ? ` (${out.acrossInputsRelError!.toFixed(5)} of how much it differs between inputs)`
+              : '') +
           (r.outputs!.length > 1
             ? ` (${out.name}${out.agreement === undefined ? '' : `, agreement ${pct(out.agreement)}`})`
             : ''),
       );
-    // there the relative error flatters too: the scores barely follow the input
-    if (one !== undefined && across !== undefined)
-      console.log(`  error against how much the scores differ between inputs ${across.toFixed(5)}`);
     if (r.uncompared)
       console.log(`  not compared: ${r.uncompared.join(', ')} (integers, or shapes that depend on the values)`);
     if (r.accuracy === undefined && r.relError === undefined && !r.uncompared)

@@ -44,10 +44,12 @@ export interface OutputFidelity {
   agreement?: number;
   kl?: number;
   /**
-   * ‖y − y_ref‖ / ‖y_ref − ȳ_ref‖ for class scores, ȳ_ref the mean of each entry over the rows measured
-   * (axis 0): the error against how much the reference's scores differ between inputs. relError flatters
-   * scores that barely follow the input (random weights: the real-size ABINet-style recognizer pruned 2×
-   * had a relError of 0.0001 and this 0.55, one top-1 class everywhere). Absent when every row is the same.
+   * ‖y − y_ref‖ / ‖y_ref − ȳ_ref‖, ȳ_ref the mean of each entry over the rows measured
+   * (axis 0): the error against how much the reference differs between inputs. relError flatters
+   * outputs that barely follow the input (random weights: the real-size ABINet-style recognizer
+   * pruned 2× had a relError of 0.0001 and this 0.55, one top-1 class everywhere; a MiniLM sentence
+   * embedding 0.05 and 0.49). Absent when every row is the same, or a row holds more than
+   * MAX_ROW_ENTRIES entries.
    */
   acrossInputsRelError?: number;
   /**
@@ -60,7 +62,7 @@ export interface OutputFidelity {
   zeroReference?: true;
 }
 
-export { flattered } from './notes.js';
+export { flattered, followsLittle } from './notes.js';
 
 export interface EvaluateOptions extends RuntimeOptions {
   labels?: ArrayLike<number>;
@@ -135,6 +137,9 @@ export function classesOf(dims: number[], axis?: number): { classes: number; inn
     : { classes: dims[axis]!, inner: size(dims.slice(axis + 1)) };
 }
 
+/** The longest row whose entries' sums acrossInputsRelError keeps (float64: 128 MiB; an LLM's logits may be more). */
+export const MAX_ROW_ENTRIES = 2 ** 24;
+
 /**
  * A model's outputs against the reference's, summed over batches: each output's squared error and norm, and for an
  * output with class scores (OutputAxis) its positions, agreements and KL.
@@ -150,7 +155,7 @@ export class OutputComparison {
     kl: number;
     /** The reference's top-1 class at every position so far, or -1 once two differ (undefined before any). */
     top?: number;
-    /** Class scores: each entry's Σ over the rows of the reference (null once rows change size), and the rows. */
+    /** Each entry's Σ over the rows of the reference (null once rows change size or are too long), and the rows. */
     rowSums?: Float64Array | null;
     rows: number;
   }[];
@@ -176,14 +181,14 @@ export class OutputComparison {
         s.sum += r.data[i]!;
       }
       s.n += a.data.length;
-      if (classAxis === undefined) return;
-      const rows = r.dims[0]!,
+      const rows = r.dims[0] ?? 1,
         per = rows > 0 ? r.data.length / rows : 0;
-      if (s.rowSums === undefined) s.rowSums = new Float64Array(per);
+      if (s.rowSums === undefined) s.rowSums = per <= MAX_ROW_ENTRIES ? new Float64Array(per) : null;
       if (s.rowSums && s.rowSums.length === per) {
         for (let i = 0; i < r.data.length; i++) s.rowSums[i % per]! += r.data[i]!;
         s.rows += rows;
       } else s.rowSums = null;
+      if (classAxis === undefined) return;
       const { classes, inner } = classesOf(r.dims, classAxis);
       const top = argmaxAxis(a.data, classes, inner),
         rt = argmaxAxis(r.data, classes, inner);
@@ -209,7 +214,7 @@ export class OutputComparison {
       const across = s.rowSums ? s.norm - s.rowSums.reduce((a, v) => a + v * v, 0) / (s.rows || 1) : 0,
         varied = across > 1e-12 * s.norm ? { acrossInputsRelError: Math.sqrt(s.err / across) } : {};
       return classAxis === undefined
-        ? { name, relError, ...centered, ...zero }
+        ? { name, relError, ...centered, ...varied, ...zero }
         : {
             ...{ name, relError, agreement: s.agree / (s.positions || 1), kl: s.kl / (s.positions || 1) },
             ...varied,

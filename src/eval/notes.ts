@@ -9,10 +9,15 @@ import type { Fidelity, OutputFidelity } from './index.js';
 export const flattered = (o: OutputFidelity): boolean =>
   o.centeredRelError !== undefined && o.centeredRelError > 2 * o.relError;
 
+/** Whether an output's relative error flatters it as its values barely follow the input (acrossInputsRelError). */
+export const followsLittle = (o: OutputFidelity): boolean =>
+  o.acrossInputsRelError !== undefined && o.acrossInputsRelError > 2 * o.relError;
+
 /**
  * The notes on the largest relative output error: which output it is (of several), its error against its values'
- * spread where the relative error flatters it, that the agreement says little where the original's top-1 is one
- * class everywhere, why there is no top-1 agreement, and which outputs were not compared.
+ * spread, or against how much they differ between inputs, where the relative error flatters it, that the agreement
+ * says little where the original's top-1 is one class everywhere, why there is no top-1 agreement, and which outputs
+ * were not compared.
  */
 export function fidelityNotes(f: Fidelity): string[] {
   const outputs = f.outputs ?? [],
@@ -24,7 +29,9 @@ export function fidelityNotes(f: Fidelity): string[] {
     ...(worst && outputs.length > 1 ? [`the largest of ${outputs.length} outputs': "${worst.name}"`] : []),
     ...(worst && flattered(worst)
       ? [`${worst.centeredRelError!.toFixed(4)} of the spread of its values about their mean`]
-      : []),
+      : worst && followsLittle(worst) && !(worst === scores && one !== undefined)
+        ? [`${worst.acrossInputsRelError!.toFixed(4)} of how much its values differ between inputs`]
+        : []),
     ...(one !== undefined
       ? [
           `the original's top-1 is class ${one} at every position, so the agreement says little: ` +
