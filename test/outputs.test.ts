@@ -176,7 +176,12 @@ describe("a pruned model's fidelity", () => {
     expect(report.fidelity.kl).toBeUndefined();
     expect(report.fidelity.relError).toBeCloseTo(want, 5);
     expect(report.fidelity.outputs).toEqual([
-      { name, relError: report.fidelity.relError, centeredRelError: expect.any(Number) },
+      {
+        name,
+        relError: report.fidelity.relError,
+        centeredRelError: expect.any(Number),
+        acrossInputsRelError: expect.any(Number),
+      },
     ]);
   }, 120_000);
 
@@ -303,7 +308,12 @@ describe('outputs whose shape depends on the values', () => {
     // pruning changed how many boxes NMS keeps: the check must not call that broken
     expect(mine.get('selected')!.dims[0]).not.toBe(orig.get('selected')!.dims[0]);
     expect(report.fidelity.outputs).toEqual([
-      { name: 'prob', relError: report.fidelity.relError, centeredRelError: expect.any(Number) },
+      {
+        name: 'prob',
+        relError: report.fidelity.relError,
+        centeredRelError: expect.any(Number),
+        acrossInputsRelError: expect.any(Number),
+      },
     ]);
     expect(report.fidelity.uncompared).toEqual(['selected']);
     expect(report.fidelity.relError).toBeCloseTo(relError(mine.get('prob')!, orig.get('prob')!), 5);

@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util';
 import { readModel } from '../onnx/index.js';
 import { badInput } from '../errors.js';
-import { evaluate, flattered } from '../eval/index.js';
+import { evaluate, flattered, followsLittle } from '../eval/index.js';
 import { Progress } from './progress.js';
 import { num, pct, backendFlag } from './util.js';
 import { readLabels } from './args.js';
@@ -79,7 +79,11 @@ export async function runEval(argv: string[]): Promise<void> {
     for (const out of r.outputs ?? [])
       console.log(
         `  relative output error ${out.relError.toFixed(5)}` +
-          (flattered(out) ? ` (${out.centeredRelError!.toFixed(5)} of the spread about the mean)` : '') +
+          (flattered(out)
+            ? ` (${out.centeredRelError!.toFixed(5)} of the spread about the mean)`
+            : followsLittle(out)
+              ? ` (${out.acrossInputsRelError!.toFixed(5)} of how much it differs between inputs)`
+              : '') +
           (r.outputs!.length > 1
             ? ` (${out.name}${out.agreement === undefined ? '' : `, agreement ${pct(out.agreement)}`})`
             : ''),

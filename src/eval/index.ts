@@ -44,6 +44,15 @@ export interface OutputFidelity {
   agreement?: number;
   kl?: number;
   /**
+   * ‖y − y_ref‖ / ‖y_ref − ȳ_ref‖, ȳ_ref the mean of each entry over the rows measured
+   * (axis 0): the error against how much the reference differs between inputs. relError flatters
+   * outputs that barely follow the input (random weights: the real-size ABINet-style recognizer
+   * pruned 2× had a relError of 0.0001 and this 0.55, one top-1 class everywhere; a MiniLM sentence
+   * embedding 0.05 and 0.49). Absent when every row is the same, or a row holds more than
+   * MAX_ROW_ENTRIES entries.
+   */
+  acrossInputsRelError?: number;
+  /**
    * The reference's top-1 class, when it is the same at every position measured (2 or more): agreement then says
    * only whether that class stays on top, not whether the scores follow the input (random weights, or inputs a model
    * cannot tell apart: a real-size EfficientNetV2 and ViT of random weights agreed 100 % on noise with one class).
@@ -53,7 +62,7 @@ export interface OutputFidelity {
   zeroReference?: true;
 }
 
-export { flattered } from './notes.js';
+export { flattered, followsLittle } from './notes.js';
 
 export interface EvaluateOptions extends RuntimeOptions {
   labels?: ArrayLike<number>;
@@ -128,6 +137,9 @@ export function classesOf(dims: number[], axis?: number): { classes: number; inn
     : { classes: dims[axis]!, inner: size(dims.slice(axis + 1)) };
 }
 
+/** The longest row whose entries' sums acrossInputsRelError keeps (float64: 128 MiB; an LLM's logits may be more). */
+export const MAX_ROW_ENTRIES = 2 ** 24;
+
 /**
  * A model's outputs against the reference's, summed over batches: each output's squared error and norm, and for an
  * output with class scores (OutputAxis) its positions, agreements and KL.
@@ -143,13 +155,16 @@ export class OutputComparison {
     kl: number;
     /** The reference's top-1 class at every position so far, or -1 once two differ (undefined before any). */
     top?: number;
+    /** Each entry's Σ over the rows of the reference (null once rows change size or are too long), and the rows. */
+    rowSums?: Float64Array | null;
+    rows: number;
   }[];
   readonly axes: readonly OutputAxis[];
   private readonly skipped: string[];
   constructor(outputs: readonly OutputAxis[]) {
     this.axes = outputs.filter((o) => !o.uncompared);
     this.skipped = outputs.filter((o) => o.uncompared).map((o) => o.name);
-    this.sums = this.axes.map(() => ({ err: 0, norm: 0, sum: 0, n: 0, positions: 0, agree: 0, kl: 0 }));
+    this.sums = this.axes.map(() => ({ err: 0, norm: 0, sum: 0, n: 0, positions: 0, agree: 0, kl: 0, rows: 0 }));
   }
 
   /** Adds a batch: the model's outputs `y` and the reference's `ref`, by name. */
@@ -166,6 +181,13 @@ export class OutputComparison {
         s.sum += r.data[i]!;
       }
       s.n += a.data.length;
+      const rows = r.dims[0] ?? 1,
+        per = rows > 0 ? r.data.length / rows : 0;
+      if (s.rowSums === undefined) s.rowSums = per <= MAX_ROW_ENTRIES ? new Float64Array(per) : null;
+      if (s.rowSums && s.rowSums.length === per) {
+        for (let i = 0; i < r.data.length; i++) s.rowSums[i % per]! += r.data[i]!;
+        s.rows += rows;
+      } else s.rowSums = null;
       if (classAxis === undefined) return;
       const { classes, inner } = classesOf(r.dims, classAxis);
       const top = argmaxAxis(a.data, classes, inner),
@@ -188,10 +210,14 @@ export class OutputComparison {
       // Σ (r − mean)² = Σ r² − (Σ r)² / n, in float64; a spread lost in the rounding of Σ r² counts as none
       const spread = s.norm - (s.sum * s.sum) / (s.n || 1),
         centered = spread > 1e-12 * s.norm ? { centeredRelError: Math.sqrt(s.err / spread) } : {};
+      // the same about each entry's mean over the rows: Σ (r − r̄)² = Σ r² − Σ_entries (Σ_rows r)² / rows
+      const across = s.rowSums ? s.norm - s.rowSums.reduce((a, v) => a + v * v, 0) / (s.rows || 1) : 0,
+        varied = across > 1e-12 * s.norm ? { acrossInputsRelError: Math.sqrt(s.err / across) } : {};
       return classAxis === undefined
-        ? { name, relError, ...centered, ...zero }
+        ? { name, relError, ...centered, ...varied, ...zero }
         : {
             ...{ name, relError, agreement: s.agree / (s.positions || 1), kl: s.kl / (s.positions || 1) },
+            ...varied,
             ...(s.positions > 1 && s.top !== undefined && s.top >= 0 ? { oneClass: s.top } : {}),
             ...zero,
           };

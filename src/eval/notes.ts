@@ -9,23 +9,37 @@ import type { Fidelity, OutputFidelity } from './index.js';
 export const flattered = (o: OutputFidelity): boolean =>
   o.centeredRelError !== undefined && o.centeredRelError > 2 * o.relError;
 
+/** Whether an output's relative error flatters it as its values barely follow the input (acrossInputsRelError). */
+export const followsLittle = (o: OutputFidelity): boolean =>
+  o.acrossInputsRelError !== undefined && o.acrossInputsRelError > 2 * o.relError;
+
 /**
  * The notes on the largest relative output error: which output it is (of several), its error against its values'
- * spread where the relative error flatters it, that the agreement says little where the original's top-1 is one
- * class everywhere, why there is no top-1 agreement, and which outputs were not compared.
+ * spread, or against how much they differ between inputs, where the relative error flatters it, that the agreement
+ * says little where the original's top-1 is one class everywhere, why there is no top-1 agreement, and which outputs
+ * were not compared.
  */
 export function fidelityNotes(f: Fidelity): string[] {
   const outputs = f.outputs ?? [],
     worst = outputs.find((o) => o.relError === f.relError),
-    one = outputs.find((o) => o.agreement !== undefined)?.oneClass,
+    scores = outputs.find((o) => o.agreement !== undefined),
+    one = scores?.oneClass,
     skipped = f.uncompared?.map((o) => `"${o}"`).join(', ');
   return [
     ...(worst && outputs.length > 1 ? [`the largest of ${outputs.length} outputs': "${worst.name}"`] : []),
     ...(worst && flattered(worst)
       ? [`${worst.centeredRelError!.toFixed(4)} of the spread of its values about their mean`]
-      : []),
+      : worst && followsLittle(worst) && !(worst === scores && one !== undefined)
+        ? [`${worst.acrossInputsRelError!.toFixed(4)} of how much its values differ between inputs`]
+        : []),
     ...(one !== undefined
-      ? [`the original's top-1 is class ${one} at every position, so the agreement says little: read the error`]
+      ? [
+          `the original's top-1 is class ${one} at every position, so the agreement says little: ` +
+            // the relative error flatters scores that barely follow the input (random weights)
+            (scores!.acrossInputsRelError === undefined
+              ? 'read the error'
+              : `the error is ${scores!.acrossInputsRelError.toFixed(4)} of how much its scores differ between inputs`),
+        ]
       : []),
     ...(f.relError !== undefined && f.agreement === undefined
       ? ['no output holds class scores, so no top-1 agreement']
