@@ -2,6 +2,9 @@ import { describe, it, expect } from 'vitest';
 import { readModel } from '../src/onnx/index.js';
 import { analyze } from '../src/graph/analyze.js';
 import { openNpy } from '../src/npy.js';
+import { OutputComparison, type Fidelity } from '../src/eval/index.js';
+import { fidelityNotes } from '../src/eval/notes.js';
+import { rng } from './graph-helpers.js';
 import { describeFixtures, analyzeFixture } from './fixture-suite.js';
 
 // Round cnn18: Res2Net, SKNet / ResNeSt, ConvNeXt V2, RegNetY, MobileNetV4, PP-LCNet / PP-HGNet and EfficientViT at
@@ -50,5 +53,52 @@ describe("ConvNeXt V2's GRN (each channel's norm divided by the mean of the chan
       'ReduceMean "/grn/ReduceMean" reduces over the channel axis (LayerNorm\'s mean, CBAM\'s channel max and mean, ' +
         "GRN's mean of the channels' norms), which couples channels",
     );
+  });
+});
+
+describe('class scores whose top-1 is one class for every input (random weights)', () => {
+  // the real-size SKNet-50 of random weights pruned 2×: "relative output error 0.0026 (the original's top-1 is class
+  // 923 at every position, so the agreement says little: read the error)"; its scores were off by 0.92 of how much
+  // they vary across the 16 held-out inputs (MobileNetV4-Conv-S: 0.00001 and 0.65)
+  const r = rng(18),
+    rows = 8,
+    classes = 5;
+  // each class a constant far from 0 plus a little of the input; the model keeps the constants, not the rest
+  const ref = Float32Array.from({ length: rows * classes }, (_, i) => 10 * (i % classes === 2 ? 2 : 1) + 0.1 * r());
+  const y = Float32Array.from(ref, (v, i) => v + 0.1 * (r() - 0.5) * (i % 2 ? 1 : -1));
+  const compare = () => {
+    const cmp = new OutputComparison([{ name: 'logits', classAxis: 1 }]),
+      act = (data: Float32Array) => new Map([['logits', { data, dims: [rows / 2, classes] }]]);
+    // two batches of rows, as evaluate() adds them
+    for (const h of [0, 1]) {
+      const part = (a: Float32Array) => a.slice((h * rows * classes) / 2, ((h + 1) * rows * classes) / 2);
+      cmp.add(act(part(y)), act(part(ref)));
+    }
+    return cmp.outputs()[0]!;
+  };
+
+  it('get the error against the spread of each score across the inputs', () => {
+    // float64 sums written out here: each class's mean over the rows, the error and the spread about it
+    const mean = [...Array(classes).keys()].map(
+      (c) => [...Array(rows).keys()].reduce((a, i) => a + ref[i * classes + c]!, 0) / rows,
+    );
+    let err = 0,
+      norm = 0,
+      spread = 0;
+    ref.forEach((v, i) => ((err += (y[i]! - v) ** 2), (norm += v * v), (spread += (v - mean[i % classes]!) ** 2)));
+    const out = compare();
+    expect(out.oneClass).toBe(2);
+    expect(out.relError).toBeCloseTo(Math.sqrt(err / norm), 12);
+    expect(out.spreadRelError).toBeCloseTo(Math.sqrt(err / spread), 9);
+    expect(out.spreadRelError! / out.relError).toBeGreaterThan(50);
+  });
+
+  it('which the summary gives instead of "read the error"', () => {
+    const out = compare(),
+      f: Fidelity = { samples: rows, outputDims: [rows, classes], ...out, outputs: [out] };
+    expect(fidelityNotes(f)).toEqual([
+      "the original's top-1 is class 2 at every position, so the agreement says little; its scores are off by " +
+        `${out.spreadRelError!.toFixed(4)} of their spread across the inputs`,
+    ]);
   });
 });

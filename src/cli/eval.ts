@@ -70,12 +70,16 @@ export async function runEval(argv: string[]): Promise<void> {
     }
     console.log(`${positionals[0]} on ${r.samples} samples of ${inputs.paths.join(', ')}:`);
     if (r.accuracy !== undefined) console.log(`  top-1 accuracy        ${pct(r.accuracy)}`);
-    const one = r.outputs?.find((x) => x.agreement !== undefined)?.oneClass;
+    const scores = r.outputs?.find((x) => x.agreement !== undefined),
+      one = scores?.oneClass,
+      spread = scores?.spreadRelError;
     if (r.agreement !== undefined)
       console.log(
         `  agreement with ${o.reference}  ${pct(r.agreement)}` +
           (one === undefined ? '' : ` (its top-1 is class ${one} at every position: this says little)`),
       );
+    if (spread !== undefined)
+      console.log(`  score error           ${spread.toFixed(5)} of the scores' spread across the inputs`);
     for (const out of r.outputs ?? [])
       console.log(
         `  relative output error ${out.relError.toFixed(5)}` +

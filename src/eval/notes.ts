@@ -12,12 +12,14 @@ export const flattered = (o: OutputFidelity): boolean =>
 /**
  * The notes on the largest relative output error: which output it is (of several), its error against its values'
  * spread where the relative error flatters it, that the agreement says little where the original's top-1 is one
- * class everywhere, why there is no top-1 agreement, and which outputs were not compared.
+ * class everywhere (and how far the scores are off against their spread across the inputs, which the relative error
+ * then flatters), why there is no top-1 agreement, and which outputs were not compared.
  */
 export function fidelityNotes(f: Fidelity): string[] {
   const outputs = f.outputs ?? [],
     worst = outputs.find((o) => o.relError === f.relError),
-    one = outputs.find((o) => o.agreement !== undefined)?.oneClass,
+    scores = outputs.find((o) => o.agreement !== undefined),
+    one = scores?.oneClass,
     skipped = f.uncompared?.map((o) => `"${o}"`).join(', ');
   return [
     ...(worst && outputs.length > 1 ? [`the largest of ${outputs.length} outputs': "${worst.name}"`] : []),
@@ -25,7 +27,12 @@ export function fidelityNotes(f: Fidelity): string[] {
       ? [`${worst.centeredRelError!.toFixed(4)} of the spread of its values about their mean`]
       : []),
     ...(one !== undefined
-      ? [`the original's top-1 is class ${one} at every position, so the agreement says little: read the error`]
+      ? [
+          `the original's top-1 is class ${one} at every position, so the agreement says little` +
+            (scores!.spreadRelError === undefined
+              ? ': read the error'
+              : `; its scores are off by ${scores!.spreadRelError.toFixed(4)} of their spread across the inputs`),
+        ]
       : []),
     ...(f.relError !== undefined && f.agreement === undefined
       ? ['no output holds class scores, so no top-1 agreement']
