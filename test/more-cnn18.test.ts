@@ -14,18 +14,22 @@ import { describeFixtures, analyzeFixture } from './fixture-suite.js';
 const FIX = 'test/fixtures';
 const open = () => openNpy(`${FIX}/cnn-images.calib.npy`);
 
+const SK_GROUPS = [
+  [16, 2, 1],
+  [4, 2, 4],
+  [8, 1, 1],
+];
+
 describeFixtures([
   {
     // the residual stream (stem, conv3: read by conv1 and fc); conv1's channels in blocks of 4 (the branches' conv
     // groups) with the fcs rows of both branches, read by fc (4 columns each) and conv3; fc's channels
     model: `${FIX}/cnn18-sk.onnx`,
     data: open,
-    groups: [
-      [16, 2, 1],
-      [4, 2, 4],
-      [8, 1, 1],
-    ],
+    groups: SK_GROUPS,
   },
+  // the same at opset 11: the softmax between two Transposes
+  { model: `${FIX}/cnn18-sk-op11.onnx`, data: open, groups: SK_GROUPS },
 ]);
 
 describe("SKNet's softmax over its branches ([B, branches, C, 1, 1], softmax over axis 1)", () => {
@@ -41,6 +45,16 @@ describe("SKNet's softmax over its branches ([B, branches, C, 1, 1], softmax ove
       { tensor: 'unit.fcs.weight', axis: 0, offset: 0, per: 4 },
       { tensor: 'unit.fcs.weight', axis: 0, offset: 16, per: 4 },
     ]);
+    expect(refused.map((r) => r.node)).toEqual(['/fc/Gemm']);
+  });
+
+  it('also before opset 13: the softmax over the last axis, between Transposes that move the branches there', () => {
+    // before: refused as at opset 17, and once the reshape packed them, the Transpose ("moves packed parts of channels
+    // after the channels")
+    const { groups, refused } = analyzeFixture(readModel(`${FIX}/cnn18-sk-op11.onnx`), open);
+    const sk = groups.find((g) => g.id === '/unit/conv1/conv1.0/Conv')!;
+    expect(sk.chain.map((n) => n.opType)).toEqual(expect.arrayContaining(['Transpose', 'Softmax']));
+    expect(sk.producers.map((n) => n.name)).toEqual(['/unit/conv1/conv1.0/Conv', '/unit/fcs/Conv']);
     expect(refused.map((r) => r.node)).toEqual(['/fc/Gemm']);
   });
 });

@@ -1179,18 +1179,22 @@ function partsInside(ctx: ChainContext, p: number): boolean {
 }
 
 /**
- * Whether a reshape to [.., a, b] is read only by softmaxes over axis `p` = a (opset ≥ 13): SKNet's branch weights
- * [B, branches, C, 1, 1], softmaxed over the branches. Then a holds the parts and b the channels (not a's channels of b
- * entries each, which such a softmax would couple).
+ * Whether a reshape to [.., a, b] is read only by softmaxes over axis `p` = a alone, directly or through Transposes
+ * (tensor `t`): SKNet's branch weights [B, branches, C, 1, 1], softmaxed over the branches. Then a holds the parts and
+ * b the channels (not a's channels of b entries each, which such a softmax would couple).
  */
-function softmaxOver(ctx: ChainContext, p: number): boolean {
-  const readers = ctx.readers(ctx.node.output[0] ?? ''),
+function softmaxOver(ctx: ChainContext, p: number, t = ctx.node.output[0] ?? ''): boolean {
+  const readers = ctx.readers(t),
     rank = ctx.outShape!.length;
-  const over = (node: NodeProto) =>
-    (opOf(node) === 'Softmax' || opOf(node) === 'LogSoftmax') &&
-    ctx.opset >= 13 &&
-    normAxis(attrInt(node, 'axis', -1), rank) === p;
-  return readers.length > 0 && readers.every(({ node, slot }) => slot === 0 && over(node));
+  // before opset 13 torch softmaxes another axis than the last between two Transposes that swap it with the last
+  const over = ({ node, slot }: { node: NodeProto; slot: number }): boolean => {
+    if (slot !== 0) return false;
+    if (opOf(node) === 'Transpose') return softmaxOver(ctx, attrInts(node, 'perm', []).indexOf(p), node.output[0]);
+    if (opOf(node) !== 'Softmax' && opOf(node) !== 'LogSoftmax') return false;
+    const axis = normAxis(attrInt(node, 'axis', ctx.opset >= 13 ? -1 : 1), rank);
+    return axis === p && (ctx.opset >= 13 || p === rank - 1);
+  };
+  return p >= 0 && !ctx.isOutput(t) && readers.length > 0 && readers.every(over);
 }
 
 /**
@@ -1286,7 +1290,10 @@ const transpose: ChainRule = (ctx) => {
     st = ctx.layout.stack;
   if (!st) return { axis };
   const stack = { ...st, axis: perm.indexOf(st.axis) };
-  return stack.axis < axis ? { axis, stack } : refusal(ctx, 'moves packed parts of channels after the channels');
+  // parts that are one channel each may go anywhere (opset 11's softmax over them, moved last and back)
+  return stack.axis < axis || partsAlike(ctx.layout)
+    ? { axis, stack }
+    : refusal(ctx, 'moves packed parts of channels after the channels');
 };
 
 function chainAxes(ctx: ChainContext): number[] | undefined | 'computed' {
