@@ -283,9 +283,10 @@ describe('what stays refused', () => {
   });
 
   // timm's packed q/k/v, [1, 4, 24] → [1, 4, 3, 2, 4] (3 parts of 2 heads of 4), then an op that does not take the
-  // parts apart: the projection is refused, with the op that stopped it
+  // parts apart: the projection is refused, with the op that stopped it (a Transpose moves parts that are one channel
+  // each anywhere, as SKNet's softmax over its branches before opset 13: the Reshape that merges them stops them)
   it.each([
-    ['mix', 'Transpose "mix" moves packed parts of channels after the channels'],
+    ['mix', 'Reshape "merge" reshapes packed parts of channels (take them apart first)'],
     [
       'sum',
       'ReduceSum "sum" reads packed parts of channels (a reshape to [.., parts, heads, d]) before a Gather or ' +

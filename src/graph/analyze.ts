@@ -26,6 +26,7 @@ import {
   ifBranches,
   type IfBranches,
   entriesOf,
+  partsAlike,
   normAxis,
   onlyShapes,
   shapeConstant,
@@ -593,6 +594,12 @@ function firstPart(l: Layout): (Segment & { offset: number })[] {
   const size = entriesOf(l) / (l.stack?.parts ?? 1);
   return runs(l).filter((r) => r.offset < size);
 }
+
+/** A stacked layout whose parts are one channel each (partsAlike) as a plain one: its first part's runs. */
+const unstacked = (l: Layout): Layout => ({
+  axis: l.axis,
+  segments: firstPart(l).map(({ space, n, per }) => ({ space, n, per })),
+});
 
 /** Whether two layouts have the same runs (so a join can make their spaces one, run by run). */
 const sameRuns = (a: Layout, b: Layout) =>
@@ -1255,11 +1262,16 @@ function unowned(W: Walk, node: NodeProto, verb: string, t: string, otherwise?: 
  * become the same channels; constants along that axis are sliced; an input no group owns that does not broadcast
  * along the channels couples them with something subprune cannot prune.
  */
-function joinNode(W: Walk, node: NodeProto): void {
+function joinNode(W: Walk, node: NodeProto, views = new Map<string, Layout>()): void {
   const { G, S } = W;
   const y = node.output[0] ?? '',
     yShape = G.shapes.get(y);
-  const ins = node.input.map((t, slot) => ({ t, slot, l: t ? W.layouts.get(t) : undefined, shape: G.shapes.get(t) }));
+  const ins = node.input.map((t, slot) => ({
+    t,
+    slot,
+    l: t ? (views.get(t) ?? W.layouts.get(t)) : undefined,
+    shape: G.shapes.get(t),
+  }));
   if (!yShape || ins.some((i) => i.t && !i.shape)) {
     const why = G.unknownShape(ins.find((i) => i.t && !i.shape)?.t ?? y);
     return ins.forEach((i) => S.refuseAll(i.l, why));
@@ -1688,8 +1700,19 @@ function walk(G: Graph, parts: Map<string, Part[]>, fixed: Set<string>, carry: M
     }
     for (const sub of inner(node))
       W.S.refuseAll(W.layouts.get(sub), `tensor "${sub}" is read inside a subgraph of ${label(node)}`);
-    // packed parts of channels pass only through chain rules, one input at a time, until a Gather or Split
+    // packed parts of channels pass only through chain rules, one input at a time, until a Gather or Split; or into an
+    // element-wise join with channels of another input on their axis, where parts that are one channel each read as
+    // that axis' channels (SKNet's branch weights times the stacked branches)
     const packed = inputs.filter((i) => i.l.stack);
+    if (
+      packed.length &&
+      rule?.merge === 'join' &&
+      packed.length < inputs.length &&
+      packed.every((i) => partsAlike(i.l))
+    ) {
+      joinNode(W, node, new Map(packed.map((i) => [i.t, unstacked(i.l)])));
+      continue;
+    }
     if (packed.length && (inputs.length > 1 || rule?.merge || rule?.layer)) {
       packed.forEach((i) => W.S.refuseAll(i.l, `${label(node)} ${PACKED}`));
       continue;

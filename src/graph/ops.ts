@@ -85,6 +85,13 @@ export interface Stack {
 export const entriesOf = (l: Layout) => l.segments.reduce((a, s) => a + s.n * s.per, 0);
 
 /**
+ * Whether a stacked layout's runs are alike (as many channels of as many entries each), which is when the walk made
+ * the parts one: channel i of every part is one channel (stackInParts). Otherwise they only keep equal counts.
+ */
+export const partsAlike = (l: Layout) =>
+  l.segments.every((s) => s.n === l.segments[0]!.n && s.per === l.segments[0]!.per);
+
+/**
  * The constant `tensor`'s axis `axis` holds the entries of the step's output channel axis, one block per channel; with
  * `scale`, `scale` entries per entry of the channel axis (GroupNormalization-18's scale, one entry per group of
  * channels: 1 / the group's width).
@@ -1115,7 +1122,10 @@ const reshape: ChainRule = (ctx) => {
   if (alone && (i1 - i0 === 1 || j1 - j0 > 1)) {
     // split (or kept): the channels become the first output axis of the block that is not 1
     const wide = [...Array(j1 - j0).keys()].map((i) => j0 + i).filter((j) => y[j] !== 1);
-    if (wide.length >= 3 && !partsInside(ctx, wide[1]!) && !reshapedAgain(ctx, wide[0]!))
+    if (
+      (wide.length >= 3 && !partsInside(ctx, wide[1]!) && !reshapedAgain(ctx, wide[0]!)) ||
+      (wide.length === 2 && softmaxOver(ctx, wide[0]!))
+    )
       return stacked(ctx, wide[0]!, wide[1]!, j1);
     axis = wide[0] ?? j0;
     const inner = numel(y.slice(axis + 1, j1));
@@ -1166,6 +1176,25 @@ function partsInside(ctx: ChainContext, p: number): boolean {
           ?.map((a) => normAxis(a, rank))
           .join() === `${p}`;
   return !ctx.isOutput(y) && readers.length > 0 && readers.every(({ node, slot }) => slot === 0 && along(node));
+}
+
+/**
+ * Whether a reshape to [.., a, b] is read only by softmaxes over axis `p` = a alone, directly or through Transposes
+ * (tensor `t`): SKNet's branch weights [B, branches, C, 1, 1], softmaxed over the branches. Then a holds the parts and
+ * b the channels (not a's channels of b entries each, which such a softmax would couple).
+ */
+function softmaxOver(ctx: ChainContext, p: number, t = ctx.node.output[0] ?? ''): boolean {
+  const readers = ctx.readers(t),
+    rank = ctx.outShape!.length;
+  // before opset 13 torch softmaxes another axis than the last between two Transposes that swap it with the last
+  const over = ({ node, slot }: { node: NodeProto; slot: number }): boolean => {
+    if (slot !== 0) return false;
+    if (opOf(node) === 'Transpose') return softmaxOver(ctx, attrInts(node, 'perm', []).indexOf(p), node.output[0]);
+    if (opOf(node) !== 'Softmax' && opOf(node) !== 'LogSoftmax') return false;
+    const axis = normAxis(attrInt(node, 'axis', ctx.opset >= 13 ? -1 : 1), rank);
+    return axis === p && (ctx.opset >= 13 || p === rank - 1);
+  };
+  return p >= 0 && !ctx.isOutput(t) && readers.length > 0 && readers.every(over);
 }
 
 /**
@@ -1261,7 +1290,10 @@ const transpose: ChainRule = (ctx) => {
     st = ctx.layout.stack;
   if (!st) return { axis };
   const stack = { ...st, axis: perm.indexOf(st.axis) };
-  return stack.axis < axis ? { axis, stack } : refusal(ctx, 'moves packed parts of channels after the channels');
+  // parts that are one channel each may go anywhere (opset 11's softmax over them, moved last and back)
+  return stack.axis < axis || partsAlike(ctx.layout)
+    ? { axis, stack }
+    : refusal(ctx, 'moves packed parts of channels after the channels');
 };
 
 function chainAxes(ctx: ChainContext): number[] | undefined | 'computed' {
@@ -1311,20 +1343,28 @@ const reduce: ChainRule = (ctx) => {
   if (axes.includes(ctx.layout.axis)) {
     return refusal(
       ctx,
-      "reduces over the channel axis (LayerNorm's mean, CBAM's channel max and mean), which couples channels",
+      "reduces over the channel axis (LayerNorm's mean, CBAM's channel max and mean, GRN's mean of the channels' " +
+        'norms), which couples channels',
     );
   }
   const drop = attrInt(ctx.node, 'keepdims', 1) === 0 ? axes.filter((x) => x < ctx.layout.axis).length : 0;
   return { axis: ctx.layout.axis - drop };
 };
 
-/** Softmax-like ops normalise over `axis` (opset ≥ 13) or over all axes from `axis` on (older opsets). */
+/**
+ * Softmax-like ops normalise over `axis` (opset ≥ 13) or over all axes from `axis` on (older opsets). Over the parts
+ * of a stacked layout whose parts are one channel each, each channel's own entries (SKNet's softmax over its
+ * branches, [B, branches, C, 1, 1]); over parts that only keep equal counts, entries of different channels.
+ */
 const softmax: ChainRule = (ctx) => {
   const rank = ctx.inShape.length;
   const axis = normAxis(attrInt(ctx.node, 'axis', ctx.opset >= 13 ? -1 : 1), rank);
   const st = ctx.layout.stack;
-  const couples = ctx.opset >= 13 ? axis === ctx.layout.axis || axis === st?.axis : axis <= ctx.layout.axis;
-  return couples ? refusal(ctx, 'normalises across the channels, which couples them') : { ...pass(ctx), stack: st };
+  const couples = ctx.opset >= 13 ? axis === ctx.layout.axis : axis <= ctx.layout.axis;
+  if (couples) return refusal(ctx, 'normalises across the channels, which couples them');
+  if (st && (ctx.opset >= 13 ? axis === st.axis : axis <= st.axis) && !partsAlike(ctx.layout))
+    return refusal(ctx, 'normalises across packed parts of channels that are not one channel each');
+  return { ...pass(ctx), stack: st };
 };
 
 /** LayerNormalization and RMSNormalization normalise over all axes from `axis` on. */
