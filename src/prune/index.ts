@@ -445,6 +445,7 @@ function pruneRanked(
  * Group by group: activations of the model whose earlier groups are already pruned and re-fitted. `original`: the
  * allocation's capture of the original model (the first group's, which is on it) and, asymmetric, the original's
  * frontier that capture filled; the original's reference for verification, which a capture of it hands its outputs.
+ * The capture and rankings are dropped from `original` after the first cut.
  */
 async function pruneSequential(
   model: Model,
@@ -510,6 +511,9 @@ async function pruneSequential(
     const chosen = clock.time('select', () => selectGroupPlan(pruned, group, gram.get(id)!, k, calib, opts));
     reports.push({ ...chosen.report, seconds: (performance.now() - t) / 1000 }); // capture + selection of this group
     pruned = clock.time('rewrite', () => pruneGroups(pruned, [chosen.plan]));
+    // past the first cut no group is on the original: its captures and rankings serve none (freed unless the caller
+    // keeps them for another size)
+    original.grams = original.ranked = undefined;
     clock.time('capture', () => frontier.model.advance(pruned, slicingOf(group, chosen.plan.keep)));
     opts.onGroupPruned?.(id, pruned);
   }
@@ -588,9 +592,13 @@ export async function* pruneSizes(
       const clock = i ? new Stopwatch(STAGES) : shared;
       let sized: Sized;
       try {
+        const original = { grams: keeps.grams, targets: keeps.targets, ranked: keeps.ranked, reference: seed };
+        // the last size's sequential prune holds the allocation's captures and rankings alone, and lets them go once
+        // past its first cut (ResNet-50's were 2 GB of a 4.6 GB peak)
+        if (!ranking && i === budgets.length - 1) keeps.grams = keeps.targets = keeps.ranked = undefined;
         const pruned = ranking
           ? pruneRanked(model, ranking, keeps.keeps[i]!, o, clock)
-          : await pruneSequential(model, plan, keeps.keeps[i]!, calib, o, clock, { ...keeps, reference: seed });
+          : await pruneSequential(model, plan, keeps.keeps[i]!, calib, o, clock, original);
         if (o.sweep !== undefined) pruned.model = await clock.time('select', () => sweepOf(model, pruned, calib, o));
         // the copies normalizeModel made of constants the model shared, shared again where they stayed equal
         pruned.model = { ...pruned.model, graph: shareEqualInitializers(pruned.model.graph!) };
