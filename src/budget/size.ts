@@ -2,7 +2,7 @@
 // and every activation that carries its channels loses (n − k)·per entries along the sliced axis for each run of the
 // group's channels; params are the constants' element counts and FLOPs the layers' multiply-accumulates on those
 // shapes, so the size is exact and costs O(tensors touched) per evaluation.
-import { numel, type Model } from '../onnx/index.js';
+import { equalInitializers, numel, type Model } from '../onnx/index.js';
 import {
   constantTensors,
   dataInputs,
@@ -53,7 +53,16 @@ function sizeTerms(model: Model, groups: Group[], inputShape: InputShapes | unde
   if (target === 'params') {
     const consts = constantTensors(model.graph!);
     const touched = [...shrinks.keys()].filter((t) => consts.has(t));
-    const base = paramCount(model.graph!, new Set(touched));
+    // copies of one stored tensor (normalization gives each reader its own, equalInitializers) are one term: they
+    // count once while uncut, as the file stores them, and each cut one counts apart
+    const copies = equalInitializers(model.graph!),
+      rootOf = (t: string) => copies.get(t) ?? t;
+    const copied = new Map<string, string[]>();
+    for (const t of model.graph!.initializer)
+      copied.set(rootOf(t.name), [...(copied.get(rootOf(t.name)) ?? []), t.name]);
+    const roots = [...new Set(touched.map(rootOf))],
+      members = roots.map((root) => copied.get(root) ?? [root]);
+    const base = paramCount(model.graph!, new Set(members.flat()));
     // node inputs that pruning turns into Constants of their own (see Edit), once each
     const parts = groups.flatMap((g) =>
       g.edits.flatMap((e) => ('input' in e ? [{ key: `${e.node}|${e.input}`, n: e.values.length, g }] : [])),
@@ -62,9 +71,12 @@ function sizeTerms(model: Model, groups: Group[], inputShape: InputShapes | unde
       const pruned = parts.filter(({ g }) => (keeps.get(g.id) ?? g.channels) < g.channels);
       return [...new Map(pruned.map((p) => [p.key, p.n])).values()].reduce((a, n) => a + n, 0);
     };
-    const terms = touched.map((t) => ({
-      ids: idsOf([t]),
-      size: (keeps: Map<string, number>) => numel(dims(t, keeps)),
+    const terms = members.map((ts) => ({
+      ids: idsOf(ts),
+      size: (keeps: Map<string, number>) => {
+        const cut = ts.map((t) => dims(t, keeps)).filter((d, i) => d.some((x, a) => x !== shapes.get(ts[i]!)![a]));
+        return cut.reduce((a, d) => a + numel(d), cut.length < ts.length ? numel(shapes.get(ts[0]!)!) : 0);
+      },
     }));
     return { base, terms, made } satisfies SizeTerms;
   }

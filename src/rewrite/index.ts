@@ -145,6 +145,8 @@ export function pruneGroups(model: Model, plans: PrunePlan[]): Model {
   // 2. Every removed channel's entries, per constant and axis, sliced at once.
   const removed = new Map<string, Map<number, Set<number>>>();
   for (const { group, keep } of plans) {
+    // a group kept whole leaves its constants as they are: a copy of a shared one stays one (shareEqualInitializers)
+    if (keep.length === group.channels) continue;
     const kept = new Set(keep);
     for (const s of [...group.slices, ...(derived.get(group) ?? [])]) {
       const w = get(s.tensor, group);
