@@ -150,6 +150,21 @@ describe('analyze: LeNet', () => {
   });
 });
 
+describe('consumerWeightMatrix', () => {
+  it("reads a group's rows of a consumer that reads several groups (a DenseNet's concatenation)", () => {
+    const model = readModel('test/fixtures/cnn4-densenet.onnx');
+    const consumers = analyze(model).groups.flatMap((g) => g.consumers);
+    expect(consumers.some((c) => c.row > 0 && c.d < c.dTotal)).toBe(true);
+    for (const c of consumers) {
+      const { data } = tensorToFloat32(model.graph!.initializer.find((t) => t.name === c.weight)!);
+      // entry (r, o) of the whole dTotal×m matrix, from the layout's definition
+      const entry = (r: number, o: number) => (c.layout === 'in-out' ? data[r * c.m + o]! : data[o * c.dTotal + r]!);
+      const want = Float64Array.from({ length: c.d * c.m }, (_, i) => entry(c.row + Math.floor(i / c.m), i % c.m));
+      expect(consumerWeightMatrix(model, c), c.node.name).toEqual(want);
+    }
+  });
+});
+
 describe('analyze: the per-op table', () => {
   it('follows BN, PRelu, Mul/Add constants, pools, Reshape, Gemm transB 0/1, MatMul and SAME_UPPER pads', async () => {
     const m = chainModel();

@@ -199,6 +199,18 @@ describe('tensors', () => {
     expect(Array.from(tensorToInt64(shape).data)).toEqual([-1n, 16n, 9223372036854775807n]);
   });
 
+  it('reads FLOAT raw_data held at an odd offset of a larger buffer, and returns its own copy', () => {
+    const values = [1.5, -2.25, 3e-8, 65504, -0, 7];
+    const pool = Buffer.alloc(3 + 4 * values.length + 5, 0xab);
+    values.forEach((v, i) => pool.writeFloatLE(v, 3 + 4 * i));
+    const raw = pool.subarray(3, 3 + 4 * values.length);
+    const t = create(TensorProtoSchema, { name: 'w', dims: [2n, 3n], dataType: DataType.FLOAT, rawData: raw });
+    const { data } = tensorToFloat32(t);
+    expect(Array.from(data)).toEqual(values.map((v) => Math.fround(v)));
+    data[0] = 42;
+    expect(pool.readFloatLE(3)).toBe(1.5);
+  });
+
   it('refuses unsupported data types and inconsistent sizes with a clear error', () => {
     const ints = create(TensorProtoSchema, { name: 'idx', dims: [2n], dataType: DataType.INT32, int32Data: [1, 2] });
     expectBadInput(() => tensorToFloat32(ints), /tensor "idx" has data type INT32.*FLOAT, FLOAT16 or DOUBLE/);

@@ -2210,5 +2210,5 @@ export function consumerWeightMatrix(model: Model, c: Consumer): Float64Array {
     const expects = `consumer "${c.node.name}" expects ${c.dTotal}×${c.m}; was the model changed after analysis?`;
     throw badInput(`weight "${c.weight}" has ${data.length} values, ${expects}`);
   }
-  return weightToMatrix(c.layout, data, c.dTotal, c.m).subarray(c.row * c.m, (c.row + c.d) * c.m);
+  return weightToMatrix(c.layout, data, c.dTotal, c.m, { from: c.row, count: c.d });
 }

@@ -434,13 +434,32 @@ export function biasAxis(bias: TensorProto, channels: number): number | undefine
  * The weight `data` (of a layer with this layout, d×m as a matrix) as W, row-major d×m, with consumer output = B·W
  * (bias aside), B's columns channel-major (column c·g + j). Conv [m, n, kh, kw]: W[c·kh·kw + i·kw + j][o] =
  * w[o][c][i][j]; Gemm transB=1 [m, d]: the transpose; Gemm transB=0 and MatMul [d, m]: as stored.
+ * `rows`: only W's rows from..from+count (a group's part of a consumer that reads several: DenseNet's concatenations).
  */
-export function weightToMatrix(layout: WeightLayout, data: ArrayLike<number>, d: number, m: number): Float64Array {
-  if (layout === 'in-out') return Float64Array.from(data);
-  const W = new Float64Array(d * m); // 'conv' and 'out-in' are both [m, d] row-major
-  for (let o = 0; o < m; o++) for (let r = 0; r < d; r++) W[r * m + o] = data[o * d + r]!;
+export function weightToMatrix(
+  layout: WeightLayout,
+  data: ArrayLike<number>,
+  d: number,
+  m: number,
+  rows = { from: 0, count: d },
+): Float64Array {
+  const { from, count } = rows;
+  if (layout === 'in-out') return Float64Array.from(sliceOf(data, from * m, (from + count) * m));
+  const W = new Float64Array(count * m); // 'conv' and 'out-in' are both [m, d] row-major
+  for (let o = 0; o < m; o++) {
+    const at = o * d + from;
+    for (let r = 0; r < count; r++) W[r * m + o] = data[at + r]!;
+  }
   return W;
 }
+
+/** Entries begin..end of `data` (a typed array's view, else a copy). */
+const sliceOf = (data: ArrayLike<number>, begin: number, end: number): ArrayLike<number> =>
+  begin === 0 && end === data.length
+    ? data
+    : ArrayBuffer.isView(data)
+      ? (data as unknown as Float32Array).subarray(begin, end)
+      : Array.prototype.slice.call(data, begin, end);
 
 /**
  * W (rows × cols, row-major) back into the layer's own layout: data and dims. `dims`: the weight's current dims,

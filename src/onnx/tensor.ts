@@ -193,6 +193,9 @@ export function float32ToFloat16Bits(v: number): number {
   return sign | h;
 }
 
+/** Whether this machine stores numbers little-endian, as ONNX's raw_data does. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
 /**
  * Read a FLOAT, FLOAT16 or DOUBLE tensor as float32, from raw_data (little-endian), the typed
  * fields (float_data, int32_data holding float16 bits, double_data) or external data.
@@ -213,6 +216,10 @@ export function tensorToFloat32(t: TensorProto, baseDir?: string): { dims: numbe
   // sizes first: corrupted dims must not turn into a huge allocation
   if (raw !== undefined) checkCount(t, raw.length, n * size, 'bytes of data');
   else checkCount(t, typed.length, n, 'stored values');
+  if (raw !== undefined && dt === DataType.FLOAT && LITTLE_ENDIAN)
+    // the stored bytes copied as they are (aligned; a Buffer's own slice would be a view): reading them element by
+    // element through a DataView took 2.2 s of a DenseNet-121 prune
+    return { dims, data: new Float32Array(Uint8Array.prototype.slice.call(raw, 0, 4 * n).buffer) };
   const data = new Float32Array(n);
   if (raw !== undefined) {
     const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
