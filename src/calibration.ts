@@ -170,20 +170,76 @@ function feed(data: NpyFile, input: ModelInput, r0: number, r1: number): Feed {
 /** What a model can be run on: one .npy file (one input), arrays by input name, or a Calibration already checked. */
 export type InputData = NpyFile | Map<string, NpyFile> | Calibration;
 
+/** The inputs whose zeros mark padding tokens (1: a token, 0: padding), as tokenizers name them. */
+export const TOKEN_MASK_NAMES: readonly string[] = ['attention_mask', 'input_mask'];
+
+/** Which tokens of a batch are real: mask[s·T + t] = 1 for token t of sample s (of `rows`), 0 for padding. */
+export interface TokenMask {
+  data: Uint8Array;
+  rows: number;
+  T: number;
+}
+
+/** The token mask in use: its input, and how many of the calibration set's tokens are padding. */
+export interface Padding {
+  input: string;
+  tokens: number;
+  padded: number;
+}
+
 export class Calibration {
   private distinct?: number;
+  private found?: Padding | null;
 
   private constructor(
     /** One array per model input, in the model's input order. */
     readonly arrays: NpyFile[],
     readonly inputs: ModelInput[],
+    /** Whether padding tokens (TOKEN_MASK_NAMES) are left out of the consumers' rows (Calibration.padding). */
+    readonly masked = true,
   ) {}
+
+  /** The same data with every token a row, padding included. */
+  allTokens(): Calibration {
+    return this.masked ? new Calibration(this.arrays, this.inputs, false) : this;
+  }
+
+  /**
+   * The token mask that leaves padding out of the consumers' rows: an input named as TOKEN_MASK_NAMES, [samples, T]
+   * as the first input's samples are [T] or [T, features], holding only 0 and 1, with at least one 0; undefined
+   * otherwise (or after allTokens). Read once, whole.
+   */
+  get padding(): Padding | undefined {
+    if (this.found === undefined) this.found = this.findPadding() ?? null;
+    return this.found ?? undefined;
+  }
+
+  private findPadding(): Padding | undefined {
+    const i = this.inputs.findIndex((x) => TOKEN_MASK_NAMES.includes(x.name.toLowerCase()));
+    const a = this.arrays[i];
+    if (!this.masked || !a || a.shape.length !== 2 || this.arrays[0]!.shape[1] !== a.shape[1]) return undefined;
+    const v = a.readF64();
+    let padded = 0;
+    for (const x of v) {
+      if (x !== 0 && x !== 1) return undefined;
+      if (x === 0) padded++;
+    }
+    return padded ? { input: this.inputs[i]!.name, tokens: v.length, padded } : undefined;
+  }
+
+  /** The token mask of samples [start, start + rows), or undefined when padding counts (see padding). */
+  tokenMask(start: number, rows: number): TokenMask | undefined {
+    const p = this.padding;
+    if (!p) return undefined;
+    const a = this.arrays[this.inputs.findIndex((x) => x.name === p.input)]!;
+    return { data: Uint8Array.from(a.readF64(start, start + rows)), rows, T: a.shape[1]! };
+  }
 
   /**
    * `data` checked against the model's inputs: an .npy file for a model with one input, or one per input by name
-   * (or `data` itself if it already is a Calibration).
+   * (or `data` itself if it already is a Calibration); with `allTokens`, padding tokens count (see padding).
    */
-  static of(model: Model, data: InputData): Calibration {
+  static of(model: Model, data: InputData, allTokens = false): Calibration {
     const inputs = modelInputs(model);
     const given = data instanceof Calibration ? new Map(data.inputs.map((x, i) => [x.name, data.arrays[i]!])) : data;
     const arrays = given instanceof Map ? byName(given, inputs) : single(given, inputs);
@@ -195,7 +251,8 @@ export class Calibration {
     const other = arrays.find((a) => a.rows !== rows);
     if (other)
       throw badInput(`${other.path} holds ${other.rows} samples, ${arrays[0]!.path} ${rows}: give one per sample`);
-    return data instanceof Calibration ? data : new Calibration(arrays, inputs);
+    const calib = data instanceof Calibration ? data : new Calibration(arrays, inputs);
+    return allTokens ? calib.allTokens() : calib;
   }
 
   get path(): string {

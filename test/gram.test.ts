@@ -263,6 +263,67 @@ describe('Gram accumulation of small batches', () => {
   );
 
   it.each([...BUILDS.map((b) => ['wasm', b] as const), ['plain', 'plain'] as const])(
+    '%s kernels (%s): rows that keep leaves out (padding tokens) are not summed, with or without a target',
+    (kind, build) => {
+      const r = rng(61),
+        kernels = kind === 'plain' ? getKernels('plain') : getKernels('wasm', 2, build);
+      // 90 samples of 5 tokens, the later tokens of some samples padding; batches of 7 samples
+      const [N, per, d, m] = [90, 5, 24, 6];
+      const B = Float32Array.from({ length: N * per * d }, () => r() - 0.5),
+        A = B.map((v) => v * 0.6 + 0.3 * (r() - 0.5)),
+        W = Float64Array.from({ length: d * m }, () => Math.fround(r() - 0.5)),
+        keep = Uint8Array.from({ length: N * per }, (_, i) => +(i % per < 1 + (Math.floor(i / per) % per)));
+      const kept = (X: Float32Array, cols: number): Mat => {
+        const a = Array.from(keep).flatMap((k, i) => (k ? Array.from(X.subarray(i * cols, (i + 1) * cols)) : []));
+        return { rows: a.length / cols, cols, a: Float64Array.from(a) };
+      };
+      const T = Float32Array.from(
+        matmul({ rows: N * per, cols: d, a: Float64Array.from(A) }, { rows: d, cols: m, a: W }).a,
+      );
+      const [Bk, Ak, Tk] = [kept(B, d), kept(A, d), kept(T, m)];
+      const near = (got: ArrayLike<number> | undefined, ref: ArrayLike<number>) => {
+        const scale = Math.max(...Array.from(ref, Math.abs));
+        Array.from(ref).forEach((v, i) => expect(Math.abs(got![i]! - v)).toBeLessThan(1e-5 * scale));
+      };
+      const sums = (X: Mat) =>
+        Array.from({ length: X.cols }, (_, j) => X.a.filter((_, e) => e % X.cols === j).reduce((a, b) => a + b));
+      for (const how of ['symmetric', 'C and H', 'projected', 'given T'] as const) {
+        const acc = new GramAccumulator(d, {
+          asymmetric: how !== 'symmetric',
+          kernels,
+          ...(how === 'projected' ? { project: { W, m } } : how === 'given T' ? { project: { m } } : {}),
+        });
+        for (let s0 = 0; s0 < N; s0 += 7) {
+          const s1 = Math.min(N, s0 + 7),
+            target =
+              how === 'symmetric'
+                ? undefined
+                : how === 'given T'
+                  ? T.subarray(s0 * per * m, s1 * per * m)
+                  : A.subarray(s0 * per * d, s1 * per * d);
+          acc.add(B.subarray(s0 * per * d, s1 * per * d), target, s1 - s0, keep.subarray(s0 * per, s1 * per));
+        }
+        const g = acc.result();
+        acc.release();
+        expect(g.rows).toBe(Bk.rows);
+        near(g.G, gramOf(Bk));
+        near(g.sums!, sums(Bk));
+        if (how === 'C and H') {
+          near(g.C, gramOf(Bk, Ak));
+          near(g.H, gramOf(Ak));
+          near(g.targetSums!, sums(Ak));
+        } else if (how !== 'symmetric') {
+          near(g.CW, gramOf(Bk, Tk));
+          near(g.targetSumsW!, sums(Tk));
+        }
+      }
+      expect(() => new GramAccumulator(d, { kernels }).add(B.subarray(0, per * d), undefined, 1, keep)).toThrow(
+        /flags/,
+      );
+    },
+  );
+
+  it.each([...BUILDS.map((b) => ['wasm', b] as const), ['plain', 'plain'] as const])(
     '%s kernels (%s): conv samples one call each sum as one call, and calls of uneven sizes match the convolution',
     (kind, build) => {
       const r = rng(59),

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initializerMap, readModel, replaceInitializerData, tensorToFloat32, writeModel } from '../src/onnx/index.js';
 import { encodeNpy, openNpy } from '../src/npy.js';
+import { openNpz } from '../src/npz.js';
 import { captureStats, decodeStats, encodeStats, mergeStats, type CaptureStats } from '../src/capture/shards.js';
 import { Runner } from '../src/capture/index.js';
 import { prune } from '../src/prune/index.js';
@@ -332,6 +333,28 @@ describe('the library: captureStats, encodeStats/decodeStats, mergeStats', () =>
       parts.forEach((p) => p.close());
     }
   }, 60_000);
+
+  it('a padded token model: shards with and without allTokens do not merge, nor does prune take them', async () => {
+    const model = readModel('test/fixtures/tf-bert-tiny-opset17.onnx'),
+      data = openNpz('test/fixtures/tf-bert-tiny.calib.npz');
+    try {
+      const masked = await captureStats(model, data),
+        all = await captureStats(model, data, { allTokens: true });
+      expect([masked.key.tokens, all.key.tokens]).toEqual(['masked', 'all']);
+      // the FFN's rows: the real tokens alone, or every token
+      const mask = data.get('attention_mask')!.readF64(),
+        ffn = (s: CaptureStats) => s.grams.get('/layer.0/intermediate_dense/MatMul')![0]!.rows;
+      expect([ffn(masked), ffn(all)]).toEqual([mask.filter((v) => v === 1).length, mask.length]);
+      expect(() => mergeStats(masked, all)).toThrow(
+        /another does not match one stats: captured with --all-tokens, not without --all-tokens/,
+      );
+      await expect(prune(model, data, { budget: { compression: 2 }, mode: 'layerwise', stats: all })).rejects.toThrow(
+        /the stats do not match this run: captured with --all-tokens/,
+      );
+    } finally {
+      for (const f of data.values()) f.close();
+    }
+  });
 
   it('prune({ stats }) refuses another mode in one line, before any capture', async () => {
     const model = readModel(LENET),

@@ -181,7 +181,8 @@ describe('objectives of heads and gated neurons', () => {
   ])("%s: each group's objective is what onnxruntime measures with the re-fitted weights", async (path) => {
     const data = path.includes('bert') ? bert() : seq();
     const m = readModel(path);
-    const calib = Calibration.of(m, data);
+    // every token a row, as the measure below takes the consumer's whole output (token rows: 'token rows' below)
+    const calib = Calibration.of(m, data, true);
     const { groups } = analyze(m, calib.shapes);
     const picked = groups.filter((g) => g.channels < 64 || g.producers.length > 1); // heads (g = head_dim), SwiGLU
     expect(picked.length).toBeGreaterThan(0);
@@ -198,26 +199,117 @@ describe('objectives of heads and gated neurons', () => {
 });
 
 describe('token rows', () => {
-  it("a consumer's rows are every token of every sample, masked (padding) positions included", async () => {
-    const data = bert();
-    const m = readModel(`${FIX}/tf-bert-tiny-opset17.onnx`);
-    const calib = Calibration.of(m, data);
-    const heads = analyze(m, calib.shapes).groups[0]!;
-    const c = heads.consumers[0]!;
-    const [captured] = (await captureGrams(m, [heads], calib)).get(heads.id)!;
-    // the oracle: the consumer's input as onnxruntime computes it, BᵀB in float64 over all samples × tokens
-    const run = await Runner.open(m, [c.input]);
-    const B = (await run.run(calib.batches(1024).next().value!, [c.input])).get(c.input)!;
-    await run.release();
-    const mask = data.get('attention_mask')!.readF64();
-    expect(mask.some((v) => v === 0)).toBe(true); // the fixture pads some sequences
-    const [N, T, d] = B.dims as [number, number, number];
-    expect(captured!.rows).toBe(N * T);
-    const G = new Float64Array(d * d);
-    for (let r = 0; r < N * T; r++)
+  /** The float64 Gram matrix of B's rows [N·T, d] where `keep` is 1 (every row without it), and the rows summed. */
+  function maskedGram(B: { data: Float32Array; dims: number[] }, keep?: Float64Array) {
+    const d = B.dims[B.dims.length - 1]!,
+      rows = B.data.length / d,
+      G = new Float64Array(d * d);
+    let n = 0;
+    for (let r = 0; r < rows; r++) {
+      if (keep && !keep[r]) continue;
+      n++;
       for (let i = 0; i < d; i++) for (let j = 0; j < d; j++) G[i * d + j] += B.data[r * d + i]! * B.data[r * d + j]!;
-    expect(relDiff(captured!.G, G)).toBeLessThan(1e-5);
-    close(data);
+    }
+    return { G, n };
+  }
+
+  // every group of the fixture: heads (the output projection's input [N, T, 64]), FFN neurons ([N, T, 128]), and the
+  // pooler, whose input is one row per sample ([N, 64]: no tokens to leave out)
+  const rowsOf = (allTokens: boolean) =>
+    allTokens ? 'with allTokens, every token is a row, padding included' : 'padding tokens (mask 0) are left out';
+  for (const allTokens of [false, true])
+    it(`${rowsOf(allTokens)}; a row per sample stays`, async () => {
+      const data = bert();
+      const m = readModel(`${FIX}/tf-bert-tiny-opset17.onnx`);
+      const calib = Calibration.of(m, data, allTokens);
+      const mask = data.get('attention_mask')!.readF64();
+      const padded = mask.filter((v) => v === 0).length;
+      expect(padded).toBeGreaterThan(0); // the fixture pads some sequences
+      expect(calib.padding).toEqual(allTokens ? undefined : { input: 'attention_mask', tokens: mask.length, padded });
+      const groups = analyze(m, calib.shapes).groups;
+      // batches of 8 (4 per capture batch): the mask is read per batch
+      const captured = await captureGrams(m, groups, calib, { batch: 8 });
+      const run = await Runner.open(
+        m,
+        groups.map((u) => u.consumers[0]!.input),
+      );
+      const acts = await run.run(calib.batches(1024).next().value!, [
+        ...new Set(groups.map((u) => u.consumers[0]!.input)),
+      ]);
+      await run.release();
+      let tokenLayers = 0;
+      for (const u of groups) {
+        const c = u.consumers[0]!,
+          B = acts.get(c.input)!,
+          got = captured.get(u.id)![0]!;
+        const tokens = B.dims.length === 3;
+        tokenLayers += +tokens;
+        // the oracle: onnxruntime's consumer input, BᵀB in float64 over the rows of real tokens (or every row)
+        const want = maskedGram(B, tokens && !allTokens ? mask : undefined);
+        expect(got.rows).toBe(want.n);
+        expect(relDiff(got.G, want.G)).toBeLessThan(1e-5);
+        if (tokens) expect(got.rows).toBe(allTokens ? mask.length : mask.length - padded);
+        else expect(got.rows).toBe(calib.rows);
+      }
+      expect(tokenLayers).toBe(4);
+      close(data);
+    });
+
+  it('a token-major input [T, b, features] leaves out the padding of its own rows', async () => {
+    // ids → embedding [b, T, 8] + mask (padding rows differ) → [T, b, 8] → MatMul → Relu → MatMul → mean
+    const r = rng(11);
+    const nodes = [
+      makeNode('Gather', ['emb', 'input_ids'], ['e'], [intAttr('axis', 0)], 'embed'),
+      makeNode('Cast', ['attention_mask'], ['mf'], [intAttr('to', DataType.FLOAT)], 'cast'),
+      makeNode('Unsqueeze', ['mf', 'last'], ['mu'], [], 'unsqueeze'),
+      makeNode('Add', ['e', 'mu'], ['x'], [], 'add_mask'),
+      makeNode('Transpose', ['x'], ['xt'], [intsAttr('perm', [1, 0, 2])], 'token_major'),
+      makeNode('MatMul', ['xt', 'w1'], ['h'], [], 'fc1'),
+      makeNode('Relu', ['h'], ['a'], [], 'relu'),
+      makeNode('MatMul', ['a', 'w2'], ['y'], [], 'fc2'),
+      makeNode('ReduceMean', ['y'], ['out'], [intsAttr('axes', [0]), intAttr('keepdims', 0)], 'mean'),
+    ];
+    const m = makeModel(
+      makeGraph(
+        'token-major',
+        nodes,
+        [
+          makeTensorValueInfo('input_ids', DataType.INT64, ['b', 't']),
+          makeTensorValueInfo('attention_mask', DataType.INT64, ['b', 't']),
+        ],
+        [outInfo('out')],
+        [randTensor('emb', [20, 8], r), randTensor('w1', [8, 12], r), randTensor('w2', [12, 3], r)].concat([
+          int64Tensor('last', [1], [2]),
+        ]),
+      ),
+      13,
+    );
+    const [N, T] = [24, 6];
+    const ids = new Float64Array(N * T),
+      mask = new Float64Array(N * T);
+    for (let s = 0; s < N; s++) {
+      const len = 1 + (s % T);
+      for (let t = 0; t < T; t++) [ids[s * T + t], mask[s * T + t]] = t < len ? [1 + ((s * 7 + t) % 19), 1] : [0, 0];
+    }
+    const npy = (name: string, x: Float64Array) => npyFromBytes(encodeNpy(BigInt64Array.from(x, BigInt), [N, T]), name);
+    const data = new Map([
+      ['input_ids', npy('ids.npy', ids)],
+      ['attention_mask', npy('mask.npy', mask)],
+    ]);
+    const calib = Calibration.of(m, data);
+    const [u] = analyze(m, calib.shapes).groups;
+    expect(u!.consumers[0]!.node.name).toBe('fc2');
+    // batches of 5: a batch is never as long as the sequences, and one is shorter than the rest
+    const got = (await captureGrams(m, [u!], calib, { batch: 5 })).get(u!.id)![0]!;
+    const run = await Runner.open(m, ['a']);
+    const A = (await run.run(calib.batches(N).next().value!, ['a'])).get('a')!;
+    await run.release();
+    expect(A.dims).toEqual([T, N, 12]);
+    // row t·N + s of the token-major input is token t of sample s
+    const keep = Float64Array.from({ length: N * T }, (_, r) => mask[(r % N) * T + Math.floor(r / N)]!);
+    const want = maskedGram(A, keep);
+    expect(got.rows).toBe(mask.reduce((a, b) => a + b));
+    expect(relDiff(got.G, want.G)).toBeLessThan(1e-5);
   });
 });
 

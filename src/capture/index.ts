@@ -8,7 +8,7 @@ import { consumerWeightMatrix } from '../graph/analyze.js';
 import { layerOf } from '../graph/ops.js';
 import { constantTensors } from '../graph/shapes.js';
 import { tensorDims, tensorToFloat32, type TensorProto } from '../onnx/index.js';
-import { Calibration, modelInputs, type Batch, type InputData } from '../calibration.js';
+import { Calibration, modelInputs, type Batch, type InputData, type TokenMask } from '../calibration.js';
 import { GramAccumulator, gramBytes, projects } from '../kernels/gram.js';
 import { depthMajor, patchGrid, patchSize, planar, unfoldDepth, type ConvGeometry } from '../geometry.js';
 import { getKernels, type KernelOptions } from '../kernels/instances.js';
@@ -304,8 +304,35 @@ function part(x: Activation, c: Consumer): Activation {
 }
 
 /**
+ * Which rows of a batch of dense consumer c's input (`dims`) are real tokens, by the batch's token mask: the input
+ * [b, T, features] or [T, b, features], as its analysis shape ([1, T, …] or [T, 1, …]) says. Undefined where every
+ * row counts: no padding in the batch, or an input whose rows do not map to tokens by its shape alone (a row per
+ * sample; [b · T, features], which torch's attention also orders token-major).
+ */
+export function tokenRows(c: Consumer, dims: readonly number[], mask?: TokenMask): Uint8Array | undefined {
+  const at = c.inputDims;
+  if (!mask || c.kind !== 'dense' || !at || at.length !== 3 || dims.length !== 3) return undefined;
+  const { data, rows: b, T } = mask;
+  if (!data.includes(0)) return undefined;
+  if (at[1] === T && at[0] !== T && dims[0] === b && dims[1] === T) return data;
+  if (at[0] === T && at[1] !== T && dims[0] === T && dims[1] === b) {
+    const keep = new Uint8Array(b * T);
+    for (let t = 0; t < T; t++) for (let s = 0; s < b; s++) keep[t * b + s] = data[s * T + t]!;
+    return keep;
+  }
+  return undefined;
+}
+
+/** The rows of X (d values each) that `keep` flags. */
+function keptRows(X: Float32Array, d: number, keep: Uint8Array): Float32Array {
+  const out = new Float32Array(keep.reduce((n, k) => n + k, 0) * d);
+  for (let r = 0, at = 0; r < keep.length; r++) if (keep[r]) out.set(X.subarray(r * d, (r + 1) * d), d * at++);
+  return out;
+}
+
+/**
  * Adds one batch of `samples` samples of a consumer's input (and target: its input A, or the projected T) to its
- * accumulator: patches or rows, as the layer takes them.
+ * accumulator: patches or rows, as the layer takes them; a dense layer's rows but for those `keep` leaves out.
  */
 function accumulate(
   c: Consumer,
@@ -313,11 +340,12 @@ function accumulate(
   samples: number,
   B: Activation,
   A?: Activation | Float32Array,
+  keep?: Uint8Array,
 ): void {
   if (A && !(A instanceof Float32Array) && A.data.length !== B.data.length)
     throw internal(`target activation ${c.input} has shape [${A.dims}], pruned model [${B.dims}]`);
   const a = A instanceof Float32Array ? A : A?.data;
-  if (c.kind !== 'conv') acc.add(B.data, a, samples);
+  if (c.kind !== 'conv') acc.add(B.data, a, samples, keep);
   else if (!c.conv!.depth) acc.addConv(B.data, B.dims, c.conv!, a);
   else {
     // a 3-D Conv: its planes' patches, of the input unfolded along depth; a given target's rows in their order
@@ -505,14 +533,16 @@ async function capturePass(
         [got, target] = await pending!;
       cur = it.next();
       pending = cur.done ? undefined : forward(cur.value);
+      const mask = calib.tokenMask(b.start, b.rows);
       for (const t of terms) {
         const B = part(got.get(t.c.input)!, t.c),
-          p = t.projected;
+          p = t.projected,
+          keep = tokenRows(t.c, B.dims, mask);
         const A = p
           ? projectedRows(target!.get(p.output)!, p, t.c.kind === 'conv')
           : t.target && part(target!.get(t.c.input)!, t.target);
-        accumulate(t.c, t.acc, b.rows, B, A);
-        t.stats?.add(B.data, B.dims);
+        accumulate(t.c, t.acc, b.rows, B, A, keep);
+        t.stats?.add(keep ? keptRows(B.data, t.c.d, keep) : B.data, B.dims);
       }
       reference?.seed(b, new Map(outputs.map((o) => [o, got.get(o)!])));
       opts.onBatch?.(b.start + b.rows, calib.rows);

@@ -34,6 +34,8 @@ export interface StatsKey {
   preprocess: unknown;
   /** The channel statistics held besides the Gram matrices (those the --method needs). */
   channelStats: ChannelStatName[];
+  /** Padding tokens left out of the rows (Calibration.padding: 'masked', the default) or counted (--all-tokens). */
+  tokens: 'masked' | 'all';
   /** The groups, in the analysis's order: id, channels, and each consumer's node and columns d. */
   groups: { id: string; channels: number; consumers: { node: string; d: number }[] }[];
 }
@@ -56,6 +58,8 @@ export interface CaptureStatsOptions extends Omit<CaptureOptions, 'target' | 'st
   method?: Method;
   /** Recorded in the key: the image preprocessing that made the samples, if any. */
   preprocess?: unknown;
+  /** Count padding tokens as rows (prune's allTokens; recorded in the key). */
+  allTokens?: boolean;
 }
 
 /** SHA-256 (hex) of the model's protobuf encoding, tensor by tensor (no buffer ever holds the whole model). */
@@ -96,6 +100,7 @@ export function statsKey(
     inputs: [...calib.shapes].map(([name, shape]) => ({ name, sample: shape.slice(1) })),
     preprocess: opts.preprocess ?? null,
     channelStats: CHANNEL_STATS.filter((s) => wanted[s]),
+    tokens: calib.masked ? 'masked' : 'all',
     groups: groups.map((u) => ({
       id: u.id,
       channels: u.channels,
@@ -118,7 +123,7 @@ export async function captureStats(
   data: InputData,
   opts: CaptureStatsOptions = {},
 ): Promise<CaptureStats> {
-  const calib = Calibration.of(model, data);
+  const calib = Calibration.of(model, data, opts.allTokens);
   const { groups, inputBytes } = analyze(model, calib.shapes);
   if (!groups.length)
     throw badInput('the model has no prunable groups, so there is nothing to capture (subprune inspect says why)');
@@ -163,6 +168,10 @@ function keyDifference(have: StatsKey, want: StatsKey, loose: boolean): string |
   if (!loose && have.channelStats.join() !== want.channelStats.join()) {
     const list = (k: StatsKey) => `[${k.channelStats.join(', ')}]`;
     return `captured with channel statistics ${list(have)}, not ${list(want)} (capture every shard with one --method)`;
+  }
+  if (have.tokens !== want.tokens) {
+    const how = (k: StatsKey) => (k.tokens === 'all' ? 'with --all-tokens' : 'without --all-tokens');
+    return `captured ${how(have)}, not ${how(want)} (padding tokens counted in one, not the other)`;
   }
   const n = Math.max(have.groups.length, want.groups.length);
   for (let i = 0; i < n; i++) {

@@ -32,6 +32,7 @@ ${inputsHelp('--calib DATA', 'calibration inputs')};
   -o, --output FILE   where to write the statistics (atomically; never an input; an existing file is replaced)
   --method NAME       the method prune will rank with (default greedy): activation-norm and sampling need channel
                       statistics besides the Gram matrices, captured with this flag; every part needs the same
+  --all-tokens        count padding tokens as rows (as prune --all-tokens; every part and prune need the same)
   --batch n           calibration batch size (default 64, fewer where 64 samples' activations pass 96 MiB: 2 for
                       ResNet-50 at 224×224; a model with a fixed batch size uses its own)
   --threads n         threads for the wasm kernels (default: the cores other processes leave free)
@@ -40,8 +41,9 @@ ${inputsHelp('--calib DATA', 'calibration inputs')};
   -h, --help          this help
 
 The file holds, per group and consumer, G = BᵀB (d×d, float64), the column sums of B (for the bias re-fit), the row
-count, the channel statistics of --method, and a key: the model's SHA-256, the input shapes, --preprocess, the groups
-and subprune's version; prune refuses stats whose key differs from its own run's (format: docs/DESIGN.md).`;
+count, the channel statistics of --method, and a key: the model's SHA-256, the input shapes, --preprocess,
+--all-tokens, the groups and subprune's version; prune refuses stats whose key differs from its own run's (format:
+docs/DESIGN.md).`;
 
 export async function runCapture(argv: string[]): Promise<void> {
   const { values: o, positionals } = parseArgs({
@@ -52,6 +54,7 @@ export async function runCapture(argv: string[]): Promise<void> {
       preprocess: { type: 'string' },
       output: { type: 'string', short: 'o' },
       method: { type: 'string', default: 'greedy' },
+      'all-tokens': { type: 'boolean', default: false },
       batch: { type: 'string' },
       threads: { type: 'string' },
       backend: { type: 'string' },
@@ -93,6 +96,7 @@ export async function runCapture(argv: string[]): Promise<void> {
       threads,
       backend,
       preprocess: inputs.preprocess,
+      allTokens: o['all-tokens'],
       onBatch: (done, total) => (bar ??= new Progress('capture', total)).update(done),
     });
     bar?.done();

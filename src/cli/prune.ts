@@ -61,6 +61,10 @@ Method:
                       a per-channel bias fits: Conv, Gemm, MatMul; one is added where absent)
   --refine N          after the greedy, up to N swaps of a kept and a removed channel per group, each the
                       best that raises the objective (default 0: none; each round costs k greedy runs)
+  --all-tokens        count every token of the calibration data as a row of the consumers' inputs, padding
+                      included (default: the tokens an input named attention_mask or input_mask marks 0 are
+                      left out, in the layers whose input is [batch, tokens, features] or [tokens, batch,
+                      features]; the summary says how many)
   --sweep N           when every group is pruned, re-fit every consumer once more, in graph order, from the
                       pruned model's inputs to the original model's outputs, keeping the channels (groups
                       pruned later changed what earlier consumers read: a ResNet's residual stream); then N
@@ -108,6 +112,7 @@ export async function runPrune(argv: string[]): Promise<void> {
       mode: { type: 'string' },
       'no-refit': { type: 'boolean', default: false },
       'no-bias-refit': { type: 'boolean', default: false },
+      'all-tokens': { type: 'boolean', default: false },
       refine: { type: 'string' },
       sweep: { type: 'string' },
       report: { type: 'string' },
@@ -198,6 +203,7 @@ export async function runPrune(argv: string[]): Promise<void> {
         mode,
         refit: !o['no-refit'],
         biasRefit: !o['no-bias-refit'],
+        allTokens: o['all-tokens'],
         refine: num(o.refine, '--refine', (v) => Number.isInteger(v) && v >= 0, 'a whole number ≥ 0'),
         sweep: num(o.sweep, '--sweep', (v) => Number.isInteger(v) && v >= 0, 'a whole number ≥ 0'),
         batch,
@@ -379,6 +385,11 @@ function summarize(
         ? `; per token ${big(r.flops.before / r.tokens)} → ${big(r.flops.after / r.tokens)} (at ${r.tokens} tokens)`
         : ''),
   );
+  if (r.padding)
+    console.log(
+      `padding: ${r.padding.padded} of the ${r.padding.tokens} calibration tokens (${r.padding.input} = 0) left ` +
+        "out of the consumers' rows (--all-tokens counts them)",
+    );
   if (r.stats)
     console.log(
       `Gram matrices from ${r.stats.shards} stats shard${r.stats.shards > 1 ? 's' : ''}: ${r.stats.samples} ` +

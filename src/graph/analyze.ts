@@ -899,7 +899,7 @@ function layerNode(W: Walk, node: NodeProto, rule: OpRule, info: LayerInfo): voi
         layout: info.layout,
         input: x,
         kind: shape.input.kind,
-        ...(shape.input.kind === 'conv' ? { conv: shape.input.conv } : {}),
+        ...(shape.input.kind === 'conv' ? { conv: shape.input.conv } : { inputDims: inShape }),
         offset: r.offset,
         entries: entriesOf(inL),
         g: shape.g,

@@ -71,6 +71,11 @@ export interface Consumer {
   input: string;
   /** 'conv': B's rows are im2col patches (geometry in `conv`); 'dense': B's rows are the input's rows. */
   kind: 'conv' | 'dense';
+  /**
+   * A dense layer's input shape at the analysis's input shapes (batch 1, or the model's own): where its batch and
+   * token axes are, for leaving padding tokens out of its rows (capture's tokenRows).
+   */
+  inputDims?: number[];
   conv?: ConvGeometry;
   /** Where the group's channels start on the input's channel axis (entries) and the axis' total entries. */
   offset: number;

@@ -237,9 +237,10 @@ export class GramAccumulator {
   /**
    * Adds rows: B (rows×d, row-major) and, asymmetric only, A of the same shape (or T = A·W, rows×m). `samples`: how
    * many samples the rows come from, as many rows each (default: the call is FLUSH_SAMPLES samples' worth: its rows
-   * are added when it ends).
+   * are added when it ends). `keep`: one flag per row, 0 for a row left out (a padding token's); the sums are then
+   * those of the kept rows alone, added at the same samples' boundaries.
    */
-  add(B: Float32Array, A?: Float32Array, samples?: number): void {
+  add(B: Float32Array, A?: Float32Array, samples?: number, keep?: Uint8Array): void {
     const { d, k } = this;
     if (B.length % d !== 0)
       throw new RangeError(`activation batch of ${B.length} values is not a whole number of rows of ${d}`);
@@ -250,16 +251,24 @@ export class GramAccumulator {
     this.check(rows * a, A);
     const unit = samples ? (rows / samples) * FLUSH_SAMPLES : rows;
     if (!samples) this.unitLeft = 0;
+    if (keep && keep.length !== rows) throw new RangeError(`${keep.length} row flags for ${rows} rows`);
     const buf = this.buffers(1, unit),
       into = this.givenT ? this.proj!.T32! : buf.A;
     for (let r0 = 0; r0 < rows;) {
       if (!this.unitLeft) this.unitLeft = unit;
       // up to the buffer's end or the next FLUSH_SAMPLES boundary
-      const r1 = Math.min(rows, r0 + buf.cap - this.filled, r0 + this.unitLeft),
-        at = this.filled;
-      k.arena.f32(buf.B + at * d * 4, (r1 - r0) * d).set(B.subarray(r0 * d, r1 * d));
-      if (A) k.arena.f32(into + at * a * 4, (r1 - r0) * a).set(A.subarray(r0 * a, r1 * a));
-      this.filled += r1 - r0;
+      const r1 = Math.min(rows, r0 + buf.cap - this.filled, r0 + this.unitLeft);
+      // runs of kept rows [s, e), copied one run at a time
+      for (let s = r0, e = r0; s < r1; s = e) {
+        if (keep) while (s < r1 && !keep[s]) s++;
+        e = keep ? s : r1;
+        if (keep) while (e < r1 && keep[e]) e++;
+        if (e === s) break;
+        const at = this.filled;
+        k.arena.f32(buf.B + at * d * 4, (e - s) * d).set(B.subarray(s * d, e * d));
+        if (A) k.arena.f32(into + at * a * 4, (e - s) * a).set(A.subarray(s * a, e * a));
+        this.filled += e - s;
+      }
       this.unitLeft -= r1 - r0;
       if (this.filled === buf.cap || !this.unitLeft) this.flushFilled();
       r0 = r1;

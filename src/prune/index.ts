@@ -13,7 +13,7 @@ import { analyze, modelStats } from '../graph/analyze.js';
 import { scoresOutput } from '../eval/alone.js';
 import type { InputShapes } from '../graph/shapes.js';
 import { pruneGroups, type PrunePlan } from '../rewrite/index.js';
-import { Calibration, type InputData } from '../calibration.js';
+import { Calibration, type InputData, type Padding } from '../calibration.js';
 import {
   captureBatch,
   captureGrams,
@@ -76,6 +76,11 @@ export interface PruneOptions extends RuntimeOptions, KernelOptions, MethodOptio
   onPlan?: (plan: MemoryPlan) => void;
   /** Calibration rows the report's fidelity is measured on, evenly spaced (default 512; Infinity: every row). */
   fidelityRows?: number;
+  /**
+   * Every token of a sequence model's calibration data a row of the consumers' inputs, padding included (default:
+   * the tokens an attention_mask input marks 0 are left out, Calibration.padding).
+   */
+  allTokens?: boolean;
   /**
    * Layerwise only: the capture's statistics made beforehand (captureStats, merged shards: src/capture/shards.ts), so
    * no capture runs; the data then only verifies the pruned model and measures its fidelity.
@@ -147,6 +152,8 @@ export interface PruneReport {
   flops: { before: number; after: number };
   /** Tokens per sample of a sequence model (see Calibration.tokens): flops ÷ tokens is the FLOPs per token. */
   tokens?: number;
+  /** The calibration tokens left out of the consumers' rows as padding, by the mask input (Calibration.padding). */
+  padding?: Padding;
   /**
    * analyze: the analysis, and in sequential and asymmetric modes each group's of the model pruned so far;
    * allocate: the allocation's own work (sensitivity: its curves; search: its candidates); an allocation's capture of
@@ -572,7 +579,7 @@ export async function* pruneSizes(
       `--sweep re-fits the consumers on the calibration data: it cannot run with ${o.stats ? '--stats' : '--no-refit'}`,
     );
   const shared = new Stopwatch(STAGES);
-  const calib = shared.time('analyze', () => Calibration.of(model, data));
+  const calib = shared.time('analyze', () => Calibration.of(model, data, o.allTokens));
   const plan = shared.time('analyze', () => planPrune(model, calib, o.mode!, o));
   if (o.allocation === 'sensitivity' && !o.verify?.labels) scoresOutput(model); // refused before any capture
   if (o.stats) shared.time('analyze', () => checkStats(o.stats!, model, plan.groups, calib, o.method));
@@ -630,6 +637,7 @@ export async function* pruneSizes(
           params: { before: plan.before.params, after: after.params },
           flops: { before: plan.before.flops, after: after.flops },
           ...(calib.tokens ? { tokens: calib.tokens } : {}),
+          ...(calib.padding ? { padding: calib.padding } : {}),
           seconds: { ...clock.seconds, total: clock.total() },
           ...(keeps.search?.[i] ? { search: searchReport(keeps.search[i]) } : {}),
           verification: sample.verification,

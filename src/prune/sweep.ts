@@ -13,7 +13,7 @@ import { analyze, consumerWeightMatrix } from '../graph/analyze.js';
 import { constantTensors } from '../graph/shapes.js';
 import { patchGrid, patchSize, planar, planeDims, unfoldDepth } from '../geometry.js';
 import { Calibration } from '../calibration.js';
-import { CAPTURE_BATCH, Runner, type Activation, type RuntimeOptions } from '../capture/index.js';
+import { CAPTURE_BATCH, Runner, tokenRows, type Activation, type RuntimeOptions } from '../capture/index.js';
 import { GramAccumulator } from '../kernels/gram.js';
 import { getKernels, type KernelOptions } from '../kernels/instances.js';
 import { selectChannels } from '../select/greedy.js';
@@ -201,8 +201,8 @@ export class Fit {
     this.acc = new GramAccumulator(this.D, { kernels: getKernels(opts.kernels, opts.threads) });
   }
 
-  /** Rows of `samples` samples (GramAccumulator.add's). */
-  add(B: Float32Array, T: Float32Array, samples?: number): void {
+  /** Rows of `samples` samples, those `keep` leaves out left out (GramAccumulator.add's). */
+  add(B: Float32Array, T: Float32Array, samples?: number, keep?: Uint8Array): void {
     const { d, m, D } = this,
       N = T.length / m,
       X = new Float32Array(N * D);
@@ -210,7 +210,7 @@ export class Fit {
       X.set(B.subarray(r * d, r * d + d), r * D);
       X.set(T.subarray(r * m, r * m + m), r * D + d);
     }
-    this.acc.add(X, undefined, samples);
+    this.acc.add(X, undefined, samples, keep);
   }
 
   /**
@@ -310,7 +310,7 @@ async function fitOnce(
           if (Po[e]! <= 0 && pre <= 0) T[e] = pred[e]!;
         }
       }
-      fit.add(B, T, b.rows);
+      fit.add(B, T, b.rows, tokenRows(c, p.get(c.input)!.dims, calib.tokenMask(b.start, b.rows)));
     }
     return fit.solve(!!opts.intercept, opts, s.W, calib.distinctSamples() / calib.rows);
   } finally {
