@@ -207,7 +207,7 @@ export class Calibration {
   /**
    * The token mask that leaves padding out of the consumers' rows: an input named as TOKEN_MASK_NAMES, [samples, T]
    * as the first input's samples are [T] or [T, features], holding only 0 and 1, with at least one 0; undefined
-   * otherwise (or after allTokens). Read once, whole.
+   * otherwise (or after allTokens). Read once.
    */
   get padding(): Padding | undefined {
     if (this.found === undefined) this.found = this.findPadding() ?? null;
@@ -218,13 +218,14 @@ export class Calibration {
     const i = this.inputs.findIndex((x) => TOKEN_MASK_NAMES.includes(x.name.toLowerCase()));
     const a = this.arrays[i];
     if (!this.masked || !a || a.shape.length !== 2 || this.arrays[0]!.shape[1] !== a.shape[1]) return undefined;
-    const v = a.readF64();
     let padded = 0;
-    for (const x of v) {
-      if (x !== 0 && x !== 1) return undefined;
-      if (x === 0) padded++;
-    }
-    return padded ? { input: this.inputs[i]!.name, tokens: v.length, padded } : undefined;
+    // in parts: a large calibration set's mask need not be in memory at once
+    for (let r0 = 0; r0 < a.rows; r0 += 4096)
+      for (const x of a.readF64(r0, Math.min(a.rows, r0 + 4096))) {
+        if (x !== 0 && x !== 1) return undefined;
+        if (x === 0) padded++;
+      }
+    return padded ? { input: this.inputs[i]!.name, tokens: a.rows * a.rowSize, padded } : undefined;
   }
 
   /** The token mask of samples [start, start + rows), or undefined when padding counts (see padding). */
