@@ -258,16 +258,15 @@ export class GramAccumulator {
       if (!this.unitLeft) this.unitLeft = unit;
       // up to the buffer's end or the next FLUSH_SAMPLES boundary
       const r1 = Math.min(rows, r0 + buf.cap - this.filled, r0 + this.unitLeft);
-      // runs of kept rows [s, e), copied one run at a time
-      for (let s = r0, e = r0; s < r1; s = e) {
-        if (keep) while (s < r1 && !keep[s]) s++;
-        e = keep ? s : r1;
-        if (keep) while (e < r1 && keep[e]) e++;
-        if (e === s) break;
+      // the kept rows, a run [s, e) at a time
+      for (let s = r0; s < r1;) {
+        let e = s;
+        while (e < r1 && (!keep || keep[e])) e++;
         const at = this.filled;
         k.arena.f32(buf.B + at * d * 4, (e - s) * d).set(B.subarray(s * d, e * d));
         if (A) k.arena.f32(into + at * a * 4, (e - s) * a).set(A.subarray(s * a, e * a));
         this.filled += e - s;
+        for (s = e; s < r1 && !keep![s];) s++;
       }
       this.unitLeft -= r1 - r0;
       if (this.filled === buf.cap || !this.unitLeft) this.flushFilled();
