@@ -14,11 +14,13 @@ import {
   commonLevel,
   spendLeftover,
   allocateGlobal,
+  allocateByLevel,
   gridKeeps,
-  type AllocUnit,
+  type AllocGroup as AllocUnit,
   type Curve,
 } from '../src/budget/allocate.js';
 import { captureOriginal, sensitivityCurves } from '../src/prune/allocation.js';
+import { keepStep, nextKeep, resolveBudget } from '../src/budget/index.js';
 import { rankGroup, planOf } from '../src/prune/rank.js';
 import type { Group } from '../src/graph/types.js';
 import { rng } from './oracle.js';
@@ -222,13 +224,40 @@ describe('the sensitivity allocation on synthetic curves', () => {
   });
 
   it('the grid: every count from 1 to n for a narrow unit, about 100 for a wide one', () => {
-    expect(gridKeeps(6)).toEqual([1, 2, 3, 4, 5, 6]);
-    const g = gridKeeps(256);
+    expect(gridKeeps({ id: 'u', channels: 6 })).toEqual([1, 2, 3, 4, 5, 6]);
+    const g = gridKeeps({ id: 'u', channels: 256 });
     expect(g[0]).toBe(1);
     expect(g[g.length - 1]).toBe(256);
     expect(g.length).toBe(101); // 1 and round(0.01·i·256) for i = 1 … 100 (3 is round(0.01·256))
   });
 });
+
+/** Concave objective curves: partial sums of decreasing random gains, normalised to end at 1. */
+const concaveCurves = (groups: AllocUnit[], r: () => number) =>
+  new Map(
+    groups.map((u) => {
+      const gains = Array.from({ length: u.channels }, () => r()).sort((a, b) => b - a),
+        tot = gains.reduce((a, b) => a + b, 0);
+      let s = 0;
+      return [u.id, gains.map((x) => (s += x) / tot)];
+    }),
+  );
+
+/** The best Σ objectives over every choice of counts (step, 2·step, … per group) whose channels sum to ≤ goal. */
+function bruteForceBest(groups: AllocUnit[], objectives: Map<string, number[]>, goal: number, step = 1): number {
+  const size = (k: Map<string, number>) => groups.reduce((a, u) => a + k.get(u.id)!, 0);
+  const value = (k: Map<string, number>) => groups.reduce((a, u) => a + objectives.get(u.id)![k.get(u.id)! - 1], 0);
+  let best = -Infinity;
+  const rec = (i: number, k: Map<string, number>) => {
+    if (i === groups.length) {
+      if (size(k) <= goal) best = Math.max(best, value(k));
+      return;
+    }
+    for (let c = step; c <= groups[i].channels; c += step) rec(i + 1, new Map(k).set(groups[i].id, c));
+  };
+  rec(0, new Map());
+  return best;
+}
 
 describe('the global allocation', () => {
   it('concave objectives, one unit of size per channel: it reaches the brute-force optimum of Σ objectives', () => {
@@ -238,31 +267,14 @@ describe('the global allocation', () => {
           id: `u${i}`,
           channels: 1 + Math.floor(r() * 5),
         }));
-      // objective after k channels: partial sums of decreasing gains, normalised to end at 1
-      const objectives = new Map(
-        groups.map((u) => {
-          const gains = Array.from({ length: u.channels }, () => r()).sort((a, b) => b - a),
-            tot = gains.reduce((a, b) => a + b, 0);
-          let s = 0;
-          return [u.id, gains.map((x) => (s += x) / tot)];
-        }),
-      );
+      const objectives = concaveCurves(groups, r);
       const sizeOf = (k: Map<string, number>) => groups.reduce((a, u) => a + k.get(u.id)!, 0);
       const total = groups.reduce((a, u) => a + u.channels, 0),
         goal = groups.length + Math.floor(r() * (total - groups.length + 1));
       const value = (k: Map<string, number>) => groups.reduce((a, u) => a + objectives.get(u.id)![k.get(u.id)! - 1], 0);
-      let best = -Infinity;
-      const rec = (i: number, k: Map<string, number>) => {
-        if (i === groups.length) {
-          if (sizeOf(k) <= goal) best = Math.max(best, value(k));
-          return;
-        }
-        for (let c = 1; c <= groups[i].channels; c++) rec(i + 1, new Map(k).set(groups[i].id, c));
-      };
-      rec(0, new Map());
       const got = allocateGlobal(groups, objectives, sizeOf, goal);
       expect(sizeOf(got)).toBe(Math.min(goal, total));
-      expect(value(got)).toBeCloseTo(best, 12);
+      expect(value(got)).toBeCloseTo(bruteForceBest(groups, objectives, goal), 12);
     }
   });
 
@@ -290,6 +302,97 @@ describe('the global allocation', () => {
   });
 });
 
+describe('--round-to: groups keep a multiple of their step of channels, or all', () => {
+  const allowed = (u: AllocUnit, k: number) => k === u.channels || (k >= 1 && k % (u.step ?? 1) === 0);
+  const stepped = (r: () => number): AllocUnit[] =>
+    Array.from({ length: 2 + Math.floor(r() * 3) }, (_, i) => {
+      const step = [1, 2, 4, 8][Math.floor(r() * 4)]!;
+      return { id: `u${i}`, channels: 1 + Math.floor(r() * 40), step };
+    });
+
+  it("keepStep: a conv's channels take the step whole; channels of several entries (heads) a share of it", () => {
+    const group = (per: number[]) =>
+      ({ slices: per.map((p) => ({ tensor: 'w', axis: 0, offset: 0, per: p })), tensors: [] }) as unknown as Group;
+    expect(keepStep(group([1, 1]), 8)).toBe(8);
+    expect(keepStep(group([64]), 8)).toBe(1); // heads of 64 entries: any count of heads is a multiple of 8 entries
+    expect(keepStep(group([4, 4]), 8)).toBe(2);
+    expect(keepStep(group([4, 1]), 8)).toBe(8); // the tensor of one entry per channel decides
+    expect(keepStep(group([1]), 1)).toBe(1);
+    // the ViT's heads (16 entries each in q, k, v and the output projection; one on the scores' head axis) and FFN
+    const { groups } = analyze(readModel('models/vit.onnx'));
+    const heads = groups.filter((u) => u.channels === 4),
+      ffn = groups.filter((u) => u.channels === 128);
+    expect(heads.length).toBe(6);
+    expect(ffn.length).toBe(6);
+    for (const u of heads) expect([keepStep(u, 8), keepStep(u, 32)]).toEqual([1, 2]);
+    for (const u of ffn) expect(keepStep(u, 8)).toBe(8);
+  });
+
+  it('uniform, global (also with a floor), level and leftover: allowed counts, within the goal, maximal', () => {
+    for (let seed = 1; seed <= 150; seed++) {
+      const r = rng(seed),
+        groups = stepped(r),
+        objectives = concaveCurves(groups, r);
+      const cost = new Map(groups.map((u) => [u.id, 1 + Math.floor(r() * 4)]));
+      const sizeOf = (k: Map<string, number>) => groups.reduce((a, u) => a + cost.get(u.id)! * k.get(u.id)!, 0);
+      const least = sizeOf(new Map(groups.map((u) => [u.id, Math.min(u.step!, u.channels)]))),
+        full = sizeOf(new Map(groups.map((u) => [u.id, u.channels])));
+      const goal = least + Math.floor(r() * (full - least + 1));
+      const curves = new Map(
+        groups.map((u) => {
+          const ks = gridKeeps(u, 0.1);
+          return [u.id, { ks, values: ks.map((k) => objectives.get(u.id)![k - 1]!) }];
+        }),
+      );
+      const results = {
+        uniform: resolveBudget(groups as Group[], { compression: full / goal }, sizeOf, full),
+        global: allocateGlobal(groups, objectives, sizeOf, goal),
+        floored: allocateGlobal(groups, objectives, sizeOf, goal, 0.5),
+        level: allocateByLevel(groups, curves, sizeOf, goal),
+      };
+      for (const u of groups) for (const k of curves.get(u.id)!.ks) expect(allowed(u, k)).toBe(true);
+      for (const [name, keeps] of Object.entries(results)) {
+        expect(sizeOf(keeps), name).toBeLessThanOrEqual(goal + 1e-9);
+        for (const u of groups) expect(allowed(u, keeps.get(u.id)!), `${name} ${u.id}`).toBe(true);
+      }
+      // the global greedy and the leftover stop only where no group's next step fits
+      for (const name of ['global', 'level'] as const)
+        for (const u of groups) {
+          const k = results[name].get(u.id)!;
+          if (k < u.channels) expect(sizeOf(new Map(results[name]).set(u.id, nextKeep(u, k)))).toBeGreaterThan(goal);
+        }
+    }
+  });
+
+  it('global, groups of one step and channels in whole steps: the brute-force optimum over the allowed counts', () => {
+    for (let seed = 1; seed <= 150; seed++) {
+      const r = rng(seed),
+        step = 2 + Math.floor(r() * 3);
+      const groups: AllocUnit[] = Array.from({ length: 2 + Math.floor(r() * 2) }, (_, i) => ({
+        id: `u${i}`,
+        channels: step * (1 + Math.floor(r() * 4)),
+        step,
+      }));
+      const objectives = concaveCurves(groups, r);
+      const sizeOf = (k: Map<string, number>) => groups.reduce((a, u) => a + k.get(u.id)!, 0);
+      const total = groups.reduce((a, u) => a + u.channels, 0),
+        goal = step * groups.length + Math.floor(r() * (total - step * groups.length + 1));
+      const value = (k: Map<string, number>) => groups.reduce((a, u) => a + objectives.get(u.id)![k.get(u.id)! - 1], 0);
+      expect(value(allocateGlobal(groups, objectives, sizeOf, goal))).toBeCloseTo(
+        bruteForceBest(groups, objectives, goal, step),
+        12,
+      );
+    }
+  });
+
+  it('a budget file with a count off the step is refused, naming the step', () => {
+    const u = { id: 'g', channels: 20, step: 8, producers: [] } as unknown as Group;
+    expect(resolveBudget([u], { keep: { g: 16 } }, () => 0).get('g')).toBe(16);
+    expect(resolveBudget([u], { keep: { g: 20 } }, () => 0).get('g')).toBe(20);
+    expect(() => resolveBudget([u], { keep: { g: 12 } }, () => 0)).toThrow(/multiple of 8 or all 20/);
+  });
+});
+
 describe('lenet: the sensitivity curves measure the model with one unit pruned', () => {
   it(
     'each measured point equals the top-1 agreement of that pruned model run whole in onnxruntime; stopping ' +
@@ -308,7 +411,7 @@ describe('lenet: the sensitivity curves measure the model with one unit pruned',
         for (const r of ranked) {
           const { ks, values, measured } = curves.get(r.group.id)!,
             all = full.get(r.group.id)!;
-          expect(ks).toEqual(gridKeeps(r.group.channels));
+          expect(ks).toEqual(gridKeeps(r.group));
           expect(all.measured).toBe(ks.length - 1);
           expect(values[values.length - 1]).toBe(1); // every channel kept: the original model
           expect(values.slice(0, measured)).toEqual(all.values.slice(0, measured));

@@ -300,6 +300,7 @@ describe('bad input: exit 2 and one line that says what is wrong and what to do'
       /unknown option -c; did you mean --calib, --compression\?/,
     ],
     ['an unknown command', () => ['shrink', LENET], /unknown command 'shrink'/],
+    ['--round-to 0', () => prune(LENET, undefined, '--round-to', '0'), /--round-to .*a whole number ≥ 1/],
   ];
   it.each(cases)('%s', async (_, args, message) => {
     rmSync(at('out.onnx'), { force: true });

@@ -1,13 +1,9 @@
 // Per-group channel counts that meet a size goal, from per-group curves: the paper's per-layer selection (a common
 // accuracy level across groups, from each group pruned alone) and a whole-network greedy (normalised objective gains).
 import { badInput, internal } from '../errors.js';
-import type { SizeOf } from './index.js';
+import { fewest, floorKeep, leastKeep, nextKeep, roundKeep, type AllocGroup, type SizeOf } from './index.js';
 
-/** A group as the allocations see it. */
-export interface AllocGroup {
-  id: string;
-  channels: number;
-}
+export type { AllocGroup };
 
 /**
  * Quality of the model with only this group pruned to ks[i] channels (ks ascending, from 1 to the group's channels).
@@ -20,12 +16,14 @@ export interface Curve {
 }
 
 /**
- * The channel counts a group is measured at: k = round(f·n) for the fractions f = step, 2·step, …, 1, with k = 1
- * always included (the fewest a group can keep, so the lowest level is every group at one channel).
+ * The channel counts a group is measured at: k = round(f·n) for the fractions f = step, 2·step, …, 1, with the
+ * fewest a group can keep always included (so the lowest level is every group at its least), each rounded to a count
+ * the group may keep (`u.step`).
  */
-export function gridKeeps(n: number, step = 0.01): number[] {
-  const ks = new Set([1]);
-  for (let i = 1; i * step <= 1 + 1e-9; i++) ks.add(Math.min(n, Math.max(1, Math.round(i * step * n))));
+export function gridKeeps(u: AllocGroup, step = 0.01): number[] {
+  const n = u.channels,
+    ks = new Set([leastKeep(u)]);
+  for (let i = 1; i * step <= 1 + 1e-9; i++) ks.add(roundKeep(u, Math.max(1, Math.round(i * step * n))));
   ks.add(n);
   return [...ks].sort((a, b) => a - b);
 }
@@ -40,11 +38,11 @@ export function monotone(values: readonly number[]): number[] {
 const keepsOf = (groups: AllocGroup[], k: (u: AllocGroup) => number) => new Map(groups.map((u) => [u.id, k(u)]));
 
 function checkReachable(groups: AllocGroup[], sizeOf: SizeOf, goal: number): void {
-  const least = sizeOf(keepsOf(groups, () => 1));
+  const least = sizeOf(keepsOf(groups, leastKeep));
   if (least > goal)
     throw badInput(
-      `the size goal ${goal} is out of reach: one channel per group leaves ${least}; the rest is in layers ` +
-        'subprune cannot prune (see subprune inspect)',
+      `the size goal ${goal} is out of reach: pruning every group to ${fewest(groups)} leaves ${least}; the rest ` +
+        'is in layers subprune cannot prune (see subprune inspect)',
     );
 }
 
@@ -73,8 +71,8 @@ export function commonLevel(
   const mono = new Map(
     groups.map((u) => {
       const c = curves.get(u.id);
-      if (!c || c.ks[0] !== 1 || c.ks[c.ks.length - 1] !== u.channels || c.ks.length !== c.values.length)
-        throw internal(`curve of ${u.id} must cover k = 1 … ${u.channels}`);
+      if (!c || c.ks[0] !== leastKeep(u) || c.ks[c.ks.length - 1] !== u.channels || c.ks.length !== c.values.length)
+        throw internal(`curve of ${u.id} must cover k = ${leastKeep(u)} … ${u.channels}`);
       return [u.id, { ks: c.ks, values: monotone(c.values) }];
     }),
   );
@@ -96,7 +94,7 @@ export function commonLevel(
   return { level: levels[lo]!, keeps: at(levels[lo]!) };
 }
 
-/** Adds channels, largest kept fraction first, while the goal still holds. */
+/** Adds channels (a step at a time), largest kept fraction first, while the goal still holds. */
 export function spendLeftover(
   groups: AllocGroup[],
   keeps: Map<string, number>,
@@ -108,9 +106,9 @@ export function spendLeftover(
     const grow = groups
       .filter((u) => out.get(u.id)! < u.channels)
       .sort((a, b) => out.get(b.id)! / b.channels - out.get(a.id)! / a.channels)
-      .find((u) => sizeOf(new Map(out).set(u.id, out.get(u.id)! + 1)) <= goal);
+      .find((u) => sizeOf(new Map(out).set(u.id, nextKeep(u, out.get(u.id)!))) <= goal);
     if (!grow) return out;
-    out.set(grow.id, out.get(grow.id)! + 1);
+    out.set(grow.id, nextKeep(grow, out.get(grow.id)!));
   }
 }
 
@@ -137,32 +135,35 @@ export function allocateGlobal(
   weights?: Map<string, number>,
 ): Map<string, number> {
   checkReachable(groups, sizeOf, goal);
-  const keeps = floor > 0 ? shareOfUniform(groups, sizeOf, goal, floor) : keepsOf(groups, () => 1);
-  // a group grows while its curve goes on: a ranking cut short (rankedForGlobal) stops it at its end
-  const end = (u: AllocGroup) => Math.min(u.channels, objectives.get(u.id)!.length);
-  const active = new Set(groups.filter((u) => u.channels > 1 && keeps.get(u.id)! < end(u)));
+  const keeps = floor > 0 ? shareOfUniform(groups, sizeOf, goal, floor) : keepsOf(groups, leastKeep);
+  // a group grows, a step at a time, while its curve goes on: a ranking cut short (rankedForGlobal) stops it at its end
+  const next = (u: AllocGroup) => nextKeep(u, keeps.get(u.id)!),
+    grows = (u: AllocGroup) => keeps.get(u.id)! < u.channels && next(u) <= objectives.get(u.id)!.length;
+  const active = new Set(groups.filter(grows));
+  // the gain per channel the step adds, so that groups of different steps compare
   const gain = (u: AllocGroup) => {
     const o = objectives.get(u.id)!,
-      k = keeps.get(u.id)!;
-    return (o[k]! - o[k - 1]!) * (weights?.get(u.id) ?? 1);
+      k = keeps.get(u.id)!,
+      k1 = next(u);
+    return ((o[k1 - 1]! - o[k - 1]!) / (k1 - k)) * (weights?.get(u.id) ?? 1);
   };
   while (active.size) {
     let best: AllocGroup | undefined;
     for (const u of active) if (!best || gain(u) > gain(best)) best = u;
-    const k = keeps.get(best!.id)! + 1;
+    const k = next(best!);
     if (sizeOf(new Map(keeps).set(best!.id, k)) > goal) {
       active.delete(best!);
       continue;
     } // grows only costlier
     keeps.set(best!.id, k);
-    if (k >= end(best!)) active.delete(best!);
+    if (!grows(best!)) active.delete(best!);
   }
   return keeps;
 }
 
-/** `share` of the channels (at least one) of the largest fraction kept in every group that meets the goal. */
+/** `share` of the channels (at least a step) of the largest fraction kept in every group that meets the goal. */
 export function shareOfUniform(groups: AllocGroup[], sizeOf: SizeOf, goal: number, share: number): Map<string, number> {
-  const keep = (f: number) => keepsOf(groups, (u) => Math.max(1, Math.floor(f * u.channels)));
+  const keep = (f: number) => keepsOf(groups, (u) => floorKeep(u, Math.floor(f * u.channels)));
   let lo = 0,
     hi = 1;
   for (let i = 0; i < 30; i++) {

@@ -8,23 +8,69 @@ export type Budget =
 /** Model size (params or FLOPs) after keeping keeps.get(id) channels of each group. */
 export type SizeOf = (keeps: Map<string, number>) => number;
 
-/** Channels kept in each group for a fraction f of its channels (at least one). */
-export function uniformKeeps(groups: Group[], f: number): Map<string, number> {
-  return new Map(groups.map((u) => [u.id, Math.min(u.channels, Math.max(1, Math.round(f * u.channels)))]));
+/**
+ * A group as the allocations see it. `step` (default 1): it keeps a multiple of step channels, or all of them (prune's
+ * roundTo, see keepStep).
+ */
+export interface AllocGroup {
+  id: string;
+  channels: number;
+  step?: number;
 }
+
+const gcd = (a: number, b: number): number => (b ? gcd(b, a % b) : a);
+
+/**
+ * The channel step that keeps every constant the group cuts (weights, biases, per-channel tables) at a multiple of
+ * `roundTo` entries along its axis: roundTo channels of one entry each (a conv's), fewer where every constant holds
+ * several entries per channel (attention heads of 16 or 64: any count). The activations' head axes (scores
+ * [B, heads, T, T]) do not count: no kernel blocks them.
+ */
+export function keepStep(u: Group, roundTo: number): number {
+  const per = u.slices.reduce((a, s) => gcd(a, s.per), 0) || 1;
+  return roundTo / gcd(roundTo, per);
+}
+
+/** The fewest channels a group keeps: one step, or all of a group smaller than a step. */
+export const leastKeep = (u: AllocGroup) => Math.min(u.channels, u.step ?? 1);
+
+/** The count after k: one step more, or all the channels. */
+export const nextKeep = (u: AllocGroup, k: number) =>
+  k + (u.step ?? 1) <= u.channels ? k + (u.step ?? 1) : u.channels;
+
+/** The allowed count nearest to k (k ≥ the channels: all of them). */
+export function roundKeep(u: AllocGroup, k: number): number {
+  const step = u.step ?? 1;
+  return k >= u.channels ? u.channels : Math.min(u.channels, Math.max(step, Math.round(k / step) * step));
+}
+
+/** The largest allowed count up to k, at least leastKeep. */
+export function floorKeep(u: AllocGroup, k: number): number {
+  const step = u.step ?? 1;
+  return k >= u.channels ? u.channels : Math.max(leastKeep(u), Math.floor(k / step) * step);
+}
+
+/** Channels kept in each group for a fraction f of its channels (at least one step). */
+export function uniformKeeps(groups: AllocGroup[], f: number): Map<string, number> {
+  return new Map(groups.map((u) => [u.id, roundKeep(u, Math.max(1, Math.round(f * u.channels)))]));
+}
+
+/** What every group pruned to its least keeps, in words. */
+export const fewest = (groups: AllocGroup[]) =>
+  groups.some((u) => (u.step ?? 1) > 1) ? 'its fewest channels (one --round-to step)' : 'one channel';
 
 /**
  * The size a compression c asks for: `full` (the model's size before pruning; default: sizeOf with every channel kept)
  * over c; refused when c < 1 or when one channel per group still leaves more.
  */
-export function compressionGoal(groups: Group[], c: number, sizeOf: SizeOf, full?: number): number {
+export function compressionGoal(groups: AllocGroup[], c: number, sizeOf: SizeOf, full?: number): number {
   if (!(c >= 1)) throw badInput(`compression ${c}: must be at least 1 (1 keeps everything)`);
   const before = full ?? sizeOf(uniformKeeps(groups, 1)),
     goal = before / c;
   const least = sizeOf(uniformKeeps(groups, 0));
   if (least > goal) {
     throw badInput(
-      `compression ${c} is out of reach: pruning every group to one channel leaves ${least} of ${before} ` +
+      `compression ${c} is out of reach: pruning every group to ${fewest(groups)} leaves ${least} of ${before} ` +
         `(${(before / least).toFixed(2)}×); the rest is in layers subprune cannot prune (see subprune inspect)`,
     );
   }
@@ -48,6 +94,10 @@ export function resolveBudget(groups: Group[], budget: Budget, sizeOf: SizeOf, f
         );
       if (!Number.isInteger(k) || k < 1 || k > u.channels)
         throw badInput(`budget for ${u.id}: ${k} channels; it has ${u.channels}, keep between 1 and ${u.channels}`);
+      if (roundKeep(u, k) !== k)
+        throw badInput(
+          `budget for ${u.id}: ${k} channels; with --round-to it keeps a multiple of ${u.step} or all ${u.channels}`,
+        );
       out.set(u.id, k);
     }
     return out;

@@ -37,6 +37,8 @@ export interface Group {
   /** Parameters and per-sample FLOPs (multiply-adds ×2) that removing every channel would save. */
   params: number;
   flops: number;
+  /** Set by prune's roundTo: the group keeps a multiple of `step` channels, or all of them (budget's keepStep). */
+  step?: number;
 }
 
 /**

@@ -10,7 +10,7 @@ import type { Captured, StatsWanted } from '../capture/stats.js';
 import type { KernelOptions } from '../kernels/instances.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
 import { allocateByLevel, allocateGlobal, gridKeeps, shareOfUniform, type Curve } from '../budget/allocate.js';
-import type { SizeOf } from '../budget/index.js';
+import { nextKeep, type SizeOf } from '../budget/index.js';
 import { openGroupProbe, verifyTargets, type Targets, type VerifySet } from '../eval/alone.js';
 import { betterScore, openNetworkProbe, type NetworkProbe, type NetworkScore } from '../eval/network.js';
 import { pruneGroups, type PrunePlan } from '../rewrite/index.js';
@@ -45,6 +45,12 @@ export interface AllocationOptions {
   verify?: VerifySet;
   /** The sensitivity allocation's grid step of kept fractions (default 0.01). */
   grid?: number;
+  /**
+   * Keep a multiple of roundTo entries of every tensor a group cuts (roundTo channels of a conv, any count of heads),
+   * or all of them (default 1: any count). onnxruntime's blocked convolutions (NCHWc: its default optimization level
+   * on x86) take only channel counts in multiples of 8 (16 with AVX-512) and fall back to slower ones otherwise.
+   */
+  roundTo?: number;
 }
 
 /** One capture of the original model for every group (with the statistics the methods need). */
@@ -80,7 +86,7 @@ export async function sensitivityCurves(
   } = {},
 ): Promise<Map<string, Curve>> {
   const targets = opts.targets ?? (await verifyTargets(model, verify, opts));
-  const grids = ranked.map((r) => gridKeeps(r.group.channels, opts.step));
+  const grids = ranked.map((r) => gridKeeps(r.group, opts.step));
   const total = grids.reduce((a, g) => a + g.length, 0);
   let done = 0;
   const curves = new Map<string, Curve>();
@@ -307,7 +313,8 @@ export function rankedForGlobal(
   opts: MethodOptions & KernelOptions & { refit?: boolean },
 ): Ranked[] {
   const uniform = goals.map((g) => shareOfUniform(groups, g.sizeOf, g.goal, 1));
-  const depth = (u: Group) => Math.min(u.channels, Math.max(RANK_DEPTH, ...uniform.map((k) => k.get(u.id)!)));
+  const depth = (u: Group) =>
+    Math.min(u.channels, Math.max(RANK_DEPTH, 2 * (u.step ?? 1), ...uniform.map((k) => k.get(u.id)!)));
   const depths = groups.map(depth),
     more = (i: number) => depths[i]! < groups[i]!.channels;
   const ranked = groups.map((u, i) =>
@@ -315,7 +322,10 @@ export function rankedForGlobal(
   );
   for (;;) {
     const keeps = goals.map((g) => allocateWeighted(ranked, g.sizeOf, g.goal));
-    const cut = groups.flatMap((u, i) => (more(i) && keeps.some((k) => k.get(u.id)! >= depths[i]!) ? [i] : []));
+    // a group the allocation would grow past its ranking
+    const cut = groups.flatMap((u, i) =>
+      more(i) && keeps.some((k) => nextKeep(u, k.get(u.id)!) > depths[i]!) ? [i] : [],
+    );
     if (!cut.length) return ranked.map(settled);
     for (const i of cut) {
       depths[i] = Math.min(groups[i]!.channels, 2 * depths[i]!);

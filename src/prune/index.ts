@@ -30,7 +30,7 @@ import { Frontier, frontierBytes } from '../capture/frontier.js';
 import { checkStats, distinctSamples, type CaptureStats } from '../capture/shards.js';
 import { refitRowsShort, selectionBytes, type FitOptions, type RowsShort } from '../select/greedy.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
-import { compressionGoal, resolveBudget, type Budget, type SizeOf } from '../budget/index.js';
+import { compressionGoal, keepStep, resolveBudget, type Budget, type SizeOf } from '../budget/index.js';
 import { sizeModel, type Target } from '../budget/size.js';
 import { createdBiasParams } from '../rewrite/bias.js';
 import type { Fidelity } from '../eval/index.js';
@@ -139,6 +139,8 @@ export interface PruneReport {
   refit: boolean;
   method: Method;
   allocation: Allocation;
+  /** roundTo, when above 1: every group kept a multiple of its step of channels, or all of them. */
+  roundTo?: number;
   /** The onnxruntime that captured and verified. */
   backend: Backend;
   /** The calibration file, its samples, and the batch size its runs took (default: captureBatch). */
@@ -192,9 +194,11 @@ interface Plan {
 const targetOf = (budget: Budget): Target =>
   'compression' in budget && budget.target === 'flops' ? 'flops' : 'params';
 
-function planPrune(model: Model, calib: Calibration, mode: Mode, fit: FitOptions = {}): Plan {
+function planPrune(model: Model, calib: Calibration, mode: Mode, fit: FitOptions = {}, roundTo = 1): Plan {
   const inputShape = calib.shapes;
-  const { groups, refused, inputBytes } = analyze(model, inputShape);
+  const analysis = analyze(model, inputShape),
+    { refused, inputBytes } = analysis;
+  const groups = roundTo > 1 ? analysis.groups.map((u) => ({ ...u, step: keepStep(u, roundTo) })) : analysis.groups;
   const passes = mode === 'layerwise' ? capturePasses(groups, false) : groups.map((u) => [u]);
   const asym = mode === 'asymmetric';
   const selectBytes = (g: Group) => g.consumers.reduce((a, c) => a + selectionBytes(c.d, c.m, c.g, g.channels), 0);
@@ -562,6 +566,8 @@ export async function* pruneSizes(
   // resolved once, so every run below uses the same one; loading it is a per-process cost, not in the seconds
   const backend = (await loadRuntime(opts.backend)).backend;
   checkFidelityRows(opts.fidelityRows);
+  if (opts.roundTo !== undefined && !(Number.isInteger(opts.roundTo) && opts.roundTo >= 1))
+    throw badInput(`--round-to ${opts.roundTo}: give a whole number ≥ 1 (8 or 16 for onnxruntime's NCHWc convs)`);
   const o: SizesOptions = {
     ...opts,
     backend,
@@ -580,7 +586,7 @@ export async function* pruneSizes(
     );
   const shared = new Stopwatch(STAGES);
   const calib = shared.time('analyze', () => Calibration.of(model, data, o.allTokens));
-  const plan = shared.time('analyze', () => planPrune(model, calib, o.mode!, o));
+  const plan = shared.time('analyze', () => planPrune(model, calib, o.mode!, o, o.roundTo));
   if (o.allocation === 'sensitivity' && !o.verify?.labels) scoresOutput(model); // refused before any capture
   if (o.stats) shared.time('analyze', () => checkStats(o.stats!, model, plan.groups, calib, o.method));
   // one batch size for every run: a frontier's tensors and the reference's outputs are kept by batch
@@ -627,6 +633,7 @@ export async function* pruneSizes(
           refit: o.refit!,
           method: o.method ?? 'greedy',
           allocation: o.allocation!,
+          ...(o.roundTo && o.roundTo > 1 ? { roundTo: o.roundTo } : {}),
           backend,
           calibration: { path: calib.path, samples: calib.rows, batch: calib.batchSize(o.batch!) },
           ...(o.stats

@@ -42,7 +42,7 @@ export async function allocationVariants(
     new Map<string, Curve>(
       groups.map((u) => {
         const c = fine.get(u.id)!,
-          keep = new Set(gridKeeps(u.channels, step)),
+          keep = new Set(gridKeeps(u, step)),
           at = c.ks.flatMap((k, i) => (keep.has(k) ? [i] : []));
         return [u.id, { ks: at.map((i) => c.ks[i]), values: at.map((i) => c.values[i]) }];
       }),
@@ -60,7 +60,7 @@ export async function allocationVariants(
     }
     return out;
   };
-  const points = (step: number) => groups.reduce((a, u) => a + gridKeeps(u.channels, step).length, 0);
+  const points = (step: number) => groups.reduce((a, u) => a + gridKeeps(u, step).length, 0);
   const variants: Variant[] = [
     {
       name: 'uniform',

@@ -1,0 +1,77 @@
+import { describe, it, expect } from 'vitest';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { readModel, serializeModel, tensorDims, type Model } from '../src/onnx/index.js';
+import { openNpy } from '../src/npy.js';
+import { modelStats } from '../src/graph/analyze.js';
+import { prune } from '../src/prune/index.js';
+
+// --round-to on a real export (the bundled MobileNetV3-style model: depthwise convs, squeeze-and-excitation, residual
+// Adds): the kept counts, the rewritten weights, and what it is for, judged by onnxruntime itself: the convolutions
+// its default optimization level turns into blocked NCHWc ones (com.microsoft.nchwc), as it writes the optimized
+// model out. Machines without those kernels (not x86) turn none, and the counts compare equal.
+
+const dir = mkdtempSync(join(tmpdir(), 'subprune-round-'));
+
+/** How many Conv nodes onnxruntime's level `all` makes NCHWc ones, and how many convolutions there are in all. */
+async function nchwcConvs(model: Model, name: string): Promise<{ nchwc: number; convs: number }> {
+  const path = join(dir, `${name}.onnx`);
+  const s = await ort.InferenceSession.create(serializeModel(model), {
+    graphOptimizationLevel: 'all',
+    optimizedModelFilePath: path,
+    logSeverityLevel: 3,
+  });
+  await s.release();
+  const nodes = readModel(path).graph!.node.filter((n) => /Conv$/.test(n.opType));
+  return { nchwc: nodes.filter((n) => n.domain === 'com.microsoft.nchwc').length, convs: nodes.length };
+}
+
+describe('mobilenet: --round-to 8', () => {
+  it('groups keep 8·j channels or all, the weights agree, onnxruntime blocks all the original blocked', async () => {
+    const original = readModel('models/mobilenet.onnx');
+    const run = (roundTo?: number) => {
+      const calib = openNpy('models/calib.npy');
+      return prune(original, calib, {
+        budget: { compression: 2 },
+        mode: 'layerwise',
+        threads: 2,
+        ...(roundTo ? { roundTo } : {}),
+      }).finally(() => calib.close());
+    };
+    const rounded = await run(8),
+      plain = await run();
+    expect(rounded.report.roundTo).toBe(8);
+    expect(plain.report.roundTo).toBeUndefined();
+    expect(rounded.report.params.after).toBeLessThanOrEqual(rounded.report.params.before / 2);
+    let cut = 0;
+    for (const g of rounded.report.groups) {
+      expect(g.kept === g.channels || g.kept % 8 === 0, `${g.id}: ${g.kept} of ${g.channels}`).toBe(true);
+      if (g.kept < g.channels) cut++;
+    }
+    expect(cut).toBeGreaterThan(5);
+    expect(plain.report.groups.some((g) => g.kept < g.channels && g.kept % 8 !== 0)).toBe(true);
+    // every conv weight of the rounded model: output channels, and input channels per group, as the original's or
+    // multiples of 8
+    const dims = (m: Model) => new Map(m.graph!.initializer.map((t) => [t.name, tensorDims(t)]));
+    const before = dims(original),
+      after = dims(rounded.model);
+    for (const n of rounded.model.graph!.node.filter((x) => x.opType === 'Conv')) {
+      const [o, i] = after.get(n.input[1]!)!,
+        [o0, i0] = before.get(n.input[1]!)!;
+      expect(o === o0 || o! % 8 === 0, `${n.name} out ${o}`).toBe(true);
+      expect(i === i0 || i! % 8 === 0, `${n.name} in ${i}`).toBe(true);
+    }
+    expect(modelStats(rounded.model, [1, 1, 28, 28]).params).toBe(rounded.report.params.after);
+    const [o, r, p] = [
+      await nchwcConvs(original, 'original'),
+      await nchwcConvs(rounded.model, 'rounded'),
+      await nchwcConvs(plain.model, 'plain'),
+    ];
+    expect(r.convs).toBe(o.convs);
+    expect(r.nchwc).toBeGreaterThanOrEqual(o.nchwc);
+    expect(r.nchwc).toBeGreaterThanOrEqual(p.nchwc);
+    if (o.nchwc > 0) expect(p.nchwc).toBeLessThan(r.nchwc); // where onnxruntime blocks convs, rounding is what lets it
+  }, 120_000);
+});
