@@ -7,6 +7,7 @@ import { readModel, serializeModel, tensorDims, type Model } from '../src/onnx/i
 import { openNpy } from '../src/npy.js';
 import { modelStats } from '../src/graph/analyze.js';
 import { prune } from '../src/prune/index.js';
+import { runCli } from './cli-helpers.js';
 
 // --round-to on a real export (the bundled MobileNetV3-style model: depthwise convs, squeeze-and-excitation, residual
 // Adds): the kept counts, the rewritten weights, and what it is for, judged by onnxruntime itself: the convolutions
@@ -73,5 +74,33 @@ describe('mobilenet: --round-to 8', () => {
     expect(r.nchwc).toBeGreaterThanOrEqual(o.nchwc);
     expect(r.nchwc).toBeGreaterThanOrEqual(p.nchwc);
     if (o.nchwc > 0) expect(p.nchwc).toBeLessThan(r.nchwc); // where onnxruntime blocks convs, rounding is what lets it
+  }, 120_000);
+});
+
+describe('the CLI: a prune that loses the blocked convolutions says so', () => {
+  it('without --round-to: a note naming the count and the flag; with it: none, the summary says so', async () => {
+    const prune = (...more: string[]) =>
+      runCli(
+        'prune',
+        'models/mobilenet.onnx',
+        '--calib',
+        'models/calib.npy',
+        '--compression',
+        '4',
+        '--mode',
+        'layerwise',
+        '--threads',
+        '2',
+        '-o',
+        join(dir, 'cli.onnx'),
+        ...more,
+      );
+    const plain = await prune(),
+      rounded = await prune('--round-to', '8');
+    expect(plain.code, plain.err).toBe(0);
+    expect(rounded.code, rounded.err).toBe(0);
+    expect(plain.out).toMatch(/note: \d+ groups of convolutions keep counts that are not multiples of 8.*--round-to 8/);
+    expect(rounded.out).not.toMatch(/note:/);
+    expect(rounded.out).toMatch(/allocation global \(channels in multiples of 8\)/);
   }, 120_000);
 });

@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
-import { externalDataFiles, readModel } from '../onnx/index.js';
+import { externalDataFiles, readModel, type Model } from '../onnx/index.js';
 import { checkWritable, writeFileAtomic } from '../atomic.js';
 import { badInput, internal } from '../errors.js';
 import { defaultMode, MODES, pruneSizes, type PruneReport, type Sized } from '../prune/index.js';
@@ -273,8 +273,24 @@ export async function runPrune(argv: string[]): Promise<void> {
   // warnings go to stderr, --quiet or not: they are about whether the output is usable
   for (const { output, sized } of results)
     if (!('error' in sized)) for (const w of sized.report.warnings) console.error(`warning: ${output}: ${w}`);
-  if (one) summarize(input, o.output, o.report, one.report, o.quiet, results[0]!.data);
+  if (one) summarize(input, o.output, o.report, one.report, o.quiet, results[0]!.data, roundingNote(model, one.report));
   else summarizeSizes(input, results, o.report, o.quiet);
+}
+
+/**
+ * A prune that costs the model onnxruntime's blocked convolutions (README, Rounding): groups of convolutions cut to
+ * counts off a multiple of 8, with no --round-to.
+ */
+function roundingNote(model: Model, r: PruneReport): string | undefined {
+  if (r.roundTo) return undefined;
+  const convs = new Set(model.graph!.node.filter((n) => n.opType === 'Conv').map((n) => n.name));
+  const off = r.groups.filter((u) => u.kept < u.channels && u.kept % 8 && u.producers.some((p) => convs.has(p)));
+  if (!off.length) return undefined;
+  return (
+    `note: ${off.length} group${off.length > 1 ? 's' : ''} of convolutions keep counts that are not multiples of 8, ` +
+    "which onnxruntime's default optimization level runs with slower kernels on x86 CPUs; --round-to 8 keeps " +
+    'multiples (README, Rounding)'
+  );
 }
 
 /** A size the flags ask for: its budget and, for a --compression or --keep-ratio list, its value in -o's pattern. */
@@ -360,6 +376,7 @@ function summarize(
   r: PruneReport,
   quiet: boolean,
   data?: string,
+  note?: string,
 ): void {
   if (!r.groups.length) {
     // an unchanged copy of the input is no output worth writing: say so and exit 0
@@ -429,6 +446,7 @@ function summarize(
       `capture ${s.capture.toFixed(2)}, select ${s.select.toFixed(2)}, rewrite ${s.rewrite.toFixed(2)}, verify ` +
       `${s.verify.toFixed(2)}, total ${s.total.toFixed(2)}`,
   );
+  if (note) console.log(note);
   const weights = data ? ` (weights in ${data} next to it)` : '';
   console.log(`wrote ${output}${weights}${reportFile ? ` and ${reportFile}` : ''}`);
 }
