@@ -44,7 +44,7 @@ Budget (one of; default --compression 2):
   --budget FILE       JSON {"<group id, producer node or weight name>": channels to keep, ...}; groups not
                       named keep all
   --round-to N        with any budget: every group keeps a multiple of N channels, or all of them (attention
-                      heads: any count whose entries are multiples of N). 8 (16 on AVX-512 cores) lets
+                      heads: any count whose weights' entries are multiples of N). 8 (16 on AVX-512 cores) lets
                       onnxruntime run the pruned convolutions with its blocked (NCHWc) kernels, which its default
                       optimization level uses on x86 only for such counts (README, Rounding). Default 1
 Several sizes from one run: --compression 2,4,8 -o out-{c}.onnx (or --keep-ratio 0.5,0.25 -o out-{r}.onnx)
