@@ -46,9 +46,10 @@ export interface AllocationOptions {
   /** The sensitivity allocation's grid step of kept fractions (default 0.01). */
   grid?: number;
   /**
-   * Keep a multiple of roundTo entries of every tensor a group cuts (roundTo channels of a conv, any count of heads),
-   * or all of them (default 1: any count). onnxruntime's blocked convolutions (NCHWc: its default optimization level
-   * on x86) take only channel counts in multiples of 8 (16 with AVX-512) and fall back to slower ones otherwise.
+   * Keep a multiple of roundTo entries of every constant a group cuts (roundTo channels of a conv, any count of
+   * heads: keepStep), or all of them (default 1: any count). onnxruntime's blocked convolutions (NCHWc: its default
+   * optimization level on x86) take only channel counts in multiples of 8 (16 with AVX-512) and fall back to slower
+   * ones otherwise.
    */
   roundTo?: number;
 }
