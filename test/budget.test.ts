@@ -20,7 +20,7 @@ import {
   type Curve,
 } from '../src/budget/allocate.js';
 import { captureOriginal, sensitivityCurves } from '../src/prune/allocation.js';
-import { keepStep, nextKeep, resolveBudget } from '../src/budget/index.js';
+import { autoStep, keepStep, nextKeep, resolveBudget } from '../src/budget/index.js';
 import { rankGroup, planOf } from '../src/prune/rank.js';
 import type { Group } from '../src/graph/types.js';
 import { rng } from './oracle.js';
@@ -326,6 +326,25 @@ describe('--round-to: groups keep a multiple of their step of channels, or all',
     expect(ffn.length).toBe(6);
     for (const u of heads) expect([keepStep(u, 8), keepStep(u, 32)]).toEqual([1, 2]);
     for (const u of ffn) expect(keepStep(u, 8)).toBe(8);
+  });
+
+  it("autoStep ('auto', the default): 8 in groups of 32+ channels a Conv produces or reads, 1 elsewhere", () => {
+    const steps = (m: string) => analyze(readModel(`models/${m}.onnx`)).groups.map((u) => [u.channels, autoStep(u)]);
+    // the ViT's heads and FFN neurons: dense layers only, whatever their size
+    expect(steps('vit').every(([, s]) => s === 1)).toBe(true);
+    // LeNet: convs of 6 and 16 channels (too few), fully connected layers of 120 and 84 (dense)
+    expect(steps('lenet')).toEqual([
+      [6, 1],
+      [16, 1],
+      [120, 1],
+      [84, 1],
+    ]);
+    // ResNet-20: the first stage's 16-channel groups alone take any count
+    expect(steps('resnet20')).toEqual([
+      ...Array(4).fill([16, 1]),
+      ...Array(4).fill([32, 8]),
+      ...Array(4).fill([64, 8]),
+    ]);
   });
 
   it('uniform, global (also with a floor), level and leftover: allowed counts, within the goal, maximal', () => {

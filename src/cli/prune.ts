@@ -7,7 +7,7 @@ import { defaultMode, MODES, pruneSizes, type PruneReport, type Sized } from '..
 import { writeVerified } from '../prune/verify.js';
 import { fidelityNotes } from '../eval/notes.js';
 import { runReport } from '../prune/report.js';
-import type { Budget } from '../budget/index.js';
+import { AUTO_ROUND, type Budget } from '../budget/index.js';
 import { Progress } from './progress.js';
 import { fmtBytes } from '../kernels/memory.js';
 import { defaultThreads } from '../kernels/instances.js';
@@ -43,10 +43,13 @@ Budget (one of; default --compression 2):
   --keep-ratio r      keep the fraction r of the channels of every group (0 < r ≤ 1)
   --budget FILE       JSON {"<group id, producer node or weight name>": channels to keep, ...}; groups not
                       named keep all
-  --round-to N        with any budget: every group keeps a multiple of N channels, or all of them (attention
-                      heads: any count whose weights' entries are multiples of N). 8 (16 on AVX-512 cores) lets
-                      onnxruntime run the pruned convolutions with its blocked (NCHWc) kernels, which its default
-                      optimization level uses on x86 only for such counts (README, Rounding). Default 1
+  --round-to auto|N   channel counts onnxruntime runs fast. auto (default): every group a convolution produces
+                      or reads with 32 channels or more keeps a multiple of 8 channels, or all of them; other
+                      groups any count. N: every group keeps a multiple of N channels, or all of them (attention
+                      heads: any count whose weights' entries are multiples of N); 1: any count. 8 (16 on
+                      AVX-512 cores) lets onnxruntime run the pruned convolutions with its blocked (NCHWc)
+                      kernels, which its default optimization level uses on x86 only for such counts (README,
+                      Rounding). A --budget file's counts are kept as written unless --round-to is given
 Several sizes from one run: --compression 2,4,8 -o out-{c}.onnx (or --keep-ratio 0.5,0.25 -o out-{r}.onnx)
                       writes one model per size and one --report with an entry per size. In layerwise mode one
                       capture and one ranking per group serve every size (the greedy's order is nested), so each
@@ -209,7 +212,10 @@ export async function runPrune(argv: string[]): Promise<void> {
         refit: !o['no-refit'],
         biasRefit: !o['no-bias-refit'],
         allTokens: o['all-tokens'],
-        roundTo: num(o['round-to'], '--round-to', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1'),
+        roundTo:
+          o['round-to'] === 'auto'
+            ? 'auto'
+            : num(o['round-to'], '--round-to', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1 or auto'),
         refine: num(o.refine, '--refine', (v) => Number.isInteger(v) && v >= 0, 'a whole number ≥ 0'),
         sweep: num(o.sweep, '--sweep', (v) => Number.isInteger(v) && v >= 0, 'a whole number ≥ 0'),
         batch,
@@ -292,6 +298,14 @@ function roundingNote(model: Model, r: PruneReport): string | undefined {
     'multiples (README, Rounding)'
   );
 }
+
+/** The summary's words for a report's roundTo. */
+const rounding = (roundTo: PruneReport['roundTo']) =>
+  roundTo === 'auto'
+    ? ` (groups of convolutions of ${AUTO_ROUND.channels}+ channels in multiples of ${AUTO_ROUND.step})`
+    : roundTo
+      ? ` (channels in multiples of ${roundTo})`
+      : '';
 
 /** A size the flags ask for: its budget and, for a --compression or --keep-ratio list, its value in -o's pattern. */
 interface Size {
@@ -440,7 +454,7 @@ function summarize(
     );
   }
   console.log(
-    `method ${r.method}, allocation ${r.allocation}${r.roundTo ? ` (channels in multiples of ${r.roundTo})` : ''}, ` +
+    `method ${r.method}, allocation ${r.allocation}${rounding(r.roundTo)}, ` +
       `mode ${r.mode}, ${r.refit ? 're-fit' : 'no re-fit'}, ` +
       `onnxruntime-${r.backend}; seconds: analyze ${s.analyze.toFixed(2)}, allocate ${s.allocate.toFixed(2)}, ` +
       `capture ${s.capture.toFixed(2)}, select ${s.select.toFixed(2)}, rewrite ${s.rewrite.toFixed(2)}, verify ` +

@@ -30,7 +30,7 @@ import { Frontier, frontierBytes } from '../capture/frontier.js';
 import { checkStats, distinctSamples, type CaptureStats } from '../capture/shards.js';
 import { refitRowsShort, selectionBytes, type FitOptions, type RowsShort } from '../select/greedy.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
-import { compressionGoal, keepStep, resolveBudget, type Budget, type SizeOf } from '../budget/index.js';
+import { autoStep, compressionGoal, keepStep, resolveBudget, type Budget, type SizeOf } from '../budget/index.js';
 import { sizeModel, type Target } from '../budget/size.js';
 import { createdBiasParams } from '../rewrite/bias.js';
 import type { Fidelity } from '../eval/index.js';
@@ -43,6 +43,7 @@ import {
   defaultAllocation,
   type Allocation,
   type AllocationOptions,
+  type RoundTo,
   type SearchResult,
 } from './allocation.js';
 import type { NetworkScore } from '../eval/network.js';
@@ -59,6 +60,13 @@ export const MODES: readonly Mode[] = ['layerwise', 'sequential', 'asymmetric'];
  * seconds (README, "The default setting"); layerwise with `stats`, which only layerwise mode can use.
  */
 export const defaultMode = (stats?: CaptureStats): Mode => (stats ? 'layerwise' : 'asymmetric');
+
+/**
+ * The rounding when none is asked for: 'auto' (groups of convolutions of 32 channels or more keep multiples of 8, so
+ * that onnxruntime blocks them; as accurate on the bundled models, README, Rounding), but for explicit counts (a
+ * `keep` budget), which are kept as given.
+ */
+export const defaultRoundTo = (budgets: Budget[]): RoundTo => (budgets.some((b) => 'keep' in b) ? 1 : 'auto');
 
 export interface PruneOptions extends RuntimeOptions, KernelOptions, MethodOptions, AllocationOptions, FitOptions {
   /** layerwise, sequential or asymmetric (default: defaultMode). */
@@ -139,8 +147,8 @@ export interface PruneReport {
   refit: boolean;
   method: Method;
   allocation: Allocation;
-  /** roundTo, when above 1: every group kept a multiple of its step of channels, or all of them. */
-  roundTo?: number;
+  /** roundTo, when not 1: every group kept a multiple of its step of channels, or all of them. */
+  roundTo?: RoundTo;
   /** The onnxruntime that captured and verified. */
   backend: Backend;
   /** The calibration file, its samples, and the batch size its runs took (default: captureBatch). */
@@ -194,11 +202,12 @@ interface Plan {
 const targetOf = (budget: Budget): Target =>
   'compression' in budget && budget.target === 'flops' ? 'flops' : 'params';
 
-function planPrune(model: Model, calib: Calibration, mode: Mode, fit: FitOptions = {}, roundTo = 1): Plan {
+function planPrune(model: Model, calib: Calibration, mode: Mode, fit: FitOptions = {}, roundTo: RoundTo = 1): Plan {
   const inputShape = calib.shapes;
   const analysis = analyze(model, inputShape),
     { refused, inputBytes } = analysis;
-  const groups = roundTo > 1 ? analysis.groups.map((u) => ({ ...u, step: keepStep(u, roundTo) })) : analysis.groups;
+  const step = (u: Group) => (roundTo === 'auto' ? autoStep(u) : keepStep(u, roundTo));
+  const groups = roundTo !== 1 ? analysis.groups.map((u) => ({ ...u, step: step(u) })) : analysis.groups;
   const passes = mode === 'layerwise' ? capturePasses(groups, false) : groups.map((u) => [u]);
   const asym = mode === 'asymmetric';
   const selectBytes = (g: Group) => g.consumers.reduce((a, c) => a + selectionBytes(c.d, c.m, c.g, g.channels), 0);
@@ -566,14 +575,17 @@ export async function* pruneSizes(
   // resolved once, so every run below uses the same one; loading it is a per-process cost, not in the seconds
   const backend = (await loadRuntime(opts.backend)).backend;
   checkFidelityRows(opts.fidelityRows);
-  if (opts.roundTo !== undefined && !(Number.isInteger(opts.roundTo) && opts.roundTo >= 1))
-    throw badInput(`--round-to ${opts.roundTo}: give a whole number ≥ 1 (8 or 16 for onnxruntime's NCHWc convs)`);
+  if (opts.roundTo !== undefined && opts.roundTo !== 'auto' && !(Number.isInteger(opts.roundTo) && opts.roundTo >= 1))
+    throw badInput(
+      `--round-to ${opts.roundTo}: give auto or a whole number ≥ 1 (8 or 16 for onnxruntime's NCHWc convs)`,
+    );
   const o: SizesOptions = {
     ...opts,
     backend,
     mode: opts.mode ?? defaultMode(opts.stats),
     refit: opts.refit ?? true,
     allocation: opts.allocation ?? defaultAllocation(budgets),
+    roundTo: opts.roundTo ?? defaultRoundTo(budgets),
   };
   if (o.stats && o.mode !== 'layerwise')
     throw badInput(
@@ -633,7 +645,7 @@ export async function* pruneSizes(
           refit: o.refit!,
           method: o.method ?? 'greedy',
           allocation: o.allocation!,
-          ...(o.roundTo && o.roundTo > 1 ? { roundTo: o.roundTo } : {}),
+          ...(o.roundTo && o.roundTo !== 1 ? { roundTo: o.roundTo } : {}),
           backend,
           calibration: { path: calib.path, samples: calib.rows, batch: calib.batchSize(o.batch!) },
           ...(o.stats
