@@ -242,7 +242,7 @@ ${
 }
 
 The grid keeps any channel count (\`--round-to 1\`). The default also rounds (\`--round-to auto\`: groups of
-convolutions of 32 channels or more keep multiples of 8, so that onnxruntime runs them with its blocked kernels).
+2-D convolutions of 32 channels or more keep multiples of 8, so that onnxruntime runs them with its blocked kernels).
 Measured on its own over the 19 cells of the table below (README, Rounding), it moved the default's test accuracy
 by −0.3 to +1.6 points, mean +0.1; LeNet and the ViT have no group it rounds.
 

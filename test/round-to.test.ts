@@ -145,7 +145,7 @@ describe('the CLI: a prune that loses the blocked convolutions says so', () => {
       auto = await prune();
     for (const r of [plain, rounded, auto]) expect(r.code, r.err).toBe(0);
     expect(auto.out).not.toMatch(/note:/);
-    expect(auto.out).toMatch(/allocation global \(groups of convolutions of 32\+ channels in multiples of 8\)/);
+    expect(auto.out).toMatch(/allocation global \(groups of 2-D convolutions of 32\+ channels in multiples of 8\)/);
     expect(plain.out).toMatch(/note: \d+ groups of convolutions keep counts that are not multiples of 8.*--round-to 8/);
     expect(rounded.out).not.toMatch(/note:/);
     expect(rounded.out).toMatch(/allocation global \(channels in multiples of 8\)/);

@@ -1,5 +1,6 @@
 import { badInput } from '../errors.js';
 import type { Group } from '../graph/types.js';
+import type { GraphProto, NodeProto } from '../onnx/index.js';
 
 /** How many channels to keep: a compression ratio, a keep fraction, or explicit counts per group. */
 export type Budget =
@@ -31,17 +32,23 @@ export function keepStep(u: Group, roundTo: number): number {
   return roundTo / gcd(roundTo, per);
 }
 
-/** roundTo 'auto': the step of a group a Conv produces or reads, and the fewest channels such a group needs. */
+/** roundTo 'auto': the step of a group a 2-D Conv produces or reads, and the fewest channels such a group needs. */
 export const AUTO_ROUND = { step: 8, channels: 32 };
 
+/** Whether a node is a 2-D Conv (a 4-D weight): what onnxruntime blocks (NCHWc), not 1-D or 3-D ones. */
+export function conv2d(g: GraphProto): (n: NodeProto) => boolean {
+  const rank = new Map(g.initializer.map((t) => [t.name, t.dims.length]));
+  return (n) => n.opType === 'Conv' && rank.get(n.input[1] ?? '') === 4;
+}
+
 /**
- * A group's step under roundTo 'auto': AUTO_ROUND.step (as keepStep) where a Conv produces or reads the group and it
- * has at least AUTO_ROUND.channels channels, else 1. A smaller group would choose among too few counts (LeNet at 16×
- * lost 4 points with roundTo 8), and one of dense layers only gains no speed (onnxruntime blocks only convolutions)
- * but loses accuracy (the ViT, 0.6 points at 1.5× fewer FLOPs).
+ * A group's step under roundTo 'auto': AUTO_ROUND.step (as keepStep) where a 2-D Conv (`blocked`, conv2d) produces or
+ * reads the group and it has at least AUTO_ROUND.channels channels, else 1. A smaller group would choose among too
+ * few counts (LeNet at 16× lost 4 points with roundTo 8), and others gain no speed (onnxruntime blocks only 2-D
+ * convolutions) but lose accuracy (the ViT's dense layers, 0.6 points at 1.5× fewer FLOPs).
  */
-export function autoStep(u: Group): number {
-  const conv = u.producers.some((n) => n.opType === 'Conv') || u.consumers.some((c) => c.node.opType === 'Conv');
+export function autoStep(u: Group, blocked: (n: NodeProto) => boolean): number {
+  const conv = u.producers.some(blocked) || u.consumers.some((c) => blocked(c.node));
   return conv && u.channels >= AUTO_ROUND.channels ? keepStep(u, AUTO_ROUND.step) : 1;
 }
 

@@ -43,9 +43,9 @@ Budget (one of; default --compression 2):
   --keep-ratio r      keep the fraction r of the channels of every group (0 < r ≤ 1)
   --budget FILE       JSON {"<group id, producer node or weight name>": channels to keep, ...}; groups not
                       named keep all
-  --round-to auto|N   channel counts onnxruntime runs fast. auto (default): every group a convolution produces
-                      or reads with 32 channels or more keeps a multiple of 8 channels, or all of them; other
-                      groups any count. N: every group keeps a multiple of N channels, or all of them (attention
+  --round-to auto|N   channel counts onnxruntime runs fast. auto (default): every group a 2-D convolution
+                      produces or reads with 32 channels or more keeps a multiple of 8 channels, or all of them;
+                      other groups any count. N: every group keeps a multiple of N channels, or all of them (attention
                       heads: any count whose weights' entries are multiples of N); 1: any count. 8 (16 on
                       AVX-512 cores) lets onnxruntime run the pruned convolutions with its blocked (NCHWc)
                       kernels, which its default optimization level uses on x86 only for such counts (README,
@@ -302,7 +302,7 @@ function roundingNote(model: Model, r: PruneReport): string | undefined {
 /** The summary's words for a report's roundTo. */
 const rounding = (roundTo: PruneReport['roundTo']) =>
   roundTo === 'auto'
-    ? ` (groups of convolutions of ${AUTO_ROUND.channels}+ channels in multiples of ${AUTO_ROUND.step})`
+    ? ` (groups of 2-D convolutions of ${AUTO_ROUND.channels}+ channels in multiples of ${AUTO_ROUND.step})`
     : roundTo
       ? ` (channels in multiples of ${roundTo})`
       : '';

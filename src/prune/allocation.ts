@@ -48,14 +48,14 @@ export interface AllocationOptions {
   /**
    * Keep a multiple of roundTo entries of every constant a group cuts (roundTo channels of a conv, any count of
    * heads: keepStep), or all of them; 1: any count; 'auto' (the default but for a `keep` budget, which is kept as
-   * given): 8 in groups of convolutions of 32 channels or more, 1 elsewhere (autoStep). onnxruntime's blocked
+   * given): 8 in groups of 2-D convolutions of 32 channels or more, 1 elsewhere (autoStep). onnxruntime's blocked
    * convolutions (NCHWc: its default optimization level on x86) take only channel counts in multiples of 8 (16 with
    * AVX-512) and fall back to slower ones otherwise.
    */
   roundTo?: RoundTo;
 }
 
-/** A number (keepStep), or 'auto' (autoStep: 8 in groups of convolutions of 32 channels or more, else 1). */
+/** A number (keepStep), or 'auto' (autoStep: 8 in groups of 2-D convolutions of 32 channels or more, else 1). */
 export type RoundTo = number | 'auto';
 
 /** One capture of the original model for every group (with the statistics the methods need). */

@@ -30,7 +30,15 @@ import { Frontier, frontierBytes } from '../capture/frontier.js';
 import { checkStats, distinctSamples, type CaptureStats } from '../capture/shards.js';
 import { refitRowsShort, selectionBytes, type FitOptions, type RowsShort } from '../select/greedy.js';
 import { statsFor, type Method, type MethodOptions } from '../select/baselines.js';
-import { autoStep, compressionGoal, keepStep, resolveBudget, type Budget, type SizeOf } from '../budget/index.js';
+import {
+  autoStep,
+  compressionGoal,
+  conv2d,
+  keepStep,
+  resolveBudget,
+  type Budget,
+  type SizeOf,
+} from '../budget/index.js';
 import { sizeModel, type Target } from '../budget/size.js';
 import { createdBiasParams } from '../rewrite/bias.js';
 import type { Fidelity } from '../eval/index.js';
@@ -62,8 +70,8 @@ export const MODES: readonly Mode[] = ['layerwise', 'sequential', 'asymmetric'];
 export const defaultMode = (stats?: CaptureStats): Mode => (stats ? 'layerwise' : 'asymmetric');
 
 /**
- * The rounding when none is asked for: 'auto' (groups of convolutions of 32 channels or more keep multiples of 8, so
- * that onnxruntime blocks them; as accurate on the bundled models, README, Rounding), but for explicit counts (a
+ * The rounding when none is asked for: 'auto' (groups of 2-D convolutions of 32 channels or more keep multiples of 8,
+ * so that onnxruntime blocks them; as accurate on the bundled models, README, Rounding), but for explicit counts (a
  * `keep` budget), which are kept as given.
  */
 export const defaultRoundTo = (budgets: Budget[]): RoundTo => (budgets.some((b) => 'keep' in b) ? 1 : 'auto');
@@ -206,7 +214,8 @@ function planPrune(model: Model, calib: Calibration, mode: Mode, fit: FitOptions
   const inputShape = calib.shapes;
   const analysis = analyze(model, inputShape),
     { refused, inputBytes } = analysis;
-  const step = (u: Group) => (roundTo === 'auto' ? autoStep(u) : keepStep(u, roundTo));
+  const blocked = conv2d(model.graph!),
+    step = (u: Group) => (roundTo === 'auto' ? autoStep(u, blocked) : keepStep(u, roundTo));
   const groups = roundTo !== 1 ? analysis.groups.map((u) => ({ ...u, step: step(u) })) : analysis.groups;
   const passes = mode === 'layerwise' ? capturePasses(groups, false) : groups.map((u) => [u]);
   const asym = mode === 'asymmetric';
