@@ -251,7 +251,13 @@ describe('bad input: exit 2 and one line that says what is wrong and what to do'
     [
       'a compression out of reach',
       () => prune(LENET, undefined, '--compression', '1000'),
-      /compression 1000 is out of reach/,
+      /compression 1000 is out of reach: .*; the rest is in layers subprune cannot prune/,
+    ],
+    [
+      // VGG's groups (32–256 channels) keep 8 at least by default (--round-to auto): 261× at most, 8986× any count
+      'a compression only --round-to 1 reaches',
+      () => prune('models/vgg.onnx', undefined, '--compression', '1000'),
+      /compression 1000 is out of reach: .*\(261\.24×\); --round-to 1 \(any count; .*\) reaches it/,
     ],
     ['a missing model', () => prune(at('nothere.onnx')), /cannot read model file .*nothere\.onnx: ENOENT/],
     [

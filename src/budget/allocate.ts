@@ -1,7 +1,16 @@
 // Per-group channel counts that meet a size goal, from per-group curves: the paper's per-layer selection (a common
 // accuracy level across groups, from each group pruned alone) and a whole-network greedy (normalised objective gains).
 import { badInput, internal } from '../errors.js';
-import { fewest, floorKeep, leastKeep, nextKeep, roundKeep, type AllocGroup, type SizeOf } from './index.js';
+import {
+  fewest,
+  floorKeep,
+  leastKeep,
+  nextKeep,
+  roundKeep,
+  unreachable,
+  type AllocGroup,
+  type SizeOf,
+} from './index.js';
 
 export type { AllocGroup };
 
@@ -41,8 +50,8 @@ function checkReachable(groups: AllocGroup[], sizeOf: SizeOf, goal: number): voi
   const least = sizeOf(keepsOf(groups, leastKeep));
   if (least > goal)
     throw badInput(
-      `the size goal ${goal} is out of reach: pruning every group to ${fewest(groups)} leaves ${least}; the rest ` +
-        'is in layers subprune cannot prune (see subprune inspect)',
+      `the size goal ${goal} is out of reach: pruning every group to ${fewest(groups)} leaves ${least}; ` +
+        unreachable(groups, sizeOf, goal),
     );
 }
 

@@ -76,6 +76,17 @@ export function uniformKeeps(groups: AllocGroup[], f: number): Map<string, numbe
   return new Map(groups.map((u) => [u.id, roundKeep(u, Math.max(1, Math.round(f * u.channels)))]));
 }
 
+/**
+ * Why a goal below what every group's fewest channels leave is out of reach: the steps (the default rounding, which
+ * the user may not know of), or the layers no group cuts.
+ */
+export function unreachable(groups: AllocGroup[], sizeOf: SizeOf, goal: number): string {
+  const anyCount = groups.map((u) => ({ ...u, step: 1 }));
+  return groups.some((u) => (u.step ?? 1) > 1) && sizeOf(uniformKeeps(anyCount, 0)) <= goal
+    ? '--round-to 1 (any count; slower convolutions in onnxruntime) reaches it'
+    : 'the rest is in layers subprune cannot prune (see subprune inspect)';
+}
+
 /** What every group pruned to its least keeps, in words. */
 export const fewest = (groups: AllocGroup[]) =>
   groups.some((u) => (u.step ?? 1) > 1) ? 'its fewest channels (one --round-to step)' : 'one channel';
@@ -92,7 +103,7 @@ export function compressionGoal(groups: AllocGroup[], c: number, sizeOf: SizeOf,
   if (least > goal) {
     throw badInput(
       `compression ${c} is out of reach: pruning every group to ${fewest(groups)} leaves ${least} of ${before} ` +
-        `(${(before / least).toFixed(2)}×); the rest is in layers subprune cannot prune (see subprune inspect)`,
+        `(${(before / least).toFixed(2)}×); ${unreachable(groups, sizeOf, goal)}`,
     );
   }
   return goal;
