@@ -86,8 +86,8 @@ describe('mobilenet: the default, --round-to auto', () => {
     const auto = await run(original),
       plain = await run(original, 1);
     expect(auto.report.roundTo).toBe('auto');
-    // the groups by hand, from the model: 21 groups, every producer a Conv; the stem (16 channels), the first two
-    // residual streams (24, of blocks 1–2) and the SE squeezes below 32 channels (8–30) take any count
+    // the groups by hand, from the model: 21 groups, every producer a Conv; the stem (16 channels), the residual
+    // stream of blocks 1–2 (24) and the SE squeezes below 32 channels (8–30) take any count
     const small = new Set([
       '/stem/Conv',
       '/blocks/blocks.1/project/Conv',
