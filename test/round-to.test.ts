@@ -48,6 +48,7 @@ describe('mobilenet: --round-to 8', () => {
       plain = await run(original, 1);
     expect(rounded.report.roundTo).toBe(8);
     expect(plain.report.roundTo).toBeUndefined();
+    expect(plain.report.groups.every((g) => g.step === undefined)).toBe(true);
     expect(rounded.report.params.after).toBeLessThanOrEqual(rounded.report.params.before / 2);
     let cut = 0;
     for (const g of rounded.report.groups) {
@@ -96,6 +97,7 @@ describe('mobilenet: the default, --round-to auto', () => {
     expect(auto.report.groups).toHaveLength(21);
     for (const g of auto.report.groups) {
       expect(g.channels >= 32, g.id).toBe(!small.has(g.id));
+      expect(g.step, g.id).toBe(small.has(g.id) ? undefined : 8); // the report says which groups were rounded
       if (!small.has(g.id)) expect(g.kept === g.channels || g.kept % 8 === 0, `${g.id}: ${g.kept}`).toBe(true);
     }
     // the small groups are free: some keeps a count off 8 (the rounding does not reach them)

@@ -80,10 +80,11 @@ Method:
                       current weights (default: no sweep)
 ${methodHelp}
 Other:
-  --report FILE       write a JSON report: per group the kept channels in greedy order and the objective,
-                      params and FLOPs before/after, seconds per stage, fidelity on --verify or the calibration data
-                      (each output's relative error; top-1 agreement and KL along the class axis of the
-                      first output that holds class scores, per sample, token or pixel), and warnings
+  --report FILE       write a JSON report: per group the kept channels in greedy order (and the --round-to
+                      step of a rounded group) and the objective, params and FLOPs before/after, seconds per
+                      stage, fidelity on --verify or the calibration data (each output's relative error; top-1
+                      agreement and KL along the class axis of the first output that holds class scores, per
+                      sample, token or pixel), and warnings
                       (consumers not re-fitted for want of calibration rows, a relative output error past
                       1; also printed on stderr); several sizes: {"model", "sizes": [one such report per
                       size, with its output]}

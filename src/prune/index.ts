@@ -118,6 +118,8 @@ export interface GroupReport {
   producers: string[];
   channels: number;
   kept: number;
+  /** With a step above 1 (roundTo): the group kept a multiple of `step` channels, or all of them. */
+  step?: number;
   /** Kept channel indices in greedy order. */
   order: number[];
   /**
@@ -550,14 +552,19 @@ async function pruneSequential(
   return { model: pruned, groups: reports };
 }
 
-/** Each group's report with its params and FLOPs: what removing all its channels saves, before and after. */
+/**
+ * Each group's report with its step (roundTo, where above 1) and its params and FLOPs: what removing all its channels
+ * saves, before and after.
+ */
 function withSizes(plan: Plan, reports: Selected[]): GroupReport[] {
   const kept = new Map(reports.map((r) => [r.id, r.kept]));
   const { params, flops } = plan.sizeOf;
   const saved = (size: SizeOf, keeps: Map<string, number>, id: string) => size(keeps) - size(new Map(keeps).set(id, 0));
-  const full = new Map(plan.groups.map((g) => [g.id, g.channels]));
+  const full = new Map(plan.groups.map((g) => [g.id, g.channels])),
+    steps = new Map(plan.groups.map((g) => [g.id, g.step ?? 1]));
   return reports.map((r) => ({
     ...r,
+    ...(steps.get(r.id)! > 1 ? { step: steps.get(r.id) } : {}),
     params: { before: saved(params, full, r.id), after: saved(params, kept, r.id) },
     flops: { before: saved(flops, full, r.id), after: saved(flops, kept, r.id) },
   }));
