@@ -661,7 +661,7 @@ export async function* pruneSizes(
           refit: o.refit!,
           method: o.method ?? 'greedy',
           allocation: o.allocation!,
-          ...(o.roundTo && o.roundTo !== 1 ? { roundTo: o.roundTo } : {}),
+          ...(o.roundTo !== 1 ? { roundTo: o.roundTo } : {}),
           backend,
           calibration: { path: calib.path, samples: calib.rows, batch: calib.batchSize(o.batch!) },
           ...(o.stats
