@@ -137,24 +137,40 @@ function projectedTarget(
  * The projected target T of a batch: the original consumer's output Y less its bias, at the outputs `outs` (axis 1 of
  * a conv's output, the last axis of a dense layer's); Y itself when that is all of it and there is no bias.
  */
-function projectedRows(Y: Activation, p: Projected, conv: boolean): Float32Array {
-  const { bias, outs } = p,
-    m0 = bias.length,
-    m = outs.length,
-    b = Float32Array.from(outs, (o) => bias[o]!);
-  if (m === m0 && b.every((x) => x === 0)) return Y.data;
+const projectedRows = (Y: Activation, p: Projected, conv: boolean): Float32Array =>
+  outputChannels(
+    Y,
+    p.outs,
+    conv,
+    Float32Array.from(p.outs, (o) => p.bias[o]!),
+  );
+
+/**
+ * Channels `outs` of a layer's output Y (axis 1 of a conv's, the last axis of a dense layer's), in that order, less
+ * `minus[j]` each (default 0), laid out as Y is: what GramAccumulator takes as a given target T. Y's own values when
+ * that is all of Y.
+ */
+export function outputChannels(
+  Y: Activation,
+  outs: readonly number[],
+  conv: boolean,
+  minus: Float32Array = new Float32Array(outs.length),
+): Float32Array {
+  const m0 = conv ? Y.dims[1]! : Y.dims[Y.dims.length - 1]!,
+    m = outs.length;
+  if (m === m0 && outs.every((o, j) => o === j) && minus.every((x) => x === 0)) return Y.data;
   const inner = conv ? Y.dims.slice(2).reduce((x, y) => x * y, 1) : 1,
     outer = Y.data.length / (m0 * inner),
     T = new Float32Array(outer * m * inner);
   if (!conv) {
-    for (let s = 0; s < outer; s++) for (let j = 0; j < m; j++) T[s * m + j] = Y.data[s * m0 + outs[j]!]! - b[j]!;
+    for (let s = 0; s < outer; s++) for (let j = 0; j < m; j++) T[s * m + j] = Y.data[s * m0 + outs[j]!]! - minus[j]!;
     return T;
   }
   for (let s = 0; s < outer; s++)
     for (let j = 0; j < m; j++) {
       const from = (s * m0 + outs[j]!) * inner,
         to = (s * m + j) * inner,
-        bj = b[j]!;
+        bj = minus[j]!;
       for (let q = 0; q < inner; q++) T[to + q] = Y.data[from + q]! - bj;
     }
   return T;
@@ -334,7 +350,7 @@ function keptRows(X: Float32Array, d: number, keep: Uint8Array): Float32Array {
  * Adds one batch of `samples` samples of a consumer's input (and target: its input A, or the projected T) to its
  * accumulator: patches or rows, as the layer takes them; a dense layer's rows but for those `keep` leaves out.
  */
-function accumulate(
+export function accumulate(
   c: Consumer,
   acc: GramAccumulator,
   samples: number,
@@ -364,7 +380,7 @@ function accumulate(
 }
 
 /** One model's runs in a capture pass: the named tensors of each batch. */
-interface Source {
+export interface Source {
   run(b: Batch): Promise<Map<string, Activation>>;
   /** After the pass: `ok` when it completed (the frontier then keeps what it staged). */
   release(ok: boolean): Promise<void>;
@@ -400,10 +416,10 @@ export interface Fill {
  * tensors (keeping, for the later captures, what it says to keep). `fill`: tensors the same runs compute for another
  * frontier of this model (the original's, in asymmetric mode), to stage there.
  */
-async function openSource(
+export async function openSource(
   model: Model,
   names: string[],
-  opts: RuntimeOptions,
+  opts: RuntimeOptions & { spin?: boolean },
   batches: number,
   frontier?: { f: Frontier; plan: StepPlan },
   fill?: Fill,

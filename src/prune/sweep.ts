@@ -5,15 +5,26 @@
 // the final pruned network's input to the original model's consumer output, keeping the selection. Optionally
 // ReLU-aware: where a Relu follows (through a per-channel BatchNormalization and a residual Add), an entry whose
 // original pre-activation and prediction are both ≤ 0 costs nothing, so its target becomes the prediction, and the
-// consumer is fitted again.
+// consumer is fitted again. The prediction and the pre-activation it makes are read off a run of the model with the
+// last fit in place. Each fit accumulates as a capture does (GramAccumulator: a conv's patches in the kernels, its
+// BᵀB from shifted inputs).
 import type { Model, GraphProto, NodeProto, TensorProto } from '../onnx/index.js';
-import { tensorToFloat32, attrFloat } from '../onnx/index.js';
+import { tensorToFloat32 } from '../onnx/index.js';
 import type { Consumer, Group } from '../graph/types.js';
 import { analyze, consumerWeightMatrix } from '../graph/analyze.js';
 import { constantTensors } from '../graph/shapes.js';
-import { patchGrid, patchSize, planar, planeDims, unfoldDepth } from '../geometry.js';
+import { patchSize } from '../geometry.js';
 import { Calibration } from '../calibration.js';
-import { CAPTURE_BATCH, Runner, tokenRows, type Activation, type RuntimeOptions } from '../capture/index.js';
+import {
+  accumulate,
+  CAPTURE_BATCH,
+  openSource,
+  outputChannels,
+  tokenRows,
+  type Activation,
+  type RuntimeOptions,
+} from '../capture/index.js';
+import { Frontier, frontierBytes } from '../capture/frontier.js';
 import { GramAccumulator } from '../kernels/gram.js';
 import { getKernels, type KernelOptions } from '../kernels/instances.js';
 import { selectChannels } from '../select/greedy.js';
@@ -45,8 +56,8 @@ interface Site {
   bias: Float32Array;
   /** The consumer's current weights (d × m): the ridge's prior (Fit.solve). */
   W: Float64Array;
-  /** Where a Relu follows: its input tensor, and the per-channel scale between them (BatchNormalization's). */
-  relu?: { pre: string; scale: Float64Array };
+  /** Where a Relu follows: its input tensor (of both models). */
+  relu?: { pre: string };
 }
 
 // The ReLU-aware fit frees about half the entries of its target (30–55 % on the bundled models), so it needs
@@ -67,29 +78,21 @@ function postBias(graph: GraphProto, consts: Map<string, TensorProto>, c: Consum
   return { tensor: add ? add.output[0]! : y, bias: site };
 }
 
-/** The Relu after a consumer's output `y` (through a BatchNormalization and a residual Add), if any. */
+/** The Relu after a consumer's output `y` (through a per-channel BatchNormalization and a residual Add), if any. */
 function reluAfter(graph: GraphProto, consts: Map<string, TensorProto>, y: string, m: number) {
   let t = y,
-    scale = new Float64Array(m).fill(1),
     next = readersOf(graph, t);
   if (next.length === 1 && next[0]!.opType === 'BatchNormalization') {
-    const bn = next[0]!,
-      get = (i: number) => consts.get(bn.input[i]!);
-    const [gamma, variance] = [get(1), get(4)];
-    if (!gamma || !variance) return undefined;
-    const eps = attrFloat(bn, 'epsilon', 1e-5),
-      g = tensorToFloat32(gamma).data,
-      v = tensorToFloat32(variance).data;
-    if (g.length !== m) return undefined;
-    scale = Float64Array.from(g, (x, j) => x / Math.sqrt(v[j]! + eps));
-    t = bn.output[0]!;
+    const gamma = consts.get(next[0]!.input[1]!);
+    if (!gamma || tensorToFloat32(gamma).data.length !== m) return undefined;
+    t = next[0]!.output[0]!;
     next = readersOf(graph, t);
   }
   if (next.length === 1 && next[0]!.opType === 'Add') {
     t = next[0]!.output[0]!;
     next = readersOf(graph, t);
   }
-  return next.length && next.every((n) => n.opType === 'Relu') ? { pre: t, scale } : undefined;
+  return next.length && next.every((n) => n.opType === 'Relu') ? { pre: t } : undefined;
 }
 
 /**
@@ -139,78 +142,27 @@ function siteOf(
   return { group, t, c, outs, post: { pruned: post.tensor, original: target }, bias, W, ...(shared ? { relu } : {}) };
 }
 
-/**
- * im2col: one row of d = C·kh·kw entries per output position of each sample (channel-major, zero padding); a 3-D
- * Conv's from its input unfolded along depth (unfoldDepth), rows in the order of its output's positions.
- */
-function patches(c: Consumer, input: Activation): Float32Array {
-  if (c.kind !== 'conv') return input.data;
-  const depth = c.conv!.depth,
-    geo = planar(c.conv!),
-    X = depth ? unfoldDepth(input, depth) : input;
-  const [b, C, H, W] = planeDims(X.dims),
-    {
-      kernel: [kh, kw],
-      strides: [sh, sw],
-      pads: [pt, pl],
-      dilations: [dh, dw],
-    } = geo;
-  const [OH, OW] = patchGrid(geo, H, W),
-    out = new Float32Array(b * OH * OW * c.d);
-  let f = 0;
-  for (let s = 0; s < b; s++)
-    for (let oh = 0; oh < OH; oh++)
-      for (let ow = 0; ow < OW; ow++)
-        for (let ch = 0; ch < C; ch++)
-          for (let i = 0; i < kh!; i++)
-            for (let j = 0; j < kw!; j++) {
-              const y = oh * sh! - pt! + i * dh!,
-                z = ow * sw! - pl! + j * dw!;
-              out[f++] = y >= 0 && y < H && z >= 0 && z < W ? X.data[((s * C + ch) * H + y) * W + z]! : 0;
-            }
-  return out;
-}
-
-/** Channels `chans` of Y (channel axis 1 of a conv output, the last axis of a dense one) as rows of m entries. */
-function rows(c: Consumer, Y: Activation, chans: number[]): Float32Array {
-  const m = chans.length,
-    conv = c.kind === 'conv';
-  const M = conv ? Y.dims[1]! : Y.dims[Y.dims.length - 1]!,
-    inner = conv ? Y.dims.slice(2).reduce((a, b) => a * b, 1) : 1,
-    outer = Y.data.length / (M * inner),
-    out = new Float32Array(outer * inner * m);
-  for (let s = 0; s < outer; s++)
-    for (let j = 0; j < m; j++) {
-      const src = (s * M + chans[j]!) * inner;
-      for (let p = 0; p < inner; p++) out[(s * inner + p) * m + j] = Y.data[src + p]!;
-    }
-  return out;
-}
-
-/** Least squares of T (rows × m) on B (rows × d), with an intercept, from the Gram matrix of [B | T]. */
+/** Least squares of a target T on B (rows × d), with an intercept, from their Gram matrices (GramAccumulator's). */
 export class Fit {
   private readonly acc: GramAccumulator;
-  private readonly D: number;
 
   constructor(
     private readonly d: number,
     private readonly m: number,
     opts: KernelOptions,
   ) {
-    this.D = d + m;
-    this.acc = new GramAccumulator(this.D, { kernels: getKernels(opts.kernels, opts.threads) });
+    const kernels = getKernels(opts.kernels, opts.threads);
+    this.acc = new GramAccumulator(d, { asymmetric: true, kernels, project: { m } });
   }
 
-  /** Rows of `samples` samples, those `keep` leaves out left out (GramAccumulator.add's). */
+  /** Rows B (rows × d) and T (rows × m) of `samples` samples, those `keep` leaves out left out. */
   add(B: Float32Array, T: Float32Array, samples?: number, keep?: Uint8Array): void {
-    const { d, m, D } = this,
-      N = T.length / m,
-      X = new Float32Array(N * D);
-    for (let r = 0; r < N; r++) {
-      X.set(B.subarray(r * d, r * d + d), r * D);
-      X.set(T.subarray(r * m, r * m + m), r * D + d);
-    }
-    this.acc.add(X, undefined, samples, keep);
+    this.acc.add(B, T, samples, keep);
+  }
+
+  /** A batch of consumer c's input and its target T laid out as c's output (a conv's [b, m, …]), as a capture does. */
+  addLayer(c: Consumer, samples: number, B: Activation, T: Float32Array, keep?: Uint8Array): void {
+    accumulate(c, this.acc, samples, B, T, keep);
   }
 
   /**
@@ -224,27 +176,17 @@ export class Fit {
     prior: Float64Array,
     distinct = 1,
   ): { W: Float64Array; bias?: Float64Array; rows: number } {
-    const { d, m, D } = this;
+    const { d, m } = this;
     let g;
     try {
       g = this.acc.result();
     } finally {
       this.acc.release();
     }
-    const G = new Float64Array(d * d),
-      CW = new Float64Array(d * m);
-    for (let i = 0; i < d; i++) {
-      G.set(g.G.subarray(i * D, i * D + d), i * d);
-      CW.set(g.G.subarray(i * D + d, i * D + D), i * m);
-    }
-    let targetNorm2 = 0;
-    for (let j = d; j < D; j++) targetNorm2 += g.G[j * D + j]!;
-    const ic = intercept
-      ? { intercept: { sums: g.sums!.slice(0, d), targetSumsW: g.sums!.slice(d), rows: g.rows } }
-      : {};
+    const ic = intercept ? { intercept: { sums: g.sums!, targetSumsW: g.targetSumsW!, rows: g.rows } } : {};
     // every column in order: the pivoted factor's re-fit, dependent columns getting no weight
     const order = Array.from({ length: d }, (_, i) => i);
-    const pr = { d, m, g: 1, G, CW, targetNorm2, W: prior, ...ic };
+    const pr = { d, m, g: 1, G: g.G, CW: g.CW!, targetNorm2: g.targetNorm2!, W: prior, ...ic };
     const ridge = takesRidge(d, Math.floor(g.rows * distinct));
     const fit = selectChannels(ridge ? ridged(pr, ridgeLambda(pr, order, g.rows)) : pr, d, {
       ...opts,
@@ -254,24 +196,21 @@ export class Fit {
   }
 }
 
-/** B W + bias, rows × m. */
-function predict(B: Float32Array, W: Float64Array, bias: Float64Array | undefined, d: number, m: number) {
-  const N = B.length / d,
-    out = new Float64Array(N * m);
-  for (let r = 0; r < N; r++) {
-    const o = r * m;
-    if (bias) out.set(bias, o);
-    for (let i = 0; i < d; i++) {
-      const v = B[r * d + i]!;
-      if (v) for (let j = 0, w = i * m; j < m; j++) out[o + j] += v * W[w + j]!;
-    }
-  }
-  return out;
+/**
+ * The runs of both models between fits, each from where the last left off (frontier.ts): the pruned model's, which
+ * changes consumer by consumer, from the input of the one fitted last; the original's, computed once as far as the
+ * cache holds it. `later`: what this consumer's fits and those after them want of each, and the consumers after it.
+ */
+interface Lines {
+  pruned: Frontier;
+  original: Frontier;
+  later: { pruned: string[]; original: string[]; consumers: ReadonlySet<string> };
 }
 
 /**
  * One fit of a consumer over the calibration data: the target is its original output less its current bias (what
- * its weights and the bias change must make), or with `last` (the previous fit) ReLU-aware.
+ * its weights and the bias change must make). ReLU-aware with `relu`: `pruned` then has the last fit in place, and
+ * `relu` names its consumer output and the tensor its Relu reads there.
  */
 async function fitOnce(
   pruned: Model,
@@ -279,44 +218,84 @@ async function fitOnce(
   s: Site,
   calib: Calibration,
   opts: SweepOptions,
-  last?: { W: Float64Array; bias?: Float64Array },
+  lines: Lines,
+  relu?: { post: string; pre: string },
 ) {
-  const { c, relu } = s,
+  const { c } = s,
+    conv = c.kind === 'conv',
     all = Array.from({ length: c.m }, (_, i) => i);
-  const pNames = [c.input, ...(last && relu ? [s.post.pruned, relu.pre] : [])],
-    oNames = [s.post.original, ...(last && relu ? [relu.pre] : [])];
+  const pNames = [c.input, ...(relu ? [relu.post, relu.pre] : [])],
+    oNames = [s.post.original, ...(relu ? [s.relu!.pre] : [])];
+  const size = calib.batchSize(opts.batch ?? CAPTURE_BATCH),
+    batches = Math.ceil(calib.rows / size),
+    nodes = pruned.graph!.node;
+  lines.pruned.advance(pruned);
   // the two models' runs take turns
-  const P = await Runner.open(pruned, pNames, { ...opts, spin: false }, true);
-  const O = await Runner.open(original, oNames, { ...opts, spin: false }, true).catch(async (e) => {
-    await P.release();
+  const P = await openSource(pruned, pNames, { ...opts, spin: false }, batches, {
+    f: lines.pruned,
+    plan: {
+      later: lines.later.pruned,
+      changing: nodes.filter((n) => n.name === c.node.name),
+      laterChanging: nodes.filter((n) => lines.later.consumers.has(n.name)),
+    },
+  });
+  const O = await openSource(original, oNames, { ...opts, spin: false }, batches, {
+    f: lines.original,
+    plan: { later: lines.later.original },
+  }).catch(async (e) => {
+    await P.release(false);
     throw e;
   });
+  let ok = false;
   const fit = new Fit(c.d, c.m, opts);
   try {
-    for (const b of calib.batches(opts.batch ?? CAPTURE_BATCH)) {
-      const [p, o] = await Promise.all([P.run(b, pNames), O.run(b, oNames)]);
-      const B = patches(c, p.get(c.input)!),
-        T = rows(c, o.get(s.post.original)!, s.outs);
-      for (let e = 0; e < T.length; e++) T[e] -= s.bias[e % c.m]!;
-      if (last && relu) {
-        // the pre-activation the fit predicts: the pruned model's, moved by the change of the consumer's output
-        const pred = predict(B, last.W, last.bias, c.d, c.m),
-          Yp = rows(c, p.get(s.post.pruned)!, all),
-          Pp = rows(c, p.get(relu.pre)!, all),
-          Po = rows(c, o.get(relu.pre)!, s.outs);
-        for (let e = 0; e < T.length; e++) {
-          const j = e % c.m,
-            pre = Pp[e]! + relu.scale[j]! * (pred[e]! + s.bias[j]! - Yp[e]!);
-          if (Po[e]! <= 0 && pre <= 0) T[e] = pred[e]!;
-        }
+    for (const b of calib.batches(size)) {
+      const [p, o] = await Promise.all([P.run(b), O.run(b)]);
+      const Y = o.get(s.post.original)!,
+        B = p.get(c.input)!;
+      let T = outputChannels(Y, s.outs, conv, s.bias);
+      if (relu) {
+        // where the Relu clips both the original's pre-activation and the last fit's, the target is the fit's own
+        // prediction (its output less the bias the target is measured from)
+        const pred = outputChannels(p.get(relu.post)!, all, conv, s.bias),
+          pre = outputChannels(p.get(relu.pre)!, all, conv),
+          Po = outputChannels(o.get(s.relu!.pre)!, s.outs, conv);
+        if (T === Y.data) T = T.slice();
+        for (let e = 0; e < T.length; e++) if (Po[e]! <= 0 && pre[e]! <= 0) T[e] = pred[e]!;
       }
-      fit.add(B, T, b.rows, tokenRows(c, p.get(c.input)!.dims, calib.tokenMask(b.start, b.rows)));
+      fit.addLayer(c, b.rows, B, T, tokenRows(c, B.dims, calib.tokenMask(b.start, b.rows)));
     }
-    return fit.solve(!!opts.intercept, opts, s.W, calib.distinctSamples() / calib.rows);
+    const solved = fit.solve(!!opts.intercept, opts, s.W, calib.distinctSamples() / calib.rows);
+    ok = true;
+    return solved;
   } finally {
-    await P.release();
-    await O.release();
+    await P.release(ok);
+    await O.release(ok);
   }
+}
+
+/** The original model's tensors a consumer's fits read: its output after the bias, and its Relu's input, if any. */
+function originalTensors(original: { model: Model; groups: Group[] }, name: string): string[] {
+  const oc = original.groups.flatMap((g) => g.consumers).find((o) => o.node.name === name);
+  if (!oc) return [];
+  const og = original.model.graph!,
+    consts = constantTensors(og),
+    post = postBias(og, consts, oc, oc.node).tensor,
+    relu = reluAfter(og, consts, post, oc.m);
+  return relu ? [post, relu.pre] : [post];
+}
+
+/** The model with consumer s's weights (and bias change) from `fit`, its channels all kept. */
+function withFit(model: Model, s: Site, fit: { W: Float64Array; bias?: Float64Array }): Model {
+  const { group, t } = s;
+  return pruneGroups(model, [
+    {
+      group,
+      keep: Array.from({ length: group.channels }, (_, i) => i),
+      W: group.consumers.map((_, i) => (i === t ? fit.W : undefined)),
+      ...(fit.bias ? { bias: group.consumers.map((_, i) => (i === t ? fit.bias : undefined)) } : {}),
+    },
+  ]);
 }
 
 /**
@@ -332,25 +311,38 @@ export async function refitSweep(
 ): Promise<Model> {
   const orig = { model: original, groups: analyze(original).groups },
     at = new Map(pruned.graph!.node.map((n, i) => [n.name, i]));
-  const names = [...new Set(analyze(pruned).groups.flatMap((g) => g.consumers.map((c) => c.node.name)))]
-    .filter((n) => opts.only?.(n) ?? true)
-    .sort((a, b) => at.get(a)! - at.get(b)!);
+  const consumers = analyze(pruned).groups.flatMap((g) => g.consumers),
+    inputs = new Map(consumers.map((c) => [c.node.name, c.input]));
+  const names = [...inputs.keys()].filter((n) => opts.only?.(n) ?? true).sort((a, b) => at.get(a)! - at.get(b)!);
+  const originals = new Map(names.map((n) => [n, originalTensors(orig, n)]));
+  const frontiers = {
+    pruned: new Frontier(pruned, frontierBytes()),
+    original: new Frontier(original, frontierBytes(), true),
+  };
   let model = pruned;
-  for (const name of names) {
+  for (const [k, name] of names.entries()) {
     const s = siteOf(model, orig, keeps, name, opts);
     if (!s) continue;
-    let fit = await fitOnce(model, original, s, calib, opts);
+    // this consumer's tensors too: its ReLU-aware fits read them again
+    const from = names.slice(k),
+      lines: Lines = {
+        ...frontiers,
+        later: {
+          pruned: from.map((n) => inputs.get(n)!),
+          original: from.flatMap((n) => originals.get(n)!),
+          consumers: new Set(from.slice(1)),
+        },
+      };
+    let fit = await fitOnce(model, original, s, calib, opts, lines);
     const relu = s.relu && fit.rows >= RELU_ROWS * s.c.d ? (opts.relu ?? 0) : 0;
-    for (let i = 0; i < relu; i++) fit = await fitOnce(model, original, s, calib, opts, fit);
-    const { group, t } = s;
-    model = pruneGroups(model, [
-      {
-        group,
-        keep: Array.from({ length: group.channels }, (_, i) => i),
-        W: group.consumers.map((_, i) => (i === t ? fit.W : undefined)),
-        ...(fit.bias ? { bias: group.consumers.map((_, i) => (i === t ? fit.bias : undefined)) } : {}),
-      },
-    ]);
+    for (let i = 0; i < relu; i++) {
+      // the consumer's output and its Relu's input with the last fit in place (a bias it added may move them)
+      const fitted = withFit(model, s, fit),
+        f = siteOf(fitted, orig, keeps, name, opts);
+      if (!f?.relu) break;
+      fit = await fitOnce(fitted, original, s, calib, opts, lines, { post: f.post.pruned, pre: f.relu.pre });
+    }
+    model = withFit(model, s, fit);
   }
   return model;
 }
