@@ -160,7 +160,7 @@ export class Fit {
     this.acc.add(B, T, samples, keep);
   }
 
-  /** A batch of consumer c's input and its target T laid out as c's output (a conv's [b, m, …]), as a capture does. */
+  /** A batch of consumer c's input and its target T laid out as c's output (a conv's [b, m, …]), as captures take. */
   addLayer(c: Consumer, samples: number, B: Activation, T: Float32Array, keep?: Uint8Array): void {
     accumulate(c, this.acc, samples, B, T, keep);
   }
