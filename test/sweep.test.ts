@@ -1,4 +1,9 @@
 import { describe, it, expect } from 'vitest';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { analyze, modelStats } from '../src/graph/analyze.js';
+import { expectFailure, runCli } from './cli-helpers.js';
 import { readModel, tensorToFloat32, type Model } from '../src/onnx/index.js';
 import { encodeNpy, npyFromBytes, openNpy } from '../src/npy.js';
 import { Calibration } from '../src/calibration.js';
@@ -279,4 +284,67 @@ describe('refitSweep', () => {
     ).toBeLessThan(2e-3);
     expect(relDiff(after.W, before.W)).toBeGreaterThan(1e-3); // the sweep changed it
   }, 300_000);
+});
+
+describe('the default sweep', () => {
+  const weight = (m: Model, node: string) => {
+    const n = m.graph!.node.find((v) => v.name === node)!;
+    return tensorToFloat32(constantTensors(m.graph!).get(n.input[1]!)!).data;
+  };
+
+  it('in asymmetric mode: consumers whose input is the original one keep their weights; none elsewhere', async () => {
+    const data = openNpy('models/calib.npy');
+    try {
+      const model = readModel('models/mobilenet.onnx'),
+        shape = [1, 1, 28, 28];
+      const swept = await prune(model, data, { budget: { compression: 2 } }),
+        plain = await prune(model, data, { budget: { compression: 2 }, sweep: false });
+      expect([swept.report.sweep, plain.report.sweep]).toEqual([1, false]);
+      expect(swept.report.seconds.sweep).toBeGreaterThan(0);
+      expect(swept.report.groups.map((g) => g.order)).toEqual(plain.report.groups.map((g) => g.order));
+      expect(modelStats(swept.model, shape).params).toBe(modelStats(plain.model, shape).params);
+      // consumers that come before the first cut group's producers in the graph read the original's input (but where a
+      // consumer produces a cut group's channels, its rows are cut), so the sweep leaves them; after the cut it re-fits
+      const groups = analyze(model, shape).groups,
+        reports = swept.report.groups,
+        first = reports.findIndex((g) => g.kept < g.channels);
+      expect(first).toBeGreaterThan(0);
+      const at = new Map(model.graph!.node.map((n, i) => [n.name, i])),
+        edge = Math.min(...groups[first]!.producers.map((p) => at.get(p.name)!));
+      const cut = new Set(
+        groups.flatMap((u, i) => (reports[i]!.kept < u.channels ? u.producers.map((p) => p.name) : [])),
+      );
+      const before = groups
+        .flatMap((u) => u.consumers)
+        .filter((c) => at.get(c.node.name)! < edge && !cut.has(c.node.name));
+      expect(before.length).toBeGreaterThan(0);
+      for (const c of before) expect(weight(swept.model, c.node.name)).toEqual(weight(model, c.node.name));
+      const after = groups.slice(first).flatMap((u) => u.consumers.map((c) => c.node.name));
+      expect(after.some((n) => relDiff(weight(swept.model, n), weight(plain.model, n)) > 1e-4)).toBe(true);
+      // layerwise (the paper's) and without the re-fit: none
+      const lenet = readModel('models/lenet.onnx');
+      const layerwise = await prune(lenet, data, { budget: { compression: 2 }, mode: 'layerwise' });
+      const sliced = await prune(lenet, data, { budget: { compression: 2 }, refit: false });
+      expect([layerwise.report.sweep, sliced.report.sweep]).toEqual([false, false]);
+    } finally {
+      data.close();
+    }
+  }, 300_000);
+
+  it('the CLI: the summary names it, --no-sweep leaves it out, and not with --sweep', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'subprune-sweep-'));
+    try {
+      const args = ['prune', 'models/lenet.onnx', '--calib', 'models/calib.npy', '--compression', '4'];
+      const on = await runCli(...args, '-o', join(dir, 'a.onnx'));
+      expect(on.code, on.err).toBe(0);
+      expect(on.out).toMatch(/mode asymmetric, re-fit, sweep 1, .*select [\d.]+, sweep [\d.]+, rewrite/);
+      const off = await runCli(...args, '--no-sweep', '-o', join(dir, 'b.onnx'), '--report', join(dir, 'b.json'));
+      expect(off.code, off.err).toBe(0);
+      expect(off.out).toMatch(/mode asymmetric, re-fit, onnxruntime/);
+      expect(JSON.parse(readFileSync(join(dir, 'b.json'), 'utf8')).sweep).toBe(false);
+      expectFailure(await runCli(...args, '--sweep', '2', '--no-sweep', '-o', join(dir, 'c.onnx')), 2, /give one/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
 });

@@ -60,8 +60,9 @@ Several sizes from one run: --compression 2,4,8 -o out-{c}.onnx (or --keep-ratio
 Method:
   --mode M            asymmetric (default; layerwise with --stats): group by group, from the model whose
                       earlier groups are already pruned, fitting the original model's activations; the most
-                      accurate on the bundled models at 2-3× the seconds of layerwise (README, The default
-                      setting); layerwise: every group from the original model's activations, one capture;
+                      accurate on the bundled models at 2-5× the seconds of layerwise, its sweep included
+                      (README, The default setting); layerwise: every group from the original model's
+                      activations, one capture, no sweep;
                       sequential: as asymmetric, but fit the pruned model's own activations
   --no-refit          keep the consumers' weights (only slice them) instead of the least-squares re-fit
   --no-bias-refit     re-fit the weights only, as the paper does (default: the consumers' biases too, where
@@ -77,17 +78,21 @@ Method:
                       pruned later changed what earlier consumers read: a ResNet's residual stream); then N
                       ReLU-aware fits where a Relu follows (0: least squares only); each fit one pass over
                       the calibration data; fewer than 10 rows per column: the ridge toward the
-                      current weights (default: no sweep)
+                      current weights; a consumer's bias is re-fitted only where it has one (default: 1 in
+                      asymmetric and sequential modes, which it made more accurate on the bundled models at
+                      1.4-2.2× the seconds of the prune without it (README, The default setting); none in
+                      layerwise mode or with --no-refit)
+  --no-sweep          no sweep: each consumer keeps the re-fit its group's pruning gave it
 ${methodHelp}
 Other:
   --report FILE       write a JSON report: per group the kept channels in greedy order (and the --round-to
-                      step of a rounded group) and the objective, params and FLOPs before/after, seconds per
-                      stage, fidelity on --verify or the calibration data (each output's relative error; top-1
-                      agreement and KL along the class axis of the first output that holds class scores, per
-                      sample, token or pixel), and warnings
-                      (consumers not re-fitted for want of calibration rows, a relative output error past
-                      1; also printed on stderr); several sizes: {"model", "sizes": [one such report per
-                      size, with its output]}
+                      step of a rounded group) and the objective (of its own re-fit, before the sweep),
+                      params and FLOPs before/after, seconds per stage, the sweep's fits (sweep: N or
+                      false), fidelity on --verify or the calibration data (each output's relative error;
+                      top-1 agreement and KL along the class axis of the first output that holds class
+                      scores, per sample, token or pixel), and warnings (consumers not re-fitted for want
+                      of calibration rows, a relative output error past 1; also printed on stderr);
+                      several sizes: {"model", "sizes": [one such report per size, with its output]}
   --fidelity-rows n   measure the fidelity on n rows of --verify or the calibration data, evenly spaced
                       (default 512), or all
   --batch n           calibration batch size (default 64, fewer where 64 samples' activations pass 96 MiB: 2 for
@@ -124,6 +129,7 @@ export async function runPrune(argv: string[]): Promise<void> {
       'round-to': { type: 'string' },
       refine: { type: 'string' },
       sweep: { type: 'string' },
+      'no-sweep': { type: 'boolean', default: false },
       report: { type: 'string' },
       'fidelity-rows': { type: 'string' },
       'external-data': { type: 'boolean', default: false },
@@ -200,10 +206,17 @@ export async function runPrune(argv: string[]): Promise<void> {
   const calib = inputs.data;
   if (stats && inputs.preprocess) checkStatsPreprocess(stats, inputs.preprocess);
   const bars = new Map<string, Progress>();
-  const labels: Record<string, string> = { capture: 'capture', select: 'select', group: 'groups', verify: 'verify' };
+  const labels: Record<string, string> = {
+    capture: 'capture',
+    select: 'select',
+    group: 'groups',
+    sweep: 'sweep',
+    verify: 'verify',
+  };
   const externalData = o['external-data'] || 'auto';
   const results: SizeResult[] = [];
   try {
+    if (o['no-sweep'] && o.sweep !== undefined) throw badInput('--sweep and --no-sweep: give one of them');
     const run = pruneSizes(
       model,
       calib,
@@ -218,7 +231,9 @@ export async function runPrune(argv: string[]): Promise<void> {
             ? 'auto'
             : num(o['round-to'], '--round-to', (v) => Number.isInteger(v) && v >= 1, 'a whole number ≥ 1 or auto'),
         refine: num(o.refine, '--refine', (v) => Number.isInteger(v) && v >= 0, 'a whole number ≥ 0'),
-        sweep: num(o.sweep, '--sweep', (v) => Number.isInteger(v) && v >= 0, 'a whole number ≥ 0'),
+        sweep: o['no-sweep']
+          ? false
+          : num(o.sweep, '--sweep', (v) => Number.isInteger(v) && v >= 0, 'a whole number ≥ 0'),
         batch,
         kernels: o.kernels,
         threads,
@@ -456,9 +471,10 @@ function summarize(
   }
   console.log(
     `method ${r.method}, allocation ${r.allocation}${rounding(r.roundTo)}, ` +
-      `mode ${r.mode}, ${r.refit ? 're-fit' : 'no re-fit'}, ` +
+      `mode ${r.mode}, ${r.refit ? 're-fit' : 'no re-fit'}${r.sweep === false ? '' : `, sweep ${r.sweep}`}, ` +
       `onnxruntime-${r.backend}; seconds: analyze ${s.analyze.toFixed(2)}, allocate ${s.allocate.toFixed(2)}, ` +
-      `capture ${s.capture.toFixed(2)}, select ${s.select.toFixed(2)}, rewrite ${s.rewrite.toFixed(2)}, verify ` +
+      `capture ${s.capture.toFixed(2)}, select ${s.select.toFixed(2)}, ` +
+      `${r.sweep === false ? '' : `sweep ${s.sweep.toFixed(2)}, `}rewrite ${s.rewrite.toFixed(2)}, verify ` +
       `${s.verify.toFixed(2)}, total ${s.total.toFixed(2)}`,
   );
   if (note) console.log(note);

@@ -70,6 +70,13 @@ export const MODES: readonly Mode[] = ['layerwise', 'sequential', 'asymmetric'];
 export const defaultMode = (stats?: CaptureStats): Mode => (stats ? 'layerwise' : 'asymmetric');
 
 /**
+ * The sweep when none is asked for: one least-squares and one ReLU-aware fit of every consumer (README, The default
+ * setting), where groups are pruned one after another from the model pruned so far and re-fitted; none in layerwise
+ * mode (the paper's: one capture of the original model) or without the re-fit.
+ */
+export const defaultSweep = (mode: Mode, refit: boolean): number | false => (mode !== 'layerwise' && refit ? 1 : false);
+
+/**
  * The rounding when none is asked for: 'auto' (groups of 2-D convolutions of 32 channels or more keep multiples of 8,
  * so that onnxruntime blocks them; as accurate on the bundled models, README, Rounding), but for explicit counts (a
  * `keep` budget), which are kept as given.
@@ -149,7 +156,7 @@ export type ShortConsumer = RowsShort & { node: string };
 /** A group's report as its selection makes it (the sizes come when every group is pruned). */
 type Selected = Omit<GroupReport, 'params' | 'flops'>;
 
-const STAGES = ['analyze', 'allocate', 'capture', 'select', 'rewrite', 'verify'] as const;
+const STAGES = ['analyze', 'allocate', 'capture', 'select', 'sweep', 'rewrite', 'verify'] as const;
 type Stage = (typeof STAGES)[number];
 
 export interface PruneReport {
@@ -159,6 +166,8 @@ export interface PruneReport {
   allocation: Allocation;
   /** roundTo, when not 1: every group kept a multiple of its step of channels, or all of them. */
   roundTo?: RoundTo;
+  /** The sweep of re-fits after the groups were pruned: its ReLU-aware fits after the least squares, or false: none. */
+  sweep: number | false;
   /** The onnxruntime that captured and verified. */
   backend: Backend;
   /** The calibration file, its samples, and the batch size its runs took (default: captureBatch). */
@@ -603,12 +612,13 @@ export async function* pruneSizes(
     allocation: opts.allocation ?? defaultAllocation(budgets),
     roundTo: opts.roundTo ?? defaultRoundTo(budgets),
   };
+  o.sweep = opts.sweep ?? defaultSweep(o.mode!, o.refit!);
   if (o.stats && o.mode !== 'layerwise')
     throw badInput(
       `stats need --mode layerwise: ${o.mode} mode captures the model pruned so far, group by group, which ` +
         "statistics of the original model's activations cannot stand for",
     );
-  if (o.sweep !== undefined && (o.stats || !o.refit))
+  if (opts.sweep !== undefined && opts.sweep !== false && (o.stats || !o.refit))
     throw badInput(
       `--sweep re-fits the consumers on the calibration data: it cannot run with ${o.stats ? '--stats' : '--no-refit'}`,
     );
@@ -640,7 +650,7 @@ export async function* pruneSizes(
         const pruned = ranking
           ? pruneRanked(model, ranking, keeps.keeps[i]!, o, clock)
           : await pruneSequential(model, plan, keeps.keeps[i]!, calib, o, clock, original);
-        if (o.sweep !== undefined) pruned.model = await clock.time('select', () => sweepOf(model, pruned, calib, o));
+        if (o.sweep !== false) pruned.model = await clock.time('sweep', () => sweepOf(model, pruned, calib, o));
         // the copies normalizeModel made of constants the model shared, shared again where they stayed equal
         pruned.model = { ...pruned.model, graph: shareEqualInitializers(pruned.model.graph!) };
         // the first size's group seconds include the shared ranking, as a single-size run's do
@@ -662,6 +672,7 @@ export async function* pruneSizes(
           method: o.method ?? 'greedy',
           allocation: o.allocation!,
           ...(o.roundTo !== 1 ? { roundTo: o.roundTo } : {}),
+          sweep: o.sweep!,
           backend,
           calibration: { path: calib.path, samples: calib.rows, batch: calib.batchSize(o.batch!) },
           ...(o.stats
@@ -700,7 +711,8 @@ export async function* pruneSizes(
 function sweepOf(model: Model, pruned: Pruned, calib: Calibration, o: SizesOptions): Promise<Model> {
   const keeps = new Map(pruned.groups.map((g) => [g.id, g.refined?.keep ?? [...g.order].sort((a, b) => a - b)]));
   const intercept = o.biasRefit !== false;
-  return refitSweep(model, pruned.model, keeps, calib, { ...o, intercept, relu: o.sweep });
+  const onStep = (done: number, total: number) => o.onProgress?.('sweep', done, total);
+  return refitSweep(model, pruned.model, keeps, calib, { ...o, intercept, relu: o.sweep || 0, onStep });
 }
 
 /** The fidelity of a model that no group changed: it is the original, so nothing was run (samples 0). */

@@ -24,7 +24,7 @@ import {
   type Activation,
   type RuntimeOptions,
 } from '../capture/index.js';
-import { Frontier, frontierBytes } from '../capture/frontier.js';
+import { Frontier, frontierBytes, unchangedTensors } from '../capture/frontier.js';
 import { GramAccumulator } from '../kernels/gram.js';
 import { getKernels, type KernelOptions } from '../kernels/instances.js';
 import { selectChannels } from '../select/greedy.js';
@@ -34,13 +34,18 @@ import { layerOf } from '../graph/ops.js';
 import { pruneGroups } from '../rewrite/index.js';
 
 export interface SweepOptions extends RuntimeOptions, KernelOptions {
-  /** Fit the consumer's bias too (the intercept), where it takes one. */
+  /**
+   * Fit the consumer's bias too (the intercept), where it has one: a bias the sweep created would be parameters past
+   * the budget, which counted those the prune's own re-fit made.
+   */
   intercept?: boolean;
   /** ReLU-aware fits after the first (0: plain least squares). */
   relu?: number;
   batch?: number;
   /** Only the consumers (node names) this accepts are re-fitted (default: all). */
   only?: (node: string) => boolean;
+  /** Progress: consumers done of all. */
+  onStep?: (done: number, total: number) => void;
 }
 
 /** What one consumer's re-fit reads: its input in the pruned model, its output there and in the original model. */
@@ -56,6 +61,8 @@ interface Site {
   bias: Float32Array;
   /** The consumer's current weights (d × m): the ridge's prior (Fit.solve). */
   W: Float64Array;
+  /** Whether its fit takes the intercept (SweepOptions.intercept, and a bias of its own). */
+  intercept: boolean;
   /** Where a Relu follows: its input tensor (of both models). */
   relu?: { pre: string };
 }
@@ -98,8 +105,7 @@ function reluAfter(graph: GraphProto, consts: Map<string, TensorProto>, y: strin
 /**
  * Where consumer `name` of the pruned model is re-fitted from, or undefined where the sweep leaves it (a consumer of
  * several groups, a grouped conv, a layer whose output is not its product (an activation fused into it, a
- * transposed conv, a recurrent layer), outputs the original model's groups do not map, no bias where the intercept
- * needs one).
+ * transposed conv, a recurrent layer), outputs the original model's groups do not map).
  */
 function siteOf(
   pruned: Model,
@@ -127,11 +133,8 @@ function siteOf(
       c,
       graph.node.find((n) => n.name === name)!,
     );
-  if (opts.intercept && typeof post.bias === 'string') return undefined;
-  const bias =
-    typeof post.bias !== 'string' && post.bias.kind === 'constant'
-      ? tensorToFloat32(consts.get(post.bias.tensor)!).data
-      : new Float32Array(c.m);
+  const own = typeof post.bias !== 'string' && post.bias.kind === 'constant' ? post.bias.tensor : undefined,
+    bias = own ? tensorToFloat32(consts.get(own)!).data : new Float32Array(c.m);
   if (bias.length !== c.m) return undefined;
   const og = original.model.graph!,
     target = postBias(og, constantTensors(og), oc, oc.node).tensor;
@@ -139,7 +142,11 @@ function siteOf(
   const relu = opts.relu ? reluAfter(graph, consts, post.tensor, c.m) : undefined,
     shared = relu && og.node.some((n) => n.output.includes(relu.pre));
   const W = consumerWeightMatrix(pruned, c);
-  return { group, t, c, outs, post: { pruned: post.tensor, original: target }, bias, W, ...(shared ? { relu } : {}) };
+  const intercept = !!opts.intercept && own !== undefined;
+  return {
+    ...{ group, t, c, outs, post: { pruned: post.tensor, original: target }, bias, W, intercept },
+    ...(shared ? { relu } : {}),
+  };
 }
 
 /** Least squares of a target T on B (rows × d), with an intercept, from their Gram matrices (GramAccumulator's). */
@@ -265,7 +272,7 @@ async function fitOnce(
       }
       fit.addLayer(c, b.rows, B, T, tokenRows(c, B.dims, calib.tokenMask(b.start, b.rows)));
     }
-    const solved = fit.solve(!!opts.intercept, opts, s.W, calib.distinctSamples() / calib.rows);
+    const solved = fit.solve(s.intercept, opts, s.W, calib.distinctSamples() / calib.rows);
     ok = true;
     return solved;
   } finally {
@@ -321,8 +328,11 @@ export async function refitSweep(
   };
   let model = pruned;
   for (const [k, name] of names.entries()) {
+    opts.onStep?.(k, names.length);
     const s = siteOf(model, orig, keeps, name, opts);
-    if (!s) continue;
+    // a consumer whose input the model computes as the original does has the original's weights (no group before it
+    // was cut): its fit would give them back
+    if (!s || unchangedTensors(original, model, [s.c.input]).size) continue;
     // this consumer's tensors too: its ReLU-aware fits read them again
     const from = names.slice(k),
       lines: Lines = {
@@ -344,5 +354,6 @@ export async function refitSweep(
     }
     model = withFit(model, s, fit);
   }
+  opts.onStep?.(names.length, names.length);
   return model;
 }

@@ -65,10 +65,10 @@ export interface FitOptions {
   refine?: number;
   /**
    * After every group is pruned, re-fit every consumer once more from the pruned network's inputs to the original
-   * model's outputs (src/prune/sweep.ts), plain least squares (0) or with that many ReLU-aware fits after it; default
-   * undefined: no sweep.
+   * model's outputs (src/prune/sweep.ts), plain least squares (0) or with that many ReLU-aware fits after it; false:
+   * no sweep. Default (defaultSweep): 1 in sequential and asymmetric modes with the re-fit, else none.
    */
-  sweep?: number;
+  sweep?: number | false;
 }
 
 export interface SelectOptions extends KernelOptions {

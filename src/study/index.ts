@@ -213,6 +213,7 @@ export async function runStudy(model: Model, o: StudyOptions): Promise<StudyResu
           refit,
           method,
           seed,
+          sweep: false, // the paper's settings, as the study compares them
           budget: { keep: Object.fromEntries(keeps) },
         });
         pruned = res.model;

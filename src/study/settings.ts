@@ -246,8 +246,17 @@ export async function runSettings(model: Model, o: SettingsOptions): Promise<Set
 
   /** Sequential and asymmetric: prune() with the allocation's keeps (uniform: prune's own), less its verification. */
   const groupwise = async (s: Setting, c: number, keeps: Map<string, number>): Promise<Timed<Model>> => {
-    // any count, as the layerwise settings and the study's own allocations keep (the grid compares the settings)
-    const fit = { ...run, mode: s.mode, refit: true, biasRefit: s.bias, refine: s.refine, roundTo: 1 };
+    // any count, as the layerwise settings and the study's own allocations keep (the grid compares the settings, which
+    // it measured without the sweep)
+    const fit = {
+      ...run,
+      mode: s.mode,
+      refit: true,
+      biasRefit: s.bias,
+      refine: s.refine,
+      roundTo: 1,
+      sweep: false as const,
+    };
     const res = await prune(
       model,
       calib,

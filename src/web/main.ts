@@ -67,6 +67,7 @@ const STAGES: Record<string, string> = {
   capture: 'capturing activations',
   select: 'selecting channels',
   group: 'pruning group by group',
+  sweep: 're-fitting the pruned model',
   verify: 'verifying the pruned model',
 };
 const capital = (s: string) => s[0]!.toUpperCase() + s.slice(1);
