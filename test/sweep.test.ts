@@ -1,4 +1,4 @@
-import { describe, it, expect } from 'vitest';
+import { describe, it, expect, vi } from 'vitest';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -347,4 +347,28 @@ describe('the default sweep', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   }, 120_000);
+});
+
+describe("the sweep's runs", () => {
+  it('run the original once, and each part of the pruned model from tensors the fit before cached', async () => {
+    const data = openNpy('models/calib.npy'),
+      original = readModel('models/mobilenet.onnx');
+    const open = vi.spyOn(Runner, 'open');
+    try {
+      const { model: pruned, report } = await prune(original, data, { budget: { compression: 4 }, sweep: false });
+      const keeps = new Map(report.groups.map((g) => [g.id, [...g.order].sort((a, b) => a - b)]));
+      open.mockClear();
+      await refitSweep(original, pruned, keeps, Calibration.of(pruned, data), { intercept: true, relu: 1 });
+      const calls = open.mock.calls,
+        parts = calls.filter(([m]) => m !== original);
+      expect(calls.filter(([m]) => m === original).length).toBe(1);
+      // MobileNet's consumers (but those the sweep leaves): a part or two each, all but the first fed cached tensors
+      expect(parts.length).toBeGreaterThan(20);
+      expect(parts.every(([, , , only]) => only)).toBe(true);
+      expect(parts.slice(1).filter(([, , , , given]) => !given?.size)).toEqual([]);
+    } finally {
+      open.mockRestore();
+      data.close();
+    }
+  }, 300_000);
 });
