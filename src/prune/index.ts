@@ -604,15 +604,17 @@ export async function* pruneSizes(
     throw badInput(
       `--round-to ${opts.roundTo}: give auto or a whole number ≥ 1 (8 or 16 for onnxruntime's NCHWc convs)`,
     );
+  const mode = opts.mode ?? defaultMode(opts.stats),
+    refit = opts.refit ?? true;
   const o: SizesOptions = {
     ...opts,
     backend,
-    mode: opts.mode ?? defaultMode(opts.stats),
-    refit: opts.refit ?? true,
+    mode,
+    refit,
     allocation: opts.allocation ?? defaultAllocation(budgets),
     roundTo: opts.roundTo ?? defaultRoundTo(budgets),
+    sweep: opts.sweep ?? defaultSweep(mode, refit),
   };
-  o.sweep = opts.sweep ?? defaultSweep(o.mode!, o.refit!);
   if (o.stats && o.mode !== 'layerwise')
     throw badInput(
       `stats need --mode layerwise: ${o.mode} mode captures the model pruned so far, group by group, which ` +
@@ -672,7 +674,7 @@ export async function* pruneSizes(
           method: o.method ?? 'greedy',
           allocation: o.allocation!,
           ...(o.roundTo !== 1 ? { roundTo: o.roundTo } : {}),
-          sweep: o.sweep!,
+          sweep: o.sweep ?? false,
           backend,
           calibration: { path: calib.path, samples: calib.rows, batch: calib.batchSize(o.batch!) },
           ...(o.stats
