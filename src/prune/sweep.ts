@@ -216,8 +216,8 @@ interface Lines {
 
 /**
  * One fit of a consumer over the calibration data: the target is its original output less its current bias (what
- * its weights and the bias change must make). ReLU-aware with `relu`: `pruned` then has the last fit in place, and
- * `relu` names its consumer output and the tensor its Relu reads there.
+ * its weights and the bias change must make). ReLU-aware with `relu`: `pruned` then has the last fit in place (which
+ * changes constants only: the sweep creates no bias, so its tensors keep their names).
  */
 async function fitOnce(
   pruned: Model,
@@ -226,12 +226,12 @@ async function fitOnce(
   calib: Calibration,
   opts: SweepOptions,
   lines: Lines,
-  relu?: { post: string; pre: string },
+  relu = false,
 ) {
   const { c } = s,
     conv = c.kind === 'conv',
     all = Array.from({ length: c.m }, (_, i) => i);
-  const pNames = [c.input, ...(relu ? [relu.post, relu.pre] : [])],
+  const pNames = [c.input, ...(relu ? [s.post.pruned, s.relu!.pre] : [])],
     oNames = [s.post.original, ...(relu ? [s.relu!.pre] : [])];
   const size = calib.batchSize(opts.batch ?? CAPTURE_BATCH),
     batches = Math.ceil(calib.rows / size),
@@ -264,8 +264,8 @@ async function fitOnce(
       if (relu) {
         // where the Relu clips both the original's pre-activation and the last fit's, the target is the fit's own
         // prediction (its output less the bias the target is measured from)
-        const pred = outputChannels(p.get(relu.post)!, all, conv, s.bias),
-          pre = outputChannels(p.get(relu.pre)!, all, conv),
+        const pred = outputChannels(p.get(s.post.pruned)!, all, conv, s.bias),
+          pre = outputChannels(p.get(s.relu!.pre)!, all, conv),
           Po = outputChannels(o.get(s.relu!.pre)!, s.outs, conv);
         if (T === Y.data) T = T.slice();
         for (let e = 0; e < T.length; e++) if (Po[e]! <= 0 && pre[e]! <= 0) T[e] = pred[e]!;
@@ -329,10 +329,11 @@ export async function refitSweep(
   let model = pruned;
   for (const [k, name] of names.entries()) {
     opts.onStep?.(k, names.length);
-    const s = siteOf(model, orig, keeps, name, opts);
     // a consumer whose input the model computes as the original does has the original's weights (no group before it
     // was cut): its fit would give them back
-    if (!s || unchangedTensors(original, model, [s.c.input]).size) continue;
+    if (unchangedTensors(original, model, [inputs.get(name)!]).size) continue;
+    const s = siteOf(model, orig, keeps, name, opts);
+    if (!s) continue;
     // this consumer's tensors too: its ReLU-aware fits read them again
     const from = names.slice(k),
       lines: Lines = {
@@ -345,13 +346,7 @@ export async function refitSweep(
       };
     let fit = await fitOnce(model, original, s, calib, opts, lines);
     const relu = s.relu && fit.rows >= RELU_ROWS * s.c.d ? (opts.relu ?? 0) : 0;
-    for (let i = 0; i < relu; i++) {
-      // the consumer's output and its Relu's input with the last fit in place (a bias it added may move them)
-      const fitted = withFit(model, s, fit),
-        f = siteOf(fitted, orig, keeps, name, opts);
-      if (!f?.relu) break;
-      fit = await fitOnce(fitted, original, s, calib, opts, lines, { post: f.post.pruned, pre: f.relu.pre });
-    }
+    for (let i = 0; i < relu; i++) fit = await fitOnce(withFit(model, s, fit), original, s, calib, opts, lines, true);
     model = withFit(model, s, fit);
   }
   opts.onStep?.(names.length, names.length);
