@@ -1,9 +1,10 @@
 import { describe, it, expect, vi, afterEach } from 'vitest';
 import { readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { BUILDS } from './relaxed-simd.js';
 import { KERNELS, KERNEL_NAMES, PAR_KERNELS, parLayout, positional } from '../src/kernels/types.js';
 import { chooseBuild, kernelBuild, poolStats } from '../src/kernels/wasm.js';
-import { getKernels } from '../src/kernels/instances.js';
+import { cores, coresFree, coresLeft, getKernels } from '../src/kernels/instances.js';
 import { gramAccumulate } from '../src/kernels/ops.js';
 import { GramAccumulator } from '../src/kernels/gram.js';
 import { selectChannels } from '../src/select/greedy.js';
@@ -244,5 +245,34 @@ describe('the two builds', () => {
     s.sel.objective.forEach((v, i) => expect(Math.abs(v - x.sel.objective[i])).toBeLessThan(1e-12));
     const ws = Math.max(...s.refit.map(Math.abs));
     s.refit.forEach((v, i) => expect(Math.abs(v - x.refit[i])).toBeLessThan(1e-9 * ws));
+  });
+});
+
+describe('the default thread count', () => {
+  // two readings of the cores' times (ms): per core, busy and in all
+  const at = (...busy: [number, number][]) => busy.map(([b, t]) => ({ busy: b, total: t }));
+  it('is the cores less what other processes kept busy, not what this process took, at least 1', () => {
+    const before = at([1000, 5000], [2000, 5000]);
+    // 100 ms on each of 2 cores: idle, one core busy, one busy by this process alone, both busy
+    expect(coresLeft(2, before, at([1000, 5100], [2000, 5100]), 0)).toBe(2);
+    expect(coresLeft(2, before, at([1100, 5100], [2000, 5100]), 0)).toBe(1);
+    expect(coresLeft(2, before, at([1100, 5100], [2000, 5100]), 100)).toBe(2);
+    expect(coresLeft(2, before, at([1100, 5100], [2100, 5100]), 0)).toBe(1);
+    // a third of a core busy rounds to none; 4 listed cores half busy on average leave half of a 2-core share
+    expect(coresLeft(2, before, at([1033, 5100], [2000, 5100]), 0)).toBe(2);
+    const four = at([0, 0], [0, 0], [0, 0], [0, 0]);
+    expect(coresLeft(2, four, at([100, 100], [100, 100], [0, 100], [0, 100]), 0)).toBe(1);
+    expect(coresLeft(8, four, at([100, 100], [100, 100], [0, 100], [0, 100]), 0)).toBe(4);
+  });
+
+  it('sees a process that keeps a core busy (the cores watched for real)', async () => {
+    const spin = spawn(process.execPath, ['-e', 'for (;;);'], { stdio: 'ignore' });
+    try {
+      await new Promise((r) => setTimeout(r, 200));
+      // whatever else runs, the spinning process takes one of the cores
+      expect(coresFree(300)).toBeLessThanOrEqual(Math.max(1, cores() - 1));
+    } finally {
+      spin.kill();
+    }
   });
 });

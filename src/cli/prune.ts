@@ -99,7 +99,7 @@ Other:
                       ResNet-50 at 224×224; a model with a fixed batch size uses its own)
   --kernels NAME      selection kernels: wasm (SIMD WebAssembly, default) or plain (TypeScript)
   --threads n         threads for the wasm kernels (default: the cores other processes leave free:
-                      all cores less the load average, at least 1). Results are bit-identical for any n
+                      all cores less those others kept busy over 0.1 s, at least 1). Results are bit-identical for any n
   --backend NAME      model runtime for capture and verification: node (onnxruntime-node, the default where it
                       loads) or web (onnxruntime-web's WebAssembly backend: no native addon needed)
   --quiet             no summary table (nor the kernel memory line printed before the run)

@@ -23,7 +23,7 @@ Usage: subprune select --acts B.npy --weights W.npy [options]
                      in ascending order) to FILE as .npy
   --kernels NAME     wasm (SIMD WebAssembly, default) or plain (plain TypeScript, for comparison)
   --threads n        threads for the wasm kernels (default: the cores other processes leave free:
-                     all cores less the load average, at least 1). Results are bit-identical for any n
+                     all cores less those others kept busy over 0.1 s, at least 1). Results are bit-identical for any n
   --json             print the result as JSON: order, objective (per step), keep, seconds
                      {gram, setup, greedy, refit, total}
   -h, --help         this help

@@ -42,7 +42,7 @@ import {
 import { sizeModel, type Target } from '../budget/size.js';
 import { createdBiasParams } from '../rewrite/bias.js';
 import type { Fidelity } from '../eval/index.js';
-import type { KernelOptions } from '../kernels/instances.js';
+import { defaultThreads, type KernelOptions } from '../kernels/instances.js';
 import { badInput, internal, SubpruneError } from '../errors.js';
 import { Stopwatch } from '../stopwatch.js';
 import {
@@ -609,6 +609,8 @@ export async function* pruneSizes(
   const o: SizesOptions = {
     ...opts,
     backend,
+    // once, so that every stage uses one kernel pool (defaultThreads watches the cores)
+    threads: opts.threads ?? defaultThreads(),
     mode,
     refit,
     allocation: opts.allocation ?? defaultAllocation(budgets),
