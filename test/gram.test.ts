@@ -91,6 +91,8 @@ describe('Gram accumulation of stride-1 conv inputs from shifts', () => {
         [[3, 4, 1, 40], 1, 5, [0, 2, 0, 2]],
         [[2, 3, 14, 16], 3, 5, [1, 2, 1, 1]],
         [[2, 2, 16, 16], 3, 3, [2, 0, 1, 2]],
+        // more samples than the buffer holds at once (3 of 64×64×16): 7 after the first, in 3 products
+        [[8, 16, 64, 64], 3, 3, [1, 1, 1, 1]],
       ] as [number[], number, number, number[]][]) {
         const geo = { kernel: [kh, kw], strides: [1, 1], pads, dilations: [1, 1] } as Parameters<
           GramAccumulator['addConv']
@@ -133,6 +135,34 @@ describe('Gram accumulation of stride-1 conv inputs from shifts', () => {
       }
     },
   );
+
+  // The products take the samples 2 at a time here (320 KB each): the same groups whatever batches bring them, as
+  // the patches' rows are summed FLUSH_SAMPLES at a time, so a capture's batch size does not change its sums.
+  it('sums the same, bit for bit, whatever the batches that bring the samples', () => {
+    const r = rng(44),
+      dims = [9, 32, 48, 48],
+      geo = { kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1] } as Parameters<
+        GramAccumulator['addConv']
+      >[2];
+    const one = dims.slice(1).reduce((a, b) => a * b),
+      X = Float32Array.from({ length: 9 * one }, () => r() - 0.5);
+    const grams = [[9], [4, 5], [1, 1, 7], [3, 3, 3]].map((batches) => {
+      const acc = new GramAccumulator(32 * 9, { kernels: getKernels('wasm', 2) });
+      let at = 0;
+      for (const b of batches) {
+        acc.addConv(X.subarray(at * one, (at + b) * one), [b, ...dims.slice(1)], geo);
+        at += b;
+      }
+      const g = acc.result();
+      acc.release();
+      return g;
+    });
+    expect(grams[0]!.rows).toBe(9 * 48 * 48);
+    for (const g of grams.slice(1)) {
+      expect(g.G).toEqual(grams[0]!.G);
+      expect(g.sums).toEqual(grams[0]!.sums);
+    }
+  });
 });
 
 // The asymmetric capture projected on the consumer's weights W (d×m): CW = BᵀA W, ‖A W‖² and Wᵀ Aᵀ1,

@@ -306,14 +306,14 @@ export class GramAccumulator {
     if (this.shift === undefined)
       this.shift =
         (!this.asymmetric || this.proj) && ShiftGram.suits(conv, H, W)
-          ? new ShiftGram(k, C, H, W, conv, this.p.G)
+          ? new ShiftGram(k, C, H, W, conv, this.p.G, FLUSH_SAMPLES)
           : null;
     if (this.shift && !this.shift.takes(C, H, W))
       throw new Error('GramAccumulator: use either rows or conv patches of one geometry');
     const sums = this.shift && k.arena.f64(this.p.S, d);
-    for (let s = 0; s < b && this.shift; s++) {
-      this.shift.add(B.subarray(s * size, (s + 1) * size), sums!);
-      this.rows += per;
+    if (this.shift) {
+      this.shift.add(B, b, sums!);
+      this.rows += b * per;
     }
     if (this.shift && !this.proj) return; // no patches needed
     const buf = this.buffers(per, FLUSH_SAMPLES * per, size, given ? m * per : 0);
@@ -347,6 +347,7 @@ export class GramAccumulator {
     this.flushFilled();
     const { d, k, p } = this,
       dd = d * d;
+    this.shift?.finish(k.arena.f64(p.S, d));
     if (!this.shift) k.symmetrize(p.G, d);
     const G = this.shift ? this.shift.result() : k.arena.f64(p.G, dd).slice();
     const out: Gram = { d, rows: this.rows, G, sums: k.arena.f64(p.S, d).slice() };

@@ -93,6 +93,17 @@ export function plainKernels(): Kernels {
         o4 = out >>> 2;
       for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) x[o4 + c * rows + r] = x[X4 + r * cols + c]!;
     },
+    gatherRows(X, d, idx, n, shift, out) {
+      const x = S(),
+        i4 = idx >>> 2,
+        ix = I();
+      for (let i = 0; i < n; i++)
+        x.copyWithin(
+          (out >>> 2) + i * d,
+          (X >>> 2) + (ix[i4 + i]! + shift) * d,
+          (X >>> 2) + (ix[i4 + i]! + shift + 1) * d,
+        );
+    },
     columnMoments(X, rows, d, sums, squares, j0, j1) {
       const x = S(),
         f = F(),

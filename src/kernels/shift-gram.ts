@@ -9,19 +9,35 @@ import { patchGrid, type ConvGeometry } from '../geometry.js';
  * tap a's windows do not reach (a few rows and columns at the borders). The (kh·kw)² blocks then cost
  * (kh−1)(2kw−1)+kw products over the input instead of (kh·kw)²/2 over the patches: 13 against 40.5 for 3×3.
  *
- * The input sits in kernel memory as rows of C (NHWC), each image row followed by kw−1 zero rows and kh image rows
- * of zeros above and below: a shift by δ is an offset of δy·Wp + δx rows (Wp = W + kw − 1) that never wraps into
- * another image row, so each F_δ is the product of two ranges of rows of one buffer.
+ * The input sits in kernel memory as rows of C (NHWC), each image row followed by kw−1 zero rows and each image by
+ * kh−1 image rows of zeros: a shift by δ is an offset of δy·Wp + δx rows (Wp = W + kw − 1) that never wraps into
+ * another image row nor reaches the next image, so each F_δ is the product of two ranges of rows of one buffer, over
+ * as many samples as SAMPLE_BYTES holds at once (ResNet-20's 32×32×16 input: 8). One sample at a time, each call's
+ * fixed cost added up: the default prune of ResNet-20 at 4× took 23.5–23.9 s, and 21.6–21.7 s with 14 at a time.
  */
+const SAMPLE_BYTES = 1 << 20;
+
 export class ShiftGram {
   private readonly taps: number;
   private readonly Wp: number;
   /** The shifts b − a of taps a ≤ b (row-major tap order) as row offsets: δy ≥ 0; δx ≥ 0 if δy = 0. */
   private readonly offsets: number[];
   private readonly shiftOf: (a: number, b: number) => number;
-  /** Per tap, the buffer rows of the input positions its windows do not reach. */
+  /** Per tap, the buffer rows of the input positions its windows do not reach, in one sample. */
   private readonly outside: Int32Array[];
-  private readonly p: { F: number; X: number; PX: number; PY: number; EX: number; EY: number };
+  /** Buffer rows per sample: an image and the zero rows after it. */
+  private readonly period: number;
+  /**
+   * Samples per product: as many as SAMPLE_BYTES holds, a power of two up to `group`, so that the products
+   * group the samples by their index alone, whatever the batches that bring them (GramAccumulator's sums are the
+   * same, bit for bit, for any batch size, and shards cut at multiples of its FLUSH_SAMPLES sum as one).
+   */
+  private readonly many: number;
+  /** Samples in the buffer, not yet in G. */
+  private pending = 0;
+  private readonly p: { F: number; X: number; XT: number; PX: number; PY: number; EX: number; EY: number; S: number };
+  /** Per tap, `outside` in every sample of the buffer (i32 in kernel memory). */
+  private readonly idx: number[];
 
   /** Whether a Conv's G is cheaper this way for an H×W input (stride and dilation 1, and few shifts per tap pair). */
   static suits(conv: ConvGeometry, H: number, W: number): boolean {
@@ -41,7 +57,7 @@ export class ShiftGram {
 
   /**
    * `Gp`: d×d f64 of zeros in kernel memory (d = C·kh·kw), where the corrections D accumulate by tap pair
-   * (block a, b at rows a·C, columns b·C).
+   * (block a, b at rows a·C, columns b·C). `group`: the samples' count the products' groups divide (a power of two).
    */
   constructor(
     private readonly k: Kernels,
@@ -50,6 +66,7 @@ export class ShiftGram {
     private readonly W: number,
     private readonly conv: ConvGeometry,
     private readonly Gp: number,
+    group: number,
   ) {
     const [kh, kw] = conv.kernel,
       Wp = (this.Wp = W + kw - 1),
@@ -63,17 +80,29 @@ export class ShiftGram {
         this.offsets.push(dy * Wp + dx);
       }
     this.shiftOf = (ta, tb) => index.get((Math.floor(tb / kw) - Math.floor(ta / kw)) * Wp + (tb % kw) - (ta % kw))!;
-    this.outside = outsideRows(conv, H, W).map((rows) => Int32Array.from(rows, ([y, x]) => this.row(y, x)));
-    const most = Math.max(1, ...this.outside.map((e) => e.length)),
+    this.period = (H + kh - 1) * Wp;
+    this.many = Math.min(group, 2 ** Math.floor(Math.log2(Math.max(1, SAMPLE_BYTES / (this.period * C * 4)))));
+    this.outside = outsideRows(conv, H, W).map((rows) => Int32Array.from(rows, ([y, x]) => y * Wp + x));
+    const most = this.many * Math.max(1, ...this.outside.map((e) => e.length)),
       pack = k.gramPackFloats(C) * 4;
     this.p = {
       F: a.alloc(this.offsets.length * C * C * 8),
-      X: a.alloc((H + 2 * kh) * Wp * C * 4),
+      // the last sample's shifted rows reach kw − 1 rows past its period
+      X: a.alloc((this.many * this.period + kw) * C * 4),
+      XT: a.alloc(2 * H * W * C * 4), // a sample, then its transpose
       PX: a.alloc(pack),
       PY: a.alloc(pack),
       EX: a.alloc(most * C * 4),
       EY: a.alloc(most * C * 4),
+      S: a.alloc(C * 8),
     };
+    this.idx = this.outside.map((E) => {
+      const at = a.alloc(this.many * E.length * 4),
+        rows = new Int32Array(a.memory.buffer, at, this.many * E.length);
+      for (let s = 0; s < this.many; s++)
+        for (const [i, r] of E.entries()) rows[s * E.length + i] = s * this.period + r;
+      return at;
+    });
   }
 
   /** Whether a batch of [C, H, W] samples is of this geometry. */
@@ -81,52 +110,62 @@ export class ShiftGram {
     return C === this.C && H === this.H && W === this.W;
   }
 
-  /** The buffer row of input position (y, x). */
-  private row(y: number, x: number): number {
-    return (y + this.conv.kernel[0]) * this.Wp + x;
+  /**
+   * Adds `n` samples ([n, C, H, W]) to G, and their patches' column sums to `sums` (d, channel-major: c·kh·kw + tap),
+   * once the buffer is full (finish() adds the rest).
+   */
+  add(samples: Float32Array, n: number, sums: Float64Array): void {
+    const { k, C, H, W, p, period, Wp } = this,
+      size = C * H * W;
+    for (let s = 0; s < n; s++) {
+      // the sample as rows of C (a kernel transpose), each image row into its place
+      k.arena.f32(p.XT, size).set(samples.subarray(s * size, (s + 1) * size));
+      k.transpose(p.XT, C, H * W, p.XT + size * 4);
+      const rows = k.arena.f32(p.XT + size * 4, size),
+        X = k.arena.f32(p.X + this.pending * period * C * 4, period * C);
+      for (let y = 0; y < H; y++) X.set(rows.subarray(y * W * C, (y + 1) * W * C), y * Wp * C);
+      if (++this.pending === this.many) this.finish(sums);
+    }
   }
 
-  /** Adds one sample ([C, H, W]) to G, and its patches' column sums to `sums` (d, channel-major: c·kh·kw + tap). */
-  add(sample: Float32Array, sums: Float64Array): void {
-    const { k, C, H, W, p, taps } = this,
-      X = k.arena.f32(p.X, (H + 2 * this.conv.kernel[0]) * this.Wp * C);
-    for (let c = 0; c < C; c++)
-      for (let y = 0; y < H; y++) {
-        const from = (c * H + y) * W,
-          to = this.row(y, 0) * C + c;
-        for (let x = 0; x < W; x++) X[to + x * C] = sample[from + x]!;
-      }
-    this.shifted();
+  /** Adds the samples in the buffer to G and `sums`. */
+  finish(sums: Float64Array): void {
+    const { k, C, p, taps, period } = this,
+      n = this.pending;
+    if (!n) return;
+    this.pending = 0;
+    this.shifted(n);
+    // a tap's column sums are the channels' totals less its outside rows' (D keeps the outside products, which
+    // result() subtracts)
+    const S = k.arena.f64(p.S, C);
+    S.fill(0);
+    k.columnSums(p.X, n * period, C, p.S, 0, C);
+    const total = S.slice();
     for (let a = 0; a < taps; a++) {
-      const E = this.outside[a]!;
-      if (!E.length) continue;
-      const EX = k.arena.f32(p.EX, E.length * C);
-      for (let i = 0; i < E.length; i++) for (let c = 0; c < C; c++) EX[i * C + c] = -X[E[i]! * C + c]!;
-      for (let b = a; b < taps; b++) {
-        const off = this.offsets[this.shiftOf(a, b)]!,
-          EY = k.arena.f32(p.EY, E.length * C);
-        for (let i = 0; i < E.length; i++) EY.set(X.subarray((E[i]! + off) * C, (E[i]! + off + 1) * C), i * C);
-        this.cross(p.EX, p.EY, E.length, this.Gp + (a * C * C * taps + b * C) * 8, C * taps);
+      const e = n * this.outside[a]!.length;
+      if (!e) {
+        for (let c = 0; c < C; c++) sums[c * taps + a] += total[c]!;
+        continue;
       }
-    }
-    for (let c = 0; c < C; c++) {
-      let total = 0;
-      for (let i = c * H * W, end = i + H * W; i < end; i++) total += sample[i]!;
-      for (let a = 0; a < taps; a++) {
-        let out = 0;
-        for (const r of this.outside[a]!) out += X[r * C + c]!;
-        sums[c * taps + a] += total - out;
+      k.gatherRows(p.X, C, this.idx[a]!, e, 0, p.EX);
+      k.arena.f64(p.S, C).fill(0);
+      k.columnSums(p.EX, e, C, p.S, 0, C);
+      const out = k.arena.f64(p.S, C);
+      for (let c = 0; c < C; c++) sums[c * taps + a] += total[c]! - out[c]!;
+      for (let b = a; b < taps; b++) {
+        k.gatherRows(p.X, C, this.idx[a]!, e, this.offsets[this.shiftOf(a, b)]!, p.EY);
+        this.cross(p.EX, p.EY, e, this.Gp + (a * C * C * taps + b * C) * 8, C * taps);
       }
     }
   }
 
-  // F_i += Xᵀ X shifted by offsets[i], over the rows of the image (δ = 0: the upper triangle)
-  private shifted() {
+  // F_i += Xᵀ X shifted by offsets[i], over the rows of the n images (δ = 0: the upper triangle)
+  private shifted(samples: number) {
     const { k, C, p } = this,
       RB = k.gramRows(),
       panels = k.gramPanels(C),
-      X = p.X + this.row(0, 0) * C * 4,
-      n = this.H * this.Wp;
+      X = p.X,
+      n = (samples - 1) * this.period + this.H * this.Wp;
     for (let r0 = 0; r0 < n; r0 += RB) {
       const rb = Math.min(RB, n - r0);
       k.par('gramPack', { X, ld: C, r0, rb, d: C, P: p.PX, p0: 0, p1: panels }, { work: rb * C });
@@ -173,7 +212,7 @@ export class ShiftGram {
           for (let c2 = 0; c2 < C; c2++) {
             // F_0 holds its upper triangle only
             const fv = sym && c2 < c ? F[f + c2 * C + c]! : F[f + c * C + c2]!,
-              v = fv + D[(a * C + c) * d + b * C + c2]!;
+              v = fv - D[(a * C + c) * d + b * C + c2]!;
             G[(c * taps + a) * d + c2 * taps + b] = v;
             G[(c2 * taps + b) * d + c * taps + a] = v;
           }

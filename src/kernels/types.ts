@@ -54,6 +54,7 @@ export const KERNELS = {
   // align: the back substitution's column block (CW), so that each thread solves whole blocks
   solveUpperT: { params: ['L', 'ldl', 't', 'X', 'm', 'j0', 'j1'], range: ['j0', 'j1'], align: 64 },
   transpose: { params: ['X', 'rows', 'cols', 'out'] },
+  gatherRows: { params: ['X', 'd', 'idx', 'n', 'shift', 'out'] },
   // X and out need 16 bytes of slack past the sample and its patches: entries are copied four at a time
   im2col: {
     params: ['X', 'C', 'H', 'W', 'kh', 'kw', 'sh', 'sw', 'pt', 'pl', 'dh', 'dw', 'OH', 'OW', 'out'],
