@@ -9,11 +9,12 @@ import { patchGrid, type ConvGeometry } from '../geometry.js';
  * tap a's windows do not reach (a few rows and columns at the borders). The (kh·kw)² blocks then cost
  * (kh−1)(2kw−1)+kw products over the input instead of (kh·kw)²/2 over the patches: 13 against 40.5 for 3×3.
  *
- * The input sits in kernel memory as rows of C (NHWC), each image row followed by kw−1 zero rows and each image by
- * kh−1 image rows of zeros: a shift by δ is an offset of δy·Wp + δx rows (Wp = W + kw − 1) that never wraps into
- * another image row nor reaches the next image, so each F_δ is the product of two ranges of rows of one buffer, over
- * as many samples as SAMPLE_BYTES holds at once (ResNet-20's 32×32×16 input: 8). One sample at a time, each call's
- * fixed cost added up: the default prune of ResNet-20 at 4× took 23.5–23.9 s, and 21.6–21.7 s with 14 at a time.
+ * The input sits in kernel memory as rows of C (NHWC), each image row followed by kw−1 zero rows and each image
+ * by kh−1 image rows of zeros: a shift by δ is an offset of δy·Wp + δx rows (Wp = W + kw − 1) that never wraps
+ * into another image row nor reaches the next image, so each F_δ is the product of two ranges of rows of one buffer,
+ * over as many samples as SAMPLE_BYTES holds at once (ResNet-20's 32×32×16 input: 8). One sample at a time, each
+ * call's fixed cost added up: the default prune of ResNet-20 at 4× took 23.5–23.9 s, and 21.6–21.7 s with 14 at a
+ * time.
  */
 const SAMPLE_BYTES = 1 << 20;
 
